@@ -1,0 +1,1 @@
+"""The light on-device runtime (numpy, OpenCV, LiteRT / onnxruntime). Never imports TensorFlow."""

@@ -1,0 +1,182 @@
+"""Image decoding and the one preprocessing function shared by training, export and the device.
+
+Every path that turns a file into a model input (training cache, int8 calibration, validation,
+``edgekit classify``) goes through :func:`load_for_model`, so a crop is resized identically
+everywhere. Pixel scaling lives inside the model graph: the output here is uint8.
+
+Decoding handles what field images come as: 8/16-bit, grayscale, RGBA (composited over black,
+like the NIH crops' background), palette, EXIF-rotated JPEGs, and optional DICOM. Oversized
+images are refused from their header, before any pixel is decoded.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from edgekit.errors import ImageError
+
+if TYPE_CHECKING:
+    from edgekit.manifest import Preprocessing
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".dcm")
+DEFAULT_MAX_PIXELS = 50_000_000  # ~50 MP: a phone photo passes, a 20000x20000 scan does not
+
+_EXIF_ORIENTATION = 0x0112
+
+
+def _cv2():
+    import cv2  # deferred: importing OpenCV costs ~0.1 s and `--help` needs none of it
+
+    return cv2
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def _probe(path: Path, max_pixels: int) -> int:
+    """Check the header's size and return the EXIF orientation (1 when none or unknown)."""
+    from PIL import Image, UnidentifiedImageError
+
+    Image.MAX_IMAGE_PIXELS = None  # we apply our own limit below, from the header alone
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            orientation = 1
+            try:
+                orientation = int(im.getexif().get(_EXIF_ORIENTATION, 1))
+            except Exception:  # a broken EXIF block must not stop a readable image
+                orientation = 1
+    except UnidentifiedImageError:
+        return 1  # let OpenCV try; it reports its own failure
+    except OSError as exc:
+        raise ImageError(f"unreadable image ({exc})") from exc
+    if w * h > max_pixels:
+        raise ImageError(f"image too large ({w}x{h} = {w * h / 1e6:.0f} MP > {max_pixels / 1e6:.0f} MP)")
+    if w == 0 or h == 0:
+        raise ImageError("image has zero size")
+    return orientation
+
+
+def _apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
+    cv2 = _cv2()
+    if orientation == 2:
+        return cv2.flip(img, 1)
+    if orientation == 3:
+        return cv2.rotate(img, cv2.ROTATE_180)
+    if orientation == 4:
+        return cv2.flip(img, 0)
+    if orientation == 5:
+        return cv2.flip(cv2.rotate(img, cv2.ROTATE_90_CLOCKWISE), 1)
+    if orientation == 6:
+        return cv2.rotate(img, cv2.ROTATE_90_CLOCKWISE)
+    if orientation == 7:
+        return cv2.flip(cv2.rotate(img, cv2.ROTATE_90_COUNTERCLOCKWISE), 1)
+    if orientation == 8:
+        return cv2.rotate(img, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    return img
+
+
+def _to_uint8(img: np.ndarray) -> np.ndarray:
+    if img.dtype == np.uint8:
+        return img
+    if img.dtype == np.uint16:
+        return (img >> 8).astype(np.uint8)
+    img = img.astype(np.float64)
+    lo, hi = float(np.nanmin(img)), float(np.nanmax(img))
+    if hi <= lo:
+        return np.zeros(img.shape, np.uint8)
+    return np.clip((img - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
+
+
+def _read_dicom(path: Path, max_pixels: int) -> np.ndarray:
+    try:
+        import pydicom
+    except ImportError as exc:
+        raise ImageError("DICOM needs pydicom: pip install 'edgekit[dicom]'") from exc
+    try:
+        ds = pydicom.dcmread(path)
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        if rows * cols > max_pixels:
+            raise ImageError(f"image too large ({cols}x{rows})")
+        arr = ds.pixel_array
+    except ImageError:
+        raise
+    except Exception as exc:
+        raise ImageError(f"unreadable DICOM ({exc})") from exc
+    if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
+        arr = arr.max() - arr
+    arr = _to_uint8(np.asarray(arr))
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(arr[:, :, :3])
+
+
+def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode an image file into an RGB uint8 array of shape (H, W, 3).
+
+    Raises :class:`ImageError` with a short reason for anything unusable.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageError("file not found")
+    if not path.is_file():
+        raise ImageError("not a file")
+    if path.stat().st_size == 0:
+        raise ImageError("empty file (0 bytes)")
+    if path.suffix.lower() == ".dcm":
+        return _read_dicom(path, max_pixels)
+    orientation = _probe(path, max_pixels)
+    cv2 = _cv2()
+    try:
+        data = np.fromfile(path, dtype=np.uint8)  # fromfile+imdecode: any path, spaces and all
+        img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    except (OSError, cv2.error) as exc:
+        raise ImageError(f"unreadable image ({exc})") from exc
+    if img is None or img.size == 0:
+        raise ImageError("corrupt or unsupported image")
+    img = _to_uint8(img)
+    if img.ndim == 2:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    elif img.shape[2] == 4:
+        alpha = img[:, :, 3:4].astype(np.uint16)
+        bgr = (img[:, :, :3].astype(np.uint16) * alpha + 127) // 255  # over black
+        img = cv2.cvtColor(bgr.astype(np.uint8), cv2.COLOR_BGR2RGB)
+    elif img.shape[2] == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    else:
+        img = cv2.cvtColor(img[:, :, 0], cv2.COLOR_GRAY2RGB)
+    return np.ascontiguousarray(_apply_orientation(img, orientation))
+
+
+def _interpolation(method: str) -> int:
+    cv2 = _cv2()
+    return {
+        "area": cv2.INTER_AREA,
+        "bilinear": cv2.INTER_LINEAR,
+        "nearest": cv2.INTER_NEAREST,
+        "bicubic": cv2.INTER_CUBIC,
+    }[method]
+
+
+def prepare(rgb: np.ndarray, pre: Preprocessing) -> np.ndarray:
+    """Turn a decoded RGB uint8 image into the model's uint8 input (H, W, C), without batch axis."""
+    cv2 = _cv2()
+    h, w = pre.input_size
+    if rgb.shape[:2] != (h, w):
+        rgb = cv2.resize(rgb, (w, h), interpolation=_interpolation(pre.resize))
+    if pre.channels == 1 or pre.color_order == "GRAY":
+        return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[:, :, None]
+    if pre.color_order == "BGR":
+        return np.ascontiguousarray(rgb[:, :, ::-1])
+    return rgb
+
+
+def load_for_model(
+    path: str | os.PathLike, pre: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """Decode ``path`` and prepare it for the model described by ``pre``."""
+    return prepare(read_image(path, max_pixels), pre)

@@ -1,0 +1,57 @@
+"""The one ``edgekit`` command. Subcommand modules are light (click only) and import their heavy
+work inside the command body, so ``edgekit classify`` on a Pi never loads TensorFlow."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from edgekit import __version__
+from edgekit.errors import EdgekitError
+
+# (module, command attribute); each module owns its commands so features stay independent.
+COMMANDS = [
+    ("edgekit.commands", "split"),
+    ("edgekit.commands", "train"),
+    ("edgekit.commands", "evaluate"),
+    ("edgekit.commands", "info"),
+    ("edgekit.export.commands", "export"),
+    ("edgekit.device.commands", "classify"),
+    ("edgekit.device.commands", "camera"),
+    ("edgekit.device.commands", "screen"),
+    ("edgekit.device.commands", "sessions"),
+    ("edgekit.device.field_commands", "field"),
+    ("edgekit.benchmarks.commands", "bench"),
+]
+
+
+class EdgekitGroup(click.Group):
+    """Turns user errors into one clear line and a non-zero exit, never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except EdgekitError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except MemoryError:
+            click.echo("error: out of memory", err=True)
+            sys.exit(3)
+
+
+@click.group(cls=EdgekitGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgekit")
+def main() -> None:
+    """Train, quantize and run compact image classifiers on field devices."""
+
+
+for _module, _name in COMMANDS:
+    try:
+        main.add_command(getattr(importlib.import_module(_module), _name))
+    except (ImportError, AttributeError):  # a feature module not present in this build
+        pass

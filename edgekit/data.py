@@ -1,0 +1,200 @@
+"""Folder-per-class datasets, patient/group ids, and reading images into uint8 arrays.
+
+Light module (numpy + OpenCV through ``edgekit.device.preprocess``): both the training side and
+``edgekit split`` use it; nothing here imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.device.preprocess import is_image_file, load_for_model, read_image
+from edgekit.errors import DataError, ImageError
+from edgekit.manifest import Preprocessing
+
+NIH_PATIENT = re.compile(r"P(\d+)")
+
+
+@dataclass
+class Item:
+    path: str  # relative to the dataset root, POSIX separators
+    label: int
+    group: str
+
+
+@dataclass
+class Dataset:
+    root: Path
+    classes: list[str]
+    items: list[Item]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+
+def nih_patient_id(filename: str) -> str:
+    """Patient id of an NIH malaria crop: ``C100P61ThinF_IMG_...`` -> ``P61``; control slides
+    without a ``P<n>`` token (``C234ThinF_IMG_...``) are their own patient."""
+    name = Path(filename).name
+    slide = name.split("_IMG_", 1)[0] if "_IMG_" in name else Path(name).stem
+    m = NIH_PATIENT.search(re.split(r"(?i)thin", slide, maxsplit=1)[0])
+    return f"P{m.group(1)}" if m else slide
+
+
+def make_grouper(mode: str) -> Callable[[str], str]:
+    """``nih`` | ``none`` | ``regex:PATTERN`` (first capture group, else the whole match)."""
+    if mode == "nih":
+        return nih_patient_id
+    if mode == "none":
+        return lambda rel: rel
+    if mode.startswith("regex:"):
+        try:
+            pattern = re.compile(mode[len("regex:") :])
+        except re.error as exc:
+            raise DataError(f"bad group regex: {exc}") from exc
+
+        def by_regex(rel: str) -> str:
+            m = pattern.search(Path(rel).name)
+            if not m:
+                raise DataError(f"group regex {pattern.pattern!r} does not match {rel!r}")
+            return m.group(1) if m.groups() else m.group(0)
+
+        return by_regex
+    raise DataError(f"unknown group mode {mode!r}: use nih, none, auto or regex:PATTERN")
+
+
+def detect_group_mode(names: Sequence[str]) -> str:
+    """``nih`` when most files follow NIH's ``<slide>_IMG_<...>`` naming, otherwise ``none``."""
+    sample = names[:: max(1, len(names) // 500)]
+    hits = sum("_IMG_" in Path(n).name and "thin" in Path(n).name.lower() for n in sample)
+    return "nih" if sample and hits / len(sample) > 0.9 else "none"
+
+
+def scan_dataset(root: str | os.PathLike, group_mode: str = "auto") -> Dataset:
+    """List a folder-per-class dataset: ``root/<class>/**/<image>``.
+
+    Raises :class:`DataError` for a missing or empty folder, fewer than two classes, or a class
+    without image files. Readability is checked separately by :func:`check_readable`.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"data folder not found: {root}")
+    if not root.is_dir():
+        raise DataError(f"not a folder: {root}")
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    files_by_class: dict[str, list[str]] = {}
+    for d in class_dirs:
+        files = sorted(
+            p.relative_to(root).as_posix()
+            for p in d.rglob("*")
+            if p.is_file() and is_image_file(p) and not p.name.startswith(".")
+        )
+        files_by_class[d.name] = files
+    with_images = {c: f for c, f in files_by_class.items() if f}
+    if not with_images:
+        raise DataError(f"no images found in {root} (expected {root}/<class>/<image files>)")
+    empty = [c for c, f in files_by_class.items() if not f]
+    if empty and len(with_images) >= 1:
+        raise DataError(f"class folder(s) with no images in {root}: {', '.join(empty)}")
+    if len(with_images) < 2:
+        raise DataError(f"only one class in {root} ({next(iter(with_images))}); need at least two")
+    classes = sorted(with_images)
+    all_names = [f for c in classes for f in with_images[c]]
+    mode = detect_group_mode(all_names) if group_mode == "auto" else group_mode
+    grouper = make_grouper(mode)
+    items = [Item(f, i, grouper(f)) for i, c in enumerate(classes) for f in with_images[c]]
+    ds = Dataset(root=root, classes=classes, items=items)
+    ds.group_mode = mode  # type: ignore[attr-defined]
+    return ds
+
+
+def _map_threads(fn: Callable, args: Sequence, workers: int | None = None) -> list:
+    # OpenCV releases the GIL while decoding and resizing, so threads scale across cores.
+    workers = workers or min(8, (os.cpu_count() or 2) * 2)
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fn, args))
+
+
+def check_readable(root: Path, rel_paths: Sequence[str]) -> list[tuple[str, str]]:
+    """Decode every file; return ``(path, reason)`` for each that cannot be used."""
+
+    def check(rel: str) -> tuple[str, str] | None:
+        try:
+            read_image(root / rel)
+        except ImageError as exc:
+            return (rel, str(exc))
+        return None
+
+    return [r for r in _map_threads(check, rel_paths) if r is not None]
+
+
+def drop_unreadable(ds: Dataset) -> Dataset:
+    """Decode every file once; drop and record the unusable ones (never a crash)."""
+    bad = check_readable(ds.root, [i.path for i in ds.items])
+    if bad:
+        bad_set = {p for p, _ in bad}
+        ds.items = [i for i in ds.items if i.path not in bad_set]
+        ds.skipped = sorted(bad)
+    present = {i.label for i in ds.items}
+    unreadable = [c for k, c in enumerate(ds.classes) if k not in present]
+    if unreadable:
+        raise DataError(f"class(es) with no readable images: {', '.join(unreadable)}")
+    return ds
+
+
+def load_images(
+    root: Path,
+    rel_paths: Sequence[str],
+    pre: Preprocessing,
+    cache_dir: Path | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """Decode and prepare images in parallel into one uint8 array (N, H, W, C).
+
+    Unreadable files are returned as ``(path, reason)`` and their rows removed. With
+    ``cache_dir`` the array is saved under a key of (file list, preprocessing), so a second run
+    (or a resumed one) skips decoding entirely.
+    """
+    key = hashlib.sha256(
+        repr((str(root.resolve()), list(rel_paths), sorted(vars(pre).items()))).encode()
+    ).hexdigest()[:20]
+    cache = cache_dir / f"images-{key}.npz" if cache_dir else None
+    if cache is not None and cache.is_file():
+        with np.load(cache, allow_pickle=False) as z:
+            bad = [tuple(x) for x in z["bad"].tolist()] if z["bad"].size else []
+            return z["x"], bad
+
+    def load(rel: str) -> np.ndarray | str:
+        try:
+            return load_for_model(root / rel, pre)
+        except ImageError as exc:
+            return str(exc)
+
+    h, w = pre.input_size
+    out = np.empty((len(rel_paths), h, w, pre.channels), np.uint8)
+    bad: list[tuple[str, str]] = []
+    keep = np.ones(len(rel_paths), bool)
+    step = 512
+    for start in range(0, len(rel_paths), step):
+        chunk = rel_paths[start : start + step]
+        for j, r in enumerate(_map_threads(load, chunk)):
+            if isinstance(r, str):
+                bad.append((chunk[j], r))
+                keep[start + j] = False
+            else:
+                out[start + j] = r
+        if progress:
+            progress(len(chunk))
+    x = out[keep]
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp.npz")
+        np.savez(tmp, x=x, bad=np.array(bad, dtype=str).reshape(-1, 2))
+        os.replace(tmp, cache)
+    return x, bad

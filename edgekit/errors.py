@@ -1,0 +1,23 @@
+"""User-facing errors: the CLI prints their message as one line and exits non-zero."""
+
+
+class EdgekitError(Exception):
+    """A problem the user can fix (bad path, bad data, tampered model...)."""
+
+    exit_code = 2
+
+
+class DataError(EdgekitError):
+    """The dataset or split is unusable."""
+
+
+class ImageError(EdgekitError):
+    """One image cannot be read or used; batches record it and carry on."""
+
+
+class BundleError(EdgekitError):
+    """A bundle or manifest is missing, malformed, or fails its integrity check."""
+
+
+class IntegrityError(BundleError):
+    """An artifact's sha256 does not match the manifest."""

@@ -1,0 +1,232 @@
+"""The bundle manifest: the one source of truth for preprocessing, labels, thresholds and artifacts.
+
+A bundle (and a training run folder, which is the start of one) is a folder holding
+``manifest.json``, ``labels.txt`` and model files. Every command that takes a bundle reads input
+size, colour order, resize method, labels and thresholds from here and asks for none of them again.
+
+This module is light (standard library only): the device runtime imports it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgekit.errors import BundleError, IntegrityError
+
+SCHEMA = "edgekit.bundle/1"
+MANIFEST_NAME = "manifest.json"
+LABELS_NAME = "labels.txt"
+RESIZE_METHODS = ("area", "bilinear", "nearest", "bicubic")
+
+
+@dataclass
+class Preprocessing:
+    """How a decoded image becomes a model input. Scaling to [0, 1] lives inside the model graph,
+    so the device only decodes, converts colour order, resizes and casts."""
+
+    input_size: tuple[int, int] = (64, 64)  # (height, width)
+    channels: int = 3
+    color_order: str = "RGB"
+    resize: str = "area"
+    input_range: tuple[float, float] = (0.0, 255.0)
+    scaling: str = "in_model"  # the model divides by 255 itself
+
+    def __post_init__(self) -> None:
+        self.input_size = (int(self.input_size[0]), int(self.input_size[1]))
+        self.input_range = (float(self.input_range[0]), float(self.input_range[1]))
+        if self.resize not in RESIZE_METHODS:
+            raise BundleError(f"unknown resize method {self.resize!r}; use one of {RESIZE_METHODS}")
+        if self.channels not in (1, 3):
+            raise BundleError(f"channels must be 1 or 3, not {self.channels}")
+        if self.color_order not in ("RGB", "BGR", "GRAY"):
+            raise BundleError(f"unknown color order {self.color_order!r}")
+
+
+@dataclass
+class Thresholds:
+    """Cell-level decision on the positive-class probability, with an uncertain band.
+
+    p >= positive -> positive label; p < negative -> negative label; in between -> "uncertain"
+    (refer to microscopy). With negative == positive there is no band.
+    """
+
+    positive: float = 0.5
+    negative: float = 0.5
+    source: str = "default"  # how they were chosen, e.g. "validation patients, Youden J"
+
+    def decide(self, p_positive: float) -> str:
+        if p_positive >= self.positive:
+            return "positive"
+        if p_positive < self.negative:
+            return "negative"
+        return "uncertain"
+
+
+@dataclass
+class PatientRule:
+    """Patient-level decision from the fraction of positive cells, and the stop rule."""
+
+    positive_fraction: float = 0.05  # >= this fraction of parasitized cells -> positive
+    negative_fraction: float = 0.01  # upper 95% bound below this -> negative; else refer
+    stop_cells: int = 1000
+    source: str = "default"
+
+
+@dataclass
+class TensorSpec:
+    name: str
+    shape: list[int]
+    dtype: str
+    scale: float | None = None  # quantization, when the tensor is quantized
+    zero_point: int | None = None
+
+
+@dataclass
+class Artifact:
+    """One model file of the bundle."""
+
+    format: str  # keras | tflite_fp32 | tflite_fp16 | tflite_dynamic | tflite_int8 | onnx_fp32 ...
+    path: str  # relative to the bundle folder
+    sha256: str
+    bytes: int
+    runtime: str  # keras | litert | onnxruntime
+    inputs: list[TensorSpec] = field(default_factory=list)
+    outputs: list[TensorSpec] = field(default_factory=list)
+    status: str = "ok"  # ok | failed_validation | export_failed
+    validation: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Artifact:
+        d = dict(d)
+        d["inputs"] = [TensorSpec(**t) for t in d.get("inputs", [])]
+        d["outputs"] = [TensorSpec(**t) for t in d.get("outputs", [])]
+        return cls(**d)
+
+
+@dataclass
+class Manifest:
+    labels: list[str]
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    positive_label: str | None = None
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    patient_rule: PatientRule = field(default_factory=PatientRule)
+    artifacts: dict[str, Artifact] = field(default_factory=dict)
+    name: str = "model"
+    training: dict[str, Any] = field(default_factory=dict)
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    schema: str = SCHEMA
+
+    def __post_init__(self) -> None:
+        if len(self.labels) < 2:
+            raise BundleError("a manifest needs at least two labels")
+        if self.positive_label is not None and self.positive_label not in self.labels:
+            raise BundleError(f"positive label {self.positive_label!r} is not in {self.labels}")
+
+    @property
+    def positive_index(self) -> int | None:
+        return None if self.positive_label is None else self.labels.index(self.positive_label)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Manifest:
+        if d.get("schema", SCHEMA) != SCHEMA:
+            raise BundleError(f"unsupported manifest schema {d.get('schema')!r} (want {SCHEMA})")
+        try:
+            return cls(
+                labels=list(d["labels"]),
+                preprocessing=Preprocessing(**d.get("preprocessing", {})),
+                positive_label=d.get("positive_label"),
+                thresholds=Thresholds(**d.get("thresholds", {})),
+                patient_rule=PatientRule(**d.get("patient_rule", {})),
+                artifacts={k: Artifact.from_dict(v) for k, v in d.get("artifacts", {}).items()},
+                name=d.get("name", "model"),
+                training=d.get("training", {}),
+                evaluation=d.get("evaluation", {}),
+                versions=d.get("versions", {}),
+            )
+        except (KeyError, TypeError) as exc:
+            raise BundleError(f"malformed manifest: {exc}") from exc
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write manifest.json and labels.txt atomically."""
+        folder = Path(folder)
+        atomic_write_text(folder / LABELS_NAME, "\n".join(self.labels) + "\n")
+        path = folder / MANIFEST_NAME
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, default=_json_default) + "\n")
+        return path
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot serialise {type(obj).__name__}")
+
+
+def load_manifest(folder: str | os.PathLike) -> Manifest:
+    """Read a bundle's manifest, with one clear error if it is missing or malformed."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise BundleError(f"bundle not found: {folder}")
+    path = folder / MANIFEST_NAME if folder.is_dir() else folder
+    if not path.is_file():
+        raise BundleError(f"no {MANIFEST_NAME} in {folder}: not an edgekit bundle or run folder")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise BundleError(f"malformed manifest {path}")
+    return Manifest.from_dict(data)
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_artifact(folder: str | os.PathLike, artifact: Artifact) -> Path:
+    """Return the artifact's path after checking it exists and its sha256 matches the manifest."""
+    path = Path(folder) / artifact.path
+    if not path.is_file():
+        raise BundleError(f"artifact {artifact.format} missing: {path}")
+    digest = sha256_file(path)
+    if digest != artifact.sha256:
+        raise IntegrityError(
+            f"{path} fails its sha256 check (manifest {artifact.sha256[:12]}…, file {digest[:12]}…):"
+            " the model file is corrupt or was tampered with; refusing to load it"
+        )
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over the target."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,114 @@
+"""Classification metrics with 95% confidence intervals. numpy only (the device uses Wilson
+intervals for patient summaries; evaluate and bench use all of it)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+Z95 = 1.959963984540054
+
+
+def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a proportion k/n (well-behaved at 0 and n, unlike Wald)."""
+    if n <= 0:
+        return (0.0, 1.0)
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def roc_auc(y_true: np.ndarray, score: np.ndarray) -> float:
+    """Area under the ROC curve by the rank (Mann-Whitney) statistic, ties averaged."""
+    y = np.asarray(y_true).astype(bool)
+    s = np.asarray(score, dtype=np.float64)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s), np.float64)
+    sorted_s = s[order]
+    # average ranks over ties
+    _, first, counts = np.unique(sorted_s, return_index=True, return_counts=True)
+    avg = first + (counts - 1) / 2.0 + 1.0
+    ranks[order] = np.repeat(avg, counts)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def roc_curve(y_true: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """False-positive rates, true-positive rates and thresholds, highest threshold first."""
+    y = np.asarray(y_true).astype(bool)
+    s = np.asarray(score, dtype=np.float64)
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], y[order]
+    distinct = np.r_[np.where(np.diff(s))[0], len(s) - 1]
+    tps = np.cumsum(y)[distinct]
+    fps = (distinct + 1) - tps
+    tpr = np.r_[0.0, tps / max(1, y.sum())]
+    fpr = np.r_[0.0, fps / max(1, (~y).sum())]
+    return fpr, tpr, np.r_[np.inf, s[distinct]]
+
+
+def bootstrap_auc_ci(
+    y_true: np.ndarray, score: np.ndarray, n_boot: int = 1000, seed: int = 0, groups: np.ndarray | None = None
+) -> tuple[float, float]:
+    """Percentile bootstrap 95% interval of the AUC; resamples whole groups (patients) if given,
+    because crops of one patient are not independent."""
+    rng = np.random.default_rng(seed)
+    y, s = np.asarray(y_true), np.asarray(score)
+    if groups is None:
+        index_sets = [np.array([i]) for i in range(len(y))]
+    else:
+        g = np.asarray(groups)
+        index_sets = [np.flatnonzero(g == u) for u in np.unique(g)]
+    aucs = []
+    for _ in range(n_boot):
+        pick = rng.integers(0, len(index_sets), len(index_sets))
+        idx = np.concatenate([index_sets[i] for i in pick])
+        a = roc_auc(y[idx], s[idx])
+        if not math.isnan(a):
+            aucs.append(a)
+    if not aucs:
+        return (float("nan"), float("nan"))
+    return (float(np.percentile(aucs, 2.5)), float(np.percentile(aucs, 97.5)))
+
+
+def _prop(k: int, n: int) -> dict[str, Any]:
+    lo, hi = wilson_interval(k, n)
+    return {"value": k / n if n else float("nan"), "ci95": [lo, hi], "k": int(k), "n": int(n)}
+
+
+def binary_metrics(
+    y_true: np.ndarray,
+    p_positive: np.ndarray,
+    threshold: float = 0.5,
+    groups: np.ndarray | None = None,
+    n_boot: int = 1000,
+) -> dict[str, Any]:
+    """Accuracy, sensitivity, specificity, precision, F1 (Wilson 95% CIs) and AUC (bootstrap CI,
+    by group when ``groups`` is given) for a binary task; ``y_true`` is 1 for the positive class."""
+    y = np.asarray(y_true).astype(bool)
+    pred = np.asarray(p_positive) >= threshold
+    tp = int((pred & y).sum())
+    tn = int((~pred & ~y).sum())
+    fp = int((pred & ~y).sum())
+    fn = int((~pred & y).sum())
+    prec = tp / (tp + fp) if tp + fp else float("nan")
+    sens = tp / (tp + fn) if tp + fn else float("nan")
+    f1 = 2 * prec * sens / (prec + sens) if prec + sens and not math.isnan(prec + sens) else float("nan")
+    auc = roc_auc(y, p_positive)
+    return {
+        "n": int(len(y)),
+        "threshold": float(threshold),
+        "accuracy": _prop(tp + tn, len(y)),
+        "sensitivity": _prop(tp, tp + fn),
+        "specificity": _prop(tn, tn + fp),
+        "precision": _prop(tp, tp + fp),
+        "f1": f1,
+        "auc": {"value": auc, "ci95": list(bootstrap_auc_ci(y, p_positive, n_boot=n_boot, groups=groups))},
+        "confusion": {"tp": tp, "fn": fn, "fp": fp, "tn": tn},
+    }
