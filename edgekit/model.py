@@ -113,7 +113,12 @@ def build_transfer(
         if not os.path.isfile(weights):
             raise EdgekitError(f"weights file not found: {weights}")
         keras_weights, local_weights = None, weights
-    kwargs = {"include_top": False, "weights": keras_weights, "input_shape": tuple(input_shape), "pooling": "avg"}
+    kwargs = {
+        "include_top": False,
+        "weights": keras_weights,
+        "input_shape": tuple(input_shape),
+        "pooling": "avg",
+    }
     if key == "mobilenetv3small":
         kwargs["include_preprocessing"] = True
     try:

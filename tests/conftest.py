@@ -38,7 +38,7 @@ def make_cell_folder(root: Path, patients: int = 12, per_patient: int = 6, seed:
             yy, xx = np.mgrid[:size, :size]
             r = size * 0.42
             disc = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < r * r
-            img[disc] = (int(rng.integers(190, 230)), int(rng.integers(120, 160)), int(rng.integers(150, 190)))
+            img[disc] = tuple(int(rng.integers(lo, lo + 40)) for lo in (190, 120, 150))
             if parasitized:
                 cy, cx = rng.integers(int(size * 0.35), int(size * 0.65), 2)
                 dot = (yy - cy) ** 2 + (xx - cx) ** 2 < (size * 0.1) ** 2
