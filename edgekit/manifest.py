@@ -59,6 +59,16 @@ class Thresholds:
     positive: float = 0.5
     negative: float = 0.5
     source: str = "default"  # how they were chosen, e.g. "validation patients, Youden J"
+    cutoff: float | None = None  # the single yes/no cut for accuracy etc.; default: band midpoint
+
+    def __post_init__(self) -> None:
+        if self.cutoff is None:
+            self.cutoff = (self.positive + self.negative) / 2
+        if not 0.0 <= self.negative <= self.cutoff <= self.positive <= 1.0:
+            raise BundleError(
+                f"thresholds must satisfy 0 <= negative ({self.negative}) <= cutoff ({self.cutoff})"
+                f" <= positive ({self.positive}) <= 1"
+            )
 
     def decide(self, p_positive: float) -> str:
         if p_positive >= self.positive:
@@ -73,7 +83,7 @@ class PatientRule:
     """Patient-level decision from the fraction of positive cells, and the stop rule."""
 
     positive_fraction: float = 0.05  # >= this fraction of parasitized cells -> positive
-    negative_fraction: float = 0.01  # upper 95% bound below this -> negative; else refer
+    negative_fraction: float = 0.05  # Wilson upper 95% bound below this -> negative; else refer
     stop_cells: int = 1000
     source: str = "default"
 

@@ -1,0 +1,68 @@
+"""Choosing the decision thresholds from validation patients (never from test patients).
+
+Cell level: the cutoff maximises Youden's J (sensitivity + specificity - 1) on validation crops;
+the uncertain band ("refer to microscopy") is the narrowest one around it outside of which the
+validation crops are classified with at least ``target`` precision on each side.
+Patient level: a patient is positive when the fraction of parasitized-called cells reaches
+``positive_fraction``, set above the highest fraction seen among validation control patients.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgekit.manifest import PatientRule, Thresholds
+from edgekit.metrics import roc_curve
+
+
+def youden_cutoff(y: np.ndarray, p: np.ndarray) -> float:
+    fpr, tpr, thr = roc_curve(y, p)
+    j = tpr - fpr
+    best = int(np.argmax(j[1:])) + 1  # skip the +inf point
+    return float(np.clip(thr[best], 0.0, 1.0))
+
+
+def choose_thresholds(y: np.ndarray, p: np.ndarray, target: float = 0.99) -> Thresholds:
+    """Cutoff by Youden's J; band edges where positive calls reach ``target`` precision and negative
+    calls reach ``target`` negative predictive value on the validation crops."""
+    y = np.asarray(y).astype(bool)
+    p = np.asarray(p, dtype=np.float64)
+    cut = youden_cutoff(y, p)
+    positive = cut
+    for t in np.unique(p[p >= cut]):  # ascending: the lowest threshold that is precise enough
+        called = p >= t
+        if called.sum() and y[called].mean() >= target:
+            positive = float(t)
+            break
+    else:
+        positive = 1.0
+    negative = cut
+    for t in np.unique(p[p <= cut])[::-1]:  # descending: the highest threshold with enough NPV
+        called = p < t
+        if called.sum() and (~y[called]).mean() >= target:
+            negative = float(t)
+            break
+    else:
+        negative = 0.0
+    source = (
+        f"validation crops (n={len(y)}): cutoff by Youden J; band edges at {target:.0%} "
+        "precision (positive side) and negative predictive value (negative side)"
+    )
+    return Thresholds(positive=max(positive, cut), negative=min(negative, cut), cutoff=cut, source=source)
+
+
+def choose_patient_rule(
+    control_fractions: list[float], infected_fractions: list[float], stop_cells: int = 1000,
+    floor: float = 0.05,
+) -> PatientRule:
+    """Positive when the called-parasitized fraction reaches a cut above every validation control
+    patient (with margin, never below ``floor``); negative when the Wilson upper bound is below it too."""
+    highest_control = max(control_fractions, default=0.0)
+    positive = max(floor, 1.5 * highest_control)
+    lowest_infected = min(infected_fractions, default=1.0)
+    source = (
+        f"validation patients: {len(control_fractions)} controls (highest called fraction "
+        f"{highest_control:.3f}), {len(infected_fractions)} infected (lowest {lowest_infected:.3f})"
+    )
+    return PatientRule(positive_fraction=positive, negative_fraction=positive, stop_cells=stop_cells,
+                       source=source)
