@@ -17,7 +17,7 @@ def test_youden_finds_the_separating_cut():
 def test_band_covers_the_overlap_only():
     rng = np.random.default_rng(0)
     y = np.r_[np.zeros(500), np.ones(500)].astype(int)
-    p = np.clip(np.r_[rng.normal(0.2, 0.12, 500), rng.normal(0.8, 0.12, 500)], 0, 1)
+    p = np.clip(np.r_[rng.normal(0.25, 0.2, 500), rng.normal(0.75, 0.2, 500)], 0, 1)
     t = choose_thresholds(y, p, target=0.99)
     assert t.negative <= t.cutoff <= t.positive
     assert 0.3 < t.cutoff < 0.7
