@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
 from edgekit.errors import ImageError
 
 if TYPE_CHECKING:

@@ -1,0 +1,243 @@
+"""Inference adapters over an injectable interpreter: LiteRT / tflite-runtime and onnxruntime.
+
+The adapters are thin and testable with a fake interpreter (pycoral's ``adapters/common.py``
+pattern): they quantize the uint8 input when the model asks for it, run, and dequantize the
+output with its scale and zero point. Runtime packages are imported only inside ``open_*``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from edgekit.errors import BundleError
+from edgekit.manifest import TensorSpec
+
+RUNTIME_MODULES = {
+    "litert": ("ai_edge_litert", "tflite_runtime"),
+    "onnxruntime": ("onnxruntime",),
+}
+_ONNX_DTYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(uint8)": "uint8",
+    "tensor(int8)": "int8",
+}
+
+
+_NOISE = (b"INFO: Created TensorFlow Lite XNNPACK delegate",)
+
+
+@contextlib.contextmanager
+def _quiet_native_info() -> Iterator[None]:
+    """Drop LiteRT's native "INFO: Created ... delegate" line from stderr (written by C++, so it
+    bypasses Python's logging); every other line written meanwhile is passed through."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            kept = [ln for ln in tmp.read().splitlines(keepends=True) if not ln.startswith(_NOISE)]
+            if kept:
+                os.write(2, b"".join(kept))
+
+
+class Backend(Protocol):
+    """What the runtime needs from an inference engine."""
+
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    last_invoke_s: float
+
+    def run(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+def runtime_available(runtime: str) -> bool:
+    """Whether a Python package for ``runtime`` (``litert`` or ``onnxruntime``) is installed."""
+    return any(importlib.util.find_spec(m) is not None for m in RUNTIME_MODULES.get(runtime, ()))
+
+
+def quantize_input(x: np.ndarray, dtype: str, scale: float | None, zero_point: int | None) -> np.ndarray:
+    """Cast raw pixels to the model's input type, quantizing when the input is int8/uint8 with a
+    scale other than 1 (or a zero point other than 0)."""
+    dt = np.dtype(dtype)
+    if dt.kind == "f":
+        return x.astype(dt, copy=False)
+    scale = 1.0 if not scale else float(scale)
+    zero_point = int(zero_point or 0)
+    if x.dtype == dt and scale == 1.0 and zero_point == 0:
+        return x
+    info = np.iinfo(dt)
+    q = np.round(x.astype(np.float32) / scale + zero_point)
+    return np.clip(q, info.min, info.max).astype(dt)
+
+
+def dequantize(y: np.ndarray, scale: float | None, zero_point: int | None) -> np.ndarray:
+    """Integer output -> float32 with the output's scale and zero point; floats pass through."""
+    if np.dtype(y.dtype).kind in "iu":
+        return ((y.astype(np.float32) - float(zero_point or 0)) * float(scale or 1.0)).astype(np.float32)
+    return y.astype(np.float32, copy=False)
+
+
+def tflite_spec(detail: dict[str, Any]) -> TensorSpec:
+    """A TensorSpec from one entry of ``interpreter.get_input_details()`` / ``get_output_details()``."""
+    scale, zero_point = detail.get("quantization", (0.0, 0))
+    dtype = np.dtype(detail["dtype"])
+    quantized = dtype.kind in "iu" and scale != 0.0
+    shape = detail.get("shape_signature", detail["shape"])
+    return TensorSpec(
+        name=str(detail["name"]),
+        shape=[int(v) for v in shape],
+        dtype=dtype.name,
+        scale=float(scale) if quantized else None,
+        zero_point=int(zero_point) if quantized else None,
+    )
+
+
+class TFLiteBackend:
+    """Runs a LiteRT / tflite-runtime interpreter (or anything with the same five methods)."""
+
+    def __init__(self, interpreter: Any) -> None:
+        self.interpreter = interpreter
+        with _quiet_native_info():
+            self.interpreter.allocate_tensors()
+        self._in = interpreter.get_input_details()[0]
+        self._out = interpreter.get_output_details()[0]
+        self.inputs = [tflite_spec(d) for d in interpreter.get_input_details()]
+        self.outputs = [tflite_spec(d) for d in interpreter.get_output_details()]
+        self._batch = int(self._in["shape"][0])
+        self._resizable = True
+        self.last_invoke_s = 0.0
+
+    def _set_batch(self, n: int) -> bool:
+        """Resize the input to batch ``n``; False when the model has a fixed batch size."""
+        if n == self._batch:
+            return True
+        if not self._resizable:
+            return False
+        try:
+            self.interpreter.resize_tensor_input(self._in["index"], [n, *self._in["shape"][1:]])
+            self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError):
+            self._resizable = False
+            return False
+        self._batch = n
+        return True
+
+    def _invoke(self, x: np.ndarray) -> np.ndarray:
+        spec = self.inputs[0]
+        x = quantize_input(x, spec.dtype, spec.scale, spec.zero_point)
+        self.interpreter.set_tensor(self._in["index"], x)
+        t0 = time.perf_counter()
+        self.interpreter.invoke()
+        self.last_invoke_s += time.perf_counter() - t0
+        out = self.outputs[0]
+        y = np.array(self.interpreter.get_tensor(self._out["index"]))
+        return dequantize(y, out.scale, out.zero_point)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        self.last_invoke_s = 0.0
+        if self._set_batch(len(batch)):
+            return self._invoke(batch)
+        if not self._set_batch(1) and self._batch != 1:
+            raise BundleError(f"model has a fixed batch size of {self._batch}; cannot run {len(batch)}")
+        return np.concatenate([self._invoke(batch[i : i + 1]) for i in range(len(batch))])
+
+
+class OnnxBackend:
+    """Runs an onnxruntime InferenceSession (or anything with ``get_inputs/get_outputs/run``)."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self._in = session.get_inputs()[0]
+        self._out_names = [o.name for o in session.get_outputs()]
+        self.inputs = [self._spec(t) for t in session.get_inputs()]
+        self.outputs = [self._spec(t) for t in session.get_outputs()]
+        self.last_invoke_s = 0.0
+
+    @staticmethod
+    def _spec(t: Any) -> TensorSpec:
+        shape = [d if isinstance(d, int) else -1 for d in t.shape]
+        return TensorSpec(name=t.name, shape=shape, dtype=_ONNX_DTYPES.get(t.type, t.type))
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        x = quantize_input(batch, self.inputs[0].dtype, None, None)
+        t0 = time.perf_counter()
+        y = self.session.run(self._out_names[:1], {self._in.name: x})[0]
+        self.last_invoke_s = time.perf_counter() - t0
+        return dequantize(np.asarray(y), None, None)
+
+
+def open_tflite(path: str | Path, threads: int | None = None) -> TFLiteBackend:
+    """LiteRT (``ai-edge-litert``) first; ``tflite-runtime`` as a fallback for older boards."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        Interpreter = None
+    if Interpreter is not None:
+        try:
+            return TFLiteBackend(Interpreter(model_path=str(path), num_threads=threads))
+        except (ValueError, RuntimeError) as exc:
+            raise BundleError(f"LiteRT cannot load {path}: {_first_line(exc)}") from exc
+    try:
+        from tflite_runtime.interpreter import Interpreter as LegacyInterpreter
+    except ImportError as exc:
+        raise BundleError(
+            "no TFLite runtime installed: pip install ai-edge-litert (or tflite-runtime on older boards)"
+        ) from exc
+    try:
+        return TFLiteBackend(LegacyInterpreter(model_path=str(path), num_threads=threads))
+    except (ValueError, RuntimeError) as exc:
+        raise BundleError(
+            f"tflite-runtime cannot load {path} ({_first_line(exc)}); it is probably older than the "
+            "converter that wrote the model: install ai-edge-litert, or use the bundle's ONNX model"
+        ) from exc
+
+
+def open_onnx(path: str | Path, threads: int | None = None) -> OnnxBackend:
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise BundleError("onnxruntime is not installed: pip install onnxruntime") from exc
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types for bad files
+        raise BundleError(f"onnxruntime cannot load {path}: {_first_line(exc)}") from exc
+    return OnnxBackend(session)
+
+
+OPENERS = {"litert": open_tflite, "onnxruntime": open_onnx}
+
+
+def open_backend(runtime: str, path: str | Path, threads: int | None = None) -> Backend:
+    """Open ``path`` with the named runtime (``litert`` or ``onnxruntime``)."""
+    if runtime not in OPENERS:
+        raise BundleError(f"runtime {runtime!r} is not available on the device (use litert or onnxruntime)")
+    return OPENERS[runtime](path, threads)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,206 @@
+"""Live classification from a camera, a video file or a network stream.
+
+Sources: an OpenCV ``VideoCapture`` (USB webcam index, video file, URL, or a GStreamer pipeline,
+recognised by its ``!``), or Picamera2 on a Raspberry Pi (imported only when used). Each frame
+is center-cropped to a square and classified as one crop through the shared ``prepare()``.
+A file ends cleanly at its last frame; a live source that stops delivering frames is reopened
+``reconnect`` times before giving up with a clear message.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.device.quality import DEFAULT_GATES, QualityGates
+from edgekit.errors import EdgekitError
+
+
+class CameraError(EdgekitError):
+    """The camera or stream cannot be opened, or disappeared and did not come back."""
+
+
+def center_square(rgb: np.ndarray) -> np.ndarray:
+    """The largest centered square of a frame (the crop a camera frame is classified as)."""
+    h, w = rgb.shape[:2]
+    s = min(h, w)
+    top, left = (h - s) // 2, (w - s) // 2
+    return rgb[top : top + s, left : left + s]
+
+
+def is_live(source: str) -> bool:
+    """Webcam indices, URLs and pipelines are live (reconnect on failure); files end."""
+    return source.isdigit() or "://" in source or "!" in source or source in ("auto", "picamera")
+
+
+class OpenCVSource:
+    def __init__(self, source: str) -> None:
+        import cv2
+
+        self.source = source
+        if source.isdigit():
+            self.cap = cv2.VideoCapture(int(source))
+        elif "!" in source:
+            self.cap = cv2.VideoCapture(source, cv2.CAP_GSTREAMER)
+        else:
+            if "://" not in source and not Path(source).is_file():
+                raise CameraError(f"video source not found: {source}")
+            self.cap = cv2.VideoCapture(source)
+        if not self.cap.isOpened():
+            raise CameraError(f"cannot open video source {source!r}")
+
+    def read(self) -> np.ndarray | None:
+        import cv2
+
+        ok, frame = self.cap.read()
+        if not ok or frame is None:
+            return None
+        if frame.ndim == 2:
+            return cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB)
+        return cv2.cvtColor(frame[:, :, :3], cv2.COLOR_BGR2RGB)
+
+    def close(self) -> None:
+        self.cap.release()
+
+
+class PicameraSource:
+    def __init__(self) -> None:
+        try:
+            from picamera2 import Picamera2
+        except ImportError as exc:
+            raise CameraError("Picamera2 is not installed (sudo apt install python3-picamera2)") from exc
+        self.cam = Picamera2()
+        self.cam.configure(self.cam.create_still_configuration(main={"format": "RGB888"}))
+        self.cam.start()
+
+    def read(self) -> np.ndarray | None:
+        frame = self.cam.capture_array()
+        # Picamera2's "RGB888" is BGR in memory (libcamera naming)
+        return None if frame is None else np.ascontiguousarray(frame[:, :, 2::-1])
+
+    def close(self) -> None:
+        self.cam.stop()
+        self.cam.close()
+
+
+def open_source(source: str) -> OpenCVSource | PicameraSource:
+    """``auto``: Picamera2 when installed (a Raspberry Pi camera), else webcam 0."""
+    if source == "picamera":
+        return PicameraSource()
+    if source == "auto":
+        import importlib.util
+
+        if importlib.util.find_spec("picamera2") is not None:
+            return PicameraSource()
+        source = "0"
+    return OpenCVSource(source)
+
+
+def frames(
+    source: str, reconnect: int = 3, reconnect_delay: float = 1.0,
+    opener: Callable[[str], OpenCVSource | PicameraSource] = open_source,
+) -> Iterator[np.ndarray]:
+    """RGB frames until the end of a file, or until a live source is gone after ``reconnect`` tries."""
+    cam = opener(source)
+    live = is_live(source)
+    try:
+        while True:
+            frame = cam.read()
+            if frame is not None:
+                yield frame
+                continue
+            if not live:
+                return
+            cam.close()
+            cam, frame = _reopen(source, reconnect, reconnect_delay, opener)
+            yield frame
+    finally:
+        cam.close()
+
+
+def _reopen(source: str, attempts: int, delay: float, opener: Callable) -> tuple[object, np.ndarray]:
+    """A reopened source and its first frame (proof that it is really back)."""
+    for _ in range(attempts):
+        time.sleep(delay)
+        try:
+            cam = opener(source)
+        except CameraError:
+            continue
+        if (frame := cam.read()) is not None:
+            return cam, frame
+        cam.close()
+    raise CameraError(
+        f"camera {source!r} stopped delivering frames and did not come back after {attempts} attempts"
+    )
+
+
+@dataclass
+class FrameRate:
+    """Frames per second over a sliding window of recent frames."""
+
+    window: int = 30
+
+    def __post_init__(self) -> None:
+        self._times: list[float] = []
+
+    def tick(self) -> float:
+        self._times.append(time.perf_counter())
+        self._times = self._times[-self.window :]
+        if len(self._times) < 2:
+            return 0.0
+        return (len(self._times) - 1) / max(self._times[-1] - self._times[0], 1e-9)
+
+
+def run_camera(
+    classifier, source: str, every: int = 1, save_dir: str | Path | None = None,
+    max_frames: int | None = None, echo: Callable[[str], None] = print, reconnect: int = 3,
+    reconnect_delay: float = 1.0, gates: QualityGates | None = DEFAULT_GATES,
+) -> int:
+    """Classify frames from ``source``, printing a line every ``every`` frames; optionally save each
+    printed frame with its result. Frames failing a quality gate are reported, not classified.
+    Returns the number of frames processed. Ctrl-C stops cleanly."""
+    import json
+
+    import cv2
+
+    from edgekit.device.pipeline import classify_one
+
+    if save_dir is not None:
+        save_dir = Path(save_dir)
+        save_dir.mkdir(parents=True, exist_ok=True)
+    rate = FrameRate()
+    pos = classifier.manifest.positive_label
+    n = 0
+    try:
+        for frame in frames(source, reconnect, reconnect_delay):
+            fps = rate.tick()
+            out = classify_one(f"frame {n + 1}", center_square(frame), classifier, gates)
+            n += 1
+            last = bool(max_frames) and n >= max_frames
+            if (n - 1) % max(1, every) and not last:
+                continue
+            pred = out.prediction
+            if pred is None:
+                echo(f"frame {n}: {out.status}: {out.reason} ({fps:.1f} fps)")
+            else:
+                p_pos = "" if pred.p_positive is None else f" p_{pos}={pred.p_positive:.3f}"
+                echo(f"frame {n}: {pred.label} {pred.probability:.3f}{p_pos} {pred.decision} ({fps:.1f} fps)")
+            if save_dir is not None:
+                name = f"frame_{n:06d}.jpg"
+                cv2.imwrite(str(save_dir / name), frame[:, :, ::-1])
+                row = {"frame": n, "file": name, "status": out.status, "reason": out.reason,
+                       "model_sha256": classifier.model_sha256}
+                if pred is not None:
+                    row.update(label=pred.label, probability=pred.probability, p_positive=pred.p_positive,
+                               decision=pred.decision)
+                with open(save_dir / "results.jsonl", "a") as f:
+                    f.write(json.dumps(row) + "\n")
+            if last:
+                break
+    except KeyboardInterrupt:
+        echo("stopped")
+    return n

@@ -1,0 +1,338 @@
+"""Device commands: ``classify``, ``camera``, ``screen``, ``sessions``. Light at import (click only);
+the runtime, OpenCV and the inference engines load inside the command bodies."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+_model_option = click.option(
+    "--model", "-m", "bundle", type=click.Path(path_type=Path), default=None,
+    help="Bundle folder (from `edgekit export`). Default: the model shipped with edgekit.",
+)
+_model_format_option = click.option(
+    "--model-format", default=None,
+    help="Which model of the bundle to run (tflite_int8, onnx_fp32, ...). Default: the first usable one.",
+)
+_threads_option = click.option(
+    "--threads", type=click.IntRange(1, 64), default=None, help="Inference threads."
+)
+_progress_option = click.option(
+    "--progress/--no-progress", default=None,
+    help="Progress bar on stderr (default: when stderr is a terminal).",
+)
+_quality_option = click.option(
+    "--quality/--no-quality", default=True, show_default=True,
+    help="Reject too small, blank, badly exposed or blurred images before classifying.",
+)
+
+
+def _load(bundle: Path | None, model_format: str | None, threads: int | None):
+    import os
+
+    # Each bad file gets our one-line reason; OpenCV's own decoder warnings would only add noise.
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")
+    from edgekit.device.runtime import load_classifier
+
+    return load_classifier(bundle, model_format, threads)
+
+
+def _columns(classifier) -> list[str]:
+    pos = classifier.manifest.positive_label
+    cols = ["path", "status", "label", "probability"]
+    if pos is not None:
+        cols.append(f"p_{pos.lower()}")
+    return [*cols, "decision", "reason", "model_sha256", "model_format"]
+
+
+def _row(out, classifier) -> dict[str, Any]:
+    p = out.prediction
+    row: dict[str, Any] = {"path": out.source_id, "status": out.status, "label": None, "probability": None}
+    pos = classifier.manifest.positive_label
+    if pos is not None:
+        row[f"p_{pos.lower()}"] = None if p is None else round(p.p_positive, 6)
+    if p is not None:
+        row["label"], row["probability"] = p.label, round(p.probability, 6)
+    row["decision"] = None if p is None else p.decision
+    row["reason"] = out.reason
+    row["model_sha256"] = classifier.model_sha256
+    row["model_format"] = classifier.fmt
+    return row
+
+
+class _Writer:
+    """Streams result rows as an aligned table, JSON lines or CSV."""
+
+    def __init__(self, fmt: str, columns: list[str], path_width: int) -> None:
+        self.fmt, self.columns, self.path_width = fmt, columns, max(8, min(path_width, 60))
+        self._csv = None
+        if fmt == "csv":
+            self._csv = csv.DictWriter(sys.stdout, fieldnames=columns, lineterminator="\n")
+            self._csv.writeheader()
+        elif fmt == "table":
+            pcol = next((c for c in columns if c.startswith("p_")), None)
+            self._pcol = pcol
+            head = f"{'path':<{self.path_width}}  {'label':<14} {'prob':>6}"
+            head += f" {pcol:>14}" if pcol else ""
+            click.echo(head + "  decision")
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self.fmt == "jsonl":
+            click.echo(json.dumps(row))
+        elif self.fmt == "csv":
+            self._csv.writerow(row)
+            sys.stdout.flush()
+        else:
+            path = row["path"]
+            if len(path) > self.path_width:
+                path = "…" + path[-(self.path_width - 1) :]
+            if row["status"] != "classified":
+                click.echo(f"{path:<{self.path_width}}  {row['status'].upper()}: {row['reason']}")
+                return
+            line = f"{path:<{self.path_width}}  {row['label']:<14} {row['probability']:>6.3f}"
+            if self._pcol:
+                line += f" {row[self._pcol]:>14.3f}"
+            decision = row["decision"]
+            if decision == "uncertain":
+                decision = "uncertain: refer to microscopy"
+            click.echo(f"{line}  {decision}")
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True)
+@_model_option
+@_model_format_option
+@click.option("--format", "out_format", type=click.Choice(["table", "jsonl", "csv"]), default="table",
+              show_default=True, help="Output: aligned table, one JSON object per image, or CSV.")
+@_threads_option
+@_progress_option
+@_quality_option
+@click.pass_context
+def classify(ctx: click.Context, paths: tuple[str, ...], bundle: Path | None, model_format: str | None,
+             out_format: str, threads: int | None, progress: bool | None, quality: bool) -> None:
+    """Classify image files, folders (recursive) and glob patterns with a bundle's model.
+
+    Exits 1 when any input could not be read (the batch still runs to the end).
+    """
+    from edgekit.device.pipeline import Outcome, Progress, Tally, classify_one, expand_inputs, missing_reason
+    from edgekit.device.quality import DEFAULT_GATES
+
+    classifier = _load(bundle, model_format, threads)
+    items = list(expand_inputs(paths))
+    writer = _Writer(out_format, _columns(classifier), max((len(s) for s, _ in items), default=8))
+    bar = Progress(len(items), Progress.wanted(bool(progress)) if progress is not False else False)
+    tally = Tally()
+    gates = DEFAULT_GATES if quality else None
+    for shown, path in items:
+        if path is None:
+            out = Outcome(shown, "failed", reason=missing_reason(shown))
+        else:
+            out = classify_one(shown, path, classifier, gates)
+        tally.add(out.status)
+        bar.clear()
+        writer.write(_row(out, classifier))
+        bar.update()
+    bar.close()
+    click.echo(tally.line(), err=True)
+    if tally.counts["failed"]:
+        ctx.exit(1)
+
+
+@click.command()
+@click.option("--source", default="auto", show_default=True,
+              help="Webcam index (0), video file, stream URL, GStreamer pipeline, 'picamera', or 'auto' "
+                   "(Picamera2 when installed, else webcam 0).")
+@_model_option
+@_model_format_option
+@_threads_option
+@click.option("--every", type=click.IntRange(1), default=1, show_default=True, help="Print every N-th frame.")
+@click.option("--save", "save_dir", type=click.Path(path_type=Path), default=None,
+              help="Save printed frames (JPEG) and their results (results.jsonl) into this folder.")
+@click.option("--max-frames", type=click.IntRange(1), default=None, help="Stop after this many frames.")
+@click.option("--reconnect", type=click.IntRange(0), default=3, show_default=True,
+              help="Attempts to reopen a live source that stops delivering frames.")
+@_quality_option
+def camera(source: str, bundle: Path | None, model_format: str | None, threads: int | None, every: int,
+           save_dir: Path | None, max_frames: int | None, reconnect: int, quality: bool) -> None:
+    """Live classification of camera frames (each frame's center square is one crop). Ctrl-C stops."""
+    from edgekit.device.camera import run_camera
+    from edgekit.device.quality import DEFAULT_GATES
+
+    classifier = _load(bundle, model_format, threads)
+    n = run_camera(classifier, source, every, save_dir, max_frames, click.echo, reconnect,
+                   gates=DEFAULT_GATES if quality else None)
+    click.echo(f"{n} frames processed", err=True)
+
+
+@click.command()
+@click.argument("paths", nargs=-1)
+@click.option("--patient", required=True, help="Patient id (a rerun with the same id and model resumes).")
+@click.option("--site", default=None, help="Screening site.")
+@click.option("--operator", default=None, help="Who ran the screening.")
+@click.option("--camera", "use_camera", is_flag=True, help="Screen camera frames instead of files.")
+@click.option("--source", default="auto", show_default=True, help="Camera source (see `edgekit camera`).")
+@click.option("--db", type=click.Path(path_type=Path), default=None,
+              help="Screening database. Default: $EDGEKIT_DB or ~/.local/share/edgekit/screening.sqlite.")
+@click.option("--stop-cells", type=click.IntRange(0), default=None,
+              help="Stop after this many classified cells (0: never). Default: the manifest's patient rule.")
+@_model_option
+@_model_format_option
+@_threads_option
+@_progress_option
+@_quality_option
+@click.option("--json", "as_json", is_flag=True, help="Print the patient summary as JSON.")
+def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str | None, use_camera: bool,
+           source: str, db: Path | None, stop_cells: int | None, bundle: Path | None,
+           model_format: str | None, threads: int | None, progress: bool | None, quality: bool,
+           as_json: bool) -> None:
+    """Screen a patient: classify and record every crop, then summarise and decide.
+
+    Each image is committed to the database as soon as it is classified; rerunning the same command
+    skips what is already recorded.
+    """
+    from edgekit.device.camera import center_square, frames
+    from edgekit.device.pipeline import Progress, expand_inputs
+    from edgekit.device.quality import DEFAULT_GATES
+    from edgekit.device.records import RecordStore, default_db_path
+    from edgekit.device.screening import path_crops, record_crops, summarize
+    from edgekit.errors import EdgekitError
+
+    if bool(paths) == use_camera:
+        raise EdgekitError("give image PATHS or --camera (one of them)")
+    classifier = _load(bundle, model_format, threads)
+    rule = classifier.manifest.patient_rule
+    stop = rule.stop_cells if stop_cells is None else stop_cells
+    with RecordStore(db or default_db_path()) as store:
+        session = store.open_session(patient, classifier.model_sha256, site, operator, classifier.fmt,
+                                     str(classifier.bundle_dir))
+        if use_camera:
+            crops = ((f"frame {i}", None, center_square(f)) for i, f in enumerate(frames(source), 1))
+            total, kind = None, "camera"
+        else:
+            items = list(expand_inputs(paths))
+            crops, total, kind = path_crops(items), len(items), "file"
+        bar = Progress(total, Progress.wanted(bool(progress)) if progress is not False else False)
+
+        def report(out) -> None:
+            if out.status in ("rejected", "failed"):
+                bar.clear()
+                click.echo(f"{out.status} {out.source_id}: {out.reason}", err=True)
+            bar.update()
+
+        try:
+            tally = record_crops(store, session, crops, classifier, DEFAULT_GATES if quality else None, stop,
+                                 kind, report)
+        except KeyboardInterrupt:
+            bar.close()
+            click.echo("interrupted: everything classified so far is recorded", err=True)
+            tally = None
+        bar.close()
+        if tally is not None:
+            click.echo(tally.line(), err=True)
+        summary = summarize(patient, store.records(session.id), rule, stop)
+    click.echo(json.dumps(summary.to_dict()) if as_json else f"session {session.id}: {summary.line()}")
+
+
+@click.group()
+def sessions() -> None:
+    """Read screening records back: list, show, export."""
+
+
+_db_option = click.option(
+    "--db", type=click.Path(path_type=Path), default=None,
+    help="Screening database (default: $EDGEKIT_DB or ~/.local/share/edgekit/screening.sqlite).",
+)
+
+
+def _store(db: Path | None):
+    from edgekit.device.records import RecordsError, RecordStore, default_db_path
+
+    path = db or default_db_path()
+    if not path.is_file():
+        raise RecordsError(f"no screening database at {path}")
+    return RecordStore(path)
+
+
+@sessions.command("list")
+@_db_option
+def sessions_list(db: Path | None) -> None:
+    """One line per session: id, patient, site, cells, parasitized, updated."""
+    import time
+
+    with _store(db) as store:
+        rows = store.sessions()
+    click.echo(f"{'id':>4}  {'patient':<16} {'site':<12} {'cells':>6} {'parasit.':>8}  updated")
+    for r in rows:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["updated_at"]))
+        click.echo(f"{r['id']:>4}  {r['patient']:<16} {r['site'] or '-':<12} {r['classified'] or 0:>6}"
+                   f" {r['positive'] or 0:>8}  {when}")
+
+
+def _summary(store, session):
+    from edgekit.device.screening import summarize
+    from edgekit.manifest import PatientRule, load_manifest
+
+    rule = PatientRule()
+    try:
+        rule = load_manifest(session.bundle).patient_rule if session.bundle else rule
+    except Exception:  # the bundle moved or is gone: the default rule still summarises the counts
+        pass
+    return summarize(session.patient, store.records(session.id), rule)
+
+
+@sessions.command("show")
+@click.argument("session_id")
+@_db_option
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def sessions_show(session_id: str, db: Path | None, as_json: bool) -> None:
+    """Summary of one session (by id, or the latest session of a patient id)."""
+    with _store(db) as store:
+        session = store.find_session(session_id)
+        summary = _summary(store, session)
+    if as_json:
+        click.echo(json.dumps({"session": session.__dict__, "summary": summary.to_dict()}))
+        return
+    click.echo(f"session {session.id}  site {session.site or '-'}  operator {session.operator or '-'}")
+    model = f"model {session.model_format or '?'} sha256 {session.model_sha256[:16]}…"
+    click.echo(f"{model}  bundle {session.bundle}")
+    click.echo(summary.line())
+
+
+EXPORT_COLUMNS = ["session_id", "patient", "site", "operator", "source_id", "source_kind", "content_hash",
+                  "status", "reason", "label", "probability", "p_positive", "decision", "model_sha256",
+                  "created_at"]
+
+
+@sessions.command("export")
+@click.argument("session_id", required=False)
+@_db_option
+@click.option("--csv", "as_csv", is_flag=True, default=True, help="CSV (the only format for now).")
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=None, help="File (default: stdout).")
+def sessions_export(session_id: str | None, db: Path | None, as_csv: bool, output: Path | None) -> None:
+    """Export the records of one session (or all sessions) as CSV (times in UTC, ISO 8601)."""
+    from datetime import datetime, timezone
+
+    from edgekit.manifest import atomic_write_text
+
+    with _store(db) as store:
+        chosen = [store.find_session(session_id)] if session_id else [
+            store.find_session(str(r["id"])) for r in store.sessions()]
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=EXPORT_COLUMNS, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        for s in chosen:
+            for r in store.records(s.id):
+                when = datetime.fromtimestamp(r["created_at"], timezone.utc).isoformat(timespec="seconds")
+                w.writerow({**r, "patient": s.patient, "site": s.site, "operator": s.operator,
+                            "created_at": when})
+    if output is None:
+        click.echo(buf.getvalue(), nl=False)
+    else:
+        atomic_write_text(output, buf.getvalue())
+        click.echo(f"wrote {output}", err=True)

@@ -1,0 +1,142 @@
+"""``edgekit field``: count and classify every red cell of whole microscope fields. Light at import
+(click only); OpenCV and the inference engine load inside the command body."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+def _expand(paths: tuple[Path, ...]) -> list[Path]:
+    """Files as given; folders expanded to their image files, sorted."""
+    from edgekit.device.preprocess import is_image_file
+
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            out.extend(sorted(f for f in p.iterdir() if f.is_file() and is_image_file(f)))
+        else:
+            out.append(p)
+    return out
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _ci(ci: tuple[float, float] | list[float] | None) -> str:
+    return "-" if not ci else f"{100 * ci[0]:.1f}-{100 * ci[1]:.1f}%"
+
+
+def _write_overlay(report: Any, overlay_dir: Path) -> Path | None:
+    import cv2
+
+    from edgekit.device.field import draw_overlay
+    from edgekit.manifest import atomic_write_bytes
+
+    if report.image is None:
+        return None
+    ok, buf = cv2.imencode(".png", draw_overlay(report.image, report)[:, :, ::-1])
+    if not ok:
+        return None
+    path = overlay_dir / f"{Path(report.source).stem}_overlay.png"
+    atomic_write_bytes(path, buf.tobytes())
+    return path
+
+
+@click.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--model", "-m", "bundle", type=click.Path(path_type=Path), default=None,
+              help="Bundle folder (from `edgekit export`). Default: the model shipped with edgekit; "
+                   "without any model, cells are found and counted but not classified.")
+@click.option("--overlay-dir", type=click.Path(path_type=Path), default=None,
+              help="Write FIELD_overlay.png here: each cell outlined and boxed, coloured by result.")
+@click.option("--format", "out_format", type=click.Choice(["table", "jsonl"]), default="table",
+              show_default=True, help="jsonl: one JSON object per field with every cell, then a total.")
+@click.option("--threads", type=click.IntRange(1, 64), default=None, help="Inference threads.")
+@click.option("--batch-size", type=click.IntRange(1, 1024), default=64, show_default=True,
+              help="Cell crops per inference call.")
+@click.option("--count-only", is_flag=True, help="Find and count cells without classifying them.")
+def field(images: tuple[Path, ...], bundle: Path | None, overlay_dir: Path | None, out_format: str,
+          threads: int | None, batch_size: int, count_only: bool) -> None:
+    """Find every red cell in whole microscope fields, classify each, and report parasitemia.
+
+    IMAGE may be field images or folders of them. A field that cannot be read or used (not an
+    image, too large, blank, over/under-exposed, out of focus, no cells) is reported as rejected
+    with the reason and the others carry on. Parasitemia = cells called positive / cells found,
+    with a Wilson 95% interval; "uncertain" cells count in the denominator only.
+    """
+    import os
+
+    from edgekit.device.field import analyze_field
+    from edgekit.errors import BundleError
+    from edgekit.metrics import wilson_interval
+
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")  # our one-line reasons replace OpenCV's warnings
+    classifier = None
+    if not count_only:
+        from edgekit.device.runtime import load_classifier
+
+        try:
+            classifier = load_classifier(bundle, threads=threads)
+        except BundleError as exc:
+            if bundle is not None:
+                raise
+            click.echo(f"note: {exc}; counting cells without classifying them", err=True)
+    if overlay_dir is not None:
+        overlay_dir.mkdir(parents=True, exist_ok=True)
+    paths = _expand(images)
+    if not paths:
+        raise click.UsageError("no image files found in the given folders")
+
+    total_cells = total_pos = total_unc = counted = 0
+    if out_format == "table":
+        click.echo(f"{'field':32s} {'cells':>5s} {'pos':>4s} {'unc':>4s} {'parasitemia':>11s} "
+                   f"{'95% CI':>13s} {'ms':>6s}  status")
+    for path in paths:
+        rep = analyze_field(path, classifier, batch_size=batch_size, keep_image=overlay_dir is not None)
+        overlay = _write_overlay(rep, overlay_dir) if overlay_dir is not None else None
+        ms = 1000 * sum(v for k, v in rep.timing.items() if k != "decode")
+        if rep.rejected is None:
+            counted += 1
+            total_cells += rep.n_cells
+            total_pos += rep.count("positive")
+            total_unc += rep.count("uncertain")
+        if out_format == "jsonl":
+            d = rep.to_dict(per_cell=True)
+            if overlay:
+                d["overlay"] = str(overlay)
+            click.echo(json.dumps(d))
+            continue
+        name = Path(rep.source).name[:32]
+        if rep.rejected:
+            click.echo(f"{name:32s} {'-':>5s} {'-':>4s} {'-':>4s} {'-':>11s} {'-':>13s} {ms:6.0f}  "
+                       f"rejected: {rep.rejected}")
+            continue
+        classified = bool(rep.decisions)
+        click.echo(
+            f"{name:32s} {rep.n_cells:5d} {rep.count('positive') if classified else '-':>4} "
+            f"{rep.count('uncertain') if classified else '-':>4} {_pct(rep.parasitemia):>11s} "
+            f"{_ci(rep.ci95):>13s} {ms:6.0f}  ok"
+        )
+
+    total: dict[str, Any] = {"fields": len(paths), "counted": counted, "rejected": len(paths) - counted,
+                             "cells": total_cells}
+    if classifier is not None and total_cells:
+        total.update(positive=total_pos, uncertain=total_unc, parasitemia=total_pos / total_cells,
+                     ci95=list(wilson_interval(total_pos, total_cells)))
+    if out_format == "jsonl":
+        click.echo(json.dumps({"total": total}))
+    else:
+        line = f"total: {counted}/{len(paths)} fields counted, {total_cells} cells"
+        if "parasitemia" in total:
+            line += (f", {total_pos} positive, {total_unc} uncertain; parasitemia "
+                     f"{_pct(total['parasitemia'])} (95% CI {_ci(total['ci95'])})")
+        click.echo(line)
+        if overlay_dir is not None:
+            click.echo(f"overlays in {overlay_dir}", err=True)
+    if counted == 0:
+        raise SystemExit(1)

@@ -1,0 +1,206 @@
+"""One image through the device: decode, quality gates, classify. Plus input expansion, content
+hashes, the progress bar and the batch summary shared by ``classify``, ``screen`` and ``camera``."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+import numpy as np
+
+from edgekit.device.preprocess import is_image_file, read_image
+from edgekit.device.quality import QualityGates, check_quality
+from edgekit.errors import ImageError
+
+if TYPE_CHECKING:
+    from edgekit.device.runtime import Classifier, Prediction
+
+STATUSES = ("classified", "rejected", "failed")
+
+
+@dataclass
+class Outcome:
+    """What happened to one image: ``classified`` (with a prediction), ``rejected`` by a quality
+    gate, or ``failed`` (unreadable); ``reason`` says why for the last two."""
+
+    source_id: str
+    status: str
+    reason: str | None = None
+    prediction: Prediction | None = None
+    content_hash: str | None = None
+    seconds: float = 0.0
+
+
+def expand_inputs(inputs: Sequence[str | os.PathLike]) -> Iterator[tuple[str, Path | None]]:
+    """Files, folders (recursive, image files only) and glob patterns -> (shown path, Path).
+
+    An input that matches nothing yields ``(input, None)`` so the caller reports it and goes on.
+    """
+    seen: set[Path] = set()
+    for raw in inputs:
+        text = str(raw)
+        p = Path(text)
+        if p.is_dir():
+            matches = sorted(f for f in p.rglob("*") if f.is_file() and is_image_file(f))
+        elif p.exists():
+            matches = [p]
+        elif glob.has_magic(text):
+            matches = sorted(Path(m) for m in glob.glob(text, recursive=True) if Path(m).is_file())
+        else:
+            matches = []
+        if not matches:
+            yield text, None
+        for m in matches:
+            key = m.resolve()
+            if key not in seen:
+                seen.add(key)
+                yield str(m), m
+
+
+def missing_reason(text: str) -> str:
+    """Why an input from :func:`expand_inputs` yielded no file."""
+    p = Path(text)
+    if p.is_dir():
+        return "no image files in this folder"
+    if p.exists():
+        return "not a regular file"
+    if glob.has_magic(text):
+        return "no file matches this pattern"
+    return "file not found"
+
+
+def file_hash(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes: the content hash screening records deduplicate on."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def array_hash(arr: np.ndarray) -> str:
+    """sha256 of an in-memory crop (shape, dtype and pixels)."""
+    arr = np.ascontiguousarray(arr)
+    h = hashlib.sha256(f"{arr.shape}{arr.dtype}".encode())
+    h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def as_rgb(arr: np.ndarray) -> np.ndarray:
+    """An in-memory crop as RGB uint8 (H, W, 3); gray crops are repeated, alpha dropped."""
+    if arr.dtype != np.uint8:
+        raise ImageError(f"crop must be uint8, not {arr.dtype}")
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
+        raise ImageError(f"crop has shape {arr.shape}; expected (H, W, 1|3|4)")
+    if arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    return np.ascontiguousarray(arr[:, :, :3])
+
+
+def classify_one(
+    source_id: str,
+    image: np.ndarray | str | os.PathLike,
+    classifier: Classifier,
+    gates: QualityGates | None,
+    content_hash: str | None = None,
+) -> Outcome:
+    """Decode (if a path), gate and classify one image. Never raises for a bad image."""
+    t0 = time.perf_counter()
+    out = Outcome(source_id, "failed", content_hash=content_hash)
+    try:
+        rgb = as_rgb(image) if isinstance(image, np.ndarray) else read_image(image)
+        reason = check_quality(rgb, gates) if gates is not None else None
+        if reason:
+            out.status, out.reason = "rejected", reason
+        else:
+            out.prediction = classifier.classify(rgb)
+            out.status = "classified"
+    except ImageError as exc:
+        out.reason = str(exc)
+    except MemoryError:
+        out.reason = "out of memory decoding the image"
+    out.seconds = time.perf_counter() - t0
+    return out
+
+
+@dataclass
+class Tally:
+    """Counts per status and the wall time, for the end-of-batch summary line."""
+
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys((*STATUSES, "skipped"), 0))
+    started: float = field(default_factory=time.perf_counter)
+
+    def add(self, status: str) -> None:
+        self.counts[status] = self.counts.get(status, 0) + 1
+
+    @property
+    def processed(self) -> int:
+        return sum(self.counts[s] for s in STATUSES)
+
+    def line(self) -> str:
+        dt = time.perf_counter() - self.started
+        c = self.counts
+        skipped = f", skipped {c['skipped']} already recorded" if c.get("skipped") else ""
+        rate = self.processed / dt if dt > 0 else 0.0
+        return (
+            f"classified {c['classified']}, rejected {c['rejected']}, failed {c['failed']}{skipped}"
+            f" in {dt:.1f} s ({rate:.1f} images/s)"
+        )
+
+
+class Progress:
+    """A one-line progress bar on stderr, drawn only when enabled (a TTY or ``--progress``)."""
+
+    def __init__(
+        self, total: int | None, enabled: bool, stream: IO[str] | None = None, width: int = 30
+    ) -> None:
+        self.total, self.enabled, self.width = total, enabled, width
+        self.stream = stream or sys.stderr
+        self.done = 0
+        self.started = time.perf_counter()
+        self._last = 0.0
+        self._drawn = 0
+
+    @staticmethod
+    def wanted(flag: bool) -> bool:
+        return flag or sys.stderr.isatty()
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if not self.enabled or (now - self._last < 0.1 and self.done != self.total):
+            return
+        self._last = now
+        rate = self.done / max(now - self.started, 1e-9)
+        if self.total:
+            filled = int(self.width * self.done / self.total)
+            bar = "#" * filled + "-" * (self.width - filled)
+            text = f"\r[{bar}] {self.done}/{self.total} {rate:.1f} img/s"
+        else:
+            text = f"\r{self.done} images {rate:.1f} img/s"
+        self.stream.write(text)
+        self.stream.flush()
+        self._drawn = len(text)
+
+    def clear(self) -> None:
+        """Erase the bar so a result line can be printed on a clean line (it is redrawn next update)."""
+        if self.enabled and self._drawn:
+            self.stream.write("\r" + " " * self._drawn + "\r")
+            self.stream.flush()
+            self._drawn = 0
+            self._last = 0.0
+
+    def close(self) -> None:
+        if self.enabled and self.done:
+            self.stream.write("\n")
+            self.stream.flush()
+

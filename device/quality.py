@@ -1,0 +1,92 @@
+"""Image quality gates run before classification: too small, blank, over/under-exposed, blurred.
+
+Cell crops (NIH style) are one stained cell on a black background, so exposure and sharpness are
+measured on the *foreground* (pixels brighter than ``dark_level``), and blur on the foreground's
+interior, away from the cell's edge against black (which is sharp even in a blurred image).
+Thresholds are calibrated so real NIH crops essentially all pass (see ``calibrate``): on 2,000
+crops the 0.1st percentiles were side 67 px, grey std 49, 40% lit, mean grey 115, 0% saturated
+and core Laplacian variance ~5.0 (JPEG q75 re-encoded: ~3.4), while the same crops blurred with a
+Gaussian of sigma 2 px stay below ~2.8 (99th percentile), hence ``min_sharpness`` = 3.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class QualityGates:
+    """Reject when a measure crosses its limit. Defaults: calibrated on 2,000 NIH crops."""
+
+    min_side: int = 16  # pixels; NIH crops are >= ~40 px
+    min_std: float = 4.0  # grey-level std over the whole image: below it the image is blank/uniform
+    dark_level: int = 16  # grey level under which a pixel is background / unexposed
+    min_foreground: float = 0.05  # fraction of pixels above dark_level: under it -> under-exposed
+    max_saturated: float = 0.25  # fraction of foreground pixels >= 250 in every channel -> over-exposed
+    min_foreground_mean: float = 40.0  # mean grey of the foreground: under it -> under-exposed
+    min_sharpness: float = 3.0  # variance of the Laplacian inside the foreground: under it -> blurred
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+DEFAULT_GATES = QualityGates()
+
+
+def measure(rgb: np.ndarray, dark_level: int = DEFAULT_GATES.dark_level) -> dict[str, float]:
+    """The quality measures of an RGB uint8 image (what :func:`check_quality` compares)."""
+    import cv2
+
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) if rgb.ndim == 3 else rgb
+    fg = gray > dark_level
+    n_fg = int(fg.sum())
+    saturated = (rgb >= 250).all(axis=-1) if rgb.ndim == 3 else gray >= 250
+    # Blur: Laplacian variance inside the cell's core, away from its edge. The edge against black
+    # stays high-contrast when the image is blurred (and blur widens it into a halo), so the core is
+    # where the grey level reaches 60% of the foreground median, eroded by 10% of the short side.
+    core_level = max(dark_level, 0.6 * float(np.median(gray[fg]))) if n_fg else dark_level
+    k = max(3, int(min(gray.shape[:2]) * 0.1) | 1)
+    interior = cv2.erode((gray > core_level).astype(np.uint8), np.ones((k, k), np.uint8)).astype(bool)
+    lap = cv2.Laplacian(gray, cv2.CV_64F)
+    sharp = float(lap[interior].var()) if interior.sum() >= 16 else float(lap.var())
+    return {
+        "min_side": float(min(gray.shape[:2])),
+        "std": float(gray.std()),
+        "foreground": n_fg / gray.size,
+        "saturated": float(saturated[fg].mean()) if n_fg else 0.0,
+        "foreground_mean": float(gray[fg].mean()) if n_fg else 0.0,
+        "sharpness": sharp,
+    }
+
+
+def check_quality(rgb: np.ndarray, gates: QualityGates = DEFAULT_GATES) -> str | None:
+    """None when the image passes, else a short reason (recorded as the rejection reason)."""
+    h, w = rgb.shape[:2]
+    if min(h, w) < gates.min_side:
+        return f"too small ({w}x{h} < {gates.min_side} px)"
+    m = measure(rgb, gates.dark_level)
+    if m["std"] < gates.min_std:
+        return f"blank or nearly uniform (grey std {m['std']:.1f} < {gates.min_std})"
+    if m["foreground"] < gates.min_foreground or m["foreground_mean"] < gates.min_foreground_mean:
+        return (
+            f"under-exposed ({m['foreground']:.0%} of pixels lit, mean grey {m['foreground_mean']:.0f})"
+        )
+    if m["saturated"] > gates.max_saturated:
+        return f"over-exposed ({m['saturated']:.0%} of the image saturated)"
+    if m["sharpness"] < gates.min_sharpness:
+        return f"blurred (Laplacian variance {m['sharpness']:.1f} < {gates.min_sharpness})"
+    return None
+
+
+def calibrate(images: list[np.ndarray], gates: QualityGates = DEFAULT_GATES) -> dict:
+    """Pass rate and measure percentiles over ``images`` (to set and report the thresholds)."""
+    rows = [measure(im, gates.dark_level) for im in images]
+    reasons = [check_quality(im, gates) for im in images]
+    keys = rows[0].keys() if rows else []
+    pct = {k: np.percentile([r[k] for r in rows], [0.1, 1, 5, 50]).round(3).tolist() for k in keys}
+    failed = [r for r in reasons if r]
+    n = len(images)
+    return {"n": n, "passed": n - len(failed), "pass_rate": 1 - len(failed) / max(1, n),
+            "percentiles_0.1_1_5_50": pct, "reasons": sorted(set(r.split(" (")[0] for r in failed))}

@@ -1,0 +1,215 @@
+"""Screening records in a local SQLite database (WAL, one committed row per image).
+
+A session is one patient screened with one model (unique on patient + model sha256), so a rerun
+after a crash resumes it; a record is unique on (session, content hash), so no image is recorded
+twice. ``synchronous=FULL`` makes each committed row survive a power loss, not only a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgekit.errors import EdgekitError
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    id INTEGER PRIMARY KEY,
+    patient TEXT NOT NULL,
+    site TEXT,
+    operator TEXT,
+    model_sha256 TEXT NOT NULL,
+    model_format TEXT,
+    bundle TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    UNIQUE (patient, model_sha256)
+);
+CREATE TABLE IF NOT EXISTS records (
+    id INTEGER PRIMARY KEY,
+    session_id INTEGER NOT NULL REFERENCES sessions(id),
+    source_id TEXT NOT NULL,
+    source_kind TEXT NOT NULL,
+    content_hash TEXT NOT NULL,
+    status TEXT NOT NULL,
+    reason TEXT,
+    label TEXT,
+    probability REAL,
+    p_positive REAL,
+    decision TEXT,
+    probabilities TEXT,
+    model_sha256 TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    UNIQUE (session_id, content_hash)
+);
+"""
+
+
+class RecordsError(EdgekitError):
+    """The screening database cannot be used (locked, read-only, corrupt, unreachable)."""
+
+
+def default_db_path() -> Path:
+    """``$EDGEKIT_DB``, else ``~/.local/share/edgekit/screening.sqlite``."""
+    env = os.environ.get("EDGEKIT_DB")
+    return Path(env) if env else Path.home() / ".local" / "share" / "edgekit" / "screening.sqlite"
+
+
+@contextlib.contextmanager
+def _db_errors(path: Path) -> Iterator[None]:
+    """Turn sqlite3 errors into one clear sentence."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        msg = str(exc)
+        if "locked" in msg or "busy" in msg:
+            raise RecordsError(f"database {path} is locked by another process; wait or close it") from exc
+        if "readonly" in msg or "read-only" in msg:
+            raise RecordsError(f"database {path} is read-only; use --db to choose a writable file") from exc
+        if "unable to open" in msg:
+            raise RecordsError(f"cannot open database {path}: is its folder writable?") from exc
+        if "disk" in msg and ("full" in msg or "I/O" in msg):
+            raise RecordsError(f"cannot write database {path}: {msg}") from exc
+        raise RecordsError(f"database {path}: {msg}") from exc
+    except sqlite3.DatabaseError as exc:
+        raise RecordsError(
+            f"database {path} is corrupt or not an edgekit database ({exc}); move it away to start a new one"
+        ) from exc
+
+
+@dataclass
+class Session:
+    id: int
+    patient: str
+    site: str | None
+    operator: str | None
+    model_sha256: str
+    model_format: str | None
+    bundle: str | None
+    created_at: float
+    updated_at: float
+
+
+class RecordStore:
+    """The screening database. Every write is its own committed transaction."""
+
+    def __init__(self, path: str | os.PathLike, timeout: float = 5.0, read_only: bool = False) -> None:
+        self.path = Path(path).expanduser()
+        if read_only and not self.path.is_file():
+            raise RecordsError(f"no screening database at {self.path}")
+        with _db_errors(self.path):
+            if read_only:
+                uri = self.path.resolve().as_uri() + "?mode=ro"
+                self.conn = sqlite3.connect(uri, uri=True, timeout=timeout)
+            else:
+                try:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise RecordsError(f"cannot create the folder of database {self.path}: {exc}") from exc
+                self.conn = sqlite3.connect(self.path, timeout=timeout)
+            self.conn.row_factory = sqlite3.Row
+            self.conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # fails fast on a non-database
+            if not read_only:
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.execute("PRAGMA synchronous=FULL")
+                with self.conn:
+                    self.conn.executescript(_SCHEMA)
+                    self.conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> RecordStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def open_session(
+        self, patient: str, model_sha256: str, site: str | None = None, operator: str | None = None,
+        model_format: str | None = None, bundle: str | None = None,
+    ) -> Session:
+        """The session of ``patient`` with this model, created if new (a rerun resumes it)."""
+        if not patient or not patient.strip():
+            raise RecordsError("a patient id is required")
+        now = time.time()
+        with _db_errors(self.path), self.conn:
+            self.conn.execute(
+                "INSERT INTO sessions (patient, site, operator, model_sha256, model_format, bundle,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (patient, model_sha256) DO UPDATE SET updated_at = excluded.updated_at,"
+                " site = COALESCE(excluded.site, site), operator = COALESCE(excluded.operator, operator)",
+                (patient, site, operator, model_sha256, model_format, bundle, now, now),
+            )
+            row = self.conn.execute(
+                "SELECT * FROM sessions WHERE patient = ? AND model_sha256 = ?", (patient, model_sha256)
+            ).fetchone()
+        return Session(**dict(row))
+
+    def recorded_hashes(self, session_id: int) -> set[str]:
+        with _db_errors(self.path):
+            rows = self.conn.execute("SELECT content_hash FROM records WHERE session_id = ?", (session_id,))
+            return {r[0] for r in rows}
+
+    def add_record(self, session: Session, row: dict[str, Any]) -> bool:
+        """Commit one record; False when this content hash is already recorded in the session."""
+        probs = row.get("probabilities")
+        values = (
+            session.id, row["source_id"], row.get("source_kind", "file"), row["content_hash"], row["status"],
+            row.get("reason"), row.get("label"), row.get("probability"), row.get("p_positive"),
+            row.get("decision"), None if probs is None else json.dumps(probs), session.model_sha256,
+            time.time(),
+        )
+        with _db_errors(self.path), self.conn:
+            cur = self.conn.execute(
+                "INSERT INTO records (session_id, source_id, source_kind, content_hash, status, reason,"
+                " label, probability, p_positive, decision, probabilities, model_sha256, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                values,
+            )
+            return cur.rowcount == 1
+
+    def sessions(self) -> list[dict[str, Any]]:
+        """All sessions with their record counts, newest first."""
+        with _db_errors(self.path):
+            rows = self.conn.execute(
+                "SELECT s.*, COUNT(r.id) AS records,"
+                " SUM(r.status = 'classified') AS classified, SUM(r.decision = 'positive') AS positive"
+                " FROM sessions s LEFT JOIN records r ON r.session_id = s.id"
+                " GROUP BY s.id ORDER BY s.updated_at DESC"
+            ).fetchall()
+        return [dict(r) for r in rows]
+
+    def find_session(self, key: str) -> Session:
+        """A session by numeric id, or the most recent one of a patient id."""
+        with _db_errors(self.path):
+            row = None
+            if key.isdigit():
+                row = self.conn.execute("SELECT * FROM sessions WHERE id = ?", (int(key),)).fetchone()
+            if row is None:
+                row = self.conn.execute(
+                    "SELECT * FROM sessions WHERE patient = ? ORDER BY updated_at DESC LIMIT 1", (key,)
+                ).fetchone()
+        if row is None:
+            raise RecordsError(f"no session {key!r} in {self.path}")
+        return Session(**dict(row))
+
+    def records(self, session_id: int) -> list[dict[str, Any]]:
+        with _db_errors(self.path):
+            rows = self.conn.execute(
+                "SELECT * FROM records WHERE session_id = ? ORDER BY id", (session_id,)
+            ).fetchall()
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["probabilities"] = json.loads(d["probabilities"]) if d["probabilities"] else None
+            out.append(d)
+        return out

@@ -1,0 +1,192 @@
+"""Load a bundle on the device and classify crops: format resolution, integrity and input checks.
+
+Everything the runtime needs (input size, labels, thresholds, which model file) comes from the
+bundle's manifest; the model file's sha256 is checked before it is loaded, and the model's real
+input shape is checked against the manifest's preprocessing after.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.device.backends import Backend, open_backend, runtime_available
+from edgekit.device.preprocess import prepare
+from edgekit.errors import BundleError
+from edgekit.manifest import Artifact, Manifest, load_manifest, verify_artifact
+
+# Smallest and fastest first; ONNX before the less common TFLite variants.
+FORMAT_ORDER = ("tflite_int8", "onnx_int8", "tflite_fp32", "onnx_fp32", "tflite_fp16", "tflite_dynamic")
+DEVICE_RUNTIMES = ("litert", "onnxruntime")
+
+
+def default_bundle_dir() -> Path:
+    """The model shipped inside the package (``edgekit/models/default``); may not exist."""
+    import edgekit
+
+    return Path(edgekit.__file__).resolve().parent / "models" / "default"
+
+
+def resolve_artifact(manifest: Manifest, fmt: str | None = None) -> Artifact:
+    """The artifact to run: ``fmt`` if given, else the first usable one in :data:`FORMAT_ORDER`."""
+    arts = manifest.artifacts
+    if fmt is not None:
+        art = arts.get(fmt)
+        if art is None:
+            have = ", ".join(sorted(arts)) or "none"
+            raise BundleError(f"the bundle has no {fmt} model (it has: {have})")
+        if art.runtime not in DEVICE_RUNTIMES:
+            raise BundleError(f"{fmt} needs {art.runtime}, which the device runtime does not use")
+        if art.status != "ok":
+            raise BundleError(f"{fmt} is marked {art.status} in the manifest; choose another format")
+        if not runtime_available(art.runtime):
+            raise BundleError(f"{fmt} needs the {art.runtime} runtime, which is not installed")
+        return art
+    for name in FORMAT_ORDER:
+        art = arts.get(name)
+        if art is not None and art.status == "ok" and runtime_available(art.runtime):
+            return art
+    usable = [a.format for a in arts.values() if a.runtime in DEVICE_RUNTIMES]
+    if not usable:
+        raise BundleError("the bundle has no device model (TFLite or ONNX); run `edgekit export` on it first")
+    raise BundleError(
+        f"no usable model among {', '.join(usable)}: each is either not ok or its runtime is not installed"
+        " (pip install ai-edge-litert onnxruntime)"
+    )
+
+
+def _input_layout(shape: list[int], manifest: Manifest) -> str:
+    """``NHWC`` or ``NCHW`` when the model's input matches the manifest, else BundleError."""
+    h, w = manifest.preprocessing.input_size
+    c = manifest.preprocessing.channels
+    dims = [int(d) for d in shape[1:]]
+    if len(shape) == 4 and _matches(dims, [h, w, c]):
+        return "NHWC"
+    if len(shape) == 4 and _matches(dims, [c, h, w]):
+        return "NCHW"
+    raise BundleError(
+        f"the model's input shape {shape} does not match the manifest's preprocessing "
+        f"({h}x{w}x{c}); the manifest belongs to another model"
+    )
+
+
+def _matches(dims: list[int], want: list[int]) -> bool:
+    return len(dims) == len(want) and all(d in (-1, x) or x == -1 for d, x in zip(dims, want, strict=True))
+
+
+@dataclass
+class Prediction:
+    """One classified crop."""
+
+    label: str  # the most probable label
+    probability: float  # of ``label``
+    p_positive: float | None  # of the manifest's positive label, when it has one
+    decision: str  # positive | negative | uncertain (refer to microscopy); the label when no positive label
+    probabilities: list[float]
+
+
+class Classifier:
+    """A loaded bundle model. ``predict`` takes uint8 crops from ``prepare()``."""
+
+    def __init__(self, manifest: Manifest, artifact: Artifact, bundle_dir: Path, backend: Backend) -> None:
+        self.manifest = manifest
+        self.artifact = artifact
+        self.bundle_dir = bundle_dir
+        self.backend = backend
+        self.labels = list(manifest.labels)
+        self.fmt = artifact.format
+        self._layout = _input_layout(backend.inputs[0].shape, manifest)
+        out_shape = backend.outputs[0].shape
+        if out_shape and out_shape[-1] not in (-1, len(self.labels)):
+            raise BundleError(
+                f"the model has {out_shape[-1]} outputs but the manifest lists {len(self.labels)} labels"
+            )
+
+    @property
+    def model_sha256(self) -> str:
+        return self.artifact.sha256
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """uint8 (N, h, w, C) -> float32 (N, num_classes) probabilities (dequantized)."""
+        h, w = self.manifest.preprocessing.input_size
+        want = (h, w, self.manifest.preprocessing.channels)
+        if batch.ndim != 4 or tuple(batch.shape[1:]) != want:
+            raise ValueError(f"expected a batch of shape (N, {', '.join(map(str, want))}), got {batch.shape}")
+        if self._layout == "NCHW":
+            batch = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
+        return self.backend.run(batch)
+
+    def interpret(self, probs: np.ndarray) -> Prediction:
+        """Label, probability and thresholded decision for one row of ``predict``."""
+        probs = np.asarray(probs, dtype=np.float64)
+        i = int(np.argmax(probs))
+        label = self.labels[i]
+        pos = self.manifest.positive_index
+        p_pos = None if pos is None else float(probs[pos])
+        decision = label if p_pos is None else self.manifest.thresholds.decide(p_pos)
+        return Prediction(label, float(probs[i]), p_pos, decision, [float(p) for p in probs])
+
+    def classify(self, rgb: np.ndarray) -> Prediction:
+        """Classify one decoded RGB uint8 image (any size) through the shared ``prepare()``."""
+        x = prepare(rgb, self.manifest.preprocessing)
+        return self.interpret(self.predict(x[None])[0])
+
+
+def load_classifier(
+    bundle: str | os.PathLike | None = None,
+    fmt: str | None = None,
+    threads: int | None = None,
+    verify: bool = True,
+) -> Classifier:
+    """Load a bundle's model for the device; see the module docstring for the checks made."""
+    if bundle is None:
+        bundle_dir = default_bundle_dir()
+        if not (bundle_dir / "manifest.json").is_file():
+            raise BundleError(
+                "no default model is shipped with this edgekit install yet; pass --model BUNDLE "
+                "(a folder written by `edgekit export`)"
+            )
+    else:
+        bundle_dir = Path(bundle)
+        if bundle_dir.is_file() and bundle_dir.name == "manifest.json":
+            bundle_dir = bundle_dir.parent
+    manifest = load_manifest(bundle_dir)
+    artifact = resolve_artifact(manifest, fmt)
+    if verify:
+        path = verify_artifact(bundle_dir, artifact)
+    else:
+        path = bundle_dir / artifact.path
+        if not path.is_file():
+            raise BundleError(f"artifact {artifact.format} missing: {path}")
+    if threads is not None and threads < 1:
+        raise BundleError(f"threads must be at least 1, not {threads}")
+    backend = open_backend(artifact.runtime, path, threads)
+    _check_declared_io(artifact, backend)
+    return Classifier(manifest, artifact, bundle_dir, backend)
+
+
+def _check_declared_io(artifact: Artifact, backend: Backend) -> None:
+    """The manifest's recorded input (shape, dtype) must be what the model file really takes."""
+    if not artifact.inputs:
+        return
+    declared, actual = artifact.inputs[0], backend.inputs[0]
+    if declared.dtype != actual.dtype or not _matches(
+        [int(d) for d in actual.shape[1:]], [int(d) for d in declared.shape[1:]]
+    ):
+        raise BundleError(
+            f"{artifact.format}: the manifest declares input {declared.shape} {declared.dtype} but the model "
+            f"takes {actual.shape} {actual.dtype}"
+        )
+
+
+__all__ = [
+    "FORMAT_ORDER",
+    "Classifier",
+    "Prediction",
+    "default_bundle_dir",
+    "load_classifier",
+    "resolve_artifact",
+]

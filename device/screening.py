@@ -1,0 +1,148 @@
+"""Screening a patient: record every crop once, summarise, decide, and stop at the stop rule.
+
+Any source of crops feeds :func:`record_crops` (image files, camera frames, crops cut from whole
+microscope fields): an iterable of ``(source_id, content_hash, uint8 crop or path)``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgekit.device.pipeline import Outcome, Tally, array_hash, classify_one, file_hash, missing_reason
+from edgekit.device.quality import DEFAULT_GATES, QualityGates
+from edgekit.manifest import PatientRule
+from edgekit.metrics import wilson_interval
+
+if TYPE_CHECKING:
+    from edgekit.device.records import RecordStore, Session
+    from edgekit.device.runtime import Classifier
+
+Crop = tuple[str, "str | None", "np.ndarray | str | os.PathLike"]
+
+
+@dataclass
+class PatientSummary:
+    patient: str
+    crops: int  # classified crops (the cells counted)
+    parasitized: int  # crops called positive
+    uncertain: int
+    rejected: int
+    failed: int
+    fraction: float
+    ci95: tuple[float, float]
+    decision: str  # positive | negative | refer
+    stop_cells: int
+    stop_reached: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def line(self) -> str:
+        lo, hi = self.ci95
+        stop = "reached" if self.stop_reached else f"{self.crops}/{self.stop_cells} cells"
+        return (
+            f"patient {self.patient}: {self.crops} cells, {self.parasitized} parasitized "
+            f"({self.fraction:.1%}, 95% CI {lo:.1%}-{hi:.1%}), {self.uncertain} uncertain, "
+            f"{self.rejected} rejected, {self.failed} failed -> {self.decision.upper()}; stop rule {stop}"
+        )
+
+
+def patient_decision(k: int, n: int, rule: PatientRule) -> str:
+    """positive when k/n reaches the rule's fraction; negative when the Wilson upper 95% bound is
+    below its negative fraction; refer (to microscopy) otherwise, including n = 0."""
+    if n == 0:
+        return "refer"
+    if k / n >= rule.positive_fraction:
+        return "positive"
+    if wilson_interval(k, n)[1] < rule.negative_fraction:
+        return "negative"
+    return "refer"
+
+
+def summarize(patient: str, records: Iterable[dict[str, Any]], rule: PatientRule,
+              stop_cells: int | None = None) -> PatientSummary:
+    """Summary of a session's records (rows of :meth:`RecordStore.records`)."""
+    counts = {"classified": 0, "rejected": 0, "failed": 0, "positive": 0, "uncertain": 0}
+    for r in records:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+        if r["status"] == "classified" and r.get("decision") in ("positive", "uncertain"):
+            counts[r["decision"]] += 1
+    n, k = counts["classified"], counts["positive"]
+    stop = rule.stop_cells if stop_cells is None else stop_cells
+    return PatientSummary(
+        patient=patient, crops=n, parasitized=k, uncertain=counts["uncertain"], rejected=counts["rejected"],
+        failed=counts["failed"], fraction=k / n if n else 0.0, ci95=wilson_interval(k, n),
+        decision=patient_decision(k, n, rule), stop_cells=stop, stop_reached=bool(stop) and n >= stop,
+    )
+
+
+def outcome_row(out: Outcome, source_kind: str = "file") -> dict[str, Any]:
+    """An outcome as a record row (what :meth:`RecordStore.add_record` stores)."""
+    p = out.prediction
+    return {
+        "source_id": out.source_id, "source_kind": source_kind, "content_hash": out.content_hash,
+        "status": out.status, "reason": out.reason,
+        "label": p.label if p else None, "probability": p.probability if p else None,
+        "p_positive": p.p_positive if p else None, "decision": p.decision if p else None,
+        "probabilities": p.probabilities if p else None,
+    }
+
+
+def path_crops(paths: Iterable[tuple[str, Path | None]]) -> Iterable[Crop]:
+    """(shown path, Path) from ``expand_inputs`` -> crops; the hash is computed lazily per file."""
+    for shown, path in paths:
+        yield shown, None, path if path is not None else shown
+
+
+def record_crops(
+    store: RecordStore,
+    session: Session,
+    crops: Iterable[Crop],
+    classifier: Classifier,
+    gates: QualityGates | None = DEFAULT_GATES,
+    stop_cells: int | None = None,
+    source_kind: str = "file",
+    on_outcome: Callable[[Outcome], None] | None = None,
+) -> Tally:
+    """Classify and commit each crop not yet recorded in ``session``; stop once the session holds
+    ``stop_cells`` classified crops (0 or None: never). Each row is committed before the next crop,
+    so a crash loses at most the crop in flight and a rerun skips everything already recorded."""
+    done = store.recorded_hashes(session.id)
+    counted = sum(1 for r in store.records(session.id) if r["status"] == "classified") if stop_cells else 0
+    tally = Tally()
+    for source_id, content_hash, image in crops:
+        if stop_cells and counted >= stop_cells:
+            break
+        if content_hash is None:
+            content_hash = _content_hash(image)
+        if content_hash is None:  # a path that cannot be read at all
+            out = Outcome(source_id, "failed", reason=missing_reason(str(image)))
+        elif content_hash in done:
+            tally.add("skipped")
+            if on_outcome:
+                on_outcome(Outcome(source_id, "skipped", content_hash=content_hash))
+            continue
+        else:
+            out = classify_one(source_id, image, classifier, gates, content_hash)
+            store.add_record(session, outcome_row(out, source_kind))
+            done.add(content_hash)
+            counted += out.status == "classified"
+        tally.add(out.status)
+        if on_outcome:
+            on_outcome(out)
+    return tally
+
+
+def _content_hash(image: np.ndarray | str | os.PathLike) -> str | None:
+    if isinstance(image, np.ndarray):
+        return array_hash(image)
+    try:
+        return file_hash(image)
+    except OSError:
+        return None

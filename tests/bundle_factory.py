@@ -1,0 +1,130 @@
+"""Test helper (needs TensorFlow): a tiny real bundle from a tiny Keras ResNet.
+
+Writes fp32 and full-int8 (uint8 input) TFLite files, optionally an fp32 ONNX file, and a
+manifest whose TensorSpecs are read back from the converted models. Stands in for
+``edgekit export`` in tests; device tests use the committed golden bundle instead, so they run
+without TensorFlow.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.manifest import Artifact, Manifest, Preprocessing, Thresholds, sha256_file
+
+LABELS = ["Parasitized", "Uninfected"]
+
+
+def tiny_model(input_size: tuple[int, int] = (32, 32), num_classes: int = 2, seed: int = 0):
+    import keras
+
+    from edgekit.model import build_resnet
+
+    keras.utils.set_random_seed(seed)
+    return build_resnet((*input_size, 3), num_classes, stages=(1, 1, 1), filters=(4, 8, 8, 8), l2=0.0)
+
+
+def _tflite_bytes(model, calib: np.ndarray | None) -> bytes:
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if calib is not None:
+        def representative():
+            for i in range(len(calib)):
+                x = calib[i : i + 1].astype(np.float32)
+                if i == 0:  # pin the input range to [0, 255]: the uint8 input is the raw pixel
+                    x[0, 0, 0, :], x[0, 0, -1, :] = 0.0, 255.0
+                yield [x]
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8
+        converter.inference_output_type = tf.uint8
+    return converter.convert()
+
+
+def _tflite_artifact(folder: Path, fmt: str, name: str) -> Artifact:
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgekit.device.backends import tflite_spec
+
+    path = folder / name
+    interp = Interpreter(model_path=str(path))
+    return Artifact(
+        format=fmt, path=name, sha256=sha256_file(path), bytes=path.stat().st_size, runtime="litert",
+        inputs=[tflite_spec(d) for d in interp.get_input_details()],
+        outputs=[tflite_spec(d) for d in interp.get_output_details()],
+    )
+
+
+def _onnx_artifact(model, folder: Path) -> Artifact | None:
+    """fp32 ONNX via tf2onnx; None when the converter cannot handle this Keras version."""
+    try:
+        import tensorflow as tf
+        import tf2onnx
+
+        spec = (tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name="image"),)
+        path = folder / "model_fp32.onnx"
+        tf2onnx.convert.from_function(
+            tf.function(lambda x: model(x, training=False)), input_signature=spec, opset=13,
+            output_path=str(path),
+        )
+        from edgekit.device.backends import open_onnx
+
+        backend = open_onnx(path)
+    except Exception as exc:  # noqa: BLE001 - optional format in a test helper
+        print(f"onnx export skipped: {exc}")
+        return None
+    return Artifact(
+        format="onnx_fp32", path=path.name, sha256=sha256_file(path), bytes=path.stat().st_size,
+        runtime="onnxruntime", inputs=backend.inputs, outputs=backend.outputs,
+    )
+
+
+def make_bundle(
+    folder: str | Path,
+    train_x: np.ndarray | None = None,
+    train_y: np.ndarray | None = None,
+    input_size: tuple[int, int] = (32, 32),
+    epochs: int = 0,
+    onnx: bool = False,
+    thresholds: Thresholds | None = None,
+    seed: int = 0,
+) -> Manifest:
+    """Build, optionally train, convert and write a tiny bundle into ``folder``.
+
+    ``train_x`` is uint8 (N, h, w, 3) from ``prepare()``; it is also the int8 calibration set
+    (random pixels when absent). ``train_y`` holds label indices into :data:`LABELS`.
+    """
+    import keras
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model = tiny_model(input_size, len(LABELS), seed)
+    rng = np.random.default_rng(seed)
+    if train_x is None:
+        train_x = rng.integers(0, 256, (8, *input_size, 3), dtype=np.uint8)
+    if epochs and train_y is not None:
+        model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+        model.fit(train_x.astype(np.float32), train_y, epochs=epochs, batch_size=32, verbose=0)
+    (folder / "model_fp32.tflite").write_bytes(_tflite_bytes(model, None))
+    (folder / "model_int8.tflite").write_bytes(_tflite_bytes(model, train_x[:64]))
+    artifacts = {
+        "tflite_int8": _tflite_artifact(folder, "tflite_int8", "model_int8.tflite"),
+        "tflite_fp32": _tflite_artifact(folder, "tflite_fp32", "model_fp32.tflite"),
+    }
+    if onnx and (art := _onnx_artifact(model, folder)) is not None:
+        artifacts["onnx_fp32"] = art
+    manifest = Manifest(
+        labels=list(LABELS),
+        preprocessing=Preprocessing(input_size=input_size),
+        positive_label="Parasitized",
+        thresholds=thresholds or Thresholds(positive=0.7, negative=0.3, cutoff=0.5, source="test"),
+        artifacts=artifacts,
+        name="tiny-test",
+    )
+    manifest.save(folder)
+    return manifest

@@ -1,0 +1,63 @@
+"""The light-import guard: the device runtime and `edgekit classify` never load a training
+framework (click's tests/test_imports.py pattern: a fresh interpreter, then look at sys.modules)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from device_helpers import BANNED, CELLS, GOLDEN
+
+SCRIPT = """
+import json, sys
+import edgekit.device, edgekit.device.runtime, edgekit.device.commands
+from edgekit.device.runtime import load_classifier
+from edgekit.device.preprocess import read_image
+clf = load_classifier({golden!r})
+pred = clf.classify(read_image({image!r}))
+from edgekit.cli import main
+try:
+    main(["classify", {image!r}, "--model", {golden!r}, "--format", "jsonl"])
+except SystemExit as e:
+    assert e.code in (0, None), e.code
+print(json.dumps({{"label": pred.label, "modules": sorted(sys.modules)}}))
+"""
+
+
+def _loaded_roots(script: str) -> tuple[dict, set[str]]:
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result, {m.split(".")[0] for m in result["modules"]}
+
+
+def test_classify_loads_no_training_framework():
+    image = str(sorted(CELLS.iterdir())[0])
+    result, roots = _loaded_roots(SCRIPT.format(golden=str(GOLDEN), image=image))
+    assert result["label"] in ("Parasitized", "Uninfected")
+    assert "ai_edge_litert" in roots  # it really ran a model
+    assert not roots & set(BANNED), roots & set(BANNED)
+
+
+def test_onnx_runtime_path_loads_no_onnx_package():
+    script = f"""
+import json, sys
+from edgekit.device.runtime import load_classifier
+import numpy as np
+clf = load_classifier({str(GOLDEN)!r}, "onnx_fp32")
+clf.predict(np.zeros((1, 32, 32, 3), np.uint8))
+print(json.dumps({{"modules": sorted(sys.modules)}}))
+"""
+    _, roots = _loaded_roots(script)
+    assert "onnxruntime" in roots
+    assert not roots & set(BANNED), roots & set(BANNED)
+
+
+def test_device_commands_import_is_light():
+    _, roots = _loaded_roots(
+        "import json, sys; import edgekit.device.commands;"
+        " print(json.dumps({'modules': sorted(sys.modules)}))"
+    )
+    heavy = {"tensorflow", "keras", "cv2", "onnxruntime", "ai_edge_litert", "matplotlib", "sklearn"}
+    assert not roots & heavy, roots & heavy
