@@ -1,0 +1,66 @@
+"""``edgekit export``: the click command. Light at import; the work happens in ``edgekit.export.bundle``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from edgekit.export.options import ExportOptions, parse_formats
+
+
+def _labels(value: str | None) -> list[str] | None:
+    if not value:
+        return None
+    path = Path(value)
+    if path.is_file():
+        return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+@click.command()
+@click.argument("source", required=False, type=click.Path(path_type=Path))
+@click.option("--keras", "keras_model", type=click.Path(path_type=Path),
+              help="Bring your own Keras model (.keras) instead of a run folder.")
+@click.option("--labels", help="Class names, comma-separated or a labels.txt file (for --keras).")
+@click.option("--calibration", type=click.Path(path_type=Path),
+              help="Calibration data: image folder (<class>/<images> or flat), .csv or .npy. "
+                   "Default: a stratified sample of the run's training split.")
+@click.option("--validation", type=click.Path(path_type=Path),
+              help="Validation data (same kinds). Default: the run's val split (test if val is empty).")
+@click.option("-o", "--out", type=click.Path(path_type=Path),
+              help="Bundle folder to write. Default: in place (run folder) or MODEL_bundle/ (--keras).")
+@click.option("--formats", default="all", show_default=True,
+              help="Comma-separated: tflite_fp32,tflite_fp16,tflite_dynamic,tflite_int8,onnx_fp32,onnx_int8.")
+@click.option("--calibration-samples", default=300, show_default=True, type=click.IntRange(1),
+              help="Images (stratified by class) used to calibrate int8.")
+@click.option("--max-validation", type=click.IntRange(1), help="Cap on validation inputs (stratified).")
+@click.option("--allow-drop", is_flag=True,
+              help="Keep formats that miss their accuracy bound, marked failed in the manifest.")
+@click.option("--data", "data_root", type=click.Path(path_type=Path),
+              help="The split's data folder, if it moved since training.")
+@click.option("--opset", default=13, show_default=True, type=int, help="ONNX opset.")
+def export(source: Path | None, keras_model: Path | None, labels: str | None, calibration: Path | None,
+           validation: Path | None, out: Path | None, formats: str, calibration_samples: int,
+           max_validation: int | None, allow_drop: bool, data_root: Path | None, opset: int) -> None:
+    """Export a run folder or bundle (or --keras MODEL) to TFLite and ONNX, validate every format
+    against Keras on real images, and write one verified bundle."""
+    if (source is None) == (keras_model is None):
+        raise click.UsageError("give either RUN_OR_BUNDLE or --keras MODEL.keras")
+    try:
+        fmts = parse_formats(formats)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--formats") from exc
+    options = ExportOptions(
+        formats=fmts, calibration_samples=calibration_samples, max_validation=max_validation,
+        allow_drop=allow_drop, opset=opset, labels=_labels(labels), calibration=calibration,
+        validation=validation, data_root=data_root,
+    )
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info/warning lines
+    from edgekit.export.bundle import export_bundle
+
+    manifest = export_bundle(source or keras_model, out, options, log=lambda m: click.echo(m, err=True))
+    target = out or (source if source is not None else keras_model.parent / f"{keras_model.stem}_bundle")
+    ok = sum(a.status == "ok" for k, a in manifest.artifacts.items() if k != "keras")
+    click.echo(f"wrote {target}: {ok}/{len(manifest.artifacts) - 1} formats ok")

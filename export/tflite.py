@@ -1,0 +1,137 @@
+"""Keras -> TFLite (fp32, fp16, dynamic range, full int8) and a LiteRT runner for validation.
+
+One small converter setting per format; all go through ``TFLiteConverter.from_keras_model``
+(``from_concrete_functions`` on a Keras 3 model gives a file that outputs NaN, see issue 3).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.export.options import Format
+from edgekit.manifest import TensorSpec
+
+
+def _fp32(converter, calib: np.ndarray | None, image_input: bool) -> None:
+    pass
+
+
+def _fp16(converter, calib: np.ndarray | None, image_input: bool) -> None:
+    import tensorflow as tf
+
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.target_spec.supported_types = [tf.float16]
+
+
+def _dynamic(converter, calib: np.ndarray | None, image_input: bool) -> None:
+    import tensorflow as tf
+
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+
+
+def _int8(converter, calib: np.ndarray | None, image_input: bool) -> None:
+    import tensorflow as tf
+
+    if calib is None or len(calib) == 0:
+        raise ValueError("full-integer quantization needs calibration data")
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: _representative(calib, image_input)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    # Images: uint8 in, so the device feeds raw pixels; features stay float at the boundary.
+    io_type = tf.uint8 if image_input else tf.float32
+    converter.inference_input_type = io_type
+    converter.inference_output_type = io_type
+
+
+def _representative(calib: np.ndarray, image_input: bool) -> Iterator[list[np.ndarray]]:
+    for i in range(len(calib)):
+        x = calib[i : i + 1].astype(np.float32)
+        if image_input and i == 0:
+            # One pixel at 0 and one at 255 pin the input range to [0, 255] -> scale 1, zero point 0,
+            # i.e. the quantized input *is* the raw uint8 pixel.
+            x[0, 0, 0, :], x[0, 0, -1, :] = 0.0, 255.0
+        yield [x]
+
+
+CONFIGURE: dict[Format, Callable] = {
+    Format.TFLITE_FP32: _fp32,
+    Format.TFLITE_FP16: _fp16,
+    Format.TFLITE_DYNAMIC: _dynamic,
+    Format.TFLITE_INT8: _int8,
+}
+
+
+def convert_tflite(model, fmt: Format, path: Path, calib: np.ndarray | None, image_input: bool) -> None:
+    """Convert a Keras model to ``path`` in format ``fmt``."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    CONFIGURE[fmt](converter, calib, image_input)
+    with contextlib.redirect_stdout(io.StringIO()):  # Keras prints its SavedModel signature listing
+        flatbuffer = converter.convert()
+    Path(path).write_bytes(flatbuffer)
+
+
+def _spec(d: dict) -> TensorSpec:
+    scale, zero_point = d["quantization"]
+    quantized = np.dtype(d["dtype"]).kind in "iu" and scale != 0.0
+    return TensorSpec(
+        name=d["name"],
+        shape=[int(v) for v in d["shape_signature"]],
+        dtype=np.dtype(d["dtype"]).name,
+        scale=float(scale) if quantized else None,
+        zero_point=int(zero_point) if quantized else None,
+    )
+
+
+class TFLiteRunner:
+    """Runs a .tflite file with LiteRT: float or raw inputs in, dequantized float32 out."""
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
+        self.interpreter.allocate_tensors()
+        self._in = self.interpreter.get_input_details()[0]
+        self._out = self.interpreter.get_output_details()[0]
+        self._batch = None
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return [_spec(d) for d in self.interpreter.get_input_details()]
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return [_spec(d) for d in self.interpreter.get_output_details()]
+
+    def _quantize_input(self, x: np.ndarray) -> np.ndarray:
+        dtype = np.dtype(self._in["dtype"])
+        if dtype.kind == "f":
+            return x.astype(dtype)
+        scale, zp = self._in["quantization"]
+        if x.dtype == dtype and scale == 1.0 and zp == 0:
+            return x
+        info = np.iinfo(dtype)
+        return np.clip(np.round(x.astype(np.float32) / scale + zp), info.min, info.max).astype(dtype)
+
+    def predict(self, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        outs = []
+        for start in range(0, len(x), batch_size):
+            chunk = self._quantize_input(x[start : start + batch_size])
+            if self._batch != len(chunk):
+                self.interpreter.resize_tensor_input(self._in["index"], [len(chunk), *chunk.shape[1:]])
+                self.interpreter.allocate_tensors()
+                self._batch = len(chunk)
+            self.interpreter.set_tensor(self._in["index"], chunk)
+            self.interpreter.invoke()
+            y = self.interpreter.get_tensor(self._out["index"])
+            if np.dtype(self._out["dtype"]).kind in "iu":
+                scale, zp = self._out["quantization"]
+                y = (y.astype(np.float32) - zp) * scale
+            outs.append(y.astype(np.float32))
+        return np.concatenate(outs)

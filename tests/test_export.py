@@ -1,0 +1,358 @@
+"""Export to TFLite/ONNX in one verified bundle (issue 3): a tiny model exported end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgekit.errors import IntegrityError
+from edgekit.export.options import ALL_FORMATS, Bounds, ExportOptions, Format, parse_formats
+from edgekit.manifest import Manifest, load_manifest, verify_artifact
+
+pytest.importorskip("tensorflow")
+pytest.importorskip("tf2onnx")
+pytest.importorskip("ai_edge_litert")
+pytest.importorskip("onnxruntime")
+
+SIZE = 32
+
+
+# ---------------------------------------------------------------- fast, no TensorFlow
+
+
+def test_format_names_files_and_runtimes():
+    assert [f.value for f in ALL_FORMATS] == [
+        "tflite_fp32", "tflite_fp16", "tflite_dynamic", "tflite_int8", "onnx_fp32", "onnx_int8"]
+    assert Format.TFLITE_INT8.filename == "model_int8.tflite"
+    assert Format.ONNX_FP32.filename == "model_fp32.onnx"
+    assert Format.TFLITE_DYNAMIC.filename == "model_dynamic.tflite"
+    assert {f.runtime for f in ALL_FORMATS} == {"litert", "onnxruntime"}
+    assert parse_formats("all") == ALL_FORMATS
+    assert parse_formats("onnx_int8, tflite_fp32") == (Format.ONNX_INT8, Format.TFLITE_FP32)
+    with pytest.raises(ValueError, match="tflite_int4"):
+        parse_formats("tflite_int4")
+
+
+def test_stratified_sample_keeps_class_shares():
+    from edgekit.export.calibration import stratified_sample
+
+    labels = np.array([0] * 900 + [1] * 100)
+    idx = stratified_sample(labels, 300, seed=0)
+    assert len(idx) == 300 and len(set(idx.tolist())) == 300
+    assert (labels[idx] == 1).sum() == 30
+    assert len(stratified_sample(labels, 5000)) == 1000
+    rare = np.array([0] * 99 + [1])
+    assert (rare[stratified_sample(rare, 10)] == 1).sum() == 1  # a rare class still gets one
+
+
+# ---------------------------------------------------------------- a tiny run folder
+
+
+def _make_run(root: Path, cells: Path) -> Path:
+    import keras
+
+    from edgekit.data import load_images, scan_dataset
+    from edgekit.manifest import Artifact, Preprocessing, sha256_file
+    from edgekit.model import build_resnet
+    from edgekit.splits import make_split, save_split
+
+    sp = make_split(scan_dataset(cells), test_fraction=0.2, val_fraction=0.2, seed=1)
+    split_file = root / "split.json"
+    digest = save_split(sp, split_file)
+    pre = Preprocessing(input_size=(SIZE, SIZE))
+    keras.utils.set_random_seed(0)
+    model = build_resnet((SIZE, SIZE, 3), 2, stages=(1, 1, 1), filters=(4, 8, 8, 8))
+    x, _ = load_images(cells, [i.path for i in sp.parts["train"]], pre)
+    y = np.array([i.label for i in sp.parts["train"]])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x.astype("float32"), y, epochs=3, batch_size=16, verbose=0)
+    run = root / "run"
+    run.mkdir()
+    model.save(run / "model.keras")
+    keras_file = run / "model.keras"
+    Manifest(labels=sp.classes, preprocessing=pre, positive_label="Parasitized",
+             artifacts={"keras": Artifact("keras", "model.keras", sha256_file(keras_file),
+                                          keras_file.stat().st_size, "keras")},
+             training={"split_file": str(split_file), "split_sha256": digest, "data_root": str(cells)},
+             ).save(run)
+    return run
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, cell_folder) -> Path:
+    return _make_run(tmp_path_factory.mktemp("export"), cell_folder)
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_run, tmp_path_factory) -> Path:
+    from edgekit.export.bundle import export_bundle
+
+    out = tmp_path_factory.mktemp("bundle") / "b"
+    export_bundle(tiny_run, out, ExportOptions(allow_drop=True))
+    return out
+
+
+def _copy_run(run: Path, dst: Path) -> Path:
+    shutil.copytree(run, dst)
+    return dst
+
+
+# ---------------------------------------------------------------- the whole export
+
+
+def test_bundle_has_every_format_with_checksums_and_report(bundle, tiny_run):
+    m = load_manifest(bundle)
+    assert list(m.artifacts) == ["keras", *[f.value for f in ALL_FORMATS]]
+    assert (bundle / "labels.txt").read_text().split() == m.labels == ["Parasitized", "Uninfected"]
+    for key, a in m.artifacts.items():
+        assert verify_artifact(bundle, a).stat().st_size == a.bytes > 0
+        if key != "keras":
+            assert a.path == Format(key).filename and a.runtime == Format(key).runtime
+            assert a.validation["n"] == len(json.loads((tiny_run.parent / "split.json").read_text())
+                                            ["parts"]["val"])
+    report = json.loads((bundle / "validation.json").read_text())
+    assert set(report["formats"]) == {f.value for f in ALL_FORMATS}
+    table = (bundle / "validation.md").read_text()
+    assert all(f.value in table for f in ALL_FORMATS) and "| format | size" in table
+    assert m.versions["tensorflow"] and m.versions["onnxruntime"]
+    assert not list(bundle.glob(".export-*")), "temporary folder left behind"
+
+
+def test_float_formats_match_keras_within_their_bounds(bundle):
+    v = {k: a.validation for k, a in load_manifest(bundle).artifacts.items()}
+    for key in ("tflite_fp32", "onnx_fp32"):
+        assert v[key]["status"] == "ok" and v[key]["max_abs_diff"] <= 1e-4
+    assert v["tflite_fp16"]["status"] == "ok" and 0 < v["tflite_fp16"]["max_abs_diff"] <= 1e-2
+    for key in ("tflite_int8", "onnx_int8"):
+        rec = v[key]
+        ok = rec["agreement"] >= 0.99 and rec["accuracy_drop"] <= 0.005
+        assert rec["status"] == ("ok" if ok else "failed_validation")
+        assert 0 < rec["max_abs_diff"] < 0.5  # really quantized, and not garbage
+
+
+def test_each_artifact_runs_in_its_runtime_as_the_manifest_says(bundle, cell_folder):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgekit.device.preprocess import load_for_model
+    from edgekit.export.bundle import load_keras, load_runner
+
+    m = load_manifest(bundle)
+    paths = sorted(cell_folder.rglob("*.png"))[:4]
+    x = np.stack([load_for_model(p, m.preprocessing) for p in paths])
+    reference = load_keras(bundle / "model.keras").predict(x.astype(np.float32), verbose=0)
+    for key, a in m.artifacts.items():
+        if key == "keras":
+            continue
+        fmt = Format(key)
+        runner = load_runner(fmt, bundle / a.path)
+        assert runner.inputs == a.inputs and runner.outputs == a.outputs
+        probs = runner.predict(x)
+        assert probs.shape == (4, 2) and np.allclose(probs.sum(axis=1), 1, atol=0.02)
+        assert np.abs(probs - reference).max() <= {"exact": 1e-4, "fp16": 1e-2}.get(fmt.check, 0.1)
+    # int8 TFLite: the device feeds raw uint8 pixels and dequantizes the output itself
+    spec_in, spec_out = m.artifacts["tflite_int8"].inputs[0], m.artifacts["tflite_int8"].outputs[0]
+    assert (spec_in.dtype, spec_in.scale, spec_in.zero_point) == ("uint8", 1.0, 0)
+    assert spec_out.dtype == "uint8" and spec_out.scale > 0
+    it = Interpreter(model_path=str(bundle / "model_int8.tflite"))
+    it.allocate_tensors()
+    d_in, d_out = it.get_input_details()[0], it.get_output_details()[0]
+    it.set_tensor(d_in["index"], x[:1])
+    it.invoke()
+    raw = it.get_tensor(d_out["index"])
+    assert raw.dtype == np.uint8
+    p = (raw.astype(np.float32) - spec_out.zero_point) * spec_out.scale
+    assert np.argmax(p) == np.argmax(reference[0]) or abs(reference[0, 0] - 0.5) < 0.05
+    for key in ("onnx_fp32", "onnx_int8"):
+        assert m.artifacts[key].inputs[0].dtype == "float32"
+        assert m.artifacts[key].outputs[0].dtype == "float32"
+
+
+def test_onnx_files_carry_labels_and_input_size(bundle):
+    import onnx
+
+    for name in ("model_fp32.onnx", "model_int8.onnx"):
+        meta = {p.key: p.value for p in onnx.load(str(bundle / name)).metadata_props}
+        assert json.loads(meta["labels"]) == ["Parasitized", "Uninfected"]
+        assert json.loads(meta["input_size"]) == [SIZE, SIZE]
+        assert meta["color_order"] == "RGB" and meta["positive_label"] == "Parasitized"
+    int8 = onnx.load(str(bundle / "model_int8.onnx"))
+    assert any(n.op_type == "QuantizeLinear" for n in int8.graph.node)
+
+
+def test_flipped_byte_is_refused(bundle, tmp_path):
+    copy = shutil.copytree(bundle, tmp_path / "b")
+    a = load_manifest(copy).artifacts["tflite_int8"]
+    data = bytearray((copy / a.path).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (copy / a.path).write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="sha256"):
+        verify_artifact(copy, a)
+
+
+# ---------------------------------------------------------------- failures leave nothing behind
+
+
+def test_missed_bound_fails_and_writes_nothing(tiny_run, tmp_path):
+    from edgekit.export.bundle import export_bundle
+    from edgekit.export.validate import ValidationFailed
+
+    strict = ExportOptions(formats=(Format.TFLITE_FP16,), bounds=Bounds(fp16_max_abs=0.0))
+    out = tmp_path / "out"
+    with pytest.raises(ValidationFailed, match="tflite_fp16.*max \\|dp\\|"):
+        export_bundle(tiny_run, out, strict)
+    assert not out.exists()
+    run = _copy_run(tiny_run, tmp_path / "run")
+    before = sorted(p.name for p in run.iterdir())
+    with pytest.raises(ValidationFailed):
+        export_bundle(run, None, strict)  # in place
+    assert sorted(p.name for p in run.iterdir()) == before
+    assert list(load_manifest(run).artifacts) == ["keras"]
+
+    strict.allow_drop = True
+    m = export_bundle(run, None, strict)
+    assert m.artifacts["tflite_fp16"].status == "failed_validation"
+    assert load_manifest(run).artifacts["tflite_fp16"].status == "failed_validation"
+    assert (run / "model_fp16.tflite").is_file()
+
+
+def test_converter_failure_is_one_clear_error(tiny_run, tmp_path, monkeypatch):
+    from edgekit.export import tflite
+    from edgekit.export.bundle import ExportError, export_bundle
+
+    def unsupported(converter, calib, image_input):
+        raise RuntimeError("loc(fused): error: 'tf.Foo' op is neither a custom op nor a flex op\nmore noise")
+
+    monkeypatch.setitem(tflite.CONFIGURE, Format.TFLITE_DYNAMIC, unsupported)
+    with pytest.raises(ExportError, match=r"^tflite_dynamic export failed: .*'tf.Foo' op is neither"):
+        export_bundle(tiny_run, tmp_path / "out", ExportOptions(formats=(Format.TFLITE_DYNAMIC,)))
+    assert not (tmp_path / "out").exists()
+    opts = ExportOptions(formats=(Format.TFLITE_FP32, Format.TFLITE_DYNAMIC), allow_drop=True)
+    m = export_bundle(tiny_run, tmp_path / "out", opts)
+    assert m.artifacts["tflite_dynamic"].status == "export_failed"
+    assert m.artifacts["tflite_fp32"].status == "ok"
+    assert not (tmp_path / "out" / "model_dynamic.tflite").exists()
+
+
+def _cli(args: list[str]):
+    from click.testing import CliRunner
+
+    from edgekit.cli import main
+
+    return CliRunner().invoke(main, ["export", *args])
+
+
+def _assert_one_error_line(result, pattern: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert lines[-1].startswith("error: ") and "Traceback" not in result.output
+    assert pattern in lines[-1], lines[-1]
+
+
+def test_bad_inputs_give_one_error_line_and_leave_nothing(tiny_run, tmp_path, cell_folder):
+    import keras
+
+    out = tmp_path / "out"
+    corrupt = tmp_path / "corrupt.keras"
+    corrupt.write_bytes(b"PK\x03\x04 not really a zip")
+    _assert_one_error_line(_cli(["--keras", str(corrupt), "--labels", "a,b", "--calibration",
+                                 str(cell_folder), "-o", str(out)]), "cannot load Keras model")
+    _assert_one_error_line(_cli(["--keras", str(tmp_path / "missing.keras"), "--labels", "a,b",
+                                 "--calibration", str(cell_folder)]), "Keras model not found")
+    run = _copy_run(tiny_run, tmp_path / "run")
+    (run / "model.keras").write_bytes(b"garbage")
+    _assert_one_error_line(_cli([str(run)]), "sha256")
+
+    mlp = keras.Sequential([keras.Input((60,)), keras.layers.Dense(2, activation="softmax")])
+    mlp.save(tmp_path / "mlp.keras")
+    _assert_one_error_line(_cli(["--keras", str(tmp_path / "mlp.keras"), "--labels", "R,M", "--calibration",
+                                 str(cell_folder), "-o", str(out)]), "is not an image")
+    empty = tmp_path / "empty"
+    (empty / "a").mkdir(parents=True)
+    _assert_one_error_line(_cli(["--keras", str(tiny_run / "model.keras"), "--labels",
+                                 "Parasitized,Uninfected", "--calibration", str(empty), "-o", str(out)]),
+                           "no images")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    _assert_one_error_line(_cli([str(tiny_run), "-o", str(blocker / "sub"), "--formats", "tflite_fp32"]),
+                           "cannot create output folder")
+    assert not out.exists()
+    assert not list(tiny_run.glob(".export-*"))
+
+
+# ---------------------------------------------------------------- bring your own model
+
+
+def test_bring_your_own_image_model_via_cli(tiny_run, tmp_path, cell_folder):
+    out = tmp_path / "byo"
+    result = _cli(["--keras", str(tiny_run / "model.keras"), "--labels", "Parasitized,Uninfected",
+                   "--calibration", str(cell_folder), "--formats", "tflite_int8,onnx_fp32", "-o", str(out),
+                   "--allow-drop"])
+    assert result.exit_code == 0, result.output
+    m = load_manifest(out)
+    assert m.preprocessing.input_size == (SIZE, SIZE)  # read from the model
+    assert list(m.artifacts) == ["keras", "tflite_int8", "onnx_fp32"]
+    assert m.artifacts["onnx_fp32"].status == "ok"
+    assert m.artifacts["tflite_int8"].validation["n"] == 72  # labelled folder, reused for validation
+    for a in m.artifacts.values():
+        verify_artifact(out, a)
+
+
+def test_bring_your_own_tabular_model_with_csv(tmp_path):
+    import keras
+
+    from edgekit.export.bundle import export_bundle
+
+    rng = np.random.default_rng(0)
+    x = rng.random((208, 60)).astype(np.float32)  # Sonar-shaped: 60 features in [0, 1], R/M labels
+    y = (x[:, :10].mean(axis=1) > 0.5).astype(int)
+    keras.utils.set_random_seed(0)
+    mlp = keras.Sequential([keras.Input((60,)), keras.layers.Dense(16, activation="relu"),
+                            keras.layers.Dense(1, activation="sigmoid")])
+    mlp.compile("adam", "binary_crossentropy")
+    mlp.fit(x, y, epochs=20, verbose=0)
+    mlp.save(tmp_path / "sonar.keras")
+    csv_file = tmp_path / "sonar.csv"
+    rows = [",".join(f"{v:.4f}" for v in row) + "," + "RM"[lbl] for row, lbl in zip(x, y, strict=True)]
+    csv_file.write_text("\n".join(rows) + "\n")
+    np.save(tmp_path / "sonar.npy", x[:50])
+    m = export_bundle(tmp_path / "sonar.keras", None,
+                      ExportOptions(labels=["R", "M"], calibration=csv_file, validation=csv_file,
+                                    allow_drop=True))
+    out = tmp_path / "sonar_bundle"
+    assert load_manifest(out).training["input"] == {"kind": "features", "shape": [60]}
+    assert m.artifacts["tflite_fp32"].status == m.artifacts["onnx_fp32"].status == "ok"
+    int8 = m.artifacts["tflite_int8"]
+    assert int8.inputs[0].dtype == "float32" and int8.validation["agreement"] >= 0.9
+    assert int8.validation["n"] == 208 and "accuracy" in int8.validation
+    m2 = export_bundle(tmp_path / "sonar.keras", tmp_path / "npy_bundle",
+                       ExportOptions(labels=["R", "M"], calibration=tmp_path / "sonar.npy",
+                                     formats=(Format.ONNX_INT8,), allow_drop=True))
+    rec = m2.artifacts["onnx_int8"].validation
+    assert rec["n"] == 50 and "accuracy" not in rec  # no labels in a bare .npy
+
+
+def test_interrupted_commit_leaves_no_stale_checksum(bundle, tmp_path, monkeypatch):
+    from edgekit.export import bundle as bundle_mod
+
+    copy = shutil.copytree(bundle, tmp_path / "b")
+
+    real_replace = os.replace
+
+    def crash(src, dst):  # the manifest's own atomic writes go through; moving the model file fails
+        if str(dst).endswith(".tflite"):
+            raise OSError("disk full")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(bundle_mod.os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        bundle_mod.export_bundle(copy, None, ExportOptions(formats=(Format.TFLITE_FP32,)))
+    m = load_manifest(copy)
+    assert "tflite_fp32" not in m.artifacts and "onnx_int8" in m.artifacts
+    for a in m.artifacts.values():
+        verify_artifact(copy, a)  # everything still listed is exactly what was validated
+    assert not list(copy.glob(".export-*"))
