@@ -1,0 +1,88 @@
+"""``edgekit bench``: light at import (click only); the work is imported inside the command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
+    if not value:
+        return None
+    try:
+        threads = [int(v) for v in value.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+    if not threads or min(threads) < 1:
+        raise click.BadParameter("thread counts must be positive integers")
+    return threads
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--data", type=click.Path(path_type=Path),
+              help="Labelled images: a split file (its --part is used) or a folder-per-class dataset. "
+              "Default: the split file the bundle was trained from.")
+@click.option("--part", default="test", show_default=True, help="Which part of a split file to use.")
+@click.option("--threads", callback=_int_list, help="Thread counts, e.g. 1,2,4 (default: the profile's).")
+@click.option("--formats", help="Comma-separated formats to measure (default: all in the bundle); "
+              "Keras is always measured as the reference.")
+@click.option("--profile", default="auto", show_default=True,
+              help="Device profile: auto (the detected board, else host), host, rpi4, rpi5, phone.")
+@click.option("--batch", default=32, show_default=True, type=click.IntRange(min=1),
+              help="Batch size for the throughput pass.")
+@click.option("--runs", default=100, show_default=True, type=click.IntRange(min=1),
+              help="Timed batch-1 runs for the latency percentiles.")
+@click.option("--warmup", default=10, show_default=True, type=click.IntRange(min=0))
+@click.option("-o", "--out", type=click.Path(path_type=Path),
+              help="Output folder (default: BUNDLE/bench-<profile>).")
+@click.option("--reference", help="Compare with a reference CSV (path or board name); "
+              "default: the detected board's, when there is one.")
+@click.option("--save-reference", type=click.Path(path_type=Path),
+              help="Write this run's ok rows as a reference CSV (after a run on a real board).")
+@click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
+@click.option("--timeout", default=600, show_default=True, type=float, help="Seconds allowed per row.")
+def bench(bundle: Path, data: Path | None, part: str, threads: list[int] | None, formats: str | None,
+          profile: str, batch: int, runs: int, warmup: int, out: Path | None, reference: str | None,
+          save_reference: Path | None, no_plots: bool, timeout: float) -> None:
+    """Benchmark every format of a bundle: size, load time, latency, throughput, memory, and cell- and
+    patient-level accuracy with 95% CIs, one process per (format, threads) row."""
+    from edgekit.benchmarks.bench import run_bench
+    from edgekit.benchmarks.profiles import (
+        REFERENCE_FIELDS,
+        compare_to_reference,
+        detect_board,
+        load_reference,
+        reference_path,
+        reference_rows,
+    )
+    from edgekit.benchmarks.report import markdown_tables, to_csv, write_outputs
+    from edgekit.manifest import atomic_write_text
+
+    fmt_list = [f.strip() for f in formats.split(",") if f.strip()] if formats else None
+    log = lambda msg: click.echo(msg, err=True)  # noqa: E731
+    result = run_bench(bundle, data, threads=threads, formats=fmt_list, profile=profile, part=part,
+                       batch=batch, runs=runs, warmup=warmup, timeout=timeout, log=log)
+    comparisons = None
+    board = detect_board()
+    source = reference or (board if board and reference_path(board).is_file() else None)
+    if source:
+        ref = load_reference(source)
+        comparisons = compare_to_reference(result["rows"], ref, model=result["meta"]["model"])
+        if not ref:
+            log(f"reference {source} has no rows yet")
+        worse = [c for c in comparisons if c["verdict"] == "worse"]
+        log(f"reference {source}: {len(comparisons)} comparisons, {len(worse)} outside the band (worse)")
+    target = out or Path(bundle) / f"bench-{result['meta']['profile']['name']}"
+    paths = write_outputs(result, target, plots=not no_plots, comparisons=comparisons)
+    if save_reference:
+        rows = reference_rows(result["rows"], result["meta"]["model"])
+        meta = result["meta"]
+        header = (f"# model {meta['model']!r} ({meta['bundle']}) on {meta['data']}; {meta['host']['cpu']}, "
+                  f"profile {meta['profile']['name']}, {meta['date']}\n")
+        atomic_write_text(save_reference, header + to_csv(rows, REFERENCE_FIELDS))
+        paths["reference"] = save_reference
+    click.echo(markdown_tables(result["rows"]))
+    for name, path in paths.items():
+        click.echo(f"wrote {name}: {path}", err=True)
