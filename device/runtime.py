@@ -30,8 +30,10 @@ def default_bundle_dir() -> Path:
     return Path(edgekit.__file__).resolve().parent / "models" / "default"
 
 
-def resolve_artifact(manifest: Manifest, fmt: str | None = None) -> Artifact:
-    """The artifact to run: ``fmt`` if given, else the first usable one in :data:`FORMAT_ORDER`."""
+def resolve_artifact(manifest: Manifest, fmt: str | None = None, allow_failed: bool = False) -> Artifact:
+    """The artifact to run: ``fmt`` if given, else the first usable one in :data:`FORMAT_ORDER`.
+
+    ``allow_failed`` lets a benchmark measure a named format that failed validation."""
     arts = manifest.artifacts
     if fmt is not None:
         art = arts.get(fmt)
@@ -40,7 +42,7 @@ def resolve_artifact(manifest: Manifest, fmt: str | None = None) -> Artifact:
             raise BundleError(f"the bundle has no {fmt} model (it has: {have})")
         if art.runtime not in DEVICE_RUNTIMES:
             raise BundleError(f"{fmt} needs {art.runtime}, which the device runtime does not use")
-        if art.status != "ok":
+        if art.status != "ok" and not (allow_failed and art.status == "failed_validation"):
             raise BundleError(f"{fmt} is marked {art.status} in the manifest; choose another format")
         if not runtime_available(art.runtime):
             raise BundleError(f"{fmt} needs the {art.runtime} runtime, which is not installed")
@@ -140,6 +142,7 @@ def load_classifier(
     fmt: str | None = None,
     threads: int | None = None,
     verify: bool = True,
+    allow_failed: bool = False,
 ) -> Classifier:
     """Load a bundle's model for the device; see the module docstring for the checks made."""
     if bundle is None:
@@ -154,7 +157,7 @@ def load_classifier(
         if bundle_dir.is_file() and bundle_dir.name == "manifest.json":
             bundle_dir = bundle_dir.parent
     manifest = load_manifest(bundle_dir)
-    artifact = resolve_artifact(manifest, fmt)
+    artifact = resolve_artifact(manifest, fmt, allow_failed=allow_failed)
     if verify:
         path = verify_artifact(bundle_dir, artifact)
     else:
