@@ -176,6 +176,8 @@ def camera(source: str, bundle: Path | None, model_format: str | None, threads: 
 @click.option("--site", default=None, help="Screening site.")
 @click.option("--operator", default=None, help="Who ran the screening.")
 @click.option("--camera", "use_camera", is_flag=True, help="Screen camera frames instead of files.")
+@click.option("--fields", "fields", is_flag=True,
+              help="PATHS are whole microscope fields: find, crop and classify every red cell.")
 @click.option("--source", default="auto", show_default=True, help="Camera source (see `edgekit camera`).")
 @click.option("--db", type=click.Path(path_type=Path), default=None,
               help="Screening database. Default: $EDGEKIT_DB or ~/.local/share/edgekit/screening.sqlite.")
@@ -188,7 +190,7 @@ def camera(source: str, bundle: Path | None, model_format: str | None, threads: 
 @_quality_option
 @click.option("--json", "as_json", is_flag=True, help="Print the patient summary as JSON.")
 def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str | None, use_camera: bool,
-           source: str, db: Path | None, stop_cells: int | None, bundle: Path | None,
+           fields: bool, source: str, db: Path | None, stop_cells: int | None, bundle: Path | None,
            model_format: str | None, threads: int | None, progress: bool | None, quality: bool,
            as_json: bool) -> None:
     """Screen a patient: classify and record every crop, then summarise and decide.
@@ -200,11 +202,13 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
     from edgekit.device.pipeline import Progress, expand_inputs
     from edgekit.device.quality import DEFAULT_GATES
     from edgekit.device.records import RecordStore, default_db_path
-    from edgekit.device.screening import path_crops, record_crops, summarize
+    from edgekit.device.screening import field_crops, path_crops, record_crops, summarize
     from edgekit.errors import EdgekitError
 
     if bool(paths) == use_camera:
         raise EdgekitError("give image PATHS or --camera (one of them)")
+    if fields and use_camera:
+        raise EdgekitError("--fields takes field image PATHS, not --camera")
     classifier = _load(bundle, model_format, threads)
     rule = classifier.manifest.patient_rule
     stop = rule.stop_cells if stop_cells is None else stop_cells
@@ -216,7 +220,10 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
             total, kind = None, "camera"
         else:
             items = list(expand_inputs(paths))
-            crops, total, kind = path_crops(items), len(items), "file"
+            if fields:  # the number of cells is unknown until each field is segmented
+                crops, total, kind = field_crops(items), None, "field"
+            else:
+                crops, total, kind = path_crops(items), len(items), "file"
         bar = Progress(total, Progress.wanted(bool(progress)) if progress is not False else False)
 
         def report(out) -> None:

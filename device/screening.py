@@ -16,6 +16,7 @@ import numpy as np
 
 from edgekit.device.pipeline import Outcome, Tally, array_hash, classify_one, file_hash, missing_reason
 from edgekit.device.quality import DEFAULT_GATES, QualityGates
+from edgekit.errors import ImageError
 from edgekit.manifest import PatientRule
 from edgekit.metrics import wilson_interval
 
@@ -100,6 +101,26 @@ def path_crops(paths: Iterable[tuple[str, Path | None]]) -> Iterable[Crop]:
         yield shown, None, path if path is not None else shown
 
 
+def field_crops(paths: Iterable[tuple[str, Path | None]]) -> Iterable[Crop]:
+    """Every red cell cut from whole microscope fields (``edgekit.device.field``), as crops.
+
+    A field that cannot be used (unreadable, no cells, blurred, over-exposed...) yields one item whose
+    image is the :class:`ImageError`, so it is recorded as rejected with its reason."""
+    from edgekit.device.field import iter_field_crops
+
+    for shown, path in paths:
+        if path is None:
+            yield shown, None, ImageError(missing_reason(shown))
+            continue
+        try:
+            cells = list(iter_field_crops(path))
+        except ImageError as exc:
+            yield shown, file_hash(path), ImageError(str(exc).removeprefix(f"{path.name}: "))
+            continue
+        # each cell's hash is of its own pixels: a field screened twice is skipped cell by cell
+        yield from ((cell_id, None, crop) for cell_id, crop in cells)
+
+
 def record_crops(
     store: RecordStore,
     session: Session,
@@ -119,6 +140,18 @@ def record_crops(
     for source_id, content_hash, image in crops:
         if stop_cells and counted >= stop_cells:
             break
+        if isinstance(image, ImageError):  # a whole source refused before any crop (e.g. a field)
+            out = Outcome(source_id, "rejected", reason=str(image),
+                          content_hash=content_hash or f"rejected:{source_id}")
+            if out.content_hash in done:
+                tally.add("skipped")
+                continue
+            store.add_record(session, outcome_row(out, source_kind))
+            done.add(out.content_hash)
+            tally.add(out.status)
+            if on_outcome:
+                on_outcome(out)
+            continue
         if content_hash is None:
             content_hash = _content_hash(image)
         if content_hash is None:  # a path that cannot be read at all
