@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -87,3 +88,79 @@ def _fmt(v) -> str:
         ci = f" [{lo:.3f}, {hi:.3f}]" if lo is not None else ""
         return f"{v['value']:.4f}{ci}"
     return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError as exc:
+        raise click.BadParameter(f"expected comma-separated integers, got {text!r}") from exc
+
+
+@click.command()
+@click.argument("split_or_data", type=click.Path(path_type=Path))
+@click.option("--out", "run", required=True, type=click.Path(path_type=Path), help="Run folder to write.")
+@click.option("--data", "data_root", type=click.Path(path_type=Path),
+              help="Data root, when it moved since the split file was written.")
+@click.option("--backbone", default="resnet", show_default=True,
+              type=click.Choice(["resnet", "mobilenetv3small", "inceptionv3"]))
+@click.option("--weights", default="none", show_default=True,
+              help="Backbone weights: none, imagenet or a PATH.")
+@click.option("--stages", default="3,4,6", show_default=True, help="Residual modules per stage (resnet).")
+@click.option("--filters", default="64,128,256,512", show_default=True,
+              help="Stem filters then one per stage (resnet).")
+@click.option("--l2", default=5e-4, show_default=True, type=float)
+@click.option("--epochs", default=50, show_default=True, type=int)
+@click.option("--batch-size", default=32, show_default=True, type=int)
+@click.option("--lr", default=0.1, show_default=True, type=float, help="Initial lr; polynomial decay to 0.")
+@click.option("--input-size", default=64, show_default=True, type=int)
+@click.option("--channels", default=3, show_default=True, type=click.Choice(["1", "3"]))
+@click.option("--no-augment", is_flag=True, help="Train without augmentation.")
+@click.option("--class-weight", type=click.Choice(["none", "balanced"]), default="none", show_default=True)
+@click.option("--positive-label", default=None, help="Default: Parasitized if present, else the last label.")
+@click.option("--seed", default=42, show_default=True, type=int)
+@click.option("--mixed-precision", type=click.Choice(["auto", "on", "off"]), default="auto",
+              show_default=True, help="auto: on when a GPU is present.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint.")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=Path("~/.cache/edgekit").expanduser(),
+              show_default=True, help="Where decoded image arrays are cached.")
+def train(split_or_data: Path, run: Path, data_root: Path | None, backbone: str, weights: str, stages: str,
+          filters: str, l2: float, epochs: int, batch_size: int, lr: float, input_size: int, channels: str,
+          no_augment: bool, class_weight: str, positive_label: str | None, seed: int, mixed_precision: str,
+          resume: bool, cache_dir: Path) -> None:
+    """Train a classifier from a split file (or a data folder) and write the run folder.
+
+    Checkpoints every epoch; the best epoch by validation AUC (accuracy for >2 classes) becomes
+    RUN/model.keras; the test part is evaluated at the end. With --resume the stored configuration
+    is used and training continues at the next epoch.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from edgekit.train import TrainConfig, train_run
+
+    cfg = TrainConfig(backbone=backbone, stages=_ints(stages), filters=_ints(filters), l2=l2, weights=weights,
+                      epochs=epochs, batch_size=batch_size, lr=lr, input_size=input_size,
+                      channels=int(channels), augment=not no_augment, class_weight=class_weight,
+                      positive_label=positive_label, seed=seed, mixed_precision=mixed_precision)
+    try:
+        train_run(split_or_data, run, cfg, data_root=data_root, resume=resume, cache_dir=cache_dir,
+                  log=lambda s: click.echo(s, err=True))
+    except KeyboardInterrupt:
+        if (run / "checkpoints" / "state.json").is_file():
+            click.echo(f"continue with: edgekit train {split_or_data} --out {run} --resume", err=True)
+        raise
+
+
+@click.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--split", "part", default="test", show_default=True,
+              type=click.Choice(["train", "val", "test"]))
+@click.option("--split-file", type=click.Path(path_type=Path), help="Default: the run's own split file.")
+@click.option("--data", "data_root", type=click.Path(path_type=Path), help="Data root, if it moved.")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=Path("~/.cache/edgekit").expanduser(),
+              show_default=True)
+def evaluate(run: Path, part: str, split_file: Path | None, data_root: Path | None, cache_dir: Path) -> None:
+    """Evaluate a run's Keras model on a part of its split; writes eval_/report_/roc_ files."""
+    from edgekit.evaluate import evaluate_run
+
+    evaluate_run(run, part, split_file=split_file, data_root=data_root, cache_dir=cache_dir,
+                 log=lambda s: click.echo(s))

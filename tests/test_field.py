@@ -54,9 +54,11 @@ class FakeClassifier:
 
 
 def _purple_dot(crop: np.ndarray) -> float:
-    """The generated parasitized crops carry a (90, 30, 120) dot; uninfected ones never do."""
+    """The generated parasitized crops carry a (90, 30, 120) dot; uninfected ones never do. The
+    saturation test keeps grey pixels out: a crop's edge, where the black outside is resized together
+    with the pale cell rim, is dark too but nearly neutral."""
     r, g, b = (crop[..., i].astype(int) for i in range(3))
-    return 0.95 if ((g < 70) & (b > r) & (r > 40)).sum() >= 3 else 0.05
+    return 0.95 if ((g < 70) & (b > r) & (r > 40) & (b - g > 40)).sum() >= 3 else 0.05
 
 
 def _compose(crops: list[np.ndarray], seed: int = 0, gap: int = 30) -> tuple[np.ndarray, list[tuple]]:

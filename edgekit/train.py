@@ -1,0 +1,557 @@
+"""``edgekit train``: decode once, a tf.data pipeline with augmentation, SGD + polynomial decay,
+a checkpoint every epoch (``--resume``), the best epoch kept, and the run folder written.
+
+Run folder layout (the start of a bundle)::
+
+    RUN/model.keras            best epoch by the monitored validation metric
+    RUN/manifest.json, labels.txt
+    RUN/history.csv, curves.png
+    RUN/eval_test.json, report_test.txt, roc_test.png   (edgekit.evaluate)
+    RUN/split.json             only when trained from a data folder
+    RUN/checkpoints/last.keras + state.json             resume point, rewritten every epoch
+
+The monitor is the validation AUC of the positive class for two classes (threshold-free, robust to
+class imbalance) and validation accuracy otherwise; ties keep the earlier epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import DataError, EdgekitError
+from edgekit.manifest import Preprocessing, atomic_write_text
+
+STATE_NAME = "state.json"
+LAST_NAME = "last.keras"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; stored in the manifest and the resume state."""
+
+    backbone: str = "resnet"
+    stages: tuple[int, ...] = (3, 4, 6)
+    filters: tuple[int, ...] = (64, 128, 256, 512)
+    l2: float = 5e-4
+    weights: str = "none"
+    epochs: int = 50
+    batch_size: int = 32
+    lr: float = 0.1
+    momentum: float = 0.9
+    power: float = 1.0  # polynomial decay power (1.0: linear to zero over the run)
+    input_size: int = 64
+    channels: int = 3
+    resize: str = "area"
+    augment: bool = True
+    rotation: float = 20.0  # degrees
+    zoom: float = 0.05
+    shift: float = 0.05  # fraction of the side
+    shear: float = 0.05  # shear factor (tan of the shear angle)
+    flips: bool = True  # horizontal and vertical
+    class_weight: str | None = None  # None | "balanced"
+    positive_label: str | None = None
+    seed: int = 42
+    mixed_precision: str = "auto"  # auto: on when a GPU is present
+
+    def __post_init__(self) -> None:
+        self.stages = tuple(int(s) for s in self.stages)
+        self.filters = tuple(int(f) for f in self.filters)
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.input_size < 8:
+            raise EdgekitError("epochs, batch size, lr must be positive and the input size at least 8")
+        if self.class_weight not in (None, "none", "balanced"):
+            raise EdgekitError(f"unknown class weight {self.class_weight!r}: use balanced or none")
+        if self.class_weight == "none":
+            self.class_weight = None
+
+    def model_dict(self) -> dict[str, Any]:
+        if self.backbone == "resnet":
+            return {"arch": "resnet", "stages": list(self.stages), "filters": list(self.filters),
+                    "l2": self.l2}
+        return {"arch": self.backbone, "weights": self.weights}
+
+
+@dataclass
+class Arrays:
+    """Decoded images of one split part with labels and patient groups, aligned row by row."""
+
+    x: np.ndarray  # uint8 (N, h, w, C)
+    y: np.ndarray  # int32 (N,)
+    groups: np.ndarray  # str (N,)
+    paths: list[str]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+def resolve_split(split_or_data: Path, run_dir: Path, data_root: Path | None = None) -> tuple[Any, str, Path]:
+    """A split file is loaded (and checked against the data); a data folder gets a default grouped
+    split saved as ``RUN/split.json``. Returns (split, sha256, split file path)."""
+    from edgekit.splits import load_split
+
+    split_or_data = Path(split_or_data)
+    if split_or_data.is_dir():
+        from edgekit.data import drop_unreadable, scan_dataset
+        from edgekit.splits import make_split, save_split
+
+        ds = drop_unreadable(scan_dataset(split_or_data))
+        split_path = run_dir / "split.json"
+        save_split(make_split(ds), split_path)
+        split, digest = load_split(split_path)
+        return split, digest, split_path.resolve()
+    if not split_or_data.exists():
+        raise DataError(f"not found: {split_or_data} (give a split file or a data folder)")
+    split, digest = load_split(split_or_data, data_root=data_root)
+    return split, digest, split_or_data.resolve()
+
+
+def load_part(split: Any, part: str, pre: Preprocessing, cache_dir: Path | None,
+              log: Callable[[str], None] = print) -> Arrays:
+    """Decode one part of the split once (parallel, npz-cached); unreadable files are skipped."""
+    from edgekit.data import load_images
+
+    items = split.parts.get(part, [])
+    paths = [i.path for i in items]
+    if not items:
+        h, w = pre.input_size
+        empty = np.zeros((0, h, w, pre.channels), np.uint8)
+        return Arrays(empty, np.zeros(0, np.int32), np.zeros(0, str), [])
+    t0 = time.perf_counter()
+    x, bad = load_images(Path(split.data_root), paths, pre, cache_dir=cache_dir)
+    bad_set = {p for p, _ in bad}
+    keep = [i for i in items if i.path not in bad_set]
+    y = np.array([i.label for i in keep], np.int32)
+    groups = np.array([i.group for i in keep])
+    log(f"{part}: {len(keep)} images decoded in {time.perf_counter() - t0:.1f} s"
+        + (f", skipped {len(bad)} ({_reason_counts(bad)})" if bad else ""))
+    return Arrays(x, y, groups, [i.path for i in keep], bad)
+
+
+def _reason_counts(bad: list[tuple[str, str]]) -> str:
+    counts = Counter(reason.split(":")[0][:60] for _, reason in bad)
+    return "; ".join(f"{n} x {r}" for r, n in counts.most_common(5))
+
+
+def balanced_class_weight(y: np.ndarray, num_classes: int) -> dict[int, float]:
+    """n / (k * count_c): every class contributes equally to the loss."""
+    counts = np.bincount(y, minlength=num_classes).astype(np.float64)
+    return {c: float(len(y) / (num_classes * counts[c])) if counts[c] else 0.0 for c in range(num_classes)}
+
+
+# ---------------------------------------------------------------------------------------------
+# tf.data pipeline
+
+
+def augment_transforms(batch: int, height: int, width: int, cfg: TrainConfig, seed_op: Any = None) -> Any:
+    """Random affine maps (rotation, zoom, shift, shear, flips) as the 8-vectors that
+    ``ImageProjectiveTransformV3`` takes, one per image: output pixel -> input pixel.
+
+    All ranges are symmetric, so the inverse map is sampled directly.
+    """
+    import tensorflow as tf
+
+    def u(lo: float, hi: float) -> Any:
+        return tf.random.uniform([batch], lo, hi)
+
+    theta = u(-1.0, 1.0) * (cfg.rotation * math.pi / 180.0)
+    zx = u(1.0 - cfg.zoom, 1.0 + cfg.zoom)
+    zy = u(1.0 - cfg.zoom, 1.0 + cfg.zoom)
+    sh = u(-cfg.shear, cfg.shear)
+    tx = u(-cfg.shift, cfg.shift) * width
+    ty = u(-cfg.shift, cfg.shift) * height
+    if cfg.flips:
+        fx = tf.where(tf.random.uniform([batch]) < 0.5, -1.0, 1.0)
+        fy = tf.where(tf.random.uniform([batch]) < 0.5, -1.0, 1.0)
+    else:
+        fx = fy = tf.ones([batch])
+    return affine_vectors(theta, zx * fx, zy * fy, sh, tx, ty, height, width)
+
+
+def affine_vectors(theta: Any, sx: Any, sy: Any, shear: Any, tx: Any, ty: Any, height: int,
+                   width: int) -> Any:
+    """M = R(theta) @ [[1, shear], [0, 1]] @ diag(sx, sy) about the image centre, then + (tx, ty)."""
+    import tensorflow as tf
+
+    c, s = tf.cos(theta), tf.sin(theta)
+    m00, m01 = c * sx, (c * shear - s) * sy
+    m10, m11 = s * sx, (s * shear + c) * sy
+    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+    a2 = cx - m00 * cx - m01 * cy + tx
+    b2 = cy - m10 * cx - m11 * cy + ty
+    z = tf.zeros_like(theta)
+    return tf.stack([m00, m01, a2, m10, m11, b2, z, z], axis=1)
+
+
+def apply_transforms(images: Any, transforms: Any) -> Any:
+    """Warp a float32 batch (N, h, w, C); edges repeat the nearest pixel, like ImageDataGenerator."""
+    import tensorflow as tf
+
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=transforms, output_shape=tf.shape(images)[1:3],
+        interpolation="BILINEAR", fill_mode="NEAREST", fill_value=0.0,
+    )
+
+
+def make_dataset(x: np.ndarray, y: np.ndarray, cfg: TrainConfig, training: bool,
+                 sample_weight: np.ndarray | None = None) -> Any:
+    """Arrays -> shuffled, batched, augmented (per batch, in parallel), prefetched float32 [0, 255]."""
+    import tensorflow as tf
+
+    h, w = x.shape[1:3]
+    tensors = (x, y) if sample_weight is None else (x, y, sample_weight.astype(np.float32))
+    ds = tf.data.Dataset.from_tensor_slices(tensors)
+    if training:
+        ds = ds.shuffle(len(x), seed=cfg.seed, reshuffle_each_iteration=True)
+    ds = ds.batch(cfg.batch_size, drop_remainder=False)
+
+    @tf.autograph.experimental.do_not_convert  # plain Python branches on static flags only
+    def prep(xb, *rest):
+        xb = tf.cast(xb, tf.float32)
+        if training and cfg.augment:
+            xb = apply_transforms(xb, augment_transforms(tf.shape(xb)[0], h, w, cfg))
+            xb = tf.clip_by_value(xb, 0.0, 255.0)
+        return (xb, *rest)
+
+    ds = ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+# ---------------------------------------------------------------------------------------------
+# model, strategy, optimizer
+
+
+def distribution_strategy() -> tuple[Any, str]:
+    """MirroredStrategy over the local GPUs when there are any, else the default (CPU) strategy.
+
+    Several machines: set ``TF_CONFIG`` and use ``tf.distribute.MultiWorkerMirroredStrategy()``
+    instead (same code path; every worker runs ``edgekit train`` with the same arguments, and only
+    the chief's run folder is the result).
+    """
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        return tf.distribute.MirroredStrategy(), f"MirroredStrategy over {len(gpus)} GPU(s)"
+    return tf.distribute.get_strategy(), "default strategy (CPU)"
+
+
+def build_model(cfg: TrainConfig, num_classes: int) -> Any:
+    from edgekit.model import build_resnet, build_transfer
+
+    shape = (cfg.input_size, cfg.input_size, cfg.channels)
+    if cfg.backbone == "resnet":
+        return build_resnet(shape, num_classes, stages=cfg.stages, filters=cfg.filters, l2=cfg.l2)
+    return build_transfer(cfg.backbone, shape, num_classes, weights=cfg.weights)
+
+
+def compile_model(model: Any, cfg: TrainConfig, total_steps: int) -> None:
+    """SGD momentum 0.9 with polynomial decay from ``lr`` to 0 over all steps of the run."""
+    import keras
+
+    schedule = keras.optimizers.schedules.PolynomialDecay(
+        cfg.lr, decay_steps=max(1, total_steps), end_learning_rate=0.0, power=cfg.power
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=schedule, momentum=cfg.momentum),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+
+
+def _versions() -> dict[str, str]:
+    import cv2
+    import keras
+    import tensorflow as tf
+
+    from edgekit import __version__
+
+    return {"edgekit": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
+            "numpy": np.__version__, "opencv": cv2.__version__, "python": platform.python_version()}
+
+
+def save_keras_atomic(model: Any, path: Path) -> None:
+    """Keras wants a ``.keras`` suffix, so the temporary file keeps it; then one rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# per-epoch work: validation metrics, checkpoint, best model, history, progress
+
+
+def validation_scores(model: Any, val: Arrays, cfg: TrainConfig, positive: int | None) -> dict[str, float]:
+    """One prediction pass on the validation part: loss (without L2), accuracy, and AUC when binary."""
+    from edgekit.metrics import roc_auc
+
+    if len(val.y) == 0:
+        return {}
+    p = predict_arrays(model, val.x, cfg.batch_size)
+    eps = 1e-7
+    out = {
+        "val_loss": float(-np.mean(np.log(np.clip(p[np.arange(len(val.y)), val.y], eps, 1.0)))),
+        "val_accuracy": float(np.mean(p.argmax(1) == val.y)),
+    }
+    if positive is not None:
+        out["val_auc"] = float(roc_auc(val.y == positive, p[:, positive]))
+    return out
+
+
+def predict_arrays(model: Any, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Probabilities (N, classes) of uint8 images, batched without the Keras progress bar."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices(x).batch(max(batch_size, 64))
+    ds = ds.map(lambda b: tf.cast(b, tf.float32)).prefetch(tf.data.AUTOTUNE)
+    return np.asarray(model.predict(ds, verbose=0), np.float32)
+
+
+def is_better(monitor: str, value: float, best: float | None) -> bool:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    if best is None:
+        return True
+    return value < best if monitor.endswith("loss") else value > best
+
+
+def make_epoch_callback(run_dir: Path, cfg: TrainConfig, val: Arrays, positive: int | None, state: dict,
+                        steps_per_epoch: int, n_train: int, log: Callable[[str], None]) -> Any:
+    import keras
+
+    ckpt_dir = run_dir / "checkpoints"
+
+    class EpochEnd(keras.callbacks.Callback):
+        """Validation, best model, checkpoint, state and history, and one progress line per epoch."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0 = time.perf_counter()
+            self.batches = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.batches = batch + 1
+            # a heartbeat in the first epoch, so a long run shows its speed early
+            marks = {max(1, steps_per_epoch // 10), steps_per_epoch // 2}
+            if state["epoch"] == 0 and steps_per_epoch >= 20 and self.batches in marks:
+                rate = self.batches * cfg.batch_size / (time.perf_counter() - self.t0)
+                log(f"  epoch 1: step {self.batches}/{steps_per_epoch}, {rate:.0f} img/s, "
+                    f"about {steps_per_epoch * cfg.batch_size / rate / 60:.1f} min per epoch")
+
+        def on_epoch_end(self, epoch, logs=None):
+            train_s = time.perf_counter() - self.t0
+            row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
+            row.update(validation_scores(self.model, val, cfg, positive))
+            row["lr"] = float(self.model.optimizer.learning_rate)
+            row["seconds"] = round(time.perf_counter() - self.t0, 2)
+            row["train_img_per_s"] = round(n_train / train_s, 1)
+            monitor = state["monitor"]
+            value = row.get(monitor)
+            best_flag = ""
+            if is_better(monitor, value, state["best"]):
+                state.update(best=value, best_epoch=epoch + 1)
+                save_keras_atomic(self.model, run_dir / "model.keras")
+                best_flag = "  *best"
+            save_keras_atomic(self.model, ckpt_dir / LAST_NAME)
+            state["epoch"] = epoch + 1
+            state["step"] = int(self.model.optimizer.iterations)
+            state["history"].append(row)
+            atomic_write_text(ckpt_dir / STATE_NAME, json.dumps(state, indent=1) + "\n")
+            write_history_csv(state["history"], run_dir / "history.csv")
+            shown = "  ".join(f"{k} {row[k]:.4f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy",
+                                                             "val_auc") if k in row)
+            log(f"epoch {epoch + 1}/{cfg.epochs}  {shown}  lr {row['lr']:.4f}  {row['seconds']:.0f} s  "
+                f"{row['train_img_per_s']:.0f} img/s{best_flag}")
+
+    return EpochEnd()
+
+
+def write_history_csv(history: list[dict], path: Path) -> None:
+    keys: list[str] = []
+    for row in history:
+        keys += [k for k in row if k not in keys]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_text(path, buf.getvalue())
+
+
+# ---------------------------------------------------------------------------------------------
+# the command's work
+
+
+def train_run(
+    split_or_data: Path,
+    run_dir: Path,
+    cfg: TrainConfig,
+    data_root: Path | None = None,
+    resume: bool = False,
+    cache_dir: Path | None = None,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Train (or resume) a run and write the complete run folder; returns ``RUN``."""
+    run_dir = Path(run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    state_path = ckpt_dir / STATE_NAME
+    if resume:
+        if not state_path.is_file():
+            raise EdgekitError(f"nothing to resume in {run_dir}: no checkpoints/{STATE_NAME}")
+        state = json.loads(state_path.read_text())
+        # the stored configuration wins: the lr schedule's length is fixed by it
+        cfg = TrainConfig(**state["config"])
+        log(f"resuming {run_dir} after epoch {state['epoch']} with its stored configuration")
+    elif state_path.is_file():
+        raise EdgekitError(f"{run_dir} already holds a training run; pass --resume to continue it "
+                           "or choose another --out")
+    else:
+        state = None
+
+    if state is not None and Path(split_or_data).is_dir() and (run_dir / "split.json").is_file():
+        # resuming a run started from a data folder: reuse its split rather than make a new one
+        split_or_data, data_root = run_dir / "split.json", Path(split_or_data)
+    split, split_sha, split_file = resolve_split(split_or_data, run_dir, data_root)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if state is not None and state["split_sha256"] != split_sha:
+        raise DataError("the split file does not match the interrupted run's (sha256 differs)")
+    labels = list(split.classes)
+    positive_label = cfg.positive_label or ("Parasitized" if "Parasitized" in labels else labels[-1])
+    if positive_label not in labels:
+        raise DataError(f"positive label {positive_label!r} is not one of the classes {labels}")
+    cfg.positive_label = positive_label
+    positive = labels.index(positive_label) if len(labels) == 2 else None
+    pre = Preprocessing(input_size=(cfg.input_size, cfg.input_size), channels=cfg.channels,
+                        color_order="GRAY" if cfg.channels == 1 else "RGB", resize=cfg.resize)
+
+    train = load_part(split, "train", pre, cache_dir, log)
+    val = load_part(split, "val", pre, cache_dir, log)
+    if len(train.y) == 0:
+        raise DataError("the train part has no readable images")
+    missing = [c for k, c in enumerate(labels) if not (train.y == k).any()]
+    if missing:
+        raise DataError(f"class(es) with no readable training images: {', '.join(missing)}")
+
+    import keras
+
+    keras.utils.set_random_seed(cfg.seed + (state["epoch"] if state else 0))
+    strategy, strategy_name = distribution_strategy()
+    use_mp = cfg.mixed_precision == "on" or (cfg.mixed_precision == "auto" and "GPU" in strategy_name)
+    if use_mp:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    log(f"{strategy_name}; mixed precision {'on' if use_mp else 'off'}; {len(train.y)} train, "
+        f"{len(val.y)} val images; batch {cfg.batch_size}")
+
+    steps_per_epoch = math.ceil(len(train.y) / cfg.batch_size)
+    with strategy.scope():
+        if state is not None:
+            model = keras.models.load_model(ckpt_dir / LAST_NAME)
+            done = int(model.optimizer.iterations) // steps_per_epoch
+            if done != state["epoch"]:
+                log(f"note: checkpoint holds {done} epoch(s), state says {state['epoch']}; "
+                    "following the checkpoint")
+                state["epoch"] = done
+                state["history"] = state["history"][:done]
+        else:
+            model = build_model(cfg, len(labels))
+            compile_model(model, cfg, steps_per_epoch * cfg.epochs)
+    if state is None:
+        monitor = ("val_auc" if positive is not None and len(val.y)
+                   else "val_accuracy" if len(val.y) else "loss")
+        state = {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "monitor": monitor,
+                 "split_sha256": split_sha, "config": _jsonable(asdict(cfg)), "history": []}
+        log(f"model {cfg.model_dict()}: {model.count_params():,} parameters; best epoch by {monitor}")
+
+    weights = None
+    if cfg.class_weight == "balanced":
+        cw = balanced_class_weight(train.y, len(labels))
+        weights = np.array([cw[int(k)] for k in train.y], np.float32)
+        log(f"class weights {cw}")
+    ds = make_dataset(train.x, train.y, cfg, training=True, sample_weight=weights)
+    if state["epoch"] < cfg.epochs:
+        callback = make_epoch_callback(run_dir, cfg, val, positive, state, steps_per_epoch, len(train.y), log)
+        model.fit(ds, epochs=cfg.epochs, initial_epoch=state["epoch"], callbacks=[callback], verbose=0,
+                  shuffle=False)
+
+    finish_run(run_dir, split, split_sha, split_file, cfg, state, labels, positive_label, pre, val,
+               train.skipped + val.skipped, cache_dir, log)
+    return run_dir
+
+
+def _jsonable(d: dict) -> dict:
+    return json.loads(json.dumps(d, default=list))
+
+
+def finish_run(run_dir: Path, split: Any, split_sha: str, split_file: Path, cfg: TrainConfig, state: dict,
+               labels: list[str], positive_label: str, pre: Preprocessing, val: Arrays,
+               skipped: list[tuple[str, str]], cache_dir: Path | None, log: Callable[[str], None]) -> None:
+    """Best model -> manifest (thresholds from validation), curves, and the test evaluation."""
+    import keras
+
+    from edgekit.evaluate import evaluate_run, plot_curves
+    from edgekit.manifest import Artifact, Manifest, TensorSpec, sha256_file
+    from edgekit.thresholds import choose_patient_rule, choose_thresholds
+
+    model_path = run_dir / "model.keras"
+    if not model_path.is_file():  # no validation metric ever improved (e.g. NaN); keep the last epoch
+        os.replace(run_dir / "checkpoints" / LAST_NAME, model_path)
+    model = keras.models.load_model(model_path, compile=False)
+    manifest = Manifest(labels=labels, preprocessing=pre, positive_label=positive_label, name=run_dir.name)
+    if len(labels) == 2 and len(val.y) and len(set(val.y.tolist())) == 2:
+        p_val = predict_arrays(model, val.x, cfg.batch_size)[:, labels.index(positive_label)]
+        y_val = val.y == labels.index(positive_label)
+        manifest.thresholds = choose_thresholds(y_val, p_val)
+        controls, infected = [], []
+        for g in np.unique(val.groups):
+            sel = val.groups == g
+            called = float((p_val[sel] >= manifest.thresholds.cutoff).mean())
+            (infected if y_val[sel].any() else controls).append(called)
+        manifest.patient_rule = choose_patient_rule(controls, infected)
+    h, w = pre.input_size
+    manifest.artifacts["keras"] = Artifact(
+        format="keras", path="model.keras", sha256=sha256_file(model_path), bytes=model_path.stat().st_size,
+        runtime="keras", inputs=[TensorSpec("image", [-1, h, w, pre.channels], "float32")],
+        outputs=[TensorSpec("probabilities", [-1, len(labels)], "float32")],
+    )
+    manifest.training = {
+        "split_file": str(split_file),
+        "split_sha256": split_sha,
+        "data_root": str(Path(split.data_root).resolve()),
+        "group_mode": split.group_mode,
+        "model": cfg.model_dict(),
+        "parameters": int(model.count_params()),
+        "epochs": cfg.epochs,
+        "epochs_done": state["epoch"],
+        "batch_size": cfg.batch_size,
+        "lr": cfg.lr,
+        "optimizer": f"SGD momentum {cfg.momentum}, polynomial decay power {cfg.power} to 0",
+        "best_epoch": state["best_epoch"],
+        "monitor": state["monitor"],
+        "best_value": state["best"],
+        "augmentation": {k: getattr(cfg, k)
+                         for k in ("augment", "rotation", "zoom", "shift", "shear", "flips")},
+        "class_weight": cfg.class_weight,
+        "seed": cfg.seed,
+        "skipped_images": len(split.skipped) + len(skipped),
+        "config": _jsonable(asdict(cfg)),
+        "command": " ".join(sys.argv),
+    }
+    manifest.versions = _versions()
+    manifest.save(run_dir)
+    plot_curves(state["history"], run_dir / "curves.png")
+    if split.parts.get("test"):
+        evaluate_run(run_dir, "test", cache_dir=cache_dir, log=log, model=model)
+    log(f"run folder complete: {run_dir}")
