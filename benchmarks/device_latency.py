@@ -22,8 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.paths import shared_data
+
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_IMAGES = [ROOT.parent / "shared" / "data" / "malaria_cells", ROOT / "tests" / "fixtures" / "cells"]
+DEFAULT_IMAGES = [shared_data("malaria_cells"), ROOT / "tests" / "fixtures" / "cells"]
 
 
 def pick_images(folder: Path | None, n: int, seed: int = 0) -> list[Path]:

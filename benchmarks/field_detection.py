@@ -26,8 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.paths import shared_data
+
 HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "blood_smear_fields_bccd"
+DEFAULT_DATA = shared_data("blood_smear_fields_bccd")
 SECTION = "## Whole-field cell detection (BCCD)"
 IOU = 0.5
 

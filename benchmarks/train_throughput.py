@@ -13,7 +13,7 @@ Each loader runs ``--epochs`` short epochs of ``--steps`` steps in each of ``--r
 the remaining epochs are reported. Also timed: each loader alone (batches
 pulled without training), and the one-off decode of the tf.data path, cold and from its cache.
 
-    python benchmarks/train_throughput.py --data /work/shared/data/malaria_cells --images 2000
+    python benchmarks/train_throughput.py --data ../shared/data/malaria_cells --images 2000
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from edgekit.paths import shared_data
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -179,7 +181,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, default=Path("/work/shared/data/malaria_cells"))
+    p.add_argument("--data", type=Path, default=shared_data("malaria_cells"))
     p.add_argument("--images", type=int, default=2000)
     p.add_argument("--steps", type=int, default=50, help="steps per timed epoch")
     p.add_argument("--epochs", type=int, default=4, help="timed epochs per loader (the first is warm-up)")

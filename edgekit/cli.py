@@ -18,6 +18,7 @@ COMMANDS = [
     ("edgekit.commands", "evaluate"),
     ("edgekit.commands", "info"),
     ("edgekit.export.commands", "export"),
+    ("edgekit.export.commands", "pack"),
     ("edgekit.device.commands", "classify"),
     ("edgekit.device.commands", "camera"),
     ("edgekit.device.commands", "screen"),
@@ -51,7 +52,4 @@ def main() -> None:
 
 
 for _module, _name in COMMANDS:
-    try:
-        main.add_command(getattr(importlib.import_module(_module), _name))
-    except (ImportError, AttributeError):  # a feature module not present in this build
-        pass
+    main.add_command(getattr(importlib.import_module(_module), _name))

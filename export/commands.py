@@ -64,3 +64,24 @@ def export(source: Path | None, keras_model: Path | None, labels: str | None, ca
     target = out or (source if source is not None else keras_model.parent / f"{keras_model.stem}_bundle")
     ok = sum(a.status == "ok" for k, a in manifest.artifacts.items() if k != "keras")
     click.echo(f"wrote {target}: {ok}/{len(manifest.artifacts) - 1} formats ok")
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True,
+              help="Device bundle folder to write.")
+@click.option("--formats", default="tflite_int8,onnx_int8", show_default=True,
+              help="Comma-separated formats to keep; each must have passed validation.")
+@click.option("--replace", is_flag=True, help="Overwrite OUT if it exists.")
+def pack(bundle: Path, out: Path, formats: str, replace: bool) -> None:
+    """Copy a bundle's validated device formats, manifest and labels (no Keras model) into a small
+    folder to put on a device."""
+    from edgekit.export.pack import pack_bundle
+
+    try:
+        fmts = tuple(f.value for f in parse_formats(formats))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--formats") from exc
+    copied = pack_bundle(bundle, out, fmts, replace=replace)
+    size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
+    click.echo(f"wrote {out}: {', '.join(copied)} ({size / 1024:.1f} KB)")

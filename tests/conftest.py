@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from edgekit.paths import shared_data
+
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("EDGEKIT_DATA", ROOT.parent / "shared" / "data"))
+SHARED_DATA = shared_data()
 MALARIA = SHARED_DATA / "malaria_cells"
 XRAY = SHARED_DATA / "xray_abd_vs_chest"
 BCCD = SHARED_DATA / "blood_smear_fields_bccd"
