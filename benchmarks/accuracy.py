@@ -7,20 +7,11 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.device.screening import patient_decision
 from edgekit.manifest import Manifest, PatientRule
 from edgekit.metrics import binary_metrics, roc_curve, wilson_interval
 
 ROC_POINTS = 300  # enough for a smooth plot; the JSON stays small
-
-
-def patient_decision(k_called: int, n: int, rule: PatientRule) -> str:
-    """``positive`` when the called-parasitized fraction reaches ``rule.positive_fraction``,
-    ``negative`` when its Wilson upper 95% bound is below ``rule.negative_fraction``, else ``refer``."""
-    if n and k_called / n >= rule.positive_fraction:
-        return "positive"
-    if n and wilson_interval(k_called, n)[1] < rule.negative_fraction:
-        return "negative"
-    return "refer"
 
 
 def _prop(k: int, n: int) -> dict[str, Any]:

@@ -242,7 +242,8 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
         bar.close()
         if tally is not None:
             click.echo(tally.line(), err=True)
-        summary = summarize(patient, store.records(session.id), rule, stop)
+        summary = summarize(patient, store.records(session.id), rule, classifier.manifest.thresholds.cutoff,
+                            stop)
     click.echo(json.dumps(summary.to_dict()) if as_json else f"session {session.id}: {summary.line()}")
 
 
@@ -269,28 +270,31 @@ def _store(db: Path | None):
 @sessions.command("list")
 @_db_option
 def sessions_list(db: Path | None) -> None:
-    """One line per session: id, patient, site, cells, parasitized, updated."""
+    """One line per session: id, patient, site, cells, parasitized, decision, updated."""
     import time
 
     with _store(db) as store:
-        rows = store.sessions()
-    click.echo(f"{'id':>4}  {'patient':<16} {'site':<12} {'cells':>6} {'parasit.':>8}  updated")
-    for r in rows:
+        rows = [(r, _summary(store, store.find_session(str(r["id"])))) for r in store.sessions()]
+    click.echo(f"{'id':>4}  {'patient':<16} {'site':<12} {'cells':>6} {'parasit.':>8} {'decision':>8}"
+               "  updated")
+    for r, summary in rows:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["updated_at"]))
-        click.echo(f"{r['id']:>4}  {r['patient']:<16} {r['site'] or '-':<12} {r['classified'] or 0:>6}"
-                   f" {r['positive'] or 0:>8}  {when}")
+        click.echo(f"{r['id']:>4}  {r['patient']:<16} {r['site'] or '-':<12} {summary.crops:>6}"
+                   f" {summary.parasitized:>8} {summary.decision:>8}  {when}")
 
 
 def _summary(store, session):
     from edgekit.device.screening import summarize
-    from edgekit.manifest import PatientRule, load_manifest
+    from edgekit.manifest import PatientRule, Thresholds, load_manifest
 
-    rule = PatientRule()
+    rule, thresholds = PatientRule(), Thresholds()
     try:
-        rule = load_manifest(session.bundle).patient_rule if session.bundle else rule
-    except Exception:  # the bundle moved or is gone: the default rule still summarises the counts
+        if session.bundle:
+            manifest = load_manifest(session.bundle)
+            rule, thresholds = manifest.patient_rule, manifest.thresholds
+    except Exception:  # the bundle moved or is gone: default rule and cutoff 0.5 still summarise the counts
         pass
-    return summarize(session.patient, store.records(session.id), rule)
+    return summarize(session.patient, store.records(session.id), rule, thresholds.cutoff)
 
 
 @sessions.command("show")

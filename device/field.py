@@ -17,8 +17,9 @@ Measured on the 364 BCCD fields in benchmarks/RESULTS.md: recall about 0.82 at I
 of the 0.9 target; the rest is mostly dense, heavily overlapping fields whose radius estimate is
 off (over- or under-split clumps), very pale cells, and boxes misplaced in the labels.
 
-Parasitemia is the fraction of found cells the classifier calls positive, with a Wilson 95%
-interval. Cells in the "uncertain" band count in the denominator, not the numerator.
+Parasitemia is the fraction of found cells called parasitized at the manifest's cutoff (the same
+call the patient rule was set with), with a Wilson 95% interval. The uncertain band only flags
+single cells for a human look; it does not change the count.
 
 Light: numpy at import, OpenCV inside functions, the classifier is injected (anything with
 ``.manifest`` and ``.predict``), so tests run with a fake one.
@@ -115,6 +116,7 @@ class FieldReport:
     probabilities: list[float] = field(default_factory=list)  # positive-class probability per cell
     decisions: list[str] = field(default_factory=list)  # positive | negative | uncertain per cell
     positive_label: str | None = None
+    cutoff: float | None = None  # p at which a cell counts as parasitized (manifest thresholds.cutoff)
     rejected: str | None = None
     cell_radius: float = 0.0
     timing: dict[str, float] = field(default_factory=dict)  # seconds: decode, segment, classify
@@ -128,11 +130,17 @@ class FieldReport:
         return sum(d == decision for d in self.decisions)
 
     @property
+    def n_parasitized(self) -> int:
+        """Cells called parasitized at the manifest's cutoff (including uncertain ones above it)."""
+        cut = 0.5 if self.cutoff is None else self.cutoff
+        return sum(p >= cut for p in self.probabilities)
+
+    @property
     def parasitemia(self) -> float | None:
-        """Fraction of found cells called positive; None without a classifier or cells."""
+        """Fraction of found cells called parasitized; None without a classifier or cells."""
         if not self.decisions or not self.cells:
             return None
-        return self.count("positive") / len(self.cells)
+        return self.n_parasitized / len(self.cells)
 
     @property
     def ci95(self) -> tuple[float, float] | None:
@@ -140,7 +148,7 @@ class FieldReport:
 
         if not self.decisions or not self.cells:
             return None
-        return wilson_interval(self.count("positive"), len(self.cells))
+        return wilson_interval(self.n_parasitized, len(self.cells))
 
     def to_dict(self, per_cell: bool = False) -> dict[str, Any]:
         """A JSON-ready summary (one line of ``--format jsonl``)."""
@@ -148,6 +156,7 @@ class FieldReport:
         if self.decisions:
             d.update(
                 positive_label=self.positive_label,
+                parasitized=self.n_parasitized,
                 positive=self.count("positive"),
                 negative=self.count("negative"),
                 uncertain=self.count("uncertain"),
@@ -591,6 +600,7 @@ def analyze_field(
         report.probabilities = classify_crops(crops, classifier, batch_size)
         th = classifier.manifest.thresholds
         report.decisions = [th.decide(pr) for pr in report.probabilities]
+        report.cutoff = th.cutoff
         report.timing["classify"] = time.perf_counter() - t2
     if keep_image:
         report.image = rgb
@@ -643,8 +653,8 @@ def draw_overlay(rgb: np.ndarray, report: FieldReport) -> np.ndarray:
     elif report.decisions:
         lo, hi = report.ci95 or (0.0, 0.0)
         text = (
-            f"{report.n_cells} cells, {report.count('positive')} {report.positive_label},"
-            f" {report.count('uncertain')} uncertain; parasitemia {100 * (report.parasitemia or 0):.1f}%"
+            f"{report.n_cells} cells, {report.n_parasitized} {report.positive_label}"
+            f" ({report.count('uncertain')} uncertain); parasitemia {100 * (report.parasitemia or 0):.1f}%"
             f" (95% CI {100 * lo:.1f}-{100 * hi:.1f}%)"
         )
     else:

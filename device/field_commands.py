@@ -66,8 +66,9 @@ def field(images: tuple[Path, ...], bundle: Path | None, overlay_dir: Path | Non
 
     IMAGE may be field images or folders of them. A field that cannot be read or used (not an
     image, too large, blank, over/under-exposed, out of focus, no cells) is reported as rejected
-    with the reason and the others carry on. Parasitemia = cells called positive / cells found,
-    with a Wilson 95% interval; "uncertain" cells count in the denominator only.
+    with the reason and the others carry on. Parasitemia = cells called parasitized at the model's
+    cutoff / cells found, with a Wilson 95% interval; "unc" counts cells in the uncertain band
+    (worth a look at the overlay).
     """
     import os
 
@@ -92,9 +93,9 @@ def field(images: tuple[Path, ...], bundle: Path | None, overlay_dir: Path | Non
     if not paths:
         raise click.UsageError("no image files found in the given folders")
 
-    total_cells = total_pos = total_unc = counted = 0
+    total_cells = total_par = total_unc = counted = 0
     if out_format == "table":
-        click.echo(f"{'field':32s} {'cells':>5s} {'pos':>4s} {'unc':>4s} {'parasitemia':>11s} "
+        click.echo(f"{'field':32s} {'cells':>5s} {'par':>4s} {'unc':>4s} {'parasitemia':>11s} "
                    f"{'95% CI':>13s} {'ms':>6s}  status")
     for path in paths:
         rep = analyze_field(path, classifier, batch_size=batch_size, keep_image=overlay_dir is not None)
@@ -103,7 +104,7 @@ def field(images: tuple[Path, ...], bundle: Path | None, overlay_dir: Path | Non
         if rep.rejected is None:
             counted += 1
             total_cells += rep.n_cells
-            total_pos += rep.count("positive")
+            total_par += rep.n_parasitized
             total_unc += rep.count("uncertain")
         if out_format == "jsonl":
             d = rep.to_dict(per_cell=True)
@@ -118,7 +119,7 @@ def field(images: tuple[Path, ...], bundle: Path | None, overlay_dir: Path | Non
             continue
         classified = bool(rep.decisions)
         click.echo(
-            f"{name:32s} {rep.n_cells:5d} {rep.count('positive') if classified else '-':>4} "
+            f"{name:32s} {rep.n_cells:5d} {rep.n_parasitized if classified else '-':>4} "
             f"{rep.count('uncertain') if classified else '-':>4} {_pct(rep.parasitemia):>11s} "
             f"{_ci(rep.ci95):>13s} {ms:6.0f}  ok"
         )
@@ -126,14 +127,14 @@ def field(images: tuple[Path, ...], bundle: Path | None, overlay_dir: Path | Non
     total: dict[str, Any] = {"fields": len(paths), "counted": counted, "rejected": len(paths) - counted,
                              "cells": total_cells}
     if classifier is not None and total_cells:
-        total.update(positive=total_pos, uncertain=total_unc, parasitemia=total_pos / total_cells,
-                     ci95=list(wilson_interval(total_pos, total_cells)))
+        total.update(parasitized=total_par, uncertain=total_unc, parasitemia=total_par / total_cells,
+                     ci95=list(wilson_interval(total_par, total_cells)))
     if out_format == "jsonl":
         click.echo(json.dumps({"total": total}))
     else:
         line = f"total: {counted}/{len(paths)} fields counted, {total_cells} cells"
         if "parasitemia" in total:
-            line += (f", {total_pos} positive, {total_unc} uncertain; parasitemia "
+            line += (f", {total_par} parasitized ({total_unc} uncertain); parasitemia "
                      f"{_pct(total['parasitemia'])} (95% CI {_ci(total['ci95'])})")
         click.echo(line)
         if overlay_dir is not None:

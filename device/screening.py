@@ -31,8 +31,8 @@ Crop = tuple[str, "str | None", "np.ndarray | str | os.PathLike"]
 class PatientSummary:
     patient: str
     crops: int  # classified crops (the cells counted)
-    parasitized: int  # crops called positive
-    uncertain: int
+    parasitized: int  # crops called parasitized at the cell cutoff (what the patient rule counts)
+    uncertain: int  # crops in the uncertain band (a subset may be above the cutoff)
     rejected: int
     failed: int
     fraction: float
@@ -66,15 +66,18 @@ def patient_decision(k: int, n: int, rule: PatientRule) -> str:
     return "refer"
 
 
-def summarize(patient: str, records: Iterable[dict[str, Any]], rule: PatientRule,
+def summarize(patient: str, records: Iterable[dict[str, Any]], rule: PatientRule, cutoff: float,
               stop_cells: int | None = None) -> PatientSummary:
-    """Summary of a session's records (rows of :meth:`RecordStore.records`)."""
-    counts = {"classified": 0, "rejected": 0, "failed": 0, "positive": 0, "uncertain": 0}
+    """Summary of a session's records (rows of :meth:`RecordStore.records`). A cell counts as
+    parasitized when its positive-class probability reaches ``cutoff`` (the manifest's
+    ``thresholds.cutoff``, which the patient rule was chosen with)."""
+    counts = {"classified": 0, "rejected": 0, "failed": 0, "parasitized": 0, "uncertain": 0}
     for r in records:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
-        if r["status"] == "classified" and r.get("decision") in ("positive", "uncertain"):
-            counts[r["decision"]] += 1
-    n, k = counts["classified"], counts["positive"]
+        if r["status"] == "classified":
+            counts["parasitized"] += (r.get("p_positive") or 0.0) >= cutoff
+            counts["uncertain"] += r.get("decision") == "uncertain"
+    n, k = counts["classified"], counts["parasitized"]
     stop = rule.stop_cells if stop_cells is None else stop_cells
     return PatientSummary(
         patient=patient, crops=n, parasitized=k, uncertain=counts["uncertain"], rejected=counts["rejected"],

@@ -70,6 +70,11 @@ class Thresholds:
                 f" <= positive ({self.positive}) <= 1"
             )
 
+    def called(self, p_positive: float) -> bool:
+        """The single yes/no call (at ``cutoff``): what the patient rule was set with and what
+        parasitemia and patient fractions count. ``decide`` adds the uncertain band for one cell."""
+        return p_positive >= self.cutoff
+
     def decide(self, p_positive: float) -> str:
         if p_positive >= self.positive:
             return "positive"
@@ -80,7 +85,8 @@ class Thresholds:
 
 @dataclass
 class PatientRule:
-    """Patient-level decision from the fraction of positive cells, and the stop rule."""
+    """Patient-level decision from the fraction of cells called parasitized (at the cell cutoff,
+    ``Thresholds.called``), and the stop rule."""
 
     positive_fraction: float = 0.05  # >= this fraction of parasitized cells -> positive
     negative_fraction: float = 0.05  # Wilson upper 95% bound below this -> negative; else refer

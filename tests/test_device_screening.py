@@ -107,7 +107,7 @@ def test_stop_rule(tmp_path, clf):
         s = store.open_session("P4", clf.model_sha256)
         assert record_crops(store, s, crops, clf, stop_cells=3).counts["classified"] == 3
         assert record_crops(store, s, crops, clf, stop_cells=5).counts["classified"] == 2  # resumes to 5
-        summary = summarize("P4", store.records(s.id), PatientRule(stop_cells=5))
+        summary = summarize("P4", store.records(s.id), PatientRule(stop_cells=5), 0.5)
     assert summary.crops == 5 and summary.stop_reached
 
 
@@ -118,13 +118,17 @@ def test_patient_decision_and_summary():
     assert patient_decision(0, 200, rule) == "negative"  # Wilson upper bound ~1.9%
     assert patient_decision(0, 30, rule) == "refer"  # too few cells to exclude 5%
     assert patient_decision(3, 100, rule) == "refer"
-    records = ([{"status": "classified", "decision": "positive"}] * 3 + [{"status": "classified",
-               "decision": "uncertain"}] * 2 + [{"status": "classified", "decision": "negative"}] * 95
+    # cells count as parasitized at the cutoff (0.6), uncertain-band cells included when above it
+    records = ([{"status": "classified", "decision": "positive", "p_positive": 0.99}] * 2
+               + [{"status": "classified", "decision": "uncertain", "p_positive": 0.7}]
+               + [{"status": "classified", "decision": "uncertain", "p_positive": 0.4}] * 2
+               + [{"status": "classified", "decision": "negative", "p_positive": 0.01}] * 95
                + [{"status": "rejected"}, {"status": "failed"}])
-    s = summarize("P", records, rule)
-    assert (s.crops, s.parasitized, s.uncertain, s.rejected, s.failed) == (100, 3, 2, 1, 1)
+    s = summarize("P", records, rule, cutoff=0.6)
+    assert (s.crops, s.parasitized, s.uncertain, s.rejected, s.failed) == (100, 3, 3, 1, 1)
     assert s.fraction == 0.03 and s.ci95 == wilson_interval(3, 100) and s.decision == "refer"
     assert not s.stop_reached and "3 parasitized (3.0%" in s.line()
+    assert summarize("P", records, rule, cutoff=0.3).decision == "positive"  # 5/100 reach the rule
 
 
 def test_locked_database(tmp_path):

@@ -127,13 +127,23 @@ def test_synthetic_field_counts_and_parasitemia(generated_field):
     assert d["cell_list"][0]["id"] == "<array>#0"
 
 
-def test_uncertain_cells_count_in_denominator_only(generated_field):
+def test_parasitemia_counts_at_the_cutoff_not_the_band(generated_field):
     field, _, _ = generated_field
     calls = iter(range(1000))
-    # every third cell uncertain (p=0.5 lies in the 0.3..0.7 band), the rest by the purple rule
-    rep = analyze_field(field, FakeClassifier(lambda x: 0.5 if next(calls) % 3 == 0 else _purple_dot(x)))
-    k, n = rep.count("positive"), rep.n_cells
-    assert rep.count("uncertain") == 8 and n == 24
+    # every third cell in the 0.3..0.7 uncertain band, alternately above (0.6) and below (0.4) the
+    # 0.5 cutoff; the rest by the purple rule (0.95 / 0.05)
+    probs: list[float] = []
+
+    def rule(x):
+        i = next(calls)
+        p = (0.6 if i % 2 else 0.4) if i % 3 == 0 else _purple_dot(x)
+        probs.append(p)
+        return p
+
+    rep = analyze_field(field, FakeClassifier(rule))
+    k = sum(p >= 0.5 for p in probs)
+    assert rep.count("uncertain") == 8 and rep.n_cells == 24 and rep.cutoff == 0.5
+    assert rep.n_parasitized == k and k != rep.count("positive")
     assert rep.parasitemia == pytest.approx(k / 24)
     assert rep.ci95 == pytest.approx(wilson_interval(k, 24))
 
