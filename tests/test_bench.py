@@ -132,6 +132,14 @@ def test_bench_end_to_end(tiny_bundle: Path, data_with_unknown_class: Path, tmp_
     for png in ("bench_tradeoff.png", "bench_roc.png", "bench_patients.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
 
+    # the model comparison reads the same bench.json: one line per chosen format, patients as k/n
+    from edgekit.benchmarks.compare import table
+
+    lines = table({"tiny": out, "rand": out}, ["keras", "tflite_int8"], 1, {"rand"}).splitlines()
+    assert len(lines) == 2 + 4 and lines[2].startswith("| tiny |") and "| keras | ok |" in lines[2]
+    assert f"{by_fmt['tflite_int8']['accuracy'] * 100:.1f} (" in lines[3] and "/" in lines[3].split("|")[12]
+    assert lines[4].count("untrained") == 4 and lines[4].startswith("| rand |")
+
 
 def test_bench_bad_inputs(tiny_bundle: Path, cell_folder: Path, tmp_path: Path) -> None:
     runner = CliRunner()
