@@ -116,6 +116,8 @@ def _ints(text: str) -> tuple[int, ...]:
 @click.option("--input-size", default=64, show_default=True, type=int)
 @click.option("--channels", default=3, show_default=True, type=click.Choice(["1", "3"]))
 @click.option("--no-augment", is_flag=True, help="Train without augmentation.")
+@click.option("--stain", default=0.0, show_default=True, type=click.FloatRange(0.0, 0.5),
+              help="Colour jitter of the cells (brightness +-S, each channel +-S/2); 0: off.")
 @click.option("--class-weight", type=click.Choice(["none", "balanced"]), default="none", show_default=True)
 @click.option("--positive-label", default=None, help="Default: Parasitized if present, else the last label.")
 @click.option("--seed", default=42, show_default=True, type=int)
@@ -126,8 +128,8 @@ def _ints(text: str) -> tuple[int, ...]:
               show_default=True, help="Where decoded image arrays are cached.")
 def train(split_or_data: Path, run: Path, data_root: Path | None, backbone: str, weights: str, stages: str,
           filters: str, l2: float, epochs: int, batch_size: int, lr: float, input_size: int, channels: str,
-          no_augment: bool, class_weight: str, positive_label: str | None, seed: int, mixed_precision: str,
-          resume: bool, cache_dir: Path) -> None:
+          no_augment: bool, stain: float, class_weight: str, positive_label: str | None, seed: int,
+          mixed_precision: str, resume: bool, cache_dir: Path) -> None:
     """Train a classifier from a split file (or a data folder) and write the run folder.
 
     Checkpoints every epoch; the best epoch by validation AUC (accuracy for >2 classes) becomes
@@ -139,7 +141,7 @@ def train(split_or_data: Path, run: Path, data_root: Path | None, backbone: str,
 
     cfg = TrainConfig(backbone=backbone, stages=_ints(stages), filters=_ints(filters), l2=l2, weights=weights,
                       epochs=epochs, batch_size=batch_size, lr=lr, input_size=input_size,
-                      channels=int(channels), augment=not no_augment, class_weight=class_weight,
+                      channels=int(channels), augment=not no_augment, stain=stain, class_weight=class_weight,
                       positive_label=positive_label, seed=seed, mixed_precision=mixed_precision)
     try:
         train_run(split_or_data, run, cfg, data_root=data_root, resume=resume, cache_dir=cache_dir,

@@ -62,6 +62,8 @@ class TrainConfig:
     shift: float = 0.05  # fraction of the side
     shear: float = 0.05  # shear factor (tan of the shear angle)
     flips: bool = True  # horizontal and vertical
+    stain: float = 0.0  # colour jitter of the cell (not the black background): brightness +-stain,
+    # each channel +-stain/2, as stain and illumination vary between labs; 0: off (the seed recipe)
     class_weight: str | None = None  # None | "balanced"
     positive_label: str | None = None
     seed: int = 42
@@ -182,6 +184,19 @@ def augment_transforms(batch: int, height: int, width: int, cfg: TrainConfig, se
     return affine_vectors(theta, zx * fx, zy * fy, sh, tx, ty, height, width)
 
 
+def stain_jitter(images: Any, strength: float) -> Any:
+    """Scale each image's cell pixels by a random brightness and per-channel gain (stain and lamp
+    colour vary between slides); black background pixels stay black, as in every crop."""
+    import tensorflow as tf
+
+    n = tf.shape(images)[0]
+    gain = tf.random.uniform([n, 1, 1, 1], 1.0 - strength, 1.0 + strength)
+    channel = tf.random.uniform([n, 1, 1, 3], 1.0 - strength / 2, 1.0 + strength / 2)
+    gain = gain * channel[..., : images.shape[-1]]
+    cell = tf.reduce_max(images, axis=-1, keepdims=True) > 0.0
+    return tf.where(cell, tf.clip_by_value(images * gain, 0.0, 255.0), images)
+
+
 def affine_vectors(theta: Any, sx: Any, sy: Any, shear: Any, tx: Any, ty: Any, height: int,
                    width: int) -> Any:
     """M = R(theta) @ [[1, shear], [0, 1]] @ diag(sx, sy) about the image centre, then + (tx, ty)."""
@@ -225,6 +240,8 @@ def make_dataset(x: np.ndarray, y: np.ndarray, cfg: TrainConfig, training: bool,
         if training and cfg.augment:
             xb = apply_transforms(xb, augment_transforms(tf.shape(xb)[0], h, w, cfg))
             xb = tf.clip_by_value(xb, 0.0, 255.0)
+            if cfg.stain > 0:
+                xb = stain_jitter(xb, cfg.stain)
         return (xb, *rest)
 
     ds = ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
@@ -542,7 +559,7 @@ def finish_run(run_dir: Path, split: Any, split_sha: str, split_file: Path, cfg:
         "monitor": state["monitor"],
         "best_value": state["best"],
         "augmentation": {k: getattr(cfg, k)
-                         for k in ("augment", "rotation", "zoom", "shift", "shear", "flips")},
+                         for k in ("augment", "rotation", "zoom", "shift", "shear", "flips", "stain")},
         "class_weight": cfg.class_weight,
         "seed": cfg.seed,
         "skipped_images": len(split.skipped) + len(skipped),

@@ -69,6 +69,24 @@ def test_dataset_batches_are_float_pixels():
     assert sorted(np.concatenate([b[1] for b in batches]).tolist()) == sorted(y.tolist())
 
 
+def test_stain_jitter_keeps_the_background_black():
+    import tensorflow as tf
+
+    from edgekit.train import stain_jitter
+
+    tf.random.set_seed(0)
+    x = np.zeros((64, 8, 8, 3), np.float32)
+    x[:, 2:6, 2:6] = (150.0, 100.0, 120.0)
+    out = stain_jitter(tf.constant(x), 0.2).numpy()
+    assert (out[:, :2] == 0).all() and (out[:, :, 6:] == 0).all()  # background untouched
+    cell = out[:, 3, 3]
+    ratio = cell / np.array([150.0, 100.0, 120.0])
+    assert ratio.min() >= 0.8 * 0.9 - 1e-5 and ratio.max() <= 1.2 * 1.1 + 1e-5
+    assert ratio.std(axis=0).min() > 0.03  # it does vary, per image and per channel
+    assert not np.allclose(ratio[:, 0], ratio[:, 1])
+    assert TrainConfig().stain == 0.0  # off in the seed recipe
+
+
 def test_default_configuration_is_the_seed_recipe():
     from edgekit.train import build_model
 
