@@ -27,7 +27,8 @@ def _ci(r: dict[str, Any], key: str, scale: float = 100.0, fmt: str = "{:.1f}") 
 
 def _params(bundle: str) -> str:
     try:
-        return f"{load_manifest(bundle).training.get('parameters', 0):,}"
+        n = load_manifest(bundle).training.get("parameters")
+        return f"{n:,}" if n else "?"
     except Exception:  # the bundle is not here any more: the table still shows the measured rows
         return "?"
 

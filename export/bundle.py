@@ -94,7 +94,7 @@ def _manifest_for_keras(model, keras_path: Path, labels: list[str] | None) -> Ma
     n_out = int(model.outputs[0].shape[-1])
     if n_out not in (len(labels), 1) or (n_out == 1 and len(labels) != 2):
         raise BundleError(f"the model has {n_out} output(s) but {len(labels)} labels were given")
-    training: dict = {"source_model": str(keras_path)}
+    training: dict = {"source_model": str(keras_path), "parameters": int(model.count_params())}
     if len(shape) == 4:
         channels = int(shape[-1])
         if channels not in (1, 3) or not shape[1] or not shape[2]:

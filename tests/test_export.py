@@ -295,6 +295,9 @@ def test_bring_your_own_image_model_via_cli(tiny_run, tmp_path, cell_folder):
     assert result.exit_code == 0, result.output
     m = load_manifest(out)
     assert m.preprocessing.input_size == (SIZE, SIZE)  # read from the model
+    import keras
+
+    assert m.training["parameters"] == keras.models.load_model(tiny_run / "model.keras").count_params()
     assert list(m.artifacts) == ["keras", "tflite_int8", "onnx_fp32"]
     assert m.artifacts["onnx_fp32"].status == "ok"
     assert m.artifacts["tflite_int8"].validation["n"] == 72  # labelled folder, reused for validation
