@@ -187,16 +187,21 @@ def test_crop_cell_is_tight_and_black_outside(generated_field):
     assert cell.area == int(cell.mask.sum())
 
 
-def test_overlay_colours_boxes_by_result(generated_field):
+def test_overlay_colours_boxes_as_counted(generated_field):
     field, _, _ = generated_field
-    rep = analyze_field(field, FakeClassifier(_purple_dot))
+    calls = iter(range(1000))
+    # purple-dot cells positive; every fourth cell uncertain just above the 0.5 cutoff (counted)
+    rep = analyze_field(field, FakeClassifier(lambda x: 0.6 if next(calls) % 4 == 0 else _purple_dot(x)))
     before = field.copy()
     out = draw_overlay(field, rep)
     assert (field == before).all() and out.shape == field.shape
+    reds = 0
     for i, c in enumerate(rep.cells):
         edge = out[c.y + c.h - 1, c.x + c.w // 2]  # bottom side of the box
-        want = (230, 30, 30) if rep.decisions[i] == "positive" else (30, 170, 60)
-        assert tuple(int(v) for v in edge) == want
+        counted = rep.probabilities[i] >= rep.cutoff
+        reds += counted
+        assert tuple(int(v) for v in edge) == ((230, 30, 30) if counted else (30, 170, 60))
+    assert reds == rep.n_parasitized > rep.count("positive")  # the red boxes are what the header counts
 
 
 def test_field_quality_reasons():
