@@ -137,7 +137,7 @@ def time_classification(data: Path, names: list[str], bundle: str, threads: int 
         rep = analyze_field(rgb, clf)
         full.append(time.perf_counter() - t0)
         cells += rep.n_cells
-        positives += rep.count("positive")
+        positives += rep.n_parasitized
     return {
         "bundle": str(bundle),
         "format": clf.fmt,
@@ -195,7 +195,7 @@ def render_section(res: dict[str, Any]) -> str:
         f"Fields rejected by the quality gates or as one piled-up mass: {res['all']['fields_rejected']}"
         " (their labelled cells count as missed).",
         "",
-        "Parasitemia arithmetic (counts, Wilson interval, uncertain cells in the denominator only) is",
+        "Parasitemia arithmetic (cells counted at the manifest cutoff, Wilson interval) is",
         "checked end to end in tests/test_field.py on SYNTHETIC fields: generated and real NIH crops pasted",
         "on a light background at known places, classified by a fake classifier; not a measure of accuracy.",
         "",
@@ -210,8 +210,8 @@ def render_section(res: dict[str, Any]) -> str:
             f"Same {c['fields']} fields, alternating: segmentation alone {c['segment_ms_median']:.0f} ms,"
             f" segmentation + cropping + classification {c['segment_classify_ms_median']:.0f} ms median per"
             f" field with `{c['bundle']}` ({c['format']}, {c['input_size'][0]}x{c['input_size'][1]} input,"
-            f" threads={c['threads']}; {c['cells']} cells, {c['called_positive']} called positive: BCCD is"
-            " not malaria and this is a tiny test model, so only the timing means anything)."
+            f" threads={c['threads']}; {c['cells']} cells, {c['called_positive']} called parasitized: BCCD is"
+            " not malaria, so only the timing means anything)."
         )
     else:
         lines.append("Segmentation + classification: not measured (no bundle given; rerun with --model).")
