@@ -224,10 +224,16 @@ def _plot_roc(plt, details: dict[str, Any], path: Path) -> Path:
         ax.plot(d["roc"]["fpr"], d["roc"]["tpr"], color=colours[fmt], lw=1.5,
                 label=f"{fmt} (AUC {auc:.4f})" if auc is not None else fmt)
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-    ax.set_xlabel("false-positive rate (1 − specificity)")
-    ax.set_ylabel("true-positive rate (sensitivity)")
-    ax.set_title("cell-level ROC per format")
-    ax.legend(loc="lower right", fontsize=8)
+    return _finish(plt, fig, ax, path, "false-positive rate (1 − specificity)",
+                   "true-positive rate (sensitivity)", "cell-level ROC per format", "lower right")
+
+
+def _finish(plt, fig, ax, path: Path, xlabel: str, ylabel: str, title: str, legend: str) -> Path:
+    """Labels, legend and grid of a square diagonal-reference plot; save and close it."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(loc=legend, fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -246,12 +252,6 @@ def _plot_patients(plt, details: dict[str, Any], path: Path) -> Path:
                    alpha=0.5, s=30,
                    label=f"{fmt} (MAE {d['patient']['fraction_mae_points']:.2f} pts)")
     ax.plot([0, 100], [0, 100], "k:", lw=0.8)
-    ax.set_xlabel("labelled parasitized cells per patient (%)")
-    ax.set_ylabel("predicted parasitized cells per patient (%)")
-    ax.set_title("patient-level: predicted vs labelled fraction")
-    ax.legend(loc="upper left", fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, ax, path, "labelled parasitized cells per patient (%)",
+                   "predicted parasitized cells per patient (%)",
+                   "patient-level: predicted vs labelled fraction", "upper left")
