@@ -210,8 +210,11 @@ def render_section(res: dict[str, Any]) -> str:
             f"Same {c['fields']} fields, alternating: segmentation alone {c['segment_ms_median']:.0f} ms,"
             f" segmentation + cropping + classification {c['segment_classify_ms_median']:.0f} ms median per"
             f" field with `{c['bundle']}` ({c['format']}, {c['input_size'][0]}x{c['input_size'][1]} input,"
-            f" threads={c['threads']}; {c['cells']} cells, {c['called_positive']} called parasitized: BCCD is"
-            " not malaria, so only the timing means anything)."
+            f" threads={c['threads']}; {c['cells']} cells, {c['called_positive']} called parasitized)."
+            " BCCD has no malaria, so every parasitized call is false: on this other microscope's fields"
+            " (other stain, optics and magnification) the NIH-trained classifier does not transfer, and"
+            " field parasitemia from it cannot be trusted without a model trained or calibrated on the"
+            " user's own fields. The timing stands."
         )
     else:
         lines.append("Segmentation + classification: not measured (no bundle given; rerun with --model).")
