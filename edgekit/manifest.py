@@ -70,11 +70,6 @@ class Thresholds:
                 f" <= positive ({self.positive}) <= 1"
             )
 
-    def called(self, p_positive: float) -> bool:
-        """The single yes/no call (at ``cutoff``): what the patient rule was set with and what
-        parasitemia and patient fractions count. ``decide`` adds the uncertain band for one cell."""
-        return p_positive >= self.cutoff
-
     def decide(self, p_positive: float) -> str:
         if p_positive >= self.positive:
             return "positive"
@@ -85,8 +80,8 @@ class Thresholds:
 
 @dataclass
 class PatientRule:
-    """Patient-level decision from the fraction of cells called parasitized (at the cell cutoff,
-    ``Thresholds.called``), and the stop rule."""
+    """Patient-level decision from the fraction of cells called parasitized (p >= ``Thresholds.cutoff``,
+    the cut the rule was chosen with; the uncertain band only flags single cells), and the stop rule."""
 
     positive_fraction: float = 0.05  # >= this fraction of parasitized cells -> positive
     negative_fraction: float = 0.05  # Wilson upper 95% bound below this -> negative; else refer
