@@ -18,11 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.device.backends import Backend, open_backend
 from edgekit.errors import BundleError, DataError, EdgekitError
 from edgekit.export import calibration
-from edgekit.export.onnx_export import OnnxRunner, export_onnx_fp32, onnx_metadata, quantize_onnx_int8
+from edgekit.export.onnx_export import export_onnx_fp32, onnx_metadata, quantize_onnx_int8
 from edgekit.export.options import ExportOptions, Format
-from edgekit.export.tflite import TFLiteRunner, convert_tflite
+from edgekit.export.tflite import convert_tflite
 from edgekit.export.validate import Decision, ValidationFailed, compare, render_table
 from edgekit.manifest import (
     Artifact,
@@ -46,12 +47,22 @@ class ExportError(EdgekitError):
     """A format could not be converted (unsupported op, converter failure)."""
 
 
-RUNNERS = {"litert": TFLiteRunner, "onnxruntime": OnnxRunner}
+class Runner:
+    """A device backend run over any number of inputs: validation runs the very code the device runs."""
+
+    def __init__(self, backend: Backend, batch_size: int = 64) -> None:
+        self.backend, self.batch_size = backend, batch_size
+        self.inputs, self.outputs = backend.inputs, backend.outputs
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Inputs (raw pixels or features) -> float32 outputs, dequantized."""
+        step = self.batch_size
+        return np.concatenate([self.backend.run(x[i : i + step]) for i in range(0, len(x), step)])
 
 
-def load_runner(fmt: Format, path: Path, threads: int | None = None):
-    """A runner with ``predict(x) -> float32 probabilities`` and ``inputs``/``outputs`` specs."""
-    return RUNNERS[fmt.runtime](path, threads)
+def load_runner(fmt: Format, path: Path, threads: int | None = None) -> Runner:
+    """Open an exported file in its device runtime (LiteRT or onnxruntime)."""
+    return Runner(open_backend(fmt.runtime, path, threads))
 
 
 def load_keras(path: Path):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.manifest import Manifest, TensorSpec
+from edgekit.manifest import Manifest
 
 CALIBRATION_BATCH = 16
 
@@ -102,36 +102,3 @@ def quantize_onnx_int8(fp32_path: Path, path: Path, calib: np.ndarray, metadata:
         extra_options={"CalibMaxIntermediateOutputs": 8},
     )
     _save_with_metadata(onnx.load(str(path)), Path(path), metadata)
-
-
-def _spec(node) -> TensorSpec:
-    shape = [d if isinstance(d, int) else -1 for d in node.shape]
-    dtype = node.type.removeprefix("tensor(").removesuffix(")")
-    dtype = {"float": "float32", "double": "float64"}.get(dtype, dtype)
-    return TensorSpec(name=node.name, shape=shape, dtype=dtype)
-
-
-class OnnxRunner:
-    """Runs an .onnx file with onnxruntime (CPU): inputs cast to float32, float32 out."""
-
-    def __init__(self, path: Path, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        self._in = self.session.get_inputs()[0].name
-
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return [_spec(n) for n in self.session.get_inputs()]
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return [_spec(n) for n in self.session.get_outputs()]
-
-    def predict(self, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        outs = [self.session.run(None, {self._in: x[i : i + batch_size].astype(np.float32)})[0]
-                for i in range(0, len(x), batch_size)]
-        return np.concatenate(outs).astype(np.float32)

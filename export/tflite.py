@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.export.options import Format
-from edgekit.manifest import TensorSpec
 
 
 def _fp32(converter, calib: np.ndarray | None, image_input: bool) -> None:
@@ -75,63 +74,3 @@ def convert_tflite(model, fmt: Format, path: Path, calib: np.ndarray | None, ima
     with contextlib.redirect_stdout(io.StringIO()):  # Keras prints its SavedModel signature listing
         flatbuffer = converter.convert()
     Path(path).write_bytes(flatbuffer)
-
-
-def _spec(d: dict) -> TensorSpec:
-    scale, zero_point = d["quantization"]
-    quantized = np.dtype(d["dtype"]).kind in "iu" and scale != 0.0
-    return TensorSpec(
-        name=d["name"],
-        shape=[int(v) for v in d["shape_signature"]],
-        dtype=np.dtype(d["dtype"]).name,
-        scale=float(scale) if quantized else None,
-        zero_point=int(zero_point) if quantized else None,
-    )
-
-
-class TFLiteRunner:
-    """Runs a .tflite file with LiteRT: float or raw inputs in, dequantized float32 out."""
-
-    def __init__(self, path: Path, threads: int | None = None) -> None:
-        from ai_edge_litert.interpreter import Interpreter
-
-        self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
-        self.interpreter.allocate_tensors()
-        self._in = self.interpreter.get_input_details()[0]
-        self._out = self.interpreter.get_output_details()[0]
-        self._batch = None
-
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return [_spec(d) for d in self.interpreter.get_input_details()]
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return [_spec(d) for d in self.interpreter.get_output_details()]
-
-    def _quantize_input(self, x: np.ndarray) -> np.ndarray:
-        dtype = np.dtype(self._in["dtype"])
-        if dtype.kind == "f":
-            return x.astype(dtype)
-        scale, zp = self._in["quantization"]
-        if x.dtype == dtype and scale == 1.0 and zp == 0:
-            return x
-        info = np.iinfo(dtype)
-        return np.clip(np.round(x.astype(np.float32) / scale + zp), info.min, info.max).astype(dtype)
-
-    def predict(self, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        outs = []
-        for start in range(0, len(x), batch_size):
-            chunk = self._quantize_input(x[start : start + batch_size])
-            if self._batch != len(chunk):
-                self.interpreter.resize_tensor_input(self._in["index"], [len(chunk), *chunk.shape[1:]])
-                self.interpreter.allocate_tensors()
-                self._batch = len(chunk)
-            self.interpreter.set_tensor(self._in["index"], chunk)
-            self.interpreter.invoke()
-            y = self.interpreter.get_tensor(self._out["index"])
-            if np.dtype(self._out["dtype"]).kind in "iu":
-                scale, zp = self._out["quantization"]
-                y = (y.astype(np.float32) - zp) * scale
-            outs.append(y.astype(np.float32))
-        return np.concatenate(outs)
