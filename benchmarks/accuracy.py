@@ -9,14 +9,9 @@ import numpy as np
 
 from edgekit.device.screening import patient_decision
 from edgekit.manifest import Manifest, PatientRule
-from edgekit.metrics import binary_metrics, roc_curve, wilson_interval
+from edgekit.metrics import binary_metrics, proportion, roc_curve
 
 ROC_POINTS = 300  # enough for a smooth plot; the JSON stays small
-
-
-def _prop(k: int, n: int) -> dict[str, Any]:
-    lo, hi = wilson_interval(k, n)
-    return {"value": k / n if n else None, "ci95": [lo, hi], "k": k, "n": n}
 
 
 def patient_summary(
@@ -43,8 +38,10 @@ def patient_summary(
     return {
         "patients": len(patients),
         "fraction_mae_points": 100.0 * float(np.mean(errors)),
-        "sensitivity": _prop(sum(p["decision"] == "positive" for p in infected), len(infected)),
-        "specificity": _prop(sum(p["decision"] != "positive" for p in controls), len(controls)),
+        "sensitivity": proportion(sum(p["decision"] == "positive" for p in infected), len(infected),
+                                  empty=None),
+        "specificity": proportion(sum(p["decision"] != "positive" for p in controls), len(controls),
+                                  empty=None),
         "referred": sum(p["decision"] == "refer" for p in patients),
         "per_patient": patients,
     }

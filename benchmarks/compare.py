@@ -12,17 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
 
+from edgekit.benchmarks.report import auc_ci, md_table, pct_ci
 from edgekit.manifest import load_manifest
-
-
-def _ci(r: dict[str, Any], key: str, scale: float = 100.0, fmt: str = "{:.1f}") -> str:
-    if r.get(key) is None:
-        return "-"
-    lo, hi = r.get(f"{key}_lo"), r.get(f"{key}_hi")
-    text = fmt.format(scale * r[key])
-    return text + (f" ({fmt.format(scale * lo)}–{fmt.format(scale * hi)})" if lo is not None else "")
 
 
 def _params(bundle: str) -> str:
@@ -37,7 +29,7 @@ def table(runs: dict[str, Path], formats: list[str], threads: int, untrained: se
     cols = ["model", "params", "format", "status", "size kB", "p50 ms", "peak RSS MB", "accuracy %",
             "sensitivity %", "specificity %", "AUC", "infected patients positive", "controls not positive",
             "patients referred"]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines = []
     for name, folder in runs.items():
         data = json.loads((Path(folder) / "bench.json").read_text())
         params = _params(data["meta"]["bundle"])
@@ -48,8 +40,7 @@ def table(runs: dict[str, Path], formats: list[str], threads: int, untrained: se
             if name in untrained:
                 cells = ["untrained"] * 4 + ["-"] * 3
             else:
-                cells = [_ci(r, "accuracy"), _ci(r, "sensitivity"), _ci(r, "specificity"),
-                         _ci(r, "auc", scale=1.0, fmt="{:.4f}")]
+                cells = [pct_ci(r, "accuracy"), pct_ci(r, "sensitivity"), pct_ci(r, "specificity"), auc_ci(r)]
                 if patient:
                     sens, spec = patient["sensitivity"], patient["specificity"]
                     cells += [f"{sens['k']}/{sens['n']}", f"{spec['k']}/{spec['n']}",
@@ -57,10 +48,9 @@ def table(runs: dict[str, Path], formats: list[str], threads: int, untrained: se
                 else:
                     cells += ["-"] * 3
             p50, rss = r.get("latency_p50_ms"), r.get("peak_rss_mb")
-            row = [name, params, r["format"], r["status"], f"{1000 * r['size_mb']:.0f}",
-                   f"{p50:.2f}" if p50 else "-", f"{rss:.0f}" if rss else "-", *cells]
-            lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
+            lines.append([name, params, r["format"], r["status"], f"{1000 * r['size_mb']:.0f}",
+                          f"{p50:.2f}" if p50 else "-", f"{rss:.0f}" if rss else "-", *cells])
+    return md_table(cols, lines)
 
 
 def main(argv: list[str] | None = None) -> str:

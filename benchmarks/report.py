@@ -45,13 +45,13 @@ def to_csv(rows: list[dict[str, Any]], columns: tuple[str, ...] | list[str] = CO
     return buf.getvalue()
 
 
-def _f(value: Any, digits: int = 1) -> str:
+def num(value: Any, digits: int = 1) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     return f"{value:.{digits}f}"
 
 
-def _pct_ci(row: dict[str, Any], key: str) -> str:
+def pct_ci(row: dict[str, Any], key: str) -> str:
     value = row.get(key)
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
@@ -61,7 +61,14 @@ def _pct_ci(row: dict[str, Any], key: str) -> str:
     return f"{100 * value:.1f} ({100 * lo:.1f}–{100 * hi:.1f})"
 
 
-def _table(header: list[str], lines: list[list[str]]) -> str:
+def auc_ci(row: dict[str, Any]) -> str:
+    """AUC with its 95% interval, 4 digits."""
+    if row.get("auc") is None:
+        return "–"
+    return f"{num(row['auc'], 4)} ({num(row.get('auc_lo'), 4)}–{num(row.get('auc_hi'), 4)})"
+
+
+def md_table(header: list[str], lines: list[list[str]]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(cells) + " |" for cells in lines]
     return "\n".join(out)
@@ -69,27 +76,26 @@ def _table(header: list[str], lines: list[list[str]]) -> str:
 
 def markdown_tables(rows: list[dict[str, Any]]) -> str:
     """Speed/memory table, then cell-level and patient-level accuracy (95% CIs in brackets)."""
-    speed = _table(
+    speed = md_table(
         ["format", "runtime", "threads", "status", "size MB", "load ms", "first ms", "p50 ms", "p95 ms",
          "p99 ms", "img/s @batch", "peak RSS MB"],
-        [[r["format"], r.get("runtime") or "–", str(r["threads"]), r["status"], _f(r.get("size_mb"), 3),
-          _f(r.get("load_ms")), _f(r.get("first_inference_ms")), _f(r.get("latency_p50_ms"), 2),
-          _f(r.get("latency_p95_ms"), 2), _f(r.get("latency_p99_ms"), 2),
-          (f"{_f(r.get('throughput_ips'), 0)} @{r['batch']}" if r.get("throughput_ips") else "–"),
-          _f(r.get("peak_rss_mb"), 0)]
+        [[r["format"], r.get("runtime") or "–", str(r["threads"]), r["status"], num(r.get("size_mb"), 3),
+          num(r.get("load_ms")), num(r.get("first_inference_ms")), num(r.get("latency_p50_ms"), 2),
+          num(r.get("latency_p95_ms"), 2), num(r.get("latency_p99_ms"), 2),
+          (f"{num(r.get('throughput_ips'), 0)} @{r['batch']}" if r.get("throughput_ips") else "–"),
+          num(r.get("peak_rss_mb"), 0)]
          for r in rows],
     )
     measured = [r for r in rows if r.get("agreement") is not None or r.get("accuracy") is not None]
-    accuracy = _table(
+    accuracy = md_table(
         ["format", "threads", "accuracy %", "sensitivity %", "specificity %", "F1", "AUC", "agree w/ Keras %",
          "patient frac. MAE pts", "patient sens. %", "patient spec. %"],
-        [[r["format"], str(r["threads"]), _pct_ci(r, "accuracy"), _pct_ci(r, "sensitivity"),
-          _pct_ci(r, "specificity"), _f(r.get("f1"), 3),
-          (f"{_f(r.get('auc'), 4)} ({_f(r.get('auc_lo'), 4)}–{_f(r.get('auc_hi'), 4)})"
-           if r.get("auc") is not None else "–"),
-          _f(100 * r["agreement"], 2) if r.get("agreement") is not None else "–",
-          _f(r.get("patient_fraction_mae_pts"), 2), _pct_ci(r, "patient_sensitivity"),
-          _pct_ci(r, "patient_specificity")] for r in measured],
+        [[r["format"], str(r["threads"]), pct_ci(r, "accuracy"), pct_ci(r, "sensitivity"),
+          pct_ci(r, "specificity"), num(r.get("f1"), 3),
+          auc_ci(r),
+          num(100 * r["agreement"], 2) if r.get("agreement") is not None else "–",
+          num(r.get("patient_fraction_mae_pts"), 2), pct_ci(r, "patient_sensitivity"),
+          pct_ci(r, "patient_specificity")] for r in measured],
     )
     problems = [f"- {r['format']} @{r['threads']}: **{r['status']}** — {r.get('message', '')}"
                 for r in rows if r["status"] != "ok"]
@@ -117,9 +123,9 @@ def markdown_report(result: dict[str, Any], comparisons: list[dict[str, Any]] | 
     ]
     if comparisons:
         lines += ["", "Against the reference:", "",
-                  _table(["format", "threads", "metric", "measured", "reference", "band ±", "verdict"],
-                         [[c["format"], str(c["threads"]), c["metric"], _f(c["measured"], 3),
-                           _f(c["reference"], 3), _f(c["band"], 3), c["verdict"]] for c in comparisons])]
+                  md_table(["format", "threads", "metric", "measured", "reference", "band ±", "verdict"],
+                         [[c["format"], str(c["threads"]), c["metric"], num(c["measured"], 3),
+                           num(c["reference"], 3), num(c["band"], 3), c["verdict"]] for c in comparisons])]
     return "\n".join(lines) + "\n"
 
 

@@ -79,9 +79,10 @@ def bootstrap_auc_ci(
     return (float(np.percentile(aucs, 2.5)), float(np.percentile(aucs, 97.5)))
 
 
-def _prop(k: int, n: int) -> dict[str, Any]:
+def proportion(k: int, n: int, empty: float | None = float("nan")) -> dict[str, Any]:
+    """k of n as ``{value, ci95 (Wilson), k, n}``; ``value`` is ``empty`` when n is 0."""
     lo, hi = wilson_interval(k, n)
-    return {"value": k / n if n else float("nan"), "ci95": [lo, hi], "k": int(k), "n": int(n)}
+    return {"value": k / n if n else empty, "ci95": [lo, hi], "k": int(k), "n": int(n)}
 
 
 def binary_metrics(
@@ -106,10 +107,10 @@ def binary_metrics(
     return {
         "n": int(len(y)),
         "threshold": float(threshold),
-        "accuracy": _prop(tp + tn, len(y)),
-        "sensitivity": _prop(tp, tp + fn),
-        "specificity": _prop(tn, tn + fp),
-        "precision": _prop(tp, tp + fp),
+        "accuracy": proportion(tp + tn, len(y)),
+        "sensitivity": proportion(tp, tp + fn),
+        "specificity": proportion(tn, tn + fp),
+        "precision": proportion(tp, tp + fp),
         "f1": f1,
         "auc": {"value": auc, "ci95": list(bootstrap_auc_ci(y, p_positive, n_boot=n_boot, groups=groups))},
         "confusion": {"tp": tp, "fn": fn, "fp": fp, "tn": tn},
