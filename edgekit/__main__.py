@@ -1,0 +1,5 @@
+"""``python -m edgekit`` runs the CLI (the same as the ``edgekit`` script)."""
+
+from edgekit.cli import main
+
+main()
