@@ -28,14 +28,37 @@ import numpy as np
 
 from edgekit.paths import shared_data
 
+_CACHE: Path | None = None  # --cache: segmentation results per field, reused by later runs
 
-def _field_crops(image: Path):
+
+def _field_crops(image: Path) -> tuple[tuple[int, int], list, list[np.ndarray], str | None]:
+    """(field height/width, cell boxes, crops, rejection reason) of one field, from the cache if there."""
+    import hashlib
+
     from edgekit.device.field import count_cells, crop_cell
     from edgekit.device.preprocess import read_image
 
+    key = None
+    if _CACHE is not None:
+        key = _CACHE / (hashlib.sha256(str(Path(image).resolve()).encode()).hexdigest()[:20] + ".npz")
+        if key.is_file():
+            with np.load(key) as z:
+                sizes = z["sizes"]
+                flat = np.split(z["pixels"], np.cumsum(sizes.prod(1))[:-1]) if len(sizes) else []
+                crops = [f.reshape(tuple(sz)) for f, sz in zip(flat, sizes, strict=True)]
+                reason = str(z["reason"]) or None
+                return tuple(z["hw"]), [tuple(b) for b in z["boxes"]], crops, reason
     rgb = read_image(image)
     cells, _, reason = count_cells(rgb)
-    return rgb, cells, [crop_cell(rgb, c) for c in cells], reason
+    crops = [crop_cell(rgb, c) for c in cells]
+    boxes = [c.box for c in cells]
+    if key is not None:
+        key.parent.mkdir(parents=True, exist_ok=True)
+        sizes = np.array([c.shape for c in crops], np.int64).reshape(-1, 3)
+        pixels = np.concatenate([c.ravel() for c in crops]) if crops else np.zeros(0, np.uint8)
+        np.savez(key, hw=np.array(rgb.shape[:2]), boxes=np.array(boxes, np.int64).reshape(-1, 4),
+                 sizes=sizes, pixels=pixels, reason=np.array(reason or ""))
+    return rgb.shape[:2], boxes, crops, reason
 
 
 def _cell_metrics(y: np.ndarray, p: np.ndarray, cutoff: float) -> dict:
@@ -71,17 +94,17 @@ def run_iml(bundles: dict, folder: Path, log, every: int = 1) -> dict:
     rows = []
     t0 = time.perf_counter()
     for n, af in enumerate(fields, 1):
-        rgb, cells, crops, reason = _field_crops(af.image)
-        af = af.fitted(rgb.shape[1], rgb.shape[0])
+        (h, w), boxes, crops, reason = _field_crops(af.image)
+        af = af.fitted(w, h)
         labelled = [b for b in af.boxes if b.label]
         truth = sum(b.label == "Parasitized" for b in labelled) / max(1, len(labelled))
-        row = {"field": af.name, "group": iml_stain_group(af.name), "truth": truth, "found": len(cells),
+        row = {"field": af.name, "group": iml_stain_group(af.name), "truth": truth, "found": len(boxes),
                "rejected": reason}
         p_all = {k: np.array(classify_crops(crops, clf)) if crops else np.zeros(0)
                  for k, clf in bundles.items()}
         for k, clf in bundles.items():
             row[k] = float((p_all[k] >= clf.manifest.thresholds.cutoff).mean()) if len(p_all[k]) else None
-        for i, j, _ in match_boxes(af.boxes, [c.box for c in cells], 0.4):
+        for i, j, _ in match_boxes(af.boxes, boxes, 0.4):
             b = af.boxes[i]
             if b.label is None:
                 continue
@@ -121,8 +144,8 @@ def run_bccd(bundles: dict, folder: Path, every: int, log) -> dict:
     images = sorted((folder / "JPEGImages").glob("*.jpg"))[::every]
     rows = []
     for n, image in enumerate(images, 1):
-        _, cells, crops, reason = _field_crops(image)
-        row = {"field": image.name, "found": len(cells), "rejected": reason}
+        _, boxes, crops, reason = _field_crops(image)
+        row = {"field": image.name, "found": len(boxes), "rejected": reason}
         for k, clf in bundles.items():
             p = np.array(classify_crops(crops, clf)) if crops else np.zeros(0)
             row[k] = float((p >= clf.manifest.thresholds.cutoff).mean()) if len(p) else None
@@ -147,7 +170,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--bccd-every", type=int, default=4, help="every Nth BCCD field (0: none)")
     ap.add_argument("--format", default="tflite_int8")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--cache", type=Path, help="keep each field's segmentation here for later runs")
     args = ap.parse_args(argv)
+    global _CACHE
+    _CACHE = args.cache
 
     from edgekit.device.runtime import load_classifier
 
