@@ -56,7 +56,8 @@ def info(run: Path, as_json: bool) -> None:
     click.echo(f"name:          {m.name}")
     click.echo(f"labels:        {', '.join(m.labels)} (positive: {m.positive_label or '-'})")
     click.echo(f"input:         {p.input_size[0]}x{p.input_size[1]}x{p.channels} {p.color_order}, "
-               f"resize {p.resize}, pixels {p.input_range[0]:g}..{p.input_range[1]:g}, scaling {p.scaling}")
+               f"resize {p.resize}, stain {p.stain}, pixels {p.input_range[0]:g}..{p.input_range[1]:g}, "
+               f"scaling {p.scaling}")
     t = m.thresholds
     click.echo(f"thresholds:    positive >= {t.positive:.3f}, negative < {t.negative:.3f} ({t.source})")
     r = m.patient_rule
