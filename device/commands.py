@@ -6,19 +6,18 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
-_model_option = click.option(
-    "--model", "-m", "bundle", type=click.Path(path_type=Path), default=None,
-    help="Bundle folder (from `edgekit export`). Default: the model shipped with edgekit.",
-)
+from edgekit.cli_options import model_option, option
+from edgekit.formats import DEVICE_ORDER
+
+_model_option = model_option()
 _model_format_option = click.option(
     "--model-format", default=None,
-    help="Which model of the bundle to run (tflite_int8, onnx_fp32, ...). Default: the first usable one.",
+    help=f"Which model of the bundle to run ({', '.join(DEVICE_ORDER)}). Default: the first usable one,"
+         " in that order.",
 )
 _threads_option = click.option(
     "--threads", type=click.IntRange(1, 64), default=None, help="Inference threads."
@@ -43,67 +42,6 @@ def _load(bundle: Path | None, model_format: str | None, threads: int | None):
     return load_classifier(bundle, model_format, threads)
 
 
-def _columns(classifier) -> list[str]:
-    pos = classifier.manifest.positive_label
-    cols = ["path", "status", "label", "probability"]
-    if pos is not None:
-        cols.append(f"p_{pos.lower()}")
-    return [*cols, "decision", "reason", "model_sha256", "model_format"]
-
-
-def _row(out, classifier) -> dict[str, Any]:
-    p = out.prediction
-    row: dict[str, Any] = {"path": out.source_id, "status": out.status, "label": None, "probability": None}
-    pos = classifier.manifest.positive_label
-    if pos is not None:
-        row[f"p_{pos.lower()}"] = None if p is None else round(p.p_positive, 6)
-    if p is not None:
-        row["label"], row["probability"] = p.label, round(p.probability, 6)
-    row["decision"] = None if p is None else p.decision
-    row["reason"] = out.reason
-    row["model_sha256"] = classifier.model_sha256
-    row["model_format"] = classifier.fmt
-    return row
-
-
-class _Writer:
-    """Streams result rows as an aligned table, JSON lines or CSV."""
-
-    def __init__(self, fmt: str, columns: list[str], path_width: int) -> None:
-        self.fmt, self.columns, self.path_width = fmt, columns, max(8, min(path_width, 60))
-        self._csv = None
-        if fmt == "csv":
-            self._csv = csv.DictWriter(sys.stdout, fieldnames=columns, lineterminator="\n")
-            self._csv.writeheader()
-        elif fmt == "table":
-            pcol = next((c for c in columns if c.startswith("p_")), None)
-            self._pcol = pcol
-            head = f"{'path':<{self.path_width}}  {'label':<14} {'prob':>6}"
-            head += f" {pcol:>14}" if pcol else ""
-            click.echo(head + "  decision")
-
-    def write(self, row: dict[str, Any]) -> None:
-        if self.fmt == "jsonl":
-            click.echo(json.dumps(row))
-        elif self.fmt == "csv":
-            self._csv.writerow(row)
-            sys.stdout.flush()
-        else:
-            path = row["path"]
-            if len(path) > self.path_width:
-                path = "…" + path[-(self.path_width - 1) :]
-            if row["status"] != "classified":
-                click.echo(f"{path:<{self.path_width}}  {row['status'].upper()}: {row['reason']}")
-                return
-            line = f"{path:<{self.path_width}}  {row['label']:<14} {row['probability']:>6.3f}"
-            if self._pcol:
-                line += f" {row[self._pcol]:>14.3f}"
-            decision = row["decision"]
-            if decision == "uncertain":
-                decision = "uncertain: refer to microscopy"
-            click.echo(f"{line}  {decision}")
-
-
 @click.command()
 @click.argument("paths", nargs=-1, required=True)
 @_model_option
@@ -120,12 +58,13 @@ def classify(ctx: click.Context, paths: tuple[str, ...], bundle: Path | None, mo
 
     Exits 1 when any input could not be read (the batch still runs to the end).
     """
-    from edgekit.device.pipeline import Outcome, Progress, Tally, classify_one, expand_inputs, missing_reason
+    from edgekit.device.output import Progress, ResultWriter, result_columns, result_row
+    from edgekit.device.pipeline import Outcome, Tally, classify_one, expand_inputs, missing_reason
     from edgekit.device.quality import DEFAULT_GATES
 
     classifier = _load(bundle, model_format, threads)
     items = list(expand_inputs(paths))
-    writer = _Writer(out_format, _columns(classifier), max((len(s) for s, _ in items), default=8))
+    writer = ResultWriter(out_format, result_columns(classifier), max((len(s) for s, _ in items), default=8))
     bar = Progress(len(items), Progress.wanted(bool(progress)) if progress is not False else False)
     tally = Tally()
     gates = DEFAULT_GATES if quality else None
@@ -136,7 +75,7 @@ def classify(ctx: click.Context, paths: tuple[str, ...], bundle: Path | None, mo
             out = classify_one(shown, path, classifier, gates)
         tally.add(out.status)
         bar.clear()
-        writer.write(_row(out, classifier))
+        writer.write(result_row(out, classifier))
         bar.update()
     bar.close()
     click.echo(tally.line(), err=True)
@@ -199,7 +138,8 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
     skips what is already recorded.
     """
     from edgekit.device.camera import center_square, frames
-    from edgekit.device.pipeline import Progress, expand_inputs
+    from edgekit.device.output import Progress
+    from edgekit.device.pipeline import expand_inputs
     from edgekit.device.quality import DEFAULT_GATES
     from edgekit.device.records import RecordStore, default_db_path
     from edgekit.device.screening import field_crops, path_crops, record_crops, summarize
@@ -210,11 +150,11 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
     if fields and use_camera:
         raise EdgekitError("--fields takes field image PATHS, not --camera")
     classifier = _load(bundle, model_format, threads)
-    rule = classifier.manifest.patient_rule
-    stop = rule.stop_cells if stop_cells is None else stop_cells
+    decision = classifier.manifest.decision
+    stop = decision.rule.stop_cells if stop_cells is None else stop_cells
     with RecordStore(db or default_db_path()) as store:
         session = store.open_session(patient, classifier.model_sha256, site, operator, classifier.fmt,
-                                     str(classifier.bundle_dir))
+                                     str(classifier.bundle_dir), decision)
         if use_camera:
             crops = ((f"frame {i}", None, center_square(f)) for i, f in enumerate(frames(source), 1))
             total, kind = None, "camera"
@@ -242,8 +182,7 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
         bar.close()
         if tally is not None:
             click.echo(tally.line(), err=True)
-        summary = summarize(patient, store.records(session.id), rule, classifier.manifest.thresholds.cutoff,
-                            stop)
+        summary = summarize(patient, store.records(session.id), decision, stop_cells=stop)
     click.echo(json.dumps(summary.to_dict()) if as_json else f"session {session.id}: {summary.line()}")
 
 
@@ -259,7 +198,8 @@ _db_option = click.option(
 
 
 def _store(db: Path | None):
-    from edgekit.device.records import RecordsError, RecordStore, default_db_path
+    from edgekit.device.records import RecordStore, default_db_path
+    from edgekit.errors import RecordsError
 
     path = db or default_db_path()
     if not path.is_file():
@@ -279,22 +219,25 @@ def sessions_list(db: Path | None) -> None:
                "  updated")
     for r, summary in rows:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["updated_at"]))
-        click.echo(f"{r['id']:>4}  {r['patient']:<16} {r['site'] or '-':<12} {summary.crops:>6}"
-                   f" {summary.parasitized:>8} {summary.decision:>8}  {when}")
+        cells, par, dec = ("?", "?", "unknown") if summary is None else (
+            summary.crops, summary.parasitized, summary.decision)
+        click.echo(f"{r['id']:>4}  {r['patient']:<16} {r['site'] or '-':<12} {cells:>6}"
+                   f" {par:>8} {dec:>8}  {when}")
 
 
 def _summary(store, session):
+    """The session's summary with the Decision it was recorded with; None when it has none stored
+    (recorded before decisions were stored): no default rule or cutoff is ever substituted."""
     from edgekit.device.screening import summarize
-    from edgekit.manifest import PatientRule, Thresholds, load_manifest
 
-    rule, thresholds = PatientRule(), Thresholds()
-    try:
-        if session.bundle:
-            manifest = load_manifest(session.bundle)
-            rule, thresholds = manifest.patient_rule, manifest.thresholds
-    except Exception:  # the bundle moved or is gone: default rule and cutoff 0.5 still summarise the counts
-        pass
-    return summarize(session.patient, store.records(session.id), rule, thresholds.cutoff)
+    decision = session.decided_with
+    if decision is None:
+        return None
+    return summarize(session.patient, store.records(session.id), decision)
+
+
+_NO_DECISION = ("no decision rule is stored with this session (recorded by an older edgekit); "
+                "rescreen it with its bundle to decide it")
 
 
 @sessions.command("show")
@@ -307,11 +250,19 @@ def sessions_show(session_id: str, db: Path | None, as_json: bool) -> None:
         session = store.find_session(session_id)
         summary = _summary(store, session)
     if as_json:
-        click.echo(json.dumps({"session": session.__dict__, "summary": summary.to_dict()}))
+        info = {k: v for k, v in session.__dict__.items() if k != "decision"}
+        info["decision"] = None if session.decision is None else json.loads(session.decision)
+        click.echo(json.dumps({"session": info, "summary": None if summary is None else summary.to_dict()}))
         return
     click.echo(f"session {session.id}  site {session.site or '-'}  operator {session.operator or '-'}")
     model = f"model {session.model_format or '?'} sha256 {session.model_sha256[:16]}…"
     click.echo(f"{model}  bundle {session.bundle}")
+    if summary is None:
+        click.echo(f"patient {session.patient}: {_NO_DECISION}")
+        return
+    decided = session.decided_with
+    click.echo(f"decided at cell cutoff {decided.cutoff:.3f} on p({decided.counted_label}), "
+               f"patient rule: positive at >= {decided.rule.positive_fraction:.1%} of cells")
     click.echo(summary.line())
 
 
@@ -323,10 +274,14 @@ EXPORT_COLUMNS = ["session_id", "patient", "site", "operator", "source_id", "sou
 @sessions.command("export")
 @click.argument("session_id", required=False)
 @_db_option
-@click.option("--csv", "as_csv", is_flag=True, default=True, help="CSV (the only format for now).")
-@click.option("--output", "-o", type=click.Path(path_type=Path), default=None, help="File (default: stdout).")
-def sessions_export(session_id: str | None, db: Path | None, as_csv: bool, output: Path | None) -> None:
-    """Export the records of one session (or all sessions) as CSV (times in UTC, ISO 8601)."""
+@click.option("--format", "out_format", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True,
+              help="CSV, or one JSON object per record.")
+@click.option("--csv", "as_csv", is_flag=True, hidden=True, help="The same as --format csv (old spelling).")
+@option("-o", "--out", "output", aliases=("--output",), type=click.Path(path_type=Path), default=None,
+        help="File (default: stdout).")
+def sessions_export(session_id: str | None, db: Path | None, out_format: str, as_csv: bool,
+                    output: Path | None) -> None:
+    """Export the records of one session (or all sessions) as CSV or JSON lines (times in UTC, ISO 8601)."""
     from datetime import datetime, timezone
 
     from edgekit.manifest import atomic_write_text
@@ -335,13 +290,18 @@ def sessions_export(session_id: str | None, db: Path | None, as_csv: bool, outpu
         chosen = [store.find_session(session_id)] if session_id else [
             store.find_session(str(r["id"])) for r in store.sessions()]
         buf = io.StringIO()
+        as_jsonl = out_format == "jsonl" and not as_csv
         w = csv.DictWriter(buf, fieldnames=EXPORT_COLUMNS, extrasaction="ignore", lineterminator="\n")
-        w.writeheader()
+        if not as_jsonl:
+            w.writeheader()
         for s in chosen:
             for r in store.records(s.id):
                 when = datetime.fromtimestamp(r["created_at"], timezone.utc).isoformat(timespec="seconds")
-                w.writerow({**r, "patient": s.patient, "site": s.site, "operator": s.operator,
-                            "created_at": when})
+                row = {**r, "patient": s.patient, "site": s.site, "operator": s.operator, "created_at": when}
+                if as_jsonl:
+                    buf.write(json.dumps({k: row.get(k) for k in EXPORT_COLUMNS}) + "\n")
+                else:
+                    w.writerow(row)
     if output is None:
         click.echo(buf.getvalue(), nl=False)
     else:

@@ -16,11 +16,10 @@ import numpy as np
 from edgekit.device.backends import Backend, open_backend, runtime_available
 from edgekit.device.preprocess import prepare
 from edgekit.errors import BundleError
+from edgekit.formats import DEVICE_ORDER, DEVICE_RUNTIMES, RUNTIMES
 from edgekit.manifest import Artifact, Manifest, load_manifest, verify_artifact
 
-# Smallest and fastest first; ONNX before the less common TFLite variants.
-FORMAT_ORDER = ("tflite_int8", "onnx_int8", "tflite_fp32", "onnx_fp32", "tflite_fp16", "tflite_dynamic")
-DEVICE_RUNTIMES = ("litert", "onnxruntime")
+FORMAT_ORDER = DEVICE_ORDER  # the format table's device preference: smallest and fastest first
 
 
 def default_bundle_dir() -> Path:
@@ -45,7 +44,8 @@ def resolve_artifact(manifest: Manifest, fmt: str | None = None, allow_failed: b
         if art.status != "ok" and not (allow_failed and art.status == "failed_validation"):
             raise BundleError(f"{fmt} is marked {art.status} in the manifest; choose another format")
         if not runtime_available(art.runtime):
-            raise BundleError(f"{fmt} needs the {art.runtime} runtime, which is not installed")
+            raise BundleError(f"{fmt} needs the {art.runtime} runtime, which is not installed"
+                          f" (pip install {RUNTIMES[art.runtime].install})")
         return art
     for name in FORMAT_ORDER:
         art = arts.get(name)
@@ -56,7 +56,7 @@ def resolve_artifact(manifest: Manifest, fmt: str | None = None, allow_failed: b
         raise BundleError("the bundle has no device model (TFLite or ONNX); run `edgekit export` on it first")
     raise BundleError(
         f"no usable model among {', '.join(usable)}: each is either not ok or its runtime is not installed"
-        " (pip install ai-edge-litert onnxruntime)"
+        f" (pip install {' '.join(RUNTIMES[r].install.split()[0] for r in DEVICE_RUNTIMES)})"
     )
 
 
@@ -83,7 +83,7 @@ def _matches(dims: list[int], want: list[int]) -> bool:
 class Prediction:
     """One classified crop."""
 
-    label: str  # the most probable label
+    label: str  # the counted label: the positive one when p_positive reaches the cutoff (Decision)
     probability: float  # of ``label``
     p_positive: float | None  # of the manifest's positive label, when it has one
     decision: str  # positive | negative | uncertain (refer to microscopy); the label when no positive label
@@ -123,13 +123,13 @@ class Classifier:
 
     def interpret(self, probs: np.ndarray) -> Prediction:
         """Label, probability and thresholded decision for one row of ``predict``."""
-        probs = np.asarray(probs, dtype=np.float64)
-        i = int(np.argmax(probs))
-        label = self.labels[i]
-        pos = self.manifest.positive_index
-        p_pos = None if pos is None else float(probs[pos])
-        decision = label if p_pos is None else self.manifest.thresholds.decide(p_pos)
-        return Prediction(label, float(probs[i]), p_pos, decision, [float(p) for p in probs])
+        values = [float(p) for p in np.asarray(probs, dtype=np.float64)]
+        rule = self.manifest.decision
+        i = rule.cell_label_index(values)
+        pos = rule.positive_index
+        p_pos = None if pos is None else values[pos]
+        decision = self.labels[i] if p_pos is None else rule.cell_call(p_pos)
+        return Prediction(self.labels[i], values[i], p_pos, decision, values)
 
     def classify(self, rgb: np.ndarray) -> Prediction:
         """Classify one decoded RGB uint8 image (any size) through the shared ``prepare()``."""

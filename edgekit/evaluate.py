@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import DataError
-from edgekit.manifest import atomic_write_text, load_manifest, verify_artifact
-from edgekit.metrics import binary_metrics, roc_curve, wilson_interval
+from edgekit.manifest import Decision, atomic_write_text, json_default, load_manifest, verify_artifact
+from edgekit.metrics import binary_metrics, proportion, roc_curve
 
 
 def patient_table(groups: np.ndarray, y_pos: np.ndarray, called_pos: np.ndarray) -> list[dict[str, Any]]:
@@ -54,14 +54,15 @@ def per_class_report(y: np.ndarray, pred: np.ndarray, labels: Sequence[str]) -> 
     return "\n".join(lines) + "\n", {"per_class": per_class, "confusion_matrix": cm.tolist(), "accuracy": acc}
 
 
-def evaluate_arrays(y: np.ndarray, probs: np.ndarray, groups: np.ndarray, labels: Sequence[str],
-                    positive_label: str | None, cutoff: float = 0.5) -> tuple[dict[str, Any], str]:
-    """Metrics dict and report text from true labels and probabilities (no TensorFlow)."""
-    if len(labels) == 2 and positive_label is not None:
-        pos = list(labels).index(positive_label)
-        neg = 1 - pos
+def evaluate_arrays(y: np.ndarray, probs: np.ndarray, groups: np.ndarray,
+                    decision: Decision) -> tuple[dict[str, Any], str]:
+    """Metrics dict and report text from true labels and probabilities (no TensorFlow); cells are
+    called as ``decision`` (the manifest's) counts them."""
+    labels, positive_label, cutoff = decision.labels, decision.positive_label, decision.cutoff
+    pos = decision.positive_index
+    if len(labels) == 2 and pos is not None:
         p = probs[:, pos]
-        pred = np.where(p >= cutoff, pos, neg)
+        pred = np.where(p >= cutoff, pos, 1 - pos)
         result = binary_metrics(y == pos, p, threshold=cutoff, groups=groups)
         result["patients"] = patient_table(groups, y == pos, p >= cutoff)
     else:
@@ -70,9 +71,7 @@ def evaluate_arrays(y: np.ndarray, probs: np.ndarray, groups: np.ndarray, labels
     text, extras = per_class_report(y, pred, labels)
     result["per_class"], result["confusion_matrix"] = extras["per_class"], extras["confusion_matrix"]
     if "accuracy" not in result:
-        k = int((pred == y).sum())
-        result["accuracy"] = {"value": k / max(1, len(y)), "ci95": list(wilson_interval(k, len(y))), "k": k,
-                              "n": int(len(y))}
+        result["accuracy"] = proportion(int((pred == y).sum()), len(y), empty=0.0)
     header = f"{len(y)} images, {len(np.unique(groups))} groups; cutoff {cutoff:.3f} on p({positive_label})\n"
     if "auc" in result:
         a, s, sp = result["auc"], result["sensitivity"], result["specificity"]
@@ -92,8 +91,8 @@ def evaluate_run(
     model: Any = None,
 ) -> dict[str, Any]:
     """Evaluate the run's Keras model on one part of its split and write the report files."""
+    from edgekit.parts import load_part, predict_arrays
     from edgekit.splits import load_split
-    from edgekit.train import load_part, predict_arrays
 
     run_dir = Path(run_dir)
     manifest = load_manifest(run_dir)
@@ -112,11 +111,10 @@ def evaluate_run(
         model = keras.models.load_model(verify_artifact(run_dir, manifest.artifacts["keras"]), compile=False)
     arrays = load_part(split, part, manifest.preprocessing, cache_dir, log)
     probs = predict_arrays(model, arrays.x)
-    cutoff = float(manifest.thresholds.cutoff)
-    result, text = evaluate_arrays(arrays.y, probs, arrays.groups, manifest.labels, manifest.positive_label,
-                                   cutoff)
+    result, text = evaluate_arrays(arrays.y, probs, arrays.groups, manifest.decision)
     result["skipped"] = len(arrays.skipped)
-    atomic_write_text(run_dir / f"eval_{part}.json", json.dumps(result, indent=1, default=_nan_safe) + "\n")
+    eval_json = json.dumps(result, indent=1, default=json_default) + "\n"
+    atomic_write_text(run_dir / f"eval_{part}.json", eval_json)
     atomic_write_text(run_dir / f"report_{part}.txt", text)
     if "auc" in result:
         pos = manifest.labels.index(manifest.positive_label)
@@ -126,12 +124,6 @@ def evaluate_run(
     manifest.save(run_dir)
     log(text.rstrip())
     return result
-
-
-def _nan_safe(obj: Any) -> Any:
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    raise TypeError(f"cannot serialise {type(obj).__name__}")
 
 
 def _pyplot():
