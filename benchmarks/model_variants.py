@@ -58,11 +58,11 @@ def time_alternating(paths: dict[str, Path], batch: int, rounds: int, reps: int)
 
 
 def convert_int8(model, path: Path) -> None:
-    from edgekit.export.options import Format
+    from edgekit import formats
     from edgekit.export.tflite import convert_tflite
 
     calib = np.random.default_rng(0).integers(0, 256, (32, *model.input_shape[1:])).astype(np.uint8)
-    convert_tflite(model, Format.TFLITE_INT8, path, calib, image_input=True)
+    convert_tflite(model, formats.get("tflite_int8"), path, calib, image_input=True)
 
 
 def main(argv: list[str] | None = None) -> None:
