@@ -168,16 +168,14 @@ class Station:
                    summary=self._summary(session))
         return out
 
-    def _record(self, session: Session, items: list, kind: str, stop: int) -> tuple[dict[str, int], list]:
+    def _record(self, session: Session, items: list, kind: str, stop: int) -> dict[str, int]:
+        """Record ``items`` as ``edgekit screen`` does; how many were new, already there, past the stop."""
         from edgekit.device.quality import DEFAULT_GATES
         from edgekit.device.screening import record_crops
 
-        outcomes: list = []
-        record_crops(self.store, session, items, self.classifier, DEFAULT_GATES, stop, kind, outcomes.append)
-        skipped = sum(o.status == "skipped" for o in outcomes)
-        counts = {"new": len(outcomes) - skipped, "already": skipped,
-                  "after_stop": len(items) - len(outcomes)}
-        return counts, outcomes
+        tally = record_crops(self.store, session, items, self.classifier, DEFAULT_GATES, stop, kind)
+        new, already = tally.processed, tally.counts.get("skipped", 0)
+        return {"new": new, "already": already, "after_stop": len(items) - new - already}
 
     def _add_field(self, session: Session, shown: str, sha: str, rgb, stop: int) -> dict[str, Any]:
         from edgekit.device.field import analyze_field, cell_id, crop_cell
@@ -188,13 +186,13 @@ class Station:
             items = [(shown, sha, ImageError(report.rejected))]
         else:
             items = [(cell_id(shown, c.id), None, crop_cell(rgb, c)) for c in report.cells]
-        recorded, _ = self._record(session, items, "field", stop)
+        recorded = self._record(session, items, "field", stop)
         self._write_overlay(sha, rgb, report)
         return {"result": report.to_dict(per_cell=True), "recorded": recorded,
                 "overlay": f"api/overlays/{sha}.jpg"}
 
     def _add_crop(self, session: Session, shown: str, sha: str, rgb, stop: int) -> dict[str, Any]:
-        recorded, _ = self._record(session, [(shown, sha, rgb)], "file", stop)
+        recorded = self._record(session, [(shown, sha, rgb)], "file", stop)
         row = next((r for r in self.store.records(session.id) if r["content_hash"] == sha), None)
         result = {k: row[k] for k in RECORD_KEYS} if row else None
         return {"result": result, "recorded": recorded, "overlay": None}
