@@ -216,13 +216,13 @@ def test_server_killed_mid_upload_keeps_what_it_acknowledged(tmp_path):
     finally:
         server.stop()
 
-    port = server.port
     server = Server(db)  # restarted on the same database
     try:
         status, detail = _get(f"{server.url}/api/sessions/{sid}")
         assert status == 200
         assert [r["source_kind"] for r in detail["records"]] == ["file"]  # the crop, and nothing of the field
-        again = _post(crop_url.replace(f":{port}/", f":{server.port}/"), CROP.read_bytes(), "image/webp")
+        crop_url = f"{server.url}/api/sessions/{sid}/images?kind=crop"
+        again = _post(crop_url, CROP.read_bytes(), "image/webp")
         assert again["recorded"] == {"new": 0, "already": 1, "after_stop": 0}
         assert _get(f"{server.url}/api/status", token=None)[0] == 401
     finally:
