@@ -274,7 +274,7 @@ def sessions_list(db: Path | None) -> None:
     import time
 
     with _store(db) as store:
-        rows = [(r, session_summary(store, store.find_session(str(r["id"])))) for r in store.sessions()]
+        rows = [(r, _summary(store, store.find_session(str(r["id"])))) for r in store.sessions()]
     click.echo(f"{'id':>4}  {'patient':<16} {'site':<12} {'cells':>6} {'parasit.':>8} {'decision':>8}"
                "  updated")
     for r, summary in rows:
@@ -283,9 +283,7 @@ def sessions_list(db: Path | None) -> None:
                    f" {summary.parasitized:>8} {summary.decision:>8}  {when}")
 
 
-def session_summary(store, session):
-    """A session's patient summary with its own bundle's patient rule and cutoff (shared with
-    ``edgekit serve``)."""
+def _summary(store, session):
     from edgekit.device.screening import summarize
     from edgekit.manifest import PatientRule, Thresholds, load_manifest
 
@@ -307,7 +305,7 @@ def sessions_show(session_id: str, db: Path | None, as_json: bool) -> None:
     """Summary of one session (by id, or the latest session of a patient id)."""
     with _store(db) as store:
         session = store.find_session(session_id)
-        summary = session_summary(store, session)
+        summary = _summary(store, session)
     if as_json:
         click.echo(json.dumps({"session": session.__dict__, "summary": summary.to_dict()}))
         return
@@ -322,21 +320,6 @@ EXPORT_COLUMNS = ["session_id", "patient", "site", "operator", "source_id", "sou
                   "created_at"]
 
 
-def export_csv(store, sessions) -> str:
-    """The records of ``sessions`` as CSV text (times in UTC, ISO 8601); shared with ``edgekit serve``."""
-    from datetime import datetime, timezone
-
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=EXPORT_COLUMNS, extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    for s in sessions:
-        for r in store.records(s.id):
-            when = datetime.fromtimestamp(r["created_at"], timezone.utc).isoformat(timespec="seconds")
-            w.writerow({**r, "patient": s.patient, "site": s.site, "operator": s.operator,
-                        "created_at": when})
-    return buf.getvalue()
-
-
 @sessions.command("export")
 @click.argument("session_id", required=False)
 @_db_option
@@ -344,14 +327,23 @@ def export_csv(store, sessions) -> str:
 @click.option("--output", "-o", type=click.Path(path_type=Path), default=None, help="File (default: stdout).")
 def sessions_export(session_id: str | None, db: Path | None, as_csv: bool, output: Path | None) -> None:
     """Export the records of one session (or all sessions) as CSV (times in UTC, ISO 8601)."""
+    from datetime import datetime, timezone
+
     from edgekit.manifest import atomic_write_text
 
     with _store(db) as store:
         chosen = [store.find_session(session_id)] if session_id else [
             store.find_session(str(r["id"])) for r in store.sessions()]
-        text = export_csv(store, chosen)
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=EXPORT_COLUMNS, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        for s in chosen:
+            for r in store.records(s.id):
+                when = datetime.fromtimestamp(r["created_at"], timezone.utc).isoformat(timespec="seconds")
+                w.writerow({**r, "patient": s.patient, "site": s.site, "operator": s.operator,
+                            "created_at": when})
     if output is None:
-        click.echo(text, nl=False)
+        click.echo(buf.getvalue(), nl=False)
     else:
-        atomic_write_text(output, text)
+        atomic_write_text(output, buf.getvalue())
         click.echo(f"wrote {output}", err=True)

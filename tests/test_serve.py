@@ -186,7 +186,8 @@ def test_crop_upload_is_edgekit_classify(station):
     assert again.json()["recorded"]["already"] == 1 and again.json()["result"]["label"] == want.label
 
 
-def test_stop_rule_stops_recording(tmp_path):
+def test_stop_rule_stops_recording(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEKIT_ALLOW_UNSIGNED", "1")  # the edited manifest no longer matches a signature
     bundle = shutil.copytree(GOLDEN, tmp_path / "bundle")
     manifest = json.loads((bundle / "manifest.json").read_text())
     manifest.setdefault("patient_rule", {})["stop_cells"] = 3

@@ -96,9 +96,10 @@ class Station:
             raise ServeError(404, f"no session {session_id}") from exc
 
     def _summary(self, session: Session) -> dict[str, Any]:
-        from edgekit.device.commands import session_summary
+        """What ``edgekit sessions show`` says: the session's own bundle's patient rule and cutoff."""
+        from edgekit.device.commands import _summary
 
-        return session_summary(self.store, session).to_dict()
+        return _summary(self.store, session).to_dict()
 
     def open_session(self, patient: str, site: str | None, operator: str | None) -> dict[str, Any]:
         """The patient's session with this model, created or resumed (two phones share it)."""
@@ -122,12 +123,24 @@ class Station:
         return {"session": vars(session), "summary": self._summary(session), "records": records}
 
     def export_csv(self, session_id: int | None) -> str:
-        """The records of one session (or all) as the CSV of ``edgekit sessions export``."""
-        from edgekit.device.commands import export_csv
+        """The records of one session (or all) with the columns of ``edgekit sessions export``."""
+        import csv
+        import io
+        from datetime import datetime, timezone
+
+        from edgekit.device.commands import EXPORT_COLUMNS
 
         chosen = [self._session(session_id)] if session_id is not None else [
             self._session(r["id"]) for r in self.store.sessions()]
-        return export_csv(self.store, chosen)
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=EXPORT_COLUMNS, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        for s in chosen:
+            for r in self.store.records(s.id):
+                when = datetime.fromtimestamp(r["created_at"], timezone.utc).isoformat(timespec="seconds")
+                w.writerow({**r, "patient": s.patient, "site": s.site, "operator": s.operator,
+                            "created_at": when})
+        return buf.getvalue()
 
     def overlay_path(self, sha256: str) -> Path:
         if not _HASH.match(sha256):
