@@ -38,10 +38,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _unverified():
+    import ssl
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # the test's own self-signed certificate
+    return ctx
+
+
 def _get(url: str, token: str | None = TOKEN) -> tuple[int, dict]:
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
-        with urllib.request.urlopen(req, timeout=10) as r:
+        ctx = _unverified() if url.startswith("https:") else None
+        with urllib.request.urlopen(req, timeout=10, context=ctx) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
@@ -57,13 +66,14 @@ def _post(url: str, data: bytes, content_type: str) -> dict:
 class Server:
     """``python -m edgekit serve`` in a subprocess on loopback, with a token."""
 
-    def __init__(self, db: Path) -> None:
+    def __init__(self, db: Path, *args: str, scheme: str = "http") -> None:
         self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
         env = {**os.environ, "EDGEKIT_SERVE_TOKEN": TOKEN, "PYTHONPATH": str(ROOT)}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edgekit", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-             "--db", str(db)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             "--db", str(db), *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -227,3 +237,52 @@ def test_server_killed_mid_upload_keeps_what_it_acknowledged(tmp_path):
         assert _get(f"{server.url}/api/status", token=None)[0] == 401
     finally:
         server.stop()
+
+
+def test_https_with_a_given_certificate(tmp_path):
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is not installed (needed to make a test certificate)")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    server = Server(tmp_path / "screening.sqlite", "--cert", str(cert), "--key", str(key), scheme="https")
+    try:
+        assert _get(f"{server.url}/api/status")[0] == 200
+        assert _get(f"{server.url}/api/status", token=None)[0] == 401
+        opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=_unverified()),
+                                             _NoRedirect())
+        with pytest.raises(urllib.error.HTTPError) as redirect:
+            opener.open(f"{server.url}/?token={TOKEN}", timeout=10)
+        assert redirect.value.code == 303
+        cookie = redirect.value.headers["set-cookie"]
+        assert "Secure" in cookie and "HttpOnly" in cookie
+    finally:
+        log = server.stop()
+    assert "https://127.0.0.1" in log
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+def test_serve_refuses_bad_options_in_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from edgekit.cli import main
+
+    pem = tmp_path / "cert.pem"
+    pem.write_text("not a certificate")
+    runner = CliRunner()
+    r = runner.invoke(main, ["serve", "--cert", str(pem)])
+    assert r.exit_code == 2 and "needs both --cert and --key" in r.output
+    r = runner.invoke(main, ["serve", "--cert", str(pem), "--key", str(pem)])
+    assert r.exit_code == 2 and "cannot use --cert" in r.output and "Traceback" not in r.output
+    with socket.socket() as s:  # a port already taken
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        r = runner.invoke(main, ["serve", "--port", str(s.getsockname()[1]), "--db", str(tmp_path / "db")])
+    assert r.exit_code == 2 and "cannot listen on 127.0.0.1" in r.output
+    r = runner.invoke(main, ["serve", "--host", "0.0.0.0"], env={"EDGEKIT_SERVE_TOKEN": "short"})
+    assert r.exit_code == 2 and "too short" in r.output
