@@ -304,3 +304,21 @@ def test_two_phones_on_one_patient_share_the_session_without_double_counting(sta
     ra, rb, records = asyncio.run(two_phones())
     assert sorted([ra["new"], rb["new"]]) == [0, 1] and sorted([ra["already"], rb["already"]]) == [0, 1]
     assert len(records) == 1
+
+
+def test_slow_upload_is_refused_and_frees_its_slot(station):
+    async def slow():
+        yield _crop_bytes(3)[:100]
+        await asyncio.sleep(1.0)
+        yield _crop_bytes(3)[100:]
+
+    async def run():
+        async with _async_client(station, token=TOKEN, upload_seconds=0.3) as client:
+            sid = (await client.post("/api/sessions", json={"patient": "slow"})).json()["session"]["id"]
+            r = await client.post(f"/api/sessions/{sid}/images", params={"kind": "crop"}, content=slow(),
+                                  headers={"Content-Type": "image/png"})
+            return r, (await client.get(f"/api/sessions/{sid}")).json()["records"]
+
+    r, records = asyncio.run(run())
+    assert r.status_code == 408 and "longer than" in r.json()["detail"]
+    assert records == [] and station.pending == 0

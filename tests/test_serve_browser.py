@@ -214,12 +214,19 @@ def test_server_killed_mid_upload_keeps_what_it_acknowledged(tmp_path):
         sid = opened["session"]["id"]
         crop_url = f"{server.url}/api/sessions/{sid}/images?kind=crop"
         assert _post(crop_url, CROP.read_bytes(), "image/webp")["recorded"]["new"] == 1  # acknowledged
-        # a second upload, cut off half way by the server's death
         data = FIELDS[0].read_bytes()
+        head = (f"POST /api/sessions/{sid}/images?kind=field HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Authorization: Bearer {TOKEN}\r\nContent-Type: image/jpeg\r\n"
+                f"Content-Length: {len(data)}\r\n\r\n").encode()
+        # a phone that drops off the network half way through an upload
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
-            s.sendall((f"POST /api/sessions/{sid}/images?kind=field HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                       f"Authorization: Bearer {TOKEN}\r\nContent-Type: image/jpeg\r\n"
-                       f"Content-Length: {len(data)}\r\n\r\n").encode() + data[: len(data) // 2])
+            s.sendall(head + data[: len(data) // 2])
+        time.sleep(0.5)
+        status, detail = _get(f"{server.url}/api/sessions/{sid}")
+        assert status == 200 and len(detail["records"]) == 1
+        # an upload cut off half way by the server's death
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            s.sendall(head + data[: len(data) // 2])
             time.sleep(0.5)
             server.proc.kill()
             server.proc.wait(10)

@@ -28,6 +28,7 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
 from edgekit import __version__
 from edgekit.device.serve.station import ServeError, Station
@@ -49,6 +50,7 @@ class ServeConfig:
     token: str | None = None  # None: no token (loopback only)
     max_bytes: int = 20 * 1024 * 1024  # per upload
     max_pending: int = 8  # uploads received or waiting at once; more get 429
+    upload_seconds: float = 120.0  # a slower upload holds a slot too long: refused (408)
     secure_cookie: bool = False  # True under HTTPS
 
 
@@ -90,7 +92,8 @@ def _given_token(request: Request) -> str | None:
     return request.cookies.get(COOKIE) or request.query_params.get("token")
 
 
-async def _read_upload(request: Request, limit: int, name: str | None) -> tuple[str | None, bytes]:
+async def _read_upload(request: Request, limit: int, name: str | None, seconds: float,
+                       ) -> tuple[str | None, bytes]:
     """The uploaded file's name and bytes: a raw body (``Content-Type: image/...``) or the one file
     of a multipart form. Refused with 413 as soon as it grows past ``limit``."""
     too_big = ServeError(413, f"upload larger than {limit / 1e6:.0f} MB; send a smaller image")
@@ -98,10 +101,19 @@ async def _read_upload(request: Request, limit: int, name: str | None) -> tuple[
     if length.isdigit() and int(length) > limit + MULTIPART_SLACK:
         raise too_big
     buf = bytearray()
-    async for chunk in request.stream():
-        buf += chunk
-        if len(buf) > limit + MULTIPART_SLACK:
-            raise too_big
+
+    async def receive() -> None:
+        async for chunk in request.stream():
+            buf.extend(chunk)
+            if len(buf) > limit + MULTIPART_SLACK:
+                raise too_big
+
+    try:
+        await asyncio.wait_for(receive(), seconds)
+    except asyncio.TimeoutError as exc:
+        raise ServeError(408, f"upload took longer than {seconds:.0f} s; send it again") from exc
+    except ClientDisconnect as exc:
+        raise ServeError(400, "the upload was cut off before its end; nothing was recorded") from exc
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         async def once():
             yield bytes(buf)
@@ -202,9 +214,10 @@ def create_app(station: Station, config: ServeConfig) -> FastAPI:
     async def open_session(body: SessionIn) -> dict[str, Any]:
         return await run(station.open_session, body.patient, body.site, body.operator)
 
-    @app.get("/api/sessions", summary="All sessions with their patient summaries, newest first")
-    async def sessions() -> list[dict[str, Any]]:
-        return await run(station.sessions)
+    @app.get("/api/sessions", summary="Sessions with their patient summaries, newest first")
+    async def sessions(limit: int = Query(50, ge=1, le=10_000, description="At most this many")
+                       ) -> list[dict[str, Any]]:
+        return await run(station.sessions, limit)
 
     @app.get("/api/sessions/{session_id}", summary="One session: summary and records")
     async def session(session_id: int) -> dict[str, Any]:
@@ -228,7 +241,7 @@ def create_app(station: Station, config: ServeConfig) -> FastAPI:
             raise ServeError(429, f"busy: {station.pending} uploads are being processed; retry in a moment")
         station.pending += 1
         try:
-            name, data = await _read_upload(request, config.max_bytes, name)
+            name, data = await _read_upload(request, config.max_bytes, name, config.upload_seconds)
             return await run(station.add_image, session_id, kind, name, data)
         finally:
             station.pending -= 1

@@ -87,13 +87,20 @@ class Station:
                              "negative_fraction": rule.negative_fraction, "stop_cells": rule.stop_cells},
         }
 
-    def _session(self, session_id: int) -> Session:
-        from edgekit.device.records import RecordsError
+    def _sessions(self) -> list[Session]:
+        """Every session, newest first (by id only: a patient id may look like a number)."""
+        from dataclasses import fields
 
-        try:
-            return self.store.find_session(str(int(session_id)))
-        except RecordsError as exc:
-            raise ServeError(404, f"no session {session_id}") from exc
+        from edgekit.device.records import Session
+
+        names = [f.name for f in fields(Session)]
+        return [Session(**{k: row[k] for k in names}) for row in self.store.sessions()]
+
+    def _session(self, session_id: int) -> Session:
+        found = next((s for s in self._sessions() if s.id == int(session_id)), None)
+        if found is None:
+            raise ServeError(404, f"no session {session_id}")
+        return found
 
     def _summary(self, session: Session) -> dict[str, Any]:
         """What ``edgekit sessions show`` says: the session's own bundle's patient rule and cutoff."""
@@ -108,13 +115,9 @@ class Station:
                                           clf.fmt, str(clf.bundle_dir))
         return {"session": vars(session), "summary": self._summary(session)}
 
-    def sessions(self) -> list[dict[str, Any]]:
-        """Every session in the database, newest first, with its patient summary."""
-        out = []
-        for row in self.store.sessions():
-            session = self._session(row["id"])
-            out.append({"session": vars(session), "summary": self._summary(session)})
-        return out
+    def sessions(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """The sessions in the database, newest first (at most ``limit``), with their summaries."""
+        return [{"session": vars(s), "summary": self._summary(s)} for s in self._sessions()[:limit]]
 
     def session(self, session_id: int) -> dict[str, Any]:
         """One session: its summary and its records (newest last)."""
@@ -130,8 +133,7 @@ class Station:
 
         from edgekit.device.commands import EXPORT_COLUMNS
 
-        chosen = [self._session(session_id)] if session_id is not None else [
-            self._session(r["id"]) for r in self.store.sessions()]
+        chosen = [self._session(session_id)] if session_id is not None else self._sessions()
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=EXPORT_COLUMNS, extrasaction="ignore", lineterminator="\n")
         w.writeheader()
