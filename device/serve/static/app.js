@@ -67,6 +67,11 @@ function renderSummary(s) {
       el("dt", {}, "Uncertain"), el("dd", { class: "s-uncertain" }, String(s.uncertain)),
       el("dt", {}, "Not counted"), el("dd", {}, `${s.rejected} rejected, ${s.failed} failed`)),
     el("p", { class: s.stop_reached ? "good" : "" }, stop));
+  // the domain guard's verdict on the session's cells, when the station gives one
+  if (s.domain && !s.domain.ok) {
+    box.prepend(el("p", { class: "warn domain", "data-ok": "false" },
+                   `NOT VALIDATED for this microscope: ${s.domain.why || ""}`));
+  }
 }
 
 function domainLine(d) {
