@@ -322,3 +322,15 @@ def test_slow_upload_is_refused_and_frees_its_slot(station):
     r, records = asyncio.run(run())
     assert r.status_code == 408 and "longer than" in r.json()["detail"]
     assert records == [] and station.pending == 0
+
+
+def test_serve_command_is_light_until_it_runs():
+    import subprocess
+    import sys
+
+    code = ("import json, sys; import edgekit.device.serve.commands;"
+            " print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    loaded = set(json.loads(proc.stdout))
+    assert not loaded & {"fastapi", "uvicorn", "starlette", "cv2", "ai_edge_litert", "onnxruntime"}
