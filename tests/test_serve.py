@@ -334,3 +334,15 @@ def test_serve_command_is_light_until_it_runs():
     assert proc.returncode == 0, proc.stderr
     loaded = set(json.loads(proc.stdout))
     assert not loaded & {"fastapi", "uvicorn", "starlette", "cv2", "ai_edge_litert", "onnxruntime"}
+
+
+def test_a_session_without_a_stored_decision_is_listed_but_not_decided(station):
+    client = _client(station, token=TOKEN)
+    old = station.submit(station.store.open_session, "P-old", "0" * 64).result()  # as an older edgekit did
+    sessions = {s["session"]["id"]: s for s in client.get("/api/sessions", headers=AUTH).json()}
+    assert sessions[old.id]["summary"] is None and sessions[old.id]["session"]["decision"] is None
+    sid = _session(client)
+    assert sessions.get(sid) is None
+    fresh = client.get(f"/api/sessions/{sid}", headers=AUTH).json()
+    assert fresh["session"]["decision"] == station.classifier.manifest.decision.to_dict()
+    assert fresh["summary"]["decision"] == "refer"  # no cells yet

@@ -12,6 +12,7 @@ own crops), so the page, the command line and the database agree. A crop goes th
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import tempfile
 from collections.abc import Callable
@@ -76,15 +77,12 @@ class Station:
     # ------------------------------------------------------------------ read side
 
     def info(self) -> dict[str, Any]:
-        """The model and its decision rules, for the page's header."""
-        m, clf = self.classifier.manifest, self.classifier
-        rule = m.patient_rule
+        """The model and the Decision it screens with, for the page's header."""
+        clf = self.classifier
         return {
             "model": {"format": clf.fmt, "sha256": clf.model_sha256, "bundle": str(clf.bundle_dir),
-                      "labels": list(m.labels), "positive_label": m.positive_label},
-            "cutoff": m.thresholds.cutoff,
-            "patient_rule": {"positive_fraction": rule.positive_fraction,
-                             "negative_fraction": rule.negative_fraction, "stop_cells": rule.stop_cells},
+                      "labels": list(clf.manifest.labels)},
+            "decision": clf.manifest.decision.to_dict(),
         }
 
     def _sessions(self) -> list[Session]:
@@ -102,28 +100,36 @@ class Station:
             raise ServeError(404, f"no session {session_id}")
         return found
 
-    def _summary(self, session: Session) -> dict[str, Any]:
-        """What ``edgekit sessions show`` says: the session's own bundle's patient rule and cutoff."""
+    def _summary(self, session: Session) -> dict[str, Any] | None:
+        """What ``edgekit sessions show`` says, with the Decision stored with the session; None for
+        a session recorded before decisions were stored."""
         from edgekit.device.commands import _summary
 
-        return _summary(self.store, session).to_dict()
+        summary = _summary(self.store, session)
+        return None if summary is None else summary.to_dict()
+
+    @staticmethod
+    def _public(session: Session) -> dict[str, Any]:
+        d = dict(vars(session))
+        d["decision"] = json.loads(session.decision) if session.decision else None
+        return d
 
     def open_session(self, patient: str, site: str | None, operator: str | None) -> dict[str, Any]:
         """The patient's session with this model, created or resumed (two phones share it)."""
         clf = self.classifier
         session = self.store.open_session(patient.strip(), clf.model_sha256, site or None, operator or None,
-                                          clf.fmt, str(clf.bundle_dir))
-        return {"session": vars(session), "summary": self._summary(session)}
+                                          clf.fmt, str(clf.bundle_dir), clf.manifest.decision)
+        return {"session": self._public(session), "summary": self._summary(session)}
 
     def sessions(self, limit: int | None = None) -> list[dict[str, Any]]:
         """The sessions in the database, newest first (at most ``limit``), with their summaries."""
-        return [{"session": vars(s), "summary": self._summary(s)} for s in self._sessions()[:limit]]
+        return [{"session": self._public(s), "summary": self._summary(s)} for s in self._sessions()[:limit]]
 
     def session(self, session_id: int) -> dict[str, Any]:
         """One session: its summary and its records (newest last)."""
         session = self._session(session_id)
         records = [{k: r[k] for k in RECORD_KEYS} for r in self.store.records(session.id)]
-        return {"session": vars(session), "summary": self._summary(session), "records": records}
+        return {"session": self._public(session), "summary": self._summary(session), "records": records}
 
     def export_csv(self, session_id: int | None) -> str:
         """The records of one session (or all) with the columns of ``edgekit sessions export``."""
@@ -174,12 +180,12 @@ class Station:
                 raise ServeError(415, f"{name or 'upload'}: not a usable image ({exc})") from exc
             except MemoryError as exc:
                 raise ServeError(413, f"{name or 'upload'}: too large to decode on this device") from exc
-        stop = self.classifier.manifest.patient_rule.stop_cells
+        stop = self.classifier.manifest.decision.rule.stop_cells
         if kind == "field":
             out = self._add_field(session, shown, sha, rgb, stop)
         else:
             out = self._add_crop(session, shown, sha, rgb, stop)
-        out.update(kind=kind, name=shown, sha256=sha, session=vars(self._session(session.id)),
+        out.update(kind=kind, name=shown, sha256=sha, session=self._public(self._session(session.id)),
                    summary=self._summary(session))
         return out
 

@@ -48,6 +48,11 @@ async function api(path, opts) {
 
 function renderSummary(s) {
   const box = $("#summary");
+  if (!s) {
+    box.replaceChildren(el("p", { class: "warn" }, "This session was recorded by an older edgekit without its " +
+                                  "decision rule: it cannot be decided here. Rescreen it with its model."));
+    return;
+  }
   const names = { positive: "POSITIVE", negative: "NEGATIVE", refer: "REFER" };
   const explain = {
     positive: "parasitized cells at or above the patient rule's fraction",
@@ -181,8 +186,8 @@ async function loadSessions() {
   const body = $("#sessions tbody");
   body.replaceChildren(...rows.map(({ session, summary }) => el("tr", {},
     el("td", {}, session.patient, el("br"), el("span", { class: "small" }, `${session.site || "-"} · #${session.id}`)),
-    el("td", {}, String(summary.crops)),
-    el("td", {}, el("span", { class: summary.decision }, summary.decision)),
+    el("td", {}, summary ? String(summary.crops) : "-"),
+    el("td", {}, summary ? el("span", { class: summary.decision }, summary.decision) : "no rule"),
     el("td", {},
       el("button", { type: "button", onclick: () => openSession(session.id) }, "Open"),
       el("a", { class: "button", href: `api/export.csv?session=${session.id}`, download: "" }, "CSV")))));
