@@ -168,7 +168,7 @@ async function upload(files, kind) {
                                headers: { "Content-Type": file.type || "application/octet-stream" } });
       } catch (err) {
         if (err.status === 429 && attempt < 5) { await new Promise((r) => setTimeout(r, 1000 * (attempt + 1))); continue; }
-        say(`${file.name}: ${err.message}`);
+        say(err.message.startsWith(file.name) ? err.message : `${file.name}: ${err.message}`);
         break;
       }
     }
