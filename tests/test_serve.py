@@ -346,3 +346,22 @@ def test_a_session_without_a_stored_decision_is_listed_but_not_decided(station):
     fresh = client.get(f"/api/sessions/{sid}", headers=AUTH).json()
     assert fresh["session"]["decision"] == station.classifier.manifest.decision.to_dict()
     assert fresh["summary"]["decision"] == "refer"  # no cells yet
+
+
+def test_a_field_cut_off_half_way_is_completed_by_sending_it_again(station):
+    """A crash in the middle of a field leaves some of its cells recorded; sending the photo again
+    records the rest, and none twice."""
+    import cv2
+
+    from edgekit.device.field import analyze_field, cell_id, crop_cell
+
+    client = _client(station, token=TOKEN)
+    sid = _session(client)
+    rgb = cv2.imread(str(FIELD))[:, :, ::-1].copy()
+    cells = analyze_field(rgb, station.classifier).cells
+    session = station.submit(station._session, sid).result()
+    first = [(cell_id("x.jpg", c.id), None, crop_cell(rgb, c)) for c in cells[:3]]
+    assert station.submit(station._record, session, first, "field", 0).result()["new"] == 3
+    out = _upload(client, sid, FIELD.read_bytes(), "field").json()
+    assert out["recorded"] == {"new": len(cells) - 3, "already": 3, "after_stop": 0}
+    assert len(client.get(f"/api/sessions/{sid}", headers=AUTH).json()["records"]) == len(cells)
