@@ -346,6 +346,8 @@ def test_a_session_without_a_stored_decision_is_listed_but_not_decided(station):
     fresh = client.get(f"/api/sessions/{sid}", headers=AUTH).json()
     assert fresh["session"]["decision"] == station.classifier.manifest.decision.to_dict()
     assert fresh["summary"]["decision"] == "refer"  # no cells yet
+    brief = client.get(f"/api/sessions/{sid}", params={"records": "false"}, headers=AUTH).json()
+    assert "records" not in brief and brief["summary"] == fresh["summary"]
 
 
 def test_a_field_cut_off_half_way_is_completed_by_sending_it_again(station):

@@ -220,8 +220,9 @@ def create_app(station: Station, config: ServeConfig) -> FastAPI:
         return await run(station.sessions, limit)
 
     @app.get("/api/sessions/{session_id}", summary="One session: summary and records")
-    async def session(session_id: int) -> dict[str, Any]:
-        return await run(station.session, session_id)
+    async def session(session_id: int, records: bool = Query(True, description="Include the records")
+                      ) -> dict[str, Any]:
+        return await run(station.session, session_id, records)
 
     upload_body = {"requestBody": {"required": True, "content": {
         "image/*": {"schema": {"type": "string", "format": "binary"}},

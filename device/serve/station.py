@@ -125,11 +125,13 @@ class Station:
         """The sessions in the database, newest first (at most ``limit``), with their summaries."""
         return [{"session": self._public(s), "summary": self._summary(s)} for s in self._sessions()[:limit]]
 
-    def session(self, session_id: int) -> dict[str, Any]:
-        """One session: its summary and its records (newest last)."""
+    def session(self, session_id: int, with_records: bool = True) -> dict[str, Any]:
+        """One session: its summary and (unless not wanted) its records, oldest first."""
         session = self._session(session_id)
-        records = [{k: r[k] for k in RECORD_KEYS} for r in self.store.records(session.id)]
-        return {"session": self._public(session), "summary": self._summary(session), "records": records}
+        out = {"session": self._public(session), "summary": self._summary(session)}
+        if with_records:
+            out["records"] = [{k: r[k] for k in RECORD_KEYS} for r in self.store.records(session.id)]
+        return out
 
     def export_csv(self, session_id: int | None) -> str:
         """The records of one session (or all) with the columns of ``edgekit sessions export``."""

@@ -3,7 +3,8 @@
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
-const state = { info: null, session: null };
+const state = { info: null, session: null, busy: false };
+const REFRESH_MS = 15000;  // another phone may be screening the same patient
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -148,8 +149,21 @@ function showSession(data) {
   $("#screen").hidden = false;
 }
 
+async function refreshSummary() {
+  if (!state.session || state.busy || document.hidden) return;
+  try {
+    const data = await api(`api/sessions/${state.session.id}?records=false`);
+    if (state.session && data.session.id === state.session.id) renderSummary(data.summary);
+  } catch (err) { /* the next upload or refresh says what is wrong */ }
+}
+
 async function upload(files, kind) {
   if (!state.session) { say("Start a patient session first."); return; }
+  state.busy = true;
+  try { await uploadAll(files, kind); } finally { state.busy = false; }
+}
+
+async function uploadAll(files, kind) {
   const max = state.info ? state.info.max_upload_bytes : Infinity;
   let i = 0;
   say("");
@@ -238,6 +252,7 @@ async function init() {
     $("#start").hidden = false;
   });
   $("#refresh").addEventListener("click", loadSessions);
+  setInterval(refreshSummary, REFRESH_MS);
   await loadSessions();
   const last = sessionStorage.getItem("edgekit-session");
   if (last) await openSession(last);
