@@ -60,6 +60,7 @@ function renderSummary(s) {
     negative: "the upper 95% bound is below the patient rule's fraction",
     refer: "not decided: keep screening, or refer to microscopy",
   };
+  if (s.domain && !s.domain.ok) explain.refer = "the cells are unlike the model's: check by microscopy";
   const left = Math.max(0, s.stop_cells - s.crops);
   const stop = s.stop_reached
     ? "Stop rule reached: enough cells for this patient."
@@ -82,10 +83,9 @@ function renderSummary(s) {
 
 function domainLine(d) {
   if (!d) return null;
-  const score = typeof d.score === "number" ? d.score.toFixed(2) : d.score;
-  if (d.ok) return el("p", { class: "good domain", "data-ok": "true" }, `Looks like the model's slides (score ${score}).`);
+  if (d.ok) return el("p", { class: "good domain", "data-ok": "true" }, "Cells look like the model's training cells.");
   return el("p", { class: "warn domain", "data-ok": "false" },
-            `Unlike the slides the model knows (score ${score}): ${d.why || ""}. Do not trust these numbers; check by microscopy.`);
+            `NOT VALIDATED: ${d.why || "cells unlike the model's training cells"}. Check this field by microscopy.`);
 }
 
 function recordedLine(r) {
