@@ -32,7 +32,7 @@ from starlette.requests import ClientDisconnect
 
 from edgekit import __version__
 from edgekit.device.serve.station import ServeError, Station
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, RecordsError
 
 STATIC = Path(__file__).resolve().parent / "static"
 COOKIE = "edgekit_token"
@@ -149,8 +149,6 @@ def create_app(station: Station, config: ServeConfig) -> FastAPI:
 
     @app.exception_handler(EdgekitError)
     async def _edgekit_error(_: Request, exc: EdgekitError) -> JSONResponse:
-        from edgekit.device.records import RecordsError
-
         return _json_error(503 if isinstance(exc, RecordsError) else 400, str(exc))
 
     @app.exception_handler(RequestValidationError)
