@@ -120,7 +120,15 @@ def classify(ctx: click.Context, paths: tuple[str, ...], bundle: Path | None, mo
 
     Exits 1 when any input could not be read (the batch still runs to the end).
     """
-    from edgekit.device.pipeline import Outcome, Progress, Tally, classify_one, expand_inputs, missing_reason
+    from edgekit.device.pipeline import (
+        BATCH_SIZE,
+        Outcome,
+        Progress,
+        Tally,
+        classify_batch,
+        expand_inputs,
+        missing_reason,
+    )
     from edgekit.device.quality import DEFAULT_GATES
 
     classifier = _load(bundle, model_format, threads)
@@ -129,15 +137,18 @@ def classify(ctx: click.Context, paths: tuple[str, ...], bundle: Path | None, mo
     bar = Progress(len(items), Progress.wanted(bool(progress)) if progress is not False else False)
     tally = Tally()
     gates = DEFAULT_GATES if quality else None
-    for shown, path in items:
-        if path is None:
-            out = Outcome(shown, "failed", reason=missing_reason(shown))
-        else:
-            out = classify_one(shown, path, classifier, gates)
-        tally.add(out.status)
-        bar.clear()
-        writer.write(_row(out, classifier))
-        bar.update()
+    # the first image alone, so its result shows at once; then batches (one inference call each)
+    starts = [0, *range(1, len(items), BATCH_SIZE)] if items else []
+    for a, b in zip(starts, [*starts[1:], len(items)], strict=True):
+        chunk = items[a:b]
+        found = classify_batch([(s, p, None) for s, p in chunk if p is not None], classifier, gates)
+        it = iter(found)
+        for shown, path in chunk:
+            out = Outcome(shown, "failed", reason=missing_reason(shown)) if path is None else next(it)
+            tally.add(out.status)
+            bar.clear()
+            writer.write(_row(out, classifier))
+            bar.update()
     bar.close()
     click.echo(tally.line(), err=True)
     if tally.counts["failed"]:
