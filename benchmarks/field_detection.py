@@ -71,24 +71,63 @@ def match(pred: list[tuple[int, ...]], gt: list[tuple[int, ...]], thr: float = I
     return tp
 
 
+def load_iml(annotations: Path) -> dict[str, tuple[list[tuple[int, ...]], list[tuple[int, ...]]]]:
+    """IML_Malaria annotations.json -> {image stem: (cell boxes, "difficult" boxes)}, boxes as
+    (xmin, ymin, xmax, ymax) with max exclusive. Every non-difficult box (red cells and the four
+    parasite stages, each an infected red cell) is a cell to find."""
+    out: dict[str, tuple[list[tuple[int, ...]], list[tuple[int, ...]]]] = {}
+    for item in json.loads(annotations.read_text()):
+        cells: list[tuple[int, ...]] = []
+        difficult: list[tuple[int, ...]] = []
+        for obj in item.get("objects", []):
+            b = obj["bbox"]
+            x, y, w, h = (int(float(b[k])) for k in ("x", "y", "w", "h"))
+            (difficult if obj.get("type") == "difficult" else cells).append((x, y, x + w, y + h))
+        out[Path(item["image_name"]).stem] = (cells, difficult)
+    return out
+
+
 def evaluate(data: Path, names: list[str], params: Any = None) -> list[dict[str, Any]]:
-    """Per-field detection numbers for the named fields (stems of JPEGImages/*.jpg)."""
+    """Per-field detection numbers for the named BCCD fields (stems of JPEGImages/*.jpg)."""
+    fields = []
+    for name in names:
+        xml = data / "Annotations" / f"{name}.xml"
+        gt = load_voc(xml)
+        fields.append((name, data / "JPEGImages" / f"{name}.jpg", gt, gt + load_voc(xml, "WBC")
+                       + load_voc(xml, "Platelets"), []))
+    return evaluate_fields(fields, params)
+
+
+def evaluate_iml(data: Path, names: list[str] | None = None, params: Any = None) -> list[dict[str, Any]]:
+    """Per-field detection numbers for IML fields (all annotated fields, or the named stems).
+    A found cell matching a "difficult" box counts neither way."""
+    labels = load_iml(data / "annotations.json")
+    images = {p.stem: p for p in (data / "images").iterdir()}
+    names = sorted(n for n in labels if n in images) if names is None else names
+    return evaluate_fields([(n, images[n], labels[n][0], labels[n][0] + labels[n][1], labels[n][1])
+                            for n in names], params)
+
+
+def evaluate_fields(
+    fields: list[tuple[str, Path, list, list, list]], params: Any = None
+) -> list[dict[str, Any]]:
+    """Per-field numbers for (name, image, cell boxes, every labelled box, boxes to ignore)."""
     from edgekit.device.field import count_cells
     from edgekit.device.preprocess import read_image
 
     rows = []
-    for name in names:
-        rgb = read_image(data / "JPEGImages" / f"{name}.jpg")
-        xml = data / "Annotations" / f"{name}.xml"
-        gt = load_voc(xml)
+    for name, image, gt, anything, ignore in fields:
+        rgb = read_image(image)
         t0 = time.perf_counter()
         cells, radius, reason = count_cells(rgb, params)  # exactly what `edgekit field` counts
         seconds = time.perf_counter() - t0
         boxes = [c.box for c in cells]
+        if ignore and boxes:
+            hard = iou_matrix(boxes, ignore).max(axis=1) >= IOU
+            boxes = [b for b, m in zip(boxes, hard, strict=True) if not m]
         # found cells overlapping no labelled object at all: mostly real but unlabelled cells
-        anything = gt + load_voc(xml, "WBC") + load_voc(xml, "Platelets")
         unlabelled = int((iou_matrix(boxes, anything).max(axis=1, initial=0.0) < 0.1).sum()) if boxes else 0
-        rows.append({"field": name, "found": len(cells), "labelled": len(gt), "matched": match(boxes, gt),
+        rows.append({"field": name, "found": len(boxes), "labelled": len(gt), "matched": match(boxes, gt),
                      "off_labels": unlabelled, "radius": round(radius, 1), "rejected": reason,
                      "segment_ms": round(1000 * seconds, 1)})
     return rows

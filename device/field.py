@@ -489,7 +489,7 @@ def field_quality(rgb: np.ndarray) -> str | None:
     small = rgb if max(h, w) <= 1024 else cv2.resize(rgb, None, fx=1024 / max(h, w), fy=1024 / max(h, w),
                                                      interpolation=cv2.INTER_AREA)
     gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
-    if (small.min(axis=2) >= 250).mean() > 0.5:
+    if cv2.countNonZero(cv2.inRange(small, (250, 250, 250), (255, 255, 255))) > 0.5 * gray.size:
         return "overexposed (more than half the field is saturated white)"
     if float(gray.mean()) < 40:
         return "too dark (underexposed or no light)"
