@@ -128,6 +128,7 @@ def classify(ctx: click.Context, paths: tuple[str, ...], bundle: Path | None, mo
         classify_batch,
         expand_inputs,
         missing_reason,
+        workers,
     )
     from edgekit.device.quality import DEFAULT_GATES
 
@@ -137,11 +138,13 @@ def classify(ctx: click.Context, paths: tuple[str, ...], bundle: Path | None, mo
     bar = Progress(len(items), Progress.wanted(bool(progress)) if progress is not False else False)
     tally = Tally()
     gates = DEFAULT_GATES if quality else None
+    n_workers = workers(threads)
     # the first image alone, so its result shows at once; then batches (one inference call each)
     starts = [0, *range(1, len(items), BATCH_SIZE)] if items else []
     for a, b in zip(starts, [*starts[1:], len(items)], strict=True):
         chunk = items[a:b]
-        found = classify_batch([(s, p, None) for s, p in chunk if p is not None], classifier, gates)
+        todo = [(s, p, None) for s, p in chunk if p is not None]
+        found = classify_batch(todo, classifier, gates, n_workers)
         it = iter(found)
         for shown, path in chunk:
             out = Outcome(shown, "failed", reason=missing_reason(shown)) if path is None else next(it)
@@ -210,7 +213,7 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
     skips what is already recorded.
     """
     from edgekit.device.camera import center_square, frames
-    from edgekit.device.pipeline import Progress, expand_inputs
+    from edgekit.device.pipeline import Progress, expand_inputs, workers
     from edgekit.device.quality import DEFAULT_GATES
     from edgekit.device.records import RecordStore, default_db_path
     from edgekit.device.screening import field_crops, path_crops, record_crops, summarize
@@ -232,7 +235,7 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
         else:
             items = list(expand_inputs(paths))
             if fields:  # the number of cells is unknown until each field is segmented
-                crops, total, kind = field_crops(items), None, "field"
+                crops, total, kind = field_crops(items, workers(threads)), None, "field"
             else:
                 crops, total, kind = path_crops(items), len(items), "file"
         bar = Progress(total, Progress.wanted(bool(progress)) if progress is not False else False)
@@ -245,7 +248,7 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
 
         try:
             tally = record_crops(store, session, crops, classifier, DEFAULT_GATES if quality else None, stop,
-                                 kind, report)
+                                 kind, report, n_workers=workers(threads))
         except KeyboardInterrupt:
             bar.close()
             click.echo("interrupted: everything classified so far is recorded", err=True)

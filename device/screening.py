@@ -23,6 +23,7 @@ from edgekit.device.pipeline import (
     classify_batch,
     file_hash,
     missing_reason,
+    prefetch,
 )
 from edgekit.device.quality import DEFAULT_GATES, QualityGates
 from edgekit.errors import ImageError
@@ -113,24 +114,28 @@ def path_crops(paths: Iterable[tuple[str, Path | None]]) -> Iterable[Crop]:
         yield shown, None, path if path is not None else shown
 
 
-def field_crops(paths: Iterable[tuple[str, Path | None]]) -> Iterable[Crop]:
-    """Every red cell cut from whole microscope fields (``edgekit.device.field``), as crops.
+def field_crops(paths: Iterable[tuple[str, Path | None]], n_workers: int = 1) -> Iterable[Crop]:
+    """Every red cell cut from whole microscope fields (``edgekit.device.field``), as crops; up to
+    ``n_workers`` fields are decoded and segmented ahead, in threads.
 
     A field that cannot be used (unreadable, no cells, blurred, over-exposed...) yields one item whose
     image is the :class:`ImageError`, so it is recorded as rejected with its reason."""
+    for cells in prefetch(_field_cells, paths, n_workers):
+        yield from cells
+
+
+def _field_cells(item: tuple[str, Path | None]) -> list[Crop]:
     from edgekit.device.field import iter_field_crops
 
-    for shown, path in paths:
-        if path is None:
-            yield shown, None, ImageError(missing_reason(shown))
-            continue
-        try:
-            cells = list(iter_field_crops(path))
-        except ImageError as exc:
-            yield shown, file_hash(path), ImageError(str(exc).removeprefix(f"{path.name}: "))
-            continue
-        # each cell's hash is of its own pixels: a field screened twice is skipped cell by cell
-        yield from ((cell_id, None, crop) for cell_id, crop in cells)
+    shown, path = item
+    if path is None:
+        return [(shown, None, ImageError(missing_reason(shown)))]
+    try:
+        cells = list(iter_field_crops(path))
+    except ImageError as exc:
+        return [(shown, file_hash(path), ImageError(str(exc).removeprefix(f"{path.name}: ")))]
+    # each cell's hash is of its own pixels: a field screened twice is skipped cell by cell
+    return [(cell_id, array_hash(crop), crop) for cell_id, crop in cells]
 
 
 def record_crops(
@@ -143,12 +148,13 @@ def record_crops(
     source_kind: str = "file",
     on_outcome: Callable[[Outcome], None] | None = None,
     batch_size: int = BATCH_SIZE,
+    n_workers: int = 1,
 ) -> Tally:
     """Classify and commit each crop not yet recorded in ``session``; stop once the session holds
     ``stop_cells`` classified crops (0 or None: never). Crops go ``batch_size`` at a time through
     one inference call and one committed transaction, and are reported (``on_outcome``) only after
     their commit: a crash loses at most the batch in flight, nothing reported is lost, and a rerun
-    skips everything already recorded."""
+    skips everything already recorded. Decoding and quality gates run in ``n_workers`` threads."""
     done = store.recorded_hashes(session.id)
     counted = store.count_classified(session.id) if stop_cells else 0
     tally = Tally()
@@ -176,7 +182,8 @@ def record_crops(
             if key:
                 done.add(key)
             outs.append(out)
-        for (i, *_), out in zip(todo, classify_batch([t[1:] for t in todo], classifier, gates), strict=True):
+        found = classify_batch([t[1:] for t in todo], classifier, gates, n_workers)
+        for (i, *_), out in zip(todo, found, strict=True):
             outs[i] = out
         done_outs = [o for o in outs if o is not None]
         rows = [outcome_row(o, source_kind) for o in done_outs if o.status != "skipped" and o.content_hash]
