@@ -227,13 +227,22 @@ def find_cells(rgb: np.ndarray, params: FieldParams | None = None) -> list[CellB
     return _segment(rgb, params or FieldParams())[0]
 
 
-def _segment(rgb: np.ndarray, p: FieldParams) -> tuple[list[CellBox], float]:
+def working_copy(rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    """The field shrunk (area interpolation) so its longer side is at most ``max_side``, and the
+    scale; the field itself when it is small enough."""
+    H, W = rgb.shape[:2]
+    scale = min(1.0, max_side / max(H, W))
+    if scale == 1.0:
+        return rgb, 1.0
+    return _cv2().resize(rgb, (round(W * scale), round(H * scale)), interpolation=_cv2().INTER_AREA), scale
+
+
+def _segment(
+    rgb: np.ndarray, p: FieldParams, work: tuple[np.ndarray, float] | None = None
+) -> tuple[list[CellBox], float]:
     cv2 = _cv2()
     H, W = rgb.shape[:2]
-    scale = min(1.0, p.max_side / max(H, W))
-    work = rgb
-    if scale < 1.0:
-        work = cv2.resize(rgb, (round(W * scale), round(H * scale)), interpolation=cv2.INTER_AREA)
+    work, scale = work or working_copy(rgb, p.max_side)
     od = _optical_density(work, p.bg_percentile)
     density = _Density.of(od)
     fg = _foreground(density, p.threshold, p.min_od)
