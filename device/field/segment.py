@@ -20,9 +20,12 @@ def _odd(n: float) -> int:
 def _optical_density(rgb: np.ndarray, bg_percentile: float) -> np.ndarray:
     """Per-channel optical density against the estimated background colour (colour normalization:
     the result no longer depends on lamp colour or exposure)."""
-    f = rgb.astype(np.float32)
-    bg = np.percentile(f.reshape(-1, 3)[:: max(1, f.shape[0] * f.shape[1] // 100_000)], bg_percentile, axis=0)
-    return np.log(np.maximum(bg, 1.0) / np.maximum(f, 1.0)).clip(0.0, None)
+    step = max(1, rgb.shape[0] * rgb.shape[1] // 100_000)
+    bg = np.percentile(rgb.reshape(-1, 3)[::step].astype(np.float32), bg_percentile, axis=0)
+    # a 256-entry table per channel (the same float32 arithmetic, once per grey level, not per pixel)
+    levels = np.maximum(np.arange(256, dtype=np.float32), 1.0)[:, None]
+    lut = np.log(np.maximum(bg, 1.0).astype(np.float32) / levels).clip(0.0, None)
+    return _cv2().LUT(np.ascontiguousarray(rgb), np.ascontiguousarray(lut.reshape(256, 1, 3)))
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
