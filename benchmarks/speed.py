@@ -162,12 +162,16 @@ def latency(models: dict[str, tuple[Path, str]], crops: list[np.ndarray], rounds
 
 def _run(cmd: list[str], src: Path, first_line: bool = False) -> dict[str, Any]:
     """Run ``python -m edgekit ...`` with ``src`` first on the path: wall s (to exit, or to the
-    first stdout line), CPU s and peak RSS MB of the child."""
+    first stdout line), CPU s (user + system) and peak RSS MB of the command.
+
+    Peak RSS comes from GNU time when installed: a child's own ``ru_maxrss`` also counts the pages
+    of the parent it was forked from (this benchmark, with its models loaded)."""
     env = {**os.environ, "PYTHONPATH": str(src), "OPENCV_LOG_LEVEL": "OFF"}
-    with tempfile.TemporaryFile() as err:
+    with tempfile.TemporaryFile() as err, tempfile.NamedTemporaryFile("r") as rss:
+        wrap = ["/usr/bin/time", "-f", "%M", "-o", rss.name] if Path("/usr/bin/time").is_file() else []
         t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "edgekit", *cmd], stdout=subprocess.PIPE, stderr=err,
-                                env=env, cwd=src, text=True)
+        proc = subprocess.Popen([*wrap, sys.executable, "-m", "edgekit", *cmd], stdout=subprocess.PIPE,
+                                stderr=err, env=env, cwd=src, text=True)
         first = proc.stdout.readline() if first_line else ""
         t_first = time.perf_counter() - t0
         out = first + proc.stdout.read()
@@ -176,11 +180,13 @@ def _run(cmd: list[str], src: Path, first_line: bool = False) -> dict[str, Any]:
         proc.returncode = os.waitstatus_to_exitcode(status)
         err.seek(0)
         stderr = err.read().decode(errors="replace")
+        text = rss.read().strip().splitlines()
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd[:2])} failed ({proc.returncode}) with {src}:"
                          f" {stderr.strip()[-500:]}")
+    peak_kb = int(text[-1]) if text and text[-1].isdigit() else usage.ru_maxrss
     return {"wall_s": t_first if first_line else wall, "cpu_s": usage.ru_utime + usage.ru_stime,
-            "peak_rss_mb": usage.ru_maxrss / 1024, "stdout": out, "stderr": stderr}
+            "peak_rss_mb": peak_kb / 1024, "stdout": out, "stderr": stderr}
 
 
 def end_to_end(srcs: dict[str, tuple[Path, Path]], crops_dir: Path, fields: list[Path], rounds: int,
@@ -213,13 +219,19 @@ def end_to_end(srcs: dict[str, tuple[Path, Path]], crops_dir: Path, fields: list
                     if not run["stdout"].startswith("{"):
                         raise SystemExit(f"{name}: classify printed no result: {run['stdout'][:200]!r}")
                     res[name]["cold"].append(_keep(run))
+    return summarize_e2e(res)
+
+
+def summarize_e2e(res: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Medians of the per-run numbers (wall, CPU) and the peak RSS of each kind of run."""
     for d in res.values():
         for key in ("screen", "fields", "cold"):
             runs = d[key]
             d[f"{key}_wall_s"] = statistics.median(x["wall_s"] for x in runs)
             d[f"{key}_cpu_s"] = statistics.median(x["cpu_s"] for x in runs)
+            d[f"{key}_rss_mb"] = max(x["peak_rss_mb"] for x in runs)
         d["fields_cells"] = d["fields"][0]["cells"]
-        d["peak_rss_mb"] = max(x["peak_rss_mb"] for k in ("screen", "fields", "cold") for x in d[k])
+        d["peak_rss_mb"] = max(d[f"{k}_rss_mb"] for k in ("screen", "fields", "cold"))
     return res
 
 
@@ -248,14 +260,16 @@ def report(result: dict[str, Any]) -> str:
         lines += ["", "End to end (median of rounds; wall on a shared machine, CPU = user + system of the"
                   " process; x = speed-up against the first source):", "",
                   "| source | screen 1,000 crops wall s | CPU s | screen 8 IML fields (2 threads) wall s |"
-                  " CPU s | cells | cold start s | peak RSS MB |", "|---|---|---|---|---|---|---|---|"]
+                  " CPU s | cells | cold start s | CPU s | peak RSS MB: screen / fields / cold |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for name, d in e2e.items():
             def cell(key: str, d: dict[str, Any] = d) -> str:
                 x = base[key] / d[key] if d is not base else None
                 return f"{d[key]:.2f}" + (f" ({x:.1f}x)" if x else "")
             lines.append(f"| {name} | {cell('screen_wall_s')} | {cell('screen_cpu_s')} |"
                          f" {cell('fields_wall_s')} | {cell('fields_cpu_s')} | {d['fields_cells']} |"
-                         f" {cell('cold_wall_s')} | {d['peak_rss_mb']:.0f} |")
+                         f" {cell('cold_wall_s')} | {cell('cold_cpu_s')} | {d['screen_rss_mb']:.0f} /"
+                         f" {d['fields_rss_mb']:.0f} / {d['cold_rss_mb']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -277,11 +291,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--cache", type=Path, default=CACHE)
     ap.add_argument("--skip", default="", help="latency and/or e2e, comma-separated")
     ap.add_argument("--out", type=Path, default=None, help="JSON results (and a .md beside it).")
+    ap.add_argument("--report", type=Path, default=None, help="Only print the tables of a results JSON.")
     ap.add_argument("--make-seed", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.make_seed:
         make_seed_model(args.make_seed)
         return {}
+    if args.report:
+        result = json.loads(args.report.read_text())
+        summarize_e2e(result.get("end_to_end") or {})
+        print(report(result))
+        return result
 
     from edgekit.device.preprocess import read_image
     from edgekit.device.runtime import default_bundle_dir
