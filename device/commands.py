@@ -209,7 +209,7 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
            as_json: bool) -> None:
     """Screen a patient: classify and record every crop, then summarise and decide.
 
-    Images are classified and committed to the database 64 at a time (a crash loses at most the
+    Images are classified and committed to the database 32 at a time (a crash loses at most the
     batch in flight, never a reported result); rerunning the same command skips what is recorded.
     """
     from edgekit.device.camera import center_square, frames

@@ -29,7 +29,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 STATUSES = ("classified", "rejected", "failed")
-BATCH_SIZE = 64  # images per inference call (and per committed transaction when screening)
+BATCH_SIZE = 32  # images per inference call and per committed transaction (64: ~10 MB more RSS, no faster)
 
 
 @dataclass
