@@ -72,7 +72,8 @@ def field(images: tuple[Path, ...], bundle: Path | None, overlay_dir: Path | Non
     """
     import os
 
-    from edgekit.device.field import analyze_field
+    from edgekit.device.field.classify import classify_field, segment_field
+    from edgekit.device.pipeline import prefetch, workers
     from edgekit.errors import BundleError
     from edgekit.metrics import wilson_interval
 
@@ -97,8 +98,9 @@ def field(images: tuple[Path, ...], bundle: Path | None, overlay_dir: Path | Non
     if out_format == "table":
         click.echo(f"{'field':32s} {'cells':>5s} {'par':>4s} {'unc':>4s} {'parasitemia':>11s} "
                    f"{'95% CI':>13s} {'ms':>6s}  status")
-    for path in paths:
-        rep = analyze_field(path, classifier, batch_size=batch_size, keep_image=overlay_dir is not None)
+    segmented = prefetch(lambda path: segment_field(path, classifier), paths, workers(threads))
+    for rep, rgb in segmented:  # the next fields are decoded and segmented in threads meanwhile
+        rep = classify_field(rep, rgb, classifier, batch_size, keep_image=overlay_dir is not None)
         overlay = _write_overlay(rep, overlay_dir) if overlay_dir is not None else None
         ms = 1000 * sum(v for k, v in rep.timing.items() if k != "decode")
         if rep.rejected is None:
