@@ -229,9 +229,8 @@ def summarize_e2e(res: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
             runs = d[key]
             d[f"{key}_wall_s"] = statistics.median(x["wall_s"] for x in runs)
             d[f"{key}_cpu_s"] = statistics.median(x["cpu_s"] for x in runs)
-            d[f"{key}_rss_mb"] = max(x["peak_rss_mb"] for x in runs)
+            d[f"{key}_rss_mb"] = max((x["peak_rss_mb"] for x in runs if "peak_rss_mb" in x), default=None)
         d["fields_cells"] = d["fields"][0]["cells"]
-        d["peak_rss_mb"] = max(d[f"{k}_rss_mb"] for k in ("screen", "fields", "cold"))
     return res
 
 
@@ -248,7 +247,7 @@ def report(result: dict[str, Any]) -> str:
              " than the old default):", "",
              "| model | threads | batch | ms per crop | vs MalariaScreener | vs old default |",
              "|---|---|---|---|---|---|"]
-    by = {(r["model"], r["threads"], r["batch"]): r["ms_per_crop"] for r in result["latency"]}
+    by = {(r["model"], r["threads"], r["batch"]): r["ms_per_crop"] for r in result.get("latency", [])}
     for (model, t, b), ms in by.items():
         ms_peer = by.get(("MalariaScreener", t, b))
         old = by.get(("old default", t, b))
@@ -268,9 +267,13 @@ def report(result: dict[str, Any]) -> str:
                 return f"{d[key]:.2f}" + (f" ({x:.1f}x)" if x else "")
             lines.append(f"| {name} | {cell('screen_wall_s')} | {cell('screen_cpu_s')} |"
                          f" {cell('fields_wall_s')} | {cell('fields_cpu_s')} | {d['fields_cells']} |"
-                         f" {cell('cold_wall_s')} | {cell('cold_cpu_s')} | {d['screen_rss_mb']:.0f} /"
-                         f" {d['fields_rss_mb']:.0f} / {d['cold_rss_mb']:.0f} |")
+                         f" {cell('cold_wall_s')} | {cell('cold_cpu_s')} |"
+                         f" {' / '.join(_mb(d[f'{k}_rss_mb']) for k in ('screen', 'fields', 'cold'))} |")
     return "\n".join(lines) + "\n"
+
+
+def _mb(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
 
 
 def _src(spec: str, bundle: Path) -> tuple[str, tuple[Path, Path]]:

@@ -18,6 +18,7 @@ def test_report_ratios_and_medians():
         "after": {"screen": _runs(2, 1, 80), "fields": _runs(2, 2, 120), "cold": _runs(0.15, 0.2, 60)},
     })
     assert e2e["after"]["screen_wall_s"] == 4 and e2e["after"]["fields_rss_mb"] == 360
+    assert "| 0.40 (1.5x) | 240 / 360 / 180 |" in report({"end_to_end": e2e})
     lat = [{"model": m, "threads": 1, "batch": 1, "ms_per_crop": ms}
            for m, ms in (("default", 0.2), ("old default", 0.5), ("MalariaScreener", 1.0))]
     text = report({"latency": lat, "end_to_end": e2e})
