@@ -164,11 +164,16 @@ def _interpolation(method: str) -> int:
 
 
 def prepare(rgb: np.ndarray, pre: Preprocessing) -> np.ndarray:
-    """Turn a decoded RGB uint8 image into the model's uint8 input (H, W, C), without batch axis."""
+    """Turn a decoded RGB uint8 image into the model's uint8 input (H, W, C), without batch axis:
+    resize, the manifest's stain normalization (device/stain.py), then the colour order."""
     cv2 = _cv2()
     h, w = pre.input_size
     if rgb.shape[:2] != (h, w):
         rgb = cv2.resize(rgb, (w, h), interpolation=_interpolation(pre.resize))
+    if pre.stain != "none":
+        from edgekit.device.stain import normalize_stain
+
+        rgb = normalize_stain(rgb, pre.stain)
     if pre.channels == 1 or pre.color_order == "GRAY":
         return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[:, :, None]
     if pre.color_order == "BGR":

@@ -26,6 +26,7 @@ COMMANDS = [
     ("edgekit.device.field_commands", "field"),
     ("edgekit.device.serve.commands", "serve"),
     ("edgekit.benchmarks.commands", "bench"),
+    ("edgekit.site_commands", "cells"),
 ]
 
 

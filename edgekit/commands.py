@@ -61,7 +61,8 @@ def info(run: Path | None, bundle: Path | None, as_json: bool) -> None:
     click.echo(f"name:          {m.name}")
     click.echo(f"labels:        {', '.join(m.labels)} (positive: {m.positive_label or '-'})")
     click.echo(f"input:         {p.input_size[0]}x{p.input_size[1]}x{p.channels} {p.color_order}, "
-               f"resize {p.resize}, pixels {p.input_range[0]:g}..{p.input_range[1]:g}, scaling {p.scaling}")
+               f"resize {p.resize}, stain {p.stain}, pixels {p.input_range[0]:g}..{p.input_range[1]:g}, "
+               f"scaling {p.scaling}")
     t = m.thresholds
     click.echo(f"thresholds:    counted positive at p >= {m.decision.cutoff:.3f}; positive >= "
                f"{t.positive:.3f}, negative < {t.negative:.3f}, uncertain between ({t.source})")
@@ -112,6 +113,9 @@ def _ints(text: str) -> tuple[int, ...]:
               type=click.Choice(["resnet", "mobilenetv3small", "inceptionv3"]))
 @click.option("--weights", default="none", show_default=True,
               help="Backbone weights: none, imagenet or a PATH.")
+@click.option("--recipe", default=None,
+              help="A named ResNet (edgekit.model.RECIPES: seed, w8, fast16, fast32, ...); sets stages, "
+                   "filters and the stem, overriding --stages/--filters.")
 @click.option("--stages", default="3,4,6", show_default=True, help="Residual modules per stage (resnet).")
 @click.option("--filters", default="64,128,256,512", show_default=True,
               help="Stem filters then one per stage (resnet).")
@@ -124,6 +128,14 @@ def _ints(text: str) -> tuple[int, ...]:
 @click.option("--no-augment", is_flag=True, help="Train without augmentation.")
 @click.option("--stain", default=0.0, show_default=True, type=click.FloatRange(0.0, 0.5),
               help="Colour jitter of the cells (brightness +-S, each channel +-S/2); 0: off.")
+@click.option("--od-jitter", default=0.0, show_default=True, type=click.FloatRange(0.0, 1.5),
+              help="Stain jitter in optical density (OD x exp(+-J), lamp tint +-J/4); 0: off.")
+@click.option("--blur", default=0.0, show_default=True, type=click.FloatRange(0.0, 1.0),
+              help="Probability of re-sampling a crop at 40-100%% resolution, plus pixel noise; 0: off.")
+@click.option("--zoom", default=0.05, show_default=True, type=click.FloatRange(0.0, 0.5),
+              help="Random zoom range (+-).")
+@click.option("--stain-norm", default="none", show_default=True, type=click.Choice(["none", "od_standard"]),
+              help="Stain normalization of every crop (recorded as preprocessing.stain; device/stain.py).")
 @click.option("--class-weight", type=click.Choice(["none", "balanced"]), default="none", show_default=True)
 @click.option("--positive-label", default=None, help="Default: Parasitized if present, else the last label.")
 @click.option("--seed", default=42, show_default=True, type=int,
@@ -146,7 +158,8 @@ def _ints(text: str) -> tuple[int, ...]:
               show_default=True, help="Where decoded image arrays are cached.")
 def train(split_or_data: Path, run: Path, data_root: Path | None, backbone: str, weights: str, stages: str,
           filters: str, l2: float, epochs: int, batch_size: int, lr: float, input_size: int, channels: str,
-          no_augment: bool, stain: float, class_weight: str, positive_label: str | None, seed: int,
+          no_augment: bool, stain: float, od_jitter: float, blur: float, zoom: float, stain_norm: str,
+          recipe: str | None, class_weight: str, positive_label: str | None, seed: int,
           mixed_precision: str, strategy: str, cpu_replicas: int, workers: str | None,
           worker_index: int | None, lr_scaling: str, resume: bool, cache_dir: Path) -> None:
     """Train a classifier from a split file (or a data folder) and write the run folder.
@@ -158,9 +171,17 @@ def train(split_or_data: Path, run: Path, data_root: Path | None, backbone: str,
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from edgekit.train import TrainConfig, train_run
 
-    cfg = TrainConfig(backbone=backbone, stages=_ints(stages), filters=_ints(filters), l2=l2, weights=weights,
+    arch = {"stages": _ints(stages), "filters": _ints(filters)}
+    if recipe:
+        from edgekit.model import RECIPES
+
+        if recipe not in RECIPES:
+            raise click.BadParameter(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
+        arch = RECIPES[recipe]
+    cfg = TrainConfig(backbone=backbone, **arch, l2=l2, weights=weights,
                       epochs=epochs, batch_size=batch_size, lr=lr, input_size=input_size,
-                      channels=int(channels), augment=not no_augment, stain=stain, class_weight=class_weight,
+                      channels=int(channels), augment=not no_augment, stain=stain, od_jitter=od_jitter,
+                      blur=blur, zoom=zoom, stain_norm=stain_norm, class_weight=class_weight,
                       positive_label=positive_label, seed=seed, mixed_precision=mixed_precision,
                       strategy=strategy, cpu_replicas=cpu_replicas, lr_scaling=lr_scaling)
     try:

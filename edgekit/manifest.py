@@ -23,6 +23,7 @@ SCHEMA = "edgekit.bundle/1"
 MANIFEST_NAME = "manifest.json"
 LABELS_NAME = "labels.txt"
 RESIZE_METHODS = ("area", "bilinear", "nearest", "bicubic")
+STAIN_METHODS = ("none", "od_standard")  # device/stain.py implements them
 
 
 @dataclass
@@ -36,8 +37,11 @@ class Preprocessing:
     resize: str = "area"
     input_range: tuple[float, float] = (0.0, 255.0)
     scaling: str = "in_model"  # the model divides by 255 itself
+    stain: str = "none"  # stain normalization of the resized crop (device/stain.py); "none" before it
 
     def __post_init__(self) -> None:
+        if self.stain not in STAIN_METHODS:
+            raise BundleError(f"unknown stain normalization {self.stain!r}; use one of {STAIN_METHODS}")
         self.input_size = (int(self.input_size[0]), int(self.input_size[1]))
         self.input_range = (float(self.input_range[0]), float(self.input_range[1]))
         if self.resize not in RESIZE_METHODS:

@@ -39,6 +39,21 @@ def residual_module(x, filters: int, stride: int, reduce: bool, l2: float):
     return layers.Add()([y, shortcut])
 
 
+# Named recipes (``edgekit train --recipe NAME``): keyword arguments of :func:`build_resnet`.
+# "seed" is the builder's default (the PyImageSearch recipe); "w8" was the default bundle's model
+# until the fast one; the "fast*" recipes downsample in the stem and use int8-friendly widths.
+RECIPES: dict[str, dict] = {
+    "seed": {"stages": (3, 4, 6), "filters": (64, 128, 256, 512)},
+    "w8": {"stages": (2, 2, 2), "filters": (8, 16, 32, 64)},
+    "fast16": {"stages": (1, 1, 1), "filters": (16, 32, 64, 128), "stem_stride": 2},
+    "fast16x2": {"stages": (2, 2, 2), "filters": (16, 32, 64, 128), "stem_stride": 2},
+    "fast32": {"stages": (1, 1, 1), "filters": (16, 64, 128, 256), "stem_stride": 2},
+    "fast16p": {"stages": (1, 1, 1), "filters": (16, 32, 64, 128), "stem_stride": 2, "stem_pool": 2},
+    "fast32p": {"stages": (1, 1, 1), "filters": (32, 64, 128, 256), "stem_stride": 2, "stem_pool": 2},
+    "fast32px2": {"stages": (2, 2, 2), "filters": (32, 64, 128, 256), "stem_stride": 2, "stem_pool": 2},
+}
+
+
 def build_resnet(
     input_shape: Sequence[int] = (64, 64, 3),
     num_classes: int = 2,
@@ -46,21 +61,30 @@ def build_resnet(
     filters: Sequence[int] = (64, 128, 256, 512),
     l2: float = 5e-4,
     name: str = "edgekit_resnet",
+    stem_stride: int = 1,
+    stem_pool: int = 1,
 ) -> keras.Model:
     """The malaria ResNet: a stem conv with ``filters[0]``, then one stage of bottleneck modules
     per entry of ``stages`` with ``filters[i + 1]`` output channels (stride 2 from stage two).
 
-    The default is the seed-sized model (~2.16 M parameters, ~1.06 GMAC at 64x64).
+    The default is the seed-sized model (~2.16 M parameters, ~1.06 GMAC at 64x64). The fast
+    recipes downsample early: ``stem_stride`` 2 makes the stem conv strided, ``stem_pool`` 2 adds a
+    2x2 max pool after it, so the residual stages run at 1/2 or 1/4 of the input side.
     """
     if len(filters) != len(stages) + 1:
         raise EdgekitError(f"filters needs len(stages) + 1 = {len(stages) + 1} entries, got {len(filters)}")
     if any(s < 1 for s in stages) or any(f < 1 for f in filters):
         raise EdgekitError("stages and filters must be positive")
+    if stem_stride not in (1, 2) or stem_pool not in (1, 2):
+        raise EdgekitError("stem stride and stem pool must be 1 or 2")
     reg = regularizers.l2(l2) if l2 else None
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = layers.Rescaling(1.0 / 255.0, name="scale_0_1")(inputs)
     x = _bn(x)
-    x = layers.Conv2D(filters[0], 3, padding="same", use_bias=False, kernel_regularizer=reg)(x)
+    x = layers.Conv2D(filters[0], 3, strides=stem_stride, padding="same", use_bias=False,
+                      kernel_regularizer=reg)(x)
+    if stem_pool > 1:
+        x = layers.MaxPooling2D(stem_pool)(x)
     for i, depth in enumerate(stages):
         stride = 1 if i == 0 else 2
         x = residual_module(x, filters[i + 1], stride, reduce=True, l2=l2)

@@ -24,7 +24,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,8 @@ class TrainConfig:
     backbone: str = "resnet"
     stages: tuple[int, ...] = (3, 4, 6)
     filters: tuple[int, ...] = (64, 128, 256, 512)
+    stem_stride: int = 1  # 2: strided stem conv (the fast recipes)
+    stem_pool: int = 1  # 2: a 2x2 max pool after the stem
     l2: float = 5e-4
     weights: str = "none"
     epochs: int = 50
@@ -65,6 +67,11 @@ class TrainConfig:
     flips: bool = True  # horizontal and vertical
     stain: float = 0.0  # colour jitter of the cell (not the black background): brightness +-stain,
     # each channel +-stain/2, as stain and illumination vary between labs; 0: off (the seed recipe)
+    od_jitter: float = 0.0  # stain jitter in optical density: every channel's OD x exp(+-od_jitter),
+    # one common and one per-channel factor, plus a lamp tint of +-od_jitter/4 per channel; 0: off
+    blur: float = 0.0  # probability of re-sampling a crop at 40-100% of its resolution (cells of
+    # another microscope/magnification are sharper or softer at 64x64), plus pixel noise; 0: off
+    stain_norm: str = "none"  # preprocessing.stain: applied after augmentation, as on the device
     class_weight: str | None = None  # None | "balanced"
     positive_label: str | None = None
     seed: int = 42
@@ -85,11 +92,19 @@ class TrainConfig:
         if self.mixed_precision not in MIXED_PRECISION:
             raise EdgekitError(f"unknown mixed precision {self.mixed_precision!r}: use one of "
                                f"{', '.join(MIXED_PRECISION)}")
+        from edgekit.manifest import STAIN_METHODS
+
+        if self.stain_norm not in STAIN_METHODS:
+            raise EdgekitError(f"unknown stain normalization {self.stain_norm!r}; use one of {STAIN_METHODS}")
+        if self.stain_norm != "none" and self.channels != 3:
+            raise EdgekitError("stain normalization needs 3 colour channels")
 
     def model_dict(self) -> dict[str, Any]:
         if self.backbone == "resnet":
-            return {"arch": "resnet", "stages": list(self.stages), "filters": list(self.filters),
-                    "l2": self.l2}
+            d = {"arch": "resnet", "stages": list(self.stages), "filters": list(self.filters), "l2": self.l2}
+            if (self.stem_stride, self.stem_pool) != (1, 1):
+                d.update(stem_stride=self.stem_stride, stem_pool=self.stem_pool)
+            return d
         return {"arch": self.backbone, "weights": self.weights}
 
 
@@ -167,6 +182,55 @@ def stain_jitter(images: Any, strength: float) -> Any:
     return tf.where(cell, tf.clip_by_value(images * gain, 0.0, 255.0), images)
 
 
+def od_jitter(images: Any, strength: float) -> Any:
+    """Stain jitter in optical density on the cell pixels: a stronger or weaker stain scales every
+    channel's OD (one common and one per-channel factor, exp(+-strength)), a tinted lamp adds a
+    constant per channel (+-strength/4). The black background stays black."""
+    import tensorflow as tf
+
+    n, c = tf.shape(images)[0], images.shape[-1]
+    common = tf.exp(tf.random.uniform([n, 1, 1, 1], -strength, strength))
+    per = tf.exp(tf.random.uniform([n, 1, 1, c], -strength / 2, strength / 2))
+    tint = tf.random.uniform([n, 1, 1, c], -strength / 4, strength / 4)
+    od = -tf.math.log((images + 1.0) / 256.0)
+    out = tf.clip_by_value(256.0 * tf.exp(-(od * common * per + tint)) - 1.0, 0.0, 255.0)
+    cell = tf.reduce_max(images, axis=-1, keepdims=True) > 0.0
+    return tf.where(cell, out, images)
+
+
+def resolution_jitter(images: Any, prob: float) -> Any:
+    """With probability ``prob`` per crop, down-sample to 40-100% of the side (one factor per batch)
+    and back, as a cell seen at another magnification; then Gaussian pixel noise (sigma 0-3) on the
+    cell pixels of every crop."""
+    import tensorflow as tf
+
+    shape = tf.shape(images)
+    n, hw = shape[0], shape[1:3]
+    f = tf.random.uniform([], 0.4, 1.0)
+    small = tf.image.resize(images, tf.cast(tf.cast(hw, tf.float32) * f, tf.int32), method="area",
+                            antialias=True)
+    soft = tf.clip_by_value(tf.image.resize(small, hw, method="bilinear"), 0.0, 255.0)
+    pick = tf.random.uniform([n, 1, 1, 1]) < prob
+    out = tf.where(pick, soft, images)
+    sigma = tf.random.uniform([n, 1, 1, 1], 0.0, 3.0)
+    noisy = tf.clip_by_value(out + tf.random.normal(tf.shape(out)) * sigma, 0.0, 255.0)
+    cell = tf.reduce_max(images, axis=-1, keepdims=True) > 0.0
+    return tf.where(cell, noisy, out)
+
+
+def stain_normalize_batch(images: Any, method: str) -> Any:
+    """The device's stain normalization (device/stain.py) on a float32 [0, 255] batch, through the
+    same uint8 rounding the device applies."""
+    import tensorflow as tf
+
+    from edgekit.device.stain import normalize_stain
+
+    u8 = tf.cast(tf.round(tf.clip_by_value(images, 0.0, 255.0)), tf.uint8)
+    out = tf.numpy_function(lambda b: normalize_stain(b, method), [u8], tf.uint8, stateful=False)
+    out = tf.ensure_shape(out, [None, None, None, images.shape[-1]])
+    return tf.cast(out, tf.float32)
+
+
 def affine_vectors(theta: Any, sx: Any, sy: Any, shear: Any, tx: Any, ty: Any, height: int,
                    width: int) -> Any:
     """M = R(theta) @ [[1, shear], [0, 1]] @ diag(sx, sy) about the image centre, then + (tx, ty)."""
@@ -212,6 +276,12 @@ def make_dataset(x: np.ndarray, y: np.ndarray, cfg: TrainConfig, training: bool,
             xb = tf.clip_by_value(xb, 0.0, 255.0)
             if cfg.stain > 0:
                 xb = stain_jitter(xb, cfg.stain)
+            if cfg.od_jitter > 0:
+                xb = od_jitter(xb, cfg.od_jitter)
+            if cfg.blur > 0:
+                xb = resolution_jitter(xb, cfg.blur)
+        if training and cfg.stain_norm != "none":  # val/test arrays come normalized by prepare()
+            xb = stain_normalize_batch(xb, cfg.stain_norm)
         return (xb, *rest)
 
     ds = ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
@@ -237,7 +307,8 @@ def build_model(cfg: TrainConfig, num_classes: int) -> Any:
 
     shape = (cfg.input_size, cfg.input_size, cfg.channels)
     if cfg.backbone == "resnet":
-        return build_resnet(shape, num_classes, stages=cfg.stages, filters=cfg.filters, l2=cfg.l2)
+        return build_resnet(shape, num_classes, stages=cfg.stages, filters=cfg.filters, l2=cfg.l2,
+                            stem_stride=cfg.stem_stride, stem_pool=cfg.stem_pool)
     return build_transfer(cfg.backbone, shape, num_classes, weights=cfg.weights)
 
 
@@ -405,9 +476,12 @@ def train_run(
     cfg.positive_label = positive_label
     positive = labels.index(positive_label) if len(labels) == 2 else None
     pre = Preprocessing(input_size=(cfg.input_size, cfg.input_size), channels=cfg.channels,
-                        color_order="GRAY" if cfg.channels == 1 else "RGB", resize=cfg.resize)
+                        color_order="GRAY" if cfg.channels == 1 else "RGB", resize=cfg.resize,
+                        stain=cfg.stain_norm)
 
-    train = load_part(split, "train", pre, cache_dir, log)
+    # training crops are normalized after augmentation, in the tf.data pipeline, like the device does
+    # after its resize; validation crops get the whole device preprocessing here
+    train = load_part(split, "train", replace(pre, stain="none"), cache_dir, log)
     val = load_part(split, "val", pre, cache_dir, log)
     if len(train.y) == 0:
         raise DataError("the train part has no readable images")
@@ -543,7 +617,8 @@ def finish_run(run_dir: Path, split: Any, split_sha: str, split_file: Path, cfg:
         "monitor": state["monitor"],
         "best_value": state["best"],
         "augmentation": {k: getattr(cfg, k)
-                         for k in ("augment", "rotation", "zoom", "shift", "shear", "flips", "stain")},
+                         for k in ("augment", "rotation", "zoom", "shift", "shear", "flips", "stain",
+                                   "od_jitter", "blur")},
         "class_weight": cfg.class_weight,
         "seed": cfg.seed,
         "distribution": state.get("distribution"),

@@ -41,3 +41,18 @@ def test_builder_errors():
         build_transfer("inceptionv3", (64, 64, 3))
     with pytest.raises(EdgekitError, match="weights file not found"):
         build_transfer("mobilenetv3small", (64, 64, 3), weights="/nonexistent.weights.h5")
+
+
+def test_fast_recipes_downsample_in_the_stem():
+    from edgekit.model import RECIPES
+
+    assert RECIPES["seed"] == {"stages": (3, 4, 6), "filters": (64, 128, 256, 512)}  # the default
+    w8 = build_resnet((64, 64, 3), 2, **RECIPES["w8"])
+    fast = build_resnet((64, 64, 3), 2, **RECIPES["fast16p"])
+    assert w8.count_params() == 15_558
+    # strided stem + 2x2 pool: the residual stages run at 16x16, 8x8 and 4x4
+    assert [layer.output.shape[1] for layer in fast.layers if layer.name.startswith("add")] == [16, 8, 4]
+    assert count_macs(fast) < count_macs(w8) / 4
+    assert all(f % 16 == 0 for f in RECIPES["fast16p"]["filters"])
+    with pytest.raises(EdgekitError, match="stem stride"):
+        build_resnet((64, 64, 3), 2, stages=(1,), filters=(8, 16), stem_stride=3)

@@ -1,0 +1,284 @@
+"""Read labelled microscope fields: IML JSON, Pascal VOC XML and COCO JSON, one common shape.
+
+Every reader returns a list of :class:`AnnotatedField`: the field image's path and its boxes, each
+box with the source's own label and the class it maps to (``Parasitized``, ``Uninfected``, or
+``None`` for objects that are no usable red cell: ambiguous ``difficult`` cells, white cells,
+platelets). Boxes mapped to ``None`` are kept, so a cutter can refuse to label a found cell that
+sits on one of them.
+
+Formats, detected from the path:
+- IML_Malaria JSON (a list of ``{"image_name", "objects": [{"type", "bbox": {x, y, w, h}}]}``;
+  x, y = top-left, strings of pixels);
+- Pascal VOC XML (one ``.xml`` file, or a folder of them, as BCCD's ``Annotations/``);
+- COCO JSON (a dict with ``images``, ``annotations``, ``categories``; bbox = [x, y, w, h]).
+
+Light: standard library only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from edgekit.errors import DataError
+
+PARASITIZED = "Parasitized"
+UNINFECTED = "Uninfected"
+CLASSES = (PARASITIZED, UNINFECTED)
+
+# source label (lower case) -> class; None: not a usable red cell (kept to block matches)
+DEFAULT_CLASSES: dict[str, str | None] = {
+    # IML_Malaria: every parasite box is an infected red cell
+    "ring": PARASITIZED, "trophozoite": PARASITIZED, "schizont": PARASITIZED, "gametocyte": PARASITIZED,
+    "parasitized": PARASITIZED, "infected": PARASITIZED,
+    "red blood cell": UNINFECTED, "rbc": UNINFECTED, "uninfected": UNINFECTED,
+    "difficult": None,  # ambiguous: left out
+    # BCCD and other blood-cell sets: not red cells
+    "wbc": None, "white blood cell": None, "platelets": None, "platelet": None,
+}
+
+# a box may overshoot the image by this much (IML boxes reach 5 px past the border) and is clipped
+EDGE_TOLERANCE_PX = 8
+
+
+@dataclass(frozen=True)
+class Box:
+    """One labelled object, (x0, y0) inclusive, (x1, y1) exclusive, in image pixels."""
+
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    source_label: str
+    label: str | None  # Parasitized | Uninfected | None (not to be labelled)
+
+    @property
+    def width(self) -> int:
+        return self.x1 - self.x0
+
+    @property
+    def height(self) -> int:
+        return self.y1 - self.y0
+
+
+@dataclass
+class AnnotatedField:
+    """A field image and its labelled boxes."""
+
+    image: Path
+    boxes: list[Box] = field(default_factory=list)
+    size: tuple[int, int] | None = None  # (width, height) when the annotation states it
+    dropped: int = 0  # degenerate (zero-area) boxes left out when reading
+
+    @property
+    def name(self) -> str:
+        return self.image.name
+
+    def counts(self) -> dict[str, int]:
+        """Boxes per class (``None`` counted as ``ignored``)."""
+        out: dict[str, int] = {}
+        for b in self.boxes:
+            key = b.label or "ignored"
+            out[key] = out.get(key, 0) + 1
+        return out
+
+    def fitted(self, width: int, height: int) -> AnnotatedField:
+        """The boxes checked against the decoded image size: a box overshooting the border by at
+        most ``EDGE_TOLERANCE_PX`` is clipped; one further out raises :class:`DataError`."""
+        if self.size is not None and self.size != (width, height):
+            raise DataError(
+                f"{self.name}: the annotation says {self.size[0]}x{self.size[1]} but the image is "
+                f"{width}x{height}: annotation file and images do not match"
+            )
+        tol = EDGE_TOLERANCE_PX
+        boxes = []
+        for b in self.boxes:
+            if b.x0 < -tol or b.y0 < -tol or b.x1 > width + tol or b.y1 > height + tol:
+                raise DataError(
+                    f"{self.name}: box ({b.x0}, {b.y0})-({b.x1}, {b.y1}) '{b.source_label}' lies outside "
+                    f"the {width}x{height} image: annotation file and images do not match"
+                )
+            boxes.append(replace(b, x0=max(0, b.x0), y0=max(0, b.y0),
+                                 x1=min(width, b.x1), y1=min(height, b.y1)))
+        return replace(self, boxes=boxes, size=(width, height))
+
+
+def parse_class_map(entries: list[str] | tuple[str, ...]) -> dict[str, str | None]:
+    """``["ring=Parasitized", "wbc=skip"]`` -> a class map on top of :data:`DEFAULT_CLASSES`."""
+    out: dict[str, str | None] = dict(DEFAULT_CLASSES)
+    for entry in entries:
+        name, sep, cls = entry.rpartition("=")
+        if not sep or not name.strip():
+            raise DataError(f"bad class mapping {entry!r}: use SOURCE_LABEL=Parasitized|Uninfected|skip")
+        cls = cls.strip()
+        if cls.lower() == "skip":
+            out[name.strip().lower()] = None
+        elif cls in CLASSES:
+            out[name.strip().lower()] = cls
+        else:
+            raise DataError(f"bad class {cls!r} in {entry!r}: use Parasitized, Uninfected or skip")
+    return out
+
+
+def _label(raw: Any, where: str, classes: Mapping[str, str | None]) -> tuple[str, str | None]:
+    name = "" if raw is None else str(raw).strip()
+    if not name:
+        raise DataError(f"{where}: an object has an empty class label")
+    key = name.lower()
+    if key not in classes:
+        raise DataError(
+            f"{where}: unknown class label {name!r}; "
+            f"map it with --classes '{name}=Parasitized|Uninfected|skip'"
+        )
+    return name, classes[key]
+
+
+def _int(value: Any, where: str) -> int:
+    try:
+        return int(round(float(value)))
+    except (TypeError, ValueError):
+        raise DataError(f"{where}: box coordinate {value!r} is not a number") from None
+
+
+def _box(x0: Any, y0: Any, x1: Any, y1: Any, label: tuple[str, str | None], where: str) -> Box | None:
+    b = Box(_int(x0, where), _int(y0, where), _int(x1, where), _int(y1, where), *label)
+    return b if b.width > 0 and b.height > 0 else None
+
+
+def _image_path(images_dir: Path, name: Any, where: str) -> Path:
+    if not isinstance(name, str) or not name.strip():
+        raise DataError(f"{where}: missing image file name")
+    return images_dir / Path(name).name
+
+
+ClassMap = Mapping[str, str | None]
+
+
+def _read_iml(data: list, images_dir: Path, classes: ClassMap, src: str) -> list[AnnotatedField]:
+    fields = []
+    for i, entry in enumerate(data):
+        if not isinstance(entry, dict) or "image_name" not in entry:
+            raise DataError(f"{src}: entry {i} has no image_name (not an IML annotation file?)")
+        af = AnnotatedField(_image_path(images_dir, entry["image_name"], f"{src} entry {i}"))
+        for obj in entry.get("objects") or []:
+            where = f"{src}: {af.name}"
+            bb = obj.get("bbox") if isinstance(obj, dict) else None
+            if not isinstance(bb, dict) or not {"x", "y", "w", "h"} <= set(bb):
+                raise DataError(f"{where}: object without bbox x, y, w, h")
+            x, y = _int(bb["x"], where), _int(bb["y"], where)
+            label = _label(obj.get("type"), where, classes)
+            b = _box(x, y, x + _int(bb["w"], where), y + _int(bb["h"], where), label, where)
+            if b is None:
+                af.dropped += 1
+            else:
+                af.boxes.append(b)
+        fields.append(af)
+    return fields
+
+
+def _read_coco(data: dict, images_dir: Path, classes: ClassMap, src: str) -> list[AnnotatedField]:
+    try:
+        cats = {c["id"]: c["name"] for c in data["categories"]}
+        images = {im["id"]: im for im in data["images"]}
+        anns = data["annotations"]
+    except (KeyError, TypeError) as exc:
+        raise DataError(f"{src}: not a COCO file (missing {exc})") from None
+    fields: dict[Any, AnnotatedField] = {}
+    for iid, im in images.items():
+        size = (int(im["width"]), int(im["height"])) if "width" in im and "height" in im else None
+        image = _image_path(images_dir, im.get("file_name"), f"{src} image {iid}")
+        fields[iid] = AnnotatedField(image, size=size)
+    for a in anns:
+        af = fields.get(a.get("image_id"))
+        if af is None:
+            raise DataError(f"{src}: annotation {a.get('id')} refers to unknown image {a.get('image_id')!r}")
+        where = f"{src}: {af.name}"
+        if a.get("category_id") not in cats:
+            raise DataError(f"{where}: annotation {a.get('id')}: unknown category {a.get('category_id')!r}")
+        bb = a.get("bbox")
+        if not isinstance(bb, list) or len(bb) != 4:
+            raise DataError(f"{where}: annotation {a.get('id')} has no [x, y, w, h] bbox")
+        x, y = _int(bb[0], where), _int(bb[1], where)
+        label = _label(cats[a["category_id"]], where, classes)
+        b = _box(x, y, x + _int(bb[2], where), y + _int(bb[3], where), label, where)
+        if b is None:
+            af.dropped += 1
+        else:
+            af.boxes.append(b)
+    return list(fields.values())
+
+
+def _read_voc_file(path: Path, images_dir: Path, classes: Mapping[str, str | None]) -> AnnotatedField:
+    try:
+        root = ET.parse(path).getroot()
+    except (ET.ParseError, OSError) as exc:
+        raise DataError(f"{path}: unreadable VOC XML ({exc})") from None
+    name = root.findtext("filename") or (Path(root.findtext("path") or "").name or None)
+    af = AnnotatedField(_image_path(images_dir, name, str(path)))
+    w, h = root.findtext("size/width"), root.findtext("size/height")
+    if w and h and int(float(w)) > 0 and int(float(h)) > 0:
+        af.size = (int(float(w)), int(float(h)))
+    for obj in root.findall("object"):
+        bb = obj.find("bndbox")
+        if bb is None:
+            raise DataError(f"{path}: object without bndbox")
+        label = _label(obj.findtext("name"), str(path), classes)
+        if obj.findtext("difficult", "0").strip() == "1":
+            label = (label[0], None)  # VOC's own "difficult" flag: ambiguous, left out
+        b = _box(*(bb.findtext(k) for k in ("xmin", "ymin", "xmax", "ymax")), label, str(path))
+        if b is None:
+            af.dropped += 1
+        else:
+            af.boxes.append(b)
+    return af
+
+
+def read_annotations(
+    path: str | os.PathLike, images_dir: str | os.PathLike, classes: Mapping[str, str | None] | None = None
+) -> list[AnnotatedField]:
+    """Read an IML JSON, COCO JSON or Pascal VOC (file or folder) annotation into fields whose
+    images are in ``images_dir``. ``classes`` maps source labels (case-insensitive) to
+    ``Parasitized``/``Uninfected``/``None``; default :data:`DEFAULT_CLASSES`.
+
+    Raises :class:`DataError` when the file is unreadable or of no known format, an object has an
+    empty or unknown label, a field is listed twice, or an annotated image is not in ``images_dir``.
+    """
+    path, images_dir = Path(path), Path(images_dir)
+    cmap = {k.lower(): v for k, v in (classes or DEFAULT_CLASSES).items()}
+    if not path.exists():
+        raise DataError(f"annotation file not found: {path}")
+    if not images_dir.is_dir():
+        raise DataError(f"images folder not found: {images_dir}")
+    if path.is_dir() or path.suffix.lower() == ".xml":
+        files = sorted(path.glob("*.xml")) if path.is_dir() else [path]
+        if not files:
+            raise DataError(f"no VOC .xml files in {path}")
+        fields = [_read_voc_file(f, images_dir, cmap) for f in files]
+    else:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DataError(f"{path}: unreadable annotation JSON ({exc})") from None
+        if isinstance(data, list):
+            fields = _read_iml(data, images_dir, cmap, path.name)
+        elif isinstance(data, dict) and "annotations" in data:
+            fields = _read_coco(data, images_dir, cmap, path.name)
+        else:
+            raise DataError(f"{path}: neither an IML list of fields nor a COCO dict with 'annotations'")
+    seen: set[str] = set()
+    for af in fields:
+        if af.name in seen:
+            raise DataError(f"{path}: image {af.name} is annotated twice")
+        seen.add(af.name)
+    missing = [af.name for af in fields if not af.image.is_file()]
+    if missing:
+        raise DataError(
+            f"annotation file does not match the images: {len(missing)} of {len(fields)} annotated "
+            f"images are not in {images_dir} (first: {missing[0]})"
+        )
+    return sorted(fields, key=lambda af: af.name)

@@ -1,0 +1,257 @@
+"""Cut labelled cells out of annotated fields into a folder-per-class dataset, as the device sees them.
+
+A labelled box only says *which* cell; the pixels come from the device's own field pipeline: the
+field is segmented with :func:`edgekit.device.field.count_cells` (quality check included, so a
+field screening would reject is not used either), each labelled box is matched one-to-one to the
+found cell it overlaps most (IoU at least ``min_iou``, greedy from the best pair), and the crop is
+:func:`edgekit.device.field.crop_cell` of that found cell: its tight box, everything outside its
+mask black. Training therefore sees exactly the crops screening classifies. Labelled cells the
+segmentation does not find are not cut (screening never sees them either); found cells that
+match an ignored box (``difficult``, white cell, platelet) are not cut.
+
+Output: ``OUT/Parasitized/<field-stem>__<box-index>.png``, ``OUT/Uninfected/...`` and
+``OUT/cells.json`` (one record per crop plus per-field counts), written to a temporary folder
+beside ``OUT`` and renamed into place only when complete. Group any split by field with
+``--groups 'regex:^(.+)__'``; :func:`block_split` splits fields by blocks of consecutive frames.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.device.annotations import CLASSES, AnnotatedField, Box
+from edgekit.errors import DataError
+
+CELLS_INDEX = "cells.json"
+FIELD_SEPARATOR = "__"
+GROUP_REGEX = f"regex:^(.+){FIELD_SEPARATOR}"  # scan_dataset grouping: one group per field
+
+
+def crop_name(field_image: str | os.PathLike, index: int) -> str:
+    """``<field-stem>__<index>.png``: the field stays recoverable from every crop's name."""
+    return f"{Path(field_image).stem}{FIELD_SEPARATOR}{index}.png"
+
+
+def field_of(crop_file: str | os.PathLike) -> str:
+    """The field stem a crop came from (inverse of :func:`crop_name`)."""
+    return Path(crop_file).name.rsplit(FIELD_SEPARATOR, 1)[0]
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix of boxes (N, 4) x (M, 4), each (x0, y0, x1, y1) with exclusive max."""
+    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
+    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = iw * ih
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+
+
+def match_boxes(labelled: Sequence[Box], found: Sequence[tuple[int, int, int, int]],
+                min_iou: float) -> list[tuple[int, int, float]]:
+    """One-to-one (box index, found index, IoU) pairs, greedy from the highest IoU, IoU >= min_iou."""
+    if not labelled or not found:
+        return []
+    iou = box_iou(np.array([(b.x0, b.y0, b.x1, b.y1) for b in labelled]), np.array(found))
+    pairs = []
+    used_b: set[int] = set()
+    used_f: set[int] = set()
+    for flat in np.argsort(-iou, axis=None, kind="stable"):
+        i, j = divmod(int(flat), iou.shape[1])
+        if iou[i, j] < min_iou:
+            break
+        if i in used_b or j in used_f:
+            continue
+        used_b.add(i)
+        used_f.add(j)
+        pairs.append((i, j, float(iou[i, j])))
+    return sorted(pairs)
+
+
+@dataclass
+class FieldCut:
+    """The labelled crops of one field, and what could not be cut."""
+
+    field: str
+    # (class, box index, crop, info) per cut cell
+    crops: list[tuple[str, int, np.ndarray, dict[str, Any]]] = field(default_factory=list)
+    labelled: dict[str, int] = field(default_factory=dict)  # labelled boxes per class
+    unmatched: dict[str, int] = field(default_factory=dict)  # labelled boxes no found cell matched
+    found: int = 0
+    rejected: str | None = None
+
+
+def cut_field(af: AnnotatedField, min_iou: float = 0.4, params: Any = None) -> FieldCut:
+    """Segment one annotated field with the device pipeline and crop every labelled cell it finds."""
+    from edgekit.device.field import count_cells, crop_cell
+    from edgekit.device.preprocess import read_image
+    from edgekit.errors import ImageError
+
+    try:
+        rgb = read_image(af.image)
+    except ImageError as exc:
+        raise DataError(f"{af.name}: {exc}") from None
+    af = af.fitted(rgb.shape[1], rgb.shape[0])
+    out = FieldCut(af.name)
+    for b in af.boxes:
+        if b.label:
+            out.labelled[b.label] = out.labelled.get(b.label, 0) + 1
+    cells, _, reason = count_cells(rgb, params)
+    out.found = len(cells)
+    if reason:
+        out.rejected = reason
+        out.unmatched = dict(out.labelled)
+        return out
+    pairs = match_boxes(af.boxes, [c.box for c in cells], min_iou)
+    matched = set()
+    for i, j, iou in pairs:
+        b = af.boxes[i]
+        if b.label is None:
+            continue
+        matched.add(i)
+        c = cells[j]
+        info = {"box": [b.x0, b.y0, b.x1, b.y1], "cell": list(c.box), "iou": round(iou, 3),
+                "source_label": b.source_label, "edge": c.edge}
+        out.crops.append((b.label, i, crop_cell(rgb, c), info))
+    for i, b in enumerate(af.boxes):
+        if b.label and i not in matched:
+            out.unmatched[b.label] = out.unmatched.get(b.label, 0) + 1
+    return out
+
+
+def _encode_png(rgb: np.ndarray) -> bytes:
+    import cv2
+
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]))
+    if not ok:
+        raise DataError("could not encode a crop as PNG")
+    return buf.tobytes()
+
+
+def write_cells(
+    fields: Iterable[AnnotatedField], out: str | os.PathLike, min_iou: float = 0.4, replace: bool = False,
+    allow_one_class: bool = False, params: Any = None, progress: Callable[[FieldCut], None] | None = None,
+) -> dict[str, Any]:
+    """Cut every field into ``out/<class>/`` plus ``out/cells.json``; returns the summary.
+
+    All or nothing: crops go to a temporary folder beside ``out``, renamed into place at the end.
+    Raises :class:`DataError` when ``out`` exists (unless ``replace``), or a class ends up empty
+    (unless ``allow_one_class``; healthy-blood fields only have uninfected cells).
+    """
+    out = Path(out)
+    if out.exists() and not replace:
+        raise DataError(f"{out} already exists; pass --replace to overwrite it")
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out} exists and is not a folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        records: list[dict[str, Any]] = []
+        per_field: list[dict[str, Any]] = []
+        counts = dict.fromkeys(CLASSES, 0)
+        for af in fields:
+            cut = cut_field(af, min_iou, params)
+            for label, index, crop, info in cut.crops:
+                name = crop_name(af.image, index)
+                (tmp / label).mkdir(exist_ok=True)
+                (tmp / label / name).write_bytes(_encode_png(crop))
+                counts[label] += 1
+                records.append({"file": f"{label}/{name}", "field": af.name, "class": label, **info})
+            per_field.append({"field": af.name, "found": cut.found, "labelled": cut.labelled,
+                              "cut": {c: sum(x[0] == c for x in cut.crops) for c in CLASSES},
+                              "unmatched": cut.unmatched, "rejected": cut.rejected})
+            if progress:
+                progress(cut)
+        if not records:
+            raise DataError("no labelled cell could be cut (no found cell matched a labelled box)")
+        empty = [c for c in CLASSES if counts[c] == 0]
+        if empty and not allow_one_class:
+            raise DataError(
+                f"no {empty[0]} cells were cut: a dataset needs both classes "
+                "(pass --allow-one-class for fields with one class only, e.g. healthy blood)"
+            )
+        labelled = {c: sum(f["labelled"].get(c, 0) for f in per_field) for c in CLASSES}
+        summary = {
+            "fields": len(per_field),
+            "fields_rejected": sum(f["rejected"] is not None for f in per_field),
+            "cells": counts,
+            "labelled": labelled,
+            "cut_fraction": {c: (counts[c] / labelled[c] if labelled[c] else None) for c in CLASSES},
+            "min_iou": min_iou,
+            "crop": "edgekit.device.field.crop_cell of the matched found cell",
+        }
+        index = {"summary": summary, "per_field": per_field, "cells": records}
+        (tmp / CELLS_INDEX).write_text(json.dumps(index, indent=1) + "\n")
+        os.chmod(tmp, 0o755)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+        return summary
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# --------------------------------------------------------------------------- splits by field
+
+IML_STAIN_BREAK = "PA171809"  # IML fields up to this frame are grey-green, later ones magenta
+
+
+def iml_stain_group(field_name: str) -> str:
+    """IML_Malaria's two stain looks: ``grey-green`` up to PA171809, ``magenta`` after."""
+    return "grey-green" if Path(field_name).stem <= IML_STAIN_BREAK else "magenta"
+
+
+def block_split(
+    fields: Sequence[str], fractions: tuple[float, float, float] = (0.6, 0.2, 0.2), block: int = 6,
+    group_of: Callable[[str], str] | None = None, seed: int = 0,
+) -> dict[str, list[str]]:
+    """Split field names into ``train``/``val``/``test`` by blocks of ``block`` consecutive frames
+    (sorted by name), within each group of ``group_of`` (e.g. :func:`iml_stain_group`), so
+    neighbouring frames (often one slide) never straddle parts and each part sees every stain.
+
+    Blocks of a group are shuffled with ``seed`` and dealt to the parts in proportion to
+    ``fractions``; each part gets at least one block of a group when it has enough blocks.
+    """
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or sum(fractions) <= 0:
+        raise DataError(f"bad split fractions {fractions}: three non-negative numbers")
+    if block < 1:
+        raise DataError("block size must be at least 1")
+    total = sum(fractions)
+    fr = [f / total for f in fractions]
+    groups: dict[str, list[str]] = {}
+    for name in sorted(set(fields)):
+        groups.setdefault(group_of(name) if group_of else "", []).append(name)
+    parts: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    rng = random.Random(seed)
+    for g in sorted(groups):
+        names = groups[g]
+        blocks = [names[i : i + block] for i in range(0, len(names), block)]
+        order = list(range(len(blocks)))
+        rng.shuffle(order)
+        n = len(blocks)
+        n_test = round(fr[2] * n) if n >= 3 else 0
+        n_val = round(fr[1] * n) if n >= 3 else 0
+        if n >= 3:
+            n_test = max(n_test, 1 if fr[2] > 0 else 0)
+            n_val = max(n_val, 1 if fr[1] > 0 else 0)
+        for k, bi in enumerate(order):
+            part = "test" if k < n_test else "val" if k < n_test + n_val else "train"
+            parts[part].extend(blocks[bi])
+    return {k: sorted(v) for k, v in parts.items()}
