@@ -69,6 +69,8 @@ class Backend(Protocol):
 
     def run(self, batch: np.ndarray) -> np.ndarray: ...
 
+    def execution(self) -> dict[str, Any]: ...
+
 
 def runtime_available(runtime: str) -> bool:
     """Whether a Python package for ``runtime`` (``litert`` or ``onnxruntime``) is installed."""
@@ -153,6 +155,23 @@ class TFLiteBackend:
         y = np.array(self.interpreter.get_tensor(self._out["index"]))
         return dequantize(y, out.scale, out.zero_point)
 
+    def execution(self) -> dict[str, Any]:
+        """Which delegate runs the graph and how many of its operators it took over, read from the
+        interpreter's node list (LiteRT appends one DELEGATE node per partition it delegated)."""
+        try:
+            ops = self.interpreter._get_ops_details()
+        except (AttributeError, RuntimeError, ValueError):
+            return {"delegate": "unknown"}
+        partitions = [o for o in ops if o["op_name"] == "DELEGATE"]
+        plain = [o for o in ops if o["op_name"] != "DELEGATE"]
+        available = {int(t) for o in partitions for t in o["inputs"]}
+        taken = 0
+        for op in plain:  # an operator whose inputs all reach a delegate partition ran inside it
+            if partitions and all(int(t) < 0 or int(t) in available for t in op["inputs"]):
+                available.update(int(t) for t in op["outputs"])
+                taken += 1
+        return {"delegate": "XNNPACK" if partitions else "none", "delegated_ops": f"{taken}/{len(plain)}"}
+
     def run(self, batch: np.ndarray) -> np.ndarray:
         self.last_invoke_s = 0.0
         if self._set_batch(len(batch)):
@@ -177,6 +196,15 @@ class OnnxBackend:
     def _spec(t: Any) -> TensorSpec:
         shape = [d if isinstance(d, int) else -1 for d in t.shape]
         return TensorSpec(name=t.name, shape=shape, dtype=_ONNX_DTYPES.get(t.type, t.type))
+
+    def execution(self) -> dict[str, Any]:
+        """The execution provider onnxruntime actually uses and its intra-op thread setting."""
+        try:
+            providers = self.session.get_providers()
+            intra = self.session.get_session_options().intra_op_num_threads
+        except AttributeError:
+            return {"delegate": "unknown"}
+        return {"delegate": providers[0] if providers else "none", "intra_op_threads": int(intra)}
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         x = quantize_input(batch, self.inputs[0].dtype, None, None)
