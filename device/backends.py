@@ -72,6 +72,20 @@ class Backend(Protocol):
     def execution(self) -> dict[str, Any]: ...
 
 
+ARM32 = ("armv6l", "armv7l", "armv8l", "arm")
+
+
+def platform_hint(machine: str | None = None) -> str:
+    """Why no runtime can be installed here, on 32-bit ARM; empty elsewhere."""
+    import platform
+
+    machine = machine or platform.machine()
+    if machine.lower() not in ARM32:
+        return ""
+    return (f" (this is {machine}, 32-bit ARM: LiteRT and onnxruntime have no wheels for it; install 64-bit "
+            "Raspberry Pi OS, where `uname -m` prints aarch64)")
+
+
 def runtime_available(runtime: str) -> bool:
     """Whether a Python package for ``runtime`` (``litert`` or ``onnxruntime``) is installed."""
     return any(importlib.util.find_spec(m) is not None for m in RUNTIME_MODULES.get(runtime, ()))
@@ -230,6 +244,7 @@ def open_tflite(path: str | Path, threads: int | None = None) -> TFLiteBackend:
     except ImportError as exc:
         raise BundleError(
             "no TFLite runtime installed: pip install ai-edge-litert (or tflite-runtime on older boards)"
+            + platform_hint()
         ) from exc
     try:
         return TFLiteBackend(LegacyInterpreter(model_path=str(path), num_threads=threads))
@@ -244,7 +259,7 @@ def open_onnx(path: str | Path, threads: int | None = None) -> OnnxBackend:
     try:
         import onnxruntime as ort
     except ImportError as exc:
-        raise BundleError("onnxruntime is not installed: pip install onnxruntime") from exc
+        raise BundleError("onnxruntime is not installed: pip install onnxruntime" + platform_hint()) from exc
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = int(threads)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.device.backends import Backend, open_backend, runtime_available
+from edgekit.device.backends import Backend, open_backend, platform_hint, runtime_available
 from edgekit.device.preprocess import model_input, prepare
 from edgekit.errors import BundleError
 from edgekit.manifest import Artifact, Manifest, Preprocessing, TensorSpec, load_manifest, verify_artifact
@@ -45,7 +45,8 @@ def resolve_artifact(manifest: Manifest, fmt: str | None = None, allow_failed: b
         if art.status != "ok" and not (allow_failed and art.status == "failed_validation"):
             raise BundleError(f"{fmt} is marked {art.status} in the manifest; choose another format")
         if not runtime_available(art.runtime):
-            raise BundleError(f"{fmt} needs the {art.runtime} runtime, which is not installed")
+            hint = platform_hint()
+            raise BundleError(f"{fmt} needs the {art.runtime} runtime, which is not installed{hint}")
         return art
     for name in FORMAT_ORDER:
         art = arts.get(name)
@@ -56,7 +57,7 @@ def resolve_artifact(manifest: Manifest, fmt: str | None = None, allow_failed: b
         raise BundleError("the bundle has no device model (TFLite or ONNX); run `edgekit export` on it first")
     raise BundleError(
         f"no usable model among {', '.join(usable)}: each is either not ok or its runtime is not installed"
-        " (pip install ai-edge-litert onnxruntime)"
+        " (pip install ai-edge-litert onnxruntime)" + platform_hint()
     )
 
 

@@ -42,6 +42,7 @@ def tiny_bundle(tmp_path_factory, cell_folder) -> Path:
     """The shared tiny test bundle (fp32 + int8 TFLite) plus the Keras reference and three broken
     artifacts: one whose export failed, one whose file is missing, one whose runtime is unknown, and
     one whose sha256 does not match its file."""
+    pytest.importorskip("tensorflow")  # the device suite (e.g. on an emulated Pi) has no TensorFlow
     from bundle_factory import make_bundle, tiny_model
 
     from edgekit.data import load_images, scan_dataset
