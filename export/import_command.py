@@ -97,3 +97,7 @@ def import_model(model: Path, labels: str, input_size: tuple[int, int] | None, s
     click.echo(f"wrote {out}: {fmt} ({art.bytes / 1e6:.2f} MB, {art.runtime}), input {p.input_size[0]}x"
                f"{p.input_size[1]}x{p.channels} {p.color_order}, values {lo:g}..{hi:g}, "
                f"labels {', '.join(manifest.labels)}; unsigned, not validated by edgekit")
+
+
+# edgekit.cli registers each command by its name; `import` is a Python keyword, so it is set by name
+globals()["import"] = import_model
