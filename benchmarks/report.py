@@ -128,7 +128,9 @@ def markdown_report(result: dict[str, Any], comparisons: list[dict[str, Any]] | 
         f"- host: {host['cpu']} ({host['machine']}), {host['cores_available']} cores available"
         + (f"; board: {host['board']}" if host.get("board") else ""),
         f"- profile: {prof['name']} ({prof['description']}), pinned to cores {prof['cores_used']}; "
-        "profiles approximate a board with fewer of the same x86 cores, not its ARM speed",
+        + ("measured on the detected board" if host.get("board_profile") == prof["name"] and
+           host["machine"] in ("aarch64", "arm64")
+           else "profiles approximate a board with fewer of the same x86 cores, not its ARM speed"),
         f"- latency: batch 1 after {m['warmup']} warm-up runs, {m['runs']} timed runs; throughput at batch "
         f"{m['batch']} over the whole set; each row in its own process; peak RSS = VmHWM after load and the "
         "batch-1 runs (the batch pass also pages in the memory-mapped image set)",
