@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import RecordsError
 from edgekit.manifest import Decision
 
 SCHEMA_VERSION = 2  # 2: sessions.decision (the rule and cutoff a session is decided with)
@@ -53,10 +53,6 @@ CREATE TABLE IF NOT EXISTS records (
     UNIQUE (session_id, content_hash)
 );
 """
-
-
-class RecordsError(EdgekitError):
-    """The screening database cannot be used (locked, read-only, corrupt, unreachable)."""
 
 
 def default_db_path() -> Path:
