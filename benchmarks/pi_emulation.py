@@ -594,6 +594,10 @@ def compare_outputs(x86: Path, arm: Path) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------- main
 
 
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|")
+
+
 def write_report(result: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "pi_emulation.json").write_text(json.dumps(result, indent=1) + "\n")
@@ -616,7 +620,8 @@ def write_report(result: dict[str, Any], out: Path) -> None:
         ]
         lines += ["| check | ok | detail |", "|---|---|---|"]
         lines += [
-            f"| {c['check']} | {'yes' if c['ok'] else '**NO**'} | {c['detail']} |" for c in run["checks"]
+            f"| {_cell(c['check'])} | {'yes' if c['ok'] else '**NO**'} | {_cell(c['detail'])} |"
+            for c in run["checks"]
         ]
         if run["info"].get("failures"):
             lines += ["", "Failed tests:", *[f"- {f}" for f in run["info"]["failures"]]]
