@@ -531,7 +531,7 @@ def compare_outputs(x86: Path, arm: Path) -> list[dict[str, Any]]:
     sx, sa = (json.loads((d / "screen.json").read_text() or "{}") for d in (x86, arm))
     keep = (
         "decision",
-        "cells",
+        "crops",
         "classified",
         "parasitized",
         "fraction",
