@@ -20,6 +20,7 @@ from edgekit.errors import EdgekitError
 
 REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
 DEVICE_TREE_MODEL = Path("/proc/device-tree/model")
+DEVICE_TREE_ENV = "EDGEKIT_DEVICE_TREE_MODEL"  # another file to read the board from (tests, containers)
 REFERENCE_FIELDS = (
     "model", "format", "threads", "latency_p50_ms", "throughput_ips", "peak_rss_mb", "accuracy",
     "tolerance", "accuracy_tolerance",
@@ -85,11 +86,23 @@ def pin_to_cores(cores: list[int]) -> bool:
     return True
 
 
-def detect_board(model_file: Path = DEVICE_TREE_MODEL) -> str | None:
-    """``rpi4`` / ``rpi5`` from the device tree on a Raspberry Pi, else None."""
+def device_tree_model() -> Path:
+    """Where the board's model string is read: ``$EDGEKIT_DEVICE_TREE_MODEL`` or the device tree."""
+    return Path(os.environ.get(DEVICE_TREE_ENV) or DEVICE_TREE_MODEL)
+
+
+def board_text(model_file: Path | None = None) -> str | None:
+    """The board's model string, e.g. ``Raspberry Pi 4 Model B Rev 1.4``; None off a device-tree board."""
     try:
-        text = model_file.read_bytes().decode("ascii", "replace").strip("\x00 \n")
+        return (model_file or device_tree_model()).read_bytes().decode("ascii", "replace").strip("\x00 \n")
     except OSError:
+        return None
+
+
+def detect_board(model_file: Path | None = None) -> str | None:
+    """``rpi4`` / ``rpi5`` from the device tree on a Raspberry Pi, else None."""
+    text = board_text(model_file)
+    if text is None:
         return None
     for board, marker in (("rpi5", "Raspberry Pi 5"), ("rpi4", "Raspberry Pi 4")):
         if marker in text:
@@ -107,14 +120,12 @@ def host_description() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    board_text = None
-    if DEVICE_TREE_MODEL.is_file():
-        board_text = DEVICE_TREE_MODEL.read_bytes().decode("ascii", "replace").strip("\x00 \n")
     return {
         "machine": platform.machine(),
         "cpu": cpu,
         "cores_available": len(available_cores()),
-        "board": board_text,
+        "board": board_text(),
+        "board_profile": detect_board(),
         "python": platform.python_version(),
     }
 

@@ -20,6 +20,7 @@ COLUMNS = (
     "agreement", "mean_abs_dp", "patients", "patient_fraction_mae_pts", "patient_sensitivity",
     "patient_sensitivity_lo", "patient_sensitivity_hi", "patient_specificity", "patient_specificity_lo",
     "patient_specificity_hi", "patients_referred",
+    "threads_effective", "cpu_per_wall", "delegate", "delegated_ops", "intra_op_threads",
 )
 FILES = {"json": "bench.json", "csv": "bench.csv", "markdown": "bench.md", "tradeoff": "bench_tradeoff.png",
          "roc": "bench_roc.png", "patients": "bench_patients.png"}
@@ -68,6 +69,17 @@ def auc_ci(row: dict[str, Any]) -> str:
     return f"{num(row['auc'], 4)} ({num(row.get('auc_lo'), 4)}–{num(row.get('auc_hi'), 4)})"
 
 
+def threads_cell(row: dict[str, Any]) -> str:
+    """Requested threads, and in brackets what the process really ran with when it differs or was seen."""
+    eff = row.get("threads_effective")
+    return str(row["threads"]) if eff is None else f"{row['threads']} ({eff})"
+
+
+def delegate_cell(row: dict[str, Any]) -> str:
+    delegate = row.get("delegate") or "–"
+    return f"{delegate} {row['delegated_ops']} ops" if row.get("delegated_ops") else delegate
+
+
 def md_table(header: list[str], lines: list[list[str]]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(cells) + " |" for cells in lines]
@@ -77,9 +89,10 @@ def md_table(header: list[str], lines: list[list[str]]) -> str:
 def markdown_tables(rows: list[dict[str, Any]]) -> str:
     """Speed/memory table, then cell-level and patient-level accuracy (95% CIs in brackets)."""
     speed = md_table(
-        ["format", "runtime", "threads", "status", "size MB", "load ms", "first ms", "p50 ms", "p95 ms",
-         "p99 ms", "img/s @batch", "peak RSS MB"],
-        [[r["format"], r.get("runtime") or "–", str(r["threads"]), r["status"], num(r.get("size_mb"), 3),
+        ["format", "runtime", "threads (effective)", "delegate", "status", "size MB", "load ms", "first ms",
+         "p50 ms", "p95 ms", "p99 ms", "img/s @batch", "peak RSS MB"],
+        [[r["format"], r.get("runtime") or "–", threads_cell(r), delegate_cell(r), r["status"],
+          num(r.get("size_mb"), 3),
           num(r.get("load_ms")), num(r.get("first_inference_ms")), num(r.get("latency_p50_ms"), 2),
           num(r.get("latency_p95_ms"), 2), num(r.get("latency_p99_ms"), 2),
           (f"{num(r.get('throughput_ips'), 0)} @{r['batch']}" if r.get("throughput_ips") else "–"),
@@ -115,7 +128,9 @@ def markdown_report(result: dict[str, Any], comparisons: list[dict[str, Any]] | 
         f"- host: {host['cpu']} ({host['machine']}), {host['cores_available']} cores available"
         + (f"; board: {host['board']}" if host.get("board") else ""),
         f"- profile: {prof['name']} ({prof['description']}), pinned to cores {prof['cores_used']}; "
-        "profiles approximate a board with fewer of the same x86 cores, not its ARM speed",
+        + ("measured on the detected board" if host.get("board_profile") == prof["name"] and
+           host["machine"] in ("aarch64", "arm64")
+           else "profiles approximate a board with fewer of the same x86 cores, not its ARM speed"),
         f"- latency: batch 1 after {m['warmup']} warm-up runs, {m['runs']} timed runs; throughput at batch "
         f"{m['batch']} over the whole set; each row in its own process; peak RSS = VmHWM after load and the "
         "batch-1 runs (the batch pass also pages in the memory-mapped image set)",

@@ -80,7 +80,7 @@ def load_keras(bundle: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]
     return predict
 
 
-def load_device(bundle: Path, fmt: str, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+def load_device(bundle: Path, fmt: str, threads: int) -> Any:
     """Any exported format, through the device runtime exactly as ``edgekit classify`` loads it.
 
     The runtime refuses an artifact that failed validation unless asked; the benchmark still measures
@@ -88,7 +88,20 @@ def load_device(bundle: Path, fmt: str, threads: int) -> Callable[[np.ndarray], 
     """
     from edgekit.device.runtime import load_classifier
 
-    return load_classifier(bundle, fmt, threads, allow_failed=True).predict
+    return load_classifier(bundle, fmt, threads, allow_failed=True)
+
+
+def os_threads() -> int | None:
+    """Threads of this process now (Linux); the runtime's pool shows up as new ones after loading."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return None
+
+
+def cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
 
 
 def _ms(seconds: float) -> float:
@@ -105,8 +118,15 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     import_runtime(spec["runtime"])
     out["import_ms"] = _ms(time.perf_counter() - t)
     rss_before = memory_kb("VmRSS")
+    threads_before = os_threads()
     t = time.perf_counter()
-    predict = load_keras(bundle, threads) if fmt == "keras" else load_device(bundle, fmt, threads)
+    if fmt == "keras":
+        predict = load_keras(bundle, threads)
+    else:
+        classifier = load_device(bundle, fmt, threads)
+        predict = classifier.predict
+        execution = getattr(classifier.backend, "execution", None)
+        out.update(execution() if execution else {})
     out["load_ms"] = _ms(time.perf_counter() - t)
     rss_after = memory_kb("VmRSS")
     if rss_before is not None and rss_after is not None:
@@ -116,6 +136,11 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     t = time.perf_counter()
     predict(one[0])
     out["first_inference_ms"] = _ms(time.perf_counter() - t)
+    threads_after = os_threads()
+    if fmt != "keras" and threads_before is not None and threads_after is not None:
+        # the inference pool's threads plus the calling thread, as the OS sees them: a thread
+        # setting the runtime ignores shows up here, not in the option that was passed
+        out["threads_effective"] = threads_after - threads_before + 1
     for i in range(int(spec.get("warmup", 10))):
         predict(one[i % len(one)])
     latencies = np.empty(int(spec.get("runs", 100)))
@@ -135,10 +160,12 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     out["batch"] = batch
     full = n - n % batch  # throughput over whole batches; the remainder is predicted untimed
     probs = []
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), cpu_seconds()
     for start in range(0, full, batch):
         probs.append(predict(np.ascontiguousarray(images[start : start + batch])))
     elapsed = time.perf_counter() - t
+    if elapsed > 0:  # cores kept busy during the batch pass (spinning pool threads count too)
+        out["cpu_per_wall"] = round((cpu_seconds() - cpu) / elapsed, 2)
     out["throughput_ips"] = round(full / elapsed, 3) if elapsed > 0 else None
     if full < n:
         probs.append(predict(np.ascontiguousarray(images[full:])))

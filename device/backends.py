@@ -77,6 +77,22 @@ class Backend(Protocol):
 
     def run(self, batch: np.ndarray) -> np.ndarray: ...
 
+    def execution(self) -> dict[str, Any]: ...
+
+
+ARM32 = ("armv6l", "armv7l", "armv8l", "arm")
+
+
+def platform_hint(machine: str | None = None) -> str:
+    """Why no runtime can be installed here, on 32-bit ARM; empty elsewhere."""
+    import platform
+
+    machine = machine or platform.machine()
+    if machine.lower() not in ARM32:
+        return ""
+    return (f" (this is {machine}, 32-bit ARM: LiteRT and onnxruntime have no wheels for it; install 64-bit "
+            "Raspberry Pi OS, where `uname -m` prints aarch64)")
+
 
 def runtime_available(runtime: str) -> bool:
     """Whether a Python package for the device runtime ``runtime`` (``litert`` or ``onnxruntime``) is
@@ -163,6 +179,23 @@ class TFLiteBackend:
         y = np.array(self.interpreter.get_tensor(self._out["index"]))
         return dequantize(y, out.scale, out.zero_point)
 
+    def execution(self) -> dict[str, Any]:
+        """Which delegate runs the graph and how many of its operators it took over, read from the
+        interpreter's node list (LiteRT appends one DELEGATE node per partition it delegated)."""
+        try:
+            ops = self.interpreter._get_ops_details()
+        except (AttributeError, RuntimeError, ValueError):
+            return {"delegate": "unknown"}
+        partitions = [o for o in ops if o["op_name"] == "DELEGATE"]
+        plain = [o for o in ops if o["op_name"] != "DELEGATE"]
+        available = {int(t) for o in partitions for t in o["inputs"]}
+        taken = 0
+        for op in plain:  # an operator whose inputs all reach a delegate partition ran inside it
+            if partitions and all(int(t) < 0 or int(t) in available for t in op["inputs"]):
+                available.update(int(t) for t in op["outputs"])
+                taken += 1
+        return {"delegate": "XNNPACK" if partitions else "none", "delegated_ops": f"{taken}/{len(plain)}"}
+
     def run(self, batch: np.ndarray) -> np.ndarray:
         self.last_invoke_s = 0.0
         if self._set_batch(len(batch)):
@@ -188,6 +221,15 @@ class OnnxBackend:
         shape = [d if isinstance(d, int) else -1 for d in t.shape]
         return TensorSpec(name=t.name, shape=shape, dtype=_ONNX_DTYPES.get(t.type, t.type))
 
+    def execution(self) -> dict[str, Any]:
+        """The execution provider onnxruntime actually uses and its intra-op thread setting."""
+        try:
+            providers = self.session.get_providers()
+            intra = self.session.get_session_options().intra_op_num_threads
+        except AttributeError:
+            return {"delegate": "unknown"}
+        return {"delegate": providers[0] if providers else "none", "intra_op_threads": int(intra)}
+
     def run(self, batch: np.ndarray) -> np.ndarray:
         x = quantize_input(batch, self.inputs[0].dtype, None, None)
         t0 = time.perf_counter()
@@ -212,6 +254,7 @@ def open_tflite(path: str | Path, threads: int | None = None) -> TFLiteBackend:
     except ImportError as exc:
         raise BundleError(
             "no TFLite runtime installed: pip install ai-edge-litert (or tflite-runtime on older boards)"
+            + platform_hint()
         ) from exc
     try:
         return TFLiteBackend(LegacyInterpreter(model_path=str(path), num_threads=threads))
@@ -226,7 +269,7 @@ def open_onnx(path: str | Path, threads: int | None = None) -> OnnxBackend:
     try:
         import onnxruntime as ort
     except ImportError as exc:
-        raise BundleError("onnxruntime is not installed: pip install onnxruntime") from exc
+        raise BundleError("onnxruntime is not installed: pip install onnxruntime" + platform_hint()) from exc
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = int(threads)

@@ -69,9 +69,13 @@ class PicameraSource:
             from picamera2 import Picamera2  # optional # pyright: ignore[reportMissingImports]
         except ImportError as exc:
             raise CameraError("Picamera2 is not installed (sudo apt install python3-picamera2)") from exc
-        self.cam = Picamera2()
-        self.cam.configure(self.cam.create_still_configuration(main={"format": "RGB888"}))
-        self.cam.start()
+        try:
+            self.cam = Picamera2()
+            self.cam.configure(self.cam.create_still_configuration(main={"format": "RGB888"}))
+            self.cam.start()
+        except Exception as exc:  # libcamera raises several types when no camera is attached or it is busy
+            why = str(exc).strip() or type(exc).__name__
+            raise CameraError(f"Picamera2 cannot open the camera: {why}") from exc
 
     def read(self) -> np.ndarray | None:
         frame = self.cam.capture_array()

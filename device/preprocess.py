@@ -2,7 +2,9 @@
 
 Every path that turns a file into a model input (training cache, int8 calibration, validation,
 ``edgekit classify``) goes through :func:`load_for_model`, so a crop is resized identically
-everywhere. Pixel scaling lives inside the model graph: the output here is uint8.
+everywhere; its output is uint8 pixels. :func:`model_input` then applies the manifest's scaling
+(none for edgekit's own models, whose graph scales; ``(pixel * scale - mean) / std`` for imported
+ones) just before the model runs, so caches and quality checks stay in pixels.
 
 Decoding handles what field images come as: 8/16-bit, grayscale, RGBA (composited over black,
 like the NIH crops' background), palette, EXIF-rotated JPEGs, and optional DICOM. Oversized
@@ -179,6 +181,16 @@ def prepare(rgb: np.ndarray, pre: Preprocessing) -> np.ndarray:
     if pre.color_order == "BGR":
         return np.ascontiguousarray(rgb[:, :, ::-1])
     return rgb
+
+
+def model_input(batch: np.ndarray, pre: Preprocessing) -> np.ndarray:
+    """uint8 pixels from :func:`prepare` (..., C) -> what the model takes: unchanged when the model
+    scales itself (``scaling == "in_model"``), else float32 ``(pixel * scale - mean) / std``."""
+    if pre.scaling == "in_model":
+        return batch
+    mean = np.asarray(pre.mean, np.float32)
+    std = np.asarray(pre.std, np.float32)
+    return ((batch.astype(np.float32) * np.float32(pre.scale) - mean) / std).astype(np.float32)
 
 
 def load_for_model(

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.device.backends import Backend, open_backend, runtime_available
-from edgekit.device.preprocess import prepare
+from edgekit.device.backends import Backend, open_backend, platform_hint, runtime_available
+from edgekit.device.preprocess import model_input, prepare
 from edgekit.errors import BundleError
 from edgekit.formats import DEVICE_ORDER, DEVICE_RUNTIMES, RUNTIMES
-from edgekit.manifest import Artifact, Manifest, load_manifest, verify_artifact
+from edgekit.manifest import Artifact, Manifest, Preprocessing, TensorSpec, load_manifest, verify_artifact
 
 FORMAT_ORDER = DEVICE_ORDER  # the format table's device preference: smallest and fastest first
 
@@ -45,7 +45,7 @@ def resolve_artifact(manifest: Manifest, fmt: str | None = None, allow_failed: b
             raise BundleError(f"{fmt} is marked {art.status} in the manifest; choose another format")
         if not runtime_available(art.runtime):
             raise BundleError(f"{fmt} needs the {art.runtime} runtime, which is not installed"
-                          f" (pip install {RUNTIMES[art.runtime].install})")
+                              f" (pip install {RUNTIMES[art.runtime].install}){platform_hint()}")
         return art
     for name in FORMAT_ORDER:
         art = arts.get(name)
@@ -57,6 +57,7 @@ def resolve_artifact(manifest: Manifest, fmt: str | None = None, allow_failed: b
     raise BundleError(
         f"no usable model among {', '.join(usable)}: each is either not ok or its runtime is not installed"
         f" (pip install {' '.join(RUNTIMES[r].install.split()[0] for r in DEVICE_RUNTIMES)})"
+        + platform_hint()
     )
 
 
@@ -73,6 +74,32 @@ def _input_layout(shape: list[int], manifest: Manifest) -> str:
         f"the model's input shape {shape} does not match the manifest's preprocessing "
         f"({h}x{w}x{c}); the manifest belongs to another model"
     )
+
+
+def check_input_values(spec: TensorSpec, pre: Preprocessing) -> None:
+    """The values the manifest's preprocessing produces must be what the model's input tensor takes:
+    an integer input without quantization takes raw pixels (``scaling: in_model``); a quantized one
+    covers a real-valued range that must match ``input_range``. Float inputs cannot be checked."""
+    dtype = np.dtype(spec.dtype)
+    if dtype.kind not in "iu":
+        return
+    lo, hi = pre.input_range
+    scale, zero = spec.scale or 1.0, spec.zero_point or 0
+    info = np.iinfo(dtype)
+    m_lo, m_hi = (info.min - zero) * scale, (info.max - zero) * scale
+    if scale == 1.0 and zero == 0:
+        if pre.scaling != "in_model" or m_lo > 0 or m_hi < 255:
+            raise BundleError(
+                f"the model takes raw {dtype.name} pixels ({m_lo:g}..{m_hi:g}) but the preprocessing gives "
+                f"values {lo:g}..{hi:g} (scaling {pre.scaling}); the two contradict each other"
+            )
+        return
+    tol = 0.1 * (m_hi - m_lo)
+    if abs(m_lo - lo) > tol or abs(m_hi - hi) > tol:
+        raise BundleError(
+            f"the model's {dtype.name} input is quantized for values {m_lo:.4g}..{m_hi:.4g} but the "
+            f"preprocessing gives {lo:.4g}..{hi:.4g}; fix --scale/--mean/--std (or the manifest)"
+        )
 
 
 def _matches(dims: list[int], want: list[int]) -> bool:
@@ -101,6 +128,7 @@ class Classifier:
         self.labels = list(manifest.labels)
         self.fmt = artifact.format
         self._layout = _input_layout(backend.inputs[0].shape, manifest)
+        check_input_values(backend.inputs[0], manifest.preprocessing)
         out_shape = backend.outputs[0].shape
         if out_shape and out_shape[-1] not in (-1, len(self.labels)):
             raise BundleError(
@@ -117,6 +145,7 @@ class Classifier:
         want = (h, w, self.manifest.preprocessing.channels)
         if batch.ndim != 4 or tuple(batch.shape[1:]) != want:
             raise ValueError(f"expected a batch of shape (N, {', '.join(map(str, want))}), got {batch.shape}")
+        batch = model_input(batch, self.manifest.preprocessing)
         if self._layout == "NCHW":
             batch = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
         return self.backend.run(batch)
@@ -189,6 +218,7 @@ __all__ = [
     "FORMAT_ORDER",
     "Classifier",
     "Prediction",
+    "check_input_values",
     "default_bundle_dir",
     "load_classifier",
     "resolve_artifact",

@@ -19,6 +19,7 @@ COMMANDS = [
     ("edgekit.commands", "info"),
     ("edgekit.export.commands", "export"),
     ("edgekit.export.commands", "pack"),
+    ("edgekit.export.import_command", "import"),
     ("edgekit.device.commands", "classify"),
     ("edgekit.device.commands", "camera"),
     ("edgekit.device.commands", "screen"),

@@ -24,32 +24,75 @@ MANIFEST_NAME = "manifest.json"
 LABELS_NAME = "labels.txt"
 RESIZE_METHODS = ("area", "bilinear", "nearest", "bicubic")
 STAIN_METHODS = ("none", "od_standard")  # device/stain.py implements them
+SCALINGS = ("in_model", "device")
 
 
 @dataclass
 class Preprocessing:
-    """How a decoded image becomes a model input. Scaling to [0, 1] lives inside the model graph,
-    so the device only decodes, converts colour order, resizes and casts."""
+    """How a decoded image becomes a model input.
+
+    The device decodes, converts colour order and resizes to uint8 pixels (``prepare()``); then the
+    model input is ``(pixel * scale - mean) / std`` per channel (``model_input()``). With
+    ``scaling == "in_model"`` (edgekit's own models) the graph scales itself and the device passes
+    raw 0..255 pixels; ``"device"`` (imported models) applies ``scale``, ``mean`` and ``std``.
+    ``input_range`` is the resulting range of model input values, checked against the model's tensors.
+    """
 
     input_size: tuple[int, int] = (64, 64)  # (height, width)
     channels: int = 3
     color_order: str = "RGB"
     resize: str = "area"
-    input_range: tuple[float, float] = (0.0, 255.0)
-    scaling: str = "in_model"  # the model divides by 255 itself
+    input_range: tuple[float, float] | None = None  # derived from scale/mean/std when absent
+    scaling: str = "in_model"  # in_model: the model divides by 255 itself | device: see the docstring
+    scale: float = 1.0
+    mean: list[float] = field(default_factory=lambda: [0.0])  # one value, or one per channel
+    std: list[float] = field(default_factory=lambda: [1.0])
     stain: str = "none"  # stain normalization of the resized crop (device/stain.py); "none" before it
 
     def __post_init__(self) -> None:
         if self.stain not in STAIN_METHODS:
             raise BundleError(f"unknown stain normalization {self.stain!r}; use one of {STAIN_METHODS}")
         self.input_size = (int(self.input_size[0]), int(self.input_size[1]))
-        self.input_range = (float(self.input_range[0]), float(self.input_range[1]))
         if self.resize not in RESIZE_METHODS:
             raise BundleError(f"unknown resize method {self.resize!r}; use one of {RESIZE_METHODS}")
         if self.channels not in (1, 3):
             raise BundleError(f"channels must be 1 or 3, not {self.channels}")
         if self.color_order not in ("RGB", "BGR", "GRAY"):
             raise BundleError(f"unknown color order {self.color_order!r}")
+        if self.scaling not in SCALINGS:
+            raise BundleError(f"unknown scaling {self.scaling!r}; use one of {SCALINGS}")
+        self.scale = float(self.scale)
+        self.mean = _per_channel("mean", self.mean, self.channels)
+        self.std = _per_channel("std", self.std, self.channels)
+        if self.scale <= 0 or min(self.std) <= 0:
+            raise BundleError("preprocessing scale and std must be positive")
+        if self.scaling == "in_model" and (self.scale != 1.0 or any(self.mean) or set(self.std) != {1.0}):
+            raise BundleError('scaling "in_model" passes raw pixels: scale, mean and std must be 1, 0, 1')
+        derived = self.derived_range()
+        if self.input_range is None:
+            self.input_range = derived
+        self.input_range = (float(self.input_range[0]), float(self.input_range[1]))
+        pairs = zip(self.input_range, derived, strict=True)
+        if not all(abs(a - b) <= 1e-3 * max(1.0, abs(b)) for a, b in pairs):
+            raise BundleError(
+                f"input_range {list(self.input_range)} contradicts scale/mean/std, which give"
+                f" {[round(v, 4) for v in derived]}"
+            )
+
+    def derived_range(self) -> tuple[float, float]:
+        """The lowest and highest model input value over all channels, for pixels 0..255."""
+        lows = [(0.0 * self.scale - m) / s for m, s in zip(self.mean, self.std, strict=True)]
+        highs = [(255.0 * self.scale - m) / s for m, s in zip(self.mean, self.std, strict=True)]
+        return (round(min(lows), 6), round(max(highs), 6))
+
+
+def _per_channel(name: str, values: Any, channels: int) -> list[float]:
+    vals = [float(v) for v in (values if isinstance(values, (list, tuple)) else [values])]
+    if len(vals) == 1:
+        return vals
+    if len(vals) != channels:
+        raise BundleError(f"preprocessing {name} has {len(vals)} values for {channels} channel(s)")
+    return vals
 
 
 @dataclass

@@ -42,6 +42,7 @@ def tiny_bundle(tmp_path_factory, cell_folder) -> Path:
     """The shared tiny test bundle (fp32 + int8 TFLite) plus the Keras reference and three broken
     artifacts: one whose export failed, one whose file is missing, one whose runtime is unknown, and
     one whose sha256 does not match its file."""
+    pytest.importorskip("tensorflow")  # the device suite (e.g. on an emulated Pi) has no TensorFlow
     from bundle_factory import make_bundle, tiny_model
 
     from edgekit.data import load_images, scan_dataset
@@ -123,7 +124,11 @@ def test_bench_end_to_end(tiny_bundle: Path, data_with_unknown_class: Path, tmp_
     assert list(csv_rows[0]) == list(COLUMNS) and len(csv_rows) == 7
     assert csv_rows[0]["format"] == "keras" and float(csv_rows[0]["accuracy"]) == by_fmt["keras"]["accuracy"]
     md = (out / "bench.md").read_text()
-    assert "| tflite_int8 | litert | 1 | ok |" in md and "**runtime missing**" in md
+    assert "| tflite_int8 | litert | 1 (1) | XNNPACK " in md and "**runtime missing**" in md
+    for fmt in ("tflite_fp32", "tflite_int8"):
+        assert by_fmt[fmt]["threads_effective"] == 1 and by_fmt[fmt]["delegate"] == "XNNPACK"
+        done, total = map(int, by_fmt[fmt]["delegated_ops"].split("/"))
+        assert 0 < done <= total
     ref = load_reference(tmp_path / "ref.csv")
     assert [r["format"] for r in ref] == ["keras", "tflite_int8", "tflite_fp32"]
     assert float(ref[1]["accuracy"]) == by_fmt["tflite_int8"]["accuracy"]
@@ -242,7 +247,7 @@ def test_markdown_and_csv_from_rows() -> None:
             {"format": "onnx_int8", "runtime": "onnxruntime", "threads": 2, "status": "export failed",
              "message": "boom"}]
     md = markdown_tables(rows)
-    assert "| keras | keras | 2 | ok | 1.500 |" in md and "90.0 (85.0–93.0)" in md
+    assert "| keras | keras | 2 | – | ok | 1.500 |" in md and "90.0 (85.0–93.0)" in md
     assert "onnx_int8 @2: **export failed** — boom" in md
     text = to_csv(rows)
     assert text.splitlines()[0].split(",")[:3] == ["format", "runtime", "threads"]
@@ -254,3 +259,38 @@ def test_bench_command_is_light() -> None:
             " 'onnxruntime', 'cv2'} & set(sys.modules); print(sorted(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_bench_on_a_faked_pi_reports_board_threads_and_delegates(cell_folder: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Raspberry Pi 4 device-tree model (faked through the environment) picks the rpi4 profile and its
+    reference file; each row reports the threads the process really ran and the delegate/provider used."""
+    from device_helpers import GOLDEN
+
+    fake = tmp_path / "model"
+    fake.write_bytes(b"Raspberry Pi 4 Model B Rev 1.5\x00")
+    monkeypatch.setenv("EDGEKIT_DEVICE_TREE_MODEL", str(fake))
+    assert detect_board() == "rpi4"
+    ref = tmp_path / "rpi4.csv"
+    ref.write_text("model,format,threads,latency_p50_ms,throughput_ips,peak_rss_mb,accuracy\n"
+                   "*,tflite_fp32,2,1000,1,1,0.5\n")
+    out = tmp_path / "bench"
+    res = CliRunner().invoke(main, [
+        "bench", str(GOLDEN), "--data", str(cell_folder), "--threads", "2",
+        "--formats", "tflite_fp32,onnx_fp32", "--runs", "3", "--warmup", "1", "--no-plots", "-o", str(out),
+        "--reference", str(ref)])
+    assert res.exit_code == 0, res.output
+    result = json.loads((out / "bench.json").read_text())
+    assert result["meta"]["profile"]["name"] == "rpi4"
+    assert result["meta"]["host"]["board"] == "Raspberry Pi 4 Model B Rev 1.5"
+    rows = {r["format"]: r for r in result["rows"]}
+    assert rows["tflite_fp32"]["delegate"] == "XNNPACK"
+    assert rows["onnx_fp32"]["delegate"] == "CPUExecutionProvider"
+    assert rows["onnx_fp32"]["intra_op_threads"] == 2
+    cores = len(result["meta"]["profile"]["cores_used"])
+    for r in (rows["tflite_fp32"], rows["onnx_fp32"]):  # the pool's threads, whatever the cores
+        assert r["threads_effective"] == 2, (r["format"], r["threads_effective"], cores)
+    assert "reference " + str(ref) + ": 4 comparisons" in res.output
+    assert "| tflite_fp32 | litert | 2 (2) | XNNPACK" in (out / "bench.md").read_text()
+    monkeypatch.setenv("EDGEKIT_DEVICE_TREE_MODEL", str(tmp_path / "absent"))
+    assert detect_board() is None and get_profile("auto").name == "host"
