@@ -249,7 +249,7 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
 
 @click.group()
 def sessions() -> None:
-    """Read screening records back: list, show, export."""
+    """Read screening records back: list, show, export; review and confirm flagged cells."""
 
 
 _db_option = click.option(
@@ -303,16 +303,25 @@ def _summary(store, session):
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def sessions_show(session_id: str, db: Path | None, as_json: bool) -> None:
     """Summary of one session (by id, or the latest session of a patient id)."""
+    from edgekit.device.review import per_field, review_summary
+    from edgekit.device.review_commands import review_text, session_cutoff
+
     with _store(db) as store:
         session = store.find_session(session_id)
         summary = _summary(store, session)
+        records, cutoff = store.records(session.id), session_cutoff(session)
+        review = review_summary(records, store.reviews(session.id), cutoff)
+        fields, lines = per_field(records, cutoff), review_text(store, session)
     if as_json:
-        click.echo(json.dumps({"session": session.__dict__, "summary": summary.to_dict()}))
+        click.echo(json.dumps({"session": session.__dict__, "summary": summary.to_dict(), "review": review,
+                               "fields": fields}))
         return
     click.echo(f"session {session.id}  site {session.site or '-'}  operator {session.operator or '-'}")
     model = f"model {session.model_format or '?'} sha256 {session.model_sha256[:16]}…"
     click.echo(f"{model}  bundle {session.bundle}")
     click.echo(summary.line())
+    for line in lines:
+        click.echo(line)
 
 
 EXPORT_COLUMNS = ["session_id", "patient", "site", "operator", "source_id", "source_kind", "content_hash",
@@ -347,3 +356,13 @@ def sessions_export(session_id: str | None, db: Path | None, as_csv: bool, outpu
     else:
         atomic_write_text(output, buf.getvalue())
         click.echo(f"wrote {output}", err=True)
+
+
+def _add_review_commands() -> None:
+    from edgekit.device.review_commands import confirm, review
+
+    sessions.add_command(review)
+    sessions.add_command(confirm)
+
+
+_add_review_commands()

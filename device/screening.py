@@ -16,6 +16,7 @@ import numpy as np
 
 from edgekit.device.pipeline import Outcome, Tally, array_hash, classify_one, file_hash, missing_reason
 from edgekit.device.quality import DEFAULT_GATES, QualityGates
+from edgekit.device.review import keep_for_review
 from edgekit.errors import ImageError
 from edgekit.manifest import PatientRule
 from edgekit.metrics import wilson_interval
@@ -167,6 +168,7 @@ def record_crops(
         else:
             out = classify_one(source_id, image, classifier, gates, content_hash)
             store.add_record(session, outcome_row(out, source_kind))
+            keep_for_review(store, session, out, image, classifier.manifest.thresholds.cutoff)
             done.add(content_hash)
             counted += out.status == "classified"
         tally.add(out.status)

@@ -26,6 +26,7 @@ COMMANDS = [
     ("edgekit.device.field_commands", "field"),
     ("edgekit.benchmarks.commands", "bench"),
     ("edgekit.site_commands", "cells"),
+    ("edgekit.site_commands", "adapt"),
 ]
 
 
