@@ -106,10 +106,11 @@ def field_split(fields: list[str], cfg: AdaptConfig, split_file: Path | None) ->
             parts = {k: sorted({Path(n).stem for n in raw[k]}) for k in ("train", "val", "test")}
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise DataError(f"bad field split file {split_file}: {exc} (want train/val/test lists)") from None
-        unknown = sorted(set().union(*parts.values()) - set(fields))
-        if unknown:
-            raise DataError(f"field split names {len(unknown)} field(s) without cells in the site data "
-                            f"(first: {unknown[0]})")
+        named = set().union(*parts.values())
+        if not named & set(fields):
+            raise DataError(f"the field split {split_file} names none of the site's fields")
+        # fields whose labelled cells the cell finder never found have no crops: nothing to split
+        parts = {k: [f for f in v if f in set(fields)] for k, v in parts.items()}
         tr, va, te = (set(parts[k]) for k in ("train", "val", "test"))
         if tr & (va | te) or va & te:
             raise DataError("the field split puts one field in two parts")
@@ -306,8 +307,7 @@ def adapt_model(
         if len(yt):
             p_test = _device_probs(tmp, manifest, xt, eval_fmt)
             evaluation["test"] = site_metrics(yt == pos, p_test, gt, cutoff)
-        manifest.evaluation = {**{k: v for k, v in manifest.evaluation.items() if not k.startswith("site")},
-                               "site": evaluation}
+        manifest.evaluation = {"site": evaluation}  # the base model's numbers are not this model's
         manifest.training["split_file"] = str((out / SITE_SPLIT).resolve())
         manifest.save(tmp)
         if out.exists():
