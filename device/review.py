@@ -27,8 +27,11 @@ if TYPE_CHECKING:
 TILE = 96
 
 
-def flagged(p_positive: float | None, decision: str | None, cutoff: float) -> bool:
-    """Called parasitized at the cutoff, or uncertain: a microscopist should look at it."""
+def flagged(p_positive: float | None, decision: str | None, cutoff: float | None) -> bool:
+    """Called parasitized at the cutoff, or uncertain: a microscopist should look at it. Without a
+    known cutoff (sessions from before the decision was stored) the record's own decision counts."""
+    if cutoff is None:
+        return decision in ("positive", "uncertain")
     return (p_positive is not None and p_positive >= cutoff) or decision == "uncertain"
 
 
@@ -53,22 +56,25 @@ def keep_for_review(store: RecordStore, session: Session, out: Any, image: Any, 
     store.save_crop(session, out.content_hash, encode_png(image))
 
 
-def _called(r: Mapping[str, Any], cutoff: float) -> bool:
+def model_call(r: Mapping[str, Any], cutoff: float | None) -> bool:
+    """Whether the model counted this record's cell as parasitized."""
+    if cutoff is None:
+        return r.get("decision") == "positive"
     return (r.get("p_positive") or 0.0) >= cutoff
 
 
 def review_summary(records: Iterable[Mapping[str, Any]], reviews: Mapping[int, Mapping[str, Any]],
-                   cutoff: float) -> dict[str, Any]:
+                   cutoff: float | None) -> dict[str, Any]:
     """The model's count and the confirmed count of a session, each with a Wilson 95% interval."""
     cells = [r for r in records if r["status"] == "classified"]
     n = len(cells)
-    model = sum(_called(r, cutoff) for r in cells)
+    model = sum(model_call(r, cutoff) for r in cells)
     to_review = [r for r in cells if flagged(r.get("p_positive"), r.get("decision"), cutoff)]
     confirmed = 0
     agreed = overruled = 0
     for r in cells:
         v = reviews.get(int(r["id"]))
-        call = _called(r, cutoff)
+        call = model_call(r, cutoff)
         if v is None:
             confirmed += call
             continue
@@ -88,13 +94,13 @@ def review_summary(records: Iterable[Mapping[str, Any]], reviews: Mapping[int, M
     }
 
 
-def per_field(records: Iterable[Mapping[str, Any]], cutoff: float) -> list[dict[str, Any]]:
+def per_field(records: Iterable[Mapping[str, Any]], cutoff: float | None) -> list[dict[str, Any]]:
     """Cells cut from whole fields (source ids ``field.jpg#12``): per field, the cells, the count
     called parasitized at the cutoff, the parasitemia and its Wilson 95% interval."""
     fields: dict[str, list[bool]] = {}
     for r in records:
         if r["status"] == "classified" and "#" in r["source_id"]:
-            fields.setdefault(r["source_id"].rsplit("#", 1)[0], []).append(_called(r, cutoff))
+            fields.setdefault(r["source_id"].rsplit("#", 1)[0], []).append(model_call(r, cutoff))
     out = []
     for name, calls in fields.items():
         k, n = sum(calls), len(calls)
@@ -122,7 +128,7 @@ def summary_lines(summary: Mapping[str, Any], fields: list[dict[str, Any]]) -> l
     return lines
 
 
-def gallery_items(store: RecordStore, session: Session, cutoff: float, everything: bool = False
+def gallery_items(store: RecordStore, session: Session, cutoff: float | None, everything: bool = False
                   ) -> list[dict[str, Any]]:
     """The flagged cells of a session (or all classified ones), most suspicious first, with their
     kept crop (PNG bytes or None) and review."""
@@ -135,7 +141,7 @@ def gallery_items(store: RecordStore, session: Session, cutoff: float, everythin
         if not everything and not flagged(r.get("p_positive"), r.get("decision"), cutoff):
             continue
         items.append({"id": int(r["id"]), "source": r["source_id"], "p": r.get("p_positive"),
-                      "decision": r.get("decision"), "called": _called(r, cutoff),
+                      "decision": r.get("decision"), "called": model_call(r, cutoff),
                       "png": images.get(int(r["id"])), "review": reviews.get(int(r["id"]))})
     items.sort(key=lambda it: -(it["p"] or 0.0))
     return items

@@ -25,14 +25,11 @@ def _open(db: Path | None):
     return RecordStore(path)
 
 
-def session_cutoff(session) -> float:
-    """The cutoff of the session's bundle (0.5 when the bundle moved or is gone, as `sessions show`)."""
-    from edgekit.manifest import load_manifest
-
-    try:
-        return float(load_manifest(session.bundle).thresholds.cutoff) if session.bundle else 0.5
-    except Exception:  # a missing bundle must not stop a review of what is recorded
-        return 0.5
+def session_cutoff(session) -> float | None:
+    """The cell cutoff the session is decided with (stored with it); None for sessions recorded
+    before edgekit stored it: each record's own decision is then its call."""
+    decided = session.decided_with
+    return None if decided is None else decided.cutoff
 
 
 def review_text(store, session) -> list[str]:
@@ -125,7 +122,9 @@ def confirm(session_id: str, record_ids: tuple[int, ...], verdict: str | None, c
                 raise EdgekitError(f"no cell {rid} in session {session.id}")
         for rid, v in pairs:
             if v in ("confirm", "overrule"):
-                called = (records[rid].get("p_positive") or 0.0) >= cutoff
+                from edgekit.device.review import model_call
+
+                called = model_call(records[rid], cutoff)
                 v = "parasitized" if called == (v == "confirm") else "not parasitized"
             store.set_review(session.id, rid, v, reviewer, note)
         lines = review_text(store, session)

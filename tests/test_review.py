@@ -107,7 +107,9 @@ def test_version_1_database_still_opens(tmp_path):
     con = sqlite3.connect(db)
     from edgekit.device.records import _SCHEMA
 
-    con.executescript(_SCHEMA.split("CREATE TABLE IF NOT EXISTS crop_images")[0])
+    v1 = _SCHEMA.split("CREATE TABLE IF NOT EXISTS crop_images")[0]
+    v1 = v1.replace("    decision TEXT,\n    created_at", "    created_at")
+    con.executescript(v1)  # the version-1 tables: no sessions.decision, no review tables
     con.execute("INSERT INTO sessions VALUES (1, 'P1', NULL, NULL, 'abc', NULL, NULL, 0, 0)")
     con.execute("INSERT INTO records (session_id, source_id, source_kind, content_hash, status, p_positive,"
                 " decision, model_sha256, created_at) VALUES (1, 'a.png', 'file', 'h', 'classified', 0.9,"
@@ -118,6 +120,7 @@ def test_version_1_database_still_opens(tmp_path):
     with RecordStore(db, read_only=True) as store:
         assert store.reviews(1) == {} and store.crop_images(1) == {}
     with RecordStore(db) as store:
+        assert store.find_session("1").decided_with is None
         store.set_review(1, 1, "not parasitized", "amina")
         assert store.reviews(1)[1]["reviewer"] == "amina" and len(store.records(1)) == 1
         with pytest.raises(RecordsError, match="verdict must be"):
