@@ -120,11 +120,12 @@ def evaluate_bundle(bundle: Path | None, name: str, cells: Path, test_fields: li
     from edgekit.adapt import site_metrics
     from edgekit.device.runtime import load_classifier
 
-    clf = load_classifier(bundle, fmt="tflite_int8")
+    clf = load_classifier(bundle, fmt="tflite_int8", allow_failed=True)  # its status is in the row
     x, y, g = _test_cells(cells, test_fields, clf.manifest.preprocessing, cache)
     t0 = time.perf_counter()
     row = {"name": name, "bundle": str(bundle) if bundle else "default (shipped)",
            "cutoff": clf.manifest.thresholds.cutoff,
+           "int8_status": clf.manifest.artifacts["tflite_int8"].status,
            "cells": site_metrics(y, _probs(clf, x), g, float(clf.manifest.thresholds.cutoff)),
            "whole_fields": _whole_fields(clf, test_fields, truth)}
     if ARGS.nih_split:
@@ -178,6 +179,12 @@ How to read it:
   training run is not in the repository, only its int8 files, and no Keras model can be taken
   from them). "NIH test AUC" is that model after adaptation, on the 39 NIH test patients' crops.
 - Everything ran on 2 shared CPU cores: 4 epochs, at most 20 uninfected cells per training field.
+  "All" is the 96 of 102 training fields with at least one cut cell. Fine-tuning is not
+  bit-reproducible on CPU threads: a first 50-field run's int8 file missed the export bound
+  (accuracy drop 0.59 points > 0.5) and `adapt` refused it; the rerun shown passed.
+- Targets after adaptation (MAE <= 0.5 points, AUC >= 0.99, sensitivity >= 90% at specificity >=
+  99.5%) are **not met**: at best MAE 1.1 points (matched cells) / 1.4 (whole fields, biased
+  upwards), AUC 0.979.
 """
 
 
@@ -193,6 +200,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--base-split", type=Path, default=None)
     ap.add_argument("--nih-split", default=None, help="NIH split file: also measure NIH test-patient AUC")
     ap.add_argument("--skip-existing", action="store_true", help="reuse adapted bundles already in --work")
+    ap.add_argument("--allow-drop", action="store_true", help="keep an int8 file that misses its bound")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the unadapted default bundle")
+    ap.add_argument("--raw", default="site_adaptation_iml.json", help="raw JSON name in benchmarks/results")
     ap.add_argument("--no-write", action="store_true")
     ARGS = args = ap.parse_args(argv)
 
@@ -207,8 +217,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     split_file.parent.mkdir(parents=True, exist_ok=True)
     split_file.write_text(json.dumps(parts, indent=1) + "\n")
     truth = _field_truth(IML / "annotations.json", IML / "images")
-    rows = [evaluate_bundle(None, "default, not adapted", args.cells, parts["test"], truth, cache)]
-    print(_table(rows), flush=True)
+    rows = [] if args.no_baseline else [
+        evaluate_bundle(None, "default, not adapted", args.cells, parts["test"], truth, cache)]
+    result = {"base": str(args.base), "cells": str(args.cells), "split": parts,
+              "split_counts": {k: len(v) for k, v in parts.items()}, "epochs": args.epochs,
+              "negatives_per_field": args.negatives_per_field, "host": platform.node(), "rows": rows}
+    raw = HERE / "results" / args.raw
     for size in args.sizes.split(","):
         n = None if size == "all" else int(size)
         out = args.work / f"iml-{size}"
@@ -217,17 +231,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               negatives_per_field=args.negatives_per_field)
             t0 = time.perf_counter()
             adapt_model(args.base, args.cells, out, cfg, split_file=split_file, base_split=args.base_split,
-                        replace=True, cache_dir=cache, log=lambda s: print(s, flush=True))
+                        replace=True, cache_dir=cache, allow_drop=args.allow_drop,
+                        log=lambda s: print(s, flush=True))
             print(f"adapted {out} in {time.perf_counter() - t0:.0f} s", flush=True)
         rows.append(evaluate_bundle(out, f"adapted, {size} fields", args.cells, parts["test"], truth, cache))
         print(_table(rows), flush=True)
-    result = {"base": str(args.base), "cells": str(args.cells), "split": parts,
-              "split_counts": {k: len(v) for k, v in parts.items()}, "epochs": args.epochs,
-              "negatives_per_field": args.negatives_per_field, "host": platform.node(), "rows": rows}
+        if not args.no_write:  # every row as soon as it is measured
+            raw.write_text(json.dumps(result, indent=1) + "\n")
     if not args.no_write:
         from edgekit.benchmarks.field_detection import update_results_md
 
-        (HERE / "results" / "site_adaptation_iml.json").write_text(json.dumps(result, indent=1) + "\n")
+        raw.write_text(json.dumps(result, indent=1) + "\n")
         update_results_md(HERE / "RESULTS.md", _section(result), SECTION)
     return result
 

@@ -6,19 +6,18 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
-_model_option = click.option(
-    "--model", "-m", "bundle", type=click.Path(path_type=Path), default=None,
-    help="Bundle folder (from `edgekit export`). Default: the model shipped with edgekit.",
-)
+from edgekit.cli_options import model_option, option
+from edgekit.formats import DEVICE_ORDER
+
+_model_option = model_option()
 _model_format_option = click.option(
     "--model-format", default=None,
-    help="Which model of the bundle to run (tflite_int8, onnx_fp32, ...). Default: the first usable one.",
+    help=f"Which model of the bundle to run ({', '.join(DEVICE_ORDER)}). Default: the first usable one,"
+         " in that order.",
 )
 _threads_option = click.option(
     "--threads", type=click.IntRange(1, 64), default=None, help="Inference threads."
@@ -33,6 +32,34 @@ _quality_option = click.option(
 )
 
 
+def _live_options(f):
+    """The options of a live microscope camera (``camera`` and ``screen --camera``)."""
+    options = [
+        click.option("--crops", "crops_mode", is_flag=True,
+                     help="Each frame's center square is one pre-cut cell (the old behaviour), not a field."),
+        click.option("--settle", type=click.IntRange(1), default=4, show_default=True,
+                     help="Still, sharp frames in a row before a field is taken."),
+        click.option("--capture-on-key", is_flag=True,
+                     help="Take a field only when asked: Enter on the terminal, or space in the preview."),
+        click.option("--overlay", "overlay_path", type=click.Path(path_type=Path), default=None,
+                     help="Keep this PNG updated with the last field and the counts so far."),
+        click.option("--show/--no-show", default=False, show_default=True,
+                     help="Preview window (needs an OpenCV build with a GUI; else only --overlay)."),
+    ]
+    for decorate in reversed(options):
+        f = decorate(f)
+    return f
+
+
+def _live_capture(settle: int, capture_on_key: bool, echo):
+    from edgekit.device.live import CaptureSettings, FieldCapture, requests_from_stdin
+
+    capture = FieldCapture(CaptureSettings(settle=settle, manual=capture_on_key))
+    if capture_on_key:
+        requests_from_stdin(capture, echo)
+    return capture
+
+
 def _load(bundle: Path | None, model_format: str | None, threads: int | None):
     import os
 
@@ -41,67 +68,6 @@ def _load(bundle: Path | None, model_format: str | None, threads: int | None):
     from edgekit.device.runtime import load_classifier
 
     return load_classifier(bundle, model_format, threads)
-
-
-def _columns(classifier) -> list[str]:
-    pos = classifier.manifest.positive_label
-    cols = ["path", "status", "label", "probability"]
-    if pos is not None:
-        cols.append(f"p_{pos.lower()}")
-    return [*cols, "decision", "reason", "model_sha256", "model_format"]
-
-
-def _row(out, classifier) -> dict[str, Any]:
-    p = out.prediction
-    row: dict[str, Any] = {"path": out.source_id, "status": out.status, "label": None, "probability": None}
-    pos = classifier.manifest.positive_label
-    if pos is not None:
-        row[f"p_{pos.lower()}"] = None if p is None else round(p.p_positive, 6)
-    if p is not None:
-        row["label"], row["probability"] = p.label, round(p.probability, 6)
-    row["decision"] = None if p is None else p.decision
-    row["reason"] = out.reason
-    row["model_sha256"] = classifier.model_sha256
-    row["model_format"] = classifier.fmt
-    return row
-
-
-class _Writer:
-    """Streams result rows as an aligned table, JSON lines or CSV."""
-
-    def __init__(self, fmt: str, columns: list[str], path_width: int) -> None:
-        self.fmt, self.columns, self.path_width = fmt, columns, max(8, min(path_width, 60))
-        self._csv = None
-        if fmt == "csv":
-            self._csv = csv.DictWriter(sys.stdout, fieldnames=columns, lineterminator="\n")
-            self._csv.writeheader()
-        elif fmt == "table":
-            pcol = next((c for c in columns if c.startswith("p_")), None)
-            self._pcol = pcol
-            head = f"{'path':<{self.path_width}}  {'label':<14} {'prob':>6}"
-            head += f" {pcol:>14}" if pcol else ""
-            click.echo(head + "  decision")
-
-    def write(self, row: dict[str, Any]) -> None:
-        if self.fmt == "jsonl":
-            click.echo(json.dumps(row))
-        elif self.fmt == "csv":
-            self._csv.writerow(row)
-            sys.stdout.flush()
-        else:
-            path = row["path"]
-            if len(path) > self.path_width:
-                path = "…" + path[-(self.path_width - 1) :]
-            if row["status"] != "classified":
-                click.echo(f"{path:<{self.path_width}}  {row['status'].upper()}: {row['reason']}")
-                return
-            line = f"{path:<{self.path_width}}  {row['label']:<14} {row['probability']:>6.3f}"
-            if self._pcol:
-                line += f" {row[self._pcol]:>14.3f}"
-            decision = row["decision"]
-            if decision == "uncertain":
-                decision = "uncertain: refer to microscopy"
-            click.echo(f"{line}  {decision}")
 
 
 @click.command()
@@ -120,12 +86,13 @@ def classify(ctx: click.Context, paths: tuple[str, ...], bundle: Path | None, mo
 
     Exits 1 when any input could not be read (the batch still runs to the end).
     """
-    from edgekit.device.pipeline import Outcome, Progress, Tally, classify_one, expand_inputs, missing_reason
+    from edgekit.device.output import Progress, ResultWriter, result_columns, result_row
+    from edgekit.device.pipeline import Outcome, Tally, classify_one, expand_inputs, missing_reason
     from edgekit.device.quality import DEFAULT_GATES
 
     classifier = _load(bundle, model_format, threads)
     items = list(expand_inputs(paths))
-    writer = _Writer(out_format, _columns(classifier), max((len(s) for s, _ in items), default=8))
+    writer = ResultWriter(out_format, result_columns(classifier), max((len(s) for s, _ in items), default=8))
     bar = Progress(len(items), Progress.wanted(bool(progress)) if progress is not False else False)
     tally = Tally()
     gates = DEFAULT_GATES if quality else None
@@ -136,7 +103,7 @@ def classify(ctx: click.Context, paths: tuple[str, ...], bundle: Path | None, mo
             out = classify_one(shown, path, classifier, gates)
         tally.add(out.status)
         bar.clear()
-        writer.write(_row(out, classifier))
+        writer.write(result_row(out, classifier))
         bar.update()
     bar.close()
     click.echo(tally.line(), err=True)
@@ -158,16 +125,26 @@ def classify(ctx: click.Context, paths: tuple[str, ...], bundle: Path | None, mo
 @click.option("--reconnect", type=click.IntRange(0), default=3, show_default=True,
               help="Attempts to reopen a live source that stops delivering frames.")
 @_quality_option
+@_live_options
 def camera(source: str, bundle: Path | None, model_format: str | None, threads: int | None, every: int,
-           save_dir: Path | None, max_frames: int | None, reconnect: int, quality: bool) -> None:
-    """Live classification of camera frames (each frame's center square is one crop). Ctrl-C stops."""
-    from edgekit.device.camera import run_camera
+           save_dir: Path | None, max_frames: int | None, reconnect: int, quality: bool, crops_mode: bool,
+           settle: int, capture_on_key: bool, overlay_path: Path | None, show: bool) -> None:
+    """Live microscope camera: each settled, sharp view is a field whose cells are found, classified
+    and counted once (README: Camera at the microscope). Nothing is recorded: use `screen --camera`
+    for a patient. Ctrl-C stops."""
+    from edgekit.device.camera import run_camera, run_field_camera
     from edgekit.device.quality import DEFAULT_GATES
 
     classifier = _load(bundle, model_format, threads)
-    n = run_camera(classifier, source, every, save_dir, max_frames, click.echo, reconnect,
-                   gates=DEFAULT_GATES if quality else None)
-    click.echo(f"{n} frames processed", err=True)
+    if crops_mode:
+        n = run_camera(classifier, source, every, save_dir, max_frames, click.echo, reconnect,
+                       gates=DEFAULT_GATES if quality else None)
+        click.echo(f"{n} frames processed", err=True)
+        return
+    capture = _live_capture(settle, capture_on_key, lambda s: click.echo(s, err=True))
+    stats = run_field_camera(classifier, source, capture, click.echo, max_frames, reconnect, overlay_path,
+                             show)
+    click.echo(stats.line(), err=True)
 
 
 @click.command()
@@ -188,10 +165,12 @@ def camera(source: str, bundle: Path | None, model_format: str | None, threads: 
 @_threads_option
 @_progress_option
 @_quality_option
+@_live_options
 @click.option("--json", "as_json", is_flag=True, help="Print the patient summary as JSON.")
 def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str | None, use_camera: bool,
            fields: bool, source: str, db: Path | None, stop_cells: int | None, bundle: Path | None,
            model_format: str | None, threads: int | None, progress: bool | None, quality: bool,
+           crops_mode: bool, settle: int, capture_on_key: bool, overlay_path: Path | None, show: bool,
            as_json: bool) -> None:
     """Screen a patient: classify and record every crop, then summarise and decide.
 
@@ -199,7 +178,8 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
     skips what is already recorded.
     """
     from edgekit.device.camera import center_square, frames
-    from edgekit.device.pipeline import Progress, expand_inputs
+    from edgekit.device.output import Progress
+    from edgekit.device.pipeline import expand_inputs
     from edgekit.device.quality import DEFAULT_GATES
     from edgekit.device.records import RecordStore, default_db_path
     from edgekit.device.screening import field_crops, path_crops, record_crops, summarize
@@ -215,9 +195,24 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
     with RecordStore(db or default_db_path()) as store:
         session = store.open_session(patient, classifier.model_sha256, site, operator, classifier.fmt,
                                      str(classifier.bundle_dir), decision)
-        if use_camera:
+        view = capture = None
+        if use_camera and crops_mode:
             crops = ((f"frame {i}", None, center_square(f)) for i, f in enumerate(frames(source), 1))
             total, kind = None, "camera"
+        elif use_camera:
+            from edgekit.device.live import LiveView, camera_field_crops
+
+            capture = _live_capture(settle, capture_on_key, lambda s: click.echo(s, err=True))
+            view = LiveView(decision, overlay_path, show)
+            running = {"cells": 0, "parasitized": 0}
+
+            def on_field(k, rgb, cells) -> None:
+                view.render(_live_status(capture, running))
+                view.field(k, rgb, cells)
+                bar.clear()
+                click.echo(f"field {k}: {len(cells)} cells", err=True)
+
+            crops, total, kind = camera_field_crops(frames(source), capture, on_field), None, "camera-field"
         else:
             items = list(expand_inputs(paths))
             if fields:  # the number of cells is unknown until each field is segmented
@@ -227,6 +222,11 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
         bar = Progress(total, Progress.wanted(bool(progress)) if progress is not False else False)
 
         def report(out) -> None:
+            if view is not None:
+                view.outcome(out)
+                if out.status == "classified":
+                    running["cells"] += 1
+                    running["parasitized"] += decision.is_counted_positive(out.prediction.p_positive)
             if out.status in ("rejected", "failed"):
                 bar.clear()
                 click.echo(f"{out.status} {out.source_id}: {out.reason}", err=True)
@@ -240,10 +240,18 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
             click.echo("interrupted: everything classified so far is recorded", err=True)
             tally = None
         bar.close()
+        if view is not None:
+            view.render(_live_status(capture, running))
+            click.echo(capture.stats.line(), err=True)
         if tally is not None:
             click.echo(tally.line(), err=True)
         summary = summarize(patient, store.records(session.id), decision, stop_cells=stop)
     click.echo(json.dumps(summary.to_dict()) if as_json else f"session {session.id}: {summary.line()}")
+
+
+def _live_status(capture, running: dict[str, int]) -> str:
+    n, k = running["cells"], running["parasitized"]
+    return f"{capture.stats.fields} fields, {n} cells, parasitemia {k / n if n else 0:.1%} so far"
 
 
 @click.group()
@@ -258,7 +266,8 @@ _db_option = click.option(
 
 
 def _store(db: Path | None):
-    from edgekit.device.records import RecordsError, RecordStore, default_db_path
+    from edgekit.device.records import RecordStore, default_db_path
+    from edgekit.errors import RecordsError
 
     path = db or default_db_path()
     if not path.is_file():
@@ -342,10 +351,14 @@ EXPORT_COLUMNS = ["session_id", "patient", "site", "operator", "source_id", "sou
 @sessions.command("export")
 @click.argument("session_id", required=False)
 @_db_option
-@click.option("--csv", "as_csv", is_flag=True, default=True, help="CSV (the only format for now).")
-@click.option("--output", "-o", type=click.Path(path_type=Path), default=None, help="File (default: stdout).")
-def sessions_export(session_id: str | None, db: Path | None, as_csv: bool, output: Path | None) -> None:
-    """Export the records of one session (or all sessions) as CSV (times in UTC, ISO 8601)."""
+@click.option("--format", "out_format", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True,
+              help="CSV, or one JSON object per record.")
+@click.option("--csv", "as_csv", is_flag=True, hidden=True, help="The same as --format csv (old spelling).")
+@option("-o", "--out", "output", aliases=("--output",), type=click.Path(path_type=Path), default=None,
+        help="File (default: stdout).")
+def sessions_export(session_id: str | None, db: Path | None, out_format: str, as_csv: bool,
+                    output: Path | None) -> None:
+    """Export the records of one session (or all sessions) as CSV or JSON lines (times in UTC, ISO 8601)."""
     from datetime import datetime, timezone
 
     from edgekit.manifest import atomic_write_text
@@ -354,13 +367,18 @@ def sessions_export(session_id: str | None, db: Path | None, as_csv: bool, outpu
         chosen = [store.find_session(session_id)] if session_id else [
             store.find_session(str(r["id"])) for r in store.sessions()]
         buf = io.StringIO()
+        as_jsonl = out_format == "jsonl" and not as_csv
         w = csv.DictWriter(buf, fieldnames=EXPORT_COLUMNS, extrasaction="ignore", lineterminator="\n")
-        w.writeheader()
+        if not as_jsonl:
+            w.writeheader()
         for s in chosen:
             for r in store.records(s.id):
                 when = datetime.fromtimestamp(r["created_at"], timezone.utc).isoformat(timespec="seconds")
-                w.writerow({**r, "patient": s.patient, "site": s.site, "operator": s.operator,
-                            "created_at": when})
+                row = {**r, "patient": s.patient, "site": s.site, "operator": s.operator, "created_at": when}
+                if as_jsonl:
+                    buf.write(json.dumps({k: row.get(k) for k in EXPORT_COLUMNS}) + "\n")
+                else:
+                    w.writerow(row)
     if output is None:
         click.echo(buf.getvalue(), nl=False)
     else:

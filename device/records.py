@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import RecordsError
 from edgekit.manifest import Decision
 
 SCHEMA_VERSION = 3  # 2: sessions.decision; 3: crop_images and reviews (version-1/2 files keep working)
@@ -65,10 +65,6 @@ CREATE TABLE IF NOT EXISTS reviews (
 );
 """
 REVIEW_VERDICTS = ("parasitized", "not parasitized")
-
-
-class RecordsError(EdgekitError):
-    """The screening database cannot be used (locked, read-only, corrupt, unreachable)."""
 
 
 def default_db_path() -> Path:

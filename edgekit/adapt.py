@@ -231,10 +231,10 @@ def site_metrics(y: np.ndarray, p: np.ndarray, fields: np.ndarray, cutoff: float
 def _device_probs(bundle: Path, manifest: Any, x: np.ndarray, fmt: str = "tflite_int8") -> np.ndarray:
     """Positive-class probabilities of ``x`` through the device runtime of the exported format."""
     from edgekit.export.bundle import load_runner
-    from edgekit.export.options import Format
+    from edgekit.formats import get
 
     art = manifest.artifacts[fmt]
-    runner = load_runner(Format(fmt), bundle / art.path)
+    runner = load_runner(get(fmt), bundle / art.path)
     probs = runner.predict(x)
     return probs[:, manifest.positive_index]
 
@@ -331,7 +331,8 @@ def _fine_tune(keras_path: Path, x: np.ndarray, y: np.ndarray, w: np.ndarray, xv
 
     from edgekit.export.bundle import load_keras
     from edgekit.metrics import roc_auc
-    from edgekit.train import TrainConfig, compile_model, make_dataset, predict_arrays, save_keras_atomic
+    from edgekit.parts import predict_arrays
+    from edgekit.train import TrainConfig, compile_model, make_dataset, save_keras_atomic
 
     keras.utils.set_random_seed(cfg.seed)
     model = load_keras(keras_path)
