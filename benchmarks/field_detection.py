@@ -271,17 +271,17 @@ def render_section(res: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_results_md(path: Path, section: str) -> None:
+def update_results_md(path: Path, section: str, heading: str = SECTION) -> None:
     """Replace this benchmark's section in RESULTS.md, or append it; other sections stay as they are.
     Re-reads the file just before writing, since other benchmarks write their own sections."""
     from edgekit.manifest import atomic_write_text
 
     text = path.read_text() if path.exists() else "# Benchmark results\n"
-    start = text.find(SECTION)
+    start = text.find(heading)
     if start < 0:
         text = text.rstrip("\n") + "\n\n" + section
     else:
-        nxt = text.find("\n## ", start + len(SECTION))
+        nxt = text.find("\n## ", start + len(heading))
         text = text[:start] + section + ("" if nxt < 0 else "\n" + text[nxt + 1 :])
     atomic_write_text(path, text)
 

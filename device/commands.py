@@ -269,7 +269,7 @@ def _live_status(capture, running: dict[str, int]) -> str:
 
 @click.group()
 def sessions() -> None:
-    """Read screening records back: list, show, export."""
+    """Read screening records back: list, show, export; review and confirm flagged cells."""
 
 
 _db_option = click.option(
@@ -327,13 +327,20 @@ _NO_DECISION = ("no decision rule is stored with this session (recorded by an ol
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def sessions_show(session_id: str, db: Path | None, as_json: bool) -> None:
     """Summary of one session (by id, or the latest session of a patient id)."""
+    from edgekit.device.review import per_field, review_summary
+    from edgekit.device.review_commands import review_text, session_cutoff
+
     with _store(db) as store:
         session = store.find_session(session_id)
         summary = _summary(store, session)
+        records, cutoff = store.records(session.id), session_cutoff(session)
+        review = review_summary(records, store.reviews(session.id), cutoff)
+        fields, lines = per_field(records, cutoff), review_text(store, session)
     if as_json:
         info = {k: v for k, v in session.__dict__.items() if k != "decision"}
         info["decision"] = None if session.decision is None else json.loads(session.decision)
-        click.echo(json.dumps({"session": info, "summary": None if summary is None else summary.to_dict()}))
+        click.echo(json.dumps({"session": info, "summary": None if summary is None else summary.to_dict(),
+                               "review": review, "fields": fields}))
         return
     click.echo(f"session {session.id}  site {session.site or '-'}  operator {session.operator or '-'}")
     model = f"model {session.model_format or '?'} sha256 {session.model_sha256[:16]}…"
@@ -345,6 +352,8 @@ def sessions_show(session_id: str, db: Path | None, as_json: bool) -> None:
     click.echo(f"decided at cell cutoff {decided.cutoff:.3f} on p({decided.counted_label}), "
                f"patient rule: positive at >= {decided.rule.positive_fraction:.1%} of cells")
     click.echo(summary.line())
+    for line in lines:
+        click.echo(line)
 
 
 EXPORT_COLUMNS = ["session_id", "patient", "site", "operator", "source_id", "source_kind", "content_hash",
@@ -388,3 +397,13 @@ def sessions_export(session_id: str | None, db: Path | None, out_format: str, as
     else:
         atomic_write_text(output, buf.getvalue())
         click.echo(f"wrote {output}", err=True)
+
+
+def _add_review_commands() -> None:
+    from edgekit.device.review_commands import confirm, review
+
+    sessions.add_command(review)
+    sessions.add_command(confirm)
+
+
+_add_review_commands()

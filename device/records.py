@@ -21,7 +21,7 @@ from typing import Any
 from edgekit.errors import RecordsError
 from edgekit.manifest import Decision
 
-SCHEMA_VERSION = 2  # 2: sessions.decision (the rule and cutoff a session is decided with)
+SCHEMA_VERSION = 3  # 2: sessions.decision; 3: crop_images and reviews (version-1/2 files keep working)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
     id INTEGER PRIMARY KEY,
@@ -53,7 +53,19 @@ CREATE TABLE IF NOT EXISTS records (
     created_at REAL NOT NULL,
     UNIQUE (session_id, content_hash)
 );
+CREATE TABLE IF NOT EXISTS crop_images (
+    record_id INTEGER PRIMARY KEY REFERENCES records(id),
+    png BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS reviews (
+    record_id INTEGER PRIMARY KEY REFERENCES records(id),
+    verdict TEXT NOT NULL CHECK (verdict IN ('parasitized', 'not parasitized')),
+    reviewer TEXT,
+    note TEXT,
+    created_at REAL NOT NULL
+);
 """
+REVIEW_VERDICTS = ("parasitized", "not parasitized")
 
 
 def default_db_path() -> Path:
@@ -242,3 +254,55 @@ class RecordStore:
             d["probabilities"] = json.loads(d["probabilities"]) if d["probabilities"] else None
             out.append(d)
         return out
+
+    # ------------------------------------------------------------------ review (schema 2)
+
+    def _has(self, table: str) -> bool:
+        """Whether the table exists (a version-1 file opened read-only has no review tables)."""
+        row = self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,))
+        return row.fetchone() is not None
+
+    def save_crop(self, session: Session, content_hash: str, png: bytes) -> None:
+        """Keep the crop of a recorded cell (PNG) so a reviewer sees exactly what was classified."""
+        with _db_errors(self.path), self.conn:
+            self.conn.execute(
+                "INSERT OR IGNORE INTO crop_images (record_id, png) SELECT id, ? FROM records"
+                " WHERE session_id = ? AND content_hash = ?", (png, session.id, content_hash))
+
+    def crop_images(self, session_id: int) -> dict[int, bytes]:
+        """record id -> PNG of the kept crops of a session."""
+        with _db_errors(self.path):
+            if not self._has("crop_images"):
+                return {}
+            rows = self.conn.execute(
+                "SELECT c.record_id, c.png FROM crop_images c JOIN records r ON r.id = c.record_id"
+                " WHERE r.session_id = ?", (session_id,)).fetchall()
+        return {int(r[0]): bytes(r[1]) for r in rows}
+
+    def set_review(self, session_id: int, record_id: int, verdict: str, reviewer: str | None = None,
+                   note: str | None = None) -> None:
+        """A reviewer's verdict on one cell of this session (a later verdict replaces an earlier one)."""
+        if verdict not in REVIEW_VERDICTS:
+            raise RecordsError(f"verdict must be one of {', '.join(REVIEW_VERDICTS)}, not {verdict!r}")
+        with _db_errors(self.path), self.conn:
+            row = self.conn.execute("SELECT status FROM records WHERE id = ? AND session_id = ?",
+                                    (record_id, session_id)).fetchone()
+            if row is None:
+                raise RecordsError(f"no cell {record_id} in session {session_id}")
+            if row[0] != "classified":
+                raise RecordsError(f"record {record_id} was {row[0]}, not classified: nothing to review")
+            self.conn.execute(
+                "INSERT INTO reviews (record_id, verdict, reviewer, note, created_at) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (record_id) DO UPDATE SET verdict = excluded.verdict,"
+                " reviewer = excluded.reviewer, note = excluded.note, created_at = excluded.created_at",
+                (record_id, verdict, reviewer, note, time.time()))
+
+    def reviews(self, session_id: int) -> dict[int, dict[str, Any]]:
+        """record id -> {verdict, reviewer, note, created_at} for the reviewed cells of a session."""
+        with _db_errors(self.path):
+            if not self._has("reviews"):
+                return {}
+            rows = self.conn.execute(
+                "SELECT v.* FROM reviews v JOIN records r ON r.id = v.record_id WHERE r.session_id = ?",
+                (session_id,)).fetchall()
+        return {int(r["record_id"]): dict(r) for r in rows}

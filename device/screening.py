@@ -26,6 +26,7 @@ from edgekit.device.pipeline import (
     prefetch,
 )
 from edgekit.device.quality import DEFAULT_GATES, QualityGates
+from edgekit.device.review import keep_for_review
 from edgekit.errors import ImageError
 from edgekit.manifest import Decision, PatientRule
 from edgekit.metrics import wilson_interval
@@ -182,6 +183,9 @@ def record_crops(
         rows = [outcome_row(o, source_kind) for o in done_outs if o.status != "skipped" and o.content_hash]
         if rows:
             store.add_records(session, rows)
+        cutoff = classifier.manifest.decision.cutoff
+        for (_, _, image, _), out in zip(todo, found, strict=True):  # flagged cells' crops, for review
+            keep_for_review(store, session, out, image, cutoff)
         for out in done_outs:  # reported only once committed
             tally.add(out.status)
             counted += out.status == "classified"

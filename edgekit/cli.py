@@ -28,6 +28,7 @@ COMMANDS = [
     ("edgekit.device.serve.commands", "serve"),
     ("edgekit.benchmarks.commands", "bench"),
     ("edgekit.site_commands", "cells"),
+    ("edgekit.site_commands", "adapt"),
 ]
 
 

@@ -115,3 +115,27 @@ def binary_metrics(
         "auc": {"value": auc, "ci95": list(bootstrap_auc_ci(y, p_positive, n_boot=n_boot, groups=groups))},
         "confusion": {"tp": tp, "fn": fn, "fp": fp, "tn": tn},
     }
+
+
+def sensitivity_at_specificity(
+    y_true: np.ndarray, score: np.ndarray, min_specificity: float
+) -> dict[str, float]:
+    """The highest sensitivity with specificity >= ``min_specificity`` on these scores, and the
+    threshold that gives it (a cell is called positive when its score >= threshold)."""
+    fpr, tpr, thr = roc_curve(y_true, score)
+    ok = (1.0 - fpr) >= min_specificity
+    k = int(np.flatnonzero(ok)[np.argmax(tpr[ok])])  # the (inf, 0, 0) point always qualifies
+    return {"sensitivity": float(tpr[k]), "specificity": float(1.0 - fpr[k]),
+            "threshold": float(min(thr[k], 1.0)) if np.isfinite(thr[k]) else 1.0}
+
+
+def field_parasitemia_error(fields: np.ndarray, y_true: np.ndarray, called: np.ndarray) -> dict[str, Any]:
+    """Per-field parasitemia (fraction of cells positive) called vs labelled: mean absolute error
+    and mean signed error in percentage points, over fields."""
+    f = np.asarray(fields)
+    y, c = np.asarray(y_true).astype(bool), np.asarray(called).astype(bool)
+    diffs = [100.0 * (c[f == u].mean() - y[f == u].mean()) for u in np.unique(f)]
+    d = np.asarray(diffs, np.float64)
+    return {"fields": int(d.size), "mae_points": float(np.abs(d).mean()) if d.size else float("nan"),
+            "bias_points": float(d.mean()) if d.size else float("nan"),
+            "max_abs_points": float(np.abs(d).max()) if d.size else float("nan")}

@@ -85,3 +85,75 @@ def cells(fields: tuple[Path, ...], annotations: Path, out: Path, class_map: tup
         click.echo(f"{c:12s} {n:6d} cells ({'-' if frac is None else f'{100 * frac:.0f}%'} of "
                    f"{summary['labelled'][c]} labelled; the rest were not found by the cell finder)")
     click.echo(f"wrote {out} from {summary['fields']} fields ({summary['fields_rejected']} rejected)")
+
+
+@click.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--data", "site", required=True, type=click.Path(path_type=Path),
+              help="The site's labelled cells (from `edgekit cells`).")
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path),
+              help="Site bundle folder to write.")
+@click.option("--fields-split", type=click.Path(path_type=Path),
+              help="JSON {train: [...], val: [...], test: [...]} of field names. Default: blocks of "
+                   "consecutive fields (--block) dealt 60/20/20.")
+@click.option("--block", type=click.IntRange(1), default=6, show_default=True,
+              help="Consecutive fields per block of the default split.")
+@click.option("--train-fields", type=click.IntRange(1), help="Use only this many training fields.")
+@click.option("--negatives-per-field", type=click.IntRange(0),
+              help="At most this many uninfected training cells per field (all parasitized ones are kept).")
+@click.option("--epochs", type=click.IntRange(1), default=6, show_default=True)
+@click.option("--lr", type=float, default=0.01, show_default=True, help="Initial lr; decays to 0.")
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--base-share", type=click.FloatRange(0, 0.95), default=0.5, show_default=True,
+              help="Share of the training crops taken from the base model's own training data.")
+@click.option("--base-split", type=click.Path(path_type=Path),
+              help="The base model's split file, if the manifest's path is not on this machine.")
+@click.option("--base-data", type=click.Path(path_type=Path),
+              help="The base split's data folder, if it moved.")
+@click.option("--cutoff", type=click.Choice(["count", "youden"]), default="count", show_default=True,
+              help="count: call as many validation cells positive as are labelled (unbiased parasitemia); "
+                   "youden: maximise sensitivity + specificity.")
+@click.option("--formats", default="tflite_int8", show_default=True, help="Formats to export and validate.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--replace", is_flag=True, help="Overwrite OUT if it exists.")
+@click.option("--allow-drop", is_flag=True,
+              help="Keep formats that miss their validation bound, marked failed (as in export).")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
+              help="Where decoded image arrays are cached.")
+def adapt(model: Path, site: Path, out: Path, fields_split: Path | None, block: int, train_fields: int | None,
+          negatives_per_field: int | None, epochs: int, lr: float, batch_size: int, base_share: float,
+          base_split: Path | None, base_data: Path | None, cutoff: str, formats: str, seed: int,
+          replace: bool, allow_drop: bool, cache_dir: Path | None) -> None:
+    """Fine-tune MODEL (a run folder or a bundle with its model.keras) on a site's labelled cells
+    and write a validated site bundle.
+
+    The site's fields are split into train/validation/test by blocks of consecutive fields; the
+    model learns the site's training cells mixed with its own original data; the cutoff, uncertain
+    band and field rule are chosen on the site's validation fields; int8 is exported and validated
+    as by `edgekit export`, measured on the test fields, and the manifest records the base model,
+    the site data's hash and the fields and cells used.
+    """
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from edgekit.adapt import AdaptConfig, adapt_model
+
+    cfg = AdaptConfig(epochs=epochs, lr=lr, batch_size=batch_size, base_share=base_share,
+                      train_fields=train_fields, negatives_per_field=negatives_per_field, block=block,
+                      cutoff=cutoff, seed=seed)
+    m = adapt_model(model, site, out, cfg, split_file=fields_split, base_split=base_split,
+                    base_data=base_data, formats=formats, replace=replace, cache_dir=cache_dir,
+                    allow_drop=allow_drop, log=lambda s: click.echo(s, err=True))
+    site_eval = m.evaluation.get("site", {})
+    for part in ("val", "test"):
+        e = site_eval.get(part)
+        if e:
+            at = e["at_specificity_0.995"]
+            click.echo(f"site {part:4s}: {e['fields']} fields, {e['cells']} cells "
+                       f"({e['positive_cells']} positive): AUC {e['auc']['value']:.4f}, "
+                       f"sensitivity {at['sensitivity']:.3f} at specificity >= 99.5%, "
+                       f"parasitemia MAE {e['parasitemia']['mae_points']:.2f} points")
+    t = m.thresholds
+    click.echo(f"cutoff {t.cutoff:.3f}, uncertain band {t.negative:.3f}-{t.positive:.3f}; "
+               f"field positive at >= {m.patient_rule.positive_fraction:.1%} cells")
+    click.echo(f"wrote {out}")

@@ -22,12 +22,29 @@ def youden_cutoff(y: np.ndarray, p: np.ndarray) -> float:
     return float(np.clip(thr[best], 0.0, 1.0))
 
 
-def choose_thresholds(y: np.ndarray, p: np.ndarray, target: float = 0.99) -> Thresholds:
-    """Cutoff by Youden's J; band edges where positive calls reach ``target`` precision and negative
+def count_cutoff(y: np.ndarray, p: np.ndarray) -> float:
+    """The cutoff calling as many cells positive as are labelled positive, so the counted
+    parasitemia is unbiased on these cells (at low prevalence Youden's J, blind to prevalence,
+    calls far more false positives than there are parasites)."""
+    y = np.asarray(y).astype(bool)
+    p = np.sort(np.asarray(p, dtype=np.float64))[::-1]
+    k = int(y.sum())
+    if k == 0:
+        return 1.0
+    return float(np.clip(p[k - 1], 0.0, 1.0))
+
+
+def choose_thresholds(
+    y: np.ndarray, p: np.ndarray, target: float = 0.99, method: str = "youden"
+) -> Thresholds:
+    """Cutoff by Youden's J (``method="youden"``) or by matching the labelled count (``"count"``,
+    :func:`count_cutoff`); band edges where positive calls reach ``target`` precision and negative
     calls reach ``target`` negative predictive value on the validation crops."""
     y = np.asarray(y).astype(bool)
     p = np.asarray(p, dtype=np.float64)
-    cut = youden_cutoff(y, p)
+    if method not in ("youden", "count"):
+        raise ValueError(f"unknown cutoff method {method!r}: youden or count")
+    cut = youden_cutoff(y, p) if method == "youden" else count_cutoff(y, p)
     positive = cut
     for t in np.unique(p[p >= cut]):  # ascending: the lowest threshold that is precise enough
         called = p >= t
@@ -45,7 +62,9 @@ def choose_thresholds(y: np.ndarray, p: np.ndarray, target: float = 0.99) -> Thr
     else:
         negative = 0.0
     source = (
-        f"validation crops (n={len(y)}): cutoff by Youden J; band edges at {target:.0%} "
+        f"validation crops (n={len(y)}): cutoff by "
+        f"{'Youden J' if method == 'youden' else 'matching the labelled positive count'}; "
+        f"band edges at {target:.0%} "
         "precision (positive side) and negative predictive value (negative side)"
     )
     return Thresholds(positive=max(positive, cut), negative=min(negative, cut), cutoff=cut, source=source)

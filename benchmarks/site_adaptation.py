@@ -1,0 +1,268 @@
+"""Learning curve of ``edgekit adapt`` on IML_Malaria: how many labelled fields a site needs.
+
+    python -m edgekit.benchmarks.site_adaptation --base RUN --cells IML_CELLS --work DIR \\
+        [--sizes 10,25,50,all] [--epochs 4] [--negatives-per-field 30] [--no-write]
+
+IML_CELLS comes from ``edgekit cells ../shared/data/malaria_fields_iml/images --annotations
+.../annotations.json -o IML_CELLS``. The 172 dev fields are split by blocks of 6 consecutive
+frames within each stain group (grey-green up to PA171809, magenta after) into train / val /
+test (60/20/20, seed 0; the split is saved with the results). For each size N the base run is
+adapted on N training fields (``edgekit adapt``, same validation fields for the decision) and
+written to ``DIR/iml-N`` (outside the repository: a model trained on IML is never committed).
+
+Reported on the IML test fields, for the shipped default bundle (unadapted) and each adapted
+bundle, all through the device runtime (int8 TFLite):
+- matched cells (labelled boxes matched to found cells, as ``edgekit cells`` cuts them): cell
+  AUC, sensitivity at specificity >= 99.5%, sensitivity/specificity at the bundle's cutoff;
+- per-field parasitemia error on those cells (called vs labelled fraction), and on WHOLE fields
+  (``edgekit field``: every found cell counted, labelled or not, against the labelled fraction
+  parasite boxes / all red-cell and parasite boxes);
+- NIH test patients' cell AUC (forgetting check; the site cutoff is not meant for NIH).
+
+Writes ``benchmarks/results/site_adaptation_iml.json`` and the ``## Site adaptation`` section of
+``benchmarks/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.paths import shared_data
+
+HERE = Path(__file__).resolve().parent
+SECTION = "## Site adaptation: learning curve on IML_Malaria"
+IML = shared_data("malaria_fields_iml")
+
+
+def _field_truth(annotations: Path, images: Path) -> dict[str, float]:
+    """Labelled parasitemia per field stem: parasite boxes / all usable boxes."""
+    from edgekit.device.annotations import PARASITIZED, read_annotations
+
+    out = {}
+    for af in read_annotations(annotations, images):
+        labelled = [b for b in af.boxes if b.label]
+        out[af.image.stem] = sum(b.label == PARASITIZED for b in labelled) / max(1, len(labelled))
+    return out
+
+
+def _test_cells(cells: Path, test_fields: list[str], pre: Any, cache: Path) -> tuple[np.ndarray, ...]:
+    from edgekit.cells import field_of
+    from edgekit.data import load_images
+
+    paths = sorted(p.relative_to(cells).as_posix() for c in ("Parasitized", "Uninfected")
+                   for p in (cells / c).glob("*.png") if field_of(p) in set(test_fields))
+    x, bad = load_images(cells, paths, pre, cache_dir=cache)
+    assert not bad, bad[:3]
+    y = np.array([p.startswith("Parasitized/") for p in paths])
+    return x, y, np.array([field_of(p) for p in paths])
+
+
+def _probs(clf: Any, x: np.ndarray) -> np.ndarray:
+    pos = clf.manifest.positive_index
+    return np.concatenate([np.asarray(clf.predict(x[i : i + 256]))[:, pos] for i in range(0, len(x), 256)])
+
+
+_FIELD_CROPS: dict[tuple[str, str], list[np.ndarray] | None] = {}
+
+
+def _field_inputs(stem: str, pre: Any) -> np.ndarray | None:
+    """Every cell the device finds on a field, prepared as model input (segmented once, reused for
+    every bundle with this preprocessing); None when the field is rejected."""
+    from edgekit.device.field import count_cells, crop_cell
+    from edgekit.device.preprocess import prepare, read_image
+
+    key = (stem, repr(sorted(vars(pre).items())))
+    if key not in _FIELD_CROPS:
+        rgb = read_image(IML / "images" / f"{stem}.JPG")
+        cells, _, reason = count_cells(rgb)
+        _FIELD_CROPS[key] = None if reason else np.stack([prepare(crop_cell(rgb, c), pre) for c in cells])
+    return _FIELD_CROPS[key]
+
+
+def _whole_fields(clf: Any, fields: list[str], truth: dict[str, float]) -> dict[str, Any]:
+    """Parasitemia as `edgekit field` counts it (every found cell, called at the cutoff) vs labelled."""
+    cutoff = float(clf.manifest.thresholds.cutoff)
+    rows = []
+    for stem in fields:
+        x = _field_inputs(stem, clf.manifest.preprocessing)
+        if x is not None:
+            rows.append((stem, 100 * float((_probs(clf, x) >= cutoff).mean()), 100 * truth[stem], len(x)))
+    d = np.array([r[1] - r[2] for r in rows])
+    return {"fields": len(rows), "rejected": len(fields) - len(rows),
+            "mae_points": float(np.abs(d).mean()), "bias_points": float(d.mean()),
+            "max_abs_points": float(np.abs(d).max()),
+            "per_field": [{"field": s, "called": round(c, 2), "labelled": round(t, 2), "cells": n}
+                          for s, c, t, n in rows]}
+
+
+def _nih_auc(clf: Any, cache: Path) -> float:
+    from edgekit.data import load_images
+    from edgekit.metrics import roc_auc
+    from edgekit.splits import load_split
+
+    split, _ = load_split(Path(ARGS.nih_split))
+    items = split.parts["test"]
+    pre = clf.manifest.preprocessing
+    x, _ = load_images(Path(split.data_root), [i.path for i in items], pre, cache_dir=cache)
+    y = np.array([split.classes[i.label] == clf.manifest.positive_label for i in items])
+    return roc_auc(y, _probs(clf, x))
+
+
+def evaluate_bundle(bundle: Path | None, name: str, cells: Path, test_fields: list[str],
+                    truth: dict[str, float], cache: Path) -> dict[str, Any]:
+    from edgekit.adapt import site_metrics
+    from edgekit.device.runtime import load_classifier
+
+    clf = load_classifier(bundle, fmt="tflite_int8", allow_failed=True)  # its status is in the row
+    x, y, g = _test_cells(cells, test_fields, clf.manifest.preprocessing, cache)
+    t0 = time.perf_counter()
+    row = {"name": name, "bundle": str(bundle) if bundle else "default (shipped)",
+           "cutoff": clf.manifest.thresholds.cutoff,
+           "int8_status": clf.manifest.artifacts["tflite_int8"].status,
+           "cells": site_metrics(y, _probs(clf, x), g, float(clf.manifest.thresholds.cutoff)),
+           "whole_fields": _whole_fields(clf, test_fields, truth)}
+    if ARGS.nih_split:
+        row["nih_test_auc"] = _nih_auc(clf, cache)
+    row["eval_seconds"] = round(time.perf_counter() - t0, 1)
+    if bundle is not None:
+        ad = clf.manifest.training.get("adaptation", {})
+        row["adaptation"] = {k: ad.get(k) for k in ("site_fields", "site_cells", "base_cells_mixed_in",
+                                                     "best_epoch", "best_val_auc", "base_keras_sha256",
+                                                     "site_data_sha256")}
+    return row
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    head = ("| model | train fields | train cells (par.) | cell AUC | sens. @ spec >= 99.5% "
+            "| sens. / spec. at cutoff | parasitemia MAE, matched cells "
+            "| parasitemia MAE, whole fields (bias) | NIH test AUC |\n"
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+    lines = []
+    for r in rows:
+        c = r["cells"]
+        ad = r.get("adaptation") or {}
+        tr = (ad.get("site_cells") or {}).get("train") or {}
+        nfields = (ad.get("site_fields") or {}).get("train", "-")
+        ncells = f"{sum(tr.values())} ({tr.get('Parasitized', 0)})" if tr else "-"
+        wf = r["whole_fields"]
+        nih = f"{r['nih_test_auc']:.4f}" if "nih_test_auc" in r else "-"
+        lines.append(
+            f"| {r['name']} | {nfields} | {ncells} | {c['auc']['value']:.4f} | "
+            f"{c['at_specificity_0.995']['sensitivity']:.3f} | {c['sensitivity']['value']:.3f} / "
+            f"{c['specificity']['value']:.4f} | {c['parasitemia']['mae_points']:.2f} | "
+            f"{wf['mae_points']:.2f} ({wf['bias_points']:+.2f}) | {nih} |")
+    return head + "\n".join(lines) + "\n"
+
+
+ARGS: Any = None
+
+NOTES = """
+How to read it:
+- *Matched cells* are the labelled cells the device's cell finder found (`edgekit cells`: 93% of
+  labelled cells at IoU >= 0.4); *whole fields* count every cell the finder returns, labelled or
+  not, as `edgekit field` does, against the labelled fraction (parasite boxes / all boxes).
+- Probabilities are the int8 model's, in steps of 1/256: at the top step (p = 0.996) sit dozens of
+  test cells of both classes, so no threshold reaches specificity 99.5% with any sensitivity when
+  more than 0.5% of the negatives share that step ("0.000"). The most confident "uninfected" cells
+  are largely strongly stained magenta cells cropped with neighbours' edges (the finder's convex
+  hull) and a few cells with visible parasite-like chromatin that the labels call uninfected; the
+  IML labels are imperfect (see ../shared/data/README.md), which caps every number here.
+- The base model is an NIH-only run of the default recipe (ResNet 2,2,2, filters 8-64, the same
+  patient split) stopped after 3 of 12 epochs for time (validation AUC 0.986; the shipped default's
+  training run is not in the repository, only its int8 files, and no Keras model can be taken
+  from them). "NIH test AUC" is that model after adaptation, on the 39 NIH test patients' crops.
+- Everything ran on 2 shared CPU cores: 4 epochs, at most 20 uninfected cells per training field.
+  "All" is the 96 of 102 training fields with at least one cut cell. Fine-tuning is not
+  bit-reproducible on CPU threads: a first 50-field run's int8 file missed the export bound
+  (accuracy drop 0.59 points > 0.5) and `adapt` refused it; the rerun shown passed.
+- Targets after adaptation (MAE <= 0.5 points, AUC >= 0.99, sensitivity >= 90% at specificity >=
+  99.5%) are **not met**: at best MAE 1.1 points (matched cells) / 1.4 (whole fields, biased
+  upwards), AUC 0.979.
+"""
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    global ARGS
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--base", type=Path, required=True, help="run folder (or bundle with its Keras model)")
+    ap.add_argument("--cells", type=Path, required=True, help="IML cells from `edgekit cells`")
+    ap.add_argument("--work", type=Path, required=True, help="where adapted bundles go (outside the repo)")
+    ap.add_argument("--sizes", default="10,25,50,all")
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--negatives-per-field", type=int, default=30)
+    ap.add_argument("--base-split", type=Path, default=None)
+    ap.add_argument("--nih-split", default=None, help="NIH split file: also measure NIH test-patient AUC")
+    ap.add_argument("--skip-existing", action="store_true", help="reuse adapted bundles already in --work")
+    ap.add_argument("--allow-drop", action="store_true", help="keep an int8 file that misses its bound")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the unadapted default bundle")
+    ap.add_argument("--raw", default="site_adaptation_iml.json", help="raw JSON name in benchmarks/results")
+    ap.add_argument("--no-write", action="store_true")
+    ARGS = args = ap.parse_args(argv)
+
+    from edgekit.adapt import AdaptConfig, adapt_model
+    from edgekit.cells import block_split, iml_stain_group
+
+    cache = args.work / "cache"
+    index = json.loads((args.cells / "cells.json").read_text())
+    fields = sorted(Path(f["field"]).stem for f in index["per_field"])
+    parts = block_split(fields, (0.6, 0.2, 0.2), block=6, group_of=iml_stain_group, seed=0)
+    split_file = args.work / "iml_fields_split.json"
+    split_file.parent.mkdir(parents=True, exist_ok=True)
+    split_file.write_text(json.dumps(parts, indent=1) + "\n")
+    truth = _field_truth(IML / "annotations.json", IML / "images")
+    rows = [] if args.no_baseline else [
+        evaluate_bundle(None, "default, not adapted", args.cells, parts["test"], truth, cache)]
+    result = {"base": str(args.base), "cells": str(args.cells), "split": parts,
+              "split_counts": {k: len(v) for k, v in parts.items()}, "epochs": args.epochs,
+              "negatives_per_field": args.negatives_per_field, "host": platform.node(), "rows": rows}
+    raw = HERE / "results" / args.raw
+    for size in args.sizes.split(","):
+        n = None if size == "all" else int(size)
+        out = args.work / f"iml-{size}"
+        if not (args.skip_existing and (out / "manifest.json").is_file()):
+            cfg = AdaptConfig(epochs=args.epochs, train_fields=n,
+                              negatives_per_field=args.negatives_per_field)
+            t0 = time.perf_counter()
+            adapt_model(args.base, args.cells, out, cfg, split_file=split_file, base_split=args.base_split,
+                        replace=True, cache_dir=cache, allow_drop=args.allow_drop,
+                        log=lambda s: print(s, flush=True))
+            print(f"adapted {out} in {time.perf_counter() - t0:.0f} s", flush=True)
+        rows.append(evaluate_bundle(out, f"adapted, {size} fields", args.cells, parts["test"], truth, cache))
+        print(_table(rows), flush=True)
+        if not args.no_write:  # every row as soon as it is measured
+            raw.write_text(json.dumps(result, indent=1) + "\n")
+    if not args.no_write:
+        from edgekit.benchmarks.field_detection import update_results_md
+
+        raw.write_text(json.dumps(result, indent=1) + "\n")
+        update_results_md(HERE / "RESULTS.md", _section(result), SECTION)
+    return result
+
+
+def _section(result: dict[str, Any]) -> str:
+    sc = result["split_counts"]
+    return (
+        f"{SECTION}\n\n"
+        "IML dev fields split by blocks of 6 consecutive frames within each stain group: "
+        f"{sc['train']} train, {sc['val']} validation, {sc['test']} test fields "
+        "(`benchmarks/results/site_adaptation_iml.json` holds the split and every number). Adapted with "
+        f"`edgekit adapt` ({result['epochs']} epochs, at most {result['negatives_per_field']} uninfected "
+        "cells per training field, all parasitized ones, as many NIH training crops mixed in), cutoff "
+        "chosen on the validation fields so the called count matches the labelled one. All numbers on "
+        "the test fields through the int8 TFLite model.\n\n"
+        + _table(result["rows"])
+        + "\nCommand: `python -m edgekit.benchmarks.site_adaptation --base RUN --cells IML_CELLS "
+        "--work DIR`\n"
+        + NOTES
+    )
+
+
+if __name__ == "__main__":
+    main()

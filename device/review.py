@@ -1,0 +1,230 @@
+"""Parasitemia a person can check: per-field counts with intervals, the cells to review, a review
+gallery (PNG contact sheet or self-contained HTML page) and the count after a reviewer's verdicts.
+
+A cell is *flagged for review* when the model counted it as parasitized (p >= the manifest's
+cutoff) or put it in the uncertain band. Screening keeps each flagged cell's crop in the database
+(``crop_images``), so the gallery shows exactly the pixels that were classified, even when the
+field images are gone. A reviewer confirms or overrules cells (``reviews``); the *confirmed count*
+takes the reviewer's verdict where there is one and the model's call elsewhere.
+
+Light: numpy at import; OpenCV inside functions.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgekit.metrics import wilson_interval
+
+if TYPE_CHECKING:
+    from edgekit.device.records import RecordStore, Session
+
+TILE = 96
+
+
+def flagged(p_positive: float | None, decision: str | None, cutoff: float | None) -> bool:
+    """Called parasitized at the cutoff, or uncertain: a microscopist should look at it. Without a
+    known cutoff (sessions from before the decision was stored) the record's own decision counts."""
+    if cutoff is None:
+        return decision in ("positive", "uncertain")
+    return (p_positive is not None and p_positive >= cutoff) or decision == "uncertain"
+
+
+def encode_png(rgb: np.ndarray) -> bytes:
+    import cv2
+
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]))
+    if not ok:
+        raise ValueError("could not encode a crop as PNG")
+    return buf.tobytes()
+
+
+def keep_for_review(store: RecordStore, session: Session, out: Any, image: Any, cutoff: float) -> None:
+    """After a crop is recorded: keep its PNG when it is flagged for review (see module doc)."""
+    p = out.prediction
+    if out.status != "classified" or p is None or not flagged(p.p_positive, p.decision, cutoff):
+        return
+    if not isinstance(image, np.ndarray):
+        from edgekit.device.preprocess import read_image
+
+        image = read_image(image)
+    store.save_crop(session, out.content_hash, encode_png(image))
+
+
+def model_call(r: Mapping[str, Any], cutoff: float | None) -> bool:
+    """Whether the model counted this record's cell as parasitized."""
+    if cutoff is None:
+        return r.get("decision") == "positive"
+    return (r.get("p_positive") or 0.0) >= cutoff
+
+
+def review_summary(records: Iterable[Mapping[str, Any]], reviews: Mapping[int, Mapping[str, Any]],
+                   cutoff: float | None) -> dict[str, Any]:
+    """The model's count and the confirmed count of a session, each with a Wilson 95% interval."""
+    cells = [r for r in records if r["status"] == "classified"]
+    n = len(cells)
+    model = sum(model_call(r, cutoff) for r in cells)
+    to_review = [r for r in cells if flagged(r.get("p_positive"), r.get("decision"), cutoff)]
+    confirmed = 0
+    agreed = overruled = 0
+    for r in cells:
+        v = reviews.get(int(r["id"]))
+        call = model_call(r, cutoff)
+        if v is None:
+            confirmed += call
+            continue
+        says = v["verdict"] == "parasitized"
+        confirmed += says
+        agreed += says == call
+        overruled += says != call
+    reviewed = sum(int(r["id"]) in reviews for r in to_review)
+    return {
+        "cells": n,
+        "model": {"parasitized": model, "parasitemia": model / n if n else None,
+                  "ci95": list(wilson_interval(model, n))},
+        "confirmed": {"parasitized": confirmed, "parasitemia": confirmed / n if n else None,
+                      "ci95": list(wilson_interval(confirmed, n))},
+        "flagged": len(to_review), "reviewed": reviewed, "pending": len(to_review) - reviewed,
+        "agreed": agreed, "overruled": overruled,
+    }
+
+
+def per_field(records: Iterable[Mapping[str, Any]], cutoff: float | None) -> list[dict[str, Any]]:
+    """Cells cut from whole fields (source ids ``field.jpg#12``): per field, the cells, the count
+    called parasitized at the cutoff, the parasitemia and its Wilson 95% interval."""
+    fields: dict[str, list[bool]] = {}
+    for r in records:
+        if r["status"] == "classified" and "#" in r["source_id"]:
+            fields.setdefault(r["source_id"].rsplit("#", 1)[0], []).append(model_call(r, cutoff))
+    out = []
+    for name, calls in fields.items():
+        k, n = sum(calls), len(calls)
+        out.append({"field": name, "cells": n, "parasitized": k, "parasitemia": k / n,
+                    "ci95": list(wilson_interval(k, n))})
+    return out
+
+
+def summary_lines(summary: Mapping[str, Any], fields: list[dict[str, Any]]) -> list[str]:
+    """Human-readable lines for ``sessions show``."""
+    def pct(d: Mapping[str, Any]) -> str:
+        lo, hi = d["ci95"]
+        share = 100 * (d["parasitemia"] or 0)
+        return f"{d['parasitized']} ({share:.2f}%, 95% CI {100 * lo:.2f}-{100 * hi:.2f}%)"
+
+    lines = []
+    for f in fields:
+        lo, hi = f["ci95"]
+        lines.append(f"  field {f['field']:<28} {f['cells']:5d} cells {f['parasitized']:4d} parasitized "
+                     f"{100 * f['parasitemia']:6.2f}% (95% CI {100 * lo:.2f}-{100 * hi:.2f}%)")
+    lines.append(f"model count:     {pct(summary['model'])} of {summary['cells']} cells")
+    lines.append(f"confirmed count: {pct(summary['confirmed'])}; reviewed {summary['reviewed']} of "
+                 f"{summary['flagged']} flagged cells ({summary['agreed']} agreed, {summary['overruled']} "
+                 f"overruled, {summary['pending']} pending)")
+    return lines
+
+
+def gallery_items(store: RecordStore, session: Session, cutoff: float | None, everything: bool = False
+                  ) -> list[dict[str, Any]]:
+    """The flagged cells of a session (or all classified ones), most suspicious first, with their
+    kept crop (PNG bytes or None) and review."""
+    images = store.crop_images(session.id)
+    reviews = store.reviews(session.id)
+    items = []
+    for r in store.records(session.id):
+        if r["status"] != "classified":
+            continue
+        if not everything and not flagged(r.get("p_positive"), r.get("decision"), cutoff):
+            continue
+        items.append({"id": int(r["id"]), "source": r["source_id"], "p": r.get("p_positive"),
+                      "decision": r.get("decision"), "called": model_call(r, cutoff),
+                      "png": images.get(int(r["id"])), "review": reviews.get(int(r["id"]))})
+    items.sort(key=lambda it: -(it["p"] or 0.0))
+    return items
+
+
+def _tile(png: bytes | None) -> np.ndarray:
+    import cv2
+
+    tile = np.full((TILE, TILE, 3), 40, np.uint8)
+    if png:
+        bgr = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+        if bgr is not None:
+            h, w = bgr.shape[:2]
+            s = (TILE - 4) / max(h, w)
+            size = (max(1, round(w * s)), max(1, round(h * s)))
+            small = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
+            y, x = (TILE - small.shape[0]) // 2, (TILE - small.shape[1]) // 2
+            tile[y : y + small.shape[0], x : x + small.shape[1]] = small[:, :, ::-1]
+    return tile
+
+
+def _state(it: Mapping[str, Any]) -> tuple[str, tuple[int, int, int]]:
+    """A short text and a colour: red counted parasitized, orange uncertain below the cutoff;
+    the reviewer's verdict, when there is one, replaces it (green: not parasitized)."""
+    if it["review"] is not None:
+        par = it["review"]["verdict"] == "parasitized"
+        return ("REV: par" if par else "REV: not"), ((200, 0, 160) if par else (30, 170, 60))
+    if it["called"]:
+        return ("par?" if it["decision"] == "uncertain" else "par"), (230, 30, 30)
+    return "unc", (240, 150, 0)
+
+
+def contact_sheet(items: list[dict[str, Any]], title: str, cols: int = 8) -> bytes:
+    """A PNG contact sheet: one tile per cell (the kept crop, a coloured frame, its record id and p)."""
+    import cv2
+
+    rows = max(1, -(-len(items) // cols))
+    cell_h = TILE + 18
+    sheet = np.full((30 + rows * cell_h, cols * (TILE + 6) + 6, 3), 255, np.uint8)
+    cv2.putText(sheet, title[:120], (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    for k, it in enumerate(items):
+        r, c = divmod(k, cols)
+        y, x = 30 + r * cell_h, 6 + c * (TILE + 6)
+        tile = _tile(it["png"])
+        text, colour = _state(it)
+        cv2.rectangle(tile, (0, 0), (TILE - 1, TILE - 1), colour, 3)
+        sheet[y : y + TILE, x : x + TILE] = tile
+        label = f"#{it['id']} {it['p'] or 0:.2f} {text}"
+        cv2.putText(sheet, label, (x, y + TILE + 12), cv2.FONT_HERSHEY_SIMPLEX, 0.33, colour, 1, cv2.LINE_AA)
+    return encode_png(sheet)
+
+
+def html_page(items: list[dict[str, Any]], title: str, summary_text: list[str], confirm_hint: str) -> str:
+    """A self-contained HTML page (images inline) of the cells to review, with how to record verdicts."""
+    cards = []
+    for it in items:
+        text, colour = _state(it)
+        data = base64.b64encode(it["png"]).decode() if it["png"] else ""
+        img = (f'<img alt="cell {it["id"]}" src="data:image/png;base64,{data}">'
+               if it["png"] else '<div class="none">crop not kept</div>')
+        rev = it["review"]
+        who = f" by {html.escape(rev['reviewer'])}" if rev and rev.get("reviewer") else ""
+        cards.append(
+            f'<figure style="border-color: rgb{colour}">{img}<figcaption><b>#{it["id"]}</b> '
+            f'p={it["p"] or 0:.3f} {html.escape(str(it["decision"]))}<br>{html.escape(it["source"])}<br>'
+            f'{html.escape(text)}{html.escape(who)}</figcaption></figure>')
+    body = "\n".join(cards) or "<p>No cell was called parasitized or uncertain.</p>"
+    lines = "".join(f"<li>{html.escape(s.strip())}</li>" for s in summary_text)
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: sans-serif; margin: 1em; }}
+figure {{ display: inline-block; margin: 4px; padding: 4px; border: 4px solid; width: 150px;
+         vertical-align: top; }}
+figure img {{ width: 140px; height: 140px; object-fit: contain; background: #000; }}
+figcaption {{ font-size: 11px; word-break: break-all; }}
+.none {{ width: 140px; height: 140px; background: #333; color: #ccc; font-size: 12px; }}
+</style></head><body>
+<h1>{html.escape(title)}</h1>
+<ul>{lines}</ul>
+<p>Frame colours: red = counted parasitized by the model, orange = uncertain (not counted),
+purple/green = a reviewer said parasitized / not parasitized. Most suspicious first.</p>
+<p>Record your verdicts: <code>{html.escape(confirm_hint)}</code></p>
+{body}
+</body></html>
+"""

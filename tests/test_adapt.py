@@ -1,0 +1,175 @@
+"""`edgekit adapt` on a tiny model: a tiny base run (generated NIH-like cells), a tiny generated site
+(another stain, cells named FIELD__INDEX.png as `edgekit cells` writes them), fine-tuning, the site
+decision, int8 export and validation, provenance, and bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("tensorflow")
+pytest.importorskip("ai_edge_litert")
+
+SIZE = 32
+
+
+def make_site(root: Path, fields: int = 15, per_field: int = 10, seed: int = 0) -> Path:
+    """Site crops: bluish-grey discs (another stain), parasitized ones with a dark dot, 2 per field."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    for f in range(fields):
+        for k in range(per_field):
+            parasitized = k < 2
+            size = int(rng.integers(40, 60))
+            img = np.zeros((size, size, 3), np.uint8)
+            colour = tuple(int(v) for v in rng.integers((150, 150, 170), (185, 185, 205)))
+            cv2.circle(img, (size // 2, size // 2), int(size * 0.42), colour, -1)
+            if parasitized:
+                c = tuple(int(v) for v in rng.integers(size * 0.35, size * 0.65, 2))
+                cv2.circle(img, c, max(2, size // 9), (60, 20, 90), -1)
+            cls = "Parasitized" if parasitized else "Uninfected"
+            path = root / cls / f"SITE{f:04d}__{k}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(path), img[:, :, ::-1])
+    return root
+
+
+def make_base_run(root: Path, cells: Path) -> Path:
+    """A tiny trained run folder (model.keras + manifest + split), as `edgekit train` leaves one."""
+    import keras
+
+    from edgekit.data import load_images, scan_dataset
+    from edgekit.manifest import Artifact, Manifest, Preprocessing, sha256_file
+    from edgekit.model import build_resnet
+    from edgekit.splits import make_split, save_split
+
+    sp = make_split(scan_dataset(cells), test_fraction=0.2, val_fraction=0.2, seed=1)
+    split_file = root / "split.json"
+    digest = save_split(sp, split_file)
+    pre = Preprocessing(input_size=(SIZE, SIZE))
+    keras.utils.set_random_seed(0)
+    model = build_resnet((SIZE, SIZE, 3), 2, stages=(1, 1, 1), filters=(4, 8, 8, 8))
+    x, _ = load_images(cells, [i.path for i in sp.parts["train"]], pre)
+    y = np.array([i.label for i in sp.parts["train"]])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x.astype("float32"), y, epochs=4, batch_size=16, verbose=0)
+    run = root / "run"
+    run.mkdir()
+    model.save(run / "model.keras")
+    kf = run / "model.keras"
+    Manifest(labels=sp.classes, preprocessing=pre, positive_label="Parasitized", name="base",
+             artifacts={"keras": Artifact("keras", "model.keras", sha256_file(kf), kf.stat().st_size,
+                                          "keras")},
+             training={"split_file": str(split_file), "split_sha256": digest, "data_root": str(cells),
+                       "model": {"arch": "resnet"}},
+             ).save(run)
+    return run
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory, cell_folder) -> Path:
+    return make_base_run(tmp_path_factory.mktemp("base"), cell_folder)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    return make_site(tmp_path_factory.mktemp("site") / "cells")
+
+
+def _cli(*args: str):
+    from edgekit.cli import main
+
+    return CliRunner().invoke(main, list(args))
+
+
+def test_adapt_writes_a_validated_site_bundle_with_provenance(base_run, site, tmp_path):
+    from edgekit.manifest import load_manifest, sha256_file, verify_artifact
+
+    out = tmp_path / "site_bundle"
+    # --allow-drop: a 600-parameter model fine-tuned for a few steps sits near p = 0.5, where int8 may
+    # flip a few of 30 validation calls; the validation itself must still run and be recorded
+    res = _cli("adapt", str(base_run), "--data", str(site), "-o", str(out), "--epochs", "4", "--lr", "0.05",
+               "--batch-size", "16", "--block", "1", "--allow-drop", "--cache-dir", str(tmp_path / "cache"))
+    assert res.exit_code == 0, res.output
+    m = load_manifest(out)
+    int8 = m.artifacts["tflite_int8"]
+    assert verify_artifact(out, int8) and int8.status in ("ok", "failed_validation")
+    assert 0.5 <= int8.validation["agreement"] <= 1.0 and (out / "validation.json").is_file()
+    ad = m.training["adaptation"]
+    assert ad["base_keras_sha256"] == sha256_file(base_run / "model.keras")
+    assert len(ad["site_data_sha256"]) == 64
+    assert sum(ad["site_fields"].values()) == 15 and ad["site_fields"]["test"] >= 1
+    assert sum(sum(c.values()) for c in ad["site_cells"].values()) == 150
+    # base share 0.5: as many base crops as site training crops, as far as the tiny base has them
+    assert 0 < ad["base_cells_mixed_in"] <= sum(ad["site_cells"]["train"].values())
+    # the decision was chosen again on the site's validation fields
+    assert m.thresholds.source.startswith("site validation crops")
+    assert m.patient_rule.source.startswith("site validation fields")
+    site_eval = m.evaluation["site"]
+    assert site_eval["format"] == "tflite_int8"
+    assert site_eval["test"]["cells"] == 10 * ad["site_fields"]["test"]
+    assert 0.0 <= site_eval["test"]["auc"]["value"] <= 1.0
+    # the site split is in the bundle and groups cells by field: no field in two parts
+    split = json.loads((out / "site_split.json").read_text())
+    owners: dict[str, str] = {}
+    for part, items in split["parts"].items():
+        for _, _, group in items:
+            assert owners.setdefault(group, part) == part
+    assert m.training["split_file"] == str((out / "site_split.json").resolve())
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left
+
+
+def test_adapt_bad_input_is_one_clear_line(base_run, site, tmp_path):
+    # a site with one class only
+    one = tmp_path / "one"
+    shutil.copytree(site / "Uninfected", one / "Uninfected")
+    res = _cli("adapt", str(base_run), "--data", str(one), "-o", str(tmp_path / "o1"))
+    assert res.exit_code != 0 and "only one class" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "o1").exists()
+    # a device bundle without its Keras model
+    bare = tmp_path / "bare"
+    shutil.copytree(base_run, bare)
+    m = json.loads((bare / "manifest.json").read_text())
+    del m["artifacts"]["keras"]
+    (bare / "manifest.json").write_text(json.dumps(m))
+    res = _cli("adapt", str(bare), "--data", str(site), "-o", str(tmp_path / "o2"))
+    assert res.exit_code != 0 and "no trainable model" in res.output
+    assert res.output.strip().count("\n") == 0
+    # asking for more training fields than there are
+    res = _cli("adapt", str(base_run), "--data", str(site), "-o", str(tmp_path / "o3"),
+               "--train-fields", "99")
+    assert res.exit_code != 0 and "training fields" in res.output
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_count_cutoff_calls_as_many_as_labelled():
+    from edgekit.thresholds import choose_thresholds, count_cutoff
+
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(20, bool), np.zeros(980, bool)]
+    p = np.clip(np.r_[rng.normal(0.8, 0.15, 20), rng.normal(0.2, 0.15, 980)], 0, 1)
+    cut = count_cutoff(y, p)
+    assert (p >= cut).sum() == 20
+    t = choose_thresholds(y, p, method="count")
+    assert t.cutoff == cut and t.negative <= cut <= t.positive
+    assert choose_thresholds(y, p).cutoff < cut  # Youden calls more at 2% prevalence
+
+
+def test_site_metrics_numbers():
+    from edgekit.adapt import site_metrics
+
+    y = np.array([1, 0, 0, 0, 1, 0, 0, 0], bool)
+    p = np.array([0.9, 0.1, 0.2, 0.6, 0.8, 0.1, 0.3, 0.2])
+    fields = np.array(["a"] * 4 + ["b"] * 4)
+    m = site_metrics(y, p, fields, cutoff=0.5)
+    assert m["auc"]["value"] == pytest.approx(1.0)
+    assert m["at_specificity_0.995"]["sensitivity"] == 1.0
+    # field a: 2 called of 4 (50%) vs 1 labelled (25%); field b: 25% vs 25%
+    assert m["parasitemia"]["mae_points"] == pytest.approx(12.5)
+    assert m["parasitemia"]["bias_points"] == pytest.approx(12.5)

@@ -1,0 +1,127 @@
+"""Parasitemia a person can check: kept crops of flagged cells, the review gallery (HTML, PNG),
+reviewer verdicts, model vs confirmed counts, per-field intervals, and old databases."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from device_helpers import CELLS, GOLDEN
+
+from edgekit.cli import main
+from edgekit.device.records import RecordsError, RecordStore
+from edgekit.device.review import per_field, review_summary
+from edgekit.metrics import wilson_interval
+
+
+@pytest.fixture()
+def screened(tmp_path, monkeypatch):
+    db = tmp_path / "s.sqlite"
+    monkeypatch.setenv("EDGEKIT_DB", str(db))
+    res = CliRunner().invoke(main, ["screen", str(CELLS), "--patient", "P7", "-m", str(GOLDEN), "--json"])
+    assert res.exit_code == 0, res.output
+    return db
+
+
+def _records(db):
+    with RecordStore(db) as store:
+        s = store.find_session("P7")
+        return s, store.records(s.id), store.crop_images(s.id)
+
+
+def test_flagged_crops_are_kept_as_classified(screened):
+    from edgekit.device.preprocess import read_image
+
+    session, records, images = _records(screened)
+    cutoff = json.loads((GOLDEN / "manifest.json").read_text())["thresholds"]["cutoff"]
+    flagged = {r["id"] for r in records if r["p_positive"] >= cutoff or r["decision"] == "uncertain"}
+    assert flagged and set(images) == flagged  # only the flagged cells' crops are kept
+    rid = next(iter(flagged))
+    source = next(r["source_id"] for r in records if r["id"] == rid)
+    import cv2
+
+    kept = cv2.imdecode(np.frombuffer(images[rid], np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+    assert np.array_equal(kept, read_image(source))  # exactly the pixels that were classified
+
+
+def test_review_gallery_confirm_and_counts(screened, tmp_path):
+    runner = CliRunner()
+    page = tmp_path / "review.html"
+    res = runner.invoke(main, ["sessions", "review", "P7", "-o", str(page)])
+    assert res.exit_code == 0, res.output
+    text = page.read_text()
+    session, records, images = _records(screened)
+    assert text.count("<figure") == len(images) and "data:image/png;base64," in text
+    assert "edgekit sessions confirm" in text
+    sheet = tmp_path / "review.png"
+    assert runner.invoke(main, ["sessions", "review", "P7", "-o", str(sheet)]).exit_code == 0
+    assert sheet.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the reviewer overrules the model's parasitized call
+    top = max(records, key=lambda r: r["p_positive"])
+    res = runner.invoke(main, ["sessions", "confirm", "P7", str(top["id"]), "--verdict", "overrule",
+                               "--reviewer", "amina"])
+    assert res.exit_code == 0, res.output
+    assert "confirmed count: 0" in res.output and "1 overruled" in res.output
+    res = runner.invoke(main, ["sessions", "show", "P7", "--json"])
+    review = json.loads(res.stdout)["review"]
+    assert review["model"]["parasitized"] == 1 and review["confirmed"]["parasitized"] == 0
+    assert review["confirmed"]["ci95"] == list(wilson_interval(0, 4))
+    res = runner.invoke(main, ["sessions", "show", "P7"])
+    assert "model count:     1 (25.00%" in res.stdout and "confirmed count: 0" in res.stdout
+    # CSV verdicts; unknown ids or verdicts change nothing and are one clear line
+    csv_file = tmp_path / "v.csv"
+    csv_file.write_text(f"record_id,verdict\n{top['id']},confirm\n")
+    assert runner.invoke(main, ["sessions", "confirm", "P7", "--csv", str(csv_file)]).exit_code == 0
+    bad = tmp_path / "bad.csv"
+    bad.write_text(f"record_id,verdict\n{top['id']},maybe\n")
+    res = runner.invoke(main, ["sessions", "confirm", "P7", "--csv", str(bad)])
+    assert res.exit_code == 2 and "verdict" in res.stderr and "Traceback" not in res.output
+    res = runner.invoke(main, ["sessions", "confirm", "P7", "9999", "--verdict", "parasitized"])
+    assert res.exit_code == 2 and "no cell 9999" in res.stderr
+    with RecordStore(screened) as store:
+        assert store.reviews(session.id)[top["id"]]["verdict"] == "parasitized"
+
+
+def test_review_summary_and_per_field_arithmetic():
+    calls = [(0.9, "positive"), (0.6, "uncertain"), (0.4, "uncertain"), (0.1, "negative"), (0.05, "negative"),
+             (0.95, "positive")]
+    recs = [{"id": i, "status": "classified", "source_id": f"f{i % 2}.jpg#{i}", "p_positive": p,
+             "decision": d} for i, (p, d) in enumerate(calls)]
+    recs.append({"id": 9, "status": "rejected", "source_id": "f0.jpg", "p_positive": None, "decision": None})
+    s = review_summary(recs, {2: {"verdict": "parasitized"}, 5: {"verdict": "not parasitized"}}, cutoff=0.5)
+    assert s["cells"] == 6 and s["model"]["parasitized"] == 3 and s["flagged"] == 4
+    assert s["confirmed"]["parasitized"] == 3 and s["agreed"] == 0 and s["overruled"] == 2
+    assert s["reviewed"] == 2 and s["pending"] == 2
+    fields = {f["field"]: f for f in per_field(recs, 0.5)}
+    assert fields["f0.jpg"]["cells"] == 3 and fields["f0.jpg"]["parasitized"] == 1
+    assert fields["f1.jpg"]["parasitized"] == 2 and fields["f1.jpg"]["ci95"] == list(wilson_interval(2, 3))
+
+
+def test_version_1_database_still_opens(tmp_path):
+    """A database written before review tables existed: read-only use works (no reviews), and
+    opening it for writing adds the tables without touching its rows."""
+    db = tmp_path / "old.sqlite"
+    con = sqlite3.connect(db)
+    from edgekit.device.records import _SCHEMA
+
+    v1 = _SCHEMA.split("CREATE TABLE IF NOT EXISTS crop_images")[0]
+    v1 = v1.replace("    decision TEXT,\n    created_at", "    created_at")
+    con.executescript(v1)  # the version-1 tables: no sessions.decision, no review tables
+    con.execute("INSERT INTO sessions VALUES (1, 'P1', NULL, NULL, 'abc', NULL, NULL, 0, 0)")
+    con.execute("INSERT INTO records (session_id, source_id, source_kind, content_hash, status, p_positive,"
+                " decision, model_sha256, created_at) VALUES (1, 'a.png', 'file', 'h', 'classified', 0.9,"
+                " 'positive', 'abc', 0)")
+    con.execute("PRAGMA user_version=1")
+    con.commit()
+    con.close()
+    with RecordStore(db, read_only=True) as store:
+        assert store.reviews(1) == {} and store.crop_images(1) == {}
+    with RecordStore(db) as store:
+        assert store.find_session("1").decided_with is None
+        store.set_review(1, 1, "not parasitized", "amina")
+        assert store.reviews(1)[1]["reviewer"] == "amina" and len(store.records(1)) == 1
+        with pytest.raises(RecordsError, match="verdict must be"):
+            store.set_review(1, 1, "maybe")
