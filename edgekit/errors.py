@@ -21,3 +21,7 @@ class BundleError(EdgekitError):
 
 class IntegrityError(BundleError):
     """An artifact's sha256 does not match the manifest."""
+
+
+class SignatureError(BundleError):
+    """A bundle is unsigned, signed by an untrusted key, or its signature does not match."""
