@@ -27,20 +27,25 @@ _progress_option = click.option(
     "--progress/--no-progress", default=None,
     help="Progress bar on stderr (default: when stderr is a terminal).",
 )
+_allow_unsigned_option = click.option(
+    "--allow-unsigned", is_flag=True, envvar="EDGEKIT_ALLOW_UNSIGNED",
+    help="Run a bundle not signed by a trusted key (development only; also $EDGEKIT_ALLOW_UNSIGNED=1).",
+)
 _quality_option = click.option(
     "--quality/--no-quality", default=True, show_default=True,
     help="Reject too small, blank, badly exposed or blurred images before classifying.",
 )
 
 
-def _load(bundle: Path | None, model_format: str | None, threads: int | None):
+def _load(bundle: Path | None, model_format: str | None, threads: int | None, allow_unsigned: bool = False):
     import os
 
     # Each bad file gets our one-line reason; OpenCV's own decoder warnings would only add noise.
     os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")
     from edgekit.device.runtime import load_classifier
 
-    return load_classifier(bundle, model_format, threads)
+    return load_classifier(bundle, model_format, threads, allow_unsigned=allow_unsigned,
+                           warn=lambda line: click.echo(line, err=True))
 
 
 def _columns(classifier) -> list[str]:
@@ -113,9 +118,11 @@ class _Writer:
 @_threads_option
 @_progress_option
 @_quality_option
+@_allow_unsigned_option
 @click.pass_context
 def classify(ctx: click.Context, paths: tuple[str, ...], bundle: Path | None, model_format: str | None,
-             out_format: str, threads: int | None, progress: bool | None, quality: bool) -> None:
+             out_format: str, threads: int | None, progress: bool | None, quality: bool,
+             allow_unsigned: bool) -> None:
     """Classify image files, folders (recursive) and glob patterns with a bundle's model.
 
     Exits 1 when any input could not be read (the batch still runs to the end).
@@ -123,7 +130,7 @@ def classify(ctx: click.Context, paths: tuple[str, ...], bundle: Path | None, mo
     from edgekit.device.pipeline import Outcome, Progress, Tally, classify_one, expand_inputs, missing_reason
     from edgekit.device.quality import DEFAULT_GATES
 
-    classifier = _load(bundle, model_format, threads)
+    classifier = _load(bundle, model_format, threads, allow_unsigned)
     items = list(expand_inputs(paths))
     writer = _Writer(out_format, _columns(classifier), max((len(s) for s, _ in items), default=8))
     bar = Progress(len(items), Progress.wanted(bool(progress)) if progress is not False else False)
@@ -158,13 +165,15 @@ def classify(ctx: click.Context, paths: tuple[str, ...], bundle: Path | None, mo
 @click.option("--reconnect", type=click.IntRange(0), default=3, show_default=True,
               help="Attempts to reopen a live source that stops delivering frames.")
 @_quality_option
+@_allow_unsigned_option
 def camera(source: str, bundle: Path | None, model_format: str | None, threads: int | None, every: int,
-           save_dir: Path | None, max_frames: int | None, reconnect: int, quality: bool) -> None:
+           save_dir: Path | None, max_frames: int | None, reconnect: int, quality: bool,
+           allow_unsigned: bool) -> None:
     """Live classification of camera frames (each frame's center square is one crop). Ctrl-C stops."""
     from edgekit.device.camera import run_camera
     from edgekit.device.quality import DEFAULT_GATES
 
-    classifier = _load(bundle, model_format, threads)
+    classifier = _load(bundle, model_format, threads, allow_unsigned)
     n = run_camera(classifier, source, every, save_dir, max_frames, click.echo, reconnect,
                    gates=DEFAULT_GATES if quality else None)
     click.echo(f"{n} frames processed", err=True)
@@ -189,10 +198,11 @@ def camera(source: str, bundle: Path | None, model_format: str | None, threads: 
 @_progress_option
 @_quality_option
 @click.option("--json", "as_json", is_flag=True, help="Print the patient summary as JSON.")
+@_allow_unsigned_option
 def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str | None, use_camera: bool,
            fields: bool, source: str, db: Path | None, stop_cells: int | None, bundle: Path | None,
            model_format: str | None, threads: int | None, progress: bool | None, quality: bool,
-           as_json: bool) -> None:
+           as_json: bool, allow_unsigned: bool) -> None:
     """Screen a patient: classify and record every crop, then summarise and decide.
 
     Each image is committed to the database as soon as it is classified; rerunning the same command
@@ -209,7 +219,7 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
         raise EdgekitError("give image PATHS or --camera (one of them)")
     if fields and use_camera:
         raise EdgekitError("--fields takes field image PATHS, not --camera")
-    classifier = _load(bundle, model_format, threads)
+    classifier = _load(bundle, model_format, threads, allow_unsigned)
     rule = classifier.manifest.patient_rule
     stop = rule.stop_cells if stop_cells is None else stop_cells
     with RecordStore(db or default_db_path()) as store:

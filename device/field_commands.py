@@ -60,8 +60,10 @@ def _write_overlay(report: Any, overlay_dir: Path) -> Path | None:
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=64, show_default=True,
               help="Cell crops per inference call.")
 @click.option("--count-only", is_flag=True, help="Find and count cells without classifying them.")
+@click.option("--allow-unsigned", is_flag=True, envvar="EDGEKIT_ALLOW_UNSIGNED",
+              help="Run a bundle not signed by a trusted key (development only).")
 def field(images: tuple[Path, ...], bundle: Path | None, overlay_dir: Path | None, out_format: str,
-          threads: int | None, batch_size: int, count_only: bool) -> None:
+          threads: int | None, batch_size: int, count_only: bool, allow_unsigned: bool) -> None:
     """Find every red cell in whole microscope fields, classify each, and report parasitemia.
 
     IMAGE may be field images or folders of them. A field that cannot be read or used (not an
@@ -82,7 +84,8 @@ def field(images: tuple[Path, ...], bundle: Path | None, overlay_dir: Path | Non
         from edgekit.device.runtime import load_classifier
 
         try:
-            classifier = load_classifier(bundle, threads=threads)
+            classifier = load_classifier(bundle, threads=threads, allow_unsigned=allow_unsigned,
+                                         warn=lambda line: click.echo(line, err=True))
         except BundleError as exc:
             if bundle is not None:
                 raise
