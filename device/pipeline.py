@@ -18,6 +18,7 @@ import numpy as np
 from edgekit.device.preprocess import is_image_file, read_image
 from edgekit.device.quality import QualityGates, check_quality
 from edgekit.errors import ImageError
+from edgekit.safefile import NotRegularFile, is_regular, open_regular
 
 if TYPE_CHECKING:
     from edgekit.device.runtime import Classifier, Prediction
@@ -50,7 +51,7 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> Iterator[tuple[str, Pa
         if p.is_dir():
             matches = sorted(f for f in p.rglob("*") if f.is_file() and is_image_file(f))
         elif p.exists():
-            matches = [p]
+            matches = [p] if is_regular(p) else []  # a FIFO or device is reported, never opened
         elif glob.has_magic(text):
             matches = sorted(Path(m) for m in glob.glob(text, recursive=True) if Path(m).is_file())
         else:
@@ -77,9 +78,14 @@ def missing_reason(text: str) -> str:
 
 
 def file_hash(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes: the content hash screening records deduplicate on."""
+    """sha256 of a regular file's bytes: the content hash screening records deduplicate on (OSError
+    for anything else, raised before reading, so a FIFO cannot block)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    try:
+        f = open_regular(path, "image")
+    except NotRegularFile as exc:
+        raise OSError(str(exc)) from exc
+    with f:
         while block := f.read(1 << 20):
             h.update(block)
     return h.hexdigest()
