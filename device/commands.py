@@ -3,14 +3,14 @@ the runtime, OpenCV and the inference engines load inside the command bodies."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
+
+from edgekit.outputs import SafeCsvWriter, csv_text, display_text, write_output_file
 
 _model_option = click.option(
     "--model", "-m", "bundle", type=click.Path(path_type=Path), default=None,
@@ -78,7 +78,7 @@ class _Writer:
         self.fmt, self.columns, self.path_width = fmt, columns, max(8, min(path_width, 60))
         self._csv = None
         if fmt == "csv":
-            self._csv = csv.DictWriter(sys.stdout, fieldnames=columns, lineterminator="\n")
+            self._csv = SafeCsvWriter(sys.stdout, columns, flush=True)
             self._csv.writeheader()
         elif fmt == "table":
             pcol = next((c for c in columns if c.startswith("p_")), None)
@@ -92,9 +92,8 @@ class _Writer:
             click.echo(json.dumps(row))
         elif self.fmt == "csv":
             self._csv.writerow(row)
-            sys.stdout.flush()
         else:
-            path = row["path"]
+            path = display_text(row["path"])
             if len(path) > self.path_width:
                 path = "…" + path[-(self.path_width - 1) :]
             if row["status"] != "classified":
@@ -239,7 +238,7 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
         def report(out) -> None:
             if out.status in ("rejected", "failed"):
                 bar.clear()
-                click.echo(f"{out.status} {out.source_id}: {out.reason}", err=True)
+                click.echo(f"{out.status} {display_text(out.source_id)}: {out.reason}", err=True)
             bar.update()
 
         try:
@@ -335,25 +334,29 @@ EXPORT_COLUMNS = ["session_id", "patient", "site", "operator", "source_id", "sou
 @_db_option
 @click.option("--csv", "as_csv", is_flag=True, default=True, help="CSV (the only format for now).")
 @click.option("--output", "-o", type=click.Path(path_type=Path), default=None, help="File (default: stdout).")
-def sessions_export(session_id: str | None, db: Path | None, as_csv: bool, output: Path | None) -> None:
-    """Export the records of one session (or all sessions) as CSV (times in UTC, ISO 8601)."""
+@click.option("--force", is_flag=True, help="Overwrite OUTPUT if it is an existing file.")
+def sessions_export(session_id: str | None, db: Path | None, as_csv: bool, output: Path | None,
+                    force: bool) -> None:
+    """Export the records of one session (or all sessions) as CSV (times in UTC, ISO 8601). Text cells
+    that a spreadsheet would run as formulas are prefixed with a quote."""
     from datetime import datetime, timezone
 
-    from edgekit.manifest import atomic_write_text
+    from edgekit.safefile import check_output_target
 
+    if output is not None:
+        check_output_target(output, force)  # before any work: refuse symlinks, FIFOs, devices, folders
+    rows = []
     with _store(db) as store:
         chosen = [store.find_session(session_id)] if session_id else [
             store.find_session(str(r["id"])) for r in store.sessions()]
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=EXPORT_COLUMNS, extrasaction="ignore", lineterminator="\n")
-        w.writeheader()
         for s in chosen:
             for r in store.records(s.id):
                 when = datetime.fromtimestamp(r["created_at"], timezone.utc).isoformat(timespec="seconds")
-                w.writerow({**r, "patient": s.patient, "site": s.site, "operator": s.operator,
-                            "created_at": when})
+                rows.append({**r, "patient": s.patient, "site": s.site, "operator": s.operator,
+                             "created_at": when})
+    text = csv_text(rows, EXPORT_COLUMNS)
     if output is None:
-        click.echo(buf.getvalue(), nl=False)
+        click.echo(text, nl=False)
     else:
-        atomic_write_text(output, buf.getvalue())
+        write_output_file(output, text, force)
         click.echo(f"wrote {output}", err=True)
