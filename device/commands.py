@@ -273,7 +273,33 @@ def _store(db: Path | None):
     path = db or default_db_path()
     if not path.is_file():
         raise RecordsError(f"no screening database at {path}")
-    return RecordStore(path)
+    return RecordStore(path, read_only=True)  # reading commands never write, not even the schema
+
+
+_session_options = [
+    click.option("--id", "by_id", type=click.IntRange(1), default=None, help="Choose the session by its id."),
+    click.option("--patient", "by_patient", default=None, help="Choose the latest session of this patient."),
+]
+
+
+def _with_session_options(f):
+    for option in reversed(_session_options):
+        f = option(f)
+    return f
+
+
+def _find(store, key: str | None, by_id: int | None, by_patient: str | None):
+    """The session chosen by KEY (id or patient; refused when it is both), --id or --patient."""
+    from edgekit.errors import EdgekitError
+
+    given = [x for x in (key, by_id, by_patient) if x is not None]
+    if len(given) > 1:
+        raise EdgekitError("give one of SESSION, --id N or --patient ID")
+    if by_id is not None:
+        return store.find_session(str(by_id), by="id")
+    if by_patient is not None:
+        return store.find_session(by_patient, by="patient")
+    return None if key is None else store.find_session(key)
 
 
 @sessions.command("list")
@@ -283,7 +309,7 @@ def sessions_list(db: Path | None) -> None:
     import time
 
     with _store(db) as store:
-        rows = [(r, _summary(store, store.find_session(str(r["id"])))) for r in store.sessions()]
+        rows = [(r, _summary(store, store.find_session(str(r["id"]), by="id"))) for r in store.sessions()]
     click.echo(f"{'id':>4}  {'patient':<16} {'site':<12} {'cells':>6} {'parasit.':>8} {'decision':>8}"
                "  updated")
     for r, summary in rows:
@@ -307,13 +333,20 @@ def _summary(store, session):
 
 
 @sessions.command("show")
-@click.argument("session_id")
+@click.argument("session_id", required=False)
+@_with_session_options
 @_db_option
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def sessions_show(session_id: str, db: Path | None, as_json: bool) -> None:
-    """Summary of one session (by id, or the latest session of a patient id)."""
+def sessions_show(session_id: str | None, by_id: int | None, by_patient: str | None, db: Path | None,
+                  as_json: bool) -> None:
+    """Summary of one session: SESSION is a session id or a patient id (the latest session of that
+    patient); when it could be both, say which with --id or --patient."""
+    from edgekit.errors import EdgekitError
+
     with _store(db) as store:
-        session = store.find_session(session_id)
+        session = _find(store, session_id, by_id, by_patient)
+        if session is None:
+            raise EdgekitError("which session? give SESSION, --id N or --patient ID")
         summary = _summary(store, session)
     if as_json:
         click.echo(json.dumps({"session": session.__dict__, "summary": summary.to_dict()}))
@@ -331,12 +364,13 @@ EXPORT_COLUMNS = ["session_id", "patient", "site", "operator", "source_id", "sou
 
 @sessions.command("export")
 @click.argument("session_id", required=False)
+@_with_session_options
 @_db_option
 @click.option("--csv", "as_csv", is_flag=True, default=True, help="CSV (the only format for now).")
 @click.option("--output", "-o", type=click.Path(path_type=Path), default=None, help="File (default: stdout).")
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it is an existing file.")
-def sessions_export(session_id: str | None, db: Path | None, as_csv: bool, output: Path | None,
-                    force: bool) -> None:
+def sessions_export(session_id: str | None, by_id: int | None, by_patient: str | None, db: Path | None,
+                    as_csv: bool, output: Path | None, force: bool) -> None:
     """Export the records of one session (or all sessions) as CSV (times in UTC, ISO 8601). Text cells
     that a spreadsheet would run as formulas are prefixed with a quote."""
     from datetime import datetime, timezone
@@ -347,8 +381,9 @@ def sessions_export(session_id: str | None, db: Path | None, as_csv: bool, outpu
         check_output_target(output, force)  # before any work: refuse symlinks, FIFOs, devices, folders
     rows = []
     with _store(db) as store:
-        chosen = [store.find_session(session_id)] if session_id else [
-            store.find_session(str(r["id"])) for r in store.sessions()]
+        one = _find(store, session_id, by_id, by_patient)
+        chosen = [one] if one is not None else [
+            store.find_session(str(r["id"]), by="id") for r in store.sessions()]
         for s in chosen:
             for r in store.records(s.id):
                 when = datetime.fromtimestamp(r["created_at"], timezone.utc).isoformat(timespec="seconds")

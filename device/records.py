@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.errors import EdgekitError
+from edgekit.safefile import is_regular
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -53,6 +54,14 @@ CREATE TABLE IF NOT EXISTS records (
 """
 
 
+_COLUMNS = {
+    "sessions": ("id", "patient", "site", "operator", "model_sha256", "model_format", "bundle", "created_at",
+                 "updated_at"),
+    "records": ("id", "session_id", "source_id", "source_kind", "content_hash", "status", "reason", "label",
+                "probability", "p_positive", "decision", "probabilities", "model_sha256", "created_at"),
+}
+
+
 class RecordsError(EdgekitError):
     """The screening database cannot be used (locked, read-only, corrupt, unreachable)."""
 
@@ -85,6 +94,21 @@ def _db_errors(path: Path) -> Iterator[None]:
         ) from exc
 
 
+def _connect_read_only(path: Path, timeout: float) -> sqlite3.Connection:
+    """A read-only connection that writes nothing, even in a read-only folder or on a full disk
+    (where SQLite cannot create the WAL index: the file is then opened as immutable)."""
+    uri = path.resolve().as_uri()
+    conn = sqlite3.connect(uri + "?mode=ro", uri=True, timeout=timeout)
+    try:
+        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        return conn
+    except sqlite3.OperationalError as exc:
+        conn.close()
+        if "unable to open" not in str(exc) and "readonly" not in str(exc):
+            raise
+    return sqlite3.connect(uri + "?mode=ro&immutable=1", uri=True, timeout=timeout)
+
+
 @dataclass
 class Session:
     id: int
@@ -97,18 +121,27 @@ class Session:
     created_at: float
     updated_at: float
 
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Session:
+        """From a ``sessions`` row; columns this edgekit does not know are ignored."""
+        d = dict(row)
+        return cls(**{k: d.get(k) for k in _COLUMNS["sessions"]})
+
 
 class RecordStore:
     """The screening database. Every write is its own committed transaction."""
 
     def __init__(self, path: str | os.PathLike, timeout: float = 5.0, read_only: bool = False) -> None:
+        """Open (``read_only``: never write, not even the schema; else create if needed). A database
+        written by a newer edgekit is refused before anything in it is changed."""
         self.path = Path(path).expanduser()
+        if self.path.exists() and not is_regular(self.path):
+            raise RecordsError(f"database {self.path} is not a regular file")
         if read_only and not self.path.is_file():
             raise RecordsError(f"no screening database at {self.path}")
         with _db_errors(self.path):
             if read_only:
-                uri = self.path.resolve().as_uri() + "?mode=ro"
-                self.conn = sqlite3.connect(uri, uri=True, timeout=timeout)
+                self.conn = _connect_read_only(self.path, timeout)
             else:
                 try:
                     self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -117,12 +150,35 @@ class RecordStore:
                 self.conn = sqlite3.connect(self.path, timeout=timeout)
             self.conn.row_factory = sqlite3.Row
             self.conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # fails fast on a non-database
+            version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                self.conn.close()
+                raise RecordsError(
+                    f"database {self.path} was written by a newer edgekit (schema {version}, this edgekit "
+                    f"reads up to {SCHEMA_VERSION}); upgrade edgekit to use it (it was not changed)"
+                )
             if not read_only:
+                self._check_columns()
                 self.conn.execute("PRAGMA journal_mode=WAL")
                 self.conn.execute("PRAGMA synchronous=FULL")
                 with self.conn:
                     self.conn.executescript(_SCHEMA)
                     self.conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _check_columns(self) -> None:
+        """Extra columns are fine unless they must be filled (NOT NULL without a default): then no row
+        could be written, so say so now instead of calling the database corrupt later."""
+        for table in ("sessions", "records"):
+            known = set(_COLUMNS[table])
+            for col in self.conn.execute(f"PRAGMA table_info({table})").fetchall():
+                name, notnull, default, pk = col[1], col[3], col[4], col[5]
+                if name not in known and notnull and default is None and not pk:
+                    self.conn.close()
+                    raise RecordsError(
+                        f"database {self.path} has a column {table}.{name} this edgekit does not know and "
+                        "must fill (NOT NULL, no default): it was written by another program or a newer "
+                        "edgekit; use --db to choose another file"
+                    )
 
     def close(self) -> None:
         self.conn.close()
@@ -152,7 +208,7 @@ class RecordStore:
             row = self.conn.execute(
                 "SELECT * FROM sessions WHERE patient = ? AND model_sha256 = ?", (patient, model_sha256)
             ).fetchone()
-        return Session(**dict(row))
+        return Session.from_row(row)
 
     def recorded_hashes(self, session_id: int) -> set[str]:
         with _db_errors(self.path):
@@ -188,19 +244,28 @@ class RecordStore:
             ).fetchall()
         return [dict(r) for r in rows]
 
-    def find_session(self, key: str) -> Session:
-        """A session by numeric id, or the most recent one of a patient id."""
+    def find_session(self, key: str, by: str | None = None) -> Session:
+        """A session by numeric id (``by="id"``), the most recent one of a patient id
+        (``by="patient"``), or either (``by=None``); a key that is both a session id and a patient
+        id is refused as ambiguous rather than guessed."""
         with _db_errors(self.path):
-            row = None
-            if key.isdigit():
-                row = self.conn.execute("SELECT * FROM sessions WHERE id = ?", (int(key),)).fetchone()
-            if row is None:
-                row = self.conn.execute(
+            by_id = by_patient = None
+            if by in (None, "id") and key.isdigit():
+                by_id = self.conn.execute("SELECT * FROM sessions WHERE id = ?", (int(key),)).fetchone()
+            if by in (None, "patient"):
+                by_patient = self.conn.execute(
                     "SELECT * FROM sessions WHERE patient = ? ORDER BY updated_at DESC LIMIT 1", (key,)
                 ).fetchone()
+        if by_id is not None and by_patient is not None and by_id["id"] != by_patient["id"]:
+            raise RecordsError(
+                f"{key!r} is both session {key} (patient {by_id['patient']!r}) and patient {key!r}: "
+                f"use --id {key} or --patient {key}"
+            )
+        row = by_id if by_id is not None else by_patient
         if row is None:
-            raise RecordsError(f"no session {key!r} in {self.path}")
-        return Session(**dict(row))
+            what = {"id": "session id", "patient": "patient"}.get(by or "", "session or patient")
+            raise RecordsError(f"no {what} {key!r} in {self.path}")
+        return Session.from_row(row)
 
     def records(self, session_id: int) -> list[dict[str, Any]]:
         with _db_errors(self.path):
