@@ -8,10 +8,9 @@ Formats Pillow cannot identify are refused rather than handed to another decoder
 
 Partly decoded images are refused: OpenCV returns nothing for truncated PNG/JPEG/WebP/BMP/TIFF
 files, and the size it decodes must match the header's. JPEGs whose entropy-coded data is corrupt
-are decoded by libjpeg with grey fill and only a warning on stderr, so each JPEG is first decoded by
-Pillow at 1/8 scale (DCT scaling: the whole bit stream is still Huffman-decoded) with the native
-stderr captured, and refused on libjpeg's corrupt-data warnings. TIFFs are fully decoded by Pillow
-as a strict check (libtiff reports errors OpenCV ignores).
+are decoded by libjpeg with grey fill and only a warning, which OpenCV sends to its log: the log is
+captured while decoding and such JPEGs are refused. TIFFs are also decoded by Pillow as a strict
+check (libtiff reports errors OpenCV ignores).
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import struct
 import sys
 import tempfile
@@ -33,10 +33,19 @@ from edgekit.errors import ImageError
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 _EXIF_ORIENTATION = 0x0112
 # libjpeg's warnings for data it had to skip or invent (JWRN_HIT_MARKER, JWRN_HUFF_BAD_CODE,
-# JWRN_MUST_RESYNC, JWRN_JPEG_EOF, JWRN_BOGUS_PROGRESSION...). Padding before the end marker (some
-# cameras write it; nothing is grey-filled) is not one of them.
+# JWRN_MUST_RESYNC, JWRN_EXTRANEOUS_DATA, JWRN_JPEG_EOF, JWRN_BOGUS_PROGRESSION...). Zero or 0xFF
+# padding before the end marker (some cameras write it; nothing is lost) is let through.
 _JPEG_WARNINGS = (b"Corrupt JPEG data", b"Premature end of JPEG", b"Inconsistent progression")
-_HARMLESS = b"extraneous bytes before marker 0xd9"
+_PADDING = re.compile(rb"Corrupt JPEG data: (\d+) extraneous bytes before marker 0xd9")
+
+
+def _is_end_padding(line: bytes, data: bytes) -> bool:
+    m = _PADDING.search(line)
+    end = data.rfind(b"\xff\xd9")
+    if not m or end < 0:
+        return False
+    n = int(m.group(1))
+    return 0 < n <= end and set(data[end - n : end]) <= {0x00, 0xFF}
 _STDERR_LOCK = threading.Lock()
 
 
@@ -119,43 +128,50 @@ def probe_header(data: bytes, max_pixels: int) -> tuple[int, int, str, int]:
 
 
 def strict_check(data: bytes, fmt: str) -> None:
-    """Refuse JPEGs with corrupt or missing entropy-coded data and TIFFs libtiff cannot fully decode."""
+    """Refuse TIFFs that libtiff cannot fully decode (OpenCV returns what it got)."""
     from PIL import Image
 
-    if fmt in ("JPEG", "MPO"):
-        try:
-            with captured_native_stderr() as err, Image.open(io.BytesIO(data)) as im:
-                im.draft(im.mode, (max(1, im.size[0] // 8), max(1, im.size[1] // 8)))
-                im.load()
-        except Exception as exc:  # noqa: BLE001 - Pillow raises OSError/ValueError/SyntaxError...
-            raise ImageError(f"corrupt or truncated JPEG ({str(exc)[:120]})") from exc
-        bad = [ln for ln in err.getvalue().splitlines()
-               if any(w in ln for w in _JPEG_WARNINGS) and _HARMLESS not in ln]
-        if bad:
-            first = bad[0].decode("utf-8", "replace").strip()[:120]
-            raise ImageError(f"corrupt JPEG data; the decoder would fill the gap with grey ({first})")
-    elif fmt == "TIFF":
+    if fmt == "TIFF":
         try:
             with captured_native_stderr(), Image.open(io.BytesIO(data)) as im:
                 im.load()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - Pillow raises OSError/ValueError/SyntaxError...
             raise ImageError(f"corrupt or truncated TIFF ({str(exc)[:120]})") from exc
+
+
+def _imdecode(data: bytes, fmt: str) -> np.ndarray | None:
+    """``cv2.imdecode`` with OpenCV's warnings captured; a JPEG whose decoder warned about corrupt or
+    missing data (it fills the gap with grey) is refused."""
+    import cv2
+
+    log = cv2.utils.logging
+    old = log.getLogLevel()
+    log.setLogLevel(max(old, log.LOG_LEVEL_WARNING))  # libjpeg's warnings come through OpenCV's log
+    try:
+        with captured_native_stderr() as err:
+            img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:
+        raise ImageError(f"unreadable image ({str(exc).strip().splitlines()[-1][:120]})") from exc
+    finally:
+        log.setLogLevel(old)
+    if fmt in ("JPEG", "MPO"):
+        bad = [ln for ln in err.getvalue().splitlines()
+               if any(w in ln for w in _JPEG_WARNINGS) and not _is_end_padding(ln, data)]
+        if bad:
+            first = bad[0].decode("utf-8", "replace").strip()
+            first = first[first.find("Corrupt") if "Corrupt" in first else 0 :][:100]
+            raise ImageError(f"corrupt JPEG data, the decoder would fill the gap with grey ({first})")
+    return img
 
 
 def decode_bounded(path: str | os.PathLike, max_pixels: int,
                    max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[np.ndarray, int]:
     """OpenCV's ``IMREAD_UNCHANGED`` array of ``path`` and its EXIF orientation, after the checks in
     the module docstring."""
-    import cv2
-
     data = read_file_bytes(Path(path), max_bytes)
     w, h, fmt, orientation = probe_header(data, max_pixels)
     strict_check(data, fmt)
-    try:
-        with captured_native_stderr():  # libpng/libtiff complaints: our one-line reason replaces them
-            img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    except cv2.error as exc:
-        raise ImageError(f"unreadable image ({str(exc).strip().splitlines()[-1][:120]})") from exc
+    img = _imdecode(data, fmt)  # libpng/libtiff/libjpeg complaints captured: our one-line reason instead
     if img is None or img.size == 0:
         raise ImageError(f"corrupt, truncated or unsupported {fmt} image")
     if img.shape[:2] != (h, w):
