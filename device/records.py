@@ -98,12 +98,14 @@ def _connect_read_only(path: Path, timeout: float) -> sqlite3.Connection:
     """A read-only connection that writes nothing, even in a read-only folder or on a full disk
     (where SQLite cannot create the WAL index: the file is then opened as immutable)."""
     uri = path.resolve().as_uri()
-    conn = sqlite3.connect(uri + "?mode=ro", uri=True, timeout=timeout)
+    conn = None
     try:
+        conn = sqlite3.connect(uri + "?mode=ro", uri=True, timeout=timeout)
         conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
         return conn
     except sqlite3.OperationalError as exc:
-        conn.close()
+        if conn is not None:
+            conn.close()
         if "unable to open" not in str(exc) and "readonly" not in str(exc):
             raise
     return sqlite3.connect(uri + "?mode=ro&immutable=1", uri=True, timeout=timeout)
