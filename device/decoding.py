@@ -23,6 +23,7 @@ import struct
 import sys
 import tempfile
 import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -110,7 +111,8 @@ def probe_header(data: bytes, max_pixels: int) -> tuple[int, int, str, int]:
 
     Image.MAX_IMAGE_PIXELS = None  # our own limit below, from the header alone
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with warnings.catch_warnings(), Image.open(io.BytesIO(data)) as im:
+            warnings.simplefilter("ignore")  # Pillow's "corrupt EXIF" notes: the one-line reason is ours
             w, h = im.size
             fmt = im.format or "?"
             if w * h > max_pixels:
@@ -133,7 +135,8 @@ def strict_check(data: bytes, fmt: str) -> None:
 
     if fmt == "TIFF":
         try:
-            with captured_native_stderr(), Image.open(io.BytesIO(data)) as im:
+            with captured_native_stderr(), warnings.catch_warnings(), Image.open(io.BytesIO(data)) as im:
+                warnings.simplefilter("ignore")
                 im.load()
         except Exception as exc:  # noqa: BLE001 - Pillow raises OSError/ValueError/SyntaxError...
             raise ImageError(f"corrupt or truncated TIFF ({str(exc)[:120]})") from exc
