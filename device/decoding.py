@@ -73,6 +73,14 @@ def captured_native_stderr() -> Iterator[io.BytesIO]:
                 out.write(tmp.read(64 * 1024))
 
 
+@contextlib.contextmanager
+def _quiet_pillow() -> Iterator[None]:
+    """Pillow's "corrupt EXIF" and similar warnings: the one-line reason is ours."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
 def read_file_bytes(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
     """A regular file's bytes (FIFOs, devices, folders refused before reading), size-bounded."""
     from edgekit.safefile import NotRegularFile, read_regular_bytes
@@ -111,8 +119,7 @@ def probe_header(data: bytes, max_pixels: int) -> tuple[int, int, str, int]:
 
     Image.MAX_IMAGE_PIXELS = None  # our own limit below, from the header alone
     try:
-        with warnings.catch_warnings(), Image.open(io.BytesIO(data)) as im:
-            warnings.simplefilter("ignore")  # Pillow's "corrupt EXIF" notes: the one-line reason is ours
+        with _quiet_pillow(), Image.open(io.BytesIO(data)) as im:
             w, h = im.size
             fmt = im.format or "?"
             if w * h > max_pixels:
@@ -135,8 +142,7 @@ def strict_check(data: bytes, fmt: str) -> None:
 
     if fmt == "TIFF":
         try:
-            with captured_native_stderr(), warnings.catch_warnings(), Image.open(io.BytesIO(data)) as im:
-                warnings.simplefilter("ignore")
+            with captured_native_stderr(), _quiet_pillow(), Image.open(io.BytesIO(data)) as im:
                 im.load()
         except Exception as exc:  # noqa: BLE001 - Pillow raises OSError/ValueError/SyntaxError...
             raise ImageError(f"corrupt or truncated TIFF ({str(exc)[:120]})") from exc
