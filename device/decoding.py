@@ -26,6 +26,7 @@ import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -50,10 +51,15 @@ def _is_end_padding(line: bytes, data: bytes) -> bool:
 _STDERR_LOCK = threading.Lock()
 
 
+_capture_file: IO[bytes] | None = None
+
+
 @contextlib.contextmanager
 def captured_native_stderr() -> Iterator[io.BytesIO]:
     """Capture what native code writes to file descriptor 2 while the block runs (the bytes are in
-    the yielded buffer afterwards). Serialised by a lock: descriptor 2 is process-wide."""
+    the yielded buffer afterwards). Serialised by a lock: descriptor 2 is process-wide. One temporary
+    file is reused, so a capture costs a few system calls."""
+    global _capture_file
     out = io.BytesIO()
     with _STDERR_LOCK:
         try:
@@ -62,15 +68,24 @@ def captured_native_stderr() -> Iterator[io.BytesIO]:
         except (OSError, ValueError):
             yield out
             return
-        with tempfile.TemporaryFile() as tmp:
+        try:
+            if _capture_file is None:
+                _capture_file = tempfile.TemporaryFile()
+            tmp = _capture_file
+            tmp.seek(0)
+            tmp.truncate()
             os.dup2(tmp.fileno(), 2)
-            try:
-                yield out
-            finally:
-                os.dup2(saved, 2)
-                os.close(saved)
-                tmp.seek(0)
-                out.write(tmp.read(64 * 1024))
+        except OSError:
+            os.close(saved)
+            yield out
+            return
+        try:
+            yield out
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            out.write(tmp.read(64 * 1024))
 
 
 @contextlib.contextmanager

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from edgekit.device.runtime import Classifier, Prediction
 
 STATUSES = ("classified", "rejected", "failed")
+# A cell crop is ~100x100 px; 16 MP bounds what one crop can cost (decode, quality gates) to ~0.4 GB,
+# where the 50 MP field limit let a 3 MB PNG take 1.2 GB on the crop path.
+MAX_CROP_PIXELS = 16_000_000
 
 
 @dataclass
@@ -123,7 +126,7 @@ def classify_one(
     t0 = time.perf_counter()
     out = Outcome(source_id, "failed", content_hash=content_hash)
     try:
-        rgb = as_rgb(image) if isinstance(image, np.ndarray) else read_image(image)
+        rgb = as_rgb(image) if isinstance(image, np.ndarray) else read_image(image, MAX_CROP_PIXELS)
         reason = check_quality(rgb, gates) if gates is not None else None
         if reason:
             out.status, out.reason = "rejected", reason
