@@ -219,11 +219,11 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
     if fields and use_camera:
         raise EdgekitError("--fields takes field image PATHS, not --camera")
     classifier = _load(bundle, model_format, threads, allow_unsigned)
-    rule = classifier.manifest.patient_rule
-    stop = rule.stop_cells if stop_cells is None else stop_cells
+    decision = classifier.manifest.decision
+    stop = decision.rule.stop_cells if stop_cells is None else stop_cells
     with RecordStore(db or default_db_path()) as store:
         session = store.open_session(patient, classifier.model_sha256, site, operator, classifier.fmt,
-                                     str(classifier.bundle_dir))
+                                     str(classifier.bundle_dir), decision)
         if use_camera:
             crops = ((f"frame {i}", None, center_square(f)) for i, f in enumerate(frames(source), 1))
             total, kind = None, "camera"
@@ -251,8 +251,7 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
         bar.close()
         if tally is not None:
             click.echo(tally.line(), err=True)
-        summary = summarize(patient, store.records(session.id), rule, classifier.manifest.thresholds.cutoff,
-                            stop)
+        summary = summarize(patient, store.records(session.id), decision, stop_cells=stop)
     click.echo(json.dumps(summary.to_dict()) if as_json else f"session {session.id}: {summary.line()}")
 
 
@@ -314,22 +313,25 @@ def sessions_list(db: Path | None) -> None:
                "  updated")
     for r, summary in rows:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["updated_at"]))
-        click.echo(f"{r['id']:>4}  {r['patient']:<16} {r['site'] or '-':<12} {summary.crops:>6}"
-                   f" {summary.parasitized:>8} {summary.decision:>8}  {when}")
+        cells, par, dec = ("?", "?", "unknown") if summary is None else (
+            summary.crops, summary.parasitized, summary.decision)
+        click.echo(f"{r['id']:>4}  {r['patient']:<16} {r['site'] or '-':<12} {cells:>6}"
+                   f" {par:>8} {dec:>8}  {when}")
 
 
 def _summary(store, session):
+    """The session's summary with the Decision it was recorded with; None when it has none stored
+    (recorded before decisions were stored): no default rule or cutoff is ever substituted."""
     from edgekit.device.screening import summarize
-    from edgekit.manifest import PatientRule, Thresholds, load_manifest
 
-    rule, thresholds = PatientRule(), Thresholds()
-    try:
-        if session.bundle:
-            manifest = load_manifest(session.bundle)
-            rule, thresholds = manifest.patient_rule, manifest.thresholds
-    except Exception:  # the bundle moved or is gone: default rule and cutoff 0.5 still summarise the counts
-        pass
-    return summarize(session.patient, store.records(session.id), rule, thresholds.cutoff)
+    decision = session.decided_with
+    if decision is None:
+        return None
+    return summarize(session.patient, store.records(session.id), decision)
+
+
+_NO_DECISION = ("no decision rule is stored with this session (recorded by an older edgekit); "
+                "rescreen it with its bundle to decide it")
 
 
 @sessions.command("show")
@@ -349,11 +351,19 @@ def sessions_show(session_id: str | None, by_id: int | None, by_patient: str | N
             raise EdgekitError("which session? give SESSION, --id N or --patient ID")
         summary = _summary(store, session)
     if as_json:
-        click.echo(json.dumps({"session": session.__dict__, "summary": summary.to_dict()}))
+        info = {k: v for k, v in session.__dict__.items() if k != "decision"}
+        info["decision"] = None if session.decision is None else json.loads(session.decision)
+        click.echo(json.dumps({"session": info, "summary": None if summary is None else summary.to_dict()}))
         return
     click.echo(f"session {session.id}  site {session.site or '-'}  operator {session.operator or '-'}")
     model = f"model {session.model_format or '?'} sha256 {session.model_sha256[:16]}…"
     click.echo(f"{model}  bundle {session.bundle}")
+    if summary is None:
+        click.echo(f"patient {session.patient}: {_NO_DECISION}")
+        return
+    decided = session.decided_with
+    click.echo(f"decided at cell cutoff {decided.cutoff:.3f} on p({decided.counted_label}), "
+               f"patient rule: positive at >= {decided.rule.positive_fraction:.1%} of cells")
     click.echo(summary.line())
 
 

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.errors import EdgekitError
+from edgekit.manifest import Decision
 from edgekit.safefile import is_regular
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: sessions.decision (the rule and cutoff a session is decided with)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
     id INTEGER PRIMARY KEY,
@@ -30,6 +31,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     model_sha256 TEXT NOT NULL,
     model_format TEXT,
     bundle TEXT,
+    decision TEXT,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     UNIQUE (patient, model_sha256)
@@ -56,7 +58,7 @@ CREATE TABLE IF NOT EXISTS records (
 
 _COLUMNS = {
     "sessions": ("id", "patient", "site", "operator", "model_sha256", "model_format", "bundle", "created_at",
-                 "updated_at"),
+                 "updated_at", "decision"),
     "records": ("id", "session_id", "source_id", "source_kind", "content_hash", "status", "reason", "label",
                 "probability", "p_positive", "decision", "probabilities", "model_sha256", "created_at"),
 }
@@ -122,6 +124,12 @@ class Session:
     bundle: str | None
     created_at: float
     updated_at: float
+    decision: str | None = None  # JSON of the manifest Decision the session is decided with
+
+    @property
+    def decided_with(self) -> Decision | None:
+        """The stored Decision; None for sessions recorded before it was stored."""
+        return Decision.from_dict(json.loads(self.decision)) if self.decision else None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Session:
@@ -165,6 +173,9 @@ class RecordStore:
                 self.conn.execute("PRAGMA synchronous=FULL")
                 with self.conn:
                     self.conn.executescript(_SCHEMA)
+                    columns = {r[1] for r in self.conn.execute("PRAGMA table_info(sessions)")}
+                    if "decision" not in columns:  # a version-1 database: its sessions keep NULL
+                        self.conn.execute("ALTER TABLE sessions ADD COLUMN decision TEXT")
                     self.conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def _check_columns(self) -> None:
@@ -193,19 +204,22 @@ class RecordStore:
 
     def open_session(
         self, patient: str, model_sha256: str, site: str | None = None, operator: str | None = None,
-        model_format: str | None = None, bundle: str | None = None,
+        model_format: str | None = None, bundle: str | None = None, decision: Decision | None = None,
     ) -> Session:
-        """The session of ``patient`` with this model, created if new (a rerun resumes it)."""
+        """The session of ``patient`` with this model, created if new (a rerun resumes it). The
+        ``decision`` (rule and cutoff) is stored with it; a rerun stores the one it now runs with."""
         if not patient or not patient.strip():
             raise RecordsError("a patient id is required")
         now = time.time()
+        stored = None if decision is None else json.dumps(decision.to_dict())
         with _db_errors(self.path), self.conn:
             self.conn.execute(
-                "INSERT INTO sessions (patient, site, operator, model_sha256, model_format, bundle,"
-                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                "INSERT INTO sessions (patient, site, operator, model_sha256, model_format, bundle, decision,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (patient, model_sha256) DO UPDATE SET updated_at = excluded.updated_at,"
-                " site = COALESCE(excluded.site, site), operator = COALESCE(excluded.operator, operator)",
-                (patient, site, operator, model_sha256, model_format, bundle, now, now),
+                " site = COALESCE(excluded.site, site), operator = COALESCE(excluded.operator, operator),"
+                " decision = COALESCE(excluded.decision, decision)",
+                (patient, site, operator, model_sha256, model_format, bundle, stored, now, now),
             )
             row = self.conn.execute(
                 "SELECT * FROM sessions WHERE patient = ? AND model_sha256 = ?", (patient, model_sha256)
