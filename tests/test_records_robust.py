@@ -64,12 +64,10 @@ def test_unknown_not_null_column_is_named(tmp_path):
     _screen(tmp_path, db, "P1")
     con = sqlite3.connect(db)  # rebuild sessions with an extra NOT NULL column and no default
     cols = ", ".join(r[1] for r in con.execute("PRAGMA table_info(sessions)"))
-    con.executescript(
-        "ALTER TABLE sessions RENAME TO old;"
-        "CREATE TABLE sessions (id INTEGER PRIMARY KEY, patient TEXT NOT NULL, site TEXT, operator TEXT,"
-        " model_sha256 TEXT NOT NULL, model_format TEXT, bundle TEXT, created_at REAL NOT NULL,"
-        " updated_at REAL NOT NULL, ward TEXT NOT NULL, UNIQUE (patient, model_sha256));"
-        f"INSERT INTO sessions SELECT {cols}, 'w' FROM old; DROP TABLE old;")
+    sql = con.execute("SELECT sql FROM sqlite_master WHERE name = 'sessions'").fetchone()[0]
+    sql = sql.replace("patient TEXT NOT NULL,", "patient TEXT NOT NULL, ward TEXT NOT NULL,")
+    con.executescript(f"ALTER TABLE sessions RENAME TO old; {sql};"
+                      f"INSERT INTO sessions ({cols}, ward) SELECT {cols}, 'w' FROM old; DROP TABLE old;")
     con.close()
     with pytest.raises(RecordsError, match=r"column sessions\.ward .*NOT NULL") as err:
         RecordStore(db)
