@@ -315,7 +315,8 @@ def sessions_list(db: Path | None) -> None:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["updated_at"]))
         cells, par, dec = ("?", "?", "unknown") if summary is None else (
             summary.crops, summary.parasitized, summary.decision)
-        click.echo(f"{r['id']:>4}  {r['patient']:<16} {r['site'] or '-':<12} {cells:>6}"
+        patient, site = display_text(r["patient"]), display_text(r["site"] or "-")
+        click.echo(f"{r['id']:>4}  {patient:<16} {site:<12} {cells:>6}"
                    f" {par:>8} {dec:>8}  {when}")
 
 

@@ -103,14 +103,12 @@ def read_file_bytes(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES)
     try:
         data = read_regular_bytes(path, max_bytes, "image")
     except NotRegularFile as exc:
-        msg = str(exc)
-        if "not found" in msg:
-            raise ImageError("file not found") from exc
-        if " is " in msg and "not a regular file" in msg:
-            raise ImageError("not a regular file (" + msg.split(" is ", 1)[1].split(",")[0] + ")") from exc
-        if "too large" in msg:
-            raise ImageError(f"file too large (> {max_bytes // (1024 * 1024)} MB)") from exc
-        raise ImageError(msg) from exc
+        reason = exc.reason
+        if reason.startswith(("a ", "not a regular")):
+            reason = f"not a regular file ({reason})" if reason.startswith("a ") else reason
+        elif reason.startswith("too large"):
+            reason = f"file {reason}"
+        raise ImageError(reason) from exc
     if not data:
         raise ImageError("empty file (0 bytes)")
     return data

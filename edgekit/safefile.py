@@ -18,7 +18,12 @@ from edgekit.errors import EdgekitError
 
 
 class NotRegularFile(EdgekitError):
-    """A path that must be a regular file is a folder, FIFO, device, socket or missing."""
+    """A path that must be a regular file is missing, a folder, FIFO, device or socket, or too large.
+    ``reason`` is the short form ("file not found", "a FIFO (named pipe)", "too large (...)")."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def _kind(mode: int) -> str:
@@ -39,15 +44,16 @@ def open_regular(path: str | os.PathLike, what: str = "file") -> BinaryIO:
     try:
         fd = os.open(path, flags)
     except FileNotFoundError as exc:
-        raise NotRegularFile(f"{what} not found: {path}") from exc
+        raise NotRegularFile(f"{what} not found: {path}", "file not found") from exc
     except IsADirectoryError as exc:
-        raise NotRegularFile(f"{what} {path} is a folder, not a file") from exc
+        raise NotRegularFile(f"{what} {path} is a folder, not a file", "a folder") from exc
     except OSError as exc:
-        raise NotRegularFile(f"cannot open {what} {path}: {exc.strerror or exc}") from exc
+        reason = f"cannot open ({exc.strerror or exc})"
+        raise NotRegularFile(f"cannot open {what} {path}: {exc.strerror or exc}", reason) from exc
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            raise NotRegularFile(f"{what} {path} is {_kind(mode)}, not a regular file")
+            raise NotRegularFile(f"{what} {path} is {_kind(mode)}, not a regular file", _kind(mode))
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
         return io.FileIO(fd, "rb", closefd=True)
@@ -61,10 +67,12 @@ def read_regular_bytes(path: str | os.PathLike, max_bytes: int, what: str = "fil
     with open_regular(path, what) as f:
         size = os.fstat(f.fileno()).st_size
         if size > max_bytes:
-            raise NotRegularFile(f"{what} {path} is too large ({size} bytes > {max_bytes})")
+            raise NotRegularFile(f"{what} {path} is too large ({size} bytes > {max_bytes})",
+                                 f"too large ({size} bytes > {max_bytes})")
         data = f.read(max_bytes + 1)
     if len(data) > max_bytes:
-        raise NotRegularFile(f"{what} {path} is too large (> {max_bytes} bytes)")
+        raise NotRegularFile(f"{what} {path} is too large (> {max_bytes} bytes)",
+                             f"too large (> {max_bytes} bytes)")
     return data
 
 
