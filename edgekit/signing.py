@@ -220,7 +220,11 @@ def _read_signature(folder: Path) -> dict[str, Any] | None:
 
 def check_bundle(folder: str | os.PathLike, data: dict[str, Any]) -> Trust:
     """Whether the manifest ``data`` read from ``folder`` carries a valid signature by a trusted key."""
-    from cryptography.exceptions import InvalidSignature
+    try:
+        from cryptography.exceptions import InvalidSignature
+    except ImportError as exc:
+        raise SignatureError("cannot check bundle signatures: the cryptography package is missing "
+                             "(pip install cryptography)") from exc
 
     folder = Path(folder)
     try:
