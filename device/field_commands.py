@@ -75,7 +75,7 @@ def field(images: tuple[Path, ...], bundle: Path | None, overlay_dir: Path | Non
     import os
 
     from edgekit.device.field import analyze_field
-    from edgekit.errors import BundleError
+    from edgekit.errors import BundleError, SignatureError
     from edgekit.metrics import wilson_interval
 
     os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")  # our one-line reasons replace OpenCV's warnings
@@ -87,7 +87,7 @@ def field(images: tuple[Path, ...], bundle: Path | None, overlay_dir: Path | Non
             classifier = load_classifier(bundle, threads=threads, allow_unsigned=allow_unsigned,
                                          warn=lambda line: click.echo(line, err=True))
         except BundleError as exc:
-            if bundle is not None:
+            if bundle is not None or isinstance(exc, SignatureError):  # a tampered default model is an error
                 raise
             click.echo(f"note: {exc}; counting cells without classifying them", err=True)
     if overlay_dir is not None:
