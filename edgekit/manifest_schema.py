@@ -98,8 +98,8 @@ def _artifact(key: str, a: Any, n_labels: int) -> None:
         raise _fail(f"{f}.validation", "must be an object")
     _tensors(a.get("inputs", []), f"{f}.inputs")
     outputs = _tensors(a.get("outputs", []), f"{f}.outputs")
-    if outputs and outputs[0]["shape"] and outputs[0]["shape"][-1] not in (-1, n_labels):
-        n_out = outputs[0]["shape"][-1]
+    n_out = outputs[0]["shape"][-1] if outputs and outputs[0]["shape"] else -1
+    if n_out not in (-1, n_labels) and not (n_out == 1 and n_labels == 2):  # 1: a sigmoid for two labels
         raise _fail(f"{f}.outputs", f"declare {n_out} classes but there are {n_labels} labels")
 
 

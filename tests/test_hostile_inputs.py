@@ -55,7 +55,9 @@ def test_huge_declared_png_is_refused_from_its_header(tmp_path):
             "t = time.perf_counter()\n"
             f"try:\n    read_image({str(path)!r})\nexcept Exception as e:\n    print(type(e).__name__, e)\n"
             "print(round(time.perf_counter() - t, 2))\n"
-            "import resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)")
+            # VmHWM: this process's peak RSS (ru_maxrss would include the parent's, from before exec)
+            "print([int(ln.split()[1]) // 1024 for ln in open('/proc/self/status')\n"
+            "       if ln.startswith('VmHWM')][0])")
     res = _run_limited(code)
     lines = res.stdout.split("\n")
     assert lines[0].startswith("ImageError image too large (60000x60000"), res.stdout + res.stderr
@@ -195,3 +197,27 @@ def test_crop_path_refuses_a_large_image_before_decoding(tmp_path):
     out = classify_one("wide.png", path, classifier=None, gates=None)
     assert out.status == "failed" and "too large (7000x7000" in out.reason
     assert MAX_CROP_PIXELS < 7000 * 7000
+
+
+def test_a_real_byte_flip_that_segfaults_litert_is_one_line(tmp_path, monkeypatch):
+    """Case 3 with a real model: byte 10569 of the golden int8 model flipped (sha256 and size updated, so
+    only the signature would catch it) segfaults LiteRT 1.x while allocating tensors. Without the
+    child-process probe this test process itself would die."""
+    import json
+
+    from edgekit.device.runtime import load_classifier
+    from edgekit.manifest import sha256_file
+
+    monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path / "cache"))
+    bundle = golden_copy(tmp_path / "b")
+    model = bundle / "model_int8.tflite"
+    data = bytearray(model.read_bytes())
+    data[10569] ^= 0xFF
+    model.write_bytes(bytes(data))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["artifacts"]["tflite_int8"]["sha256"] = sha256_file(model)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    try:
+        load_classifier(bundle, "tflite_int8", allow_unsigned=True, warn=lambda _line: None)
+    except BundleError as exc:  # a runtime that no longer crashes on it may still refuse it
+        assert "crashed (SIGSEGV)" in str(exc) or "cannot" in str(exc), exc
