@@ -301,13 +301,10 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return d
 
 
-def _no_constant(name: str) -> Any:
-    raise BundleError(f"malformed manifest: {name} is not a number JSON allows")
-
-
 def read_manifest_data(folder: str | os.PathLike) -> dict[str, Any]:
-    """The parsed JSON of a bundle's manifest (a regular file of at most 8 MB, strict JSON: no duplicate
-    keys, no NaN), not yet validated. What a signature covers and what :meth:`Manifest.from_dict` reads."""
+    """The parsed JSON of a bundle's manifest (a regular file of at most 8 MB, no duplicate keys), not yet
+    validated. What a signature covers and what :meth:`Manifest.from_dict` reads. NaN is allowed here
+    (training records may hold one); the fields edgekit decides with must be finite numbers."""
     from edgekit.safefile import NotRegularFile, read_regular_bytes
 
     path = manifest_path(folder)
@@ -318,7 +315,7 @@ def read_manifest_data(folder: str | os.PathLike) -> dict[str, Any]:
             raise BundleError(f"no {MANIFEST_NAME} in {folder}: not an edgekit bundle or run folder") from exc
         raise BundleError(str(exc)) from exc
     try:
-        data = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+        data = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise BundleError(f"cannot read {path}: {exc}") from exc
     if not isinstance(data, dict):

@@ -37,10 +37,10 @@ _MAX_KEY_BYTES = 16 * 1024
 
 
 def canonical_manifest(data: dict[str, Any]) -> bytes:
-    """The bytes a signature covers: the manifest's JSON with sorted keys, no whitespace, ASCII only."""
+    """The bytes a signature covers: the manifest's JSON with sorted keys, no whitespace, ASCII only
+    (a NaN in a training record is written as Python writes it, ``NaN``)."""
     try:
-        return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                          allow_nan=False).encode()
+        return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
     except (TypeError, ValueError) as exc:
         raise BundleError(f"manifest cannot be put in canonical form: {exc}") from exc
 

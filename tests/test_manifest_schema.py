@@ -13,7 +13,7 @@ from device_helpers import CELLS, golden_copy
 from edgekit.cli import main
 from edgekit.device.runtime import load_classifier
 from edgekit.errors import BundleError
-from edgekit.manifest import read_manifest_data
+from edgekit.manifest import load_manifest, read_manifest_data
 from edgekit.manifest_schema import validate_manifest_data
 
 CROP = sorted(CELLS.iterdir())[0]
@@ -83,14 +83,14 @@ def test_artifact_that_is_a_fifo_is_refused_without_blocking(tmp_path):
 
 @pytest.mark.parametrize("text, match", [
     ('{"labels": ["A", "B"], "labels": ["B", "A"]}', "appears twice"),
-    ('{"labels": ["A", "B"], "thresholds": {"positive": NaN}}', "NaN"),
+    ('{"labels": ["A", "B"], "thresholds": {"positive": NaN}}', "thresholds.positive"),
     ("[1, 2]", "not a JSON object"),
     ("\xff\xfe", "cannot read"),
 ])
 def test_strict_json(tmp_path, text, match):
     (tmp_path / "manifest.json").write_bytes(text.encode("latin-1"))
     with pytest.raises(BundleError, match=match):
-        read_manifest_data(tmp_path)
+        load_manifest(tmp_path)
 
 
 def test_huge_manifest_is_refused_before_parsing(tmp_path):

@@ -147,6 +147,7 @@ def test_canonical_form_ignores_layout_but_not_content():
     b = json.loads(json.dumps(a, indent=4))
     assert canonical_manifest(a) == canonical_manifest(b)
     assert canonical_manifest(a) != canonical_manifest({**a, "labels": ["b", "a"]})
+    assert b"NaN" in canonical_manifest({**a, "evaluation": {"auc": float("nan")}})  # training records
 
 
 def test_signature_check_is_cheap():
