@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import RecordsError
 from edgekit.manifest import Decision
 from edgekit.safefile import is_regular
 
@@ -62,10 +62,6 @@ _COLUMNS = {
     "records": ("id", "session_id", "source_id", "source_kind", "content_hash", "status", "reason", "label",
                 "probability", "p_positive", "decision", "probabilities", "model_sha256", "created_at"),
 }
-
-
-class RecordsError(EdgekitError):
-    """The screening database cannot be used (locked, read-only, corrupt, unreachable)."""
 
 
 def default_db_path() -> Path:

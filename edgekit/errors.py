@@ -25,3 +25,19 @@ class IntegrityError(BundleError):
 
 class SignatureError(BundleError):
     """A bundle is unsigned, signed by an untrusted key, or its signature does not match."""
+
+
+class ExportError(EdgekitError):
+    """A format could not be converted (unsupported op, converter failure)."""
+
+
+class ValidationFailed(EdgekitError):
+    """An exported format misses its accuracy bound against Keras."""
+
+
+class CameraError(EdgekitError):
+    """The camera or stream cannot be opened, or disappeared and did not come back."""
+
+
+class RecordsError(EdgekitError):
+    """The screening database cannot be used (locked, read-only, corrupt, unreachable)."""

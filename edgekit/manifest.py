@@ -201,6 +201,13 @@ class Artifact:
     outputs: list[TensorSpec] = field(default_factory=list)
     status: str = "ok"  # ok | failed_validation | export_failed
     validation: dict[str, Any] = field(default_factory=dict)
+    quantization: dict[str, Any] = field(default_factory=dict)  # the scheme (edgekit.formats), if any
+    extra_files: dict[str, str] = field(default_factory=dict)  # further files of the format: path -> sha256
+
+    @property
+    def files(self) -> dict[str, str]:
+        """Every file of the artifact (relative path -> sha256), the one the runtime opens first."""
+        return {self.path: self.sha256, **self.extra_files}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Artifact:
@@ -272,11 +279,12 @@ class Manifest:
         (folder / SIGNATURE_NAME).unlink(missing_ok=True)
         atomic_write_text(folder / LABELS_NAME, "\n".join(self.labels) + "\n")
         path = folder / MANIFEST_NAME
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, default=_json_default) + "\n")
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, default=json_default) + "\n")
         return path
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
+    """``json.dumps(default=...)`` for numpy values and paths (duck-typed: no numpy import here)."""
     if hasattr(obj, "tolist"):
         return obj.tolist()
     if isinstance(obj, Path):
@@ -336,46 +344,48 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def artifact_path(folder: str | os.PathLike, artifact: Artifact) -> Path:
-    """The artifact's file, which must resolve (symlinks followed) inside the bundle folder."""
+def artifact_path(folder: str | os.PathLike, artifact: Artifact, rel: str | None = None) -> Path:
+    """The artifact's file (or its further file ``rel``), which must resolve (symlinks followed) inside
+    the bundle folder."""
     from edgekit.manifest_schema import check_artifact_path
 
     folder = Path(folder)
-    check_artifact_path(artifact.path, f"artifacts.{artifact.format}.path")
-    path = folder / artifact.path
-    root = folder.resolve()
-    if not path.resolve().is_relative_to(root):
-        raise BundleError(f"artifact {artifact.format} ({artifact.path}) resolves outside the bundle folder "
+    rel = artifact.path if rel is None else rel
+    check_artifact_path(rel, f"artifacts.{artifact.format}.path")
+    path = folder / rel
+    if not path.resolve().is_relative_to(folder.resolve()):
+        raise BundleError(f"artifact {artifact.format} ({rel}) resolves outside the bundle folder "
                           f"{folder}; refusing to load it")
     return path
 
 
 def verify_artifact(folder: str | os.PathLike, artifact: Artifact) -> Path:
-    """Return the artifact's path after checking it stays in the bundle, is a regular file of the
-    recorded size, and its sha256 matches the manifest."""
+    """Return the artifact's (first) path after checking each of its files stays in the bundle, is a
+    regular file (the first one of the recorded size) and matches its sha256 in the manifest."""
     from edgekit.safefile import NotRegularFile, open_regular
 
-    path = artifact_path(folder, artifact)
-    try:
-        f = open_regular(path, f"artifact {artifact.format}")
-    except NotRegularFile as exc:
-        raise BundleError(f"artifact {artifact.format} missing or unusable: {exc}") from exc
-    with f:
-        size = os.fstat(f.fileno()).st_size
-        if size != artifact.bytes:
-            raise IntegrityError(f"{path} fails its sha256 check (it has {size} bytes, the manifest "
-                                 f"records {artifact.bytes}): the model file is corrupt or was tampered "
-                                 "with; refusing to load it")
-        h = hashlib.sha256()
-        while block := f.read(1 << 20):
-            h.update(block)
-    digest = h.hexdigest()
-    if digest != artifact.sha256:
-        raise IntegrityError(
-            f"{path} fails its sha256 check (manifest {artifact.sha256[:12]}…, file {digest[:12]}…):"
-            " the model file is corrupt or was tampered with; refusing to load it"
-        )
-    return path
+    for rel, want in artifact.files.items():
+        path = artifact_path(folder, artifact, rel)
+        try:
+            f = open_regular(path, f"artifact {artifact.format}")
+        except NotRegularFile as exc:
+            raise BundleError(f"artifact {artifact.format} missing or unusable: {exc}") from exc
+        with f:
+            size = os.fstat(f.fileno()).st_size
+            if rel == artifact.path and size != artifact.bytes:
+                raise IntegrityError(f"{path} fails its sha256 check (it has {size} bytes, the manifest "
+                                     f"records {artifact.bytes}): the model file is corrupt or was tampered "
+                                     "with; refusing to load it")
+            h = hashlib.sha256()
+            while block := f.read(1 << 20):
+                h.update(block)
+        digest = h.hexdigest()
+        if digest != want:
+            raise IntegrityError(
+                f"{path} fails its sha256 check (manifest {want[:12]}…, file {digest[:12]}…):"
+                " the model file is corrupt or was tampered with; refusing to load it"
+            )
+    return artifact_path(folder, artifact)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

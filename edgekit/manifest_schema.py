@@ -93,6 +93,15 @@ def _artifact(key: str, a: Any, n_labels: int) -> None:
         raise _fail(f"{f}.sha256", "must be 64 lowercase hex digits")
     if not _is_int(a.get("bytes")) or a["bytes"] < 0:
         raise _fail(f"{f}.bytes", f"must be a non-negative integer, not {a.get('bytes')!r}")
+    extra = a.get("extra_files", {})
+    if not isinstance(extra, dict):
+        raise _fail(f"{f}.extra_files", "must be an object (path -> sha256)")
+    for rel, sha in extra.items():
+        check_artifact_path(rel, f"{f}.extra_files")
+        if not (isinstance(sha, str) and _HEX64.fullmatch(sha)):
+            raise _fail(f"{f}.extra_files", f"sha256 of {rel!r} must be 64 lowercase hex digits")
+    if not isinstance(a.get("quantization", {}), dict):
+        raise _fail(f"{f}.quantization", "must be an object")
     _str(a, "status", f"{f}.status")
     if not isinstance(a.get("validation", {}), dict):
         raise _fail(f"{f}.validation", "must be an object")
