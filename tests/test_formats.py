@@ -85,3 +85,13 @@ def test_stratified_sample_keeps_class_shares():
     assert len(stratified_sample(labels, 5000)) == 1000
     rare = np.array([0] * 99 + [1])
     assert (rare[stratified_sample(rare, 10)] == 1).sum() == 1  # a rare class still gets one
+
+
+def test_golden_bundle_records_what_export_records():
+    """The committed golden bundle carries the manifest fields export writes, from the same table."""
+    manifest = load_manifest(GOLDEN)
+    for key, art in manifest.artifacts.items():
+        spec = formats.get(key)
+        assert art.path == spec.filename and art.runtime == spec.runtime
+        assert art.quantization == spec.quantization
+    assert json.loads((GOLDEN / "manifest.json").read_text())["artifacts"]["tflite_int8"]["quantization"]
