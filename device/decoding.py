@@ -21,7 +21,6 @@ import os
 import re
 import struct
 import sys
-import tempfile
 import threading
 import warnings
 from collections.abc import Iterator
@@ -70,7 +69,9 @@ def captured_native_stderr() -> Iterator[io.BytesIO]:
             return
         try:
             if _capture_file is None:
-                _capture_file = tempfile.TemporaryFile()
+                from edgekit.device.backends import _scratch_file  # memfd: no tempfile import (cold start)
+
+                _capture_file = _scratch_file()
             tmp = _capture_file
             tmp.seek(0)
             tmp.truncate()
