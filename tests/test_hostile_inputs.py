@@ -191,10 +191,11 @@ def test_crop_path_refuses_a_large_image_before_decoding(tmp_path):
     """Case 4, second half: a few-KB PNG just under the 50 MP field limit took 1.15 GB as a crop; the
     crop path's limit is 16 MP (a cell crop is ~100x100 px), checked from the header."""
     from edgekit.device.pipeline import MAX_CROP_PIXELS, classify_one
+    from edgekit.device.runtime import load_classifier
 
     path = tmp_path / "wide.png"
     path.write_bytes(_png(7000, 7000, zlib.compress(b"\x00" * 1000)))
-    out = classify_one("wide.png", path, classifier=None, gates=None)
+    out = classify_one("wide.png", path, load_classifier(GOLDEN), gates=None)
     assert out.status == "failed" and "too large (7000x7000" in out.reason
     assert MAX_CROP_PIXELS < 7000 * 7000
 
