@@ -29,6 +29,7 @@ COMMANDS = [
     ("edgekit.device.commands", "screen"),
     ("edgekit.device.commands", "sessions"),
     ("edgekit.device.field_commands", "field"),
+    ("edgekit.device.serve.commands", "serve"),
     ("edgekit.benchmarks.commands", "bench"),
 ]
 

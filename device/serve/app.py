@@ -1,0 +1,261 @@
+"""The HTTP side of ``edgekit serve``: the page, the JSON API, the access token, the upload bounds.
+
+Security, for a server on a shared clinic Wi-Fi:
+- with a token (always when listening beyond loopback), every request needs it: the page's URL
+  ``/?token=...`` (which sets an HttpOnly, SameSite=Strict cookie and redirects it away), the
+  cookie, or ``Authorization: Bearer ...``; anything else gets 401 with a JSON reason;
+- without a token (loopback only), the Host header must name this machine (no DNS rebinding);
+- a POST from another web origin is refused (no cross-site request forgery);
+- an upload is bounded in bytes (checked while it streams in) and uploads in flight are bounded
+  in number (429 beyond), and each is decoded by the device's own bounded decoder;
+- the page loads nothing from elsewhere (a strict Content-Security-Policy), and works offline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hmac
+import mimetypes
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from pydantic import BaseModel, Field
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
+
+from edgekit import __version__
+from edgekit.device.serve.station import ServeError, Station
+from edgekit.errors import EdgekitError, RecordsError
+
+STATIC = Path(__file__).resolve().parent / "static"
+COOKIE = "edgekit_token"
+MULTIPART_SLACK = 64 * 1024  # multipart headers and boundaries around the file
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+       "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+NO_TOKEN = "missing or wrong access token: open the address `edgekit serve` printed when it started"
+
+
+@dataclass
+class ServeConfig:
+    """Limits and access for one server."""
+
+    token: str | None = None  # None: no token (loopback only)
+    max_bytes: int = 20 * 1024 * 1024  # per upload
+    max_pending: int = 8  # uploads received or waiting at once; more get 429
+    upload_seconds: float = 120.0  # a slower upload holds a slot too long: refused (408)
+    secure_cookie: bool = False  # True under HTTPS
+
+
+class SessionIn(BaseModel):
+    patient: str = Field(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]*\S[^\x00-\x1f\x7f]*$",
+                         description="Patient id (the same id with the same model resumes the session).")
+    site: str | None = Field(None, max_length=64, pattern=r"^[^\x00-\x1f\x7f]*$")
+    operator: str | None = Field(None, max_length=64, pattern=r"^[^\x00-\x1f\x7f]*$")
+
+
+def _load_assets() -> dict[str, tuple[bytes, bytes, str]]:
+    """Every static file with its gzip form (compressed once, at start) and its media type."""
+    assets = {}
+    for path in sorted(STATIC.iterdir()):
+        if path.is_file():
+            data = path.read_bytes()
+            mtype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+            if mtype.startswith("text/") or mtype.endswith("javascript"):
+                mtype += "; charset=utf-8"
+            assets[path.name] = (data, gzip.compress(data, 9, mtime=0), mtype)
+    return assets
+
+
+def _host_only(host: str) -> str:
+    """``host`` of a Host header ``host[:port]`` (IPv6 in brackets kept)."""
+    if host.startswith("["):
+        return host[: host.find("]") + 1]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _json_error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+def _given_token(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    return request.cookies.get(COOKIE) or request.query_params.get("token")
+
+
+async def _read_upload(request: Request, limit: int, name: str | None, seconds: float,
+                       ) -> tuple[str | None, bytes]:
+    """The uploaded file's name and bytes: a raw body (``Content-Type: image/...``) or the one file
+    of a multipart form. Refused with 413 as soon as it grows past ``limit``."""
+    too_big = ServeError(413, f"upload larger than {limit / 1e6:.0f} MB; send a smaller image")
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit + MULTIPART_SLACK:
+        raise too_big
+    buf = bytearray()
+
+    async def receive() -> None:
+        async for chunk in request.stream():
+            buf.extend(chunk)
+            if len(buf) > limit + MULTIPART_SLACK:
+                raise too_big
+
+    try:
+        await asyncio.wait_for(receive(), seconds)
+    except asyncio.TimeoutError as exc:
+        raise ServeError(408, f"upload took longer than {seconds:.0f} s; send it again") from exc
+    except ClientDisconnect as exc:
+        raise ServeError(400, "the upload was cut off before its end; nothing was recorded") from exc
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        async def once():
+            yield bytes(buf)
+
+        try:
+            form = await MultiPartParser(request.headers, once(), max_files=1, max_fields=4).parse()
+        except MultiPartException as exc:
+            raise ServeError(400, f"malformed multipart upload ({exc.message})") from exc
+        part = next((v for v in form.values() if isinstance(v, UploadFile)), None)
+        if part is None:
+            raise ServeError(400, "the form has no file part")
+        data, name = await part.read(), part.filename or name
+        await form.close()
+    else:
+        data = bytes(buf)
+    if len(data) > limit:
+        raise too_big
+    return name, data
+
+
+def create_app(station: Station, config: ServeConfig) -> FastAPI:
+    """The FastAPI application serving ``station`` (OpenAPI at ``/openapi.json``; no CDN docs)."""
+    app = FastAPI(title="edgekit serve", version=__version__, docs_url=None, redoc_url=None,
+                  description="Screening station: patient sessions, field and crop uploads, summaries.")
+    assets = _load_assets()
+
+    async def run(fn, *args) -> Any:
+        return await asyncio.wrap_future(station.submit(fn, *args))
+
+    @app.exception_handler(ServeError)
+    async def _serve_error(_: Request, exc: ServeError) -> JSONResponse:
+        return _json_error(exc.status, exc.detail)
+
+    @app.exception_handler(EdgekitError)
+    async def _edgekit_error(_: Request, exc: EdgekitError) -> JSONResponse:
+        return _json_error(503 if isinstance(exc, RecordsError) else 400, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = [f"{'.'.join(str(x) for x in e.get('loc', ())[1:]) or 'request'}: {e.get('msg')}"
+                 for e in exc.errors()]
+        return _json_error(422, "; ".join(parts) or "invalid request")
+
+    @app.middleware("http")
+    async def _access(request: Request, call_next):
+        host = request.headers.get("host", "")
+        if config.token is None and _host_only(host) not in LOOPBACK_HOSTS:
+            return _json_error(403, f"host {host!r} refused: this server only answers on loopback")
+        origin = request.headers.get("origin")
+        if request.method not in ("GET", "HEAD", "OPTIONS") and origin and urlsplit(origin).netloc != host:
+            return _json_error(403, "cross-site request refused")
+        if config.token is not None:
+            given = _given_token(request)
+            if not given or not hmac.compare_digest(given.encode(), config.token.encode()):
+                return _json_error(401, NO_TOKEN, {"WWW-Authenticate": "Bearer"})
+            if request.query_params.get("token") and request.method == "GET" and \
+                    not request.url.path.startswith("/api/"):
+                # the page's address: keep the token in a cookie, out of the address bar and history
+                resp = RedirectResponse(request.url.path, status_code=303)
+                resp.set_cookie(COOKIE, config.token, httponly=True, samesite="strict",
+                                secure=config.secure_cookie)
+                return resp
+        response = await call_next(request)
+        response.headers["Content-Security-Policy"] = CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    def _asset(request: Request, name: str) -> Response:
+        data, gz, mtype = assets[name]
+        headers = {"Vary": "Accept-Encoding", "Cache-Control": "no-cache"}
+        if "gzip" in request.headers.get("accept-encoding", ""):
+            headers["Content-Encoding"] = "gzip"
+            data = gz
+        return Response(data, media_type=mtype, headers=headers)
+
+    @app.get("/", include_in_schema=False)
+    async def page(request: Request) -> Response:
+        return _asset(request, "index.html")
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static(request: Request, name: str) -> Response:
+        if name not in assets:
+            raise ServeError(404, f"no such file {name!r}")
+        return _asset(request, name)
+
+    @app.get("/api/status", summary="Server, model and limits")
+    async def status() -> dict[str, Any]:
+        info = station.info()
+        info.update(version=__version__, max_upload_bytes=config.max_bytes, max_pending=config.max_pending,
+                    pending=station.pending)
+        return info
+
+    @app.post("/api/sessions", summary="Start or resume a patient's session")
+    async def open_session(body: SessionIn) -> dict[str, Any]:
+        return await run(station.open_session, body.patient, body.site, body.operator)
+
+    @app.get("/api/sessions", summary="Sessions with their patient summaries, newest first")
+    async def sessions(limit: int = Query(50, ge=1, le=10_000, description="At most this many")
+                       ) -> list[dict[str, Any]]:
+        return await run(station.sessions, limit)
+
+    @app.get("/api/sessions/{session_id}", summary="One session: summary and records")
+    async def session(session_id: int, records: bool = Query(True, description="Include the records")
+                      ) -> dict[str, Any]:
+        return await run(station.session, session_id, records)
+
+    upload_body = {"requestBody": {"required": True, "content": {
+        "image/*": {"schema": {"type": "string", "format": "binary"}},
+        "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
+                                           "properties": {"file": {"type": "string", "format": "binary"}}}},
+    }}}
+
+    @app.post("/api/sessions/{session_id}/images", openapi_extra=upload_body,
+              summary="Upload one field photo or cell crop: find cells, classify, record")
+    async def add_image(
+        request: Request, session_id: int,
+        kind: Literal["field", "crop"] = Query("field", description="field: a whole microscope field; "
+                                               "crop: one cell crop"),
+        name: str | None = Query(None, max_length=200, description="File name (multipart gives its own)."),
+    ) -> dict[str, Any]:
+        if station.pending >= config.max_pending:
+            raise ServeError(429, f"busy: {station.pending} uploads are being processed; retry in a moment")
+        station.pending += 1
+        try:
+            name, data = await _read_upload(request, config.max_bytes, name, config.upload_seconds)
+            return await run(station.add_image, session_id, kind, name, data)
+        finally:
+            station.pending -= 1
+
+    @app.get("/api/overlays/{sha256}.jpg", summary="A field's annotated overlay", response_class=FileResponse)
+    async def overlay(sha256: str) -> FileResponse:
+        return FileResponse(station.overlay_path(sha256), media_type="image/jpeg",
+                            headers={"Cache-Control": "private, max-age=86400"})
+
+    @app.get("/api/export.csv", summary="Records as CSV (one session, or all)", response_class=Response)
+    async def export(session: int | None = Query(None, description="Session id; all when absent"),
+                     ) -> Response:
+        text = await run(station.export_csv, session)
+        fname = f"edgekit-session-{session}.csv" if session is not None else "edgekit-sessions.csv"
+        return Response(text, media_type="text/csv; charset=utf-8",
+                        headers={"Content-Disposition": f'attachment; filename="{fname}"'})
+
+    return app

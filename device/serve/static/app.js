@@ -1,0 +1,261 @@
+// edgekit serve: the phone page. Plain JS, no dependencies, nothing loaded from elsewhere.
+// Every number shown comes from the station's JSON; the page computes nothing of its own.
+"use strict";
+
+const $ = (sel) => document.querySelector(sel);
+const state = { info: null, session: null, busy: false };
+const REFRESH_MS = 15000;  // another phone may be screening the same patient
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") node.className = v;
+    else if (k.startsWith("data-")) node.setAttribute(k, v);
+    else node[k] = v;
+  }
+  for (const c of children) if (c !== null && c !== undefined) node.append(c);
+  return node;
+}
+
+const pct = (x) => (x === null || x === undefined ? "-" : (100 * x).toFixed(1) + "%");
+const ci = (c) => (c ? `${(100 * c[0]).toFixed(1)}–${(100 * c[1]).toFixed(1)}%` : "-");
+
+function say(text, ok) {
+  const m = $("#message");
+  m.textContent = text;
+  m.className = ok ? "ok" : "";
+  m.hidden = !text;
+  if (text && !ok) m.scrollIntoView({ block: "nearest" });
+}
+
+async function api(path, opts) {
+  let resp;
+  try {
+    resp = await fetch(path, Object.assign({ credentials: "same-origin" }, opts || {}));
+  } catch (err) {
+    throw new Error("No answer from the station (is it running, and this phone on its network?). " +
+                    "Anything not confirmed here was not recorded; send it again.");
+  }
+  let body = null;
+  try { body = await resp.json(); } catch (err) { body = null; }
+  if (!resp.ok) {
+    const detail = body && body.detail ? body.detail : `HTTP ${resp.status}`;
+    const e = new Error(typeof detail === "string" ? detail : JSON.stringify(detail));
+    e.status = resp.status;
+    throw e;
+  }
+  return body;
+}
+
+function renderSummary(s) {
+  const box = $("#summary");
+  if (!s) {
+    box.replaceChildren(el("p", { class: "warn" }, "This session was recorded by an older edgekit without its " +
+                                  "decision rule: it cannot be decided here. Rescreen it with its model."));
+    return;
+  }
+  const names = { positive: "POSITIVE", negative: "NEGATIVE", refer: "REFER" };
+  const explain = {
+    positive: "parasitized cells at or above the patient rule's fraction",
+    negative: "the upper 95% bound is below the patient rule's fraction",
+    refer: "not decided: keep screening, or refer to microscopy",
+  };
+  if (s.domain && !s.domain.ok) explain.refer = "the cells are unlike the model's: check by microscopy";
+  const left = Math.max(0, s.stop_cells - s.crops);
+  const stop = s.stop_reached
+    ? "Stop rule reached: enough cells for this patient."
+    : (s.stop_cells ? `Stop rule: ${s.crops} of ${s.stop_cells} cells; ${left} more to go.` : "No stop rule.");
+  box.replaceChildren(
+    el("p", {}, el("span", { class: `decision ${s.decision}`, "data-decision": s.decision },
+                   names[s.decision] || s.decision), " ", el("span", { class: "small" }, explain[s.decision] || "")),
+    el("dl", { class: "counts" },
+      el("dt", {}, "Cells counted"), el("dd", { class: "s-cells" }, String(s.crops)),
+      el("dt", {}, "Parasitized"), el("dd", { class: "s-parasitized" }, `${s.parasitized} (${pct(s.fraction)}, 95% CI ${ci(s.ci95)})`),
+      el("dt", {}, "Uncertain"), el("dd", { class: "s-uncertain" }, String(s.uncertain)),
+      el("dt", {}, "Not counted"), el("dd", {}, `${s.rejected} rejected, ${s.failed} failed`)),
+    el("p", { class: s.stop_reached ? "good" : "" }, stop));
+  // the domain guard's verdict on the session's cells, when the station gives one
+  if (s.domain && !s.domain.ok) {
+    box.prepend(el("p", { class: "warn domain", "data-ok": "false" },
+                   `NOT VALIDATED for this microscope: ${s.domain.why || ""}`));
+  }
+}
+
+function domainLine(d) {
+  if (!d) return null;
+  if (d.ok) return el("p", { class: "good domain", "data-ok": "true" }, "Cells look like the model's training cells.");
+  return el("p", { class: "warn domain", "data-ok": "false" },
+            `NOT VALIDATED: ${d.why || "cells unlike the model's training cells"}. Check this field by microscopy.`);
+}
+
+function recordedLine(r) {
+  if (!r) return null;
+  const parts = [`${r.new} new record${r.new === 1 ? "" : "s"}`];
+  if (r.already) parts.push(`${r.already} already recorded (not counted twice)`);
+  if (r.after_stop) parts.push(`${r.after_stop} not recorded: stop rule reached`);
+  return el("p", { class: "small recorded" }, "Saved: " + parts.join("; ") + ".");
+}
+
+function renderField(out) {
+  const r = out.result;
+  const card = el("article", { class: "result" + (r.rejected ? " rejected" : ""), "data-kind": "field", "data-name": out.name },
+                  el("h3", {}, out.name));
+  if (r.rejected) card.append(el("p", { class: "warn reason" }, "Not counted: " + r.rejected));
+  card.append(domainLine(r.domain) || "");
+  if (!r.rejected) {
+    card.append(el("dl", { class: "counts" },
+      el("dt", {}, "Cells found"), el("dd", { class: "cells" }, String(r.cells)),
+      el("dt", {}, `${r.positive_label || "Positive"}`), el("dd", { class: "parasitized" }, String(r.parasitized)),
+      el("dt", {}, "Uncertain (?)"), el("dd", { class: "uncertain" }, String(r.uncertain)),
+      el("dt", {}, "Parasitemia"), el("dd", { class: "parasitemia" }, pct(r.parasitemia)),
+      el("dt", {}, "95% interval"), el("dd", { class: "ci95" }, ci(r.ci95))));
+  }
+  card.append(recordedLine(out.recorded) || "");
+  if (out.overlay) {
+    const img = el("img", { src: out.overlay, alt: `Cells found in ${out.name}, outlined red if parasitized, green if not`, loading: "lazy" });
+    card.append(el("a", { href: out.overlay, target: "_blank" }, img));
+  }
+  return card;
+}
+
+function renderCrop(out) {
+  const r = out.result;
+  const card = el("article", { class: "result", "data-kind": "crop", "data-name": out.name }, el("h3", {}, out.name));
+  if (!r) {
+    card.append(el("p", { class: "warn" }, "Not recorded: the stop rule is reached for this patient."));
+    return card;
+  }
+  if (r.status !== "classified") {
+    card.className += " rejected";
+    card.append(el("p", { class: "warn reason" }, `Not counted (${r.status}): ${r.reason}`));
+  } else {
+    const decision = r.decision === "uncertain" ? "uncertain: look at it by microscopy" : r.decision;
+    card.append(el("dl", { class: "counts" },
+      el("dt", {}, "Label"), el("dd", { class: "label" }, r.label),
+      el("dt", {}, "Probability"), el("dd", { class: "probability" }, r.probability.toFixed(3)),
+      el("dt", {}, "Decision"), el("dd", { class: "decision-cell" }, decision)));
+  }
+  card.append(recordedLine(out.recorded) || "");
+  return card;
+}
+
+function showSession(data) {
+  state.session = data.session;
+  sessionStorage.setItem("edgekit-session", String(data.session.id));
+  $("#patient-title").textContent = data.session.patient;
+  $("#session-id").textContent = String(data.session.id);
+  renderSummary(data.summary);
+  $("#start").hidden = true;
+  $("#screen").hidden = false;
+}
+
+async function refreshSummary() {
+  if (!state.session || state.busy || document.hidden) return;
+  try {
+    const data = await api(`api/sessions/${state.session.id}?records=false`);
+    if (state.session && data.session.id === state.session.id) renderSummary(data.summary);
+  } catch (err) { /* the next upload or refresh says what is wrong */ }
+}
+
+async function upload(files, kind) {
+  if (!state.session) { say("Start a patient session first."); return; }
+  state.busy = true;
+  try { await uploadAll(files, kind); } finally { state.busy = false; }
+}
+
+async function uploadAll(files, kind) {
+  const max = state.info ? state.info.max_upload_bytes : Infinity;
+  let i = 0;
+  say("");
+  for (const file of files) {
+    i += 1;
+    $("#progress").textContent = `Analysing ${i} of ${files.length}: ${file.name}…`;
+    if (file.size > max) {
+      say(`${file.name}: ${(file.size / 1e6).toFixed(1)} MB is larger than the ${(max / 1e6).toFixed(0)} MB limit; not sent.`);
+      continue;
+    }
+    const url = `api/sessions/${state.session.id}/images?kind=${kind}&name=${encodeURIComponent(file.name)}`;
+    let out = null;
+    for (let attempt = 0; attempt < 6 && out === null; attempt++) {
+      try {
+        out = await api(url, { method: "POST", body: file,
+                               headers: { "Content-Type": file.type || "application/octet-stream" } });
+      } catch (err) {
+        if (err.status === 429 && attempt < 5) { await new Promise((r) => setTimeout(r, 1000 * (attempt + 1))); continue; }
+        say(err.message.startsWith(file.name) ? err.message : `${file.name}: ${err.message}`);
+        break;
+      }
+    }
+    if (!out) continue;
+    $("#results").prepend(kind === "field" ? renderField(out) : renderCrop(out));
+    renderSummary(out.summary);
+  }
+  $("#progress").textContent = files.length ? `Done: ${files.length} image${files.length === 1 ? "" : "s"}.` : "";
+  loadSessions();
+}
+
+async function loadSessions() {
+  let rows;
+  try { rows = await api("api/sessions"); } catch (err) { say(err.message); return; }
+  const body = $("#sessions tbody");
+  body.replaceChildren(...rows.map(({ session, summary }) => el("tr", {},
+    el("td", {}, session.patient, el("br"), el("span", { class: "small" }, `${session.site || "-"} · #${session.id}`)),
+    el("td", {}, summary ? String(summary.crops) : "-"),
+    el("td", {}, summary ? el("span", { class: summary.decision }, summary.decision) : "no rule"),
+    el("td", {},
+      el("button", { type: "button", onclick: () => openSession(session.id) }, "Open"),
+      el("a", { class: "button", href: `api/export.csv?session=${session.id}`, download: "" }, "CSV")))));
+}
+
+async function openSession(id) {
+  try {
+    const data = await api(`api/sessions/${id}`);
+    $("#results").replaceChildren();
+    showSession(data);
+    say(`Resumed patient ${data.session.patient}: ${data.records.length} records so far.`, true);
+  } catch (err) { say(err.message); }
+}
+
+async function init() {
+  for (const k of ["site", "operator"]) $("#" + k).value = localStorage.getItem("edgekit-" + k) || "";
+  try {
+    state.info = await api("api/status");
+    const m = state.info.model;
+    $("#model").textContent = `Model ${m.format} · ${m.sha256.slice(0, 12)} · edgekit ${state.info.version}`;
+  } catch (err) { say(err.message); return; }
+  $("#session-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const body = { patient: $("#patient").value.trim(), site: $("#site").value.trim() || null,
+                   operator: $("#operator").value.trim() || null };
+    for (const k of ["site", "operator"]) localStorage.setItem("edgekit-" + k, body[k] || "");
+    try {
+      const data = await api("api/sessions", { method: "POST", body: JSON.stringify(body),
+                                               headers: { "Content-Type": "application/json" } });
+      $("#results").replaceChildren();
+      showSession(data);
+      say("");
+      loadSessions();
+    } catch (err) { say(err.message); }
+  });
+  for (const [id, kind] of [["camera", "field"], ["fields", "field"], ["crops", "crop"]]) {
+    $("#" + id).addEventListener("change", async (ev) => {
+      const files = Array.from(ev.target.files);
+      ev.target.value = "";
+      await upload(files, kind);
+    });
+  }
+  $("#new-patient").addEventListener("click", () => {
+    state.session = null;
+    sessionStorage.removeItem("edgekit-session");
+    $("#patient").value = "";
+    $("#screen").hidden = true;
+    $("#start").hidden = false;
+  });
+  $("#refresh").addEventListener("click", loadSessions);
+  setInterval(refreshSummary, REFRESH_MS);
+  await loadSessions();
+  const last = sessionStorage.getItem("edgekit-session");
+  if (last) await openSession(last);
+}
+
+document.addEventListener("DOMContentLoaded", init);

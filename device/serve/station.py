@@ -1,0 +1,235 @@
+"""The screening station behind ``edgekit serve``: one classifier, one screening database, one worker.
+
+Every call that touches the model or the database runs on one worker thread (LiteRT interpreters
+and SQLite connections belong to one thread), so uploads from several phones are processed one at
+a time, in arrival order. An uploaded field goes through exactly what ``edgekit field`` does
+(:func:`edgekit.device.field.analyze_field`) and its cells are recorded through exactly what
+``edgekit screen --fields`` does (:func:`edgekit.device.screening.record_crops` on the device's
+own crops), so the page, the command line and the database agree. A crop goes through what
+``edgekit screen`` does with a file. Decoding is the device's :func:`read_image`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tempfile
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from edgekit.errors import EdgekitError, ImageError
+
+if TYPE_CHECKING:
+    from edgekit.device.records import RecordStore, Session
+    from edgekit.device.runtime import Classifier
+
+T = TypeVar("T")
+KINDS = ("field", "crop")
+OVERLAY_MAX_SIDE = 1600  # px: plenty for a phone screen, a few hundred KB as JPEG
+_HASH = re.compile(r"^[0-9a-f]{64}$")
+RECORD_KEYS = ("source_id", "source_kind", "status", "reason", "label", "probability", "p_positive",
+               "decision", "created_at")
+
+
+class ServeError(EdgekitError):
+    """A request the station refuses; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+def display_name(name: str | None, sha256: str) -> str:
+    """A safe, unique file name for an upload: its own name's safe characters plus a short hash
+    (phones name every photo ``image.jpg``)."""
+    path = Path((name or "upload").replace("\\", "/")).name
+    stem, suffix = Path(path).stem, Path(path).suffix.lower()
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._")[:48] or "upload"
+    suffix = suffix if re.fullmatch(r"\.[a-z0-9]{1,5}", suffix) else ""
+    return f"{stem}-{sha256[:8]}{suffix}"
+
+
+class Station:
+    """The classifier and the screening database, used from one worker thread."""
+
+    def __init__(self, classifier: Classifier, db_path: Path, overlay_dir: Path) -> None:
+        from edgekit.device.records import RecordStore
+
+        self.classifier = classifier
+        self.db_path = Path(db_path)
+        self.overlay_dir = Path(overlay_dir)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgekit-device")
+        self.store: RecordStore = self._pool.submit(RecordStore, self.db_path).result()
+        self.pending = 0  # uploads received or queued, counted by the server's event loop
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        """Run ``fn(*args)`` on the worker thread."""
+        return self._pool.submit(fn, *args)
+
+    def close(self) -> None:
+        self._pool.submit(self.store.close).result()
+        self._pool.shutdown(wait=True)
+
+    # ------------------------------------------------------------------ read side
+
+    def info(self) -> dict[str, Any]:
+        """The model and the Decision it screens with, for the page's header."""
+        clf = self.classifier
+        return {
+            "model": {"format": clf.fmt, "sha256": clf.model_sha256, "bundle": str(clf.bundle_dir),
+                      "labels": list(clf.manifest.labels)},
+            "decision": clf.manifest.decision.to_dict(),
+        }
+
+    def _sessions(self) -> list[Session]:
+        """Every session, newest first (by id only: a patient id may look like a number)."""
+        from dataclasses import fields
+
+        from edgekit.device.records import Session
+
+        names = [f.name for f in fields(Session)]
+        return [Session(**{k: row[k] for k in names}) for row in self.store.sessions()]
+
+    def _session(self, session_id: int) -> Session:
+        found = next((s for s in self._sessions() if s.id == int(session_id)), None)
+        if found is None:
+            raise ServeError(404, f"no session {session_id}")
+        return found
+
+    def _summary(self, session: Session) -> dict[str, Any] | None:
+        """What ``edgekit sessions show`` says, with the Decision stored with the session; None for
+        a session recorded before decisions were stored."""
+        from edgekit.device.commands import _summary
+
+        summary = _summary(self.store, session)
+        return None if summary is None else summary.to_dict()
+
+    @staticmethod
+    def _public(session: Session) -> dict[str, Any]:
+        d = dict(vars(session))
+        d["decision"] = json.loads(session.decision) if session.decision else None
+        return d
+
+    def open_session(self, patient: str, site: str | None, operator: str | None) -> dict[str, Any]:
+        """The patient's session with this model, created or resumed (two phones share it)."""
+        clf = self.classifier
+        session = self.store.open_session(patient.strip(), clf.model_sha256, site or None, operator or None,
+                                          clf.fmt, str(clf.bundle_dir), clf.manifest.decision)
+        return {"session": self._public(session), "summary": self._summary(session)}
+
+    def sessions(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """The sessions in the database, newest first (at most ``limit``), with their summaries."""
+        return [{"session": self._public(s), "summary": self._summary(s)} for s in self._sessions()[:limit]]
+
+    def session(self, session_id: int, with_records: bool = True) -> dict[str, Any]:
+        """One session: its summary and (unless not wanted) its records, oldest first."""
+        session = self._session(session_id)
+        out = {"session": self._public(session), "summary": self._summary(session)}
+        if with_records:
+            out["records"] = [{k: r[k] for k in RECORD_KEYS} for r in self.store.records(session.id)]
+        return out
+
+    def export_csv(self, session_id: int | None) -> str:
+        """The records of one session (or all) with the columns of ``edgekit sessions export``."""
+        import csv
+        import io
+        from datetime import datetime, timezone
+
+        from edgekit.device.commands import EXPORT_COLUMNS
+
+        chosen = [self._session(session_id)] if session_id is not None else self._sessions()
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=EXPORT_COLUMNS, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        for s in chosen:
+            for r in self.store.records(s.id):
+                when = datetime.fromtimestamp(r["created_at"], timezone.utc).isoformat(timespec="seconds")
+                w.writerow({**r, "patient": s.patient, "site": s.site, "operator": s.operator,
+                            "created_at": when})
+        return buf.getvalue()
+
+    def overlay_path(self, sha256: str) -> Path:
+        if not _HASH.match(sha256):
+            raise ServeError(404, "no such overlay")
+        path = self.overlay_dir / f"{sha256}.jpg"
+        if not path.is_file():
+            raise ServeError(404, "no such overlay")
+        return path
+
+    # ------------------------------------------------------------------ write side
+
+    def add_image(self, session_id: int, kind: str, name: str | None, data: bytes) -> dict[str, Any]:
+        """Decode, analyse, record one uploaded field or crop; the result as the page shows it."""
+        from edgekit.device.preprocess import read_image
+
+        if kind not in KINDS:
+            raise ServeError(422, f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
+        if not data:
+            raise ServeError(400, "empty upload (0 bytes)")
+        session = self._session(session_id)
+        sha = hashlib.sha256(data).hexdigest()
+        shown = display_name(name, sha)
+        with tempfile.TemporaryDirectory(prefix="edgekit-upload-") as tmp:
+            path = Path(tmp) / shown
+            path.write_bytes(data)
+            try:
+                rgb = read_image(path)
+            except ImageError as exc:
+                raise ServeError(415, f"{name or 'upload'}: not a usable image ({exc})") from exc
+            except MemoryError as exc:
+                raise ServeError(413, f"{name or 'upload'}: too large to decode on this device") from exc
+        stop = self.classifier.manifest.decision.rule.stop_cells
+        if kind == "field":
+            out = self._add_field(session, shown, sha, rgb, stop)
+        else:
+            out = self._add_crop(session, shown, sha, rgb, stop)
+        out.update(kind=kind, name=shown, sha256=sha, session=self._public(self._session(session.id)),
+                   summary=self._summary(session))
+        return out
+
+    def _record(self, session: Session, items: list, kind: str, stop: int) -> dict[str, int]:
+        """Record ``items`` as ``edgekit screen`` does; how many were new, already there, past the stop."""
+        from edgekit.device.quality import DEFAULT_GATES
+        from edgekit.device.screening import record_crops
+
+        tally = record_crops(self.store, session, items, self.classifier, DEFAULT_GATES, stop, kind)
+        new, already = tally.processed, tally.counts.get("skipped", 0)
+        return {"new": new, "already": already, "after_stop": len(items) - new - already}
+
+    def _add_field(self, session: Session, shown: str, sha: str, rgb, stop: int) -> dict[str, Any]:
+        from edgekit.device.field import analyze_field, cell_id, crop_cell
+
+        report = analyze_field(rgb, self.classifier)
+        report.source = shown
+        if report.rejected:  # recorded once as rejected, like `edgekit screen --fields`
+            items = [(shown, sha, ImageError(report.rejected))]
+        else:
+            items = [(cell_id(shown, c.id), None, crop_cell(rgb, c)) for c in report.cells]
+        recorded = self._record(session, items, "field", stop)
+        self._write_overlay(sha, rgb, report)
+        return {"result": report.to_dict(per_cell=True), "recorded": recorded,
+                "overlay": f"api/overlays/{sha}.jpg"}
+
+    def _add_crop(self, session: Session, shown: str, sha: str, rgb, stop: int) -> dict[str, Any]:
+        recorded = self._record(session, [(shown, sha, rgb)], "file", stop)
+        row = next((r for r in self.store.records(session.id) if r["content_hash"] == sha), None)
+        result = {k: row[k] for k in RECORD_KEYS} if row else None
+        return {"result": result, "recorded": recorded, "overlay": None}
+
+    def _write_overlay(self, sha: str, rgb, report) -> None:
+        import cv2
+
+        from edgekit.device.field import draw_overlay
+        from edgekit.manifest import atomic_write_bytes
+
+        img = draw_overlay(rgb, report)
+        scale = OVERLAY_MAX_SIDE / max(img.shape[:2])
+        if scale < 1:
+            img = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        ok, buf = cv2.imencode(".jpg", img[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 85])
+        if ok:
+            atomic_write_bytes(self.overlay_dir / f"{sha}.jpg", buf.tobytes())

@@ -1,0 +1,369 @@
+"""`edgekit serve`'s API through FastAPI's test client: the same results and records as the command
+line, the access token, upload bounds, bad input, bursts and two phones on one patient."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install 'edgekit[serve]')")
+import httpx  # noqa: E402  (after the skip: httpx comes with the serve test dependencies)
+from device_helpers import CELLS, GOLDEN  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+
+from edgekit.device.serve.app import COOKIE, ServeConfig, create_app  # noqa: E402
+from edgekit.device.serve.commands import choose_token, is_loopback  # noqa: E402
+from edgekit.device.serve.station import Station, display_name  # noqa: E402
+
+FIELDS = Path(__file__).resolve().parent / "fixtures" / "fields"
+FIELD = FIELDS / "BloodImage_00099.jpg"
+TOKEN = "t" * 12 + "0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+BASE = "http://127.0.0.1:8000"
+
+
+def _station(tmp: Path, bundle: Path = GOLDEN) -> Station:
+    from edgekit.device.runtime import load_classifier
+
+    return Station(load_classifier(bundle), tmp / "screening.sqlite", tmp / "overlays")
+
+
+@pytest.fixture()
+def station(tmp_path):
+    st = _station(tmp_path)
+    yield st
+    st.close()
+
+
+def _client(station: Station, **config) -> TestClient:
+    return TestClient(create_app(station, ServeConfig(**config)), base_url=BASE)
+
+
+def _session(client: TestClient, patient: str = "P-001", headers=AUTH) -> int:
+    r = client.post("/api/sessions", json={"patient": patient, "site": "clinic", "operator": "ana"},
+                    headers=headers)
+    assert r.status_code == 200, r.text
+    return r.json()["session"]["id"]
+
+
+def _upload(client, sid: int, data: bytes, kind: str = "crop", name: str = "x.png", headers=AUTH):
+    return client.post(f"/api/sessions/{sid}/images", params={"kind": kind, "name": name}, content=data,
+                       headers={**headers, "Content-Type": "image/png"})
+
+
+def _crop_bytes(seed: int) -> bytes:
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    img = rng.integers(60, 220, (48, 48, 3), dtype=np.uint8)
+    ok, buf = cv2.imencode(".png", img)
+    assert ok
+    return buf.tobytes()
+
+
+# ---------------------------------------------------------------------------- access
+
+
+def test_every_page_and_call_needs_the_token(station):
+    client = _client(station, token=TOKEN)
+    for path in ("/", "/static/app.js", "/api/status", "/api/sessions", "/openapi.json", "/api/export.csv"):
+        r = client.get(path)
+        assert r.status_code == 401, path
+        assert "access token" in r.json()["detail"]
+        assert client.get(path, headers={"Authorization": "Bearer wrong-token-0123456789"}).status_code == 401
+    r = client.post("/api/sessions", json={"patient": "P"})
+    assert r.status_code == 401
+    r = client.post("/api/sessions/1/images", content=_crop_bytes(0), headers={"Content-Type": "image/png"})
+    assert r.status_code == 401
+    assert client.get("/api/status", headers=AUTH).status_code == 200
+
+
+def test_page_address_moves_the_token_into_a_cookie(station):
+    client = _client(station, token=TOKEN)
+    r = client.get(f"/?token={TOKEN}", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/"
+    cookie = r.headers["set-cookie"]
+    assert f"{COOKIE}={TOKEN}" in cookie and "HttpOnly" in cookie and "samesite=strict" in cookie.lower()
+    client.cookies.set(COOKIE, TOKEN)
+    page = client.get("/")
+    assert page.status_code == 200 and 'capture="environment"' in page.text
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    assert "http" not in page.text.replace('href="api/', "")  # nothing loaded from elsewhere
+    gz = client.get("/static/app.js", headers={"Accept-Encoding": "gzip"})
+    assert gz.headers.get("content-encoding") == "gzip" and "function renderField" in gz.text
+
+
+def test_loopback_without_token_refuses_other_host_names(station):
+    client = _client(station)  # no token: loopback only
+    assert client.get("/api/status").status_code == 200
+    r = client.get("/api/status", headers={"Host": "attacker.example:8000"})
+    assert r.status_code == 403 and "loopback" in r.json()["detail"]
+
+
+def test_cross_site_post_is_refused(station):
+    client = _client(station)
+    r = client.post("/api/sessions", json={"patient": "P"}, headers={"Origin": "http://evil.example"})
+    assert r.status_code == 403 and "cross-site" in r.json()["detail"]
+    assert client.post("/api/sessions", json={"patient": "P"}, headers={"Origin": BASE}).status_code == 200
+
+
+def test_token_choice():
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.20")
+    assert choose_token("127.0.0.1", {}) is None
+    a, b = choose_token("0.0.0.0", {}), choose_token("0.0.0.0", {})
+    assert a and b and a != b and len(a) >= 24
+    assert choose_token("127.0.0.1", {"EDGEKIT_SERVE_TOKEN": TOKEN}) == TOKEN
+    from edgekit.errors import EdgekitError
+
+    with pytest.raises(EdgekitError, match="too short"):
+        choose_token("0.0.0.0", {"EDGEKIT_SERVE_TOKEN": "abc"})
+
+
+def test_openapi_describes_the_api(station):
+    spec = _client(station, token=TOKEN).get("/openapi.json", headers=AUTH).json()
+    assert {"/api/status", "/api/sessions", "/api/sessions/{session_id}/images", "/api/export.csv"} <= set(
+        spec["paths"])
+    body = spec["paths"]["/api/sessions/{session_id}/images"]["post"]["requestBody"]["content"]
+    assert "multipart/form-data" in body and "image/*" in body
+
+
+# ---------------------------------------------------------------------------- same results as the CLI
+
+
+def test_field_upload_is_edgekit_field_and_is_recorded_once(station):
+    from edgekit.device.field import analyze_field
+
+    client = _client(station, token=TOKEN)
+    sid = _session(client)
+    data = FIELD.read_bytes()
+    r = _upload(client, sid, data, "field", FIELD.name)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    expected = analyze_field(FIELD, station.classifier).to_dict(per_cell=True)
+    got = out["result"]
+    for key in ("rejected", "cells", "parasitized", "positive", "negative", "uncertain", "parasitemia",
+                "ci95"):
+        assert got[key] == expected[key], key
+    assert [c["box"] for c in got["cell_list"]] == [c["box"] for c in expected["cell_list"]]
+    assert [c["p"] for c in got["cell_list"]] == [c["p"] for c in expected["cell_list"]]
+    assert got["cells"] > 5
+    assert out["recorded"] == {"new": got["cells"], "already": 0, "after_stop": 0}
+    assert out["summary"]["crops"] == got["cells"]
+    assert out["summary"]["parasitized"] == got["parasitized"]
+    img = client.get(out["overlay"] if out["overlay"].startswith("/") else "/" + out["overlay"], headers=AUTH)
+    assert img.status_code == 200 and img.content[:2] == b"\xff\xd8"
+
+    again = _upload(client, sid, data, "field", "image.jpg").json()  # the same photo, another name
+    assert again["recorded"] == {"new": 0, "already": got["cells"], "after_stop": 0}
+    detail = client.get(f"/api/sessions/{sid}", headers=AUTH).json()
+    assert len(detail["records"]) == got["cells"]
+    csv = client.get("/api/export.csv", params={"session": sid}, headers=AUTH).text.splitlines()
+    assert csv[0].startswith("session_id,patient") and len(csv) == 1 + got["cells"]
+
+
+def test_crop_upload_is_edgekit_classify(station):
+    from edgekit.device.pipeline import classify_one
+
+    client = _client(station, token=TOKEN)
+    sid = _session(client)
+    path = sorted(CELLS.iterdir())[0]
+    with path.open("rb") as f:  # a multipart form, as a browser form would send it
+        r = client.post(f"/api/sessions/{sid}/images", params={"kind": "crop"},
+                        files={"file": (path.name, f, "image/webp")}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    got = r.json()["result"]
+    want = classify_one(path.name, path, station.classifier, None).prediction
+    assert got["status"] == "classified"
+    assert (got["label"], got["decision"]) == (want.label, want.decision)
+    assert got["p_positive"] == pytest.approx(want.p_positive, abs=1e-6)
+    again = _upload(client, sid, path.read_bytes())
+    assert again.json()["recorded"]["already"] == 1 and again.json()["result"]["label"] == want.label
+
+
+def test_stop_rule_stops_recording(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEKIT_ALLOW_UNSIGNED", "1")  # the edited manifest no longer matches a signature
+    bundle = shutil.copytree(GOLDEN, tmp_path / "bundle")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest.setdefault("patient_rule", {})["stop_cells"] = 3
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    st = _station(tmp_path, bundle)
+    try:
+        client = _client(st)
+        sid = _session(client, headers={})
+        out = _upload(client, sid, FIELD.read_bytes(), "field", headers={}).json()
+        assert out["recorded"]["new"] == 3 and out["recorded"]["after_stop"] == out["result"]["cells"] - 3
+        assert out["summary"]["stop_reached"] and out["summary"]["crops"] == 3
+    finally:
+        st.close()
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+def test_bad_uploads_get_a_json_reason_and_record_nothing(station):
+    client = _client(station, token=TOKEN, max_bytes=20 * 1024 * 1024)
+    sid = _session(client)
+    r = _upload(client, sid, b"%PDF-1.4 not an image at all")
+    assert r.status_code == 415 and "not a usable image" in r.json()["detail"]
+    r = _upload(client, sid, b"")
+    assert r.status_code == 400 and "empty" in r.json()["detail"]
+    big = b"\0" * (50 * 1024 * 1024)
+    r = _upload(client, sid, big)
+    assert r.status_code == 413 and "larger than" in r.json()["detail"]
+
+    def chunks():  # no Content-Length: refused while it streams in
+        for _ in range(50):
+            yield b"\0" * (1024 * 1024)
+
+    r = client.post(f"/api/sessions/{sid}/images", content=chunks(),
+                    headers={**AUTH, "Content-Type": "image/png"})
+    assert r.status_code == 413
+    r = client.post(f"/api/sessions/{sid}/images", params={"kind": "movie"}, content=_crop_bytes(1),
+                    headers=AUTH)
+    assert r.status_code == 422 and "kind" in r.json()["detail"]
+    assert _upload(client, 999, _crop_bytes(1)).status_code == 404
+    r = client.post("/api/sessions", json={"patient": "  "}, headers=AUTH)
+    assert r.status_code == 422 and "patient" in r.json()["detail"]
+    r = client.post(f"/api/sessions/{sid}/images", files={"other": (None, "x")}, headers=AUTH)
+    assert r.status_code == 400 and "no file" in r.json()["detail"]
+    assert client.get(f"/api/sessions/{sid}", headers=AUTH).json()["records"] == []
+    # a field that is an image but not a usable field: recorded once, as rejected, with its reason
+    import cv2
+
+    blank = cv2.imencode(".png", np.full((300, 400, 3), 255, np.uint8))[1].tobytes()
+    out = _upload(client, sid, blank, "field", "blank.png").json()
+    assert out["result"]["rejected"] and out["recorded"]["new"] == 1
+    assert _upload(client, sid, blank, "field").json()["recorded"]["already"] == 1
+    assert out["summary"]["rejected"] == 1
+
+
+def test_display_name_is_safe():
+    sha = "ab" * 32
+    assert display_name("../../etc/passwd", sha) == f"passwd-{sha[:8]}"
+    assert display_name("IMG 0001 (2).JPG", sha) == f"IMG_0001_2-{sha[:8]}.jpg"
+    assert display_name(None, sha) == f"upload-{sha[:8]}"
+
+
+# ---------------------------------------------------------------------------- bursts, two phones
+
+
+def _async_client(station: Station, **config) -> httpx.AsyncClient:
+    app = create_app(station, ServeConfig(**config))
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE, headers=AUTH)
+
+
+def test_burst_of_100_uploads_is_bounded_and_loses_nothing_acknowledged(station):
+    crops = [_crop_bytes(i) for i in range(100)]
+
+    async def burst():
+        async with _async_client(station, token=TOKEN, max_pending=8) as client:
+            r = await client.post("/api/sessions", json={"patient": "burst"})
+            sid = r.json()["session"]["id"]
+
+            async def send(data):
+                return await client.post(f"/api/sessions/{sid}/images", params={"kind": "crop"}, content=data,
+                                         headers={"Content-Type": "image/png"})
+
+            first = await asyncio.gather(*(send(c) for c in crops))
+            refused = [c for c, r in zip(crops, first, strict=True) if r.status_code == 429]
+            retried = [await send(c) for c in refused]  # what the page does on 429
+            records = (await client.get(f"/api/sessions/{sid}")).json()["records"]
+            return first, retried, records
+
+    first, retried, records = asyncio.run(burst())
+    codes = [r.status_code for r in first]
+    assert set(codes) <= {200, 429}, codes
+    assert 1 <= codes.count(200) <= 8 and codes.count(429) >= 92
+    assert "busy" in next(r for r in first if r.status_code == 429).json()["detail"]
+    assert all(r.status_code == 200 for r in retried)
+    assert len(records) == 100  # every acknowledged upload is recorded, once
+    assert station.pending == 0
+
+
+def test_two_phones_on_one_patient_share_the_session_without_double_counting(station):
+    data = _crop_bytes(7)
+
+    async def two_phones():
+        async with _async_client(station, token=TOKEN) as a, _async_client(station, token=TOKEN) as b:
+            sa, sb = await asyncio.gather(a.post("/api/sessions", json={"patient": "P-9", "site": "A"}),
+                                          b.post("/api/sessions", json={"patient": "P-9", "site": "A"}))
+            sid = sa.json()["session"]["id"]
+            assert sb.json()["session"]["id"] == sid
+            ra, rb = await asyncio.gather(*(c.post(f"/api/sessions/{sid}/images", params={"kind": "crop"},
+                                                   content=data, headers={"Content-Type": "image/png"})
+                                            for c in (a, b)))
+            records = (await a.get(f"/api/sessions/{sid}")).json()["records"]
+            return ra.json()["recorded"], rb.json()["recorded"], records
+
+    ra, rb, records = asyncio.run(two_phones())
+    assert sorted([ra["new"], rb["new"]]) == [0, 1] and sorted([ra["already"], rb["already"]]) == [0, 1]
+    assert len(records) == 1
+
+
+def test_slow_upload_is_refused_and_frees_its_slot(station):
+    async def slow():
+        yield _crop_bytes(3)[:100]
+        await asyncio.sleep(1.0)
+        yield _crop_bytes(3)[100:]
+
+    async def run():
+        async with _async_client(station, token=TOKEN, upload_seconds=0.3) as client:
+            sid = (await client.post("/api/sessions", json={"patient": "slow"})).json()["session"]["id"]
+            r = await client.post(f"/api/sessions/{sid}/images", params={"kind": "crop"}, content=slow(),
+                                  headers={"Content-Type": "image/png"})
+            return r, (await client.get(f"/api/sessions/{sid}")).json()["records"]
+
+    r, records = asyncio.run(run())
+    assert r.status_code == 408 and "longer than" in r.json()["detail"]
+    assert records == [] and station.pending == 0
+
+
+def test_serve_command_is_light_until_it_runs():
+    import subprocess
+    import sys
+
+    code = ("import json, sys; import edgekit.device.serve.commands;"
+            " print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    loaded = set(json.loads(proc.stdout))
+    assert not loaded & {"fastapi", "uvicorn", "starlette", "cv2", "ai_edge_litert", "onnxruntime"}
+
+
+def test_a_session_without_a_stored_decision_is_listed_but_not_decided(station):
+    client = _client(station, token=TOKEN)
+    old = station.submit(station.store.open_session, "P-old", "0" * 64).result()  # as an older edgekit did
+    sessions = {s["session"]["id"]: s for s in client.get("/api/sessions", headers=AUTH).json()}
+    assert sessions[old.id]["summary"] is None and sessions[old.id]["session"]["decision"] is None
+    sid = _session(client)
+    assert sessions.get(sid) is None
+    fresh = client.get(f"/api/sessions/{sid}", headers=AUTH).json()
+    assert fresh["session"]["decision"] == station.classifier.manifest.decision.to_dict()
+    assert fresh["summary"]["decision"] == "refer"  # no cells yet
+    brief = client.get(f"/api/sessions/{sid}", params={"records": "false"}, headers=AUTH).json()
+    assert "records" not in brief and brief["summary"] == fresh["summary"]
+
+
+def test_a_field_cut_off_half_way_is_completed_by_sending_it_again(station):
+    """A crash in the middle of a field leaves some of its cells recorded; sending the photo again
+    records the rest, and none twice."""
+    import cv2
+
+    from edgekit.device.field import analyze_field, cell_id, crop_cell
+
+    client = _client(station, token=TOKEN)
+    sid = _session(client)
+    rgb = cv2.imread(str(FIELD))[:, :, ::-1].copy()
+    cells = analyze_field(rgb, station.classifier).cells
+    session = station.submit(station._session, sid).result()
+    first = [(cell_id("x.jpg", c.id), None, crop_cell(rgb, c)) for c in cells[:3]]
+    assert station.submit(station._record, session, first, "field", 0).result()["new"] == 3
+    out = _upload(client, sid, FIELD.read_bytes(), "field").json()
+    assert out["recorded"] == {"new": len(cells) - 3, "already": 3, "after_stop": 0}
+    assert len(client.get(f"/api/sessions/{sid}", headers=AUTH).json()["records"]) == len(cells)
