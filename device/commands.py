@@ -3,8 +3,6 @@ the runtime, OpenCV and the inference engines load inside the command bodies."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 
@@ -12,6 +10,7 @@ import click
 
 from edgekit.cli_options import model_option, option
 from edgekit.formats import DEVICE_ORDER
+from edgekit.outputs import csv_text, display_text, write_output_file
 
 _model_option = model_option()
 _model_format_option = click.option(
@@ -25,6 +24,10 @@ _threads_option = click.option(
 _progress_option = click.option(
     "--progress/--no-progress", default=None,
     help="Progress bar on stderr (default: when stderr is a terminal).",
+)
+_allow_unsigned_option = click.option(
+    "--allow-unsigned", is_flag=True, envvar="EDGEKIT_ALLOW_UNSIGNED",
+    help="Run a bundle not signed by a trusted key (development only; also $EDGEKIT_ALLOW_UNSIGNED=1).",
 )
 _quality_option = click.option(
     "--quality/--no-quality", default=True, show_default=True,
@@ -60,14 +63,15 @@ def _live_capture(settle: int, capture_on_key: bool, echo):
     return capture
 
 
-def _load(bundle: Path | None, model_format: str | None, threads: int | None):
+def _load(bundle: Path | None, model_format: str | None, threads: int | None, allow_unsigned: bool = False):
     import os
 
     # Each bad file gets our one-line reason; OpenCV's own decoder warnings would only add noise.
     os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")
     from edgekit.device.runtime import load_classifier
 
-    return load_classifier(bundle, model_format, threads)
+    return load_classifier(bundle, model_format, threads, allow_unsigned=allow_unsigned,
+                           warn=lambda line: click.echo(line, err=True))
 
 
 @click.command()
@@ -79,9 +83,11 @@ def _load(bundle: Path | None, model_format: str | None, threads: int | None):
 @_threads_option
 @_progress_option
 @_quality_option
+@_allow_unsigned_option
 @click.pass_context
 def classify(ctx: click.Context, paths: tuple[str, ...], bundle: Path | None, model_format: str | None,
-             out_format: str, threads: int | None, progress: bool | None, quality: bool) -> None:
+             out_format: str, threads: int | None, progress: bool | None, quality: bool,
+             allow_unsigned: bool) -> None:
     """Classify image files, folders (recursive) and glob patterns with a bundle's model.
 
     Exits 1 when any input could not be read (the batch still runs to the end).
@@ -98,7 +104,7 @@ def classify(ctx: click.Context, paths: tuple[str, ...], bundle: Path | None, mo
     )
     from edgekit.device.quality import DEFAULT_GATES
 
-    classifier = _load(bundle, model_format, threads)
+    classifier = _load(bundle, model_format, threads, allow_unsigned)
     items = list(expand_inputs(paths))
     writer = ResultWriter(out_format, result_columns(classifier), max((len(s) for s, _ in items), default=8))
     bar = Progress(len(items), Progress.wanted(bool(progress)) if progress is not False else False)
@@ -139,16 +145,18 @@ def classify(ctx: click.Context, paths: tuple[str, ...], bundle: Path | None, mo
               help="Attempts to reopen a live source that stops delivering frames.")
 @_quality_option
 @_live_options
+@_allow_unsigned_option
 def camera(source: str, bundle: Path | None, model_format: str | None, threads: int | None, every: int,
            save_dir: Path | None, max_frames: int | None, reconnect: int, quality: bool, crops_mode: bool,
-           settle: int, capture_on_key: bool, overlay_path: Path | None, show: bool) -> None:
+           settle: int, capture_on_key: bool, overlay_path: Path | None, show: bool,
+           allow_unsigned: bool) -> None:
     """Live microscope camera: each settled, sharp view is a field whose cells are found, classified
     and counted once (README: Camera at the microscope). Nothing is recorded: use `screen --camera`
     for a patient. Ctrl-C stops."""
     from edgekit.device.camera import run_camera, run_field_camera
     from edgekit.device.quality import DEFAULT_GATES
 
-    classifier = _load(bundle, model_format, threads)
+    classifier = _load(bundle, model_format, threads, allow_unsigned)
     if crops_mode:
         n = run_camera(classifier, source, every, save_dir, max_frames, click.echo, reconnect,
                        gates=DEFAULT_GATES if quality else None)
@@ -180,11 +188,12 @@ def camera(source: str, bundle: Path | None, model_format: str | None, threads: 
 @_quality_option
 @_live_options
 @click.option("--json", "as_json", is_flag=True, help="Print the patient summary as JSON.")
+@_allow_unsigned_option
 def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str | None, use_camera: bool,
            fields: bool, source: str, db: Path | None, stop_cells: int | None, bundle: Path | None,
            model_format: str | None, threads: int | None, progress: bool | None, quality: bool,
            crops_mode: bool, settle: int, capture_on_key: bool, overlay_path: Path | None, show: bool,
-           as_json: bool) -> None:
+           as_json: bool, allow_unsigned: bool) -> None:
     """Screen a patient: classify and record every crop, then summarise and decide.
 
     Images are classified and committed to the database 32 at a time (a crash loses at most the
@@ -202,7 +211,7 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
         raise EdgekitError("give image PATHS or --camera (one of them)")
     if fields and use_camera:
         raise EdgekitError("--fields takes field image PATHS, not --camera")
-    classifier = _load(bundle, model_format, threads)
+    classifier = _load(bundle, model_format, threads, allow_unsigned)
     decision = classifier.manifest.decision
     stop = decision.rule.stop_cells if stop_cells is None else stop_cells
     with RecordStore(db or default_db_path()) as store:
@@ -242,7 +251,7 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
                     running["parasitized"] += decision.is_counted_positive(out.prediction.p_positive)
             if out.status in ("rejected", "failed"):
                 bar.clear()
-                click.echo(f"{out.status} {out.source_id}: {out.reason}", err=True)
+                click.echo(f"{out.status} {display_text(out.source_id)}: {out.reason}", err=True)
             bar.update()
 
         try:
@@ -285,7 +294,33 @@ def _store(db: Path | None):
     path = db or default_db_path()
     if not path.is_file():
         raise RecordsError(f"no screening database at {path}")
-    return RecordStore(path)
+    return RecordStore(path, read_only=True)  # reading commands never write, not even the schema
+
+
+_session_options = [
+    click.option("--id", "by_id", type=click.IntRange(1), default=None, help="Choose the session by its id."),
+    click.option("--patient", "by_patient", default=None, help="Choose the latest session of this patient."),
+]
+
+
+def _with_session_options(f):
+    for session_option in reversed(_session_options):
+        f = session_option(f)
+    return f
+
+
+def _find(store, key: str | None, by_id: int | None, by_patient: str | None):
+    """The session chosen by KEY (id or patient; refused when it is both), --id or --patient."""
+    from edgekit.errors import EdgekitError
+
+    given = [x for x in (key, by_id, by_patient) if x is not None]
+    if len(given) > 1:
+        raise EdgekitError("give one of SESSION, --id N or --patient ID")
+    if by_id is not None:
+        return store.find_session(str(by_id), by="id")
+    if by_patient is not None:
+        return store.find_session(by_patient, by="patient")
+    return None if key is None else store.find_session(key)
 
 
 @sessions.command("list")
@@ -295,14 +330,15 @@ def sessions_list(db: Path | None) -> None:
     import time
 
     with _store(db) as store:
-        rows = [(r, _summary(store, store.find_session(str(r["id"])))) for r in store.sessions()]
+        rows = [(r, _summary(store, store.find_session(str(r["id"]), by="id"))) for r in store.sessions()]
     click.echo(f"{'id':>4}  {'patient':<16} {'site':<12} {'cells':>6} {'parasit.':>8} {'decision':>8}"
                "  updated")
     for r, summary in rows:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["updated_at"]))
         cells, par, dec = ("?", "?", "unknown") if summary is None else (
             summary.crops, summary.parasitized, summary.decision)
-        click.echo(f"{r['id']:>4}  {r['patient']:<16} {r['site'] or '-':<12} {cells:>6}"
+        patient, site = display_text(r["patient"]), display_text(r["site"] or "-")
+        click.echo(f"{r['id']:>4}  {patient:<16} {site:<12} {cells:>6}"
                    f" {par:>8} {dec:>8}  {when}")
 
 
@@ -322,16 +358,22 @@ _NO_DECISION = ("no decision rule is stored with this session (recorded by an ol
 
 
 @sessions.command("show")
-@click.argument("session_id")
+@click.argument("session_id", required=False)
+@_with_session_options
 @_db_option
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def sessions_show(session_id: str, db: Path | None, as_json: bool) -> None:
-    """Summary of one session (by id, or the latest session of a patient id)."""
+def sessions_show(session_id: str | None, by_id: int | None, by_patient: str | None, db: Path | None,
+                  as_json: bool) -> None:
+    """Summary of one session: SESSION is a session id or a patient id (the latest session of that
+    patient); when it could be both, say which with --id or --patient."""
     from edgekit.device.review import per_field, review_summary
     from edgekit.device.review_commands import review_text, session_cutoff
+    from edgekit.errors import EdgekitError
 
     with _store(db) as store:
-        session = store.find_session(session_id)
+        session = _find(store, session_id, by_id, by_patient)
+        if session is None:
+            raise EdgekitError("which session? give SESSION, --id N or --patient ID")
         summary = _summary(store, session)
         records, cutoff = store.records(session.id), session_cutoff(session)
         review = review_summary(records, store.reviews(session.id), cutoff)
@@ -363,39 +405,42 @@ EXPORT_COLUMNS = ["session_id", "patient", "site", "operator", "source_id", "sou
 
 @sessions.command("export")
 @click.argument("session_id", required=False)
+@_with_session_options
 @_db_option
 @click.option("--format", "out_format", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True,
               help="CSV, or one JSON object per record.")
 @click.option("--csv", "as_csv", is_flag=True, hidden=True, help="The same as --format csv (old spelling).")
 @option("-o", "--out", "output", aliases=("--output",), type=click.Path(path_type=Path), default=None,
         help="File (default: stdout).")
-def sessions_export(session_id: str | None, db: Path | None, out_format: str, as_csv: bool,
-                    output: Path | None) -> None:
-    """Export the records of one session (or all sessions) as CSV or JSON lines (times in UTC, ISO 8601)."""
+@click.option("--force", is_flag=True, help="Overwrite OUT if it is an existing file.")
+def sessions_export(session_id: str | None, by_id: int | None, by_patient: str | None, db: Path | None,
+                    out_format: str, as_csv: bool, output: Path | None, force: bool) -> None:
+    """Export the records of one session (or all sessions) as CSV or JSON lines (times in UTC, ISO 8601).
+    CSV text cells that a spreadsheet would run as formulas are prefixed with a quote."""
     from datetime import datetime, timezone
 
-    from edgekit.manifest import atomic_write_text
+    from edgekit.safefile import check_output_target
 
+    if output is not None:
+        check_output_target(output, force)  # before any work: refuse symlinks, FIFOs, devices, folders
+    rows = []
     with _store(db) as store:
-        chosen = [store.find_session(session_id)] if session_id else [
-            store.find_session(str(r["id"])) for r in store.sessions()]
-        buf = io.StringIO()
-        as_jsonl = out_format == "jsonl" and not as_csv
-        w = csv.DictWriter(buf, fieldnames=EXPORT_COLUMNS, extrasaction="ignore", lineterminator="\n")
-        if not as_jsonl:
-            w.writeheader()
+        one = _find(store, session_id, by_id, by_patient)
+        chosen = [one] if one is not None else [
+            store.find_session(str(r["id"]), by="id") for r in store.sessions()]
         for s in chosen:
             for r in store.records(s.id):
                 when = datetime.fromtimestamp(r["created_at"], timezone.utc).isoformat(timespec="seconds")
-                row = {**r, "patient": s.patient, "site": s.site, "operator": s.operator, "created_at": when}
-                if as_jsonl:
-                    buf.write(json.dumps({k: row.get(k) for k in EXPORT_COLUMNS}) + "\n")
-                else:
-                    w.writerow(row)
-    if output is None:
-        click.echo(buf.getvalue(), nl=False)
+                rows.append({**r, "patient": s.patient, "site": s.site, "operator": s.operator,
+                             "created_at": when})
+    if out_format == "jsonl" and not as_csv:
+        text = "".join(json.dumps({k: r.get(k) for k in EXPORT_COLUMNS}) + "\n" for r in rows)
     else:
-        atomic_write_text(output, buf.getvalue())
+        text = csv_text(rows, EXPORT_COLUMNS)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        write_output_file(output, text, force)
         click.echo(f"wrote {output}", err=True)
 
 

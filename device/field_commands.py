@@ -40,8 +40,10 @@ def _write_overlay(report: Any, overlay_dir: Path) -> Path | None:
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=64, show_default=True,
               help="Cell crops per inference call.")
 @click.option("--count-only", is_flag=True, help="Find and count cells without classifying them.")
+@click.option("--allow-unsigned", is_flag=True, envvar="EDGEKIT_ALLOW_UNSIGNED",
+              help="Run a bundle not signed by a trusted key (development only).")
 def field(images: tuple[str, ...], bundle: Path | None, overlay_dir: Path | None, out_format: str,
-          threads: int | None, batch_size: int, count_only: bool) -> None:
+          threads: int | None, batch_size: int, count_only: bool, allow_unsigned: bool) -> None:
     """Find every red cell in whole microscope fields, classify each, and report parasitemia.
 
     IMAGES may be field images, folders (searched recursively) or glob patterns. A field that
@@ -57,7 +59,7 @@ def field(images: tuple[str, ...], bundle: Path | None, overlay_dir: Path | None
     from edgekit.device.field.classify import classify_field, segment_field
     from edgekit.device.output import ci_text, pct
     from edgekit.device.pipeline import expand_inputs, missing_reason, prefetch, workers
-    from edgekit.errors import BundleError
+    from edgekit.errors import BundleError, SignatureError
     from edgekit.metrics import wilson_interval
 
     os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")  # our one-line reasons replace OpenCV's warnings
@@ -66,9 +68,10 @@ def field(images: tuple[str, ...], bundle: Path | None, overlay_dir: Path | None
         from edgekit.device.runtime import load_classifier
 
         try:
-            classifier = load_classifier(bundle, threads=threads)
+            classifier = load_classifier(bundle, threads=threads, allow_unsigned=allow_unsigned,
+                                         warn=lambda line: click.echo(line, err=True))
         except BundleError as exc:
-            if bundle is not None:
+            if bundle is not None or isinstance(exc, SignatureError):  # a tampered default model is an error
                 raise
             click.echo(f"note: {exc}; counting cells without classifying them", err=True)
     if overlay_dir is not None:

@@ -4,13 +4,14 @@ progress bar, and percentage formatting. Terminal UI only; the domain work is in
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 import time
 from typing import IO, TYPE_CHECKING, Any
 
 import click
+
+from edgekit.outputs import SafeCsvWriter, display_text
 
 if TYPE_CHECKING:
     from edgekit.device.pipeline import Outcome
@@ -59,7 +60,7 @@ class ResultWriter:
         self.fmt, self.columns, self.path_width = fmt, columns, max(8, min(path_width, 60))
         self._csv = None
         if fmt == "csv":
-            self._csv = csv.DictWriter(sys.stdout, fieldnames=columns, lineterminator="\n")
+            self._csv = SafeCsvWriter(sys.stdout, columns, flush=True)  # CR/LF quoted, formulas made inert
             self._csv.writeheader()
         elif fmt == "table":
             pcol = next((c for c in columns if c.startswith("p_")), None)
@@ -73,9 +74,8 @@ class ResultWriter:
             click.echo(json.dumps(row))
         elif self.fmt == "csv":
             self._csv.writerow(row)
-            sys.stdout.flush()
         else:
-            path = row["path"]
+            path = display_text(row["path"])
             if len(path) > self.path_width:
                 path = "…" + path[-(self.path_width - 1) :]
             if row["status"] != "classified":

@@ -19,7 +19,7 @@ import numpy as np
 from edgekit.device.preprocess import is_image_file, prepare, read_image
 from edgekit.device.quality import QualityGates, check_quality
 from edgekit.errors import ImageError
-from edgekit.manifest import sha256_file
+from edgekit.safefile import NotRegularFile, is_regular, open_regular
 
 if TYPE_CHECKING:
     from edgekit.device.runtime import Classifier, Prediction
@@ -29,6 +29,9 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 STATUSES = ("classified", "rejected", "failed")
+# A cell crop is ~100x100 px; 16 MP bounds what one crop can cost (decode, quality gates) to ~0.4 GB,
+# where the 50 MP field limit let a 3 MB PNG take 1.2 GB on the crop path.
+MAX_CROP_PIXELS = 16_000_000
 BATCH_SIZE = 32  # images per inference call and per committed transaction (64: ~10 MB more RSS, no faster)
 
 
@@ -90,7 +93,7 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> Iterator[tuple[str, Pa
         if p.is_dir():
             matches = sorted(f for f in p.rglob("*") if f.is_file() and is_image_file(f))
         elif p.exists():
-            matches = [p]
+            matches = [p] if is_regular(p) else []  # a FIFO or device is reported, never opened
         elif glob.has_magic(text):
             matches = sorted(Path(m) for m in glob.glob(text, recursive=True) if Path(m).is_file())
         else:
@@ -117,8 +120,17 @@ def missing_reason(text: str) -> str:
 
 
 def file_hash(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes: the content hash screening records deduplicate on."""
-    return sha256_file(path)
+    """sha256 of a regular file's bytes: the content hash screening records deduplicate on (OSError
+    for anything else, raised before reading, so a FIFO cannot block)."""
+    h = hashlib.sha256()
+    try:
+        f = open_regular(path, "image")
+    except NotRegularFile as exc:
+        raise OSError(str(exc)) from exc
+    with f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
 
 
 def array_hash(arr: np.ndarray) -> str:
@@ -188,7 +200,7 @@ def _load_one(
     out = Outcome(source_id, "failed", content_hash=content_hash)
     x = None
     try:
-        rgb = as_rgb(image) if isinstance(image, np.ndarray) else read_image(image)
+        rgb = as_rgb(image) if isinstance(image, np.ndarray) else read_image(image, MAX_CROP_PIXELS)
         reason = check_quality(rgb, gates) if gates is not None else None
         if reason:
             out.status, out.reason = "rejected", reason

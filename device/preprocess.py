@@ -7,12 +7,14 @@ everywhere; its output is uint8 pixels. :func:`model_input` then applies the man
 ones) just before the model runs, so caches and quality checks stay in pixels.
 
 Decoding handles what field images come as: 8/16-bit, grayscale, RGBA (composited over black,
-like the NIH crops' background), palette, EXIF-rotated JPEGs, and optional DICOM. Oversized
-images are refused from their header, before any pixel is decoded.
+like the NIH crops' background), palette, EXIF-rotated JPEGs, and optional DICOM. Files are read
+through :mod:`edgekit.device.decoding`: regular files only, oversized images refused from their
+header before any pixel or metadata block is decoded, truncated or corrupt images refused.
 """
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,7 +29,6 @@ if TYPE_CHECKING:
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".dcm")
 DEFAULT_MAX_PIXELS = 50_000_000  # ~50 MP: a phone photo passes, a 20000x20000 scan does not
 
-_EXIF_ORIENTATION = 0x0112
 
 
 def _cv2():
@@ -38,30 +39,6 @@ def _cv2():
 
 def is_image_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
-
-
-def _probe(path: Path, max_pixels: int) -> int:
-    """Check the header's size and return the EXIF orientation (1 when none or unknown)."""
-    from PIL import Image, UnidentifiedImageError
-
-    Image.MAX_IMAGE_PIXELS = None  # we apply our own limit below, from the header alone
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-            orientation = 1
-            try:
-                orientation = int(im.getexif().get(_EXIF_ORIENTATION, 1))
-            except Exception:  # a broken EXIF block must not stop a readable image
-                orientation = 1
-    except UnidentifiedImageError:
-        return 1  # let OpenCV try; it reports its own failure
-    except OSError as exc:
-        raise ImageError(f"unreadable image ({exc})") from exc
-    if w * h > max_pixels:
-        raise ImageError(f"image too large ({w}x{h} = {w * h / 1e6:.0f} MP > {max_pixels / 1e6:.0f} MP)")
-    if w == 0 or h == 0:
-        raise ImageError("image has zero size")
-    return orientation
 
 
 def _apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
@@ -100,11 +77,15 @@ def _read_dicom(path: Path, max_pixels: int) -> np.ndarray:
         import pydicom
     except ImportError as exc:
         raise ImageError("DICOM needs pydicom: pip install 'edgekit[dicom]'") from exc
+    from edgekit.device.decoding import read_file_bytes
+
+    data = read_file_bytes(path)
     try:
-        ds = pydicom.dcmread(path)
-        rows, cols = int(ds.Rows), int(ds.Columns)
+        head = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        rows, cols = int(head.Rows), int(head.Columns)
         if rows * cols > max_pixels:
             raise ImageError(f"image too large ({cols}x{rows})")
+        ds = pydicom.dcmread(io.BytesIO(data))
         arr = ds.pixel_array
     except ImageError:
         raise
@@ -123,24 +104,13 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
 
     Raises :class:`ImageError` with a short reason for anything unusable.
     """
+    from edgekit.device.decoding import decode_bounded
+
     path = Path(path)
-    if not path.exists():
-        raise ImageError("file not found")
-    if not path.is_file():
-        raise ImageError("not a file")
-    if path.stat().st_size == 0:
-        raise ImageError("empty file (0 bytes)")
     if path.suffix.lower() == ".dcm":
         return _read_dicom(path, max_pixels)
-    orientation = _probe(path, max_pixels)
+    img, orientation = decode_bounded(path, max_pixels)  # regular file, size from the header, strict
     cv2 = _cv2()
-    try:
-        data = np.fromfile(path, dtype=np.uint8)  # fromfile+imdecode: any path, spaces and all
-        img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    except (OSError, cv2.error) as exc:
-        raise ImageError(f"unreadable image ({exc})") from exc
-    if img is None or img.size == 0:
-        raise ImageError("corrupt or unsupported image")
     img = _to_uint8(img)
     if img.ndim == 2:
         img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)

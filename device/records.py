@@ -20,6 +20,7 @@ from typing import Any
 
 from edgekit.errors import RecordsError
 from edgekit.manifest import Decision
+from edgekit.safefile import is_regular
 
 SCHEMA_VERSION = 3  # 2: sessions.decision; 3: crop_images and reviews (version-1/2 files keep working)
 _SCHEMA = """
@@ -68,6 +69,14 @@ CREATE TABLE IF NOT EXISTS reviews (
 REVIEW_VERDICTS = ("parasitized", "not parasitized")
 
 
+_COLUMNS = {
+    "sessions": ("id", "patient", "site", "operator", "model_sha256", "model_format", "bundle", "created_at",
+                 "updated_at", "decision"),
+    "records": ("id", "session_id", "source_id", "source_kind", "content_hash", "status", "reason", "label",
+                "probability", "p_positive", "decision", "probabilities", "model_sha256", "created_at"),
+}
+
+
 def default_db_path() -> Path:
     """``$EDGEKIT_DB``, else ``~/.local/share/edgekit/screening.sqlite``."""
     env = os.environ.get("EDGEKIT_DB")
@@ -96,6 +105,23 @@ def _db_errors(path: Path) -> Iterator[None]:
         ) from exc
 
 
+def _connect_read_only(path: Path, timeout: float) -> sqlite3.Connection:
+    """A read-only connection that writes nothing, even in a read-only folder or on a full disk
+    (where SQLite cannot create the WAL index: the file is then opened as immutable)."""
+    uri = path.resolve().as_uri()
+    conn = None
+    try:
+        conn = sqlite3.connect(uri + "?mode=ro", uri=True, timeout=timeout)
+        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        return conn
+    except sqlite3.OperationalError as exc:
+        if conn is not None:
+            conn.close()
+        if "unable to open" not in str(exc) and "readonly" not in str(exc):
+            raise
+    return sqlite3.connect(uri + "?mode=ro&immutable=1", uri=True, timeout=timeout)
+
+
 @dataclass
 class Session:
     id: int
@@ -114,18 +140,27 @@ class Session:
         """The stored Decision; None for sessions recorded before it was stored."""
         return Decision.from_dict(json.loads(self.decision)) if self.decision else None
 
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Session:
+        """From a ``sessions`` row; columns this edgekit does not know are ignored."""
+        d = dict(row)
+        return cls(**{k: d.get(k) for k in _COLUMNS["sessions"]})
+
 
 class RecordStore:
     """The screening database. Every write is one committed transaction."""
 
     def __init__(self, path: str | os.PathLike, timeout: float = 5.0, read_only: bool = False) -> None:
+        """Open (``read_only``: never write, not even the schema; else create if needed). A database
+        written by a newer edgekit is refused before anything in it is changed."""
         self.path = Path(path).expanduser()
+        if self.path.exists() and not is_regular(self.path):
+            raise RecordsError(f"database {self.path} is not a regular file")
         if read_only and not self.path.is_file():
             raise RecordsError(f"no screening database at {self.path}")
         with _db_errors(self.path):
             if read_only:
-                uri = self.path.resolve().as_uri() + "?mode=ro"
-                self.conn = sqlite3.connect(uri, uri=True, timeout=timeout)
+                self.conn = _connect_read_only(self.path, timeout)
             else:
                 try:
                     self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -134,7 +169,15 @@ class RecordStore:
                 self.conn = sqlite3.connect(self.path, timeout=timeout)
             self.conn.row_factory = sqlite3.Row
             self.conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # fails fast on a non-database
+            version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                self.conn.close()
+                raise RecordsError(
+                    f"database {self.path} was written by a newer edgekit (schema {version}, this edgekit "
+                    f"reads up to {SCHEMA_VERSION}); upgrade edgekit to use it (it was not changed)"
+                )
             if not read_only:
+                self._check_columns()
                 self.conn.execute("PRAGMA journal_mode=WAL")
                 self.conn.execute("PRAGMA synchronous=FULL")
                 with self.conn:
@@ -143,6 +186,21 @@ class RecordStore:
                     if "decision" not in columns:  # a version-1 database: its sessions keep NULL
                         self.conn.execute("ALTER TABLE sessions ADD COLUMN decision TEXT")
                     self.conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _check_columns(self) -> None:
+        """Extra columns are fine unless they must be filled (NOT NULL without a default): then no row
+        could be written, so say so now instead of calling the database corrupt later."""
+        for table in ("sessions", "records"):
+            known = set(_COLUMNS[table])
+            for col in self.conn.execute(f"PRAGMA table_info({table})").fetchall():
+                name, notnull, default, pk = col[1], col[3], col[4], col[5]
+                if name not in known and notnull and default is None and not pk:
+                    self.conn.close()
+                    raise RecordsError(
+                        f"database {self.path} has a column {table}.{name} this edgekit does not know and "
+                        "must fill (NOT NULL, no default): it was written by another program or a newer "
+                        "edgekit; use --db to choose another file"
+                    )
 
     def close(self) -> None:
         self.conn.close()
@@ -175,7 +233,7 @@ class RecordStore:
             row = self.conn.execute(
                 "SELECT * FROM sessions WHERE patient = ? AND model_sha256 = ?", (patient, model_sha256)
             ).fetchone()
-        return Session(**dict(row))
+        return Session.from_row(row)
 
     def recorded_hashes(self, session_id: int) -> set[str]:
         with _db_errors(self.path):
@@ -229,19 +287,28 @@ class RecordStore:
             ).fetchall()
         return [dict(r) for r in rows]
 
-    def find_session(self, key: str) -> Session:
-        """A session by numeric id, or the most recent one of a patient id."""
+    def find_session(self, key: str, by: str | None = None) -> Session:
+        """A session by numeric id (``by="id"``), the most recent one of a patient id
+        (``by="patient"``), or either (``by=None``); a key that is both a session id and a patient
+        id is refused as ambiguous rather than guessed."""
         with _db_errors(self.path):
-            row = None
-            if key.isdigit():
-                row = self.conn.execute("SELECT * FROM sessions WHERE id = ?", (int(key),)).fetchone()
-            if row is None:
-                row = self.conn.execute(
+            by_id = by_patient = None
+            if by in (None, "id") and key.isdigit():
+                by_id = self.conn.execute("SELECT * FROM sessions WHERE id = ?", (int(key),)).fetchone()
+            if by in (None, "patient"):
+                by_patient = self.conn.execute(
                     "SELECT * FROM sessions WHERE patient = ? ORDER BY updated_at DESC LIMIT 1", (key,)
                 ).fetchone()
+        if by_id is not None and by_patient is not None and by_id["id"] != by_patient["id"]:
+            raise RecordsError(
+                f"{key!r} is both session {key} (patient {by_id['patient']!r}) and patient {key!r}: "
+                f"use --id {key} or --patient {key}"
+            )
+        row = by_id if by_id is not None else by_patient
         if row is None:
-            raise RecordsError(f"no session {key!r} in {self.path}")
-        return Session(**dict(row))
+            what = {"id": "session id", "patient": "patient"}.get(by or "", "session or patient")
+            raise RecordsError(f"no {what} {key!r} in {self.path}")
+        return Session.from_row(row)
 
     def records(self, session_id: int) -> list[dict[str, Any]]:
         with _db_errors(self.path):

@@ -8,6 +8,8 @@ input shape is checked against the manifest's preprocessing after.
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,9 +17,19 @@ import numpy as np
 
 from edgekit.device.backends import Backend, open_backend, platform_hint, runtime_available
 from edgekit.device.preprocess import model_input, prepare
+from edgekit.device.probe import probe_model
 from edgekit.errors import BundleError
 from edgekit.formats import DEVICE_ORDER, DEVICE_RUNTIMES, RUNTIMES
-from edgekit.manifest import Artifact, Manifest, Preprocessing, TensorSpec, load_manifest, verify_artifact
+from edgekit.manifest import (
+    Artifact,
+    Manifest,
+    Preprocessing,
+    TensorSpec,
+    artifact_path,
+    read_manifest_data,
+    verify_artifact,
+)
+from edgekit.signing import require_trusted
 
 FORMAT_ORDER = DEVICE_ORDER  # the format table's device preference: smallest and fastest first
 
@@ -172,8 +184,14 @@ def load_classifier(
     threads: int | None = None,
     verify: bool = True,
     allow_failed: bool = False,
+    allow_unsigned: bool | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> Classifier:
-    """Load a bundle's model for the device; see the module docstring for the checks made."""
+    """Load a bundle's model for the device; see the module docstring for the checks made.
+
+    The bundle must be signed by a trusted key unless ``allow_unsigned`` (default:
+    ``$EDGEKIT_ALLOW_UNSIGNED``); an untrusted bundle loaded that way is reported through ``warn``
+    (default: one line on stderr)."""
     if bundle is None:
         bundle_dir = default_bundle_dir()
         if not (bundle_dir / "manifest.json").is_file():
@@ -185,12 +203,17 @@ def load_classifier(
         bundle_dir = Path(bundle)
         if bundle_dir.is_file() and bundle_dir.name == "manifest.json":
             bundle_dir = bundle_dir.parent
-    manifest = load_manifest(bundle_dir)
+    data = read_manifest_data(bundle_dir)
+    trust = require_trusted(bundle_dir, data, allow_unsigned)
+    if not trust.trusted:
+        (warn or _warn)(f"warning: running an untrusted bundle {bundle_dir}: {trust.reason}")
+    manifest = Manifest.from_dict(data)
     artifact = resolve_artifact(manifest, fmt, allow_failed=allow_failed)
     if verify:
         path = verify_artifact(bundle_dir, artifact)
+        probe_model(artifact.runtime, path, artifact.sha256)
     else:
-        path = bundle_dir / artifact.path
+        path = artifact_path(bundle_dir, artifact)
         if not path.is_file():
             raise BundleError(f"artifact {artifact.format} missing: {path}")
     if threads is not None and threads < 1:
@@ -198,6 +221,10 @@ def load_classifier(
     backend = open_backend(artifact.runtime, path, threads)
     _check_declared_io(artifact, backend)
     return Classifier(manifest, artifact, bundle_dir, backend)
+
+
+def _warn(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _check_declared_io(artifact: Artifact, backend: Backend) -> None:

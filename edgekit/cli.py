@@ -3,7 +3,9 @@ work inside the command body, so ``edgekit classify`` on a Pi never loads Tensor
 
 from __future__ import annotations
 
+import errno
 import importlib
+import os
 import sys
 
 import click
@@ -17,6 +19,9 @@ COMMANDS = [
     ("edgekit.commands", "train"),
     ("edgekit.commands", "evaluate"),
     ("edgekit.commands", "info"),
+    ("edgekit.trust_commands", "keygen"),
+    ("edgekit.trust_commands", "sign"),
+    ("edgekit.trust_commands", "verify"),
     ("edgekit.export.commands", "export"),
     ("edgekit.export.commands", "pack"),
     ("edgekit.export.import_command", "import"),
@@ -62,6 +67,30 @@ class EdgekitGroup(click.Group):
         except MemoryError:
             click.echo("error: out of memory", err=True)
             sys.exit(3)
+        except OSError as exc:  # mostly output: a full disk, `| head` closing the pipe, a dead terminal
+            _drop_stdout()
+            if exc.errno == errno.EPIPE:
+                click.echo("error: output closed early (broken pipe)", err=True)
+                sys.exit(141)
+            if exc.filename is None and exc.errno in _OUTPUT_ERRNOS:
+                click.echo(f"error: cannot write output: {exc.strerror}", err=True)
+            else:
+                where = f": {exc.filename}" if exc.filename else ""
+                click.echo(f"error: {exc.strerror or exc}{where}", err=True)
+            sys.exit(2)
+
+
+_OUTPUT_ERRNOS = {errno.ENOSPC, errno.EIO, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EBADF}
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's last flush cannot fail a second time."""
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, sys.stdout.fileno())
+        os.close(fd)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 @click.group(cls=EdgekitGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -23,6 +23,10 @@ class IntegrityError(BundleError):
     """An artifact's sha256 does not match the manifest."""
 
 
+class SignatureError(BundleError):
+    """A bundle is unsigned, signed by an untrusted key, or its signature does not match."""
+
+
 class ExportError(EdgekitError):
     """A format could not be converted (unsupported op, converter failure)."""
 

@@ -22,6 +22,8 @@ from edgekit.errors import BundleError, IntegrityError
 SCHEMA = "edgekit.bundle/1"
 MANIFEST_NAME = "manifest.json"
 LABELS_NAME = "labels.txt"
+SIGNATURE_NAME = "signature.json"  # written by edgekit.signing
+MAX_MANIFEST_BYTES = 8 * 1024 * 1024
 RESIZE_METHODS = ("area", "bilinear", "nearest", "bicubic")
 STAIN_METHODS = ("none", "od_standard")  # device/stain.py implements them
 SCALINGS = ("in_model", "device")
@@ -295,6 +297,9 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Manifest:
+        from edgekit.manifest_schema import validate_manifest_data
+
+        validate_manifest_data(d)
         if d.get("schema", SCHEMA) != SCHEMA:
             raise BundleError(f"unsupported manifest schema {d.get('schema')!r} (want {SCHEMA})")
         try:
@@ -310,12 +315,14 @@ class Manifest:
                 evaluation=d.get("evaluation", {}),
                 versions=d.get("versions", {}),
             )
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise BundleError(f"malformed manifest: {exc}") from exc
 
     def save(self, folder: str | os.PathLike) -> Path:
-        """Write manifest.json and labels.txt atomically."""
+        """Write manifest.json and labels.txt atomically. A signature of the previous manifest no longer
+        matches, so it is removed (sign again with ``edgekit sign``)."""
         folder = Path(folder)
+        (folder / SIGNATURE_NAME).unlink(missing_ok=True)
         atomic_write_text(folder / LABELS_NAME, "\n".join(self.labels) + "\n")
         path = folder / MANIFEST_NAME
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2, default=json_default) + "\n")
@@ -331,21 +338,48 @@ def json_default(obj: Any) -> Any:
     raise TypeError(f"cannot serialise {type(obj).__name__}")
 
 
-def load_manifest(folder: str | os.PathLike) -> Manifest:
-    """Read a bundle's manifest, with one clear error if it is missing or malformed."""
+def manifest_path(folder: str | os.PathLike) -> Path:
+    """``folder/manifest.json`` (or ``folder`` itself when it names the manifest file)."""
     folder = Path(folder)
     if not folder.exists():
         raise BundleError(f"bundle not found: {folder}")
-    path = folder / MANIFEST_NAME if folder.is_dir() else folder
-    if not path.is_file():
-        raise BundleError(f"no {MANIFEST_NAME} in {folder}: not an edgekit bundle or run folder")
+    return folder / MANIFEST_NAME if folder.is_dir() else folder
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    d: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in d:
+            raise BundleError(f"malformed manifest: key {k!r} appears twice")
+        d[k] = v
+    return d
+
+
+def read_manifest_data(folder: str | os.PathLike) -> dict[str, Any]:
+    """The parsed JSON of a bundle's manifest (a regular file of at most 8 MB, no duplicate keys), not yet
+    validated. What a signature covers and what :meth:`Manifest.from_dict` reads. NaN is allowed here
+    (training records may hold one); the fields edgekit decides with must be finite numbers."""
+    from edgekit.safefile import NotRegularFile, read_regular_bytes
+
+    path = manifest_path(folder)
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raw = read_regular_bytes(path, MAX_MANIFEST_BYTES, "manifest")
+    except NotRegularFile as exc:
+        if not path.exists():
+            raise BundleError(f"no {MANIFEST_NAME} in {folder}: not an edgekit bundle or run folder") from exc
+        raise BundleError(str(exc)) from exc
+    try:
+        data = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise BundleError(f"cannot read {path}: {exc}") from exc
     if not isinstance(data, dict):
-        raise BundleError(f"malformed manifest {path}")
-    return Manifest.from_dict(data)
+        raise BundleError(f"malformed manifest {path}: not a JSON object")
+    return data
+
+
+def load_manifest(folder: str | os.PathLike) -> Manifest:
+    """Read a bundle's manifest, with one clear error if it is missing or malformed."""
+    return Manifest.from_dict(read_manifest_data(folder))
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -356,20 +390,48 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def artifact_path(folder: str | os.PathLike, artifact: Artifact, rel: str | None = None) -> Path:
+    """The artifact's file (or its further file ``rel``), which must resolve (symlinks followed) inside
+    the bundle folder."""
+    from edgekit.manifest_schema import check_artifact_path
+
+    folder = Path(folder)
+    rel = artifact.path if rel is None else rel
+    check_artifact_path(rel, f"artifacts.{artifact.format}.path")
+    path = folder / rel
+    if not path.resolve().is_relative_to(folder.resolve()):
+        raise BundleError(f"artifact {artifact.format} ({rel}) resolves outside the bundle folder "
+                          f"{folder}; refusing to load it")
+    return path
+
+
 def verify_artifact(folder: str | os.PathLike, artifact: Artifact) -> Path:
-    """Return the artifact's (first) path after checking each of its files exists and its sha256
-    matches the manifest."""
+    """Return the artifact's (first) path after checking each of its files stays in the bundle, is a
+    regular file (the first one of the recorded size) and matches its sha256 in the manifest."""
+    from edgekit.safefile import NotRegularFile, open_regular
+
     for rel, want in artifact.files.items():
-        path = Path(folder) / rel
-        if not path.is_file():
-            raise BundleError(f"artifact {artifact.format} missing: {path}")
-        digest = sha256_file(path)
+        path = artifact_path(folder, artifact, rel)
+        try:
+            f = open_regular(path, f"artifact {artifact.format}")
+        except NotRegularFile as exc:
+            raise BundleError(f"artifact {artifact.format} missing or unusable: {exc}") from exc
+        with f:
+            size = os.fstat(f.fileno()).st_size
+            if rel == artifact.path and size != artifact.bytes:
+                raise IntegrityError(f"{path} fails its sha256 check (it has {size} bytes, the manifest "
+                                     f"records {artifact.bytes}): the model file is corrupt or was tampered "
+                                     "with; refusing to load it")
+            h = hashlib.sha256()
+            while block := f.read(1 << 20):
+                h.update(block)
+        digest = h.hexdigest()
         if digest != want:
             raise IntegrityError(
                 f"{path} fails its sha256 check (manifest {want[:12]}…, file {digest[:12]}…):"
                 " the model file is corrupt or was tampered with; refusing to load it"
             )
-    return Path(folder) / artifact.path
+    return artifact_path(folder, artifact)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

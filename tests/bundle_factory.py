@@ -18,6 +18,15 @@ from edgekit.export.tflite import convert_tflite
 from edgekit.manifest import Artifact, Manifest, Preprocessing, Thresholds, sha256_file
 
 LABELS = ["Parasitized", "Uninfected"]
+# A key for tests only: its public half is trusted in the tests' own keyring (conftest.py), nowhere else.
+TEST_KEY = Path(__file__).resolve().parent / "fixtures" / "test_signing.key"
+
+
+def sign_for_tests(folder: str | Path) -> None:
+    """Sign a test bundle with the test key (trusted only inside the test run)."""
+    from edgekit.signing import sign_bundle
+
+    sign_bundle(folder, TEST_KEY)
 
 
 def tiny_model(input_size: tuple[int, int] = (32, 32), num_classes: int = 2, seed: int = 0):
@@ -77,11 +86,13 @@ def make_bundle(
     onnx: bool = False,
     thresholds: Thresholds | None = None,
     seed: int = 0,
+    sign: bool = True,
 ) -> Manifest:
     """Build, optionally train, convert and write a tiny bundle into ``folder``.
 
     ``train_x`` is uint8 (N, h, w, 3) from ``prepare()``; it is also the int8 calibration set
-    (random pixels when absent). ``train_y`` holds label indices into :data:`LABELS`.
+    (random pixels when absent). ``train_y`` holds label indices into :data:`LABELS`. The bundle is
+    signed with the test key unless ``sign`` is False.
     """
     import keras
 
@@ -113,4 +124,6 @@ def make_bundle(
         name="tiny-test",
     )
     manifest.save(folder)
+    if sign:
+        sign_for_tests(folder)
     return manifest

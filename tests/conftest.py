@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edgekit.paths import shared_data
+
+# Tests build unsigned bundles (tests/bundle_factory.py, hand-edited manifests) and run them: they are
+# allowed explicitly here, for this process and the CLI subprocesses it starts. tests/test_trust.py
+# removes the permission to check the refusals. The keyring and the model-probe cache are the run's own.
+os.environ["EDGEKIT_ALLOW_UNSIGNED"] = "1"
+os.environ["EDGEKIT_KEYRING"] = tempfile.mkdtemp(prefix="edgekit-test-keyring-")
+shutil.copyfile(Path(__file__).parent / "fixtures" / "test_signing.pub",
+                Path(os.environ["EDGEKIT_KEYRING"]) / "test_signing.pub")
+os.environ.setdefault("EDGEKIT_CACHE", str(Path(tempfile.gettempdir()) / "edgekit-test-cache"))
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = shared_data()

@@ -13,7 +13,7 @@ import pytest
 from edgekit import formats
 from edgekit.errors import IntegrityError
 from edgekit.export.options import ALL_FORMATS, Bounds, ExportOptions
-from edgekit.manifest import Manifest, load_manifest, verify_artifact
+from edgekit.manifest import Manifest, load_manifest, read_manifest_data, verify_artifact
 
 pytest.importorskip("tensorflow")
 pytest.importorskip("tf2onnx")
@@ -266,11 +266,16 @@ def test_bad_inputs_give_one_error_line_and_leave_nothing(tiny_run, tmp_path, ce
 
 
 def test_bring_your_own_image_model_via_cli(tiny_run, tmp_path, cell_folder):
+    from edgekit.signing import check_bundle, generate_keypair, key_id, load_public_key
+
     out = tmp_path / "byo"
+    key, pub = generate_keypair(tmp_path / "site")
     result = _cli(["--keras", str(tiny_run / "model.keras"), "--labels", "Parasitized,Uninfected",
                    "--calibration", str(cell_folder), "--formats", "tflite_int8,onnx_fp32", "-o", str(out),
-                   "--allow-drop"])
+                   "--allow-drop", "--sign-key", str(key)])
     assert result.exit_code == 0, result.output
+    assert f"signed with key {key_id(load_public_key(pub))}" in result.output
+    assert "not in the keyring" in check_bundle(out, read_manifest_data(out)).reason  # not trusted yet
     m = load_manifest(out)
     assert m.preprocessing.input_size == (SIZE, SIZE)  # read from the model
     import keras

@@ -1,0 +1,202 @@
+"""Bounded, strict decoding of image files from untrusted sources.
+
+Order of work for every file: refuse anything but a regular file (before a byte is read: a FIFO
+cannot hang us), refuse files over ``max_bytes``, read the header with Pillow's lazy open (no pixel
+or metadata block decoded) and refuse images over ``max_pixels``; only then read the EXIF
+orientation (from the header: for PNG only an eXIf chunk met before the pixel data) and decode.
+Formats Pillow cannot identify are refused rather than handed to another decoder.
+
+Partly decoded images are refused: OpenCV returns nothing for truncated PNG/JPEG/WebP/BMP/TIFF
+files, and the size it decodes must match the header's. JPEGs whose entropy-coded data is corrupt
+are decoded by libjpeg with grey fill and only a warning, which OpenCV sends to its log: the log is
+captured while decoding and such JPEGs are refused. TIFFs are also decoded by Pillow as a strict
+check (libtiff reports errors OpenCV ignores).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import struct
+import sys
+import threading
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+
+from edgekit.errors import ImageError
+
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+_EXIF_ORIENTATION = 0x0112
+# libjpeg's warnings for data it had to skip or invent (JWRN_HIT_MARKER, JWRN_HUFF_BAD_CODE,
+# JWRN_MUST_RESYNC, JWRN_EXTRANEOUS_DATA, JWRN_JPEG_EOF, JWRN_BOGUS_PROGRESSION...). Zero or 0xFF
+# padding before the end marker (some cameras write it; nothing is lost) is let through.
+_JPEG_WARNINGS = (b"Corrupt JPEG data", b"Premature end of JPEG", b"Inconsistent progression")
+_PADDING = re.compile(rb"Corrupt JPEG data: (\d+) extraneous bytes before marker 0xd9")
+
+
+def _is_end_padding(line: bytes, data: bytes) -> bool:
+    m = _PADDING.search(line)
+    end = data.rfind(b"\xff\xd9")
+    if not m or end < 0:
+        return False
+    n = int(m.group(1))
+    return 0 < n <= end and set(data[end - n : end]) <= {0x00, 0xFF}
+_STDERR_LOCK = threading.Lock()
+
+
+_capture_file: IO[bytes] | None = None
+
+
+@contextlib.contextmanager
+def captured_native_stderr() -> Iterator[io.BytesIO]:
+    """Capture what native code writes to file descriptor 2 while the block runs (the bytes are in
+    the yielded buffer afterwards). Serialised by a lock: descriptor 2 is process-wide. One temporary
+    file is reused, so a capture costs a few system calls."""
+    global _capture_file
+    out = io.BytesIO()
+    with _STDERR_LOCK:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError):
+            yield out
+            return
+        try:
+            if _capture_file is None:
+                from edgekit.device.backends import _scratch_file  # memfd: no tempfile import (cold start)
+
+                _capture_file = _scratch_file()
+            tmp = _capture_file
+            tmp.seek(0)
+            tmp.truncate()
+            os.dup2(tmp.fileno(), 2)
+        except OSError:
+            os.close(saved)
+            yield out
+            return
+        try:
+            yield out
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            out.write(tmp.read(64 * 1024))
+
+
+@contextlib.contextmanager
+def _quiet_pillow() -> Iterator[None]:
+    """Pillow's "corrupt EXIF" and similar warnings: the one-line reason is ours."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def read_file_bytes(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """A regular file's bytes (FIFOs, devices, folders refused before reading), size-bounded."""
+    from edgekit.safefile import NotRegularFile, read_regular_bytes
+
+    try:
+        data = read_regular_bytes(path, max_bytes, "image")
+    except NotRegularFile as exc:
+        reason = exc.reason
+        if reason.startswith(("a ", "not a regular")):
+            reason = f"not a regular file ({reason})" if reason.startswith("a ") else reason
+        elif reason.startswith("too large"):
+            reason = f"file {reason}"
+        raise ImageError(reason) from exc
+    if not data:
+        raise ImageError("empty file (0 bytes)")
+    return data
+
+
+def _orientation(im) -> int:
+    """EXIF orientation without decoding pixels (1 when absent, unknown or unreadable)."""
+    if im.format == "PNG" and "exif" not in im.info:
+        return 1  # Pillow would decode the whole image looking for an eXIf chunk after the pixel data
+    try:
+        value = int(im.getexif().get(_EXIF_ORIENTATION, 1))
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not stop a readable image
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def probe_header(data: bytes, max_pixels: int) -> tuple[int, int, str, int]:
+    """(width, height, format, EXIF orientation) from the header; ImageError when too large,
+    zero-sized or not an image Pillow can identify."""
+    from PIL import Image, UnidentifiedImageError
+
+    Image.MAX_IMAGE_PIXELS = None  # our own limit below, from the header alone
+    try:
+        with _quiet_pillow(), Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+            fmt = im.format or "?"
+            if w * h > max_pixels:
+                raise ImageError(f"image too large ({w}x{h} = {w * h / 1e6:.0f} MP > "
+                                 f"{max_pixels / 1e6:.0f} MP)")
+            if w <= 0 or h <= 0:
+                raise ImageError("image has zero size")
+            return w, h, fmt, _orientation(im)
+    except UnidentifiedImageError as exc:
+        raise ImageError("corrupt, not an image, or a format edgekit does not read") from exc
+    except ImageError:
+        raise
+    except (OSError, ValueError, SyntaxError, struct.error, EOFError) as exc:
+        raise ImageError(f"unreadable image header ({exc})") from exc
+
+
+def strict_check(data: bytes, fmt: str) -> None:
+    """Refuse TIFFs that libtiff cannot fully decode (OpenCV returns what it got)."""
+    from PIL import Image
+
+    if fmt == "TIFF":
+        try:
+            with captured_native_stderr(), _quiet_pillow(), Image.open(io.BytesIO(data)) as im:
+                im.load()
+        except Exception as exc:  # noqa: BLE001 - Pillow raises OSError/ValueError/SyntaxError...
+            raise ImageError(f"corrupt or truncated TIFF ({str(exc)[:120]})") from exc
+
+
+def _imdecode(data: bytes, fmt: str) -> np.ndarray | None:
+    """``cv2.imdecode`` with OpenCV's warnings captured; a JPEG whose decoder warned about corrupt or
+    missing data (it fills the gap with grey) is refused."""
+    import cv2
+
+    log = cv2.utils.logging
+    old = log.getLogLevel()
+    log.setLogLevel(max(old, log.LOG_LEVEL_WARNING))  # libjpeg's warnings come through OpenCV's log
+    try:
+        with captured_native_stderr() as err:
+            img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:
+        raise ImageError(f"unreadable image ({str(exc).strip().splitlines()[-1][:120]})") from exc
+    finally:
+        log.setLogLevel(old)
+    if fmt in ("JPEG", "MPO"):
+        bad = [ln for ln in err.getvalue().splitlines()
+               if any(w in ln for w in _JPEG_WARNINGS) and not _is_end_padding(ln, data)]
+        if bad:
+            first = bad[0].decode("utf-8", "replace").strip()
+            first = first[first.find("Corrupt") if "Corrupt" in first else 0 :][:100]
+            raise ImageError(f"corrupt JPEG data, the decoder would fill the gap with grey ({first})")
+    return img
+
+
+def decode_bounded(path: str | os.PathLike, max_pixels: int,
+                   max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[np.ndarray, int]:
+    """OpenCV's ``IMREAD_UNCHANGED`` array of ``path`` and its EXIF orientation, after the checks in
+    the module docstring."""
+    data = read_file_bytes(Path(path), max_bytes)
+    w, h, fmt, orientation = probe_header(data, max_pixels)
+    strict_check(data, fmt)
+    img = _imdecode(data, fmt)  # libpng/libtiff/libjpeg complaints captured: our one-line reason instead
+    if img is None or img.size == 0:
+        raise ImageError(f"corrupt, truncated or unsupported {fmt} image")
+    if img.shape[:2] != (h, w):
+        raise ImageError(f"decoded size {img.shape[1]}x{img.shape[0]} differs from the header's {w}x{h}")
+    return img, orientation

@@ -1,0 +1,109 @@
+"""Opening files that come from anywhere: regular files only, size-bounded, never blocking.
+
+``open_regular`` opens with ``O_NONBLOCK`` and checks ``fstat`` on the open descriptor, so a FIFO,
+a device or a socket is refused before a single byte is read (and a FIFO with no writer cannot hang
+the command). ``check_output_target`` is the matching rule for files a command writes. Standard
+library only: the device runtime imports it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+from pathlib import Path
+from typing import BinaryIO
+
+from edgekit.errors import EdgekitError
+
+
+class NotRegularFile(EdgekitError):
+    """A path that must be a regular file is missing, a folder, FIFO, device or socket, or too large.
+    ``reason`` is the short form ("file not found", "a FIFO (named pipe)", "too large (...)")."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def open_regular(path: str | os.PathLike, what: str = "file") -> BinaryIO:
+    """Open ``path`` for reading in binary mode; :class:`NotRegularFile` unless it is a regular file."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError as exc:
+        raise NotRegularFile(f"{what} not found: {path}", "file not found") from exc
+    except IsADirectoryError as exc:
+        raise NotRegularFile(f"{what} {path} is a folder, not a file", "a folder") from exc
+    except OSError as exc:
+        reason = f"cannot open ({exc.strerror or exc})"
+        raise NotRegularFile(f"cannot open {what} {path}: {exc.strerror or exc}", reason) from exc
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFile(f"{what} {path} is {_kind(mode)}, not a regular file", _kind(mode))
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return io.FileIO(fd, "rb", closefd=True)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular_bytes(path: str | os.PathLike, max_bytes: int, what: str = "file") -> bytes:
+    """All bytes of a regular file no larger than ``max_bytes`` (checked before reading)."""
+    with open_regular(path, what) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > max_bytes:
+            raise NotRegularFile(f"{what} {path} is too large ({size} bytes > {max_bytes})",
+                                 f"too large ({size} bytes > {max_bytes})")
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise NotRegularFile(f"{what} {path} is too large (> {max_bytes} bytes)",
+                             f"too large (> {max_bytes} bytes)")
+    return data
+
+
+def is_regular(path: str | os.PathLike) -> bool:
+    """Whether ``path`` (following symlinks) is a regular file, without opening it."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def check_output_target(path: str | os.PathLike, force: bool = False) -> Path:
+    """Refuse to write ``path`` when it is a symlink, FIFO, device, folder or anything not a regular
+    file, or an existing file without ``force``; also when its folder is missing or not writable."""
+    path = Path(path)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise EdgekitError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    if st is not None:
+        if stat.S_ISLNK(st.st_mode):
+            raise EdgekitError(f"refusing to write {path}: it is a symbolic link")
+        if not stat.S_ISREG(st.st_mode):
+            raise EdgekitError(f"refusing to write {path}: it is {_kind(st.st_mode)}")
+        if not force:
+            raise EdgekitError(f"{path} already exists (use --force to overwrite it)")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise EdgekitError(f"cannot write {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise EdgekitError(f"cannot write {path}: folder {parent} is not writable")
+    return path

@@ -1,0 +1,224 @@
+"""Hostile inputs (issue 13, cases 3, 4, 5, 6-corrupt JPEG): size bounded from the header, FIFOs never
+opened for reading, partly decoded images refused, a model that crashes the runtime is one line."""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from device_helpers import CELLS, GOLDEN, cell_image, golden_copy, write_image
+
+from edgekit.cli import main
+from edgekit.device import probe
+from edgekit.device.preprocess import read_image
+from edgekit.errors import BundleError, ImageError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _png(width: int, height: int, idat: bytes, extra_after_idat: bytes = b"") -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + extra_after_idat
+            + chunk(b"IEND", b""))
+
+
+def _exif_chunk() -> bytes:
+    exif = b"MM\x00*\x00\x00\x00\x08\x00\x01\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06\x00\x00\x00\x00\x00\x00"
+    return struct.pack(">I", len(exif)) + b"eXIf" + exif + struct.pack(">I", zlib.crc32(b"eXIf" + exif))
+
+
+def _run_limited(code: str, mem_mb: int = 2048) -> subprocess.CompletedProcess:
+    """Run ``code`` in a child with an address-space limit (what a Pi's memory would be)."""
+    prelude = f"import resource; resource.setrlimit(resource.RLIMIT_AS, ({mem_mb} << 20, {mem_mb} << 20))\n"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True, timeout=120,
+                          env=env)
+
+
+def test_huge_declared_png_is_refused_from_its_header(tmp_path):
+    """Case 4: 60000x60000 declared, ~100 KB of data, an eXIf chunk after the pixel data (which made
+    Pillow decode the whole image to find it). Refused quickly, under a 2 GB memory limit."""
+    idat = zlib.compress(b"\x00" * (1 + 60000 * 3) * 30)
+    path = tmp_path / "bomb.png"
+    path.write_bytes(_png(60000, 60000, idat, _exif_chunk()))
+    code = ("import time; from edgekit.device.preprocess import read_image\n"
+            "t = time.perf_counter()\n"
+            f"try:\n    read_image({str(path)!r})\nexcept Exception as e:\n    print(type(e).__name__, e)\n"
+            "print(round(time.perf_counter() - t, 2))\n"
+            # VmHWM: this process's peak RSS (ru_maxrss would include the parent's, from before exec)
+            "print([int(ln.split()[1]) // 1024 for ln in open('/proc/self/status')\n"
+            "       if ln.startswith('VmHWM')][0])")
+    res = _run_limited(code)
+    lines = res.stdout.split("\n")
+    assert lines[0].startswith("ImageError image too large (60000x60000"), res.stdout + res.stderr
+    assert float(lines[1]) < 2.0
+    assert int(lines[2]) < 400  # MB of peak RSS: nothing near the 10.8 GB the pixels would take
+
+
+def test_png_exif_after_pixel_data_is_not_read(tmp_path):
+    rgb = cell_image(1, 40)
+    import cv2
+
+    ok, buf = cv2.imencode(".png", rgb[:, :, ::-1])
+    data = buf.tobytes()
+    iend = data.rindex(b"IEND") - 4
+    path = tmp_path / "late_exif.png"
+    path.write_bytes(data[:iend] + _exif_chunk() + data[iend:])
+    assert read_image(path).shape == rgb.shape  # orientation 6 (rotate) ignored: never decoded for it
+
+
+@pytest.mark.parametrize("cmd", ["screen", "classify", "field"])
+def test_fifo_is_reported_not_opened(tmp_path, cmd):
+    """Case 5: `screen` used to hash (open) a FIFO before checking it and hung forever."""
+    fifo = tmp_path / "cell.png"
+    os.mkfifo(fifo)
+    args = [cmd, str(fifo), str(sorted(CELLS.iterdir())[0])]
+    if cmd == "screen":
+        args += ["--patient", "P", "--db", str(tmp_path / "s.sqlite"), "-m", str(GOLDEN)]
+    elif cmd == "classify":
+        args += ["-m", str(GOLDEN)]
+    else:
+        args += ["--count-only"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    res = subprocess.run([sys.executable, "-m", "edgekit", *args], capture_output=True, text=True, timeout=60,
+                         env=env)
+    assert "not a regular file" in res.stdout + res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def _jpeg(tmp_path: Path, name: str = "c.jpg") -> bytes:
+    rng = np.random.default_rng(3)
+    rgb = np.clip(cell_image(2, 96).astype(int) + rng.integers(-20, 20, (96, 96, 3)), 0, 255).astype(np.uint8)
+    return write_image(tmp_path / name, rgb, ".jpg").read_bytes()
+
+
+@pytest.mark.parametrize("damage", ["cut_scan", "garbage"])
+def test_jpeg_with_corrupt_data_is_refused(tmp_path, damage):
+    """Case 6: libjpeg grey-fills what it cannot decode (or decodes garbage) and only warns; such files
+    were classified. ``cut_scan``: the scan ends early but the end marker is there (grey fill);
+    ``garbage``: random bytes replace part of the scan so the decoder finishes early."""
+    data = _jpeg(tmp_path)
+    mid = len(data) // 2
+    if damage == "cut_scan":
+        data = data[:mid] + b"\xff\xd9"
+    else:
+        end = data.rindex(b"\xff\xd9")
+        data = data[:mid] + bytes([0xA5, 0x5A] * 200) + data[mid:end] + data[end:]
+    path = tmp_path / "corrupt.jpg"
+    path.write_bytes(data)
+    with pytest.raises(ImageError, match="corrupt"):
+        read_image(path)
+    res = CliRunner().invoke(main, ["classify", str(path), "-m", str(GOLDEN), "--format", "jsonl"])
+    assert '"status": "failed"' in res.stdout and "corrupt" in res.stdout
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".png", ".webp", ".bmp", ".tif"])
+def test_truncated_images_are_refused(tmp_path, ext):
+    path = write_image(tmp_path / f"t{ext}", cell_image(4, 80), ext)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(ImageError):
+        read_image(path)
+
+
+def test_jpeg_padding_before_the_end_marker_is_accepted(tmp_path):
+    data = _jpeg(tmp_path)
+    path = tmp_path / "padded.jpg"
+    path.write_bytes(data[:-2] + b"\x00" * 16 + b"\xff\xd9")
+    assert read_image(path).shape == (96, 96, 3)
+
+
+def test_unidentified_format_is_not_handed_to_another_decoder(tmp_path):
+    import cv2
+
+    ok, buf = cv2.imencode(".ppm", cell_image(5, 32))  # Pillow reads PPM; make one it cannot: a .hdr
+    ok, buf = cv2.imencode(".hdr", cell_image(5, 32).astype(np.float32))
+    path = tmp_path / "x.hdr"
+    path.write_bytes(buf.tobytes())
+    with pytest.raises(ImageError, match="format"):
+        read_image(path)
+
+
+def test_a_model_that_crashes_the_runtime_is_one_line(tmp_path, monkeypatch):
+    """Case 3: the runtime aborting while loading the model (exit 134, nothing printed) becomes one
+    line. The child is replaced by one that aborts the way LiteRT does on a bad flatbuffer."""
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho 'F tflite: check failed: buffer' >&2\nkill -ABRT $$\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(probe.sys, "executable", str(fake))
+    monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path / "cache"))
+    bundle = golden_copy(tmp_path / "b")
+    with pytest.raises(BundleError, match=r"crashed \(SIGABRT\).*check failed"):
+        from edgekit.device.runtime import load_classifier
+
+        load_classifier(bundle, "tflite_int8")
+    res = CliRunner().invoke(main, ["classify", str(sorted(CELLS.iterdir())[0]), "-m", str(bundle)])
+    assert res.exit_code == 2 and res.stderr.startswith("error: the litert runtime crashed")
+
+
+def test_probe_runs_once_per_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path / "cache"))
+    art = GOLDEN / "model_int8.tflite"
+    from edgekit.manifest import sha256_file
+
+    sha = sha256_file(art)
+    probe.probe_model("litert", art, sha)
+    assert (tmp_path / "cache" / "probed" / f"{sha}.litert").is_file()
+    monkeypatch.setattr(probe.subprocess, "run", lambda *a, **k: pytest.fail("probed twice"))
+    probe.probe_model("litert", art, sha)
+
+
+def test_probe_reports_a_model_the_runtime_refuses(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path / "cache"))
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(b"TFL3" + b"\x00" * 64)
+    with pytest.raises(BundleError, match="cannot"):
+        probe.probe_model("litert", bad, "0" * 64)
+    assert not (tmp_path / "cache" / "probed").exists()
+
+
+def test_crop_path_refuses_a_large_image_before_decoding(tmp_path):
+    """Case 4, second half: a few-KB PNG just under the 50 MP field limit took 1.15 GB as a crop; the
+    crop path's limit is 16 MP (a cell crop is ~100x100 px), checked from the header."""
+    from edgekit.device.pipeline import MAX_CROP_PIXELS, classify_one
+    from edgekit.device.runtime import load_classifier
+
+    path = tmp_path / "wide.png"
+    path.write_bytes(_png(7000, 7000, zlib.compress(b"\x00" * 1000)))
+    out = classify_one("wide.png", path, load_classifier(GOLDEN), gates=None)
+    assert out.status == "failed" and "too large (7000x7000" in out.reason
+    assert MAX_CROP_PIXELS < 7000 * 7000
+
+
+def test_a_real_byte_flip_that_segfaults_litert_is_one_line(tmp_path, monkeypatch):
+    """Case 3 with a real model: byte 10569 of the golden int8 model flipped (sha256 and size updated, so
+    only the signature would catch it) segfaults LiteRT 1.x while allocating tensors. Without the
+    child-process probe this test process itself would die."""
+    import json
+
+    from edgekit.device.runtime import load_classifier
+    from edgekit.manifest import sha256_file
+
+    monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path / "cache"))
+    bundle = golden_copy(tmp_path / "b")
+    model = bundle / "model_int8.tflite"
+    data = bytearray(model.read_bytes())
+    data[10569] ^= 0xFF
+    model.write_bytes(bytes(data))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["artifacts"]["tflite_int8"]["sha256"] = sha256_file(model)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    try:
+        load_classifier(bundle, "tflite_int8", allow_unsigned=True, warn=lambda _line: None)
+    except BundleError as exc:  # a runtime that no longer crashes on it may still refuse it
+        assert "crashed (SIGSEGV)" in str(exc) or "cannot" in str(exc), exc

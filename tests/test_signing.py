@@ -1,0 +1,159 @@
+"""Signed bundles (issue 13.1): keygen, sign, verify on load; every tampering the issue lists is refused
+unless running unsigned bundles is explicitly allowed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import pytest
+from click.testing import CliRunner
+from device_helpers import CELLS, GOLDEN, golden_copy
+
+from edgekit.cli import main
+from edgekit.device.runtime import default_bundle_dir, load_classifier
+from edgekit.errors import SignatureError
+from edgekit.manifest import read_manifest_data, sha256_file
+from edgekit.signing import SIGNATURE_NAME, canonical_manifest, check_bundle, generate_keypair, sign_bundle
+
+CROP = sorted(CELLS.iterdir())[0]
+
+
+@pytest.fixture
+def strict(monkeypatch):
+    """Signatures enforced, as on a clinic's device (the test run allows unsigned bundles otherwise)."""
+    monkeypatch.delenv("EDGEKIT_ALLOW_UNSIGNED", raising=False)
+
+
+def _edit(bundle, change) -> None:
+    path = bundle / "manifest.json"
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data, indent=2))
+
+
+def _classify(bundle, *extra):
+    return CliRunner().invoke(main, ["classify", str(CROP), "-m", str(bundle), "--format", "jsonl", *extra])
+
+
+def test_golden_bundle_is_trusted_and_loads(strict):
+    assert check_bundle(GOLDEN, read_manifest_data(GOLDEN)).trusted
+    res = _classify(GOLDEN)
+    assert res.exit_code == 0, res.output
+    assert "warning" not in res.stderr
+
+
+def test_shipped_default_model_is_signed_by_the_project_key(strict):
+    """If this fails after the default model changed, re-sign it (README, "Signed bundles")."""
+    bundle = default_bundle_dir()
+    trust = check_bundle(bundle, read_manifest_data(bundle))
+    assert trust.trusted, trust.reason
+    assert "edgekit-project" in trust.reason
+
+
+def test_unsigned_bundle_is_refused_with_one_line(strict, tmp_path):
+    bundle = golden_copy(tmp_path / "b")
+    (bundle / SIGNATURE_NAME).unlink()
+    with pytest.raises(SignatureError, match="not signed"):
+        load_classifier(bundle)
+    res = _classify(bundle)
+    assert res.exit_code == 2 and res.stdout == ""
+    assert res.stderr.count("\n") == 1 and res.stderr.startswith("error: refusing bundle")
+    assert "--allow-unsigned" in res.stderr
+
+
+@pytest.mark.parametrize("tamper", ["swap_labels", "threshold", "weight_byte_with_new_sha"])
+def test_tampered_signed_bundle_is_refused(strict, tmp_path, tamper):
+    bundle = golden_copy(tmp_path / "b")
+    if tamper == "swap_labels":  # issue 13, case 1: turns a positive into "Uninfected 0.004"
+        _edit(bundle, lambda d: d.update(labels=d["labels"][::-1]))
+    elif tamper == "threshold":
+        _edit(bundle, lambda d: d["thresholds"].update(positive=0.99))
+    else:  # a weight byte changed and its new sha256 written into the manifest
+        model = bundle / "model_int8.tflite"
+        data = bytearray(model.read_bytes())
+        data[len(data) - 100] ^= 0x01
+        model.write_bytes(bytes(data))
+        _edit(bundle, lambda d: d["artifacts"]["tflite_int8"].update(sha256=sha256_file(model)))
+    res = _classify(bundle)
+    assert res.exit_code == 2 and res.stdout == ""
+    assert "signature does not match the manifest" in res.stderr and "Traceback" not in res.output
+
+
+def test_untrusted_key_is_refused_and_trusting_it_works(strict, tmp_path, monkeypatch):
+    key, pub = generate_keypair(tmp_path / "keys" / "site")
+    bundle = golden_copy(tmp_path / "b")
+    sign_bundle(bundle, key)
+    with pytest.raises(SignatureError, match="not in the keyring"):
+        load_classifier(bundle)
+    ring = tmp_path / "ring"
+    ring.mkdir()
+    shutil.copy(pub, ring)
+    monkeypatch.setenv("EDGEKIT_KEYRING", str(ring))
+    assert load_classifier(bundle).manifest.labels
+
+
+def test_allow_unsigned_loads_with_a_warning(strict, tmp_path):
+    bundle = golden_copy(tmp_path / "b")
+    _edit(bundle, lambda d: d.update(labels=d["labels"][::-1]))
+    res = _classify(bundle, "--allow-unsigned")
+    assert res.exit_code == 0
+    assert res.stderr.startswith("warning: running an untrusted bundle")
+
+
+def test_keygen_sign_verify_cli(strict, tmp_path, monkeypatch):
+    ring = tmp_path / "ring"
+    monkeypatch.setenv("EDGEKIT_KEYRING", str(ring))
+    runner = CliRunner()
+    res = runner.invoke(main, ["keygen", str(tmp_path / "site"), "--trust"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "site.key").stat().st_mode & 0o077 == 0  # private key readable by its owner only
+    assert (ring / "site.pub").is_file()
+    assert runner.invoke(main, ["keygen", str(tmp_path / "site")]).exit_code == 2  # never overwritten
+    bundle = golden_copy(tmp_path / "b")
+    res = runner.invoke(main, ["sign", str(bundle), "--key", str(tmp_path / "site.key")])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(main, ["verify", str(bundle)])
+    assert res.exit_code == 0 and "trusted: signed by site" in res.stdout
+    _edit(bundle, lambda d: d.update(name="other"))
+    res = runner.invoke(main, ["verify", str(bundle)])
+    assert res.exit_code == 1 and "NOT trusted" in res.stdout
+
+
+def test_sign_refuses_a_bundle_whose_model_does_not_match(tmp_path):
+    key, _ = generate_keypair(tmp_path / "k")
+    bundle = golden_copy(tmp_path / "b")
+    (bundle / "model_int8.tflite").write_bytes(b"x" * 10)
+    res = CliRunner().invoke(main, ["sign", str(bundle), "--key", str(key)])
+    assert res.exit_code == 2 and "sha256" in res.stderr
+
+
+def test_pack_signs_when_a_key_is_configured(strict, tmp_path, monkeypatch):
+    key, pub = generate_keypair(tmp_path / "k")
+    ring = tmp_path / "ring"
+    ring.mkdir()
+    shutil.copy(pub, ring)
+    monkeypatch.setenv("EDGEKIT_KEYRING", str(ring))
+    monkeypatch.setenv("EDGEKIT_SIGNING_KEY", str(key))
+    out = tmp_path / "device"
+    res = CliRunner().invoke(main, ["pack", str(GOLDEN), "-o", str(out), "--formats", "tflite_int8"])
+    assert res.exit_code == 0 and "signed with key" in res.stdout, res.output
+    assert load_classifier(out).fmt == "tflite_int8"
+
+
+def test_canonical_form_ignores_layout_but_not_content():
+    a = {"labels": ["a", "b"], "thresholds": {"positive": 0.5}}
+    b = json.loads(json.dumps(a, indent=4))
+    assert canonical_manifest(a) == canonical_manifest(b)
+    assert canonical_manifest(a) != canonical_manifest({**a, "labels": ["b", "a"]})
+    assert b"NaN" in canonical_manifest({**a, "evaluation": {"auc": float("nan")}})  # training records
+
+
+def test_signature_check_is_cheap():
+    data = read_manifest_data(default_bundle_dir())
+    t0 = time.perf_counter()
+    for _ in range(20):
+        assert check_bundle(default_bundle_dir(), data).trusted
+    per_load = (time.perf_counter() - t0) / 20
+    assert per_load < 0.05, f"signature check took {per_load * 1000:.1f} ms per load"
