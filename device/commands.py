@@ -243,7 +243,7 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
         if tally is not None:
             click.echo(tally.line(), err=True)
         summary = summarize(patient, store.records(session.id), rule, classifier.manifest.thresholds.cutoff,
-                            stop)
+                            stop, domain=classifier.manifest.domain)
     click.echo(json.dumps(summary.to_dict()) if as_json else f"session {session.id}: {summary.line()}")
 
 
@@ -287,14 +287,14 @@ def _summary(store, session):
     from edgekit.device.screening import summarize
     from edgekit.manifest import PatientRule, Thresholds, load_manifest
 
-    rule, thresholds = PatientRule(), Thresholds()
+    rule, thresholds, domain = PatientRule(), Thresholds(), None
     try:
         if session.bundle:
             manifest = load_manifest(session.bundle)
-            rule, thresholds = manifest.patient_rule, manifest.thresholds
+            rule, thresholds, domain = manifest.patient_rule, manifest.thresholds, manifest.domain
     except Exception:  # the bundle moved or is gone: default rule and cutoff 0.5 still summarise the counts
-        pass
-    return summarize(session.patient, store.records(session.id), rule, thresholds.cutoff)
+        pass  # (and with no domain statistics the guard does not vouch for the session)
+    return summarize(session.patient, store.records(session.id), rule, thresholds.cutoff, domain=domain)
 
 
 @sessions.command("show")

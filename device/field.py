@@ -120,6 +120,8 @@ class FieldReport:
     rejected: str | None = None
     cell_radius: float = 0.0
     timing: dict[str, float] = field(default_factory=dict)  # seconds: decode, segment, classify
+    domain_scores: list[float | None] = field(default_factory=list)  # per cell (edgekit.device.domain)
+    domain: dict[str, Any] | None = None  # the guard's verdict on this field; None without a model
     image: np.ndarray | None = field(default=None, repr=False)  # the decoded field, when asked to keep it
 
     @property
@@ -163,6 +165,8 @@ class FieldReport:
                 parasitemia=self.parasitemia,
                 ci95=list(self.ci95) if self.ci95 else None,
             )
+        if self.domain is not None:
+            d["domain"] = self.domain
         d["timing_ms"] = {k: round(v * 1000, 1) for k, v in self.timing.items()}
         if per_cell:
             d["cell_list"] = [
@@ -602,6 +606,12 @@ def analyze_field(
         report.decisions = [th.decide(pr) for pr in report.probabilities]
         report.cutoff = th.cutoff
         report.timing["classify"] = time.perf_counter() - t2
+    if classifier is not None:
+        from edgekit.device.domain import cell_scores, field_verdict
+
+        dom = classifier.manifest.domain
+        report.domain_scores = cell_scores(crops, dom) if reason is None and dom is not None else []
+        report.domain = field_verdict(report.domain_scores, dom)
     if keep_image:
         report.image = rgb
     return report
@@ -653,6 +663,13 @@ def draw_overlay(rgb: np.ndarray, report: FieldReport) -> np.ndarray:
         org = (c.x + 3, c.y + 12 * thick)
         unsure = "?" if report.decisions and report.decisions[i] == "uncertain" else ""
         cv2.putText(out, f"{c.id}{unsure}", org, cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thick, color, thick)
+    if report.domain is not None and not report.domain["ok"] and not report.rejected:
+        text = "NOT VALIDATED FOR THIS MICROSCOPE: cells unlike the model's training cells"
+        (_, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.5 * thick, thick)
+        y0 = out.shape[0] - th - base - 8
+        cv2.rectangle(out, (0, y0), (out.shape[1] - 1, out.shape[0] - 1), (160, 0, 0), -1)
+        cv2.putText(out, text, (4, out.shape[0] - base - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * thick,
+                    (255, 255, 255), thick, cv2.LINE_AA)
     if report.rejected:
         text = f"REJECTED: {report.rejected}"
     elif report.decisions:

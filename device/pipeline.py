@@ -36,6 +36,7 @@ class Outcome:
     prediction: Prediction | None = None
     content_hash: str | None = None
     seconds: float = 0.0
+    domain_score: float | None = None  # distance from the bundle's training cells (edgekit.device.domain)
 
 
 def expand_inputs(inputs: Sequence[str | os.PathLike]) -> Iterator[tuple[str, Path | None]]:
@@ -116,9 +117,14 @@ def classify_one(
     """Decode (if a path), gate and classify one image. Never raises for a bad image."""
     t0 = time.perf_counter()
     out = Outcome(source_id, "failed", content_hash=content_hash)
+    domain = getattr(getattr(classifier, "manifest", None), "domain", None)
     try:
         rgb = as_rgb(image) if isinstance(image, np.ndarray) else read_image(image)
-        reason = check_quality(rgb, gates) if gates is not None else None
+        reason = check_quality(rgb, gates, domain) if gates is not None else None
+        if domain is not None:  # kept for rejected crops too: the session verdict counts every cell
+            from edgekit.device.domain import crop_score
+
+            out.domain_score = crop_score(rgb, domain)
         if reason:
             out.status, out.reason = "rejected", reason
         else:

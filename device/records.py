@@ -46,11 +46,24 @@ CREATE TABLE IF NOT EXISTS records (
     p_positive REAL,
     decision TEXT,
     probabilities TEXT,
+    domain_score REAL,
     model_sha256 TEXT NOT NULL,
     created_at REAL NOT NULL,
     UNIQUE (session_id, content_hash)
 );
 """
+
+
+# columns added after a database may have been created: name -> SQL type
+_ADDED_COLUMNS = {"domain_score": "REAL"}  # the domain guard's per-crop distance (edgekit.device.domain)
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """Bring a database made by an older edgekit up to date (new columns are nullable)."""
+    have = {r[1] for r in conn.execute("PRAGMA table_info(records)")}
+    for name, sql_type in _ADDED_COLUMNS.items():
+        if name not in have:
+            conn.execute(f"ALTER TABLE records ADD COLUMN {name} {sql_type}")
 
 
 class RecordsError(EdgekitError):
@@ -122,6 +135,7 @@ class RecordStore:
                 self.conn.execute("PRAGMA synchronous=FULL")
                 with self.conn:
                     self.conn.executescript(_SCHEMA)
+                    _add_missing_columns(self.conn)
                     self.conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -165,14 +179,14 @@ class RecordStore:
         values = (
             session.id, row["source_id"], row.get("source_kind", "file"), row["content_hash"], row["status"],
             row.get("reason"), row.get("label"), row.get("probability"), row.get("p_positive"),
-            row.get("decision"), None if probs is None else json.dumps(probs), session.model_sha256,
-            time.time(),
+            row.get("decision"), None if probs is None else json.dumps(probs), row.get("domain_score"),
+            session.model_sha256, time.time(),
         )
         with _db_errors(self.path), self.conn:
             cur = self.conn.execute(
                 "INSERT INTO records (session_id, source_id, source_kind, content_hash, status, reason,"
-                " label, probability, p_positive, decision, probabilities, model_sha256, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                " label, probability, p_positive, decision, probabilities, domain_score, model_sha256,"
+                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 values,
             )
             return cur.rowcount == 1

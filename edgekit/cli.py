@@ -25,6 +25,7 @@ COMMANDS = [
     ("edgekit.device.commands", "sessions"),
     ("edgekit.device.field_commands", "field"),
     ("edgekit.benchmarks.commands", "bench"),
+    ("edgekit.domain_commands", "domain"),
 ]
 
 
