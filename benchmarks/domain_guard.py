@@ -56,10 +56,14 @@ def offsite_split() -> dict[str, dict[str, list[str]]]:
     bccd = sorted(p.name for p in (shared_data("blood_smear_fields_bccd") / "JPEGImages").glob("*.jpg"))
     d3, t3 = blocks(bccd, 20)
     return {
-        "iml": {"dev": [f"malaria_fields_iml/images/{n}" for n in d1 + d2],
-                "test": [f"malaria_fields_iml/images/{n}" for n in t1 + t2]},
-        "bccd": {"dev": [f"blood_smear_fields_bccd/JPEGImages/{n}" for n in d3],
-                 "test": [f"blood_smear_fields_bccd/JPEGImages/{n}" for n in t3]},
+        "iml": {
+            "dev": [f"malaria_fields_iml/images/{n}" for n in d1 + d2],
+            "test": [f"malaria_fields_iml/images/{n}" for n in t1 + t2],
+        },
+        "bccd": {
+            "dev": [f"blood_smear_fields_bccd/JPEGImages/{n}" for n in d3],
+            "test": [f"blood_smear_fields_bccd/JPEGImages/{n}" for n in t3],
+        },
     }
 
 
@@ -74,7 +78,9 @@ def _cached(cache: Path, name: str, make):
     return out
 
 
-def nih_features(cache: Path, patients: dict[str, list[str]], train_crops: int = 3000) -> dict[str, np.ndarray]:
+def nih_features(
+    cache: Path, patients: dict[str, list[str]], train_crops: int = 3000
+) -> dict[str, np.ndarray]:
     """Features of every validation and test crop and of ``train_crops`` random training crops (a
     9-feature mean and covariance need no more; the shared 2-core machine does not allow more)."""
     from edgekit.domain_fit import crop_table
@@ -83,11 +89,18 @@ def nih_features(cache: Path, patients: dict[str, list[str]], train_crops: int =
         root = shared_data("malaria_cells")
         rows = list(csv.DictReader(open(root / "manifest.csv")))
         train = [i for i, r in enumerate(rows) if r["patient"] in set(patients["train"])]
-        keep = set(np.random.default_rng(0).choice(train, min(train_crops, len(train)), replace=False).tolist())
+        keep = set(
+            np.random.default_rng(0).choice(train, min(train_crops, len(train)), replace=False).tolist()
+        )
         rows = [r for i, r in enumerate(rows) if i in keep or r["patient"] not in set(patients["train"])]
         F, lit, kept = crop_table(root / r["class"] / r["file"] for r in rows)
-        return {"F": F, "lit": lit, "patient": np.array([rows[k]["patient"] for k in kept]),
-                "cls": np.array([rows[k]["class"] for k in kept]), "file": np.array([rows[k]["file"] for k in kept])}
+        return {
+            "F": F,
+            "lit": lit,
+            "patient": np.array([rows[k]["patient"] for k in kept]),
+            "cls": np.array([rows[k]["class"] for k in kept]),
+            "file": np.array([rows[k]["file"] for k in kept]),
+        }
 
     return _cached(cache, "nih", make)
 
@@ -97,7 +110,11 @@ def field_features(cache: Path, name: str, rel: list[str]) -> dict[str, np.ndarr
 
     def make():
         F, names, rejected = field_table(shared_data() / r for r in rel)
-        return {"F": F, "field": np.array(names, dtype=str), "rejected": np.array(sorted(rejected), dtype=str)}
+        return {
+            "F": F,
+            "field": np.array(names, dtype=str),
+            "rejected": np.array(sorted(rejected), dtype=str),
+        }
 
     return _cached(cache, name, make)
 
@@ -128,8 +145,12 @@ def crop_checks(domain, test_files: list[Path], field_files: list[Path], seed: i
     from edgekit.device.quality import check_quality
 
     rng = np.random.default_rng(seed)
-    res: dict[str, list[bool]] = {"nih_test_crops_rejected": [], "grayscale_copies_rejected": [],
-                                  "noise_rejected": [], "fields_as_crops_rejected": []}
+    res: dict[str, list[bool]] = {
+        "nih_test_crops_rejected": [],
+        "grayscale_copies_rejected": [],
+        "noise_rejected": [],
+        "fields_as_crops_rejected": [],
+    }
     reasons: dict[str, dict[str, int]] = {k: {} for k in res}
 
     def run(key: str, img: np.ndarray) -> None:
@@ -181,18 +202,32 @@ def main(argv: list[str] | None = None) -> int:
     nih = nih_features(args.cache, patients)
     split = offsite_split()
     (args.out.parent / "domain_dev_fields.txt").write_text(
-        "# off-site dev fields of the domain guard (relative to $EDGEKIT_DATA): blocks of consecutive frames\n"
-        + "\n".join(split["iml"]["dev"] + split["bccd"]["dev"]) + "\n")
-    off = {f"{s}_{p}": field_features(args.cache, f"{s}_{p}", split[s][p]) for s in split for p in ("dev", "test")}
+        "# off-site dev fields of the domain guard (relative to $EDGEKIT_DATA),"
+        " blocks of consecutive frames\n"
+        + "\n".join(split["iml"]["dev"] + split["bccd"]["dev"])
+        + "\n"
+    )
+    off = {
+        f"{s}_{p}": field_features(args.cache, f"{s}_{p}", split[s][p])
+        for s in split
+        for p in ("dev", "test")
+    }
     part = {p: np.isin(nih["patient"], patients[p]) for p in ("train", "val", "test")}
     dev_F = np.concatenate([off["iml_dev"]["F"], off["bccd_dev"]["F"]])
     dev_fields = np.concatenate([off["iml_dev"]["field"], off["bccd_dev"]["field"]])
     domain, fit_report = fit_domain(
-        nih["F"][part["train"]], nih["lit"][part["train"]], nih["F"][part["val"]],
-        nih["patient"][part["val"]].tolist(), dev_F, dev_fields.tolist(),
-        source=(f"NIH malaria_cells training patients of {args.split.name} (seed 42); thresholds on its "
-                f"{len(patients['val'])} validation patients and {len(set(dev_fields.tolist()))} IML/BCCD dev "
-                "fields (blocks of consecutive frames, benchmarks/results/domain_dev_fields.txt)"))
+        nih["F"][part["train"]],
+        nih["lit"][part["train"]],
+        nih["F"][part["val"]],
+        nih["patient"][part["val"]].tolist(),
+        dev_F,
+        dev_fields.tolist(),
+        source=(
+            f"NIH malaria_cells training patients of {args.split.name} (seed 42); thresholds on its "
+            f"{len(patients['val'])} validation patients and {len(set(dev_fields.tolist()))} IML/BCCD dev "
+            "fields (blocks of consecutive frames, benchmarks/results/domain_dev_fields.txt)"
+        ),
+    )
     # ---- rates on held-out data
     d_test = distances(nih["F"][part["test"]], domain)
     sessions = median_by_group(d_test, nih["patient"][part["test"]].tolist())
@@ -201,16 +236,23 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python -m edgekit.benchmarks.domain_guard --bundle edgekit/models/default --write",
         "bundle": load_manifest(args.bundle).name,
         "features": domain.features,
-        "thresholds": {"field": domain.field_threshold, "session": domain.session_threshold,
-                       "min_cells": domain.min_cells, "min_chroma": domain.min_chroma,
-                       "max_border_lit": domain.max_border_lit, "max_crop_distance": domain.max_crop_distance},
+        "thresholds": {
+            "field": domain.field_threshold,
+            "session": domain.session_threshold,
+            "min_cells": domain.min_cells,
+            "min_chroma": domain.min_chroma,
+            "max_border_lit": domain.max_border_lit,
+            "max_crop_distance": domain.max_crop_distance,
+        },
         "how_chosen": domain.source,
         "fit": fit_report,
         "nih_test": {
             "sessions_flagged": _rate([v > domain.session_threshold for v in sessions.values()]),
             "session_scores": sessions,
-            "fields_flagged": {**_rate([v > domain.field_threshold for v in pf]),
-                               "note": f"{fit_report['field_size']} random cells of one test patient, 20 per patient"},
+            "fields_flagged": {
+                **_rate([v > domain.field_threshold for v in pf]),
+                "note": f"{fit_report['field_size']} random cells of one test patient, 20 per patient",
+            },
         },
     }
     for s in ("iml", "bccd"):
@@ -218,16 +260,23 @@ def main(argv: list[str] | None = None) -> int:
         scores = distances(t["F"], domain)
         per_field = median_by_group(scores, t["field"].tolist())
         result[f"{s}_test"] = {
-            "fields": len(split[s]["test"]), "fields_rejected_by_device": int(len(t["rejected"])),
+            "fields": len(split[s]["test"]),
+            "fields_rejected_by_device": int(len(t["rejected"])),
             "cells": int(len(scores)),
             "fields_caught": _rate([v > domain.field_threshold for v in per_field.values()]),
-            "sessions_caught": {**_rate([v > domain.session_threshold for v in _sessions(scores, t["field"])]),
-                                "note": f"{SESSION_FIELDS} consecutive test fields per session"},
-            "field_score_percentiles_5_50_95": np.percentile(list(per_field.values()), [5, 50, 95]).round(3).tolist(),
+            "sessions_caught": {
+                **_rate([v > domain.session_threshold for v in _sessions(scores, t["field"])]),
+                "note": f"{SESSION_FIELDS} consecutive test fields per session",
+            },
+            "field_score_percentiles_5_50_95": np.percentile(list(per_field.values()), [5, 50, 95])
+            .round(3)
+            .tolist(),
         }
         d_dev = off[f"{s}_dev"]
         dev_scores = median_by_group(distances(d_dev["F"], domain), d_dev["field"].tolist())
-        result[f"{s}_dev"] = {"fields_caught": _rate([v > domain.field_threshold for v in dev_scores.values()])}
+        result[f"{s}_dev"] = {
+            "fields_caught": _rate([v > domain.field_threshold for v in dev_scores.values()])
+        }
     root = shared_data("malaria_cells")
     test_rows = [r for r in csv.DictReader(open(root / "manifest.csv")) if r["patient"] in patients["test"]]
     rng = np.random.default_rng(0)
@@ -244,8 +293,12 @@ def main(argv: list[str] | None = None) -> int:
     brief = {k: v for k, v in result.items() if k not in ("fit", "single_crops")}
     brief["nih_test"] = {k: v for k, v in result["nih_test"].items() if k != "session_scores"}
     print(json.dumps(brief, indent=1))
-    print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "ci95"} for k, v in result["single_crops"].items()},
-                     indent=1))
+    print(
+        json.dumps(
+            {k: {kk: vv for kk, vv in v.items() if kk != "ci95"} for k, v in result["single_crops"].items()},
+            indent=1,
+        )
+    )
     return 0
 
 

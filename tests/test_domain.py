@@ -21,7 +21,6 @@ from edgekit.device.domain import (
     FEATURES,
     NO_DOMAIN,
     cell_scores,
-    crop_features,
     field_verdict,
     session_verdict,
 )
@@ -36,7 +35,8 @@ from edgekit.manifest import Domain, Manifest, PatientRule, load_manifest
 ROOT = Path(__file__).resolve().parents[1]
 FIELDS = ROOT / "tests" / "fixtures" / "fields"
 NIH_CROPS = sorted((ROOT / "examples" / "cells").rglob("*.webp")) + sorted(
-    (ROOT / "tests" / "fixtures" / "cells").glob("*.webp"))
+    (ROOT / "tests" / "fixtures" / "cells").glob("*.webp")
+)
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +108,13 @@ def test_too_few_cells_are_not_vouched_for(domain):
 
 def _domain(**kw) -> Domain:
     k = len(FEATURES)
-    base = dict(features=list(FEATURES), mean=[0.0] * k, inv_cov=np.eye(k).tolist(), field_threshold=3.0,
-                session_threshold=2.5)
+    base = dict(
+        features=list(FEATURES),
+        mean=[0.0] * k,
+        inv_cov=np.eye(k).tolist(),
+        field_threshold=3.0,
+        session_threshold=2.5,
+    )
     return Domain(**{**base, **kw})
 
 
@@ -132,8 +137,10 @@ def test_out_of_domain_session_is_referred():
     from edgekit.device.screening import summarize
 
     rule = PatientRule()
-    rows = [{"status": "classified", "p_positive": 0.99, "decision": "positive", "domain_score": s}
-            for s in [0.5] * 40]
+    rows = [
+        {"status": "classified", "p_positive": 0.99, "decision": "positive", "domain_score": s}
+        for s in [0.5] * 40
+    ]
     ok = summarize("P1", rows, rule, 0.5, domain=_domain())
     assert ok.decision == "positive" and ok.domain["ok"] and ok.validated
     far = [{**r, "domain_score": 9.0} for r in rows]
@@ -181,7 +188,9 @@ def test_records_gain_the_domain_column(tmp_path):
     con.close()
     with RecordStore(db) as store:
         s = store.open_session("P1", "abc")
-        store.add_record(s, {"source_id": "a", "content_hash": "h", "status": "classified", "domain_score": 1.5})
+        store.add_record(
+            s, {"source_id": "a", "content_hash": "h", "status": "classified", "domain_score": 1.5}
+        )
         assert store.records(s.id)[0]["domain_score"] == 1.5
 
 
@@ -189,8 +198,9 @@ def test_field_jsonl_and_overlay_carry_the_verdict(tmp_path):
     from edgekit.cli import main
 
     out = tmp_path / "ov"
-    res = CliRunner().invoke(main, ["field", str(FIELDS / "BloodImage_00014.jpg"), "--format", "jsonl",
-                                    "--overlay-dir", str(out)])
+    res = CliRunner().invoke(
+        main, ["field", str(FIELDS / "BloodImage_00014.jpg"), "--format", "jsonl", "--overlay-dir", str(out)]
+    )
     assert res.exit_code == 0, res.output
     lines = [json.loads(x) for x in res.output.strip().splitlines()]
     assert lines[0]["domain"]["ok"] is False and set(lines[0]["domain"]) == {"ok", "score", "why"}
@@ -204,15 +214,28 @@ def test_screen_refers_an_off_site_session_and_rejects_noise(tmp_path):
     from edgekit.cli import main
 
     db = tmp_path / "s.sqlite"
-    res = CliRunner().invoke(main, ["screen", "--patient", "B1", "--fields", str(FIELDS / "BloodImage_00099.jpg"),
-                                    "--db", str(db), "--json", "--no-progress"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "screen",
+            "--patient",
+            "B1",
+            "--fields",
+            str(FIELDS / "BloodImage_00099.jpg"),
+            "--db",
+            str(db),
+            "--json",
+            "--no-progress",
+        ],
+    )
     assert res.exit_code == 0, res.output
     summary = json.loads(res.output.strip().splitlines()[-1])
     assert summary["decision"] == "refer" and summary["domain"]["ok"] is False
     shown = CliRunner().invoke(main, ["sessions", "show", "B1", "--db", str(db), "--json"])
     assert json.loads(shown.output)["summary"]["domain"]["ok"] is False
-    noise = write_image(tmp_path / "noise.png", np.random.default_rng(1).integers(0, 256, (100, 100, 3),
-                                                                                  dtype=np.uint8))
+    noise = write_image(
+        tmp_path / "noise.png", np.random.default_rng(1).integers(0, 256, (100, 100, 3), dtype=np.uint8)
+    )
     res = CliRunner().invoke(main, ["classify", str(noise), "--format", "jsonl"])
     row = json.loads(res.output.strip().splitlines()[0])
     assert row["status"] == "rejected" and "not a single cell" in row["reason"]
@@ -222,8 +245,21 @@ def test_golden_bundle_without_domain_still_decides(tmp_path):
     from edgekit.cli import main
 
     db = tmp_path / "g.sqlite"
-    res = CliRunner().invoke(main, ["screen", "--patient", "G", str(ROOT / "tests" / "fixtures" / "cells"),
-                                    "--model", str(GOLDEN), "--db", str(db), "--json", "--no-progress"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "screen",
+            "--patient",
+            "G",
+            str(ROOT / "tests" / "fixtures" / "cells"),
+            "--model",
+            str(GOLDEN),
+            "--db",
+            str(db),
+            "--json",
+            "--no-progress",
+        ],
+    )
     assert res.exit_code == 0, res.output
     summary = json.loads(res.output.strip().splitlines()[-1])
     assert summary["domain"] == NO_DOMAIN and summary["decision"] in ("positive", "negative", "refer")

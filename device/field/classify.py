@@ -1,0 +1,119 @@
+"""Classifying a field's cells with an injected classifier, and field crops for screening."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from edgekit.device.field.crop import crop_cell
+from edgekit.device.field.quality import count_cells
+from edgekit.device.field.types import ClassifierLike, FieldParams, FieldReport, cell_id
+from edgekit.errors import ImageError
+
+if TYPE_CHECKING:
+    from edgekit.manifest import Manifest
+
+
+def _positive_index(manifest: Manifest) -> int:
+    idx = manifest.positive_index
+    return len(manifest.labels) - 1 if idx is None else idx
+
+
+def classify_crops(crops: list[np.ndarray], classifier: ClassifierLike, batch_size: int = 64) -> list[float]:
+    """Positive-class probability of each crop, resized with the bundle's own preprocessing."""
+    from edgekit.device.preprocess import prepare
+
+    pre = classifier.manifest.preprocessing
+    pos = _positive_index(classifier.manifest)
+    out: list[float] = []
+    for start in range(0, len(crops), batch_size):
+        batch = np.stack([prepare(c, pre) for c in crops[start : start + batch_size]])
+        probs = np.asarray(classifier.predict(batch), dtype=np.float32)
+        out.extend(float(v) for v in probs[:, pos])
+    return out
+
+
+def _load(path_or_rgb: str | os.PathLike | np.ndarray) -> tuple[str, np.ndarray]:
+    from edgekit.device.preprocess import read_image
+
+    if isinstance(path_or_rgb, np.ndarray):
+        rgb = path_or_rgb
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise ImageError(f"expected an RGB uint8 (H, W, 3) array, got {rgb.dtype} {rgb.shape}")
+        return "<array>", rgb
+    return str(path_or_rgb), read_image(path_or_rgb)
+
+
+def analyze_field(
+    path_or_rgb: str | os.PathLike | np.ndarray,
+    classifier: ClassifierLike | None = None,
+    batch_size: int = 64,
+    params: FieldParams | None = None,
+    keep_image: bool = False,
+) -> FieldReport:
+    """Find, crop and (with a classifier) classify every red cell of one field.
+
+    Never raises for bad input: unreadable images, unusable fields and fields without cells come
+    back with ``rejected`` set to the reason, so a batch carries on.
+    """
+    p = params or FieldParams()
+    source = "<array>" if isinstance(path_or_rgb, np.ndarray) else str(path_or_rgb)
+    report = FieldReport(source=source)
+    if classifier is not None:
+        m = classifier.manifest
+        report.positive_label = m.positive_label or m.labels[-1]
+    t0 = time.perf_counter()
+    try:
+        source, rgb = _load(path_or_rgb)
+    except ImageError as exc:
+        report.rejected = str(exc)
+        return report
+    report.shape = (int(rgb.shape[0]), int(rgb.shape[1]))
+    t1 = time.perf_counter()
+    report.timing["decode"] = t1 - t0
+    report.cells, report.cell_radius, reason = count_cells(rgb, p)
+    t2 = time.perf_counter()
+    report.timing["segment"] = t2 - t1
+    if reason is not None:
+        report.rejected = reason
+        report.cells = []
+    elif classifier is not None:
+        crops = [crop_cell(rgb, c) for c in report.cells]
+        report.probabilities = classify_crops(crops, classifier, batch_size)
+        th = classifier.manifest.thresholds
+        report.decisions = [th.decide(pr) for pr in report.probabilities]
+        report.cutoff = th.cutoff
+        report.timing["classify"] = time.perf_counter() - t2
+    if classifier is not None:
+        from edgekit.device.domain import cell_scores, field_verdict
+
+        dom = classifier.manifest.domain
+        report.domain_scores = cell_scores(crops, dom) if reason is None and dom is not None else []
+        report.domain = field_verdict(report.domain_scores, dom)
+    if keep_image:
+        report.image = rgb
+    return report
+
+
+def iter_field_crops(
+    path: str | os.PathLike, params: FieldParams | None = None
+) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield ``("field.jpg#12", crop)`` for every red cell of one field, for screening sessions.
+
+    Raises :class:`ImageError` (before yielding anything) when the field is unreadable or
+    unusable, with the reason, so the caller records it as rejected.
+    """
+    from edgekit.device.preprocess import read_image
+
+    rgb = read_image(path)
+    cells, _, reason = count_cells(rgb, params)
+    if reason:
+        raise ImageError(f"{Path(path).name}: {reason}")
+    for c in cells:
+        yield cell_id(str(path), c.id), crop_cell(rgb, c)
+

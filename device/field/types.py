@@ -1,0 +1,155 @@
+"""The field pipeline's data types: segmentation settings, found cells, one field's report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from edgekit.manifest import Manifest
+
+
+@dataclass(frozen=True)
+class FieldParams:
+    """Segmentation settings, in units of the typical cell radius so they hold at any magnification.
+
+    Defaults were tuned on half of the BCCD fields (benchmarks/field_detection.py).
+    """
+
+    max_side: int = 1024  # segment on a copy at most this large; crops come from the full image
+    bg_percentile: float = 95.0  # the brightest stained-free pixels are the background
+    threshold: float = 0.65  # x Otsu's threshold on green optical density
+    min_od: float = 0.05  # green optical density below which nothing is a cell (BCCD cells: 0.2-0.4)
+    min_area: float = 0.30  # x typical cell area; smaller regions are debris or platelets
+    min_edge_area: float = 0.50  # x typical cell area, for cells cut by the field border
+    max_area: float = 3.0  # x typical cell area; larger regions are unsplit clumps
+    peak_height: float = 0.50  # distance-transform peaks lower than this x radius are no cell centre
+    peak_window: float = 1.0  # x radius: peaks closer than this are one cell
+    nucleus_od: float = 0.20  # red-channel optical density of a stained nucleus ...
+    nucleus_contrast: float = 0.12  # ... exceeding its blue optical density by this much
+    min_nucleus_area: float = 0.12  # x cell area: smaller purple blobs are platelets
+    reach: float = 0.5  # x radius: pixels farther than this beyond a seed's own radius are not its cell
+    hough_votes: float = 20.0  # Hough accumulator threshold for extra seeds in dense clumps; 0: off
+    hough_edge: float = 30.0  # Canny upper threshold of the Hough transform
+    rim: float = 8.0  # local-contrast threshold (density units, cells ~200) for pale cells' rims; 0: off
+    max_wbc_overlap: float = 0.2  # a region this much inside a white cell's zone is rejected
+    split_area: float = 1.8  # x typical cell area: larger regions are split by area (k-means); 0: off
+    grow: float = 0.12  # x radius: each cell's mask grows this much into its pale edge (cut by the threshold)
+    grow_threshold: float = 0.5  # x threshold: the faint stain the growth may reach into
+    hough_radius: bool = True  # blend the distance-transform radius estimate with circles' radii
+    radius_gain: float = 1.1  # x the blended estimate (circle radii run a little small)
+    cell_radius: float | None = None  # in full-resolution pixels; None: estimated per field
+
+
+@dataclass
+class CellBox:
+    """One found cell, in full-resolution pixel coordinates of the field."""
+
+    id: int
+    x: int
+    y: int
+    w: int
+    h: int
+    area: int
+    mask: np.ndarray  # bool (h, w): True inside the cell
+    edge: bool = False  # touches the field border (a cut cell)
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        """(xmin, ymin, xmax, ymax), exclusive max."""
+        return (self.x, self.y, self.x + self.w, self.y + self.h)
+
+
+class ClassifierLike(Protocol):
+    manifest: Manifest
+
+    def predict(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass
+class FieldReport:
+    """The result for one field. ``rejected`` holds the reason when the field was not counted."""
+
+    source: str
+    shape: tuple[int, int] = (0, 0)
+    cells: list[CellBox] = field(default_factory=list)
+    probabilities: list[float] = field(default_factory=list)  # positive-class probability per cell
+    decisions: list[str] = field(default_factory=list)  # positive | negative | uncertain per cell
+    positive_label: str | None = None
+    cutoff: float | None = None  # p at which a cell counts as parasitized (manifest thresholds.cutoff)
+    rejected: str | None = None
+    cell_radius: float = 0.0
+    timing: dict[str, float] = field(default_factory=dict)  # seconds: decode, segment, classify
+    domain_scores: list[float | None] = field(default_factory=list)  # per cell (edgekit.device.domain)
+    domain: dict[str, Any] | None = None  # the guard's verdict on this field; None without a model
+    image: np.ndarray | None = field(default=None, repr=False)  # the decoded field, when asked to keep it
+
+    @property
+    def n_cells(self) -> int:
+        return len(self.cells)
+
+    def count(self, decision: str) -> int:
+        return sum(d == decision for d in self.decisions)
+
+    @property
+    def n_parasitized(self) -> int:
+        """Cells called parasitized at the manifest's cutoff (including uncertain ones above it)."""
+        cut = 0.5 if self.cutoff is None else self.cutoff
+        return sum(p >= cut for p in self.probabilities)
+
+    @property
+    def parasitemia(self) -> float | None:
+        """Fraction of found cells called parasitized; None without a classifier or cells."""
+        if not self.decisions or not self.cells:
+            return None
+        return self.n_parasitized / len(self.cells)
+
+    @property
+    def ci95(self) -> tuple[float, float] | None:
+        from edgekit.metrics import wilson_interval
+
+        if not self.decisions or not self.cells:
+            return None
+        return wilson_interval(self.n_parasitized, len(self.cells))
+
+    def to_dict(self, per_cell: bool = False) -> dict[str, Any]:
+        """A JSON-ready summary (one line of ``--format jsonl``)."""
+        d: dict[str, Any] = {"field": self.source, "rejected": self.rejected, "cells": self.n_cells}
+        if self.decisions:
+            d.update(
+                positive_label=self.positive_label,
+                parasitized=self.n_parasitized,
+                positive=self.count("positive"),
+                negative=self.count("negative"),
+                uncertain=self.count("uncertain"),
+                parasitemia=self.parasitemia,
+                ci95=list(self.ci95) if self.ci95 else None,
+            )
+        if self.domain is not None:
+            d["domain"] = self.domain
+        d["timing_ms"] = {k: round(v * 1000, 1) for k, v in self.timing.items()}
+        if per_cell:
+            d["cell_list"] = [
+                {
+                    "id": cell_id(self.source, c.id),
+                    "box": list(c.box),
+                    "area": c.area,
+                    "edge": c.edge,
+                    **(
+                        {"p": round(self.probabilities[i], 4), "decision": self.decisions[i]}
+                        if self.decisions
+                        else {}
+                    ),
+                }
+                for i, c in enumerate(self.cells)
+            ]
+        return d
+
+
+def cell_id(source: str, index: int) -> str:
+    """Stable id of a cell within a field, e.g. ``field.jpg#12``."""
+    return f"{Path(source).name}#{index}"
+
