@@ -99,7 +99,7 @@ def nih_features(
             "lit": lit,
             "patient": np.array([rows[k]["patient"] for k in kept]),
             "cls": np.array([rows[k]["class"] for k in kept]),
-            "file": np.array([rows[k]["file"] for k in kept]),
+            "name": np.array([rows[k]["file"] for k in kept]),
         }
 
     return _cached(cache, "nih", make)
