@@ -263,3 +263,57 @@ def test_golden_bundle_without_domain_still_decides(tmp_path):
     assert res.exit_code == 0, res.output
     summary = json.loads(res.output.strip().splitlines()[-1])
     assert summary["domain"] == NO_DOMAIN and summary["decision"] in ("positive", "negative", "refer")
+
+
+# ---------------------------------------------------------------- rates on the shared data
+
+
+@pytest.mark.realdata
+def test_rates_on_real_data(shared_malaria, domain):
+    """NIH test patients (30 crops each: a noisier median than a whole session, so a stricter test)
+    are not flagged; IML and BCCD test-block fields are caught. Full numbers: benchmarks/domain_guard.py."""
+    import csv
+
+    from edgekit.benchmarks.domain_guard import offsite_split
+    from edgekit.paths import shared_data
+
+    split = json.loads((ROOT / "benchmarks" / "results" / "malaria_split_patients.json").read_text())
+    by_patient: dict[str, list[Path]] = {}
+    for r in csv.DictReader(open(shared_malaria / "manifest.csv")):
+        if r["patient"] in split["patients"]["test"]:
+            by_patient.setdefault(r["patient"], []).append(shared_malaria / r["class"] / r["file"])
+    flagged = 0
+    for files in by_patient.values():
+        chosen = [files[i] for i in np.random.default_rng(0).permutation(len(files))[:30]]
+        flagged += not session_verdict(cell_scores([read_image(f) for f in chosen], domain), domain)["ok"]
+    assert len(by_patient) == 39 and flagged / len(by_patient) <= 0.05
+    off = offsite_split()
+    if not (shared_data("malaria_fields_iml") / "images").is_dir():
+        pytest.skip("IML fields not present")
+    fields = off["iml"]["test"][::14] + off["bccd"]["test"][::18]
+    caught = 0
+    for rel in fields:
+        rgb = read_image(shared_data() / rel)
+        cells, _, reason = count_cells(rgb)
+        assert reason is None
+        caught += not field_verdict(cell_scores([crop_cell(rgb, c) for c in cells], domain), domain)["ok"]
+    assert len(fields) >= 15 and caught / len(fields) >= 0.95
+
+
+def test_domain_fit_command_writes_the_manifest(tmp_path):
+    from conftest import make_cell_folder
+    from device_helpers import golden_copy
+
+    from edgekit.cli import main
+
+    data = make_cell_folder(tmp_path / "cells", patients=20, per_patient=8, seed=5)
+    bundle = golden_copy(tmp_path / "bundle")
+    assert load_manifest(bundle).domain is None
+    res = CliRunner().invoke(main, ["domain", "fit", str(bundle), "--data", str(data),
+                                    "--offsite", str(FIELDS / "BloodImage_00014.jpg")])
+    assert res.exit_code == 0, res.output
+    dom = load_manifest(bundle).domain
+    assert dom is not None and dom.features == list(FEATURES) and dom.n >= 50
+    assert "1 off-site dev fields" in dom.source
+    bad = CliRunner().invoke(main, ["domain", "fit", str(bundle), "--data", str(tmp_path / "nope")])
+    assert bad.exit_code != 0 and "error:" in bad.output and "Traceback" not in bad.output
