@@ -131,6 +131,22 @@ def unchecked(what: str) -> dict[str, Any]:
     return dict(NO_DOMAIN)
 
 
+def crop_verdict(rgb: np.ndarray, domain: Domain | None) -> dict[str, Any]:
+    """The verdict on one crop: single cells vary too much for the field threshold, so a crop is
+    out of domain only when :func:`edgekit.device.quality.check_cell` rejects it (not a stained
+    cell on black, or farther than ``domain.max_crop_distance`` from every training cell)."""
+    from edgekit.device.quality import check_cell
+
+    if domain is None:
+        return unchecked("crop")
+    reason = check_cell(rgb, domain)
+    score = crop_score(rgb, domain)
+    s = None if score is None else round(score, 3)
+    if reason:
+        return {"ok": False, "score": s, "why": reason}
+    return {"ok": True, "score": s, "why": "a stained cell within the range of the model's training cells"}
+
+
 def field_verdict(scores: Sequence[float | None], domain: Domain | None) -> dict[str, Any]:
     """The verdict on one field from its cells' scores."""
     if domain is None:

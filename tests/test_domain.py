@@ -21,6 +21,7 @@ from edgekit.device.domain import (
     FEATURES,
     NO_DOMAIN,
     cell_scores,
+    crop_verdict,
     field_verdict,
     session_verdict,
 )
@@ -89,6 +90,8 @@ def test_plainly_not_cells_are_rejected(domain):
         rgb = read_image(p)
         gray = np.repeat(rgb.mean(axis=2, keepdims=True).astype(np.uint8), 3, axis=2)
         assert "grayscale" in check_quality(gray, domain=domain)
+    assert crop_verdict(noise, domain)["ok"] is False
+    assert crop_verdict(read_image(NIH_CROPS[0]), domain)["ok"] is True
     blank = np.zeros((80, 80, 3), np.uint8)
     assert check_quality(blank, domain=domain) is not None
     # without a domain (bring-your-own bundle) only the generic gates apply
@@ -156,6 +159,8 @@ def test_choose_threshold_between_in_and_out():
     assert 1.5 < t < 4.0 and "midpoint" in why
     t2, why2 = choose_threshold(list(np.linspace(1, 3, 40)), [2.0, 2.5, 6.0])
     assert t2 == pytest.approx(np.quantile(np.linspace(1, 3, 40), 0.95)) and "overlap" in why2
+    t3, why3 = choose_threshold([1.0, 2.0])
+    assert t3 == pytest.approx(2.2) and "no off-site" in why3
 
 
 def test_fit_domain_separates_generated_sets(domain):
