@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.device.screening import patient_decision
 from edgekit.manifest import Manifest, PatientRule
 from edgekit.metrics import binary_metrics, proportion, roc_curve
 
@@ -30,7 +29,7 @@ def patient_summary(
         patients.append({
             "patient": str(name), "cells": n, "labelled_fraction": k_true / n,
             "predicted_fraction": k_called / n, "infected": k_true > 0,
-            "decision": patient_decision(k_called, n, rule),
+            "decision": rule.decide(k_called, n),
         })
     infected = [p for p in patients if p["infected"]]
     controls = [p for p in patients if not p["infected"]]
@@ -58,18 +57,19 @@ def row_accuracy(
         out["agreement"] = float((probs.argmax(1) == reference.argmax(1)).mean())
         out["mean_abs_dp"] = float(np.abs(probs - reference).mean())
     known = y >= 0
-    pos = manifest.positive_index if manifest.positive_index is not None else len(manifest.labels) - 1
+    decision = manifest.decision
+    pos = decision.counted_index
     if not known.any() or probs.shape[1] <= pos:
         return out
     p = probs[known, pos].astype(np.float64)
     y_pos = y[known] == pos
-    cut = float(manifest.thresholds.cutoff)
+    cut = decision.cutoff
     out["cell"] = binary_metrics(y_pos, p, threshold=cut, groups=groups[known], n_boot=n_boot)
     out["top1_accuracy"] = float((probs[known].argmax(1) == y[known]).mean())
     fpr, tpr, _ = roc_curve(y_pos, p)
     keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), ROC_POINTS)).round().astype(int))
     out["roc"] = {"fpr": fpr[keep].round(5).tolist(), "tpr": tpr[keep].round(5).tolist()}
-    out["patient"] = patient_summary(y_pos, p >= cut, groups[known], manifest.patient_rule)
+    out["patient"] = patient_summary(y_pos, p >= cut, groups[known], decision.rule)
     return out
 
 

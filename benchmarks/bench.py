@@ -220,8 +220,8 @@ def run_bench(
         }
     meta = {
         "bundle": str(bundle), "model": manifest.name, "labels": manifest.labels,
-        "positive_label": manifest.positive_label, "cutoff": manifest.thresholds.cutoff,
-        "patient_rule": vars(manifest.patient_rule), "data": labelled.source, "images": int(len(labelled.y)),
+        "positive_label": manifest.decision.positive_label, "cutoff": manifest.decision.cutoff,
+        "patient_rule": vars(manifest.decision.rule), "data": labelled.source, "images": int(len(labelled.y)),
         "images_with_known_label": n_known, "groups": int(len(set(labelled.groups.tolist()))),
         "unknown_classes": labelled.unknown, "skipped": [list(s) for s in labelled.skipped],
         "profile": {**vars(prof), "threads": list(prof.threads), "cores_used": cores, "warning": warning},

@@ -210,11 +210,11 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
     if fields and use_camera:
         raise EdgekitError("--fields takes field image PATHS, not --camera")
     classifier = _load(bundle, model_format, threads)
-    rule = classifier.manifest.patient_rule
-    stop = rule.stop_cells if stop_cells is None else stop_cells
+    decision = classifier.manifest.decision
+    stop = decision.rule.stop_cells if stop_cells is None else stop_cells
     with RecordStore(db or default_db_path()) as store:
         session = store.open_session(patient, classifier.model_sha256, site, operator, classifier.fmt,
-                                     str(classifier.bundle_dir))
+                                     str(classifier.bundle_dir), decision)
         if use_camera:
             crops = ((f"frame {i}", None, center_square(f)) for i, f in enumerate(frames(source), 1))
             total, kind = None, "camera"
@@ -242,8 +242,8 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
         bar.close()
         if tally is not None:
             click.echo(tally.line(), err=True)
-        summary = summarize(patient, store.records(session.id), rule, classifier.manifest.thresholds.cutoff,
-                            stop, domain=classifier.manifest.domain)
+        summary = summarize(patient, store.records(session.id), decision, stop_cells=stop,
+                            domain=classifier.manifest.domain)
     click.echo(json.dumps(summary.to_dict()) if as_json else f"session {session.id}: {summary.line()}")
 
 
@@ -279,22 +279,36 @@ def sessions_list(db: Path | None) -> None:
                "  updated")
     for r, summary in rows:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["updated_at"]))
-        click.echo(f"{r['id']:>4}  {r['patient']:<16} {r['site'] or '-':<12} {summary.crops:>6}"
-                   f" {summary.parasitized:>8} {summary.decision:>8}  {when}")
+        cells, par, dec = ("?", "?", "unknown") if summary is None else (
+            summary.crops, summary.parasitized, summary.decision)
+        click.echo(f"{r['id']:>4}  {r['patient']:<16} {r['site'] or '-':<12} {cells:>6}"
+                   f" {par:>8} {dec:>8}  {when}")
 
 
 def _summary(store, session):
+    """The session's summary with the Decision it was recorded with; None when it has none stored
+    (recorded before decisions were stored): no default rule or cutoff is ever substituted."""
     from edgekit.device.screening import summarize
-    from edgekit.manifest import PatientRule, Thresholds, load_manifest
 
-    rule, thresholds, domain = PatientRule(), Thresholds(), None
+    decision = session.decided_with
+    if decision is None:
+        return None
+    return summarize(session.patient, store.records(session.id), decision, domain=_session_domain(session))
+
+
+def _session_domain(session):
+    """The domain statistics of the bundle the session was screened with; None (the guard cannot
+    vouch) when that bundle is gone or has none."""
+    from edgekit.manifest import load_manifest
+
     try:
-        if session.bundle:
-            manifest = load_manifest(session.bundle)
-            rule, thresholds, domain = manifest.patient_rule, manifest.thresholds, manifest.domain
-    except Exception:  # the bundle moved or is gone: default rule and cutoff 0.5 still summarise the counts
-        pass  # (and with no domain statistics the guard does not vouch for the session)
-    return summarize(session.patient, store.records(session.id), rule, thresholds.cutoff, domain=domain)
+        return load_manifest(session.bundle).domain if session.bundle else None
+    except Exception:  # moved, deleted or unreadable: nothing vouches for the session's cells
+        return None
+
+
+_NO_DECISION = ("no decision rule is stored with this session (recorded by an older edgekit); "
+                "rescreen it with its bundle to decide it")
 
 
 @sessions.command("show")
@@ -307,11 +321,19 @@ def sessions_show(session_id: str, db: Path | None, as_json: bool) -> None:
         session = store.find_session(session_id)
         summary = _summary(store, session)
     if as_json:
-        click.echo(json.dumps({"session": session.__dict__, "summary": summary.to_dict()}))
+        info = {k: v for k, v in session.__dict__.items() if k != "decision"}
+        info["decision"] = None if session.decision is None else json.loads(session.decision)
+        click.echo(json.dumps({"session": info, "summary": None if summary is None else summary.to_dict()}))
         return
     click.echo(f"session {session.id}  site {session.site or '-'}  operator {session.operator or '-'}")
     model = f"model {session.model_format or '?'} sha256 {session.model_sha256[:16]}…"
     click.echo(f"{model}  bundle {session.bundle}")
+    if summary is None:
+        click.echo(f"patient {session.patient}: {_NO_DECISION}")
+        return
+    decided = session.decided_with
+    click.echo(f"decided at cell cutoff {decided.cutoff:.3f} on p({decided.counted_label}), "
+               f"patient rule: positive at >= {decided.rule.positive_fraction:.1%} of cells")
     click.echo(summary.line())
 
 

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.errors import EdgekitError
+from edgekit.manifest import Decision
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: sessions.decision (the rule and cutoff a session is decided with)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
     id INTEGER PRIMARY KEY,
@@ -29,6 +30,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     model_sha256 TEXT NOT NULL,
     model_format TEXT,
     bundle TEXT,
+    decision TEXT,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     UNIQUE (patient, model_sha256)
@@ -54,16 +56,18 @@ CREATE TABLE IF NOT EXISTS records (
 """
 
 
-# columns added after a database may have been created: name -> SQL type
-_ADDED_COLUMNS = {"domain_score": "REAL"}  # the domain guard's per-crop distance (edgekit.device.domain)
+# columns added after a database may have been created: (table, name, SQL type)
+_ADDED_COLUMNS = (
+    ("sessions", "decision", "TEXT"),  # the Decision the session was screened with
+    ("records", "domain_score", "REAL"),  # the domain guard's per-crop distance (edgekit.device.domain)
+)
 
 
 def _add_missing_columns(conn: sqlite3.Connection) -> None:
     """Bring a database made by an older edgekit up to date (new columns are nullable)."""
-    have = {r[1] for r in conn.execute("PRAGMA table_info(records)")}
-    for name, sql_type in _ADDED_COLUMNS.items():
-        if name not in have:
-            conn.execute(f"ALTER TABLE records ADD COLUMN {name} {sql_type}")
+    for table, name, sql_type in _ADDED_COLUMNS:
+        if name not in {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}")
 
 
 class RecordsError(EdgekitError):
@@ -109,6 +113,12 @@ class Session:
     bundle: str | None
     created_at: float
     updated_at: float
+    decision: str | None = None  # JSON of the manifest Decision the session is decided with
+
+    @property
+    def decided_with(self) -> Decision | None:
+        """The stored Decision; None for sessions recorded before it was stored."""
+        return Decision.from_dict(json.loads(self.decision)) if self.decision else None
 
 
 class RecordStore:
@@ -135,7 +145,7 @@ class RecordStore:
                 self.conn.execute("PRAGMA synchronous=FULL")
                 with self.conn:
                     self.conn.executescript(_SCHEMA)
-                    _add_missing_columns(self.conn)
+                    _add_missing_columns(self.conn)  # a version-1 database: old rows keep NULL
                     self.conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -149,19 +159,22 @@ class RecordStore:
 
     def open_session(
         self, patient: str, model_sha256: str, site: str | None = None, operator: str | None = None,
-        model_format: str | None = None, bundle: str | None = None,
+        model_format: str | None = None, bundle: str | None = None, decision: Decision | None = None,
     ) -> Session:
-        """The session of ``patient`` with this model, created if new (a rerun resumes it)."""
+        """The session of ``patient`` with this model, created if new (a rerun resumes it). The
+        ``decision`` (rule and cutoff) is stored with it; a rerun stores the one it now runs with."""
         if not patient or not patient.strip():
             raise RecordsError("a patient id is required")
         now = time.time()
+        stored = None if decision is None else json.dumps(decision.to_dict())
         with _db_errors(self.path), self.conn:
             self.conn.execute(
-                "INSERT INTO sessions (patient, site, operator, model_sha256, model_format, bundle,"
-                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                "INSERT INTO sessions (patient, site, operator, model_sha256, model_format, bundle, decision,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (patient, model_sha256) DO UPDATE SET updated_at = excluded.updated_at,"
-                " site = COALESCE(excluded.site, site), operator = COALESCE(excluded.operator, operator)",
-                (patient, site, operator, model_sha256, model_format, bundle, now, now),
+                " site = COALESCE(excluded.site, site), operator = COALESCE(excluded.operator, operator),"
+                " decision = COALESCE(excluded.decision, decision)",
+                (patient, site, operator, model_sha256, model_format, bundle, stored, now, now),
             )
             row = self.conn.execute(
                 "SELECT * FROM sessions WHERE patient = ? AND model_sha256 = ?", (patient, model_sha256)

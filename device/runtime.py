@@ -83,7 +83,7 @@ def _matches(dims: list[int], want: list[int]) -> bool:
 class Prediction:
     """One classified crop."""
 
-    label: str  # the most probable label
+    label: str  # the counted label: the positive one when p_positive reaches the cutoff (Decision)
     probability: float  # of ``label``
     p_positive: float | None  # of the manifest's positive label, when it has one
     decision: str  # positive | negative | uncertain (refer to microscopy); the label when no positive label
@@ -123,13 +123,13 @@ class Classifier:
 
     def interpret(self, probs: np.ndarray) -> Prediction:
         """Label, probability and thresholded decision for one row of ``predict``."""
-        probs = np.asarray(probs, dtype=np.float64)
-        i = int(np.argmax(probs))
-        label = self.labels[i]
-        pos = self.manifest.positive_index
-        p_pos = None if pos is None else float(probs[pos])
-        decision = label if p_pos is None else self.manifest.thresholds.decide(p_pos)
-        return Prediction(label, float(probs[i]), p_pos, decision, [float(p) for p in probs])
+        values = [float(p) for p in np.asarray(probs, dtype=np.float64)]
+        rule = self.manifest.decision
+        i = rule.cell_label_index(values)
+        pos = rule.positive_index
+        p_pos = None if pos is None else values[pos]
+        decision = self.labels[i] if p_pos is None else rule.cell_call(p_pos)
+        return Prediction(self.labels[i], values[i], p_pos, decision, values)
 
     def classify(self, rgb: np.ndarray) -> Prediction:
         """Classify one decoded RGB uint8 image (any size) through the shared ``prepare()``."""

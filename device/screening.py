@@ -17,7 +17,7 @@ import numpy as np
 from edgekit.device.pipeline import Outcome, Tally, array_hash, classify_one, file_hash, missing_reason
 from edgekit.device.quality import DEFAULT_GATES, QualityGates
 from edgekit.errors import ImageError
-from edgekit.manifest import Domain, PatientRule
+from edgekit.manifest import Decision, Domain, PatientRule
 from edgekit.metrics import wilson_interval
 
 if TYPE_CHECKING:
@@ -65,22 +65,15 @@ class PatientSummary:
 
 
 def patient_decision(k: int, n: int, rule: PatientRule) -> str:
-    """positive when k/n reaches the rule's fraction; negative when the Wilson upper 95% bound is
-    below its negative fraction; refer (to microscopy) otherwise, including n = 0."""
-    if n == 0:
-        return "refer"
-    if k / n >= rule.positive_fraction:
-        return "positive"
-    if wilson_interval(k, n)[1] < rule.negative_fraction:
-        return "negative"
-    return "refer"
+    """Kept for callers of the old name: :meth:`PatientRule.decide`."""
+    return rule.decide(k, n)
 
 
-def summarize(patient: str, records: Iterable[dict[str, Any]], rule: PatientRule, cutoff: float,
+def summarize(patient: str, records: Iterable[dict[str, Any]], decision: Decision, *,
               stop_cells: int | None = None, domain: Domain | None | bool = False) -> PatientSummary:
     """Summary of a session's records (rows of :meth:`RecordStore.records`). A cell counts as
-    parasitized when its positive-class probability reaches ``cutoff`` (the manifest's
-    ``thresholds.cutoff``, which the patient rule was chosen with).
+    parasitized when ``decision`` counts its positive-class probability (at the cutoff the patient
+    rule was chosen with); the patient is then decided by ``decision``'s rule.
 
     ``domain`` is the bundle's :class:`Domain`: a session whose cells it finds unlike the training
     cells is decided *refer*, with the reason. None (a bundle fitted before the guard existed, or a
@@ -93,21 +86,21 @@ def summarize(patient: str, records: Iterable[dict[str, Any]], rule: PatientRule
     for r in records:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
         if r["status"] == "classified":
-            counts["parasitized"] += (r.get("p_positive") or 0.0) >= cutoff
+            counts["parasitized"] += decision.is_counted_positive(r.get("p_positive") or 0.0)
             counts["uncertain"] += r.get("decision") == "uncertain"
     n, k = counts["classified"], counts["parasitized"]
-    stop = rule.stop_cells if stop_cells is None else stop_cells
+    stop = decision.rule.stop_cells if stop_cells is None else stop_cells
     verdict = None
     if domain is not False:
         verdict = session_verdict([r.get("domain_score") for r in records if r["status"] != "failed"],
                                   domain or None)
-    decision = patient_decision(k, n, rule)
+    call = decision.patient_decision(k, n)
     if domain and verdict is not None and not verdict["ok"] and n:
-        decision = "refer"
+        call = "refer"
     return PatientSummary(
         patient=patient, crops=n, parasitized=k, uncertain=counts["uncertain"], rejected=counts["rejected"],
         failed=counts["failed"], fraction=k / n if n else 0.0, ci95=wilson_interval(k, n),
-        decision=decision, stop_cells=stop, stop_reached=bool(stop) and n >= stop, domain=verdict,
+        decision=call, stop_cells=stop, stop_reached=bool(stop) and n >= stop, domain=verdict,
     )
 
 

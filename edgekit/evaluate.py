@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import DataError
-from edgekit.manifest import atomic_write_text, load_manifest, verify_artifact
+from edgekit.manifest import Decision, atomic_write_text, load_manifest, verify_artifact
 from edgekit.metrics import binary_metrics, roc_curve, wilson_interval
 
 
@@ -54,14 +54,15 @@ def per_class_report(y: np.ndarray, pred: np.ndarray, labels: Sequence[str]) -> 
     return "\n".join(lines) + "\n", {"per_class": per_class, "confusion_matrix": cm.tolist(), "accuracy": acc}
 
 
-def evaluate_arrays(y: np.ndarray, probs: np.ndarray, groups: np.ndarray, labels: Sequence[str],
-                    positive_label: str | None, cutoff: float = 0.5) -> tuple[dict[str, Any], str]:
-    """Metrics dict and report text from true labels and probabilities (no TensorFlow)."""
-    if len(labels) == 2 and positive_label is not None:
-        pos = list(labels).index(positive_label)
-        neg = 1 - pos
+def evaluate_arrays(y: np.ndarray, probs: np.ndarray, groups: np.ndarray,
+                    decision: Decision) -> tuple[dict[str, Any], str]:
+    """Metrics dict and report text from true labels and probabilities (no TensorFlow); cells are
+    called as ``decision`` (the manifest's) counts them."""
+    labels, positive_label, cutoff = decision.labels, decision.positive_label, decision.cutoff
+    pos = decision.positive_index
+    if len(labels) == 2 and pos is not None:
         p = probs[:, pos]
-        pred = np.where(p >= cutoff, pos, neg)
+        pred = np.where(p >= cutoff, pos, 1 - pos)
         result = binary_metrics(y == pos, p, threshold=cutoff, groups=groups)
         result["patients"] = patient_table(groups, y == pos, p >= cutoff)
     else:
@@ -112,9 +113,7 @@ def evaluate_run(
         model = keras.models.load_model(verify_artifact(run_dir, manifest.artifacts["keras"]), compile=False)
     arrays = load_part(split, part, manifest.preprocessing, cache_dir, log)
     probs = predict_arrays(model, arrays.x)
-    cutoff = float(manifest.thresholds.cutoff)
-    result, text = evaluate_arrays(arrays.y, probs, arrays.groups, manifest.labels, manifest.positive_label,
-                                   cutoff)
+    result, text = evaluate_arrays(arrays.y, probs, arrays.groups, manifest.decision)
     result["skipped"] = len(arrays.skipped)
     atomic_write_text(run_dir / f"eval_{part}.json", json.dumps(result, indent=1, default=_nan_safe) + "\n")
     atomic_write_text(run_dir / f"report_{part}.txt", text)

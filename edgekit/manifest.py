@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,93 @@ class PatientRule:
     negative_fraction: float = 0.05  # Wilson upper 95% bound below this -> negative; else refer
     stop_cells: int = 1000
     source: str = "default"
+
+    def decide(self, k: int, n: int) -> str:
+        """positive when k/n counted cells reach ``positive_fraction``; negative when the Wilson upper
+        95% bound is below ``negative_fraction``; refer (to microscopy) otherwise, including n = 0."""
+        from edgekit.metrics import wilson_interval  # numpy: only when a patient is decided
+
+        if n == 0:
+            return "refer"
+        if k / n >= self.positive_fraction:
+            return "positive"
+        if wilson_interval(k, n)[1] < self.negative_fraction:
+            return "negative"
+        return "refer"
+
+
+def default_positive_label(labels: Sequence[str]) -> str:
+    """The positive class when none is named: ``Parasitized`` when present, else the last label."""
+    return "Parasitized" if "Parasitized" in labels else labels[-1]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Everything that decides "positive", in one place: the cell cutoff, the uncertain band, the
+    patient rule and the positive label. Every screen (classify, field, screen, sessions, bench,
+    evaluate, export validation) asks this object; a screening session stores :meth:`to_dict`, so
+    its summary is recomputed with the rule it was decided with, never with a default.
+
+    A cell *counts* as positive (parasitemia, the patient rule, the printed label) when its
+    positive-class probability reaches ``cutoff``; the band ``[negative, positive)`` only flags
+    single cells as "uncertain" for a human look, it does not change the count.
+    """
+
+    labels: tuple[str, ...]
+    positive_label: str | None
+    thresholds: Thresholds
+    rule: PatientRule
+
+    @property
+    def positive_index(self) -> int | None:
+        return None if self.positive_label is None else self.labels.index(self.positive_label)
+
+    @property
+    def counted_label(self) -> str:
+        """The class a field counts: the positive label, or the last label of a model without one."""
+        return self.positive_label or self.labels[-1]
+
+    @property
+    def counted_index(self) -> int:
+        return self.labels.index(self.counted_label)
+
+    @property
+    def cutoff(self) -> float:
+        return float(self.thresholds.cutoff)  # type: ignore[arg-type]  # set by Thresholds.__post_init__
+
+    def is_counted_positive(self, p_positive: float) -> bool:
+        """True when a cell counts as positive (parasitemia, patient rule, printed label)."""
+        return p_positive >= self.cutoff
+
+    def cell_call(self, p_positive: float) -> str:
+        """positive | negative | uncertain (the band, for a human look)."""
+        return self.thresholds.decide(p_positive)
+
+    def cell_label_index(self, probabilities: Sequence[float]) -> int:
+        """The label printed for one crop: with a positive label and two classes, the positive label
+        exactly when the cell counts as positive (so no cell is printed negative yet counted
+        positive); the most probable label otherwise."""
+        pos = self.positive_index
+        if pos is not None and len(probabilities) == 2:
+            return pos if self.is_counted_positive(float(probabilities[pos])) else 1 - pos
+        return max(range(len(probabilities)), key=lambda i: probabilities[i])
+
+    def patient_decision(self, k: int, n: int) -> str:
+        """The patient from k counted cells of n (:meth:`PatientRule.decide`)."""
+        return self.rule.decide(k, n)
+
+    def to_dict(self) -> dict[str, Any]:
+        """What a screening session stores: enough to redo its summary exactly."""
+        return {"labels": list(self.labels), "positive_label": self.positive_label,
+                "thresholds": asdict(self.thresholds), "patient_rule": asdict(self.rule)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Decision:
+        try:
+            return cls(tuple(d["labels"]), d.get("positive_label"), Thresholds(**d["thresholds"]),
+                       PatientRule(**d["patient_rule"]))
+        except (KeyError, TypeError) as exc:
+            raise BundleError(f"malformed decision record: {exc}") from exc
 
 
 @dataclass
@@ -177,6 +265,11 @@ class Manifest:
     @property
     def positive_index(self) -> int | None:
         return None if self.positive_label is None else self.labels.index(self.positive_label)
+
+    @property
+    def decision(self) -> Decision:
+        """The one object that decides "positive" for this model (see :class:`Decision`)."""
+        return Decision(tuple(self.labels), self.positive_label, self.thresholds, self.patient_rule)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import DataError, EdgekitError
-from edgekit.manifest import Preprocessing, atomic_write_text
+from edgekit.manifest import Preprocessing, atomic_write_text, default_positive_label
 
 STATE_NAME = "state.json"
 LAST_NAME = "last.keras"
@@ -446,7 +446,7 @@ def train_run(
     if state is not None and state["split_sha256"] != split_sha:
         raise DataError("the split file does not match the interrupted run's (sha256 differs)")
     labels = list(split.classes)
-    positive_label = cfg.positive_label or ("Parasitized" if "Parasitized" in labels else labels[-1])
+    positive_label = cfg.positive_label or default_positive_label(labels)
     if positive_label not in labels:
         raise DataError(f"positive label {positive_label!r} is not one of the classes {labels}")
     cfg.positive_label = positive_label

@@ -24,12 +24,13 @@ from edgekit.export import calibration
 from edgekit.export.onnx_export import export_onnx_fp32, onnx_metadata, quantize_onnx_int8
 from edgekit.export.options import ExportOptions, Format
 from edgekit.export.tflite import convert_tflite
-from edgekit.export.validate import Decision, ValidationFailed, compare, render_table
+from edgekit.export.validate import ValidationFailed, compare, render_table
 from edgekit.manifest import (
     Artifact,
     Manifest,
     Preprocessing,
     TensorSpec,
+    default_positive_label,
     load_manifest,
     sha256_file,
     verify_artifact,
@@ -115,8 +116,7 @@ def _manifest_for_keras(model, keras_path: Path, labels: list[str] | None) -> Ma
     else:  # features, not pixels: the preprocessing block does not apply
         pre = Preprocessing()
         training["input"] = {"kind": "features", "shape": [d for d in shape[1:]]}
-    positive = "Parasitized" if "Parasitized" in labels else labels[-1]
-    return Manifest(labels=list(labels), preprocessing=pre, positive_label=positive,
+    return Manifest(labels=list(labels), preprocessing=pre, positive_label=default_positive_label(labels),
                     name=keras_path.stem, training=training)
 
 
@@ -214,7 +214,7 @@ def _export_formats(model, manifest: Manifest, options: ExportOptions, tmp: Path
     t0 = time.perf_counter()
     reference = model.predict(val.x.astype(np.float32), batch_size=64, verbose=0)
     log(f"keras reference on {len(val)} validation inputs: {time.perf_counter() - t0:.1f} s")
-    decision = Decision(manifest.positive_index, manifest.thresholds.cutoff)
+    decision = manifest.decision
     # int8 ONNX is quantized from the fp32 ONNX graph, so fp32 goes first when both are asked for
     order = sorted(options.formats, key=lambda f: list(Format).index(f))
     artifacts: dict[str, Artifact] = {}

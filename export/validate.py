@@ -6,32 +6,26 @@ Keras and the accuracy drop), as optimum's ``validate_model_outputs`` and keras-
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from edgekit.errors import EdgekitError
 from edgekit.export.options import Bounds, Format
+from edgekit.manifest import Decision
 
 
 class ValidationFailed(EdgekitError):
     """An exported format misses its accuracy bound against Keras."""
 
 
-@dataclass
-class Decision:
-    """Turns probabilities into class indices: the manifest's cutoff for binary models with a positive
-    label, argmax otherwise (a single sigmoid output counts as the positive class's probability)."""
-
-    positive_index: int | None = None
-    cutoff: float = 0.5
-
-    def classes(self, p: np.ndarray) -> np.ndarray:
-        p = class_probabilities(p)
-        if self.positive_index is not None and p.shape[1] == 2:
-            return np.where(p[:, self.positive_index] >= self.cutoff, self.positive_index,
-                            1 - self.positive_index)
-        return p.argmax(axis=1)
+def called_classes(p: np.ndarray, decision: Decision) -> np.ndarray:
+    """Class indices as the device calls them (:meth:`Decision.cell_label_index`): the manifest's
+    cutoff for binary models with a positive label, argmax otherwise (a single sigmoid output counts
+    as the positive class's probability)."""
+    p = class_probabilities(p)
+    pos = decision.positive_index
+    if pos is not None and p.shape[1] == 2:
+        return np.where(p[:, pos] >= decision.cutoff, pos, 1 - pos)
+    return p.argmax(axis=1)
 
 
 def class_probabilities(p: np.ndarray) -> np.ndarray:
@@ -50,7 +44,7 @@ def compare(fmt: Format, probs: np.ndarray, reference: np.ndarray, y: np.ndarray
     finite = bool(np.isfinite(probs).all())
     rec["max_abs_diff"] = float(diff.max()) if finite else float("nan")
     rec["mean_abs_diff"] = float(diff.mean()) if finite else float("nan")
-    ref_cls, cls = decision.classes(reference), decision.classes(probs)
+    ref_cls, cls = called_classes(reference, decision), called_classes(probs, decision)
     rec["agreement"] = float((ref_cls == cls).mean())
     if y is not None:
         rec["accuracy_keras"] = float((ref_cls == y).mean())

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edgekit.benchmarks.accuracy import patient_decision, patient_summary, row_accuracy
+from edgekit.benchmarks.accuracy import patient_summary, row_accuracy
 from edgekit.benchmarks.profiles import (
     PROFILES,
     compare_to_reference,
@@ -184,7 +184,7 @@ def test_patient_summary_by_hand() -> None:
     assert (s["specificity"]["k"], s["specificity"]["n"]) == (1, 1)
     assert s["referred"] == 2  # 0/4 cells: the Wilson upper bound (49%) is not below 25%
     assert patient_summary(y_pos, called, np.arange(12).astype(str), rule) is None
-    assert patient_decision(0, 200, rule) == "negative"
+    assert rule.decide(0, 200) == "negative"
 
 
 def test_row_accuracy_agreement_and_unknown_labels() -> None:

@@ -65,6 +65,18 @@ def test_interpret_decisions_use_the_uncertain_band():
     assert (p.label, p.probability, p.p_positive) == ("Uninfected", 0.7, 0.3)
 
 
+def test_printed_label_is_the_counted_call_not_the_argmax():
+    """Below 0.5 but above the cutoff: printed Parasitized (as the parasitemia counts it), uncertain."""
+    clf = load_classifier(GOLDEN, "tflite_fp32")
+    clf.manifest.thresholds = Thresholds(positive=0.99, negative=0.1, cutoff=0.426)
+    p = clf.interpret(np.array([0.45, 0.55]))
+    assert (p.label, p.probability, p.decision) == ("Parasitized", 0.45, "uncertain")
+    assert clf.manifest.decision.is_counted_positive(p.p_positive)
+    p = clf.interpret(np.array([0.42, 0.58]))
+    assert (p.label, p.decision) == ("Uninfected", "uncertain")
+    assert not clf.manifest.decision.is_counted_positive(p.p_positive)
+
+
 def test_predict_rejects_wrong_shape():
     clf = load_classifier(GOLDEN)
     with pytest.raises(ValueError, match="expected a batch of shape"):

@@ -22,7 +22,7 @@ from edgekit.device.pipeline import array_hash, expand_inputs, file_hash
 from edgekit.device.records import RecordsError, RecordStore
 from edgekit.device.runtime import load_classifier
 from edgekit.device.screening import path_crops, patient_decision, record_crops, summarize
-from edgekit.manifest import PatientRule
+from edgekit.manifest import Decision, Manifest, PatientRule, Thresholds
 from edgekit.metrics import wilson_interval
 
 
@@ -107,28 +107,34 @@ def test_stop_rule(tmp_path, clf):
         s = store.open_session("P4", clf.model_sha256)
         assert record_crops(store, s, crops, clf, stop_cells=3).counts["classified"] == 3
         assert record_crops(store, s, crops, clf, stop_cells=5).counts["classified"] == 2  # resumes to 5
-        summary = summarize("P4", store.records(s.id), PatientRule(stop_cells=5), 0.5)
+        summary = summarize("P4", store.records(s.id), _decision(0.5, PatientRule(stop_cells=5)))
     assert summary.crops == 5 and summary.stop_reached
+
+
+def _decision(cutoff: float, rule: PatientRule) -> Decision:
+    return Manifest(["Parasitized", "Uninfected"], positive_label="Parasitized",
+                    thresholds=Thresholds(0.9, 0.1, cutoff=cutoff), patient_rule=rule).decision
 
 
 def test_patient_decision_and_summary():
     rule = PatientRule(positive_fraction=0.05, negative_fraction=0.05)
-    assert patient_decision(0, 0, rule) == "refer"
-    assert patient_decision(10, 100, rule) == "positive"
-    assert patient_decision(0, 200, rule) == "negative"  # Wilson upper bound ~1.9%
-    assert patient_decision(0, 30, rule) == "refer"  # too few cells to exclude 5%
-    assert patient_decision(3, 100, rule) == "refer"
+    assert rule.decide(0, 0) == "refer"
+    assert rule.decide(10, 100) == "positive"
+    assert rule.decide(0, 200) == "negative"  # Wilson upper bound ~1.9%
+    assert rule.decide(0, 30) == "refer"  # too few cells to exclude 5%
+    assert rule.decide(3, 100) == "refer"
+    assert patient_decision(3, 100, rule) == "refer"  # the old name still answers
     # cells count as parasitized at the cutoff (0.6), uncertain-band cells included when above it
     records = ([{"status": "classified", "decision": "positive", "p_positive": 0.99}] * 2
                + [{"status": "classified", "decision": "uncertain", "p_positive": 0.7}]
                + [{"status": "classified", "decision": "uncertain", "p_positive": 0.4}] * 2
                + [{"status": "classified", "decision": "negative", "p_positive": 0.01}] * 95
                + [{"status": "rejected"}, {"status": "failed"}])
-    s = summarize("P", records, rule, cutoff=0.6)
+    s = summarize("P", records, _decision(0.6, rule))
     assert (s.crops, s.parasitized, s.uncertain, s.rejected, s.failed) == (100, 3, 3, 1, 1)
     assert s.fraction == 0.03 and s.ci95 == wilson_interval(3, 100) and s.decision == "refer"
     assert not s.stop_reached and "3 parasitized (3.0%" in s.line()
-    assert summarize("P", records, rule, cutoff=0.3).decision == "positive"  # 5/100 reach the rule
+    assert summarize("P", records, _decision(0.3, rule)).decision == "positive"  # 5/100 reach the rule
 
 
 def test_locked_database(tmp_path):
@@ -192,6 +198,35 @@ def test_screen_and_sessions_cli(tmp_path, monkeypatch):
     assert res.exit_code == 2 and "no session" in res.stderr
     res = runner.invoke(main, ["sessions", "list", "--db", str(tmp_path / "none.sqlite")])
     assert res.exit_code == 2 and "no screening database" in res.stderr
+
+
+def test_sessions_use_the_stored_decision_after_the_bundle_is_gone(tmp_path):
+    """A session is summarised with the cutoff and rule it was screened with, even when its bundle
+    moved; a session with none stored says so instead of substituting defaults."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(GOLDEN, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["thresholds"].update(cutoff=0.001, negative=0.001)  # every cell counts: not a default
+    manifest["patient_rule"]["positive_fraction"] = 0.9
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    db = tmp_path / "s.sqlite"
+    runner = CliRunner()
+    res = runner.invoke(main, ["screen", str(CELLS), "--patient", "P8", "-m", str(bundle), "--db", str(db),
+                               "--json"])
+    assert res.exit_code == 0, res.output
+    screened = json.loads(res.stdout)
+    assert screened["parasitized"] == 4 and screened["decision"] == "positive"
+    shutil.rmtree(bundle)
+    res = runner.invoke(main, ["sessions", "show", "P8", "--db", str(db), "--json"])
+    shown = json.loads(res.stdout)
+    assert shown["summary"] == screened
+    assert shown["session"]["decision"]["thresholds"]["cutoff"] == 0.001
+    with sqlite3.connect(db) as conn:  # what an older edgekit left: no decision stored
+        conn.execute("UPDATE sessions SET decision = NULL")
+    res = runner.invoke(main, ["sessions", "show", "P8", "--db", str(db)])
+    assert res.exit_code == 0 and "no decision rule is stored" in res.stdout
+    res = runner.invoke(main, ["sessions", "list", "--db", str(db)])
+    assert "unknown" in res.stdout and "positive" not in res.stdout
 
 
 def test_screen_needs_paths_or_camera(tmp_path):

@@ -31,7 +31,7 @@ from edgekit.device.quality import check_quality
 from edgekit.device.runtime import default_bundle_dir
 from edgekit.domain_fit import choose_threshold, fit_domain
 from edgekit.errors import BundleError
-from edgekit.manifest import Domain, Manifest, PatientRule, load_manifest
+from edgekit.manifest import Decision, Domain, Manifest, PatientRule, Thresholds, load_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 FIELDS = ROOT / "tests" / "fixtures" / "fields"
@@ -139,18 +139,19 @@ def test_manifest_round_trip_and_validation(tmp_path):
 def test_out_of_domain_session_is_referred():
     from edgekit.device.screening import summarize
 
-    rule = PatientRule()
+    rule = Decision(labels=("Parasitized", "Uninfected"), positive_label="Parasitized",
+                    thresholds=Thresholds(positive=0.9, negative=0.1, cutoff=0.5), rule=PatientRule())
     rows = [
         {"status": "classified", "p_positive": 0.99, "decision": "positive", "domain_score": s}
         for s in [0.5] * 40
     ]
-    ok = summarize("P1", rows, rule, 0.5, domain=_domain())
+    ok = summarize("P1", rows, rule, domain=_domain())
     assert ok.decision == "positive" and ok.domain["ok"] and ok.validated
     far = [{**r, "domain_score": 9.0} for r in rows]
-    bad = summarize("P1", far, rule, 0.5, domain=_domain())
+    bad = summarize("P1", far, rule, domain=_domain())
     assert bad.decision == "refer" and not bad.domain["ok"]
     assert "not validated for this microscope" in bad.line() and "do not look like" in bad.line()
-    legacy = summarize("P1", rows, rule, 0.5, domain=None)  # a bundle without statistics
+    legacy = summarize("P1", rows, rule, domain=None)  # a bundle without statistics
     assert legacy.decision == "positive" and legacy.domain == NO_DOMAIN
 
 

@@ -9,7 +9,9 @@ import pytest
 from edgekit.errors import BundleError, IntegrityError
 from edgekit.manifest import (
     Artifact,
+    Decision,
     Manifest,
+    PatientRule,
     Preprocessing,
     TensorSpec,
     Thresholds,
@@ -42,6 +44,24 @@ def test_roundtrip(tmp_path):
     assert back.positive_index == 0
     assert (tmp_path / "labels.txt").read_text().split() == ["Parasitized", "Uninfected"]
     assert back.artifacts["tflite_int8"].outputs[0].scale == pytest.approx(1 / 256)
+
+
+def test_decision_is_one_object_and_round_trips():
+    m = Manifest(labels=["Uninfected", "Parasitized"], positive_label="Parasitized",
+                 thresholds=Thresholds(0.9, 0.2, cutoff=0.4), patient_rule=PatientRule(0.1, 0.02))
+    d = m.decision
+    assert (d.positive_index, d.counted_label, d.cutoff) == (1, "Parasitized", 0.4)
+    assert [d.cell_call(p) for p in (0.95, 0.5, 0.1)] == ["positive", "uncertain", "negative"]
+    assert d.is_counted_positive(0.4) and not d.is_counted_positive(0.39)
+    assert d.cell_label_index([0.55, 0.45]) == 1  # counted positive although not the argmax
+    assert d.cell_label_index([0.65, 0.35]) == 0
+    assert d.patient_decision(10, 100) == "positive" and d.patient_decision(0, 0) == "refer"
+    assert Decision.from_dict(json.loads(json.dumps(d.to_dict()))) == d
+    with pytest.raises(BundleError, match="malformed decision"):
+        Decision.from_dict({"labels": ["a", "b"]})
+    multi = Manifest(labels=["a", "b", "c"]).decision
+    assert multi.positive_index is None and multi.counted_label == "c"
+    assert multi.cell_label_index([0.2, 0.5, 0.3]) == 1
 
 
 def test_thresholds_have_an_uncertain_band():

@@ -16,7 +16,7 @@ pytest.importorskip("tensorflow")
 from edgekit.cli import main  # noqa: E402
 from edgekit.errors import DataError, EdgekitError  # noqa: E402
 from edgekit.evaluate import evaluate_arrays  # noqa: E402
-from edgekit.manifest import load_manifest, sha256_file  # noqa: E402
+from edgekit.manifest import Manifest, load_manifest, sha256_file  # noqa: E402
 from edgekit.train import (  # noqa: E402
     TrainConfig,
     affine_vectors,
@@ -106,7 +106,8 @@ def test_evaluate_arrays_binary_and_multiclass():
     p_pos = np.array([0.9, 0.6, 0.2, 0.1, 0.7, 0.8])  # class 0 is positive here
     probs = np.stack([p_pos, 1 - p_pos], 1)
     groups = np.array(["a", "a", "b", "b", "c", "c"])
-    res, text = evaluate_arrays(y, probs, groups, ["Parasitized", "Uninfected"], "Parasitized", cutoff=0.5)
+    decision = Manifest(["Parasitized", "Uninfected"], positive_label="Parasitized").decision
+    res, text = evaluate_arrays(y, probs, groups, decision)
     assert res["confusion"] == {"tp": 3, "fn": 0, "fp": 1, "tn": 2}
     assert res["confusion_matrix"] == [[3, 0], [1, 2]]
     assert res["sensitivity"]["value"] == 1.0 and res["specificity"]["value"] == pytest.approx(2 / 3)
@@ -114,7 +115,7 @@ def test_evaluate_arrays_binary_and_multiclass():
     assert "Parasitized" in text and "AUC" in text
     y3 = np.array([0, 1, 2, 2])
     probs3 = np.eye(3)[[0, 1, 2, 0]]
-    res3, _ = evaluate_arrays(y3, probs3, np.array(["g"] * 4), ["a", "b", "c"], None)
+    res3, _ = evaluate_arrays(y3, probs3, np.array(["g"] * 4), Manifest(["a", "b", "c"]).decision)
     assert res3["accuracy"]["value"] == 0.75 and "auc" not in res3
     assert res3["per_class"]["c"]["recall"] == 0.5
 

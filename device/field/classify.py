@@ -6,7 +6,6 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -15,21 +14,13 @@ from edgekit.device.field.quality import count_cells
 from edgekit.device.field.types import ClassifierLike, FieldParams, FieldReport, cell_id
 from edgekit.errors import ImageError
 
-if TYPE_CHECKING:
-    from edgekit.manifest import Manifest
-
-
-def _positive_index(manifest: Manifest) -> int:
-    idx = manifest.positive_index
-    return len(manifest.labels) - 1 if idx is None else idx
-
 
 def classify_crops(crops: list[np.ndarray], classifier: ClassifierLike, batch_size: int = 64) -> list[float]:
     """Positive-class probability of each crop, resized with the bundle's own preprocessing."""
     from edgekit.device.preprocess import prepare
 
     pre = classifier.manifest.preprocessing
-    pos = _positive_index(classifier.manifest)
+    pos = classifier.manifest.decision.counted_index
     out: list[float] = []
     for start in range(0, len(crops), batch_size):
         batch = np.stack([prepare(c, pre) for c in crops[start : start + batch_size]])
@@ -63,10 +54,7 @@ def analyze_field(
     """
     p = params or FieldParams()
     source = "<array>" if isinstance(path_or_rgb, np.ndarray) else str(path_or_rgb)
-    report = FieldReport(source=source)
-    if classifier is not None:
-        m = classifier.manifest
-        report.positive_label = m.positive_label or m.labels[-1]
+    report = FieldReport(source=source, decision=None if classifier is None else classifier.manifest.decision)
     t0 = time.perf_counter()
     try:
         source, rgb = _load(path_or_rgb)
@@ -85,16 +73,16 @@ def analyze_field(
     elif classifier is not None:
         crops = [crop_cell(rgb, c) for c in report.cells]
         report.probabilities = classify_crops(crops, classifier, batch_size)
-        th = classifier.manifest.thresholds
-        report.decisions = [th.decide(pr) for pr in report.probabilities]
-        report.cutoff = th.cutoff
+        report.decisions = [classifier.manifest.decision.cell_call(pr) for pr in report.probabilities]
         report.timing["classify"] = time.perf_counter() - t2
-    if classifier is not None:
-        from edgekit.device.domain import cell_scores, field_verdict
+        if classifier.manifest.domain is not None:
+            from edgekit.device.domain import cell_scores
 
-        dom = classifier.manifest.domain
-        report.domain_scores = cell_scores(crops, dom) if reason is None and dom is not None else []
-        report.domain = field_verdict(report.domain_scores, dom)
+            report.domain_scores = cell_scores(crops, classifier.manifest.domain)
+    if classifier is not None:  # the domain guard's verdict (a rejected field has no cells to vouch for)
+        from edgekit.device.domain import field_verdict
+
+        report.domain = field_verdict(report.domain_scores, classifier.manifest.domain)
     if keep_image:
         report.image = rgb
     return report

@@ -21,11 +21,10 @@ def draw_overlay(rgb: np.ndarray, report: FieldReport) -> np.ndarray:
     cv2 = _cv2()
     out = rgb.copy()
     thick = max(1, round(max(out.shape[:2]) / 640))
-    cut = 0.5 if report.cutoff is None else report.cutoff
     for i, c in enumerate(report.cells):
         key = None
         if report.decisions:
-            key = "parasitized" if report.probabilities[i] >= cut else "not parasitized"
+            key = "parasitized" if report.counted(i) else "not parasitized"
         color = COLORS[key]
         contours, _ = cv2.findContours(c.mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(out, contours, -1, color, thick, offset=(c.x, c.y))

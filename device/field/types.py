@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 if TYPE_CHECKING:
-    from edgekit.manifest import Manifest
+    from edgekit.manifest import Decision, Manifest
 
 
 @dataclass(frozen=True)
@@ -78,8 +78,7 @@ class FieldReport:
     cells: list[CellBox] = field(default_factory=list)
     probabilities: list[float] = field(default_factory=list)  # positive-class probability per cell
     decisions: list[str] = field(default_factory=list)  # positive | negative | uncertain per cell
-    positive_label: str | None = None
-    cutoff: float | None = None  # p at which a cell counts as parasitized (manifest thresholds.cutoff)
+    decision: Decision | None = None  # the manifest's: what counts as parasitized; None unclassified
     rejected: str | None = None
     cell_radius: float = 0.0
     timing: dict[str, float] = field(default_factory=dict)  # seconds: decode, segment, classify
@@ -95,10 +94,22 @@ class FieldReport:
         return sum(d == decision for d in self.decisions)
 
     @property
+    def positive_label(self) -> str | None:
+        return None if self.decision is None else self.decision.counted_label
+
+    @property
+    def cutoff(self) -> float | None:
+        """p at which a cell counts as parasitized (the manifest's cutoff); None when unclassified."""
+        return None if self.decision is None else self.decision.cutoff
+
+    def counted(self, i: int) -> bool:
+        """Whether cell ``i`` counts as parasitized (False when the field was not classified)."""
+        return self.decision is not None and self.decision.is_counted_positive(self.probabilities[i])
+
+    @property
     def n_parasitized(self) -> int:
         """Cells called parasitized at the manifest's cutoff (including uncertain ones above it)."""
-        cut = 0.5 if self.cutoff is None else self.cutoff
-        return sum(p >= cut for p in self.probabilities)
+        return sum(self.counted(i) for i in range(len(self.probabilities)))
 
     @property
     def parasitemia(self) -> float | None:
