@@ -50,10 +50,12 @@ def _offsite_paths(paths: tuple[Path, ...], lists: tuple[Path, ...]) -> list[Pat
               help="Off-site dev fields (files or folders; repeatable): thresholds are placed to catch them.")
 @click.option("--offsite-list", multiple=True, type=click.Path(path_type=Path),
               help="Text file listing off-site dev fields, one per line (relative to $EDGEKIT_DATA).")
+@click.option("--max-train-crops", type=click.IntRange(50), default=3000, show_default=True,
+              help="Random training crops measured (seed 0): a 9-feature mean and covariance need no more.")
 @click.option("--dry-run", is_flag=True,
               help="Report the statistics and thresholds; do not write the manifest.")
 def domain_fit(bundle: Path, data: Path, data_root: Path | None, offsite: tuple[Path, ...],
-               offsite_list: tuple[Path, ...], dry_run: bool) -> None:
+               offsite_list: tuple[Path, ...], max_train_crops: int, dry_run: bool) -> None:
     """Compute the training cells' statistics and the guard's thresholds, and store them in BUNDLE's
     manifest under 'domain' (rerun it whenever the bundle's training data changes)."""
     from edgekit.domain_fit import crop_table, field_table, fit_domain
@@ -75,9 +77,15 @@ def domain_fit(bundle: Path, data: Path, data_root: Path | None, offsite: tuple[
     parts = {k: v for k, v in split.parts.items() if v}
     if "train" not in parts or "val" not in parts:
         raise DataError("the split needs training and validation groups (val fraction > 0)")
-    click.echo(f"measuring {len(parts['train'])} training and {len(parts['val'])} validation crops…",
-               err=True)
-    train, train_lit, _ = crop_table(root / i.path for i in parts["train"])
+    click.echo(f"measuring {min(len(parts['train']), max_train_crops)} of {len(parts['train'])} training and"
+               f" {len(parts['val'])} validation crops…", err=True)
+    train_items = parts["train"]
+    if len(train_items) > max_train_crops:
+        import numpy as np
+
+        pick = np.random.default_rng(0).choice(len(train_items), max_train_crops, replace=False)
+        train_items = [train_items[k] for k in sorted(pick)]
+    train, train_lit, _ = crop_table(root / i.path for i in train_items)
     val_items = parts["val"]
     val, _, kept = crop_table(root / i.path for i in val_items)
     fields = _offsite_paths(offsite, offsite_list)
@@ -86,7 +94,7 @@ def domain_fit(bundle: Path, data: Path, data_root: Path | None, offsite: tuple[
         click.echo(f"finding cells in {len(fields)} off-site dev fields…", err=True)
         off, off_names, _ = field_table(fields)
     dom, report = fit_domain(train, train_lit, val, [val_items[k].group for k in kept], off, off_names,
-                             source=f"{len(parts['train'])} training crops of {data.name}; "
+                             source=f"{len(train)} training crops of {data.name}; "
                                     f"{len(fields)} off-site dev fields")
     brief = {k: v for k, v in report.items() if k not in ("val_sessions", "offsite_dev_fields")}
     click.echo(json.dumps(brief, indent=1))
