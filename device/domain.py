@@ -112,11 +112,12 @@ def verdict(score: float | None, threshold: float, what: str, n: int, min_cells:
                        " training cells"}
     ok = score <= threshold
     why = (
-        f"the {what}'s cells look like the model's training cells (median distance {score:.2f} <="
+        f"the cells of this {what} look like the model's training cells (median distance {score:.2f} <="
         f" {threshold:.2f})"
         if ok else
-        f"the {what}'s cells do not look like the model's training cells (median distance {score:.2f} > "
-        f"{threshold:.2f}: another microscope, stain or magnification); results are not validated for it"
+        f"the cells of this {what} do not look like the model's training cells (median distance"
+        f" {score:.2f} > {threshold:.2f}: another microscope, stain or magnification); results are not"
+        " validated for it"
     )
     return {"ok": bool(ok), "score": round(float(score), 3), "why": why}
 
@@ -155,9 +156,11 @@ def field_verdict(scores: Sequence[float | None], domain: Domain | None) -> dict
                    domain.min_cells)
 
 
-def session_verdict(scores: Sequence[float | None], domain: Domain | None) -> dict[str, Any]:
-    """The verdict on a screening session (or a batch of fields) from all its cells' scores."""
+def session_verdict(
+    scores: Sequence[float | None], domain: Domain | None, what: str = "session"
+) -> dict[str, Any]:
+    """The verdict on a screening session (or a batch of fields: ``what``) from all its cells' scores."""
     if domain is None:
-        return unchecked("session")
-    return verdict(aggregate(scores), domain.session_threshold, "session",
-                   sum(s is not None for s in scores), domain.min_cells)
+        return unchecked(what)
+    return verdict(aggregate(scores), domain.session_threshold, what, sum(s is not None for s in scores),
+                   domain.min_cells)

@@ -135,7 +135,7 @@ def field(images: tuple[Path, ...], bundle: Path | None, overlay_dir: Path | Non
     if classifier is not None:
         from edgekit.device.domain import session_verdict
 
-        total["domain"] = session_verdict(all_scores, classifier.manifest.domain)
+        total["domain"] = session_verdict(all_scores, classifier.manifest.domain, "set of fields")
     if out_format == "jsonl":
         click.echo(json.dumps({"total": total}))
     else:

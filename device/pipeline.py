@@ -120,11 +120,13 @@ def classify_one(
     domain = getattr(getattr(classifier, "manifest", None), "domain", None)
     try:
         rgb = as_rgb(image) if isinstance(image, np.ndarray) else read_image(image)
-        reason = check_quality(rgb, gates, domain) if gates is not None else None
+        feats = None
         if domain is not None:  # kept for rejected crops too: the session verdict counts every cell
-            from edgekit.device.domain import crop_score
+            from edgekit.device.domain import crop_features, distances
 
-            out.domain_score = crop_score(rgb, domain)
+            feats = crop_features(rgb)
+            out.domain_score = None if feats is None else float(distances(feats, domain)[0])
+        reason = check_quality(rgb, gates, domain, feats) if gates is not None else None
         if reason:
             out.status, out.reason = "rejected", reason
         else:

@@ -66,12 +66,14 @@ def measure(rgb: np.ndarray, dark_level: int = DEFAULT_GATES.dark_level) -> dict
 
 
 def check_quality(
-    rgb: np.ndarray, gates: QualityGates = DEFAULT_GATES, domain: Domain | None = None
+    rgb: np.ndarray, gates: QualityGates = DEFAULT_GATES, domain: Domain | None = None,
+    features: np.ndarray | None = None,
 ) -> str | None:
     """None when the image passes, else a short reason (recorded as the rejection reason).
 
     With the bundle's ``domain`` (its training cells' statistics), images that are plainly not a
-    cell like them are rejected too (:func:`check_cell`)."""
+    cell like them are rejected too (:func:`check_cell`; ``features``: the crop's
+    :func:`~edgekit.device.domain.crop_features` when the caller has them already)."""
     h, w = rgb.shape[:2]
     if min(h, w) < gates.min_side:
         return f"too small ({w}x{h} < {gates.min_side} px)"
@@ -86,7 +88,7 @@ def check_quality(
         return f"over-exposed ({m['saturated']:.0%} of the image saturated)"
     if m["sharpness"] < gates.min_sharpness:
         return f"blurred (Laplacian variance {m['sharpness']:.1f} < {gates.min_sharpness})"
-    return check_cell(rgb, domain, gates.dark_level) if domain is not None else None
+    return check_cell(rgb, domain, gates.dark_level, features) if domain is not None else None
 
 
 def border_lit(rgb: np.ndarray, dark_level: int = DEFAULT_GATES.dark_level) -> float:
@@ -97,7 +99,8 @@ def border_lit(rgb: np.ndarray, dark_level: int = DEFAULT_GATES.dark_level) -> f
     return float(frame.mean())
 
 
-def check_cell(rgb: np.ndarray, domain: Domain, dark_level: int = DEFAULT_GATES.dark_level) -> str | None:
+def check_cell(rgb: np.ndarray, domain: Domain, dark_level: int = DEFAULT_GATES.dark_level,
+               features: np.ndarray | None = None) -> str | None:
     """Reject an image that is plainly not a cell like the bundle's training cells: not a single
     cell on black (a whole field, a photo, noise), colourless (a grayscale copy of a stained cell),
     or far outside every training cell's size, shape and colour. None when it passes."""
@@ -107,7 +110,7 @@ def check_cell(rgb: np.ndarray, domain: Domain, dark_level: int = DEFAULT_GATES.
     if lit > domain.max_border_lit:
         return (f"not a single cell on a black background ({lit:.0%} of the border is lit, training crops"
                 f" <= {domain.max_border_lit:.0%}); pass whole fields to `edgekit field`")
-    f = crop_features(rgb)
+    f = crop_features(rgb) if features is None else features
     if f is None:
         return "no cell pixels to classify"
     c = chroma(f)
