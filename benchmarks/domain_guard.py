@@ -136,6 +136,51 @@ def _sessions(scores: np.ndarray, fields: np.ndarray, size: int = SESSION_FIELDS
     return out
 
 
+def synthetic_field(crops: list[np.ndarray], seed: int = 0, gap: int = 40,
+                    background: tuple[int, int, int] = (214, 208, 220)) -> np.ndarray:
+    """NIH crops (cells on black) pasted in a grid onto a light, slightly noisy smear background:
+    an in-domain "field" for the device's own segmentation and cropping (NIH has no whole fields)."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    cols = int(np.ceil(np.sqrt(len(crops))))
+    cell = max(max(c.shape[:2]) for c in crops) + gap
+    rows = int(np.ceil(len(crops) / cols))
+    canvas = np.empty((rows * cell + gap, cols * cell + gap, 3), np.float32)
+    canvas[:] = background
+    canvas += rng.normal(0, 2.0, canvas.shape)
+    for i, crop in enumerate(crops):
+        r, c = divmod(i, cols)
+        y0 = gap + r * cell + int(rng.integers(0, cell - gap - crop.shape[0] + 1))
+        x0 = gap + c * cell + int(rng.integers(0, cell - gap - crop.shape[1] + 1))
+        fg = crop.max(axis=2) > 0
+        canvas[y0 : y0 + crop.shape[0], x0 : x0 + crop.shape[1]][fg] = crop[fg]
+    return cv2.GaussianBlur(np.clip(canvas, 0, 255).astype(np.uint8), (3, 3), 0)
+
+
+def synthetic_fields(domain, by_patient: dict[str, list[Path]], per_field: int = 20) -> dict[str, Any]:
+    """One synthetic field of ``per_field`` random crops per patient, segmented and cut by the device:
+    is the field verdict still ok when the device, not NIH, cuts the cells?"""
+    from edgekit.device.domain import cell_scores, field_verdict
+    from edgekit.device.field import count_cells, crop_cell
+    from edgekit.device.preprocess import read_image
+
+    flags, scores, unusable = [], {}, []
+    for i, (patient, files) in enumerate(sorted(by_patient.items())):
+        chosen = [files[k] for k in np.random.default_rng(i).permutation(len(files))[:per_field]]
+        rgb = synthetic_field([read_image(f) for f in chosen], seed=i)
+        cells, _, reason = count_cells(rgb)
+        if reason:
+            unusable.append(patient)
+            continue
+        v = field_verdict(cell_scores([crop_cell(rgb, c) for c in cells], domain), domain)
+        flags.append(not v["ok"])
+        scores[patient] = v["score"]
+    return {**_rate(flags), "field_scores": scores, "device_rejected_fields": unusable,
+            "note": f"{per_field} random crops of one test patient pasted on a light background,"
+                    " cut by the device"}
+
+
 def crop_checks(domain, test_files: list[Path], field_files: list[Path], seed: int = 0) -> dict[str, Any]:
     """Single images through ``check_quality`` with the bundle's domain: real NIH test crops,
     grayscale copies of them, random noise, and whole fields passed as crops."""
@@ -284,6 +329,10 @@ def main(argv: list[str] | None = None) -> int:
     test_files = [root / test_rows[i]["class"] / test_rows[i]["file"] for i in sorted(pick)]
     field_files = [shared_data() / r for r in split["iml"]["test"][::4] + split["bccd"]["test"][::8]]
     result["single_crops"] = crop_checks(domain, test_files, field_files)
+    by_patient: dict[str, list[Path]] = {}
+    for r in test_rows:
+        by_patient.setdefault(r["patient"], []).append(root / r["class"] / r["file"])
+    result["nih_test"]["synthetic_fields_flagged"] = synthetic_fields(domain, by_patient)
     result["seconds"] = round(time.time() - t0, 1)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     if args.write:

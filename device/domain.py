@@ -7,7 +7,7 @@ parasitized). The bundle records what its training cells looked like (``manifest
 cells with it:
 
 - each cell crop gets a feature vector (:func:`crop_features`: size, shape and the colour of its
-  stained pixels in CIE Lab) and a score, its Mahalanobis distance from the training cells;
+  stained pixels in CIE Lab, inside its rim) and a score, its Mahalanobis distance from the training cells;
 - a field or a screening session gets the **median** of its cells' scores, compared with the
   threshold chosen on validation patients and off-site dev fields (``domain.field_threshold`` /
   ``domain.session_threshold``);
@@ -35,6 +35,7 @@ FEATURES = (
     "L_iqr",  # texture: spread of lightness inside the cell
 )
 DARK_LEVEL = 16  # grey level under which a crop pixel is background (NIH crops: a cell on black)
+RIM = 0.15  # x the cell's diameter: the erosion kernel that leaves the cell's interior for its colour
 
 
 def _cv2():
@@ -55,7 +56,12 @@ def crop_features(rgb: np.ndarray) -> np.ndarray | None:
     n = int(fg.sum())
     if n < 16:
         return None
-    lab = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2LAB)[fg].astype(np.float32)
+    # colour from the cell's interior: the outer rim is where crops differ most (NIH's cut vs the
+    # device's grown mask, which takes in a little of the smear background)
+    k = max(3, int(RIM * 2.0 * np.sqrt(n / np.pi)) | 1)
+    inner = cv2.erode(fg.astype(np.uint8), np.ones((k, k), np.uint8)).astype(bool)
+    lab = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2LAB)[inner if inner.sum() >= 16 else fg]
+    lab = lab.astype(np.float32)
     L, a, b = lab[:, 0], lab[:, 1], lab[:, 2]
     lq = np.percentile(L, [5, 25, 50, 75])
     return np.array(
