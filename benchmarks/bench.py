@@ -8,7 +8,6 @@ message; the rest of the benchmark carries on.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -25,6 +24,7 @@ import numpy as np
 from edgekit.benchmarks.accuracy import flat_accuracy, row_accuracy
 from edgekit.benchmarks.profiles import DeviceProfile, get_profile, host_description, profile_cores
 from edgekit.errors import DataError
+from edgekit.formats import RUNTIMES
 from edgekit.manifest import Manifest, load_manifest
 
 STATUS_LABELS = {"export_failed": "export failed", "failed_validation": "failed validation"}
@@ -76,11 +76,8 @@ def load_labelled(data: str | os.PathLike, manifest: Manifest, part: str = "test
 
 
 def runtime_installed(runtime: str) -> bool:
-    if runtime == "keras":
-        return importlib.util.find_spec("keras") is not None
-    from edgekit.device.backends import runtime_available
-
-    return runtime_available(runtime) and importlib.util.find_spec("edgekit.device.runtime") is not None
+    spec = RUNTIMES.get(runtime)
+    return spec is not None and spec.available()
 
 
 def plan_rows(manifest: Manifest, bundle: Path, formats: list[str] | None, threads: list[int],
@@ -212,7 +209,8 @@ def run_bench(
         p = probs.get((row["format"], row["threads"]))
         if p is None:
             continue
-        ref = probs.get(("keras", row["threads"]), keras_ref)
+        # Keras is the reference: its own row has nothing to agree with
+        ref = None if row["format"] == "keras" else probs.get(("keras", row["threads"]), keras_ref)
         acc = row_accuracy(p, labelled.y, labelled.groups, manifest, reference=ref, n_boot=n_boot)
         row.update(flat_accuracy(acc))
         details[f"{row['format']}@{row['threads']}"] = {

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import click
 
+from edgekit import formats as format_table
+from edgekit.cli_options import bundle_from, model_option, option
+
 
 def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
     if not value:
@@ -20,32 +23,35 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 
 
 @click.command()
-@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("positional_bundle", metavar="[BUNDLE]", required=False, type=click.Path(path_type=Path))
+@model_option("The bundle to measure (the same as BUNDLE). Default: the model shipped with edgekit.")
 @click.option("--data", type=click.Path(path_type=Path),
               help="Labelled images: a split file (its --part is used) or a folder-per-class dataset. "
               "Default: the split file the bundle was trained from.")
 @click.option("--part", default="test", show_default=True, help="Which part of a split file to use.")
 @click.option("--threads", callback=_int_list, help="Thread counts, e.g. 1,2,4 (default: the profile's).")
-@click.option("--formats", help="Comma-separated formats to measure (default: all in the bundle); "
-              "Keras is always measured as the reference.")
+@click.option("--formats", help="Comma-separated formats to measure"
+              f" ({format_table.names(format_table.FORMATS)}; default: all in the bundle);"
+              " Keras is always measured as the reference.")
 @click.option("--profile", default="auto", show_default=True,
               help="Device profile: auto (the detected board, else host), host, rpi4, rpi5, phone.")
-@click.option("--batch", default=32, show_default=True, type=click.IntRange(min=1),
-              help="Batch size for the throughput pass.")
+@option("--batch-size", "batch", aliases=("--batch",), default=32, show_default=True,
+        type=click.IntRange(min=1), help="Batch size for the throughput pass.")
 @click.option("--runs", default=100, show_default=True, type=click.IntRange(min=1),
               help="Timed batch-1 runs for the latency percentiles.")
 @click.option("--warmup", default=10, show_default=True, type=click.IntRange(min=0))
 @click.option("-o", "--out", type=click.Path(path_type=Path),
-              help="Output folder (default: BUNDLE/bench-<profile>).")
+              help="Output folder. Default: BUNDLE/bench-<profile>, ./bench-<profile> for the shipped one.")
 @click.option("--reference", help="Compare with a reference CSV (path or board name); "
               "default: the detected board's, when there is one.")
 @click.option("--save-reference", type=click.Path(path_type=Path),
               help="Write this run's ok rows as a reference CSV (after a run on a real board).")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
 @click.option("--timeout", default=600, show_default=True, type=float, help="Seconds allowed per row.")
-def bench(bundle: Path, data: Path | None, part: str, threads: list[int] | None, formats: str | None,
-          profile: str, batch: int, runs: int, warmup: int, out: Path | None, reference: str | None,
-          save_reference: Path | None, no_plots: bool, timeout: float) -> None:
+def bench(positional_bundle: Path | None, bundle: Path | None, data: Path | None, part: str,
+          threads: list[int] | None, formats: str | None, profile: str, batch: int, runs: int, warmup: int,
+          out: Path | None, reference: str | None, save_reference: Path | None, no_plots: bool,
+          timeout: float) -> None:
     """Benchmark every format of a bundle: size, load time, latency, throughput, memory, and cell- and
     patient-level accuracy with 95% CIs, one process per (format, threads) row."""
     from edgekit.benchmarks.bench import run_bench
@@ -58,7 +64,12 @@ def bench(bundle: Path, data: Path | None, part: str, threads: list[int] | None,
         reference_rows,
     )
     from edgekit.benchmarks.report import markdown_tables, to_csv, write_outputs
+    from edgekit.device.runtime import default_bundle_dir
     from edgekit.manifest import atomic_write_text
+
+    bundle = bundle_from(positional_bundle, bundle)
+    out_root = Path(bundle) if bundle is not None else Path.cwd()  # never write into the installed package
+    bundle = bundle or default_bundle_dir()
 
     fmt_list = [f.strip() for f in formats.split(",") if f.strip()] if formats else None
     log = lambda msg: click.echo(msg, err=True)  # noqa: E731
@@ -74,7 +85,7 @@ def bench(bundle: Path, data: Path | None, part: str, threads: list[int] | None,
             log(f"reference {source} has no rows yet")
         worse = [c for c in comparisons if c["verdict"] == "worse"]
         log(f"reference {source}: {len(comparisons)} comparisons, {len(worse)} outside the band (worse)")
-    target = out or Path(bundle) / f"bench-{result['meta']['profile']['name']}"
+    target = out or out_root / f"bench-{result['meta']['profile']['name']}"
     paths = write_outputs(result, target, plots=not no_plots, comparisons=comparisons)
     if save_reference:
         rows = reference_rows(result["rows"], result["meta"]["model"])

@@ -23,10 +23,8 @@ import numpy as np
 
 from edgekit.benchmarks.profiles import pin_to_cores
 from edgekit.errors import EdgekitError
+from edgekit.formats import RUNTIMES
 from edgekit.manifest import load_manifest, verify_artifact
-
-RUNTIME_MODULES = {"litert": ("ai_edge_litert.interpreter", "tflite_runtime.interpreter"),
-                   "onnxruntime": ("onnxruntime",), "keras": ("keras",)}
 
 
 def memory_kb(field: str) -> int | None:
@@ -54,7 +52,8 @@ def import_runtime(runtime: str) -> None:
     import importlib
 
     errors = []
-    for name in RUNTIME_MODULES.get(runtime, ()):
+    spec = RUNTIMES.get(runtime)
+    for name in spec.modules if spec else ():
         try:
             importlib.import_module(name)
             return

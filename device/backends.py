@@ -8,7 +8,6 @@ output with its scale and zero point. Runtime packages are imported only inside 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import sys
 import tempfile
@@ -20,12 +19,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from edgekit.errors import BundleError
+from edgekit.formats import RUNTIMES
 from edgekit.manifest import TensorSpec
 
-RUNTIME_MODULES = {
-    "litert": ("ai_edge_litert", "tflite_runtime"),
-    "onnxruntime": ("onnxruntime",),
-}
 _ONNX_DTYPES = {
     "tensor(float)": "float32",
     "tensor(float16)": "float16",
@@ -71,8 +67,10 @@ class Backend(Protocol):
 
 
 def runtime_available(runtime: str) -> bool:
-    """Whether a Python package for ``runtime`` (``litert`` or ``onnxruntime``) is installed."""
-    return any(importlib.util.find_spec(m) is not None for m in RUNTIME_MODULES.get(runtime, ()))
+    """Whether a Python package for the device runtime ``runtime`` (``litert`` or ``onnxruntime``) is
+    installed (the packages are listed in :data:`edgekit.formats.RUNTIMES`)."""
+    spec = RUNTIMES.get(runtime)
+    return spec is not None and spec.device and spec.available()
 
 
 def quantize_input(x: np.ndarray, dtype: str, scale: float | None, zero_point: int | None) -> np.ndarray:
@@ -198,7 +196,7 @@ def open_tflite(path: str | Path, threads: int | None = None) -> TFLiteBackend:
         except (ValueError, RuntimeError) as exc:
             raise BundleError(f"LiteRT cannot load {path}: {_first_line(exc)}") from exc
     try:
-        from tflite_runtime.interpreter import Interpreter as LegacyInterpreter
+        from tflite_runtime.interpreter import Interpreter as LegacyInterpreter  # optional # pyright: ignore[reportMissingImports]
     except ImportError as exc:
         raise BundleError(
             "no TFLite runtime installed: pip install ai-edge-litert (or tflite-runtime on older boards)"

@@ -17,11 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.device.quality import DEFAULT_GATES, QualityGates
-from edgekit.errors import EdgekitError
-
-
-class CameraError(EdgekitError):
-    """The camera or stream cannot be opened, or disappeared and did not come back."""
+from edgekit.errors import CameraError
 
 
 def center_square(rgb: np.ndarray) -> np.ndarray:
@@ -70,7 +66,7 @@ class OpenCVSource:
 class PicameraSource:
     def __init__(self) -> None:
         try:
-            from picamera2 import Picamera2
+            from picamera2 import Picamera2  # optional # pyright: ignore[reportMissingImports]
         except ImportError as exc:
             raise CameraError("Picamera2 is not installed (sudo apt install python3-picamera2)") from exc
         self.cam = Picamera2()

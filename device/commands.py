@@ -6,19 +6,18 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
-_model_option = click.option(
-    "--model", "-m", "bundle", type=click.Path(path_type=Path), default=None,
-    help="Bundle folder (from `edgekit export`). Default: the model shipped with edgekit.",
-)
+from edgekit.cli_options import model_option, option
+from edgekit.formats import DEVICE_ORDER
+
+_model_option = model_option()
 _model_format_option = click.option(
     "--model-format", default=None,
-    help="Which model of the bundle to run (tflite_int8, onnx_fp32, ...). Default: the first usable one.",
+    help=f"Which model of the bundle to run ({', '.join(DEVICE_ORDER)}). Default: the first usable one,"
+         " in that order.",
 )
 _threads_option = click.option(
     "--threads", type=click.IntRange(1, 64), default=None, help="Inference threads."
@@ -43,67 +42,6 @@ def _load(bundle: Path | None, model_format: str | None, threads: int | None):
     return load_classifier(bundle, model_format, threads)
 
 
-def _columns(classifier) -> list[str]:
-    pos = classifier.manifest.positive_label
-    cols = ["path", "status", "label", "probability"]
-    if pos is not None:
-        cols.append(f"p_{pos.lower()}")
-    return [*cols, "decision", "reason", "model_sha256", "model_format"]
-
-
-def _row(out, classifier) -> dict[str, Any]:
-    p = out.prediction
-    row: dict[str, Any] = {"path": out.source_id, "status": out.status, "label": None, "probability": None}
-    pos = classifier.manifest.positive_label
-    if pos is not None:
-        row[f"p_{pos.lower()}"] = None if p is None else round(p.p_positive, 6)
-    if p is not None:
-        row["label"], row["probability"] = p.label, round(p.probability, 6)
-    row["decision"] = None if p is None else p.decision
-    row["reason"] = out.reason
-    row["model_sha256"] = classifier.model_sha256
-    row["model_format"] = classifier.fmt
-    return row
-
-
-class _Writer:
-    """Streams result rows as an aligned table, JSON lines or CSV."""
-
-    def __init__(self, fmt: str, columns: list[str], path_width: int) -> None:
-        self.fmt, self.columns, self.path_width = fmt, columns, max(8, min(path_width, 60))
-        self._csv = None
-        if fmt == "csv":
-            self._csv = csv.DictWriter(sys.stdout, fieldnames=columns, lineterminator="\n")
-            self._csv.writeheader()
-        elif fmt == "table":
-            pcol = next((c for c in columns if c.startswith("p_")), None)
-            self._pcol = pcol
-            head = f"{'path':<{self.path_width}}  {'label':<14} {'prob':>6}"
-            head += f" {pcol:>14}" if pcol else ""
-            click.echo(head + "  decision")
-
-    def write(self, row: dict[str, Any]) -> None:
-        if self.fmt == "jsonl":
-            click.echo(json.dumps(row))
-        elif self.fmt == "csv":
-            self._csv.writerow(row)
-            sys.stdout.flush()
-        else:
-            path = row["path"]
-            if len(path) > self.path_width:
-                path = "…" + path[-(self.path_width - 1) :]
-            if row["status"] != "classified":
-                click.echo(f"{path:<{self.path_width}}  {row['status'].upper()}: {row['reason']}")
-                return
-            line = f"{path:<{self.path_width}}  {row['label']:<14} {row['probability']:>6.3f}"
-            if self._pcol:
-                line += f" {row[self._pcol]:>14.3f}"
-            decision = row["decision"]
-            if decision == "uncertain":
-                decision = "uncertain: refer to microscopy"
-            click.echo(f"{line}  {decision}")
-
-
 @click.command()
 @click.argument("paths", nargs=-1, required=True)
 @_model_option
@@ -120,12 +58,13 @@ def classify(ctx: click.Context, paths: tuple[str, ...], bundle: Path | None, mo
 
     Exits 1 when any input could not be read (the batch still runs to the end).
     """
-    from edgekit.device.pipeline import Outcome, Progress, Tally, classify_one, expand_inputs, missing_reason
+    from edgekit.device.output import Progress, ResultWriter, result_columns, result_row
+    from edgekit.device.pipeline import Outcome, Tally, classify_one, expand_inputs, missing_reason
     from edgekit.device.quality import DEFAULT_GATES
 
     classifier = _load(bundle, model_format, threads)
     items = list(expand_inputs(paths))
-    writer = _Writer(out_format, _columns(classifier), max((len(s) for s, _ in items), default=8))
+    writer = ResultWriter(out_format, result_columns(classifier), max((len(s) for s, _ in items), default=8))
     bar = Progress(len(items), Progress.wanted(bool(progress)) if progress is not False else False)
     tally = Tally()
     gates = DEFAULT_GATES if quality else None
@@ -136,7 +75,7 @@ def classify(ctx: click.Context, paths: tuple[str, ...], bundle: Path | None, mo
             out = classify_one(shown, path, classifier, gates)
         tally.add(out.status)
         bar.clear()
-        writer.write(_row(out, classifier))
+        writer.write(result_row(out, classifier))
         bar.update()
     bar.close()
     click.echo(tally.line(), err=True)
@@ -199,7 +138,8 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
     skips what is already recorded.
     """
     from edgekit.device.camera import center_square, frames
-    from edgekit.device.pipeline import Progress, expand_inputs
+    from edgekit.device.output import Progress
+    from edgekit.device.pipeline import expand_inputs
     from edgekit.device.quality import DEFAULT_GATES
     from edgekit.device.records import RecordStore, default_db_path
     from edgekit.device.screening import field_crops, path_crops, record_crops, summarize
@@ -259,7 +199,8 @@ _db_option = click.option(
 
 
 def _store(db: Path | None):
-    from edgekit.device.records import RecordsError, RecordStore, default_db_path
+    from edgekit.device.records import RecordStore, default_db_path
+    from edgekit.errors import RecordsError
 
     path = db or default_db_path()
     if not path.is_file():
@@ -345,10 +286,14 @@ EXPORT_COLUMNS = ["session_id", "patient", "site", "operator", "source_id", "sou
 @sessions.command("export")
 @click.argument("session_id", required=False)
 @_db_option
-@click.option("--csv", "as_csv", is_flag=True, default=True, help="CSV (the only format for now).")
-@click.option("--output", "-o", type=click.Path(path_type=Path), default=None, help="File (default: stdout).")
-def sessions_export(session_id: str | None, db: Path | None, as_csv: bool, output: Path | None) -> None:
-    """Export the records of one session (or all sessions) as CSV (times in UTC, ISO 8601)."""
+@click.option("--format", "out_format", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True,
+              help="CSV, or one JSON object per record.")
+@click.option("--csv", "as_csv", is_flag=True, hidden=True, help="The same as --format csv (old spelling).")
+@option("-o", "--out", "output", aliases=("--output",), type=click.Path(path_type=Path), default=None,
+        help="File (default: stdout).")
+def sessions_export(session_id: str | None, db: Path | None, out_format: str, as_csv: bool,
+                    output: Path | None) -> None:
+    """Export the records of one session (or all sessions) as CSV or JSON lines (times in UTC, ISO 8601)."""
     from datetime import datetime, timezone
 
     from edgekit.manifest import atomic_write_text
@@ -357,13 +302,18 @@ def sessions_export(session_id: str | None, db: Path | None, as_csv: bool, outpu
         chosen = [store.find_session(session_id)] if session_id else [
             store.find_session(str(r["id"])) for r in store.sessions()]
         buf = io.StringIO()
+        as_jsonl = out_format == "jsonl" and not as_csv
         w = csv.DictWriter(buf, fieldnames=EXPORT_COLUMNS, extrasaction="ignore", lineterminator="\n")
-        w.writeheader()
+        if not as_jsonl:
+            w.writeheader()
         for s in chosen:
             for r in store.records(s.id):
                 when = datetime.fromtimestamp(r["created_at"], timezone.utc).isoformat(timespec="seconds")
-                w.writerow({**r, "patient": s.patient, "site": s.site, "operator": s.operator,
-                            "created_at": when})
+                row = {**r, "patient": s.patient, "site": s.site, "operator": s.operator, "created_at": when}
+                if as_jsonl:
+                    buf.write(json.dumps({k: row.get(k) for k in EXPORT_COLUMNS}) + "\n")
+                else:
+                    w.writerow(row)
     if output is None:
         click.echo(buf.getvalue(), nl=False)
     else:

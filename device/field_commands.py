@@ -9,26 +9,7 @@ from typing import Any
 
 import click
 
-
-def _expand(paths: tuple[Path, ...]) -> list[Path]:
-    """Files as given; folders expanded to their image files, sorted."""
-    from edgekit.device.preprocess import is_image_file
-
-    out: list[Path] = []
-    for p in paths:
-        if p.is_dir():
-            out.extend(sorted(f for f in p.iterdir() if f.is_file() and is_image_file(f)))
-        else:
-            out.append(p)
-    return out
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
-
-
-def _ci(ci: tuple[float, float] | list[float] | None) -> str:
-    return "-" if not ci else f"{100 * ci[0]:.1f}-{100 * ci[1]:.1f}%"
+from edgekit.cli_options import model_option
 
 
 def _write_overlay(report: Any, overlay_dir: Path) -> Path | None:
@@ -48,10 +29,9 @@ def _write_overlay(report: Any, overlay_dir: Path) -> Path | None:
 
 
 @click.command()
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--model", "-m", "bundle", type=click.Path(path_type=Path), default=None,
-              help="Bundle folder (from `edgekit export`). Default: the model shipped with edgekit; "
-                   "without any model, cells are found and counted but not classified.")
+@click.argument("images", nargs=-1, required=True)
+@model_option("Bundle folder (from `edgekit export`). Default: the model shipped with edgekit; "
+              "without any model, cells are found and counted but not classified.")
 @click.option("--overlay-dir", type=click.Path(path_type=Path), default=None,
               help="Write FIELD_overlay.png here: each cell outlined and boxed, coloured by result.")
 @click.option("--format", "out_format", type=click.Choice(["table", "jsonl"]), default="table",
@@ -60,19 +40,22 @@ def _write_overlay(report: Any, overlay_dir: Path) -> Path | None:
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=64, show_default=True,
               help="Cell crops per inference call.")
 @click.option("--count-only", is_flag=True, help="Find and count cells without classifying them.")
-def field(images: tuple[Path, ...], bundle: Path | None, overlay_dir: Path | None, out_format: str,
+def field(images: tuple[str, ...], bundle: Path | None, overlay_dir: Path | None, out_format: str,
           threads: int | None, batch_size: int, count_only: bool) -> None:
     """Find every red cell in whole microscope fields, classify each, and report parasitemia.
 
-    IMAGE may be field images or folders of them. A field that cannot be read or used (not an
-    image, too large, blank, over/under-exposed, out of focus, no cells) is reported as rejected
+    IMAGES may be field images, folders (searched recursively) or glob patterns. A field that
+    cannot be read or used (not an image, too large, blank, over/under-exposed, out of focus, no
+    cells, not found) is reported as rejected
     with the reason and the others carry on. Parasitemia = cells called parasitized at the model's
     cutoff / cells found, with a Wilson 95% interval; "unc" counts cells in the uncertain band
     (worth a look at the overlay).
     """
     import os
 
-    from edgekit.device.field import analyze_field
+    from edgekit.device.field import FieldReport, analyze_field
+    from edgekit.device.output import ci_text, pct
+    from edgekit.device.pipeline import expand_inputs, missing_reason
     from edgekit.errors import BundleError
     from edgekit.metrics import wilson_interval
 
@@ -89,17 +72,20 @@ def field(images: tuple[Path, ...], bundle: Path | None, overlay_dir: Path | Non
             click.echo(f"note: {exc}; counting cells without classifying them", err=True)
     if overlay_dir is not None:
         overlay_dir.mkdir(parents=True, exist_ok=True)
-    paths = _expand(images)
-    if not paths:
-        raise click.UsageError("no image files found in the given folders")
+    items = list(expand_inputs(images))  # files, folders (recursive) and globs, as `screen --fields`
+    if not any(path is not None for _, path in items):
+        raise click.UsageError("no image files found in the given paths")
 
     total_cells = total_par = total_unc = counted = 0
     all_scores: list[float | None] = []  # every counted cell's domain score, for the total's verdict
     if out_format == "table":
         click.echo(f"{'field':32s} {'cells':>5s} {'par':>4s} {'unc':>4s} {'parasitemia':>11s} "
                    f"{'95% CI':>13s} {'ms':>6s}  status")
-    for path in paths:
-        rep = analyze_field(path, classifier, batch_size=batch_size, keep_image=overlay_dir is not None)
+    for shown, path in items:
+        if path is None:
+            rep = FieldReport(source=shown, rejected=missing_reason(shown))
+        else:
+            rep = analyze_field(path, classifier, batch_size=batch_size, keep_image=overlay_dir is not None)
         overlay = _write_overlay(rep, overlay_dir) if overlay_dir is not None else None
         ms = 1000 * sum(v for k, v in rep.timing.items() if k != "decode")
         if rep.rejected is None:
@@ -123,11 +109,11 @@ def field(images: tuple[Path, ...], bundle: Path | None, overlay_dir: Path | Non
         status = "ok" if rep.domain is None or rep.domain["ok"] else "NOT VALIDATED for this microscope"
         click.echo(
             f"{name:32s} {rep.n_cells:5d} {rep.n_parasitized if classified else '-':>4} "
-            f"{rep.count('uncertain') if classified else '-':>4} {_pct(rep.parasitemia):>11s} "
-            f"{_ci(rep.ci95):>13s} {ms:6.0f}  {status}"
+            f"{rep.count('uncertain') if classified else '-':>4} {pct(rep.parasitemia):>11s} "
+            f"{ci_text(rep.ci95):>13s} {ms:6.0f}  {status}"
         )
 
-    total: dict[str, Any] = {"fields": len(paths), "counted": counted, "rejected": len(paths) - counted,
+    total: dict[str, Any] = {"fields": len(items), "counted": counted, "rejected": len(items) - counted,
                              "cells": total_cells}
     if classifier is not None and total_cells:
         total.update(parasitized=total_par, uncertain=total_unc, parasitemia=total_par / total_cells,
@@ -139,10 +125,10 @@ def field(images: tuple[Path, ...], bundle: Path | None, overlay_dir: Path | Non
     if out_format == "jsonl":
         click.echo(json.dumps({"total": total}))
     else:
-        line = f"total: {counted}/{len(paths)} fields counted, {total_cells} cells"
+        line = f"total: {counted}/{len(items)} fields counted, {total_cells} cells"
         if "parasitemia" in total:
             line += (f", {total_par} parasitized ({total_unc} uncertain); parasitemia "
-                     f"{_pct(total['parasitemia'])} (95% CI {_ci(total['ci95'])})")
+                     f"{pct(total['parasitemia'])} (95% CI {ci_text(total['ci95'])})")
         click.echo(line)
         if "domain" in total and not total["domain"]["ok"]:
             click.echo(f"parasitemia NOT VALIDATED for this microscope: {total['domain']['why']}")

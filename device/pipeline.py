@@ -1,23 +1,24 @@
 """One image through the device: decode, quality gates, classify. Plus input expansion, content
-hashes, the progress bar and the batch summary shared by ``classify``, ``screen`` and ``camera``."""
+hashes and the batch tally shared by ``classify``, ``screen`` and ``camera`` (their terminal output
+lives in :mod:`edgekit.device.output`)."""
 
 from __future__ import annotations
 
 import glob
 import hashlib
 import os
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgekit.device.preprocess import is_image_file, read_image
 from edgekit.device.quality import QualityGates, check_quality
 from edgekit.errors import ImageError
+from edgekit.manifest import sha256_file
 
 if TYPE_CHECKING:
     from edgekit.device.runtime import Classifier, Prediction
@@ -79,11 +80,7 @@ def missing_reason(text: str) -> str:
 
 def file_hash(path: str | os.PathLike) -> str:
     """sha256 of a file's bytes: the content hash screening records deduplicate on."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_file(path)
 
 
 def array_hash(arr: np.ndarray) -> str:
@@ -163,52 +160,3 @@ class Tally:
             f"classified {c['classified']}, rejected {c['rejected']}, failed {c['failed']}{skipped}"
             f" in {dt:.1f} s ({rate:.1f} images/s)"
         )
-
-
-class Progress:
-    """A one-line progress bar on stderr, drawn only when enabled (a TTY or ``--progress``)."""
-
-    def __init__(
-        self, total: int | None, enabled: bool, stream: IO[str] | None = None, width: int = 30
-    ) -> None:
-        self.total, self.enabled, self.width = total, enabled, width
-        self.stream = stream or sys.stderr
-        self.done = 0
-        self.started = time.perf_counter()
-        self._last = 0.0
-        self._drawn = 0
-
-    @staticmethod
-    def wanted(flag: bool) -> bool:
-        return flag or sys.stderr.isatty()
-
-    def update(self, n: int = 1) -> None:
-        self.done += n
-        now = time.perf_counter()
-        if not self.enabled or (now - self._last < 0.1 and self.done != self.total):
-            return
-        self._last = now
-        rate = self.done / max(now - self.started, 1e-9)
-        if self.total:
-            filled = int(self.width * self.done / self.total)
-            bar = "#" * filled + "-" * (self.width - filled)
-            text = f"\r[{bar}] {self.done}/{self.total} {rate:.1f} img/s"
-        else:
-            text = f"\r{self.done} images {rate:.1f} img/s"
-        self.stream.write(text)
-        self.stream.flush()
-        self._drawn = len(text)
-
-    def clear(self) -> None:
-        """Erase the bar so a result line can be printed on a clean line (it is redrawn next update)."""
-        if self.enabled and self._drawn:
-            self.stream.write("\r" + " " * self._drawn + "\r")
-            self.stream.flush()
-            self._drawn = 0
-            self._last = 0.0
-
-    def close(self) -> None:
-        if self.enabled and self.done:
-            self.stream.write("\n")
-            self.stream.flush()
-

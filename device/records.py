@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import RecordsError
 from edgekit.manifest import Decision
 
 SCHEMA_VERSION = 2  # 2: sessions.decision (the rule and cutoff a session is decided with)
@@ -68,10 +68,6 @@ def _add_missing_columns(conn: sqlite3.Connection) -> None:
     for table, name, sql_type in _ADDED_COLUMNS:
         if name not in {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}:
             conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}")
-
-
-class RecordsError(EdgekitError):
-    """The screening database cannot be used (locked, read-only, corrupt, unreachable)."""
 
 
 def default_db_path() -> Path:

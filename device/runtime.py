@@ -16,11 +16,10 @@ import numpy as np
 from edgekit.device.backends import Backend, open_backend, runtime_available
 from edgekit.device.preprocess import prepare
 from edgekit.errors import BundleError
+from edgekit.formats import DEVICE_ORDER, DEVICE_RUNTIMES, RUNTIMES
 from edgekit.manifest import Artifact, Manifest, load_manifest, verify_artifact
 
-# Smallest and fastest first; ONNX before the less common TFLite variants.
-FORMAT_ORDER = ("tflite_int8", "onnx_int8", "tflite_fp32", "onnx_fp32", "tflite_fp16", "tflite_dynamic")
-DEVICE_RUNTIMES = ("litert", "onnxruntime")
+FORMAT_ORDER = DEVICE_ORDER  # the format table's device preference: smallest and fastest first
 
 
 def default_bundle_dir() -> Path:
@@ -45,7 +44,8 @@ def resolve_artifact(manifest: Manifest, fmt: str | None = None, allow_failed: b
         if art.status != "ok" and not (allow_failed and art.status == "failed_validation"):
             raise BundleError(f"{fmt} is marked {art.status} in the manifest; choose another format")
         if not runtime_available(art.runtime):
-            raise BundleError(f"{fmt} needs the {art.runtime} runtime, which is not installed")
+            raise BundleError(f"{fmt} needs the {art.runtime} runtime, which is not installed"
+                          f" (pip install {RUNTIMES[art.runtime].install})")
         return art
     for name in FORMAT_ORDER:
         art = arts.get(name)
@@ -56,7 +56,7 @@ def resolve_artifact(manifest: Manifest, fmt: str | None = None, allow_failed: b
         raise BundleError("the bundle has no device model (TFLite or ONNX); run `edgekit export` on it first")
     raise BundleError(
         f"no usable model among {', '.join(usable)}: each is either not ok or its runtime is not installed"
-        " (pip install ai-edge-litert onnxruntime)"
+        f" (pip install {' '.join(RUNTIMES[r].install.split()[0] for r in DEVICE_RUNTIMES)})"
     )
 
 

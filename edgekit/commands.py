@@ -8,13 +8,16 @@ from pathlib import Path
 
 import click
 
+from edgekit.cli_options import bundle_from, data_root_option, model_option, part_option
+
 
 @click.command()
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("split.json"),
               show_default=True, help="Split file to write.")
 @click.option("--groups", default="auto", show_default=True,
-              help="Patient grouping: auto (NIH names -> nih, else none), nih, none, or regex:PATTERN.")
+              help="Patient grouping: auto (NIH names -> nih, else none), a rule named in "
+                   "edgekit.data.GROUPERS (nih, none, ...), or regex:PATTERN.")
 @click.option("--test-fraction", default=0.2, show_default=True, type=float)
 @click.option("--val-fraction", default=0.1, show_default=True, type=float,
               help="Fraction of what remains after the test part.")
@@ -42,13 +45,15 @@ def split(data: Path, out: Path, groups: str, test_fraction: float, val_fraction
 
 
 @click.command()
-@click.argument("run", type=click.Path(path_type=Path))
+@click.argument("run", required=False, type=click.Path(path_type=Path))
+@model_option("Bundle or run folder (the same as RUN). Default: the model shipped with edgekit.")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw manifest JSON.")
-def info(run: Path, as_json: bool) -> None:
+def info(run: Path | None, bundle: Path | None, as_json: bool) -> None:
     """Print a run folder's or bundle's manifest readably."""
+    from edgekit.device.runtime import default_bundle_dir
     from edgekit.manifest import load_manifest
 
-    m = load_manifest(run)
+    m = load_manifest(bundle_from(run, bundle) or default_bundle_dir())
     if as_json:
         click.echo(json.dumps(m.to_dict(), indent=2))
         return
@@ -58,7 +63,8 @@ def info(run: Path, as_json: bool) -> None:
     click.echo(f"input:         {p.input_size[0]}x{p.input_size[1]}x{p.channels} {p.color_order}, "
                f"resize {p.resize}, pixels {p.input_range[0]:g}..{p.input_range[1]:g}, scaling {p.scaling}")
     t = m.thresholds
-    click.echo(f"thresholds:    positive >= {t.positive:.3f}, negative < {t.negative:.3f} ({t.source})")
+    click.echo(f"thresholds:    counted positive at p >= {m.decision.cutoff:.3f}; positive >= "
+               f"{t.positive:.3f}, negative < {t.negative:.3f}, uncertain between ({t.source})")
     r = m.patient_rule
     click.echo(f"patient rule:  positive >= {r.positive_fraction:.1%} cells, negative if upper 95% bound "
                f"< {r.negative_fraction:.1%}; stop at {r.stop_cells} cells ({r.source})")
@@ -99,9 +105,9 @@ def _ints(text: str) -> tuple[int, ...]:
 
 @click.command()
 @click.argument("split_or_data", type=click.Path(path_type=Path))
-@click.option("--out", "run", required=True, type=click.Path(path_type=Path), help="Run folder to write.")
-@click.option("--data", "data_root", type=click.Path(path_type=Path),
-              help="Data root, when it moved since the split file was written.")
+@click.option("-o", "--out", "run", required=True, type=click.Path(path_type=Path),
+              help="Run folder to write.")
+@data_root_option()
 @click.option("--backbone", default="resnet", show_default=True,
               type=click.Choice(["resnet", "mobilenetv3small", "inceptionv3"]))
 @click.option("--weights", default="none", show_default=True,
@@ -120,7 +126,8 @@ def _ints(text: str) -> tuple[int, ...]:
               help="Colour jitter of the cells (brightness +-S, each channel +-S/2); 0: off.")
 @click.option("--class-weight", type=click.Choice(["none", "balanced"]), default="none", show_default=True)
 @click.option("--positive-label", default=None, help="Default: Parasitized if present, else the last label.")
-@click.option("--seed", default=42, show_default=True, type=int)
+@click.option("--seed", default=42, show_default=True, type=int,
+              help="Seeds the split made from a data folder, the initial weights and the augmentation.")
 @click.option("--mixed-precision", type=click.Choice(["auto", "on", "off"]), default="auto",
               show_default=True, help="auto: on when a GPU is present.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint.")
@@ -154,10 +161,9 @@ def train(split_or_data: Path, run: Path, data_root: Path | None, backbone: str,
 
 @click.command()
 @click.argument("run", type=click.Path(path_type=Path))
-@click.option("--split", "part", default="test", show_default=True,
-              type=click.Choice(["train", "val", "test"]))
+@part_option()
 @click.option("--split-file", type=click.Path(path_type=Path), help="Default: the run's own split file.")
-@click.option("--data", "data_root", type=click.Path(path_type=Path), help="Data root, if it moved.")
+@data_root_option()
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=Path("~/.cache/edgekit").expanduser(),
               show_default=True)
 def evaluate(run: Path, part: str, split_file: Path | None, data_root: Path | None, cache_dir: Path) -> None:

@@ -47,12 +47,18 @@ def nih_patient_id(filename: str) -> str:
     return f"P{m.group(1)}" if m else slide
 
 
+# Named grouping rules: file path relative to its class folder -> group (patient) id. A new rule is
+# one entry here (``--groups NAME`` and split files pick it up).
+GROUPERS: dict[str, Callable[[str], str]] = {
+    "nih": nih_patient_id,
+    "none": lambda rel: rel,  # every image its own group
+}
+
+
 def make_grouper(mode: str) -> Callable[[str], str]:
-    """``nih`` | ``none`` | ``regex:PATTERN`` (first capture group, else the whole match)."""
-    if mode == "nih":
-        return nih_patient_id
-    if mode == "none":
-        return lambda rel: rel
+    """A name in :data:`GROUPERS`, or ``regex:PATTERN`` (first capture group, else the whole match)."""
+    if mode in GROUPERS:
+        return GROUPERS[mode]
     if mode.startswith("regex:"):
         try:
             pattern = re.compile(mode[len("regex:") :])
@@ -66,7 +72,7 @@ def make_grouper(mode: str) -> Callable[[str], str]:
             return m.group(1) if m.groups() else m.group(0)
 
         return by_regex
-    raise DataError(f"unknown group mode {mode!r}: use nih, none, auto or regex:PATTERN")
+    raise DataError(f"unknown group mode {mode!r}: use {', '.join(GROUPERS)}, auto or regex:PATTERN")
 
 
 def detect_group_mode(names: Sequence[str]) -> str:

@@ -21,3 +21,19 @@ class BundleError(EdgekitError):
 
 class IntegrityError(BundleError):
     """An artifact's sha256 does not match the manifest."""
+
+
+class ExportError(EdgekitError):
+    """A format could not be converted (unsupported op, converter failure)."""
+
+
+class ValidationFailed(EdgekitError):
+    """An exported format misses its accuracy bound against Keras."""
+
+
+class CameraError(EdgekitError):
+    """The camera or stream cannot be opened, or disappeared and did not come back."""
+
+
+class RecordsError(EdgekitError):
+    """The screening database cannot be used (locked, read-only, corrupt, unreachable)."""

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import DataError
-from edgekit.manifest import Decision, atomic_write_text, load_manifest, verify_artifact
-from edgekit.metrics import binary_metrics, roc_curve, wilson_interval
+from edgekit.manifest import Decision, atomic_write_text, json_default, load_manifest, verify_artifact
+from edgekit.metrics import binary_metrics, proportion, roc_curve
 
 
 def patient_table(groups: np.ndarray, y_pos: np.ndarray, called_pos: np.ndarray) -> list[dict[str, Any]]:
@@ -71,9 +71,7 @@ def evaluate_arrays(y: np.ndarray, probs: np.ndarray, groups: np.ndarray,
     text, extras = per_class_report(y, pred, labels)
     result["per_class"], result["confusion_matrix"] = extras["per_class"], extras["confusion_matrix"]
     if "accuracy" not in result:
-        k = int((pred == y).sum())
-        result["accuracy"] = {"value": k / max(1, len(y)), "ci95": list(wilson_interval(k, len(y))), "k": k,
-                              "n": int(len(y))}
+        result["accuracy"] = proportion(int((pred == y).sum()), len(y), empty=0.0)
     header = f"{len(y)} images, {len(np.unique(groups))} groups; cutoff {cutoff:.3f} on p({positive_label})\n"
     if "auc" in result:
         a, s, sp = result["auc"], result["sensitivity"], result["specificity"]
@@ -93,8 +91,8 @@ def evaluate_run(
     model: Any = None,
 ) -> dict[str, Any]:
     """Evaluate the run's Keras model on one part of its split and write the report files."""
+    from edgekit.parts import load_part, predict_arrays
     from edgekit.splits import load_split
-    from edgekit.train import load_part, predict_arrays
 
     run_dir = Path(run_dir)
     manifest = load_manifest(run_dir)
@@ -115,7 +113,8 @@ def evaluate_run(
     probs = predict_arrays(model, arrays.x)
     result, text = evaluate_arrays(arrays.y, probs, arrays.groups, manifest.decision)
     result["skipped"] = len(arrays.skipped)
-    atomic_write_text(run_dir / f"eval_{part}.json", json.dumps(result, indent=1, default=_nan_safe) + "\n")
+    eval_json = json.dumps(result, indent=1, default=json_default) + "\n"
+    atomic_write_text(run_dir / f"eval_{part}.json", eval_json)
     atomic_write_text(run_dir / f"report_{part}.txt", text)
     if "auc" in result:
         pos = manifest.labels.index(manifest.positive_label)
@@ -125,12 +124,6 @@ def evaluate_run(
     manifest.save(run_dir)
     log(text.rstrip())
     return result
-
-
-def _nan_safe(obj: Any) -> Any:
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    raise TypeError(f"cannot serialise {type(obj).__name__}")
 
 
 def _pyplot():

@@ -199,6 +199,13 @@ class Artifact:
     outputs: list[TensorSpec] = field(default_factory=list)
     status: str = "ok"  # ok | failed_validation | export_failed
     validation: dict[str, Any] = field(default_factory=dict)
+    quantization: dict[str, Any] = field(default_factory=dict)  # the scheme (edgekit.formats), if any
+    extra_files: dict[str, str] = field(default_factory=dict)  # further files of the format: path -> sha256
+
+    @property
+    def files(self) -> dict[str, str]:
+        """Every file of the artifact (relative path -> sha256), the one the runtime opens first."""
+        return {self.path: self.sha256, **self.extra_files}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Artifact:
@@ -300,11 +307,12 @@ class Manifest:
         folder = Path(folder)
         atomic_write_text(folder / LABELS_NAME, "\n".join(self.labels) + "\n")
         path = folder / MANIFEST_NAME
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, default=_json_default) + "\n")
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, default=json_default) + "\n")
         return path
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
+    """``json.dumps(default=...)`` for numpy values and paths (duck-typed: no numpy import here)."""
     if hasattr(obj, "tolist"):
         return obj.tolist()
     if isinstance(obj, Path):
@@ -338,17 +346,19 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 def verify_artifact(folder: str | os.PathLike, artifact: Artifact) -> Path:
-    """Return the artifact's path after checking it exists and its sha256 matches the manifest."""
-    path = Path(folder) / artifact.path
-    if not path.is_file():
-        raise BundleError(f"artifact {artifact.format} missing: {path}")
-    digest = sha256_file(path)
-    if digest != artifact.sha256:
-        raise IntegrityError(
-            f"{path} fails its sha256 check (manifest {artifact.sha256[:12]}…, file {digest[:12]}…):"
-            " the model file is corrupt or was tampered with; refusing to load it"
-        )
-    return path
+    """Return the artifact's (first) path after checking each of its files exists and its sha256
+    matches the manifest."""
+    for rel, want in artifact.files.items():
+        path = Path(folder) / rel
+        if not path.is_file():
+            raise BundleError(f"artifact {artifact.format} missing: {path}")
+        digest = sha256_file(path)
+        if digest != want:
+            raise IntegrityError(
+                f"{path} fails its sha256 check (manifest {want[:12]}…, file {digest[:12]}…):"
+                " the model file is corrupt or was tampered with; refusing to load it"
+            )
+    return Path(folder) / artifact.path
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

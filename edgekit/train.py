@@ -21,12 +21,10 @@ import io
 import json
 import math
 import os
-import platform
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +32,8 @@ import numpy as np
 
 from edgekit.errors import DataError, EdgekitError
 from edgekit.manifest import Preprocessing, atomic_write_text, default_positive_label
+from edgekit.parts import Arrays, load_part, predict_arrays
+from edgekit.versions import tool_versions
 
 STATE_NAME = "state.json"
 LAST_NAME = "last.keras"
@@ -86,22 +86,12 @@ class TrainConfig:
         return {"arch": self.backbone, "weights": self.weights}
 
 
-@dataclass
-class Arrays:
-    """Decoded images of one split part with labels and patient groups, aligned row by row."""
-
-    x: np.ndarray  # uint8 (N, h, w, C)
-    y: np.ndarray  # int32 (N,)
-    groups: np.ndarray  # str (N,)
-    paths: list[str]
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-
-
 # ---------------------------------------------------------------------------------------------
 # data
 
 
-def resolve_split(split_or_data: Path, run_dir: Path, data_root: Path | None = None) -> tuple[Any, str, Path]:
+def resolve_split(split_or_data: Path, run_dir: Path, data_root: Path | None = None,
+                  seed: int = 42) -> tuple[Any, str, Path]:
     """A split file is loaded (and checked against the data); a data folder gets a default grouped
     split saved as ``RUN/split.json``. Returns (split, sha256, split file path)."""
     from edgekit.splits import load_split
@@ -113,40 +103,13 @@ def resolve_split(split_or_data: Path, run_dir: Path, data_root: Path | None = N
 
         ds = drop_unreadable(scan_dataset(split_or_data))
         split_path = run_dir / "split.json"
-        save_split(make_split(ds), split_path)
+        save_split(make_split(ds, seed=seed), split_path)
         split, digest = load_split(split_path)
         return split, digest, split_path.resolve()
     if not split_or_data.exists():
         raise DataError(f"not found: {split_or_data} (give a split file or a data folder)")
     split, digest = load_split(split_or_data, data_root=data_root)
     return split, digest, split_or_data.resolve()
-
-
-def load_part(split: Any, part: str, pre: Preprocessing, cache_dir: Path | None,
-              log: Callable[[str], None] = print) -> Arrays:
-    """Decode one part of the split once (parallel, npz-cached); unreadable files are skipped."""
-    from edgekit.data import load_images
-
-    items = split.parts.get(part, [])
-    paths = [i.path for i in items]
-    if not items:
-        h, w = pre.input_size
-        empty = np.zeros((0, h, w, pre.channels), np.uint8)
-        return Arrays(empty, np.zeros(0, np.int32), np.zeros(0, str), [])
-    t0 = time.perf_counter()
-    x, bad = load_images(Path(split.data_root), paths, pre, cache_dir=cache_dir)
-    bad_set = {p for p, _ in bad}
-    keep = [i for i in items if i.path not in bad_set]
-    y = np.array([i.label for i in keep], np.int32)
-    groups = np.array([i.group for i in keep])
-    log(f"{part}: {len(keep)} images decoded in {time.perf_counter() - t0:.1f} s"
-        + (f", skipped {len(bad)} ({_reason_counts(bad)})" if bad else ""))
-    return Arrays(x, y, groups, [i.path for i in keep], bad)
-
-
-def _reason_counts(bad: list[tuple[str, str]]) -> str:
-    counts = Counter(reason.split(":")[0][:60] for _, reason in bad)
-    return "; ".join(f"{n} x {r}" for r, n in counts.most_common(5))
 
 
 def balanced_class_weight(y: np.ndarray, num_classes: int) -> dict[int, float]:
@@ -290,17 +253,6 @@ def compile_model(model: Any, cfg: TrainConfig, total_steps: int) -> None:
     )
 
 
-def _versions() -> dict[str, str]:
-    import cv2
-    import keras
-    import tensorflow as tf
-
-    from edgekit import __version__
-
-    return {"edgekit": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
-            "numpy": np.__version__, "opencv": cv2.__version__, "python": platform.python_version()}
-
-
 def save_keras_atomic(model: Any, path: Path) -> None:
     """Keras wants a ``.keras`` suffix, so the temporary file keeps it; then one rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -328,15 +280,6 @@ def validation_scores(model: Any, val: Arrays, cfg: TrainConfig, positive: int |
     if positive is not None:
         out["val_auc"] = float(roc_auc(val.y == positive, p[:, positive]))
     return out
-
-
-def predict_arrays(model: Any, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Probabilities (N, classes) of uint8 images, batched without the Keras progress bar."""
-    import tensorflow as tf
-
-    ds = tf.data.Dataset.from_tensor_slices(x).batch(max(batch_size, 64))
-    ds = ds.map(lambda b: tf.cast(b, tf.float32)).prefetch(tf.data.AUTOTUNE)
-    return np.asarray(model.predict(ds, verbose=0), np.float32)
 
 
 def is_better(monitor: str, value: float, best: float | None) -> bool:
@@ -441,7 +384,7 @@ def train_run(
     if state is not None and Path(split_or_data).is_dir() and (run_dir / "split.json").is_file():
         # resuming a run started from a data folder: reuse its split rather than make a new one
         split_or_data, data_root = run_dir / "split.json", Path(split_or_data)
-    split, split_sha, split_file = resolve_split(split_or_data, run_dir, data_root)
+    split, split_sha, split_file = resolve_split(split_or_data, run_dir, data_root, cfg.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     if state is not None and state["split_sha256"] != split_sha:
         raise DataError("the split file does not match the interrupted run's (sha256 differs)")
@@ -566,7 +509,7 @@ def finish_run(run_dir: Path, split: Any, split_sha: str, split_file: Path, cfg:
         "config": _jsonable(asdict(cfg)),
         "command": " ".join(sys.argv),
     }
-    manifest.versions = _versions()
+    manifest.versions = tool_versions(("edgekit", "tensorflow", "keras", "numpy", "opencv"), with_python=True)
     manifest.save(run_dir)
     plot_curves(state["history"], run_dir / "curves.png")
     if split.parts.get("test"):

@@ -13,18 +13,18 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 import numpy as np
 
+from edgekit import formats
 from edgekit.device.backends import Backend, open_backend
-from edgekit.errors import BundleError, DataError, EdgekitError
+from edgekit.errors import BundleError, DataError, EdgekitError, ExportError, ValidationFailed
 from edgekit.export import calibration
 from edgekit.export.onnx_export import export_onnx_fp32, onnx_metadata, quantize_onnx_int8
 from edgekit.export.options import ExportOptions, Format
 from edgekit.export.tflite import convert_tflite
-from edgekit.export.validate import ValidationFailed, compare, render_table
+from edgekit.export.validate import compare, render_table
 from edgekit.manifest import (
     Artifact,
     Manifest,
@@ -35,6 +35,7 @@ from edgekit.manifest import (
     sha256_file,
     verify_artifact,
 )
+from edgekit.versions import tool_versions
 
 KERAS_NAME = "model.keras"
 VALIDATION_MD = "validation.md"
@@ -42,10 +43,6 @@ VALIDATION_JSON = "validation.json"
 TOOL_VERSIONS = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert", "numpy")
 
 Log = Callable[[str], None]
-
-
-class ExportError(EdgekitError):
-    """A format could not be converted (unsupported op, converter failure)."""
 
 
 class Runner:
@@ -177,25 +174,15 @@ def _convert(fmt: Format, model, folder: Path, calib_x: np.ndarray, manifest: Ma
         return path
     meta = onnx_metadata(manifest)
     output_name = _keras_specs(model)[1][0].name
-    if fmt is Format.ONNX_FP32:
+    if not fmt.calibration:
         export_onnx_fp32(model, path, meta, options.opset, output_name)
     else:
-        fp32 = folder / Format.ONNX_FP32.filename
+        fp32 = folder / formats.get("onnx_fp32").filename
         if not fp32.is_file():  # int8 alone was asked for: the fp32 graph is its input
             fp32 = folder / ".int8-source.onnx"
             export_onnx_fp32(model, fp32, meta, options.opset, output_name)
-        quantize_onnx_int8(fp32, path, calib_x, meta)
+        quantize_onnx_int8(fp32, path, calib_x, meta, fmt.quantization)
     return path
-
-
-def _versions() -> dict[str, str]:
-    out = {}
-    for name in TOOL_VERSIONS:
-        try:
-            out[name] = importlib_metadata.version(name)
-        except importlib_metadata.PackageNotFoundError:
-            pass
-    return out
 
 
 def _keras_artifact(manifest: Manifest, model, keras_path: Path, relpath: str) -> Artifact:
@@ -216,7 +203,7 @@ def _export_formats(model, manifest: Manifest, options: ExportOptions, tmp: Path
     log(f"keras reference on {len(val)} validation inputs: {time.perf_counter() - t0:.1f} s")
     decision = manifest.decision
     # int8 ONNX is quantized from the fp32 ONNX graph, so fp32 goes first when both are asked for
-    order = sorted(options.formats, key=lambda f: list(Format).index(f))
+    order = sorted(options.formats, key=formats.EXPORT_FORMATS.index)
     artifacts: dict[str, Artifact] = {}
     for fmt in order:
         t0 = time.perf_counter()
@@ -235,10 +222,10 @@ def _export_formats(model, manifest: Manifest, options: ExportOptions, tmp: Path
             continue
         seconds = time.perf_counter() - t0
         runner = load_runner(fmt, path)
-        if fmt is Format.TFLITE_INT8 and image_input:
+        if fmt.raw_pixels and image_input:
             spec = runner.inputs[0]
             if (spec.dtype, spec.scale, spec.zero_point) != ("uint8", 1.0, 0):  # the device feeds raw pixels
-                raise ExportError(f"tflite_int8 input is {spec.dtype} scale {spec.scale} zero point "
+                raise ExportError(f"{fmt.name} input is {spec.dtype} scale {spec.scale} zero point "
                                   f"{spec.zero_point}, not raw uint8 pixels (scale 1, zero point 0)")
         probs = runner.predict(val.x)
         rec = compare(fmt, probs, reference, val.y, options.bounds, decision)
@@ -246,7 +233,8 @@ def _export_formats(model, manifest: Manifest, options: ExportOptions, tmp: Path
         artifacts[fmt.value] = Artifact(
             format=fmt.value, path=fmt.filename, sha256=sha256_file(path), bytes=path.stat().st_size,
             runtime=fmt.runtime, inputs=runner.inputs, outputs=runner.outputs, status=rec["status"],
-            validation=rec,
+            validation=rec, quantization=dict(fmt.quantization),
+            extra_files={name: sha256_file(tmp / name) for name in fmt.files[1:]},
         )
         log(f"{fmt.value:15s} {path.stat().st_size / 1024:9.1f} KB  {seconds:6.1f} s  {rec['status']}"
             + (f" ({rec['reason']})" if "reason" in rec else ""))
@@ -336,7 +324,7 @@ def export_bundle(source: Path, out: Path | None, options: ExportOptions, log: L
                 if k != "keras" and k not in new and a.validation.get("keras_sha256") == keras_art.sha256
                 and (target / a.path).is_file() and a.sha256 == sha256_file(target / a.path)}
         manifest.artifacts = {"keras": keras_art, **kept, **new}
-        manifest.versions = {**manifest.versions, **_versions()}
+        manifest.versions = {**manifest.versions, **tool_versions(TOOL_VERSIONS)}
         files += [a.path for a in new.values() if a.status != "export_failed"]
         files += [VALIDATION_MD, VALIDATION_JSON]
         _commit(tmp, target, manifest, files)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from edgekit import formats as format_table
+from edgekit.cli_options import bundle_from, data_root_option, model_option
 from edgekit.export.options import ExportOptions, parse_formats
 
 
@@ -32,14 +34,13 @@ def _labels(value: str | None) -> list[str] | None:
 @click.option("-o", "--out", type=click.Path(path_type=Path),
               help="Bundle folder to write. Default: in place (run folder) or MODEL_bundle/ (--keras).")
 @click.option("--formats", default="all", show_default=True,
-              help="Comma-separated: tflite_fp32,tflite_fp16,tflite_dynamic,tflite_int8,onnx_fp32,onnx_int8.")
+              help=f"Comma-separated: {format_table.names()}.")
 @click.option("--calibration-samples", default=300, show_default=True, type=click.IntRange(1),
               help="Images (stratified by class) used to calibrate int8.")
 @click.option("--max-validation", type=click.IntRange(1), help="Cap on validation inputs (stratified).")
 @click.option("--allow-drop", is_flag=True,
               help="Keep formats that miss their accuracy bound, marked failed in the manifest.")
-@click.option("--data", "data_root", type=click.Path(path_type=Path),
-              help="The split's data folder, if it moved since training.")
+@data_root_option()
 @click.option("--opset", default=13, show_default=True, type=int, help="ONNX opset.")
 def export(source: Path | None, keras_model: Path | None, labels: str | None, calibration: Path | None,
            validation: Path | None, out: Path | None, formats: str, calibration_samples: int,
@@ -67,17 +68,21 @@ def export(source: Path | None, keras_model: Path | None, labels: str | None, ca
 
 
 @click.command()
-@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("positional_bundle", metavar="[BUNDLE]", required=False, type=click.Path(path_type=Path))
+@model_option("The bundle to pack (the same as BUNDLE; one of them is required).")
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True,
               help="Device bundle folder to write.")
-@click.option("--formats", default="tflite_int8,onnx_int8", show_default=True,
+@click.option("--formats", default=",".join(format_table.PACKED), show_default=True,
               help="Comma-separated formats to keep; each must have passed validation.")
 @click.option("--replace", is_flag=True, help="Overwrite OUT if it exists.")
-def pack(bundle: Path, out: Path, formats: str, replace: bool) -> None:
+def pack(positional_bundle: Path | None, bundle: Path | None, out: Path, formats: str, replace: bool) -> None:
     """Copy a bundle's validated device formats, manifest and labels (no Keras model) into a small
     folder to put on a device."""
     from edgekit.export.pack import pack_bundle
 
+    bundle = bundle_from(positional_bundle, bundle)
+    if bundle is None:
+        raise click.UsageError("give the bundle to pack: BUNDLE or --model BUNDLE")
     try:
         fmts = tuple(f.value for f in parse_formats(formats))
     except ValueError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -82,22 +83,26 @@ class _Reader:
         return next(self._batches, None)
 
 
-def quantize_onnx_int8(fp32_path: Path, path: Path, calib: np.ndarray, metadata: dict[str, str]) -> None:
-    """Static QDQ quantization calibrated on ``calib`` (float32 [0, 255] pixels or features)."""
+def quantize_onnx_int8(fp32_path: Path, path: Path, calib: np.ndarray, metadata: dict[str, str],
+                       scheme: dict[str, Any]) -> None:
+    """Static quantization calibrated on ``calib`` (float32 [0, 255] pixels or features), with the
+    scheme of the format table (``edgekit.formats``; recorded in the manifest as it is used here)."""
     import onnx
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     if calib is None or len(calib) == 0:
         raise ValueError("static int8 quantization needs calibration data")
+    types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
     quantize_static(
         str(fp32_path),
         str(path),
         _Reader(input_name, calib),
-        quant_format=QuantFormat.QDQ,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        per_channel=False,
+        quant_format=QuantFormat[scheme["format"]],
+        activation_type=types[scheme["activations"]],
+        weight_type=types[scheme["weights"]],
+        per_channel=bool(scheme["per_channel"]),
+        calibrate_method=CalibrationMethod[scheme["calibration"]],
         # bounds memory: ranges are folded every few batches instead of keeping all activations
         extra_options={"CalibMaxIntermediateOutputs": 8},
     )

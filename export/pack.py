@@ -12,9 +12,10 @@ import tempfile
 from pathlib import Path
 
 from edgekit.errors import BundleError
+from edgekit.formats import PACKED
 from edgekit.manifest import load_manifest, verify_artifact
 
-DEVICE_FORMATS = ("tflite_int8", "onnx_int8")
+DEVICE_FORMATS = PACKED  # the rows of edgekit.formats marked packed
 REPORTS = ("validation.md", "validation.json")
 
 
@@ -40,8 +41,9 @@ def pack_bundle(source: Path, out: Path, formats: tuple[str, ...] = DEVICE_FORMA
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         for art in chosen.values():
-            shutil.copyfile(source / art.path, tmp / art.path)
-            os.chmod(tmp / art.path, 0o644)
+            for rel in art.files:
+                shutil.copyfile(source / rel, tmp / rel)
+                os.chmod(tmp / rel, 0o644)
         for name in REPORTS:
             if (source / name).is_file():
                 shutil.copyfile(source / name, tmp / name)

@@ -57,11 +57,11 @@ def _representative(calib: np.ndarray, image_input: bool) -> Iterator[list[np.nd
         yield [x]
 
 
-CONFIGURE: dict[Format, Callable] = {
-    Format.TFLITE_FP32: _fp32,
-    Format.TFLITE_FP16: _fp16,
-    Format.TFLITE_DYNAMIC: _dynamic,
-    Format.TFLITE_INT8: _int8,
+CONFIGURE: dict[str, Callable] = {  # format name (edgekit.formats) -> its converter settings
+    "tflite_fp32": _fp32,
+    "tflite_fp16": _fp16,
+    "tflite_dynamic": _dynamic,
+    "tflite_int8": _int8,
 }
 
 
@@ -70,7 +70,7 @@ def convert_tflite(model, fmt: Format, path: Path, calib: np.ndarray | None, ima
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    CONFIGURE[fmt](converter, calib, image_input)
+    CONFIGURE[fmt.name](converter, calib, image_input)
     with contextlib.redirect_stdout(io.StringIO()):  # Keras prints its SavedModel signature listing
         flatbuffer = converter.convert()
     Path(path).write_bytes(flatbuffer)

@@ -8,13 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgekit.errors import EdgekitError
 from edgekit.export.options import Bounds, Format
 from edgekit.manifest import Decision
-
-
-class ValidationFailed(EdgekitError):
-    """An exported format misses its accuracy bound against Keras."""
 
 
 def called_classes(p: np.ndarray, decision: Decision) -> np.ndarray:

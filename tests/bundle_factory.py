@@ -1,7 +1,8 @@
 """Test helper (needs TensorFlow): a tiny real bundle from a tiny Keras ResNet.
 
-Writes fp32 and full-int8 (uint8 input) TFLite files, optionally an fp32 ONNX file, and a
-manifest whose TensorSpecs are read back from the converted models. Stands in for
+Writes fp32 and full-int8 (uint8 input) TFLite files with the export's own converter settings
+(``edgekit.export.tflite``), optionally an fp32 ONNX file, and a manifest whose TensorSpecs are
+read back from the converted models and whose quantization records come from the format table. Stands in for
 ``edgekit export`` in tests; device tests use the committed golden bundle instead, so they run
 without TensorFlow.
 """
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit import formats
+from edgekit.export.tflite import convert_tflite
 from edgekit.manifest import Artifact, Manifest, Preprocessing, Thresholds, sha256_file
 
 LABELS = ["Parasitized", "Uninfected"]
@@ -26,26 +29,6 @@ def tiny_model(input_size: tuple[int, int] = (32, 32), num_classes: int = 2, see
     return build_resnet((*input_size, 3), num_classes, stages=(1, 1, 1), filters=(4, 8, 8, 8), l2=0.0)
 
 
-def _tflite_bytes(model, calib: np.ndarray | None) -> bytes:
-    import tensorflow as tf
-
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    if calib is not None:
-        def representative():
-            for i in range(len(calib)):
-                x = calib[i : i + 1].astype(np.float32)
-                if i == 0:  # pin the input range to [0, 255]: the uint8 input is the raw pixel
-                    x[0, 0, 0, :], x[0, 0, -1, :] = 0.0, 255.0
-                yield [x]
-
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = representative
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.uint8
-        converter.inference_output_type = tf.uint8
-    return converter.convert()
-
-
 def _tflite_artifact(folder: Path, fmt: str, name: str) -> Artifact:
     from ai_edge_litert.interpreter import Interpreter
 
@@ -57,6 +40,7 @@ def _tflite_artifact(folder: Path, fmt: str, name: str) -> Artifact:
         format=fmt, path=name, sha256=sha256_file(path), bytes=path.stat().st_size, runtime="litert",
         inputs=[tflite_spec(d) for d in interp.get_input_details()],
         outputs=[tflite_spec(d) for d in interp.get_output_details()],
+        quantization=dict(formats.get(fmt).quantization),
     )
 
 
@@ -110,8 +94,10 @@ def make_bundle(
     if epochs and train_y is not None:
         model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
         model.fit(train_x.astype(np.float32), train_y, epochs=epochs, batch_size=32, verbose=0)
-    (folder / "model_fp32.tflite").write_bytes(_tflite_bytes(model, None))
-    (folder / "model_int8.tflite").write_bytes(_tflite_bytes(model, train_x[:64]))
+    # the export's own converter settings, so the bundle is what `edgekit export` would write
+    convert_tflite(model, formats.get("tflite_fp32"), folder / "model_fp32.tflite", None, True)
+    convert_tflite(model, formats.get("tflite_int8"), folder / "model_int8.tflite",
+                   train_x[:64].astype(np.float32), True)
     artifacts = {
         "tflite_int8": _tflite_artifact(folder, "tflite_int8", "model_int8.tflite"),
         "tflite_fp32": _tflite_artifact(folder, "tflite_fp32", "model_fp32.tflite"),

@@ -30,3 +30,32 @@ def test_missing_path_is_one_line(tmp_path):
     assert res.exit_code != 0
     assert "Traceback" not in res.output
     assert len([line for line in res.output.splitlines() if line.strip()]) <= 2
+
+
+@pytest.mark.parametrize("argv, old, new, value", [
+    (["evaluate", "run", "--split", "val"], "--split", "--part", "val"),
+    (["evaluate", "run", "--data", "/d"], "--data", "--data-root", "/d"),
+    (["train", "split.json", "-o", "r", "--data", "/d"], "--data", "--data-root", "/d"),
+    (["bench", "--batch", "4"], "--batch", "--batch-size", 4),
+])
+def test_old_spellings_still_work_but_are_hidden(argv, old, new, value):
+    cmd = main.commands[argv[0]]
+    params = cmd.make_context(argv[0], argv[1:]).params
+    assert value in [str(v) if isinstance(value, str) else v for v in params.values()]
+    help_text = CliRunner().invoke(main, [argv[0], "--help"]).output
+    assert new in help_text and f"{old} " not in help_text.replace(f"{old}-", "")
+
+
+def test_sessions_export_out_spellings():
+    cmd = main.commands["sessions"].commands["export"]
+    assert cmd.make_context("export", ["--output", "x.csv"]).params["output"].name == "x.csv"
+    assert cmd.make_context("export", ["-o", "x.csv", "--format", "jsonl"]).params["out_format"] == "jsonl"
+
+
+@pytest.mark.parametrize("argv", [["classify"], ["bench", "--batch-size", "0"], ["nosuch"],
+                                  ["pack", "-o", "x"], ["field", "--format", "xml", "f.jpg"]])
+def test_usage_errors_are_one_line(argv):
+    res = CliRunner().invoke(main, argv)
+    assert res.exit_code == 2
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Usage:" not in res.output

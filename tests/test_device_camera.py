@@ -10,9 +10,10 @@ from click.testing import CliRunner
 from device_helpers import CELLS, GOLDEN
 
 from edgekit.cli import main
-from edgekit.device.camera import CameraError, center_square, frames, run_camera
+from edgekit.device.camera import center_square, frames, run_camera
 from edgekit.device.preprocess import read_image
 from edgekit.device.runtime import load_classifier
+from edgekit.errors import CameraError
 
 N_FRAMES = 6
 

@@ -118,7 +118,7 @@ def test_progress_bar_only_when_asked():
 
 
 def test_progress_clear_erases_the_bar():
-    from edgekit.device.pipeline import Progress
+    from edgekit.device.output import Progress
 
     buf = io.StringIO()
     bar = Progress(2, enabled=True, stream=buf)

@@ -19,9 +19,10 @@ from device_helpers import CELLS, GOLDEN, awkward_inputs, cell_image, write_imag
 
 from edgekit.cli import main
 from edgekit.device.pipeline import array_hash, expand_inputs, file_hash
-from edgekit.device.records import RecordsError, RecordStore
+from edgekit.device.records import RecordStore
 from edgekit.device.runtime import load_classifier
 from edgekit.device.screening import path_crops, patient_decision, record_crops, summarize
+from edgekit.errors import RecordsError
 from edgekit.manifest import Decision, Manifest, PatientRule, Thresholds
 from edgekit.metrics import wilson_interval
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgekit import formats
 from edgekit.errors import IntegrityError
-from edgekit.export.options import ALL_FORMATS, Bounds, ExportOptions, Format, parse_formats
+from edgekit.export.options import ALL_FORMATS, Bounds, ExportOptions
 from edgekit.manifest import Manifest, load_manifest, verify_artifact
 
 pytest.importorskip("tensorflow")
@@ -20,34 +21,6 @@ pytest.importorskip("ai_edge_litert")
 pytest.importorskip("onnxruntime")
 
 SIZE = 32
-
-
-# ---------------------------------------------------------------- fast, no TensorFlow
-
-
-def test_format_names_files_and_runtimes():
-    assert [f.value for f in ALL_FORMATS] == [
-        "tflite_fp32", "tflite_fp16", "tflite_dynamic", "tflite_int8", "onnx_fp32", "onnx_int8"]
-    assert Format.TFLITE_INT8.filename == "model_int8.tflite"
-    assert Format.ONNX_FP32.filename == "model_fp32.onnx"
-    assert Format.TFLITE_DYNAMIC.filename == "model_dynamic.tflite"
-    assert {f.runtime for f in ALL_FORMATS} == {"litert", "onnxruntime"}
-    assert parse_formats("all") == ALL_FORMATS
-    assert parse_formats("onnx_int8, tflite_fp32") == (Format.ONNX_INT8, Format.TFLITE_FP32)
-    with pytest.raises(ValueError, match="tflite_int4"):
-        parse_formats("tflite_int4")
-
-
-def test_stratified_sample_keeps_class_shares():
-    from edgekit.export.calibration import stratified_sample
-
-    labels = np.array([0] * 900 + [1] * 100)
-    idx = stratified_sample(labels, 300, seed=0)
-    assert len(idx) == 300 and len(set(idx.tolist())) == 300
-    assert (labels[idx] == 1).sum() == 30
-    assert len(stratified_sample(labels, 5000)) == 1000
-    rare = np.array([0] * 99 + [1])
-    assert (rare[stratified_sample(rare, 10)] == 1).sum() == 1  # a rare class still gets one
 
 
 # ---------------------------------------------------------------- a tiny run folder
@@ -112,7 +85,7 @@ def test_bundle_has_every_format_with_checksums_and_report(bundle, tiny_run):
     for key, a in m.artifacts.items():
         assert verify_artifact(bundle, a).stat().st_size == a.bytes > 0
         if key != "keras":
-            assert a.path == Format(key).filename and a.runtime == Format(key).runtime
+            assert a.path == formats.get(key).filename and a.runtime == formats.get(key).runtime
             assert a.validation["n"] == len(json.loads((tiny_run.parent / "split.json").read_text())
                                             ["parts"]["val"])
     report = json.loads((bundle / "validation.json").read_text())
@@ -121,6 +94,10 @@ def test_bundle_has_every_format_with_checksums_and_report(bundle, tiny_run):
     assert all(f.value in table for f in ALL_FORMATS) and "| format | size" in table
     assert m.versions["tensorflow"] and m.versions["onnxruntime"]
     assert not list(bundle.glob(".export-*")), "temporary folder left behind"
+    # the quantization scheme is recorded as the format table states it (and as it was used)
+    assert m.artifacts["onnx_int8"].quantization == formats.get("onnx_int8").quantization
+    assert m.artifacts["onnx_int8"].quantization["format"] == "QDQ"
+    assert m.artifacts["tflite_fp32"].quantization == {}
 
 
 def test_float_formats_match_keras_within_their_bounds(bundle):
@@ -148,7 +125,7 @@ def test_each_artifact_runs_in_its_runtime_as_the_manifest_says(bundle, cell_fol
     for key, a in m.artifacts.items():
         if key == "keras":
             continue
-        fmt = Format(key)
+        fmt = formats.get(key)
         runner = load_runner(fmt, bundle / a.path)
         assert runner.inputs == a.inputs and runner.outputs == a.outputs
         probs = runner.predict(x)
@@ -198,10 +175,10 @@ def test_flipped_byte_is_refused(bundle, tmp_path):
 
 
 def test_missed_bound_fails_and_writes_nothing(tiny_run, tmp_path):
+    from edgekit.errors import ValidationFailed
     from edgekit.export.bundle import export_bundle
-    from edgekit.export.validate import ValidationFailed
 
-    strict = ExportOptions(formats=(Format.TFLITE_FP16,), bounds=Bounds(fp16_max_abs=0.0))
+    strict = ExportOptions(formats=(formats.get("tflite_fp16"),), bounds=Bounds(fp16_max_abs=0.0))
     out = tmp_path / "out"
     with pytest.raises(ValidationFailed, match="tflite_fp16.*max \\|dp\\|"):
         export_bundle(tiny_run, out, strict)
@@ -221,17 +198,18 @@ def test_missed_bound_fails_and_writes_nothing(tiny_run, tmp_path):
 
 
 def test_converter_failure_is_one_clear_error(tiny_run, tmp_path, monkeypatch):
+    from edgekit.errors import ExportError
     from edgekit.export import tflite
-    from edgekit.export.bundle import ExportError, export_bundle
+    from edgekit.export.bundle import export_bundle
 
     def unsupported(converter, calib, image_input):
         raise RuntimeError("loc(fused): error: 'tf.Foo' op is neither a custom op nor a flex op\nmore noise")
 
-    monkeypatch.setitem(tflite.CONFIGURE, Format.TFLITE_DYNAMIC, unsupported)
+    monkeypatch.setitem(tflite.CONFIGURE, "tflite_dynamic", unsupported)
     with pytest.raises(ExportError, match=r"^tflite_dynamic export failed: .*'tf.Foo' op is neither"):
-        export_bundle(tiny_run, tmp_path / "out", ExportOptions(formats=(Format.TFLITE_DYNAMIC,)))
+        export_bundle(tiny_run, tmp_path / "out", ExportOptions(formats=(formats.get("tflite_dynamic"),)))
     assert not (tmp_path / "out").exists()
-    opts = ExportOptions(formats=(Format.TFLITE_FP32, Format.TFLITE_DYNAMIC), allow_drop=True)
+    opts = ExportOptions(formats=(formats.get("tflite_fp32"), formats.get("tflite_dynamic")), allow_drop=True)
     m = export_bundle(tiny_run, tmp_path / "out", opts)
     assert m.artifacts["tflite_dynamic"].status == "export_failed"
     assert m.artifacts["tflite_fp32"].status == "ok"
@@ -334,7 +312,7 @@ def test_bring_your_own_tabular_model_with_csv(tmp_path):
     assert int8.validation["n"] == 208 and "accuracy" in int8.validation
     m2 = export_bundle(tmp_path / "sonar.keras", tmp_path / "npy_bundle",
                        ExportOptions(labels=["R", "M"], calibration=tmp_path / "sonar.npy",
-                                     formats=(Format.ONNX_INT8,), allow_drop=True))
+                                     formats=(formats.get("onnx_int8"),), allow_drop=True))
     rec = m2.artifacts["onnx_int8"].validation
     assert rec["n"] == 50 and "accuracy" not in rec  # no labels in a bare .npy
 
@@ -353,7 +331,7 @@ def test_interrupted_commit_leaves_no_stale_checksum(bundle, tmp_path, monkeypat
 
     monkeypatch.setattr(bundle_mod.os, "replace", crash)
     with pytest.raises(OSError, match="disk full"):
-        bundle_mod.export_bundle(copy, None, ExportOptions(formats=(Format.TFLITE_FP32,)))
+        bundle_mod.export_bundle(copy, None, ExportOptions(formats=(formats.get("tflite_fp32"),)))
     m = load_manifest(copy)
     assert "tflite_fp32" not in m.artifacts and "onnx_int8" in m.artifacts
     for a in m.artifacts.values():

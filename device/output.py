@@ -1,0 +1,139 @@
+"""What the device commands print: result rows and their table / JSON lines / CSV writer, the
+progress bar, and percentage formatting. Terminal UI only; the domain work is in ``pipeline``,
+``screening`` and ``field``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import time
+from typing import IO, TYPE_CHECKING, Any
+
+import click
+
+if TYPE_CHECKING:
+    from edgekit.device.pipeline import Outcome
+    from edgekit.device.runtime import Classifier
+
+
+def pct(x: float | None) -> str:
+    """A fraction as a percentage with one decimal, ``-`` when unknown."""
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def ci_text(ci: tuple[float, float] | list[float] | None) -> str:
+    """A 95% interval as ``lo-hi%``, ``-`` when unknown."""
+    return "-" if not ci else f"{100 * ci[0]:.1f}-{100 * ci[1]:.1f}%"
+
+
+def result_columns(classifier: Classifier) -> list[str]:
+    """The columns of a classify result row (the positive-class probability named after its label)."""
+    pos = classifier.manifest.positive_label
+    cols = ["path", "status", "label", "probability"]
+    if pos is not None:
+        cols.append(f"p_{pos.lower()}")
+    return [*cols, "decision", "reason", "model_sha256", "model_format"]
+
+
+def result_row(out: Outcome, classifier: Classifier) -> dict[str, Any]:
+    """One outcome as a row of :func:`result_columns`."""
+    p = out.prediction
+    row: dict[str, Any] = {"path": out.source_id, "status": out.status, "label": None, "probability": None}
+    pos = classifier.manifest.positive_label
+    if pos is not None:
+        row[f"p_{pos.lower()}"] = None if p is None else round(p.p_positive, 6)
+    if p is not None:
+        row["label"], row["probability"] = p.label, round(p.probability, 6)
+    row["decision"] = None if p is None else p.decision
+    row["reason"] = out.reason
+    row["model_sha256"] = classifier.model_sha256
+    row["model_format"] = classifier.fmt
+    return row
+
+
+class ResultWriter:
+    """Streams result rows as an aligned table, JSON lines or CSV."""
+
+    def __init__(self, fmt: str, columns: list[str], path_width: int) -> None:
+        self.fmt, self.columns, self.path_width = fmt, columns, max(8, min(path_width, 60))
+        self._csv = None
+        if fmt == "csv":
+            self._csv = csv.DictWriter(sys.stdout, fieldnames=columns, lineterminator="\n")
+            self._csv.writeheader()
+        elif fmt == "table":
+            pcol = next((c for c in columns if c.startswith("p_")), None)
+            self._pcol = pcol
+            head = f"{'path':<{self.path_width}}  {'label':<14} {'prob':>6}"
+            head += f" {pcol:>14}" if pcol else ""
+            click.echo(head + "  decision")
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self.fmt == "jsonl":
+            click.echo(json.dumps(row))
+        elif self.fmt == "csv":
+            self._csv.writerow(row)
+            sys.stdout.flush()
+        else:
+            path = row["path"]
+            if len(path) > self.path_width:
+                path = "…" + path[-(self.path_width - 1) :]
+            if row["status"] != "classified":
+                click.echo(f"{path:<{self.path_width}}  {row['status'].upper()}: {row['reason']}")
+                return
+            line = f"{path:<{self.path_width}}  {row['label']:<14} {row['probability']:>6.3f}"
+            if self._pcol:
+                line += f" {row[self._pcol]:>14.3f}"
+            decision = row["decision"]
+            if decision == "uncertain":
+                decision = "uncertain: refer to microscopy"
+            click.echo(f"{line}  {decision}")
+
+
+class Progress:
+    """A one-line progress bar on stderr, drawn only when enabled (a TTY or ``--progress``)."""
+
+    def __init__(
+        self, total: int | None, enabled: bool, stream: IO[str] | None = None, width: int = 30
+    ) -> None:
+        self.total, self.enabled, self.width = total, enabled, width
+        self.stream = stream or sys.stderr
+        self.done = 0
+        self.started = time.perf_counter()
+        self._last = 0.0
+        self._drawn = 0
+
+    @staticmethod
+    def wanted(flag: bool) -> bool:
+        return flag or sys.stderr.isatty()
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if not self.enabled or (now - self._last < 0.1 and self.done != self.total):
+            return
+        self._last = now
+        rate = self.done / max(now - self.started, 1e-9)
+        if self.total:
+            filled = int(self.width * self.done / self.total)
+            bar = "#" * filled + "-" * (self.width - filled)
+            text = f"\r[{bar}] {self.done}/{self.total} {rate:.1f} img/s"
+        else:
+            text = f"\r{self.done} images {rate:.1f} img/s"
+        self.stream.write(text)
+        self.stream.flush()
+        self._drawn = len(text)
+
+    def clear(self) -> None:
+        """Erase the bar so a result line can be printed on a clean line (it is redrawn next update)."""
+        if self.enabled and self._drawn:
+            self.stream.write("\r" + " " * self._drawn + "\r")
+            self.stream.flush()
+            self._drawn = 0
+            self._last = 0.0
+
+    def close(self) -> None:
+        if self.enabled and self.done:
+            self.stream.write("\n")
+            self.stream.flush()
+

@@ -1,0 +1,57 @@
+"""The CLI's one vocabulary: options shared by every command, and old spellings kept working.
+
+``--model/-m BUNDLE`` the bundle (default: the model shipped with edgekit), ``-o/--out`` what a
+command writes, ``--data-root`` where a split's images are now, ``--part`` a part of a split,
+``--batch-size`` images per inference call. Light: click only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+class AliasedOption(click.Option):
+    """An option whose ``aliases`` (old spellings) still work but are not shown in ``--help``."""
+
+    def __init__(self, *args: Any, aliases: tuple[str, ...] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.aliases = set(aliases)
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        shown = self.opts
+        self.opts = [o for o in shown if o not in self.aliases]
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.opts = shown
+
+
+def option(*decls: str, aliases: tuple[str, ...] = (), **kwargs: Any):
+    """``click.option`` with hidden old spellings (``aliases``)."""
+    return click.option(*decls, *aliases, cls=AliasedOption, aliases=aliases, **kwargs)
+
+
+def model_option(help_text: str = "Bundle folder (from `edgekit export`). Default: the model shipped with "
+                 "edgekit."):
+    return click.option("--model", "-m", "bundle", type=click.Path(path_type=Path), default=None,
+                        help=help_text)
+
+
+def data_root_option():
+    return option("--data-root", "data_root", aliases=("--data",), type=click.Path(path_type=Path),
+                  help="Where the split's images are now, if they moved since the split file was written.")
+
+
+def part_option(default: str = "test"):
+    return option("--part", "part", aliases=("--split",), default=default, show_default=True,
+                  type=click.Choice(["train", "val", "test"]), help="Which part of the split.")
+
+
+def bundle_from(positional: Path | None, model: Path | None) -> Path | None:
+    """One bundle from a positional BUNDLE or ``--model`` (either spelling; both must agree)."""
+    if positional is not None and model is not None and Path(positional) != Path(model):
+        raise click.UsageError(f"two bundles given: {positional} and --model {model}")
+    return positional if positional is not None else model
