@@ -133,7 +133,7 @@ NO_DOMAIN = {"ok": False, "score": None,
                     "nothing can vouch that these cells look like them; run `edgekit domain fit`"}
 
 
-def unchecked(what: str) -> dict[str, Any]:
+def unchecked() -> dict[str, Any]:
     """The verdict when the bundle has no ``domain`` section: not vouched for."""
     return dict(NO_DOMAIN)
 
@@ -145,7 +145,7 @@ def crop_verdict(rgb: np.ndarray, domain: Domain | None) -> dict[str, Any]:
     from edgekit.device.quality import check_cell
 
     if domain is None:
-        return unchecked("crop")
+        return unchecked()
     reason = check_cell(rgb, domain)
     score = crop_score(rgb, domain)
     s = None if score is None else round(score, 3)
@@ -157,7 +157,7 @@ def crop_verdict(rgb: np.ndarray, domain: Domain | None) -> dict[str, Any]:
 def field_verdict(scores: Sequence[float | None], domain: Domain | None) -> dict[str, Any]:
     """The verdict on one field from its cells' scores."""
     if domain is None:
-        return unchecked("field")
+        return unchecked()
     return verdict(aggregate(scores), domain.field_threshold, "field", sum(s is not None for s in scores),
                    domain.min_cells)
 
@@ -167,6 +167,6 @@ def session_verdict(
 ) -> dict[str, Any]:
     """The verdict on a screening session (or a batch of fields: ``what``) from all its cells' scores."""
     if domain is None:
-        return unchecked(what)
+        return unchecked()
     return verdict(aggregate(scores), domain.session_threshold, what, sum(s is not None for s in scores),
                    domain.min_cells)
