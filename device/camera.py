@@ -200,3 +200,53 @@ def run_camera(
     except KeyboardInterrupt:
         echo("stopped")
     return n
+
+
+def run_field_camera(
+    classifier, source: str, capture, echo: Callable[[str], None] = print, max_frames: int | None = None,
+    reconnect: int = 3, overlay_path: str | Path | None = None, show: bool = False,
+):
+    """Frames are microscope fields: each new settled field (``edgekit.device.live.FieldCapture``)
+    is analysed like ``edgekit field`` and printed with the running totals; the last one is drawn
+    to ``overlay_path`` / the preview window. Returns the capture statistics. Ctrl-C stops."""
+    from edgekit.device.field import analyze_field
+    from edgekit.device.live import LiveView, pressed_key
+
+    decision = classifier.manifest.decision
+    view = LiveView(decision, overlay_path, show)
+    rate = FrameRate()
+    cells = parasitized = 0
+    try:
+        for n, frame in enumerate(frames(source, reconnect), 1):
+            fps = rate.tick()
+            if view.show and pressed_key() == ord(" "):
+                capture.request()
+            if capture.offer(frame) is not None:
+                report = analyze_field(frame, classifier)
+                k = capture.stats.fields
+                if report.rejected:
+                    echo(f"field {k}: rejected: {report.rejected}")
+                else:
+                    cells += report.n_cells
+                    parasitized += report.n_parasitized
+                    lo, hi = report.ci95 or (0.0, 0.0)
+                    echo(f"field {k}: {report.n_cells} cells, {report.n_parasitized} parasitized "
+                         f"({100 * (report.parasitemia or 0):.1f}%, 95% CI {100 * lo:.1f}-{100 * hi:.1f}%); "
+                         f"so far {cells} cells, {parasitized / cells if cells else 0:.1%} ({fps:.1f} fps)")
+                view.field(k, frame, report.cells)
+                view.probabilities({c.id: p for c, p in zip(report.cells, report.probabilities, strict=True)})
+                view.render(f"{k} fields, {cells} cells, parasitemia "
+                            f"{parasitized / cells if cells else 0:.1%} so far, {fps:.1f} fps")
+            elif view.show:
+                view.show = _preview(frame)
+            if max_frames and n >= max_frames:
+                break
+    except KeyboardInterrupt:
+        echo("stopped")
+    return capture.stats
+
+
+def _preview(frame) -> bool:
+    from edgekit.device.live import show_frame
+
+    return show_frame(frame)

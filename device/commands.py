@@ -32,6 +32,34 @@ _quality_option = click.option(
 )
 
 
+def _live_options(f):
+    """The options of a live microscope camera (``camera`` and ``screen --camera``)."""
+    options = [
+        click.option("--crops", "crops_mode", is_flag=True,
+                     help="Each frame's center square is one pre-cut cell (the old behaviour), not a field."),
+        click.option("--settle", type=click.IntRange(1), default=4, show_default=True,
+                     help="Still, sharp frames in a row before a field is taken."),
+        click.option("--capture-on-key", is_flag=True,
+                     help="Take a field only when asked: Enter on the terminal, or space in the preview."),
+        click.option("--overlay", "overlay_path", type=click.Path(path_type=Path), default=None,
+                     help="Keep this PNG updated with the last field and the counts so far."),
+        click.option("--show/--no-show", default=False, show_default=True,
+                     help="Preview window (needs an OpenCV build with a GUI; else only --overlay)."),
+    ]
+    for decorate in reversed(options):
+        f = decorate(f)
+    return f
+
+
+def _live_capture(settle: int, capture_on_key: bool, echo):
+    from edgekit.device.live import CaptureSettings, FieldCapture, requests_from_stdin
+
+    capture = FieldCapture(CaptureSettings(settle=settle, manual=capture_on_key))
+    if capture_on_key:
+        requests_from_stdin(capture, echo)
+    return capture
+
+
 def _load(bundle: Path | None, model_format: str | None, threads: int | None):
     import os
 
@@ -97,16 +125,26 @@ def classify(ctx: click.Context, paths: tuple[str, ...], bundle: Path | None, mo
 @click.option("--reconnect", type=click.IntRange(0), default=3, show_default=True,
               help="Attempts to reopen a live source that stops delivering frames.")
 @_quality_option
+@_live_options
 def camera(source: str, bundle: Path | None, model_format: str | None, threads: int | None, every: int,
-           save_dir: Path | None, max_frames: int | None, reconnect: int, quality: bool) -> None:
-    """Live classification of camera frames (each frame's center square is one crop). Ctrl-C stops."""
-    from edgekit.device.camera import run_camera
+           save_dir: Path | None, max_frames: int | None, reconnect: int, quality: bool, crops_mode: bool,
+           settle: int, capture_on_key: bool, overlay_path: Path | None, show: bool) -> None:
+    """Live microscope camera: each settled, sharp view is a field whose cells are found, classified
+    and counted once (README: Camera at the microscope). Nothing is recorded: use `screen --camera`
+    for a patient. Ctrl-C stops."""
+    from edgekit.device.camera import run_camera, run_field_camera
     from edgekit.device.quality import DEFAULT_GATES
 
     classifier = _load(bundle, model_format, threads)
-    n = run_camera(classifier, source, every, save_dir, max_frames, click.echo, reconnect,
-                   gates=DEFAULT_GATES if quality else None)
-    click.echo(f"{n} frames processed", err=True)
+    if crops_mode:
+        n = run_camera(classifier, source, every, save_dir, max_frames, click.echo, reconnect,
+                       gates=DEFAULT_GATES if quality else None)
+        click.echo(f"{n} frames processed", err=True)
+        return
+    capture = _live_capture(settle, capture_on_key, lambda s: click.echo(s, err=True))
+    stats = run_field_camera(classifier, source, capture, click.echo, max_frames, reconnect, overlay_path,
+                             show)
+    click.echo(stats.line(), err=True)
 
 
 @click.command()
@@ -127,10 +165,12 @@ def camera(source: str, bundle: Path | None, model_format: str | None, threads: 
 @_threads_option
 @_progress_option
 @_quality_option
+@_live_options
 @click.option("--json", "as_json", is_flag=True, help="Print the patient summary as JSON.")
 def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str | None, use_camera: bool,
            fields: bool, source: str, db: Path | None, stop_cells: int | None, bundle: Path | None,
            model_format: str | None, threads: int | None, progress: bool | None, quality: bool,
+           crops_mode: bool, settle: int, capture_on_key: bool, overlay_path: Path | None, show: bool,
            as_json: bool) -> None:
     """Screen a patient: classify and record every crop, then summarise and decide.
 
@@ -155,9 +195,24 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
     with RecordStore(db or default_db_path()) as store:
         session = store.open_session(patient, classifier.model_sha256, site, operator, classifier.fmt,
                                      str(classifier.bundle_dir), decision)
-        if use_camera:
+        view = capture = None
+        if use_camera and crops_mode:
             crops = ((f"frame {i}", None, center_square(f)) for i, f in enumerate(frames(source), 1))
             total, kind = None, "camera"
+        elif use_camera:
+            from edgekit.device.live import LiveView, camera_field_crops
+
+            capture = _live_capture(settle, capture_on_key, lambda s: click.echo(s, err=True))
+            view = LiveView(decision, overlay_path, show)
+            running = {"cells": 0, "parasitized": 0}
+
+            def on_field(k, rgb, cells) -> None:
+                view.render(_live_status(capture, running))
+                view.field(k, rgb, cells)
+                bar.clear()
+                click.echo(f"field {k}: {len(cells)} cells", err=True)
+
+            crops, total, kind = camera_field_crops(frames(source), capture, on_field), None, "camera-field"
         else:
             items = list(expand_inputs(paths))
             if fields:  # the number of cells is unknown until each field is segmented
@@ -167,6 +222,11 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
         bar = Progress(total, Progress.wanted(bool(progress)) if progress is not False else False)
 
         def report(out) -> None:
+            if view is not None:
+                view.outcome(out)
+                if out.status == "classified":
+                    running["cells"] += 1
+                    running["parasitized"] += decision.is_counted_positive(out.prediction.p_positive)
             if out.status in ("rejected", "failed"):
                 bar.clear()
                 click.echo(f"{out.status} {out.source_id}: {out.reason}", err=True)
@@ -180,11 +240,19 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
             click.echo("interrupted: everything classified so far is recorded", err=True)
             tally = None
         bar.close()
+        if view is not None:
+            view.render(_live_status(capture, running))
+            click.echo(capture.stats.line(), err=True)
         if tally is not None:
             click.echo(tally.line(), err=True)
         summary = summarize(patient, store.records(session.id), decision, stop_cells=stop,
                             domain=classifier.manifest.domain)
     click.echo(json.dumps(summary.to_dict()) if as_json else f"session {session.id}: {summary.line()}")
+
+
+def _live_status(capture, running: dict[str, int]) -> str:
+    n, k = running["cells"], running["parasitized"]
+    return f"{capture.stats.fields} fields, {n} cells, parasitemia {k / n if n else 0:.1%} so far"
 
 
 @click.group()

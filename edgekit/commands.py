@@ -128,15 +128,27 @@ def _ints(text: str) -> tuple[int, ...]:
 @click.option("--positive-label", default=None, help="Default: Parasitized if present, else the last label.")
 @click.option("--seed", default=42, show_default=True, type=int,
               help="Seeds the split made from a data folder, the initial weights and the augmentation.")
-@click.option("--mixed-precision", type=click.Choice(["auto", "on", "off"]), default="auto",
-              show_default=True, help="auto: on when a GPU is present.")
+@click.option("--mixed-precision", type=click.Choice(["auto", "on", "off", "float16", "bfloat16"]),
+              default="auto", show_default=True,
+              help="auto: on when a GPU is present; on: float16 on GPUs, bfloat16 on CPUs.")
+@click.option("--strategy", default="auto", show_default=True,
+              type=click.Choice(["auto", "default", "mirrored", "multiworker"]),
+              help="tf.distribute strategy (README: Training on several devices or hosts).")
+@click.option("--cpu-replicas", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="mirrored without GPUs: N logical CPU devices (tests the multi-replica path).")
+@click.option("--workers", default=None, metavar="HOST:PORT,...",
+              help="multiworker: every worker's address, the chief (index 0) first; or set TF_CONFIG.")
+@click.option("--worker-index", default=None, type=int, help="multiworker: this host's index in --workers.")
+@click.option("--lr-scaling", default="none", show_default=True, type=click.Choice(["none", "linear"]),
+              help="linear: lr x batch/32 (--batch-size is the global batch over all replicas).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=Path("~/.cache/edgekit").expanduser(),
               show_default=True, help="Where decoded image arrays are cached.")
 def train(split_or_data: Path, run: Path, data_root: Path | None, backbone: str, weights: str, stages: str,
           filters: str, l2: float, epochs: int, batch_size: int, lr: float, input_size: int, channels: str,
           no_augment: bool, stain: float, class_weight: str, positive_label: str | None, seed: int,
-          mixed_precision: str, resume: bool, cache_dir: Path) -> None:
+          mixed_precision: str, strategy: str, cpu_replicas: int, workers: str | None,
+          worker_index: int | None, lr_scaling: str, resume: bool, cache_dir: Path) -> None:
     """Train a classifier from a split file (or a data folder) and write the run folder.
 
     Checkpoints every epoch; the best epoch by validation AUC (accuracy for >2 classes) becomes
@@ -149,10 +161,11 @@ def train(split_or_data: Path, run: Path, data_root: Path | None, backbone: str,
     cfg = TrainConfig(backbone=backbone, stages=_ints(stages), filters=_ints(filters), l2=l2, weights=weights,
                       epochs=epochs, batch_size=batch_size, lr=lr, input_size=input_size,
                       channels=int(channels), augment=not no_augment, stain=stain, class_weight=class_weight,
-                      positive_label=positive_label, seed=seed, mixed_precision=mixed_precision)
+                      positive_label=positive_label, seed=seed, mixed_precision=mixed_precision,
+                      strategy=strategy, cpu_replicas=cpu_replicas, lr_scaling=lr_scaling)
     try:
         train_run(split_or_data, run, cfg, data_root=data_root, resume=resume, cache_dir=cache_dir,
-                  log=lambda s: click.echo(s, err=True))
+                  log=lambda s: click.echo(s, err=True), workers=workers, worker_index=worker_index)
     except KeyboardInterrupt:
         if (run / "checkpoints" / "state.json").is_file():
             click.echo(f"continue with: edgekit train {split_or_data} --out {run} --resume", err=True)

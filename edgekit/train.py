@@ -37,6 +37,7 @@ from edgekit.versions import tool_versions
 
 STATE_NAME = "state.json"
 LAST_NAME = "last.keras"
+MIXED_PRECISION = ("auto", "on", "off", "float16", "bfloat16")
 
 
 @dataclass
@@ -67,7 +68,10 @@ class TrainConfig:
     class_weight: str | None = None  # None | "balanced"
     positive_label: str | None = None
     seed: int = 42
-    mixed_precision: str = "auto"  # auto: on when a GPU is present
+    mixed_precision: str = "auto"  # auto: on when a GPU is present; on | off | float16 | bfloat16
+    strategy: str = "auto"  # edgekit.distribute.STRATEGIES
+    cpu_replicas: int = 1  # mirrored without GPUs: logical CPU devices (tests the multi-replica path)
+    lr_scaling: str = "none"  # none | linear in the global batch (edgekit.distribute.scaled_lr)
 
     def __post_init__(self) -> None:
         self.stages = tuple(int(s) for s in self.stages)
@@ -78,6 +82,9 @@ class TrainConfig:
             raise EdgekitError(f"unknown class weight {self.class_weight!r}: use balanced or none")
         if self.class_weight == "none":
             self.class_weight = None
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise EdgekitError(f"unknown mixed precision {self.mixed_precision!r}: use one of "
+                               f"{', '.join(MIXED_PRECISION)}")
 
     def model_dict(self) -> dict[str, Any]:
         if self.backbone == "resnet":
@@ -215,19 +222,14 @@ def make_dataset(x: np.ndarray, y: np.ndarray, cfg: TrainConfig, training: bool,
 # model, strategy, optimizer
 
 
-def distribution_strategy() -> tuple[Any, str]:
-    """MirroredStrategy over the local GPUs when there are any, else the default (CPU) strategy.
-
-    Several machines: set ``TF_CONFIG`` and use ``tf.distribute.MultiWorkerMirroredStrategy()``
-    instead (same code path; every worker runs ``edgekit train`` with the same arguments, and only
-    the chief's run folder is the result).
-    """
-    import tensorflow as tf
-
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        return tf.distribute.MirroredStrategy(), f"MirroredStrategy over {len(gpus)} GPU(s)"
-    return tf.distribute.get_strategy(), "default strategy (CPU)"
+def precision_policy(setting: str, on_gpu: bool) -> str:
+    """The Keras dtype policy for ``--mixed-precision``: float16 on GPUs, bfloat16 on CPUs (where
+    float16 has no fast kernels); the softmax output stays float32 either way (edgekit.model)."""
+    if setting == "off" or (setting == "auto" and not on_gpu):
+        return "float32"
+    if setting in ("float16", "bfloat16"):
+        return f"mixed_{setting}"
+    return "mixed_float16" if on_gpu else "mixed_bfloat16"
 
 
 def build_model(cfg: TrainConfig, num_classes: int) -> Any:
@@ -243,8 +245,11 @@ def compile_model(model: Any, cfg: TrainConfig, total_steps: int) -> None:
     """SGD momentum 0.9 with polynomial decay from ``lr`` to 0 over all steps of the run."""
     import keras
 
+    from edgekit.distribute import scaled_lr
+
     schedule = keras.optimizers.schedules.PolynomialDecay(
-        cfg.lr, decay_steps=max(1, total_steps), end_learning_rate=0.0, power=cfg.power
+        scaled_lr(cfg.lr, cfg.batch_size, cfg.lr_scaling), decay_steps=max(1, total_steps),
+        end_learning_rate=0.0, power=cfg.power
     )
     model.compile(
         optimizer=keras.optimizers.SGD(learning_rate=schedule, momentum=cfg.momentum),
@@ -316,7 +321,7 @@ def make_epoch_callback(run_dir: Path, cfg: TrainConfig, val: Arrays, positive: 
             train_s = time.perf_counter() - self.t0
             row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
             row.update(validation_scores(self.model, val, cfg, positive))
-            row["lr"] = float(self.model.optimizer.learning_rate)
+            row["lr"] = float(np.asarray(self.model.optimizer.learning_rate))
             row["seconds"] = round(time.perf_counter() - self.t0, 2)
             row["train_img_per_s"] = round(n_train / train_s, 1)
             monitor = state["monitor"]
@@ -328,7 +333,7 @@ def make_epoch_callback(run_dir: Path, cfg: TrainConfig, val: Arrays, positive: 
                 best_flag = "  *best"
             save_keras_atomic(self.model, ckpt_dir / LAST_NAME)
             state["epoch"] = epoch + 1
-            state["step"] = int(self.model.optimizer.iterations)
+            state["step"] = int(np.asarray(self.model.optimizer.iterations))
             state["history"].append(row)
             atomic_write_text(ckpt_dir / STATE_NAME, json.dumps(state, indent=1) + "\n")
             write_history_csv(state["history"], run_dir / "history.csv")
@@ -363,8 +368,13 @@ def train_run(
     resume: bool = False,
     cache_dir: Path | None = None,
     log: Callable[[str], None] = print,
+    workers: str | None = None,
+    worker_index: int | None = None,
 ) -> Path:
-    """Train (or resume) a run and write the complete run folder; returns ``RUN``."""
+    """Train (or resume) a run and write the complete run folder; returns ``RUN``.
+
+    ``workers``/``worker_index`` join a multi-host cluster (edgekit.distribute); they are not part
+    of the stored configuration because they differ from host to host."""
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     state_path = ckpt_dir / STATE_NAME
@@ -407,19 +417,45 @@ def train_run(
 
     import keras
 
-    keras.utils.set_random_seed(cfg.seed + (state["epoch"] if state else 0))
-    strategy, strategy_name = distribution_strategy()
-    use_mp = cfg.mixed_precision == "on" or (cfg.mixed_precision == "auto" and "GPU" in strategy_name)
-    if use_mp:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    log(f"{strategy_name}; mixed precision {'on' if use_mp else 'off'}; {len(train.y)} train, "
-        f"{len(val.y)} val images; batch {cfg.batch_size}")
+    from edgekit.distribute import make_distribution
 
+    keras.utils.set_random_seed(cfg.seed + (state["epoch"] if state else 0))
+    dist = make_distribution(cfg.strategy, cfg.cpu_replicas, workers, worker_index)
+    policy = precision_policy(cfg.mixed_precision, "GPU" in dist.name)
+    distribution = {**dist.record(cfg.batch_size, cfg.lr, cfg.lr_scaling), "precision_policy": policy}
+    log(f"{dist.name}; {dist.replicas} replica(s); precision {policy}; {len(train.y)} train, "
+        f"{len(val.y)} val images; global batch {cfg.batch_size}, lr {distribution['lr_effective']:g}")
+    try:
+        keras.mixed_precision.set_global_policy(policy)
+        state = _fit(run_dir, cfg, state, dist, train, val, labels, positive, split_sha, log)
+    finally:  # the policy is process-wide: later models in this process are float32 again
+        keras.mixed_precision.set_global_policy("float32")
+    if not dist.is_chief:
+        log(f"worker {dist.worker_index} done; the chief's run folder (worker 0) is the result")
+        return run_dir
+    state["distribution"] = distribution
+    finish_run(run_dir, split, split_sha, split_file, cfg, state, labels, positive_label, pre, val,
+               train.skipped + val.skipped, cache_dir, log)
+    return run_dir
+
+
+def _fit(run_dir: Path, cfg: TrainConfig, state: dict | None, dist: Any, train: Arrays, val: Arrays,
+         labels: list[str], positive: int | None, split_sha: str, log: Callable[[str], None]) -> dict:
+    """Build or restore the model under the strategy and train the remaining epochs; returns state.
+
+    Every worker of a multi-host run resumes from the chief's checkpoint (so they always agree on
+    the epoch); workers other than the chief write theirs to ``RUN/checkpoints/worker-N/``."""
+    import keras
+
+    from edgekit.distribute import synchronize_batch_norm
+
+    ckpt_dir = run_dir / "checkpoints"
+    save_dir = run_dir if dist.is_chief else ckpt_dir / f"worker-{dist.worker_index}"
     steps_per_epoch = math.ceil(len(train.y) / cfg.batch_size)
-    with strategy.scope():
+    with dist.strategy.scope():
         if state is not None:
             model = keras.models.load_model(ckpt_dir / LAST_NAME)
-            done = int(model.optimizer.iterations) // steps_per_epoch
+            done = int(np.asarray(model.optimizer.iterations)) // steps_per_epoch
             if done != state["epoch"]:
                 log(f"note: checkpoint holds {done} epoch(s), state says {state['epoch']}; "
                     "following the checkpoint")
@@ -427,6 +463,8 @@ def train_run(
                 state["history"] = state["history"][:done]
         else:
             model = build_model(cfg, len(labels))
+            if dist.replicas > 1:
+                synchronize_batch_norm(model)
             compile_model(model, cfg, steps_per_epoch * cfg.epochs)
     if state is None:
         monitor = ("val_auc" if positive is not None and len(val.y)
@@ -442,13 +480,16 @@ def train_run(
         log(f"class weights {cw}")
     ds = make_dataset(train.x, train.y, cfg, training=True, sample_weight=weights)
     if state["epoch"] < cfg.epochs:
-        callback = make_epoch_callback(run_dir, cfg, val, positive, state, steps_per_epoch, len(train.y), log)
-        model.fit(ds, epochs=cfg.epochs, initial_epoch=state["epoch"], callbacks=[callback], verbose=0,
-                  shuffle=False)
+        callback = make_epoch_callback(save_dir, cfg, val, positive, state, steps_per_epoch, len(train.y),
+                                       log)
+        if dist.workers > 1:
+            from edgekit.distribute import patch_for_multiworker
 
-    finish_run(run_dir, split, split_sha, split_file, cfg, state, labels, positive_label, pre, val,
-               train.skipped + val.skipped, cache_dir, log)
-    return run_dir
+            patch_for_multiworker(model)
+        with dist.strategy.scope():
+            model.fit(ds, epochs=cfg.epochs, initial_epoch=state["epoch"], callbacks=[callback], verbose=0,
+                      shuffle=False)
+    return state
 
 
 def _jsonable(d: dict) -> dict:
@@ -505,6 +546,7 @@ def finish_run(run_dir: Path, split: Any, split_sha: str, split_file: Path, cfg:
                          for k in ("augment", "rotation", "zoom", "shift", "shear", "flips", "stain")},
         "class_weight": cfg.class_weight,
         "seed": cfg.seed,
+        "distribution": state.get("distribution"),
         "skipped_images": len(split.skipped) + len(skipped),
         "config": _jsonable(asdict(cfg)),
         "command": " ".join(sys.argv),

@@ -76,7 +76,30 @@ def load_keras(path: Path):
         raise BundleError(f"cannot load Keras model {path}: {_first_line(exc)}") from exc
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise BundleError(f"{path.name}: only single-input, single-output models can be exported")
-    return model
+    return float32_model(model)
+
+
+def float32_model(model):
+    """The same model computing in float32. A model trained with mixed precision keeps float32
+    weights but computes in float16/bfloat16, which the TFLite converter cannot translate and
+    which would make every exported format disagree with its own reference."""
+    if all(layer.dtype_policy.compute_dtype == "float32" for layer in model.layers):
+        return model
+
+    def to_float32(cfg):
+        if isinstance(cfg, dict):
+            if cfg.get("class_name") == "DTypePolicy" and isinstance(cfg.get("config"), dict):
+                return {**cfg, "config": {**cfg["config"], "name": "float32"}}
+            return {k: to_float32(v) for k, v in cfg.items()}
+        if isinstance(cfg, list):
+            return [to_float32(v) for v in cfg]
+        return cfg
+
+    clone = model.__class__.from_config(to_float32(model.get_config()))
+    clone.set_weights(model.get_weights())
+    if any(layer.dtype_policy.compute_dtype != "float32" for layer in clone.layers):
+        raise BundleError("could not turn the mixed-precision model into a float32 one for export")
+    return clone
 
 
 def _first_line(exc: BaseException, limit: int = 300) -> str:

@@ -121,7 +121,8 @@ def test_live_source_reconnects():
 
 
 def test_camera_cli(video, tmp_path):
-    res = CliRunner().invoke(main, ["camera", "--source", str(video), "-m", str(GOLDEN), "--every", "3"])
+    res = CliRunner().invoke(main, ["camera", "--crops", "--source", str(video), "-m", str(GOLDEN),
+                                    "--every", "3"])
     assert res.exit_code == 0, res.output
     assert res.stdout.count("frame ") == 2 and f"{N_FRAMES} frames processed" in res.stderr
     res = CliRunner().invoke(main, ["camera", "--source", str(tmp_path / "none.avi"), "-m", str(GOLDEN)])
@@ -130,7 +131,7 @@ def test_camera_cli(video, tmp_path):
 
 def test_screen_from_camera(video, tmp_path):
     db = tmp_path / "s.sqlite"
-    args = ["screen", "--camera", "--source", str(video), "--patient", "PV", "--db", str(db),
+    args = ["screen", "--camera", "--crops", "--source", str(video), "--patient", "PV", "--db", str(db),
             "-m", str(GOLDEN), "--json"]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output

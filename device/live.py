@@ -1,0 +1,266 @@
+"""A live microscope camera: which frames are fields worth counting, and each field counted once.
+
+A health worker pans across a smear, stops on a field, focuses, moves on. Every frame is measured
+on a small grey thumbnail (cheap, so the preview keeps its frame rate):
+
+- **moving**: the mean absolute change from the previous frame is above ``motion``;
+- **blurred**: the focus measure (the field quality gate's, Laplacian variance per unit of
+  contrast) is below the gate's threshold; a moving frame also counts as blurred when it is below
+  ``blur_ratio`` of the last still view's (smears differ in texture, so motion blur is judged
+  against the view the camera just had, never against another field);
+- **settled**: ``settle`` consecutive still, sharp frames after the view last moved, the last one
+  within 10% of the sharpest of them (not captured half-way through focusing). The field is
+  captured once, and nothing more is captured until the view moves again (or a key asks for it:
+  :meth:`FieldCapture.request`).
+
+A captured field that overlaps one captured earlier in the session (image registration by phase
+correlation of the thumbnails: a strong peak at a shift that leaves most of the view shared) is a
+**repeat** and is not counted again: a field revisited, or a view that settled twice without
+really moving, counts once.
+
+Captured fields go through the same field pipeline as ``edgekit field`` and ``screen --fields``
+(find, crop, classify, record), so a camera session and a folder of photos of the same fields
+give the same cells.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgekit.device.preprocess import _cv2
+from edgekit.errors import ImageError
+
+THUMB_WIDTH = 256
+
+
+@dataclass(frozen=True)
+class CaptureSettings:
+    """When a frame is a field. ``motion`` is the mean absolute grey change (0-255) between
+    consecutive thumbnails; camera noise on a still view stays under ~2, a slow pan is over ~5."""
+
+    motion: float = 3.0
+    settle: int = 4  # still, sharp frames in a row before the field is taken
+    min_sharpness: float | None = None  # None: the field quality gate's threshold
+    blur_ratio: float = 0.5  # a moving frame below this fraction of the last still view's is blurred
+    repeat_response: float = 0.3  # phase-correlation peak above which two views are registered
+    repeat_overlap: float = 0.5  # shared fraction of the view above which it is the same field
+    manual: bool = False  # capture only on request (a key press), never on settling
+
+
+@dataclass
+class CaptureStats:
+    frames: int = 0
+    moving: int = 0
+    blurred: int = 0
+    fields: int = 0
+    repeats: int = 0
+
+    def line(self) -> str:
+        return (f"{self.frames} frames: {self.fields} fields captured, {self.repeats} repeats not counted, "
+                f"{self.blurred} blurred and {self.moving} moving frames skipped")
+
+
+def _thumb(rgb: np.ndarray) -> np.ndarray:
+    cv2 = _cv2()
+    h, w = rgb.shape[:2]
+    scale = THUMB_WIDTH / w
+    small = cv2.resize(rgb, (THUMB_WIDTH, max(8, round(h * scale))), interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(small, cv2.COLOR_RGB2GRAY).astype(np.float32)
+
+
+def sharpness(rgb: np.ndarray) -> float:
+    """The field quality gate's focus measure of a frame."""
+    from edgekit.device.field.quality import _sharpness
+
+    cv2 = _cv2()
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    return _sharpness(gray, gray.shape[1])
+
+
+def registered(a: np.ndarray, b: np.ndarray, settings: CaptureSettings) -> tuple[bool, float, float]:
+    """Whether thumbnails ``a`` and ``b`` show the same stretch of smear: (same, peak, overlap)."""
+    cv2 = _cv2()
+    if a.shape != b.shape:
+        return False, 0.0, 0.0
+    window = cv2.createHanningWindow((a.shape[1], a.shape[0]), cv2.CV_32F)
+    (dx, dy), response = cv2.phaseCorrelate(a - a.mean(), b - b.mean(), window)
+    h, w = a.shape
+    overlap = max(0.0, 1 - abs(dx) / w) * max(0.0, 1 - abs(dy) / h)
+    same = response >= settings.repeat_response and overlap >= settings.repeat_overlap
+    return same, float(response), float(overlap)
+
+
+@dataclass
+class FieldCapture:
+    """Decides, frame by frame, when a new field has settled (see the module docstring)."""
+
+    settings: CaptureSettings = field(default_factory=CaptureSettings)
+    stats: CaptureStats = field(default_factory=CaptureStats)
+
+    def __post_init__(self) -> None:
+        from edgekit.device.field.quality import MIN_SHARPNESS
+
+        given = self.settings.min_sharpness
+        self._min_sharp = MIN_SHARPNESS if given is None else given
+        self._previous: np.ndarray | None = None
+        self._still = 0
+        self._armed = True  # a field may be taken: the view moved since the last capture
+        self._requested = False
+        self._captured: list[np.ndarray] = []
+        self._reference = 0.0  # sharpness of the last still view
+        self._sharpest = 0.0  # the sharpest frame of the current still run
+
+    def request(self) -> None:
+        """Take the next sharp frame even if the view has not moved (a key press)."""
+        self._requested = True
+
+    def offer(self, rgb: np.ndarray) -> np.ndarray | None:
+        """The frame when it is a new field to count, else None (and why is in :attr:`stats`)."""
+        self.stats.frames += 1
+        thumb = _thumb(rgb)
+        change = 0.0 if self._previous is None else float(np.abs(thumb - self._previous).mean())
+        moved = change > self.settings.motion
+        self._previous = thumb
+        sharp = sharpness(rgb)
+        if moved or sharp < self._min_sharp:
+            if sharp < max(self._min_sharp, self.settings.blur_ratio * self._reference):
+                self.stats.blurred += 1
+            else:
+                self.stats.moving += 1
+            self._still = 0
+            self._sharpest = 0.0
+            self._armed = self._armed or moved
+            return None
+        self._reference = sharp
+        self._still += 1
+        self._sharpest = max(self._sharpest, sharp)
+        settled = (self._armed and self._still >= self.settings.settle and not self.settings.manual
+                   and sharp >= 0.9 * self._sharpest)
+        if not (self._requested or settled):
+            return None
+        self._requested = False
+        self._armed = False
+        if any(registered(old, thumb, self.settings)[0] for old in self._captured):
+            self.stats.repeats += 1
+            return None
+        self._captured.append(thumb)
+        self.stats.fields += 1
+        return rgb
+
+
+def camera_field_crops(frames: Iterable[np.ndarray], capture: FieldCapture,
+                       on_field: Callable[[int, np.ndarray, list], None] | None = None,
+                       ) -> Iterator[tuple[str, None, np.ndarray | ImageError]]:
+    """Crops of every cell of every new field among ``frames``, as ``screen`` records them:
+    ``("field 3#12", None, crop)``; an unusable field yields one ``ImageError`` item (recorded as
+    rejected with its reason). ``on_field(k, rgb, cells)`` sees each captured field first."""
+    from edgekit.device.field import count_cells, crop_cell
+
+    for rgb in frames:
+        if capture.offer(rgb) is None:
+            continue
+        name = f"field {capture.stats.fields}"
+        cells, _, reason = count_cells(rgb)
+        if on_field is not None:
+            on_field(capture.stats.fields, rgb, [] if reason else cells)
+        if reason:
+            yield name, None, ImageError(reason)
+            continue
+        for c in cells:
+            yield f"{name}#{c.id}", None, crop_cell(rgb, c)
+
+
+class LiveView:
+    """What the worker sees: the last counted field with its cells coloured as counted and a
+    status line (frames per second, fields, cells and parasitemia so far), in an OpenCV window
+    when one can be opened (``show``) and/or written to ``overlay_path`` (replaced atomically, so
+    a phone or image viewer refreshing it never reads half a file)."""
+
+    def __init__(self, decision, overlay_path=None, show: bool = False) -> None:
+        self.decision = decision
+        self.overlay_path = overlay_path
+        self.show = show
+        self._pending: tuple[int, np.ndarray, list, dict[int, float]] | None = None
+
+    def field(self, k: int, rgb: np.ndarray, cells: list) -> None:
+        """A new field was captured; its cells' probabilities arrive through :meth:`outcome`."""
+        self._pending = (k, rgb, cells, {})
+
+    def probabilities(self, by_cell_id: dict[int, float]) -> None:
+        """The pending field's probabilities, when it was classified in one go (``edgekit camera``)."""
+        if self._pending is not None:
+            self._pending[3].update(by_cell_id)
+
+    def outcome(self, out) -> None:
+        if self._pending is None or out.prediction is None or out.prediction.p_positive is None:
+            return
+        k, _, _, probs = self._pending
+        prefix = f"field {k}#"
+        if out.source_id.startswith(prefix):
+            probs[int(out.source_id[len(prefix):])] = out.prediction.p_positive
+
+    def render(self, status: str) -> np.ndarray | None:
+        """Draw the pending field with ``status`` and show/write it; returns the picture."""
+        from edgekit.device.field import FieldReport, draw_overlay
+
+        if self._pending is None:
+            return None
+        k, rgb, cells, probs = self._pending
+        kept = [c for c in cells if c.id in probs]
+        report = FieldReport(source=f"field {k}", shape=rgb.shape[:2], cells=kept,
+                             probabilities=[probs[c.id] for c in kept],
+                             decisions=[self.decision.cell_call(probs[c.id]) for c in kept],
+                             decision=self.decision)
+        picture = draw_overlay(rgb, report)
+        cv2 = _cv2()
+        scale = max(1, round(max(picture.shape[:2]) / 640))
+        cv2.putText(picture, status, (8, picture.shape[0] - 10 * scale), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.5 * scale, (255, 255, 0), scale)
+        if self.overlay_path is not None:
+            import os
+            from pathlib import Path
+
+            path = Path(self.overlay_path)
+            tmp = path.with_name(f".{path.name}.tmp.png")
+            cv2.imwrite(str(tmp), picture[:, :, ::-1])
+            os.replace(tmp, path)
+        if self.show:
+            self.show = show_frame(picture)
+        return picture
+
+
+def show_frame(rgb: np.ndarray) -> bool:
+    """Show a frame in an OpenCV window; False when this OpenCV build has no GUI (headless)."""
+    cv2 = _cv2()
+    try:
+        cv2.imshow("edgekit", rgb[:, :, ::-1])
+        cv2.waitKey(1)
+    except cv2.error:
+        return False
+    return True
+
+
+def requests_from_stdin(capture: FieldCapture, echo: Callable[[str], None]) -> None:
+    """Each line typed on stdin (Enter) asks for a capture: the key press of a headless station."""
+    import sys
+    import threading
+
+    def read() -> None:
+        for _ in sys.stdin:
+            capture.request()
+
+    threading.Thread(target=read, daemon=True).start()
+    echo("press Enter to capture the current field")
+
+
+def pressed_key() -> int | None:
+    """The key pressed in the preview window since the last call, if any (needs a GUI build)."""
+    cv2 = _cv2()
+    try:
+        key = cv2.waitKey(1)
+    except cv2.error:
+        return None
+    return None if key < 0 else key & 0xFF
