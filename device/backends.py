@@ -10,11 +10,10 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 import numpy as np
 
@@ -33,6 +32,19 @@ _ONNX_DTYPES = {
 _NOISE = (b"INFO: Created TensorFlow Lite XNNPACK delegate",)
 
 
+def _scratch_file() -> IO[bytes]:
+    """An anonymous temporary file: in memory on Linux (``memfd``), else ``tempfile`` (which pulls
+    in shutil, random, bz2 and lzma: not worth it on every model load, for cold start)."""
+    if hasattr(os, "memfd_create"):
+        try:
+            return os.fdopen(os.memfd_create("edgekit-stderr"), "w+b")
+        except OSError:
+            pass
+    import tempfile
+
+    return tempfile.TemporaryFile()
+
+
 @contextlib.contextmanager
 def _quiet_native_info() -> Iterator[None]:
     """Drop LiteRT's native "INFO: Created ... delegate" line from stderr (written by C++, so it
@@ -43,7 +55,7 @@ def _quiet_native_info() -> Iterator[None]:
     except (OSError, ValueError):
         yield
         return
-    with tempfile.TemporaryFile() as tmp:
+    with _scratch_file() as tmp:
         os.dup2(tmp.fileno(), 2)
         try:
             yield

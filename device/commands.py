@@ -87,7 +87,15 @@ def classify(ctx: click.Context, paths: tuple[str, ...], bundle: Path | None, mo
     Exits 1 when any input could not be read (the batch still runs to the end).
     """
     from edgekit.device.output import Progress, ResultWriter, result_columns, result_row
-    from edgekit.device.pipeline import Outcome, Tally, classify_one, expand_inputs, missing_reason
+    from edgekit.device.pipeline import (
+        BATCH_SIZE,
+        Outcome,
+        Tally,
+        classify_batch,
+        expand_inputs,
+        missing_reason,
+        workers,
+    )
     from edgekit.device.quality import DEFAULT_GATES
 
     classifier = _load(bundle, model_format, threads)
@@ -96,15 +104,20 @@ def classify(ctx: click.Context, paths: tuple[str, ...], bundle: Path | None, mo
     bar = Progress(len(items), Progress.wanted(bool(progress)) if progress is not False else False)
     tally = Tally()
     gates = DEFAULT_GATES if quality else None
-    for shown, path in items:
-        if path is None:
-            out = Outcome(shown, "failed", reason=missing_reason(shown))
-        else:
-            out = classify_one(shown, path, classifier, gates)
-        tally.add(out.status)
-        bar.clear()
-        writer.write(result_row(out, classifier))
-        bar.update()
+    n_workers = workers(threads)
+    # the first image alone, so its result shows at once; then batches (one inference call each)
+    starts = [0, *range(1, len(items), BATCH_SIZE)] if items else []
+    for a, b in zip(starts, [*starts[1:], len(items)], strict=True):
+        chunk = items[a:b]
+        todo = [(s, p, None) for s, p in chunk if p is not None]
+        found = classify_batch(todo, classifier, gates, n_workers)
+        it = iter(found)
+        for shown, path in chunk:
+            out = Outcome(shown, "failed", reason=missing_reason(shown)) if path is None else next(it)
+            tally.add(out.status)
+            bar.clear()
+            writer.write(result_row(out, classifier))
+            bar.update()
     bar.close()
     click.echo(tally.line(), err=True)
     if tally.counts["failed"]:
@@ -174,12 +187,12 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
            as_json: bool) -> None:
     """Screen a patient: classify and record every crop, then summarise and decide.
 
-    Each image is committed to the database as soon as it is classified; rerunning the same command
-    skips what is already recorded.
+    Images are classified and committed to the database 32 at a time (a crash loses at most the
+    batch in flight, never a reported result); rerunning the same command skips what is recorded.
     """
     from edgekit.device.camera import center_square, frames
     from edgekit.device.output import Progress
-    from edgekit.device.pipeline import expand_inputs
+    from edgekit.device.pipeline import expand_inputs, workers
     from edgekit.device.quality import DEFAULT_GATES
     from edgekit.device.records import RecordStore, default_db_path
     from edgekit.device.screening import field_crops, path_crops, record_crops, summarize
@@ -216,7 +229,7 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
         else:
             items = list(expand_inputs(paths))
             if fields:  # the number of cells is unknown until each field is segmented
-                crops, total, kind = field_crops(items), None, "field"
+                crops, total, kind = field_crops(items, workers(threads)), None, "field"
             else:
                 crops, total, kind = path_crops(items), len(items), "file"
         bar = Progress(total, Progress.wanted(bool(progress)) if progress is not False else False)
@@ -234,7 +247,7 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
 
         try:
             tally = record_crops(store, session, crops, classifier, DEFAULT_GATES if quality else None, stop,
-                                 kind, report)
+                                 kind, report, n_workers=workers(threads))
         except KeyboardInterrupt:
             bar.close()
             click.echo("interrupted: everything classified so far is recorded", err=True)

@@ -53,9 +53,10 @@ def field(images: tuple[str, ...], bundle: Path | None, overlay_dir: Path | None
     """
     import os
 
-    from edgekit.device.field import FieldReport, analyze_field
+    from edgekit.device.field import FieldReport
+    from edgekit.device.field.classify import classify_field, segment_field
     from edgekit.device.output import ci_text, pct
-    from edgekit.device.pipeline import expand_inputs, missing_reason
+    from edgekit.device.pipeline import expand_inputs, missing_reason, prefetch, workers
     from edgekit.errors import BundleError
     from edgekit.metrics import wilson_interval
 
@@ -81,11 +82,16 @@ def field(images: tuple[str, ...], bundle: Path | None, overlay_dir: Path | None
     if out_format == "table":
         click.echo(f"{'field':32s} {'cells':>5s} {'par':>4s} {'unc':>4s} {'parasitemia':>11s} "
                    f"{'95% CI':>13s} {'ms':>6s}  status")
-    for shown, path in items:
+
+    def segment(item: tuple[str, Path | None]):
+        shown, path = item
         if path is None:
-            rep = FieldReport(source=shown, rejected=missing_reason(shown))
-        else:
-            rep = analyze_field(path, classifier, batch_size=batch_size, keep_image=overlay_dir is not None)
+            return FieldReport(source=shown, rejected=missing_reason(shown)), None
+        return segment_field(path, classifier)
+
+    # the next fields are decoded and segmented in threads while the current one is classified
+    for rep, rgb in prefetch(segment, items, workers(threads)):
+        rep = classify_field(rep, rgb, classifier, batch_size, keep_image=overlay_dir is not None)
         overlay = _write_overlay(rep, overlay_dir) if overlay_dir is not None else None
         ms = 1000 * sum(v for k, v in rep.timing.items() if k != "decode")
         if rep.rejected is None:

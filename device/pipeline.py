@@ -1,6 +1,6 @@
-"""One image through the device: decode, quality gates, classify. Plus input expansion, content
-hashes and the batch tally shared by ``classify``, ``screen`` and ``camera`` (their terminal output
-lives in :mod:`edgekit.device.output`)."""
+"""Images through the device: decode, quality gates, classify (a batch per inference call). Plus
+input expansion, content hashes, worker threads and the batch tally shared by ``classify``,
+``screen`` and ``camera`` (their terminal output lives in :mod:`edgekit.device.output`)."""
 
 from __future__ import annotations
 
@@ -8,22 +8,28 @@ import glob
 import hashlib
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
-from edgekit.device.preprocess import is_image_file, read_image
+from edgekit.device.preprocess import is_image_file, prepare, read_image
 from edgekit.device.quality import QualityGates, check_quality
 from edgekit.errors import ImageError
 from edgekit.manifest import sha256_file
 
 if TYPE_CHECKING:
     from edgekit.device.runtime import Classifier, Prediction
+    from edgekit.manifest import Domain, Preprocessing
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 STATUSES = ("classified", "rejected", "failed")
+BATCH_SIZE = 32  # images per inference call and per committed transaction (64: ~10 MB more RSS, no faster)
 
 
 @dataclass
@@ -38,6 +44,39 @@ class Outcome:
     content_hash: str | None = None
     seconds: float = 0.0
     domain_score: float | None = None  # distance from the bundle's training cells (edgekit.device.domain)
+
+
+def workers(threads: int | None) -> int:
+    """Worker threads for per-image work: ``threads`` when given, else the usable cores (max 4)."""
+    if threads:
+        return threads
+    try:
+        return max(1, min(4, len(os.sched_getaffinity(0))))
+    except AttributeError:  # not Linux
+        return max(1, min(4, os.cpu_count() or 1))
+
+
+def prefetch(fn: Callable[[T], R], items: Iterable[T], n_workers: int) -> Iterator[R]:
+    """``map(fn, items)`` in input order, with up to ``n_workers`` items computed ahead in threads
+    (OpenCV and the inference engines release the GIL, so decoding and segmenting the next images
+    overlaps with whatever the caller does with the current one). Exceptions reach the caller."""
+    if n_workers <= 1:
+        yield from map(fn, items)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(n_workers) as pool:
+        pending: deque = deque()
+        try:
+            for item in items:
+                pending.append(pool.submit(fn, item))
+                if len(pending) > n_workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for f in pending:
+                f.cancel()
 
 
 def expand_inputs(inputs: Sequence[str | os.PathLike]) -> Iterator[tuple[str, Path | None]]:
@@ -112,9 +151,46 @@ def classify_one(
     content_hash: str | None = None,
 ) -> Outcome:
     """Decode (if a path), gate and classify one image. Never raises for a bad image."""
+    return classify_batch([(source_id, image, content_hash)], classifier, gates)[0]
+
+
+def classify_batch(
+    items: Sequence[tuple[str, np.ndarray | str | os.PathLike, str | None]],
+    classifier: Classifier,
+    gates: QualityGates | None,
+    n_workers: int = 1,
+) -> list[Outcome]:
+    """Decode, gate and classify ``(source_id, image or path, content hash)`` items with one
+    inference call for all that pass the gates; outcomes in input order. Never raises for a bad
+    image. Decoding and gating run in ``n_workers`` threads. Each outcome's ``seconds`` is its own
+    decode and gate time plus its share of the call."""
+    pre = classifier.manifest.preprocessing
+    domain = getattr(classifier.manifest, "domain", None)  # the domain guard's training-cell statistics
+    workers = min(n_workers, len(items))
+    loaded = list(prefetch(lambda item: _load_one(item, gates, pre, domain), items, workers))
+    ready = [(out, x) for out, x in loaded if x is not None]
+    if ready:
+        t0 = time.perf_counter()
+        probs = classifier.predict(np.stack([x for _, x in ready]))
+        share = (time.perf_counter() - t0) / len(ready)
+        for (out, _), row in zip(ready, probs, strict=True):
+            out.prediction = classifier.interpret(row)
+            out.status = "classified"
+            out.seconds += share
+    return [out for out, _ in loaded]
+
+
+def _load_one(
+    item: tuple[str, np.ndarray | str | os.PathLike, str | None],
+    gates: QualityGates | None,
+    pre: Preprocessing,
+    domain: Domain | None = None,
+) -> tuple[Outcome, np.ndarray | None]:
+    """One item decoded, gated and prepared: (outcome so far, model input or None when refused)."""
+    source_id, image, content_hash = item
     t0 = time.perf_counter()
     out = Outcome(source_id, "failed", content_hash=content_hash)
-    domain = getattr(getattr(classifier, "manifest", None), "domain", None)
+    x = None
     try:
         rgb = as_rgb(image) if isinstance(image, np.ndarray) else read_image(image)
         feats = None
@@ -127,14 +203,13 @@ def classify_one(
         if reason:
             out.status, out.reason = "rejected", reason
         else:
-            out.prediction = classifier.classify(rgb)
-            out.status = "classified"
+            x = prepare(rgb, pre)
     except ImageError as exc:
         out.reason = str(exc)
     except MemoryError:
         out.reason = "out of memory decoding the image"
     out.seconds = time.perf_counter() - t0
-    return out
+    return out, x
 
 
 @dataclass

@@ -40,29 +40,47 @@ DEFAULT_GATES = QualityGates()
 
 
 def measure(rgb: np.ndarray, dark_level: int = DEFAULT_GATES.dark_level) -> dict[str, float]:
-    """The quality measures of an RGB uint8 image (what :func:`check_quality` compares)."""
+    """The quality measures of an RGB uint8 image (what :func:`check_quality` compares).
+
+    OpenCV masked reductions throughout (a grey histogram gives the foreground median): about 5x
+    faster than the equivalent NumPy boolean indexing, with the same values."""
     import cv2
 
     gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) if rgb.ndim == 3 else rgb
-    fg = gray > dark_level
-    n_fg = int(fg.sum())
-    saturated = (rgb >= 250).all(axis=-1) if rgb.ndim == 3 else gray >= 250
+    fg = cv2.compare(gray, dark_level, cv2.CMP_GT)
+    n_fg = cv2.countNonZero(fg)
+    if rgb.ndim == 3:
+        saturated = cv2.countNonZero(cv2.inRange(rgb, (250, 250, 250), (255, 255, 255)))
+    else:
+        saturated = cv2.countNonZero(cv2.compare(gray, 250, cv2.CMP_GE))
     # Blur: Laplacian variance inside the cell's core, away from its edge. The edge against black
     # stays high-contrast when the image is blurred (and blur widens it into a halo), so the core is
     # where the grey level reaches 60% of the foreground median, eroded by 10% of the short side.
-    core_level = max(dark_level, 0.6 * float(np.median(gray[fg]))) if n_fg else dark_level
+    core_level = max(dark_level, 0.6 * _masked_median(gray, fg, n_fg)) if n_fg else dark_level
     k = max(3, int(min(gray.shape[:2]) * 0.1) | 1)
-    interior = cv2.erode((gray > core_level).astype(np.uint8), np.ones((k, k), np.uint8)).astype(bool)
+    core = cv2.compare(gray, float(core_level), cv2.CMP_GT)
+    interior = cv2.erode(core, np.ones((k, k), np.uint8))
     lap = cv2.Laplacian(gray, cv2.CV_64F)
-    sharp = float(lap[interior].var()) if interior.sum() >= 16 else float(lap.var())
+    _, std = cv2.meanStdDev(lap, mask=interior if cv2.countNonZero(interior) >= 16 else None)
+    _, gray_std = cv2.meanStdDev(gray)
     return {
         "min_side": float(min(gray.shape[:2])),
-        "std": float(gray.std()),
+        "std": float(gray_std[0, 0]),
         "foreground": n_fg / gray.size,
-        "saturated": float(saturated[fg].mean()) if n_fg else 0.0,
-        "foreground_mean": float(gray[fg].mean()) if n_fg else 0.0,
-        "sharpness": sharp,
+        "saturated": saturated / n_fg if n_fg else 0.0,
+        "foreground_mean": float(cv2.mean(gray, mask=fg)[0]) if n_fg else 0.0,
+        "sharpness": float(std[0, 0]) ** 2,
     }
+
+
+def _masked_median(gray: np.ndarray, mask: np.ndarray, n: int) -> float:
+    """``np.median(gray[mask > 0])`` from a 256-bin histogram (n = the mask's pixel count)."""
+    import cv2
+
+    cum = np.cumsum(cv2.calcHist([gray], [0], mask, [256], [0, 256]).ravel())
+    lo = int(np.searchsorted(cum, (n - 1) // 2, side="right"))
+    hi = int(np.searchsorted(cum, n // 2, side="right"))
+    return (lo + hi) / 2
 
 
 def check_quality(

@@ -1,8 +1,9 @@
-"""Screening records in a local SQLite database (WAL, one committed row per image).
+"""Screening records in a local SQLite database (WAL, rows committed a batch at a time).
 
 A session is one patient screened with one model (unique on patient + model sha256), so a rerun
 after a crash resumes it; a record is unique on (session, content hash), so no image is recorded
-twice. ``synchronous=FULL`` makes each committed row survive a power loss, not only a crash.
+twice. ``synchronous=FULL`` makes each committed batch survive a power loss, not only a crash;
+a crash loses at most the batch in flight (its results were not reported yet).
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ class Session:
 
 
 class RecordStore:
-    """The screening database. Every write is its own committed transaction."""
+    """The screening database. Every write is one committed transaction."""
 
     def __init__(self, path: str | os.PathLike, timeout: float = 5.0, read_only: bool = False) -> None:
         self.path = Path(path).expanduser()
@@ -184,21 +185,39 @@ class RecordStore:
 
     def add_record(self, session: Session, row: dict[str, Any]) -> bool:
         """Commit one record; False when this content hash is already recorded in the session."""
-        probs = row.get("probabilities")
-        values = (
-            session.id, row["source_id"], row.get("source_kind", "file"), row["content_hash"], row["status"],
-            row.get("reason"), row.get("label"), row.get("probability"), row.get("p_positive"),
-            row.get("decision"), None if probs is None else json.dumps(probs), row.get("domain_score"),
-            session.model_sha256, time.time(),
-        )
+        return self.add_records(session, [row]) == 1
+
+    def add_records(self, session: Session, rows: list[dict[str, Any]]) -> int:
+        """Commit ``rows`` in one transaction (all or none); returns how many were new (a content
+        hash already recorded in the session is left as it is)."""
+        now = time.time()
+        values = [
+            (
+                session.id, row["source_id"], row.get("source_kind", "file"), row["content_hash"],
+                row["status"], row.get("reason"), row.get("label"), row.get("probability"),
+                row.get("p_positive"), row.get("decision"),
+                None if row.get("probabilities") is None else json.dumps(row["probabilities"]),
+                row.get("domain_score"), session.model_sha256, now,
+            )
+            for row in rows
+        ]
         with _db_errors(self.path), self.conn:
-            cur = self.conn.execute(
+            before = self.conn.total_changes
+            self.conn.executemany(
                 "INSERT INTO records (session_id, source_id, source_kind, content_hash, status, reason,"
                 " label, probability, p_positive, decision, probabilities, domain_score, model_sha256,"
                 " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 values,
             )
-            return cur.rowcount == 1
+            return self.conn.total_changes - before
+
+    def count_classified(self, session_id: int) -> int:
+        """Classified records of a session (what the stop rule counts)."""
+        with _db_errors(self.path):
+            row = self.conn.execute(
+                "SELECT COUNT(*) FROM records WHERE session_id = ? AND status = 'classified'", (session_id,)
+            ).fetchone()
+        return int(row[0])
 
     def sessions(self) -> list[dict[str, Any]]:
         """All sessions with their record counts, newest first."""

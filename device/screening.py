@@ -9,12 +9,22 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgekit.device.pipeline import Outcome, Tally, array_hash, classify_one, file_hash, missing_reason
+from edgekit.device.pipeline import (
+    BATCH_SIZE,
+    Outcome,
+    Tally,
+    array_hash,
+    classify_batch,
+    file_hash,
+    missing_reason,
+    prefetch,
+)
 from edgekit.device.quality import DEFAULT_GATES, QualityGates
 from edgekit.errors import ImageError
 from edgekit.manifest import Decision, Domain, PatientRule
@@ -122,24 +132,28 @@ def path_crops(paths: Iterable[tuple[str, Path | None]]) -> Iterable[Crop]:
         yield shown, None, path if path is not None else shown
 
 
-def field_crops(paths: Iterable[tuple[str, Path | None]]) -> Iterable[Crop]:
-    """Every red cell cut from whole microscope fields (``edgekit.device.field``), as crops.
+def field_crops(paths: Iterable[tuple[str, Path | None]], n_workers: int = 1) -> Iterable[Crop]:
+    """Every red cell cut from whole microscope fields (``edgekit.device.field``), as crops; up to
+    ``n_workers`` fields are decoded and segmented ahead, in threads.
 
     A field that cannot be used (unreadable, no cells, blurred, over-exposed...) yields one item whose
     image is the :class:`ImageError`, so it is recorded as rejected with its reason."""
+    for cells in prefetch(_field_cells, paths, n_workers):
+        yield from cells
+
+
+def _field_cells(item: tuple[str, Path | None]) -> list[Crop]:
     from edgekit.device.field import iter_field_crops
 
-    for shown, path in paths:
-        if path is None:
-            yield shown, None, ImageError(missing_reason(shown))
-            continue
-        try:
-            cells = list(iter_field_crops(path))
-        except ImageError as exc:
-            yield shown, file_hash(path), ImageError(str(exc).removeprefix(f"{path.name}: "))
-            continue
-        # each cell's hash is of its own pixels: a field screened twice is skipped cell by cell
-        yield from ((cell_id, None, crop) for cell_id, crop in cells)
+    shown, path = item
+    if path is None:
+        return [(shown, None, ImageError(missing_reason(shown)))]
+    try:
+        cells = list(iter_field_crops(path))
+    except ImageError as exc:
+        return [(shown, file_hash(path), ImageError(str(exc).removeprefix(f"{path.name}: ")))]
+    # each cell's hash is of its own pixels: a field screened twice is skipped cell by cell
+    return [(cell_id, array_hash(crop), crop) for cell_id, crop in cells]
 
 
 def record_crops(
@@ -151,45 +165,53 @@ def record_crops(
     stop_cells: int | None = None,
     source_kind: str = "file",
     on_outcome: Callable[[Outcome], None] | None = None,
+    batch_size: int = BATCH_SIZE,
+    n_workers: int = 1,
 ) -> Tally:
     """Classify and commit each crop not yet recorded in ``session``; stop once the session holds
-    ``stop_cells`` classified crops (0 or None: never). Each row is committed before the next crop,
-    so a crash loses at most the crop in flight and a rerun skips everything already recorded."""
+    ``stop_cells`` classified crops (0 or None: never). Crops go ``batch_size`` at a time through
+    one inference call and one committed transaction, and are reported (``on_outcome``) only after
+    their commit: a crash loses at most the batch in flight, nothing reported is lost, and a rerun
+    skips everything already recorded. Decoding and quality gates run in ``n_workers`` threads."""
     done = store.recorded_hashes(session.id)
-    counted = sum(1 for r in store.records(session.id) if r["status"] == "classified") if stop_cells else 0
+    counted = store.count_classified(session.id) if stop_cells else 0
     tally = Tally()
-    for source_id, content_hash, image in crops:
-        if stop_cells and counted >= stop_cells:
+    it = iter(crops)
+    while True:
+        room = min(batch_size, stop_cells - counted) if stop_cells else batch_size
+        chunk = list(islice(it, room)) if room > 0 else []
+        if not chunk:
             break
-        if isinstance(image, ImageError):  # a whole source refused before any crop (e.g. a field)
-            out = Outcome(source_id, "rejected", reason=str(image),
-                          content_hash=content_hash or f"rejected:{source_id}")
-            if out.content_hash in done:
-                tally.add("skipped")
-                continue
-            store.add_record(session, outcome_row(out, source_kind))
-            done.add(out.content_hash)
+        outs: list[Outcome | None] = []
+        todo: list[tuple[int, str, Any, str]] = []  # (position in outs, source id, image, hash)
+        for source_id, content_hash, image in chunk:
+            if isinstance(image, ImageError):  # a whole source refused before any crop (e.g. a field)
+                out = Outcome(source_id, "rejected", reason=str(image),
+                              content_hash=content_hash or f"rejected:{source_id}")
+            else:
+                content_hash = content_hash or _content_hash(image)
+                out = None if content_hash else Outcome(source_id, "failed",
+                                                        reason=missing_reason(str(image)))
+            key = out.content_hash if out else content_hash
+            if key and key in done:
+                out = Outcome(source_id, "skipped", content_hash=key)
+            elif out is None:
+                todo.append((len(outs), source_id, image, content_hash))
+            if key:
+                done.add(key)
+            outs.append(out)
+        found = classify_batch([t[1:] for t in todo], classifier, gates, n_workers)
+        for (i, *_), out in zip(todo, found, strict=True):
+            outs[i] = out
+        done_outs = [o for o in outs if o is not None]
+        rows = [outcome_row(o, source_kind) for o in done_outs if o.status != "skipped" and o.content_hash]
+        if rows:
+            store.add_records(session, rows)
+        for out in done_outs:  # reported only once committed
             tally.add(out.status)
+            counted += out.status == "classified"
             if on_outcome:
                 on_outcome(out)
-            continue
-        if content_hash is None:
-            content_hash = _content_hash(image)
-        if content_hash is None:  # a path that cannot be read at all
-            out = Outcome(source_id, "failed", reason=missing_reason(str(image)))
-        elif content_hash in done:
-            tally.add("skipped")
-            if on_outcome:
-                on_outcome(Outcome(source_id, "skipped", content_hash=content_hash))
-            continue
-        else:
-            out = classify_one(source_id, image, classifier, gates, content_hash)
-            store.add_record(session, outcome_row(out, source_kind))
-            done.add(content_hash)
-            counted += out.status == "classified"
-        tally.add(out.status)
-        if on_outcome:
-            on_outcome(out)
     return tally
 
 

@@ -30,7 +30,18 @@ COMMANDS = [
 
 
 class EdgekitGroup(click.Group):
-    """Turns user errors into one clear line and a non-zero exit, never a traceback."""
+    """Turns user errors into one clear line and a non-zero exit, never a traceback. Subcommands
+    load lazily: ``edgekit classify`` imports only its own module (cold start)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *(name for _, name in COMMANDS)})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands:
+            for module, name in COMMANDS:
+                if name == cmd_name:
+                    self.add_command(getattr(importlib.import_module(module), name), name)
+        return self.commands.get(cmd_name)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -55,6 +66,3 @@ class EdgekitGroup(click.Group):
 def main() -> None:
     """Train, quantize and run compact image classifiers on field devices."""
 
-
-for _module, _name in COMMANDS:
-    main.add_command(getattr(importlib.import_module(_module), _name))

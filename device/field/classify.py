@@ -52,6 +52,17 @@ def analyze_field(
     Never raises for bad input: unreadable images, unusable fields and fields without cells come
     back with ``rejected`` set to the reason, so a batch carries on.
     """
+    report, rgb = segment_field(path_or_rgb, classifier, params)
+    return classify_field(report, rgb, classifier, batch_size, keep_image)
+
+
+def segment_field(
+    path_or_rgb: str | os.PathLike | np.ndarray,
+    classifier: ClassifierLike | None = None,
+    params: FieldParams | None = None,
+) -> tuple[FieldReport, np.ndarray | None]:
+    """The first half of :func:`analyze_field`: decode and find the cells (no model; safe to run in
+    a worker thread). Returns the report so far and the decoded field (None when unreadable)."""
     p = params or FieldParams()
     source = "<array>" if isinstance(path_or_rgb, np.ndarray) else str(path_or_rgb)
     report = FieldReport(source=source, decision=None if classifier is None else classifier.manifest.decision)
@@ -60,17 +71,28 @@ def analyze_field(
         source, rgb = _load(path_or_rgb)
     except ImageError as exc:
         report.rejected = str(exc)
-        return report
+        return report, None
     report.shape = (int(rgb.shape[0]), int(rgb.shape[1]))
     t1 = time.perf_counter()
     report.timing["decode"] = t1 - t0
     report.cells, report.cell_radius, reason = count_cells(rgb, p)
-    t2 = time.perf_counter()
-    report.timing["segment"] = t2 - t1
+    report.timing["segment"] = time.perf_counter() - t1
     if reason is not None:
         report.rejected = reason
         report.cells = []
-    elif classifier is not None:
+    return report, rgb
+
+
+def classify_field(
+    report: FieldReport,
+    rgb: np.ndarray | None,
+    classifier: ClassifierLike | None = None,
+    batch_size: int = 64,
+    keep_image: bool = False,
+) -> FieldReport:
+    """The second half of :func:`analyze_field`: crop and classify the cells found."""
+    t2 = time.perf_counter()
+    if rgb is not None and report.rejected is None and classifier is not None:
         crops = [crop_cell(rgb, c) for c in report.cells]
         report.probabilities = classify_crops(crops, classifier, batch_size)
         report.decisions = [classifier.manifest.decision.cell_call(pr) for pr in report.probabilities]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgekit.device.field.segment import _segment
+from edgekit.device.field.segment import _segment, working_copy
 from edgekit.device.field.types import CellBox, FieldParams
 from edgekit.device.preprocess import _cv2
 
@@ -13,20 +13,23 @@ MAX_RADIUS_FRACTION = 4  # a typical "cell" wider than a quarter of the field's 
 MIN_SHARPNESS = 0.15  # Laplacian var per grey std, 640 px wide: BCCD >= 0.28, blurred (sigma 2) <= 0.10
 
 
-def field_quality(rgb: np.ndarray) -> str | None:
-    """The reason this field cannot be counted (blank, overexposed, dark, out of focus), or None."""
+def field_quality(rgb: np.ndarray, small: np.ndarray | None = None) -> str | None:
+    """The reason this field cannot be counted (blank, overexposed, dark, out of focus), or None.
+    ``small``: a shrunk copy to measure on (the segmentation's working copy); default: at most
+    1024 px."""
     cv2 = _cv2()
     h, w = rgb.shape[:2]
     if min(h, w) < MIN_SIDE:
         return f"image too small for a microscope field ({w}x{h})"
-    small = rgb if max(h, w) <= 1024 else cv2.resize(rgb, None, fx=1024 / max(h, w), fy=1024 / max(h, w),
-                                                     interpolation=cv2.INTER_AREA)
+    if small is None:
+        small = working_copy(rgb, 1024)[0]
     gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
-    if (small.min(axis=2) >= 250).mean() > 0.5:
+    if cv2.countNonZero(cv2.inRange(small, (250, 250, 250), (255, 255, 255))) > 0.5 * gray.size:
         return "overexposed (more than half the field is saturated white)"
-    if float(gray.mean()) < 40:
+    mean, std = (float(v[0, 0]) for v in cv2.meanStdDev(gray))
+    if mean < 40:
         return "too dark (underexposed or no light)"
-    if float(gray.std()) < 3:
+    if std < 3:
         return "blank field (no contrast)"
     if _sharpness(gray, small.shape[1]) < MIN_SHARPNESS:
         return "out of focus"
@@ -50,10 +53,12 @@ def count_cells(
 ) -> tuple[list[CellBox], float, str | None]:
     """Quality check, then :func:`find_cells`: (cells, typical radius in pixels, reason or None).
     A reason means the field is not to be counted, and the cell list is then empty."""
-    reason = field_quality(rgb)
+    p = params or FieldParams()
+    work = working_copy(rgb, p.max_side)
+    reason = field_quality(rgb, work[0])
     if reason:
         return [], 0.0, reason
-    cells, radius = _segment(rgb, params or FieldParams())
+    cells, radius = _segment(rgb, p, work)
     if radius > min(rgb.shape[:2]) / MAX_RADIUS_FRACTION:
         # the "cells" are one mass wider than a quarter of the field: cells are piled up
         return [], radius, "cells overlap into one mass (a thick part of the smear); move to a thinner area"

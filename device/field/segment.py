@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -18,9 +20,12 @@ def _odd(n: float) -> int:
 def _optical_density(rgb: np.ndarray, bg_percentile: float) -> np.ndarray:
     """Per-channel optical density against the estimated background colour (colour normalization:
     the result no longer depends on lamp colour or exposure)."""
-    f = rgb.astype(np.float32)
-    bg = np.percentile(f.reshape(-1, 3)[:: max(1, f.shape[0] * f.shape[1] // 100_000)], bg_percentile, axis=0)
-    return np.log(np.maximum(bg, 1.0) / np.maximum(f, 1.0)).clip(0.0, None)
+    step = max(1, rgb.shape[0] * rgb.shape[1] // 100_000)
+    bg = np.percentile(rgb.reshape(-1, 3)[::step].astype(np.float32), bg_percentile, axis=0)
+    # a 256-entry table per channel (the same float32 arithmetic, once per grey level, not per pixel)
+    levels = np.maximum(np.arange(256, dtype=np.float32), 1.0)[:, None]
+    lut = np.log(np.maximum(bg, 1.0).astype(np.float32) / levels).clip(0.0, None)
+    return _cv2().LUT(np.ascontiguousarray(rgb), np.ascontiguousarray(lut.reshape(256, 1, 3)))
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -41,16 +46,39 @@ def _density_u8(od: np.ndarray) -> tuple[np.ndarray, float]:
     return np.clip(odg * scale, 0, 255).astype(np.uint8), scale
 
 
-def _foreground(od: np.ndarray, factor: float = 1.0, min_od: float = 0.0) -> np.ndarray:
+@dataclass
+class _Density:
+    """A field's green density (:func:`_density_u8`) and the smoothed copies the steps share,
+    each computed once per field."""
+
+    u8: np.ndarray
+    scale: float
+
+    @classmethod
+    def of(cls, od: np.ndarray) -> _Density:
+        return cls(*_density_u8(od))
+
+    @cached_property
+    def blur5(self) -> np.ndarray:
+        return _cv2().GaussianBlur(self.u8, (5, 5), 0)
+
+    @cached_property
+    def otsu(self) -> float:
+        cv2 = _cv2()
+        return float(cv2.threshold(self.blur5, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)[0])
+
+    @cached_property
+    def blur2(self) -> np.ndarray:
+        return _cv2().GaussianBlur(self.u8, (0, 0), 2)
+
+
+def _foreground(d: _Density, factor: float = 1.0, min_od: float = 0.0) -> np.ndarray:
     """Stained pixels: a fraction of Otsu's threshold on the green optical density, pale centres
     filled. Clipping the nuclei makes Otsu split background from red cells, not cells from nuclei."""
     cv2 = _cv2()
-    u8, scale = _density_u8(od)
-    u8 = cv2.GaussianBlur(u8, (5, 5), 0)
-    otsu, _ = cv2.threshold(u8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     # below Otsu, since pale cells and pale centres are barely darker than the background, but
     # never below a minimum density, or a cell-free field's noise becomes "cells"
-    _, fg = cv2.threshold(u8, max(otsu * factor, min_od * scale), 255, cv2.THRESH_BINARY)
+    _, fg = cv2.threshold(d.blur5, max(d.otsu * factor, min_od * d.scale), 255, cv2.THRESH_BINARY)
     fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5)))
     return _fill_holes(fg)
 
@@ -70,13 +98,13 @@ def _estimate_radius(dist: np.ndarray, fg: np.ndarray) -> float:
     return float(np.median(maxima)) if maxima.size else 0.0
 
 
-def _circle_radius(od: np.ndarray, fallback: float) -> float:
+def _circle_radius(d: _Density, fallback: float) -> float:
     """Median radius of the clearest circles in the field (Hough transform on the cells' outlines).
     Unlike the distance transform, it does not grow when a field's cells merge into clumps; blended
     with it (geometric mean), the per-field estimate scatters much less (BCCD: 5-95% range of the
     ratio to the labelled boxes' size 0.70-1.23 alone, 0.70-0.95 blended)."""
     cv2 = _cv2()
-    u8 = cv2.GaussianBlur(_density_u8(od)[0], (0, 0), 2)
+    u8 = d.blur2
     m = min(u8.shape)
     circles = cv2.HoughCircles(u8, cv2.HOUGH_GRADIENT_ALT, dp=1.5, minDist=m / 20, param1=80, param2=0.6,
                                minRadius=int(m / 30), maxRadius=int(m / 4))
@@ -105,15 +133,14 @@ def _nucleus_zone(nuc: np.ndarray, radius: float, p: FieldParams) -> np.ndarray:
 
 
 def _circle_seeds(
-    od: np.ndarray, fg: np.ndarray, dist: np.ndarray, radius: float, p: FieldParams,
+    d: _Density, fg: np.ndarray, dist: np.ndarray, radius: float, p: FieldParams,
     taken: list[tuple[int, int]],
 ) -> list[tuple[int, int, float]]:
     """Extra seeds inside clumps too dense for distance peaks: centres of cell-sized circles
     (Hough transform on the cells' outlines) that lie on the foreground, away from other seeds."""
     cv2 = _cv2()
-    u8 = cv2.GaussianBlur(_density_u8(od)[0], (0, 0), 2)
     circles = cv2.HoughCircles(
-        u8, cv2.HOUGH_GRADIENT, dp=1, minDist=p.peak_window * radius, param1=p.hough_edge,
+        d.blur2, cv2.HOUGH_GRADIENT, dp=1, minDist=p.peak_window * radius, param1=p.hough_edge,
         param2=p.hough_votes, minRadius=int(0.75 * radius), maxRadius=int(1.4 * radius),
     )
     if circles is None:
@@ -133,7 +160,7 @@ def _circle_seeds(
 
 
 def _split_touching(
-    od: np.ndarray, fg: np.ndarray, dist: np.ndarray, radius: float, p: FieldParams
+    d: _Density, fg: np.ndarray, dist: np.ndarray, radius: float, p: FieldParams
 ) -> tuple[np.ndarray, int]:
     """Split touching cells: one seed per distance-transform peak, then every foreground pixel goes
     to the seed of its blob minimizing (distance to seed - seed's own radius). For overlapping
@@ -157,7 +184,7 @@ def _split_touching(
         iy, ix = np.unravel_index(int(sub.argmax()), sub.shape)
         found.append((y + iy, x + ix, float(sub[iy, ix])))
     if p.hough_votes > 0:
-        found += _circle_seeds(od, fg, dist, radius, p, [(y, x) for y, x, _ in found])
+        found += _circle_seeds(d, fg, dist, radius, p, [(y, x) for y, x, _ in found])
     per_blob = np.bincount([blobs[cy, cx] for cy, cx, _ in found], minlength=n_blobs)
     labels = np.zeros((h, w), np.int32)
     best = np.full((h, w), np.inf, np.float32)
@@ -203,26 +230,36 @@ def find_cells(rgb: np.ndarray, params: FieldParams | None = None) -> list[CellB
     return _segment(rgb, params or FieldParams())[0]
 
 
-def _segment(rgb: np.ndarray, p: FieldParams) -> tuple[list[CellBox], float]:
+def working_copy(rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    """The field shrunk (area interpolation) so its longer side is at most ``max_side``, and the
+    scale; the field itself when it is small enough."""
+    H, W = rgb.shape[:2]
+    scale = min(1.0, max_side / max(H, W))
+    if scale == 1.0:
+        return rgb, 1.0
+    return _cv2().resize(rgb, (round(W * scale), round(H * scale)), interpolation=_cv2().INTER_AREA), scale
+
+
+def _segment(
+    rgb: np.ndarray, p: FieldParams, work: tuple[np.ndarray, float] | None = None
+) -> tuple[list[CellBox], float]:
     cv2 = _cv2()
     H, W = rgb.shape[:2]
-    scale = min(1.0, p.max_side / max(H, W))
-    work = rgb
-    if scale < 1.0:
-        work = cv2.resize(rgb, (round(W * scale), round(H * scale)), interpolation=cv2.INTER_AREA)
+    work, scale = work or working_copy(rgb, p.max_side)
     od = _optical_density(work, p.bg_percentile)
-    fg = _foreground(od, p.threshold, p.min_od)
+    density = _Density.of(od)
+    fg = _foreground(density, p.threshold, p.min_od)
     dist = cv2.distanceTransform(fg, cv2.DIST_L2, 5)
     nuc = _nucleus_pixels(od, p)
     radius = p.cell_radius * scale if p.cell_radius else _estimate_radius(dist, fg)
     if not p.cell_radius and p.hough_radius and radius >= 3:
-        radius = math.sqrt(radius * _circle_radius(od, radius)) * p.radius_gain
+        radius = math.sqrt(radius * _circle_radius(density, radius)) * p.radius_gain
     if radius < 3:
         return [], 0.0
     if p.rim > 0:
         # pale "ghost" cells show only a thin darker rim: a local threshold finds the rim, and
         # filling it makes the cell whole
-        u8, dscale = _density_u8(od)
+        u8, dscale = density.u8, density.scale
         u8 = cv2.GaussianBlur(u8, (3, 3), 0)
         local = cv2.blur(u8, (_odd(radius),) * 2)
         rim = ((u8.astype(np.int16) - local > p.rim) & (u8 >= p.min_od * dscale)).astype(np.uint8) * 255
@@ -230,9 +267,9 @@ def _segment(rgb: np.ndarray, p: FieldParams) -> tuple[list[CellBox], float]:
         fg = _fill_holes(fg | rim)
         fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5)))
         dist = cv2.distanceTransform(fg, cv2.DIST_L2, 5)
-    markers, n = _split_touching(od, fg, dist, radius, p)
+    markers, n = _split_touching(density, fg, dist, radius, p)
     # growth only reaches into faintly stained pixels (a cell's pale edge), never into background
-    edge_fg = _foreground(od, p.threshold * p.grow_threshold, p.min_od) > 0 if p.grow > 0 else None
+    edge_fg = _foreground(density, p.threshold * p.grow_threshold, p.min_od) > 0 if p.grow > 0 else None
     zone = _nucleus_zone(nuc, radius, p)
     cell_area = math.pi * radius * radius
     h, w = fg.shape
@@ -265,7 +302,8 @@ def _segment(rgb: np.ndarray, p: FieldParams) -> tuple[list[CellBox], float]:
         local[ys - y0, xs - x0] = 1
         # the crop mask is the region's convex hull: a pale centre open to one side (a "C") and the
         # straight cut between two overlapping cells both belong to the cell, as in the NIH masks
-        hull = cv2.convexHull(cv2.findNonZero(local))
+        contours, _ = cv2.findContours(local, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        hull = cv2.convexHull(np.concatenate(contours))  # the outline's hull: that of all its pixels
         local = cv2.fillConvexPoly(np.zeros_like(local), hull, 1)
         if edge_fg is not None:
             grown = cv2.dilate(local, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * g + 1,) * 2))

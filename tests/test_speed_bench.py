@@ -1,0 +1,32 @@
+"""benchmarks/speed.py: ratios and medians in its report (the measurements themselves need the
+shared data and are run by hand, see benchmarks/RESULTS.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgekit.benchmarks.speed import _src, report, summarize_e2e
+
+
+def _runs(wall: float, cpu: float, rss: float) -> list[dict]:
+    return [{"wall_s": wall * k, "cpu_s": cpu * k, "peak_rss_mb": rss * k, "cells": 100} for k in (1, 2, 3)]
+
+
+def test_report_ratios_and_medians():
+    e2e = summarize_e2e({
+        "before": {"screen": _runs(6, 3, 90), "fields": _runs(8, 4, 150), "cold": _runs(0.3, 0.3, 70)},
+        "after": {"screen": _runs(2, 1, 80), "fields": _runs(2, 2, 120), "cold": _runs(0.15, 0.2, 60)},
+    })
+    assert e2e["after"]["screen_wall_s"] == 4 and e2e["after"]["fields_rss_mb"] == 360
+    assert "| 0.40 (1.5x) | 240 / 360 / 180 |" in report({"end_to_end": e2e})
+    lat = [{"model": m, "threads": 1, "batch": 1, "ms_per_crop": ms}
+           for m, ms in (("default", 0.2), ("old default", 0.5), ("MalariaScreener", 1.0))]
+    text = report({"latency": lat, "end_to_end": e2e})
+    assert "| default | 1 | 1 | 0.200 | 5.00x | 2.50x |" in text
+    assert "| after | 4.00 (3.0x) | 2.00 (3.0x) | 4.00 (4.0x) |" in text
+
+
+def test_src_spec(tmp_path):
+    name, (src, bundle) = _src(f"old={tmp_path}@{tmp_path / 'b'}", Path("/x"))
+    assert (name, src, bundle) == ("old", tmp_path.resolve(), (tmp_path / "b").resolve())
+    assert _src(f"new={tmp_path}", Path("/x"))[1][1] == Path("/x")
