@@ -267,7 +267,8 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
             click.echo(capture.stats.line(), err=True)
         if tally is not None:
             click.echo(tally.line(), err=True)
-        summary = summarize(patient, store.records(session.id), decision, stop_cells=stop)
+        summary = summarize(patient, store.records(session.id), decision, stop_cells=stop,
+                            domain=classifier.manifest.domain)
     click.echo(json.dumps(summary.to_dict()) if as_json else f"session {session.id}: {summary.line()}")
 
 
@@ -350,7 +351,18 @@ def _summary(store, session):
     decision = session.decided_with
     if decision is None:
         return None
-    return summarize(session.patient, store.records(session.id), decision)
+    return summarize(session.patient, store.records(session.id), decision, domain=_session_domain(session))
+
+
+def _session_domain(session):
+    """The domain statistics of the bundle the session was screened with; None (the guard cannot
+    vouch) when that bundle is gone or has none."""
+    from edgekit.manifest import load_manifest
+
+    try:
+        return load_manifest(session.bundle).domain if session.bundle else None
+    except Exception:  # moved, deleted or unreadable: nothing vouches for the session's cells
+        return None
 
 
 _NO_DECISION = ("no decision rule is stored with this session (recorded by an older edgekit); "

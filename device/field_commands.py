@@ -81,6 +81,7 @@ def field(images: tuple[str, ...], bundle: Path | None, overlay_dir: Path | None
         raise click.UsageError("no image files found in the given paths")
 
     total_cells = total_par = total_unc = counted = 0
+    all_scores: list[float | None] = []  # every counted cell's domain score, for the total's verdict
     if out_format == "table":
         click.echo(f"{'field':32s} {'cells':>5s} {'par':>4s} {'unc':>4s} {'parasitemia':>11s} "
                    f"{'95% CI':>13s} {'ms':>6s}  status")
@@ -101,6 +102,7 @@ def field(images: tuple[str, ...], bundle: Path | None, overlay_dir: Path | None
             total_cells += rep.n_cells
             total_par += rep.n_parasitized
             total_unc += rep.count("uncertain")
+            all_scores.extend(rep.domain_scores)
         if out_format == "jsonl":
             d = rep.to_dict(per_cell=True)
             if overlay:
@@ -113,10 +115,11 @@ def field(images: tuple[str, ...], bundle: Path | None, overlay_dir: Path | None
                        f"rejected: {rep.rejected}")
             continue
         classified = bool(rep.decisions)
+        status = "ok" if rep.domain is None or rep.domain["ok"] else "NOT VALIDATED for this microscope"
         click.echo(
             f"{name:32s} {rep.n_cells:5d} {rep.n_parasitized if classified else '-':>4} "
             f"{rep.count('uncertain') if classified else '-':>4} {pct(rep.parasitemia):>11s} "
-            f"{ci_text(rep.ci95):>13s} {ms:6.0f}  ok"
+            f"{ci_text(rep.ci95):>13s} {ms:6.0f}  {status}"
         )
 
     total: dict[str, Any] = {"fields": len(items), "counted": counted, "rejected": len(items) - counted,
@@ -124,6 +127,10 @@ def field(images: tuple[str, ...], bundle: Path | None, overlay_dir: Path | None
     if classifier is not None and total_cells:
         total.update(parasitized=total_par, uncertain=total_unc, parasitemia=total_par / total_cells,
                      ci95=list(wilson_interval(total_par, total_cells)))
+    if classifier is not None:
+        from edgekit.device.domain import session_verdict
+
+        total["domain"] = session_verdict(all_scores, classifier.manifest.domain, "set of fields")
     if out_format == "jsonl":
         click.echo(json.dumps({"total": total}))
     else:
@@ -132,6 +139,8 @@ def field(images: tuple[str, ...], bundle: Path | None, overlay_dir: Path | None
             line += (f", {total_par} parasitized ({total_unc} uncertain); parasitemia "
                      f"{pct(total['parasitemia'])} (95% CI {ci_text(total['ci95'])})")
         click.echo(line)
+        if "domain" in total and not total["domain"]["ok"]:
+            click.echo(f"parasitemia NOT VALIDATED for this microscope: {total['domain']['why']}")
         if overlay_dir is not None:
             click.echo(f"overlays in {overlay_dir}", err=True)
     if counted == 0:

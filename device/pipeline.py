@@ -23,7 +23,7 @@ from edgekit.safefile import NotRegularFile, is_regular, open_regular
 
 if TYPE_CHECKING:
     from edgekit.device.runtime import Classifier, Prediction
-    from edgekit.manifest import Preprocessing
+    from edgekit.manifest import Domain, Preprocessing
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -46,6 +46,7 @@ class Outcome:
     prediction: Prediction | None = None
     content_hash: str | None = None
     seconds: float = 0.0
+    domain_score: float | None = None  # distance from the bundle's training cells (edgekit.device.domain)
 
 
 def workers(threads: int | None) -> int:
@@ -176,7 +177,9 @@ def classify_batch(
     image. Decoding and gating run in ``n_workers`` threads. Each outcome's ``seconds`` is its own
     decode and gate time plus its share of the call."""
     pre = classifier.manifest.preprocessing
-    loaded = list(prefetch(lambda item: _load_one(item, gates, pre), items, min(n_workers, len(items))))
+    domain = getattr(classifier.manifest, "domain", None)  # the domain guard's training-cell statistics
+    workers = min(n_workers, len(items))
+    loaded = list(prefetch(lambda item: _load_one(item, gates, pre, domain), items, workers))
     ready = [(out, x) for out, x in loaded if x is not None]
     if ready:
         t0 = time.perf_counter()
@@ -193,6 +196,7 @@ def _load_one(
     item: tuple[str, np.ndarray | str | os.PathLike, str | None],
     gates: QualityGates | None,
     pre: Preprocessing,
+    domain: Domain | None = None,
 ) -> tuple[Outcome, np.ndarray | None]:
     """One item decoded, gated and prepared: (outcome so far, model input or None when refused)."""
     source_id, image, content_hash = item
@@ -201,7 +205,13 @@ def _load_one(
     x = None
     try:
         rgb = as_rgb(image) if isinstance(image, np.ndarray) else read_image(image, MAX_CROP_PIXELS)
-        reason = check_quality(rgb, gates) if gates is not None else None
+        feats = None
+        if domain is not None:  # kept for rejected crops too: the session verdict counts every cell
+            from edgekit.device.domain import crop_features, distances
+
+            feats = crop_features(rgb)
+            out.domain_score = None if feats is None else float(distances(feats, domain)[0])
+        reason = check_quality(rgb, gates, domain, feats) if gates is not None else None
         if reason:
             out.status, out.reason = "rejected", reason
         else:

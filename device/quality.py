@@ -12,8 +12,12 @@ Gaussian of sigma 2 px stay below ~2.8 (99th percentile), hence ``min_sharpness`
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from edgekit.manifest import Domain
 
 
 @dataclass(frozen=True)
@@ -79,8 +83,15 @@ def _masked_median(gray: np.ndarray, mask: np.ndarray, n: int) -> float:
     return (lo + hi) / 2
 
 
-def check_quality(rgb: np.ndarray, gates: QualityGates = DEFAULT_GATES) -> str | None:
-    """None when the image passes, else a short reason (recorded as the rejection reason)."""
+def check_quality(
+    rgb: np.ndarray, gates: QualityGates = DEFAULT_GATES, domain: Domain | None = None,
+    features: np.ndarray | None = None,
+) -> str | None:
+    """None when the image passes, else a short reason (recorded as the rejection reason).
+
+    With the bundle's ``domain`` (its training cells' statistics), images that are plainly not a
+    cell like them are rejected too (:func:`check_cell`; ``features``: the crop's
+    :func:`~edgekit.device.domain.crop_features` when the caller has them already)."""
     h, w = rgb.shape[:2]
     if min(h, w) < gates.min_side:
         return f"too small ({w}x{h} < {gates.min_side} px)"
@@ -95,6 +106,39 @@ def check_quality(rgb: np.ndarray, gates: QualityGates = DEFAULT_GATES) -> str |
         return f"over-exposed ({m['saturated']:.0%} of the image saturated)"
     if m["sharpness"] < gates.min_sharpness:
         return f"blurred (Laplacian variance {m['sharpness']:.1f} < {gates.min_sharpness})"
+    return check_cell(rgb, domain, gates.dark_level, features) if domain is not None else None
+
+
+def border_lit(rgb: np.ndarray, dark_level: int = DEFAULT_GATES.dark_level) -> float:
+    """Fraction of the image's outer one-pixel frame brighter than the background level. A cell
+    cropped on black touches its box only at a few points; a field, a photo or noise is lit all round."""
+    lit = rgb.max(axis=2) > dark_level if rgb.ndim == 3 else rgb > dark_level
+    frame = np.concatenate([lit[0], lit[-1], lit[1:-1, 0], lit[1:-1, -1]])
+    return float(frame.mean())
+
+
+def check_cell(rgb: np.ndarray, domain: Domain, dark_level: int = DEFAULT_GATES.dark_level,
+               features: np.ndarray | None = None) -> str | None:
+    """Reject an image that is plainly not a cell like the bundle's training cells: not a single
+    cell on black (a whole field, a photo, noise), colourless (a grayscale copy of a stained cell),
+    or far outside every training cell's size, shape and colour. None when it passes."""
+    from edgekit.device.domain import chroma, crop_features, distances
+
+    lit = border_lit(rgb, dark_level)
+    if lit > domain.max_border_lit:
+        return (f"not a single cell on a black background ({lit:.0%} of the border is lit, training crops"
+                f" <= {domain.max_border_lit:.0%}); pass whole fields to `edgekit field`")
+    f = crop_features(rgb) if features is None else features
+    if f is None:
+        return "no cell pixels to classify"
+    c = chroma(f)
+    if c < domain.min_chroma:
+        return (f"no stain colour (chroma {c:.1f} < {domain.min_chroma:.1f}): a grayscale image, but the"
+                " model was trained on colour-stained cells")
+    d = float(distances(f, domain)[0])
+    if domain.max_crop_distance is not None and d > domain.max_crop_distance:
+        return (f"does not look like a cell the model was trained on (distance {d:.1f} >"
+                f" {domain.max_crop_distance:.1f} in size, shape and colour)")
     return None
 
 

@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS records (
     p_positive REAL,
     decision TEXT,
     probabilities TEXT,
+    domain_score REAL,
     model_sha256 TEXT NOT NULL,
     created_at REAL NOT NULL,
     UNIQUE (session_id, content_hash)
@@ -75,6 +76,20 @@ _COLUMNS = {
     "records": ("id", "session_id", "source_id", "source_kind", "content_hash", "status", "reason", "label",
                 "probability", "p_positive", "decision", "probabilities", "model_sha256", "created_at"),
 }
+
+
+# columns added after a database may have been created: (table, name, SQL type)
+_ADDED_COLUMNS = (
+    ("sessions", "decision", "TEXT"),  # the Decision the session was screened with
+    ("records", "domain_score", "REAL"),  # the domain guard's per-crop distance (edgekit.device.domain)
+)
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """Bring a database made by an older edgekit up to date (new columns are nullable)."""
+    for table, name, sql_type in _ADDED_COLUMNS:
+        if name not in {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}")
 
 
 def default_db_path() -> Path:
@@ -182,9 +197,7 @@ class RecordStore:
                 self.conn.execute("PRAGMA synchronous=FULL")
                 with self.conn:
                     self.conn.executescript(_SCHEMA)
-                    columns = {r[1] for r in self.conn.execute("PRAGMA table_info(sessions)")}
-                    if "decision" not in columns:  # a version-1 database: its sessions keep NULL
-                        self.conn.execute("ALTER TABLE sessions ADD COLUMN decision TEXT")
+                    _add_missing_columns(self.conn)  # a version-1 database: old rows keep NULL
                     self.conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def _check_columns(self) -> None:
@@ -254,7 +267,7 @@ class RecordStore:
                 row["status"], row.get("reason"), row.get("label"), row.get("probability"),
                 row.get("p_positive"), row.get("decision"),
                 None if row.get("probabilities") is None else json.dumps(row["probabilities"]),
-                session.model_sha256, now,
+                row.get("domain_score"), session.model_sha256, now,
             )
             for row in rows
         ]
@@ -262,8 +275,8 @@ class RecordStore:
             before = self.conn.total_changes
             self.conn.executemany(
                 "INSERT INTO records (session_id, source_id, source_kind, content_hash, status, reason,"
-                " label, probability, p_positive, decision, probabilities, model_sha256, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                " label, probability, p_positive, decision, probabilities, domain_score, model_sha256,"
+                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 values,
             )
             return self.conn.total_changes - before

@@ -28,7 +28,7 @@ from edgekit.device.pipeline import (
 from edgekit.device.quality import DEFAULT_GATES, QualityGates
 from edgekit.device.review import keep_for_review
 from edgekit.errors import ImageError
-from edgekit.manifest import Decision, PatientRule
+from edgekit.manifest import Decision, Domain, PatientRule
 from edgekit.metrics import wilson_interval
 
 if TYPE_CHECKING:
@@ -51,6 +51,12 @@ class PatientSummary:
     decision: str  # positive | negative | refer
     stop_cells: int
     stop_reached: bool
+    domain: dict[str, Any] | None = None  # the domain guard's verdict on the session's cells
+
+    @property
+    def validated(self) -> bool:
+        """False when the guard found the cells unlike the model's training cells."""
+        return self.domain is None or bool(self.domain["ok"])
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -58,11 +64,15 @@ class PatientSummary:
     def line(self) -> str:
         lo, hi = self.ci95
         stop = "reached" if self.stop_reached else f"{self.crops}/{self.stop_cells} cells"
-        return (
+        valid = "" if self.validated else ", not validated for this microscope"
+        line = (
             f"patient {self.patient}: {self.crops} cells, {self.parasitized} parasitized "
-            f"({self.fraction:.1%}, 95% CI {lo:.1%}-{hi:.1%}), {self.uncertain} uncertain, "
+            f"({self.fraction:.1%}, 95% CI {lo:.1%}-{hi:.1%}{valid}), {self.uncertain} uncertain, "
             f"{self.rejected} rejected, {self.failed} failed -> {self.decision.upper()}; stop rule {stop}"
         )
+        if not self.validated:
+            line += f"\ndomain: {self.domain['why']}"  # type: ignore[index]
+        return line
 
 
 def patient_decision(k: int, n: int, rule: PatientRule) -> str:
@@ -71,10 +81,18 @@ def patient_decision(k: int, n: int, rule: PatientRule) -> str:
 
 
 def summarize(patient: str, records: Iterable[dict[str, Any]], decision: Decision, *,
-              stop_cells: int | None = None) -> PatientSummary:
+              stop_cells: int | None = None, domain: Domain | None | bool = False) -> PatientSummary:
     """Summary of a session's records (rows of :meth:`RecordStore.records`). A cell counts as
     parasitized when ``decision`` counts its positive-class probability (at the cutoff the patient
-    rule was chosen with); the patient is then decided by ``decision``'s rule."""
+    rule was chosen with); the patient is then decided by ``decision``'s rule.
+
+    ``domain`` is the bundle's :class:`Domain`: a session whose cells it finds unlike the training
+    cells is decided *refer*, with the reason. None (a bundle fitted before the guard existed, or a
+    bring-your-own model): the verdict says the guard cannot vouch, and the decision is left as the
+    patient rule makes it. False: no verdict at all."""
+    from edgekit.device.domain import session_verdict
+
+    records = list(records)
     counts = {"classified": 0, "rejected": 0, "failed": 0, "parasitized": 0, "uncertain": 0}
     for r in records:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
@@ -83,10 +101,17 @@ def summarize(patient: str, records: Iterable[dict[str, Any]], decision: Decisio
             counts["uncertain"] += r.get("decision") == "uncertain"
     n, k = counts["classified"], counts["parasitized"]
     stop = decision.rule.stop_cells if stop_cells is None else stop_cells
+    verdict = None
+    if domain is not False:
+        verdict = session_verdict([r.get("domain_score") for r in records if r["status"] != "failed"],
+                                  domain or None)
+    call = decision.patient_decision(k, n)
+    if domain and verdict is not None and not verdict["ok"] and n:
+        call = "refer"
     return PatientSummary(
         patient=patient, crops=n, parasitized=k, uncertain=counts["uncertain"], rejected=counts["rejected"],
         failed=counts["failed"], fraction=k / n if n else 0.0, ci95=wilson_interval(k, n),
-        decision=decision.patient_decision(k, n), stop_cells=stop, stop_reached=bool(stop) and n >= stop,
+        decision=call, stop_cells=stop, stop_reached=bool(stop) and n >= stop, domain=verdict,
     )
 
 
@@ -98,7 +123,7 @@ def outcome_row(out: Outcome, source_kind: str = "file") -> dict[str, Any]:
         "status": out.status, "reason": out.reason,
         "label": p.label if p else None, "probability": p.probability if p else None,
         "p_positive": p.p_positive if p else None, "decision": p.decision if p else None,
-        "probabilities": p.probabilities if p else None,
+        "probabilities": p.probabilities if p else None, "domain_score": out.domain_score,
     }
 
 

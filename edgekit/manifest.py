@@ -264,6 +264,39 @@ class Artifact:
 
 
 @dataclass
+class Domain:
+    """What the model's training cells looked like, for the domain guard (``edgekit.device.domain``).
+
+    Each crop's feature vector (``features``: size, shape, Lab colour of its stained pixels) is
+    compared with the training cells' ``mean`` and inverse covariance (a Mahalanobis distance); a
+    field or session whose median distance exceeds ``field_threshold`` / ``session_threshold`` is
+    out of domain. ``min_chroma`` and ``max_border_lit`` reject single crops that are plainly not
+    a stained cell on black (a grayscale copy, noise, a whole field). Fitted by ``edgekit domain
+    fit``; ``source`` says on what and how the thresholds were chosen.
+    """
+
+    features: list[str]
+    mean: list[float]
+    inv_cov: list[list[float]]
+    field_threshold: float
+    session_threshold: float
+    min_cells: int = 5  # a field or session with fewer measurable cells is not vouched for
+    min_chroma: float = 0.0  # median Lab chroma of a crop's cell pixels under this: a grayscale image
+    max_border_lit: float = 1.0  # fraction of a crop's outer frame lit above this: not a cell on black
+    max_crop_distance: float | None = None  # a single crop farther than this is not a cell like them
+    n: int = 0  # training crops the statistics come from
+    quantiles: dict[str, list[float]] = field(default_factory=dict)  # per feature: 1st, 50th, 99th
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        k = len(self.features)
+        if k == 0 or len(self.mean) != k or len(self.inv_cov) != k or any(len(r) != k for r in self.inv_cov):
+            raise BundleError(f"domain: mean and inv_cov must match its {k} features")
+        if not (self.field_threshold > 0 and self.session_threshold > 0):
+            raise BundleError("domain: thresholds must be positive")
+
+
+@dataclass
 class Manifest:
     labels: list[str]
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
@@ -275,6 +308,7 @@ class Manifest:
     training: dict[str, Any] = field(default_factory=dict)
     evaluation: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
+    domain: Domain | None = None  # training-cell statistics for the domain guard; None: not fitted
     schema: str = SCHEMA
 
     def __post_init__(self) -> None:
@@ -314,6 +348,7 @@ class Manifest:
                 training=d.get("training", {}),
                 evaluation=d.get("evaluation", {}),
                 versions=d.get("versions", {}),
+                domain=Domain(**d["domain"]) if d.get("domain") else None,
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise BundleError(f"malformed manifest: {exc}") from exc

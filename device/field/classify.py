@@ -97,6 +97,14 @@ def classify_field(
         report.probabilities = classify_crops(crops, classifier, batch_size)
         report.decisions = [classifier.manifest.decision.cell_call(pr) for pr in report.probabilities]
         report.timing["classify"] = time.perf_counter() - t2
+        if classifier.manifest.domain is not None:
+            from edgekit.device.domain import cell_scores
+
+            report.domain_scores = cell_scores(crops, classifier.manifest.domain)
+    if classifier is not None:  # the domain guard's verdict (a rejected field has no cells to vouch for)
+        from edgekit.device.domain import field_verdict
+
+        report.domain = field_verdict(report.domain_scores, classifier.manifest.domain)
     if keep_image:
         report.image = rgb
     return report

@@ -32,6 +32,8 @@ def draw_overlay(rgb: np.ndarray, report: FieldReport) -> np.ndarray:
         org = (c.x + 3, c.y + 12 * thick)
         unsure = "?" if report.decisions and report.decisions[i] == "uncertain" else ""
         cv2.putText(out, f"{c.id}{unsure}", org, cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thick, color, thick)
+    if report.domain is not None and not report.domain["ok"] and not report.rejected:
+        _banner(out, "NOT VALIDATED FOR THIS MICROSCOPE: cells unlike the model's training cells", thick)
     if report.rejected:
         text = f"REJECTED: {report.rejected}"
     elif report.decisions:
@@ -48,3 +50,13 @@ def draw_overlay(rgb: np.ndarray, report: FieldReport) -> np.ndarray:
     cv2.rectangle(out, (0, 0), (min(out.shape[1] - 1, tw + 8), th + base + 8), (0, 0, 0), -1)
     cv2.putText(out, text, (4, th + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick, cv2.LINE_AA)
     return out
+
+
+def _banner(out: np.ndarray, text: str, thick: int) -> None:
+    """A red bar with white text along the bottom of the overlay."""
+    cv2 = _cv2()
+    (_, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.5 * thick, thick)
+    h, w = out.shape[:2]
+    cv2.rectangle(out, (0, h - th - base - 8), (w - 1, h - 1), (160, 0, 0), -1)
+    cv2.putText(out, text, (4, h - base - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * thick, (255, 255, 255), thick,
+                cv2.LINE_AA)

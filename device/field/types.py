@@ -84,6 +84,8 @@ class FieldReport:
     rejected: str | None = None
     cell_radius: float = 0.0
     timing: dict[str, float] = field(default_factory=dict)  # seconds: decode, segment, classify
+    domain_scores: list[float | None] = field(default_factory=list)  # per cell (edgekit.device.domain)
+    domain: dict[str, Any] | None = None  # the guard's verdict on this field; None without a model
     image: np.ndarray | None = field(default=None, repr=False)  # the decoded field, when asked to keep it
 
     @property
@@ -139,6 +141,8 @@ class FieldReport:
                 parasitemia=self.parasitemia,
                 ci95=list(self.ci95) if self.ci95 else None,
             )
+        if self.domain is not None:
+            d["domain"] = self.domain
         d["timing_ms"] = {k: round(v * 1000, 1) for k, v in self.timing.items()}
         if per_cell:
             d["cell_list"] = [

@@ -1,0 +1,105 @@
+"""``edgekit domain``: fit and show the domain guard's statistics of a bundle. Light at import."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+@click.group()
+def domain() -> None:
+    """The domain guard: what the model's training cells looked like (manifest 'domain')."""
+
+
+def _offsite_paths(paths: tuple[Path, ...], lists: tuple[Path, ...]) -> list[Path]:
+    from edgekit.device.preprocess import is_image_file
+    from edgekit.errors import DataError
+    from edgekit.paths import shared_data
+
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            out.extend(sorted(f for f in p.iterdir() if f.is_file() and is_image_file(f)))
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise DataError(f"off-site field not found: {p}")
+    for lst in lists:
+        if not lst.is_file():
+            raise DataError(f"field list not found: {lst}")
+        for line in lst.read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                f = Path(line) if Path(line).is_absolute() else shared_data() / line
+                if not f.is_file():
+                    raise DataError(f"{lst}: listed field not found: {f}")
+                out.append(f)
+    return out
+
+
+@domain.command("fit")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--data", "data", required=True, type=click.Path(path_type=Path),
+              help="Split file (`edgekit split`) or folder-per-class crops (split by patient, seed 42): "
+                   "statistics from the training groups, thresholds from the validation groups.")
+@click.option("--data-root", type=click.Path(path_type=Path), default=None,
+              help="Where the split's images are, if not where the split file says.")
+@click.option("--offsite", multiple=True, type=click.Path(path_type=Path),
+              help="Off-site dev fields (files or folders; repeatable): thresholds are placed to catch them.")
+@click.option("--offsite-list", multiple=True, type=click.Path(path_type=Path),
+              help="Text file listing off-site dev fields, one per line (relative to $EDGEKIT_DATA).")
+@click.option("--max-train-crops", type=click.IntRange(50), default=3000, show_default=True,
+              help="Random training crops measured (seed 0): a 9-feature mean and covariance need no more.")
+@click.option("--dry-run", is_flag=True,
+              help="Report the statistics and thresholds; do not write the manifest.")
+def domain_fit(bundle: Path, data: Path, data_root: Path | None, offsite: tuple[Path, ...],
+               offsite_list: tuple[Path, ...], max_train_crops: int, dry_run: bool) -> None:
+    """Compute the training cells' statistics and the guard's thresholds, and store them in BUNDLE's
+    manifest under 'domain' (rerun it whenever the bundle's training data changes)."""
+    from edgekit.domain_fit import crop_table, field_table, fit_domain
+    from edgekit.errors import DataError
+    from edgekit.manifest import load_manifest
+
+    manifest = load_manifest(bundle)
+    if data.is_dir():
+        from edgekit.data import scan_dataset
+        from edgekit.splits import make_split
+
+        split = make_split(scan_dataset(data))
+        root = Path(split.data_root)
+    else:
+        from edgekit.splits import load_split
+
+        split, _ = load_split(data, data_root)
+        root = Path(split.data_root)
+    parts = {k: v for k, v in split.parts.items() if v}
+    if "train" not in parts or "val" not in parts:
+        raise DataError("the split needs training and validation groups (val fraction > 0)")
+    click.echo(f"measuring {min(len(parts['train']), max_train_crops)} of {len(parts['train'])} training and"
+               f" {len(parts['val'])} validation crops…", err=True)
+    train_items = parts["train"]
+    if len(train_items) > max_train_crops:
+        import numpy as np
+
+        pick = np.random.default_rng(0).choice(len(train_items), max_train_crops, replace=False)
+        train_items = [train_items[k] for k in sorted(pick)]
+    train, train_lit, _ = crop_table(root / i.path for i in train_items)
+    val_items = parts["val"]
+    val, _, kept = crop_table(root / i.path for i in val_items)
+    fields = _offsite_paths(offsite, offsite_list)
+    off, off_names = None, []
+    if fields:
+        click.echo(f"finding cells in {len(fields)} off-site dev fields…", err=True)
+        off, off_names, _ = field_table(fields)
+    dom, report = fit_domain(train, train_lit, val, [val_items[k].group for k in kept], off, off_names,
+                             source=f"{len(train)} training crops of {data.name}; "
+                                    f"{len(fields)} off-site dev fields")
+    brief = {k: v for k, v in report.items() if k not in ("val_sessions", "offsite_dev_fields")}
+    click.echo(json.dumps(brief, indent=1))
+    if dry_run:
+        return
+    manifest.domain = dom
+    manifest.save(bundle)
+    click.echo(f"wrote the domain statistics into {bundle}/manifest.json", err=True)
