@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import BundleError, DataError
+from edgekit.safefile import replace_dir
 
 SITE_SPLIT = "site_split.json"
 FIELDS_SPLIT = "site_fields.json"
@@ -310,14 +311,7 @@ def adapt_model(
         manifest.evaluation = {"site": evaluation}  # the base model's numbers are not this model's
         manifest.training["split_file"] = str((out / SITE_SPLIT).resolve())
         manifest.save(tmp)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -31,6 +31,7 @@ import numpy as np
 
 from edgekit.device.annotations import CLASSES, AnnotatedField, Box
 from edgekit.errors import DataError
+from edgekit.safefile import replace_dir
 
 CELLS_INDEX = "cells.json"
 FIELD_SEPARATOR = "__"
@@ -194,14 +195,7 @@ def write_cells(
         index = {"summary": summary, "per_field": per_field, "cells": records}
         (tmp / CELLS_INDEX).write_text(json.dumps(index, indent=1) + "\n")
         os.chmod(tmp, 0o755)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        replace_dir(tmp, out)
         return summary
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -107,3 +107,18 @@ def check_output_target(path: str | os.PathLike, force: bool = False) -> Path:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise EdgekitError(f"cannot write {path}: folder {parent} is not writable")
     return path
+
+
+def replace_dir(tmp: Path, out: Path) -> None:
+    """Put the finished folder ``tmp`` at ``out``: a previous ``out`` is moved aside first and
+    removed only once the new one is in place, so a reader sees the old folder or the new one."""
+    import shutil
+
+    if out.exists():
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)
