@@ -295,6 +295,7 @@ def adapt_model(
         manifest.name = out.name
         p_val = best["p_val"]
         _choose_decision(manifest, yv == pos, p_val, gv, cfg, fields)
+        manifest.domain = _site_domain(split, site, log)
         _write_run(tmp, manifest, split, cfg, base_sha, keras_path, model, site, fields, best, len(yb))
         from edgekit.export.bundle import export_bundle
 
@@ -316,6 +317,25 @@ def adapt_model(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return load_manifest(out)
+
+
+def _site_domain(split: Any, site: Path, log: Callable[[str], None]) -> Any:
+    """The guard's statistics of the site's own cells (training fields; thresholds on validation
+    fields), so the guard vouches for the site's microscope, not NIH's. None, said plainly, when
+    there are too few cells to fit them."""
+    from edgekit.domain_fit import crop_table, fit_domain
+
+    root = Path(split.data_root)
+    train, lit, _ = crop_table(root / i.path for i in split.parts.get("train", []))
+    val_items = split.parts.get("val", [])
+    val, _, kept = crop_table(root / i.path for i in val_items)
+    if len(train) < 50 or len(val) < 5:
+        log(f"only {len(train)} training and {len(val)} validation site cells: the site bundle carries no "
+            "domain statistics (its results will say nothing vouches for them)")
+        return None
+    domain, _ = fit_domain(train, lit, val, [val_items[k].group for k in kept],
+                           source=f"site cells of {site.name}: {len(train)} training, {len(val)} validation")
+    return domain
 
 
 def _fine_tune(keras_path: Path, x: np.ndarray, y: np.ndarray, w: np.ndarray, xv: np.ndarray, yv: np.ndarray,

@@ -62,7 +62,7 @@ def check_artifact_path(rel: Any, field: str = "artifact path") -> str:
 
 
 def _tensors(v: Any, field: str) -> list[dict[str, Any]]:
-    if not isinstance(v, list):
+    if not isinstance(v, (list, tuple)):
         raise _fail(field, f"must be a list, not {type(v).__name__}")
     for i, t in enumerate(v):
         f = f"{field}[{i}]"
@@ -71,7 +71,7 @@ def _tensors(v: Any, field: str) -> list[dict[str, Any]]:
         _str(t, "name", f"{f}.name", optional=False)
         _str(t, "dtype", f"{f}.dtype", optional=False)
         shape = t.get("shape")
-        if not isinstance(shape, list) or not all(_is_int(s) and s >= -1 for s in shape):
+        if not isinstance(shape, (list, tuple)) or not all(_is_int(s) and s >= -1 for s in shape):
             raise _fail(f"{f}.shape", f"must be a list of integers (-1 for any), not {shape!r}")
         if t.get("scale") is not None and not _is_num(t["scale"]):
             raise _fail(f"{f}.scale", f"must be a number or null, not {t['scale']!r}")
@@ -117,7 +117,7 @@ def validate_manifest_data(d: Any) -> None:
     if not isinstance(d, dict):
         raise BundleError(f"malformed manifest: must be a JSON object, not {type(d).__name__}")
     labels = d.get("labels")
-    if not isinstance(labels, list) or not all(isinstance(x, str) and x.strip() for x in labels):
+    if not isinstance(labels, (list, tuple)) or not all(isinstance(x, str) and x.strip() for x in labels):
         raise _fail("labels", "must be a list of non-empty strings")
     if len(labels) < 2 or len(set(labels)) != len(labels):
         raise _fail("labels", f"must hold at least two distinct names, not {labels!r}")
@@ -127,7 +127,7 @@ def validate_manifest_data(d: Any) -> None:
 
     pre = _obj(d, "preprocessing", "preprocessing")
     size = pre.get("input_size", [64, 64])
-    if not (isinstance(size, list) and len(size) == 2
+    if not (isinstance(size, (list, tuple)) and len(size) == 2
             and all(_is_int(s) and 0 < s <= MAX_INPUT_SIDE for s in size)):
         raise _fail("preprocessing.input_size", f"must be [height, width] in 1..{MAX_INPUT_SIDE}, "
                                                 f"not {size!r}")
@@ -136,7 +136,8 @@ def validate_manifest_data(d: Any) -> None:
     for k in ("color_order", "resize", "scaling"):
         _str(pre, k, f"preprocessing.{k}")
     rng = pre.get("input_range", [0.0, 255.0])
-    if not (isinstance(rng, list) and len(rng) == 2 and all(_is_num(v) for v in rng)):
+    if rng is not None and not (isinstance(rng, (list, tuple)) and len(rng) == 2
+                                and all(_is_num(v) for v in rng)):
         raise _fail("preprocessing.input_range", f"must be [low, high], not {rng!r}")
 
     thr = _obj(d, "thresholds", "thresholds")
