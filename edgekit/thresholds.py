@@ -77,7 +77,8 @@ def choose_patient_rule(
     """Positive when the called-parasitized fraction reaches a cut above every validation control
     patient (with margin, never below ``floor``); negative when the Wilson upper bound is below it too."""
     highest_control = max(control_fractions, default=0.0)
-    positive = max(floor, 1.5 * highest_control)
+    # a fraction, so at most 1 (a poor model's controls can be called parasitized above 2/3)
+    positive = min(1.0, max(floor, 1.5 * highest_control))
     lowest_infected = min(infected_fractions, default=1.0)
     source = (
         f"validation patients: {len(control_fractions)} controls (highest called fraction "
