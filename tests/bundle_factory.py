@@ -127,3 +127,35 @@ def make_bundle(
     if sign:
         sign_for_tests(folder)
     return manifest
+
+
+def make_tiny_run(root: Path, cells: Path, size: int = 32, epochs: int = 3, **manifest_fields) -> Path:
+    """A tiny trained run folder (model.keras, manifest, split) as `edgekit train` leaves one, from a
+    small folder-per-class set; ``manifest_fields`` adds to the manifest (``name``, ``training`` keys)."""
+    import keras
+
+    from edgekit.data import load_images, scan_dataset
+    from edgekit.model import build_resnet
+    from edgekit.splits import make_split, save_split
+
+    sp = make_split(scan_dataset(cells), test_fraction=0.2, val_fraction=0.2, seed=1)
+    split_file = root / "split.json"
+    digest = save_split(sp, split_file)
+    pre = Preprocessing(input_size=(size, size))
+    keras.utils.set_random_seed(0)
+    model = build_resnet((size, size, 3), 2, stages=(1, 1, 1), filters=(4, 8, 8, 8))
+    x, _ = load_images(cells, [i.path for i in sp.parts["train"]], pre)
+    y = np.array([i.label for i in sp.parts["train"]])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x.astype("float32"), y, epochs=epochs, batch_size=16, verbose=0)
+    run = root / "run"
+    run.mkdir()
+    keras_file = run / "model.keras"
+    model.save(keras_file)
+    training = {"split_file": str(split_file), "split_sha256": digest, "data_root": str(cells),
+                **manifest_fields.pop("training", {})}
+    Manifest(labels=sp.classes, preprocessing=pre, positive_label="Parasitized",
+             artifacts={"keras": Artifact("keras", "model.keras", sha256_file(keras_file),
+                                          keras_file.stat().st_size, "keras")},
+             training=training, **manifest_fields).save(run)
+    return run

@@ -15,6 +15,8 @@ from click.testing import CliRunner
 pytest.importorskip("tensorflow")
 pytest.importorskip("ai_edge_litert")
 
+from bundle_factory import make_tiny_run  # noqa: E402
+
 SIZE = 32
 
 
@@ -42,34 +44,7 @@ def make_site(root: Path, fields: int = 15, per_field: int = 10, seed: int = 0) 
 
 def make_base_run(root: Path, cells: Path) -> Path:
     """A tiny trained run folder (model.keras + manifest + split), as `edgekit train` leaves one."""
-    import keras
-
-    from edgekit.data import load_images, scan_dataset
-    from edgekit.manifest import Artifact, Manifest, Preprocessing, sha256_file
-    from edgekit.model import build_resnet
-    from edgekit.splits import make_split, save_split
-
-    sp = make_split(scan_dataset(cells), test_fraction=0.2, val_fraction=0.2, seed=1)
-    split_file = root / "split.json"
-    digest = save_split(sp, split_file)
-    pre = Preprocessing(input_size=(SIZE, SIZE))
-    keras.utils.set_random_seed(0)
-    model = build_resnet((SIZE, SIZE, 3), 2, stages=(1, 1, 1), filters=(4, 8, 8, 8))
-    x, _ = load_images(cells, [i.path for i in sp.parts["train"]], pre)
-    y = np.array([i.label for i in sp.parts["train"]])
-    model.compile("adam", "sparse_categorical_crossentropy")
-    model.fit(x.astype("float32"), y, epochs=4, batch_size=16, verbose=0)
-    run = root / "run"
-    run.mkdir()
-    model.save(run / "model.keras")
-    kf = run / "model.keras"
-    Manifest(labels=sp.classes, preprocessing=pre, positive_label="Parasitized", name="base",
-             artifacts={"keras": Artifact("keras", "model.keras", sha256_file(kf), kf.stat().st_size,
-                                          "keras")},
-             training={"split_file": str(split_file), "split_sha256": digest, "data_root": str(cells),
-                       "model": {"arch": "resnet"}},
-             ).save(run)
-    return run
+    return make_tiny_run(root, cells, SIZE, epochs=4, name="base", training={"model": {"arch": "resnet"}})
 
 
 @pytest.fixture(scope="module")

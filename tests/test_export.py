@@ -13,12 +13,14 @@ import pytest
 from edgekit import formats
 from edgekit.errors import IntegrityError
 from edgekit.export.options import ALL_FORMATS, Bounds, ExportOptions
-from edgekit.manifest import Manifest, load_manifest, read_manifest_data, verify_artifact
+from edgekit.manifest import load_manifest, read_manifest_data, verify_artifact
 
 pytest.importorskip("tensorflow")
 pytest.importorskip("tf2onnx")
 pytest.importorskip("ai_edge_litert")
 pytest.importorskip("onnxruntime")
+
+from bundle_factory import make_tiny_run  # noqa: E402
 
 SIZE = 32
 
@@ -27,33 +29,7 @@ SIZE = 32
 
 
 def _make_run(root: Path, cells: Path) -> Path:
-    import keras
-
-    from edgekit.data import load_images, scan_dataset
-    from edgekit.manifest import Artifact, Preprocessing, sha256_file
-    from edgekit.model import build_resnet
-    from edgekit.splits import make_split, save_split
-
-    sp = make_split(scan_dataset(cells), test_fraction=0.2, val_fraction=0.2, seed=1)
-    split_file = root / "split.json"
-    digest = save_split(sp, split_file)
-    pre = Preprocessing(input_size=(SIZE, SIZE))
-    keras.utils.set_random_seed(0)
-    model = build_resnet((SIZE, SIZE, 3), 2, stages=(1, 1, 1), filters=(4, 8, 8, 8))
-    x, _ = load_images(cells, [i.path for i in sp.parts["train"]], pre)
-    y = np.array([i.label for i in sp.parts["train"]])
-    model.compile("adam", "sparse_categorical_crossentropy")
-    model.fit(x.astype("float32"), y, epochs=3, batch_size=16, verbose=0)
-    run = root / "run"
-    run.mkdir()
-    model.save(run / "model.keras")
-    keras_file = run / "model.keras"
-    Manifest(labels=sp.classes, preprocessing=pre, positive_label="Parasitized",
-             artifacts={"keras": Artifact("keras", "model.keras", sha256_file(keras_file),
-                                          keras_file.stat().st_size, "keras")},
-             training={"split_file": str(split_file), "split_sha256": digest, "data_root": str(cells)},
-             ).save(run)
-    return run
+    return make_tiny_run(root, cells, SIZE, epochs=3)
 
 
 @pytest.fixture(scope="module")
