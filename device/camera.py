@@ -213,11 +213,13 @@ def run_field_camera(
     """Frames are microscope fields: each new settled field (``edgekit.device.live.FieldCapture``)
     is analysed like ``edgekit field`` and printed with the running totals; the last one is drawn
     to ``overlay_path`` / the preview window. Returns the capture statistics. Ctrl-C stops."""
+    from edgekit.device.domain import NOT_VALIDATED
+    from edgekit.device.domain import not_validated as _not_validated
     from edgekit.device.field import analyze_field
     from edgekit.device.live import LiveView, pressed_key
 
     decision = classifier.manifest.decision
-    view = LiveView(decision, overlay_path, show)
+    view = LiveView(decision, overlay_path, show, classifier.manifest.domain)
     rate = FrameRate()
     cells = parasitized = 0
     try:
@@ -235,18 +237,25 @@ def run_field_camera(
                     parasitized += report.n_parasitized
                     lo, hi = report.ci95 or (0.0, 0.0)
                     echo(f"field {k}: {report.n_cells} cells, {report.n_parasitized} parasitized "
-                         f"({100 * (report.parasitemia or 0):.1f}%, 95% CI {100 * lo:.1f}-{100 * hi:.1f}%); "
-                         f"so far {cells} cells, {parasitized / cells if cells else 0:.1%} ({fps:.1f} fps)")
+                         f"({100 * (report.parasitemia or 0):.1f}%, 95% CI {100 * lo:.1f}-{100 * hi:.1f}%)"
+                         f"{_not_validated(report.domain)}; so far {cells} cells, "
+                         f"{parasitized / cells if cells else 0:.1%} ({fps:.1f} fps)")
                 view.field(k, frame, report.cells)
-                view.probabilities({c.id: p for c, p in zip(report.cells, report.probabilities, strict=True)})
-                view.render(f"{k} fields, {cells} cells, parasitemia "
-                            f"{parasitized / cells if cells else 0:.1%} so far, {fps:.1f} fps")
+                ids = [c.id for c in report.cells]
+                scores = report.domain_scores or [None] * len(ids)  # none without domain statistics
+                view.probabilities(dict(zip(ids, report.probabilities, strict=True)),
+                                   dict(zip(ids, scores, strict=True)))
+                so_far = parasitized / cells if cells else 0
+                view.render(f"{k} fields, {cells} cells, parasitemia {so_far:.1%} so far"
+                            f"{_not_validated(view.verdict())}, {fps:.1f} fps")
             elif view.show:
                 view.show = _preview(frame)
             if max_frames and n >= max_frames:
                 break
     except KeyboardInterrupt:
         echo("stopped")
+    if cells and not (verdict := view.verdict())["ok"]:
+        echo(f"parasitemia {NOT_VALIDATED}: {verdict['why']}")
     return capture.stats
 
 

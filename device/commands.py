@@ -225,11 +225,11 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
             from edgekit.device.live import LiveView, camera_field_crops
 
             capture = _live_capture(settle, capture_on_key, lambda s: click.echo(s, err=True))
-            view = LiveView(decision, overlay_path, show)
+            view = LiveView(decision, overlay_path, show, classifier.manifest.domain)
             running = {"cells": 0, "parasitized": 0}
 
             def on_field(k, rgb, cells) -> None:
-                view.render(_live_status(capture, running))
+                view.render(_live_status(capture, running, view))
                 view.field(k, rgb, cells)
                 bar.clear()
                 click.echo(f"field {k}: {len(cells)} cells", err=True)
@@ -263,7 +263,7 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
             tally = None
         bar.close()
         if view is not None:
-            view.render(_live_status(capture, running))
+            view.render(_live_status(capture, running, view))
             click.echo(capture.stats.line(), err=True)
         if tally is not None:
             click.echo(tally.line(), err=True)
@@ -272,9 +272,12 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
     click.echo(json.dumps(summary.to_dict()) if as_json else f"session {session.id}: {summary.line()}")
 
 
-def _live_status(capture, running: dict[str, int]) -> str:
+def _live_status(capture, running: dict[str, int], view) -> str:
+    from edgekit.device.domain import not_validated
+
     n, k = running["cells"], running["parasitized"]
-    return f"{capture.stats.fields} fields, {n} cells, parasitemia {k / n if n else 0:.1%} so far"
+    return (f"{capture.stats.fields} fields, {n} cells, parasitemia {k / n if n else 0:.1%} so far"
+            f"{not_validated(view.verdict())}")
 
 
 @click.group()

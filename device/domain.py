@@ -154,6 +154,15 @@ def crop_verdict(rgb: np.ndarray, domain: Domain | None) -> dict[str, Any]:
     return {"ok": True, "score": s, "why": "a stained cell within the range of the model's training cells"}
 
 
+NOT_VALIDATED = "NOT VALIDATED for this microscope"
+
+
+def not_validated(verdict: dict[str, Any] | None) -> str:
+    """The words a count carries where the guard does not vouch for it ("" where it does, or where
+    nothing was checked because there was no model)."""
+    return "" if verdict is None or verdict["ok"] else f" {NOT_VALIDATED}"
+
+
 def field_verdict(scores: Sequence[float | None], domain: Domain | None) -> dict[str, Any]:
     """The verdict on one field from its cells' scores."""
     if domain is None:

@@ -55,6 +55,7 @@ def field(images: tuple[str, ...], bundle: Path | None, overlay_dir: Path | None
     """
     import os
 
+    from edgekit.device.domain import NOT_VALIDATED, not_validated
     from edgekit.device.field import FieldReport
     from edgekit.device.field.classify import classify_field, segment_field
     from edgekit.device.output import ci_text, pct
@@ -115,7 +116,7 @@ def field(images: tuple[str, ...], bundle: Path | None, overlay_dir: Path | None
                        f"rejected: {rep.rejected}")
             continue
         classified = bool(rep.decisions)
-        status = "ok" if rep.domain is None or rep.domain["ok"] else "NOT VALIDATED for this microscope"
+        status = not_validated(rep.domain).strip() or "ok"
         click.echo(
             f"{name:32s} {rep.n_cells:5d} {rep.n_parasitized if classified else '-':>4} "
             f"{rep.count('uncertain') if classified else '-':>4} {pct(rep.parasitemia):>11s} "
@@ -140,7 +141,7 @@ def field(images: tuple[str, ...], bundle: Path | None, overlay_dir: Path | None
                      f"{pct(total['parasitemia'])} (95% CI {ci_text(total['ci95'])})")
         click.echo(line)
         if "domain" in total and not total["domain"]["ok"]:
-            click.echo(f"parasitemia NOT VALIDATED for this microscope: {total['domain']['why']}")
+            click.echo(f"parasitemia {NOT_VALIDATED}: {total['domain']['why']}")
         if overlay_dir is not None:
             click.echo(f"overlays in {overlay_dir}", err=True)
     if counted == 0:

@@ -179,41 +179,61 @@ class LiveView:
     when one can be opened (``show``) and/or written to ``overlay_path`` (replaced atomically, so
     a phone or image viewer refreshing it never reads half a file)."""
 
-    def __init__(self, decision, overlay_path=None, show: bool = False) -> None:
+    def __init__(self, decision, overlay_path=None, show: bool = False, domain=None) -> None:
         self.decision = decision
+        self.domain = domain  # the bundle's domain statistics: the field's verdict is drawn with it
         self.overlay_path = overlay_path
         self.show = show
         self._pending: tuple[int, np.ndarray, list, dict[int, float]] | None = None
+        self._scores: dict[int, float | None] = {}
+        self.session_scores: list[float | None] = []  # every recorded cell's domain score
 
     def field(self, k: int, rgb: np.ndarray, cells: list) -> None:
         """A new field was captured; its cells' probabilities arrive through :meth:`outcome`."""
         self._pending = (k, rgb, cells, {})
+        self._scores = {}
 
-    def probabilities(self, by_cell_id: dict[int, float]) -> None:
-        """The pending field's probabilities, when it was classified in one go (``edgekit camera``)."""
+    def probabilities(self, by_cell_id: dict[int, float], scores: dict[int, float | None]) -> None:
+        """The pending field's probabilities and domain scores, when it was classified in one go
+        (``edgekit camera``)."""
         if self._pending is not None:
             self._pending[3].update(by_cell_id)
+            self._scores.update(scores)
+            self.session_scores.extend(scores.values())
 
     def outcome(self, out) -> None:
+        if out.status == "classified":
+            self.session_scores.append(out.domain_score)
         if self._pending is None or out.prediction is None or out.prediction.p_positive is None:
             return
         k, _, _, probs = self._pending
         prefix = f"field {k}#"
         if out.source_id.startswith(prefix):
-            probs[int(out.source_id[len(prefix):])] = out.prediction.p_positive
+            cell = int(out.source_id[len(prefix):])
+            probs[cell] = out.prediction.p_positive
+            self._scores[cell] = out.domain_score
+
+    def verdict(self) -> dict:
+        """The guard's verdict on everything seen so far (``ok: false`` when nothing can vouch)."""
+        from edgekit.device.domain import session_verdict
+
+        return session_verdict(self.session_scores, self.domain, "camera session")
 
     def render(self, status: str) -> np.ndarray | None:
         """Draw the pending field with ``status`` and show/write it; returns the picture."""
+        from edgekit.device.domain import field_verdict
         from edgekit.device.field import FieldReport, draw_overlay
 
         if self._pending is None:
             return None
         k, rgb, cells, probs = self._pending
         kept = [c for c in cells if c.id in probs]
+        scores = [self._scores.get(c.id) for c in kept]
         report = FieldReport(source=f"field {k}", shape=rgb.shape[:2], cells=kept,
                              probabilities=[probs[c.id] for c in kept],
                              decisions=[self.decision.cell_call(probs[c.id]) for c in kept],
-                             decision=self.decision)
+                             decision=self.decision, domain_scores=scores,
+                             domain=field_verdict(scores, self.domain))
         picture = draw_overlay(rgb, report)
         cv2 = _cv2()
         scale = max(1, round(max(picture.shape[:2]) / 640))

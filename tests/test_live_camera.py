@@ -146,3 +146,5 @@ def test_camera_command_counts_fields_without_recording(tmp_path):
         ["field 1", "field 2", "field 3"]
     assert "3 fields captured" in res.stderr
     assert (tmp_path / "o.png").is_file()
+    # healthy BCCD blood from another lab: the default bundle's guard does not vouch for its counts
+    assert "NOT VALIDATED for this microscope" in res.stdout
