@@ -19,10 +19,13 @@ from edgekit.manifest import Manifest
 CALIBRATION_BATCH = 16
 
 
-def onnx_metadata(manifest: Manifest) -> dict[str, str]:
-    """What a plain ONNX consumer needs to use the file without the manifest."""
+def onnx_metadata(manifest: Manifest, activation: str | None = None) -> dict[str, str]:
+    """What a plain ONNX consumer needs to use the file without the manifest (``activation``: the
+    file outputs logits, to which that activation must be applied)."""
     p = manifest.preprocessing
     return {
+        "output": "logits" if activation else "probabilities",
+        **({"activation": activation} if activation else {}),
         "labels": json.dumps(manifest.labels),
         "positive_label": manifest.positive_label or "",
         "input_size": json.dumps(list(p.input_size)),
