@@ -49,3 +49,12 @@ def probability_step(output: str, activation: str | None, scale: float | None) -
     if not scale:
         return 0.0
     return float(scale) if output == "probabilities" else float(scale) / 2
+
+
+def output_step(artifact) -> float:
+    """:func:`probability_step` of an artifact (:class:`edgekit.manifest.Artifact`): the scale of its
+    output tensor, or the one export recorded for a graph that dequantizes its output inside
+    (ONNX QDQ, ``validation.output_scale``); 0 when neither is known."""
+    scale = artifact.outputs[0].scale if artifact.outputs else None
+    scale = scale or artifact.validation.get("output_scale")
+    return probability_step(artifact.output, artifact.activation, scale)

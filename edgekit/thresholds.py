@@ -58,7 +58,7 @@ def band_edges(y: np.ndarray, p: np.ndarray, cut: float, target: float = 0.99) -
 
 
 def _band_text(target: float) -> str:
-    return (f"band edges at {target:.0%} precision (positive side) and negative predictive value "
+    return (f"edges at {target:.0%} precision (positive side) and negative predictive value "
             "(negative side)")
 
 
@@ -78,7 +78,7 @@ def choose_thresholds(
     source = (
         f"validation crops (n={len(y)}), {outputs} outputs: cutoff by "
         f"{'Youden J' if method == 'youden' else 'matching the labelled positive count'}; "
-        + _band_text(target)
+        + "band " + _band_text(target)
     )
     return Thresholds(positive=positive, negative=negative, cutoff=cut, source=source)
 

@@ -23,7 +23,12 @@ from edgekit.device.backends import Backend, open_backend
 from edgekit.errors import BundleError, DataError, EdgekitError, ExportError, ValidationFailed
 from edgekit.export import calibration
 from edgekit.export.logits import logits_model
-from edgekit.export.onnx_export import export_onnx_fp32, onnx_metadata, quantize_onnx_int8
+from edgekit.export.onnx_export import (
+    export_onnx_fp32,
+    onnx_metadata,
+    output_scale,
+    quantize_onnx_int8,
+)
 from edgekit.export.options import ExportOptions, Format
 from edgekit.export.tflite import convert_tflite
 from edgekit.export.validate import class_probabilities, compare, render_table
@@ -268,7 +273,8 @@ def _export_formats(model, manifest: Manifest, options: ExportOptions, tmp: Path
                                   f"{spec.zero_point}, not raw uint8 pixels (scale 1, zero point 0)")
         probs = outputs[fmt.value] = runner.predict(val.x)
         rec = compare(fmt, probs, reference, val.y, options.bounds, decision)
-        rec.update(export_seconds=round(seconds, 2), keras_sha256=keras_sha)
+        rec.update(export_seconds=round(seconds, 2), keras_sha256=keras_sha,
+                   output_scale=runner.outputs[0].scale if fmt.runtime == "litert" else output_scale(path))
         artifacts[fmt.value] = Artifact(
             format=fmt.value, path=fmt.filename, sha256=sha256_file(path), bytes=path.stat().st_size,
             runtime=fmt.runtime, inputs=runner.inputs, outputs=runner.outputs, status=rec["status"],

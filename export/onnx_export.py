@@ -73,6 +73,21 @@ def _rename_output(graph, old: str, new: str) -> None:
     graph.output[0].name = new
 
 
+def output_scale(path: Path) -> float | None:
+    """The quantization scale of a QDQ graph's output (its last DequantizeLinear), None when the
+    output is not quantized there: what one int8 step of the output is worth, for the record."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    out = graph.output[0].name
+    node = next((n for n in graph.node if out in n.output), None)
+    if node is None or node.op_type != "DequantizeLinear" or len(node.input) < 2:
+        return None
+    init = next((t for t in graph.initializer if t.name == node.input[1]), None)
+    return None if init is None else float(numpy_helper.to_array(init).ravel()[0])
+
+
 class _Reader:
     """An onnxruntime CalibrationDataReader (duck-typed: ``get_next``) over an array, in small batches."""
 
