@@ -184,6 +184,11 @@ def test_field_quality_reasons():
     assert "dark" in field_quality(np.full((480, 640, 3), 10, np.uint8))
     assert "blank" in field_quality(np.full((480, 640, 3), 200, np.uint8))
     assert "too small" in field_quality(np.full((20, 30, 3), 200, np.uint8))
+    # strips: a 1-px line (too small) and a thin one (not a field) are refused before any resize
+    rng = np.random.default_rng(0)
+    for shape, why in (((1, 5000, 3), "too small"), ((64, 2000, 3), "strip")):
+        strip = rng.integers(0, 256, shape, dtype=np.uint8)
+        assert why in field_quality(strip) and why in count_cells(strip)[2]
     noise = np.clip(rng.normal(200, 20, (480, 640, 3)), 0, 255).astype(np.uint8)
     assert field_quality(noise) is None
 
