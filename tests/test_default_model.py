@@ -33,6 +33,12 @@ def test_default_bundle_is_intact_and_small():
     assert manifest.labels == ["Parasitized", "Uninfected"] and manifest.positive_label == "Parasitized"
     t = manifest.thresholds
     assert 0 < t.negative <= t.cutoff <= t.positive < 1
+    # int8 files end at the logits, so the device can reach the positive band edge (issue 11): the
+    # band was chosen on the int8 TFLite outputs and calls validation crops positive at >= 99%
+    for art in manifest.artifacts.values():
+        assert (art.output, art.activation) == ("logits", "softmax")
+    band = manifest.artifacts["tflite_int8"].validation["band"]
+    assert band["positive_edge"] == t.positive and band["called_positive"] > 0 and band["precision"] >= 0.99
 
 
 EXPECTED = json.loads((Path(__file__).resolve().parent / "fixtures" / "default_expected.json").read_text())
