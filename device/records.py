@@ -359,6 +359,16 @@ class RecordStore:
                 " WHERE r.session_id = ?", (session_id,)).fetchall()
         return {int(r[0]): bytes(r[1]) for r in rows}
 
+    def crop_image(self, session_id: int, record_id: int) -> bytes | None:
+        """The kept crop (PNG) of one cell of a session; None when none was kept."""
+        with _db_errors(self.path):
+            if not self._has("crop_images"):
+                return None
+            row = self.conn.execute(
+                "SELECT c.png FROM crop_images c JOIN records r ON r.id = c.record_id"
+                " WHERE r.session_id = ? AND c.record_id = ?", (session_id, record_id)).fetchone()
+        return None if row is None else bytes(row[0])
+
     def set_review(self, session_id: int, record_id: int, verdict: str, reviewer: str | None = None,
                    note: str | None = None) -> None:
         """A reviewer's verdict on one cell of this session (a later verdict replaces an earlier one)."""
