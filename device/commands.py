@@ -412,20 +412,23 @@ def sessions_show(session_id: str | None, by_id: int | None, by_patient: str | N
 
 EXPORT_COLUMNS = ["session_id", "patient", "site", "operator", "source_id", "source_kind", "content_hash",
                   "status", "reason", "label", "probability", "p_positive", "decision", "model_sha256",
-                  "created_at"]
+                  "created_at", "review", "reviewer"]  # review: a reviewer's verdict on the cell, if any
 
 
 def export_rows(store, sessions) -> list[dict]:
-    """The records of ``sessions`` as export rows (:data:`EXPORT_COLUMNS`; times in UTC, ISO 8601):
-    what `edgekit sessions export` and `edgekit serve`'s CSV download write."""
+    """The records of ``sessions`` as export rows (:data:`EXPORT_COLUMNS`; times in UTC, ISO 8601; a
+    reviewer's verdict where there is one): what `edgekit sessions export` and `edgekit serve`'s CSV
+    download write."""
     from datetime import datetime, timezone
 
     rows = []
     for s in sessions:
+        reviews = store.reviews(s.id)
         for r in store.records(s.id):
             when = datetime.fromtimestamp(r["created_at"], timezone.utc).isoformat(timespec="seconds")
+            v = reviews.get(int(r["id"])) or {}
             rows.append({**r, "patient": s.patient, "site": s.site, "operator": s.operator,
-                         "created_at": when})
+                         "created_at": when, "review": v.get("verdict"), "reviewer": v.get("reviewer")})
     return rows
 
 

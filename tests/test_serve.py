@@ -454,6 +454,12 @@ def test_confirm_and_overrule_on_the_page_are_recorded_once(station, tmp_path):
     assert json.loads(res.stdout)["review"] == changed["review"]
     listed = {s["session"]["id"]: s for s in client.get("/api/sessions", headers=AUTH).json()}
     assert listed[sid]["review"]["confirmed"] == changed["review"]["confirmed"]
+    import csv
+    import io
+
+    rows = list(csv.DictReader(io.StringIO(client.get("/api/export.csv", params={"session": sid},
+                                                      headers=AUTH).text, newline="")))
+    assert sum(bool(r["review"]) for r in rows) == 2 and "parasitized" in {r["review"] for r in rows}
 
 
 def test_review_refuses_bad_input_with_a_json_reason_and_records_nothing(station):
