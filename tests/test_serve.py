@@ -230,6 +230,9 @@ def test_bad_uploads_get_a_json_reason_and_record_nothing(station):
     assert _upload(client, 999, _crop_bytes(1)).status_code == 404
     r = client.post("/api/sessions", json={"patient": "  "}, headers=AUTH)
     assert r.status_code == 422 and "patient" in r.json()["detail"]
+    for field in ("patient", "site", "operator"):  # a bidi override would disguise a name on screens
+        r = client.post("/api/sessions", json={"patient": "P", field: "P\u202e1"}, headers=AUTH)
+        assert r.status_code == 422 and "control character" in r.json()["detail"], r.text
     r = client.post(f"/api/sessions/{sid}/images", files={"other": (None, "x")}, headers=AUTH)
     assert r.status_code == 400 and "no file" in r.json()["detail"]
     assert client.get(f"/api/sessions/{sid}", headers=AUTH).json()["records"] == []
@@ -479,6 +482,7 @@ def test_review_refuses_bad_input_with_a_json_reason_and_records_nothing(station
     assert "record_id" in refused({"verdicts": [{"record_id": 0, "verdict": "parasitized"}]})
     assert "record_id" in refused({"verdicts": [{"record_id": 2**70, "verdict": "parasitized"}]})
     assert "reviewer" in refused({"verdicts": [ok], "reviewer": "a\r\nb"})
+    assert "control character" in refused({"verdicts": [ok], "reviewer": "ana\u202e"})
     refused(None, content=b"not json", **{})
     refused(None, content=b"[]")
     import cv2

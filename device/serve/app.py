@@ -26,7 +26,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
@@ -60,6 +60,17 @@ SessionId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="Session id
 RecordId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="Record id of one cell")]
 
 
+def _one_line(what: str, value: str | None) -> str | None:
+    """The records' own rule for names shown on screens and in CSV (one printable line), as a 422."""
+    from edgekit.device.records import _check_name
+
+    try:
+        _check_name(what, value)
+    except RecordsError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
 class VerdictIn(BaseModel):
     record_id: int = Field(ge=1, le=2**63 - 1, description="The cell's record id (from the gallery).")
     verdict: Literal["parasitized", "not parasitized", "confirm", "overrule"] = Field(
@@ -71,12 +82,22 @@ class ReviewIn(BaseModel):
     reviewer: str | None = Field(None, max_length=64, pattern=TEXT, description="Who reviewed.")
     note: str | None = Field(None, max_length=500, pattern=TEXT, description="Stored with each verdict.")
 
+    @field_validator("reviewer")
+    @classmethod
+    def _printable(cls, v: str | None) -> str | None:
+        return _one_line("reviewer", v)
+
 
 class SessionIn(BaseModel):
     patient: str = Field(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]*\S[^\x00-\x1f\x7f]*$",
                          description="Patient id (the same id with the same model resumes the session).")
     site: str | None = Field(None, max_length=64, pattern=TEXT)
     operator: str | None = Field(None, max_length=64, pattern=TEXT)
+
+    @field_validator("patient", "site", "operator")
+    @classmethod
+    def _printable(cls, v: str | None, info) -> str | None:
+        return _one_line(info.field_name, v)
 
 
 def _load_assets() -> dict[str, tuple[bytes, bytes, str]]:
