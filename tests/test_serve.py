@@ -71,7 +71,8 @@ def _crop_bytes(seed: int) -> bytes:
 
 def test_every_page_and_call_needs_the_token(station):
     client = _client(station, token=TOKEN)
-    for path in ("/", "/static/app.js", "/api/status", "/api/sessions", "/openapi.json", "/api/export.csv"):
+    for path in ("/", "/static/app.js", "/api/status", "/api/sessions", "/openapi.json", "/api/export.csv",
+                 "/api/sessions/1/review", "/api/sessions/1/cells/1.png"):
         r = client.get(path)
         assert r.status_code == 401, path
         assert "access token" in r.json()["detail"]
@@ -127,8 +128,11 @@ def test_token_choice():
 
 def test_openapi_describes_the_api(station):
     spec = _client(station, token=TOKEN).get("/openapi.json", headers=AUTH).json()
-    assert {"/api/status", "/api/sessions", "/api/sessions/{session_id}/images", "/api/export.csv"} <= set(
-        spec["paths"])
+    assert {"/api/status", "/api/sessions", "/api/sessions/{session_id}/images", "/api/export.csv",
+            "/api/sessions/{session_id}/review", "/api/sessions/{session_id}/reviews",
+            "/api/sessions/{session_id}/cells/{record_id}.png"} <= set(spec["paths"])
+    verdict = spec["components"]["schemas"]["VerdictIn"]["properties"]["verdict"]
+    assert set(verdict["enum"]) == {"parasitized", "not parasitized", "confirm", "overrule"}
     body = spec["paths"]["/api/sessions/{session_id}/images"]["post"]["requestBody"]["content"]
     assert "multipart/form-data" in body and "image/*" in body
 
