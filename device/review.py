@@ -107,10 +107,10 @@ def record_verdicts(store: RecordStore, session: Session, pairs: Sequence[tuple[
     """Record a reviewer's verdicts ``(record id, verdict)`` on cells of ``session``: ``parasitized``,
     ``not parasitized``, or ``confirm`` / ``overrule`` the model's call at the session's cutoff.
 
-    Every pair is checked before any is written (all or none). A verdict already recorded with the
-    same reviewer and note is left as it is, so sending the same verdicts again changes nothing; a
-    different verdict replaces the earlier one (one verdict per cell, never two). Returns how many
-    were ``new``, ``changed`` (another verdict than before) and ``unchanged``."""
+    Every pair is checked first, then all are written in one transaction (all or none). A verdict
+    already recorded with the same reviewer and note is left as it is, so sending the same verdicts
+    again changes nothing; a different verdict replaces the earlier one (one verdict per cell, never
+    two). Returns how many were ``new``, ``changed`` (another verdict than before) and ``unchanged``."""
     cutoff = session_cutoff(session)
     records = {int(r["id"]): r for r in store.records(session.id)}
     resolved = []
@@ -127,6 +127,7 @@ def record_verdicts(store: RecordStore, session: Session, pairs: Sequence[tuple[
         resolved.append((int(rid), word))
     before = store.reviews(session.id)
     tally = {"new": 0, "changed": 0, "unchanged": 0}
+    writes = []
     for rid, verdict in dict(resolved).items():  # the last verdict given for a cell counts
         old = before.get(rid)
         if old is None:
@@ -137,7 +138,9 @@ def record_verdicts(store: RecordStore, session: Session, pairs: Sequence[tuple[
             tally["unchanged"] += 1
             if (old.get("reviewer"), old.get("note")) == (reviewer, note):
                 continue  # the same verdict again: nothing to write
-        store.set_review(session.id, rid, verdict, reviewer, note)
+        writes.append((rid, verdict))
+    if writes:
+        store.set_reviews(session.id, writes, reviewer, note)  # one transaction
     return tally
 
 
