@@ -149,7 +149,7 @@ def test_phone_screens_a_patient_like_the_command_line(tmp_path):
             page.locator(".result[data-kind=field]").nth(1).wait_for(timeout=120_000)
             page.set_input_files("#crops", [str(CROP)])
             page.wait_for_selector(".result[data-kind=crop]", timeout=60_000)
-            page.screenshot(path=str(shots / "serve-summary.png"))
+            page.locator("#summary").screenshot(path=str(shots / "serve-summary.png"))
             page.locator(".result[data-kind=field]").last.scroll_into_view_if_needed()
             page.screenshot(path=str(shots / "serve-field.png"))
 

@@ -64,27 +64,32 @@ function renderSummary(s, review) {
   };
   // the domain guard's verdict: every number below carries it when the guard does not vouch for them
   const unvalidated = notValidated(s.domain) && (s.crops > 0 || s.rejected > 0);
-  if (unvalidated) explain[s.decision] = "the cells are unlike the model's: check by microscopy";
+  if (unvalidated) {
+    explain.refer = "the cells are unlike the model's: check by microscopy";
+    explain.positive = explain.negative = "NOT VALIDATED for this microscope: confirm by microscopy";
+  }
   const mark = () => (unvalidated ? el("span", { class: "nv" }, " · NOT VALIDATED") : null);
   const left = Math.max(0, s.stop_cells - s.crops);
   const stop = s.stop_reached
     ? "Stop rule reached: enough cells for this patient."
     : (s.stop_cells ? `Stop rule: ${s.crops} of ${s.stop_cells} cells; ${left} more to go.` : "No stop rule.");
-  const counts = el("dl", { class: "counts" },
+  const rows = [
     el("dt", {}, "Cells counted"), el("dd", { class: "s-cells" }, String(s.crops)),
-    el("dt", {}, "Parasitized (model)"),
-    el("dd", { class: "s-parasitized" }, `${s.parasitized} (${pct(s.fraction)}, 95% CI ${ci(s.ci95)})`, mark()),
-    el("dt", {}, "Uncertain"), el("dd", { class: "s-uncertain" }, String(s.uncertain)),
-    el("dt", {}, "Not counted"), el("dd", {}, `${s.rejected} rejected, ${s.failed} failed`));
-  if (review) {
+    el("dt", {}, "Model count (parasitized)"),
+    el("dd", { class: "s-parasitized" }, `${s.parasitized} (${pct(s.fraction)}, 95% CI ${ci(s.ci95)})`, mark())];
+  if (review) {  // the reviewer's verdicts where there are some, the model's calls elsewhere
     const c = review.confirmed;
-    counts.append(
+    rows.push(
       el("dt", {}, "Confirmed count"),
       el("dd", { class: "s-confirmed" }, `${c.parasitized} (${pct(c.parasitemia)}, 95% CI ${ci(c.ci95)})`, mark()),
       el("dt", {}, "Reviewed"),
       el("dd", { class: "s-reviewed" }, `${review.reviewed} of ${review.flagged} flagged ` +
          `(${review.agreed} agreed, ${review.overruled} overruled, ${review.pending} pending)`));
   }
+  rows.push(
+    el("dt", {}, "Uncertain"), el("dd", { class: "s-uncertain" }, String(s.uncertain)),
+    el("dt", {}, "Not counted"), el("dd", {}, `${s.rejected} rejected, ${s.failed} failed`));
+  const counts = el("dl", { class: "counts" }, ...rows);
   box.replaceChildren(
     el("p", {}, el("span", { class: `decision ${s.decision}`, "data-decision": s.decision },
                    names[s.decision] || s.decision), " ", el("span", { class: "small" }, explain[s.decision] || "")),
