@@ -407,6 +407,9 @@ def test_review_gallery_shows_the_flagged_cells_with_their_kept_crops(station):
         png = client.get("/" + it["image"], headers=AUTH)
         assert png.status_code == 200 and png.headers["content-type"] == "image/png"
         assert png.content == kept[it["id"]]  # the pixels that were classified
+        assert "no-cache" in png.headers["cache-control"]  # never a stale picture under a cell's number
+        again = client.get("/" + it["image"], headers={**AUTH, "If-None-Match": png.headers["etag"]})
+        assert again.status_code == 304 and not again.content
     every = client.get(f"/api/sessions/{sid}/review", params={"all": "true"}, headers=AUTH).json()["items"]
     assert len(every) == detail["summary"]["crops"] > len(items)
     unkept = next(it for it in every if it["image"] is None)

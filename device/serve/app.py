@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import hashlib
 import hmac
 import mimetypes
 from dataclasses import dataclass
@@ -292,9 +293,15 @@ def create_app(station: Station, config: ServeConfig) -> FastAPI:
 
     @app.get("/api/sessions/{session_id}/cells/{record_id}.png", response_class=Response,
              summary="The kept crop of one flagged cell, exactly as it was classified")
-    async def cell_png(session_id: SessionId, record_id: RecordId) -> Response:
+    async def cell_png(request: Request, session_id: SessionId, record_id: RecordId) -> Response:
         png = await run(station.cell_png, session_id, record_id)
-        return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
+        # revalidated every time: ids start again in another database, and a reviewer must never
+        # judge a stale picture under a cell's number
+        etag = f'"{hashlib.sha256(png).hexdigest()[:32]}"'
+        headers = {"Cache-Control": "private, no-cache", "ETag": etag}
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=headers)
+        return Response(png, media_type="image/png", headers=headers)
 
     @app.post("/api/sessions/{session_id}/reviews", summary="Record a reviewer's verdicts on cells")
     async def confirm(session_id: SessionId, body: ReviewIn) -> dict[str, Any]:
@@ -304,7 +311,7 @@ def create_app(station: Station, config: ServeConfig) -> FastAPI:
     @app.get("/api/overlays/{sha256}.jpg", summary="A field's annotated overlay", response_class=FileResponse)
     async def overlay(sha256: str) -> FileResponse:
         return FileResponse(station.overlay_path(sha256), media_type="image/jpeg",
-                            headers={"Cache-Control": "private, max-age=86400"})
+                            headers={"Cache-Control": "private, no-cache"})  # rewritten by another model
 
     @app.get("/api/export.csv", summary="Records as CSV (one session, or all)", response_class=Response)
     async def export(session: int | None = Query(None, description="Session id; all when absent"),
