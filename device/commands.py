@@ -444,7 +444,8 @@ def export_rows(store, sessions) -> list[dict]:
 @click.option("--force", is_flag=True, help="Overwrite OUT if it is an existing file.")
 def sessions_export(session_id: str | None, by_id: int | None, by_patient: str | None, db: Path | None,
                     out_format: str, as_csv: bool, output: Path | None, force: bool) -> None:
-    """Export the records of one session (or all sessions) as CSV or JSON lines (times in UTC, ISO 8601).
+    """Export the records of one session (or all sessions) as CSV or JSON lines (times in UTC, ISO 8601),
+    with a reviewer's verdict on each cell where there is one (columns review, reviewer).
     CSV text cells that a spreadsheet would run as formulas are prefixed with a quote."""
     from edgekit.safefile import check_output_target
 
