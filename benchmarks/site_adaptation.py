@@ -75,20 +75,16 @@ _FIELD_CROPS: dict[tuple[str, str], list[np.ndarray] | None] = {}
 def _field_inputs(stem: str, pre: Any) -> np.ndarray | None:
     """Every cell the device finds on a field, prepared as model input (segmented once, reused for
     every bundle with this preprocessing); None when the field is rejected."""
-    from edgekit.device.field import count_cells, crop_cell
-    from edgekit.device.preprocess import prepare, read_image
+    from edgekit.adapt import whole_field_inputs
 
     key = (stem, repr(sorted(vars(pre).items())))
     if key not in _FIELD_CROPS:
-        rgb = read_image(IML / "images" / f"{stem}.JPG")
-        cells, _, reason = count_cells(rgb)
-        _FIELD_CROPS[key] = None if reason else np.stack([prepare(crop_cell(rgb, c), pre) for c in cells])
+        _FIELD_CROPS[key] = whole_field_inputs(IML / "images" / f"{stem}.JPG", pre)
     return _FIELD_CROPS[key]
 
 
-def _whole_fields(clf: Any, fields: list[str], truth: dict[str, float]) -> dict[str, Any]:
+def _whole_fields(clf: Any, fields: list[str], truth: dict[str, float], cutoff: float) -> dict[str, Any]:
     """Parasitemia as `edgekit field` counts it (every found cell, called at the cutoff) vs labelled."""
-    cutoff = float(clf.manifest.thresholds.cutoff)
     rows = []
     for stem in fields:
         x = _field_inputs(stem, clf.manifest.preprocessing)
@@ -115,19 +111,39 @@ def _nih_auc(clf: Any, cache: Path) -> float:
     return roc_auc(y, _probs(clf, x))
 
 
+def field_count_cutoff_int8(clf: Any, val_fields: list[str], truth: dict[str, float]) -> float:
+    """The whole-field count cutoff (:func:`edgekit.adapt.field_count_cutoff`) of the int8 model on
+    the VALIDATION fields: what `edgekit adapt --cutoff field-count` chooses, on the deployed outputs."""
+    from edgekit.adapt import field_count_cutoff
+
+    probs, t = [], []
+    for stem in val_fields:
+        x = _field_inputs(stem, clf.manifest.preprocessing)
+        if x is not None:
+            probs.append(_probs(clf, x))
+            t.append(truth[stem])
+    return field_count_cutoff(probs, t)
+
+
 def evaluate_bundle(bundle: Path | None, name: str, cells: Path, test_fields: list[str],
-                    truth: dict[str, float], cache: Path) -> dict[str, Any]:
+                    truth: dict[str, float], cache: Path,
+                    val_fields: list[str] | None = None) -> dict[str, Any]:
+    """One row on the test fields at the bundle's cutoff, or (``val_fields`` given) at the whole-field
+    count cutoff chosen on those validation fields."""
     from edgekit.adapt import site_metrics
     from edgekit.device.runtime import load_classifier
 
     clf = load_classifier(bundle, fmt="tflite_int8", allow_failed=True)  # its status is in the row
     x, y, g = _test_cells(cells, test_fields, clf.manifest.preprocessing, cache)
     t0 = time.perf_counter()
+    cutoff = float(clf.manifest.thresholds.cutoff)
+    if val_fields is not None:
+        cutoff = field_count_cutoff_int8(clf, val_fields, truth)
     row = {"name": name, "bundle": str(bundle) if bundle else "default (shipped)",
-           "cutoff": clf.manifest.thresholds.cutoff,
+           "cutoff": cutoff, "cutoff_from": "whole validation fields (int8)" if val_fields else "manifest",
            "int8_status": clf.manifest.artifacts["tflite_int8"].status,
-           "cells": site_metrics(y, _probs(clf, x), g, float(clf.manifest.thresholds.cutoff)),
-           "whole_fields": _whole_fields(clf, test_fields, truth)}
+           "cells": site_metrics(y, _probs(clf, x), g, cutoff),
+           "whole_fields": _whole_fields(clf, test_fields, truth, cutoff)}
     if ARGS.nih_split:
         row["nih_test_auc"] = _nih_auc(clf, cache)
     row["eval_seconds"] = round(time.perf_counter() - t0, 1)
@@ -197,14 +213,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--cells", type=Path, required=True, help="IML cells from `edgekit cells`")
     ap.add_argument("--work", type=Path, required=True, help="where adapted bundles go (outside the repo)")
     ap.add_argument("--sizes", default="10,25,50,all")
-    ap.add_argument("--epochs", type=int, default=4)
-    ap.add_argument("--negatives-per-field", type=int, default=30)
+    ap.add_argument("--epochs", type=int, default=12, help="at most (early stopping, --patience)")
+    ap.add_argument("--patience", type=int, default=3)
+    ap.add_argument("--lr", type=float, default=0.01)
+    ap.add_argument("--negatives-per-field", type=int, default=None, help="default: every uninfected cell")
     ap.add_argument("--base-split", type=Path, default=None)
     ap.add_argument("--nih-split", default=None, help="NIH split file: also measure NIH test-patient AUC")
     ap.add_argument("--skip-existing", action="store_true", help="reuse adapted bundles already in --work")
     ap.add_argument("--allow-drop", action="store_true", help="keep an int8 file that misses its bound")
     ap.add_argument("--no-baseline", action="store_true", help="skip the unadapted default bundle")
     ap.add_argument("--raw", default="site_adaptation_iml.json", help="raw JSON name in benchmarks/results")
+    ap.add_argument("--field-cutoff", action="store_true",
+                    help="also report each adapted bundle at the whole-field count cutoff of the "
+                         "validation fields")
     ap.add_argument("--no-write", action="store_true")
     ARGS = args = ap.parse_args(argv)
 
@@ -223,20 +244,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         evaluate_bundle(None, "default, not adapted", args.cells, parts["test"], truth, cache)]
     result = {"base": str(args.base), "cells": str(args.cells), "split": parts,
               "split_counts": {k: len(v) for k, v in parts.items()}, "epochs": args.epochs,
-              "negatives_per_field": args.negatives_per_field, "host": platform.node(), "rows": rows}
+              "negatives_per_field": args.negatives_per_field, "patience": args.patience, "lr": args.lr,
+              "host": platform.node(), "rows": rows}
     raw = HERE / "results" / args.raw
     for size in args.sizes.split(","):
         n = None if size == "all" else int(size)
         out = args.work / f"iml-{size}"
         if not (args.skip_existing and (out / "manifest.json").is_file()):
-            cfg = AdaptConfig(epochs=args.epochs, train_fields=n,
-                              negatives_per_field=args.negatives_per_field)
+            cfg = AdaptConfig(epochs=args.epochs, patience=args.patience or None, lr=args.lr,
+                              train_fields=n, negatives_per_field=args.negatives_per_field)
             t0 = time.perf_counter()
             adapt_model(args.base, args.cells, out, cfg, split_file=split_file, base_split=args.base_split,
                         replace=True, cache_dir=cache, allow_drop=args.allow_drop,
                         log=lambda s: print(s, flush=True))
             print(f"adapted {out} in {time.perf_counter() - t0:.0f} s", flush=True)
         rows.append(evaluate_bundle(out, f"adapted, {size} fields", args.cells, parts["test"], truth, cache))
+        if args.field_cutoff:
+            rows.append(evaluate_bundle(out, f"adapted, {size} fields, field-count cutoff", args.cells,
+                                        parts["test"], truth, cache, val_fields=parts["val"]))
         print(_table(rows), flush=True)
         if not args.no_write:  # every row as soon as it is measured
             raw.write_text(json.dumps(result, indent=1) + "\n")

@@ -34,6 +34,7 @@ import numpy as np
 from edgekit.errors import BundleError, DataError
 from edgekit.safefile import replace_dir
 
+CUTOFFS = ("count", "field-count", "youden")
 SITE_SPLIT = "site_split.json"
 FIELDS_SPLIT = "site_fields.json"
 Log = Callable[[str], None]
@@ -43,14 +44,16 @@ Log = Callable[[str], None]
 class AdaptConfig:
     """Fine-tuning settings (stored in the manifest)."""
 
-    epochs: int = 6
+    epochs: int = 12  # at most; training stops after ``patience`` epochs without a better val AUC
+    patience: int | None = 3
     lr: float = 0.01
     batch_size: int = 64
     base_share: float = 0.5  # fraction of the training crops taken from the base model's own data
     train_fields: int | None = None  # use only this many training fields (learning curves)
     block: int = 6  # consecutive frames per split block
     fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
-    cutoff: str = "count"  # count: called = labelled positives on validation; youden
+    cutoff: str = "count"  # count: called = labelled positives on validation cells; field-count: on
+    # whole validation fields (every cell the device finds, needs the field images); youden
     stain: float = 0.1  # colour jitter while fine-tuning
     negatives_per_field: int | None = None  # cap on negative training cells per field (all positives kept)
     seed: int = 0
@@ -58,10 +61,12 @@ class AdaptConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.lr <= 0 or self.batch_size < 1:
             raise DataError("epochs, lr and batch size must be positive")
+        if self.patience is not None and self.patience < 1:
+            raise DataError("--patience must be at least 1")
         if not 0.0 <= self.base_share < 1.0:
             raise DataError("--base-share must be in [0, 1)")
-        if self.cutoff not in ("count", "youden"):
-            raise DataError(f"unknown cutoff method {self.cutoff!r}: count or youden")
+        if self.cutoff not in CUTOFFS:
+            raise DataError(f"unknown cutoff method {self.cutoff!r}: {', '.join(CUTOFFS)}")
         if self.train_fields is not None and self.train_fields < 1:
             raise DataError("--train-fields must be at least 1")
 
@@ -93,6 +98,56 @@ def site_data_hash(root: Path, paths: list[str]) -> str:
     for rel in sorted(paths):
         h.update(rel.encode() + b"\0" + hashlib.sha256((root / rel).read_bytes()).digest())
     return h.hexdigest()
+
+
+def labelled_parasitemia(site: Path) -> dict[str, float]:
+    """Labelled parasitemia per field stem (parasite boxes / all labelled cells) from the site's
+    ``cells.json`` (written by ``edgekit cells``); the truth a whole-field count is held to."""
+    from edgekit.device.annotations import PARASITIZED
+
+    try:
+        rows = json.loads((Path(site) / "cells.json").read_text())["per_field"]
+        return {Path(r["field"]).stem: r["labelled"].get(PARASITIZED, 0) / max(1, sum(r["labelled"].values()))
+                for r in rows}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DataError(f"{site}/cells.json (from `edgekit cells`) is missing or unreadable: {exc}") from None
+
+
+def whole_field_inputs(image: Path, pre: Any) -> np.ndarray | None:
+    """Every cell the device finds on a field image, cropped and prepared as the device does;
+    None when the field is refused or holds no cell."""
+    from edgekit.device.field import count_cells, crop_cell
+    from edgekit.device.preprocess import prepare, read_image
+
+    rgb = read_image(image)
+    cells, _, reason = count_cells(rgb)
+    if reason or not cells:
+        return None
+    return np.stack([prepare(crop_cell(rgb, c), pre) for c in cells])
+
+
+def field_count_cutoff(probs: list[np.ndarray], truth: list[float]) -> float:
+    """The cutoff at which the cells called over whole fields (every found cell, labelled or not)
+    add up to the labelled parasitemia: the k-th highest probability, k = sum of labelled fraction
+    x found cells. Objects the finder returns that are no labelled cell count as they will on the
+    device, so the whole-field count is unbiased on these fields."""
+    p = np.sort(np.concatenate(probs).astype(np.float64))[::-1]
+    k = int(round(sum(t * len(q) for q, t in zip(probs, truth, strict=True))))
+    if k == 0 or not len(p):
+        return 1.0
+    return float(np.clip(p[min(k, len(p)) - 1], 0.0, 1.0))
+
+
+def find_field_images(fields_dir: Path, stems: list[str]) -> dict[str, Path]:
+    """Field image path per stem in ``fields_dir`` (DataError naming the missing ones)."""
+    from edgekit.device.preprocess import is_image_file
+
+    found = {p.stem: p for p in Path(fields_dir).iterdir() if is_image_file(p)}
+    missing = [s for s in stems if s not in found]
+    if missing:
+        raise DataError(f"{len(missing)} validation fields are not in {fields_dir} (e.g. {missing[0]}): "
+                        "--fields must be the folder given to `edgekit cells`")
+    return {s: found[s] for s in stems}
 
 
 def field_split(fields: list[str], cfg: AdaptConfig, split_file: Path | None) -> dict[str, list[str]]:
@@ -244,6 +299,7 @@ def adapt_model(
     model: Path, site: Path, out: Path, cfg: AdaptConfig, split_file: Path | None = None,
     base_split: Path | None = None, base_data: Path | None = None, formats: str = "tflite_int8",
     replace: bool = False, cache_dir: Path | None = None, allow_drop: bool = False, log: Log = print,
+    fields_dir: Path | None = None,
 ) -> Any:
     """Fine-tune ``model`` on ``site`` and write the validated site bundle ``out``; returns its manifest."""
     from edgekit.cells import GROUP_REGEX
@@ -263,6 +319,13 @@ def adapt_model(
     all_fields = sorted({i.group for i in scan_dataset(site, group_mode=GROUP_REGEX).items})
     fields = field_split(all_fields, cfg, split_file)
     split = _site_split(site, labels, base_manifest.positive_label, fields, cfg)
+    val_images: dict[str, Path] = {}
+    if cfg.cutoff == "field-count":
+        if fields_dir is None:
+            raise DataError("--cutoff field-count needs --fields: the folder of field images given to "
+                            "`edgekit cells`")
+        truth = labelled_parasitemia(site)
+        val_images = find_field_images(Path(fields_dir), fields["val"])
     if base_split is not None:
         base_manifest.training = {**base_manifest.training, "split_file": str(base_split)}
     try:
@@ -294,7 +357,10 @@ def adapt_model(
         manifest = Manifest.from_dict(base_manifest.to_dict())
         manifest.name = out.name
         p_val = best["p_val"]
-        _choose_decision(manifest, yv == pos, p_val, gv, cfg, fields)
+        field_cut = None
+        if val_images:
+            field_cut = _whole_field_cutoff(tmp / "model.keras", val_images, truth, pre, pos, log)
+        _choose_decision(manifest, yv == pos, p_val, gv, cfg, fields, field_cut)
         manifest.domain = _site_domain(split, site, log)
         _write_run(tmp, manifest, split, cfg, base_sha, keras_path, model, site, fields, best, len(yb))
         from edgekit.export.bundle import export_bundle
@@ -340,7 +406,10 @@ def _site_domain(split: Any, site: Path, log: Callable[[str], None]) -> Any:
 
 def _fine_tune(keras_path: Path, x: np.ndarray, y: np.ndarray, w: np.ndarray, xv: np.ndarray, yv: np.ndarray,
                pos: int, cfg: AdaptConfig, save_to: Path, log: Log) -> dict[str, Any]:
-    """Fine-tune, keep the epoch with the best validation AUC, save it; returns its numbers."""
+    """Fine-tune, keep the epoch with the best validation AUC, save it; returns its numbers.
+
+    Stops early when ``cfg.patience`` epochs in a row bring no better validation AUC (the learning
+    rate still decays over ``cfg.epochs``, so a stopped run is the same run cut short)."""
     import keras
 
     from edgekit.export.bundle import load_keras
@@ -371,17 +440,52 @@ def _fine_tune(keras_path: Path, x: np.ndarray, y: np.ndarray, w: np.ndarray, xv
             save_keras_atomic(model, save_to)
             flag = "  *best"
         log(f"epoch {epoch + 1}/{cfg.epochs}  loss {history[-1]['loss']:.4f}  site val AUC {auc:.4f}{flag}")
+        if cfg.patience is not None and epoch + 1 - best["epoch"] >= cfg.patience:
+            log(f"no better site val AUC for {cfg.patience} epochs: stopped after epoch {epoch + 1}")
+            break
     best["history"] = history
     return best
 
 
-def _choose_decision(manifest: Any, y_val: np.ndarray, p_val: np.ndarray, g_val: np.ndarray, cfg: AdaptConfig,
-                     fields: dict[str, list[str]]) -> None:
-    """Cutoff, uncertain band (validation cells) and field rule (validation fields) for this site."""
-    from edgekit.thresholds import choose_patient_rule, choose_thresholds
+def _whole_field_cutoff(keras_path: Path, images: dict[str, Path], truth: dict[str, float], pre: Any,
+                        pos: int, log: Log) -> float:
+    """:func:`field_count_cutoff` of the fine-tuned model on whole validation fields."""
+    from edgekit.export.bundle import load_keras
+    from edgekit.parts import predict_arrays
 
-    manifest.thresholds = choose_thresholds(y_val, p_val, method=cfg.cutoff)
-    manifest.thresholds.source = "site " + manifest.thresholds.source
+    model = load_keras(keras_path)
+    probs, t = [], []
+    for stem, path in sorted(images.items()):
+        x = whole_field_inputs(path, pre)
+        if x is not None:
+            probs.append(predict_arrays(model, x)[:, pos])
+            t.append(truth.get(stem, 0.0))
+    if not probs:
+        raise DataError("the cell finder found no cells on any validation field: no field-count cutoff")
+    cut = field_count_cutoff(probs, t)
+    log(f"whole validation fields: {len(probs)} fields, {sum(map(len, probs))} found cells, "
+        f"labelled parasitemia {100 * float(np.mean(t)):.2f}%: counting cutoff {cut:.4f}")
+    return cut
+
+
+def _choose_decision(manifest: Any, y_val: np.ndarray, p_val: np.ndarray, g_val: np.ndarray, cfg: AdaptConfig,
+                     fields: dict[str, list[str]], field_cut: float | None = None) -> None:
+    """Cutoff, uncertain band (validation cells) and field rule (validation fields) for this site;
+    ``field_cut`` is the cutoff chosen on whole validation fields (``--cutoff field-count``)."""
+    from edgekit.manifest import Thresholds
+    from edgekit.thresholds import band_edges, choose_patient_rule, choose_thresholds
+
+    if field_cut is None:
+        manifest.thresholds = choose_thresholds(y_val, p_val, method=cfg.cutoff)
+        manifest.thresholds.source = "site " + manifest.thresholds.source
+    else:
+        positive, negative = band_edges(y_val, p_val, field_cut)
+        manifest.thresholds = Thresholds(
+            positive=positive, negative=negative, cutoff=field_cut,
+            source=(f"site validation fields ({len(fields['val'])}), Keras outputs: cutoff by matching the "
+                    "labelled parasitemia over every cell the finder returns; band edges at 99% precision "
+                    f"(positive side) and negative predictive value (negative side) on the validation cells "
+                    f"(n={len(y_val)})"))
     controls, infected = [], []
     for g in np.unique(g_val):
         sel = g_val == g

@@ -94,7 +94,10 @@ def cells(fields: tuple[Path, ...], annotations: Path, out: Path, class_map: tup
 @click.option("--train-fields", type=click.IntRange(1), help="Use only this many training fields.")
 @click.option("--negatives-per-field", type=click.IntRange(0),
               help="At most this many uninfected training cells per field (all parasitized ones are kept).")
-@click.option("--epochs", type=click.IntRange(1), default=6, show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=12, show_default=True,
+              help="At most this many epochs (see --patience).")
+@click.option("--patience", type=click.IntRange(0), default=3, show_default=True,
+              help="Stop after this many epochs without a better validation-field AUC (0: never stop early).")
 @click.option("--lr", type=float, default=0.01, show_default=True, help="Initial lr; decays to 0.")
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--base-share", type=click.FloatRange(0, 0.95), default=0.5, show_default=True,
@@ -103,9 +106,14 @@ def cells(fields: tuple[Path, ...], annotations: Path, out: Path, class_map: tup
               help="The base model's split file, if the manifest's path is not on this machine.")
 @click.option("--base-data", type=click.Path(path_type=Path),
               help="The base split's data folder, if it moved.")
-@click.option("--cutoff", type=click.Choice(["count", "youden"]), default="count", show_default=True,
-              help="count: call as many validation cells positive as are labelled (unbiased parasitemia); "
-                   "youden: maximise sensitivity + specificity.")
+@click.option("--cutoff", type=click.Choice(["count", "field-count", "youden"]), default="count",
+              show_default=True,
+              help="count: call as many validation cells positive as are labelled (unbiased parasitemia on "
+                   "labelled cells); field-count: as many over every cell the finder returns on whole "
+                   "validation fields (unbiased field counts; needs --fields); youden: maximise sensitivity "
+                   "+ specificity.")
+@click.option("--fields", "fields_dir", type=click.Path(path_type=Path),
+              help="The site's field images (the folder given to `edgekit cells`), for --cutoff field-count.")
 @click.option("--formats", default="tflite_int8", show_default=True, help="Formats to export and validate.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--replace", is_flag=True, help="Overwrite OUT if it exists.")
@@ -114,9 +122,10 @@ def cells(fields: tuple[Path, ...], annotations: Path, out: Path, class_map: tup
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
               help="Where decoded image arrays are cached.")
 def adapt(model: Path, site: Path, out: Path, fields_split: Path | None, block: int, train_fields: int | None,
-          negatives_per_field: int | None, epochs: int, lr: float, batch_size: int, base_share: float,
-          base_split: Path | None, base_data: Path | None, cutoff: str, formats: str, seed: int,
-          replace: bool, allow_drop: bool, cache_dir: Path | None) -> None:
+          negatives_per_field: int | None, epochs: int, patience: int, lr: float, batch_size: int,
+          base_share: float, base_split: Path | None, base_data: Path | None, cutoff: str,
+          fields_dir: Path | None, formats: str, seed: int, replace: bool, allow_drop: bool,
+          cache_dir: Path | None) -> None:
     """Fine-tune MODEL (a run folder or a bundle with its model.keras) on a site's labelled cells
     and write a validated site bundle.
 
@@ -131,12 +140,13 @@ def adapt(model: Path, site: Path, out: Path, fields_split: Path | None, block: 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from edgekit.adapt import AdaptConfig, adapt_model
 
-    cfg = AdaptConfig(epochs=epochs, lr=lr, batch_size=batch_size, base_share=base_share,
+    cfg = AdaptConfig(epochs=epochs, patience=patience or None, lr=lr, batch_size=batch_size,
+                      base_share=base_share,
                       train_fields=train_fields, negatives_per_field=negatives_per_field, block=block,
                       cutoff=cutoff, seed=seed)
     m = adapt_model(model, site, out, cfg, split_file=fields_split, base_split=base_split,
                     base_data=base_data, formats=formats, replace=replace, cache_dir=cache_dir,
-                    allow_drop=allow_drop, log=lambda s: click.echo(s, err=True))
+                    allow_drop=allow_drop, log=lambda s: click.echo(s, err=True), fields_dir=fields_dir)
     site_eval = m.evaluation.get("site", {})
     for part in ("val", "test"):
         e = site_eval.get(part)

@@ -148,3 +148,47 @@ def test_site_metrics_numbers():
     # field a: 2 called of 4 (50%) vs 1 labelled (25%); field b: 25% vs 25%
     assert m["parasitemia"]["mae_points"] == pytest.approx(12.5)
     assert m["parasitemia"]["bias_points"] == pytest.approx(12.5)
+
+
+def test_field_count_cutoff_counts_every_found_cell():
+    from edgekit.adapt import field_count_cutoff
+
+    # two fields: 100 found cells at 2% labelled, 50 found cells at 0%; the finder's extra objects
+    # (high p, no label) are counted as on the device, so the cutoff calls exactly 2 cells in all
+    f1 = np.r_[np.full(3, 0.95), np.linspace(0.0, 0.5, 97)]
+    f2 = np.r_[0.9, np.linspace(0.0, 0.4, 49)]
+    cut = field_count_cutoff([f1, f2], [0.02, 0.0])
+    assert ((f1 >= cut).sum() + (f2 >= cut).sum()) == 3  # ties at 0.95 are all called
+    assert cut == 0.95
+    assert field_count_cutoff([f1, f2], [0.0, 0.0]) == 1.0  # nothing labelled: call nothing
+
+
+def test_labelled_parasitemia_reads_cells_json(tmp_path):
+    from edgekit.adapt import labelled_parasitemia
+    from edgekit.errors import DataError
+
+    (tmp_path / "cells.json").write_text(json.dumps({"per_field": [
+        {"field": "A.JPG", "labelled": {"Parasitized": 2, "Uninfected": 98}},
+        {"field": "B.JPG", "labelled": {"Uninfected": 50}}]}))
+    assert labelled_parasitemia(tmp_path) == {"A": 0.02, "B": 0.0}
+    with pytest.raises(DataError, match="cells.json"):
+        labelled_parasitemia(tmp_path / "nowhere")
+
+
+def test_adapt_stops_early_and_field_count_needs_fields(base_run, site, tmp_path):
+    from edgekit.adapt import AdaptConfig
+    from edgekit.errors import DataError
+    from edgekit.manifest import load_manifest
+
+    with pytest.raises(DataError, match="patience"):
+        AdaptConfig(patience=0)
+    res = _cli("adapt", str(base_run), "--data", str(site), "-o", str(tmp_path / "o"),
+               "--cutoff", "field-count")
+    assert res.exit_code != 0 and "needs --fields" in res.output and "Traceback" not in res.output
+    # a learning rate that cannot improve the model (1e-9): patience 1 stops after one epoch of 20
+    out = tmp_path / "early"
+    res = _cli("adapt", str(base_run), "--data", str(site), "-o", str(out), "--epochs", "20",
+               "--patience", "1", "--lr", "1e-9", "--batch-size", "16", "--block", "1", "--allow-drop")
+    assert res.exit_code == 0, res.output
+    ad = load_manifest(out).training["adaptation"]
+    assert len(ad["history"]) < 20 and ad["config"]["patience"] == 1
