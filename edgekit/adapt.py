@@ -17,6 +17,7 @@ Everything is built in a temporary folder beside the output and renamed into pla
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -35,6 +36,7 @@ from edgekit.errors import BundleError, DataError
 from edgekit.safefile import replace_dir
 
 CUTOFFS = ("count", "field-count", "youden")
+AUGMENTATION = ("augment", "rotation", "zoom", "shift", "shear", "flips", "stain", "od_jitter", "blur")
 SITE_SPLIT = "site_split.json"
 FIELDS_SPLIT = "site_fields.json"
 Log = Callable[[str], None]
@@ -54,7 +56,7 @@ class AdaptConfig:
     fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
     cutoff: str = "count"  # count: called = labelled positives on validation cells; field-count: on
     # whole validation fields (every cell the device finds, needs the field images); youden
-    stain: float = 0.1  # colour jitter while fine-tuning
+    stain: float | None = None  # colour jitter while fine-tuning; None: the base run's own augmentation
     negatives_per_field: int | None = None  # cap on negative training cells per field (all positives kept)
     seed: int = 0
 
@@ -238,7 +240,7 @@ def _arrays(split: Any, part: str, labels: list[str], pre: Any, cache_dir: Path 
 
 
 def _base_sample(manifest: Any, base_data: Path | None, n: int, seed: int, cache_dir: Path | None,
-                 log: Log) -> tuple[np.ndarray, np.ndarray]:
+                 log: Log, pre: Any) -> tuple[np.ndarray, np.ndarray]:
     """``n`` crops (stratified) from the train part of the base model's own split."""
     from edgekit.export.calibration import stratified_sample
     from edgekit.splits import load_split
@@ -254,7 +256,7 @@ def _base_sample(manifest: Any, base_data: Path | None, n: int, seed: int, cache
     labels = manifest.labels
     y_all = np.array([labels.index(split.classes[i.label]) for i in split.parts["train"]])
     keep = stratified_sample(y_all, n, seed)
-    x, y, _, _ = _arrays(split, "train", labels, manifest.preprocessing, cache_dir, keep)
+    x, y, _, _ = _arrays(split, "train", labels, pre, cache_dir, keep)
     log(f"base data: {len(y)} crops from the train part of {split_file}")
     return x, y
 
@@ -334,7 +336,10 @@ def adapt_model(
         raise DataError(str(exc)) from None
 
     pre = base_manifest.preprocessing
-    xs, ys, gs, _ = _arrays(split, "train", labels, pre, cache_dir)
+    # training crops are read raw and go through augmentation, then the stain normalization, in the
+    # training pipeline (as `edgekit train` does); validation and test crops get the device's prepare()
+    raw = dataclasses.replace(pre, stain="none")
+    xs, ys, gs, _ = _arrays(split, "train", labels, raw, cache_dir)
     xv, yv, gv, _ = _arrays(split, "val", labels, pre, cache_dir)
     xt, yt, gt, _ = _arrays(split, "test", labels, pre, cache_dir)
     log(f"site: {len(ys)} train cells ({int((ys == pos).sum())} {labels[pos]}) from {len(fields['train'])} "
@@ -342,7 +347,7 @@ def adapt_model(
         f"{len(yt)} test cells from {len(fields['test'])}")
     n_base = round(cfg.base_share / (1 - cfg.base_share) * len(ys)) if cfg.base_share > 0 else 0
     if n_base:
-        xb, yb = _base_sample(base_manifest, base_data, n_base, cfg.seed, cache_dir, log)
+        xb, yb = _base_sample(base_manifest, base_data, n_base, cfg.seed, cache_dir, log, raw)
     else:
         xb, yb = xs[:0], ys[:0]
     x = np.concatenate([xs, xb])
@@ -353,7 +358,8 @@ def adapt_model(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        best = _fine_tune(keras_path, x, y, w, xv, yv, pos, cfg, tmp / "model.keras", log)
+        best = _fine_tune(keras_path, x, y, w, xv, yv, pos, cfg, tmp / "model.keras", log,
+                          base_manifest.training.get("config") or {}, pre.stain)
         manifest = Manifest.from_dict(base_manifest.to_dict())
         manifest.name = out.name
         p_val = best["p_val"]
@@ -405,7 +411,8 @@ def _site_domain(split: Any, site: Path, log: Callable[[str], None]) -> Any:
 
 
 def _fine_tune(keras_path: Path, x: np.ndarray, y: np.ndarray, w: np.ndarray, xv: np.ndarray, yv: np.ndarray,
-               pos: int, cfg: AdaptConfig, save_to: Path, log: Log) -> dict[str, Any]:
+               pos: int, cfg: AdaptConfig, save_to: Path, log: Log, base_config: dict[str, Any],
+               stain_norm: str) -> dict[str, Any]:
     """Fine-tune, keep the epoch with the best validation AUC, save it; returns its numbers.
 
     Stops early when ``cfg.patience`` epochs in a row bring no better validation AUC (the learning
@@ -419,8 +426,13 @@ def _fine_tune(keras_path: Path, x: np.ndarray, y: np.ndarray, w: np.ndarray, xv
 
     keras.utils.set_random_seed(cfg.seed)
     model = load_keras(keras_path)
-    tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, stain=cfg.stain,
-                       input_size=int(x.shape[1]), seed=cfg.seed)
+    # the base run's augmentation (the model learnt its invariances with it), the manifest's stain
+    # normalization after it; --stain overrides the colour jitter
+    aug = {k: base_config[k] for k in AUGMENTATION if k in base_config}
+    if cfg.stain is not None:
+        aug["stain"] = cfg.stain
+    tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, input_size=int(x.shape[1]),
+                       seed=cfg.seed, stain_norm=stain_norm, **aug)
     steps = math.ceil(len(y) / cfg.batch_size)
     compile_model(model, tcfg, steps * cfg.epochs)
     ds = make_dataset(x, y, tcfg, training=True, sample_weight=w)
