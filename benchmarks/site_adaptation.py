@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--epochs", type=int, default=12, help="at most (early stopping, --patience)")
     ap.add_argument("--patience", type=int, default=3)
     ap.add_argument("--lr", type=float, default=0.01)
-    ap.add_argument("--negatives-per-field", type=int, default=None, help="default: every uninfected cell")
+    ap.add_argument("--negatives-per-field", type=int, default=30)
     ap.add_argument("--base-split", type=Path, default=None)
     ap.add_argument("--nih-split", default=None, help="NIH split file: also measure NIH test-patient AUC")
     ap.add_argument("--skip-existing", action="store_true", help="reuse adapted bundles already in --work")

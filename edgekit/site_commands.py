@@ -92,7 +92,7 @@ def cells(fields: tuple[Path, ...], annotations: Path, out: Path, class_map: tup
 @click.option("--block", type=click.IntRange(1), default=6, show_default=True,
               help="Consecutive fields per block of the default split.")
 @click.option("--train-fields", type=click.IntRange(1), help="Use only this many training fields.")
-@click.option("--negatives-per-field", type=click.IntRange(0),
+@click.option("--negatives-per-field", type=click.IntRange(0), default=30, show_default=True,
               help="At most this many uninfected training cells per field (all parasitized ones are kept).")
 @click.option("--epochs", type=click.IntRange(1), default=12, show_default=True,
               help="At most this many epochs (see --patience).")
