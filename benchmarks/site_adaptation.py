@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--epochs", type=int, default=12, help="at most (early stopping, --patience)")
     ap.add_argument("--patience", type=int, default=3)
     ap.add_argument("--lr", type=float, default=0.01)
-    ap.add_argument("--negatives-per-field", type=int, default=30)
+    ap.add_argument("--negatives-per-field", type=int, default=30, help="0: every one")
     ap.add_argument("--base-split", type=Path, default=None)
     ap.add_argument("--nih-split", default=None, help="NIH split file: also measure NIH test-patient AUC")
     ap.add_argument("--skip-existing", action="store_true", help="reuse adapted bundles already in --work")
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out = args.work / f"iml-{size}"
         if not (args.skip_existing and (out / "manifest.json").is_file()):
             cfg = AdaptConfig(epochs=args.epochs, patience=args.patience or None, lr=args.lr,
-                              train_fields=n, negatives_per_field=args.negatives_per_field)
+                              train_fields=n, negatives_per_field=args.negatives_per_field or None)
             t0 = time.perf_counter()
             adapt_model(args.base, args.cells, out, cfg, split_file=split_file, base_split=args.base_split,
                         replace=True, cache_dir=cache, allow_drop=args.allow_drop,

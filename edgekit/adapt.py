@@ -154,6 +154,14 @@ def find_field_images(fields_dir: Path, stems: list[str]) -> dict[str, Path]:
     return {s: found[s] for s in stems}
 
 
+def spread(fields: list[str], n: int) -> list[str]:
+    """``n`` fields evenly spaced over the sorted (consecutive) fields, as a site would label a few
+    fields from each of its slides and stain batches (a random 10 of IML's 102 training fields were
+    all from its first stain batch: the model and its int8 calibration never saw the second)."""
+    ordered = sorted(fields)
+    return [ordered[(2 * k + 1) * len(ordered) // (2 * n)] for k in range(n)]
+
+
 def field_split(fields: list[str], cfg: AdaptConfig, split_file: Path | None) -> dict[str, list[str]]:
     """train/val/test field stems: from ``split_file`` (JSON of field names per part), else blocks."""
     from edgekit.cells import block_split
@@ -178,7 +186,7 @@ def field_split(fields: list[str], cfg: AdaptConfig, split_file: Path | None) ->
         if cfg.train_fields > len(parts["train"]):
             raise DataError(f"--train-fields {cfg.train_fields}, but there are only "
                             f"{len(parts['train'])} training fields")
-        parts["train"] = sorted(random.Random(cfg.seed).sample(parts["train"], cfg.train_fields))
+        parts["train"] = spread(parts["train"], cfg.train_fields)
     for name in ("train", "val"):
         if not parts[name]:
             raise DataError(f"no {name} fields: label more fields (a site needs train and validation fields)")

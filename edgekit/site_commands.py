@@ -93,7 +93,8 @@ def cells(fields: tuple[Path, ...], annotations: Path, out: Path, class_map: tup
               help="Consecutive fields per block of the default split.")
 @click.option("--train-fields", type=click.IntRange(1), help="Use only this many training fields.")
 @click.option("--negatives-per-field", type=click.IntRange(0), default=30, show_default=True,
-              help="At most this many uninfected training cells per field (all parasitized ones are kept).")
+              help="At most this many uninfected training cells per field (all parasitized ones are kept); "
+                   "0: every one.")
 @click.option("--epochs", type=click.IntRange(1), default=12, show_default=True,
               help="At most this many epochs (see --patience).")
 @click.option("--patience", type=click.IntRange(0), default=3, show_default=True,
@@ -142,7 +143,7 @@ def adapt(model: Path, site: Path, out: Path, fields_split: Path | None, block: 
 
     cfg = AdaptConfig(epochs=epochs, patience=patience or None, lr=lr, batch_size=batch_size,
                       base_share=base_share,
-                      train_fields=train_fields, negatives_per_field=negatives_per_field, block=block,
+                      train_fields=train_fields, negatives_per_field=negatives_per_field or None, block=block,
                       cutoff=cutoff, seed=seed)
     m = adapt_model(model, site, out, cfg, split_file=fields_split, base_split=base_split,
                     base_data=base_data, formats=formats, replace=replace, cache_dir=cache_dir,

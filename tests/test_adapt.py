@@ -192,3 +192,12 @@ def test_adapt_stops_early_and_field_count_needs_fields(base_run, site, tmp_path
     assert res.exit_code == 0, res.output
     ad = load_manifest(out).training["adaptation"]
     assert len(ad["history"]) < 20 and ad["config"]["patience"] == 1
+
+
+def test_train_fields_are_spread_over_the_consecutive_fields():
+    from edgekit.adapt import spread
+
+    fields = [f"F{i:03d}" for i in range(100)]
+    picked = spread(fields[::-1], 10)
+    assert picked == [f"F{i:03d}" for i in range(5, 100, 10)]  # one from each tenth, in order
+    assert spread(fields, 100) == fields and spread(fields, 1) == ["F050"]
