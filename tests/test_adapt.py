@@ -192,6 +192,8 @@ def test_adapt_stops_early_and_field_count_needs_fields(base_run, site, tmp_path
     assert res.exit_code == 0, res.output
     ad = load_manifest(out).training["adaptation"]
     assert len(ad["history"]) < 20 and ad["config"]["patience"] == 1
+    # every epoch was judged on its int8 quantization too (the bundle exports int8)
+    assert {"int8_val_auc", "int8_agreement", "int8_accuracy_drop"} <= set(ad["history"][0])
 
 
 def test_train_fields_are_spread_over_the_consecutive_fields():
