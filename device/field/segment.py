@@ -28,14 +28,25 @@ def _optical_density(rgb: np.ndarray, bg_percentile: float) -> np.ndarray:
     return _cv2().LUT(np.ascontiguousarray(rgb), np.ascontiguousarray(lut.reshape(256, 1, 3)))
 
 
-def _fill_holes(mask: np.ndarray) -> np.ndarray:
-    """Fill regions not connected to the border (the pale centres of biconcave red cells)."""
+def _fill_holes(mask: np.ndarray, density: np.ndarray | None = None, min_density: float = 0.0) -> np.ndarray:
+    """Fill regions not connected to the border (the pale centres of biconcave red cells). With
+    ``density``, only holes whose mean density is at least ``min_density``: a pale centre is
+    stained on both sides, whereas background enclosed by a ring of touching cells is as clear as
+    the rest of the background and must stay a gap, or the ring becomes one solid mass."""
     cv2 = _cv2()
     h, w = mask.shape
     pad = cv2.copyMakeBorder(mask, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
     flood = np.zeros((h + 4, w + 4), np.uint8)
     cv2.floodFill(pad, flood, (0, 0), 255)
-    return mask | np.where(pad[1:-1, 1:-1] == 0, 255, 0).astype(np.uint8)
+    holes = np.where(pad[1:-1, 1:-1] == 0, 255, 0).astype(np.uint8)
+    if density is not None and holes.any():
+        n, labels = cv2.connectedComponents(holes, connectivity=4)
+        area = np.bincount(labels.ravel(), minlength=n)
+        mean = np.bincount(labels.ravel(), density.ravel().astype(np.float64), minlength=n) / np.maximum(area, 1)
+        keep = mean >= min_density
+        keep[0] = False
+        holes = np.where(keep[labels], 255, 0).astype(np.uint8)
+    return mask | holes
 
 
 def _density_u8(od: np.ndarray) -> tuple[np.ndarray, float]:
@@ -72,30 +83,42 @@ class _Density:
         return _cv2().GaussianBlur(self.u8, (0, 0), 2)
 
 
-def _foreground(d: _Density, factor: float = 1.0, min_od: float = 0.0) -> np.ndarray:
+def _foreground(d: _Density, factor: float = 1.0, min_od: float = 0.0, hole_density: float = 0.0) -> np.ndarray:
     """Stained pixels: a fraction of Otsu's threshold on the green optical density, pale centres
     filled. Clipping the nuclei makes Otsu split background from red cells, not cells from nuclei."""
     cv2 = _cv2()
     # below Otsu, since pale cells and pale centres are barely darker than the background, but
     # never below a minimum density, or a cell-free field's noise becomes "cells"
-    _, fg = cv2.threshold(d.blur5, max(d.otsu * factor, min_od * d.scale), 255, cv2.THRESH_BINARY)
+    thr = max(d.otsu * factor, min_od * d.scale)
+    _, fg = cv2.threshold(d.blur5, thr, 255, cv2.THRESH_BINARY)
     fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5)))
-    return _fill_holes(fg)
+    return _fill_holes(fg, d.blur5, hole_density * thr) if hole_density > 0 else _fill_holes(fg)
 
 
-def _estimate_radius(dist: np.ndarray, fg: np.ndarray) -> float:
+def _estimate_radius(dist: np.ndarray, fg: np.ndarray, single_ratio: float = 0.0) -> tuple[float, int]:
     """Typical cell radius: the median of the blobs' distance-transform maxima (a chain of
     overlapping cells is about one cell wide, so its maximum is still about one radius). A field
-    that is one dense clump overestimates it (see FieldParams.cell_radius)."""
+    that is one dense clump overestimates it (see FieldParams.cell_radius).
+
+    With ``single_ratio`` > 0, only blobs shaped like one cell count when there are enough of them
+    (at least 5): a blob whose area is at most ``single_ratio`` x the disc of its maximum
+    (pi r^2). Clumps of touching cells are far larger than their inscribed disc, so they drop out
+    and the estimate comes from the field's own isolated cells. Returns the radius and how many
+    single-cell blobs it rests on (0 when it fell back to all blobs)."""
     cv2 = _cv2()
     n, labels = cv2.connectedComponents(fg, connectivity=8)
     if n <= 1:
-        return 0.0
+        return 0.0, 0
     maxima = np.zeros(n, np.float32)
     np.maximum.at(maxima, labels.ravel(), dist.ravel())
     maxima = maxima[1:]
+    if single_ratio > 0:
+        area = np.bincount(labels.ravel(), minlength=n)[1:]
+        single = maxima[(area <= single_ratio * math.pi * maxima**2) & (maxima >= 0.4 * np.percentile(maxima, 90))]
+        if single.size >= 5:
+            return float(np.median(single)), int(single.size)
     maxima = maxima[maxima >= 0.4 * np.percentile(maxima, 90)]
-    return float(np.median(maxima)) if maxima.size else 0.0
+    return (float(np.median(maxima)) if maxima.size else 0.0), 0
 
 
 def _circle_radius(d: _Density, fallback: float) -> float:
@@ -248,12 +271,17 @@ def _segment(
     work, scale = work or working_copy(rgb, p.max_side)
     od = _optical_density(work, p.bg_percentile)
     density = _Density.of(od)
-    fg = _foreground(density, p.threshold, p.min_od)
+    fg = _foreground(density, p.threshold, p.min_od, p.hole_density)
     dist = cv2.distanceTransform(fg, cv2.DIST_L2, 5)
     nuc = _nucleus_pixels(od, p)
-    radius = p.cell_radius * scale if p.cell_radius else _estimate_radius(dist, fg)
+    radius, singles = (p.cell_radius * scale, 0) if p.cell_radius else _estimate_radius(dist, fg, p.single_ratio)
     if not p.cell_radius and p.hough_radius and radius >= 3:
-        radius = math.sqrt(radius * _circle_radius(density, radius)) * p.radius_gain
+        circles = _circle_radius(density, radius)
+        if p.single_ratio > 0 and not singles and circles != radius:
+            # no isolated cells: every blob is a clump, whose distance maximum is no cell's radius
+            radius = circles * p.radius_gain
+        else:
+            radius = math.sqrt(radius * circles) * p.radius_gain
     if radius < 3:
         return [], 0.0
     if p.rim > 0:
@@ -264,7 +292,8 @@ def _segment(
         local = cv2.blur(u8, (_odd(radius),) * 2)
         rim = ((u8.astype(np.int16) - local > p.rim) & (u8 >= p.min_od * dscale)).astype(np.uint8) * 255
         rim = cv2.morphologyEx(rim, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
-        fg = _fill_holes(fg | rim)
+        thr = max(density.otsu * p.threshold, p.min_od * density.scale)
+        fg = _fill_holes(fg | rim, density.blur5, p.hole_density * thr) if p.hole_density > 0 else _fill_holes(fg | rim)
         fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5)))
         dist = cv2.distanceTransform(fg, cv2.DIST_L2, 5)
     markers, n = _split_touching(density, fg, dist, radius, p)
