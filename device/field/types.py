@@ -36,13 +36,17 @@ class FieldParams:
     reach: float = 0.5  # x radius: pixels farther than this beyond a seed's own radius are not its cell
     hough_votes: float = 20.0  # Hough accumulator threshold for extra seeds in dense clumps; 0: off
     hough_edge: float = 30.0  # Canny upper threshold of the Hough transform
-    hole_density: float = 0.4  # x threshold: enclosed holes paler than this on average are background, not centres; 0: fill all
+    # enclosed holes are filled (pale centres) when stained at least this x threshold on average, or
+    # when convex (solidity) and at most hole_area x the circles' cell area; other holes are
+    # background enclosed by touching cells. hole_density 0: fill every hole
+    hole_density: float = 0.4
+    hole_area: float = 0.5
+    hole_solidity: float = 0.9
     rim: float = 8.0  # local-contrast threshold (density units, cells ~200) for pale cells' rims; 0: off
     max_wbc_overlap: float = 0.2  # a region this much inside a white cell's zone is rejected
     split_area: float = 1.8  # x typical cell area: larger regions are split by area (k-means); 0: off
     grow: float = 0.12  # x radius: each cell's mask grows this much into its pale edge (cut by the threshold)
     grow_threshold: float = 0.5  # x threshold: the faint stain the growth may reach into
-    single_ratio: float = 1.5  # x pi r^2: blobs no larger than this set the radius estimate (one cell each); 0: all blobs
     hough_radius: bool = True  # blend the distance-transform radius estimate with circles' radii
     radius_gain: float = 1.1  # x the blended estimate (circle radii run a little small)
     cell_radius: float | None = None  # in full-resolution pixels; None: estimated per field
