@@ -243,6 +243,10 @@ def _split_touching(
         found.append((y + iy, x + ix, float(sub[iy, ix])))
     if p.hough_votes > 0:
         found += _circle_seeds(d, fg, dist, radius, p, [(y, x) for y, x, _ in found])
+    if p.seed_cap > 0:
+        # inside a solid clump of overlapping cells the distance map is wider than any one cell:
+        # a seed claims at most about one cell's radius (plus reach), not the clump's depth
+        found = [(cy, cx, min(r_k, p.seed_cap * radius)) for cy, cx, r_k in found]
     per_blob = np.bincount([blobs[cy, cx] for cy, cx, _ in found], minlength=n_blobs)
     labels = np.zeros((h, w), np.int32)
     best = np.full((h, w), np.inf, np.float32)

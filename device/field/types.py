@@ -34,6 +34,7 @@ class FieldParams:
     nucleus_contrast: float = 0.12  # ... exceeding its blue optical density by this much
     min_nucleus_area: float = 0.12  # x cell area: smaller purple blobs are platelets
     reach: float = 0.5  # x radius: pixels farther than this beyond a seed's own radius are not its cell
+    seed_cap: float = 1.0  # x radius: the most a seed's own radius counts when pixels are shared out; 0: no cap
     hough_votes: float = 20.0  # Hough accumulator threshold for extra seeds in dense clumps; 0: off
     hough_edge: float = 30.0  # Canny upper threshold of the Hough transform
     # enclosed holes are filled (pale centres) when stained at least this x threshold on average, or
