@@ -240,9 +240,10 @@ def render_section(res: dict[str, Any]) -> str:
            " cell to find, parasite stages included; a found cell on a 'difficult' box counts neither way):"
            f" precision {res['iml']['precision']:.3f}, recall {res['iml']['recall']:.3f}"
            " (targets 0.85 / 0.95);"
-           f" segmentation {res['iml']['segment_ms_median']:.0f} ms median per field"
+           f" segmentation {res['iml']['segment_ms_median']:.0f} ms median per field in this run"
            f" ({res['iml_before_split']['segment_ms_median']:.0f} ms before splitting merged masses,"
-           f" {res['iml_max_side_1024']['segment_ms_median']:.0f} ms at 1024 px; same run, the ratios count)."
+           f" {res['iml_max_side_1024']['segment_ms_median']:.0f} ms at 1024 px; one pass each on a shared"
+           " machine, so compare times measured alternately, not these)."
            " Merged masses: background enclosed by a ring of touching cells used to be filled like a"
            " pale centre (only holes stained like a centre, or small and convex, are filled now), and"
            " the radius came from one distance maximum per blob, which doubles when every cell"
@@ -361,6 +362,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   "iml_before_split_first_half", "iml_before_split_second_half", "iml_max_side_1024"]
     for part in parts:
         r = res[part]
+        if not r["fields"]:
+            print(f"{part:8s} fields=0")
+            continue
         print(f"{part:8s} fields={r['fields']} P={r['precision']:.3f} R={r['recall']:.3f}"
               f" count_err_median={r['count_error_median_pct']:.1f}% mean={r['count_error_mean_pct']:.1f}%"
               f" bias={r['count_bias_median_pct']:+.1f}% seg={r['segment_ms_median']:.0f}ms")
