@@ -14,9 +14,10 @@ take back the pale edge the threshold cuts off), everything outside black. Sizes
 of the typical cell radius, estimated per field (the distance map's local maxima, one per cell
 even in clumps, blended with Hough circle radii), so the same settings work at other magnifications.
 
-Measured on the 364 BCCD fields in benchmarks/RESULTS.md: recall about 0.82 at IoU 0.5, short
-of the 0.9 target; the rest is mostly dense, heavily overlapping fields whose radius estimate is
-off (over- or under-split clumps), very pale cells, and boxes misplaced in the labels.
+Measured in benchmarks/RESULTS.md at IoU 0.5: on the 364 BCCD fields recall about 0.83, short of
+the 0.9 target; on the 172 IML fields recall 0.93, precision 0.82 (targets 0.95 / 0.85). The rest
+is mostly dense, heavily overlapping fields (over- or under-split clumps), very pale cells, and
+labels that skip or misplace cells.
 
 Parasitemia is the fraction of found cells called parasitized at the manifest's cutoff (the same
 call the patient rule was set with), with a Wilson 95% interval. The uncertain band only flags
