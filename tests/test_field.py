@@ -223,7 +223,7 @@ def _ring_field(radius: int = 22, per_ring: int = 8) -> tuple[np.ndarray, list[t
     import cv2
 
     rgb = np.empty((480, 640, 3), np.float32)
-    rgb[:] = BACKGROUND
+    rgb[:] = SMEAR_BACKGROUND
     ring = radius / np.sin(np.pi / per_ring) * 0.97  # neighbours overlap a little
     step = int(2 * (ring + radius) * 0.98)
     boxes = []
