@@ -1,0 +1,105 @@
+"""The fast crop-path functions equal their straightforward versions: the domain guard's features
+(OpenCV masks and histograms vs numpy boolean indexing and ``np.percentile``) and the border test,
+on generated crops (cells of many sizes, shapes and colours on black, thin cells with no interior,
+crops lit all round, flat and noisy ones) and on real NIH and BCCD crops."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edgekit.device.domain import DARK_LEVEL, RIM, crop_features
+from edgekit.device.preprocess import read_image
+from edgekit.device.quality import border_lit
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL = sorted((ROOT / "examples" / "cells").rglob("*.webp")) + sorted(
+    (ROOT / "tests" / "fixtures" / "cells").glob("*.webp"))
+
+
+def reference_features(rgb: np.ndarray) -> np.ndarray | None:
+    """The guard's features as first written: boolean masks, Lab pixels as float32, np.percentile."""
+    fg = rgb.max(axis=2) > DARK_LEVEL
+    n = int(fg.sum())
+    if n < 16:
+        return None
+    k = max(3, int(RIM * 2.0 * np.sqrt(n / np.pi)) | 1)
+    inner = cv2.erode(fg.astype(np.uint8), np.ones((k, k), np.uint8)).astype(bool)
+    lab = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2LAB)[inner if inner.sum() >= 16 else fg]
+    lab = lab.astype(np.float32)
+    L, a, b = lab[:, 0], lab[:, 1], lab[:, 2]
+    lq = np.percentile(L, [5, 25, 50, 75])
+    return np.array([np.log(2.0 * np.sqrt(n / np.pi)), n / fg.size, lq[2], np.median(a), np.median(b),
+                     lq[0], np.percentile(a, 95), np.percentile(b, 5), lq[3] - lq[1]], dtype=np.float64)
+
+
+def reference_border_lit(rgb: np.ndarray, dark_level: int = 16) -> float:
+    lit = rgb.max(axis=2) > dark_level if rgb.ndim == 3 else rgb > dark_level
+    return float(np.concatenate([lit[0], lit[-1], lit[1:-1, 0], lit[1:-1, -1]]).mean())
+
+
+def generated_crops(seed: int = 0, n: int = 120) -> list[np.ndarray]:
+    """Stained-looking cells on black: random size (5-200 px), ellipse, colour, texture, dark spots;
+    plus thin lines (no interior after erosion), crops lit all round, flat and tiny ones."""
+    rng = np.random.default_rng(seed)
+    crops = []
+    for i in range(n):
+        h, w = (int(v) for v in rng.integers(5, 200, 2))
+        img = np.zeros((h, w, 3), np.uint8)
+        kind = i % 6
+        if kind == 5:  # a thin line: too few interior pixels, the whole foreground is used
+            cv2.line(img, (0, int(rng.integers(h))), (w - 1, int(rng.integers(h))),
+                     tuple(int(c) for c in rng.integers(30, 255, 3)), 1)
+        else:
+            mask = np.zeros((h, w), np.uint8)
+            cv2.ellipse(mask, (w // 2, h // 2), (max(1, int(w * rng.uniform(0.2, 0.55))),
+                        max(1, int(h * rng.uniform(0.2, 0.55)))), float(rng.uniform(0, 180)), 0, 360, 255, -1)
+            base = rng.integers(40, 255, 3)
+            noise = rng.normal(0, rng.uniform(0, 40), (h, w, 3))
+            cell = np.clip(base + noise, 0, 255).astype(np.uint8)
+            if kind == 1:  # a dark purple parasite spot
+                cv2.circle(cell, (w // 3, h // 3), max(1, min(h, w) // 8), (90, 40, 120), -1)
+            if kind == 2:  # lit all round (a field or a photo, not a cell on black)
+                mask[:] = 255
+            if kind == 3:  # flat colour: many equal values (ties at every percentile)
+                cell[:] = base.astype(np.uint8)
+            img[mask > 0] = cell[mask > 0]
+        crops.append(img)
+    crops += [np.zeros((40, 40, 3), np.uint8), np.full((3, 3, 3), 200, np.uint8),
+              np.full((1, 50, 3), 100, np.uint8), np.full((50, 1, 3), 100, np.uint8)]
+    return crops
+
+
+def _assert_same_features(crops: list[np.ndarray]) -> int:
+    measured = 0
+    for rgb in crops:
+        ref, fast = reference_features(rgb), crop_features(rgb)
+        assert (ref is None) == (fast is None), rgb.shape
+        if ref is not None:
+            np.testing.assert_allclose(fast, ref, rtol=0, atol=1e-5)
+            measured += 1
+    return measured
+
+
+def test_features_equal_reference_on_generated_crops() -> None:
+    crops = generated_crops()
+    assert _assert_same_features(crops) >= 100
+
+
+@pytest.mark.skipif(not REAL, reason="no sample crops")
+def test_features_equal_reference_on_real_crops() -> None:
+    crops = [read_image(f) for f in REAL]
+    # and the same crops resized (odd/even pixel counts) and re-stained
+    crops += [cv2.resize(c, None, fx=0.7, fy=0.9) for c in crops]
+    crops += [np.ascontiguousarray(c[:, :, ::-1]) for c in crops]
+    assert _assert_same_features(crops) == len(crops)
+
+
+def test_border_lit_equals_reference() -> None:
+    for rgb in generated_crops(seed=1, n=60):
+        assert border_lit(rgb) == reference_border_lit(rgb)
+        gray = rgb[:, :, 1]
+        assert border_lit(gray) == reference_border_lit(gray)
