@@ -1,7 +1,8 @@
 """The fast crop-path functions equal their straightforward versions: the domain guard's features
-(OpenCV masks and histograms vs numpy boolean indexing and ``np.percentile``) and the border test,
-on generated crops (cells of many sizes, shapes and colours on black, thin cells with no interior,
-crops lit all round, flat and noisy ones) and on real NIH and BCCD crops."""
+(OpenCV masks and histograms vs numpy boolean indexing and ``np.percentile``), the border test and
+the stain normalization (a per-channel table vs pixel by pixel), on generated crops (cells of many
+sizes, shapes and colours on black, thin cells with no interior, crops lit all round, flat and noisy
+ones) and on real NIH crops."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from edgekit.device.domain import DARK_LEVEL, RIM, crop_features
 from edgekit.device.preprocess import read_image
 from edgekit.device.quality import border_lit
+from edgekit.device.stain import MIN_PIXELS, MIN_SPREAD, TARGET_OD, TARGET_SPREAD, normalize_stain
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = sorted((ROOT / "examples" / "cells").rglob("*.webp")) + sorted(
@@ -103,3 +105,44 @@ def test_border_lit_equals_reference() -> None:
         assert border_lit(rgb) == reference_border_lit(rgb)
         gray = rgb[:, :, 1]
         assert border_lit(gray) == reference_border_lit(gray)
+
+
+_OD = -np.log((np.arange(256, dtype=np.float32) + 1.0) / 256.0)
+
+
+def reference_od_standard(img: np.ndarray) -> np.ndarray:
+    """``od_standard`` as first written: every cell pixel through the float32 formula."""
+    c = img.shape[-1]
+    cell = (img > 20).any(axis=-1)
+    pixels = img[cell]
+    n = len(pixels)
+    if n < MIN_PIXELS:
+        return img
+    ranks = np.array([n // 4, n // 2, (3 * n) // 4])
+    q = np.empty((3, c), np.float32)
+    for k in range(c):
+        q[:, k] = _OD[np.sort(pixels[:, k])[ranks]]
+    spread = max(float((q[0] - q[2]).mean()), float(MIN_SPREAD))
+    target = TARGET_OD[:c] if c == 3 else TARGET_OD.mean(keepdims=True)
+    od = target + (_OD[pixels] - q[1]) * (TARGET_SPREAD / spread)
+    out = img.copy()
+    out[cell] = np.clip(np.rint(256.0 * np.exp(-od) - 1.0), 0, 255).astype(np.uint8)
+    return out
+
+
+def test_stain_normalization_equals_reference() -> None:
+    crops = [cv2.resize(c, (64, 64), interpolation=cv2.INTER_AREA) for c in generated_crops(seed=2, n=90)]
+    crops += generated_crops(seed=3, n=30)  # unresized, tiny and empty ones too
+    if REAL:
+        crops += [read_image(f) for f in REAL]
+    changed = 0
+    for img in crops:
+        fast, ref = normalize_stain(img, "od_standard"), reference_od_standard(img)
+        np.testing.assert_array_equal(fast, ref)
+        changed += not np.array_equal(fast, img)
+        one = np.ascontiguousarray(img[:, :, :1])  # one channel: the numpy route
+        np.testing.assert_array_equal(normalize_stain(one, "od_standard"), reference_od_standard(one))
+    assert changed >= 80
+    batch = np.stack(crops[:40])
+    np.testing.assert_array_equal(normalize_stain(batch, "od_standard"),
+                                  np.stack([reference_od_standard(c) for c in batch]))
