@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.benchmarks.synthetic import compose_field
 from edgekit.paths import shared_data
 
 IML_STAIN_SPLIT = "PA171809.JPG"  # fields up to this one are grey-green, later ones magenta
@@ -136,28 +137,6 @@ def _sessions(scores: np.ndarray, fields: np.ndarray, size: int = SESSION_FIELDS
     return out
 
 
-def synthetic_field(crops: list[np.ndarray], seed: int = 0, gap: int = 40,
-                    background: tuple[int, int, int] = (214, 208, 220)) -> np.ndarray:
-    """NIH crops (cells on black) pasted in a grid onto a light, slightly noisy smear background:
-    an in-domain "field" for the device's own segmentation and cropping (NIH has no whole fields)."""
-    import cv2
-
-    rng = np.random.default_rng(seed)
-    cols = int(np.ceil(np.sqrt(len(crops))))
-    cell = max(max(c.shape[:2]) for c in crops) + gap
-    rows = int(np.ceil(len(crops) / cols))
-    canvas = np.empty((rows * cell + gap, cols * cell + gap, 3), np.float32)
-    canvas[:] = background
-    canvas += rng.normal(0, 2.0, canvas.shape)
-    for i, crop in enumerate(crops):
-        r, c = divmod(i, cols)
-        y0 = gap + r * cell + int(rng.integers(0, cell - gap - crop.shape[0] + 1))
-        x0 = gap + c * cell + int(rng.integers(0, cell - gap - crop.shape[1] + 1))
-        fg = crop.max(axis=2) > 0
-        canvas[y0 : y0 + crop.shape[0], x0 : x0 + crop.shape[1]][fg] = crop[fg]
-    return cv2.GaussianBlur(np.clip(canvas, 0, 255).astype(np.uint8), (3, 3), 0)
-
-
 def synthetic_fields(domain, by_patient: dict[str, list[Path]], per_field: int = 20) -> dict[str, Any]:
     """One synthetic field of ``per_field`` random crops per patient, segmented and cut by the device:
     is the field verdict still ok when the device, not NIH, cuts the cells?"""
@@ -168,7 +147,7 @@ def synthetic_fields(domain, by_patient: dict[str, list[Path]], per_field: int =
     flags, scores, unusable = [], {}, []
     for i, (patient, files) in enumerate(sorted(by_patient.items())):
         chosen = [files[k] for k in np.random.default_rng(i).permutation(len(files))[:per_field]]
-        rgb = synthetic_field([read_image(f) for f in chosen], seed=i)
+        rgb, _ = compose_field([read_image(f) for f in chosen], seed=i, gap=40)
         cells, _, reason = count_cells(rgb)
         if reason:
             unusable.append(patient)

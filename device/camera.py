@@ -107,13 +107,17 @@ def frames(
     """RGB frames until the end of a file, or until a live source is gone after ``reconnect`` tries."""
     cam = opener(source)
     live = is_live(source)
+    delivered = False
     try:
         while True:
             frame = cam.read()
             if frame is not None:
+                delivered = True
                 yield frame
                 continue
             if not live:
+                if not delivered:
+                    raise CameraError(f"video source {source!r} opened but gave no frame (not a video?)")
                 return
             cam.close()
             cam, frame = _reopen(source, reconnect, reconnect_delay, opener)

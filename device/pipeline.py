@@ -122,6 +122,19 @@ def missing_reason(text: str) -> str:
     return "file not found"
 
 
+def image_files(inputs: Sequence[str | os.PathLike], what: str = "image") -> list[Path]:
+    """:func:`expand_inputs` for commands that need every input: a DataError names the first one
+    that yields no file."""
+    from edgekit.errors import DataError
+
+    files: list[Path] = []
+    for shown, path in expand_inputs(inputs):
+        if path is None:
+            raise DataError(f"{what} {shown}: {missing_reason(shown)}")
+        files.append(path)
+    return files
+
+
 def file_hash(path: str | os.PathLike) -> str:
     """sha256 of a regular file's bytes: the content hash screening records deduplicate on (OSError
     for anything else, raised before reading, so a FIFO cannot block)."""

@@ -164,6 +164,22 @@ class Session:
         return cls(**{k: d.get(k) for k in _COLUMNS["sessions"]})
 
 
+MAX_NAME_CHARS = 128
+
+
+def _check_name(what: str, value: str | None) -> None:
+    """Patient ids, sites and operators are shown on screens and in CSV exports: one printable line."""
+    import unicodedata
+
+    if value is None:
+        return
+    if len(value) > MAX_NAME_CHARS:
+        raise RecordsError(f"the {what} is {len(value)} characters long (at most {MAX_NAME_CHARS})")
+    bad = next((c for c in value if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")), None)
+    if bad is not None:
+        raise RecordsError(f"the {what} contains a control character ({bad!r}); use one printable line")
+
+
 class RecordStore:
     """The screening database. Every write is one committed transaction."""
 
@@ -234,6 +250,8 @@ class RecordStore:
         ``decision`` (rule and cutoff) is stored with it; a rerun stores the one it now runs with."""
         if not patient or not patient.strip():
             raise RecordsError("a patient id is required")
+        for what, value in (("patient id", patient), ("site", site), ("operator", operator)):
+            _check_name(what, value)
         now = time.time()
         stored = None if decision is None else json.dumps(decision.to_dict())
         with _db_errors(self.path), self.conn:

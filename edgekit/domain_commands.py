@@ -14,18 +14,11 @@ def domain() -> None:
 
 
 def _offsite_paths(paths: tuple[Path, ...], lists: tuple[Path, ...]) -> list[Path]:
-    from edgekit.device.preprocess import is_image_file
+    from edgekit.device.pipeline import image_files
     from edgekit.errors import DataError
     from edgekit.paths import shared_data
 
-    out: list[Path] = []
-    for p in paths:
-        if p.is_dir():
-            out.extend(sorted(f for f in p.iterdir() if f.is_file() and is_image_file(f)))
-        elif p.is_file():
-            out.append(p)
-        else:
-            raise DataError(f"off-site field not found: {p}")
+    out = image_files(paths, "off-site field")
     for lst in lists:
         if not lst.is_file():
             raise DataError(f"field list not found: {lst}")

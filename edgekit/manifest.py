@@ -378,7 +378,12 @@ def manifest_path(folder: str | os.PathLike) -> Path:
     folder = Path(folder)
     if not folder.exists():
         raise BundleError(f"bundle not found: {folder}")
-    return folder / MANIFEST_NAME if folder.is_dir() else folder
+    if folder.is_dir():
+        return folder / MANIFEST_NAME
+    if folder.suffix.lower() != ".json":
+        raise BundleError(f"{folder} is not a bundle: give its folder (with {MANIFEST_NAME}); "
+                          "a bare model file becomes a bundle with `edgekit import`")
+    return folder
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

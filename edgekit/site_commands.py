@@ -10,17 +10,10 @@ import click
 
 def _field_images(paths: tuple[Path, ...]) -> tuple[Path, list[Path]]:
     """The one folder the fields are in, and the field files (folders expanded)."""
-    from edgekit.device.preprocess import is_image_file
+    from edgekit.device.pipeline import image_files
     from edgekit.errors import DataError
 
-    files: list[Path] = []
-    for p in paths:
-        if p.is_dir():
-            files.extend(sorted(f for f in p.iterdir() if f.is_file() and is_image_file(f)))
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise DataError(f"field image not found: {p}")
+    files = image_files(paths, "field")
     if not files:
         raise DataError("no field images given")
     folders = {f.resolve().parent for f in files}

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from edgekit.benchmarks.synthetic import SMEAR_BACKGROUND
 from edgekit.cells import block_split, crop_name, field_of, iml_stain_group, match_boxes, write_cells
 from edgekit.device.annotations import (
     PARASITIZED,
@@ -26,7 +27,6 @@ from edgekit.device.annotations import (
 from edgekit.errors import DataError
 
 FIXTURE_FIELDS = Path(__file__).resolve().parent / "fixtures" / "fields"
-BACKGROUND = (214, 208, 220)
 
 
 def make_field(path: Path, rows: int = 3, cols: int = 4, parasitized: tuple[int, ...] = (1, 6),
@@ -38,7 +38,7 @@ def make_field(path: Path, rows: int = 3, cols: int = 4, parasitized: tuple[int,
     r, step = 22, 64
     h, w = rows * step + 24, cols * step + 24
     canvas = np.empty((h, w, 3), np.float32)
-    canvas[:] = BACKGROUND
+    canvas[:] = SMEAR_BACKGROUND
     canvas += rng.normal(0, 2.0, canvas.shape)
     boxes = []
     for k in range(rows * cols):

@@ -216,26 +216,21 @@ def test_field_jsonl_and_overlay_carry_the_verdict(tmp_path):
     assert "NOT VALIDATED" in table.output
 
 
+def _screen_summary(db: Path, patient: str, *inputs: str) -> dict:
+    """``edgekit screen --json`` into ``db``; the session summary (its last line)."""
+    from edgekit.cli import main
+
+    res = CliRunner().invoke(main, ["screen", "--patient", patient, *inputs, "--db", str(db), "--json",
+                                    "--no-progress"])
+    assert res.exit_code == 0, res.output
+    return json.loads(res.output.strip().splitlines()[-1])
+
+
 def test_screen_refers_an_off_site_session_and_rejects_noise(tmp_path):
     from edgekit.cli import main
 
     db = tmp_path / "s.sqlite"
-    res = CliRunner().invoke(
-        main,
-        [
-            "screen",
-            "--patient",
-            "B1",
-            "--fields",
-            str(FIELDS / "BloodImage_00099.jpg"),
-            "--db",
-            str(db),
-            "--json",
-            "--no-progress",
-        ],
-    )
-    assert res.exit_code == 0, res.output
-    summary = json.loads(res.output.strip().splitlines()[-1])
+    summary = _screen_summary(db, "B1", "--fields", str(FIELDS / "BloodImage_00099.jpg"))
     assert summary["decision"] == "refer" and summary["domain"]["ok"] is False
     shown = CliRunner().invoke(main, ["sessions", "show", "B1", "--db", str(db), "--json"])
     assert json.loads(shown.output)["summary"]["domain"]["ok"] is False
@@ -248,26 +243,8 @@ def test_screen_refers_an_off_site_session_and_rejects_noise(tmp_path):
 
 
 def test_golden_bundle_without_domain_still_decides(tmp_path):
-    from edgekit.cli import main
-
-    db = tmp_path / "g.sqlite"
-    res = CliRunner().invoke(
-        main,
-        [
-            "screen",
-            "--patient",
-            "G",
-            str(ROOT / "tests" / "fixtures" / "cells"),
-            "--model",
-            str(GOLDEN),
-            "--db",
-            str(db),
-            "--json",
-            "--no-progress",
-        ],
-    )
-    assert res.exit_code == 0, res.output
-    summary = json.loads(res.output.strip().splitlines()[-1])
+    cells = str(ROOT / "tests" / "fixtures" / "cells")
+    summary = _screen_summary(tmp_path / "g.sqlite", "G", cells, "--model", str(GOLDEN))
     assert summary["domain"] == NO_DOMAIN and summary["decision"] in ("positive", "negative", "refer")
 
 

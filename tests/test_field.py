@@ -18,6 +18,7 @@ from conftest import make_cell_folder
 from device_helpers import GOLDEN, write_image
 
 from edgekit.benchmarks.field_detection import iou_matrix, load_voc, match, update_results_md
+from edgekit.benchmarks.synthetic import SMEAR_BACKGROUND, compose_field
 from edgekit.device.field import (
     FieldParams,
     analyze_field,
@@ -33,7 +34,6 @@ from edgekit.manifest import Manifest, Thresholds
 from edgekit.metrics import wilson_interval
 
 FIELDS = Path(__file__).resolve().parent / "fixtures" / "fields"
-BACKGROUND = (214, 208, 220)  # a light, slightly blue smear background, like BCCD's
 
 
 class FakeClassifier:
@@ -61,32 +61,6 @@ def _purple_dot(crop: np.ndarray) -> float:
     return 0.95 if ((g < 70) & (b > r) & (r > 40) & (b - g > 40)).sum() >= 3 else 0.05
 
 
-def _compose(crops: list[np.ndarray], seed: int = 0, gap: int = 30) -> tuple[np.ndarray, list[tuple]]:
-    """Paste black-background crops onto a light noisy canvas in a grid; returns the field and the
-    pasted cells' boxes (x0, y0, x1, y1)."""
-    import cv2
-
-    rng = np.random.default_rng(seed)
-    cols = int(np.ceil(np.sqrt(len(crops))))
-    cell = max(max(c.shape[:2]) for c in crops) + gap
-    rows = int(np.ceil(len(crops) / cols))
-    canvas = np.empty((rows * cell + gap, cols * cell + gap, 3), np.float32)
-    canvas[:] = BACKGROUND
-    canvas += rng.normal(0, 2.0, canvas.shape)
-    boxes = []
-    for i, crop in enumerate(crops):
-        r, c = divmod(i, cols)
-        y0 = gap + r * cell + int(rng.integers(0, cell - gap - crop.shape[0] + 1))
-        x0 = gap + c * cell + int(rng.integers(0, cell - gap - crop.shape[1] + 1))
-        fg = crop.max(axis=2) > 0
-        region = canvas[y0 : y0 + crop.shape[0], x0 : x0 + crop.shape[1]]
-        region[fg] = crop[fg]
-        ys, xs = np.nonzero(fg)  # the cell's own tight box (generated crops have a black margin)
-        boxes.append((x0 + xs.min(), y0 + ys.min(), x0 + xs.max() + 1, y0 + ys.max() + 1))
-    field = cv2.GaussianBlur(np.clip(canvas, 0, 255).astype(np.uint8), (3, 3), 0)
-    return field, boxes
-
-
 def _read(path: Path) -> np.ndarray:
     from edgekit.device.preprocess import read_image
 
@@ -100,7 +74,7 @@ def generated_field(tmp_path_factory):
     neg = sorted((root / "Uninfected").glob("*.png"))[:18]
     crops = [_read(p) for p in pos + neg]
     order = np.random.default_rng(1).permutation(len(crops))
-    field, boxes = _compose([crops[i] for i in order])
+    field, boxes = compose_field([crops[i] for i in order])
     truth = [bool(i < len(pos)) for i in order]
     return field, boxes, truth
 
@@ -155,7 +129,7 @@ def test_synthetic_field_from_real_nih_crops(shared_malaria):
     pos = sorted((shared_malaria / "Parasitized").glob("*.webp"))[:5]
     neg = sorted((shared_malaria / "Uninfected").glob("*.webp"))[:15]
     crops = [_read(p) for p in pos + neg]
-    field, boxes = _compose(crops, seed=2, gap=40)
+    field, boxes = compose_field(crops, seed=2, gap=40)
     truth = [i < len(pos) for i in range(len(crops))]
     cells = find_cells(field)
     assert len(cells) == len(crops)
@@ -210,6 +184,11 @@ def test_field_quality_reasons():
     assert "dark" in field_quality(np.full((480, 640, 3), 10, np.uint8))
     assert "blank" in field_quality(np.full((480, 640, 3), 200, np.uint8))
     assert "too small" in field_quality(np.full((20, 30, 3), 200, np.uint8))
+    # strips: a 1-px line (too small) and a thin one (not a field) are refused before any resize
+    rng = np.random.default_rng(0)
+    for shape, why in (((1, 5000, 3), "too small"), ((64, 2000, 3), "strip")):
+        strip = rng.integers(0, 256, shape, dtype=np.uint8)
+        assert why in field_quality(strip) and why in count_cells(strip)[2]
     noise = np.clip(rng.normal(200, 20, (480, 640, 3)), 0, 255).astype(np.uint8)
     assert field_quality(noise) is None
 
@@ -219,7 +198,7 @@ def test_analyze_field_rejects_bad_input(tmp_path, generated_field):
     bad.write_text("not an image")
     rep = analyze_field(bad, FakeClassifier(_purple_dot))
     assert rep.rejected and rep.n_cells == 0 and rep.parasitemia is None
-    empty = np.full((300, 400, 3), BACKGROUND, np.uint8)
+    empty = np.full((300, 400, 3), SMEAR_BACKGROUND, np.uint8)
     empty = np.clip(empty + np.random.default_rng(0).normal(0, 6, empty.shape), 0, 255).astype(np.uint8)
     rep = analyze_field(empty)
     assert rep.rejected == "no red cells found"
@@ -230,7 +209,7 @@ def test_analyze_field_rejects_bad_input(tmp_path, generated_field):
 def test_piled_up_cells_are_rejected():
     """One stained mass wider than a quarter of the field is a thick smear area, not a cell."""
     rgb = np.empty((480, 640, 3), np.uint8)
-    rgb[:] = BACKGROUND
+    rgb[:] = SMEAR_BACKGROUND
     yy, xx = np.mgrid[:480, :640]
     rgb[(yy - 240) ** 2 + (xx - 320) ** 2 < 170**2] = (200, 140, 160)
     rgb = np.clip(rgb + np.random.default_rng(0).normal(0, 3, rgb.shape), 0, 255).astype(np.uint8)
@@ -356,7 +335,7 @@ def test_field_crops_classify_like_the_original_crops():
 
     samples = sorted((Path(__file__).resolve().parents[1] / "examples" / "cells").glob("*/*.webp"))
     crops = [_read(p) for p in samples]
-    field, boxes = _compose(crops, seed=4, gap=40)
+    field, boxes = compose_field(crops, seed=4, gap=40)
     clf = load_classifier(default_bundle_dir(), "tflite_int8")
     direct = np.array([clf.classify(c).probabilities[0] for c in crops])
     rep = analyze_field(field, clf)

@@ -222,3 +222,19 @@ def test_a_real_byte_flip_that_segfaults_litert_is_one_line(tmp_path, monkeypatc
         load_classifier(bundle, "tflite_int8", allow_unsigned=True, warn=lambda _line: None)
     except BundleError as exc:  # a runtime that no longer crashes on it may still refuse it
         assert "crashed (SIGSEGV)" in str(exc) or "cannot" in str(exc), exc
+
+
+def test_a_model_file_or_image_given_as_bundle_is_one_line(tmp_path):
+    model = tmp_path / "model.tflite"
+    model.write_bytes(os.urandom(2000))
+    for bundle in (model, CELLS / sorted(p.name for p in CELLS.iterdir())[0]):
+        res = CliRunner().invoke(main, ["classify", str(CELLS), "--model", str(bundle)])
+        assert res.exit_code == 2 and "is not a bundle" in res.output and "edgekit import" in res.output
+        assert "Traceback" not in res.output
+
+
+def test_a_video_source_that_gives_no_frame_is_an_error(tmp_path):
+    fake = tmp_path / "frame.png"  # OpenCV opens it as an image sequence, then reads nothing
+    fake.write_text("not an image\n")
+    res = CliRunner().invoke(main, ["camera", "--source", str(fake), "--max-frames", "2"])
+    assert res.exit_code == 2 and "gave no frame" in res.output, res.output

@@ -139,3 +139,20 @@ def test_db_path_that_is_a_fifo_is_refused(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(RecordsError, match="not a regular file"):
         RecordStore(fifo)
+
+
+@pytest.mark.parametrize(("field", "value", "why"), [
+    ("patient", "=cmd\nX", "control character"),
+    ("patient", "A" * 129, "at most 128"),
+    ("site", "lab\u202e3", "control character"),  # right-to-left override: displays reversed
+    ("operator", "x\x00y", "control character"),
+])
+def test_names_are_one_printable_line(tmp_path, field, value, why):
+    names = {"patient": "P1", field: value}
+    with RecordStore(tmp_path / "n.sqlite") as store, pytest.raises(RecordsError, match=why):
+        store.open_session(names["patient"], "0" * 64, site=names.get("site"), operator=names.get("operator"))
+
+
+def test_unicode_names_are_kept(tmp_path):
+    with RecordStore(tmp_path / "u.sqlite") as store:
+        assert store.open_session("Ünï 12/α", "0" * 64, site="Lab-3").patient == "Ünï 12/α"

@@ -9,8 +9,18 @@ from edgekit.device.field.types import CellBox, FieldParams
 from edgekit.device.preprocess import _cv2
 
 MIN_SIDE = 64
+MAX_ASPECT = 10  # camera fields are 4:3 to 16:9; a strip this thin is not a field (and cannot be shrunk)
 MAX_RADIUS_FRACTION = 4  # a typical "cell" wider than a quarter of the field's short side is a pile
 MIN_SHARPNESS = 0.15  # Laplacian var per grey std, 640 px wide: BCCD >= 0.28, blurred (sigma 2) <= 0.10
+
+
+def _shape_reason(rgb: np.ndarray) -> str | None:
+    h, w = rgb.shape[:2]
+    if min(h, w) < MIN_SIDE:
+        return f"image too small for a microscope field ({w}x{h})"
+    if max(h, w) > MAX_ASPECT * min(h, w):
+        return f"not a microscope field: a {w}x{h} strip (sides more than {MAX_ASPECT}:1)"
+    return None
 
 
 def field_quality(rgb: np.ndarray, small: np.ndarray | None = None) -> str | None:
@@ -18,9 +28,9 @@ def field_quality(rgb: np.ndarray, small: np.ndarray | None = None) -> str | Non
     ``small``: a shrunk copy to measure on (the segmentation's working copy); default: at most
     1024 px."""
     cv2 = _cv2()
-    h, w = rgb.shape[:2]
-    if min(h, w) < MIN_SIDE:
-        return f"image too small for a microscope field ({w}x{h})"
+    reason = _shape_reason(rgb)
+    if reason:
+        return reason
     if small is None:
         small = working_copy(rgb, 1024)[0]
     gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
@@ -54,6 +64,9 @@ def count_cells(
     """Quality check, then :func:`find_cells`: (cells, typical radius in pixels, reason or None).
     A reason means the field is not to be counted, and the cell list is then empty."""
     p = params or FieldParams()
+    reason = _shape_reason(rgb)  # before shrinking: a 1-px strip cannot be shrunk
+    if reason:
+        return [], 0.0, reason
     work = working_copy(rgb, p.max_side)
     reason = field_quality(rgb, work[0])
     if reason:
