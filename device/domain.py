@@ -18,6 +18,7 @@ Light: numpy at import, OpenCV inside functions.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +43,33 @@ def _cv2():
     import cv2
 
     return cv2
+
+
+_lab_tables: threading.Thread | None = None
+
+
+def warm_up() -> None:
+    """Start building OpenCV's colour tables for Lab (its first RGB->Lab conversion takes ~80 ms of
+    CPU, once per process) in a background thread, so that a cold start overlaps it with loading the
+    model and decoding the first image; :func:`crop_features` waits for it. Idempotent."""
+    global _lab_tables
+    if _lab_tables is None:
+        _lab_tables = threading.Thread(target=_build_lab_tables, name="edgekit-lab-tables", daemon=True)
+        _lab_tables.start()
+
+
+def _build_lab_tables() -> None:
+    cv2 = _cv2()
+    cv2.cvtColor(np.zeros((1, 1, 3), np.uint8), cv2.COLOR_RGB2LAB)
+
+
+def _to_lab(rgb: np.ndarray) -> np.ndarray:
+    """``cvtColor(rgb, RGB2LAB)``, after the tables :func:`warm_up` builds (also keeps two threads
+    from building them at once)."""
+    if _lab_tables is not None:
+        _lab_tables.join()
+    cv2 = _cv2()
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB)
 
 
 def foreground(rgb: np.ndarray, dark_level: int = DARK_LEVEL) -> np.ndarray:
@@ -90,7 +118,7 @@ def crop_features(rgb: np.ndarray) -> np.ndarray | None:
     inner = cv2.erode(fg, np.ones((k, k), np.uint8))
     m = cv2.countNonZero(inner)
     mask, m = (inner, m) if m >= 16 else (fg, n)
-    lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB)
+    lab = _to_lab(rgb)
     # L's four percentiles in float64 (np.percentile of a list), a's and b's tails in float32 (of a
     # scalar); the medians are exact in either
     L, a, b = (_percentiles(cv2.calcHist([lab], [c], mask, [256], [0, 256]), m, pct, dtype)
@@ -112,7 +140,7 @@ def _crop_features_numpy(rgb: np.ndarray) -> np.ndarray | None:
         return None
     k = max(3, int(RIM * 2.0 * np.sqrt(n / np.pi)) | 1)
     inner = cv2.erode(fg.astype(np.uint8), np.ones((k, k), np.uint8)).astype(bool)
-    lab = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2LAB)[inner if inner.sum() >= 16 else fg]
+    lab = _to_lab(np.ascontiguousarray(rgb))[inner if inner.sum() >= 16 else fg]
     lab = lab.astype(np.float32)
     L, a, b = lab[:, 0], lab[:, 1], lab[:, 2]
     lq = np.percentile(L, [5, 25, 50, 75])
