@@ -59,7 +59,7 @@ def _od_standard(img: np.ndarray) -> np.ndarray:
     import cv2
 
     h, w, c = img.shape
-    if c != 3 or not img.flags.c_contiguous:
+    if c != 3 or not img.flags.c_contiguous or h * w >= 1 << 24:  # calcHist counts in float32
         return _od_standard_numpy(img)
     bg = cv2.inRange(img, (0, 0, 0), (FOREGROUND,) * 3)  # 255 where no channel is above FOREGROUND
     n = h * w - cv2.countNonZero(bg)
@@ -71,10 +71,7 @@ def _od_standard(img: np.ndarray) -> np.ndarray:
     for k in range(c):
         cdf = np.cumsum(cv2.calcHist([img], [k], cell, [256], [0, 256]).ravel().astype(np.int64))
         q[:, k] = _OD_LUT[np.searchsorted(cdf, ranks, side="right")]
-    lut = _mapping(q, c)
-    out = img.copy()
-    cv2.copyTo(cv2.LUT(img, lut.reshape(1, 256, c)), cell, out)
-    return out
+    return cv2.copyTo(cv2.LUT(img, _mapping(q, c).reshape(1, 256, c)), cell, img.copy())
 
 
 def _mapping(q: np.ndarray, c: int) -> np.ndarray:
