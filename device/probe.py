@@ -10,8 +10,6 @@ Run as ``python -m edgekit.device.probe RUNTIME PATH`` (what the parent does).
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -43,6 +41,9 @@ def probe_model(runtime: str, path: str | os.PathLike, sha256: str) -> None:
     marker = _marker(sha256, runtime)
     if marker.is_file():
         return
+    import signal
+    import subprocess  # only for a model not seen before (cold start)
+
     import edgekit
 
     env = dict(os.environ)

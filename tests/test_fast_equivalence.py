@@ -146,3 +146,27 @@ def test_stain_normalization_equals_reference() -> None:
     batch = np.stack(crops[:40])
     np.testing.assert_array_equal(normalize_stain(batch, "od_standard"),
                                   np.stack([reference_od_standard(c) for c in batch]))
+
+
+def test_header_probe_opens_what_pillow_opens() -> None:
+    """The signature-picked plugin reads the same header as Pillow's own search, for every format a
+    crop comes in (and a file whose signature lies is still identified, or refused, as before)."""
+    import io
+
+    from PIL import Image
+
+    from edgekit.device.decoding import _open_header, _orientation
+
+    rgb = generated_crops(seed=4, n=1)[0]
+    blobs = [cv2.imencode(ext, rgb)[1].tobytes() for ext in (".png", ".jpg", ".webp", ".bmp", ".tiff")]
+    blobs.append(b"\x89PNG\r\n\x1a\n" + blobs[1][8:])  # PNG signature on JPEG data: PNG's plugin refuses
+    for data in blobs:
+        try:
+            ref = Image.open(io.BytesIO(data))
+        except Exception as exc:  # noqa: BLE001 - whatever Pillow raises, ours must raise too
+            with pytest.raises(type(exc)):
+                _open_header(data)
+            continue
+        im = _open_header(data)
+        assert (im.size, im.format, im.mode, _orientation(im)) == (ref.size, ref.format, ref.mode,
+                                                                   _orientation(ref))
