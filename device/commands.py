@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from edgekit.cli_options import model_option, option
+from edgekit.cli_options import allow_unsigned_option, model_option, option
 from edgekit.formats import DEVICE_ORDER
 from edgekit.outputs import csv_text, display_text, write_output_file
 
@@ -25,10 +25,7 @@ _progress_option = click.option(
     "--progress/--no-progress", default=None,
     help="Progress bar on stderr (default: when stderr is a terminal).",
 )
-_allow_unsigned_option = click.option(
-    "--allow-unsigned", is_flag=True, envvar="EDGEKIT_ALLOW_UNSIGNED",
-    help="Run a bundle not signed by a trusted key (development only; also $EDGEKIT_ALLOW_UNSIGNED=1).",
-)
+_allow_unsigned_option = allow_unsigned_option()
 _quality_option = click.option(
     "--quality/--no-quality", default=True, show_default=True,
     help="Reject too small, blank, badly exposed or blurred images before classifying.",
@@ -415,7 +412,24 @@ def sessions_show(session_id: str | None, by_id: int | None, by_patient: str | N
 
 EXPORT_COLUMNS = ["session_id", "patient", "site", "operator", "source_id", "source_kind", "content_hash",
                   "status", "reason", "label", "probability", "p_positive", "decision", "model_sha256",
-                  "created_at"]
+                  "created_at", "review", "reviewer"]  # review: a reviewer's verdict on the cell, if any
+
+
+def export_rows(store, sessions) -> list[dict]:
+    """The records of ``sessions`` as export rows (:data:`EXPORT_COLUMNS`; times in UTC, ISO 8601; a
+    reviewer's verdict where there is one): what `edgekit sessions export` and `edgekit serve`'s CSV
+    download write."""
+    from datetime import datetime, timezone
+
+    rows = []
+    for s in sessions:
+        reviews = store.reviews(s.id)
+        for r in store.records(s.id):
+            when = datetime.fromtimestamp(r["created_at"], timezone.utc).isoformat(timespec="seconds")
+            v = reviews.get(int(r["id"])) or {}
+            rows.append({**r, "patient": s.patient, "site": s.site, "operator": s.operator,
+                         "created_at": when, "review": v.get("verdict"), "reviewer": v.get("reviewer")})
+    return rows
 
 
 @sessions.command("export")
@@ -430,24 +444,18 @@ EXPORT_COLUMNS = ["session_id", "patient", "site", "operator", "source_id", "sou
 @click.option("--force", is_flag=True, help="Overwrite OUT if it is an existing file.")
 def sessions_export(session_id: str | None, by_id: int | None, by_patient: str | None, db: Path | None,
                     out_format: str, as_csv: bool, output: Path | None, force: bool) -> None:
-    """Export the records of one session (or all sessions) as CSV or JSON lines (times in UTC, ISO 8601).
+    """Export the records of one session (or all sessions) as CSV or JSON lines (times in UTC, ISO 8601),
+    with a reviewer's verdict on each cell where there is one (columns review, reviewer).
     CSV text cells that a spreadsheet would run as formulas are prefixed with a quote."""
-    from datetime import datetime, timezone
-
     from edgekit.safefile import check_output_target
 
     if output is not None:
         check_output_target(output, force)  # before any work: refuse symlinks, FIFOs, devices, folders
-    rows = []
     with _store(db) as store:
         one = _find(store, session_id, by_id, by_patient)
         chosen = [one] if one is not None else [
             store.find_session(str(r["id"]), by="id") for r in store.sessions()]
-        for s in chosen:
-            for r in store.records(s.id):
-                when = datetime.fromtimestamp(r["created_at"], timezone.utc).isoformat(timespec="seconds")
-                rows.append({**r, "patient": s.patient, "site": s.site, "operator": s.operator,
-                             "created_at": when})
+        rows = export_rows(store, chosen)
     if out_format == "jsonl" and not as_csv:
         text = "".join(json.dumps({k: r.get(k) for k in EXPORT_COLUMNS}) + "\n" for r in rows)
     else:

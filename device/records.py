@@ -385,23 +385,43 @@ class RecordStore:
                 " WHERE r.session_id = ?", (session_id,)).fetchall()
         return {int(r[0]): bytes(r[1]) for r in rows}
 
+    def crop_image(self, session_id: int, record_id: int) -> bytes | None:
+        """The kept crop (PNG) of one cell of a session; None when none was kept."""
+        with _db_errors(self.path):
+            if not self._has("crop_images"):
+                return None
+            row = self.conn.execute(
+                "SELECT c.png FROM crop_images c JOIN records r ON r.id = c.record_id"
+                " WHERE r.session_id = ? AND c.record_id = ?", (session_id, record_id)).fetchone()
+        return None if row is None else bytes(row[0])
+
     def set_review(self, session_id: int, record_id: int, verdict: str, reviewer: str | None = None,
                    note: str | None = None) -> None:
         """A reviewer's verdict on one cell of this session (a later verdict replaces an earlier one)."""
-        if verdict not in REVIEW_VERDICTS:
-            raise RecordsError(f"verdict must be one of {', '.join(REVIEW_VERDICTS)}, not {verdict!r}")
+        self.set_reviews(session_id, [(record_id, verdict)], reviewer, note)
+
+    def set_reviews(self, session_id: int, verdicts: list[tuple[int, str]], reviewer: str | None = None,
+                    note: str | None = None) -> None:
+        """A reviewer's verdicts ``(record id, verdict)`` on cells of this session, in one transaction:
+        all are recorded or none (a later verdict on a cell replaces an earlier one)."""
+        for _, verdict in verdicts:
+            if verdict not in REVIEW_VERDICTS:
+                raise RecordsError(f"verdict must be one of {', '.join(REVIEW_VERDICTS)}, not {verdict!r}")
+        now = time.time()
         with _db_errors(self.path), self.conn:
-            row = self.conn.execute("SELECT status FROM records WHERE id = ? AND session_id = ?",
-                                    (record_id, session_id)).fetchone()
-            if row is None:
-                raise RecordsError(f"no cell {record_id} in session {session_id}")
-            if row[0] != "classified":
-                raise RecordsError(f"record {record_id} was {row[0]}, not classified: nothing to review")
-            self.conn.execute(
-                "INSERT INTO reviews (record_id, verdict, reviewer, note, created_at) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT (record_id) DO UPDATE SET verdict = excluded.verdict,"
-                " reviewer = excluded.reviewer, note = excluded.note, created_at = excluded.created_at",
-                (record_id, verdict, reviewer, note, time.time()))
+            for record_id, verdict in verdicts:
+                row = self.conn.execute("SELECT status FROM records WHERE id = ? AND session_id = ?",
+                                        (record_id, session_id)).fetchone()
+                if row is None:
+                    raise RecordsError(f"no cell {record_id} in session {session_id}")
+                if row[0] != "classified":
+                    raise RecordsError(f"record {record_id} was {row[0]}, not classified: nothing to review")
+                self.conn.execute(
+                    "INSERT INTO reviews (record_id, verdict, reviewer, note, created_at)"
+                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (record_id)"
+                    " DO UPDATE SET verdict = excluded.verdict, reviewer = excluded.reviewer,"
+                    " note = excluded.note, created_at = excluded.created_at",
+                    (record_id, verdict, reviewer, note, now))
 
     def reviews(self, session_id: int) -> dict[int, dict[str, Any]]:
         """record id -> {verdict, reviewer, note, created_at} for the reviewed cells of a session."""

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgekit.errors import EdgekitError
 from edgekit.metrics import wilson_interval
 
 if TYPE_CHECKING:
@@ -106,6 +107,69 @@ def review_summary(records: Iterable[Mapping[str, Any]], reviews: Mapping[int, M
         "flagged": len(to_review), "reviewed": reviewed, "pending": len(to_review) - reviewed,
         "agreed": agreed, "overruled": overruled,
     }
+
+
+class ReviewError(EdgekitError):
+    """A verdict that cannot be recorded (unknown cell, a cell that was not classified, a bad word)."""
+
+
+VERDICTS = ("parasitized", "not parasitized", "confirm", "overrule")
+
+
+def record_verdicts(store: RecordStore, session: Session, pairs: Sequence[tuple[int, str]],
+                    reviewer: str | None = None, note: str | None = None) -> dict[str, int]:
+    """Record a reviewer's verdicts ``(record id, verdict)`` on cells of ``session``: ``parasitized``,
+    ``not parasitized``, or ``confirm`` / ``overrule`` the model's call at the session's cutoff.
+
+    Every pair is checked first, then all are written in one transaction (all or none). A verdict
+    already recorded with the same reviewer and note is left as it is, so sending the same verdicts
+    again changes nothing; a different verdict replaces the earlier one (one verdict per cell, never
+    two). Returns how many were ``new``, ``changed`` (another verdict than before) and ``unchanged``."""
+    cutoff = session_cutoff(session)
+    records = {int(r["id"]): r for r in store.records(session.id)}
+    resolved = []
+    for rid, word in pairs:
+        if word not in VERDICTS:
+            raise ReviewError(f"verdict must be one of {', '.join(VERDICTS)}, not {word!r}")
+        r = records.get(int(rid))
+        if r is None:
+            raise ReviewError(f"no cell {rid} in session {session.id}")
+        if r["status"] != "classified":
+            raise ReviewError(f"record {rid} was {r['status']}, not classified: nothing to review")
+        if word in ("confirm", "overrule"):
+            word = "parasitized" if model_call(r, cutoff) == (word == "confirm") else "not parasitized"
+        resolved.append((int(rid), word))
+    before = store.reviews(session.id)
+    tally = {"new": 0, "changed": 0, "unchanged": 0}
+    writes = []
+    for rid, verdict in dict(resolved).items():  # the last verdict given for a cell counts
+        old = before.get(rid)
+        if old is None:
+            tally["new"] += 1
+        elif old["verdict"] != verdict:
+            tally["changed"] += 1
+        else:
+            tally["unchanged"] += 1
+            if (old.get("reviewer"), old.get("note")) == (reviewer, note):
+                continue  # the same verdict again: nothing to write
+        writes.append((rid, verdict))
+    if writes:
+        store.set_reviews(session.id, writes, reviewer, note)  # one transaction
+    return tally
+
+
+def session_cutoff(session: Session) -> float | None:
+    """The cell cutoff the session is decided with (stored with it); None for sessions recorded
+    before edgekit stored it: each record's own decision is then its call."""
+    decided = session.decided_with
+    return None if decided is None else decided.cutoff
+
+
+def session_review(store: RecordStore, session: Session) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A session's :func:`review_summary` (model and confirmed counts) and its :func:`per_field` counts."""
+    cutoff = session_cutoff(session)
+    records = store.records(session.id)
+    return review_summary(records, store.reviews(session.id), cutoff), per_field(records, cutoff)
 
 
 def per_field(records: Iterable[Mapping[str, Any]], cutoff: float | None) -> list[dict[str, Any]]:

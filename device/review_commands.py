@@ -26,20 +26,17 @@ def _open(db: Path | None):
 
 
 def session_cutoff(session) -> float | None:
-    """The cell cutoff the session is decided with (stored with it); None for sessions recorded
-    before edgekit stored it: each record's own decision is then its call."""
-    decided = session.decided_with
-    return None if decided is None else decided.cutoff
+    """The cell cutoff the session is decided with (:func:`edgekit.device.review.session_cutoff`)."""
+    from edgekit.device.review import session_cutoff as cutoff
+
+    return cutoff(session)
 
 
 def review_text(store, session) -> list[str]:
     """Per-field parasitemia, model count and confirmed count lines of one session."""
-    from edgekit.device.review import per_field, review_summary, summary_lines
+    from edgekit.device.review import session_review, summary_lines
 
-    cutoff = session_cutoff(session)
-    records = store.records(session.id)
-    summary = review_summary(records, store.reviews(session.id), cutoff)
-    return summary_lines(summary, per_field(records, cutoff))
+    return summary_lines(*session_review(store, session))
 
 
 @click.command("review")
@@ -105,6 +102,7 @@ def confirm(session_id: str, record_ids: tuple[int, ...], verdict: str | None, c
             reviewer: str | None, note: str | None, db: Path | None) -> None:
     """Record a reviewer's verdict on cells of a session (ids from `sessions review`); the session
     summary then shows the model's count and the confirmed count."""
+    from edgekit.device.review import record_verdicts
     from edgekit.errors import EdgekitError
 
     if bool(record_ids) == bool(csv_file):
@@ -115,19 +113,9 @@ def confirm(session_id: str, record_ids: tuple[int, ...], verdict: str | None, c
              else _read_csv(csv_file))  # type: ignore[arg-type]
     with _open(db) as store:
         session = store.find_session(session_id)
-        cutoff = session_cutoff(session)
-        records = {int(r["id"]): r for r in store.records(session.id)}
-        for rid, _ in pairs:  # check every id before writing any
-            if rid not in records:
-                raise EdgekitError(f"no cell {rid} in session {session.id}")
-        for rid, v in pairs:
-            if v in ("confirm", "overrule"):
-                from edgekit.device.review import model_call
-
-                called = model_call(records[rid], cutoff)
-                v = "parasitized" if called == (v == "confirm") else "not parasitized"
-            store.set_review(session.id, rid, v, reviewer, note)
+        tally = record_verdicts(store, session, pairs, reviewer, note)
         lines = review_text(store, session)
-    click.echo(f"recorded {len(pairs)} verdict(s) in session {session.id}")
+    click.echo(f"recorded {len(pairs)} verdict(s) in session {session.id} ({tally['new']} new, "
+               f"{tally['changed']} changed, {tally['unchanged']} unchanged)")
     for line in lines[-2:]:
         click.echo(line)

@@ -2,7 +2,7 @@
 
 ``--model/-m BUNDLE`` the bundle (default: the model shipped with edgekit), ``-o/--out`` what a
 command writes, ``--data-root`` where a split's images are now, ``--part`` a part of a split,
-``--batch-size`` images per inference call. Light: click only.
+``--batch-size`` images per inference call, ``--allow-unsigned`` an unsigned bundle. Light: click only.
 """
 
 from __future__ import annotations
@@ -38,6 +38,14 @@ def model_option(help_text: str = "Bundle folder (from `edgekit export`). Defaul
                  "edgekit."):
     return click.option("--model", "-m", "bundle", type=click.Path(path_type=Path), default=None,
                         help=help_text)
+
+
+def allow_unsigned_option():
+    """``--allow-unsigned``: run a bundle no trusted key signed (also ``$EDGEKIT_ALLOW_UNSIGNED=1``)."""
+    return click.option(
+        "--allow-unsigned", is_flag=True, envvar="EDGEKIT_ALLOW_UNSIGNED",
+        help="Run a bundle not signed by a trusted key (development only; also $EDGEKIT_ALLOW_UNSIGNED=1).",
+    )
 
 
 def data_root_option():

@@ -125,3 +125,25 @@ def test_version_1_database_still_opens(tmp_path):
         assert store.reviews(1)[1]["reviewer"] == "amina" and len(store.records(1)) == 1
         with pytest.raises(RecordsError, match="verdict must be"):
             store.set_review(1, 1, "maybe")
+
+
+def test_verdicts_are_all_or_none_and_never_twice(screened):
+    from edgekit.device.review import ReviewError, record_verdicts
+
+    with RecordStore(screened) as store:
+        session = store.find_session("P7")
+        ids = [int(r["id"]) for r in store.records(session.id)]
+        with pytest.raises(RecordsError, match="no cell 9999"):  # one transaction: the first is not kept
+            store.set_reviews(session.id, [(ids[0], "parasitized"), (9999, "parasitized")])
+        assert store.reviews(session.id) == {}
+        with pytest.raises(ReviewError, match="verdict must be"):
+            record_verdicts(store, session, [(ids[0], "parasitized"), (ids[1], "maybe")])
+        assert store.reviews(session.id) == {}
+        pairs = [(ids[0], "parasitized"), (ids[1], "overrule")]
+        assert record_verdicts(store, session, pairs, "amina") == {"new": 2, "changed": 0, "unchanged": 0}
+        first = store.reviews(session.id)
+        assert record_verdicts(store, session, pairs, "amina") == {"new": 0, "changed": 0, "unchanged": 2}
+        assert store.reviews(session.id) == first  # not rewritten: same time, same reviewer
+        out = record_verdicts(store, session, [(ids[0], "not parasitized"), (ids[0], "parasitized")], "amina")
+        assert out == {"new": 0, "changed": 0, "unchanged": 1}  # the last verdict given for a cell counts
+        assert len(store.reviews(session.id)) == 2

@@ -71,7 +71,8 @@ def _crop_bytes(seed: int) -> bytes:
 
 def test_every_page_and_call_needs_the_token(station):
     client = _client(station, token=TOKEN)
-    for path in ("/", "/static/app.js", "/api/status", "/api/sessions", "/openapi.json", "/api/export.csv"):
+    for path in ("/", "/static/app.js", "/api/status", "/api/sessions", "/openapi.json", "/api/export.csv",
+                 "/api/sessions/1/review", "/api/sessions/1/cells/1.png"):
         r = client.get(path)
         assert r.status_code == 401, path
         assert "access token" in r.json()["detail"]
@@ -127,8 +128,11 @@ def test_token_choice():
 
 def test_openapi_describes_the_api(station):
     spec = _client(station, token=TOKEN).get("/openapi.json", headers=AUTH).json()
-    assert {"/api/status", "/api/sessions", "/api/sessions/{session_id}/images", "/api/export.csv"} <= set(
-        spec["paths"])
+    assert {"/api/status", "/api/sessions", "/api/sessions/{session_id}/images", "/api/export.csv",
+            "/api/sessions/{session_id}/review", "/api/sessions/{session_id}/reviews",
+            "/api/sessions/{session_id}/cells/{record_id}.png"} <= set(spec["paths"])
+    verdict = spec["components"]["schemas"]["VerdictIn"]["properties"]["verdict"]
+    assert set(verdict["enum"]) == {"parasitized", "not parasitized", "confirm", "overrule"}
     body = spec["paths"]["/api/sessions/{session_id}/images"]["post"]["requestBody"]["content"]
     assert "multipart/form-data" in body and "image/*" in body
 
@@ -230,6 +234,9 @@ def test_bad_uploads_get_a_json_reason_and_record_nothing(station):
     assert _upload(client, 999, _crop_bytes(1)).status_code == 404
     r = client.post("/api/sessions", json={"patient": "  "}, headers=AUTH)
     assert r.status_code == 422 and "patient" in r.json()["detail"]
+    for field in ("patient", "site", "operator"):  # a bidi override would disguise a name on screens
+        r = client.post("/api/sessions", json={"patient": "P", field: "P\u202e1"}, headers=AUTH)
+        assert r.status_code == 422 and "control character" in r.json()["detail"], r.text
     r = client.post(f"/api/sessions/{sid}/images", files={"other": (None, "x")}, headers=AUTH)
     assert r.status_code == 400 and "no file" in r.json()["detail"]
     assert client.get(f"/api/sessions/{sid}", headers=AUTH).json()["records"] == []
@@ -367,3 +374,201 @@ def test_a_field_cut_off_half_way_is_completed_by_sending_it_again(station):
     out = _upload(client, sid, FIELD.read_bytes(), "field").json()
     assert out["recorded"] == {"new": len(cells) - 3, "already": 3, "after_stop": 0}
     assert len(client.get(f"/api/sessions/{sid}", headers=AUTH).json()["records"]) == len(cells)
+
+
+# ---------------------------------------------------------------------------- review on the page
+
+
+def _screened(client: TestClient, station: Station) -> tuple[int, list[dict]]:
+    """A session with the four fixture crops and one field: its review gallery's items."""
+    sid = _session(client)
+    for path in sorted(CELLS.iterdir()):
+        assert _upload(client, sid, path.read_bytes(), "crop", path.name).status_code == 200
+    assert _upload(client, sid, FIELD.read_bytes(), "field", FIELD.name).status_code == 200
+    r = client.get(f"/api/sessions/{sid}/review", headers=AUTH)
+    assert r.status_code == 200, r.text
+    return sid, r.json()["items"]
+
+
+def test_review_gallery_shows_the_flagged_cells_with_their_kept_crops(station):
+    from edgekit.device.review import flagged
+
+    client = _client(station, token=TOKEN)
+    sid, items = _screened(client, station)
+    detail = client.get(f"/api/sessions/{sid}", headers=AUTH).json()
+    cutoff = station.classifier.manifest.decision.cutoff
+    want = {r["source_id"] for r in detail["records"]
+            if r["status"] == "classified" and flagged(r["p_positive"], r["decision"], cutoff)}
+    assert want and {it["source"] for it in items} == want  # every flagged cell, and only those
+    assert [it["p"] for it in items] == sorted((it["p"] for it in items), reverse=True)
+    assert all(it["review"] is None and it["image"] for it in items)
+    kept = station.submit(station.store.crop_images, sid).result()
+    for it in items[:3]:
+        png = client.get("/" + it["image"], headers=AUTH)
+        assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+        assert png.content == kept[it["id"]]  # the pixels that were classified
+        assert "no-cache" in png.headers["cache-control"]  # never a stale picture under a cell's number
+        again = client.get("/" + it["image"], headers={**AUTH, "If-None-Match": png.headers["etag"]})
+        assert again.status_code == 304 and not again.content
+    every = client.get(f"/api/sessions/{sid}/review", params={"all": "true"}, headers=AUTH).json()["items"]
+    assert len(every) == detail["summary"]["crops"] > len(items)
+    unkept = next(it for it in every if it["image"] is None)
+    r = client.get(f"/api/sessions/{sid}/cells/{unkept['id']}.png", headers=AUTH)
+    assert r.status_code == 404 and "no kept crop" in r.json()["detail"]
+    review = client.get(f"/api/sessions/{sid}/review", headers=AUTH).json()["review"]
+    assert review["model"]["parasitized"] == detail["summary"]["parasitized"]
+    assert review["flagged"] == len(items) and review["pending"] == len(items) and review["reviewed"] == 0
+
+
+def test_confirm_and_overrule_on_the_page_are_recorded_once(station, tmp_path):
+    from click.testing import CliRunner
+
+    from edgekit.cli import main
+
+    client = _client(station, token=TOKEN)
+    sid, items = _screened(client, station)
+    top = items[0]
+    assert top["called"]  # the most suspicious cell is counted parasitized by the model
+    url = f"/api/sessions/{sid}/reviews"
+    before = client.get(f"/api/sessions/{sid}", headers=AUTH).json()["review"]
+    r = client.post(url, json={"verdicts": [{"record_id": top["id"], "verdict": "overrule"}],
+                               "reviewer": "amina"}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["recorded"] == {"new": 1, "changed": 0, "unchanged": 0}
+    assert out["reviews"][str(top["id"])]["verdict"] == "not parasitized"
+    assert out["reviews"][str(top["id"])]["reviewer"] == "amina"
+    after = out["review"]
+    assert after["model"] == before["model"]  # the model's count stays what the model said
+    assert after["confirmed"]["parasitized"] == before["confirmed"]["parasitized"] - 1
+    assert (after["overruled"], after["reviewed"], after["pending"]) == (1, 1, before["pending"] - 1)
+    # the same verdict again (a double tap, a retry after a lost answer): nothing new
+    again = client.post(url, json={"verdicts": [{"record_id": top["id"], "verdict": "not parasitized"}],
+                                   "reviewer": "amina"}, headers=AUTH).json()
+    assert again["recorded"] == {"new": 0, "changed": 0, "unchanged": 1} and again["review"] == after
+    reviews = station.submit(station.store.reviews, sid).result()
+    assert list(reviews) == [top["id"]]
+    # changing one's mind replaces the verdict; confirm resolves against the model's call
+    changed = client.post(url, json={"verdicts": [{"record_id": top["id"], "verdict": "confirm"},
+                                                  {"record_id": items[1]["id"], "verdict": "parasitized"}]},
+                          headers=AUTH).json()
+    assert changed["recorded"] == {"new": 1, "changed": 1, "unchanged": 0}
+    assert changed["reviews"][str(top["id"])]["verdict"] == "parasitized"
+    assert changed["review"]["overruled"] == (0 if items[1]["called"] else 1)
+    gallery = client.get(f"/api/sessions/{sid}/review", headers=AUTH).json()["items"]
+    assert {it["id"]: (it["review"] or {}).get("verdict") for it in gallery}[top["id"]] == "parasitized"
+    # the command line reads the same verdicts and counts from the same database
+    res = CliRunner().invoke(main, ["sessions", "show", "--id", str(sid), "--json", "--db",
+                                    str(station.db_path)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["review"] == changed["review"]
+    listed = {s["session"]["id"]: s for s in client.get("/api/sessions", headers=AUTH).json()}
+    assert listed[sid]["review"]["confirmed"] == changed["review"]["confirmed"]
+    import csv
+    import io
+
+    rows = list(csv.DictReader(io.StringIO(client.get("/api/export.csv", params={"session": sid},
+                                                      headers=AUTH).text, newline="")))
+    assert sum(bool(r["review"]) for r in rows) == 2 and "parasitized" in {r["review"] for r in rows}
+
+
+def test_review_refuses_bad_input_with_a_json_reason_and_records_nothing(station):
+    client = _client(station, token=TOKEN)
+    sid, items = _screened(client, station)
+    url = f"/api/sessions/{sid}/reviews"
+    ok = {"record_id": items[0]["id"], "verdict": "parasitized"}
+
+    def refused(body, status=422, **kw):
+        r = client.post(url, headers=AUTH, **({"json": body} if body is not None else kw))
+        assert r.status_code == status, r.text
+        return r.json()["detail"]
+
+    assert "no cell 99999" in refused({"verdicts": [ok, {"record_id": 99999, "verdict": "parasitized"}]})
+    assert "verdict" in refused({"verdicts": [{"record_id": items[0]["id"], "verdict": "maybe"}]})
+    assert "verdicts" in refused({"verdicts": []})
+    assert "record_id" in refused({"verdicts": [{"record_id": 0, "verdict": "parasitized"}]})
+    assert "record_id" in refused({"verdicts": [{"record_id": 2**70, "verdict": "parasitized"}]})
+    assert "reviewer" in refused({"verdicts": [ok], "reviewer": "a\r\nb"})
+    assert "control character" in refused({"verdicts": [ok], "reviewer": "ana\u202e"})
+    refused(None, content=b"not json", **{})
+    refused(None, content=b"[]")
+    import cv2
+
+    blank = cv2.imencode(".png", np.full((300, 400, 3), 255, np.uint8))[1].tobytes()
+    _upload(client, sid, blank, "field", "blank.png")
+    rejected = next(r for r in client.get(f"/api/sessions/{sid}", headers=AUTH).json()["records"]
+                    if r["status"] == "rejected")
+    rid = station.submit(station.store.records, sid).result()
+    rejected_id = next(r["id"] for r in rid if r["source_id"] == rejected["source_id"])
+    assert "not classified" in refused({"verdicts": [{"record_id": rejected_id, "verdict": "parasitized"}]})
+    assert client.post("/api/sessions/999/reviews", json={"verdicts": [ok]}, headers=AUTH).status_code == 404
+    assert client.post(f"/api/sessions/{2**70}/reviews", json={"verdicts": [ok]},
+                       headers=AUTH).status_code == 422
+    assert client.get("/api/sessions/999/review", headers=AUTH).status_code == 404
+    assert client.get(f"/api/sessions/{sid}/cells/abc.png", headers=AUTH).status_code == 422
+    other = _session(client, "P-other")  # a cell of another session is not this session's
+    r = client.get(f"/api/sessions/{other}/cells/{items[0]['id']}.png", headers=AUTH)
+    assert r.status_code == 404
+    assert "no cell" in client.post(f"/api/sessions/{other}/reviews", json={"verdicts": [ok]},
+                                    headers=AUTH).json()["detail"]
+    for path in (f"/api/sessions/{sid}/review", f"/api/sessions/{sid}/cells/{items[0]['id']}.png"):
+        assert client.get(path).status_code == 401
+    assert client.post(url, json={"verdicts": [ok]}).status_code == 401
+    assert station.submit(station.store.reviews, sid).result() == {}  # nothing was recorded
+
+
+def test_csv_download_is_the_safe_export_of_the_command_line(station):
+    from click.testing import CliRunner
+
+    from edgekit.cli import main
+
+    client = _client(station, token=TOKEN)
+    sid = _session(client, patient="=HYPERLINK(\"http://x\",\"y\")")
+    assert _upload(client, sid, _crop_bytes(5), "crop", "-2+3.png").status_code == 200
+    session = station.submit(station._session, sid).result()
+    row = {"source_id": "a\rb.png", "content_hash": "f" * 64, "status": "rejected", "reason": "@cmd"}
+    assert station.submit(station.store.add_records, session, [row]).result() == 1
+    r = client.get("/api/export.csv", params={"session": sid}, headers=AUTH)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    text = r.text
+    lines = text.split("\n")
+    assert len(lines) == 4 and lines[-1] == ""  # header, two records: the CR did not split a row
+    assert '"a\rb.png"' in text  # quoted
+    assert ",'@cmd," in text and "'=HYPERLINK" in text and ",'-2_3-" in text  # formulas made inert
+    import csv
+    import io
+
+    rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    assert rows[0]["patient"].startswith("'=") and rows[1]["source_id"] == "a\rb.png"
+    res = CliRunner().invoke(main, ["sessions", "export", "--id", str(sid), "--db", str(station.db_path)])
+    assert res.exit_code == 0, res.output
+    assert res.stdout == text  # one export, whether from the page or the command line
+    assert client.get("/api/export.csv", params={"session": 999}, headers=AUTH).status_code == 404
+
+
+def test_serve_runs_an_unsigned_bundle_only_with_allow_unsigned(tmp_path, monkeypatch):
+    import socket
+
+    from click.testing import CliRunner
+
+    from edgekit.cli import main
+
+    bundle = shutil.copytree(GOLDEN, tmp_path / "bundle")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["name"] = "edited after signing"
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    apps = []
+    monkeypatch.setattr("uvicorn.run", lambda app, **kw: apps.append(app))
+    monkeypatch.delenv("EDGEKIT_ALLOW_UNSIGNED", raising=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    args = ["serve", "--port", port, "--model", str(bundle), "--db", str(tmp_path / "s.sqlite")]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 2 and "--allow-unsigned" in r.output and "Traceback" not in r.output
+    assert not apps
+    r = CliRunner().invoke(main, [*args, "--allow-unsigned"])
+    assert r.exit_code == 0, r.output
+    assert "untrusted bundle" in r.output
+    status = TestClient(apps[0], base_url=BASE).get("/api/status").json()
+    assert status["untrusted"] and "bundle" in status["untrusted"]

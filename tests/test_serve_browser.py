@@ -142,13 +142,14 @@ def test_phone_screens_a_patient_like_the_command_line(tmp_path):
             page.fill("#patient", "P-0042")
             page.fill("#site", "Clinic 3")
             page.fill("#operator", "A. Field")
+            page.screenshot(path=str(shots / "serve-start.png"))
             page.click("button[type=submit]")
             page.wait_for_selector("#screen:not([hidden])")
             page.set_input_files("#fields", [str(f) for f in FIELDS])
             page.locator(".result[data-kind=field]").nth(1).wait_for(timeout=120_000)
             page.set_input_files("#crops", [str(CROP)])
             page.wait_for_selector(".result[data-kind=crop]", timeout=60_000)
-            page.screenshot(path=str(shots / "serve-summary.png"))
+            page.locator("#summary").screenshot(path=str(shots / "serve-summary.png"))
             page.locator(".result[data-kind=field]").last.scroll_into_view_if_needed()
             page.screenshot(path=str(shots / "serve-field.png"))
 
@@ -203,8 +204,70 @@ def test_phone_screens_a_patient_like_the_command_line(tmp_path):
     assert summary_cells == sum(r["cells"] for r in fields.values()) + 1
     assert decision in ("positive", "negative", "refer")
     assert log.count(TOKEN) == 1  # printed once at start, in the address; never logged with requests
-    for shot in ("serve-summary.png", "serve-field.png", "serve-sessions.png"):
+    for shot in ("serve-start.png", "serve-summary.png", "serve-field.png", "serve-sessions.png"):
         assert (shots / shot).stat().st_size > 10_000
+
+
+def test_phone_reviews_flagged_cells_and_the_summary_counts_the_verdict(tmp_path):
+    """The review gallery on a phone: the flagged cells of a field, a verdict recorded once (a second
+    tap changes nothing), the confirmed count beside the model's; the guard's verdict on every count."""
+    chromium = _chromium()
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Python playwright is not installed")
+    shots = Path(os.environ.get("EDGEKIT_SCREENSHOTS") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    server = Server(tmp_path / "screening.sqlite")
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+            page = browser.new_context(**{**p.devices["Pixel 5"], "device_scale_factor": 2}).new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.goto(f"{server.url}/?token={TOKEN}")
+            page.wait_for_selector("#model:has-text('tflite')")
+            page.fill("#patient", "P-0043")
+            page.click("button[type=submit]")
+            page.wait_for_selector("#screen:not([hidden])")
+            page.set_input_files("#fields", [str(FIELDS[1])])
+            page.wait_for_selector(".result[data-kind=field]", timeout=120_000)
+            page.set_input_files("#crops", [str(CROP)])  # an NIH parasitized cell: flagged
+            page.wait_for_selector(".result[data-kind=crop]", timeout=60_000)
+            field_domain = page.get_attribute(".result[data-kind=field] .domain", "data-ok")
+            summary_warned = page.query_selector("#summary .warn.domain") is not None
+            marked = page.inner_text("#summary .s-parasitized")
+            model_count = int(marked.split()[0])
+            page.click("#open-review")
+            page.wait_for_selector("#review:not([hidden]) .cell")
+            n_cells = len(page.query_selector_all("#gallery .cell"))
+            first = page.locator("#gallery .cell").first
+            rid = int(first.get_attribute("data-id"))
+            called = "called" in (first.get_attribute("class") or "")
+            first.locator("button[data-verdict='not parasitized']").click()
+            page.wait_for_selector(f"#gallery .cell[data-id='{rid}'][data-verdict='not parasitized']")
+            counts = page.inner_text("#review-counts")
+            page.evaluate("window.scrollTo(0, 0)")
+            page.screenshot(path=str(shots / "serve-review.png"), full_page=True)
+            page.locator(f"#gallery .cell[data-id='{rid}'] button[data-verdict='not parasitized']").click()
+            page.wait_for_selector("#message.ok:has-text('already recorded')")
+            page.click("#close-review")
+            page.wait_for_selector("#screen:not([hidden])")
+            confirmed = int(page.inner_text("#summary .s-confirmed").split()[0])
+            reviewed = page.inner_text("#summary .s-reviewed")
+            browser.close()
+        status, gallery = _get(f"{server.url}/api/sessions/1/review")
+    finally:
+        server.stop()
+
+    assert not errors, errors
+    assert status == 200 and n_cells == len(gallery["items"]) > 0
+    if field_domain == "false":  # the guard does not vouch: every count on the page says so
+        assert summary_warned and "NOT VALIDATED" in marked
+    verdicts = {it["id"]: it["review"] for it in gallery["items"] if it["review"]}
+    assert list(verdicts) == [rid] and verdicts[rid]["verdict"] == "not parasitized"  # once
+    assert gallery["review"]["model"]["parasitized"] == model_count
+    assert confirmed == model_count - called == gallery["review"]["confirmed"]["parasitized"]
+    assert reviewed.startswith(f"1 of {n_cells} flagged") and "pending" in counts
+    assert (shots / "serve-review.png").stat().st_size > 10_000
 
 
 def test_server_killed_mid_upload_keeps_what_it_acknowledged(tmp_path):

@@ -15,17 +15,19 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import hashlib
 import hmac
 import mimetypes
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Query, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
@@ -54,11 +56,49 @@ class ServeConfig:
     secure_cookie: bool = False  # True under HTTPS
 
 
+TEXT = r"^[^\x00-\x1f\x7f]*$"  # one line, no control characters
+SessionId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="Session id")]
+RecordId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="Record id of one cell")]
+
+
+def _one_line(what: str, value: str | None) -> str | None:
+    """The records' own rule for names shown on screens and in CSV (one printable line), as a 422."""
+    from edgekit.device.records import _check_name
+
+    try:
+        _check_name(what, value)
+    except RecordsError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+class VerdictIn(BaseModel):
+    record_id: int = Field(ge=1, le=2**63 - 1, description="The cell's record id (from the gallery).")
+    verdict: Literal["parasitized", "not parasitized", "confirm", "overrule"] = Field(
+        description="The reviewer's call, or confirm / overrule the model's call at the session's cutoff.")
+
+
+class ReviewIn(BaseModel):
+    verdicts: list[VerdictIn] = Field(min_length=1, max_length=1000)
+    reviewer: str | None = Field(None, max_length=64, pattern=TEXT, description="Who reviewed.")
+    note: str | None = Field(None, max_length=500, pattern=TEXT, description="Stored with each verdict.")
+
+    @field_validator("reviewer")
+    @classmethod
+    def _printable(cls, v: str | None) -> str | None:
+        return _one_line("reviewer", v)
+
+
 class SessionIn(BaseModel):
     patient: str = Field(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]*\S[^\x00-\x1f\x7f]*$",
                          description="Patient id (the same id with the same model resumes the session).")
-    site: str | None = Field(None, max_length=64, pattern=r"^[^\x00-\x1f\x7f]*$")
-    operator: str | None = Field(None, max_length=64, pattern=r"^[^\x00-\x1f\x7f]*$")
+    site: str | None = Field(None, max_length=64, pattern=TEXT)
+    operator: str | None = Field(None, max_length=64, pattern=TEXT)
+
+    @field_validator("patient", "site", "operator")
+    @classmethod
+    def _printable(cls, v: str | None, info) -> str | None:
+        return _one_line(info.field_name, v)
 
 
 def _load_assets() -> dict[str, tuple[bytes, bytes, str]]:
@@ -218,7 +258,7 @@ def create_app(station: Station, config: ServeConfig) -> FastAPI:
         return await run(station.sessions, limit)
 
     @app.get("/api/sessions/{session_id}", summary="One session: summary and records")
-    async def session(session_id: int, records: bool = Query(True, description="Include the records")
+    async def session(session_id: SessionId, records: bool = Query(True, description="Include the records")
                       ) -> dict[str, Any]:
         return await run(station.session, session_id, records)
 
@@ -231,7 +271,7 @@ def create_app(station: Station, config: ServeConfig) -> FastAPI:
     @app.post("/api/sessions/{session_id}/images", openapi_extra=upload_body,
               summary="Upload one field photo or cell crop: find cells, classify, record")
     async def add_image(
-        request: Request, session_id: int,
+        request: Request, session_id: SessionId,
         kind: Literal["field", "crop"] = Query("field", description="field: a whole microscope field; "
                                                "crop: one cell crop"),
         name: str | None = Query(None, max_length=200, description="File name (multipart gives its own)."),
@@ -245,10 +285,33 @@ def create_app(station: Station, config: ServeConfig) -> FastAPI:
         finally:
             station.pending -= 1
 
+    @app.get("/api/sessions/{session_id}/review", summary="The review gallery: flagged cells and verdicts")
+    async def review(session_id: SessionId, everything: bool = Query(
+            False, alias="all", description="Every classified cell, not only those called parasitized or "
+                                            "uncertain")) -> dict[str, Any]:
+        return await run(station.review, session_id, everything)
+
+    @app.get("/api/sessions/{session_id}/cells/{record_id}.png", response_class=Response,
+             summary="The kept crop of one flagged cell, exactly as it was classified")
+    async def cell_png(request: Request, session_id: SessionId, record_id: RecordId) -> Response:
+        png = await run(station.cell_png, session_id, record_id)
+        # revalidated every time: ids start again in another database, and a reviewer must never
+        # judge a stale picture under a cell's number
+        etag = f'"{hashlib.sha256(png).hexdigest()[:32]}"'
+        headers = {"Cache-Control": "private, no-cache", "ETag": etag}
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=headers)
+        return Response(png, media_type="image/png", headers=headers)
+
+    @app.post("/api/sessions/{session_id}/reviews", summary="Record a reviewer's verdicts on cells")
+    async def confirm(session_id: SessionId, body: ReviewIn) -> dict[str, Any]:
+        pairs = [(v.record_id, v.verdict) for v in body.verdicts]
+        return await run(station.confirm, session_id, pairs, body.reviewer, body.note)
+
     @app.get("/api/overlays/{sha256}.jpg", summary="A field's annotated overlay", response_class=FileResponse)
     async def overlay(sha256: str) -> FileResponse:
         return FileResponse(station.overlay_path(sha256), media_type="image/jpeg",
-                            headers={"Cache-Control": "private, max-age=86400"})
+                            headers={"Cache-Control": "private, no-cache"})  # rewritten by another model
 
     @app.get("/api/export.csv", summary="Records as CSV (one session, or all)", response_class=Response)
     async def export(session: int | None = Query(None, description="Session id; all when absent"),

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import click
 
+from edgekit.cli_options import allow_unsigned_option, model_option
+
 TOKEN_ENV = "EDGEKIT_SERVE_TOKEN"
 
 
@@ -55,8 +57,7 @@ def _check_port_free(host: str, port: int) -> None:
               help="Address to listen on. Anything but loopback (e.g. 0.0.0.0 for the clinic's Wi-Fi) "
                    f"requires an access token: a random one printed at start, or ${TOKEN_ENV}.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
-@click.option("--model", "-m", "bundle", type=click.Path(path_type=Path), default=None,
-              help="Bundle folder (from `edgekit export`). Default: the model shipped with edgekit.")
+@model_option()
 @click.option("--model-format", default=None, help="Which model of the bundle to run (tflite_int8, ...).")
 @click.option("--threads", type=click.IntRange(1, 64), default=None, help="Inference threads.")
 @click.option("--db", type=click.Path(path_type=Path), default=None,
@@ -72,9 +73,10 @@ def _check_port_free(host: str, port: int) -> None:
               help="TLS certificate (PEM) for HTTPS; with --key.")
 @click.option("--key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="TLS private key (PEM) for HTTPS; with --cert.")
+@allow_unsigned_option()
 def serve(host: str, port: int, bundle: Path | None, model_format: str | None, threads: int | None,
           db: Path | None, overlay_dir: Path | None, max_upload_mb: float, max_pending: int,
-          cert: Path | None, key: Path | None) -> None:
+          cert: Path | None, key: Path | None, allow_unsigned: bool) -> None:
     """Serve the screening page and its JSON API to phones on this network.
 
     A phone opens the printed address, starts a patient session, takes photos of microscope fields
@@ -106,9 +108,16 @@ def serve(host: str, port: int, bundle: Path | None, model_format: str | None, t
     os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")
     token = choose_token(host)
     _check_port_free(host, port)
-    classifier = load_classifier(bundle, model_format, threads)
+    untrusted: list[str] = []  # why, when an unsigned bundle runs with --allow-unsigned
+
+    def warn(line: str) -> None:
+        untrusted.append(line.removeprefix("warning: "))
+        click.echo(line, err=True)
+
+    classifier = load_classifier(bundle, model_format, threads, allow_unsigned=allow_unsigned, warn=warn)
     db_path = (db or default_db_path()).expanduser()
-    station = Station(classifier, db_path, overlay_dir or db_path.parent / "overlays")
+    station = Station(classifier, db_path, overlay_dir or db_path.parent / "overlays",
+                      untrusted="; ".join(untrusted) or None)
     config = ServeConfig(token=token, max_bytes=int(max_upload_mb * 1024 * 1024), max_pending=max_pending,
                          secure_cookie=cert is not None)
     app = create_app(station, config)

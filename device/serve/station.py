@@ -56,10 +56,14 @@ def display_name(name: str | None, sha256: str) -> str:
 class Station:
     """The classifier and the screening database, used from one worker thread."""
 
-    def __init__(self, classifier: Classifier, db_path: Path, overlay_dir: Path) -> None:
+    def __init__(self, classifier: Classifier, db_path: Path, overlay_dir: Path,
+                 untrusted: str | None = None) -> None:
+        """``untrusted``: why the bundle is not trusted, when it runs with ``--allow-unsigned`` (the
+        page shows it on every screen)."""
         from edgekit.device.records import RecordStore
 
         self.classifier = classifier
+        self.untrusted = untrusted
         self.db_path = Path(db_path)
         self.overlay_dir = Path(overlay_dir)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgekit-device")
@@ -83,6 +87,7 @@ class Station:
             "model": {"format": clf.fmt, "sha256": clf.model_sha256, "bundle": str(clf.bundle_dir),
                       "labels": list(clf.manifest.labels)},
             "decision": clf.manifest.decision.to_dict(),
+            "untrusted": self.untrusted,
         }
 
     def _sessions(self) -> list[Session]:
@@ -108,6 +113,14 @@ class Station:
         summary = _summary(self.store, session)
         return None if summary is None else summary.to_dict()
 
+    def _view(self, session: Session) -> dict[str, Any]:
+        """A session as every answer shows it: the session, the patient summary (the model's calls,
+        the domain guard's verdict) and the review summary (model count and confirmed count)."""
+        from edgekit.device.review import session_review
+
+        review, _ = session_review(self.store, session)
+        return {"session": self._public(session), "summary": self._summary(session), "review": review}
+
     @staticmethod
     def _public(session: Session) -> dict[str, Any]:
         d = dict(vars(session))
@@ -119,38 +132,82 @@ class Station:
         clf = self.classifier
         session = self.store.open_session(patient.strip(), clf.model_sha256, site or None, operator or None,
                                           clf.fmt, str(clf.bundle_dir), clf.manifest.decision)
-        return {"session": self._public(session), "summary": self._summary(session)}
+        return self._view(session)
 
     def sessions(self, limit: int | None = None) -> list[dict[str, Any]]:
         """The sessions in the database, newest first (at most ``limit``), with their summaries."""
-        return [{"session": self._public(s), "summary": self._summary(s)} for s in self._sessions()[:limit]]
+        return [self._view(s) for s in self._sessions()[:limit]]
 
     def session(self, session_id: int, with_records: bool = True) -> dict[str, Any]:
-        """One session: its summary and (unless not wanted) its records, oldest first."""
+        """One session: its summaries and (unless not wanted) its records, oldest first."""
         session = self._session(session_id)
-        out = {"session": self._public(session), "summary": self._summary(session)}
+        out = self._view(session)
         if with_records:
             out["records"] = [{k: r[k] for k in RECORD_KEYS} for r in self.store.records(session.id)]
         return out
 
     def export_csv(self, session_id: int | None) -> str:
-        """The records of one session (or all) with the columns of ``edgekit sessions export``."""
-        import csv
-        import io
-        from datetime import datetime, timezone
-
-        from edgekit.device.commands import EXPORT_COLUMNS
+        """The records of one session (or all) as `edgekit sessions export` writes them, through the
+        safe CSV writer (CR/LF quoted, formula-like cells made inert)."""
+        from edgekit.device.commands import EXPORT_COLUMNS, export_rows
+        from edgekit.outputs import csv_text
 
         chosen = [self._session(session_id)] if session_id is not None else self._sessions()
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=EXPORT_COLUMNS, extrasaction="ignore", lineterminator="\n")
-        w.writeheader()
-        for s in chosen:
-            for r in self.store.records(s.id):
-                when = datetime.fromtimestamp(r["created_at"], timezone.utc).isoformat(timespec="seconds")
-                w.writerow({**r, "patient": s.patient, "site": s.site, "operator": s.operator,
-                            "created_at": when})
-        return buf.getvalue()
+        return csv_text(export_rows(self.store, chosen), EXPORT_COLUMNS)
+
+    # ------------------------------------------------------------------ review
+
+    def review(self, session_id: int, everything: bool = False) -> dict[str, Any]:
+        """The review gallery of a session (:func:`edgekit.device.review.gallery_items`): the cells
+        the model called parasitized or uncertain (``everything``: every classified cell), most
+        suspicious first, each with its verdict and the address of its kept crop."""
+        from edgekit.device.review import gallery_items, session_cutoff
+
+        session = self._session(session_id)
+        items = gallery_items(self.store, session, session_cutoff(session), everything)
+        out = self._view(session)
+        out["items"] = [self._item(session, it) for it in items]
+        return out
+
+    @staticmethod
+    def _item(session: Session, it: dict[str, Any]) -> dict[str, Any]:
+        review = it["review"]
+        return {
+            "id": it["id"], "source": it["source"], "p": it["p"], "decision": it["decision"],
+            "called": bool(it["called"]),
+            "image": f"api/sessions/{session.id}/cells/{it['id']}.png" if it["png"] else None,
+            "review": Station._verdict(review),
+        }
+
+    @staticmethod
+    def _verdict(review: dict[str, Any] | None) -> dict[str, Any] | None:
+        keys = ("verdict", "reviewer", "note", "created_at")
+        return None if review is None else {k: review.get(k) for k in keys}
+
+    def cell_png(self, session_id: int, record_id: int) -> bytes:
+        """The kept crop of one cell (what the model classified), as PNG."""
+        session = self._session(session_id)
+        png = self.store.crop_image(session.id, record_id)
+        if png is None:
+            raise ServeError(404, f"no kept crop for cell {record_id} in session {session.id} (only cells "
+                                  "called parasitized or uncertain are kept)")
+        return png
+
+    def confirm(self, session_id: int, verdicts: list[tuple[int, str]], reviewer: str | None,
+                note: str | None) -> dict[str, Any]:
+        """Record a reviewer's verdicts (:func:`edgekit.device.review.record_verdicts`: all or none;
+        the same verdict again changes nothing); the session's summaries after them, and the cells."""
+        from edgekit.device.review import ReviewError, record_verdicts
+
+        session = self._session(session_id)
+        try:
+            tally = record_verdicts(self.store, session, verdicts, reviewer or None, note or None)
+        except ReviewError as exc:
+            raise ServeError(422, str(exc)) from exc
+        reviews = self.store.reviews(session.id)
+        out = self._view(self._session(session.id))
+        out.update(recorded=tally, reviews={str(rid): self._verdict(reviews.get(rid)) for rid, _ in verdicts})
+        return out
 
     def overlay_path(self, sha256: str) -> Path:
         if not _HASH.match(sha256):
@@ -187,8 +244,7 @@ class Station:
             out = self._add_field(session, shown, sha, rgb, stop)
         else:
             out = self._add_crop(session, shown, sha, rgb, stop)
-        out.update(kind=kind, name=shown, sha256=sha, session=self._public(self._session(session.id)),
-                   summary=self._summary(session))
+        out.update(kind=kind, name=shown, sha256=sha, **self._view(self._session(session.id)))
         return out
 
     def _record(self, session: Session, items: list, kind: str, stop: int) -> dict[str, int]:

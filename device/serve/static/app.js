@@ -10,7 +10,7 @@ function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) {
     if (k === "class") node.className = v;
-    else if (k.startsWith("data-")) node.setAttribute(k, v);
+    else if (k.startsWith("data-") || k.startsWith("aria-")) node.setAttribute(k, v);
     else node[k] = v;
   }
   for (const c of children) if (c !== null && c !== undefined) node.append(c);
@@ -47,7 +47,9 @@ async function api(path, opts) {
   return body;
 }
 
-function renderSummary(s) {
+const notValidated = (d) => Boolean(d && !d.ok);
+
+function renderSummary(s, review) {
   const box = $("#summary");
   if (!s) {
     box.replaceChildren(el("p", { class: "warn" }, "This session was recorded by an older edgekit without its " +
@@ -60,25 +62,46 @@ function renderSummary(s) {
     negative: "the upper 95% bound is below the patient rule's fraction",
     refer: "not decided: keep screening, or refer to microscopy",
   };
-  if (s.domain && !s.domain.ok) explain.refer = "the cells are unlike the model's: check by microscopy";
+  // the domain guard's verdict: every number below carries it when the guard does not vouch for them
+  const unvalidated = notValidated(s.domain) && (s.crops > 0 || s.rejected > 0);
+  if (unvalidated) {
+    explain.refer = "the cells are unlike the model's: check by microscopy";
+    explain.positive = explain.negative = "NOT VALIDATED for this microscope: confirm by microscopy";
+  }
+  const mark = () => (unvalidated ? el("span", { class: "nv" }, " · NOT VALIDATED") : null);
   const left = Math.max(0, s.stop_cells - s.crops);
   const stop = s.stop_reached
     ? "Stop rule reached: enough cells for this patient."
     : (s.stop_cells ? `Stop rule: ${s.crops} of ${s.stop_cells} cells; ${left} more to go.` : "No stop rule.");
+  const rows = [
+    el("dt", {}, "Cells counted"), el("dd", { class: "s-cells" }, String(s.crops)),
+    el("dt", {}, "Model count (parasitized)"),
+    el("dd", { class: "s-parasitized" }, `${s.parasitized} (${pct(s.fraction)}, 95% CI ${ci(s.ci95)})`, mark())];
+  if (review) {  // the reviewer's verdicts where there are some, the model's calls elsewhere
+    const c = review.confirmed;
+    rows.push(
+      el("dt", {}, "Confirmed count"),
+      el("dd", { class: "s-confirmed" }, `${c.parasitized} (${pct(c.parasitemia)}, 95% CI ${ci(c.ci95)})`, mark()),
+      el("dt", {}, "Reviewed"),
+      el("dd", { class: "s-reviewed" }, `${review.reviewed} of ${review.flagged} flagged ` +
+         `(${review.agreed} agreed, ${review.overruled} overruled, ${review.pending} pending)`));
+  }
+  rows.push(
+    el("dt", {}, "Uncertain"), el("dd", { class: "s-uncertain" }, String(s.uncertain)),
+    el("dt", {}, "Not counted"), el("dd", {}, `${s.rejected} rejected, ${s.failed} failed`));
+  const counts = el("dl", { class: "counts" }, ...rows);
   box.replaceChildren(
     el("p", {}, el("span", { class: `decision ${s.decision}`, "data-decision": s.decision },
                    names[s.decision] || s.decision), " ", el("span", { class: "small" }, explain[s.decision] || "")),
-    el("dl", { class: "counts" },
-      el("dt", {}, "Cells counted"), el("dd", { class: "s-cells" }, String(s.crops)),
-      el("dt", {}, "Parasitized"), el("dd", { class: "s-parasitized" }, `${s.parasitized} (${pct(s.fraction)}, 95% CI ${ci(s.ci95)})`),
-      el("dt", {}, "Uncertain"), el("dd", { class: "s-uncertain" }, String(s.uncertain)),
-      el("dt", {}, "Not counted"), el("dd", {}, `${s.rejected} rejected, ${s.failed} failed`)),
+    counts,
     el("p", { class: s.stop_reached ? "good" : "" }, stop));
-  // the domain guard's verdict on the session's cells, when the station gives one
-  if (s.domain && !s.domain.ok) {
+  if (unvalidated) {
     box.prepend(el("p", { class: "warn domain", "data-ok": "false" },
                    `NOT VALIDATED for this microscope: ${s.domain.why || ""}`));
   }
+  const button = $("#open-review");
+  button.textContent = review && review.flagged
+    ? `Review flagged cells (${review.pending} of ${review.flagged} to do)` : "Review flagged cells";
 }
 
 function domainLine(d) {
@@ -100,14 +123,15 @@ function renderField(out) {
   const r = out.result;
   const card = el("article", { class: "result" + (r.rejected ? " rejected" : ""), "data-kind": "field", "data-name": out.name },
                   el("h3", {}, out.name));
-  if (r.rejected) card.append(el("p", { class: "warn reason" }, "Not counted: " + r.rejected));
   card.append(domainLine(r.domain) || "");
+  if (r.rejected) card.append(el("p", { class: "warn reason" }, "Not counted: " + r.rejected));
   if (!r.rejected) {
     card.append(el("dl", { class: "counts" },
       el("dt", {}, "Cells found"), el("dd", { class: "cells" }, String(r.cells)),
       el("dt", {}, `${r.positive_label || "Positive"}`), el("dd", { class: "parasitized" }, String(r.parasitized)),
       el("dt", {}, "Uncertain (?)"), el("dd", { class: "uncertain" }, String(r.uncertain)),
-      el("dt", {}, "Parasitemia"), el("dd", { class: "parasitemia" }, pct(r.parasitemia)),
+      el("dt", {}, "Parasitemia"), el("dd", {}, el("span", { class: "parasitemia" }, pct(r.parasitemia)),
+                                      notValidated(r.domain) ? el("span", { class: "nv" }, " · NOT VALIDATED") : null),
       el("dt", {}, "95% interval"), el("dd", { class: "ci95" }, ci(r.ci95))));
   }
   card.append(recordedLine(out.recorded) || "");
@@ -124,6 +148,10 @@ function renderCrop(out) {
   if (!r) {
     card.append(el("p", { class: "warn" }, "Not recorded: the stop rule is reached for this patient."));
     return card;
+  }
+  if (notValidated(out.summary && out.summary.domain)) {
+    card.append(el("p", { class: "warn domain", "data-ok": "false" },
+                   `NOT VALIDATED for this microscope (this patient's cells): ${out.summary.domain.why || ""}`));
   }
   if (r.status !== "classified") {
     card.className += " rejected";
@@ -144,7 +172,7 @@ function showSession(data) {
   sessionStorage.setItem("edgekit-session", String(data.session.id));
   $("#patient-title").textContent = data.session.patient;
   $("#session-id").textContent = String(data.session.id);
-  renderSummary(data.summary);
+  renderSummary(data.summary, data.review);
   $("#start").hidden = true;
   $("#screen").hidden = false;
 }
@@ -153,7 +181,7 @@ async function refreshSummary() {
   if (!state.session || state.busy || document.hidden) return;
   try {
     const data = await api(`api/sessions/${state.session.id}?records=false`);
-    if (state.session && data.session.id === state.session.id) renderSummary(data.summary);
+    if (state.session && data.session.id === state.session.id) renderSummary(data.summary, data.review);
   } catch (err) { /* the next upload or refresh says what is wrong */ }
 }
 
@@ -188,7 +216,7 @@ async function uploadAll(files, kind) {
     }
     if (!out) continue;
     $("#results").prepend(kind === "field" ? renderField(out) : renderCrop(out));
-    renderSummary(out.summary);
+    renderSummary(out.summary, out.review);
   }
   $("#progress").textContent = files.length ? `Done: ${files.length} image${files.length === 1 ? "" : "s"}.` : "";
   loadSessions();
@@ -198,10 +226,13 @@ async function loadSessions() {
   let rows;
   try { rows = await api("api/sessions"); } catch (err) { say(err.message); return; }
   const body = $("#sessions tbody");
-  body.replaceChildren(...rows.map(({ session, summary }) => el("tr", {},
+  body.replaceChildren(...rows.map(({ session, summary, review }) => el("tr", {},
     el("td", {}, session.patient, el("br"), el("span", { class: "small" }, `${session.site || "-"} · #${session.id}`)),
     el("td", {}, summary ? String(summary.crops) : "-"),
-    el("td", {}, summary ? el("span", { class: summary.decision }, summary.decision) : "no rule"),
+    el("td", { class: "s-result" }, summary ? el("span", { class: summary.decision }, summary.decision) : "no rule",
+       summary && notValidated(summary.domain) && summary.crops > 0
+         ? el("span", { class: "nv" }, el("br"), "NOT VALIDATED") : null,
+       review && review.reviewed ? el("span", { class: "small" }, el("br"), `${review.reviewed} reviewed`) : null),
     el("td", {},
       el("button", { type: "button", onclick: () => openSession(session.id) }, "Open"),
       el("a", { class: "button", href: `api/export.csv?session=${session.id}`, download: "" }, "CSV")))));
@@ -216,12 +247,102 @@ async function openSession(id) {
   } catch (err) { say(err.message); }
 }
 
+// ---------------------------------------------------------------- review gallery
+
+const VERDICT_TEXT = { "parasitized": "parasitized", "not parasitized": "NOT parasitized" };
+
+function reviewCounts(review) {
+  const c = review.confirmed, m = review.model;
+  return `Model: ${m.parasitized} parasitized of ${review.cells} cells · confirmed: ${c.parasitized} ` +
+         `(${pct(c.parasitemia)}) · reviewed ${review.reviewed} of ${review.flagged}, ${review.pending} pending`;
+}
+
+function cellVerdictText(item) {
+  const v = item.review;
+  if (!v) return "Not reviewed yet";
+  return `Reviewed: ${VERDICT_TEXT[v.verdict] || v.verdict}${v.reviewer ? " (" + v.reviewer + ")" : ""}`;
+}
+
+function renderCell(item) {
+  const model = item.called ? (item.decision === "uncertain" ? "parasitized (uncertain)" : "parasitized")
+                            : "uncertain";
+  const card = el("article", { class: "cell" + (item.called ? " called" : ""), "data-id": String(item.id),
+                               "data-verdict": item.review ? item.review.verdict : "" });
+  card.append(item.image
+    ? el("img", { src: item.image, alt: `cell ${item.id}, p ${(item.p || 0).toFixed(2)}`, loading: "lazy" })
+    : el("div", { class: "no-image" }, "crop not kept (screened before crops were kept)"));
+  card.append(el("p", {}, el("b", {}, `#${item.id}`), ` p ${(item.p || 0).toFixed(2)}`),
+              el("p", { class: "small" }, `model: ${model}`),
+              el("p", { class: "small" }, item.source),
+              el("p", { class: "cell-verdict" }, cellVerdictText(item)));
+  for (const verdict of ["parasitized", "not parasitized"]) {
+    const pressed = Boolean(item.review && item.review.verdict === verdict);
+    card.append(el("button", { type: "button", "data-verdict": verdict, "aria-pressed": String(pressed),
+                               onclick: () => sendVerdict(card, item, verdict) },
+                   verdict === "parasitized" ? "Parasitized" : "Not parasitized"));
+  }
+  return card;
+}
+
+async function sendVerdict(card, item, verdict) {
+  if (!state.session) return;
+  const buttons = card.querySelectorAll("button");
+  buttons.forEach((b) => { b.disabled = true; });
+  const reviewer = $("#reviewer").value.trim() || null;
+  localStorage.setItem("edgekit-reviewer", reviewer || "");
+  try {
+    const out = await api(`api/sessions/${state.session.id}/reviews`, {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ verdicts: [{ record_id: item.id, verdict }], reviewer }) });
+    item.review = out.reviews[String(item.id)];
+    card.replaceWith(renderCell(item));
+    $("#review-counts").textContent = reviewCounts(out.review);
+    renderSummary(out.summary, out.review);
+    const r = out.recorded;
+    say(r.unchanged ? `Cell #${item.id}: already recorded as ${verdict}; nothing changed.`
+                    : `Cell #${item.id}: recorded ${verdict}.`, true);
+  } catch (err) {
+    buttons.forEach((b) => { b.disabled = false; });
+    say(`Cell #${item.id}: ${err.message} (not recorded)`);
+  }
+}
+
+async function openReview() {
+  if (!state.session) return;
+  let data;
+  try { data = await api(`api/sessions/${state.session.id}/review`); } catch (err) { say(err.message); return; }
+  $("#review-patient").textContent = data.session.patient;
+  const s = data.summary;
+  $("#review-domain").replaceChildren(s && notValidated(s.domain) && s.crops > 0
+    ? el("p", { class: "warn domain", "data-ok": "false" }, `NOT VALIDATED for this microscope: ${s.domain.why || ""}`)
+    : "");
+  $("#review-counts").textContent = reviewCounts(data.review);
+  $("#gallery").replaceChildren(...(data.items.length ? data.items.map(renderCell)
+    : [el("p", {}, "No cell was called parasitized or uncertain in this session.")]));
+  say("");
+  $("#screen").hidden = true;
+  $("#history").hidden = true;
+  $("#review").hidden = false;
+  window.scrollTo(0, 0);
+}
+
+function closeReview() {
+  $("#review").hidden = true;
+  $("#screen").hidden = false;
+  $("#history").hidden = false;
+  refreshSummary();
+}
+
 async function init() {
-  for (const k of ["site", "operator"]) $("#" + k).value = localStorage.getItem("edgekit-" + k) || "";
+  for (const k of ["site", "operator", "reviewer"]) $("#" + k).value = localStorage.getItem("edgekit-" + k) || "";
   try {
     state.info = await api("api/status");
     const m = state.info.model;
     $("#model").textContent = `Model ${m.format} · ${m.sha256.slice(0, 12)} · edgekit ${state.info.version}`;
+    if (state.info.untrusted) {
+      $("#untrusted").textContent = `UNSIGNED MODEL (development only): ${state.info.untrusted}`;
+      $("#untrusted").hidden = false;
+    }
   } catch (err) { say(err.message); return; }
   $("#session-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
@@ -252,6 +373,8 @@ async function init() {
     $("#start").hidden = false;
   });
   $("#refresh").addEventListener("click", loadSessions);
+  $("#open-review").addEventListener("click", openReview);
+  $("#close-review").addEventListener("click", closeReview);
   setInterval(refreshSummary, REFRESH_MS);
   await loadSessions();
   const last = sessionStorage.getItem("edgekit-session");
