@@ -54,8 +54,11 @@ def warm_up() -> None:
     model and decoding the first image; :func:`crop_features` waits for it. Idempotent."""
     global _lab_tables
     if _lab_tables is None:
+        import atexit
+
         _lab_tables = threading.Thread(target=_build_lab_tables, name="edgekit-lab-tables", daemon=True)
         _lab_tables.start()
+        atexit.register(_lab_tables.join)  # a command that fails at once exits after it, not during it
 
 
 def _build_lab_tables() -> None:
