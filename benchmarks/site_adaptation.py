@@ -168,9 +168,11 @@ How to read it:
 - *Matched cells* are the labelled cells the device's cell finder found (`edgekit cells`: 93% of
   labelled cells at IoU >= 0.4); *whole fields* count every cell the finder returns, labelled or
   not, as `edgekit field` does, against the labelled fraction (parasite boxes / all boxes).
-- Probabilities are the int8 model's, in steps of 1/256: at the top step (p = 0.996) sit dozens of
-  test cells of both classes, so no threshold reaches specificity 99.5% with any sensitivity when
-  more than 0.5% of the negatives share that step ("0.000"). The most confident "uninfected" cells
+- Probabilities are the int8 model's. These files ended at the softmax, in steps of 1/256: at the
+  top step (p = 0.996) sit dozens of test cells of both classes, so no threshold reaches
+  specificity 99.5% with any sensitivity when more than 0.5% of the negatives share that step
+  ("0.000"). Exports now end at the logits; re-exported so, the all-fields model reaches 0.704 (see
+  "int8 files end at the logits"). The most confident "uninfected" cells
   are largely strongly stained magenta cells cropped with neighbours' edges (the finder's convex
   hull) and a few cells with visible parasite-like chromatin that the labels call uninfected; the
   IML labels are imperfect (see ../shared/data/README.md), which caps every number here.

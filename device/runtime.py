@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.device.activation import to_probabilities
 from edgekit.device.backends import Backend, open_backend, platform_hint, runtime_available
 from edgekit.device.preprocess import model_input, prepare
 from edgekit.device.probe import probe_model
@@ -152,7 +153,8 @@ class Classifier:
         return self.artifact.sha256
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """uint8 (N, h, w, C) -> float32 (N, num_classes) probabilities (dequantized)."""
+        """uint8 (N, h, w, C) -> float32 (N, num_classes) probabilities (dequantized; the artifact's
+        activation applied in float when it outputs logits)."""
         h, w = self.manifest.preprocessing.input_size
         want = (h, w, self.manifest.preprocessing.channels)
         if batch.ndim != 4 or tuple(batch.shape[1:]) != want:
@@ -160,7 +162,7 @@ class Classifier:
         batch = model_input(batch, self.manifest.preprocessing)
         if self._layout == "NCHW":
             batch = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
-        return self.backend.run(batch)
+        return to_probabilities(self.backend.run(batch), self.artifact.output, self.artifact.activation)
 
     def interpret(self, probs: np.ndarray) -> Prediction:
         """Label, probability and thresholded decision for one row of ``predict``."""

@@ -235,7 +235,7 @@ def _device_probs(bundle: Path, manifest: Any, x: np.ndarray, fmt: str = "tflite
     from edgekit.formats import get
 
     art = manifest.artifacts[fmt]
-    runner = load_runner(get(fmt), bundle / art.path)
+    runner = load_runner(get(fmt), bundle / art.path, output=art.output, activation=art.activation)
     probs = runner.predict(x)
     return probs[:, manifest.positive_index]
 

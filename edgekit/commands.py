@@ -64,8 +64,8 @@ def info(run: Path | None, bundle: Path | None, as_json: bool) -> None:
                f"resize {p.resize}, stain {p.stain}, pixels {p.input_range[0]:g}..{p.input_range[1]:g}, "
                f"scaling {p.scaling}")
     t = m.thresholds
-    click.echo(f"thresholds:    counted positive at p >= {m.decision.cutoff:.3f}; positive >= "
-               f"{t.positive:.3f}, negative < {t.negative:.3f}, uncertain between ({t.source})")
+    click.echo(f"thresholds:    counted positive at p >= {m.decision.cutoff:.4f}; positive >= "
+               f"{t.positive:.4f}, negative < {t.negative:.4f}, uncertain between ({t.source})")
     r = m.patient_rule
     click.echo(f"patient rule:  positive >= {r.positive_fraction:.1%} cells, negative if upper 95% bound "
                f"< {r.negative_fraction:.1%}; stop at {r.stop_cells} cells ({r.source})")
@@ -84,7 +84,9 @@ def info(run: Path | None, bundle: Path | None, as_json: bool) -> None:
     if m.artifacts:
         click.echo("artifacts:")
         for key, a in m.artifacts.items():
-            click.echo(f"  {key:16s} {a.path:28s} {a.bytes / 1e6:8.3f} MB  {a.status:18s} {a.sha256[:12]}")
+            out = f"  logits, {a.activation} on device" if a.output == "logits" else ""
+            click.echo(f"  {key:16s} {a.path:28s} {a.bytes / 1e6:8.3f} MB  {a.status:18s} "
+                       f"{a.sha256[:12]}{out}")
     if m.versions:
         click.echo("versions:      " + ", ".join(f"{k} {v}" for k, v in m.versions.items()))
 

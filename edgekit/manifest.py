@@ -27,6 +27,11 @@ MAX_MANIFEST_BYTES = 8 * 1024 * 1024
 RESIZE_METHODS = ("area", "bilinear", "nearest", "bicubic")
 STAIN_METHODS = ("none", "od_standard")  # device/stain.py implements them
 SCALINGS = ("in_model", "device")
+# What an artifact's output tensor holds: class probabilities, or the logits (the input of the
+# model's final activation, which the device then applies in float after dequantizing: an int8
+# probability stops at 255/256, an int8 logit does not). device/activation.py implements them.
+OUTPUTS = ("probabilities", "logits")
+ACTIVATIONS = ("softmax", "sigmoid")
 
 
 @dataclass
@@ -249,6 +254,16 @@ class Artifact:
     validation: dict[str, Any] = field(default_factory=dict)
     quantization: dict[str, Any] = field(default_factory=dict)  # the scheme (edgekit.formats), if any
     extra_files: dict[str, str] = field(default_factory=dict)  # further files of the format: path -> sha256
+    output: str = "probabilities"  # probabilities | logits (see OUTPUTS); absent in old bundles
+    activation: str | None = None  # with logits: the activation the device applies (softmax | sigmoid)
+
+    def __post_init__(self) -> None:
+        if self.output not in OUTPUTS:
+            raise BundleError(f"artifact {self.format}: unknown output {self.output!r}; use one of {OUTPUTS}")
+        if (self.output == "logits") != (self.activation is not None) or (
+                self.activation is not None and self.activation not in ACTIVATIONS):
+            raise BundleError(f"artifact {self.format}: output logits needs an activation in {ACTIVATIONS} "
+                              f"(and probabilities none), not {self.activation!r}")
 
     @property
     def files(self) -> dict[str, str]:

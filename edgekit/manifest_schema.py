@@ -80,6 +80,20 @@ def _tensors(v: Any, field: str) -> list[dict[str, Any]]:
     return v
 
 
+def _output(a: dict[str, Any], f: str) -> None:
+    """``output`` (probabilities, the default, or logits) and, with logits, the ``activation``."""
+    from edgekit.manifest import ACTIVATIONS, OUTPUTS
+
+    output, activation = a.get("output", "probabilities"), a.get("activation")
+    if output not in OUTPUTS:
+        raise _fail(f"{f}.output", f"must be one of {', '.join(OUTPUTS)}, not {output!r}")
+    if output == "logits" and activation not in ACTIVATIONS:
+        raise _fail(f"{f}.activation",
+                    f"must be one of {', '.join(ACTIVATIONS)} for logits, not {activation!r}")
+    if output == "probabilities" and activation is not None:
+        raise _fail(f"{f}.activation", f"must be absent for an output of probabilities, not {activation!r}")
+
+
 def _artifact(key: str, a: Any, n_labels: int) -> None:
     f = f"artifacts.{key}"
     if not isinstance(a, dict):
@@ -105,6 +119,7 @@ def _artifact(key: str, a: Any, n_labels: int) -> None:
     _str(a, "status", f"{f}.status")
     if not isinstance(a.get("validation", {}), dict):
         raise _fail(f"{f}.validation", "must be an object")
+    _output(a, f)
     _tensors(a.get("inputs", []), f"{f}.inputs")
     outputs = _tensors(a.get("outputs", []), f"{f}.outputs")
     n_out = outputs[0]["shape"][-1] if outputs and outputs[0]["shape"] else -1

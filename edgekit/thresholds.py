@@ -34,18 +34,12 @@ def count_cutoff(y: np.ndarray, p: np.ndarray) -> float:
     return float(np.clip(p[k - 1], 0.0, 1.0))
 
 
-def choose_thresholds(
-    y: np.ndarray, p: np.ndarray, target: float = 0.99, method: str = "youden"
-) -> Thresholds:
-    """Cutoff by Youden's J (``method="youden"``) or by matching the labelled count (``"count"``,
-    :func:`count_cutoff`); band edges where positive calls reach ``target`` precision and negative
-    calls reach ``target`` negative predictive value on the validation crops."""
+def band_edges(y: np.ndarray, p: np.ndarray, cut: float, target: float = 0.99) -> tuple[float, float]:
+    """(positive, negative) edges of the uncertain band around ``cut``: the lowest threshold at which
+    positive calls reach ``target`` precision (1.0 when none does) and the highest below which
+    negative calls reach ``target`` negative predictive value (0.0 when none does)."""
     y = np.asarray(y).astype(bool)
     p = np.asarray(p, dtype=np.float64)
-    if method not in ("youden", "count"):
-        raise ValueError(f"unknown cutoff method {method!r}: youden or count")
-    cut = youden_cutoff(y, p) if method == "youden" else count_cutoff(y, p)
-    positive = cut
     for t in np.unique(p[p >= cut]):  # ascending: the lowest threshold that is precise enough
         called = p >= t
         if called.sum() and y[called].mean() >= target:
@@ -53,7 +47,6 @@ def choose_thresholds(
             break
     else:
         positive = 1.0
-    negative = cut
     for t in np.unique(p[p <= cut])[::-1]:  # descending: the highest threshold with enough NPV
         called = p < t
         if called.sum() and (~y[called]).mean() >= target:
@@ -61,13 +54,65 @@ def choose_thresholds(
             break
     else:
         negative = 0.0
+    return max(positive, cut), min(negative, cut)
+
+
+def _band_text(target: float) -> str:
+    return (f"edges at {target:.0%} precision (positive side) and negative predictive value "
+            "(negative side)")
+
+
+def choose_thresholds(
+    y: np.ndarray, p: np.ndarray, target: float = 0.99, method: str = "youden", outputs: str = "Keras"
+) -> Thresholds:
+    """Cutoff by Youden's J (``method="youden"``) or by matching the labelled count (``"count"``,
+    :func:`count_cutoff`); band edges where positive calls reach ``target`` precision and negative
+    calls reach ``target`` negative predictive value on the validation crops (:func:`band_edges`).
+    ``outputs`` names the model the probabilities came from, for the record."""
+    y = np.asarray(y).astype(bool)
+    p = np.asarray(p, dtype=np.float64)
+    if method not in ("youden", "count"):
+        raise ValueError(f"unknown cutoff method {method!r}: youden or count")
+    cut = youden_cutoff(y, p) if method == "youden" else count_cutoff(y, p)
+    positive, negative = band_edges(y, p, cut, target)
     source = (
-        f"validation crops (n={len(y)}): cutoff by "
+        f"validation crops (n={len(y)}), {outputs} outputs: cutoff by "
         f"{'Youden J' if method == 'youden' else 'matching the labelled positive count'}; "
-        f"band edges at {target:.0%} "
-        "precision (positive side) and negative predictive value (negative side)"
+        + "band " + _band_text(target)
     )
-    return Thresholds(positive=max(positive, cut), negative=min(negative, cut), cutoff=cut, source=source)
+    return Thresholds(positive=positive, negative=negative, cutoff=cut, source=source)
+
+
+def rechoose_band(thresholds: Thresholds, y: np.ndarray, p: np.ndarray, outputs: str,
+                  target: float = 0.99) -> Thresholds:
+    """The same cutoff (the patient rule was chosen with it), the band edges chosen again on ``p``:
+    the probabilities of the format the device runs (``outputs`` names it), on the validation crops.
+    The source keeps how the cutoff was chosen and records the band's data and, as a check of the
+    cutoff, the Youden J cutoff on these outputs."""
+    y = np.asarray(y).astype(bool)
+    cut = float(thresholds.cutoff)  # type: ignore[arg-type]  # set by Thresholds.__post_init__
+    positive, negative = band_edges(y, p, cut, target)
+    how = thresholds.source.split("; band")[0]
+    if "outputs" not in how:  # chosen by train or adapt before the source named its model: Keras
+        how += " on Keras outputs"
+    source = (f"{how}; band: {_band_text(target)} on {outputs} outputs of the validation crops "
+              f"(n={len(y)}); cutoff check on {outputs}: Youden J {youden_cutoff(y, p):.4f}")
+    return Thresholds(positive=positive, negative=negative, cutoff=cut, source=source)
+
+
+def band_report(y: np.ndarray, p: np.ndarray, thresholds: Thresholds) -> dict[str, float | int | None]:
+    """How the band calls labelled crops: counts called positive / negative / uncertain, the precision
+    of the positive calls and the negative predictive value of the negative calls (None when no call)."""
+    y = np.asarray(y).astype(bool)
+    p = np.asarray(p, dtype=np.float64)
+    pos, neg = p >= thresholds.positive, p < thresholds.negative
+    return {
+        "positive_edge": float(thresholds.positive), "negative_edge": float(thresholds.negative),
+        "called_positive": int(pos.sum()), "called_negative": int(neg.sum()),
+        "uncertain": int((~pos & ~neg).sum()),
+        "precision": float(y[pos].mean()) if pos.any() else None,
+        "npv": float((~y[neg]).mean()) if neg.any() else None,
+    }
 
 
 def choose_patient_rule(

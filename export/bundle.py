@@ -18,13 +18,20 @@ from pathlib import Path
 import numpy as np
 
 from edgekit import formats
+from edgekit.device.activation import to_probabilities
 from edgekit.device.backends import Backend, open_backend
 from edgekit.errors import BundleError, DataError, EdgekitError, ExportError, ValidationFailed
 from edgekit.export import calibration
-from edgekit.export.onnx_export import export_onnx_fp32, onnx_metadata, quantize_onnx_int8
+from edgekit.export.logits import logits_model
+from edgekit.export.onnx_export import (
+    export_onnx_fp32,
+    onnx_metadata,
+    output_scale,
+    quantize_onnx_int8,
+)
 from edgekit.export.options import ExportOptions, Format
 from edgekit.export.tflite import convert_tflite
-from edgekit.export.validate import compare, render_table
+from edgekit.export.validate import class_probabilities, compare, render_table
 from edgekit.manifest import (
     Artifact,
     Manifest,
@@ -46,21 +53,27 @@ Log = Callable[[str], None]
 
 
 class Runner:
-    """A device backend run over any number of inputs: validation runs the very code the device runs."""
+    """A device backend run over any number of inputs: validation runs the very code the device runs
+    (dequantizing, then the artifact's activation when it outputs logits)."""
 
-    def __init__(self, backend: Backend, batch_size: int = 64) -> None:
+    def __init__(self, backend: Backend, batch_size: int = 64, output: str = "probabilities",
+                 activation: str | None = None) -> None:
         self.backend, self.batch_size = backend, batch_size
+        self.output, self.activation = output, activation
         self.inputs, self.outputs = backend.inputs, backend.outputs
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """Inputs (raw pixels or features) -> float32 outputs, dequantized."""
+        """Inputs (raw pixels or features) -> float32 probabilities."""
         step = self.batch_size
-        return np.concatenate([self.backend.run(x[i : i + step]) for i in range(0, len(x), step)])
+        raw = np.concatenate([self.backend.run(x[i : i + step]) for i in range(0, len(x), step)])
+        return to_probabilities(raw, self.output, self.activation)
 
 
-def load_runner(fmt: Format, path: Path, threads: int | None = None) -> Runner:
-    """Open an exported file in its device runtime (LiteRT or onnxruntime)."""
-    return Runner(open_backend(fmt.runtime, path, threads))
+def load_runner(fmt: Format, path: Path, threads: int | None = None, output: str = "probabilities",
+                activation: str | None = None) -> Runner:
+    """Open an exported file in its device runtime (LiteRT or onnxruntime); ``output`` and
+    ``activation`` as its manifest entry records them."""
+    return Runner(open_backend(fmt.runtime, path, threads), output=output, activation=activation)
 
 
 def load_keras(path: Path):
@@ -184,19 +197,20 @@ def _data(model, manifest: Manifest, options: ExportOptions, from_run: bool, log
             _, val = calibration.from_split(manifest, 1, options.max_validation, options.seed,
                                             options.data_root)
         else:
-            val = calibration.Samples(calib.x, calib.y, calib.source + " (no held-out set given: reused)")
+            val = calibration.Samples(calib.x, calib.y, calib.source + " (no held-out set given: reused)",
+                                      held_out=False)
     log(f"{calib.source}\n{val.source}")
     return calib, val
 
 
 def _convert(fmt: Format, model, folder: Path, calib_x: np.ndarray, manifest: Manifest,
-             options: ExportOptions, image_input: bool) -> Path:
+             options: ExportOptions, image_input: bool, output_name: str, activation: str | None) -> Path:
+    """Convert ``model`` (the graph ending at the logits when ``activation`` is named) to ``fmt``."""
     path = folder / fmt.filename
     if fmt.runtime == "litert":
         convert_tflite(model, fmt, path, calib_x if fmt.needs_calibration else None, image_input)
         return path
-    meta = onnx_metadata(manifest)
-    output_name = _keras_specs(model)[1][0].name
+    meta = onnx_metadata(manifest, activation)
     if not fmt.calibration:
         export_onnx_fp32(model, path, meta, options.opset, output_name)
     else:
@@ -218,20 +232,27 @@ def _keras_artifact(manifest: Manifest, model, keras_path: Path, relpath: str) -
 
 
 def _export_formats(model, manifest: Manifest, options: ExportOptions, tmp: Path, calib, val,
-                    keras_sha: str, log: Log) -> dict[str, Artifact]:
+                    keras_sha: str, log: Log) -> tuple[dict[str, Artifact], dict[str, np.ndarray]]:
+    """Convert, run and validate each format: (artifacts, their probabilities on the validation set)."""
     image_input = len(model.inputs[0].shape) == 4
     calib_x = calib.x.astype(np.float32)
     t0 = time.perf_counter()
     reference = model.predict(val.x.astype(np.float32), batch_size=64, verbose=0)
     log(f"keras reference on {len(val)} validation inputs: {time.perf_counter() - t0:.1f} s")
     decision = manifest.decision
+    graph, activation = logits_model(model)  # every format ends at the logits when the model allows
+    output = "probabilities" if activation is None else "logits"
+    output_name = "logits" if activation else _keras_specs(model)[1][0].name
+    log(f"exported graphs output {output}"
+        + (f" (the device applies the {activation})" if activation else ""))
     # int8 ONNX is quantized from the fp32 ONNX graph, so fp32 goes first when both are asked for
     order = sorted(options.formats, key=formats.EXPORT_FORMATS.index)
     artifacts: dict[str, Artifact] = {}
+    outputs: dict[str, np.ndarray] = {}
     for fmt in order:
         t0 = time.perf_counter()
         try:
-            path = _convert(fmt, model, tmp, calib_x, manifest, options, image_input)
+            path = _convert(fmt, graph, tmp, calib_x, manifest, options, image_input, output_name, activation)
         except EdgekitError:
             raise
         except Exception as exc:
@@ -244,24 +265,53 @@ def _export_formats(model, manifest: Manifest, options: ExportOptions, tmp: Path
                                             validation={"reason": msg, "keras_sha256": keras_sha})
             continue
         seconds = time.perf_counter() - t0
-        runner = load_runner(fmt, path)
+        runner = load_runner(fmt, path, output=output, activation=activation)
         if fmt.raw_pixels and image_input:
             spec = runner.inputs[0]
             if (spec.dtype, spec.scale, spec.zero_point) != ("uint8", 1.0, 0):  # the device feeds raw pixels
                 raise ExportError(f"{fmt.name} input is {spec.dtype} scale {spec.scale} zero point "
                                   f"{spec.zero_point}, not raw uint8 pixels (scale 1, zero point 0)")
-        probs = runner.predict(val.x)
+        probs = outputs[fmt.value] = runner.predict(val.x)
         rec = compare(fmt, probs, reference, val.y, options.bounds, decision)
-        rec.update(export_seconds=round(seconds, 2), keras_sha256=keras_sha)
+        rec.update(export_seconds=round(seconds, 2), keras_sha256=keras_sha,
+                   output_scale=runner.outputs[0].scale if fmt.runtime == "litert" else output_scale(path))
         artifacts[fmt.value] = Artifact(
             format=fmt.value, path=fmt.filename, sha256=sha256_file(path), bytes=path.stat().st_size,
             runtime=fmt.runtime, inputs=runner.inputs, outputs=runner.outputs, status=rec["status"],
             validation=rec, quantization=dict(fmt.quantization),
             extra_files={name: sha256_file(tmp / name) for name in fmt.files[1:]},
+            output=output, activation=activation,
         )
         log(f"{fmt.value:15s} {path.stat().st_size / 1024:9.1f} KB  {seconds:6.1f} s  {rec['status']}"
             + (f" ({rec['reason']})" if "reason" in rec else ""))
-    return artifacts
+    return artifacts, outputs
+
+
+def _band_on_deployed(manifest: Manifest, artifacts: dict[str, Artifact], outputs: dict[str, np.ndarray],
+                      val, log: Log) -> None:
+    """Choose the uncertain band again on the validation crops as the format the device runs first
+    scores them (not as Keras does: an int8 model's top probabilities differ), keeping the cutoff;
+    each format's validation record says how the band calls those crops. Only for a two-class model
+    whose thresholds were chosen on validation data, with a labelled held-out validation set."""
+    from edgekit.thresholds import band_report, rechoose_band
+
+    pos = manifest.positive_index
+    if (pos is None or len(manifest.labels) != 2 or manifest.thresholds.source == "default"
+            or val.y is None or not val.held_out or len(set(np.asarray(val.y).tolist())) < 2):
+        return
+    deployed = next((f for f in formats.DEVICE_ORDER if f in artifacts and artifacts[f].status == "ok"), None)
+    if deployed is None:
+        return
+    y = np.asarray(val.y) == pos
+    before = manifest.thresholds
+    manifest.thresholds = rechoose_band(before, y, class_probabilities(outputs[deployed])[:, pos], deployed)
+    for key, art in artifacts.items():
+        if key in outputs:
+            art.validation["band"] = band_report(y, class_probabilities(outputs[key])[:, pos],
+                                                 manifest.thresholds)
+    t = manifest.thresholds
+    log(f"uncertain band on {deployed} outputs: [{t.negative:.4f}, {t.positive:.4f}) "
+        f"(was [{before.negative:.4f}, {before.positive:.4f})), cutoff {t.cutoff:.4f} kept")
 
 
 def _write_report(folder: Path, artifacts: dict[str, Artifact], calib, val, options: ExportOptions) -> str:
@@ -334,7 +384,8 @@ def export_bundle(source: Path, out: Path | None, options: ExportOptions, log: L
         else:
             keras_rel = str(keras_path.relative_to(source_dir))
         keras_art = _keras_artifact(manifest, model, keras_path, keras_rel)
-        new = _export_formats(model, manifest, options, tmp, calib, val, keras_art.sha256, log)
+        new, outputs = _export_formats(model, manifest, options, tmp, calib, val, keras_art.sha256, log)
+        _band_on_deployed(manifest, new, outputs, val, log)
         table = _write_report(tmp, new, calib, val, options)
         log(table)
         failed = [k for k, a in new.items() if a.status != "ok"]

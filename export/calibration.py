@@ -25,6 +25,7 @@ class Samples:
     x: np.ndarray
     y: np.ndarray | None
     source: str
+    held_out: bool = True  # not the calibration data reused: thresholds may be chosen on it
 
     def __len__(self) -> int:
         return len(self.x)

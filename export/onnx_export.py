@@ -19,10 +19,13 @@ from edgekit.manifest import Manifest
 CALIBRATION_BATCH = 16
 
 
-def onnx_metadata(manifest: Manifest) -> dict[str, str]:
-    """What a plain ONNX consumer needs to use the file without the manifest."""
+def onnx_metadata(manifest: Manifest, activation: str | None = None) -> dict[str, str]:
+    """What a plain ONNX consumer needs to use the file without the manifest (``activation``: the
+    file outputs logits, to which that activation must be applied)."""
     p = manifest.preprocessing
     return {
+        "output": "logits" if activation else "probabilities",
+        **({"activation": activation} if activation else {}),
         "labels": json.dumps(manifest.labels),
         "positive_label": manifest.positive_label or "",
         "input_size": json.dumps(list(p.input_size)),
@@ -68,6 +71,21 @@ def _rename_output(graph, old: str, new: str) -> None:
         node.output[:] = [new if o == old else o for o in node.output]
         node.input[:] = [new if i == old else i for i in node.input]
     graph.output[0].name = new
+
+
+def output_scale(path: Path) -> float | None:
+    """The quantization scale of a QDQ graph's output (its last DequantizeLinear), None when the
+    output is not quantized there: what one int8 step of the output is worth, for the record."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    out = graph.output[0].name
+    node = next((n for n in graph.node if out in n.output), None)
+    if node is None or node.op_type != "DequantizeLinear" or len(node.input) < 2:
+        return None
+    init = next((t for t in graph.initializer if t.name == node.input[1]), None)
+    return None if init is None else float(numpy_helper.to_array(init).ravel()[0])
 
 
 class _Reader:

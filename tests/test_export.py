@@ -102,7 +102,9 @@ def test_each_artifact_runs_in_its_runtime_as_the_manifest_says(bundle, cell_fol
         if key == "keras":
             continue
         fmt = formats.get(key)
-        runner = load_runner(fmt, bundle / a.path)
+        # every format ends at the logits; the runner applies the softmax as the manifest says
+        assert (a.output, a.activation) == ("logits", "softmax")
+        runner = load_runner(fmt, bundle / a.path, output=a.output, activation=a.activation)
         assert runner.inputs == a.inputs and runner.outputs == a.outputs
         probs = runner.predict(x)
         assert probs.shape == (4, 2) and np.allclose(probs.sum(axis=1), 1, atol=0.02)
@@ -118,8 +120,8 @@ def test_each_artifact_runs_in_its_runtime_as_the_manifest_says(bundle, cell_fol
     it.invoke()
     raw = it.get_tensor(d_out["index"])
     assert raw.dtype == np.uint8
-    p = (raw.astype(np.float32) - spec_out.zero_point) * spec_out.scale
-    assert np.argmax(p) == np.argmax(reference[0]) or abs(reference[0, 0] - 0.5) < 0.05
+    z = (raw.astype(np.float32) - spec_out.zero_point) * spec_out.scale  # logits: argmax as the softmax's
+    assert np.argmax(z) == np.argmax(reference[0]) or abs(reference[0, 0] - 0.5) < 0.05
     for key in ("onnx_fp32", "onnx_int8"):
         assert m.artifacts[key].inputs[0].dtype == "float32"
         assert m.artifacts[key].outputs[0].dtype == "float32"
@@ -145,6 +147,33 @@ def test_flipped_byte_is_refused(bundle, tmp_path):
     (copy / a.path).write_bytes(bytes(data))
     with pytest.raises(IntegrityError, match="sha256"):
         verify_artifact(copy, a)
+
+
+def test_band_is_chosen_on_the_deployed_formats_outputs(tiny_run, tmp_path):
+    """Thresholds chosen on validation (here: by hand, as train would) keep their cutoff; the band is
+    chosen again on the int8 TFLite outputs of the validation crops, and each format records how the
+    band calls them. A run whose thresholds are the defaults keeps them."""
+    from edgekit.export.bundle import export_bundle
+    from edgekit.manifest import Thresholds
+
+    run = _copy_run(tiny_run, tmp_path / "run")
+    m = load_manifest(run)
+    m.thresholds = Thresholds(0.9, 0.1, "validation crops (n=9), Keras outputs: cutoff by Youden J; band x",
+                              0.45)
+    m.save(run)
+    opts = ExportOptions(formats=(formats.get("tflite_int8"), formats.get("onnx_int8")), allow_drop=True)
+    out = export_bundle(run, tmp_path / "b", opts)
+    t = out.thresholds
+    assert t.cutoff == 0.45 and (t.positive, t.negative) != (0.9, 0.1)
+    assert t.source.startswith("validation crops (n=9), Keras outputs: cutoff by Youden J; band: ")
+    assert "on tflite_int8 outputs of the validation crops" in t.source
+    for key in ("tflite_int8", "onnx_int8"):
+        band = out.artifacts[key].validation["band"]
+        assert band["positive_edge"] == t.positive and band["called_positive"] + band["called_negative"] \
+            + band["uncertain"] == out.artifacts[key].validation["n"]
+        assert out.artifacts[key].validation["output_scale"] > 0  # one int8 step of the logits
+    default = export_bundle(tiny_run, tmp_path / "d", opts)
+    assert default.thresholds == load_manifest(tiny_run).thresholds  # nothing chosen on validation
 
 
 # ---------------------------------------------------------------- failures leave nothing behind

@@ -42,11 +42,11 @@ def test_identical_runs_pass(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("change", "failing"), [
-    ({"p_tflite": 0.25 + 2 / 256}, "classify tflite_int8"),  # beyond one uint8 output step
-    ({"p_onnx": 0.5 + 5 / 255}, "classify onnx_int8"),  # beyond the 4/255 bound
+    ({"p_tflite": 0.25 + 2 * pe.TFLITE_BOUND}, "classify tflite_int8"),  # beyond one output step
+    ({"p_onnx": 0.5 + 1.25 * pe.ONNX_BOUND}, "classify onnx_int8"),  # beyond the 4-step bound
     ({"decision": "positive"}, "classify "),  # a flipped decision (both formats here)
     ({"field_box": (1, 2, 30, 41)}, "field"),  # a cell found elsewhere
-    ({"field_p": 0.01 + 2 / 256}, "field"),  # a cell's p beyond one output step
+    ({"field_p": 0.01 + 2 * pe.TFLITE_BOUND}, "field"),  # a cell's p beyond one output step
     ({"board": "host"}, "bench detects"),
 ])
 def test_each_difference_is_caught(tmp_path: Path, change: dict, failing: str) -> None:
@@ -56,9 +56,10 @@ def test_each_difference_is_caught(tmp_path: Path, change: dict, failing: str) -
 
 
 def test_within_bounds_passes(tmp_path: Path) -> None:
-    # measured on QEMU cortex-a72/a76: LiteRT int8 one uint8 output step (1/256) off x86
+    # measured on QEMU cortex-a72/a76: LiteRT int8 one uint8 output step off x86
     x86 = _probe_dir(tmp_path / "x86")
-    arm = _probe_dir(tmp_path / "arm", p_onnx=0.5 + 3 / 255, p_tflite=0.25 + 1 / 256, field_p=0.0139)
+    arm = _probe_dir(tmp_path / "arm", p_onnx=0.5 + 0.75 * pe.ONNX_BOUND,
+                     p_tflite=0.25 + 0.9 * pe.TFLITE_BOUND, field_p=0.01 + 0.9 * pe.TFLITE_BOUND)
     assert all(c["ok"] for c in pe.compare_outputs(x86, arm))
 
 
