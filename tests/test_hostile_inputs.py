@@ -238,3 +238,26 @@ def test_a_video_source_that_gives_no_frame_is_an_error(tmp_path):
     fake.write_text("not an image\n")
     res = CliRunner().invoke(main, ["camera", "--source", str(fake), "--max-frames", "2"])
     assert res.exit_code == 2 and "gave no frame" in res.output, res.output
+
+
+def test_a_model_swapped_after_its_check_is_not_what_runs(tmp_path, monkeypatch):
+    """The runtime loads the bytes that were hashed, not the path again: a file replaced between the
+    sha256 check and the load (here: by garbage, right after the check) changes nothing."""
+    import json
+
+    from edgekit.device import runtime
+
+    bundle = golden_copy(tmp_path / "b")
+    model = bundle / "model_int8.tflite"
+
+    def swap_after_check(rt, path, sha, content=None):
+        assert content is not None and Path(path) == model
+        model.write_bytes(os.urandom(len(content)))
+
+    monkeypatch.setattr(runtime, "probe_model", swap_after_check)
+    clf = runtime.load_classifier(bundle, "tflite_int8")
+    expected = json.loads((GOLDEN / "expected.json").read_text())
+    from edgekit.device.preprocess import load_for_model
+
+    batch = np.stack([load_for_model(CELLS / name, clf.manifest.preprocessing) for name in expected["crops"]])
+    assert np.allclose(clf.predict(batch), expected["probabilities"]["tflite_int8"], atol=1e-6)
