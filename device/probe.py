@@ -12,8 +12,6 @@ parent will load).
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -46,6 +44,9 @@ def probe_model(runtime: str, path: str | os.PathLike, sha256: str, content: byt
     marker = _marker(sha256, runtime)
     if marker.is_file():
         return
+    import signal
+    import subprocess  # only for a model not seen before (cold start)
+
     import edgekit
 
     env = dict(os.environ)

@@ -206,6 +206,10 @@ def load_classifier(
         if bundle_dir.is_file() and bundle_dir.name == "manifest.json":
             bundle_dir = bundle_dir.parent
     data = read_manifest_data(bundle_dir)
+    if data.get("domain"):  # the guard's colour tables build while the bundle is checked and loaded
+        from edgekit.device.domain import warm_up
+
+        warm_up()
     trust = require_trusted(bundle_dir, data, allow_unsigned)
     if not trust.trusted:
         (warn or _warn)(f"warning: running an untrusted bundle {bundle_dir}: {trust.reason}")

@@ -174,7 +174,7 @@ def test_probe_runs_once_per_model(tmp_path, monkeypatch):
     sha = sha256_file(art)
     probe.probe_model("litert", art, sha)
     assert (tmp_path / "cache" / "probed" / f"{sha}.litert").is_file()
-    monkeypatch.setattr(probe.subprocess, "run", lambda *a, **k: pytest.fail("probed twice"))
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("probed twice"))
     probe.probe_model("litert", art, sha)
 
 
