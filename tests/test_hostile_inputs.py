@@ -261,3 +261,21 @@ def test_a_model_swapped_after_its_check_is_not_what_runs(tmp_path, monkeypatch)
 
     batch = np.stack([load_for_model(CELLS / name, clf.manifest.preprocessing) for name in expected["crops"]])
     assert np.allclose(clf.predict(batch), expected["probabilities"]["tflite_int8"], atol=1e-6)
+
+
+def test_reading_a_small_file_does_not_allocate_the_bound(tmp_path):
+    """read(n) allocates n bytes first: a 4 kB photo must not cost the 256 MB read bound (an address
+    space a small board's ulimit may not have)."""
+    import tracemalloc
+
+    from edgekit.safefile import read_regular_bytes
+
+    f = tmp_path / "small.jpg"
+    f.write_bytes(os.urandom(4096))
+    tracemalloc.start()
+    try:
+        data = read_regular_bytes(f, 256 << 20, "image")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert data == f.read_bytes() and peak < 1 << 20
