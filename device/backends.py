@@ -238,15 +238,17 @@ class OnnxBackend:
         return dequantize(np.asarray(y), None, None)
 
 
-def open_tflite(path: str | Path, threads: int | None = None) -> TFLiteBackend:
-    """LiteRT (``ai-edge-litert``) first; ``tflite-runtime`` as a fallback for older boards."""
+def open_tflite(path: str | Path, threads: int | None = None, content: bytes | None = None) -> TFLiteBackend:
+    """LiteRT (``ai-edge-litert``) first; ``tflite-runtime`` as a fallback for older boards. ``content``:
+    the model's already-verified bytes, loaded instead of reading ``path`` again."""
+    source = {"model_path": str(path)} if content is None else {"model_content": content}
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
         Interpreter = None
     if Interpreter is not None:
         try:
-            return TFLiteBackend(Interpreter(model_path=str(path), num_threads=threads))
+            return TFLiteBackend(Interpreter(**source, num_threads=threads))
         except (ValueError, RuntimeError) as exc:
             raise BundleError(f"LiteRT cannot load {path}: {_first_line(exc)}") from exc
     try:
@@ -257,7 +259,7 @@ def open_tflite(path: str | Path, threads: int | None = None) -> TFLiteBackend:
             + platform_hint()
         ) from exc
     try:
-        return TFLiteBackend(LegacyInterpreter(model_path=str(path), num_threads=threads))
+        return TFLiteBackend(LegacyInterpreter(**source, num_threads=threads))
     except (ValueError, RuntimeError) as exc:
         raise BundleError(
             f"tflite-runtime cannot load {path} ({_first_line(exc)}); it is probably older than the "
@@ -265,7 +267,8 @@ def open_tflite(path: str | Path, threads: int | None = None) -> TFLiteBackend:
         ) from exc
 
 
-def open_onnx(path: str | Path, threads: int | None = None) -> OnnxBackend:
+def open_onnx(path: str | Path, threads: int | None = None, content: bytes | None = None) -> OnnxBackend:
+    """onnxruntime on the CPU; ``content`` as for :func:`open_tflite`."""
     try:
         import onnxruntime as ort
     except ImportError as exc:
@@ -275,7 +278,8 @@ def open_onnx(path: str | Path, threads: int | None = None) -> OnnxBackend:
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1
     try:
-        session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(path) if content is None else content, sess_options=opts,
+                                       providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for bad files
         raise BundleError(f"onnxruntime cannot load {path}: {_first_line(exc)}") from exc
     return OnnxBackend(session)
@@ -284,11 +288,14 @@ def open_onnx(path: str | Path, threads: int | None = None) -> OnnxBackend:
 OPENERS = {"litert": open_tflite, "onnxruntime": open_onnx}
 
 
-def open_backend(runtime: str, path: str | Path, threads: int | None = None) -> Backend:
-    """Open ``path`` with the named runtime (``litert`` or ``onnxruntime``)."""
+def open_backend(
+    runtime: str, path: str | Path, threads: int | None = None, content: bytes | None = None
+) -> Backend:
+    """Open ``path`` (or its verified bytes ``content``) with the named runtime (``litert`` or
+    ``onnxruntime``)."""
     if runtime not in OPENERS:
         raise BundleError(f"runtime {runtime!r} is not available on the device (use litert or onnxruntime)")
-    return OPENERS[runtime](path, threads)
+    return OPENERS[runtime](path, threads, content)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from edgekit.cli_options import model_option
+from edgekit.cli_options import allow_unsigned_option, model_option
 
 
 def _write_overlay(report: Any, overlay_dir: Path) -> Path | None:
@@ -40,8 +40,7 @@ def _write_overlay(report: Any, overlay_dir: Path) -> Path | None:
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=64, show_default=True,
               help="Cell crops per inference call.")
 @click.option("--count-only", is_flag=True, help="Find and count cells without classifying them.")
-@click.option("--allow-unsigned", is_flag=True, envvar="EDGEKIT_ALLOW_UNSIGNED",
-              help="Run a bundle not signed by a trusted key (development only).")
+@allow_unsigned_option()
 def field(images: tuple[str, ...], bundle: Path | None, overlay_dir: Path | None, out_format: str,
           threads: int | None, batch_size: int, count_only: bool, allow_unsigned: bool) -> None:
     """Find every red cell in whole microscope fields, classify each, and report parasitemia.

@@ -47,6 +47,8 @@ class Outcome:
     content_hash: str | None = None
     seconds: float = 0.0
     domain_score: float | None = None  # distance from the bundle's training cells (edgekit.device.domain)
+    # the decoded RGB crop the model was given, kept until its batch is recorded (crops for review)
+    pixels: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 def workers(threads: int | None) -> int:
@@ -229,6 +231,7 @@ def _load_one(
             out.status, out.reason = "rejected", reason
         else:
             x = prepare(rgb, pre)
+            out.pixels = rgb
     except ImageError as exc:
         out.reason = str(exc)
     except MemoryError:

@@ -4,14 +4,14 @@ command, and the user gets one line instead of exit 134 and silence. Models that
 remembered in ``$EDGEKIT_CACHE`` (default ``$XDG_CACHE_HOME/edgekit``, ``~/.cache/edgekit``), so the
 cost (about a second: a Python start plus the runtime import) is paid once per model and runtime.
 
-Run as ``python -m edgekit.device.probe RUNTIME PATH`` (what the parent does).
+Run as ``python -m edgekit.device.probe RUNTIME PATH [--stdin]`` (what the parent does; with
+``--stdin`` the model's verified bytes come on standard input, so the child checks exactly what the
+parent will load).
 """
 
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -37,23 +37,29 @@ def _tail(text: str) -> str:
     return lines[-1][:300] if lines else ""
 
 
-def probe_model(runtime: str, path: str | os.PathLike, sha256: str) -> None:
-    """Raise :class:`BundleError` when loading ``path`` and running one input crashes or fails in a
-    child process; return quietly when it works (or worked before for this sha256 and runtime)."""
+def probe_model(runtime: str, path: str | os.PathLike, sha256: str, content: bytes | None = None) -> None:
+    """Raise :class:`BundleError` when loading ``path`` (or its verified bytes ``content``) and running
+    one input crashes or fails in a child process; return quietly when it works (or worked before for
+    this sha256 and runtime)."""
     marker = _marker(sha256, runtime)
     if marker.is_file():
         return
+    import signal
+    import subprocess  # only for a model not seen before (cold start)
+
     import edgekit
 
     env = dict(os.environ)
     root = str(Path(edgekit.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "edgekit.device.probe", runtime, str(path)],
-            stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace",
-            timeout=PROBE_TIMEOUT_S, env=env,
+        args = [sys.executable, "-m", "edgekit.device.probe", runtime, str(path)]
+        run = subprocess.run(
+            args + (["--stdin"] if content else []),
+            input=content or b"", capture_output=True, timeout=PROBE_TIMEOUT_S, env=env,
         )
+        proc = subprocess.CompletedProcess(run.args, run.returncode, run.stdout.decode(errors="replace"),
+                                           run.stderr.decode(errors="replace"))
     except subprocess.TimeoutExpired as exc:
         raise BundleError(f"{runtime} did not finish loading {path} within {PROBE_TIMEOUT_S:.0f} s; "
                           "refusing to use it") from exc
@@ -77,13 +83,13 @@ def probe_model(runtime: str, path: str | os.PathLike, sha256: str) -> None:
         pass  # a read-only cache only costs a probe per load
 
 
-def _child(runtime: str, path: str) -> int:
+def _child(runtime: str, path: str, content: bytes | None = None) -> int:
     import numpy as np
 
     from edgekit.device.backends import open_backend
 
     try:
-        backend = open_backend(runtime, path, 1)
+        backend = open_backend(runtime, path, 1, content)
         spec = backend.inputs[0]
         shape = [1 if d in (-1, 0) else int(d) for d in spec.shape]
         backend.run(np.zeros(shape, np.uint8))
@@ -97,4 +103,4 @@ def _child(runtime: str, path: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_child(sys.argv[1], sys.argv[2]))
+    sys.exit(_child(sys.argv[1], sys.argv[2], sys.stdin.buffer.read() if "--stdin" in sys.argv[3:] else None))

@@ -112,9 +112,9 @@ def check_quality(
 def border_lit(rgb: np.ndarray, dark_level: int = DEFAULT_GATES.dark_level) -> float:
     """Fraction of the image's outer one-pixel frame brighter than the background level. A cell
     cropped on black touches its box only at a few points; a field, a photo or noise is lit all round."""
-    lit = rgb.max(axis=2) > dark_level if rgb.ndim == 3 else rgb > dark_level
-    frame = np.concatenate([lit[0], lit[-1], lit[1:-1, 0], lit[1:-1, -1]])
-    return float(frame.mean())
+    frame = np.concatenate([rgb[0], rgb[-1], rgb[1:-1, 0], rgb[1:-1, -1]])  # only the frame's pixels
+    lit = frame.max(axis=1) > dark_level if rgb.ndim == 3 else frame > dark_level
+    return float(lit.mean())
 
 
 def check_cell(rgb: np.ndarray, domain: Domain, dark_level: int = DEFAULT_GATES.dark_level,

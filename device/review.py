@@ -45,16 +45,30 @@ def encode_png(rgb: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-def keep_for_review(store: RecordStore, session: Session, out: Any, image: Any, cutoff: float) -> None:
-    """After a crop is recorded: keep its PNG when it is flagged for review (see module doc)."""
-    p = out.prediction
-    if out.status != "classified" or p is None or not flagged(p.p_positive, p.decision, cutoff):
-        return
-    if not isinstance(image, np.ndarray):
+def review_crops(outs: Sequence[Any], images: Sequence[Any], cutoff: float | None,
+                 n_workers: int = 1) -> dict[str, bytes]:
+    """content hash -> PNG of each cell of a batch flagged for review (see module doc), to be kept
+    with the batch's records (:meth:`RecordStore.add_records`). The pixels are the ones the model was
+    given: the outcome's decoded crop (``pixels``), else the in-memory crop, else the file read
+    again; encoded in ``n_workers`` threads."""
+    from edgekit.device.pipeline import prefetch
+
+    todo = []
+    for out, image in zip(outs, images, strict=True):
+        p = out.prediction
+        if out.status == "classified" and p is not None and out.content_hash \
+                and flagged(p.p_positive, p.decision, cutoff):
+            todo.append((out.content_hash, getattr(out, "pixels", None), image))
+    return dict(zip((h for h, _, _ in todo), prefetch(_crop_png, todo, n_workers), strict=True))
+
+
+def _crop_png(item: tuple[str, np.ndarray | None, Any]) -> bytes:
+    _, pixels, image = item
+    if pixels is None and not isinstance(image, np.ndarray):
         from edgekit.device.preprocess import read_image
 
-        image = read_image(image)
-    store.save_crop(session, out.content_hash, encode_png(image))
+        pixels = read_image(image)
+    return encode_png(image if pixels is None else pixels)
 
 
 def model_call(r: Mapping[str, Any], cutoff: float | None) -> bool:

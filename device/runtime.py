@@ -28,7 +28,7 @@ from edgekit.manifest import (
     TensorSpec,
     artifact_path,
     read_manifest_data,
-    verify_artifact,
+    read_verified_artifact,
 )
 from edgekit.signing import require_trusted
 
@@ -206,21 +206,26 @@ def load_classifier(
         if bundle_dir.is_file() and bundle_dir.name == "manifest.json":
             bundle_dir = bundle_dir.parent
     data = read_manifest_data(bundle_dir)
+    if data.get("domain"):  # the guard's colour tables build while the bundle is checked and loaded
+        from edgekit.device.domain import warm_up
+
+        warm_up()
     trust = require_trusted(bundle_dir, data, allow_unsigned)
     if not trust.trusted:
         (warn or _warn)(f"warning: running an untrusted bundle {bundle_dir}: {trust.reason}")
     manifest = Manifest.from_dict(data)
     artifact = resolve_artifact(manifest, fmt, allow_failed=allow_failed)
+    content = None
     if verify:
-        path = verify_artifact(bundle_dir, artifact)
-        probe_model(artifact.runtime, path, artifact.sha256)
+        path, content = read_verified_artifact(bundle_dir, artifact)
+        probe_model(artifact.runtime, path, artifact.sha256, content)
     else:
         path = artifact_path(bundle_dir, artifact)
         if not path.is_file():
             raise BundleError(f"artifact {artifact.format} missing: {path}")
     if threads is not None and threads < 1:
         raise BundleError(f"threads must be at least 1, not {threads}")
-    backend = open_backend(artifact.runtime, path, threads)
+    backend = open_backend(artifact.runtime, path, threads, content)
     _check_declared_io(artifact, backend)
     return Classifier(manifest, artifact, bundle_dir, backend)
 

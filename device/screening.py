@@ -26,7 +26,7 @@ from edgekit.device.pipeline import (
     prefetch,
 )
 from edgekit.device.quality import DEFAULT_GATES, QualityGates
-from edgekit.device.review import keep_for_review
+from edgekit.device.review import review_crops
 from edgekit.errors import ImageError
 from edgekit.manifest import Decision, Domain, PatientRule
 from edgekit.metrics import wilson_interval
@@ -206,11 +206,12 @@ def record_crops(
             outs[i] = out
         done_outs = [o for o in outs if o is not None]
         rows = [outcome_row(o, source_kind) for o in done_outs if o.status != "skipped" and o.content_hash]
+        # flagged cells' crops, for review: committed with their records
+        kept = review_crops(found, [t[2] for t in todo], classifier.manifest.decision.cutoff, n_workers)
+        for out in found:
+            out.pixels = None
         if rows:
-            store.add_records(session, rows)
-        cutoff = classifier.manifest.decision.cutoff
-        for (_, _, image, _), out in zip(todo, found, strict=True):  # flagged cells' crops, for review
-            keep_for_review(store, session, out, image, cutoff)
+            store.add_records(session, rows, kept)
         for out in done_outs:  # reported only once committed
             tally.add(out.status)
             counted += out.status == "classified"

@@ -460,17 +460,25 @@ def artifact_path(folder: str | os.PathLike, artifact: Artifact, rel: str | None
     return path
 
 
-def verify_artifact(folder: str | os.PathLike, artifact: Artifact) -> Path:
-    """Return the artifact's (first) path after checking each of its files stays in the bundle, is a
-    regular file (the first one of the recorded size) and matches its sha256 in the manifest."""
+MAX_MODEL_IN_MEMORY = 256 << 20  # larger single-file models are loaded from their path after the check
+
+
+def read_verified_artifact(folder: str | os.PathLike, artifact: Artifact) -> tuple[Path, bytes | None]:
+    """Check each of the artifact's files stays in the bundle, is a regular file (the first one of the
+    recorded size) and matches its sha256 in the manifest. Returns the (first) path and, for a
+    single-file model of at most 256 MB, the very bytes that were hashed: loading those instead of
+    the path leaves no window in which the file could be swapped after its check."""
     from edgekit.safefile import NotRegularFile, open_regular
 
+    content: bytes | None = None
     for rel, want in artifact.files.items():
         path = artifact_path(folder, artifact, rel)
         try:
             f = open_regular(path, f"artifact {artifact.format}")
         except NotRegularFile as exc:
             raise BundleError(f"artifact {artifact.format} missing or unusable: {exc}") from exc
+        keep = rel == artifact.path and len(artifact.files) == 1 and artifact.bytes <= MAX_MODEL_IN_MEMORY
+        blocks: list[bytes] = []
         with f:
             size = os.fstat(f.fileno()).st_size
             if rel == artifact.path and size != artifact.bytes:
@@ -480,13 +488,22 @@ def verify_artifact(folder: str | os.PathLike, artifact: Artifact) -> Path:
             h = hashlib.sha256()
             while block := f.read(1 << 20):
                 h.update(block)
+                if keep:
+                    blocks.append(block)
         digest = h.hexdigest()
         if digest != want:
             raise IntegrityError(
                 f"{path} fails its sha256 check (manifest {want[:12]}…, file {digest[:12]}…):"
                 " the model file is corrupt or was tampered with; refusing to load it"
             )
-    return artifact_path(folder, artifact)
+        if keep:
+            content = b"".join(blocks)
+    return artifact_path(folder, artifact), content
+
+
+def verify_artifact(folder: str | os.PathLike, artifact: Artifact) -> Path:
+    """:func:`read_verified_artifact`, for callers that load the model by its path."""
+    return read_verified_artifact(folder, artifact)[0]
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

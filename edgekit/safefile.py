@@ -69,7 +69,14 @@ def read_regular_bytes(path: str | os.PathLike, max_bytes: int, what: str = "fil
         if size > max_bytes:
             raise NotRegularFile(f"{what} {path} is too large ({size} bytes > {max_bytes})",
                                  f"too large ({size} bytes > {max_bytes})")
-        data = f.read(max_bytes + 1)
+        # read(n) allocates n bytes up front: ask for the file's size (+1 to notice growth), not the
+        # bound, or every 4 MB photo costs a 256 MB allocation
+        chunks = [f.read(size + 1)]
+        total = len(chunks[0])
+        while total > size and total <= max_bytes and (more := f.read(min(1 << 20, max_bytes + 1 - total))):
+            chunks.append(more)  # the file grew while being read: keep going, still bounded
+            total += len(more)
+        data = b"".join(chunks) if len(chunks) > 1 else chunks[0]
     if len(data) > max_bytes:
         raise NotRegularFile(f"{what} {path} is too large (> {max_bytes} bytes)",
                              f"too large (> {max_bytes} bytes)")

@@ -61,10 +61,7 @@ def allow_unsigned_from_env() -> bool:
 
 def key_id(public_key: Any) -> str:
     """16 hex digits of the sha256 of the raw public key: how a signature names its key."""
-    from cryptography.hazmat.primitives import serialization
-
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:16]
+    return hashlib.sha256(public_key.public_bytes_raw()).hexdigest()[:16]
 
 
 def _read_small(path: Path, what: str) -> bytes:
@@ -88,14 +85,37 @@ def load_private_key(path: str | os.PathLike) -> Any:
     return key
 
 
+# DER of an Ed25519 SubjectPublicKeyInfo before its 32 key bytes (RFC 8410)
+_ED25519_SPKI = bytes.fromhex("302a300506032b6570032100")
+
+
+def _ed25519_raw(pem: bytes) -> bytes | None:
+    """The 32 raw key bytes of a PEM Ed25519 public key, else None (parsed by cryptography's loader)."""
+    lines = pem.strip().splitlines()
+    if len(lines) < 3 or (lines[0], lines[-1]) != (b"-----BEGIN PUBLIC KEY-----",
+                                                   b"-----END PUBLIC KEY-----"):
+        return None
+    try:
+        der = base64.b64decode(b"".join(lines[1:-1]), validate=True)
+    except ValueError:
+        return None
+    return der[len(_ED25519_SPKI):] if len(der) == 44 and der.startswith(_ED25519_SPKI) else None
+
+
 def load_public_key(path: str | os.PathLike) -> Any:
-    """An Ed25519 public key from a PEM ``.pub`` file."""
-    from cryptography.hazmat.primitives import serialization
+    """An Ed25519 public key from a PEM ``.pub`` file. The usual PEM of an Ed25519 key is read without
+    cryptography's serialization module (half of its import time, on every device start)."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     path = Path(path)
+    pem = _read_small(path, "public key")
+    raw = _ed25519_raw(pem)
+    if raw is not None:
+        return Ed25519PublicKey.from_public_bytes(raw)
+    from cryptography.hazmat.primitives import serialization
+
     try:
-        key = serialization.load_pem_public_key(_read_small(path, "public key"))
+        key = serialization.load_pem_public_key(pem)
     except (ValueError, TypeError) as exc:
         raise SignatureError(f"{path} is not a PEM public key ({exc})") from exc
     if not isinstance(key, Ed25519PublicKey):

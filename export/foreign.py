@@ -47,6 +47,7 @@ class ImportOptions:
     positive_index: int | None = None
     threshold: float = 0.5
     name: str | None = None
+    logits: str | None = None  # the outputs are logits: the activation the device applies (softmax | sigmoid)
 
 
 def _layout(shape: list[int]) -> tuple[int, int, int] | None:
@@ -150,7 +151,7 @@ def _probe(classifier, pre: Preprocessing) -> None:
     if not np.all(np.isfinite(y)) or y.min() < -1e-3 or y.max() > 1 + 1e-3 or np.abs(sums - 1).max() > 0.02:
         raise BundleError(
             f"the model's outputs are not probabilities (a row sums to {sums[0]:.3g}, range "
-            f"{y.min():.3g}..{y.max():.3g}); edgekit needs a softmax output"
+            f"{y.min():.3g}..{y.max():.3g}); edgekit needs a softmax output, or logits declared with --logits"
         )
 
 
@@ -184,6 +185,7 @@ def import_model(model: str | Path, out: str | Path, opts: ImportOptions, force:
         format=fmt, path=model.name, sha256=sha256_file(model), bytes=model.stat().st_size, runtime=runtime,
         inputs=backend.inputs, outputs=backend.outputs, status="ok",
         validation={"check": "imported", "note": "not validated by edgekit: a model brought as it is"},
+        output="probabilities" if opts.logits is None else "logits", activation=opts.logits,
     )
     positive = None if opts.positive_index is None else opts.labels[opts.positive_index]
     manifest = Manifest(

@@ -75,13 +75,16 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
               help="Output index of the positive class (e.g. 0 = infected); enables screening decisions.")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Cell cut on the positive probability (not calibrated by edgekit).")
+@click.option("--logits", type=click.Choice(["softmax", "sigmoid"]),
+              help="The model outputs logits: the device applies this activation in float (default: the "
+                   "outputs are probabilities already).")
 @click.option("--name", help="Model name in the manifest (default: the file name).")
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Bundle folder to write.")
 @click.option("--force", is_flag=True, help="Overwrite a bundle already in OUT.")
 def import_model(model: Path, labels: str, input_size: tuple[int, int] | None, scale: float | None,
                  mean: list[float] | None, std: list[float] | None, resize: str, color_order: str | None,
-                 positive_index: int | None, threshold: float, name: str | None, out: Path,
-                 force: bool) -> None:
+                 positive_index: int | None, threshold: float, logits: str | None, name: str | None,
+                 out: Path, force: bool) -> None:
     """Wrap a TFLite or ONNX model trained elsewhere into a bundle, checking the stated preprocessing
     and labels against the model's tensors; `classify`, `screen`, `field` and `bench` then run it."""
     from edgekit.export.foreign import ImportOptions
@@ -89,7 +92,7 @@ def import_model(model: Path, labels: str, input_size: tuple[int, int] | None, s
 
     opts = ImportOptions(labels=_labels(labels), input_size=input_size, scale=scale, mean=mean or [0.0],
                          std=std or [1.0], resize=resize, color_order=color_order,
-                         positive_index=positive_index, threshold=threshold, name=name)
+                         positive_index=positive_index, threshold=threshold, name=name, logits=logits)
     manifest = run_import(model, out, opts, force=force)
     (fmt, art), = manifest.artifacts.items()
     p = manifest.preprocessing

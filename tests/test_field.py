@@ -217,6 +217,42 @@ def test_piled_up_cells_are_rejected():
     assert rep.rejected and "overlap" in rep.rejected and rep.n_cells == 0
 
 
+def _ring_field(radius: int = 22, per_ring: int = 8) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+    """A field with no isolated cell: rings of touching biconcave discs (pale centres), each ring
+    enclosing clear background, and the rings touching one another; returns it and the discs' boxes."""
+    import cv2
+
+    rgb = np.empty((480, 640, 3), np.float32)
+    rgb[:] = SMEAR_BACKGROUND
+    ring = radius / np.sin(np.pi / per_ring) * 0.97  # neighbours overlap a little
+    step = int(2 * (ring + radius) * 0.98)
+    boxes = []
+    yy, xx = np.mgrid[:480, :640]
+    for cy in range(int(ring + radius) + 4, 480 - int(ring + radius), step):
+        for cx in range(int(ring + radius) + 4, 640 - int(ring + radius), step):
+            for k in range(per_ring):
+                a = 2 * np.pi * k / per_ring
+                y, x = cy + ring * np.sin(a), cx + ring * np.cos(a)
+                d2 = (yy - y) ** 2 + (xx - x) ** 2
+                rgb[d2 < radius**2] = (196, 128, 150)
+                rgb[d2 < (0.4 * radius) ** 2] = (206, 168, 184)  # the pale centre
+                boxes.append((int(x - radius), int(y - radius), int(x + radius) + 1, int(y + radius) + 1))
+    rgb += np.random.default_rng(0).normal(0, 2.0, rgb.shape)
+    return cv2.GaussianBlur(np.clip(rgb, 0, 255).astype(np.uint8), (3, 3), 0), boxes
+
+
+def test_touching_cells_around_clear_background_are_split():
+    """Background enclosed by a ring of touching cells stays background (only stained holes, the
+    pale centres, are filled), and with no isolated cell in the field the radius still comes out
+    as one cell's, so every disc is found on its own."""
+    rgb, boxes = _ring_field()
+    cells, radius, reason = count_cells(rgb)
+    assert reason is None
+    assert 0.85 * 22 <= radius <= 1.2 * 22
+    assert match([c.box for c in cells], boxes) >= 0.9 * len(boxes)
+    assert len(cells) <= 1.1 * len(boxes)
+
+
 def test_iter_field_crops(tmp_path, generated_field):
     field, boxes, _ = generated_field
     path = write_image(tmp_path / "smear 1.png", field)

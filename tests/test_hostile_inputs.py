@@ -174,7 +174,7 @@ def test_probe_runs_once_per_model(tmp_path, monkeypatch):
     sha = sha256_file(art)
     probe.probe_model("litert", art, sha)
     assert (tmp_path / "cache" / "probed" / f"{sha}.litert").is_file()
-    monkeypatch.setattr(probe.subprocess, "run", lambda *a, **k: pytest.fail("probed twice"))
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("probed twice"))
     probe.probe_model("litert", art, sha)
 
 
@@ -238,3 +238,44 @@ def test_a_video_source_that_gives_no_frame_is_an_error(tmp_path):
     fake.write_text("not an image\n")
     res = CliRunner().invoke(main, ["camera", "--source", str(fake), "--max-frames", "2"])
     assert res.exit_code == 2 and "gave no frame" in res.output, res.output
+
+
+def test_a_model_swapped_after_its_check_is_not_what_runs(tmp_path, monkeypatch):
+    """The runtime loads the bytes that were hashed, not the path again: a file replaced between the
+    sha256 check and the load (here: by garbage, right after the check) changes nothing."""
+    import json
+
+    from edgekit.device import runtime
+
+    bundle = golden_copy(tmp_path / "b")
+    model = bundle / "model_int8.tflite"
+
+    def swap_after_check(rt, path, sha, content=None):
+        assert content is not None and Path(path) == model
+        model.write_bytes(os.urandom(len(content)))
+
+    monkeypatch.setattr(runtime, "probe_model", swap_after_check)
+    clf = runtime.load_classifier(bundle, "tflite_int8")
+    expected = json.loads((GOLDEN / "expected.json").read_text())
+    from edgekit.device.preprocess import load_for_model
+
+    batch = np.stack([load_for_model(CELLS / name, clf.manifest.preprocessing) for name in expected["crops"]])
+    assert np.allclose(clf.predict(batch), expected["probabilities"]["tflite_int8"], atol=1e-6)
+
+
+def test_reading_a_small_file_does_not_allocate_the_bound(tmp_path):
+    """read(n) allocates n bytes first: a 4 kB photo must not cost the 256 MB read bound (an address
+    space a small board's ulimit may not have)."""
+    import tracemalloc
+
+    from edgekit.safefile import read_regular_bytes
+
+    f = tmp_path / "small.jpg"
+    f.write_bytes(os.urandom(4096))
+    tracemalloc.start()
+    try:
+        data = read_regular_bytes(f, 256 << 20, "image")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert data == f.read_bytes() and peak < 1 << 20

@@ -176,3 +176,21 @@ def test_imported_manifest_round_trips(tmp_path: Path) -> None:
     code, text = _import(str(GOLDEN / "model_fp32.tflite"), "--labels", LABELS, "--scale", "1",
                          "-o", str(tmp_path / "b"))
     assert code == 2 and "already holds a bundle" in text
+
+
+def test_a_model_that_outputs_logits_is_imported_with_its_activation(tmp_path: Path) -> None:
+    """The shipped default's int8 file ends at the logits: refused as not probabilities unless
+    --logits names the activation; then it predicts exactly what the default bundle does."""
+    from edgekit.device.runtime import default_bundle_dir
+
+    model = default_bundle_dir() / "model_int8.tflite"
+    code, text = _import(str(model), "--labels", LABELS, "-o", str(tmp_path / "no"))
+    assert code == 2 and "--logits" in text
+    code, text = _import(str(model), "--labels", LABELS, "--logits", "softmax", "-o", str(tmp_path / "ok"))
+    assert code == 0, text
+    art = load_manifest(tmp_path / "ok").artifacts["tflite_int8"]
+    assert (art.output, art.activation) == ("logits", "softmax")
+    x = np.random.default_rng(3).integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)
+    got = load_classifier(tmp_path / "ok", allow_unsigned=True).predict(x)
+    want = load_classifier(default_bundle_dir(), "tflite_int8").predict(x)
+    assert np.array_equal(got, want) and np.allclose(got.sum(axis=1), 1, atol=1e-5)

@@ -157,3 +157,26 @@ def test_signature_check_is_cheap():
         assert check_bundle(default_bundle_dir(), data).trusted
     per_load = (time.perf_counter() - t0) / 20
     assert per_load < 0.05, f"signature check took {per_load * 1000:.1f} ms per load"
+
+
+def test_public_keys_read_without_the_serialization_module_equal_cryptographys(tmp_path):
+    """The short PEM path for Ed25519 keys gives cryptography's key; other keys still go through
+    cryptography's loader (an RSA key is refused, a malformed file is one clear error)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from edgekit.signing import PACKAGE_KEYS, load_public_key
+
+    _, pub = generate_keypair(tmp_path / "k")
+    for path in [pub, *PACKAGE_KEYS.glob("*.pub")]:
+        ref = serialization.load_pem_public_key(path.read_bytes())
+        assert load_public_key(path).public_bytes_raw() == ref.public_bytes_raw()
+    other = rsa.generate_private_key(public_exponent=65537, key_size=1024).public_key()
+    (tmp_path / "rsa.pub").write_bytes(other.public_bytes(serialization.Encoding.PEM,
+                                                          serialization.PublicFormat.SubjectPublicKeyInfo))
+    with pytest.raises(SignatureError, match="not an Ed25519 public key"):
+        load_public_key(tmp_path / "rsa.pub")
+    text = pub.read_text().replace("A", "!", 1)
+    (tmp_path / "bad.pub").write_text(text)
+    with pytest.raises(SignatureError, match="not a PEM public key"):
+        load_public_key(tmp_path / "bad.pub")

@@ -16,7 +16,9 @@ if TYPE_CHECKING:
 class FieldParams:
     """Segmentation settings, in units of the typical cell radius so they hold at any magnification.
 
-    Defaults were tuned on half of the BCCD fields (benchmarks/field_detection.py).
+    Defaults were tuned on half of the BCCD fields (benchmarks/field_detection.py). The steps that
+    split merged masses (hole_*, seed_cap, radius_peaks) were designed on IML dev fields but their
+    values are round numbers in cell units, not swept on them.
     """
 
     # segment on a copy at most this large; crops come from the full image. 640 finds the same cells
@@ -34,13 +36,21 @@ class FieldParams:
     nucleus_contrast: float = 0.12  # ... exceeding its blue optical density by this much
     min_nucleus_area: float = 0.12  # x cell area: smaller purple blobs are platelets
     reach: float = 0.5  # x radius: pixels farther than this beyond a seed's own radius are not its cell
+    seed_cap: float = 1.0  # x radius: the most a seed's own radius counts when sharing out a clump; 0: no cap
     hough_votes: float = 20.0  # Hough accumulator threshold for extra seeds in dense clumps; 0: off
     hough_edge: float = 30.0  # Canny upper threshold of the Hough transform
+    # enclosed holes are filled (pale centres) when stained at least this x threshold on average, or
+    # when convex (solidity) and at most hole_area x the circles' cell area; other holes are
+    # background enclosed by touching cells. hole_density 0: fill every hole
+    hole_density: float = 0.4
+    hole_area: float = 0.5
+    hole_solidity: float = 0.9
     rim: float = 8.0  # local-contrast threshold (density units, cells ~200) for pale cells' rims; 0: off
     max_wbc_overlap: float = 0.2  # a region this much inside a white cell's zone is rejected
     split_area: float = 1.8  # x typical cell area: larger regions are split by area (k-means); 0: off
     grow: float = 0.12  # x radius: each cell's mask grows this much into its pale edge (cut by the threshold)
     grow_threshold: float = 0.5  # x threshold: the faint stain the growth may reach into
+    radius_peaks: bool = True  # radius from the distance map's local maxima (one per cell), not one per blob
     hough_radius: bool = True  # blend the distance-transform radius estimate with circles' radii
     radius_gain: float = 1.1  # x the blended estimate (circle radii run a little small)
     cell_radius: float | None = None  # in full-resolution pixels; None: estimated per field
