@@ -206,8 +206,8 @@ What changed since the previous curve (every setting chosen on the 34 validation
 - `--train-fields N` takes fields spread evenly over the consecutive training fields (a random 10
   were all from IML's first stain batch).
 - Early stopping (`--patience 5`, at most 10-12 epochs) on the validation fields' AUC of the int8
-  model, quantized every epoch as the export will; epochs within the export's int8 bounds are preferred
-  kept. Chosen on Keras AUC alone, the fine-tuned models reached validation AUC 0.98-0.99 but their
+  model, quantized every epoch as the export will; epochs within the export's int8 bounds are
+  preferred. Chosen on Keras AUC alone, the fine-tuned models reached validation AUC 0.98-0.99 but their
   int8 files did not keep it (all fields: agreement 96.8%, accuracy drop 2.7 points; test AUC 0.963;
   `benchmarks/results/site_adaptation_iml_keras_select.json`).
 - Learning rate 0.01 vs 0.003 vs 0.001: no difference beyond epoch-to-epoch noise (10 fields).
