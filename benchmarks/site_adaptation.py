@@ -184,7 +184,8 @@ ARGS: Any = None
 NOTES = """
 How to read it:
 - *Matched cells* are the labelled cells the device's cell finder found (`edgekit cells`, IoU >=
-  0.4; 92% of labelled cells with today's finder); *whole fields* count every cell the finder
+  0.4; with the finder on main after its merge of 2 Dec 01:30 UTC: 96% of labelled uninfected and
+  93% of parasitized cells, 102 of 102 training fields with cells); *whole fields* count every cell the finder
   returns, labelled or not, as `edgekit field` does, against the labelled fraction (parasite boxes /
   all boxes). Probabilities are the int8 TFLite model's (logits outputs, softmax on the device).
 - The base is the shipped default's own Keras model (`fast16-mod`, NIH only). "NIH test AUC" is
@@ -200,7 +201,8 @@ What changed since the previous curve (every setting chosen on the 34 validation
 - Fine-tuning fed stain-normalized crops with colour jitter on top; the base learnt raw crops
   augmented in optical density, then normalized. `adapt` now reads training crops raw and runs the
   base run's own augmentation and the manifest's stain normalization in the training pipeline, as
-  `edgekit train` does. From the default, 10 fields: validation AUC after one epoch 0.50 -> 0.94.
+  `edgekit train` does. From the default, 10 fields, 8 epochs: best validation AUC 0.93 -> 0.98
+  (after one epoch 0.90 -> 0.94).
 - At most 30 uninfected training cells per field (every one was tried: the class weights of 15
   positives, x40, made fine-tuning unstable; 10 fields: best validation AUC 0.91 vs 0.98).
 - `--train-fields N` takes fields spread evenly over the consecutive training fields (a random 10
@@ -209,8 +211,19 @@ What changed since the previous curve (every setting chosen on the 34 validation
   model, quantized every epoch as the export will; epochs within the export's int8 bounds are
   preferred. Chosen on Keras AUC alone, the fine-tuned models reached validation AUC 0.98-0.99 but their
   int8 files did not keep it (all fields: agreement 96.8%, accuracy drop 2.7 points; test AUC 0.963;
-  `benchmarks/results/site_adaptation_iml_keras_select.json`).
+  `benchmarks/results/site_adaptation_iml_keras_select.json`, the previous cell cut).
 - Learning rate 0.01 vs 0.003 vs 0.001: no difference beyond epoch-to-epoch noise (10 fields).
+
+What still misses the targets:
+- Whole-field parasitemia: the field-count cutoff removes most of the bias (all fields: +1.29 ->
+  +0.31 points) but the per-field error stays ~1.1-1.3 points: the finder's objects that are no
+  labelled cell (fragments, white cells, platelets, clumps; ~20% of found objects on IML) are
+  counted, and a field of ~100 cells moves 1 point per call.
+- Sensitivity at specificity >= 99.5% stops at 0.686 from 25 fields on: the few most confident
+  "uninfected" test cells (strongly stained cells with neighbours' edges, cells with
+  parasite-like chromatin the labels call uninfected) sit above most parasitized ones.
+- int8 costs accuracy on IML after fine-tuning (Keras validation AUC up to 0.993; int8 epochs
+  outside the export bounds are common), so the epochs kept are those int8 holds.
 """
 
 
@@ -288,6 +301,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return result
 
 
+def _targets(rows: list[dict[str, Any]]) -> str:
+    """The issue's targets against the best adapted row of each measure (from the rows above)."""
+    ad = [r for r in rows if r.get("adaptation")]
+    if not ad:
+        return ""
+    auc = max(r["cells"]["auc"]["value"] for r in ad)
+    sens = max(r["cells"]["at_specificity_0.995"]["sensitivity"] for r in ad)
+    whole = min(r["whole_fields"]["mae_points"] for r in ad)
+    matched = min(r["cells"]["parasitemia"]["mae_points"] for r in ad)
+    met = auc >= 0.99 and sens >= 0.9 and whole <= 0.5
+    return (f"\nTargets after adaptation (AUC >= 0.99, sensitivity >= 90% at specificity >= 99.5%, "
+            f"parasitemia MAE <= 0.5 points): {'met' if met else '**not met**'}; best adapted row: AUC "
+            f"{auc:.4f}, sensitivity {sens:.3f} at specificity >= 99.5%, MAE {whole:.2f} points on whole "
+            f"fields ({matched:.2f} on matched cells).\n")
+
+
 def _section(result: dict[str, Any]) -> str:
     sc = result["split_counts"]
     previous = HERE / "results" / "site_adaptation_iml_w8e3.json"
@@ -310,6 +339,7 @@ def _section(result: dict[str, Any]) -> str:
         "the test fields through the int8 TFLite model.\n\n"
         + _table(result["rows"])
         + before
+        + _targets(result["rows"])
         + "\nCommands: `edgekit cells ../shared/data/malaria_fields_iml/images --annotations "
         "../shared/data/malaria_fields_iml/annotations.json -o IML_CELLS`, then `python -m "
         "edgekit.benchmarks.site_adaptation --base RUNS/fast16-mod --cells IML_CELLS --work DIR "
