@@ -184,7 +184,7 @@ ARGS: Any = None
 NOTES = """
 How to read it:
 - *Matched cells* are the labelled cells the device's cell finder found (`edgekit cells`, IoU >=
-  0.4; with the finder on main after its merge of 2 Dec 01:30 UTC: 96% of labelled uninfected and
+  0.4; with the finder merged into main (a08516d, splitting merged masses): 96% of labelled uninfected and
   93% of parasitized cells, 102 of 102 training fields with cells); *whole fields* count every cell the finder
   returns, labelled or not, as `edgekit field` does, against the labelled fraction (parasite boxes /
   all boxes). Probabilities are the int8 TFLite model's (logits outputs, softmax on the device).
