@@ -5,8 +5,11 @@ blocks of consecutive frames (:func:`edgekit.cells.block_split`), into train / v
 The base model's Keras file is fine-tuned on the site's training cells mixed with a share of its
 own original training data (its split's train part, by patient as it was trained), so it learns
 the site without forgetting the original microscope. Each source's classes are weighted equally
-(a site at 1% parasitemia would otherwise teach "never parasitized"). The epoch with the best
-validation AUC on the site's validation cells is kept. The cutoff, uncertain band and field rule
+(a site at 1% parasitemia would otherwise teach "never parasitized"); training crops are read raw
+and go through the base run's own augmentation, then the stain normalization, as in ``edgekit
+train``. Every epoch is quantized to int8 as the export will; the epoch with the best int8 AUC on
+the site's validation cells, within the export's int8 bounds where one is, is kept, and training
+stops after ``patience`` epochs without a better one. The cutoff, uncertain band and field rule
 are then chosen again on the site's validation fields (:mod:`edgekit.thresholds`), the model is
 exported and validated like ``edgekit export`` (same code, the site's training cells calibrate
 int8), measured on the site's test fields through the device runtime, and the manifest records

@@ -98,7 +98,8 @@ def cells(fields: tuple[Path, ...], annotations: Path, out: Path, class_map: tup
 @click.option("--epochs", type=click.IntRange(1), default=12, show_default=True,
               help="At most this many epochs (see --patience).")
 @click.option("--patience", type=click.IntRange(0), default=5, show_default=True,
-              help="Stop after this many epochs without a better validation-field AUC (0: never stop early).")
+              help="Stop after this many epochs without a better validation-field AUC (of the int8 model "
+                   "when int8 is exported; 0: never stop early).")
 @click.option("--lr", type=float, default=0.01, show_default=True, help="Initial lr; decays to 0.")
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--base-share", type=click.FloatRange(0, 0.95), default=0.5, show_default=True,
