@@ -217,7 +217,7 @@ What changed since the previous curve (every setting chosen on the 34 validation
 What still misses the targets:
 - Whole-field parasitemia: the field-count cutoff removes most of the bias (all fields: +1.29 ->
   +0.31 points) but the per-field error stays ~1.1-1.3 points: the finder's objects that are no
-  labelled cell (fragments, white cells, platelets, clumps; ~20% of found objects on IML) are
+  labelled cell (fragments, white cells, platelets, clumps; 16% of found objects on IML) are
   counted, and a field of ~100 cells moves 1 point per call.
 - Sensitivity at specificity >= 99.5% stops at 0.686 from 25 fields on: the few most confident
   "uninfected" test cells (strongly stained cells with neighbours' edges, cells with
