@@ -113,15 +113,31 @@ def _chromium() -> str:
     return path
 
 
+def _browser_setup(tmp_path: Path):
+    """Debian's chromium, Playwright's sync API (both skip the test when absent) and the screenshot
+    folder ($EDGEKIT_SCREENSHOTS, e.g. docs/, or the test's own)."""
+    chromium = _chromium()
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Python playwright is not installed")
+    shots = Path(os.environ.get("EDGEKIT_SCREENSHOTS") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    return chromium, sync_api, shots
+
+
+def _watched_page(browser, device: dict):
+    """A new page on ``device`` and the list its JavaScript errors and console errors go to."""
+    page = browser.new_context(**device).new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    return page, errors
+
+
 def _pct(text: str) -> float:
     return float(text.strip().rstrip("%"))
 
 
 def test_phone_screens_a_patient_like_the_command_line(tmp_path):
-    chromium = _chromium()
-    sync_api = pytest.importorskip("playwright.sync_api", reason="Python playwright is not installed")
-    shots = Path(os.environ.get("EDGEKIT_SCREENSHOTS") or tmp_path)
-    shots.mkdir(parents=True, exist_ok=True)
+    chromium, sync_api, shots = _browser_setup(tmp_path)
     server = Server(tmp_path / "screening.sqlite")
     try:
         with sync_api.sync_playwright() as p:
@@ -132,10 +148,7 @@ def test_phone_screens_a_patient_like_the_command_line(tmp_path):
             resp = stranger.goto(server.url + "/")
             assert resp.status == 401 and "access token" in resp.json()["detail"]
 
-            page = browser.new_context(**phone).new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page, errors = _watched_page(browser, phone)
             page.goto(f"{server.url}/?token={TOKEN}")
             assert page.url == server.url + "/"  # the token left the address bar for a cookie
             page.wait_for_selector("#model:has-text('tflite')")
@@ -211,18 +224,12 @@ def test_phone_screens_a_patient_like_the_command_line(tmp_path):
 def test_phone_reviews_flagged_cells_and_the_summary_counts_the_verdict(tmp_path):
     """The review gallery on a phone: the flagged cells of a field, a verdict recorded once (a second
     tap changes nothing), the confirmed count beside the model's; the guard's verdict on every count."""
-    chromium = _chromium()
-    sync_api = pytest.importorskip("playwright.sync_api", reason="Python playwright is not installed")
-    shots = Path(os.environ.get("EDGEKIT_SCREENSHOTS") or tmp_path)
-    shots.mkdir(parents=True, exist_ok=True)
+    chromium, sync_api, shots = _browser_setup(tmp_path)
     server = Server(tmp_path / "screening.sqlite")
     try:
         with sync_api.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
-            page = browser.new_context(**{**p.devices["Pixel 5"], "device_scale_factor": 2}).new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page, errors = _watched_page(browser, {**p.devices["Pixel 5"], "device_scale_factor": 2})
             page.goto(f"{server.url}/?token={TOKEN}")
             page.wait_for_selector("#model:has-text('tflite')")
             page.fill("#patient", "P-0043")
