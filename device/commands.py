@@ -106,6 +106,7 @@ def classify(ctx: click.Context, paths: tuple[str, ...], bundle: Path | None, mo
     writer = ResultWriter(out_format, result_columns(classifier), max((len(s) for s, _ in items), default=8))
     bar = Progress(len(items), Progress.wanted(bool(progress)) if progress is not False else False)
     tally = Tally()
+    scores: list[float | None] = []  # the domain guard's distance of every crop it could measure
     gates = DEFAULT_GATES if quality else None
     n_workers = workers(threads)
     # the first image alone, so its result shows at once; then batches (one inference call each)
@@ -118,11 +119,18 @@ def classify(ctx: click.Context, paths: tuple[str, ...], bundle: Path | None, mo
         for shown, path in chunk:
             out = Outcome(shown, "failed", reason=missing_reason(shown)) if path is None else next(it)
             tally.add(out.status)
+            scores.append(out.domain_score)
             bar.clear()
             writer.write(result_row(out, classifier))
             bar.update()
     bar.close()
     click.echo(tally.line(), err=True)
+    if classifier.manifest.domain is not None and tally.counts["classified"]:
+        from edgekit.device.domain import NOT_VALIDATED, session_verdict
+
+        verdict = session_verdict(scores, classifier.manifest.domain, "batch of crops")
+        if not verdict["ok"]:  # the crops' results stand, but nothing vouches for them on this microscope
+            click.echo(f"domain: {NOT_VALIDATED}: {verdict['why']}", err=True)
     if tally.counts["failed"]:
         ctx.exit(1)
 

@@ -242,6 +242,20 @@ def test_screen_refers_an_off_site_session_and_rejects_noise(tmp_path):
     assert row["status"] == "rejected" and "not a single cell" in row["reason"]
 
 
+def test_classify_says_when_a_batch_of_crops_is_not_validated(tmp_path, bccd_cells):
+    """classify keeps each crop's result but says once, on stderr, when the batch does not look like
+    the training cells (here: BCCD cells cut as the device cuts them); NIH crops get no such line."""
+    from edgekit.cli import main
+
+    for i, crop in enumerate(bccd_cells[:40]):
+        write_image(tmp_path / f"bccd_{i}.png", crop)
+    off = CliRunner().invoke(main, ["classify", str(tmp_path), "--format", "jsonl"])
+    assert "domain: NOT VALIDATED for this microscope" in off.stderr and "another microscope" in off.stderr
+    assert "NOT VALIDATED" not in off.stdout
+    nih = CliRunner().invoke(main, ["classify", *map(str, NIH_CROPS), "--format", "jsonl"])
+    assert nih.exit_code == 0 and "NOT VALIDATED" not in nih.output
+
+
 def test_golden_bundle_without_domain_still_decides(tmp_path):
     cells = str(ROOT / "tests" / "fixtures" / "cells")
     summary = _screen_summary(tmp_path / "g.sqlite", "G", cells, "--model", str(GOLDEN))
