@@ -220,7 +220,7 @@ def run_field_camera(
     from edgekit.device.domain import NOT_VALIDATED
     from edgekit.device.domain import not_validated as _not_validated
     from edgekit.device.field import analyze_field
-    from edgekit.device.live import LiveView, pressed_key
+    from edgekit.device.live import LiveView, pressed_key, show_frame
 
     decision = classifier.manifest.decision
     view = LiveView(decision, overlay_path, show, classifier.manifest.domain)
@@ -253,7 +253,7 @@ def run_field_camera(
                 view.render(f"{k} fields, {cells} cells, parasitemia {so_far:.1%} so far"
                             f"{_not_validated(view.verdict())}, {fps:.1f} fps")
             elif view.show:
-                view.show = _preview(frame)
+                view.show = show_frame(frame)
             if max_frames and n >= max_frames:
                 break
     except KeyboardInterrupt:
@@ -261,9 +261,3 @@ def run_field_camera(
     if cells and not (verdict := view.verdict())["ok"]:
         echo(f"parasitemia {NOT_VALIDATED}: {verdict['why']}")
     return capture.stats
-
-
-def _preview(frame) -> bool:
-    from edgekit.device.live import show_frame
-
-    return show_frame(frame)

@@ -193,8 +193,8 @@ def classify_batch(
     decode and gate time plus its share of the call."""
     pre = classifier.manifest.preprocessing
     domain = getattr(classifier.manifest, "domain", None)  # the domain guard's training-cell statistics
-    workers = min(n_workers, len(items))
-    loaded = list(prefetch(lambda item: _load_one(item, gates, pre, domain), items, workers))
+    n_workers = min(n_workers, len(items))
+    loaded = list(prefetch(lambda item: _load_one(item, gates, pre, domain), items, n_workers))
     ready = [(out, x) for out, x in loaded if x is not None]
     if ready:
         t0 = time.perf_counter()

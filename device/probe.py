@@ -54,27 +54,26 @@ def probe_model(runtime: str, path: str | os.PathLike, sha256: str, content: byt
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     try:
         args = [sys.executable, "-m", "edgekit.device.probe", runtime, str(path)]
-        run = subprocess.run(
+        proc = subprocess.run(
             args + (["--stdin"] if content else []),
             input=content or b"", capture_output=True, timeout=PROBE_TIMEOUT_S, env=env,
         )
-        proc = subprocess.CompletedProcess(run.args, run.returncode, run.stdout.decode(errors="replace"),
-                                           run.stderr.decode(errors="replace"))
     except subprocess.TimeoutExpired as exc:
         raise BundleError(f"{runtime} did not finish loading {path} within {PROBE_TIMEOUT_S:.0f} s; "
                           "refusing to use it") from exc
     except OSError as exc:
         raise BundleError(f"cannot start the model check for {path}: {exc}") from exc
+    err = proc.stderr.decode(errors="replace")
     if proc.returncode < 0:
         try:
             name = signal.Signals(-proc.returncode).name
         except ValueError:
             name = f"signal {-proc.returncode}"
-        detail = _tail(proc.stderr)
+        detail = _tail(err)
         raise BundleError(f"the {runtime} runtime crashed ({name}) loading {path}: the model file is corrupt "
                           f"or not supported by this runtime version{': ' + detail if detail else ''}")
     if proc.returncode != 0:
-        detail = _tail(proc.stderr) or _tail(proc.stdout) or f"exit {proc.returncode}"
+        detail = _tail(err) or _tail(proc.stdout.decode(errors="replace")) or f"exit {proc.returncode}"
         raise BundleError(detail.removeprefix("error: "))
     try:
         marker.parent.mkdir(parents=True, exist_ok=True)

@@ -471,8 +471,9 @@ def read_verified_artifact(folder: str | os.PathLike, artifact: Artifact) -> tup
     from edgekit.safefile import NotRegularFile, open_regular
 
     content: bytes | None = None
+    first = artifact_path(folder, artifact)
     for rel, want in artifact.files.items():
-        path = artifact_path(folder, artifact, rel)
+        path = first if rel == artifact.path else artifact_path(folder, artifact, rel)
         try:
             f = open_regular(path, f"artifact {artifact.format}")
         except NotRegularFile as exc:
@@ -498,7 +499,7 @@ def read_verified_artifact(folder: str | os.PathLike, artifact: Artifact) -> tup
             )
         if keep:
             content = b"".join(blocks)
-    return artifact_path(folder, artifact), content
+    return first, content
 
 
 def verify_artifact(folder: str | os.PathLike, artifact: Artifact) -> Path:
