@@ -328,6 +328,12 @@ class RecordStore:
             ).fetchall()
         return [dict(r) for r in rows]
 
+    def session_by_id(self, session_id: int) -> Session | None:
+        """The session with this id; None when there is none."""
+        with _db_errors(self.path):
+            row = self.conn.execute("SELECT * FROM sessions WHERE id = ?", (int(session_id),)).fetchone()
+        return None if row is None else Session.from_row(row)
+
     def find_session(self, key: str, by: str | None = None) -> Session:
         """A session by numeric id (``by="id"``), the most recent one of a patient id
         (``by="patient"``), or either (``by=None``); a key that is both a session id and a patient
@@ -369,11 +375,6 @@ class RecordStore:
         """Whether the table exists (a version-1 file opened read-only has no review tables)."""
         row = self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,))
         return row.fetchone() is not None
-
-    def save_crop(self, session: Session, content_hash: str, png: bytes) -> None:
-        """Keep the crop of a recorded cell (PNG) so a reviewer sees exactly what was classified."""
-        with _db_errors(self.path), self.conn:
-            self.conn.execute(_SAVE_CROP, (png, session.id, content_hash))
 
     def crop_images(self, session_id: int) -> dict[int, bytes]:
         """record id -> PNG of the kept crops of a session."""

@@ -92,15 +92,12 @@ class Station:
 
     def _sessions(self) -> list[Session]:
         """Every session, newest first (by id only: a patient id may look like a number)."""
-        from dataclasses import fields
-
         from edgekit.device.records import Session
 
-        names = [f.name for f in fields(Session)]
-        return [Session(**{k: row[k] for k in names}) for row in self.store.sessions()]
+        return [Session.from_row(row) for row in self.store.sessions()]
 
     def _session(self, session_id: int) -> Session:
-        found = next((s for s in self._sessions() if s.id == int(session_id)), None)
+        found = self.store.session_by_id(session_id)
         if found is None:
             raise ServeError(404, f"no session {session_id}")
         return found
