@@ -58,7 +58,7 @@ def load_images(data: Path | None, synthetic: int, size: int):
 def run_setting(x, y, batch: int, precision: str, epochs: int, steps: int | None) -> dict:
     import keras
 
-    from edgekit.distribute import make_distribution, synchronize_batch_norm
+    from edgekit.distribute import make_distribution, scaled_lr, synchronize_batch_norm
     from edgekit.train import TrainConfig, build_model, compile_model, make_dataset, precision_policy
 
     cfg = TrainConfig(batch_size=batch, epochs=epochs, lr_scaling="linear", mixed_precision=precision)
@@ -87,7 +87,8 @@ def run_setting(x, y, batch: int, precision: str, epochs: int, steps: int | None
         keras.mixed_precision.set_global_policy("float32")
     steady = statistics.median(times[1:]) if len(times) > 1 else times[0]
     return {"global_batch": batch, "precision_policy": policy, "strategy": dist.name,
-            "replicas": dist.replicas, "lr_effective": cfg.lr * batch / 32, "steps_per_epoch": n_steps,
+            "replicas": dist.replicas, "lr_effective": scaled_lr(cfg.lr, batch, cfg.lr_scaling),
+            "steps_per_epoch": n_steps,
             "first_epoch_s": round(times[0], 2), "epoch_s": round(steady, 2),
             "images_per_s": round(n_steps * batch / steady, 1)}
 

@@ -19,11 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.paths import shared_data
-
-
-def _peer_model() -> Path:
-    return shared_data().parent / "peers" / "malariascreener" / "malaria_thinsmear_44.tflite"
+from edgekit.benchmarks.speed import PEER
 
 
 def _interpreter(path: Path, batch: int):
@@ -90,11 +86,10 @@ def main(argv: list[str] | None = None) -> None:
             name, _, file = spec.partition("=")
             files[name] = Path(file)
             rows.append({"variant": name, "file": file, "int8_bytes": Path(file).stat().st_size})
-        peer = _peer_model()
         for row in rows:
             name = row["variant"]
             for batch, reps in ((1, 50), (64, 2)):
-                t = time_alternating({"m": files[name], "peer": peer}, batch, args.rounds, reps)
+                t = time_alternating({"m": files[name], "peer": PEER}, batch, args.rounds, reps)
                 row[f"ms_b{batch}"] = round(t["m"], 4)
                 row[f"peer_ms_b{batch}"] = round(t["peer"], 4)
                 row[f"x_faster_b{batch}"] = round(t["peer"] / t["m"], 2)

@@ -119,16 +119,16 @@ def run_iml(bundles: dict, folder: Path, log, every: int = 1) -> dict:
     fnames = np.array(cells_field)
     test = set(block_split([r["field"] for r in rows], group_of=iml_stain_group)["test"])
     out: dict = {"fields": rows, "bundles": {}}
+    in_test = np.isin(fnames, list(test))
+    groups = np.array([iml_stain_group(f) for f in fnames])
     for k, clf in bundles.items():
         p = np.array(probs[k])
         cut = clf.manifest.thresholds.cutoff
-        in_test = np.isin(fnames, list(test))
         out["bundles"][k] = {
             "cutoff": cut,
             "cells_all": _cell_metrics(y, p, cut),
             "cells_test_blocks": _cell_metrics(y[in_test], p[in_test], cut),
-            **{f"cells_{g}": _cell_metrics(y[np.array([iml_stain_group(f) == g for f in fnames])],
-                                           p[np.array([iml_stain_group(f) == g for f in fnames])], cut)
+            **{f"cells_{g}": _cell_metrics(y[groups == g], p[groups == g], cut)
                for g in ("grey-green", "magenta")},
             "fields_all": _field_summary(rows, k),
             "fields_test_blocks": _field_summary([r for r in rows if r["field"] in test], k),

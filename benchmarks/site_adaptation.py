@@ -293,10 +293,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(_table(rows), flush=True)
         if not args.no_write:  # every row as soon as it is measured
             raw.write_text(json.dumps(result, indent=1) + "\n")
-    if not args.no_write:
+    if not args.no_write:  # the raw JSON is already written, after the last row
         from edgekit.benchmarks.field_detection import update_results_md
 
-        raw.write_text(json.dumps(result, indent=1) + "\n")
         update_results_md(HERE / "RESULTS.md", _section(result), SECTION)
     return result
 

@@ -342,8 +342,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result["latency"] = latency(models, crops, args.rounds)
     if "e2e" not in skip:
         srcs = dict(_src(s, bundle) for s in args.src) or {"current": (ROOT, bundle)}
-        result["fields"] = [p.name for p in iml_fields()]
-        result["end_to_end"] = end_to_end(srcs, crops_dir, iml_fields(), args.rounds)
+        fields = iml_fields()
+        result["fields"] = [p.name for p in fields]
+        result["end_to_end"] = end_to_end(srcs, crops_dir, fields, args.rounds)
     result["machine"]["load_avg_end"] = os.getloadavg()
     text = report(result)
     print(text)

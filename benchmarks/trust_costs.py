@@ -85,6 +85,7 @@ def main() -> None:
         return
 
     from edgekit.device.decoding import decode_bounded
+    from edgekit.device.pipeline import expand_inputs
     from edgekit.device.preprocess import DEFAULT_MAX_PIXELS, is_image_file
     from edgekit.device.runtime import default_bundle_dir, load_classifier
     from edgekit.manifest import read_manifest_data
@@ -103,7 +104,7 @@ def main() -> None:
 
     root = Path(__file__).resolve().parents[1]
     sources = [Path(p) for p in (args.images or [str(root / "examples" / "cells")])]
-    files = [f for s in sources for f in (sorted(s.rglob("*")) if s.is_dir() else [s]) if is_image_file(f)]
+    files = [f for _, f in expand_inputs(sources) if f is not None and is_image_file(f)]
     rows = []
     for f in files:
         plain = _median_ms(lambda f=f: _plain_decode(f), args.repeat)
