@@ -39,7 +39,6 @@ from edgekit.errors import BundleError, DataError
 from edgekit.safefile import replace_dir
 
 CUTOFFS = ("count", "field-count", "youden")
-AUGMENTATION = ("augment", "rotation", "zoom", "shift", "shear", "flips", "stain", "od_jitter", "blur")
 SITE_SPLIT = "site_split.json"
 FIELDS_SPLIT = "site_fields.json"
 Log = Callable[[str], None]
@@ -196,14 +195,12 @@ def field_split(fields: list[str], cfg: AdaptConfig, split_file: Path | None) ->
     return parts
 
 
-def _site_split(site: Path, labels: list[str], positive: str, fields: dict[str, list[str]],
+def _site_split(site: Path, ds: Any, labels: list[str], positive: str, fields: dict[str, list[str]],
                 cfg: AdaptConfig) -> Any:
-    """A :class:`edgekit.splits.Split` of the site crops, grouped by field."""
+    """A :class:`edgekit.splits.Split` of the site crops ``ds`` (scanned grouped by field)."""
     from edgekit.cells import GROUP_REGEX, field_of
-    from edgekit.data import scan_dataset
     from edgekit.splits import PARTS, Split, check_no_leakage
 
-    ds = scan_dataset(site, group_mode=GROUP_REGEX)  # DataError for one class, empty folders...
     if sorted(ds.classes) != sorted(labels):
         raise DataError(f"the site's classes {ds.classes} are not the model's labels {labels}")
     where = {f: part for part, names in fields.items() for f in names}
@@ -299,15 +296,15 @@ def site_metrics(y: np.ndarray, p: np.ndarray, fields: np.ndarray, cutoff: float
     }
 
 
-def _device_probs(bundle: Path, manifest: Any, x: np.ndarray, fmt: str = "tflite_int8") -> np.ndarray:
-    """Positive-class probabilities of ``x`` through the device runtime of the exported format."""
+def _device_probs(bundle: Path, manifest: Any,
+                  fmt: str = "tflite_int8") -> Callable[[np.ndarray], np.ndarray]:
+    """Positive-class probabilities through the device runtime of the exported format (loaded once)."""
     from edgekit.export.bundle import load_runner
     from edgekit.formats import get
 
     art = manifest.artifacts[fmt]
     runner = load_runner(get(fmt), bundle / art.path, output=art.output, activation=art.activation)
-    probs = runner.predict(x)
-    return probs[:, manifest.positive_index]
+    return lambda x: runner.predict(x)[:, manifest.positive_index]
 
 
 def adapt_model(
@@ -331,9 +328,9 @@ def adapt_model(
     labels = base_manifest.labels
     pos = base_manifest.positive_index
     site = Path(site)
-    all_fields = sorted({i.group for i in scan_dataset(site, group_mode=GROUP_REGEX).items})
-    fields = field_split(all_fields, cfg, split_file)
-    split = _site_split(site, labels, base_manifest.positive_label, fields, cfg)
+    ds = scan_dataset(site, group_mode=GROUP_REGEX)  # DataError for one class, empty folders...
+    fields = field_split(sorted({i.group for i in ds.items}), cfg, split_file)
+    split = _site_split(site, ds, labels, base_manifest.positive_label, fields, cfg)
     val_images: dict[str, Path] = {}
     if cfg.cutoff == "field-count":
         if fields_dir is None:
@@ -352,7 +349,7 @@ def adapt_model(
     # training crops are read raw and go through augmentation, then the stain normalization, in the
     # training pipeline (as `edgekit train` does); validation and test crops get the device's prepare()
     raw = dataclasses.replace(pre, stain="none")
-    xs, ys, gs, _ = _arrays(split, "train", labels, raw, cache_dir)
+    xs, ys, _, _ = _arrays(split, "train", labels, raw, cache_dir)
     xv, yv, gv, _ = _arrays(split, "val", labels, pre, cache_dir)
     xt, yt, gt, _ = _arrays(split, "test", labels, pre, cache_dir)
     log(f"site: {len(ys)} train cells ({int((ys == pos).sum())} {labels[pos]}) from {len(fields['train'])} "
@@ -396,11 +393,10 @@ def adapt_model(
         eval_fmt = "tflite_int8" if "tflite_int8" in manifest.artifacts else next(
             k for k in manifest.artifacts if k != "keras")
         cutoff = float(manifest.thresholds.cutoff)
-        evaluation = {"format": eval_fmt,
-                      "val": site_metrics(yv == pos, _device_probs(tmp, manifest, xv, eval_fmt), gv, cutoff)}
+        device_probs = _device_probs(tmp, manifest, eval_fmt)
+        evaluation = {"format": eval_fmt, "val": site_metrics(yv == pos, device_probs(xv), gv, cutoff)}
         if len(yt):
-            p_test = _device_probs(tmp, manifest, xt, eval_fmt)
-            evaluation["test"] = site_metrics(yt == pos, p_test, gt, cutoff)
+            evaluation["test"] = site_metrics(yt == pos, device_probs(xt), gt, cutoff)
         manifest.evaluation = {"site": evaluation}  # the base model's numbers are not this model's
         manifest.training["split_file"] = str((out / SITE_SPLIT).resolve())
         manifest.save(tmp)
@@ -448,7 +444,7 @@ def _fine_tune(keras_path: Path, x: np.ndarray, y: np.ndarray, w: np.ndarray, xv
     from edgekit.export.bundle import load_keras
     from edgekit.metrics import roc_auc
     from edgekit.parts import predict_arrays
-    from edgekit.train import TrainConfig, compile_model, make_dataset, save_keras_atomic
+    from edgekit.train import AUGMENTATION, TrainConfig, compile_model, make_dataset, save_keras_atomic
 
     keras.utils.set_random_seed(cfg.seed)
     model = load_keras(keras_path)

@@ -38,6 +38,7 @@ from edgekit.versions import tool_versions
 STATE_NAME = "state.json"
 LAST_NAME = "last.keras"
 MIXED_PRECISION = ("auto", "on", "off", "float16", "bfloat16")
+AUGMENTATION = ("augment", "rotation", "zoom", "shift", "shear", "flips", "stain", "od_jitter", "blur")
 
 
 @dataclass
@@ -616,9 +617,7 @@ def finish_run(run_dir: Path, split: Any, split_sha: str, split_file: Path, cfg:
         "best_epoch": state["best_epoch"],
         "monitor": state["monitor"],
         "best_value": state["best"],
-        "augmentation": {k: getattr(cfg, k)
-                         for k in ("augment", "rotation", "zoom", "shift", "shear", "flips", "stain",
-                                   "od_jitter", "blur")},
+        "augmentation": {k: getattr(cfg, k) for k in AUGMENTATION},
         "class_weight": cfg.class_weight,
         "seed": cfg.seed,
         "distribution": state.get("distribution"),
