@@ -128,13 +128,16 @@ def _run_worker(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
     return {"status": "failed", "message": f"worker died: {tail}"}
 
 
-def default_data(manifest: Manifest) -> Path:
+def default_data(manifest: Manifest, bundle: Path) -> Path:
     """The split file the model was trained from (its test part is never seen in training)."""
+    from edgekit.paths import resolve_recorded
+
     split_file = manifest.training.get("split_file")
-    if not split_file or not Path(split_file).is_file():
+    path = resolve_recorded(split_file, bundle) if split_file else None
+    if path is None or not path.is_file():
         raise DataError("no labelled data: pass --data (a split file or a folder-per-class dataset);"
                         " the manifest names no split file that exists here")
-    return Path(split_file)
+    return path
 
 
 def run_bench(
@@ -161,7 +164,7 @@ def run_bench(
     if warning:
         log(f"warning: {warning}")
     threads = threads or list(prof.threads)
-    labelled = load_labelled(data if data is not None else default_data(manifest), manifest, part)
+    labelled = load_labelled(data if data is not None else default_data(manifest, bundle), manifest, part)
     for path, reason in labelled.skipped:
         log(f"skipped {path}: {reason}")
     for cls, count in labelled.unknown.items():

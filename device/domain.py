@@ -246,12 +246,21 @@ def not_validated(verdict: dict[str, Any] | None) -> str:
     return "" if verdict is None or verdict["ok"] else f" {NOT_VALIDATED}"
 
 
+def gated(result: dict[str, Any], domain: Domain) -> dict[str, Any]:
+    """``result``, unless the bundle's site gate failed: then not vouched for, with its numbers (a
+    site bundle that failed its own test never vouches, whatever its cells look like)."""
+    if domain.gate is None or domain.gate.passed:
+        return result
+    return {"ok": False, "score": result["score"],
+            "why": f"{domain.gate.summary()}: results of this site bundle are not validated"}
+
+
 def field_verdict(scores: Sequence[float | None], domain: Domain | None) -> dict[str, Any]:
     """The verdict on one field from its cells' scores."""
     if domain is None:
         return unchecked()
-    return verdict(aggregate(scores), domain.field_threshold, "field", sum(s is not None for s in scores),
-                   domain.min_cells)
+    n = sum(s is not None for s in scores)
+    return gated(verdict(aggregate(scores), domain.field_threshold, "field", n, domain.min_cells), domain)
 
 
 def session_verdict(
@@ -260,5 +269,5 @@ def session_verdict(
     """The verdict on a screening session (or a batch of fields: ``what``) from all its cells' scores."""
     if domain is None:
         return unchecked()
-    return verdict(aggregate(scores), domain.session_threshold, what, sum(s is not None for s in scores),
-                   domain.min_cells)
+    n = sum(s is not None for s in scores)
+    return gated(verdict(aggregate(scores), domain.session_threshold, what, n, domain.min_cells), domain)

@@ -21,7 +21,6 @@ Everything is built in a temporary folder beside the output and renamed into pla
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import random
@@ -36,9 +35,10 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import BundleError, DataError
+from edgekit.manifest import DEFAULT_GATE_BOUNDS
 from edgekit.safefile import replace_dir
 
-CUTOFFS = ("count", "field-count", "youden")
+CUTOFFS = ("auto", "count", "field-count", "youden")
 SITE_SPLIT = "site_split.json"
 FIELDS_SPLIT = "site_fields.json"
 Log = Callable[[str], None]
@@ -56,13 +56,16 @@ class AdaptConfig:
     train_fields: int | None = None  # use only this many training fields (learning curves)
     block: int = 6  # consecutive frames per split block
     fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
-    cutoff: str = "count"  # count: called = labelled positives on validation cells; field-count: on
-    # whole validation fields (every cell the device finds, needs the field images); youden
+    cutoff: str = "auto"  # count: called = labelled positives on validation cells; field-count: on
+    # whole validation fields (every cell the device finds, needs the field images); youden; auto:
+    # field-count when the field images are here, else count
     stain: float | None = None  # colour jitter while fine-tuning; None: the base run's own augmentation
     # cap on negative training cells per field (all positives kept): with every negative, the class
     # weights of a few positives (x40 at 10 IML fields) made fine-tuning unstable (site val AUC 0.91 vs 0.98)
     negatives_per_field: int | None = 30
     seed: int = 0
+    # what the test fields must show before the site guard may vouch (edgekit.manifest.GATE_BOUNDS)
+    gate: dict[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_GATE_BOUNDS))
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.lr <= 0 or self.batch_size < 1:
@@ -98,12 +101,13 @@ def trainable_model(source: Path) -> tuple[Any, Path, str]:
     return manifest, source / art.path, art.sha256
 
 
-def site_data_hash(root: Path, paths: list[str]) -> str:
-    """sha256 over every site crop's relative path and content: the exact data a site bundle saw."""
-    h = hashlib.sha256()
-    for rel in sorted(paths):
-        h.update(rel.encode() + b"\0" + hashlib.sha256((root / rel).read_bytes()).digest())
-    return h.hexdigest()
+def recorded_fields_dir(site: Path) -> Path | None:
+    """The folder of field images ``edgekit cells`` cut the site's cells from, when it is still here."""
+    try:
+        folder = json.loads((Path(site) / "cells.json").read_text())["summary"].get("fields_dir")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return Path(folder) if folder and Path(folder).is_dir() else None
 
 
 def labelled_parasitemia(site: Path) -> dict[str, float]:
@@ -249,26 +253,37 @@ def _arrays(split: Any, part: str, labels: list[str], pre: Any, cache_dir: Path 
     return x, y, np.array([i.group for i in items]), [i.path for i in items]
 
 
-def _base_sample(manifest: Any, base_data: Path | None, n: int, seed: int, cache_dir: Path | None,
-                 log: Log, pre: Any) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` crops (stratified) from the train part of the base model's own split."""
+def _base_sample(manifest: Any, source: Path, base_data: Path | None, n: int, seed: int,
+                 cache_dir: Path | None, log: Log, pre: Any) -> tuple[np.ndarray, np.ndarray]:
+    """About ``n`` of the base model's own training crops (raw, stratified): from the base run's split
+    when it is on this machine (or ``--base-split``), else from the replay sample its bundle carries
+    (:mod:`edgekit.replay`; all of it when it holds fewer than ``n``)."""
     from edgekit.export.calibration import stratified_sample
+    from edgekit.paths import resolve_recorded
+    from edgekit.replay import REPLAY_FILE, read_replay
     from edgekit.splits import load_split
 
-    split_file = manifest.training.get("split_file")
-    if not split_file or not Path(split_file).is_file():
-        raise DataError(
-            f"the base model's training split ({split_file or 'not recorded'}) is not here: pass "
-            "--base-split SPLIT.json (its original data, by patient) or --base-share 0 to fine-tune on "
-            "site data alone (it then forgets the original microscope)"
-        )
-    split, _ = load_split(split_file, data_root=base_data)
-    labels = manifest.labels
-    y_all = np.array([labels.index(split.classes[i.label]) for i in split.parts["train"]])
-    keep = stratified_sample(y_all, n, seed)
-    x, y, _, _ = _arrays(split, "train", labels, pre, cache_dir, keep)
-    log(f"base data: {len(y)} crops from the train part of {split_file}")
-    return x, y
+    recorded = manifest.training.get("split_file")
+    split_file = resolve_recorded(recorded, source) if recorded else None
+    if split_file is not None and split_file.is_file():
+        split, _ = load_split(split_file, data_root=base_data)
+        labels = manifest.labels
+        y_all = np.array([labels.index(split.classes[i.label]) for i in split.parts["train"]])
+        keep = stratified_sample(y_all, n, seed)
+        x, y, _, _ = _arrays(split, "train", labels, pre, cache_dir, keep)
+        log(f"base data: {len(y)} crops from the train part of {split_file}")
+        return x, y
+    keras = manifest.artifacts["keras"]
+    if REPLAY_FILE in keras.extra_files:
+        x, y = read_replay(source / REPLAY_FILE)  # verified with the Keras artifact
+        keep = stratified_sample(y, n, seed)
+        log(f"base data: {len(keep)} crops of the replay sample the bundle carries ({len(y)} in all)")
+        return x[keep], y[keep]
+    raise DataError(
+        f"the base model's training data is not here (no split {recorded or 'recorded'}, no replay sample in "
+        "its bundle): pass --base-split SPLIT.json (its original data, by patient) or --base-share 0 to "
+        "fine-tune on site data alone (it then forgets the original microscope)"
+    )
 
 
 def _weights(y: np.ndarray, n_classes: int, total: float) -> np.ndarray:
@@ -313,7 +328,11 @@ def adapt_model(
     replace: bool = False, cache_dir: Path | None = None, allow_drop: bool = False, log: Log = print,
     fields_dir: Path | None = None,
 ) -> Any:
-    """Fine-tune ``model`` on ``site`` and write the validated site bundle ``out``; returns its manifest."""
+    """Fine-tune ``model`` on ``site`` and write the validated site bundle ``out``; returns its manifest.
+
+    The bundle's guard carries the gate (:class:`edgekit.manifest.Gate`): the test fields measured
+    through the exported model against ``cfg.gate``; when it fails, the bundle is written but
+    vouches for nothing (the caller decides the exit status)."""
     from edgekit.cells import GROUP_REGEX
     from edgekit.data import scan_dataset
     from edgekit.export.options import ExportOptions, parse_formats
@@ -331,15 +350,20 @@ def adapt_model(
     ds = scan_dataset(site, group_mode=GROUP_REGEX)  # DataError for one class, empty folders...
     fields = field_split(sorted({i.group for i in ds.items}), cfg, split_file)
     split = _site_split(site, ds, labels, base_manifest.positive_label, fields, cfg)
-    val_images: dict[str, Path] = {}
-    if cfg.cutoff == "field-count":
-        if fields_dir is None:
-            raise DataError("--cutoff field-count needs --fields: the folder of field images given to "
-                            "`edgekit cells`")
+    fields_dir = Path(fields_dir) if fields_dir is not None else recorded_fields_dir(site)
+    if cfg.cutoff == "auto":
+        cfg = dataclasses.replace(cfg, cutoff="field-count" if fields_dir is not None else "count")
+        log(f"cutoff: {cfg.cutoff} ({f'field images in {fields_dir}' if fields_dir else 'no field images'})")
+    images: dict[str, Path] = {}
+    truth: dict[str, float] = {}
+    if fields_dir is not None:
         truth = labelled_parasitemia(site)
-        val_images = find_field_images(Path(fields_dir), fields["val"])
+        images = find_field_images(fields_dir, fields["val"] + fields["test"])
+    elif cfg.cutoff == "field-count":
+        raise DataError("--cutoff field-count needs --fields: the folder of field images given to "
+                        "`edgekit cells`")
     if base_split is not None:
-        base_manifest.training = {**base_manifest.training, "split_file": str(base_split)}
+        base_manifest.training = {**base_manifest.training, "split_file": str(Path(base_split).resolve())}
     try:
         fmts = parse_formats(formats)
     except ValueError as exc:
@@ -357,13 +381,15 @@ def adapt_model(
         f"{len(yt)} test cells from {len(fields['test'])}")
     n_base = round(cfg.base_share / (1 - cfg.base_share) * len(ys)) if cfg.base_share > 0 else 0
     if n_base:
-        xb, yb = _base_sample(base_manifest, base_data, n_base, cfg.seed, cache_dir, log, raw)
+        xb, yb = _base_sample(base_manifest, Path(model), base_data, n_base, cfg.seed, cache_dir, log, raw)
     else:
         xb, yb = xs[:0], ys[:0]
     x = np.concatenate([xs, xb])
     y = np.concatenate([ys, yb])
     w = np.concatenate([_weights(ys, 2, (1 - cfg.base_share) * len(y)),
                         _weights(yb, 2, cfg.base_share * len(y)) if len(yb) else np.zeros(0, np.float32)])
+    # every cell the finder returns on each validation and test field, prepared once
+    whole = {stem: whole_field_inputs(path, pre) for stem, path in sorted(images.items())}
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
@@ -381,8 +407,9 @@ def adapt_model(
         manifest.name = out.name
         p_val = best["p_val"]
         field_cut = None
-        if val_images:
-            field_cut = _whole_field_cutoff(tmp / "model.keras", val_images, truth, pre, pos, log)
+        if cfg.cutoff == "field-count":
+            field_cut = _whole_field_cutoff(tmp / "model.keras", {f: whole.get(f) for f in fields["val"]},
+                                            truth, pos, log)
         _choose_decision(manifest, yv == pos, p_val, gv, cfg, fields, field_cut)
         manifest.domain = _site_domain(split, site, log)
         _write_run(tmp, manifest, split, cfg, base_sha, keras_path, model, site, fields, best, len(yb))
@@ -394,17 +421,58 @@ def adapt_model(
             k for k in manifest.artifacts if k != "keras")
         cutoff = float(manifest.thresholds.cutoff)
         device_probs = _device_probs(tmp, manifest, eval_fmt)
-        evaluation = {"format": eval_fmt, "val": site_metrics(yv == pos, device_probs(xv), gv, cutoff)}
-        if len(yt):
-            evaluation["test"] = site_metrics(yt == pos, device_probs(xt), gt, cutoff)
+        evaluation: dict[str, Any] = {"format": eval_fmt}
+        for part, xp, yp, gp in (("val", xv, yv, gv), ("test", xt, yt, gt)):
+            if len(yp):
+                evaluation[part] = site_metrics(yp == pos, device_probs(xp), gp, cutoff)
+                counted = {f: whole[f] for f in fields[part] if whole.get(f) is not None}
+                if counted:
+                    evaluation[part]["whole_fields"] = whole_field_error(
+                        {f: device_probs(v) for f, v in counted.items()}, truth, cutoff)
         manifest.evaluation = {"site": evaluation}  # the base model's numbers are not this model's
-        manifest.training["split_file"] = str((out / SITE_SPLIT).resolve())
+        gate = site_gate(evaluation.get("test"), fields["test"], cfg.gate, eval_fmt)
+        if manifest.domain is not None:
+            manifest.domain.gate = gate
+        log(gate.summary())
+        manifest.training["split_file"] = SITE_SPLIT
         manifest.save(tmp)
         replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return load_manifest(out)
+
+
+def whole_field_error(probs: dict[str, np.ndarray], truth: dict[str, float], cutoff: float) -> dict[str, Any]:
+    """Per-field parasitemia over every cell the finder returns (as ``edgekit field`` counts it)
+    against the labelled parasitemia (:func:`edgekit.metrics.parasitemia_error`), and per field."""
+    from edgekit.metrics import parasitemia_error
+
+    called = {f: float((p >= cutoff).mean()) for f, p in probs.items()}
+    return {**parasitemia_error(called, truth),
+            "per_field": {f: {"called": round(called[f], 4), "labelled": round(truth.get(f, 0.0), 4),
+                              "cells": len(probs[f])} for f in sorted(probs)}}
+
+
+def site_gate(test: dict[str, Any] | None, test_fields: list[str], bounds: dict[str, float],
+              fmt: str) -> Any:
+    """The :class:`edgekit.manifest.Gate` of a site bundle from its test-field evaluation."""
+    from edgekit.manifest import Gate
+
+    test = test or {}
+    whole = test.get("whole_fields")
+    counted = ("whole-field parasitemia error over every cell the finder returns" if whole else
+               "parasitemia error over the labelled cells only (no field images: whole fields not counted)")
+    measured = {
+        "parasitemia_error": (whole or test.get("parasitemia") or {}).get("mae_points"),
+        "auc": (test.get("auc") or {}).get("value"),
+        "sensitivity_at_specificity": (test.get("at_specificity_0.995") or {}).get("sensitivity"),
+    }
+    return Gate(bounds=dict(bounds), measured={k: v for k, v in measured.items() if v is not None},
+                test_fields=sorted(test_fields),
+                source=(f"{len(test_fields)} site test fields (not used for training, thresholds or guard), "
+                        f"through {fmt}: {counted}, cell AUC and sensitivity at specificity >= 99.5% on the "
+                        "labelled cells"))
 
 
 def _site_domain(split: Any, site: Path, log: Callable[[str], None]) -> Any:
@@ -511,11 +579,11 @@ def _fine_tune(keras_path: Path, x: np.ndarray, y: np.ndarray, w: np.ndarray, xv
 def _int8_probs(model: Any, x_cal: np.ndarray, xv: np.ndarray, pos: int, tmp: Path) -> np.ndarray:
     """Positive-class probabilities of ``xv`` through ``model`` quantized to int8 as export does."""
     from edgekit.export.bundle import load_runner
-    from edgekit.export.logits import logits_model
+    from edgekit.export.logits import export_graph
     from edgekit.export.tflite import convert_tflite
     from edgekit.formats import get
 
-    graph, activation = logits_model(model)
+    graph, activation = export_graph(model)
     path = tmp / ".epoch_int8.tflite"
     convert_tflite(graph, get("tflite_int8"), path, x_cal.astype(np.float32), len(model.inputs[0].shape) == 4)
     runner = load_runner(get("tflite_int8"), path, output="probabilities" if activation is None else "logits",
@@ -525,16 +593,16 @@ def _int8_probs(model: Any, x_cal: np.ndarray, xv: np.ndarray, pos: int, tmp: Pa
     return probs
 
 
-def _whole_field_cutoff(keras_path: Path, images: dict[str, Path], truth: dict[str, float], pre: Any,
+def _whole_field_cutoff(keras_path: Path, inputs: dict[str, np.ndarray | None], truth: dict[str, float],
                         pos: int, log: Log) -> float:
-    """:func:`field_count_cutoff` of the fine-tuned model on whole validation fields."""
+    """:func:`field_count_cutoff` of the fine-tuned model on whole validation fields (their prepared
+    cells, from :func:`whole_field_inputs`)."""
     from edgekit.export.bundle import load_keras
     from edgekit.parts import predict_arrays
 
     model = load_keras(keras_path)
     probs, t = [], []
-    for stem, path in sorted(images.items()):
-        x = whole_field_inputs(path, pre)
+    for stem, x in sorted(inputs.items()):
         if x is not None:
             probs.append(predict_arrays(model, x)[:, pos])
             t.append(truth.get(stem, 0.0))
@@ -581,6 +649,7 @@ def _write_run(tmp: Path, manifest: Any, split: Any, cfg: AdaptConfig, base_sha:
                n_base: int) -> None:
     """The adapted model as a run folder (model.keras, manifest, site split), ready for export."""
     from edgekit.manifest import Artifact, sha256_file
+    from edgekit.paths import data_sha256, portable_command, portable_path
     from edgekit.splits import save_split
 
     split_sha = save_split(split, tmp / SITE_SPLIT)
@@ -595,18 +664,18 @@ def _write_run(tmp: Path, manifest: Any, split: Any, cfg: AdaptConfig, base_sha:
               for part, items in split.parts.items()}
     base_training = {k: v for k, v in manifest.training.items() if k not in ("adaptation",)}
     manifest.training = {
-        "split_file": str(tmp / SITE_SPLIT),
+        "split_file": SITE_SPLIT,
         "split_sha256": split_sha,
-        "data_root": str(site.resolve()),
+        "data_root": portable_path(site, tmp),
         "group_mode": split.group_mode,
         "model": base_training.get("model"),
         "adaptation": {
-            "base_model": str(model),
+            "base_model": portable_path(model, tmp),
             "base_keras_sha256": base_sha,
             "base_training": {k: base_training.get(k) for k in ("split_file", "split_sha256", "model",
                                                                   "epochs") if k in base_training},
-            "site_data": str(site.resolve()),
-            "site_data_sha256": site_data_hash(site, site_paths),
+            "site_data": portable_path(site, tmp),
+            "site_data_sha256": data_sha256(site, site_paths),
             "site_fields": {k: len(v) for k, v in fields.items()},
             "site_cells": counts,
             "base_cells_mixed_in": n_base,
@@ -615,7 +684,7 @@ def _write_run(tmp: Path, manifest: Any, split: Any, cfg: AdaptConfig, base_sha:
             "best_int8_val_auc": best.get("int8_val_auc"),
             "history": best["history"],
             "config": json.loads(json.dumps(asdict(cfg), default=list)),
-            "command": " ".join(sys.argv),
+            "command": portable_command(sys.argv),
         },
     }
     manifest.save(tmp)

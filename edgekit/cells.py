@@ -161,7 +161,9 @@ def write_cells(
         records: list[dict[str, Any]] = []
         per_field: list[dict[str, Any]] = []
         counts = dict.fromkeys(CLASSES, 0)
+        folders: set[str] = set()
         for af in fields:
+            folders.add(str(Path(af.image).resolve().parent))
             cut = cut_field(af, min_iou, params)
             for label, index, crop, info in cut.crops:
                 name = crop_name(af.image, index)
@@ -191,6 +193,8 @@ def write_cells(
             "cut_fraction": {c: (counts[c] / labelled[c] if labelled[c] else None) for c in CLASSES},
             "min_iou": min_iou,
             "crop": "edgekit.device.field.crop_cell of the matched found cell",
+            # where the field images are on this machine, so `edgekit adapt` can count whole fields
+            "fields_dir": folders.pop() if len(folders) == 1 else None,
         }
         index = {"summary": summary, "per_field": per_field, "cells": records}
         (tmp / CELLS_INDEX).write_text(json.dumps(index, indent=1) + "\n")

@@ -63,3 +63,18 @@ def bundle_from(positional: Path | None, model: Path | None) -> Path | None:
     if positional is not None and model is not None and Path(positional) != Path(model):
         raise click.UsageError(f"two bundles given: {positional} and --model {model}")
     return positional if positional is not None else model
+
+
+sign_key_option = click.option(
+    "--sign-key", type=click.Path(path_type=Path), envvar="EDGEKIT_SIGNING_KEY", default=None,
+    help="Sign the bundle with this private key (from `edgekit keygen`). Default: $EDGEKIT_SIGNING_KEY; "
+         "unsigned when neither is set.",
+)
+
+
+def sign_note(folder: Path, key: Path | None) -> str:
+    """Sign ``folder`` when a key is configured; the note to print after the summary."""
+    from edgekit.signing import sign_if_configured
+
+    kid = sign_if_configured(folder, key)
+    return f", signed with key {kid}" if kid else ", unsigned (no --sign-key / $EDGEKIT_SIGNING_KEY)"

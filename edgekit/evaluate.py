@@ -92,12 +92,13 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Evaluate the run's Keras model on one part of its split and write the report files."""
     from edgekit.parts import load_part, predict_arrays
+    from edgekit.paths import resolve_recorded
     from edgekit.splits import load_split
 
     run_dir = Path(run_dir)
     manifest = load_manifest(run_dir)
     tr = manifest.training
-    split_path = Path(split_file or tr.get("split_file", ""))
+    split_path = Path(split_file) if split_file else resolve_recorded(tr.get("split_file", ""), run_dir)
     split, digest = load_split(split_path, data_root=data_root)
     if tr.get("split_sha256") and digest != tr["split_sha256"]:
         raise DataError(f"{split_path} is not the split this run was trained on (sha256 differs)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -278,6 +279,58 @@ class Artifact:
         return cls(**d)
 
 
+# What a site gate bounds, and how: "max" (the measured value may not exceed the bound) or "min".
+GATE_BOUNDS: dict[str, str] = {"parasitemia_error": "max", "auc": "min", "sensitivity_at_specificity": "min"}
+GATE_NAMES = {"parasitemia_error": "whole-field parasitemia error (points)", "auc": "cell AUC",
+              "sensitivity_at_specificity": "sensitivity at specificity >= 99.5%"}
+DEFAULT_GATE_BOUNDS: dict[str, float] = {"parasitemia_error": 1.0, "auc": 0.97}
+
+
+@dataclass
+class Gate:
+    """What a site bundle measured through its exported model on fields its adaptation never touched
+    (``test_fields``), and the bounds those numbers must meet before its guard may vouch for any
+    result (``edgekit adapt``). A failed gate makes every field and session verdict "not validated",
+    with the numbers."""
+
+    bounds: dict[str, float]
+    measured: dict[str, float | None]
+    test_fields: list[str] = field(default_factory=list)
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.bounds) - set(GATE_BOUNDS))
+        if unknown:
+            raise BundleError(f"gate: unknown bound(s) {', '.join(unknown)}; known: {', '.join(GATE_BOUNDS)}")
+
+    def failures(self) -> list[str]:
+        """One phrase per bound the measured numbers miss (a number not measured misses its bound)."""
+        out = []
+        for key, bound in sorted(self.bounds.items()):
+            value = self.measured.get(key)
+            if value is None or not math.isfinite(value):
+                out.append(f"{GATE_NAMES[key]} not measured")
+            elif (value > bound) if GATE_BOUNDS[key] == "max" else (value < bound):
+                out.append(f"{GATE_NAMES[key]} {value:.3g} {'>' if GATE_BOUNDS[key] == 'max' else '<'} "
+                           f"{bound:g}")
+        return out
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures()
+
+    def summary(self) -> str:
+        """One line: passed or failed, with the numbers."""
+        fails = self.failures()
+        n = len(self.test_fields)
+        if fails:
+            return f"site gate FAILED on {n} test fields: {'; '.join(fails)}"
+        sign = {"max": "<=", "min": ">="}
+        shown = ", ".join(f"{GATE_NAMES[k]} {self.measured[k]:.3g} ({sign[GATE_BOUNDS[k]]} {b:g})"
+                          for k, b in sorted(self.bounds.items()))
+        return f"site gate passed on {n} test fields: {shown}"
+
+
 @dataclass
 class Domain:
     """What the model's training cells looked like, for the domain guard (``edgekit.device.domain``).
@@ -302,8 +355,11 @@ class Domain:
     n: int = 0  # training crops the statistics come from
     quantiles: dict[str, list[float]] = field(default_factory=dict)  # per feature: 1st, 50th, 99th
     source: str = ""
+    gate: Gate | None = None  # a site bundle's own test: the guard vouches only when it passed
 
     def __post_init__(self) -> None:
+        if isinstance(self.gate, dict):
+            self.gate = Gate(**self.gate)
         k = len(self.features)
         if k == 0 or len(self.mean) != k or len(self.inv_cov) != k or any(len(r) != k for r in self.inv_cov):
             raise BundleError(f"domain: mean and inv_cov must match its {k} features")

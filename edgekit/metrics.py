@@ -129,13 +129,20 @@ def sensitivity_at_specificity(
             "threshold": float(min(thr[k], 1.0)) if np.isfinite(thr[k]) else 1.0}
 
 
+def parasitemia_error(called: dict[str, float], labelled: dict[str, float]) -> dict[str, Any]:
+    """Per-field parasitemia (fraction of cells called positive) against the labelled fraction, for
+    the fields in ``called``: mean absolute, median absolute, mean signed and largest error in points."""
+    d = np.asarray([100.0 * (called[f] - labelled.get(f, 0.0)) for f in sorted(called)], np.float64)
+    nan = float("nan")
+    return {"fields": int(d.size), "mae_points": float(np.abs(d).mean()) if d.size else nan,
+            "median_points": float(np.median(np.abs(d))) if d.size else nan,
+            "bias_points": float(d.mean()) if d.size else nan,
+            "max_abs_points": float(np.abs(d).max()) if d.size else nan}
+
+
 def field_parasitemia_error(fields: np.ndarray, y_true: np.ndarray, called: np.ndarray) -> dict[str, Any]:
-    """Per-field parasitemia (fraction of cells positive) called vs labelled: mean absolute error
-    and mean signed error in percentage points, over fields."""
+    """:func:`parasitemia_error` of labelled cells (``fields`` of each cell): called vs labelled."""
     f = np.asarray(fields)
     y, c = np.asarray(y_true).astype(bool), np.asarray(called).astype(bool)
-    diffs = [100.0 * (c[f == u].mean() - y[f == u].mean()) for u in np.unique(f)]
-    d = np.asarray(diffs, np.float64)
-    return {"fields": int(d.size), "mae_points": float(np.abs(d).mean()) if d.size else float("nan"),
-            "bias_points": float(d.mean()) if d.size else float("nan"),
-            "max_abs_points": float(np.abs(d).max()) if d.size else float("nan")}
+    return parasitemia_error({u: float(c[f == u].mean()) for u in np.unique(f)},
+                             {u: float(y[f == u].mean()) for u in np.unique(f)})

@@ -13,3 +13,53 @@ def shared_data(name: str = "") -> Path:
     root = os.environ.get("EDGEKIT_DATA")
     base = Path(root).expanduser() if root else _CHECKOUT.parent / "shared" / "data"
     return base / name if name else base
+
+
+DATA_ROOT_NAME = "$EDGEKIT_DATA"  # how a manifest names the shared data root
+
+
+def portable_path(path: str | os.PathLike, base: str | os.PathLike | None = None) -> str:
+    """``path`` as a manifest records it, never a machine path: ``$EDGEKIT_DATA/<rel>`` under the
+    shared data root, relative to ``base`` (a run or bundle folder) when under its parent, else just
+    its name."""
+    p, root = Path(path).resolve(), shared_data().resolve()
+    if p == root or root in p.parents:
+        return f"{DATA_ROOT_NAME}/{p.relative_to(root).as_posix()}".rstrip("/.")
+    if base is not None:
+        b = Path(base).resolve()
+        if b.parent == p or b.parent in p.parents:
+            return os.path.relpath(p, b)
+    return p.name
+
+
+def resolve_recorded(text: str, base: str | os.PathLike) -> Path:
+    """The path a manifest records (:func:`portable_path`, or an absolute one from older manifests)
+    on this machine: ``$EDGEKIT_DATA/...`` under the shared data root, relative ones from ``base``."""
+    if text.startswith(DATA_ROOT_NAME + "/") or text == DATA_ROOT_NAME:
+        return shared_data() / text[len(DATA_ROOT_NAME) + 1:]
+    p = Path(text)
+    return p if p.is_absolute() else Path(base) / p
+
+
+def data_sha256(root: str | os.PathLike, paths: list[str]) -> str:
+    """sha256 over every file's relative path and content: which data exactly, wherever it lives."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for rel in sorted(paths):
+        h.update(rel.encode() + b"\0" + hashlib.sha256((Path(root) / rel).read_bytes()).digest())
+    return h.hexdigest()
+
+
+def portable_command(argv: list[str], base: str | os.PathLike | None = None) -> str:
+    """A command line as a manifest records it: every argument that names an existing path is made
+    portable (:func:`portable_path`)."""
+    out = []
+    for arg in argv:
+        looks_like_path = os.sep in arg and not arg.startswith("-") and Path(arg).exists()
+        out.append(portable_path(arg, base) if looks_like_path else arg)
+    if out:
+        out[0] = Path(out[0]).name
+        if out[0] == "__main__.py":
+            out[0] = "edgekit"
+    return " ".join(out)

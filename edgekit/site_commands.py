@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from edgekit.cli_options import sign_key_option, sign_note
+
 
 def _field_images(paths: tuple[Path, ...]) -> tuple[Path, list[Path]]:
     """The one folder the fields are in, and the field files (folders expanded)."""
@@ -108,14 +110,20 @@ def cells(fields: tuple[Path, ...], annotations: Path, out: Path, class_map: tup
               help="The base model's split file, if the manifest's path is not on this machine.")
 @click.option("--base-data", type=click.Path(path_type=Path),
               help="The base split's data folder, if it moved.")
-@click.option("--cutoff", type=click.Choice(["count", "field-count", "youden"]), default="count",
+@click.option("--cutoff", type=click.Choice(["auto", "count", "field-count", "youden"]), default="auto",
               show_default=True,
               help="count: call as many validation cells positive as are labelled (unbiased parasitemia on "
                    "labelled cells); field-count: as many over every cell the finder returns on whole "
-                   "validation fields (unbiased field counts; needs --fields); youden: maximise sensitivity "
-                   "+ specificity.")
+                   "validation fields (unbiased field counts, as `edgekit field` reports; needs the field "
+                   "images); youden: maximise sensitivity + specificity; auto: field-count when the field "
+                   "images are here, else count.")
 @click.option("--fields", "fields_dir", type=click.Path(path_type=Path),
-              help="The site's field images (the folder given to `edgekit cells`), for --cutoff field-count.")
+              help="The site's field images. Default: the folder `edgekit cells` cut the cells from, "
+                   "when it is still there.")
+@click.option("--gate-error", type=click.FloatRange(0, 100, min_open=True), default=1.0, show_default=True,
+              help="Largest whole-field parasitemia error (points) on test fields for the bundle to vouch.")
+@click.option("--gate-auc", type=click.FloatRange(0.5, 1.0), default=0.97, show_default=True,
+              help="Smallest cell AUC on the test fields for the bundle to vouch.")
 @click.option("--formats", default="tflite_int8", show_default=True, help="Formats to export and validate.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--replace", is_flag=True, help="Overwrite OUT if it exists.")
@@ -123,11 +131,12 @@ def cells(fields: tuple[Path, ...], annotations: Path, out: Path, class_map: tup
               help="Keep formats that miss their validation bound, marked failed (as in export).")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
               help="Where decoded image arrays are cached.")
+@sign_key_option
 def adapt(model: Path, site: Path, out: Path, fields_split: Path | None, block: int, train_fields: int | None,
           negatives_per_field: int | None, epochs: int, patience: int, lr: float, batch_size: int,
           base_share: float, base_split: Path | None, base_data: Path | None, cutoff: str,
-          fields_dir: Path | None, formats: str, seed: int, replace: bool, allow_drop: bool,
-          cache_dir: Path | None) -> None:
+          fields_dir: Path | None, gate_error: float, gate_auc: float, formats: str, seed: int, replace: bool,
+          allow_drop: bool, cache_dir: Path | None, sign_key: Path | None) -> None:
     """Fine-tune MODEL (a run folder or a bundle with its model.keras) on a site's labelled cells
     and write a validated site bundle.
 
@@ -135,7 +144,9 @@ def adapt(model: Path, site: Path, out: Path, fields_split: Path | None, block: 
     model learns the site's training cells mixed with its own original data; the cutoff, uncertain
     band and field rule are chosen on the site's validation fields; int8 is exported and validated
     as by `edgekit export`, measured on the test fields, and the manifest records the base model,
-    the site data's hash and the fields and cells used.
+    the site data's hash and the fields and cells used. The bundle vouches for results only when its
+    test fields meet the gate (--gate-error, --gate-auc); otherwise it is written, every result it
+    gives says NOT VALIDATED, and adapt exits 1.
     """
     import os
 
@@ -145,7 +156,7 @@ def adapt(model: Path, site: Path, out: Path, fields_split: Path | None, block: 
     cfg = AdaptConfig(epochs=epochs, patience=patience or None, lr=lr, batch_size=batch_size,
                       base_share=base_share,
                       train_fields=train_fields, negatives_per_field=negatives_per_field or None, block=block,
-                      cutoff=cutoff, seed=seed)
+                      cutoff=cutoff, seed=seed, gate={"parasitemia_error": gate_error, "auc": gate_auc})
     m = adapt_model(model, site, out, cfg, split_file=fields_split, base_split=base_split,
                     base_data=base_data, formats=formats, replace=replace, cache_dir=cache_dir,
                     allow_drop=allow_drop, log=lambda s: click.echo(s, err=True), fields_dir=fields_dir)
@@ -161,4 +172,14 @@ def adapt(model: Path, site: Path, out: Path, fields_split: Path | None, block: 
     t = m.thresholds
     click.echo(f"cutoff {t.cutoff:.3f}, uncertain band {t.negative:.3f}-{t.positive:.3f}; "
                f"field positive at >= {m.patient_rule.positive_fraction:.1%} cells")
-    click.echo(f"wrote {out}")
+    gate = m.domain.gate if m.domain is not None else None
+    click.echo(f"wrote {out}{sign_note(out, sign_key)}")
+    if sign_key is None:
+        click.echo("unsigned: devices refuse it until a key they trust signs it. Once: `edgekit keygen "
+                   "site-key --trust` (copy site-key.pub into each device's keyring); then "
+                   f"`edgekit sign {out} --key site-key.key`, or set $EDGEKIT_SIGNING_KEY before adapt")
+    if gate is None or not gate.passed:
+        why = gate.summary() if gate else "no guard statistics: nothing vouches for its results"
+        raise click.ClickException(f"{why}; the bundle says NOT VALIDATED on every result "
+                                   "(label more fields, or check the labels, and adapt again)")
+    click.echo(gate.summary())

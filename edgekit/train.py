@@ -33,6 +33,7 @@ import numpy as np
 from edgekit.errors import DataError, EdgekitError
 from edgekit.manifest import Preprocessing, atomic_write_text, default_positive_label
 from edgekit.parts import Arrays, load_part, predict_arrays
+from edgekit.paths import data_sha256, portable_command, portable_path
 from edgekit.versions import tool_versions
 
 STATE_NAME = "state.json"
@@ -602,10 +603,14 @@ def finish_run(run_dir: Path, split: Any, split_sha: str, split_file: Path, cfg:
         runtime="keras", inputs=[TensorSpec("image", [-1, h, w, pre.channels], "float32")],
         outputs=[TensorSpec("probabilities", [-1, len(labels)], "float32")],
     )
+    data_paths = [i.path for items in split.parts.values() for i in items]
     manifest.training = {
-        "split_file": str(split_file),
+        "split_file": portable_path(split_file, run_dir),
         "split_sha256": split_sha,
-        "data_root": str(Path(split.data_root).resolve()),
+        "split": {"group_mode": split.group_mode, "seed": split.seed, "test_fraction": split.test_fraction,
+                  "val_fraction": split.val_fraction},
+        "data_root": portable_path(split.data_root, run_dir),
+        "data_sha256": data_sha256(split.data_root, data_paths),
         "group_mode": split.group_mode,
         "model": cfg.model_dict(),
         "parameters": int(model.count_params()),
@@ -623,7 +628,7 @@ def finish_run(run_dir: Path, split: Any, split_sha: str, split_file: Path, cfg:
         "distribution": state.get("distribution"),
         "skipped_images": len(split.skipped) + len(skipped),
         "config": _jsonable(asdict(cfg)),
-        "command": " ".join(sys.argv),
+        "command": portable_command(sys.argv, run_dir),
     }
     manifest.versions = tool_versions(("edgekit", "tensorflow", "keras", "numpy", "opencv"), with_python=True)
     manifest.save(run_dir)

@@ -60,5 +60,8 @@ def verify(bundle: Path) -> None:
             verify_artifact(bundle, art)
     click.echo(f"{bundle}: {'trusted' if trust.trusted else 'NOT trusted'}: {trust.reason}; "
                f"{len(manifest.artifacts)} model file(s) match their sha256")
+    gate = manifest.domain.gate if manifest.domain is not None else None
+    if gate is not None:
+        click.echo(gate.summary() + ("" if gate.passed else ": every result of it says NOT VALIDATED"))
     if not trust.trusted:
         raise SystemExit(1)

@@ -22,7 +22,7 @@ from edgekit.device.activation import to_probabilities
 from edgekit.device.backends import Backend, open_backend
 from edgekit.errors import BundleError, DataError, EdgekitError, ExportError, ValidationFailed
 from edgekit.export import calibration
-from edgekit.export.logits import logits_model
+from edgekit.export.logits import export_graph
 from edgekit.export.onnx_export import (
     export_onnx_fp32,
     onnx_metadata,
@@ -178,7 +178,8 @@ def _resolve(source: Path, options: ExportOptions):
     return model, _manifest_for_keras(model, source, options.labels), source, None
 
 
-def _data(model, manifest: Manifest, options: ExportOptions, from_run: bool, log: Log):
+def _data(model, manifest: Manifest, options: ExportOptions, source_dir: Path | None, log: Log):
+    from_run = source_dir is not None
     shape = tuple(model.inputs[0].shape)
     if options.calibration is None and not from_run:
         raise DataError("a bare .keras model needs --calibration (image folder, .csv or .npy)")
@@ -186,7 +187,7 @@ def _data(model, manifest: Manifest, options: ExportOptions, from_run: bool, log
         if len(shape) != 4:
             raise DataError("the model's input is not an image; pass --calibration data.csv|.npy")
         calib, val = calibration.from_split(manifest, options.calibration_samples, options.max_validation,
-                                            options.seed, options.data_root)
+                                            options.seed, options.data_root, source_dir)
     else:
         calib = calibration.from_path(options.calibration, manifest, shape, options.calibration_samples,
                                       options.seed, "calibration")
@@ -195,7 +196,7 @@ def _data(model, manifest: Manifest, options: ExportOptions, from_run: bool, log
                                         options.seed + 1, "validation")
         elif from_run and len(shape) == 4:
             _, val = calibration.from_split(manifest, 1, options.max_validation, options.seed,
-                                            options.data_root)
+                                            options.data_root, source_dir)
         else:
             val = calibration.Samples(calib.x, calib.y, calib.source + " (no held-out set given: reused)",
                                       held_out=False)
@@ -240,7 +241,7 @@ def _export_formats(model, manifest: Manifest, options: ExportOptions, tmp: Path
     reference = model.predict(val.x.astype(np.float32), batch_size=64, verbose=0)
     log(f"keras reference on {len(val)} validation inputs: {time.perf_counter() - t0:.1f} s")
     decision = manifest.decision
-    graph, activation = logits_model(model)  # every format ends at the logits when the model allows
+    graph, activation = export_graph(model)  # every format ends at the logits when the model allows
     output = "probabilities" if activation is None else "logits"
     output_name = "logits" if activation else _keras_specs(model)[1][0].name
     log(f"exported graphs output {output}"
@@ -368,7 +369,7 @@ def export_bundle(source: Path, out: Path | None, options: ExportOptions, log: L
     log = log or (lambda _msg: None)
     source = Path(source)
     model, manifest, keras_path, source_dir = _resolve(source, options)
-    calib, val = _data(model, manifest, options, source_dir is not None, log)
+    calib, val = _data(model, manifest, options, source_dir, log)
     if len(calib) == 0:
         raise DataError("the calibration data is empty")
     target = Path(out) if out else (source_dir or keras_path.parent / f"{keras_path.stem}_bundle")

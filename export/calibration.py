@@ -62,14 +62,16 @@ def _load(root: Path, paths: list[str], labels: np.ndarray, pre: Preprocessing, 
 
 
 def from_split(manifest: Manifest, n_calibration: int, max_validation: int | None, seed: int,
-               data_root: Path | None = None) -> tuple[Samples, Samples]:
-    """Calibration = stratified sample of the split's train part; validation = val (else test)."""
+               data_root: Path | None = None, folder: Path | None = None) -> tuple[Samples, Samples]:
+    """Calibration = stratified sample of the split's train part; validation = val (else test).
+    ``folder`` is the run folder a relative split path is recorded from."""
+    from edgekit.paths import resolve_recorded
     from edgekit.splits import load_split
 
     split_file = manifest.training.get("split_file")
     if not split_file:
         raise DataError("the manifest names no training split file; pass --calibration (and --validation)")
-    split, _ = load_split(split_file, data_root=data_root)
+    split, _ = load_split(resolve_recorded(split_file, folder or Path.cwd()), data_root=data_root)
     # the split's class order may differ from the model's labels: map by name
     try:
         remap = np.array([manifest.labels.index(c) for c in split.classes])

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from edgekit import formats as format_table
-from edgekit.cli_options import bundle_from, data_root_option, model_option
+from edgekit.cli_options import bundle_from, data_root_option, model_option, sign_key_option, sign_note
 from edgekit.export.options import ExportOptions, parse_formats
 
 
@@ -19,21 +19,6 @@ def _labels(value: str | None) -> list[str] | None:
     if path.is_file():
         return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
     return [v.strip() for v in value.split(",") if v.strip()]
-
-
-_sign_key_option = click.option(
-    "--sign-key", type=click.Path(path_type=Path), envvar="EDGEKIT_SIGNING_KEY", default=None,
-    help="Sign the bundle with this private key (from `edgekit keygen`). Default: $EDGEKIT_SIGNING_KEY; "
-         "unsigned when neither is set.",
-)
-
-
-def _sign(folder: Path, key: Path | None) -> str:
-    """Sign ``folder`` when a key is configured; the note to print after the summary."""
-    from edgekit.signing import sign_if_configured
-
-    kid = sign_if_configured(folder, key)
-    return f", signed with key {kid}" if kid else ", unsigned (no --sign-key / $EDGEKIT_SIGNING_KEY)"
 
 
 @click.command()
@@ -57,7 +42,7 @@ def _sign(folder: Path, key: Path | None) -> str:
               help="Keep formats that miss their accuracy bound, marked failed in the manifest.")
 @data_root_option()
 @click.option("--opset", default=13, show_default=True, type=int, help="ONNX opset.")
-@_sign_key_option
+@sign_key_option
 def export(source: Path | None, keras_model: Path | None, labels: str | None, calibration: Path | None,
            validation: Path | None, out: Path | None, formats: str, calibration_samples: int,
            max_validation: int | None, allow_drop: bool, data_root: Path | None, opset: int,
@@ -81,7 +66,7 @@ def export(source: Path | None, keras_model: Path | None, labels: str | None, ca
     manifest = export_bundle(source or keras_model, out, options, log=lambda m: click.echo(m, err=True))
     target = out or (source if source is not None else keras_model.parent / f"{keras_model.stem}_bundle")
     ok = sum(a.status == "ok" for k, a in manifest.artifacts.items() if k != "keras")
-    click.echo(f"wrote {target}: {ok}/{len(manifest.artifacts) - 1} formats ok{_sign(target, sign_key)}")
+    click.echo(f"wrote {target}: {ok}/{len(manifest.artifacts) - 1} formats ok{sign_note(target, sign_key)}")
 
 
 @click.command()
@@ -92,9 +77,12 @@ def export(source: Path | None, keras_model: Path | None, labels: str | None, ca
 @click.option("--formats", default=",".join(format_table.PACKED), show_default=True,
               help="Comma-separated formats to keep; each must have passed validation.")
 @click.option("--replace", is_flag=True, help="Overwrite OUT if it exists.")
-@_sign_key_option
+@click.option("--replay", type=click.IntRange(0), default=0, show_default=True,
+              help="Also keep the Keras model and this many of its training crops (from the run's split), "
+                   "so `edgekit adapt` can start from the packed bundle.")
+@sign_key_option
 def pack(positional_bundle: Path | None, bundle: Path | None, out: Path, formats: str, replace: bool,
-         sign_key: Path | None) -> None:
+         replay: int, sign_key: Path | None) -> None:
     """Copy a bundle's validated device formats, manifest and labels (no Keras model) into a small
     folder to put on a device."""
     from edgekit.export.pack import pack_bundle
@@ -106,6 +94,6 @@ def pack(positional_bundle: Path | None, bundle: Path | None, out: Path, formats
         fmts = tuple(f.value for f in parse_formats(formats))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--formats") from exc
-    copied = pack_bundle(bundle, out, fmts, replace=replace)
+    copied = pack_bundle(bundle, out, fmts, replace=replace, replay=replay)
     size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
-    click.echo(f"wrote {out}: {', '.join(copied)} ({size / 1024:.1f} KB){_sign(out, sign_key)}")
+    click.echo(f"wrote {out}: {', '.join(copied)} ({size / 1024:.1f} KB){sign_note(out, sign_key)}")

@@ -13,18 +13,23 @@ from pathlib import Path
 
 from edgekit.errors import BundleError
 from edgekit.formats import PACKED
-from edgekit.manifest import load_manifest, verify_artifact
+from edgekit.manifest import Artifact, Manifest, load_manifest, verify_artifact
 
 DEVICE_FORMATS = PACKED  # the rows of edgekit.formats marked packed
 REPORTS = ("validation.md", "validation.json")
 
 
 def pack_bundle(source: Path, out: Path, formats: tuple[str, ...] = DEVICE_FORMATS,
-                replace: bool = False) -> list[str]:
+                replace: bool = False, replay: int = 0, seed: int = 0) -> list[str]:
     """Copy ``formats`` of the bundle ``source`` (each must be present and validated ok) with the
-    manifest, labels and validation report into the new folder ``out``; returns the formats copied."""
+    manifest, labels and validation report into the new folder ``out``; returns the formats copied.
+
+    ``replay`` > 0 also keeps the Keras model with that many of its training crops
+    (:mod:`edgekit.replay`, sampled from the run's split), so ``edgekit adapt`` can start from ``out``."""
     source, out = Path(source), Path(out)
     manifest = load_manifest(source)
+    if replay and "keras" not in formats:
+        formats = (*formats, "keras")
     chosen = {}
     for fmt in formats:
         art = manifest.artifacts.get(fmt)
@@ -44,6 +49,8 @@ def pack_bundle(source: Path, out: Path, formats: tuple[str, ...] = DEVICE_FORMA
             for rel in art.files:
                 shutil.copyfile(source / rel, tmp / rel)
                 os.chmod(tmp / rel, 0o644)
+        if replay:
+            _add_replay(source, tmp, manifest, chosen["keras"], replay, seed)
         for name in REPORTS:
             if (source / name).is_file():
                 shutil.copyfile(source / name, tmp / name)
@@ -57,3 +64,27 @@ def pack_bundle(source: Path, out: Path, formats: tuple[str, ...] = DEVICE_FORMA
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return list(chosen)
+
+
+def _add_replay(source: Path, tmp: Path, manifest: Manifest, keras: Artifact, n: int, seed: int) -> None:
+    """Write ``n`` training crops of the run ``source`` beside its Keras model in ``tmp`` and record them."""
+    from edgekit.manifest import sha256_file
+    from edgekit.paths import resolve_recorded
+    from edgekit.replay import REPLAY_FILE, sample_training_crops, write_replay
+
+    split_file = manifest.training.get("split_file")
+    if not split_file or not resolve_recorded(split_file, source).is_file():
+        raise BundleError(f"--replay needs the run's training split ({split_file or 'not recorded'}) on this "
+                          "machine")
+    x, y, groups = sample_training_crops(resolve_recorded(split_file, source), manifest.labels,
+                                         manifest.preprocessing, n, seed)
+    write_replay(tmp / REPLAY_FILE, x, y, groups)
+    os.chmod(tmp / REPLAY_FILE, 0o644)
+    keras.extra_files = {**keras.extra_files, REPLAY_FILE: sha256_file(tmp / REPLAY_FILE)}
+    manifest.training["replay"] = {
+        "file": REPLAY_FILE, "crops": int(len(y)), "patients": int(len(set(groups.tolist()))),
+        "per_class": {label: int((y == k).sum()) for k, label in enumerate(manifest.labels)},
+        "from": "training part of the split (stratified by class), raw crops (no stain normalization)",
+        "encoding": "WebP mosaic, quality 95",
+        "seed": seed,
+    }

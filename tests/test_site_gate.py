@@ -1,0 +1,102 @@
+"""A site bundle's gate: a failed own test makes every field and session verdict "not validated" with
+its numbers; the replay sample round-trips; manifests record portable paths, never machine ones.
+Light (numpy, OpenCV): no TensorFlow."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from edgekit.device.domain import cell_scores, field_verdict, session_verdict
+from edgekit.device.runtime import default_bundle_dir
+from edgekit.errors import BundleError
+from edgekit.manifest import Gate, Manifest, load_manifest
+
+ROOT = default_bundle_dir().parents[2]
+
+
+@pytest.fixture(scope="module")
+def nih_scores() -> tuple[object, list[float | None]]:
+    """The shipped default's guard and the scores of NIH sample crops it vouches for."""
+    from edgekit.device.preprocess import read_image
+
+    domain = load_manifest(default_bundle_dir()).domain
+    crops = [read_image(p) for p in sorted((ROOT / "examples" / "cells").rglob("*.webp"))]
+    scores = cell_scores(crops, domain)
+    assert field_verdict(scores, domain)["ok"], "precondition: the default vouches for NIH's own crops"
+    return domain, scores
+
+
+def test_failed_gate_vouches_for_nothing_and_says_why(nih_scores):
+    domain, scores = nih_scores
+    failed = Gate(bounds={"parasitemia_error": 1.0, "auc": 0.97},
+                  measured={"parasitemia_error": 2.63, "auc": 0.917}, test_fields=["A", "B"])
+    gated = dataclasses.replace(domain, gate=failed)
+    for verdict in (field_verdict(scores, gated), session_verdict(scores, gated)):
+        assert verdict["ok"] is False
+        assert "site gate FAILED on 2 test fields" in verdict["why"]
+        assert "2.63 > 1" in verdict["why"] and "0.917 < 0.97" in verdict["why"]
+    passed = Gate(bounds={"parasitemia_error": 1.0, "auc": 0.97},
+                  measured={"parasitemia_error": 0.6, "auc": 0.985}, test_fields=["A"])
+    assert field_verdict(scores, dataclasses.replace(domain, gate=passed))["ok"] is True
+
+
+def test_a_bound_without_its_number_fails():
+    gate = Gate(bounds={"parasitemia_error": 1.0, "auc": 0.97}, measured={"auc": 0.99})
+    assert not gate.passed and gate.failures() == ["whole-field parasitemia error (points) not measured"]
+    assert not Gate(bounds={"auc": 0.97}, measured={"auc": float("nan")}).passed
+    with pytest.raises(BundleError, match="unknown bound"):
+        Gate(bounds={"accuracy": 0.9}, measured={})
+
+
+def test_gate_round_trips_through_the_manifest(tmp_path):
+    m = load_manifest(default_bundle_dir())
+    m.domain.gate = Gate(bounds={"auc": 0.97}, measured={"auc": 0.95}, test_fields=["PA1"], source="t")
+    data = json.loads(json.dumps(m.to_dict()))
+    back = Manifest.from_dict(data)
+    assert back.domain.gate == m.domain.gate and not back.domain.gate.passed
+
+
+def test_replay_sample_round_trips(tmp_path):
+    from edgekit.replay import read_replay, write_replay
+
+    rng = np.random.default_rng(0)
+    x = np.zeros((45, 64, 64, 3), np.uint8)
+    for i in range(45):  # smooth discs: lossy WebP keeps them within a few levels
+        yy, xx = np.mgrid[:64, :64]
+        x[i][(yy - 32) ** 2 + (xx - 32) ** 2 < 24 ** 2] = rng.integers(60, 220, 3)
+    y = rng.integers(0, 2, 45)
+    write_replay(tmp_path / "replay.npz", x, y, np.array([f"P{i % 7}" for i in range(45)]))
+    x2, y2 = read_replay(tmp_path / "replay.npz")
+    assert x2.shape == x.shape and (y2 == y).all()
+    assert np.abs(x2.astype(int) - x).mean() < 2.0
+    (tmp_path / "bad.npz").write_bytes(b"not a replay file")
+    with pytest.raises(BundleError, match="not a replay sample"):
+        read_replay(tmp_path / "bad.npz")
+
+
+def test_recorded_paths_are_portable(tmp_path, monkeypatch):
+    from edgekit.paths import portable_command, portable_path, resolve_recorded
+
+    monkeypatch.setenv("EDGEKIT_DATA", str(tmp_path / "data"))
+    (tmp_path / "data" / "cells").mkdir(parents=True)
+    run = tmp_path / "runs" / "a"
+    run.mkdir(parents=True)
+    (tmp_path / "runs" / "split.json").write_text("{}")
+    assert portable_path(tmp_path / "data" / "cells", run) == "$EDGEKIT_DATA/cells"
+    assert portable_path(tmp_path / "runs" / "split.json", run) == "../split.json"
+    assert portable_path("/somewhere/else/x.json", run) == "x.json"
+    assert resolve_recorded("$EDGEKIT_DATA/cells", run) == tmp_path / "data" / "cells"
+    assert resolve_recorded("../split.json", run).resolve() == (tmp_path / "runs" / "split.json").resolve()
+    split = str(tmp_path / "runs" / "split.json")
+    cmd = portable_command([str(tmp_path / "venv" / "edgekit"), "train", split])
+    assert str(tmp_path) not in cmd and cmd.startswith("edgekit train ")
+
+
+def test_shipped_default_records_no_machine_path():
+    text = (default_bundle_dir() / "manifest.json").read_text()
+    for prefix in ("/work/", "/home/", "/root/", "/tmp/"):
+        assert prefix not in text, f"the shipped manifest names a machine path ({prefix}...)"
