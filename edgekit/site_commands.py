@@ -122,7 +122,7 @@ def cells(fields: tuple[Path, ...], annotations: Path, out: Path, class_map: tup
                    "when it is still there.")
 @click.option("--gate-error", type=click.FloatRange(0, 100, min_open=True), default=1.0, show_default=True,
               help="Largest whole-field parasitemia error (points) on test fields for the bundle to vouch.")
-@click.option("--gate-auc", type=click.FloatRange(0.5, 1.0), default=0.97, show_default=True,
+@click.option("--gate-auc", type=click.FloatRange(0.0, 1.0), default=0.97, show_default=True,
               help="Smallest cell AUC on the test fields for the bundle to vouch.")
 @click.option("--formats", default="tflite_int8", show_default=True, help="Formats to export and validate.")
 @click.option("--seed", type=int, default=0, show_default=True)

@@ -56,6 +56,7 @@ def pack_bundle(source: Path, out: Path, formats: tuple[str, ...] = DEVICE_FORMA
                 shutil.copyfile(source / name, tmp / name)
                 os.chmod(tmp / name, 0o644)
         manifest.artifacts = chosen
+        manifest.training = portable_training(manifest.training, source, out)
         manifest.save(tmp)
         os.chmod(tmp, 0o755)
         if out.exists():
@@ -88,3 +89,17 @@ def _add_replay(source: Path, tmp: Path, manifest: Manifest, keras: Artifact, n:
         "encoding": "WebP mosaic, quality 95",
         "seed": seed,
     }
+
+
+def portable_training(training: dict, source: Path, out: Path) -> dict:
+    """The training record with its paths as seen from ``out`` (:func:`edgekit.paths.portable_path`):
+    a packed bundle travels, so it names no path of the machine that packed it."""
+    from edgekit.paths import portable_command, portable_path, resolve_recorded
+
+    training = dict(training)
+    for key in ("split_file", "data_root"):
+        if isinstance(training.get(key), str) and training[key]:
+            training[key] = portable_path(resolve_recorded(training[key], source), out)
+    if isinstance(training.get("command"), str):
+        training["command"] = portable_command(training["command"].split(), out)
+    return training

@@ -18,6 +18,7 @@ pytest.importorskip("ai_edge_litert")
 from bundle_factory import make_tiny_run  # noqa: E402
 
 SIZE = 32
+LENIENT_GATE = ("--gate-error", "100", "--gate-auc", "0")
 
 
 def make_site(root: Path, fields: int = 15, per_field: int = 10, seed: int = 0) -> Path:
@@ -69,9 +70,12 @@ def test_adapt_writes_a_validated_site_bundle_with_provenance(base_run, site, tm
     out = tmp_path / "site_bundle"
     # --allow-drop: a 600-parameter model fine-tuned for a few steps sits near p = 0.5, where int8 may
     # flip a few of 30 validation calls; the validation itself must still run and be recorded
+    # lenient gate bounds: this test is about what is recorded; the gate's refusals are tested below
     res = _cli("adapt", str(base_run), "--data", str(site), "-o", str(out), "--epochs", "4", "--lr", "0.05",
-               "--batch-size", "16", "--block", "1", "--allow-drop", "--cache-dir", str(tmp_path / "cache"))
+               "--batch-size", "16", "--block", "1", "--allow-drop", "--cache-dir", str(tmp_path / "cache"),
+               *LENIENT_GATE)
     assert res.exit_code == 0, res.output
+    assert "unsigned: devices refuse it" in res.output and "edgekit sign" in res.output
     m = load_manifest(out)
     int8 = m.artifacts["tflite_int8"]
     assert verify_artifact(out, int8) and int8.status in ("ok", "failed_validation")
@@ -96,7 +100,14 @@ def test_adapt_writes_a_validated_site_bundle_with_provenance(base_run, site, tm
     for part, items in split["parts"].items():
         for _, _, group in items:
             assert owners.setdefault(group, part) == part
-    assert m.training["split_file"] == str((out / "site_split.json").resolve())
+    assert m.training["split_file"] == "site_split.json"  # relative to the bundle: no machine path
+    assert str(tmp_path) not in (out / "manifest.json").read_text()
+    # the gate: measured on the test fields (labelled cells only: no field images here), recorded
+    gate = m.domain.gate
+    assert gate.test_fields == sorted(json.loads((out / "site_fields.json").read_text())["test"])
+    assert gate.measured["auc"] == site_eval["test"]["auc"]["value"]
+    assert gate.measured["parasitemia_error"] == site_eval["test"]["parasitemia"]["mae_points"]
+    assert "labelled cells only" in gate.source and gate.passed
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left
 
 
@@ -188,7 +199,8 @@ def test_adapt_stops_early_and_field_count_needs_fields(base_run, site, tmp_path
     # a learning rate that cannot improve the model (1e-9): patience 1 stops after one epoch of 20
     out = tmp_path / "early"
     res = _cli("adapt", str(base_run), "--data", str(site), "-o", str(out), "--epochs", "20",
-               "--patience", "1", "--lr", "1e-9", "--batch-size", "16", "--block", "1", "--allow-drop")
+               "--patience", "1", "--lr", "1e-9", "--batch-size", "16", "--block", "1", "--allow-drop",
+               *LENIENT_GATE)
     assert res.exit_code == 0, res.output
     ad = load_manifest(out).training["adaptation"]
     assert len(ad["history"]) < 20 and ad["config"]["patience"] == 1
@@ -203,3 +215,39 @@ def test_train_fields_are_spread_over_the_consecutive_fields():
     picked = spread(fields[::-1], 10)
     assert picked == [f"F{i:03d}" for i in range(5, 100, 10)]  # one from each tenth, in order
     assert spread(fields, 100) == fields and spread(fields, 1) == ["F050"]
+
+
+def test_adapt_starts_from_a_packed_bundle_signs_it_and_a_failed_gate_vouches_for_nothing(
+        base_run, site, tmp_path, monkeypatch):
+    """What a user has: a packed bundle (int8 + Keras + replay sample), its training split nowhere on
+    this machine. A gate its test fields cannot meet: the bundle is written, signed, says NOT
+    VALIDATED on every field, and adapt exits 1 with the numbers."""
+    from edgekit.device.domain import field_verdict
+    from edgekit.manifest import load_manifest
+
+    run = tmp_path / "run"
+    shutil.copytree(base_run, run)
+    res = _cli("export", str(run), "--formats", "tflite_int8", "--allow-drop")
+    assert res.exit_code == 0, res.output
+    packed = tmp_path / "shipped" / "bundle"
+    res = _cli("pack", str(run), "-o", str(packed), "--formats", "tflite_int8", "--replay", "40")
+    assert res.exit_code == 0, res.output
+    m = load_manifest(packed)
+    assert set(m.artifacts["keras"].extra_files) == {"replay.npz"} and m.training["replay"]["crops"] == 40
+    assert not (packed / m.training["split_file"]).exists()  # nothing to fall back on but the replay
+    monkeypatch.setenv("EDGEKIT_SIGNING_KEY", str(Path(__file__).parent / "fixtures" / "test_signing.key"))
+    out = tmp_path / "site"
+    res = _cli("adapt", str(packed), "--data", str(site), "-o", str(out), "--epochs", "2", "--lr", "1e-9",
+               "--batch-size", "16", "--block", "1", "--allow-drop",
+               "--gate-error", "0.0001", "--gate-auc", "1.0")
+    assert res.exit_code == 1, res.output
+    assert "signed with key" in res.output and "site gate FAILED" in res.output
+    assert "NOT VALIDATED" in res.output and "Traceback" not in res.output
+    site_manifest = load_manifest(out)
+    assert site_manifest.training["adaptation"]["base_cells_mixed_in"] > 0  # from the replay sample
+    assert not site_manifest.domain.gate.passed
+    # whatever the cells look like, the failed bundle vouches for no field
+    verdict = field_verdict([0.0] * 20, site_manifest.domain)
+    assert verdict["ok"] is False and "site gate FAILED" in verdict["why"]
+    res = _cli("verify", str(out))
+    assert "site gate FAILED" in res.output
