@@ -83,7 +83,9 @@ def band_costs(y_val: np.ndarray, p_val: np.ndarray, y: np.ndarray, p: np.ndarra
     from edgekit.metrics import proportion
     from edgekit.thresholds import band_edges, band_report
 
-    out = []
+    out: list[dict[str, Any]] = []
+    if not (len(p) and len(p_val) and y_val.any() and not y_val.all()):
+        return out  # no classified crops, or validation crops of one class only: no band to choose
     for target in BAND_TARGETS:
         pos, neg = band_edges(y_val, p_val, cutoff, target)
         b = band_report(y, p, Thresholds(positive=pos, negative=neg, cutoff=cutoff))
@@ -191,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             "patients": len(s["infected"]), "infected": sum(s["infected"].values()),
             "crops": len(statuses), "classified": statuses.count("classified"),
             "refused": statuses.count("rejected"), "failed": statuses.count("failed"),
-            "uncertain_band": proportion(uncertain, len(p)),
+            "uncertain_band": proportion(uncertain, len(p), empty=None),
             "band_costs": band_costs(y_val, p_val, y, p, decision.cutoff), "rules": {},
         }
         for name, r in rules.items():
@@ -203,9 +205,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"({t['infected_referred']} infected, {t['controls_referred']} controls)", flush=True)
         u = res["uncertain_band"]
         print(f"{part}: {res['crops']} crops, {res['refused']} refused, uncertain band {_pct(u)}; narrowing: "
-              + "; ".join(f"{c['target']:.0%} -> {100 * c['uncertain']['value']:.1f}% uncertain "
-                          f"(precision {c['precision'] or 0:.3f}, NPV {c['npv'] or 0:.3f})"
-                          for c in res["band_costs"]), flush=True)
+              + ("; ".join(f"{c['target']:.0%} -> {100 * c['uncertain']['value']:.1f}% uncertain "
+                           f"(precision {c['precision'] or 0:.3f}, NPV {c['npv'] or 0:.3f})"
+                           for c in res["band_costs"]) or "-"), flush=True)
         out["parts"][part] = res
     print(f"rule chosen on validation patients: {rule.describe()} ({rule.source})", flush=True)
     if args.out:

@@ -113,8 +113,8 @@ def test_serve_adds_cells_only_to_a_session_of_its_own_manifest(tmp_path):
     from edgekit.device.serve.station import ServeError, Station
 
     db = tmp_path / "s.sqlite"
-    _run("screen", str(CELLS), "--patient", "P", "-m", str(_edited_copy(tmp_path, "a", positive_fraction=0.9)),
-         "--db", str(db))
+    other = _edited_copy(tmp_path, "a", positive_fraction=0.9)
+    _run("screen", str(CELLS), "--patient", "P", "-m", str(other), "--db", str(db))
     station = Station(load_classifier(GOLDEN), db, tmp_path / "overlays")
     try:
         png = (CELLS / "parasitized_a.webp").read_bytes()
@@ -130,9 +130,10 @@ def test_serve_adds_cells_only_to_a_session_of_its_own_manifest(tmp_path):
         assert {s["id"]: s["records"] for s in store.sessions()} == {1: 4, own: 1}
 
 
-_V3_SESSIONS = """CREATE TABLE sessions (id INTEGER PRIMARY KEY, patient TEXT NOT NULL, site TEXT, operator TEXT,
-    model_sha256 TEXT NOT NULL, model_format TEXT, bundle TEXT, decision TEXT, created_at REAL NOT NULL,
-    updated_at REAL NOT NULL, ward TEXT DEFAULT 'w', UNIQUE (patient, model_sha256))"""
+_V3_SESSIONS = """CREATE TABLE sessions (id INTEGER PRIMARY KEY, patient TEXT NOT NULL, site TEXT,
+    operator TEXT, model_sha256 TEXT NOT NULL, model_format TEXT, bundle TEXT, decision TEXT,
+    created_at REAL NOT NULL, updated_at REAL NOT NULL, ward TEXT DEFAULT 'w',
+    UNIQUE (patient, model_sha256))"""
 
 
 def _schema3_database(tmp_path: Path) -> Path:
