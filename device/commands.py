@@ -175,7 +175,8 @@ def camera(source: str, bundle: Path | None, model_format: str | None, threads: 
 
 @click.command()
 @click.argument("paths", nargs=-1)
-@click.option("--patient", required=True, help="Patient id (a rerun with the same id and model resumes).")
+@click.option("--patient", required=True,
+              help="Patient id (a rerun with the same id, model and manifest resumes its session).")
 @click.option("--site", default=None, help="Screening site.")
 @click.option("--operator", default=None, help="Who ran the screening.")
 @click.option("--camera", "use_camera", is_flag=True, help="Screen camera frames instead of files.")

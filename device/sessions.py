@@ -57,13 +57,21 @@ def session_summary(store: RecordStore, session: Session) -> PatientSummary | No
     return summarize(session.patient, records, decision, domain=session.guarded_with)
 
 
-def public_session(session: Session) -> dict[str, Any]:
-    """The session's stored fields as JSON values (decision and guard parsed)."""
+GUARD_BRIEF = ("field_threshold", "session_threshold", "min_cells", "min_chroma", "max_border_lit",
+               "max_crop_distance", "n", "source")
+
+
+def public_session(session: Session, full_guard: bool = True) -> dict[str, Any]:
+    """The session's stored fields as JSON values (decision and guard parsed). ``full_guard=False``
+    keeps the guard's thresholds and leaves out its statistics (~3 kB a session, for the phone page)."""
     import json
 
     d = dict(vars(session))
     d["decision"] = json.loads(session.decision) if session.decision else None
-    d["guard"] = json.loads(session.guard) if session.guard else None
+    guard = json.loads(session.guard) if session.guard else None
+    if guard and guard.get("domain") and not full_guard:
+        guard = {"domain": {k: guard["domain"].get(k) for k in GUARD_BRIEF}}
+    d["guard"] = guard
     return d
 
 

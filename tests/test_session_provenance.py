@@ -198,3 +198,13 @@ def test_a_session_stored_without_its_guard_says_so_on_the_page(tmp_path):
     finally:
         station.close()
     assert view["summary"]["note"] == GUARD_NOT_STORED and view["summary"]["decision"] == "positive"
+
+
+def test_cli_and_serve_share_one_summary_use_case():
+    """`sessions show` and the phone page call the same non-CLI function; serve imports nothing of the
+    command module (no private cross-module imports)."""
+    root = Path(__file__).resolve().parents[1] / "device"
+    for name in ("serve/station.py", "serve/app.py", "sessions.py"):
+        assert "device.commands" not in (root / name).read_text(), name
+    assert "session_summary(" in (root / "commands.py").read_text()
+    assert "session_summary(" in (root / "serve" / "station.py").read_text()

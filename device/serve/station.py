@@ -122,7 +122,7 @@ class Station:
     def _public(session: Session) -> dict[str, Any]:
         from edgekit.device.sessions import public_session
 
-        return public_session(session)
+        return public_session(session, full_guard=False)
 
     def open_session(self, patient: str, site: str | None, operator: str | None) -> dict[str, Any]:
         """The patient's session with this model and manifest, created or resumed (two phones share it)."""
