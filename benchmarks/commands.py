@@ -86,7 +86,7 @@ def bench(positional_bundle: Path | None, bundle: Path | None, data: Path | None
         worse = [c for c in comparisons if c["verdict"] == "worse"]
         log(f"reference {source}: {len(comparisons)} comparisons, {len(worse)} outside the band (worse)")
     target = out or out_root / f"bench-{result['meta']['profile']['name']}"
-    paths = write_outputs(result, target, plots=not no_plots, comparisons=comparisons)
+    paths = write_outputs(result, target, plots=not no_plots, comparisons=comparisons, log=log)
     if save_reference:
         rows = reference_rows(result["rows"], result["meta"]["model"])
         meta = result["meta"]

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -144,9 +145,15 @@ def markdown_report(result: dict[str, Any], comparisons: list[dict[str, Any]] | 
     return "\n".join(lines) + "\n"
 
 
+PLOTS_SKIPPED = ("plots skipped: matplotlib is not installed (a device install has no plotting; "
+                 "pip install matplotlib for the PNGs); the results are written")
+
+
 def write_outputs(result: dict[str, Any], out_dir: str | Path, plots: bool = True,
-                  comparisons: list[dict[str, Any]] | None = None) -> dict[str, Path]:
-    """bench.json, bench.csv, bench.md and (with ``plots``) the PNGs; returns their paths."""
+                  comparisons: list[dict[str, Any]] | None = None,
+                  log: Callable[[str], None] | None = None) -> dict[str, Path]:
+    """bench.json, bench.csv, bench.md and (with ``plots``) the PNGs; returns their paths. Without
+    matplotlib (a device install) the plots are skipped with one line through ``log``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {k: out / v for k, v in FILES.items()}
@@ -156,7 +163,12 @@ def write_outputs(result: dict[str, Any], out_dir: str | Path, plots: bool = Tru
     atomic_write_text(paths["markdown"], markdown_report(result, comparisons))
     written = {k: paths[k] for k in ("json", "csv", "markdown")}
     if plots:
-        written.update(write_plots(result, out))
+        try:
+            written.update(write_plots(result, out))
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").split(".")[0] != "matplotlib":
+                raise
+            (log or print)(PLOTS_SKIPPED)
     return written
 
 

@@ -79,8 +79,8 @@ def make_seed_model(path: Path) -> None:
     calibrated on 100 NIH crops: for size and speed only. Needs TensorFlow (run in a subprocess)."""
     import keras
 
+    from edgekit import formats
     from edgekit.device.preprocess import load_for_model
-    from edgekit.export.options import Format
     from edgekit.export.tflite import convert_tflite
     from edgekit.manifest import Preprocessing
     from edgekit.model import build_resnet
@@ -92,7 +92,7 @@ def make_seed_model(path: Path) -> None:
     calib = np.stack([load_for_model(f, pre) for f in files])
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    convert_tflite(model, Format.TFLITE_INT8, tmp, calib, image_input=True)
+    convert_tflite(model, formats.get("tflite_int8"), tmp, calib, image_input=True)
     tmp.replace(path)
 
 

@@ -196,10 +196,18 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    usage = "usage: python -m edgekit.benchmarks.worker SPEC.json  (one row of `edgekit bench`)"
+    if argv in (["-h"], ["--help"]):
+        print(usage)
+        return 0
     if len(argv) != 1:
-        print("usage: python -m edgekit.benchmarks.worker SPEC.json", file=sys.stderr)
+        print(usage, file=sys.stderr)
         return 2
-    spec = json.loads(Path(argv[0]).read_text())
+    try:
+        spec = json.loads(Path(argv[0]).read_text())
+    except (OSError, ValueError) as exc:
+        print(f"error: cannot read the spec {argv[0]}: {exc}", file=sys.stderr)
+        return 2
     result = run(spec)
     tmp = Path(spec["result"]).with_suffix(".tmp")
     tmp.write_text(json.dumps(result))

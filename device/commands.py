@@ -175,7 +175,8 @@ def camera(source: str, bundle: Path | None, model_format: str | None, threads: 
 
 @click.command()
 @click.argument("paths", nargs=-1)
-@click.option("--patient", required=True, help="Patient id (a rerun with the same id and model resumes).")
+@click.option("--patient", required=True,
+              help="Patient id (a rerun with the same id, model and manifest resumes its session).")
 @click.option("--site", default=None, help="Screening site.")
 @click.option("--operator", default=None, help="Who ran the screening.")
 @click.option("--camera", "use_camera", is_flag=True, help="Screen camera frames instead of files.")
@@ -209,7 +210,8 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
     from edgekit.device.pipeline import expand_inputs, workers
     from edgekit.device.quality import DEFAULT_GATES
     from edgekit.device.records import RecordStore, default_db_path
-    from edgekit.device.screening import field_crops, path_crops, record_crops, summarize
+    from edgekit.device.screening import field_crops, path_crops, record_crops
+    from edgekit.device.sessions import screened_with, session_summary
     from edgekit.errors import EdgekitError
 
     if bool(paths) == use_camera:
@@ -221,7 +223,7 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
     stop = decision.rule.stop_cells if stop_cells is None else stop_cells
     with RecordStore(db or default_db_path()) as store:
         session = store.open_session(patient, classifier.model_sha256, site, operator, classifier.fmt,
-                                     str(classifier.bundle_dir), decision)
+                                     str(classifier.bundle_dir), decision, screened_with(classifier))
         view = capture = None
         if use_camera and crops_mode:
             crops = ((f"frame {i}", None, center_square(f)) for i, f in enumerate(frames(source), 1))
@@ -272,8 +274,9 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
             click.echo(capture.stats.line(), err=True)
         if tally is not None:
             click.echo(tally.line(), err=True)
-        summary = summarize(patient, store.records(session.id), decision, stop_cells=stop,
-                            domain=classifier.manifest.domain)
+        # what the session stores decides it, here as in `sessions show` and `serve`
+        summary = session_summary(store, store.session_by_id(session.id))
+        summary.stop_cells, summary.stop_reached = stop, bool(stop) and summary.crops >= stop
     click.echo(json.dumps(summary.to_dict()) if as_json else f"session {session.id}: {summary.line()}")
 
 
@@ -338,8 +341,11 @@ def sessions_list(db: Path | None) -> None:
     """One line per session: id, patient, site, cells, parasitized, decision, updated."""
     import time
 
+    from edgekit.device.records import Session
+    from edgekit.device.sessions import session_summary
+
     with _store(db) as store:
-        rows = [(r, _summary(store, store.find_session(str(r["id"]), by="id"))) for r in store.sessions()]
+        rows = [(r, session_summary(store, Session.from_row(r))) for r in store.sessions()]
     click.echo(f"{'id':>4}  {'patient':<16} {'site':<12} {'cells':>6} {'parasit.':>8} {'decision':>8}"
                "  updated")
     for r, summary in rows:
@@ -349,32 +355,6 @@ def sessions_list(db: Path | None) -> None:
         patient, site = display_text(r["patient"]), display_text(r["site"] or "-")
         click.echo(f"{r['id']:>4}  {patient:<16} {site:<12} {cells:>6}"
                    f" {par:>8} {dec:>8}  {when}")
-
-
-def _summary(store, session):
-    """The session's summary with the Decision it was recorded with; None when it has none stored
-    (recorded before decisions were stored): no default rule or cutoff is ever substituted."""
-    from edgekit.device.screening import summarize
-
-    decision = session.decided_with
-    if decision is None:
-        return None
-    return summarize(session.patient, store.records(session.id), decision, domain=_session_domain(session))
-
-
-def _session_domain(session):
-    """The domain statistics of the bundle the session was screened with; None (the guard cannot
-    vouch) when that bundle is gone or has none."""
-    from edgekit.manifest import load_manifest
-
-    try:
-        return load_manifest(session.bundle).domain if session.bundle else None
-    except Exception:  # moved, deleted or unreadable: nothing vouches for the session's cells
-        return None
-
-
-_NO_DECISION = ("no decision rule is stored with this session (recorded by an older edgekit); "
-                "rescreen it with its bundle to decide it")
 
 
 @sessions.command("show")
@@ -388,56 +368,34 @@ def sessions_show(session_id: str | None, by_id: int | None, by_patient: str | N
     patient); when it could be both, say which with --id or --patient."""
     from edgekit.device.review import per_field, review_summary
     from edgekit.device.review_commands import review_text, session_cutoff
+    from edgekit.device.sessions import NO_DECISION, provenance_lines, public_session, session_summary
     from edgekit.errors import EdgekitError
 
     with _store(db) as store:
         session = _find(store, session_id, by_id, by_patient)
         if session is None:
             raise EdgekitError("which session? give SESSION, --id N or --patient ID")
-        summary = _summary(store, session)
+        summary = session_summary(store, session)
         records, cutoff = store.records(session.id), session_cutoff(session)
         review = review_summary(records, store.reviews(session.id), cutoff)
         fields, lines = per_field(records, cutoff), review_text(store, session)
     if as_json:
-        info = {k: v for k, v in session.__dict__.items() if k != "decision"}
-        info["decision"] = None if session.decision is None else json.loads(session.decision)
-        click.echo(json.dumps({"session": info, "summary": None if summary is None else summary.to_dict(),
+        click.echo(json.dumps({"session": public_session(session),
+                               "summary": None if summary is None else summary.to_dict(),
                                "review": review, "fields": fields}))
         return
     click.echo(f"session {session.id}  site {session.site or '-'}  operator {session.operator or '-'}")
-    model = f"model {session.model_format or '?'} sha256 {session.model_sha256[:16]}…"
-    click.echo(f"{model}  bundle {session.bundle}")
+    for line in provenance_lines(session):
+        click.echo(line)
     if summary is None:
-        click.echo(f"patient {session.patient}: {_NO_DECISION}")
+        click.echo(f"patient {session.patient}: {NO_DECISION}")
         return
     decided = session.decided_with
     click.echo(f"decided at cell cutoff {decided.cutoff:.3f} on p({decided.counted_label}), "
-               f"patient rule: positive at >= {decided.rule.positive_fraction:.1%} of cells")
+               f"patient rule: {decided.rule.describe()}")
     click.echo(summary.line())
     for line in lines:
         click.echo(line)
-
-
-EXPORT_COLUMNS = ["session_id", "patient", "site", "operator", "source_id", "source_kind", "content_hash",
-                  "status", "reason", "label", "probability", "p_positive", "decision", "model_sha256",
-                  "created_at", "review", "reviewer"]  # review: a reviewer's verdict on the cell, if any
-
-
-def export_rows(store, sessions) -> list[dict]:
-    """The records of ``sessions`` as export rows (:data:`EXPORT_COLUMNS`; times in UTC, ISO 8601; a
-    reviewer's verdict where there is one): what `edgekit sessions export` and `edgekit serve`'s CSV
-    download write."""
-    from datetime import datetime, timezone
-
-    rows = []
-    for s in sessions:
-        reviews = store.reviews(s.id)
-        for r in store.records(s.id):
-            when = datetime.fromtimestamp(r["created_at"], timezone.utc).isoformat(timespec="seconds")
-            v = reviews.get(int(r["id"])) or {}
-            rows.append({**r, "patient": s.patient, "site": s.site, "operator": s.operator,
-                         "created_at": when, "review": v.get("verdict"), "reviewer": v.get("reviewer")})
-    return rows
 
 
 @sessions.command("export")
@@ -455,6 +413,7 @@ def sessions_export(session_id: str | None, by_id: int | None, by_patient: str |
     """Export the records of one session (or all sessions) as CSV or JSON lines (times in UTC, ISO 8601),
     with a reviewer's verdict on each cell where there is one (columns review, reviewer).
     CSV text cells that a spreadsheet would run as formulas are prefixed with a quote."""
+    from edgekit.device.sessions import EXPORT_COLUMNS, export_rows
     from edgekit.safefile import check_output_target
 
     if output is not None:

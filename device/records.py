@@ -1,9 +1,13 @@
 """Screening records in a local SQLite database (WAL, rows committed a batch at a time).
 
-A session is one patient screened with one model (unique on patient + model sha256), so a rerun
-after a crash resumes it; a record is unique on (session, content hash), so no image is recorded
-twice. ``synchronous=FULL`` makes each committed batch survive a power loss, not only a crash;
-a crash loses at most the batch in flight (its results were not reported yet).
+A session is one patient screened with one model file under one manifest (unique on patient + model
+sha256 + the canonical manifest's sha256), so a rerun after a crash resumes it and a run under
+another manifest opens its own session; a record is unique on (session, content hash), so no image
+is recorded twice. A session stores everything that decided it (:class:`ScreenedWith`: the
+Decision, the domain guard's statistics and thresholds, the manifest's sha256 and its signer), so
+reading it back never needs the bundle. ``synchronous=FULL`` makes each committed batch survive a
+power loss, not only a crash; a crash loses at most the batch in flight (its results were not
+reported yet).
 """
 
 from __future__ import annotations
@@ -14,17 +18,20 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from edgekit.errors import RecordsError
-from edgekit.manifest import Decision
+from edgekit.manifest import Decision, Domain
 from edgekit.safefile import is_regular
 
-SCHEMA_VERSION = 3  # 2: sessions.decision; 3: crop_images and reviews (version-1/2 files keep working)
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS sessions (
+# 2: sessions.decision; 3: crop_images and reviews; 4: sessions keyed on their manifest, with the
+# guard, manifest sha256 and signer they were decided with (version-1/2/3 files keep working)
+SCHEMA_VERSION = 4
+# manifest_sha256 '': a session recorded before sessions were keyed on their manifest
+_SESSIONS = """
+CREATE TABLE IF NOT EXISTS {name} (
     id INTEGER PRIMARY KEY,
     patient TEXT NOT NULL,
     site TEXT,
@@ -35,8 +42,14 @@ CREATE TABLE IF NOT EXISTS sessions (
     decision TEXT,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
-    UNIQUE (patient, model_sha256)
+    manifest_sha256 TEXT NOT NULL DEFAULT '',
+    signer_key_id TEXT,
+    trust TEXT,
+    guard TEXT,{extra}
+    UNIQUE (patient, model_sha256, manifest_sha256)
 );
+"""
+_SCHEMA = _SESSIONS.format(name="sessions", extra="") + """
 CREATE TABLE IF NOT EXISTS records (
     id INTEGER PRIMARY KEY,
     session_id INTEGER NOT NULL REFERENCES sessions(id),
@@ -74,7 +87,7 @@ _SAVE_CROP = ("INSERT OR IGNORE INTO crop_images (record_id, png) SELECT id, ? F
 
 _COLUMNS = {
     "sessions": ("id", "patient", "site", "operator", "model_sha256", "model_format", "bundle", "created_at",
-                 "updated_at", "decision"),
+                 "updated_at", "decision", "manifest_sha256", "signer_key_id", "trust", "guard"),
     "records": ("id", "session_id", "source_id", "source_kind", "content_hash", "status", "reason", "label",
                 "probability", "p_positive", "decision", "probabilities", "model_sha256", "created_at"),
 }
@@ -92,6 +105,26 @@ def _add_missing_columns(conn: sqlite3.Connection) -> None:
     for table, name, sql_type in _ADDED_COLUMNS:
         if name not in {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}:
             conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}")
+
+
+def _rekey_sessions(conn: sqlite3.Connection) -> None:
+    """Schema 4: a sessions table made before it was keyed on the manifest (UNIQUE on patient + model
+    sha256 only) is rebuilt with the new key, in the caller's transaction: every row, id and column
+    is kept (columns another program added too), old sessions get manifest_sha256 '' (unknown)."""
+    cols = conn.execute("PRAGMA table_info(sessions)").fetchall()
+    names = [c[1] for c in cols]
+    if "manifest_sha256" in names:
+        return
+    extra = ""
+    for c in cols:  # (cid, name, type, notnull, default, pk)
+        if c[1] not in _COLUMNS["sessions"]:
+            default = "" if c[4] is None else f" DEFAULT {c[4]}"
+            extra += f'\n    "{c[1]}" {c[2]}{" NOT NULL" if c[3] else ""}{default},'
+    conn.execute(_SESSIONS.format(name="sessions_v4", extra=extra))
+    keep = ", ".join(f'"{n}"' for n in names)
+    conn.execute(f"INSERT INTO sessions_v4 ({keep}) SELECT {keep} FROM sessions")
+    conn.execute("DROP TABLE sessions")
+    conn.execute("ALTER TABLE sessions_v4 RENAME TO sessions")
 
 
 def default_db_path() -> Path:
@@ -151,17 +184,52 @@ class Session:
     created_at: float
     updated_at: float
     decision: str | None = None  # JSON of the manifest Decision the session is decided with
+    manifest_sha256: str | None = None  # the canonical manifest's sha256 (None: recorded before schema 4)
+    signer_key_id: str | None = None  # the key that signed the bundle (None: unsigned or not recorded)
+    trust: str | None = None  # "signed by NAME (key ID)" or "untrusted: why", as checked at screening
+    guard: str | None = None  # JSON {"domain": the guard's statistics and thresholds, or null}
 
     @property
     def decided_with(self) -> Decision | None:
         """The stored Decision; None for sessions recorded before it was stored."""
         return Decision.from_dict(json.loads(self.decision)) if self.decision else None
 
+    @property
+    def guard_stored(self) -> bool:
+        """Whether the domain guard the session was screened with is stored (schema 4 sessions)."""
+        return self.guard is not None
+
+    @property
+    def guarded_with(self) -> Domain | None:
+        """The stored domain guard (None: the bundle had none, or it was not stored: see
+        :attr:`guard_stored`)."""
+        if self.guard is None:
+            return None
+        d = json.loads(self.guard).get("domain")
+        return None if d is None else Domain(**d)
+
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Session:
         """From a ``sessions`` row; columns this edgekit does not know are ignored."""
         d = dict(row)
-        return cls(**{k: d.get(k) for k in _COLUMNS["sessions"]})
+        out = cls(**{k: d.get(k) for k in _COLUMNS["sessions"]})
+        out.manifest_sha256 = out.manifest_sha256 or None  # '': recorded before sessions were keyed on it
+        return out
+
+
+@dataclass(frozen=True)
+class ScreenedWith:
+    """What decides a session besides its records, stored with it: the canonical manifest's sha256 (the
+    session's key with the patient and the model file), the bundle's signer and trust as checked
+    when it was loaded, and the domain guard's statistics and thresholds (None: the bundle has none)."""
+
+    manifest_sha256: str
+    signer_key_id: str | None
+    trust: str
+    domain: Domain | None
+
+    def guard_json(self) -> str:
+        return json.dumps({"domain": None if self.domain is None else asdict(self.domain)})
 
 
 MAX_NAME_CHARS = 128
@@ -216,10 +284,25 @@ class RecordStore:
                 # appends and one scan per summary need no 2 MB page cache: 512 KiB, ~1.6 MB less peak
                 # RSS screening 1,000 crops (their kept PNGs pass through it), same speed
                 self.conn.execute("PRAGMA cache_size=-512")
-                with self.conn:
-                    self.conn.executescript(_SCHEMA)
-                    _add_missing_columns(self.conn)  # a version-1 database: old rows keep NULL
-                    self.conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                self._upgrade()
+
+    def _upgrade(self) -> None:
+        """Create the tables, or bring an older database up to date, in one transaction (a crash
+        leaves the old schema or the new one, never half of it)."""
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if self._has("sessions"):
+                _rekey_sessions(conn)  # a version-1/2/3 database: every row kept, under the new key
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            _add_missing_columns(conn)  # a version-1 database: old rows keep NULL
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
 
     def _check_columns(self) -> None:
         """Extra columns are fine unless they must be filled (NOT NULL without a default): then no row
@@ -248,26 +331,38 @@ class RecordStore:
     def open_session(
         self, patient: str, model_sha256: str, site: str | None = None, operator: str | None = None,
         model_format: str | None = None, bundle: str | None = None, decision: Decision | None = None,
+        screened_with: ScreenedWith | None = None,
     ) -> Session:
-        """The session of ``patient`` with this model, created if new (a rerun resumes it). The
-        ``decision`` (rule and cutoff) is stored with it; a rerun stores the one it now runs with."""
+        """The session of ``patient`` with this model file under this manifest
+        (``screened_with.manifest_sha256``), created if new: a rerun resumes it, a run under another
+        manifest opens another session. The ``decision`` and ``screened_with`` (guard, signer) are
+        stored with a new session; a resumed one keeps what it has (the same manifest decides it)."""
         if not patient or not patient.strip():
             raise RecordsError("a patient id is required")
         for what, value in (("patient id", patient), ("site", site), ("operator", operator)):
             _check_name(what, value)
         now = time.time()
         stored = None if decision is None else json.dumps(decision.to_dict())
+        w = screened_with
+        manifest_sha = "" if w is None else w.manifest_sha256
+        provenance = (None, None, None) if w is None else (w.signer_key_id, w.trust, w.guard_json())
         with _db_errors(self.path), self.conn:
             self.conn.execute(
                 "INSERT INTO sessions (patient, site, operator, model_sha256, model_format, bundle, decision,"
-                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (patient, model_sha256) DO UPDATE SET updated_at = excluded.updated_at,"
+                " created_at, updated_at, manifest_sha256, signer_key_id, trust, guard)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (patient, model_sha256, manifest_sha256) DO UPDATE SET"
+                " updated_at = excluded.updated_at,"
                 " site = COALESCE(excluded.site, site), operator = COALESCE(excluded.operator, operator),"
-                " decision = COALESCE(excluded.decision, decision)",
-                (patient, site, operator, model_sha256, model_format, bundle, stored, now, now),
+                " decision = COALESCE(decision, excluded.decision), guard = COALESCE(guard, excluded.guard),"
+                " signer_key_id = COALESCE(signer_key_id, excluded.signer_key_id),"
+                " trust = COALESCE(trust, excluded.trust)",
+                (patient, site, operator, model_sha256, model_format, bundle, stored, now, now, manifest_sha,
+                 *provenance),
             )
             row = self.conn.execute(
-                "SELECT * FROM sessions WHERE patient = ? AND model_sha256 = ?", (patient, model_sha256)
+                "SELECT * FROM sessions WHERE patient = ? AND model_sha256 = ? AND manifest_sha256 = ?",
+                (patient, model_sha256, manifest_sha),
             ).fetchone()
         return Session.from_row(row)
 

@@ -7,6 +7,7 @@ input shape is checked against the manifest's preprocessing after.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from edgekit.manifest import (
     read_manifest_data,
     read_verified_artifact,
 )
-from edgekit.signing import require_trusted
+from edgekit.signing import Trust, canonical_manifest, require_trusted
 
 FORMAT_ORDER = DEVICE_ORDER  # the format table's device preference: smallest and fastest first
 
@@ -133,8 +134,15 @@ class Prediction:
 class Classifier:
     """A loaded bundle model. ``predict`` takes uint8 crops from ``prepare()``."""
 
-    def __init__(self, manifest: Manifest, artifact: Artifact, bundle_dir: Path, backend: Backend) -> None:
+    def __init__(self, manifest: Manifest, artifact: Artifact, bundle_dir: Path, backend: Backend,
+                 manifest_sha256: str | None = None, trust: Trust | None = None) -> None:
+        """``manifest_sha256``: the sha256 of the canonical manifest as read (and checked against its
+        signature); ``trust``: the signature check's outcome (None: not checked)."""
         self.manifest = manifest
+        if manifest_sha256 is None:  # built without load_classifier: the manifest as parsed
+            manifest_sha256 = hashlib.sha256(canonical_manifest(manifest.to_dict())).hexdigest()
+        self.manifest_sha256 = manifest_sha256
+        self.trust = trust
         self.artifact = artifact
         self.bundle_dir = bundle_dir
         self.backend = backend
@@ -227,7 +235,8 @@ def load_classifier(
         raise BundleError(f"threads must be at least 1, not {threads}")
     backend = open_backend(artifact.runtime, path, threads, content)
     _check_declared_io(artifact, backend)
-    return Classifier(manifest, artifact, bundle_dir, backend)
+    manifest_sha256 = hashlib.sha256(canonical_manifest(data)).hexdigest()
+    return Classifier(manifest, artifact, bundle_dir, backend, manifest_sha256, trust)
 
 
 def _warn(line: str) -> None:

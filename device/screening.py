@@ -52,6 +52,8 @@ class PatientSummary:
     stop_cells: int
     stop_reached: bool
     domain: dict[str, Any] | None = None  # the domain guard's verdict on the session's cells
+    refused_count: bool = False  # the rule counts rejected crops toward refer (patient_rule.refused_crops)
+    note: str | None = None  # what the reader should know about how this verdict was kept
 
     @property
     def validated(self) -> bool:
@@ -65,11 +67,15 @@ class PatientSummary:
         lo, hi = self.ci95
         stop = "reached" if self.stop_reached else f"{self.crops}/{self.stop_cells} cells"
         valid = "" if self.validated else ", not validated for this microscope"
+        counted = " (counted toward refer)" if self.refused_count and self.rejected else ""
         line = (
             f"patient {self.patient}: {self.crops} cells, {self.parasitized} parasitized "
             f"({self.fraction:.1%}, 95% CI {lo:.1%}-{hi:.1%}{valid}), {self.uncertain} uncertain, "
-            f"{self.rejected} rejected, {self.failed} failed -> {self.decision.upper()}; stop rule {stop}"
+            f"{self.rejected} rejected{counted}, {self.failed} failed -> {self.decision.upper()}; "
+            f"stop rule {stop}"
         )
+        if self.note:
+            line += f"\n{self.note}"
         if not self.validated:
             line += f"\ndomain: {self.domain['why']}"  # type: ignore[index]
         return line
@@ -105,13 +111,14 @@ def summarize(patient: str, records: Iterable[dict[str, Any]], decision: Decisio
     if domain is not False:
         verdict = session_verdict([r.get("domain_score") for r in records if r["status"] != "failed"],
                                   domain or None)
-    call = decision.patient_decision(k, n)
+    call = decision.patient_decision(k, n, counts["rejected"])
     if domain and verdict is not None and not verdict["ok"] and n:
         call = "refer"
     return PatientSummary(
         patient=patient, crops=n, parasitized=k, uncertain=counts["uncertain"], rejected=counts["rejected"],
         failed=counts["failed"], fraction=k / n if n else 0.0, ci95=wilson_interval(k, n),
         decision=call, stop_cells=stop, stop_reached=bool(stop) and n >= stop, domain=verdict,
+        refused_count=decision.rule.refused_crops == "unknown",
     )
 
 

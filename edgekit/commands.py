@@ -67,8 +67,7 @@ def info(run: Path | None, bundle: Path | None, as_json: bool) -> None:
     click.echo(f"thresholds:    counted positive at p >= {m.decision.cutoff:.4f}; positive >= "
                f"{t.positive:.4f}, negative < {t.negative:.4f}, uncertain between ({t.source})")
     r = m.patient_rule
-    click.echo(f"patient rule:  positive >= {r.positive_fraction:.1%} cells, negative if upper 95% bound "
-               f"< {r.negative_fraction:.1%}; stop at {r.stop_cells} cells ({r.source})")
+    click.echo(f"patient rule:  {r.describe()}; stop at {r.stop_cells} cells ({r.source})")
     tr = m.training
     if tr:
         arch = tr.get("model", {})

@@ -133,28 +133,68 @@ class Thresholds:
         return "uncertain"
 
 
+POSITIVE_EVIDENCE = ("point", "wilson_lower")  # what must reach positive_fraction for a positive call
+REFUSED_CROPS = ("ignored", "unknown")  # how crops the gates or the guard refused weigh in the decision
+
+
 @dataclass
 class PatientRule:
     """Patient-level decision from the fraction of cells called parasitized (p >= ``Thresholds.cutoff``,
-    the cut the rule was chosen with; the uncertain band only flags single cells), and the stop rule."""
+    the cut the rule was chosen with; the uncertain band only flags single cells), and the stop rule.
 
-    positive_fraction: float = 0.05  # >= this fraction of parasitized cells -> positive
+    ``positive_evidence`` says what must exceed ``positive_fraction`` for a positive call: ``point``
+    (the called fraction itself, reaching it: manifests written before the field) or ``wilson_lower``
+    (the lower Wilson 95% bound of the called fraction, above it: the evidence excludes the
+    threshold, as the negative side's upper bound does). ``refused_crops``: ``ignored`` (old
+    manifests) or ``unknown``: every crop the quality gates or the domain guard refused counts as a
+    cell whose call is unknown, as not parasitized for the positive evidence and as parasitized for
+    the negative evidence, so refused crops can only move a patient toward refer."""
+
+    positive_fraction: float = 0.05  # positive evidence above this fraction of parasitized cells -> positive
     negative_fraction: float = 0.05  # Wilson upper 95% bound below this -> negative; else refer
     stop_cells: int = 1000
     source: str = "default"
+    positive_evidence: str = "point"
+    refused_crops: str = "ignored"
 
-    def decide(self, k: int, n: int) -> str:
-        """positive when k/n counted cells reach ``positive_fraction``; negative when the Wilson upper
-        95% bound is below ``negative_fraction``; refer (to microscopy) otherwise, including n = 0."""
+    def __post_init__(self) -> None:
+        if self.positive_evidence not in POSITIVE_EVIDENCE:
+            raise BundleError(f"patient_rule.positive_evidence must be one of {', '.join(POSITIVE_EVIDENCE)},"
+                              f" not {self.positive_evidence!r}")
+        if self.refused_crops not in REFUSED_CROPS:
+            raise BundleError(f"patient_rule.refused_crops must be one of {', '.join(REFUSED_CROPS)},"
+                              f" not {self.refused_crops!r}")
+
+    def decide(self, k: int, n: int, refused: int = 0) -> str:
+        """The patient from ``k`` cells called parasitized of ``n`` classified (and ``refused`` crops
+        the gates or the guard refused): positive, negative or refer (to microscopy; also n = 0).
+        The one function that decides a patient: every screen, summary and benchmark calls it."""
         from edgekit.metrics import wilson_interval  # numpy: only when a patient is decided
 
         if n == 0:
             return "refer"
-        if k / n >= self.positive_fraction:
+        r = refused if self.refused_crops == "unknown" else 0
+        m = n + r
+        if self.positive_evidence == "wilson_lower":
+            if wilson_interval(k, m)[0] > self.positive_fraction:
+                return "positive"
+        elif k / m >= self.positive_fraction:
             return "positive"
-        if wilson_interval(k, n)[1] < self.negative_fraction:
+        if wilson_interval(k + r, m)[1] < self.negative_fraction:
             return "negative"
         return "refer"
+
+    def describe(self) -> str:
+        """The rule in words, for ``info`` and ``sessions show``."""
+        if self.positive_evidence == "wilson_lower":
+            pos = (f"positive when the lower 95% bound of the parasitized fraction is above "
+                   f"{self.positive_fraction:.1%}")
+        else:
+            pos = f"positive at >= {self.positive_fraction:.1%} of cells"
+        text = f"{pos}, negative when the upper 95% bound is below {self.negative_fraction:.1%}, else refer"
+        if self.refused_crops == "unknown":
+            text += "; refused crops count toward refer"
+        return text
 
 
 def default_positive_label(labels: Sequence[str]) -> str:
@@ -213,9 +253,9 @@ class Decision:
             return pos if self.is_counted_positive(float(probabilities[pos])) else 1 - pos
         return max(range(len(probabilities)), key=lambda i: probabilities[i])
 
-    def patient_decision(self, k: int, n: int) -> str:
-        """The patient from k counted cells of n (:meth:`PatientRule.decide`)."""
-        return self.rule.decide(k, n)
+    def patient_decision(self, k: int, n: int, refused: int = 0) -> str:
+        """The patient from k counted cells of n and ``refused`` crops (:meth:`PatientRule.decide`)."""
+        return self.rule.decide(k, n, refused)
 
     def to_dict(self) -> dict[str, Any]:
         """What a screening session stores: enough to redo its summary exactly."""

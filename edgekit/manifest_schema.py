@@ -161,6 +161,8 @@ def validate_manifest_data(d: Any) -> None:
     rule = _obj(d, "patient_rule", "patient_rule")
     for k in ("positive_fraction", "negative_fraction"):
         _prob(rule, k, f"patient_rule.{k}")
+    for k in ("positive_evidence", "refused_crops"):
+        _str(rule, k, f"patient_rule.{k}")
     if "stop_cells" in rule and not (_is_int(rule["stop_cells"]) and rule["stop_cells"] >= 0):
         raise _fail("patient_rule.stop_cells", f"must be a non-negative integer, not {rule['stop_cells']!r}")
     for k in ("training", "evaluation", "versions"):

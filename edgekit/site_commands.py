@@ -171,7 +171,7 @@ def adapt(model: Path, site: Path, out: Path, fields_split: Path | None, block: 
                        f"parasitemia MAE {e['parasitemia']['mae_points']:.2f} points")
     t = m.thresholds
     click.echo(f"cutoff {t.cutoff:.3f}, uncertain band {t.negative:.3f}-{t.positive:.3f}; "
-               f"field positive at >= {m.patient_rule.positive_fraction:.1%} cells")
+               f"field rule: {m.patient_rule.describe()}")
     gate = m.domain.gate if m.domain is not None else None
     click.echo(f"wrote {out}{sign_note(out, sign_key)}")
     if sign_key is None:

@@ -3,8 +3,9 @@
 Cell level: the cutoff maximises Youden's J (sensitivity + specificity - 1) on validation crops;
 the uncertain band ("refer to microscopy") is the narrowest one around it outside of which the
 validation crops are classified with at least ``target`` precision on each side.
-Patient level: a patient is positive when the fraction of parasitized-called cells reaches
-``positive_fraction``, set above the highest fraction seen among validation control patients.
+Patient level: a patient is positive when the lower Wilson 95% bound of the fraction of
+parasitized-called cells is above ``positive_fraction`` (set above the highest fraction seen among
+validation control patients), negative when the upper bound is below it, refer otherwise.
 """
 
 from __future__ import annotations
@@ -117,17 +118,24 @@ def band_report(y: np.ndarray, p: np.ndarray, thresholds: Thresholds) -> dict[st
 
 def choose_patient_rule(
     control_fractions: list[float], infected_fractions: list[float], stop_cells: int = 1000,
-    floor: float = 0.05,
+    floor: float = 0.05, positive_evidence: str = "wilson_lower", refused_crops: str = "unknown",
 ) -> PatientRule:
-    """Positive when the called-parasitized fraction reaches a cut above every validation control
-    patient (with margin, never below ``floor``); negative when the Wilson upper bound is below it too."""
+    """The patient rule from validation patients' called-parasitized fractions: the threshold sits
+    above every control (with margin, never below ``floor``); a patient is positive when the
+    ``positive_evidence`` (default: the lower Wilson 95% bound of its called fraction) is above
+    it, negative when the upper bound is below it, refer otherwise (:meth:`PatientRule.decide`);
+    ``refused_crops`` (default ``unknown``) makes refused crops count toward refer."""
     highest_control = max(control_fractions, default=0.0)
     # a fraction, so at most 1 (a poor model's controls can be called parasitized above 2/3)
     positive = min(1.0, max(floor, 1.5 * highest_control))
     lowest_infected = min(infected_fractions, default=1.0)
+    evidence = {"wilson_lower": "the lower 95% bound of the called fraction",
+                "point": "the called fraction"}.get(positive_evidence, positive_evidence)
     source = (
         f"validation patients: {len(control_fractions)} controls (highest called fraction "
-        f"{highest_control:.3f}), {len(infected_fractions)} infected (lowest {lowest_infected:.3f})"
+        f"{highest_control:.3f}), {len(infected_fractions)} infected (lowest {lowest_infected:.3f}); "
+        f"positive on {evidence}"
+        + ("; refused crops count toward refer" if refused_crops == "unknown" else "")
     )
     return PatientRule(positive_fraction=positive, negative_fraction=positive, stop_cells=stop_cells,
-                       source=source)
+                       source=source, positive_evidence=positive_evidence, refused_crops=refused_crops)

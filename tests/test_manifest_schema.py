@@ -46,6 +46,8 @@ def _one_line_error(bundle, match: str) -> None:
     (lambda d: d["thresholds"].update(positive="high"), "thresholds.positive"),
     (lambda d: d["thresholds"].update(positive=True), "thresholds.positive"),
     (lambda d: d["patient_rule"].update(stop_cells=-1), "patient_rule.stop_cells"),
+    (lambda d: d["patient_rule"].update(positive_evidence="median"), "patient_rule.positive_evidence"),
+    (lambda d: d["patient_rule"].update(refused_crops=0), "patient_rule.refused_crops"),
     (lambda d: d["artifacts"]["tflite_int8"].update(sha256="abc"), "sha256"),
     (lambda d: d["artifacts"]["tflite_int8"].update(bytes="big"), "bytes"),
     (lambda d: d["artifacts"]["tflite_int8"]["outputs"][0].update(shape="2"), "shape"),

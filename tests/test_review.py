@@ -100,16 +100,23 @@ def test_review_summary_and_per_field_arithmetic():
     assert fields["f1.jpg"]["parasitized"] == 2 and fields["f1.jpg"]["ci95"] == list(wilson_interval(2, 3))
 
 
+_V1 = """
+CREATE TABLE sessions (id INTEGER PRIMARY KEY, patient TEXT NOT NULL, site TEXT, operator TEXT,
+    model_sha256 TEXT NOT NULL, model_format TEXT, bundle TEXT, created_at REAL NOT NULL,
+    updated_at REAL NOT NULL, UNIQUE (patient, model_sha256));
+CREATE TABLE records (id INTEGER PRIMARY KEY, session_id INTEGER NOT NULL REFERENCES sessions(id),
+    source_id TEXT NOT NULL, source_kind TEXT NOT NULL, content_hash TEXT NOT NULL, status TEXT NOT NULL,
+    reason TEXT, label TEXT, probability REAL, p_positive REAL, decision TEXT, probabilities TEXT,
+    model_sha256 TEXT NOT NULL, created_at REAL NOT NULL, UNIQUE (session_id, content_hash));
+"""
+
+
 def test_version_1_database_still_opens(tmp_path):
     """A database written before review tables existed: read-only use works (no reviews), and
     opening it for writing adds the tables without touching its rows."""
     db = tmp_path / "old.sqlite"
     con = sqlite3.connect(db)
-    from edgekit.device.records import _SCHEMA
-
-    v1 = _SCHEMA.split("CREATE TABLE IF NOT EXISTS crop_images")[0]
-    v1 = v1.replace("    decision TEXT,\n    created_at", "    created_at")
-    con.executescript(v1)  # the version-1 tables: no sessions.decision, no review tables
+    con.executescript(_V1)  # the version-1 tables: no sessions.decision, no review tables
     con.execute("INSERT INTO sessions VALUES (1, 'P1', NULL, NULL, 'abc', NULL, NULL, 0, 0)")
     con.execute("INSERT INTO records (session_id, source_id, source_kind, content_hash, status, p_positive,"
                 " decision, model_sha256, created_at) VALUES (1, 'a.png', 'file', 'h', 'classified', 0.9,"

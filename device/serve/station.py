@@ -12,7 +12,6 @@ own crops), so the page, the command line and the database agree. A crop goes th
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import tempfile
 from collections.abc import Callable
@@ -85,7 +84,8 @@ class Station:
         clf = self.classifier
         return {
             "model": {"format": clf.fmt, "sha256": clf.model_sha256, "bundle": str(clf.bundle_dir),
-                      "labels": list(clf.manifest.labels)},
+                      "labels": list(clf.manifest.labels),
+                      "manifest_sha256": getattr(clf, "manifest_sha256", None)},
             "decision": clf.manifest.decision.to_dict(),
             "untrusted": self.untrusted,
         }
@@ -103,11 +103,11 @@ class Station:
         return found
 
     def _summary(self, session: Session) -> dict[str, Any] | None:
-        """What ``edgekit sessions show`` says, with the Decision stored with the session; None for
-        a session recorded before decisions were stored."""
-        from edgekit.device.commands import _summary
+        """What ``edgekit sessions show`` says, from what is stored with the session (its Decision and
+        domain guard; never the bundle); None for a session recorded before decisions were stored."""
+        from edgekit.device.sessions import session_summary
 
-        summary = _summary(self.store, session)
+        summary = session_summary(self.store, session)
         return None if summary is None else summary.to_dict()
 
     def _view(self, session: Session) -> dict[str, Any]:
@@ -120,15 +120,18 @@ class Station:
 
     @staticmethod
     def _public(session: Session) -> dict[str, Any]:
-        d = dict(vars(session))
-        d["decision"] = json.loads(session.decision) if session.decision else None
-        return d
+        from edgekit.device.sessions import public_session
+
+        return public_session(session, full_guard=False)
 
     def open_session(self, patient: str, site: str | None, operator: str | None) -> dict[str, Any]:
-        """The patient's session with this model, created or resumed (two phones share it)."""
+        """The patient's session with this model and manifest, created or resumed (two phones share it)."""
+        from edgekit.device.sessions import screened_with
+
         clf = self.classifier
         session = self.store.open_session(patient.strip(), clf.model_sha256, site or None, operator or None,
-                                          clf.fmt, str(clf.bundle_dir), clf.manifest.decision)
+                                          clf.fmt, str(clf.bundle_dir), clf.manifest.decision,
+                                          screened_with(clf))
         return self._view(session)
 
     def sessions(self, limit: int | None = None) -> list[dict[str, Any]]:
@@ -146,7 +149,7 @@ class Station:
     def export_csv(self, session_id: int | None) -> str:
         """The records of one session (or all) as `edgekit sessions export` writes them, through the
         safe CSV writer (CR/LF quoted, formula-like cells made inert)."""
-        from edgekit.device.commands import EXPORT_COLUMNS, export_rows
+        from edgekit.device.sessions import EXPORT_COLUMNS, export_rows
         from edgekit.outputs import csv_text
 
         chosen = [self._session(session_id)] if session_id is not None else self._sessions()
@@ -225,6 +228,7 @@ class Station:
         if not data:
             raise ServeError(400, "empty upload (0 bytes)")
         session = self._session(session_id)
+        self._check_same_bundle(session)
         sha = hashlib.sha256(data).hexdigest()
         shown = display_name(name, sha)
         with tempfile.TemporaryDirectory(prefix="edgekit-upload-") as tmp:
@@ -243,6 +247,14 @@ class Station:
             out = self._add_crop(session, shown, sha, rgb, stop)
         out.update(kind=kind, name=shown, sha256=sha, **self._view(self._session(session.id)))
         return out
+
+    def _check_same_bundle(self, session: Session) -> None:
+        """Cells are added only to a session of this station's model file and manifest: another
+        session's records and decision rule stay as they were screened."""
+        clf = self.classifier
+        if session.model_sha256 != clf.model_sha256 or session.manifest_sha256 != clf.manifest_sha256:
+            raise ServeError(409, f"session {session.id} was screened with another model or manifest than "
+                                  "this station's: open a session for the patient here to add cells")
 
     def _record(self, session: Session, items: list, kind: str, stop: int) -> dict[str, int]:
         """Record ``items`` as ``edgekit screen`` does; how many were new, already there, past the stop."""

@@ -99,6 +99,9 @@ function renderSummary(s, review) {
     box.prepend(el("p", { class: "warn domain", "data-ok": "false" },
                    `NOT VALIDATED for this microscope: ${s.domain.why || ""}`));
   }
+  if (s.note) {  // e.g. a session stored without its domain guard: decided by its rule as recorded
+    box.prepend(el("p", { class: "warn note" }, s.note));
+  }
   const button = $("#open-review");
   button.textContent = review && review.flagged
     ? `Review flagged cells (${review.pending} of ${review.flagged} to do)` : "Review flagged cells";

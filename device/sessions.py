@@ -1,0 +1,112 @@
+"""Screening sessions read back: what `edgekit sessions list/show/export` and `edgekit serve` show.
+
+Everything here comes from the screening database alone: a session's records, the Decision, the
+domain guard (statistics and thresholds) and the manifest sha256 and signer it was screened with are
+stored with it (:class:`edgekit.device.records.ScreenedWith`), so moving, editing or deleting the
+bundle changes no stored or shown verdict, and no manifest is ever read again here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from edgekit.device.records import ScreenedWith
+
+if TYPE_CHECKING:
+    from edgekit.device.records import RecordStore, Session
+    from edgekit.device.runtime import Classifier
+    from edgekit.device.screening import PatientSummary
+
+GUARD_NOT_STORED = "stored without its guard: verdict as recorded"
+NO_DECISION = ("no decision rule is stored with this session (recorded by an older edgekit); "
+               "rescreen it with its bundle to decide it")
+
+
+def screened_with(classifier: Classifier) -> ScreenedWith:
+    """What a session screened by ``classifier`` stores besides its Decision: the canonical manifest's
+    sha256, the signer and the trust check as made at load, and the domain guard as used."""
+    from edgekit.signing import canonical_manifest
+
+    manifest_sha = getattr(classifier, "manifest_sha256", None) or hashlib.sha256(
+        canonical_manifest(classifier.manifest.to_dict())).hexdigest()
+    trust = getattr(classifier, "trust", None)
+    if trust is None:
+        return ScreenedWith(manifest_sha, None, "signature not checked", classifier.manifest.domain)
+    text = trust.reason if trust.trusted else f"untrusted: {trust.reason}"
+    signer = trust.key_id if trust.trusted else None
+    return ScreenedWith(manifest_sha, signer, text, classifier.manifest.domain)
+
+
+def session_summary(store: RecordStore, session: Session) -> PatientSummary | None:
+    """The session's summary, decided with what is stored with it: its Decision and its domain guard
+    (a session stored without its guard is decided by its rule alone and says so). None when no
+    Decision is stored (recorded before decisions were stored): no default rule is substituted."""
+    from edgekit.device.screening import summarize
+
+    decision = session.decided_with
+    if decision is None:
+        return None
+    records = store.records(session.id)
+    if not session.guard_stored:
+        summary = summarize(session.patient, records, decision, domain=False)
+        summary.note = GUARD_NOT_STORED
+        return summary
+    return summarize(session.patient, records, decision, domain=session.guarded_with)
+
+
+GUARD_BRIEF = ("field_threshold", "session_threshold", "min_cells", "min_chroma", "max_border_lit",
+               "max_crop_distance", "n", "source")
+
+
+def public_session(session: Session, full_guard: bool = True) -> dict[str, Any]:
+    """The session's stored fields as JSON values (decision and guard parsed). ``full_guard=False``
+    keeps the guard's thresholds and leaves out its statistics (~3 kB a session, for the phone page)."""
+    import json
+
+    d = dict(vars(session))
+    d["decision"] = json.loads(session.decision) if session.decision else None
+    guard = json.loads(session.guard) if session.guard else None
+    if guard and guard.get("domain") and not full_guard:
+        guard = {"domain": {k: guard["domain"].get(k) for k in GUARD_BRIEF}}
+    d["guard"] = guard
+    return d
+
+
+def provenance_lines(session: Session) -> list[str]:
+    """How ``sessions show`` names what decided the session (all of it from the database)."""
+    model = f"model {session.model_format or '?'} sha256 {session.model_sha256[:16]}…"
+    lines = [f"{model}  bundle {session.bundle} (as screened; not read again)"]
+    if session.manifest_sha256:
+        trust = session.trust or "trust not recorded"
+        lines.append(f"manifest sha256 {session.manifest_sha256[:16]}…  {trust}")
+    if not session.guard_stored:
+        lines.append(f"domain guard: {GUARD_NOT_STORED}")
+    else:
+        dom = session.guarded_with
+        lines.append("domain guard: none in the bundle (nothing vouches for the cells)" if dom is None else
+                     f"domain guard: session median distance <= {dom.session_threshold:.2f} over >= "
+                     f"{dom.min_cells} cells (stored with the session)")
+    return lines
+
+
+EXPORT_COLUMNS = ["session_id", "patient", "site", "operator", "source_id", "source_kind", "content_hash",
+                  "status", "reason", "label", "probability", "p_positive", "decision", "model_sha256",
+                  "created_at", "review", "reviewer"]  # review: a reviewer's verdict on the cell, if any
+
+
+def export_rows(store: RecordStore, sessions: Iterable[Session]) -> list[dict[str, Any]]:
+    """The records of ``sessions`` as export rows (:data:`EXPORT_COLUMNS`; times in UTC, ISO 8601; a
+    reviewer's verdict where there is one): what `edgekit sessions export` and `edgekit serve`'s CSV
+    download write."""
+    rows = []
+    for s in sessions:
+        reviews = store.reviews(s.id)
+        for r in store.records(s.id):
+            when = datetime.fromtimestamp(r["created_at"], timezone.utc).isoformat(timespec="seconds")
+            v = reviews.get(int(r["id"])) or {}
+            rows.append({**r, "patient": s.patient, "site": s.site, "operator": s.operator,
+                         "created_at": when, "review": v.get("verdict"), "reviewer": v.get("reviewer")})
+    return rows
