@@ -63,6 +63,9 @@ class AdaptConfig:
     # cap on negative training cells per field (all positives kept): with every negative, the class
     # weights of a few positives (x40 at 10 IML fields) made fine-tuning unstable (site val AUC 0.91 vs 0.98)
     negatives_per_field: int | None = 30
+    # found objects that are no labelled cell (white cells, clumps, fragments: `edgekit cells` keeps them),
+    # taught as not parasitized, at most this many per training field: whole-field counts include them
+    objects_per_field: int = 10
     seed: int = 0
     # what the test fields must show before the site guard may vouch (edgekit.manifest.GATE_BOUNDS)
     gate: dict[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_GATE_BOUNDS))
@@ -286,6 +289,30 @@ def _base_sample(manifest: Any, source: Path, base_data: Path | None, n: int, se
     )
 
 
+def _found_objects(site: Path, train_fields: list[str], cfg: AdaptConfig, pre: Any,
+                   cache_dir: Path | None) -> np.ndarray:
+    """Up to ``cfg.objects_per_field`` crops per training field of the objects the finder returned
+    there that are no labelled cell (``SITE/.objects`` from ``edgekit cells``); none when absent."""
+    from edgekit.cells import OBJECTS_DIR, field_of
+    from edgekit.data import load_images
+
+    folder = Path(site) / OBJECTS_DIR
+    if cfg.objects_per_field <= 0 or not folder.is_dir():
+        return np.zeros((0, *pre.input_size, pre.channels), np.uint8)
+    wanted = set(train_fields)
+    by_field: dict[str, list[str]] = {}
+    for f in sorted(folder.iterdir()):
+        if f.suffix == ".png" and field_of(f) in wanted:
+            by_field.setdefault(field_of(f), []).append(f"{OBJECTS_DIR}/{f.name}")
+    rng = random.Random(cfg.seed)
+    paths = [p for fld in sorted(by_field)
+             for p in rng.sample(by_field[fld], min(cfg.objects_per_field, len(by_field[fld])))]
+    if not paths:
+        return np.zeros((0, *pre.input_size, pre.channels), np.uint8)
+    x, _ = load_images(Path(site), paths, pre, cache_dir=cache_dir)
+    return x
+
+
 def _weights(y: np.ndarray, n_classes: int, total: float) -> np.ndarray:
     """Per-sample weights: each class of this source gets an equal share of ``total``."""
     counts = np.bincount(y, minlength=n_classes).astype(np.float64)
@@ -374,6 +401,11 @@ def adapt_model(
     # training pipeline (as `edgekit train` does); validation and test crops get the device's prepare()
     raw = dataclasses.replace(pre, stain="none")
     xs, ys, _, _ = _arrays(split, "train", labels, raw, cache_dir)
+    xo = _found_objects(site, fields["train"], cfg, raw, cache_dir)
+    if len(xo):
+        log(f"site: {len(xo)} found objects that are no labelled cell, from the training fields, learnt as "
+            f"{labels[1 - pos]}")
+        xs, ys = np.concatenate([xs, xo]), np.concatenate([ys, np.full(len(xo), 1 - pos, ys.dtype)])
     xv, yv, gv, _ = _arrays(split, "val", labels, pre, cache_dir)
     xt, yt, gt, _ = _arrays(split, "test", labels, pre, cache_dir)
     log(f"site: {len(ys)} train cells ({int((ys == pos).sum())} {labels[pos]}) from {len(fields['train'])} "

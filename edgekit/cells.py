@@ -34,6 +34,8 @@ from edgekit.errors import DataError
 from edgekit.safefile import replace_dir
 
 CELLS_INDEX = "cells.json"
+OBJECTS_DIR = ".objects"  # found objects that are no labelled red cell (hidden: not a class folder)
+AMBIGUOUS = ("difficult",)  # boxes whose object is neither a red cell nor surely something else
 FIELD_SEPARATOR = "__"
 GROUP_REGEX = f"regex:^(.+){FIELD_SEPARATOR}"  # scan_dataset grouping: one group per field
 
@@ -91,6 +93,9 @@ class FieldCut:
     unmatched: dict[str, int] = field(default_factory=dict)  # labelled boxes no found cell matched
     found: int = 0
     rejected: str | None = None
+    # (found index, crop) of found objects that are no labelled red cell: no box, or a white cell's or
+    # platelet's box. Screening counts them; adaptation learns that they are not parasitized cells.
+    objects: list[tuple[int, np.ndarray]] = field(default_factory=list)
 
 
 def cut_field(af: AnnotatedField, min_iou: float = 0.4, params: Any = None) -> FieldCut:
@@ -116,6 +121,11 @@ def cut_field(af: AnnotatedField, min_iou: float = 0.4, params: Any = None) -> F
         return out
     pairs = match_boxes(af.boxes, [c.box for c in cells], min_iou)
     matched = set()
+    difficult = {j for i, j, _ in pairs
+                 if af.boxes[i].label is None and af.boxes[i].source_label in AMBIGUOUS}
+    labelled_cells = {j for i, j, _ in pairs if af.boxes[i].label is not None}
+    out.objects = [(j, crop_cell(rgb, c)) for j, c in enumerate(cells)
+                   if j not in labelled_cells and j not in difficult]
     for i, j, iou in pairs:
         b = af.boxes[i]
         if b.label is None:
@@ -171,9 +181,14 @@ def write_cells(
                 (tmp / label / name).write_bytes(_encode_png(crop))
                 counts[label] += 1
                 records.append({"file": f"{label}/{name}", "field": af.name, "class": label, **info})
+            for j, crop in cut.objects:
+                (tmp / OBJECTS_DIR).mkdir(exist_ok=True)
+                name = f"{Path(af.image).stem}{FIELD_SEPARATOR}o{j}.png"
+                (tmp / OBJECTS_DIR / name).write_bytes(_encode_png(crop))
             per_field.append({"field": af.name, "found": cut.found, "labelled": cut.labelled,
                               "cut": {c: sum(x[0] == c for x in cut.crops) for c in CLASSES},
-                              "unmatched": cut.unmatched, "rejected": cut.rejected})
+                              "unmatched": cut.unmatched, "objects": len(cut.objects),
+                              "rejected": cut.rejected})
             if progress:
                 progress(cut)
         if not records:
@@ -195,6 +210,9 @@ def write_cells(
             "crop": "edgekit.device.field.crop_cell of the matched found cell",
             # where the field images are on this machine, so `edgekit adapt` can count whole fields
             "fields_dir": folders.pop() if len(folders) == 1 else None,
+            "objects": {"folder": OBJECTS_DIR, "count": sum(f["objects"] for f in per_field),
+                        "what": "found objects matching no labelled red cell (no box, or a white cell's or "
+                                "platelet's box; 'difficult' ones left out)"},
         }
         index = {"summary": summary, "per_field": per_field, "cells": records}
         (tmp / CELLS_INDEX).write_text(json.dumps(index, indent=1) + "\n")

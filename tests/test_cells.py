@@ -251,3 +251,24 @@ def test_cells_on_real_iml_fields(tmp_path):
     # measured: 3 + 4 parasitized of 7, 288 of 292 uninfected cut
     assert summary["cells"]["Parasitized"] >= 6
     assert summary["cut_fraction"]["Uninfected"] >= 0.9
+
+
+def test_found_objects_without_a_labelled_cell_are_kept_apart(iml_site, tmp_path):
+    """A found cell no box names (here: box 3 of the first field deleted) is kept in .objects, hidden
+    from the class folders, for adaptation to learn that whole-field counts include such objects;
+    the 'difficult' cell is neither a class crop nor an object."""
+    images, ann, boxes = iml_site
+    data = json.loads(ann.read_text())
+    del data[0]["objects"][3]
+    ann.write_text(json.dumps(data))
+    out = tmp_path / "site"
+    res = _run("cells", str(images), "--annotations", str(ann), "-o", str(out))
+    assert res.exit_code == 0, res.output
+    objects = sorted(p.name for p in (out / ".objects").iterdir())
+    assert objects and all(field_of(o) == "PA000001" for o in objects)  # the second field is fully boxed
+    index = json.loads((out / "cells.json").read_text())
+    assert index["summary"]["objects"]["count"] == len(objects) == 1
+    assert [f["objects"] for f in index["per_field"]] == [1, 0]
+    from edgekit.data import scan_dataset
+
+    assert scan_dataset(out).classes == ["Parasitized", "Uninfected"]  # not a class
