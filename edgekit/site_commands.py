@@ -97,6 +97,9 @@ def cells(fields: tuple[Path, ...], annotations: Path, out: Path, class_map: tup
 @click.option("--negatives-per-field", type=click.IntRange(0), default=30, show_default=True,
               help="At most this many uninfected training cells per field (all parasitized ones are kept); "
                    "0: every one.")
+@click.option("--objects-per-field", type=click.IntRange(0), default=10, show_default=True,
+              help="At most this many found objects that are no labelled cell (white cells, clumps; kept by "
+                   "`edgekit cells`) per training field, learnt as not parasitized; 0: none.")
 @click.option("--epochs", type=click.IntRange(1), default=12, show_default=True,
               help="At most this many epochs (see --patience).")
 @click.option("--patience", type=click.IntRange(0), default=5, show_default=True,
@@ -133,7 +136,8 @@ def cells(fields: tuple[Path, ...], annotations: Path, out: Path, class_map: tup
               help="Where decoded image arrays are cached.")
 @sign_key_option
 def adapt(model: Path, site: Path, out: Path, fields_split: Path | None, block: int, train_fields: int | None,
-          negatives_per_field: int | None, epochs: int, patience: int, lr: float, batch_size: int,
+          negatives_per_field: int | None, objects_per_field: int, epochs: int, patience: int, lr: float,
+          batch_size: int,
           base_share: float, base_split: Path | None, base_data: Path | None, cutoff: str,
           fields_dir: Path | None, gate_error: float, gate_auc: float, formats: str, seed: int, replace: bool,
           allow_drop: bool, cache_dir: Path | None, sign_key: Path | None) -> None:
@@ -156,6 +160,7 @@ def adapt(model: Path, site: Path, out: Path, fields_split: Path | None, block: 
     cfg = AdaptConfig(epochs=epochs, patience=patience or None, lr=lr, batch_size=batch_size,
                       base_share=base_share,
                       train_fields=train_fields, negatives_per_field=negatives_per_field or None, block=block,
+                      objects_per_field=objects_per_field,
                       cutoff=cutoff, seed=seed, gate={"parasitemia_error": gate_error, "auc": gate_auc})
     m = adapt_model(model, site, out, cfg, split_file=fields_split, base_split=base_split,
                     base_data=base_data, formats=formats, replace=replace, cache_dir=cache_dir,
