@@ -63,3 +63,38 @@ def bundle_from(positional: Path | None, model: Path | None) -> Path | None:
     if positional is not None and model is not None and Path(positional) != Path(model):
         raise click.UsageError(f"two bundles given: {positional} and --model {model}")
     return positional if positional is not None else model
+
+
+# the extra that installs each optional module a command may need (``pip install 'edgekit[EXTRA]'``)
+EXTRA_OF_MODULE = {
+    "tensorflow": "train", "keras": "train", "sklearn": "train", "matplotlib": "train",
+    "tf2onnx": "export", "onnx": "export",
+    "ai_edge_litert": "device", "tflite_runtime": "device", "onnxruntime": "device",
+    "fastapi": "serve", "uvicorn": "serve", "multipart": "serve", "pydicom": "dicom",
+}
+
+
+def missing_module_line(command: str, module: str, extra: str | None = None) -> str:
+    """One line naming what ``command`` needs and the extra that installs it."""
+    top = module.split(".")[0]
+    extra = extra or EXTRA_OF_MODULE.get(top)
+    if extra is None:
+        return f"edgekit {command} needs the Python module {top}, which is not installed"
+    return (f"edgekit {command} needs the {extra} extra ({top} is not installed): "
+            f"pip install 'edgekit[{extra}]'")
+
+
+def require_modules(command: str, extra: str, *modules: str) -> None:
+    """Before any work: stop with one line when a module ``command`` needs is not installed (checked
+    without importing it: TensorFlow takes seconds to import)."""
+    import importlib.util
+
+    from edgekit.errors import EdgekitError
+
+    for module in modules:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # a parent package missing, or a module set to None
+            found = False
+        if not found:
+            raise EdgekitError(missing_module_line(command, module, extra))

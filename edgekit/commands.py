@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from edgekit.cli_options import bundle_from, data_root_option, model_option, part_option
+from edgekit.cli_options import bundle_from, data_root_option, model_option, part_option, require_modules
 
 
 @click.command()
@@ -170,6 +170,7 @@ def train(split_or_data: Path, run: Path, data_root: Path | None, backbone: str,
     RUN/model.keras; the test part is evaluated at the end. With --resume the stored configuration
     is used and training continues at the next epoch.
     """
+    require_modules("train", "train", "tensorflow", "keras")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from edgekit.train import TrainConfig, train_run
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from edgekit import formats as format_table
-from edgekit.cli_options import bundle_from, data_root_option, model_option
+from edgekit.cli_options import bundle_from, data_root_option, model_option, require_modules
 from edgekit.export.options import ExportOptions, parse_formats
 from edgekit.trust_commands import resign_option
 
@@ -95,6 +95,7 @@ def export(source: Path | None, keras_model: Path | None, labels: str | None, ca
         allow_drop=allow_drop, opset=opset, labels=_labels(labels), calibration=calibration,
         validation=validation, data_root=data_root,
     )
+    require_modules("export", "export", "tensorflow", "keras", "tf2onnx", "onnx")
     source_was = _check_source(source, sign_key, resign_reason)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info/warning lines
     from edgekit.export.bundle import export_bundle

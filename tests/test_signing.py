@@ -8,8 +8,8 @@ import shutil
 import time
 
 import pytest
-from click.testing import CliRunner
 from bundle_factory import TEST_KEY
+from click.testing import CliRunner
 from device_helpers import CELLS, GOLDEN, golden_copy
 
 from edgekit.cli import main
