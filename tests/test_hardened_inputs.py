@@ -236,3 +236,98 @@ def test_any_other_missing_module_is_named_not_a_traceback(monkeypatch):
     monkeypatch.setattr("edgekit.signing.key_table", boom)
     res = CliRunner().invoke(main, ["verify", "--show-keys"])
     assert res.exit_code == 2 and "edgekit[export]" in res.stderr and "Traceback" not in res.output
+
+
+# ------------------------------------------------------------------ damaged or ambiguous images (30.6)
+
+
+def _cell_rgb():
+    from edgekit.device.preprocess import read_image
+
+    return read_image(sorted(CELLS.iterdir())[0])
+
+
+def test_float_rgb_tiff_is_accepted_with_its_pixels(tmp_path):
+    import cv2
+    import numpy as np
+
+    from edgekit.device.preprocess import read_image
+
+    rgb = _cell_rgb()
+    ok, buf = cv2.imencode(".tiff", (rgb.astype(np.float32) / 255)[:, :, ::-1].copy())
+    path = tmp_path / "cell.tiff"
+    path.write_bytes(buf.tobytes())
+    assert np.array_equal(read_image(path), rgb)
+    res = CliRunner().invoke(main, ["classify", str(path), "-m", str(GOLDEN), "--format", "jsonl"])
+    assert res.exit_code == 0 and json.loads(res.stdout.splitlines()[0])["status"] == "classified", res.output
+
+
+@pytest.mark.parametrize("ext", ["gif", "webp", "tiff", "png"])
+def test_multi_frame_images_are_refused_with_one_line(tmp_path, ext):
+    from PIL import Image
+
+    from edgekit.device.preprocess import read_image
+    from edgekit.errors import ImageError
+
+    rgb = _cell_rgb()
+    frames = [Image.fromarray(rgb), Image.fromarray(255 - rgb)]
+    path = tmp_path / f"cell.{ext}"
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    with pytest.raises(ImageError, match=r"\(2 frames\).*save that frame as its own file"):
+        read_image(path)
+    single = tmp_path / f"one.{ext}"
+    frames[0].save(single)
+    assert read_image(single).shape == rgb.shape  # one frame: read as before
+    res = CliRunner().invoke(main, ["classify", str(path), str(single), "-m", str(GOLDEN),
+                                    "--format", "jsonl"])
+    rows = [json.loads(ln) for ln in res.stdout.splitlines()]
+    assert rows[0]["status"] == "failed" and "frames" in rows[0]["reason"], res.output
+    assert rows[1]["status"] != "failed", res.output  # classified, or rejected by a quality gate
+
+
+def _webp(lossless: bool = False) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(_cell_rgb()).save(buf, "WEBP", quality=80, lossless=lossless)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("damage", ["appended", "riff_size", "metadata_cut", "vp8_start_code",
+                                    "vp8_partition", "vp8l_signature"])
+def test_damaged_webp_containers_are_refused(tmp_path, damage):
+    import struct
+
+    from edgekit.device.preprocess import read_image
+    from edgekit.errors import ImageError
+
+    data = bytearray(_webp(lossless=damage == "vp8l_signature"))
+    if damage == "appended":
+        data += b"\x00" * 64
+    elif damage == "riff_size":
+        data[4:8] = struct.pack("<I", len(data) + 100)
+    elif damage == "metadata_cut":  # a trailing chunk whose size runs past the end
+        data += b"EXIF" + struct.pack("<I", 400) + b"\x00" * 20
+        data[4:8] = struct.pack("<I", len(data) - 8)
+    elif damage == "vp8_start_code":
+        data[20 + 3] ^= 0xFF
+    elif damage == "vp8_partition":
+        data[20:23] = (int.from_bytes(data[20:23], "little") | (0x7FFFF << 5)).to_bytes(3, "little")
+    else:
+        data[20] = 0x00
+    path = tmp_path / "cell.webp"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ImageError, match="corrupt|unreadable") as exc:
+        read_image(path)
+    assert str(exc.value).count("\n") == 0
+
+
+def test_an_intact_webp_is_read(tmp_path):
+    from edgekit.device.preprocess import read_image
+
+    for lossless in (False, True):
+        path = tmp_path / f"cell{int(lossless)}.webp"
+        path.write_bytes(_webp(lossless))
+        assert read_image(path).shape == _cell_rgb().shape
