@@ -98,3 +98,15 @@ def require_modules(command: str, extra: str, *modules: str) -> None:
             found = False
         if not found:
             raise EdgekitError(missing_module_line(command, module, extra))
+
+
+def labels_value(value: str) -> list[str]:
+    """``--labels``: comma-separated names, or a labels.txt file (one name a line; a regular file of at
+    most 1 MB, read through the same bounded reader as every file argument)."""
+    from edgekit.safefile import is_regular, read_text_argument
+
+    path = Path(value)
+    if is_regular(path) or (path.suffix == ".txt" and path.exists()):
+        text = read_text_argument(path, 1 << 20, "labels file")
+        return [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return [v.strip() for v in value.split(",") if v.strip()]

@@ -8,18 +8,13 @@ from pathlib import Path
 import click
 
 from edgekit import formats as format_table
-from edgekit.cli_options import bundle_from, data_root_option, model_option, require_modules
+from edgekit.cli_options import bundle_from, data_root_option, labels_value, model_option, require_modules
 from edgekit.export.options import ExportOptions, parse_formats
 from edgekit.trust_commands import resign_option
 
 
 def _labels(value: str | None) -> list[str] | None:
-    if not value:
-        return None
-    path = Path(value)
-    if path.is_file():
-        return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
-    return [v.strip() for v in value.split(",") if v.strip()]
+    return labels_value(value) if value else None
 
 
 _sign_key_option = click.option(

@@ -331,3 +331,27 @@ def test_an_intact_webp_is_read(tmp_path):
         path = tmp_path / f"cell{int(lossless)}.webp"
         path.write_bytes(_webp(lossless))
         assert read_image(path).shape == _cell_rgb().shape
+
+
+@pytest.mark.parametrize("arg", ["labels_txt_fifo", "split_fifo", "offsite_list_dev_zero"])
+def test_other_file_arguments_use_the_same_reader(tmp_path, arg):
+    if arg == "labels_txt_fifo":
+        labels = tmp_path / "labels.txt"
+        os.mkfifo(labels)
+        res = _cli("import", str(GOLDEN / "model_int8.tflite"), "--labels", str(labels), "--scale", "1",
+                   "-o", str(tmp_path / "b"))
+        _one_line(res, "FIFO")
+    elif arg == "split_fifo":
+        split = tmp_path / "split.json"
+        os.mkfifo(split)
+        from edgekit.errors import EdgekitError
+        from edgekit.splits import load_split
+
+        with pytest.raises(EdgekitError, match="FIFO"):
+            load_split(split)
+    else:
+        lst = tmp_path / "fields.txt"
+        lst.symlink_to("/dev/zero")
+        res = _cli("domain", "fit", str(tmp_path / "nobundle"), "--data", str(CELLS),
+                   "--offsite-list", str(lst))
+        assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr
