@@ -159,6 +159,8 @@ def run_bench(
     log = log or (lambda msg: print(msg, file=sys.stderr))
     bundle = Path(bundle)
     manifest = load_manifest(bundle)
+    trust = bundle_trust(bundle)
+    log(f"trust: {trust['line']}")
     prof = get_profile(profile)
     cores, warning = profile_cores(prof)
     if warning:
@@ -227,6 +229,20 @@ def run_bench(
         "unknown_classes": labelled.unknown, "skipped": [list(s) for s in labelled.skipped],
         "profile": {**vars(prof), "threads": list(prof.threads), "cores_used": cores, "warning": warning},
         "host": host_description(), "batch": batch, "runs": runs, "warmup": warmup,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "trust": trust,
     }
     return {"meta": meta, "rows": rows, "details": details}
+
+
+def bundle_trust(bundle: Path) -> dict[str, Any]:
+    """Whether the benchmarked bundle is trusted, said once (a tampered or unsigned bundle is measured,
+    as a development bundle is, but never without saying so); a revoked or rolled-back one is refused."""
+    from edgekit.errors import SignatureError
+    from edgekit.manifest import read_manifest_data
+    from edgekit.signing import check_bundle
+
+    trust = check_bundle(bundle, read_manifest_data(bundle))
+    if trust.refused:
+        raise SignatureError(f"refusing to benchmark {bundle}: {trust.reason}")
+    line = trust.reason if trust.trusted else f"UNTRUSTED bundle (measured anyway): {trust.reason}"
+    return {"trusted": trust.trusted, "reason": trust.reason, "line": line}

@@ -44,6 +44,9 @@ DEFAULT_CLASSES: dict[str, str | None] = {
 
 # a box may overshoot the image by this much (IML boxes reach 5 px past the border) and is clipped
 EDGE_TOLERANCE_PX = 8
+MAX_ANNOTATION_BYTES = 64 << 20  # one annotation file (IML's is 1.4 MB, a large COCO file ~50 MB)
+MAX_DEPTH = 12  # nesting of an annotation JSON (COCO needs 4: {annotations: [{bbox: [..]}]})
+MAX_COORD = 1 << 20  # a box coordinate beyond a million pixels is no microscope field
 
 
 @dataclass(frozen=True)
@@ -138,11 +141,50 @@ def _label(raw: Any, where: str, classes: Mapping[str, str | None]) -> tuple[str
     return name, classes[key]
 
 
-def _int(value: Any, where: str) -> int:
+def _int(value: Any, where: str, what: str = "box coordinate") -> int:
+    """A pixel coordinate or size: a finite number (or numeric text) within +-MAX_COORD."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise DataError(f"{where}: {what} {_short(value)} is not a number")
     try:
-        return int(round(float(value)))
-    except (TypeError, ValueError):
-        raise DataError(f"{where}: box coordinate {value!r} is not a number") from None
+        v = float(value)
+    except ValueError:
+        raise DataError(f"{where}: {what} {_short(value)} is not a number") from None
+    if not abs(v) <= MAX_COORD:  # also NaN and infinity (1e999)
+        raise DataError(f"{where}: {what} {_short(value)} is not a pixel value (beyond +-{MAX_COORD})")
+    return int(round(v))
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _list(value: Any, where: str, what: str) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise DataError(f"{where}: {what} must be a list, not {type(value).__name__}")
+    return value
+
+
+def _dicts(value: Any, where: str, what: str) -> list[dict]:
+    items = _list(value, where, what)
+    for i, v in enumerate(items):
+        if not isinstance(v, dict):
+            raise DataError(f"{where}: {what}[{i}] must be an object, not {type(v).__name__}")
+    return items
+
+
+def _depth_ok(data: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether ``data`` nests at most ``limit`` lists/objects deep (iterative: no recursion)."""
+    stack = [(data, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (list, dict)):
+            if d > limit:
+                return False
+            stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return True
 
 
 def _box(x0: Any, y0: Any, x1: Any, y1: Any, label: tuple[str, str | None], where: str) -> Box | None:
@@ -165,7 +207,7 @@ def _read_iml(data: list, images_dir: Path, classes: ClassMap, src: str) -> list
         if not isinstance(entry, dict) or "image_name" not in entry:
             raise DataError(f"{src}: entry {i} has no image_name (not an IML annotation file?)")
         af = AnnotatedField(_image_path(images_dir, entry["image_name"], f"{src} entry {i}"))
-        for obj in entry.get("objects") or []:
+        for obj in _list(entry.get("objects"), f"{src}: {af.name}", "objects"):
             where = f"{src}: {af.name}"
             bb = obj.get("bbox") if isinstance(obj, dict) else None
             if not isinstance(bb, dict) or not {"x", "y", "w", "h"} <= set(bb):
@@ -182,18 +224,27 @@ def _read_iml(data: list, images_dir: Path, classes: ClassMap, src: str) -> list
 
 
 def _read_coco(data: dict, images_dir: Path, classes: ClassMap, src: str) -> list[AnnotatedField]:
+    for key in ("categories", "images", "annotations"):
+        if key not in data:
+            raise DataError(f"{src}: not a COCO file (missing {key!r})")
     try:
-        cats = {c["id"]: c["name"] for c in data["categories"]}
-        images = {im["id"]: im for im in data["images"]}
-        anns = data["annotations"]
-    except (KeyError, TypeError) as exc:
-        raise DataError(f"{src}: not a COCO file (missing {exc})") from None
+        cats = {c["id"]: c["name"] for c in _dicts(data["categories"], src, "categories")}
+        images = {im["id"]: im for im in _dicts(data["images"], src, "images")}
+    except KeyError as exc:
+        raise DataError(f"{src}: not a COCO file (an entry has no {exc})") from None
+    except TypeError as exc:  # an id that is a list or object
+        raise DataError(f"{src}: not a COCO file ({exc})") from None
+    anns = _dicts(data["annotations"], src, "annotations")
     fields: dict[Any, AnnotatedField] = {}
     for iid, im in images.items():
-        size = (int(im["width"]), int(im["height"])) if "width" in im and "height" in im else None
+        where = f"{src} image {_short(iid)}"
+        size = ((_int(im["width"], where, "width"), _int(im["height"], where, "height"))
+                if "width" in im and "height" in im else None)
         image = _image_path(images_dir, im.get("file_name"), f"{src} image {iid}")
         fields[iid] = AnnotatedField(image, size=size)
     for a in anns:
+        if isinstance(a.get("image_id"), (list, dict)) or isinstance(a.get("category_id"), (list, dict)):
+            raise DataError(f"{src}: annotation {_short(a.get('id'))}: image_id and category_id must be ids")
         af = fields.get(a.get("image_id"))
         if af is None:
             raise DataError(f"{src}: annotation {a.get('id')} refers to unknown image {a.get('image_id')!r}")
@@ -214,15 +265,20 @@ def _read_coco(data: dict, images_dir: Path, classes: ClassMap, src: str) -> lis
 
 
 def _read_voc_file(path: Path, images_dir: Path, classes: Mapping[str, str | None]) -> AnnotatedField:
+    raw = _read_bounded(path)
+    if b"<!ENTITY" in raw or b"<!DOCTYPE" in raw:  # entity expansion ("billion laughs"): no VOC needs one
+        raise DataError(f"{path}: VOC XML with a DTD or entities is not read")
     try:
-        root = ET.parse(path).getroot()
-    except (ET.ParseError, OSError) as exc:
+        root = ET.fromstring(raw)
+    except ET.ParseError as exc:
         raise DataError(f"{path}: unreadable VOC XML ({exc})") from None
     name = root.findtext("filename") or (Path(root.findtext("path") or "").name or None)
     af = AnnotatedField(_image_path(images_dir, name, str(path)))
     w, h = root.findtext("size/width"), root.findtext("size/height")
-    if w and h and int(float(w)) > 0 and int(float(h)) > 0:
-        af.size = (int(float(w)), int(float(h)))
+    if w and h:
+        size = (_int(w, str(path), "size/width"), _int(h, str(path), "size/height"))
+        if min(size) > 0:
+            af.size = size
     for obj in root.findall("object"):
         bb = obj.find("bndbox")
         if bb is None:
@@ -236,6 +292,37 @@ def _read_voc_file(path: Path, images_dir: Path, classes: Mapping[str, str | Non
         else:
             af.boxes.append(b)
     return af
+
+
+def _read_bounded(path: Path) -> bytes:
+    """An annotation file's bytes: a regular file of at most MAX_ANNOTATION_BYTES, never blocking."""
+    from edgekit.safefile import NotRegularFile, read_regular_bytes
+
+    try:
+        return read_regular_bytes(path, MAX_ANNOTATION_BYTES, "annotation file")
+    except NotRegularFile as exc:
+        raise DataError(str(exc)) from None
+
+
+def _read_fields(path: Path, images_dir: Path, cmap: ClassMap) -> list[AnnotatedField]:
+    if path.is_dir() or path.suffix.lower() == ".xml":
+        files = sorted(path.glob("*.xml")) if path.is_dir() else [path]
+        if not files:
+            raise DataError(f"no VOC .xml files in {path}")
+        return [_read_voc_file(f, images_dir, cmap) for f in files]
+    try:
+        data = json.loads(_read_bounded(path).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: unreadable annotation JSON ({exc})") from None
+    except RecursionError:
+        raise DataError(f"{path}: annotation JSON nested too deeply") from None
+    if not _depth_ok(data):
+        raise DataError(f"{path}: annotation JSON nested deeper than {MAX_DEPTH} levels")
+    if isinstance(data, list):
+        return _read_iml(data, images_dir, cmap, path.name)
+    if isinstance(data, dict) and "annotations" in data:
+        return _read_coco(data, images_dir, cmap, path.name)
+    raise DataError(f"{path}: neither an IML list of fields nor a COCO dict with 'annotations'")
 
 
 def read_annotations(
@@ -254,22 +341,12 @@ def read_annotations(
         raise DataError(f"annotation file not found: {path}")
     if not images_dir.is_dir():
         raise DataError(f"images folder not found: {images_dir}")
-    if path.is_dir() or path.suffix.lower() == ".xml":
-        files = sorted(path.glob("*.xml")) if path.is_dir() else [path]
-        if not files:
-            raise DataError(f"no VOC .xml files in {path}")
-        fields = [_read_voc_file(f, images_dir, cmap) for f in files]
-    else:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DataError(f"{path}: unreadable annotation JSON ({exc})") from None
-        if isinstance(data, list):
-            fields = _read_iml(data, images_dir, cmap, path.name)
-        elif isinstance(data, dict) and "annotations" in data:
-            fields = _read_coco(data, images_dir, cmap, path.name)
-        else:
-            raise DataError(f"{path}: neither an IML list of fields nor a COCO dict with 'annotations'")
+    try:
+        fields = _read_fields(path, images_dir, cmap)
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError,
+            RecursionError) as exc:
+        # the checks above name each malformed case; this is the last guard: one line, never a traceback
+        raise DataError(f"{path}: malformed annotation ({type(exc).__name__}: {_short(str(exc))})") from None
     seen: set[str] = set()
     for af in fields:
         if af.name in seen:

@@ -10,7 +10,14 @@ Partly decoded images are refused: OpenCV returns nothing for truncated PNG/JPEG
 files, and the size it decodes must match the header's. JPEGs whose entropy-coded data is corrupt
 are decoded by libjpeg with grey fill and only a warning, which OpenCV sends to its log: the log is
 captured while decoding and such JPEGs are refused. TIFFs are also decoded by Pillow as a strict
-check (libtiff reports errors OpenCV ignores).
+check (libtiff reports errors OpenCV ignores); float RGB TIFFs, which Pillow cannot identify, are
+sized from their own first IFD and decoded by OpenCV (libtiff reports their damage there).
+
+A WebP's RIFF container must be consistent (its size, every chunk inside the file, a VP8/VP8L
+bitstream header) and libwebp must decode it without an error. WebP has no checksum: a bit flipped
+inside lossy VP8 data that libwebp decodes without complaint cannot be told from a real image (such
+pixels are left to the quality and domain gates). Images with more than one frame (animated GIF,
+WebP or PNG, multi-page TIFF) are refused: which frame was meant cannot be guessed.
 """
 
 from __future__ import annotations
@@ -136,18 +143,88 @@ def probe_header(data: bytes, max_pixels: int) -> tuple[int, int, str, int]:
         with _quiet_pillow(), _open_header(data) as im:
             w, h = im.size
             fmt = im.format or "?"
-            if w * h > max_pixels:
-                raise ImageError(f"image too large ({w}x{h} = {w * h / 1e6:.0f} MP > "
-                                 f"{max_pixels / 1e6:.0f} MP)")
-            if w <= 0 or h <= 0:
-                raise ImageError("image has zero size")
+            _check_size(w, h, max_pixels)
+            if fmt == "WEBP":
+                _check_webp(data)
+            if fmt in _MULTI_FRAME and getattr(im, "is_animated", False):
+                raise ImageError(_multi_frame(fmt, getattr(im, "n_frames", 0)))
             return w, h, fmt, _orientation(im)
     except UnidentifiedImageError as exc:
+        if data[:4] in (b"II*\x00", b"MM\x00*"):  # a TIFF Pillow cannot open: float RGB, say
+            w, h, pages = _tiff_header(data)
+            _check_size(w, h, max_pixels)
+            if pages > 1:
+                raise ImageError(_multi_frame("TIFF", pages)) from exc
+            return w, h, _TIFF_FOR_OPENCV, 1
         raise ImageError("corrupt, not an image, or a format edgekit does not read") from exc
     except ImageError:
         raise
     except (OSError, ValueError, SyntaxError, struct.error, EOFError) as exc:
         raise ImageError(f"unreadable image header ({exc})") from exc
+
+
+_MULTI_FRAME = ("GIF", "WEBP", "TIFF", "PNG")  # formats whose files may hold frames or pages (APNG)
+_TIFF_FOR_OPENCV = "TIFF (decoded by OpenCV)"  # a TIFF Pillow cannot identify (float RGB)
+
+
+def _check_size(w: int, h: int, max_pixels: int) -> None:
+    if w * h > max_pixels:
+        raise ImageError(f"image too large ({w}x{h} = {w * h / 1e6:.0f} MP > {max_pixels / 1e6:.0f} MP)")
+    if w <= 0 or h <= 0:
+        raise ImageError("image has zero size")
+
+
+def _multi_frame(fmt: str, n: int) -> str:
+    kind = "a multi-page TIFF" if fmt == "TIFF" else f"an animated {fmt.replace('WEBP', 'WebP')}"
+    count = f"{n} frames" if n > 1 else "more than one frame"
+    return (f"{kind} ({count}): edgekit classifies single images and cannot tell which frame is meant; "
+            "save that frame as its own file")
+
+
+def _tiff_header(data: bytes) -> tuple[int, int, int]:
+    """(width, height, pages) from a TIFF's first IFD, read with bounds checks (Pillow cannot
+    identify some valid TIFFs, float RGB ones among them); pages counts at most 2."""
+    order = "<" if data[:2] == b"II" else ">"
+    try:
+        off = struct.unpack(order + "I", data[4:8])[0]
+        n = struct.unpack(order + "H", data[off : off + 2])[0]
+        if n == 0 or off + 2 + 12 * n + 4 > len(data):
+            raise ImageError("corrupt TIFF (its first directory lies outside the file)")
+        tags = {}
+        for i in range(n):
+            tag, typ, count = struct.unpack(order + "HHI", data[off + 2 + 12 * i : off + 10 + 12 * i])
+            raw = data[off + 10 + 12 * i : off + 14 + 12 * i]
+            if count == 1 and typ in (3, 4):  # SHORT or LONG value held in the entry
+                tags[tag] = struct.unpack(order + ("H" if typ == 3 else "I"), raw[: 2 if typ == 3 else 4])[0]
+        nxt = struct.unpack(order + "I", data[off + 2 + 12 * n : off + 6 + 12 * n])[0]
+    except struct.error as exc:
+        raise ImageError("corrupt TIFF header") from exc
+    if 256 not in tags or 257 not in tags:
+        raise ImageError("corrupt TIFF (no image width or height)")
+    return int(tags[256]), int(tags[257]), 2 if nxt else 1
+
+
+def _check_webp(data: bytes) -> None:
+    """The RIFF container of a WebP is consistent: its declared size is the file's, every chunk lies
+    inside it, and the VP8 / VP8L bitstream header is sound. (What the decoder cannot see: see the
+    module docstring.)"""
+    if len(data) < 20 or struct.unpack("<I", data[4:8])[0] + 8 != len(data):
+        raise ImageError("corrupt WebP: the RIFF size does not match the file (truncated or padded)")
+    pos = 12
+    while pos < len(data):
+        if pos + 8 > len(data):
+            raise ImageError("corrupt WebP: a chunk header is cut off")
+        tag, size = data[pos : pos + 4], struct.unpack("<I", data[pos + 4 : pos + 8])[0]
+        body = data[pos + 8 : pos + 8 + size]
+        if len(body) != size:
+            raise ImageError(f"corrupt WebP: chunk {tag.decode('latin-1')!r} runs past the end of the file")
+        if tag == b"VP8 ":
+            bits = int.from_bytes(body[:3], "little") if size >= 10 else 1
+            if bits & 1 or body[3:6] != b"\x9d\x01\x2a" or 10 + (bits >> 5) > size:
+                raise ImageError("corrupt WebP: damaged VP8 frame header")
+        elif tag == b"VP8L" and (size < 5 or body[0] != 0x2F or body[4] >> 5):
+            raise ImageError("corrupt WebP: damaged VP8L header")
+        pos += 8 + size + (size & 1)
 
 
 # file signatures -> (Pillow format, plugin module): the one plugin tried first for such a file

@@ -65,8 +65,11 @@ def _to_uint8(img: np.ndarray) -> np.ndarray:
         return img
     if img.dtype == np.uint16:
         return (img >> 8).astype(np.uint8)
-    img = img.astype(np.float64)
-    lo, hi = float(np.nanmin(img)), float(np.nanmax(img))
+    floating = np.issubdtype(img.dtype, np.floating)
+    img = np.nan_to_num(img.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = float(img.min()), float(img.max())
+    if floating and 0.0 <= lo and hi <= 1.0:
+        return np.round(img * 255.0).astype(np.uint8)  # float pixels in 0..1 (a float TIFF): as they are
     if hi <= lo:
         return np.zeros(img.shape, np.uint8)
     return np.clip((img - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)

@@ -44,17 +44,20 @@ def review_text(store, session) -> list[str]:
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True,
               help="FILE.html (self-contained page) or FILE.png (contact sheet).")
 @click.option("--all", "everything", is_flag=True, help="Every classified cell, not only the flagged ones.")
+@click.option("--force", is_flag=True, help="Overwrite OUT if it is an existing regular file.")
 @_db_option
-def review(session_id: str, out: Path, everything: bool, db: Path | None) -> None:
+def review(session_id: str, out: Path, everything: bool, force: bool, db: Path | None) -> None:
     """A gallery of every cell the model called parasitized or uncertain in a session, most
     suspicious first, to confirm at a glance (then `edgekit sessions confirm`)."""
     from edgekit.device.review import contact_sheet, gallery_items, html_page
     from edgekit.errors import EdgekitError
     from edgekit.manifest import atomic_write_bytes, atomic_write_text
+    from edgekit.safefile import check_output_target
 
     suffix = out.suffix.lower()
     if suffix not in (".html", ".htm", ".png"):
         raise EdgekitError(f"--out must end in .html or .png, not {out.name!r}")
+    check_output_target(out, force)  # never a symlink, FIFO or device; no overwrite without --force
     with _open(db) as store:
         session = store.find_session(session_id)
         items = gallery_items(store, session, session_cutoff(session), everything)
@@ -71,12 +74,17 @@ def review(session_id: str, out: Path, everything: bool, db: Path | None) -> Non
     click.echo(f"wrote {out}: {len(items)} cells{note}")
 
 
+MAX_CSV_BYTES = 16 << 20  # a verdict file of ~500,000 rows
+
+
 def _read_csv(path: Path) -> list[tuple[int, str]]:
     from edgekit.errors import EdgekitError
+    from edgekit.safefile import read_regular_bytes
 
-    try:
-        rows = list(csv.DictReader(path.read_text(encoding="utf-8-sig").splitlines()))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+    try:  # a regular file, bounded, never blocking (a FIFO or /dev/zero is refused before reading)
+        text = read_regular_bytes(path, MAX_CSV_BYTES, "verdict CSV").decode("utf-8-sig")
+        rows = list(csv.DictReader(text.splitlines()))
+    except (UnicodeDecodeError, csv.Error) as exc:
         raise EdgekitError(f"cannot read {path}: {exc}") from None
     out = []
     for k, row in enumerate(rows, start=2):

@@ -174,12 +174,13 @@ def spread(fields: list[str], n: int) -> list[str]:
 def field_split(fields: list[str], cfg: AdaptConfig, split_file: Path | None) -> dict[str, list[str]]:
     """train/val/test field stems: from ``split_file`` (JSON of field names per part), else blocks."""
     from edgekit.cells import block_split
+    from edgekit.safefile import read_text_argument
 
     if split_file is None:
         parts = block_split(fields, cfg.fractions, cfg.block, seed=cfg.seed)
     else:
         try:
-            raw = json.loads(Path(split_file).read_text())
+            raw = json.loads(read_text_argument(split_file, 16 << 20, "field split file"))
             parts = {k: sorted({Path(n).stem for n in raw[k]}) for k in ("train", "val", "test")}
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise DataError(f"bad field split file {split_file}: {exc} (want train/val/test lists)") from None

@@ -72,6 +72,12 @@ class EdgekitGroup(click.Group):
             name = f"{exc.ctx.command_path} " if exc.ctx is not None else ""
             click.echo(f"error: {exc.format_message()} (see `{name.strip() or 'edgekit'} --help`)", err=True)
             sys.exit(exc.exit_code)
+        except ModuleNotFoundError as exc:  # an optional extra missing: name it, never a traceback
+            from edgekit.cli_options import missing_module_line
+
+            click.echo(f"error: {missing_module_line(ctx.invoked_subcommand or 'edgekit', exc.name or '?')}",
+                       err=True)
+            sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)

@@ -72,9 +72,63 @@ sign_key_option = click.option(
 )
 
 
-def sign_note(folder: Path, key: Path | None) -> str:
+def sign_note(folder: Path, key: Path | None, source: tuple[str | None, list[str]] = (None, []),
+              resign_reason: str | None = None) -> str:
     """Sign ``folder`` when a key is configured; the note to print after the summary."""
     from edgekit.signing import sign_if_configured
 
-    kid = sign_if_configured(folder, key)
-    return f", signed with key {kid}" if kid else ", unsigned (no --sign-key / $EDGEKIT_SIGNING_KEY)"
+    was, problems = source
+    done = sign_if_configured(folder, key, resign_reason, problems)
+    if done is None:
+        return ", unsigned (no --sign-key / $EDGEKIT_SIGNING_KEY)"
+    note = f"; source {was}" if was else ""
+    if problems:
+        note += f"; signed UNVERIFIED ({resign_reason}): {'; '.join(problems)}"
+    return f", signed with key {done.key_id}, release {done.release}{note}"
+
+
+# the extra that installs each optional module a command may need (``pip install 'edgekit[EXTRA]'``)
+EXTRA_OF_MODULE = {
+    "tensorflow": "train", "keras": "train", "sklearn": "train", "matplotlib": "train",
+    "tf2onnx": "export", "onnx": "export",
+    "ai_edge_litert": "device", "tflite_runtime": "device", "onnxruntime": "device",
+    "fastapi": "serve", "uvicorn": "serve", "multipart": "serve", "pydicom": "dicom",
+}
+
+
+def missing_module_line(command: str, module: str, extra: str | None = None) -> str:
+    """One line naming what ``command`` needs and the extra that installs it."""
+    top = module.split(".")[0]
+    extra = extra or EXTRA_OF_MODULE.get(top)
+    if extra is None:
+        return f"edgekit {command} needs the Python module {top}, which is not installed"
+    return (f"edgekit {command} needs the {extra} extra ({top} is not installed): "
+            f"pip install 'edgekit[{extra}]'")
+
+
+def require_modules(command: str, extra: str, *modules: str) -> None:
+    """Before any work: stop with one line when a module ``command`` needs is not installed (checked
+    without importing it: TensorFlow takes seconds to import)."""
+    import importlib.util
+
+    from edgekit.errors import EdgekitError
+
+    for module in modules:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # a parent package missing, or a module set to None
+            found = False
+        if not found:
+            raise EdgekitError(missing_module_line(command, module, extra))
+
+
+def labels_value(value: str) -> list[str]:
+    """``--labels``: comma-separated names, or a labels.txt file (one name a line; a regular file of at
+    most 1 MB, read through the same bounded reader as every file argument)."""
+    from edgekit.safefile import is_regular, read_text_argument
+
+    path = Path(value)
+    if is_regular(path) or (path.suffix == ".txt" and path.exists()):
+        text = read_text_argument(path, 1 << 20, "labels file")
+        return [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return [v.strip() for v in value.split(",") if v.strip()]

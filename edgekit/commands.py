@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from edgekit.cli_options import bundle_from, data_root_option, model_option, part_option
+from edgekit.cli_options import bundle_from, data_root_option, model_option, part_option, require_modules
 
 
 @click.command()
@@ -51,13 +51,19 @@ def split(data: Path, out: Path, groups: str, test_fraction: float, val_fraction
 def info(run: Path | None, bundle: Path | None, as_json: bool) -> None:
     """Print a run folder's or bundle's manifest readably."""
     from edgekit.device.runtime import default_bundle_dir
-    from edgekit.manifest import load_manifest
+    from edgekit.manifest import Manifest, read_manifest_data
+    from edgekit.signing import check_bundle
 
-    m = load_manifest(bundle_from(run, bundle) or default_bundle_dir())
+    folder = bundle_from(run, bundle) or default_bundle_dir()
+    data = read_manifest_data(folder)
+    m = Manifest.from_dict(data)
+    trust = check_bundle(folder, data)
     if as_json:
-        click.echo(json.dumps(m.to_dict(), indent=2))
+        click.echo(json.dumps({**m.to_dict(), "trust": {"trusted": trust.trusted, "reason": trust.reason}},
+                              indent=2))
         return
     p = m.preprocessing
+    click.echo(f"trust:         {'trusted' if trust.trusted else 'NOT TRUSTED'}: {trust.reason}")
     click.echo(f"name:          {m.name}")
     click.echo(f"labels:        {', '.join(m.labels)} (positive: {m.positive_label or '-'})")
     click.echo(f"input:         {p.input_size[0]}x{p.input_size[1]}x{p.channels} {p.color_order}, "
@@ -169,6 +175,7 @@ def train(split_or_data: Path, run: Path, data_root: Path | None, backbone: str,
     RUN/model.keras; the test part is evaluated at the end. With --resume the stored configuration
     is used and training continues at the next epoch.
     """
+    require_modules("train", "train", "tensorflow", "keras")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from edgekit.train import TrainConfig, train_run
 

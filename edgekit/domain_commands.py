@@ -17,12 +17,13 @@ def _offsite_paths(paths: tuple[Path, ...], lists: tuple[Path, ...]) -> list[Pat
     from edgekit.device.pipeline import image_files
     from edgekit.errors import DataError
     from edgekit.paths import shared_data
+    from edgekit.safefile import read_text_argument
 
     out = image_files(paths, "off-site field")
     for lst in lists:
-        if not lst.is_file():
+        if not lst.exists():
             raise DataError(f"field list not found: {lst}")
-        for line in lst.read_text().splitlines():
+        for line in read_text_argument(lst, 16 << 20, "field list").splitlines():
             line = line.strip()
             if line and not line.startswith("#"):
                 f = Path(line) if Path(line).is_absolute() else shared_data() / line

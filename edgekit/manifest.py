@@ -420,6 +420,7 @@ class Manifest:
     evaluation: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     domain: Domain | None = None  # training-cell statistics for the domain guard; None: not fitted
+    release: str | None = None  # release version (dotted integers), stamped by `edgekit sign`; signed
     schema: str = SCHEMA
 
     def __post_init__(self) -> None:
@@ -460,6 +461,7 @@ class Manifest:
                 evaluation=d.get("evaluation", {}),
                 versions=d.get("versions", {}),
                 domain=Domain(**d["domain"]) if d.get("domain") else None,
+                release=d.get("release"),
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise BundleError(f"malformed manifest: {exc}") from exc

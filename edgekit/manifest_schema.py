@@ -17,6 +17,8 @@ from edgekit.errors import BundleError
 
 MAX_INPUT_SIDE = 4096
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+# a release version: dotted integers (edgekit sign stamps the UTC date, e.g. 2026.12.05)
+RELEASE_PATTERN = re.compile(r"[0-9]{1,6}(\.[0-9]{1,6}){0,3}")
 
 
 def _fail(field: str, msg: str) -> BundleError:
@@ -139,6 +141,9 @@ def validate_manifest_data(d: Any) -> None:
     _str(d, "positive_label", "positive_label")
     _str(d, "name", "name")
     _str(d, "schema", "schema")
+    rel = d.get("release")
+    if rel is not None and not (isinstance(rel, str) and RELEASE_PATTERN.fullmatch(rel)):
+        raise _fail("release", f"must be dotted integers such as 2026.12.05, not {rel!r}")
 
     pre = _obj(d, "preprocessing", "preprocessing")
     size = pre.get("input_size", [64, 64])

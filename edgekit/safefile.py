@@ -83,6 +83,16 @@ def read_regular_bytes(path: str | os.PathLike, max_bytes: int, what: str = "fil
     return data
 
 
+def read_text_argument(path: str | os.PathLike, max_bytes: int, what: str = "file") -> str:
+    """A small text file given on the command line (a label list, a field list, a split): a regular
+    file of at most ``max_bytes``, UTF-8 (a BOM allowed); one clear error otherwise."""
+    data = read_regular_bytes(path, max_bytes, what)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise EdgekitError(f"{what} {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
 def is_regular(path: str | os.PathLike) -> bool:
     """Whether ``path`` (following symlinks) is a regular file, without opening it."""
     try:

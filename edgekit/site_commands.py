@@ -154,6 +154,9 @@ def adapt(model: Path, site: Path, out: Path, fields_split: Path | None, block: 
     """
     import os
 
+    from edgekit.cli_options import require_modules
+
+    require_modules("adapt", "train", "tensorflow", "keras")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from edgekit.adapt import AdaptConfig, adapt_model
 

@@ -150,9 +150,11 @@ def load_split(path: str | os.PathLike, data_root: str | os.PathLike | None = No
     ``data_root`` overrides the root recorded in the file (the same data at another path).
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise DataError(f"split file not found: {path}")
-    raw = path.read_bytes()
+    from edgekit.safefile import read_regular_bytes
+
+    raw = read_regular_bytes(path, 256 << 20, "split file")
     try:
         d = json.loads(raw)
         if d.get("schema") != SPLIT_SCHEMA:

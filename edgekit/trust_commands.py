@@ -33,25 +33,51 @@ def keygen(name: Path, add_to_keyring: bool) -> None:
         click.echo(f"trusted here: {target}")
 
 
+resign_option = click.option(
+    "--resign-unverified", "resign_reason", metavar="REASON", default=None,
+    help="Sign although the bundle's existing signature does not verify (edited, or by a key this "
+         "machine cannot check), naming why; the reason is kept in signature.json.")
+
+
 @click.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--key", "key_path", type=click.Path(path_type=Path), envvar="EDGEKIT_SIGNING_KEY",
               required=True, help="Private key from `edgekit keygen` (default: $EDGEKIT_SIGNING_KEY).")
-def sign(bundle: Path, key_path: Path) -> None:
-    """Sign a bundle: checks its manifest and every model file's sha256, then writes signature.json."""
+@click.option("--release", default=None, metavar="VERSION",
+              help="Release version to sign as (dotted integers). Default: the manifest's own, else today's "
+                   "UTC date (2026.12.05).")
+@resign_option
+def sign(bundle: Path, key_path: Path, release: str | None, resign_reason: str | None) -> None:
+    """Sign a bundle: checks its manifest, every model file's sha256 and its existing signature (it signs
+    only what verifies), gives it a release version, then writes signature.json."""
     from edgekit.signing import sign_bundle
 
-    kid = sign_bundle(bundle, key_path)
-    click.echo(f"signed {bundle} with key {kid}")
+    done = sign_bundle(bundle, key_path, resign_reason, release)
+    click.echo(f"signed {bundle} with key {done.key_id}: {done.summary()}")
 
 
 @click.command()
-@click.argument("bundle", type=click.Path(path_type=Path))
-def verify(bundle: Path) -> None:
-    """Say whether a bundle is signed by a trusted key and its model files match; exit 1 when not."""
+@click.argument("bundle", required=False, type=click.Path(path_type=Path))
+@click.option("--show-keys", is_flag=True,
+              help="List every key this install knows (package and keyring), what each may sign, and "
+                   "the revoked bundles.")
+def verify(bundle: Path | None, show_keys: bool) -> None:
+    """Say whether a bundle is signed by a trusted key for a release it accepts, is not revoked, and its
+    model files match; exit 1 when not."""
     from edgekit.manifest import Manifest, read_manifest_data, verify_artifact
-    from edgekit.signing import check_bundle
+    from edgekit.signing import check_bundle, key_table, manifest_sha256, trust_policy
 
+    if show_keys:
+        for row in key_table():
+            click.echo(f"{row['key_id']}  {row['name']}  [{row['source']}]  {row['status']}")
+        policy = trust_policy()
+        for sha, why in sorted(policy.revoked_bundles.items()):
+            click.echo(f"revoked bundle {sha}: {why}")
+        click.echo(f"policy: {', '.join(str(p) for p in policy.sources)}")
+    if bundle is None:
+        if not show_keys:
+            raise click.UsageError("give a BUNDLE to verify, or --show-keys")
+        return
     data = read_manifest_data(bundle)
     trust = check_bundle(bundle, data)
     manifest = Manifest.from_dict(data)
@@ -59,7 +85,8 @@ def verify(bundle: Path) -> None:
         if art.status != "export_failed":
             verify_artifact(bundle, art)
     click.echo(f"{bundle}: {'trusted' if trust.trusted else 'NOT trusted'}: {trust.reason}; "
-               f"{len(manifest.artifacts)} model file(s) match their sha256")
+               f"{len(manifest.artifacts)} model file(s) match their sha256; bundle sha256 "
+               f"{manifest_sha256(data)}")
     gate = manifest.domain.gate if manifest.domain is not None else None
     if gate is not None:
         click.echo(gate.summary() + ("" if gate.passed else ": every result of it says NOT VALIDATED"))

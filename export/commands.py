@@ -8,17 +8,32 @@ from pathlib import Path
 import click
 
 from edgekit import formats as format_table
-from edgekit.cli_options import bundle_from, data_root_option, model_option, sign_key_option, sign_note
+from edgekit.cli_options import (
+    bundle_from,
+    data_root_option,
+    labels_value,
+    model_option,
+    require_modules,
+    sign_key_option,
+    sign_note,
+)
 from edgekit.export.options import ExportOptions, parse_formats
+from edgekit.trust_commands import resign_option
 
 
 def _labels(value: str | None) -> list[str] | None:
-    if not value:
-        return None
-    path = Path(value)
-    if path.is_file():
-        return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
-    return [v.strip() for v in value.split(",") if v.strip()]
+    return labels_value(value) if value else None
+
+
+def _check_source(source: Path | None, key: Path | None,
+                  resign_reason: str | None) -> tuple[str | None, list[str]]:
+    """Before any work: when the result will be signed, the bundle it is made from must verify (its
+    signature and model files), unless the user names a reason. (What the source was, its problems)."""
+    from edgekit.signing import check_signable, signing_key_from
+
+    if signing_key_from(key) is None or source is None or not (source / "manifest.json").is_file():
+        return None, []
+    return check_signable(source, resign_reason)
 
 
 @click.command()
@@ -43,10 +58,11 @@ def _labels(value: str | None) -> list[str] | None:
 @data_root_option()
 @click.option("--opset", default=13, show_default=True, type=int, help="ONNX opset.")
 @sign_key_option
+@resign_option
 def export(source: Path | None, keras_model: Path | None, labels: str | None, calibration: Path | None,
            validation: Path | None, out: Path | None, formats: str, calibration_samples: int,
            max_validation: int | None, allow_drop: bool, data_root: Path | None, opset: int,
-           sign_key: Path | None) -> None:
+           sign_key: Path | None, resign_reason: str | None) -> None:
     """Export a run folder or bundle (or --keras MODEL) to TFLite and ONNX, validate every format
     against Keras on real images, and write one verified bundle."""
     if (source is None) == (keras_model is None):
@@ -60,13 +76,16 @@ def export(source: Path | None, keras_model: Path | None, labels: str | None, ca
         allow_drop=allow_drop, opset=opset, labels=_labels(labels), calibration=calibration,
         validation=validation, data_root=data_root,
     )
+    require_modules("export", "export", "tensorflow", "keras", "tf2onnx", "onnx")
+    source_was = _check_source(source, sign_key, resign_reason)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info/warning lines
     from edgekit.export.bundle import export_bundle
 
     manifest = export_bundle(source or keras_model, out, options, log=lambda m: click.echo(m, err=True))
     target = out or (source if source is not None else keras_model.parent / f"{keras_model.stem}_bundle")
     ok = sum(a.status == "ok" for k, a in manifest.artifacts.items() if k != "keras")
-    click.echo(f"wrote {target}: {ok}/{len(manifest.artifacts) - 1} formats ok{sign_note(target, sign_key)}")
+    click.echo(f"wrote {target}: {ok}/{len(manifest.artifacts) - 1} formats ok"
+               f"{sign_note(target, sign_key, source_was, resign_reason)}")
 
 
 @click.command()
@@ -81,8 +100,9 @@ def export(source: Path | None, keras_model: Path | None, labels: str | None, ca
               help="Also keep the Keras model and this many of its training crops (from the run's split), "
                    "so `edgekit adapt` can start from the packed bundle.")
 @sign_key_option
+@resign_option
 def pack(positional_bundle: Path | None, bundle: Path | None, out: Path, formats: str, replace: bool,
-         replay: int, sign_key: Path | None) -> None:
+         replay: int, sign_key: Path | None, resign_reason: str | None) -> None:
     """Copy a bundle's validated device formats, manifest and labels (no Keras model) into a small
     folder to put on a device."""
     from edgekit.export.pack import pack_bundle
@@ -94,6 +114,8 @@ def pack(positional_bundle: Path | None, bundle: Path | None, out: Path, formats
         fmts = tuple(f.value for f in parse_formats(formats))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--formats") from exc
+    source_was = _check_source(bundle, sign_key, resign_reason)
     copied = pack_bundle(bundle, out, fmts, replace=replace, replay=replay)
     size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
-    click.echo(f"wrote {out}: {', '.join(copied)} ({size / 1024:.1f} KB){sign_note(out, sign_key)}")
+    click.echo(f"wrote {out}: {', '.join(copied)} ({size / 1024:.1f} KB)"
+               f"{sign_note(out, sign_key, source_was, resign_reason)}")

@@ -10,7 +10,7 @@ Light: LiteRT or onnxruntime only, never TensorFlow.
 
 from __future__ import annotations
 
-import shutil
+import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,16 +18,19 @@ from pathlib import Path
 import numpy as np
 
 from edgekit import __version__
+from edgekit.device.probe import probe_model
 from edgekit.errors import BundleError
 from edgekit.manifest import (
     MANIFEST_NAME,
+    MAX_MODEL_IN_MEMORY,
     Artifact,
     Manifest,
     Preprocessing,
     TensorSpec,
     Thresholds,
-    sha256_file,
+    atomic_write_bytes,
 )
+from edgekit.safefile import NotRegularFile, read_regular_bytes
 
 RUNTIME_BY_SUFFIX = {".tflite": "litert", ".onnx": "onnxruntime"}
 _ONNX_INT8_OPS = (b"QuantizeLinear", b"QLinearConv", b"QLinearMatMul", b"ConvInteger", b"MatMulInteger")
@@ -96,11 +99,10 @@ def _preprocessing(spec: TensorSpec, opts: ImportOptions) -> Preprocessing:
     )
 
 
-def _format_name(runtime: str, path: Path, backend) -> str:
+def _format_name(runtime: str, data: bytes, backend) -> str:
     """The artifact key, from what the file holds (input dtype, quantized or half-precision tensors)."""
     integer_input = np.dtype(backend.inputs[0].dtype).kind in "iu"
     if runtime == "onnxruntime":
-        data = path.read_bytes()
         return "onnx_int8" if integer_input or any(op in data for op in _ONNX_INT8_OPS) else "onnx_fp32"
     if integer_input:
         return "tflite_int8"
@@ -164,8 +166,6 @@ def import_model(model: str | Path, out: str | Path, opts: ImportOptions, force:
     runtime = RUNTIME_BY_SUFFIX.get(model.suffix.lower())
     if runtime is None:
         raise BundleError(f"{model.name}: edgekit import takes a .tflite or .onnx file")
-    if not model.is_file():
-        raise BundleError(f"model not found: {model}")
     if len(opts.labels) < 2 or len(set(opts.labels)) != len(opts.labels):
         raise BundleError(f"--labels needs two or more distinct names, got {opts.labels}")
     if opts.positive_index is not None and not 0 <= opts.positive_index < len(opts.labels):
@@ -175,14 +175,22 @@ def import_model(model: str | Path, out: str | Path, opts: ImportOptions, force:
     if not runtime_available(runtime):
         raise BundleError(f"{model.name} needs the {runtime} runtime, which is not installed")
 
-    backend = open_backend(runtime, model)
+    # the same input layer as a bundle's model: a regular file, bounded, read once; the crash probe
+    # loads those very bytes in a child process before this process does
+    try:
+        content = read_regular_bytes(model, MAX_MODEL_IN_MEMORY, "model")
+    except NotRegularFile as exc:
+        raise BundleError(str(exc)) from exc
+    sha = hashlib.sha256(content).hexdigest()
+    probe_model(runtime, model, sha, content)
+    backend = open_backend(runtime, model, None, content)
     if len(backend.inputs) != 1:
         raise BundleError(f"the model has {len(backend.inputs)} inputs; edgekit needs one image input")
     _check_outputs(backend, opts.labels)
     pre = _preprocessing(backend.inputs[0], opts)
-    fmt = _format_name(runtime, model, backend)
+    fmt = _format_name(runtime, content, backend)
     artifact = Artifact(
-        format=fmt, path=model.name, sha256=sha256_file(model), bytes=model.stat().st_size, runtime=runtime,
+        format=fmt, path=model.name, sha256=sha, bytes=len(content), runtime=runtime,
         inputs=backend.inputs, outputs=backend.outputs, status="ok",
         validation={"check": "imported", "note": "not validated by edgekit: a model brought as it is"},
         output="probabilities" if opts.logits is None else "logits", activation=opts.logits,
@@ -201,6 +209,6 @@ def import_model(model: str | Path, out: str | Path, opts: ImportOptions, force:
     _probe(classifier, pre)
     out.mkdir(parents=True, exist_ok=True)
     if model.resolve() != (out / model.name).resolve():
-        shutil.copy2(model, out / model.name)
+        atomic_write_bytes(out / model.name, content)
     manifest.save(out)
     return manifest

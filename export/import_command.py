@@ -6,14 +6,8 @@ from pathlib import Path
 
 import click
 
+from edgekit.cli_options import labels_value
 from edgekit.manifest import RESIZE_METHODS
-
-
-def _labels(value: str) -> list[str]:
-    path = Path(value)
-    if path.is_file():
-        return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
-    return [v.strip() for v in value.split(",") if v.strip()]
 
 
 def _number(text: str) -> float:
@@ -90,7 +84,7 @@ def import_model(model: Path, labels: str, input_size: tuple[int, int] | None, s
     from edgekit.export.foreign import ImportOptions
     from edgekit.export.foreign import import_model as run_import
 
-    opts = ImportOptions(labels=_labels(labels), input_size=input_size, scale=scale, mean=mean or [0.0],
+    opts = ImportOptions(labels=labels_value(labels), input_size=input_size, scale=scale, mean=mean or [0.0],
                          std=std or [1.0], resize=resize, color_order=color_order,
                          positive_index=positive_index, threshold=threshold, name=name, logits=logits)
     manifest = run_import(model, out, opts, force=force)

@@ -8,6 +8,7 @@ import shutil
 import time
 
 import pytest
+from bundle_factory import TEST_KEY
 from click.testing import CliRunner
 from device_helpers import CELLS, GOLDEN, golden_copy
 
@@ -112,8 +113,10 @@ def test_keygen_sign_verify_cli(strict, tmp_path, monkeypatch):
     assert (ring / "site.pub").is_file()
     assert runner.invoke(main, ["keygen", str(tmp_path / "site")]).exit_code == 2  # never overwritten
     bundle = golden_copy(tmp_path / "b")
+    (bundle / SIGNATURE_NAME).unlink()  # signed by the test key, which this keyring cannot check
     res = runner.invoke(main, ["sign", str(bundle), "--key", str(tmp_path / "site.key")])
     assert res.exit_code == 0, res.output
+    assert "was unsigned" in res.stdout
     res = runner.invoke(main, ["verify", str(bundle)])
     assert res.exit_code == 0 and "trusted: signed by site" in res.stdout
     _edit(bundle, lambda d: d.update(name="other"))
@@ -134,6 +137,7 @@ def test_pack_signs_when_a_key_is_configured(strict, tmp_path, monkeypatch):
     ring = tmp_path / "ring"
     ring.mkdir()
     shutil.copy(pub, ring)
+    shutil.copy(TEST_KEY.with_suffix(".pub"), ring)  # the golden bundle's signer: pack checks it first
     monkeypatch.setenv("EDGEKIT_KEYRING", str(ring))
     monkeypatch.setenv("EDGEKIT_SIGNING_KEY", str(key))
     out = tmp_path / "device"

@@ -54,6 +54,7 @@ class ServeConfig:
     max_pending: int = 8  # uploads received or waiting at once; more get 429
     upload_seconds: float = 120.0  # a slower upload holds a slot too long: refused (408)
     secure_cookie: bool = False  # True under HTTPS
+    host: str | None = None  # the address it listens on (`--host`): its own name is always answered
 
 
 TEXT = r"^[^\x00-\x1f\x7f]*$"  # one line, no control characters
@@ -119,6 +120,12 @@ def _host_only(host: str) -> str:
     if host.startswith("["):
         return host[: host.find("]") + 1]
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _same_origin_path(path: str) -> str:
+    """``path`` as a redirect target on this server: never ``//host/...`` or ``/\\host``, which
+    browsers read as another site's address."""
+    return "/" + path.lstrip("/\\")
 
 
 def _json_error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -197,10 +204,12 @@ def create_app(station: Station, config: ServeConfig) -> FastAPI:
                  for e in exc.errors()]
         return _json_error(422, "; ".join(parts) or "invalid request")
 
+    own_hosts = LOOPBACK_HOSTS | ({config.host, f"[{config.host.strip('[]')}]"} if config.host else set())
+
     @app.middleware("http")
     async def _access(request: Request, call_next):
         host = request.headers.get("host", "")
-        if config.token is None and _host_only(host) not in LOOPBACK_HOSTS:
+        if config.token is None and _host_only(host) not in own_hosts:
             return _json_error(403, f"host {host!r} refused: this server only answers on loopback")
         origin = request.headers.get("origin")
         if request.method not in ("GET", "HEAD", "OPTIONS") and origin and urlsplit(origin).netloc != host:
@@ -212,7 +221,7 @@ def create_app(station: Station, config: ServeConfig) -> FastAPI:
             if request.query_params.get("token") and request.method == "GET" and \
                     not request.url.path.startswith("/api/"):
                 # the page's address: keep the token in a cookie, out of the address bar and history
-                resp = RedirectResponse(request.url.path, status_code=303)
+                resp = RedirectResponse(_same_origin_path(request.url.path), status_code=303)
                 resp.set_cookie(COOKIE, config.token, httponly=True, samesite="strict",
                                 secure=config.secure_cookie)
                 return resp

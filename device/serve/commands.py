@@ -119,7 +119,7 @@ def serve(host: str, port: int, bundle: Path | None, model_format: str | None, t
     station = Station(classifier, db_path, overlay_dir or db_path.parent / "overlays",
                       untrusted="; ".join(untrusted) or None)
     config = ServeConfig(token=token, max_bytes=int(max_upload_mb * 1024 * 1024), max_pending=max_pending,
-                         secure_cookie=cert is not None)
+                         secure_cookie=cert is not None, host=host)
     app = create_app(station, config)
 
     scheme = "https" if cert else "http"

@@ -257,11 +257,14 @@ class Station:
                                   "this station's: open a session for the patient here to add cells")
 
     def _record(self, session: Session, items: list, kind: str, stop: int) -> dict[str, int]:
-        """Record ``items`` as ``edgekit screen`` does; how many were new, already there, past the stop."""
+        """Record ``items`` as ``edgekit screen`` does, but all of one request in one transaction (one
+        batch): a request records everything or nothing (a full database answers 503 with nothing of
+        the field recorded). How many were new, already there, past the stop."""
         from edgekit.device.quality import DEFAULT_GATES
         from edgekit.device.screening import record_crops
 
-        tally = record_crops(self.store, session, items, self.classifier, DEFAULT_GATES, stop, kind)
+        tally = record_crops(self.store, session, items, self.classifier, DEFAULT_GATES, stop, kind,
+                             batch_size=max(1, len(items)))
         new, already = tally.processed, tally.counts.get("skipped", 0)
         return {"new": new, "already": already, "after_stop": len(items) - new - already}
 
@@ -275,9 +278,10 @@ class Station:
         else:
             items = [(cell_id(shown, c.id), None, crop_cell(rgb, c)) for c in report.cells]
         recorded = self._record(session, items, "field", stop)
-        self._write_overlay(sha, rgb, report)
+        # the cells are recorded: an overlay that cannot be written (a full disk) is said, not a 500
+        problem = self._write_overlay(sha, rgb, report)
         return {"result": report.to_dict(per_cell=True), "recorded": recorded,
-                "overlay": f"api/overlays/{sha}.jpg"}
+                "overlay": None if problem else f"api/overlays/{sha}.jpg", "overlay_problem": problem}
 
     def _add_crop(self, session: Session, shown: str, sha: str, rgb, stop: int) -> dict[str, Any]:
         recorded = self._record(session, [(shown, sha, rgb)], "file", stop)
@@ -285,7 +289,8 @@ class Station:
         result = {k: row[k] for k in RECORD_KEYS} if row else None
         return {"result": result, "recorded": recorded, "overlay": None}
 
-    def _write_overlay(self, sha: str, rgb, report) -> None:
+    def _write_overlay(self, sha: str, rgb, report) -> str | None:
+        """Write the field's overlay JPEG; why not, when it cannot be (the cells are counted anyway)."""
         import cv2
 
         from edgekit.device.field import draw_overlay
@@ -296,5 +301,10 @@ class Station:
         if scale < 1:
             img = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
         ok, buf = cv2.imencode(".jpg", img[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 85])
-        if ok:
+        if not ok:
+            return "counted, no overlay: the overlay could not be encoded"
+        try:
             atomic_write_bytes(self.overlay_dir / f"{sha}.jpg", buf.tobytes())
+        except OSError as exc:
+            return f"counted, no overlay: {exc.strerror or exc} ({self.overlay_dir})"
+        return None

@@ -141,6 +141,8 @@ function renderField(out) {
   if (out.overlay) {
     const img = el("img", { src: out.overlay, alt: `Cells found in ${out.name}, outlined red if parasitized, green if not`, loading: "lazy" });
     card.append(el("a", { href: out.overlay, target: "_blank" }, img));
+  } else if (out.overlay_problem) {
+    card.append(el("p", { class: "warn overlay-problem" }, out.overlay_problem));
   }
   return card;
 }
