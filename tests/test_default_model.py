@@ -25,11 +25,17 @@ def _samples() -> list[tuple[Path, str]]:
 def test_default_bundle_is_intact_and_small():
     folder = default_bundle_dir()
     manifest = load_manifest(folder)
-    assert sorted(manifest.artifacts) == ["onnx_int8", "tflite_int8"]
+    # the device formats, and the float weights with their replay sample for `edgekit adapt`
+    assert sorted(manifest.artifacts) == ["keras", "onnx_int8", "tflite_int8"]
+    keras = manifest.artifacts.pop("keras")
+    assert set(keras.extra_files) == {"replay.npz"} and manifest.training["replay"]["crops"] >= 500
+    assert verify_artifact(folder, keras).stat().st_size == keras.bytes < 500_000
     for art in manifest.artifacts.values():
         assert art.status == "ok" and art.validation["agreement"] >= 0.99
         assert verify_artifact(folder, art).stat().st_size == art.bytes
-    assert sum(p.stat().st_size for p in folder.iterdir()) < 1_000_000
+    device_files = [p for p in folder.iterdir() if p.name not in keras.files]
+    assert sum(p.stat().st_size for p in device_files) < 300_000
+    assert sum(p.stat().st_size for p in folder.iterdir()) < 2_000_000
     assert manifest.labels == ["Parasitized", "Uninfected"] and manifest.positive_label == "Parasitized"
     t = manifest.thresholds
     assert 0 < t.negative <= t.cutoff <= t.positive < 1
