@@ -302,6 +302,9 @@ class Domain:
     n: int = 0  # training crops the statistics come from
     quantiles: dict[str, list[float]] = field(default_factory=dict)  # per feature: 1st, 50th, 99th
     source: str = ""
+    # the drift view's "watch" level (``edgekit.device.drift``): the highest session score seen on the
+    # fit's validation data; None (bundles fitted before it existed): sessions are only ok or drifted
+    session_warn: float | None = None
 
     def __post_init__(self) -> None:
         k = len(self.features)
@@ -309,6 +312,8 @@ class Domain:
             raise BundleError(f"domain: mean and inv_cov must match its {k} features")
         if not (self.field_threshold > 0 and self.session_threshold > 0):
             raise BundleError("domain: thresholds must be positive")
+        if self.session_warn is not None and not 0 < self.session_warn <= self.session_threshold:
+            raise BundleError("domain: session_warn must be positive and at most the session threshold")
 
 
 @dataclass
