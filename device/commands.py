@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from edgekit.cli_options import allow_unsigned_option, model_option, option
 from edgekit.formats import DEVICE_ORDER
 from edgekit.outputs import csv_text, display_text, write_output_file
+
+if TYPE_CHECKING:
+    from edgekit.device.drift import SessionPoint
 
 _model_option = model_option()
 _model_format_option = click.option(
@@ -334,21 +338,52 @@ def _find(store, key: str | None, by_id: int | None, by_patient: str | None):
 
 @sessions.command("list")
 @_db_option
-def sessions_list(db: Path | None) -> None:
-    """One line per session: id, patient, site, cells, parasitized, decision, updated."""
+@click.option("--window", type=click.IntRange(1), default=5, show_default=True,
+              help="Sessions in the drift view's rolling median (per site and model).")
+def sessions_list(db: Path | None, window: int) -> None:
+    """One line per session: id, patient, site, cells, parasitized, decision, drift, updated; then the
+    drift view per site and model: do the recent sessions still look like the bundle's cells?"""
     import time
+
+    from edgekit.device.drift import rolling_view
 
     with _store(db) as store:
         rows = [(r, _summary(store, store.find_session(str(r["id"]), by="id"))) for r in store.sessions()]
+        per_session, sites = rolling_view(session_points(store, rows), window)
     click.echo(f"{'id':>4}  {'patient':<16} {'site':<12} {'cells':>6} {'parasit.':>8} {'decision':>8}"
-               "  updated")
+               f" {'drift':>11}  updated")
     for r, summary in rows:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["updated_at"]))
         cells, par, dec = ("?", "?", "unknown") if summary is None else (
             summary.crops, summary.parasitized, summary.decision)
         patient, site = display_text(r["patient"]), display_text(r["site"] or "-")
+        drift = per_session[r["id"]].short() if r["id"] in per_session else "-"
         click.echo(f"{r['id']:>4}  {patient:<16} {site:<12} {cells:>6}"
-                   f" {par:>8} {dec:>8}  {when}")
+                   f" {par:>8} {dec:>8} {drift:>11}  {when}")
+    guarded = [s for s in sites if s.drift.threshold is not None]  # bundles with guard statistics
+    if guarded:
+        click.echo(f"drift (rolling median of the last {window} sessions' guard scores, per site and model; "
+                   "the drift column: that median over the bundle's session threshold):")
+    for s in guarded:
+        click.echo(f"  {display_text(s.line())}")
+
+
+def session_points(store: Any, rows: list[tuple[dict[str, Any], Any]]) -> list[SessionPoint]:
+    """The drift view's :class:`~edgekit.device.drift.SessionPoint` of each (session row, summary):
+    its guard score and its bundle's guard thresholds (each bundle's manifest read once)."""
+    from edgekit.device.drift import point
+
+    domains: dict[str | None, Any] = {}
+    out = []
+    for r, summary in rows:
+        session = store.session_by_id(r["id"])
+        if session is None:
+            continue
+        if session.bundle not in domains:
+            domains[session.bundle] = _session_domain(session)
+        out.append(point(r["id"], r["site"], r["model_sha256"], r["created_at"],
+                         None if summary is None else summary.domain, domains[session.bundle]))
+    return out
 
 
 def _summary(store, session):
