@@ -127,18 +127,22 @@ def _guarded_bundle(tmp_path, threshold=4.0, warn=2.0):
     return bundle
 
 
+def _record_sessions(store, bundle, sha: str, scores, site: str = "Kisumu") -> None:
+    decision = load_manifest(bundle).decision
+    for i, score in enumerate(scores):
+        s = store.open_session(f"P{i}", sha, site=site, bundle=str(bundle), decision=decision)
+        store.add_records(s, [{"source_id": f"f{i}.jpg#{j}", "content_hash": f"{i}-{j}",
+                               "status": "classified", "p_positive": 0.01, "decision": "negative",
+                               "domain_score": score + 0.01 * j} for j in range(10)])
+
+
 def test_sessions_list_shows_a_site_drifting(tmp_path):
     from edgekit.device.records import RecordStore
 
     bundle = _guarded_bundle(tmp_path)
-    decision = load_manifest(bundle).decision
     db = tmp_path / "s.sqlite"
     with RecordStore(db) as store:
-        for i, score in enumerate([1, 1, 1, 6, 6, 6, 6]):
-            s = store.open_session(f"P{i}", "c" * 64, site="Kisumu", bundle=str(bundle), decision=decision)
-            store.add_records(s, [{"source_id": f"f{i}.jpg#{j}", "content_hash": f"{i}-{j}",
-                                   "status": "classified", "p_positive": 0.01, "decision": "negative",
-                                   "domain_score": score + 0.01 * j} for j in range(10)])
+        _record_sessions(store, bundle, "c" * 64, [1, 1, 1, 6, 6, 6, 6])
     res = CliRunner().invoke(main, ["sessions", "list", "--db", str(db)])
     assert res.exit_code == 0, res.output
     lines = res.stdout.splitlines()
@@ -148,3 +152,32 @@ def test_sessions_list_shows_a_site_drifting(tmp_path):
     assert any("site Kisumu" in ln and "DRIFT" in ln and "edgekit site check" in ln for ln in lines[8:])
     narrow = CliRunner().invoke(main, ["sessions", "list", "--db", str(db), "--window", "1"])
     assert "DRIFT" in {ln.split()[1]: ln for ln in narrow.stdout.splitlines()[1:8]}["P3"]
+
+
+
+def test_station_page_shows_site_drift(tmp_path):
+    pytest.importorskip("fastapi", reason="the serve extra is not installed")
+    from fastapi.testclient import TestClient
+
+    from edgekit.device.runtime import load_classifier
+    from edgekit.device.serve.app import ServeConfig, create_app
+    from edgekit.device.serve.station import Station
+
+    bundle = _guarded_bundle(tmp_path)
+    station = Station(load_classifier(GOLDEN), tmp_path / "s.sqlite", tmp_path / "overlays")
+    try:
+        sha = station.classifier.model_sha256
+        station.submit(_record_sessions, station.store, bundle, sha, [1, 1, 6, 6, 6]).result()
+        station.submit(_record_sessions, station.store, bundle, "d" * 64, [1, 1], "Kitale").result()
+        client = TestClient(create_app(station, ServeConfig()), base_url="http://127.0.0.1:8000")
+        r = client.get("/api/drift")
+        assert r.status_code == 200, r.text
+        sites = r.json()["sites"]
+        assert [(s["site"], s["drift"]["status"], s["current"]) for s in sites] == [
+            ("Kisumu", "drift", True), ("Kitale", "ok", False)]
+        assert "re-validate this site" in sites[0]["line"] and sites[0]["drift"]["ratio"] == pytest.approx(1.51, abs=0.01)
+        assert client.get("/api/drift", params={"window": 0}).status_code == 422
+        page, js = client.get("/").text, client.get("/static/app.js").text
+        assert 'id="drift-alert"' in page and 'id="drift"' in page and "api/drift" in js
+    finally:
+        station.close()
