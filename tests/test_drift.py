@@ -175,9 +175,33 @@ def test_station_page_shows_site_drift(tmp_path):
         sites = r.json()["sites"]
         assert [(s["site"], s["drift"]["status"], s["current"]) for s in sites] == [
             ("Kisumu", "drift", True), ("Kitale", "ok", False)]
-        assert "re-validate this site" in sites[0]["line"] and sites[0]["drift"]["ratio"] == pytest.approx(1.51, abs=0.01)
+        assert "re-validate this site" in sites[0]["line"]
+        assert sites[0]["drift"]["ratio"] == pytest.approx(1.51, abs=0.01)
         assert client.get("/api/drift", params={"window": 0}).status_code == 422
         page, js = client.get("/").text, client.get("/static/app.js").text
         assert 'id="drift-alert"' in page and 'id="drift"' in page and "api/drift" in js
     finally:
         station.close()
+
+
+def test_domain_fit_site_refits_a_site_guard(tmp_path):
+    """`edgekit domain fit --site` on `edgekit cells`-style folders: the guard a site refits after
+    checking its bundle on new fields; thresholds from other fields than the statistics."""
+    import cv2
+
+    rng = np.random.default_rng(4)
+    crops, names = _site(rng, GREY, 12, per_field=10)
+    for i, (c, f) in enumerate(zip(crops, names, strict=True)):
+        (tmp_path / "cells" / "Uninfected").mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(tmp_path / "cells" / "Uninfected" / f"{f}__{i}.png"), c[:, :, ::-1])
+    bundle = tmp_path / "b"
+    shutil.copytree(GOLDEN, bundle)
+    cells = str(tmp_path / "cells")
+    res = CliRunner().invoke(main, ["domain", "fit", str(bundle), "--data", cells, "--site", "--block", "2"])
+    assert res.exit_code == 0, res.output
+    dom = load_manifest(bundle).domain
+    assert dom is not None and dom.session_warn is not None and "domain fit --site" in dom.source
+    assert dom.n == 100 and "of 2 validation fields" in dom.source  # 2 of 12 fields set the thresholds
+    bad = CliRunner().invoke(main, ["domain", "fit", str(bundle), "--data", cells, "--site", "--offsite",
+                                    str(GOLDEN)])
+    assert bad.exit_code == 2 and "drop --offsite" in bad.stderr
