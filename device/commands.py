@@ -421,6 +421,7 @@ def sessions_show(session_id: str | None, by_id: int | None, by_patient: str | N
                   as_json: bool) -> None:
     """Summary of one session: SESSION is a session id or a patient id (the latest session of that
     patient); when it could be both, say which with --id or --patient."""
+    from edgekit.device.drift import field_guard, field_guard_line
     from edgekit.device.review import per_field, review_summary
     from edgekit.device.review_commands import review_text, session_cutoff
     from edgekit.errors import EdgekitError
@@ -433,11 +434,13 @@ def sessions_show(session_id: str | None, by_id: int | None, by_patient: str | N
         records, cutoff = store.records(session.id), session_cutoff(session)
         review = review_summary(records, store.reviews(session.id), cutoff)
         fields, lines = per_field(records, cutoff), review_text(store, session)
+        dom = _session_domain(session) if summary is not None else None
+        guard = field_guard(records, dom) if dom is not None else []  # a bundle without a guard: nothing
     if as_json:
         info = {k: v for k, v in session.__dict__.items() if k != "decision"}
         info["decision"] = None if session.decision is None else json.loads(session.decision)
         click.echo(json.dumps({"session": info, "summary": None if summary is None else summary.to_dict(),
-                               "review": review, "fields": fields}))
+                               "review": review, "fields": fields, "guard_fields": guard}))
         return
     click.echo(f"session {session.id}  site {session.site or '-'}  operator {session.operator or '-'}")
     model = f"model {session.model_format or '?'} sha256 {session.model_sha256[:16]}…"
@@ -449,6 +452,8 @@ def sessions_show(session_id: str | None, by_id: int | None, by_patient: str | N
     click.echo(f"decided at cell cutoff {decided.cutoff:.3f} on p({decided.counted_label}), "
                f"patient rule: positive at >= {decided.rule.positive_fraction:.1%} of cells")
     click.echo(summary.line())
+    if (guard_line := field_guard_line(guard)) is not None:
+        click.echo(display_text(guard_line))
     for line in lines:
         click.echo(line)
 

@@ -150,3 +150,31 @@ def rolling_view(points: Iterable[SessionPoint], window: int = WINDOW
     rank = {"drift": 0, "watch": 1, "ok": 2, "unknown": 3}
     sites.sort(key=lambda s: (rank[s.drift.status], -s.last_started))
     return per_session, sites
+
+
+def field_guard(records: Iterable[Mapping[str, Any]], domain: Domain | None) -> list[dict[str, Any]]:
+    """Within a session: the guard's verdict on each field (cells cut from whole fields, source ids
+    ``field.jpg#12``), in the order the fields were recorded, so a stain or lamp change in the middle
+    of a session shows where it began. Empty when the session holds no fields."""
+    from edgekit.device.domain import field_verdict
+
+    by_field: dict[str, list[float | None]] = {}
+    for r in records:
+        if r.get("status") != "failed" and "#" in str(r.get("source_id", "")):
+            by_field.setdefault(str(r["source_id"]).rsplit("#", 1)[0], []).append(r.get("domain_score"))
+    return [{"field": name, "cells": len(scores), **field_verdict(scores, domain)}
+            for name, scores in by_field.items()]
+
+
+def field_guard_line(fields: list[dict[str, Any]]) -> str | None:
+    """``guard by field: 6 of 8 fields vouched for; first not: f7.jpg (5.20)`` (None without fields)."""
+    if not fields:
+        return None
+    bad = [f for f in fields if not f["ok"]]
+    line = f"guard by field: {len(fields) - len(bad)} of {len(fields)} fields vouched for"
+    if bad:
+        first = bad[0]
+        score = "" if first["score"] is None else f" ({first['score']:.2f})"
+        line += f"; not: {', '.join(f['field'] for f in bad[:5])}{' …' if len(bad) > 5 else ''}"
+        line += f"; first at field {fields.index(first) + 1} of {len(fields)}: {first['field']}{score}"
+    return line

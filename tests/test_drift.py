@@ -205,3 +205,22 @@ def test_domain_fit_site_refits_a_site_guard(tmp_path):
     bad = CliRunner().invoke(main, ["domain", "fit", str(bundle), "--data", cells, "--site", "--offsite",
                                     str(GOLDEN)])
     assert bad.exit_code == 2 and "drop --offsite" in bad.stderr
+
+
+def test_sessions_show_says_where_in_a_session_the_guard_stopped_vouching(tmp_path):
+    from edgekit.device.records import RecordStore
+
+    bundle = _guarded_bundle(tmp_path, threshold=4.0)  # field threshold 5.0
+    db = tmp_path / "s.sqlite"
+    with RecordStore(db) as store:
+        s = store.open_session("P1", "c" * 64, site="Kisumu", bundle=str(bundle),
+                               decision=load_manifest(bundle).decision)
+        store.add_records(s, [{"source_id": f"f{f}.jpg#{j}", "content_hash": f"{f}-{j}",
+                               "status": "classified", "p_positive": 0.01, "decision": "negative",
+                               "domain_score": 1.0 if f < 3 else 7.0} for f in range(1, 5) for j in range(8)])
+    res = CliRunner().invoke(main, ["sessions", "show", "P1", "--db", str(db)])
+    assert res.exit_code == 0, res.output
+    assert ("guard by field: 2 of 4 fields vouched for; not: f3.jpg, f4.jpg; first at field 3 of 4"
+            in res.stdout)
+    shown = json.loads(CliRunner().invoke(main, ["sessions", "show", "P1", "--db", str(db), "--json"]).stdout)
+    assert [f["ok"] for f in shown["guard_fields"]] == [True, True, False, False]
