@@ -220,6 +220,8 @@ def fit_site_features(train: np.ndarray, train_lit: np.ndarray, val: np.ndarray,
                       margin: float = SITE_MARGIN, session_fields: int = SITE_SESSION_FIELDS,
                       source: str = "") -> tuple[Domain, dict[str, Any]]:
     """:func:`fit_site_domain` on crop features already measured (:func:`crop_table`)."""
+    if not margin >= 1.0:
+        raise ValueError(f"the site guard's margin must be at least 1, not {margin}")
     if len(val) < MIN_VAL_CROPS:
         raise DataError(f"{len(val)} measurable validation crops; the site guard's thresholds need at least "
                         f"{MIN_VAL_CROPS}")

@@ -330,6 +330,9 @@ class Manifest:
     versions: dict[str, str] = field(default_factory=dict)
     domain: Domain | None = None  # training-cell statistics for the domain guard; None: not fitted
     schema: str = SCHEMA
+    # what a site bundle must keep holding (``edgekit site check``): {"bounds": {"auc": 0.97, ...}};
+    # None: not recorded (and not written, so manifests without it stay as they were)
+    gate: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if len(self.labels) < 2:
@@ -347,7 +350,10 @@ class Manifest:
         return Decision(tuple(self.labels), self.positive_label, self.thresholds, self.patient_rule)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if d["gate"] is None:
+            del d["gate"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Manifest:
@@ -369,6 +375,7 @@ class Manifest:
                 evaluation=d.get("evaluation", {}),
                 versions=d.get("versions", {}),
                 domain=Domain(**d["domain"]) if d.get("domain") else None,
+                gate=d.get("gate"),
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise BundleError(f"malformed manifest: {exc}") from exc

@@ -165,6 +165,8 @@ def validate_manifest_data(d: Any) -> None:
         raise _fail("patient_rule.stop_cells", f"must be a non-negative integer, not {rule['stop_cells']!r}")
     for k in ("training", "evaluation", "versions"):
         _obj(d, k, k)
+    if d.get("gate") is not None:
+        _obj(d, "gate", "gate")
 
     arts = _obj(d, "artifacts", "artifacts")
     for key, a in arts.items():

@@ -70,9 +70,8 @@ class CheckResult:
         return {"holds": self.holds, **{k: v for k, v in vars(self).items()}}
 
 
-def gate_bounds(manifest_data: dict[str, Any]) -> tuple[dict[str, float], str]:
-    """The bounds to hold (``gate.bounds`` of the manifest, else the defaults) and where they came from."""
-    gate = manifest_data.get("gate")
+def gate_bounds(gate: dict[str, Any] | None) -> tuple[dict[str, float], str]:
+    """The bounds to hold (the manifest's ``gate.bounds``, else the defaults) and where they came from."""
     raw = gate.get("bounds") if isinstance(gate, dict) else None
     if raw is None:
         return dict(DEFAULT_BOUNDS), "defaults: the manifest records no gate bounds"
@@ -148,7 +147,6 @@ def check_site(bundle: str | os.PathLike, data: str | os.PathLike,
     from edgekit.device.preprocess import read_image
     from edgekit.device.runtime import load_classifier
     from edgekit.errors import ImageError
-    from edgekit.manifest import read_manifest_data
     from edgekit.metrics import field_parasitemia_error, roc_auc, sensitivity_at_specificity
 
     say = log or (lambda _s: None)
@@ -156,7 +154,7 @@ def check_site(bundle: str | os.PathLike, data: str | os.PathLike,
     manifest, decision = clf.manifest, clf.manifest.decision
     if manifest.positive_label is None:
         raise BundleError("site check needs a bundle with a positive label (manifest positive_label)")
-    bounds, bounds_from = gate_bounds(read_manifest_data(clf.bundle_dir))
+    bounds, bounds_from = gate_bounds(manifest.gate)
     items = labelled_crops(Path(data), manifest.labels)
     say(f"measuring {len(items)} labelled cells of {len(set(i[2] for i in items))} fields through "
         f"{clf.fmt}…")

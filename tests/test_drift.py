@@ -71,6 +71,9 @@ def test_site_guard_refuses_too_little_data():
     k = len(FEATURES)
     with pytest.raises(DataError, match="validation crops"):
         fit_site_features(rng.normal(0, 1, (80, k)), np.zeros(80), rng.normal(0, 1, (3, k)), ["a"] * 3)
+    with pytest.raises(ValueError, match="margin"):
+        fit_site_features(rng.normal(0, 1, (80, k)), np.zeros(80), rng.normal(0, 1, (9, k)), ["a"] * 9,
+                          margin=0.5)
 
 
 def test_consecutive_sessions_keep_runs_of_fields():
@@ -224,3 +227,22 @@ def test_sessions_show_says_where_in_a_session_the_guard_stopped_vouching(tmp_pa
             in res.stdout)
     shown = json.loads(CliRunner().invoke(main, ["sessions", "show", "P1", "--db", str(db), "--json"]).stdout)
     assert [f["ok"] for f in shown["guard_fields"]] == [True, True, False, False]
+
+
+def test_manifest_keeps_a_gate_section_and_adds_none(tmp_path):
+    from edgekit.manifest import Manifest
+
+    m = Manifest(labels=["Parasitized", "Uninfected"], positive_label="Parasitized")
+    m.save(tmp_path)
+    assert "gate" not in json.loads((tmp_path / "manifest.json").read_text())  # unchanged for others
+    m.gate = {"bounds": {"auc": 0.95, "parasitemia_error": 1.5}}
+    m.save(tmp_path)
+    back = load_manifest(tmp_path)
+    assert back.gate == m.gate
+    back.save(tmp_path)  # e.g. `edgekit domain fit --site` rewriting a site bundle keeps its gate
+    assert json.loads((tmp_path / "manifest.json").read_text())["gate"] == m.gate
+    d = json.loads((tmp_path / "manifest.json").read_text())
+    d["gate"] = [1]
+    (tmp_path / "manifest.json").write_text(json.dumps(d))
+    with pytest.raises(BundleError, match="gate"):
+        load_manifest(tmp_path)
