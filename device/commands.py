@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from edgekit.cli_options import allow_unsigned_option, model_option, option
 from edgekit.formats import DEVICE_ORDER
 from edgekit.outputs import csv_text, display_text, write_output_file
+
+if TYPE_CHECKING:
+    pass
 
 _model_option = model_option()
 _model_format_option = click.option(
@@ -337,24 +341,36 @@ def _find(store, key: str | None, by_id: int | None, by_patient: str | None):
 
 @sessions.command("list")
 @_db_option
-def sessions_list(db: Path | None) -> None:
-    """One line per session: id, patient, site, cells, parasitized, decision, updated."""
+@click.option("--window", type=click.IntRange(1), default=5, show_default=True,
+              help="Sessions in the drift view's rolling median (per site and model).")
+def sessions_list(db: Path | None, window: int) -> None:
+    """One line per session: id, patient, site, cells, parasitized, decision, drift, updated; then the
+    drift view per site and model: do the recent sessions still look like the bundle's cells?"""
     import time
 
+    from edgekit.device.drift import rolling_view, session_points
     from edgekit.device.records import Session
     from edgekit.device.sessions import session_summary
 
     with _store(db) as store:
         rows = [(r, session_summary(store, Session.from_row(r))) for r in store.sessions()]
+        per_session, sites = rolling_view(session_points(store, rows), window)
     click.echo(f"{'id':>4}  {'patient':<16} {'site':<12} {'cells':>6} {'parasit.':>8} {'decision':>8}"
-               "  updated")
+               f" {'drift':>11}  updated")
     for r, summary in rows:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["updated_at"]))
         cells, par, dec = ("?", "?", "unknown") if summary is None else (
             summary.crops, summary.parasitized, summary.decision)
         patient, site = display_text(r["patient"]), display_text(r["site"] or "-")
+        drift = per_session[r["id"]].short() if r["id"] in per_session else "-"
         click.echo(f"{r['id']:>4}  {patient:<16} {site:<12} {cells:>6}"
-                   f" {par:>8} {dec:>8}  {when}")
+                   f" {par:>8} {dec:>8} {drift:>11}  {when}")
+    guarded = [s for s in sites if s.drift.threshold is not None]  # bundles with guard statistics
+    if guarded:
+        click.echo(f"drift (rolling median of the last {window} sessions' guard scores, per site and model; "
+                   "the drift column: that median over the bundle's session threshold):")
+    for s in guarded:
+        click.echo(f"  {display_text(s.line())}")
 
 
 @sessions.command("show")
@@ -366,6 +382,7 @@ def sessions_show(session_id: str | None, by_id: int | None, by_patient: str | N
                   as_json: bool) -> None:
     """Summary of one session: SESSION is a session id or a patient id (the latest session of that
     patient); when it could be both, say which with --id or --patient."""
+    from edgekit.device.drift import field_guard, field_guard_line
     from edgekit.device.review import per_field, review_summary
     from edgekit.device.review_commands import review_text, session_cutoff
     from edgekit.device.sessions import NO_DECISION, provenance_lines, public_session, session_summary
@@ -379,10 +396,12 @@ def sessions_show(session_id: str | None, by_id: int | None, by_patient: str | N
         records, cutoff = store.records(session.id), session_cutoff(session)
         review = review_summary(records, store.reviews(session.id), cutoff)
         fields, lines = per_field(records, cutoff), review_text(store, session)
+        dom = session.guarded_with if summary is not None else None
+        guard = field_guard(records, dom) if dom is not None else []  # a bundle without a guard: nothing
     if as_json:
         click.echo(json.dumps({"session": public_session(session),
                                "summary": None if summary is None else summary.to_dict(),
-                               "review": review, "fields": fields}))
+                               "review": review, "fields": fields, "guard_fields": guard}))
         return
     click.echo(f"session {session.id}  site {session.site or '-'}  operator {session.operator or '-'}")
     for line in provenance_lines(session):
@@ -394,6 +413,8 @@ def sessions_show(session_id: str | None, by_id: int | None, by_patient: str | N
     click.echo(f"decided at cell cutoff {decided.cutoff:.3f} on p({decided.counted_label}), "
                f"patient rule: {decided.rule.describe()}")
     click.echo(summary.line())
+    if (guard_line := field_guard_line(guard)) is not None:
+        click.echo(display_text(guard_line))
     for line in lines:
         click.echo(line)
 

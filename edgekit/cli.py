@@ -34,6 +34,7 @@ COMMANDS = [
     ("edgekit.benchmarks.commands", "bench"),
     ("edgekit.site_commands", "cells"),
     ("edgekit.site_commands", "adapt"),
+    ("edgekit.site_commands", "site"),
     ("edgekit.domain_commands", "domain"),
 ]
 

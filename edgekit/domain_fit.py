@@ -10,7 +10,15 @@ device's own field segmentation). The rule (:func:`choose_threshold`): the thres
 (geometrically) between the highest in-domain validation score and the off-site score that still
 catches ``catch`` of the dev fields; when the two overlap, the in-domain side wins (at most
 ``max_false`` of validation sessions or fields flagged), and the shortfall is reported. Without
-off-site data (a site fitting its own bundle) it sits 10% above the highest validation score.
+off-site data it sits 10% above the highest validation score.
+
+A **site** bundle's guard (:func:`fit_site_domain`, called by ``edgekit adapt``) has no off-site data
+and no patients: its statistics come from the site's training fields and its thresholds from its
+validation fields, ``SITE_MARGIN`` times the highest validation field (and block-of-fields
+"session") score. Measured on IML's two stain batches (``benchmarks/domain_drift.py``): the other
+stain's fields score 2.4-8x the highest validation field, held-out fields of the same stain up to
+~2x (a few frames of a sub-batch that no training block saw), so 2x flags the other stain and
+passes the same stain.
 
 Light enough for a workstation without TensorFlow: numpy and OpenCV.
 """
@@ -31,17 +39,21 @@ from edgekit.manifest import Domain
 
 MIN_TRAIN_CROPS = 50
 NO_OFFSITE_MARGIN = 1.1  # without off-site data: this much above the highest in-domain validation score
+SITE_MARGIN = 2.0  # a site guard: this many times the highest validation field / session score
+SITE_SESSION_FIELDS = 6  # a site's validation "session": this many consecutive validation fields
+MIN_VAL_CROPS = 5
 
 
-def crop_table(paths: Iterable[str | os.PathLike]) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """(features (n, k), border-lit fraction (n,), indices of the readable crops) for image files."""
+def crop_table(crops: Iterable[str | os.PathLike | np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """(features (n, k), border-lit fraction (n,), indices of the measurable crops) for image files or
+    RGB uint8 arrays (unreadable files and crops without lit pixels are left out)."""
     from edgekit.device.preprocess import read_image
     from edgekit.errors import ImageError
 
     feats, lit, kept = [], [], []
-    for i, p in enumerate(paths):
+    for i, p in enumerate(crops):
         try:
-            rgb = read_image(p)
+            rgb = p if isinstance(p, np.ndarray) else read_image(p)
         except ImageError:
             continue
         f = crop_features(rgb)
@@ -136,6 +148,20 @@ def choose_threshold(inside: Sequence[float], outside: Sequence[float] = (), max
     return max(allowed, 1e-6), why
 
 
+def _crop_limits(train: np.ndarray, train_lit: np.ndarray, d_train: np.ndarray) -> dict[str, Any]:
+    """The single-crop limits and descriptive quantiles of a :class:`Domain`, from its training crops."""
+    chromas = np.array([chroma(f) for f in train])
+    return {
+        "min_cells": 5,
+        "min_chroma": round(float(0.5 * np.percentile(chromas, 0.1)), 3),
+        "max_border_lit": round(float(min(0.95, max(0.6, np.percentile(train_lit, 99.9) + 0.1))), 3),
+        "max_crop_distance": round(float(3 * np.percentile(d_train, 99.9)), 3),
+        "n": int(len(train)),
+        "quantiles": {name: np.percentile(train[:, i], [1, 50, 99]).round(4).tolist()
+                      for i, name in enumerate(FEATURES)},
+    }
+
+
 def fit_domain(train: np.ndarray, train_lit: np.ndarray, val: np.ndarray, val_groups: Sequence[str],
                offsite: np.ndarray | None = None, offsite_fields: Sequence[str] = (),
                field_size: int | None = None, source: str = "") -> tuple[Domain, dict[str, Any]]:
@@ -159,17 +185,10 @@ def fit_domain(train: np.ndarray, train_lit: np.ndarray, val: np.ndarray, val_gr
     field_t, field_why = choose_threshold(fields_in, list(out_fields.values()))
     # a session pools several fields: off-site sessions are at least as far as their fields' median
     session_t, session_why = choose_threshold(list(sessions.values()), list(out_fields.values()))
-    chromas = np.array([chroma(f) for f in train])
-    quant = {name: np.percentile(train[:, i], [1, 50, 99]).round(4).tolist()
-             for i, name in enumerate(FEATURES)}
     domain = Domain(
         features=list(FEATURES), mean=mean.tolist(), inv_cov=icov.tolist(),
         field_threshold=round(field_t, 4), session_threshold=round(session_t, 4),
-        min_cells=5,
-        min_chroma=round(float(0.5 * np.percentile(chromas, 0.1)), 3),
-        max_border_lit=round(float(min(0.95, max(0.6, np.percentile(train_lit, 99.9) + 0.1))), 3),
-        max_crop_distance=round(float(3 * np.percentile(d_train, 99.9)), 3),
-        n=int(len(train)), quantiles=quant,
+        **_crop_limits(train, train_lit, d_train),
         source=(f"{source}; field threshold: {field_why} (in-domain fields: {field_size} random cells of a "
                 f"validation patient); session threshold: {session_why}").strip("; "),
     )
@@ -184,3 +203,70 @@ def fit_domain(train: np.ndarray, train_lit: np.ndarray, val: np.ndarray, val_gr
         "train_distance_percentiles_50_99_99.9": np.percentile(d_train, [50, 99, 99.9]).round(3).tolist(),
     }
     return domain, report
+
+
+def consecutive_sessions(fields: Sequence[str], size: int = SITE_SESSION_FIELDS) -> dict[str, list[str]]:
+    """Pseudo-sessions of a site's fields: ``size`` consecutive field names (sorted) each; a last
+    shorter run joins the one before it."""
+    names = sorted(set(fields))
+    runs = [names[i : i + size] for i in range(0, len(names), size)]
+    if len(runs) > 1 and len(runs[-1]) < size:
+        last = runs.pop()
+        runs[-1] = runs[-1] + last
+    return {f"{r[0]}..{r[-1]}": r for r in runs}
+
+
+def fit_site_features(train: np.ndarray, train_lit: np.ndarray, val: np.ndarray, val_fields: Sequence[str],
+                      margin: float = SITE_MARGIN, session_fields: int = SITE_SESSION_FIELDS,
+                      source: str = "") -> tuple[Domain, dict[str, Any]]:
+    """:func:`fit_site_domain` on crop features already measured (:func:`crop_table`)."""
+    if not margin >= 1.0:
+        raise ValueError(f"the site guard's margin must be at least 1, not {margin}")
+    if len(val) < MIN_VAL_CROPS:
+        raise DataError(f"{len(val)} measurable validation crops; the site guard's thresholds need at least "
+                        f"{MIN_VAL_CROPS}")
+    if len(val_fields) != len(val):
+        raise DataError(f"{len(val_fields)} field names for {len(val)} validation crops")
+    mean, icov = fit_statistics(train)
+    proto = Domain(features=list(FEATURES), mean=mean.tolist(), inv_cov=icov.tolist(),
+                   field_threshold=1.0, session_threshold=1.0)
+    d_train, d_val = distances(train, proto), distances(val, proto)
+    g = np.asarray(val_fields)
+    fields = median_by_group(d_val, list(val_fields))
+    sessions = {k: float(np.median(d_val[np.isin(g, v)]))
+                for k, v in consecutive_sessions(val_fields, session_fields).items()}
+    hi_field, hi_session = max(fields.values()), max(sessions.values())
+    domain = Domain(
+        features=list(FEATURES), mean=mean.tolist(), inv_cov=icov.tolist(),
+        field_threshold=round(margin * hi_field, 4), session_threshold=round(margin * hi_session, 4),
+        session_warn=round(hi_session, 4),
+        **_crop_limits(train, train_lit, d_train),
+        source=(f"{source}; site guard: statistics of {len(train)} training-field crops; thresholds "
+                f"{margin:g}x the highest of {len(fields)} validation fields ({hi_field:.2f}) and of "
+                f"{len(sessions)} runs of {session_fields} consecutive validation fields ({hi_session:.2f}); "
+                "no off-site data").strip("; "),
+    )
+    report = {
+        "train_crops": int(len(train)), "val_crops": int(len(val)), "margin": margin,
+        "field_threshold": domain.field_threshold, "session_threshold": domain.session_threshold,
+        "session_warn": domain.session_warn, "val_fields": fields, "val_sessions": sessions,
+        "train_distance_percentiles_50_99_99.9": np.percentile(d_train, [50, 99, 99.9]).round(3).tolist(),
+    }
+    return domain, report
+
+
+def fit_site_domain(train_crops: Sequence[str | os.PathLike | np.ndarray],
+                    val_crops: Sequence[str | os.PathLike | np.ndarray], val_fields: Sequence[str], *,
+                    margin: float = SITE_MARGIN, session_fields: int = SITE_SESSION_FIELDS,
+                    source: str = "") -> tuple[Domain, dict[str, Any]]:
+    """The domain guard of a site bundle, from the site's own labelled cells (``edgekit cells``).
+
+    ``train_crops``: crops (files or RGB arrays) of the training fields, whose features give the
+    statistics; ``val_crops`` with ``val_fields`` (the field of each crop, e.g. ``Item.group``): crops
+    of the validation fields, which alone set the thresholds. Never pass test fields. Returns the
+    :class:`Domain` for ``manifest.domain`` and a report of how it was chosen; raises
+    :class:`DataError` when there are too few measurable crops (fewer than 50 training, 5 validation).
+    """
+    train, lit, _ = crop_table(train_crops)
+    val, _, kept = crop_table(val_crops)
+    return fit_site_features(train, lit, val, [val_fields[k] for k in kept], margin, session_fields, source)

@@ -342,6 +342,9 @@ class Gate:
         unknown = sorted(set(self.bounds) - set(GATE_BOUNDS))
         if unknown:
             raise BundleError(f"gate: unknown bound(s) {', '.join(unknown)}; known: {', '.join(GATE_BOUNDS)}")
+        numbers = [*self.bounds.values(), *(v for v in self.measured.values() if v is not None)]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers):
+            raise BundleError("gate: bounds and measured values must be numbers")
 
     def failures(self) -> list[str]:
         """One phrase per bound the measured numbers miss (a number not measured misses its bound)."""
@@ -396,6 +399,9 @@ class Domain:
     quantiles: dict[str, list[float]] = field(default_factory=dict)  # per feature: 1st, 50th, 99th
     source: str = ""
     gate: Gate | None = None  # a site bundle's own test: the guard vouches only when it passed
+    # the drift view's "watch" level (``edgekit.device.drift``): the highest session score seen on the
+    # fit's validation data; None (bundles fitted before it existed): sessions are only ok or drifted
+    session_warn: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.gate, dict):
@@ -405,6 +411,8 @@ class Domain:
             raise BundleError(f"domain: mean and inv_cov must match its {k} features")
         if not (self.field_threshold > 0 and self.session_threshold > 0):
             raise BundleError("domain: thresholds must be positive")
+        if self.session_warn is not None and not 0 < self.session_warn <= self.session_threshold:
+            raise BundleError("domain: session_warn must be positive and at most the session threshold")
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""Site commands: ``edgekit cells`` (labelled cells from annotated fields). Light at import (click
-only); OpenCV loads inside the command body."""
+"""Site commands: ``edgekit cells`` (labelled cells from annotated fields), ``edgekit adapt`` and
+``edgekit site check`` (does a site bundle still hold on new labelled fields). Light at import (click
+only); OpenCV and the runtimes load inside the command bodies."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from edgekit.cli_options import sign_key_option, sign_note
+from edgekit.cli_options import allow_unsigned_option, sign_key_option, sign_note
 
 
 def _field_images(paths: tuple[Path, ...]) -> tuple[Path, list[Path]]:
@@ -191,3 +192,41 @@ def adapt(model: Path, site: Path, out: Path, fields_split: Path | None, block: 
         raise click.ClickException(f"{why}; the bundle says NOT VALIDATED on every result "
                                    "(label more fields, or check the labels, and adapt again)")
     click.echo(gate.summary())
+
+
+@click.group()
+def site() -> None:
+    """A site bundle after adaptation: check that it still holds on newly labelled fields."""
+
+
+@site.command("check")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--data", "data", required=True, type=click.Path(path_type=Path),
+              help="Newly labelled cells of the site (a folder from `edgekit cells`).")
+@click.option("--fields", "fields_dir", type=click.Path(path_type=Path), default=None,
+              help="Their field images (the folder given to `edgekit cells`): the guard's verdict and the "
+                   "parasitemia of each whole field, as `edgekit field` reports them.")
+@click.option("--model-format", default=None, help="Which model of the bundle to run (default: the device's "
+                                                  "first usable one).")
+@allow_unsigned_option()
+@click.option("--json", "as_json", is_flag=True, help="Print the measurements and the verdict as JSON.")
+def site_check(bundle: Path, data: Path, fields_dir: Path | None, model_format: str | None,
+               allow_unsigned: bool, as_json: bool) -> None:
+    """Measure SITE BUNDLE on newly labelled fields of its site through the device runtime (cell AUC,
+    sensitivity at specificity 0.995, per-field parasitemia error, the guard's verdicts) and say whether
+    it still holds against the bounds in its manifest (`gate.bounds`; default: parasitemia error <= 1.0
+    point, AUC >= 0.97). Exit status 0: it holds; 1: it does not (re-adapt, or refer to microscopy)."""
+    import json
+    import sys
+
+    from edgekit.site_check import check_site, report_lines
+
+    result = check_site(bundle, data, fields_dir, model_format, allow_unsigned or None,
+                        log=lambda s: click.echo(s, err=True))
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), default=float))
+    else:
+        for line in report_lines(result):
+            click.echo(line)
+    if not result.holds:
+        sys.exit(1)

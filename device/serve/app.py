@@ -266,6 +266,11 @@ def create_app(station: Station, config: ServeConfig) -> FastAPI:
                        ) -> list[dict[str, Any]]:
         return await run(station.sessions, limit)
 
+    @app.get("/api/drift", summary="Site drift: rolling median of recent sessions' guard scores per site")
+    async def drift(window: int = Query(5, ge=1, le=1000, description="Sessions in the rolling median")
+                    ) -> dict[str, Any]:
+        return await run(station.drift, window)
+
     @app.get("/api/sessions/{session_id}", summary="One session: summary and records")
     async def session(session_id: SessionId, records: bool = Query(True, description="Include the records")
                       ) -> dict[str, Any]:

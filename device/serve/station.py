@@ -138,6 +138,21 @@ class Station:
         """The sessions in the database, newest first (at most ``limit``), with their summaries."""
         return [self._view(s) for s in self._sessions()[:limit]]
 
+    def drift(self, window: int | None = None) -> dict[str, Any]:
+        """``edgekit sessions list``'s drift view: per site and model whose bundle has guard statistics,
+        the rolling median of its recent sessions' guard scores and its status (ok / watch / drift);
+        ``current`` marks this station's model."""
+        from edgekit.device.drift import WINDOW, rolling_view, session_points
+        from edgekit.device.records import Session
+        from edgekit.device.sessions import session_summary
+
+        w = window or WINDOW
+        rows = [(r, session_summary(self.store, Session.from_row(r))) for r in self.store.sessions()]
+        _, sites = rolling_view(session_points(self.store, rows), w)
+        sha = self.classifier.model_sha256
+        return {"window": w, "sites": [{**s.to_dict(), "current": s.model_sha256 == sha}
+                                       for s in sites if s.drift.threshold is not None]}
+
     def session(self, session_id: int, with_records: bool = True) -> dict[str, Any]:
         """One session: its summaries and (unless not wanted) its records, oldest first."""
         session = self._session(session_id)

@@ -229,6 +229,7 @@ async function uploadAll(files, kind) {
 
 async function loadSessions() {
   let rows;
+  loadDrift();
   try { rows = await api("api/sessions"); } catch (err) { say(err.message); return; }
   const body = $("#sessions tbody");
   body.replaceChildren(...rows.map(({ session, summary, review }) => el("tr", {},
@@ -241,6 +242,30 @@ async function loadSessions() {
     el("td", {},
       el("button", { type: "button", onclick: () => openSession(session.id) }, "Open"),
       el("a", { class: "button", href: `api/export.csv?session=${session.id}`, download: "" }, "CSV")))));
+}
+
+// ---------------------------------------------------------------- site drift (the guard over days)
+
+const DRIFT_WORD = { drift: "DRIFT", watch: "watch", ok: "ok" };
+
+async function loadDrift() {
+  let data;
+  try { data = await api("api/drift"); } catch (err) { return; }  // the list still shows without it
+  const sites = data.sites;
+  $("#drift").replaceChildren(...(sites.length
+    ? [el("p", {}, `Drift per site (median guard score of the last ${data.window} sessions):`),
+       ...sites.map((s) => el("p", { class: s.drift.status === "ok" ? "" : "nv", "data-status": s.drift.status },
+         `${DRIFT_WORD[s.drift.status] || s.drift.status}: ${s.line}`))]
+    : []));
+  const alarming = sites.filter((s) => s.current && (s.drift.status === "drift" || s.drift.status === "watch"));
+  $("#drift-alert").replaceChildren(...alarming.map((s) => el("p", { class: "warn" },
+    s.drift.status === "drift"
+      ? `Re-validate site ${s.site || "-"}: its recent sessions no longer look like the cells this model ` +
+        `was fitted on (guard ${s.drift.rolling.toFixed(2)} > ${s.drift.threshold.toFixed(2)}). ` +
+        "Check it on newly labelled fields (edgekit site check) before trusting its results."
+      : `Watch site ${s.site || "-"}: its recent sessions are farther from this model's cells than any it ` +
+        `was validated on (guard ${s.drift.rolling.toFixed(2)}, limit ${s.drift.threshold.toFixed(2)}).`)));
+  $("#drift-alert").hidden = alarming.length === 0;
 }
 
 async function openSession(id) {

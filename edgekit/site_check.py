@@ -1,0 +1,278 @@
+"""``edgekit site check``: does a site bundle still hold on newly labelled fields of its site?
+
+A gate measured once at adaptation time cannot protect the months after it. A site labels a sample
+of new fields, cuts their cells with ``edgekit cells`` and runs this check: every crop goes through
+the bundle **as the device runs it** (signature and file checks, the device runtime, the manifest's
+preprocessing and cutoff), and the numbers are held to the bounds the bundle records.
+
+Measured on the labelled cells (``NEW_SITE_CELLS/<class>/<field>__<i>.png``):
+- cell AUC and sensitivity at specificity >= 99.5%;
+- per-field parasitemia error: cells called parasitized at the manifest's cutoff vs labelled, in
+  percentage points, averaged over fields;
+- the domain guard's verdict per field (the share of fields it vouches for).
+With ``--fields`` (the field images given to ``edgekit cells``): each field is also analysed whole, as
+``edgekit field`` does (every cell the finder returns, labelled or not): the guard's verdict then
+comes from the whole field, and the whole-field parasitemia error against the labelled fraction is
+reported.
+
+Bounds: the site gate's (``manifest.domain.gate.bounds``, recorded by ``edgekit adapt``:
+``parasitemia_error``, the largest mean per-field error in points, on whole fields when ``--fields``
+is given; ``auc`` and ``sensitivity_at_specificity`` (0.995), the lowest values), else
+``edgekit.manifest.DEFAULT_GATE_BOUNDS``. A bound that cannot be measured (a sample without
+parasitized cells has no AUC) does not hold. Light: numpy and the device runtime.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import BundleError, DataError
+
+# the gate's bounds (edgekit.manifest.GATE_BOUNDS, recorded by `edgekit adapt`) -> the measurement each
+# holds here, and how: "max" must not exceed, "min" must reach. The parasitemia error is the whole-field
+# one when --fields gives the field images (as adapt measured it), else the labelled cells' one.
+BOUNDS = {
+    "parasitemia_error": ("parasitemia_error_points", "max"),
+    "auc": ("auc", "min"),
+    "sensitivity_at_specificity": ("sensitivity_at_specificity_0.995", "min"),
+}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+CHUNK = 256  # crops decoded and classified at a time (bounded memory on a small device)
+
+
+@dataclass
+class CheckResult:
+    """What ``site check`` measured and whether the bundle holds."""
+
+    bundle: str
+    model_format: str
+    cells: int
+    positive_cells: int
+    fields: int
+    measured: dict[str, float | None]
+    bounds: dict[str, float]
+    bounds_from: str
+    failures: list[str] = field(default_factory=list)
+    per_field: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def holds(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"holds": self.holds, **{k: v for k, v in vars(self).items()}}
+
+
+def gate_bounds(manifest: Any) -> tuple[dict[str, float], str]:
+    """The bounds to hold (the site gate's, recorded by ``edgekit adapt``, else the defaults) and where
+    they came from."""
+    from edgekit.manifest import DEFAULT_GATE_BOUNDS
+
+    gate = manifest.domain.gate if manifest.domain is not None else None
+    if gate is None or not gate.bounds:
+        return dict(DEFAULT_GATE_BOUNDS), "defaults: the bundle records no site gate"
+    return dict(gate.bounds), "the bundle's site gate (edgekit adapt)"
+
+
+def labelled_crops(data: Path, labels: Sequence[str]) -> list[tuple[Path, str, str]]:
+    """(crop file, class, field) of every crop of an ``edgekit cells`` folder whose class is a label."""
+    from edgekit.cells import field_of
+
+    if not data.is_dir():
+        raise DataError(f"site cells not found: {data} (a folder from `edgekit cells`)")
+    classes = sorted(p.name for p in data.iterdir() if p.is_dir() and not p.name.startswith("."))
+    unknown = [c for c in classes if c not in labels]
+    if unknown:
+        raise DataError(f"{data}: class folder(s) {', '.join(unknown)} are not labels of the bundle "
+                        f"({', '.join(labels)})")
+    out = [(f, c, field_of(f)) for c in classes for f in sorted((data / c).iterdir())
+           if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+    if not out:
+        raise DataError(f"{data} holds no labelled cell images (want <class>/<field>__<i>.png from "
+                        "`edgekit cells`)")
+    return out
+
+
+def _labelled_fraction(data: Path, positive: str, fields: list[str],
+                       y: np.ndarray, g: np.ndarray) -> dict[str, float]:
+    """Labelled parasitemia per field: ``cells.json``'s counts of every labelled box when present (what a
+    whole field is held to), else the fraction among the labelled crops."""
+    import json
+
+    try:
+        rows = json.loads((data / "cells.json").read_text())["per_field"]
+        per = {Path(r["field"]).stem: r["labelled"].get(positive, 0) / max(1, sum(r["labelled"].values()))
+               for r in rows}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        per = {}
+    return {f: per.get(f, float(np.mean(y[g == f]))) for f in fields}
+
+
+def _bound_failures(measured: dict[str, float | None], bounds: dict[str, float]) -> list[str]:
+    out = []
+    for name, limit in bounds.items():
+        key, kind = BOUNDS[name]
+        v = measured.get(key)
+        if v is None or not np.isfinite(v):
+            out.append(f"{key} could not be measured on this sample (bound {name} {limit:g})")
+        elif kind == "max" and v > limit:
+            out.append(f"{key} {v:.3f} > {limit:g}")
+        elif kind == "min" and v < limit:
+            out.append(f"{key} {v:.3f} < {limit:g}")
+    return out
+
+
+def check_site(bundle: str | os.PathLike, data: str | os.PathLike,
+               fields_dir: str | os.PathLike | None = None, model_format: str | None = None,
+               allow_unsigned: bool | None = None, log: Callable[[str], None] | None = None) -> CheckResult:
+    """Measure ``bundle`` on the labelled cells ``data`` (and whole fields in ``fields_dir``) through
+    the device runtime, against its manifest's gate bounds; see the module doc."""
+    from edgekit.device.domain import cell_scores, field_verdict
+    from edgekit.device.field.classify import classify_crops
+    from edgekit.device.preprocess import read_image
+    from edgekit.device.runtime import load_classifier
+    from edgekit.errors import ImageError
+    from edgekit.metrics import field_parasitemia_error, roc_auc, sensitivity_at_specificity
+
+    say = log or (lambda _s: None)
+    clf = load_classifier(bundle, model_format, allow_unsigned=allow_unsigned)
+    manifest, decision = clf.manifest, clf.manifest.decision
+    if manifest.positive_label is None:
+        raise BundleError("site check needs a bundle with a positive label (manifest positive_label)")
+    bounds, bounds_from = gate_bounds(manifest)
+    items = labelled_crops(Path(data), manifest.labels)
+    say(f"measuring {len(items)} labelled cells of {len(set(i[2] for i in items))} fields through "
+        f"{clf.fmt}…")
+    probs, scores, keep = [], [], []
+    skipped = 0
+    for start in range(0, len(items), CHUNK):
+        crops = []
+        for k in range(start, min(start + CHUNK, len(items))):
+            try:
+                crops.append(read_image(items[k][0]))
+                keep.append(k)
+            except ImageError:
+                skipped += 1
+        if crops:
+            probs += classify_crops(crops, clf)
+            dom = manifest.domain
+            scores += cell_scores(crops, dom) if dom is not None else [None] * len(crops)
+    if not keep:
+        raise DataError(f"none of the {len(items)} cell images in {data} could be read")
+    p = np.asarray(probs, np.float64)
+    y = np.array([items[k][1] == decision.counted_label for k in keep])
+    g = np.array([items[k][2] for k in keep])
+    fields = sorted(set(g.tolist()))
+    measured: dict[str, float | None] = {}
+    both = bool(y.any() and (~y).any())
+    measured["auc"] = float(roc_auc(y, p)) if both else None
+    measured["sensitivity_at_specificity_0.995"] = (
+        sensitivity_at_specificity(y, p, 0.995)["sensitivity"] if both else None)
+    called = p >= decision.cutoff
+    pe = field_parasitemia_error(g, y, called)
+    measured["parasitemia_error_points"] = pe["mae_points"]
+    measured["parasitemia_bias_points"] = pe["bias_points"]
+    s = np.array([np.nan if v is None else v for v in scores], np.float64)
+    per_field = []
+    for f in fields:
+        m = g == f
+        per_field.append({
+            "field": f, "cells": int(m.sum()), "labelled_parasitemia": float(y[m].mean()),
+            "called_parasitemia": float(called[m].mean()),
+            "guard": field_verdict([float(v) for v in s[m] if np.isfinite(v)], manifest.domain),
+        })
+    notes = [f"{skipped} unreadable cell image(s) skipped"] if skipped else []
+    if fields_dir is not None:
+        _whole_fields(Path(fields_dir), Path(data), per_field, clf, y, g, measured, notes, say)
+    vouched = [r["guard"]["ok"] for r in per_field]
+    measured["guard_ok_share"] = float(np.mean(vouched)) if manifest.domain is not None else None
+    if manifest.domain is None:
+        notes.append("the bundle has no domain guard statistics: no field can be vouched for")
+    elif measured["guard_ok_share"] is not None and measured["guard_ok_share"] < 1.0:
+        notes.append(f"the guard does not vouch for {vouched.count(False)} of {len(vouched)} fields: "
+                     "screening there is marked NOT VALIDATED and referred")
+    return CheckResult(
+        bundle=str(clf.bundle_dir), model_format=clf.fmt, cells=int(len(y)), positive_cells=int(y.sum()),
+        fields=len(fields), measured=measured, bounds=bounds, bounds_from=bounds_from,
+        failures=_bound_failures(_held(measured), bounds), per_field=per_field, notes=notes,
+    )
+
+
+def _held(measured: dict[str, float | None]) -> dict[str, float | None]:
+    """The measurements the bounds hold: whole-field parasitemia error where whole fields were counted."""
+    whole = measured.get("whole_field_parasitemia_error_points")
+    return measured if whole is None else {**measured, "parasitemia_error_points": whole}
+
+
+def _whole_fields(fields_dir: Path, data: Path, per_field: list[dict[str, Any]], clf: Any, y: np.ndarray,
+                  g: np.ndarray, measured: dict[str, float | None], notes: list[str],
+                  say: Callable[[str], None]) -> None:
+    """Each labelled field analysed whole (``edgekit field``): its guard verdict replaces the one from
+    the labelled crops, and the whole-field parasitemia error is measured."""
+    from edgekit.device.field.classify import analyze_field
+    from edgekit.device.pipeline import image_files
+
+    if not fields_dir.is_dir():
+        raise DataError(f"--fields: not a folder of field images: {fields_dir}")
+    by_stem = {f.stem: f for f in image_files([fields_dir], "field")}
+    names = [r["field"] for r in per_field]
+    truth = _labelled_fraction(data, clf.manifest.decision.counted_label, names, y, g)
+    missing = [r["field"] for r in per_field if r["field"] not in by_stem]
+    if len(missing) == len(per_field):
+        raise DataError(f"--fields {fields_dir} holds none of the labelled fields (first: {missing[0]}); "
+                        "give the folder given to `edgekit cells`")
+    if missing:
+        notes.append(f"{len(missing)} labelled field(s) have no image in {fields_dir}: judged on their crops")
+    errors = []
+    say(f"analysing {len(per_field) - len(missing)} whole fields…")
+    for r in per_field:
+        if r["field"] in missing:
+            continue
+        rep = analyze_field(by_stem[r["field"]], clf)
+        if rep.rejected:
+            r["whole_field"] = {"rejected": rep.rejected}
+            continue
+        called = rep.n_parasitized / rep.n_cells if rep.n_cells else 0.0
+        r["whole_field"] = {"cells": rep.n_cells, "called_parasitemia": called,
+                            "labelled_parasitemia": truth[r["field"]]}
+        r["guard"] = rep.domain
+        errors.append(100.0 * (called - truth[r["field"]]))
+    measured["whole_field_parasitemia_error_points"] = float(np.mean(np.abs(errors))) if errors else None
+    measured["whole_field_parasitemia_bias_points"] = float(np.mean(errors)) if errors else None
+
+
+def report_lines(r: CheckResult) -> list[str]:
+    """The human-readable report."""
+    m = r.measured
+
+    def num(key: str, fmt: str = ".4f") -> str:
+        v = m.get(key)
+        return "-" if v is None else format(v, fmt)
+
+    lines = [
+        f"site check of {r.bundle} ({r.model_format}): {r.cells} labelled cells "
+        f"({r.positive_cells} parasitized) from {r.fields} fields",
+        f"  cell AUC {num('auc')}; sensitivity {num('sensitivity_at_specificity_0.995', '.3f')} at "
+        "specificity >= 99.5%",
+        f"  per-field parasitemia error {num('parasitemia_error_points', '.2f')} points "
+        f"(bias {num('parasitemia_bias_points', '+.2f')})",
+    ]
+    if "whole_field_parasitemia_error_points" in m:
+        lines.append(f"  whole-field parasitemia error {num('whole_field_parasitemia_error_points', '.2f')} "
+                     f"points (bias {num('whole_field_parasitemia_bias_points', '+.2f')})")
+    share = m.get("guard_ok_share")
+    lines.append("  domain guard: " + ("no statistics in the bundle" if share is None else
+                                        f"vouches for {share:.0%} of the fields"))
+    lines += [f"  note: {n}" for n in r.notes]
+    bounds = ", ".join(f"{k} {'<=' if BOUNDS[k][1] == 'max' else '>='} {v:g}" for k, v in r.bounds.items())
+    lines.append(f"  bounds ({r.bounds_from}): {bounds}")
+    lines.append("HOLDS: every bound is met" if r.holds else "DOES NOT HOLD: " + "; ".join(r.failures)
+                 + ": re-adapt the site or refer its results to microscopy")
+    return lines

@@ -1,0 +1,173 @@
+"""``edgekit site check``: a tiny real site bundle (tests/bundle_factory.py) measured on generated site
+cells through the device runtime; it holds on cells like its own and not on drifted ones."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgekit.cli import main
+from edgekit.manifest import load_manifest
+
+pytest.importorskip("tensorflow", reason="the tiny bundle is built with TensorFlow")
+
+GREY, MAGENTA = (175, 168, 160), (175, 70, 150)
+
+
+def _cell(rng: np.random.Generator, colour, parasitized: bool, blur: bool = False) -> np.ndarray:
+    import cv2
+
+    side = int(rng.integers(54, 66))
+    yy, xx = np.mgrid[:side, :side]
+    r = side / 2 - 2
+    disc = (yy - side / 2) ** 2 + (xx - side / 2) ** 2 <= r * r
+    img = np.zeros((side, side, 3), np.float64)
+    img[disc] = np.array(colour) + rng.normal(0, 3, 3)
+    if parasitized:
+        cy, cx = rng.integers(int(side * 0.35), int(side * 0.65), 2)
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < (side * 0.14) ** 2] = (60, 20, 90)
+    img[disc] += rng.normal(0, 4, (int(disc.sum()), 3))
+    out = np.clip(img, 25, 255).astype(np.uint8)
+    if blur:
+        out = cv2.GaussianBlur(out, (0, 0), 6)
+    out[~disc] = 0
+    return out
+
+
+def write_site_cells(root: Path, fields: list[str], colour=GREY, seed: int = 0, blur: bool = False,
+                     positives: int = 3, negatives: int = 20) -> Path:
+    """``edgekit cells``-style folders: FIELD__i.png per class."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    for f in fields:
+        for i in range(positives + negatives):
+            cls = "Parasitized" if i < positives else "Uninfected"
+            (root / cls).mkdir(parents=True, exist_ok=True)
+            rgb = _cell(rng, colour, i < positives, blur)
+            cv2.imwrite(str(root / cls / f"{f}__{i}.png"), rgb[:, :, ::-1])
+    return root
+
+
+@pytest.fixture(scope="module")
+def site_bundle(tmp_path_factory) -> Path:
+    """A tiny bundle trained on grey site cells, with the site guard fitted on them."""
+    from bundle_factory import make_bundle
+
+    from edgekit.device.field.classify import classify_crops
+    from edgekit.device.preprocess import prepare, read_image
+    from edgekit.device.runtime import load_classifier
+    from edgekit.domain_fit import fit_site_domain
+    from edgekit.manifest import Preprocessing, Thresholds
+
+    tmp = tmp_path_factory.mktemp("site")
+    train = write_site_cells(tmp / "train", [f"T{i:02d}" for i in range(8)], positives=12, negatives=12)
+    files = sorted(train.glob("*/*.png"))
+    crops = [read_image(f) for f in files]
+    x = np.stack([prepare(c, Preprocessing(input_size=(32, 32))) for c in crops])
+    y = np.array([0 if f.parent.name == "Parasitized" else 1 for f in files])  # LABELS order
+    bundle = tmp / "bundle"
+    make_bundle(bundle, x, y, input_size=(32, 32), epochs=30, sign=False)
+    val = write_site_cells(tmp / "val", [f"V{i:02d}" for i in range(3)], seed=1)
+    vfiles = sorted(val.glob("*/*.png"))
+    # the cutoff as adapt chooses it: as many validation cells called as are labelled (device outputs),
+    # halfway to the next cell
+    clf = load_classifier(bundle)
+    p = np.sort(classify_crops([read_image(f) for f in vfiles], clf))
+    k = sum(f.parent.name == "Parasitized" for f in vfiles)
+    cut = float(p[-k] + p[-k - 1]) / 2
+    m = load_manifest(bundle)
+    m.thresholds = Thresholds(positive=max(cut, 0.7), negative=min(cut, 0.3), cutoff=cut, source="test")
+    m.domain, _ = fit_site_domain(crops, vfiles, [f.name.split("__")[0] for f in vfiles], source="test site")
+    m.save(bundle)
+    return bundle
+
+
+def _set_gate(bundle: Path, bounds: dict | None) -> None:
+    path = bundle / "manifest.json"
+    d = json.loads(path.read_text())
+    d.pop("gate", None)
+    if bounds is not None:
+        d["gate"] = {"bounds": bounds}
+    path.write_text(json.dumps(d))
+
+
+def test_site_check_holds_on_new_fields_like_its_own(site_bundle, tmp_path):
+    _set_gate(site_bundle, None)
+    data = write_site_cells(tmp_path / "new", [f"N{i:02d}" for i in range(4)], seed=7)
+    res = CliRunner().invoke(main, ["site", "check", str(site_bundle), "--data", str(data)])
+    assert res.exit_code == 0, res.output
+    assert "HOLDS" in res.stdout and "defaults" in res.stdout
+    assert "vouches for 100% of the fields" in res.stdout
+    res = CliRunner().invoke(main, ["site", "check", str(site_bundle), "--data", str(data), "--json"])
+    out = json.loads(res.stdout)
+    assert out["holds"] is True and out["cells"] == 92 and out["positive_cells"] == 12 and out["fields"] == 4
+    m = out["measured"]
+    assert m["auc"] >= 0.97 and m["parasitemia_error_points"] <= 1.0 and m["guard_ok_share"] == 1.0
+    assert out["bounds"] == {"parasitemia_error": 1.0, "auc": 0.97}
+
+
+def test_site_check_fails_on_drifted_fields_and_keeps_the_manifest_bounds(site_bundle, tmp_path):
+    """Magenta, blurred cells: the dot is gone and the guard flags every field; the bundle's own gate
+    bounds are the ones held."""
+    _set_gate(site_bundle, {"parasitemia_error": 2.0, "auc": 0.9, "guard_ok_share": 0.8, "unknown": 1})
+    data = write_site_cells(tmp_path / "drifted", [f"D{i:02d}" for i in range(4)], MAGENTA, seed=3, blur=True)
+    res = CliRunner().invoke(main, ["site", "check", str(site_bundle), "--data", str(data), "--json"])
+    assert res.exit_code == 1, res.output
+    out = json.loads(res.stdout)
+    assert out["holds"] is False and out["bounds_from"] == "the bundle manifest's gate.bounds"
+    assert set(out["bounds"]) == {"parasitemia_error", "auc", "guard_ok_share"}
+    assert out["measured"]["guard_ok_share"] == 0.0
+    assert any(f.startswith("guard_ok_share 0.000 < 0.8") for f in out["failures"])
+    text = CliRunner().invoke(main, ["site", "check", str(site_bundle), "--data", str(data)])
+    assert text.exit_code == 1 and "DOES NOT HOLD" in text.stdout and "NOT VALIDATED" in text.stdout
+    _set_gate(site_bundle, None)
+
+
+def test_site_check_says_what_cannot_be_measured(site_bundle, tmp_path):
+    _set_gate(site_bundle, None)
+    only_neg = write_site_cells(tmp_path / "neg", ["A00", "A01"], positives=0)
+    res = CliRunner().invoke(main, ["site", "check", str(site_bundle), "--data", str(only_neg)])
+    assert res.exit_code == 1 and "auc could not be measured" in res.stdout
+    bad = [
+        (["--data", str(tmp_path / "nope")], "site cells not found"),
+        (["--data", str(only_neg), "--fields", str(only_neg / "Uninfected")],
+         "holds none of the labelled fields"),
+    ]
+    (tmp_path / "odd" / "Platelet").mkdir(parents=True)
+    bad.append((["--data", str(tmp_path / "odd")], "not labels of the bundle"))
+    for args, words in bad:
+        r = CliRunner().invoke(main, ["site", "check", str(site_bundle), *args])
+        assert r.exit_code == 2 and words in r.stderr and "Traceback" not in r.output, r.output
+    _set_gate(site_bundle, {"auc": "high"})
+    r = CliRunner().invoke(main, ["site", "check", str(site_bundle), "--data", str(only_neg)])
+    assert r.exit_code == 2 and "gate.bounds.auc must be a finite number" in r.stderr
+    _set_gate(site_bundle, None)
+
+
+def test_site_check_whole_fields(site_bundle, tmp_path):
+    """--fields: each labelled field is also analysed whole, as `edgekit field` does."""
+    import cv2
+
+    from edgekit.benchmarks.synthetic import compose_field
+    from edgekit.device.preprocess import read_image
+
+    _set_gate(site_bundle, None)
+    data = write_site_cells(tmp_path / "cells", ["W00", "W01"], seed=11)
+    images = tmp_path / "fields"
+    images.mkdir()
+    for k, f in enumerate(["W00", "W01"]):
+        crops = [read_image(p) for p in sorted(data.glob(f"*/{f}__*.png"))]
+        rgb, _ = compose_field(crops, seed=k, gap=30, background=(225, 222, 215))
+        cv2.imwrite(str(images / f"{f}.png"), rgb[:, :, ::-1])
+    res = CliRunner().invoke(main, ["site", "check", str(site_bundle), "--data", str(data),
+                                    "--fields", str(images), "--json"])
+    assert res.exit_code in (0, 1), res.output
+    out = json.loads(res.stdout)
+    assert out["measured"]["whole_field_parasitemia_error_points"] is not None
+    whole = [r["whole_field"] for r in out["per_field"]]
+    assert all(w.get("cells", 0) >= 15 for w in whole), whole
