@@ -444,7 +444,7 @@ def adapt_model(
             field_cut = _whole_field_cutoff(tmp / "model.keras", {f: whole.get(f) for f in fields["val"]},
                                             truth, pos, log)
         _choose_decision(manifest, yv == pos, p_val, gv, cfg, fields, field_cut)
-        manifest.domain = _site_domain(split, site, log)
+        manifest.domain = _site_domain(ds, fields, site, log)
         _write_run(tmp, manifest, split, cfg, base_sha, keras_path, model, site, fields, best, len(yb))
         from edgekit.export.bundle import export_bundle
 
@@ -508,22 +508,24 @@ def site_gate(test: dict[str, Any] | None, test_fields: list[str], bounds: dict[
                         "labelled cells"))
 
 
-def _site_domain(split: Any, site: Path, log: Callable[[str], None]) -> Any:
-    """The guard's statistics of the site's own cells (training fields; thresholds on validation
-    fields), so the guard vouches for the site's microscope, not NIH's. None, said plainly, when
-    there are too few cells to fit them."""
-    from edgekit.domain_fit import crop_table, fit_domain
+def _site_domain(ds: Any, fields: dict[str, list[str]], site: Path, log: Log) -> Any:
+    """The guard of the site's own cells (:func:`edgekit.domain_fit.fit_site_domain`): statistics of
+    every cell of the training fields, thresholds on the validation fields, never the test fields; so
+    it vouches for this microscope and stain and flags others. None, said plainly, when there are too
+    few cells to fit it."""
+    from edgekit.domain_fit import fit_site_domain
 
-    root = Path(split.data_root)
-    train, lit, _ = crop_table(root / i.path for i in split.parts.get("train", []))
-    val_items = split.parts.get("val", [])
-    val, _, kept = crop_table(root / i.path for i in val_items)
-    if len(train) < 50 or len(val) < 5:
-        log(f"only {len(train)} training and {len(val)} validation site cells: the site bundle carries no "
-            "domain statistics (its results will say nothing vouches for them)")
+    train_fields, val_fields = set(fields["train"]), set(fields["val"])
+    train = [site / i.path for i in ds.items if i.group in train_fields]
+    val = [i for i in ds.items if i.group in val_fields]
+    try:
+        domain, _ = fit_site_domain(train, [site / i.path for i in val], [i.group for i in val],
+                                    source=f"site cells of {site.name}: {len(train)} training, {len(val)} "
+                                           "validation")
+    except DataError as exc:
+        log(f"{exc}: the site bundle carries no domain statistics (its results will say nothing vouches "
+            "for them)")
         return None
-    domain, _ = fit_domain(train, lit, val, [val_items[k].group for k in kept],
-                           source=f"site cells of {site.name}: {len(train)} training, {len(val)} validation")
     return domain
 
 

@@ -131,9 +131,15 @@ def _guarded_bundle(tmp_path, threshold=4.0, warn=2.0):
 
 
 def _record_sessions(store, bundle, sha: str, scores, site: str = "Kisumu") -> None:
-    decision = load_manifest(bundle).decision
+    """Sessions screened with ``bundle``: each stores its Decision and guard, as screening does."""
+    from edgekit.device.records import ScreenedWith
+
+    manifest = load_manifest(bundle)
+    decision = manifest.decision
+    with_guard = ScreenedWith("m" * 64, None, "signature not checked", manifest.domain)
     for i, score in enumerate(scores):
-        s = store.open_session(f"P{i}", sha, site=site, bundle=str(bundle), decision=decision)
+        s = store.open_session(f"P{i}", sha, site=site, bundle=str(bundle), decision=decision,
+                               screened_with=with_guard)
         store.add_records(s, [{"source_id": f"f{i}.jpg#{j}", "content_hash": f"{i}-{j}",
                                "status": "classified", "p_positive": 0.01, "decision": "negative",
                                "domain_score": score + 0.01 * j} for j in range(10)])
@@ -216,8 +222,11 @@ def test_sessions_show_says_where_in_a_session_the_guard_stopped_vouching(tmp_pa
     bundle = _guarded_bundle(tmp_path, threshold=4.0)  # field threshold 5.0
     db = tmp_path / "s.sqlite"
     with RecordStore(db) as store:
-        s = store.open_session("P1", "c" * 64, site="Kisumu", bundle=str(bundle),
-                               decision=load_manifest(bundle).decision)
+        from edgekit.device.records import ScreenedWith
+
+        manifest = load_manifest(bundle)
+        s = store.open_session("P1", "c" * 64, site="Kisumu", bundle=str(bundle), decision=manifest.decision,
+                               screened_with=ScreenedWith("m" * 64, None, "not checked", manifest.domain))
         store.add_records(s, [{"source_id": f"f{f}.jpg#{j}", "content_hash": f"{f}-{j}",
                                "status": "classified", "p_positive": 0.01, "decision": "negative",
                                "domain_score": 1.0 if f < 3 else 7.0} for f in range(1, 5) for j in range(8)])
@@ -229,20 +238,21 @@ def test_sessions_show_says_where_in_a_session_the_guard_stopped_vouching(tmp_pa
     assert [f["ok"] for f in shown["guard_fields"]] == [True, True, False, False]
 
 
-def test_manifest_keeps_a_gate_section_and_adds_none(tmp_path):
-    from edgekit.manifest import Manifest
+def test_a_site_gate_survives_a_guard_refit(tmp_path):
+    """`edgekit domain fit --site` rewriting a site bundle's guard keeps the gate adapt recorded."""
+    from edgekit.manifest import Gate, Manifest
 
     m = Manifest(labels=["Parasitized", "Uninfected"], positive_label="Parasitized")
     m.save(tmp_path)
-    assert "gate" not in json.loads((tmp_path / "manifest.json").read_text())  # unchanged for others
-    m.gate = {"bounds": {"auc": 0.95, "parasitemia_error": 1.5}}
-    m.save(tmp_path)
     back = load_manifest(tmp_path)
-    assert back.gate == m.gate
-    back.save(tmp_path)  # e.g. `edgekit domain fit --site` rewriting a site bundle keeps its gate
-    assert json.loads((tmp_path / "manifest.json").read_text())["gate"] == m.gate
+    assert back.domain is None
     d = json.loads((tmp_path / "manifest.json").read_text())
-    d["gate"] = [1]
+    d["domain"] = {"features": ["a"], "mean": [0.0], "inv_cov": [[1.0]], "field_threshold": 1.0,
+                   "session_threshold": 1.0, "gate": {"bounds": {"auc": 0.95}, "measured": {"auc": 0.9}}}
+    (tmp_path / "manifest.json").write_text(json.dumps(d))
+    back = load_manifest(tmp_path)
+    assert back.domain.gate == Gate(bounds={"auc": 0.95}, measured={"auc": 0.9}) and not back.domain.gate.passed
+    d["domain"]["gate"] = {"bounds": {"auc": "high"}, "measured": {}}
     (tmp_path / "manifest.json").write_text(json.dumps(d))
     with pytest.raises(BundleError, match="gate"):
         load_manifest(tmp_path)
