@@ -251,7 +251,8 @@ def test_a_site_gate_survives_a_guard_refit(tmp_path):
                    "session_threshold": 1.0, "gate": {"bounds": {"auc": 0.95}, "measured": {"auc": 0.9}}}
     (tmp_path / "manifest.json").write_text(json.dumps(d))
     back = load_manifest(tmp_path)
-    assert back.domain.gate == Gate(bounds={"auc": 0.95}, measured={"auc": 0.9}) and not back.domain.gate.passed
+    assert back.domain.gate == Gate(bounds={"auc": 0.95}, measured={"auc": 0.9})
+    assert not back.domain.gate.passed
     d["domain"]["gate"] = {"bounds": {"auc": "high"}, "measured": {}}
     (tmp_path / "manifest.json").write_text(json.dumps(d))
     with pytest.raises(BundleError, match="gate"):
