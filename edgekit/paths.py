@@ -18,16 +18,18 @@ def shared_data(name: str = "") -> Path:
 DATA_ROOT_NAME = "$EDGEKIT_DATA"  # how a manifest names the shared data root
 
 
-def portable_path(path: str | os.PathLike, base: str | os.PathLike | None = None) -> str:
-    """``path`` as a manifest records it, never a machine path: ``$EDGEKIT_DATA/<rel>`` under the
-    shared data root, relative to ``base`` (a run or bundle folder) when under its parent, else just
-    its name."""
+def portable_path(path: str | os.PathLike, base: str | os.PathLike | None = None,
+                  travels: bool = True) -> str:
+    """``path`` as a manifest records it, never an absolute machine path: ``$EDGEKIT_DATA/<rel>`` under
+    the shared data root, else relative to ``base`` (a run or bundle folder). A folder that
+    ``travels`` (a packed bundle) keeps a relative path only to its neighbours, else just the name;
+    a run folder stays on its machine and keeps any relative path."""
     p, root = Path(path).resolve(), shared_data().resolve()
     if p == root or root in p.parents:
         return f"{DATA_ROOT_NAME}/{p.relative_to(root).as_posix()}".rstrip("/.")
     if base is not None:
         b = Path(base).resolve()
-        if b.parent == p or b.parent in p.parents:
+        if not travels or b.parent == p or b.parent in p.parents:
             return os.path.relpath(p, b)
     return p.name
 

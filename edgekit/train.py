@@ -605,11 +605,11 @@ def finish_run(run_dir: Path, split: Any, split_sha: str, split_file: Path, cfg:
     )
     data_paths = [i.path for items in split.parts.values() for i in items]
     manifest.training = {
-        "split_file": portable_path(split_file, run_dir),
+        "split_file": portable_path(split_file, run_dir, travels=False),
         "split_sha256": split_sha,
         "split": {"group_mode": split.group_mode, "seed": split.seed, "test_fraction": split.test_fraction,
                   "val_fraction": split.val_fraction},
-        "data_root": portable_path(split.data_root, run_dir),
+        "data_root": portable_path(split.data_root, run_dir, travels=False),
         "data_sha256": data_sha256(split.data_root, data_paths),
         "group_mode": split.group_mode,
         "model": cfg.model_dict(),
