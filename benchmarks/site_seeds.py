@@ -35,12 +35,14 @@ def row(name: str, bundle: Path) -> dict[str, Any]:
         "test_positive_cells": test.get("positive_cells"),
         "auc": (test.get("auc") or {}).get("value"),
         "sensitivity_at_specificity_0.995": (test.get("at_specificity_0.995") or {}).get("sensitivity"),
-        "whole_field_mae_points": whole.get("mae_points"), "whole_field_median_points": whole.get("median_points"),
+        "whole_field_mae_points": whole.get("mae_points"),
+        "whole_field_median_points": whole.get("median_points"),
         "whole_field_bias_points": whole.get("bias_points"),
         "labelled_cells_mae_points": (test.get("parasitemia") or {}).get("mae_points"),
         "val_auc": ((site.get("val") or {}).get("auc") or {}).get("value"),
         "best_epoch": ad.get("best_epoch"), "base_cells_mixed_in": ad.get("base_cells_mixed_in"),
-        "int8_agreement_min": min((h.get("int8_agreement", 1.0) for h in ad.get("history", [])), default=None),
+        "int8_agreement_min": min((h.get("int8_agreement", 1.0) for h in ad.get("history", [])),
+                                  default=None),
         "gate": None if gate is None else {"passed": gate.passed, "summary": gate.summary()},
         "seed": (ad.get("config") or {}).get("seed"),
     }
@@ -52,7 +54,8 @@ def table(rows: list[dict[str, Any]]) -> str:
         return "-" if v is None else format(v, fmt)
 
     head = ("| run | train fields | test cell AUC | sens. @ spec >= 99.5% | whole-field error, mean (median) "
-            "| labelled-cell error | lowest epoch int8 agreement | gate |\n|---|---:|---:|---:|---:|---:|---:|---|\n")
+            "| labelled-cell error | lowest epoch int8 agreement | gate |\n"
+            "|---|---:|---:|---:|---:|---:|---:|---|\n")
     lines = [f"| {r['name']} | {f(r['train_fields'], 'd')} | {f(r['auc'], '.4f')} | "
              f"{f(r['sensitivity_at_specificity_0.995'], '.3f')} | {f(r['whole_field_mae_points'], '.2f')} "
              f"({f(r['whole_field_median_points'], '.2f')}) | {f(r['labelled_cells_mae_points'], '.2f')} | "

@@ -94,11 +94,10 @@ def test_shipped_default_verifies_with_the_pinned_project_key_alone(strict, tmp_
 
 
 def _retired_default(tmp_path):
-    """The shipped default as the lost key signed it (before the rotation): no release version."""
+    """The default the lost key signed (fast16-mod, before the rotation; no release version), as it
+    was shipped: manifest, signature and model files."""
     bundle = tmp_path / "old_default"
-    shutil.copytree(default_bundle_dir(), bundle)
-    _edit(bundle, lambda d: d.pop("release", None))
-    shutil.copy(FIXTURES / "default_signed_by_retired_key.signature.json", bundle / SIGNATURE_NAME)
+    shutil.copytree(FIXTURES / "retired_default", bundle)
     return bundle
 
 
