@@ -94,6 +94,7 @@ def trainable_model(source: Path) -> tuple[Any, Path, str]:
     source = Path(source)
     if not source.is_dir():
         raise BundleError(f"{source}: not a run folder or bundle")
+    _check_base_trust(source)
     manifest = load_manifest(source)
     art = manifest.artifacts.get("keras")
     if art is None or not (source / art.path).is_file():
@@ -103,6 +104,17 @@ def trainable_model(source: Path) -> tuple[Any, Path, str]:
         )
     verify_artifact(source, art)
     return manifest, source / art.path, art.sha256
+
+
+def _check_base_trust(source: Path) -> None:
+    """A signed base must verify (a site bundle inherits what it vouches for), and a revoked or
+    rolled-back one is refused; an unsigned training run folder is adapted as it is."""
+    from edgekit.manifest import read_manifest_data
+    from edgekit.signing import SIGNATURE_NAME, check_bundle
+
+    trust = check_bundle(source, read_manifest_data(source))
+    if trust.refused or (not trust.trusted and (source / SIGNATURE_NAME).exists()):
+        raise BundleError(f"refusing to adapt {source}: {trust.reason}")
 
 
 def recorded_fields_dir(site: Path) -> Path | None:

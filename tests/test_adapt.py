@@ -251,3 +251,25 @@ def test_adapt_starts_from_a_packed_bundle_signs_it_and_a_failed_gate_vouches_fo
     assert verdict["ok"] is False and "site gate FAILED" in verdict["why"]
     res = _cli("verify", str(out))
     assert "site gate FAILED" in res.output
+
+
+def test_adapt_refuses_a_base_whose_signature_fails(site, tmp_path):
+    """A site bundle inherits what its base vouches for: an edited copy of the signed default is not
+    adapted (one line), while its untouched copy gets past the trust check."""
+    from edgekit.adapt import trainable_model
+    from edgekit.device.runtime import default_bundle_dir
+    from edgekit.errors import BundleError
+
+    good = tmp_path / "default"
+    shutil.copytree(default_bundle_dir(), good)
+    manifest, keras_path, _ = trainable_model(good)
+    assert keras_path.name == "model.keras" and "replay.npz" in manifest.artifacts["keras"].extra_files
+    bad = tmp_path / "edited"
+    shutil.copytree(default_bundle_dir(), bad)
+    data = json.loads((bad / "manifest.json").read_text())
+    data["thresholds"]["cutoff"] = 0.01
+    (bad / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="refusing to adapt"):
+        trainable_model(bad)
+    res = _cli("adapt", str(bad), "--data", str(site), "-o", str(tmp_path / "o"))
+    assert res.exit_code != 0 and "refusing to adapt" in res.output and "Traceback" not in res.output
