@@ -3,9 +3,11 @@ gallery (PNG contact sheet or self-contained HTML page) and the count after a re
 
 A cell is *flagged for review* when the model counted it as parasitized (p >= the manifest's
 cutoff) or put it in the uncertain band. Screening keeps each flagged cell's crop in the database
-(``crop_images``), so the gallery shows exactly the pixels that were classified, even when the
-field images are gone. A reviewer confirms or overrules cells (``reviews``); the *confirmed count*
-takes the reviewer's verdict where there is one and the model's call elsewhere.
+(``crop_images``), and those of a sample of the cells it called negative (one in
+``NEGATIVE_SAMPLE_EVERY``), so the gallery shows exactly the pixels that were classified, even when
+the field images are gone, and reviewers' verdicts label both sides. A reviewer confirms or
+overrules cells (``reviews``); the *confirmed count* takes the reviewer's verdict where there is one
+and the model's call elsewhere.
 
 Light: numpy at import; OpenCV inside functions.
 """
@@ -36,6 +38,26 @@ def flagged(p_positive: float | None, decision: str | None, cutoff: float | None
     return (p_positive is not None and p_positive >= cutoff) or decision == "uncertain"
 
 
+# One cell in this many of those the model called negative keeps its crop too, so reviewers can
+# confirm negatives and their verdicts are labels from both sides (``edgekit cells --from-sessions``).
+# Chosen by the crop's content hash: the same cell is sampled on every run, no random state.
+NEGATIVE_SAMPLE_EVERY = 20
+
+
+def sampled_negative(content_hash: str | None) -> bool:
+    """Whether a cell is in the review sample of negatives (by its content hash)."""
+    try:
+        return bool(content_hash) and int(str(content_hash)[:8], 16) % NEGATIVE_SAMPLE_EVERY == 0
+    except ValueError:
+        return False
+
+
+def kept_for_review(p_positive: float | None, decision: str | None, cutoff: float | None,
+                    content_hash: str | None) -> bool:
+    """Flagged (:func:`flagged`), or in the review sample of negatives: its crop is kept."""
+    return flagged(p_positive, decision, cutoff) or sampled_negative(content_hash)
+
+
 def encode_png(rgb: np.ndarray) -> bytes:
     import cv2
 
@@ -47,7 +69,8 @@ def encode_png(rgb: np.ndarray) -> bytes:
 
 def review_crops(outs: Sequence[Any], images: Sequence[Any], cutoff: float | None,
                  n_workers: int = 1) -> dict[str, bytes]:
-    """content hash -> PNG of each cell of a batch flagged for review (see module doc), to be kept
+    """content hash -> PNG of each cell of a batch kept for review (flagged, or in the sample of
+    negatives: :func:`kept_for_review`), to be kept
     with the batch's records (:meth:`RecordStore.add_records`). The pixels are the ones the model was
     given: the outcome's decoded crop (``pixels``), else the in-memory crop, else the file read
     again; encoded in ``n_workers`` threads."""
@@ -57,7 +80,7 @@ def review_crops(outs: Sequence[Any], images: Sequence[Any], cutoff: float | Non
     for out, image in zip(outs, images, strict=True):
         p = out.prediction
         if out.status == "classified" and p is not None and out.content_hash \
-                and flagged(p.p_positive, p.decision, cutoff):
+                and kept_for_review(p.p_positive, p.decision, cutoff, out.content_hash):
             todo.append((out.content_hash, getattr(out, "pixels", None), image))
     return dict(zip((h for h, _, _ in todo), prefetch(_crop_png, todo, n_workers), strict=True))
 
@@ -208,20 +231,23 @@ def summary_lines(summary: Mapping[str, Any], fields: list[dict[str, Any]]) -> l
 
 def gallery_items(store: RecordStore, session: Session, cutoff: float | None, everything: bool = False
                   ) -> list[dict[str, Any]]:
-    """The flagged cells of a session (or all classified ones), most suspicious first, with their
-    kept crop (PNG bytes or None) and review."""
+    """The flagged cells of a session, then its sample of negatives (or all classified cells), most
+    suspicious first, with their kept crop (PNG bytes or None) and review."""
     images = store.crop_images(session.id)
     reviews = store.reviews(session.id)
     items = []
     for r in store.records(session.id):
         if r["status"] != "classified":
             continue
-        if not everything and not flagged(r.get("p_positive"), r.get("decision"), cutoff):
+        is_flagged = flagged(r.get("p_positive"), r.get("decision"), cutoff)
+        sampled = not is_flagged and sampled_negative(r.get("content_hash")) and int(r["id"]) in images
+        if not (everything or is_flagged or sampled):
             continue
         items.append({"id": int(r["id"]), "source": r["source_id"], "p": r.get("p_positive"),
                       "decision": r.get("decision"), "called": model_call(r, cutoff),
+                      "negative_sample": sampled,
                       "png": images.get(int(r["id"])), "review": reviews.get(int(r["id"]))})
-    items.sort(key=lambda it: -(it["p"] or 0.0))
+    items.sort(key=lambda it: (it["negative_sample"], -(it["p"] or 0.0)))
     return items
 
 
@@ -249,6 +275,8 @@ def _state(it: Mapping[str, Any]) -> tuple[str, tuple[int, int, int]]:
         return ("REV: par" if par else "REV: not"), ((200, 0, 160) if par else (30, 170, 60))
     if it["called"]:
         return ("par?" if it["decision"] == "uncertain" else "par"), (230, 30, 30)
+    if it.get("negative_sample"):
+        return "neg (sample)", (120, 120, 120)
     return "unc", (240, 150, 0)
 
 
@@ -300,8 +328,9 @@ figcaption {{ font-size: 11px; word-break: break-all; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
 <ul>{lines}</ul>
-<p>Frame colours: red = counted parasitized by the model, orange = uncertain (not counted),
-purple/green = a reviewer said parasitized / not parasitized. Most suspicious first.</p>
+<p>Frame colours: red = counted parasitized by the model, orange = uncertain (not counted), grey = a
+random sample of cells the model called negative (confirm those too: they teach a site model both
+sides), purple/green = a reviewer said parasitized / not parasitized. Most suspicious first.</p>
 <p>Record your verdicts: <code>{html.escape(confirm_hint)}</code></p>
 {body}
 </body></html>

@@ -26,9 +26,14 @@ def _field_images(paths: tuple[Path, ...]) -> tuple[Path, list[Path]]:
 
 
 @click.command()
-@click.argument("fields", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--annotations", "-a", required=True, type=click.Path(path_type=Path),
+@click.argument("fields", nargs=-1, required=False, type=click.Path(path_type=Path))
+@click.option("--annotations", "-a", type=click.Path(path_type=Path),
               help="IML JSON, COCO JSON, or Pascal VOC XML (a file or a folder of them).")
+@click.option("--from-sessions", "sessions_db", type=click.Path(path_type=Path),
+              help="Instead of boxed fields: the reviewers' verdicts on the cells screening kept, from this "
+                   "screening database (`sessions confirm`, the review gallery, the phone page).")
+@click.option("--session", "session_keys", multiple=True,
+              help="With --from-sessions: only this session id or patient (repeatable; default: all).")
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path),
               help="Dataset folder to write: Parasitized/, Uninfected/, cells.json.")
 @click.option("--classes", "class_map", multiple=True, metavar="LABEL=CLASS",
@@ -38,9 +43,11 @@ def _field_images(paths: tuple[Path, ...]) -> tuple[Path, list[Path]]:
               help="Overlap a found cell needs with a labelled box to take its label.")
 @click.option("--allow-one-class", is_flag=True, help="Write even if one class has no cells (healthy blood).")
 @click.option("--replace", is_flag=True, help="Overwrite OUT if it exists.")
-def cells(fields: tuple[Path, ...], annotations: Path, out: Path, class_map: tuple[str, ...], min_iou: float,
+def cells(fields: tuple[Path, ...], annotations: Path | None, sessions_db: Path | None,
+          session_keys: tuple[str, ...], out: Path, class_map: tuple[str, ...], min_iou: float,
           allow_one_class: bool, replace: bool) -> None:
-    """Cut every labelled cell of annotated FIELDS into a folder-per-class dataset.
+    """Cut every labelled cell of annotated FIELDS into a folder-per-class dataset (or, with
+    --from-sessions DB, every reviewed cell whose crop screening kept).
 
     FIELDS are field images or a folder of them. Cells are found and cropped by the device's own
     field pipeline (the crop screening classifies: the cell's box, black outside its mask); each
@@ -56,6 +63,18 @@ def cells(fields: tuple[Path, ...], annotations: Path, out: Path, class_map: tup
     from edgekit.errors import DataError
 
     os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")
+    if sessions_db is not None:
+        if fields or annotations:
+            raise click.UsageError("--from-sessions takes no FIELDS or --annotations")
+        from edgekit.session_cells import write_session_cells
+
+        summary = write_session_cells(sessions_db, out, list(session_keys) or None, replace=replace)
+        click.echo(f"wrote {out} from {summary['fields']} fields: "
+                   + ", ".join(f"{n} {c}" for c, n in summary["cells"].items())
+                   + f" reviewed cells ({summary['source']})")
+        return
+    if not fields or annotations is None:
+        raise click.UsageError("give FIELDS and --annotations (or --from-sessions DB)")
     folder, files = _field_images(fields)
     fields_read = read_annotations(annotations, folder, parse_class_map(list(class_map)))
     annotated = {af.name: af for af in fields_read}

@@ -13,7 +13,7 @@ from device_helpers import CELLS, GOLDEN
 
 from edgekit.cli import main
 from edgekit.device.records import RecordsError, RecordStore
-from edgekit.device.review import per_field, review_summary
+from edgekit.device.review import per_field, review_summary, sampled_negative
 from edgekit.metrics import wilson_interval
 
 
@@ -38,7 +38,8 @@ def test_flagged_crops_are_kept_as_classified(screened):
     session, records, images = _records(screened)
     cutoff = json.loads((GOLDEN / "manifest.json").read_text())["thresholds"]["cutoff"]
     flagged = {r["id"] for r in records if r["p_positive"] >= cutoff or r["decision"] == "uncertain"}
-    assert flagged and set(images) == flagged  # only the flagged cells' crops are kept
+    sampled = {r["id"] for r in records if r["id"] not in flagged and sampled_negative(r["content_hash"])}
+    assert flagged and set(images) == flagged | sampled  # the flagged cells' crops and the negative sample
     rid = next(iter(flagged))
     source = next(r["source_id"] for r in records if r["id"] == rid)
     import cv2
@@ -154,3 +155,45 @@ def test_verdicts_are_all_or_none_and_never_twice(screened):
         out = record_verdicts(store, session, [(ids[0], "not parasitized"), (ids[0], "parasitized")], "amina")
         assert out == {"new": 0, "changed": 0, "unchanged": 1}  # the last verdict given for a cell counts
         assert len(store.reviews(session.id)) == 2
+
+
+def test_reviewed_cells_become_site_cells_from_both_sides(tmp_path):
+    """Screening keeps one negative in NEGATIVE_SAMPLE_EVERY (by content hash); the reviewers' verdicts
+    on kept crops, flagged or sampled, become labelled site cells grouped by field, in the layout
+    `edgekit adapt` reads; unreviewed cells and cells without a crop are not."""
+    from edgekit.data import scan_dataset
+    from edgekit.device.review import NEGATIVE_SAMPLE_EVERY, encode_png, gallery_items, record_verdicts
+    from edgekit.manifest import load_manifest
+
+    decision = load_manifest(GOLDEN).decision
+    sampled, plain = "0" * 64, "1" * 64
+    assert sampled_negative(sampled) and not sampled_negative(plain) and not sampled_negative(None)
+    assert sum(sampled_negative(f"{k:08x}") for k in range(2000)) == 2000 // NEGATIVE_SAMPLE_EVERY
+    db = tmp_path / "s.sqlite"
+    crop = np.zeros((40, 40, 3), np.uint8)
+    crop[10:30, 10:30] = (200, 120, 160)
+    with RecordStore(db) as store:
+        s = store.open_session("P1", "m" * 64, decision=decision)
+        rows = [{"source_id": f"fields/A.jpg#{k}", "content_hash": h, "status": "classified", "p_positive": p,
+                 "decision": d} for k, (h, p, d) in enumerate([
+                     ("a" * 64, 0.999, "positive"), (sampled, 0.01, "negative"), (plain, 0.02, "negative"),
+                     ("b" * 64, 0.99, "positive")])]
+        kept = {"a" * 64: encode_png(crop), sampled: encode_png(crop), "b" * 64: encode_png(crop)}
+        store.add_records(s, rows, kept)
+        ids = {r["content_hash"]: int(r["id"]) for r in store.records(s.id)}
+        items = gallery_items(store, s, decision.cutoff)
+        assert [it["negative_sample"] for it in items] == [False, False, True]  # flagged first
+        record_verdicts(store, s, [(ids["a" * 64], "parasitized"), (ids[sampled], "not parasitized"),
+                                   (ids[plain], "not parasitized")], reviewer="amina")
+    out = tmp_path / "site"
+    res = CliRunner().invoke(main, ["cells", "--from-sessions", str(db), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (out / "Parasitized").iterdir()) == [f"S1-A__r{ids['a' * 64]}.png"]
+    assert sorted(p.name for p in (out / "Uninfected").iterdir()) == [f"S1-A__r{ids[sampled]}.png"]
+    index = json.loads((out / "cells.json").read_text())
+    assert index["per_field"][0]["screened"] == 4 and index["per_field"][0]["kept"] == 3
+    assert [c["negative_sample"] for c in index["cells"]] == [False, True]
+    assert scan_dataset(out, group_mode="regex:^(.+)__").classes == ["Parasitized", "Uninfected"]
+    res = CliRunner().invoke(main, ["cells", "--from-sessions", str(tmp_path / "none.sqlite"), "-o",
+                                    str(tmp_path / "x")])
+    assert res.exit_code != 0 and "not found" in res.output and "Traceback" not in res.output
