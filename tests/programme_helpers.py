@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from edgekit.device.records import RecordStore, ScreenedWith
 from edgekit.device.domain import FEATURES
+from edgekit.device.records import RecordStore, ScreenedWith
 from edgekit.manifest import Decision, Domain, PatientRule, Thresholds
 
 DOMAIN = Domain(features=list(FEATURES), mean=[0.0] * len(FEATURES),
@@ -35,7 +35,8 @@ def make_station(path: Path, patients: list[str], site: str, cells: int = 20, fi
                     h = hashlib.sha256(f"{path}{p}{i}".encode()).hexdigest()
                     rows.append({"source_id": f"f{f}.jpg#{k}", "source_kind": "field", "content_hash": h,
                                  "status": "classified", "label": "Parasitized" if pos else "Uninfected",
-                                 "probability": 0.9995 if pos else 0.99, "p_positive": 0.9995 if pos else 0.01,
+                                 "probability": 0.9995 if pos else 0.99,
+                                 "p_positive": 0.9995 if pos else 0.01,
                                  "decision": "positive" if pos else "negative",
                                  "probabilities": [0.0005, 0.9995] if pos else [0.99, 0.01],
                                  "domain_score": 9.0 if far else 1.0})

@@ -66,7 +66,8 @@ def migrate(url: str) -> None:
               help="postgresql://READER@HOST/DB (a role in edgekit_reader)")
 @click.option("--since", type=click.DateTime(formats=["%Y-%m-%d"]), default=None,
               help="sessions started on or after this day (UTC), YYYY-MM-DD")
-@click.option("--format", "fmt", type=click.Choice(["json", "csv", "html"]), default="json", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["json", "csv", "html"]), default="json",
+              show_default=True)
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="write here instead of stdout")
 def report(url: str, since, fmt: str, out: Path | None) -> None:

@@ -179,7 +179,8 @@ def _copy_insert(cur: Any, table: str, columns: tuple[str, ...], rows: list[tupl
     if not rows:
         return 0
     tmp = f"incoming_{table}"
-    cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {tmp} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+    cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {tmp} (LIKE {table} INCLUDING DEFAULTS)"
+                " ON COMMIT DELETE ROWS")
     with cur.copy(f"COPY {tmp} ({', '.join(columns)}) FROM STDIN") as copy:
         for r in rows:
             copy.write_row(r)
