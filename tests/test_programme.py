@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from pg_server import NoPostgres, PgServer
 from programme_helpers import make_station
 
 from edgekit.cli import main
+from edgekit.programme.pgtemp import NoPostgres, PgServer
 
 psycopg = pytest.importorskip("psycopg", reason="the sync extra (psycopg) is not installed")
 

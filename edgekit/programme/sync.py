@@ -97,6 +97,17 @@ def _send(store: RecordStore, conn: Any, url: str, sid: str, batch: int, full: b
     out = SyncResult(sid)
     _register(conn, url, sid)
     lite = store.conn
+    # one read snapshot of the station's file (WAL: screening may go on meanwhile): a record never
+    # arrives before its session, and what is sent is one consistent state
+    lite.execute("BEGIN")
+    try:
+        return _send_snapshot(lite, conn, sid, batch, full, progress, out, started)
+    finally:
+        lite.rollback()
+
+
+def _send_snapshot(lite: Any, conn: Any, sid: str, batch: int, full: bool,
+                   progress: Callable[[str], None], out: SyncResult, started: Any) -> SyncResult:
 
     # sessions: few, and they change (updated_at, site...): all of them, upserted in one transaction
     rows = lite.execute(f"SELECT id, {', '.join(_SESSION_COLS)} FROM sessions ORDER BY id").fetchall()

@@ -1,5 +1,5 @@
-"""A throwaway PostgreSQL for tests and benchmarks: Debian's ``initdb`` + ``pg_ctl`` in a temporary
-folder, listening on a Unix socket only (as the ``postgres`` user when run as root). Never a mock."""
+"""A throwaway PostgreSQL for tests and benchmarks (not for production): Debian's ``initdb`` +
+``pg_ctl`` in a temporary folder, on a Unix socket only (as ``postgres`` when run as root)."""
 
 from __future__ import annotations
 
