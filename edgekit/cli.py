@@ -36,6 +36,8 @@ COMMANDS = [
     ("edgekit.site_commands", "adapt"),
     ("edgekit.site_commands", "site"),
     ("edgekit.domain_commands", "domain"),
+    ("edgekit.programme.commands", "sync"),
+    ("edgekit.programme.commands", "programme"),
 ]
 
 

@@ -92,7 +92,7 @@ EXTRA_OF_MODULE = {
     "tensorflow": "train", "keras": "train", "sklearn": "train", "matplotlib": "train",
     "tf2onnx": "export", "onnx": "export",
     "ai_edge_litert": "device", "tflite_runtime": "device", "onnxruntime": "device",
-    "fastapi": "serve", "uvicorn": "serve", "multipart": "serve", "pydicom": "dicom",
+    "fastapi": "serve", "uvicorn": "serve", "multipart": "serve", "pydicom": "dicom", "psycopg": "sync",
 }
 
 
