@@ -136,7 +136,8 @@ def run(step: int = 1) -> dict:
     for name, items in sets.items():
         test = [(fid, rgb) for fid, rgb, h in items if h]
         sigs = [signature(rgb) for _, rgb in test]
-        same = [match(s, signature(retake(rgb, k))) for k, ((_, rgb), s) in enumerate(zip(test, sigs, strict=True))]
+        pairs_same = list(enumerate(zip(test, sigs, strict=True)))
+        same = [match(s, signature(retake(rgb, k))) for k, ((_, rgb), s) in pairs_same]
         detected = [same_field(s, signature(retake(rgb, k)))
                     for k, ((_, rgb), s) in enumerate(zip(test, sigs, strict=True))]
         pairs = [(i, j) for i in range(len(sigs)) for j in (i + 1, i + 3) if j < len(sigs)]
@@ -156,7 +157,8 @@ def run(step: int = 1) -> dict:
             "fields": len({(r['set'], r['field']) for r in held}),
             "blurred_sigma_ge_2_refused": round(float(np.mean([r["score"] < FOCUS_FLOOR for r in held
                                                                   if r["sigma"] >= 2])), 4),
-            "sharp_refused": round(float(np.mean([r["score"] < FOCUS_FLOOR for r in held if r["sigma"] == 0])), 4),
+            "sharp_refused": round(float(np.mean([r["score"] < FOCUS_FLOOR for r in held
+                                                  if r["sigma"] == 0])), 4),
             "sharp_refused_by_session_rule": round(session_false / max(1, session_n), 4),
         },
         "identity": ident, "step": step, "seconds": round(time.time() - t0, 1),
