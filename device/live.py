@@ -283,10 +283,8 @@ class LiveView:
                              decision=self.decision, domain_scores=scores,
                              domain=field_verdict(scores, self.domain))
         picture = draw_overlay(rgb, report)
+        draw_status(picture, status)
         cv2 = _cv2()
-        scale = max(1, round(max(picture.shape[:2]) / 640))
-        cv2.putText(picture, status, (8, picture.shape[0] - 10 * scale), cv2.FONT_HERSHEY_SIMPLEX,
-                    0.5 * scale, (255, 255, 0), scale)
         if self.overlay_path is not None:
             import os
             from pathlib import Path
@@ -298,6 +296,19 @@ class LiveView:
         if self.show:
             self.show = show_frame(picture)
         return picture
+
+
+def draw_status(picture: np.ndarray, status: str) -> None:
+    """The status line on its own black band just under the overlay's header line (the NOT
+    VALIDATED banner is along the bottom: the two never overlap)."""
+    cv2 = _cv2()
+    scale = max(1, round(max(picture.shape[:2]) / 640))
+    font, size = cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale
+    (_, th), base = cv2.getTextSize("Ag", font, size, scale)
+    top = th + base + 8 + 2 * scale  # the header band's height (draw_overlay), and a gap
+    (tw, _), _ = cv2.getTextSize(status, font, size, scale)
+    cv2.rectangle(picture, (0, top), (min(picture.shape[1] - 1, tw + 8), top + th + base + 8), (0, 0, 0), -1)
+    cv2.putText(picture, status, (4, top + th + 4), font, size, (255, 255, 0), scale, cv2.LINE_AA)
 
 
 def show_frame(rgb: np.ndarray) -> bool:

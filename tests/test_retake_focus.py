@@ -22,7 +22,8 @@ BUNDLE = FIXTURES / "golden_bundle"
 def _jpeg(rgb: np.ndarray, q: int = 70) -> bytes:
     import cv2
 
-    return cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, q])[1].tobytes()
+    bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+    return cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, q])[1].tobytes()
 
 
 def _retake(rgb: np.ndarray, scale: float = 0.9, blur: float = 1.0) -> np.ndarray:
@@ -132,8 +133,9 @@ def test_screen_fields_refuses_blurred_and_retaken_fields(tmp_path):
     (folder / "b_retake.jpg").write_bytes(_jpeg(_retake(rgb, 0.9, 0.5)))
     (folder / "c_blur2.jpg").write_bytes(_jpeg(_blur(rgb, 2), 90))
     db = tmp_path / "s.sqlite"
-    res = CliRunner().invoke(main, ["screen", "--patient", "R", "--fields", str(folder), "--model", str(BUNDLE),
-                                    "--db", str(db), "--stop-cells", "0", "--json", "--threads", "1"])
+    res = CliRunner().invoke(main, ["screen", "--patient", "R", "--fields", str(folder), "--model",
+                                    str(BUNDLE), "--db", str(db), "--stop-cells", "0", "--json",
+                                    "--threads", "1"])
     assert res.exit_code == 0, res.output
     assert "b_retake.jpg: not counted: this field is already counted" in res.stderr, res.stderr
     rows = sqlite3.connect(db).execute("select source_id, status, reason from records").fetchall()
