@@ -231,18 +231,26 @@ def run_field_camera(
             fps = rate.tick()
             if view.show and pressed_key() == ord(" "):
                 capture.request()
-            if capture.offer(frame) is not None:
+            taken = capture.offer(frame)
+            if taken is None and getattr(capture, "hold_still", False):
+                echo(f"frame {n}: hold still: the view shakes too much to take the field")
+                if view._pending is not None:
+                    view.render(f"HOLD STILL: {capture.stats.fields} fields so far, {fps:.1f} fps")
+            if taken is not None:
+                frame = taken
                 report = analyze_field(frame, classifier)
                 k = capture.stats.fields
+                focus = f"focus {capture.last_sharpness:.3f}"
                 if report.rejected:
-                    echo(f"field {k}: rejected: {report.rejected}")
+                    echo(f"field {k}: rejected: {report.rejected} ({focus})")
                 else:
                     cells += report.n_cells
                     parasitized += report.n_parasitized
                     lo, hi = report.ci95 or (0.0, 0.0)
                     echo(f"field {k}: {report.n_cells} cells, {report.n_parasitized} parasitized "
                          f"({100 * (report.parasitemia or 0):.1f}%, 95% CI {100 * lo:.1f}-{100 * hi:.1f}%)"
-                         f"{_not_validated(report.domain)}; so far {cells} cells, "
+                         f"{_not_validated(report.domain)}; {_domain_word(report.domain)}, {focus}; "
+                         f"so far {cells} cells, "
                          f"{parasitized / cells if cells else 0:.1%} ({fps:.1f} fps)")
                 view.field(k, frame, report.cells)
                 ids = [c.id for c in report.cells]
@@ -261,3 +269,10 @@ def run_field_camera(
     if cells and not (verdict := view.verdict())["ok"]:
         echo(f"parasitemia {NOT_VALIDATED}: {verdict['why']}")
     return capture.stats
+
+
+def _domain_word(verdict: dict | None) -> str:
+    """The field's domain verdict in a word or two, for its printed line."""
+    if verdict is None:
+        return "domain not checked"
+    return "domain ok" if verdict.get("ok") else "domain NOT VALIDATED"

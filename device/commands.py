@@ -214,7 +214,7 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
     from edgekit.device.pipeline import expand_inputs, workers
     from edgekit.device.quality import DEFAULT_GATES
     from edgekit.device.records import RecordStore, default_db_path
-    from edgekit.device.screening import field_crops, path_crops, record_crops
+    from edgekit.device.screening import path_crops, record_crops, record_fields, segment_paths
     from edgekit.device.sessions import screened_with, session_summary
     from edgekit.errors import EdgekitError
 
@@ -233,23 +233,16 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
             crops = ((f"frame {i}", None, center_square(f)) for i, f in enumerate(frames(source), 1))
             total, kind = None, "camera"
         elif use_camera:
-            from edgekit.device.live import LiveView, camera_field_crops
+            from edgekit.device.live import LiveView, camera_fields
 
             capture = _live_capture(settle, capture_on_key, lambda s: click.echo(s, err=True))
             view = LiveView(decision, overlay_path, show, classifier.manifest.domain)
             running = {"cells": 0, "parasitized": 0}
-
-            def on_field(k, rgb, cells) -> None:
-                view.render(_live_status(capture, running, view))
-                view.field(k, rgb, cells)
-                bar.clear()
-                click.echo(f"field {k}: {len(cells)} cells", err=True)
-
-            crops, total, kind = camera_field_crops(frames(source), capture, on_field), None, "camera-field"
+            crops, total, kind = camera_fields(frames(source), capture), None, "camera-field"
         else:
             items = list(expand_inputs(paths))
             if fields:  # the number of cells is unknown until each field is segmented
-                crops, total, kind = field_crops(items, workers(threads)), None, "field"
+                crops, total, kind = segment_paths(items, workers(threads)), None, "field"
             else:
                 crops, total, kind = path_crops(items), len(items), "file"
         bar = Progress(total, Progress.wanted(bool(progress)) if progress is not False else False)
@@ -265,9 +258,26 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
                 click.echo(f"{out.status} {display_text(out.source_id)}: {out.reason}", err=True)
             bar.update()
 
+        def on_field(name, rgb, cells, check) -> None:
+            bar.clear()
+            if check is not None and not check.counted:
+                click.echo(f"{name}: not counted: {check.reason}", err=True)
+            elif check is not None and check.verdict == "replace":
+                click.echo(f"{name}: replaces {check.duplicate_of['source_id']} (sharper)", err=True)
+            if view is not None and rgb is not None:
+                view.render(_live_status(capture, running, view))
+                view.field(capture.stats.fields, rgb, cells)
+                focus = "" if check is None else f", focus {check.sharpness:.3f}"
+                click.echo(f"{name}: {len(cells)} cells{focus}", err=True)
+
+        gates = DEFAULT_GATES if quality else None
         try:
-            tally = record_crops(store, session, crops, classifier, DEFAULT_GATES if quality else None, stop,
-                                 kind, report, n_workers=workers(threads))
+            if kind in ("field", "camera-field"):
+                tally = record_fields(store, session, crops, classifier, gates, stop, kind, report, on_field,
+                                      n_workers=workers(threads))
+            else:
+                tally = record_crops(store, session, crops, classifier, gates, stop, kind, report,
+                                     n_workers=workers(threads))
         except KeyboardInterrupt:
             bar.close()
             click.echo("interrupted: everything classified so far is recorded", err=True)

@@ -38,16 +38,20 @@ THUMB_WIDTH = 256
 
 @dataclass(frozen=True)
 class CaptureSettings:
-    """When a frame is a field. ``motion`` is the mean absolute grey change (0-255) between
-    consecutive thumbnails; camera noise on a still view stays under ~2, a slow pan is over ~5."""
+    """When a frame is a field. Stillness is measured by registration (phase correlation of
+    consecutive thumbnails), in pixels of the frame: a hand's +-1 px shake is still, a moving stage
+    is not."""
 
-    motion: float = 3.0
-    settle: int = 4  # still, sharp frames in a row before the field is taken
-    min_sharpness: float | None = None  # None: the field quality gate's threshold
-    blur_ratio: float = 0.5  # a moving frame below this fraction of the last still view's is blurred
-    repeat_response: float = 0.3  # phase-correlation peak above which two views are registered
+    motion: float = 3.0  # kept for callers; stillness is now ``still_px`` (registration)
+    settle: int = 4  # still, sharp frames in a row, sharpness no longer rising, before the field is taken
+    min_sharpness: float | None = None  # None: the focus floor (edgekit.device.field.focus)
+    blur_ratio: float = 0.5  # kept for callers (the session's focus rule is SESSION_RATIO)
+    repeat_response: float = 0.3  # phase-correlation peak above which two consecutive views are registered
     repeat_overlap: float = 0.5  # shared fraction of the view above which it is the same field
     manual: bool = False  # capture only on request (a key press), never on settling
+    still_px: float = 2.5  # frame-to-frame shift (frame pixels) up to which the view is still
+    shake_px: float = 16.0  # shifts between still_px and this, registered, are a shaking hand
+    rising: float = 0.03  # sharpness rising more than this over the settle window: focus in progress
 
 
 @dataclass
@@ -57,10 +61,14 @@ class CaptureStats:
     blurred: int = 0
     fields: int = 0
     repeats: int = 0
+    shaking: int = 0
+    focusing: int = 0
 
     def line(self) -> str:
         return (f"{self.frames} frames: {self.fields} fields captured, {self.repeats} repeats not counted, "
-                f"{self.blurred} blurred and {self.moving} moving frames skipped")
+                f"{self.blurred} blurred and {self.moving} moving frames skipped"
+                f"{f', {self.shaking} shaking' if self.shaking else ''}"
+                f"{f', {self.focusing} while focusing' if self.focusing else ''}")
 
 
 def _thumb(rgb: np.ndarray) -> np.ndarray:
@@ -72,12 +80,22 @@ def _thumb(rgb: np.ndarray) -> np.ndarray:
 
 
 def sharpness(rgb: np.ndarray) -> float:
-    """The field quality gate's focus measure of a frame."""
-    from edgekit.device.field.quality import _sharpness
+    """The focus score of a frame: the same measure, on the whole frame, as every other path
+    (:func:`edgekit.device.field.focus.focus_score`; a central crop misjudged fields whose middle
+    is empty)."""
+    from edgekit.device.field.focus import focus_score
 
+    return focus_score(rgb)
+
+
+def shift(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """(shift in thumbnail pixels, phase-correlation peak) of thumbnail ``b`` against ``a``."""
     cv2 = _cv2()
-    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    return _sharpness(gray, gray.shape[1])
+    if a.shape != b.shape:
+        return float("inf"), 0.0
+    window = cv2.createHanningWindow((a.shape[1], a.shape[0]), cv2.CV_32F)
+    (dx, dy), response = cv2.phaseCorrelate(a - a.mean(), b - b.mean(), window)
+    return float(np.hypot(dx, dy)), float(response)
 
 
 def registered(a: np.ndarray, b: np.ndarray, settings: CaptureSettings) -> tuple[bool, float, float]:
@@ -101,54 +119,72 @@ class FieldCapture:
     stats: CaptureStats = field(default_factory=CaptureStats)
 
     def __post_init__(self) -> None:
-        from edgekit.device.field.quality import MIN_SHARPNESS
+        from edgekit.device.field.focus import FOCUS_FLOOR
 
         given = self.settings.min_sharpness
-        self._min_sharp = MIN_SHARPNESS if given is None else given
+        self._min_sharp = FOCUS_FLOOR if given is None else given
         self._previous: np.ndarray | None = None
-        self._still = 0
         self._armed = True  # a field may be taken: the view moved since the last capture
         self._requested = False
-        self._captured: list[np.ndarray] = []
-        self._reference = 0.0  # sharpness of the last still view
-        self._sharpest = 0.0  # the sharpest frame of the current still run
+        self._captured: list = []  # identity signatures of the fields taken
+        self._window: list[tuple[float, np.ndarray]] = []  # (sharpness, frame) of the current still run
+        self._shaky = 0  # frames in a row that registered but moved more than still_px
+        self.hold_still = False  # shake is keeping the field from being taken: tell the worker
+        self.last_sharpness = 0.0  # the focus of the last field taken
 
     def request(self) -> None:
         """Take the next sharp frame even if the view has not moved (a key press)."""
         self._requested = True
 
     def offer(self, rgb: np.ndarray) -> np.ndarray | None:
-        """The frame when it is a new field to count, else None (and why is in :attr:`stats`)."""
+        """The frame when it is a new field to count, else None (and why is in :attr:`stats`).
+        The field taken is the sharpest frame of the settled still run."""
+        from edgekit.device.field.identity import same_field, signature
+
+        st = self.settings
         self.stats.frames += 1
         thumb = _thumb(rgb)
-        change = 0.0 if self._previous is None else float(np.abs(thumb - self._previous).mean())
-        moved = change > self.settings.motion
+        moved_px, response = (0.0, 1.0) if self._previous is None else shift(self._previous, thumb)
+        moved_px *= rgb.shape[1] / THUMB_WIDTH  # in frame pixels
         self._previous = thumb
+        registered_ = response >= st.repeat_response
+        still = registered_ and moved_px <= st.still_px
+        shaking = registered_ and st.still_px < moved_px <= st.shake_px
         sharp = sharpness(rgb)
-        if moved or sharp < self._min_sharp:
-            if sharp < max(self._min_sharp, self.settings.blur_ratio * self._reference):
+        if sharp < self._min_sharp or not still:
+            if sharp < self._min_sharp:
                 self.stats.blurred += 1
+            elif shaking:
+                self.stats.shaking += 1
             else:
                 self.stats.moving += 1
-            self._still = 0
-            self._sharpest = 0.0
-            self._armed = self._armed or moved
+            self._shaky = self._shaky + 1 if shaking else 0
+            self.hold_still = self._armed and self._shaky >= st.settle
+            self._window = []
+            self._armed = self._armed or not registered_ or moved_px > st.shake_px
             return None
-        self._reference = sharp
-        self._still += 1
-        self._sharpest = max(self._sharpest, sharp)
-        settled = (self._armed and self._still >= self.settings.settle and not self.settings.manual
-                   and sharp >= 0.9 * self._sharpest)
+        self._shaky = 0
+        self.hold_still = False
+        self._window = (self._window + [(sharp, rgb)])[-st.settle:]
+        values = [v for v, _ in self._window]
+        steady = len(values) >= st.settle and values[-1] <= (1 + st.rising) * values[0]
+        peak = sharp >= (1 - st.rising) * max(values)
+        settled = self._armed and not st.manual and steady and peak
+        if self._armed and not st.manual and len(values) >= st.settle and not settled:
+            self.stats.focusing += 1
         if not (self._requested or settled):
             return None
         self._requested = False
         self._armed = False
-        if any(registered(old, thumb, self.settings)[0] for old in self._captured):
+        best, frame = max(self._window, key=lambda t: t[0])
+        sig = signature(frame)
+        if any(same_field(old, sig) for old in self._captured):
             self.stats.repeats += 1
             return None
-        self._captured.append(thumb)
+        self._captured.append(sig)
         self.stats.fields += 1
-        return rgb
+        self.last_sharpness = best
+        return frame
 
 
 def camera_field_crops(frames: Iterable[np.ndarray], capture: FieldCapture,
@@ -171,6 +207,18 @@ def camera_field_crops(frames: Iterable[np.ndarray], capture: FieldCapture,
             continue
         for c in cells:
             yield f"{name}#{c.id}", None, crop_cell(rgb, c)
+
+
+def camera_fields(frames: Iterable[np.ndarray], capture: FieldCapture) -> Iterator[tuple]:
+    """Every new field among ``frames``, segmented, as :func:`edgekit.device.screening.record_fields`
+    takes them: ``("field 3", None, rgb, cells, reason)``."""
+    from edgekit.device.field import count_cells
+
+    for rgb in frames:
+        if capture.offer(rgb) is None:
+            continue
+        cells, _, reason = count_cells(rgb)
+        yield f"field {capture.stats.fields}", None, rgb, cells, reason
 
 
 class LiveView:
@@ -235,10 +283,8 @@ class LiveView:
                              decision=self.decision, domain_scores=scores,
                              domain=field_verdict(scores, self.domain))
         picture = draw_overlay(rgb, report)
+        draw_status(picture, status)
         cv2 = _cv2()
-        scale = max(1, round(max(picture.shape[:2]) / 640))
-        cv2.putText(picture, status, (8, picture.shape[0] - 10 * scale), cv2.FONT_HERSHEY_SIMPLEX,
-                    0.5 * scale, (255, 255, 0), scale)
         if self.overlay_path is not None:
             import os
             from pathlib import Path
@@ -250,6 +296,19 @@ class LiveView:
         if self.show:
             self.show = show_frame(picture)
         return picture
+
+
+def draw_status(picture: np.ndarray, status: str) -> None:
+    """The status line on its own black band just under the overlay's header line (the NOT
+    VALIDATED banner is along the bottom: the two never overlap)."""
+    cv2 = _cv2()
+    scale = max(1, round(max(picture.shape[:2]) / 640))
+    font, size = cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale
+    (_, th), base = cv2.getTextSize("Ag", font, size, scale)
+    top = th + base + 8 + 2 * scale  # the header band's height (draw_overlay), and a gap
+    (tw, _), _ = cv2.getTextSize(status, font, size, scale)
+    cv2.rectangle(picture, (0, top), (min(picture.shape[1] - 1, tw + 8), top + th + base + 8), (0, 0, 0), -1)
+    cv2.putText(picture, status, (4, top + th + 4), font, size, (255, 255, 0), scale, cv2.LINE_AA)
 
 
 def show_frame(rgb: np.ndarray) -> bool:

@@ -27,8 +27,9 @@ from edgekit.manifest import Decision, Domain
 from edgekit.safefile import is_regular
 
 # 2: sessions.decision; 3: crop_images and reviews; 4: sessions keyed on their manifest, with the
-# guard, manifest sha256 and signer they were decided with (version-1/2/3 files keep working)
-SCHEMA_VERSION = 4
+# guard, manifest sha256 and signer they were decided with (version-1/2/3 files keep working);
+# 5: fields (each counted whole field's identity signature and focus) and records.field_id
+SCHEMA_VERSION = 5
 # manifest_sha256 '': a session recorded before sessions were keyed on their manifest
 _SESSIONS = """
 CREATE TABLE IF NOT EXISTS {name} (
@@ -72,6 +73,16 @@ CREATE TABLE IF NOT EXISTS crop_images (
     record_id INTEGER PRIMARY KEY REFERENCES records(id),
     png BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS fields (
+    id INTEGER PRIMARY KEY,
+    session_id INTEGER NOT NULL REFERENCES sessions(id),
+    source_id TEXT NOT NULL,
+    signature BLOB NOT NULL,
+    sharpness REAL NOT NULL,
+    status TEXT NOT NULL DEFAULT 'counted' CHECK (status IN ('counted', 'replaced')),
+    replaced_by INTEGER REFERENCES fields(id),
+    created_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS reviews (
     record_id INTEGER PRIMARY KEY REFERENCES records(id),
     verdict TEXT NOT NULL CHECK (verdict IN ('parasitized', 'not parasitized')),
@@ -89,7 +100,8 @@ _COLUMNS = {
     "sessions": ("id", "patient", "site", "operator", "model_sha256", "model_format", "bundle", "created_at",
                  "updated_at", "decision", "manifest_sha256", "signer_key_id", "trust", "guard"),
     "records": ("id", "session_id", "source_id", "source_kind", "content_hash", "status", "reason", "label",
-                "probability", "p_positive", "decision", "probabilities", "model_sha256", "created_at"),
+                "probability", "p_positive", "decision", "probabilities", "model_sha256", "created_at",
+                "domain_score", "field_id"),
 }
 
 
@@ -97,6 +109,7 @@ _COLUMNS = {
 _ADDED_COLUMNS = (
     ("sessions", "decision", "TEXT"),  # the Decision the session was screened with
     ("records", "domain_score", "REAL"),  # the domain guard's per-crop distance (edgekit.device.domain)
+    ("records", "field_id", "INTEGER"),  # schema 5: the whole field (fields.id) a cell was cut from
 )
 
 
@@ -248,6 +261,18 @@ def _check_name(what: str, value: str | None) -> None:
         raise RecordsError(f"the {what} contains a control character ({bad!r}); use one printable line")
 
 
+@dataclass
+class FieldEntry:
+    """A whole field to record with its cells (:meth:`RecordStore.add_records`): its identity
+    signature (:mod:`edgekit.device.field.identity`), focus score, and the counted field it replaces."""
+
+    source_id: str
+    signature: bytes
+    sharpness: float
+    replaces: int | None = None
+    id: int | None = None  # set once written
+
+
 class RecordStore:
     """The screening database. Every write is one committed transaction."""
 
@@ -376,33 +401,70 @@ class RecordStore:
         return self.add_records(session, [row]) == 1
 
     def add_records(self, session: Session, rows: list[dict[str, Any]],
-                    crops: Mapping[str, bytes] | None = None) -> int:
+                    crops: Mapping[str, bytes] | None = None, field: FieldEntry | None = None) -> int:
         """Commit ``rows`` in one transaction (all or none); returns how many were new (a content
         hash already recorded in the session is left as it is). ``crops`` (content hash -> PNG): the
-        crops of cells kept for review, committed in the same transaction as their records."""
+        crops of cells kept for review, committed in the same transaction as their records.
+        ``field``: the whole field the rows were cut from; its row in ``fields`` is written in the
+        same transaction (first call; ``field.id`` is set), and when it ``replaces`` a counted field,
+        that field and its cells are marked ``replaced`` in the same transaction too."""
         now = time.time()
-        values = [
-            (
-                session.id, row["source_id"], row.get("source_kind", "file"), row["content_hash"],
-                row["status"], row.get("reason"), row.get("label"), row.get("probability"),
-                row.get("p_positive"), row.get("decision"),
-                None if row.get("probabilities") is None else json.dumps(row["probabilities"]),
-                row.get("domain_score"), session.model_sha256, now,
-            )
-            for row in rows
-        ]
         with _db_errors(self.path), self.conn:
+            if field is not None and field.id is None:
+                field.id = self._add_field(session, field, now)
+            fid = None if field is None else field.id
+            values = [
+                (
+                    session.id, row["source_id"], row.get("source_kind", "file"), row["content_hash"],
+                    row["status"], row.get("reason"), row.get("label"), row.get("probability"),
+                    row.get("p_positive"), row.get("decision"),
+                    None if row.get("probabilities") is None else json.dumps(row["probabilities"]),
+                    row.get("domain_score"), session.model_sha256, now, fid,
+                )
+                for row in rows
+            ]
             before = self.conn.total_changes
             self.conn.executemany(
                 "INSERT INTO records (session_id, source_id, source_kind, content_hash, status, reason,"
                 " label, probability, p_positive, decision, probabilities, domain_score, model_sha256,"
-                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                " created_at, field_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
                 values,
             )
             added = self.conn.total_changes - before
             if crops:
                 self.conn.executemany(_SAVE_CROP, [(png, session.id, h) for h, png in crops.items()])
             return added
+
+    def _add_field(self, session: Session, field: FieldEntry, now: float) -> int:
+        """Insert a counted field (in the caller's transaction), replacing ``field.replaces``."""
+        cur = self.conn.execute(
+            "INSERT INTO fields (session_id, source_id, signature, sharpness, status, created_at)"
+            " VALUES (?, ?, ?, ?, 'counted', ?)",
+            (session.id, field.source_id, field.signature, field.sharpness, now))
+        fid = int(cur.lastrowid or 0)
+        if field.replaces is not None:
+            old = self.conn.execute("UPDATE fields SET status = 'replaced', replaced_by = ? WHERE id = ?"
+                                    " AND session_id = ? AND status = 'counted'",
+                                    (fid, field.replaces, session.id))
+            if old.rowcount != 1:
+                raise RecordsError(f"field {field.replaces} of session {session.id} is not counted: "
+                                   "nothing to replace")
+            self.conn.execute(
+                "UPDATE records SET status = 'replaced', reason = ? WHERE session_id = ? AND field_id = ?",
+                (f"replaced by a sharper take of the same field ({field.source_id})", session.id,
+                 field.replaces))
+        return fid
+
+    def fields(self, session_id: int, counted_only: bool = True) -> list[dict[str, Any]]:
+        """The session's whole fields (id, source_id, signature, sharpness, status), oldest first."""
+        with _db_errors(self.path):
+            if not self._has("fields"):
+                return []
+            where = " AND status = 'counted'" if counted_only else ""
+            rows = self.conn.execute(
+                f"SELECT * FROM fields WHERE session_id = ?{where} ORDER BY id", (session_id,)).fetchall()
+        return [dict(r) for r in rows]
 
     def count_classified(self, session_id: int) -> int:
         """Classified records of a session (what the stop rule counts)."""

@@ -175,12 +175,15 @@ def record_crops(
     on_outcome: Callable[[Outcome], None] | None = None,
     batch_size: int = BATCH_SIZE,
     n_workers: int = 1,
+    field: Any = None,
 ) -> Tally:
     """Classify and commit each crop not yet recorded in ``session``; stop once the session holds
     ``stop_cells`` classified crops (0 or None: never). Crops go ``batch_size`` at a time through
     one inference call and one committed transaction, and are reported (``on_outcome``) only after
     their commit: a crash loses at most the batch in flight, nothing reported is lost, and a rerun
-    skips everything already recorded. Decoding and quality gates run in ``n_workers`` threads."""
+    skips everything already recorded. Decoding and quality gates run in ``n_workers`` threads.
+    ``field``: the records' ``FieldEntry`` of the whole field the crops were cut from, written (and
+    any field it replaces marked replaced) in the transaction of the first batch."""
     done = store.recorded_hashes(session.id)
     counted = store.count_classified(session.id) if stop_cells else 0
     tally = Tally()
@@ -218,7 +221,7 @@ def record_crops(
         for out in found:
             out.pixels = None
         if rows:
-            store.add_records(session, rows, kept)
+            store.add_records(session, rows, kept, field)
         for out in done_outs:  # reported only once committed
             tally.add(out.status)
             counted += out.status == "classified"
@@ -234,3 +237,131 @@ def _content_hash(image: np.ndarray | str | os.PathLike) -> str | None:
         return file_hash(image)
     except OSError:
         return None
+
+
+# ---------------------------------------------------------------- whole fields in a session
+
+REPLACE_MARGIN = 1.1  # a retake replaces the counted field only when this much sharper
+
+
+@dataclass
+class FieldCheck:
+    """What a session makes of one whole field before its cells are recorded (:func:`check_field`).
+
+    ``verdict``: ``new`` (count it), ``replace`` (count it instead of the sharper-by-less counted
+    field ``duplicate_of``), ``duplicate`` (already counted: record nothing) or ``out of focus``
+    (well below the session's recent fields: recorded as rejected with ``reason``)."""
+
+    verdict: str
+    sharpness: float
+    entry: Any = None  # the records' FieldEntry to record with the cells (new, replace)
+    reason: str | None = None
+    duplicate_of: dict[str, Any] | None = None
+
+    @property
+    def counted(self) -> bool:
+        return self.verdict in ("new", "replace")
+
+
+def check_field(store: RecordStore, session: Session, source_id: str, rgb: np.ndarray,
+                replace: bool = True) -> FieldCheck:
+    """The session's judgement of a field that passed the field quality gate: is it a field already
+    counted in the session (:mod:`~edgekit.device.field.identity`: re-encoded, shifted, rescaled or
+    a little blurred), and is it well below the sharpness of the session's recent fields
+    (:mod:`~edgekit.device.field.focus`)? With ``replace``, a retake sharper than the counted field
+    by ``REPLACE_MARGIN`` replaces it (atomically, when recorded)."""
+    from edgekit.device.field.focus import SESSION_RECENT, focus_reason, focus_score
+    from edgekit.device.field.identity import Signature, same_field, signature
+    from edgekit.device.records import FieldEntry
+
+    score = focus_score(rgb)
+    sig = signature(rgb)
+    counted = store.fields(session.id)
+    for old in reversed(counted):
+        if same_field(sig, Signature.from_bytes(old["signature"])):
+            if replace and score > REPLACE_MARGIN * old["sharpness"]:
+                return FieldCheck("replace", score, FieldEntry(source_id, sig.to_bytes(), score, old["id"]),
+                                  duplicate_of=old)
+            why = f"this field is already counted ({old['source_id']})"
+            if score > REPLACE_MARGIN * old["sharpness"]:
+                why += "; this take is sharper: send it with replace to count it instead"
+            return FieldCheck("duplicate", score, reason=why, duplicate_of=old)
+    best = max((f["sharpness"] for f in counted[-SESSION_RECENT:]), default=None)
+    reason = focus_reason(score, best)
+    if reason:
+        return FieldCheck("out of focus", score, reason=reason)
+    return FieldCheck("new", score, FieldEntry(source_id, sig.to_bytes(), score))
+
+
+def field_items(source_id: str, rgb: np.ndarray, cells: list, check: FieldCheck,
+                content_hash: str | None = None) -> list[Crop]:
+    """The crops ``record_crops`` records for one checked field: its cells when counted, one
+    rejected item when out of focus, nothing when already counted."""
+    from edgekit.device.field import cell_id, crop_cell
+
+    if check.verdict == "duplicate":
+        return []
+    if not check.counted:
+        return [(source_id, content_hash or f"rejected:{array_hash(rgb)}", ImageError(check.reason or ""))]
+    return [(cell_id(source_id, c.id), None, crop_cell(rgb, c)) for c in cells]
+
+
+# (shown name, content hash or None, decoded field or None, its cells, why it cannot be counted)
+SegmentedField = tuple[str, "str | None", "np.ndarray | None", list, "str | None"]
+
+
+def segment_paths(paths: Iterable[tuple[str, Path | None]], n_workers: int = 1) -> Iterable[SegmentedField]:
+    """Whole-field files decoded and segmented (``n_workers`` ahead, in threads): :func:`record_fields`."""
+    return prefetch(_segment_one, paths, n_workers)
+
+
+def _segment_one(item: tuple[str, Path | None]) -> SegmentedField:
+    from edgekit.device.field import count_cells
+    from edgekit.device.preprocess import read_image
+
+    shown, path = item
+    if path is None:
+        return shown, None, None, [], missing_reason(shown)
+    try:
+        rgb = read_image(path)
+    except ImageError as exc:
+        return shown, file_hash(path), None, [], str(exc).removeprefix(f"{path.name}: ")
+    cells, _, reason = count_cells(rgb)
+    return shown, file_hash(path), rgb, cells, reason
+
+
+def record_fields(
+    store: RecordStore, session: Session, fields: Iterable[SegmentedField], classifier: Classifier,
+    gates: QualityGates | None = DEFAULT_GATES, stop_cells: int | None = None, source_kind: str = "field",
+    on_outcome: Callable[[Outcome], None] | None = None, on_field: Callable[..., None] | None = None,
+    n_workers: int = 1, replace: bool = True,
+) -> Tally:
+    """Record whole fields, one at a time, as ``screen --fields`` and the camera do: a field the
+    quality gate refuses is recorded once as rejected; a field the session already counted
+    (:func:`check_field`) records nothing (a sharper retake replaces it); the cells of the others
+    are recorded with their field, in one transaction per field. ``on_field(name, rgb, cells,
+    check)`` sees each field before its cells are recorded (``check`` None when refused)."""
+    total = Tally()
+
+    def seen(out: Outcome) -> None:
+        total.add(out.status)
+        if on_outcome:
+            on_outcome(out)
+
+    for shown, content_hash, rgb, cells, reason in fields:
+        if stop_cells and store.count_classified(session.id) >= stop_cells:
+            break
+        check = None
+        if reason is not None or rgb is None:
+            why = ImageError(reason or "unreadable")
+            items: list[Crop] = [(shown, content_hash or f"rejected:{shown}", why)]
+        else:
+            check = check_field(store, session, shown, rgb, replace)
+            items = field_items(shown, rgb, cells, check, content_hash)
+        if on_field:
+            on_field(shown, rgb, cells if check is not None and check.counted else [], check)
+        if items:
+            record_crops(store, session, items, classifier, gates, stop_cells, source_kind, seen,
+                         batch_size=max(1, len(items)), n_workers=n_workers,
+                         field=check.entry if check is not None else None)
+    return total

@@ -291,7 +291,13 @@ def test_blurred_field_is_out_of_focus():
     import cv2
 
     rgb = _read(_fixture_fields()[0])
-    assert field_quality(cv2.GaussianBlur(rgb, (0, 0), 3)) == "out of focus"
+    assert field_quality(cv2.GaussianBlur(rgb, (0, 0), 3)).startswith("out of focus (sharpness")
+    for path in _fixture_fields():  # every committed field: sharp passes, sigma 2 and 4 are refused
+        sharp = _read(path)
+        assert field_quality(sharp) is None, path
+        for sigma in (2, 4):
+            blurred = cv2.GaussianBlur(sharp, (0, 0), sigma)
+            assert field_quality(blurred).startswith("out of focus"), (path, sigma)
 
 
 def test_params_scale_with_magnification():

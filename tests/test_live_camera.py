@@ -111,7 +111,11 @@ def _camera_matches_stills(fields: list[np.ndarray], tmp_path: Path) -> None:
     live, err = _screen(["--patient", "V", "--db", str(db), "--camera", "--source", str(video),
                          "--overlay", str(overlay)])
     assert f"{len(fields)} fields captured, 0 repeats" in err, err
-    assert f"{frames['pan']} blurred" in err, err  # every panning frame skipped as blurred
+    import re
+
+    blurred, moving = map(int, re.search(r"(\d+) blurred and (\d+) moving", err).groups())
+    # every panning frame skipped, as blurred or moving (and each new field's first frame: it moved)
+    assert blurred + moving == frames["pan"] + len(fields) - 1, err
     assert abs(live["crops"] - still["crops"]) <= 0.05 * still["crops"], (live, still)
     lo, hi = still["ci95"]
     assert lo <= live["fraction"] <= hi, (live, still)
@@ -130,11 +134,10 @@ def test_screen_camera_records_each_field_once_like_still_fields(tmp_path):
 def test_screen_camera_on_real_malaria_fields(tmp_path):
     names = sorted(IML.glob("*.JPG"))[::20][:6]  # frames far apart in the series: distinct fields
     fields = [read_image(p) for p in names]
-    h, w = fields[0].shape[:2]
-    import cv2
 
-    bccd = [cv2.resize(f, (w, h), interpolation=cv2.INTER_CUBIC) for f in _bccd_fields()[:2]]
-    _camera_matches_stills(fields[:3] + bccd[:1] + fields[3:] + bccd[1:], tmp_path)
+    # one microscope per session (a session's focus is judged against its own recent fields), at its
+    # own resolution: never enlarge a field (an upscaled field is soft at the pixel level)
+    _camera_matches_stills(fields, tmp_path)
 
 
 def test_camera_command_counts_fields_without_recording(tmp_path):

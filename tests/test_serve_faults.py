@@ -47,11 +47,11 @@ def test_a_field_refused_for_a_full_database_records_none_of_its_cells(station, 
     calls = {"n": 0}
     real = RecordStore.add_records
 
-    def second_batch_fails(self, session, rows, kept=None):
+    def second_batch_fails(self, session, rows, kept=None, field=None):
         calls["n"] += 1
         if calls["n"] > 1:  # what a full disk does half way through a field of several batches
             raise RecordsError("the screening database is full (database or disk is full)")
-        return real(self, session, rows, kept)
+        return real(self, session, rows, kept, field)
 
     monkeypatch.setattr(RecordStore, "add_records", second_batch_fails)
     r = _upload(client, sid, FIELD.read_bytes(), "field", FIELD.name)
@@ -65,7 +65,7 @@ def test_a_failed_commit_leaves_nothing_of_the_request(station, monkeypatch):
     client = _client(station, token=TOKEN)
     sid = _session(client)
 
-    def full(self, session, rows, kept=None):
+    def full(self, session, rows, kept=None, field=None):
         raise RecordsError("the screening database is full (database or disk is full)")
 
     monkeypatch.setattr(RecordStore, "add_records", full)

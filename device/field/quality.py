@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgekit.device.field.focus import FOCUS_FLOOR, focus_reason, focus_score
 from edgekit.device.field.segment import _segment, working_copy
 from edgekit.device.field.types import CellBox, FieldParams
 from edgekit.device.preprocess import _cv2
@@ -11,7 +12,7 @@ from edgekit.device.preprocess import _cv2
 MIN_SIDE = 64
 MAX_ASPECT = 10  # camera fields are 4:3 to 16:9; a strip this thin is not a field (and cannot be shrunk)
 MAX_RADIUS_FRACTION = 4  # a typical "cell" wider than a quarter of the field's short side is a pile
-MIN_SHARPNESS = 0.15  # Laplacian var per grey std, 640 px wide: BCCD >= 0.28, blurred (sigma 2) <= 0.10
+MIN_SHARPNESS = FOCUS_FLOOR  # the one focus floor (edgekit.device.field.focus)
 
 
 def _shape_reason(rgb: np.ndarray) -> str | None:
@@ -41,21 +42,7 @@ def field_quality(rgb: np.ndarray, small: np.ndarray | None = None) -> str | Non
         return "too dark (underexposed or no light)"
     if std < 3:
         return "blank field (no contrast)"
-    if _sharpness(gray, small.shape[1]) < MIN_SHARPNESS:
-        return "out of focus"
-    return None
-
-
-def _sharpness(gray: np.ndarray, width: int) -> float:
-    """Focus measure: variance of the Laplacian at a 640-px-wide scale, per unit of contrast
-    (so a pale, low-contrast but sharp smear is not mistaken for a blurred one)."""
-    cv2 = _cv2()
-    g = gray
-    if width != 640:
-        g = cv2.resize(gray, None, fx=640 / width, fy=640 / width, interpolation=cv2.INTER_AREA)
-    g = g.astype(np.float32)
-    lap = cv2.Laplacian(g, cv2.CV_32F).var()
-    return float(lap) / max(float(g.std()), 1.0)
+    return focus_reason(focus_score(rgb))
 
 
 def count_cells(

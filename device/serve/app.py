@@ -289,13 +289,15 @@ def create_app(station: Station, config: ServeConfig) -> FastAPI:
         kind: Literal["field", "crop"] = Query("field", description="field: a whole microscope field; "
                                                "crop: one cell crop"),
         name: str | None = Query(None, max_length=200, description="File name (multipart gives its own)."),
+        replace: bool = Query(False, description="A field already counted in the session is counted in its "
+                                                 "place when this take is sharper"),
     ) -> dict[str, Any]:
         if station.pending >= config.max_pending:
             raise ServeError(429, f"busy: {station.pending} uploads are being processed; retry in a moment")
         station.pending += 1
         try:
             name, data = await _read_upload(request, config.max_bytes, name, config.upload_seconds)
-            return await run(station.add_image, session_id, kind, name, data)
+            return await run(station.add_image, session_id, kind, name, data, replace)
         finally:
             station.pending -= 1
 

@@ -234,8 +234,11 @@ class Station:
 
     # ------------------------------------------------------------------ write side
 
-    def add_image(self, session_id: int, kind: str, name: str | None, data: bytes) -> dict[str, Any]:
-        """Decode, analyse, record one uploaded field or crop; the result as the page shows it."""
+    def add_image(self, session_id: int, kind: str, name: str | None, data: bytes,
+                  replace: bool = False) -> dict[str, Any]:
+        """Decode, analyse, record one uploaded field or crop; the result as the page shows it.
+        ``replace``: a field already counted in the session is counted again in place of the one
+        recorded, when this take is sharper (the old field's cells are marked replaced)."""
         from edgekit.device.preprocess import read_image
 
         if kind not in KINDS:
@@ -257,7 +260,7 @@ class Station:
                 raise ServeError(413, f"{name or 'upload'}: too large to decode on this device") from exc
         stop = self.classifier.manifest.decision.rule.stop_cells
         if kind == "field":
-            out = self._add_field(session, shown, sha, rgb, stop)
+            out = self._add_field(session, shown, sha, rgb, stop, replace)
         else:
             out = self._add_crop(session, shown, sha, rgb, stop)
         out.update(kind=kind, name=shown, sha256=sha, **self._view(self._session(session.id)))
@@ -271,7 +274,7 @@ class Station:
             raise ServeError(409, f"session {session.id} was screened with another model or manifest than "
                                   "this station's: open a session for the patient here to add cells")
 
-    def _record(self, session: Session, items: list, kind: str, stop: int) -> dict[str, int]:
+    def _record(self, session: Session, items: list, kind: str, stop: int, field=None) -> dict[str, int]:
         """Record ``items`` as ``edgekit screen`` does, but all of one request in one transaction (one
         batch): a request records everything or nothing (a full database answers 503 with nothing of
         the field recorded). How many were new, already there, past the stop."""
@@ -279,23 +282,36 @@ class Station:
         from edgekit.device.screening import record_crops
 
         tally = record_crops(self.store, session, items, self.classifier, DEFAULT_GATES, stop, kind,
-                             batch_size=max(1, len(items)))
+                             batch_size=max(1, len(items)), field=field)
         new, already = tally.processed, tally.counts.get("skipped", 0)
         return {"new": new, "already": already, "after_stop": len(items) - new - already}
 
-    def _add_field(self, session: Session, shown: str, sha: str, rgb, stop: int) -> dict[str, Any]:
-        from edgekit.device.field import analyze_field, cell_id, crop_cell
+    def _add_field(self, session: Session, shown: str, sha: str, rgb, stop: int,
+                   replace: bool = False) -> dict[str, Any]:
+        from edgekit.device.field import analyze_field
+        from edgekit.device.screening import check_field, field_items
 
         report = analyze_field(rgb, self.classifier)
         report.source = shown
+        check = None
         if report.rejected:  # recorded once as rejected, like `edgekit screen --fields`
             items = [(shown, sha, ImageError(report.rejected))]
-        else:
-            items = [(cell_id(shown, c.id), None, crop_cell(rgb, c)) for c in report.cells]
-        recorded = self._record(session, items, "field", stop)
+        else:  # the session's judgement: already counted (a retake)? well below its recent focus?
+            check = check_field(self.store, session, shown, rgb, replace)
+            items = field_items(shown, rgb, report.cells, check, sha)
+            if not check.counted:
+                report.rejected = check.reason
+        recorded = self._record(session, items, "field", stop, check.entry if check else None)
+        field = None
+        if check is not None:
+            dup = check.duplicate_of
+            field = {"verdict": check.verdict, "sharpness": round(check.sharpness, 4),
+                     "duplicate_of": None if dup is None else dup["source_id"], "message": check.reason}
+            if check.verdict == "duplicate":  # its cells are recorded once, with the counted field
+                recorded["already"] = sum(r["field_id"] == dup["id"] for r in self.store.records(session.id))
         # the cells are recorded: an overlay that cannot be written (a full disk) is said, not a 500
         problem = self._write_overlay(sha, rgb, report)
-        return {"result": report.to_dict(per_cell=True), "recorded": recorded,
+        return {"result": report.to_dict(per_cell=True), "recorded": recorded, "field": field,
                 "overlay": None if problem else f"api/overlays/{sha}.jpg", "overlay_problem": problem}
 
     def _add_crop(self, session: Session, shown: str, sha: str, rgb, stop: int) -> dict[str, Any]:

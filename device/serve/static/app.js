@@ -34,7 +34,8 @@ async function api(path, opts) {
     resp = await fetch(path, Object.assign({ credentials: "same-origin" }, opts || {}));
   } catch (err) {
     throw new Error("No answer from the station (is it running, and this phone on its network?). " +
-                    "Anything not confirmed here was not recorded; send it again.");
+                    "Anything not confirmed here was not recorded; check the session before sending it again " +
+                    "(a field already counted is never counted twice).");
   }
   let body = null;
   try { body = await resp.json(); } catch (err) { body = null; }
@@ -136,6 +137,13 @@ function renderField(out) {
       el("dt", {}, "Parasitemia"), el("dd", {}, el("span", { class: "parasitemia" }, pct(r.parasitemia)),
                                       notValidated(r.domain) ? el("span", { class: "nv" }, " · NOT VALIDATED") : null),
       el("dt", {}, "95% interval"), el("dd", { class: "ci95" }, ci(r.ci95))));
+  }
+  if (out.field && out.field.verdict === "duplicate") {
+    card.className += " duplicate";
+    card.append(el("p", { class: "small duplicate" }, "This field is already counted: move to a new field. " +
+                   "Only a sharper take sent with replace is counted in its place."));
+  } else if (out.field && out.field.verdict === "replace") {
+    card.append(el("p", { class: "small replaced" }, `Counted in place of ${out.field.duplicate_of} (sharper).`));
   }
   card.append(recordedLine(out.recorded) || "");
   if (out.overlay) {

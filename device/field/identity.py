@@ -1,0 +1,81 @@
+"""Field identity across a session: a field that overlaps one already counted is not counted again.
+
+Each counted field keeps a small signature: its grey thumbnail, ``SIG_WIDTH`` pixels wide (stored
+with the field in the screening records). Two fields are the same stretch of smear when phase
+correlation of their high-passed thumbnails, tried at a few relative scales (a retake a little
+zoomed in or out), finds a strong peak at a shift that leaves most of the view shared. This
+tolerates JPEG re-encoding, shifts, ~0.9x rescaling and a little blur; two different fields of
+the same smear give no strong peak (rates in ``benchmarks/results/focus_floor.json``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgekit.device.preprocess import _cv2
+
+SIG_WIDTH = 160
+SCALES = (1.0, 0.95, 1 / 0.95, 0.9, 1 / 0.9, 0.85, 1 / 0.85)
+MIN_RESPONSE = 0.7  # phase-correlation peak over which two fields are one (retakes >= 0.77, others <= 0.62)
+MIN_OVERLAP = 0.5  # shared fraction of the view over which they are the same field
+
+
+@dataclass(frozen=True)
+class Signature:
+    """A field's grey thumbnail (uint8, ``SIG_WIDTH`` wide)."""
+
+    thumb: np.ndarray
+
+    def to_bytes(self) -> bytes:
+        h, w = self.thumb.shape
+        return bytes([h >> 8, h & 255, w >> 8, w & 255]) + self.thumb.tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Signature:
+        h, w = (data[0] << 8) | data[1], (data[2] << 8) | data[3]
+        return cls(np.frombuffer(data[4:], np.uint8).reshape(h, w))
+
+
+def signature(rgb: np.ndarray) -> Signature:
+    """The signature of a field (any size, RGB or grey)."""
+    cv2 = _cv2()
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) if rgb.ndim == 3 else rgb
+    h, w = gray.shape[:2]
+    size = (SIG_WIDTH, max(8, round(h * SIG_WIDTH / w)))
+    return Signature(cv2.resize(gray, size, interpolation=cv2.INTER_AREA))
+
+
+def _highpass(thumb: np.ndarray) -> np.ndarray:
+    cv2 = _cv2()
+    g = thumb.astype(np.float32)
+    g = g - cv2.GaussianBlur(g, (0, 0), 6)
+    return g / max(float(g.std()), 1e-3)
+
+
+def match(a: Signature, b: Signature) -> tuple[float, float]:
+    """(best phase-correlation peak over the tried scales, shared fraction of the view at it)."""
+    cv2 = _cv2()
+    ta = _highpass(a.thumb)
+    h, w = ta.shape
+    tb = b.thumb
+    if tb.shape != a.thumb.shape:
+        tb = cv2.resize(tb, (w, h), interpolation=cv2.INTER_AREA)
+    tb = _highpass(tb)
+    window = cv2.createHanningWindow((w, h), cv2.CV_32F)
+    best = (0.0, 0.0)
+    for s in SCALES:
+        m = np.float32([[s, 0, (1 - s) * w / 2], [0, s, (1 - s) * h / 2]])
+        warped = tb if s == 1.0 else cv2.warpAffine(tb, m, (w, h), borderMode=cv2.BORDER_REFLECT)
+        (dx, dy), response = cv2.phaseCorrelate(ta, warped, window)
+        overlap = max(0.0, 1 - abs(dx) / w) * max(0.0, 1 - abs(dy) / h) * min(s, 1 / s) ** 2
+        if response > best[0]:
+            best = (float(response), float(overlap))
+    return best
+
+
+def same_field(a: Signature, b: Signature) -> bool:
+    """Whether two signatures show the same stretch of smear."""
+    response, overlap = match(a, b)
+    return response >= MIN_RESPONSE and overlap >= MIN_OVERLAP
