@@ -266,13 +266,15 @@ def test_station_cannot_write_or_read_another_stations_rows(prog, tmp_path):
 
 
 def test_newer_server_schema_refused(prog, tmp_path):
+    from edgekit.programme.server import schema_version
+
     a = make_station(tmp_path / "a.sqlite", ["P1"], "Kisumu")
     prog.query("INSERT INTO schema_version (version, name) VALUES (99, '099_future.sql') RETURNING 1")
     for args in (("sync", str(a), "--to", prog.url("a")),
                  ("programme", "report", "--from", prog.url("reader")),
                  ("programme", "migrate", "--to", prog.url())):
         line = one_error_line(run(*args))
-        assert "schema 99, newer than this edgekit knows (1)" in line, line
+        assert f"schema 99, newer than this edgekit knows ({schema_version()})" in line, line
     assert prog.query("SELECT count(*) FROM sessions")[0][0] == 0
     assert prog.query("SELECT max(version) FROM schema_version")[0][0] == 99
 
@@ -291,3 +293,22 @@ def test_server_without_schema_and_bad_urls(pg, tmp_path):
     assert again.exit_code == 0 and "001_programme_records.sql" in again.output
     again = run("programme", "migrate", "--to", pg.url(empty))
     assert again.exit_code == 0 and "nothing to apply" in again.output
+
+
+def test_a_field_replaced_after_a_sync_is_replaced_on_the_server(prog, tmp_path):
+    """A sharper retake replaces a counted field (its cells become 'replaced' on the station): the next
+    sync carries the new status, once, so the programme never counts the old field's cells."""
+    import sqlite3
+
+    a = make_station(tmp_path / "a.sqlite", ["P1"], "Kisumu")
+    sync_json(a, prog.url("a"))
+    conn = sqlite3.connect(a)
+    with conn:
+        rid = conn.execute("SELECT min(id) FROM records").fetchone()[0]
+        conn.execute("UPDATE records SET status = 'replaced', reason = 'replaced by a sharper retake'"
+                     " WHERE id = ?", (rid,))
+    conn.close()
+    again = sync_json(a, prog.url("a"))
+    assert again["sent"] == 1
+    assert prog.query("SELECT status FROM records WHERE local_id = %s", params=(rid,)) == [("replaced",)]
+    assert sync_json(a, prog.url("a"))["sent"] == 0

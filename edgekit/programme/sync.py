@@ -8,7 +8,8 @@ there), so ids never collide across stations and a re-sent row is recognised, no
 Order and transactions make an interrupted sync (kill -9, a dropped link) safe to re-run: the
 station registers itself, then all its sessions are upserted (one transaction), then records go in
 ascending local id, ``batch`` at a time, each batch with its crop references in one transaction
-(``ON CONFLICT DO NOTHING``); then reviews (a later verdict replaces an earlier one). The server
+(``ON CONFLICT DO NOTHING``); then the status of records whose field a sharper retake replaced after
+they were sent; then reviews (a later verdict replaces an earlier one). The server
 therefore always holds a prefix of the station's records, so the next sync starts after the
 highest id it holds (``full=True`` offers every record again and lets the server sort them out).
 """
@@ -154,6 +155,20 @@ def _send_snapshot(lite: Any, conn: Any, sid: str, batch: int, full: bool,
         out.already += len(records) - new + len(crop_rows) - new_crops
         after = int(chunk[-1][0])
         progress(f"records up to {after}: {new} sent, {len(records) - new} already there")
+
+    # records whose field was replaced by a sharper retake after they were sent: their new status
+    # (only 'replaced' ever changes a sent record, so only those are compared)
+    changed_status = lite.execute("SELECT id, status, reason FROM records WHERE status = 'replaced'"
+                                  " AND id <= ?", (after,)).fetchall()
+    if changed_status:
+        with conn.transaction(), conn.cursor() as cur:
+            cur.executemany(
+                "UPDATE records SET status = %s, reason = %s WHERE station_id = %s AND local_id = %s"
+                " AND (status, reason) IS DISTINCT FROM (%s, %s) RETURNING 1",
+                [(r[1], r[2], sid, r[0], r[1], r[2]) for r in changed_status], returning=True)
+            n = _returned(cur)
+        out.sent += n
+        progress(f"replaced fields: {n} records updated")
 
     # reviews: a later verdict replaces an earlier one
     reviews = lite.execute("SELECT record_id, verdict, reviewer, note, created_at FROM reviews"
