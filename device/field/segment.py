@@ -52,19 +52,19 @@ def _optical_density(rgb: np.ndarray, p: FieldParams) -> np.ndarray:
     return _cv2().LUT(np.ascontiguousarray(rgb), np.ascontiguousarray(lut.reshape(256, 1, 3)))
 
 
-def _stain_direction(od: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _stain_direction(od: np.ndarray, power: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
     """The field's own stain colour in optical density: the median density of its stained pixels
     (total density between its 70th and 97th percentile: the cells, not the background nor the few
     darkest nuclei). Returns the channel weights of the field's density (each channel weighted by
-    its own density, summing to 1) and the colour as a unit vector."""
+    its own density to ``power``, summing to 1) and the colour as a unit vector."""
     step = max(1, od.shape[0] * od.shape[1] // 50_000)
     px = od.reshape(-1, 3)[::step]
     s = px.sum(axis=1)
     lo, hi = np.percentile(s, [70, 97])
     v = np.median(px[(s >= lo) & (s <= hi)] if hi > lo else px, axis=0)
     colour = v / max(float(np.linalg.norm(v)), 1e-6)
-    # squared: the channels the stain absorbs most carry the contrast; the others mostly noise
-    v = np.sign(v) * v * v
+    # raised to a power: the channels the stain absorbs most carry the contrast, the others mostly noise
+    v = np.clip(v, 0.0, None) ** power
     # weights summing to 1: a weighted mean of the channels' densities, in the units of one channel
     n = float(v.sum())
     weights = v / n if n > 1e-6 else np.full(3, 1 / 3)
@@ -373,7 +373,7 @@ def _segment(
     H, W = rgb.shape[:2]
     work, scale = work or working_copy(rgb, p.max_side)
     od = _optical_density(work, p)
-    direction, colour = _stain_direction(od) if p.density == "stain" else (None, None)
+    direction, colour = _stain_direction(od, p.stain_power) if p.density == "stain" else (None, None)
     density = _Density.of(od, direction, colour)
     # the circles' radius needs no foreground: it sizes the pale centres the foreground may fill
     estimate = p.hough_radius and not p.cell_radius

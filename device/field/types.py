@@ -32,6 +32,7 @@ class FieldParams:
     # what "stained" means: "stain" (optical density along the field's own stain colour, any shade)
     # or "green" (green optical density: pink Giemsa only); also how white-cell nuclei are found
     density: str = "stain"
+    stain_power: float = 2.0  # density "stain": each channel weighted by its own density to this power
     threshold: float = 0.65  # x Otsu's threshold on green optical density
     min_od: float = 0.05  # green optical density below which nothing is a cell (BCCD cells: 0.2-0.4)
     min_area: float = 0.30  # x typical cell area; smaller regions are debris or platelets
