@@ -13,6 +13,7 @@ MIN_SIDE = 64
 MAX_ASPECT = 10  # camera fields are 4:3 to 16:9; a strip this thin is not a field (and cannot be shrunk)
 MAX_RADIUS_FRACTION = 4  # a typical "cell" wider than a quarter of the field's short side is a pile
 MIN_SHARPNESS = FOCUS_FLOOR  # the one focus floor (edgekit.device.field.focus)
+MAX_SATURATED = 0.97  # overexposed: nearly all saturated white (a white background alone is not)
 
 
 def _shape_reason(rgb: np.ndarray) -> str | None:
@@ -35,14 +36,21 @@ def field_quality(rgb: np.ndarray, small: np.ndarray | None = None) -> str | Non
     if small is None:
         small = working_copy(rgb, 1024)[0]
     gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
-    if cv2.countNonZero(cv2.inRange(small, (250, 250, 250), (255, 255, 255))) > 0.5 * gray.size:
-        return "overexposed (more than half the field is saturated white)"
+    if _saturated(small) > MAX_SATURATED:
+        return f"overexposed (more than {MAX_SATURATED:.0%} of the field is saturated white)"
     mean, std = (float(v[0, 0]) for v in cv2.meanStdDev(gray))
     if mean < 40:
         return "too dark (underexposed or no light)"
     if std < 3:
         return "blank field (no contrast)"
     return focus_reason(focus_score(rgb))
+
+
+def _saturated(rgb: np.ndarray) -> float:
+    """Fraction of the pixels saturated white in every channel."""
+    cv2 = _cv2()
+    white = cv2.countNonZero(cv2.inRange(rgb, (250, 250, 250), (255, 255, 255)))
+    return white / (rgb.shape[0] * rgb.shape[1])
 
 
 def count_cells(
@@ -63,6 +71,8 @@ def count_cells(
         # the "cells" are one mass wider than a quarter of the field: cells are piled up
         return [], radius, "cells overlap into one mass (a thick part of the smear); move to a thinner area"
     if not cells:
+        if _saturated(work[0]) > 0.5:  # a white background with no cell left visible on it
+            return [], radius, "overexposed (no cells visible; more than half the field is saturated white)"
         return [], radius, "no red cells found"
     return cells, radius, None
 

@@ -17,15 +17,58 @@ def _odd(n: float) -> int:
     return n if n % 2 else n + 1
 
 
-def _optical_density(rgb: np.ndarray, bg_percentile: float) -> np.ndarray:
-    """Per-channel optical density against the estimated background colour (colour normalization:
-    the result no longer depends on lamp colour or exposure)."""
+def _background(rgb: np.ndarray, p: FieldParams) -> np.ndarray:
+    """The background colour (float32 RGB). ``background="mode"``: the brightest mode of the
+    field's grey levels (the clear glass between cells, whatever its colour or brightness; a few
+    glare pixels are too few to be a mode), the bright side of its pixels' colours. Otherwise each
+    channel's ``bg_percentile``."""
     step = max(1, rgb.shape[0] * rgb.shape[1] // 100_000)
-    bg = np.percentile(rgb.reshape(-1, 3)[::step].astype(np.float32), bg_percentile, axis=0)
+    px = rgb.reshape(-1, 3)[::step]
+    if p.background != "mode":
+        return np.percentile(px.astype(np.float32), p.bg_percentile, axis=0).astype(np.float32)
+    grey = px.astype(np.int32).sum(axis=1) // 3
+    hist = np.convolve(np.bincount(grey, minlength=256).astype(np.float64), np.ones(9) / 9, mode="same")
+    # the brightest local maximum holding at least a fifth of the highest peak's pixels
+    padded = np.concatenate([[-1.0], hist, [-1.0]])
+    peaks = np.nonzero((hist >= padded[:-2]) & (hist >= padded[2:]) & (hist >= 0.2 * hist.max()))[0]
+    level = int(peaks.max()) if peaks.size else int(np.percentile(grey, p.bg_percentile))
+    # the bright side of that mode (vignetting and noise spread it): its pixels' bg_percentile
+    near = px[np.abs(grey - level) <= p.bg_spread]
+    if not len(near):
+        return px.max(axis=0).astype(np.float32)
+    return np.percentile(near.astype(np.float32), p.bg_percentile, axis=0).astype(np.float32)
+
+
+def _optical_density(rgb: np.ndarray, p: FieldParams) -> np.ndarray:
+    """Per-channel optical density against the estimated background colour (colour normalization:
+    the result no longer depends on lamp colour or exposure). Pixels brighter than the background
+    are 0, or negative when ``density="stain"`` (a stain may leave one channel brighter)."""
+    bg = _background(rgb, p)
     # a 256-entry table per channel (the same float32 arithmetic, once per grey level, not per pixel)
     levels = np.maximum(np.arange(256, dtype=np.float32), 1.0)[:, None]
-    lut = np.log(np.maximum(bg, 1.0).astype(np.float32) / levels).clip(0.0, None)
+    lut = np.log(np.maximum(bg, 1.0).astype(np.float32) / levels)
+    if p.density != "stain":
+        lut = lut.clip(0.0, None)
     return _cv2().LUT(np.ascontiguousarray(rgb), np.ascontiguousarray(lut.reshape(256, 1, 3)))
+
+
+def _stain_direction(od: np.ndarray, power: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
+    """The field's own stain colour in optical density: the median density of its stained pixels
+    (total density between its 70th and 97th percentile: the cells, not the background nor the few
+    darkest nuclei). Returns the channel weights of the field's density (each channel weighted by
+    its own density to ``power``, summing to 1) and the colour as a unit vector."""
+    step = max(1, od.shape[0] * od.shape[1] // 50_000)
+    px = od.reshape(-1, 3)[::step]
+    s = px.sum(axis=1)
+    lo, hi = np.percentile(s, [70, 97])
+    v = np.median(px[(s >= lo) & (s <= hi)] if hi > lo else px, axis=0)
+    colour = v / max(float(np.linalg.norm(v)), 1e-6)
+    # raised to a power: the channels the stain absorbs most carry the contrast, the others mostly noise
+    v = np.clip(v, 0.0, None) ** power
+    # weights summing to 1: a weighted mean of the channels' densities, in the units of one channel
+    n = float(v.sum())
+    weights = v / n if n > 1e-6 else np.full(3, 1 / 3)
+    return weights.astype(np.float32), colour.astype(np.float32)
 
 
 def _fill_holes(
@@ -63,25 +106,30 @@ def _fill_holes(
     return mask | holes
 
 
-def _density_u8(od: np.ndarray) -> tuple[np.ndarray, float]:
-    """Green optical density (haemoglobin and stain absorb green) as uint8, scaled so a high
-    percentile of the cells sits at 200 and the darker white-cell nuclei clip; and that scale."""
-    odg = od[:, :, 1]
+def _density_u8(od: np.ndarray, direction: np.ndarray | None = None) -> tuple[np.ndarray, float, np.ndarray]:
+    """Optical density along the field's stain direction (``direction``; None: the green channel,
+    which haemoglobin and pink Giemsa absorb) as uint8, scaled so a high percentile of the cells
+    sits at 200 and the darker white-cell nuclei clip; that scale; and the density itself."""
+    odg = od[:, :, 1] if direction is None else _cv2().transform(od, direction.reshape(1, 3))
     scale = 200.0 / max(float(np.percentile(odg, 90)), 0.02)
-    return np.clip(odg * scale, 0, 255).astype(np.uint8), scale
+    return np.clip(odg * scale, 0, 255).astype(np.uint8), scale, odg
 
 
 @dataclass
 class _Density:
-    """A field's green density (:func:`_density_u8`) and the smoothed copies the steps share,
-    each computed once per field."""
+    """A field's density (:func:`_density_u8`) and the smoothed copies the steps share, each
+    computed once per field."""
 
     u8: np.ndarray
     scale: float
+    along: np.ndarray  # float32 density along the stain direction (the green channel's without)
+    direction: np.ndarray | None = None  # the channel weights of the density (None: green)
+    colour: np.ndarray | None = None  # the cells' colour in optical density, a unit vector
 
     @classmethod
-    def of(cls, od: np.ndarray) -> _Density:
-        return cls(*_density_u8(od))
+    def of(cls, od: np.ndarray, direction: np.ndarray | None = None,
+           colour: np.ndarray | None = None) -> _Density:
+        return cls(*_density_u8(od, direction), direction, colour)
 
     @cached_property
     def blur5(self) -> np.ndarray:
@@ -175,10 +223,22 @@ def _circle_radius(d: _Density, fallback: float) -> float:
     return float(np.median(circles[0][:, 2]))
 
 
-def _nucleus_pixels(od: np.ndarray, p: FieldParams) -> np.ndarray:
-    """Purple (nucleus-stained) pixels: they absorb red much more than blue; red cells do not."""
+def _nucleus_pixels(od: np.ndarray, p: FieldParams, d: _Density) -> np.ndarray:
+    """Nucleus-stained pixels. With the field's stain direction (``density="stain"``): pixels denser
+    than the field's cells (``nucleus_dense`` x their 90th percentile along the stain colour) whose
+    colour in optical density departs from the cells' (the density off that colour exceeds
+    ``nucleus_off`` x theirs): Giemsa nuclei absorb another mix of colours than red cells, on any
+    shade. Without: purple pixels, absorbing red much more than blue (pink Giemsa)."""
     cv2 = _cv2()
-    nuc = ((od[:, :, 0] > p.nucleus_od) & (od[:, :, 0] - od[:, :, 2] > p.nucleus_contrast)).astype(np.uint8)
+    if d.direction is None:
+        nuc = (od[:, :, 0] > p.nucleus_od) & (od[:, :, 0] - od[:, :, 2] > p.nucleus_contrast)
+    else:
+        cells = 200.0 / d.scale  # the cells' 90th percentile along the stain colour
+        nuc = d.along > max(p.nucleus_od, p.nucleus_dense * cells)
+        v = od[nuc]  # the few dense pixels only
+        off2 = np.einsum("ij,ij->i", v, v) - (v @ d.colour) ** 2
+        nuc[nuc] = off2 > (p.nucleus_off * cells) ** 2
+    nuc = nuc.astype(np.uint8)
     return cv2.morphologyEx(nuc, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
 
 
@@ -312,15 +372,16 @@ def _segment(
     cv2 = _cv2()
     H, W = rgb.shape[:2]
     work, scale = work or working_copy(rgb, p.max_side)
-    od = _optical_density(work, p.bg_percentile)
-    density = _Density.of(od)
+    od = _optical_density(work, p)
+    direction, colour = _stain_direction(od, p.stain_power) if p.density == "stain" else (None, None)
+    density = _Density.of(od, direction, colour)
     # the circles' radius needs no foreground: it sizes the pale centres the foreground may fill
     estimate = p.hough_radius and not p.cell_radius
     circles = _circle_radius(density, 0.0) if estimate else p.cell_radius * scale if p.cell_radius else 0.0
     holes = _Holes(p.hole_density, p.hole_area * math.pi * circles**2, p.hole_solidity)
     fg = _foreground(density, p.threshold, p.min_od, holes)
     dist = cv2.distanceTransform(fg, cv2.DIST_L2, 5)
-    nuc = _nucleus_pixels(od, p)
+    nuc = _nucleus_pixels(od, p, density)
     if p.cell_radius:
         radius = p.cell_radius * scale
     else:

@@ -24,7 +24,15 @@ class FieldParams:
     # segment on a copy at most this large; crops come from the full image. 640 finds the same cells
     # as 1024 on BCCD and IML within a point or two of recall at a third of the time (RESULTS.md)
     max_side: int = 640
+    # the background: "mode" (the brightest mode of the grey levels) or "percentile" (bg_percentile
+    # of each channel)
+    background: str = "mode"
     bg_percentile: float = 95.0  # the brightest stained-free pixels are the background
+    bg_spread: int = 12  # grey levels either side of the brightest mode that are its pixels
+    # what "stained" means: "stain" (optical density along the field's own stain colour, any shade)
+    # or "green" (green optical density: pink Giemsa only); also how white-cell nuclei are found
+    density: str = "stain"
+    stain_power: float = 2.0  # density "stain": each channel weighted by its own density to this power
     threshold: float = 0.65  # x Otsu's threshold on green optical density
     min_od: float = 0.05  # green optical density below which nothing is a cell (BCCD cells: 0.2-0.4)
     min_area: float = 0.30  # x typical cell area; smaller regions are debris or platelets
@@ -32,8 +40,13 @@ class FieldParams:
     max_area: float = 3.0  # x typical cell area; larger regions are unsplit clumps
     peak_height: float = 0.50  # distance-transform peaks lower than this x radius are no cell centre
     peak_window: float = 1.0  # x radius: peaks closer than this are one cell
-    nucleus_od: float = 0.20  # red-channel optical density of a stained nucleus ...
-    nucleus_contrast: float = 0.12  # ... exceeding its blue optical density by this much
+    # a nucleus pixel: density along the stain colour above nucleus_od and its density off that colour
+    # above nucleus_contrast (density "green": red-channel density above nucleus_od, exceeding the
+    # blue channel's by nucleus_contrast)
+    nucleus_od: float = 0.20
+    nucleus_contrast: float = 0.12
+    nucleus_off: float = 0.7  # density "stain": density off the stain colour, x the cells' density ...
+    nucleus_dense: float = 1.0  # ... and density along it above this x the cells' (90th percentile)
     min_nucleus_area: float = 0.12  # x cell area: smaller purple blobs are platelets
     reach: float = 0.5  # x radius: pixels farther than this beyond a seed's own radius are not its cell
     seed_cap: float = 1.0  # x radius: the most a seed's own radius counts when sharing out a clump; 0: no cap
@@ -54,6 +67,19 @@ class FieldParams:
     hough_radius: bool = True  # blend the distance-transform radius estimate with circles' radii
     radius_gain: float = 1.1  # x the blended estimate (circle radii run a little small)
     cell_radius: float | None = None  # in full-resolution pixels; None: estimated per field
+
+    def __post_init__(self) -> None:
+        if self.density not in ("stain", "green"):
+            raise ValueError(f"FieldParams.density must be 'stain' or 'green', not {self.density!r}")
+        if self.background not in ("mode", "percentile"):
+            raise ValueError(
+                f"FieldParams.background must be 'mode' or 'percentile', not {self.background!r}")
+
+    @classmethod
+    def legacy(cls, **changes: Any) -> FieldParams:
+        """The finder before issue 29 (green density, percentile background, purple nuclei): pink
+        Giemsa only. Kept to measure against."""
+        return cls(**{"density": "green", "background": "percentile", **changes})
 
 
 @dataclass
