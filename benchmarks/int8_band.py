@@ -2,7 +2,7 @@
 uncertain band (how many single cells are called positive, at what precision), per format.
 
     python -m edgekit.benchmarks.int8_band old=OLD_BUNDLE new=NEW_BUNDLE \
-        --split /work/runs-model/malaria_split.json --part test -o results/int8_band.json
+        --split runs/split.json --part test -o results/int8_band.json
 
 Made for issue 11's int8 output fix (the default's int8 probabilities stopped at 255/256, below the
 band's positive edge); NIH crops are evaluated by patient (the split's groups), never by random crop.
