@@ -200,7 +200,9 @@ def load_images(
     x = out[keep]
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npz")
+        # one temporary name per process: two processes caching the same images (distributed workers,
+        # two runs) must not rename each other's half-written file away
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")
         np.savez(tmp, x=x, bad=np.array(bad, dtype=str).reshape(-1, 2))
         os.replace(tmp, cache)
     return x, bad

@@ -397,12 +397,17 @@ def test_review_gallery_shows_the_flagged_cells_with_their_kept_crops(station):
     sid, items = _screened(client, station)
     detail = client.get(f"/api/sessions/{sid}", headers=AUTH).json()
     cutoff = station.classifier.manifest.decision.cutoff
-    want = {r["source_id"] for r in detail["records"]
-            if r["status"] == "classified" and flagged(r["p_positive"], r["decision"], cutoff)}
-    assert want and {it["source"] for it in items} == want  # every flagged cell, and only those
-    assert [it["p"] for it in items] == sorted((it["p"] for it in items), reverse=True)
-    assert all(it["review"] is None and it["image"] for it in items)
     kept = station.submit(station.store.crop_images, sid).result()
+    stored = station.submit(station.store.records, sid).result()
+    records = {r["source_id"]: r for r in stored if r["status"] == "classified"}
+    want = {s for s, r in records.items() if flagged(r["p_positive"], r["decision"], cutoff)}
+    sample = {s for s, r in records.items() if s not in want and r["id"] in kept}  # the negative sample
+    flagged_items = [it for it in items if not it["negative_sample"]]
+    assert want and {it["source"] for it in flagged_items} == want  # every flagged cell
+    assert {it["source"] for it in items if it["negative_sample"]} == sample  # then the negatives kept
+    assert items[:len(flagged_items)] == flagged_items  # flagged first
+    assert [it["p"] for it in flagged_items] == sorted((it["p"] for it in flagged_items), reverse=True)
+    assert all(it["review"] is None and it["image"] for it in items)
     for it in items[:3]:
         png = client.get("/" + it["image"], headers=AUTH)
         assert png.status_code == 200 and png.headers["content-type"] == "image/png"
@@ -417,7 +422,7 @@ def test_review_gallery_shows_the_flagged_cells_with_their_kept_crops(station):
     assert r.status_code == 404 and "no kept crop" in r.json()["detail"]
     review = client.get(f"/api/sessions/{sid}/review", headers=AUTH).json()["review"]
     assert review["model"]["parasitized"] == detail["summary"]["parasitized"]
-    assert review["flagged"] == len(items) and review["pending"] == len(items) and review["reviewed"] == 0
+    assert review["flagged"] == len(flagged_items) == review["pending"] and review["reviewed"] == 0
 
 
 def test_confirm_and_overrule_on_the_page_are_recorded_once(station, tmp_path):

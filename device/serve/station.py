@@ -174,8 +174,8 @@ class Station:
 
     def review(self, session_id: int, everything: bool = False) -> dict[str, Any]:
         """The review gallery of a session (:func:`edgekit.device.review.gallery_items`): the cells
-        the model called parasitized or uncertain (``everything``: every classified cell), most
-        suspicious first, each with its verdict and the address of its kept crop."""
+        the model called parasitized or uncertain, then its sample of negatives (``everything``: every
+        classified cell), most suspicious first, each with its verdict and the address of its kept crop."""
         from edgekit.device.review import gallery_items, session_cutoff
 
         session = self._session(session_id)
@@ -189,7 +189,7 @@ class Station:
         review = it["review"]
         return {
             "id": it["id"], "source": it["source"], "p": it["p"], "decision": it["decision"],
-            "called": bool(it["called"]),
+            "called": bool(it["called"]), "negative_sample": bool(it.get("negative_sample")),
             "image": f"api/sessions/{session.id}/cells/{it['id']}.png" if it["png"] else None,
             "review": Station._verdict(review),
         }
