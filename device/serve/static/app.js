@@ -302,8 +302,9 @@ function cellVerdictText(item) {
 }
 
 function renderCell(item) {
-  const model = item.called ? (item.decision === "uncertain" ? "parasitized (uncertain)" : "parasitized")
-                            : "uncertain";
+  const model = item.negative_sample ? "not parasitized (a kept sample of negatives)"
+    : item.called ? (item.decision === "uncertain" ? "parasitized (uncertain)" : "parasitized")
+    : "uncertain";
   const card = el("article", { class: "cell" + (item.called ? " called" : ""), "data-id": String(item.id),
                                "data-verdict": item.review ? item.review.verdict : "" });
   card.append(item.image
