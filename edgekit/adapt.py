@@ -35,10 +35,11 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import BundleError, DataError
-from edgekit.manifest import DEFAULT_GATE_BOUNDS
+from edgekit.manifest import DEFAULT_GATE_BOUNDS, SITE_CUTOFFS
 from edgekit.safefile import replace_dir
 
-CUTOFFS = ("auto", "count", "field-count", "youden")
+
+FIELD_CUTOFFS = ("field-count", "field-error")  # chosen on whole validation fields: need the images
 SITE_SPLIT = "site_split.json"
 FIELDS_SPLIT = "site_fields.json"
 Log = Callable[[str], None]
@@ -57,8 +58,9 @@ class AdaptConfig:
     block: int = 6  # consecutive frames per split block
     fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
     cutoff: str = "auto"  # count: called = labelled positives on validation cells; field-count: on
-    # whole validation fields (every cell the device finds, needs the field images); youden; auto:
-    # field-count when the field images are here, else count
+    # whole validation fields (every cell the device finds, needs the field images); field-error: the
+    # smallest mean per-field error on those fields (what the gate measures); youden; auto:
+    # field-error when the field images are here, else count
     stain: float | None = None  # colour jitter while fine-tuning; None: the base run's own augmentation
     # cap on negative training cells per field (all positives kept): with every negative, the class
     # weights of a few positives (x40 at 10 IML fields) made fine-tuning unstable (site val AUC 0.91 vs 0.98)
@@ -78,8 +80,8 @@ class AdaptConfig:
             raise DataError("--patience must be at least 1")
         if not 0.0 <= self.base_share < 1.0:
             raise DataError("--base-share must be in [0, 1)")
-        if self.cutoff not in CUTOFFS:
-            raise DataError(f"unknown cutoff method {self.cutoff!r}: {', '.join(CUTOFFS)}")
+        if self.cutoff not in SITE_CUTOFFS:
+            raise DataError(f"unknown cutoff method {self.cutoff!r}: {', '.join(SITE_CUTOFFS)}")
         if self.train_fields is not None and self.train_fields < 1:
             raise DataError("--train-fields must be at least 1")
 
@@ -162,6 +164,25 @@ def field_count_cutoff(probs: list[np.ndarray], truth: list[float]) -> float:
     if k == 0 or not len(p):
         return 1.0
     return float(np.clip(p[min(k, len(p)) - 1], 0.0, 1.0))
+
+
+def field_error_cutoff(probs: list[np.ndarray], truth: list[float]) -> float:
+    """The cutoff with the smallest mean per-field error |called - labelled| over whole fields (every
+    found cell counts, as on the device): the number the site gate holds. Matching the total count
+    (:func:`field_count_cutoff`) spreads a few confident false calls over fields without parasites;
+    this weighs each field as the gate does. Ties go to the higher cutoff (fewer cells called)."""
+    if not probs or not any(len(q) for q in probs):
+        return 1.0
+    candidates = np.unique(np.concatenate([np.concatenate(probs).astype(np.float64), [1.0]]))
+    error = np.zeros(len(candidates))
+    for q, t in zip(probs, truth, strict=True):
+        if not len(q):
+            continue
+        q = np.sort(np.asarray(q, np.float64))
+        called = (len(q) - np.searchsorted(q, candidates, side="left")) / len(q)
+        error += np.abs(called - t)
+    best = np.flatnonzero(error <= error.min() + 1e-12)[-1]
+    return float(np.clip(candidates[best], 0.0, 1.0))
 
 
 def find_field_images(fields_dir: Path, stems: list[str]) -> dict[str, Path]:
@@ -393,15 +414,15 @@ def adapt_model(
     split = _site_split(site, ds, labels, base_manifest.positive_label, fields, cfg)
     fields_dir = Path(fields_dir) if fields_dir is not None else recorded_fields_dir(site)
     if cfg.cutoff == "auto":
-        cfg = dataclasses.replace(cfg, cutoff="field-count" if fields_dir is not None else "count")
+        cfg = dataclasses.replace(cfg, cutoff="field-error" if fields_dir is not None else "count")
         log(f"cutoff: {cfg.cutoff} ({f'field images in {fields_dir}' if fields_dir else 'no field images'})")
     images: dict[str, Path] = {}
     truth: dict[str, float] = {}
     if fields_dir is not None:
         truth = labelled_parasitemia(site)
         images = find_field_images(fields_dir, fields["val"] + fields["test"])
-    elif cfg.cutoff == "field-count":
-        raise DataError("--cutoff field-count needs --fields: the folder of field images given to "
+    elif cfg.cutoff in FIELD_CUTOFFS:
+        raise DataError(f"--cutoff {cfg.cutoff} needs --fields: the folder of field images given to "
                         "`edgekit cells`")
     if base_split is not None:
         base_manifest.training = {**base_manifest.training, "split_file": str(Path(base_split).resolve())}
@@ -453,9 +474,9 @@ def adapt_model(
         manifest.name = out.name
         p_val = best["p_val"]
         field_cut = None
-        if cfg.cutoff == "field-count":
+        if cfg.cutoff in FIELD_CUTOFFS:
             field_cut = _whole_field_cutoff(tmp / "model.keras", {f: whole.get(f) for f in fields["val"]},
-                                            truth, pos, log)
+                                            truth, pos, cfg.cutoff, log)
         _choose_decision(manifest, yv == pos, p_val, gv, cfg, fields, field_cut)
         manifest.domain = _site_domain(ds, fields, site, log)
         _write_run(tmp, manifest, split, cfg, base_sha, keras_path, model, site, fields, best, len(yb))
@@ -642,9 +663,9 @@ def _int8_probs(model: Any, x_cal: np.ndarray, xv: np.ndarray, pos: int, tmp: Pa
 
 
 def _whole_field_cutoff(keras_path: Path, inputs: dict[str, np.ndarray | None], truth: dict[str, float],
-                        pos: int, log: Log) -> float:
-    """:func:`field_count_cutoff` of the fine-tuned model on whole validation fields (their prepared
-    cells, from :func:`whole_field_inputs`)."""
+                        pos: int, method: str, log: Log) -> float:
+    """:func:`field_error_cutoff` (``method="field-error"``) or :func:`field_count_cutoff` of the
+    fine-tuned model on whole validation fields (their prepared cells, from :func:`whole_field_inputs`)."""
     from edgekit.export.bundle import load_keras
     from edgekit.parts import predict_arrays
 
@@ -655,17 +676,18 @@ def _whole_field_cutoff(keras_path: Path, inputs: dict[str, np.ndarray | None], 
             probs.append(predict_arrays(model, x)[:, pos])
             t.append(truth.get(stem, 0.0))
     if not probs:
-        raise DataError("the cell finder found no cells on any validation field: no field-count cutoff")
-    cut = field_count_cutoff(probs, t)
+        raise DataError(f"the cell finder found no cells on any validation field: no {method} cutoff")
+    cut = (field_error_cutoff if method == "field-error" else field_count_cutoff)(probs, t)
     log(f"whole validation fields: {len(probs)} fields, {sum(map(len, probs))} found cells, "
-        f"labelled parasitemia {100 * float(np.mean(t)):.2f}%: counting cutoff {cut:.4f}")
+        f"labelled parasitemia {100 * float(np.mean(t)):.2f}%: {method} cutoff {cut:.4f}")
     return cut
 
 
 def _choose_decision(manifest: Any, y_val: np.ndarray, p_val: np.ndarray, g_val: np.ndarray, cfg: AdaptConfig,
                      fields: dict[str, list[str]], field_cut: float | None = None) -> None:
     """Cutoff, uncertain band (validation cells) and field rule (validation fields) for this site;
-    ``field_cut`` is the cutoff chosen on whole validation fields (``--cutoff field-count``)."""
+    ``field_cut`` is the cutoff chosen on whole validation fields (``--cutoff field-error`` or
+    ``field-count``, ``cfg.cutoff``)."""
     from edgekit.manifest import Thresholds
     from edgekit.thresholds import band_edges, choose_patient_rule, choose_thresholds
 
@@ -676,8 +698,10 @@ def _choose_decision(manifest: Any, y_val: np.ndarray, p_val: np.ndarray, g_val:
         positive, negative = band_edges(y_val, p_val, field_cut)
         manifest.thresholds = Thresholds(
             positive=positive, negative=negative, cutoff=field_cut,
-            source=(f"site validation fields ({len(fields['val'])}), Keras outputs: cutoff by matching the "
-                    "labelled parasitemia over every cell the finder returns; band edges at 99% precision "
+            source=(f"site validation fields ({len(fields['val'])}), Keras outputs: cutoff "
+                    + ("with the smallest mean per-field parasitemia error" if cfg.cutoff == "field-error"
+                       else "by matching the labelled parasitemia")
+                    + " over every cell the finder returns; band edges at 99% precision "
                     f"(positive side) and negative predictive value (negative side) on the validation cells "
                     f"(n={len(y_val)})"))
     controls, infected = [], []

@@ -323,6 +323,9 @@ class Artifact:
 GATE_BOUNDS: dict[str, str] = {"parasitemia_error": "max", "auc": "min", "sensitivity_at_specificity": "min"}
 GATE_NAMES = {"parasitemia_error": "whole-field parasitemia error (points)", "auc": "cell AUC",
               "sensitivity_at_specificity": "sensitivity at specificity >= 99.5%"}
+# How `edgekit adapt` may choose a site's cutoff (edgekit.adapt; the chosen one is named in
+# thresholds.source). The field ones are chosen on whole validation fields and need their images.
+SITE_CUTOFFS = ("auto", "count", "field-count", "field-error", "youden")
 DEFAULT_GATE_BOUNDS: dict[str, float] = {"parasitemia_error": 1.0, "auc": 0.97}
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from edgekit.cli_options import allow_unsigned_option, sign_key_option, sign_note
+from edgekit.manifest import SITE_CUTOFFS
 
 
 def _field_images(paths: tuple[Path, ...]) -> tuple[Path, list[Path]]:
@@ -133,12 +134,12 @@ def cells(fields: tuple[Path, ...], annotations: Path | None, sessions_db: Path 
               help="The base model's split file, if the manifest's path is not on this machine.")
 @click.option("--base-data", type=click.Path(path_type=Path),
               help="The base split's data folder, if it moved.")
-@click.option("--cutoff", type=click.Choice(["auto", "count", "field-count", "youden"]), default="auto",
-              show_default=True,
+@click.option("--cutoff", type=click.Choice(list(SITE_CUTOFFS)), default="auto", show_default=True,
               help="count: call as many validation cells positive as are labelled (unbiased parasitemia on "
                    "labelled cells); field-count: as many over every cell the finder returns on whole "
-                   "validation fields (unbiased field counts, as `edgekit field` reports; needs the field "
-                   "images); youden: maximise sensitivity + specificity; auto: field-count when the field "
+                   "validation fields (needs the field images); field-error: the smallest mean per-field "
+                   "parasitemia error on those whole fields, the number the gate holds (needs the field "
+                   "images); youden: maximise sensitivity + specificity; auto: field-error when the field "
                    "images are here, else count.")
 @click.option("--fields", "fields_dir", type=click.Path(path_type=Path),
               help="The site's field images. Default: the folder `edgekit cells` cut the cells from, "

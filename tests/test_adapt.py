@@ -273,3 +273,25 @@ def test_adapt_refuses_a_base_whose_signature_fails(site, tmp_path):
         trainable_model(bad)
     res = _cli("adapt", str(bad), "--data", str(site), "-o", str(tmp_path / "o"))
     assert res.exit_code != 0 and "refusing to adapt" in res.output and "Traceback" not in res.output
+
+
+def test_field_error_cutoff_weighs_each_field_as_the_gate_does():
+    """Two very confident false calls on a field without parasites: matching the total count spends
+    the labelled count on them; the field-error cutoff gives the smallest mean per-field error."""
+    from edgekit.adapt import field_count_cutoff, field_error_cutoff
+
+    clean = np.array([0.995, 0.993] + [0.1] * 98)  # no parasite labelled
+    infected = np.array([0.99, 0.985, 0.98] + [0.1] * 97)  # 3 labelled parasites
+    truth = [0.0, 0.03]
+    count_cut = field_count_cutoff([clean, infected], truth)
+    error_cut = field_error_cutoff([clean, infected], truth)
+
+    def mean_error(cut: float) -> float:
+        return (abs((clean >= cut).mean() - truth[0]) + abs((infected >= cut).mean() - truth[1])) / 2
+
+    assert count_cut == 0.99  # the 3 highest of all: two false calls and one true
+    assert error_cut == 0.98
+    assert round(mean_error(error_cut), 6) == 0.01 < round(mean_error(count_cut), 6) == 0.02
+    assert mean_error(error_cut) < mean_error(1.0)  # better than calling nothing
+    assert field_error_cutoff([clean], [0.0]) == 1.0  # nothing labelled: call nothing
+    assert field_error_cutoff([], []) == 1.0
