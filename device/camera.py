@@ -220,22 +220,24 @@ def run_field_camera(
     from edgekit.device.domain import NOT_VALIDATED
     from edgekit.device.domain import not_validated as _not_validated
     from edgekit.device.field import analyze_field
-    from edgekit.device.live import LiveView, pressed_key, show_frame
+    from edgekit.device.live import LiveView, hold_still_began, pressed_key, show_frame
 
     decision = classifier.manifest.decision
     view = LiveView(decision, overlay_path, show, classifier.manifest.domain)
     rate = FrameRate()
     cells = parasitized = 0
+    shaking = False
     try:
         for n, frame in enumerate(frames(source, reconnect), 1):
             fps = rate.tick()
             if view.show and pressed_key() == ord(" "):
                 capture.request()
             taken = capture.offer(frame)
-            if taken is None and getattr(capture, "hold_still", False):
+            began, shaking = hold_still_began(capture, shaking)
+            if began:
                 echo(f"frame {n}: hold still: the view shakes too much to take the field")
-                if view._pending is not None:
-                    view.render(f"HOLD STILL: {capture.stats.fields} fields so far, {fps:.1f} fps")
+            if taken is None and shaking and view._pending is not None:
+                view.render(f"HOLD STILL: {capture.stats.fields} fields so far, {fps:.1f} fps")
             if taken is not None:
                 frame = taken
                 report = analyze_field(frame, classifier)

@@ -238,7 +238,10 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
             capture = _live_capture(settle, capture_on_key, lambda s: click.echo(s, err=True))
             view = LiveView(decision, overlay_path, show, classifier.manifest.domain)
             running = {"cells": 0, "parasitized": 0}
-            crops, total, kind = camera_fields(frames(source), capture), None, "camera-field"
+            crops, total, kind = camera_fields(
+                frames(source), capture,
+                lambda n: click.echo(f"frame {n}: hold still: the view shakes too much to take the field",
+                                     err=True)), None, "camera-field"
         else:
             items = list(expand_inputs(paths))
             if fields:  # the number of cells is unknown until each field is segmented

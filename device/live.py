@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgekit.device.preprocess import _cv2
-from edgekit.errors import ImageError
 
 THUMB_WIDTH = 256
 
@@ -187,38 +186,30 @@ class FieldCapture:
         return frame
 
 
-def camera_field_crops(frames: Iterable[np.ndarray], capture: FieldCapture,
-                       on_field: Callable[[int, np.ndarray, list], None] | None = None,
-                       ) -> Iterator[tuple[str, None, np.ndarray | ImageError]]:
-    """Crops of every cell of every new field among ``frames``, as ``screen`` records them:
-    ``("field 3#12", None, crop)``; an unusable field yields one ``ImageError`` item (recorded as
-    rejected with its reason). ``on_field(k, rgb, cells)`` sees each captured field first."""
-    from edgekit.device.field import count_cells, crop_cell
-
-    for rgb in frames:
-        if capture.offer(rgb) is None:
-            continue
-        name = f"field {capture.stats.fields}"
-        cells, _, reason = count_cells(rgb)
-        if on_field is not None:
-            on_field(capture.stats.fields, rgb, [] if reason else cells)
-        if reason:
-            yield name, None, ImageError(reason)
-            continue
-        for c in cells:
-            yield f"{name}#{c.id}", None, crop_cell(rgb, c)
+def hold_still_began(capture: FieldCapture, was: bool) -> tuple[bool, bool]:
+    """(whether shake started keeping a field from being taken at this frame, the state now): the
+    worker is told once per shaky spell, not at every frame of it."""
+    now = bool(getattr(capture, "hold_still", False))
+    return now and not was, now
 
 
-def camera_fields(frames: Iterable[np.ndarray], capture: FieldCapture) -> Iterator[tuple]:
+def camera_fields(frames: Iterable[np.ndarray], capture: FieldCapture,
+                  on_hold_still: Callable[[int], None] | None = None) -> Iterator[tuple]:
     """Every new field among ``frames``, segmented, as :func:`edgekit.device.screening.record_fields`
-    takes them: ``("field 3", None, rgb, cells, reason)``."""
+    takes them: ``("field 3", None, rgb, cells, reason)``. ``on_hold_still(frame number)`` is called
+    when shake starts keeping the next field from being taken."""
     from edgekit.device.field import count_cells
 
-    for rgb in frames:
-        if capture.offer(rgb) is None:
+    shaking = False
+    for n, rgb in enumerate(frames, 1):
+        taken = capture.offer(rgb)
+        began, shaking = hold_still_began(capture, shaking)
+        if began and on_hold_still is not None:
+            on_hold_still(n)
+        if taken is None:
             continue
-        cells, _, reason = count_cells(rgb)
-        yield f"field {capture.stats.fields}", None, rgb, cells, reason
+        cells, _, reason = count_cells(taken)  # the sharpest frame of the still run, not the last
+        yield f"field {capture.stats.fields}", None, taken, cells, reason
 
 
 class LiveView:

@@ -207,3 +207,26 @@ def test_camera_says_hold_still_when_shake_prevents_capture():
     for k in range(12):
         cap.offer(np.roll(rgb, 6 * (-1) ** k, axis=1))  # 12 px back and forth every frame
     assert cap.stats.fields == 0 and cap.hold_still and cap.stats.shaking >= 10
+
+
+def test_camera_fields_says_hold_still_once_per_spell_and_counts_the_focused_frame():
+    """`screen --camera`'s field source: the worker hears "hold still" once when shake starts keeping
+    a field from being taken (not at every frame), and the field segmented is the one the capture
+    took (the sharpest of the still run), not whichever frame came last."""
+    from edgekit.device.live import CaptureSettings, FieldCapture, camera_fields
+
+    rgb = read_image(FIELD)
+    shaky = [np.roll(rgb, 6 * (-1) ** k, axis=1) for k in range(12)]
+    said: list[int] = []
+    cap = FieldCapture(CaptureSettings(settle=3))
+    assert list(camera_fields(iter(shaky), cap, said.append)) == []
+    assert len(said) == 1 and cap.hold_still  # one notice for the whole spell
+
+    import cv2
+
+    def blurred(sigma: float) -> np.ndarray:
+        return cv2.GaussianBlur(rgb, (0, 0), sigma)
+
+    frames = [blurred(1.5), rgb, rgb, blurred(0.4), blurred(0.4)]  # in focus, then a touch past it
+    got = list(camera_fields(iter(frames), FieldCapture(CaptureSettings(settle=3))))
+    assert len(got) == 1 and np.array_equal(got[0][2], rgb)  # taken while the last frame was past focus
