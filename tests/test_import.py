@@ -194,3 +194,15 @@ def test_a_model_that_outputs_logits_is_imported_with_its_activation(tmp_path: P
     got = load_classifier(tmp_path / "ok", allow_unsigned=True).predict(x)
     want = load_classifier(default_bundle_dir(), "tflite_int8").predict(x)
     assert np.array_equal(got, want) and np.allclose(got.sum(axis=1), 1, atol=1e-5)
+
+
+def test_train_and_export_extras_carry_the_runtime_they_validate_with():
+    """`pip install ".[train]"` then `edgekit adapt` (int8 epochs measured on LiteRT), and `.[export]`
+    then `edgekit export` (each artifact validated on the device's runtimes), need no device extra."""
+    import tomllib
+
+    extras = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for extra in ("train", "export"):
+        names = {d.split(">")[0].split("=")[0].split("[")[0].strip() for d in extras[extra]}
+        assert "ai-edge-litert" in names, extra
+    assert "onnxruntime" in {d.split(">")[0] for d in extras["export"]}
