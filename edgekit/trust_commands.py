@@ -20,14 +20,16 @@ def keygen(name: Path, add_to_keyring: bool) -> None:
     from edgekit.errors import SignatureError
     from edgekit.signing import generate_keypair, key_id, keyring_dir, load_public_key
 
+    ring = keyring_dir()
+    stem = Path(name).with_suffix("") if Path(name).suffix in (".key", ".pub") else Path(name)
+    target = ring / (stem.name + ".pub")
+    if add_to_keyring and (target.exists() or target.is_symlink()):  # before any key is written
+        raise SignatureError(f"this machine already trusts a key named {target.name} ({target}); "
+                             "choose another NAME, or remove that file if it is no longer wanted")
     key_path, pub_path = generate_keypair(name)
     kid = key_id(load_public_key(pub_path))
     click.echo(f"wrote {key_path} (private: keep it secret) and {pub_path} (public), key id {kid}")
     if add_to_keyring:
-        ring = keyring_dir()
-        target = ring / pub_path.name
-        if target.exists():
-            raise SignatureError(f"{target} already exists in the keyring; copy {pub_path} by hand")
         ring.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(pub_path, target)
         click.echo(f"trusted here: {target}")

@@ -201,7 +201,8 @@ def test_train_and_export_extras_carry_the_runtime_they_validate_with():
     then `edgekit export` (each artifact validated on the device's runtimes), need no device extra."""
     import tomllib
 
-    extras = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    extras = pyproject["project"]["optional-dependencies"]
     for extra in ("train", "export"):
         names = {d.split(">")[0].split("=")[0].split("[")[0].strip() for d in extras[extra]}
         assert "ai-edge-litert" in names, extra

@@ -112,6 +112,12 @@ def test_keygen_sign_verify_cli(strict, tmp_path, monkeypatch):
     assert (tmp_path / "site.key").stat().st_mode & 0o077 == 0  # private key readable by its owner only
     assert (ring / "site.pub").is_file()
     assert runner.invoke(main, ["keygen", str(tmp_path / "site")]).exit_code == 2  # never overwritten
+    # the same name elsewhere, to be trusted here too: refused before a key pair is written, so no
+    # new key is left behind that this machine does not trust
+    (tmp_path / "other").mkdir()
+    res = runner.invoke(main, ["keygen", str(tmp_path / "other" / "site"), "--trust"])
+    assert res.exit_code == 2 and "already trusts a key named site.pub" in res.output
+    assert list((tmp_path / "other").iterdir()) == []
     bundle = golden_copy(tmp_path / "b")
     (bundle / SIGNATURE_NAME).unlink()  # signed by the test key, which this keyring cannot check
     res = runner.invoke(main, ["sign", str(bundle), "--key", str(tmp_path / "site.key")])
