@@ -37,6 +37,12 @@ PROFILES = {
                "latency": 400 * 5},
 }
 CPU_SLOWDOWN = 4
+TIMING_JS = """start => {
+  const e = performance.getEntriesByType('resource').filter(x => x.startTime >= start);
+  const post = e.find(x => x.name.includes('/images?')), ov = e.find(x => x.name.includes('/overlays/'));
+  return {prepare_s: post ? (post.startTime - start) / 1e3 : null, post_s: post ? post.duration / 1e3 : null,
+          overlay_s: ov ? ov.duration / 1e3 : null, overlay_bytes: ov ? ov.encodedBodySize : null};
+}"""
 
 
 def phone_photos(n: int, dest: Path) -> list[Path]:
@@ -103,9 +109,14 @@ def run(photos: list[Path], root: Path, profile: str, chromium: str) -> list[dic
                 cdp.send("Network.emulateNetworkConditions", {"offline": False, **PROFILES[profile]})
                 cdp.send("Emulation.setCPUThrottlingRate", {"rate": CPU_SLOWDOWN})
                 for i, photo in enumerate(photos):
+                    start = page.evaluate("() => performance.now()")
                     t0 = time.perf_counter()
                     page.set_input_files("#camera", str(photo))
                     card = page.locator(".result[data-kind=field]").nth(0)
+                    page.wait_for_function(
+                        "n => document.querySelectorAll('.result[data-kind=field]').length >= n",
+                        arg=i + 1, timeout=300_000, polling=50)
+                    counted_s = time.perf_counter() - t0
                     page.wait_for_function(
                         "n => { const c = document.querySelectorAll('.result[data-kind=field]'); "
                         "if (c.length < n) return false; const img = c[0].querySelector('img'); "
@@ -115,13 +126,64 @@ def run(photos: list[Path], root: Path, profile: str, chromium: str) -> list[dic
                     cells = card.locator(".cells")
                     counted = cells.count() > 0
                     row = {"field": photo.name, "photo_bytes": photo.stat().st_size,
-                           "seconds": round(seconds, 2),
+                           "seconds": round(seconds, 2), "counted_s": round(counted_s, 2),
                            "cells": int(cells.inner_text()) if counted else None,
                            "parasitized": int(card.locator(".parasitized").inner_text()) if counted else None}
-                    overlay = page.evaluate(
-                        "() => performance.getEntriesByType('resource')"
-                        ".filter(e => e.name.includes('overlays')).map(e => e.encodedBodySize).pop() || null")
-                    row["overlay_bytes"] = overlay
+                    # where the time went: shrink and hash, upload and analysis, the overlay
+                    timing = page.evaluate(TIMING_JS, start)
+                    row.update({k: v if v is None else round(v, 2) for k, v in timing.items()})
+                    print(json.dumps(row), flush=True)
+                    rows.append(row)
+                browser.close()
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    return rows
+
+
+SHRINK_JS = """async ([b64, name]) => {
+  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  const out = await shrinkField(new File([bytes], name, { type: "image/jpeg" }));
+  const buf = new Uint8Array(await out.arrayBuffer());
+  let bin = "";
+  for (let i = 0; i < buf.length; i += 8192) bin += String.fromCharCode(...buf.subarray(i, i + 8192));
+  return btoa(bin);
+}"""
+
+
+def agreement(photos: list[Path], root: Path, chromium: str) -> list[dict]:
+    """Counts of each field as the station gives them for the original 12 MP photo, for the copy the
+    page sends (shrunk in the browser), and for the native IML field it was made from."""
+    import base64
+
+    import cv2
+    from playwright.sync_api import sync_playwright
+
+    from edgekit.device.field import analyze_field
+    from edgekit.device.preprocess import read_image
+    from edgekit.device.runtime import load_classifier
+
+    clf = load_classifier(None)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, url = start_server(root, Path(tmp) / "screening.sqlite")
+        try:
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=chromium, headless=True,
+                                            args=["--no-sandbox", "--disable-gpu"])
+                page = browser.new_context(**p.devices["Pixel 5"]).new_page()
+                page.goto(f"{url}/?token={TOKEN}")
+                page.wait_for_selector("#model:has-text('tflite')")
+                for photo in photos:
+                    shrunk = Path(tmp) / f"shrunk-{photo.name}"
+                    b64 = base64.b64encode(photo.read_bytes()).decode()
+                    shrunk.write_bytes(base64.b64decode(page.evaluate(SHRINK_JS, [b64, photo.name])))
+                    native = shared_data() / "malaria_fields_iml" / "images" / f"{photo.stem}.JPG"
+                    row = {"field": photo.name, "sent_bytes": shrunk.stat().st_size,
+                           "sent_size": list(cv2.imread(str(shrunk)).shape[1::-1])}
+                    for what, path in (("photo", photo), ("sent", shrunk), ("native", native)):
+                        r = analyze_field(read_image(path), clf).to_dict()
+                        row[what] = {k: r[k] for k in ("cells", "parasitized", "uncertain")}
                     print(json.dumps(row), flush=True)
                     rows.append(row)
                 browser.close()
@@ -138,12 +200,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--profile", choices=sorted(PROFILES), default="fast3g")
     ap.add_argument("--chromium", default=os.environ.get("EDGEKIT_CHROMIUM", "/usr/bin/chromium"))
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--agreement", action="store_true",
+                    help="instead: counts of the 12 MP photo, of the copy the page sends, of the native one")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         photos = phone_photos(args.fields, Path(tmp))
+        if args.agreement:
+            rows = agreement(photos, args.root.resolve(), args.chromium)
+            totals = {w: {k: sum(r[w][k] for r in rows) for k in ("cells", "parasitized", "uncertain")}
+                      for w in ("photo", "sent", "native")}
+            print(json.dumps({"totals": totals}))
+            if args.out:
+                args.out.write_text(json.dumps({"totals": totals, "fields": rows}, indent=1) + "\n")
+            return
         rows = run(photos, args.root.resolve(), args.profile, args.chromium)
     summary = {"profile": args.profile, "cpu_slowdown": CPU_SLOWDOWN, "root": str(args.root),
                "median_seconds": statistics.median(r["seconds"] for r in rows),
+               "median_counted_s": statistics.median(r["counted_s"] for r in rows),
                "max_seconds": max(r["seconds"] for r in rows), "fields": rows}
     print(json.dumps({k: v for k, v in summary.items() if k != "fields"}))
     if args.out:

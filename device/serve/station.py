@@ -385,7 +385,7 @@ class Station:
 
         img = draw_overlay(rgb, report)
         # the phone's copy first: a station stopped in between leaves no full one (its address)
-        for suffix, side, quality in ((".phone.jpg", PHONE_OVERLAY_SIDE, 75), (".jpg", OVERLAY_MAX_SIDE, 85)):
+        for suffix, side, quality in ((".phone.jpg", PHONE_OVERLAY_SIDE, 70), (".jpg", OVERLAY_MAX_SIDE, 85)):
             scale = side / max(img.shape[:2])
             out = img if scale >= 1 else cv2.resize(img, None, fx=scale, fy=scale,
                                                     interpolation=cv2.INTER_AREA)
