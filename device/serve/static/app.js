@@ -5,9 +5,10 @@
 const $ = (sel) => document.querySelector(sel);
 const state = { info: null, session: null, busy: false };
 const REFRESH_MS = 15000;  // another phone may be screening the same patient
-const STALL_MS = 30000;  // an upload that moves no byte this long has lost its link
-const ANSWER_MS = 90000;  // sent whole, unanswered this long: the station may be busy, or gone
-const ASK_MS = 15000;  // one question to the station about a photo
+// how long an upload may move no byte (its link is lost), wait for its answer once sent (the station
+// may be busy), and one question about a photo may take; tests shorten them (window.EDGEKIT_LIMITS)
+const LIMITS = Object.assign({ stallMs: 30000, answerMs: 90000, askMs: 15000, askAgainMs: 3000 },
+                             window.EDGEKIT_LIMITS || {});
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -328,9 +329,9 @@ function send(job) {
     xhr.upload.onprogress = (ev) => {
       if (ev.lengthComputable) job.bar.value = ev.loaded / ev.total;
       job.line.textContent = `sending ${Math.round(100 * job.bar.value)}% of ${(job.blob.size / 1e6).toFixed(2)} MB`;
-      arm(STALL_MS);
+      arm(LIMITS.stallMs);
     };
-    xhr.upload.onload = () => { setJob(job, "analysing"); arm(ANSWER_MS); };
+    xhr.upload.onload = () => { setJob(job, "analysing"); arm(LIMITS.answerMs); };
     const done = (result) => { clearTimeout(timer); job.xhr = null; resolve(result); };
     xhr.onload = () => {
       let body = null;
@@ -339,7 +340,7 @@ function send(job) {
     };
     xhr.onerror = () => done({ lost: "the link to the station dropped" });
     xhr.onabort = () => done({ lost: job.cancelled ? "cancelled" : "no answer in time" });
-    arm(STALL_MS);
+    arm(LIMITS.stallMs);
     xhr.send(job.blob);
   });
 }
@@ -362,6 +363,7 @@ function showAnswer(job, out, confirmedLater) {
   const [st, why] = outcome(out);
   job.card.replaceWith(card);
   job.card = card;
+  card.setAttribute("data-sha256", job.sha256);
   card.append(job.line, job.cancel, job.retry);
   setJob(job, st, why || (confirmedLater ? "confirmed by the station after the link dropped" : ""));
   if (out.summary !== undefined && state.session && out.session.id === state.session.id) {
@@ -377,6 +379,7 @@ async function runJob(job) {
   if (!job.blob) {
     job.blob = job.kind === "field" ? await shrinkField(job.file) : job.file;
     job.sha256 = await sha256Hex(job.blob);
+    job.card.setAttribute("data-sha256", job.sha256);
   }
   if (job.blob.size > max) {
     setJob(job, "not-counted", `${(job.blob.size / 1e6).toFixed(1)} MB is larger than the ` +
@@ -413,7 +416,7 @@ async function askStation(job, why) {
   for (let attempt = 0; ; attempt++) {
     setJob(job, "checking");
     const ctl = new AbortController();
-    const timer = setTimeout(() => ctl.abort(), ASK_MS);
+    const timer = setTimeout(() => ctl.abort(), LIMITS.askMs);
     let got = null;
     try {
       got = await api(`api/sessions/${job.session}/uploads/${job.sha256}`, { signal: ctl.signal });
@@ -445,7 +448,7 @@ async function askStation(job, why) {
                              "(a photo is never counted twice)");
       return;
     }
-    await new Promise((r) => setTimeout(r, 3000));
+    await new Promise((r) => setTimeout(r, LIMITS.askAgainMs));
   }
 }
 
