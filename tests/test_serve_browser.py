@@ -192,8 +192,8 @@ def test_phone_screens_a_patient_like_the_command_line(tmp_path):
             # bad input on the page: one clear message, nothing recorded
             page.set_input_files("#crops", files=[{"name": "notes.txt", "mimeType": "text/plain",
                                                    "buffer": b"not an image"}])
-            page.wait_for_selector("#message:not([hidden])")
-            message = page.inner_text("#message")
+            page.wait_for_selector("[data-state='not-counted'][data-file='notes.txt']")
+            message = page.inner_text("[data-file='notes.txt'] .state")
             page.click("#refresh")
             page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
             page.wait_for_selector("#sessions tbody tr")
@@ -204,7 +204,7 @@ def test_phone_screens_a_patient_like_the_command_line(tmp_path):
 
     assert not clean_run, clean_run
     assert all("415" in e for e in errors[len(clean_run):]), errors
-    assert "not a usable image" in message, message
+    assert message.startswith("Not counted: notes.txt: not a usable image"), message
     fields = {Path(r["field"]).stem: r for r in _cli_jsonl("field", *map(str, FIELDS)) if "field" in r}
     assert len(cards) == 2
     for name, got in cards.items():
