@@ -19,6 +19,7 @@ import pytest
 pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install 'edgekit[serve]')")
 from test_serve_browser import (  # noqa: E402
     CHROMIUM_ARGS,
+    CROP,
     FIELDS,
     TOKEN,
     Server,
@@ -275,3 +276,60 @@ def test_a_station_restart_keeps_the_phone_joined_and_new_token_does_not(tmp_pat
     assert saved.read_text().strip() != token and oct(saved.stat().st_mode & 0o777) == "0o600"
     assert f":{server.port}/?token={token}" in log and "\u2588" in log  # the join link and its QR code
     assert [e for e in errors if "401" not in e] == []
+
+
+QUEUED = """() => new Promise((resolve, reject) => {
+  const open = indexedDB.open('edgekit-queue', 1);
+  open.onupgradeneeded = () => open.result.createObjectStore('photos', { keyPath: 'key' });
+  open.onerror = () => reject(open.error);
+  open.onsuccess = () => { const req = open.result.transaction('photos').objectStore('photos').count();
+                           req.onsuccess = () => { open.result.close(); resolve(req.result); }; };
+})"""
+
+
+def test_photos_taken_while_the_link_is_down_wait_on_the_phone_and_are_recorded_once(tmp_path):
+    """Two fields taken offline, a crop taken while the station is down, the station restarted: when
+    the link is back each is recorded once, the phone's queue empties, a reload sends nothing again."""
+    chromium, sync_api, shots = _browser_setup(tmp_path)
+    db = tmp_path / "screening.sqlite"
+    server = Server(db)
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+            context = browser.new_context(**p.devices["Pixel 5"])
+            context.add_init_script("window.EDGEKIT_LIMITS = { askAgainMs: 300, queueRetryMs: 1500 };")
+            page = context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            _open_patient(page, server.url, "P-offline")
+            _throttle(page)
+            context.set_offline(True)
+            for field in FIELDS:
+                page.set_input_files("#fields", [str(field)])
+            page.wait_for_function("() => document.querySelectorAll(\"[data-state='queued']\").length === 2")
+            context.set_offline(False)
+            server.stop()  # the station goes down; a photo taken now cannot reach it either
+            page.set_input_files("#crops", [str(CROP)])
+            page.wait_for_function("() => document.querySelectorAll(\"[data-state='queued']\").length === 3",
+                                   timeout=60_000)
+            waiting = page.evaluate(QUEUED)
+            page.screenshot(path=str(shots / "serve-queued.png"))
+            server = Server(db, port=server.port)  # back, restarted on the same database
+            _final(page, 3, timeout=120_000)
+            page.wait_for_function("() => document.querySelectorAll(\"[data-state='queued']\").length === 0")
+            states = sorted(c.get_attribute("data-state") for c in page.query_selector_all("[data-state]"))
+            left = page.evaluate(QUEUED)
+            page.reload()
+            page.wait_for_selector("#screen:not([hidden])")
+            page.wait_for_timeout(3000)  # a queue flush would have run by now
+            after_reload = len(page.query_selector_all("[data-state]"))
+            browser.close()
+        status, session = _get(f"{server.url}/api/sessions/1")
+    finally:
+        server.stop()
+    assert not errors, errors
+    assert waiting == 3 and left == 0 and after_reload == 0
+    assert states == ["counted"] * 3, states
+    ids = [r["source_id"] for r in session["records"]]
+    assert status == 200 and len(ids) == len(set(ids))  # nothing twice
+    assert {i.split("#")[0].rsplit("-", 1)[0] for i in ids} == {f.stem for f in FIELDS} | {CROP.stem}

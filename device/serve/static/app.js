@@ -3,12 +3,13 @@
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
-const state = { info: null, session: null, busy: false };
+const state = { info: null, session: null, busy: false, jobs: new Map() };
 const REFRESH_MS = 15000;  // another phone may be screening the same patient
 // how long an upload may move no byte (its link is lost), wait for its answer once sent (the station
-// may be busy), and one question about a photo may take; tests shorten them (window.EDGEKIT_LIMITS)
-const LIMITS = Object.assign({ stallMs: 30000, answerMs: 90000, askMs: 15000, askAgainMs: 3000 },
-                             window.EDGEKIT_LIMITS || {});
+// may be busy), one question about a photo may take, and how often waiting photos are tried again;
+// tests shorten them (window.EDGEKIT_LIMITS)
+const LIMITS = Object.assign({ stallMs: 30000, answerMs: 90000, askMs: 15000, askAgainMs: 3000,
+                               queueRetryMs: 10000 }, window.EDGEKIT_LIMITS || {});
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -212,6 +213,7 @@ async function refreshSummary() {
 
 const STATE_TEXT = { waiting: "waiting", preparing: "preparing", sending: "sending", analysing: "analysing",
                      checking: "asking the station whether it was recorded…", counted: "counted",
+                     queued: "waiting for the station",
                      already: "already counted", "not-counted": "not counted", unknown: "not confirmed" };
 
 async function shrinkField(file) {
@@ -279,19 +281,78 @@ async function sha256Hex(blob) {
   return sha256Js(buffer);
 }
 
+// ---------------------------------------------------------------- the queue on the phone
+// Every photo waits in IndexedDB (keyed by session and hash) until the station has answered for it;
+// one taken while the link is down is sent when it returns, after asking the station whether it
+// already has it: each photo is recorded once, whatever drops or restarts in between.
+
+function queueStore(mode, fn) {
+  return new Promise((resolve, reject) => {
+    if (!window.indexedDB) { reject(new Error("no IndexedDB")); return; }
+    const open = indexedDB.open("edgekit-queue", 1);
+    open.onupgradeneeded = () => open.result.createObjectStore("photos", { keyPath: "key" });
+    open.onerror = () => reject(open.error);
+    open.onsuccess = () => {
+      const tx = open.result.transaction("photos", mode);
+      const req = fn(tx.objectStore("photos"));
+      tx.oncomplete = () => { open.result.close(); resolve(req.result); };
+      tx.onerror = tx.onabort = () => { open.result.close(); reject(tx.error); };
+    };
+  });
+}
+
+const jobKey = (job) => `${job.session}:${job.sha256}`;
+
+async function queueKeep(job) {
+  try {
+    await queueStore("readwrite", (st) => st.put({ key: jobKey(job), session: job.session, sha256: job.sha256,
+                                                   kind: job.kind, name: job.blob.name || job.file.name,
+                                                   blob: job.blob, added: Date.now() }));
+    job.kept = true;
+  } catch (err) { job.kept = false; }  // private browsing: the photo lives only as long as the page
+}
+
+async function queueDrop(job) {
+  if (!job.kept) return;
+  try { await queueStore("readwrite", (st) => st.delete(jobKey(job))); job.kept = false; } catch (err) { /* kept */ }
+}
+
+async function flushQueue() {
+  // the photos still waiting (this page's, or left by a closed one): asked about, then sent
+  if (state.busy) return;
+  let items;
+  try { items = await queueStore("readonly", (st) => st.getAll()); } catch (err) { return; }
+  const waiting = items.filter((it) => !state.jobs.has(it.key) || state.jobs.get(it.key).state === "queued");
+  if (!waiting.length) return;
+  state.busy = true;
+  try {
+    for (const it of waiting) {
+      let job = state.jobs.get(it.key);
+      if (!job) {
+        job = newJob(new File([it.blob], it.name, { type: it.blob.type }), it.kind);
+        Object.assign(job, { session: it.session, sha256: it.sha256, blob: job.file, kept: true });
+        state.jobs.set(it.key, job);
+        $("#results").prepend(job.card);
+      }
+      await askStation(job, "taken while the link was down");
+    }
+  } finally { state.busy = false; }
+}
+
+// ---------------------------------------------------------------- one photo's journey
+
 function setJob(job, st, why) {
   job.state = st;
   job.card.setAttribute("data-state", st);
   job.line.textContent = STATE_TEXT[st] + (why ? `: ${why}` : "");
-  const live = ["waiting", "preparing", "sending", "analysing"].includes(st);
+  const live = ["waiting", "preparing", "sending", "analysing", "queued"].includes(st);
   job.cancel.hidden = !live;
   job.bar.hidden = st !== "sending";
-  job.retry.hidden = !(st === "not-counted" && job.resendable) && st !== "unknown";
-  job.retry.textContent = st === "unknown" ? "Ask the station again" : "Send again";
+  job.retry.hidden = !(st === "not-counted" && job.resendable);
 }
 
 function newJob(file, kind) {
-  const job = { file, kind, state: "waiting", resendable: false };
+  const job = { file, kind, state: "waiting", resendable: false, resent: 0 };
   job.line = el("p", { class: "state" });
   job.bar = el("progress", { max: 1, value: 0 });
   job.cancel = el("button", { type: "button", class: "cancel", onclick: () => cancelJob(job) }, "Cancel");
@@ -302,19 +363,21 @@ function newJob(file, kind) {
   return job;
 }
 
+async function finish(job, st, why) {
+  setJob(job, st, why);
+  await queueDrop(job);
+}
+
 function cancelJob(job) {
   job.cancelled = true;
   if (job.xhr) job.xhr.abort();
-  else if (job.state === "waiting" || job.state === "preparing") setJob(job, "not-counted", "cancelled, not sent");
+  else if (["waiting", "preparing", "queued"].includes(job.state)) finish(job, "not-counted", "cancelled, not sent");
 }
 
 async function retryJob(job) {
   if (state.busy) { say("Wait until the photos being sent are done."); return; }
   state.busy = true;
-  try {
-    if (job.state === "unknown") await askStation(job);
-    else { job.cancelled = false; await runJob(job); }
-  } finally { state.busy = false; }
+  try { job.cancelled = false; await runJob(job); } finally { state.busy = false; }
 }
 
 function send(job) {
@@ -358,14 +421,14 @@ function outcome(out) {
   return ["counted", ""];
 }
 
-function showAnswer(job, out, confirmedLater) {
+async function showAnswer(job, out, confirmedLater) {
   const card = out.kind === "field" ? renderField(out) : renderCrop(out);
   const [st, why] = outcome(out);
   job.card.replaceWith(card);
   job.card = card;
   card.setAttribute("data-sha256", job.sha256);
   card.append(job.line, job.cancel, job.retry);
-  setJob(job, st, why || (confirmedLater ? "confirmed by the station after the link dropped" : ""));
+  await finish(job, st, why || (confirmedLater ? "confirmed by the station after the link dropped" : ""));
   if (out.summary !== undefined && state.session && out.session.id === state.session.id) {
     renderSummary(out.summary, out.review);
   }
@@ -375,19 +438,23 @@ async function runJob(job) {
   const max = state.info ? state.info.max_upload_bytes : Infinity;
   job.resendable = false;
   if (job.cancelled) return;
-  setJob(job, "preparing");
   if (!job.blob) {
+    setJob(job, "preparing");
     job.blob = job.kind === "field" ? await shrinkField(job.file) : job.file;
     job.sha256 = await sha256Hex(job.blob);
     job.card.setAttribute("data-sha256", job.sha256);
+    state.jobs.set(jobKey(job), job);
+    if (job.blob.size <= max) await queueKeep(job);
   }
   if (job.blob.size > max) {
-    setJob(job, "not-counted", `${(job.blob.size / 1e6).toFixed(1)} MB is larger than the ` +
-                               `${(max / 1e6).toFixed(0)} MB limit; not sent`);
+    await finish(job, "not-counted", `${(job.blob.size / 1e6).toFixed(1)} MB is larger than the ` +
+                                     `${(max / 1e6).toFixed(0)} MB limit; not sent`);
     return;
   }
-  if (job.cancelled) { setJob(job, "not-counted", "cancelled, not sent"); return; }
-  job.url = `api/sessions/${job.session}/images?kind=${job.kind}&name=${encodeURIComponent(job.blob.name || job.file.name)}`;
+  if (job.cancelled) { await finish(job, "not-counted", "cancelled, not sent"); return; }
+  if (navigator.onLine === false) { queued(job); return; }
+  const name = encodeURIComponent(job.blob.name || job.file.name);
+  job.url = `api/sessions/${job.session}/images?kind=${job.kind}&name=${name}`;
   for (let attempt = 0; ; attempt++) {
     job.timedOut = false;
     setJob(job, "sending");
@@ -396,23 +463,30 @@ async function runJob(job) {
       await askStation(job, got.lost);
       return;
     }
-    if (got.status === 200 && got.body) { showAnswer(job, got.body, false); return; }
+    if (got.status === 200 && got.body) { await showAnswer(job, got.body, false); return; }
     if (got.status === 429 && attempt < 5) {
       setJob(job, "waiting", "the station is busy");
       await new Promise((r) => setTimeout(r, 1000 * (attempt + 1)));
       continue;
     }
     const detail = got.body && got.body.detail ? String(got.body.detail) : `HTTP ${got.status}`;
-    if (got.status >= 500) { await askStation(job, detail); return; }  // it may have recorded first
+    if (got.status >= 500 || got.status === 0) { await askStation(job, detail); return; }  // it may have recorded first
     job.resendable = got.status === 408 || got.status === 429;
-    setJob(job, "not-counted", got.status === 401
+    await finish(job, "not-counted", got.status === 401
       ? "this phone is no longer joined to the station: open its link again (scan its QR code)" : detail);
     return;
   }
 }
 
+function queued(job) {
+  setJob(job, "queued", job.kept
+    ? "kept on this phone; sent when the station answers again (never counted twice)"
+    : "the station does not answer; keep this page open, it is sent when the link is back");
+}
+
 async function askStation(job, why) {
-  // what became of a photo whose answer was lost: asked by its hash, again while it is being analysed
+  // what became of a photo whose answer was lost: asked by its hash, again while it is being
+  // analysed; sent (again) only when the station says it does not have it
   for (let attempt = 0; ; attempt++) {
     setJob(job, "checking");
     const ctl = new AbortController();
@@ -421,14 +495,15 @@ async function askStation(job, why) {
     try {
       got = await api(`api/sessions/${job.session}/uploads/${job.sha256}`, { signal: ctl.signal });
     } catch (err) {
-      got = err.lost || ctl.signal.aborted ? null : { state: "error", detail: err.message };
+      got = err.lost || ctl.signal.aborted ? null : { state: "error", status: err.status, detail: err.message };
     } finally { clearTimeout(timer); }
     if (got && got.state === "recorded") {
-      if (got.answer) showAnswer(job, Object.assign({}, got.answer, { summary: got.summary, review: got.review,
-                                                                      session: got.session }), true);
-      else setJob(job, "counted", "the station recorded it (see the session's counts)");
-      if (got.summary !== undefined && state.session && got.session.id === state.session.id) {
-        renderSummary(got.summary, got.review);
+      if (got.answer) {
+        await showAnswer(job, Object.assign({}, got.answer, { summary: got.summary, review: got.review,
+                                                              session: got.session }), true);
+      } else {
+        await finish(job, "counted", "the station recorded it (see the session's counts)");
+        if (state.session && got.session.id === state.session.id) renderSummary(got.summary, got.review);
       }
       return;
     }
@@ -438,16 +513,24 @@ async function askStation(job, why) {
       continue;
     }
     if (got && got.state === "not recorded") {
+      if (job.cancelled) { await finish(job, "not-counted", "cancelled"); return; }
+      if (job.resent < 2) {  // it never arrived whole: send it again, at most twice in a row
+        job.resent += 1;
+        await runJob(job);
+        return;
+      }
       job.resendable = true;
-      setJob(job, "not-counted", job.cancelled ? "cancelled" : `${why}; the station does not have it, send it again`);
+      await finish(job, "not-counted", `${why}; the station does not have it`);
       return;
     }
-    if (got && got.state === "error") { setJob(job, "unknown", got.detail); return; }
-    if (attempt >= 2) {
-      setJob(job, "unknown", `${why}, and the station does not answer yet: ask again when the link is back ` +
-                             "(a photo is never counted twice)");
+    if (got && got.state === "error") {
+      if (got.status === 401) {
+        setJob(job, "queued", "this phone is no longer joined to the station: open its link again; " +
+                              "the photo is kept and sent then");
+      } else await finish(job, "not-counted", got.detail);
       return;
     }
+    if (attempt >= 2) { queued(job); return; }
     await new Promise((r) => setTimeout(r, LIMITS.askAgainMs));
   }
 }
@@ -458,6 +541,7 @@ async function upload(files, kind) {
   const jobs = files.map((f) => newJob(f, kind));
   for (const job of jobs) job.session = state.session.id;
   $("#results").prepend(...jobs.slice().reverse().map((j) => j.card));
+  while (state.busy) await new Promise((r) => setTimeout(r, 200));  // a queue being sent goes first
   state.busy = true;
   try {
     for (const [i, job] of jobs.entries()) {
@@ -650,9 +734,12 @@ async function init() {
   $("#open-review").addEventListener("click", openReview);
   $("#close-review").addEventListener("click", closeReview);
   setInterval(refreshSummary, REFRESH_MS);
+  setInterval(flushQueue, LIMITS.queueRetryMs);
+  window.addEventListener("online", flushQueue);
   await loadSessions();
   const last = sessionStorage.getItem("edgekit-session");
   if (last) await openSession(last);
+  flushQueue();  // photos a closed page left waiting
 }
 
 document.addEventListener("DOMContentLoaded", init);
