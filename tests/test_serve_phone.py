@@ -200,3 +200,24 @@ def test_join_link_names_an_address_phones_can_open_and_comes_as_a_qr_code(tmp_p
     commands._print_join("http", "192.168.4.7", 8000, "t" * 32)
     out = capsys.readouterr().out
     assert "http://192.168.4.7:8000/?token=" + "t" * 32 in out and "\u2588" in out
+
+
+def test_what_installing_needs_is_served_without_the_token_and_nothing_else(station):
+    import json
+
+    client = _client(station, token=TOKEN)
+    manifest = client.get("/static/manifest.webmanifest")
+    assert manifest.status_code == 200
+    assert manifest.headers["content-type"].startswith("application/manifest+json")
+    assert json.loads(manifest.text)["start_url"] == "/"
+    sw = client.get("/sw.js")
+    assert sw.status_code == 200 and "javascript" in sw.headers["content-type"] and "caches" in sw.text
+    assert "/api/" not in sw.text.split("SHELL = [")[1].split("]")[0]  # the API is never kept
+    icon = client.get("/static/icon-192.png", headers={"Accept-Encoding": "gzip"})
+    assert icon.status_code == 200 and icon.content.startswith(b"\x89PNG")
+    assert "content-encoding" not in icon.headers  # images are sent as they are
+    for path in ("/", "/static/app.js", "/static/index.html", "/api/status"):
+        assert client.get(path).status_code == 401, path
+    assert client.post("/sw.js").status_code in (401, 405)
+    csp = client.get("/", headers=AUTH).headers["content-security-policy"]
+    assert "manifest-src 'self'" in csp and "worker-src 'self'" in csp

@@ -333,3 +333,47 @@ def test_photos_taken_while_the_link_is_down_wait_on_the_phone_and_are_recorded_
     ids = [r["source_id"] for r in session["records"]]
     assert status == 200 and len(ids) == len(set(ids))  # nothing twice
     assert {i.split("#")[0].rsplit("-", 1)[0] for i in ids} == {f.stem for f in FIELDS} | {CROP.stem}
+
+
+def test_the_page_installs_and_opens_while_the_station_is_out_of_reach(tmp_path):
+    """A web app manifest and a service worker (on localhost here; https elsewhere): the page opens
+    from the phone while the station is down, a photo taken then waits, and is counted once it is back."""
+    chromium, sync_api, shots = _browser_setup(tmp_path)
+    db = tmp_path / "screening.sqlite"
+    server = Server(db)
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+            context = browser.new_context(**p.devices["Pixel 5"])
+            context.add_init_script("window.EDGEKIT_LIMITS = { askAgainMs: 300, queueRetryMs: 1500 };")
+            page = context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            _open_patient(page, server.url, "P-installed")
+            manifest = page.evaluate("""async () => {
+                const link = document.querySelector('link[rel=manifest]');
+                const r = await fetch(link.href, { credentials: 'omit' });
+                return [r.status, await r.json()]; }""")
+            page.evaluate("() => navigator.serviceWorker.ready.then(() => true)")
+            page.reload()
+            page.wait_for_selector("#screen:not([hidden])")
+            controlled = page.evaluate("() => Boolean(navigator.serviceWorker.controller)")
+            server.stop()  # the station is out of reach
+            page.reload()
+            page.wait_for_selector("#screen:not([hidden])")
+            offline_message = page.inner_text("#message")
+            page.evaluate(RECORD_STATES)
+            page.set_input_files("#fields", [str(FIELDS[0])])
+            page.wait_for_selector("[data-state='queued']", timeout=60_000)
+            page.screenshot(path=str(shots / "serve-offline.png"))
+            server = Server(db, port=server.port)
+            state = _final(page, 1, timeout=60_000).get_attribute("data-state")
+            browser.close()
+        status, session = _get(f"{server.url}/api/sessions/1")
+    finally:
+        server.stop()
+    assert not errors, errors
+    assert manifest[0] == 200 and manifest[1]["display"] == "standalone" and manifest[1]["start_url"] == "/"
+    assert {i["sizes"] for i in manifest[1]["icons"]} == {"192x192", "512x512"}
+    assert controlled and "does not answer" in offline_message
+    assert state == "counted" and status == 200 and len(session["records"]) > 0

@@ -43,7 +43,12 @@ COOKIE = "edgekit_token"
 MULTIPART_SLACK = 64 * 1024  # multipart headers and boundaries around the file
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
-       "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+       "connect-src 'self'; manifest-src 'self'; worker-src 'self'; form-action 'self'; base-uri 'none'; "
+       "frame-ancestors 'none'")
+# what installing the page needs and holds nothing of the station's: browsers fetch the manifest, its
+# icons and the service worker without the page's cookie
+PUBLIC = {"/sw.js", "/static/manifest.webmanifest", "/static/icon-192.png", "/static/icon-512.png"}
+MEDIA_TYPES = {".webmanifest": "application/manifest+json"}
 NO_TOKEN = "missing or wrong access token: open the address `edgekit serve` printed when it started"
 JOIN_STYLE = ("body{font:20px/1.4 system-ui,sans-serif;max-width:36rem;margin:1rem auto;padding:0 .8rem}"
               "h1{font-size:1.4rem}li{margin:.4rem 0}")
@@ -127,16 +132,18 @@ class SessionIn(BaseModel):
         return _one_line(info.field_name, v)
 
 
-def _load_assets() -> dict[str, tuple[bytes, bytes, str]]:
-    """Every static file with its gzip form (compressed once, at start) and its media type."""
+def _load_assets() -> dict[str, tuple[bytes, bytes | None, str]]:
+    """Every static file with its gzip form (text only, compressed once, at start) and its media type."""
     assets = {}
     for path in sorted(STATIC.iterdir()):
         if path.is_file():
             data = path.read_bytes()
-            mtype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-            if mtype.startswith("text/") or mtype.endswith("javascript"):
+            mtype = MEDIA_TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0] or \
+                "application/octet-stream"
+            text = mtype.startswith("text/") or mtype.endswith(("javascript", "json"))
+            if text:
                 mtype += "; charset=utf-8"
-            assets[path.name] = (data, gzip.compress(data, 9, mtime=0), mtype)
+            assets[path.name] = (data, gzip.compress(data, 9, mtime=0) if text else None, mtype)
     return assets
 
 
@@ -251,7 +258,7 @@ def create_app(station: Station, config: ServeConfig) -> FastAPI:
         origin = request.headers.get("origin")
         if request.method not in ("GET", "HEAD", "OPTIONS") and origin and urlsplit(origin).netloc != host:
             return _json_error(403, "cross-site request refused")
-        if config.token is not None:
+        if config.token is not None and not (request.method == "GET" and request.url.path in PUBLIC):
             given = _given_token(request)
             if not given or not hmac.compare_digest(given.encode(), config.token.encode()):
                 return _refused(request)
@@ -272,7 +279,7 @@ def create_app(station: Station, config: ServeConfig) -> FastAPI:
     def _asset(request: Request, name: str) -> Response:
         data, gz, mtype = assets[name]
         headers = {"Vary": "Accept-Encoding", "Cache-Control": "no-cache"}
-        if "gzip" in request.headers.get("accept-encoding", ""):
+        if gz is not None and "gzip" in request.headers.get("accept-encoding", ""):
             headers["Content-Encoding"] = "gzip"
             data = gz
         return Response(data, media_type=mtype, headers=headers)
@@ -280,6 +287,10 @@ def create_app(station: Station, config: ServeConfig) -> FastAPI:
     @app.get("/", include_in_schema=False)
     async def page(request: Request) -> Response:
         return _asset(request, "index.html")
+
+    @app.get("/sw.js", include_in_schema=False)
+    async def service_worker(request: Request) -> Response:
+        return _asset(request, "sw.js")  # at the root: its scope is the whole page
 
     @app.get("/static/{name}", include_in_schema=False)
     async def static(request: Request, name: str) -> Response:

@@ -190,6 +190,8 @@ function renderCrop(out) {
 function showSession(data) {
   state.session = data.session;
   sessionStorage.setItem("edgekit-session", String(data.session.id));
+  sessionStorage.setItem("edgekit-session-data", JSON.stringify(
+    { session: data.session, summary: data.summary, review: data.review }));
   $("#patient-title").textContent = data.session.patient;
   $("#session-id").textContent = String(data.session.id);
   renderSummary(data.summary, data.review);
@@ -601,7 +603,12 @@ async function openSession(id) {
     $("#results").replaceChildren();
     showSession(data);
     say(`Resumed patient ${data.session.patient}: ${data.records.length} records so far.`, true);
-  } catch (err) { say(err.message); }
+  } catch (err) {
+    const kept = JSON.parse(sessionStorage.getItem("edgekit-session-data") || "null");
+    if (!err.lost || !kept || String(kept.session.id) !== String(id)) { say(err.message); return; }
+    showSession(kept);  // offline: the session as last seen; its counts come back with the station
+    say(`Patient ${kept.session.patient}: the station does not answer; photos wait on this phone.`);
+  }
 }
 
 // ---------------------------------------------------------------- review gallery
@@ -693,15 +700,25 @@ function closeReview() {
 
 async function init() {
   for (const k of ["site", "operator", "reviewer"]) $("#" + k).value = localStorage.getItem("edgekit-" + k) || "";
+  // installable, and openable while the station is out of reach (browsers allow it on https or localhost)
+  if ("serviceWorker" in navigator && window.isSecureContext) navigator.serviceWorker.register("sw.js").catch(() => {});
   try {
     state.info = await api("api/status");
+    localStorage.setItem("edgekit-status", JSON.stringify(state.info));
+  } catch (err) {
+    if (!err.lost) { say(err.message); return; }
+    // the station is out of reach: the page works from what it last said; photos wait on the phone
+    state.info = JSON.parse(localStorage.getItem("edgekit-status") || "null");
+    say("The station does not answer: photos taken now wait on this phone and are sent when it is back.");
+  }
+  if (state.info) {
     const m = state.info.model;
     $("#model").textContent = `Model ${m.format} · ${m.sha256.slice(0, 12)} · edgekit ${state.info.version}`;
     if (state.info.untrusted) {
       $("#untrusted").textContent = `UNSIGNED MODEL (development only): ${state.info.untrusted}`;
       $("#untrusted").hidden = false;
     }
-  } catch (err) { say(err.message); return; }
+  }
   $("#session-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const body = { patient: $("#patient").value.trim(), site: $("#site").value.trim() || null,
