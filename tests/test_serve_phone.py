@@ -173,6 +173,10 @@ def test_a_token_file_others_can_read_or_that_holds_no_token_is_refused(tmp_path
     with pytest.raises(EdgekitError, match="does not hold a usable token"):
         choose_token("0.0.0.0", {}, saved)
     assert choose_token("0.0.0.0", {}, saved, rotate=True) != "short"  # --new-token mends it
+    with pytest.raises(EdgekitError, match="EDGEKIT_SERVE_TOKEN is set and wins"):
+        choose_token("0.0.0.0", {"EDGEKIT_SERVE_TOKEN": "x" * 20}, saved, rotate=True)
+    with pytest.raises(EdgekitError, match="loopback has no token"):
+        choose_token("127.0.0.1", {}, saved, rotate=True)
 
 
 def test_serve_refuses_a_bad_token_file_in_one_line(tmp_path):

@@ -36,10 +36,15 @@ def choose_token(host: str, env: dict[str, str] | None = None, saved: Path | Non
     env = os.environ if env is None else env
     given = env.get(TOKEN_ENV, "").strip()
     if given:
+        if rotate:
+            raise EdgekitError(f"--new-token replaces the kept token, but ${TOKEN_ENV} is set and wins: "
+                               "change or unset it instead")
         if len(given) < 16:
             raise EdgekitError(f"{TOKEN_ENV} is too short to be safe: use at least 16 characters")
         return given
     if is_loopback(host):
+        if rotate:
+            raise EdgekitError("--new-token: a station on loopback has no token (use --host 0.0.0.0)")
         return None
     if saved is None:
         return secrets.token_urlsafe(24)
