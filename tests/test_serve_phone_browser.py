@@ -119,8 +119,11 @@ def test_a_12mp_photo_is_shrunk_sent_with_progress_and_counted_on_fast_3g(tmp_pa
             _throttle(page)
             t0 = time.perf_counter()
             page.set_input_files("#camera", str(photo))
-            page.wait_for_selector(".job[data-state=sending]")
-            page.screenshot(path=str(shots / "serve-sending.png"))
+            page.wait_for_function("() => { const b = document.querySelector('.job progress'); "
+                                   "return b && b.value > 0.2; }", timeout=60_000)
+            page.locator(".job").first.screenshot(path=str(shots / "serve-sending.png"))
+            job = page.locator(".job").first
+            buttons = [job.locator(b).is_visible() for b in ("button.cancel", "button.retry")]
             card = _final(page)
             seconds = time.perf_counter() - t0
             state, text = card.get_attribute("data-state"), card.inner_text()
@@ -131,7 +134,8 @@ def test_a_12mp_photo_is_shrunk_sent_with_progress_and_counted_on_fast_3g(tmp_pa
             link = card.locator("a.overlay").get_attribute("href")
             page.wait_for_function("() => { const i = document.querySelector('a.overlay img'); "
                                    "return i && i.complete && i.naturalWidth > 0; }", timeout=60_000)
-            page.screenshot(path=str(shots / "serve-counted.png"))
+            card.screenshot(path=str(shots / "serve-counted.png"))
+            buttons += [card.locator(b).is_visible() for b in ("button.cancel", "button.retry")]
             states = page.evaluate("window.__states")
             browser.close()
         status, answer = _get(f"{server.url}/api/sessions/1/uploads/{sha}")
@@ -145,6 +149,7 @@ def test_a_12mp_photo_is_shrunk_sent_with_progress_and_counted_on_fast_3g(tmp_pa
     assert state == "counted" and status == 200 and answer["state"] == "recorded"
     assert any(s == "sending" and "%" in text for s, text in states)  # progress shown while it was sent
     assert img == link + "?size=phone"
+    assert buttons == [True, False, False, False]  # Cancel while it is sent; neither once it is counted
     received = cv2.imdecode(np.frombuffer(full, np.uint8), cv2.IMREAD_COLOR)
     # the station got the photo upright (EXIF applied on the phone) at the size it measures fields at
     assert received.shape[:2] == (1200, 1600)  # landscape: sent sideways, it would be 1600 x 1200
@@ -313,7 +318,7 @@ def test_photos_taken_while_the_link_is_down_wait_on_the_phone_and_are_recorded_
             page.wait_for_function("() => document.querySelectorAll(\"[data-state='queued']\").length === 3",
                                    timeout=60_000)
             waiting = page.evaluate(QUEUED)
-            page.screenshot(path=str(shots / "serve-queued.png"))
+            page.locator("#results").screenshot(path=str(shots / "serve-queued.png"))
             server = Server(db, port=server.port)  # back, restarted on the same database
             _final(page, 3, timeout=120_000)
             page.wait_for_function("() => document.querySelectorAll(\"[data-state='queued']\").length === 0")
