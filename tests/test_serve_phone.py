@@ -142,6 +142,14 @@ def test_a_browser_without_the_token_gets_a_page_saying_how_to_join(station):
 # ---------------------------------------------------------------------------- the kept token
 
 
+def test_the_joined_phone_keeps_its_cookie_across_its_own_restarts(station):
+    from edgekit.device.serve.app import COOKIE_SECONDS
+
+    r = _client(station, token=TOKEN).get(f"/?token={TOKEN}", follow_redirects=False)
+    assert r.status_code == 303 and f"Max-Age={COOKIE_SECONDS}" in r.headers["set-cookie"]
+    assert COOKIE_SECONDS >= 7 * 24 * 3600
+
+
 def test_the_token_is_kept_beside_the_database_for_the_owner_only(tmp_path):
     saved = token_path(tmp_path / "screening.sqlite")
     assert saved == tmp_path / "screening.sqlite.serve-token"

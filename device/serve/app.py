@@ -40,6 +40,7 @@ from edgekit.errors import EdgekitError, RecordsError
 
 STATIC = Path(__file__).resolve().parent / "static"
 COOKIE = "edgekit_token"
+COOKIE_SECONDS = 30 * 24 * 3600  # the phone stays joined across its own restarts, as across the station's
 MULTIPART_SLACK = 64 * 1024  # multipart headers and boundaries around the file
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
@@ -266,8 +267,8 @@ def create_app(station: Station, config: ServeConfig) -> FastAPI:
                     not request.url.path.startswith("/api/"):
                 # the page's address: keep the token in a cookie, out of the address bar and history
                 resp = RedirectResponse(_same_origin_path(request.url.path), status_code=303)
-                resp.set_cookie(COOKIE, config.token, httponly=True, samesite="strict",
-                                secure=config.secure_cookie)
+                resp.set_cookie(COOKIE, config.token, max_age=COOKIE_SECONDS, httponly=True,
+                                samesite="strict", secure=config.secure_cookie)
                 return resp
         response = await call_next(request)
         response.headers["Content-Security-Policy"] = CSP
