@@ -66,12 +66,14 @@ def _post(url: str, data: bytes, content_type: str) -> dict:
 class Server:
     """``python -m edgekit serve`` in a subprocess on loopback, with a token."""
 
-    def __init__(self, db: Path, *args: str, scheme: str = "http") -> None:
-        self.port = _free_port()
+    def __init__(self, db: Path, *args: str, scheme: str = "http", host: str = "127.0.0.1",
+                 token: str | None = TOKEN, port: int | None = None) -> None:
+        """``token`` None: the station's own (kept beside the database)."""
+        self.port = port or _free_port()
         self.url = f"{scheme}://127.0.0.1:{self.port}"
-        env = {**os.environ, "EDGEKIT_SERVE_TOKEN": TOKEN, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "EDGEKIT_SERVE_TOKEN": token or "", "PYTHONPATH": str(ROOT)}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edgekit", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+            [sys.executable, "-m", "edgekit", "serve", "--host", host, "--port", str(self.port),
              "--db", str(db), *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True)
         deadline = time.monotonic() + 90
@@ -79,7 +81,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise AssertionError(f"edgekit serve exited: {self.proc.stdout.read()}")
             try:
-                if _get(f"{self.url}/api/status")[0] == 200:
+                if _get(f"{self.url}/api/status")[0] in (200, 401):  # listening (401: its own token)
                     return
             except OSError:
                 pass
@@ -143,9 +145,11 @@ def test_phone_screens_a_patient_like_the_command_line(tmp_path):
         with sync_api.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
             phone = {**p.devices["Pixel 5"], "device_scale_factor": 2}
-            # without the token: refused, page and API alike
+            # without the token: refused, page and API alike (the page says how to join)
             stranger = browser.new_context(**phone).new_page()
             resp = stranger.goto(server.url + "/")
+            assert resp.status == 401 and "not joined" in stranger.inner_text("h1")
+            resp = stranger.goto(server.url + "/api/status")
             assert resp.status == 401 and "access token" in resp.json()["detail"]
 
             page, errors = _watched_page(browser, phone)
@@ -188,8 +192,8 @@ def test_phone_screens_a_patient_like_the_command_line(tmp_path):
             # bad input on the page: one clear message, nothing recorded
             page.set_input_files("#crops", files=[{"name": "notes.txt", "mimeType": "text/plain",
                                                    "buffer": b"not an image"}])
-            page.wait_for_selector("#message:not([hidden])")
-            message = page.inner_text("#message")
+            page.wait_for_selector("[data-state='not-counted'][data-file='notes.txt']")
+            message = page.inner_text("[data-file='notes.txt'] .state")
             page.click("#refresh")
             page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
             page.wait_for_selector("#sessions tbody tr")
@@ -200,7 +204,7 @@ def test_phone_screens_a_patient_like_the_command_line(tmp_path):
 
     assert not clean_run, clean_run
     assert all("415" in e for e in errors[len(clean_run):]), errors
-    assert "not a usable image" in message, message
+    assert message.startswith("Not counted: notes.txt: not a usable image"), message
     fields = {Path(r["field"]).stem: r for r in _cli_jsonl("field", *map(str, FIELDS)) if "field" in r}
     assert len(cards) == 2
     for name, got in cards.items():

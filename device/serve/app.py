@@ -3,7 +3,8 @@
 Security, for a server on a shared clinic Wi-Fi:
 - with a token (always when listening beyond loopback), every request needs it: the page's URL
   ``/?token=...`` (which sets an HttpOnly, SameSite=Strict cookie and redirects it away), the
-  cookie, or ``Authorization: Bearer ...``; anything else gets 401 with a JSON reason;
+  cookie, or ``Authorization: Bearer ...``; anything else gets 401: a JSON reason, or for a browser
+  opening a page a short HTML page saying how to join;
 - without a token (loopback only), the Host header must name this machine (no DNS rebinding);
 - a POST from another web origin is refused (no cross-site request forgery);
 - an upload is bounded in bytes (checked while it streams in) and uploads in flight are bounded
@@ -14,6 +15,7 @@ Security, for a server on a shared clinic Wi-Fi:
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
 import hashlib
 import hmac
@@ -26,7 +28,7 @@ from urllib.parse import urlsplit
 from fastapi import FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field, field_validator
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -38,11 +40,39 @@ from edgekit.errors import EdgekitError, RecordsError
 
 STATIC = Path(__file__).resolve().parent / "static"
 COOKIE = "edgekit_token"
+COOKIE_SECONDS = 30 * 24 * 3600  # the phone stays joined across its own restarts, as across the station's
 MULTIPART_SLACK = 64 * 1024  # multipart headers and boundaries around the file
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
-       "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+       "connect-src 'self'; manifest-src 'self'; worker-src 'self'; form-action 'self'; base-uri 'none'; "
+       "frame-ancestors 'none'")
+# what installing the page needs and holds nothing of the station's: browsers fetch the manifest, its
+# icons and the service worker without the page's cookie
+PUBLIC = {"/sw.js", "/static/manifest.webmanifest", "/static/icon-192.png", "/static/icon-512.png"}
+MEDIA_TYPES = {".webmanifest": "application/manifest+json"}
 NO_TOKEN = "missing or wrong access token: open the address `edgekit serve` printed when it started"
+JOIN_STYLE = ("body{font:20px/1.4 system-ui,sans-serif;max-width:36rem;margin:1rem auto;padding:0 .8rem}"
+              "h1{font-size:1.4rem}li{margin:.4rem 0}")
+# hashed into its own Content-Security-Policy: the page loads nothing, and no other inline style runs
+JOIN_CSP = ("default-src 'none'; style-src 'sha256-"
+            + base64.b64encode(hashlib.sha256(JOIN_STYLE.encode()).digest()).decode()
+            + "'; base-uri 'none'; frame-ancestors 'none'")
+JOIN_PAGE = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>edgekit: join the station</title><style>{JOIN_STYLE}</style></head><body>
+<h1>This phone is not joined to the screening station</h1>
+<p>{{why}}</p>
+<ol>
+<li>On the station's screen, scan the QR code that <code>edgekit serve</code> shows, or type the
+address it printed (it ends with <code>?token=…</code>).</li>
+<li>Stay on the clinic's Wi-Fi: the station answers only on its own network.</li>
+<li>If the station was started with <code>--new-token</code>, old links stop working: ask for the
+new one.</li>
+</ol>
+<p>Nothing was recorded from this page.</p>
+</body></html>
+"""
 
 
 @dataclass
@@ -59,6 +89,7 @@ class ServeConfig:
 
 TEXT = r"^[^\x00-\x1f\x7f]*$"  # one line, no control characters
 SessionId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="Session id")]
+Sha256 = Annotated[str, PathParam(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the uploaded bytes")]
 RecordId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="Record id of one cell")]
 
 
@@ -102,16 +133,18 @@ class SessionIn(BaseModel):
         return _one_line(info.field_name, v)
 
 
-def _load_assets() -> dict[str, tuple[bytes, bytes, str]]:
-    """Every static file with its gzip form (compressed once, at start) and its media type."""
+def _load_assets() -> dict[str, tuple[bytes, bytes | None, str]]:
+    """Every static file with its gzip form (text only, compressed once, at start) and its media type."""
     assets = {}
     for path in sorted(STATIC.iterdir()):
         if path.is_file():
             data = path.read_bytes()
-            mtype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-            if mtype.startswith("text/") or mtype.endswith("javascript"):
+            mtype = MEDIA_TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0] or \
+                "application/octet-stream"
+            text = mtype.startswith("text/") or mtype.endswith(("javascript", "json"))
+            if text:
                 mtype += "; charset=utf-8"
-            assets[path.name] = (data, gzip.compress(data, 9, mtime=0), mtype)
+            assets[path.name] = (data, gzip.compress(data, 9, mtime=0) if text else None, mtype)
     return assets
 
 
@@ -130,6 +163,18 @@ def _same_origin_path(path: str) -> str:
 
 def _json_error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+def _refused(request: Request) -> Response:
+    """401: the join page for a browser opening a page, a JSON reason for everything else."""
+    headers = {"WWW-Authenticate": "Bearer", "Cache-Control": "no-store"}
+    if not request.url.path.startswith("/api/") and "text/html" in request.headers.get("accept", ""):
+        why = ("This link's access token is not the station's (an old link?)."
+               if request.query_params.get("token") else "The page needs the station's access link.")
+        return HTMLResponse(JOIN_PAGE.replace("{why}", why), status_code=401,
+                            headers={**headers, "Content-Security-Policy": JOIN_CSP,
+                                     "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"})
+    return _json_error(401, NO_TOKEN, headers)
 
 
 def _given_token(request: Request) -> str | None:
@@ -214,16 +259,16 @@ def create_app(station: Station, config: ServeConfig) -> FastAPI:
         origin = request.headers.get("origin")
         if request.method not in ("GET", "HEAD", "OPTIONS") and origin and urlsplit(origin).netloc != host:
             return _json_error(403, "cross-site request refused")
-        if config.token is not None:
+        if config.token is not None and not (request.method == "GET" and request.url.path in PUBLIC):
             given = _given_token(request)
             if not given or not hmac.compare_digest(given.encode(), config.token.encode()):
-                return _json_error(401, NO_TOKEN, {"WWW-Authenticate": "Bearer"})
+                return _refused(request)
             if request.query_params.get("token") and request.method == "GET" and \
                     not request.url.path.startswith("/api/"):
                 # the page's address: keep the token in a cookie, out of the address bar and history
                 resp = RedirectResponse(_same_origin_path(request.url.path), status_code=303)
-                resp.set_cookie(COOKIE, config.token, httponly=True, samesite="strict",
-                                secure=config.secure_cookie)
+                resp.set_cookie(COOKIE, config.token, max_age=COOKIE_SECONDS, httponly=True,
+                                samesite="strict", secure=config.secure_cookie)
                 return resp
         response = await call_next(request)
         response.headers["Content-Security-Policy"] = CSP
@@ -235,7 +280,7 @@ def create_app(station: Station, config: ServeConfig) -> FastAPI:
     def _asset(request: Request, name: str) -> Response:
         data, gz, mtype = assets[name]
         headers = {"Vary": "Accept-Encoding", "Cache-Control": "no-cache"}
-        if "gzip" in request.headers.get("accept-encoding", ""):
+        if gz is not None and "gzip" in request.headers.get("accept-encoding", ""):
             headers["Content-Encoding"] = "gzip"
             data = gz
         return Response(data, media_type=mtype, headers=headers)
@@ -243,6 +288,10 @@ def create_app(station: Station, config: ServeConfig) -> FastAPI:
     @app.get("/", include_in_schema=False)
     async def page(request: Request) -> Response:
         return _asset(request, "index.html")
+
+    @app.get("/sw.js", include_in_schema=False)
+    async def service_worker(request: Request) -> Response:
+        return _asset(request, "sw.js")  # at the root: its scope is the whole page
 
     @app.get("/static/{name}", include_in_schema=False)
     async def static(request: Request, name: str) -> Response:
@@ -295,11 +344,26 @@ def create_app(station: Station, config: ServeConfig) -> FastAPI:
         if station.pending >= config.max_pending:
             raise ServeError(429, f"busy: {station.pending} uploads are being processed; retry in a moment")
         station.pending += 1
+        sha = None
         try:
             name, data = await _read_upload(request, config.max_bytes, name, config.upload_seconds)
+            sha = hashlib.sha256(data).hexdigest()
+            station.in_flight[sha] = station.in_flight.get(sha, 0) + 1
             return await run(station.add_image, session_id, kind, name, data, replace)
         finally:
             station.pending -= 1
+            if sha is not None:
+                station.in_flight[sha] -= 1
+                if not station.in_flight[sha]:
+                    del station.in_flight[sha]
+
+    @app.get("/api/sessions/{session_id}/uploads/{sha256}",
+             summary="What became of an upload (by the SHA-256 of its bytes): recorded, in progress, "
+                     "or not recorded")
+    async def upload_state(session_id: SessionId, sha256: Sha256) -> dict[str, Any]:
+        if sha256 in station.in_flight:  # received, still waiting for or in the analysis: ask again
+            return {"sha256": sha256, "state": "in progress", "answer": None}
+        return await run(station.upload, session_id, sha256)
 
     @app.get("/api/sessions/{session_id}/review", summary="The review gallery: flagged cells and verdicts")
     async def review(session_id: SessionId, everything: bool = Query(
@@ -325,8 +389,10 @@ def create_app(station: Station, config: ServeConfig) -> FastAPI:
         return await run(station.confirm, session_id, pairs, body.reviewer, body.note)
 
     @app.get("/api/overlays/{sha256}.jpg", summary="A field's annotated overlay", response_class=FileResponse)
-    async def overlay(sha256: str) -> FileResponse:
-        return FileResponse(station.overlay_path(sha256), media_type="image/jpeg",
+    async def overlay(sha256: str, size: Literal["full", "phone"] = Query(
+            "full", description="phone: a copy sized for a phone's screen (long side 1024 px)"),
+                      ) -> FileResponse:
+        return FileResponse(station.overlay_path(sha256, size == "phone"), media_type="image/jpeg",
                             headers={"Cache-Control": "private, no-cache"})  # rewritten by another model
 
     @app.get("/api/export.csv", summary="Records as CSV (one session, or all)", response_class=Response)

@@ -13,6 +13,7 @@ import click
 from edgekit.cli_options import allow_unsigned_option, model_option
 
 TOKEN_ENV = "EDGEKIT_SERVE_TOKEN"
+TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
 def is_loopback(host: str) -> bool:
@@ -25,18 +26,131 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def choose_token(host: str, env: dict[str, str] | None = None) -> str | None:
-    """The access token: ``$EDGEKIT_SERVE_TOKEN`` when set; a fresh random one beyond loopback;
-    None (no token) on loopback."""
+def choose_token(host: str, env: dict[str, str] | None = None, saved: Path | None = None,
+                 rotate: bool = False) -> str | None:
+    """The access token: ``$EDGEKIT_SERVE_TOKEN`` when set; None (no token) on loopback; else the one
+    kept in ``saved`` (so phones stay joined across restarts), made and kept there on first use or
+    when ``rotate``; a fresh random one each start when there is no ``saved``."""
+    from edgekit.errors import EdgekitError
+
     env = os.environ if env is None else env
     given = env.get(TOKEN_ENV, "").strip()
     if given:
+        if rotate:
+            raise EdgekitError(f"--new-token replaces the kept token, but ${TOKEN_ENV} is set and wins: "
+                               "change or unset it instead")
         if len(given) < 16:
-            from edgekit.errors import EdgekitError
-
             raise EdgekitError(f"{TOKEN_ENV} is too short to be safe: use at least 16 characters")
         return given
-    return None if is_loopback(host) else secrets.token_urlsafe(24)
+    if is_loopback(host):
+        if rotate:
+            raise EdgekitError("--new-token: a station on loopback has no token (use --host 0.0.0.0)")
+        return None
+    if saved is None:
+        return secrets.token_urlsafe(24)
+    if not rotate and saved.exists():
+        return read_token(saved)
+    token = secrets.token_urlsafe(24)
+    write_token(saved, token)
+    return token
+
+
+def read_token(path: Path) -> str:
+    """The token kept in ``path``; refused when others may read it or it is not a token."""
+    from edgekit.errors import EdgekitError
+
+    try:
+        mode = path.stat().st_mode & 0o777
+        token = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EdgekitError(f"cannot read the station's token {path} ({exc}); start with --new-token") from exc
+    if mode & 0o077:
+        raise EdgekitError(f"the station's token {path} may be read by other users (mode {mode:o}): "
+                           f"chmod 600 {path}, or start with --new-token to replace it")
+    if len(token) < 16 or not set(token) <= TOKEN_CHARS:
+        raise EdgekitError(f"{path} does not hold a usable token; start with --new-token to replace it")
+    return token
+
+
+def write_token(path: Path, token: str) -> None:
+    """Keep ``token`` in ``path``, readable by this user only (0600), replacing it atomically."""
+    from edgekit.errors import EdgekitError
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(token + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)  # O_CREAT's mode is ANDed with the umask, and an old file keeps its own
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise EdgekitError(f"cannot keep the station's token in {path} ({exc.strerror or exc})") from exc
+
+
+def token_path(db_path: Path) -> Path:
+    """Where the station keeps its token: beside its database."""
+    return db_path.with_name(db_path.name + ".serve-token")
+
+
+def lan_addresses(host: str) -> list[str]:
+    """The addresses a phone on the same network can open: ``host`` itself when it names one
+    address; for 0.0.0.0 / ::, this machine's address on its default route (no packet is sent)
+    and those its name resolves to, loopback left out."""
+    if host not in ("0.0.0.0", "::", ""):
+        return [host]
+    found: list[str] = []
+    for family, probe in ((socket.AF_INET, ("10.255.255.255", 1)), (socket.AF_INET6, ("fd00::1", 1))):
+        if family == socket.AF_INET6 and host != "::":
+            continue
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as s:
+                s.connect(probe)
+                found.append(s.getsockname()[0])
+        except OSError:
+            pass
+    try:
+        found += [info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)]
+    except OSError:
+        pass
+    return [a for a in dict.fromkeys(found) if not is_loopback(a)]
+
+
+def qr_text(url: str) -> str | None:
+    """A QR code of ``url`` drawn with half blocks for a terminal, or None without ``segno``."""
+    try:
+        import segno
+    except ImportError:
+        return None
+    import io
+
+    out = io.StringIO()
+    segno.make(url, error="m", boost_error=False).terminal(out=out, compact=True, border=2)
+    return out.getvalue().rstrip("\n")
+
+
+def _url_host(address: str) -> str:
+    return f"[{address.strip('[]')}]" if ":" in address else address
+
+
+def _print_join(scheme: str, host: str, port: int, token: str) -> None:
+    """The join link on this network (its IP address: phones often cannot resolve the station's
+    name) and its QR code."""
+    addresses = lan_addresses(host)
+    if not addresses:
+        click.echo("no network address found: is this machine on the clinic's Wi-Fi? The page is at "
+                   f"{scheme}://{_url_host(socket.gethostname())}:{port}/?token=...", err=True)
+        addresses = [socket.gethostname()]
+    links = [f"{scheme}://{_url_host(a)}:{port}/?token={token}" for a in addresses]
+    click.echo("join from a phone on this network: scan the code or open the address "
+               "(it holds the access token; keep it private)")
+    qr = qr_text(links[0])
+    click.echo(qr if qr else "  (no QR code: pip install segno, or edgekit[serve], to show one)")
+    for link in links:
+        click.echo(f"  {link}")
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -55,7 +169,8 @@ def _check_port_free(host: str, port: int) -> None:
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on. Anything but loopback (e.g. 0.0.0.0 for the clinic's Wi-Fi) "
-                   f"requires an access token: a random one printed at start, or ${TOKEN_ENV}.")
+                   "requires an access token: a random one kept beside the database (phones stay joined "
+                   f"across restarts), or ${TOKEN_ENV}.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @model_option()
 @click.option("--model-format", default=None, help="Which model of the bundle to run (tflite_int8, ...).")
@@ -73,10 +188,12 @@ def _check_port_free(host: str, port: int) -> None:
               help="TLS certificate (PEM) for HTTPS; with --key.")
 @click.option("--key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="TLS private key (PEM) for HTTPS; with --cert.")
+@click.option("--new-token", is_flag=True,
+              help="Replace the kept access token with a new one: every phone must join again.")
 @allow_unsigned_option()
 def serve(host: str, port: int, bundle: Path | None, model_format: str | None, threads: int | None,
           db: Path | None, overlay_dir: Path | None, max_upload_mb: float, max_pending: int,
-          cert: Path | None, key: Path | None, allow_unsigned: bool) -> None:
+          cert: Path | None, key: Path | None, new_token: bool, allow_unsigned: bool) -> None:
     """Serve the screening page and its JSON API to phones on this network.
 
     A phone opens the printed address, starts a patient session, takes photos of microscope fields
@@ -106,7 +223,8 @@ def serve(host: str, port: int, bundle: Path | None, model_format: str | None, t
     from edgekit.device.serve.station import Station
 
     os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")
-    token = choose_token(host)
+    db_path = (db or default_db_path()).expanduser()
+    token = choose_token(host, saved=token_path(db_path), rotate=new_token)
     _check_port_free(host, port)
     untrusted: list[str] = []  # why, when an unsigned bundle runs with --allow-unsigned
 
@@ -115,7 +233,6 @@ def serve(host: str, port: int, bundle: Path | None, model_format: str | None, t
         click.echo(line, err=True)
 
     classifier = load_classifier(bundle, model_format, threads, allow_unsigned=allow_unsigned, warn=warn)
-    db_path = (db or default_db_path()).expanduser()
     station = Station(classifier, db_path, overlay_dir or db_path.parent / "overlays",
                       untrusted="; ".join(untrusted) or None)
     config = ServeConfig(token=token, max_bytes=int(max_upload_mb * 1024 * 1024), max_pending=max_pending,
@@ -123,18 +240,12 @@ def serve(host: str, port: int, bundle: Path | None, model_format: str | None, t
     app = create_app(station, config)
 
     scheme = "https" if cert else "http"
-    shown_host = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
-    if ":" in shown_host:
-        shown_host = f"[{shown_host}]"
-    url = f"{scheme}://{shown_host}:{port}/"
     click.echo(f"edgekit serve: model {classifier.fmt} ({classifier.model_sha256[:12]}), database {db_path}")
     if token is None:
-        click.echo(f"open {url} on this machine (loopback only; --host 0.0.0.0 to serve phones)")
+        click.echo(f"open {scheme}://{_url_host(host)}:{port}/ on this machine "
+                   "(loopback only; --host 0.0.0.0 to serve phones)")
     else:
-        click.echo("open this address on the phone (it holds the access token; keep it private):")
-        click.echo(f"  {url}?token={token}")
-        if host in ("0.0.0.0", "::"):
-            click.echo("  (if the phone cannot resolve the name, use this machine's IP address instead)")
+        _print_join(scheme, host, port, token)
     try:
         uvicorn.run(app, host=host.strip("[]"), port=port, access_log=False, log_level="warning",
                     ssl_certfile=str(cert) if cert else None, ssl_keyfile=str(key) if key else None)

@@ -12,8 +12,11 @@ own crops), so the page, the command line and the database agree. A crop goes th
 from __future__ import annotations
 
 import hashlib
+import json
 import re
+import sqlite3
 import tempfile
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -27,7 +30,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 KINDS = ("field", "crop")
-OVERLAY_MAX_SIDE = 1600  # px: plenty for a phone screen, a few hundred KB as JPEG
+OVERLAY_MAX_SIDE = 1600  # px: the full-size overlay (the size fields are measured at)
+PHONE_OVERLAY_SIDE = 1024  # px: the overlay shown on a phone's screen (about a third of the bytes)
+PHONE_UPLOAD_QUALITY = 0.9  # JPEG quality of a field photo the page shrinks before sending
 _HASH = re.compile(r"^[0-9a-f]{64}$")
 RECORD_KEYS = ("source_id", "source_kind", "status", "reason", "label", "probability", "p_positive",
                "decision", "created_at")
@@ -68,6 +73,17 @@ class Station:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgekit-device")
         self.store: RecordStore = self._pool.submit(RecordStore, self.db_path).result()
         self.pending = 0  # uploads received or queued, counted by the server's event loop
+        self.in_flight: dict[str, int] = {}  # content hashes received and not yet answered (event loop)
+        self._pool.submit(self._create_upload_log).result()
+
+    def _create_upload_log(self) -> None:
+        """The station's answer to each upload, by session and content hash, so a phone whose answer
+        was lost on the way can ask what became of its photo (the records themselves are unchanged)."""
+        with self.store.conn:
+            self.store.conn.execute(
+                "CREATE TABLE IF NOT EXISTS serve_uploads (session_id INTEGER NOT NULL, sha256 TEXT NOT NULL,"
+                " kind TEXT NOT NULL, answer TEXT NOT NULL, created_at REAL NOT NULL,"
+                " PRIMARY KEY (session_id, sha256))")
 
     def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
         """Run ``fn(*args)`` on the worker thread."""
@@ -80,9 +96,13 @@ class Station:
     # ------------------------------------------------------------------ read side
 
     def info(self) -> dict[str, Any]:
-        """The model and the Decision it screens with, for the page's header."""
+        """The model and the Decision it screens with, for the page's header; how the page shrinks a
+        field photo before sending it (to the largest size the field pipeline measures)."""
+        from edgekit.device.field.focus import MAX_SIDE
+
         clf = self.classifier
         return {
+            "upload": {"field_max_side": MAX_SIDE, "jpeg_quality": PHONE_UPLOAD_QUALITY},
             "model": {"format": clf.fmt, "sha256": clf.model_sha256, "bundle": str(clf.bundle_dir),
                       "labels": list(clf.manifest.labels),
                       "manifest_sha256": getattr(clf, "manifest_sha256", None)},
@@ -224,13 +244,35 @@ class Station:
         out.update(recorded=tally, reviews={str(rid): self._verdict(reviews.get(rid)) for rid, _ in verdicts})
         return out
 
-    def overlay_path(self, sha256: str) -> Path:
+    def overlay_path(self, sha256: str, phone: bool = False) -> Path:
+        """The overlay file of a field (``phone``: its screen-sized copy, where there is one)."""
         if not _HASH.match(sha256):
             raise ServeError(404, "no such overlay")
         path = self.overlay_dir / f"{sha256}.jpg"
+        small = self.overlay_dir / f"{sha256}.phone.jpg"
+        if phone and small.is_file():
+            return small
         if not path.is_file():
             raise ServeError(404, "no such overlay")
         return path
+
+    def upload(self, session_id: int, sha256: str) -> dict[str, Any]:
+        """What became of the upload with this content hash in the session: ``recorded`` (with the
+        answer it was given, when the station kept it) or ``not recorded``."""
+        if not _HASH.match(sha256):
+            raise ServeError(422, "sha256 must be 64 lowercase hexadecimal characters")
+        session = self._session(session_id)
+        conn = self.store.conn
+        row = conn.execute("SELECT answer FROM serve_uploads WHERE session_id = ? AND sha256 = ?",
+                           (session.id, sha256)).fetchone()
+        answer = json.loads(row[0]) if row else None
+        # a station stopped between recording and keeping its answer: the records still say it
+        found = row is not None or conn.execute(
+            "SELECT 1 FROM records WHERE session_id = ? AND (content_hash = ? OR source_id LIKE ?) LIMIT 1",
+            (session.id, sha256, f"%-{sha256[:8]}%")).fetchone() is not None
+        out = {"sha256": sha256, "state": "recorded" if found else "not recorded", "answer": answer}
+        out.update(self._view(session))
+        return out
 
     # ------------------------------------------------------------------ write side
 
@@ -263,8 +305,20 @@ class Station:
             out = self._add_field(session, shown, sha, rgb, stop, replace)
         else:
             out = self._add_crop(session, shown, sha, rgb, stop)
-        out.update(kind=kind, name=shown, sha256=sha, **self._view(self._session(session.id)))
+        out.update(kind=kind, name=shown, sha256=sha)
+        self._keep_answer(session, sha, kind, out)
+        out.update(self._view(self._session(session.id)))
         return out
+
+    def _keep_answer(self, session: Session, sha: str, kind: str, answer: dict[str, Any]) -> None:
+        """Keep the first answer given to this photo in this session (a resend is answered, not kept)."""
+        try:
+            with self.store.conn:
+                self.store.conn.execute(
+                    "INSERT OR IGNORE INTO serve_uploads (session_id, sha256, kind, answer, created_at)"
+                    " VALUES (?, ?, ?, ?, ?)", (session.id, sha, kind, json.dumps(answer), time.time()))
+        except sqlite3.Error:
+            pass  # the cells are recorded; a later question about this photo is answered from them
 
     def _check_same_bundle(self, session: Session) -> None:
         """Cells are added only to a session of this station's model file and manifest: another
@@ -312,13 +366,15 @@ class Station:
         # the cells are recorded: an overlay that cannot be written (a full disk) is said, not a 500
         problem = self._write_overlay(sha, rgb, report)
         return {"result": report.to_dict(per_cell=True), "recorded": recorded, "field": field,
-                "overlay": None if problem else f"api/overlays/{sha}.jpg", "overlay_problem": problem}
+                "overlay": None if problem else f"api/overlays/{sha}.jpg",
+                "overlay_phone": None if problem else f"api/overlays/{sha}.jpg?size=phone",
+                "overlay_problem": problem}
 
     def _add_crop(self, session: Session, shown: str, sha: str, rgb, stop: int) -> dict[str, Any]:
         recorded = self._record(session, [(shown, sha, rgb)], "file", stop)
         row = next((r for r in self.store.records(session.id) if r["content_hash"] == sha), None)
         result = {k: row[k] for k in RECORD_KEYS} if row else None
-        return {"result": result, "recorded": recorded, "overlay": None}
+        return {"result": result, "recorded": recorded, "overlay": None, "overlay_phone": None}
 
     def _write_overlay(self, sha: str, rgb, report) -> str | None:
         """Write the field's overlay JPEG; why not, when it cannot be (the cells are counted anyway)."""
@@ -328,14 +384,16 @@ class Station:
         from edgekit.manifest import atomic_write_bytes
 
         img = draw_overlay(rgb, report)
-        scale = OVERLAY_MAX_SIDE / max(img.shape[:2])
-        if scale < 1:
-            img = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-        ok, buf = cv2.imencode(".jpg", img[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 85])
-        if not ok:
-            return "counted, no overlay: the overlay could not be encoded"
-        try:
-            atomic_write_bytes(self.overlay_dir / f"{sha}.jpg", buf.tobytes())
-        except OSError as exc:
-            return f"counted, no overlay: {exc.strerror or exc} ({self.overlay_dir})"
+        # the phone's copy first: a station stopped in between leaves no full one (its address)
+        for suffix, side, quality in ((".phone.jpg", PHONE_OVERLAY_SIDE, 70), (".jpg", OVERLAY_MAX_SIDE, 85)):
+            scale = side / max(img.shape[:2])
+            out = img if scale >= 1 else cv2.resize(img, None, fx=scale, fy=scale,
+                                                    interpolation=cv2.INTER_AREA)
+            ok, buf = cv2.imencode(".jpg", out[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+            if not ok:
+                return "counted, no overlay: the overlay could not be encoded"
+            try:
+                atomic_write_bytes(self.overlay_dir / f"{sha}{suffix}", buf.tobytes())
+            except OSError as exc:
+                return f"counted, no overlay: {exc.strerror or exc} ({self.overlay_dir})"
         return None

@@ -3,8 +3,13 @@
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
-const state = { info: null, session: null, busy: false };
+const state = { info: null, session: null, busy: false, jobs: new Map() };
 const REFRESH_MS = 15000;  // another phone may be screening the same patient
+// how long an upload may move no byte (its link is lost), wait for its answer once sent (the station
+// may be busy), one question about a photo may take, and how often waiting photos are tried again;
+// tests shorten them (window.EDGEKIT_LIMITS)
+const LIMITS = Object.assign({ stallMs: 30000, answerMs: 90000, askMs: 15000, askAgainMs: 3000,
+                               queueRetryMs: 10000 }, window.EDGEKIT_LIMITS || {});
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -33,9 +38,9 @@ async function api(path, opts) {
   try {
     resp = await fetch(path, Object.assign({ credentials: "same-origin" }, opts || {}));
   } catch (err) {
-    throw new Error("No answer from the station (is it running, and this phone on its network?). " +
-                    "Anything not confirmed here was not recorded; check the session before sending it again " +
-                    "(a field already counted is never counted twice).");
+    const e = new Error("No answer from the station (is it running, and this phone on its network?).");
+    e.lost = true;
+    throw e;
   }
   let body = null;
   try { body = await resp.json(); } catch (err) { body = null; }
@@ -147,8 +152,10 @@ function renderField(out) {
   }
   card.append(recordedLine(out.recorded) || "");
   if (out.overlay) {
-    const img = el("img", { src: out.overlay, alt: `Cells found in ${out.name}, outlined red if parasitized, green if not`, loading: "lazy" });
-    card.append(el("a", { href: out.overlay, target: "_blank" }, img));
+    const img = el("img", { src: out.overlay_phone || out.overlay, loading: "lazy",
+                            alt: `Cells found in ${out.name}, outlined red if parasitized, green if not` });
+    card.append(el("a", { class: "overlay", href: out.overlay, target: "_blank" }, img),
+                el("p", { class: "small" }, "Tap the picture for full size."));
   } else if (out.overlay_problem) {
     card.append(el("p", { class: "warn overlay-problem" }, out.overlay_problem));
   }
@@ -183,6 +190,8 @@ function renderCrop(out) {
 function showSession(data) {
   state.session = data.session;
   sessionStorage.setItem("edgekit-session", String(data.session.id));
+  sessionStorage.setItem("edgekit-session-data", JSON.stringify(
+    { session: data.session, summary: data.summary, review: data.review }));
   $("#patient-title").textContent = data.session.patient;
   $("#session-id").textContent = String(data.session.id);
   renderSummary(data.summary, data.review);
@@ -198,40 +207,352 @@ async function refreshSummary() {
   } catch (err) { /* the next upload or refresh says what is wrong */ }
 }
 
-async function upload(files, kind) {
-  if (!state.session) { say("Start a patient session first."); return; }
-  state.busy = true;
-  try { await uploadAll(files, kind); } finally { state.busy = false; }
+// ---------------------------------------------------------------- sending photos
+// Each photo is one job: shrunk (fields), hashed, sent with progress and a cancel, then one of the
+// states "counted", "already counted", "not counted: why". When the answer is lost (no link, a
+// timeout, a cancel after the photo left), the page asks the station what became of that photo, by
+// the SHA-256 of the bytes it sent, before it says anything.
+
+const STATE_TEXT = { waiting: "waiting", preparing: "preparing", sending: "sending", analysing: "analysing",
+                     checking: "asking the station whether it was recorded…", counted: "counted",
+                     queued: "waiting for the station",
+                     already: "already counted", "not-counted": "not counted", unknown: "not confirmed" };
+
+async function shrinkField(file) {
+  // a phone photo is cut to the size the station measures fields at (EXIF orientation applied);
+  // anything this browser cannot decode is sent as it is, and the station says why it is refused
+  const up = state.info && state.info.upload;
+  if (!up || typeof createImageBitmap !== "function") return file;
+  let bmp;
+  try { bmp = await createImageBitmap(file, { imageOrientation: "from-image" }); } catch (err) { return file; }
+  const scale = up.field_max_side / Math.max(bmp.width, bmp.height);
+  if (scale >= 1) { bmp.close(); return file; }
+  const canvas = el("canvas", { width: Math.round(bmp.width * scale), height: Math.round(bmp.height * scale) });
+  const ctx = canvas.getContext("2d");
+  ctx.imageSmoothingEnabled = true;
+  ctx.imageSmoothingQuality = "high";
+  ctx.drawImage(bmp, 0, 0, canvas.width, canvas.height);
+  bmp.close();
+  const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/jpeg", up.jpeg_quality));
+  if (!blob || blob.size >= file.size) return file;
+  return new File([blob], file.name.replace(/\.[^.]*$/, "") + ".jpg", { type: "image/jpeg" });
 }
 
-async function uploadAll(files, kind) {
-  const max = state.info ? state.info.max_upload_bytes : Infinity;
-  let i = 0;
-  say("");
-  for (const file of files) {
-    i += 1;
-    $("#progress").textContent = `Analysing ${i} of ${files.length}: ${file.name}…`;
-    if (file.size > max) {
-      say(`${file.name}: ${(file.size / 1e6).toFixed(1)} MB is larger than the ${(max / 1e6).toFixed(0)} MB limit; not sent.`);
-      continue;
+// SHA-256 in plain JS: crypto.subtle exists only on HTTPS or localhost, and a clinic station is
+// often plain HTTP on the Wi-Fi
+const SHA_K = (() => {
+  const primes = [];
+  for (let n = 2; primes.length < 64; n++) if (primes.every((p) => n % p)) primes.push(n);
+  return primes;
+})();
+const SHA_ROUND = Uint32Array.from(SHA_K, (p) => (Math.cbrt(p) % 1) * 2 ** 32);
+const SHA_INIT = Uint32Array.from(SHA_K.slice(0, 8), (p) => (Math.sqrt(p) % 1) * 2 ** 32);
+
+function sha256Js(buffer) {
+  const bytes = new Uint8Array(buffer), n = bytes.length;
+  const words = new Uint32Array(((n + 8) >> 6 << 4) + 16);
+  for (let i = 0; i < n; i++) words[i >> 2] |= bytes[i] << (24 - 8 * (i & 3));
+  words[n >> 2] |= 0x80 << (24 - 8 * (n & 3));
+  words[words.length - 2] = Math.floor(n / 2 ** 29);
+  words[words.length - 1] = n * 8;
+  const H = Uint32Array.from(SHA_INIT), w = new Uint32Array(64);
+  const ror = (x, r) => (x >>> r) | (x << (32 - r));
+  for (let j = 0; j < words.length; j += 16) {
+    for (let t = 0; t < 64; t++) {
+      if (t < 16) { w[t] = words[j + t]; continue; }
+      const a = w[t - 15], b = w[t - 2];
+      w[t] = w[t - 16] + (ror(a, 7) ^ ror(a, 18) ^ (a >>> 3)) + w[t - 7] + (ror(b, 17) ^ ror(b, 19) ^ (b >>> 10));
     }
-    const url = `api/sessions/${state.session.id}/images?kind=${kind}&name=${encodeURIComponent(file.name)}`;
-    let out = null;
-    for (let attempt = 0; attempt < 6 && out === null; attempt++) {
-      try {
-        out = await api(url, { method: "POST", body: file,
-                               headers: { "Content-Type": file.type || "application/octet-stream" } });
-      } catch (err) {
-        if (err.status === 429 && attempt < 5) { await new Promise((r) => setTimeout(r, 1000 * (attempt + 1))); continue; }
-        say(err.message.startsWith(file.name) ? err.message : `${file.name}: ${err.message}`);
-        break;
+    let [a, b, c, d, e, f, g, h] = H;
+    for (let t = 0; t < 64; t++) {
+      const t1 = (h + (ror(e, 6) ^ ror(e, 11) ^ ror(e, 25)) + ((e & f) ^ (~e & g)) + SHA_ROUND[t] + w[t]) | 0;
+      const t2 = ((ror(a, 2) ^ ror(a, 13) ^ ror(a, 22)) + ((a & b) ^ (a & c) ^ (b & c))) | 0;
+      h = g; g = f; f = e; e = (d + t1) | 0; d = c; c = b; b = a; a = (t1 + t2) | 0;
+    }
+    [a, b, c, d, e, f, g, h].forEach((x, i) => { H[i] += x; });
+  }
+  return Array.from(H, (x) => x.toString(16).padStart(8, "0")).join("");
+}
+
+async function sha256Hex(blob) {
+  const buffer = await blob.arrayBuffer();
+  if (window.crypto && crypto.subtle) {
+    const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", buffer));
+    return Array.from(digest, (x) => x.toString(16).padStart(2, "0")).join("");
+  }
+  return sha256Js(buffer);
+}
+
+// ---------------------------------------------------------------- the queue on the phone
+// Every photo waits in IndexedDB (keyed by session and hash) until the station has answered for it;
+// one taken while the link is down is sent when it returns, after asking the station whether it
+// already has it: each photo is recorded once, whatever drops or restarts in between.
+
+function queueStore(mode, fn) {
+  return new Promise((resolve, reject) => {
+    if (!window.indexedDB) { reject(new Error("no IndexedDB")); return; }
+    const open = indexedDB.open("edgekit-queue", 1);
+    open.onupgradeneeded = () => open.result.createObjectStore("photos", { keyPath: "key" });
+    open.onerror = () => reject(open.error);
+    open.onsuccess = () => {
+      const tx = open.result.transaction("photos", mode);
+      const req = fn(tx.objectStore("photos"));
+      tx.oncomplete = () => { open.result.close(); resolve(req.result); };
+      tx.onerror = tx.onabort = () => { open.result.close(); reject(tx.error); };
+    };
+  });
+}
+
+const jobKey = (job) => `${job.session}:${job.sha256}`;
+
+async function queueKeep(job) {
+  try {
+    await queueStore("readwrite", (st) => st.put({ key: jobKey(job), session: job.session, sha256: job.sha256,
+                                                   kind: job.kind, name: job.blob.name || job.file.name,
+                                                   blob: job.blob, added: Date.now() }));
+    job.kept = true;
+  } catch (err) { job.kept = false; }  // private browsing: the photo lives only as long as the page
+}
+
+async function queueDrop(job) {
+  if (!job.kept) return;
+  try { await queueStore("readwrite", (st) => st.delete(jobKey(job))); job.kept = false; } catch (err) { /* kept */ }
+}
+
+async function flushQueue() {
+  // the photos still waiting (this page's, or left by a closed one): asked about, then sent
+  if (state.busy) return;
+  let items;
+  try { items = await queueStore("readonly", (st) => st.getAll()); } catch (err) { return; }
+  const waiting = items.filter((it) => !state.jobs.has(it.key) || state.jobs.get(it.key).state === "queued");
+  if (!waiting.length) return;
+  state.busy = true;
+  try {
+    for (const it of waiting) {
+      let job = state.jobs.get(it.key);
+      if (!job) {
+        job = newJob(new File([it.blob], it.name, { type: it.blob.type }), it.kind);
+        Object.assign(job, { session: it.session, sha256: it.sha256, blob: job.file, kept: true });
+        state.jobs.set(it.key, job);
+        $("#results").prepend(job.card);
       }
+      await askStation(job, "taken while the link was down");
     }
-    if (!out) continue;
-    $("#results").prepend(kind === "field" ? renderField(out) : renderCrop(out));
+  } finally { state.busy = false; }
+}
+
+// ---------------------------------------------------------------- one photo's journey
+
+function setJob(job, st, why) {
+  job.state = st;
+  job.card.setAttribute("data-state", st);
+  job.line.textContent = STATE_TEXT[st] + (why ? `: ${why}` : "");
+  const live = ["waiting", "preparing", "sending", "analysing", "queued"].includes(st);
+  job.cancel.hidden = !live;
+  job.bar.hidden = st !== "sending";
+  job.retry.hidden = !(st === "not-counted" && job.resendable);
+}
+
+function newJob(file, kind) {
+  const job = { file, kind, state: "waiting", resendable: false, resent: 0 };
+  job.line = el("p", { class: "state" });
+  job.bar = el("progress", { max: 1, value: 0 });
+  job.cancel = el("button", { type: "button", class: "cancel", onclick: () => cancelJob(job) }, "Cancel");
+  job.retry = el("button", { type: "button", class: "retry", onclick: () => retryJob(job) }, "Send again");
+  job.card = el("article", { class: "job", "data-kind": kind, "data-file": file.name },
+                el("h3", {}, file.name), job.line, job.bar, job.cancel, job.retry);
+  setJob(job, "waiting");
+  return job;
+}
+
+async function finish(job, st, why) {
+  setJob(job, st, why);
+  await queueDrop(job);
+}
+
+function cancelJob(job) {
+  job.cancelled = true;
+  if (job.xhr) job.xhr.abort();
+  else if (["waiting", "preparing", "queued"].includes(job.state)) finish(job, "not-counted", "cancelled, not sent");
+}
+
+async function retryJob(job) {
+  if (state.busy) { say("Wait until the photos being sent are done."); return; }
+  state.busy = true;
+  try { job.cancelled = false; await runJob(job); } finally { state.busy = false; }
+}
+
+function send(job) {
+  // one POST with upload progress; resolves with the answer, or with why none came
+  return new Promise((resolve) => {
+    const xhr = new XMLHttpRequest();
+    let timer = null;
+    const arm = (ms) => { clearTimeout(timer); timer = setTimeout(() => { job.timedOut = true; xhr.abort(); }, ms); };
+    job.xhr = xhr;
+    xhr.open("POST", job.url);
+    xhr.setRequestHeader("Content-Type", job.blob.type || "application/octet-stream");
+    xhr.upload.onprogress = (ev) => {
+      if (ev.lengthComputable) job.bar.value = ev.loaded / ev.total;
+      job.line.textContent = `sending ${Math.round(100 * job.bar.value)}% of ${(job.blob.size / 1e6).toFixed(2)} MB`;
+      arm(LIMITS.stallMs);
+    };
+    xhr.upload.onload = () => { setJob(job, "analysing"); arm(LIMITS.answerMs); };
+    const done = (result) => { clearTimeout(timer); job.xhr = null; resolve(result); };
+    xhr.onload = () => {
+      let body = null;
+      try { body = JSON.parse(xhr.responseText); } catch (err) { body = null; }
+      done({ status: xhr.status, body });
+    };
+    xhr.onerror = () => done({ lost: "the link to the station dropped" });
+    xhr.onabort = () => done({ lost: job.cancelled ? "cancelled" : "no answer in time" });
+    arm(LIMITS.stallMs);
+    xhr.send(job.blob);
+  });
+}
+
+function outcome(out) {
+  // [state, why] of an answer the station gave
+  const r = out.recorded || {};
+  const res = out.result;
+  if (out.field && out.field.verdict === "duplicate") return ["already", out.field.message];
+  if (out.kind === "field" && res && res.rejected) return ["not-counted", res.rejected];
+  if (out.kind === "crop" && res && res.status !== "classified") return ["not-counted", `${res.status}: ${res.reason}`];
+  if (r.new > 0) return ["counted", r.after_stop ? `${r.after_stop} cells past the stop rule not counted` : ""];
+  if (r.already > 0) return ["already", ""];
+  if (r.after_stop > 0 || !res) return ["not-counted", "the stop rule is reached for this patient"];
+  return ["counted", ""];
+}
+
+async function showAnswer(job, out, confirmedLater) {
+  const card = out.kind === "field" ? renderField(out) : renderCrop(out);
+  const [st, why] = outcome(out);
+  job.card.replaceWith(card);
+  job.card = card;
+  card.setAttribute("data-sha256", job.sha256);
+  card.append(job.line, job.cancel, job.retry);
+  await finish(job, st, why || (confirmedLater ? "confirmed by the station after the link dropped" : ""));
+  if (out.summary !== undefined && state.session && out.session.id === state.session.id) {
     renderSummary(out.summary, out.review);
   }
-  $("#progress").textContent = files.length ? `Done: ${files.length} image${files.length === 1 ? "" : "s"}.` : "";
+}
+
+async function runJob(job) {
+  const max = state.info ? state.info.max_upload_bytes : Infinity;
+  job.resendable = false;
+  if (job.cancelled) return;
+  if (!job.blob) {
+    setJob(job, "preparing");
+    job.blob = job.kind === "field" ? await shrinkField(job.file) : job.file;
+    job.sha256 = await sha256Hex(job.blob);
+    job.card.setAttribute("data-sha256", job.sha256);
+    state.jobs.set(jobKey(job), job);
+    if (job.blob.size <= max) await queueKeep(job);
+  }
+  if (job.blob.size > max) {
+    await finish(job, "not-counted", `${(job.blob.size / 1e6).toFixed(1)} MB is larger than the ` +
+                                     `${(max / 1e6).toFixed(0)} MB limit; not sent`);
+    return;
+  }
+  if (job.cancelled) { await finish(job, "not-counted", "cancelled, not sent"); return; }
+  if (navigator.onLine === false) { queued(job); return; }
+  const name = encodeURIComponent(job.blob.name || job.file.name);
+  job.url = `api/sessions/${job.session}/images?kind=${job.kind}&name=${name}`;
+  for (let attempt = 0; ; attempt++) {
+    job.timedOut = false;
+    setJob(job, "sending");
+    const got = await send(job);
+    if (got.lost) {
+      await askStation(job, got.lost);
+      return;
+    }
+    if (got.status === 200 && got.body) { await showAnswer(job, got.body, false); return; }
+    if (got.status === 429 && attempt < 5) {
+      setJob(job, "waiting", "the station is busy");
+      await new Promise((r) => setTimeout(r, 1000 * (attempt + 1)));
+      continue;
+    }
+    const detail = got.body && got.body.detail ? String(got.body.detail) : `HTTP ${got.status}`;
+    if (got.status >= 500 || got.status === 0) { await askStation(job, detail); return; }  // it may have recorded first
+    job.resendable = got.status === 408 || got.status === 429;
+    await finish(job, "not-counted", got.status === 401
+      ? "this phone is no longer joined to the station: open its link again (scan its QR code)" : detail);
+    return;
+  }
+}
+
+function queued(job) {
+  setJob(job, "queued", job.kept
+    ? "kept on this phone; sent when the station answers again (never counted twice)"
+    : "the station does not answer; keep this page open, it is sent when the link is back");
+}
+
+async function askStation(job, why) {
+  // what became of a photo whose answer was lost: asked by its hash, again while it is being
+  // analysed; sent (again) only when the station says it does not have it
+  for (let attempt = 0; ; attempt++) {
+    setJob(job, "checking");
+    const ctl = new AbortController();
+    const timer = setTimeout(() => ctl.abort(), LIMITS.askMs);
+    let got = null;
+    try {
+      got = await api(`api/sessions/${job.session}/uploads/${job.sha256}`, { signal: ctl.signal });
+    } catch (err) {
+      got = err.lost || ctl.signal.aborted ? null : { state: "error", status: err.status, detail: err.message };
+    } finally { clearTimeout(timer); }
+    if (got && got.state === "recorded") {
+      if (got.answer) {
+        await showAnswer(job, Object.assign({}, got.answer, { summary: got.summary, review: got.review,
+                                                              session: got.session }), true);
+      } else {
+        await finish(job, "counted", "the station recorded it (see the session's counts)");
+        if (state.session && got.session.id === state.session.id) renderSummary(got.summary, got.review);
+      }
+      return;
+    }
+    if (got && got.state === "in progress") {
+      setJob(job, "analysing", "the station has it");
+      await new Promise((r) => setTimeout(r, 2000));
+      continue;
+    }
+    if (got && got.state === "not recorded") {
+      if (job.cancelled) { await finish(job, "not-counted", "cancelled"); return; }
+      if (job.resent < 2) {  // it never arrived whole: send it again, at most twice in a row
+        job.resent += 1;
+        await runJob(job);
+        return;
+      }
+      job.resendable = true;
+      await finish(job, "not-counted", `${why}; the station does not have it`);
+      return;
+    }
+    if (got && got.state === "error") {
+      if (got.status === 401) {
+        setJob(job, "queued", "this phone is no longer joined to the station: open its link again; " +
+                              "the photo is kept and sent then");
+      } else await finish(job, "not-counted", got.detail);
+      return;
+    }
+    if (attempt >= 2) { queued(job); return; }
+    await new Promise((r) => setTimeout(r, LIMITS.askAgainMs));
+  }
+}
+
+async function upload(files, kind) {
+  if (!state.session) { say("Start a patient session first."); return; }
+  say("");
+  const jobs = files.map((f) => newJob(f, kind));
+  for (const job of jobs) job.session = state.session.id;
+  $("#results").prepend(...jobs.slice().reverse().map((j) => j.card));
+  while (state.busy) await new Promise((r) => setTimeout(r, 200));  // a queue being sent goes first
+  state.busy = true;
+  try {
+    for (const [i, job] of jobs.entries()) {
+      $("#progress").textContent = `Photo ${i + 1} of ${jobs.length}: ${job.file.name}`;
+      await runJob(job);
+    }
+  } finally { state.busy = false; }
+  const counted = jobs.filter((j) => j.state === "counted").length;
+  $("#progress").textContent = jobs.length ? `Done: ${counted} of ${jobs.length} counted.` : "";
   loadSessions();
 }
 
@@ -282,7 +603,12 @@ async function openSession(id) {
     $("#results").replaceChildren();
     showSession(data);
     say(`Resumed patient ${data.session.patient}: ${data.records.length} records so far.`, true);
-  } catch (err) { say(err.message); }
+  } catch (err) {
+    const kept = JSON.parse(sessionStorage.getItem("edgekit-session-data") || "null");
+    if (!err.lost || !kept || String(kept.session.id) !== String(id)) { say(err.message); return; }
+    showSession(kept);  // offline: the session as last seen; its counts come back with the station
+    say(`Patient ${kept.session.patient}: the station does not answer; photos wait on this phone.`);
+  }
 }
 
 // ---------------------------------------------------------------- review gallery
@@ -374,15 +700,25 @@ function closeReview() {
 
 async function init() {
   for (const k of ["site", "operator", "reviewer"]) $("#" + k).value = localStorage.getItem("edgekit-" + k) || "";
+  // installable, and openable while the station is out of reach (browsers allow it on https or localhost)
+  if ("serviceWorker" in navigator && window.isSecureContext) navigator.serviceWorker.register("sw.js").catch(() => {});
   try {
     state.info = await api("api/status");
+    localStorage.setItem("edgekit-status", JSON.stringify(state.info));
+  } catch (err) {
+    if (!err.lost) { say(err.message); return; }
+    // the station is out of reach: the page works from what it last said; photos wait on the phone
+    state.info = JSON.parse(localStorage.getItem("edgekit-status") || "null");
+    say("The station does not answer: photos taken now wait on this phone and are sent when it is back.");
+  }
+  if (state.info) {
     const m = state.info.model;
     $("#model").textContent = `Model ${m.format} · ${m.sha256.slice(0, 12)} · edgekit ${state.info.version}`;
     if (state.info.untrusted) {
       $("#untrusted").textContent = `UNSIGNED MODEL (development only): ${state.info.untrusted}`;
       $("#untrusted").hidden = false;
     }
-  } catch (err) { say(err.message); return; }
+  }
   $("#session-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const body = { patient: $("#patient").value.trim(), site: $("#site").value.trim() || null,
@@ -415,9 +751,12 @@ async function init() {
   $("#open-review").addEventListener("click", openReview);
   $("#close-review").addEventListener("click", closeReview);
   setInterval(refreshSummary, REFRESH_MS);
+  setInterval(flushQueue, LIMITS.queueRetryMs);
+  window.addEventListener("online", flushQueue);
   await loadSessions();
   const last = sessionStorage.getItem("edgekit-session");
   if (last) await openSession(last);
+  flushQueue();  // photos a closed page left waiting
 }
 
 document.addEventListener("DOMContentLoaded", init);

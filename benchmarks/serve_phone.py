@@ -1,0 +1,227 @@
+"""Time per field on the phone page under a throttled link (issue 23).
+
+    python -m edgekit.benchmarks.serve_phone [--fields N] [--root DIR] [--profile fast3g|slow3g]
+
+A real ``edgekit serve`` (the code under ``--root``, default this checkout) and Debian's chromium
+under a Pixel 5 profile with Chrome DevTools' network preset and 4x CPU slowdown. Each field is a
+12 MP "phone photo" made from a real IML field (1280x960, upscaled to 4032x3024 with sensor-like
+noise, JPEG q92: about 2.5 MB, as a phone camera writes it): the
+time runs from choosing the photo to its result card with its overlay shown. Prints one JSON line
+per field and a summary (median seconds, counts per field); ``--out`` writes them as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from edgekit.paths import shared_data
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKEN = "bench-token-0123456789abcdef"
+PHOTO_SIZE = (4032, 3024)
+# Chrome DevTools' network presets (bytes/s, ms), as its throttling panel defines them
+PROFILES = {
+    "fast3g": {"downloadThroughput": 1.6e6 / 8 * 0.9, "uploadThroughput": 750e3 / 8 * 0.9,
+               "latency": 150 * 3.75},
+    "slow3g": {"downloadThroughput": 500e3 / 8 * 0.8, "uploadThroughput": 500e3 / 8 * 0.8,
+               "latency": 400 * 5},
+}
+CPU_SLOWDOWN = 4
+TIMING_JS = """start => {
+  const e = performance.getEntriesByType('resource').filter(x => x.startTime >= start);
+  const post = e.find(x => x.name.includes('/images?')), ov = e.find(x => x.name.includes('/overlays/'));
+  return {prepare_s: post ? (post.startTime - start) / 1e3 : null, post_s: post ? post.duration / 1e3 : null,
+          overlay_s: ov ? ov.duration / 1e3 : null, overlay_bytes: ov ? ov.encodedBodySize : null};
+}"""
+
+
+def phone_photos(n: int, dest: Path) -> list[Path]:
+    """``n`` IML fields as 12 MP phone-camera JPEGs."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    src = sorted((shared_data() / "malaria_fields_iml" / "images").glob("*.JPG"))[::20][:n]
+    if len(src) < n:
+        raise SystemExit("needs ../shared/data/malaria_fields_iml/images")
+    out = []
+    for path in src:
+        big = cv2.resize(cv2.imread(str(path)), PHOTO_SIZE, interpolation=cv2.INTER_CUBIC).astype(np.int16)
+        big = np.clip(big + rng.normal(0, 3, big.shape).astype(np.int16), 0, 255).astype(np.uint8)
+        target = dest / path.name.replace(".JPG", ".jpg")
+        cv2.imwrite(str(target), big, [cv2.IMWRITE_JPEG_QUALITY, 92])
+        out.append(target)
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(root: Path, db: Path) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    env = {**os.environ, "EDGEKIT_SERVE_TOKEN": TOKEN, "PYTHONPATH": str(root)}
+    proc = subprocess.Popen([sys.executable, "-m", "edgekit", "serve", "--host", "127.0.0.1", "--port",
+                             str(port), "--db", str(db)], cwd=root, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            req = urllib.request.Request(url + "/api/status", headers={"Authorization": f"Bearer {TOKEN}"})
+            with urllib.request.urlopen(req, timeout=2):
+                return proc, url
+        except OSError:
+            time.sleep(0.3)
+    proc.kill()
+    raise SystemExit("edgekit serve did not start")
+
+
+def run(photos: list[Path], root: Path, profile: str, chromium: str) -> list[dict]:
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, url = start_server(root, Path(tmp) / "screening.sqlite")
+        rows = []
+        try:
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=chromium, headless=True,
+                                            args=["--no-sandbox", "--disable-gpu"])
+                page = browser.new_context(**p.devices["Pixel 5"]).new_page()
+                page.goto(f"{url}/?token={TOKEN}")
+                page.wait_for_selector("#model:has-text('tflite')")
+                page.fill("#patient", f"BENCH-{profile}")
+                page.click("button[type=submit]")
+                page.wait_for_selector("#screen:not([hidden])")
+                cdp = page.context.new_cdp_session(page)
+                cdp.send("Network.enable")
+                cdp.send("Network.emulateNetworkConditions", {"offline": False, **PROFILES[profile]})
+                cdp.send("Emulation.setCPUThrottlingRate", {"rate": CPU_SLOWDOWN})
+                for i, photo in enumerate(photos):
+                    start = page.evaluate("() => performance.now()")
+                    t0 = time.perf_counter()
+                    page.set_input_files("#camera", str(photo))
+                    card = page.locator(".result[data-kind=field]").nth(0)
+                    page.wait_for_function(
+                        "n => document.querySelectorAll('.result[data-kind=field]').length >= n",
+                        arg=i + 1, timeout=300_000, polling=50)
+                    counted_s = time.perf_counter() - t0
+                    page.wait_for_function(
+                        "n => { const c = document.querySelectorAll('.result[data-kind=field]'); "
+                        "if (c.length < n) return false; const img = c[0].querySelector('img'); "
+                        "return !img || (img.complete && img.naturalWidth > 0); }", arg=i + 1,
+                        timeout=300_000, polling=100)
+                    seconds = time.perf_counter() - t0
+                    cells = card.locator(".cells")
+                    counted = cells.count() > 0
+                    row = {"field": photo.name, "photo_bytes": photo.stat().st_size,
+                           "seconds": round(seconds, 2), "counted_s": round(counted_s, 2),
+                           "cells": int(cells.inner_text()) if counted else None,
+                           "parasitized": int(card.locator(".parasitized").inner_text()) if counted else None}
+                    # where the time went: shrink and hash, upload and analysis, the overlay
+                    timing = page.evaluate(TIMING_JS, start)
+                    row.update({k: v if v is None else round(v, 2) for k, v in timing.items()})
+                    print(json.dumps(row), flush=True)
+                    rows.append(row)
+                browser.close()
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    return rows
+
+
+SHRINK_JS = """async ([b64, name]) => {
+  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  const out = await shrinkField(new File([bytes], name, { type: "image/jpeg" }));
+  const buf = new Uint8Array(await out.arrayBuffer());
+  let bin = "";
+  for (let i = 0; i < buf.length; i += 8192) bin += String.fromCharCode(...buf.subarray(i, i + 8192));
+  return btoa(bin);
+}"""
+
+
+def agreement(photos: list[Path], root: Path, chromium: str) -> list[dict]:
+    """Counts of each field as the station gives them for the original 12 MP photo, for the copy the
+    page sends (shrunk in the browser), and for the native IML field it was made from."""
+    import base64
+
+    import cv2
+    from playwright.sync_api import sync_playwright
+
+    from edgekit.device.field import analyze_field
+    from edgekit.device.preprocess import read_image
+    from edgekit.device.runtime import load_classifier
+
+    clf = load_classifier(None)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, url = start_server(root, Path(tmp) / "screening.sqlite")
+        try:
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=chromium, headless=True,
+                                            args=["--no-sandbox", "--disable-gpu"])
+                page = browser.new_context(**p.devices["Pixel 5"]).new_page()
+                page.goto(f"{url}/?token={TOKEN}")
+                page.wait_for_selector("#model:has-text('tflite')")
+                for photo in photos:
+                    shrunk = Path(tmp) / f"shrunk-{photo.name}"
+                    b64 = base64.b64encode(photo.read_bytes()).decode()
+                    shrunk.write_bytes(base64.b64decode(page.evaluate(SHRINK_JS, [b64, photo.name])))
+                    native = shared_data() / "malaria_fields_iml" / "images" / f"{photo.stem}.JPG"
+                    row = {"field": photo.name, "sent_bytes": shrunk.stat().st_size,
+                           "sent_size": list(cv2.imread(str(shrunk)).shape[1::-1])}
+                    for what, path in (("photo", photo), ("sent", shrunk), ("native", native)):
+                        r = analyze_field(read_image(path), clf).to_dict()
+                        row[what] = {k: r[k] for k in ("cells", "parasitized", "uncertain")}
+                    print(json.dumps(row), flush=True)
+                    rows.append(row)
+                browser.close()
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--fields", type=int, default=8)
+    ap.add_argument("--root", type=Path, default=ROOT, help="the edgekit checkout whose server runs")
+    ap.add_argument("--profile", choices=sorted(PROFILES), default="fast3g")
+    ap.add_argument("--chromium", default=os.environ.get("EDGEKIT_CHROMIUM", "/usr/bin/chromium"))
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--agreement", action="store_true",
+                    help="instead: counts of the 12 MP photo, of the copy the page sends, of the native one")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        photos = phone_photos(args.fields, Path(tmp))
+        if args.agreement:
+            rows = agreement(photos, args.root.resolve(), args.chromium)
+            totals = {w: {k: sum(r[w][k] for r in rows) for k in ("cells", "parasitized", "uncertain")}
+                      for w in ("photo", "sent", "native")}
+            print(json.dumps({"totals": totals}))
+            if args.out:
+                args.out.write_text(json.dumps({"totals": totals, "fields": rows}, indent=1) + "\n")
+            return
+        rows = run(photos, args.root.resolve(), args.profile, args.chromium)
+    summary = {"profile": args.profile, "cpu_slowdown": CPU_SLOWDOWN, "root": str(args.root),
+               "median_seconds": statistics.median(r["seconds"] for r in rows),
+               "median_counted_s": statistics.median(r["counted_s"] for r in rows),
+               "max_seconds": max(r["seconds"] for r in rows), "fields": rows}
+    print(json.dumps({k: v for k, v in summary.items() if k != "fields"}))
+    if args.out:
+        args.out.write_text(json.dumps(summary, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

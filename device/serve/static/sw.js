@@ -1,0 +1,33 @@
+// edgekit serve: the page's service worker. It keeps the page itself (HTML, script, style, icons) so
+// the page opens while the station is out of reach; photos then wait in the page's own queue
+// (IndexedDB). Nothing of the API is ever cached: every count comes from the station.
+"use strict";
+
+const CACHE = "edgekit-page-v1";
+const SHELL = ["/", "/static/app.js", "/static/app.css", "/static/manifest.webmanifest",
+               "/static/icon-192.png", "/static/icon-512.png"];
+
+self.addEventListener("install", (ev) => {
+  ev.waitUntil(caches.open(CACHE).then((c) => c.addAll(SHELL)).then(() => self.skipWaiting()));
+});
+
+self.addEventListener("activate", (ev) => {
+  ev.waitUntil(caches.keys()
+    .then((keys) => Promise.all(keys.filter((k) => k !== CACHE).map((k) => caches.delete(k))))
+    .then(() => self.clients.claim()));
+});
+
+self.addEventListener("fetch", (ev) => {
+  const url = new URL(ev.request.url);
+  if (ev.request.method !== "GET" || url.origin !== self.location.origin) return;
+  const path = ev.request.mode === "navigate" ? "/" : url.pathname;
+  if (!SHELL.includes(path)) return;  // the API and everything else: straight to the station
+  // the station's copy when it answers (a new version is taken at once), the kept one when not
+  ev.respondWith(fetch(ev.request).then((resp) => {
+    if (resp.ok && !resp.redirected) {
+      const copy = resp.clone();
+      caches.open(CACHE).then((c) => c.put(path, copy));
+    }
+    return resp;
+  }).catch(() => caches.match(path).then((hit) => hit || Response.error())));
+});
