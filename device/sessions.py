@@ -94,7 +94,11 @@ def provenance_lines(session: Session) -> list[str]:
 
 EXPORT_COLUMNS = ["session_id", "patient", "site", "operator", "source_id", "source_kind", "content_hash",
                   "status", "reason", "label", "probability", "p_positive", "decision", "model_sha256",
-                  "created_at", "review", "reviewer"]  # review: a reviewer's verdict on the cell, if any
+                  "created_at", "review", "reviewer",  # review: a reviewer's verdict on the cell, if any
+                  "domain_score",  # the domain guard's distance for this crop (blank: none measured)
+                  # the session's verdict as stored (`sessions show`), and whether the guard vouched
+                  # for its cells: "no" means NOT VALIDATED for this microscope
+                  "session_result", "session_validated"]
 
 
 def export_rows(store: RecordStore, sessions: Iterable[Session]) -> list[dict[str, Any]]:
@@ -104,9 +108,14 @@ def export_rows(store: RecordStore, sessions: Iterable[Session]) -> list[dict[st
     rows = []
     for s in sessions:
         reviews = store.reviews(s.id)
+        summary = session_summary(store, s)
+        result = summary.decision if summary is not None else ""
+        guard = summary.domain if summary is not None else None
+        validated = "" if not guard or guard.get("ok") is None else ("yes" if guard["ok"] else "no")
         for r in store.records(s.id):
             when = datetime.fromtimestamp(r["created_at"], timezone.utc).isoformat(timespec="seconds")
             v = reviews.get(int(r["id"])) or {}
             rows.append({**r, "patient": s.patient, "site": s.site, "operator": s.operator,
-                         "created_at": when, "review": v.get("verdict"), "reviewer": v.get("reviewer")})
+                         "created_at": when, "review": v.get("verdict"), "reviewer": v.get("reviewer"),
+                         "session_result": result, "session_validated": validated})
     return rows

@@ -234,6 +234,14 @@ def test_screen_refers_an_off_site_session_and_rejects_noise(tmp_path):
     assert summary["decision"] == "refer" and summary["domain"]["ok"] is False
     shown = CliRunner().invoke(main, ["sessions", "show", "B1", "--db", str(db), "--json"])
     assert json.loads(shown.output)["summary"]["domain"]["ok"] is False
+    # the export carries the verdict as stored, so a spreadsheet cannot show these counts as valid
+    import csv
+    import io
+
+    exported = CliRunner().invoke(main, ["sessions", "export", "--db", str(db)])
+    rows = list(csv.DictReader(io.StringIO(exported.stdout, newline="")))
+    assert rows and {(r["session_result"], r["session_validated"]) for r in rows} == {("refer", "no")}
+    assert all(r["domain_score"] for r in rows if r["status"] == "classified")
     noise = write_image(
         tmp_path / "noise.png", np.random.default_rng(1).integers(0, 256, (100, 100, 3), dtype=np.uint8)
     )
