@@ -15,6 +15,8 @@ with JPEG re-encoding or sensor noise), and measured on held-out blocks: see
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from edgekit.device.preprocess import _cv2
@@ -24,25 +26,72 @@ SESSION_RATIO = 0.55  # below this fraction of the session's sharpest recent fie
 SESSION_RECENT = 10  # how many recently counted fields of the session set that reference
 MAX_SIDE = 1600  # fields are measured at most this large (a 12 MP phone photo is shrunk first)
 EDGE_QUANTILE = 95  # the strongest 5% of edges
+SIGMAS = (0.5, 1.2)  # the blur pair
+# mean squared Sobel gradient magnitude of unit white noise after each of the blur pair
+_NOISE_GAIN = (13.12, 1.518)
 
 
-def focus_score(rgb: np.ndarray) -> float:
-    """The field's focus score (see the module docstring): about 0.10-0.30 in focus, under 0.09
-    for a Gaussian blur of sigma 2 px or more."""
+@dataclass(frozen=True)
+class FocusMeasure:
+    """How the score is computed. ``px_per_radius``: a field whose cells are larger than this
+    radius (a higher magnification, a phone zoom) is first shrunk to it, so its edges are judged
+    against its cells rather than its pixels (0: at the field's own pixels). ``noise``: the sensor
+    noise's share of the gradients (estimated from the field) is taken out, so a blurred but noisy
+    field does not look sharp."""
+
+    px_per_radius: float = 0.0
+    noise: bool = False
+
+    @property
+    def name(self) -> str:
+        cell = f"cell{self.px_per_radius:g}" if self.px_per_radius else "pixel"
+        return cell + ("+noise" if self.noise else "")
+
+
+FOCUS_MEASURE = FocusMeasure()  # the measure FOCUS_FLOOR was set for (focus_floor.json)
+
+
+def focus_score(rgb: np.ndarray, radius: float | None = None, measure: FocusMeasure | None = None) -> float:
+    """The field's focus score (see the module docstring and :class:`FocusMeasure`; default
+    :data:`FOCUS_MEASURE`): about 0.10-0.30 in focus, under 0.09 for a Gaussian blur of sigma 2 px
+    or more. ``radius``: the cells' radius in pixels when the caller knows it (else estimated, if
+    the measure needs it: :func:`edgekit.device.field.segment.cell_radius`)."""
     cv2 = _cv2()
+    m = measure or FOCUS_MEASURE
     gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) if rgb.ndim == 3 else rgb
     scale = MAX_SIDE / max(gray.shape[:2])
+    if m.px_per_radius > 0:
+        if radius is None:
+            from edgekit.device.field.segment import cell_radius
+
+            radius = cell_radius(rgb if rgb.ndim == 3 else cv2.cvtColor(rgb, cv2.COLOR_GRAY2RGB))
+        if radius > 0:
+            scale = min(scale, m.px_per_radius / radius)
     if scale < 1:
         gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
     g = gray.astype(np.float32)
-    fine, coarse = _grad(cv2.GaussianBlur(g, (0, 0), 0.5)), _grad(cv2.GaussianBlur(g, (0, 0), 1.2))
+    fine, coarse = (_grad(cv2.GaussianBlur(g, (0, 0), s)) for s in SIGMAS)
     flat = coarse.ravel()
     k = int(flat.size * EDGE_QUANTILE / 100)
     level = float(np.partition(flat, k)[k]) if flat.size else 0.0
     if level <= 1e-3:  # no edges at all: a blank field (the blank check says so first)
         return 0.0
     sel = coarse >= level
-    return float(fine[sel].mean() / max(float(coarse[sel].mean()), 1e-6)) - 1.0
+    if not m.noise:
+        return float(fine[sel].mean() / max(float(coarse[sel].mean()), 1e-6)) - 1.0
+    var = _noise_std(g) ** 2
+    f2 = max(float(np.square(fine[sel]).mean()) - _NOISE_GAIN[0] * var, 1e-6)
+    c2 = max(float(np.square(coarse[sel]).mean()) - _NOISE_GAIN[1] * var, 1e-6)
+    return float(np.sqrt(f2 / c2)) - 1.0
+
+
+def _noise_std(g: np.ndarray) -> float:
+    """Sensor noise std (grey levels): the median absolute response of a Laplacian-like mask that
+    cancels smooth shading (Immerkaer's), which edges, being few, barely move."""
+    cv2 = _cv2()
+    mask = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
+    r = np.abs(cv2.filter2D(g, -1, mask))[1:-1:2, 1:-1:2]  # every 2nd pixel: plenty for a median
+    return float(np.median(r)) / (0.6745 * 6.0)
 
 
 def _grad(g: np.ndarray) -> np.ndarray:
