@@ -21,8 +21,8 @@ import numpy as np
 
 from edgekit.device.preprocess import _cv2
 
-FOCUS_FLOOR = 0.095  # below it a field is out of focus, whatever the session (focus_floor.json)
-SESSION_RATIO = 0.55  # below this fraction of the session's sharpest recent field: out of focus
+FOCUS_FLOOR = 0.0958  # below it a field is out of focus, whatever the session (focus_floor.json)
+SESSION_RATIO = 0.45  # below this fraction of the session's sharpest recent field: out of focus
 SESSION_RECENT = 10  # how many recently counted fields of the session set that reference
 MAX_SIDE = 1600  # fields are measured at most this large (a 12 MP phone photo is shrunk first)
 EDGE_QUANTILE = 95  # the strongest 5% of edges
@@ -48,7 +48,7 @@ class FocusMeasure:
         return cell + ("+noise" if self.noise else "")
 
 
-FOCUS_MEASURE = FocusMeasure()  # the measure FOCUS_FLOOR was set for (focus_floor.json)
+FOCUS_MEASURE = FocusMeasure(noise=True)  # the measure FOCUS_FLOOR was set for (focus_floor.json)
 
 
 def focus_score(rgb: np.ndarray, radius: float | None = None, measure: FocusMeasure | None = None) -> float:
