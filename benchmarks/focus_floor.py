@@ -164,7 +164,8 @@ def calibrate_session_ratio(rows: list[dict], measure: str) -> float:
 
     lowest = 1.0
     for name in {r["set"] for r in rows if "_x" not in r["set"]}:
-        seq = [r["scores"][measure] for r in rows if r["set"] == name and not r["held_out"] and r["sigma"] == 0]
+        cal = [r for r in rows if r["set"] == name and not r["held_out"]]
+        seq = [r["scores"][measure] for r in cal if r["sigma"] == 0]
         for i in range(1, len(seq)):
             lowest = min(lowest, seq[i] / max(max(seq[max(0, i - SESSION_RECENT):i]), 1e-6))
     return float(np.floor(lowest * 20) / 20)
@@ -253,7 +254,8 @@ def run(step: int = 1, rows: list[dict] | None = None) -> dict:
         "held_out_fields": len({(r["set"], r["field"]) for r in held}),
         "ms_per_1280x960_field": {m.name: time_per_field(m) for m in candidates()},
         "measures": measures,
-        "session_ratio": SESSION_RATIO, "session_ratio_from_calibration": calibrate_session_ratio(rows, current),
+        "session_ratio": SESSION_RATIO,
+        "session_ratio_from_calibration": calibrate_session_ratio(rows, current),
         "sharp_refused_by_session_rule": round(session_false / max(1, session_n), 4),
         "identity": ident, "step": step, "seconds": round(time.time() - t0, 1),
     }
