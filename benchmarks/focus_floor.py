@@ -1,17 +1,26 @@
 """Set and measure the focus floor and field identity (issue 22).
 
-    python -m edgekit.benchmarks.focus_floor [--step N] [--no-write]
+    python -m edgekit.benchmarks.focus_floor [--step N] [--no-write] [--rows CACHE.json]
 
 Fields: real in-focus IML (1280x960, P. vivax) and BCCD (640x480) fields, and NIH-like fields
 (NIH cell crops pasted on a stained-background canvas, 1200x900: NIH has no whole fields here).
 Each is split by blocks of 10 consecutive frames (IML: within its two stain groups): even blocks
 set the floor, odd blocks are held out. Every field is measured sharp and Gaussian-blurred
 (sigma 1, 1.5, 2, 3, 4), each copy JPEG re-encoded (q90 or q70) or with sensor noise (std 4).
-Floor = midway between the calibration blocks' sharpest sigma>=2 copy and dullest sharp copy.
-Held out: refused rate of sigma>=2 copies (want 100%), of sharp ones (want <= 1%), and the
-session rule (SESSION_RATIO x the sharpest of the last SESSION_RECENT fields) on the sharp fields
-in order. Field identity: a retake (JPEG q70, 5% shift, 0.9x or 1/0.9x scale, blur sigma 1) of each
-held-out field against its original, and every held-out field against its neighbours.
+Also measured: the 364 plain BCCD fields as they are (no re-encoding, no noise), and sharp fields
+rescaled 1.25x, 1.5x, 0.75x (a higher or lower magnification, a phone zoom) with their blurred
+copies (every 2nd field; sigma in the rescaled field's pixels).
+Each copy is scored by several measures side by side (:func:`candidates`: the old pixel-scale one,
+with the noise correction, at a fixed number of pixels per cell radius); each one's floor is the
+one minimising (sharp refused rate + sigma>=2 passed rate) on the calibration blocks of the native
+sets (plain BCCD included, rescaled fields left out), and the session ratio is the lowest ratio of
+a sharp calibration field to the sharpest of the SESSION_RECENT before it, rounded down to 0.05.
+The old measure with its old floor (0.095) is reported too.
+Held out: refused rate of sigma>=2 copies (want 100%), of sharp ones (want <= 1%), per set and
+sigma, and the session rule (SESSION_RATIO x the sharpest of the last SESSION_RECENT fields) on
+the sharp fields in order. Field identity: a retake (JPEG q70, 5% shift, 0.9x or 1/0.9x scale,
+blur sigma 1) of each held-out field against its original, and every held-out field against its
+neighbours.
 Writes ``benchmarks/results/focus_floor.json``.
 """
 
