@@ -184,3 +184,29 @@ def test_public_keys_read_without_the_serialization_module_equal_cryptographys(t
     (tmp_path / "bad.pub").write_text(text)
     with pytest.raises(SignatureError, match="not a PEM public key"):
         load_public_key(tmp_path / "bad.pub")
+
+
+def test_verification_cache_never_lets_a_tampered_bundle_pass(strict, tmp_path, monkeypatch):
+    """A signature that verified is remembered (a device start then skips cryptography), but only for
+    that exact key, signature and manifest: a changed model byte or an edited manifest is refused with
+    the cache warm, as with it cold."""
+    from edgekit.errors import IntegrityError
+
+    monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path / "cache"))
+    bundle = golden_copy(tmp_path / "b")
+    assert load_classifier(bundle).trust.trusted
+    assert len(list((tmp_path / "cache" / "verified").iterdir())) == 1
+    assert load_classifier(bundle).trust.trusted  # from the cache
+
+    model = bundle / "model_int8.tflite"
+    data = bytearray(model.read_bytes())
+    data[len(data) - 100] ^= 0x01
+    model.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError):  # the artifact is hashed on every load, cache or not
+        load_classifier(bundle)
+    _edit(bundle, lambda d: d["artifacts"]["tflite_int8"].update(sha256=sha256_file(model)))
+    with pytest.raises(SignatureError, match="signature does not match the manifest"):
+        load_classifier(bundle)
+    res = _classify(bundle)
+    assert res.exit_code == 2 and "signature does not match the manifest" in res.stderr
+    assert len(list((tmp_path / "cache" / "verified").iterdir())) == 1  # nothing cached for it
