@@ -38,7 +38,6 @@ from edgekit.errors import BundleError, DataError
 from edgekit.manifest import DEFAULT_GATE_BOUNDS, SITE_CUTOFFS
 from edgekit.safefile import replace_dir
 
-
 FIELD_CUTOFFS = ("field-count", "field-error")  # chosen on whole validation fields: need the images
 SITE_SPLIT = "site_split.json"
 FIELDS_SPLIT = "site_fields.json"
