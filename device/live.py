@@ -211,14 +211,16 @@ def camera_field_crops(frames: Iterable[np.ndarray], capture: FieldCapture,
 
 def camera_fields(frames: Iterable[np.ndarray], capture: FieldCapture) -> Iterator[tuple]:
     """Every new field among ``frames``, segmented, as :func:`edgekit.device.screening.record_fields`
-    takes them: ``("field 3", None, rgb, cells, reason)``."""
+    takes them: ``("field 3", None, rgb, cells, reason, focus)``."""
     from edgekit.device.field import count_cells
+    from edgekit.device.field.quality import field_focus
 
     for rgb in frames:
         if capture.offer(rgb) is None:
             continue
-        cells, _, reason = count_cells(rgb)
-        yield f"field {capture.stats.fields}", None, rgb, cells, reason
+        focus = field_focus(rgb)
+        cells, _, reason = count_cells(rgb, focus=focus)
+        yield f"field {capture.stats.fields}", None, rgb, cells, reason, focus
 
 
 class LiveView:

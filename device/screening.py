@@ -264,17 +264,18 @@ class FieldCheck:
 
 
 def check_field(store: RecordStore, session: Session, source_id: str, rgb: np.ndarray,
-                replace: bool = True) -> FieldCheck:
+                replace: bool = True, focus: float | None = None) -> FieldCheck:
     """The session's judgement of a field that passed the field quality gate: is it a field already
     counted in the session (:mod:`~edgekit.device.field.identity`: re-encoded, shifted, rescaled or
     a little blurred), and is it well below the sharpness of the session's recent fields
     (:mod:`~edgekit.device.field.focus`)? With ``replace``, a retake sharper than the counted field
-    by ``REPLACE_MARGIN`` replaces it (atomically, when recorded)."""
+    by ``REPLACE_MARGIN`` replaces it (atomically, when recorded). ``focus``: the field's
+    :func:`~edgekit.device.field.focus.focus_score` when the caller has it already."""
     from edgekit.device.field.focus import SESSION_RECENT, focus_reason, focus_score
     from edgekit.device.field.identity import Signature, same_field, signature
     from edgekit.device.records import FieldEntry
 
-    score = focus_score(rgb)
+    score = focus_score(rgb) if focus is None else focus
     sig = signature(rgb)
     counted = store.fields(session.id)
     for old in reversed(counted):
@@ -306,8 +307,9 @@ def field_items(source_id: str, rgb: np.ndarray, cells: list, check: FieldCheck,
     return [(cell_id(source_id, c.id), None, crop_cell(rgb, c)) for c in cells]
 
 
-# (shown name, content hash or None, decoded field or None, its cells, why it cannot be counted)
-SegmentedField = tuple[str, "str | None", "np.ndarray | None", list, "str | None"]
+# (shown name, content hash or None, decoded field or None, its cells, why it cannot be counted,
+# its focus score when measured)
+SegmentedField = tuple[str, "str | None", "np.ndarray | None", list, "str | None", "float | None"]
 
 
 def segment_paths(paths: Iterable[tuple[str, Path | None]], n_workers: int = 1) -> Iterable[SegmentedField]:
@@ -317,17 +319,19 @@ def segment_paths(paths: Iterable[tuple[str, Path | None]], n_workers: int = 1) 
 
 def _segment_one(item: tuple[str, Path | None]) -> SegmentedField:
     from edgekit.device.field import count_cells
+    from edgekit.device.field.quality import field_focus
     from edgekit.device.preprocess import read_image
 
     shown, path = item
     if path is None:
-        return shown, None, None, [], missing_reason(shown)
+        return shown, None, None, [], missing_reason(shown), None
     try:
         rgb = read_image(path)
     except ImageError as exc:
-        return shown, file_hash(path), None, [], str(exc).removeprefix(f"{path.name}: ")
-    cells, _, reason = count_cells(rgb)
-    return shown, file_hash(path), rgb, cells, reason
+        return shown, file_hash(path), None, [], str(exc).removeprefix(f"{path.name}: "), None
+    focus = field_focus(rgb)  # once, for the field gate here and the session's check_field
+    cells, _, reason = count_cells(rgb, focus=focus)
+    return shown, file_hash(path), rgb, cells, reason, focus
 
 
 def record_fields(
@@ -348,7 +352,7 @@ def record_fields(
         if on_outcome:
             on_outcome(out)
 
-    for shown, content_hash, rgb, cells, reason in fields:
+    for shown, content_hash, rgb, cells, reason, focus in fields:
         if stop_cells and store.count_classified(session.id) >= stop_cells:
             break
         check = None
@@ -356,7 +360,7 @@ def record_fields(
             why = ImageError(reason or "unreadable")
             items: list[Crop] = [(shown, content_hash or f"rejected:{shown}", why)]
         else:
-            check = check_field(store, session, shown, rgb, replace)
+            check = check_field(store, session, shown, rgb, replace, focus)
             items = field_items(shown, rgb, cells, check, content_hash)
         if on_field:
             on_field(shown, rgb, cells if check is not None and check.counted else [], check)
