@@ -75,7 +75,7 @@ def compare(ref: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]], tol:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from edgekit.benchmarks.speed import iml_fields, patient_crops, CACHE
+    from edgekit.benchmarks.speed import CACHE, iml_fields, patient_crops
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ref", type=Path, required=True, help="The source tree to compare against.")
@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     bad = 0
     with tempfile.TemporaryDirectory() as tmp:
         for what, run_args in (("crops", [str(crops), "--patient", "EQ"] if crops else None),
-                               ("fields", [*map(str, fields), "--fields", "--threads", "2", "--patient", "EQF"])):
+                               ("fields", [*map(str, fields), "--fields", "--threads", "2",
+                                           "--patient", "EQF"])):
             if run_args is None:
                 continue
             dbs, sums = {}, {}
