@@ -93,6 +93,9 @@ def classify(ctx: click.Context, paths: tuple[str, ...], bundle: Path | None, mo
 
     Exits 1 when any input could not be read (the batch still runs to the end).
     """
+    from edgekit.device.domain import warm_up_for
+
+    warm_up_for(bundle)  # first: the colour tables build while everything else loads
     from edgekit.device.output import Progress, ResultWriter, result_columns, result_row
     from edgekit.device.pipeline import (
         BATCH_SIZE,

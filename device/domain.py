@@ -18,6 +18,7 @@ Light: numpy at import, OpenCV inside functions.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -59,6 +60,21 @@ def warm_up() -> None:
         _lab_tables = threading.Thread(target=_build_lab_tables, name="edgekit-lab-tables", daemon=True)
         _lab_tables.start()
         atexit.register(_lab_tables.join)  # a command that fails at once exits after it, not during it
+
+
+def warm_up_for(bundle: str | os.PathLike | None) -> None:
+    """:func:`warm_up` when the bundle (None: the default) has a domain guard, before the command's
+    heavy imports and model load, so that more of them overlap the tables' build. Anything wrong
+    with the bundle is left to :func:`~edgekit.device.runtime.load_classifier` to report."""
+    from edgekit.errors import EdgekitError
+    from edgekit.manifest import read_manifest_data
+    from edgekit.paths import bundle_folder
+
+    try:
+        if read_manifest_data(bundle_folder(bundle)).get("domain"):
+            warm_up()
+    except (EdgekitError, OSError):
+        pass
 
 
 def _build_lab_tables() -> None:
