@@ -280,7 +280,7 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
                                       n_workers=workers(threads))
             else:
                 tally = record_crops(store, session, crops, classifier, gates, stop, kind, report,
-                                     n_workers=workers(threads))
+                                     n_workers=workers(threads), lookahead=kind == "file")
         except KeyboardInterrupt:
             bar.close()
             click.echo("interrupted: everything classified so far is recorded", err=True)
