@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for what, run_args in (("crops", [str(crops), "--patient", "EQ"] if crops else None),
                                ("fields", [*map(str, fields), "--fields", "--threads", "2",
-                                           "--patient", "EQF"])):
+                                           "--patient", "EQF"] if fields else None)):
             if run_args is None:
                 continue
             dbs, sums = {}, {}
