@@ -347,11 +347,8 @@ SegmentedField = tuple[str, "str | None", "np.ndarray | None", list, "str | None
 
 
 def segment_paths(paths: Iterable[tuple[str, Path | None]], n_workers: int = 1) -> Iterable[SegmentedField]:
-    """Whole-field files decoded and segmented ahead, in threads: :func:`record_fields`. One worker
-    fewer than ``n_workers`` (at least one): the caller's thread classifies each field's cells with
-    ``n_workers`` threads meanwhile, and every field segmented at once holds ~25 MB (2 cores: same
-    wall time, ~25 MB less peak RSS than two fields at once)."""
-    return prefetch(_segment_one, paths, max(1, n_workers - 1))
+    """Whole-field files decoded and segmented (``n_workers`` ahead, in threads): :func:`record_fields`."""
+    return prefetch(_segment_one, paths, n_workers)
 
 
 def _segment_one(item: tuple[str, Path | None]) -> SegmentedField:
