@@ -18,6 +18,11 @@ fields (every 21st of the set) with 2 threads, and cold start (process start to 
 result of ``edgekit classify`` on one crop); each tree is byte-compiled first, as an install is.
 Wall and CPU seconds (user + system of the child) and peak RSS (the child's ``ru_maxrss``) are
 recorded. Ratios are printed against MalariaScreener, the old default, and the first ``--src``.
+
+Last, the four rows of issue 26 against their targets, one column per ``--src`` (per-crop model
+time: batch 1, 1 thread, against MalariaScreener; ``screen`` of 1,000 crops as a multiple of the
+default model's own time for them; ``screen --fields``; cold start), with the CPU's model and its
+vector flags (AVX2, AVX-512, VNNI, NEON...), since the int8 kernels and so the ratios depend on them.
 """
 
 from __future__ import annotations
@@ -246,6 +251,76 @@ def summarize_e2e(res: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return res
 
 
+def cpu_info() -> dict[str, Any]:
+    """The CPU's model name and the vector flags that decide which int8 kernels run."""
+    wanted = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
+              "amx_int8", "asimd", "asimddp", "i8mm", "sve")
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "Model", "CPU part") and model in ("", platform.machine()):
+                    model = value.strip()
+                elif key in ("flags", "Features"):
+                    flags.update(value.split())
+    except OSError:
+        pass
+    return {"model": model, "flags": [f for f in wanted if f in flags]}
+
+
+# issue 26's rows: (label, target text, function of (e2e entry, default ms per crop, peer ms) -> (shown, ok))
+TARGETS = {"per_crop_x": 8.0, "screen_x": 3.0, "screen_rss": 80.0, "fields_wall": 1.2, "fields_rss": 100.0,
+           "cold_wall": 0.15}
+
+
+def issue_rows(result: dict[str, Any]) -> list[str]:
+    """Markdown table of issue 26's four rows, one column per source, each cell marked when it
+    meets the target."""
+    by = {(r["model"], r["threads"], r["batch"]): r["ms_per_crop"] for r in result.get("latency", [])}
+    model_ms, peer_ms = by.get(("default", 1, 1)), by.get(("MalariaScreener", 1, 1))
+    e2e = result.get("end_to_end") or {}
+    names = list(e2e) or ["(no end-to-end run)"]
+
+    def mark(text: str, ok: bool | None) -> str:
+        return text + ("" if ok is None else " ✓" if ok else " ✗")
+
+    per_crop = "-"
+    if model_ms and peer_ms:
+        x = peer_ms / model_ms
+        per_crop = mark(f"{model_ms:.3f} ms vs {peer_ms:.3f} ms: {x:.1f}x", x >= TARGETS["per_crop_x"])
+    rows = {"per crop, int8, batch 1, 1 thread, vs MalariaScreener": ([per_crop] * len(names), ">= 8x"),
+            f"screen {N_CROPS:,} NIH crops": ([], "<= 3x the model's time, <= 80 MB"),
+            f"screen --fields of {N_FIELDS} IML fields, 2 threads": ([], "<= 1.2 s, <= 100 MB"),
+            "cold start (classify of one crop)": ([], "<= 0.15 s")}
+    keys = list(rows)
+    for name in names:
+        d = e2e.get(name)
+        if d is None:
+            for k in keys[1:]:
+                rows[k][0].append("-")
+            continue
+        x = d["screen_wall_s"] / (N_CROPS * model_ms / 1000) if model_ms else None
+        rss = d["screen_rss_mb"]
+        text = f"{d['screen_wall_s']:.2f} s wall, {d['screen_cpu_s']:.2f} s CPU, {_mb(rss)} MB"
+        if x is not None:
+            text += f": {x:.1f}x the model's time"
+        rows[keys[1]][0].append(mark(text, None if x is None or rss is None
+                                     else x <= TARGETS["screen_x"] and rss <= TARGETS["screen_rss"]))
+        rss, wall = d["fields_rss_mb"], d["fields_wall_s"]
+        rows[keys[2]][0].append(mark(f"{wall:.2f} s wall, {d['fields_cpu_s']:.2f} s CPU, {_mb(rss)} MB",
+                                     None if rss is None else
+                                     wall <= TARGETS["fields_wall"] and rss <= TARGETS["fields_rss"]))
+        rows[keys[3]][0].append(mark(f"{d['cold_wall_s']:.3f} s, {_mb(d['cold_rss_mb'])} MB",
+                                     d["cold_wall_s"] <= TARGETS["cold_wall"]))
+    cpu = (result.get("machine") or {}).get("cpu") or {}
+    lines = [f"Issue 26 (CPU: {cpu.get('model', '?')}; flags: {' '.join(cpu.get('flags', [])) or '?'}):", "",
+             f"| | {' | '.join(names)} | target |", "|---|" + "---|" * (len(names) + 1)]
+    lines += [f"| {k} | {' | '.join(cells)} | {target} |" for k, (cells, target) in rows.items()]
+    return lines
+
+
 def _keep(run: dict[str, Any]) -> dict[str, Any]:
     return {k: round(v, 4) for k, v in run.items() if k in ("wall_s", "cpu_s", "peak_rss_mb")}
 
@@ -281,6 +356,8 @@ def report(result: dict[str, Any]) -> str:
                          f" {cell('fields_wall_s')} | {cell('fields_cpu_s')} | {d['fields_cells']} |"
                          f" {cell('cold_wall_s')} | {cell('cold_cpu_s')} |"
                          f" {' / '.join(_mb(d[f'{k}_rss_mb']) for k in ('screen', 'fields', 'cold'))} |")
+    if result.get("latency") or e2e:
+        lines += ["", *issue_rows(result)]
     return "\n".join(lines) + "\n"
 
 
@@ -304,7 +381,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="NAME=DIR[@BUNDLE]: a source tree to run end to end (repeat; default: this one).")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--cache", type=Path, default=CACHE)
-    ap.add_argument("--skip", default="", help="latency and/or e2e, comma-separated")
+    ap.add_argument("--skip", default="", help="latency, seed and/or e2e, comma-separated")
     ap.add_argument("--out", type=Path, default=None, help="JSON results (and a .md beside it).")
     ap.add_argument("--report", type=Path, default=None, help="Only print the tables of a results JSON.")
     ap.add_argument("--make-seed", type=Path, default=None, help=argparse.SUPPRESS)
@@ -325,7 +402,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     crops_dir = patient_crops(args.cache)
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "cpu": cpu_info(),
                     "load_avg_start": os.getloadavg(), "python": platform.python_version()},
         "bundle": str(bundle), "old_bundle": str(args.old_bundle) if args.old_bundle else None,
         "crops": f"{N_CROPS} NIH crops of patients {'+'.join(PATIENTS)}", "rounds": args.rounds,
@@ -335,7 +412,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         models = {"default": _bundle_model(bundle)}
         if args.old_bundle:
             models["old default"] = _bundle_model(args.old_bundle.resolve())
-        models["seed int8 (untrained)"] = (seed_model(args.cache), "litert")
+        if "seed" not in skip:  # exported once with TensorFlow
+            models["seed int8 (untrained)"] = (seed_model(args.cache), "litert")
         models["MalariaScreener"] = (PEER, "litert")
         crops = [read_image(p) for p in sorted(crops_dir.iterdir())[:64]]
         result["models"] = {k: {"path": str(p), "bytes": p.stat().st_size} for k, (p, _) in models.items()}

@@ -93,6 +93,9 @@ def classify(ctx: click.Context, paths: tuple[str, ...], bundle: Path | None, mo
 
     Exits 1 when any input could not be read (the batch still runs to the end).
     """
+    from edgekit.device.domain import warm_up_for
+
+    warm_up_for(bundle)  # first: the colour tables build while everything else loads
     from edgekit.device.output import Progress, ResultWriter, result_columns, result_row
     from edgekit.device.pipeline import (
         BATCH_SIZE,
@@ -280,7 +283,7 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
                                       n_workers=workers(threads))
             else:
                 tally = record_crops(store, session, crops, classifier, gates, stop, kind, report,
-                                     n_workers=workers(threads))
+                                     n_workers=workers(threads), lookahead=kind == "file")
         except KeyboardInterrupt:
             bar.close()
             click.echo("interrupted: everything classified so far is recorded", err=True)

@@ -279,16 +279,22 @@ def _imdecode(data: bytes, fmt: str) -> np.ndarray | None:
     missing data (it fills the gap with grey) is refused."""
     import cv2
 
+    # libwebp reports a damaged stream by failing (None), never on stderr, and its log is not read:
+    # no capture for WebP, whose process-wide lock would serialise decoding across the worker
+    # threads (NIH crops come as WebP)
+    quiet = fmt == "WEBP"
     log = cv2.utils.logging
     old = log.getLogLevel()
-    log.setLogLevel(max(old, log.LOG_LEVEL_WARNING))  # libjpeg's warnings come through OpenCV's log
+    if not quiet:
+        log.setLogLevel(max(old, log.LOG_LEVEL_WARNING))  # libjpeg's warnings come through OpenCV's log
     try:
-        with captured_native_stderr() as err:
+        with contextlib.nullcontext(io.BytesIO()) if quiet else captured_native_stderr() as err:
             img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:
         raise ImageError(f"unreadable image ({str(exc).strip().splitlines()[-1][:120]})") from exc
     finally:
-        log.setLogLevel(old)
+        if not quiet:
+            log.setLogLevel(old)
     if fmt in ("JPEG", "MPO"):
         bad = [ln for ln in err.getvalue().splitlines()
                if any(w in ln for w in _JPEG_WARNINGS) and not _is_end_padding(ln, data)]

@@ -196,9 +196,10 @@ def hold_still_began(capture: FieldCapture, was: bool) -> tuple[bool, bool]:
 def camera_fields(frames: Iterable[np.ndarray], capture: FieldCapture,
                   on_hold_still: Callable[[int], None] | None = None) -> Iterator[tuple]:
     """Every new field among ``frames``, segmented, as :func:`edgekit.device.screening.record_fields`
-    takes them: ``("field 3", None, rgb, cells, reason)``. ``on_hold_still(frame number)`` is called
-    when shake starts keeping the next field from being taken."""
+    takes them: ``("field 3", None, rgb, cells, reason, focus)``. ``on_hold_still(frame number)`` is
+    called when shake starts keeping the next field from being taken."""
     from edgekit.device.field import count_cells
+    from edgekit.device.field.quality import field_focus
 
     shaking = False
     for n, rgb in enumerate(frames, 1):
@@ -208,8 +209,9 @@ def camera_fields(frames: Iterable[np.ndarray], capture: FieldCapture,
             on_hold_still(n)
         if taken is None:
             continue
-        cells, _, reason = count_cells(taken)  # the sharpest frame of the still run, not the last
-        yield f"field {capture.stats.fields}", None, taken, cells, reason
+        focus = field_focus(taken)  # the sharpest frame of the still run, not the last
+        cells, _, reason = count_cells(taken, focus=focus)
+        yield f"field {capture.stats.fields}", None, taken, cells, reason, focus
 
 
 class LiveView:

@@ -191,14 +191,34 @@ def classify_batch(
     inference call for all that pass the gates; outcomes in input order. Never raises for a bad
     image. Decoding and gating run in ``n_workers`` threads. Each outcome's ``seconds`` is its own
     decode and gate time plus its share of the call."""
+    return predict_loaded(load_batch(items, classifier, gates, n_workers), classifier)
+
+
+def load_batch(
+    items: Sequence[tuple[str, np.ndarray | str | os.PathLike, str | None]],
+    classifier: Classifier,
+    gates: QualityGates | None,
+    n_workers: int = 1,
+) -> list[tuple[Outcome, np.ndarray | None]]:
+    """:func:`classify_batch`'s first half: each item decoded, gated and prepared (in ``n_workers``
+    threads): (outcome so far, model input or None when refused), in input order."""
     pre = classifier.manifest.preprocessing
     domain = getattr(classifier.manifest, "domain", None)  # the domain guard's training-cell statistics
     n_workers = min(n_workers, len(items))
-    loaded = list(prefetch(lambda item: _load_one(item, gates, pre, domain), items, n_workers))
+    return list(prefetch(lambda item: _load_one(item, gates, pre, domain), items, n_workers))
+
+
+def predict_loaded(
+    loaded: Sequence[tuple[Outcome, np.ndarray | None]], classifier: Classifier
+) -> list[Outcome]:
+    """:func:`classify_batch`'s second half: the model on every prepared input, the outcomes."""
     ready = [(out, x) for out, x in loaded if x is not None]
     if ready:
         t0 = time.perf_counter()
-        probs = classifier.predict(np.stack([x for _, x in ready]))
+        # at most BATCH_SIZE crops per call: a whole field's ~130 cells in one call sized the model's
+        # activations (and the stacked input) for all of them, ~40 MB of peak RSS for no speed
+        probs = np.concatenate([classifier.predict(np.stack([x for _, x in ready[i : i + BATCH_SIZE]]))
+                                for i in range(0, len(ready), BATCH_SIZE)])
         share = (time.perf_counter() - t0) / len(ready)
         for (out, _), row in zip(ready, probs, strict=True):
             out.prediction = classifier.interpret(row)

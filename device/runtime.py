@@ -31,16 +31,10 @@ from edgekit.manifest import (
     read_manifest_data,
     read_verified_artifact,
 )
+from edgekit.paths import bundle_folder, default_bundle_dir
 from edgekit.signing import Trust, canonical_manifest, require_trusted
 
 FORMAT_ORDER = DEVICE_ORDER  # the format table's device preference: smallest and fastest first
-
-
-def default_bundle_dir() -> Path:
-    """The model shipped inside the package (``edgekit/models/default``); may not exist."""
-    import edgekit
-
-    return Path(edgekit.__file__).resolve().parent / "models" / "default"
 
 
 def resolve_artifact(manifest: Manifest, fmt: str | None = None, allow_failed: bool = False) -> Artifact:
@@ -202,17 +196,12 @@ def load_classifier(
     The bundle must be signed by a trusted key unless ``allow_unsigned`` (default:
     ``$EDGEKIT_ALLOW_UNSIGNED``); an untrusted bundle loaded that way is reported through ``warn``
     (default: one line on stderr)."""
-    if bundle is None:
-        bundle_dir = default_bundle_dir()
-        if not (bundle_dir / "manifest.json").is_file():
-            raise BundleError(
-                "no default model is shipped with this edgekit install yet; pass --model BUNDLE "
-                "(a folder written by `edgekit export`)"
-            )
-    else:
-        bundle_dir = Path(bundle)
-        if bundle_dir.is_file() and bundle_dir.name == "manifest.json":
-            bundle_dir = bundle_dir.parent
+    bundle_dir = default_bundle_dir() if bundle is None else bundle_folder(bundle)
+    if bundle is None and not (bundle_dir / "manifest.json").is_file():
+        raise BundleError(
+            "no default model is shipped with this edgekit install yet; pass --model BUNDLE "
+            "(a folder written by `edgekit export`)"
+        )
     data = read_manifest_data(bundle_dir)
     if data.get("domain"):  # the guard's colour tables build while the bundle is checked and loaded
         from edgekit.device.domain import warm_up

@@ -20,9 +20,10 @@ from edgekit.device.pipeline import (
     Outcome,
     Tally,
     array_hash,
-    classify_batch,
     file_hash,
+    load_batch,
     missing_reason,
+    predict_loaded,
     prefetch,
 )
 from edgekit.device.quality import DEFAULT_GATES, QualityGates
@@ -176,6 +177,7 @@ def record_crops(
     batch_size: int = BATCH_SIZE,
     n_workers: int = 1,
     field: Any = None,
+    lookahead: bool = False,
 ) -> Tally:
     """Classify and commit each crop not yet recorded in ``session``; stop once the session holds
     ``stop_cells`` classified crops (0 or None: never). Crops go ``batch_size`` at a time through
@@ -183,16 +185,31 @@ def record_crops(
     their commit: a crash loses at most the batch in flight, nothing reported is lost, and a rerun
     skips everything already recorded. Decoding and quality gates run in ``n_workers`` threads.
     ``field``: the records' ``FieldEntry`` of the whole field the crops were cut from, written (and
-    any field it replaces marked replaced) in the transaction of the first batch."""
+    any field it replaces marked replaced) in the transaction of the first batch.
+
+    ``lookahead`` (crops that can be read ahead, such as files; never a camera): the next batch is
+    taken, hashed and decoded while this one is classified and committed, whenever its size cannot
+    depend on this batch's outcome (no stop, or the stop at least a batch beyond this one), so the
+    same batches are recorded as without it."""
     done = store.recorded_hashes(session.id)
     counted = store.count_classified(session.id) if stop_cells else 0
     tally = Tally()
     it = iter(crops)
-    while True:
-        room = min(batch_size, stop_cells - counted) if stop_cells else batch_size
-        chunk = list(islice(it, room)) if room > 0 else []
+    ahead = None
+    if lookahead:
+        from concurrent.futures import ThreadPoolExecutor
+
+        ahead = ThreadPoolExecutor(1, thread_name_prefix="edgekit-lookahead")
+
+    def room() -> int:
+        return min(batch_size, stop_cells - counted) if stop_cells else batch_size
+
+    def take(n: int) -> tuple[list[Outcome | None], list[tuple[int, str, Any, str]], Any] | None:
+        """The next ``n`` crops: their outcomes so far, what is left to classify, and its decoding
+        (started in the background with ``lookahead``)."""
+        chunk = list(islice(it, n)) if n > 0 else []
         if not chunk:
-            break
+            return None
         outs: list[Outcome | None] = []
         todo: list[tuple[int, str, Any, str]] = []  # (position in outs, source id, image, hash)
         for source_id, content_hash, image in chunk:
@@ -211,22 +228,39 @@ def record_crops(
             if key:
                 done.add(key)
             outs.append(out)
-        found = classify_batch([t[1:] for t in todo], classifier, gates, n_workers)
-        for (i, *_), out in zip(todo, found, strict=True):
-            outs[i] = out
-        done_outs = [o for o in outs if o is not None]
-        rows = [outcome_row(o, source_kind) for o in done_outs if o.status != "skipped" and o.content_hash]
-        # flagged cells' crops, for review: committed with their records
-        kept = review_crops(found, [t[2] for t in todo], classifier.manifest.decision.cutoff, n_workers)
-        for out in found:
-            out.pixels = None
-        if rows:
-            store.add_records(session, rows, kept, field)
-        for out in done_outs:  # reported only once committed
-            tally.add(out.status)
-            counted += out.status == "classified"
-            if on_outcome:
-                on_outcome(out)
+        items = [t[1:] for t in todo]
+        loading = ahead.submit(load_batch, items, classifier, gates, n_workers) if ahead else items
+        return outs, todo, loading
+
+    try:
+        nxt = take(room())
+        while nxt is not None:
+            outs, todo, loading = nxt
+            taken = ahead is not None and (not stop_cells or stop_cells - counted - len(todo) >= batch_size)
+            nxt = take(batch_size) if taken else None  # its size is batch_size whatever this one gives
+            loaded = loading.result() if ahead else load_batch(loading, classifier, gates, n_workers)
+            found = predict_loaded(loaded, classifier)
+            for (i, *_), out in zip(todo, found, strict=True):
+                outs[i] = out
+            done_outs = [o for o in outs if o is not None]
+            rows = [outcome_row(o, source_kind) for o in done_outs
+                    if o.status != "skipped" and o.content_hash]
+            # flagged cells' crops, for review: committed with their records
+            kept = review_crops(found, [t[2] for t in todo], classifier.manifest.decision.cutoff, n_workers)
+            for out in found:
+                out.pixels = None
+            if rows:
+                store.add_records(session, rows, kept, field)
+            for out in done_outs:  # reported only once committed
+                tally.add(out.status)
+                counted += out.status == "classified"
+                if on_outcome:
+                    on_outcome(out)
+            if not taken:
+                nxt = take(room())
+    finally:
+        if ahead is not None:
+            ahead.shutdown(wait=True, cancel_futures=True)
     return tally
 
 
@@ -264,17 +298,18 @@ class FieldCheck:
 
 
 def check_field(store: RecordStore, session: Session, source_id: str, rgb: np.ndarray,
-                replace: bool = True) -> FieldCheck:
+                replace: bool = True, focus: float | None = None) -> FieldCheck:
     """The session's judgement of a field that passed the field quality gate: is it a field already
     counted in the session (:mod:`~edgekit.device.field.identity`: re-encoded, shifted, rescaled or
     a little blurred), and is it well below the sharpness of the session's recent fields
     (:mod:`~edgekit.device.field.focus`)? With ``replace``, a retake sharper than the counted field
-    by ``REPLACE_MARGIN`` replaces it (atomically, when recorded)."""
+    by ``REPLACE_MARGIN`` replaces it (atomically, when recorded). ``focus``: the field's
+    :func:`~edgekit.device.field.focus.focus_score` when the caller has it already."""
     from edgekit.device.field.focus import SESSION_RECENT, focus_reason, focus_score
     from edgekit.device.field.identity import Signature, same_field, signature
     from edgekit.device.records import FieldEntry
 
-    score = focus_score(rgb)
+    score = focus_score(rgb) if focus is None else focus
     sig = signature(rgb)
     counted = store.fields(session.id)
     for old in reversed(counted):
@@ -306,8 +341,9 @@ def field_items(source_id: str, rgb: np.ndarray, cells: list, check: FieldCheck,
     return [(cell_id(source_id, c.id), None, crop_cell(rgb, c)) for c in cells]
 
 
-# (shown name, content hash or None, decoded field or None, its cells, why it cannot be counted)
-SegmentedField = tuple[str, "str | None", "np.ndarray | None", list, "str | None"]
+# (shown name, content hash or None, decoded field or None, its cells, why it cannot be counted,
+# its focus score when measured)
+SegmentedField = tuple[str, "str | None", "np.ndarray | None", list, "str | None", "float | None"]
 
 
 def segment_paths(paths: Iterable[tuple[str, Path | None]], n_workers: int = 1) -> Iterable[SegmentedField]:
@@ -317,17 +353,19 @@ def segment_paths(paths: Iterable[tuple[str, Path | None]], n_workers: int = 1) 
 
 def _segment_one(item: tuple[str, Path | None]) -> SegmentedField:
     from edgekit.device.field import count_cells
+    from edgekit.device.field.quality import field_focus
     from edgekit.device.preprocess import read_image
 
     shown, path = item
     if path is None:
-        return shown, None, None, [], missing_reason(shown)
+        return shown, None, None, [], missing_reason(shown), None
     try:
         rgb = read_image(path)
     except ImageError as exc:
-        return shown, file_hash(path), None, [], str(exc).removeprefix(f"{path.name}: ")
-    cells, _, reason = count_cells(rgb)
-    return shown, file_hash(path), rgb, cells, reason
+        return shown, file_hash(path), None, [], str(exc).removeprefix(f"{path.name}: "), None
+    focus = field_focus(rgb)  # once, for the field gate here and the session's check_field
+    cells, _, reason = count_cells(rgb, focus=focus)
+    return shown, file_hash(path), rgb, cells, reason, focus
 
 
 def record_fields(
@@ -348,7 +386,7 @@ def record_fields(
         if on_outcome:
             on_outcome(out)
 
-    for shown, content_hash, rgb, cells, reason in fields:
+    for shown, content_hash, rgb, cells, reason, focus in fields:
         if stop_cells and store.count_classified(session.id) >= stop_cells:
             break
         check = None
@@ -356,7 +394,7 @@ def record_fields(
             why = ImageError(reason or "unreadable")
             items: list[Crop] = [(shown, content_hash or f"rejected:{shown}", why)]
         else:
-            check = check_field(store, session, shown, rgb, replace)
+            check = check_field(store, session, shown, rgb, replace, focus)
             items = field_items(shown, rgb, cells, check, content_hash)
         if on_field:
             on_field(shown, rgb, cells if check is not None and check.counted else [], check)

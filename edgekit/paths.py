@@ -8,6 +8,19 @@ from pathlib import Path
 _CHECKOUT = Path(__file__).resolve().parents[1]
 
 
+def default_bundle_dir() -> Path:
+    """The model shipped inside the package (``edgekit/models/default``); may not exist."""
+    return Path(__file__).resolve().parent / "models" / "default"
+
+
+def bundle_folder(bundle: str | os.PathLike | None) -> Path:
+    """The folder of a bundle given as its folder or its ``manifest.json`` (None: the default)."""
+    if bundle is None:
+        return default_bundle_dir()
+    folder = Path(bundle)
+    return folder.parent if folder.is_file() and folder.name == "manifest.json" else folder
+
+
 def shared_data(name: str = "") -> Path:
     """The shared data folder (or the dataset ``name`` inside it); nothing is downloaded."""
     root = os.environ.get("EDGEKIT_DATA")

@@ -148,7 +148,14 @@ class TrustedKey:
     key_id: str
     name: str  # the file's stem
     source: Path
-    public_key: Any
+    raw: bytes  # the 32 raw Ed25519 key bytes
+
+    @property
+    def public_key(self) -> Any:
+        """The key as a ``cryptography`` object (imported only when a signature must be checked)."""
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+        return Ed25519PublicKey.from_public_bytes(self.raw)
 
 
 def trusted_keys() -> dict[str, TrustedKey]:
@@ -158,9 +165,11 @@ def trusted_keys() -> dict[str, TrustedKey]:
         if not folder.is_dir():
             continue
         for pub in sorted(folder.glob("*.pub")):
-            k = load_public_key(pub)
-            kid = key_id(k)
-            keys.setdefault(kid, TrustedKey(kid, pub.stem, pub, k))
+            raw = _ed25519_raw(_read_small(pub, "public key"))
+            if raw is None:  # another PEM layout: cryptography's loader parses (or refuses) it
+                raw = load_public_key(pub).public_bytes_raw()
+            kid = hashlib.sha256(raw).hexdigest()[:16]  # = key_id(), without loading the key object
+            keys.setdefault(kid, TrustedKey(kid, pub.stem, pub, raw))
     return keys
 
 
@@ -390,13 +399,48 @@ def signing_problems(folder: str | os.PathLike, data: dict[str, Any]) -> tuple[l
 
 
 def _signature_matches(key: TrustedKey, sig: dict[str, Any], data: dict[str, Any]) -> bool:
+    """Whether ``sig`` is ``key``'s valid signature of ``data``. A verification that succeeded is
+    remembered (:func:`_verified_marker`), so a device start usually skips importing ``cryptography``."""
+    try:
+        signature = base64.b64decode(sig["signature"], validate=True)
+    except ValueError:
+        return False
+    message = _signed_bytes(data)
+    # Whoever can write the cache could plant a marker; that adds nothing for a key whose folder this
+    # user may write anyway (they could add a key), but would weaken a keyring kept read-only (a
+    # site's protected keyring, a system-wide install): those keys are always verified afresh.
+    cached = os.access(key.source.parent, os.W_OK)
+    marker = _verified_marker(key.raw, signature, message) if cached else None
+    if marker is not None and marker.is_file():
+        return True
     from cryptography.exceptions import InvalidSignature
 
     try:
-        key.public_key.verify(base64.b64decode(sig["signature"], validate=True), _signed_bytes(data))
+        key.public_key.verify(signature, message)
     except (InvalidSignature, ValueError):
         return False
+    if marker is not None:
+        try:
+            marker.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            marker.touch()
+        except OSError:
+            pass  # a read-only cache only costs a verification per start
     return True
+
+
+def _verified_marker(raw_key: bytes, signature: bytes, message: bytes) -> Path:
+    """The cache file that says this exact (key, signature, signed manifest) triple verified before:
+    named by the sha256 of all three, so any change to the manifest (and through its sha256s, to any
+    artifact), the signature or the key misses it and is verified afresh. Artifacts themselves are
+    always hashed against the manifest when loaded. The cache is the user's own (``$EDGEKIT_CACHE``,
+    as for the model probe), no more writable by others than their keyring."""
+    from edgekit.device.probe import cache_dir
+
+    h = hashlib.sha256(b"edgekit-verified-v1\0")
+    for part in (raw_key, signature, message):
+        h.update(len(part).to_bytes(8, "big"))
+        h.update(part)
+    return cache_dir() / "verified" / h.hexdigest()
 
 
 @dataclass
@@ -510,11 +554,11 @@ def _read_signature(folder: Path) -> dict[str, Any] | None:
 def check_bundle(folder: str | os.PathLike, data: dict[str, Any]) -> Trust:
     """Whether the manifest ``data`` read from ``folder`` carries a valid signature by a trusted key, for a
     release that key may still vouch for, and is not revoked."""
-    try:
-        import cryptography.exceptions  # noqa: F401
-    except ImportError as exc:
+    import importlib.util
+
+    if importlib.util.find_spec("cryptography") is None:  # found, not imported: a cached check needs none
         raise SignatureError("cannot check bundle signatures: the cryptography package is missing "
-                             "(pip install cryptography)") from exc
+                             "(pip install cryptography)")
 
     folder = Path(folder)
     policy = trust_policy()

@@ -269,3 +269,35 @@ def _safe_count(db) -> int:
         return _count(db)[0]
     except sqlite3.Error:
         return 0
+
+
+@pytest.mark.parametrize("stop", [0, 4, 7, 100])
+def test_lookahead_records_the_same_batches(tmp_path, clf, stop):
+    """Decoding the next batch while this one is committed (``lookahead``, as `screen` does for
+    files) records and reports exactly what the batch-by-batch loop does, stop rule included."""
+    import numpy as np
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i, p in enumerate(sorted(CELLS.iterdir())):
+        shutil.copy(p, folder / p.name)
+        shutil.copy(p, folder / f"dup{i}{p.suffix}")  # same content: skipped
+    for seed in range(6):
+        write_image(folder / f"disc{seed}.png", cell_image(seed, 64))
+    write_image(folder / "blank.png", np.zeros((64, 64, 3), np.uint8))  # rejected
+    (folder / "junk.png").write_bytes(b"not an image")  # failed
+
+    def run(lookahead: bool):
+        reported = []
+        with RecordStore(tmp_path / f"{lookahead}-{stop}.sqlite") as store:
+            s = store.open_session("LA", clf.model_sha256)
+            tally = record_crops(store, s, path_crops(expand_inputs([str(folder)])), clf, stop_cells=stop,
+                                 on_outcome=lambda o: reported.append((o.source_id, o.status, o.reason)),
+                                 batch_size=3, n_workers=2, lookahead=lookahead)
+            rows = [(r["source_id"], r["status"], r["reason"], r["p_positive"], r["decision"])
+                    for r in store.records(s.id)]
+        return tally.counts, reported, rows
+
+    plain = run(False)
+    assert plain[0]["classified"] == (min(stop, 10) if stop else 10) and len(plain[2]) >= 4
+    assert run(True) == plain

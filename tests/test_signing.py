@@ -190,3 +190,60 @@ def test_public_keys_read_without_the_serialization_module_equal_cryptographys(t
     (tmp_path / "bad.pub").write_text(text)
     with pytest.raises(SignatureError, match="not a PEM public key"):
         load_public_key(tmp_path / "bad.pub")
+
+
+def test_verification_cache_never_lets_a_tampered_bundle_pass(strict, tmp_path, monkeypatch):
+    """A signature that verified is remembered (a device start then skips cryptography), but only for
+    that exact key, signature and manifest: a changed model byte or an edited manifest is refused with
+    the cache warm, as with it cold."""
+    from edgekit.errors import IntegrityError
+
+    monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path / "cache"))
+    bundle = golden_copy(tmp_path / "b")
+    assert load_classifier(bundle).trust.trusted
+    assert len(list((tmp_path / "cache" / "verified").iterdir())) == 1
+    assert load_classifier(bundle).trust.trusted  # from the cache
+
+    model = bundle / "model_int8.tflite"
+    data = bytearray(model.read_bytes())
+    data[len(data) - 100] ^= 0x01
+    model.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError):  # the artifact is hashed on every load, cache or not
+        load_classifier(bundle)
+    _edit(bundle, lambda d: d["artifacts"]["tflite_int8"].update(sha256=sha256_file(model)))
+    with pytest.raises(SignatureError, match="signature does not match the manifest"):
+        load_classifier(bundle)
+    res = _classify(bundle)
+    assert res.exit_code == 2 and "signature does not match the manifest" in res.stderr
+    assert len(list((tmp_path / "cache" / "verified").iterdir())) == 1  # nothing cached for it
+
+
+def test_verification_cache_is_not_used_for_a_keyring_this_user_cannot_write(strict, tmp_path, monkeypatch):
+    """A marker planted in the cache for a forged signature would pass a key whose folder the user may
+    write anyway (they could add a key there); for a read-only keyring (a site's protected one, a
+    system-wide install) the cache is not consulted, so the forgery is refused."""
+    import base64
+
+    import edgekit.signing as signing
+
+    ring = tmp_path / "ring"
+    ring.mkdir()
+    shutil.copy(TEST_KEY.with_suffix(".pub"), ring)
+    monkeypatch.setenv("EDGEKIT_KEYRING", str(ring))
+    monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path / "cache"))
+    bundle = golden_copy(tmp_path / "b")
+    _edit(bundle, lambda d: d.update(name="forged"))  # the signature no longer matches
+    data = read_manifest_data(bundle)
+    sig = json.loads((bundle / SIGNATURE_NAME).read_text())
+    key = next(k for k in signing.trusted_keys().values() if k.source.parent == ring)
+    marker = signing._verified_marker(key.raw, base64.b64decode(sig["signature"]),
+                                      signing._signed_bytes(data))
+    marker.parent.mkdir(parents=True)
+    marker.touch()  # planted by whoever can write the cache
+
+    real_access = signing.os.access
+    monkeypatch.setattr(signing.os, "access",
+                        lambda p, mode: False if str(p) == str(ring) and mode == signing.os.W_OK
+                        else real_access(p, mode))
+    with pytest.raises(SignatureError, match="signature does not match the manifest"):
+        load_classifier(bundle)

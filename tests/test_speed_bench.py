@@ -30,3 +30,27 @@ def test_src_spec(tmp_path):
     name, (src, bundle) = _src(f"old={tmp_path}@{tmp_path / 'b'}", Path("/x"))
     assert (name, src, bundle) == ("old", tmp_path.resolve(), (tmp_path / "b").resolve())
     assert _src(f"new={tmp_path}", Path("/x"))[1][1] == Path("/x")
+
+
+def test_issue_rows_show_each_source_against_the_targets():
+    e2e = summarize_e2e({
+        "before": {"screen": _runs(1.9, 2.5, 98), "fields": _runs(1.9, 2.9, 153),
+                   "cold": _runs(0.245, 0.2, 85)},
+        "after": {"screen": _runs(0.5, 0.6, 70), "fields": _runs(1.0, 1.5, 90),
+                  "cold": _runs(0.14, 0.1, 60)},
+    })
+    for d in e2e.values():  # one run each, so the medians are the values above
+        for key in ("screen", "fields", "cold"):
+            for k in ("wall_s", "cpu_s"):
+                d[f"{key}_{k}"] = d[key][0][k]
+            d[f"{key}_rss_mb"] = d[key][0]["peak_rss_mb"]
+    lat = [{"model": "default", "threads": 1, "batch": 1, "ms_per_crop": 0.19},
+           {"model": "MalariaScreener", "threads": 1, "batch": 1, "ms_per_crop": 0.88}]
+    text = report({"latency": lat, "end_to_end": e2e, "machine": {"cpu": {"model": "X", "flags": ["avx2"]}}})
+    assert "Issue 26 (CPU: X; flags: avx2)" in text
+    assert "| per crop, int8, batch 1, 1 thread, vs MalariaScreener | 0.190 ms vs 0.880 ms: 4.6x ✗ |" in text
+    assert "1.90 s wall, 2.50 s CPU, 98 MB: 10.0x the model's time ✗ | 0.50 s wall, 0.60 s CPU, 70 MB:" \
+           " 2.6x the model's time ✓ |" in text
+    assert ("| 1.90 s wall, 2.90 s CPU, 153 MB ✗ | 1.00 s wall, 1.50 s CPU, 90 MB ✓"
+            " | <= 1.2 s, <= 100 MB |") in text
+    assert "| 0.245 s, 85 MB ✗ | 0.140 s, 60 MB ✓ | <= 0.15 s |" in text

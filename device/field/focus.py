@@ -104,7 +104,8 @@ def _noise_std(g: np.ndarray) -> float:
 
 def _grad(g: np.ndarray) -> np.ndarray:
     cv2 = _cv2()
-    return cv2.magnitude(cv2.Sobel(g, cv2.CV_32F, 1, 0), cv2.Sobel(g, cv2.CV_32F, 0, 1))
+    dx = cv2.Sobel(g, cv2.CV_32F, 1, 0)
+    return cv2.magnitude(dx, cv2.Sobel(g, cv2.CV_32F, 0, 1), dx)  # into dx: one plane less
 
 
 def focus_reason(score: float, session_best: float | None = None) -> str | None:

@@ -25,10 +25,10 @@ def _shape_reason(rgb: np.ndarray) -> str | None:
     return None
 
 
-def field_quality(rgb: np.ndarray, small: np.ndarray | None = None) -> str | None:
+def field_quality(rgb: np.ndarray, small: np.ndarray | None = None, focus: float | None = None) -> str | None:
     """The reason this field cannot be counted (blank, overexposed, dark, out of focus), or None.
     ``small``: a shrunk copy to measure on (the segmentation's working copy); default: at most
-    1024 px."""
+    1024 px. ``focus``: the field's :func:`focus_score` when the caller has it already."""
     cv2 = _cv2()
     reason = _shape_reason(rgb)
     if reason:
@@ -43,7 +43,13 @@ def field_quality(rgb: np.ndarray, small: np.ndarray | None = None) -> str | Non
         return "too dark (underexposed or no light)"
     if std < 3:
         return "blank field (no contrast)"
-    return focus_reason(focus_score(rgb))
+    return focus_reason(focus_score(rgb) if focus is None else focus)
+
+
+def field_focus(rgb: np.ndarray) -> float | None:
+    """The field's :func:`focus_score`, measured once for both the field gate (:func:`count_cells`)
+    and the session's check; None for an image :func:`count_cells` refuses by its shape alone."""
+    return None if _shape_reason(rgb) else focus_score(rgb)
 
 
 def _saturated(rgb: np.ndarray) -> float:
@@ -54,16 +60,17 @@ def _saturated(rgb: np.ndarray) -> float:
 
 
 def count_cells(
-    rgb: np.ndarray, params: FieldParams | None = None
+    rgb: np.ndarray, params: FieldParams | None = None, focus: float | None = None
 ) -> tuple[list[CellBox], float, str | None]:
     """Quality check, then :func:`find_cells`: (cells, typical radius in pixels, reason or None).
-    A reason means the field is not to be counted, and the cell list is then empty."""
+    A reason means the field is not to be counted, and the cell list is then empty. ``focus``: the
+    field's :func:`field_focus` when the caller has it already."""
     p = params or FieldParams()
     reason = _shape_reason(rgb)  # before shrinking: a 1-px strip cannot be shrunk
     if reason:
         return [], 0.0, reason
     work = working_copy(rgb, p.max_side)
-    reason = field_quality(rgb, work[0])
+    reason = field_quality(rgb, work[0], focus)
     if reason:
         return [], 0.0, reason
     cells, radius = _segment(rgb, p, work)
