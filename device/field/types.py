@@ -66,6 +66,10 @@ class FieldParams:
     radius_peaks: bool = True  # radius from the distance map's local maxima (one per cell), not one per blob
     hough_radius: bool = True  # blend the distance-transform radius estimate with circles' radii
     radius_gain: float = 1.1  # x the blended estimate (circle radii run a little small)
+    # crowded fields: a distance-map radius above radius_cap x the circles' is dropped for the
+    # circles' when their radii agree (interquartile range below circle_spread x median); 0: off
+    radius_cap: float = 0.0
+    circle_spread: float = 0.2
     cell_radius: float | None = None  # in full-resolution pixels; None: estimated per field
 
     def __post_init__(self) -> None:
