@@ -332,6 +332,15 @@ def _split_touching(
     return labels, len(found)
 
 
+def _elongation(ys: np.ndarray, xs: np.ndarray) -> float:
+    """Ratio of a region's longest to shortest axis (square root of its coordinates' covariance
+    eigenvalues): about 1 for one round cell, 1.5-2 for two overlapping ones."""
+    if ys.size < 3:
+        return 1.0
+    lo, hi = np.linalg.eigvalsh(np.cov(np.stack([ys, xs]).astype(np.float64)))
+    return math.sqrt(hi / lo) if lo > 1e-9 else math.inf
+
+
 def _kmeans_split(
     ys: np.ndarray, xs: np.ndarray, k: int, iters: int = 10
 ) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -428,6 +437,10 @@ def _segment(
         if p.split_area > 0 and ys.size > p.split_area * typical:
             # a clump the seeds did not split: as many cells as its area holds, nearest-centre split
             pieces += _kmeans_split(ys, xs, int(round(ys.size / typical)))
+        elif (p.split_elongation > 0 and ys.size > p.split_min_area * typical
+              and _elongation(ys, xs) > p.split_elongation):
+            # two overlapping cells: a little more than one cell's area, but oblong, not round
+            pieces += _kmeans_split(ys, xs, max(2, int(round(ys.size / typical))))
         elif ys.size:
             pieces.append((ys, xs))
     cells: list[CellBox] = []

@@ -61,6 +61,10 @@ class FieldParams:
     rim: float = 8.0  # local-contrast threshold (density units, cells ~200) for pale cells' rims; 0: off
     max_wbc_overlap: float = 0.2  # a region this much inside a white cell's zone is rejected
     split_area: float = 1.8  # x typical cell area: larger regions are split by area (k-means); 0: off
+    # regions above split_min_area x typical cell area that are oblong (axis ratio above
+    # split_elongation) are split too, in at least two (overlapping cells); 0: off
+    split_elongation: float = 0.0
+    split_min_area: float = 1.2
     grow: float = 0.12  # x radius: each cell's mask grows this much into its pale edge (cut by the threshold)
     grow_threshold: float = 0.5  # x threshold: the faint stain the growth may reach into
     radius_peaks: bool = True  # radius from the distance map's local maxima (one per cell), not one per blob
