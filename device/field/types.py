@@ -72,7 +72,7 @@ class FieldParams:
     radius_gain: float = 1.1  # x the blended estimate (circle radii run a little small)
     # crowded fields: a distance-map radius above radius_cap x the circles' is dropped for the
     # circles' when their radii agree (interquartile range below circle_spread x median); 0: off
-    radius_cap: float = 0.0
+    radius_cap: float = 1.3
     circle_spread: float = 0.2
     cell_radius: float | None = None  # in full-resolution pixels; None: estimated per field
 
