@@ -210,7 +210,8 @@ def _estimate_radius(dist: np.ndarray, fg: np.ndarray, window: float = 0.0) -> f
 
 def _circle_radius(d: _Density, fallback: float) -> tuple[float, float]:
     """Median radius of the clearest circles in the field (Hough transform on the cells' outlines),
-    and their spread (interquartile range / median; inf with fewer than 3 circles). Unlike the
+    and their spread (interquartile range / median; inf with fewer than 10 circles, too few to
+    say they agree: a few circles in the gaps between cells can). Unlike the
     distance transform, it does not grow when a field's cells merge into clumps; blended with it
     (geometric mean), the per-field estimate scatters much less (BCCD: 5-95% range of the ratio to
     the labelled boxes' size 0.70-1.23 alone, 0.70-0.95 blended)."""
@@ -222,7 +223,7 @@ def _circle_radius(d: _Density, fallback: float) -> tuple[float, float]:
     if circles is None or len(circles[0]) < 3:
         return fallback, math.inf
     q1, mid, q3 = np.percentile(circles[0][:, 2], [25, 50, 75])
-    return float(mid), float((q3 - q1) / max(mid, 1e-6))
+    return float(mid), float((q3 - q1) / max(mid, 1e-6)) if len(circles[0]) >= 10 else math.inf
 
 
 def _nucleus_pixels(od: np.ndarray, p: FieldParams, d: _Density) -> np.ndarray:
