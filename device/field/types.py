@@ -17,8 +17,8 @@ class FieldParams:
     """Segmentation settings, in units of the typical cell radius so they hold at any magnification.
 
     Defaults were tuned on half of the BCCD fields (benchmarks/field_detection.py). The steps that
-    split merged masses (hole_*, seed_cap, radius_peaks) were designed on IML dev fields but their
-    values are round numbers in cell units, not swept on them.
+    split merged masses (hole_*, seed_cap, radius_peaks, radius_cap) were designed on IML dev fields
+    but their values are round numbers in cell units, not swept on them.
     """
 
     # segment on a copy at most this large; crops come from the full image. 640 finds the same cells
