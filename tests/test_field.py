@@ -395,3 +395,36 @@ def test_field_crops_classify_like_the_original_crops():
     assert np.median(diff) < 0.05 and (diff < 0.25).mean() >= 0.8, diff
     called = np.array(rep.probabilities)[tight] >= rep.cutoff
     assert (called == (direct[owner] >= rep.cutoff)).mean() >= 0.8
+
+
+def test_crowded_field_radius_from_the_circles():
+    """Issue 29: on a crowded IML field (PA171750) the distance map's maxima sit in solid clumps;
+    the circles, which agree on one size, give the radius (about 44 px; labelled boxes ~39-42 px,
+    58 px with the distance map blended in)."""
+    from edgekit.benchmarks.field_detection import load_iml
+    from edgekit.device.preprocess import read_image
+    from edgekit.paths import shared_data
+
+    iml = shared_data("malaria_fields_iml")
+    image = iml / "images" / "PA171750.JPG"
+    if not image.is_file():
+        pytest.skip("needs ../shared/data/malaria_fields_iml")
+    rgb = read_image(image)
+    boxes = load_iml(iml / "annotations.json")["PA171750"][0]
+    labelled = float(np.median([(b[2] - b[0] + b[3] - b[1]) / 4 for b in boxes]))
+    cells, radius, _ = count_cells(rgb)
+    before, old, _ = count_cells(rgb, FieldParams(radius_cap=0))
+    assert radius < 1.2 * labelled < old
+    assert match([c.box for c in cells], boxes) > 2 * match([c.box for c in before], boxes)
+
+
+def test_elongation_splits_overlapping_pair_only():
+    from edgekit.device.field.segment import _elongation, _kmeans_split
+
+    yy, xx = np.mgrid[0:80, 0:120]
+    disc = np.hypot(yy - 40, xx - 40) < 20
+    pair = disc | (np.hypot(yy - 40, xx - 70) < 20)
+    assert _elongation(*np.nonzero(disc)) < 1.1
+    assert _elongation(*np.nonzero(pair)) > 1.6
+    halves = _kmeans_split(*np.nonzero(pair), 2)
+    assert sorted(round(float(xs.mean()) / 10) for _, xs in halves) == [4, 7]

@@ -14,8 +14,9 @@ another colour than theirs); regions still holding several cells' area are split
 on pixel coordinates). Each kept cell is cropped the way the NIH crops were made: a tight box
 around the cell (its convex hull, grown a little to take back the pale edge the threshold cuts
 off), everything outside black. Sizes are in units of the typical cell radius, estimated per field
-(the distance map's local maxima, one per cell even in clumps, blended with Hough circle radii), so
-the same settings work at other magnifications.
+(the distance map's local maxima, one per cell even in clumps, blended with Hough circle radii; on a
+crowded field, where the maxima sit in solid clumps far deeper than the circles and the circles
+agree on one size, the circles alone), so the same settings work at other magnifications.
 
 Measured in benchmarks/RESULTS.md at IoU 0.5: on the 364 BCCD fields recall about 0.83, short of
 the 0.9 target; on the 172 IML fields recall 0.93, precision 0.82 (targets 0.95 / 0.85). The rest

@@ -208,19 +208,22 @@ def _estimate_radius(dist: np.ndarray, fg: np.ndarray, window: float = 0.0) -> f
     return float(np.median(maxima)) if maxima.size else 0.0
 
 
-def _circle_radius(d: _Density, fallback: float) -> float:
-    """Median radius of the clearest circles in the field (Hough transform on the cells' outlines).
-    Unlike the distance transform, it does not grow when a field's cells merge into clumps; blended
-    with it (geometric mean), the per-field estimate scatters much less (BCCD: 5-95% range of the
-    ratio to the labelled boxes' size 0.70-1.23 alone, 0.70-0.95 blended)."""
+def _circle_radius(d: _Density, fallback: float) -> tuple[float, float]:
+    """Median radius of the clearest circles in the field (Hough transform on the cells' outlines),
+    and their spread (interquartile range / median; inf with fewer than 10 circles, too few to
+    say they agree: a few circles in the gaps between cells can). Unlike the
+    distance transform, it does not grow when a field's cells merge into clumps; blended with it
+    (geometric mean), the per-field estimate scatters much less (BCCD: 5-95% range of the ratio to
+    the labelled boxes' size 0.70-1.23 alone, 0.70-0.95 blended)."""
     cv2 = _cv2()
     u8 = d.blur2
     m = min(u8.shape)
     circles = cv2.HoughCircles(u8, cv2.HOUGH_GRADIENT_ALT, dp=1.5, minDist=m / 20, param1=80, param2=0.6,
                                minRadius=int(m / 30), maxRadius=int(m / 4))
     if circles is None or len(circles[0]) < 3:
-        return fallback
-    return float(np.median(circles[0][:, 2]))
+        return fallback, math.inf
+    q1, mid, q3 = np.percentile(circles[0][:, 2], [25, 50, 75])
+    return float(mid), float((q3 - q1) / max(mid, 1e-6)) if len(circles[0]) >= 10 else math.inf
 
 
 def _nucleus_pixels(od: np.ndarray, p: FieldParams, d: _Density) -> np.ndarray:
@@ -330,6 +333,15 @@ def _split_touching(
     return labels, len(found)
 
 
+def _elongation(ys: np.ndarray, xs: np.ndarray) -> float:
+    """Ratio of a region's longest to shortest axis (square root of its coordinates' covariance
+    eigenvalues): about 1 for one round cell, 1.5-2 for two overlapping ones."""
+    if ys.size < 3:
+        return 1.0
+    lo, hi = np.linalg.eigvalsh(np.cov(np.stack([ys, xs]).astype(np.float64)))
+    return math.sqrt(hi / lo) if lo > 1e-9 else math.inf
+
+
 def _kmeans_split(
     ys: np.ndarray, xs: np.ndarray, k: int, iters: int = 10
 ) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -377,7 +389,9 @@ def _segment(
     density = _Density.of(od, direction, colour)
     # the circles' radius needs no foreground: it sizes the pale centres the foreground may fill
     estimate = p.hough_radius and not p.cell_radius
-    circles = _circle_radius(density, 0.0) if estimate else p.cell_radius * scale if p.cell_radius else 0.0
+    circles, spread = (
+        _circle_radius(density, 0.0) if estimate else ((p.cell_radius or 0.0) * scale, 0.0)
+    )
     holes = _Holes(p.hole_density, p.hole_area * math.pi * circles**2, p.hole_solidity)
     fg = _foreground(density, p.threshold, p.min_od, holes)
     dist = cv2.distanceTransform(fg, cv2.DIST_L2, 5)
@@ -387,6 +401,11 @@ def _segment(
     else:
         radius = _estimate_radius(dist, fg, circles if p.radius_peaks else 0.0)
     if estimate and radius >= 3:
+        if p.radius_cap > 0 and radius > p.radius_cap * circles and spread < p.circle_spread:
+            # a crowded field: the distance map's maxima sit in solid clumps, deeper than any one
+            # cell, while the circles agree on one size (on BCCD, circles far below the distance
+            # map are pale centres mixed with whole cells, and spread widely)
+            radius = circles
         # blended (geometric mean) with the circles' radius, which runs a little small
         radius = math.sqrt(radius * (circles or radius)) * p.radius_gain
     if radius < 3:
@@ -419,6 +438,10 @@ def _segment(
         if p.split_area > 0 and ys.size > p.split_area * typical:
             # a clump the seeds did not split: as many cells as its area holds, nearest-centre split
             pieces += _kmeans_split(ys, xs, int(round(ys.size / typical)))
+        elif (p.split_elongation > 0 and ys.size > p.split_min_area * typical
+              and _elongation(ys, xs) > p.split_elongation):
+            # two overlapping cells: a little more than one cell's area, but oblong, not round
+            pieces += _kmeans_split(ys, xs, max(2, int(round(ys.size / typical))))
         elif ys.size:
             pieces.append((ys, xs))
     cells: list[CellBox] = []

@@ -17,8 +17,8 @@ class FieldParams:
     """Segmentation settings, in units of the typical cell radius so they hold at any magnification.
 
     Defaults were tuned on half of the BCCD fields (benchmarks/field_detection.py). The steps that
-    split merged masses (hole_*, seed_cap, radius_peaks) were designed on IML dev fields but their
-    values are round numbers in cell units, not swept on them.
+    split merged masses (hole_*, seed_cap, radius_peaks, radius_cap) were designed on IML dev fields
+    but their values are round numbers in cell units, not swept on them.
     """
 
     # segment on a copy at most this large; crops come from the full image. 640 finds the same cells
@@ -61,11 +61,19 @@ class FieldParams:
     rim: float = 8.0  # local-contrast threshold (density units, cells ~200) for pale cells' rims; 0: off
     max_wbc_overlap: float = 0.2  # a region this much inside a white cell's zone is rejected
     split_area: float = 1.8  # x typical cell area: larger regions are split by area (k-means); 0: off
+    # regions above split_min_area x typical cell area that are oblong (axis ratio above
+    # split_elongation) are split too, in at least two (overlapping cells); 0: off
+    split_elongation: float = 0.0
+    split_min_area: float = 1.2
     grow: float = 0.12  # x radius: each cell's mask grows this much into its pale edge (cut by the threshold)
     grow_threshold: float = 0.5  # x threshold: the faint stain the growth may reach into
     radius_peaks: bool = True  # radius from the distance map's local maxima (one per cell), not one per blob
     hough_radius: bool = True  # blend the distance-transform radius estimate with circles' radii
     radius_gain: float = 1.1  # x the blended estimate (circle radii run a little small)
+    # crowded fields: a distance-map radius above radius_cap x the circles' is dropped for the
+    # circles' when their radii agree (interquartile range below circle_spread x median); 0: off
+    radius_cap: float = 1.3
+    circle_spread: float = 0.2
     cell_radius: float | None = None  # in full-resolution pixels; None: estimated per field
 
     def __post_init__(self) -> None:
