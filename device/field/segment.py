@@ -490,4 +490,5 @@ def cell_radius(rgb: np.ndarray, max_side: int = 400, params: FieldParams | None
     BCCD fields up to ~30% with sigma 3), which is what a cell-scale focus measure needs."""
     p = params or FieldParams()
     work, scale = working_copy(rgb, max_side)
-    return _circle_radius(_Density.of(_optical_density(work, p)), 0.0) / scale
+    radius, _ = _circle_radius(_Density.of(_optical_density(work, p)), 0.0)
+    return radius / scale
