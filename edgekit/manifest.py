@@ -357,9 +357,14 @@ class Gate:
             if value is None or not math.isfinite(value):
                 out.append(f"{GATE_NAMES[key]} not measured")
             elif (value > bound) if GATE_BOUNDS[key] == "max" else (value < bound):
-                out.append(f"{GATE_NAMES[key]} {value:.3g} {'>' if GATE_BOUNDS[key] == 'max' else '<'} "
-                           f"{bound:g}")
+                out.append(f"{GATE_NAMES[key]} {value:.3g}{self._mean_of(key)} "
+                           f"{'>' if GATE_BOUNDS[key] == 'max' else '<'} {bound:g}")
         return out
+
+    def _mean_of(self, key: str) -> str:
+        """For a number held by its upper bound (a mean's ``KEY_mean`` is recorded beside it), say so."""
+        mean = self.measured.get(f"{key}_mean")
+        return "" if mean is None else f" (upper 95% bound; mean {mean:.3g})"
 
     @property
     def passed(self) -> bool:
@@ -372,8 +377,8 @@ class Gate:
         if fails:
             return f"site gate FAILED on {n} test fields: {'; '.join(fails)}"
         sign = {"max": "<=", "min": ">="}
-        shown = ", ".join(f"{GATE_NAMES[k]} {self.measured[k]:.3g} ({sign[GATE_BOUNDS[k]]} {b:g})"
-                          for k, b in sorted(self.bounds.items()))
+        shown = ", ".join(f"{GATE_NAMES[k]} {self.measured[k]:.3g}{self._mean_of(k)} "
+                          f"({sign[GATE_BOUNDS[k]]} {b:g})" for k, b in sorted(self.bounds.items()))
         return f"site gate passed on {n} test fields: {shown}"
 
 

@@ -38,7 +38,7 @@ from edgekit.errors import BundleError, DataError
 # holds here, and how: "max" must not exceed, "min" must reach. The parasitemia error is the whole-field
 # one when --fields gives the field images (as adapt measured it), else the labelled cells' one.
 BOUNDS = {
-    "parasitemia_error": ("parasitemia_error_points", "max"),
+    "parasitemia_error": ("parasitemia_error_upper95_points", "max"),  # as adapt's gate: the upper bound
     "auc": ("auc", "min"),
     "sensitivity_at_specificity": ("sensitivity_at_specificity_0.995", "min"),
 }
@@ -178,6 +178,7 @@ def check_site(bundle: str | os.PathLike, data: str | os.PathLike,
     called = p >= decision.cutoff
     pe = field_parasitemia_error(g, y, called)
     measured["parasitemia_error_points"] = pe["mae_points"]
+    measured["parasitemia_error_upper95_points"] = pe["mae_upper95_points"]
     measured["parasitemia_bias_points"] = pe["bias_points"]
     s = np.array([np.nan if v is None else v for v in scores], np.float64)
     per_field = []
@@ -207,8 +208,8 @@ def check_site(bundle: str | os.PathLike, data: str | os.PathLike,
 
 def _held(measured: dict[str, float | None]) -> dict[str, float | None]:
     """The measurements the bounds hold: whole-field parasitemia error where whole fields were counted."""
-    whole = measured.get("whole_field_parasitemia_error_points")
-    return measured if whole is None else {**measured, "parasitemia_error_points": whole}
+    whole = measured.get("whole_field_parasitemia_error_upper95_points")
+    return measured if whole is None else {**measured, "parasitemia_error_upper95_points": whole}
 
 
 def _whole_fields(fields_dir: Path, data: Path, per_field: list[dict[str, Any]], clf: Any, y: np.ndarray,
@@ -218,6 +219,7 @@ def _whole_fields(fields_dir: Path, data: Path, per_field: list[dict[str, Any]],
     the labelled crops, and the whole-field parasitemia error is measured."""
     from edgekit.device.field.classify import analyze_field
     from edgekit.device.pipeline import image_files
+    from edgekit.metrics import mean_upper_bound
 
     if not fields_dir.is_dir():
         raise DataError(f"--fields: not a folder of field images: {fields_dir}")
@@ -245,6 +247,8 @@ def _whole_fields(fields_dir: Path, data: Path, per_field: list[dict[str, Any]],
         r["guard"] = rep.domain
         errors.append(100.0 * (called - truth[r["field"]]))
     measured["whole_field_parasitemia_error_points"] = float(np.mean(np.abs(errors))) if errors else None
+    measured["whole_field_parasitemia_error_upper95_points"] = (
+        mean_upper_bound(np.abs(errors)) if errors else None)
     measured["whole_field_parasitemia_bias_points"] = float(np.mean(errors)) if errors else None
 
 
@@ -261,12 +265,13 @@ def report_lines(r: CheckResult) -> list[str]:
         f"({r.positive_cells} parasitized) from {r.fields} fields",
         f"  cell AUC {num('auc')}; sensitivity {num('sensitivity_at_specificity_0.995', '.3f')} at "
         "specificity >= 99.5%",
-        f"  per-field parasitemia error {num('parasitemia_error_points', '.2f')} points "
-        f"(bias {num('parasitemia_bias_points', '+.2f')})",
+        f"  per-field parasitemia error {num('parasitemia_error_points', '.2f')} points (upper 95% bound "
+        f"{num('parasitemia_error_upper95_points', '.2f')}, bias {num('parasitemia_bias_points', '+.2f')})",
     ]
     if "whole_field_parasitemia_error_points" in m:
         lines.append(f"  whole-field parasitemia error {num('whole_field_parasitemia_error_points', '.2f')} "
-                     f"points (bias {num('whole_field_parasitemia_bias_points', '+.2f')})")
+                     f"points (upper 95% bound {num('whole_field_parasitemia_error_upper95_points', '.2f')}, "
+                     f"bias {num('whole_field_parasitemia_bias_points', '+.2f')})")
     share = m.get("guard_ok_share")
     lines.append("  domain guard: " + ("no statistics in the bundle" if share is None else
                                         f"vouches for {share:.0%} of the fields"))

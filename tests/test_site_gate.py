@@ -100,3 +100,27 @@ def test_shipped_default_records_no_machine_path():
     text = (default_bundle_dir() / "manifest.json").read_text()
     for prefix in ("/work/", "/home/", "/root/", "/tmp/"):
         assert prefix not in text, f"the shipped manifest names a machine path ({prefix}...)"
+
+
+def test_gate_holds_the_upper_bound_of_the_whole_field_error_not_its_mean():
+    """A mean error under the bound from a few kind fields does not pass: the gate holds the upper
+    95% bound of the mean over the test fields (fixed-seed bootstrap: the same numbers, the same
+    verdict), and says both numbers when it fails."""
+    from edgekit.adapt import site_gate
+    from edgekit.metrics import mean_upper_bound, parasitemia_error
+
+    truth = {f"F{i}": 0.01 for i in range(12)}
+    called = {**truth, "F0": 0.06, "F1": 0.04}  # two fields off by 5 and 3 points: mean 0.67
+    error = parasitemia_error(called, truth)
+    assert round(error["mae_points"], 2) == 0.67 and error["mae_upper95_points"] > 1.0
+    assert error["mae_upper95_points"] == parasitemia_error(called, truth)["mae_upper95_points"]
+    test = {"whole_fields": error, "auc": {"value": 0.99}}
+    gate = site_gate(test, sorted(truth), {"parasitemia_error": 1.0, "auc": 0.97}, "tflite_int8")
+    assert not gate.passed
+    assert "upper 95% bound; mean 0.667" in gate.summary() and "> 1" in gate.summary()
+    many = parasitemia_error({f"G{i}": 0.01 + 0.005 * (i % 2) for i in range(60)},
+                             {f"G{i}": 0.01 for i in range(60)})  # 0.5 points on every other field
+    gate = site_gate({"whole_fields": many, "auc": {"value": 0.99}}, [f"G{i}" for i in range(60)],
+                     {"parasitemia_error": 1.0, "auc": 0.97}, "tflite_int8")
+    assert gate.passed and "upper 95% bound" in gate.summary()
+    assert mean_upper_bound([0.4]) == float("inf")  # one field bounds nothing
