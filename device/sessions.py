@@ -40,16 +40,19 @@ def screened_with(classifier: Classifier) -> ScreenedWith:
     return ScreenedWith(manifest_sha, signer, text, classifier.manifest.domain)
 
 
-def session_summary(store: RecordStore, session: Session) -> PatientSummary | None:
+def session_summary(store: RecordStore, session: Session,
+                    records: list[dict[str, Any]] | None = None) -> PatientSummary | None:
     """The session's summary, decided with what is stored with it: its Decision and its domain guard
     (a session stored without its guard is decided by its rule alone and says so). None when no
-    Decision is stored (recorded before decisions were stored): no default rule is substituted."""
+    Decision is stored (recorded before decisions were stored): no default rule is substituted.
+    ``records``: the session's records when the caller has read them already."""
     from edgekit.device.screening import summarize
 
     decision = session.decided_with
     if decision is None:
         return None
-    records = store.records(session.id)
+    if records is None:
+        records = store.records(session.id)
     if not session.guard_stored:
         summary = summarize(session.patient, records, decision, domain=False)
         summary.note = GUARD_NOT_STORED
@@ -108,11 +111,12 @@ def export_rows(store: RecordStore, sessions: Iterable[Session]) -> list[dict[st
     rows = []
     for s in sessions:
         reviews = store.reviews(s.id)
-        summary = session_summary(store, s)
+        records = store.records(s.id)
+        summary = session_summary(store, s, records)
         result = summary.decision if summary is not None else ""
         guard = summary.domain if summary is not None else None
         validated = "" if not guard or guard.get("ok") is None else ("yes" if guard["ok"] else "no")
-        for r in store.records(s.id):
+        for r in records:
             when = datetime.fromtimestamp(r["created_at"], timezone.utc).isoformat(timespec="seconds")
             v = reviews.get(int(r["id"])) or {}
             rows.append({**r, "patient": s.patient, "site": s.site, "operator": s.operator,

@@ -71,3 +71,19 @@ def shared_malaria() -> Path:
     if not (MALARIA / "Parasitized").is_dir():
         pytest.skip("shared malaria data not present")
     return MALARIA
+
+
+@pytest.fixture()
+def screened(tmp_path, monkeypatch):
+    """A screening database (``$EDGEKIT_DB``) with one session: the sample cells, patient P7, the
+    golden bundle."""
+    from click.testing import CliRunner
+    from device_helpers import CELLS, GOLDEN
+
+    from edgekit.cli import main
+
+    db = tmp_path / "s.sqlite"
+    monkeypatch.setenv("EDGEKIT_DB", str(db))
+    res = CliRunner().invoke(main, ["screen", str(CELLS), "--patient", "P7", "-m", str(GOLDEN), "--json"])
+    assert res.exit_code == 0, res.output
+    return db

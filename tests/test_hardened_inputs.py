@@ -38,15 +38,6 @@ def _one_line(res, *words) -> None:
         assert w in err, err
 
 
-@pytest.fixture()
-def screened(tmp_path, monkeypatch):
-    db = tmp_path / "s.sqlite"
-    monkeypatch.setenv("EDGEKIT_DB", str(db))
-    res = CliRunner().invoke(main, ["screen", str(CELLS), "--patient", "P7", "-m", str(GOLDEN), "--json"])
-    assert res.exit_code == 0, res.output
-    return db
-
-
 # ------------------------------------------------------------------ file arguments that are not files
 
 

@@ -9,21 +9,12 @@ import sqlite3
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from device_helpers import CELLS, GOLDEN
+from device_helpers import GOLDEN
 
 from edgekit.cli import main
 from edgekit.device.records import RecordsError, RecordStore
 from edgekit.device.review import per_field, review_summary, sampled_negative
 from edgekit.metrics import wilson_interval
-
-
-@pytest.fixture()
-def screened(tmp_path, monkeypatch):
-    db = tmp_path / "s.sqlite"
-    monkeypatch.setenv("EDGEKIT_DB", str(db))
-    res = CliRunner().invoke(main, ["screen", str(CELLS), "--patient", "P7", "-m", str(GOLDEN), "--json"])
-    assert res.exit_code == 0, res.output
-    return db
 
 
 def _records(db):
