@@ -13,6 +13,7 @@ per field and a summary (median seconds, counts per field); ``--out`` writes the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -22,7 +23,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from edgekit.paths import shared_data
 
@@ -88,12 +91,14 @@ def start_server(root: Path, db: Path) -> tuple[subprocess.Popen, str]:
     raise SystemExit("edgekit serve did not start")
 
 
-def run(photos: list[Path], root: Path, profile: str, chromium: str) -> list[dict]:
+@contextlib.contextmanager
+def station_page(root: Path, chromium: str) -> Iterator[tuple[Any, Path]]:
+    """A station of ``root`` on a temporary database and its page open on a Pixel 5 (joined, model
+    shown): yields (page, temporary folder); the station stops afterwards."""
     from playwright.sync_api import sync_playwright
 
     with tempfile.TemporaryDirectory() as tmp:
         proc, url = start_server(root, Path(tmp) / "screening.sqlite")
-        rows = []
         try:
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=chromium, headless=True,
@@ -101,43 +106,49 @@ def run(photos: list[Path], root: Path, profile: str, chromium: str) -> list[dic
                 page = browser.new_context(**p.devices["Pixel 5"]).new_page()
                 page.goto(f"{url}/?token={TOKEN}")
                 page.wait_for_selector("#model:has-text('tflite')")
-                page.fill("#patient", f"BENCH-{profile}")
-                page.click("button[type=submit]")
-                page.wait_for_selector("#screen:not([hidden])")
-                cdp = page.context.new_cdp_session(page)
-                cdp.send("Network.enable")
-                cdp.send("Network.emulateNetworkConditions", {"offline": False, **PROFILES[profile]})
-                cdp.send("Emulation.setCPUThrottlingRate", {"rate": CPU_SLOWDOWN})
-                for i, photo in enumerate(photos):
-                    start = page.evaluate("() => performance.now()")
-                    t0 = time.perf_counter()
-                    page.set_input_files("#camera", str(photo))
-                    card = page.locator(".result[data-kind=field]").nth(0)
-                    page.wait_for_function(
-                        "n => document.querySelectorAll('.result[data-kind=field]').length >= n",
-                        arg=i + 1, timeout=300_000, polling=50)
-                    counted_s = time.perf_counter() - t0
-                    page.wait_for_function(
-                        "n => { const c = document.querySelectorAll('.result[data-kind=field]'); "
-                        "if (c.length < n) return false; const img = c[0].querySelector('img'); "
-                        "return !img || (img.complete && img.naturalWidth > 0); }", arg=i + 1,
-                        timeout=300_000, polling=100)
-                    seconds = time.perf_counter() - t0
-                    cells = card.locator(".cells")
-                    counted = cells.count() > 0
-                    row = {"field": photo.name, "photo_bytes": photo.stat().st_size,
-                           "seconds": round(seconds, 2), "counted_s": round(counted_s, 2),
-                           "cells": int(cells.inner_text()) if counted else None,
-                           "parasitized": int(card.locator(".parasitized").inner_text()) if counted else None}
-                    # where the time went: shrink and hash, upload and analysis, the overlay
-                    timing = page.evaluate(TIMING_JS, start)
-                    row.update({k: v if v is None else round(v, 2) for k, v in timing.items()})
-                    print(json.dumps(row), flush=True)
-                    rows.append(row)
+                yield page, Path(tmp)
                 browser.close()
         finally:
             proc.terminate()
             proc.wait(10)
+
+
+def run(photos: list[Path], root: Path, profile: str, chromium: str) -> list[dict]:
+    rows = []
+    with station_page(root, chromium) as (page, _):
+        page.fill("#patient", f"BENCH-{profile}")
+        page.click("button[type=submit]")
+        page.wait_for_selector("#screen:not([hidden])")
+        cdp = page.context.new_cdp_session(page)
+        cdp.send("Network.enable")
+        cdp.send("Network.emulateNetworkConditions", {"offline": False, **PROFILES[profile]})
+        cdp.send("Emulation.setCPUThrottlingRate", {"rate": CPU_SLOWDOWN})
+        for i, photo in enumerate(photos):
+            start = page.evaluate("() => performance.now()")
+            t0 = time.perf_counter()
+            page.set_input_files("#camera", str(photo))
+            card = page.locator(".result[data-kind=field]").nth(0)
+            page.wait_for_function(
+                "n => document.querySelectorAll('.result[data-kind=field]').length >= n",
+                arg=i + 1, timeout=300_000, polling=50)
+            counted_s = time.perf_counter() - t0
+            page.wait_for_function(
+                "n => { const c = document.querySelectorAll('.result[data-kind=field]'); "
+                "if (c.length < n) return false; const img = c[0].querySelector('img'); "
+                "return !img || (img.complete && img.naturalWidth > 0); }", arg=i + 1,
+                timeout=300_000, polling=100)
+            seconds = time.perf_counter() - t0
+            cells = card.locator(".cells")
+            counted = cells.count() > 0
+            row = {"field": photo.name, "photo_bytes": photo.stat().st_size,
+                   "seconds": round(seconds, 2), "counted_s": round(counted_s, 2),
+                   "cells": int(cells.inner_text()) if counted else None,
+                   "parasitized": int(card.locator(".parasitized").inner_text()) if counted else None}
+            # where the time went: shrink and hash, upload and analysis, the overlay
+            timing = page.evaluate(TIMING_JS, start)
+            row.update({k: v if v is None else round(v, 2) for k, v in timing.items()})
+            print(json.dumps(row), flush=True)
+            rows.append(row)
     return rows
 
 
@@ -157,7 +168,6 @@ def agreement(photos: list[Path], root: Path, chromium: str) -> list[dict]:
     import base64
 
     import cv2
-    from playwright.sync_api import sync_playwright
 
     from edgekit.device.field import analyze_field
     from edgekit.device.preprocess import read_image
@@ -165,31 +175,19 @@ def agreement(photos: list[Path], root: Path, chromium: str) -> list[dict]:
 
     clf = load_classifier(None)
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        proc, url = start_server(root, Path(tmp) / "screening.sqlite")
-        try:
-            with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path=chromium, headless=True,
-                                            args=["--no-sandbox", "--disable-gpu"])
-                page = browser.new_context(**p.devices["Pixel 5"]).new_page()
-                page.goto(f"{url}/?token={TOKEN}")
-                page.wait_for_selector("#model:has-text('tflite')")
-                for photo in photos:
-                    shrunk = Path(tmp) / f"shrunk-{photo.name}"
-                    b64 = base64.b64encode(photo.read_bytes()).decode()
-                    shrunk.write_bytes(base64.b64decode(page.evaluate(SHRINK_JS, [b64, photo.name])))
-                    native = shared_data() / "malaria_fields_iml" / "images" / f"{photo.stem}.JPG"
-                    row = {"field": photo.name, "sent_bytes": shrunk.stat().st_size,
-                           "sent_size": list(cv2.imread(str(shrunk)).shape[1::-1])}
-                    for what, path in (("photo", photo), ("sent", shrunk), ("native", native)):
-                        r = analyze_field(read_image(path), clf).to_dict()
-                        row[what] = {k: r[k] for k in ("cells", "parasitized", "uncertain")}
-                    print(json.dumps(row), flush=True)
-                    rows.append(row)
-                browser.close()
-        finally:
-            proc.terminate()
-            proc.wait(10)
+    with station_page(root, chromium) as (page, tmp):
+        for photo in photos:
+            shrunk = tmp / f"shrunk-{photo.name}"
+            b64 = base64.b64encode(photo.read_bytes()).decode()
+            shrunk.write_bytes(base64.b64decode(page.evaluate(SHRINK_JS, [b64, photo.name])))
+            native = shared_data() / "malaria_fields_iml" / "images" / f"{photo.stem}.JPG"
+            row = {"field": photo.name, "sent_bytes": shrunk.stat().st_size,
+                   "sent_size": list(cv2.imread(str(shrunk)).shape[1::-1])}
+            for what, path in (("photo", photo), ("sent", shrunk), ("native", native)):
+                r = analyze_field(read_image(path), clf).to_dict()
+                row[what] = {k: r[k] for k in ("cells", "parasitized", "uncertain")}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
     return rows
 
 
