@@ -296,12 +296,9 @@ def _read_voc_file(path: Path, images_dir: Path, classes: Mapping[str, str | Non
 
 def _read_bounded(path: Path) -> bytes:
     """An annotation file's bytes: a regular file of at most MAX_ANNOTATION_BYTES, never blocking."""
-    from edgekit.safefile import NotRegularFile, read_regular_bytes
+    from edgekit.safefile import read_regular_bytes
 
-    try:
-        return read_regular_bytes(path, MAX_ANNOTATION_BYTES, "annotation file")
-    except NotRegularFile as exc:
-        raise DataError(str(exc)) from None
+    return read_regular_bytes(path, MAX_ANNOTATION_BYTES, "annotation file", DataError)
 
 
 def _read_fields(path: Path, images_dir: Path, cmap: ClassMap) -> list[AnnotatedField]:

@@ -62,8 +62,20 @@ def open_regular(path: str | os.PathLike, what: str = "file") -> BinaryIO:
         raise
 
 
-def read_regular_bytes(path: str | os.PathLike, max_bytes: int, what: str = "file") -> bytes:
-    """All bytes of a regular file no larger than ``max_bytes`` (checked before reading)."""
+def read_regular_bytes(path: str | os.PathLike, max_bytes: int, what: str = "file",
+                       error: type[Exception] = NotRegularFile) -> bytes:
+    """All bytes of a regular file no larger than ``max_bytes`` (checked before reading). A refusal
+    is raised as :class:`NotRegularFile`, or as ``error`` with the same message (the caller's own
+    error class: ``SignatureError``, ``DataError``...)."""
+    try:
+        return _read_bounded(path, max_bytes, what)
+    except NotRegularFile as exc:
+        if error is NotRegularFile:
+            raise
+        raise error(str(exc)) from exc
+
+
+def _read_bounded(path: str | os.PathLike, max_bytes: int, what: str) -> bytes:
     with open_regular(path, what) as f:
         size = os.fstat(f.fileno()).st_size
         if size > max_bytes:

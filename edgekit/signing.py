@@ -279,12 +279,9 @@ def trust_policy() -> TrustPolicy:
 
 
 def _read_small_trust(path: Path) -> bytes:
-    from edgekit.safefile import NotRegularFile, read_regular_bytes
+    from edgekit.safefile import read_regular_bytes
 
-    try:
-        return read_regular_bytes(path, _MAX_TRUST_BYTES, "trust policy")
-    except NotRegularFile as exc:
-        raise SignatureError(str(exc)) from exc
+    return read_regular_bytes(path, _MAX_TRUST_BYTES, "trust policy", SignatureError)
 
 
 def manifest_sha256(data: dict[str, Any]) -> str:

@@ -30,7 +30,7 @@ from edgekit.manifest import (
     Thresholds,
     atomic_write_bytes,
 )
-from edgekit.safefile import NotRegularFile, read_regular_bytes
+from edgekit.safefile import read_regular_bytes
 
 RUNTIME_BY_SUFFIX = {".tflite": "litert", ".onnx": "onnxruntime"}
 _ONNX_INT8_OPS = (b"QuantizeLinear", b"QLinearConv", b"QLinearMatMul", b"ConvInteger", b"MatMulInteger")
@@ -177,10 +177,7 @@ def import_model(model: str | Path, out: str | Path, opts: ImportOptions, force:
 
     # the same input layer as a bundle's model: a regular file, bounded, read once; the crash probe
     # loads those very bytes in a child process before this process does
-    try:
-        content = read_regular_bytes(model, MAX_MODEL_IN_MEMORY, "model")
-    except NotRegularFile as exc:
-        raise BundleError(str(exc)) from exc
+    content = read_regular_bytes(model, MAX_MODEL_IN_MEMORY, "model", BundleError)
     sha = hashlib.sha256(content).hexdigest()
     probe_model(runtime, model, sha, content)
     backend = open_backend(runtime, model, None, content)
