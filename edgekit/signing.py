@@ -173,15 +173,20 @@ def trusted_keys() -> dict[str, TrustedKey]:
     return keys
 
 
+def key_pair_paths(stem: str | os.PathLike) -> tuple[Path, Path]:
+    """``(STEM.key, STEM.pub)`` for a key name given with or without either suffix."""
+    stem = Path(stem)
+    if stem.suffix in (".key", ".pub"):
+        stem = stem.with_suffix("")
+    return stem.with_name(stem.name + ".key"), stem.with_name(stem.name + ".pub")
+
+
 def generate_keypair(stem: str | os.PathLike) -> tuple[Path, Path]:
     """Write ``STEM.key`` (private, mode 0600) and ``STEM.pub``; refuses to overwrite either."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    stem = Path(stem)
-    if stem.suffix in (".key", ".pub"):
-        stem = stem.with_suffix("")
-    key_path, pub_path = stem.with_name(stem.name + ".key"), stem.with_name(stem.name + ".pub")
+    key_path, pub_path = key_pair_paths(stem)
     for p in (key_path, pub_path):
         if p.exists() or p.is_symlink():
             raise SignatureError(f"{p} already exists; choose another name (keys are never overwritten)")

@@ -18,11 +18,10 @@ def keygen(name: Path, add_to_keyring: bool) -> None:
     import shutil
 
     from edgekit.errors import SignatureError
-    from edgekit.signing import generate_keypair, key_id, keyring_dir, load_public_key
+    from edgekit.signing import generate_keypair, key_id, key_pair_paths, keyring_dir, load_public_key
 
     ring = keyring_dir()
-    stem = Path(name).with_suffix("") if Path(name).suffix in (".key", ".pub") else Path(name)
-    target = ring / (stem.name + ".pub")
+    target = ring / key_pair_paths(name)[1].name
     if add_to_keyring and (target.exists() or target.is_symlink()):  # before any key is written
         raise SignatureError(f"this machine already trusts a key named {target.name} ({target}); "
                              "choose another NAME, or remove that file if it is no longer wanted")
