@@ -33,15 +33,15 @@ HERE = Path(__file__).resolve().parent
 Box = tuple[int, int, int, int]
 
 
-def _cv2():
-    from edgekit.device.preprocess import _cv2 as cv2
+def opencv():
+    from edgekit.device.preprocess import opencv as cv2
 
     return cv2()
 
 
 def rotate_hue(rgb: np.ndarray, degrees: float) -> np.ndarray:
     """Hue rotated by ``degrees`` in the Lab a/b plane (lightness kept)."""
-    cv2 = _cv2()
+    cv2 = opencv()
     lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB).astype(np.float32)
     a, b = lab[..., 1] - 128, lab[..., 2] - 128
     t = np.deg2rad(degrees)
@@ -52,7 +52,7 @@ def rotate_hue(rgb: np.ndarray, degrees: float) -> np.ndarray:
 
 def desaturate(rgb: np.ndarray, keep: float) -> np.ndarray:
     """Chroma (Lab a/b) scaled by ``keep``: 0 is grey."""
-    cv2 = _cv2()
+    cv2 = opencv()
     lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB).astype(np.float32)
     lab[..., 1:] = 128 + (lab[..., 1:] - 128) * keep
     return cv2.cvtColor(np.clip(lab, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
@@ -66,7 +66,7 @@ def brighten(rgb: np.ndarray, percentile: float = 60.0) -> np.ndarray:
 
 
 def rescale(rgb: np.ndarray, factor: float) -> np.ndarray:
-    cv2 = _cv2()
+    cv2 = opencv()
     h, w = rgb.shape[:2]
     interp = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
     return cv2.resize(rgb, (round(w * factor), round(h * factor)), interpolation=interp)

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgekit.device.preprocess import opencv
+
 if TYPE_CHECKING:
     from edgekit.manifest import Domain
 
@@ -38,12 +40,6 @@ FEATURES = (
 )
 DARK_LEVEL = 16  # grey level under which a crop pixel is background (NIH crops: a cell on black)
 RIM = 0.15  # x the cell's diameter: the erosion kernel that leaves the cell's interior for its colour
-
-
-def _cv2():
-    import cv2
-
-    return cv2
 
 
 _lab_tables: threading.Thread | None = None
@@ -78,7 +74,7 @@ def warm_up_for(bundle: str | os.PathLike | None) -> None:
 
 
 def _build_lab_tables() -> None:
-    cv2 = _cv2()
+    cv2 = opencv()
     cv2.cvtColor(np.zeros((1, 1, 3), np.uint8), cv2.COLOR_RGB2LAB)
 
 
@@ -87,7 +83,7 @@ def _to_lab(rgb: np.ndarray) -> np.ndarray:
     from building them at once)."""
     if _lab_tables is not None:
         _lab_tables.join()
-    cv2 = _cv2()
+    cv2 = opencv()
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB)
 
 
@@ -123,7 +119,7 @@ def crop_features(rgb: np.ndarray) -> np.ndarray | None:
 
     OpenCV masks and per-channel 256-bin histograms throughout (no boolean indexing, no sort):
     equal to the straightforward numpy version (tests/test_fast_equivalence.py) at about 1/10 of its cost."""
-    cv2 = _cv2()
+    cv2 = opencv()
     rgb = np.ascontiguousarray(rgb)
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3 or rgb[..., 0].size >= _HIST_EXACT:
         return _crop_features_numpy(rgb)
@@ -152,7 +148,7 @@ def crop_features(rgb: np.ndarray) -> np.ndarray | None:
 def _crop_features_numpy(rgb: np.ndarray) -> np.ndarray | None:
     """:func:`crop_features` for what the histogram route does not take (not 3-channel uint8, or
     more pixels than float32 counts exactly)."""
-    cv2 = _cv2()
+    cv2 = opencv()
     fg = foreground(rgb)
     n = int(fg.sum())
     if n < 16:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgekit.device.preprocess import _cv2
+from edgekit.device.preprocess import opencv
 
 THUMB_WIDTH = 256
 
@@ -71,7 +71,7 @@ class CaptureStats:
 
 
 def _thumb(rgb: np.ndarray) -> np.ndarray:
-    cv2 = _cv2()
+    cv2 = opencv()
     h, w = rgb.shape[:2]
     scale = THUMB_WIDTH / w
     small = cv2.resize(rgb, (THUMB_WIDTH, max(8, round(h * scale))), interpolation=cv2.INTER_AREA)
@@ -89,7 +89,7 @@ def sharpness(rgb: np.ndarray) -> float:
 
 def shift(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     """(shift in thumbnail pixels, phase-correlation peak) of thumbnail ``b`` against ``a``."""
-    cv2 = _cv2()
+    cv2 = opencv()
     if a.shape != b.shape:
         return float("inf"), 0.0
     window = cv2.createHanningWindow((a.shape[1], a.shape[0]), cv2.CV_32F)
@@ -99,7 +99,7 @@ def shift(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 
 def registered(a: np.ndarray, b: np.ndarray, settings: CaptureSettings) -> tuple[bool, float, float]:
     """Whether thumbnails ``a`` and ``b`` show the same stretch of smear: (same, peak, overlap)."""
-    cv2 = _cv2()
+    cv2 = opencv()
     if a.shape != b.shape:
         return False, 0.0, 0.0
     window = cv2.createHanningWindow((a.shape[1], a.shape[0]), cv2.CV_32F)
@@ -277,7 +277,7 @@ class LiveView:
                              domain=field_verdict(scores, self.domain))
         picture = draw_overlay(rgb, report)
         draw_status(picture, status)
-        cv2 = _cv2()
+        cv2 = opencv()
         if self.overlay_path is not None:
             import os
             from pathlib import Path
@@ -294,7 +294,7 @@ class LiveView:
 def draw_status(picture: np.ndarray, status: str) -> None:
     """The status line on its own black band just under the overlay's header line (the NOT
     VALIDATED banner is along the bottom: the two never overlap)."""
-    cv2 = _cv2()
+    cv2 = opencv()
     scale = max(1, round(max(picture.shape[:2]) / 640))
     font, size = cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale
     (_, th), base = cv2.getTextSize("Ag", font, size, scale)
@@ -306,7 +306,7 @@ def draw_status(picture: np.ndarray, status: str) -> None:
 
 def show_frame(rgb: np.ndarray) -> bool:
     """Show a frame in an OpenCV window; False when this OpenCV build has no GUI (headless)."""
-    cv2 = _cv2()
+    cv2 = opencv()
     try:
         cv2.imshow("edgekit", rgb[:, :, ::-1])
         cv2.waitKey(1)
@@ -330,7 +330,7 @@ def requests_from_stdin(capture: FieldCapture, echo: Callable[[str], None]) -> N
 
 def pressed_key() -> int | None:
     """The key pressed in the preview window since the last call, if any (needs a GUI build)."""
-    cv2 = _cv2()
+    cv2 = opencv()
     try:
         key = cv2.waitKey(1)
     except cv2.error:

@@ -31,7 +31,8 @@ DEFAULT_MAX_PIXELS = 50_000_000  # ~50 MP: a phone photo passes, a 20000x20000 s
 
 
 
-def _cv2():
+def opencv():
+    """OpenCV, imported on first use."""
     import cv2  # deferred: importing OpenCV costs ~0.1 s and `--help` needs none of it
 
     return cv2
@@ -42,7 +43,7 @@ def is_image_file(path: str | os.PathLike) -> bool:
 
 
 def _apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
-    cv2 = _cv2()
+    cv2 = opencv()
     if orientation == 2:
         return cv2.flip(img, 1)
     if orientation == 3:
@@ -113,7 +114,7 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     if path.suffix.lower() == ".dcm":
         return _read_dicom(path, max_pixels)
     img, orientation = decode_bounded(path, max_pixels)  # regular file, size from the header, strict
-    cv2 = _cv2()
+    cv2 = opencv()
     img = _to_uint8(img)
     if img.ndim == 2:
         img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
@@ -129,7 +130,7 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
 
 
 def _interpolation(method: str) -> int:
-    cv2 = _cv2()
+    cv2 = opencv()
     return {
         "area": cv2.INTER_AREA,
         "bilinear": cv2.INTER_LINEAR,
@@ -141,7 +142,7 @@ def _interpolation(method: str) -> int:
 def prepare(rgb: np.ndarray, pre: Preprocessing) -> np.ndarray:
     """Turn a decoded RGB uint8 image into the model's uint8 input (H, W, C), without batch axis:
     resize, the manifest's stain normalization (device/stain.py), then the colour order."""
-    cv2 = _cv2()
+    cv2 = opencv()
     h, w = pre.input_size
     if rgb.shape[:2] != (h, w):
         rgb = cv2.resize(rgb, (w, h), interpolation=_interpolation(pre.resize))

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgekit.device.preprocess import _cv2
+from edgekit.device.preprocess import opencv
 
 FOCUS_FLOOR = 0.0958  # below it a field is out of focus, whatever the session (focus_floor.json)
 SESSION_RATIO = 0.45  # below this fraction of the session's sharpest recent field: out of focus
@@ -64,7 +64,7 @@ def focus_score(rgb: np.ndarray, radius: float | None = None, measure: FocusMeas
     :data:`FOCUS_MEASURE`): about 0.10-0.45 in focus, under about 0.09 for a Gaussian blur of
     sigma 2 px or more. ``radius``: the cells' radius in pixels when the caller knows it (else estimated, if
     the measure needs it: :func:`edgekit.device.field.segment.cell_radius`)."""
-    cv2 = _cv2()
+    cv2 = opencv()
     m = measure or FOCUS_MEASURE
     gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) if rgb.ndim == 3 else rgb
     scale = MAX_SIDE / max(gray.shape[:2])
@@ -96,14 +96,14 @@ def focus_score(rgb: np.ndarray, radius: float | None = None, measure: FocusMeas
 def _noise_std(g: np.ndarray) -> float:
     """Sensor noise std (grey levels): the median absolute response of a Laplacian-like mask that
     cancels smooth shading (Immerkaer's), which edges, being few, barely move."""
-    cv2 = _cv2()
+    cv2 = opencv()
     mask = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
     r = cv2.filter2D(g, -1, mask)[1:-1:3, 1:-1:3]  # every 3rd pixel each way: plenty for a median
     return float(np.median(np.abs(r))) / (0.6745 * 6.0)
 
 
 def _grad(g: np.ndarray) -> np.ndarray:
-    cv2 = _cv2()
+    cv2 = opencv()
     dx = cv2.Sobel(g, cv2.CV_32F, 1, 0)
     return cv2.magnitude(dx, cv2.Sobel(g, cv2.CV_32F, 0, 1), dx)  # into dx: one plane less
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgekit.device.preprocess import _cv2
+from edgekit.device.preprocess import opencv
 
 SIG_WIDTH = 160
 SCALES = (1.0, 0.95, 1 / 0.95, 0.9, 1 / 0.9, 0.85, 1 / 0.85)
@@ -40,7 +40,7 @@ class Signature:
 
 def signature(rgb: np.ndarray) -> Signature:
     """The signature of a field (any size, RGB or grey)."""
-    cv2 = _cv2()
+    cv2 = opencv()
     gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) if rgb.ndim == 3 else rgb
     h, w = gray.shape[:2]
     size = (SIG_WIDTH, max(8, round(h * SIG_WIDTH / w)))
@@ -48,7 +48,7 @@ def signature(rgb: np.ndarray) -> Signature:
 
 
 def _highpass(thumb: np.ndarray) -> np.ndarray:
-    cv2 = _cv2()
+    cv2 = opencv()
     g = thumb.astype(np.float32)
     g = g - cv2.GaussianBlur(g, (0, 0), 6)
     return g / max(float(g.std()), 1e-3)
@@ -56,7 +56,7 @@ def _highpass(thumb: np.ndarray) -> np.ndarray:
 
 def match(a: Signature, b: Signature) -> tuple[float, float]:
     """(best phase-correlation peak over the tried scales, shared fraction of the view at it)."""
-    cv2 = _cv2()
+    cv2 = opencv()
     ta = _highpass(a.thumb)
     h, w = ta.shape
     tb = b.thumb

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgekit.device.field.types import FieldReport
-from edgekit.device.preprocess import _cv2
+from edgekit.device.preprocess import opencv
 
 COLORS = {
     "parasitized": (230, 30, 30),  # counted in the parasitemia (p >= the manifest's cutoff)
@@ -18,7 +18,7 @@ def draw_overlay(rgb: np.ndarray, report: FieldReport) -> np.ndarray:
     """A copy of the field with each cell's outline and box coloured as counted (red: parasitized,
     green: not), uncertain cells' numbers marked "?", and a header line with the counts, for a
     health worker to check the machine's work."""
-    cv2 = _cv2()
+    cv2 = opencv()
     out = rgb.copy()
     thick = max(1, round(max(out.shape[:2]) / 640))
     for i, c in enumerate(report.cells):
@@ -54,7 +54,7 @@ def draw_overlay(rgb: np.ndarray, report: FieldReport) -> np.ndarray:
 
 def _banner(out: np.ndarray, text: str, thick: int) -> None:
     """A red bar with white text along the bottom of the overlay."""
-    cv2 = _cv2()
+    cv2 = opencv()
     (_, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.5 * thick, thick)
     h, w = out.shape[:2]
     cv2.rectangle(out, (0, h - th - base - 8), (w - 1, h - 1), (160, 0, 0), -1)

@@ -7,7 +7,7 @@ import numpy as np
 from edgekit.device.field.focus import FOCUS_FLOOR, focus_reason, focus_score
 from edgekit.device.field.segment import _segment, working_copy
 from edgekit.device.field.types import CellBox, FieldParams
-from edgekit.device.preprocess import _cv2
+from edgekit.device.preprocess import opencv
 
 MIN_SIDE = 64
 MAX_ASPECT = 10  # camera fields are 4:3 to 16:9; a strip this thin is not a field (and cannot be shrunk)
@@ -29,7 +29,7 @@ def field_quality(rgb: np.ndarray, small: np.ndarray | None = None, focus: float
     """The reason this field cannot be counted (blank, overexposed, dark, out of focus), or None.
     ``small``: a shrunk copy to measure on (the segmentation's working copy); default: at most
     1024 px. ``focus``: the field's :func:`focus_score` when the caller has it already."""
-    cv2 = _cv2()
+    cv2 = opencv()
     reason = _shape_reason(rgb)
     if reason:
         return reason
@@ -54,7 +54,7 @@ def field_focus(rgb: np.ndarray) -> float | None:
 
 def _saturated(rgb: np.ndarray) -> float:
     """Fraction of the pixels saturated white in every channel."""
-    cv2 = _cv2()
+    cv2 = opencv()
     white = cv2.countNonZero(cv2.inRange(rgb, (250, 250, 250), (255, 255, 255)))
     return white / (rgb.shape[0] * rgb.shape[1])
 

@@ -9,7 +9,7 @@ from functools import cached_property
 import numpy as np
 
 from edgekit.device.field.types import CellBox, FieldParams
-from edgekit.device.preprocess import _cv2
+from edgekit.device.preprocess import opencv
 
 
 def _odd(n: float) -> int:
@@ -49,7 +49,7 @@ def _optical_density(rgb: np.ndarray, p: FieldParams) -> np.ndarray:
     lut = np.log(np.maximum(bg, 1.0).astype(np.float32) / levels)
     if p.density != "stain":
         lut = lut.clip(0.0, None)
-    return _cv2().LUT(np.ascontiguousarray(rgb), np.ascontiguousarray(lut.reshape(256, 1, 3)))
+    return opencv().LUT(np.ascontiguousarray(rgb), np.ascontiguousarray(lut.reshape(256, 1, 3)))
 
 
 def _stain_direction(od: np.ndarray, power: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
@@ -81,7 +81,7 @@ def _fill_holes(
     (solidity >= ``min_solidity``; a very pale centre is a round hole in one cell). Background
     enclosed by a ring of touching cells is clear and concave (arcs of several cells): it stays a
     gap, or the ring would become one solid mass."""
-    cv2 = _cv2()
+    cv2 = opencv()
     h, w = mask.shape
     pad = cv2.copyMakeBorder(mask, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
     flood = np.zeros((h + 4, w + 4), np.uint8)
@@ -110,7 +110,7 @@ def _density_u8(od: np.ndarray, direction: np.ndarray | None = None) -> tuple[np
     """Optical density along the field's stain direction (``direction``; None: the green channel,
     which haemoglobin and pink Giemsa absorb) as uint8, scaled so a high percentile of the cells
     sits at 200 and the darker white-cell nuclei clip; that scale; and the density itself."""
-    odg = od[:, :, 1] if direction is None else _cv2().transform(od, direction.reshape(1, 3))
+    odg = od[:, :, 1] if direction is None else opencv().transform(od, direction.reshape(1, 3))
     scale = 200.0 / max(float(np.percentile(odg, 90)), 0.02)
     return np.clip(odg * scale, 0, 255).astype(np.uint8), scale, odg
 
@@ -133,16 +133,16 @@ class _Density:
 
     @cached_property
     def blur5(self) -> np.ndarray:
-        return _cv2().GaussianBlur(self.u8, (5, 5), 0)
+        return opencv().GaussianBlur(self.u8, (5, 5), 0)
 
     @cached_property
     def otsu(self) -> float:
-        cv2 = _cv2()
+        cv2 = opencv()
         return float(cv2.threshold(self.blur5, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)[0])
 
     @cached_property
     def blur2(self) -> np.ndarray:
-        return _cv2().GaussianBlur(self.u8, (0, 0), 2)
+        return opencv().GaussianBlur(self.u8, (0, 0), 2)
 
 
 @dataclass(frozen=True)
@@ -171,7 +171,7 @@ def _foreground(
 ) -> np.ndarray:
     """Stained pixels: a fraction of Otsu's threshold on the green optical density, pale centres
     filled. Clipping the nuclei makes Otsu split background from red cells, not cells from nuclei."""
-    cv2 = _cv2()
+    cv2 = opencv()
     # below Otsu, since pale cells and pale centres are barely darker than the background
     thr = _threshold(d, factor, min_od)
     _, fg = cv2.threshold(d.blur5, thr, 255, cv2.THRESH_BINARY)
@@ -191,7 +191,7 @@ def _estimate_radius(dist: np.ndarray, fg: np.ndarray, window: float = 0.0) -> f
 
     Without: the median of the blobs' maxima (a chain of overlapping cells is about one cell wide,
     so its maximum is still about one radius; one dense clump overestimates it)."""
-    cv2 = _cv2()
+    cv2 = opencv()
     if window > 0:
         win = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (_odd(window),) * 2)
         maxima = dist[(dist >= cv2.dilate(dist, win) - 1e-3) & (dist > 1.0)]
@@ -215,7 +215,7 @@ def _circle_radius(d: _Density, fallback: float) -> tuple[float, float]:
     distance transform, it does not grow when a field's cells merge into clumps; blended with it
     (geometric mean), the per-field estimate scatters much less (BCCD: 5-95% range of the ratio to
     the labelled boxes' size 0.70-1.23 alone, 0.70-0.95 blended)."""
-    cv2 = _cv2()
+    cv2 = opencv()
     u8 = d.blur2
     m = min(u8.shape)
     circles = cv2.HoughCircles(u8, cv2.HOUGH_GRADIENT_ALT, dp=1.5, minDist=m / 20, param1=80, param2=0.6,
@@ -232,7 +232,7 @@ def _nucleus_pixels(od: np.ndarray, p: FieldParams, d: _Density) -> np.ndarray:
     colour in optical density departs from the cells' (the density off that colour exceeds
     ``nucleus_off`` x theirs): Giemsa nuclei absorb another mix of colours than red cells, on any
     shade. Without: purple pixels, absorbing red much more than blue (pink Giemsa)."""
-    cv2 = _cv2()
+    cv2 = opencv()
     if d.direction is None:
         nuc = (od[:, :, 0] > p.nucleus_od) & (od[:, :, 0] - od[:, :, 2] > p.nucleus_contrast)
     else:
@@ -247,7 +247,7 @@ def _nucleus_pixels(od: np.ndarray, p: FieldParams, d: _Density) -> np.ndarray:
 
 def _nucleus_zone(nuc: np.ndarray, radius: float, p: FieldParams) -> np.ndarray:
     """Where white cells are: large nucleus-stained blobs, grown by half a radius."""
-    cv2 = _cv2()
+    cv2 = opencv()
     n, labels, stats, _ = cv2.connectedComponentsWithStats(nuc, connectivity=8)
     big = np.zeros(n, bool)
     big[1:] = stats[1:, cv2.CC_STAT_AREA] >= p.min_nucleus_area * math.pi * radius * radius
@@ -263,7 +263,7 @@ def _circle_seeds(
 ) -> list[tuple[int, int, float]]:
     """Extra seeds inside clumps too dense for distance peaks: centres of cell-sized circles
     (Hough transform on the cells' outlines) that lie on the foreground, away from other seeds."""
-    cv2 = _cv2()
+    cv2 = opencv()
     circles = cv2.HoughCircles(
         d.blur2, cv2.HOUGH_GRADIENT, dp=1, minDist=p.peak_window * radius, param1=p.hough_edge,
         param2=p.hough_votes, minRadius=int(0.75 * radius), maxRadius=int(1.4 * radius),
@@ -292,7 +292,7 @@ def _split_touching(
     discs this is the watershed of the distance transform (the cut runs through the waist between
     two cells) without a flooding loop; OpenCV's watershed floods by colour difference between
     neighbours, which a smooth distance map does not have."""
-    cv2 = _cv2()
+    cv2 = opencv()
     win = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (_odd(p.peak_window * radius),) * 2)
     peaks = (dist >= cv2.dilate(dist, win) - 1e-3) & (dist > p.peak_height * radius)
     # plateaus and near-ties give several nearby peak pixels: merge those within a small window
@@ -375,13 +375,14 @@ def working_copy(rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
     scale = min(1.0, max_side / max(H, W))
     if scale == 1.0:
         return rgb, 1.0
-    return _cv2().resize(rgb, (round(W * scale), round(H * scale)), interpolation=_cv2().INTER_AREA), scale
+    cv2 = opencv()
+    return cv2.resize(rgb, (round(W * scale), round(H * scale)), interpolation=cv2.INTER_AREA), scale
 
 
 def _segment(
     rgb: np.ndarray, p: FieldParams, work: tuple[np.ndarray, float] | None = None
 ) -> tuple[list[CellBox], float]:
-    cv2 = _cv2()
+    cv2 = opencv()
     H, W = rgb.shape[:2]
     work, scale = work or working_copy(rgb, p.max_side)
     od = _optical_density(work, p)
