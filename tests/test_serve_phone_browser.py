@@ -9,7 +9,6 @@ Needs Debian's chromium and Python's playwright (skipped otherwise), like tests/
 from __future__ import annotations
 
 import hashlib
-import time
 import urllib.request
 from pathlib import Path
 
@@ -117,7 +116,6 @@ def test_a_12mp_photo_is_shrunk_sent_with_progress_and_counted_on_fast_3g(tmp_pa
             page, errors = _watched_page(browser, {**p.devices["Pixel 5"], "device_scale_factor": 2})
             _open_patient(page, server.url, "P-3G")
             _throttle(page)
-            t0 = time.perf_counter()
             page.set_input_files("#camera", str(photo))
             page.wait_for_function("() => { const b = document.querySelector('.job progress'); "
                                    "return b && b.value > 0.2; }", timeout=60_000)
@@ -125,7 +123,6 @@ def test_a_12mp_photo_is_shrunk_sent_with_progress_and_counted_on_fast_3g(tmp_pa
             job = page.locator(".job").first
             buttons = [job.locator(b).is_visible() for b in ("button.cancel", "button.retry")]
             card = _final(page)
-            seconds = time.perf_counter() - t0
             state, text = card.get_attribute("data-state"), card.inner_text()
             assert state == "counted", text
             sha = card.get_attribute("data-sha256")
@@ -158,7 +155,6 @@ def test_a_12mp_photo_is_shrunk_sent_with_progress_and_counted_on_fast_3g(tmp_pa
     resized = cv2.resize(upright, (1600, 1200), interpolation=cv2.INTER_AREA)
     want = len(analyze_field(resized, load_classifier(None)).cells)
     assert abs(cells - want) <= max(2, 0.1 * want), (cells, want)
-    assert seconds < 30, seconds  # the benchmark measures it (benchmarks/serve_phone.py); before: ~28 s
 
 
 def test_a_lost_answer_is_asked_about_before_anything_is_said(tmp_path):
