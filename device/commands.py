@@ -163,8 +163,8 @@ def camera(source: str, bundle: Path | None, model_format: str | None, threads: 
            settle: int, capture_on_key: bool, overlay_path: Path | None, show: bool,
            allow_unsigned: bool) -> None:
     """Live microscope camera: each settled, sharp view is a field whose cells are found, classified
-    and counted once (README: Camera at the microscope). Nothing is recorded: use `screen --camera`
-    for a patient. Ctrl-C stops."""
+    and counted once (docs/field-guide.md: Camera at the microscope). Nothing is recorded: use
+    `screen --camera` for a patient. Ctrl-C stops."""
     from edgekit.device.camera import run_camera, run_field_camera
     from edgekit.device.quality import DEFAULT_GATES
 

@@ -152,7 +152,7 @@ def _ints(text: str) -> tuple[int, ...]:
               help="auto: on when a GPU is present; on: float16 on GPUs, bfloat16 on CPUs.")
 @click.option("--strategy", default="auto", show_default=True,
               type=click.Choice(["auto", "default", "mirrored", "multiworker"]),
-              help="tf.distribute strategy (README: Training on several devices or hosts).")
+              help="tf.distribute strategy (docs/training.md: Training on several devices or hosts).")
 @click.option("--cpu-replicas", default=1, show_default=True, type=click.IntRange(1, 64),
               help="mirrored without GPUs: N logical CPU devices (tests the multi-replica path).")
 @click.option("--workers", default=None, metavar="HOST:PORT,...",

@@ -45,7 +45,7 @@ def test_golden_bundle_is_trusted_and_loads(strict):
 
 
 def test_shipped_default_model_is_signed_by_the_project_key(strict):
-    """If this fails after the default model changed, re-sign it (README, "Signed bundles")."""
+    """If this fails after the default model changed, re-sign it (docs/trust.md, "Maintainers")."""
     bundle = default_bundle_dir()
     trust = check_bundle(bundle, read_manifest_data(bundle))
     assert trust.trusted, trust.reason
