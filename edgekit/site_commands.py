@@ -214,12 +214,7 @@ def adapt(model: Path, site: Path, out: Path, fields_split: Path | None, block: 
     click.echo(gate.summary())
 
 
-@click.group()
-def site() -> None:
-    """A site bundle after adaptation: check that it still holds on newly labelled fields."""
-
-
-@site.command("check")
+@click.command("check")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--data", "data", required=True, type=click.Path(path_type=Path),
               help="Newly labelled cells of the site (a folder from `edgekit cells`).")

@@ -6,14 +6,34 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from edgekit.cli import COMMANDS, main
+from edgekit.cli import FIELD, MODEL, OLD_SPELLINGS, SITE, TRUST, main
+
+GROUPED = [("model", name) for name in MODEL] + [("site", name) for name in SITE] + \
+          [("trust", name) for name in TRUST]
+# every command name that was top-level before the groups, still typed at the top
+OLD_TOP = [*FIELD, "programme", "site", *OLD_SPELLINGS]
 
 
-def test_every_command_is_registered():
+def test_top_level_is_the_field_verbs_and_the_groups():
     ctx = click.Context(main)
-    assert main.list_commands(ctx) == sorted(name for _, name in COMMANDS)
-    assert all(main.get_command(ctx, name).name == name for _, name in COMMANDS)
+    assert main.list_commands(ctx) == ["classify", "field", "screen", "camera", "sessions", "serve", "sync",
+                                       "model", "site", "trust", "programme"]
+    assert set(main.get_command(ctx, "model").list_commands(ctx)) == {
+        "split", "train", "evaluate", "export", "pack", "import", "info", "bench"}
+    assert set(main.get_command(ctx, "site").list_commands(ctx)) == {"cells", "adapt", "domain", "check"}
+    assert set(main.get_command(ctx, "trust").list_commands(ctx)) == {"keygen", "sign", "verify"}
+    assert all(main.get_command(ctx, group).get_command(ctx, name).name == name for group, name in GROUPED)
     assert main.get_command(ctx, "nope") is None
+
+
+@pytest.mark.parametrize("name", sorted(OLD_SPELLINGS))
+def test_old_top_level_spellings_resolve_unlisted(name):
+    ctx = click.Context(main)
+    group, new = OLD_SPELLINGS[name]
+    assert main.get_command(ctx, name) is main.get_command(ctx, group).get_command(ctx, new)
+    assert name not in main.list_commands(ctx)
+    listed = CliRunner().invoke(main, ["--help"]).output.split("Commands:")[1]
+    assert f"\n  {name} " not in listed
 
 
 def test_a_command_loads_only_its_own_module():
@@ -30,11 +50,11 @@ def test_a_command_loads_only_its_own_module():
     assert "edgekit.commands'" not in loaded and "edgekit.export" not in loaded and "benchmarks" not in loaded
 
 
-@pytest.mark.parametrize("name", [name for _, name in COMMANDS])
-def test_help(name):
-    res = CliRunner().invoke(main, [name, "--help"])
+@pytest.mark.parametrize("argv", [[name] for name in OLD_TOP] + [[group, name] for group, name in GROUPED])
+def test_help(argv):
+    res = CliRunner().invoke(main, [*argv, "--help"])
     assert res.exit_code == 0, res.output
-    assert "Usage: main " + name in res.output or f"{name} [OPTIONS]" in res.output
+    assert "Usage: main " + " ".join(argv) in res.output
 
 
 def test_sessions_subcommands_help():
@@ -57,7 +77,7 @@ def test_missing_path_is_one_line(tmp_path):
     (["bench", "--batch", "4"], "--batch", "--batch-size", 4),
 ])
 def test_old_spellings_still_work_but_are_hidden(argv, old, new, value):
-    cmd = main.commands[argv[0]]
+    cmd = main.get_command(click.Context(main), argv[0])
     params = cmd.make_context(argv[0], argv[1:]).params
     assert value in [str(v) if isinstance(value, str) else v for v in params.values()]
     help_text = CliRunner().invoke(main, [argv[0], "--help"]).output
