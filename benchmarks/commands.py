@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from edgekit import formats as format_table
-from edgekit.cli_options import bundle_from, model_option, option
+from edgekit.cli_options import FormatNames, bundle_from, model_option, option
 
 
 def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
@@ -30,7 +30,7 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
               "Default: the split file the bundle was trained from.")
 @click.option("--part", default="test", show_default=True, help="Which part of a split file to use.")
 @click.option("--threads", callback=_int_list, help="Thread counts, e.g. 1,2,4 (default: the profile's).")
-@click.option("--formats", help="Comma-separated formats to measure"
+@click.option("--formats", type=FormatNames(format_table.FORMATS), help="Comma-separated formats to measure"
               f" ({format_table.names(format_table.FORMATS)}; default: all in the bundle);"
               " Keras is always measured as the reference.")
 @click.option("--profile", default="auto", show_default=True,
@@ -49,7 +49,8 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
 @click.option("--timeout", default=600, show_default=True, type=float, help="Seconds allowed per row.")
 def bench(positional_bundle: Path | None, bundle: Path | None, data: Path | None, part: str,
-          threads: list[int] | None, formats: str | None, profile: str, batch: int, runs: int, warmup: int,
+          threads: list[int] | None, formats: tuple[format_table.FormatSpec, ...] | None,
+          profile: str, batch: int, runs: int, warmup: int,
           out: Path | None, reference: str | None, save_reference: Path | None, no_plots: bool,
           timeout: float) -> None:
     """Benchmark every format of a bundle: size, load time, latency, throughput, memory, and cell- and
@@ -71,7 +72,8 @@ def bench(positional_bundle: Path | None, bundle: Path | None, data: Path | None
     out_root = Path(bundle) if bundle is not None else Path.cwd()  # never write into the installed package
     bundle = bundle or default_bundle_dir()
 
-    fmt_list = [f.strip() for f in formats.split(",") if f.strip()] if formats else None
+    # "all" (every row of the table) measures what the bundle holds, like no --formats
+    fmt_list = [f.name for f in formats] if formats and formats != format_table.FORMATS else None
     log = lambda msg: click.echo(msg, err=True)  # noqa: E731
     result = run_bench(bundle, data, threads=threads, formats=fmt_list, profile=profile, part=part,
                        batch=batch, runs=runs, warmup=warmup, timeout=timeout, log=log)

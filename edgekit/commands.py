@@ -8,7 +8,14 @@ from pathlib import Path
 
 import click
 
-from edgekit.cli_options import bundle_from, data_root_option, model_option, part_option, require_modules
+from edgekit.cli_options import (
+    bundle_from,
+    data_root_option,
+    format_option,
+    model_option,
+    part_option,
+    require_modules,
+)
 
 
 @click.command()
@@ -47,8 +54,9 @@ def split(data: Path, out: Path, groups: str, test_fraction: float, val_fraction
 @click.command()
 @click.argument("run", required=False, type=click.Path(path_type=Path))
 @model_option("Bundle or run folder (the same as RUN). Default: the model shipped with edgekit.")
-@click.option("--json", "as_json", is_flag=True, help="Print the raw manifest JSON.")
-def info(run: Path | None, bundle: Path | None, as_json: bool) -> None:
+@format_option("text", "json", default="text", old_flags={"--json": "json"},
+               help_text="text: the manifest readably; json: the raw manifest JSON.")
+def info(run: Path | None, bundle: Path | None, out_format: str) -> None:
     """Print a run folder's or bundle's manifest readably."""
     from edgekit.device.runtime import default_bundle_dir
     from edgekit.manifest import Manifest, read_manifest_data
@@ -58,7 +66,7 @@ def info(run: Path | None, bundle: Path | None, as_json: bool) -> None:
     data = read_manifest_data(folder)
     m = Manifest.from_dict(data)
     trust = check_bundle(folder, data)
-    if as_json:
+    if out_format == "json":
         click.echo(json.dumps({**m.to_dict(), "trust": {"trusted": trust.trusted, "reason": trust.reason}},
                               indent=2))
         return

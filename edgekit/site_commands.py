@@ -8,7 +8,15 @@ from pathlib import Path
 
 import click
 
-from edgekit.cli_options import allow_unsigned_option, sign_key_option, sign_note
+from edgekit.cli_options import (
+    FormatNames,
+    allow_unsigned_option,
+    format_option,
+    model_format_option,
+    sign_key_option,
+    sign_note,
+)
+from edgekit.formats import FormatSpec
 from edgekit.manifest import SITE_CUTOFFS
 
 
@@ -148,7 +156,8 @@ def cells(fields: tuple[Path, ...], annotations: Path | None, sessions_db: Path 
               help="Largest whole-field parasitemia error (points) on test fields for the bundle to vouch.")
 @click.option("--gate-auc", type=click.FloatRange(0.0, 1.0), default=0.97, show_default=True,
               help="Smallest cell AUC on the test fields for the bundle to vouch.")
-@click.option("--formats", default="tflite_int8", show_default=True, help="Formats to export and validate.")
+@click.option("--formats", type=FormatNames(), default="tflite_int8", show_default=True,
+              help="Formats to export and validate.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--replace", is_flag=True, help="Overwrite OUT if it exists.")
 @click.option("--allow-drop", is_flag=True,
@@ -160,8 +169,9 @@ def adapt(model: Path, site: Path, out: Path, fields_split: Path | None, block: 
           negatives_per_field: int | None, objects_per_field: int, epochs: int, patience: int, lr: float,
           batch_size: int,
           base_share: float, base_split: Path | None, base_data: Path | None, cutoff: str,
-          fields_dir: Path | None, gate_error: float, gate_auc: float, formats: str, seed: int, replace: bool,
-          allow_drop: bool, cache_dir: Path | None, sign_key: Path | None) -> None:
+          fields_dir: Path | None, gate_error: float, gate_auc: float, formats: tuple[FormatSpec, ...],
+          seed: int,
+          replace: bool, allow_drop: bool, cache_dir: Path | None, sign_key: Path | None) -> None:
     """Fine-tune MODEL (a run folder or a bundle with its model.keras) on a site's labelled cells
     and write a validated site bundle.
 
@@ -187,7 +197,8 @@ def adapt(model: Path, site: Path, out: Path, fields_split: Path | None, block: 
                       objects_per_field=objects_per_field,
                       cutoff=cutoff, seed=seed, gate={"parasitemia_error": gate_error, "auc": gate_auc})
     m = adapt_model(model, site, out, cfg, split_file=fields_split, base_split=base_split,
-                    base_data=base_data, formats=formats, replace=replace, cache_dir=cache_dir,
+                    base_data=base_data, formats=",".join(f.name for f in formats), replace=replace,
+                    cache_dir=cache_dir,
                     allow_drop=allow_drop, log=lambda s: click.echo(s, err=True), fields_dir=fields_dir)
     site_eval = m.evaluation.get("site", {})
     for part in ("val", "test"):
@@ -221,12 +232,12 @@ def adapt(model: Path, site: Path, out: Path, fields_split: Path | None, block: 
 @click.option("--fields", "fields_dir", type=click.Path(path_type=Path), default=None,
               help="Their field images (the folder given to `edgekit cells`): the guard's verdict and the "
                    "parasitemia of each whole field, as `edgekit field` reports them.")
-@click.option("--model-format", default=None, help="Which model of the bundle to run (default: the device's "
-                                                  "first usable one).")
+@model_format_option()
 @allow_unsigned_option()
-@click.option("--json", "as_json", is_flag=True, help="Print the measurements and the verdict as JSON.")
+@format_option("text", "json", default="text", old_flags={"--json": "json"},
+               help_text="Print the measurements and the verdict as text or JSON.")
 def site_check(bundle: Path, data: Path, fields_dir: Path | None, model_format: str | None,
-               allow_unsigned: bool, as_json: bool) -> None:
+               allow_unsigned: bool, out_format: str) -> None:
     """Measure SITE BUNDLE on newly labelled fields of its site through the device runtime (cell AUC,
     sensitivity at specificity 0.995, per-field parasitemia error, the guard's verdicts) and say whether
     it still holds against the bounds in its manifest (`gate.bounds`; default: parasitemia error <= 1.0
@@ -238,7 +249,7 @@ def site_check(bundle: Path, data: Path, fields_dir: Path | None, model_format: 
 
     result = check_site(bundle, data, fields_dir, model_format, allow_unsigned or None,
                         log=lambda s: click.echo(s, err=True))
-    if as_json:
+    if out_format == "json":
         click.echo(json.dumps(result.to_dict(), default=float))
     else:
         for line in report_lines(result):

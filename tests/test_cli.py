@@ -91,9 +91,39 @@ def test_sessions_export_out_spellings():
 
 
 @pytest.mark.parametrize("argv", [["classify"], ["bench", "--batch-size", "0"], ["nosuch"],
-                                  ["pack", "-o", "x"], ["field", "--format", "xml", "f.jpg"]])
+                                  ["pack", "-o", "x"], ["field", "--format", "xml", "f.jpg"],
+                                  ["model", "train"], ["bench", "--formats", "tflite_int4"],
+                                  ["model", "export", "r", "--formats", "onnx_int4"],
+                                  ["pack", "b", "-o", "x", "--formats", "keras"],
+                                  ["site", "adapt", "m", "--data", "d", "-o", "o", "--formats", "int8"],
+                                  ["field", "--model-format", "tflite_int4", "f.jpg"],
+                                  ["classify", "--model-format", "keras", "c.png"]])
 def test_usage_errors_are_one_line(argv):
     res = CliRunner().invoke(main, argv)
     assert res.exit_code == 2
     lines = [line for line in res.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Usage:" not in res.output
+
+
+def test_unknown_format_names_the_table():
+    res = CliRunner().invoke(main, ["model", "bench", "--formats", "tflite_int4"])
+    assert res.exit_code == 2 and "unknown format(s) tflite_int4; choose from keras," in res.output
+
+
+@pytest.mark.parametrize("path, args, old, value", [
+    (["info"], [], "--json", "json"),
+    (["site", "check"], ["b", "--data", "d"], "--json", "json"),
+    (["screen"], ["--patient", "p"], "--json", "json"),
+    (["sessions", "show"], [], "--json", "json"),
+    (["sync"], ["db", "--to", "postgresql://h/d"], "--json", "json"),
+    (["sessions", "export"], ["--format", "jsonl"], "--csv", "csv"),
+])
+def test_one_format_option_old_flags_hidden(path, args, old, value):
+    ctx = click.Context(main)
+    cmd = main
+    for word in path:
+        cmd = cmd.get_command(ctx, word)
+    assert cmd.make_context(path[-1], [*args, old]).params["out_format"] == value
+    assert cmd.make_context(path[-1], list(args)).params["out_format"] != value
+    help_text = cmd.get_help(click.Context(cmd, info_name=path[-1]))
+    assert "--format" in help_text and f"{old} " not in help_text

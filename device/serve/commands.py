@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from edgekit.cli_options import allow_unsigned_option, model_option
+from edgekit.cli_options import allow_unsigned_option, model_format_option, model_option
 
 TOKEN_ENV = "EDGEKIT_SERVE_TOKEN"
 TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
@@ -173,7 +173,7 @@ def _check_port_free(host: str, port: int) -> None:
                    f"across restarts), or ${TOKEN_ENV}.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @model_option()
-@click.option("--model-format", default=None, help="Which model of the bundle to run (tflite_int8, ...).")
+@model_format_option()
 @click.option("--threads", type=click.IntRange(1, 64), default=None, help="Inference threads.")
 @click.option("--db", type=click.Path(path_type=Path), default=None,
               help="Screening database, shared with `edgekit screen`. "
