@@ -25,9 +25,9 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @click.command()
 @click.argument("positional_bundle", metavar="[BUNDLE]", required=False, type=click.Path(path_type=Path))
 @model_option("The bundle to measure (the same as BUNDLE). Default: the model shipped with edgekit.")
-@click.option("--data", type=click.Path(path_type=Path),
-              help="Labelled images: a split file (its --part is used) or a folder-per-class dataset. "
-              "Default: the split file the bundle was trained from.")
+@option("--dataset", "data", aliases=("--data",), type=click.Path(path_type=Path),
+        help="Labelled images: a split file (its --part is used) or a folder-per-class dataset. "
+             "Default: the split file the bundle was trained from.")
 @click.option("--part", default="test", show_default=True, help="Which part of a split file to use.")
 @click.option("--threads", callback=_int_list, help="Thread counts, e.g. 1,2,4 (default: the profile's).")
 @click.option("--formats", type=FormatNames(format_table.FORMATS), help="Comma-separated formats to measure"

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from edgekit.cli_options import option
+
 _db_option = click.option(
     "--db", type=click.Path(path_type=Path), default=None,
     help="Screening database (default: $EDGEKIT_DB or ~/.local/share/edgekit/screening.sqlite).",
@@ -64,7 +66,7 @@ def review(session_id: str, out: Path, everything: bool, force: bool, db: Path |
         lines = review_text(store, session)
     title = f"session {session.id}, patient {session.patient}: {len(items)} cells to review"
     hint = (f"edgekit sessions confirm {session.id} ID... --verdict parasitized|not-parasitized "
-            f"(or --csv FILE with columns record_id,verdict)")
+            f"(or --verdicts FILE.csv with columns record_id,verdict)")
     if suffix == ".png":
         atomic_write_bytes(out, contact_sheet(items, title))
     else:
@@ -101,8 +103,8 @@ def _read_csv(path: Path) -> list[tuple[int, str]]:
 @click.argument("record_ids", nargs=-1, type=int)
 @click.option("--verdict", type=click.Choice(["parasitized", "not-parasitized", "confirm", "overrule"]),
               help="For RECORD_IDS: the reviewer's call, or confirm/overrule the model's call at the cutoff.")
-@click.option("--csv", "csv_file", type=click.Path(path_type=Path),
-              help="CSV with columns record_id,verdict (parasitized, not parasitized, confirm, overrule).")
+@option("--verdicts", "csv_file", aliases=("--csv",), type=click.Path(path_type=Path),
+        help="CSV file with columns record_id,verdict (parasitized, not parasitized, confirm, overrule).")
 @click.option("--reviewer", default=None, help="Who reviewed.")
 @click.option("--note", default=None, help="A note stored with each verdict.")
 @_db_option
@@ -114,7 +116,7 @@ def confirm(session_id: str, record_ids: tuple[int, ...], verdict: str | None, c
     from edgekit.errors import EdgekitError
 
     if bool(record_ids) == bool(csv_file):
-        raise EdgekitError("give RECORD_IDS with --verdict, or --csv FILE")
+        raise EdgekitError("give RECORD_IDS with --verdict, or --verdicts FILE.csv")
     if record_ids and not verdict:
         raise EdgekitError("give --verdict for RECORD_IDS")
     pairs = ([(r, verdict.replace("-", " ")) for r in record_ids] if record_ids  # type: ignore[union-attr]

@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+from edgekit.cli_options import option
+
 
 @click.group()
 def domain() -> None:
@@ -36,8 +38,8 @@ def _offsite_paths(paths: tuple[Path, ...], lists: tuple[Path, ...]) -> list[Pat
 
 @domain.command("fit")
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--data", "data", required=True, type=click.Path(path_type=Path),
-              help="Split file (`edgekit split`) or folder-per-class crops (split by patient, seed 42): "
+@option("--dataset", "data", aliases=("--data",), required=True, type=click.Path(path_type=Path),
+        help="Split file (`edgekit model split`) or folder-per-class crops (split by patient, seed 42): "
                    "statistics from the training groups, thresholds from the validation groups.")
 @click.option("--data-root", type=click.Path(path_type=Path), default=None,
               help="Where the split's images are, if not where the split file says.")

@@ -222,14 +222,14 @@ def _whole_fields(fields_dir: Path, data: Path, per_field: list[dict[str, Any]],
     from edgekit.metrics import mean_upper_bound
 
     if not fields_dir.is_dir():
-        raise DataError(f"--fields: not a folder of field images: {fields_dir}")
+        raise DataError(f"--field-images: not a folder of field images: {fields_dir}")
     by_stem = {f.stem: f for f in image_files([fields_dir], "field")}
     names = [r["field"] for r in per_field]
     truth = _labelled_fraction(data, clf.manifest.decision.counted_label, names, y, g)
     missing = [r["field"] for r in per_field if r["field"] not in by_stem]
     if len(missing) == len(per_field):
-        raise DataError(f"--fields {fields_dir} holds none of the labelled fields (first: {missing[0]}); "
-                        "give the folder given to `edgekit cells`")
+        raise DataError(f"--field-images {fields_dir} holds none of the labelled fields "
+                        f"(first: {missing[0]}); give the folder given to `edgekit site cells`")
     if missing:
         notes.append(f"{len(missing)} labelled field(s) have no image in {fields_dir}: judged on their crops")
     errors = []

@@ -13,6 +13,7 @@ from edgekit.cli_options import (
     allow_unsigned_option,
     format_option,
     model_format_option,
+    option,
     sign_key_option,
     sign_note,
 )
@@ -113,8 +114,8 @@ def cells(fields: tuple[Path, ...], annotations: Path | None, sessions_db: Path 
 
 @click.command()
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--data", "site", required=True, type=click.Path(path_type=Path),
-              help="The site's labelled cells (from `edgekit cells`).")
+@option("--dataset", "site", aliases=("--data",), required=True, type=click.Path(path_type=Path),
+        help="The site's labelled cells (from `edgekit site cells`).")
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path),
               help="Site bundle folder to write.")
 @click.option("--fields-split", type=click.Path(path_type=Path),
@@ -149,9 +150,9 @@ def cells(fields: tuple[Path, ...], annotations: Path | None, sessions_db: Path 
                    "parasitemia error on those whole fields, the number the gate holds (needs the field "
                    "images); youden: maximise sensitivity + specificity; auto: field-error when the field "
                    "images are here, else count.")
-@click.option("--fields", "fields_dir", type=click.Path(path_type=Path),
-              help="The site's field images. Default: the folder `edgekit cells` cut the cells from, "
-                   "when it is still there.")
+@option("--field-images", "fields_dir", aliases=("--fields",), type=click.Path(path_type=Path),
+        help="The folder of the site's field images. Default: the folder `edgekit site cells` cut the cells "
+             "from, when it is still there.")
 @click.option("--gate-error", type=click.FloatRange(0, 100, min_open=True), default=1.0, show_default=True,
               help="Largest whole-field parasitemia error (points) on test fields for the bundle to vouch.")
 @click.option("--gate-auc", type=click.FloatRange(0.0, 1.0), default=0.97, show_default=True,
@@ -227,11 +228,11 @@ def adapt(model: Path, site: Path, out: Path, fields_split: Path | None, block: 
 
 @click.command("check")
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--data", "data", required=True, type=click.Path(path_type=Path),
-              help="Newly labelled cells of the site (a folder from `edgekit cells`).")
-@click.option("--fields", "fields_dir", type=click.Path(path_type=Path), default=None,
-              help="Their field images (the folder given to `edgekit cells`): the guard's verdict and the "
-                   "parasitemia of each whole field, as `edgekit field` reports them.")
+@option("--dataset", "data", aliases=("--data",), required=True, type=click.Path(path_type=Path),
+        help="Newly labelled cells of the site (a folder from `edgekit site cells`).")
+@option("--field-images", "fields_dir", aliases=("--fields",), type=click.Path(path_type=Path), default=None,
+        help="Their field images (the folder given to `edgekit site cells`): the guard's verdict and the "
+             "parasitemia of each whole field, as `edgekit field` reports them.")
 @model_format_option()
 @allow_unsigned_option()
 @format_option("text", "json", default="text", old_flags={"--json": "json"},

@@ -75,6 +75,9 @@ def test_missing_path_is_one_line(tmp_path):
     (["evaluate", "run", "--data", "/d"], "--data", "--data-root", "/d"),
     (["train", "split.json", "-o", "r", "--data", "/d"], "--data", "--data-root", "/d"),
     (["bench", "--batch", "4"], "--batch", "--batch-size", 4),
+    (["bench", "--data", "/d"], "--data", "--dataset", "/d"),
+    (["adapt", "m", "-o", "o", "--data", "/d"], "--data", "--dataset", "/d"),
+    (["adapt", "m", "-o", "o", "--dataset", "c", "--fields", "/f"], "--fields", "--field-images", "/f"),
 ])
 def test_old_spellings_still_work_but_are_hidden(argv, old, new, value):
     cmd = main.get_command(click.Context(main), argv[0])
@@ -127,3 +130,19 @@ def test_one_format_option_old_flags_hidden(path, args, old, value):
     assert cmd.make_context(path[-1], list(args)).params["out_format"] != value
     help_text = cmd.get_help(click.Context(cmd, info_name=path[-1]))
     assert "--format" in help_text and f"{old} " not in help_text
+
+
+@pytest.mark.parametrize("path, args, old, new", [
+    (["site", "check"], ["b", "--data", "/d"], "--data", "--dataset"),
+    (["site", "check"], ["b", "--dataset", "c", "--fields", "/d"], "--fields", "--field-images"),
+    (["site", "domain", "fit"], ["b", "--data", "/d"], "--data", "--dataset"),
+    (["sessions", "confirm"], ["1", "--csv", "/d"], "--csv", "--verdicts"),
+])
+def test_one_name_per_meaning_old_spellings_hidden(path, args, old, new):
+    ctx = click.Context(main)
+    cmd = main
+    for word in path:
+        cmd = cmd.get_command(ctx, word)
+    assert "/d" in [str(v) for v in cmd.make_context(path[-1], args).params.values()]
+    help_text = cmd.get_help(click.Context(cmd, info_name=path[-1]))
+    assert new in help_text and f"{old} " not in help_text
