@@ -30,7 +30,7 @@ def _write_overlay(report: Any, overlay_dir: Path) -> Path | None:
 
 @click.command()
 @click.argument("images", nargs=-1, required=True)
-@model_option("Bundle folder (from `edgekit export`). Default: the model shipped with edgekit; "
+@model_option("Bundle folder (from `edgekit model export`). Default: the model shipped with edgekit; "
               "without any model, cells are found and counted but not classified.")
 @click.option("--overlay-dir", type=click.Path(path_type=Path), default=None,
               help="Write FIELD_overlay.png here: each cell outlined and boxed, coloured by result.")

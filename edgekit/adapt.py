@@ -137,7 +137,8 @@ def labelled_parasitemia(site: Path) -> dict[str, float]:
         return {Path(r["field"]).stem: r["labelled"].get(PARASITIZED, 0) / max(1, sum(r["labelled"].values()))
                 for r in rows}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise DataError(f"{site}/cells.json (from `edgekit cells`) is missing or unreadable: {exc}") from None
+        raise DataError(f"{site}/cells.json (from `edgekit site cells`) is missing or unreadable: "
+                        f"{exc}") from None
 
 
 def whole_field_inputs(image: Path, pre: Any) -> np.ndarray | None:

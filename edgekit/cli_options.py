@@ -34,8 +34,8 @@ def option(*decls: str, aliases: tuple[str, ...] = (), **kwargs: Any):
     return click.option(*decls, *aliases, cls=AliasedOption, aliases=aliases, **kwargs)
 
 
-def model_option(help_text: str = "Bundle folder (from `edgekit export`). Default: the model shipped with "
-                 "edgekit."):
+def model_option(help_text: str = "Bundle folder (from `edgekit model export`). Default: the model shipped "
+                 "with edgekit."):
     return click.option("--model", "-m", "bundle", type=click.Path(path_type=Path), default=None,
                         help=help_text)
 
@@ -140,8 +140,8 @@ def bundle_from(positional: Path | None, model: Path | None) -> Path | None:
 
 sign_key_option = click.option(
     "--sign-key", type=click.Path(path_type=Path), envvar="EDGEKIT_SIGNING_KEY", default=None,
-    help="Sign the bundle with this private key (from `edgekit keygen`). Default: $EDGEKIT_SIGNING_KEY; "
-         "unsigned when neither is set.",
+    help="Sign the bundle with this private key (from `edgekit trust keygen`). "
+         "Default: $EDGEKIT_SIGNING_KEY; unsigned when neither is set.",
 )
 
 

@@ -205,7 +205,7 @@ def train(split_or_data: Path, run: Path, data_root: Path | None, backbone: str,
                   log=lambda s: click.echo(s, err=True), workers=workers, worker_index=worker_index)
     except KeyboardInterrupt:
         if (run / "checkpoints" / "state.json").is_file():
-            click.echo(f"continue with: edgekit train {split_or_data} --out {run} --resume", err=True)
+            click.echo(f"continue with: edgekit model train {split_or_data} --out {run} --resume", err=True)
         raise
 
 

@@ -50,8 +50,9 @@ def _offsite_paths(paths: tuple[Path, ...], lists: tuple[Path, ...]) -> list[Pat
 @click.option("--max-train-crops", type=click.IntRange(50), default=3000, show_default=True,
               help="Random training crops measured (seed 0): a 9-feature mean and covariance need no more.")
 @click.option("--site", "site", is_flag=True,
-              help="DATA is a site's labelled cells (`edgekit cells`): statistics from blocks of consecutive "
-                   "fields, thresholds from the other blocks (the site guard `edgekit adapt` fits).")
+              help="DATASET is a site's labelled cells (`edgekit site cells`): statistics from blocks of "
+                   "consecutive fields, thresholds from the other blocks (the site guard that "
+                   "`edgekit site adapt` fits).")
 @click.option("--block", type=click.IntRange(1), default=6, show_default=True,
               help="With --site: consecutive fields per block; 4 blocks in 5 fit the statistics.")
 @click.option("--dry-run", is_flag=True,
@@ -91,7 +92,7 @@ def _site_fit(data: Path, block: int, max_train_crops: int) -> tuple[Any, dict[s
     from edgekit.errors import DataError
 
     if not data.is_dir():
-        raise DataError(f"site cells not found: {data} (a folder from `edgekit cells`)")
+        raise DataError(f"site cells not found: {data} (a folder from `edgekit site cells`)")
     files = image_files([data], "site cell")
     fields = sorted({field_of(f) for f in files})
     if len(fields) < 2:

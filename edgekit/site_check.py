@@ -86,7 +86,7 @@ def labelled_crops(data: Path, labels: Sequence[str]) -> list[tuple[Path, str, s
     from edgekit.cells import field_of
 
     if not data.is_dir():
-        raise DataError(f"site cells not found: {data} (a folder from `edgekit cells`)")
+        raise DataError(f"site cells not found: {data} (a folder from `edgekit site cells`)")
     classes = sorted(p.name for p in data.iterdir() if p.is_dir() and not p.name.startswith("."))
     unknown = [c for c in classes if c not in labels]
     if unknown:
@@ -96,7 +96,7 @@ def labelled_crops(data: Path, labels: Sequence[str]) -> list[tuple[Path, str, s
            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
     if not out:
         raise DataError(f"{data} holds no labelled cell images (want <class>/<field>__<i>.png from "
-                        "`edgekit cells`)")
+                        "`edgekit site cells`)")
     return out
 
 

@@ -64,7 +64,7 @@ def cells(fields: tuple[Path, ...], annotations: Path | None, sessions_db: Path 
     labelled box names the found cell it overlaps most. Parasite boxes (ring, trophozoite,
     schizont, gametocyte) -> Parasitized; red blood cell / RBC -> Uninfected; difficult, WBC and
     platelets are left out. Crops are named FIELD__INDEX.png, so splits can group by field
-    (`edgekit split OUT --groups 'regex:^(.+)__'`).
+    (`edgekit model split OUT --groups 'regex:^(.+)__'`).
     """
     import os
 
@@ -129,7 +129,7 @@ def cells(fields: tuple[Path, ...], annotations: Path | None, sessions_db: Path 
                    "0: every one.")
 @click.option("--objects-per-field", type=click.IntRange(0), default=0, show_default=True,
               help="At most this many found objects that are no labelled cell (white cells, clumps; kept by "
-                   "`edgekit cells`) per training field, learnt as not parasitized; 0: none.")
+                   "`edgekit site cells`) per training field, learnt as not parasitized; 0: none.")
 @click.option("--epochs", type=click.IntRange(1), default=12, show_default=True,
               help="At most this many epochs (see --patience).")
 @click.option("--patience", type=click.IntRange(0), default=5, show_default=True,
@@ -179,7 +179,7 @@ def adapt(model: Path, site: Path, out: Path, fields_split: Path | None, block: 
     The site's fields are split into train/validation/test by blocks of consecutive fields; the
     model learns the site's training cells mixed with its own original data; the cutoff, uncertain
     band and field rule are chosen on the site's validation fields; int8 is exported and validated
-    as by `edgekit export`, measured on the test fields, and the manifest records the base model,
+    as by `edgekit model export`, measured on the test fields, and the manifest records the base model,
     the site data's hash and the fields and cells used. The bundle vouches for results only when its
     test fields meet the gate (--gate-error, --gate-auc); otherwise it is written, every result it
     gives says NOT VALIDATED, and adapt exits 1.
@@ -216,9 +216,9 @@ def adapt(model: Path, site: Path, out: Path, fields_split: Path | None, block: 
     gate = m.domain.gate if m.domain is not None else None
     click.echo(f"wrote {out}{sign_note(out, sign_key)}")
     if sign_key is None:
-        click.echo("unsigned: devices refuse it until a key they trust signs it. Once: `edgekit keygen "
-                   "site-key --trust` (copy site-key.pub into each device's keyring); then "
-                   f"`edgekit sign {out} --key site-key.key`, or set $EDGEKIT_SIGNING_KEY before adapt")
+        click.echo("unsigned: devices refuse it until a key they trust signs it. Once: `edgekit trust "
+                   "keygen site-key --trust` (copy site-key.pub into each device's keyring); then "
+                   f"`edgekit trust sign {out} --key site-key.key`, or set $EDGEKIT_SIGNING_KEY before adapt")
     if gate is None or not gate.passed:
         why = gate.summary() if gate else "no guard statistics: nothing vouches for its results"
         raise click.ClickException(f"{why}; the bundle says NOT VALIDATED on every result "

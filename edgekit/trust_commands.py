@@ -43,7 +43,7 @@ resign_option = click.option(
 @click.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--key", "key_path", type=click.Path(path_type=Path), envvar="EDGEKIT_SIGNING_KEY",
-              required=True, help="Private key from `edgekit keygen` (default: $EDGEKIT_SIGNING_KEY).")
+              required=True, help="Private key from `edgekit trust keygen` (default: $EDGEKIT_SIGNING_KEY).")
 @click.option("--release", default=None, metavar="VERSION",
               help="Release version to sign as (dotted integers). Default: the manifest's own, else today's "
                    "UTC date (2026.12.05).")

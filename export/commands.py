@@ -96,7 +96,7 @@ def export(source: Path | None, keras_model: Path | None, labels: str | None, ca
 @click.option("--replace", is_flag=True, help="Overwrite OUT if it exists.")
 @click.option("--replay", type=click.IntRange(0), default=0, show_default=True,
               help="Also keep the Keras model and this many of its training crops (from the run's split), "
-                   "so `edgekit adapt` can start from the packed bundle.")
+                   "so `edgekit site adapt` can start from the packed bundle.")
 @sign_key_option
 @resign_option
 def pack(positional_bundle: Path | None, bundle: Path | None, out: Path,

@@ -75,7 +75,7 @@ def test_adapt_writes_a_validated_site_bundle_with_provenance(base_run, site, tm
                "--batch-size", "16", "--block", "1", "--allow-drop", "--cache-dir", str(tmp_path / "cache"),
                *LENIENT_GATE)
     assert res.exit_code == 0, res.output
-    assert "unsigned: devices refuse it" in res.output and "edgekit sign" in res.output
+    assert "unsigned: devices refuse it" in res.output and "edgekit trust sign" in res.output
     m = load_manifest(out)
     int8 = m.artifacts["tflite_int8"]
     assert verify_artifact(out, int8) and int8.status in ("ok", "failed_validation")
