@@ -53,7 +53,9 @@ def bench(positional_bundle: Path | None, bundle: Path | None, data: Path | None
           profile: str, batch: int, runs: int, warmup: int,
           out: Path | None, reference: str | None, save_reference: Path | None, no_plots: bool,
           timeout: float) -> None:
-    """Benchmark every format of a bundle: size, load time, latency, throughput, memory, and cell- and
+    """Benchmark a bundle's formats: speed, memory, accuracy.
+
+    Benchmark every format of a bundle: size, load time, latency, throughput, memory, and cell- and
     patient-level accuracy with 95% CIs, one process per (format, threads) row."""
     from edgekit.benchmarks.bench import run_bench
     from edgekit.benchmarks.profiles import (

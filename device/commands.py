@@ -90,7 +90,7 @@ def _load(bundle: Path | None, model_format: str | None, threads: int | None, al
 def classify(ctx: click.Context, paths: tuple[str, ...], bundle: Path | None, model_format: str | None,
              out_format: str, threads: int | None, progress: bool | None, quality: bool,
              allow_unsigned: bool) -> None:
-    """Classify image files, folders (recursive) and glob patterns with a bundle's model.
+    """Classify cell images: files, folders and glob patterns.
 
     Exits 1 when any input could not be read (the batch still runs to the end).
     """
@@ -163,9 +163,11 @@ def camera(source: str, bundle: Path | None, model_format: str | None, threads: 
            save_dir: Path | None, max_frames: int | None, reconnect: int, quality: bool, crops_mode: bool,
            settle: int, capture_on_key: bool, overlay_path: Path | None, show: bool,
            allow_unsigned: bool) -> None:
-    """Live microscope camera: each settled, sharp view is a field whose cells are found, classified
-    and counted once (README: Camera at the microscope). Nothing is recorded: use `screen --camera`
-    for a patient. Ctrl-C stops."""
+    """Live microscope camera: count each settled, sharp field once.
+
+    Each settled, sharp view is a field whose cells are found, classified and counted once (README:
+    Camera at the microscope). Nothing is recorded: use `screen --camera` for a patient. Ctrl-C
+    stops."""
     from edgekit.device.camera import run_camera, run_field_camera
     from edgekit.device.quality import DEFAULT_GATES
 
@@ -209,7 +211,7 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
            model_format: str | None, threads: int | None, progress: bool | None, quality: bool,
            crops_mode: bool, settle: int, capture_on_key: bool, overlay_path: Path | None, show: bool,
            out_format: str, allow_unsigned: bool) -> None:
-    """Screen a patient: classify and record every crop, then summarise and decide.
+    """Screen a patient: record every crop, then summarise and decide.
 
     Images are classified and committed to the database 32 at a time (a crash loses at most the
     batch in flight, never a reported result); rerunning the same command skips what is recorded.
@@ -313,7 +315,7 @@ def _live_status(capture, running: dict[str, int], view) -> str:
 
 @click.group()
 def sessions() -> None:
-    """Read screening records back: list, show, export; review and confirm flagged cells."""
+    """Read screening records back; review and confirm flagged cells."""
 
 
 _db_option = click.option(
@@ -363,8 +365,10 @@ def _find(store, key: str | None, by_id: int | None, by_patient: str | None):
 @click.option("--window", type=click.IntRange(1), default=5, show_default=True,
               help="Sessions in the drift view's rolling median (per site and model).")
 def sessions_list(db: Path | None, window: int) -> None:
-    """One line per session: id, patient, site, cells, parasitized, decision, drift, updated; then the
-    drift view per site and model: do the recent sessions still look like the bundle's cells?"""
+    """One line per session, then the drift view per site and model.
+
+    Columns: id, patient, site, cells, parasitized, decision, drift, updated. The drift view asks, per
+    site and model: do the recent sessions still look like the bundle's cells?"""
     import time
 
     from edgekit.device.drift import rolling_view, session_points
@@ -400,8 +404,10 @@ def sessions_list(db: Path | None, window: int) -> None:
                help_text="Print the summary as text or JSON.")
 def sessions_show(session_id: str | None, by_id: int | None, by_patient: str | None, db: Path | None,
                   out_format: str) -> None:
-    """Summary of one session: SESSION is a session id or a patient id (the latest session of that
-    patient); when it could be both, say which with --id or --patient."""
+    """Summary of one session.
+
+    SESSION is a session id or a patient id (the latest session of that patient); when it could be
+    both, say which with --id or --patient."""
     from edgekit.device.drift import field_guard, field_guard_line
     from edgekit.device.review import per_field, review_summary
     from edgekit.device.review_commands import review_text, session_cutoff
@@ -450,7 +456,9 @@ def sessions_show(session_id: str | None, by_id: int | None, by_patient: str | N
 @click.option("--force", is_flag=True, help="Overwrite OUT if it is an existing file.")
 def sessions_export(session_id: str | None, by_id: int | None, by_patient: str | None, db: Path | None,
                     out_format: str, output: Path | None, force: bool) -> None:
-    """Export the records of one session (or all sessions) as CSV or JSON lines (times in UTC, ISO 8601),
+    """Export a session's records (or all) as CSV or JSON lines.
+
+    Export the records of one session (or all sessions) as CSV or JSON lines (times in UTC, ISO 8601),
     with a reviewer's verdict on each cell where there is one (columns review, reviewer).
     CSV text cells that a spreadsheet would run as formulas are prefixed with a quote."""
     from edgekit.device.sessions import EXPORT_COLUMNS, export_rows

@@ -45,7 +45,9 @@ def _write_overlay(report: Any, overlay_dir: Path) -> Path | None:
 def field(images: tuple[str, ...], bundle: Path | None, model_format: str | None, overlay_dir: Path | None,
           out_format: str, threads: int | None, batch_size: int, count_only: bool,
           allow_unsigned: bool) -> None:
-    """Find every red cell in whole microscope fields, classify each, and report parasitemia.
+    """Find, classify and count every red cell of whole fields.
+
+    Every red cell in whole microscope fields is found and classified, and parasitemia reported.
 
     IMAGES may be field images, folders (searched recursively) or glob patterns. A field that
     cannot be read or used (not an image, too large, blank, over/under-exposed, out of focus, no

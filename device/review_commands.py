@@ -49,8 +49,10 @@ def review_text(store, session) -> list[str]:
 @click.option("--force", is_flag=True, help="Overwrite OUT if it is an existing regular file.")
 @_db_option
 def review(session_id: str, out: Path, everything: bool, force: bool, db: Path | None) -> None:
-    """A gallery of every cell the model called parasitized or uncertain in a session, most
-    suspicious first, to confirm at a glance (then `edgekit sessions confirm`)."""
+    """A gallery of a session's suspicious cells, to confirm by eye.
+
+    Every cell the model called parasitized or uncertain in a session, most suspicious first
+    (then `edgekit sessions confirm`)."""
     from edgekit.device.review import contact_sheet, gallery_items, html_page
     from edgekit.errors import EdgekitError
     from edgekit.manifest import atomic_write_bytes, atomic_write_text
@@ -110,8 +112,10 @@ def _read_csv(path: Path) -> list[tuple[int, str]]:
 @_db_option
 def confirm(session_id: str, record_ids: tuple[int, ...], verdict: str | None, csv_file: Path | None,
             reviewer: str | None, note: str | None, db: Path | None) -> None:
-    """Record a reviewer's verdict on cells of a session (ids from `sessions review`); the session
-    summary then shows the model's count and the confirmed count."""
+    """Record a reviewer's verdict on cells of a session.
+
+    Cells are named by their ids from `sessions review`; the session summary then shows the model's
+    count and the confirmed count."""
     from edgekit.device.review import record_verdicts
     from edgekit.errors import EdgekitError
 

@@ -169,14 +169,14 @@ def main() -> None:
 
 @main.group(cls=LazyGroup, lazy=MODEL)
 def model() -> None:
-    """Build a model: split, train, evaluate, export, pack, import, info, bench."""
+    """Train, evaluate, export, package and measure models."""
 
 
 @main.group(cls=LazyGroup, lazy=SITE)
 def site() -> None:
-    """Fit a model to one site: cut its labelled cells, adapt, the domain guard, check."""
+    """Adapt a model to another microscope; check that it holds."""
 
 
 @main.group(cls=LazyGroup, lazy=TRUST)
 def trust() -> None:
-    """Sign bundles and check signatures: keygen, sign, verify."""
+    """Keys and signed bundles: which models a device trusts."""

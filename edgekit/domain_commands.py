@@ -13,7 +13,9 @@ from edgekit.cli_options import option
 
 @click.group()
 def domain() -> None:
-    """The domain guard: what the model's training cells looked like (manifest 'domain')."""
+    """The domain guard: what a model's training cells looked like.
+
+    Stored in the manifest under 'domain'."""
 
 
 def _offsite_paths(paths: tuple[Path, ...], lists: tuple[Path, ...]) -> list[Path]:
@@ -60,7 +62,9 @@ def _offsite_paths(paths: tuple[Path, ...], lists: tuple[Path, ...]) -> list[Pat
 def domain_fit(bundle: Path, data: Path, data_root: Path | None, offsite: tuple[Path, ...],
                offsite_list: tuple[Path, ...], max_train_crops: int, site: bool, block: int,
                dry_run: bool) -> None:
-    """Compute the training cells' statistics and the guard's thresholds, and store them in BUNDLE's
+    """Fit the domain guard's statistics and thresholds into a bundle.
+
+    Compute the training cells' statistics and the guard's thresholds, and store them in BUNDLE's
     manifest under 'domain' (rerun it whenever the bundle's training data changes; with --site, when a
     site has checked its bundle on new fields, `edgekit site check`, and the guard should vouch for them)."""
     from edgekit.errors import DataError

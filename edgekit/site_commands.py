@@ -56,7 +56,9 @@ def _field_images(paths: tuple[Path, ...]) -> tuple[Path, list[Path]]:
 def cells(fields: tuple[Path, ...], annotations: Path | None, sessions_db: Path | None,
           session_keys: tuple[str, ...], out: Path, class_map: tuple[str, ...], min_iou: float,
           allow_one_class: bool, replace: bool) -> None:
-    """Cut every labelled cell of annotated FIELDS into a folder-per-class dataset (or, with
+    """Cut labelled cells into a folder-per-class dataset.
+
+    Cut every labelled cell of annotated FIELDS into a folder-per-class dataset (or, with
     --from-sessions DB, every reviewed cell whose crop screening kept).
 
     FIELDS are field images or a folder of them. Cells are found and cropped by the device's own
@@ -173,7 +175,9 @@ def adapt(model: Path, site: Path, out: Path, fields_split: Path | None, block: 
           fields_dir: Path | None, gate_error: float, gate_auc: float, formats: tuple[FormatSpec, ...],
           seed: int,
           replace: bool, allow_drop: bool, cache_dir: Path | None, sign_key: Path | None) -> None:
-    """Fine-tune MODEL (a run folder or a bundle with its model.keras) on a site's labelled cells
+    """Fine-tune a model on a site's labelled cells.
+
+    Fine-tune MODEL (a run folder or a bundle with its model.keras) on a site's labelled cells
     and write a validated site bundle.
 
     The site's fields are split into train/validation/test by blocks of consecutive fields; the
@@ -239,7 +243,9 @@ def adapt(model: Path, site: Path, out: Path, fields_split: Path | None, block: 
                help_text="Print the measurements and the verdict as text or JSON.")
 def site_check(bundle: Path, data: Path, fields_dir: Path | None, model_format: str | None,
                allow_unsigned: bool, out_format: str) -> None:
-    """Measure SITE BUNDLE on newly labelled fields of its site through the device runtime (cell AUC,
+    """Check that a site bundle still holds on newly labelled fields.
+
+    Measure SITE BUNDLE on newly labelled fields of its site through the device runtime (cell AUC,
     sensitivity at specificity 0.995, per-field parasitemia error, the guard's verdicts) and say whether
     it still holds against the bounds in its manifest (`gate.bounds`; default: parasitemia error <= 1.0
     point, AUC >= 0.97). Exit status 0: it holds; 1: it does not (re-adapt, or refer to microscopy)."""

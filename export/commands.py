@@ -65,7 +65,9 @@ def export(source: Path | None, keras_model: Path | None, labels: str | None, ca
            calibration_samples: int,
            max_validation: int | None, allow_drop: bool, data_root: Path | None, opset: int,
            sign_key: Path | None, resign_reason: str | None) -> None:
-    """Export a run folder or bundle (or --keras MODEL) to TFLite and ONNX, validate every format
+    """Export to TFLite and ONNX, validate, write one bundle.
+
+    Export a run folder or bundle (or --keras MODEL) to TFLite and ONNX, validate every format
     against Keras on real images, and write one verified bundle."""
     if (source is None) == (keras_model is None):
         raise click.UsageError("give either RUN_OR_BUNDLE or --keras MODEL.keras")
@@ -102,7 +104,9 @@ def export(source: Path | None, keras_model: Path | None, labels: str | None, ca
 def pack(positional_bundle: Path | None, bundle: Path | None, out: Path,
          formats: tuple[format_table.FormatSpec, ...], replace: bool,
          replay: int, sign_key: Path | None, resign_reason: str | None) -> None:
-    """Copy a bundle's validated device formats, manifest and labels (no Keras model) into a small
+    """Copy a bundle's device formats into a folder for a device.
+
+    Copy a bundle's validated device formats, manifest and labels (no Keras model) into a small
     folder to put on a device."""
     from edgekit.export.pack import pack_bundle
 

@@ -194,7 +194,7 @@ def _check_port_free(host: str, port: int) -> None:
 def serve(host: str, port: int, bundle: Path | None, model_format: str | None, threads: int | None,
           db: Path | None, overlay_dir: Path | None, max_upload_mb: float, max_pending: int,
           cert: Path | None, key: Path | None, new_token: bool, allow_unsigned: bool) -> None:
-    """Serve the screening page and its JSON API to phones on this network.
+    """Serve the screening page (and its JSON API) to phones.
 
     A phone opens the printed address, starts a patient session, takes photos of microscope fields
     (or uploads fields and cell crops); each is analysed and recorded here exactly as `edgekit field`

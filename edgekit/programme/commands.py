@@ -29,7 +29,9 @@ def _url(value: str) -> str:
 @click.option("--batch", default=5000, show_default=True, help="records per transaction")
 @click.option("--full", is_flag=True, help="offer every record again (the server keeps one copy of each)")
 def sync(db: Path, url: str, out_format: str, batch: int, full: bool) -> None:
-    """Send this station's sessions, records, crop references and reviews that the programme server
+    """Send this station's new records to the programme server.
+
+    Send this station's sessions, records, crop references and reviews that the programme server
     does not have yet (safe to interrupt and re-run: each row is stored once)."""
     require_modules("sync", "sync", "psycopg")
     from edgekit.programme.sync import sync as run
@@ -45,14 +47,16 @@ def sync(db: Path, url: str, out_format: str, batch: int, full: bool) -> None:
 
 @click.group("programme")
 def programme() -> None:
-    """The programme's central PostgreSQL: install its schema, report per site and week."""
+    """The programme's PostgreSQL: install its schema, report."""
 
 
 @programme.command("migrate")
 @click.option("--to", "url", required=True, envvar="EDGEKIT_PROGRAMME_URL",
               help="postgresql://ADMIN@HOST/DB: a role that may create tables and roles")
 def migrate(url: str) -> None:
-    """Create or upgrade the server schema (numbered SQL files, in order) and the group roles
+    """Create or upgrade the programme server's schema and roles.
+
+    Create or upgrade the server schema (numbered SQL files, in order) and the group roles
     edgekit_station and edgekit_reader. A newer server schema is refused untouched."""
     require_modules("programme migrate", "sync", "psycopg")
     from edgekit.programme.server import migrate as run
@@ -71,7 +75,9 @@ def migrate(url: str) -> None:
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="write here instead of stdout")
 def report(url: str, since, out_format: str, out: Path | None) -> None:
-    """Per site and ISO week: patients screened, positive/negative/refer (Wilson 95% intervals),
+    """Per site and week: patients screened, calls, guard and reviews.
+
+    Per site and ISO week: patients screened, positive/negative/refer (Wilson 95% intervals),
     share of fields NOT VALIDATED by the domain guard, reviewer agreement with the model."""
     require_modules("programme report", "sync", "psycopg")
     from edgekit.programme import report as rep
