@@ -135,7 +135,7 @@ def default_data(manifest: Manifest, bundle: Path) -> Path:
     split_file = manifest.training.get("split_file")
     path = resolve_recorded(split_file, bundle) if split_file else None
     if path is None or not path.is_file():
-        raise DataError("no labelled data: pass --data (a split file or a folder-per-class dataset);"
+        raise DataError("no labelled data: pass --dataset (a split file or a folder-per-class dataset);"
                         " the manifest names no split file that exists here")
     return path
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from edgekit import formats as format_table
-from edgekit.cli_options import bundle_from, model_option, option
+from edgekit.cli_options import FormatNames, bundle_from, model_option, option
 
 
 def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
@@ -25,12 +25,12 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @click.command()
 @click.argument("positional_bundle", metavar="[BUNDLE]", required=False, type=click.Path(path_type=Path))
 @model_option("The bundle to measure (the same as BUNDLE). Default: the model shipped with edgekit.")
-@click.option("--data", type=click.Path(path_type=Path),
-              help="Labelled images: a split file (its --part is used) or a folder-per-class dataset. "
-              "Default: the split file the bundle was trained from.")
+@option("--dataset", "data", aliases=("--data",), type=click.Path(path_type=Path),
+        help="Labelled images: a split file (its --part is used) or a folder-per-class dataset. "
+             "Default: the split file the bundle was trained from.")
 @click.option("--part", default="test", show_default=True, help="Which part of a split file to use.")
 @click.option("--threads", callback=_int_list, help="Thread counts, e.g. 1,2,4 (default: the profile's).")
-@click.option("--formats", help="Comma-separated formats to measure"
+@click.option("--formats", type=FormatNames(format_table.FORMATS), help="Comma-separated formats to measure"
               f" ({format_table.names(format_table.FORMATS)}; default: all in the bundle);"
               " Keras is always measured as the reference.")
 @click.option("--profile", default="auto", show_default=True,
@@ -49,10 +49,13 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
 @click.option("--timeout", default=600, show_default=True, type=float, help="Seconds allowed per row.")
 def bench(positional_bundle: Path | None, bundle: Path | None, data: Path | None, part: str,
-          threads: list[int] | None, formats: str | None, profile: str, batch: int, runs: int, warmup: int,
+          threads: list[int] | None, formats: tuple[format_table.FormatSpec, ...] | None,
+          profile: str, batch: int, runs: int, warmup: int,
           out: Path | None, reference: str | None, save_reference: Path | None, no_plots: bool,
           timeout: float) -> None:
-    """Benchmark every format of a bundle: size, load time, latency, throughput, memory, and cell- and
+    """Benchmark a bundle's formats: speed, memory, accuracy.
+
+    Benchmark every format of a bundle: size, load time, latency, throughput, memory, and cell- and
     patient-level accuracy with 95% CIs, one process per (format, threads) row."""
     from edgekit.benchmarks.bench import run_bench
     from edgekit.benchmarks.profiles import (
@@ -71,7 +74,8 @@ def bench(positional_bundle: Path | None, bundle: Path | None, data: Path | None
     out_root = Path(bundle) if bundle is not None else Path.cwd()  # never write into the installed package
     bundle = bundle or default_bundle_dir()
 
-    fmt_list = [f.strip() for f in formats.split(",") if f.strip()] if formats else None
+    # "all" (every row of the table) measures what the bundle holds, like no --formats
+    fmt_list = [f.name for f in formats] if formats and formats != format_table.FORMATS else None
     log = lambda msg: click.echo(msg, err=True)  # noqa: E731
     result = run_bench(bundle, data, threads=threads, formats=fmt_list, profile=profile, part=part,
                        batch=batch, runs=runs, warmup=warmup, timeout=timeout, log=log)

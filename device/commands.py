@@ -9,19 +9,20 @@ from typing import TYPE_CHECKING
 
 import click
 
-from edgekit.cli_options import allow_unsigned_option, model_option, option
-from edgekit.formats import DEVICE_ORDER
+from edgekit.cli_options import (
+    allow_unsigned_option,
+    format_option,
+    model_format_option,
+    model_option,
+    option,
+)
 from edgekit.outputs import csv_text, display_text, write_output_file
 
 if TYPE_CHECKING:
     pass
 
 _model_option = model_option()
-_model_format_option = click.option(
-    "--model-format", default=None,
-    help=f"Which model of the bundle to run ({', '.join(DEVICE_ORDER)}). Default: the first usable one,"
-         " in that order.",
-)
+_model_format_option = model_format_option()
 _threads_option = click.option(
     "--threads", type=click.IntRange(1, 64), default=None, help="Inference threads."
 )
@@ -79,8 +80,8 @@ def _load(bundle: Path | None, model_format: str | None, threads: int | None, al
 @click.argument("paths", nargs=-1, required=True)
 @_model_option
 @_model_format_option
-@click.option("--format", "out_format", type=click.Choice(["table", "jsonl", "csv"]), default="table",
-              show_default=True, help="Output: aligned table, one JSON object per image, or CSV.")
+@format_option("table", "jsonl", "csv", default="table",
+               help_text="Output: aligned table, one JSON object per image, or CSV.")
 @_threads_option
 @_progress_option
 @_quality_option
@@ -89,7 +90,7 @@ def _load(bundle: Path | None, model_format: str | None, threads: int | None, al
 def classify(ctx: click.Context, paths: tuple[str, ...], bundle: Path | None, model_format: str | None,
              out_format: str, threads: int | None, progress: bool | None, quality: bool,
              allow_unsigned: bool) -> None:
-    """Classify image files, folders (recursive) and glob patterns with a bundle's model.
+    """Classify cell images: files, folders and glob patterns.
 
     Exits 1 when any input could not be read (the batch still runs to the end).
     """
@@ -162,9 +163,11 @@ def camera(source: str, bundle: Path | None, model_format: str | None, threads: 
            save_dir: Path | None, max_frames: int | None, reconnect: int, quality: bool, crops_mode: bool,
            settle: int, capture_on_key: bool, overlay_path: Path | None, show: bool,
            allow_unsigned: bool) -> None:
-    """Live microscope camera: each settled, sharp view is a field whose cells are found, classified
-    and counted once (docs/field-guide.md: Camera at the microscope). Nothing is recorded: use
-    `screen --camera` for a patient. Ctrl-C stops."""
+    """Live microscope camera: count each settled, sharp field once.
+
+    Each settled, sharp view is a field whose cells are found, classified and counted once (docs/field-guide.md:
+    Camera at the microscope). Nothing is recorded: use `screen --camera` for a patient. Ctrl-C
+    stops."""
     from edgekit.device.camera import run_camera, run_field_camera
     from edgekit.device.quality import DEFAULT_GATES
 
@@ -200,14 +203,15 @@ def camera(source: str, bundle: Path | None, model_format: str | None, threads: 
 @_progress_option
 @_quality_option
 @_live_options
-@click.option("--json", "as_json", is_flag=True, help="Print the patient summary as JSON.")
+@format_option("text", "json", default="text", old_flags={"--json": "json"},
+               help_text="Print the patient summary as text or JSON.")
 @_allow_unsigned_option
 def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str | None, use_camera: bool,
            fields: bool, source: str, db: Path | None, stop_cells: int | None, bundle: Path | None,
            model_format: str | None, threads: int | None, progress: bool | None, quality: bool,
            crops_mode: bool, settle: int, capture_on_key: bool, overlay_path: Path | None, show: bool,
-           as_json: bool, allow_unsigned: bool) -> None:
-    """Screen a patient: classify and record every crop, then summarise and decide.
+           out_format: str, allow_unsigned: bool) -> None:
+    """Screen a patient: record every crop, then summarise and decide.
 
     Images are classified and committed to the database 32 at a time (a crash loses at most the
     batch in flight, never a reported result); rerunning the same command skips what is recorded.
@@ -297,6 +301,7 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
         # what the session stores decides it, here as in `sessions show` and `serve`
         summary = session_summary(store, store.session_by_id(session.id))
         summary.stop_cells, summary.stop_reached = stop, bool(stop) and summary.crops >= stop
+    as_json = out_format == "json"
     click.echo(json.dumps(summary.to_dict()) if as_json else f"session {session.id}: {summary.line()}")
 
 
@@ -310,7 +315,7 @@ def _live_status(capture, running: dict[str, int], view) -> str:
 
 @click.group()
 def sessions() -> None:
-    """Read screening records back: list, show, export; review and confirm flagged cells."""
+    """Read screening records back; review and confirm flagged cells."""
 
 
 _db_option = click.option(
@@ -360,8 +365,10 @@ def _find(store, key: str | None, by_id: int | None, by_patient: str | None):
 @click.option("--window", type=click.IntRange(1), default=5, show_default=True,
               help="Sessions in the drift view's rolling median (per site and model).")
 def sessions_list(db: Path | None, window: int) -> None:
-    """One line per session: id, patient, site, cells, parasitized, decision, drift, updated; then the
-    drift view per site and model: do the recent sessions still look like the bundle's cells?"""
+    """One line per session, then the drift view per site and model.
+
+    Columns: id, patient, site, cells, parasitized, decision, drift, updated. The drift view asks, per
+    site and model: do the recent sessions still look like the bundle's cells?"""
     import time
 
     from edgekit.device.drift import rolling_view, session_points
@@ -393,11 +400,14 @@ def sessions_list(db: Path | None, window: int) -> None:
 @click.argument("session_id", required=False)
 @_with_session_options
 @_db_option
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@format_option("text", "json", default="text", old_flags={"--json": "json"},
+               help_text="Print the summary as text or JSON.")
 def sessions_show(session_id: str | None, by_id: int | None, by_patient: str | None, db: Path | None,
-                  as_json: bool) -> None:
-    """Summary of one session: SESSION is a session id or a patient id (the latest session of that
-    patient); when it could be both, say which with --id or --patient."""
+                  out_format: str) -> None:
+    """Summary of one session.
+
+    SESSION is a session id or a patient id (the latest session of that patient); when it could be
+    both, say which with --id or --patient."""
     from edgekit.device.drift import field_guard, field_guard_line
     from edgekit.device.review import per_field, review_summary
     from edgekit.device.review_commands import review_text, session_cutoff
@@ -414,7 +424,7 @@ def sessions_show(session_id: str | None, by_id: int | None, by_patient: str | N
         fields, lines = per_field(records, cutoff), review_text(store, session)
         dom = session.guarded_with if summary is not None else None
         guard = field_guard(records, dom) if dom is not None else []  # a bundle without a guard: nothing
-    if as_json:
+    if out_format == "json":
         click.echo(json.dumps({"session": public_session(session),
                                "summary": None if summary is None else summary.to_dict(),
                                "review": review, "fields": fields, "guard_fields": guard}))
@@ -439,15 +449,16 @@ def sessions_show(session_id: str | None, by_id: int | None, by_patient: str | N
 @click.argument("session_id", required=False)
 @_with_session_options
 @_db_option
-@click.option("--format", "out_format", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True,
-              help="CSV, or one JSON object per record.")
-@click.option("--csv", "as_csv", is_flag=True, hidden=True, help="The same as --format csv (old spelling).")
+@format_option("csv", "jsonl", default="csv", old_flags={"--csv": "csv"},
+               help_text="CSV, or one JSON object per record.")
 @option("-o", "--out", "output", aliases=("--output",), type=click.Path(path_type=Path), default=None,
         help="File (default: stdout).")
 @click.option("--force", is_flag=True, help="Overwrite OUT if it is an existing file.")
 def sessions_export(session_id: str | None, by_id: int | None, by_patient: str | None, db: Path | None,
-                    out_format: str, as_csv: bool, output: Path | None, force: bool) -> None:
-    """Export the records of one session (or all sessions) as CSV or JSON lines (times in UTC, ISO 8601),
+                    out_format: str, output: Path | None, force: bool) -> None:
+    """Export a session's records (or all) as CSV or JSON lines.
+
+    Export the records of one session (or all sessions) as CSV or JSON lines (times in UTC, ISO 8601),
     with a reviewer's verdict on each cell where there is one (columns review, reviewer).
     CSV text cells that a spreadsheet would run as formulas are prefixed with a quote."""
     from edgekit.device.sessions import EXPORT_COLUMNS, export_rows
@@ -460,7 +471,7 @@ def sessions_export(session_id: str | None, by_id: int | None, by_patient: str |
         chosen = [one] if one is not None else [
             store.find_session(str(r["id"]), by="id") for r in store.sessions()]
         rows = export_rows(store, chosen)
-    if out_format == "jsonl" and not as_csv:
+    if out_format == "jsonl":
         text = "".join(json.dumps({k: r.get(k) for k in EXPORT_COLUMNS}) + "\n" for r in rows)
     else:
         text = csv_text(rows, EXPORT_COLUMNS)

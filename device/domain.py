@@ -229,7 +229,7 @@ def verdict(score: float | None, threshold: float, what: str, n: int, min_cells:
 
 NO_DOMAIN = {"ok": False, "score": None,
              "why": "this bundle records no statistics of its training cells (no manifest 'domain'), so "
-                    "nothing can vouch that these cells look like them; run `edgekit domain fit`"}
+                    "nothing can vouch that these cells look like them; run `edgekit site domain fit`"}
 
 
 def unchecked() -> dict[str, Any]:

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 WINDOW = 5  # sessions in the rolling median
 STATUSES = ("ok", "watch", "drift", "unknown")
-REVALIDATE = "re-validate this site (`edgekit site check BUNDLE --data NEW_LABELLED_CELLS`)"
+REVALIDATE = "re-validate this site (`edgekit site check BUNDLE --dataset NEW_LABELLED_CELLS`)"
 
 
 @dataclass

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from edgekit.cli_options import allow_unsigned_option, model_option
+from edgekit.cli_options import allow_unsigned_option, format_option, model_format_option, model_option
 
 
 def _write_overlay(report: Any, overlay_dir: Path) -> Path | None:
@@ -30,20 +30,24 @@ def _write_overlay(report: Any, overlay_dir: Path) -> Path | None:
 
 @click.command()
 @click.argument("images", nargs=-1, required=True)
-@model_option("Bundle folder (from `edgekit export`). Default: the model shipped with edgekit; "
+@model_option("Bundle folder (from `edgekit model export`). Default: the model shipped with edgekit; "
               "without any model, cells are found and counted but not classified.")
 @click.option("--overlay-dir", type=click.Path(path_type=Path), default=None,
               help="Write FIELD_overlay.png here: each cell outlined and boxed, coloured by result.")
-@click.option("--format", "out_format", type=click.Choice(["table", "jsonl"]), default="table",
-              show_default=True, help="jsonl: one JSON object per field with every cell, then a total.")
+@model_format_option()
+@format_option("table", "jsonl", default="table",
+               help_text="jsonl: one JSON object per field with every cell, then a total.")
 @click.option("--threads", type=click.IntRange(1, 64), default=None, help="Inference threads.")
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=64, show_default=True,
               help="Cell crops per inference call.")
 @click.option("--count-only", is_flag=True, help="Find and count cells without classifying them.")
 @allow_unsigned_option()
-def field(images: tuple[str, ...], bundle: Path | None, overlay_dir: Path | None, out_format: str,
-          threads: int | None, batch_size: int, count_only: bool, allow_unsigned: bool) -> None:
-    """Find every red cell in whole microscope fields, classify each, and report parasitemia.
+def field(images: tuple[str, ...], bundle: Path | None, model_format: str | None, overlay_dir: Path | None,
+          out_format: str, threads: int | None, batch_size: int, count_only: bool,
+          allow_unsigned: bool) -> None:
+    """Find, classify and count every red cell of whole fields.
+
+    Every red cell in whole microscope fields is found and classified, and parasitemia reported.
 
     IMAGES may be field images, folders (searched recursively) or glob patterns. A field that
     cannot be read or used (not an image, too large, blank, over/under-exposed, out of focus, no
@@ -68,10 +72,11 @@ def field(images: tuple[str, ...], bundle: Path | None, overlay_dir: Path | None
         from edgekit.device.runtime import load_classifier
 
         try:
-            classifier = load_classifier(bundle, threads=threads, allow_unsigned=allow_unsigned,
+            classifier = load_classifier(bundle, model_format, threads, allow_unsigned=allow_unsigned,
                                          warn=lambda line: click.echo(line, err=True))
         except BundleError as exc:
-            if bundle is not None or isinstance(exc, SignatureError):  # a tampered default model is an error
+            # a named bundle or format, or a tampered default model, is an error; else count only
+            if bundle is not None or model_format is not None or isinstance(exc, SignatureError):
                 raise
             click.echo(f"note: {exc}; counting cells without classifying them", err=True)
     if overlay_dir is not None:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from edgekit.cli_options import option
+
 _db_option = click.option(
     "--db", type=click.Path(path_type=Path), default=None,
     help="Screening database (default: $EDGEKIT_DB or ~/.local/share/edgekit/screening.sqlite).",
@@ -47,8 +49,10 @@ def review_text(store, session) -> list[str]:
 @click.option("--force", is_flag=True, help="Overwrite OUT if it is an existing regular file.")
 @_db_option
 def review(session_id: str, out: Path, everything: bool, force: bool, db: Path | None) -> None:
-    """A gallery of every cell the model called parasitized or uncertain in a session, most
-    suspicious first, to confirm at a glance (then `edgekit sessions confirm`)."""
+    """A gallery of a session's suspicious cells, to confirm by eye.
+
+    Every cell the model called parasitized or uncertain in a session, most suspicious first
+    (then `edgekit sessions confirm`)."""
     from edgekit.device.review import contact_sheet, gallery_items, html_page
     from edgekit.errors import EdgekitError
     from edgekit.manifest import atomic_write_bytes, atomic_write_text
@@ -64,7 +68,7 @@ def review(session_id: str, out: Path, everything: bool, force: bool, db: Path |
         lines = review_text(store, session)
     title = f"session {session.id}, patient {session.patient}: {len(items)} cells to review"
     hint = (f"edgekit sessions confirm {session.id} ID... --verdict parasitized|not-parasitized "
-            f"(or --csv FILE with columns record_id,verdict)")
+            f"(or --verdicts FILE.csv with columns record_id,verdict)")
     if suffix == ".png":
         atomic_write_bytes(out, contact_sheet(items, title))
     else:
@@ -101,20 +105,22 @@ def _read_csv(path: Path) -> list[tuple[int, str]]:
 @click.argument("record_ids", nargs=-1, type=int)
 @click.option("--verdict", type=click.Choice(["parasitized", "not-parasitized", "confirm", "overrule"]),
               help="For RECORD_IDS: the reviewer's call, or confirm/overrule the model's call at the cutoff.")
-@click.option("--csv", "csv_file", type=click.Path(path_type=Path),
-              help="CSV with columns record_id,verdict (parasitized, not parasitized, confirm, overrule).")
+@option("--verdicts", "csv_file", aliases=("--csv",), type=click.Path(path_type=Path),
+        help="CSV file with columns record_id,verdict (parasitized, not parasitized, confirm, overrule).")
 @click.option("--reviewer", default=None, help="Who reviewed.")
 @click.option("--note", default=None, help="A note stored with each verdict.")
 @_db_option
 def confirm(session_id: str, record_ids: tuple[int, ...], verdict: str | None, csv_file: Path | None,
             reviewer: str | None, note: str | None, db: Path | None) -> None:
-    """Record a reviewer's verdict on cells of a session (ids from `sessions review`); the session
-    summary then shows the model's count and the confirmed count."""
+    """Record a reviewer's verdict on cells of a session.
+
+    Cells are named by their ids from `sessions review`; the session summary then shows the model's
+    count and the confirmed count."""
     from edgekit.device.review import record_verdicts
     from edgekit.errors import EdgekitError
 
     if bool(record_ids) == bool(csv_file):
-        raise EdgekitError("give RECORD_IDS with --verdict, or --csv FILE")
+        raise EdgekitError("give RECORD_IDS with --verdict, or --verdicts FILE.csv")
     if record_ids and not verdict:
         raise EdgekitError("give --verdict for RECORD_IDS")
     pairs = ([(r, verdict.replace("-", " ")) for r in record_ids] if record_ids  # type: ignore[union-attr]

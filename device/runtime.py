@@ -61,7 +61,8 @@ def resolve_artifact(manifest: Manifest, fmt: str | None = None, allow_failed: b
             return art
     usable = [a.format for a in arts.values() if a.runtime in DEVICE_RUNTIMES]
     if not usable:
-        raise BundleError("the bundle has no device model (TFLite or ONNX); run `edgekit export` on it first")
+        raise BundleError("the bundle has no device model (TFLite or ONNX); "
+                          "run `edgekit model export` on it first")
     raise BundleError(
         f"no usable model among {', '.join(usable)}: each is either not ok or its runtime is not installed"
         f" (pip install {' '.join(RUNTIMES[r].install.split()[0] for r in DEVICE_RUNTIMES)})"
@@ -200,7 +201,7 @@ def load_classifier(
     if bundle is None and not (bundle_dir / "manifest.json").is_file():
         raise BundleError(
             "no default model is shipped with this edgekit install yet; pass --model BUNDLE "
-            "(a folder written by `edgekit export`)"
+            "(a folder written by `edgekit model export`)"
         )
     data = read_manifest_data(bundle_dir)
     if data.get("domain"):  # the guard's colour tables build while the bundle is checked and loaded

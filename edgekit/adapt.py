@@ -137,7 +137,8 @@ def labelled_parasitemia(site: Path) -> dict[str, float]:
         return {Path(r["field"]).stem: r["labelled"].get(PARASITIZED, 0) / max(1, sum(r["labelled"].values()))
                 for r in rows}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise DataError(f"{site}/cells.json (from `edgekit cells`) is missing or unreadable: {exc}") from None
+        raise DataError(f"{site}/cells.json (from `edgekit site cells`) is missing or unreadable: "
+                        f"{exc}") from None
 
 
 def whole_field_inputs(image: Path, pre: Any) -> np.ndarray | None:
@@ -192,7 +193,7 @@ def find_field_images(fields_dir: Path, stems: list[str]) -> dict[str, Path]:
     missing = [s for s in stems if s not in found]
     if missing:
         raise DataError(f"{len(missing)} validation fields are not in {fields_dir} (e.g. {missing[0]}): "
-                        "--fields must be the folder given to `edgekit cells`")
+                        "--field-images must be the folder given to `edgekit site cells`")
     return {s: found[s] for s in stems}
 
 
@@ -421,8 +422,8 @@ def adapt_model(
         truth = labelled_parasitemia(site)
         images = find_field_images(fields_dir, fields["val"] + fields["test"])
     elif cfg.cutoff in FIELD_CUTOFFS:
-        raise DataError(f"--cutoff {cfg.cutoff} needs --fields: the folder of field images given to "
-                        "`edgekit cells`")
+        raise DataError(f"--cutoff {cfg.cutoff} needs --field-images: the folder of field images given to "
+                        "`edgekit site cells`")
     if base_split is not None:
         base_manifest.training = {**base_manifest.training, "split_file": str(Path(base_split).resolve())}
     try:

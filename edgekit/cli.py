@@ -7,38 +7,55 @@ import errno
 import importlib
 import os
 import sys
+from typing import Any
 
 import click
 
 from edgekit import __version__
 from edgekit.errors import EdgekitError
 
-# (module, command attribute); each module owns its commands so features stay independent.
-COMMANDS = [
-    ("edgekit.commands", "split"),
-    ("edgekit.commands", "train"),
-    ("edgekit.commands", "evaluate"),
-    ("edgekit.commands", "info"),
-    ("edgekit.trust_commands", "keygen"),
-    ("edgekit.trust_commands", "sign"),
-    ("edgekit.trust_commands", "verify"),
-    ("edgekit.export.commands", "export"),
-    ("edgekit.export.commands", "pack"),
-    ("edgekit.export.import_command", "import"),
-    ("edgekit.device.commands", "classify"),
-    ("edgekit.device.commands", "camera"),
-    ("edgekit.device.commands", "screen"),
-    ("edgekit.device.commands", "sessions"),
-    ("edgekit.device.field_commands", "field"),
-    ("edgekit.device.serve.commands", "serve"),
-    ("edgekit.benchmarks.commands", "bench"),
-    ("edgekit.site_commands", "cells"),
-    ("edgekit.site_commands", "adapt"),
-    ("edgekit.site_commands", "site"),
-    ("edgekit.domain_commands", "domain"),
-    ("edgekit.programme.commands", "sync"),
-    ("edgekit.programme.commands", "programme"),
-]
+# Where each command lives, as (module, attribute), in the order `--help` lists them. Each module owns its
+# commands so features stay independent; a module is imported only when one of its commands is invoked or
+# listed (`edgekit classify` on a Pi imports the device commands only: cold start).
+FIELD: dict[str, tuple[str, str]] = {  # the field worker's verbs, at the top
+    "classify": ("edgekit.device.commands", "classify"),
+    "field": ("edgekit.device.field_commands", "field"),
+    "screen": ("edgekit.device.commands", "screen"),
+    "camera": ("edgekit.device.commands", "camera"),
+    "sessions": ("edgekit.device.commands", "sessions"),
+    "serve": ("edgekit.device.serve.commands", "serve"),
+    "sync": ("edgekit.programme.commands", "sync"),
+}
+MODEL: dict[str, tuple[str, str]] = {
+    "split": ("edgekit.commands", "split"),
+    "train": ("edgekit.commands", "train"),
+    "evaluate": ("edgekit.commands", "evaluate"),
+    "export": ("edgekit.export.commands", "export"),
+    "pack": ("edgekit.export.commands", "pack"),
+    "import": ("edgekit.export.import_command", "import"),
+    "info": ("edgekit.commands", "info"),
+    "bench": ("edgekit.benchmarks.commands", "bench"),
+}
+SITE: dict[str, tuple[str, str]] = {
+    "cells": ("edgekit.site_commands", "cells"),
+    "adapt": ("edgekit.site_commands", "adapt"),
+    "domain": ("edgekit.domain_commands", "domain"),
+    "check": ("edgekit.site_commands", "site_check"),
+}
+TRUST: dict[str, tuple[str, str]] = {
+    "keygen": ("edgekit.trust_commands", "keygen"),
+    "sign": ("edgekit.trust_commands", "sign"),
+    "verify": ("edgekit.trust_commands", "verify"),
+}
+PROGRAMME: dict[str, tuple[str, str]] = {"programme": ("edgekit.programme.commands", "programme")}
+GROUPS = ("model", "site", "trust", "programme")
+
+# Old top-level spellings (`edgekit train`): still accepted with the same behaviour, not listed in --help.
+OLD_SPELLINGS: dict[str, tuple[str, str]] = {
+    **{name: ("model", name) for name in MODEL},
+    **{name: ("site", name) for name in ("cells", "adapt", "domain")},
+    **{name: ("trust", name) for name in TRUST},
+}
 
 
 def _single_thread_blas() -> None:
@@ -49,21 +66,47 @@ def _single_thread_blas() -> None:
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
-class EdgekitGroup(click.Group):
-    """Turns user errors into one clear line and a non-zero exit, never a traceback. Subcommands
-    load lazily: ``edgekit classify`` imports only its own module (cold start)."""
+class LazyGroup(click.Group):
+    """A group whose commands are imported on first use, from ``lazy`` (name -> (module, attribute))."""
+
+    def __init__(self, *args: Any, lazy: dict[str, tuple[str, str]] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy or {})
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*self.commands, *(name for _, name in COMMANDS)})
+        return [*self.lazy, *(name for name in self.commands if name not in self.lazy)]
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name not in self.commands:
-            for module, name in COMMANDS:
-                if name == cmd_name:
-                    if module.startswith("edgekit.device."):
-                        _single_thread_blas()
-                    self.add_command(getattr(importlib.import_module(module), name), name)
+        if cmd_name not in self.commands and cmd_name in self.lazy:
+            module, attribute = self.lazy[cmd_name]
+            if module.startswith("edgekit.device."):
+                _single_thread_blas()
+            self.add_command(getattr(importlib.import_module(module), attribute), cmd_name)
         return self.commands.get(cmd_name)
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None,
+                                                                             list[str]]:
+        name, cmd, rest = super().resolve_command(ctx, args)
+        ctx.meta.setdefault(_INVOKED, []).append(name or "")  # for the missing-extra line
+        return name, cmd, rest
+
+
+_INVOKED = "edgekit.invoked"  # ctx.meta key: the command names as typed, group first
+
+
+class EdgekitGroup(LazyGroup):
+    """Turns user errors into one clear line and a non-zero exit, never a traceback, for every command
+    and group below it. Old top-level spellings resolve to their command in a group, unlisted."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*FIELD, *GROUPS]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in OLD_SPELLINGS and cmd_name not in self.lazy:
+            group, name = OLD_SPELLINGS[cmd_name]
+            parent = super().get_command(ctx, group)
+            return parent.get_command(ctx, name) if isinstance(parent, click.Group) else None
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -78,8 +121,8 @@ class EdgekitGroup(click.Group):
         except ModuleNotFoundError as exc:  # an optional extra missing: name it, never a traceback
             from edgekit.cli_options import missing_module_line
 
-            click.echo(f"error: {missing_module_line(ctx.invoked_subcommand or 'edgekit', exc.name or '?')}",
-                       err=True)
+            command = " ".join(ctx.meta.get(_INVOKED, [])) or "edgekit"
+            click.echo(f"error: {missing_module_line(command, exc.name or '?')}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
@@ -113,8 +156,27 @@ def _drop_stdout() -> None:
         pass
 
 
-@click.group(cls=EdgekitGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=EdgekitGroup, lazy={**FIELD, **PROGRAMME},
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edgekit")
 def main() -> None:
-    """Train, quantize and run compact image classifiers on field devices."""
+    """Screen blood smears on field devices; train, adapt and sign the models they run.
 
+    The verbs at the top are the field worker's; `model`, `site` and `trust` hold the commands of
+    whoever builds, adapts and signs the models.
+    """
+
+
+@main.group(cls=LazyGroup, lazy=MODEL)
+def model() -> None:
+    """Train, evaluate, export, package and measure models."""
+
+
+@main.group(cls=LazyGroup, lazy=SITE)
+def site() -> None:
+    """Adapt a model to another microscope; check that it holds."""
+
+
+@main.group(cls=LazyGroup, lazy=TRUST)
+def trust() -> None:
+    """Keys and signed bundles: which models a device trusts."""

@@ -34,8 +34,8 @@ def option(*decls: str, aliases: tuple[str, ...] = (), **kwargs: Any):
     return click.option(*decls, *aliases, cls=AliasedOption, aliases=aliases, **kwargs)
 
 
-def model_option(help_text: str = "Bundle folder (from `edgekit export`). Default: the model shipped with "
-                 "edgekit."):
+def model_option(help_text: str = "Bundle folder (from `edgekit model export`). Default: the model shipped "
+                 "with edgekit."):
     return click.option("--model", "-m", "bundle", type=click.Path(path_type=Path), default=None,
                         help=help_text)
 
@@ -58,6 +58,79 @@ def part_option(default: str = "test"):
                   type=click.Choice(["train", "val", "test"]), help="Which part of the split.")
 
 
+class FormatNames(click.ParamType):
+    """Model format names checked against the format table: ``tflite_int8,onnx_fp32`` or ``all`` for a
+    list, one name for ``single``. An unknown name is a usage error (one line, exit 2)."""
+
+    def __init__(self, choices: tuple[Any, ...] | None = None, single: bool = False) -> None:
+        from edgekit import formats
+
+        self.choices = formats.EXPORT_FORMATS if choices is None else choices
+        self.single = single
+        self.name = "format" if single else "formats"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from edgekit import formats
+
+        if not isinstance(value, str):
+            return value
+        if self.single:
+            if value not in {f.name for f in self.choices}:
+                self.fail(f"unknown format {value!r}; choose from {formats.names(self.choices)}", param, ctx)
+            return value
+        try:
+            return formats.parse(value, self.choices)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def model_format_option():
+    """``--model-format``: which model of the bundle the device runs (a name from the format table)."""
+    from edgekit import formats
+
+    device = tuple(formats.BY_NAME[name] for name in formats.DEVICE_ORDER)
+    return click.option(
+        "--model-format", type=FormatNames(device, single=True), default=None,
+        help=f"Which model of the bundle to run ({formats.names(device)}). Default: the first usable one,"
+             " in that order.",
+    )
+
+
+# Every output a command can print, by its one --format name.
+OUTPUT_FORMATS = {
+    "text": "readable lines", "table": "a table", "json": "one JSON document",
+    "jsonl": "one JSON object a line", "csv": "CSV with a header row", "html": "an HTML page",
+}
+_OLD_FORMAT_FLAG = "edgekit.old_format_flag"  # ctx.meta key: the format an old flag (--json) asked for
+
+
+def format_option(*choices: str, default: str, old_flags: dict[str, str] | None = None, help_text: str = ""):
+    """``--format``: what a command prints, one of ``choices`` (names from :data:`OUTPUT_FORMATS`).
+    ``old_flags`` (``{"--json": "json"}``) keep the old flag spellings working, unlisted."""
+    unknown = set(choices) - set(OUTPUT_FORMATS)
+    if unknown or default not in choices:
+        raise ValueError(f"output formats {sorted(unknown)} or default {default!r} not in OUTPUT_FORMATS")
+
+    def remember(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+        if value:
+            ctx.meta[_OLD_FORMAT_FLAG] = (old_flags or {})[param.opts[0]]
+
+    def resolve(ctx: click.Context, param: click.Parameter, value: str) -> str:
+        return ctx.meta.pop(_OLD_FORMAT_FLAG, None) or value  # an old flag wins, as it always did
+
+    def decorate(f: Any) -> Any:
+        f = click.option("--format", "out_format", type=click.Choice(choices), default=default,
+                         show_default=True, callback=resolve,
+                         help=help_text or "What to print: " + "; ".join(
+                             f"{c}: {OUTPUT_FORMATS[c]}" for c in choices) + ".")(f)
+        for flag in old_flags or {}:
+            f = click.option(flag, is_flag=True, hidden=True, expose_value=False, is_eager=True,
+                             callback=remember)(f)
+        return f
+
+    return decorate
+
+
 def bundle_from(positional: Path | None, model: Path | None) -> Path | None:
     """One bundle from a positional BUNDLE or ``--model`` (either spelling; both must agree)."""
     if positional is not None and model is not None and Path(positional) != Path(model):
@@ -67,8 +140,8 @@ def bundle_from(positional: Path | None, model: Path | None) -> Path | None:
 
 sign_key_option = click.option(
     "--sign-key", type=click.Path(path_type=Path), envvar="EDGEKIT_SIGNING_KEY", default=None,
-    help="Sign the bundle with this private key (from `edgekit keygen`). Default: $EDGEKIT_SIGNING_KEY; "
-         "unsigned when neither is set.",
+    help="Sign the bundle with this private key (from `edgekit trust keygen`). "
+         "Default: $EDGEKIT_SIGNING_KEY; unsigned when neither is set.",
 )
 
 

@@ -8,8 +8,18 @@ from pathlib import Path
 
 import click
 
-from edgekit.cli_options import bundle_from, data_root_option, model_option, part_option, require_modules
+from edgekit.cli_options import (
+    bundle_from,
+    data_root_option,
+    format_option,
+    model_option,
+    part_option,
+    require_modules,
+)
 
+_cache_dir_option = click.option(
+    "--cache-dir", type=click.Path(path_type=Path), default=Path("~/.cache/edgekit").expanduser(),
+    show_default="~/.cache/edgekit", help="Where decoded image arrays are cached.")
 
 @click.command()
 @click.argument("data", type=click.Path(path_type=Path))
@@ -23,7 +33,9 @@ from edgekit.cli_options import bundle_from, data_root_option, model_option, par
               help="Fraction of what remains after the test part.")
 @click.option("--seed", default=42, show_default=True, type=int)
 def split(data: Path, out: Path, groups: str, test_fraction: float, val_fraction: float, seed: int) -> None:
-    """Write a reproducible train/val/test split of a folder-per-class dataset, grouped by patient."""
+    """Split a dataset into train/val/test, grouped by patient.
+
+    DATA is a folder-per-class dataset; the same seed writes the same split."""
     from edgekit.data import drop_unreadable, scan_dataset
     from edgekit.splits import make_split, save_split
 
@@ -47,8 +59,9 @@ def split(data: Path, out: Path, groups: str, test_fraction: float, val_fraction
 @click.command()
 @click.argument("run", required=False, type=click.Path(path_type=Path))
 @model_option("Bundle or run folder (the same as RUN). Default: the model shipped with edgekit.")
-@click.option("--json", "as_json", is_flag=True, help="Print the raw manifest JSON.")
-def info(run: Path | None, bundle: Path | None, as_json: bool) -> None:
+@format_option("text", "json", default="text", old_flags={"--json": "json"},
+               help_text="text: the manifest readably; json: the raw manifest JSON.")
+def info(run: Path | None, bundle: Path | None, out_format: str) -> None:
     """Print a run folder's or bundle's manifest readably."""
     from edgekit.device.runtime import default_bundle_dir
     from edgekit.manifest import Manifest, read_manifest_data
@@ -58,7 +71,7 @@ def info(run: Path | None, bundle: Path | None, as_json: bool) -> None:
     data = read_manifest_data(folder)
     m = Manifest.from_dict(data)
     trust = check_bundle(folder, data)
-    if as_json:
+    if out_format == "json":
         click.echo(json.dumps({**m.to_dict(), "trust": {"trusted": trust.trusted, "reason": trust.reason}},
                               indent=2))
         return
@@ -161,15 +174,14 @@ def _ints(text: str) -> tuple[int, ...]:
 @click.option("--lr-scaling", default="none", show_default=True, type=click.Choice(["none", "linear"]),
               help="linear: lr x batch/32 (--batch-size is the global batch over all replicas).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint.")
-@click.option("--cache-dir", type=click.Path(path_type=Path), default=Path("~/.cache/edgekit").expanduser(),
-              show_default=True, help="Where decoded image arrays are cached.")
+@_cache_dir_option
 def train(split_or_data: Path, run: Path, data_root: Path | None, backbone: str, weights: str, stages: str,
           filters: str, l2: float, epochs: int, batch_size: int, lr: float, input_size: int, channels: str,
           no_augment: bool, stain: float, od_jitter: float, blur: float, zoom: float, stain_norm: str,
           recipe: str | None, class_weight: str, positive_label: str | None, seed: int,
           mixed_precision: str, strategy: str, cpu_replicas: int, workers: str | None,
           worker_index: int | None, lr_scaling: str, resume: bool, cache_dir: Path) -> None:
-    """Train a classifier from a split file (or a data folder) and write the run folder.
+    """Train a classifier from a split file (or a data folder) into RUN.
 
     Checkpoints every epoch; the best epoch by validation AUC (accuracy for >2 classes) becomes
     RUN/model.keras; the test part is evaluated at the end. With --resume the stored configuration
@@ -197,7 +209,7 @@ def train(split_or_data: Path, run: Path, data_root: Path | None, backbone: str,
                   log=lambda s: click.echo(s, err=True), workers=workers, worker_index=worker_index)
     except KeyboardInterrupt:
         if (run / "checkpoints" / "state.json").is_file():
-            click.echo(f"continue with: edgekit train {split_or_data} --out {run} --resume", err=True)
+            click.echo(f"continue with: edgekit model train {split_or_data} --out {run} --resume", err=True)
         raise
 
 
@@ -206,10 +218,11 @@ def train(split_or_data: Path, run: Path, data_root: Path | None, backbone: str,
 @part_option()
 @click.option("--split-file", type=click.Path(path_type=Path), help="Default: the run's own split file.")
 @data_root_option()
-@click.option("--cache-dir", type=click.Path(path_type=Path), default=Path("~/.cache/edgekit").expanduser(),
-              show_default=True)
+@_cache_dir_option
 def evaluate(run: Path, part: str, split_file: Path | None, data_root: Path | None, cache_dir: Path) -> None:
-    """Evaluate a run's Keras model on a part of its split; writes eval_/report_/roc_ files."""
+    """Evaluate a run's Keras model on a part of its split.
+
+    Writes eval_, report_ and roc_ files into the run folder."""
     from edgekit.evaluate import evaluate_run
 
     evaluate_run(run, part, split_file=split_file, data_root=data_root, cache_dir=cache_dir,

@@ -8,10 +8,14 @@ from typing import Any
 
 import click
 
+from edgekit.cli_options import option
+
 
 @click.group()
 def domain() -> None:
-    """The domain guard: what the model's training cells looked like (manifest 'domain')."""
+    """The domain guard: what a model's training cells looked like.
+
+    Stored in the manifest under 'domain'."""
 
 
 def _offsite_paths(paths: tuple[Path, ...], lists: tuple[Path, ...]) -> list[Path]:
@@ -36,8 +40,8 @@ def _offsite_paths(paths: tuple[Path, ...], lists: tuple[Path, ...]) -> list[Pat
 
 @domain.command("fit")
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--data", "data", required=True, type=click.Path(path_type=Path),
-              help="Split file (`edgekit split`) or folder-per-class crops (split by patient, seed 42): "
+@option("--dataset", "data", aliases=("--data",), required=True, type=click.Path(path_type=Path),
+        help="Split file (`edgekit model split`) or folder-per-class crops (split by patient, seed 42): "
                    "statistics from the training groups, thresholds from the validation groups.")
 @click.option("--data-root", type=click.Path(path_type=Path), default=None,
               help="Where the split's images are, if not where the split file says.")
@@ -48,8 +52,9 @@ def _offsite_paths(paths: tuple[Path, ...], lists: tuple[Path, ...]) -> list[Pat
 @click.option("--max-train-crops", type=click.IntRange(50), default=3000, show_default=True,
               help="Random training crops measured (seed 0): a 9-feature mean and covariance need no more.")
 @click.option("--site", "site", is_flag=True,
-              help="DATA is a site's labelled cells (`edgekit cells`): statistics from blocks of consecutive "
-                   "fields, thresholds from the other blocks (the site guard `edgekit adapt` fits).")
+              help="DATASET is a site's labelled cells (`edgekit site cells`): statistics from blocks of "
+                   "consecutive fields, thresholds from the other blocks (the site guard that "
+                   "`edgekit site adapt` fits).")
 @click.option("--block", type=click.IntRange(1), default=6, show_default=True,
               help="With --site: consecutive fields per block; 4 blocks in 5 fit the statistics.")
 @click.option("--dry-run", is_flag=True,
@@ -57,7 +62,9 @@ def _offsite_paths(paths: tuple[Path, ...], lists: tuple[Path, ...]) -> list[Pat
 def domain_fit(bundle: Path, data: Path, data_root: Path | None, offsite: tuple[Path, ...],
                offsite_list: tuple[Path, ...], max_train_crops: int, site: bool, block: int,
                dry_run: bool) -> None:
-    """Compute the training cells' statistics and the guard's thresholds, and store them in BUNDLE's
+    """Fit the domain guard's statistics and thresholds into a bundle.
+
+    Compute the training cells' statistics and the guard's thresholds, and store them in BUNDLE's
     manifest under 'domain' (rerun it whenever the bundle's training data changes; with --site, when a
     site has checked its bundle on new fields, `edgekit site check`, and the guard should vouch for them)."""
     from edgekit.errors import DataError
@@ -89,7 +96,7 @@ def _site_fit(data: Path, block: int, max_train_crops: int) -> tuple[Any, dict[s
     from edgekit.errors import DataError
 
     if not data.is_dir():
-        raise DataError(f"site cells not found: {data} (a folder from `edgekit cells`)")
+        raise DataError(f"site cells not found: {data} (a folder from `edgekit site cells`)")
     files = image_files([data], "site cell")
     fields = sorted({field_of(f) for f in files})
     if len(fields) < 2:

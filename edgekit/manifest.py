@@ -511,7 +511,7 @@ def manifest_path(folder: str | os.PathLike) -> Path:
         return folder / MANIFEST_NAME
     if folder.suffix.lower() != ".json":
         raise BundleError(f"{folder} is not a bundle: give its folder (with {MANIFEST_NAME}); "
-                          "a bare model file becomes a bundle with `edgekit import`")
+                          "a bare model file becomes a bundle with `edgekit model import`")
     return folder
 
 

@@ -587,7 +587,7 @@ def check_bundle(folder: str | os.PathLike, data: dict[str, Any]) -> Trust:
                             f"{key.name}, key {kid}; {changed_sections(sig, data)})", kid, release=release)
     if kid in policy.retired_keys:
         return Trust(False, f"it is signed by retired key {key.name} ({kid}): {policy.retired_keys[kid]}; "
-                            "use a copy signed by a current key (`edgekit verify --show-keys`)",
+                            "use a copy signed by a current key (`edgekit trust verify --show-keys`)",
                      kid, True, release)
     floor = policy.min_release.get(kid)
     if floor is not None:
@@ -617,8 +617,8 @@ def require_trusted(folder: str | os.PathLike, data: dict[str, Any],
         allow_unsigned = allow_unsigned_from_env()
     if not allow_unsigned:
         raise SignatureError(
-            f"refusing bundle {folder}: {trust.reason}; sign it (`edgekit sign BUNDLE --key KEY`) with a key "
-            f"whose .pub is in {keyring_dir()}, or pass --allow-unsigned for development"
+            f"refusing bundle {folder}: {trust.reason}; sign it (`edgekit trust sign BUNDLE --key KEY`) with "
+            f"a key whose .pub is in {keyring_dir()}, or pass --allow-unsigned for development"
         )
     return trust
 

@@ -86,7 +86,7 @@ def labelled_crops(data: Path, labels: Sequence[str]) -> list[tuple[Path, str, s
     from edgekit.cells import field_of
 
     if not data.is_dir():
-        raise DataError(f"site cells not found: {data} (a folder from `edgekit cells`)")
+        raise DataError(f"site cells not found: {data} (a folder from `edgekit site cells`)")
     classes = sorted(p.name for p in data.iterdir() if p.is_dir() and not p.name.startswith("."))
     unknown = [c for c in classes if c not in labels]
     if unknown:
@@ -96,7 +96,7 @@ def labelled_crops(data: Path, labels: Sequence[str]) -> list[tuple[Path, str, s
            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
     if not out:
         raise DataError(f"{data} holds no labelled cell images (want <class>/<field>__<i>.png from "
-                        "`edgekit cells`)")
+                        "`edgekit site cells`)")
     return out
 
 
@@ -222,14 +222,14 @@ def _whole_fields(fields_dir: Path, data: Path, per_field: list[dict[str, Any]],
     from edgekit.metrics import mean_upper_bound
 
     if not fields_dir.is_dir():
-        raise DataError(f"--fields: not a folder of field images: {fields_dir}")
+        raise DataError(f"--field-images: not a folder of field images: {fields_dir}")
     by_stem = {f.stem: f for f in image_files([fields_dir], "field")}
     names = [r["field"] for r in per_field]
     truth = _labelled_fraction(data, clf.manifest.decision.counted_label, names, y, g)
     missing = [r["field"] for r in per_field if r["field"] not in by_stem]
     if len(missing) == len(per_field):
-        raise DataError(f"--fields {fields_dir} holds none of the labelled fields (first: {missing[0]}); "
-                        "give the folder given to `edgekit cells`")
+        raise DataError(f"--field-images {fields_dir} holds none of the labelled fields "
+                        f"(first: {missing[0]}); give the folder given to `edgekit site cells`")
     if missing:
         notes.append(f"{len(missing)} labelled field(s) have no image in {fields_dir}: judged on their crops")
     errors = []

@@ -8,7 +8,16 @@ from pathlib import Path
 
 import click
 
-from edgekit.cli_options import allow_unsigned_option, sign_key_option, sign_note
+from edgekit.cli_options import (
+    FormatNames,
+    allow_unsigned_option,
+    format_option,
+    model_format_option,
+    option,
+    sign_key_option,
+    sign_note,
+)
+from edgekit.formats import FormatSpec
 from edgekit.manifest import SITE_CUTOFFS
 
 
@@ -47,7 +56,9 @@ def _field_images(paths: tuple[Path, ...]) -> tuple[Path, list[Path]]:
 def cells(fields: tuple[Path, ...], annotations: Path | None, sessions_db: Path | None,
           session_keys: tuple[str, ...], out: Path, class_map: tuple[str, ...], min_iou: float,
           allow_one_class: bool, replace: bool) -> None:
-    """Cut every labelled cell of annotated FIELDS into a folder-per-class dataset (or, with
+    """Cut labelled cells into a folder-per-class dataset.
+
+    Cut every labelled cell of annotated FIELDS into a folder-per-class dataset (or, with
     --from-sessions DB, every reviewed cell whose crop screening kept).
 
     FIELDS are field images or a folder of them. Cells are found and cropped by the device's own
@@ -55,7 +66,7 @@ def cells(fields: tuple[Path, ...], annotations: Path | None, sessions_db: Path 
     labelled box names the found cell it overlaps most. Parasite boxes (ring, trophozoite,
     schizont, gametocyte) -> Parasitized; red blood cell / RBC -> Uninfected; difficult, WBC and
     platelets are left out. Crops are named FIELD__INDEX.png, so splits can group by field
-    (`edgekit split OUT --groups 'regex:^(.+)__'`).
+    (`edgekit model split OUT --groups 'regex:^(.+)__'`).
     """
     import os
 
@@ -105,8 +116,8 @@ def cells(fields: tuple[Path, ...], annotations: Path | None, sessions_db: Path 
 
 @click.command()
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--data", "site", required=True, type=click.Path(path_type=Path),
-              help="The site's labelled cells (from `edgekit cells`).")
+@option("--dataset", "site", aliases=("--data",), required=True, type=click.Path(path_type=Path),
+        help="The site's labelled cells (from `edgekit site cells`).")
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path),
               help="Site bundle folder to write.")
 @click.option("--fields-split", type=click.Path(path_type=Path),
@@ -120,7 +131,7 @@ def cells(fields: tuple[Path, ...], annotations: Path | None, sessions_db: Path 
                    "0: every one.")
 @click.option("--objects-per-field", type=click.IntRange(0), default=0, show_default=True,
               help="At most this many found objects that are no labelled cell (white cells, clumps; kept by "
-                   "`edgekit cells`) per training field, learnt as not parasitized; 0: none.")
+                   "`edgekit site cells`) per training field, learnt as not parasitized; 0: none.")
 @click.option("--epochs", type=click.IntRange(1), default=12, show_default=True,
               help="At most this many epochs (see --patience).")
 @click.option("--patience", type=click.IntRange(0), default=5, show_default=True,
@@ -141,14 +152,15 @@ def cells(fields: tuple[Path, ...], annotations: Path | None, sessions_db: Path 
                    "parasitemia error on those whole fields, the number the gate holds (needs the field "
                    "images); youden: maximise sensitivity + specificity; auto: field-error when the field "
                    "images are here, else count.")
-@click.option("--fields", "fields_dir", type=click.Path(path_type=Path),
-              help="The site's field images. Default: the folder `edgekit cells` cut the cells from, "
-                   "when it is still there.")
+@option("--field-images", "fields_dir", aliases=("--fields",), type=click.Path(path_type=Path),
+        help="The folder of the site's field images. Default: the folder `edgekit site cells` cut the cells "
+             "from, when it is still there.")
 @click.option("--gate-error", type=click.FloatRange(0, 100, min_open=True), default=1.0, show_default=True,
               help="Largest whole-field parasitemia error (points) on test fields for the bundle to vouch.")
 @click.option("--gate-auc", type=click.FloatRange(0.0, 1.0), default=0.97, show_default=True,
               help="Smallest cell AUC on the test fields for the bundle to vouch.")
-@click.option("--formats", default="tflite_int8", show_default=True, help="Formats to export and validate.")
+@click.option("--formats", type=FormatNames(), default="tflite_int8", show_default=True,
+              help="Formats to export and validate.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--replace", is_flag=True, help="Overwrite OUT if it exists.")
 @click.option("--allow-drop", is_flag=True,
@@ -160,15 +172,18 @@ def adapt(model: Path, site: Path, out: Path, fields_split: Path | None, block: 
           negatives_per_field: int | None, objects_per_field: int, epochs: int, patience: int, lr: float,
           batch_size: int,
           base_share: float, base_split: Path | None, base_data: Path | None, cutoff: str,
-          fields_dir: Path | None, gate_error: float, gate_auc: float, formats: str, seed: int, replace: bool,
-          allow_drop: bool, cache_dir: Path | None, sign_key: Path | None) -> None:
-    """Fine-tune MODEL (a run folder or a bundle with its model.keras) on a site's labelled cells
+          fields_dir: Path | None, gate_error: float, gate_auc: float, formats: tuple[FormatSpec, ...],
+          seed: int,
+          replace: bool, allow_drop: bool, cache_dir: Path | None, sign_key: Path | None) -> None:
+    """Fine-tune a model on a site's labelled cells.
+
+    Fine-tune MODEL (a run folder or a bundle with its model.keras) on a site's labelled cells
     and write a validated site bundle.
 
     The site's fields are split into train/validation/test by blocks of consecutive fields; the
     model learns the site's training cells mixed with its own original data; the cutoff, uncertain
     band and field rule are chosen on the site's validation fields; int8 is exported and validated
-    as by `edgekit export`, measured on the test fields, and the manifest records the base model,
+    as by `edgekit model export`, measured on the test fields, and the manifest records the base model,
     the site data's hash and the fields and cells used. The bundle vouches for results only when its
     test fields meet the gate (--gate-error, --gate-auc); otherwise it is written, every result it
     gives says NOT VALIDATED, and adapt exits 1.
@@ -187,7 +202,8 @@ def adapt(model: Path, site: Path, out: Path, fields_split: Path | None, block: 
                       objects_per_field=objects_per_field,
                       cutoff=cutoff, seed=seed, gate={"parasitemia_error": gate_error, "auc": gate_auc})
     m = adapt_model(model, site, out, cfg, split_file=fields_split, base_split=base_split,
-                    base_data=base_data, formats=formats, replace=replace, cache_dir=cache_dir,
+                    base_data=base_data, formats=",".join(f.name for f in formats), replace=replace,
+                    cache_dir=cache_dir,
                     allow_drop=allow_drop, log=lambda s: click.echo(s, err=True), fields_dir=fields_dir)
     site_eval = m.evaluation.get("site", {})
     for part in ("val", "test"):
@@ -204,9 +220,9 @@ def adapt(model: Path, site: Path, out: Path, fields_split: Path | None, block: 
     gate = m.domain.gate if m.domain is not None else None
     click.echo(f"wrote {out}{sign_note(out, sign_key)}")
     if sign_key is None:
-        click.echo("unsigned: devices refuse it until a key they trust signs it. Once: `edgekit keygen "
-                   "site-key --trust` (copy site-key.pub into each device's keyring); then "
-                   f"`edgekit sign {out} --key site-key.key`, or set $EDGEKIT_SIGNING_KEY before adapt")
+        click.echo("unsigned: devices refuse it until a key they trust signs it. Once: `edgekit trust "
+                   "keygen site-key --trust` (copy site-key.pub into each device's keyring); then "
+                   f"`edgekit trust sign {out} --key site-key.key`, or set $EDGEKIT_SIGNING_KEY before adapt")
     if gate is None or not gate.passed:
         why = gate.summary() if gate else "no guard statistics: nothing vouches for its results"
         raise click.ClickException(f"{why}; the bundle says NOT VALIDATED on every result "
@@ -214,25 +230,22 @@ def adapt(model: Path, site: Path, out: Path, fields_split: Path | None, block: 
     click.echo(gate.summary())
 
 
-@click.group()
-def site() -> None:
-    """A site bundle after adaptation: check that it still holds on newly labelled fields."""
-
-
-@site.command("check")
+@click.command("check")
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--data", "data", required=True, type=click.Path(path_type=Path),
-              help="Newly labelled cells of the site (a folder from `edgekit cells`).")
-@click.option("--fields", "fields_dir", type=click.Path(path_type=Path), default=None,
-              help="Their field images (the folder given to `edgekit cells`): the guard's verdict and the "
-                   "parasitemia of each whole field, as `edgekit field` reports them.")
-@click.option("--model-format", default=None, help="Which model of the bundle to run (default: the device's "
-                                                  "first usable one).")
+@option("--dataset", "data", aliases=("--data",), required=True, type=click.Path(path_type=Path),
+        help="Newly labelled cells of the site (a folder from `edgekit site cells`).")
+@option("--field-images", "fields_dir", aliases=("--fields",), type=click.Path(path_type=Path), default=None,
+        help="Their field images (the folder given to `edgekit site cells`): the guard's verdict and the "
+             "parasitemia of each whole field, as `edgekit field` reports them.")
+@model_format_option()
 @allow_unsigned_option()
-@click.option("--json", "as_json", is_flag=True, help="Print the measurements and the verdict as JSON.")
+@format_option("text", "json", default="text", old_flags={"--json": "json"},
+               help_text="Print the measurements and the verdict as text or JSON.")
 def site_check(bundle: Path, data: Path, fields_dir: Path | None, model_format: str | None,
-               allow_unsigned: bool, as_json: bool) -> None:
-    """Measure SITE BUNDLE on newly labelled fields of its site through the device runtime (cell AUC,
+               allow_unsigned: bool, out_format: str) -> None:
+    """Check that a site bundle still holds on newly labelled fields.
+
+    Measure SITE BUNDLE on newly labelled fields of its site through the device runtime (cell AUC,
     sensitivity at specificity 0.995, per-field parasitemia error, the guard's verdicts) and say whether
     it still holds against the bounds in its manifest (`gate.bounds`; default: parasitemia error <= 1.0
     point, AUC >= 0.97). Exit status 0: it holds; 1: it does not (re-adapt, or refer to microscopy)."""
@@ -243,7 +256,7 @@ def site_check(bundle: Path, data: Path, fields_dir: Path | None, model_format: 
 
     result = check_site(bundle, data, fields_dir, model_format, allow_unsigned or None,
                         log=lambda s: click.echo(s, err=True))
-    if as_json:
+    if out_format == "json":
         click.echo(json.dumps(result.to_dict(), default=float))
     else:
         for line in report_lines(result):

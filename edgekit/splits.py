@@ -182,7 +182,7 @@ def load_split(path: str | os.PathLike, data_root: str | os.PathLike | None = No
 def _check_matches_data(split: Split) -> None:
     root = Path(split.data_root)
     if not root.is_dir():
-        raise DataError(f"the split's data folder is not there: {root} (pass --data to point at it)")
+        raise DataError(f"the split's data folder is not there: {root} (pass --data-root to point at it)")
     missing = [i.path for items in split.parts.values() for i in items if not (root / i.path).is_file()]
     if missing:
         raise DataError(

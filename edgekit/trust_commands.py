@@ -13,7 +13,9 @@ import click
 @click.option("--trust", "add_to_keyring", is_flag=True,
               help="Also copy NAME.pub into this machine's keyring, so bundles it signs load here.")
 def keygen(name: Path, add_to_keyring: bool) -> None:
-    """Create a signing key pair NAME.key (secret: keep it off devices) and NAME.pub (copy it into the
+    """Create a signing key pair: NAME.key and NAME.pub.
+
+    Create a signing key pair NAME.key (secret: keep it off devices) and NAME.pub (copy it into the
     keyring of every device that should trust bundles signed with it)."""
     import shutil
 
@@ -43,13 +45,15 @@ resign_option = click.option(
 @click.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--key", "key_path", type=click.Path(path_type=Path), envvar="EDGEKIT_SIGNING_KEY",
-              required=True, help="Private key from `edgekit keygen` (default: $EDGEKIT_SIGNING_KEY).")
+              required=True, help="Private key from `edgekit trust keygen` (default: $EDGEKIT_SIGNING_KEY).")
 @click.option("--release", default=None, metavar="VERSION",
               help="Release version to sign as (dotted integers). Default: the manifest's own, else today's "
                    "UTC date (2026.12.05).")
 @resign_option
 def sign(bundle: Path, key_path: Path, release: str | None, resign_reason: str | None) -> None:
-    """Sign a bundle: checks its manifest, every model file's sha256 and its existing signature (it signs
+    """Sign a bundle, after checking everything it holds.
+
+    Sign a bundle: checks its manifest, every model file's sha256 and its existing signature (it signs
     only what verifies), gives it a release version, then writes signature.json."""
     from edgekit.signing import sign_bundle
 
@@ -63,7 +67,9 @@ def sign(bundle: Path, key_path: Path, release: str | None, resign_reason: str |
               help="List every key this install knows (package and keyring), what each may sign, and "
                    "the revoked bundles.")
 def verify(bundle: Path | None, show_keys: bool) -> None:
-    """Say whether a bundle is signed by a trusted key for a release it accepts, is not revoked, and its
+    """Say whether a bundle is signed by a key this device trusts.
+
+    Say whether a bundle is signed by a trusted key for a release it accepts, is not revoked, and its
     model files match; exit 1 when not."""
     from edgekit.manifest import Manifest, read_manifest_data, verify_artifact
     from edgekit.signing import check_bundle, key_table, manifest_sha256, trust_policy

@@ -9,6 +9,7 @@ import click
 
 from edgekit import formats as format_table
 from edgekit.cli_options import (
+    FormatNames,
     bundle_from,
     data_root_option,
     labels_value,
@@ -17,7 +18,7 @@ from edgekit.cli_options import (
     sign_key_option,
     sign_note,
 )
-from edgekit.export.options import ExportOptions, parse_formats
+from edgekit.export.options import ExportOptions
 from edgekit.trust_commands import resign_option
 
 
@@ -48,7 +49,7 @@ def _check_source(source: Path | None, key: Path | None,
               help="Validation data (same kinds). Default: the run's val split (test if val is empty).")
 @click.option("-o", "--out", type=click.Path(path_type=Path),
               help="Bundle folder to write. Default: in place (run folder) or MODEL_bundle/ (--keras).")
-@click.option("--formats", default="all", show_default=True,
+@click.option("--formats", type=FormatNames(), default="all", show_default=True,
               help=f"Comma-separated: {format_table.names()}.")
 @click.option("--calibration-samples", default=300, show_default=True, type=click.IntRange(1),
               help="Images (stratified by class) used to calibrate int8.")
@@ -60,19 +61,18 @@ def _check_source(source: Path | None, key: Path | None,
 @sign_key_option
 @resign_option
 def export(source: Path | None, keras_model: Path | None, labels: str | None, calibration: Path | None,
-           validation: Path | None, out: Path | None, formats: str, calibration_samples: int,
+           validation: Path | None, out: Path | None, formats: tuple[format_table.FormatSpec, ...],
+           calibration_samples: int,
            max_validation: int | None, allow_drop: bool, data_root: Path | None, opset: int,
            sign_key: Path | None, resign_reason: str | None) -> None:
-    """Export a run folder or bundle (or --keras MODEL) to TFLite and ONNX, validate every format
+    """Export to TFLite and ONNX, validate, write one bundle.
+
+    Export a run folder or bundle (or --keras MODEL) to TFLite and ONNX, validate every format
     against Keras on real images, and write one verified bundle."""
     if (source is None) == (keras_model is None):
         raise click.UsageError("give either RUN_OR_BUNDLE or --keras MODEL.keras")
-    try:
-        fmts = parse_formats(formats)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--formats") from exc
     options = ExportOptions(
-        formats=fmts, calibration_samples=calibration_samples, max_validation=max_validation,
+        formats=formats, calibration_samples=calibration_samples, max_validation=max_validation,
         allow_drop=allow_drop, opset=opset, labels=_labels(labels), calibration=calibration,
         validation=validation, data_root=data_root,
     )
@@ -93,27 +93,27 @@ def export(source: Path | None, keras_model: Path | None, labels: str | None, ca
 @model_option("The bundle to pack (the same as BUNDLE; one of them is required).")
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True,
               help="Device bundle folder to write.")
-@click.option("--formats", default=",".join(format_table.PACKED), show_default=True,
+@click.option("--formats", type=FormatNames(), default=",".join(format_table.PACKED), show_default=True,
               help="Comma-separated formats to keep; each must have passed validation.")
 @click.option("--replace", is_flag=True, help="Overwrite OUT if it exists.")
 @click.option("--replay", type=click.IntRange(0), default=0, show_default=True,
               help="Also keep the Keras model and this many of its training crops (from the run's split), "
-                   "so `edgekit adapt` can start from the packed bundle.")
+                   "so `edgekit site adapt` can start from the packed bundle.")
 @sign_key_option
 @resign_option
-def pack(positional_bundle: Path | None, bundle: Path | None, out: Path, formats: str, replace: bool,
+def pack(positional_bundle: Path | None, bundle: Path | None, out: Path,
+         formats: tuple[format_table.FormatSpec, ...], replace: bool,
          replay: int, sign_key: Path | None, resign_reason: str | None) -> None:
-    """Copy a bundle's validated device formats, manifest and labels (no Keras model) into a small
+    """Copy a bundle's device formats into a folder for a device.
+
+    Copy a bundle's validated device formats, manifest and labels (no Keras model) into a small
     folder to put on a device."""
     from edgekit.export.pack import pack_bundle
 
     bundle = bundle_from(positional_bundle, bundle)
     if bundle is None:
         raise click.UsageError("give the bundle to pack: BUNDLE or --model BUNDLE")
-    try:
-        fmts = tuple(f.value for f in parse_formats(formats))
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--formats") from exc
+    fmts = tuple(f.name for f in formats)
     source_was = _check_source(bundle, sign_key, resign_reason)
     copied = pack_bundle(bundle, out, fmts, replace=replace, replay=replay)
     size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())

@@ -165,7 +165,7 @@ def import_model(model: str | Path, out: str | Path, opts: ImportOptions, force:
     model, out = Path(model), Path(out)
     runtime = RUNTIME_BY_SUFFIX.get(model.suffix.lower())
     if runtime is None:
-        raise BundleError(f"{model.name}: edgekit import takes a .tflite or .onnx file")
+        raise BundleError(f"{model.name}: edgekit model import takes a .tflite or .onnx file")
     if len(opts.labels) < 2 or len(set(opts.labels)) != len(opts.labels):
         raise BundleError(f"--labels needs two or more distinct names, got {opts.labels}")
     if opts.positive_index is not None and not 0 <= opts.positive_index < len(opts.labels):

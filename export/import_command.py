@@ -79,8 +79,10 @@ def import_model(model: Path, labels: str, input_size: tuple[int, int] | None, s
                  mean: list[float] | None, std: list[float] | None, resize: str, color_order: str | None,
                  positive_index: int | None, threshold: float, logits: str | None, name: str | None,
                  out: Path, force: bool) -> None:
-    """Wrap a TFLite or ONNX model trained elsewhere into a bundle, checking the stated preprocessing
-    and labels against the model's tensors; `classify`, `screen`, `field` and `bench` then run it."""
+    """Wrap a TFLite or ONNX model from elsewhere into a bundle.
+
+    The stated preprocessing and labels are checked against the model's tensors; `classify`,
+    `screen`, `field` and `bench` then run it."""
     from edgekit.export.foreign import ImportOptions
     from edgekit.export.foreign import import_model as run_import
 

@@ -75,7 +75,7 @@ def test_adapt_writes_a_validated_site_bundle_with_provenance(base_run, site, tm
                "--batch-size", "16", "--block", "1", "--allow-drop", "--cache-dir", str(tmp_path / "cache"),
                *LENIENT_GATE)
     assert res.exit_code == 0, res.output
-    assert "unsigned: devices refuse it" in res.output and "edgekit sign" in res.output
+    assert "unsigned: devices refuse it" in res.output and "edgekit trust sign" in res.output
     m = load_manifest(out)
     int8 = m.artifacts["tflite_int8"]
     assert verify_artifact(out, int8) and int8.status in ("ok", "failed_validation")
@@ -198,7 +198,7 @@ def test_adapt_stops_early_and_field_count_needs_fields(base_run, site, tmp_path
         AdaptConfig(patience=0)
     res = _cli("adapt", str(base_run), "--data", str(site), "-o", str(tmp_path / "o"),
                "--cutoff", "field-count")
-    assert res.exit_code != 0 and "needs --fields" in res.output and "Traceback" not in res.output
+    assert res.exit_code != 0 and "needs --field-images" in res.output and "Traceback" not in res.output
     # a learning rate that cannot improve the model (1e-9): patience 1 stops after one epoch of 20
     out = tmp_path / "early"
     res = _cli("adapt", str(base_run), "--data", str(site), "-o", str(out), "--epochs", "20",

@@ -162,7 +162,7 @@ def test_bench_bad_inputs(tiny_bundle: Path, cell_folder: Path, tmp_path: Path) 
     res = runner.invoke(main, ["bench", str(tiny_bundle), "--data", str(cell_folder), "--threads", "0"])
     assert res.exit_code == 2 and "thread counts must be positive" in res.output
     res = runner.invoke(main, ["bench", str(tiny_bundle)])  # the manifest names no split file
-    assert res.exit_code == 2 and "no labelled data: pass --data" in res.output
+    assert res.exit_code == 2 and "no labelled data: pass --dataset" in res.output
 
 
 def test_labelled_data_from_a_split_file(cell_folder: Path, tmp_path: Path) -> None:

@@ -141,7 +141,7 @@ def test_format_resolution(tmp_path):
     with pytest.raises(BundleError, match="has no onnx_int8"):
         resolve_artifact(manifest, "onnx_int8")
     manifest.artifacts = {}
-    with pytest.raises(BundleError, match="edgekit export"):
+    with pytest.raises(BundleError, match="edgekit model export"):
         resolve_artifact(manifest)
 
 

@@ -229,7 +229,7 @@ def test_a_model_file_or_image_given_as_bundle_is_one_line(tmp_path):
     model.write_bytes(os.urandom(2000))
     for bundle in (model, CELLS / sorted(p.name for p in CELLS.iterdir())[0]):
         res = CliRunner().invoke(main, ["classify", str(CELLS), "--model", str(bundle)])
-        assert res.exit_code == 2 and "is not a bundle" in res.output and "edgekit import" in res.output
+        assert res.exit_code == 2 and "is not a bundle" in res.output and "edgekit model import" in res.output
         assert "Traceback" not in res.output
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from edgekit.cli_options import allow_unsigned_option, model_option
+from edgekit.cli_options import allow_unsigned_option, model_format_option, model_option
 
 TOKEN_ENV = "EDGEKIT_SERVE_TOKEN"
 TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
@@ -173,7 +173,7 @@ def _check_port_free(host: str, port: int) -> None:
                    f"across restarts), or ${TOKEN_ENV}.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @model_option()
-@click.option("--model-format", default=None, help="Which model of the bundle to run (tflite_int8, ...).")
+@model_format_option()
 @click.option("--threads", type=click.IntRange(1, 64), default=None, help="Inference threads.")
 @click.option("--db", type=click.Path(path_type=Path), default=None,
               help="Screening database, shared with `edgekit screen`. "
@@ -194,7 +194,7 @@ def _check_port_free(host: str, port: int) -> None:
 def serve(host: str, port: int, bundle: Path | None, model_format: str | None, threads: int | None,
           db: Path | None, overlay_dir: Path | None, max_upload_mb: float, max_pending: int,
           cert: Path | None, key: Path | None, new_token: bool, allow_unsigned: bool) -> None:
-    """Serve the screening page and its JSON API to phones on this network.
+    """Serve the screening page (and its JSON API) to phones.
 
     A phone opens the printed address, starts a patient session, takes photos of microscope fields
     (or uploads fields and cell crops); each is analysed and recorded here exactly as `edgekit field`
