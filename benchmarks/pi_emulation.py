@@ -45,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -484,8 +485,8 @@ def _check(name: str, ok: bool, detail: str, **numbers: Any) -> dict[str, Any]:
     return {"check": name, "ok": bool(ok), "detail": detail, **numbers}
 
 
-def compare_outputs(x86: Path, arm: Path) -> list[dict[str, Any]]:
-    """Every probe output of the arm64 run against the x86 one."""
+def _exit_code_checks(x86: Path, arm: Path) -> list[dict[str, Any]]:
+    """Every probe command exits as on x86 (the arm64 error's last line when it fails)."""
     checks = []
     for name, _ in probe_commands(""):
         rc_x, rc_a = (int((d / f"{name}.rc").read_text().strip()) for d in (x86, arm))
@@ -497,121 +498,128 @@ def compare_outputs(x86: Path, arm: Path) -> list[dict[str, Any]]:
                 f"x86 {rc_x}, arm64 {rc_a}" + (f" ({err[-1]})" if rc_a and err else ""),
             )
         )
-    for fmt, bound in (("tflite_int8", TFLITE_BOUND), ("onnx_int8", ONNX_BOUND)):
-        a, b = _jsonl(x86 / f"classify_{fmt}.jsonl"), _jsonl(arm / f"classify_{fmt}.jsonl")
-        pairs = list(zip(a, b, strict=False))
-        same = len(a) == len(b) and len(a) > 0 and all(p["path"] == q["path"] for p, q in pairs)
-        diff = max(
-            (
-                abs(p["p_parasitized"] - q["p_parasitized"])
-                for p, q in pairs
-                if p.get("p_parasitized") is not None and q.get("p_parasitized") is not None
-            ),
-            default=None,
-        )
-        flips = sum(p["decision"] != q["decision"] for p, q in pairs)
-        checks.append(
-            _check(
-                f"classify {fmt}: max |Δp| <= {bound:.4f}, decisions equal",
-                same and diff is not None and diff <= bound and flips == 0,
-                f"{len(b)} crops, max |Δp| {diff}, {flips} decisions differ",
-                max_abs_dp=diff,
-                decisions_differ=flips,
-                n=len(b),
-            )
-        )
-    fx, fa = _jsonl(x86 / "field.jsonl"), _jsonl(arm / "field.jsonl")
+    return checks
+
+
+def _max_abs_diff(pairs: Iterable[tuple[dict[str, Any], dict[str, Any]]], key: str) -> float | None:
+    """The largest |x86 - arm64| of ``key`` over the pairs where both have it; None when none do."""
+    return max(
+        (abs(p[key] - q[key]) for p, q in pairs if p.get(key) is not None and q.get(key) is not None),
+        default=None,
+    )
+
+
+def _classify_check(x86: Path, arm: Path, fmt: str, bound: float) -> dict[str, Any]:
+    """``classify`` with one format: the same crops, p within ``bound``, the same decisions."""
+    a, b = _jsonl(x86 / f"classify_{fmt}.jsonl"), _jsonl(arm / f"classify_{fmt}.jsonl")
+    pairs = list(zip(a, b, strict=False))
+    same = len(a) == len(b) and len(a) > 0 and all(p["path"] == q["path"] for p, q in pairs)
+    diff = _max_abs_diff(pairs, "p_parasitized")
+    flips = sum(p["decision"] != q["decision"] for p, q in pairs)
+    return _check(
+        f"classify {fmt}: max |Δp| <= {bound:.4f}, decisions equal",
+        same and diff is not None and diff <= bound and flips == 0,
+        f"{len(b)} crops, max |Δp| {diff}, {flips} decisions differ",
+        max_abs_dp=diff,
+        decisions_differ=flips,
+        n=len(b),
+    )
+
+
+_FIELD_SUMMARY_KEYS = ("cells", "parasitized", "positive", "negative", "uncertain", "parasitemia")
+
+
+def _field_summaries_equal(fx: list[dict[str, Any]], fa: list[dict[str, Any]]) -> bool:
+    """The same per-field counts (``fx``, ``fa``: the fields' lines) and totals (``total`` lines)."""
     totals_equal = [f["total"] for f in fx if "total" in f] == [f["total"] for f in fa if "total" in f]
     fx, fa = [f for f in fx if "field" in f], [f for f in fa if "field" in f]
+    return [{k: f.get(k) for k in _FIELD_SUMMARY_KEYS} for f in fx] == [
+        {k: f.get(k) for k in _FIELD_SUMMARY_KEYS} for f in fa
+    ] and totals_equal
+
+
+def _field_check(x86: Path, arm: Path) -> dict[str, Any]:
+    """``field`` with tflite_int8: the same cells, boxes, decisions and counts, p within one step."""
+    lines_x, lines_a = _jsonl(x86 / "field.jsonl"), _jsonl(arm / "field.jsonl")
+    fx, fa = [f for f in lines_x if "field" in f], [f for f in lines_a if "field" in f]
     cells_x = [c for f in fx for c in f.get("cell_list", [])]
     cells_a = [c for f in fa for c in f.get("cell_list", [])]
     boxes_equal = [c["box"] for c in cells_x] == [c["box"] for c in cells_a]
-    dp = max(
-        (
-            abs(c["p"] - d["p"])
-            for c, d in zip(cells_x, cells_a, strict=False)
-            if c.get("p") is not None and d.get("p") is not None
-        ),
-        default=None,
+    pairs = list(zip(cells_x, cells_a, strict=False))
+    dp = _max_abs_diff(pairs, "p")
+    flips = sum(c.get("decision") != d.get("decision") for c, d in pairs)
+    sums_equal = _field_summaries_equal(lines_x, lines_a)
+    ok = len(fx) == len(fa) > 0 and boxes_equal and dp is not None and dp <= TFLITE_BOUND
+    return _check(
+        "field (tflite_int8): same cells, boxes, decisions and counts; p within one output step",
+        ok and flips == 0 and sums_equal,
+        f"{len(cells_a)} cells in {len(fa)} fields (x86 {len(cells_x)}), boxes equal {boxes_equal}, "
+        f"max |Δp| {dp}, {flips} decisions differ, summaries equal {sums_equal}",
+        max_abs_dp=dp,
+        decisions_differ=flips,
+        n=len(cells_a),
     )
-    flips = sum(c.get("decision") != d.get("decision") for c, d in zip(cells_x, cells_a, strict=False))
-    summary_keys = ("cells", "parasitized", "positive", "negative", "uncertain", "parasitemia")
-    sums_equal = [{k: f.get(k) for k in summary_keys} for f in fx] == [
-        {k: f.get(k) for k in summary_keys} for f in fa
-    ] and totals_equal
-    checks.append(
-        _check(
-            "field (tflite_int8): same cells, boxes, decisions and counts; p within one output step",
-            len(fx) == len(fa) > 0
-            and boxes_equal
-            and dp is not None
-            and dp <= TFLITE_BOUND
-            and flips == 0
-            and sums_equal,
-            f"{len(cells_a)} cells in {len(fa)} fields (x86 {len(cells_x)}), boxes equal {boxes_equal}, "
-            f"max |Δp| {dp}, {flips} decisions differ, summaries equal {sums_equal}",
-            max_abs_dp=dp,
-            decisions_differ=flips,
-            n=len(cells_a),
-        )
-    )
+
+
+_SCREEN_SUMMARY_KEYS = (
+    "decision", "crops", "classified", "parasitized", "fraction", "rejected", "positive", "negative",
+    "uncertain",
+)
+
+
+def _screen_check(x86: Path, arm: Path) -> dict[str, Any]:
+    """``screen --fields``: the same patient summary."""
     sx, sa = (json.loads((d / "screen.json").read_text() or "{}") for d in (x86, arm))
-    keep = (
-        "decision",
-        "crops",
-        "classified",
-        "parasitized",
-        "fraction",
-        "rejected",
-        "positive",
-        "negative",
-        "uncertain",
+    vx, va = ({k: v for k, v in s.items() if k in _SCREEN_SUMMARY_KEYS} for s in (sx, sa))
+    return _check(
+        "screen --fields: same patient summary",
+        bool(vx) and vx == va,
+        f"x86 {vx} | arm64 {va}" if vx != va else f"{va}",
     )
-    vx, va = ({k: v for k, v in s.items() if k in keep} for s in (sx, sa))
-    checks.append(
-        _check(
-            "screen --fields: same patient summary",
-            bool(vx) and vx == va,
-            f"x86 {vx} | arm64 {va}" if vx != va else f"{va}",
-        )
+
+
+def _bench_row_check(key: tuple[str, int], rx: dict[str, Any], ra: dict[str, Any]) -> dict[str, Any]:
+    """One ``bench`` row (format, threads): accuracy columns identical for LiteRT (equal
+    otherwise), and the same delegate as on x86."""
+    fields = ("accuracy", "sensitivity", "specificity", "auc")
+    exact = key[0].startswith("tflite")
+    worst = max(abs((rx.get(f) or 0) - (ra.get(f) or 0)) for f in fields)
+    ok = (
+        worst == 0
+        if exact
+        else all(rx.get(f) == ra.get(f) for f in ("accuracy", "sensitivity", "specificity"))
     )
-    bx, ba = (json.loads((d / "bench" / "bench.json").read_text()) for d in (x86, arm))
+    # the same delegate as on x86: a silently dropped XNNPACK changes LiteRT's int8 results
+    same_delegate = (rx.get("delegate"), rx.get("delegated_ops")) == (
+        ra.get("delegate"),
+        ra.get("delegated_ops"),
+    )
+    return _check(
+        f"bench {key[0]}@{key[1]}: accuracy columns "
+        + ("identical" if exact else "equal")
+        + ", same delegate as x86",
+        ok and same_delegate,
+        f"max difference {worst:.6f}; arm64 threads effective {ra.get('threads_effective')}, "
+        f"delegate {ra.get('delegate')} {ra.get('delegated_ops') or ''} (x86: {rx.get('delegate')} "
+        f"{rx.get('delegated_ops') or ''})",
+        threads_effective=ra.get("threads_effective"),
+        delegate=ra.get("delegate"),
+        latency_p50_ms_emulated=ra.get("latency_p50_ms"),
+        latency_p50_ms_x86=rx.get("latency_p50_ms"),
+    )
+
+
+def _bench_checks(bx: dict[str, Any], ba: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every ``bench`` row that ran on either side, against the other side's."""
     rows_x = {(r["format"], r["threads"]): r for r in bx["rows"] if r.get("status") == "ok"}
     rows_a = {(r["format"], r["threads"]): r for r in ba["rows"] if r.get("status") == "ok"}
+    checks = []
     for key in sorted(rows_x.keys() | rows_a.keys()):
         rx, ra = rows_x.get(key), rows_a.get(key)
-        fields = ("accuracy", "sensitivity", "specificity", "auc")
         if rx is None or ra is None:
             checks.append(_check(f"bench {key[0]}@{key[1]}", False, "row missing on one side"))
-            continue
-        exact = key[0].startswith("tflite")
-        worst = max(abs((rx.get(f) or 0) - (ra.get(f) or 0)) for f in fields)
-        ok = (
-            worst == 0
-            if exact
-            else all(rx.get(f) == ra.get(f) for f in ("accuracy", "sensitivity", "specificity"))
-        )
-        # the same delegate as on x86: a silently dropped XNNPACK changes LiteRT's int8 results
-        same_delegate = (rx.get("delegate"), rx.get("delegated_ops")) == (
-            ra.get("delegate"),
-            ra.get("delegated_ops"),
-        )
-        ok = ok and same_delegate
-        checks.append(
-            _check(
-                f"bench {key[0]}@{key[1]}: accuracy columns "
-                + ("identical" if exact else "equal")
-                + ", same delegate as x86",
-                ok,
-                f"max difference {worst:.6f}; arm64 threads effective {ra.get('threads_effective')}, "
-                f"delegate {ra.get('delegate')} {ra.get('delegated_ops') or ''} (x86: {rx.get('delegate')} "
-                f"{rx.get('delegated_ops') or ''})",
-                threads_effective=ra.get("threads_effective"),
-                delegate=ra.get("delegate"),
-                latency_p50_ms_emulated=ra.get("latency_p50_ms"),
-                latency_p50_ms_x86=rx.get("latency_p50_ms"),
-            )
-        )
+        else:
+            checks.append(_bench_row_check(key, rx, ra))
     profile = ba["meta"]["profile"]["name"]
     checks.append(
         _check(
@@ -621,6 +629,19 @@ def compare_outputs(x86: Path, arm: Path) -> list[dict[str, Any]]:
         )
     )
     return checks
+
+
+def compare_outputs(x86: Path, arm: Path) -> list[dict[str, Any]]:
+    """Every probe output of the arm64 run against the x86 one."""
+    checks = _exit_code_checks(x86, arm)
+    checks += [
+        _classify_check(x86, arm, fmt, bound)
+        for fmt, bound in (("tflite_int8", TFLITE_BOUND), ("onnx_int8", ONNX_BOUND))
+    ]
+    checks.append(_field_check(x86, arm))
+    checks.append(_screen_check(x86, arm))
+    bx, ba = (json.loads((d / "bench" / "bench.json").read_text()) for d in (x86, arm))
+    return checks + _bench_checks(bx, ba)
 
 
 # ---------------------------------------------------------------------------------------------- main

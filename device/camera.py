@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -218,14 +219,13 @@ def run_field_camera(
     is analysed like ``edgekit field`` and printed with the running totals; the last one is drawn
     to ``overlay_path`` / the preview window. Returns the capture statistics. Ctrl-C stops."""
     from edgekit.device.domain import NOT_VALIDATED
-    from edgekit.device.domain import not_validated as _not_validated
     from edgekit.device.field import analyze_field
     from edgekit.device.live import LiveView, hold_still_began, pressed_key, show_frame
 
     decision = classifier.manifest.decision
     view = LiveView(decision, overlay_path, show, classifier.manifest.domain)
     rate = FrameRate()
-    cells = parasitized = 0
+    totals = _FieldTotals()
     shaking = False
     try:
         for n, frame in enumerate(frames(source, reconnect), 1):
@@ -239,38 +239,59 @@ def run_field_camera(
             if taken is None and shaking and view._pending is not None:
                 view.render(f"HOLD STILL: {capture.stats.fields} fields so far, {fps:.1f} fps")
             if taken is not None:
-                frame = taken
-                report = analyze_field(frame, classifier)
+                report = analyze_field(taken, classifier)
                 k = capture.stats.fields
-                focus = f"focus {capture.last_sharpness:.3f}"
-                if report.rejected:
-                    echo(f"field {k}: rejected: {report.rejected} ({focus})")
-                else:
-                    cells += report.n_cells
-                    parasitized += report.n_parasitized
-                    lo, hi = report.ci95 or (0.0, 0.0)
-                    echo(f"field {k}: {report.n_cells} cells, {report.n_parasitized} parasitized "
-                         f"({100 * (report.parasitemia or 0):.1f}%, 95% CI {100 * lo:.1f}-{100 * hi:.1f}%)"
-                         f"{_not_validated(report.domain)}; {_domain_word(report.domain)}, {focus}; "
-                         f"so far {cells} cells, "
-                         f"{parasitized / cells if cells else 0:.1%} ({fps:.1f} fps)")
-                view.field(k, frame, report.cells)
-                ids = [c.id for c in report.cells]
-                scores = report.domain_scores or [None] * len(ids)  # none without domain statistics
-                view.probabilities(dict(zip(ids, report.probabilities, strict=True)),
-                                   dict(zip(ids, scores, strict=True)))
-                so_far = parasitized / cells if cells else 0
-                view.render(f"{k} fields, {cells} cells, parasitemia {so_far:.1%} so far"
-                            f"{_not_validated(view.verdict())}, {fps:.1f} fps")
+                echo(totals.add(report, k, f"focus {capture.last_sharpness:.3f}", fps))
+                _show_field(view, k, taken, report, totals, fps)
             elif view.show:
                 view.show = show_frame(frame)
             if max_frames and n >= max_frames:
                 break
     except KeyboardInterrupt:
         echo("stopped")
-    if cells and not (verdict := view.verdict())["ok"]:
+    if totals.cells and not (verdict := view.verdict())["ok"]:
         echo(f"parasitemia {NOT_VALIDATED}: {verdict['why']}")
     return capture.stats
+
+
+@dataclass
+class _FieldTotals:
+    """The running totals of the fields a field camera has counted."""
+
+    cells: int = 0
+    parasitized: int = 0
+
+    @property
+    def so_far(self) -> float:
+        return self.parasitized / self.cells if self.cells else 0
+
+    def add(self, report: Any, k: int, focus: str, fps: float) -> str:
+        """Count field ``k``'s report (unless rejected); returns its printed line."""
+        from edgekit.device.domain import not_validated
+
+        if report.rejected:
+            return f"field {k}: rejected: {report.rejected} ({focus})"
+        self.cells += report.n_cells
+        self.parasitized += report.n_parasitized
+        lo, hi = report.ci95 or (0.0, 0.0)
+        return (f"field {k}: {report.n_cells} cells, {report.n_parasitized} parasitized "
+                f"({100 * (report.parasitemia or 0):.1f}%, 95% CI {100 * lo:.1f}-{100 * hi:.1f}%)"
+                f"{not_validated(report.domain)}; {_domain_word(report.domain)}, {focus}; "
+                f"so far {self.cells} cells, "
+                f"{self.so_far:.1%} ({fps:.1f} fps)")
+
+
+def _show_field(view: Any, k: int, frame: np.ndarray, report: Any, totals: _FieldTotals, fps: float) -> None:
+    """Draw field ``k`` with its cells' calls and the running totals on the live view."""
+    from edgekit.device.domain import not_validated
+
+    view.field(k, frame, report.cells)
+    ids = [c.id for c in report.cells]
+    scores = report.domain_scores or [None] * len(ids)  # none without domain statistics
+    view.probabilities(dict(zip(ids, report.probabilities, strict=True)),
+                       dict(zip(ids, scores, strict=True)))
+    view.render(f"{k} fields, {totals.cells} cells, parasitemia {totals.so_far:.1%} so far"
+                f"{not_validated(view.verdict())}, {fps:.1f} fps")
 
 
 def _domain_word(verdict: dict | None) -> str:

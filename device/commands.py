@@ -165,9 +165,9 @@ def camera(source: str, bundle: Path | None, model_format: str | None, threads: 
            allow_unsigned: bool) -> None:
     """Live microscope camera: count each settled, sharp field once.
 
-    Each settled, sharp view is a field whose cells are found, classified and counted once (docs/field-guide.md:
-    Camera at the microscope). Nothing is recorded: use `screen --camera` for a patient. Ctrl-C
-    stops."""
+    Each settled, sharp view is a field whose cells are found, classified and counted once
+    (docs/field-guide.md: Camera at the microscope). Nothing is recorded: use `screen --camera` for
+    a patient. Ctrl-C stops."""
     from edgekit.device.camera import run_camera, run_field_camera
     from edgekit.device.quality import DEFAULT_GATES
 

@@ -138,30 +138,45 @@ class FieldCapture:
     def offer(self, rgb: np.ndarray) -> np.ndarray | None:
         """The frame when it is a new field to count, else None (and why is in :attr:`stats`).
         The field taken is the sharpest frame of the settled still run."""
-        from edgekit.device.field.identity import same_field, signature
-
-        st = self.settings
         self.stats.frames += 1
         thumb = _thumb(rgb)
         moved_px, response = (0.0, 1.0) if self._previous is None else shift(self._previous, thumb)
         moved_px *= rgb.shape[1] / THUMB_WIDTH  # in frame pixels
         self._previous = thumb
+        sharp = sharpness(rgb)
+        if self._skipped(sharp, moved_px, response):
+            return None
+        settled = self._settled(sharp, rgb)  # always: it adds the frame to the still run
+        if not (self._requested or settled):
+            return None
+        return self._take()
+
+    def _skipped(self, sharp: float, moved_px: float, response: float) -> bool:
+        """Whether the frame is blurred or not still (counted in :attr:`stats` by why); such a frame
+        ends the still run, and one that left the view re-arms the capture."""
+        st = self.settings
         registered_ = response >= st.repeat_response
         still = registered_ and moved_px <= st.still_px
         shaking = registered_ and st.still_px < moved_px <= st.shake_px
-        sharp = sharpness(rgb)
-        if sharp < self._min_sharp or not still:
-            if sharp < self._min_sharp:
-                self.stats.blurred += 1
-            elif shaking:
-                self.stats.shaking += 1
-            else:
-                self.stats.moving += 1
-            self._shaky = self._shaky + 1 if shaking else 0
-            self.hold_still = self._armed and self._shaky >= st.settle
-            self._window = []
-            self._armed = self._armed or not registered_ or moved_px > st.shake_px
-            return None
+        blurred = sharp < self._min_sharp
+        if not (blurred or not still):
+            return False
+        if blurred:
+            self.stats.blurred += 1
+        elif shaking:
+            self.stats.shaking += 1
+        else:
+            self.stats.moving += 1
+        self._shaky = self._shaky + 1 if shaking else 0
+        self.hold_still = self._armed and self._shaky >= st.settle
+        self._window = []
+        self._armed = self._armed or not registered_ or moved_px > st.shake_px
+        return True
+
+    def _settled(self, sharp: float, rgb: np.ndarray) -> bool:
+        """Add a sharp, still frame to the still run; whether the field has settled (an armed, not
+        manual capture whose focus over the run neither rises nor falls off its peak)."""
+        st = self.settings
         self._shaky = 0
         self.hold_still = False
         self._window = (self._window + [(sharp, rgb)])[-st.settle:]
@@ -171,8 +186,12 @@ class FieldCapture:
         settled = self._armed and not st.manual and steady and peak
         if self._armed and not st.manual and len(values) >= st.settle and not settled:
             self.stats.focusing += 1
-        if not (self._requested or settled):
-            return None
+        return bool(settled)
+
+    def _take(self) -> np.ndarray | None:
+        """The still run's sharpest frame, unless it is a field taken before; disarms the capture."""
+        from edgekit.device.field.identity import same_field, signature
+
         self._requested = False
         self._armed = False
         best, frame = max(self._window, key=lambda t: t[0])

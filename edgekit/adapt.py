@@ -397,7 +397,7 @@ def adapt_model(
     vouches for nothing (the caller decides the exit status)."""
     from edgekit.cells import GROUP_REGEX
     from edgekit.data import scan_dataset
-    from edgekit.export.options import ExportOptions, parse_formats
+    from edgekit.export.options import ExportOptions
     from edgekit.manifest import Manifest, load_manifest
 
     out = Path(out)
@@ -413,61 +413,31 @@ def adapt_model(
     fields = field_split(sorted({i.group for i in ds.items}), cfg, split_file)
     split = _site_split(site, ds, labels, base_manifest.positive_label, fields, cfg)
     fields_dir = Path(fields_dir) if fields_dir is not None else recorded_fields_dir(site)
-    if cfg.cutoff == "auto":
-        cfg = dataclasses.replace(cfg, cutoff="field-error" if fields_dir is not None else "count")
-        log(f"cutoff: {cfg.cutoff} ({f'field images in {fields_dir}' if fields_dir else 'no field images'})")
-    images: dict[str, Path] = {}
-    truth: dict[str, float] = {}
-    if fields_dir is not None:
-        truth = labelled_parasitemia(site)
-        images = find_field_images(fields_dir, fields["val"] + fields["test"])
-    elif cfg.cutoff in FIELD_CUTOFFS:
-        raise DataError(f"--cutoff {cfg.cutoff} needs --field-images: the folder of field images given to "
-                        "`edgekit site cells`")
+    cfg = _resolved_cutoff(cfg, fields_dir, log)
+    images, truth = _field_images_and_truth(site, fields_dir, fields, cfg)
     if base_split is not None:
         base_manifest.training = {**base_manifest.training, "split_file": str(Path(base_split).resolve())}
-    try:
-        fmts = parse_formats(formats)
-    except ValueError as exc:
-        raise DataError(str(exc)) from None
+    fmts = _export_formats(formats)
 
     pre = base_manifest.preprocessing
     # training crops are read raw and go through augmentation, then the stain normalization, in the
     # training pipeline (as `edgekit train` does); validation and test crops get the device's prepare()
     raw = dataclasses.replace(pre, stain="none")
-    xs, ys, _, _ = _arrays(split, "train", labels, raw, cache_dir)
-    xo = _found_objects(site, fields["train"], cfg, raw, cache_dir)
-    if len(xo):
-        log(f"site: {len(xo)} found objects that are no labelled cell, from the training fields, learnt as "
-            f"{labels[1 - pos]}")
-        xs, ys = np.concatenate([xs, xo]), np.concatenate([ys, np.full(len(xo), 1 - pos, ys.dtype)])
+    xs, ys = _site_training_cells(split, site, fields["train"], labels, pos, raw, cfg, cache_dir, log)
     xv, yv, gv, _ = _arrays(split, "val", labels, pre, cache_dir)
     xt, yt, gt, _ = _arrays(split, "test", labels, pre, cache_dir)
     log(f"site: {len(ys)} train cells ({int((ys == pos).sum())} {labels[pos]}) from {len(fields['train'])} "
         f"fields, {len(yv)} val cells from {len(fields['val'])}, "
         f"{len(yt)} test cells from {len(fields['test'])}")
-    n_base = round(cfg.base_share / (1 - cfg.base_share) * len(ys)) if cfg.base_share > 0 else 0
-    if n_base:
-        xb, yb = _base_sample(base_manifest, Path(model), base_data, n_base, cfg.seed, cache_dir, log, raw)
-    else:
-        xb, yb = xs[:0], ys[:0]
-    x = np.concatenate([xs, xb])
-    y = np.concatenate([ys, yb])
-    w = np.concatenate([_weights(ys, 2, (1 - cfg.base_share) * len(y)),
-                        _weights(yb, 2, cfg.base_share * len(y)) if len(yb) else np.zeros(0, np.float32)])
+    x, y, w, n_base = _with_base_cells(xs, ys, base_manifest, Path(model), base_data, cfg, cache_dir, log,
+                                       raw)
     # every cell the finder returns on each validation and test field, prepared once
     whole = {stem: whole_field_inputs(path, pre) for stem, path in sorted(images.items())}
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        x_cal = None
-        if "tflite_int8" in [f.name for f in fmts]:  # the calibration sample export will use
-            from edgekit.export.calibration import stratified_sample
-
-            y_train = np.array([i.label for i in split.parts["train"]])
-            keep = stratified_sample(y_train, 300, cfg.seed)
-            x_cal, _, _, _ = _arrays(split, "train", labels, pre, cache_dir, keep)
+        x_cal = _calibration_crops(fmts, split, labels, pre, cfg, cache_dir)
         best = _fine_tune(keras_path, x, y, w, xv, yv, pos, cfg, tmp / "model.keras", log,
                           base_manifest.training.get("config") or {}, pre.stain, x_cal)
         manifest = Manifest.from_dict(base_manifest.to_dict())
@@ -479,25 +449,15 @@ def adapt_model(
                                             truth, pos, cfg.cutoff, log)
         _choose_decision(manifest, yv == pos, p_val, gv, cfg, fields, field_cut)
         manifest.domain = _site_domain(ds, fields, site, log)
-        _write_run(tmp, manifest, split, cfg, base_sha, keras_path, model, site, fields, best, len(yb))
+        _write_run(tmp, manifest, split, cfg, base_sha, keras_path, model, site, fields, best, n_base)
         from edgekit.export.bundle import export_bundle
 
         options = ExportOptions(formats=fmts, calibration_samples=300, seed=cfg.seed, allow_drop=allow_drop)
         manifest = export_bundle(tmp, None, options, log=log)
-        eval_fmt = "tflite_int8" if "tflite_int8" in manifest.artifacts else next(
-            k for k in manifest.artifacts if k != "keras")
-        cutoff = float(manifest.thresholds.cutoff)
-        device_probs = _device_probs(tmp, manifest, eval_fmt)
-        evaluation: dict[str, Any] = {"format": eval_fmt}
-        for part, xp, yp, gp in (("val", xv, yv, gv), ("test", xt, yt, gt)):
-            if len(yp):
-                evaluation[part] = site_metrics(yp == pos, device_probs(xp), gp, cutoff)
-                counted = {f: whole[f] for f in fields[part] if whole.get(f) is not None}
-                if counted:
-                    evaluation[part]["whole_fields"] = whole_field_error(
-                        {f: device_probs(v) for f, v in counted.items()}, truth, cutoff)
+        parts = {"val": (xv, yv, gv), "test": (xt, yt, gt)}
+        evaluation = _site_evaluation(tmp, manifest, parts, whole, fields, truth, pos)
         manifest.evaluation = {"site": evaluation}  # the base model's numbers are not this model's
-        gate = site_gate(evaluation.get("test"), fields["test"], cfg.gate, eval_fmt)
+        gate = site_gate(evaluation.get("test"), fields["test"], cfg.gate, evaluation["format"])
         if manifest.domain is not None:
             manifest.domain.gate = gate
         log(gate.summary())
@@ -508,6 +468,107 @@ def adapt_model(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return load_manifest(out)
+
+
+def _resolved_cutoff(cfg: AdaptConfig, fields_dir: Path | None, log: Log) -> AdaptConfig:
+    """``cfg`` with ``cutoff="auto"`` made concrete: ``field-error`` with field images, else ``count``."""
+    if cfg.cutoff != "auto":
+        return cfg
+    cfg = dataclasses.replace(cfg, cutoff="field-error" if fields_dir is not None else "count")
+    log(f"cutoff: {cfg.cutoff} ({f'field images in {fields_dir}' if fields_dir else 'no field images'})")
+    return cfg
+
+
+def _field_images_and_truth(
+    site: Path, fields_dir: Path | None, fields: dict[str, list[str]], cfg: AdaptConfig
+) -> tuple[dict[str, Path], dict[str, float]]:
+    """The validation and test fields' images and every field's labelled parasitemia; both empty
+    without field images, where a cutoff chosen on whole fields cannot be (DataError)."""
+    if fields_dir is not None:
+        truth = labelled_parasitemia(site)
+        return find_field_images(fields_dir, fields["val"] + fields["test"]), truth
+    if cfg.cutoff in FIELD_CUTOFFS:
+        raise DataError(f"--cutoff {cfg.cutoff} needs --field-images: the folder of field images given to "
+                        "`edgekit site cells`")
+    return {}, {}
+
+
+def _export_formats(formats: str) -> list[Any]:
+    """The ``--formats`` list through the format table (DataError for an unknown one)."""
+    from edgekit.export.options import parse_formats
+
+    try:
+        return parse_formats(formats)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+
+
+def _site_training_cells(
+    split: Any, site: Path, train_fields: list[str], labels: list[str], pos: int, raw: Any, cfg: AdaptConfig,
+    cache_dir: Path | None, log: Log,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The site's training crops (``raw``: no stain normalization) and labels, with the objects the
+    finder returns on the training fields that are no labelled cell, learnt as negatives."""
+    xs, ys, _, _ = _arrays(split, "train", labels, raw, cache_dir)
+    xo = _found_objects(site, train_fields, cfg, raw, cache_dir)
+    if len(xo):
+        log(f"site: {len(xo)} found objects that are no labelled cell, from the training fields, learnt as "
+            f"{labels[1 - pos]}")
+        xs, ys = np.concatenate([xs, xo]), np.concatenate([ys, np.full(len(xo), 1 - pos, ys.dtype)])
+    return xs, ys
+
+
+def _with_base_cells(
+    xs: np.ndarray, ys: np.ndarray, base_manifest: Any, model: Path, base_data: Path | None, cfg: AdaptConfig,
+    cache_dir: Path | None, log: Log, raw: Any,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The training set: the site's cells mixed with base cells (``cfg.base_share`` of the whole),
+    their sample weights (each side weighted to its share), and the number of base cells."""
+    n_base = round(cfg.base_share / (1 - cfg.base_share) * len(ys)) if cfg.base_share > 0 else 0
+    if n_base:
+        xb, yb = _base_sample(base_manifest, model, base_data, n_base, cfg.seed, cache_dir, log, raw)
+    else:
+        xb, yb = xs[:0], ys[:0]
+    x = np.concatenate([xs, xb])
+    y = np.concatenate([ys, yb])
+    w = np.concatenate([_weights(ys, 2, (1 - cfg.base_share) * len(y)),
+                        _weights(yb, 2, cfg.base_share * len(y)) if len(yb) else np.zeros(0, np.float32)])
+    return x, y, w, len(yb)
+
+
+def _calibration_crops(
+    fmts: list[Any], split: Any, labels: list[str], pre: Any, cfg: AdaptConfig, cache_dir: Path | None
+) -> np.ndarray | None:
+    """The int8 calibration sample export will use (stratified training crops); None without int8."""
+    if "tflite_int8" not in [f.name for f in fmts]:
+        return None
+    from edgekit.export.calibration import stratified_sample
+
+    y_train = np.array([i.label for i in split.parts["train"]])
+    keep = stratified_sample(y_train, 300, cfg.seed)
+    x_cal, _, _, _ = _arrays(split, "train", labels, pre, cache_dir, keep)
+    return x_cal
+
+
+def _site_evaluation(
+    bundle: Path, manifest: Any, parts: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    whole: dict[str, np.ndarray | None], fields: dict[str, list[str]], truth: dict[str, float], pos: int,
+) -> dict[str, Any]:
+    """The exported bundle's site numbers through the format a device runs (int8 when exported):
+    per part (validation, test) on its labelled cells and, with field images, on whole fields."""
+    eval_fmt = "tflite_int8" if "tflite_int8" in manifest.artifacts else next(
+        k for k in manifest.artifacts if k != "keras")
+    cutoff = float(manifest.thresholds.cutoff)
+    device_probs = _device_probs(bundle, manifest, eval_fmt)
+    evaluation: dict[str, Any] = {"format": eval_fmt}
+    for part, (xp, yp, gp) in parts.items():
+        if len(yp):
+            evaluation[part] = site_metrics(yp == pos, device_probs(xp), gp, cutoff)
+            counted = {f: whole[f] for f in fields[part] if whole.get(f) is not None}
+            if counted:
+                evaluation[part]["whole_fields"] = whole_field_error(
+                    {f: device_probs(v) for f, v in counted.items()}, truth, cutoff)
+    return evaluation
 
 
 def whole_field_error(probs: dict[str, np.ndarray], truth: dict[str, float], cutoff: float) -> dict[str, Any]:

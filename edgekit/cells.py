@@ -175,45 +175,12 @@ def write_cells(
         for af in fields:
             folders.add(str(Path(af.image).resolve().parent))
             cut = cut_field(af, min_iou, params)
-            for label, index, crop, info in cut.crops:
-                name = crop_name(af.image, index)
-                (tmp / label).mkdir(exist_ok=True)
-                (tmp / label / name).write_bytes(_encode_png(crop))
-                counts[label] += 1
-                records.append({"file": f"{label}/{name}", "field": af.name, "class": label, **info})
-            for j, crop in cut.objects:
-                (tmp / OBJECTS_DIR).mkdir(exist_ok=True)
-                name = f"{Path(af.image).stem}{FIELD_SEPARATOR}o{j}.png"
-                (tmp / OBJECTS_DIR / name).write_bytes(_encode_png(crop))
-            per_field.append({"field": af.name, "found": cut.found, "labelled": cut.labelled,
-                              "cut": {c: sum(x[0] == c for x in cut.crops) for c in CLASSES},
-                              "unmatched": cut.unmatched, "objects": len(cut.objects),
-                              "rejected": cut.rejected})
+            records += _write_cut(tmp, af, cut, counts)
+            per_field.append(_field_entry(af, cut))
             if progress:
                 progress(cut)
-        if not records:
-            raise DataError("no labelled cell could be cut (no found cell matched a labelled box)")
-        empty = [c for c in CLASSES if counts[c] == 0]
-        if empty and not allow_one_class:
-            raise DataError(
-                f"no {empty[0]} cells were cut: a dataset needs both classes "
-                "(pass --allow-one-class for fields with one class only, e.g. healthy blood)"
-            )
-        labelled = {c: sum(f["labelled"].get(c, 0) for f in per_field) for c in CLASSES}
-        summary = {
-            "fields": len(per_field),
-            "fields_rejected": sum(f["rejected"] is not None for f in per_field),
-            "cells": counts,
-            "labelled": labelled,
-            "cut_fraction": {c: (counts[c] / labelled[c] if labelled[c] else None) for c in CLASSES},
-            "min_iou": min_iou,
-            "crop": "edgekit.device.field.crop_cell of the matched found cell",
-            # where the field images are on this machine, so `edgekit adapt` can count whole fields
-            "fields_dir": folders.pop() if len(folders) == 1 else None,
-            "objects": {"folder": OBJECTS_DIR, "count": sum(f["objects"] for f in per_field),
-                        "what": "found objects matching no labelled red cell (no box, or a white cell's or "
-                                "platelet's box; 'difficult' ones left out)"},
-        }
+        _check_classes(records, counts, allow_one_class)
+        summary = _cells_summary(per_field, counts, min_iou, folders)
         index = {"summary": summary, "per_field": per_field, "cells": records}
         (tmp / CELLS_INDEX).write_text(json.dumps(index, indent=1) + "\n")
         os.chmod(tmp, 0o755)
@@ -222,6 +189,64 @@ def write_cells(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _write_cut(tmp: Path, af: AnnotatedField, cut: FieldCut, counts: dict[str, int]) -> list[dict[str, Any]]:
+    """Write one field's crops (``<class>/``) and found objects (:data:`OBJECTS_DIR`) into ``tmp``,
+    adding its crops to ``counts``; returns the crops' records."""
+    records = []
+    for label, index, crop, info in cut.crops:
+        name = crop_name(af.image, index)
+        (tmp / label).mkdir(exist_ok=True)
+        (tmp / label / name).write_bytes(_encode_png(crop))
+        counts[label] += 1
+        records.append({"file": f"{label}/{name}", "field": af.name, "class": label, **info})
+    for j, crop in cut.objects:
+        (tmp / OBJECTS_DIR).mkdir(exist_ok=True)
+        name = f"{Path(af.image).stem}{FIELD_SEPARATOR}o{j}.png"
+        (tmp / OBJECTS_DIR / name).write_bytes(_encode_png(crop))
+    return records
+
+
+def _field_entry(af: AnnotatedField, cut: FieldCut) -> dict[str, Any]:
+    """One field's line of ``cells.json``'s ``per_field``."""
+    return {"field": af.name, "found": cut.found, "labelled": cut.labelled,
+            "cut": {c: sum(x[0] == c for x in cut.crops) for c in CLASSES},
+            "unmatched": cut.unmatched, "objects": len(cut.objects),
+            "rejected": cut.rejected}
+
+
+def _check_classes(records: list[dict[str, Any]], counts: dict[str, int], allow_one_class: bool) -> None:
+    """DataError when no cell was cut, or a class has none (unless ``allow_one_class``)."""
+    if not records:
+        raise DataError("no labelled cell could be cut (no found cell matched a labelled box)")
+    empty = [c for c in CLASSES if counts[c] == 0]
+    if empty and not allow_one_class:
+        raise DataError(
+            f"no {empty[0]} cells were cut: a dataset needs both classes "
+            "(pass --allow-one-class for fields with one class only, e.g. healthy blood)"
+        )
+
+
+def _cells_summary(
+    per_field: list[dict[str, Any]], counts: dict[str, int], min_iou: float, folders: set[str]
+) -> dict[str, Any]:
+    """``cells.json``'s summary; ``folders``: the folders the field images came from."""
+    labelled = {c: sum(f["labelled"].get(c, 0) for f in per_field) for c in CLASSES}
+    return {
+        "fields": len(per_field),
+        "fields_rejected": sum(f["rejected"] is not None for f in per_field),
+        "cells": counts,
+        "labelled": labelled,
+        "cut_fraction": {c: (counts[c] / labelled[c] if labelled[c] else None) for c in CLASSES},
+        "min_iou": min_iou,
+        "crop": "edgekit.device.field.crop_cell of the matched found cell",
+        # where the field images are on this machine, so `edgekit adapt` can count whole fields
+        "fields_dir": folders.pop() if len(folders) == 1 else None,
+        "objects": {"folder": OBJECTS_DIR, "count": sum(f["objects"] for f in per_field),
+                    "what": "found objects matching no labelled red cell (no box, or a white cell's or "
+                            "platelet's box; 'difficult' ones left out)"},
+    }
 
 
 # --------------------------------------------------------------------------- splits by field

@@ -93,6 +93,19 @@ def scan_dataset(root: str | os.PathLike, group_mode: str = "auto") -> Dataset:
         raise DataError(f"data folder not found: {root}")
     if not root.is_dir():
         raise DataError(f"not a folder: {root}")
+    with_images = _classes_with_images(root, _files_by_class(root))
+    classes = sorted(with_images)
+    all_names = [f for c in classes for f in with_images[c]]
+    mode = detect_group_mode(all_names) if group_mode == "auto" else group_mode
+    grouper = make_grouper(mode)
+    items = [Item(f, i, grouper(f)) for i, c in enumerate(classes) for f in with_images[c]]
+    ds = Dataset(root=root, classes=classes, items=items)
+    ds.group_mode = mode  # type: ignore[attr-defined]
+    return ds
+
+
+def _files_by_class(root: Path) -> dict[str, list[str]]:
+    """Each class folder's image files (paths relative to ``root``, sorted); hidden ones left out."""
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     files_by_class: dict[str, list[str]] = {}
     for d in class_dirs:
@@ -102,6 +115,11 @@ def scan_dataset(root: str | os.PathLike, group_mode: str = "auto") -> Dataset:
             if p.is_file() and is_image_file(p) and not p.name.startswith(".")
         )
         files_by_class[d.name] = files
+    return files_by_class
+
+
+def _classes_with_images(root: Path, files_by_class: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The classes and their files; DataError for no images, an empty class folder or one class."""
     with_images = {c: f for c, f in files_by_class.items() if f}
     if not with_images:
         raise DataError(f"no images found in {root} (expected {root}/<class>/<image files>)")
@@ -110,14 +128,7 @@ def scan_dataset(root: str | os.PathLike, group_mode: str = "auto") -> Dataset:
         raise DataError(f"class folder(s) with no images in {root}: {', '.join(empty)}")
     if len(with_images) < 2:
         raise DataError(f"only one class in {root} ({next(iter(with_images))}); need at least two")
-    classes = sorted(with_images)
-    all_names = [f for c in classes for f in with_images[c]]
-    mode = detect_group_mode(all_names) if group_mode == "auto" else group_mode
-    grouper = make_grouper(mode)
-    items = [Item(f, i, grouper(f)) for i, c in enumerate(classes) for f in with_images[c]]
-    ds = Dataset(root=root, classes=classes, items=items)
-    ds.group_mode = mode  # type: ignore[attr-defined]
-    return ds
+    return with_images
 
 
 def _map_threads(fn: Callable, args: Sequence, workers: int | None = None) -> list:

@@ -133,19 +133,37 @@ def validate_manifest_data(d: Any) -> None:
     """Raise :class:`BundleError` with the first problem found in a parsed manifest."""
     if not isinstance(d, dict):
         raise BundleError(f"malformed manifest: must be a JSON object, not {type(d).__name__}")
+    labels = _labels(d)
+    for k in ("positive_label", "name", "schema"):
+        _str(d, k, k)
+    rel = d.get("release")
+    if rel is not None and not (isinstance(rel, str) and RELEASE_PATTERN.fullmatch(rel)):
+        raise _fail("release", f"must be dotted integers such as 2026.12.05, not {rel!r}")
+    _preprocessing(_obj(d, "preprocessing", "preprocessing"))
+    thr = _obj(d, "thresholds", "thresholds")
+    for k in ("positive", "negative", "cutoff"):
+        _prob(thr, k, f"thresholds.{k}")
+    _patient_rule(_obj(d, "patient_rule", "patient_rule"))
+    for k in ("training", "evaluation", "versions"):
+        _obj(d, k, k)
+
+    arts = _obj(d, "artifacts", "artifacts")
+    for key, a in arts.items():
+        _artifact(key, a, len(labels))
+
+
+def _labels(d: dict[str, Any]) -> list[str]:
+    """``labels``: at least two distinct non-empty names."""
     labels = d.get("labels")
     if not isinstance(labels, (list, tuple)) or not all(isinstance(x, str) and x.strip() for x in labels):
         raise _fail("labels", "must be a list of non-empty strings")
     if len(labels) < 2 or len(set(labels)) != len(labels):
         raise _fail("labels", f"must hold at least two distinct names, not {labels!r}")
-    _str(d, "positive_label", "positive_label")
-    _str(d, "name", "name")
-    _str(d, "schema", "schema")
-    rel = d.get("release")
-    if rel is not None and not (isinstance(rel, str) and RELEASE_PATTERN.fullmatch(rel)):
-        raise _fail("release", f"must be dotted integers such as 2026.12.05, not {rel!r}")
+    return list(labels)
 
-    pre = _obj(d, "preprocessing", "preprocessing")
+
+def _preprocessing(pre: dict[str, Any]) -> None:
+    """``preprocessing``: input size and range, channels, and its string fields."""
     size = pre.get("input_size", [64, 64])
     if not (isinstance(size, (list, tuple)) and len(size) == 2
             and all(_is_int(s) and 0 < s <= MAX_INPUT_SIDE for s in size)):
@@ -160,19 +178,12 @@ def validate_manifest_data(d: Any) -> None:
                                 and all(_is_num(v) for v in rng)):
         raise _fail("preprocessing.input_range", f"must be [low, high], not {rng!r}")
 
-    thr = _obj(d, "thresholds", "thresholds")
-    for k in ("positive", "negative", "cutoff"):
-        _prob(thr, k, f"thresholds.{k}")
-    rule = _obj(d, "patient_rule", "patient_rule")
+
+def _patient_rule(rule: dict[str, Any]) -> None:
+    """``patient_rule``: fractions in [0, 1], its string fields, a non-negative ``stop_cells``."""
     for k in ("positive_fraction", "negative_fraction"):
         _prob(rule, k, f"patient_rule.{k}")
     for k in ("positive_evidence", "refused_crops"):
         _str(rule, k, f"patient_rule.{k}")
     if "stop_cells" in rule and not (_is_int(rule["stop_cells"]) and rule["stop_cells"] >= 0):
         raise _fail("patient_rule.stop_cells", f"must be a non-negative integer, not {rule['stop_cells']!r}")
-    for k in ("training", "evaluation", "versions"):
-        _obj(d, k, k)
-
-    arts = _obj(d, "artifacts", "artifacts")
-    for key, a in arts.items():
-        _artifact(key, a, len(labels))

@@ -134,12 +134,7 @@ def check_site(bundle: str | os.PathLike, data: str | os.PathLike,
                allow_unsigned: bool | None = None, log: Callable[[str], None] | None = None) -> CheckResult:
     """Measure ``bundle`` on the labelled cells ``data`` (and whole fields in ``fields_dir``) through
     the device runtime, against its manifest's gate bounds; see the module doc."""
-    from edgekit.device.domain import cell_scores, field_verdict
-    from edgekit.device.field.classify import classify_crops
-    from edgekit.device.preprocess import read_image
     from edgekit.device.runtime import load_classifier
-    from edgekit.errors import ImageError
-    from edgekit.metrics import field_parasitemia_error, roc_auc, sensitivity_at_specificity
 
     say = log or (lambda _s: None)
     clf = load_classifier(bundle, model_format, allow_unsigned=allow_unsigned)
@@ -150,7 +145,40 @@ def check_site(bundle: str | os.PathLike, data: str | os.PathLike,
     items = labelled_crops(Path(data), manifest.labels)
     say(f"measuring {len(items)} labelled cells of {len(set(i[2] for i in items))} fields through "
         f"{clf.fmt}…")
-    probs, scores, keep = [], [], []
+    probs, scores, keep, skipped = _classify_items(items, clf)
+    if not keep:
+        raise DataError(f"none of the {len(items)} cell images in {data} could be read")
+    p = np.asarray(probs, np.float64)
+    y = np.array([items[k][1] == decision.counted_label for k in keep])
+    g = np.array([items[k][2] for k in keep])
+    fields = sorted(set(g.tolist()))
+    called = p >= decision.cutoff
+    measured = _cell_measures(y, p, g, called)
+    per_field = _per_field(fields, g, y, called, scores, manifest.domain)
+    notes = [f"{skipped} unreadable cell image(s) skipped"] if skipped else []
+    if fields_dir is not None:
+        _whole_fields(Path(fields_dir), Path(data), per_field, clf, y, g, measured, notes, say)
+    _guard_share(per_field, manifest.domain, measured, notes)
+    return CheckResult(
+        bundle=str(clf.bundle_dir), model_format=clf.fmt, cells=int(len(y)), positive_cells=int(y.sum()),
+        fields=len(fields), measured=measured, bounds=bounds, bounds_from=bounds_from,
+        failures=_bound_failures(_held(measured), bounds), per_field=per_field, notes=notes,
+    )
+
+
+def _classify_items(
+    items: list[tuple[Path, str, str]], clf: Any
+) -> tuple[list[float], list[float | None], list[int], int]:
+    """Each readable cell's probability and guard score (None without the bundle's domain), in
+    chunks of :data:`CHUNK`: (probabilities, scores, indices of the read items, unreadable count)."""
+    from edgekit.device.domain import cell_scores
+    from edgekit.device.field.classify import classify_crops
+    from edgekit.device.preprocess import read_image
+    from edgekit.errors import ImageError
+
+    probs: list[float] = []
+    scores: list[float | None] = []
+    keep: list[int] = []
     skipped = 0
     for start in range(0, len(items), CHUNK):
         crops = []
@@ -162,24 +190,35 @@ def check_site(bundle: str | os.PathLike, data: str | os.PathLike,
                 skipped += 1
         if crops:
             probs += classify_crops(crops, clf)
-            dom = manifest.domain
+            dom = clf.manifest.domain
             scores += cell_scores(crops, dom) if dom is not None else [None] * len(crops)
-    if not keep:
-        raise DataError(f"none of the {len(items)} cell images in {data} could be read")
-    p = np.asarray(probs, np.float64)
-    y = np.array([items[k][1] == decision.counted_label for k in keep])
-    g = np.array([items[k][2] for k in keep])
-    fields = sorted(set(g.tolist()))
+    return probs, scores, keep, skipped
+
+
+def _cell_measures(
+    y: np.ndarray, p: np.ndarray, g: np.ndarray, called: np.ndarray
+) -> dict[str, float | None]:
+    """The labelled cells' AUC and sensitivity at specificity 99.5% (None with one class only), and
+    the per-field parasitemia error of their calls (``called``; ``g``: each cell's field)."""
+    from edgekit.metrics import field_parasitemia_error, roc_auc, sensitivity_at_specificity
+
     measured: dict[str, float | None] = {}
     both = bool(y.any() and (~y).any())
     measured["auc"] = float(roc_auc(y, p)) if both else None
     measured["sensitivity_at_specificity_0.995"] = (
         sensitivity_at_specificity(y, p, 0.995)["sensitivity"] if both else None)
-    called = p >= decision.cutoff
     pe = field_parasitemia_error(g, y, called)
     measured["parasitemia_error_points"] = pe["mae_points"]
     measured["parasitemia_error_upper95_points"] = pe["mae_upper95_points"]
     measured["parasitemia_bias_points"] = pe["bias_points"]
+    return measured
+
+
+def _per_field(fields: list[str], g: np.ndarray, y: np.ndarray, called: np.ndarray,
+               scores: list[float | None], domain: Any) -> list[dict[str, Any]]:
+    """Each field's cells, labelled and called parasitemia, and the guard's verdict on its cells."""
+    from edgekit.device.domain import field_verdict
+
     s = np.array([np.nan if v is None else v for v in scores], np.float64)
     per_field = []
     for f in fields:
@@ -187,23 +226,22 @@ def check_site(bundle: str | os.PathLike, data: str | os.PathLike,
         per_field.append({
             "field": f, "cells": int(m.sum()), "labelled_parasitemia": float(y[m].mean()),
             "called_parasitemia": float(called[m].mean()),
-            "guard": field_verdict([float(v) for v in s[m] if np.isfinite(v)], manifest.domain),
+            "guard": field_verdict([float(v) for v in s[m] if np.isfinite(v)], domain),
         })
-    notes = [f"{skipped} unreadable cell image(s) skipped"] if skipped else []
-    if fields_dir is not None:
-        _whole_fields(Path(fields_dir), Path(data), per_field, clf, y, g, measured, notes, say)
+    return per_field
+
+
+def _guard_share(per_field: list[dict[str, Any]], domain: Any, measured: dict[str, float | None],
+                 notes: list[str]) -> None:
+    """The share of fields the guard vouches for (None without the bundle's domain), and a note
+    when it does not vouch for every field."""
     vouched = [r["guard"]["ok"] for r in per_field]
-    measured["guard_ok_share"] = float(np.mean(vouched)) if manifest.domain is not None else None
-    if manifest.domain is None:
+    measured["guard_ok_share"] = float(np.mean(vouched)) if domain is not None else None
+    if domain is None:
         notes.append("the bundle has no domain guard statistics: no field can be vouched for")
     elif measured["guard_ok_share"] is not None and measured["guard_ok_share"] < 1.0:
         notes.append(f"the guard does not vouch for {vouched.count(False)} of {len(vouched)} fields: "
                      "screening there is marked NOT VALIDATED and referred")
-    return CheckResult(
-        bundle=str(clf.bundle_dir), model_format=clf.fmt, cells=int(len(y)), positive_cells=int(y.sum()),
-        fields=len(fields), measured=measured, bounds=bounds, bounds_from=bounds_from,
-        failures=_bound_failures(_held(measured), bounds), per_field=per_field, notes=notes,
-    )
 
 
 def _held(measured: dict[str, float | None]) -> dict[str, float | None]:

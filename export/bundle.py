@@ -377,27 +377,15 @@ def export_bundle(source: Path, out: Path | None, options: ExportOptions, log: L
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=target))
     ok = False
     try:
-        files = []
-        keras_rel = KERAS_NAME
-        if source_dir is None or target.resolve() != source_dir.resolve():
-            shutil.copy2(keras_path, tmp / KERAS_NAME)
-            files.append(KERAS_NAME)
-        else:
-            keras_rel = str(keras_path.relative_to(source_dir))
+        keras_rel, files = _place_keras(keras_path, source_dir, target, tmp)
         keras_art = _keras_artifact(manifest, model, keras_path, keras_rel)
         new, outputs = _export_formats(model, manifest, options, tmp, calib, val, keras_art.sha256, log)
         _band_on_deployed(manifest, new, outputs, val, log)
         table = _write_report(tmp, new, calib, val, options)
         log(table)
-        failed = [k for k, a in new.items() if a.status != "ok"]
-        if failed and not options.allow_drop:
-            reasons = "; ".join(f"{k}: {new[k].validation.get('reason', new[k].status)}" for k in failed)
-            raise ValidationFailed(f"{len(failed)} format(s) missed their bound ({reasons}); nothing was "
-                                   "written (use --allow-drop to keep them, marked failed)")
-        # formats not re-exported now stay if they belong to this same Keras model and still verify
-        kept = {k: a for k, a in manifest.artifacts.items()
-                if k != "keras" and k not in new and a.validation.get("keras_sha256") == keras_art.sha256
-                and (target / a.path).is_file() and a.sha256 == sha256_file(target / a.path)}
+        if not options.allow_drop:
+            _refuse_failed(new)
+        kept = _kept_artifacts(manifest, new, keras_art.sha256, target)
         manifest.artifacts = {"keras": keras_art, **kept, **new}
         manifest.versions = {**manifest.versions, **tool_versions(TOOL_VERSIONS)}
         files += [a.path for a in new.values() if a.status != "export_failed"]
@@ -409,3 +397,30 @@ def export_bundle(source: Path, out: Path | None, options: ExportOptions, log: L
         if not ok and created:
             shutil.rmtree(target, ignore_errors=True)
     return manifest
+
+
+def _place_keras(keras_path: Path, source_dir: Path | None, target: Path, tmp: Path) -> tuple[str, list[str]]:
+    """The Keras model's path in the bundle, and the files to commit: a copy when the bundle is
+    written elsewhere than its source folder (nothing to copy in place)."""
+    if source_dir is None or target.resolve() != source_dir.resolve():
+        shutil.copy2(keras_path, tmp / KERAS_NAME)
+        return KERAS_NAME, [KERAS_NAME]
+    return str(keras_path.relative_to(source_dir)), []
+
+
+def _refuse_failed(new: dict[str, Artifact]) -> None:
+    """ValidationFailed, naming each format's reason, when a format missed its bound."""
+    failed = [k for k, a in new.items() if a.status != "ok"]
+    if failed:
+        reasons = "; ".join(f"{k}: {new[k].validation.get('reason', new[k].status)}" for k in failed)
+        raise ValidationFailed(f"{len(failed)} format(s) missed their bound ({reasons}); nothing was "
+                               "written (use --allow-drop to keep them, marked failed)")
+
+
+def _kept_artifacts(
+    manifest: Manifest, new: dict[str, Artifact], keras_sha: str, target: Path
+) -> dict[str, Artifact]:
+    """Formats not re-exported now: they stay if they belong to this same Keras model and still verify."""
+    return {k: a for k, a in manifest.artifacts.items()
+            if k != "keras" and k not in new and a.validation.get("keras_sha256") == keras_sha
+            and (target / a.path).is_file() and a.sha256 == sha256_file(target / a.path)}

@@ -32,20 +32,15 @@ Light: numpy at import, OpenCV inside functions, the classifier is injected (any
 """
 
 from edgekit.device.field.classify import analyze_field, classify_crops, iter_field_crops
+from edgekit.device.field.count import MAX_RADIUS_FRACTION, count_cells
 from edgekit.device.field.crop import crop_cell
 from edgekit.device.field.overlay import COLORS, draw_overlay
-from edgekit.device.field.quality import (
-    MAX_RADIUS_FRACTION,
-    MIN_SHARPNESS,
-    MIN_SIDE,
-    count_cells,
-    field_quality,
-)
-from edgekit.device.field.segment import find_cells
+from edgekit.device.field.quality import MIN_SHARPNESS, MIN_SIDE, field_quality
+from edgekit.device.field.segment import find_cells, segment_cells
 from edgekit.device.field.types import CellBox, ClassifierLike, FieldParams, FieldReport, cell_id
 
 __all__ = [
     "COLORS", "MAX_RADIUS_FRACTION", "MIN_SHARPNESS", "MIN_SIDE", "CellBox", "ClassifierLike",
     "FieldParams", "FieldReport", "analyze_field", "cell_id", "classify_crops", "count_cells",
-    "crop_cell", "draw_overlay", "field_quality", "find_cells", "iter_field_crops",
+    "crop_cell", "draw_overlay", "field_quality", "find_cells", "iter_field_crops", "segment_cells",
 ]

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.device.field.count import count_cells
 from edgekit.device.field.crop import crop_cell
-from edgekit.device.field.quality import count_cells
 from edgekit.device.field.types import ClassifierLike, FieldParams, FieldReport, cell_id
 from edgekit.errors import ImageError
 

@@ -5,18 +5,17 @@ from __future__ import annotations
 import numpy as np
 
 from edgekit.device.field.focus import FOCUS_FLOOR, focus_reason, focus_score
-from edgekit.device.field.segment import _segment, working_copy
-from edgekit.device.field.types import CellBox, FieldParams
+from edgekit.device.field.segment import working_copy
 from edgekit.device.preprocess import opencv
 
 MIN_SIDE = 64
 MAX_ASPECT = 10  # camera fields are 4:3 to 16:9; a strip this thin is not a field (and cannot be shrunk)
-MAX_RADIUS_FRACTION = 4  # a typical "cell" wider than a quarter of the field's short side is a pile
 MIN_SHARPNESS = FOCUS_FLOOR  # the one focus floor (edgekit.device.field.focus)
 MAX_SATURATED = 0.97  # overexposed: nearly all saturated white (a white background alone is not)
 
 
-def _shape_reason(rgb: np.ndarray) -> str | None:
+def shape_reason(rgb: np.ndarray) -> str | None:
+    """Why ``rgb`` cannot be a microscope field by its shape alone (too small, a strip), or None."""
     h, w = rgb.shape[:2]
     if min(h, w) < MIN_SIDE:
         return f"image too small for a microscope field ({w}x{h})"
@@ -30,13 +29,13 @@ def field_quality(rgb: np.ndarray, small: np.ndarray | None = None, focus: float
     ``small``: a shrunk copy to measure on (the segmentation's working copy); default: at most
     1024 px. ``focus``: the field's :func:`focus_score` when the caller has it already."""
     cv2 = opencv()
-    reason = _shape_reason(rgb)
+    reason = shape_reason(rgb)
     if reason:
         return reason
     if small is None:
         small = working_copy(rgb, 1024)[0]
     gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
-    if _saturated(small) > MAX_SATURATED:
+    if saturated_fraction(small) > MAX_SATURATED:
         return f"overexposed (more than {MAX_SATURATED:.0%} of the field is saturated white)"
     mean, std = (float(v[0, 0]) for v in cv2.meanStdDev(gray))
     if mean < 40:
@@ -49,37 +48,11 @@ def field_quality(rgb: np.ndarray, small: np.ndarray | None = None, focus: float
 def field_focus(rgb: np.ndarray) -> float | None:
     """The field's :func:`focus_score`, measured once for both the field gate (:func:`count_cells`)
     and the session's check; None for an image :func:`count_cells` refuses by its shape alone."""
-    return None if _shape_reason(rgb) else focus_score(rgb)
+    return None if shape_reason(rgb) else focus_score(rgb)
 
 
-def _saturated(rgb: np.ndarray) -> float:
+def saturated_fraction(rgb: np.ndarray) -> float:
     """Fraction of the pixels saturated white in every channel."""
     cv2 = opencv()
     white = cv2.countNonZero(cv2.inRange(rgb, (250, 250, 250), (255, 255, 255)))
     return white / (rgb.shape[0] * rgb.shape[1])
-
-
-def count_cells(
-    rgb: np.ndarray, params: FieldParams | None = None, focus: float | None = None
-) -> tuple[list[CellBox], float, str | None]:
-    """Quality check, then :func:`find_cells`: (cells, typical radius in pixels, reason or None).
-    A reason means the field is not to be counted, and the cell list is then empty. ``focus``: the
-    field's :func:`field_focus` when the caller has it already."""
-    p = params or FieldParams()
-    reason = _shape_reason(rgb)  # before shrinking: a 1-px strip cannot be shrunk
-    if reason:
-        return [], 0.0, reason
-    work = working_copy(rgb, p.max_side)
-    reason = field_quality(rgb, work[0], focus)
-    if reason:
-        return [], 0.0, reason
-    cells, radius = _segment(rgb, p, work)
-    if radius > min(rgb.shape[:2]) / MAX_RADIUS_FRACTION:
-        # the "cells" are one mass wider than a quarter of the field: cells are piled up
-        return [], radius, "cells overlap into one mass (a thick part of the smear); move to a thinner area"
-    if not cells:
-        if _saturated(work[0]) > 0.5:  # a white background with no cell left visible on it
-            return [], radius, "overexposed (no cells visible; more than half the field is saturated white)"
-        return [], radius, "no red cells found"
-    return cells, radius, None
-

@@ -365,7 +365,7 @@ def _kmeans_split(
 
 def find_cells(rgb: np.ndarray, params: FieldParams | None = None) -> list[CellBox]:
     """Find the red blood cells of a field; boxes and masks are in full-resolution pixels."""
-    return _segment(rgb, params or FieldParams())[0]
+    return segment_cells(rgb, params)[0]
 
 
 def working_copy(rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
@@ -379,10 +379,166 @@ def working_copy(rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
     return cv2.resize(rgb, (round(W * scale), round(H * scale)), interpolation=cv2.INTER_AREA), scale
 
 
-def _segment(
-    rgb: np.ndarray, p: FieldParams, work: tuple[np.ndarray, float] | None = None
-) -> tuple[list[CellBox], float]:
+def _typical_radius(
+    dist: np.ndarray, fg: np.ndarray, circles: float, spread: float, scale: float, p: FieldParams
+) -> float:
+    """The typical cell radius in working-copy pixels: the given one, or the distance map's
+    estimate blended with the circles' radius (``circles``, their ``spread``) when measured."""
+    if p.cell_radius:
+        return p.cell_radius * scale
+    radius = _estimate_radius(dist, fg, circles if p.radius_peaks else 0.0)
+    if not p.hough_radius or radius < 3:
+        return radius
+    if p.radius_cap > 0 and radius > p.radius_cap * circles and spread < p.circle_spread:
+        # a crowded field: the distance map's maxima sit in solid clumps, deeper than any one
+        # cell, while the circles agree on one size (on BCCD, circles far below the distance
+        # map are pale centres mixed with whole cells, and spread widely)
+        radius = circles
+    # blended (geometric mean) with the circles' radius, which runs a little small
+    return math.sqrt(radius * (circles or radius)) * p.radius_gain
+
+
+def _with_rims(
+    fg: np.ndarray, density: _Density, holes: _Holes, radius: float, p: FieldParams
+) -> tuple[np.ndarray, np.ndarray]:
+    """The foreground with pale "ghost" cells made whole, and its distance transform: such cells
+    show only a thin darker rim, which a local threshold finds and filling makes a cell."""
     cv2 = opencv()
+    u8 = cv2.GaussianBlur(density.u8, (3, 3), 0)
+    local = cv2.blur(u8, (_odd(radius),) * 2)
+    rim = ((u8.astype(np.int16) - local > p.rim) & (u8 >= p.min_od * density.scale)).astype(np.uint8) * 255
+    rim = cv2.morphologyEx(rim, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
+    fg = holes.fill(fg | rim, density, _threshold(density, p.threshold, p.min_od))
+    fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5)))
+    return fg, cv2.distanceTransform(fg, cv2.DIST_L2, 5)
+
+
+def _regions(markers: np.ndarray, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The pixel coordinates (ys, xs) of each of the ``n`` labelled regions of ``markers``."""
+    w = markers.shape[1]
+    flat = markers.ravel()
+    order = np.argsort(flat, kind="stable")
+    ends = np.cumsum(np.bincount(flat, minlength=n + 1))
+    return [np.divmod(order[ends[k - 1] : ends[k]], w) for k in range(1, n + 1)]
+
+
+def _split_clumps(
+    regions: list[tuple[np.ndarray, np.ndarray]], cell_area: float, p: FieldParams
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The regions, those that hold several cells split by area (sizes relative to the field's
+    typical single cell), empty ones left out."""
+    single = [ys.size for ys, _ in regions if 0.5 * cell_area <= ys.size <= 1.5 * cell_area]
+    typical = float(np.median(single)) if len(single) >= 3 else cell_area
+    pieces = []
+    for ys, xs in regions:
+        if p.split_area > 0 and ys.size > p.split_area * typical:
+            # a clump the seeds did not split: as many cells as its area holds, nearest-centre split
+            pieces += _kmeans_split(ys, xs, int(round(ys.size / typical)))
+        elif (p.split_elongation > 0 and ys.size > p.split_min_area * typical
+              and _elongation(ys, xs) > p.split_elongation):
+            # two overlapping cells: a little more than one cell's area, but oblong, not round
+            pieces += _kmeans_split(ys, xs, max(2, int(round(ys.size / typical))))
+        elif ys.size:
+            pieces.append((ys, xs))
+    return pieces
+
+
+def _hull_mask(ys: np.ndarray, xs: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """The region's convex hull as a uint8 mask of ``box`` (y0, y1, x0, x1): a pale centre open to
+    one side (a "C") and the straight cut between two overlapping cells both belong to the cell,
+    as in the NIH masks."""
+    cv2 = opencv()
+    y0, y1, x0, x1 = box
+    local = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    local[ys - y0, xs - x0] = 1
+    contours, _ = cv2.findContours(local, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    hull = cv2.convexHull(np.concatenate(contours))  # the outline's hull: that of all its pixels
+    return cv2.fillConvexPoly(np.zeros_like(local), hull, 1)
+
+
+@dataclass(frozen=True)
+class _Cropper:
+    """Turns a field's regions (working-copy pixels) into cells of the full-resolution field."""
+
+    p: FieldParams
+    radius: float  # typical cell radius, working-copy pixels
+    scale: float  # working copy / field
+    zone: np.ndarray  # bool: where white cells are (:func:`_nucleus_zone`)
+    edge_fg: np.ndarray | None  # bool: the faint stain a cell's mask may grow into; None: no growth
+    full: tuple[int, int]  # the field's (height, width)
+
+    def cell(self, ys: np.ndarray, xs: np.ndarray, index: int) -> CellBox | None:
+        """Region (ys, xs) as cell number ``index``; None when it is no red cell."""
+        h, w = self.zone.shape
+        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        edge = x0 == 0 or y0 == 0 or x1 == w or y1 == h
+        if self._rejected(ys, xs, edge):
+            return None
+        if self.p.grow > 0:
+            g = self._growth
+            y0, y1, x0, x1 = max(0, y0 - g), min(h, y1 + g), max(0, x0 - g), min(w, x1 + g)
+        box = (y0, y1, x0, x1)
+        local = _hull_mask(ys, xs, box)
+        if self.edge_fg is not None:
+            local, box = self._grown(local, box, self.edge_fg)
+        if self.scale != 1.0:
+            local, box = self._full_resolution(local, box)
+        y0, y1, x0, x1 = box
+        mask = local.astype(bool)
+        return CellBox(index, int(x0), int(y0), int(x1 - x0), int(y1 - y0), area=int(mask.sum()), mask=mask,
+                       edge=bool(edge))
+
+    @property
+    def _growth(self) -> int:
+        return int(round(self.p.grow * self.radius))
+
+    def _rejected(self, ys: np.ndarray, xs: np.ndarray, edge: bool) -> bool:
+        """Too small (debris, platelets; cut cells may be smaller), too large, or inside a white cell."""
+        p = self.p
+        cell_area = math.pi * self.radius * self.radius
+        area = ys.size
+        if area < (p.min_edge_area if edge else p.min_area) * cell_area or area > p.max_area * cell_area:
+            return True
+        return bool(self.zone[ys, xs].mean() > p.max_wbc_overlap)
+
+    def _grown(
+        self, local: np.ndarray, box: tuple[int, int, int, int], edge_fg: np.ndarray
+    ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+        """The mask grown into the faint stain around it (the pale edge the threshold cut off),
+        cropped to its new extent."""
+        cv2 = opencv()
+        y0, y1, x0, x1 = box
+        g = self._growth
+        grown = cv2.dilate(local, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * g + 1,) * 2))
+        local |= grown & edge_fg[y0:y1, x0:x1]
+        ly, lx = np.nonzero(local)
+        local = local[ly.min() : ly.max() + 1, lx.min() : lx.max() + 1]
+        y0, x0 = y0 + ly.min(), x0 + lx.min()
+        return local, (y0, y0 + local.shape[0], x0, x0 + local.shape[1])
+
+    def _full_resolution(
+        self, local: np.ndarray, box: tuple[int, int, int, int]
+    ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+        """The mask and box in the full-resolution field's pixels."""
+        cv2 = opencv()
+        H, W = self.full
+        y0, y1, x0, x1 = box
+        fx0, fy0 = int(x0 / self.scale), int(y0 / self.scale)
+        fx1, fy1 = min(W, int(math.ceil(x1 / self.scale))), min(H, int(math.ceil(y1 / self.scale)))
+        local = cv2.resize(local, (fx1 - fx0, fy1 - fy0), interpolation=cv2.INTER_NEAREST)
+        return local, (fy0, fy1, fx0, fx1)
+
+
+def segment_cells(
+    rgb: np.ndarray, params: FieldParams | None = None, work: tuple[np.ndarray, float] | None = None
+) -> tuple[list[CellBox], float]:
+    """The cell finder (see the package docstring): the red cells of a field, boxes and masks in
+    full-resolution pixels, and the typical cell radius in those pixels (0.0 with no cells to size,
+    and then no cells). ``work``: the field's :func:`working_copy` at ``params.max_side`` when
+    the caller has it already. No quality check: :func:`edgekit.device.field.count_cells` is the
+    gate and the finder together."""
+    cv2 = opencv()
+    p = params or FieldParams()
     H, W = rgb.shape[:2]
     work, scale = work or working_copy(rgb, p.max_side)
     od = _optical_density(work, p)
@@ -397,90 +553,22 @@ def _segment(
     fg = _foreground(density, p.threshold, p.min_od, holes)
     dist = cv2.distanceTransform(fg, cv2.DIST_L2, 5)
     nuc = _nucleus_pixels(od, p, density)
-    if p.cell_radius:
-        radius = p.cell_radius * scale
-    else:
-        radius = _estimate_radius(dist, fg, circles if p.radius_peaks else 0.0)
-    if estimate and radius >= 3:
-        if p.radius_cap > 0 and radius > p.radius_cap * circles and spread < p.circle_spread:
-            # a crowded field: the distance map's maxima sit in solid clumps, deeper than any one
-            # cell, while the circles agree on one size (on BCCD, circles far below the distance
-            # map are pale centres mixed with whole cells, and spread widely)
-            radius = circles
-        # blended (geometric mean) with the circles' radius, which runs a little small
-        radius = math.sqrt(radius * (circles or radius)) * p.radius_gain
+    radius = _typical_radius(dist, fg, circles, spread, scale, p)
     if radius < 3:
         return [], 0.0
     if p.rim > 0:
-        # pale "ghost" cells show only a thin darker rim: a local threshold finds the rim, and
-        # filling it makes the cell whole
-        u8, dscale = density.u8, density.scale
-        u8 = cv2.GaussianBlur(u8, (3, 3), 0)
-        local = cv2.blur(u8, (_odd(radius),) * 2)
-        rim = ((u8.astype(np.int16) - local > p.rim) & (u8 >= p.min_od * dscale)).astype(np.uint8) * 255
-        rim = cv2.morphologyEx(rim, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
-        fg = holes.fill(fg | rim, density, _threshold(density, p.threshold, p.min_od))
-        fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5)))
-        dist = cv2.distanceTransform(fg, cv2.DIST_L2, 5)
+        fg, dist = _with_rims(fg, density, holes, radius, p)
     markers, n = _split_touching(density, fg, dist, radius, p)
     # growth only reaches into faintly stained pixels (a cell's pale edge), never into background
     edge_fg = _foreground(density, p.threshold * p.grow_threshold, p.min_od) > 0 if p.grow > 0 else None
-    zone = _nucleus_zone(nuc, radius, p)
-    cell_area = math.pi * radius * radius
-    h, w = fg.shape
-    flat = markers.ravel()
-    order = np.argsort(flat, kind="stable")
-    ends = np.cumsum(np.bincount(flat, minlength=n + 1))
-    regions = [np.divmod(order[ends[k - 1] : ends[k]], w) for k in range(1, n + 1)]
-    single = [ys.size for ys, _ in regions if 0.5 * cell_area <= ys.size <= 1.5 * cell_area]
-    typical = float(np.median(single)) if len(single) >= 3 else cell_area
-    pieces = []
-    for ys, xs in regions:
-        if p.split_area > 0 and ys.size > p.split_area * typical:
-            # a clump the seeds did not split: as many cells as its area holds, nearest-centre split
-            pieces += _kmeans_split(ys, xs, int(round(ys.size / typical)))
-        elif (p.split_elongation > 0 and ys.size > p.split_min_area * typical
-              and _elongation(ys, xs) > p.split_elongation):
-            # two overlapping cells: a little more than one cell's area, but oblong, not round
-            pieces += _kmeans_split(ys, xs, max(2, int(round(ys.size / typical))))
-        elif ys.size:
-            pieces.append((ys, xs))
+    cropper = _Cropper(p, radius, scale, _nucleus_zone(nuc, radius, p), edge_fg, (H, W))
+    pieces = _split_clumps(_regions(markers, n), math.pi * radius * radius, p)
     cells: list[CellBox] = []
     for ys, xs in pieces:
-        area = ys.size
-        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-        edge = x0 == 0 or y0 == 0 or x1 == w or y1 == h
-        if area < (p.min_edge_area if edge else p.min_area) * cell_area or area > p.max_area * cell_area:
-            continue
-        if zone[ys, xs].mean() > p.max_wbc_overlap:
-            continue
-        if p.grow > 0:
-            g = int(round(p.grow * radius))
-            y0, y1, x0, x1 = max(0, y0 - g), min(h, y1 + g), max(0, x0 - g), min(w, x1 + g)
-        local = np.zeros((y1 - y0, x1 - x0), np.uint8)
-        local[ys - y0, xs - x0] = 1
-        # the crop mask is the region's convex hull: a pale centre open to one side (a "C") and the
-        # straight cut between two overlapping cells both belong to the cell, as in the NIH masks
-        contours, _ = cv2.findContours(local, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        hull = cv2.convexHull(np.concatenate(contours))  # the outline's hull: that of all its pixels
-        local = cv2.fillConvexPoly(np.zeros_like(local), hull, 1)
-        if edge_fg is not None:
-            grown = cv2.dilate(local, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * g + 1,) * 2))
-            local |= grown & edge_fg[y0:y1, x0:x1]
-            ly, lx = np.nonzero(local)
-            local = local[ly.min() : ly.max() + 1, lx.min() : lx.max() + 1]
-            y0, x0 = y0 + ly.min(), x0 + lx.min()
-            y1, x1 = y0 + local.shape[0], x0 + local.shape[1]
-        if scale != 1.0:
-            fx0, fy0 = int(x0 / scale), int(y0 / scale)
-            fx1, fy1 = min(W, int(math.ceil(x1 / scale))), min(H, int(math.ceil(y1 / scale)))
-            local = cv2.resize(local, (fx1 - fx0, fy1 - fy0), interpolation=cv2.INTER_NEAREST)
-            x0, y0, x1, y1 = fx0, fy0, fx1, fy1
-        mask = local.astype(bool)
-        box = (int(x0), int(y0), int(x1 - x0), int(y1 - y0))
-        cells.append(CellBox(len(cells), *box, area=int(mask.sum()), mask=mask, edge=bool(edge)))
+        cell = cropper.cell(ys, xs, len(cells))
+        if cell is not None:
+            cells.append(cell)
     return cells, radius / scale
-
 
 
 def cell_radius(rgb: np.ndarray, max_side: int = 400, params: FieldParams | None = None) -> float:

@@ -1,0 +1,39 @@
+"""Counting a field's cells: the quality gate (:mod:`.quality`), then the finder (:mod:`.segment`),
+then the checks only a found cell size allows."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgekit.device.field.quality import field_quality, saturated_fraction, shape_reason
+from edgekit.device.field.segment import segment_cells, working_copy
+from edgekit.device.field.types import CellBox, FieldParams
+
+MAX_RADIUS_FRACTION = 4  # a typical "cell" wider than a quarter of the field's short side is a pile
+
+
+def count_cells(
+    rgb: np.ndarray, params: FieldParams | None = None, focus: float | None = None
+) -> tuple[list[CellBox], float, str | None]:
+    """Quality check, then :func:`~edgekit.device.field.segment.segment_cells`: (cells, typical
+    radius in pixels, reason or None). A reason means the field is not to be counted, and the cell
+    list is then empty. ``focus``: the field's :func:`~edgekit.device.field.quality.field_focus`
+    when the caller has it already."""
+    p = params or FieldParams()
+    reason = shape_reason(rgb)  # before shrinking: a 1-px strip cannot be shrunk
+    if reason:
+        return [], 0.0, reason
+    work = working_copy(rgb, p.max_side)
+    reason = field_quality(rgb, work[0], focus)
+    if reason:
+        return [], 0.0, reason
+    cells, radius = segment_cells(rgb, p, work)
+    if radius > min(rgb.shape[:2]) / MAX_RADIUS_FRACTION:
+        # the "cells" are one mass wider than a quarter of the field: cells are piled up
+        return [], radius, "cells overlap into one mass (a thick part of the smear); move to a thinner area"
+    if not cells:
+        if saturated_fraction(work[0]) > 0.5:  # a white background with no cell left visible on it
+            return [], radius, "overexposed (no cells visible; more than half the field is saturated white)"
+        return [], radius, "no red cells found"
+    return cells, radius, None
+
