@@ -32,7 +32,7 @@ _ONNX_DTYPES = {
 _NOISE = (b"INFO: Created TensorFlow Lite XNNPACK delegate",)
 
 
-def _scratch_file() -> IO[bytes]:
+def scratch_file() -> IO[bytes]:
     """An anonymous temporary file: in memory on Linux (``memfd``), else ``tempfile`` (which pulls
     in shutil, random, bz2 and lzma: not worth it on every model load, for cold start)."""
     if hasattr(os, "memfd_create"):
@@ -55,7 +55,7 @@ def _quiet_native_info() -> Iterator[None]:
     except (OSError, ValueError):
         yield
         return
-    with _scratch_file() as tmp:
+    with scratch_file() as tmp:
         os.dup2(tmp.fileno(), 2)
         try:
             yield

@@ -248,7 +248,7 @@ class ScreenedWith:
 MAX_NAME_CHARS = 128
 
 
-def _check_name(what: str, value: str | None) -> None:
+def check_name(what: str, value: str | None) -> None:
     """Patient ids, sites and operators are shown on screens and in CSV exports: one printable line."""
     import unicodedata
 
@@ -365,7 +365,7 @@ class RecordStore:
         if not patient or not patient.strip():
             raise RecordsError("a patient id is required")
         for what, value in (("patient id", patient), ("site", site), ("operator", operator)):
-            _check_name(what, value)
+            check_name(what, value)
         now = time.time()
         stored = None if decision is None else json.dumps(decision.to_dict())
         w = screened_with
