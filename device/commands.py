@@ -365,21 +365,20 @@ def sessions_list(db: Path | None, window: int) -> None:
     import time
 
     from edgekit.device.drift import rolling_view, session_points
-    from edgekit.device.records import Session
-    from edgekit.device.sessions import session_summary
+    from edgekit.device.sessions import summarized_sessions
 
     with _store(db) as store:
-        rows = [(r, session_summary(store, Session.from_row(r))) for r in store.sessions()]
-        per_session, sites = rolling_view(session_points(store, rows), window)
+        rows = summarized_sessions(store)
+    per_session, sites = rolling_view(session_points(rows), window)
     click.echo(f"{'id':>4}  {'patient':<16} {'site':<12} {'cells':>6} {'parasit.':>8} {'decision':>8}"
                f" {'drift':>11}  updated")
-    for r, summary in rows:
-        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["updated_at"]))
+    for s, summary in rows:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(s.updated_at))
         cells, par, dec = ("?", "?", "unknown") if summary is None else (
             summary.crops, summary.parasitized, summary.decision)
-        patient, site = display_text(r["patient"]), display_text(r["site"] or "-")
-        drift = per_session[r["id"]].short() if r["id"] in per_session else "-"
-        click.echo(f"{r['id']:>4}  {patient:<16} {site:<12} {cells:>6}"
+        patient, site = display_text(s.patient), display_text(s.site or "-")
+        drift = per_session[s.id].short() if s.id in per_session else "-"
+        click.echo(f"{s.id:>4}  {patient:<16} {site:<12} {cells:>6}"
                    f" {par:>8} {dec:>8} {drift:>11}  {when}")
     guarded = [s for s in sites if s.drift.threshold is not None]  # bundles with guard statistics
     if guarded:
@@ -398,26 +397,20 @@ def sessions_show(session_id: str | None, by_id: int | None, by_patient: str | N
                   as_json: bool) -> None:
     """Summary of one session: SESSION is a session id or a patient id (the latest session of that
     patient); when it could be both, say which with --id or --patient."""
-    from edgekit.device.drift import field_guard, field_guard_line
-    from edgekit.device.review import per_field, review_summary
-    from edgekit.device.review_commands import review_text, session_cutoff
-    from edgekit.device.sessions import NO_DECISION, provenance_lines, public_session, session_summary
+    from edgekit.device.drift import field_guard_line
+    from edgekit.device.sessions import NO_DECISION, provenance_lines, public_session, read_session
     from edgekit.errors import EdgekitError
 
     with _store(db) as store:
         session = _find(store, session_id, by_id, by_patient)
         if session is None:
             raise EdgekitError("which session? give SESSION, --id N or --patient ID")
-        summary = session_summary(store, session)
-        records, cutoff = store.records(session.id), session_cutoff(session)
-        review = review_summary(records, store.reviews(session.id), cutoff)
-        fields, lines = per_field(records, cutoff), review_text(store, session)
-        dom = session.guarded_with if summary is not None else None
-        guard = field_guard(records, dom) if dom is not None else []  # a bundle without a guard: nothing
+        seen = read_session(store, session)
+    summary, guard = seen.summary, seen.guard_fields()
     if as_json:
         click.echo(json.dumps({"session": public_session(session),
                                "summary": None if summary is None else summary.to_dict(),
-                               "review": review, "fields": fields, "guard_fields": guard}))
+                               "review": seen.review, "fields": seen.fields, "guard_fields": guard}))
         return
     click.echo(f"session {session.id}  site {session.site or '-'}  operator {session.operator or '-'}")
     for line in provenance_lines(session):
@@ -425,13 +418,13 @@ def sessions_show(session_id: str | None, by_id: int | None, by_patient: str | N
     if summary is None:
         click.echo(f"patient {session.patient}: {NO_DECISION}")
         return
-    decided = session.decided_with
+    decided = seen.decision
     click.echo(f"decided at cell cutoff {decided.cutoff:.3f} on p({decided.counted_label}), "
                f"patient rule: {decided.rule.describe()}")
     click.echo(summary.line())
     if (guard_line := field_guard_line(guard)) is not None:
         click.echo(display_text(guard_line))
-    for line in lines:
+    for line in seen.review_lines():
         click.echo(line)
 
 
@@ -450,16 +443,14 @@ def sessions_export(session_id: str | None, by_id: int | None, by_patient: str |
     """Export the records of one session (or all sessions) as CSV or JSON lines (times in UTC, ISO 8601),
     with a reviewer's verdict on each cell where there is one (columns review, reviewer).
     CSV text cells that a spreadsheet would run as formulas are prefixed with a quote."""
-    from edgekit.device.sessions import EXPORT_COLUMNS, export_rows
+    from edgekit.device.sessions import EXPORT_COLUMNS, all_sessions, export_rows
     from edgekit.safefile import check_output_target
 
     if output is not None:
         check_output_target(output, force)  # before any work: refuse symlinks, FIFOs, devices, folders
     with _store(db) as store:
         one = _find(store, session_id, by_id, by_patient)
-        chosen = [one] if one is not None else [
-            store.find_session(str(r["id"]), by="id") for r in store.sessions()]
-        rows = export_rows(store, chosen)
+        rows = export_rows(store, [one] if one is not None else all_sessions(store))
     if out_format == "jsonl" and not as_csv:
         text = "".join(json.dumps({k: r.get(k) for k in EXPORT_COLUMNS}) + "\n" for r in rows)
     else:

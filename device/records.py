@@ -168,6 +168,12 @@ def _db_errors(path: Path) -> Iterator[None]:
         ) from exc
 
 
+def _record(row: sqlite3.Row) -> dict[str, Any]:
+    d = dict(row)
+    d["probabilities"] = json.loads(d["probabilities"]) if d["probabilities"] else None
+    return d
+
+
 def _connect_read_only(path: Path, timeout: float) -> sqlite3.Connection:
     """A read-only connection that writes nothing, even in a read-only folder or on a full disk
     (where SQLite cannot create the WAL index: the file is then opened as immutable)."""
@@ -519,12 +525,17 @@ class RecordStore:
             rows = self.conn.execute(
                 "SELECT * FROM records WHERE session_id = ? ORDER BY id", (session_id,)
             ).fetchall()
-        out = []
-        for r in rows:
-            d = dict(r)
-            d["probabilities"] = json.loads(d["probabilities"]) if d["probabilities"] else None
-            out.append(d)
-        return out
+        return [_record(r) for r in rows]
+
+    def records_by_session(self) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+        """Every session's records (as :meth:`records` gives them), one session at a time, from one
+        query: listing many sessions costs one read, and only one session's records are held at once."""
+        from itertools import groupby
+
+        with _db_errors(self.path):
+            rows = self.conn.execute("SELECT * FROM records ORDER BY session_id, id")
+            for session_id, group in groupby(rows, key=lambda r: r["session_id"]):
+                yield int(session_id), [_record(r) for r in group]
 
     # ------------------------------------------------------------------ review (schema 2)
 
