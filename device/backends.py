@@ -11,7 +11,7 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -30,6 +30,19 @@ _ONNX_DTYPES = {
 
 
 _NOISE = (b"INFO: Created TensorFlow Lite XNNPACK delegate",)
+
+
+def predict_in_batches(predict: Callable[[Any], Any], items: Sequence[Any], batch_size: int,
+                       stack: Callable[[Sequence[Any]], Any] | None = None) -> np.ndarray:
+    """``predict`` over ``items`` (at least one), ``batch_size`` at a time in order, each batch made
+    by ``stack`` (default: the slice itself, for an array); the outputs concatenated. One loop for
+    export's validation, `field`, `classify`/`screen` and the benchmarks: the same batches, the same
+    bits. Batches bound the model's activations and the stacked input (peak memory)."""
+    def batch(i: int) -> Any:
+        chunk = items[i : i + batch_size]
+        return chunk if stack is None else stack(chunk)
+
+    return np.concatenate([predict(batch(i)) for i in range(0, len(items), batch_size)])
 
 
 def scratch_file() -> IO[bytes]:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
+from edgekit.device.backends import predict_in_batches
 from edgekit.device.preprocess import is_image_file, prepare, read_image
 from edgekit.device.quality import QualityGates, check_quality
 from edgekit.errors import ImageError
@@ -217,8 +218,7 @@ def predict_loaded(
         t0 = time.perf_counter()
         # at most BATCH_SIZE crops per call: a whole field's ~130 cells in one call sized the model's
         # activations (and the stacked input) for all of them, ~40 MB of peak RSS for no speed
-        probs = np.concatenate([classifier.predict(np.stack([x for _, x in ready[i : i + BATCH_SIZE]]))
-                                for i in range(0, len(ready), BATCH_SIZE)])
+        probs = predict_in_batches(classifier.predict, [x for _, x in ready], BATCH_SIZE, np.stack)
         share = (time.perf_counter() - t0) / len(ready)
         for (out, _), row in zip(ready, probs, strict=True):
             out.prediction = classifier.interpret(row)
