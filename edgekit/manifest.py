@@ -232,9 +232,15 @@ class Decision:
     def cutoff(self) -> float:
         return float(self.thresholds.cutoff)  # type: ignore[arg-type]  # set by Thresholds.__post_init__
 
+    def counted(self, p_positive: Any) -> Any:
+        """Whether cells count as positive (parasitemia, patient rule, printed label): a probability
+        gives a bool, a numpy array of them a bool array (numpy is never imported here)."""
+        called = p_positive >= self.cutoff
+        return called if getattr(called, "ndim", 0) else bool(called)
+
     def is_counted_positive(self, p_positive: float) -> bool:
-        """True when a cell counts as positive (parasitemia, patient rule, printed label)."""
-        return p_positive >= self.cutoff
+        """True when one cell counts as positive (:meth:`counted`)."""
+        return self.counted(p_positive)
 
     def cell_call(self, p_positive: float) -> str:
         """positive | negative | uncertain (the band, for a human look)."""

@@ -175,7 +175,7 @@ def check_site(bundle: str | os.PathLike, data: str | os.PathLike,
     measured["auc"] = float(roc_auc(y, p)) if both else None
     measured["sensitivity_at_specificity_0.995"] = (
         sensitivity_at_specificity(y, p, 0.995)["sensitivity"] if both else None)
-    called = p >= decision.cutoff
+    called = decision.counted(p)
     pe = field_parasitemia_error(g, y, called)
     measured["parasitemia_error_points"] = pe["mae_points"]
     measured["parasitemia_error_upper95_points"] = pe["mae_upper95_points"]
