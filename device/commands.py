@@ -97,15 +97,7 @@ def classify(ctx: click.Context, paths: tuple[str, ...], bundle: Path | None, mo
 
     warm_up_for(bundle)  # first: the colour tables build while everything else loads
     from edgekit.device.output import Progress, ResultWriter, result_columns, result_row
-    from edgekit.device.pipeline import (
-        BATCH_SIZE,
-        Outcome,
-        Tally,
-        classify_batch,
-        expand_inputs,
-        missing_reason,
-        workers,
-    )
+    from edgekit.device.pipeline import Tally, classify_items, expand_inputs, workers
     from edgekit.device.quality import DEFAULT_GATES
 
     classifier = _load(bundle, model_format, threads, allow_unsigned)
@@ -115,21 +107,12 @@ def classify(ctx: click.Context, paths: tuple[str, ...], bundle: Path | None, mo
     tally = Tally()
     scores: list[float | None] = []  # the domain guard's distance of every crop it could measure
     gates = DEFAULT_GATES if quality else None
-    n_workers = workers(threads)
-    # the first image alone, so its result shows at once; then batches (one inference call each)
-    starts = [0, *range(1, len(items), BATCH_SIZE)] if items else []
-    for a, b in zip(starts, [*starts[1:], len(items)], strict=True):
-        chunk = items[a:b]
-        todo = [(s, p, None) for s, p in chunk if p is not None]
-        found = classify_batch(todo, classifier, gates, n_workers)
-        it = iter(found)
-        for shown, path in chunk:
-            out = Outcome(shown, "failed", reason=missing_reason(shown)) if path is None else next(it)
-            tally.add(out.status)
-            scores.append(out.domain_score)
-            bar.clear()
-            writer.write(result_row(out, classifier))
-            bar.update()
+    for out in classify_items(items, classifier, gates, workers(threads)):
+        tally.add(out.status)
+        scores.append(out.domain_score)
+        bar.clear()
+        writer.write(result_row(out, classifier))
+        bar.update()
     bar.close()
     click.echo(tally.line(), err=True)
     if classifier.manifest.domain is not None and tally.counts["classified"]:

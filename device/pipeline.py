@@ -182,6 +182,24 @@ def classify_one(
     return classify_batch([(source_id, image, content_hash)], classifier, gates)[0]
 
 
+def classify_items(
+    items: Sequence[tuple[str, Path | None]],
+    classifier: Classifier,
+    gates: QualityGates | None,
+    n_workers: int = 1,
+) -> Iterator[Outcome]:
+    """The outcome of each (shown name, path or None: not found) of :func:`expand_inputs`, in order:
+    the first image alone, so its result shows at once; then :data:`BATCH_SIZE` at a time (one
+    inference call each)."""
+    starts = [0, *range(1, len(items), BATCH_SIZE)] if items else []
+    for a, b in zip(starts, [*starts[1:], len(items)], strict=True):
+        chunk = items[a:b]
+        todo = [(s, p, None) for s, p in chunk if p is not None]
+        found = iter(classify_batch(todo, classifier, gates, n_workers))
+        for shown, path in chunk:
+            yield Outcome(shown, "failed", reason=missing_reason(shown)) if path is None else next(found)
+
+
 def classify_batch(
     items: Sequence[tuple[str, np.ndarray | str | os.PathLike, str | None]],
     classifier: Classifier,
