@@ -197,10 +197,10 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
     """
     from edgekit.device.camera import center_square, frames
     from edgekit.device.output import Progress
-    from edgekit.device.pipeline import expand_inputs, workers
+    from edgekit.device.pipeline import workers
     from edgekit.device.quality import DEFAULT_GATES
     from edgekit.device.records import RecordStore, default_db_path
-    from edgekit.device.screening import path_crops, record_crops, record_fields, segment_paths
+    from edgekit.device.screening import file_source, record_crops, record_fields
     from edgekit.device.sessions import screened_with, session_summary
     from edgekit.errors import EdgekitError
 
@@ -229,11 +229,7 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
                 lambda n: click.echo(f"frame {n}: hold still: the view shakes too much to take the field",
                                      err=True)), None, "camera-field"
         else:
-            items = list(expand_inputs(paths))
-            if fields:  # the number of cells is unknown until each field is segmented
-                crops, total, kind = segment_paths(items, workers(threads)), None, "field"
-            else:
-                crops, total, kind = path_crops(items), len(items), "file"
+            crops, total, kind = file_source(paths, fields, workers(threads))
         bar = Progress(total, Progress.wanted(bool(progress)) if progress is not False else False)
 
         def report(out) -> None:

@@ -7,7 +7,7 @@ microscope fields): an iterable of ``(source_id, content_hash, uint8 crop or pat
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from itertools import islice
 from pathlib import Path
@@ -20,6 +20,7 @@ from edgekit.device.pipeline import (
     Outcome,
     Tally,
     array_hash,
+    expand_inputs,
     file_hash,
     load_batch,
     missing_reason,
@@ -139,6 +140,17 @@ def path_crops(paths: Iterable[tuple[str, Path | None]]) -> Iterable[Crop]:
     """(shown path, Path) from ``expand_inputs`` -> crops; the hash is computed lazily per file."""
     for shown, path in paths:
         yield shown, None, path if path is not None else shown
+
+
+def file_source(paths: Sequence[str], fields: bool, n_workers: int = 1
+                ) -> tuple[Iterable[Any], int | None, str]:
+    """What `screen PATHS` records, as (items, how many or None, source kind): whole fields decoded and
+    segmented ``n_workers`` ahead (:func:`record_fields`; their cells unknown until segmented), or one
+    crop per file (:func:`record_crops`)."""
+    items = list(expand_inputs(paths))
+    if fields:
+        return segment_paths(items, n_workers), None, "field"
+    return path_crops(items), len(items), "file"
 
 
 def field_crops(paths: Iterable[tuple[str, Path | None]], n_workers: int = 1) -> Iterable[Crop]:
