@@ -228,7 +228,7 @@ class Session:
         return None if d is None else Domain(**d)
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> Session:
+    def from_row(cls, row: sqlite3.Row | Mapping[str, Any]) -> Session:
         """From a ``sessions`` row; columns this edgekit does not know are ignored."""
         d = dict(row)
         out = cls(**{k: d.get(k) for k in _COLUMNS["sessions"]})
