@@ -23,6 +23,7 @@ def evaluate(bundle: Path, fmt: str, x: np.ndarray, y_label: np.ndarray,
              groups: np.ndarray) -> dict[str, Any]:
     """Metrics of one bundle's format on crops ``x`` (uint8, prepared) with label indices ``y_label``."""
     from edgekit.benchmarks.accuracy import patient_summary
+    from edgekit.device.backends import predict_in_batches
     from edgekit.device.runtime import load_classifier
     from edgekit.metrics import binary_metrics
     from edgekit.thresholds import band_report
@@ -30,7 +31,7 @@ def evaluate(bundle: Path, fmt: str, x: np.ndarray, y_label: np.ndarray,
     clf = load_classifier(bundle, fmt, allow_unsigned=True, warn=lambda _line: None)
     decision = clf.manifest.decision
     pos = decision.positive_index
-    p = np.concatenate([clf.predict(x[i : i + 256])[:, pos] for i in range(0, len(x), 256)])
+    p = predict_in_batches(clf.predict, x, 256)[:, pos]
     y = y_label == pos
     m = binary_metrics(y, p, decision.cutoff, groups=groups, n_boot=1000)
     return {
@@ -41,7 +42,7 @@ def evaluate(bundle: Path, fmt: str, x: np.ndarray, y_label: np.ndarray,
         "metrics": {k: m[k] for k in ("n", "accuracy", "sensitivity", "specificity", "precision", "auc",
                                       "confusion")},
         "band": band_report(y, p, decision.thresholds),
-        "patients": patient_summary(y, p >= decision.cutoff, groups, decision.rule),
+        "patients": patient_summary(y, decision.counted(p), groups, decision.rule),
     }
 
 

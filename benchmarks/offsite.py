@@ -103,7 +103,7 @@ def run_iml(bundles: dict, folder: Path, log, every: int = 1) -> dict:
         p_all = {k: np.array(classify_crops(crops, clf)) if crops else np.zeros(0)
                  for k, clf in bundles.items()}
         for k, clf in bundles.items():
-            row[k] = float((p_all[k] >= clf.manifest.thresholds.cutoff).mean()) if len(p_all[k]) else None
+            row[k] = float(clf.manifest.decision.counted(p_all[k]).mean()) if len(p_all[k]) else None
         for i, j, _ in match_boxes(af.boxes, boxes, 0.4):
             b = af.boxes[i]
             if b.label is None:
@@ -148,7 +148,7 @@ def run_bccd(bundles: dict, folder: Path, every: int, log) -> dict:
         row = {"field": image.name, "found": len(boxes), "rejected": reason}
         for k, clf in bundles.items():
             p = np.array(classify_crops(crops, clf)) if crops else np.zeros(0)
-            row[k] = float((p >= clf.manifest.thresholds.cutoff).mean()) if len(p) else None
+            row[k] = float(clf.manifest.decision.counted(p).mean()) if len(p) else None
         rows.append(row)
         if n % 20 == 0:
             log(f"BCCD {n}/{len(images)} fields")

@@ -11,7 +11,7 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -32,7 +32,20 @@ _ONNX_DTYPES = {
 _NOISE = (b"INFO: Created TensorFlow Lite XNNPACK delegate",)
 
 
-def _scratch_file() -> IO[bytes]:
+def predict_in_batches(predict: Callable[[Any], Any], items: Sequence[Any], batch_size: int,
+                       stack: Callable[[Sequence[Any]], Any] | None = None) -> np.ndarray:
+    """``predict`` over ``items`` (at least one), ``batch_size`` at a time in order, each batch made
+    by ``stack`` (default: the slice itself, for an array); the outputs concatenated. One loop for
+    export's validation, `field`, `classify`/`screen` and the benchmarks: the same batches, the same
+    bits. Batches bound the model's activations and the stacked input (peak memory)."""
+    def batch(i: int) -> Any:
+        chunk = items[i : i + batch_size]
+        return chunk if stack is None else stack(chunk)
+
+    return np.concatenate([predict(batch(i)) for i in range(0, len(items), batch_size)])
+
+
+def scratch_file() -> IO[bytes]:
     """An anonymous temporary file: in memory on Linux (``memfd``), else ``tempfile`` (which pulls
     in shutil, random, bz2 and lzma: not worth it on every model load, for cold start)."""
     if hasattr(os, "memfd_create"):
@@ -55,7 +68,7 @@ def _quiet_native_info() -> Iterator[None]:
     except (OSError, ValueError):
         yield
         return
-    with _scratch_file() as tmp:
+    with scratch_file() as tmp:
         os.dup2(tmp.fileno(), 2)
         try:
             yield

@@ -98,15 +98,7 @@ def classify(ctx: click.Context, paths: tuple[str, ...], bundle: Path | None, mo
 
     warm_up_for(bundle)  # first: the colour tables build while everything else loads
     from edgekit.device.output import Progress, ResultWriter, result_columns, result_row
-    from edgekit.device.pipeline import (
-        BATCH_SIZE,
-        Outcome,
-        Tally,
-        classify_batch,
-        expand_inputs,
-        missing_reason,
-        workers,
-    )
+    from edgekit.device.pipeline import Tally, classify_items, expand_inputs, workers
     from edgekit.device.quality import DEFAULT_GATES
 
     classifier = _load(bundle, model_format, threads, allow_unsigned)
@@ -116,21 +108,12 @@ def classify(ctx: click.Context, paths: tuple[str, ...], bundle: Path | None, mo
     tally = Tally()
     scores: list[float | None] = []  # the domain guard's distance of every crop it could measure
     gates = DEFAULT_GATES if quality else None
-    n_workers = workers(threads)
-    # the first image alone, so its result shows at once; then batches (one inference call each)
-    starts = [0, *range(1, len(items), BATCH_SIZE)] if items else []
-    for a, b in zip(starts, [*starts[1:], len(items)], strict=True):
-        chunk = items[a:b]
-        todo = [(s, p, None) for s, p in chunk if p is not None]
-        found = classify_batch(todo, classifier, gates, n_workers)
-        it = iter(found)
-        for shown, path in chunk:
-            out = Outcome(shown, "failed", reason=missing_reason(shown)) if path is None else next(it)
-            tally.add(out.status)
-            scores.append(out.domain_score)
-            bar.clear()
-            writer.write(result_row(out, classifier))
-            bar.update()
+    for out in classify_items(items, classifier, gates, workers(threads)):
+        tally.add(out.status)
+        scores.append(out.domain_score)
+        bar.clear()
+        writer.write(result_row(out, classifier))
+        bar.update()
     bar.close()
     click.echo(tally.line(), err=True)
     if classifier.manifest.domain is not None and tally.counts["classified"]:
@@ -218,10 +201,10 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
     """
     from edgekit.device.camera import center_square, frames
     from edgekit.device.output import Progress
-    from edgekit.device.pipeline import expand_inputs, workers
+    from edgekit.device.pipeline import workers
     from edgekit.device.quality import DEFAULT_GATES
     from edgekit.device.records import RecordStore, default_db_path
-    from edgekit.device.screening import path_crops, record_crops, record_fields, segment_paths
+    from edgekit.device.screening import file_source, record_crops, record_fields
     from edgekit.device.sessions import screened_with, session_summary
     from edgekit.errors import EdgekitError
 
@@ -250,11 +233,7 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
                 lambda n: click.echo(f"frame {n}: hold still: the view shakes too much to take the field",
                                      err=True)), None, "camera-field"
         else:
-            items = list(expand_inputs(paths))
-            if fields:  # the number of cells is unknown until each field is segmented
-                crops, total, kind = segment_paths(items, workers(threads)), None, "field"
-            else:
-                crops, total, kind = path_crops(items), len(items), "file"
+            crops, total, kind = file_source(paths, fields, workers(threads))
         bar = Progress(total, Progress.wanted(bool(progress)) if progress is not False else False)
 
         def report(out) -> None:
@@ -372,21 +351,20 @@ def sessions_list(db: Path | None, window: int) -> None:
     import time
 
     from edgekit.device.drift import rolling_view, session_points
-    from edgekit.device.records import Session
-    from edgekit.device.sessions import session_summary
+    from edgekit.device.sessions import summarized_sessions
 
     with _store(db) as store:
-        rows = [(r, session_summary(store, Session.from_row(r))) for r in store.sessions()]
-        per_session, sites = rolling_view(session_points(store, rows), window)
+        rows = summarized_sessions(store)
+    per_session, sites = rolling_view(session_points(rows), window)
     click.echo(f"{'id':>4}  {'patient':<16} {'site':<12} {'cells':>6} {'parasit.':>8} {'decision':>8}"
                f" {'drift':>11}  updated")
-    for r, summary in rows:
-        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["updated_at"]))
+    for s, summary in rows:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(s.updated_at))
         cells, par, dec = ("?", "?", "unknown") if summary is None else (
             summary.crops, summary.parasitized, summary.decision)
-        patient, site = display_text(r["patient"]), display_text(r["site"] or "-")
-        drift = per_session[r["id"]].short() if r["id"] in per_session else "-"
-        click.echo(f"{r['id']:>4}  {patient:<16} {site:<12} {cells:>6}"
+        patient, site = display_text(s.patient), display_text(s.site or "-")
+        drift = per_session[s.id].short() if s.id in per_session else "-"
+        click.echo(f"{s.id:>4}  {patient:<16} {site:<12} {cells:>6}"
                    f" {par:>8} {dec:>8} {drift:>11}  {when}")
     guarded = [s for s in sites if s.drift.threshold is not None]  # bundles with guard statistics
     if guarded:
@@ -408,26 +386,20 @@ def sessions_show(session_id: str | None, by_id: int | None, by_patient: str | N
 
     SESSION is a session id or a patient id (the latest session of that patient); when it could be
     both, say which with --id or --patient."""
-    from edgekit.device.drift import field_guard, field_guard_line
-    from edgekit.device.review import per_field, review_summary
-    from edgekit.device.review_commands import review_text, session_cutoff
-    from edgekit.device.sessions import NO_DECISION, provenance_lines, public_session, session_summary
+    from edgekit.device.drift import field_guard_line
+    from edgekit.device.sessions import NO_DECISION, provenance_lines, public_session, read_session
     from edgekit.errors import EdgekitError
 
     with _store(db) as store:
         session = _find(store, session_id, by_id, by_patient)
         if session is None:
             raise EdgekitError("which session? give SESSION, --id N or --patient ID")
-        summary = session_summary(store, session)
-        records, cutoff = store.records(session.id), session_cutoff(session)
-        review = review_summary(records, store.reviews(session.id), cutoff)
-        fields, lines = per_field(records, cutoff), review_text(store, session)
-        dom = session.guarded_with if summary is not None else None
-        guard = field_guard(records, dom) if dom is not None else []  # a bundle without a guard: nothing
+        seen = read_session(store, session)
+    summary, guard = seen.summary, seen.guard_fields()
     if out_format == "json":
         click.echo(json.dumps({"session": public_session(session),
                                "summary": None if summary is None else summary.to_dict(),
-                               "review": review, "fields": fields, "guard_fields": guard}))
+                               "review": seen.review, "fields": seen.fields, "guard_fields": guard}))
         return
     click.echo(f"session {session.id}  site {session.site or '-'}  operator {session.operator or '-'}")
     for line in provenance_lines(session):
@@ -435,13 +407,13 @@ def sessions_show(session_id: str | None, by_id: int | None, by_patient: str | N
     if summary is None:
         click.echo(f"patient {session.patient}: {NO_DECISION}")
         return
-    decided = session.decided_with
+    decided = seen.decision
     click.echo(f"decided at cell cutoff {decided.cutoff:.3f} on p({decided.counted_label}), "
                f"patient rule: {decided.rule.describe()}")
     click.echo(summary.line())
     if (guard_line := field_guard_line(guard)) is not None:
         click.echo(display_text(guard_line))
-    for line in lines:
+    for line in seen.review_lines():
         click.echo(line)
 
 
@@ -461,16 +433,14 @@ def sessions_export(session_id: str | None, by_id: int | None, by_patient: str |
     Export the records of one session (or all sessions) as CSV or JSON lines (times in UTC, ISO 8601),
     with a reviewer's verdict on each cell where there is one (columns review, reviewer).
     CSV text cells that a spreadsheet would run as formulas are prefixed with a quote."""
-    from edgekit.device.sessions import EXPORT_COLUMNS, export_rows
+    from edgekit.device.sessions import EXPORT_COLUMNS, all_sessions, export_rows
     from edgekit.safefile import check_output_target
 
     if output is not None:
         check_output_target(output, force)  # before any work: refuse symlinks, FIFOs, devices, folders
     with _store(db) as store:
         one = _find(store, session_id, by_id, by_patient)
-        chosen = [one] if one is not None else [
-            store.find_session(str(r["id"]), by="id") for r in store.sessions()]
-        rows = export_rows(store, chosen)
+        rows = export_rows(store, [one] if one is not None else all_sessions(store))
     if out_format == "jsonl":
         text = "".join(json.dumps({k: r.get(k) for k in EXPORT_COLUMNS}) + "\n" for r in rows)
     else:

@@ -76,9 +76,9 @@ def captured_native_stderr() -> Iterator[io.BytesIO]:
             return
         try:
             if _capture_file is None:
-                from edgekit.device.backends import _scratch_file  # memfd: no tempfile import (cold start)
+                from edgekit.device.backends import scratch_file  # memfd: no tempfile import (cold start)
 
-                _capture_file = _scratch_file()
+                _capture_file = scratch_file()
             tmp = _capture_file
             tmp.seek(0)
             tmp.truncate()

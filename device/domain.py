@@ -199,6 +199,37 @@ def cell_scores(crops: Sequence[np.ndarray], domain: Domain) -> list[float | Non
     return [None if f is None else float(next(d)) for f in feats]
 
 
+def border_lit(rgb: np.ndarray, dark_level: int = DARK_LEVEL) -> float:
+    """Fraction of the image's outer one-pixel frame brighter than the background level. A cell
+    cropped on black touches its box only at a few points; a field, a photo or noise is lit all round."""
+    frame = np.concatenate([rgb[0], rgb[-1], rgb[1:-1, 0], rgb[1:-1, -1]])  # only the frame's pixels
+    lit = frame.max(axis=1) > dark_level if rgb.ndim == 3 else frame > dark_level
+    return float(lit.mean())
+
+
+def check_cell(rgb: np.ndarray, domain: Domain, dark_level: int = DARK_LEVEL,
+               features: np.ndarray | None = None) -> str | None:
+    """Reject an image that is plainly not a cell like the bundle's training cells: not a single
+    cell on black (a whole field, a photo, noise), colourless (a grayscale copy of a stained cell),
+    or far outside every training cell's size, shape and colour. None when it passes."""
+    lit = border_lit(rgb, dark_level)
+    if lit > domain.max_border_lit:
+        return (f"not a single cell on a black background ({lit:.0%} of the border is lit, training crops"
+                f" <= {domain.max_border_lit:.0%}); pass whole fields to `edgekit field`")
+    f = crop_features(rgb) if features is None else features
+    if f is None:
+        return "no cell pixels to classify"
+    c = chroma(f)
+    if c < domain.min_chroma:
+        return (f"no stain colour (chroma {c:.1f} < {domain.min_chroma:.1f}): a grayscale image, but the"
+                " model was trained on colour-stained cells")
+    d = float(distances(f, domain)[0])
+    if domain.max_crop_distance is not None and d > domain.max_crop_distance:
+        return (f"does not look like a cell the model was trained on (distance {d:.1f} >"
+                f" {domain.max_crop_distance:.1f} in size, shape and colour)")
+    return None
+
+
 def aggregate(scores: Sequence[float | None]) -> float | None:
     """A field's or session's score: the median of its cells' scores (None without any)."""
     vals = sorted(float(s) for s in scores if s is not None and np.isfinite(s))
@@ -239,10 +270,8 @@ def unchecked() -> dict[str, Any]:
 
 def crop_verdict(rgb: np.ndarray, domain: Domain | None) -> dict[str, Any]:
     """The verdict on one crop: single cells vary too much for the field threshold, so a crop is
-    out of domain only when :func:`edgekit.device.quality.check_cell` rejects it (not a stained
+    out of domain only when :func:`check_cell` rejects it (not a stained
     cell on black, or farther than ``domain.max_crop_distance`` from every training cell)."""
-    from edgekit.device.quality import check_cell
-
     if domain is None:
         return unchecked()
     reason = check_cell(rgb, domain)

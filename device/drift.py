@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
+    from edgekit.device.records import Session
     from edgekit.manifest import Domain
 
 WINDOW = 5  # sessions in the rolling median
@@ -180,15 +181,8 @@ def field_guard_line(fields: list[dict[str, Any]]) -> str | None:
     return line
 
 
-def session_points(store: Any, rows: list[tuple[dict[str, Any], Any]]) -> list[SessionPoint]:
-    """The drift view's :class:`~edgekit.device.drift.SessionPoint` of each (session row, summary):
-    its guard score and its bundle's guard thresholds (each bundle's manifest read once)."""
-    out = []
-    for r, summary in rows:
-        session = store.session_by_id(r["id"])
-        if session is None:
-            continue
-        # the guard stored with the session (never re-read from the bundle's path)
-        out.append(point(r["id"], r["site"], r["model_sha256"], r["created_at"],
-                         None if summary is None else summary.domain, session.guarded_with))
-    return out
+def session_points(sessions: Iterable[tuple[Session, Any]]) -> list[SessionPoint]:
+    """The drift view's :class:`~edgekit.device.drift.SessionPoint` of each (session, summary): its
+    guard score and the guard thresholds stored with the session (never re-read from the bundle)."""
+    return [point(s.id, s.site, s.model_sha256, s.created_at, None if summary is None else summary.domain,
+                  s.guarded_with) for s, summary in sessions]

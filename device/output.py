@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import click
@@ -14,6 +15,7 @@ import click
 from edgekit.outputs import SafeCsvWriter, display_text
 
 if TYPE_CHECKING:
+    from edgekit.device.field.types import FieldReport
     from edgekit.device.pipeline import Outcome
     from edgekit.device.runtime import Classifier
 
@@ -26,6 +28,48 @@ def pct(x: float | None) -> str:
 def ci_text(ci: tuple[float, float] | list[float] | None) -> str:
     """A 95% interval as ``lo-hi%``, ``-`` when unknown."""
     return "-" if not ci else f"{100 * ci[0]:.1f}-{100 * ci[1]:.1f}%"
+
+
+FIELD_HEADER = (f"{'field':32s} {'cells':>5s} {'par':>4s} {'unc':>4s} {'parasitemia':>11s} "
+                f"{'95% CI':>13s} {'ms':>6s}  status")
+
+
+def field_line(rep: FieldReport) -> str:
+    """One field's row of `edgekit field`'s table (its time: every stage but decoding)."""
+    from edgekit.device.domain import not_validated
+
+    ms = 1000 * sum(v for k, v in rep.timing.items() if k != "decode")
+    name = Path(rep.source).name[:32]
+    if rep.rejected:
+        return (f"{name:32s} {'-':>5s} {'-':>4s} {'-':>4s} {'-':>11s} {'-':>13s} {ms:6.0f}  "
+                f"rejected: {rep.rejected}")
+    classified = bool(rep.decisions)
+    status = not_validated(rep.domain).strip() or "ok"
+    return (f"{name:32s} {rep.n_cells:5d} {rep.n_parasitized if classified else '-':>4} "
+            f"{rep.count('uncertain') if classified else '-':>4} {pct(rep.parasitemia):>11s} "
+            f"{ci_text(rep.ci95):>13s} {ms:6.0f}  {status}")
+
+
+def field_json(rep: FieldReport, overlay: Path | None) -> str:
+    """One field as a JSON line, with every cell (and its overlay file, where one was written)."""
+    d = rep.to_dict(per_cell=True)
+    if overlay:
+        d["overlay"] = str(overlay)
+    return json.dumps(d)
+
+
+def field_total_lines(total: dict[str, Any]) -> list[str]:
+    """The total's lines under `edgekit field`'s table (:meth:`FieldTotals.to_dict`)."""
+    from edgekit.device.domain import NOT_VALIDATED
+
+    line = f"total: {total['counted']}/{total['fields']} fields counted, {total['cells']} cells"
+    if "parasitemia" in total:
+        line += (f", {total['parasitized']} parasitized ({total['uncertain']} uncertain); parasitemia "
+                 f"{pct(total['parasitemia'])} (95% CI {ci_text(total['ci95'])})")
+    lines = [line]
+    if "domain" in total and not total["domain"]["ok"]:
+        lines.append(f"parasitemia {NOT_VALIDATED}: {total['domain']['why']}")
+    return lines
 
 
 def result_columns(classifier: Classifier) -> list[str]:

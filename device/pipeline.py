@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
+from edgekit.device.backends import predict_in_batches
 from edgekit.device.preprocess import is_image_file, prepare, read_image
 from edgekit.device.quality import QualityGates, check_quality
 from edgekit.errors import ImageError
@@ -181,6 +182,24 @@ def classify_one(
     return classify_batch([(source_id, image, content_hash)], classifier, gates)[0]
 
 
+def classify_items(
+    items: Sequence[tuple[str, Path | None]],
+    classifier: Classifier,
+    gates: QualityGates | None,
+    n_workers: int = 1,
+) -> Iterator[Outcome]:
+    """The outcome of each (shown name, path or None: not found) of :func:`expand_inputs`, in order:
+    the first image alone, so its result shows at once; then :data:`BATCH_SIZE` at a time (one
+    inference call each)."""
+    starts = [0, *range(1, len(items), BATCH_SIZE)] if items else []
+    for a, b in zip(starts, [*starts[1:], len(items)], strict=True):
+        chunk = items[a:b]
+        todo = [(s, p, None) for s, p in chunk if p is not None]
+        found = iter(classify_batch(todo, classifier, gates, n_workers))
+        for shown, path in chunk:
+            yield Outcome(shown, "failed", reason=missing_reason(shown)) if path is None else next(found)
+
+
 def classify_batch(
     items: Sequence[tuple[str, np.ndarray | str | os.PathLike, str | None]],
     classifier: Classifier,
@@ -217,8 +236,7 @@ def predict_loaded(
         t0 = time.perf_counter()
         # at most BATCH_SIZE crops per call: a whole field's ~130 cells in one call sized the model's
         # activations (and the stacked input) for all of them, ~40 MB of peak RSS for no speed
-        probs = np.concatenate([classifier.predict(np.stack([x for _, x in ready[i : i + BATCH_SIZE]]))
-                                for i in range(0, len(ready), BATCH_SIZE)])
+        probs = predict_in_batches(classifier.predict, [x for _, x in ready], BATCH_SIZE, np.stack)
         share = (time.perf_counter() - t0) / len(ready)
         for (out, _), row in zip(ready, probs, strict=True):
             out.prediction = classifier.interpret(row)

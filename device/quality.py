@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edgekit.device.domain import check_cell
+
 if TYPE_CHECKING:
     from edgekit.manifest import Domain
 
@@ -107,39 +109,6 @@ def check_quality(
     if m["sharpness"] < gates.min_sharpness:
         return f"blurred (Laplacian variance {m['sharpness']:.1f} < {gates.min_sharpness})"
     return check_cell(rgb, domain, gates.dark_level, features) if domain is not None else None
-
-
-def border_lit(rgb: np.ndarray, dark_level: int = DEFAULT_GATES.dark_level) -> float:
-    """Fraction of the image's outer one-pixel frame brighter than the background level. A cell
-    cropped on black touches its box only at a few points; a field, a photo or noise is lit all round."""
-    frame = np.concatenate([rgb[0], rgb[-1], rgb[1:-1, 0], rgb[1:-1, -1]])  # only the frame's pixels
-    lit = frame.max(axis=1) > dark_level if rgb.ndim == 3 else frame > dark_level
-    return float(lit.mean())
-
-
-def check_cell(rgb: np.ndarray, domain: Domain, dark_level: int = DEFAULT_GATES.dark_level,
-               features: np.ndarray | None = None) -> str | None:
-    """Reject an image that is plainly not a cell like the bundle's training cells: not a single
-    cell on black (a whole field, a photo, noise), colourless (a grayscale copy of a stained cell),
-    or far outside every training cell's size, shape and colour. None when it passes."""
-    from edgekit.device.domain import chroma, crop_features, distances
-
-    lit = border_lit(rgb, dark_level)
-    if lit > domain.max_border_lit:
-        return (f"not a single cell on a black background ({lit:.0%} of the border is lit, training crops"
-                f" <= {domain.max_border_lit:.0%}); pass whole fields to `edgekit field`")
-    f = crop_features(rgb) if features is None else features
-    if f is None:
-        return "no cell pixels to classify"
-    c = chroma(f)
-    if c < domain.min_chroma:
-        return (f"no stain colour (chroma {c:.1f} < {domain.min_chroma:.1f}): a grayscale image, but the"
-                " model was trained on colour-stained cells")
-    d = float(distances(f, domain)[0])
-    if domain.max_crop_distance is not None and d > domain.max_crop_distance:
-        return (f"does not look like a cell the model was trained on (distance {d:.1f} >"
-                f" {domain.max_crop_distance:.1f} in size, shape and colour)")
-    return None
 
 
 def calibrate(images: list[np.ndarray], gates: QualityGates = DEFAULT_GATES) -> dict:

@@ -168,6 +168,12 @@ def _db_errors(path: Path) -> Iterator[None]:
         ) from exc
 
 
+def _record(row: sqlite3.Row) -> dict[str, Any]:
+    d = dict(row)
+    d["probabilities"] = json.loads(d["probabilities"]) if d["probabilities"] else None
+    return d
+
+
 def _connect_read_only(path: Path, timeout: float) -> sqlite3.Connection:
     """A read-only connection that writes nothing, even in a read-only folder or on a full disk
     (where SQLite cannot create the WAL index: the file is then opened as immutable)."""
@@ -222,7 +228,7 @@ class Session:
         return None if d is None else Domain(**d)
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> Session:
+    def from_row(cls, row: sqlite3.Row | Mapping[str, Any]) -> Session:
         """From a ``sessions`` row; columns this edgekit does not know are ignored."""
         d = dict(row)
         out = cls(**{k: d.get(k) for k in _COLUMNS["sessions"]})
@@ -248,7 +254,7 @@ class ScreenedWith:
 MAX_NAME_CHARS = 128
 
 
-def _check_name(what: str, value: str | None) -> None:
+def check_name(what: str, value: str | None) -> None:
     """Patient ids, sites and operators are shown on screens and in CSV exports: one printable line."""
     import unicodedata
 
@@ -365,7 +371,7 @@ class RecordStore:
         if not patient or not patient.strip():
             raise RecordsError("a patient id is required")
         for what, value in (("patient id", patient), ("site", site), ("operator", operator)):
-            _check_name(what, value)
+            check_name(what, value)
         now = time.time()
         stored = None if decision is None else json.dumps(decision.to_dict())
         w = screened_with
@@ -519,12 +525,17 @@ class RecordStore:
             rows = self.conn.execute(
                 "SELECT * FROM records WHERE session_id = ? ORDER BY id", (session_id,)
             ).fetchall()
-        out = []
-        for r in rows:
-            d = dict(r)
-            d["probabilities"] = json.loads(d["probabilities"]) if d["probabilities"] else None
-            out.append(d)
-        return out
+        return [_record(r) for r in rows]
+
+    def records_by_session(self) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+        """Every session's records (as :meth:`records` gives them), one session at a time, from one
+        query: listing many sessions costs one read, and only one session's records are held at once."""
+        from itertools import groupby
+
+        with _db_errors(self.path):
+            rows = self.conn.execute("SELECT * FROM records ORDER BY session_id, id")
+            for session_id, group in groupby(rows, key=lambda r: r["session_id"]):
+                yield int(session_id), [_record(r) for r in group]
 
     # ------------------------------------------------------------------ review (schema 2)
 

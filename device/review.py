@@ -25,6 +25,8 @@ from edgekit.errors import EdgekitError
 from edgekit.metrics import wilson_interval
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from edgekit.device.records import RecordStore, Session
 
 TILE = 96
@@ -181,18 +183,38 @@ def record_verdicts(store: RecordStore, session: Session, pairs: Sequence[tuple[
     return tally
 
 
+VERDICT_WORDS = {"parasitized": "parasitized", "not parasitized": "not parasitized", "yes": "parasitized",
+                 "no": "not parasitized", "confirm": "confirm", "overrule": "overrule"}
+MAX_CSV_BYTES = 16 << 20  # a verdict file of ~500,000 rows
+
+
+def read_verdicts(path: Path) -> list[tuple[int, str]]:
+    """A reviewer's verdict CSV (columns record_id, verdict: the words of :data:`VERDICT_WORDS`) as
+    (record id, verdict) pairs; a bad row is refused in one line naming it."""
+    import csv
+
+    from edgekit.safefile import read_regular_bytes
+
+    try:  # a regular file, bounded, never blocking (a FIFO or /dev/zero is refused before reading)
+        text = read_regular_bytes(path, MAX_CSV_BYTES, "verdict CSV").decode("utf-8-sig")
+        rows = list(csv.DictReader(text.splitlines()))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise EdgekitError(f"cannot read {path}: {exc}") from None
+    out = []
+    for k, row in enumerate(rows, start=2):
+        rid, verdict = (row.get("record_id") or "").strip(), (row.get("verdict") or "").strip().lower()
+        if not rid.isdigit() or verdict not in VERDICT_WORDS:
+            raise EdgekitError(f"{path.name} line {k}: need record_id (a number) and verdict "
+                               f"({', '.join(VERDICT_WORDS)}), got {rid!r}, {verdict!r}")
+        out.append((int(rid), VERDICT_WORDS[verdict]))
+    return out
+
+
 def session_cutoff(session: Session) -> float | None:
     """The cell cutoff the session is decided with (stored with it); None for sessions recorded
     before edgekit stored it: each record's own decision is then its call."""
     decided = session.decided_with
     return None if decided is None else decided.cutoff
-
-
-def session_review(store: RecordStore, session: Session) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """A session's :func:`review_summary` (model and confirmed counts) and its :func:`per_field` counts."""
-    cutoff = session_cutoff(session)
-    records = store.records(session.id)
-    return review_summary(records, store.reviews(session.id), cutoff), per_field(records, cutoff)
 
 
 def per_field(records: Iterable[Mapping[str, Any]], cutoff: float | None) -> list[dict[str, Any]]:

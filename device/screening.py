@@ -7,7 +7,7 @@ microscope fields): an iterable of ``(source_id, content_hash, uint8 crop or pat
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from itertools import islice
 from pathlib import Path
@@ -20,6 +20,7 @@ from edgekit.device.pipeline import (
     Outcome,
     Tally,
     array_hash,
+    expand_inputs,
     file_hash,
     load_batch,
     missing_reason,
@@ -141,6 +142,17 @@ def path_crops(paths: Iterable[tuple[str, Path | None]]) -> Iterable[Crop]:
         yield shown, None, path if path is not None else shown
 
 
+def file_source(paths: Sequence[str], fields: bool, n_workers: int = 1
+                ) -> tuple[Iterable[Any], int | None, str]:
+    """What `screen PATHS` records, as (items, how many or None, source kind): whole fields decoded and
+    segmented ``n_workers`` ahead (:func:`record_fields`; their cells unknown until segmented), or one
+    crop per file (:func:`record_crops`)."""
+    items = list(expand_inputs(paths))
+    if fields:
+        return segment_paths(items, n_workers), None, "field"
+    return path_crops(items), len(items), "file"
+
+
 def field_crops(paths: Iterable[tuple[str, Path | None]], n_workers: int = 1) -> Iterable[Crop]:
     """Every red cell cut from whole microscope fields (``edgekit.device.field``), as crops; up to
     ``n_workers`` fields are decoded and segmented ahead, in threads.
@@ -210,24 +222,7 @@ def record_crops(
         chunk = list(islice(it, n)) if n > 0 else []
         if not chunk:
             return None
-        outs: list[Outcome | None] = []
-        todo: list[tuple[int, str, Any, str]] = []  # (position in outs, source id, image, hash)
-        for source_id, content_hash, image in chunk:
-            if isinstance(image, ImageError):  # a whole source refused before any crop (e.g. a field)
-                out = Outcome(source_id, "rejected", reason=str(image),
-                              content_hash=content_hash or f"rejected:{source_id}")
-            else:
-                content_hash = content_hash or _content_hash(image)
-                out = None if content_hash else Outcome(source_id, "failed",
-                                                        reason=missing_reason(str(image)))
-            key = out.content_hash if out else content_hash
-            if key and key in done:
-                out = Outcome(source_id, "skipped", content_hash=key)
-            elif out is None:
-                todo.append((len(outs), source_id, image, content_hash))
-            if key:
-                done.add(key)
-            outs.append(out)
+        outs, todo = _triage(chunk, done)
         items = [t[1:] for t in todo]
         loading = ahead.submit(load_batch, items, classifier, gates, n_workers) if ahead else items
         return outs, todo, loading
@@ -240,17 +235,7 @@ def record_crops(
             nxt = take(batch_size) if taken else None  # its size is batch_size whatever this one gives
             loaded = loading.result() if ahead else load_batch(loading, classifier, gates, n_workers)
             found = predict_loaded(loaded, classifier)
-            for (i, *_), out in zip(todo, found, strict=True):
-                outs[i] = out
-            done_outs = [o for o in outs if o is not None]
-            rows = [outcome_row(o, source_kind) for o in done_outs
-                    if o.status != "skipped" and o.content_hash]
-            # flagged cells' crops, for review: committed with their records
-            kept = review_crops(found, [t[2] for t in todo], classifier.manifest.decision.cutoff, n_workers)
-            for out in found:
-                out.pixels = None
-            if rows:
-                store.add_records(session, rows, kept, field)
+            done_outs = _commit(store, session, outs, todo, found, classifier, source_kind, field, n_workers)
             for out in done_outs:  # reported only once committed
                 tally.add(out.status)
                 counted += out.status == "classified"
@@ -262,6 +247,51 @@ def record_crops(
         if ahead is not None:
             ahead.shutdown(wait=True, cancel_futures=True)
     return tally
+
+
+def _commit(store: RecordStore, session: Session, outs: list[Outcome | None],
+            todo: list[tuple[int, str, Any, str]], found: list[Outcome], classifier: Classifier,
+            source_kind: str, field: Any, n_workers: int) -> list[Outcome]:
+    """Commit one batch in one transaction: its records (the model's outcomes ``found`` for ``todo``
+    in their places among ``outs``), the flagged cells' crops for review, and its ``field``; the
+    batch's outcomes in order."""
+    for (i, *_), out in zip(todo, found, strict=True):
+        outs[i] = out
+    done_outs = [o for o in outs if o is not None]
+    rows = [outcome_row(o, source_kind) for o in done_outs if o.status != "skipped" and o.content_hash]
+    # flagged cells' crops, for review: committed with their records
+    kept = review_crops(found, [t[2] for t in todo], classifier.manifest.decision.cutoff, n_workers)
+    for out in found:
+        out.pixels = None
+    if rows:
+        store.add_records(session, rows, kept, field)
+    return done_outs
+
+
+def _triage(chunk: list[Crop], done: set[str]
+            ) -> tuple[list[Outcome | None], list[tuple[int, str, Any, str]]]:
+    """The crops of one batch: the outcomes known without the model (refused, unreadable, already
+    recorded: ``done``, updated) and what is left to classify, as (position in the outcomes, source
+    id, image, hash)."""
+    outs: list[Outcome | None] = []
+    todo: list[tuple[int, str, Any, str]] = []
+    for source_id, content_hash, image in chunk:
+        if isinstance(image, ImageError):  # a whole source refused before any crop (e.g. a field)
+            out = Outcome(source_id, "rejected", reason=str(image),
+                          content_hash=content_hash or f"rejected:{source_id}")
+        else:
+            content_hash = content_hash or _content_hash(image)
+            out = None if content_hash else Outcome(source_id, "failed",
+                                                    reason=missing_reason(str(image)))
+        key = out.content_hash if out else content_hash
+        if key and key in done:
+            out = Outcome(source_id, "skipped", content_hash=key)
+        elif out is None:
+            todo.append((len(outs), source_id, image, content_hash))
+        if key:
+            done.add(key)
+        outs.append(out)
+    return outs, todo
 
 
 def _content_hash(image: np.ndarray | str | os.PathLike) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from edgekit.device.records import RecordStore, Session
     from edgekit.device.runtime import Classifier
     from edgekit.device.screening import PatientSummary
+    from edgekit.manifest import Decision, Domain
 
 GUARD_NOT_STORED = "stored without its guard: verdict as recorded"
 NO_DECISION = ("no decision rule is stored with this session (recorded by an older edgekit); "
@@ -46,18 +48,85 @@ def session_summary(store: RecordStore, session: Session,
     (a session stored without its guard is decided by its rule alone and says so). None when no
     Decision is stored (recorded before decisions were stored): no default rule is substituted.
     ``records``: the session's records when the caller has read them already."""
+    if not session.decision:
+        return None
+    return _decided(session, store.records(session.id) if records is None else records)
+
+
+def _summarize(session: Session, records: list[dict[str, Any]], decision: Decision,
+               domain: Domain | None) -> PatientSummary:
     from edgekit.device.screening import summarize
 
-    decision = session.decided_with
-    if decision is None:
-        return None
-    if records is None:
-        records = store.records(session.id)
     if not session.guard_stored:
         summary = summarize(session.patient, records, decision, domain=False)
         summary.note = GUARD_NOT_STORED
         return summary
-    return summarize(session.patient, records, decision, domain=session.guarded_with)
+    return summarize(session.patient, records, decision, domain=domain)
+
+
+@dataclass
+class SessionReadout:
+    """One session read once (its records, its reviews, its Decision and guard decoded once) and
+    what `sessions show` and the phone page show of it."""
+
+    session: Session
+    records: list[dict[str, Any]]
+    reviews: dict[int, dict[str, Any]]
+    decision: Decision | None  # None: recorded before decisions were stored
+    domain: Domain | None
+    summary: PatientSummary | None
+    review: dict[str, Any]  # model count and confirmed count (:func:`edgekit.device.review.review_summary`)
+    fields: list[dict[str, Any]]  # per-field counts (:func:`edgekit.device.review.per_field`)
+
+    def review_lines(self) -> list[str]:
+        """Per-field parasitemia, model count and confirmed count lines."""
+        from edgekit.device.review import summary_lines
+
+        return summary_lines(self.review, self.fields)
+
+    def guard_fields(self) -> list[dict[str, Any]]:
+        """The guard's verdict on each field (empty: no fields, no Decision or no guard)."""
+        from edgekit.device.drift import field_guard
+
+        if self.summary is None or self.domain is None:
+            return []
+        return field_guard(self.records, self.domain)
+
+
+def read_session(store: RecordStore, session: Session) -> SessionReadout:
+    """A session's :class:`SessionReadout`: one read of its records, one of its reviews."""
+    from edgekit.device.review import per_field, review_summary
+
+    records, reviews = store.records(session.id), store.reviews(session.id)
+    decision, domain = session.decided_with, session.guarded_with
+    summary = None if decision is None else _summarize(session, records, decision, domain)
+    cutoff = None if decision is None else decision.cutoff
+    return SessionReadout(session, records, reviews, decision, domain, summary,
+                          review_summary(records, reviews, cutoff), per_field(records, cutoff))
+
+
+def all_sessions(store: RecordStore) -> list[Session]:
+    """Every session, newest first, from one query."""
+    from edgekit.device.records import Session
+
+    return [Session.from_row(row) for row in store.sessions()]
+
+
+def summarized_sessions(store: RecordStore) -> list[tuple[Session, PatientSummary | None]]:
+    """Every session (newest first) with its summary (None: no Decision stored), from two queries
+    however many sessions there are: the sessions, then all records, one session at a time."""
+    sessions = all_sessions(store)
+    by_id = {s.id: s for s in sessions}
+    summaries: dict[int, PatientSummary | None] = {}
+    for session_id, records in store.records_by_session():
+        if session_id in by_id:
+            summaries[session_id] = _decided(by_id[session_id], records)
+    return [(s, summaries[s.id] if s.id in summaries else _decided(s, [])) for s in sessions]
+
+
+def _decided(session: Session, records: list[dict[str, Any]]) -> PatientSummary | None:
+    decision = session.decided_with
+    return None if decision is None else _summarize(session, records, decision, session.guarded_with)
 
 
 GUARD_BRIEF = ("field_threshold", "session_threshold", "min_cells", "min_chroma", "max_border_lit",

@@ -755,7 +755,7 @@ def _choose_decision(manifest: Any, y_val: np.ndarray, p_val: np.ndarray, g_val:
     ``field_cut`` is the cutoff chosen on whole validation fields (``--cutoff field-error`` or
     ``field-count``, ``cfg.cutoff``)."""
     from edgekit.manifest import Thresholds
-    from edgekit.thresholds import band_edges, choose_patient_rule, choose_thresholds
+    from edgekit.thresholds import band_edges, choose_thresholds, fit_patient_rule
 
     if field_cut is None:
         manifest.thresholds = choose_thresholds(y_val, p_val, method=cfg.cutoff)
@@ -770,12 +770,7 @@ def _choose_decision(manifest: Any, y_val: np.ndarray, p_val: np.ndarray, g_val:
                     + " over every cell the finder returns; band edges at 99% precision "
                     f"(positive side) and negative predictive value (negative side) on the validation cells "
                     f"(n={len(y_val)})"))
-    controls, infected = [], []
-    for g in np.unique(g_val):
-        sel = g_val == g
-        called = float((p_val[sel] >= manifest.thresholds.cutoff).mean())
-        (infected if y_val[sel].any() else controls).append(called)
-    rule = choose_patient_rule(controls, infected, stop_cells=manifest.patient_rule.stop_cells)
+    rule = fit_patient_rule(y_val, p_val, g_val, manifest.decision, manifest.patient_rule.stop_cells)
     rule.source = f"site validation fields ({len(fields['val'])}): " + rule.source.replace(
         "validation patients: ", "").replace("controls", "fields without labelled parasites").replace(
         "infected", "with")

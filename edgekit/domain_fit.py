@@ -32,8 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.device.domain import FEATURES, chroma, crop_features, distances
-from edgekit.device.quality import border_lit
+from edgekit.device.domain import FEATURES, border_lit, chroma, crop_features, distances
 from edgekit.errors import DataError
 from edgekit.manifest import Domain
 

@@ -62,9 +62,10 @@ def evaluate_arrays(y: np.ndarray, probs: np.ndarray, groups: np.ndarray,
     pos = decision.positive_index
     if len(labels) == 2 and pos is not None:
         p = probs[:, pos]
-        pred = np.where(p >= cutoff, pos, 1 - pos)
+        called = decision.counted(p)
+        pred = np.where(called, pos, 1 - pos)
         result = binary_metrics(y == pos, p, threshold=cutoff, groups=groups)
-        result["patients"] = patient_table(groups, y == pos, p >= cutoff)
+        result["patients"] = patient_table(groups, y == pos, called)
     else:
         pred = probs.argmax(1)
         result = {"n": int(len(y))}

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.errors import BundleError, IntegrityError
+from edgekit.manifest_schema import ACTIVATIONS, OUTPUTS, check_artifact_path, validate_manifest_data
 
 SCHEMA = "edgekit.bundle/1"
 MANIFEST_NAME = "manifest.json"
@@ -28,11 +29,6 @@ MAX_MANIFEST_BYTES = 8 * 1024 * 1024
 RESIZE_METHODS = ("area", "bilinear", "nearest", "bicubic")
 STAIN_METHODS = ("none", "od_standard")  # device/stain.py implements them
 SCALINGS = ("in_model", "device")
-# What an artifact's output tensor holds: class probabilities, or the logits (the input of the
-# model's final activation, which the device then applies in float after dequantizing: an int8
-# probability stops at 255/256, an int8 logit does not). device/activation.py implements them.
-OUTPUTS = ("probabilities", "logits")
-ACTIVATIONS = ("softmax", "sigmoid")
 
 
 @dataclass
@@ -236,9 +232,15 @@ class Decision:
     def cutoff(self) -> float:
         return float(self.thresholds.cutoff)  # type: ignore[arg-type]  # set by Thresholds.__post_init__
 
+    def counted(self, p_positive: Any) -> Any:
+        """Whether cells count as positive (parasitemia, patient rule, printed label): a probability
+        gives a bool, a numpy array of them a bool array (numpy is never imported here)."""
+        called = p_positive >= self.cutoff
+        return called if getattr(called, "ndim", 0) else bool(called)
+
     def is_counted_positive(self, p_positive: float) -> bool:
-        """True when a cell counts as positive (parasitemia, patient rule, printed label)."""
-        return p_positive >= self.cutoff
+        """True when one cell counts as positive (:meth:`counted`)."""
+        return self.counted(p_positive)
 
     def cell_call(self, p_positive: float) -> str:
         """positive | negative | uncertain (the band, for a human look)."""
@@ -459,8 +461,6 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Manifest:
-        from edgekit.manifest_schema import validate_manifest_data
-
         validate_manifest_data(d)
         if d.get("schema", SCHEMA) != SCHEMA:
             raise BundleError(f"unsupported manifest schema {d.get('schema')!r} (want {SCHEMA})")
@@ -562,8 +562,6 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 def artifact_path(folder: str | os.PathLike, artifact: Artifact, rel: str | None = None) -> Path:
     """The artifact's file (or its further file ``rel``), which must resolve (symlinks followed) inside
     the bundle folder."""
-    from edgekit.manifest_schema import check_artifact_path
-
     folder = Path(folder)
     rel = artifact.path if rel is None else rel
     check_artifact_path(rel, f"artifacts.{artifact.format}.path")

@@ -19,6 +19,11 @@ MAX_INPUT_SIDE = 4096
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 # a release version: dotted integers (edgekit sign stamps the UTC date, e.g. 2026.12.05)
 RELEASE_PATTERN = re.compile(r"[0-9]{1,6}(\.[0-9]{1,6}){0,3}")
+# What an artifact's output tensor holds: class probabilities, or the logits (the input of the
+# model's final activation, which the device then applies in float after dequantizing: an int8
+# probability stops at 255/256, an int8 logit does not). device/activation.py implements them.
+OUTPUTS = ("probabilities", "logits")
+ACTIVATIONS = ("softmax", "sigmoid")
 
 
 def _fail(field: str, msg: str) -> BundleError:
@@ -84,8 +89,6 @@ def _tensors(v: Any, field: str) -> list[dict[str, Any]]:
 
 def _output(a: dict[str, Any], f: str) -> None:
     """``output`` (probabilities, the default, or logits) and, with logits, the ``activation``."""
-    from edgekit.manifest import ACTIVATIONS, OUTPUTS
-
     output, activation = a.get("output", "probabilities"), a.get("activation")
     if output not in OUTPUTS:
         raise _fail(f"{f}.output", f"must be one of {', '.join(OUTPUTS)}, not {output!r}")

@@ -152,7 +152,7 @@ def check_site(bundle: str | os.PathLike, data: str | os.PathLike,
     y = np.array([items[k][1] == decision.counted_label for k in keep])
     g = np.array([items[k][2] for k in keep])
     fields = sorted(set(g.tolist()))
-    called = p >= decision.cutoff
+    called = decision.counted(p)
     measured = _cell_measures(y, p, g, called)
     per_field = _per_field(fields, g, y, called, scores, manifest.domain)
     notes = [f"{skipped} unreadable cell image(s) skipped"] if skipped else []

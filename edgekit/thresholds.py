@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgekit.manifest import PatientRule, Thresholds
+from edgekit.manifest import Decision, PatientRule, Thresholds
 from edgekit.metrics import roc_curve
 
 
@@ -139,3 +139,15 @@ def choose_patient_rule(
     )
     return PatientRule(positive_fraction=positive, negative_fraction=positive, stop_cells=stop_cells,
                        source=source, positive_evidence=positive_evidence, refused_crops=refused_crops)
+
+
+def fit_patient_rule(y: np.ndarray, p: np.ndarray, groups: np.ndarray, decision: Decision,
+                     stop_cells: int = 1000) -> PatientRule:
+    """:func:`choose_patient_rule` from validation cells: per patient (``groups``), the fraction of
+    its cells ``decision`` counts as positive; a patient with any positive cell (``y``) is infected."""
+    controls, infected = [], []
+    for g in np.unique(groups):
+        sel = groups == g
+        called = float(decision.counted(p[sel]).mean())
+        (infected if y[sel].any() else controls).append(called)
+    return choose_patient_rule(controls, infected, stop_cells=stop_cells)

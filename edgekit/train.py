@@ -580,7 +580,7 @@ def finish_run(run_dir: Path, split: Any, split_sha: str, split_file: Path, cfg:
 
     from edgekit.evaluate import evaluate_run, plot_curves
     from edgekit.manifest import Artifact, Manifest, TensorSpec, sha256_file
-    from edgekit.thresholds import choose_patient_rule, choose_thresholds
+    from edgekit.thresholds import choose_thresholds, fit_patient_rule
 
     model_path = run_dir / "model.keras"
     if not model_path.is_file():  # no validation metric ever improved (e.g. NaN); keep the last epoch
@@ -591,12 +591,7 @@ def finish_run(run_dir: Path, split: Any, split_sha: str, split_file: Path, cfg:
         p_val = predict_arrays(model, val.x, cfg.batch_size)[:, labels.index(positive_label)]
         y_val = val.y == labels.index(positive_label)
         manifest.thresholds = choose_thresholds(y_val, p_val)
-        controls, infected = [], []
-        for g in np.unique(val.groups):
-            sel = val.groups == g
-            called = float((p_val[sel] >= manifest.thresholds.cutoff).mean())
-            (infected if y_val[sel].any() else controls).append(called)
-        manifest.patient_rule = choose_patient_rule(controls, infected)
+        manifest.patient_rule = fit_patient_rule(y_val, p_val, val.groups, manifest.decision)
     h, w = pre.input_size
     manifest.artifacts["keras"] = Artifact(
         format="keras", path="model.keras", sha256=sha256_file(model_path), bytes=model_path.stat().st_size,

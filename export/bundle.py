@@ -19,7 +19,7 @@ import numpy as np
 
 from edgekit import formats
 from edgekit.device.activation import to_probabilities
-from edgekit.device.backends import Backend, open_backend
+from edgekit.device.backends import Backend, open_backend, predict_in_batches
 from edgekit.errors import BundleError, DataError, EdgekitError, ExportError, ValidationFailed
 from edgekit.export import calibration
 from edgekit.export.logits import export_graph
@@ -64,8 +64,7 @@ class Runner:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Inputs (raw pixels or features) -> float32 probabilities."""
-        step = self.batch_size
-        raw = np.concatenate([self.backend.run(x[i : i + step]) for i in range(0, len(x), step)])
+        raw = predict_in_batches(self.backend.run, x, self.batch_size)
         return to_probabilities(raw, self.output, self.activation)
 
 

@@ -19,7 +19,7 @@ def called_classes(p: np.ndarray, decision: Decision) -> np.ndarray:
     p = class_probabilities(p)
     pos = decision.positive_index
     if pos is not None and p.shape[1] == 2:
-        return np.where(p[:, pos] >= decision.cutoff, pos, 1 - pos)
+        return np.where(decision.counted(p[:, pos]), pos, 1 - pos)
     return p.argmax(axis=1)
 
 

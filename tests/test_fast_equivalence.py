@@ -12,9 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edgekit.device.domain import DARK_LEVEL, RIM, crop_features
+from edgekit.device.domain import DARK_LEVEL, RIM, border_lit, crop_features
 from edgekit.device.preprocess import read_image
-from edgekit.device.quality import border_lit
 from edgekit.device.stain import MIN_PIXELS, MIN_SPREAD, TARGET_OD, TARGET_SPREAD, normalize_stain
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,8 +16,8 @@ import httpx  # noqa: E402  (after the skip: httpx comes with the serve test dep
 from device_helpers import CELLS, GOLDEN  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
+from edgekit.device.serve.access import choose_token, is_loopback  # noqa: E402
 from edgekit.device.serve.app import COOKIE, ServeConfig, create_app  # noqa: E402
-from edgekit.device.serve.commands import choose_token, is_loopback  # noqa: E402
 from edgekit.device.serve.station import Station, display_name  # noqa: E402
 
 FIELDS = Path(__file__).resolve().parent / "fixtures" / "fields"

@@ -108,7 +108,7 @@ def test_serve_passes_its_host_to_the_app(monkeypatch, tmp_path):
 
     monkeypatch.setattr(app_mod, "create_app", spy)
     monkeypatch.setattr(uvicorn, "run", lambda *a, **k: None)
-    monkeypatch.setattr("edgekit.device.serve.commands._check_port_free", lambda h, p: None)
+    monkeypatch.setattr("edgekit.device.serve.access.check_port_free", lambda h, p: None)
     res = CliRunner().invoke(main, ["serve", "--host", "127.0.0.2", "-m", str(GOLDEN),
                                     "--db", str(tmp_path / "s.sqlite")])
     assert res.exit_code == 0, res.output

@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install 'edgekit[serve]')")
 from test_serve import AUTH, FIELD, TOKEN, _client, _crop_bytes, _session, _station, _upload  # noqa: E402
 
-from edgekit.device.serve.commands import (  # noqa: E402
+from edgekit.device.serve.access import (  # noqa: E402
     choose_token,
     lan_addresses,
     qr_text,

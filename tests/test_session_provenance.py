@@ -206,5 +206,5 @@ def test_cli_and_serve_share_one_summary_use_case():
     root = Path(__file__).resolve().parents[1] / "device"
     for name in ("serve/station.py", "serve/app.py", "sessions.py"):
         assert "device.commands" not in (root / name).read_text(), name
-    assert "session_summary(" in (root / "commands.py").read_text()
-    assert "session_summary(" in (root / "serve" / "station.py").read_text()
+    assert "read_session(" in (root / "commands.py").read_text()
+    assert "read_session(" in (root / "serve" / "station.py").read_text()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.device.backends import predict_in_batches
 from edgekit.device.field.count import count_cells
 from edgekit.device.field.crop import crop_cell
 from edgekit.device.field.types import ClassifierLike, FieldParams, FieldReport, cell_id
@@ -19,14 +20,13 @@ def classify_crops(crops: list[np.ndarray], classifier: ClassifierLike, batch_si
     """Positive-class probability of each crop, resized with the bundle's own preprocessing."""
     from edgekit.device.preprocess import prepare
 
+    if not crops:
+        return []
     pre = classifier.manifest.preprocessing
     pos = classifier.manifest.decision.counted_index
-    out: list[float] = []
-    for start in range(0, len(crops), batch_size):
-        batch = np.stack([prepare(c, pre) for c in crops[start : start + batch_size]])
-        probs = np.asarray(classifier.predict(batch), dtype=np.float32)
-        out.extend(float(v) for v in probs[:, pos])
-    return out
+    probs = predict_in_batches(classifier.predict, crops, batch_size,
+                               lambda batch: np.stack([prepare(c, pre) for c in batch]))
+    return [float(v) for v in np.asarray(probs, dtype=np.float32)[:, pos]]
 
 
 def _load(path_or_rgb: str | os.PathLike | np.ndarray) -> tuple[str, np.ndarray]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from edgekit.device.field.types import FieldReport
@@ -60,3 +62,17 @@ def _banner(out: np.ndarray, text: str, thick: int) -> None:
     cv2.rectangle(out, (0, h - th - base - 8), (w - 1, h - 1), (160, 0, 0), -1)
     cv2.putText(out, text, (4, h - base - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * thick, (255, 255, 255), thick,
                 cv2.LINE_AA)
+
+
+def write_overlay(report: FieldReport, folder: Path) -> Path | None:
+    """``FIELD_overlay.png`` in ``folder`` (None: the report kept no image, or PNG encoding failed)."""
+    from edgekit.manifest import atomic_write_bytes
+
+    if report.image is None:
+        return None
+    ok, buf = opencv().imencode(".png", draw_overlay(report.image, report)[:, :, ::-1])
+    if not ok:
+        return None
+    path = folder / f"{Path(report.source).stem}_overlay.png"
+    atomic_write_bytes(path, buf.tobytes())
+    return path

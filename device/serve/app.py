@@ -95,10 +95,10 @@ RecordId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="Record id o
 
 def _one_line(what: str, value: str | None) -> str | None:
     """The records' own rule for names shown on screens and in CSV (one printable line), as a 422."""
-    from edgekit.device.records import _check_name
+    from edgekit.device.records import check_name
 
     try:
-        _check_name(what, value)
+        check_name(what, value)
     except RecordsError as exc:
         raise ValueError(str(exc)) from None
     return value

@@ -2,138 +2,14 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import secrets
 import socket
 from pathlib import Path
 
 import click
 
 from edgekit.cli_options import allow_unsigned_option, model_format_option, model_option
-
-TOKEN_ENV = "EDGEKIT_SERVE_TOKEN"
-TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
-
-
-def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and ``localhost``."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def choose_token(host: str, env: dict[str, str] | None = None, saved: Path | None = None,
-                 rotate: bool = False) -> str | None:
-    """The access token: ``$EDGEKIT_SERVE_TOKEN`` when set; None (no token) on loopback; else the one
-    kept in ``saved`` (so phones stay joined across restarts), made and kept there on first use or
-    when ``rotate``; a fresh random one each start when there is no ``saved``."""
-    from edgekit.errors import EdgekitError
-
-    env = os.environ if env is None else env
-    given = env.get(TOKEN_ENV, "").strip()
-    if given:
-        if rotate:
-            raise EdgekitError(f"--new-token replaces the kept token, but ${TOKEN_ENV} is set and wins: "
-                               "change or unset it instead")
-        if len(given) < 16:
-            raise EdgekitError(f"{TOKEN_ENV} is too short to be safe: use at least 16 characters")
-        return given
-    if is_loopback(host):
-        if rotate:
-            raise EdgekitError("--new-token: a station on loopback has no token (use --host 0.0.0.0)")
-        return None
-    if saved is None:
-        return secrets.token_urlsafe(24)
-    if not rotate and saved.exists():
-        return read_token(saved)
-    token = secrets.token_urlsafe(24)
-    write_token(saved, token)
-    return token
-
-
-def read_token(path: Path) -> str:
-    """The token kept in ``path``; refused when others may read it or it is not a token."""
-    from edgekit.errors import EdgekitError
-
-    try:
-        mode = path.stat().st_mode & 0o777
-        token = path.read_text(encoding="ascii").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise EdgekitError(f"cannot read the station's token {path} ({exc}); start with --new-token") from exc
-    if mode & 0o077:
-        raise EdgekitError(f"the station's token {path} may be read by other users (mode {mode:o}): "
-                           f"chmod 600 {path}, or start with --new-token to replace it")
-    if len(token) < 16 or not set(token) <= TOKEN_CHARS:
-        raise EdgekitError(f"{path} does not hold a usable token; start with --new-token to replace it")
-    return token
-
-
-def write_token(path: Path, token: str) -> None:
-    """Keep ``token`` in ``path``, readable by this user only (0600), replacing it atomically."""
-    from edgekit.errors import EdgekitError
-
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            f.write(token + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)  # O_CREAT's mode is ANDed with the umask, and an old file keeps its own
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise EdgekitError(f"cannot keep the station's token in {path} ({exc.strerror or exc})") from exc
-
-
-def token_path(db_path: Path) -> Path:
-    """Where the station keeps its token: beside its database."""
-    return db_path.with_name(db_path.name + ".serve-token")
-
-
-def lan_addresses(host: str) -> list[str]:
-    """The addresses a phone on the same network can open: ``host`` itself when it names one
-    address; for 0.0.0.0 / ::, this machine's address on its default route (no packet is sent)
-    and those its name resolves to, loopback left out."""
-    if host not in ("0.0.0.0", "::", ""):
-        return [host]
-    found: list[str] = []
-    for family, probe in ((socket.AF_INET, ("10.255.255.255", 1)), (socket.AF_INET6, ("fd00::1", 1))):
-        if family == socket.AF_INET6 and host != "::":
-            continue
-        try:
-            with socket.socket(family, socket.SOCK_DGRAM) as s:
-                s.connect(probe)
-                found.append(s.getsockname()[0])
-        except OSError:
-            pass
-    try:
-        found += [info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)]
-    except OSError:
-        pass
-    return [a for a in dict.fromkeys(found) if not is_loopback(a)]
-
-
-def qr_text(url: str) -> str | None:
-    """A QR code of ``url`` drawn with half blocks for a terminal, or None without ``segno``."""
-    try:
-        import segno
-    except ImportError:
-        return None
-    import io
-
-    out = io.StringIO()
-    segno.make(url, error="m", boost_error=False).terminal(out=out, compact=True, border=2)
-    return out.getvalue().rstrip("\n")
-
-
-def _url_host(address: str) -> str:
-    return f"[{address.strip('[]')}]" if ":" in address else address
+from edgekit.device.serve.access import TOKEN_ENV, lan_addresses, qr_text, url_host
 
 
 def _print_join(scheme: str, host: str, port: int, token: str) -> None:
@@ -142,28 +18,15 @@ def _print_join(scheme: str, host: str, port: int, token: str) -> None:
     addresses = lan_addresses(host)
     if not addresses:
         click.echo("no network address found: is this machine on the clinic's Wi-Fi? The page is at "
-                   f"{scheme}://{_url_host(socket.gethostname())}:{port}/?token=...", err=True)
+                   f"{scheme}://{url_host(socket.gethostname())}:{port}/?token=...", err=True)
         addresses = [socket.gethostname()]
-    links = [f"{scheme}://{_url_host(a)}:{port}/?token={token}" for a in addresses]
+    links = [f"{scheme}://{url_host(a)}:{port}/?token={token}" for a in addresses]
     click.echo("join from a phone on this network: scan the code or open the address "
                "(it holds the access token; keep it private)")
     qr = qr_text(links[0])
     click.echo(qr if qr else "  (no QR code: pip install segno, or edgekit[serve], to show one)")
     for link in links:
         click.echo(f"  {link}")
-
-
-def _check_port_free(host: str, port: int) -> None:
-    from edgekit.errors import EdgekitError
-
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host.strip("[]"), port))
-        except OSError as exc:
-            raise EdgekitError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port "
-                               "or --host") from exc
 
 
 @click.command()
@@ -200,17 +63,10 @@ def serve(host: str, port: int, bundle: Path | None, model_format: str | None, t
     (or uploads fields and cell crops); each is analysed and recorded here exactly as `edgekit field`
     and `edgekit screen` would. The API is described at /openapi.json. Ctrl-C stops.
     """
+    from edgekit.device.serve.access import check_port_free, check_tls, choose_token, token_path
     from edgekit.errors import EdgekitError
 
-    if (cert is None) != (key is None):
-        raise EdgekitError("HTTPS needs both --cert and --key")
-    if cert is not None:
-        import ssl
-
-        try:
-            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
-        except (ssl.SSLError, OSError) as exc:
-            raise EdgekitError(f"cannot use --cert {cert} with --key {key}: {exc}") from exc
+    check_tls(cert, key)
     try:
         import uvicorn
 
@@ -225,7 +81,7 @@ def serve(host: str, port: int, bundle: Path | None, model_format: str | None, t
     os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")
     db_path = (db or default_db_path()).expanduser()
     token = choose_token(host, saved=token_path(db_path), rotate=new_token)
-    _check_port_free(host, port)
+    check_port_free(host, port)
     untrusted: list[str] = []  # why, when an unsigned bundle runs with --allow-unsigned
 
     def warn(line: str) -> None:
@@ -242,7 +98,7 @@ def serve(host: str, port: int, bundle: Path | None, model_format: str | None, t
     scheme = "https" if cert else "http"
     click.echo(f"edgekit serve: model {classifier.fmt} ({classifier.model_sha256[:12]}), database {db_path}")
     if token is None:
-        click.echo(f"open {scheme}://{_url_host(host)}:{port}/ on this machine "
+        click.echo(f"open {scheme}://{url_host(host)}:{port}/ on this machine "
                    "(loopback only; --host 0.0.0.0 to serve phones)")
     else:
         _print_join(scheme, host, port, token)

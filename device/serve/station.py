@@ -27,6 +27,7 @@ from edgekit.errors import EdgekitError, ImageError
 if TYPE_CHECKING:
     from edgekit.device.records import RecordStore, Session
     from edgekit.device.runtime import Classifier
+    from edgekit.device.sessions import SessionReadout
 
 T = TypeVar("T")
 KINDS = ("field", "crop")
@@ -112,9 +113,9 @@ class Station:
 
     def _sessions(self) -> list[Session]:
         """Every session, newest first (by id only: a patient id may look like a number)."""
-        from edgekit.device.records import Session
+        from edgekit.device.sessions import all_sessions
 
-        return [Session.from_row(row) for row in self.store.sessions()]
+        return all_sessions(self.store)
 
     def _session(self, session_id: int) -> Session:
         found = self.store.session_by_id(session_id)
@@ -122,21 +123,16 @@ class Station:
             raise ServeError(404, f"no session {session_id}")
         return found
 
-    def _summary(self, session: Session) -> dict[str, Any] | None:
-        """What ``edgekit sessions show`` says, from what is stored with the session (its Decision and
-        domain guard; never the bundle); None for a session recorded before decisions were stored."""
-        from edgekit.device.sessions import session_summary
+    def _view(self, session: Session, seen: SessionReadout | None = None) -> dict[str, Any]:
+        """A session as every answer shows it: the session, the patient summary (what ``edgekit
+        sessions show`` says, from what is stored with the session: its Decision and domain guard,
+        never the bundle; None for a session recorded before decisions were stored) and the review
+        summary (model count and confirmed count)."""
+        from edgekit.device.sessions import read_session
 
-        summary = session_summary(self.store, session)
-        return None if summary is None else summary.to_dict()
-
-    def _view(self, session: Session) -> dict[str, Any]:
-        """A session as every answer shows it: the session, the patient summary (the model's calls,
-        the domain guard's verdict) and the review summary (model count and confirmed count)."""
-        from edgekit.device.review import session_review
-
-        review, _ = session_review(self.store, session)
-        return {"session": self._public(session), "summary": self._summary(session), "review": review}
+        seen = seen or read_session(self.store, session)
+        summary = None if seen.summary is None else seen.summary.to_dict()
+        return {"session": self._public(session), "summary": summary, "review": seen.review}
 
     @staticmethod
     def _public(session: Session) -> dict[str, Any]:
@@ -163,22 +159,23 @@ class Station:
         the rolling median of its recent sessions' guard scores and its status (ok / watch / drift);
         ``current`` marks this station's model."""
         from edgekit.device.drift import WINDOW, rolling_view, session_points
-        from edgekit.device.records import Session
-        from edgekit.device.sessions import session_summary
+        from edgekit.device.sessions import summarized_sessions
 
         w = window or WINDOW
-        rows = [(r, session_summary(self.store, Session.from_row(r))) for r in self.store.sessions()]
-        _, sites = rolling_view(session_points(self.store, rows), w)
+        _, sites = rolling_view(session_points(summarized_sessions(self.store)), w)
         sha = self.classifier.model_sha256
         return {"window": w, "sites": [{**s.to_dict(), "current": s.model_sha256 == sha}
                                        for s in sites if s.drift.threshold is not None]}
 
     def session(self, session_id: int, with_records: bool = True) -> dict[str, Any]:
         """One session: its summaries and (unless not wanted) its records, oldest first."""
+        from edgekit.device.sessions import read_session
+
         session = self._session(session_id)
-        out = self._view(session)
+        seen = read_session(self.store, session)
+        out = self._view(session, seen)
         if with_records:
-            out["records"] = [{k: r[k] for k in RECORD_KEYS} for r in self.store.records(session.id)]
+            out["records"] = [{k: r[k] for k in RECORD_KEYS} for r in seen.records]
         return out
 
     def export_csv(self, session_id: int | None) -> str:
