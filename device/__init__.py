@@ -1,1 +1,2 @@
+# pyright: basic
 """The light on-device runtime (numpy, OpenCV, LiteRT / onnxruntime). Never imports TensorFlow."""

@@ -1,3 +1,4 @@
+# pyright: basic
 """An artifact's outputs -> class probabilities, as its manifest entry says (``output``, ``activation``).
 
 Quantized formats end at the logits (the input of the model's final softmax or sigmoid): an int8

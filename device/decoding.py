@@ -1,3 +1,4 @@
+# pyright: basic
 """Bounded, strict decoding of image files from untrusted sources.
 
 Order of work for every file: refuse anything but a regular file (before a byte is read: a FIFO

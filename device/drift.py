@@ -1,3 +1,4 @@
+# pyright: basic
 """The drift view: do a site's recent sessions still look like the cells its bundle was fitted on?
 
 A model adapted once keeps screening for months while stain batches, lamps and cameras change. Each

@@ -1,3 +1,4 @@
+# pyright: basic
 """``edgekit field``: count and classify every red cell of whole microscope fields. Light at import
 (click only); OpenCV and the inference engine load inside the command body."""
 

@@ -1,3 +1,4 @@
+# pyright: basic
 """A live microscope camera: which frames are fields worth counting, and each field counted once.
 
 A health worker pans across a smear, stops on a field, focuses, moves on. Every frame is measured

@@ -1,3 +1,4 @@
+# pyright: basic
 """Images through the device: decode, quality gates, classify (a batch per inference call). Plus
 input expansion, content hashes, worker threads and the batch tally shared by ``classify``,
 ``screen`` and ``camera`` (their terminal output lives in :mod:`edgekit.device.output`)."""

@@ -1,3 +1,4 @@
+# pyright: basic
 """Image decoding and the one preprocessing function shared by training, export and the device.
 
 Every path that turns a file into a model input (training cache, int8 calibration, validation,

@@ -1,3 +1,4 @@
+# pyright: basic
 """Native-crash guard: the first time a model file (by sha256) is seen, load it and run one input in
 a child process. A model that crashes the runtime (abort, segfault) then ends the child, not the
 command, and the user gets one line instead of exit 134 and silence. Models that passed are

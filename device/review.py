@@ -1,3 +1,4 @@
+# pyright: basic
 """Parasitemia a person can check: per-field counts with intervals, the cells to review, a review
 gallery (PNG contact sheet or self-contained HTML page) and the count after a reviewer's verdicts.
 

@@ -1,3 +1,4 @@
+# pyright: basic
 """``edgekit sessions review`` and ``edgekit sessions confirm``: a reviewer checks the cells the model
 called parasitized or uncertain. Light at import (click only)."""
 

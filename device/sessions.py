@@ -1,3 +1,4 @@
+# pyright: basic
 """Screening sessions read back: what `edgekit sessions list/show/export` and `edgekit serve` show.
 
 Everything here comes from the screening database alone: a session's records, the Decision, the

@@ -1,3 +1,4 @@
+# pyright: basic
 """edgekit: train, quantize and run compact image classifiers on field devices.
 
 This module stays light: importing ``edgekit.device`` runs it first, and the device path must

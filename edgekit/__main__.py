@@ -1,3 +1,4 @@
+# pyright: basic
 """``python -m edgekit`` runs the CLI (the same as the ``edgekit`` script)."""
 
 from edgekit.cli import main

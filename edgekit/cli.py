@@ -1,3 +1,4 @@
+# pyright: basic
 """The one ``edgekit`` command. Subcommand modules are light (click only) and import their heavy
 work inside the command body, so ``edgekit classify`` on a Pi never loads TensorFlow."""
 

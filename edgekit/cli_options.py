@@ -1,3 +1,4 @@
+# pyright: basic
 """The CLI's one vocabulary: options shared by every command, and old spellings kept working.
 
 ``--model/-m BUNDLE`` the bundle (default: the model shipped with edgekit), ``-o/--out`` what a

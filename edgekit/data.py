@@ -1,3 +1,4 @@
+# pyright: basic
 """Folder-per-class datasets, patient/group ids, and reading images into uint8 arrays.
 
 Light module (numpy + OpenCV through ``edgekit.device.preprocess``): both the training side and

@@ -1,3 +1,4 @@
+# pyright: basic
 """``edgekit domain``: fit and show the domain guard's statistics of a bundle. Light at import."""
 
 from __future__ import annotations

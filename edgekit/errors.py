@@ -1,3 +1,4 @@
+# pyright: basic
 """User-facing errors: the CLI prints their message as one line and exits non-zero."""
 
 

@@ -1,3 +1,4 @@
+# pyright: basic
 """The format table: every fact about a model format in one row, read by export, pack, the device
 runtime, the benchmarks and the CLI help (Ultralytics' export-formats table, typed).
 

@@ -1,3 +1,4 @@
+# pyright: basic
 """The bundle manifest: the one source of truth for preprocessing, labels, thresholds and artifacts.
 
 A bundle (and a training run folder, which is the start of one) is a folder holding

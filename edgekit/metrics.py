@@ -1,3 +1,4 @@
+# pyright: basic
 """Classification metrics with 95% confidence intervals. numpy only (the device uses Wilson
 intervals for patient summaries; evaluate and bench use all of it)."""
 

@@ -1,3 +1,4 @@
+# pyright: basic
 """The compact ResNet of the PyImageSearch malaria recipe, and optional keras.applications backbones.
 
 Inputs are float32 pixels in [0, 255]; the scaling to [0, 1] is the graph's first layer, so the

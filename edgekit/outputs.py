@@ -1,3 +1,4 @@
+# pyright: basic
 """Safe outputs: CSV that spreadsheets cannot misread, and output files that are only ever regular
 files the user meant to (over)write.
 

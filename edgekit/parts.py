@@ -1,3 +1,4 @@
+# pyright: basic
 """One part of a split decoded into arrays, and Keras predictions over them: what training and
 evaluation share (so ``evaluate`` does not import ``train``)."""
 

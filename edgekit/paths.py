@@ -1,3 +1,4 @@
+# pyright: basic
 """Where the shared datasets live: ``$EDGEKIT_DATA``, else ``../shared/data`` next to the checkout."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# pyright: basic
 """Opening files that come from anywhere: regular files only, size-bounded, never blocking.
 
 ``open_regular`` opens with ``O_NONBLOCK`` and checks ``fstat`` on the open descriptor, so a FIFO,

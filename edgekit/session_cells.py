@@ -1,3 +1,4 @@
+# pyright: basic
 """Labelled site cells from normal review work: ``edgekit cells --from-sessions DB -o OUT``.
 
 Screening keeps the crop of every cell it flags (counted parasitized or uncertain) and of a sample

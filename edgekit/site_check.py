@@ -1,3 +1,4 @@
+# pyright: basic
 """``edgekit site check``: does a site bundle still hold on newly labelled fields of its site?
 
 A gate measured once at adaptation time cannot protect the months after it. A site labels a sample

@@ -1,3 +1,4 @@
+# pyright: basic
 """Site commands: ``edgekit cells`` (labelled cells from annotated fields), ``edgekit adapt`` and
 ``edgekit site check`` (does a site bundle still hold on new labelled fields). Light at import (click
 only); OpenCV and the runtimes load inside the command bodies."""

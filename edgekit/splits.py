@@ -1,3 +1,4 @@
+# pyright: basic
 """Reproducible train/validation/test splits grouped by patient, with a leakage guard.
 
 A split file is JSON: the dataset's classes, the group mode, the seed and fractions, and for each

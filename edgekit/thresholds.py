@@ -1,3 +1,4 @@
+# pyright: basic
 """Choosing the decision thresholds from validation patients (never from test patients).
 
 Cell level: the cutoff maximises Youden's J (sensitivity + specificity - 1) on validation crops;

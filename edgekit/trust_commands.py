@@ -1,3 +1,4 @@
+# pyright: basic
 """``edgekit keygen``, ``edgekit sign``, ``edgekit verify``: managing who a device trusts. Light at
 import (click only)."""
 

@@ -1,3 +1,4 @@
+# pyright: basic
 """Installed tool versions, for the manifest's ``versions`` record (training and export both write it)."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# pyright: basic
 """Whole microscope fields: find every red cell, crop it like the NIH crops, classify, count.
 
 A thin-smear field is segmented classically (no model), with no stain-colour window: the background

@@ -1,3 +1,4 @@
+# pyright: basic
 """Classifying a field's cells with an injected classifier, and field crops for screening."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# pyright: basic
 """Cutting one found cell out of its field the way the NIH crops were made."""
 
 from __future__ import annotations

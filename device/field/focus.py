@@ -1,3 +1,4 @@
+# pyright: basic
 """One focus judgement for every capture path (files, folders, ``screen --fields``, camera, phone).
 
 The measure is the sharpness of the field's strongest edges, relative to the same edges seen

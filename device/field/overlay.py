@@ -1,3 +1,4 @@
+# pyright: basic
 """The overlay a health worker checks: each cell outlined and coloured as counted."""
 
 from __future__ import annotations

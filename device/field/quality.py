@@ -1,3 +1,4 @@
+# pyright: basic
 """The field quality gate: fields that cannot be counted, and why."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# pyright: basic
 """The field pipeline's data types: segmentation settings, found cells, one field's report."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# pyright: basic
 """``edgekit serve``: a screening station any phone on the clinic's network can use.
 
 One process serves a small mobile page and a JSON API on top of the device pipeline (the same

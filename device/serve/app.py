@@ -1,3 +1,4 @@
+# pyright: basic
 """The HTTP side of ``edgekit serve``: the page, the JSON API, the access token, the upload bounds.
 
 Security, for a server on a shared clinic Wi-Fi:

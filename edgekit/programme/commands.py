@@ -1,3 +1,4 @@
+# pyright: basic
 """`edgekit sync` and `edgekit programme migrate/report` (the sync extra: psycopg 3)."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# pyright: basic
 """`edgekit sync`: send a station's screening records to the programme's PostgreSQL.
 
 Offline-first: the station's SQLite database is the record; a sync sends what the server does not
