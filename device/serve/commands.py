@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import secrets
 import socket
@@ -11,19 +10,10 @@ from pathlib import Path
 import click
 
 from edgekit.cli_options import allow_unsigned_option, model_option
+from edgekit.device.serve.join import is_loopback, join_links, lan_addresses, qr_text, url_host
 
 TOKEN_ENV = "EDGEKIT_SERVE_TOKEN"
 TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
-
-
-def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and ``localhost``."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def choose_token(host: str, env: dict[str, str] | None = None, saved: Path | None = None,
@@ -96,61 +86,28 @@ def token_path(db_path: Path) -> Path:
     return db_path.with_name(db_path.name + ".serve-token")
 
 
-def lan_addresses(host: str) -> list[str]:
-    """The addresses a phone on the same network can open: ``host`` itself when it names one
-    address; for 0.0.0.0 / ::, this machine's address on its default route (no packet is sent)
-    and those its name resolves to, loopback left out."""
-    if host not in ("0.0.0.0", "::", ""):
-        return [host]
-    found: list[str] = []
-    for family, probe in ((socket.AF_INET, ("10.255.255.255", 1)), (socket.AF_INET6, ("fd00::1", 1))):
-        if family == socket.AF_INET6 and host != "::":
-            continue
-        try:
-            with socket.socket(family, socket.SOCK_DGRAM) as s:
-                s.connect(probe)
-                found.append(s.getsockname()[0])
-        except OSError:
-            pass
-    try:
-        found += [info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)]
-    except OSError:
-        pass
-    return [a for a in dict.fromkeys(found) if not is_loopback(a)]
-
-
-def qr_text(url: str) -> str | None:
-    """A QR code of ``url`` drawn with half blocks for a terminal, or None without ``segno``."""
-    try:
-        import segno
-    except ImportError:
-        return None
-    import io
-
-    out = io.StringIO()
-    segno.make(url, error="m", boost_error=False).terminal(out=out, compact=True, border=2)
-    return out.getvalue().rstrip("\n")
-
-
-def _url_host(address: str) -> str:
-    return f"[{address.strip('[]')}]" if ":" in address else address
-
-
-def _print_join(scheme: str, host: str, port: int, token: str) -> None:
-    """The join link on this network (its IP address: phones often cannot resolve the station's
-    name) and its QR code."""
+def station_links(scheme: str, host: str, port: int, token: str) -> list[str]:
+    """The join links on this network (by IP address: phones often cannot resolve the station's
+    name); the machine's name when no address is found (said on stderr)."""
     addresses = lan_addresses(host)
     if not addresses:
         click.echo("no network address found: is this machine on the clinic's Wi-Fi? The page is at "
-                   f"{scheme}://{_url_host(socket.gethostname())}:{port}/?token=...", err=True)
+                   f"{scheme}://{url_host(socket.gethostname())}:{port}/?token=...", err=True)
         addresses = [socket.gethostname()]
-    links = [f"{scheme}://{_url_host(a)}:{port}/?token={token}" for a in addresses]
+    return join_links(scheme, addresses, port, token)
+
+
+def _print_join(scheme: str, host: str, port: int, token: str, links: list[str] | None = None) -> None:
+    """The join links and the first one's QR code; where the station's own screen shows them."""
+    links = links or station_links(scheme, host, port, token)
     click.echo("join from a phone on this network: scan the code or open the address "
                "(it holds the access token; keep it private)")
     qr = qr_text(links[0])
     click.echo(qr if qr else "  (no QR code: pip install segno, or edgekit[serve], to show one)")
     for link in links:
         click.echo(f"  {link}")
+    click.echo("on this machine, the same link with /station in place of / shows the QR code on screen "
+               "(phones see only the sessions they started; this machine sees all)")
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -235,17 +192,18 @@ def serve(host: str, port: int, bundle: Path | None, model_format: str | None, t
     classifier = load_classifier(bundle, model_format, threads, allow_unsigned=allow_unsigned, warn=warn)
     station = Station(classifier, db_path, overlay_dir or db_path.parent / "overlays",
                       untrusted="; ".join(untrusted) or None)
+    scheme = "https" if cert else "http"
+    links = station_links(scheme, host, port, token) if token is not None else []
     config = ServeConfig(token=token, max_bytes=int(max_upload_mb * 1024 * 1024), max_pending=max_pending,
-                         secure_cookie=cert is not None, host=host)
+                         secure_cookie=cert is not None, host=host, join_links=tuple(links))
     app = create_app(station, config)
 
-    scheme = "https" if cert else "http"
     click.echo(f"edgekit serve: model {classifier.fmt} ({classifier.model_sha256[:12]}), database {db_path}")
     if token is None:
-        click.echo(f"open {scheme}://{_url_host(host)}:{port}/ on this machine "
+        click.echo(f"open {scheme}://{url_host(host)}:{port}/ on this machine "
                    "(loopback only; --host 0.0.0.0 to serve phones)")
     else:
-        _print_join(scheme, host, port, token)
+        _print_join(scheme, host, port, token, links)
     try:
         uvicorn.run(app, host=host.strip("[]"), port=port, access_log=False, log_level="warning",
                     ssl_certfile=str(cert) if cert else None, ssl_keyfile=str(key) if key else None)
