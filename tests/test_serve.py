@@ -345,7 +345,8 @@ def test_serve_command_is_light_until_it_runs():
 
 def test_a_session_without_a_stored_decision_is_listed_but_not_decided(station):
     # the station's own screen (loopback): a phone lists only the sessions it started
-    client = TestClient(create_app(station, ServeConfig(token=TOKEN)), base_url=BASE, client=("127.0.0.1", 50000))
+    client = TestClient(create_app(station, ServeConfig(token=TOKEN)), base_url=BASE,
+                        client=("127.0.0.1", 50000))
     old = station.submit(station.store.open_session, "P-old", "0" * 64).result()  # as an older edgekit did
     sessions = {s["session"]["id"]: s for s in client.get("/api/sessions", headers=AUTH).json()}
     assert sessions[old.id]["summary"] is None and sessions[old.id]["session"]["decision"] is None

@@ -141,7 +141,8 @@ def test_the_qr_code_on_the_station_page_reads_back_as_the_join_link():
     assert link == f"http://[fe80::1]:8000/?token={TOKEN}"
     svg = qr_svg(link)
     assert svg.startswith("<svg") and svg == segno.make(link, error="m", boost_error=False).svg_inline(
-        scale=8, border=4, dark="#000", light="#fff", title="Join link QR code")
+        scale=8, border=4, dark="#000", light="#fff", title="Join link QR code", omitsize=True)
+    assert "viewBox" in svg and "width=" not in svg.split(">", 1)[0]  # scales to the screen
 
 
 def test_a_version_5_database_upgrades_and_keeps_its_sessions(tmp_path):
@@ -164,3 +165,11 @@ def test_a_version_5_database_upgrades_and_keeps_its_sessions(tmp_path):
         store.add_session_phone(s.id, "x" * 32)
         store.add_session_phone(s.id, "x" * 32)
         assert store.phone_sessions("x" * 32) == {s.id}
+
+
+@pytest.mark.parametrize(("client", "operator"), [
+    (("127.0.0.1", 1), True), (("::1", 1), True), (("::ffff:127.0.0.1", 1), True),  # dual-stack loopback
+    (("192.168.4.23", 1), False), (("::ffff:192.168.4.23", 1), False), (("testclient", 1), False)])
+def test_who_counts_as_the_station_machine(station, client, operator):
+    got = _client(station, client=client).get("/api/status", headers=AUTH).json()
+    assert got["operator"] is operator

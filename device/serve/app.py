@@ -221,9 +221,11 @@ def _own_machine(request: Request) -> bool:
     client = request.client.host if request.client else ""
     server = request.scope.get("server") or ("",)
     try:
-        return ipaddress.ip_address(client).is_loopback or client == server[0]
+        ip = ipaddress.ip_address(client)
     except ValueError:
         return False
+    ip = getattr(ip, "ipv4_mapped", None) or ip  # a dual-stack socket names IPv4 peers ::ffff:a.b.c.d
+    return ip.is_loopback or client == server[0]
 
 
 def _phone_id(request: Request) -> str | None:

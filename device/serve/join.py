@@ -77,4 +77,5 @@ def qr_svg(url: str) -> str | None:
     qr = _qr(url)
     if qr is None:
         return None
-    return qr.svg_inline(scale=8, border=4, dark="#000", light="#fff", title="Join link QR code")
+    return qr.svg_inline(scale=8, border=4, dark="#000", light="#fff", title="Join link QR code",
+                         omitsize=True)
