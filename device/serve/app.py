@@ -239,6 +239,18 @@ def phone_key(phone_id: str) -> str:
     return hashlib.sha256(phone_id.encode()).hexdigest()[:32]
 
 
+def _which_phone(request: Request) -> tuple[str | None, str | None]:
+    """The stored key of the phone asking, and the new id to hand it when it has none; (None, None)
+    for the station machine itself (it sees every session)."""
+    if _own_machine(request):
+        return None, None
+    phone = _phone_id(request)
+    if phone is not None:
+        return phone_key(phone), None
+    new = secrets.token_urlsafe(24)
+    return phone_key(new), new
+
+
 def _given_token(request: Request) -> str | None:
     auth = request.headers.get("authorization", "")
     if auth.lower().startswith("bearer "):
@@ -328,11 +340,7 @@ def create_app(station: Station, config: ServeConfig) -> FastAPI:
             given = _given_token(request)
             if not given or not hmac.compare_digest(given.encode(), config.token.encode()):
                 return _refused(request)
-            if not _own_machine(request):
-                phone = _phone_id(request)
-                if phone is None:
-                    phone = new_phone = secrets.token_urlsafe(24)
-                request.state.phone = phone_key(phone)
+            request.state.phone, new_phone = _which_phone(request)
             if request.query_params.get("token") and request.method == "GET" and \
                     not request.url.path.startswith("/api/"):
                 # the page's address: keep the token in a cookie, out of the address bar and history
