@@ -86,9 +86,11 @@ def token_path(db_path: Path) -> Path:
     return db_path.with_name(db_path.name + ".serve-token")
 
 
-def station_links(scheme: str, host: str, port: int, token: str) -> list[str]:
+def station_links(scheme: str, host: str, port: int, token: str | None) -> list[str]:
     """The join links on this network (by IP address: phones often cannot resolve the station's
-    name); the machine's name when no address is found (said on stderr)."""
+    name); the machine's name when no address is found (said on stderr); none without a token."""
+    if token is None:
+        return []
     addresses = lan_addresses(host)
     if not addresses:
         click.echo("no network address found: is this machine on the clinic's Wi-Fi? The page is at "
@@ -193,7 +195,7 @@ def serve(host: str, port: int, bundle: Path | None, model_format: str | None, t
     station = Station(classifier, db_path, overlay_dir or db_path.parent / "overlays",
                       untrusted="; ".join(untrusted) or None)
     scheme = "https" if cert else "http"
-    links = station_links(scheme, host, port, token) if token is not None else []
+    links = station_links(scheme, host, port, token)
     config = ServeConfig(token=token, max_bytes=int(max_upload_mb * 1024 * 1024), max_pending=max_pending,
                          secure_cookie=cert is not None, host=host, join_links=tuple(links))
     app = create_app(station, config)
