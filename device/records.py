@@ -28,8 +28,9 @@ from edgekit.safefile import is_regular
 
 # 2: sessions.decision; 3: crop_images and reviews; 4: sessions keyed on their manifest, with the
 # guard, manifest sha256 and signer they were decided with (version-1/2/3 files keep working);
-# 5: fields (each counted whole field's identity signature and focus) and records.field_id
-SCHEMA_VERSION = 5
+# 5: fields (each counted whole field's identity signature and focus) and records.field_id;
+# 6: session_phones (which phones of `edgekit serve` opened a session: a phone lists only its own)
+SCHEMA_VERSION = 6
 # manifest_sha256 '': a session recorded before sessions were keyed on their manifest
 _SESSIONS = """
 CREATE TABLE IF NOT EXISTS {name} (
@@ -82,6 +83,12 @@ CREATE TABLE IF NOT EXISTS fields (
     status TEXT NOT NULL DEFAULT 'counted' CHECK (status IN ('counted', 'replaced')),
     replaced_by INTEGER REFERENCES fields(id),
     created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS session_phones (
+    session_id INTEGER NOT NULL REFERENCES sessions(id),
+    phone TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (session_id, phone)
 );
 CREATE TABLE IF NOT EXISTS reviews (
     record_id INTEGER PRIMARY KEY REFERENCES records(id),
@@ -490,6 +497,20 @@ class RecordStore:
                 " GROUP BY s.id ORDER BY s.updated_at DESC"
             ).fetchall()
         return [dict(r) for r in rows]
+
+    def add_session_phone(self, session_id: int, phone: str) -> None:
+        """Note that ``phone`` (an opaque key of one phone of ``edgekit serve``) opened the session."""
+        with _db_errors(self.path), self.conn:
+            self.conn.execute("INSERT OR IGNORE INTO session_phones (session_id, phone, created_at)"
+                              " VALUES (?, ?, ?)", (int(session_id), phone, time.time()))
+
+    def phone_sessions(self, phone: str) -> set[int]:
+        """The ids of the sessions ``phone`` opened (none in a database older than schema 6)."""
+        with _db_errors(self.path):
+            if not self._has("session_phones"):
+                return set()
+            rows = self.conn.execute("SELECT session_id FROM session_phones WHERE phone = ?", (phone,))
+            return {r[0] for r in rows}
 
     def session_by_id(self, session_id: int) -> Session | None:
         """The session with this id; None when there is none."""

@@ -16,8 +16,9 @@ import httpx  # noqa: E402  (after the skip: httpx comes with the serve test dep
 from device_helpers import CELLS, GOLDEN  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
-from edgekit.device.serve.access import choose_token, is_loopback  # noqa: E402
+from edgekit.device.serve.access import choose_token  # noqa: E402
 from edgekit.device.serve.app import COOKIE, ServeConfig, create_app  # noqa: E402
+from edgekit.device.serve.join import is_loopback  # noqa: E402
 from edgekit.device.serve.station import Station, display_name  # noqa: E402
 
 FIELDS = Path(__file__).resolve().parent / "fixtures" / "fields"
@@ -344,7 +345,9 @@ def test_serve_command_is_light_until_it_runs():
 
 
 def test_a_session_without_a_stored_decision_is_listed_but_not_decided(station):
-    client = _client(station, token=TOKEN)
+    # the station's own screen (loopback): a phone lists only the sessions it started
+    client = TestClient(create_app(station, ServeConfig(token=TOKEN)), base_url=BASE,
+                        client=("127.0.0.1", 50000))
     old = station.submit(station.store.open_session, "P-old", "0" * 64).result()  # as an older edgekit did
     sessions = {s["session"]["id"]: s for s in client.get("/api/sessions", headers=AUTH).json()}
     assert sessions[old.id]["summary"] is None and sessions[old.id]["session"]["decision"] is None

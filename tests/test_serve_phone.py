@@ -12,13 +12,8 @@ import pytest
 pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install 'edgekit[serve]')")
 from test_serve import AUTH, FIELD, TOKEN, _client, _crop_bytes, _session, _station, _upload  # noqa: E402
 
-from edgekit.device.serve.access import (  # noqa: E402
-    choose_token,
-    lan_addresses,
-    qr_text,
-    read_token,
-    token_path,
-)
+from edgekit.device.serve.access import choose_token, read_token, token_path  # noqa: E402
+from edgekit.device.serve.join import lan_addresses, qr_text  # noqa: E402
 from edgekit.errors import EdgekitError  # noqa: E402
 
 

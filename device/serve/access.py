@@ -5,24 +5,15 @@ only (``segno`` for the QR code, when installed)."""
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import secrets
 import socket
 from pathlib import Path
 
+from edgekit.device.serve.join import is_loopback
+
 TOKEN_ENV = "EDGEKIT_SERVE_TOKEN"
 TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
-
-
-def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and ``localhost``."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def choose_token(host: str, env: dict[str, str] | None = None, saved: Path | None = None,
@@ -93,47 +84,6 @@ def write_token(path: Path, token: str) -> None:
 def token_path(db_path: Path) -> Path:
     """Where the station keeps its token: beside its database."""
     return db_path.with_name(db_path.name + ".serve-token")
-
-
-def lan_addresses(host: str) -> list[str]:
-    """The addresses a phone on the same network can open: ``host`` itself when it names one
-    address; for 0.0.0.0 / ::, this machine's address on its default route (no packet is sent)
-    and those its name resolves to, loopback left out."""
-    if host not in ("0.0.0.0", "::", ""):
-        return [host]
-    found: list[str] = []
-    for family, probe in ((socket.AF_INET, ("10.255.255.255", 1)), (socket.AF_INET6, ("fd00::1", 1))):
-        if family == socket.AF_INET6 and host != "::":
-            continue
-        try:
-            with socket.socket(family, socket.SOCK_DGRAM) as s:
-                s.connect(probe)
-                found.append(s.getsockname()[0])
-        except OSError:
-            pass
-    try:
-        found += [info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)]
-    except OSError:
-        pass
-    return [a for a in dict.fromkeys(found) if not is_loopback(a)]
-
-
-def qr_text(url: str) -> str | None:
-    """A QR code of ``url`` drawn with half blocks for a terminal, or None without ``segno``."""
-    try:
-        import segno
-    except ImportError:
-        return None
-    import io
-
-    out = io.StringIO()
-    segno.make(url, error="m", boost_error=False).terminal(out=out, compact=True, border=2)
-    return out.getvalue().rstrip("\n")
-
-
-def url_host(address: str) -> str:
-    """An address as a URL's host (an IPv6 address in brackets)."""
-    return f"[{address.strip('[]')}]" if ":" in address else address
 
 
 def check_port_free(host: str, port: int) -> None:

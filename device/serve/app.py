@@ -20,7 +20,11 @@ import base64
 import gzip
 import hashlib
 import hmac
+import html
+import ipaddress
 import mimetypes
+import re
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -42,6 +46,11 @@ from edgekit.errors import EdgekitError, RecordsError
 STATIC = Path(__file__).resolve().parent / "static"
 COOKIE = "edgekit_token"
 COOKIE_SECONDS = 30 * 24 * 3600  # the phone stays joined across its own restarts, as across the station's
+# which phone is asking: a random id the station gives each joined phone (a cookie), or that an API
+# client names itself; stored hashed with the sessions it opens, so a phone lists only its own
+PHONE_COOKIE = "edgekit_phone"
+PHONE_HEADER = "x-edgekit-phone"
+PHONE_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 MULTIPART_SLACK = 64 * 1024  # multipart headers and boundaries around the file
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
@@ -76,6 +85,34 @@ new one.</li>
 """
 
 
+STATION_STYLE = ("body{font:20px/1.4 system-ui,sans-serif;max-width:44rem;margin:1rem auto;padding:0 .8rem}"
+                 "h1{font-size:1.4rem}svg{display:block;width:min(90vw,26rem);height:auto;margin:1rem 0}"
+                 "code{font-size:.9rem;overflow-wrap:anywhere}")
+STATION_CSP = ("default-src 'none'; style-src 'sha256-"
+               + base64.b64encode(hashlib.sha256(STATION_STYLE.encode()).digest()).decode()
+               + "'; base-uri 'none'; frame-ancestors 'none'")
+
+
+def station_page(links: list[str]) -> str:
+    """The station's own screen: the join link's QR code for phones to scan, and the links."""
+    from edgekit.device.serve.join import qr_svg
+
+    if not links:
+        body = ("<p>This station answers on this machine only (no access token). Start it with "
+                "<code>--host 0.0.0.0</code> to let phones on the clinic's Wi-Fi join.</p>")
+    else:
+        svg = qr_svg(links[0])
+        items = "".join(f"<li><code class=\"join-link\">{html.escape(u)}</code></li>" for u in links)
+        body = (svg or "<p>(no QR code: pip install segno, or edgekit[serve], to show one)</p>") + \
+            f"<p>Or type the address:</p><ul>{items}</ul>" + \
+            "<p>It holds the access token: show it only to the clinic's phones. Each phone lists only the " \
+            "sessions it started; this screen's <a href=\"/\">page</a> lists all.</p>"
+    return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>edgekit: join this station</title><style>{STATION_STYLE}</style></head><body>"
+            f"<h1>Join this screening station</h1><p>Scan with the phone's camera.</p>{body}</body></html>\n")
+
+
 @dataclass
 class ServeConfig:
     """Limits and access for one server."""
@@ -86,6 +123,7 @@ class ServeConfig:
     upload_seconds: float = 120.0  # a slower upload holds a slot too long: refused (408)
     secure_cookie: bool = False  # True under HTTPS
     host: str | None = None  # the address it listens on (`--host`): its own name is always answered
+    join_links: tuple[str, ...] = ()  # what the terminal printed (the station page)
 
 
 TEXT = r"^[^\x00-\x1f\x7f]*$"  # one line, no control characters
@@ -178,6 +216,42 @@ def _refused(request: Request) -> Response:
     return _json_error(401, NO_TOKEN, headers)
 
 
+def _own_machine(request: Request) -> bool:
+    """Whether the request comes from the station machine itself: a loopback address, or the
+    address it was reached at (a browser on the station opening its own LAN address)."""
+    client = request.client.host if request.client else ""
+    server = request.scope.get("server") or ("",)
+    try:
+        ip = ipaddress.ip_address(client)
+    except ValueError:
+        return False
+    ip = getattr(ip, "ipv4_mapped", None) or ip  # a dual-stack socket names IPv4 peers ::ffff:a.b.c.d
+    return ip.is_loopback or client == server[0]
+
+
+def _phone_id(request: Request) -> str | None:
+    """The id the phone presents (its cookie, or an API client's header); None when it has none."""
+    given = request.headers.get(PHONE_HEADER) or request.cookies.get(PHONE_COOKIE) or ""
+    return given if PHONE_ID.match(given) else None
+
+
+def phone_key(phone_id: str) -> str:
+    """How a phone is stored with its sessions: a hash, so the database cannot be used to pose as it."""
+    return hashlib.sha256(phone_id.encode()).hexdigest()[:32]
+
+
+def _which_phone(request: Request) -> tuple[str | None, str | None]:
+    """The stored key of the phone asking, and the new id to hand it when it has none; (None, None)
+    for the station machine itself (it sees every session)."""
+    if _own_machine(request):
+        return None, None
+    phone = _phone_id(request)
+    if phone is not None:
+        return phone_key(phone), None
+    new = secrets.token_urlsafe(24)
+    return phone_key(new), new
+
+
 def _given_token(request: Request) -> str | None:
     auth = request.headers.get("authorization", "")
     if auth.lower().startswith("bearer "):
@@ -260,23 +334,41 @@ def create_app(station: Station, config: ServeConfig) -> FastAPI:
         origin = request.headers.get("origin")
         if request.method not in ("GET", "HEAD", "OPTIONS") and origin and urlsplit(origin).netloc != host:
             return _json_error(403, "cross-site request refused")
+        # the station's operator (no token: loopback only; or this machine itself) sees every session
+        request.state.phone = None
+        new_phone = None
         if config.token is not None and not (request.method == "GET" and request.url.path in PUBLIC):
             given = _given_token(request)
             if not given or not hmac.compare_digest(given.encode(), config.token.encode()):
                 return _refused(request)
+            request.state.phone, new_phone = _which_phone(request)
             if request.query_params.get("token") and request.method == "GET" and \
                     not request.url.path.startswith("/api/"):
                 # the page's address: keep the token in a cookie, out of the address bar and history
                 resp = RedirectResponse(_same_origin_path(request.url.path), status_code=303)
                 resp.set_cookie(COOKIE, config.token, max_age=COOKIE_SECONDS, httponly=True,
                                 samesite="strict", secure=config.secure_cookie)
+                _keep_phone(resp, new_phone)
                 return resp
         response = await call_next(request)
-        response.headers["Content-Security-Policy"] = CSP
+        _keep_phone(response, new_phone)
+        response.headers.setdefault("Content-Security-Policy", CSP)  # the station page sets its own
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "no-referrer"
         response.headers.setdefault("Cache-Control", "no-store")
         return response
+
+    def _keep_phone(response: Response, phone: str | None) -> None:
+        if phone is not None:
+            response.set_cookie(PHONE_COOKIE, phone, max_age=COOKIE_SECONDS, httponly=True, samesite="strict",
+                                secure=config.secure_cookie)
+
+    async def own(request: Request, session_id: int) -> None:
+        """404 for a session this phone did not open, as for one that does not exist (its patient id
+        stays on the phones that opened it); the station's operator opens every session."""
+        phone = request.state.phone
+        if phone is not None and session_id not in await run(station.phone_sessions, phone):
+            raise ServeError(404, f"no session {session_id}")
 
     def _asset(request: Request, name: str) -> Response:
         data, gz, mtype = assets[name]
@@ -290,6 +382,15 @@ def create_app(station: Station, config: ServeConfig) -> FastAPI:
     async def page(request: Request) -> Response:
         return _asset(request, "index.html")
 
+    @app.get("/station", include_in_schema=False)
+    async def station_screen(request: Request) -> Response:
+        if request.state.phone is not None:  # a phone: as if there were no such page
+            raise ServeError(404, "no such page")
+        links = list(config.join_links)
+        if not links and config.token is not None:
+            links = [f"{str(request.base_url).rstrip('/')}/?token={config.token}"]
+        return HTMLResponse(station_page(links), headers={"Content-Security-Policy": STATION_CSP})
+
     @app.get("/sw.js", include_in_schema=False)
     async def service_worker(request: Request) -> Response:
         return _asset(request, "sw.js")  # at the root: its scope is the whole page
@@ -301,20 +402,22 @@ def create_app(station: Station, config: ServeConfig) -> FastAPI:
         return _asset(request, name)
 
     @app.get("/api/status", summary="Server, model and limits")
-    async def status() -> dict[str, Any]:
+    async def status(request: Request) -> dict[str, Any]:
         info = station.info()
         info.update(version=__version__, max_upload_bytes=config.max_bytes, max_pending=config.max_pending,
-                    pending=station.pending)
+                    pending=station.pending, operator=request.state.phone is None)
         return info
 
     @app.post("/api/sessions", summary="Start or resume a patient's session")
-    async def open_session(body: SessionIn) -> dict[str, Any]:
-        return await run(station.open_session, body.patient, body.site, body.operator)
+    async def open_session(request: Request, body: SessionIn) -> dict[str, Any]:
+        return await run(station.open_session, body.patient, body.site, body.operator, request.state.phone)
 
-    @app.get("/api/sessions", summary="Sessions with their patient summaries, newest first")
-    async def sessions(limit: int = Query(50, ge=1, le=10_000, description="At most this many")
+    @app.get("/api/sessions", summary="Sessions with their patient summaries, newest first (a phone: the "
+                                      "sessions it opened; the station's own screen: all)")
+    async def sessions(request: Request,
+                       limit: int = Query(50, ge=1, le=10_000, description="At most this many"),
                        ) -> list[dict[str, Any]]:
-        return await run(station.sessions, limit)
+        return await run(station.sessions, limit, request.state.phone)
 
     @app.get("/api/drift", summary="Site drift: rolling median of recent sessions' guard scores per site")
     async def drift(window: int = Query(5, ge=1, le=1000, description="Sessions in the rolling median")
@@ -322,9 +425,16 @@ def create_app(station: Station, config: ServeConfig) -> FastAPI:
         return await run(station.drift, window)
 
     @app.get("/api/sessions/{session_id}", summary="One session: summary and records")
-    async def session(session_id: SessionId, records: bool = Query(True, description="Include the records")
-                      ) -> dict[str, Any]:
+    async def session(request: Request, session_id: SessionId,
+                      records: bool = Query(True, description="Include the records")) -> dict[str, Any]:
+        await own(request, session_id)
         return await run(station.session, session_id, records)
+
+    @app.get("/api/sessions/{session_id}/uploads", summary="The session's uploads with the answer each was "
+                                                           "given (the page's field cards), oldest first")
+    async def uploads(request: Request, session_id: SessionId) -> dict[str, Any]:
+        await own(request, session_id)
+        return await run(station.uploads, session_id)
 
     upload_body = {"requestBody": {"required": True, "content": {
         "image/*": {"schema": {"type": "string", "format": "binary"}},
@@ -342,6 +452,7 @@ def create_app(station: Station, config: ServeConfig) -> FastAPI:
         replace: bool = Query(False, description="A field already counted in the session is counted in its "
                                                  "place when this take is sharper"),
     ) -> dict[str, Any]:
+        await own(request, session_id)
         if station.pending >= config.max_pending:
             raise ServeError(429, f"busy: {station.pending} uploads are being processed; retry in a moment")
         station.pending += 1
@@ -361,20 +472,23 @@ def create_app(station: Station, config: ServeConfig) -> FastAPI:
     @app.get("/api/sessions/{session_id}/uploads/{sha256}",
              summary="What became of an upload (by the SHA-256 of its bytes): recorded, in progress, "
                      "or not recorded")
-    async def upload_state(session_id: SessionId, sha256: Sha256) -> dict[str, Any]:
+    async def upload_state(request: Request, session_id: SessionId, sha256: Sha256) -> dict[str, Any]:
+        await own(request, session_id)
         if sha256 in station.in_flight:  # received, still waiting for or in the analysis: ask again
             return {"sha256": sha256, "state": "in progress", "answer": None}
         return await run(station.upload, session_id, sha256)
 
     @app.get("/api/sessions/{session_id}/review", summary="The review gallery: flagged cells and verdicts")
-    async def review(session_id: SessionId, everything: bool = Query(
+    async def review(request: Request, session_id: SessionId, everything: bool = Query(
             False, alias="all", description="Every classified cell, not only those called parasitized or "
                                             "uncertain")) -> dict[str, Any]:
+        await own(request, session_id)
         return await run(station.review, session_id, everything)
 
     @app.get("/api/sessions/{session_id}/cells/{record_id}.png", response_class=Response,
              summary="The kept crop of one flagged cell, exactly as it was classified")
     async def cell_png(request: Request, session_id: SessionId, record_id: RecordId) -> Response:
+        await own(request, session_id)
         png = await run(station.cell_png, session_id, record_id)
         # revalidated every time: ids start again in another database, and a reviewer must never
         # judge a stale picture under a cell's number
@@ -385,7 +499,8 @@ def create_app(station: Station, config: ServeConfig) -> FastAPI:
         return Response(png, media_type="image/png", headers=headers)
 
     @app.post("/api/sessions/{session_id}/reviews", summary="Record a reviewer's verdicts on cells")
-    async def confirm(session_id: SessionId, body: ReviewIn) -> dict[str, Any]:
+    async def confirm(request: Request, session_id: SessionId, body: ReviewIn) -> dict[str, Any]:
+        await own(request, session_id)
         pairs = [(v.record_id, v.verdict) for v in body.verdicts]
         return await run(station.confirm, session_id, pairs, body.reviewer, body.note)
 
@@ -397,9 +512,11 @@ def create_app(station: Station, config: ServeConfig) -> FastAPI:
                             headers={"Cache-Control": "private, no-cache"})  # rewritten by another model
 
     @app.get("/api/export.csv", summary="Records as CSV (one session, or all)", response_class=Response)
-    async def export(session: int | None = Query(None, description="Session id; all when absent"),
-                     ) -> Response:
-        text = await run(station.export_csv, session)
+    async def export(request: Request, session: int | None = Query(
+            None, description="Session id; all when absent (a phone: all of its own)")) -> Response:
+        if session is not None:
+            await own(request, session)
+        text = await run(station.export_csv, session, request.state.phone)
         fname = f"edgekit-session-{session}.csv" if session is not None else "edgekit-sessions.csv"
         return Response(text, media_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": f'attachment; filename="{fname}"'})

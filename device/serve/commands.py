@@ -9,24 +9,34 @@ from pathlib import Path
 import click
 
 from edgekit.cli_options import allow_unsigned_option, model_format_option, model_option
-from edgekit.device.serve.access import TOKEN_ENV, lan_addresses, qr_text, url_host
+from edgekit.device.serve.access import TOKEN_ENV
+from edgekit.device.serve.join import join_links, lan_addresses, qr_text, url_host
 
 
-def _print_join(scheme: str, host: str, port: int, token: str) -> None:
-    """The join link on this network (its IP address: phones often cannot resolve the station's
-    name) and its QR code."""
+def station_links(scheme: str, host: str, port: int, token: str | None) -> list[str]:
+    """The join links on this network (by IP address: phones often cannot resolve the station's
+    name); the machine's name when no address is found (said on stderr); none without a token."""
+    if token is None:
+        return []
     addresses = lan_addresses(host)
     if not addresses:
         click.echo("no network address found: is this machine on the clinic's Wi-Fi? The page is at "
                    f"{scheme}://{url_host(socket.gethostname())}:{port}/?token=...", err=True)
         addresses = [socket.gethostname()]
-    links = [f"{scheme}://{url_host(a)}:{port}/?token={token}" for a in addresses]
+    return join_links(scheme, addresses, port, token)
+
+
+def _print_join(scheme: str, host: str, port: int, token: str, links: list[str] | None = None) -> None:
+    """The join links and the first one's QR code; where the station's own screen shows them."""
+    links = links or station_links(scheme, host, port, token)
     click.echo("join from a phone on this network: scan the code or open the address "
                "(it holds the access token; keep it private)")
     qr = qr_text(links[0])
     click.echo(qr if qr else "  (no QR code: pip install segno, or edgekit[serve], to show one)")
     for link in links:
         click.echo(f"  {link}")
+    click.echo("on this machine, the same link with /station in place of / shows the QR code on screen "
+               "(phones see only the sessions they started; this machine sees all)")
 
 
 @click.command()
@@ -91,17 +101,18 @@ def serve(host: str, port: int, bundle: Path | None, model_format: str | None, t
     classifier = load_classifier(bundle, model_format, threads, allow_unsigned=allow_unsigned, warn=warn)
     station = Station(classifier, db_path, overlay_dir or db_path.parent / "overlays",
                       untrusted="; ".join(untrusted) or None)
+    scheme = "https" if cert else "http"
+    links = station_links(scheme, host, port, token)
     config = ServeConfig(token=token, max_bytes=int(max_upload_mb * 1024 * 1024), max_pending=max_pending,
-                         secure_cookie=cert is not None, host=host)
+                         secure_cookie=cert is not None, host=host, join_links=tuple(links))
     app = create_app(station, config)
 
-    scheme = "https" if cert else "http"
     click.echo(f"edgekit serve: model {classifier.fmt} ({classifier.model_sha256[:12]}), database {db_path}")
     if token is None:
         click.echo(f"open {scheme}://{url_host(host)}:{port}/ on this machine "
                    "(loopback only; --host 0.0.0.0 to serve phones)")
     else:
-        _print_join(scheme, host, port, token)
+        _print_join(scheme, host, port, token, links)
     try:
         uvicorn.run(app, host=host.strip("[]"), port=port, access_log=False, log_level="warning",
                     ssl_certfile=str(cert) if cert else None, ssl_keyfile=str(key) if key else None)

@@ -140,19 +140,35 @@ class Station:
 
         return public_session(session, full_guard=False)
 
-    def open_session(self, patient: str, site: str | None, operator: str | None) -> dict[str, Any]:
-        """The patient's session with this model and manifest, created or resumed (two phones share it)."""
+    def open_session(self, patient: str, site: str | None, operator: str | None,
+                     phone: str | None = None) -> dict[str, Any]:
+        """The patient's session with this model and manifest, created or resumed (two phones share it);
+        ``phone``: the phone that opened it, which lists it from now on."""
         from edgekit.device.sessions import screened_with
 
         clf = self.classifier
         session = self.store.open_session(patient.strip(), clf.model_sha256, site or None, operator or None,
                                           clf.fmt, str(clf.bundle_dir), clf.manifest.decision,
                                           screened_with(clf))
+        if phone is not None:
+            self.store.add_session_phone(session.id, phone)
         return self._view(session)
 
-    def sessions(self, limit: int | None = None) -> list[dict[str, Any]]:
-        """The sessions in the database, newest first (at most ``limit``), with their summaries."""
-        return [self._view(s) for s in self._sessions()[:limit]]
+    def phone_sessions(self, phone: str) -> set[int]:
+        """The ids of the sessions ``phone`` opened."""
+        return self.store.phone_sessions(phone)
+
+    def _visible(self, phone: str | None) -> list[Session]:
+        """Every session, newest first; for a ``phone``, only those it opened."""
+        if phone is None:
+            return self._sessions()
+        own = self.store.phone_sessions(phone)
+        return [s for s in self._sessions() if s.id in own]
+
+    def sessions(self, limit: int | None = None, phone: str | None = None) -> list[dict[str, Any]]:
+        """The sessions in the database, newest first (at most ``limit``; for a ``phone``, those it
+        opened), with their summaries."""
+        return [self._view(s) for s in self._visible(phone)[:limit]]
 
     def drift(self, window: int | None = None) -> dict[str, Any]:
         """``edgekit sessions list``'s drift view: per site and model whose bundle has guard statistics,
@@ -178,13 +194,13 @@ class Station:
             out["records"] = [{k: r[k] for k in RECORD_KEYS} for r in seen.records]
         return out
 
-    def export_csv(self, session_id: int | None) -> str:
-        """The records of one session (or all) as `edgekit sessions export` writes them, through the
-        safe CSV writer (CR/LF quoted, formula-like cells made inert)."""
+    def export_csv(self, session_id: int | None, phone: str | None = None) -> str:
+        """The records of one session (or all; for a ``phone``, all it opened) as `edgekit sessions
+        export` writes them, through the safe CSV writer (CR/LF quoted, formula-like cells made inert)."""
         from edgekit.device.sessions import EXPORT_COLUMNS, export_rows
         from edgekit.outputs import csv_text
 
-        chosen = [self._session(session_id)] if session_id is not None else self._sessions()
+        chosen = [self._session(session_id)] if session_id is not None else self._visible(phone)
         return csv_text(export_rows(self.store, chosen), EXPORT_COLUMNS)
 
     # ------------------------------------------------------------------ review
@@ -269,6 +285,27 @@ class Station:
             (session.id, sha256, f"%-{sha256[:8]}%")).fetchone() is not None
         out = {"sha256": sha256, "state": "recorded" if found else "not recorded", "answer": answer}
         out.update(self._view(session))
+        return out
+
+    def uploads(self, session_id: int) -> dict[str, Any]:
+        """Every upload of the session the station kept its answer to, oldest first, as the page
+        shows it after a reload (its per-cell lists left out); a field counted in place of another
+        says so (``current``: ``replaced``). Uploads whose answer was never kept are in the counts."""
+        session = self._session(session_id)
+        replaced = {f["source_id"] for f in self.store.fields(session.id, counted_only=False)
+                    if f["status"] == "replaced"}
+        rows = self.store.conn.execute(
+            "SELECT sha256, kind, answer, created_at FROM serve_uploads WHERE session_id = ?"
+            " ORDER BY created_at, rowid", (session.id,)).fetchall()
+        items = []
+        for sha, kind, text, created in rows:
+            answer = json.loads(text)
+            if isinstance(answer.get("result"), dict):
+                answer["result"].pop("cell_list", None)
+            answer["current"] = "replaced" if answer.get("name") in replaced else None
+            items.append({"sha256": sha, "kind": kind, "created_at": created, "answer": answer})
+        out = self._view(session)
+        out["uploads"] = items
         return out
 
     # ------------------------------------------------------------------ write side

@@ -55,8 +55,26 @@ async function api(path, opts) {
 
 const notValidated = (d) => Boolean(d && !d.ok);
 
+function renderStop(s) {
+  // the patient's result is decided once the stop rule is reached: said big, and on the capture bar
+  const stopped = Boolean(s && s.stop_reached);
+  const banner = $("#stop-banner");
+  banner.hidden = !stopped;
+  $("#bar-stop").hidden = !stopped;
+  $("#capture-bar").classList.toggle("stopped", stopped);
+  if (stopped) {
+    banner.replaceChildren(el("strong", {}, "Result decided: stop rule reached"),
+      `${s.crops} cells counted (the rule stops at ${s.stop_cells}). Further photos of this patient are ` +
+      "analysed but NOT counted. Press \u201cNext patient\u201d for the next one.");
+  }
+  const key = state.session ? String(state.session.id) : "";
+  if (stopped && state.stopSeen !== key && !$("#screen").hidden) banner.scrollIntoView({ block: "nearest" });
+  if (stopped) state.stopSeen = key;  // brought into view once per session, not on every refresh
+}
+
 function renderSummary(s, review) {
   const box = $("#summary");
+  renderStop(s);
   if (!s) {
     box.replaceChildren(el("p", { class: "warn" }, "This session was recorded by an older edgekit without its " +
                                   "decision rule: it cannot be decided here. Rescreen it with its model."));
@@ -560,6 +578,10 @@ async function loadSessions() {
   let rows;
   loadDrift();
   try { rows = await api("api/sessions"); } catch (err) { say(err.message); return; }
+  const operator = Boolean(state.info && state.info.operator);
+  $("#sessions-scope").textContent = operator ? "Every session (this is the station's own screen)."
+    : "The sessions started on this phone (the station's own screen lists all).";
+  $("#station-link").hidden = !operator;
   const body = $("#sessions tbody");
   body.replaceChildren(...rows.map(({ session, summary, review }) => el("tr", {},
     el("td", {}, session.patient, el("br"), el("span", { class: "small" }, `${session.site || "-"} · #${session.id}`)),
@@ -597,12 +619,35 @@ async function loadDrift() {
   $("#drift-alert").hidden = alarming.length === 0;
 }
 
+async function restoreCards(id) {
+  // the session's field and crop cards as the station answered them, newest first (after a reload,
+  // or on another visit); photos this page is still sending keep their own cards
+  let data;
+  try { data = await api(`api/sessions/${id}/uploads`); } catch (err) { return; }
+  if (!state.session || String(state.session.id) !== String(id)) return;
+  const cards = data.uploads.slice().reverse().map((it) => {
+    const out = it.answer;
+    const card = out.kind === "field" ? renderField(out) : renderCrop(out);
+    const [st, why] = it.answer.current === "replaced"
+      ? ["already", "replaced by a sharper take"] : outcome(out);
+    card.setAttribute("data-sha256", it.sha256);
+    card.setAttribute("data-restored", st);  // not data-state: no job of this page, nothing to send
+    card.classList.add("restored");
+    card.append(el("p", { class: "state" }, STATE_TEXT[st] + (why ? `: ${why}` : "")));
+    return card;
+  });
+  const live = Array.from($("#results").children).filter((c) => !c.classList.contains("restored"));
+  const shown = new Set(live.map((c) => c.getAttribute("data-sha256")));
+  $("#results").replaceChildren(...live, ...cards.filter((c) => !shown.has(c.getAttribute("data-sha256"))));
+}
+
 async function openSession(id) {
   try {
     const data = await api(`api/sessions/${id}`);
     $("#results").replaceChildren();
     showSession(data);
     say(`Resumed patient ${data.session.patient}: ${data.records.length} records so far.`, true);
+    await restoreCards(id);
   } catch (err) {
     const kept = JSON.parse(sessionStorage.getItem("edgekit-session-data") || "null");
     if (!err.lost || !kept || String(kept.session.id) !== String(id)) { say(err.message); return; }
@@ -731,6 +776,7 @@ async function init() {
       showSession(data);
       say("");
       loadSessions();
+      restoreCards(data.session.id);  // a resumed patient: the cards of the photos counted so far
     } catch (err) { say(err.message); }
   });
   for (const [id, kind] of [["camera", "field"], ["fields", "field"], ["crops", "crop"]]) {

@@ -20,6 +20,7 @@ self.addEventListener("activate", (ev) => {
 self.addEventListener("fetch", (ev) => {
   const url = new URL(ev.request.url);
   if (ev.request.method !== "GET" || url.origin !== self.location.origin) return;
+  if (ev.request.mode === "navigate" && url.pathname !== "/") return;  // e.g. the station's own /station
   const path = ev.request.mode === "navigate" ? "/" : url.pathname;
   if (!SHELL.includes(path)) return;  // the API and everything else: straight to the station
   // the station's copy when it answers (a new version is taken at once), the kept one when not
