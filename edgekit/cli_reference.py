@@ -1,3 +1,4 @@
+# pyright: basic
 """The CLI reference, generated from the click tree so it cannot drift from ``--help``:
 ``docs/cli.md`` (every listed command and group, its help and options) and the README's command
 table (between the ``cli-table`` markers). Hidden commands and old option spellings are left out.

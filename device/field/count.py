@@ -1,3 +1,4 @@
+# pyright: basic
 """Counting a field's cells: the quality gate (:mod:`.quality`), then the finder (:mod:`.segment`),
 then the checks only a found cell size allows."""
 

@@ -1,3 +1,4 @@
+# pyright: basic
 """The total of a batch of fields (`edgekit field`): counted fields, cells, parasitemia and its
 interval, and the domain guard's verdict over every counted cell."""
 

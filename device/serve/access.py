@@ -1,3 +1,4 @@
+# pyright: basic
 """Who may open the screening station and where: its access token (kept beside the database, or
 ``$EDGEKIT_SERVE_TOKEN``), the addresses a phone on the same network can open, the join link's QR
 code, and the checks made before listening (the port is free, the TLS pair loads). Standard library
@@ -23,8 +24,7 @@ def choose_token(host: str, env: dict[str, str] | None = None, saved: Path | Non
     when ``rotate``; a fresh random one each start when there is no ``saved``."""
     from edgekit.errors import EdgekitError
 
-    env = os.environ if env is None else env
-    given = env.get(TOKEN_ENV, "").strip()
+    given = (os.environ if env is None else env).get(TOKEN_ENV, "").strip()
     if given:
         if rotate:
             raise EdgekitError(f"--new-token replaces the kept token, but ${TOKEN_ENV} is set and wins: "

@@ -1,3 +1,4 @@
+# pyright: basic
 """How a phone joins the station: the addresses it can open, the join link and its QR code (for the
 terminal and for the station's own screen). Standard library only at import."""
 
@@ -34,7 +35,7 @@ def lan_addresses(host: str) -> list[str]:
         except OSError:
             pass
     try:
-        found += [info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)]
+        found += [str(info[4][0]) for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)]
     except OSError:
         pass
     return [a for a in dict.fromkeys(found) if not is_loopback(a)]
