@@ -296,3 +296,26 @@ def block_split(
             part = "test" if k < n_test else "val" if k < n_test + n_val else "train"
             parts[part].extend(blocks[bi])
     return {k: sorted(v) for k, v in parts.items()}
+
+
+def annotated_fields(paths: Sequence[Path], annotations: Path,
+                     class_map: dict[str, str | None] | None = None) -> list[AnnotatedField]:
+    """The annotated fields of ``paths`` (field images or folders of them, all in one folder), in
+    the order given; DataError when a field has no annotation in ``annotations``."""
+    from edgekit.device.annotations import read_annotations
+    from edgekit.device.pipeline import image_files
+
+    files = image_files(paths, "field")
+    if not files:
+        raise DataError("no field images given")
+    folders = {f.resolve().parent for f in files}
+    if len(folders) > 1:
+        raise DataError(f"the fields are in {len(folders)} folders; give fields from one folder per run")
+    annotated = {af.name: af for af in read_annotations(annotations, folders.pop(), class_map)}
+    missing = [f.name for f in files if f.name not in annotated]
+    if missing:
+        raise DataError(
+            f"annotation file does not match the images: {len(missing)} of {len(files)} fields have no "
+            f"annotation in {annotations} (first: {missing[0]})"
+        )
+    return [annotated[f.name] for f in files]

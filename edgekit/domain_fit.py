@@ -26,7 +26,7 @@ Light enough for a workstation without TensorFlow: numpy and OpenCV.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -269,3 +269,94 @@ def fit_site_domain(train_crops: Sequence[str | os.PathLike | np.ndarray],
     train, lit, _ = crop_table(train_crops)
     val, _, kept = crop_table(val_crops)
     return fit_site_features(train, lit, val, [val_fields[k] for k in kept], margin, session_fields, source)
+
+
+def _quiet(line: str) -> None:
+    """The default progress sink: nothing."""
+
+
+def offsite_field_paths(paths: Sequence[Path], lists: Sequence[Path]) -> list[Path]:
+    """Off-site dev fields: files and folders, and text files listing fields (one per line, relative
+    to the shared data folder)."""
+    from edgekit.device.pipeline import image_files
+    from edgekit.paths import shared_data
+    from edgekit.safefile import read_text_argument
+
+    out = image_files(paths, "off-site field")
+    for lst in lists:
+        if not lst.exists():
+            raise DataError(f"field list not found: {lst}")
+        for line in read_text_argument(lst, 16 << 20, "field list").splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                f = Path(line) if Path(line).is_absolute() else shared_data() / line
+                if not f.is_file():
+                    raise DataError(f"{lst}: listed field not found: {f}")
+                out.append(f)
+    return out
+
+
+def fit_site_guard(data: Path, block: int, max_train_crops: int,
+                   log: Callable[[str], None] = _quiet) -> tuple[Domain, dict[str, Any]]:
+    """The site guard from an `edgekit cells` folder: blocks of fields, 80% statistics, 20% thresholds."""
+    from edgekit.cells import block_split, field_of
+    from edgekit.device.pipeline import image_files
+
+    if not data.is_dir():
+        raise DataError(f"site cells not found: {data} (a folder from `edgekit site cells`)")
+    files = image_files([data], "site cell")
+    fields = sorted({field_of(f) for f in files})
+    if len(fields) < 2:
+        raise DataError(f"{data} holds cells of {len(fields)} field(s): the site guard needs at least 2 "
+                        "(statistics and thresholds come from different fields)")
+    parts = block_split(fields, (0.8, 0.2, 0.0), block)
+    if not parts["val"]:  # fewer than 3 blocks: the last block sets the thresholds
+        last = sorted(fields)[-block:] if len(fields) > block else sorted(fields)[-1:]
+        parts = {"train": [f for f in fields if f not in last], "val": last}
+    train = [f for f in files if field_of(f) in set(parts["train"])]
+    val = [f for f in files if field_of(f) in set(parts["val"])]
+    if len(train) > max_train_crops:
+        pick = np.random.default_rng(0).choice(len(train), max_train_crops, replace=False)
+        train = [train[k] for k in sorted(pick)]
+    log(f"site guard: {len(train)} crops of {len(parts['train'])} fields for the statistics, "
+        f"{len(val)} crops of {len(parts['val'])} fields for the thresholds…")
+    return fit_site_domain(train, val, [field_of(f) for f in val],
+                           source=f"site cells of {data.name} (`edgekit domain fit --site`, blocks of "
+                                  f"{block})")
+
+
+def fit_split_guard(
+    data: Path, data_root: Path | None, offsite: Sequence[Path], offsite_list: Sequence[Path],
+    max_train_crops: int, log: Callable[[str], None] = _quiet,
+) -> tuple[Domain, dict[str, Any]]:
+    """The guard from a split (or a folder split by patient) and optional off-site dev fields."""
+    if data.is_dir():
+        from edgekit.data import scan_dataset
+        from edgekit.splits import make_split
+
+        split = make_split(scan_dataset(data))
+        root = Path(split.data_root)
+    else:
+        from edgekit.splits import load_split
+
+        split, _ = load_split(data, data_root)
+        root = Path(split.data_root)
+    parts = {k: v for k, v in split.parts.items() if v}
+    if "train" not in parts or "val" not in parts:
+        raise DataError("the split needs training and validation groups (val fraction > 0)")
+    log(f"measuring {min(len(parts['train']), max_train_crops)} of {len(parts['train'])} training and"
+        f" {len(parts['val'])} validation crops…")
+    train_items = parts["train"]
+    if len(train_items) > max_train_crops:
+        pick = np.random.default_rng(0).choice(len(train_items), max_train_crops, replace=False)
+        train_items = [train_items[k] for k in sorted(pick)]
+    train, train_lit, _ = crop_table(root / i.path for i in train_items)
+    val_items = parts["val"]
+    val, _, kept = crop_table(root / i.path for i in val_items)
+    fields = offsite_field_paths(offsite, offsite_list)
+    off, off_names = None, []
+    if fields:
+        log(f"finding cells in {len(fields)} off-site dev fields…")
+        off, off_names, _ = field_table(fields)
+    return fit_domain(train, train_lit, val, [val_items[k].group for k in kept], off, off_names,
+                      source=f"{len(train)} training crops of {data.name}; {len(fields)} off-site dev fields")

@@ -22,20 +22,6 @@ from edgekit.formats import FormatSpec
 from edgekit.manifest import SITE_CUTOFFS
 
 
-def _field_images(paths: tuple[Path, ...]) -> tuple[Path, list[Path]]:
-    """The one folder the fields are in, and the field files (folders expanded)."""
-    from edgekit.device.pipeline import image_files
-    from edgekit.errors import DataError
-
-    files = image_files(paths, "field")
-    if not files:
-        raise DataError("no field images given")
-    folders = {f.resolve().parent for f in files}
-    if len(folders) > 1:
-        raise DataError(f"the fields are in {len(folders)} folders; give fields from one folder per run")
-    return folders.pop(), files
-
-
 @click.command()
 @click.argument("fields", nargs=-1, required=False, type=click.Path(path_type=Path))
 @click.option("--annotations", "-a", type=click.Path(path_type=Path),
@@ -71,9 +57,8 @@ def cells(fields: tuple[Path, ...], annotations: Path | None, sessions_db: Path 
     """
     import os
 
-    from edgekit.cells import write_cells
-    from edgekit.device.annotations import parse_class_map, read_annotations
-    from edgekit.errors import DataError
+    from edgekit.cells import annotated_fields, write_cells
+    from edgekit.device.annotations import parse_class_map
 
     os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")
     if sessions_db is not None:
@@ -88,16 +73,7 @@ def cells(fields: tuple[Path, ...], annotations: Path | None, sessions_db: Path 
         return
     if not fields or annotations is None:
         raise click.UsageError("give FIELDS and --annotations (or --from-sessions DB)")
-    folder, files = _field_images(fields)
-    fields_read = read_annotations(annotations, folder, parse_class_map(list(class_map)))
-    annotated = {af.name: af for af in fields_read}
-    missing = [f.name for f in files if f.name not in annotated]
-    if missing:
-        raise DataError(
-            f"annotation file does not match the images: {len(missing)} of {len(files)} fields have no "
-            f"annotation in {annotations} (first: {missing[0]})"
-        )
-    chosen = [annotated[f.name] for f in files]
+    chosen = annotated_fields(fields, annotations, parse_class_map(list(class_map)))
     done = [0]
 
     def progress(cut) -> None:
