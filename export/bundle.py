@@ -387,8 +387,7 @@ def export_bundle(source: Path, out: Path | None, options: ExportOptions, log: L
         kept = _kept_artifacts(manifest, new, keras_art.sha256, target)
         manifest.artifacts = {"keras": keras_art, **kept, **new}
         manifest.versions = {**manifest.versions, **tool_versions(TOOL_VERSIONS)}
-        files += [a.path for a in new.values() if a.status != "export_failed"]
-        files += [VALIDATION_MD, VALIDATION_JSON]
+        files += artifact_files(new) + [VALIDATION_MD, VALIDATION_JSON]
         _commit(tmp, target, manifest, files)
         ok = True
     finally:
@@ -396,6 +395,12 @@ def export_bundle(source: Path, out: Path | None, options: ExportOptions, log: L
         if not ok and created:
             shutil.rmtree(target, ignore_errors=True)
     return manifest
+
+
+def artifact_files(artifacts: dict[str, Artifact]) -> list[str]:
+    """Every file the exported artifacts hold (a format's extra files too), to commit into the bundle."""
+    kept = [a for a in artifacts.values() if a.status != "export_failed"]
+    return [path for a in kept for path in (a.path, *a.extra_files)]
 
 
 def _place_keras(keras_path: Path, source_dir: Path | None, target: Path, tmp: Path) -> tuple[str, list[str]]:

@@ -347,3 +347,16 @@ def test_interrupted_commit_leaves_no_stale_checksum(bundle, tmp_path, monkeypat
     for a in m.artifacts.values():
         verify_artifact(copy, a)  # everything still listed is exactly what was validated
     assert not list(copy.glob(".export-*"))
+
+
+def test_a_multi_file_format_commits_every_file():
+    """A format whose artifact holds several files (the table allows it: OpenVINO's .xml + .bin)
+    commits them all into the bundle, not only the file the runtime opens."""
+    from edgekit.export.bundle import artifact_files
+    from edgekit.manifest import Artifact
+
+    two = Artifact(format="x", path="model.xml", sha256="a", bytes=1, runtime="r",
+                   extra_files={"model.bin": "b"})
+    failed = Artifact(format="y", path="y.tflite", sha256="c", bytes=1, runtime="r", status="export_failed")
+    kept = Artifact(format="z", path="z.tflite", sha256="d", bytes=1, runtime="r", status="failed_validation")
+    assert artifact_files({"x": two, "y": failed, "z": kept}) == ["model.xml", "model.bin", "z.tflite"]
