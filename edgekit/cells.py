@@ -37,6 +37,9 @@ CELLS_INDEX = "cells.json"
 OBJECTS_DIR = ".objects"  # found objects that are no labelled red cell (hidden: not a class folder)
 AMBIGUOUS = ("difficult",)  # boxes whose object is neither a red cell nor surely something else
 FIELD_SEPARATOR = "__"
+# labelled cells / cells found on a field: a fully boxed field sits near 0.9 (IML median 0.91: the finder
+# also finds edge cells, white cells and platelets); well below it, the boxes miss cells (a data check)
+LABEL_COVERAGE_FLOOR = 0.8
 GROUP_REGEX = f"regex:^(.+){FIELD_SEPARATOR}"  # scan_dataset grouping: one group per field
 
 
@@ -210,10 +213,20 @@ def _write_cut(tmp: Path, af: AnnotatedField, cut: FieldCut, counts: dict[str, i
 
 def _field_entry(af: AnnotatedField, cut: FieldCut) -> dict[str, Any]:
     """One field's line of ``cells.json``'s ``per_field``."""
+    labelled = sum(cut.labelled.values())
     return {"field": af.name, "found": cut.found, "labelled": cut.labelled,
             "cut": {c: sum(x[0] == c for x in cut.crops) for c in CLASSES},
             "unmatched": cut.unmatched, "objects": len(cut.objects),
+            "label_coverage": round(labelled / cut.found, 4) if cut.found else None,
             "rejected": cut.rejected}
+
+
+def incompletely_labelled(per_field: list[dict[str, Any]],
+                          floor: float = LABEL_COVERAGE_FLOOR) -> list[dict[str, Any]]:
+    """The fields whose labelled cells number fewer than ``floor`` x the cells the finder found there:
+    their boxes likely miss cells (parasitized ones too), so their labelled parasitemia is not a
+    truth to hold a count to."""
+    return [f for f in per_field if f.get("label_coverage") is not None and f["label_coverage"] < floor]
 
 
 def _check_classes(records: list[dict[str, Any]], counts: dict[str, int], allow_one_class: bool) -> None:
@@ -243,6 +256,8 @@ def _cells_summary(
         "crop": "edgekit.device.field.crop_cell of the matched found cell",
         # where the field images are on this machine, so `edgekit adapt` can count whole fields
         "fields_dir": folders.pop() if len(folders) == 1 else None,
+        "incompletely_labelled": {"floor": LABEL_COVERAGE_FLOOR,
+                                  "fields": [f["field"] for f in incompletely_labelled(per_field)]},
         "objects": {"folder": OBJECTS_DIR, "count": sum(f["objects"] for f in per_field),
                     "what": "found objects matching no labelled red cell (no box, or a white cell's or "
                             "platelet's box; 'difficult' ones left out)"},

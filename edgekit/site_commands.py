@@ -89,6 +89,14 @@ def cells(fields: tuple[Path, ...], annotations: Path | None, sessions_db: Path 
         click.echo(f"{c:12s} {n:6d} cells ({'-' if frac is None else f'{100 * frac:.0f}%'} of "
                    f"{summary['labelled'][c]} labelled; the rest were not found by the cell finder)")
     click.echo(f"wrote {out} from {summary['fields']} fields ({summary['fields_rejected']} rejected)")
+    sparse = summary["incompletely_labelled"]
+    if sparse["fields"]:
+        n = len(sparse["fields"])
+        click.echo(f"warning: {n} of {summary['fields']} fields look incompletely labelled "
+                   f"(fewer labelled cells than {sparse['floor']:.0%} of the cells found: "
+                   f"{', '.join(sparse['fields'][:5])}{' ...' if n > 5 else ''}); "
+                   "adaptation holds whole-field counts to their boxes: check or complete those labels first "
+                   "(cells.json: label_coverage)", err=True)
 
 
 @click.command()

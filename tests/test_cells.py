@@ -272,3 +272,20 @@ def test_found_objects_without_a_labelled_cell_are_kept_apart(iml_site, tmp_path
     from edgekit.data import scan_dataset
 
     assert scan_dataset(out).classes == ["Parasitized", "Uninfected"]  # not a class
+
+
+def test_a_field_whose_boxes_miss_cells_is_named_incompletely_labelled(iml_site, tmp_path):
+    """A field whose labelled cells fall well short of the cells found there (boxes missing) is
+    listed in cells.json and named in a warning; a fully boxed field is not."""
+    images, ann, _ = iml_site
+    fields = json.loads(ann.read_text())
+    sparse = fields[1]
+    sparse["objects"] = [o for i, o in enumerate(sparse["objects"]) if o["type"] != "red blood cell" or i % 2]
+    ann.write_text(json.dumps(fields))
+    res = _run("cells", str(images), "--annotations", str(ann), "-o", str(tmp_path / "site"))
+    assert res.exit_code == 0, res.output
+    index = json.loads((tmp_path / "site" / "cells.json").read_text())
+    coverage = {f["field"]: f["label_coverage"] for f in index["per_field"]}
+    assert coverage["PA000001.JPG"] >= 0.8 > coverage["PA000002.JPG"], coverage
+    assert index["summary"]["incompletely_labelled"]["fields"] == ["PA000002.JPG"]
+    assert "1 of 2 fields look incompletely labelled" in res.output and "PA000002.JPG" in res.output
