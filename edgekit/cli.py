@@ -115,6 +115,9 @@ class EdgekitGroup(LazyGroup):
         except EdgekitError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except click.exceptions.NoArgsIsHelpError as exc:  # a group alone: its help, as `edgekit` alone
+            click.echo(exc.format_message(), err=True)
+            sys.exit(exc.exit_code)
         except click.UsageError as exc:  # bad options or arguments: one line too, not click's usage block
             name = f"{exc.ctx.command_path} " if exc.ctx is not None else ""
             click.echo(f"error: {exc.format_message()} (see `{name.strip() or 'edgekit'} --help`)", err=True)

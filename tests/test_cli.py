@@ -108,6 +108,13 @@ def test_usage_errors_are_one_line(argv):
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Usage:" not in res.output
 
 
+@pytest.mark.parametrize("argv", [[], ["model"], ["site"], ["trust"], ["sessions"], ["site", "domain"]])
+def test_a_group_alone_shows_its_help_as_the_top_level_does(argv):
+    res = CliRunner().invoke(main, argv, prog_name="edgekit")
+    assert res.exit_code == 2
+    assert res.output.startswith(f"Usage: edgekit {' '.join(argv)}".rstrip()) and "error:" not in res.output
+
+
 def test_unknown_format_names_the_table():
     res = CliRunner().invoke(main, ["model", "bench", "--formats", "tflite_int4"])
     assert res.exit_code == 2 and "unknown format(s) tflite_int4; choose from keras," in res.output
