@@ -1,3 +1,4 @@
+# pyright: basic
 """Read labelled microscope fields: IML JSON, Pascal VOC XML and COCO JSON, one common shape.
 
 Every reader returns a list of :class:`AnnotatedField`: the field image's path and its boxes, each
@@ -286,7 +287,8 @@ def _read_voc_file(path: Path, images_dir: Path, classes: Mapping[str, str | Non
         label = _label(obj.findtext("name"), str(path), classes)
         if obj.findtext("difficult", "0").strip() == "1":
             label = (label[0], None)  # VOC's own "difficult" flag: ambiguous, left out
-        b = _box(*(bb.findtext(k) for k in ("xmin", "ymin", "xmax", "ymax")), label, str(path))
+        x0, y0, x1, y1 = (bb.findtext(k) for k in ("xmin", "ymin", "xmax", "ymax"))
+        b = _box(x0, y0, x1, y1, label, str(path))
         if b is None:
             af.dropped += 1
         else:

@@ -1,3 +1,4 @@
+# pyright: basic
 """Inference adapters over an injectable interpreter: LiteRT / tflite-runtime and onnxruntime.
 
 The adapters are thin and testable with a fake interpreter (pycoral's ``adapters/common.py``
@@ -232,7 +233,8 @@ class OnnxBackend:
     @staticmethod
     def _spec(t: Any) -> TensorSpec:
         shape = [d if isinstance(d, int) else -1 for d in t.shape]
-        return TensorSpec(name=t.name, shape=shape, dtype=_ONNX_DTYPES.get(t.type, t.type))
+        kind: str = t.type
+        return TensorSpec(name=t.name, shape=shape, dtype=_ONNX_DTYPES.get(kind, kind))
 
     def execution(self) -> dict[str, Any]:
         """The execution provider onnxruntime actually uses and its intra-op thread setting."""

@@ -1,3 +1,4 @@
+# pyright: basic
 """Live classification from a camera, a video file or a network stream.
 
 Sources: an OpenCV ``VideoCapture`` (USB webcam index, video file, URL, or a GStreamer pipeline,
@@ -127,7 +128,9 @@ def frames(
         cam.close()
 
 
-def _reopen(source: str, attempts: int, delay: float, opener: Callable) -> tuple[object, np.ndarray]:
+def _reopen(
+    source: str, attempts: int, delay: float, opener: Callable[[str], OpenCVSource | PicameraSource],
+) -> tuple[OpenCVSource | PicameraSource, np.ndarray]:
     """A reopened source and its first frame (proof that it is really back)."""
     for _ in range(attempts):
         time.sleep(delay)

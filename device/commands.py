@@ -1,3 +1,4 @@
+# pyright: basic
 """Device commands: ``classify``, ``camera``, ``screen``, ``sessions``. Light at import (click only);
 the runtime, OpenCV and the inference engines load inside the command bodies."""
 
@@ -5,7 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import click
 
@@ -19,7 +20,8 @@ from edgekit.cli_options import (
 from edgekit.outputs import csv_text, display_text, write_output_file
 
 if TYPE_CHECKING:
-    pass
+    from edgekit.device.records import Session
+    from edgekit.device.screening import PatientSummary
 
 _model_option = model_option()
 _model_format_option = model_format_option()
@@ -254,6 +256,7 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
             elif check is not None and check.verdict == "replace":
                 click.echo(f"{name}: replaces {check.duplicate_of['source_id']} (sharper)", err=True)
             if view is not None and rgb is not None:
+                assert capture is not None  # set with the view (camera fields)
                 view.render(_live_status(capture, running, view))
                 view.field(capture.stats.fields, rgb, cells)
                 focus = "" if check is None else f", focus {check.sharpness:.3f}"
@@ -273,12 +276,15 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
             tally = None
         bar.close()
         if view is not None:
+            assert capture is not None  # set with the view (camera fields)
             view.render(_live_status(capture, running, view))
             click.echo(capture.stats.line(), err=True)
         if tally is not None:
             click.echo(tally.line(), err=True)
         # what the session stores decides it, here as in `sessions show` and `serve`
-        summary = session_summary(store, store.session_by_id(session.id))
+        # the session was opened above, in this store, with the bundle's Decision: it has a summary
+        stored = cast("Session", store.session_by_id(session.id))
+        summary = cast("PatientSummary", session_summary(store, stored))
         summary.stop_cells, summary.stop_reached = stop, bool(stop) and summary.crops >= stop
     as_json = out_format == "json"
     click.echo(json.dumps(summary.to_dict()) if as_json else f"session {session.id}: {summary.line()}")
@@ -408,6 +414,7 @@ def sessions_show(session_id: str | None, by_id: int | None, by_patient: str | N
         click.echo(f"patient {session.patient}: {NO_DECISION}")
         return
     decided = seen.decision
+    assert decided is not None  # a summary is decided by a stored Decision
     click.echo(f"decided at cell cutoff {decided.cutoff:.3f} on p({decided.counted_label}), "
                f"patient rule: {decided.rule.describe()}")
     click.echo(summary.line())

@@ -1,3 +1,4 @@
+# pyright: basic
 """The domain guard: does this crop, field or session look like the cells the model was trained on?
 
 A model trained on one microscope's cells reports nonsense with full confidence on another's
@@ -123,7 +124,8 @@ def crop_features(rgb: np.ndarray) -> np.ndarray | None:
     rgb = np.ascontiguousarray(rgb)
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3 or rgb[..., 0].size >= _HIST_EXACT:
         return _crop_features_numpy(rgb)
-    fg = cv2.compare(cv2.inRange(rgb, (0, 0, 0), (DARK_LEVEL,) * 3), 0, cv2.CMP_EQ)  # 255: a lit channel
+    # the ignore: a scalar operand is valid, cv2's stub takes arrays only
+    fg = cv2.compare(cv2.inRange(rgb, (0, 0, 0), (DARK_LEVEL,) * 3), 0, cv2.CMP_EQ)  # 255: a lit channel # pyright: ignore[reportCallIssue, reportArgumentType]
     n = cv2.countNonZero(fg)
     if n < 16:
         return None

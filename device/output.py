@@ -1,3 +1,4 @@
+# pyright: basic
 """What the device commands print: result rows and their table / JSON lines / CSV writer, the
 progress bar, and percentage formatting. Terminal UI only; the domain work is in ``pipeline``,
 ``screening`` and ``field``."""
@@ -8,7 +9,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 import click
 
@@ -87,7 +88,8 @@ def result_row(out: Outcome, classifier: Classifier) -> dict[str, Any]:
     row: dict[str, Any] = {"path": out.source_id, "status": out.status, "label": None, "probability": None}
     pos = classifier.manifest.positive_label
     if pos is not None:
-        row[f"p_{pos.lower()}"] = None if p is None else round(p.p_positive, 6)
+        # p_positive is set whenever the manifest has a positive label
+        row[f"p_{pos.lower()}"] = None if p is None else round(cast(float, p.p_positive), 6)
     if p is not None:
         row["label"], row["probability"] = p.label, round(p.probability, 6)
     row["decision"] = None if p is None else p.decision
@@ -117,6 +119,7 @@ class ResultWriter:
         if self.fmt == "jsonl":
             click.echo(json.dumps(row))
         elif self.fmt == "csv":
+            assert self._csv is not None  # made in __init__ for csv
             self._csv.writerow(row)
         else:
             path = display_text(row["path"])

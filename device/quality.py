@@ -1,3 +1,4 @@
+# pyright: basic
 """Image quality gates run before classification: too small, blank, over/under-exposed, blurred.
 
 Cell crops (NIH style) are one stained cell on a black background, so exposure and sharpness are
@@ -49,18 +50,18 @@ def measure(rgb: np.ndarray, dark_level: int = DEFAULT_GATES.dark_level) -> dict
     import cv2
 
     gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) if rgb.ndim == 3 else rgb
-    fg = cv2.compare(gray, dark_level, cv2.CMP_GT)
+    fg = cv2.compare(gray, dark_level, cv2.CMP_GT)  # scalar operand: cv2 stub too strict # pyright: ignore[reportCallIssue, reportArgumentType]
     n_fg = cv2.countNonZero(fg)
     if rgb.ndim == 3:
         saturated = cv2.countNonZero(cv2.inRange(rgb, (250, 250, 250), (255, 255, 255)))
     else:
-        saturated = cv2.countNonZero(cv2.compare(gray, 250, cv2.CMP_GE))
+        saturated = cv2.countNonZero(cv2.compare(gray, 250, cv2.CMP_GE))  # scalar: cv2 stub too strict # pyright: ignore[reportCallIssue, reportArgumentType]
     # Blur: Laplacian variance inside the cell's core, away from its edge. The edge against black
     # stays high-contrast when the image is blurred (and blur widens it into a halo), so the core is
     # where the grey level reaches 60% of the foreground median, eroded by 10% of the short side.
     core_level = max(dark_level, 0.6 * _masked_median(gray, fg, n_fg)) if n_fg else dark_level
     k = max(3, int(min(gray.shape[:2]) * 0.1) | 1)
-    core = cv2.compare(gray, float(core_level), cv2.CMP_GT)
+    core = cv2.compare(gray, float(core_level), cv2.CMP_GT)  # scalar operand: cv2 stub too strict # pyright: ignore[reportCallIssue, reportArgumentType]
     interior = cv2.erode(core, np.ones((k, k), np.uint8))
     lap = cv2.Laplacian(gray, cv2.CV_64F)
     _, std = cv2.meanStdDev(lap, mask=interior if cv2.countNonZero(interior) >= 16 else None)

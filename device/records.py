@@ -1,3 +1,4 @@
+# pyright: basic
 """Screening records in a local SQLite database (WAL, rows committed a batch at a time).
 
 A session is one patient screened with one model file under one manifest (unique on patient + model
@@ -238,7 +239,8 @@ class Session:
     def from_row(cls, row: sqlite3.Row | Mapping[str, Any]) -> Session:
         """From a ``sessions`` row; columns this edgekit does not know are ignored."""
         d = dict(row)
-        out = cls(**{k: d.get(k) for k in _COLUMNS["sessions"]})
+        values: dict[str, Any] = {k: d.get(k) for k in _COLUMNS["sessions"]}
+        out = cls(**values)
         out.manifest_sha256 = out.manifest_sha256 or None  # '': recorded before sessions were keyed on it
         return out
 

@@ -1,3 +1,4 @@
+# pyright: basic
 """Load a bundle on the device and classify crops: format resolution, integrity and input checks.
 
 Everything the runtime needs (input size, labels, thresholds, which model file) comes from the
@@ -92,6 +93,7 @@ def check_input_values(spec: TensorSpec, pre: Preprocessing) -> None:
     dtype = np.dtype(spec.dtype)
     if dtype.kind not in "iu":
         return
+    assert pre.input_range is not None  # derived in Preprocessing.__post_init__
     lo, hi = pre.input_range
     scale, zero = spec.scale or 1.0, spec.zero_point or 0
     info = np.iinfo(dtype)

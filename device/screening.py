@@ -1,3 +1,4 @@
+# pyright: basic
 """Screening a patient: record every crop once, summarise, decide, and stop at the stop rule.
 
 Any source of crops feeds :func:`record_crops` (image files, camera frames, crops cut from whole
@@ -11,7 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     from edgekit.device.records import RecordStore, Session
     from edgekit.device.runtime import Classifier
 
-Crop = tuple[str, "str | None", "np.ndarray | str | os.PathLike"]
+Crop = tuple[str, "str | None", "np.ndarray | str | os.PathLike | ImageError"]
 
 
 @dataclass
@@ -89,7 +90,8 @@ def patient_decision(k: int, n: int, rule: PatientRule) -> str:
 
 
 def summarize(patient: str, records: Iterable[dict[str, Any]], decision: Decision, *,
-              stop_cells: int | None = None, domain: Domain | None | bool = False) -> PatientSummary:
+              stop_cells: int | None = None,
+              domain: Domain | None | Literal[False] = False) -> PatientSummary:
     """Summary of a session's records (rows of :meth:`RecordStore.records`). A cell counts as
     parasitized when ``decision`` counts its positive-class probability (at the cutoff the patient
     rule was chosen with); the patient is then decided by ``decision``'s rule.
@@ -287,6 +289,7 @@ def _triage(chunk: list[Crop], done: set[str]
         if key and key in done:
             out = Outcome(source_id, "skipped", content_hash=key)
         elif out is None:
+            assert content_hash is not None  # out is None only when the hash is known
             todo.append((len(outs), source_id, image, content_hash))
         if key:
             done.add(key)

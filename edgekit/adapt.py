@@ -1,3 +1,4 @@
+# pyright: basic
 """``edgekit adapt``: fine-tune a run or bundle on one site's labelled cells and ship a site bundle.
 
 The site's cells (from ``edgekit cells``: ``SITE/<class>/<field>__<i>.png``) are split by field, in
@@ -30,13 +31,16 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from edgekit.errors import BundleError, DataError
 from edgekit.manifest import DEFAULT_GATE_BOUNDS, SITE_CUTOFFS
 from edgekit.safefile import replace_dir
+
+if TYPE_CHECKING:
+    from edgekit.formats import FormatSpec
 
 FIELD_CUTOFFS = ("field-count", "field-error")  # chosen on whole validation fields: need the images
 SITE_SPLIT = "site_split.json"
@@ -493,7 +497,7 @@ def _field_images_and_truth(
     return {}, {}
 
 
-def _export_formats(formats: str) -> list[Any]:
+def _export_formats(formats: str) -> tuple[FormatSpec, ...]:
     """The ``--formats`` list through the format table (DataError for an unknown one)."""
     from edgekit.export.options import parse_formats
 
@@ -537,7 +541,8 @@ def _with_base_cells(
 
 
 def _calibration_crops(
-    fmts: list[Any], split: Any, labels: list[str], pre: Any, cfg: AdaptConfig, cache_dir: Path | None
+    fmts: tuple[FormatSpec, ...], split: Any, labels: list[str], pre: Any, cfg: AdaptConfig,
+    cache_dir: Path | None,
 ) -> np.ndarray | None:
     """The int8 calibration sample export will use (stratified training crops); None without int8."""
     if "tflite_int8" not in [f.name for f in fmts]:
@@ -564,7 +569,8 @@ def _site_evaluation(
     for part, (xp, yp, gp) in parts.items():
         if len(yp):
             evaluation[part] = site_metrics(yp == pos, device_probs(xp), gp, cutoff)
-            counted = {f: whole[f] for f in fields[part] if whole.get(f) is not None}
+            counted = cast("dict[str, np.ndarray]",
+                           {f: whole[f] for f in fields[part] if whole.get(f) is not None})
             if counted:
                 evaluation[part]["whole_fields"] = whole_field_error(
                     {f: device_probs(v) for f, v in counted.items()}, truth, cutoff)

@@ -1,3 +1,4 @@
+# pyright: basic
 """Cut labelled cells out of annotated fields into a folder-per-class dataset, as the device sees them.
 
 A labelled box only says *which* cell; the pixels come from the device's own field pipeline: the
@@ -17,13 +18,14 @@ beside ``OUT`` and renamed into place only when complete. Group any split by fie
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -91,14 +93,15 @@ class FieldCut:
 
     field: str
     # (class, box index, crop, info) per cut cell
-    crops: list[tuple[str, int, np.ndarray, dict[str, Any]]] = field(default_factory=list)
-    labelled: dict[str, int] = field(default_factory=dict)  # labelled boxes per class
-    unmatched: dict[str, int] = field(default_factory=dict)  # labelled boxes no found cell matched
+    crops: list[tuple[str, int, np.ndarray, dict[str, Any]]] = dataclasses.field(default_factory=list)
+    labelled: dict[str, int] = dataclasses.field(default_factory=dict)  # labelled boxes per class
+    # labelled boxes no found cell matched
+    unmatched: dict[str, int] = dataclasses.field(default_factory=dict)
     found: int = 0
     rejected: str | None = None
     # (found index, crop) of found objects that are no labelled red cell: no box, or a white cell's or
     # platelet's box. Screening counts them; adaptation learns that they are not parasitized cells.
-    objects: list[tuple[int, np.ndarray]] = field(default_factory=list)
+    objects: list[tuple[int, np.ndarray]] = dataclasses.field(default_factory=list)
 
 
 def cut_field(af: AnnotatedField, min_iou: float = 0.4, params: Any = None) -> FieldCut:
@@ -173,7 +176,7 @@ def write_cells(
     try:
         records: list[dict[str, Any]] = []
         per_field: list[dict[str, Any]] = []
-        counts = dict.fromkeys(CLASSES, 0)
+        counts: dict[str, int] = dict.fromkeys(CLASSES, 0)
         folders: set[str] = set()
         for af in fields:
             folders.add(str(Path(af.image).resolve().parent))

@@ -1,3 +1,4 @@
+# pyright: basic
 """Training-side commands: split, train, evaluate, info. Heavy imports stay inside the bodies."""
 
 from __future__ import annotations
@@ -5,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any, cast
 
 import click
 
@@ -40,8 +42,9 @@ def split(data: Path, out: Path, groups: str, test_fraction: float, val_fraction
     from edgekit.splits import make_split, save_split
 
     ds = scan_dataset(data, group_mode=groups)
+    # group_mode: an attribute scan_dataset sets, not a Dataset field
     click.echo(f"found {len(ds.items)} images in {len(ds.classes)} classes {ds.classes}; "
-               f"grouping: {ds.group_mode}; checking every file decodes…", err=True)
+               f"grouping: {ds.group_mode}; checking every file decodes…", err=True)  # pyright: ignore[reportAttributeAccessIssue]
     ds = drop_unreadable(ds)
     for path, reason in ds.skipped[:20]:
         click.echo(f"skipped {path}: {reason}", err=True)
@@ -76,11 +79,12 @@ def info(run: Path | None, bundle: Path | None, out_format: str) -> None:
                               indent=2))
         return
     p = m.preprocessing
+    lo, hi = cast("tuple[float, float]", p.input_range)  # derived in Preprocessing.__post_init__
     click.echo(f"trust:         {'trusted' if trust.trusted else 'NOT TRUSTED'}: {trust.reason}")
     click.echo(f"name:          {m.name}")
     click.echo(f"labels:        {', '.join(m.labels)} (positive: {m.positive_label or '-'})")
     click.echo(f"input:         {p.input_size[0]}x{p.input_size[1]}x{p.channels} {p.color_order}, "
-               f"resize {p.resize}, stain {p.stain}, pixels {p.input_range[0]:g}..{p.input_range[1]:g}, "
+               f"resize {p.resize}, stain {p.stain}, pixels {lo:g}..{hi:g}, "
                f"scaling {p.scaling}")
     t = m.thresholds
     click.echo(f"thresholds:    counted positive at p >= {m.decision.cutoff:.4f}; positive >= "
@@ -191,7 +195,7 @@ def train(split_or_data: Path, run: Path, data_root: Path | None, backbone: str,
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from edgekit.train import TrainConfig, train_run
 
-    arch = {"stages": _ints(stages), "filters": _ints(filters)}
+    arch: dict[str, Any] = {"stages": _ints(stages), "filters": _ints(filters)}
     if recipe:
         from edgekit.model import RECIPES
 

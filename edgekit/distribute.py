@@ -1,3 +1,4 @@
+# pyright: basic
 """How training spreads over devices and hosts: the tf.distribute strategy, its replicas, and the
 learning-rate scaling that goes with the global batch.
 
@@ -27,7 +28,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from edgekit.errors import EdgekitError
 
@@ -128,7 +129,8 @@ def make_distribution(kind: str = "auto", cpu_replicas: int = 1, workers: str | 
         raise EdgekitError(f"--workers needs --strategy multiworker, not {kind}")
     if (workers is None) != (worker_index is None):
         raise EdgekitError("--workers and --worker-index go together")
-    spec = cluster_spec(workers, worker_index) if workers else None
+    # worker_index comes with workers (checked above)
+    spec = cluster_spec(workers, cast(int, worker_index)) if workers else None
     if kind == "multiworker" or spec is not None:
         spec = spec or environment_cluster()
         if spec is None:

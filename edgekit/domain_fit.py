@@ -1,3 +1,4 @@
+# pyright: basic
 """Fit the domain guard's statistics for a bundle (``edgekit domain fit``).
 
 The statistics (:class:`edgekit.manifest.Domain`) come from the crops of the **training** groups
@@ -125,8 +126,8 @@ def pseudo_fields(scores: np.ndarray, groups: Sequence[str], size: int, draws: i
     return out
 
 
-def choose_threshold(inside: Sequence[float], outside: Sequence[float] = (), max_false: float = 0.05,
-                     catch: float = 0.975) -> tuple[float, str]:
+def choose_threshold(inside: Sequence[float] | np.ndarray, outside: Sequence[float] = (),
+                     max_false: float = 0.05, catch: float = 0.975) -> tuple[float, str]:
     """A threshold on aggregate scores (flag above it) and how it was chosen (see the module doc)."""
     inside = np.sort(np.asarray(inside, dtype=float))
     if not len(inside):

@@ -1,3 +1,4 @@
+# pyright: basic
 """``edgekit evaluate RUN --split test``: predict one part of the run's split with the Keras model
 and write ``eval_<part>.json``, ``report_<part>.txt`` and ``roc_<part>.png``; the headline metrics
 go into ``manifest.evaluation[<part>]``. Matplotlib (Agg) is imported only inside the plot helpers.
@@ -64,7 +65,7 @@ def evaluate_arrays(y: np.ndarray, probs: np.ndarray, groups: np.ndarray,
         p = probs[:, pos]
         called = decision.counted(p)
         pred = np.where(called, pos, 1 - pos)
-        result = binary_metrics(y == pos, p, threshold=cutoff, groups=groups)
+        result: dict[str, Any] = binary_metrics(y == pos, p, threshold=cutoff, groups=groups)
         result["patients"] = patient_table(groups, y == pos, called)
     else:
         pred = probs.argmax(1)
@@ -119,6 +120,7 @@ def evaluate_run(
     atomic_write_text(run_dir / f"eval_{part}.json", eval_json)
     atomic_write_text(run_dir / f"report_{part}.txt", text)
     if "auc" in result:
+        assert manifest.positive_label is not None  # an AUC is computed for a positive label only
         pos = manifest.labels.index(manifest.positive_label)
         plot_roc(arrays.y == pos, probs[:, pos], result, run_dir / f"roc_{part}.png",
                  title=f"ROC, {part} split")

@@ -1,3 +1,4 @@
+# pyright: basic
 """Validation of a manifest's parsed JSON before anything in it is used.
 
 Checks types, shapes and ranges of every field edgekit reads, that the label count agrees with the
@@ -10,6 +11,7 @@ Standard library only.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -68,7 +70,7 @@ def check_artifact_path(rel: Any, field: str = "artifact path") -> str:
     return rel
 
 
-def _tensors(v: Any, field: str) -> list[dict[str, Any]]:
+def _tensors(v: Any, field: str) -> Sequence[dict[str, Any]]:
     if not isinstance(v, (list, tuple)):
         raise _fail(field, f"must be a list, not {type(v).__name__}")
     for i, t in enumerate(v):

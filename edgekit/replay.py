@@ -1,3 +1,4 @@
+# pyright: basic
 """A replay sample: a few of a model's own training crops, shipped with its float weights, so
 ``edgekit adapt`` can start from a bundle on any machine and not forget the first microscope.
 
@@ -15,17 +16,21 @@ from __future__ import annotations
 import dataclasses
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgekit.errors import BundleError, DataError
+
+if TYPE_CHECKING:
+    from edgekit.manifest import Preprocessing
 
 REPLAY_FILE = "replay.npz"
 COLUMNS = 40  # crops per mosaic row
 WEBP_QUALITY = 95
 
 
-def sample_training_crops(split_file: Path, labels: list[str], pre: object, n: int, seed: int = 0,
+def sample_training_crops(split_file: Path, labels: list[str], pre: Preprocessing, n: int, seed: int = 0,
                           data_root: Path | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(x uint8, y, groups)``: ``n`` crops (stratified by class) of the split's train part, raw."""
     from edgekit.data import load_images

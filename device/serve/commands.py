@@ -1,3 +1,4 @@
+# pyright: basic
 """``edgekit serve``. Light at import (click only); FastAPI, uvicorn and the runtime load in the body."""
 
 from __future__ import annotations

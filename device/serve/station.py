@@ -1,3 +1,4 @@
+# pyright: basic
 """The screening station behind ``edgekit serve``: one classifier, one screening database, one worker.
 
 Every call that touches the model or the database runs on one worker thread (LiteRT interpreters
@@ -396,6 +397,7 @@ class Station:
             field = {"verdict": check.verdict, "sharpness": round(check.sharpness, 4),
                      "duplicate_of": None if dup is None else dup["source_id"], "message": check.reason}
             if check.verdict == "duplicate":  # its cells are recorded once, with the counted field
+                assert dup is not None  # a duplicate names the field it repeats
                 recorded["already"] = sum(r["field_id"] == dup["id"] for r in self.store.records(session.id))
         # the cells are recorded: an overlay that cannot be written (a full disk) is said, not a 500
         problem = self._write_overlay(sha, rgb, report)

@@ -1,3 +1,4 @@
+# pyright: basic
 """`edgekit programme report`: per site and ISO week, from the programme server (a reader role).
 
 Every number is decided the way the station decides it, from what is stored with each session (its
@@ -240,12 +241,14 @@ def to_html(rows: list[dict[str, Any]], title: str = "Screening programme") -> s
             agree = (f"{_pct(r['agreement'])} of {r['reviewed_cells']}"
                      f" ({_pct(r['agreement_ci95'][0])}–{_pct(r['agreement_ci95'][1])})"
                      if r["reviewed_cells"] else "–")
+            pos_lo, pos_hi = r["positive_ci95"]
+            nv_lo, nv_hi = r["not_validated_ci95"]
             parts.append(
                 f"<tr><td class='l'>{e(r['week'])}</td><td>{r['patients']}</td><td>{cnt('positive')}</td>"
                 f"<td>{cnt('negative')}</td><td>{cnt('refer')}</td>"
-                f"<td class='l'>{_bar(pos, *r['positive_ci95'], '#c0392b', r['decided'])}</td>"
+                f"<td class='l'>{_bar(pos, pos_lo, pos_hi, '#c0392b', r['decided'])}</td>"
                 f"<td>{r['fields']}</td><td class='l'>"
-                f"{_bar(r['not_validated_share'], *r['not_validated_ci95'], '#e67e22', r['fields'])}"
+                f"{_bar(r['not_validated_share'], nv_lo, nv_hi, '#e67e22', r['fields'])}"
                 f" {_pct(r['not_validated_share'])}</td><td>{agree}</td></tr>")
         parts.append("</table>")
     parts.append("</body></html>")

@@ -1,3 +1,4 @@
+# pyright: basic
 """The programme's PostgreSQL server: connecting (one clear line on any failure), its versioned schema
 (numbered SQL files in ``migrations/``, applied in order and recorded in ``schema_version``), and
 the refusal of a server whose schema is newer than this edgekit knows.
@@ -53,7 +54,8 @@ def where(url: str) -> str:
     if str(host).startswith("/"):
         host = f"socket {host}"
     port = f":{d['port']}" if d.get("port") else ""
-    return f"{d.get('user', '') + '@' if d.get('user') else ''}{host}{port}/{d.get('dbname', '')}"
+    user = d.get("user")
+    return f"{f'{user}@' if user else ''}{host}{port}/{d.get('dbname', '')}"
 
 
 def _check_url(url: str) -> None:
