@@ -44,7 +44,8 @@ TIMING_JS = """start => {
   const e = performance.getEntriesByType('resource').filter(x => x.startTime >= start);
   const post = e.find(x => x.name.includes('/images?')), ov = e.find(x => x.name.includes('/overlays/'));
   return {prepare_s: post ? (post.startTime - start) / 1e3 : null, post_s: post ? post.duration / 1e3 : null,
-          overlay_s: ov ? ov.duration / 1e3 : null, overlay_bytes: ov ? ov.encodedBodySize : null};
+          overlay_s: ov ? ov.duration / 1e3 : null, overlay_bytes: ov ? ov.encodedBodySize : null,
+          answer_bytes: post ? post.encodedBodySize : null};
 }"""
 
 

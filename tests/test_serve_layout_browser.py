@@ -109,6 +109,10 @@ def test_take_photo_stays_in_reach_nothing_overflows_and_cards_come_back(tmp_pat
             page.wait_for_selector(".result.restored")
             page.wait_for_function("n => document.querySelectorAll('.result').length >= n", arg=len(before))
             after = page.eval_on_selector_all(".result", CARDS)
+            # the station's overlays load lazily: each once it comes on the screen (before the reload
+            # the page drew its own, so none is in the browser's cache)
+            for img in page.locator("a.overlay img").all():
+                img.scroll_into_view_if_needed()
             page.wait_for_function("() => [...document.querySelectorAll('a.overlay img')]"
                                    ".every((i) => i.complete && i.naturalWidth > 0)", timeout=60_000)
             reloaded_summary = page.inner_text("#summary .s-cells")

@@ -112,6 +112,42 @@ def test_overlays_come_sized_for_a_phone_with_the_full_one_a_tap_away(station):
     assert client.get("/" + out["overlay_phone"], headers=AUTH).content == full.content
 
 
+def test_a_fields_answer_carries_what_its_overlay_draws_for_the_phone_to_draw(station):
+    """The page draws the overlay on the photo it sent, from the answer's marks (no picture to
+    download): the marks say what the station's overlay says; they are not kept with the answer
+    (a reload shows the station's overlay file); the answer comes gzipped to a client that takes it."""
+    import cv2
+    import numpy as np
+
+    from edgekit.device.field import COLORS, analyze_field
+    from edgekit.device.field.overlay import header_text
+
+    client = _client(station, token=TOKEN)
+    sid = _session(client)
+    r = _upload(client, sid, FIELD.read_bytes(), "field", FIELD.name,
+                headers={**AUTH, "Accept-Encoding": "gzip"})
+    assert r.status_code == 200 and r.headers["content-encoding"] == "gzip"
+    out = r.json()
+    marks, res = out["marks"], out["result"]
+    rgb = cv2.imread(str(FIELD))[:, :, ::-1]
+    assert marks["size"] == [rgb.shape[1], rgb.shape[0]] and marks["thick"] >= 1
+    assert marks["colors"] == {k or "": "#{:02x}{:02x}{:02x}".format(*v) for k, v in COLORS.items()}
+    assert marks["header"] == header_text(analyze_field(rgb, station.classifier))
+    assert marks["header"].startswith(f"{res['cells']} cells, {res['parasitized']} ")
+    cells = marks["cells"]
+    assert [c["box"] for c in cells] == [[x0, y0, x1 - x0, y1 - y0] for x0, y0, x1, y1 in
+                                         (c["box"] for c in res["cell_list"])]
+    assert sum(c["call"] == "parasitized" for c in cells) == res["parasitized"]
+    assert sum(c["label"].endswith("?") for c in cells) == res["uncertain"]
+    for c in cells:  # an outline: a polygon inside its box
+        xy = np.array(c["outline"]).reshape(-1, 2)
+        assert len(xy) >= 3 and (xy >= 0).all() and (xy < [c["box"][2], c["box"][3]]).all()
+    # kept without its marks: the station's overlay files serve every later view
+    assert "marks" not in _state(client, sid, out["sha256"]).json()["answer"]
+    (kept,) = client.get(f"/api/sessions/{sid}/uploads", headers=AUTH).json()["uploads"]
+    assert "marks" not in kept["answer"] and kept["answer"]["overlay"] == out["overlay"]
+
+
 def test_status_says_how_the_page_shrinks_a_field_photo(station):
     from edgekit.device.field.focus import MAX_SIDE
 

@@ -1,7 +1,8 @@
 """The phone page on a weak link (issue 23), end to end: a Pixel 5 profile with Chrome DevTools'
 Fast 3G preset and 4x CPU slowdown; a 12 MP photo shrunk on the phone (EXIF orientation kept) and
-sent with progress; a lost answer asked about by the photo's hash (never called "not recorded" when
-the station has it); a cancel; a station restart that keeps the phone joined.
+sent with progress, its overlay drawn on the phone (the station's one tap away); a lost answer
+asked about by the photo's hash (never called "not recorded" when the station has it); a cancel; a
+station restart that keeps the phone joined.
 
 Needs Debian's chromium and Python's playwright (skipped otherwise), like tests/test_serve_browser.py.
 """
@@ -116,6 +117,8 @@ def test_a_12mp_photo_is_shrunk_sent_with_progress_and_counted_on_fast_3g(tmp_pa
             page, errors = _watched_page(browser, {**p.devices["Pixel 5"], "device_scale_factor": 2})
             _open_patient(page, server.url, "P-3G")
             _throttle(page)
+            overlays: list[str] = []  # the overlay pictures the page asked the station for
+            page.context.on("request", lambda r: "/api/overlays/" in r.url and overlays.append(r.url))
             page.set_input_files("#camera", str(photo))
             page.wait_for_function("() => { const b = document.querySelector('.job progress'); "
                                    "return b && b.value > 0.2; }", timeout=60_000)
@@ -134,6 +137,10 @@ def test_a_12mp_photo_is_shrunk_sent_with_progress_and_counted_on_fast_3g(tmp_pa
             card.screenshot(path=str(shots / "serve-counted.png"))
             buttons += [card.locator(b).is_visible() for b in ("button.cancel", "button.retry")]
             states = page.evaluate("window.__states")
+            shown_without = list(overlays)
+            with page.context.expect_page() as tapped:  # a tap opens the station's full-size overlay
+                card.locator("a.overlay").click()
+            tapped.value.wait_for_load_state()
             browser.close()
         status, answer = _get(f"{server.url}/api/sessions/1/uploads/{sha}")
         req = urllib.request.Request(server.url + "/" + link, headers={"Authorization": f"Bearer {TOKEN}"})
@@ -145,7 +152,9 @@ def test_a_12mp_photo_is_shrunk_sent_with_progress_and_counted_on_fast_3g(tmp_pa
     assert not errors, errors
     assert state == "counted" and status == 200 and answer["state"] == "recorded"
     assert any(s == "sending" and "%" in text for s, text in states)  # progress shown while it was sent
-    assert img == link + "?size=phone"
+    # the overlay is drawn on the phone from the answer: no picture downloaded until the tap
+    assert img.startswith("blob:") and shown_without == []
+    assert [u.rsplit("/", 1)[1] for u in overlays] == [link.rsplit("/", 1)[1]]
     assert buttons == [True, False, False, False]  # Cancel while it is sent; neither once it is counted
     received = cv2.imdecode(np.frombuffer(full, np.uint8), cv2.IMREAD_COLOR)
     # the station got the photo upright (EXIF applied on the phone) at the size it measures fields at

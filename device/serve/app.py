@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import html
 import ipaddress
+import json
 import mimetypes
 import re
 import secrets
@@ -202,6 +203,17 @@ def _same_origin_path(path: str) -> str:
 
 def _json_error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+def _compressed(request: Request, content: dict[str, Any]) -> Response:
+    """``content`` as JSON, gzipped for a client that takes it: a field's answer carries its cells'
+    outlines (tens of kB that a weak link would otherwise download as they are)."""
+    body = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    headers = {"Vary": "Accept-Encoding"}
+    if len(body) > 1024 and "gzip" in request.headers.get("accept-encoding", ""):
+        body = gzip.compress(body, 6, mtime=0)
+        headers["Content-Encoding"] = "gzip"
+    return Response(body, media_type="application/json", headers=headers)
 
 
 def _refused(request: Request) -> Response:
@@ -451,7 +463,7 @@ def create_app(station: Station, config: ServeConfig) -> FastAPI:
         name: str | None = Query(None, max_length=200, description="File name (multipart gives its own)."),
         replace: bool = Query(False, description="A field already counted in the session is counted in its "
                                                  "place when this take is sharper"),
-    ) -> dict[str, Any]:
+    ) -> Response:
         await own(request, session_id)
         if station.pending >= config.max_pending:
             raise ServeError(429, f"busy: {station.pending} uploads are being processed; retry in a moment")
@@ -461,7 +473,7 @@ def create_app(station: Station, config: ServeConfig) -> FastAPI:
             name, data = await _read_upload(request, config.max_bytes, name, config.upload_seconds)
             sha = hashlib.sha256(data).hexdigest()
             station.in_flight[sha] = station.in_flight.get(sha, 0) + 1
-            return await run(station.add_image, session_id, kind, name, data, replace)
+            return _compressed(request, await run(station.add_image, session_id, kind, name, data, replace))
         finally:
             station.pending -= 1
             if sha is not None:

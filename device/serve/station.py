@@ -346,12 +346,14 @@ class Station:
         return out
 
     def _keep_answer(self, session: Session, sha: str, kind: str, answer: dict[str, Any]) -> None:
-        """Keep the first answer given to this photo in this session (a resend is answered, not kept)."""
+        """Keep the first answer given to this photo in this session (a resend is answered, not kept);
+        the overlay's marks are for the page that holds the photo, the overlay files for the others."""
+        kept = {k: v for k, v in answer.items() if k != "marks"}
         try:
             with self.store.conn:
                 self.store.conn.execute(
                     "INSERT OR IGNORE INTO serve_uploads (session_id, sha256, kind, answer, created_at)"
-                    " VALUES (?, ?, ?, ?, ?)", (session.id, sha, kind, json.dumps(answer), time.time()))
+                    " VALUES (?, ?, ?, ?, ?)", (session.id, sha, kind, json.dumps(kept), time.time()))
         except sqlite3.Error:
             pass  # the cells are recorded; a later question about this photo is answered from them
 
@@ -378,6 +380,7 @@ class Station:
     def _add_field(self, session: Session, shown: str, sha: str, rgb, stop: int,
                    replace: bool = False) -> dict[str, Any]:
         from edgekit.device.field import analyze_field
+        from edgekit.device.field.overlay import overlay_marks
         from edgekit.device.screening import check_field, field_items
 
         report = analyze_field(rgb, self.classifier)
@@ -404,7 +407,7 @@ class Station:
         return {"result": report.to_dict(per_cell=True), "recorded": recorded, "field": field,
                 "overlay": None if problem else f"api/overlays/{sha}.jpg",
                 "overlay_phone": None if problem else f"api/overlays/{sha}.jpg?size=phone",
-                "overlay_problem": problem}
+                "overlay_problem": problem, "marks": overlay_marks(report)}
 
     def _add_crop(self, session: Session, shown: str, sha: str, rgb, stop: int) -> dict[str, Any]:
         recorded = self._record(session, [(shown, sha, rgb)], "file", stop)

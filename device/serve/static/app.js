@@ -146,7 +146,60 @@ function recordedLine(r) {
   return el("p", { class: "small recorded" }, "Saved: " + parts.join("; ") + ".");
 }
 
-function renderField(out) {
+function drawOverlay(picture, marks) {
+  // the station's overlay (device/field/overlay.py) drawn from its marks on the photo this phone sent:
+  // the same outlines, colours, numbers, header and banner, with no picture to download; drawn at
+  // the screen's own resolution
+  const [w, h] = marks.size;
+  const k = Math.min(1, Math.ceil(window.innerWidth * (window.devicePixelRatio || 1)) / w);
+  const canvas = el("canvas", { width: Math.round(w * k), height: Math.round(h * k) });
+  const ctx = canvas.getContext("2d");
+  if (!ctx) return null;
+  ctx.drawImage(picture, 0, 0, canvas.width, canvas.height);
+  ctx.scale(canvas.width / w, canvas.height / h);
+  const t = marks.thick;
+  ctx.lineWidth = t;
+  ctx.textBaseline = "alphabetic";
+  ctx.font = `${12 * t}px sans-serif`;
+  for (const c of marks.cells) {
+    const [x, y, cw, ch] = c.box, o = c.outline;
+    ctx.strokeStyle = ctx.fillStyle = marks.colors[c.call || ""];
+    ctx.beginPath();
+    for (let i = 0; i < o.length; i += 2) ctx.lineTo(x + o[i], y + o[i + 1]);
+    ctx.closePath();
+    ctx.stroke();
+    ctx.strokeRect(x, y, cw - 1, ch - 1);
+    ctx.fillText(c.label, x + 3, y + 12 * t);
+  }
+  const bar = (text, top, colour) => {
+    const tall = 15 * t + 8;
+    ctx.font = `${15 * t}px sans-serif`;
+    const y = top === null ? h - tall : top;
+    ctx.fillStyle = colour;
+    ctx.fillRect(0, y, top === null ? w : Math.min(w, ctx.measureText(text).width + 8), tall);
+    ctx.fillStyle = "#fff";
+    ctx.fillText(text, 4, y + tall - 4 - 3 * t);
+  };
+  if (marks.banner) bar(marks.banner, null, "#a00000");
+  bar(marks.header, 0, "#000");
+  return canvas;
+}
+
+async function drawnOverlay(job, out) {
+  // the address (blob:) of the station's overlay drawn here on the photo this page sent (decoded
+  // again when the page no longer holds it, e.g. a photo that waited in the queue); null when it
+  // cannot be, and the station's phone-sized overlay is shown instead
+  if (typeof createImageBitmap !== "function") return null;
+  let picture = job.picture;
+  try { picture = picture || await createImageBitmap(job.blob, { imageOrientation: "from-image" }); } catch (err) {
+    return null;
+  }
+  const canvas = drawOverlay(picture, out.marks);
+  const blob = canvas && await new Promise((resolve) => canvas.toBlob(resolve, "image/jpeg", 0.85));
+  return blob ? URL.createObjectURL(blob) : null;
+}
+
+function renderField(out, drawing) {
   const r = out.result;
   const card = el("article", { class: "result" + (r.rejected ? " rejected" : ""), "data-kind": "field", "data-name": out.name },
                   el("h3", {}, out.name));
@@ -169,12 +222,17 @@ function renderField(out) {
     card.append(el("p", { class: "small replaced" }, `Counted in place of ${out.field.duplicate_of} (sharper).`));
   }
   card.append(recordedLine(out.recorded) || "");
-  if (out.overlay) {
-    const img = el("img", { src: out.overlay_phone || out.overlay, loading: "lazy",
-                            alt: `Cells found in ${out.name}, outlined red if parasitized, green if not` });
-    card.append(el("a", { class: "overlay", href: out.overlay, target: "_blank" }, img),
-                el("p", { class: "small" }, "Tap the picture for full size."));
-  } else if (out.overlay_problem) {
+  if (out.overlay || drawing) {  // drawn here, the station's full-size overlay is fetched only on a tap
+    const station = out.overlay_phone || out.overlay;
+    const alt = `Cells found in ${out.name}, outlined red if parasitized, green if not`;
+    const img = drawing ? el("img", { alt }) : el("img", { src: station, loading: "lazy", alt });
+    if (drawing) {  // the counts do not wait for it
+      drawing.catch(() => null).then((url) => { if (url || station) img.src = url || station; else img.remove(); });
+    }
+    card.append(out.overlay ? el("a", { class: "overlay", href: out.overlay, target: "_blank" }, img) : img,
+                el("p", { class: "small" }, out.overlay ? "Tap the picture for full size." : "Drawn on this phone."));
+  }
+  if (!out.overlay && out.overlay_problem) {
     card.append(el("p", { class: "warn overlay-problem" }, out.overlay_problem));
   }
   return card;
@@ -237,14 +295,21 @@ const STATE_TEXT = { waiting: "waiting", preparing: "preparing", sending: "sendi
                      already: "already counted", "not-counted": "not counted", unknown: "not confirmed" };
 
 async function shrinkField(file) {
+  return (await shrinkPhoto(file)).blob;
+}
+
+async function shrinkPhoto(file) {
   // a phone photo is cut to the size the station measures fields at (EXIF orientation applied);
-  // anything this browser cannot decode is sent as it is, and the station says why it is refused
+  // anything this browser cannot decode is sent as it is, and the station says why it is refused.
+  // With the picture decoded (null when not), which the station's answer is drawn on
   const up = state.info && state.info.upload;
-  if (!up || typeof createImageBitmap !== "function") return file;
+  if (!up || typeof createImageBitmap !== "function") return { blob: file, picture: null };
   let bmp;
-  try { bmp = await createImageBitmap(file, { imageOrientation: "from-image" }); } catch (err) { return file; }
+  try {
+    bmp = await createImageBitmap(file, { imageOrientation: "from-image" });
+  } catch (err) { return { blob: file, picture: null }; }
   const scale = up.field_max_side / Math.max(bmp.width, bmp.height);
-  if (scale >= 1) { bmp.close(); return file; }
+  if (scale >= 1) return { blob: file, picture: bmp };
   const canvas = el("canvas", { width: Math.round(bmp.width * scale), height: Math.round(bmp.height * scale) });
   const ctx = canvas.getContext("2d");
   ctx.imageSmoothingEnabled = true;
@@ -252,8 +317,9 @@ async function shrinkField(file) {
   ctx.drawImage(bmp, 0, 0, canvas.width, canvas.height);
   bmp.close();
   const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/jpeg", up.jpeg_quality));
-  if (!blob || blob.size >= file.size) return file;
-  return new File([blob], file.name.replace(/\.[^.]*$/, "") + ".jpg", { type: "image/jpeg" });
+  if (!blob || blob.size >= file.size) return { blob: file, picture: canvas };
+  return { blob: new File([blob], file.name.replace(/\.[^.]*$/, "") + ".jpg", { type: "image/jpeg" }),
+           picture: canvas };
 }
 
 // SHA-256 in plain JS: crypto.subtle exists only on HTTPS or localhost, and a clinic station is
@@ -442,7 +508,8 @@ function outcome(out) {
 }
 
 async function showAnswer(job, out, confirmedLater) {
-  const card = out.kind === "field" ? renderField(out) : renderCrop(out);
+  const card = out.kind === "field" ? renderField(out, out.marks ? drawnOverlay(job, out) : null) : renderCrop(out);
+  job.picture = null;  // drawn: the decoded photo is not kept for every card of the day
   const [st, why] = outcome(out);
   job.card.replaceWith(card);
   job.card = card;
@@ -460,7 +527,9 @@ async function runJob(job) {
   if (job.cancelled) return;
   if (!job.blob) {
     setJob(job, "preparing");
-    job.blob = job.kind === "field" ? await shrinkField(job.file) : job.file;
+    const shrunk = job.kind === "field" ? await shrinkPhoto(job.file) : { blob: job.file, picture: null };
+    job.blob = shrunk.blob;
+    job.picture = shrunk.picture;
     job.sha256 = await sha256Hex(job.blob);
     job.card.setAttribute("data-sha256", job.sha256);
     state.jobs.set(jobKey(job), job);
