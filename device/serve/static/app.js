@@ -185,6 +185,12 @@ function drawOverlay(picture, marks) {
   return canvas;
 }
 
+function clearResults() {
+  // the overlays drawn here are blob: images: release them with their cards (a clinic day is long)
+  for (const img of $("#results").querySelectorAll("img[src^='blob:']")) URL.revokeObjectURL(img.src);
+  $("#results").replaceChildren();
+}
+
 async function drawnOverlay(job, out) {
   // the address (blob:) of the station's overlay drawn here on the photo this page sent (decoded
   // again when the page no longer holds it, e.g. a photo that waited in the queue); null when it
@@ -713,7 +719,7 @@ async function restoreCards(id) {
 async function openSession(id) {
   try {
     const data = await api(`api/sessions/${id}`);
-    $("#results").replaceChildren();
+    clearResults();
     showSession(data);
     say(`Resumed patient ${data.session.patient}: ${data.records.length} records so far.`, true);
     await restoreCards(id);
@@ -841,7 +847,7 @@ async function init() {
     try {
       const data = await api("api/sessions", { method: "POST", body: JSON.stringify(body),
                                                headers: { "Content-Type": "application/json" } });
-      $("#results").replaceChildren();
+      clearResults();
       showSession(data);
       say("");
       loadSessions();
