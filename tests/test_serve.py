@@ -136,6 +136,8 @@ def test_openapi_describes_the_api(station):
     assert set(verdict["enum"]) == {"parasitized", "not parasitized", "confirm", "overrule"}
     body = spec["paths"]["/api/sessions/{session_id}/images"]["post"]["requestBody"]["content"]
     assert "multipart/form-data" in body and "image/*" in body
+    answer = spec["paths"]["/api/sessions/{session_id}/images"]["post"]["responses"]["200"]["content"]
+    assert "application/json" in answer  # gzipped or not, the answer is JSON
 
 
 # ---------------------------------------------------------------------------- same results as the CLI

@@ -454,7 +454,9 @@ def create_app(station: Station, config: ServeConfig) -> FastAPI:
                                            "properties": {"file": {"type": "string", "format": "binary"}}}},
     }}}
 
-    @app.post("/api/sessions/{session_id}/images", openapi_extra=upload_body,
+    @app.post("/api/sessions/{session_id}/images", openapi_extra=upload_body, response_class=Response,
+              responses={200: {"content": {"application/json": {"schema": {"type": "object"}}},
+                               "description": "The answer (JSON; gzipped when the client accepts it)"}},
               summary="Upload one field photo or cell crop: find cells, classify, record")
     async def add_image(
         request: Request, session_id: SessionId,
