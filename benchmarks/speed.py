@@ -204,13 +204,43 @@ def byte_compile(src: Path) -> None:
     compileall.compile_dir(str(src), quiet=1, rx=re.compile(r"[/\\](\.git|_build|\.venv|node_modules)[/\\]"))
 
 
+def source_ref(src: Path) -> str:
+    """A source tree as results record it: its git commit (and whether it had edits), else its name;
+    never a path of this machine."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(src), *args], capture_output=True, text=True).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if not commit:
+        return src.name
+    edited = git("status", "--porcelain", "--untracked-files=no")
+    return f"{commit} (with uncommitted edits)" if edited else commit
+
+
+def bundle_ref(bundle: Path | None) -> dict[str, str] | None:
+    """A bundle as results record it: a portable path (``$EDGEKIT_DATA/...``, or relative to the
+    checkout, else its name) and its manifest's sha256, which names the model exactly."""
+    import hashlib
+
+    from edgekit.paths import portable_path
+
+    if bundle is None:
+        return None
+    here = Path(__file__).resolve().parents[1]
+    return {"path": portable_path(bundle, here, travels=False) if here in Path(bundle).resolve().parents
+            else portable_path(bundle),
+            "manifest_sha256": hashlib.sha256((Path(bundle) / "manifest.json").read_bytes()).hexdigest()}
+
+
 def end_to_end(srcs: dict[str, tuple[Path, Path]], crops_dir: Path, fields: list[Path], rounds: int,
                cold_repeats: int = 3) -> dict[str, dict[str, Any]]:
     one_crop = sorted(crops_dir.iterdir())[0]
     for src, _ in srcs.values():
         byte_compile(src)
     res: dict[str, dict[str, Any]] = {
-        name: {"src": str(src), "bundle": str(bundle), "screen": [], "fields": [], "cold": []}
+        name: {"src": source_ref(src), "bundle": bundle_ref(bundle), "screen": [], "fields": [], "cold": []}
         for name, (src, bundle) in srcs.items()
     }
     names = list(srcs)
@@ -404,7 +434,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "cpu": cpu_info(),
                     "load_avg_start": os.getloadavg(), "python": platform.python_version()},
-        "bundle": str(bundle), "old_bundle": str(args.old_bundle) if args.old_bundle else None,
+        "bundle": bundle_ref(bundle), "old_bundle": bundle_ref(args.old_bundle),
         "crops": f"{N_CROPS} NIH crops of patients {'+'.join(PATIENTS)}", "rounds": args.rounds,
     }
     skip = set(args.skip.split(","))

@@ -54,3 +54,16 @@ def test_issue_rows_show_each_source_against_the_targets():
     assert ("| 1.90 s wall, 2.90 s CPU, 153 MB ✗ | 1.00 s wall, 1.50 s CPU, 90 MB ✓"
             " | <= 1.2 s, <= 100 MB |") in text
     assert "| 0.245 s, 85 MB ✗ | 0.140 s, 60 MB ✓ | <= 0.15 s |" in text
+
+
+def test_results_name_trees_and_bundles_without_machine_paths(tmp_path):
+    from pathlib import Path
+
+    from edgekit.benchmarks.speed import bundle_ref, source_ref
+    from edgekit.paths import default_bundle_dir
+
+    ref = bundle_ref(default_bundle_dir())
+    assert ref is not None and ref["path"] == "edgekit/models/default" and len(ref["manifest_sha256"]) == 64
+    assert not source_ref(Path(__file__).resolve().parents[1]).startswith("/")  # a commit, not a path
+    assert source_ref(tmp_path) == tmp_path.name  # no git: the folder's name only
+    assert bundle_ref(None) is None
