@@ -35,7 +35,7 @@ def split_errors(per_field: dict[str, dict[str, Any]], coverage: dict[str, float
 
 
 def main(argv: list[str] | None = None) -> None:
-    from edgekit.cells import CELLS_INDEX, LABEL_COVERAGE_FLOOR
+    from edgekit.cells import CELLS_INDEX, LABEL_COVERAGE_FLOOR, label_coverage
     from edgekit.manifest import load_manifest
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -45,8 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("-o", "--out", type=Path, default=None)
     args = ap.parse_args(argv)
     rows = json.loads((args.site / CELLS_INDEX).read_text())["per_field"]
-    coverage = {Path(r["field"]).stem: (sum(r["labelled"].values()) / r["found"] if r["found"] else None)
-                for r in rows}
+    coverage = {Path(r["field"]).stem: label_coverage(r) for r in rows}
     result: dict[str, Any] = {"floor": args.floor, "site_fields": len(coverage),
                               "incompletely_labelled_site_fields": sum((c or 0) < args.floor
                                                                        for c in coverage.values()),

@@ -216,12 +216,17 @@ def _write_cut(tmp: Path, af: AnnotatedField, cut: FieldCut, counts: dict[str, i
 
 def _field_entry(af: AnnotatedField, cut: FieldCut) -> dict[str, Any]:
     """One field's line of ``cells.json``'s ``per_field``."""
-    labelled = sum(cut.labelled.values())
-    return {"field": af.name, "found": cut.found, "labelled": cut.labelled,
-            "cut": {c: sum(x[0] == c for x in cut.crops) for c in CLASSES},
-            "unmatched": cut.unmatched, "objects": len(cut.objects),
-            "label_coverage": round(labelled / cut.found, 4) if cut.found else None,
-            "rejected": cut.rejected}
+    entry = {"field": af.name, "found": cut.found, "labelled": cut.labelled,
+             "cut": {c: sum(x[0] == c for x in cut.crops) for c in CLASSES},
+             "unmatched": cut.unmatched, "objects": len(cut.objects), "rejected": cut.rejected}
+    coverage = label_coverage(entry)
+    return {**entry, "label_coverage": None if coverage is None else round(coverage, 4)}
+
+
+def label_coverage(entry: dict[str, Any]) -> float | None:
+    """A ``per_field`` entry's labelled cells / cells found (None when none was found); computed from
+    its counts, so a ``cells.json`` written before the field was recorded reads the same."""
+    return sum(entry["labelled"].values()) / entry["found"] if entry["found"] else None
 
 
 def incompletely_labelled(per_field: list[dict[str, Any]],
@@ -229,7 +234,7 @@ def incompletely_labelled(per_field: list[dict[str, Any]],
     """The fields whose labelled cells number fewer than ``floor`` x the cells the finder found there:
     their boxes likely miss cells (parasitized ones too), so their labelled parasitemia is not a
     truth to hold a count to."""
-    return [f for f in per_field if f.get("label_coverage") is not None and f["label_coverage"] < floor]
+    return [f for f in per_field if (label_coverage(f) or 0.0) < floor and f["found"]]
 
 
 def _check_classes(records: list[dict[str, Any]], counts: dict[str, int], allow_one_class: bool) -> None:
