@@ -120,7 +120,7 @@ def test_a_fields_answer_carries_what_its_overlay_draws_for_the_phone_to_draw(st
     import numpy as np
 
     from edgekit.device.field import COLORS, analyze_field
-    from edgekit.device.field.overlay import header_text
+    from edgekit.device.field.overlay import banner_text, header_text
 
     client = _client(station, token=TOKEN)
     sid = _session(client)
@@ -132,7 +132,11 @@ def test_a_fields_answer_carries_what_its_overlay_draws_for_the_phone_to_draw(st
     rgb = cv2.imread(str(FIELD))[:, :, ::-1]
     assert marks["size"] == [rgb.shape[1], rgb.shape[0]] and marks["thick"] >= 1
     assert marks["colors"] == {k or "": "#{:02x}{:02x}{:02x}".format(*v) for k, v in COLORS.items()}
-    assert marks["header"] == header_text(analyze_field(rgb, station.classifier))
+    report = analyze_field(rgb, station.classifier)
+    assert marks["header"] == header_text(report)
+    assert marks["banner"] == banner_text(report)  # NOT VALIDATED on the phone's drawing as on the station's
+    assert report.domain is not None and not report.domain["ok"]  # this fixture is off the model's domain
+    assert marks["banner"].startswith("NOT VALIDATED")
     assert marks["header"].startswith(f"{res['cells']} cells, {res['parasitized']} ")
     cells = marks["cells"]
     assert [c["box"] for c in cells] == [[x0, y0, x1 - x0, y1 - y0] for x0, y0, x1, y1 in
