@@ -13,29 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 from typing import Any
 
 
-def split_errors(per_field: dict[str, dict[str, Any]], coverage: dict[str, float | None],
-                 floor: float) -> dict[str, Any]:
-    """Mean absolute whole-field error (points) over all test fields, the fully labelled ones and the
-    incompletely labelled ones, with the fields named."""
-    err = {f: 100 * abs(v["called"] - v["labelled"]) for f, v in per_field.items()}
-    low = sorted(f for f in err if (coverage.get(f) or 0.0) < floor)
-    full = [f for f in err if f not in low]
-
-    def mean(fields: list[str]) -> float | None:
-        return statistics.fmean(err[f] for f in fields) if fields else None
-
-    return {"fields": len(err), "mae_points": mean(list(err)), "fully_labelled_fields": len(full),
-            "fully_labelled_mae_points": mean(full), "incompletely_labelled": low,
-            "incompletely_labelled_mae_points": mean(low)}
-
-
 def main(argv: list[str] | None = None) -> None:
-    from edgekit.cells import CELLS_INDEX, LABEL_COVERAGE_FLOOR, label_coverage
+    from edgekit.cells import CELLS_INDEX, LABEL_COVERAGE_FLOOR, label_coverage, split_errors
     from edgekit.manifest import load_manifest
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -145,6 +145,48 @@ def labelled_parasitemia(site: Path) -> dict[str, float]:
                         f"{exc}") from None
 
 
+def _field_rows(site: Path) -> list[dict[str, Any]]:
+    """``cells.json``'s per-field entries (none when it is missing or unreadable)."""
+    try:
+        rows = json.loads((Path(site) / "cells.json").read_text())["per_field"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [r for r in rows if isinstance(r, dict) and "field" in r] if isinstance(rows, list) else []
+
+
+def incompletely_labelled_fields(site: Path) -> set[str]:
+    """Field stems whose boxes likely miss cells (:func:`edgekit.cells.incompletely_labelled`): their
+    labelled parasitemia is no truth to choose a cutoff by, and their unboxed objects may be parasites."""
+    from edgekit.cells import incompletely_labelled
+
+    try:
+        return {Path(r["field"]).stem for r in incompletely_labelled(_field_rows(site))}
+    except (KeyError, TypeError, AttributeError):
+        return set()
+
+
+def label_coverage_note(whole: dict[str, Any], site: Path) -> str | None:
+    """One line when some of these whole fields look incompletely labelled: their error apart from
+    the rest's, so a site knows which boxes to complete (``whole`` from :func:`whole_field_error`,
+    which gains the split as ``label_coverage``)."""
+    from edgekit.cells import label_coverage, split_errors
+
+    try:
+        coverage = {Path(r["field"]).stem: label_coverage(r) for r in _field_rows(site)}
+    except (KeyError, TypeError, AttributeError):
+        return None
+    split = split_errors(whole["per_field"], coverage)
+    whole["label_coverage"] = split
+    low = split["incompletely_labelled"]
+    if not low or not coverage:
+        return None
+    rest, there = split["fully_labelled_mae_points"], split["incompletely_labelled_mae_points"]
+    return (f"{len(low)} of {split['fields']} test fields look incompletely labelled ({', '.join(low[:4])}"
+            f"{' ...' if len(low) > 4 else ''}): whole-field error {there:.2f} points there, "
+            f"{'-' if rest is None else f'{rest:.2f}'} on the rest; complete their boxes "
+            "(cells.json: label_coverage) and adapt again")
+
+
 def whole_field_inputs(image: Path, pre: Any) -> np.ndarray | None:
     """Every cell the device finds on a field image, cropped and prepared as the device does;
     None when the field is refused or holds no cell."""
@@ -338,7 +380,7 @@ def _found_objects(site: Path, train_fields: list[str], cfg: AdaptConfig, pre: A
     folder = Path(site) / OBJECTS_DIR
     if cfg.objects_per_field <= 0 or not folder.is_dir():
         return np.zeros((0, *pre.input_size, pre.channels), np.uint8)
-    wanted = set(train_fields)
+    wanted = set(train_fields) - incompletely_labelled_fields(site)
     by_field: dict[str, list[str]] = {}
     for f in sorted(folder.iterdir()):
         if f.suffix == ".png" and field_of(f) in wanted:
@@ -449,8 +491,8 @@ def adapt_model(
         p_val = best["p_val"]
         field_cut = None
         if cfg.cutoff in FIELD_CUTOFFS:
-            field_cut = _whole_field_cutoff(tmp / "model.keras", {f: whole.get(f) for f in fields["val"]},
-                                            truth, pos, cfg.cutoff, log)
+            chosen_on = cutoff_fields(whole, fields["val"], site, log)
+            field_cut = _whole_field_cutoff(tmp / "model.keras", chosen_on, truth, pos, cfg.cutoff, log)
         _choose_decision(manifest, yv == pos, p_val, gv, cfg, fields, field_cut)
         manifest.domain = _site_domain(ds, fields, site, log)
         _write_run(tmp, manifest, split, cfg, base_sha, keras_path, model, site, fields, best, n_base)
@@ -461,6 +503,10 @@ def adapt_model(
         parts = {"val": (xv, yv, gv), "test": (xt, yt, gt)}
         evaluation = _site_evaluation(tmp, manifest, parts, whole, fields, truth, pos)
         manifest.evaluation = {"site": evaluation}  # the base model's numbers are not this model's
+        test_whole = (evaluation.get("test") or {}).get("whole_fields")
+        note = label_coverage_note(test_whole, site) if test_whole else None
+        if note:
+            log(note)
         gate = site_gate(evaluation.get("test"), fields["test"], cfg.gate, evaluation["format"])
         if manifest.domain is not None:
             manifest.domain.gate = gate
@@ -753,6 +799,17 @@ def _whole_field_cutoff(keras_path: Path, inputs: dict[str, np.ndarray | None], 
     log(f"whole validation fields: {len(probs)} fields, {sum(map(len, probs))} found cells, "
         f"labelled parasitemia {100 * float(np.mean(t)):.2f}%: {method} cutoff {cut:.4f}")
     return cut
+
+
+def cutoff_fields(whole: dict[str, np.ndarray | None], val_fields: list[str], site: Path,
+                   log: Log) -> dict[str, np.ndarray | None]:
+    """The validation fields a whole-field cutoff is chosen on: those whose boxes cover their cells
+    (all of them when none does)."""
+    sparse = incompletely_labelled_fields(site) & set(val_fields)
+    kept = [f for f in val_fields if f not in sparse] or list(val_fields)
+    if len(kept) < len(val_fields):
+        log(f"cutoff: {len(val_fields) - len(kept)} incompletely labelled validation fields left out")
+    return {f: whole.get(f) for f in kept}
 
 
 def _choose_decision(manifest: Any, y_val: np.ndarray, p_val: np.ndarray, g_val: np.ndarray, cfg: AdaptConfig,

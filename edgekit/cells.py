@@ -23,6 +23,7 @@ import json
 import os
 import random
 import shutil
+import statistics
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -31,12 +32,15 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.device.annotations import CLASSES, AnnotatedField, Box
+from edgekit.device.annotations import CLASSES, PARASITIZED, AnnotatedField, Box
 from edgekit.errors import DataError
 from edgekit.safefile import replace_dir
 
 CELLS_INDEX = "cells.json"
 OBJECTS_DIR = ".objects"  # found objects that are no labelled red cell (hidden: not a class folder)
+# a found object that overlaps a parasitized cell's box this much (two overlapping cells found as one,
+# a parasite's cell cut badly) is kept out of the objects: teaching it "not parasitized" would be wrong
+OBJECT_OVERLAP = 0.1
 AMBIGUOUS = ("difficult",)  # boxes whose object is neither a red cell nor surely something else
 FIELD_SEPARATOR = "__"
 # labelled cells / cells found on a field: a fully boxed field sits near 0.9 (IML median 0.91: the finder
@@ -87,6 +91,15 @@ def match_boxes(labelled: Sequence[Box], found: Sequence[tuple[int, int, int, in
     return sorted(pairs)
 
 
+def _near_boxes(labelled: Sequence[Box], found: Sequence[tuple[int, int, int, int]], label: str,
+                min_iou: float = OBJECT_OVERLAP) -> set[int]:
+    """Found indices overlapping a ``label`` box by at least ``min_iou``."""
+    boxes = [(b.x0, b.y0, b.x1, b.y1) for b in labelled if b.label == label]
+    if not boxes or not found:
+        return set()
+    return {int(j) for j in np.nonzero((box_iou(np.array(boxes), np.array(found)) >= min_iou).any(axis=0))[0]}
+
+
 @dataclass
 class FieldCut:
     """The labelled crops of one field, and what could not be cut."""
@@ -130,8 +143,9 @@ def cut_field(af: AnnotatedField, min_iou: float = 0.4, params: Any = None) -> F
     difficult = {j for i, j, _ in pairs
                  if af.boxes[i].label is None and af.boxes[i].source_label in AMBIGUOUS}
     labelled_cells = {j for i, j, _ in pairs if af.boxes[i].label is not None}
+    near_parasite = _near_boxes(af.boxes, [c.box for c in cells], PARASITIZED)
     out.objects = [(j, crop_cell(rgb, c)) for j, c in enumerate(cells)
-                   if j not in labelled_cells and j not in difficult]
+                   if j not in labelled_cells and j not in difficult and j not in near_parasite]
     for i, j, iou in pairs:
         b = af.boxes[i]
         if b.label is None:
@@ -235,6 +249,23 @@ def incompletely_labelled(per_field: list[dict[str, Any]],
     their boxes likely miss cells (parasitized ones too), so their labelled parasitemia is not a
     truth to hold a count to."""
     return [f for f in per_field if (label_coverage(f) or 0.0) < floor and f["found"]]
+
+
+def split_errors(per_field: dict[str, dict[str, Any]], coverage: dict[str, float | None],
+                 floor: float = LABEL_COVERAGE_FLOOR) -> dict[str, Any]:
+    """Mean absolute whole-field error (points) over all fields of ``per_field`` (called and labelled
+    fraction per field stem), over the fully labelled ones and the incompletely labelled ones (label
+    coverage per stem below ``floor``, or unknown), with the latter named."""
+    err = {f: 100 * abs(v["called"] - v["labelled"]) for f, v in per_field.items()}
+    low = sorted(f for f in err if (coverage.get(f) or 0.0) < floor)
+    full = [f for f in err if f not in low]
+
+    def mean(fields: list[str]) -> float | None:
+        return statistics.fmean(err[f] for f in fields) if fields else None
+
+    return {"fields": len(err), "mae_points": mean(list(err)), "fully_labelled_fields": len(full),
+            "fully_labelled_mae_points": mean(full), "incompletely_labelled": low,
+            "incompletely_labelled_mae_points": mean(low)}
 
 
 def _check_classes(records: list[dict[str, Any]], counts: dict[str, int], allow_one_class: bool) -> None:

@@ -189,6 +189,40 @@ def test_labelled_parasitemia_reads_cells_json(tmp_path):
         labelled_parasitemia(tmp_path / "nowhere")
 
 
+def test_a_whole_field_cutoff_is_chosen_on_fully_labelled_fields_only(tmp_path):
+    """A validation field whose boxes cover too few of its found cells is no truth to choose a cutoff
+    by (its unboxed parasites read as 0%); when every field is so, all are used."""
+    from edgekit.adapt import cutoff_fields, incompletely_labelled_fields
+
+    (tmp_path / "cells.json").write_text(json.dumps({"per_field": [
+        {"field": "A.JPG", "found": 100, "labelled": {"Parasitized": 2, "Uninfected": 90}},
+        {"field": "B.JPG", "found": 100, "labelled": {"Uninfected": 40}},
+        {"field": "C.JPG", "found": 50, "labelled": {"Uninfected": 45}}]}))
+    assert incompletely_labelled_fields(tmp_path) == {"B"}
+    assert incompletely_labelled_fields(tmp_path / "nowhere") == set()
+    whole = {k: np.zeros(3) for k in "ABC"}
+    said: list[str] = []
+    assert sorted(cutoff_fields(whole, ["A", "B"], tmp_path, said.append)) == ["A"]
+    assert said == ["cutoff: 1 incompletely labelled validation fields left out"]
+    assert sorted(cutoff_fields(whole, ["B"], tmp_path, said.append)) == ["B"]
+
+
+def test_adapt_names_the_test_fields_whose_boxes_miss_cells(tmp_path):
+    """The test fields' error is split by label coverage in the record and said in one line, so a
+    site knows which boxes to complete; nothing is said when every field is fully labelled."""
+    from edgekit.adapt import label_coverage_note
+
+    (tmp_path / "cells.json").write_text(json.dumps({"per_field": [
+        {"field": "A.JPG", "found": 100, "labelled": {"Parasitized": 2, "Uninfected": 90}},
+        {"field": "B.JPG", "found": 100, "labelled": {"Uninfected": 40}}]}))
+    whole = {"per_field": {"A": {"called": 0.03, "labelled": 0.02}, "B": {"called": 0.10, "labelled": 0.0}}}
+    note = label_coverage_note(whole, tmp_path)
+    assert note is not None and note.startswith("1 of 2 test fields look incompletely labelled (B)")
+    assert "error 10.00 points there, 1.00 on the rest" in note
+    assert whole["label_coverage"]["incompletely_labelled"] == ["B"]
+    assert label_coverage_note({"per_field": {"A": {"called": 0.03, "labelled": 0.02}}}, tmp_path) is None
+
+
 def test_adapt_stops_early_and_field_count_needs_fields(base_run, site, tmp_path):
     from edgekit.adapt import AdaptConfig
     from edgekit.errors import DataError

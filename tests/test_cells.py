@@ -274,6 +274,23 @@ def test_found_objects_without_a_labelled_cell_are_kept_apart(iml_site, tmp_path
     assert scan_dataset(out).classes == ["Parasitized", "Uninfected"]  # not a class
 
 
+def test_a_found_object_overlapping_a_parasitized_box_is_not_kept(iml_site, tmp_path):
+    """An unlabelled found object that overlaps a parasitized cell's box (two overlapping cells found
+    as one, a badly cut parasite) is not kept as an object: adaptation would learn it as negative."""
+    images, ann, boxes = iml_site
+    data = json.loads(ann.read_text())
+    x0, y0, x1, y1 = boxes["PA000001.JPG"][3]
+    shift = round(0.6 * (x1 - x0))  # IoU with the cell ~0.25: too little to match it, enough to touch it
+    data[0]["objects"][3] = {"type": "ring", "bbox": {"x": str(x0 - shift), "y": str(y0),
+                                                       "w": str(x1 - x0), "h": str(y1 - y0)}}
+    ann.write_text(json.dumps(data))
+    res = _run("cells", str(images), "--annotations", str(ann), "-o", str(tmp_path / "site"))
+    assert res.exit_code == 0, res.output
+    index = json.loads((tmp_path / "site" / "cells.json").read_text())
+    assert [f["objects"] for f in index["per_field"]] == [0, 0]
+    assert index["per_field"][0]["unmatched"] == {"Parasitized": 1}  # the shifted box matched no cell
+
+
 def test_a_field_whose_boxes_miss_cells_is_named_incompletely_labelled(iml_site, tmp_path):
     """A field whose labelled cells fall well short of the cells found there (boxes missing) is
     listed in cells.json and named in a warning; a fully boxed field is not."""

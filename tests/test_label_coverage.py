@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgekit.benchmarks.label_coverage import split_errors
+from edgekit.cells import split_errors
 
 
 def test_errors_split_by_the_fields_label_coverage():
