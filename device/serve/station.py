@@ -381,15 +381,17 @@ class Station:
                    replace: bool = False) -> dict[str, Any]:
         from edgekit.device.field import analyze_field
         from edgekit.device.field.overlay import overlay_marks
+        from edgekit.device.field.quality import field_focus
         from edgekit.device.screening import check_field, field_items
 
-        report = analyze_field(rgb, self.classifier)
+        focus = field_focus(rgb)  # once, for the field gate and the session's check (as `screen --fields`)
+        report = analyze_field(rgb, self.classifier, focus=focus)
         report.source = shown
         check = None
         if report.rejected:  # recorded once as rejected, like `edgekit screen --fields`
             items = [(shown, sha, ImageError(report.rejected))]
         else:  # the session's judgement: already counted (a retake)? well below its recent focus?
-            check = check_field(self.store, session, shown, rgb, replace)
+            check = check_field(self.store, session, shown, rgb, replace, focus)
             items = field_items(shown, rgb, report.cells, check, sha)
             if not check.counted:
                 report.rejected = check.reason

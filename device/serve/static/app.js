@@ -456,6 +456,7 @@ function newJob(file, kind) {
 }
 
 async function finish(job, st, why) {
+  await job.ready;  // kept before it is dropped
   setJob(job, st, why);
   await queueDrop(job);
 }
@@ -514,6 +515,7 @@ function outcome(out) {
 }
 
 async function showAnswer(job, out, confirmedLater) {
+  await job.ready;
   const card = out.kind === "field" ? renderField(out, out.marks ? drawnOverlay(job, out) : null) : renderCrop(out);
   job.picture = null;  // drawn: the decoded photo is not kept for every card of the day
   const [st, why] = outcome(out);
@@ -536,10 +538,14 @@ async function runJob(job) {
     const shrunk = job.kind === "field" ? await shrinkPhoto(job.file) : { blob: job.file, picture: null };
     job.blob = shrunk.blob;
     job.picture = shrunk.picture;
-    job.sha256 = await sha256Hex(job.blob);
-    job.card.setAttribute("data-sha256", job.sha256);
-    state.jobs.set(jobKey(job), job);
-    if (job.blob.size <= max) await queueKeep(job);
+    // hashed and kept on the phone while it is sent (on a weak link the upload is most of the wait);
+    // nothing reads the hash or the queue before an answer comes or is lost, and those wait for it
+    job.ready = (async () => {
+      job.sha256 = await sha256Hex(job.blob);
+      job.card.setAttribute("data-sha256", job.sha256);
+      state.jobs.set(jobKey(job), job);
+      if (job.blob.size <= max) await queueKeep(job);
+    })();
   }
   if (job.blob.size > max) {
     await finish(job, "not-counted", `${(job.blob.size / 1e6).toFixed(1)} MB is larger than the ` +
@@ -547,7 +553,7 @@ async function runJob(job) {
     return;
   }
   if (job.cancelled) { await finish(job, "not-counted", "cancelled, not sent"); return; }
-  if (navigator.onLine === false) { queued(job); return; }
+  if (navigator.onLine === false) { await job.ready; queued(job); return; }
   const name = encodeURIComponent(job.blob.name || job.file.name);
   job.url = `api/sessions/${job.session}/images?kind=${job.kind}&name=${name}`;
   for (let attempt = 0; ; attempt++) {
@@ -582,6 +588,7 @@ function queued(job) {
 async function askStation(job, why) {
   // what became of a photo whose answer was lost: asked by its hash, again while it is being
   // analysed; sent (again) only when the station says it does not have it
+  await job.ready;
   for (let attempt = 0; ; attempt++) {
     setJob(job, "checking");
     const ctl = new AbortController();
