@@ -7,7 +7,10 @@ under a Pixel 5 profile with Chrome DevTools' network preset and 4x CPU slowdown
 12 MP "phone photo" made from a real IML field (1280x960, upscaled to 4032x3024 with sensor-like
 noise, JPEG q92: about 2.5 MB, as a phone camera writes it): the
 time runs from choosing the photo to its result card with its overlay shown. Prints one JSON line
-per field and a summary (median seconds, counts per field); ``--out`` writes them as JSON.
+per field and a summary (median and max seconds, counts per field); ``--out`` writes them as JSON.
+``--upload SIDE:QUALITY`` (repeatable) has the page shrink photos to that long side and JPEG quality
+instead of what the station says: each is run in turn on one station, so the sizes compare side by
+side (``--agreement``: the counts of each).
 """
 
 from __future__ import annotations
@@ -114,9 +117,26 @@ def station_page(root: Path, chromium: str) -> Iterator[tuple[Any, Path]]:
             proc.wait(10)
 
 
-def run(photos: list[Path], root: Path, profile: str, chromium: str) -> list[dict]:
+UPLOAD_JS = """([side, quality]) => {
+  if (side) Object.assign(state.info.upload, { field_max_side: side, jpeg_quality: quality });
+  return state.info.upload;
+}"""
+
+
+def upload_setting(text: str) -> tuple[int, float]:
+    """``SIDE:QUALITY`` (e.g. ``1280:0.9``) as (long side in px, JPEG quality)."""
+    try:
+        side, quality = text.split(":")
+        return int(side), float(quality)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected SIDE:QUALITY such as 1280:0.9, not {text!r}") from None
+
+
+def run(photos: list[Path], root: Path, profile: str, chromium: str,
+        upload: tuple[int, float] | None = None) -> list[dict]:
     rows = []
     with station_page(root, chromium) as (page, _):
+        page.evaluate(UPLOAD_JS, list(upload or (0, 0)))
         page.fill("#patient", f"BENCH-{profile}")
         page.click("button[type=submit]")
         page.wait_for_selector("#screen:not([hidden])")
@@ -163,33 +183,47 @@ SHRINK_JS = """async ([b64, name]) => {
 }"""
 
 
-def agreement(photos: list[Path], root: Path, chromium: str) -> list[dict]:
-    """Counts of each field as the station gives them for the original 12 MP photo, for the copy the
-    page sends (shrunk in the browser), and for the native IML field it was made from."""
+def agreement(photos: list[Path], root: Path, chromium: str,
+              uploads: list[tuple[int, float] | None]) -> list[dict]:
+    """Counts of each field as the station gives them for the original 12 MP photo, for each copy the
+    page would send (shrunk in the browser; ``None``: as the station says, else (side, quality)), and
+    for the native IML field it was made from; with each copy's focus score."""
     import base64
 
-    import cv2
-
     from edgekit.device.field import analyze_field
+    from edgekit.device.field.focus import focus_score
     from edgekit.device.preprocess import read_image
     from edgekit.device.runtime import load_classifier
 
     clf = load_classifier(None)
     rows = []
     with station_page(root, chromium) as (page, tmp):
+        default = dict(page.evaluate(UPLOAD_JS, [0, 0]))
         for photo in photos:
-            shrunk = tmp / f"shrunk-{photo.name}"
             b64 = base64.b64encode(photo.read_bytes()).decode()
-            shrunk.write_bytes(base64.b64decode(page.evaluate(SHRINK_JS, [b64, photo.name])))
             native = shared_data() / "malaria_fields_iml" / "images" / f"{photo.stem}.JPG"
-            row = {"field": photo.name, "sent_bytes": shrunk.stat().st_size,
-                   "sent_size": list(cv2.imread(str(shrunk)).shape[1::-1])}
-            for what, path in (("photo", photo), ("sent", shrunk), ("native", native)):
-                r = analyze_field(read_image(path), clf).to_dict()
+            row: dict[str, Any] = {"field": photo.name}
+            paths = [("photo", photo), ("native", native)]
+            for up in uploads:
+                side, quality = up or (default["field_max_side"], default["jpeg_quality"])
+                page.evaluate(UPLOAD_JS, [side, quality])
+                shrunk = tmp / f"sent-{side}-{quality}-{photo.name}"
+                shrunk.write_bytes(base64.b64decode(page.evaluate(SHRINK_JS, [b64, photo.name])))
+                paths.append((upload_name(up, default), shrunk))
+            for what, path in paths:
+                rgb = read_image(path)
+                r = analyze_field(rgb, clf).to_dict()
                 row[what] = {k: r[k] for k in ("cells", "parasitized", "uncertain")}
+                row[what].update(bytes=path.stat().st_size, size=list(rgb.shape[1::-1]),
+                                 focus=round(focus_score(rgb), 4))
             print(json.dumps(row), flush=True)
             rows.append(row)
     return rows
+
+
+def upload_name(up: tuple[int, float] | None, default: dict) -> str:
+    side, quality = up or (default["field_max_side"], default["jpeg_quality"])
+    return f"sent{side}q{quality:g}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -201,25 +235,34 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--agreement", action="store_true",
                     help="instead: counts of the 12 MP photo, of the copy the page sends, of the native one")
+    ap.add_argument("--upload", type=upload_setting, action="append", default=None, metavar="SIDE:QUALITY",
+                    help="shrink photos to this long side and JPEG quality instead of the station's "
+                         "(repeatable; each in turn, side by side)")
     args = ap.parse_args(argv)
+    uploads: list[tuple[int, float] | None] = args.upload or [None]
     with tempfile.TemporaryDirectory() as tmp:
         photos = phone_photos(args.fields, Path(tmp))
         if args.agreement:
-            rows = agreement(photos, args.root.resolve(), args.chromium)
-            totals = {w: {k: sum(r[w][k] for r in rows) for k in ("cells", "parasitized", "uncertain")}
-                      for w in ("photo", "sent", "native")}
+            rows = agreement(photos, args.root.resolve(), args.chromium, uploads)
+            kinds = [k for k in rows[0] if k != "field"]
+            keys = ("cells", "parasitized", "uncertain", "bytes")
+            totals = {w: {k: sum(r[w][k] for r in rows) for k in keys} for w in kinds}
             print(json.dumps({"totals": totals}))
             if args.out:
                 args.out.write_text(json.dumps({"totals": totals, "fields": rows}, indent=1) + "\n")
             return
-        rows = run(photos, args.root.resolve(), args.profile, args.chromium)
-    summary = {"profile": args.profile, "cpu_slowdown": CPU_SLOWDOWN, "root": str(args.root),
-               "median_seconds": statistics.median(r["seconds"] for r in rows),
-               "median_counted_s": statistics.median(r["counted_s"] for r in rows),
-               "max_seconds": max(r["seconds"] for r in rows), "fields": rows}
-    print(json.dumps({k: v for k, v in summary.items() if k != "fields"}))
+        runs = []
+        for up in uploads:
+            rows = run(photos, args.root.resolve(), args.profile, args.chromium, up)
+            summary = {"profile": args.profile, "cpu_slowdown": CPU_SLOWDOWN, "root": str(args.root),
+                       "upload": list(up) if up else "as the station says",
+                       "median_seconds": statistics.median(r["seconds"] for r in rows),
+                       "median_counted_s": statistics.median(r["counted_s"] for r in rows),
+                       "max_seconds": max(r["seconds"] for r in rows), "fields": rows}
+            print(json.dumps({k: v for k, v in summary.items() if k != "fields"}), flush=True)
+            runs.append(summary)
     if args.out:
-        args.out.write_text(json.dumps(summary, indent=1) + "\n")
+        args.out.write_text(json.dumps(runs[0] if len(runs) == 1 else runs, indent=1) + "\n")
 
 
 if __name__ == "__main__":

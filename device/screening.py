@@ -311,6 +311,11 @@ def _content_hash(image: np.ndarray | str | os.PathLike) -> str | None:
 REPLACE_MARGIN = 1.1  # a retake replaces the counted field only when this much sharper
 
 
+def sharper_than(score: float, counted: dict[str, Any]) -> bool:
+    """Whether a retake of focus ``score`` may replace the ``counted`` field (a records row)."""
+    return score > REPLACE_MARGIN * counted["sharpness"]
+
+
 @dataclass
 class FieldCheck:
     """What a session makes of one whole field before its cells are recorded (:func:`check_field`).
@@ -347,11 +352,11 @@ def check_field(store: RecordStore, session: Session, source_id: str, rgb: np.nd
     counted = store.fields(session.id)
     for old in reversed(counted):
         if same_field(sig, Signature.from_bytes(old["signature"])):
-            if replace and score > REPLACE_MARGIN * old["sharpness"]:
+            if replace and sharper_than(score, old):
                 return FieldCheck("replace", score, FieldEntry(source_id, sig.to_bytes(), score, old["id"]),
                                   duplicate_of=old)
             why = f"this field is already counted ({old['source_id']})"
-            if score > REPLACE_MARGIN * old["sharpness"]:
+            if sharper_than(score, old):
                 why += "; this take is sharper: send it with replace to count it instead"
             return FieldCheck("duplicate", score, reason=why, duplicate_of=old)
     best = max((f["sharpness"] for f in counted[-SESSION_RECENT:]), default=None)

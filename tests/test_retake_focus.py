@@ -111,8 +111,12 @@ def test_serve_sharper_retake_replaces_the_counted_field_atomically(client, tmp_
     n_soft = soft["summary"]["crops"]
     plain = _up(c, sid, _jpeg(_retake(rgb, 1.0, 0), 95), auth, "sharp.jpg")  # sharper, but not asked
     assert plain["field"]["verdict"] == "duplicate" and plain["summary"]["crops"] == n_soft
+    assert plain["field"]["sharper"] is True  # the page offers to count it instead
+    assert soft["field"]["sharper"] is False
     out = _up(c, sid, _jpeg(_retake(rgb, 1.0, 0), 95), auth, "sharp.jpg", replace=True)
     assert out["field"]["verdict"] == "replace" and out["field"]["duplicate_of"].startswith("soft")
+    kept = c.get(f"/api/sessions/{sid}/uploads/{out['sha256']}", headers=auth).json()
+    assert kept["answer"]["field"]["verdict"] == "replace"  # asked about later: the answer that holds
     records = c.get(f"/api/sessions/{sid}", headers=auth).json()["records"]
     replaced = [r for r in records if r["status"] == "replaced"]
     assert len(replaced) == n_soft and all(r["source_id"].startswith("soft") for r in replaced)

@@ -387,3 +387,51 @@ def test_the_page_installs_and_opens_while_the_station_is_out_of_reach(tmp_path)
     assert {i["sizes"] for i in manifest[1]["icons"]} == {"192x192", "512x512"}
     assert controlled and "does not answer" in offline_message
     assert state == "counted" and status == 200 and len(session["records"]) > 0
+
+
+def test_a_sharper_retake_of_a_counted_field_is_counted_instead_with_one_tap(tmp_path):
+    """The "already counted" card of a sharper take offers "Count this take instead" (issue 22's
+    replace, from the phone); a retake that is not sharper offers nothing but a new field."""
+    from test_retake_focus import FIELD, _blur, _jpeg, _retake
+
+    from edgekit.device.preprocess import read_image
+
+    chromium, sync_api, _ = _browser_setup(tmp_path)
+    rgb = read_image(FIELD)
+    photos = {"soft": _jpeg(_blur(rgb, 0.6), 90), "soft-again": _jpeg(_retake(_blur(rgb, 0.6), 1.0, 0), 80),
+              "sharp": _jpeg(_retake(rgb, 1.0, 0), 95)}
+    for name, data in photos.items():
+        (tmp_path / f"{name}.jpg").write_bytes(data)
+    server = Server(tmp_path / "screening.sqlite")
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+            page, errors = _watched_page(browser, p.devices["Pixel 5"])
+            _open_patient(page, server.url, "P-RETAKE")
+            shown = []
+            for i, name in enumerate(photos, 1):
+                page.set_input_files("#fields", [str(tmp_path / f"{name}.jpg")])
+                card = _final(page, i)
+                offer = card.locator("button.replace").is_visible()
+                shown.append((name, card.get_attribute("data-state"), offer))
+            assert shown == [("soft", "counted", False), ("soft-again", "already", False),
+                             ("sharp", "already", True)], shown
+            card.locator("button.replace").click()
+            page.wait_for_selector(".result[data-state='counted'] p.replaced", timeout=120_000)
+            newest = page.locator(".result[data-kind=field]").nth(0)
+            assert "Counted in place of soft" in newest.inner_text()
+            assert not newest.locator("button.replace").is_visible()
+            browser.close()
+        assert errors == []
+    finally:
+        server.stop()
+    from edgekit.device.records import RecordStore
+
+    store = RecordStore(tmp_path / "screening.sqlite")
+    try:
+        records = store.records(store.sessions()[0]["id"])
+    finally:
+        store.close()
+    replaced = {r["source_id"].split("-")[0] for r in records if r["status"] == "replaced"}
+    counted = {r["source_id"].split("-")[0] for r in records if r["status"] == "classified"}
+    assert replaced == {"soft"} and counted == {"sharp"}

@@ -47,13 +47,15 @@ def analyze_field(
     batch_size: int = 64,
     params: FieldParams | None = None,
     keep_image: bool = False,
+    focus: float | None = None,
 ) -> FieldReport:
     """Find, crop and (with a classifier) classify every red cell of one field.
 
     Never raises for bad input: unreadable images, unusable fields and fields without cells come
-    back with ``rejected`` set to the reason, so a batch carries on.
+    back with ``rejected`` set to the reason, so a batch carries on. ``focus``: the field's
+    :func:`~edgekit.device.field.quality.field_focus` when the caller has it already.
     """
-    report, rgb = segment_field(path_or_rgb, classifier, params)
+    report, rgb = segment_field(path_or_rgb, classifier, params, focus)
     return classify_field(report, rgb, classifier, batch_size, keep_image)
 
 
@@ -61,9 +63,11 @@ def segment_field(
     path_or_rgb: str | os.PathLike | np.ndarray,
     classifier: ClassifierLike | None = None,
     params: FieldParams | None = None,
+    focus: float | None = None,
 ) -> tuple[FieldReport, np.ndarray | None]:
     """The first half of :func:`analyze_field`: decode and find the cells (no model; safe to run in
-    a worker thread). Returns the report so far and the decoded field (None when unreadable)."""
+    a worker thread). Returns the report so far and the decoded field (None when unreadable).
+    ``focus``: as for :func:`analyze_field`."""
     p = params or FieldParams()
     source = "<array>" if isinstance(path_or_rgb, np.ndarray) else str(path_or_rgb)
     report = FieldReport(source=source, decision=None if classifier is None else classifier.manifest.decision)
@@ -76,7 +80,7 @@ def segment_field(
     report.shape = (int(rgb.shape[0]), int(rgb.shape[1]))
     t1 = time.perf_counter()
     report.timing["decode"] = t1 - t0
-    report.cells, report.cell_radius, reason = count_cells(rgb, p)
+    report.cells, report.cell_radius, reason = count_cells(rgb, p, focus)
     report.timing["segment"] = time.perf_counter() - t1
     if reason is not None:
         report.rejected = reason

@@ -59,7 +59,8 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' 
        "frame-ancestors 'none'")
 # what installing the page needs and holds nothing of the station's: browsers fetch the manifest, its
 # icons and the service worker without the page's cookie
-PUBLIC = {"/sw.js", "/static/manifest.webmanifest", "/static/icon-192.png", "/static/icon-512.png"}
+PUBLIC = {"/sw.js", "/static/manifest.webmanifest", "/static/icon-192.png", "/static/icon-512.png",
+          "/ca.crt"}  # the station's own CA certificate (--tls auto): a phone installs it before joining
 MEDIA_TYPES = {".webmanifest": "application/manifest+json"}
 NO_TOKEN = "missing or wrong access token: open the address `edgekit serve` printed when it started"
 JOIN_STYLE = ("body{font:20px/1.4 system-ui,sans-serif;max-width:36rem;margin:1rem auto;padding:0 .8rem}"
@@ -94,8 +95,34 @@ STATION_CSP = ("default-src 'none'; style-src 'sha256-"
                + "'; base-uri 'none'; frame-ancestors 'none'")
 
 
-def station_page(links: list[str]) -> str:
-    """The station's own screen: the join link's QR code for phones to scan, and the links."""
+def trust_section(links: list[str], ca_der: bytes) -> str:
+    """How a phone trusts the station's own CA, once (``--tls auto``): where to get it, how to
+    install it on Android and iOS, and its fingerprint to compare."""
+    from urllib.parse import urlsplit
+
+    from edgekit.device.serve.join import qr_svg
+    from edgekit.device.serve.tls import fingerprint
+
+    u = urlsplit(links[0]) if links else None
+    where = f"{u.scheme}://{u.netloc}/ca.crt" if u else "/ca.crt"
+    return ("<h2>First, once per phone: trust this station</h2>"
+            "<p>This station signs its HTTPS certificate with its own certificate authority (CA). "
+            "Scan this code, or open <code class=\"ca-link\">" + html.escape(where) + "</code>; the browser "
+            "warns this one time (the phone does not know the CA yet): continue, and the certificate "
+            "downloads.</p>" + (qr_svg(where) or "") +
+            "<ul><li><b>Android</b>: Settings → Security → Encryption &amp; credentials → Install a "
+            "certificate → CA certificate → choose <i>edgekit-station-ca.crt</i>.</li>"
+            "<li><b>iPhone</b>: allow the download, then Settings → Profile Downloaded → Install; then "
+            "Settings → General → About → Certificate Trust Settings → turn on <i>edgekit station "
+            "CA</i>.</li></ul>"
+            f"<p>Before installing, check that the phone shows this SHA-256 fingerprint: <code "
+            f"class=\"ca-fingerprint\">{fingerprint(ca_der)}</code>. This CA can vouch only for "
+            "addresses on a local network. Then scan the join code below.</p>")
+
+
+def station_page(links: list[str], ca_der: bytes | None = None) -> str:
+    """The station's own screen: the join link's QR code for phones to scan, and the links; first,
+    with ``ca_der`` (the station's own CA), how a phone trusts it."""
     from edgekit.device.serve.join import qr_svg
 
     if not links:
@@ -111,7 +138,8 @@ def station_page(links: list[str]) -> str:
     return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>edgekit: join this station</title><style>{STATION_STYLE}</style></head><body>"
-            f"<h1>Join this screening station</h1><p>Scan with the phone's camera.</p>{body}</body></html>\n")
+            "<h1>Join this screening station</h1>" + (trust_section(links, ca_der) if ca_der else "") +
+            f"<p>Scan with the phone's camera.</p>{body}</body></html>\n")
 
 
 @dataclass
@@ -125,6 +153,7 @@ class ServeConfig:
     secure_cookie: bool = False  # True under HTTPS
     host: str | None = None  # the address it listens on (`--host`): its own name is always answered
     join_links: tuple[str, ...] = ()  # what the terminal printed (the station page)
+    ca_certificate: bytes | None = None  # DER: the station's own CA (--tls auto), offered at /ca.crt
 
 
 TEXT = r"^[^\x00-\x1f\x7f]*$"  # one line, no control characters
@@ -401,7 +430,15 @@ def create_app(station: Station, config: ServeConfig) -> FastAPI:
         links = list(config.join_links)
         if not links and config.token is not None:
             links = [f"{str(request.base_url).rstrip('/')}/?token={config.token}"]
-        return HTMLResponse(station_page(links), headers={"Content-Security-Policy": STATION_CSP})
+        return HTMLResponse(station_page(links, config.ca_certificate),
+                            headers={"Content-Security-Policy": STATION_CSP})
+
+    @app.get("/ca.crt", include_in_schema=False)
+    async def ca_certificate() -> Response:
+        if config.ca_certificate is None:
+            raise ServeError(404, "this station has no CA of its own (it was not started with --tls auto)")
+        return Response(config.ca_certificate, media_type="application/x-x509-ca-cert",
+                        headers={"Content-Disposition": 'attachment; filename="edgekit-station-ca.crt"'})
 
     @app.get("/sw.js", include_in_schema=False)
     async def service_worker(request: Request) -> Response:

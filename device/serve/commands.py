@@ -40,6 +40,21 @@ def _print_join(scheme: str, host: str, port: int, token: str, links: list[str] 
                "(phones see only the sessions they started; this machine sees all)")
 
 
+def auto_tls(db_path: Path, host: str) -> tuple[Path, Path, bytes]:
+    """``--tls auto``: the station's certificate from its own CA (both made when needed); its files and
+    the CA certificate (DER) that phones install."""
+    from edgekit.device.serve.tls import ensure_station_tls
+
+    tls, made = ensure_station_tls(db_path, lan_addresses(host))
+    if "CA" in made:
+        click.echo(f"made this station's own CA in {tls.folder} (keep the folder: phones trust this CA)")
+    elif made:
+        click.echo("made a new station certificate for this network's addresses (same CA: phones trust it)")
+    click.echo(f"HTTPS with this station's CA, SHA-256 {tls.ca_fingerprint()}: install it once on each phone "
+               "(the station screen, /station on this machine, shows how)")
+    return tls.cert, tls.key, tls.ca_der()
+
+
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on. Anything but loopback (e.g. 0.0.0.0 for the clinic's Wi-Fi) "
@@ -62,12 +77,17 @@ def _print_join(scheme: str, host: str, port: int, token: str, links: list[str] 
               help="TLS certificate (PEM) for HTTPS; with --key.")
 @click.option("--key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="TLS private key (PEM) for HTTPS; with --cert.")
+@click.option("--tls", type=click.Choice(["auto"]), default=None,
+              help="auto: HTTPS with a certificate from this station's own small CA, made once and kept "
+                   "beside the database (owner-only) for the addresses phones open; each phone installs "
+                   "the CA once (the station screen, /station, shows how). Not with --cert/--key.")
 @click.option("--new-token", is_flag=True,
               help="Replace the kept access token with a new one: every phone must join again.")
 @allow_unsigned_option()
 def serve(host: str, port: int, bundle: Path | None, model_format: str | None, threads: int | None,
           db: Path | None, overlay_dir: Path | None, max_upload_mb: float, max_pending: int,
-          cert: Path | None, key: Path | None, new_token: bool, allow_unsigned: bool) -> None:
+          cert: Path | None, key: Path | None, tls: str | None, new_token: bool,
+          allow_unsigned: bool) -> None:
     """Serve the screening page (and its JSON API) to phones.
 
     A phone opens the printed address, starts a patient session, takes photos of microscope fields
@@ -77,6 +97,8 @@ def serve(host: str, port: int, bundle: Path | None, model_format: str | None, t
     from edgekit.device.serve.access import check_port_free, check_tls, choose_token, token_path
     from edgekit.errors import EdgekitError
 
+    if tls and (cert or key):
+        raise EdgekitError("--tls auto makes the station's own certificate: leave out --cert and --key")
     check_tls(cert, key)
     try:
         import uvicorn
@@ -93,6 +115,10 @@ def serve(host: str, port: int, bundle: Path | None, model_format: str | None, t
     db_path = (db or default_db_path()).expanduser()
     token = choose_token(host, saved=token_path(db_path), rotate=new_token)
     check_port_free(host, port)
+    ca_der = None
+    if tls == "auto":
+        cert, key, ca_der = auto_tls(db_path, host)
+        check_tls(cert, key)
     untrusted: list[str] = []  # why, when an unsigned bundle runs with --allow-unsigned
 
     def warn(line: str) -> None:
@@ -105,7 +131,8 @@ def serve(host: str, port: int, bundle: Path | None, model_format: str | None, t
     scheme = "https" if cert else "http"
     links = station_links(scheme, host, port, token)
     config = ServeConfig(token=token, max_bytes=int(max_upload_mb * 1024 * 1024), max_pending=max_pending,
-                         secure_cookie=cert is not None, host=host, join_links=tuple(links))
+                         secure_cookie=cert is not None, host=host, join_links=tuple(links),
+                         ca_certificate=ca_der)
     app = create_app(station, config)
 
     click.echo(f"edgekit serve: model {classifier.fmt} ({classifier.model_sha256[:12]}), database {db_path}")

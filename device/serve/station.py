@@ -346,13 +346,15 @@ class Station:
         return out
 
     def _keep_answer(self, session: Session, sha: str, kind: str, answer: dict[str, Any]) -> None:
-        """Keep the first answer given to this photo in this session (a resend is answered, not kept);
-        the overlay's marks are for the page that holds the photo, the overlay files for the others."""
+        """Keep the first answer given to this photo in this session (a resend is answered, not kept;
+        a resend that replaced the counted field is kept instead); the overlay's marks are for the
+        page that holds the photo, the overlay files for the others."""
         kept = {k: v for k, v in answer.items() if k != "marks"}
+        keep = "REPLACE" if (answer.get("field") or {}).get("verdict") == "replace" else "IGNORE"
         try:
             with self.store.conn:
                 self.store.conn.execute(
-                    "INSERT OR IGNORE INTO serve_uploads (session_id, sha256, kind, answer, created_at)"
+                    f"INSERT OR {keep} INTO serve_uploads (session_id, sha256, kind, answer, created_at)"
                     " VALUES (?, ?, ?, ?, ?)", (session.id, sha, kind, json.dumps(kept), time.time()))
         except sqlite3.Error:
             pass  # the cells are recorded; a later question about this photo is answered from them
@@ -381,15 +383,17 @@ class Station:
                    replace: bool = False) -> dict[str, Any]:
         from edgekit.device.field import analyze_field
         from edgekit.device.field.overlay import overlay_marks
-        from edgekit.device.screening import check_field, field_items
+        from edgekit.device.field.quality import field_focus
+        from edgekit.device.screening import check_field, field_items, sharper_than
 
-        report = analyze_field(rgb, self.classifier)
+        focus = field_focus(rgb)  # once, for the field gate and the session's check (as `screen --fields`)
+        report = analyze_field(rgb, self.classifier, focus=focus)
         report.source = shown
         check = None
         if report.rejected:  # recorded once as rejected, like `edgekit screen --fields`
             items = [(shown, sha, ImageError(report.rejected))]
         else:  # the session's judgement: already counted (a retake)? well below its recent focus?
-            check = check_field(self.store, session, shown, rgb, replace)
+            check = check_field(self.store, session, shown, rgb, replace, focus)
             items = field_items(shown, rgb, report.cells, check, sha)
             if not check.counted:
                 report.rejected = check.reason
@@ -398,7 +402,10 @@ class Station:
         if check is not None:
             dup = check.duplicate_of
             field = {"verdict": check.verdict, "sharpness": round(check.sharpness, 4),
-                     "duplicate_of": None if dup is None else dup["source_id"], "message": check.reason}
+                     "duplicate_of": None if dup is None else dup["source_id"], "message": check.reason,
+                     # sent again with replace, this take would be counted in place of the counted one
+                     "sharper": check.verdict == "duplicate" and dup is not None and
+                     sharper_than(check.sharpness, dup)}
             if check.verdict == "duplicate":  # its cells are recorded once, with the counted field
                 assert dup is not None  # a duplicate names the field it repeats
                 recorded["already"] = sum(r["field_id"] == dup["id"] for r in self.store.records(session.id))

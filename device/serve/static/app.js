@@ -222,8 +222,9 @@ function renderField(out, drawing) {
   }
   if (out.field && out.field.verdict === "duplicate") {
     card.className += " duplicate";
-    card.append(el("p", { class: "small duplicate" }, "This field is already counted: move to a new field. " +
-                   "Only a sharper take sent with replace is counted in its place."));
+    card.append(el("p", { class: "small duplicate" }, out.field.sharper
+      ? "This field is already counted, and this take is sharper: count it instead, or move to a new field."
+      : "This field is already counted: move to a new field. Only a sharper take can be counted in its place."));
   } else if (out.field && out.field.verdict === "replace") {
     card.append(el("p", { class: "small replaced" }, `Counted in place of ${out.field.duplicate_of} (sharper).`));
   }
@@ -441,6 +442,7 @@ function setJob(job, st, why) {
   job.cancel.hidden = !live;
   job.bar.hidden = st !== "sending";
   job.retry.hidden = !(st === "not-counted" && job.resendable);
+  job.replace.hidden = !(st === "already" && job.sharper);
 }
 
 function newJob(file, kind) {
@@ -449,13 +451,16 @@ function newJob(file, kind) {
   job.bar = el("progress", { max: 1, value: 0 });
   job.cancel = el("button", { type: "button", class: "cancel", onclick: () => cancelJob(job) }, "Cancel");
   job.retry = el("button", { type: "button", class: "retry", onclick: () => retryJob(job) }, "Send again");
+  job.replace = el("button", { type: "button", class: "replace", onclick: () => replaceJob(job) },
+                   "Count this take instead");
   job.card = el("article", { class: "job", "data-kind": kind, "data-file": file.name },
-                el("h3", {}, file.name), job.line, job.bar, job.cancel, job.retry);
+                el("h3", {}, file.name), job.line, job.bar, job.cancel, job.retry, job.replace);
   setJob(job, "waiting");
   return job;
 }
 
 async function finish(job, st, why) {
+  await job.ready;  // kept before it is dropped
   setJob(job, st, why);
   await queueDrop(job);
 }
@@ -464,6 +469,13 @@ function cancelJob(job) {
   job.cancelled = true;
   if (job.xhr) job.xhr.abort();
   else if (["waiting", "preparing", "queued"].includes(job.state)) finish(job, "not-counted", "cancelled, not sent");
+}
+
+function replaceJob(job) {
+  // a sharper take of a field already counted: sent again, to be counted in place of that one
+  job.replacing = true;
+  job.sharper = false;
+  return retryJob(job);
 }
 
 async function retryJob(job) {
@@ -514,13 +526,15 @@ function outcome(out) {
 }
 
 async function showAnswer(job, out, confirmedLater) {
+  await job.ready;
   const card = out.kind === "field" ? renderField(out, out.marks ? drawnOverlay(job, out) : null) : renderCrop(out);
   job.picture = null;  // drawn: the decoded photo is not kept for every card of the day
   const [st, why] = outcome(out);
+  job.sharper = Boolean(out.field && out.field.sharper);
   job.card.replaceWith(card);
   job.card = card;
   card.setAttribute("data-sha256", job.sha256);
-  card.append(job.line, job.cancel, job.retry);
+  card.append(job.line, job.cancel, job.retry, job.replace);
   await finish(job, st, why || (confirmedLater ? "confirmed by the station after the link dropped" : ""));
   if (out.summary !== undefined && state.session && out.session.id === state.session.id) {
     renderSummary(out.summary, out.review);
@@ -536,10 +550,14 @@ async function runJob(job) {
     const shrunk = job.kind === "field" ? await shrinkPhoto(job.file) : { blob: job.file, picture: null };
     job.blob = shrunk.blob;
     job.picture = shrunk.picture;
-    job.sha256 = await sha256Hex(job.blob);
-    job.card.setAttribute("data-sha256", job.sha256);
-    state.jobs.set(jobKey(job), job);
-    if (job.blob.size <= max) await queueKeep(job);
+    // hashed and kept on the phone while it is sent (on a weak link the upload is most of the wait);
+    // nothing reads the hash or the queue before an answer comes or is lost, and those wait for it
+    job.ready = (async () => {
+      job.sha256 = await sha256Hex(job.blob);
+      job.card.setAttribute("data-sha256", job.sha256);
+      state.jobs.set(jobKey(job), job);
+      if (job.blob.size <= max) await queueKeep(job);
+    })();
   }
   if (job.blob.size > max) {
     await finish(job, "not-counted", `${(job.blob.size / 1e6).toFixed(1)} MB is larger than the ` +
@@ -547,9 +565,9 @@ async function runJob(job) {
     return;
   }
   if (job.cancelled) { await finish(job, "not-counted", "cancelled, not sent"); return; }
-  if (navigator.onLine === false) { queued(job); return; }
+  if (navigator.onLine === false) { await job.ready; queued(job); return; }
   const name = encodeURIComponent(job.blob.name || job.file.name);
-  job.url = `api/sessions/${job.session}/images?kind=${job.kind}&name=${name}`;
+  job.url = `api/sessions/${job.session}/images?kind=${job.kind}&name=${name}` + (job.replacing ? "&replace=true" : "");
   for (let attempt = 0; ; attempt++) {
     job.timedOut = false;
     setJob(job, "sending");
@@ -582,6 +600,7 @@ function queued(job) {
 async function askStation(job, why) {
   // what became of a photo whose answer was lost: asked by its hash, again while it is being
   // analysed; sent (again) only when the station says it does not have it
+  await job.ready;
   for (let attempt = 0; ; attempt++) {
     setJob(job, "checking");
     const ctl = new AbortController();
