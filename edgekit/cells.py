@@ -100,6 +100,14 @@ def _near_boxes(labelled: Sequence[Box], found: Sequence[tuple[int, int, int, in
     return {int(j) for j in np.nonzero((box_iou(np.array(boxes), np.array(found)) >= min_iou).any(axis=0))[0]}
 
 
+def _object_indices(boxes: Sequence[Box], cells: Sequence[Any],
+                    pairs: list[tuple[int, int, float]]) -> list[int]:
+    """Found cells that are no labelled red cell and no ``difficult`` one, and overlap no parasitized box."""
+    taken = {j for i, j, _ in pairs if boxes[i].label is not None or boxes[i].source_label in AMBIGUOUS}
+    taken |= _near_boxes(boxes, [c.box for c in cells], PARASITIZED)
+    return [j for j in range(len(cells)) if j not in taken]
+
+
 @dataclass
 class FieldCut:
     """The labelled crops of one field, and what could not be cut."""
@@ -140,12 +148,7 @@ def cut_field(af: AnnotatedField, min_iou: float = 0.4, params: Any = None) -> F
         return out
     pairs = match_boxes(af.boxes, [c.box for c in cells], min_iou)
     matched = set()
-    difficult = {j for i, j, _ in pairs
-                 if af.boxes[i].label is None and af.boxes[i].source_label in AMBIGUOUS}
-    labelled_cells = {j for i, j, _ in pairs if af.boxes[i].label is not None}
-    near_parasite = _near_boxes(af.boxes, [c.box for c in cells], PARASITIZED)
-    out.objects = [(j, crop_cell(rgb, c)) for j, c in enumerate(cells)
-                   if j not in labelled_cells and j not in difficult and j not in near_parasite]
+    out.objects = [(j, crop_cell(rgb, cells[j])) for j in _object_indices(af.boxes, cells, pairs)]
     for i, j, iou in pairs:
         b = af.boxes[i]
         if b.label is None:
