@@ -299,9 +299,9 @@ def _open_header(data: bytes):
 
 def strict_check(data: bytes, fmt: str) -> None:
     """Refuse TIFFs that libtiff cannot fully decode (OpenCV returns what it got)."""
-    from PIL import Image
-
     if fmt == "TIFF":
+        from PIL import Image
+
         try:
             with captured_native_stderr(), _quiet_pillow(), Image.open(io.BytesIO(data)) as im:
                 im.load()
