@@ -219,18 +219,23 @@ def source_ref(src: Path) -> str:
     return f"{commit} (with uncommitted edits)" if edited else commit
 
 
-def bundle_ref(bundle: Path | None) -> dict[str, str] | None:
-    """A bundle as results record it: a portable path (``$EDGEKIT_DATA/...``, or relative to the
-    checkout, else its name) and its manifest's sha256, which names the model exactly."""
-    import hashlib
-
+def portable(path: Path) -> str:
+    """A file or folder as results record it, never a path of this machine: ``$EDGEKIT_DATA/...``,
+    else relative to the checkout, else its name."""
     from edgekit.paths import portable_path
+
+    inside = ROOT in Path(path).resolve().parents
+    return portable_path(path, ROOT, travels=False) if inside else portable_path(path)
+
+
+def bundle_ref(bundle: Path | None) -> dict[str, str] | None:
+    """A bundle as results record it: a :func:`portable` path and its manifest's sha256, which names
+    the model exactly."""
+    import hashlib
 
     if bundle is None:
         return None
-    here = Path(__file__).resolve().parents[1]
-    return {"path": portable_path(bundle, here, travels=False) if here in Path(bundle).resolve().parents
-            else portable_path(bundle),
+    return {"path": portable(bundle),
             "manifest_sha256": hashlib.sha256((Path(bundle) / "manifest.json").read_bytes()).hexdigest()}
 
 
@@ -446,7 +451,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             models["seed int8 (untrained)"] = (seed_model(args.cache), "litert")
         models["MalariaScreener"] = (PEER, "litert")
         crops = [read_image(p) for p in sorted(crops_dir.iterdir())[:64]]
-        result["models"] = {k: {"path": str(p), "bytes": p.stat().st_size} for k, (p, _) in models.items()}
+        result["models"] = {k: {"path": portable(p), "bytes": p.stat().st_size}
+                            for k, (p, _) in models.items()}
         result["latency"] = latency(models, crops, args.rounds)
     if "e2e" not in skip:
         srcs = dict(_src(s, bundle) for s in args.src) or {"current": (ROOT, bundle)}

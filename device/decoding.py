@@ -3,7 +3,8 @@
 
 Order of work for every file: refuse anything but a regular file (before a byte is read: a FIFO
 cannot hang us), refuse files over ``max_bytes``, read the header with Pillow's lazy open (no pixel
-or metadata block decoded) and refuse images over ``max_pixels``; only then read the EXIF
+or metadata block decoded; a plain single-image WebP's few header bytes directly, as libwebp reads
+them: no Pillow import) and refuse images over ``max_pixels``; only then read the EXIF
 orientation (from the header: for PNG only an eXIf chunk met before the pixel data) and decode.
 Formats Pillow cannot identify are refused rather than handed to another decoder.
 
@@ -137,6 +138,10 @@ def _orientation(im) -> int:
 def probe_header(data: bytes, max_pixels: int) -> tuple[int, int, str, int]:
     """(width, height, format, EXIF orientation) from the header; ImageError when too large,
     zero-sized or not an image Pillow can identify."""
+    simple = simple_webp_size(data)
+    if simple is not None:  # most crops: no Pillow (its import is ~15 ms of a cold start)
+        _check_size(*simple, max_pixels)
+        return *simple, "WEBP", 1
     from PIL import Image, UnidentifiedImageError
 
     Image.MAX_IMAGE_PIXELS = None  # our own limit below, from the header alone
@@ -228,6 +233,35 @@ def _check_webp(data: bytes) -> None:
         pos += 8 + size + (size & 1)
 
 
+def simple_webp_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of a single-image WebP in the simple format (a VP8 or VP8L bitstream and
+    nothing else: no animation, no EXIF), read as libwebp reads it for Pillow, when the file passes
+    every check that libwebp's header parser and :func:`_check_webp` make; None for anything else,
+    which Pillow then opens (and refuses) as before."""
+    if len(data) < 30 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        return None
+    try:
+        _check_webp(data)
+    except ImageError:
+        return None
+    tag, size, body = data[12:16], struct.unpack("<I", data[16:20])[0], data[20:30]
+    if 20 + size + (size & 1) != len(data):  # one bitstream chunk, the whole file
+        return None
+    if tag == b"VP8 ":  # libwebp's VP8GetInfo: a shown key frame of a known profile, sized inside the chunk
+        bits = int.from_bytes(body[:3], "little")
+        if bits & 1 or (bits >> 1) & 7 > 3 or not (bits >> 4) & 1 or bits >> 5 >= size:
+            return None
+        w, h = (int.from_bytes(body[6:8], "little") & 0x3FFF, int.from_bytes(body[8:10], "little") & 0x3FFF)
+    elif tag == b"VP8L":  # VP8LGetInfo: signature, then 14-bit sizes, alpha bit, 3 version bits of 0
+        bits = int.from_bytes(body[1:5], "little")
+        if body[0] != 0x2F or bits >> 29:
+            return None
+        w, h = (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    else:
+        return None
+    return (w, h) if w and h else None
+
+
 # file signatures -> (Pillow format, plugin module): the one plugin tried first for such a file
 _SIGNATURES = (
     (0, b"\x89PNG\r\n\x1a\n", "PNG", "PngImagePlugin"),
@@ -265,9 +299,9 @@ def _open_header(data: bytes):
 
 def strict_check(data: bytes, fmt: str) -> None:
     """Refuse TIFFs that libtiff cannot fully decode (OpenCV returns what it got)."""
-    from PIL import Image
-
     if fmt == "TIFF":
+        from PIL import Image
+
         try:
             with captured_native_stderr(), _quiet_pillow(), Image.open(io.BytesIO(data)) as im:
                 im.load()

@@ -169,3 +169,47 @@ def test_header_probe_opens_what_pillow_opens() -> None:
         im = _open_header(data)
         assert (im.size, im.format, im.mode, _orientation(im)) == (ref.size, ref.format, ref.mode,
                                                                    _orientation(ref))
+
+
+def test_simple_webp_header_read_as_pillow_reads_it() -> None:
+    """The WebP header read without Pillow gives Pillow's size (not animated, no orientation) for
+    every file it takes, real crops and generated ones, lossy and lossless, and their headers
+    damaged byte by byte, cut short, padded or given a trailing chunk; it leaves most to Pillow."""
+    from PIL import Image
+
+    from edgekit.device.decoding import _open_header, _orientation, simple_webp_size
+
+    def pillow(data: bytes) -> object:
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            im = _open_header(data)
+            return im.size, im.format, getattr(im, "is_animated", False), _orientation(im)
+        except Exception as exc:  # noqa: BLE001 - whatever Pillow raises
+            return type(exc).__name__
+
+    rng = np.random.default_rng(7)
+    blobs = [p.read_bytes() for p in REAL]
+    for _ in range(12):
+        h, w = (int(v) for v in rng.integers(1, 300, 2))
+        img = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        quality = int(rng.integers(1, 101))
+        blobs += [cv2.imencode(".webp", img, [cv2.IMWRITE_WEBP_QUALITY, quality])[1].tobytes(),
+                  cv2.imencode(".webp", img, [cv2.IMWRITE_WEBP_QUALITY, 101])[1].tobytes(),  # lossless
+                  cv2.imencode(".webp", np.dstack([img, img[:, :, 0]]))[1].tobytes()]
+    variants = list(blobs)
+    for data in blobs:
+        for pos in range(12, 34):
+            for v in {0, 1, 0x2F, 0x9D, 0xFF, data[pos] ^ 1, data[pos] ^ 0x20}:
+                variants.append(data[:pos] + bytes([v]) + data[pos + 1:])
+        variants += [data[:cut] for cut in (5, 29, 30, len(data) - 1)] + [data + b"\0\0"]
+        extra = bytearray(data + b"EXIF\x02\x00\x00\x00ab")
+        extra[4:8] = (len(extra) - 8).to_bytes(4, "little")
+        variants.append(bytes(extra))
+    taken = 0
+    for data in variants:
+        size = simple_webp_size(data)
+        if size is not None:
+            taken += 1
+            assert pillow(data) == (size, "WEBP", False, 1)
+    assert all(simple_webp_size(data) for data in blobs)  # every intact file is read without Pillow
+    assert taken < len(variants)  # and the damaged ones it cannot vouch for are left to Pillow

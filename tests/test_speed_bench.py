@@ -59,10 +59,13 @@ def test_issue_rows_show_each_source_against_the_targets():
 def test_results_name_trees_and_bundles_without_machine_paths(tmp_path):
     from pathlib import Path
 
-    from edgekit.benchmarks.speed import bundle_ref, source_ref
+    from edgekit.benchmarks.speed import PEER, bundle_ref, portable, source_ref
     from edgekit.paths import default_bundle_dir
 
     ref = bundle_ref(default_bundle_dir())
+    # the per-crop models too (they were recorded as machine paths)
+    assert portable(default_bundle_dir() / "model_int8.tflite") == "edgekit/models/default/model_int8.tflite"
+    assert portable(PEER) == PEER.name  # outside the checkout and the data root: its name only
     assert ref is not None and ref["path"] == "edgekit/models/default" and len(ref["manifest_sha256"]) == 64
     assert not source_ref(Path(__file__).resolve().parents[1]).startswith("/")  # a commit, not a path
     assert source_ref(tmp_path) == tmp_path.name  # no git: the folder's name only

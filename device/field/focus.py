@@ -79,7 +79,13 @@ def focus_score(rgb: np.ndarray, radius: float | None = None, measure: FocusMeas
     if scale < 1:
         gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
     g = gray.astype(np.float32)
-    fine, coarse = (_grad(cv2.GaussianBlur(g, (0, 0), s)) for s in SIGMAS)
+    # full-size float planes, at most four alive at once (a field's peak memory): the noise first,
+    # then g's plane is the gradients' scratch
+    var = _noise_std(g) ** 2 if m.noise else 0.0
+    blurred = [cv2.GaussianBlur(g, (0, 0), s) for s in SIGMAS]
+    fine = _grad(blurred.pop(0), scratch=g)
+    coarse = _grad(blurred.pop(0), scratch=g)
+    del g
     flat = coarse.ravel()
     k = int(flat.size * EDGE_QUANTILE / 100)
     level = float(np.partition(flat, k)[k]) if flat.size else 0.0
@@ -88,7 +94,6 @@ def focus_score(rgb: np.ndarray, radius: float | None = None, measure: FocusMeas
     sel = coarse >= level
     if not m.noise:
         return float(fine[sel].mean() / max(float(coarse[sel].mean()), 1e-6)) - 1.0
-    var = _noise_std(g) ** 2
     f2 = max(float(np.square(fine[sel]).mean()) - _NOISE_GAIN[0] * var, 1e-6)
     c2 = max(float(np.square(coarse[sel]).mean()) - _NOISE_GAIN[1] * var, 1e-6)
     return float(np.sqrt(f2 / c2)) - 1.0
@@ -103,10 +108,12 @@ def _noise_std(g: np.ndarray) -> float:
     return float(np.median(np.abs(r))) / (0.6745 * 6.0)
 
 
-def _grad(g: np.ndarray) -> np.ndarray:
+def _grad(g: np.ndarray, scratch: np.ndarray | None = None) -> np.ndarray:
+    """Sobel gradient magnitude of float32 ``g`` (``scratch``: a plane of g's shape to overwrite)."""
     cv2 = opencv()
     dx = cv2.Sobel(g, cv2.CV_32F, 1, 0)
-    return cv2.magnitude(dx, cv2.Sobel(g, cv2.CV_32F, 0, 1), dx)  # into dx: one plane less
+    dy = cv2.Sobel(g, cv2.CV_32F, 0, 1) if scratch is None else cv2.Sobel(g, cv2.CV_32F, 0, 1, dst=scratch)
+    return cv2.magnitude(dx, dy, dx)  # into dx: one plane less
 
 
 def focus_reason(score: float, session_best: float | None = None) -> str | None:
