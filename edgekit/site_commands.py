@@ -114,9 +114,10 @@ def cells(fields: tuple[Path, ...], annotations: Path | None, sessions_db: Path 
 @click.option("--negatives-per-field", type=click.IntRange(0), default=30, show_default=True,
               help="At most this many uninfected training cells per field (all parasitized ones are kept); "
                    "0: every one.")
-@click.option("--objects-per-field", type=click.IntRange(0), default=0, show_default=True,
+@click.option("--objects-per-field", type=click.IntRange(0), default=10, show_default=True,
               help="At most this many found objects that are no labelled cell (white cells, clumps; kept by "
-                   "`edgekit site cells`) per training field, learnt as not parasitized; 0: none.")
+                   "`edgekit site cells`) per fully labelled training field, learnt as not parasitized; "
+                   "0: none.")
 @click.option("--epochs", type=click.IntRange(1), default=12, show_default=True,
               help="At most this many epochs (see --patience).")
 @click.option("--patience", type=click.IntRange(0), default=5, show_default=True,
