@@ -84,18 +84,24 @@ def retake(rgb: np.ndarray, k: int) -> np.ndarray:
     return cv2.imdecode(cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, 70])[1], cv2.IMREAD_UNCHANGED)
 
 
-def field_sets(step: int) -> dict[str, list[tuple[str, np.ndarray, bool]]]:
-    """name -> [(id, field, held_out)], blocks of BLOCK consecutive fields alternating."""
+def iml_items(step: int, offset: int = 0) -> list[tuple[str, Path, bool]]:
+    """IML fields as [(name, path, held_out)]: blocks of BLOCK consecutive frames alternating,
+    within each stain group."""
     iml = sorted((shared_data("malaria_fields_iml") / "images").glob("*.JPG"))
     groups = [[p for p in iml if p.stem <= "PA171809"], [p for p in iml if p.stem > "PA171809"]]
+    split = [[(p.name, p, (i // BLOCK) % 2 == 1) for i, p in enumerate(g)] for g in groups]
+    return [item for g in split for item in g[offset::step]]
+
+
+def field_sets(step: int, offset: int = 0) -> dict[str, list[tuple[str, np.ndarray, bool]]]:
+    """name -> [(id, field, held_out)], blocks of BLOCK consecutive fields alternating; every
+    ``step``-th field from ``offset`` (offset 1 with step 2: the fields step 2 leaves out)."""
     bccd = sorted((shared_data("blood_smear_fields_bccd") / "JPEGImages").glob("*.jpg"))
     cells = shared_data("malaria_cells")
     crops = sorted((cells / "Uninfected").glob("*"))[::50] + sorted((cells / "Parasitized").glob("*"))[::50]
-    out: dict[str, list] = {"iml": [], "bccd": [], "nih_like": []}
-    for g in groups:
-        out["iml"] += [(p.name, p, (i // BLOCK) % 2 == 1) for i, p in enumerate(g)][::step]
-    out["bccd"] = [(p.name, p, (i // BLOCK) % 2 == 1) for i, p in enumerate(bccd)][::step * 2]
-    out["nih_like"] = [(f"seed{i}", i, (i // 5) % 2 == 1) for i in range(0, 40, step)]
+    out: dict[str, list] = {"iml": iml_items(step, offset), "bccd": [], "nih_like": []}
+    out["bccd"] = [(p.name, p, (i // BLOCK) % 2 == 1) for i, p in enumerate(bccd)][offset::step * 2]
+    out["nih_like"] = [(f"seed{i}", i, (i // 5) % 2 == 1) for i in range(offset, 40, step)]
     loaded = {}
     for name, items in out.items():
         loaded[name] = [(i, nih_like(crops, src) if name == "nih_like" else _load(src), held)
@@ -104,27 +110,29 @@ def field_sets(step: int) -> dict[str, list[tuple[str, np.ndarray, bool]]]:
 
 
 OLD_FLOOR = 0.095  # the pixel-scale measure's floor before cell scale (issue 22)
+PREVIOUS_FLOOR = 0.0958  # the noise-corrected measure's floor before the profile (issue 22)
 FACTORS = (1.25, 1.5, 0.75)  # sharp fields rescaled (a higher / lower magnification, a phone zoom)
 
 
 def candidates() -> list:
-    """The measures compared: the pixel-scale one (the old default), and cell-scale ones, with
-    and without the noise correction."""
-    from edgekit.device.field.focus import FocusMeasure
+    """The measures compared: the pixel-scale one (the old default), cell-scale ones, with and
+    without the noise correction, and the default (noise correction and profile)."""
+    from edgekit.device.field.focus import FOCUS_MEASURE, FocusMeasure
 
     return [FocusMeasure(), FocusMeasure(noise=True), FocusMeasure(42.0),
-            *(FocusMeasure(c, noise=True) for c in (36.0, 42.0))]
+            *(FocusMeasure(c, noise=True) for c in (36.0, 42.0)), FOCUS_MEASURE]
 
 
 def _score_row(rgb: np.ndarray) -> dict:
-    from edgekit.device.field.focus import focus_score
+    from edgekit.device.field.focus import FocusMeasure, edge_ratios, focus_score
     from edgekit.device.field.segment import cell_radius
 
     radius = cell_radius(rgb)
-    return {"radius": round(radius, 1), "scores": {m.name: focus_score(rgb, radius, m) for m in candidates()}}
+    return {"radius": round(radius, 1), "scores": {m.name: focus_score(rgb, radius, m) for m in candidates()},
+            "edge_ratios": edge_ratios(rgb, radius, FocusMeasure(noise=True, profile=1.0))}
 
 
-def score_rows(step: int) -> list[dict]:
+def score_rows(step: int, offset: int = 0) -> list[dict]:
     """Every copy measured with the pixel-scale measure and each cell-scale candidate: the sets
     sharp and blurred (SIGMAS, re-encoded or noisy), the plain BCCD fields as they are (no
     re-encoding, no noise), and sharp fields rescaled by FACTORS with their blurred copies (every
@@ -132,7 +140,7 @@ def score_rows(step: int) -> list[dict]:
     from edgekit.benchmarks.field_transforms import rescale
 
     rng = np.random.default_rng(0)
-    sets = field_sets(step)
+    sets = field_sets(step, offset)
     rows = []
     for name, items in sets.items():
         for k, (fid, rgb, held) in enumerate(items):
@@ -146,9 +154,9 @@ def score_rows(step: int) -> list[dict]:
                                  "held_out": held, "sigma": sigma, "mode": mode,
                                  **_score_row(degrade(src, sigma, mode, rng))})
     bccd = sorted((shared_data("blood_smear_fields_bccd") / "JPEGImages").glob("*.jpg"))
-    for i, p in enumerate(bccd[::step]):
-        rows.append({"set": "bccd_plain", "field": p.name, "held_out": (i * step // BLOCK) % 2 == 1,
-                     "sigma": 0.0, "mode": -1, **_score_row(_load(p))})
+    for i in range(offset, len(bccd), step):
+        rows.append({"set": "bccd_plain", "field": bccd[i].name, "held_out": (i // BLOCK) % 2 == 1,
+                     "sigma": 0.0, "mode": -1, **_score_row(_load(bccd[i]))})
     return rows
 
 
@@ -158,12 +166,41 @@ def calibrate(rows: list[dict], measure: str) -> float:
     two scores it falls between. Rescaled fields are left out: they measure how it generalises."""
     native = {"iml", "bccd", "nih_like", "bccd_plain"}
     cal = [r for r in rows if not r["held_out"] and r["set"] in native]
-    sharp = np.sort([r["scores"][measure] for r in cal if r["sigma"] == 0])
-    blur = np.sort([r["scores"][measure] for r in cal if r["sigma"] >= 2])
+    return best_floor([r["scores"][measure] for r in cal if r["sigma"] == 0],
+                      [r["scores"][measure] for r in cal if r["sigma"] >= 2])
+
+
+def best_floor(sharp_scores: list[float], blur_scores: list[float]) -> float:
+    """The cut minimising (sharp refused rate + blurred passed rate), midway between the two
+    scores it falls between."""
+    sharp, blur = np.sort(sharp_scores), np.sort(blur_scores)
     cuts = np.unique(np.concatenate([sharp, blur]))
     mids = np.concatenate([[cuts[0] - 1e-3], (cuts[:-1] + cuts[1:]) / 2, [cuts[-1] + 1e-3]])
     err = [np.searchsorted(sharp, m) / sharp.size + 1 - np.searchsorted(blur, m) / blur.size for m in mids]
     return round(float(mids[int(np.argmin(err))]), 4)
+
+
+PROFILES = tuple(round(0.05 * k, 2) for k in range(0, 21))  # the exponents tried
+
+
+def calibrate_profile(rows: list[dict]) -> tuple[float, list[dict]]:
+    """The profile exponent (:func:`edgekit.device.field.focus.combine`) set on the calibration
+    copies of the native sets: the fewest errors at its best floor, then the widest gap (in log
+    score) between the softest sharp copy and the sharpest sigma>=2 one. Returns it and the table."""
+    from edgekit.device.field.focus import combine
+
+    native = {"iml", "bccd", "nih_like", "bccd_plain"}
+    cal = [r for r in rows if not r["held_out"] and r["set"] in native]
+    table = []
+    for a in PROFILES:
+        sharp = [combine(*r["edge_ratios"], a) for r in cal if r["sigma"] == 0]
+        blur = [combine(*r["edge_ratios"], a) for r in cal if r["sigma"] >= 2]
+        floor = best_floor(sharp, blur)
+        errors = sum(v < floor for v in sharp) + sum(v >= floor for v in blur)
+        gap = float(np.log(max(min(sharp), 1e-6)) - np.log(max(max(blur), 1e-6)))
+        table.append({"profile": a, "floor": floor, "errors": int(errors), "log_gap": round(gap, 4)})
+    best = min(table, key=lambda t: (t["errors"], -t["log_gap"]))
+    return best["profile"], table
 
 
 def calibrate_session_ratio(rows: list[dict], measure: str) -> float:
@@ -180,17 +217,19 @@ def calibrate_session_ratio(rows: list[dict], measure: str) -> float:
     return float(np.floor(lowest * 20) / 20)
 
 
-def time_per_field(measure, repeats: int = 7) -> float:
-    """Milliseconds per 1280x960 IML field (best of ``repeats``), radius estimate included."""
+def times_per_field(measures: list, repeats: int = 15) -> dict[str, float]:
+    """Milliseconds per 1280x960 IML field for each measure (radius estimate included): best of
+    ``repeats``, the measures taken in turn within each repeat so load hits them alike."""
     from edgekit.device.field.focus import focus_score
 
     rgb = _load(sorted((shared_data("malaria_fields_iml") / "images").glob("*.JPG"))[0])
-    best = float("inf")
+    best = {m.name: float("inf") for m in measures}
     for _ in range(repeats):
-        t = time.perf_counter()
-        focus_score(rgb, measure=measure)
-        best = min(best, time.perf_counter() - t)
-    return round(best * 1000, 1)
+        for m in measures:
+            t = time.perf_counter()
+            focus_score(rgb, measure=m)
+            best[m.name] = min(best[m.name], time.perf_counter() - t)
+    return {name: round(v * 1000, 1) for name, v in best.items()}
 
 
 def summarise(rows: list[dict], measure: str, floor: float) -> dict:
@@ -220,15 +259,42 @@ def summarise(rows: list[dict], measure: str, floor: float) -> dict:
     }}
 
 
-def run(step: int = 1, rows: list[dict] | None = None) -> dict:
+def session_refusals(held: list[dict], measure: str) -> dict:
+    """A folder of fields is one session (``screen --fields``, the camera, the phone): each held-out
+    copy judged by :func:`focus_reason` against the sharpest of the SESSION_RECENT sharp fields
+    before it in frame order, per set and blur: refused rates (the first field has no reference)."""
+    from edgekit.device.field.focus import SESSION_RECENT, focus_reason
+
+    out: dict[str, dict] = {}
+    for name in sorted({r["set"] for r in held}):
+        sel = [r for r in held if r["set"] == name]
+        order = list(dict.fromkeys(r["field"] for r in sel))
+        sharp = {r["field"]: r["scores"][measure] for r in sel if r["sigma"] == 0}
+        out[name] = {}
+        for s in SIGMAS:
+            refused = []
+            for r in (r for r in sel if r["sigma"] == s):
+                i = order.index(r["field"])
+                before = [sharp[f] for f in order[max(0, i - SESSION_RECENT):i]]
+                refused.append(focus_reason(r["scores"][measure], max(before, default=None)) is not None)
+            if refused:
+                out[name][f"sigma{s:g}"] = round(float(np.mean(refused)), 4)
+    return out
+
+
+def run(step: int = 1, rows: list[dict] | None = None, offset: int = 0) -> dict:
     from edgekit.device.field.focus import FOCUS_FLOOR, FOCUS_MEASURE, SESSION_RATIO, SESSION_RECENT
     from edgekit.device.field.identity import match, same_field, signature
 
     t0 = time.time()
-    sets = field_sets(step)
-    rows = rows if rows is not None else score_rows(step)
+    sets = field_sets(step, offset)
+    rows = rows if rows is not None else score_rows(step, offset)
     current = FOCUS_MEASURE.name
-    measures = {f"pixel (old default, floor {OLD_FLOOR})": summarise(rows, "pixel", OLD_FLOOR)}
+    profile, profile_table = calibrate_profile(rows)
+    measures = {f"pixel (old default, floor {OLD_FLOOR})": summarise(rows, "pixel", OLD_FLOOR)
+                } if "pixel" in rows[0]["scores"] else {}
+    previous = f"pixel+noise (previous default, floor {PREVIOUS_FLOOR})"
+    measures[previous] = summarise(rows, "pixel+noise", PREVIOUS_FLOOR)
     for m in rows[0]["scores"]:
         measures[f"{m} (floor recalibrated)"] = summarise(rows, m, calibrate(rows, m))
     measures[f"{current} (default, floor {FOCUS_FLOOR})"] = summarise(rows, current, FOCUS_FLOOR)
@@ -241,7 +307,7 @@ def run(step: int = 1, rows: list[dict] | None = None) -> dict:
             best = max(seq[max(0, i - SESSION_RECENT):i], default=0.0)
             session_n += 1
             session_false += bool(best) and v < SESSION_RATIO * best
-    # blurred copies (sigma 1.5) of held-out fields after a sharp one: refused by the session rule
+    in_session = session_refusals(held, current)
     ident: dict[str, dict] = {}
     for name, items in sets.items():
         test = [(fid, rgb) for fid, rgb, h in items if h]
@@ -261,12 +327,15 @@ def run(step: int = 1, rows: list[dict] | None = None) -> dict:
         "measure": f"focus_score (edgekit.device.field.focus), default {current}", "floor": FOCUS_FLOOR,
         "calibration_fields": len({(r["set"], r["field"]) for r in rows if not r["held_out"]}),
         "held_out_fields": len({(r["set"], r["field"]) for r in held}),
-        "ms_per_1280x960_field": {m.name: time_per_field(m) for m in candidates()},
+        "ms_per_1280x960_field": (ms := times_per_field(candidates())),
+        "time_vs_previous_default": round(ms[current] / ms["pixel+noise"], 2),
         "measures": measures,
+        "profile": FOCUS_MEASURE.profile, "profile_from_calibration": profile, "profile_table": profile_table,
         "session_ratio": SESSION_RATIO,
         "session_ratio_from_calibration": calibrate_session_ratio(rows, current),
         "sharp_refused_by_session_rule": round(session_false / max(1, session_n), 4),
-        "identity": ident, "step": step, "seconds": round(time.time() - t0, 1),
+        "in_a_session": in_session,
+        "identity": ident, "step": step, "offset": offset, "seconds": round(time.time() - t0, 1),
     }
 
 
@@ -274,16 +343,20 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--step", type=int, default=1, help="use every Nth field (quicker)")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--offset", type=int, default=0,
+                    help="start at this field (1 with --step 2: the fields step 2 leaves out; written "
+                         "to focus_floor_offset1.json)")
     ap.add_argument("--rows", type=Path, help="scored copies (JSON): read if there, else written")
     args = ap.parse_args(argv)
     rows = json.loads(args.rows.read_text()) if args.rows and args.rows.exists() else None
     if args.rows and rows is None:
-        rows = score_rows(args.step)
+        rows = score_rows(args.step, args.offset)
         args.rows.write_text(json.dumps(rows))
-    result = run(args.step, rows)
+    result = run(args.step, rows, args.offset)
     print(json.dumps(result, indent=1))
     if not args.no_write:
-        (HERE / "results" / "focus_floor.json").write_text(json.dumps(result, indent=1) + "\n")
+        name = f"focus_floor_offset{args.offset}.json" if args.offset else "focus_floor.json"
+        (HERE / "results" / name).write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -64,8 +64,8 @@ def test_blue_grey_cells_on_white():
     ("scaled 0.7x", lambda x: rescale(x, 0.7), 0.7),
     pytest.param("scaled 1.5x", lambda x: rescale(x, 1.5), 1.5, marks=pytest.mark.xfail(
         strict=True, reason="the default focus measure (device/field/focus.py) works at pixel scale: "
-                            "a field interpolated 1.5x up is refused as out of focus (0.070, 0.086 < "
-                            "0.0958). The cell-scale measure (FocusMeasure(42, noise=True)) passes it "
+                            "a BCCD field interpolated 1.5x up is refused as out of focus (below "
+                            "FOCUS_FLOOR). The cell-scale measure (FocusMeasure(42, noise=True)) passes it "
                             "but lets sigma-2 blurred NIH-like fields through, so it is not the "
                             "default (issues 22, 29; focus_floor.json)")),
 ])

@@ -54,3 +54,19 @@ def test_cell_scale_measure_judges_a_zoomed_field_closer_to_the_original():
         # at pixel scale the zoomed field looks much softer; at the cell scale much less so
         assert focus_score(zoomed) < 0.75 * focus_score(rgb), path.name
         assert focus_score(zoomed, measure=m) > 1.2 * focus_score(zoomed), path.name
+
+
+def test_profile_lowers_a_blurred_field_more_than_its_sharp_original():
+    """The profile (the edge ratio again at half size) never raises the score, and it lowers a
+    blurred copy more than the focused field it came from: blurred as a whole, its edges are clean
+    and wide at half size, while a focused field keeps its fine detail."""
+    from edgekit.device.field.focus import FOCUS_MEASURE, combine, edge_ratios
+
+    assert FOCUS_MEASURE.profile > 0
+    for path in FIELDS:
+        rgb = read_image(path)
+        full, half = edge_ratios(rgb)
+        b_full, b_half = edge_ratios(_noisy(_blur(rgb, 2.0)))
+        assert half is not None and b_half is not None
+        assert focus_score(rgb) == combine(full, half, FOCUS_MEASURE.profile) <= full, path.name
+        assert b_full / b_half < 0.9 * (full / half), (path.name, full / half, b_full / b_half)
