@@ -130,10 +130,11 @@ def test_a_12mp_photo_is_shrunk_sent_with_progress_and_counted_on_fast_3g(tmp_pa
             assert state == "counted", text
             sha = card.get_attribute("data-sha256")
             cells = int(card.locator(".cells").inner_text())
-            img = card.locator("a.overlay img").get_attribute("src")
             link = card.locator("a.overlay").get_attribute("href")
+            # the page draws the overlay after the card says counted: its picture is read once shown
             page.wait_for_function("() => { const i = document.querySelector('a.overlay img'); "
                                    "return i && i.complete && i.naturalWidth > 0; }", timeout=60_000)
+            img = card.locator("a.overlay img").get_attribute("src")
             card.screenshot(path=str(shots / "serve-counted.png"))
             buttons += [card.locator(b).is_visible() for b in ("button.cancel", "button.retry")]
             states = page.evaluate("window.__states")
