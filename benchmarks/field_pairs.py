@@ -5,14 +5,15 @@
 Two overlapping cells whose union has one distance peak get one seed between them, and the finder
 returns one object across both. ``FieldParams.split_circles`` cuts such a region between the centres
 of the cell circles found in it; ``stain_floor`` keeps the background out of the pixels that measure
-the stain colour on fields with few cells. This benchmark runs the finder with both (``after``),
-with the split only, and with neither (``before``), alternately field by field, on every IML and
+the stain colour on fields with few cells. This benchmark runs the finder with both (``after``)
+and with neither (``before``), alternately field by field, on every IML and
 BCCD field: recall and precision at IoU 0.5 (as benchmarks/field_detection.py; IML by halves of
 consecutive fields), the objects that are the best match of two or more labelled cells (IoU >= 0.3
 with each: one object across two cells), fields refused, and the segmentation time ratio. Then the
-transformed fields of benchmarks/field_transforms.py, before and after alternating.
+transformed fields of benchmarks/field_transforms.py, before and after alternating
+(``--transforms-only``, to run beside the first part).
 
-Writes ``benchmarks/results/field_pairs.json``.
+Writes ``benchmarks/results/field_pairs.json`` (``field_pairs_transforms.json``).
 """
 
 from __future__ import annotations
@@ -117,16 +118,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--every-iml", type=int, default=4, help="transformed fields: every Nth IML field")
     ap.add_argument("--every-bccd", type=int, default=8, help="transformed fields: every Nth BCCD field")
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "field_pairs.json")
+    ap.add_argument("--transforms-only", action="store_true",
+                    help="only the transformed fields (run it beside the other part: two processes)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="default results/field_pairs.json, or field_pairs_transforms.json")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
+    name = "field_pairs_transforms.json" if args.transforms_only else "field_pairs.json"
+    args.out = args.out or HERE / "results" / name
     from edgekit.device.field import FieldParams
 
-    finders = {"before": FieldParams(split_circles=0, stain_floor=0),
-               "split only": FieldParams(stain_floor=0), "after": FieldParams()}
+    finders = {"before": FieldParams(split_circles=0, stain_floor=0), "after": FieldParams()}
     doc: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "iou": IOU, "pair_iou": PAIR_IOU}
+    if args.transforms_only:
+        return _transforms(doc, args, finders)
     doc["fields"] = report(compare(_fields(), finders), list(finders))
-    del finders["split only"]
     for s, parts in doc["fields"].items():
         if isinstance(parts, dict) and "all" in parts:
             for part, fs in parts.items():
@@ -135,6 +141,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     f" refused={r['refused']}" for f, r in fs.items()))
     print("segment time ratio", doc["fields"]["segment_time_ratio"],
           "newly refused", doc["fields"]["newly_refused"])
+    return _write(doc, args)
+
+
+def _transforms(doc: dict[str, Any], args: argparse.Namespace, finders: dict[str, Any]) -> dict[str, Any]:
+    """The transformed fields (benchmarks/field_transforms.py), before and after alternating."""
     doc["transforms"] = run(load_fields(args.every_iml, args.every_bccd), list(TRANSFORMS), finders)
     doc["every_iml"], doc["every_bccd"] = args.every_iml, args.every_bccd
     for s, per in doc["transforms"].items():
@@ -142,6 +153,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"{s:5s} {t:10s} " + "  ".join(
                 f"{f}: R={r['recall']:.3f} P={r['precision']:.3f} refused={r['refused']:2d}"
                 f" {r['segment_ms_median']:.0f}ms" for f, r in fs.items()))
+    return _write(doc, args)
+
+
+def _write(doc: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     if not args.no_write:
         args.out.parent.mkdir(exist_ok=True)
         args.out.write_text(json.dumps(doc, indent=1) + "\n")

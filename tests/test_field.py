@@ -502,3 +502,30 @@ def test_overlapping_pairs_on_real_fields():
             matched[k] += match(boxes, labels[name][0])
     assert pairs[1] < 0.85 * pairs[0], pairs
     assert matched[1] >= matched[0], matched
+
+
+def _fill(mask: np.ndarray) -> float:
+    """The cell's equivalent diameter as a fraction of its crop's side (geometric mean)."""
+    return float(2 * np.sqrt(mask.sum() / np.pi) / np.sqrt(mask.shape[0] * mask.shape[1]))
+
+
+def test_cells_fill_the_input_as_in_training_at_any_magnification(shared_malaria):
+    """Issue 29, scale: a field crop is its cell's tight box, resized to the input like the NIH
+    crops, so a cell fills the model's input as it did in training whatever the field's
+    magnification (IML field at 0.7x, 1x, 1.5x: median fill within 0.04 of the NIH crops')."""
+    from edgekit.benchmarks.field_transforms import rescale
+    from edgekit.device.preprocess import read_image
+    from edgekit.paths import shared_data
+
+    image = shared_data("malaria_fields_iml") / "images" / "PA171790.JPG"
+    if not image.is_file():
+        pytest.skip("needs ../shared/data/malaria_fields_iml")
+    nih = [_read(p) for k in ("Uninfected", "Parasitized")
+           for p in sorted((shared_malaria / k).glob("*.webp"))[::200]]
+    trained = float(np.median([_fill(c.max(axis=2) > 10) for c in nih]))
+    rgb = read_image(image)
+    for k in (0.7, 1.0, 1.5):
+        cells, radius, _ = count_cells(rescale(rgb, k))
+        fill = float(np.median([_fill(c.mask) for c in cells if not c.edge]))
+        assert abs(fill - trained) < 0.04, (k, fill, trained)
+        assert 30 * k < radius < 50 * k  # the cells' size follows the magnification; the fill does not

@@ -439,32 +439,54 @@ def _regions(markers: np.ndarray, n: int) -> list[tuple[np.ndarray, np.ndarray]]
 
 def _circle_centres(
     circles: np.ndarray, markers: np.ndarray, n: int, radius: float, p: FieldParams
-) -> list[list[tuple[float, float]]]:
-    """For each of the ``n`` regions of ``markers``, the centres (y, x) of the ``circles`` that lie
-    in it, strongest first, each at least ``split_circles`` x radius from the ones before it."""
-    out: list[list[tuple[float, float]]] = [[] for _ in range(n + 1)]
+) -> list[list[tuple[float, float, float]]]:
+    """For each of the ``n`` regions of ``markers``, the circles (y, x, r) of ``circles`` whose
+    centres lie in it, strongest first, each at least ``split_circles`` x radius from the ones
+    before it."""
+    out: list[list[tuple[float, float, float]]] = [[] for _ in range(n + 1)]
     if p.split_circles <= 0:
         return out[1:]
     h, w = markers.shape
-    for x, y, _ in circles:
+    for x, y, r in circles:
         k = markers[min(h - 1, int(y)), min(w - 1, int(x))]
-        if k and all(math.hypot(y - cy, x - cx) >= p.split_circles * radius for cy, cx in out[k]):
-            out[k].append((float(y), float(x)))
+        if k and all(math.hypot(y - cy, x - cx) >= p.split_circles * radius for cy, cx, _ in out[k]):
+            out[k].append((float(y), float(x), float(r)))
     return out[1:]
 
 
-def _nearest_split(
-    ys: np.ndarray, xs: np.ndarray, centres: list[tuple[float, float]]
+def _circle_split(
+    ys: np.ndarray, xs: np.ndarray, circles: list[tuple[float, float, float]]
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """One region's pixels shared out to the nearest of ``centres`` (straight cuts between them)."""
-    c = np.asarray(centres, np.float32)
-    near = np.argmin((ys[:, None] - c[None, :, 0]) ** 2 + (xs[:, None] - c[None, :, 1]) ** 2, axis=1)
-    return [(ys[near == j], xs[near == j]) for j in range(len(c))]
+    """One region shared out between overlapping cells: each circle takes the pixels nearer its
+    centre than any other's, and those of its own disc (the lens two overlapping cells share
+    belongs to both, as their labelled boxes do)."""
+    c = np.asarray(circles, np.float32)
+    d2 = (ys[:, None] - c[None, :, 0]) ** 2 + (xs[:, None] - c[None, :, 1]) ** 2
+    near = np.argmin(d2, axis=1)
+    parts = []
+    for j in range(len(c)):
+        take = (near == j) | (d2[:, j] <= c[j, 2] ** 2)
+        parts.append((ys[take], xs[take]))
+    return parts
+
+
+def _oblong_along(
+    ys: np.ndarray, xs: np.ndarray, centres: list[tuple[float, float, float]]
+) -> bool:
+    """Whether the region is longer along the line through the two ``centres`` than across it by
+    at least half their distance, as two overlapping discs are (by about the whole distance); a
+    round cell with two circles in it is not."""
+    (y0, x0, _), (y1, x1, _) = centres
+    d = math.hypot(y1 - y0, x1 - x0)
+    uy, ux = (y1 - y0) / d, (x1 - x0) / d
+    along = np.percentile(ys * uy + xs * ux, [2, 98])
+    across = np.percentile(xs * uy - ys * ux, [2, 98])
+    return float(np.ptp(along) - np.ptp(across)) >= 0.25 * d
 
 
 def _split_clumps(
     regions: list[tuple[np.ndarray, np.ndarray]], cell_area: float, p: FieldParams,
-    centres: list[list[tuple[float, float]]] | None = None,
+    centres: list[list[tuple[float, float, float]]] | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """The regions, those that hold several cells split by area (sizes relative to the field's
     typical single cell) or by the cell circles in them (``centres``, :func:`_circle_centres`),
@@ -480,8 +502,9 @@ def _split_clumps(
         elif len(inside) >= 2 and ys.size > p.split_min_area * typical:
             # overlapping cells whose union has one distance peak (a seed between them), while the
             # arcs of their outlines give a circle each: cut between the circles' centres
-            parts = _nearest_split(ys, xs, inside[: max(2, int(round(ys.size / typical)))])
-            if min(py.size for py, _ in parts) >= p.min_area * typical:
+            parts = _circle_split(ys, xs, inside[: max(2, int(round(ys.size / typical)))])
+            big = min(py.size for py, _ in parts) >= p.min_area * typical
+            if big and _oblong_along(ys, xs, inside[:2]):
                 pieces += parts
             else:
                 pieces.append((ys, xs))
