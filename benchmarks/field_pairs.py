@@ -128,8 +128,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.out = args.out or HERE / "results" / name
     from edgekit.device.field import FieldParams
 
-    finders = {"before": FieldParams(split_circles=0, stain_floor=0), "after": FieldParams()}
-    doc: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "iou": IOU, "pair_iou": PAIR_IOU}
+    finders = {"before": FieldParams(split_circles=0, stain_floor=0),
+               "after": FieldParams(split_circles=0.5, stain_floor=0.25)}
+    doc: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "iou": IOU, "pair_iou": PAIR_IOU,
+                           "finders": {f: {k: getattr(p, k) for k in ("split_circles", "stain_floor")}
+                                       for f, p in finders.items()}}
     if args.transforms_only:
         return _transforms(doc, args, finders)
     doc["fields"] = report(compare(_fields(), finders), list(finders))

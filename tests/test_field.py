@@ -457,12 +457,12 @@ def _pair_field(radius: int = 22, offset: float = 0.6) -> tuple[np.ndarray, list
 def test_overlapping_pairs_are_cut_between_their_circles():
     """Issue 29: two cells overlapping by more than half a radius have one distance peak (a seed
     between them, one object across both); the circles on their outlines still give one centre
-    each, and the region is cut between them."""
+    each, and with ``split_circles`` the region is cut between them."""
     from edgekit.benchmarks.field_pairs import pair_objects
 
     rgb, boxes = _pair_field()
-    cells, _, reason = count_cells(rgb)
-    before, _, _ = count_cells(rgb, FieldParams(split_circles=0))
+    cells, _, reason = count_cells(rgb, FieldParams(split_circles=0.5))
+    before, _, _ = count_cells(rgb)
     assert reason is None
     assert pair_objects([c.box for c in before], boxes) >= 8  # of the 12 pairs
     assert pair_objects([c.box for c in cells], boxes) == 0
@@ -482,7 +482,7 @@ def test_stain_colour_of_a_field_with_few_cells():
 
 def test_overlapping_pairs_on_real_fields():
     """Issue 29: IML fields PA171709-14 (overlapping pairs): fewer objects across two labelled cells
-    with the circle split, and no labelled cell lost."""
+    with the circle split (``split_circles=0.5``), and no labelled cell lost."""
     from edgekit.benchmarks.field_detection import load_iml
     from edgekit.benchmarks.field_pairs import pair_objects
     from edgekit.device.preprocess import read_image
@@ -496,7 +496,7 @@ def test_overlapping_pairs_on_real_fields():
     pairs, matched = np.zeros(2, int), np.zeros(2, int)
     for name in [f"PA1717{i:02d}" for i in range(9, 15)]:
         rgb = read_image(iml / "images" / f"{name}.JPG")
-        for k, p in enumerate([FieldParams(split_circles=0), FieldParams()]):
+        for k, p in enumerate([FieldParams(), FieldParams(split_circles=0.5)]):
             boxes = [c.box for c in count_cells(rgb, p)[0]]
             pairs[k] += pair_objects(boxes, labels[name][0])
             matched[k] += match(boxes, labels[name][0])

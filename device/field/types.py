@@ -71,8 +71,10 @@ class FieldParams:
     split_min_area: float = 1.2
     # regions above split_min_area x typical cell area that hold two cell circles (Hough) whose
     # centres are at least split_circles x radius apart are cut between them (overlapping cells),
-    # unless a part would be smaller than min_area; 0: off
-    split_circles: float = 0.5
+    # unless a part would be smaller than min_area; 0: off. Off by default: 0.5 finds fewer
+    # objects across two cells (IML 251 -> 205) but cuts some large oblong single cells in two
+    # (RESULTS.md, "Overlapping red cells found as one object")
+    split_circles: float = 0.0
     grow: float = 0.12  # x radius: each cell's mask grows this much into its pale edge (cut by the threshold)
     grow_threshold: float = 0.5  # x threshold: the faint stain the growth may reach into
     radius_peaks: bool = True  # radius from the distance map's local maxima (one per cell), not one per blob
