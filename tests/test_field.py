@@ -9,6 +9,7 @@ fields copied into tests/fixtures/fields/ (with their Pascal VOC boxes).
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -461,8 +462,9 @@ def test_overlapping_pairs_are_cut_between_their_circles():
     from edgekit.benchmarks.field_pairs import pair_objects
 
     rgb, boxes = _pair_field()
-    cells, _, reason = count_cells(rgb, FieldParams(split_circles=0.5))
-    before, _, _ = count_cells(rgb)
+    sparse = FieldParams(stain_floor=0.25)  # the synthetic field has few cells (see the next test)
+    cells, _, reason = count_cells(rgb, replace(sparse, split_circles=0.5))
+    before, _, _ = count_cells(rgb, sparse)
     assert reason is None
     assert pair_objects([c.box for c in before], boxes) >= 8  # of the 12 pairs
     assert pair_objects([c.box for c in cells], boxes) == 0
@@ -472,11 +474,13 @@ def test_overlapping_pairs_are_cut_between_their_circles():
 def test_stain_colour_of_a_field_with_few_cells():
     """Issue 29: where cells cover less than 30% of the field, the pixels above the 70th density
     percentile are mostly background noise, whose colour is grey: measured there, the stain colour
-    made every cell 'off-colour', a white-cell nucleus, and the field had no red cells."""
+    made every cell 'off-colour', a white-cell nucleus, and the field had no red cells (the
+    default still does: ``stain_floor`` is off by default, see RESULTS.md)."""
     rgb, boxes = _pair_field()
-    cells, _, reason = count_cells(rgb)
-    _, _, old = count_cells(rgb, FieldParams(stain_floor=0))
-    assert reason is None and match([c.box for c in cells], boxes) == len(boxes)
+    cells, _, reason = count_cells(rgb, FieldParams(stain_floor=0.25))
+    _, _, old = count_cells(rgb)
+    # every single cell and at least one cell of each of the 12 pairs (the split is off)
+    assert reason is None and match([c.box for c in cells], boxes) >= len(boxes) - 12
     assert old == "no red cells found"
 
 

@@ -3,10 +3,9 @@
 
 A thin-smear field is segmented classically (no model), with no stain-colour window: the background
 is the brightest mode of the field's grey levels and is divided out (optical density); the density
-used is each field's own stain colour (the channels weighted by how much its cells absorb them,
-measured on its denser pixels, never on the background of a field with few cells), so pink,
-grey-green, blue or grey smears are treated alike; stained cells are thresholded (a fraction of
-Otsu) together with the thin rims of pale cells (a local threshold); pale centres are filled, but
+used is each field's own stain colour (the channels weighted by how much its cells absorb them), so
+pink, grey-green, blue or grey smears are treated alike; stained cells are thresholded (a fraction
+of Otsu) together with the thin rims of pale cells (a local threshold); pale centres are filled, but
 not clear background enclosed by a ring of touching cells; touching cells are split on the distance
 transform: one seed per distance peak (plus Hough-circle centres inside clumps too dense for peaks),
 each pixel going to the seed minimizing distance minus the seed's radius (capped at one cell

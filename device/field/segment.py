@@ -66,7 +66,8 @@ def _stain_direction(
     s = px.sum(axis=1)
     lo, hi = np.percentile(s, [70, 97])
     # a field with few cells: its 70th percentile is background, whose noise has no stain colour
-    lo = max(float(lo), floor * float(hi))
+    if floor > 0:
+        lo = max(float(lo), floor * float(hi))
     v = np.median(px[(s >= lo) & (s <= hi)] if hi > lo else px, axis=0)
     colour = v / max(float(np.linalg.norm(v)), 1e-6)
     # raised to a power: the channels the stain absorbs most carry the contrast, the others mostly noise
