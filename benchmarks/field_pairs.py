@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.benchmarks.field_detection import IOU, iou_matrix, load_iml, load_voc, match
-from edgekit.benchmarks.field_transforms import TRANSFORMS, load_fields, run
+from edgekit.benchmarks.field_transforms import TRANSFORMS, load_fields, print_results, run
 from edgekit.paths import shared_data
 
 HERE = Path(__file__).resolve().parent
@@ -151,11 +151,7 @@ def _transforms(doc: dict[str, Any], args: argparse.Namespace, finders: dict[str
     """The transformed fields (benchmarks/field_transforms.py), before and after alternating."""
     doc["transforms"] = run(load_fields(args.every_iml, args.every_bccd), list(TRANSFORMS), finders)
     doc["every_iml"], doc["every_bccd"] = args.every_iml, args.every_bccd
-    for s, per in doc["transforms"].items():
-        for t, fs in per.items():
-            print(f"{s:5s} {t:10s} " + "  ".join(
-                f"{f}: R={r['recall']:.3f} P={r['precision']:.3f} refused={r['refused']:2d}"
-                f" {r['segment_ms_median']:.0f}ms" for f, r in fs.items()))
+    print_results(doc["transforms"])
     return _write(doc, args)
 
 
