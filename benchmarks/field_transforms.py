@@ -161,6 +161,15 @@ def run(fields: list, transforms: list[str], params: dict[str, Any]) -> dict[str
     return out
 
 
+def print_results(res: dict[str, Any]) -> None:
+    """One line per set and transform: each finder's recall, precision, refusals and time."""
+    for s, per in res.items():
+        for t, fs in per.items():
+            print(f"{s:5s} {t:10s} " + "  ".join(
+                f"{f}: R={r['recall']:.3f} P={r['precision']:.3f} refused={r['refused']:2d}"
+                f" {r['segment_ms_median']:.0f}ms" for f, r in fs.items()))
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--every-iml", type=int, default=4, help="every Nth IML field (0: none)")
@@ -175,11 +184,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         params = {k: v for k, v in params.items() if k in args.finders.split(",")}
     fields = load_fields(args.every_iml, args.every_bccd)
     res = run(fields, args.transforms.split(","), params)
-    for s, per in res.items():
-        for t, fs in per.items():
-            print(f"{s:5s} {t:10s} " + "  ".join(
-                f"{f}: R={r['recall']:.3f} P={r['precision']:.3f} refused={r['refused']:2d}"
-                f" {r['segment_ms_median']:.0f}ms" for f, r in fs.items()))
+    print_results(res)
     doc = {"date": time.strftime("%Y-%m-%d"), "every_iml": args.every_iml, "every_bccd": args.every_bccd,
            "iou": IOU, "results": res}
     if not args.no_write:

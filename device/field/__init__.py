@@ -5,19 +5,22 @@ A thin-smear field is segmented classically (no model), with no stain-colour win
 is the brightest mode of the field's grey levels and is divided out (optical density); the density
 used is each field's own stain colour (the channels weighted by how much its cells absorb them), so
 pink, grey-green, blue or grey smears are treated alike; stained cells are thresholded (a fraction
-of Otsu) together with the thin rims of pale cells (a local threshold); pale centres are filled,
-but not clear background enclosed by a ring of touching cells; touching cells are split on the
-distance transform: one seed per distance peak (plus Hough-circle centres inside clumps too dense
-for peaks), each pixel going to the seed minimizing distance minus the seed's radius (capped at one
-cell radius), which for overlapping discs is the watershed of the distance map. Debris, platelets
-and white cells are rejected by size and by nuclei (pixels denser than the field's cells, of
-another colour than theirs); regions still holding several cells' area are split by area (k-means
-on pixel coordinates). Each kept cell is cropped the way the NIH crops were made: a tight box
-around the cell (its convex hull, grown a little to take back the pale edge the threshold cuts
-off), everything outside black. Sizes are in units of the typical cell radius, estimated per field
-(the distance map's local maxima, one per cell even in clumps, blended with Hough circle radii; on a
-crowded field, where the maxima sit in solid clumps far deeper than the circles and the circles
-agree on one size, the circles alone), so the same settings work at other magnifications.
+of Otsu) together with the thin rims of pale cells (a local threshold); pale centres are filled, but
+not clear background enclosed by a ring of touching cells; touching cells are split on the distance
+transform: one seed per distance peak (plus Hough-circle centres inside clumps too dense for peaks),
+each pixel going to the seed minimizing distance minus the seed's radius (capped at one cell
+radius), which for overlapping discs is the watershed of the distance map; two cells that overlap so
+much that their union has one distance peak can be cut apart (``split_circles``, off by default)
+where the region holds two Hough circles at least half a radius apart and is longer along their line
+than across it (each keeps its own disc). Debris, platelets and white cells are rejected by size and
+by nuclei (pixels denser than the field's cells, of another colour than theirs); regions still
+holding several cells' area are split by area (k-means on pixel coordinates). Each kept cell is
+cropped the way the NIH crops were made: a tight box around the cell (its convex hull, grown a
+little to take back the pale edge the threshold cuts off), everything outside black. Sizes are in
+units of the typical cell radius, estimated per field (the distance map's local maxima, one per cell
+even in clumps, blended with Hough circle radii; on a crowded field, where the maxima sit in solid
+clumps far deeper than the circles and the circles agree on one size, the circles alone), so the
+same settings work at other magnifications.
 
 Measured in benchmarks/RESULTS.md at IoU 0.5: on the 364 BCCD fields recall about 0.83, short of
 the 0.9 target; on the 172 IML fields recall 0.93, precision 0.82 (targets 0.95 / 0.85). The rest

@@ -53,15 +53,21 @@ def _optical_density(rgb: np.ndarray, p: FieldParams) -> np.ndarray:
     return opencv().LUT(np.ascontiguousarray(rgb), np.ascontiguousarray(lut.reshape(256, 1, 3)))
 
 
-def _stain_direction(od: np.ndarray, power: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
+def _stain_direction(
+    od: np.ndarray, power: float = 2.0, floor: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
     """The field's own stain colour in optical density: the median density of its stained pixels
     (total density between its 70th and 97th percentile: the cells, not the background nor the few
-    darkest nuclei). Returns the channel weights of the field's density (each channel weighted by
-    its own density to ``power``, summing to 1) and the colour as a unit vector."""
+    darkest nuclei; never below ``floor`` x the 97th). Returns the channel weights of the field's
+    density (each channel weighted by its own density to ``power``, summing to 1) and the colour as
+    a unit vector."""
     step = max(1, od.shape[0] * od.shape[1] // 50_000)
     px = od.reshape(-1, 3)[::step]
     s = px.sum(axis=1)
     lo, hi = np.percentile(s, [70, 97])
+    # a field with few cells: its 70th percentile is background, whose noise has no stain colour
+    if floor > 0:
+        lo = max(float(lo), floor * float(hi))
     v = np.median(px[(s >= lo) & (s <= hi)] if hi > lo else px, axis=0)
     colour = v / max(float(np.linalg.norm(v)), 1e-6)
     # raised to a power: the channels the stain absorbs most carry the contrast, the others mostly noise
@@ -258,23 +264,32 @@ def _nucleus_zone(nuc: np.ndarray, radius: float, p: FieldParams) -> np.ndarray:
     return zone.astype(bool)
 
 
-def _circle_seeds(
-    d: _Density, fg: np.ndarray, dist: np.ndarray, radius: float, p: FieldParams,
-    taken: list[tuple[int, int]],
-) -> list[tuple[int, int, float]]:
-    """Extra seeds inside clumps too dense for distance peaks: centres of cell-sized circles
-    (Hough transform on the cells' outlines) that lie on the foreground, away from other seeds."""
+def _cell_circles(d: _Density, radius: float, p: FieldParams) -> np.ndarray:
+    """Cell-sized circles on the cells' outlines (Hough transform), strongest first, as rows of
+    (x, y, r); empty when off or none. Each arc of a cell's outline votes for its own centre, so
+    two overlapping cells give two circles even where their union's distance map has one peak:
+    with ``split_circles``, circles as close as that x radius are kept apart."""
+    if p.hough_votes <= 0:
+        return np.zeros((0, 3), np.float32)
     cv2 = opencv()
+    gap = min(p.peak_window, p.split_circles) if p.split_circles > 0 else p.peak_window
     circles = cv2.HoughCircles(
-        d.blur2, cv2.HOUGH_GRADIENT, dp=1, minDist=p.peak_window * radius, param1=p.hough_edge,
+        d.blur2, cv2.HOUGH_GRADIENT, dp=1, minDist=gap * radius, param1=p.hough_edge,
         param2=p.hough_votes, minRadius=int(0.75 * radius), maxRadius=int(1.4 * radius),
     )
-    if circles is None:
-        return []
+    return np.zeros((0, 3), np.float32) if circles is None else circles[0]
+
+
+def _circle_seeds(
+    circles: np.ndarray, fg: np.ndarray, dist: np.ndarray, radius: float, p: FieldParams,
+    taken: list[tuple[int, int]],
+) -> list[tuple[int, int, float]]:
+    """Extra seeds inside clumps too dense for distance peaks: centres of cell-sized ``circles``
+    (:func:`_cell_circles`) that lie on the foreground, away from other seeds."""
     h, w = fg.shape
     pts = np.array(taken, np.float32).reshape(-1, 2)
     out: list[tuple[int, int, float]] = []
-    for x, y, _ in circles[0]:
+    for x, y, _ in circles:
         iy, ix = min(h - 1, int(y)), min(w - 1, int(x))
         if not fg[iy, ix] or dist[iy, ix] < p.peak_height * radius:
             continue
@@ -286,7 +301,7 @@ def _circle_seeds(
 
 
 def _split_touching(
-    d: _Density, fg: np.ndarray, dist: np.ndarray, radius: float, p: FieldParams
+    circles: np.ndarray, fg: np.ndarray, dist: np.ndarray, radius: float, p: FieldParams
 ) -> tuple[np.ndarray, int]:
     """Split touching cells: one seed per distance-transform peak, then every foreground pixel goes
     to the seed of its blob minimizing (distance to seed - seed's own radius). For overlapping
@@ -310,7 +325,7 @@ def _split_touching(
         iy, ix = np.unravel_index(int(sub.argmax()), sub.shape)
         found.append((y + iy, x + ix, float(sub[iy, ix])))
     if p.hough_votes > 0:
-        found += _circle_seeds(d, fg, dist, radius, p, [(y, x) for y, x, _ in found])
+        found += _circle_seeds(circles, fg, dist, radius, p, [(y, x) for y, x, _ in found])
     if p.seed_cap > 0:
         # inside a solid clump of overlapping cells the distance map is wider than any one cell:
         # a seed claims at most about one cell's radius (plus reach), not the clump's depth
@@ -423,18 +438,77 @@ def _regions(markers: np.ndarray, n: int) -> list[tuple[np.ndarray, np.ndarray]]
     return [np.divmod(order[ends[k - 1] : ends[k]], w) for k in range(1, n + 1)]
 
 
+def _circle_centres(
+    circles: np.ndarray, markers: np.ndarray, n: int, radius: float, p: FieldParams
+) -> list[list[tuple[float, float, float]]]:
+    """For each of the ``n`` regions of ``markers``, the circles (y, x, r) of ``circles`` whose
+    centres lie in it, strongest first, each at least ``split_circles`` x radius from the ones
+    before it."""
+    out: list[list[tuple[float, float, float]]] = [[] for _ in range(n + 1)]
+    if p.split_circles <= 0:
+        return out[1:]
+    h, w = markers.shape
+    for x, y, r in circles:
+        k = markers[min(h - 1, int(y)), min(w - 1, int(x))]
+        if k and all(math.hypot(y - cy, x - cx) >= p.split_circles * radius for cy, cx, _ in out[k]):
+            out[k].append((float(y), float(x), float(r)))
+    return out[1:]
+
+
+def _circle_split(
+    ys: np.ndarray, xs: np.ndarray, circles: list[tuple[float, float, float]]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One region shared out between overlapping cells: each circle takes the pixels nearer its
+    centre than any other's, and those of its own disc (the lens two overlapping cells share
+    belongs to both, as their labelled boxes do)."""
+    c = np.asarray(circles, np.float32)
+    d2 = (ys[:, None] - c[None, :, 0]) ** 2 + (xs[:, None] - c[None, :, 1]) ** 2
+    near = np.argmin(d2, axis=1)
+    parts = []
+    for j in range(len(c)):
+        take = (near == j) | (d2[:, j] <= c[j, 2] ** 2)
+        parts.append((ys[take], xs[take]))
+    return parts
+
+
+def _oblong_along(
+    ys: np.ndarray, xs: np.ndarray, centres: list[tuple[float, float, float]]
+) -> bool:
+    """Whether the region is longer along the line through the two ``centres`` than across it by
+    at least half their distance, as two overlapping discs are (by about the whole distance); a
+    round cell with two circles in it is not."""
+    (y0, x0, _), (y1, x1, _) = centres
+    d = math.hypot(y1 - y0, x1 - x0)
+    uy, ux = (y1 - y0) / d, (x1 - x0) / d
+    along = np.percentile(ys * uy + xs * ux, [2, 98])
+    across = np.percentile(xs * uy - ys * ux, [2, 98])
+    return float(np.ptp(along) - np.ptp(across)) >= 0.25 * d
+
+
 def _split_clumps(
-    regions: list[tuple[np.ndarray, np.ndarray]], cell_area: float, p: FieldParams
+    regions: list[tuple[np.ndarray, np.ndarray]], cell_area: float, p: FieldParams,
+    centres: list[list[tuple[float, float, float]]] | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """The regions, those that hold several cells split by area (sizes relative to the field's
-    typical single cell), empty ones left out."""
+    typical single cell) or by the cell circles in them (``centres``, :func:`_circle_centres`),
+    empty ones left out."""
     single = [ys.size for ys, _ in regions if 0.5 * cell_area <= ys.size <= 1.5 * cell_area]
     typical = float(np.median(single)) if len(single) >= 3 else cell_area
     pieces = []
-    for ys, xs in regions:
+    for k, (ys, xs) in enumerate(regions):
+        inside = centres[k] if centres else []
         if p.split_area > 0 and ys.size > p.split_area * typical:
             # a clump the seeds did not split: as many cells as its area holds, nearest-centre split
             pieces += _kmeans_split(ys, xs, int(round(ys.size / typical)))
+        elif len(inside) >= 2 and ys.size > p.split_min_area * typical:
+            # overlapping cells whose union has one distance peak (a seed between them), while the
+            # arcs of their outlines give a circle each: cut between the circles' centres
+            parts = _circle_split(ys, xs, inside[: max(2, int(round(ys.size / typical)))])
+            big = min(py.size for py, _ in parts) >= p.min_area * typical
+            if big and _oblong_along(ys, xs, inside[:2]):
+                pieces += parts
+            else:
+                pieces.append((ys, xs))
         elif (p.split_elongation > 0 and ys.size > p.split_min_area * typical
               and _elongation(ys, xs) > p.split_elongation):
             # two overlapping cells: a little more than one cell's area, but oblong, not round
@@ -543,7 +617,8 @@ def segment_cells(
     H, W = rgb.shape[:2]
     small, scale = work or working_copy(rgb, p.max_side)
     od = _optical_density(small, p)
-    direction, colour = _stain_direction(od, p.stain_power) if p.density == "stain" else (None, None)
+    direction, colour = (
+        _stain_direction(od, p.stain_power, p.stain_floor) if p.density == "stain" else (None, None))
     density = _Density.of(od, direction, colour)
     # the circles' radius needs no foreground: it sizes the pale centres the foreground may fill
     estimate = p.hough_radius and not p.cell_radius
@@ -559,11 +634,13 @@ def segment_cells(
         return [], 0.0
     if p.rim > 0:
         fg, dist = _with_rims(fg, density, holes, radius, p)
-    markers, n = _split_touching(density, fg, dist, radius, p)
+    circles = _cell_circles(density, radius, p)
+    markers, n = _split_touching(circles, fg, dist, radius, p)
     # growth only reaches into faintly stained pixels (a cell's pale edge), never into background
     edge_fg = _foreground(density, p.threshold * p.grow_threshold, p.min_od) > 0 if p.grow > 0 else None
     cropper = _Cropper(p, radius, scale, _nucleus_zone(nuc, radius, p), edge_fg, (H, W))
-    pieces = _split_clumps(_regions(markers, n), math.pi * radius * radius, p)
+    pieces = _split_clumps(_regions(markers, n), math.pi * radius * radius, p,
+                           _circle_centres(circles, markers, n, radius, p))
     cells: list[CellBox] = []
     for ys, xs in pieces:
         cell = cropper.cell(ys, xs, len(cells))

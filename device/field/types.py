@@ -34,6 +34,10 @@ class FieldParams:
     # or "green" (green optical density: pink Giemsa only); also how white-cell nuclei are found
     density: str = "stain"
     stain_power: float = 2.0  # density "stain": each channel weighted by its own density to this power
+    # the stain colour is measured on pixels whose total density is above the field's 70th
+    # percentile and above stain_floor x its 97th (fields with few cells: not the background).
+    # Off by default: 0.25 lowered recall on hue-rotated BCCD fields (hue -40: 0.826 -> 0.732)
+    stain_floor: float = 0.0
     threshold: float = 0.65  # x Otsu's threshold on green optical density
     min_od: float = 0.05  # green optical density below which nothing is a cell (BCCD cells: 0.2-0.4)
     min_area: float = 0.30  # x typical cell area; smaller regions are debris or platelets
@@ -66,6 +70,12 @@ class FieldParams:
     # split_elongation) are split too, in at least two (overlapping cells); 0: off
     split_elongation: float = 0.0
     split_min_area: float = 1.2
+    # regions above split_min_area x typical cell area that hold two cell circles (Hough) whose
+    # centres are at least split_circles x radius apart are cut between them (overlapping cells),
+    # unless a part would be smaller than min_area; 0: off. Off by default: 0.5 finds fewer
+    # objects across two cells (IML 251 -> 205) but cuts some large oblong single cells in two
+    # (RESULTS.md, "Overlapping red cells found as one object")
+    split_circles: float = 0.0
     grow: float = 0.12  # x radius: each cell's mask grows this much into its pale edge (cut by the threshold)
     grow_threshold: float = 0.5  # x threshold: the faint stain the growth may reach into
     radius_peaks: bool = True  # radius from the distance map's local maxima (one per cell), not one per blob
