@@ -610,8 +610,7 @@ def _site_evaluation(
 ) -> dict[str, Any]:
     """The exported bundle's site numbers through the format a device runs (int8 when exported):
     per part (validation, test) on its labelled cells and, with field images, on whole fields."""
-    eval_fmt = "tflite_int8" if "tflite_int8" in manifest.artifacts else next(
-        k for k in manifest.artifacts if k != "keras")
+    eval_fmt = device_format(manifest)
     cutoff = float(manifest.thresholds.cutoff)
     device_probs = _device_probs(bundle, manifest, eval_fmt)
     evaluation: dict[str, Any] = {"format": eval_fmt}
@@ -624,6 +623,18 @@ def _site_evaluation(
                 evaluation[part]["whole_fields"] = whole_field_error(
                     {f: device_probs(v) for f, v in counted.items()}, truth, cutoff)
     return evaluation
+
+
+def device_format(manifest: Any) -> str:
+    """The format a device runs and the site is measured through: int8 TFLite when it passed its
+    validation, else the first other format that did; BundleError when none did (a device could run
+    nothing from the bundle)."""
+    usable = [k for k, a in manifest.artifacts.items() if a.runtime != "keras" and a.status == "ok"]
+    if not usable:
+        failed = "; ".join(f"{k}: {a.status}" for k, a in manifest.artifacts.items() if a.runtime != "keras")
+        raise BundleError(f"no exported format passed its validation ({failed}): a device could run nothing "
+                          "from this bundle; add a float format (--formats tflite_int8,tflite_fp32)")
+    return "tflite_int8" if "tflite_int8" in usable else usable[0]
 
 
 def whole_field_error(probs: dict[str, np.ndarray], truth: dict[str, float], cutoff: float) -> dict[str, Any]:

@@ -64,6 +64,10 @@ def _cli(*args: str):
     return CliRunner().invoke(main, list(args))
 
 
+# with --allow-drop the tiny models' int8 may fail its bounds: a float file keeps a model a device can run
+FLOAT_TOO = ("--formats", "tflite_int8,tflite_fp32")
+
+
 def test_adapt_writes_a_validated_site_bundle_with_provenance(base_run, site, tmp_path):
     from edgekit.manifest import load_manifest, sha256_file, verify_artifact
 
@@ -72,8 +76,8 @@ def test_adapt_writes_a_validated_site_bundle_with_provenance(base_run, site, tm
     # flip a few of 30 validation calls; the validation itself must still run and be recorded
     # lenient gate bounds: this test is about what is recorded; the gate's refusals are tested below
     res = _cli("adapt", str(base_run), "--data", str(site), "-o", str(out), "--epochs", "4", "--lr", "0.05",
-               "--batch-size", "16", "--block", "1", "--allow-drop", "--cache-dir", str(tmp_path / "cache"),
-               *LENIENT_GATE)
+               "--batch-size", "16", "--block", "1", "--allow-drop", *FLOAT_TOO,
+               "--cache-dir", str(tmp_path / "cache"), *LENIENT_GATE)
     assert res.exit_code == 0, res.output
     assert "unsigned: devices refuse it" in res.output and "edgekit trust sign" in res.output
     m = load_manifest(out)
@@ -91,7 +95,8 @@ def test_adapt_writes_a_validated_site_bundle_with_provenance(base_run, site, tm
     assert m.thresholds.source.startswith("site validation crops")
     assert m.patient_rule.source.startswith("site validation fields")
     site_eval = m.evaluation["site"]
-    assert site_eval["format"] == "tflite_int8"
+    # measured through what a device runs: int8 when it kept its bounds, else the float file
+    assert site_eval["format"] == ("tflite_int8" if int8.status == "ok" else "tflite_fp32")
     assert site_eval["test"]["cells"] == 10 * ad["site_fields"]["test"]
     assert 0.0 <= site_eval["test"]["auc"]["value"] <= 1.0
     # the site split is in the bundle and groups cells by field: no field in two parts
@@ -223,6 +228,26 @@ def test_adapt_names_the_test_fields_whose_boxes_miss_cells(tmp_path):
     assert label_coverage_note({"per_field": {"A": {"called": 0.03, "labelled": 0.02}}}, tmp_path) is None
 
 
+def test_a_site_is_measured_through_a_format_a_device_can_run():
+    """int8 when it passed its validation, else a float format that did; none: one clear error, not a
+    bundle whose only model every device refuses (adapting from reviewed, near-cutoff cells can fail
+    int8's agreement bound)."""
+    from types import SimpleNamespace as NS
+
+    from edgekit.adapt import device_format
+    from edgekit.errors import BundleError
+
+    def manifest(**status):
+        arts = {k: NS(runtime="keras" if k == "keras" else "litert", status=v) for k, v in status.items()}
+        return NS(artifacts=arts)
+
+    assert device_format(manifest(keras="ok", tflite_int8="ok", tflite_fp32="ok")) == "tflite_int8"
+    failed = "failed_validation"
+    assert device_format(manifest(keras="ok", tflite_int8=failed, tflite_fp32="ok")) == "tflite_fp32"
+    with pytest.raises(BundleError, match=f"tflite_int8: {failed}.*--formats tflite_int8,tflite_fp32"):
+        device_format(manifest(keras="ok", tflite_int8=failed))
+
+
 def test_adapt_stops_early_and_field_count_needs_fields(base_run, site, tmp_path):
     from edgekit.adapt import AdaptConfig
     from edgekit.errors import DataError
@@ -237,7 +262,7 @@ def test_adapt_stops_early_and_field_count_needs_fields(base_run, site, tmp_path
     out = tmp_path / "early"
     res = _cli("adapt", str(base_run), "--data", str(site), "-o", str(out), "--epochs", "20",
                "--patience", "1", "--lr", "1e-9", "--batch-size", "16", "--block", "1", "--allow-drop",
-               *LENIENT_GATE)
+               *FLOAT_TOO, *LENIENT_GATE)
     assert res.exit_code == 0, res.output
     ad = load_manifest(out).training["adaptation"]
     assert len(ad["history"]) < 20 and ad["config"]["patience"] == 1
@@ -275,7 +300,7 @@ def test_adapt_starts_from_a_packed_bundle_signs_it_and_a_failed_gate_vouches_fo
     monkeypatch.setenv("EDGEKIT_SIGNING_KEY", str(Path(__file__).parent / "fixtures" / "test_signing.key"))
     out = tmp_path / "site"
     res = _cli("adapt", str(packed), "--data", str(site), "-o", str(out), "--epochs", "2", "--lr", "1e-9",
-               "--batch-size", "16", "--block", "1", "--allow-drop",
+               "--batch-size", "16", "--block", "1", "--allow-drop", *FLOAT_TOO,
                "--gate-error", "0.0001", "--gate-auc", "1.0")
     assert res.exit_code == 1, res.output
     assert "signed with key" in res.output and "site gate FAILED" in res.output
