@@ -61,7 +61,8 @@ def test_dataset_batches_are_float_pixels():
     y = np.arange(10) % 2
     ds = make_dataset(x, y, TrainConfig(batch_size=4), training=True)
     batches = list(ds.as_numpy_iterator())
-    assert [len(b[0]) for b in batches] == [4, 4, 2]
+    # training batches are augmented in parallel and may come out of order (deterministic=False)
+    assert sorted(len(b[0]) for b in batches) == [2, 4, 4]
     assert batches[0][0].dtype == np.float32
     np.testing.assert_allclose(batches[0][0], 200.0, atol=1e-3)  # a flat image stays flat under warping
     assert sorted(np.concatenate([b[1] for b in batches]).tolist()) == sorted(y.tolist())
