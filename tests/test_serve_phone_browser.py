@@ -286,7 +286,9 @@ def test_a_station_restart_keeps_the_phone_joined_and_new_token_does_not(tmp_pat
     assert resp.status == 401 and "not joined" in join and "QR code" in join
     assert saved.read_text().strip() != token and oct(saved.stat().st_mode & 0o777) == "0o600"
     assert f":{server.port}/?token={token}" in log and "\u2588" in log  # the join link and its QR code
-    assert [e for e in errors if "401" not in e] == []
+    # the browser logs a request the page made while the station was down (a poll) as a console error:
+    # that is the restart itself; the page's own errors still count
+    assert [e for e in errors if "401" not in e and "ERR_CONNECTION_REFUSED" not in e] == []
 
 
 QUEUED = """() => new Promise((resolve, reject) => {
