@@ -19,7 +19,6 @@ Writes ``benchmarks/results/field_pairs.json`` (``field_pairs_transforms.json``)
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.benchmarks.field_detection import IOU, iou_matrix, load_iml, load_voc, match
-from edgekit.benchmarks.field_transforms import TRANSFORMS, load_fields, print_results, run
+from edgekit.benchmarks.field_transforms import TRANSFORMS, load_fields, print_results, run, write_results
 from edgekit.paths import shared_data
 
 HERE = Path(__file__).resolve().parent
@@ -144,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     f" refused={r['refused']}" for f, r in fs.items()))
     print("segment time ratio", doc["fields"]["segment_time_ratio"],
           "newly refused", doc["fields"]["newly_refused"])
-    return _write(doc, args)
+    return write_results(doc, args)
 
 
 def _transforms(doc: dict[str, Any], args: argparse.Namespace, finders: dict[str, Any]) -> dict[str, Any]:
@@ -152,14 +151,7 @@ def _transforms(doc: dict[str, Any], args: argparse.Namespace, finders: dict[str
     doc["transforms"] = run(load_fields(args.every_iml, args.every_bccd), list(TRANSFORMS), finders)
     doc["every_iml"], doc["every_bccd"] = args.every_iml, args.every_bccd
     print_results(doc["transforms"])
-    return _write(doc, args)
-
-
-def _write(doc: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    if not args.no_write:
-        args.out.parent.mkdir(exist_ok=True)
-        args.out.write_text(json.dumps(doc, indent=1) + "\n")
-    return doc
+    return write_results(doc, args)
 
 
 if __name__ == "__main__":

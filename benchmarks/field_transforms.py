@@ -187,6 +187,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print_results(res)
     doc = {"date": time.strftime("%Y-%m-%d"), "every_iml": args.every_iml, "every_bccd": args.every_bccd,
            "iou": IOU, "results": res}
+    return write_results(doc, args)
+
+
+def write_results(doc: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Write ``doc`` to ``args.out`` unless ``args.no_write``; returns it."""
     if not args.no_write:
         args.out.parent.mkdir(exist_ok=True)
         args.out.write_text(json.dumps(doc, indent=1) + "\n")
