@@ -114,6 +114,9 @@ def cells(fields: tuple[Path, ...], annotations: Path | None, sessions_db: Path 
 @click.option("--negatives-per-field", type=click.IntRange(0), default=30, show_default=True,
               help="At most this many uninfected training cells per field (all parasitized ones are kept); "
                    "0: every one.")
+@click.option("--hard-negatives", type=click.IntRange(0), default=0, show_default=True,
+              help="Of --negatives-per-field, this many per fully labelled training field are the uninfected "
+                   "cells the base model scores highest; the rest at random.")
 @click.option("--objects-per-field", type=click.IntRange(0), default=10, show_default=True,
               help="At most this many found objects that are no labelled cell (white cells, clumps; kept by "
                    "`edgekit site cells`) per fully labelled training field, learnt as not parasitized; "
@@ -123,6 +126,9 @@ def cells(fields: tuple[Path, ...], annotations: Path | None, sessions_db: Path 
 @click.option("--patience", type=click.IntRange(0), default=5, show_default=True,
               help="Stop after this many epochs without a better validation-field AUC (of the int8 model "
                    "when int8 is exported; 0: never stop early).")
+@click.option("--average-epochs", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="Judge and keep an exponential average of the weights over about this many epochs "
+                   "(0: the last step's weights).")
 @click.option("--lr", type=float, default=0.01, show_default=True, help="Initial lr; decays to 0.")
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--base-share", type=click.FloatRange(0, 0.95), default=0.5, show_default=True,
@@ -155,8 +161,8 @@ def cells(fields: tuple[Path, ...], annotations: Path | None, sessions_db: Path 
               help="Where decoded image arrays are cached.")
 @sign_key_option
 def adapt(model: Path, site: Path, out: Path, fields_split: Path | None, block: int, train_fields: int | None,
-          negatives_per_field: int | None, objects_per_field: int, epochs: int, patience: int, lr: float,
-          batch_size: int,
+          negatives_per_field: int | None, hard_negatives: int, objects_per_field: int, epochs: int,
+          patience: int, average_epochs: float, lr: float, batch_size: int,
           base_share: float, base_split: Path | None, base_data: Path | None, cutoff: str,
           fields_dir: Path | None, gate_error: float, gate_auc: float, formats: tuple[FormatSpec, ...],
           seed: int,
@@ -185,7 +191,8 @@ def adapt(model: Path, site: Path, out: Path, fields_split: Path | None, block: 
     cfg = AdaptConfig(epochs=epochs, patience=patience or None, lr=lr, batch_size=batch_size,
                       base_share=base_share,
                       train_fields=train_fields, negatives_per_field=negatives_per_field or None, block=block,
-                      objects_per_field=objects_per_field,
+                      objects_per_field=objects_per_field, average_epochs=average_epochs,
+                      hard_negatives=hard_negatives,
                       cutoff=cutoff, seed=seed, gate={"parasitemia_error": gate_error, "auc": gate_auc})
     m = adapt_model(model, site, out, cfg, split_file=fields_split, base_split=base_split,
                     base_data=base_data, formats=",".join(f.name for f in formats), replace=replace,

@@ -357,3 +357,58 @@ def test_field_error_cutoff_weighs_each_field_as_the_gate_does():
     assert mean_error(error_cut) < mean_error(1.0)  # better than calling nothing
     assert field_error_cutoff([clean], [0.0]) == 1.0  # nothing labelled: call nothing
     assert field_error_cutoff([], []) == 1.0
+
+
+def test_the_weight_average_follows_every_step_and_is_only_lent_to_the_model():
+    import keras
+
+    from edgekit.adapt import WeightAverage
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2), keras.layers.BatchNormalization()])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    x, y = np.random.default_rng(0).normal(size=(32, 3)), np.zeros((32, 2))
+    seen: list[list[np.ndarray]] = []
+    record = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda *_, **__: seen.append(model.get_weights()))
+    averaged = WeightAverage.for_steps(4)
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False, callbacks=[record, averaged.callback])
+    assert averaged.decay == 0.75 and len(seen) == 8
+    expected = [w.astype(np.float64) for w in seen[0]]
+    for step in seen[1:]:
+        expected = [0.75 * e + 0.25 * w for e, w in zip(expected, step, strict=True)]
+    own = model.get_weights()
+    with averaged.swapped_in():
+        lent = model.get_weights()
+    # every variable, the batch-norm statistics too, is the average while lent, the model's own after
+    assert len(lent) == 6
+    for got, want in zip(lent, expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    for got, want in zip(model.get_weights(), own, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert not np.allclose(lent[0], own[0])
+
+
+def test_hard_negatives_are_the_base_models_highest_scoring_uninfected_cells(base_run, site, tmp_path):
+    from edgekit.data import load_images
+    from edgekit.export.bundle import load_keras
+    from edgekit.manifest import load_manifest
+    from edgekit.parts import predict_arrays
+
+    out = tmp_path / "hard"
+    res = _cli("adapt", str(base_run), "--data", str(site), "-o", str(out), "--epochs", "1", "--block", "1",
+               "--negatives-per-field", "3", "--hard-negatives", "2", "--allow-drop", *FLOAT_TOO,
+               *LENIENT_GATE)
+    assert res.exit_code == 0, res.output
+    assert "hard negatives" in res.output
+    kept = {p for p, _, _ in json.loads((out / "site_split.json").read_text())["parts"]["train"]}
+    base = load_manifest(base_run)
+    model = load_keras(base_run / "model.keras")
+    train_fields = {p.split("/")[1].split("__")[0] for p in kept}
+    for fld in sorted(train_fields):
+        negatives = sorted(f"Uninfected/{f.name}" for f in (site / "Uninfected").glob(f"{fld}__*.png"))
+        x, _ = load_images(site, negatives, base.preprocessing)
+        scores = predict_arrays(model, x)[:, base.positive_index]
+        top2 = {negatives[i] for i in np.argsort(-scores, kind="stable")[:2]}
+        mine = {p for p in kept if p.startswith("Uninfected/") and f"/{fld}__" in p}
+        assert len(mine) == 3 and top2 <= mine, fld
