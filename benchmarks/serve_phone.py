@@ -7,7 +7,8 @@ A real ``edgekit serve`` (the code under ``--root``, default this checkout; seve
 under a Pixel 5 profile with Chrome DevTools' network preset and 4x CPU slowdown. Each field is a
 12 MP "phone photo" made from a real IML field (1280x960, upscaled to 4032x3024 with sensor-like
 noise, JPEG q92: about 2.5 MB, as a phone camera writes it): the
-time runs from choosing the photo to its result card with its overlay shown. Prints one JSON line
+time runs from choosing the photo to its result card with its overlay shown (drawn on a canvas, or
+a picture loaded). Prints one JSON line
 per field and a summary (median and max seconds, counts per field); ``--out`` writes them as JSON.
 Each field also lists the requests the page made in that time (``requests``: method and path; a
 service worker's own fetches marked ``sw``).
@@ -161,7 +162,8 @@ def run(photos: list[Path], root: Path, profile: str, chromium: str,
             counted_s = time.perf_counter() - t0
             page.wait_for_function(
                 "n => { const c = document.querySelectorAll('.result[data-kind=field]'); "
-                "if (c.length < n) return false; const img = c[0].querySelector('img'); "
+                "if (c.length < n) return false; if (c[0].querySelector('canvas')) return true; "
+                "const img = c[0].querySelector('img'); "
                 "return !img || (img.complete && img.naturalWidth > 0); }", arg=i + 1,
                 timeout=300_000, polling=100)
             seconds = time.perf_counter() - t0
