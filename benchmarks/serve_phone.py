@@ -10,8 +10,8 @@ noise, JPEG q92: about 2.5 MB, as a phone camera writes it): the
 time runs from choosing the photo to its result card with its overlay shown (drawn on a canvas, or
 a picture loaded). Prints one JSON line
 per field and a summary (median and max seconds, counts per field); ``--out`` writes them as JSON.
-Each field also lists the requests the page made in that time (``requests``: method and path; a
-service worker's own fetches marked ``sw``).
+Each field also lists the network requests the page made in that time (``requests``: method and
+path; a service worker's own fetches marked ``sw``).
 ``--upload SIDE:QUALITY`` (repeatable) has the page shrink photos to that long side and JPEG quality
 instead of what the station says: each is run in turn on one station, so the sizes compare side by
 side (``--agreement``: the counts of each).
@@ -149,7 +149,7 @@ def run(photos: list[Path], root: Path, profile: str, chromium: str,
         cdp.send("Network.emulateNetworkConditions", {"offline": False, **PROFILES[profile]})
         cdp.send("Emulation.setCPUThrottlingRate", {"rate": CPU_SLOWDOWN})
         made: list[str] = []
-        page.context.on("request", lambda req: made.append(request_name(req)))
+        page.context.on("request", lambda req: req.url.startswith("http") and made.append(request_name(req)))
         for i, photo in enumerate(photos):
             start = page.evaluate("() => performance.now()")
             made.clear()
@@ -189,9 +189,7 @@ def request_name(req: Any) -> str:
     made it."""
     from urllib.parse import urlsplit
 
-    url = urlsplit(req.url)
-    where = url.path if url.scheme in ("http", "https") else f"{url.scheme}:"
-    return f"{req.method} {where}" + (" sw" if req.service_worker else "")
+    return f"{req.method} {urlsplit(req.url).path}" + (" sw" if req.service_worker else "")
 
 
 def tree_label(root: Path) -> str:

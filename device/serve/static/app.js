@@ -3,13 +3,15 @@
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
-const state = { info: null, session: null, busy: false, jobs: new Map() };
+const state = { info: null, session: null, busy: false, jobs: new Map(), listTimer: null };
 const REFRESH_MS = 15000;  // another phone may be screening the same patient
 // how long an upload may move no byte (its link is lost), wait for its answer once sent (the station
 // may be busy), one question about a photo may take, and how often waiting photos are tried again;
 // tests shorten them (window.EDGEKIT_LIMITS)
+// how long the phone stays quiet after photos were sent before the sessions list is refreshed;
+// tests shorten them (window.EDGEKIT_LIMITS)
 const LIMITS = Object.assign({ stallMs: 30000, answerMs: 90000, askMs: 15000, askAgainMs: 3000,
-                               queueRetryMs: 10000 }, window.EDGEKIT_LIMITS || {});
+                               queueRetryMs: 10000, listQuietMs: 5000 }, window.EDGEKIT_LIMITS || {});
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -554,8 +556,7 @@ function outcome(out) {
 
 async function showAnswer(job, out, confirmedLater) {
   await job.ready;
-  job.drawn = out.kind === "field" && out.marks ? drawnOverlay(job, out).catch(() => null) : null;
-  const card = out.kind === "field" ? renderField(out, job.drawn) : renderCrop(out);
+  const card = out.kind === "field" ? renderField(out, out.marks ? drawnOverlay(job, out) : null) : renderCrop(out);
   job.picture = null;  // drawn: the decoded photo is not kept for every card of the day
   const [st, why] = outcome(out);
   job.sharper = Boolean(out.field && out.field.sharper);
@@ -697,8 +698,14 @@ async function upload(files, kind) {
   } finally { state.busy = false; }
   const counted = jobs.filter((j) => j.state === "counted").length;
   $("#progress").textContent = jobs.length ? `Done: ${counted} of ${jobs.length} counted.` : "";
-  await Promise.all(jobs.map((j) => j.drawn));  // the list below waits for the cards' overlays
-  loadSessions();
+  refreshSessionsSoon();
+}
+
+function refreshSessionsSoon() {
+  // the sessions list (below the cards) once no photo has been sent for a while: its requests do
+  // not compete with the next photo being prepared and sent
+  clearTimeout(state.listTimer);
+  state.listTimer = setTimeout(() => (state.busy ? refreshSessionsSoon() : loadSessions()), LIMITS.listQuietMs);
 }
 
 async function loadSessions() {
