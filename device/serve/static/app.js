@@ -6,10 +6,9 @@ const $ = (sel) => document.querySelector(sel);
 const state = { info: null, session: null, busy: false, jobs: new Map(), listTimer: null };
 const REFRESH_MS = 15000;  // another phone may be screening the same patient
 // how long an upload may move no byte (its link is lost), wait for its answer once sent (the station
-// may be busy), one question about a photo may take, and how often waiting photos are tried again;
-// tests shorten them (window.EDGEKIT_LIMITS)
-// how long the phone stays quiet after photos were sent before the sessions list is refreshed;
-// tests shorten them (window.EDGEKIT_LIMITS)
+// may be busy), one question about a photo may take, how often waiting photos are tried again, and
+// how long the page stays quiet after photos were sent before refreshing the sessions list; tests
+// shorten them (window.EDGEKIT_LIMITS)
 const LIMITS = Object.assign({ stallMs: 30000, answerMs: 90000, askMs: 15000, askAgainMs: 3000,
                                queueRetryMs: 10000, listQuietMs: 5000 }, window.EDGEKIT_LIMITS || {});
 
