@@ -1,13 +1,17 @@
 """Time per field on the phone page under a throttled link (issue 23).
 
-    python -m edgekit.benchmarks.serve_phone [--fields N] [--root DIR] [--profile fast3g|slow3g]
+    python -m edgekit.benchmarks.serve_phone [--fields N] [--root DIR ...] [--runs N] [--profile P]
 
-A real ``edgekit serve`` (the code under ``--root``, default this checkout) and Debian's chromium
+A real ``edgekit serve`` (the code under ``--root``, default this checkout; several: run in turn,
+``--runs`` rounds, so a before and an after share the machine's load) and Debian's chromium
 under a Pixel 5 profile with Chrome DevTools' network preset and 4x CPU slowdown. Each field is a
 12 MP "phone photo" made from a real IML field (1280x960, upscaled to 4032x3024 with sensor-like
 noise, JPEG q92: about 2.5 MB, as a phone camera writes it): the
-time runs from choosing the photo to its result card with its overlay shown. Prints one JSON line
+time runs from choosing the photo to its result card with its overlay shown (drawn on a canvas, or
+a picture loaded). Prints one JSON line
 per field and a summary (median and max seconds, counts per field); ``--out`` writes them as JSON.
+Each field also lists the network requests the page made in that time (``requests``: method and
+path; a service worker's own fetches marked ``sw``).
 ``--upload SIDE:QUALITY`` (repeatable) has the page shrink photos to that long side and JPEG quality
 instead of what the station says: each is run in turn on one station, so the sizes compare side by
 side (``--agreement``: the counts of each).
@@ -144,8 +148,11 @@ def run(photos: list[Path], root: Path, profile: str, chromium: str,
         cdp.send("Network.enable")
         cdp.send("Network.emulateNetworkConditions", {"offline": False, **PROFILES[profile]})
         cdp.send("Emulation.setCPUThrottlingRate", {"rate": CPU_SLOWDOWN})
+        made: list[str] = []
+        page.context.on("request", lambda req: req.url.startswith("http") and made.append(request_name(req)))
         for i, photo in enumerate(photos):
             start = page.evaluate("() => performance.now()")
+            made.clear()
             t0 = time.perf_counter()
             page.set_input_files("#camera", str(photo))
             card = page.locator(".result[data-kind=field]").nth(0)
@@ -155,22 +162,47 @@ def run(photos: list[Path], root: Path, profile: str, chromium: str,
             counted_s = time.perf_counter() - t0
             page.wait_for_function(
                 "n => { const c = document.querySelectorAll('.result[data-kind=field]'); "
-                "if (c.length < n) return false; const img = c[0].querySelector('img'); "
+                "if (c.length < n) return false; if (c[0].querySelector('canvas')) return true; "
+                "const img = c[0].querySelector('img'); "
                 "return !img || (img.complete && img.naturalWidth > 0); }", arg=i + 1,
                 timeout=300_000, polling=100)
             seconds = time.perf_counter() - t0
+            requests = list(made)
             cells = card.locator(".cells")
             counted = cells.count() > 0
             row = {"field": photo.name, "photo_bytes": photo.stat().st_size,
                    "seconds": round(seconds, 2), "counted_s": round(counted_s, 2),
                    "cells": int(cells.inner_text()) if counted else None,
-                   "parasitized": int(card.locator(".parasitized").inner_text()) if counted else None}
+                   "parasitized": int(card.locator(".parasitized").inner_text()) if counted else None,
+                   "uncertain": int(card.locator(".uncertain").inner_text()) if counted else None,
+                   "requests": requests}
             # where the time went: shrink and hash, upload and analysis, the overlay
             timing = page.evaluate(TIMING_JS, start)
             row.update({k: v if v is None else round(v, 2) for k, v in timing.items()})
             print(json.dumps(row), flush=True)
             rows.append(row)
     return rows
+
+
+def request_name(req: Any) -> str:
+    """A request as ``METHOD /path`` (no query: it may hold the token), ``sw`` when a service worker
+    made it."""
+    from urllib.parse import urlsplit
+
+    return f"{req.method} {urlsplit(req.url).path}" + (" sw" if req.service_worker else "")
+
+
+def tree_label(root: Path) -> str:
+    """The source tree a run used, without a machine path: its commit (``+changes`` when its work
+    tree differs), else its folder's name."""
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return root.name
+    return head + ("+changes" if dirty else "")
 
 
 SHRINK_JS = """async ([b64, name]) => {
@@ -229,7 +261,9 @@ def upload_name(up: tuple[int, float] | None, default: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fields", type=int, default=8)
-    ap.add_argument("--root", type=Path, default=ROOT, help="the edgekit checkout whose server runs")
+    ap.add_argument("--root", type=Path, action="append", default=None,
+                    help="the edgekit checkout whose server runs (repeatable: each in turn)")
+    ap.add_argument("--runs", type=int, default=1, help="rounds over the roots (and uploads)")
     ap.add_argument("--profile", choices=sorted(PROFILES), default="fast3g")
     ap.add_argument("--chromium", default=os.environ.get("EDGEKIT_CHROMIUM", "/usr/bin/chromium"))
     ap.add_argument("--out", type=Path, default=None)
@@ -240,10 +274,11 @@ def main(argv: list[str] | None = None) -> None:
                          "(repeatable; each in turn, side by side)")
     args = ap.parse_args(argv)
     uploads: list[tuple[int, float] | None] = args.upload or [None]
+    roots = [r.resolve() for r in args.root or [ROOT]]
     with tempfile.TemporaryDirectory() as tmp:
         photos = phone_photos(args.fields, Path(tmp))
         if args.agreement:
-            rows = agreement(photos, args.root.resolve(), args.chromium, uploads)
+            rows = agreement(photos, roots[0], args.chromium, uploads)
             kinds = [k for k in rows[0] if k != "field"]
             keys = ("cells", "parasitized", "uncertain", "bytes")
             totals = {w: {k: sum(r[w][k] for r in rows) for k in keys} for w in kinds}
@@ -252,18 +287,24 @@ def main(argv: list[str] | None = None) -> None:
                 args.out.write_text(json.dumps({"totals": totals, "fields": rows}, indent=1) + "\n")
             return
         runs = []
-        for up in uploads:
-            rows = run(photos, args.root.resolve(), args.profile, args.chromium, up)
-            summary = {"profile": args.profile, "cpu_slowdown": CPU_SLOWDOWN, "root": str(args.root),
-                       "upload": list(up) if up else "as the station says",
-                       "median_seconds": statistics.median(r["seconds"] for r in rows),
-                       "median_counted_s": statistics.median(r["counted_s"] for r in rows),
-                       "max_seconds": max(r["seconds"] for r in rows), "fields": rows}
-            print(json.dumps({k: v for k, v in summary.items() if k != "fields"}), flush=True)
-            runs.append(summary)
+        for _ in range(args.runs):
+            for root in roots:
+                for up in uploads:
+                    runs.append(summarize(run(photos, root, args.profile, args.chromium, up), args.profile,
+                                          tree_label(root), up))
+                    print(json.dumps({k: v for k, v in runs[-1].items() if k != "fields"}), flush=True)
     if args.out:
         args.out.write_text(json.dumps(runs[0] if len(runs) == 1 else runs, indent=1) + "\n")
 
+
+def summarize(rows: list[dict], profile: str, tree: str, up: tuple[int, float] | None) -> dict[str, Any]:
+    """One run: its settings, median and max seconds per field, and the fields."""
+    return {"profile": profile, "cpu_slowdown": CPU_SLOWDOWN, "root": tree,
+            "upload": list(up) if up else "as the station says",
+            "median_seconds": statistics.median(r["seconds"] for r in rows),
+            "median_counted_s": statistics.median(r["counted_s"] for r in rows),
+            "max_seconds": max(r["seconds"] for r in rows),
+            "requests_per_field": max(len(r["requests"]) for r in rows), "fields": rows}
 
 if __name__ == "__main__":
     main()

@@ -210,6 +210,56 @@ def test_stop_rule_stops_recording(tmp_path, monkeypatch):
         st.close()
 
 
+@pytest.mark.parametrize("stop", [None, 3])
+def test_a_field_is_classified_once_for_its_answer_and_its_records(tmp_path, monkeypatch, stop):
+    """The answer is `edgekit field`'s and the records are `edgekit screen --fields`' (all cells, or
+    the stop rule's first 3 with the rest classified for the answer alone), from one model pass
+    over each cell; a resend (recorded already) is classified for its answer."""
+    from edgekit.device.field import analyze_field
+    from edgekit.device.records import RecordStore
+    from edgekit.device.screening import record_fields, segment_paths
+    from edgekit.device.sessions import screened_with
+
+    bundle = GOLDEN
+    if stop:
+        monkeypatch.setenv("EDGEKIT_ALLOW_UNSIGNED", "1")  # the edited manifest is no longer signed
+        bundle = shutil.copytree(GOLDEN, tmp_path / "bundle")
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        manifest.setdefault("patient_rule", {})["stop_cells"] = stop
+        (bundle / "manifest.json").write_text(json.dumps(manifest))
+    st = _station(tmp_path, bundle)
+    clf = st.classifier
+    rows = []
+    predict = clf.predict
+    clf.predict = lambda batch: rows.append(len(batch)) or predict(batch)  # type: ignore[method-assign]
+    try:
+        client = _client(st, token=TOKEN)
+        sid = _session(client)
+        out = _upload(client, sid, FIELD.read_bytes(), "field", FIELD.name).json()
+        cells = out["result"]["cells"]
+        assert sum(rows) == cells > 3
+        expected = analyze_field(FIELD, clf).to_dict(per_cell=True)
+        calls = [(c["p"], c["decision"]) for c in out["result"]["cell_list"]]
+        assert calls == [(c["p"], c["decision"]) for c in expected["cell_list"]]
+        assert {k: out["result"][k] for k in ("parasitized", "uncertain", "domain")} == \
+            {k: expected[k] for k in ("parasitized", "uncertain", "domain")}
+        rows.clear()
+        again = _upload(client, sid, FIELD.read_bytes(), "field", FIELD.name).json()
+        assert sum(rows) == cells and again["result"]["cell_list"] == out["result"]["cell_list"]
+        keys = ("source_id", "status", "reason", "label", "probability", "p_positive", "decision",
+                "domain_score", "content_hash")
+        got = st.submit(lambda: [{k: r[k] for k in keys} for r in st.store.records(sid)]).result()
+    finally:
+        st.close()
+    store = RecordStore(tmp_path / "cli.sqlite")  # what `edgekit screen --fields` records of the photo
+    session = store.open_session("P-001", clf.model_sha256, "clinic", "ana", clf.fmt, str(clf.bundle_dir),
+                                 clf.manifest.decision, screened_with(clf))
+    record_fields(store, session, segment_paths([(out["name"], FIELD)]), clf, stop_cells=stop)
+    want = [{k: r[k] for k in keys} for r in store.records(session.id)]
+    store.close()
+    assert got == want and len(got) == (stop or cells)
+
+
 # ---------------------------------------------------------------------------- bad input
 
 

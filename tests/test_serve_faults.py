@@ -36,9 +36,17 @@ def test_a_full_overlay_disk_still_counts_the_field(station, monkeypatch):
     r = _upload(client, sid, FIELD.read_bytes(), "field", FIELD.name)
     assert r.status_code == 200, r.text
     out = r.json()
-    assert out["overlay"] is None and out["overlay_problem"].startswith("counted, no overlay: No space left")
     assert out["recorded"]["new"] == out["result"]["cells"] > 0 == out["recorded"]["already"]
     assert _count(station) == out["recorded"]["new"]
+    # the overlay is written after the answer (the page draws its own): its address and the answer
+    # kept for the photo say why there is none
+    why = "counted, no overlay: No space left"
+    for address in (out["overlay"], out["overlay_phone"]):
+        got = client.get("/" + address, headers=AUTH)
+        assert got.status_code == 404 and got.json()["detail"].startswith(why)
+    kept = client.get(f"/api/sessions/{sid}/uploads/{out['sha256']}", headers=AUTH).json()["answer"]
+    assert kept["overlay"] is None and kept["overlay_problem"].startswith(why)
+    assert kept["result"]["cells"] == out["result"]["cells"]
 
 
 def test_a_field_refused_for_a_full_database_records_none_of_its_cells(station, monkeypatch):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,15 @@ from edgekit.device.field.count import count_cells
 from edgekit.device.field.crop import crop_cell
 from edgekit.device.field.types import ClassifierLike, FieldParams, FieldReport, cell_id
 from edgekit.errors import ImageError
+
+
+@dataclass(frozen=True)
+class Known:
+    """What the classifier said of one crop elsewhere: its counted-class probability and its domain
+    guard score (None: no lit pixels to measure)."""
+
+    p: float
+    domain_score: float | None
 
 
 def classify_crops(crops: list[np.ndarray], classifier: ClassifierLike, batch_size: int = 64) -> list[float]:
@@ -94,18 +104,24 @@ def classify_field(
     classifier: ClassifierLike | None = None,
     batch_size: int = 64,
     keep_image: bool = False,
+    known: list[Known | None] | None = None,
 ) -> FieldReport:
-    """The second half of :func:`analyze_field`: crop and classify the cells found."""
+    """The second half of :func:`analyze_field`: crop and classify the cells found. ``known``: per
+    cell, what this classifier already said of that crop (e.g. while recording it), or None: only
+    the others are classified."""
     t2 = time.perf_counter()
     if rgb is not None and report.rejected is None and classifier is not None:
-        crops = [crop_cell(rgb, c) for c in report.cells]
-        report.probabilities = classify_crops(crops, classifier, batch_size)
+        given = known or [None] * len(report.cells)
+        todo = [crop_cell(rgb, c) for c, k in zip(report.cells, given, strict=True) if k is None]
+        fresh = iter(classify_crops(todo, classifier, batch_size))
+        report.probabilities = [next(fresh) if k is None else k.p for k in given]
         report.decisions = [classifier.manifest.decision.cell_call(pr) for pr in report.probabilities]
         report.timing["classify"] = time.perf_counter() - t2
         if classifier.manifest.domain is not None:
             from edgekit.device.domain import cell_scores
 
-            report.domain_scores = cell_scores(crops, classifier.manifest.domain)
+            scores = iter(cell_scores(todo, classifier.manifest.domain))
+            report.domain_scores = [next(scores) if k is None else k.domain_score for k in given]
     if classifier is not None:  # the domain guard's verdict (a rejected field has no cells to vouch for)
         from edgekit.device.domain import field_verdict
 

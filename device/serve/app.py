@@ -559,7 +559,8 @@ def create_app(station: Station, config: ServeConfig) -> FastAPI:
     async def overlay(sha256: str, size: Literal["full", "phone"] = Query(
             "full", description="phone: a copy sized for a phone's screen (long side 1024 px)"),
                       ) -> FileResponse:
-        return FileResponse(station.overlay_path(sha256, size == "phone"), media_type="image/jpeg",
+        path = await run(station.overlay_path, sha256, size == "phone")  # written after the answer
+        return FileResponse(path, media_type="image/jpeg",
                             headers={"Cache-Control": "private, no-cache"})  # rewritten by another model
 
     @app.get("/api/export.csv", summary="Records as CSV (one session, or all)", response_class=Response)

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from edgekit.errors import EdgekitError, ImageError
 
 if TYPE_CHECKING:
+    from edgekit.device.field.classify import Known
+    from edgekit.device.pipeline import Outcome
     from edgekit.device.records import RecordStore, Session
     from edgekit.device.runtime import Classifier
     from edgekit.device.sessions import SessionReadout
@@ -59,6 +61,17 @@ def display_name(name: str | None, sha256: str) -> str:
     return f"{stem}-{sha256[:8]}{suffix}"
 
 
+def known_cell(out: Outcome | None, classifier: Classifier) -> Known | None:
+    """What recording a cell's crop found (its counted-class probability and domain score, the
+    numbers `edgekit field` gives it), when the model classified it; None when it did not (refused
+    by a crop gate, already recorded, past the stop rule)."""
+    from edgekit.device.field.classify import Known
+
+    if out is None or out.prediction is None:
+        return None
+    return Known(out.prediction.probabilities[classifier.manifest.decision.counted_index], out.domain_score)
+
+
 class Station:
     """The classifier and the screening database, used from one worker thread."""
 
@@ -76,6 +89,7 @@ class Station:
         self.store: RecordStore = self._pool.submit(RecordStore, self.db_path).result()
         self.pending = 0  # uploads received or queued, counted by the server's event loop
         self.in_flight: dict[str, int] = {}  # content hashes received and not yet answered (event loop)
+        self.overlay_problems: dict[str, str] = {}  # why a field's overlay could not be written, by hash
         self._pool.submit(self._create_upload_log).result()
 
     def _create_upload_log(self) -> None:
@@ -259,7 +273,8 @@ class Station:
         return out
 
     def overlay_path(self, sha256: str, phone: bool = False) -> Path:
-        """The overlay file of a field (``phone``: its screen-sized copy, where there is one)."""
+        """The overlay file of a field (``phone``: its screen-sized copy, where there is one); on the
+        worker, so a file still being written is waited for."""
         if not _HASH.match(sha256):
             raise ServeError(404, "no such overlay")
         path = self.overlay_dir / f"{sha256}.jpg"
@@ -267,7 +282,7 @@ class Station:
         if phone and small.is_file():
             return small
         if not path.is_file():
-            raise ServeError(404, "no such overlay")
+            raise ServeError(404, self.overlay_problems.get(sha256, "no such overlay"))
         return path
 
     def upload(self, session_id: int, sha256: str) -> dict[str, Any]:
@@ -367,27 +382,31 @@ class Station:
             raise ServeError(409, f"session {session.id} was screened with another model or manifest than "
                                   "this station's: open a session for the patient here to add cells")
 
-    def _record(self, session: Session, items: list, kind: str, stop: int, field=None) -> dict[str, int]:
+    def _record(self, session: Session, items: list, kind: str, stop: int, field=None,
+                on_outcome: Callable[[Outcome], None] | None = None) -> dict[str, int]:
         """Record ``items`` as ``edgekit screen`` does, but all of one request in one transaction (one
         batch): a request records everything or nothing (a full database answers 503 with nothing of
-        the field recorded). How many were new, already there, past the stop."""
+        the field recorded). How many were new, already there, past the stop; ``on_outcome`` sees
+        each recorded outcome."""
         from edgekit.device.quality import DEFAULT_GATES
         from edgekit.device.screening import record_crops
 
         tally = record_crops(self.store, session, items, self.classifier, DEFAULT_GATES, stop, kind,
-                             batch_size=max(1, len(items)), field=field)
+                             on_outcome=on_outcome, batch_size=max(1, len(items)), field=field)
         new, already = tally.processed, tally.counts.get("skipped", 0)
         return {"new": new, "already": already, "after_stop": len(items) - new - already}
 
     def _add_field(self, session: Session, shown: str, sha: str, rgb, stop: int,
                    replace: bool = False) -> dict[str, Any]:
-        from edgekit.device.field import analyze_field
+        from edgekit.device.field import cell_id
+        from edgekit.device.field.classify import classify_field, segment_field
         from edgekit.device.field.overlay import overlay_marks
         from edgekit.device.field.quality import field_focus
         from edgekit.device.screening import check_field, field_items, sharper_than
 
+        clf = self.classifier
         focus = field_focus(rgb)  # once, for the field gate and the session's check (as `screen --fields`)
-        report = analyze_field(rgb, self.classifier, focus=focus)
+        report, _ = segment_field(rgb, clf, focus=focus)
         report.source = shown
         check = None
         if report.rejected:  # recorded once as rejected, like `edgekit screen --fields`
@@ -395,11 +414,16 @@ class Station:
         else:  # the session's judgement: already counted (a retake)? well below its recent focus?
             check = check_field(self.store, session, shown, rgb, replace, focus)
             items = field_items(shown, rgb, report.cells, check, sha)
-            if not check.counted:
-                report.rejected = check.reason
-        recorded = self._record(session, items, "field", stop, check.entry if check else None)
+        seen: dict[str, Outcome] = {}
+        recorded = self._record(session, items, "field", stop, check.entry if check else None,
+                                lambda out: seen.update({out.source_id: out}))
+        # the answer is `edgekit field`'s: the cells just recorded are not classified a second time
+        classify_field(report, rgb, clf, known=[known_cell(seen.get(cell_id(shown, c.id)), clf)
+                                                for c in report.cells])
         field = None
         if check is not None:
+            if not check.counted:
+                report.rejected = check.reason
             dup = check.duplicate_of
             field = {"verdict": check.verdict, "sharpness": round(check.sharpness, 4),
                      "duplicate_of": None if dup is None else dup["source_id"], "message": check.reason,
@@ -409,18 +433,39 @@ class Station:
             if check.verdict == "duplicate":  # its cells are recorded once, with the counted field
                 assert dup is not None  # a duplicate names the field it repeats
                 recorded["already"] = sum(r["field_id"] == dup["id"] for r in self.store.records(session.id))
-        # the cells are recorded: an overlay that cannot be written (a full disk) is said, not a 500
-        problem = self._write_overlay(sha, rgb, report)
+        # the page draws the overlay from the marks: its files are written once this answer is on
+        # its way (this worker's next job; a request for them waits behind it)
+        self._pool.submit(self._write_overlay_later, session.id, sha, rgb, report)
         return {"result": report.to_dict(per_cell=True), "recorded": recorded, "field": field,
-                "overlay": None if problem else f"api/overlays/{sha}.jpg",
-                "overlay_phone": None if problem else f"api/overlays/{sha}.jpg?size=phone",
-                "overlay_problem": problem, "marks": overlay_marks(report)}
+                "overlay": f"api/overlays/{sha}.jpg", "overlay_phone": f"api/overlays/{sha}.jpg?size=phone",
+                "overlay_problem": None, "marks": overlay_marks(report)}
 
     def _add_crop(self, session: Session, shown: str, sha: str, rgb, stop: int) -> dict[str, Any]:
         recorded = self._record(session, [(shown, sha, rgb)], "file", stop)
         row = next((r for r in self.store.records(session.id) if r["content_hash"] == sha), None)
         result = {k: row[k] for k in RECORD_KEYS} if row else None
         return {"result": result, "recorded": recorded, "overlay": None, "overlay_phone": None}
+
+    def _write_overlay_later(self, session_id: int, sha: str, rgb, report) -> None:
+        """Write a field's overlay files after its answer; one that cannot be written (a full disk:
+        the cells are counted anyway) is said by its address (404 with the reason) and by the answer
+        kept for the photo."""
+        problem = self._write_overlay(sha, rgb, report)
+        if problem is None:
+            self.overlay_problems.pop(sha, None)
+            return
+        self.overlay_problems[sha] = problem
+        row = self.store.conn.execute("SELECT answer FROM serve_uploads WHERE session_id = ? AND sha256 = ?",
+                                      (session_id, sha)).fetchone()
+        if row is None:
+            return
+        kept = {**json.loads(row[0]), "overlay": None, "overlay_phone": None, "overlay_problem": problem}
+        try:
+            with self.store.conn:
+                self.store.conn.execute("UPDATE serve_uploads SET answer = ? WHERE session_id = ?"
+                                        " AND sha256 = ?", (json.dumps(kept), session_id, sha))
+        except sqlite3.Error:
+            pass  # the overlay's address says it too
 
     def _write_overlay(self, sha: str, rgb, report) -> str | None:
         """Write the field's overlay JPEG; why not, when it cannot be (the cells are counted anyway)."""

@@ -3,13 +3,14 @@
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
-const state = { info: null, session: null, busy: false, jobs: new Map() };
+const state = { info: null, session: null, busy: false, jobs: new Map(), listTimer: null };
 const REFRESH_MS = 15000;  // another phone may be screening the same patient
 // how long an upload may move no byte (its link is lost), wait for its answer once sent (the station
-// may be busy), one question about a photo may take, and how often waiting photos are tried again;
-// tests shorten them (window.EDGEKIT_LIMITS)
+// may be busy), one question about a photo may take, how often waiting photos are tried again, and
+// how long the page stays quiet after photos were sent before refreshing the sessions list; tests
+// shorten them (window.EDGEKIT_LIMITS)
 const LIMITS = Object.assign({ stallMs: 30000, answerMs: 90000, askMs: 15000, askAgainMs: 3000,
-                               queueRetryMs: 10000 }, window.EDGEKIT_LIMITS || {});
+                               queueRetryMs: 10000, listQuietMs: 5000 }, window.EDGEKIT_LIMITS || {});
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -146,16 +147,22 @@ function recordedLine(r) {
   return el("p", { class: "small recorded" }, "Saved: " + parts.join("; ") + ".");
 }
 
-function drawOverlay(picture, marks) {
-  // the station's overlay (device/field/overlay.py) drawn from its marks on the photo this phone sent:
-  // the same outlines, colours, numbers, header and banner, with no picture to download; drawn at
-  // the screen's own resolution
-  const [w, h] = marks.size;
+function overlayBase(picture, w, h) {
+  // the photo at the screen's own resolution, stretched to the field's w x h: what the station's
+  // overlay is drawn on here (drawn while the photo is being sent, when the page has it)
   const k = Math.min(1, Math.ceil(window.innerWidth * (window.devicePixelRatio || 1)) / w);
-  const canvas = el("canvas", { width: Math.round(w * k), height: Math.round(h * k) });
+  const canvas = el("canvas", { width: Math.round(w * k), height: Math.round(h * k), "data-size": `${w}x${h}` });
   const ctx = canvas.getContext("2d");
   if (!ctx) return null;
   ctx.drawImage(picture, 0, 0, canvas.width, canvas.height);
+  return canvas;
+}
+
+function drawOverlay(canvas, marks) {
+  // the station's overlay (device/field/overlay.py) drawn from its marks on the photo this phone sent:
+  // the same outlines, colours, numbers, header and banner, with no picture to download
+  const [w, h] = marks.size;
+  const ctx = canvas.getContext("2d");
   ctx.scale(canvas.width / w, canvas.height / h);
   const t = marks.thick;
   ctx.lineWidth = t;
@@ -192,17 +199,33 @@ function clearResults() {
 }
 
 async function drawnOverlay(job, out) {
-  // the address (blob:) of the station's overlay drawn here on the photo this page sent (decoded
-  // again when the page no longer holds it, e.g. a photo that waited in the queue); null when it
-  // cannot be, and the station's phone-sized overlay is shown instead
-  if (typeof createImageBitmap !== "function") return null;
-  let picture = job.picture;
-  try { picture = picture || await createImageBitmap(job.blob, { imageOrientation: "from-image" }); } catch (err) {
-    return null;
+  // the station's overlay drawn here (a canvas) on the photo this page sent, scaled while it was
+  // being sent (decoded again when the page no longer holds it, e.g. a photo that waited in the
+  // queue); null when it cannot be, and the station's phone-sized overlay is shown instead
+  const [w, h] = out.marks.size;
+  let base = job.base;
+  const picture = job.picture;
+  job.base = null;
+  if (!base || base.getAttribute("data-size") !== `${w}x${h}`) {
+    if (typeof createImageBitmap !== "function") return null;
+    try {
+      base = overlayBase(picture || await createImageBitmap(job.blob, { imageOrientation: "from-image" }), w, h);
+    } catch (err) { return null; }
   }
-  const canvas = drawOverlay(picture, out.marks);
-  const blob = canvas && await new Promise((resolve) => canvas.toBlob(resolve, "image/jpeg", 0.85));
-  return blob ? URL.createObjectURL(blob) : null;
+  return base && drawOverlay(base, out.marks);
+}
+
+function showDrawn(img, canvas) {
+  // the drawn overlay is shown at once; then kept as a JPEG (blob:) in its place, as a canvas holds
+  // the whole bitmap and a clinic day has many cards
+  canvas.setAttribute("role", "img");
+  canvas.setAttribute("aria-label", img.alt);
+  img.replaceWith(canvas);
+  canvas.toBlob((blob) => {
+    if (!blob) return;
+    img.onload = () => canvas.replaceWith(img);
+    img.src = URL.createObjectURL(blob);
+  }, "image/jpeg", 0.85);
 }
 
 function renderField(out, drawing) {
@@ -234,7 +257,11 @@ function renderField(out, drawing) {
     const alt = `Cells found in ${out.name}, outlined red if parasitized, green if not`;
     const img = drawing ? el("img", { alt }) : el("img", { src: station, loading: "lazy", alt });
     if (drawing) {  // the counts do not wait for it
-      drawing.catch(() => null).then((url) => { if (url || station) img.src = url || station; else img.remove(); });
+      drawing.catch(() => null).then((canvas) => {
+        if (canvas) showDrawn(img, canvas);
+        else if (station) img.src = station;
+        else img.remove();
+      });
     }
     card.append(out.overlay ? el("a", { class: "overlay", href: out.overlay, target: "_blank" }, img) : img,
                 el("p", { class: "small" }, out.overlay ? "Tap the picture for full size." : "Drawn on this phone."));
@@ -461,6 +488,7 @@ function newJob(file, kind) {
 
 async function finish(job, st, why) {
   await job.ready;  // kept before it is dropped
+  job.picture = job.base = null;  // the decoded photo is not kept for every card of the day
   setJob(job, st, why);
   await queueDrop(job);
 }
@@ -571,7 +599,11 @@ async function runJob(job) {
   for (let attempt = 0; ; attempt++) {
     job.timedOut = false;
     setJob(job, "sending");
-    const got = await send(job);
+    const sending = send(job);
+    if (job.kind === "field" && job.picture && !job.base) {  // while the photo is on its way
+      job.base = overlayBase(job.picture, job.picture.width, job.picture.height);
+    }
+    const got = await sending;
     if (got.lost) {
       await askStation(job, got.lost);
       return;
@@ -665,7 +697,14 @@ async function upload(files, kind) {
   } finally { state.busy = false; }
   const counted = jobs.filter((j) => j.state === "counted").length;
   $("#progress").textContent = jobs.length ? `Done: ${counted} of ${jobs.length} counted.` : "";
-  loadSessions();
+  refreshSessionsSoon();
+}
+
+function refreshSessionsSoon() {
+  // the sessions list (below the cards) once no photo has been sent for a while: its requests do
+  // not compete with the next photo being prepared and sent
+  clearTimeout(state.listTimer);
+  state.listTimer = setTimeout(() => (state.busy ? refreshSessionsSoon() : loadSessions()), LIMITS.listQuietMs);
 }
 
 async function loadSessions() {

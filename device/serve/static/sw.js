@@ -8,7 +8,14 @@ const SHELL = ["/", "/static/app.js", "/static/app.css", "/static/manifest.webma
                "/static/icon-192.png", "/static/icon-512.png"];
 
 self.addEventListener("install", (ev) => {
-  ev.waitUntil(caches.open(CACHE).then((c) => c.addAll(SHELL)).then(() => self.skipWaiting()));
+  // the API goes straight to the network, not through this worker's fetch handler: on a phone a
+  // worker woken for every upload and question costs each of them time (browsers that know
+  // static routes; the others ask the handler below, which lets them pass)
+  const routes = ev.addRoutes && typeof URLPattern === "function"
+    ? ev.addRoutes([{ condition: { urlPattern: new URLPattern({ pathname: "/api/*" }) }, source: "network" }])
+        .catch(() => null)
+    : null;
+  ev.waitUntil(Promise.all([routes, caches.open(CACHE).then((c) => c.addAll(SHELL))]).then(() => self.skipWaiting()));
 });
 
 self.addEventListener("activate", (ev) => {
