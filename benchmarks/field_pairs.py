@@ -1,6 +1,12 @@
 """Overlapping red cells found as one object: the finder with and without the circle split.
 
-    python -m edgekit.benchmarks.field_pairs [--every-iml 4] [--every-bccd 8] [--no-write]
+    python -m edgekit.benchmarks.field_pairs [--compare split|rings] [--every-iml 4] [--every-bccd 8]
+        [--no-write]
+
+``--compare rings``: the same measures for today's finder against the one before ring filling
+(``FINDERS["rings"]``: cells read as outlines filled to their hull, the circles' radius where the
+distance map's is under half of it, larger convex holes filled, small fields enlarged to the
+working size, the stain colour measured above Otsu's threshold); results ``field_rings*.json``.
 
 Two overlapping cells whose union has one distance peak get one seed between them, and the finder
 returns one object across both. ``FieldParams.split_circles`` cuts such a region between the centres
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +120,25 @@ def report(rows: list[dict[str, Any]], finders: list[str]) -> dict[str, Any]:
     return out
 
 
+def _split() -> tuple[dict[str, Any], tuple[str, ...]]:
+    from edgekit.device.field import FieldParams
+
+    return ({"before": FieldParams(split_circles=0, stain_floor=0),
+             "after": FieldParams(split_circles=0.5, stain_floor=0.25)}, ("split_circles", "stain_floor"))
+
+
+def _rings() -> tuple[dict[str, Any], tuple[str, ...]]:
+    from edgekit.device.field import FieldParams
+
+    before = FieldParams(enlarge=False, hole_area=0.5, radius_floor=0, ring_solidity=0, stain_otsu=False)
+    return {"before": before, "after": FieldParams()}, (
+        "enlarge", "hole_area", "radius_floor", "ring_solidity", "ring_area", "stain_otsu")
+
+
+# the comparisons: finders (before, after) and the settings that differ between them
+FINDERS: dict[str, Callable[[], tuple[dict[str, Any], tuple[str, ...]]]] = {"split": _split, "rings": _rings}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--every-iml", type=int, default=4, help="transformed fields: every Nth IML field")
@@ -121,17 +147,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="only the transformed fields (run it beside the other part: two processes)")
     ap.add_argument("--out", type=Path, default=None,
                     help="default results/field_pairs.json, or field_pairs_transforms.json")
+    ap.add_argument("--compare", choices=sorted(FINDERS), default="split")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
-    name = "field_pairs_transforms.json" if args.transforms_only else "field_pairs.json"
+    stem = "field_pairs" if args.compare == "split" else "field_rings"
+    name = f"{stem}_transforms.json" if args.transforms_only else f"{stem}.json"
     args.out = args.out or HERE / "results" / name
-    from edgekit.device.field import FieldParams
-
-    finders = {"before": FieldParams(split_circles=0, stain_floor=0),
-               "after": FieldParams(split_circles=0.5, stain_floor=0.25)}
+    finders, keys = FINDERS[args.compare]()
     doc: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "iou": IOU, "pair_iou": PAIR_IOU,
-                           "finders": {f: {k: getattr(p, k) for k in ("split_circles", "stain_floor")}
-                                       for f, p in finders.items()}}
+                           "finders": {f: {k: getattr(p, k) for k in keys} for f, p in finders.items()}}
     if args.transforms_only:
         return _transforms(doc, args, finders)
     doc["fields"] = report(compare(_fields(), finders), list(finders))

@@ -1,12 +1,16 @@
 # pyright: basic
 """Whole microscope fields: find every red cell, crop it like the NIH crops, classify, count.
 
-A thin-smear field is segmented classically (no model), with no stain-colour window: the background
-is the brightest mode of the field's grey levels and is divided out (optical density); the density
-used is each field's own stain colour (the channels weighted by how much its cells absorb them), so
+A thin-smear field is segmented classically (no model), with no stain-colour window, on a working
+copy 640 px long (larger fields shrunk, smaller ones enlarged): the background is the brightest
+mode of the field's grey levels and is divided out (optical density); the density
+used is each field's own stain colour (the channels weighted by how much its cells absorb them,
+measured on pixels above Otsu's threshold, so a sparse field's background does not set it), so
 pink, grey-green, blue or grey smears are treated alike; stained cells are thresholded (a fraction
 of Otsu) together with the thin rims of pale cells (a local threshold); pale centres are filled, but
-not clear background enclosed by a ring of touching cells; touching cells are split on the distance
+not clear background enclosed by a ring of touching cells; a cell-sized outline (a ring or a "C":
+a cell whose centre reads as background, clipped white or off the stain colour) is filled to its
+convex hull; touching cells are split on the distance
 transform: one seed per distance peak (plus Hough-circle centres inside clumps too dense for peaks),
 each pixel going to the seed minimizing distance minus the seed's radius (capped at one cell
 radius), which for overlapping discs is the watershed of the distance map; two cells that overlap so
@@ -19,7 +23,8 @@ cropped the way the NIH crops were made: a tight box around the cell (its convex
 little to take back the pale edge the threshold cuts off), everything outside black. Sizes are in
 units of the typical cell radius, estimated per field (the distance map's local maxima, one per cell
 even in clumps, blended with Hough circle radii; on a crowded field, where the maxima sit in solid
-clumps far deeper than the circles and the circles agree on one size, the circles alone), so the
+clumps far deeper than the circles and the circles agree on one size, or where the maxima are
+under half the circles' because the cells read as rings, the circles alone), so the
 same settings work at other magnifications.
 
 Measured in benchmarks/RESULTS.md at IoU 0.5: on the 364 BCCD fields recall about 0.83, short of

@@ -24,8 +24,10 @@ def count_cells(
     reason = shape_reason(rgb)  # before shrinking: a 1-px strip cannot be shrunk
     if reason:
         return [], 0.0, reason
-    work = working_copy(rgb, p.max_side)
-    reason = field_quality(rgb, work[0], focus)
+    work = working_copy(rgb, p.max_side, p.enlarge)
+    # measured on the field's own pixels, never an enlarged copy (interpolation smooths the noise)
+    small = work[0] if work[1] <= 1 else rgb
+    reason = field_quality(rgb, small, focus)
     if reason:
         return [], 0.0, reason
     cells, radius = segment_cells(rgb, p, work)
@@ -33,7 +35,7 @@ def count_cells(
         # the "cells" are one mass wider than a quarter of the field: cells are piled up
         return [], radius, "cells overlap into one mass (a thick part of the smear); move to a thinner area"
     if not cells:
-        if saturated_fraction(work[0]) > 0.5:  # a white background with no cell left visible on it
+        if saturated_fraction(small) > 0.5:  # a white background with no cell left visible on it
             return [], radius, "overexposed (no cells visible; more than half the field is saturated white)"
         return [], radius, "no red cells found"
     return cells, radius, None

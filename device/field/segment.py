@@ -54,20 +54,26 @@ def _optical_density(rgb: np.ndarray, p: FieldParams) -> np.ndarray:
 
 
 def _stain_direction(
-    od: np.ndarray, power: float = 2.0, floor: float = 0.0
+    od: np.ndarray, power: float = 2.0, floor: float = 0.0, otsu: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """The field's own stain colour in optical density: the median density of its stained pixels
     (total density between its 70th and 97th percentile: the cells, not the background nor the few
-    darkest nuclei; never below ``floor`` x the 97th). Returns the channel weights of the field's
-    density (each channel weighted by its own density to ``power``, summing to 1) and the colour as
-    a unit vector."""
+    darkest nuclei; never below ``floor`` x the 97th, nor with ``otsu`` below Otsu's threshold
+    between background and stain). Returns the channel weights of the field's density (each channel
+    weighted by its own density to ``power``, summing to 1) and the colour as a unit vector."""
     step = max(1, od.shape[0] * od.shape[1] // 50_000)
     px = od.reshape(-1, 3)[::step]
     s = px.sum(axis=1)
-    lo, hi = np.percentile(s, [70, 97])
+    lo, top, hi = np.percentile(s, [70, 90, 97])
     # a field with few cells: its 70th percentile is background, whose noise has no stain colour
     if floor > 0:
         lo = max(float(lo), floor * float(hi))
+    if otsu and top > 0:
+        # clipped at the 90th percentile: a large white cell's nucleus cannot be Otsu's upper class
+        cv2 = opencv()
+        u8 = np.clip(s * (255.0 / float(top)), 0, 255).astype(np.uint8).reshape(-1, 1)
+        level = cv2.threshold(u8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)[0]
+        lo = max(float(lo), level * float(top) / 255.0)
     v = np.median(px[(s >= lo) & (s <= hi)] if hi > lo else px, axis=0)
     colour = v / max(float(np.linalg.norm(v)), 1e-6)
     # raised to a power: the channels the stain absorbs most carry the contrast, the others mostly noise
@@ -384,15 +390,17 @@ def find_cells(rgb: np.ndarray, params: FieldParams | None = None) -> list[CellB
     return segment_cells(rgb, params)[0]
 
 
-def working_copy(rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+def working_copy(rgb: np.ndarray, max_side: int, enlarge: bool = False) -> tuple[np.ndarray, float]:
     """The field shrunk (area interpolation) so its longer side is at most ``max_side``, and the
-    scale; the field itself when it is small enough."""
+    scale; the field itself when it is small enough, or with ``enlarge`` a smaller field enlarged
+    (linear interpolation) so its longer side is ``max_side``."""
     H, W = rgb.shape[:2]
-    scale = min(1.0, max_side / max(H, W))
+    scale = max_side / max(H, W) if enlarge else min(1.0, max_side / max(H, W))
     if scale == 1.0:
         return rgb, 1.0
     cv2 = opencv()
-    return cv2.resize(rgb, (round(W * scale), round(H * scale)), interpolation=cv2.INTER_AREA), scale
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    return cv2.resize(rgb, (round(W * scale), round(H * scale)), interpolation=interp), scale
 
 
 def _typical_radius(
@@ -410,6 +418,10 @@ def _typical_radius(
         # cell, while the circles agree on one size (on BCCD, circles far below the distance
         # map are pale centres mixed with whole cells, and spread widely)
         radius = circles
+    elif radius < p.radius_floor * circles:
+        # cells read as rings (pale centres at the background's density, not filled): the distance
+        # map's maxima are the rings' half-width, while the circles still measure whole cells
+        radius = circles
     # blended (geometric mean) with the circles' radius, which runs a little small
     return math.sqrt(radius * (circles or radius)) * p.radius_gain
 
@@ -426,6 +438,47 @@ def _with_rims(
     rim = cv2.morphologyEx(rim, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
     fg = holes.fill(fg | rim, density, _threshold(density, p.threshold, p.min_od))
     fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5)))
+    return fg, cv2.distanceTransform(fg, cv2.DIST_L2, 5)
+
+
+def _fill_rings(
+    fg: np.ndarray, dist: np.ndarray, radius: float, p: FieldParams
+) -> tuple[np.ndarray, np.ndarray]:
+    """The foreground with cell-sized rings and "C"s made whole cells (their convex hull), and its
+    distance transform. A cell whose pale centre reads as background (clipped white, or off the
+    stain colour) keeps only its outline: no distance peak, so no seed. Only regions whose hull is
+    between ``min_area`` and ``ring_area`` x a cell's area and that fill less than
+    ``ring_solidity`` of it (a clump of touching cells is larger, a solid cell fills its hull), and,
+    above ``split_min_area`` x a cell, whose hull's centre is clear (two overlapping cells are
+    concave at their waist but solid in the middle: filled, they lost 5 IML cells of 6 fields)."""
+    cv2 = opencv()
+    cell_area = math.pi * radius * radius
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
+    box_area = stats[:, cv2.CC_STAT_WIDTH] * stats[:, cv2.CC_STAT_HEIGHT]
+    # the hull lies inside the bounding box: a cheap first cut
+    area = stats[:, cv2.CC_STAT_AREA]
+    candidates = np.nonzero((box_area >= p.min_area * cell_area) & (area < p.ring_solidity * box_area))[0]
+    hulls = []
+    for k in candidates[candidates > 0]:
+        x, y, bw, bh = stats[k, :4]
+        contours, _ = cv2.findContours((labels[y : y + bh, x : x + bw] == k).astype(np.uint8),
+                                       cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        hull = cv2.convexHull(np.concatenate(contours))
+        hull_area = cv2.contourArea(hull)
+        if not p.min_area * cell_area <= hull_area <= p.ring_area * cell_area:
+            continue
+        if area[k] >= p.ring_solidity * hull_area:
+            continue
+        m = cv2.moments(hull)
+        cy, cx = int(m["m01"] / max(m["m00"], 1e-6)), int(m["m10"] / max(m["m00"], 1e-6))
+        if hull_area > p.split_min_area * cell_area and labels[y + min(bh - 1, cy), x + min(bw - 1, cx)] == k:
+            continue  # larger than a cell and no clear centre: overlapping cells, not an outline
+        hulls.append(hull + np.array([x, y], hull.dtype))
+    if not hulls:
+        return fg, dist
+    fg = fg.copy()
+    for hull in hulls:
+        cv2.fillConvexPoly(fg, hull, 255)
     return fg, cv2.distanceTransform(fg, cv2.DIST_L2, 5)
 
 
@@ -615,10 +668,10 @@ def segment_cells(
     cv2 = opencv()
     p = params or FieldParams()
     H, W = rgb.shape[:2]
-    small, scale = work or working_copy(rgb, p.max_side)
+    small, scale = work or working_copy(rgb, p.max_side, p.enlarge)
     od = _optical_density(small, p)
-    direction, colour = (
-        _stain_direction(od, p.stain_power, p.stain_floor) if p.density == "stain" else (None, None))
+    direction, colour = (_stain_direction(od, p.stain_power, p.stain_floor, p.stain_otsu)
+                         if p.density == "stain" else (None, None))
     density = _Density.of(od, direction, colour)
     # the circles' radius needs no foreground: it sizes the pale centres the foreground may fill
     estimate = p.hough_radius and not p.cell_radius
@@ -634,6 +687,8 @@ def segment_cells(
         return [], 0.0
     if p.rim > 0:
         fg, dist = _with_rims(fg, density, holes, radius, p)
+    if p.ring_solidity > 0:
+        fg, dist = _fill_rings(fg, dist, radius, p)
     circles = _cell_circles(density, radius, p)
     markers, n = _split_touching(circles, fg, dist, radius, p)
     # growth only reaches into faintly stained pixels (a cell's pale edge), never into background

@@ -25,6 +25,9 @@ class FieldParams:
     # segment on a copy at most this large; crops come from the full image. 640 finds the same cells
     # as 1024 on BCCD and IML within a point or two of recall at a third of the time (RESULTS.md)
     max_side: int = 640
+    # a smaller field is enlarged to max_side: the finder's pixel-sized steps (blurs, openings, the
+    # Hough transforms) were set at that size (BCCD at 0.7x, 448 px: recall 0.79 -> 0.84, held out)
+    enlarge: bool = True
     # the background: "mode" (the brightest mode of the grey levels) or "percentile" (bg_percentile
     # of each channel)
     background: str = "mode"
@@ -38,6 +41,11 @@ class FieldParams:
     # percentile and above stain_floor x its 97th (fields with few cells: not the background).
     # Off by default: 0.25 lowered recall on hue-rotated BCCD fields (hue -40: 0.826 -> 0.732)
     stain_floor: float = 0.0
+    # ... and above Otsu's threshold on the total density (clipped at its 90th percentile, so a
+    # white cell's nucleus is no class of its own): on a sparse field the colour is the cells', not
+    # the background noise's (a synthetic field of 24 cells lost 10 to the white-cell rule at any
+    # size but one before), with BCCD's hue-rotated fields unchanged
+    stain_otsu: bool = True
     threshold: float = 0.65  # x Otsu's threshold on green optical density
     min_od: float = 0.05  # green optical density below which nothing is a cell (BCCD cells: 0.2-0.4)
     min_area: float = 0.30  # x typical cell area; smaller regions are debris or platelets
@@ -61,7 +69,7 @@ class FieldParams:
     # when convex (solidity) and at most hole_area x the circles' cell area; other holes are
     # background enclosed by touching cells. hole_density 0: fill every hole
     hole_density: float = 0.4
-    hole_area: float = 0.5
+    hole_area: float = 1.0
     hole_solidity: float = 0.9
     rim: float = 8.0  # local-contrast threshold (density units, cells ~200) for pale cells' rims; 0: off
     max_wbc_overlap: float = 0.2  # a region this much inside a white cell's zone is rejected
@@ -85,6 +93,15 @@ class FieldParams:
     # circles' when their radii agree (interquartile range below circle_spread x median); 0: off
     radius_cap: float = 1.3
     circle_spread: float = 0.2
+    # cells read as rings (pale centres as clear as the background): a distance-map radius below
+    # radius_floor x the circles' is dropped for the circles'; 0: off
+    radius_floor: float = 0.5
+    # a region whose convex hull is min_area to ring_area x a cell's area and that fills less than
+    # ring_solidity of it (a ring, a "C": a cell's outline) is filled to its hull; 0: off.
+    # enlarge, hole_area, radius_floor and ring_* were chosen on every 16th BCCD field (the even
+    # half of benchmarks/field_transforms.py's sample) and checked on the other half (RESULTS.md)
+    ring_solidity: float = 0.9
+    ring_area: float = 2.0
     cell_radius: float | None = None  # in full-resolution pixels; None: estimated per field
 
     def __post_init__(self) -> None:
