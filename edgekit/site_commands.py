@@ -114,7 +114,7 @@ def cells(fields: tuple[Path, ...], annotations: Path | None, sessions_db: Path 
 @click.option("--negatives-per-field", type=click.IntRange(0), default=30, show_default=True,
               help="At most this many uninfected training cells per field (all parasitized ones are kept); "
                    "0: every one.")
-@click.option("--hard-negatives", type=click.IntRange(0), default=0, show_default=True,
+@click.option("--hard-negatives", type=click.IntRange(0), default=10, show_default=True,
               help="Of --negatives-per-field, this many per fully labelled training field are the uninfected "
                    "cells the base model scores highest; the rest at random.")
 @click.option("--objects-per-field", type=click.IntRange(0), default=10, show_default=True,
