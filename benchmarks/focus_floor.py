@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.device.field.focus import FocusMeasure
 from edgekit.paths import shared_data
 
 HERE = Path(__file__).resolve().parent
@@ -62,14 +63,33 @@ def nih_like(crops: list[Path], seed: int) -> np.ndarray:
     return canvas
 
 
+MODES = ("jpeg q90", "jpeg q70", "noise std 4", "noise std 8")  # how each copy is degraded (MODES[mode])
+
+
 def degrade(rgb: np.ndarray, sigma: float, mode: int, rng: np.random.Generator) -> np.ndarray:
+    """``rgb`` Gaussian-blurred by ``sigma`` (0: sharp), then degraded as ``MODES[mode]``."""
+    out = blur(rgb, sigma)
+    if mode >= 2:
+        return add_noise(out, (4.0, 8.0)[mode - 2], rng)
+    return jpeg(out, (90, 70)[mode])
+
+
+def blur(rgb: np.ndarray, sigma: float) -> np.ndarray:
     import cv2
 
-    out = cv2.GaussianBlur(rgb, (0, 0), sigma) if sigma else rgb
-    if mode == 2:
-        return np.clip(out + rng.normal(0, 4, out.shape), 0, 255).astype(np.uint8)
-    q = (90, 70)[mode]
-    return cv2.imdecode(cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, q])[1], cv2.IMREAD_UNCHANGED)
+    return cv2.GaussianBlur(rgb, (0, 0), sigma) if sigma else rgb
+
+
+def add_noise(rgb: np.ndarray, std: float, rng: np.random.Generator) -> np.ndarray:
+    """Sensor noise: Gaussian, ``std`` grey levels per channel."""
+    return np.clip(rgb + rng.normal(0, std, rgb.shape), 0, 255).astype(np.uint8)
+
+
+def jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:
+    import cv2
+
+    encoded = cv2.imencode(".jpg", rgb, [cv2.IMWRITE_JPEG_QUALITY, quality])[1]
+    return cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED)
 
 
 def retake(rgb: np.ndarray, k: int) -> np.ndarray:
@@ -110,26 +130,41 @@ def field_sets(step: int, offset: int = 0) -> dict[str, list[tuple[str, np.ndarr
 
 
 OLD_FLOOR = 0.095  # the pixel-scale measure's floor before cell scale (issue 22)
-PREVIOUS_FLOOR = 0.0958  # the noise-corrected measure's floor before the profile (issue 22)
+NOISE_FLOOR = 0.0958  # the noise-corrected measure's floor before the profile (issue 22)
+PREVIOUS_FLOOR = 0.0801  # the profile measure's floor before edges were chosen on a smoothed plane
 FACTORS = (1.25, 1.5, 0.75)  # sharp fields rescaled (a higher / lower magnification, a phone zoom)
 
 
 def candidates() -> list:
     """The measures compared: the pixel-scale one (the old default), cell-scale ones, with and
     without the noise correction, and the default (noise correction and profile)."""
-    from edgekit.device.field.focus import FOCUS_MEASURE, FocusMeasure
+    from edgekit.device.field.focus import FOCUS_MEASURE
 
     return [FocusMeasure(), FocusMeasure(noise=True), FocusMeasure(42.0),
-            *(FocusMeasure(c, noise=True) for c in (36.0, 42.0)), FOCUS_MEASURE]
+            *(FocusMeasure(c, noise=True) for c in (36.0, 42.0)), PREVIOUS_MEASURE, FOCUS_MEASURE]
+
+
+# the default before the edges were chosen on a smoothed plane (issue 22)
+PREVIOUS_MEASURE = FocusMeasure(noise=True, profile=0.25)
+
+
+def profile_measure():
+    """The default measure with the profile's exponent at 1: its edge ratios (full, half) give the
+    score at any exponent (:func:`edgekit.device.field.focus.combine`)."""
+    from dataclasses import replace
+
+    from edgekit.device.field.focus import FOCUS_MEASURE
+
+    return replace(FOCUS_MEASURE, profile=1.0)
 
 
 def _score_row(rgb: np.ndarray) -> dict:
-    from edgekit.device.field.focus import FocusMeasure, edge_ratios, focus_score
+    from edgekit.device.field.focus import edge_ratios, focus_score
     from edgekit.device.field.segment import cell_radius
 
     radius = cell_radius(rgb)
     return {"radius": round(radius, 1), "scores": {m.name: focus_score(rgb, radius, m) for m in candidates()},
-            "edge_ratios": edge_ratios(rgb, radius, FocusMeasure(noise=True, profile=1.0))}
+            "edge_ratios": edge_ratios(rgb, radius, profile_measure())}
 
 
 def score_rows(step: int, offset: int = 0) -> list[dict]:
@@ -149,7 +184,7 @@ def score_rows(step: int, offset: int = 0) -> list[dict]:
                     continue
                 src = rgb if factor == 1.0 else rescale(rgb, factor)
                 for sigma in SIGMAS:
-                    mode = (k + int(sigma * 2)) % 3
+                    mode = (k + int(sigma * 2)) % len(MODES)
                     rows.append({"set": name if factor == 1.0 else f"{name}_x{factor:g}", "field": fid,
                                  "held_out": held, "sigma": sigma, "mode": mode,
                                  **_score_row(degrade(src, sigma, mode, rng))})
@@ -217,19 +252,28 @@ def calibrate_session_ratio(rows: list[dict], measure: str) -> float:
     return float(np.floor(lowest * 20) / 20)
 
 
-def times_per_field(measures: list, repeats: int = 15) -> dict[str, float]:
-    """Milliseconds per 1280x960 IML field for each measure (radius estimate included): best of
-    ``repeats``, the measures taken in turn within each repeat so load hits them alike."""
+def cpu_times(measures: list, fields: int = 8, rounds: int = 7) -> dict:
+    """CPU milliseconds per IML field (1280x960) for each measure: ``fields`` IML fields spread
+    over the set, the measures taken in turn within each round (so load hits them alike); the
+    median over ``rounds`` of each round's mean. Also each one's median ratio to the first
+    measure, round by round."""
     from edgekit.device.field.focus import focus_score
 
-    rgb = _load(sorted((shared_data("malaria_fields_iml") / "images").glob("*.JPG"))[0])
-    best = {m.name: float("inf") for m in measures}
-    for _ in range(repeats):
+    paths = sorted((shared_data("malaria_fields_iml") / "images").glob("*.JPG"))
+    rgbs = [_load(paths[i * len(paths) // fields]) for i in range(fields)]
+    per: dict[str, list[float]] = {m.name: [] for m in measures}
+    for _ in range(rounds):
         for m in measures:
-            t = time.perf_counter()
-            focus_score(rgb, measure=m)
-            best[m.name] = min(best[m.name], time.perf_counter() - t)
-    return {name: round(v * 1000, 1) for name, v in best.items()}
+            t = time.process_time()
+            for rgb in rgbs:
+                focus_score(rgb, measure=m)
+            per[m.name].append((time.process_time() - t) / fields)
+    base = per[measures[0].name]
+    return {"fields": fields, "rounds": rounds,
+            "ms": {k: round(1000 * float(np.median(v)), 1) for k, v in per.items()},
+            "ratio_to_" + measures[0].name: {
+                k: round(float(np.median([a / b for a, b in zip(v, base, strict=True)])), 3)
+                for k, v in per.items()}}
 
 
 def summarise(rows: list[dict], measure: str, floor: float) -> dict:
@@ -293,8 +337,10 @@ def run(step: int = 1, rows: list[dict] | None = None, offset: int = 0) -> dict:
     profile, profile_table = calibrate_profile(rows)
     measures = {f"pixel (old default, floor {OLD_FLOOR})": summarise(rows, "pixel", OLD_FLOOR)
                 } if "pixel" in rows[0]["scores"] else {}
-    previous = f"pixel+noise (previous default, floor {PREVIOUS_FLOOR})"
-    measures[previous] = summarise(rows, "pixel+noise", PREVIOUS_FLOOR)
+    measures[f"pixel+noise (default before the profile, floor {NOISE_FLOOR})"] = summarise(
+        rows, "pixel+noise", NOISE_FLOOR)
+    measures[f"{PREVIOUS_MEASURE.name} (previous default, floor {PREVIOUS_FLOOR})"] = summarise(
+        rows, PREVIOUS_MEASURE.name, PREVIOUS_FLOOR)
     for m in rows[0]["scores"]:
         measures[f"{m} (floor recalibrated)"] = summarise(rows, m, calibrate(rows, m))
     measures[f"{current} (default, floor {FOCUS_FLOOR})"] = summarise(rows, current, FOCUS_FLOOR)
@@ -327,8 +373,7 @@ def run(step: int = 1, rows: list[dict] | None = None, offset: int = 0) -> dict:
         "measure": f"focus_score (edgekit.device.field.focus), default {current}", "floor": FOCUS_FLOOR,
         "calibration_fields": len({(r["set"], r["field"]) for r in rows if not r["held_out"]}),
         "held_out_fields": len({(r["set"], r["field"]) for r in held}),
-        "ms_per_1280x960_field": (ms := times_per_field(candidates())),
-        "time_vs_previous_default": round(ms[current] / ms["pixel+noise"], 2),
+        "cpu_per_iml_field": cpu_times([FocusMeasure(noise=True), PREVIOUS_MEASURE, FOCUS_MEASURE]),
         "measures": measures,
         "profile": FOCUS_MEASURE.profile, "profile_from_calibration": profile, "profile_table": profile_table,
         "session_ratio": SESSION_RATIO,
@@ -339,6 +384,74 @@ def run(step: int = 1, rows: list[dict] | None = None, offset: int = 0) -> dict:
     }
 
 
+FRESH_SIGMAS = (0.0, 0.0, 2.0, 2.5, 3.0, 3.5, 4.0)  # per field: two sharp copies, five blurred
+FRESH_NOISE = (0.0, 2.0, 4.0, 6.0, 8.0)  # sensor noise std, drawn per copy
+FRESH_JPEG = (0, 95, 85, 75, 60)  # JPEG quality, drawn per copy (0: not re-encoded)
+
+
+def fresh_items() -> list[tuple[str, str, object]]:
+    """Fields for the fresh held-out check, never used to set anything: the held-out blocks of IML
+    (odd blocks of 10; scored before only to report), the BCCD fields of the held-out blocks that
+    no earlier run blurred (index 2 and 3 mod 4), and NIH-like fields from seeds 100-139 (new
+    fields). Returns (set, id, path or seed)."""
+    bccd = sorted((shared_data("blood_smear_fields_bccd") / "JPEGImages").glob("*.jpg"))
+    items: list[tuple[str, str, object]] = [("iml", name, path) for name, path, held in iml_items(1) if held]
+    items += [("bccd", p.name, p) for i, p in enumerate(bccd) if (i // BLOCK) % 2 == 1 and i % 4 >= 2]
+    return items + [("nih_like", f"seed{i}", i) for i in range(100, 140)]
+
+
+def fresh_rows(seed: int = 2026) -> list[dict]:
+    """Each fresh field sharp (twice) and blurred (FRESH_SIGMAS), each copy with sensor noise and
+    JPEG re-encoding drawn at random (other seeds than any earlier run), scored by the default,
+    the previous default and the noise-corrected measure."""
+    from edgekit.device.field.focus import FOCUS_MEASURE, focus_score
+
+    cells = shared_data("malaria_cells")
+    crops = sorted((cells / "Uninfected").glob("*"))[::50] + sorted((cells / "Parasitized").glob("*"))[::50]
+    rng = np.random.default_rng(seed)
+    measures = [FOCUS_MEASURE, PREVIOUS_MEASURE, FocusMeasure(noise=True)]
+    rows = []
+    for name, fid, src in fresh_items():
+        rgb = nih_like(crops, int(str(src))) if name == "nih_like" else _load(Path(str(src)))
+        for sigma in FRESH_SIGMAS:
+            std, q = float(rng.choice(FRESH_NOISE)), int(rng.choice(FRESH_JPEG))
+            out = blur(rgb, sigma)
+            out = add_noise(out, std, rng) if std else out
+            out = jpeg(out, q) if q else out
+            rows.append({"set": name, "field": fid, "sigma": sigma, "noise": std, "jpeg": q,
+                         "scores": {m.name: round(focus_score(out, measure=m), 5) for m in measures}})
+    return rows
+
+
+def fresh_summary(rows: list[dict]) -> dict:
+    """Refused rates per measure (at its floor), set, blur and noise; and every miss of the default."""
+    from edgekit.device.field.focus import FOCUS_FLOOR, FOCUS_MEASURE
+
+    floors = {FOCUS_MEASURE.name: FOCUS_FLOOR, PREVIOUS_MEASURE.name: PREVIOUS_FLOOR,
+              "pixel+noise": NOISE_FLOOR}
+
+    def rate(sel: list[dict], m: str) -> dict:
+        return {"n": len(sel), "refused": round(float(np.mean([r["scores"][m] < floors[m] for r in sel])), 4)}
+
+    out: dict = {}
+    for m in floors:
+        res: dict = {"floor": floors[m]}
+        for part, blurred in (("sharp", False), ("blurred_sigma_ge_2", True)):
+            chosen = [r for r in rows if (r["sigma"] >= 2) == blurred]
+            sets = {s: rate([r for r in chosen if r["set"] == s], m) for s in ("iml", "bccd", "nih_like")}
+            noise = {f"{n:g}": rate([r for r in chosen if r["noise"] == n], m) for n in FRESH_NOISE}
+            res[part] = {"all": rate(chosen, m), **sets, "by_noise": noise,
+                         "noisy_std_ge_4": rate([r for r in chosen if r["noise"] >= 4], m)}
+        res["blurred_by_sigma"] = {f"{s:g}": rate([r for r in rows if r["sigma"] == s], m)
+                                   for s in FRESH_SIGMAS[2:]}
+        out[m] = res
+    d = FOCUS_MEASURE.name
+    misses = [{k: r[k] for k in ("set", "field", "sigma", "noise", "jpeg")} | {"score": r["scores"][d]}
+              for r in rows if (r["sigma"] == 0) == (r["scores"][d] < FOCUS_FLOOR)]
+    return {"fields": len({(r["set"], r["field"]) for r in rows}), "copies": len(rows), "measures": out,
+            "default_misses": misses}
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--step", type=int, default=1, help="use every Nth field (quicker)")
@@ -347,7 +460,23 @@ def main(argv: list[str] | None = None) -> None:
                     help="start at this field (1 with --step 2: the fields step 2 leaves out; written "
                          "to focus_floor_offset1.json)")
     ap.add_argument("--rows", type=Path, help="scored copies (JSON): read if there, else written")
+    ap.add_argument("--fresh", action="store_true",
+                    help="only the fresh held-out check (focus_floor_fresh.json): fields and degradations "
+                         "never used to set anything")
+    ap.add_argument("--cpu", action="store_true", help="only the CPU comparison (printed)")
     args = ap.parse_args(argv)
+    if args.cpu:
+        from edgekit.device.field.focus import FOCUS_MEASURE
+
+        print(json.dumps(cpu_times([FocusMeasure(noise=True), PREVIOUS_MEASURE, FOCUS_MEASURE]), indent=1))
+        return
+    if args.fresh:
+        t0 = time.time()
+        fresh = {**fresh_summary(fresh_rows()), "seconds": round(time.time() - t0, 1)}
+        print(json.dumps(fresh, indent=1))
+        if not args.no_write:
+            (HERE / "results" / "focus_floor_fresh.json").write_text(json.dumps(fresh, indent=1) + "\n")
+        return
     rows = json.loads(args.rows.read_text()) if args.rows and args.rows.exists() else None
     if args.rows and rows is None:
         rows = score_rows(args.step, args.offset)
