@@ -318,18 +318,8 @@ def _site_split(site: Path, ds: Any, labels: list[str], positive: str, fields: d
         if part is not None:
             parts[part].append(item)
     if cfg.negatives_per_field is not None:
-        rng = random.Random(cfg.seed)
-        by_field: dict[str, list] = {}
-        for item in parts["train"]:
-            by_field.setdefault(item.group, []).append(item)
-        kept = []
-        for group in sorted(by_field):
-            neg = [i for i in by_field[group] if ds.classes[i.label] != positive]
-            kept += [i for i in by_field[group] if ds.classes[i.label] == positive]
-            first = [i for i in neg if i.path in (hard or ())][: cfg.negatives_per_field]
-            rest = [i for i in neg if i not in first]
-            kept += first + rng.sample(rest, min(len(rest), cfg.negatives_per_field - len(first)))
-        parts["train"] = sorted(kept, key=lambda i: i.path)
+        parts["train"] = _capped_negatives(parts["train"], ds.classes, positive, cfg.negatives_per_field,
+                                           cfg.seed, hard or set())
     check_no_leakage(parts)
     for name in ("train", "val"):
         present = {ds.classes[i.label] for i in parts[name]}
@@ -338,6 +328,24 @@ def _site_split(site: Path, ds: Any, labels: list[str], positive: str, fields: d
                             "both classes are needed (label more fields or choose other ones)")
     return Split(classes=ds.classes, parts=parts, group_mode=GROUP_REGEX, seed=0,
                  data_root=str(site.resolve()))
+
+
+def _capped_negatives(items: list, classes: list[str], positive: str, cap: int, seed: int,
+                      hard: set[str]) -> list:
+    """Every positive item, and at most ``cap`` negatives per field: those in ``hard`` first, the rest
+    drawn at random."""
+    rng = random.Random(seed)
+    by_field: dict[str, list] = {}
+    for item in items:
+        by_field.setdefault(item.group, []).append(item)
+    kept = []
+    for group in sorted(by_field):
+        neg = [i for i in by_field[group] if classes[i.label] != positive]
+        kept += [i for i in by_field[group] if classes[i.label] == positive]
+        first = [i for i in neg if i.path in hard][:cap]
+        rest = [i for i in neg if i not in first]
+        kept += first + rng.sample(rest, min(len(rest), cap - len(first)))
+    return sorted(kept, key=lambda i: i.path)
 
 
 def hard_negatives(split: Any, keras_path: Path, labels: list[str], positive: str, site: Path, pre: Any,
