@@ -44,6 +44,12 @@ IN_REACH = """() => { const r = document.querySelector('#capture').getBoundingCl
            screen_width: screen.width }; }"""
 
 
+DRAWN_CANVAS_WIDTH = """() => { const card = document.createElement('article'); card.className = 'result';
+  const c = document.createElement('canvas'); c.width = 1600; c.height = 1200; card.append(c);
+  document.querySelector('#results').append(card); const w = c.getBoundingClientRect().width;
+  card.remove(); return w; }"""
+
+
 def _more_fields(tmp: Path) -> list[Path]:
     """Six distinct field photos: the two fixture fields and the halves of each."""
     import cv2
@@ -93,6 +99,10 @@ def test_take_photo_stays_in_reach_nothing_overflows_and_cards_come_back(tmp_pat
             page, errors = _watched_page(browser, device)
             _open(page, server.url, "P-0044-WITH-A-RATHER-LONG-PATIENT-IDENTIFIER-0123456789")
             _check_reach(page, "session opened", seen)
+            # the overlay the phone draws is shown as a canvas for a moment before its picture replaces
+            # it (a race): a card's canvas as wide as a photo must fit the screen as the picture does
+            drawn_width = page.evaluate(DRAWN_CANVAS_WIDTH)
+            assert drawn_width <= page.viewport_size["width"], drawn_width
             for n, photo in enumerate(photos, 1):
                 page.set_input_files("#fields" if n % 2 else "#camera", str(photo))
                 page.locator(".result[data-kind=field]").nth(n - 1).wait_for(timeout=120_000)
