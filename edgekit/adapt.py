@@ -509,15 +509,15 @@ def adapt_model(
     site = Path(site)
     ds = scan_dataset(site, group_mode=GROUP_REGEX)  # DataError for one class, empty folders...
     fields = field_split(sorted({i.group for i in ds.items}), cfg, split_file)
-    split = _site_split(site, ds, labels, base_manifest.positive_label, fields, cfg)
+    hard = None
     if cfg.hard_negatives and cfg.negatives_per_field is not None:
         every = _site_split(site, ds, labels, base_manifest.positive_label, fields,
                             dataclasses.replace(cfg, negatives_per_field=None))
         hard = hard_negatives(every, keras_path, labels, base_manifest.positive_label, site,
                               base_manifest.preprocessing, cfg.hard_negatives, cache_dir)
-        split = _site_split(site, ds, labels, base_manifest.positive_label, fields, cfg, hard)
         log(f"site: {len(hard)} hard negatives (the base model's highest-scoring uninfected cells of each "
             "fully labelled training field) kept first")
+    split = _site_split(site, ds, labels, base_manifest.positive_label, fields, cfg, hard)
     fields_dir = Path(fields_dir) if fields_dir is not None else recorded_fields_dir(site)
     cfg = _resolved_cutoff(cfg, fields_dir, log)
     images, truth = _field_images_and_truth(site, fields_dir, fields, cfg)
@@ -839,7 +839,7 @@ def _fine_tune(keras_path: Path, x: np.ndarray, y: np.ndarray, w: np.ndarray, xv
 
 class WeightAverage:
     """An exponential moving average of a model's weights (every variable, batch-norm statistics
-    included), updated after each training batch; a Keras callback."""
+    included), updated after each training batch by its Keras callback (``.callback``, for ``fit``)."""
 
     def __init__(self, decay: float) -> None:
         import keras
