@@ -91,8 +91,9 @@ def test_adapt_writes_a_validated_site_bundle_with_provenance(base_run, site, tm
     assert sum(sum(c.values()) for c in ad["site_cells"].values()) == 150
     # base share 0.5: as many base crops as site training crops, as far as the tiny base has them
     assert 0 < ad["base_cells_mixed_in"] <= sum(ad["site_cells"]["train"].values())
-    # the decision was chosen again on the site's validation fields
-    assert m.thresholds.source.startswith("site validation crops")
+    # the decision was chosen again on the site's validation fields, on the int8 outputs a device runs
+    assert m.thresholds.source.startswith("site validation crops (n=30), tflite_int8 outputs")
+    _assert_decision_model_is_the_exported_int8(out, site, m)
     assert m.patient_rule.source.startswith("site validation fields")
     site_eval = m.evaluation["site"]
     # measured through what a device runs: int8 when it kept its bounds, else the float file
@@ -117,6 +118,25 @@ def test_adapt_writes_a_validated_site_bundle_with_provenance(base_run, site, tm
     assert gate.measured["parasitemia_error"] == error["mae_upper95_points"] >= error["mae_points"]
     assert "labelled cells only" in gate.source and gate.passed
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left
+
+
+def _assert_decision_model_is_the_exported_int8(bundle: Path, site: Path, m) -> None:
+    """The int8 model the site decision was chosen on (quantized before export) is the exported one:
+    the same probabilities on the validation crops."""
+    from edgekit.adapt import AdaptConfig, _arrays, _calibration_crops, _deployed_probs, _device_probs
+    from edgekit.formats import get
+    from edgekit.splits import load_split
+
+    split, _ = load_split(bundle / "site_split.json", site)
+    x_cal = _calibration_crops((get("tflite_int8"),), split, m.labels, m.preprocessing, AdaptConfig(), None)
+    xv = _arrays(split, "val", m.labels, m.preprocessing, None)[0]
+    predict, outputs, cleanup = _deployed_probs(bundle / m.artifacts["keras"].path, x_cal, m.positive_index,
+                                                bundle)
+    try:
+        assert outputs == "tflite_int8"
+        np.testing.assert_array_equal(predict(xv), _device_probs(bundle, m, "tflite_int8")(xv))
+    finally:
+        cleanup()
 
 
 def test_adapt_bad_input_is_one_clear_line(base_run, site, tmp_path):
