@@ -123,7 +123,7 @@ def test_adapt_writes_a_validated_site_bundle_with_provenance(base_run, site, tm
 def _assert_decision_model_is_the_exported_int8(bundle: Path, site: Path, m) -> None:
     """The int8 model the site decision was chosen on (quantized before export) is the exported one:
     the same probabilities on the validation crops."""
-    from edgekit.adapt import AdaptConfig, _arrays, _calibration_crops, _deployed_probs, _device_probs
+    from edgekit.adapt import AdaptConfig, _arrays, _calibration_crops, _deployed_probs, device_probs
     from edgekit.formats import get
     from edgekit.splits import load_split
 
@@ -134,7 +134,7 @@ def _assert_decision_model_is_the_exported_int8(bundle: Path, site: Path, m) -> 
                                                 bundle)
     try:
         assert outputs == "tflite_int8"
-        np.testing.assert_array_equal(predict(xv), _device_probs(bundle, m, "tflite_int8")(xv))
+        np.testing.assert_array_equal(predict(xv), device_probs(bundle, m, "tflite_int8")(xv))
     finally:
         cleanup()
 
