@@ -269,8 +269,9 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
         gates = DEFAULT_GATES if quality else None
         try:
             if kind in ("field", "camera-field"):
+                # files' fields are segmented in the other threads (segment_paths)
                 tally = record_fields(store, session, crops, classifier, gates, stop, kind, report, on_field,
-                                      n_workers=workers(threads))
+                                      n_workers=1 if kind == "field" else workers(threads))
             else:
                 tally = record_crops(store, session, crops, classifier, gates, stop, kind, report,
                                      n_workers=workers(threads), lookahead=kind == "file")

@@ -63,11 +63,16 @@ def workers(threads: int | None) -> int:
         return max(1, min(4, os.cpu_count() or 1))
 
 
-def prefetch(fn: Callable[[T], R], items: Iterable[T], n_workers: int) -> Iterator[R]:
+def prefetch(fn: Callable[[T], R], items: Iterable[T], n_workers: int, ahead: int | None = None
+             ) -> Iterator[R]:
     """``map(fn, items)`` in input order, with up to ``n_workers`` items computed ahead in threads
     (OpenCV and the inference engines release the GIL, so decoding and segmenting the next images
-    overlaps with whatever the caller does with the current one). Exceptions reach the caller."""
-    if n_workers <= 1:
+    overlaps with whatever the caller does with the current one). Exceptions reach the caller.
+    ``ahead``: how many items may be computed ahead (default ``n_workers``, none for one worker);
+    ``n_workers=1, ahead=1`` is one background thread, one item ahead of the caller."""
+    if ahead is None:
+        ahead = n_workers if n_workers > 1 else 0
+    if n_workers < 1 or ahead < 1:
         yield from map(fn, items)
         return
     from concurrent.futures import ThreadPoolExecutor
@@ -77,7 +82,7 @@ def prefetch(fn: Callable[[T], R], items: Iterable[T], n_workers: int) -> Iterat
         try:
             for item in items:
                 pending.append(pool.submit(fn, item))
-                if len(pending) > n_workers:
+                if len(pending) > ahead:
                     yield pending.popleft().result()
             while pending:
                 yield pending.popleft().result()
