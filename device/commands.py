@@ -218,6 +218,8 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
         raise EdgekitError("give image PATHS or --camera (one of them)")
     if fields and use_camera:
         raise EdgekitError("--fields takes field image PATHS, not --camera")
+    # files first: whole fields start decoding and segmenting while the model loads
+    from_files = None if use_camera else file_source(paths, fields, workers(threads))
     classifier = _load(bundle, model_format, threads, allow_unsigned)
     decision = classifier.manifest.decision
     stop = decision.rule.stop_cells if stop_cells is None else stop_cells
@@ -239,7 +241,8 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
                 lambda n: click.echo(f"frame {n}: hold still: the view shakes too much to take the field",
                                      err=True)), None, "camera-field"
         else:
-            crops, total, kind = file_source(paths, fields, workers(threads))
+            assert from_files is not None  # files, not the camera
+            crops, total, kind = from_files
         bar = Progress(total, Progress.wanted(bool(progress)) if progress is not False else False)
 
         def report(out) -> None:

@@ -12,8 +12,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -69,26 +70,32 @@ def prefetch(fn: Callable[[T], R], items: Iterable[T], n_workers: int, ahead: in
     (OpenCV and the inference engines release the GIL, so decoding and segmenting the next images
     overlaps with whatever the caller does with the current one). Exceptions reach the caller.
     ``ahead``: how many items may be computed ahead (default ``n_workers``, none for one worker);
-    ``n_workers=1, ahead=1`` is one background thread, one item ahead of the caller."""
+    ``n_workers=1, ahead=1`` is one background thread, one item ahead of the caller. The first
+    ``ahead`` items start at once, not at the first ``next``: the caller can load its model meanwhile."""
     if ahead is None:
         ahead = n_workers if n_workers > 1 else 0
     if n_workers < 1 or ahead < 1:
-        yield from map(fn, items)
-        return
+        return map(fn, items)
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(n_workers) as pool:
-        pending: deque = deque()
-        try:
-            for item in items:
-                pending.append(pool.submit(fn, item))
-                if len(pending) > ahead:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
-        finally:
-            for f in pending:
-                f.cancel()
+    pool = ThreadPoolExecutor(n_workers)
+    it = iter(items)
+    pending = deque(pool.submit(fn, item) for item in islice(it, ahead))
+    return _in_order(pool, pending, it, fn)
+
+
+def _in_order(pool: Any, pending: deque, items: Iterator[T], fn: Callable[[T], R]) -> Iterator[R]:
+    """:func:`prefetch`'s results: one more item submitted for each one handed over."""
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for f in pending:
+            f.cancel()
+        pool.shutdown(wait=True)
 
 
 def expand_inputs(inputs: Sequence[str | os.PathLike]) -> Iterator[tuple[str, Path | None]]:
