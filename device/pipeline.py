@@ -277,7 +277,7 @@ def _load_one(
 
             feats = crop_features(rgb)
             out.domain_score = None if feats is None else float(distances(feats, domain)[0])
-        reason = check_quality(rgb, gates, domain, feats) if gates is not None else None
+        reason = check_quality(rgb, gates, domain, feats, out.domain_score) if gates is not None else None
         if reason:
             out.status, out.reason = "rejected", reason
         else:
