@@ -207,7 +207,7 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
     """
     from edgekit.device.camera import center_square, frames
     from edgekit.device.output import Progress
-    from edgekit.device.pipeline import workers
+    from edgekit.device.pipeline import one_heap, workers
     from edgekit.device.quality import DEFAULT_GATES
     from edgekit.device.records import RecordStore, default_db_path
     from edgekit.device.screening import file_source, record_crops, record_fields
@@ -218,6 +218,7 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
         raise EdgekitError("give image PATHS or --camera (one of them)")
     if fields and use_camera:
         raise EdgekitError("--fields takes field image PATHS, not --camera")
+    one_heap()  # before any worker thread
     # files first: whole fields start decoding and segmenting while the model loads
     from_files = None if use_camera else file_source(paths, fields, workers(threads))
     classifier = _load(bundle, model_format, threads, allow_unsigned)

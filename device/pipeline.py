@@ -64,6 +64,28 @@ def workers(threads: int | None) -> int:
         return max(1, min(4, os.cpu_count() or 1))
 
 
+M_ARENA_MAX = -8  # glibc's mallopt parameter
+
+
+def one_heap() -> bool:
+    """Have every thread of this process allocate from one malloc heap (glibc: ``M_ARENA_MAX`` 1),
+    before the worker threads start: each thread's own heap keeps what it freed for that thread
+    alone, so a field segmented in one thread and its cells classified in another held both
+    high-water marks (8 IML fields: ~6 MB of peak RSS, 1,000 crops: ~5 MB; no CPU cost measured).
+    Left alone where the user set ``MALLOC_ARENA_MAX`` or the C library has no such setting;
+    whether it was set."""
+    import sys
+
+    if not sys.platform.startswith("linux") or "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    try:
+        import ctypes
+
+        return bool(ctypes.CDLL(None).mallopt(M_ARENA_MAX, 1))
+    except (OSError, AttributeError):
+        return False
+
+
 def prefetch(fn: Callable[[T], R], items: Iterable[T], n_workers: int, ahead: int | None = None
              ) -> Iterator[R]:
     """``map(fn, items)`` in input order, with up to ``n_workers`` items computed ahead in threads

@@ -144,3 +144,16 @@ def test_fields_segment_in_a_background_thread_with_the_same_records(tmp_path, m
     assert len(where_one) >= 2 and set(where_one) == {main_thread}
     assert len(where_two) == len(where_one) and main_thread not in where_two and len(set(where_two)) == 1
     assert two == one and len(one[0]) >= 20
+
+
+def test_one_heap_is_set_on_glibc_and_left_to_the_user_when_named(monkeypatch):
+    import platform
+    import sys
+
+    from edgekit.device.pipeline import one_heap
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert one_heap() is False  # the user's setting stands
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert one_heap() is glibc
