@@ -219,8 +219,8 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
     if fields and use_camera:
         raise EdgekitError("--fields takes field image PATHS, not --camera")
     one_heap()  # before any worker thread
-    # files first: whole fields start decoding and segmenting while the model loads
-    from_files = None if use_camera else file_source(paths, fields, workers(threads))
+    # files first (none with --camera): whole fields start decoding and segmenting while the model loads
+    from_files = file_source(paths, fields, workers(threads))
     classifier = _load(bundle, model_format, threads, allow_unsigned)
     decision = classifier.manifest.decision
     stop = decision.rule.stop_cells if stop_cells is None else stop_cells
@@ -242,7 +242,6 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
                 lambda n: click.echo(f"frame {n}: hold still: the view shakes too much to take the field",
                                      err=True)), None, "camera-field"
         else:
-            assert from_files is not None  # files, not the camera
             crops, total, kind = from_files
         bar = Progress(total, Progress.wanted(bool(progress)) if progress is not False else False)
 
