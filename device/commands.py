@@ -207,7 +207,7 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
     """
     from edgekit.device.camera import center_square, frames
     from edgekit.device.output import Progress
-    from edgekit.device.pipeline import workers
+    from edgekit.device.pipeline import one_heap, workers
     from edgekit.device.quality import DEFAULT_GATES
     from edgekit.device.records import RecordStore, default_db_path
     from edgekit.device.screening import file_source, record_crops, record_fields
@@ -218,6 +218,9 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
         raise EdgekitError("give image PATHS or --camera (one of them)")
     if fields and use_camera:
         raise EdgekitError("--fields takes field image PATHS, not --camera")
+    one_heap()  # before any worker thread
+    # files first (none with --camera): whole fields start decoding and segmenting while the model loads
+    from_files = file_source(paths, fields, workers(threads))
     classifier = _load(bundle, model_format, threads, allow_unsigned)
     decision = classifier.manifest.decision
     stop = decision.rule.stop_cells if stop_cells is None else stop_cells
@@ -239,7 +242,7 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
                 lambda n: click.echo(f"frame {n}: hold still: the view shakes too much to take the field",
                                      err=True)), None, "camera-field"
         else:
-            crops, total, kind = file_source(paths, fields, workers(threads))
+            crops, total, kind = from_files
         bar = Progress(total, Progress.wanted(bool(progress)) if progress is not False else False)
 
         def report(out) -> None:
@@ -269,8 +272,9 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
         gates = DEFAULT_GATES if quality else None
         try:
             if kind in ("field", "camera-field"):
+                # files' fields are segmented in the other threads (segment_paths)
                 tally = record_fields(store, session, crops, classifier, gates, stop, kind, report, on_field,
-                                      n_workers=workers(threads))
+                                      n_workers=1 if kind == "field" else workers(threads))
             else:
                 tally = record_crops(store, session, crops, classifier, gates, stop, kind, report,
                                      n_workers=workers(threads), lookahead=kind == "file")

@@ -226,10 +226,11 @@ def border_lit(rgb: np.ndarray, dark_level: int = DARK_LEVEL) -> float:
 
 
 def check_cell(rgb: np.ndarray, domain: Domain, dark_level: int = DARK_LEVEL,
-               features: np.ndarray | None = None) -> str | None:
+               features: np.ndarray | None = None, distance: float | None = None) -> str | None:
     """Reject an image that is plainly not a cell like the bundle's training cells: not a single
     cell on black (a whole field, a photo, noise), colourless (a grayscale copy of a stained cell),
-    or far outside every training cell's size, shape and colour. None when it passes."""
+    or far outside every training cell's size, shape and colour. None when it passes.
+    ``features`` and their ``distance``: when the caller has them already."""
     lit = border_lit(rgb, dark_level)
     if lit > domain.max_border_lit:
         return (f"not a single cell on a black background ({lit:.0%} of the border is lit, training crops"
@@ -241,7 +242,7 @@ def check_cell(rgb: np.ndarray, domain: Domain, dark_level: int = DARK_LEVEL,
     if c < domain.min_chroma:
         return (f"no stain colour (chroma {c:.1f} < {domain.min_chroma:.1f}): a grayscale image, but the"
                 " model was trained on colour-stained cells")
-    d = float(distances(f, domain)[0])
+    d = float(distances(f, domain)[0]) if distance is None or features is None else distance
     if domain.max_crop_distance is not None and d > domain.max_crop_distance:
         return (f"does not look like a cell the model was trained on (distance {d:.1f} >"
                 f" {domain.max_crop_distance:.1f} in size, shape and colour)")

@@ -338,3 +338,20 @@ def test_aggregate_is_numpys_median_of_the_finite_scores():
         finite = [s for s in scores if s is not None and np.isfinite(s)]
         assert aggregate(scores) == float(np.median(finite))
     assert aggregate([None, float("nan")]) is None
+
+
+def test_a_crops_distance_given_by_the_caller_decides_as_the_one_computed(domain, bccd_cells):
+    """The crop path computes each crop's features and distance once (its domain score) and hands
+    both to the gates: the same reasons as computing them again, and the given distance is the one
+    judged."""
+    from edgekit.device.domain import crop_features, distances
+
+    assert domain.max_crop_distance is not None
+    crops = [read_image(p) for p in NIH_CROPS] + bccd_cells
+    for c in crops:
+        f = crop_features(c)
+        d = None if f is None else float(distances(f, domain)[0])
+        assert check_quality(c, domain=domain, features=f, distance=d) == check_quality(c, domain=domain)
+    f = crop_features(crops[0])
+    far = check_quality(crops[0], domain=domain, features=f, distance=domain.max_crop_distance + 1)
+    assert far is not None and "does not look like a cell" in far

@@ -75,3 +75,85 @@ def test_each_field_is_measured_for_focus_once_with_the_same_records(tmp_path, m
     real_check = screening.check_field  # as before: the session's check measures the field again
     monkeypatch.setattr(screening, "check_field", lambda *a, **k: real_check(*a[:5]))
     assert run(tmp_path / "twice.sqlite") == once
+
+
+def test_prefetch_takes_at_most_ahead_items_before_the_caller_needs_them():
+    """``prefetch(..., ahead=k)``: results in input order, computed in worker threads, and no more
+    than k items taken from the input beyond the one the caller holds (what bounds the whole fields
+    in memory); the default keeps ``n_workers`` ahead, and one worker alone runs in the caller."""
+    import threading
+
+    from edgekit.device.pipeline import prefetch
+
+    for n_workers, ahead, expect_ahead in ((1, 1, 1), (3, 1, 1), (2, None, 2), (1, None, 0)):
+        taken: list[int] = []
+        threads: set[str] = set()
+
+        def items(taken=taken):
+            for i in range(8):
+                taken.append(i)
+                yield i
+
+        def fn(i, threads=threads):
+            threads.add(threading.current_thread().name)
+            return i * 10
+
+        out = []
+        for i, r in enumerate(prefetch(fn, items(), n_workers, ahead=ahead)):
+            assert max(taken) <= i + expect_ahead, (n_workers, ahead, i, taken)
+            out.append(r)
+        assert out == [i * 10 for i in range(8)]
+        in_caller = threads == {threading.current_thread().name}
+        assert in_caller == (expect_ahead == 0), (n_workers, ahead, threads)
+
+
+def test_fields_segment_in_a_background_thread_with_the_same_records(tmp_path, monkeypatch):
+    """With 2 threads, whole fields are decoded and segmented in one other thread while the cells of
+    the field before are recorded in the caller's: the records are those of one thread."""
+    import threading
+
+    import edgekit.device.screening as screening
+
+    where: list[str] = []
+    segment = screening._segment_one
+
+    def traced(item):
+        where.append(threading.current_thread().name)
+        return segment(item)
+
+    monkeypatch.setattr(screening, "_segment_one", traced)
+
+    def run(db, threads):
+        where.clear()
+        args = ["screen", "--patient", "F4", "--fields", str(FIXTURES / "fields"), "--model",
+                str(FIXTURES / "golden_bundle"), "--db", str(db), "--threads", str(threads),
+                "--stop-cells", "0"]
+        assert CliRunner().invoke(main, args).exit_code == 0
+        con = sqlite3.connect(db)
+        rows = con.execute("select source_id, status, reason, content_hash, p_positive, probability,"
+                           " domain_score, decision from records order by source_id").fetchall()
+        fields = con.execute("select source_id, sharpness, signature from fields"
+                             " order by source_id").fetchall()
+        crops = con.execute("select r.source_id, c.png from crop_images c"
+                            " join records r on r.id = c.record_id order by r.source_id").fetchall()
+        return rows, fields, crops, list(where)
+
+    *one, where_one = run(tmp_path / "one.sqlite", 1)
+    *two, where_two = run(tmp_path / "two.sqlite", 2)
+    main_thread = threading.main_thread().name
+    assert len(where_one) >= 2 and set(where_one) == {main_thread}
+    assert len(where_two) == len(where_one) and main_thread not in where_two and len(set(where_two)) == 1
+    assert two == one and len(one[0]) >= 20
+
+
+def test_one_heap_is_set_on_glibc_and_left_to_the_user_when_named(monkeypatch):
+    import platform
+    import sys
+
+    from edgekit.device.pipeline import one_heap
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert one_heap() is False  # the user's setting stands
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert one_heap() is glibc
