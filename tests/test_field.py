@@ -327,7 +327,7 @@ def test_field_cli_with_golden_bundle(tmp_path, generated_field):
     out = tmp_path / "ov"
     res = CliRunner().invoke(main, ["field", str(img.parent), "--model", str(GOLDEN),
                                     "--overlay-dir", str(out), "--format", "jsonl"])
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 1, res.output  # the batch carries on past the unreadable file, then says so
     lines = [json.loads(x) for x in res.output.strip().splitlines()]
     by_name = {Path(d["field"]).name: d for d in lines if "field" in d}
     assert by_name["broken.jpg"]["rejected"]
@@ -350,6 +350,9 @@ def test_field_cli_table_count_only(tmp_path, generated_field):
     bad.write_text("nope")
     res = CliRunner().invoke(main, ["field", str(bad), "--count-only"])
     assert res.exit_code == 1 and "rejected:" in res.output
+    odd = write_image(tmp_path / "a\nb.png", generated_field[0])  # a newline must not split the row
+    res = CliRunner().invoke(main, ["field", str(odd), "--count-only"])
+    assert res.exit_code == 0 and "a\\nb.png" in res.output and len(res.output.splitlines()) == 3, res.output
     assert CliRunner().invoke(main, ["field", "--help"]).exit_code == 0
 
 
