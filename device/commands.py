@@ -204,6 +204,8 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
 
     Images are classified and committed to the database 32 at a time (a crash loses at most the
     batch in flight, never a reported result); rerunning the same command skips what is recorded.
+    The summary is printed in any case; the exit status is then 1 when an image of this run could
+    not be read, 130 when Ctrl-C stopped a batch of files (with --camera, Ctrl-C is how it ends).
     """
     from edgekit.device.camera import center_square, frames
     from edgekit.device.output import Progress
@@ -242,7 +244,12 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
             crops, total, kind = file_source(paths, fields, workers(threads))
         bar = Progress(total, Progress.wanted(bool(progress)) if progress is not False else False)
 
+        unreadable: set[str] = set()  # fields of this run that could not be decoded (recorded as rejected)
+        unread: list[str] = []  # inputs of this run that could not be read: exit 1
+
         def report(out) -> None:
+            if out.status == "failed" or (out.status == "rejected" and out.source_id in unreadable):
+                unread.append(out.source_id)
             if view is not None:
                 view.outcome(out)
                 if out.status == "classified":
@@ -254,6 +261,8 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
             bar.update()
 
         def on_field(name, rgb, cells, check) -> None:
+            if rgb is None:
+                unreadable.add(name)
             bar.clear()
             if check is not None and not check.counted:
                 click.echo(f"{name}: not counted: {check.reason}", err=True)
@@ -292,6 +301,10 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
         summary.stop_cells, summary.stop_reached = stop, bool(stop) and summary.crops >= stop
     as_json = out_format == "json"
     click.echo(json.dumps(summary.to_dict()) if as_json else f"session {session.id}: {summary.line()}")
+    if tally is None and not use_camera:
+        raise SystemExit(130)
+    if unread:
+        raise SystemExit(1)
 
 
 def _live_status(capture, running: dict[str, int], view) -> str:

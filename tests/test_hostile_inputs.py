@@ -4,6 +4,8 @@ opened for reading, partly decoded images refused, a model that crashes the runt
 from __future__ import annotations
 
 import os
+import shutil
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -279,3 +281,54 @@ def test_reading_a_small_file_does_not_allocate_the_bound(tmp_path):
     finally:
         tracemalloc.stop()
     assert data == f.read_bytes() and peak < 1 << 20
+
+
+@pytest.mark.parametrize("mode", [[], ["--fields"]])
+def test_screen_exits_1_when_an_input_cannot_be_read(tmp_path, mode):
+    """The batch carries on past the bad file, prints the summary, then exits 1; the rerun, which
+    reads nothing new, exits 0. (Both exited 0 before.)"""
+    folder = tmp_path / "in"
+    shutil.copytree(CELLS, folder)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    db = tmp_path / "s.sqlite"
+    args = ["screen", str(folder), *mode, "--patient", "P", "--db", str(db), "-m", str(GOLDEN)]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 1 and "broken.jpg" in res.stderr and "session 1:" in res.stdout, res.output
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0 and "skipped" in res.stderr, res.output
+
+
+def test_ctrl_c_in_a_screen_batch_exits_130_with_every_record_once(tmp_path, monkeypatch):
+    """Ctrl-C (here: raised by the file source at its 81st image) ends with the summary of what is
+    recorded and exit 130, not 0; the rerun records the rest, each image once."""
+    from edgekit.device import screening
+
+    folder = tmp_path / "in"
+    for i in range(100):
+        write_image(folder / f"c{i:02d}.png", cell_image(i, 40))
+    real = screening.file_source
+
+    def interrupted_source(*args, **kwargs):
+        crops, total, kind = real(*args, **kwargs)
+
+        def gen():
+            for i, crop in enumerate(crops):
+                if i == 80:
+                    raise KeyboardInterrupt
+                yield crop
+        return gen(), total, kind
+
+    db = tmp_path / "s.sqlite"
+    args = ["screen", str(folder), "--patient", "P", "--db", str(db), "-m", str(GOLDEN), "--stop-cells", "0"]
+    with monkeypatch.context() as m:
+        m.setattr(screening, "file_source", interrupted_source)
+        res = CliRunner().invoke(main, args)
+    assert res.exit_code == 130 and "interrupted" in res.stderr and "session 1:" in res.stdout, res.output
+    with sqlite3.connect(db) as con:
+        n, distinct = con.execute("SELECT COUNT(*), COUNT(DISTINCT content_hash) FROM records").fetchone()
+    assert 0 < n == distinct <= 80  # the batch in flight is lost, nothing reported
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0 and f"skipped {n} already recorded" in res.stderr, res.output
+    with sqlite3.connect(db) as con:
+        counts = con.execute("SELECT COUNT(*), COUNT(DISTINCT content_hash) FROM records").fetchone()
+    assert counts == (100, 100)
