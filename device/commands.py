@@ -244,12 +244,10 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
             crops, total, kind = file_source(paths, fields, workers(threads))
         bar = Progress(total, Progress.wanted(bool(progress)) if progress is not False else False)
 
-        unreadable: set[str] = set()  # fields of this run that could not be decoded (recorded as rejected)
-        unread: list[str] = []  # inputs of this run that could not be read: exit 1
+        unread = _Unread()
 
         def report(out) -> None:
-            if out.status == "failed" or (out.status == "rejected" and out.source_id in unreadable):
-                unread.append(out.source_id)
+            unread.outcome(out)
             if view is not None:
                 view.outcome(out)
                 if out.status == "classified":
@@ -261,8 +259,7 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
             bar.update()
 
         def on_field(name, rgb, cells, check) -> None:
-            if rgb is None:
-                unreadable.add(name)
+            unread.field(name, rgb)
             bar.clear()
             if check is not None and not check.counted:
                 click.echo(f"{name}: not counted: {check.reason}", err=True)
@@ -301,10 +298,32 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
         summary.stop_cells, summary.stop_reached = stop, bool(stop) and summary.crops >= stop
     as_json = out_format == "json"
     click.echo(json.dumps(summary.to_dict()) if as_json else f"session {session.id}: {summary.line()}")
-    if tally is None and not use_camera:
-        raise SystemExit(130)
-    if unread:
-        raise SystemExit(1)
+    unread.exit(interrupted=tally is None and not use_camera)
+
+
+class _Unread:
+    """The inputs of one `screen` run that could not be read (an unreadable field is recorded as
+    rejected, like a blurred one; a file that cannot be read as a crop, as failed)."""
+
+    def __init__(self) -> None:
+        self.fields: set[str] = set()
+        self.sources: list[str] = []
+
+    def field(self, name: str, rgb) -> None:
+        if rgb is None:
+            self.fields.add(name)
+
+    def outcome(self, out) -> None:
+        if out.status == "failed" or (out.status == "rejected" and out.source_id in self.fields):
+            self.sources.append(out.source_id)
+
+    def exit(self, interrupted: bool) -> None:
+        """Exit 130 when Ctrl-C stopped a batch of files before its end, 1 when an input could not
+        be read; else return."""
+        if interrupted:
+            raise SystemExit(130)
+        if self.sources:
+            raise SystemExit(1)
 
 
 def _live_status(capture, running: dict[str, int], view) -> str:

@@ -3,6 +3,7 @@ opened for reading, partly decoded images refused, a model that crashes the runt
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -332,3 +333,40 @@ def test_ctrl_c_in_a_screen_batch_exits_130_with_every_record_once(tmp_path, mon
     with sqlite3.connect(db) as con:
         counts = con.execute("SELECT COUNT(*), COUNT(DISTINCT content_hash) FROM records").fetchone()
     assert counts == (100, 100)
+
+
+def _as_a_user(cmd: list[str]) -> list[str]:
+    """``cmd`` run without the power to ignore file permissions (root keeps its uid but drops it)."""
+    if os.geteuid() != 0:
+        return cmd
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: permissions cannot be tested")
+    caps = "-dac_override,-dac_read_search"
+    return ["setpriv", "--bounding-set", caps, "--inh-caps", caps, *cmd]
+
+
+def test_unreadable_folders_are_reported_and_the_batch_goes_on(tmp_path):
+    """A file in a folder that cannot be searched ended the whole batch ("error: Permission denied",
+    exit 2); an unreadable subfolder was skipped in silence, an unreadable folder called empty."""
+    tree = tmp_path / "tree"
+    write_image(tree / "a" / "good.png", cell_image(1, 48))
+    write_image(tree / "b" / "hidden.png", cell_image(2, 48))
+    write_image(tmp_path / "locked" / "x.png", cell_image(3, 48))
+    (tree / "b").chmod(0)
+    (tmp_path / "locked").chmod(0)
+    locked = tmp_path / "locked"
+    cmd = [sys.executable, "-m", "edgekit", "classify", str(locked / "x.png"), str(locked), str(tree),
+           "-m", str(GOLDEN), "--format", "jsonl"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    try:
+        res = subprocess.run(_as_a_user(cmd), capture_output=True, text=True, timeout=120, env=env)
+    finally:
+        (tree / "b").chmod(0o755)
+        locked.chmod(0o755)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    rows = {Path(r["path"]).relative_to(tmp_path).as_posix(): r
+            for r in map(json.loads, res.stdout.splitlines())}
+    assert rows["tree/a/good.png"]["status"] == "classified"
+    assert rows["tree/b"]["reason"] == "cannot read this folder: Permission denied"
+    assert rows["locked"]["reason"] == "cannot read this folder: Permission denied"
+    assert rows["locked/x.png"]["reason"] == "cannot reach it: Permission denied"
