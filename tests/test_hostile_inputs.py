@@ -370,3 +370,24 @@ def test_unreadable_folders_are_reported_and_the_batch_goes_on(tmp_path):
     assert rows["tree/b"]["reason"] == "cannot read this folder: Permission denied"
     assert rows["locked"]["reason"] == "cannot read this folder: Permission denied"
     assert rows["locked/x.png"]["reason"] == "cannot reach it: Permission denied"
+
+
+def test_a_session_id_beyond_sqlite_integers_is_no_session(tmp_path):
+    db = tmp_path / "s.sqlite"
+    assert CliRunner().invoke(main, ["screen", str(CELLS), "--patient", "P", "--db", str(db),
+                                     "-m", str(GOLDEN)]).exit_code == 0
+    huge = "9" * 25  # binding it was an OverflowError traceback
+    for args in (["show", huge], ["show", "--id", huge], ["export", "--id", huge],
+                 ["confirm", huge, "1", "--verdict", "confirm"]):
+        res = CliRunner().invoke(main, ["sessions", *args, "--db", str(db)])
+        assert res.exit_code == 2 and f"'{huge}' in" in res.stderr, (args, res.output)
+
+
+@pytest.mark.parametrize("args", [
+    ["serve", "--max-upload-mb", "nan"], ["model", "bench", "--timeout", "nan"],
+    ["model", "import", "x.onnx", "--labels", "a,b", "--threshold", "nan", "-o", "b"],
+    ["model", "split", "d", "--test-fraction", "inf"]])
+def test_nan_and_inf_are_refused_by_float_options(args):
+    """nan compares false, so it passed every click.FloatRange (`serve --max-upload-mb nan`: a traceback)."""
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2 and "is not a finite number" in res.stderr, res.output

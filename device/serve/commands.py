@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from edgekit.cli_options import allow_unsigned_option, model_format_option, model_option
+from edgekit.cli_options import FiniteFloatRange, allow_unsigned_option, model_format_option, model_option
 from edgekit.device.serve.access import TOKEN_ENV
 from edgekit.device.serve.join import join_links, lan_addresses, qr_text, url_host
 
@@ -69,7 +69,7 @@ def auto_tls(db_path: Path, host: str) -> tuple[Path, Path, bytes]:
                    "Default: $EDGEKIT_DB or ~/.local/share/edgekit/screening.sqlite.")
 @click.option("--overlay-dir", type=click.Path(path_type=Path), default=None,
               help="Where annotated field overlays are kept. Default: overlays/ beside the database.")
-@click.option("--max-upload-mb", type=click.FloatRange(0.1, 200), default=20.0, show_default=True,
+@click.option("--max-upload-mb", type=FiniteFloatRange(0.1, 200), default=20.0, show_default=True,
               help="Largest accepted upload.")
 @click.option("--max-pending", type=click.IntRange(1, 256), default=8, show_default=True,
               help="Uploads processed or waiting at once; more are refused with 429 (retry).")
