@@ -121,3 +121,26 @@ def test_serve_passes_its_host_to_the_app(monkeypatch, tmp_path):
                                     "--db", str(tmp_path / "s.sqlite")])
     assert res.exit_code == 0, res.output
     assert seen["host"] == "127.0.0.2" and AUTH
+
+
+def test_a_json_body_is_refused_past_its_limit_without_being_held(station, monkeypatch):
+    """A 200 MB body sent to a JSON endpoint was read whole (hundreds of MB of memory) before "JSON
+    decode error"; it is now refused with 413 by its Content-Length, or as it streams in."""
+    from edgekit.device.serve import app as serve_app
+
+    monkeypatch.setattr(serve_app, "MAX_JSON_BYTES", 4096)
+    client = _client(station, token=TOKEN)
+    sid = _session(client)
+    big = b'{"patient": "' + b"a" * 8192 + b'"}'
+    r = client.post("/api/sessions", content=big, headers={**AUTH, "Content-Type": "application/json"})
+    assert r.status_code == 413 and "larger than 4 kB" in r.json()["detail"]
+
+    def chunks():  # no Content-Length: refused as it streams in
+        for _ in range(100):
+            yield b" " * 1024
+
+    r = client.post(f"/api/sessions/{sid}/reviews", content=chunks(),
+                    headers={**AUTH, "Content-Type": "application/json"})
+    assert r.status_code == 413 and "larger than 4 kB" in r.json()["detail"]
+    assert client.post("/api/sessions", json={"patient": "P-2"}, headers=AUTH).status_code == 200
+    assert _upload(client, sid, FIELD.read_bytes()).status_code == 200  # images keep their own, larger limit
