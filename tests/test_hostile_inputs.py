@@ -391,3 +391,14 @@ def test_nan_and_inf_are_refused_by_float_options(args):
     """nan compares false, so it passed every click.FloatRange (`serve --max-upload-mb nan`: a traceback)."""
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 2 and "is not a finite number" in res.stderr, res.output
+
+
+def test_exit_does_not_wait_forever_on_a_stuck_colour_table_build():
+    """Ctrl-C while the main thread imported OpenCV left the background Lab-table build blocked on the
+    import lock, and the exit joined it without a bound: `screen --fields` hung until killed."""
+    code = ("import threading\nfrom edgekit.device import domain\n"
+            "domain.opencv = lambda: threading.Event().wait()  # a build that never ends\n"
+            "domain.warm_up()\nprint('exiting')")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 0 and res.stdout == "exiting\n", res.stderr
