@@ -159,7 +159,11 @@ def camera(source: str, bundle: Path | None, model_format: str | None, threads: 
     a patient. Ctrl-C stops."""
     from edgekit.device.camera import run_camera, run_field_camera
     from edgekit.device.quality import DEFAULT_GATES
+    from edgekit.errors import EdgekitError
 
+    if save_dir is not None and not crops_mode:  # else silently ignored
+        raise EdgekitError("--save keeps --crops frames; for fields, --overlay shows the last one "
+                           "(and `screen --camera` records them)")
     classifier = _load(bundle, model_format, threads, allow_unsigned)
     if crops_mode:
         n = run_camera(classifier, source, every, save_dir, max_frames, click.echo, reconnect,

@@ -402,3 +402,15 @@ def test_exit_does_not_wait_forever_on_a_stuck_colour_table_build():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert res.returncode == 0 and res.stdout == "exiting\n", res.stderr
+
+
+def test_camera_options_that_would_be_ignored_or_fail_late_are_refused_at_once(tmp_path):
+    """`camera --save` was silently ignored without --crops (nothing saved, exit 0); an --overlay that
+    is a folder failed only after the first field, naming a temporary file."""
+    from edgekit.device.live import LiveView
+    from edgekit.errors import EdgekitError
+
+    res = CliRunner().invoke(main, ["camera", "--source", "none.avi", "--save", str(tmp_path / "s")])
+    assert res.exit_code == 2 and "--save keeps --crops frames" in res.stderr, res.output
+    with pytest.raises(EdgekitError, match="it is a folder"):
+        LiveView(None, tmp_path)
