@@ -414,3 +414,19 @@ def test_camera_options_that_would_be_ignored_or_fail_late_are_refused_at_once(t
     assert res.exit_code == 2 and "--save keeps --crops frames" in res.stderr, res.output
     with pytest.raises(EdgekitError, match="it is a folder"):
         LiveView(None, tmp_path)
+
+
+def test_ctrl_c_while_the_cli_loads_is_one_line(monkeypatch, capsys):
+    """The CLI's own imports take a few tenths of a second on a small board; Ctrl-C then was a traceback."""
+    class InterruptedImport:
+        def find_spec(self, name, path=None, target=None):
+            if name == "edgekit.cli":
+                raise KeyboardInterrupt
+
+    monkeypatch.delitem(sys.modules, "edgekit.cli")
+    monkeypatch.setattr(sys, "meta_path", [InterruptedImport(), *sys.meta_path])
+    from edgekit.entry import main as entry
+
+    with pytest.raises(SystemExit) as stopped:
+        entry()
+    assert stopped.value.code == 130 and capsys.readouterr().err == "interrupted\n"
