@@ -76,6 +76,7 @@ def field(images: tuple[str, ...], bundle: Path | None, model_format: str | None
 
     totals = FieldTotals(len(items))
     unreadable = 0  # fields not found or not decodable (a blurred or blank one is only rejected)
+    overlays: set[str] = set()  # overlay names written: a/f.jpg and b/f.jpg get one each
     if out_format == "table":
         click.echo(FIELD_HEADER)
 
@@ -89,7 +90,7 @@ def field(images: tuple[str, ...], bundle: Path | None, model_format: str | None
     for rep, rgb in prefetch(segment, items, workers(threads)):
         unreadable += rgb is None
         rep = classify_field(rep, rgb, classifier, batch_size, keep_image=overlay_dir is not None)
-        overlay = write_overlay(rep, overlay_dir) if overlay_dir is not None else None
+        overlay = write_overlay(rep, overlay_dir, overlays) if overlay_dir is not None else None
         totals.add(rep)
         click.echo(field_json(rep, overlay) if out_format == "jsonl" else field_line(rep))
 
