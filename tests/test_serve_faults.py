@@ -144,3 +144,20 @@ def test_a_json_body_is_refused_past_its_limit_without_being_held(station, monke
     assert r.status_code == 413 and "larger than 4 kB" in r.json()["detail"]
     assert client.post("/api/sessions", json={"patient": "P-2"}, headers=AUTH).status_code == 200
     assert _upload(client, sid, FIELD.read_bytes()).status_code == 200  # images keep their own, larger limit
+
+
+def test_an_overlay_dir_that_is_a_file_is_refused_at_start(monkeypatch, tmp_path):
+    """It started, then answered every field with "counted, no overlay"."""
+    import uvicorn
+    from click.testing import CliRunner
+    from device_helpers import GOLDEN
+
+    from edgekit.cli import main
+
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("started"))
+    monkeypatch.setattr("edgekit.device.serve.access.check_port_free", lambda h, p: None)
+    taken = tmp_path / "overlays"
+    taken.write_text("a file")
+    res = CliRunner().invoke(main, ["serve", "-m", str(GOLDEN), "--db", str(tmp_path / "s.sqlite"),
+                                    "--overlay-dir", str(taken)])
+    assert res.exit_code == 2 and f"cannot keep overlays in {taken}" in res.stderr, res.output

@@ -126,8 +126,14 @@ def serve(host: str, port: int, bundle: Path | None, model_format: str | None, t
         click.echo(line, err=True)
 
     classifier = load_classifier(bundle, model_format, threads, allow_unsigned=allow_unsigned, warn=warn)
-    station = Station(classifier, db_path, overlay_dir or db_path.parent / "overlays",
-                      untrusted="; ".join(untrusted) or None)
+    overlays = overlay_dir or db_path.parent / "overlays"
+    try:  # a file or an unwritable folder is said now, not as "counted, no overlay" on every field
+        overlays.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EdgekitError(f"cannot keep overlays in {overlays}: {exc.strerror or exc}") from exc
+    if not os.access(overlays, os.W_OK | os.X_OK):
+        raise EdgekitError(f"cannot keep overlays in {overlays}: the folder is not writable")
+    station = Station(classifier, db_path, overlays, untrusted="; ".join(untrusted) or None)
     scheme = "https" if cert else "http"
     links = station_links(scheme, host, port, token)
     config = ServeConfig(token=token, max_bytes=int(max_upload_mb * 1024 * 1024), max_pending=max_pending,
