@@ -430,3 +430,19 @@ def test_ctrl_c_while_the_cli_loads_is_one_line(monkeypatch, capsys):
     with pytest.raises(SystemExit) as stopped:
         entry()
     assert stopped.value.code == 130 and capsys.readouterr().err == "interrupted\n"
+
+
+@pytest.mark.parametrize("name, array", [
+    ("nan.npy", np.full((5, 4), np.nan)), ("inf.npy", np.full((5, 4), np.inf)),
+    ("scalar.npy", np.array(3.0)), ("text.npy", np.array(["a", "b"]))])
+def test_feature_tables_with_nan_inf_or_no_numbers_are_refused(tmp_path, name, array):
+    """Calibration/validation tables (`model export --calibration x.npy`) took nan and inf as data (the
+    int8 range, the accuracy); a 0-d or text array was an IndexError or ValueError traceback."""
+    from types import SimpleNamespace
+
+    from edgekit.errors import DataError
+    from edgekit.export.calibration import from_path
+
+    np.save(tmp_path / name, array)
+    with pytest.raises(DataError, match="nan or infinite|not a table of numbers"):
+        from_path(tmp_path / name, SimpleNamespace(labels=["R", "M"]), (None, 4), None, 0, "calibration")
