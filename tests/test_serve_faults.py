@@ -161,3 +161,22 @@ def test_an_overlay_dir_that_is_a_file_is_refused_at_start(monkeypatch, tmp_path
     res = CliRunner().invoke(main, ["serve", "-m", str(GOLDEN), "--db", str(tmp_path / "s.sqlite"),
                                     "--overlay-dir", str(taken)])
     assert res.exit_code == 2 and f"cannot keep overlays in {taken}" in res.stderr, res.output
+
+
+def test_a_crop_upload_has_the_crop_paths_size_bound(station):
+    """A 6000x6000 PNG of a few kB uploaded as a crop was decoded in full (36 MP, seconds of CPU) before
+    "blank"; `edgekit screen` refuses it from its header (16 MP), and so does the station now."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = zlib.compress(b"\x00" * (1 + 6000 * 3) * 6000, 9)
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 6000, 6000, 8, 2, 0, 0, 0))
+           + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+    client = _client(station, token=TOKEN)
+    sid = _session(client)
+    r = _upload(client, sid, png, kind="crop")
+    assert r.status_code == 415 and "too large (6000x6000" in r.json()["detail"], r.text
+    assert _count(station) == 0
