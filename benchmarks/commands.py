@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from edgekit import formats as format_table
-from edgekit.cli_options import FormatNames, bundle_from, model_option, option
+from edgekit.cli_options import FiniteFloatRange, FormatNames, bundle_from, model_option, option
 
 
 def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
@@ -47,7 +47,8 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @click.option("--save-reference", type=click.Path(path_type=Path),
               help="Write this run's ok rows as a reference CSV (after a run on a real board).")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
-@click.option("--timeout", default=600, show_default=True, type=float, help="Seconds allowed per row.")
+@click.option("--timeout", default=600.0, show_default=True, type=FiniteFloatRange(0, min_open=True),
+              help="Seconds allowed per row.")
 def bench(positional_bundle: Path | None, bundle: Path | None, data: Path | None, part: str,
           threads: list[int] | None, formats: tuple[format_table.FormatSpec, ...] | None,
           profile: str, batch: int, runs: int, warmup: int,

@@ -311,7 +311,7 @@ def _read_fields(path: Path, images_dir: Path, cmap: ClassMap) -> list[Annotated
         return [_read_voc_file(f, images_dir, cmap) for f in files]
     try:
         data = json.loads(_read_bounded(path).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # bad UTF-8, bad JSON, a 5000-digit number
         raise DataError(f"{path}: unreadable annotation JSON ({exc})") from None
     except RecursionError:
         raise DataError(f"{path}: annotation JSON nested too deeply") from None

@@ -245,12 +245,28 @@ class OnnxBackend:
             return {"delegate": "unknown"}
         return {"delegate": providers[0] if providers else "none", "intra_op_threads": int(intra)}
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        x = quantize_input(batch, self.inputs[0].dtype, None, None)
+    def _invoke(self, x: np.ndarray) -> np.ndarray:
         t0 = time.perf_counter()
-        y = self.session.run(self._out_names[:1], {self._in.name: x})[0]
-        self.last_invoke_s = time.perf_counter() - t0
-        return dequantize(np.asarray(y), None, None)
+        try:
+            y = self.session.run(self._out_names[:1], {self._in.name: x})[0]
+        except Exception as exc:  # onnxruntime's own exception types (InvalidArgument, Fail, ...)
+            raise BundleError(f"onnxruntime cannot run the model: {_first_line(exc)}") from exc
+        self.last_invoke_s += time.perf_counter() - t0
+        return np.asarray(y)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        self.last_invoke_s = 0.0
+        x = quantize_input(batch, self.inputs[0].dtype, None, None)
+        fixed = self.inputs[0].shape[0] if self.inputs[0].shape else -1
+        if fixed <= 0 or fixed == len(x):
+            return dequantize(self._invoke(x), None, None)
+        # a fixed batch size (often 1): run it that many at a time, the last chunk padded
+        parts = []
+        for i in range(0, len(x), fixed):
+            chunk = x[i : i + fixed]
+            pad = np.repeat(chunk[-1:], fixed - len(chunk), axis=0)
+            parts.append(self._invoke(np.concatenate([chunk, pad]))[: len(chunk)])
+        return dequantize(np.concatenate(parts), None, None)
 
 
 def open_tflite(path: str | Path, threads: int | None = None, content: bytes | None = None) -> TFLiteBackend:

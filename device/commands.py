@@ -159,7 +159,11 @@ def camera(source: str, bundle: Path | None, model_format: str | None, threads: 
     a patient. Ctrl-C stops."""
     from edgekit.device.camera import run_camera, run_field_camera
     from edgekit.device.quality import DEFAULT_GATES
+    from edgekit.errors import EdgekitError
 
+    if save_dir is not None and not crops_mode:  # else silently ignored
+        raise EdgekitError("--save keeps --crops frames; for fields, --overlay shows the last one "
+                           "(and `screen --camera` records them)")
     classifier = _load(bundle, model_format, threads, allow_unsigned)
     if crops_mode:
         n = run_camera(classifier, source, every, save_dir, max_frames, click.echo, reconnect,
@@ -204,6 +208,8 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
 
     Images are classified and committed to the database 32 at a time (a crash loses at most the
     batch in flight, never a reported result); rerunning the same command skips what is recorded.
+    The summary is printed in any case; the exit status is then 1 when an image of this run could
+    not be read, 130 when Ctrl-C stopped a batch of files (with --camera, Ctrl-C is how it ends).
     """
     from edgekit.device.camera import center_square, frames
     from edgekit.device.output import Progress
@@ -245,7 +251,10 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
             crops, total, kind = from_files
         bar = Progress(total, Progress.wanted(bool(progress)) if progress is not False else False)
 
+        unread = _Unread()
+
         def report(out) -> None:
+            unread.outcome(out)
             if view is not None:
                 view.outcome(out)
                 if out.status == "classified":
@@ -257,6 +266,7 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
             bar.update()
 
         def on_field(name, rgb, cells, check) -> None:
+            unread.field(name, rgb)
             bar.clear()
             if check is not None and not check.counted:
                 click.echo(f"{name}: not counted: {check.reason}", err=True)
@@ -296,6 +306,32 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
         summary.stop_cells, summary.stop_reached = stop, bool(stop) and summary.crops >= stop
     as_json = out_format == "json"
     click.echo(json.dumps(summary.to_dict()) if as_json else f"session {session.id}: {summary.line()}")
+    unread.exit(interrupted=tally is None and not use_camera)
+
+
+class _Unread:
+    """The inputs of one `screen` run that could not be read (an unreadable field is recorded as
+    rejected, like a blurred one; a file that cannot be read as a crop, as failed)."""
+
+    def __init__(self) -> None:
+        self.fields: set[str] = set()
+        self.sources: list[str] = []
+
+    def field(self, name: str, rgb) -> None:
+        if rgb is None:
+            self.fields.add(name)
+
+    def outcome(self, out) -> None:
+        if out.status == "failed" or (out.status == "rejected" and out.source_id in self.fields):
+            self.sources.append(out.source_id)
+
+    def exit(self, interrupted: bool) -> None:
+        """Exit 130 when Ctrl-C stopped a batch of files before its end, 1 when an input could not
+        be read; else return."""
+        if interrupted:
+            raise SystemExit(130)
+        if self.sources:
+            raise SystemExit(1)
 
 
 def _live_status(capture, running: dict[str, int], view) -> str:

@@ -51,6 +51,7 @@ _lab_calls = 0
 # Crops converted with edgekit.device.lab before a process starts OpenCV's table build itself: the
 # numpy route costs ~0.6 ms more per crop, so 64 crops cost about what the build does (50-100 ms of CPU)
 LAB_TABLES_AFTER = 64
+LAB_BUILD_WAIT_S = 3.0  # at exit, the longest wait for a table build still running (it takes ~0.1 s)
 
 
 def warm_up() -> None:
@@ -65,7 +66,9 @@ def warm_up() -> None:
 
             _lab_tables = threading.Thread(target=_build_lab_tables, name="edgekit-lab-tables", daemon=True)
             _lab_tables.start()
-            atexit.register(_lab_tables.join)  # a command that fails at once exits after it, not during it
+            # a command that fails at once exits after it, not during it; but never waits on a build
+            # that cannot end (Ctrl-C in the main thread's import of OpenCV can leave its import lock held)
+            atexit.register(_lab_tables.join, LAB_BUILD_WAIT_S)
 
 
 def warm_up_for(bundle: str | os.PathLike | None) -> None:

@@ -52,7 +52,8 @@ def field(images: tuple[str, ...], bundle: Path | None, model_format: str | None
     IMAGES may be field images, folders (searched recursively) or glob patterns. A field that
     cannot be read or used (not an image, too large, blank, over/under-exposed, out of focus, no
     cells, not found) is reported as rejected
-    with the reason and the others carry on. Parasitemia = cells called parasitized at the model's
+    with the reason and the others carry on; the exit status is 1 when any field could not be
+    read, or none was counted. Parasitemia = cells called parasitized at the model's
     cutoff / cells found, with a Wilson 95% interval; "unc" counts cells in the uncertain band
     (worth a look at the overlay).
     """
@@ -74,6 +75,8 @@ def field(images: tuple[str, ...], bundle: Path | None, model_format: str | None
         raise click.UsageError("no image files found in the given paths")
 
     totals = FieldTotals(len(items))
+    unreadable = 0  # fields not found or not decodable (a blurred or blank one is only rejected)
+    overlays: set[str] = set()  # overlay names written: a/f.jpg and b/f.jpg get one each
     if out_format == "table":
         click.echo(FIELD_HEADER)
 
@@ -85,8 +88,9 @@ def field(images: tuple[str, ...], bundle: Path | None, model_format: str | None
 
     # the next fields are decoded and segmented in threads while the current one is classified
     for rep, rgb in prefetch(segment, items, workers(threads)):
+        unreadable += rgb is None
         rep = classify_field(rep, rgb, classifier, batch_size, keep_image=overlay_dir is not None)
-        overlay = write_overlay(rep, overlay_dir) if overlay_dir is not None else None
+        overlay = write_overlay(rep, overlay_dir, overlays) if overlay_dir is not None else None
         totals.add(rep)
         click.echo(field_json(rep, overlay) if out_format == "jsonl" else field_line(rep))
 
@@ -98,5 +102,5 @@ def field(images: tuple[str, ...], bundle: Path | None, model_format: str | None
             click.echo(line)
         if overlay_dir is not None:
             click.echo(f"overlays in {overlay_dir}", err=True)
-    if totals.counted == 0:
+    if totals.counted == 0 or unreadable:
         raise SystemExit(1)

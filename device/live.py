@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgekit.device.preprocess import opencv
+from edgekit.safefile import check_output_target
 
 THUMB_WIDTH = 256
 
@@ -243,7 +244,8 @@ class LiveView:
     def __init__(self, decision, overlay_path=None, show: bool = False, domain=None) -> None:
         self.decision = decision
         self.domain = domain  # the bundle's domain statistics: the field's verdict is drawn with it
-        self.overlay_path = overlay_path
+        # refused now, not after the first field: a folder, a device, a missing or read-only folder
+        self.overlay_path = None if overlay_path is None else check_output_target(overlay_path, force=True)
         self.show = show
         self._pending: tuple[int, np.ndarray, list, dict[int, float]] | None = None
         self._scores: dict[int, float | None] = {}

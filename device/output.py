@@ -40,7 +40,7 @@ def field_line(rep: FieldReport) -> str:
     from edgekit.device.domain import not_validated
 
     ms = 1000 * sum(v for k, v in rep.timing.items() if k != "decode")
-    name = Path(rep.source).name[:32]
+    name = display_text(Path(rep.source).name)[:32]
     if rep.rejected:
         return (f"{name:32s} {'-':>5s} {'-':>4s} {'-':>4s} {'-':>11s} {'-':>13s} {ms:6.0f}  "
                 f"rejected: {rep.rejected}")

@@ -129,16 +129,24 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> Iterator[tuple[str, Pa
     for raw in inputs:
         text = str(raw)
         p = Path(text)
-        if p.is_dir():
-            matches = sorted(f for f in p.rglob("*") if f.is_file() and is_image_file(f))
-        elif p.exists():
+        try:
+            is_dir, exists = p.is_dir(), p.exists()
+        except OSError:  # a folder on its path cannot be searched: missing_reason says so
+            yield text, None
+            continue
+        unreadable: list[str] = []
+        if is_dir:
+            matches = _folder_images(p, unreadable)
+        elif exists:
             matches = [p] if is_regular(p) else []  # a FIFO or device is reported, never opened
         elif glob.has_magic(text):
             matches = sorted(Path(m) for m in glob.glob(text, recursive=True) if Path(m).is_file())
         else:
             matches = []
-        if not matches:
+        if not matches and not unreadable:
             yield text, None
+        for folder in unreadable:  # reported, never skipped in silence
+            yield folder, None
         for m in matches:
             key = m.resolve()
             if key not in seen:
@@ -146,10 +154,28 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> Iterator[tuple[str, Pa
                 yield str(m), m
 
 
+def _folder_images(folder: Path, unreadable: list[str]) -> list[Path]:
+    """The image files under ``folder`` (recursive, symlinked folders not followed), sorted; the
+    folders that could not be listed are appended to ``unreadable``."""
+    found = []
+    for root, _dirs, names in os.walk(folder, onerror=lambda exc: unreadable.append(str(exc.filename))):
+        found += [f for f in (Path(root, n) for n in names) if is_image_file(f) and f.is_file()]
+    return sorted(found)
+
+
 def missing_reason(text: str) -> str:
     """Why an input from :func:`expand_inputs` yielded no file."""
     p = Path(text)
-    if p.is_dir():
+    try:
+        is_dir = p.is_dir()
+    except OSError as exc:
+        return f"cannot reach it: {exc.strerror}"
+    if is_dir:
+        try:
+            with os.scandir(p):
+                pass
+        except OSError as exc:
+            return f"cannot read this folder: {exc.strerror}"
         return "no image files in this folder"
     if p.exists():
         return "not a regular file"

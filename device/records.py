@@ -516,6 +516,8 @@ class RecordStore:
 
     def session_by_id(self, session_id: int) -> Session | None:
         """The session with this id; None when there is none."""
+        if not _fits_sqlite(session_id):
+            return None
         with _db_errors(self.path):
             row = self.conn.execute("SELECT * FROM sessions WHERE id = ?", (int(session_id),)).fetchone()
         return None if row is None else Session.from_row(row)
@@ -526,7 +528,7 @@ class RecordStore:
         id is refused as ambiguous rather than guessed."""
         with _db_errors(self.path):
             by_id = by_patient = None
-            if by in (None, "id") and key.isdigit():
+            if by in (None, "id") and key.isdigit() and _fits_sqlite(int(key)):
                 by_id = self.conn.execute("SELECT * FROM sessions WHERE id = ?", (int(key),)).fetchone()
             if by in (None, "patient"):
                 by_patient = self.conn.execute(
@@ -624,3 +626,8 @@ class RecordStore:
                 "SELECT v.* FROM reviews v JOIN records r ON r.id = v.record_id WHERE r.session_id = ?",
                 (session_id,)).fetchall()
         return {int(r["record_id"]): dict(r) for r in rows}
+
+
+def _fits_sqlite(n: int) -> bool:
+    """Whether ``n`` is a SQLite integer (a larger one cannot be an id; binding it is an OverflowError)."""
+    return -(1 << 63) <= int(n) < 1 << 63

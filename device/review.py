@@ -208,6 +208,8 @@ def read_verdicts(path: Path) -> list[tuple[int, str]]:
             raise EdgekitError(f"{path.name} line {k}: need record_id (a number) and verdict "
                                f"({', '.join(VERDICT_WORDS)}), got {rid!r}, {verdict!r}")
         out.append((int(rid), VERDICT_WORDS[verdict]))
+    if not out:
+        raise EdgekitError(f"{path} holds no verdicts (a CSV with columns record_id,verdict)")
     return out
 
 

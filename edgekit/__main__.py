@@ -1,6 +1,6 @@
 # pyright: basic
 """``python -m edgekit`` runs the CLI (the same as the ``edgekit`` script)."""
 
-from edgekit.cli import main
+from edgekit.entry import main
 
 main()

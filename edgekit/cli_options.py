@@ -8,10 +8,33 @@ command writes, ``--data-root`` where a split's images are now, ``--part`` a par
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import click
+
+
+class _Finite:
+    """Mixed into click's float types: nan and inf are refused (nan compares false, so it would pass
+    every range)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        rv = super().convert(value, param, ctx)  # pyright: ignore[reportAttributeAccessIssue]
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number", param, ctx)  # pyright: ignore[reportAttributeAccessIssue]
+        return rv
+
+
+class FiniteFloat(_Finite, click.types.FloatParamType):
+    """A float option that refuses nan and inf."""
+
+
+class FiniteFloatRange(_Finite, click.FloatRange):
+    """``click.FloatRange`` that refuses nan and inf."""
+
+
+FINITE_FLOAT = FiniteFloat()
 
 
 class AliasedOption(click.Option):

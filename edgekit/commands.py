@@ -11,6 +11,8 @@ from typing import Any, cast
 import click
 
 from edgekit.cli_options import (
+    FINITE_FLOAT,
+    FiniteFloatRange,
     bundle_from,
     data_root_option,
     format_option,
@@ -30,8 +32,8 @@ _cache_dir_option = click.option(
 @click.option("--groups", default="auto", show_default=True,
               help="Patient grouping: auto (NIH names -> nih, else none), a rule named in "
                    "edgekit.data.GROUPERS (nih, none, ...), or regex:PATTERN.")
-@click.option("--test-fraction", default=0.2, show_default=True, type=float)
-@click.option("--val-fraction", default=0.1, show_default=True, type=float,
+@click.option("--test-fraction", default=0.2, show_default=True, type=FINITE_FLOAT)
+@click.option("--val-fraction", default=0.1, show_default=True, type=FINITE_FLOAT,
               help="Fraction of what remains after the test part.")
 @click.option("--seed", default=42, show_default=True, type=int)
 def split(data: Path, out: Path, groups: str, test_fraction: float, val_fraction: float, seed: int) -> None:
@@ -143,20 +145,21 @@ def _ints(text: str) -> tuple[int, ...]:
 @click.option("--stages", default="3,4,6", show_default=True, help="Residual modules per stage (resnet).")
 @click.option("--filters", default="64,128,256,512", show_default=True,
               help="Stem filters then one per stage (resnet).")
-@click.option("--l2", default=5e-4, show_default=True, type=float)
+@click.option("--l2", default=5e-4, show_default=True, type=FINITE_FLOAT)
 @click.option("--epochs", default=50, show_default=True, type=int)
 @click.option("--batch-size", default=32, show_default=True, type=int)
-@click.option("--lr", default=0.1, show_default=True, type=float, help="Initial lr; polynomial decay to 0.")
+@click.option("--lr", default=0.1, show_default=True, type=FINITE_FLOAT,
+              help="Initial lr; polynomial decay to 0.")
 @click.option("--input-size", default=64, show_default=True, type=int)
 @click.option("--channels", default=3, show_default=True, type=click.Choice(["1", "3"]))
 @click.option("--no-augment", is_flag=True, help="Train without augmentation.")
-@click.option("--stain", default=0.0, show_default=True, type=click.FloatRange(0.0, 0.5),
+@click.option("--stain", default=0.0, show_default=True, type=FiniteFloatRange(0.0, 0.5),
               help="Colour jitter of the cells (brightness +-S, each channel +-S/2); 0: off.")
-@click.option("--od-jitter", default=0.0, show_default=True, type=click.FloatRange(0.0, 1.5),
+@click.option("--od-jitter", default=0.0, show_default=True, type=FiniteFloatRange(0.0, 1.5),
               help="Stain jitter in optical density (OD x exp(+-J), lamp tint +-J/4); 0: off.")
-@click.option("--blur", default=0.0, show_default=True, type=click.FloatRange(0.0, 1.0),
+@click.option("--blur", default=0.0, show_default=True, type=FiniteFloatRange(0.0, 1.0),
               help="Probability of re-sampling a crop at 40-100%% resolution, plus pixel noise; 0: off.")
-@click.option("--zoom", default=0.05, show_default=True, type=click.FloatRange(0.0, 0.5),
+@click.option("--zoom", default=0.05, show_default=True, type=FiniteFloatRange(0.0, 0.5),
               help="Random zoom range (+-).")
 @click.option("--stain-norm", default="none", show_default=True, type=click.Choice(["none", "od_standard"]),
               help="Stain normalization of every crop (recorded as preprocessing.stain; device/stain.py).")

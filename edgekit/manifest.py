@@ -540,7 +540,7 @@ def read_manifest_data(folder: str | os.PathLike) -> dict[str, Any]:
         raise BundleError(str(exc)) from exc
     try:
         data = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # ValueError: bad UTF-8 or JSON, a 5000-digit number
         raise BundleError(f"cannot read {path}: {exc}") from exc
     if not isinstance(data, dict):
         raise BundleError(f"malformed manifest {path}: not a JSON object")

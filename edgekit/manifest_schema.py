@@ -65,6 +65,8 @@ def check_artifact_path(rel: Any, field: str = "artifact path") -> str:
     if not isinstance(rel, str) or not rel or "\x00" in rel or "\\" in rel:
         raise _fail(field, f"must be a plain relative path, not {rel!r}")
     p = PurePosixPath(rel)
+    if not p.parts:  # "." or "./": the folder itself
+        raise _fail(field, f"must name a file in the bundle folder, not {rel!r}")
     if p.is_absolute() or ".." in p.parts or ":" in p.parts[0] or rel.startswith("~"):
         raise _fail(field, f"{rel!r} points outside the bundle folder")
     return rel

@@ -278,7 +278,7 @@ def trust_policy() -> TrustPolicy:
             continue
         try:
             d = json.loads(_read_small_trust(path))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        except (ValueError, RecursionError) as exc:  # ValueError: bad UTF-8 or JSON, a 5000-digit number
             raise SignatureError(f"trust policy {path} is malformed: {exc}") from exc
         policy.merge(path, d)
     return policy
@@ -545,7 +545,7 @@ def _read_signature(folder: Path) -> dict[str, Any] | None:
         return None
     try:
         sig = json.loads(_read_small(path, "signature"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # ValueError: bad UTF-8 or JSON, a 5000-digit number
         raise SignatureError(f"{path} is malformed ({exc})") from exc
     if (not isinstance(sig, dict) or sig.get("schema") != SIGNATURE_SCHEMA
             or sig.get("algorithm") != "ed25519"

@@ -10,6 +10,8 @@ from pathlib import Path
 import click
 
 from edgekit.cli_options import (
+    FINITE_FLOAT,
+    FiniteFloatRange,
     FormatNames,
     allow_unsigned_option,
     format_option,
@@ -36,7 +38,7 @@ from edgekit.manifest import SITE_CUTOFFS
 @click.option("--classes", "class_map", multiple=True, metavar="LABEL=CLASS",
               help="Map a source label to Parasitized, Uninfected or skip (repeatable), on top of the "
                    "built-in IML/BCCD names.")
-@click.option("--min-iou", type=click.FloatRange(0.05, 1.0), default=0.4, show_default=True,
+@click.option("--min-iou", type=FiniteFloatRange(0.05, 1.0), default=0.4, show_default=True,
               help="Overlap a found cell needs with a labelled box to take its label.")
 @click.option("--allow-one-class", is_flag=True, help="Write even if one class has no cells (healthy blood).")
 @click.option("--replace", is_flag=True, help="Overwrite OUT if it exists.")
@@ -126,12 +128,12 @@ def cells(fields: tuple[Path, ...], annotations: Path | None, sessions_db: Path 
 @click.option("--patience", type=click.IntRange(0), default=5, show_default=True,
               help="Stop after this many epochs without a better validation-field AUC (of the int8 model "
                    "when int8 is exported; 0: never stop early).")
-@click.option("--average-epochs", type=click.FloatRange(0), default=0.0, show_default=True,
+@click.option("--average-epochs", type=FiniteFloatRange(0), default=0.0, show_default=True,
               help="Judge and keep an exponential average of the weights over about this many epochs "
                    "(0: the last step's weights).")
-@click.option("--lr", type=float, default=0.01, show_default=True, help="Initial lr; decays to 0.")
+@click.option("--lr", type=FINITE_FLOAT, default=0.01, show_default=True, help="Initial lr; decays to 0.")
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
-@click.option("--base-share", type=click.FloatRange(0, 0.95), default=0.5, show_default=True,
+@click.option("--base-share", type=FiniteFloatRange(0, 0.95), default=0.5, show_default=True,
               help="Share of the training crops taken from the base model's own training data.")
 @click.option("--base-split", type=click.Path(path_type=Path),
               help="The base model's split file, if the manifest's path is not on this machine.")
@@ -147,9 +149,9 @@ def cells(fields: tuple[Path, ...], annotations: Path | None, sessions_db: Path 
 @option("--field-images", "fields_dir", aliases=("--fields",), type=click.Path(path_type=Path),
         help="The folder of the site's field images. Default: the folder `edgekit site cells` cut the cells "
              "from, when it is still there.")
-@click.option("--gate-error", type=click.FloatRange(0, 100, min_open=True), default=1.0, show_default=True,
+@click.option("--gate-error", type=FiniteFloatRange(0, 100, min_open=True), default=1.0, show_default=True,
               help="Largest whole-field parasitemia error (points) on test fields for the bundle to vouch.")
-@click.option("--gate-auc", type=click.FloatRange(0.0, 1.0), default=0.97, show_default=True,
+@click.option("--gate-auc", type=FiniteFloatRange(0.0, 1.0), default=0.97, show_default=True,
               help="Smallest cell AUC on the test fields for the bundle to vouch.")
 @click.option("--formats", type=FormatNames(), default="tflite_int8", show_default=True,
               help="Formats to export and validate.")

@@ -146,6 +146,8 @@ def _from_table(path: Path, input_shape: tuple[int | None, ...], labels: list[st
             arr = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise DataError(f"cannot read {path}: {exc}") from exc
+        if arr.ndim == 0 or arr.dtype.kind not in "biuf":
+            raise DataError(f"{path.name} is not a table of numbers ({arr.dtype}, shape {list(arr.shape)})")
         rows, y = arr.reshape(len(arr), -1) if arr.ndim > 1 else arr[None], None
     else:
         rows, y = _read_csv(path, labels)
@@ -155,6 +157,8 @@ def _from_table(path: Path, input_shape: tuple[int | None, ...], labels: list[st
         rows, y = rows[:, :-1], rows[:, -1].astype(int)
     if rows.shape[1] != n_features:
         raise DataError(f"{path.name} has {rows.shape[1]} columns; the model takes {n_features} features")
+    if not np.isfinite(rows).all():  # nan/inf would become the int8 range, or the accuracy
+        raise DataError(f"{path.name} holds nan or infinite values")
     x = rows.astype(np.float32).reshape((len(rows), *[d for d in input_shape[1:]]))
     return Samples(x, y, f"{what}: {len(x)} rows from {path}")
 

@@ -30,6 +30,7 @@ from edgekit.manifest import (
     Thresholds,
     atomic_write_bytes,
 )
+from edgekit.manifest_schema import MAX_INPUT_SIDE
 from edgekit.safefile import read_regular_bytes
 
 RUNTIME_BY_SUFFIX = {".tflite": "litert", ".onnx": "onnxruntime"}
@@ -79,6 +80,9 @@ def _preprocessing(spec: TensorSpec, opts: ImportOptions) -> Preprocessing:
         h, w = want
     if h < 1 or w < 1:
         raise BundleError(f"the model's input {spec.shape} has no fixed size: give --input-size HxW")
+    if max(h, w) > MAX_INPUT_SIDE:  # refused before a test batch of that size is allocated
+        raise BundleError(f"the model's input is {h}x{w}; edgekit bundles take at most "
+                          f"{MAX_INPUT_SIDE}x{MAX_INPUT_SIDE}")
     color = opts.color_order or ("GRAY" if c == 1 else "RGB")
     if (color == "GRAY") != (c == 1):
         raise BundleError(f"--color-order {color} does not fit the model's {c}-channel input {spec.shape}")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from edgekit.cli_options import labels_value
+from edgekit.cli_options import FiniteFloatRange, labels_value
 from edgekit.manifest import RESIZE_METHODS
 
 
@@ -67,7 +67,7 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
               help="Channel order the model expects (default RGB, GRAY for 1 channel).")
 @click.option("--positive-index", type=int,
               help="Output index of the positive class (e.g. 0 = infected); enables screening decisions.")
-@click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+@click.option("--threshold", type=FiniteFloatRange(0, 1), default=0.5, show_default=True,
               help="Cell cut on the positive probability (not calibrated by edgekit).")
 @click.option("--logits", type=click.Choice(["softmax", "sigmoid"]),
               help="The model outputs logits: the device applies this activation in float (default: the "

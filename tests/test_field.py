@@ -327,7 +327,7 @@ def test_field_cli_with_golden_bundle(tmp_path, generated_field):
     out = tmp_path / "ov"
     res = CliRunner().invoke(main, ["field", str(img.parent), "--model", str(GOLDEN),
                                     "--overlay-dir", str(out), "--format", "jsonl"])
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 1, res.output  # the batch carries on past the unreadable file, then says so
     lines = [json.loads(x) for x in res.output.strip().splitlines()]
     by_name = {Path(d["field"]).name: d for d in lines if "field" in d}
     assert by_name["broken.jpg"]["rejected"]
@@ -350,6 +350,9 @@ def test_field_cli_table_count_only(tmp_path, generated_field):
     bad.write_text("nope")
     res = CliRunner().invoke(main, ["field", str(bad), "--count-only"])
     assert res.exit_code == 1 and "rejected:" in res.output
+    odd = write_image(tmp_path / "a\nb.png", generated_field[0])  # a newline must not split the row
+    res = CliRunner().invoke(main, ["field", str(odd), "--count-only"])
+    assert res.exit_code == 0 and "a\\nb.png" in res.output and len(res.output.splitlines()) == 3, res.output
     assert CliRunner().invoke(main, ["field", "--help"]).exit_code == 0
 
 
@@ -535,3 +538,18 @@ def test_cells_fill_the_input_as_in_training_at_any_magnification(shared_malaria
         fill = float(np.median([_fill(c.mask) for c in cells if not c.edge]))
         assert abs(fill - trained) < 0.04, (k, fill, trained)
         assert 30 * k < radius < 50 * k  # the cells' size follows the magnification; the fill does not
+
+
+def test_fields_with_one_name_in_two_folders_keep_one_overlay_each(tmp_path, generated_field):
+    """a/f.png then b/f.png: the second overlay replaced the first (f_overlay.png) without a word."""
+    from edgekit.cli import main
+
+    write_image(tmp_path / "in" / "a" / "f.png", generated_field[0])
+    write_image(tmp_path / "in" / "b" / "f.png", generated_field[0][::-1].copy())
+    out = tmp_path / "ov"
+    res = CliRunner().invoke(main, ["field", str(tmp_path / "in"), "--count-only", "--overlay-dir", str(out),
+                                    "--format", "jsonl"])
+    assert res.exit_code == 0, res.output
+    written = [json.loads(x).get("overlay") for x in res.stdout.splitlines()][:2]
+    assert sorted(Path(p).name for p in written) == ["f-2_overlay.png", "f_overlay.png"]
+    assert all(Path(p).is_file() for p in written)

@@ -3,7 +3,10 @@ opened for reading, partly decoded images refused, a model that crashes the runt
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -279,3 +282,167 @@ def test_reading_a_small_file_does_not_allocate_the_bound(tmp_path):
     finally:
         tracemalloc.stop()
     assert data == f.read_bytes() and peak < 1 << 20
+
+
+@pytest.mark.parametrize("mode", [[], ["--fields"]])
+def test_screen_exits_1_when_an_input_cannot_be_read(tmp_path, mode):
+    """The batch carries on past the bad file, prints the summary, then exits 1; the rerun, which
+    reads nothing new, exits 0. (Both exited 0 before.)"""
+    folder = tmp_path / "in"
+    shutil.copytree(CELLS, folder)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    db = tmp_path / "s.sqlite"
+    args = ["screen", str(folder), *mode, "--patient", "P", "--db", str(db), "-m", str(GOLDEN)]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 1 and "broken.jpg" in res.stderr and "session 1:" in res.stdout, res.output
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0 and "skipped" in res.stderr, res.output
+
+
+def test_ctrl_c_in_a_screen_batch_exits_130_with_every_record_once(tmp_path, monkeypatch):
+    """Ctrl-C (here: raised by the file source at its 81st image) ends with the summary of what is
+    recorded and exit 130, not 0; the rerun records the rest, each image once."""
+    from edgekit.device import screening
+
+    folder = tmp_path / "in"
+    for i in range(100):
+        write_image(folder / f"c{i:02d}.png", cell_image(i, 40))
+    real = screening.file_source
+
+    def interrupted_source(*args, **kwargs):
+        crops, total, kind = real(*args, **kwargs)
+
+        def gen():
+            for i, crop in enumerate(crops):
+                if i == 80:
+                    raise KeyboardInterrupt
+                yield crop
+        return gen(), total, kind
+
+    db = tmp_path / "s.sqlite"
+    args = ["screen", str(folder), "--patient", "P", "--db", str(db), "-m", str(GOLDEN), "--stop-cells", "0"]
+    with monkeypatch.context() as m:
+        m.setattr(screening, "file_source", interrupted_source)
+        res = CliRunner().invoke(main, args)
+    assert res.exit_code == 130 and "interrupted" in res.stderr and "session 1:" in res.stdout, res.output
+    with sqlite3.connect(db) as con:
+        n, distinct = con.execute("SELECT COUNT(*), COUNT(DISTINCT content_hash) FROM records").fetchone()
+    assert 0 < n == distinct <= 80  # the batch in flight is lost, nothing reported
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0 and f"skipped {n} already recorded" in res.stderr, res.output
+    with sqlite3.connect(db) as con:
+        counts = con.execute("SELECT COUNT(*), COUNT(DISTINCT content_hash) FROM records").fetchone()
+    assert counts == (100, 100)
+
+
+def _as_a_user(cmd: list[str]) -> list[str]:
+    """``cmd`` run without the power to ignore file permissions (root keeps its uid but drops it)."""
+    if os.geteuid() != 0:
+        return cmd
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: permissions cannot be tested")
+    caps = "-dac_override,-dac_read_search"
+    return ["setpriv", "--bounding-set", caps, "--inh-caps", caps, *cmd]
+
+
+def test_unreadable_folders_are_reported_and_the_batch_goes_on(tmp_path):
+    """A file in a folder that cannot be searched ended the whole batch ("error: Permission denied",
+    exit 2); an unreadable subfolder was skipped in silence, an unreadable folder called empty."""
+    tree = tmp_path / "tree"
+    write_image(tree / "a" / "good.png", cell_image(1, 48))
+    write_image(tree / "b" / "hidden.png", cell_image(2, 48))
+    write_image(tmp_path / "locked" / "x.png", cell_image(3, 48))
+    (tree / "b").chmod(0)
+    (tmp_path / "locked").chmod(0)
+    locked = tmp_path / "locked"
+    cmd = [sys.executable, "-m", "edgekit", "classify", str(locked / "x.png"), str(locked), str(tree),
+           "-m", str(GOLDEN), "--format", "jsonl"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    try:
+        res = subprocess.run(_as_a_user(cmd), capture_output=True, text=True, timeout=120, env=env)
+    finally:
+        (tree / "b").chmod(0o755)
+        locked.chmod(0o755)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    rows = {Path(r["path"]).relative_to(tmp_path).as_posix(): r
+            for r in map(json.loads, res.stdout.splitlines())}
+    assert rows["tree/a/good.png"]["status"] == "classified"
+    assert rows["tree/b"]["reason"] == "cannot read this folder: Permission denied"
+    assert rows["locked"]["reason"] == "cannot read this folder: Permission denied"
+    assert rows["locked/x.png"]["reason"] == "cannot reach it: Permission denied"
+
+
+def test_a_session_id_beyond_sqlite_integers_is_no_session(tmp_path):
+    db = tmp_path / "s.sqlite"
+    assert CliRunner().invoke(main, ["screen", str(CELLS), "--patient", "P", "--db", str(db),
+                                     "-m", str(GOLDEN)]).exit_code == 0
+    huge = "9" * 25  # binding it was an OverflowError traceback
+    for args in (["show", huge], ["show", "--id", huge], ["export", "--id", huge],
+                 ["confirm", huge, "1", "--verdict", "confirm"]):
+        res = CliRunner().invoke(main, ["sessions", *args, "--db", str(db)])
+        assert res.exit_code == 2 and f"'{huge}' in" in res.stderr, (args, res.output)
+
+
+@pytest.mark.parametrize("args", [
+    ["serve", "--max-upload-mb", "nan"], ["model", "bench", "--timeout", "nan"],
+    ["model", "import", "x.onnx", "--labels", "a,b", "--threshold", "nan", "-o", "b"],
+    ["model", "split", "d", "--test-fraction", "inf"]])
+def test_nan_and_inf_are_refused_by_float_options(args):
+    """nan compares false, so it passed every click.FloatRange (`serve --max-upload-mb nan`: a traceback)."""
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2 and "is not a finite number" in res.stderr, res.output
+
+
+def test_exit_does_not_wait_forever_on_a_stuck_colour_table_build():
+    """Ctrl-C while the main thread imported OpenCV left the background Lab-table build blocked on the
+    import lock, and the exit joined it without a bound: `screen --fields` hung until killed."""
+    code = ("import threading\nfrom edgekit.device import domain\n"
+            "domain.opencv = lambda: threading.Event().wait()  # a build that never ends\n"
+            "domain.warm_up()\nprint('exiting')")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 0 and res.stdout == "exiting\n", res.stderr
+
+
+def test_camera_options_that_would_be_ignored_or_fail_late_are_refused_at_once(tmp_path):
+    """`camera --save` was silently ignored without --crops (nothing saved, exit 0); an --overlay that
+    is a folder failed only after the first field, naming a temporary file."""
+    from edgekit.device.live import LiveView
+    from edgekit.errors import EdgekitError
+
+    res = CliRunner().invoke(main, ["camera", "--source", "none.avi", "--save", str(tmp_path / "s")])
+    assert res.exit_code == 2 and "--save keeps --crops frames" in res.stderr, res.output
+    with pytest.raises(EdgekitError, match="it is a folder"):
+        LiveView(None, tmp_path)
+
+
+def test_ctrl_c_while_the_cli_loads_is_one_line(monkeypatch, capsys):
+    """The CLI's own imports take a few tenths of a second on a small board; Ctrl-C then was a traceback."""
+    class InterruptedImport:
+        def find_spec(self, name, path=None, target=None):
+            if name == "edgekit.cli":
+                raise KeyboardInterrupt
+
+    monkeypatch.delitem(sys.modules, "edgekit.cli")
+    monkeypatch.setattr(sys, "meta_path", [InterruptedImport(), *sys.meta_path])
+    from edgekit.entry import main as entry
+
+    with pytest.raises(SystemExit) as stopped:
+        entry()
+    assert stopped.value.code == 130 and capsys.readouterr().err == "interrupted\n"
+
+
+@pytest.mark.parametrize("name, array", [
+    ("nan.npy", np.full((5, 4), np.nan)), ("inf.npy", np.full((5, 4), np.inf)),
+    ("scalar.npy", np.array(3.0)), ("text.npy", np.array(["a", "b"]))])
+def test_feature_tables_with_nan_inf_or_no_numbers_are_refused(tmp_path, name, array):
+    """Calibration/validation tables (`model export --calibration x.npy`) took nan and inf as data (the
+    int8 range, the accuracy); a 0-d or text array was an IndexError or ValueError traceback."""
+    from types import SimpleNamespace
+
+    from edgekit.errors import DataError
+    from edgekit.export.calibration import from_path
+
+    np.save(tmp_path / name, array)
+    with pytest.raises(DataError, match="nan or infinite|not a table of numbers"):
+        from_path(tmp_path / name, SimpleNamespace(labels=["R", "M"]), (None, 4), None, 0, "calibration")

@@ -29,7 +29,8 @@ def _crops(pre: Preprocessing) -> np.ndarray:
     return np.stack([load_for_model(p, pre) for p in sorted(CELLS.iterdir())])
 
 
-def tiny_onnx(path: Path, outputs: int = 2, size: int = 8, seed: int = 0) -> np.ndarray:
+def tiny_onnx(path: Path, outputs: int = 2, size: int = 8, seed: int = 0,
+              batch: int | str = "n") -> np.ndarray:
     """An NHWC float ONNX model: spatial mean -> MatMul W -> Softmax. Returns W (3, outputs)."""
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper
@@ -40,8 +41,8 @@ def tiny_onnx(path: Path, outputs: int = 2, size: int = 8, seed: int = 0) -> np.
          helper.make_node("MatMul", ["m", "w"], ["z"]),
          helper.make_node("Softmax", ["z"], ["p"], axis=1)],
         "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", size, size, 3])],
-        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["n", outputs])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, size, size, 3])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, [batch, outputs])],
         [numpy_helper.from_array(w, "w")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
@@ -130,6 +131,28 @@ def test_three_outputs_two_labels(tmp_path: Path) -> None:
     code, text = _import(str(model), "--labels", LABELS, "--scale", "1/255", "-o", str(tmp_path / "b"))
     assert code == 2
     assert text == "error: the model has 3 outputs but 2 labels were given (Parasitized, Uninfected)\n"
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_an_onnx_model_with_a_fixed_batch_size_runs_any_batch(tmp_path: Path, batch: int) -> None:
+    """Many exported models fix the batch at 1; onnxruntime refused the import's test batch of 2 with a
+    traceback, and classify's batches would have failed the same way."""
+    model = tmp_path / "fixed.onnx"
+    w = tiny_onnx(model, batch=batch)
+    code, text = _import(str(model), "--labels", LABELS, "--scale", "1/255", "-o", str(tmp_path / "b"))
+    assert code == 0, text
+    x = np.random.default_rng(2).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
+    z = (x / 255.0).mean(axis=(1, 2)) @ w
+    want = np.exp(z - z.max(1, keepdims=True))
+    np.testing.assert_allclose(load_classifier(tmp_path / "b").predict(x), want / want.sum(1, keepdims=True),
+                               atol=1e-5)
+
+
+def test_an_input_larger_than_a_bundle_takes_is_refused_before_running(tmp_path: Path) -> None:
+    model = tmp_path / "huge.onnx"
+    tiny_onnx(model, size=5000)  # a test batch of that size would take 600 MB of floats
+    code, text = _import(str(model), "--labels", LABELS, "--scale", "1/255", "-o", str(tmp_path / "b"))
+    assert code == 2 and "input is 5000x5000" in text and "at most 4096x4096" in text, text
 
 
 def test_raw_uint8_model_contradicts_device_scaling(tmp_path: Path) -> None:

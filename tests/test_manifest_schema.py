@@ -59,7 +59,7 @@ def test_malformed_fields_are_one_clear_line(tmp_path, change, match):
 
 
 @pytest.mark.parametrize("path", ["../../../../etc/passwd", "/etc/passwd", "../other/model.tflite",
-                                  "sub/../../x.tflite", "C:\\model.tflite", ""])
+                                  "sub/../../x.tflite", "C:\\model.tflite", "", ".", "./"])
 def test_artifact_paths_stay_inside_the_bundle(tmp_path, path):
     bundle = _bundle(tmp_path, lambda d: d["artifacts"]["tflite_int8"].update(path=path))
     _one_line_error(bundle, "malformed manifest: artifacts.tflite_int8.path")
@@ -88,6 +88,7 @@ def test_artifact_that_is_a_fifo_is_refused_without_blocking(tmp_path):
     ('{"labels": ["A", "B"], "thresholds": {"positive": NaN}}', "thresholds.positive"),
     ("[1, 2]", "not a JSON object"),
     ("\xff\xfe", "cannot read"),
+    ('{"labels": ["A", "B"], "n": ' + "9" * 5000 + "}", "cannot read"),  # int() digit limit: ValueError
 ])
 def test_strict_json(tmp_path, text, match):
     (tmp_path / "manifest.json").write_bytes(text.encode("latin-1"))

@@ -188,3 +188,15 @@ def test_reviewed_cells_become_site_cells_from_both_sides(tmp_path):
     res = CliRunner().invoke(main, ["cells", "--from-sessions", str(tmp_path / "none.sqlite"), "-o",
                                     str(tmp_path / "x")])
     assert res.exit_code != 0 and "not found" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("text", ["", "record_id,verdict\n"])
+def test_a_verdict_csv_without_verdicts_is_an_error(tmp_path, text):
+    """An empty verdict file "succeeded" silently (exit 0, nothing recorded)."""
+    from edgekit.device.review import read_verdicts
+    from edgekit.errors import EdgekitError
+
+    path = tmp_path / "v.csv"
+    path.write_text(text)
+    with pytest.raises(EdgekitError, match="holds no verdicts"):
+        read_verdicts(path)

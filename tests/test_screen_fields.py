@@ -19,7 +19,7 @@ def test_screen_fields_records_cells_and_rejected_fields(tmp_path):
     args = ["screen", "--patient", "F1", "--fields", str(FIXTURES / "fields"), str(bad),
             "--model", str(FIXTURES / "golden_bundle"), "--db", str(db), "--json"]
     first = CliRunner().invoke(main, args)
-    assert first.exit_code == 0, first.output
+    assert first.exit_code == 1, first.output  # recorded as rejected, and the unreadable file said so
     query = "select source_id, source_kind, status, reason from records"
     rows = sqlite3.connect(db).execute(query).fetchall()
     cells = [r for r in rows if r[2] == "classified"]

@@ -121,3 +121,62 @@ def test_serve_passes_its_host_to_the_app(monkeypatch, tmp_path):
                                     "--db", str(tmp_path / "s.sqlite")])
     assert res.exit_code == 0, res.output
     assert seen["host"] == "127.0.0.2" and AUTH
+
+
+def test_a_json_body_is_refused_past_its_limit_without_being_held(station, monkeypatch):
+    """A 200 MB body sent to a JSON endpoint was read whole (hundreds of MB of memory) before "JSON
+    decode error"; it is now refused with 413 by its Content-Length, or as it streams in."""
+    from edgekit.device.serve import app as serve_app
+
+    monkeypatch.setattr(serve_app, "MAX_JSON_BYTES", 4096)
+    client = _client(station, token=TOKEN)
+    sid = _session(client)
+    big = b'{"patient": "' + b"a" * 8192 + b'"}'
+    r = client.post("/api/sessions", content=big, headers={**AUTH, "Content-Type": "application/json"})
+    assert r.status_code == 413 and "larger than 4 kB" in r.json()["detail"]
+
+    def chunks():  # no Content-Length: refused as it streams in
+        for _ in range(100):
+            yield b" " * 1024
+
+    r = client.post(f"/api/sessions/{sid}/reviews", content=chunks(),
+                    headers={**AUTH, "Content-Type": "application/json"})
+    assert r.status_code == 413 and "larger than 4 kB" in r.json()["detail"]
+    assert client.post("/api/sessions", json={"patient": "P-2"}, headers=AUTH).status_code == 200
+    assert _upload(client, sid, FIELD.read_bytes()).status_code == 200  # images keep their own, larger limit
+
+
+def test_an_overlay_dir_that_is_a_file_is_refused_at_start(monkeypatch, tmp_path):
+    """It started, then answered every field with "counted, no overlay"."""
+    import uvicorn
+    from click.testing import CliRunner
+    from device_helpers import GOLDEN
+
+    from edgekit.cli import main
+
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("started"))
+    monkeypatch.setattr("edgekit.device.serve.access.check_port_free", lambda h, p: None)
+    taken = tmp_path / "overlays"
+    taken.write_text("a file")
+    res = CliRunner().invoke(main, ["serve", "-m", str(GOLDEN), "--db", str(tmp_path / "s.sqlite"),
+                                    "--overlay-dir", str(taken)])
+    assert res.exit_code == 2 and f"cannot keep overlays in {taken}" in res.stderr, res.output
+
+
+def test_a_crop_upload_has_the_crop_paths_size_bound(station):
+    """A 6000x6000 PNG of a few kB uploaded as a crop was decoded in full (36 MP, seconds of CPU) before
+    "blank"; `edgekit screen` refuses it from its header (16 MP), and so does the station now."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = zlib.compress(b"\x00" * (1 + 6000 * 3) * 6000, 9)
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 6000, 6000, 8, 2, 0, 0, 0))
+           + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+    client = _client(station, token=TOKEN)
+    sid = _session(client)
+    r = _upload(client, sid, png, kind="crop")
+    assert r.status_code == 415 and "too large (6000x6000" in r.json()["detail"], r.text
+    assert _count(station) == 0

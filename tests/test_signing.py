@@ -81,6 +81,13 @@ def test_tampered_signed_bundle_is_refused(strict, tmp_path, tamper):
     assert "signature does not match the manifest" in res.stderr and "Traceback" not in res.output
 
 
+def test_a_signature_file_with_a_5000_digit_number_is_one_line(strict, tmp_path):
+    bundle = golden_copy(tmp_path / "b")
+    (bundle / SIGNATURE_NAME).write_text('{"n": ' + "9" * 5000 + "}")
+    res = _classify(bundle)
+    assert res.exit_code == 2 and "signature.json is malformed" in res.stderr, res.output
+
+
 def test_untrusted_key_is_refused_and_trusting_it_works(strict, tmp_path, monkeypatch):
     key, pub = generate_keypair(tmp_path / "keys" / "site")
     bundle = golden_copy(tmp_path / "b")

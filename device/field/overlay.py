@@ -115,8 +115,10 @@ def _banner(out: np.ndarray, text: str, thick: int) -> None:
                 cv2.LINE_AA)
 
 
-def write_overlay(report: FieldReport, folder: Path) -> Path | None:
-    """``FIELD_overlay.png`` in ``folder`` (None: the report kept no image, or PNG encoding failed)."""
+def write_overlay(report: FieldReport, folder: Path, taken: set[str] | None = None) -> Path | None:
+    """``FIELD_overlay.png`` in ``folder`` (None: the report kept no image, or PNG encoding failed).
+    ``taken``: the names written so far in this run; a field whose name is taken (``a/f.jpg`` then
+    ``b/f.jpg``) gets ``FIELD-2_overlay.png`` instead of replacing the first one's."""
     from edgekit.manifest import atomic_write_bytes
 
     if report.image is None:
@@ -124,6 +126,13 @@ def write_overlay(report: FieldReport, folder: Path) -> Path | None:
     ok, buf = opencv().imencode(".png", draw_overlay(report.image, report)[:, :, ::-1])
     if not ok:
         return None
-    path = folder / f"{Path(report.source).stem}_overlay.png"
+    stem = name = Path(report.source).stem
+    k = 1
+    while taken is not None and name in taken:
+        k += 1
+        name = f"{stem}-{k}"
+    if taken is not None:
+        taken.add(name)
+    path = folder / f"{name}_overlay.png"
     atomic_write_bytes(path, buf.tobytes())
     return path

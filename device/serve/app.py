@@ -53,6 +53,7 @@ PHONE_COOKIE = "edgekit_phone"
 PHONE_HEADER = "x-edgekit-phone"
 PHONE_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 MULTIPART_SLACK = 64 * 1024  # multipart headers and boundaries around the file
+MAX_JSON_BYTES = 1 << 20  # any other request body (1,000 verdicts take ~70 kB)
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
        "connect-src 'self'; manifest-src 'self'; worker-src 'self'; form-action 'self'; base-uri 'none'; "
@@ -342,10 +343,50 @@ async def _read_upload(request: Request, limit: int, name: str | None, seconds: 
     return name, data
 
 
+class BodyLimit:
+    """ASGI middleware: a request body other than an image upload (which ``_read_upload`` bounds by
+    --max-upload-mb) is refused with 413 past ``limit`` bytes, by its Content-Length or as it arrives:
+    a 200 MB JSON body is never held in memory."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"].endswith("/images"):
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers", [])).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.limit:
+            return await self._refuse(send)
+        state = {"seen": 0, "over": False}
+
+        async def limited_receive() -> dict[str, Any]:
+            message = await receive()
+            state["seen"] += len(message.get("body", b""))
+            if state["seen"] > self.limit:  # the app sees the client gone; its answer is replaced
+                state["over"] = True
+                return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: dict[str, Any]) -> None:
+            if not state["over"]:
+                await send(message)
+            elif message["type"] == "http.response.start":
+                await self._refuse(send)
+
+        await self.app(scope, limited_receive, guarded_send)
+
+    async def _refuse(self, send: Any) -> None:
+        body = json.dumps({"detail": f"request body larger than {self.limit // 1024} kB"}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
 def create_app(station: Station, config: ServeConfig) -> FastAPI:
     """The FastAPI application serving ``station`` (OpenAPI at ``/openapi.json``; no CDN docs)."""
     app = FastAPI(title="edgekit serve", version=__version__, docs_url=None, redoc_url=None,
                   description="Screening station: patient sessions, field and crop uploads, summaries.")
+    app.add_middleware(BodyLimit, limit=MAX_JSON_BYTES)
     assets = _load_assets()
 
     async def run(fn, *args) -> Any:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from edgekit.cli_options import allow_unsigned_option, model_format_option, model_option
+from edgekit.cli_options import FiniteFloatRange, allow_unsigned_option, model_format_option, model_option
 from edgekit.device.serve.access import TOKEN_ENV
 from edgekit.device.serve.join import join_links, lan_addresses, qr_text, url_host
 
@@ -69,7 +69,7 @@ def auto_tls(db_path: Path, host: str) -> tuple[Path, Path, bytes]:
                    "Default: $EDGEKIT_DB or ~/.local/share/edgekit/screening.sqlite.")
 @click.option("--overlay-dir", type=click.Path(path_type=Path), default=None,
               help="Where annotated field overlays are kept. Default: overlays/ beside the database.")
-@click.option("--max-upload-mb", type=click.FloatRange(0.1, 200), default=20.0, show_default=True,
+@click.option("--max-upload-mb", type=FiniteFloatRange(0.1, 200), default=20.0, show_default=True,
               help="Largest accepted upload.")
 @click.option("--max-pending", type=click.IntRange(1, 256), default=8, show_default=True,
               help="Uploads processed or waiting at once; more are refused with 429 (retry).")
@@ -126,8 +126,14 @@ def serve(host: str, port: int, bundle: Path | None, model_format: str | None, t
         click.echo(line, err=True)
 
     classifier = load_classifier(bundle, model_format, threads, allow_unsigned=allow_unsigned, warn=warn)
-    station = Station(classifier, db_path, overlay_dir or db_path.parent / "overlays",
-                      untrusted="; ".join(untrusted) or None)
+    overlays = overlay_dir or db_path.parent / "overlays"
+    try:  # a file or an unwritable folder is said now, not as "counted, no overlay" on every field
+        overlays.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EdgekitError(f"cannot keep overlays in {overlays}: {exc.strerror or exc}") from exc
+    if not os.access(overlays, os.W_OK | os.X_OK):
+        raise EdgekitError(f"cannot keep overlays in {overlays}: the folder is not writable")
+    station = Station(classifier, db_path, overlays, untrusted="; ".join(untrusted) or None)
     scheme = "https" if cert else "http"
     links = station_links(scheme, host, port, token)
     config = ServeConfig(token=token, max_bytes=int(max_upload_mb * 1024 * 1024), max_pending=max_pending,

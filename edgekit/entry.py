@@ -1,0 +1,17 @@
+# pyright: basic
+"""The ``edgekit`` script and ``python -m edgekit``: Ctrl-C while the CLI is still loading (a few
+tenths of a second on a small board) is one line and exit 130 too, not a traceback."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main() -> None:
+    """Load the CLI, then run it."""
+    try:
+        from edgekit.cli import main as cli
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        raise SystemExit(130) from None
+    cli()
