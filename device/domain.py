@@ -243,13 +243,25 @@ def check_cell(rgb: np.ndarray, domain: Domain, dark_level: int = DARK_LEVEL,
         return "no cell pixels to classify"
     c = chroma(f)
     if c < domain.min_chroma:
-        return (f"no stain colour (chroma {c:.1f} < {domain.min_chroma:.1f}): a grayscale image, but the"
-                " model was trained on colour-stained cells")
+        return _colourless(c, domain)
     d = float(distances(f, domain)[0]) if distance is None or features is None else distance
     if domain.max_crop_distance is not None and d > domain.max_crop_distance:
         return (f"does not look like a cell the model was trained on (distance {d:.1f} >"
                 f" {domain.max_crop_distance:.1f} in size, shape and colour)")
     return None
+
+
+def _colourless(c: float, domain: Domain) -> str:
+    return (f"no stain colour (chroma {c:.1f} < {domain.min_chroma:.1f}): a grayscale image, but the"
+            " model was trained on colour-stained cells")
+
+
+def colourless_field(crops: Sequence[np.ndarray], domain: Domain) -> str | None:
+    """:func:`check_cell`'s colour rule for a whole field: the reason when the median chroma of its
+    cells (``crops``, or a sample of them) is under the bundle's ``min_chroma`` (a grayscale field,
+    whose every crop screening refuses), else None."""
+    c = aggregate([chroma(f) for f in (crop_features(c) for c in crops) if f is not None])
+    return _colourless(c, domain) if c is not None and c < domain.min_chroma else None
 
 
 def aggregate(scores: Sequence[float | None]) -> float | None:

@@ -553,3 +553,26 @@ def test_fields_with_one_name_in_two_folders_keep_one_overlay_each(tmp_path, gen
     written = [json.loads(x).get("overlay") for x in res.stdout.splitlines()][:2]
     assert sorted(Path(p).name for p in written) == ["f-2_overlay.png", "f_overlay.png"]
     assert all(Path(p).is_file() for p in written)
+
+
+def test_a_grayscale_field_is_refused_as_screening_refuses_its_crops():
+    """`edgekit field` counted a grayscale field's cells (NOT VALIDATED) while `screen --fields`
+    refused every one of its crops as colourless: the field is refused with the crop gate's reason."""
+    import cv2
+
+    from edgekit.device.domain import check_cell
+    from edgekit.device.field import analyze_field, crop_cell
+    from edgekit.device.runtime import default_bundle_dir, load_classifier
+
+    clf = load_classifier(default_bundle_dir(), "tflite_int8")
+    rgb = cv2.cvtColor(cv2.imread(str(FIELDS / "BloodImage_00014.jpg")), cv2.COLOR_BGR2RGB)
+    grey = np.repeat(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[:, :, None], 3, axis=2)
+    colour = analyze_field(rgb, clf)
+    assert colour.rejected is None and colour.cells and colour.probabilities
+    found = analyze_field(grey, None)  # the finder alone still finds its cells
+    assert found.rejected is None and found.cells
+    refused = analyze_field(grey, clf)
+    assert refused.rejected is not None and refused.rejected.startswith("no stain colour")
+    assert refused.cells == [] and not refused.probabilities
+    assert all((check_cell(crop_cell(grey, c), clf.manifest.domain) or "").startswith("no stain colour")
+               for c in found.cells[:10])

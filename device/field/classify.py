@@ -111,6 +111,8 @@ def classify_field(
     the others are classified."""
     t2 = time.perf_counter()
     if rgb is not None and report.rejected is None and classifier is not None:
+        _refuse_colourless(report, rgb, classifier)
+    if rgb is not None and report.rejected is None and classifier is not None:
         given = known or [None] * len(report.cells)
         todo = [crop_cell(rgb, c) for c, k in zip(report.cells, given, strict=True) if k is None]
         fresh = iter(classify_crops(todo, classifier, batch_size))
@@ -129,6 +131,21 @@ def classify_field(
     if keep_image:
         report.image = rgb
     return report
+
+
+def _refuse_colourless(report: FieldReport, rgb: np.ndarray, classifier: ClassifierLike,
+                       sample: int = 15) -> None:
+    """Reject a field whose cells have no stain colour, by the crop gate's own rule (screening
+    refuses each of its crops): a grayscale field is refused on every path, not counted."""
+    domain = classifier.manifest.domain
+    if domain is None or not report.cells:
+        return
+    from edgekit.device.domain import colourless_field
+
+    step = max(1, len(report.cells) // sample)
+    reason = colourless_field([crop_cell(rgb, c) for c in report.cells[::step]], domain)
+    if reason:
+        report.rejected, report.cells = reason, []
 
 
 def iter_field_crops(
