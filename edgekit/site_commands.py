@@ -125,7 +125,7 @@ def cells(fields: tuple[Path, ...], annotations: Path | None, sessions_db: Path 
                    "0: none.")
 @click.option("--epochs", type=click.IntRange(1), default=12, show_default=True,
               help="At most this many epochs (see --patience).")
-@click.option("--patience", type=click.IntRange(0), default=5, show_default=True,
+@click.option("--patience", type=click.IntRange(0), default=0, show_default=True,
               help="Stop after this many epochs without a better validation-field AUC (of the int8 model "
                    "when int8 is exported; 0: never stop early).")
 @click.option("--average-epochs", type=FiniteFloatRange(0), default=0.0, show_default=True,
