@@ -915,8 +915,9 @@ def _deployed_probs(keras_path: Path, x_cal: np.ndarray | None, pos: int,
     it: int8 quantized as export does when int8 is exported (``x_cal``), else Keras. The site's
     cutoff, band and field rule are chosen on these outputs, the ones the device decides on: near a
     cutoff of 0.9 an int8 model's probabilities differ from Keras's enough to move whole-field counts
-    (IML, 15 adapted bundles, the same model each: test-field error 1.70 -> 1.59 points on average,
-    lower on 8 of 15; within the spread, so this rests on consistency, not on that gain)."""
+    (IML, 18 adapted bundles, the same model each: test-field error 1.68 -> 1.57 points on average,
+    lower on 9 of 18; within the spread, so this rests on consistency, not on that gain:
+    ``benchmarks/site_cutoffs.py``)."""
     from edgekit.export.bundle import load_keras
     from edgekit.parts import predict_arrays
 
