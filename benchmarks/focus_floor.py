@@ -29,7 +29,11 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import subprocess
+import sys
 import time
+import types
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -132,20 +136,27 @@ def field_sets(step: int, offset: int = 0) -> dict[str, list[tuple[str, np.ndarr
 OLD_FLOOR = 0.095  # the pixel-scale measure's floor before cell scale (issue 22)
 NOISE_FLOOR = 0.0958  # the noise-corrected measure's floor before the profile (issue 22)
 PREVIOUS_FLOOR = 0.0801  # the profile measure's floor before edges were chosen on a smoothed plane
+LAST_FLOOR = 0.0544  # the smoothed-plane measure's floor before noise was read from flat blocks
 FACTORS = (1.25, 1.5, 0.75)  # sharp fields rescaled (a higher / lower magnification, a phone zoom)
 
 
-def candidates() -> list:
+def candidates(compare: bool = True) -> list:
     """The measures compared: the pixel-scale one (the old default), cell-scale ones, with and
-    without the noise correction, and the default (noise correction and profile)."""
+    without the noise correction, the earlier defaults and the default; without ``compare``
+    only the default before it and the default (quicker)."""
     from edgekit.device.field.focus import FOCUS_MEASURE
 
+    if not compare:
+        return [LAST_MEASURE, FOCUS_MEASURE]
     return [FocusMeasure(), FocusMeasure(noise=True), FocusMeasure(42.0),
-            *(FocusMeasure(c, noise=True) for c in (36.0, 42.0)), PREVIOUS_MEASURE, FOCUS_MEASURE]
+            *(FocusMeasure(c, noise=True) for c in (36.0, 42.0)), PREVIOUS_MEASURE, LAST_MEASURE,
+            FOCUS_MEASURE]
 
 
 # the default before the edges were chosen on a smoothed plane (issue 22)
 PREVIOUS_MEASURE = FocusMeasure(noise=True, profile=0.25)
+# the default before the noise was read from the flattest blocks (issue 22)
+LAST_MEASURE = FocusMeasure(noise=True, profile=0.45, select=5, edges=10.0)
 
 
 def profile_measure():
@@ -158,16 +169,28 @@ def profile_measure():
     return replace(FOCUS_MEASURE, profile=1.0)
 
 
-def _score_row(rgb: np.ndarray) -> dict:
-    from edgekit.device.field.focus import edge_ratios, focus_score
+def _score_row(rgb: np.ndarray, measures: list) -> dict:
+    """The copy's cell radius (when a cell-scale measure is among ``measures``), its score by each
+    of them and the default's edge ratios (the default's score is taken from them:
+    :func:`default_scores`)."""
+    from edgekit.device.field.focus import FOCUS_MEASURE, edge_ratios, focus_score
     from edgekit.device.field.segment import cell_radius
 
-    radius = cell_radius(rgb)
-    return {"radius": round(radius, 1), "scores": {m.name: focus_score(rgb, radius, m) for m in candidates()},
-            "edge_ratios": edge_ratios(rgb, radius, profile_measure())}
+    radius = round(cell_radius(rgb), 1) if any(m.px_per_radius for m in measures) else None
+    return {"radius": radius, "edge_ratios": edge_ratios(rgb, radius, profile_measure()),
+            "scores": {m.name: focus_score(rgb, radius, m) for m in measures if m != FOCUS_MEASURE}}
 
 
-def score_rows(step: int, offset: int = 0) -> list[dict]:
+def default_scores(rows: list[dict]) -> None:
+    """Each row's score by the default measure, from its edge ratios at the default's profile (so
+    cached rows follow a profile set after they were scored)."""
+    from edgekit.device.field.focus import FOCUS_MEASURE, combine
+
+    for r in rows:
+        r["scores"][FOCUS_MEASURE.name] = combine(*r["edge_ratios"], FOCUS_MEASURE.profile)
+
+
+def score_rows(step: int, offset: int = 0, compare: bool = True) -> list[dict]:
     """Every copy measured with the pixel-scale measure and each cell-scale candidate: the sets
     sharp and blurred (SIGMAS, re-encoded or noisy), the plain BCCD fields as they are (no
     re-encoding, no noise), and sharp fields rescaled by FACTORS with their blurred copies (every
@@ -176,6 +199,7 @@ def score_rows(step: int, offset: int = 0) -> list[dict]:
 
     rng = np.random.default_rng(0)
     sets = field_sets(step, offset)
+    measures = candidates(compare)
     rows = []
     for name, items in sets.items():
         for k, (fid, rgb, held) in enumerate(items):
@@ -187,12 +211,44 @@ def score_rows(step: int, offset: int = 0) -> list[dict]:
                     mode = (k + int(sigma * 2)) % len(MODES)
                     rows.append({"set": name if factor == 1.0 else f"{name}_x{factor:g}", "field": fid,
                                  "held_out": held, "sigma": sigma, "mode": mode,
-                                 **_score_row(degrade(src, sigma, mode, rng))})
+                                 **_score_row(degrade(src, sigma, mode, rng), measures)})
     bccd = sorted((shared_data("blood_smear_fields_bccd") / "JPEGImages").glob("*.jpg"))
     for i in range(offset, len(bccd), step):
         rows.append({"set": "bccd_plain", "field": bccd[i].name, "held_out": (i // BLOCK) % 2 == 1,
-                     "sigma": 0.0, "mode": -1, **_score_row(_load(bccd[i]))})
+                     "sigma": 0.0, "mode": -1, **_score_row(_load(bccd[i]), measures)})
+    return rows + combined_rows(sets, measures)
+
+
+COMBINED_SIGMAS = (0.0, 0.0, 2.0, 3.0, 4.0)  # per calibration field: copies with noise and JPEG together
+
+
+def combined_rows(sets: dict[str, list[tuple[str, np.ndarray, bool]]], measures: list,
+                  seed: int = 3103) -> list[dict]:
+    """Calibration copies with sensor noise and JPEG re-encoding drawn together (FRESH_NOISE,
+    FRESH_JPEG; ``mode`` -2): JPEG removes the finest noise and keeps the coarser, which the copies
+    with one or the other do not show. Calibration fields only, own seed: the held-out copies and
+    their numbers stay as they were."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for name, items in sets.items():
+        for fid, rgb, held in items:
+            if held:
+                continue
+            for sigma in COMBINED_SIGMAS:
+                std, q = float(rng.choice(FRESH_NOISE)), int(rng.choice(FRESH_JPEG))
+                copy = noisy_jpeg(rgb, sigma, std, q, rng)
+                rows.append({"set": name, "field": fid, "held_out": False, "sigma": sigma, "mode": -2,
+                             "noise": std, "jpeg": q, **_score_row(copy, measures)})
     return rows
+
+
+def noisy_jpeg(rgb: np.ndarray, sigma: float, std: float, quality: int,
+               rng: np.random.Generator) -> np.ndarray:
+    """``rgb`` blurred by ``sigma``, then sensor noise of ``std`` (0: none), then JPEG at ``quality``
+    (0: not re-encoded)."""
+    out = blur(rgb, sigma)
+    out = add_noise(out, std, rng) if std else out
+    return jpeg(out, quality) if quality else out
 
 
 def calibrate(rows: list[dict], measure: str) -> float:
@@ -245,34 +301,57 @@ def calibrate_session_ratio(rows: list[dict], measure: str) -> float:
 
     lowest = 1.0
     for name in {r["set"] for r in rows if "_x" not in r["set"]}:
-        cal = [r for r in rows if r["set"] == name and not r["held_out"]]
+        cal = [r for r in rows if r["set"] == name and not r["held_out"] and r["mode"] != -2]
         seq = [r["scores"][measure] for r in cal if r["sigma"] == 0]
         for i in range(1, len(seq)):
             lowest = min(lowest, seq[i] / max(max(seq[max(0, i - SESSION_RECENT):i]), 1e-6))
     return float(np.floor(lowest * 20) / 20)
 
 
-def cpu_times(measures: list, fields: int = 8, rounds: int = 7) -> dict:
-    """CPU milliseconds per IML field (1280x960) for each measure: ``fields`` IML fields spread
-    over the set, the measures taken in turn within each round (so load hits them alike); the
-    median over ``rounds`` of each round's mean. Also each one's median ratio to the first
-    measure, round by round."""
+SHIPPED = "07fadec"  # focus.py as it shipped before the profile: the CPU bound (1.2x) is against it
+
+
+def shipped_scorer(rev: str = SHIPPED) -> Callable[[np.ndarray], float] | None:
+    """``focus_score`` of ``device/field/focus.py`` as it was at git revision ``rev``, loaded as
+    its own module; None outside a git checkout."""
+    try:
+        src = subprocess.run(["git", "show", f"{rev}:device/field/focus.py"], cwd=HERE.parent,
+                             capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    module = types.ModuleType(f"focus_at_{rev}")
+    sys.modules[module.__name__] = module  # its dataclass looks its module up
+    exec(compile(src, f"focus.py@{rev}", "exec"), module.__dict__)
+    return module.focus_score
+
+
+def cpu_times(measures: list, fields: int = 8, rounds: int = 9) -> dict:
+    """CPU milliseconds per IML field (1280x960): the focus measure as it shipped at SHIPPED (when
+    git has it), then each of ``measures``; ``fields`` IML fields spread over the set, the
+    measures taken in turn within each round (so load hits them alike); the median over
+    ``rounds`` of each round's mean. Also each one's median ratio to the first, round by round."""
+    from functools import partial
+
     from edgekit.device.field.focus import focus_score
 
     paths = sorted((shared_data("malaria_fields_iml") / "images").glob("*.JPG"))
     rgbs = [_load(paths[i * len(paths) // fields]) for i in range(fields)]
-    per: dict[str, list[float]] = {m.name: [] for m in measures}
+    scorers: dict[str, Callable] = {}
+    if (shipped := shipped_scorer()) is not None:
+        scorers[f"shipped at {SHIPPED}"] = shipped
+    scorers |= {m.name: partial(focus_score, measure=m) for m in measures}
+    per: dict[str, list[float]] = {k: [] for k in scorers}
     for _ in range(rounds):
-        for m in measures:
+        for name, score in scorers.items():
             t = time.process_time()
             for rgb in rgbs:
-                focus_score(rgb, measure=m)
-            per[m.name].append((time.process_time() - t) / fields)
-    base = per[measures[0].name]
+                score(rgb)
+            per[name].append((time.process_time() - t) / fields)
+    first = next(iter(per))
     return {"fields": fields, "rounds": rounds,
             "ms": {k: round(1000 * float(np.median(v)), 1) for k, v in per.items()},
-            "ratio_to_" + measures[0].name: {
-                k: round(float(np.median([a / b for a, b in zip(v, base, strict=True)])), 3)
+            "ratio_to_" + first: {
+                k: round(float(np.median([a / b for a, b in zip(v, per[first], strict=True)])), 3)
                 for k, v in per.items()}}
 
 
@@ -334,13 +413,14 @@ def run(step: int = 1, rows: list[dict] | None = None, offset: int = 0) -> dict:
     sets = field_sets(step, offset)
     rows = rows if rows is not None else score_rows(step, offset)
     current = FOCUS_MEASURE.name
+    default_scores(rows)
     profile, profile_table = calibrate_profile(rows)
-    measures = {f"pixel (old default, floor {OLD_FLOOR})": summarise(rows, "pixel", OLD_FLOOR)
-                } if "pixel" in rows[0]["scores"] else {}
-    measures[f"pixel+noise (default before the profile, floor {NOISE_FLOOR})"] = summarise(
-        rows, "pixel+noise", NOISE_FLOOR)
-    measures[f"{PREVIOUS_MEASURE.name} (previous default, floor {PREVIOUS_FLOOR})"] = summarise(
-        rows, PREVIOUS_MEASURE.name, PREVIOUS_FLOOR)
+    earlier = [("pixel", f"old default, floor {OLD_FLOOR}", OLD_FLOOR),
+               ("pixel+noise", f"default before the profile, floor {NOISE_FLOOR}", NOISE_FLOOR),
+               (PREVIOUS_MEASURE.name, f"previous default, floor {PREVIOUS_FLOOR}", PREVIOUS_FLOOR),
+               (LAST_MEASURE.name, f"default before flat-block noise, floor {LAST_FLOOR}", LAST_FLOOR)]
+    measures = {f"{name} ({what})": summarise(rows, name, floor)
+                for name, what, floor in earlier if name in rows[0]["scores"]}
     for m in rows[0]["scores"]:
         measures[f"{m} (floor recalibrated)"] = summarise(rows, m, calibrate(rows, m))
     measures[f"{current} (default, floor {FOCUS_FLOOR})"] = summarise(rows, current, FOCUS_FLOOR)
@@ -373,7 +453,7 @@ def run(step: int = 1, rows: list[dict] | None = None, offset: int = 0) -> dict:
         "measure": f"focus_score (edgekit.device.field.focus), default {current}", "floor": FOCUS_FLOOR,
         "calibration_fields": len({(r["set"], r["field"]) for r in rows if not r["held_out"]}),
         "held_out_fields": len({(r["set"], r["field"]) for r in held}),
-        "cpu_per_iml_field": cpu_times([FocusMeasure(noise=True), PREVIOUS_MEASURE, FOCUS_MEASURE]),
+        "cpu_per_iml_field": cpu_times([PREVIOUS_MEASURE, LAST_MEASURE, FOCUS_MEASURE]),
         "measures": measures,
         "profile": FOCUS_MEASURE.profile, "profile_from_calibration": profile, "profile_table": profile_table,
         "session_ratio": SESSION_RATIO,
@@ -389,48 +469,65 @@ FRESH_NOISE = (0.0, 2.0, 4.0, 6.0, 8.0)  # sensor noise std, drawn per copy
 FRESH_JPEG = (0, 95, 85, 75, 60)  # JPEG quality, drawn per copy (0: not re-encoded)
 
 
-def fresh_items() -> list[tuple[str, str, object]]:
-    """Fields for the fresh held-out check, never used to set anything: the held-out blocks of IML
-    (odd blocks of 10; scored before only to report), the BCCD fields of the held-out blocks that
-    no earlier run blurred (index 2 and 3 mod 4), and NIH-like fields from seeds 100-139 (new
-    fields). Returns (set, id, path or seed)."""
+FRESH_SEEDS = (2026, 4711)  # the noise of the first and the second fresh set
+
+
+def fresh_items(second: bool = False) -> list[tuple[str, str, object]]:
+    """Fields for a fresh held-out check, never used to set anything: the held-out blocks of IML
+    (odd blocks of 10; scored before only to report) and BCCD fields of the held-out blocks: in
+    the first set those no earlier run blurred (index 2 and 3 mod 4), in the ``second`` the others
+    (index 0 and 1 mod 4: scored before only to report); NIH-like fields from seeds 100-139 (first)
+    or 200-239 (second): new fields. Returns (set, id, path or seed)."""
     bccd = sorted((shared_data("blood_smear_fields_bccd") / "JPEGImages").glob("*.jpg"))
     items: list[tuple[str, str, object]] = [("iml", name, path) for name, path, held in iml_items(1) if held]
-    items += [("bccd", p.name, p) for i, p in enumerate(bccd) if (i // BLOCK) % 2 == 1 and i % 4 >= 2]
-    return items + [("nih_like", f"seed{i}", i) for i in range(100, 140)]
+    items += [("bccd", p.name, p) for i, p in enumerate(bccd)
+              if (i // BLOCK) % 2 == 1 and (i % 4 < 2) == second]
+    first = 200 if second else 100
+    return items + [("nih_like", f"seed{i}", i) for i in range(first, first + 40)]
 
 
-def fresh_rows(seed: int = 2026) -> list[dict]:
+def fresh_rows(second: bool = False) -> list[dict]:
     """Each fresh field sharp (twice) and blurred (FRESH_SIGMAS), each copy with sensor noise and
     JPEG re-encoding drawn at random (other seeds than any earlier run), scored by the default,
-    the previous default and the noise-corrected measure."""
-    from edgekit.device.field.focus import FOCUS_MEASURE, focus_score
+    the default before it and the previous default. In the ``second`` set each BCCD field is also
+    shrunk to 0.75x (a lower magnification) sharp and blurred (sigma 2, 3) with noise and JPEG
+    drawn the same way (set ``bccd_x0.75``)."""
+    from edgekit.benchmarks.field_transforms import rescale
+    from edgekit.device.field.focus import edge_ratios, focus_score
 
     cells = shared_data("malaria_cells")
     crops = sorted((cells / "Uninfected").glob("*"))[::50] + sorted((cells / "Parasitized").glob("*"))[::50]
-    rng = np.random.default_rng(seed)
-    measures = [FOCUS_MEASURE, PREVIOUS_MEASURE, FocusMeasure(noise=True)]
+    rng = np.random.default_rng(FRESH_SEEDS[second])
+    measures = [LAST_MEASURE, PREVIOUS_MEASURE]
     rows = []
-    for name, fid, src in fresh_items():
+    for name, fid, src in fresh_items(second):
         rgb = nih_like(crops, int(str(src))) if name == "nih_like" else _load(Path(str(src)))
-        for sigma in FRESH_SIGMAS:
+        copies = [(name, rgb, s) for s in FRESH_SIGMAS]
+        if second and name == "bccd":
+            copies += [("bccd_x0.75", rescale(rgb, 0.75), s) for s in (0.0, 2.0, 3.0)]
+        for set_name, src_rgb, sigma in copies:
             std, q = float(rng.choice(FRESH_NOISE)), int(rng.choice(FRESH_JPEG))
-            out = blur(rgb, sigma)
-            out = add_noise(out, std, rng) if std else out
-            out = jpeg(out, q) if q else out
-            rows.append({"set": name, "field": fid, "sigma": sigma, "noise": std, "jpeg": q,
+            out = noisy_jpeg(src_rgb, sigma, std, q, rng)
+            rows.append({"set": set_name, "field": fid, "sigma": sigma, "noise": std, "jpeg": q,
+                         "edge_ratios": edge_ratios(out, measure=profile_measure()),
                          "scores": {m.name: round(focus_score(out, measure=m), 5) for m in measures}})
     return rows
 
 
 def fresh_summary(rows: list[dict]) -> dict:
-    """Refused rates per measure (at its floor), set, blur and noise; and every miss of the default."""
+    """Refused rates per measure (at its floor), set, blur and noise; and every miss of the default.
+    The totals are over IML, BCCD and NIH-like; ``bccd_x0.75`` is reported on its own."""
     from edgekit.device.field.focus import FOCUS_FLOOR, FOCUS_MEASURE
 
-    floors = {FOCUS_MEASURE.name: FOCUS_FLOOR, PREVIOUS_MEASURE.name: PREVIOUS_FLOOR,
-              "pixel+noise": NOISE_FLOOR}
+    floors = {FOCUS_MEASURE.name: FOCUS_FLOOR, LAST_MEASURE.name: LAST_FLOOR,
+              PREVIOUS_MEASURE.name: PREVIOUS_FLOOR}
+    default_scores(rows)
+    scaled = [r for r in rows if r["set"] == "bccd_x0.75"]
+    rows = [r for r in rows if r["set"] != "bccd_x0.75"]
 
-    def rate(sel: list[dict], m: str) -> dict:
+    def rate(sel: list[dict], m: str) -> dict | None:
+        if not sel:
+            return None
         return {"n": len(sel), "refused": round(float(np.mean([r["scores"][m] < floors[m] for r in sel])), 4)}
 
     out: dict = {}
@@ -444,10 +541,14 @@ def fresh_summary(rows: list[dict]) -> dict:
                          "noisy_std_ge_4": rate([r for r in chosen if r["noise"] >= 4], m)}
         res["blurred_by_sigma"] = {f"{s:g}": rate([r for r in rows if r["sigma"] == s], m)
                                    for s in FRESH_SIGMAS[2:]}
+        if scaled:
+            res["bccd_x0.75"] = {"sharp": rate([r for r in scaled if r["sigma"] == 0], m),
+                                 "blurred_sigma_ge_2": rate([r for r in scaled if r["sigma"] >= 2], m)}
         out[m] = res
     d = FOCUS_MEASURE.name
-    misses = [{k: r[k] for k in ("set", "field", "sigma", "noise", "jpeg")} | {"score": r["scores"][d]}
-              for r in rows if (r["sigma"] == 0) == (r["scores"][d] < FOCUS_FLOOR)]
+    misses = [{k: r[k] for k in ("set", "field", "sigma", "noise", "jpeg")}
+              | {"score": round(r["scores"][d], 5)}
+              for r in rows + scaled if (r["sigma"] == 0) == (r["scores"][d] < FOCUS_FLOOR)]
     return {"fields": len({(r["set"], r["field"]) for r in rows}), "copies": len(rows), "measures": out,
             "default_misses": misses}
 
@@ -460,27 +561,39 @@ def main(argv: list[str] | None = None) -> None:
                     help="start at this field (1 with --step 2: the fields step 2 leaves out; written "
                          "to focus_floor_offset1.json)")
     ap.add_argument("--rows", type=Path, help="scored copies (JSON): read if there, else written")
+    ap.add_argument("--no-compare", action="store_true",
+                    help="score only the default and the one before it (no older or cell-scale measures)")
     ap.add_argument("--fresh", action="store_true",
                     help="only the fresh held-out check (focus_floor_fresh.json): fields and degradations "
                          "never used to set anything")
+    ap.add_argument("--second", action="store_true",
+                    help="with --fresh: the second fresh set (other fields and seeds, BCCD at 0.75x too; "
+                         "focus_floor_fresh2.json)")
     ap.add_argument("--cpu", action="store_true", help="only the CPU comparison (printed)")
     args = ap.parse_args(argv)
     if args.cpu:
         from edgekit.device.field.focus import FOCUS_MEASURE
 
-        print(json.dumps(cpu_times([FocusMeasure(noise=True), PREVIOUS_MEASURE, FOCUS_MEASURE]), indent=1))
+        print(json.dumps(cpu_times([PREVIOUS_MEASURE, LAST_MEASURE, FOCUS_MEASURE]), indent=1))
         return
     if args.fresh:
         t0 = time.time()
-        fresh = {**fresh_summary(fresh_rows()), "seconds": round(time.time() - t0, 1)}
+        rows = json.loads(args.rows.read_text()) if args.rows and args.rows.exists() else None
+        if rows is None:
+            rows = fresh_rows(args.second)
+            if args.rows:
+                args.rows.write_text(json.dumps(rows))
+        fresh = {**fresh_summary(rows), "seconds": round(time.time() - t0, 1)}
         print(json.dumps(fresh, indent=1))
         if not args.no_write:
-            (HERE / "results" / "focus_floor_fresh.json").write_text(json.dumps(fresh, indent=1) + "\n")
+            name = "focus_floor_fresh2.json" if args.second else "focus_floor_fresh.json"
+            (HERE / "results" / name).write_text(json.dumps(fresh, indent=1) + "\n")
         return
     rows = json.loads(args.rows.read_text()) if args.rows and args.rows.exists() else None
-    if args.rows and rows is None:
-        rows = score_rows(args.step, args.offset)
-        args.rows.write_text(json.dumps(rows))
+    if rows is None:
+        rows = score_rows(args.step, args.offset, not args.no_compare)
+        if args.rows:
+            args.rows.write_text(json.dumps(rows))
     result = run(args.step, rows, args.offset)
     print(json.dumps(result, indent=1))
     if not args.no_write:

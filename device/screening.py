@@ -308,12 +308,21 @@ def _content_hash(image: np.ndarray | str | os.PathLike) -> str | None:
 
 # ---------------------------------------------------------------- whole fields in a session
 
-REPLACE_MARGIN = 1.1  # a retake replaces the counted field only when this much sharper
+REPLACE_EDGE_MARGIN = 1.068  # a retake replaces the counted field only when its edges are this much sharper
+
+
+def replace_margin() -> float:
+    """How much higher a retake's focus score must be to replace the counted field: the score
+    moves as the edge ratio to the power 1 + the profile (:func:`~edgekit.device.field.focus.combine`),
+    so REPLACE_EDGE_MARGIN ** (1 + profile); 1.1 at profile 0.45, where the margin was set."""
+    from edgekit.device.field.focus import FOCUS_MEASURE
+
+    return REPLACE_EDGE_MARGIN ** (1 + FOCUS_MEASURE.profile)
 
 
 def sharper_than(score: float, counted: dict[str, Any]) -> bool:
     """Whether a retake of focus ``score`` may replace the ``counted`` field (a records row)."""
-    return score > REPLACE_MARGIN * counted["sharpness"]
+    return score > replace_margin() * counted["sharpness"]
 
 
 @dataclass
@@ -341,7 +350,7 @@ def check_field(store: RecordStore, session: Session, source_id: str, rgb: np.nd
     counted in the session (:mod:`~edgekit.device.field.identity`: re-encoded, shifted, rescaled or
     a little blurred), and is it well below the sharpness of the session's recent fields
     (:mod:`~edgekit.device.field.focus`)? With ``replace``, a retake sharper than the counted field
-    by ``REPLACE_MARGIN`` replaces it (atomically, when recorded). ``focus``: the field's
+    by :func:`replace_margin` replaces it (atomically, when recorded). ``focus``: the field's
     :func:`~edgekit.device.field.focus.focus_score` when the caller has it already."""
     from edgekit.device.field.focus import SESSION_RECENT, focus_reason, focus_score
     from edgekit.device.field.identity import Signature, same_field, signature

@@ -67,7 +67,7 @@ def test_blue_grey_cells_on_white():
                             "a BCCD field interpolated 1.5x up is refused as out of focus (below "
                             "FOCUS_FLOOR). The cell-scale measure (FocusMeasure(42, noise=True)) passes it "
                             "but lets sigma-2 blurred NIH-like fields through, so it is not the "
-                            "default (issues 22, 29; focus_floor.json)")),
+                            "default (issues 22, 29; benchmarks/focus_floor.py compares them)")),
 ])
 def test_other_shades_and_magnifications(name, transform, k):
     for rgb, gt in _fields():

@@ -1,5 +1,5 @@
-"""The focus measure itself (issue 22): sensor noise does not make a blurred field look sharp, and
-the cells' radius it can work at follows the field's scale, not its blur."""
+"""The focus measure itself (issue 22): sensor noise, also after JPEG, does not make a blurred field
+look sharp, and the cells' radius it can work at follows the field's scale, not its blur."""
 
 from __future__ import annotations
 
@@ -53,6 +53,36 @@ def test_noise_does_not_choose_the_edges():
         assert abs(noisy - clean) < 0.25 * clean, (path.name, clean, noisy)
         clean0, noisy0 = (focus_score(x, measure=on_gradient) for x in (blurred, _noisy(blurred, 8.0)))
         assert noisy0 > 1.5 * clean0, (path.name, clean0, noisy0)
+
+
+def _jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:
+    import cv2
+
+    encoded = cv2.imencode(".jpg", rgb, [cv2.IMWRITE_JPEG_QUALITY, quality])[1]
+    return cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED)
+
+
+def test_noise_that_went_through_jpeg_is_not_read_as_focus():
+    """JPEG removes the finest sensor noise (what the median Laplacian sees) and keeps the coarser,
+    which the edge ratio read as sharp detail: blurred noisy copies re-encoded passed the floor.
+    With the noise read from the flattest blocks they are refused and the sharp copies are not;
+    with the Laplacian estimate (``flat=0``) the same blurred copies score far higher."""
+    from dataclasses import replace
+
+    from edgekit.device.field.focus import FOCUS_MEASURE
+
+    assert FOCUS_MEASURE.flat > 0
+    laplacian = replace(FOCUS_MEASURE, flat=0.0)
+    for path in FIELDS:
+        rgb = read_image(path)
+        for std in (6.0, 8.0):
+            for quality in (60, 90):
+                assert focus_reason(focus_score(_jpeg(_noisy(rgb, std), quality))) is None, path.name
+                for sigma in (2.0, 4.0):
+                    copy = _jpeg(_noisy(_blur(rgb, sigma), std), quality)
+                    score = focus_score(copy)
+                    assert score < FOCUS_FLOOR, (path.name, std, quality, sigma, score)
+                    assert focus_score(copy, measure=laplacian) > 1.5 * score, (path.name, std, quality)
 
 
 def test_cell_radius_follows_scale_not_blur():

@@ -5,14 +5,20 @@ The measure is the sharpness of the field's strongest edges, relative to the sam
 through a slightly wider blur: the ratio of the root mean square gradient magnitude on the 10%
 strongest edges after a Gaussian of sigma 0.5 to the same after sigma 1.2, minus 1. It is a ratio
 of the field with itself, so it does not depend on stain, contrast or exposure. A blurred field's
-edges are already wide, so the extra blur changes them little and the score falls. Sensor noise
-adds fine gradient and made blurred noisy fields look sharp: the noise level is estimated from the
-field (median Laplacian response) and its known share of each gradient taken out. That alone was
-not enough (a blurred BCCD field with noise of std 8 scored as sharp): where the edges were chosen
-on the coarse gradient itself, noise chose them, taking the pixels where it happened to add to an
-edge, so more than its average share was left on them. The edges are now chosen on that gradient
-averaged over a box (5 of every 2nd pixel each way), where noise no longer decides which pixels
-are taken (``FocusMeasure.select``).
+edges are already wide, so the extra blur changes them little and the score falls.
+
+Sensor noise adds fine gradient and made blurred noisy fields look sharp; its share of each
+gradient is taken out. Where the edges were chosen on the coarse gradient itself, noise chose them
+(the pixels where it happened to add to an edge, so more than its average share was left on them):
+they are chosen on that gradient averaged over a box (5 of every 2nd pixel each way,
+``FocusMeasure.select``). The noise's share was first estimated from its finest scale (the median
+Laplacian response, white noise assumed); JPEG re-encoding removes exactly that finest noise and
+keeps the coarser, which the ratio reads as edges, so blurred, noisy, re-encoded fields passed
+(about half of them with noise std 4-8). The share is now read where the field holds little
+else: the mean squared gradient of each plane of the blur pair on the flattest 40% of 64-px
+blocks (:func:`flat_energy`, ``FocusMeasure.flat``), whatever the noise's spectrum. On a field
+without noise those blocks still hold some of its own texture, taken out of both planes alike;
+the floor was set with it.
 
 One number cannot tell every soft but focused field from a blurred one: a plain BCCD field (soft
 edges, fine grain on them) scored as low as an IML field blurred with sigma 2. The **profile**
@@ -29,13 +35,15 @@ circles, :func:`edgekit.device.field.segment.cell_radius`), so that a higher mag
 phone zoom is not judged blurred. It is not the default: a 1.5x-interpolated sharp BCCD field and
 a sigma-2 blurred NIH-like field have the same cells' size and the same edge width, so no floor
 keeps both targets; at the cell scale, the sigma-2 copies of fields with large cells pass
-(``benchmarks/results/focus_floor.json`` compares both).
+(``benchmarks/focus_floor.py`` without ``--no-compare`` compares both).
 
 Thresholds (the one place they live), set with ``benchmarks/focus_floor.py`` on the calibration
 blocks of real in-focus IML, BCCD (re-encoded, noisy and plain) and NIH-like fields and their
-Gaussian-blurred copies (sigma 1-4, with JPEG re-encoding or sensor noise of std 4 or 8), and
-measured on held-out blocks (``benchmarks/results/focus_floor.json``) and on a fresh held-out set
-never used to set anything (``focus_floor_fresh.json``: noise std 2-8, blur sigma 2-4, JPEG).
+Gaussian-blurred copies (sigma 1-4, with JPEG re-encoding or sensor noise of std 4 or 8, and copies
+with noise std 0-8 and JPEG q60-95 drawn together), and measured on held-out blocks
+(``benchmarks/results/focus_floor.json``, ``focus_floor_offset1.json``) and on two fresh held-out
+sets never used to set anything (``focus_floor_fresh.json``, ``focus_floor_fresh2.json``: noise
+std 0-8 and JPEG q60-95 drawn together, blur sigma 2-4).
 """
 
 from __future__ import annotations
@@ -46,13 +54,14 @@ import numpy as np
 
 from edgekit.device.preprocess import opencv
 
-FOCUS_FLOOR = 0.0544  # below it a field is out of focus, whatever the session (focus_floor.json)
-SESSION_RATIO = 0.3  # below this fraction of the session's sharpest recent field: out of focus
+FOCUS_FLOOR = 0.0356  # below it a field is out of focus, whatever the session (focus_floor.json)
+SESSION_RATIO = 0.25  # below this fraction of the session's sharpest recent field: out of focus
 SESSION_RECENT = 10  # how many recently counted fields of the session set that reference
 MAX_SIDE = 1600  # fields are measured at most this large (a 12 MP phone photo is shrunk first)
 SIGMAS = (0.5, 1.2)  # the blur pair
 # mean squared Sobel gradient magnitude of unit white noise after each of the blur pair
 _NOISE_GAIN = (13.12, 1.518)
+FLAT_BLOCK = 32  # blocks of 32 of every 2nd pixel (64 px) whose gradient energy is read as noise
 
 
 @dataclass(frozen=True)
@@ -68,30 +77,37 @@ class FocusMeasure:
     pixels where noise happened to add to an edge, so the noise left on them is more than its
     average share and a blurred noisy field looks sharp; averaged, noise no longer decides which
     pixels are taken. ``edges``: the share (%) of
-    pixels taken as the strongest edges."""
+    pixels taken as the strongest edges. ``flat``: with ``noise``, the noise's share is read
+    from the field's flattest blocks instead of the median Laplacian: the mean gradient energy
+    of each plane of the blur pair on the ``flat`` % of FLAT_BLOCK-sized blocks where the coarser
+    one is lowest, whatever the noise's spectrum (0: the Laplacian estimate, white noise). JPEG
+    removes the finest noise, which the Laplacian sees, and keeps the coarser noise that the
+    ratio reads as edges."""
 
     px_per_radius: float = 0.0
     noise: bool = False
     profile: float = 0.0
     select: int = 0
     edges: float = 5.0
+    flat: float = 0.0
 
     @property
     def name(self) -> str:
         cell = f"cell{self.px_per_radius:g}" if self.px_per_radius else "pixel"
         profile = f"+profile{self.profile:g}" if self.profile else ""
         box = f"+box{self.select}/{self.edges:g}%" if self.select else ""
-        return cell + ("+noise" if self.noise else "") + profile + box
+        flat = f"+flat{self.flat:g}%" if self.flat else ""
+        return cell + ("+noise" if self.noise else "") + profile + box + flat
 
 
 # the measure FOCUS_FLOOR was set for (focus_floor.json)
-FOCUS_MEASURE = FocusMeasure(noise=True, profile=0.45, select=5, edges=10.0)
+FOCUS_MEASURE = FocusMeasure(noise=True, profile=0.9, select=5, edges=10.0, flat=40.0)
 
 
 def focus_score(rgb: np.ndarray, radius: float | None = None, measure: FocusMeasure | None = None) -> float:
     """The field's focus score (see the module docstring and :class:`FocusMeasure`; default
-    :data:`FOCUS_MEASURE`): about 0.056-0.42 in focus (BCCD lowest), under 0.054 for a Gaussian
-    blur of sigma 2 px or more. ``radius``: the cells' radius in pixels when the caller knows it
+    :data:`FOCUS_MEASURE`): about 0.03-0.42 in focus (soft BCCD fields lowest), under 0.036 for a
+    Gaussian blur of sigma 2 px or more. ``radius``: the cells' radius in pixels when the caller knows it
     (else estimated, if the measure needs it: :func:`edgekit.device.field.segment.cell_radius`)."""
     m = measure or FOCUS_MEASURE
     return combine(*edge_ratios(rgb, radius, m), m.profile)
@@ -137,9 +153,9 @@ def edge_ratio(g: np.ndarray, measure: FocusMeasure | None = None) -> float:
     minus 1; with ``measure.noise``, the sensor noise's share of each taken out."""
     cv2 = opencv()
     m = measure or FOCUS_MEASURE
-    fine, coarse = (_grad(cv2.GaussianBlur(g, (0, 0), s)) for s in SIGMAS)
+    fine2, coarse2 = (_grad2(cv2.GaussianBlur(g, (0, 0), s)) for s in SIGMAS)  # squared gradients
     # the level is set, and with ``select`` the edges are chosen, on every 2nd pixel each way
-    sample = coarse[::2, ::2]
+    sample = np.sqrt(coarse2[::2, ::2])
     if m.select:
         box = np.full(m.select, 1.0 / m.select, np.float32)
         sample = cv2.sepFilter2D(sample, -1, box, box)
@@ -152,15 +168,36 @@ def edge_ratio(g: np.ndarray, measure: FocusMeasure | None = None) -> float:
         chosen = (sample >= level).view(np.uint8)  # a mask for OpenCV: nonzero where chosen
         sel = cv2.resize(chosen, g.shape[::-1], interpolation=cv2.INTER_NEAREST)
     else:
-        sel = (coarse >= level).view(np.uint8)
+        sel = (coarse2 >= level * level).view(np.uint8)
     chosen_px = sel.view(bool)  # numpy's sums, not OpenCV's: the same on any number of threads
-    f_sel, c_sel = fine[chosen_px], coarse[chosen_px]
+    f_sel, c_sel = fine2[chosen_px], coarse2[chosen_px]
     if not m.noise:  # the first measure: the ratio of the mean gradients
-        return float(f_sel.mean(dtype=np.float64) / max(float(c_sel.mean(dtype=np.float64)), 1e-6)) - 1.0
-    var = _noise_std(g) ** 2
-    f2 = float(np.square(f_sel, dtype=np.float64).mean()) - _NOISE_GAIN[0] * var  # noise taken out
-    c2 = float(np.square(c_sel, dtype=np.float64).mean()) - _NOISE_GAIN[1] * var
+        f_mean, c_mean = (float(np.sqrt(x).mean(dtype=np.float64)) for x in (f_sel, c_sel))
+        return f_mean / max(c_mean, 1e-6) - 1.0
+    if m.flat:
+        f_noise, c_noise = flat_energy(fine2[::2, ::2], coarse2[::2, ::2], m.flat)
+    else:
+        var = _noise_std(g) ** 2
+        f_noise, c_noise = _NOISE_GAIN[0] * var, _NOISE_GAIN[1] * var
+    f2 = float(f_sel.mean(dtype=np.float64)) - f_noise  # noise taken out
+    c2 = float(c_sel.mean(dtype=np.float64)) - c_noise
     return float(np.sqrt(max(f2, 1e-6) / max(c2, 1e-6))) - 1.0
+
+
+def flat_energy(fine2: np.ndarray, coarse2: np.ndarray, share: float) -> tuple[float, float]:
+    """Mean of the squared gradients ``fine2`` and ``coarse2`` on the ``share`` % of
+    FLAT_BLOCK-sized blocks where ``coarse2`` is lowest: the noise's energy in each plane, at
+    whatever scale JPEG left it (the flattest blocks hold little else). Block means by numpy: the
+    same on any number of threads."""
+    b = FLAT_BLOCK
+    h, w = coarse2.shape[0] // b, coarse2.shape[1] // b
+    if not h or not w:
+        return 0.0, 0.0
+    blocks = [x[:h * b, :w * b].reshape(h, b, w, b).mean(axis=(1, 3), dtype=np.float64).ravel()
+              for x in (fine2, coarse2)]
+    n = max(1, int(h * w * share / 100))
+    low = np.argpartition(blocks[1], n - 1)[:n]
+    return float(blocks[0][low].mean()), float(blocks[1][low].mean())
 
 
 def _noise_std(g: np.ndarray) -> float:
@@ -172,16 +209,16 @@ def _noise_std(g: np.ndarray) -> float:
     return float(np.median(np.abs(r))) / (0.6745 * 6.0)
 
 
-def _grad(g: np.ndarray) -> np.ndarray:
-    """Sobel gradient magnitude. Squared and summed by numpy, in place: cv2.magnitude's result
-    depends on its buffers' alignment (up to 8e-6), so the same field could score differently."""
+def _grad2(g: np.ndarray) -> np.ndarray:
+    """Squared Sobel gradient magnitude (the energies need no root). Squared and summed by numpy, in
+    place: cv2.magnitude's result depends on its buffers' alignment (up to 8e-6), so the same field
+    could score differently."""
     cv2 = opencv()
     dx = cv2.Sobel(g, cv2.CV_32F, 1, 0)
     dy = cv2.Sobel(g, cv2.CV_32F, 0, 1)
     np.multiply(dx, dx, out=dx)
     np.multiply(dy, dy, out=dy)
-    np.add(dx, dy, out=dx)
-    return np.sqrt(dx, out=dx)
+    return np.add(dx, dy, out=dx)
 
 
 def focus_reason(score: float, session_best: float | None = None) -> str | None:
