@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 
@@ -211,7 +211,6 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
     The summary is printed in any case; the exit status is then 1 when an image of this run could
     not be read, 130 when Ctrl-C stopped a batch of files (with --camera, Ctrl-C is how it ends).
     """
-    from edgekit.device.camera import center_square, frames
     from edgekit.device.output import Progress
     from edgekit.device.pipeline import one_heap, workers
     from edgekit.device.quality import DEFAULT_GATES
@@ -234,21 +233,13 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
         session = store.open_session(patient, classifier.model_sha256, site, operator, classifier.fmt,
                                      str(classifier.bundle_dir), decision, screened_with(classifier))
         view = capture = None
-        if use_camera and crops_mode:
-            crops = ((f"frame {i}", None, center_square(f)) for i, f in enumerate(frames(source), 1))
-            total, kind = None, "camera"
-        elif use_camera:
-            from edgekit.device.live import LiveView, camera_fields
+        running = {"cells": 0, "parasitized": 0}
+        if use_camera and not crops_mode:
+            from edgekit.device.live import LiveView
 
             capture = _live_capture(settle, capture_on_key, lambda s: click.echo(s, err=True))
             view = LiveView(decision, overlay_path, show, classifier.manifest.domain)
-            running = {"cells": 0, "parasitized": 0}
-            crops, total, kind = camera_fields(
-                frames(source), capture,
-                lambda n: click.echo(f"frame {n}: hold still: the view shakes too much to take the field",
-                                     err=True)), None, "camera-field"
-        else:
-            crops, total, kind = from_files
+        crops, total, kind = _screen_items(source, capture) if use_camera else from_files
         bar = Progress(total, Progress.wanted(bool(progress)) if progress is not False else False)
 
         unread = _Unread()
@@ -307,6 +298,22 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
     as_json = out_format == "json"
     click.echo(json.dumps(summary.to_dict()) if as_json else f"session {session.id}: {summary.line()}")
     unread.exit(interrupted=tally is None and not use_camera)
+
+
+def _screen_items(source: str, capture: Any) -> tuple[Any, None, str]:
+    """(items, total, kind) of a camera run: whole fields as ``capture`` takes them (``--fields``
+    view), else each frame's centre square as a crop (``--crops``)."""
+    from edgekit.device.camera import center_square, frames
+
+    if capture is None:
+        crops = ((f"frame {i}", None, center_square(f)) for i, f in enumerate(frames(source), 1))
+        return crops, None, "camera"
+    from edgekit.device.live import camera_fields
+
+    return camera_fields(
+        frames(source), capture,
+        lambda n: click.echo(f"frame {n}: hold still: the view shakes too much to take the field", err=True),
+    ), None, "camera-field"
 
 
 class _Unread:
