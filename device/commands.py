@@ -228,6 +228,7 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
         session = store.open_session(patient, classifier.model_sha256, site, operator, classifier.fmt,
                                      str(classifier.bundle_dir), decision, screened_with(classifier))
         view = capture = None
+        crop_workers = workers(threads)
         if use_camera and crops_mode:
             crops = ((f"frame {i}", None, center_square(f)) for i, f in enumerate(frames(source), 1))
             total, kind = None, "camera"
@@ -243,6 +244,10 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
                                      err=True)), None, "camera-field"
         else:
             crops, total, kind = from_files
+            # files: the lookahead thread decodes and gates the next batch while this one is
+            # classified and recorded here; pools of workers on top (small arrays, holding the GIL)
+            # cost 1,000 crops ~0.3 s more CPU (benchmarks/RESULTS.md, speed round 6)
+            crop_workers = 1
         bar = Progress(total, Progress.wanted(bool(progress)) if progress is not False else False)
 
         def report(out) -> None:
@@ -276,12 +281,8 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
                 tally = record_fields(store, session, crops, classifier, gates, stop, kind, report, on_field,
                                       n_workers=1 if kind == "field" else workers(threads))
             else:
-                # files: the lookahead thread decodes and gates the next batch while this one is
-                # classified and recorded here; pools of workers on top (small arrays, holding the
-                # GIL) cost 1,000 crops ~0.3 s more CPU for no shorter wall (speed round 6)
                 tally = record_crops(store, session, crops, classifier, gates, stop, kind, report,
-                                     n_workers=1 if kind == "file" else workers(threads),
-                                     lookahead=kind == "file")
+                                     n_workers=crop_workers, lookahead=kind == "file")
         except KeyboardInterrupt:
             bar.close()
             click.echo("interrupted: everything classified so far is recorded", err=True)
