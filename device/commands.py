@@ -272,13 +272,17 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
 
         gates = DEFAULT_GATES if quality else None
         try:
+            # files: the other threads segment the fields (segment_paths) or decode and gate the next
+            # batch of crops (the lookahead) while the caller classifies and records; pools of
+            # workers on top (small arrays, holding the GIL) cost 1,000 crops ~0.3 s more CPU
+            # (benchmarks/RESULTS.md, speed round 6)
+            n_workers = 1 if kind in ("field", "file") else workers(threads)
             if kind in ("field", "camera-field"):
-                # files' fields are segmented in the other threads (segment_paths)
                 tally = record_fields(store, session, crops, classifier, gates, stop, kind, report, on_field,
-                                      n_workers=1 if kind == "field" else workers(threads))
+                                      n_workers=n_workers)
             else:
                 tally = record_crops(store, session, crops, classifier, gates, stop, kind, report,
-                                     n_workers=workers(threads), lookahead=kind == "file")
+                                     n_workers=n_workers, lookahead=kind == "file")
         except KeyboardInterrupt:
             bar.close()
             click.echo("interrupted: everything classified so far is recorded", err=True)

@@ -154,7 +154,10 @@ def crop_features(rgb: np.ndarray) -> np.ndarray | None:
     inner = cv2.erode(fg, np.ones((k, k), np.uint8))
     m = cv2.countNonZero(inner)
     mask, m = (inner, m) if m >= 16 else (fg, n)
-    lab = _to_lab(rgb)
+    # Lab of the mask's bounding box only: the histograms see the same pixels
+    x, y, w, h = cv2.boundingRect(mask)
+    mask = mask[y : y + h, x : x + w]
+    lab = _to_lab(rgb[y : y + h, x : x + w])
     # L's four percentiles in float64 (np.percentile of a list), a's and b's tails in float32 (of a
     # scalar); the medians are exact in either
     L, a, b = (_percentiles(cv2.calcHist([lab], [c], mask, [256], [0, 256]), m, pct, dtype)

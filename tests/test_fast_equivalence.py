@@ -213,3 +213,40 @@ def test_simple_webp_header_read_as_pillow_reads_it() -> None:
             assert pillow(data) == (size, "WEBP", False, 1)
     assert all(simple_webp_size(data) for data in blobs)  # every intact file is read without Pillow
     assert taken < len(variants)  # and the damaged ones it cannot vouch for are left to Pillow
+
+
+def reference_sharpness(rgb: np.ndarray, dark_level: int = 16) -> float:
+    """The blur measure as first written: the Laplacian in float64, numpy's median of the lit pixels."""
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    lit = gray[gray > dark_level]
+    core_level = max(dark_level, 0.6 * float(np.median(lit))) if lit.size else dark_level
+    k = max(3, int(min(gray.shape[:2]) * 0.1) | 1)
+    interior = cv2.erode((gray > core_level).astype(np.uint8) * 255, np.ones((k, k), np.uint8))
+    lap = cv2.Laplacian(gray, cv2.CV_64F)
+    _, std = cv2.meanStdDev(lap, mask=interior if cv2.countNonZero(interior) >= 16 else None)
+    return float(std[0, 0]) ** 2
+
+
+def test_sharpness_equals_float64_laplacian() -> None:
+    """The quality gate's blur measure is bit for bit the float64 Laplacian's, on generated crops
+    and on salt-and-pepper ones (the Laplacian's extremes, +-4 x 255)."""
+    from edgekit.device.quality import measure
+
+    rng = np.random.default_rng(5)
+    crops = generated_crops(seed=5, n=60)
+    crops += [(rng.integers(0, 2, (h, w, 3)) * 255).astype(np.uint8) for h, w in ((40, 40), (97, 131))]
+    crops += [read_image(f) for f in REAL]
+    for rgb in crops:
+        if min(rgb.shape[:2]) >= 3:
+            assert measure(rgb)["sharpness"] == reference_sharpness(rgb), rgb.shape
+
+
+def test_review_png_gives_back_the_pixels() -> None:
+    """A crop kept for review decodes to exactly the pixels the model was given."""
+    from edgekit.device.review import encode_png
+
+    crops = generated_crops(seed=6, n=30) + [read_image(f) for f in REAL]
+    crops.append(np.ascontiguousarray(np.random.default_rng(6).integers(0, 256, (37, 53, 3), np.uint8)[::-1]))
+    for rgb in crops:
+        back = cv2.imdecode(np.frombuffer(encode_png(rgb), np.uint8), cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(cv2.cvtColor(back, cv2.COLOR_BGR2RGB), rgb)
