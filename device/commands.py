@@ -229,16 +229,16 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
     classifier = _load(bundle, model_format, threads, allow_unsigned)
     decision = classifier.manifest.decision
     stop = decision.rule.stop_cells if stop_cells is None else stop_cells
+    view = capture = None
+    running = {"cells": 0, "parasitized": 0}
+    if use_camera and not crops_mode:  # a bad --overlay is refused before a session is opened
+        from edgekit.device.live import LiveView
+
+        capture = _live_capture(settle, capture_on_key, lambda s: click.echo(s, err=True))
+        view = LiveView(decision, overlay_path, show, classifier.manifest.domain)
     with RecordStore(db or default_db_path()) as store:
         session = store.open_session(patient, classifier.model_sha256, site, operator, classifier.fmt,
                                      str(classifier.bundle_dir), decision, screened_with(classifier))
-        view = capture = None
-        running = {"cells": 0, "parasitized": 0}
-        if use_camera and not crops_mode:
-            from edgekit.device.live import LiveView
-
-            capture = _live_capture(settle, capture_on_key, lambda s: click.echo(s, err=True))
-            view = LiveView(decision, overlay_path, show, classifier.manifest.domain)
         crops, total, kind = _screen_items(source, capture) if use_camera else from_files
         bar = Progress(total, Progress.wanted(bool(progress)) if progress is not False else False)
 

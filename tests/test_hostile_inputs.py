@@ -446,3 +446,15 @@ def test_feature_tables_with_nan_inf_or_no_numbers_are_refused(tmp_path, name, a
     np.save(tmp_path / name, array)
     with pytest.raises(DataError, match="nan or infinite|not a table of numbers"):
         from_path(tmp_path / name, SimpleNamespace(labels=["R", "M"]), (None, 4), None, 0, "calibration")
+
+
+def test_screen_camera_with_a_bad_overlay_opens_no_session(tmp_path):
+    """`screen --camera --overlay FOLDER` is refused before a session row is written (it opened an
+    empty session, then refused)."""
+    db = tmp_path / "s.sqlite"
+    res = CliRunner().invoke(main, ["screen", "--camera", "--source", "none.avi", "--patient", "P1",
+                                    "--overlay", str(tmp_path), "--db", str(db)])
+    assert res.exit_code != 0 and "it is a folder" in res.output, res.output
+    if db.exists():
+        with sqlite3.connect(db) as con:
+            assert con.execute("SELECT COUNT(*) FROM sessions").fetchone()[0] == 0
