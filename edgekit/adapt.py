@@ -553,7 +553,10 @@ def adapt_model(
                           base_manifest.training.get("config") or {}, pre.stain, x_cal)
         manifest = Manifest.from_dict(base_manifest.to_dict())
         manifest.name = out.name
-        predict, outputs, cleanup = _deployed_probs(tmp / "model.keras", x_cal, pos, tmp)
+        # int8 outputs only when the kept epoch's int8 kept the export's bounds: otherwise the export
+        # fails it and the device runs a float format, whose outputs are Keras's
+        decide_on = x_cal if best.get("int8_within_bounds") else None
+        predict, outputs, cleanup = _deployed_probs(tmp / "model.keras", decide_on, pos, tmp)
         try:
             p_val = predict(xv)
             field_cut = None
@@ -810,6 +813,7 @@ def _fine_tune(keras_path: Path, x: np.ndarray, y: np.ndarray, w: np.ndarray, xv
                                             - ((pi >= cut) == (yv == pos)).mean()))
         ok = (rec["int8_agreement"] >= bounds.int8_min_agreement
               and rec["int8_accuracy_drop"] <= bounds.int8_max_accuracy_drop)
+        rec["int8_within_bounds"] = float(ok)
         # an epoch within the bounds beats every epoch outside them; among those, the better int8 AUC
         return rec["int8_val_auc"] - (0.0 if ok else 1.0), rec
 
@@ -1026,6 +1030,7 @@ def _write_run(tmp: Path, manifest: Any, split: Any, cfg: AdaptConfig, base_sha:
             "best_epoch": best["epoch"],
             "best_val_auc": best["val_auc"],
             "best_int8_val_auc": best.get("int8_val_auc"),
+            "best_int8_within_bounds": best.get("int8_within_bounds"),
             "history": best["history"],
             "config": json.loads(json.dumps(asdict(cfg), default=list)),
             "command": portable_command(sys.argv),
