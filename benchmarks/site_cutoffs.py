@@ -18,41 +18,41 @@ from typing import Any
 
 def compare(bundle: Path, site: Path, fields_dir: Path, cache: dict[str, Any]) -> dict[str, Any]:
     """Cutoff and test-field error (points: mean, on fully labelled fields, bias) per choice."""
-    import numpy as np
-
     from edgekit.adapt import (
         device_probs,
         field_error_cutoff,
+        find_field_images,
         incompletely_labelled_fields,
         labelled_parasitemia,
         whole_field_inputs,
     )
     from edgekit.export.bundle import load_keras
     from edgekit.manifest import load_manifest
+    from edgekit.metrics import parasitemia_error
     from edgekit.parts import predict_arrays
 
     truth, sparse = labelled_parasitemia(site), incompletely_labelled_fields(site)
     m = load_manifest(bundle)
     split = json.loads((bundle / "site_fields.json").read_text())
     pos = m.positive_index
-    for f in split["val"] + split["test"]:
+    for f, image in find_field_images(fields_dir, split["val"] + split["test"]).items():
         if f not in cache:
-            image = next(iter(sorted(fields_dir.glob(f"{f}.*"))), None)
-            cache[f] = None if image is None else whole_field_inputs(image, m.preprocessing)
-    cells = {f: cache[f] for f in split["val"] + split["test"] if cache.get(f) is not None}
+            cache[f] = whole_field_inputs(image, m.preprocessing)
+    cells = {f: cache[f] for f in split["val"] + split["test"] if cache[f] is not None}
     device = device_probs(bundle, m)
+    int8 = {f: device(x) for f, x in cells.items()}  # the int8 model is what counts on the test fields
     keras = load_keras(bundle / m.artifacts["keras"].path)
     chosen_on = [f for f in split["val"] if f in cells and f not in sparse]
+    tested = [f for f in split["test"] if f in cells]
     row: dict[str, Any] = {"recorded_cutoff": m.thresholds.cutoff}
-    for name, predict in (("keras", lambda x: predict_arrays(keras, x)[:, pos]), ("int8", device)):
-        cut = field_error_cutoff([predict(cells[f]) for f in chosen_on],
-                                 [truth.get(f, 0.0) for f in chosen_on])
-        err = {f: 100 * (float(np.mean(device(cells[f]) >= cut)) - truth.get(f, 0.0))
-               for f in split["test"] if f in cells}
-        full = [e for f, e in err.items() if f not in sparse]
-        row[name] = {"cutoff": round(cut, 4), "mae_points": round(statistics.mean(map(abs, err.values())), 3),
-                     "fully_labelled_mae_points": round(statistics.mean(map(abs, full)), 3),
-                     "bias_points": round(statistics.mean(err.values()), 3)}
+    for name, predict in (("keras", lambda f: predict_arrays(keras, cells[f])[:, pos]), ("int8", int8.get)):
+        cut = field_error_cutoff([predict(f) for f in chosen_on], [truth.get(f, 0.0) for f in chosen_on])
+        called = {f: float((int8[f] >= cut).mean()) for f in tested}
+        every = parasitemia_error(called, truth)
+        full = parasitemia_error({f: c for f, c in called.items() if f not in sparse}, truth)
+        row[name] = {"cutoff": round(cut, 4), "mae_points": round(every["mae_points"], 3),
+                     "fully_labelled_mae_points": round(full["mae_points"], 3),
+                     "bias_points": round(every["bias_points"], 3)}
     return row
 
 
