@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from edgekit.adapt_config import AdaptConfig
 from edgekit.cli_options import (
     FINITE_FLOAT,
     FiniteFloatRange,
@@ -21,7 +22,7 @@ from edgekit.cli_options import (
     sign_note,
 )
 from edgekit.formats import FormatSpec
-from edgekit.manifest import SITE_CUTOFFS
+from edgekit.manifest import DEFAULT_GATE_BOUNDS, SITE_CUTOFFS
 
 
 @click.command()
@@ -110,36 +111,43 @@ def cells(fields: tuple[Path, ...], annotations: Path | None, sessions_db: Path 
 @click.option("--fields-split", type=click.Path(path_type=Path),
               help="JSON {train: [...], val: [...], test: [...]} of field names. Default: blocks of "
                    "consecutive fields (--block) dealt 60/20/20.")
-@click.option("--block", type=click.IntRange(1), default=6, show_default=True,
+@click.option("--block", type=click.IntRange(1), default=AdaptConfig.block, show_default=True,
               help="Consecutive fields per block of the default split.")
 @click.option("--train-fields", type=click.IntRange(1), help="Use only this many training fields.")
-@click.option("--negatives-per-field", type=click.IntRange(0), default=30, show_default=True,
+@click.option("--negatives-per-field", type=click.IntRange(0), default=AdaptConfig.negatives_per_field or 0,
+              show_default=True,
               help="At most this many uninfected training cells per field (all parasitized ones are kept); "
                    "0: every one.")
-@click.option("--hard-negatives", type=click.IntRange(0), default=10, show_default=True,
+@click.option("--hard-negatives", type=click.IntRange(0), default=AdaptConfig.hard_negatives,
+              show_default=True,
               help="Of --negatives-per-field, this many per fully labelled training field are the uninfected "
                    "cells the base model scores highest; the rest at random.")
-@click.option("--objects-per-field", type=click.IntRange(0), default=10, show_default=True,
+@click.option("--objects-per-field", type=click.IntRange(0), default=AdaptConfig.objects_per_field,
+              show_default=True,
               help="At most this many found objects that are no labelled cell (white cells, clumps; kept by "
                    "`edgekit site cells`) per fully labelled training field, learnt as not parasitized; "
                    "0: none.")
-@click.option("--epochs", type=click.IntRange(1), default=12, show_default=True,
+@click.option("--epochs", type=click.IntRange(1), default=AdaptConfig.epochs, show_default=True,
               help="At most this many epochs (see --patience).")
-@click.option("--patience", type=click.IntRange(0), default=0, show_default=True,
+@click.option("--patience", type=click.IntRange(0), default=AdaptConfig.patience or 0, show_default=True,
               help="Stop after this many epochs without a better validation-field AUC (of the int8 model "
                    "when int8 is exported; 0: never stop early).")
-@click.option("--average-epochs", type=FiniteFloatRange(0), default=0.0, show_default=True,
+@click.option("--average-epochs", type=FiniteFloatRange(0), default=AdaptConfig.average_epochs,
+              show_default=True,
               help="Judge and keep an exponential average of the weights over about this many epochs "
                    "(0: the last step's weights).")
-@click.option("--lr", type=FINITE_FLOAT, default=0.01, show_default=True, help="Initial lr; decays to 0.")
-@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
-@click.option("--base-share", type=FiniteFloatRange(0, 0.95), default=0.5, show_default=True,
+@click.option("--lr", type=FINITE_FLOAT, default=AdaptConfig.lr,
+              show_default=True, help="Initial lr; decays to 0.")
+@click.option("--batch-size", type=click.IntRange(1), default=AdaptConfig.batch_size, show_default=True)
+@click.option("--base-share", type=FiniteFloatRange(0, 0.95), default=AdaptConfig.base_share,
+              show_default=True,
               help="Share of the training crops taken from the base model's own training data.")
 @click.option("--base-split", type=click.Path(path_type=Path),
               help="The base model's split file, if the manifest's path is not on this machine.")
 @click.option("--base-data", type=click.Path(path_type=Path),
               help="The base split's data folder, if it moved.")
-@click.option("--cutoff", type=click.Choice(list(SITE_CUTOFFS)), default="auto", show_default=True,
+@click.option("--cutoff", type=click.Choice(list(SITE_CUTOFFS)), default=AdaptConfig.cutoff,
+              show_default=True,
               help="count: call as many validation cells positive as are labelled (unbiased parasitemia on "
                    "labelled cells); field-count: as many over every cell the finder returns on whole "
                    "validation fields (needs the field images); field-error: the smallest mean per-field "
@@ -149,13 +157,15 @@ def cells(fields: tuple[Path, ...], annotations: Path | None, sessions_db: Path 
 @option("--field-images", "fields_dir", aliases=("--fields",), type=click.Path(path_type=Path),
         help="The folder of the site's field images. Default: the folder `edgekit site cells` cut the cells "
              "from, when it is still there.")
-@click.option("--gate-error", type=FiniteFloatRange(0, 100, min_open=True), default=1.0, show_default=True,
+@click.option("--gate-error", type=FiniteFloatRange(0, 100, min_open=True),
+              default=DEFAULT_GATE_BOUNDS["parasitemia_error"], show_default=True,
               help="Largest whole-field parasitemia error (points) on test fields for the bundle to vouch.")
-@click.option("--gate-auc", type=FiniteFloatRange(0.0, 1.0), default=0.97, show_default=True,
+@click.option("--gate-auc", type=FiniteFloatRange(0.0, 1.0), default=DEFAULT_GATE_BOUNDS["auc"],
+              show_default=True,
               help="Smallest cell AUC on the test fields for the bundle to vouch.")
 @click.option("--formats", type=FormatNames(), default="tflite_int8", show_default=True,
               help="Formats to export and validate.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=AdaptConfig.seed, show_default=True)
 @click.option("--replace", is_flag=True, help="Overwrite OUT if it exists.")
 @click.option("--allow-drop", is_flag=True,
               help="Keep formats that miss their validation bound, marked failed (as in export).")
@@ -188,7 +198,7 @@ def adapt(model: Path, site: Path, out: Path, fields_split: Path | None, block: 
 
     require_modules("adapt", "train", "tensorflow", "keras")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from edgekit.adapt import AdaptConfig, adapt_model
+    from edgekit.adapt import adapt_model
 
     cfg = AdaptConfig(epochs=epochs, patience=patience or None, lr=lr, batch_size=batch_size,
                       base_share=base_share,
