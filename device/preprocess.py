@@ -123,8 +123,9 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         alpha = img[:, :, 3:4].astype(np.uint16)
         bgr = (img[:, :, :3].astype(np.uint16) * alpha + 127) // 255  # over black
         img = cv2.cvtColor(bgr.astype(np.uint8), cv2.COLOR_BGR2RGB)
-    elif img.shape[2] == 3:
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    elif img.shape[2] == 3:  # in place where it may: a whole field's copy less at its peak
+        own = img.flags.writeable and img.flags.c_contiguous
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=img if own else None)
     else:
         img = cv2.cvtColor(img[:, :, 0], cv2.COLOR_GRAY2RGB)
     return np.ascontiguousarray(_apply_orientation(img, orientation))

@@ -2,7 +2,8 @@
 (OpenCV masks and histograms vs numpy boolean indexing and ``np.percentile``), the border test and
 the stain normalization (a per-channel table vs pixel by pixel), on generated crops (cells of many
 sizes, shapes and colours on black, thin cells with no interior, crops lit all round, flat and noisy
-ones) and on real NIH crops."""
+ones) and on real NIH crops; and the field path's leaner steps (the finder's regions and hole
+densities over labelled pixels only, the colour swap in place) on generated masks and real files."""
 
 from __future__ import annotations
 
@@ -250,3 +251,67 @@ def test_review_png_gives_back_the_pixels() -> None:
     for rgb in crops:
         back = cv2.imdecode(np.frombuffer(encode_png(rgb), np.uint8), cv2.IMREAD_UNCHANGED)
         np.testing.assert_array_equal(cv2.cvtColor(back, cv2.COLOR_BGR2RGB), rgb)
+
+
+def _label_images() -> list[np.ndarray]:
+    """Generated masks and label images: blobs of many sizes, one that fills the image, none."""
+    rng = np.random.default_rng(3)
+    out = [np.zeros((40, 50), np.uint8), np.full((31, 17), 255, np.uint8)]
+    for h, w in ((120, 160), (97, 203), (480, 640)):
+        mask = np.zeros((h, w), np.uint8)
+        for _ in range(h * w // 900):
+            centre = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+            r = int(rng.integers(3, 25))
+            cv2.circle(mask, centre, r, 255, -1)
+            cv2.circle(mask, centre, max(1, r // 3), 0, -1)  # a pale centre: a hole
+        out.append(mask)
+    return out
+
+
+def test_region_pixels_are_those_of_a_sort_of_the_whole_field():
+    """The finder's regions sort only the labelled pixels; the same pixels, in the same order, as
+    the stable sort of every pixel it first did."""
+    from edgekit.device.field.segment import _regions
+
+    for mask in _label_images():
+        n, markers = cv2.connectedComponents(mask, connectivity=8)
+        flat = markers.ravel()
+        order = np.argsort(flat, kind="stable")
+        ends = np.cumsum(np.bincount(flat, minlength=n))
+        reference = [np.divmod(order[ends[k - 1]:ends[k]], mask.shape[1]) for k in range(1, n)]
+        ours = _regions(markers, n - 1)
+        assert len(ours) == len(reference) == n - 1
+        for (ys, xs), (ry, rx) in zip(ours, reference, strict=True):
+            assert np.array_equal(ys, ry) and np.array_equal(xs, rx)
+
+
+def test_filled_holes_are_those_of_the_whole_field_sums():
+    """Which holes the finder fills: the hole densities summed over the holes' pixels only give the
+    same holes as sums over the whole field (float64 of every pixel)."""
+    from edgekit.device.field.segment import _fill_holes
+
+    rng = np.random.default_rng(4)
+    for mask in _label_images():
+        density = cv2.GaussianBlur(rng.integers(0, 256, mask.shape).astype(np.uint8), (5, 5), 0)
+        for min_density, max_area, solidity in ((60.0, 0.0, 0.0), (128.0, 300.0, 0.8), (250.0, 50.0, 0.5)):
+            h, w = mask.shape
+            pad = cv2.copyMakeBorder(mask, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+            cv2.floodFill(pad, np.zeros((h + 4, w + 4), np.uint8), (0, 0), 255)
+            holes = np.where(pad[1:-1, 1:-1] == 0, 255, 0).astype(np.uint8)
+            n, labels, stats, _ = cv2.connectedComponentsWithStats(holes, connectivity=4)
+            area = stats[:, cv2.CC_STAT_AREA]
+            mean = np.bincount(labels.ravel(), density.ravel().astype(np.float64), minlength=n)
+            mean /= np.maximum(area, 1)
+            dense = mean >= min_density
+            dense[0] = False
+            ours = _fill_holes(mask, density, min_density, max_area, solidity)
+            # every dense hole filled; a hole not dense is filled only when small and convex
+            filled = np.bincount(labels.ravel(), (ours > 0).ravel(), minlength=n) == area
+            assert np.array_equal(filled[1:] & ~(area[1:] <= max_area), dense[1:] & ~(area[1:] <= max_area))
+            assert filled[dense].all()
+
+
+def test_read_image_swaps_colours_in_place_as_a_copy_would():
+    for path in REAL[:5] + sorted((ROOT / "tests" / "fixtures" / "fields").glob("*.jpg")):
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        assert np.array_equal(read_image(path), bgr[:, :, ::-1])

@@ -119,3 +119,90 @@ def test_profile_lowers_a_blurred_field_more_than_its_sharp_original():
         assert half is not None and b_half is not None
         assert focus_score(rgb) == combine(full, half, FOCUS_MEASURE.profile) <= full, path.name
         assert b_full / b_half < 0.9 * (full / half), (path.name, full / half, b_full / b_half)
+
+
+def _reference_edge_ratios(rgb: np.ndarray, m: FocusMeasure) -> tuple[float, float | None]:
+    """The measure as first written: every plane of the whole field at once (the package computes
+    them in strips to hold less memory; the scores must not move by one bit)."""
+    import cv2
+
+    from edgekit.device.field.focus import MAX_SIDE, SIGMAS, flat_energy
+
+    def grad2(x: np.ndarray) -> np.ndarray:
+        dx, dy = cv2.Sobel(x, cv2.CV_32F, 1, 0), cv2.Sobel(x, cv2.CV_32F, 0, 1)
+        return dx * dx + dy * dy
+
+    def ratio(g: np.ndarray) -> float:
+        fine2, coarse2 = (grad2(cv2.GaussianBlur(g, (0, 0), s)) for s in SIGMAS)
+        sample = np.sqrt(coarse2[::2, ::2])
+        if m.select:
+            box = np.full(m.select, 1.0 / m.select, np.float32)
+            sample = cv2.sepFilter2D(sample, -1, box, box)
+        k = min(int(sample.size * (100 - m.edges) / 100), sample.size - 1)
+        level = float(np.partition(sample.ravel(), k)[k]) if sample.size else 0.0
+        if level <= 1e-3:
+            return 0.0
+        if m.select:
+            chosen = (sample >= level).astype(np.uint8)
+            sel = cv2.resize(chosen, g.shape[::-1], interpolation=cv2.INTER_NEAREST).astype(bool)
+        else:
+            sel = coarse2 >= level * level
+        if m.flat:
+            f_noise, c_noise = flat_energy(fine2[::2, ::2], coarse2[::2, ::2], m.flat)
+        else:
+            rows = g[:-2:6] - 2 * g[1:-1:6] + g[2::6]
+            r = rows[:, :-2:6] - 2 * rows[:, 1:-1:6] + rows[:, 2::6]
+            var = (float(np.median(np.abs(r))) / (0.6745 * 6.0)) ** 2
+            f_noise, c_noise = 13.12 * var, 1.518 * var
+        f2 = float(fine2[sel].mean(dtype=np.float64)) - f_noise
+        c2 = float(coarse2[sel].mean(dtype=np.float64)) - c_noise
+        return float(np.sqrt(max(f2, 1e-6) / max(c2, 1e-6))) - 1.0
+
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    scale = MAX_SIDE / max(gray.shape)
+    if scale < 1:
+        gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    g = gray.astype(np.float32)
+    full = ratio(g)
+    if not m.profile or full <= 0:
+        return full, None
+    return full, ratio(cv2.resize(g, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA))
+
+
+def _generated_field(h: int, w: int, seed: int) -> np.ndarray:
+    """Stained disks on a light background, softened a little: cells without any data file."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    field = np.empty((h, w, 3), np.uint8)
+    field[:] = (222, 205, 215)
+    for _ in range(h * w // 2500 + 1):
+        centre = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+        colour = tuple(int(c) for c in rng.integers(120, 200, 3))
+        cv2.circle(field, centre, int(rng.integers(8, 30)), colour, -1)
+    return cv2.GaussianBlur(field, (0, 0), 0.8)
+
+
+def test_focus_scores_are_those_of_the_whole_field_computation():
+    """The gradient planes are computed in strips of rows (memory); every score, on real and
+    generated fields, sharp, blurred, noisy and re-encoded, of any size (odd, around the strip
+    size, tiny, larger than MAX_SIDE), is exactly that of the computation on the whole field."""
+    from dataclasses import replace
+
+    from edgekit.device.field.focus import FOCUS_MEASURE, MAX_SIDE, STRIP_ROWS, edge_ratios
+
+    fields = [read_image(p) for p in FIELDS] + [_generated_field(961, 1283, 0), _generated_field(387, 515, 1)]
+    copies = []
+    for rgb in fields:
+        h, w = rgb.shape[:2]
+        copies += [rgb, _blur(rgb, 2.0), _noisy(rgb, 6.0), _jpeg(_noisy(_blur(rgb, 1.0), 4.0), 70),
+                   rgb[: STRIP_ROWS + 1, : w - 1], rgb[: 2 * STRIP_ROWS + 3], rgb[: 3 * STRIP_ROWS + 2, :97],
+                   rgb[: h - 1, : w - 3], rgb[:70, :65], rgb[:9, :300], rgb[:1, :1]]
+    copies.append(_generated_field(int(MAX_SIDE * 0.9), MAX_SIDE + 211, 2))
+    measures = (FOCUS_MEASURE, replace(FOCUS_MEASURE, select=0, flat=0.0),
+                replace(FOCUS_MEASURE, profile=0.0))
+    for i, rgb in enumerate(copies):
+        rgb = np.ascontiguousarray(rgb)
+        for m in measures:
+            ours, ref = edge_ratios(rgb, measure=m), _reference_edge_ratios(rgb, m)
+            assert repr(ours) == repr(ref), (i, rgb.shape, m.name, ours, ref)  # repr: nan equals nan

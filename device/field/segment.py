@@ -103,7 +103,10 @@ def _fill_holes(
     if density is not None and holes.any():
         n, labels, stats, _ = cv2.connectedComponentsWithStats(holes, connectivity=4)
         area = stats[:, cv2.CC_STAT_AREA]
-        mean = np.bincount(labels.ravel(), density.ravel().astype(np.float64), minlength=n)
+        # sums over the holes' pixels only (label 0, the rest, is never kept): sums of whole numbers,
+        # exact in float64 in any order, without a float64 copy of the whole field
+        inside = np.flatnonzero(labels)
+        mean = np.bincount(labels.ravel()[inside], density.ravel()[inside].astype(np.float64), minlength=n)
         mean /= np.maximum(area, 1)
         keep = mean >= min_density
         for k in np.nonzero(~keep & (area <= max_area))[0]:
@@ -486,8 +489,9 @@ def _regions(markers: np.ndarray, n: int) -> list[tuple[np.ndarray, np.ndarray]]
     """The pixel coordinates (ys, xs) of each of the ``n`` labelled regions of ``markers``."""
     w = markers.shape[1]
     flat = markers.ravel()
-    order = np.argsort(flat, kind="stable")
-    ends = np.cumsum(np.bincount(flat, minlength=n + 1))
+    inside = np.flatnonzero(flat)  # label 0 (no region, much of the field) is never returned: not sorted
+    order = inside[np.argsort(flat[inside], kind="stable")]
+    ends = np.cumsum(np.bincount(flat[inside], minlength=n + 1))  # ends[0] == 0
     return [np.divmod(order[ends[k - 1] : ends[k]], w) for k in range(1, n + 1)]
 
 
@@ -673,6 +677,8 @@ def segment_cells(
     direction, colour = (_stain_direction(od, p.stain_power, p.stain_floor, p.stain_otsu)
                          if p.density == "stain" else (None, None))
     density = _Density.of(od, direction, colour)
+    nuc = _nucleus_pixels(od, p, density)
+    del od  # the largest plane (3 floats a pixel): not held while the foreground is found
     # the circles' radius needs no foreground: it sizes the pale centres the foreground may fill
     estimate = p.hough_radius and not p.cell_radius
     circles, spread = (
@@ -681,7 +687,6 @@ def segment_cells(
     holes = _Holes(p.hole_density, p.hole_area * math.pi * circles**2, p.hole_solidity)
     fg = _foreground(density, p.threshold, p.min_od, holes)
     dist = cv2.distanceTransform(fg, cv2.DIST_L2, 5)
-    nuc = _nucleus_pixels(od, p, density)
     radius = _typical_radius(dist, fg, circles, spread, scale, p)
     if radius < 3:
         return [], 0.0
