@@ -147,3 +147,58 @@ def test_logits_model_cuts_a_dense_softmax_and_leaves_other_models_alone():
     np.testing.assert_allclose(softmax(head.predict(x, verbose=0)), model.predict(x, verbose=0), atol=1e-6)
     plain = keras.Model(inp, keras.layers.Dense(2)(inp))
     assert logits_model(plain) == (plain, None)
+
+
+def _random_bn_stats(model, seed: int = 0, gamma=(0.1, 2.0)):
+    """Trained-looking statistics in every BatchNormalization (untrained ones are an identity)."""
+    import keras
+
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.get_weights()[0].shape[0]
+            layer.set_weights([rng.uniform(*gamma, n), rng.normal(0, 0.5, n), rng.normal(0, 0.5, n),
+                               rng.uniform(0.05, 3.0, n)])
+    return model
+
+
+def _pooled_model(recipe: str = "fast16p"):
+    from edgekit.model import RECIPES, build_resnet
+
+    return _random_bn_stats(build_resnet((32, 32, 3), **RECIPES[recipe]))
+
+
+def test_bn_after_a_max_pool_is_folded_into_the_conv_exactly():
+    keras = pytest.importorskip("keras")
+    from edgekit.export.logits import export_graph, fold_bn_before_pool
+
+    model = _pooled_model()
+    said = []
+    folded = fold_bn_before_pool(model, said.append)
+    assert folded is not model and len(said) == 1 and "folded into" in said[0]
+
+    def bns(m):
+        return sum(isinstance(layer, keras.layers.BatchNormalization) for layer in m.layers)
+
+    assert bns(folded) == bns(model) - 1
+    pool = next(layer for layer in folded.layers if isinstance(layer, keras.layers.MaxPooling2D))
+    assert pool.input._keras_history.operation.use_bias  # the conv before the pool carries the shift now
+    x = np.random.default_rng(1).integers(0, 256, (64, 32, 32, 3)).astype(np.float32)
+    want = model.predict(x, verbose=0)
+    np.testing.assert_allclose(folded.predict(x, verbose=0), want, atol=1e-5)
+    head, activation = export_graph(model)
+    assert activation == "softmax"
+    np.testing.assert_allclose(softmax(head.predict(x, verbose=0)), want, atol=1e-5)
+
+
+def test_bn_fold_leaves_models_without_the_pattern_or_with_negative_scales_alone():
+    pytest.importorskip("keras")
+    from edgekit.export.logits import fold_bn_before_pool
+    from edgekit.model import RECIPES, build_resnet
+
+    plain = _random_bn_stats(build_resnet((32, 32, 3), **RECIPES["fast16"]))  # no pool: no-op
+    said = []
+    assert fold_bn_before_pool(plain, said.append) is plain and said == []
+    negative = _random_bn_stats(_pooled_model(), gamma=(-1.0, 1.0))  # a max is no min
+    assert fold_bn_before_pool(negative, said.append) is negative
+    assert len(said) == 1 and "not folded" in said[0] and "negative scale" in said[0]
