@@ -162,6 +162,16 @@ def _random_bn_stats(model, seed: int = 0, gamma=(0.1, 2.0)):
     return model
 
 
+def _assert_same_logits(model, folded):
+    """Logits, not probabilities: a random model's softmax is flat and would hide a wrong fold."""
+    from edgekit.export.logits import logits_model
+
+    x = np.random.default_rng(1).integers(0, 256, (64, *model.input_shape[1:])).astype(np.float32)
+    want = logits_model(model)[0].predict(x, verbose=0)
+    got = logits_model(folded)[0].predict(x, verbose=0)
+    assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
+
+
 def _pooled_model(recipe: str = "fast16p"):
     from edgekit.model import RECIPES, build_resnet
 
@@ -183,12 +193,11 @@ def test_bn_after_a_max_pool_is_folded_into_the_conv_exactly():
     assert bns(folded) == bns(model) - 1
     pool = next(layer for layer in folded.layers if isinstance(layer, keras.layers.MaxPooling2D))
     assert pool.input._keras_history.operation.use_bias  # the conv before the pool carries the shift now
-    x = np.random.default_rng(1).integers(0, 256, (64, 32, 32, 3)).astype(np.float32)
-    want = model.predict(x, verbose=0)
-    np.testing.assert_allclose(folded.predict(x, verbose=0), want, atol=1e-5)
+    _assert_same_logits(model, fold_bn_before_pool(model))
     head, activation = export_graph(model)
-    assert activation == "softmax"
-    np.testing.assert_allclose(softmax(head.predict(x, verbose=0)), want, atol=1e-5)
+    assert activation == "softmax" and bns(head) == bns(model) - 2  # and the stem's input BN
+    x = np.random.default_rng(1).integers(0, 256, (64, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(softmax(head.predict(x, verbose=0)), model.predict(x, verbose=0), atol=1e-5)
 
 
 def test_bn_fold_leaves_models_without_the_pattern_or_with_negative_scales_alone():
@@ -202,3 +211,22 @@ def test_bn_fold_leaves_models_without_the_pattern_or_with_negative_scales_alone
     negative = _random_bn_stats(_pooled_model(), gamma=(-1.0, 1.0))  # a max is no min
     assert fold_bn_before_pool(negative, said.append) is negative
     assert len(said) == 1 and "not folded" in said[0] and "negative scale" in said[0]
+
+
+@pytest.mark.parametrize("padding, size", [("same", 32), ("same", 33), ("valid", 32)])
+def test_bn_feeding_a_conv_is_folded_into_it_exactly_borders_included(padding, size):
+    keras = pytest.importorskip("keras")
+    from edgekit.export.logits import fold_bn_into_next_conv
+
+    inp = keras.Input((size, size, 3))
+    x = keras.layers.BatchNormalization()(keras.layers.Rescaling(1 / 255)(inp))
+    x = keras.layers.Conv2D(8, 3, strides=2, padding=padding, use_bias=False)(x)
+    model = _random_bn_stats(keras.Model(inp, keras.layers.Dense(2)(keras.layers.Flatten()(x))))
+    said = []
+    folded = fold_bn_into_next_conv(model, said.append)
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers)
+    assert len(said) == 1 and ("border map" in said[0]) == (padding == "same")
+    _assert_same_logits(model, folded)
+    relu = keras.Model(inp, keras.layers.Conv2D(8, 3)(keras.layers.ReLU()(
+        keras.layers.BatchNormalization()(inp))))  # the pre-activation pattern: not a BN -> conv pair
+    assert fold_bn_into_next_conv(relu) is relu
