@@ -249,7 +249,10 @@ def fold_bn_into_next_conv(model, log: Callable[[str], None] | None = None):
         if layer.name in dropped:
             return args[0]
         y = layer(*args, **kwargs)
-        return keras.ops.add(y, border[layer.name]) if layer.name in border else y
+        if layer.name not in border:
+            return y
+        edge = border[layer.name]
+        return keras.layers.Lambda(lambda t: t + edge, name=f"{layer.name}_border")(y)
 
     out = keras.models.clone_model(model, clone_function=clone, call_function=call)
     for old in model.layers:
