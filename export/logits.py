@@ -18,9 +18,12 @@ It also folds a batch normalization that follows a conv through a max pool into 
 is quantized per tensor while the normalization's per-channel scales differ ~9x, so the low-range
 channels lose most of their bits (the fast16p/fast32p recipes' int8 failed validation).
 
-Last, a batch normalization that feeds a conv directly (the stem's, on the pixels) goes into that
-conv's weights (:func:`fold_bn_into_next_conv`): the converter keeps it as a per-channel MUL and ADD
-on the whole 64x64x3 image, half of the pooled recipe's int8 time on one core.
+The last normalization (before the ReLU, the pooling and the Dense) goes into the Dense
+(:func:`fold_bn_into_dense`): quantized per tensor, its output squeezed the channels of small scale
+into a few steps, whose rounding biased the pooled model's int8 logits. And one that feeds a conv
+directly (the stem's, on the pixels) goes into that conv (:func:`fold_bn_into_next_conv`): the
+converter kept it as a per-channel MUL and ADD on the whole 64x64x3 image, half of the pooled
+recipe's int8 time on one core.
 """
 
 from __future__ import annotations
@@ -103,6 +106,27 @@ def fold_input_rescaling(model):
     return out
 
 
+def _rebuild(model, weights: dict[str, list], call=None):
+    """A copy of ``model`` in which the layers named in ``weights`` hold those weights (a conv given
+    a bias) and the others their own; ``call`` as in ``keras.models.clone_model``: it may skip a
+    layer or add one after it. An earlier fold's ``Lambda`` is shared, not copied (Keras refuses to
+    rebuild a Python lambda from its config)."""
+    import keras
+
+    def clone(layer):
+        if isinstance(layer, keras.layers.Lambda):
+            return layer
+        cfg = layer.get_config()
+        return layer.__class__.from_config({**cfg, "use_bias": True} if layer.name in weights else cfg)
+
+    out = keras.models.clone_model(model, clone_function=clone, call_function=call)
+    kept = {layer.name for layer in out.layers}
+    for old in model.layers:
+        if old.name in kept and old.weights:
+            out.get_layer(old.name).set_weights(weights.get(old.name, old.get_weights()))
+    return out
+
+
 def _conv_pool_bn(model) -> list[tuple]:
     """``(conv, pool, bn)`` triples of ``model``: a linear channels-last ``Conv2D`` feeding only a
     ``MaxPooling2D`` that feeds only a channels-last ``BatchNormalization`` with all four weights."""
@@ -132,7 +156,6 @@ def fold_bn_before_pool(model, log: Callable[[str], None] | None = None):
     Exact in float: ``a * x + b`` with ``a >= 0`` is non-decreasing, so it commutes with a max. A
     negative scale would turn the max into a min; such a triple is left as it is and ``log`` says so.
     """
-    import keras
     import numpy as np
 
     weights, dropped = {}, set()
@@ -154,23 +177,10 @@ def fold_bn_before_pool(model, log: Callable[[str], None] | None = None):
     if not weights:
         return model
 
-    def clone(layer):
-        cfg = layer.get_config()
-        return layer.__class__.from_config({**cfg, "use_bias": True} if layer.name in weights else cfg)
-
     def call(layer, *args, **kwargs):
         return args[0] if layer.name in dropped else layer(*args, **kwargs)
 
-    out = keras.models.clone_model(model, clone_function=clone, call_function=call)
-    for old in model.layers:
-        if old.name in dropped:
-            continue
-        new = out.get_layer(old.name)
-        if old.name in weights:
-            new.set_weights(weights[old.name])
-        elif old.weights:
-            new.set_weights(old.get_weights())
-    return out
+    return _rebuild(model, weights, call)
 
 
 def _bn_conv(model) -> list[tuple]:
@@ -241,10 +251,6 @@ def fold_bn_into_next_conv(model, log: Callable[[str], None] | None = None):
     if not weights:
         return model
 
-    def clone(layer):
-        cfg = layer.get_config()
-        return layer.__class__.from_config({**cfg, "use_bias": True} if layer.name in weights else cfg)
-
     def call(layer, *args, **kwargs):
         if layer.name in dropped:
             return args[0]
@@ -254,11 +260,71 @@ def fold_bn_into_next_conv(model, log: Callable[[str], None] | None = None):
         edge = border[layer.name]
         return keras.layers.Lambda(lambda t: t + edge, name=f"{layer.name}_border")(y)
 
-    out = keras.models.clone_model(model, clone_function=clone, call_function=call)
-    for old in model.layers:
-        if old.name not in dropped and old.weights:
-            out.get_layer(old.name).set_weights(weights.get(old.name, old.get_weights()))
-    return out
+    return _rebuild(model, weights, call)
+
+
+def _bn_relu_dense(model) -> list[tuple]:
+    """``(bn, dense, rows)``: a channels-last ``BatchNormalization`` with all four weights, then a
+    ReLU, then only average pools or a ``Flatten`` (linear per channel), then a ``Dense``; ``rows``
+    how many kernel rows each channel has (a ``Flatten`` of an HxW map: H*W)."""
+    import keras
+
+    found = []
+    for bn in model.layers:
+        if not isinstance(bn, keras.layers.BatchNormalization) or bn.axis not in (-1, 3):
+            continue
+        relu = _only_consumer(bn, model)
+        ok = isinstance(relu, keras.layers.ReLU) and not relu.get_config().get("max_value") or (
+            isinstance(relu, keras.layers.Activation) and relu.get_config().get("activation") == "relu")
+        if not ok or len(bn.get_weights()) != 4:
+            continue
+        layer = _only_consumer(relu, model)
+        while isinstance(layer, (keras.layers.AveragePooling2D, keras.layers.GlobalAveragePooling2D,
+                                 keras.layers.Flatten)):
+            layer = _only_consumer(layer, model)
+        if isinstance(layer, keras.layers.Dense) and layer.kernel.shape[0] % bn.input.shape[-1] == 0:
+            found.append((bn, layer, layer.kernel.shape[0] // bn.input.shape[-1]))
+    return found
+
+
+def fold_bn_into_dense(model, log: Callable[[str], None] | None = None):
+    """``model`` with each ``BatchNormalization -> ReLU -> (pools, Flatten) -> Dense``
+    (:func:`_bn_relu_dense`) whose scales ``a = gamma / sqrt(var + eps)`` are all > 0 turned into
+    ``x + shift -> ReLU -> ... -> Dense`` with the kernel's rows multiplied by ``a``.
+
+    Exact in float: ``relu(a * x + b) = a * relu(x + b / a)`` for ``a > 0``, and pools and Flatten
+    are linear per channel. In int8 the per-tensor output of the normalization no longer squeezes
+    the channels of small ``a`` into a few steps (their rounding, amplified by large Dense weights,
+    biased the pooled model's logits); the add stays in the units of the residual sum it follows.
+    """
+    import keras
+    import numpy as np
+
+    shifts, kernels = {}, {}
+    for bn, dense, rows in _bn_relu_dense(model):
+        gamma, beta, mean, var = (np.asarray(w, np.float64) for w in bn.get_weights())
+        scale = gamma / np.sqrt(var + bn.epsilon)
+        if not (scale > 0).all():
+            if log:
+                log(f"{bn.name} not folded into {dense.name}: {int((scale <= 0).sum())} of {scale.size} "
+                    "channels have a scale <= 0")
+            continue
+        shifts[bn.name] = (beta / scale - mean).astype(np.float32)
+        kernel, *bias = dense.get_weights()
+        kernels[dense.name] = [(kernel * np.tile(scale, rows)[:, None]).astype(np.float32), *bias]
+        if log:
+            log(f"{bn.name} folded into {dense.name} through the ReLU "
+                f"(scales {scale.min():.3g}-{scale.max():.3g}, all > 0: exact)")
+    if not shifts:
+        return model
+
+    def call(layer, *args, **kwargs):
+        if layer.name not in shifts:
+            return layer(*args, **kwargs)
+        shift = shifts[layer.name]
+        return keras.layers.Lambda(lambda t: t + shift, name=f"{layer.name}_shift")(args[0])
+
+    return _rebuild(model, kernels, call)
 
 
 def export_graph(model, log: Callable[[str], None] | None = None) -> tuple[object, str | None]:
@@ -266,5 +332,6 @@ def export_graph(model, log: Callable[[str], None] | None = None) -> tuple[objec
     normalizations after a max pool folded into the conv before it (:func:`fold_bn_before_pool`) and
     normalizations feeding a conv into that conv (:func:`fold_bn_into_next_conv`), both telling ``log``
     what they did, cut at the logits (:func:`logits_model`); with the activation the device applies."""
-    graph = fold_bn_into_next_conv(fold_bn_before_pool(fold_input_rescaling(model), log), log)
+    graph = fold_bn_into_dense(fold_bn_before_pool(fold_input_rescaling(model), log), log)
+    graph = fold_bn_into_next_conv(graph, log)
     return logits_model(graph)

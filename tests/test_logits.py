@@ -195,7 +195,7 @@ def test_bn_after_a_max_pool_is_folded_into_the_conv_exactly():
     assert pool.input._keras_history.operation.use_bias  # the conv before the pool carries the shift now
     _assert_same_logits(model, fold_bn_before_pool(model))
     head, activation = export_graph(model)
-    assert activation == "softmax" and bns(head) == bns(model) - 2  # and the stem's input BN
+    assert activation == "softmax" and bns(head) == bns(model) - 3  # and the input BN, and the last one
     x = np.random.default_rng(1).integers(0, 256, (64, 32, 32, 3)).astype(np.float32)
     np.testing.assert_allclose(softmax(head.predict(x, verbose=0)), model.predict(x, verbose=0), atol=1e-5)
 
@@ -230,3 +230,26 @@ def test_bn_feeding_a_conv_is_folded_into_it_exactly_borders_included(padding, s
     relu = keras.Model(inp, keras.layers.Conv2D(8, 3)(keras.layers.ReLU()(
         keras.layers.BatchNormalization()(inp))))  # the pre-activation pattern: not a BN -> conv pair
     assert fold_bn_into_next_conv(relu) is relu
+
+
+@pytest.mark.parametrize("head", ["gap", "flatten"])
+def test_bn_before_relu_and_dense_is_folded_into_the_dense_exactly(head):
+    keras = pytest.importorskip("keras")
+    from edgekit.export.logits import fold_bn_into_dense
+
+    def build():
+        inp = keras.Input((8, 8, 3))
+        x = keras.layers.Conv2D(6, 3, padding="same", use_bias=False)(inp)
+        x = keras.layers.Activation("relu")(keras.layers.BatchNormalization()(x))
+        x = keras.layers.GlobalAveragePooling2D()(x) if head == "gap" else keras.layers.Flatten()(
+            keras.layers.AveragePooling2D(2)(x))  # 4x4x6: 16 kernel rows per channel
+        return keras.Model(inp, keras.layers.Dense(2, activation="softmax")(x))
+
+    model = _random_bn_stats(build())
+    said = []
+    folded = fold_bn_into_dense(model, said.append)
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers)
+    assert len(said) == 1 and "exact" in said[0]
+    _assert_same_logits(model, folded)
+    mixed = _random_bn_stats(build(), gamma=(-1.0, 1.0))  # relu(a x + b) with a < 0 is no a relu(...)
+    assert fold_bn_into_dense(mixed, said.append) is mixed and "<= 0" in said[-1]
