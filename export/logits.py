@@ -263,6 +263,17 @@ def fold_bn_into_next_conv(model, log: Callable[[str], None] | None = None):
     return _rebuild(model, weights, call)
 
 
+def _plain_relu(layer) -> bool:
+    """``max(x, 0)`` exactly: an ``Activation("relu")`` or a ``ReLU`` without cap, slope or threshold."""
+    import keras
+
+    cfg = layer.get_config() if layer is not None else {}
+    if isinstance(layer, keras.layers.Activation):
+        return cfg.get("activation") == "relu"
+    return (isinstance(layer, keras.layers.ReLU) and cfg.get("max_value") is None
+            and not cfg.get("negative_slope") and not cfg.get("threshold"))
+
+
 def _bn_relu_dense(model) -> list[tuple]:
     """``(bn, dense, rows)``: a channels-last ``BatchNormalization`` with all four weights, then a
     ReLU, then only average pools or a ``Flatten`` (linear per channel), then a ``Dense``; ``rows``
@@ -274,9 +285,7 @@ def _bn_relu_dense(model) -> list[tuple]:
         if not isinstance(bn, keras.layers.BatchNormalization) or bn.axis not in (-1, 3):
             continue
         relu = _only_consumer(bn, model)
-        ok = isinstance(relu, keras.layers.ReLU) and not relu.get_config().get("max_value") or (
-            isinstance(relu, keras.layers.Activation) and relu.get_config().get("activation") == "relu")
-        if not ok or len(bn.get_weights()) != 4:
+        if not _plain_relu(relu) or len(bn.get_weights()) != 4:
             continue
         layer = _only_consumer(relu, model)
         while isinstance(layer, (keras.layers.AveragePooling2D, keras.layers.GlobalAveragePooling2D,
