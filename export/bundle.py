@@ -240,7 +240,7 @@ def _export_formats(model, manifest: Manifest, options: ExportOptions, tmp: Path
     reference = model.predict(val.x.astype(np.float32), batch_size=64, verbose=0)
     log(f"keras reference on {len(val)} validation inputs: {time.perf_counter() - t0:.1f} s")
     decision = manifest.decision
-    graph, activation = export_graph(model)  # every format ends at the logits when the model allows
+    graph, activation = export_graph(model, log)  # every format ends at the logits when the model allows
     output = "probabilities" if activation is None else "logits"
     output_name = "logits" if activation else _keras_specs(model)[1][0].name
     log(f"exported graphs output {output}"

@@ -147,3 +147,109 @@ def test_logits_model_cuts_a_dense_softmax_and_leaves_other_models_alone():
     np.testing.assert_allclose(softmax(head.predict(x, verbose=0)), model.predict(x, verbose=0), atol=1e-6)
     plain = keras.Model(inp, keras.layers.Dense(2)(inp))
     assert logits_model(plain) == (plain, None)
+
+
+def _random_bn_stats(model, seed: int = 0, gamma=(0.1, 2.0)):
+    """Trained-looking statistics in every BatchNormalization (untrained ones are an identity)."""
+    import keras
+
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.get_weights()[0].shape[0]
+            layer.set_weights([rng.uniform(*gamma, n), rng.normal(0, 0.5, n), rng.normal(0, 0.5, n),
+                               rng.uniform(0.05, 3.0, n)])
+    return model
+
+
+def _assert_same_logits(model, folded):
+    """Logits, not probabilities: a random model's softmax is flat and would hide a wrong fold."""
+    from edgekit.export.logits import logits_model
+
+    x = np.random.default_rng(1).integers(0, 256, (64, *model.input_shape[1:])).astype(np.float32)
+    want = logits_model(model)[0].predict(x, verbose=0)
+    got = logits_model(folded)[0].predict(x, verbose=0)
+    assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
+
+
+def _pooled_model(recipe: str = "fast16p"):
+    from edgekit.model import RECIPES, build_resnet
+
+    return _random_bn_stats(build_resnet((32, 32, 3), **RECIPES[recipe]))
+
+
+def test_bn_after_a_max_pool_is_folded_into_the_conv_exactly():
+    keras = pytest.importorskip("keras")
+    from edgekit.export.logits import export_graph, fold_bn_before_pool
+
+    model = _pooled_model()
+    said = []
+    folded = fold_bn_before_pool(model, said.append)
+    assert folded is not model and len(said) == 1 and "folded into" in said[0]
+
+    def bns(m):
+        return sum(isinstance(layer, keras.layers.BatchNormalization) for layer in m.layers)
+
+    assert bns(folded) == bns(model) - 1
+    pool = next(layer for layer in folded.layers if isinstance(layer, keras.layers.MaxPooling2D))
+    assert pool.input._keras_history.operation.use_bias  # the conv before the pool carries the shift now
+    _assert_same_logits(model, fold_bn_before_pool(model))
+    head, activation = export_graph(model)
+    assert activation == "softmax" and bns(head) == bns(model) - 3  # and the input BN, and the last one
+    x = np.random.default_rng(1).integers(0, 256, (64, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(softmax(head.predict(x, verbose=0)), model.predict(x, verbose=0), atol=1e-5)
+
+
+def test_bn_fold_leaves_models_without_the_pattern_or_with_negative_scales_alone():
+    pytest.importorskip("keras")
+    from edgekit.export.logits import fold_bn_before_pool
+    from edgekit.model import RECIPES, build_resnet
+
+    plain = _random_bn_stats(build_resnet((32, 32, 3), **RECIPES["fast16"]))  # no pool: no-op
+    said = []
+    assert fold_bn_before_pool(plain, said.append) is plain and said == []
+    negative = _random_bn_stats(_pooled_model(), gamma=(-1.0, 1.0))  # a max is no min
+    assert fold_bn_before_pool(negative, said.append) is negative
+    assert len(said) == 1 and "not folded" in said[0] and "negative scale" in said[0]
+
+
+@pytest.mark.parametrize("padding, size", [("same", 32), ("same", 33), ("valid", 32)])
+def test_bn_feeding_a_conv_is_folded_into_it_exactly_borders_included(padding, size):
+    keras = pytest.importorskip("keras")
+    from edgekit.export.logits import fold_bn_into_next_conv
+
+    inp = keras.Input((size, size, 3))
+    x = keras.layers.BatchNormalization()(keras.layers.Rescaling(1 / 255)(inp))
+    x = keras.layers.Conv2D(8, 3, strides=2, padding=padding, use_bias=False)(x)
+    model = _random_bn_stats(keras.Model(inp, keras.layers.Dense(2)(keras.layers.Flatten()(x))))
+    said = []
+    folded = fold_bn_into_next_conv(model, said.append)
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers)
+    assert len(said) == 1 and ("border map" in said[0]) == (padding == "same")
+    _assert_same_logits(model, folded)
+    relu = keras.Model(inp, keras.layers.Conv2D(8, 3)(keras.layers.ReLU()(
+        keras.layers.BatchNormalization()(inp))))  # the pre-activation pattern: not a BN -> conv pair
+    assert fold_bn_into_next_conv(relu) is relu
+
+
+@pytest.mark.parametrize("head", ["gap", "flatten"])
+def test_bn_before_relu_and_dense_is_folded_into_the_dense_exactly(head):
+    keras = pytest.importorskip("keras")
+    from edgekit.export.logits import fold_bn_into_dense
+
+    def build():
+        inp = keras.Input((8, 8, 3))
+        x = keras.layers.Conv2D(6, 3, padding="same", use_bias=False)(inp)
+        x = keras.layers.Activation("relu")(keras.layers.BatchNormalization()(x))
+        x = keras.layers.GlobalAveragePooling2D()(x) if head == "gap" else keras.layers.Flatten()(
+            keras.layers.AveragePooling2D(2)(x))  # 4x4x6: 16 kernel rows per channel
+        return keras.Model(inp, keras.layers.Dense(2, activation="softmax")(x))
+
+    model = _random_bn_stats(build())
+    said = []
+    folded = fold_bn_into_dense(model, said.append)
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers)
+    assert len(said) == 1 and "exact" in said[0]
+    _assert_same_logits(model, folded)
+    mixed = _random_bn_stats(build(), gamma=(-1.0, 1.0))  # relu(a x + b) with a < 0 is no a relu(...)
+    assert fold_bn_into_dense(mixed, said.append) is mixed and "<= 0" in said[-1]
