@@ -337,10 +337,18 @@ def fold_bn_into_dense(model, log: Callable[[str], None] | None = None):
 
 
 def export_graph(model, log: Callable[[str], None] | None = None) -> tuple[object, str | None]:
-    """The graph every format is exported from: input rescaling folded (:func:`fold_input_rescaling`),
-    normalizations after a max pool folded into the conv before it (:func:`fold_bn_before_pool`) and
-    normalizations feeding a conv into that conv (:func:`fold_bn_into_next_conv`), both telling ``log``
-    what they did, cut at the logits (:func:`logits_model`); with the activation the device applies."""
-    graph = fold_bn_into_dense(fold_bn_before_pool(fold_input_rescaling(model), log), log)
-    graph = fold_bn_into_next_conv(graph, log)
+    """The graph every format is exported from: input rescaling folded (:func:`fold_input_rescaling`)
+    and cut at the logits (:func:`logits_model`), with the activation the device applies.
+
+    A model with a batch normalization after a max pool (the pooled recipes) also gets the folds its
+    int8 needs, each telling ``log`` what it did: that normalization into the conv before the pool
+    (:func:`fold_bn_before_pool`), the last one into the Dense (:func:`fold_bn_into_dense`) and one
+    feeding a conv into that conv (:func:`fold_bn_into_next_conv`). Other models keep the graph
+    without them: the shipped default re-exported with them lost int8 accuracy (TFLite agreement
+    99.66% -> 99.48%, accuracy drop 0.11 -> 0.29 points; ONNX int8 failed its bound by 0.02 points),
+    and the site adaptations measured so far rest on that graph."""
+    graph = fold_input_rescaling(model)
+    if _conv_pool_bn(graph):
+        graph = fold_bn_into_dense(fold_bn_before_pool(graph, log), log)
+        graph = fold_bn_into_next_conv(graph, log)
     return logits_model(graph)

@@ -178,6 +178,12 @@ def _pooled_model(recipe: str = "fast16p"):
     return _random_bn_stats(build_resnet((32, 32, 3), **RECIPES[recipe]))
 
 
+def _bns(model) -> int:
+    import keras
+
+    return sum(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
+
+
 def test_bn_after_a_max_pool_is_folded_into_the_conv_exactly():
     keras = pytest.importorskip("keras")
     from edgekit.export.logits import export_graph, fold_bn_before_pool
@@ -187,27 +193,26 @@ def test_bn_after_a_max_pool_is_folded_into_the_conv_exactly():
     folded = fold_bn_before_pool(model, said.append)
     assert folded is not model and len(said) == 1 and "folded into" in said[0]
 
-    def bns(m):
-        return sum(isinstance(layer, keras.layers.BatchNormalization) for layer in m.layers)
-
-    assert bns(folded) == bns(model) - 1
+    assert _bns(folded) == _bns(model) - 1
     pool = next(layer for layer in folded.layers if isinstance(layer, keras.layers.MaxPooling2D))
     assert pool.input._keras_history.operation.use_bias  # the conv before the pool carries the shift now
     _assert_same_logits(model, fold_bn_before_pool(model))
     head, activation = export_graph(model)
-    assert activation == "softmax" and bns(head) == bns(model) - 3  # and the input BN, and the last one
+    assert activation == "softmax" and _bns(head) == _bns(model) - 3  # and the input BN, and the last one
     x = np.random.default_rng(1).integers(0, 256, (64, 32, 32, 3)).astype(np.float32)
     np.testing.assert_allclose(softmax(head.predict(x, verbose=0)), model.predict(x, verbose=0), atol=1e-5)
 
 
 def test_bn_fold_leaves_models_without_the_pattern_or_with_negative_scales_alone():
     pytest.importorskip("keras")
-    from edgekit.export.logits import fold_bn_before_pool
+    from edgekit.export.logits import export_graph, fold_bn_before_pool
     from edgekit.model import RECIPES, build_resnet
 
     plain = _random_bn_stats(build_resnet((32, 32, 3), **RECIPES["fast16"]))  # no pool: no-op
     said = []
     assert fold_bn_before_pool(plain, said.append) is plain and said == []
+    head, _ = export_graph(plain, said.append)  # nor the other folds: the default's graph as measured
+    assert said == [] and _bns(head) == _bns(plain)
     negative = _random_bn_stats(_pooled_model(), gamma=(-1.0, 1.0))  # a max is no min
     assert fold_bn_before_pool(negative, said.append) is negative
     assert len(said) == 1 and "not folded" in said[0] and "negative scale" in said[0]
