@@ -38,8 +38,8 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from edgekit.errors import BundleError, DataError
-from edgekit.manifest import DEFAULT_GATE_BOUNDS, SITE_CUTOFFS
-from edgekit.safefile import replace_dir
+from edgekit.manifest import DEFAULT_GATE_BOUNDS, MANIFEST_NAME, SITE_CUTOFFS
+from edgekit.safefile import check_replaceable, replace_dir
 
 if TYPE_CHECKING:
     from edgekit.formats import FormatSpec
@@ -504,8 +504,7 @@ def adapt_model(
     from edgekit.manifest import Manifest, load_manifest
 
     out = Path(out)
-    if out.exists() and not replace:
-        raise DataError(f"{out} already exists; pass --replace to overwrite it")
+    check_replaceable(out, replace, MANIFEST_NAME, "a bundle", DataError)
     base_manifest, keras_path, base_sha = trainable_model(Path(model))
     if len(base_manifest.labels) != 2 or base_manifest.positive_label is None:
         raise BundleError("adapt needs a two-class model with a positive label")

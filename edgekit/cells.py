@@ -34,7 +34,7 @@ import numpy as np
 
 from edgekit.device.annotations import CLASSES, PARASITIZED, AnnotatedField, Box
 from edgekit.errors import DataError
-from edgekit.safefile import replace_dir
+from edgekit.safefile import check_replaceable, replace_dir
 
 CELLS_INDEX = "cells.json"
 OBJECTS_DIR = ".objects"  # found objects that are no labelled red cell (hidden: not a class folder)
@@ -184,10 +184,7 @@ def write_cells(
     (unless ``allow_one_class``; healthy-blood fields only have uninfected cells).
     """
     out = Path(out)
-    if out.exists() and not replace:
-        raise DataError(f"{out} already exists; pass --replace to overwrite it")
-    if out.exists() and not out.is_dir():
-        raise DataError(f"{out} exists and is not a folder")
+    check_replaceable(out, replace, CELLS_INDEX, "a cells dataset", DataError)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:

@@ -41,7 +41,7 @@ from edgekit.manifest import SITE_CUTOFFS
 @click.option("--min-iou", type=FiniteFloatRange(0.05, 1.0), default=0.4, show_default=True,
               help="Overlap a found cell needs with a labelled box to take its label.")
 @click.option("--allow-one-class", is_flag=True, help="Write even if one class has no cells (healthy blood).")
-@click.option("--replace", is_flag=True, help="Overwrite OUT if it exists.")
+@click.option("--replace", is_flag=True, help="Overwrite OUT if it is a cells dataset (or empty).")
 def cells(fields: tuple[Path, ...], annotations: Path | None, sessions_db: Path | None,
           session_keys: tuple[str, ...], out: Path, class_map: tuple[str, ...], min_iou: float,
           allow_one_class: bool, replace: bool) -> None:
@@ -156,7 +156,7 @@ def cells(fields: tuple[Path, ...], annotations: Path | None, sessions_db: Path 
 @click.option("--formats", type=FormatNames(), default="tflite_int8", show_default=True,
               help="Formats to export and validate.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--replace", is_flag=True, help="Overwrite OUT if it exists.")
+@click.option("--replace", is_flag=True, help="Overwrite OUT if it is a bundle (or empty).")
 @click.option("--allow-drop", is_flag=True,
               help="Keep formats that miss their validation bound, marked failed (as in export).")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None,

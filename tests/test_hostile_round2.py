@@ -1,0 +1,57 @@
+"""Hostile inputs, round 2: command groups beyond screen/field (pack, site cells, adapt, serve, sync),
+repeats and concurrency. Each case here was a traceback, a silent success or lost data before its fix."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+from device_helpers import GOLDEN
+
+from edgekit.cli import main
+from edgekit.errors import DataError
+from edgekit.manifest import load_manifest
+
+
+@pytest.mark.parametrize("kind", ["user_files", "file", "symlink"])
+def test_replace_never_deletes_a_folder_that_is_not_a_bundle(tmp_path, kind):
+    """`model pack -o ~/Documents --replace` removed the whole folder and put the bundle there."""
+    out = tmp_path / "out"
+    if kind == "user_files":
+        (out / "sub").mkdir(parents=True)
+        (out / "thesis.txt").write_text("precious")
+        (out / "sub" / "a.txt").write_text("precious")
+    elif kind == "file":
+        out.write_text("precious")
+    else:
+        (tmp_path / "real").mkdir()
+        (tmp_path / "real" / "thesis.txt").write_text("precious")
+        out.symlink_to(tmp_path / "real")
+    res = CliRunner().invoke(main, ["model", "pack", str(GOLDEN), "-o", str(out), "--formats", "tflite_int8",
+                                    "--replace"])
+    assert res.exit_code != 0 and "refusing to replace" in res.output and "Traceback" not in res.output
+    kept = {"user_files": out / "sub" / "a.txt", "file": out,
+            "symlink": tmp_path / "real" / "thesis.txt"}[kind]
+    assert kept.read_text() == "precious"
+
+
+def test_replace_still_replaces_a_bundle_or_an_empty_folder(tmp_path):
+    for out in (tmp_path / "bundle", tmp_path / "empty"):
+        out.mkdir()
+        if out.name == "bundle":
+            (out / "manifest.json").write_text("{}")
+            (out / "old.tflite").write_text("x")
+        res = CliRunner().invoke(main, ["model", "pack", str(GOLDEN), "-o", str(out), "--formats",
+                                        "tflite_int8", "--replace"])
+        assert res.exit_code == 0, res.output
+        assert sorted(load_manifest(out).artifacts) == ["tflite_int8"] and not (out / "old.tflite").exists()
+
+
+def test_cells_replace_refuses_a_folder_that_is_not_a_cells_dataset(tmp_path):
+    from edgekit.cells import write_cells
+
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "thesis.txt").write_text("precious")
+    with pytest.raises(DataError, match="refusing to replace"):
+        write_cells([], out, replace=True)
+    assert (out / "thesis.txt").read_text() == "precious"
