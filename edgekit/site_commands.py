@@ -99,6 +99,11 @@ def cells(fields: tuple[Path, ...], annotations: Path | None, sessions_db: Path 
                    f"{', '.join(sparse['fields'][:5])}{' ...' if n > 5 else ''}); "
                    "adaptation holds whole-field counts to their boxes: check or complete those labels first "
                    "(cells.json: label_coverage)", err=True)
+    bad = summary["fields_unreadable"]
+    if bad:
+        click.echo(f"error: {len(bad)} of {summary['fields']} fields could not be read and were left out "
+                   f"(first: {bad[0]})", err=True)
+        raise SystemExit(1)
 
 
 @click.command()
