@@ -55,3 +55,33 @@ def test_cells_replace_refuses_a_folder_that_is_not_a_cells_dataset(tmp_path):
     with pytest.raises(DataError, match="refusing to replace"):
         write_cells([], out, replace=True)
     assert (out / "thesis.txt").read_text() == "precious"
+
+
+def test_two_processes_counting_the_same_field_record_it_once(tmp_path, monkeypatch):
+    """Two `screen --fields` of one folder into one --db at once: both checked a field before either
+    had recorded it, and both counted it (two field rows, the programme's field counts doubled)."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    from edgekit.device.records import RecordStore
+
+    field = GOLDEN.parent / "fields" / "BloodImage_00014.jpg"
+    db = tmp_path / "s.sqlite"
+    args = ["screen", "--patient", "P", "--fields", str(field), "--model", str(GOLDEN), "--db", str(db)]
+    real_add = RecordStore.add_records
+
+    def other_process_counts_it_first(self, *a, **k):  # after this process's checks, before its commit
+        other = subprocess.run([sys.executable, "-m", "edgekit", *args], capture_output=True, text=True,
+                               timeout=120)
+        assert other.returncode == 0, other.stderr
+        monkeypatch.setattr(RecordStore, "add_records", real_add)
+        return real_add(self, *a, **k)
+
+    monkeypatch.setattr(RecordStore, "add_records", other_process_counts_it_first)
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert "BloodImage_00014.jpg: not counted: this field is already counted" in res.output
+    con = sqlite3.connect(db)
+    assert con.execute("select count(*) from fields").fetchone()[0] == 1
+    assert con.execute("select count(*) from records where field_id is null").fetchone()[0] == 0
