@@ -3,6 +3,8 @@ repeats and concurrency. Each case here was a traceback, a silent success or los
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
 from device_helpers import GOLDEN
@@ -85,3 +87,32 @@ def test_two_processes_counting_the_same_field_record_it_once(tmp_path, monkeypa
     con = sqlite3.connect(db)
     assert con.execute("select count(*) from fields").fetchone()[0] == 1
     assert con.execute("select count(*) from records where field_id is null").fetchone()[0] == 0
+
+
+def test_a_full_disk_for_overlays_still_reports_every_field(tmp_path, monkeypatch):
+    """`field --overlay-dir` on a disk that fills up half way: the batch stopped at the first overlay
+    that could not be written, and that field's result (computed) was never printed."""
+    import errno
+    import json
+
+    import edgekit.manifest
+
+    real_write = edgekit.manifest.atomic_write_bytes
+    calls = []
+
+    def fills_up(path, data):
+        calls.append(path)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(path, data)
+
+    monkeypatch.setattr(edgekit.manifest, "atomic_write_bytes", fills_up)
+    fields = GOLDEN.parent / "fields"
+    res = CliRunner().invoke(main, ["field", str(fields), "--model", str(GOLDEN), "--overlay-dir",
+                                    str(tmp_path / "ov"), "--format", "jsonl"])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "BloodImage_00099.jpg: overlay not written: No space left on device" in res.output
+    rows = [json.loads(line) for line in res.output.splitlines() if line.startswith("{")]
+    assert [Path(r["field"]).name for r in rows[:2]] == ["BloodImage_00014.jpg", "BloodImage_00099.jpg"]
+    assert rows[2]["total"]["counted"] == 2
+    assert sorted(p.name for p in (tmp_path / "ov").iterdir()) == ["BloodImage_00014_overlay.png"]
