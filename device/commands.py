@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, cast
 import click
 
 from edgekit.cli_options import (
+    MAX_THREADS,
     allow_unsigned_option,
     format_option,
     model_format_option,
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 _model_option = model_option()
 _model_format_option = model_format_option()
 _threads_option = click.option(
-    "--threads", type=click.IntRange(1, 64), default=None, help="Inference threads."
+    "--threads", type=click.IntRange(1, MAX_THREADS), default=None, help="Inference threads."
 )
 _progress_option = click.option(
     "--progress/--no-progress", default=None,

@@ -9,7 +9,13 @@ from pathlib import Path
 
 import click
 
-from edgekit.cli_options import allow_unsigned_option, format_option, model_format_option, model_option
+from edgekit.cli_options import (
+    MAX_THREADS,
+    allow_unsigned_option,
+    format_option,
+    model_format_option,
+    model_option,
+)
 
 
 def _classifier(bundle: Path | None, model_format: str | None, threads: int | None, allow_unsigned: bool):
@@ -37,7 +43,7 @@ def _classifier(bundle: Path | None, model_format: str | None, threads: int | No
 @model_format_option()
 @format_option("table", "jsonl", default="table",
                help_text="jsonl: one JSON object per field with every cell, then a total.")
-@click.option("--threads", type=click.IntRange(1, 64), default=None, help="Inference threads.")
+@click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=None, help="Inference threads.")
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=64, show_default=True,
               help="Cell crops per inference call.")
 @click.option("--count-only", is_flag=True, help="Find and count cells without classifying them.")

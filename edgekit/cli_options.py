@@ -35,6 +35,7 @@ class FiniteFloatRange(_Finite, click.FloatRange):
 
 
 FINITE_FLOAT = FiniteFloat()
+MAX_THREADS = 64  # inference threads a command accepts (more only thrash, or never start)
 
 
 class AliasedOption(click.Option):

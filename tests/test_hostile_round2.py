@@ -116,3 +116,23 @@ def test_a_full_disk_for_overlays_still_reports_every_field(tmp_path, monkeypatc
     assert [Path(r["field"]).name for r in rows[:2]] == ["BloodImage_00014.jpg", "BloodImage_00099.jpg"]
     assert rows[2]["total"]["counted"] == 2
     assert sorted(p.name for p in (tmp_path / "ov").iterdir()) == ["BloodImage_00014_overlay.png"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--threads", "100000"], "positive integers, at most 64"),  # ran for minutes, never ended
+    (["-o", "ref.csv"], "exists and is not a folder"),  # said only once every row was measured
+    (["--reference", "ref.csv"], "has a row without format, threads"),
+    (["--save-reference", "DIR"], "refusing to write"),
+])
+def test_bench_refuses_what_would_fail_before_measuring(tmp_path, monkeypatch, args, message):
+    import edgekit.benchmarks.bench as bench
+
+    def measured(*a, **k):
+        raise AssertionError("measured before the bad option was refused")
+
+    monkeypatch.setattr(bench, "run_bench", measured)
+    (tmp_path / "ref.csv").write_text("a,b\n1,2\n")
+    (tmp_path / "DIR").mkdir()
+    args = [str(tmp_path / a) if a in ("ref.csv", "DIR") else a for a in args]
+    res = CliRunner().invoke(main, ["model", "bench", str(GOLDEN), "--no-plots", *args])
+    assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output
