@@ -136,3 +136,23 @@ def test_bench_refuses_what_would_fail_before_measuring(tmp_path, monkeypatch, a
     args = [str(tmp_path / a) if a in ("ref.csv", "DIR") else a for a in args]
     res = CliRunner().invoke(main, ["model", "bench", str(GOLDEN), "--no-plots", *args])
     assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-o", "DIR"], "refusing to write"),  # was "Is a directory: /.tmp.x.tmp", after decoding every file
+    (["--test-fraction", "1.5"], "fractions must be in (0, 1)"),
+])
+def test_split_refuses_bad_options_before_decoding_the_dataset(tmp_path, monkeypatch, args, message):
+    import edgekit.data
+
+    def decoded(*a, **k):
+        raise AssertionError("the dataset was decoded before the bad option was refused")
+
+    monkeypatch.setattr(edgekit.data, "drop_unreadable", decoded)
+    (tmp_path / "DIR").mkdir()
+    for c in ("A", "B"):
+        (tmp_path / "data" / c).mkdir(parents=True)
+        (tmp_path / "data" / c / "x.png").write_bytes(b"")
+    args = [str(tmp_path / a) if a == "DIR" else a for a in args]
+    res = CliRunner().invoke(main, ["model", "split", str(tmp_path / "data"), *args])
+    assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output
