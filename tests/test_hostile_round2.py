@@ -156,3 +156,13 @@ def test_split_refuses_bad_options_before_decoding_the_dataset(tmp_path, monkeyp
     args = [str(tmp_path / a) if a == "DIR" else a for a in args]
     res = CliRunner().invoke(main, ["model", "split", str(tmp_path / "data"), *args])
     assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output
+
+
+def test_import_refuses_a_label_that_is_not_one_printable_line(tmp_path):
+    """A label with a newline was written into a bundle that no command could then load."""
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"")  # never read: the labels are refused first
+    res = CliRunner().invoke(main, ["model", "import", str(model), "--labels", "a\nb,c", "--scale", "1/255",
+                                    "-o", str(tmp_path / "out")])
+    assert res.exit_code == 2 and "label 'a\\nb' is not one printable line" in res.output
+    assert not (tmp_path / "out").exists()
