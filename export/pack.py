@@ -47,6 +47,7 @@ def pack_bundle(source: Path, out: Path, formats: tuple[str, ...] = DEVICE_FORMA
     try:
         for art in chosen.values():
             for rel in art.files:
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)  # a model may sit in a subfolder
                 shutil.copyfile(source / rel, tmp / rel)
                 os.chmod(tmp / rel, 0o644)
         if replay:
