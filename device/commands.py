@@ -229,6 +229,7 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
     from_files = file_source(paths, fields, workers(threads))
     classifier = _load(bundle, model_format, threads, allow_unsigned)
     decision = classifier.manifest.decision
+    decision.check_decides_patients()
     stop = decision.rule.stop_cells if stop_cells is None else stop_cells
     view = capture = None
     running = {"cells": 0, "parasitized": 0}

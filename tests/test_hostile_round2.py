@@ -166,3 +166,31 @@ def test_import_refuses_a_label_that_is_not_one_printable_line(tmp_path):
                                     "-o", str(tmp_path / "out")])
     assert res.exit_code == 2 and "label 'a\\nb' is not one printable line" in res.output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("cmd", [["screen", "--patient", "P", "CELLS"], ["serve", "--port", "1"]])
+def test_a_bundle_without_a_positive_class_decides_no_patient(tmp_path, monkeypatch, cmd):
+    """`model import` without --positive-index: screen decided the patient NEGATIVE on p(last label)."""
+    import json
+
+    from device_helpers import CELLS, golden_copy
+
+    if cmd[0] == "serve":
+        uvicorn = pytest.importorskip("uvicorn")
+
+        def served(*a, **k):
+            raise AssertionError("the station was served")
+
+        monkeypatch.setattr(uvicorn, "run", served)
+
+    bundle = golden_copy(tmp_path / "b")
+    (bundle / "signature.json").unlink()
+    data = json.loads((bundle / "manifest.json").read_text())
+    data["positive_label"] = None
+    (bundle / "manifest.json").write_text(json.dumps(data))
+    db = tmp_path / "s.sqlite"
+    cmd = [str(CELLS) if a == "CELLS" else a for a in cmd]
+    res = CliRunner().invoke(main, [*cmd, "--model", str(bundle), "--db", str(db)])
+    assert res.exit_code == 2 and "names no positive class, so it cannot decide a patient" in res.output
+    assert not db.exists()
+    assert CliRunner().invoke(main, ["classify", str(CELLS), "--model", str(bundle)]).exit_code == 0
