@@ -194,3 +194,13 @@ def test_a_bundle_without_a_positive_class_decides_no_patient(tmp_path, monkeypa
     assert res.exit_code == 2 and "names no positive class, so it cannot decide a patient" in res.output
     assert not db.exists()
     assert CliRunner().invoke(main, ["classify", str(CELLS), "--model", str(bundle)]).exit_code == 0
+
+
+def test_keygen_trust_with_a_keyring_that_is_a_file_writes_nothing(tmp_path, monkeypatch):
+    """It wrote the key pair, then failed with 'File exists: <keyring>'."""
+    ring = tmp_path / "ring"
+    ring.write_text("not a folder")
+    monkeypatch.setenv("EDGEKIT_KEYRING", str(ring))
+    res = CliRunner().invoke(main, ["trust", "keygen", str(tmp_path / "site"), "--trust"])
+    assert res.exit_code == 2 and f"the keyring {ring} is not a folder: nothing written" in res.output
+    assert not (tmp_path / "site.key").exists() and not (tmp_path / "site.pub").exists()
