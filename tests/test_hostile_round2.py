@@ -204,3 +204,32 @@ def test_keygen_trust_with_a_keyring_that_is_a_file_writes_nothing(tmp_path, mon
     res = CliRunner().invoke(main, ["trust", "keygen", str(tmp_path / "site"), "--trust"])
     assert res.exit_code == 2 and f"the keyring {ring} is not a folder: nothing written" in res.output
     assert not (tmp_path / "site.key").exists() and not (tmp_path / "site.pub").exists()
+
+
+def test_a_live_overlay_that_cannot_be_written_does_not_stop_the_count(tmp_path, monkeypatch, capsys):
+    """`camera`/`screen --camera --overlay` on a disk that fills up or fails: the camera stopped with
+    'No such file or directory: .ov.png.tmp.png' (a patient's session cut half way)."""
+    import errno
+    import os
+
+    import numpy as np
+
+    from edgekit.device.live import LiveView
+    from edgekit.manifest import load_manifest
+
+    view = LiveView(load_manifest(GOLDEN).decision, tmp_path / "ov.png")
+    real_replace = os.replace
+
+    def failing(src, dst):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "replace", failing)
+    for _ in range(2):
+        view.field(1, np.full((120, 160, 3), 200, np.uint8), [])
+        assert view.render("status") is not None
+    err = capsys.readouterr().err
+    assert err.count("not updated (Input/output error); counting goes on") == 1
+    assert not list(tmp_path.iterdir())  # no temporary file left behind
+    monkeypatch.setattr(os, "replace", real_replace)
+    view.render("status")
+    assert (tmp_path / "ov.png").is_file() and not view.overlay_failed
