@@ -142,7 +142,7 @@ def _ints(text: str) -> tuple[int, ...]:
 @click.option("--backbone", default="resnet", show_default=True,
               type=click.Choice(["resnet", "mobilenetv3small", "inceptionv3"]))
 @click.option("--weights", default="none", show_default=True,
-              help="Backbone weights: none, imagenet or a PATH.")
+              help="Backbone weights for mobilenetv3small and inceptionv3: none, imagenet or a PATH.")
 @click.option("--recipe", default=None,
               help="A named ResNet (edgekit.model.RECIPES: seed, w8, fast16, fast32, ...); sets stages, "
                    "filters and the stem, overriding --stages/--filters.")

@@ -233,3 +233,18 @@ def test_a_live_overlay_that_cannot_be_written_does_not_stop_the_count(tmp_path,
     monkeypatch.setattr(os, "replace", real_replace)
     view.render("status")
     assert (tmp_path / "ov.png").is_file() and not view.overlay_failed
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"l2": -1.0}, "--l2 must be 0 or more"),  # a Keras ValueError traceback once the model was built
+    ({"input_size": 100000}, "the input size must be at most 4096"),  # ran out of memory
+    ({"weights": "imagenet"}, "--weights is for the transfer backbones"),  # silently ignored
+    ({"weights": "/nonexistent.h5"}, "--weights is for the transfer backbones"),
+])
+def test_train_options_that_failed_late_or_were_ignored_are_refused(change, message):
+    from edgekit.errors import EdgekitError
+    from edgekit.train import TrainConfig
+
+    with pytest.raises(EdgekitError, match=message):
+        TrainConfig(**change)
+    TrainConfig(backbone="mobilenetv3small", weights="imagenet")  # where --weights means something
