@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from edgekit import formats as format_table
-from edgekit.cli_options import FiniteFloatRange, FormatNames, bundle_from, model_option, option
+from edgekit.cli_options import MAX_THREADS, FiniteFloatRange, FormatNames, bundle_from, model_option, option
 
 
 def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
@@ -17,8 +17,8 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
         threads = [int(v) for v in value.replace(" ", "").split(",") if v]
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
-    if not threads or min(threads) < 1:
-        raise click.BadParameter("thread counts must be positive integers")
+    if not threads or min(threads) < 1 or max(threads) > MAX_THREADS:
+        raise click.BadParameter(f"thread counts must be positive integers, at most {MAX_THREADS}")
     return threads
 
 
@@ -70,6 +70,7 @@ def bench(positional_bundle: Path | None, bundle: Path | None, data: Path | None
     from edgekit.benchmarks.report import markdown_tables, to_csv, write_outputs
     from edgekit.device.runtime import default_bundle_dir
     from edgekit.manifest import atomic_write_text
+    from edgekit.safefile import check_output_target
 
     bundle = bundle_from(positional_bundle, bundle)
     out_root = Path(bundle) if bundle is not None else Path.cwd()  # never write into the installed package
@@ -78,13 +79,19 @@ def bench(positional_bundle: Path | None, bundle: Path | None, data: Path | None
     # "all" (every row of the table) measures what the bundle holds, like no --formats
     fmt_list = [f.name for f in formats] if formats and formats != format_table.FORMATS else None
     log = lambda msg: click.echo(msg, err=True)  # noqa: E731
+    # what would only fail once every row is measured is checked first: nothing measured is lost
+    if out is not None and out.exists() and not out.is_dir():
+        raise click.BadParameter(f"{out} exists and is not a folder", param_hint="--out")
+    ref = load_reference(reference) if reference else None
+    if save_reference:
+        check_output_target(save_reference, force=True)
     result = run_bench(bundle, data, threads=threads, formats=fmt_list, profile=profile, part=part,
                        batch=batch, runs=runs, warmup=warmup, timeout=timeout, log=log)
     comparisons = None
     board = detect_board()
     source = reference or (board if board and reference_path(board).is_file() else None)
     if source:
-        ref = load_reference(source)
+        ref = ref if ref is not None else load_reference(source)
         comparisons = compare_to_reference(result["rows"], ref, model=result["meta"]["model"])
         if not ref:
             log(f"reference {source} has no rows yet")

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, cast
 import click
 
 from edgekit.cli_options import (
+    MAX_THREADS,
     allow_unsigned_option,
     format_option,
     model_format_option,
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 _model_option = model_option()
 _model_format_option = model_format_option()
 _threads_option = click.option(
-    "--threads", type=click.IntRange(1, 64), default=None, help="Inference threads."
+    "--threads", type=click.IntRange(1, MAX_THREADS), default=None, help="Inference threads."
 )
 _progress_option = click.option(
     "--progress/--no-progress", default=None,
@@ -228,6 +229,7 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
     from_files = file_source(paths, fields, workers(threads))
     classifier = _load(bundle, model_format, threads, allow_unsigned)
     decision = classifier.manifest.decision
+    decision.check_decides_patients()
     stop = decision.rule.stop_cells if stop_cells is None else stop_cells
     view = capture = None
     running = {"cells": 0, "parasitized": 0}

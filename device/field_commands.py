@@ -9,7 +9,13 @@ from pathlib import Path
 
 import click
 
-from edgekit.cli_options import allow_unsigned_option, format_option, model_format_option, model_option
+from edgekit.cli_options import (
+    MAX_THREADS,
+    allow_unsigned_option,
+    format_option,
+    model_format_option,
+    model_option,
+)
 
 
 def _classifier(bundle: Path | None, model_format: str | None, threads: int | None, allow_unsigned: bool):
@@ -37,7 +43,7 @@ def _classifier(bundle: Path | None, model_format: str | None, threads: int | No
 @model_format_option()
 @format_option("table", "jsonl", default="table",
                help_text="jsonl: one JSON object per field with every cell, then a total.")
-@click.option("--threads", type=click.IntRange(1, 64), default=None, help="Inference threads.")
+@click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=None, help="Inference threads.")
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=64, show_default=True,
               help="Cell crops per inference call.")
 @click.option("--count-only", is_flag=True, help="Find and count cells without classifying them.")
@@ -53,9 +59,9 @@ def field(images: tuple[str, ...], bundle: Path | None, model_format: str | None
     cannot be read or used (not an image, too large, blank, over/under-exposed, out of focus, no
     cells, not found) is reported as rejected
     with the reason and the others carry on; the exit status is 1 when any field could not be
-    read, or none was counted. Parasitemia = cells called parasitized at the model's
-    cutoff / cells found, with a Wilson 95% interval; "unc" counts cells in the uncertain band
-    (worth a look at the overlay).
+    read or an overlay written (a full disk: the field is counted all the same), or none was
+    counted. Parasitemia = cells called parasitized at the model's cutoff / cells found, with a
+    Wilson 95% interval; "unc" counts cells in the uncertain band (worth a look at the overlay).
     """
     import os
 
@@ -77,6 +83,7 @@ def field(images: tuple[str, ...], bundle: Path | None, model_format: str | None
     totals = FieldTotals(len(items))
     unreadable = 0  # fields not found or not decodable (a blurred or blank one is only rejected)
     overlays: set[str] = set()  # overlay names written: a/f.jpg and b/f.jpg get one each
+    lost = 0  # overlays that could not be written
     if out_format == "table":
         click.echo(FIELD_HEADER)
 
@@ -90,7 +97,11 @@ def field(images: tuple[str, ...], bundle: Path | None, model_format: str | None
     for rep, rgb in prefetch(segment, items, workers(threads)):
         unreadable += rgb is None
         rep = classify_field(rep, rgb, classifier, batch_size, keep_image=overlay_dir is not None)
-        overlay = write_overlay(rep, overlay_dir, overlays) if overlay_dir is not None else None
+        try:
+            overlay = write_overlay(rep, overlay_dir, overlays) if overlay_dir is not None else None
+        except OSError as exc:  # a full or failing disk: the field's result is still reported
+            overlay, lost = None, lost + 1
+            click.echo(f"{rep.source}: overlay not written: {exc.strerror or exc}", err=True)
         totals.add(rep)
         click.echo(field_json(rep, overlay) if out_format == "jsonl" else field_line(rep))
 
@@ -102,5 +113,5 @@ def field(images: tuple[str, ...], bundle: Path | None, model_format: str | None
             click.echo(line)
         if overlay_dir is not None:
             click.echo(f"overlays in {overlay_dir}", err=True)
-    if totals.counted == 0 or unreadable:
+    if totals.counted == 0 or unreadable or lost:
         raise SystemExit(1)

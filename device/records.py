@@ -18,7 +18,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -286,6 +286,19 @@ class FieldEntry:
     sharpness: float
     replaces: int | None = None
     id: int | None = None  # set once written
+    # the session's newest field id when the field was checked, and whether a signature is this
+    # field: a field another process counted in between is found when this one is written
+    checked_up_to: int = 0
+    same_field: Callable[[bytes], bool] | None = None
+
+
+class FieldCountedMeanwhile(RecordsError):
+    """The same field was counted (by another process on the database) after this one was checked;
+    ``other``: that field's row. Nothing of this field was written."""
+
+    def __init__(self, other: dict[str, Any]) -> None:
+        super().__init__(f"this field is already counted ({other['source_id']})")
+        self.other = other
 
 
 class RecordStore:
@@ -458,6 +471,12 @@ class RecordStore:
             " VALUES (?, ?, ?, ?, 'counted', ?)",
             (session.id, field.source_id, field.signature, field.sharpness, now))
         fid = int(cur.lastrowid or 0)
+        if field.same_field is not None:  # this transaction holds the write lock: no one can add one now
+            for row in self.conn.execute("SELECT * FROM fields WHERE session_id = ? AND status = 'counted'"
+                                         " AND id > ? AND id != ? ORDER BY id",
+                                         (session.id, field.checked_up_to, fid)).fetchall():
+                if field.same_field(row["signature"]):
+                    raise FieldCountedMeanwhile(dict(row))
         if field.replaces is not None:
             old = self.conn.execute("UPDATE fields SET status = 'replaced', replaced_by = ? WHERE id = ?"
                                     " AND session_id = ? AND status = 'counted'",

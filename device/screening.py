@@ -359,11 +359,13 @@ def check_field(store: RecordStore, session: Session, source_id: str, rgb: np.nd
     score = focus_score(rgb) if focus is None else focus
     sig = signature(rgb)
     counted = store.fields(session.id)
+    recheck = {"checked_up_to": max((f["id"] for f in counted), default=0),
+               "same_field": lambda other: same_field(sig, Signature.from_bytes(other))}
     for old in reversed(counted):
         if same_field(sig, Signature.from_bytes(old["signature"])):
             if replace and sharper_than(score, old):
-                return FieldCheck("replace", score, FieldEntry(source_id, sig.to_bytes(), score, old["id"]),
-                                  duplicate_of=old)
+                return FieldCheck("replace", score, FieldEntry(source_id, sig.to_bytes(), score, old["id"],
+                                                               **recheck), duplicate_of=old)
             why = f"this field is already counted ({old['source_id']})"
             if sharper_than(score, old):
                 why += "; this take is sharper: send it with replace to count it instead"
@@ -372,7 +374,7 @@ def check_field(store: RecordStore, session: Session, source_id: str, rgb: np.nd
     reason = focus_reason(score, best)
     if reason:
         return FieldCheck("out of focus", score, reason=reason)
-    return FieldCheck("new", score, FieldEntry(source_id, sig.to_bytes(), score))
+    return FieldCheck("new", score, FieldEntry(source_id, sig.to_bytes(), score, **recheck))
 
 
 def field_items(source_id: str, rgb: np.ndarray, cells: list, check: FieldCheck,
@@ -431,7 +433,10 @@ def record_fields(
     quality gate refuses is recorded once as rejected; a field the session already counted
     (:func:`check_field`) records nothing (a sharper retake replaces it); the cells of the others
     are recorded with their field, in one transaction per field. ``on_field(name, rgb, cells,
-    check)`` sees each field before its cells are recorded (``check`` None when refused)."""
+    check)`` sees each field before its cells are recorded (``check`` None when refused), and once
+    more, as a duplicate, when another process on the database counted the same field meanwhile."""
+    from edgekit.device.records import FieldCountedMeanwhile
+
     total = Tally()
 
     def seen(out: Outcome) -> None:
@@ -452,8 +457,14 @@ def record_fields(
         if on_field:
             on_field(shown, rgb, cells if check is not None and check.counted else [], check)
         rgb = cells = None  # the crops are copies: free the field while its cells are classified
-        if items:
+        if not items:
+            continue
+        try:
             record_crops(store, session, items, classifier, gates, stop_cells, source_kind, seen,
                          batch_size=max(1, len(items)), n_workers=n_workers,
                          field=check.entry if check is not None else None)
+        except FieldCountedMeanwhile as exc:  # another process on the database counted it first
+            if on_field and check is not None:
+                on_field(shown, None, [], FieldCheck("duplicate", check.sharpness, reason=str(exc),
+                                                     duplicate_of=exc.other))
     return total

@@ -39,7 +39,8 @@ import numpy as np
 
 from edgekit.adapt_config import AdaptConfig
 from edgekit.errors import BundleError, DataError
-from edgekit.safefile import replace_dir
+from edgekit.manifest import MANIFEST_NAME
+from edgekit.safefile import check_replaceable, replace_dir
 
 if TYPE_CHECKING:
     from edgekit.formats import FormatSpec
@@ -441,8 +442,7 @@ def adapt_model(
     from edgekit.manifest import Manifest, load_manifest
 
     out = Path(out)
-    if out.exists() and not replace:
-        raise DataError(f"{out} already exists; pass --replace to overwrite it")
+    check_replaceable(out, replace, MANIFEST_NAME, "a bundle", DataError)
     base_manifest, keras_path, base_sha = trainable_model(Path(model))
     if len(base_manifest.labels) != 2 or base_manifest.positive_label is None:
         raise BundleError("adapt needs a two-class model with a positive label")

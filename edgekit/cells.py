@@ -34,7 +34,7 @@ import numpy as np
 
 from edgekit.device.annotations import CLASSES, PARASITIZED, AnnotatedField, Box
 from edgekit.errors import DataError
-from edgekit.safefile import replace_dir
+from edgekit.safefile import check_replaceable, replace_dir
 
 CELLS_INDEX = "cells.json"
 OBJECTS_DIR = ".objects"  # found objects that are no labelled red cell (hidden: not a class folder)
@@ -120,6 +120,7 @@ class FieldCut:
     unmatched: dict[str, int] = dataclasses.field(default_factory=dict)
     found: int = 0
     rejected: str | None = None
+    unreadable: bool = False  # rejected because the image could not be read at all
     # (found index, crop) of found objects that are no labelled red cell: no box, or a white cell's or
     # platelet's box. Screening counts them; adaptation learns that they are not parasitized cells.
     objects: list[tuple[int, np.ndarray]] = dataclasses.field(default_factory=list)
@@ -131,15 +132,17 @@ def cut_field(af: AnnotatedField, min_iou: float = 0.4, params: Any = None) -> F
     from edgekit.device.preprocess import read_image
     from edgekit.errors import ImageError
 
-    try:
-        rgb = read_image(af.image)
-    except ImageError as exc:
-        raise DataError(f"{af.name}: {exc}") from None
-    af = af.fitted(rgb.shape[1], rgb.shape[0])
     out = FieldCut(af.name)
     for b in af.boxes:
         if b.label:
             out.labelled[b.label] = out.labelled.get(b.label, 0) + 1
+    try:
+        rgb = read_image(af.image)
+    except ImageError as exc:
+        # one bad field is reported and left out; the batch goes on (the command then exits 1)
+        out.rejected, out.unreadable, out.unmatched = f"cannot be read: {exc}", True, dict(out.labelled)
+        return out
+    af = af.fitted(rgb.shape[1], rgb.shape[0])
     cells, _, reason = count_cells(rgb, params)
     out.found = len(cells)
     if reason:
@@ -184,10 +187,7 @@ def write_cells(
     (unless ``allow_one_class``; healthy-blood fields only have uninfected cells).
     """
     out = Path(out)
-    if out.exists() and not replace:
-        raise DataError(f"{out} already exists; pass --replace to overwrite it")
-    if out.exists() and not out.is_dir():
-        raise DataError(f"{out} exists and is not a folder")
+    check_replaceable(out, replace, CELLS_INDEX, "a cells dataset", DataError)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
@@ -235,7 +235,8 @@ def _field_entry(af: AnnotatedField, cut: FieldCut) -> dict[str, Any]:
     """One field's line of ``cells.json``'s ``per_field``."""
     entry = {"field": af.name, "found": cut.found, "labelled": cut.labelled,
              "cut": {c: sum(x[0] == c for x in cut.crops) for c in CLASSES},
-             "unmatched": cut.unmatched, "objects": len(cut.objects), "rejected": cut.rejected}
+             "unmatched": cut.unmatched, "objects": len(cut.objects), "rejected": cut.rejected,
+             "unreadable": cut.unreadable}
     coverage = label_coverage(entry)
     return {**entry, "label_coverage": None if coverage is None else round(coverage, 4)}
 
@@ -291,6 +292,7 @@ def _cells_summary(
     return {
         "fields": len(per_field),
         "fields_rejected": sum(f["rejected"] is not None for f in per_field),
+        "fields_unreadable": [f["field"] for f in per_field if f.get("unreadable")],
         "cells": counts,
         "labelled": labelled,
         "cut_fraction": {c: (counts[c] / labelled[c] if labelled[c] else None) for c in CLASSES},

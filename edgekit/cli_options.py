@@ -35,6 +35,7 @@ class FiniteFloatRange(_Finite, click.FloatRange):
 
 
 FINITE_FLOAT = FiniteFloat()
+MAX_THREADS = 64  # inference threads a command accepts (more only thrash, or never start)
 
 
 class AliasedOption(click.Option):
@@ -227,5 +228,10 @@ def labels_value(value: str) -> list[str]:
     path = Path(value)
     if is_regular(path) or (path.suffix == ".txt" and path.exists()):
         text = read_text_argument(path, 1 << 20, "labels file")
-        return [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return [v.strip() for v in value.split(",") if v.strip()]
+        names = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    else:
+        names = [v.strip() for v in value.split(",") if v.strip()]
+    bad = next((n for n in names if not n.isprintable()), None)
+    if bad is not None:  # the manifest refuses it on loading: the bundle would never run
+        raise click.BadParameter(f"label {bad!r} is not one printable line", param_hint="--labels")
+    return names

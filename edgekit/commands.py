@@ -41,8 +41,12 @@ def split(data: Path, out: Path, groups: str, test_fraction: float, val_fraction
 
     DATA is a folder-per-class dataset; the same seed writes the same split."""
     from edgekit.data import drop_unreadable, scan_dataset
-    from edgekit.splits import make_split, save_split
+    from edgekit.safefile import check_output_target
+    from edgekit.splits import check_fractions, make_split, save_split
 
+    # refused before every file of the dataset is decoded
+    check_output_target(out, force=True)
+    check_fractions(test_fraction, val_fraction)
     ds = scan_dataset(data, group_mode=groups)
     # group_mode: an attribute scan_dataset sets, not a Dataset field
     click.echo(f"found {len(ds.items)} images in {len(ds.classes)} classes {ds.classes}; "
@@ -138,7 +142,7 @@ def _ints(text: str) -> tuple[int, ...]:
 @click.option("--backbone", default="resnet", show_default=True,
               type=click.Choice(["resnet", "mobilenetv3small", "inceptionv3"]))
 @click.option("--weights", default="none", show_default=True,
-              help="Backbone weights: none, imagenet or a PATH.")
+              help="Backbone weights for mobilenetv3small and inceptionv3: none, imagenet or a PATH.")
 @click.option("--recipe", default=None,
               help="A named ResNet (edgekit.model.RECIPES: seed, w8, fast16, fast32, ...); sets stages, "
                    "filters and the stem, overriding --stages/--filters.")

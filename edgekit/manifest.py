@@ -260,6 +260,13 @@ class Decision:
         """The patient from k counted cells of n and ``refused`` crops (:meth:`PatientRule.decide`)."""
         return self.rule.decide(k, n, refused)
 
+    def check_decides_patients(self) -> None:
+        """BundleError for a model that names no positive class: it classifies cells, but a patient
+        decision (``screen``, ``serve``) would be taken on whichever class came last."""
+        if self.positive_label is None:
+            raise BundleError("the bundle names no positive class, so it cannot decide a patient (it can "
+                              "still `classify` cells); import the model again with --positive-index")
+
     def to_dict(self) -> dict[str, Any]:
         """What a screening session stores: enough to redo its summary exactly."""
         return {"labels": list(self.labels), "positive_label": self.positive_label,

@@ -160,10 +160,12 @@ def validate_manifest_data(d: Any) -> None:
 
 
 def _labels(d: dict[str, Any]) -> list[str]:
-    """``labels``: at least two distinct non-empty names."""
+    """``labels``: at least two distinct non-empty names, each one printable line (a newline in a
+    label would forge a row of every table that prints it)."""
     labels = d.get("labels")
-    if not isinstance(labels, (list, tuple)) or not all(isinstance(x, str) and x.strip() for x in labels):
-        raise _fail("labels", "must be a list of non-empty strings")
+    if not isinstance(labels, (list, tuple)) or not all(isinstance(x, str) and x.strip() and x.isprintable()
+                                                         for x in labels):
+        raise _fail("labels", "must be a list of non-empty strings, each one printable line")
     if len(labels) < 2 or len(set(labels)) != len(labels):
         raise _fail("labels", f"must hold at least two distinct names, not {labels!r}")
     return list(labels)

@@ -139,6 +139,21 @@ def check_output_target(path: str | os.PathLike, force: bool = False) -> Path:
     return path
 
 
+def check_replaceable(out: Path, replace: bool, marker: str, what: str,
+                      error: type[EdgekitError] = EdgekitError) -> None:
+    """Refuse the output folder ``out`` when it exists, unless ``replace`` and it is an empty folder or
+    ``what`` written before (it holds ``marker``): --replace never deletes a folder of anything else."""
+    if not os.path.lexists(out):
+        return
+    if not replace:
+        raise error(f"{out} already exists; pass --replace to overwrite it")
+    if out.is_symlink() or not out.is_dir():
+        raise error(f"refusing to replace {out}: it is not a folder")
+    if not (out / marker).is_file() and any(out.iterdir()):
+        raise error(f"refusing to replace {out}: it holds files but no {marker}, so it is not {what}; "
+                    "remove it yourself or choose another folder")
+
+
 def replace_dir(tmp: Path, out: Path) -> None:
     """Put the finished folder ``tmp`` at ``out``: a previous ``out`` is moved aside first and
     removed only once the new one is in place, so a reader sees the old folder or the new one."""

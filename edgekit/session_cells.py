@@ -26,7 +26,7 @@ from typing import Any
 
 from edgekit.device.annotations import CLASSES, PARASITIZED, UNINFECTED
 from edgekit.errors import DataError
-from edgekit.safefile import replace_dir
+from edgekit.safefile import check_replaceable, replace_dir
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -48,8 +48,7 @@ def write_session_cells(db: str | os.PathLike, out: str | os.PathLike, sessions:
     from edgekit.device.review import NEGATIVE_SAMPLE_EVERY, sampled_negative
 
     out = Path(out)
-    if out.exists() and not replace:
-        raise DataError(f"{out} already exists; pass --replace to overwrite it")
+    check_replaceable(out, replace, CELLS_INDEX, "a cells dataset", DataError)
     if not Path(db).is_file():
         raise DataError(f"screening database not found: {db}")
     with RecordStore(db, read_only=True) as store:

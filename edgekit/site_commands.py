@@ -42,7 +42,7 @@ from edgekit.manifest import DEFAULT_GATE_BOUNDS, SITE_CUTOFFS
 @click.option("--min-iou", type=FiniteFloatRange(0.05, 1.0), default=0.4, show_default=True,
               help="Overlap a found cell needs with a labelled box to take its label.")
 @click.option("--allow-one-class", is_flag=True, help="Write even if one class has no cells (healthy blood).")
-@click.option("--replace", is_flag=True, help="Overwrite OUT if it exists.")
+@click.option("--replace", is_flag=True, help="Overwrite OUT if it is a cells dataset (or empty).")
 def cells(fields: tuple[Path, ...], annotations: Path | None, sessions_db: Path | None,
           session_keys: tuple[str, ...], out: Path, class_map: tuple[str, ...], min_iou: float,
           allow_one_class: bool, replace: bool) -> None:
@@ -56,7 +56,8 @@ def cells(fields: tuple[Path, ...], annotations: Path | None, sessions_db: Path 
     labelled box names the found cell it overlaps most. Parasite boxes (ring, trophozoite,
     schizont, gametocyte) -> Parasitized; red blood cell / RBC -> Uninfected; difficult, WBC and
     platelets are left out. Crops are named FIELD__INDEX.png, so splits can group by field
-    (`edgekit model split OUT --groups 'regex:^(.+)__'`).
+    (`edgekit model split OUT --groups 'regex:^(.+)__'`). A field image that cannot be read is
+    reported and left out; the others are cut, and the exit status is then 1.
     """
     import os
 
@@ -100,6 +101,11 @@ def cells(fields: tuple[Path, ...], annotations: Path | None, sessions_db: Path 
                    f"{', '.join(sparse['fields'][:5])}{' ...' if n > 5 else ''}); "
                    "adaptation holds whole-field counts to their boxes: check or complete those labels first "
                    "(cells.json: label_coverage)", err=True)
+    bad = summary["fields_unreadable"]
+    if bad:
+        click.echo(f"error: {len(bad)} of {summary['fields']} fields could not be read and were left out "
+                   f"(first: {bad[0]})", err=True)
+        raise SystemExit(1)
 
 
 @click.command()
@@ -166,7 +172,7 @@ def cells(fields: tuple[Path, ...], annotations: Path | None, sessions_db: Path 
 @click.option("--formats", type=FormatNames(), default="tflite_int8", show_default=True,
               help="Formats to export and validate.")
 @click.option("--seed", type=int, default=AdaptConfig.seed, show_default=True)
-@click.option("--replace", is_flag=True, help="Overwrite OUT if it exists.")
+@click.option("--replace", is_flag=True, help="Overwrite OUT if it is a bundle (or empty).")
 @click.option("--allow-drop", is_flag=True,
               help="Keep formats that miss their validation bound, marked failed (as in export).")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None,

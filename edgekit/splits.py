@@ -98,13 +98,18 @@ def _take_groups(
     return chosen
 
 
+def check_fractions(test_fraction: float, val_fraction: float) -> None:
+    """Refuse split fractions outside (0, 1) (the validation part may be 0)."""
+    if not (0 < test_fraction < 1 and 0 <= val_fraction < 1):
+        raise DataError("fractions must be in (0, 1)")
+
+
 def make_split(
     ds: Dataset, test_fraction: float = 0.2, val_fraction: float = 0.1, seed: int = 42
 ) -> Split:
     """Split by group, stratified by each group's majority class (for NIH: infected patients vs
     uninfected controls). ``val_fraction`` is a fraction of what remains after the test part."""
-    if not (0 < test_fraction < 1 and 0 <= val_fraction < 1):
-        raise DataError("fractions must be in (0, 1)")
+    check_fractions(test_fraction, val_fraction)
     sizes: Counter[str] = Counter(i.group for i in ds.items)
     label_counts: dict[str, Counter[int]] = defaultdict(Counter)
     for i in ds.items:

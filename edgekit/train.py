@@ -88,6 +88,15 @@ class TrainConfig:
         self.filters = tuple(int(f) for f in self.filters)
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.input_size < 8:
             raise EdgekitError("epochs, batch size, lr must be positive and the input size at least 8")
+        from edgekit.manifest_schema import MAX_INPUT_SIDE
+
+        if self.input_size > MAX_INPUT_SIDE:  # a bundle could not hold it (and training ran out of memory)
+            raise EdgekitError(f"the input size must be at most {MAX_INPUT_SIDE}, not {self.input_size}")
+        if self.l2 < 0:  # Keras refused it with a traceback once the model was built
+            raise EdgekitError(f"--l2 must be 0 or more, not {self.l2}")
+        if self.backbone == "resnet" and self.weights != "none":  # it was silently ignored
+            raise EdgekitError("--weights is for the transfer backbones (mobilenetv3small, inceptionv3); "
+                               "the resnet starts from random weights")
         if self.class_weight not in (None, "none", "balanced"):
             raise EdgekitError(f"unknown class weight {self.class_weight!r}: use balanced or none")
         if self.class_weight == "none":

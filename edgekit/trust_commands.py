@@ -28,6 +28,8 @@ def keygen(name: Path, add_to_keyring: bool) -> None:
     if add_to_keyring and (target.exists() or target.is_symlink()):  # before any key is written
         raise SignatureError(f"this machine already trusts a key named {target.name} ({target}); "
                              "choose another NAME, or remove that file if it is no longer wanted")
+    if add_to_keyring and (ring.exists() or ring.is_symlink()) and not ring.is_dir():
+        raise SignatureError(f"the keyring {ring} is not a folder: nothing written")
     key_path, pub_path = generate_keypair(name)
     kid = key_id(load_public_key(pub_path))
     click.echo(f"wrote {key_path} (private: keep it secret) and {pub_path} (public), key id {kid}")

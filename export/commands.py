@@ -95,7 +95,7 @@ def export(source: Path | None, keras_model: Path | None, labels: str | None, ca
               help="Device bundle folder to write.")
 @click.option("--formats", type=FormatNames(), default=",".join(format_table.PACKED), show_default=True,
               help="Comma-separated formats to keep; each must have passed validation.")
-@click.option("--replace", is_flag=True, help="Overwrite OUT if it exists.")
+@click.option("--replace", is_flag=True, help="Overwrite OUT if it is a bundle (or empty).")
 @click.option("--replay", type=click.IntRange(0), default=0, show_default=True,
               help="Also keep the Keras model and this many of its training crops (from the run's split), "
                    "so `edgekit site adapt` can start from the packed bundle.")

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from edgekit.errors import BundleError
 from edgekit.formats import PACKED
-from edgekit.manifest import Artifact, Manifest, load_manifest, verify_artifact
+from edgekit.manifest import MANIFEST_NAME, Artifact, Manifest, load_manifest, verify_artifact
+from edgekit.safefile import check_replaceable, replace_dir
 
 DEVICE_FORMATS = PACKED  # the rows of edgekit.formats marked packed
 REPORTS = ("validation.md", "validation.json")
@@ -40,13 +41,13 @@ def pack_bundle(source: Path, out: Path, formats: tuple[str, ...] = DEVICE_FORMA
             raise BundleError(f"{fmt} in {source} is marked {art.status}; only validated formats are packed")
         verify_artifact(source, art)
         chosen[fmt] = art
-    if out.exists() and not replace:
-        raise BundleError(f"{out} already exists (use --replace to overwrite it)")
+    check_replaceable(out, replace, MANIFEST_NAME, "a bundle", BundleError)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         for art in chosen.values():
             for rel in art.files:
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)  # a model may sit in a subfolder
                 shutil.copyfile(source / rel, tmp / rel)
                 os.chmod(tmp / rel, 0o644)
         if replay:
@@ -59,9 +60,7 @@ def pack_bundle(source: Path, out: Path, formats: tuple[str, ...] = DEVICE_FORMA
         manifest.training = portable_training(manifest.training, source, out)
         manifest.save(tmp)
         os.chmod(tmp, 0o755)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return list(chosen)

@@ -195,6 +195,21 @@ def test_cells_cli_bad_input_leaves_nothing(iml_site, tmp_path):
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".site")]
 
 
+def test_cells_cli_goes_on_past_an_unreadable_field(iml_site, tmp_path):
+    """One corrupt field image stopped the whole dataset; now it is reported and left out, exit 1."""
+    images, ann, _ = iml_site
+    (images / "PA000001.JPG").write_bytes(np.random.default_rng(0).bytes(3000))
+    out = tmp_path / "site"
+    res = _run("cells", str(images), "--annotations", str(ann), "-o", str(out), "--allow-one-class")
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "PA000001.JPG: 0 cells cut of 11 labelled rejected: cannot be read" in res.output
+    assert res.output.strip().splitlines()[-1] == ("error: 1 of 2 fields could not be read and were left out "
+                                                   "(first: PA000001.JPG)")
+    index = json.loads((out / "cells.json").read_text())
+    assert index["summary"]["cells"] == {"Parasitized": 2, "Uninfected": 9}
+    assert index["summary"]["fields_unreadable"] == ["PA000001.JPG"]
+
+
 def test_cells_cli_field_without_annotation(iml_site, tmp_path):
     images, ann, _ = iml_site
     make_field(images / "PA000003.JPG")

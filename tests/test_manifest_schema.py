@@ -43,6 +43,7 @@ def _one_line_error(bundle, match: str) -> None:
     (lambda d: d["preprocessing"].update(input_size=[100000, 100000]), "preprocessing.input_size"),
     (lambda d: d.update(labels="Parasitized"), "labels"),
     (lambda d: d.update(labels=["A", "A"]), "labels"),
+    (lambda d: d.update(labels=["Uninfected\nforged row", "Parasitized"]), "each one printable line"),
     (lambda d: d["thresholds"].update(positive="high"), "thresholds.positive"),
     (lambda d: d["thresholds"].update(positive=True), "thresholds.positive"),
     (lambda d: d["patient_rule"].update(stop_cells=-1), "patient_rule.stop_cells"),

@@ -59,3 +59,19 @@ def test_pack_cli_one_line_errors_and_replace(tmp_path):
     res = runner.invoke(main, ["pack", str(GOLDEN), "-o", str(out), "--formats", "onnx_fp32", "--replace"])
     assert res.exit_code == 0, res.output
     assert sorted(load_manifest(out).artifacts) == ["onnx_fp32"] and not (out / "model_int8.tflite").exists()
+
+
+def test_pack_keeps_a_model_that_sits_in_a_subfolder(tmp_path):
+    """The manifest may name sub/model.tflite (it loads and verifies); pack failed with 'No such file'."""
+    bundle = golden_copy(tmp_path / "b")
+    (bundle / "signature.json").unlink()
+    (bundle / "sub").mkdir()
+    (bundle / "model_int8.tflite").rename(bundle / "sub" / "model_int8.tflite")
+    data = json.loads((bundle / "manifest.json").read_text())
+    data["artifacts"]["tflite_int8"]["path"] = "sub/model_int8.tflite"
+    (bundle / "manifest.json").write_text(json.dumps(data))
+    out = tmp_path / "device"
+    assert pack_bundle(bundle, out, ("tflite_int8",)) == ["tflite_int8"]
+    img = cell_image(2)
+    np.testing.assert_array_equal(load_classifier(out, "tflite_int8").classify(img).probabilities,
+                                  load_classifier(GOLDEN, "tflite_int8").classify(img).probabilities)

@@ -9,7 +9,13 @@ from pathlib import Path
 
 import click
 
-from edgekit.cli_options import FiniteFloatRange, allow_unsigned_option, model_format_option, model_option
+from edgekit.cli_options import (
+    MAX_THREADS,
+    FiniteFloatRange,
+    allow_unsigned_option,
+    model_format_option,
+    model_option,
+)
 from edgekit.device.serve.access import TOKEN_ENV
 from edgekit.device.serve.join import join_links, lan_addresses, qr_text, url_host
 
@@ -63,7 +69,7 @@ def auto_tls(db_path: Path, host: str) -> tuple[Path, Path, bytes]:
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @model_option()
 @model_format_option()
-@click.option("--threads", type=click.IntRange(1, 64), default=None, help="Inference threads.")
+@click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=None, help="Inference threads.")
 @click.option("--db", type=click.Path(path_type=Path), default=None,
               help="Screening database, shared with `edgekit screen`. "
                    "Default: $EDGEKIT_DB or ~/.local/share/edgekit/screening.sqlite.")
@@ -126,6 +132,7 @@ def serve(host: str, port: int, bundle: Path | None, model_format: str | None, t
         click.echo(line, err=True)
 
     classifier = load_classifier(bundle, model_format, threads, allow_unsigned=allow_unsigned, warn=warn)
+    classifier.manifest.decision.check_decides_patients()
     overlays = overlay_dir or db_path.parent / "overlays"
     try:  # a file or an unwritable folder is said now, not as "counted, no overlay" on every field
         overlays.mkdir(parents=True, exist_ok=True)

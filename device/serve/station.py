@@ -404,21 +404,28 @@ class Station:
         from edgekit.device.field.classify import classify_field, segment_field
         from edgekit.device.field.overlay import overlay_marks
         from edgekit.device.field.quality import field_focus
+        from edgekit.device.records import FieldCountedMeanwhile
         from edgekit.device.screening import check_field, field_items, sharper_than
 
         clf = self.classifier
         focus = field_focus(rgb)  # once, for the field gate and the session's check (as `screen --fields`)
         report, _ = segment_field(rgb, clf, focus=focus)
         report.source = shown
-        check = None
-        if report.rejected:  # recorded once as rejected, like `edgekit screen --fields`
-            items = [(shown, sha, ImageError(report.rejected))]
-        else:  # the session's judgement: already counted (a retake)? well below its recent focus?
-            check = check_field(self.store, session, shown, rgb, replace, focus)
-            items = field_items(shown, rgb, report.cells, check, sha)
         seen: dict[str, Outcome] = {}
-        recorded = self._record(session, items, "field", stop, check.entry if check else None,
-                                lambda out: seen.update({out.source_id: out}))
+        for attempt in (1, 2):
+            check = None
+            if report.rejected:  # recorded once as rejected, like `edgekit screen --fields`
+                items = [(shown, sha, ImageError(report.rejected))]
+            else:  # the session's judgement: already counted (a retake)? well below its recent focus?
+                check = check_field(self.store, session, shown, rgb, replace, focus)
+                items = field_items(shown, rgb, report.cells, check, sha)
+            try:
+                recorded = self._record(session, items, "field", stop, check.entry if check else None,
+                                        lambda out: seen.update({out.source_id: out}))
+                break
+            except FieldCountedMeanwhile:  # another process on the database counted it first: judge again
+                if attempt == 2:
+                    raise
         # the answer is `edgekit field`'s: the cells just recorded are not classified a second time
         classify_field(report, rgb, clf, known=[known_cell(seen.get(cell_id(shown, c.id)), clf)
                                                 for c in report.cells])
