@@ -1,14 +1,17 @@
 # pyright: basic
-"""Counting a field's cells: the quality gate (:mod:`.quality`), then the finder (:mod:`.segment`),
-then the checks only a found cell size allows."""
+"""Counting a field's cells: what lies outside the field of view painted out (:mod:`.view`), the
+quality gate (:mod:`.quality`), then the finder (:mod:`.segment`), then the checks only a found cell
+size allows."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from edgekit.device.field.focus import focus_score
 from edgekit.device.field.quality import field_quality, saturated_fraction, shape_reason
 from edgekit.device.field.segment import segment_cells, working_copy
 from edgekit.device.field.types import CellBox, FieldParams
+from edgekit.device.field.view import inside_crop, outside_view, paint_outside
 
 MAX_RADIUS_FRACTION = 4  # a typical "cell" wider than a quarter of the field's short side is a pile
 
@@ -24,13 +27,17 @@ def count_cells(
     reason = shape_reason(rgb)  # before shrinking: a 1-px strip cannot be shrunk
     if reason:
         return [], 0.0, reason
+    outside = outside_view(rgb)  # an eyepiece's black surround is no smear
+    if outside is not None:
+        focus = focus_score(inside_crop(rgb, outside)) if focus is None else focus
+        rgb = paint_outside(rgb, outside, p)
     work = working_copy(rgb, p.max_side, p.enlarge)
     # measured on the field's own pixels, never an enlarged copy (interpolation smooths the noise)
     small = work[0] if work[1] <= 1 else rgb
     reason = field_quality(rgb, small, focus)
     if reason:
         return [], 0.0, reason
-    cells, radius = segment_cells(rgb, p, work)
+    cells, radius = segment_cells(rgb, p, work, outside)
     if radius > min(rgb.shape[:2]) / MAX_RADIUS_FRACTION:
         # the "cells" are one mass wider than a quarter of the field: cells are piled up
         return [], radius, "cells overlap into one mass (a thick part of the smear); move to a thinner area"

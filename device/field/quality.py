@@ -7,6 +7,7 @@ import numpy as np
 
 from edgekit.device.field.focus import FOCUS_FLOOR, focus_reason, focus_score
 from edgekit.device.field.segment import working_copy
+from edgekit.device.field.view import inside_crop
 from edgekit.device.preprocess import opencv
 
 MIN_SIDE = 64
@@ -49,7 +50,7 @@ def field_quality(rgb: np.ndarray, small: np.ndarray | None = None, focus: float
 def field_focus(rgb: np.ndarray) -> float | None:
     """The field's :func:`focus_score`, measured once for both the field gate (:func:`count_cells`)
     and the session's check; None for an image :func:`count_cells` refuses by its shape alone."""
-    return None if shape_reason(rgb) else focus_score(rgb)
+    return None if shape_reason(rgb) else focus_score(inside_crop(rgb))
 
 
 def saturated_fraction(rgb: np.ndarray) -> float:

@@ -18,7 +18,7 @@ def _odd(n: float) -> int:
     return n if n % 2 else n + 1
 
 
-def _background(rgb: np.ndarray, p: FieldParams) -> np.ndarray:
+def background_colour(rgb: np.ndarray, p: FieldParams) -> np.ndarray:
     """The background colour (float32 RGB). ``background="mode"``: the brightest mode of the
     field's grey levels (the clear glass between cells, whatever its colour or brightness; a few
     glare pixels are too few to be a mode), the bright side of its pixels' colours. Otherwise each
@@ -44,7 +44,7 @@ def _optical_density(rgb: np.ndarray, p: FieldParams) -> np.ndarray:
     """Per-channel optical density against the estimated background colour (colour normalization:
     the result no longer depends on lamp colour or exposure). Pixels brighter than the background
     are 0, or negative when ``density="stain"`` (a stain may leave one channel brighter)."""
-    bg = _background(rgb, p)
+    bg = background_colour(rgb, p)
     # a 256-entry table per channel (the same float32 arithmetic, once per grey level, not per pixel)
     levels = np.maximum(np.arange(256, dtype=np.float32), 1.0)[:, None]
     lut = np.log(np.maximum(bg, 1.0).astype(np.float32) / levels)
@@ -54,15 +54,17 @@ def _optical_density(rgb: np.ndarray, p: FieldParams) -> np.ndarray:
 
 
 def _stain_direction(
-    od: np.ndarray, power: float = 2.0, floor: float = 0.0, otsu: bool = False
+    od: np.ndarray, power: float = 2.0, floor: float = 0.0, otsu: bool = False,
+    inside: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The field's own stain colour in optical density: the median density of its stained pixels
     (total density between its 70th and 97th percentile: the cells, not the background nor the few
     darkest nuclei; never below ``floor`` x the 97th, nor with ``otsu`` below Otsu's threshold
     between background and stain). Returns the channel weights of the field's density (each channel
-    weighted by its own density to ``power``, summing to 1) and the colour as a unit vector."""
-    step = max(1, od.shape[0] * od.shape[1] // 50_000)
-    px = od.reshape(-1, 3)[::step]
+    weighted by its own density to ``power``, summing to 1) and the colour as a unit vector. ``inside``:
+    the pixels within the field of view (:mod:`.view`; None: all)."""
+    px = od.reshape(-1, 3) if inside is None else od[inside]
+    px = px[:: max(1, len(px) // 50_000)]
     s = px.sum(axis=1)
     lo, top, hi = np.percentile(s, [70, 90, 97])
     # a field with few cells: its 70th percentile is background, whose noise has no stain colour
@@ -122,12 +124,13 @@ def _fill_holes(
     return mask | holes
 
 
-def _density_u8(od: np.ndarray, direction: np.ndarray | None = None) -> tuple[np.ndarray, float, np.ndarray]:
+def _density_u8(od: np.ndarray, direction: np.ndarray | None = None,
+                inside: np.ndarray | None = None) -> tuple[np.ndarray, float, np.ndarray]:
     """Optical density along the field's stain direction (``direction``; None: the green channel,
     which haemoglobin and pink Giemsa absorb) as uint8, scaled so a high percentile of the cells
     sits at 200 and the darker white-cell nuclei clip; that scale; and the density itself."""
     odg = od[:, :, 1] if direction is None else opencv().transform(od, direction.reshape(1, 3))
-    scale = 200.0 / max(float(np.percentile(odg, 90)), 0.02)
+    scale = 200.0 / max(float(np.percentile(odg if inside is None else odg[inside], 90)), 0.02)
     return np.clip(odg * scale, 0, 255).astype(np.uint8), scale, odg
 
 
@@ -141,11 +144,12 @@ class _Density:
     along: np.ndarray  # float32 density along the stain direction (the green channel's without)
     direction: np.ndarray | None = None  # the channel weights of the density (None: green)
     colour: np.ndarray | None = None  # the cells' colour in optical density, a unit vector
+    inside: np.ndarray | None = None  # the pixels within the field of view (None: all)
 
     @classmethod
     def of(cls, od: np.ndarray, direction: np.ndarray | None = None,
-           colour: np.ndarray | None = None) -> _Density:
-        return cls(*_density_u8(od, direction), direction, colour)
+           colour: np.ndarray | None = None, inside: np.ndarray | None = None) -> _Density:
+        return cls(*_density_u8(od, direction, inside), direction, colour, inside)
 
     @cached_property
     def blur5(self) -> np.ndarray:
@@ -154,7 +158,8 @@ class _Density:
     @cached_property
     def otsu(self) -> float:
         cv2 = opencv()
-        return float(cv2.threshold(self.blur5, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)[0])
+        px = self.blur5 if self.inside is None else self.blur5[self.inside].reshape(-1, 1)
+        return float(cv2.threshold(px, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)[0])
 
     @cached_property
     def blur2(self) -> np.ndarray:
@@ -236,6 +241,12 @@ def _circle_radius(d: _Density, fallback: float) -> tuple[float, float]:
     m = min(u8.shape)
     circles = cv2.HoughCircles(u8, cv2.HOUGH_GRADIENT_ALT, dp=1.5, minDist=m / 20, param1=80, param2=0.6,
                                minRadius=int(m / 30), maxRadius=int(m / 4))
+    if circles is not None and d.inside is not None:  # only whole circles within the field of view
+        room = cv2.distanceTransform(d.inside.astype(np.uint8), cv2.DIST_L2, 3)
+        c = circles[0]
+        ys = np.clip(c[:, 1].astype(int), 0, room.shape[0] - 1)
+        xs = np.clip(c[:, 0].astype(int), 0, room.shape[1] - 1)
+        circles = c[room[ys, xs] >= c[:, 2]][None]
     if circles is None or len(circles[0]) < 3:
         return fallback, math.inf
     q1, mid, q3 = np.percentile(circles[0][:, 2], [25, 50, 75])
@@ -598,12 +609,14 @@ class _Cropper:
     zone: np.ndarray  # bool: where white cells are (:func:`_nucleus_zone`)
     edge_fg: np.ndarray | None  # bool: the faint stain a cell's mask may grow into; None: no growth
     full: tuple[int, int]  # the field's (height, width)
+    beyond: np.ndarray | None = None  # bool: outside the field of view, grown by a pixel (None: all inside)
 
     def cell(self, ys: np.ndarray, xs: np.ndarray, index: int) -> CellBox | None:
         """Region (ys, xs) as cell number ``index``; None when it is no red cell."""
         h, w = self.zone.shape
         y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
         edge = x0 == 0 or y0 == 0 or x1 == w or y1 == h
+        edge = edge or (self.beyond is not None and bool(self.beyond[ys, xs].any()))
         if self._rejected(ys, xs, edge):
             return None
         if self.p.grow > 0:
@@ -662,21 +675,27 @@ class _Cropper:
 
 
 def segment_cells(
-    rgb: np.ndarray, params: FieldParams | None = None, work: tuple[np.ndarray, float] | None = None
+    rgb: np.ndarray, params: FieldParams | None = None, work: tuple[np.ndarray, float] | None = None,
+    outside: np.ndarray | None = None,
 ) -> tuple[list[CellBox], float]:
     """The cell finder (see the package docstring): the red cells of a field, boxes and masks in
     full-resolution pixels, and the typical cell radius in those pixels (0.0 with no cells to size,
     and then no cells). ``work``: the field's :func:`working_copy` at ``params.max_side`` when
-    the caller has it already. No quality check: :func:`edgekit.device.field.count_cells` is the
-    gate and the finder together."""
+    the caller has it already; ``outside``: where the field lies outside the microscope's field of
+    view (:func:`edgekit.device.field.view.outside_view`, painted as background), left out of the
+    field's statistics, and a cell touching it is cut as at the border. No quality check:
+    :func:`edgekit.device.field.count_cells` is the gate and the finder together."""
     cv2 = opencv()
     p = params or FieldParams()
     H, W = rgb.shape[:2]
     small, scale = work or working_copy(rgb, p.max_side, p.enlarge)
+    beyond = None if outside is None else cv2.resize(
+        outside.astype(np.uint8), small.shape[1::-1], interpolation=cv2.INTER_NEAREST)
+    inside = None if beyond is None else beyond == 0
     od = _optical_density(small, p)
-    direction, colour = (_stain_direction(od, p.stain_power, p.stain_floor, p.stain_otsu)
+    direction, colour = (_stain_direction(od, p.stain_power, p.stain_floor, p.stain_otsu, inside)
                          if p.density == "stain" else (None, None))
-    density = _Density.of(od, direction, colour)
+    density = _Density.of(od, direction, colour, inside)
     nuc = _nucleus_pixels(od, p, density)
     del od  # the largest plane (3 floats a pixel): not held while the foreground is found
     # the circles' radius needs no foreground: it sizes the pale centres the foreground may fill
@@ -698,7 +717,9 @@ def segment_cells(
     markers, n = _split_touching(circles, fg, dist, radius, p)
     # growth only reaches into faintly stained pixels (a cell's pale edge), never into background
     edge_fg = _foreground(density, p.threshold * p.grow_threshold, p.min_od) > 0 if p.grow > 0 else None
-    cropper = _Cropper(p, radius, scale, _nucleus_zone(nuc, radius, p), edge_fg, (H, W))
+    if beyond is not None:  # a cell touching the surround is cut, as at the border
+        beyond = cv2.dilate(beyond, np.ones((3, 3), np.uint8)).astype(bool)
+    cropper = _Cropper(p, radius, scale, _nucleus_zone(nuc, radius, p), edge_fg, (H, W), beyond)
     pieces = _split_clumps(_regions(markers, n), math.pi * radius * radius, p,
                            _circle_centres(circles, markers, n, radius, p))
     cells: list[CellBox] = []

@@ -1,0 +1,100 @@
+"""A field photographed through the eyepiece: the smear in a black disc, or in a dark frame.
+
+The two BCCD fixture fields put in a black disc (a phone held to the eyepiece) and in a black frame:
+counted, not refused ("cells overlap into one mass", "no red cells found" before), about as many of
+the labelled cells that lie wholly inside the view found as on the whole field; a blurred field in a
+disc still refused as out of focus (the disc's rim is sharp whatever the smear's focus); two
+different fields in the same disc not taken for one (field identity), a retake in it still caught.
+A field without a surround is left exactly as it is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgekit.benchmarks.field_detection import load_voc, match
+from edgekit.device.field import count_cells
+from edgekit.device.field.identity import same_field, signature
+from edgekit.device.field.view import inside_crop, outside_view, within_view
+
+FIELDS = Path(__file__).resolve().parent / "fixtures" / "fields"
+
+
+def _fields() -> list[tuple[np.ndarray, list]]:
+    from edgekit.device.preprocess import read_image
+
+    paths = sorted(FIELDS.glob("*.jpg"))
+    if not paths:
+        pytest.skip("no BCCD fixture fields")
+    return [(read_image(p), load_voc(p.with_suffix(".xml"))) for p in paths]
+
+
+def _disc(rgb: np.ndarray, radius: float = 0.5, level: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    h, w = rgb.shape[:2]
+    yy, xx = np.mgrid[:h, :w]
+    inside = np.hypot(yy - h / 2, xx - w / 2) < radius * min(h, w)
+    out = rgb.copy()
+    out[~inside] = level
+    return out, inside
+
+
+def _frame(rgb: np.ndarray, width: int = 40) -> tuple[np.ndarray, np.ndarray]:
+    inside = np.zeros(rgb.shape[:2], bool)
+    inside[width:-width, width:-width] = True
+    out = rgb.copy()
+    out[~inside] = 0
+    return out, inside
+
+
+def _inside_boxes(gt: list, inside: np.ndarray) -> list:
+    """The (xmin, ymin, xmax, ymax) boxes whose four corners lie inside the view."""
+    h, w = inside.shape
+    def corner(x: int, y: int) -> bool:
+        return bool(inside[min(y, h - 1), min(x, w - 1)])
+    return [b for b in gt if all(corner(x, y) for x in (b[0], b[2] - 1) for y in (b[1], b[3] - 1))]
+
+
+@pytest.mark.parametrize("view", ["disc", "grey disc", "frame"])
+def test_a_field_in_a_dark_surround_is_counted_inside_it(view):
+    make = {"disc": _disc, "grey disc": lambda x: _disc(x, 0.5, 25), "frame": _frame}[view]
+    for rgb, gt in _fields():
+        whole, _, reason = count_cells(rgb)
+        assert reason is None
+        seen, inside = make(rgb)
+        cells, _, reason = count_cells(seen)
+        assert reason is None, reason
+        boxes = _inside_boxes(gt, inside)
+        base = match([c.box for c in whole], boxes) / len(boxes)
+        recall = match([c.box for c in cells], boxes) / len(boxes)
+        assert recall >= base - 0.15, (view, base, recall)
+        # nothing is found in the surround
+        assert all(inside[c.y + c.h // 2, c.x + c.w // 2] for c in cells)
+
+
+def test_a_blurred_field_in_a_disc_is_refused_out_of_focus():
+    import cv2
+
+    for rgb, _ in _fields():
+        seen, _ = _disc(cv2.GaussianBlur(rgb, (0, 0), 3))
+        _, _, reason = count_cells(seen)
+        assert reason is not None and "focus" in reason, reason
+
+
+def test_different_fields_in_the_same_disc_are_not_one_field():
+    (a, _), (b, _) = _fields()[:2]
+    assert not same_field(signature(_disc(a)[0]), signature(_disc(b)[0]))
+    h, w = a.shape[:2]
+    moved = np.roll(a, w // 25, axis=1)  # the stage moved 4% under the same eyepiece
+    assert same_field(signature(_disc(a)[0]), signature(_disc(moved)[0]))
+
+
+def test_a_field_without_a_surround_is_left_as_it_is():
+    for rgb, _ in _fields():
+        assert outside_view(rgb) is None
+        assert within_view(rgb) is rgb and inside_crop(rgb) is rgb
+        dark_cell = rgb.copy()
+        dark_cell[100:120, 100:120] = 0  # a dark object away from the border is no surround
+        assert outside_view(dark_cell) is None
