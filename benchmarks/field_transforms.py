@@ -114,7 +114,7 @@ def load_fields(every_iml: int, every_bccd: int) -> list[tuple[str, str, Path, l
     return out
 
 
-def _score(cells: list, gt: list[Box], ignore: list[Box]) -> tuple[int, int]:
+def score_cells(cells: list, gt: list[Box], ignore: list[Box]) -> tuple[int, int]:
     boxes = [c.box for c in cells]
     if ignore and boxes:
         hard = iou_matrix(boxes, ignore).max(axis=1) >= IOU
@@ -139,7 +139,7 @@ def run(fields: list, transforms: list[str], params: dict[str, Any]) -> dict[str
                 t0 = time.perf_counter()
                 cells, _radius, reason = count_cells(x, p)
                 sec = time.perf_counter() - t0
-                found, tp = _score(cells, g, ign)
+                found, tp = score_cells(cells, g, ign)
                 a = acc.setdefault((set_name, t, finder), {"fields": 0, "labelled": 0, "found": 0,
                                                            "matched": 0, "refused": Counter(), "ms": []})
                 a["fields"] += 1
