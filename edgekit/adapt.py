@@ -658,6 +658,7 @@ def site_gate(test: dict[str, Any] | None, test_fields: list[str], bounds: dict[
               fmt: str) -> Any:
     """The :class:`edgekit.manifest.Gate` of a site bundle from its test-field evaluation."""
     from edgekit.manifest import Gate
+    from edgekit.metrics import auc_lower_bound
 
     test = test or {}
     whole = test.get("whole_fields")
@@ -669,15 +670,18 @@ def site_gate(test: dict[str, Any] | None, test_fields: list[str], bounds: dict[
         # between seeds, and a bundle must not vouch because its test fields were kind
         "parasitemia_error": error.get("mae_upper95_points"),
         "parasitemia_error_mean": error.get("mae_points"),
-        "auc": (test.get("auc") or {}).get("value"),
+        # held by the lower end of its 95% interval over the test fields (None: too few cells to bound)
+        "auc": auc_lower_bound(test.get("auc") or {}, int(test.get("positive_cells") or 0),
+                               int(test.get("cells") or 0) - int(test.get("positive_cells") or 0)),
+        "auc_estimate": (test.get("auc") or {}).get("value"),
         "sensitivity_at_specificity": (test.get("at_specificity_0.995") or {}).get("sensitivity"),
     }
     return Gate(bounds=dict(bounds), measured={k: v for k, v in measured.items() if v is not None},
                 test_fields=sorted(test_fields),
                 source=(f"{len(test_fields)} site test fields (not used for training, thresholds or guard), "
                         f"through {fmt}: {counted} (held by the upper 95% bound of its mean over the "
-                        "fields, bootstrap), cell AUC and sensitivity at specificity >= 99.5% on the "
-                        "labelled cells"))
+                        "fields, bootstrap), cell AUC (held by the lower end of its 95% interval over "
+                        "the fields) and sensitivity at specificity >= 99.5% on the labelled cells"))
 
 
 def _site_domain(ds: Any, fields: dict[str, list[str]], site: Path, log: Log) -> Any:

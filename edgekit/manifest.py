@@ -372,9 +372,12 @@ class Gate:
         return out
 
     def _mean_of(self, key: str) -> str:
-        """For a number held by its upper bound (a mean's ``KEY_mean`` is recorded beside it), say so."""
-        mean = self.measured.get(f"{key}_mean")
-        return "" if mean is None else f" (upper 95% bound; mean {mean:.3g})"
+        """For a number held by a bound of its interval (the estimate recorded beside it as
+        ``KEY_mean`` or ``KEY_estimate``), say so."""
+        mean, estimate = self.measured.get(f"{key}_mean"), self.measured.get(f"{key}_estimate")
+        if mean is not None:
+            return f" (upper 95% bound; mean {mean:.3g})"
+        return "" if estimate is None else f" (lower 95% bound; estimate {estimate:.3g})"
 
     @property
     def passed(self) -> bool:

@@ -80,6 +80,19 @@ def bootstrap_auc_ci(
     return (float(np.percentile(aucs, 2.5)), float(np.percentile(aucs, 97.5)))
 
 
+MIN_CLASS_CELLS = 10  # an AUC on fewer labelled cells of either class bounds nothing a gate can hold
+
+
+def auc_lower_bound(auc: dict[str, Any], positives: int, negatives: int) -> float | None:
+    """What a gate holds of a cell AUC (:func:`binary_metrics`' ``auc``): the lower end of its 95%
+    interval (bootstrap over fields), or None with fewer than :data:`MIN_CLASS_CELLS` cells of either
+    class: four cells of two fields gave AUC 1.0 and an interval of [1, 1], and a gate passed on them."""
+    if min(positives, negatives) < MIN_CLASS_CELLS:
+        return None
+    low = (auc.get("ci95") or [None])[0]
+    return None if low is None or not math.isfinite(low) else float(low)
+
+
 def proportion(k: int, n: int, empty: float | None = float("nan")) -> dict[str, Any]:
     """k of n as ``{value, ci95 (Wilson), k, n}``; ``value`` is ``empty`` when n is 0."""
     lo, hi = wilson_interval(k, n)

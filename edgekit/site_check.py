@@ -40,7 +40,7 @@ from edgekit.errors import BundleError, DataError
 # one when --fields gives the field images (as adapt measured it), else the labelled cells' one.
 BOUNDS = {
     "parasitemia_error": ("parasitemia_error_upper95_points", "max"),  # as adapt's gate: the upper bound
-    "auc": ("auc", "min"),
+    "auc": ("auc_lower95", "min"),  # as adapt's gate: the lower end of its interval over the fields
     "sensitivity_at_specificity": ("sensitivity_at_specificity_0.995", "min"),
 }
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -201,11 +201,18 @@ def _cell_measures(
 ) -> dict[str, float | None]:
     """The labelled cells' AUC and sensitivity at specificity 99.5% (None with one class only), and
     the per-field parasitemia error of their calls (``called``; ``g``: each cell's field)."""
-    from edgekit.metrics import field_parasitemia_error, roc_auc, sensitivity_at_specificity
+    from edgekit.metrics import (
+        auc_lower_bound,
+        binary_metrics,
+        field_parasitemia_error,
+        sensitivity_at_specificity,
+    )
 
     measured: dict[str, float | None] = {}
     both = bool(y.any() and (~y).any())
-    measured["auc"] = float(roc_auc(y, p)) if both else None
+    auc = binary_metrics(y, p, groups=g, n_boot=200)["auc"] if both else {}
+    measured["auc"] = auc.get("value")
+    measured["auc_lower95"] = auc_lower_bound(auc, int(y.sum()), int((~y).sum())) if both else None
     measured["sensitivity_at_specificity_0.995"] = (
         sensitivity_at_specificity(y, p, 0.995)["sensitivity"] if both else None)
     pe = field_parasitemia_error(g, y, called)
@@ -302,7 +309,8 @@ def report_lines(r: CheckResult) -> list[str]:
     lines = [
         f"site check of {r.bundle} ({r.model_format}): {r.cells} labelled cells "
         f"({r.positive_cells} parasitized) from {r.fields} fields",
-        f"  cell AUC {num('auc')}; sensitivity {num('sensitivity_at_specificity_0.995', '.3f')} at "
+        f"  cell AUC {num('auc')} (lower 95% bound {num('auc_lower95')}); sensitivity "
+        f"{num('sensitivity_at_specificity_0.995', '.3f')} at "
         "specificity >= 99.5%",
         f"  per-field parasitemia error {num('parasitemia_error_points', '.2f')} points (upper 95% bound "
         f"{num('parasitemia_error_upper95_points', '.2f')}, bias {num('parasitemia_bias_points', '+.2f')})",

@@ -168,7 +168,8 @@ def cells(fields: tuple[Path, ...], annotations: Path | None, sessions_db: Path 
               help="Largest whole-field parasitemia error (points) on test fields for the bundle to vouch.")
 @click.option("--gate-auc", type=FiniteFloatRange(0.0, 1.0), default=DEFAULT_GATE_BOUNDS["auc"],
               show_default=True,
-              help="Smallest cell AUC on the test fields for the bundle to vouch.")
+              help="Smallest cell AUC on the test fields for the bundle to vouch (held by the lower end of "
+                   "its 95% interval over the fields; 0: no AUC bound).")
 @click.option("--formats", type=FormatNames(), default="tflite_int8", show_default=True,
               help="Formats to export and validate.")
 @click.option("--seed", type=int, default=AdaptConfig.seed, show_default=True)
@@ -206,12 +207,13 @@ def adapt(model: Path, site: Path, out: Path, fields_split: Path | None, block: 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from edgekit.adapt import adapt_model
 
+    gate = {"parasitemia_error": gate_error, **({"auc": gate_auc} if gate_auc > 0 else {})}
     cfg = AdaptConfig(epochs=epochs, patience=patience or None, lr=lr, batch_size=batch_size,
                       base_share=base_share,
                       train_fields=train_fields, negatives_per_field=negatives_per_field or None, block=block,
                       objects_per_field=objects_per_field, average_epochs=average_epochs,
                       hard_negatives=hard_negatives,
-                      cutoff=cutoff, seed=seed, gate={"parasitemia_error": gate_error, "auc": gate_auc})
+                      cutoff=cutoff, seed=seed, gate=gate)
     m = adapt_model(model, site, out, cfg, split_file=fields_split, base_split=base_split,
                     base_data=base_data, formats=",".join(f.name for f in formats), replace=replace,
                     cache_dir=cache_dir,

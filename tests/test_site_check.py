@@ -129,11 +129,23 @@ def test_site_check_fails_on_drifted_fields_and_keeps_the_manifest_bounds(site_b
     _set_gate(site_bundle, None)
 
 
+def test_site_check_does_not_hold_on_a_handful_of_cells(site_bundle, tmp_path):
+    """Two fields of one parasitized and one uninfected cell each, called right: AUC 1.0 and an
+    interval of [1, 1]; it held before. Too few cells of a class bound nothing."""
+    _set_gate(site_bundle, None)
+    few = write_site_cells(tmp_path / "few", ["F00", "F01"], seed=7, positives=1, negatives=1)
+    res = CliRunner().invoke(main, ["site", "check", str(site_bundle), "--data", str(few), "--json"])
+    out = json.loads(res.stdout)
+    assert res.exit_code == 1 and out["holds"] is False, res.output
+    assert out["measured"]["auc"] == 1.0 and out["measured"]["auc_lower95"] is None
+    assert any("auc_lower95 could not be measured" in f for f in out["failures"])
+
+
 def test_site_check_says_what_cannot_be_measured(site_bundle, tmp_path):
     _set_gate(site_bundle, None)
     only_neg = write_site_cells(tmp_path / "neg", ["A00", "A01"], positives=0)
     res = CliRunner().invoke(main, ["site", "check", str(site_bundle), "--data", str(only_neg)])
-    assert res.exit_code == 1 and "auc could not be measured" in res.stdout
+    assert res.exit_code == 1 and "auc_lower95 could not be measured" in res.stdout
     bad = [
         (["--data", str(tmp_path / "nope")], "site cells not found"),
         (["--data", str(only_neg), "--fields", str(only_neg / "Uninfected")],

@@ -114,13 +114,23 @@ def test_gate_holds_the_upper_bound_of_the_whole_field_error_not_its_mean():
     error = parasitemia_error(called, truth)
     assert round(error["mae_points"], 2) == 0.67 and error["mae_upper95_points"] > 1.0
     assert error["mae_upper95_points"] == parasitemia_error(called, truth)["mae_upper95_points"]
-    test = {"whole_fields": error, "auc": {"value": 0.99}}
+    auc = {"value": 0.99, "ci95": [0.98, 0.995]}
+    test = {"whole_fields": error, "auc": auc, "cells": 1200, "positive_cells": 40}
     gate = site_gate(test, sorted(truth), {"parasitemia_error": 1.0, "auc": 0.97}, "tflite_int8")
     assert not gate.passed
     assert "upper 95% bound; mean 0.667" in gate.summary() and "> 1" in gate.summary()
     many = parasitemia_error({f"G{i}": 0.01 + 0.005 * (i % 2) for i in range(60)},
                              {f"G{i}": 0.01 for i in range(60)})  # 0.5 points on every other field
-    gate = site_gate({"whole_fields": many, "auc": {"value": 0.99}}, [f"G{i}" for i in range(60)],
-                     {"parasitemia_error": 1.0, "auc": 0.97}, "tflite_int8")
+    kind = {"whole_fields": many, "auc": auc, "cells": 6000, "positive_cells": 60}
+    both = {"parasitemia_error": 1.0, "auc": 0.97}
+    gate = site_gate(kind, [f"G{i}" for i in range(60)], both, "tflite_int8")
     assert gate.passed and "upper 95% bound" in gate.summary()
+    assert "cell AUC 0.98 (lower 95% bound; estimate 0.99)" in gate.summary()
+    # the AUC is held by the lower end of its interval, and bounds nothing on a handful of cells
+    wide = {**kind, "auc": {"value": 0.99, "ci95": [0.95, 1.0]}}
+    wide = site_gate(wide, ["G0"], {"auc": 0.97}, "tflite_int8")
+    assert not wide.passed and "cell AUC 0.95 (lower 95% bound; estimate 0.99) < 0.97" in wide.summary()
+    few = site_gate({**kind, "auc": {"value": 1.0, "ci95": [1.0, 1.0]}, "cells": 4, "positive_cells": 2},
+                    ["G0"], {"auc": 0.97}, "tflite_int8")
+    assert not few.passed and "cell AUC not measured" in few.summary()
     assert mean_upper_bound([0.4]) == float("inf")  # one field bounds nothing
