@@ -127,6 +127,15 @@ def _rebuild(model, weights: dict[str, list], call=None):
     return out
 
 
+def _bn_affine(bn) -> tuple:
+    """A batch normalization as float64 ``(scale, beta, mean)``: it computes ``scale * (x - mean) + beta``,
+    ``scale = gamma / sqrt(var + epsilon)``."""
+    import numpy as np
+
+    gamma, beta, mean, var = (np.asarray(w, np.float64) for w in bn.get_weights())
+    return gamma / np.sqrt(var + bn.epsilon), beta, mean
+
+
 def _conv_pool_bn(model) -> list[tuple]:
     """``(conv, pool, bn)`` triples of ``model``: a linear channels-last ``Conv2D`` feeding only a
     ``MaxPooling2D`` that feeds only a channels-last ``BatchNormalization`` with all four weights."""
@@ -160,8 +169,7 @@ def fold_bn_before_pool(model, log: Callable[[str], None] | None = None):
 
     weights, dropped = {}, set()
     for conv, pool, bn in _conv_pool_bn(model):
-        gamma, beta, mean, var = (np.asarray(w, np.float64) for w in bn.get_weights())
-        scale = gamma / np.sqrt(var + bn.epsilon)
+        scale, beta, mean = _bn_affine(bn)
         if (scale < 0).any():
             if log:
                 log(f"{bn.name} after {pool.name} not folded into {conv.name}: "
@@ -234,8 +242,7 @@ def fold_bn_into_next_conv(model, log: Callable[[str], None] | None = None):
 
     weights, border, dropped = {}, {}, set()
     for bn, conv in _bn_conv(model):
-        gamma, beta, mean, var = (np.asarray(w, np.float64) for w in bn.get_weights())
-        scale = gamma / np.sqrt(var + bn.epsilon)
+        scale, beta, mean = _bn_affine(bn)
         shift = beta - mean * scale
         kernel, *bias = (np.asarray(w, np.float64) for w in conv.get_weights())
         tap_shift = np.einsum("hwio,i->hwo", kernel, shift)
@@ -311,8 +318,7 @@ def fold_bn_into_dense(model, log: Callable[[str], None] | None = None):
 
     shifts, kernels = {}, {}
     for bn, dense, rows in _bn_relu_dense(model):
-        gamma, beta, mean, var = (np.asarray(w, np.float64) for w in bn.get_weights())
-        scale = gamma / np.sqrt(var + bn.epsilon)
+        scale, beta, mean = _bn_affine(bn)
         if not (scale > 0).all():
             if log:
                 log(f"{bn.name} not folded into {dense.name}: {int((scale <= 0).sum())} of {scale.size} "

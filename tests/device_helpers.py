@@ -87,3 +87,16 @@ def awkward_inputs(folder: Path) -> dict[str, str]:
         "huge.png": "failed", "gray.png": "classified", "rgba.png": "classified", "deep16.png": "classified",
         "palette.png": "classified", "rotated.jpg": "classified",
     }
+
+
+def fixture_fields() -> list[tuple[np.ndarray, list]]:
+    """The BCCD fixture fields (tests/fixtures/fields) with their red-cell boxes; skips without them."""
+    import pytest
+
+    from edgekit.benchmarks.field_detection import load_voc
+    from edgekit.device.preprocess import read_image
+
+    paths = sorted((FIXTURES / "fields").glob("*.jpg"))
+    if not paths:
+        pytest.skip("no BCCD fixture fields")
+    return [(read_image(p), load_voc(p.with_suffix(".xml"))) for p in paths]

@@ -8,25 +8,15 @@ field's own stain colour, not on a colour window; the earlier green-density find
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
+from device_helpers import fixture_fields
 
-from edgekit.benchmarks.field_detection import load_voc, match
+from edgekit.benchmarks.field_detection import match
 from edgekit.benchmarks.field_transforms import brighten, desaturate, rescale, rotate_hue
 from edgekit.device.field import FieldParams, count_cells
 
-FIELDS = Path(__file__).resolve().parent / "fixtures" / "fields"
-
-
-def _fields() -> list[tuple[np.ndarray, list]]:
-    from edgekit.device.preprocess import read_image
-
-    paths = sorted(FIELDS.glob("*.jpg"))
-    if not paths:
-        pytest.skip("no BCCD fixture fields")
-    return [(read_image(p), load_voc(p.with_suffix(".xml"))) for p in paths]
+_fields = fixture_fields
 
 
 def _recall(rgb: np.ndarray, gt: list, params: FieldParams | None = None, k: float = 1.0):

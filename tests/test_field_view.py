@@ -10,63 +10,31 @@ A field without a surround is left exactly as it is.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
+from device_helpers import fixture_fields as _fields
 
-from edgekit.benchmarks.field_detection import load_voc, match
+from edgekit.benchmarks.field_detection import match
+from edgekit.benchmarks.field_view import disc, frame, inside_boxes
 from edgekit.device.field import count_cells
 from edgekit.device.field.identity import same_field, signature
 from edgekit.device.field.view import inside_crop, outside_view, within_view
 
-FIELDS = Path(__file__).resolve().parent / "fixtures" / "fields"
 
-
-def _fields() -> list[tuple[np.ndarray, list]]:
-    from edgekit.device.preprocess import read_image
-
-    paths = sorted(FIELDS.glob("*.jpg"))
-    if not paths:
-        pytest.skip("no BCCD fixture fields")
-    return [(read_image(p), load_voc(p.with_suffix(".xml"))) for p in paths]
-
-
-def _disc(rgb: np.ndarray, radius: float = 0.5, level: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    h, w = rgb.shape[:2]
-    yy, xx = np.mgrid[:h, :w]
-    inside = np.hypot(yy - h / 2, xx - w / 2) < radius * min(h, w)
-    out = rgb.copy()
-    out[~inside] = level
-    return out, inside
-
-
-def _frame(rgb: np.ndarray, width: int = 40) -> tuple[np.ndarray, np.ndarray]:
-    inside = np.zeros(rgb.shape[:2], bool)
-    inside[width:-width, width:-width] = True
-    out = rgb.copy()
-    out[~inside] = 0
-    return out, inside
-
-
-def _inside_boxes(gt: list, inside: np.ndarray) -> list:
-    """The (xmin, ymin, xmax, ymax) boxes whose four corners lie inside the view."""
-    h, w = inside.shape
-    def corner(x: int, y: int) -> bool:
-        return bool(inside[min(y, h - 1), min(x, w - 1)])
-    return [b for b in gt if all(corner(x, y) for x in (b[0], b[2] - 1) for y in (b[1], b[3] - 1))]
+def _frame(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return frame(rgb, 40.5 / min(rgb.shape[:2]))  # 40 px
 
 
 @pytest.mark.parametrize("view", ["disc", "grey disc", "frame"])
 def test_a_field_in_a_dark_surround_is_counted_inside_it(view):
-    make = {"disc": _disc, "grey disc": lambda x: _disc(x, 0.5, 25), "frame": _frame}[view]
+    make = {"disc": lambda x: disc(x, 0.5), "grey disc": lambda x: disc(x, 0.5, 25), "frame": _frame}[view]
     for rgb, gt in _fields():
         whole, _, reason = count_cells(rgb)
         assert reason is None
         seen, inside = make(rgb)
         cells, _, reason = count_cells(seen)
         assert reason is None, reason
-        boxes = _inside_boxes(gt, inside)
+        boxes = inside_boxes(gt, inside)
         base = match([c.box for c in whole], boxes) / len(boxes)
         recall = match([c.box for c in cells], boxes) / len(boxes)
         assert recall >= base - 0.15, (view, base, recall)
@@ -78,17 +46,17 @@ def test_a_blurred_field_in_a_disc_is_refused_out_of_focus():
     import cv2
 
     for rgb, _ in _fields():
-        seen, _ = _disc(cv2.GaussianBlur(rgb, (0, 0), 3))
+        seen, _ = disc(cv2.GaussianBlur(rgb, (0, 0), 3), 0.5)
         _, _, reason = count_cells(seen)
         assert reason is not None and "focus" in reason, reason
 
 
 def test_different_fields_in_the_same_disc_are_not_one_field():
     (a, _), (b, _) = _fields()[:2]
-    assert not same_field(signature(_disc(a)[0]), signature(_disc(b)[0]))
+    assert not same_field(signature(disc(a, 0.5)[0]), signature(disc(b, 0.5)[0]))
     h, w = a.shape[:2]
     moved = np.roll(a, w // 25, axis=1)  # the stage moved 4% under the same eyepiece
-    assert same_field(signature(_disc(a)[0]), signature(_disc(moved)[0]))
+    assert same_field(signature(disc(a, 0.5)[0]), signature(disc(moved, 0.5)[0]))
 
 
 def test_a_field_without_a_surround_is_left_as_it_is():
