@@ -12,7 +12,8 @@ cells with it:
 - a field or a screening session gets the **median** of its cells' scores, compared with the
   threshold chosen on validation patients and off-site dev fields (``domain.field_threshold`` /
   ``domain.session_threshold``);
-- the verdict is ``{"ok": bool, "score": float, "why": "<one sentence>"}``.
+- the verdict is ``{"ok": bool, "score": float, "why": "<one sentence>", "kind": <a key of BANNERS or
+  "like">}``; ``kind`` says which check decided, so a one-line banner names the real reason.
 
 Light: numpy at import, OpenCV inside functions.
 """
@@ -282,7 +283,7 @@ def verdict(score: float | None, threshold: float, what: str, n: int, min_cells:
     if score is None or n < min_cells:
         return {"ok": False, "score": None if score is None else round(score, 3),
                 "why": f"too few cells ({n}) in this {what} to check that they look like the model's"
-                       " training cells"}
+                       " training cells", "kind": "few"}
     ok = score <= threshold
     why = (
         f"the cells of this {what} look like the model's training cells (median distance {score:.2f} <="
@@ -292,12 +293,29 @@ def verdict(score: float | None, threshold: float, what: str, n: int, min_cells:
         f" {score:.2f} > {threshold:.2f}: another microscope, stain or magnification); results are not"
         " validated for it"
     )
-    return {"ok": bool(ok), "score": round(float(score), 3), "why": why}
+    return {"ok": bool(ok), "score": round(float(score), 3), "why": why, "kind": "like" if ok else "unlike"}
 
 
 NO_DOMAIN = {"ok": False, "score": None,
              "why": "this bundle records no statistics of its training cells (no manifest 'domain'), so "
-                    "nothing can vouch that these cells look like them; run `edgekit site domain fit`"}
+                    "nothing can vouch that these cells look like them; run `edgekit site domain fit`",
+             "kind": "unchecked"}
+
+# the one line an overlay (file, camera, phone page) prints under a result that is not vouched for, by
+# the verdict's ``kind``: the sentence in ``why`` is too long for a bar across a field
+BANNERS = {
+    "unlike": "NOT VALIDATED FOR THIS MICROSCOPE: cells unlike the model's training cells",
+    "few": "NOT VALIDATED: too few cells to check this field",
+    "unchecked": "NOT VALIDATED: this bundle cannot check its cells",
+    "gate": "NOT VALIDATED: this site bundle failed its own test fields",
+    "cell": "NOT VALIDATED: not a stained cell like the training cells",
+}
+
+
+def banner(verdict: dict[str, Any]) -> str:
+    """The one-line banner for a verdict that does not vouch (verdicts stored before ``kind``
+    existed were all the guard's)."""
+    return BANNERS.get(verdict.get("kind", "unlike"), BANNERS["unlike"])
 
 
 def unchecked() -> dict[str, Any]:
@@ -315,8 +333,9 @@ def crop_verdict(rgb: np.ndarray, domain: Domain | None) -> dict[str, Any]:
     score = crop_score(rgb, domain)
     s = None if score is None else round(score, 3)
     if reason:
-        return {"ok": False, "score": s, "why": reason}
-    return {"ok": True, "score": s, "why": "a stained cell within the range of the model's training cells"}
+        return {"ok": False, "score": s, "why": reason, "kind": "cell"}
+    return {"ok": True, "score": s, "why": "a stained cell within the range of the model's training cells",
+            "kind": "like"}
 
 
 NOT_VALIDATED = "NOT VALIDATED for this microscope"
@@ -334,7 +353,7 @@ def gated(result: dict[str, Any], domain: Domain) -> dict[str, Any]:
     if domain.gate is None or domain.gate.passed:
         return result
     return {"ok": False, "score": result["score"],
-            "why": f"{domain.gate.summary()}: results of this site bundle are not validated"}
+            "why": f"{domain.gate.summary()}: results of this site bundle are not validated", "kind": "gate"}
 
 
 def field_verdict(scores: Sequence[float | None], domain: Domain | None) -> dict[str, Any]:

@@ -209,7 +209,7 @@ def test_field_jsonl_and_overlay_carry_the_verdict(tmp_path):
     )
     assert res.exit_code == 0, res.output
     lines = [json.loads(x) for x in res.output.strip().splitlines()]
-    assert lines[0]["domain"]["ok"] is False and set(lines[0]["domain"]) == {"ok", "score", "why"}
+    assert lines[0]["domain"]["ok"] is False and set(lines[0]["domain"]) == {"ok", "score", "why", "kind"}
     assert lines[-1]["total"]["domain"]["ok"] is False
     assert (out / "BloodImage_00014_overlay.png").is_file()
     table = CliRunner().invoke(main, ["field", str(FIELDS / "BloodImage_00014.jpg")])

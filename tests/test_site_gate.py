@@ -44,6 +44,23 @@ def test_failed_gate_vouches_for_nothing_and_says_why(nih_scores):
     assert field_verdict(scores, dataclasses.replace(domain, gate=passed))["ok"] is True
 
 
+
+def test_overlay_banner_names_the_failed_gate_not_the_guard(nih_scores):
+    """A field worker reads the bar under the field: a site bundle that failed its own test must not
+    say the cells look foreign (it sends them to check the microscope instead of the bundle)."""
+    from edgekit.device.field import FieldReport
+    from edgekit.device.field.overlay import banner_text
+
+    domain, scores = nih_scores
+    failed = Gate(bounds={"parasitemia_error": 1.0}, measured={"parasitemia_error": 2.63}, test_fields=["A"])
+    report = FieldReport(source="f.png", shape=(480, 640))
+    report.domain = field_verdict(scores, dataclasses.replace(domain, gate=failed))
+    assert banner_text(report) == "NOT VALIDATED: this site bundle failed its own test fields"
+    report.domain = field_verdict(scores[:1], domain)  # fewer cells than the guard needs
+    assert banner_text(report) == "NOT VALIDATED: too few cells to check this field"
+    report.domain = field_verdict(scores, domain)
+    assert banner_text(report) is None
+
 def test_a_bound_without_its_number_fails():
     gate = Gate(bounds={"parasitemia_error": 1.0, "auc": 0.97}, measured={"auc": 0.99})
     assert not gate.passed and gate.failures() == ["whole-field parasitemia error (points) not measured"]

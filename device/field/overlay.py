@@ -66,9 +66,11 @@ def cell_labels(report: FieldReport) -> list[str]:
 
 
 def banner_text(report: FieldReport) -> str | None:
-    """The red bar along the overlay's bottom (the domain guard's warning), or None."""
+    """The red bar along the overlay's bottom (why the result is not vouched for), or None."""
+    from edgekit.device.domain import banner
+
     if report.domain is not None and not report.domain["ok"] and not report.rejected:
-        return "NOT VALIDATED FOR THIS MICROSCOPE: cells unlike the model's training cells"
+        return banner(report.domain)
     return None
 
 
