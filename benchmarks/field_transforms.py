@@ -5,8 +5,9 @@
 Applies to a sample of the IML and BCCD fields (every Nth) the look of another site: hue rotated
 (in the Lab a/b plane, lightness kept; negative angles turn magenta towards blue), desaturated,
 a brightened background (per-channel gain that clips the background to white), scaled 0.7x and
-1.5x, and one combination (blue-grey cells on a pale, white background). Each finder (``FINDERS``:
-today's defaults and the colour-window settings kept for comparison) is measured on the same
+1.5x, one combination (blue-grey cells on a pale, white background), and vignettes (0.7x and 0.5x
+brightness at the corners). Each finder (``finders()``: today's defaults, the same without flattening
+uneven lighting, and the colour-window settings kept for comparison) is measured on the same
 transformed fields, alternately field by field, so times compare: recall and precision at IoU 0.5
 (as benchmarks/field_detection.py), fields refused and why, median segmentation time.
 
@@ -72,6 +73,15 @@ def rescale(rgb: np.ndarray, factor: float) -> np.ndarray:
     return cv2.resize(rgb, (round(w * factor), round(h * factor)), interpolation=interp)
 
 
+def vignette(rgb: np.ndarray, corner: float) -> np.ndarray:
+    """A lens or eyepiece vignette: brightness falling with the squared distance from the centre to
+    ``corner`` x at the corners."""
+    h, w = rgb.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    r2 = ((xx - w / 2) ** 2 + (yy - h / 2) ** 2) / ((w / 2) ** 2 + (h / 2) ** 2)
+    return np.clip(rgb * (1 - (1 - corner) * r2)[..., None], 0, 255).astype(np.uint8)
+
+
 # name -> (image transform, box scale)
 TRANSFORMS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], float]] = {
     "original": (lambda x: x, 1.0),
@@ -84,6 +94,8 @@ TRANSFORMS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], float]] = {
     "scale0.7": (lambda x: rescale(x, 0.7), 0.7),
     "scale1.5": (lambda x: rescale(x, 1.5), 1.5),
     "blue-pale": (lambda x: brighten(desaturate(rotate_hue(x, -80), 0.5)), 1.0),
+    "vignette0.7": (lambda x: vignette(x, 0.7), 1.0),
+    "vignette0.5": (lambda x: vignette(x, 0.5), 1.0),
 }
 
 
@@ -91,7 +103,7 @@ def finders() -> dict[str, Any]:
     """The finders compared: today's defaults, and the earlier colour-window settings."""
     from edgekit.device.field import FieldParams
 
-    out: dict[str, Any] = {"default": FieldParams()}
+    out: dict[str, Any] = {"default": FieldParams(), "unflattened": FieldParams(max_falloff=None)}
     legacy = getattr(FieldParams, "legacy", None)
     if legacy is not None:
         out["green-window"] = legacy()

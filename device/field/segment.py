@@ -705,6 +705,8 @@ def segment_cells(
     )
     holes = _Holes(p.hole_density, p.hole_area * math.pi * circles**2, p.hole_solidity)
     fg = _foreground(density, p.threshold, p.min_od, holes)
+    if fg.min() > 0:  # not one background pixel: no distance is defined (OpenCV returns FLT_MAX)
+        return [], float(max(H, W))  # one mass as wide as the field (count_cells says so)
     dist = cv2.distanceTransform(fg, cv2.DIST_L2, 5)
     radius = _typical_radius(dist, fg, circles, spread, scale, p)
     if radius < 3:

@@ -103,6 +103,12 @@ class FieldParams:
     ring_solidity: float = 0.9
     ring_area: float = 2.0
     cell_radius: float | None = None  # in full-resolution pixels; None: estimated per field
+    # a field whose background dims by more than this fraction of its brightest (a vignette, a lamp off
+    # centre) is found on a copy divided by its lighting (:mod:`.illumination`); None: never. Chosen
+    # among 0.1/0.2/0.3 on the even half of benchmarks/field_transforms.py's sample (vignettes 0.8-0.5x
+    # at the corners; recall held, and BCCD's own fields, which dim by up to 0.25, gained), checked on
+    # the odd half (RESULTS.md)
+    max_falloff: float | None = 0.1
 
     def __post_init__(self) -> None:
         if self.density not in ("stain", "green"):
