@@ -160,6 +160,7 @@ def camera(source: str, bundle: Path | None, model_format: str | None, threads: 
     a patient. Ctrl-C stops."""
     from edgekit.device.camera import run_camera, run_field_camera
     from edgekit.device.quality import DEFAULT_GATES
+    from edgekit.device.side_output import SideOutput
     from edgekit.errors import EdgekitError
 
     if save_dir is not None and not crops_mode:  # else silently ignored
@@ -167,9 +168,14 @@ def camera(source: str, bundle: Path | None, model_format: str | None, threads: 
                            "(and `screen --camera` records them)")
     classifier = _load(bundle, model_format, threads, allow_unsigned)
     if crops_mode:
+        saves = SideOutput("saved frame")
         n = run_camera(classifier, source, every, save_dir, max_frames, click.echo, reconnect,
-                       gates=DEFAULT_GATES if quality else None)
+                       gates=DEFAULT_GATES if quality else None, saves=saves)
         click.echo(f"{n} frames processed", err=True)
+        if saves.lost:  # the frames were all classified and printed; what --save should keep is not all there
+            click.echo(f"error: {saves.lost} saved frame(s) or result row(s) could not be written to "
+                       f"{save_dir}", err=True)
+            raise SystemExit(1)
         return
     capture = _live_capture(settle, capture_on_key, lambda s: click.echo(s, err=True))
     stats = run_field_camera(classifier, source, capture, click.echo, max_frames, reconnect, overlay_path,

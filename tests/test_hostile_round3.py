@@ -63,3 +63,72 @@ def test_ordinary_group_regexes_group_as_before(tmp_path):
         assert res.exit_code == 2 and "Traceback" not in res.output
         assert len(res.output.strip().splitlines()) == 1
         assert re.search(message, res.output), res.output
+
+
+@pytest.fixture(scope="module")
+def crop_video(tmp_path_factory) -> Path:
+    from device_helpers import CELLS
+
+    from edgekit.device.preprocess import read_image
+
+    crops = [cv2.resize(read_image(p), (96, 96)) for p in sorted(CELLS.iterdir())]
+    path = tmp_path_factory.mktemp("video") / "cells.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5, (128, 96))
+    for i in range(6):
+        frame = np.zeros((96, 128, 3), np.uint8)
+        frame[:, 16:112] = crops[i % len(crops)]
+        writer.write(frame[:, :, ::-1])
+    writer.release()
+    return path
+
+
+def test_camera_save_into_a_folder_that_goes_away_carries_on(crop_video, tmp_path, capsys):
+    """`camera --crops --save DIR` whose folder went away (a pulled USB stick) stopped the run with
+    NotADirectoryError; the frames after it were never classified."""
+    import json
+    import shutil
+
+    from device_helpers import GOLDEN
+
+    from edgekit.device.camera import run_camera
+    from edgekit.device.runtime import load_classifier
+    from edgekit.device.side_output import SideOutput
+
+    save, lines = tmp_path / "saved", []
+
+    def echo(line: str) -> None:
+        lines.append(line)
+        if len(lines) == 3:  # frame 3 is printed, then saved: the folder is a file now
+            shutil.rmtree(save)
+            save.write_text("not a folder")
+        if len(lines) == 5:  # and it is back for frames 5 and 6
+            save.unlink()
+            save.mkdir()
+
+    saves = SideOutput("saved frame")
+    assert run_camera(load_classifier(GOLDEN), str(crop_video), save_dir=save, echo=echo, saves=saves) == 6
+    assert [ln.split(":")[0] for ln in lines] == [f"frame {k}" for k in range(1, 7)]
+    assert saves.lost == 4  # frames 3 and 4: each its JPEG and its row
+    assert capsys.readouterr().err.count("not written (Not a directory); counting goes on") == 1
+    rows = [json.loads(x) for x in (save / "results.jsonl").read_text().splitlines()]
+    assert [(r["frame"], r["file"]) for r in rows] == [(5, "frame_000005.jpg"), (6, "frame_000006.jpg")]
+    assert sorted(p.name for p in save.iterdir()) == ["frame_000005.jpg", "frame_000006.jpg", "results.jsonl"]
+
+
+def test_camera_save_on_a_full_disk_counts_every_frame_and_exits_1(crop_video, tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from device_helpers import GOLDEN
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    res = CliRunner().invoke(main, ["camera", "--crops", "--source", str(crop_video), "-m", str(GOLDEN),
+                                    "--save", str(tmp_path / "saved")])
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    assert res.stdout.count("frame ") == 6 and "6 frames processed" in res.stderr
+    assert res.stderr.count("not written (No space left on device); counting goes on") == 1
+    assert "6 saved frame(s) or result row(s) could not be written" in res.stderr
+    assert not [p for p in (tmp_path / "saved").iterdir() if p.suffix != ".jsonl"]  # no temporary file left
