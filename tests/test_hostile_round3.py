@@ -132,3 +132,47 @@ def test_camera_save_on_a_full_disk_counts_every_frame_and_exits_1(crop_video, t
     assert res.stderr.count("not written (No space left on device); counting goes on") == 1
     assert "6 saved frame(s) or result row(s) could not be written" in res.stderr
     assert not [p for p in (tmp_path / "saved").iterdir() if p.suffix != ".jsonl"]  # no temporary file left
+
+
+def test_domain_fit_names_unreadable_crops_and_exits_1(tmp_path):
+    """`site domain fit` left unreadable crops out without a word and exited 0."""
+    from conftest import make_cell_folder
+    from device_helpers import golden_copy
+
+    from edgekit.manifest import load_manifest
+
+    data = make_cell_folder(tmp_path / "cells", patients=20, per_patient=8, seed=5)
+    files = sorted(data.rglob("*.png"))
+    for f in files[::10]:
+        f.write_bytes(b"not an image")
+    bundle = golden_copy(tmp_path / "bundle")
+    res = CliRunner().invoke(main, ["site", "domain", "fit", str(bundle), "--data", str(data)])
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    line = res.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"error: \d+ unreadable crop\(s\) left out: \S+\.png, \S+\.png, \S+\.png "
+                        r"and \d+ more \(\S+\.png: corrupt, not an image, .*\)", line), line
+    assert load_manifest(bundle).domain is not None  # fitted on the readable ones
+    for f in files:
+        f.write_bytes(b"not an image")
+    res = CliRunner().invoke(main, ["site", "domain", "fit", str(bundle), "--data", str(data)])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert re.search(r"error: none of the \d+ crops could be read \(\S+\.png: corrupt", res.stderr)
+
+
+def test_domain_fit_site_names_an_unreadable_crop(tmp_path):
+    from device_helpers import golden_copy
+
+    rng = np.random.default_rng(0)
+    for f in range(6):
+        for i in range(12):
+            crop = np.zeros((40, 40, 3), np.uint8)
+            cv2.circle(crop, (20, 20), 16, tuple(int(v) for v in rng.integers(120, 220, 3)), -1)
+            (tmp_path / "cells" / "Uninfected").mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(tmp_path / "cells" / "Uninfected" / f"f{f}__{i}.png"), crop)
+    (tmp_path / "cells" / "Uninfected" / "f5__3.png").write_bytes(b"\x89PNG\r\n\x1a\ntruncated")
+    bundle = golden_copy(tmp_path / "bundle")
+    res = CliRunner().invoke(main, ["site", "domain", "fit", str(bundle), "--data", str(tmp_path / "cells"),
+                                    "--site", "--block", "1", "--dry-run"])
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    assert "error: 1 unreadable crop(s) left out: f5__3.png (f5__3.png:" in res.stderr
+    assert '"unreadable_crops": 1' in res.stdout
