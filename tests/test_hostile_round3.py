@@ -176,3 +176,38 @@ def test_domain_fit_site_names_an_unreadable_crop(tmp_path):
     assert res.exit_code == 1 and "Traceback" not in res.output, res.output
     assert "error: 1 unreadable crop(s) left out: f5__3.png (f5__3.png:" in res.stderr
     assert '"unreadable_crops": 1' in res.stdout
+
+
+def _reviewed_db(path: Path, verdicts: list[str]) -> Path:
+    from device_helpers import GOLDEN
+
+    from edgekit.device.records import RecordStore
+    from edgekit.device.review import encode_png, record_verdicts
+    from edgekit.manifest import load_manifest
+
+    crop = np.zeros((40, 40, 3), np.uint8)
+    crop[10:30, 10:30] = (200, 120, 160)
+    with RecordStore(path) as store:
+        s = store.open_session("P1", "m" * 64, decision=load_manifest(GOLDEN).decision)
+        hashes = [f"{k:064x}" for k in range(len(verdicts))]
+        store.add_records(s, [{"source_id": f"fields/A.jpg#{k}", "content_hash": h, "status": "classified",
+                               "p_positive": 0.99, "decision": "positive"} for k, h in enumerate(hashes)],
+                          {h: encode_png(crop) for h in hashes})
+        ids = [int(r["id"]) for r in store.records(s.id)]
+        record_verdicts(store, s, list(zip(ids, verdicts, strict=True)), reviewer="amina")
+    return path
+
+
+def test_cells_from_sessions_with_one_class_needs_allow_one_class(tmp_path):
+    """`site cells --from-sessions` wrote a dataset of parasitized cells only (exit 0) that every
+    later step refuses; from boxed fields the same was refused without --allow-one-class."""
+    db = _reviewed_db(tmp_path / "s.sqlite", ["parasitized", "parasitized"])
+    out = tmp_path / "site"
+    res = CliRunner().invoke(main, ["site", "cells", "--from-sessions", str(db), "-o", str(out)])
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert "error: no Uninfected cells: a dataset needs both classes (pass --allow-one-class" in res.stderr
+    assert not out.exists() and not list(tmp_path.glob(".site.*"))  # nothing half written
+    res = CliRunner().invoke(main, ["site", "cells", "--from-sessions", str(db), "-o", str(out),
+                                    "--allow-one-class"])
+    assert res.exit_code == 0, res.output
+    assert [p.name for p in out.iterdir() if p.is_dir()] == ["Parasitized"]
