@@ -211,3 +211,35 @@ def test_cells_from_sessions_with_one_class_needs_allow_one_class(tmp_path):
                                     "--allow-one-class"])
     assert res.exit_code == 0, res.output
     assert [p.name for p in out.iterdir() if p.is_dir()] == ["Parasitized"]
+
+
+def test_a_malformed_key_file_is_skipped_not_fatal_and_trusts_nothing(tmp_path, monkeypatch):
+    """One malformed .pub in the keyring stopped every command, good keys or not (fail-closed)."""
+    import shutil
+
+    from device_helpers import GOLDEN
+
+    monkeypatch.delenv("EDGEKIT_ALLOW_UNSIGNED", raising=False)
+    good = Path(__file__).parent / "fixtures" / "test_signing.pub"
+    ring = tmp_path / "ring"
+    ring.mkdir()
+    shutil.copy(good, ring)
+    (ring / "garbage.pub").write_text("not a key\n")
+    (ring / "folder.pub").mkdir()
+    monkeypatch.setenv("EDGEKIT_KEYRING", str(ring))
+    crop = sorted((Path(__file__).parent / "fixtures" / "cells").iterdir())[0]
+    res = CliRunner().invoke(main, ["classify", str(crop), "-m", str(GOLDEN), "--format", "jsonl"])
+    assert res.exit_code == 0 and "Traceback" not in res.output, res.output
+    warnings = [ln for ln in res.stderr.splitlines() if ln.startswith("warning: key file skipped")]
+    assert len(warnings) == 2 and "garbage.pub is not a PEM public key" in warnings[0] + warnings[1]
+    assert "folder.pub is a folder" in warnings[0] + warnings[1]
+
+    # the golden bundle's signer, its file damaged: the bundle it signed is refused as untrusted
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / "test_signing.pub").write_text(good.read_text().replace("A", "!", 1))
+    monkeypatch.setenv("EDGEKIT_KEYRING", str(lone))
+    res = CliRunner().invoke(main, ["classify", str(crop), "-m", str(GOLDEN)])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "test_signing.pub is not a PEM public key" in res.stderr
+    assert "which is not in the keyring" in res.stderr.splitlines()[-1]
