@@ -32,10 +32,11 @@ except re.error as exc:
 groups = []
 for i, name in enumerate(job["names"]):
     m = pattern.search(name)
-    if not m:
-        json.dump({"miss": i}, sys.stdout)
+    group = None if not m else m.group(1) if m.groups() else m.group(0)
+    if group is None:
+        json.dump({"miss": i, "matched": bool(m)}, sys.stdout)
         sys.exit(0)
-    groups.append(m.group(1) if m.groups() else m.group(0))
+    groups.append(group)
 json.dump({"groups": groups}, sys.stdout)
 """
 
@@ -66,5 +67,8 @@ def regex_groups(pattern: str, names: Sequence[str], limit_s: float | None = Non
     if "error" in answer:
         raise DataError(f"bad group regex {pattern!r}: {answer['error']}")
     if "miss" in answer:
-        raise DataError(f"group regex {pattern!r} does not match {names[answer['miss']]!r}")
+        name = names[answer["miss"]]
+        if answer["matched"]:  # ``(x)?c``: a match whose first group took no part in it
+            raise DataError(f"group regex {pattern!r} matches {name!r} without its first group: no group id")
+        raise DataError(f"group regex {pattern!r} does not match {name!r}")
     return answer["groups"]

@@ -57,7 +57,9 @@ def test_ordinary_group_regexes_group_as_before(tmp_path):
     whole = scan_dataset(data, group_mode=r"regex:f\d")  # no capture group: the whole match
     assert [i.group for i in whole.items] == ["f1", "f1", "f2", "f2", "f3"]
     for pattern, message in [("[", "bad group regex '\\[': unterminated character set"),
-                             ("zz", "group regex 'zz' does not match 'f1__c1.png'")]:
+                             ("zz", "group regex 'zz' does not match 'f1__c1.png'"),
+                             # a group that takes no part in the match: None among the ids, a TypeError
+                             ("(x)?c", r"group regex '\(x\)\?c' matches 'f1__c1.png' without its first")]:
         res = CliRunner().invoke(main, ["model", "split", str(data), "--groups", f"regex:{pattern}",
                                         "-o", str(tmp_path / "s.json")])
         assert res.exit_code == 2 and "Traceback" not in res.output
