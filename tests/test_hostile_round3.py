@@ -245,3 +245,23 @@ def test_a_malformed_key_file_is_skipped_not_fatal_and_trusts_nothing(tmp_path, 
     assert res.exit_code == 2 and "Traceback" not in res.output
     assert "test_signing.pub is not a PEM public key" in res.stderr
     assert "which is not in the keyring" in res.stderr.splitlines()[-1]
+
+
+def test_a_field_of_noise_is_refused_without_a_search_for_pile_sized_circles(monkeypatch):
+    """A field of noise (a covered lens, a broken sensor) took seconds of CPU per field (minutes on a
+    Pi, per upload to `serve`): a Hough search for circles the size of the pile it is refused as."""
+    from edgekit.device.field import count_cells
+
+    calls = []
+    real = cv2.HoughCircles
+
+    def recorded(image, method, *args, **kwargs):
+        calls.append((method, kwargs.get("maxRadius")))
+        return real(image, method, *args, **kwargs)
+
+    monkeypatch.setattr(cv2, "HoughCircles", recorded)
+    noise = np.random.default_rng(0).integers(0, 255, (300, 400, 3), dtype=np.uint8)
+    cells, radius, reason = count_cells(noise)
+    assert not cells and reason is not None and reason.startswith("cells overlap into one mass")
+    assert radius > 300 / 4
+    assert [m for m, _ in calls] == [cv2.HOUGH_GRADIENT_ALT]  # the radius estimate only
