@@ -265,3 +265,31 @@ def test_a_field_of_noise_is_refused_without_a_search_for_pile_sized_circles(mon
     assert not cells and reason is not None and reason.startswith("cells overlap into one mass")
     assert radius > 300 / 4
     assert [m for m, _ in calls] == [cv2.HOUGH_GRADIENT_ALT]  # the radius estimate only
+
+
+@pytest.mark.parametrize("cmd", ["classify", "field", "screen"])
+def test_a_broken_link_or_fifo_in_a_folder_is_reported_not_skipped(tmp_path, cmd):
+    """A folder's image-named broken link or FIFO was left out in silence (exit 0): a field the worker
+    put there was never counted, and nothing said so. Given by name it was already reported."""
+    import json
+    import os
+    import shutil
+
+    from device_helpers import GOLDEN
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(GOLDEN.parent / "fields" / "BloodImage_00099.jpg", folder / "a.jpg")
+    (folder / "b.jpg").symlink_to(tmp_path / "gone.jpg")
+    os.mkfifo(folder / "c.jpg")
+    args = {"classify": ["classify", "--format", "jsonl"], "field": ["field", "--format", "jsonl"],
+            "screen": ["screen", "--patient", "P", "--db", str(tmp_path / "s.sqlite"), "--fields",
+                       "--json"]}[cmd]
+    res = CliRunner().invoke(main, [*args, str(folder), "-m", str(GOLDEN)])
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    out = res.output
+    assert "b.jpg" in out and "a broken symbolic link" in out
+    assert "c.jpg" in out and "not a regular file" in out
+    if cmd != "screen":
+        rows = [json.loads(line) for line in out.splitlines() if line.startswith("{") and "total" not in line]
+        assert [Path(r.get("path") or r.get("field")).name for r in rows] == ["a.jpg", "b.jpg", "c.jpg"]
