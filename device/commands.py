@@ -142,7 +142,8 @@ def classify(ctx: click.Context, paths: tuple[str, ...], bundle: Path | None, mo
 @_threads_option
 @click.option("--every", type=click.IntRange(1), default=1, show_default=True, help="Print every N-th frame.")
 @click.option("--save", "save_dir", type=click.Path(path_type=Path), default=None,
-              help="Save printed frames (JPEG) and their results (results.jsonl) into this folder.")
+              help="Save printed frames (JPEG) and their results (results.jsonl) into this folder. One that "
+                   "cannot be written (a full disk) is said once, the run goes on, and the exit status is 1.")
 @click.option("--max-frames", type=click.IntRange(1), default=None, help="Stop after this many frames.")
 @click.option("--reconnect", type=click.IntRange(0), default=3, show_default=True,
               help="Attempts to reopen a live source that stops delivering frames.")
