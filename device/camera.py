@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.device.quality import DEFAULT_GATES, QualityGates
+from edgekit.device.side_output import SideOutput
 from edgekit.errors import CameraError
 
 
@@ -166,10 +167,11 @@ class FrameRate:
 def run_camera(
     classifier, source: str, every: int = 1, save_dir: str | Path | None = None,
     max_frames: int | None = None, echo: Callable[[str], None] = print, reconnect: int = 3,
-    reconnect_delay: float = 1.0, gates: QualityGates | None = DEFAULT_GATES,
+    reconnect_delay: float = 1.0, gates: QualityGates | None = DEFAULT_GATES, saves: SideOutput | None = None,
 ) -> int:
     """Classify frames from ``source``, printing a line every ``every`` frames; optionally save each
     printed frame with its result. Frames failing a quality gate are reported, not classified.
+    A frame or row that cannot be saved (a full disk) is counted in ``saves`` and the run goes on.
     Returns the number of frames processed. Ctrl-C stops cleanly."""
     import json
 
@@ -177,6 +179,7 @@ def run_camera(
 
     from edgekit.device.pipeline import classify_one
 
+    saves = saves or SideOutput("saved frame")
     if save_dir is not None:
         save_dir = Path(save_dir)
         save_dir.mkdir(parents=True, exist_ok=True)
@@ -199,14 +202,14 @@ def run_camera(
                 echo(f"frame {n}: {pred.label} {pred.probability:.3f}{p_pos} {pred.decision} ({fps:.1f} fps)")
             if save_dir is not None:
                 name = f"frame_{n:06d}.jpg"
-                cv2.imwrite(str(save_dir / name), frame[:, :, ::-1])
-                row = {"frame": n, "file": name, "status": out.status, "reason": out.reason,
-                       "model_sha256": classifier.model_sha256}
+                ok, jpeg = cv2.imencode(".jpg", frame[:, :, ::-1])
+                saved = bool(ok) and saves.replace(save_dir / name, jpeg.tobytes())
+                row = {"frame": n, "file": name if saved else None, "status": out.status,
+                       "reason": out.reason, "model_sha256": classifier.model_sha256}
                 if pred is not None:
                     row.update(label=pred.label, probability=pred.probability, p_positive=pred.p_positive,
                                decision=pred.decision)
-                with open(save_dir / "results.jsonl", "a") as f:
-                    f.write(json.dumps(row) + "\n")
+                saves.append(save_dir / "results.jsonl", json.dumps(row) + "\n")
             if last:
                 break
     except KeyboardInterrupt:

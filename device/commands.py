@@ -142,7 +142,8 @@ def classify(ctx: click.Context, paths: tuple[str, ...], bundle: Path | None, mo
 @_threads_option
 @click.option("--every", type=click.IntRange(1), default=1, show_default=True, help="Print every N-th frame.")
 @click.option("--save", "save_dir", type=click.Path(path_type=Path), default=None,
-              help="Save printed frames (JPEG) and their results (results.jsonl) into this folder.")
+              help="Save printed frames (JPEG) and their results (results.jsonl) into this folder. One that "
+                   "cannot be written (a full disk) is said once, the run goes on, and the exit status is 1.")
 @click.option("--max-frames", type=click.IntRange(1), default=None, help="Stop after this many frames.")
 @click.option("--reconnect", type=click.IntRange(0), default=3, show_default=True,
               help="Attempts to reopen a live source that stops delivering frames.")
@@ -160,6 +161,7 @@ def camera(source: str, bundle: Path | None, model_format: str | None, threads: 
     a patient. Ctrl-C stops."""
     from edgekit.device.camera import run_camera, run_field_camera
     from edgekit.device.quality import DEFAULT_GATES
+    from edgekit.device.side_output import SideOutput
     from edgekit.errors import EdgekitError
 
     if save_dir is not None and not crops_mode:  # else silently ignored
@@ -167,9 +169,14 @@ def camera(source: str, bundle: Path | None, model_format: str | None, threads: 
                            "(and `screen --camera` records them)")
     classifier = _load(bundle, model_format, threads, allow_unsigned)
     if crops_mode:
+        saves = SideOutput("saved frame")
         n = run_camera(classifier, source, every, save_dir, max_frames, click.echo, reconnect,
-                       gates=DEFAULT_GATES if quality else None)
+                       gates=DEFAULT_GATES if quality else None, saves=saves)
         click.echo(f"{n} frames processed", err=True)
+        if saves.lost:  # the frames were all classified and printed; what --save should keep is not all there
+            click.echo(f"error: {saves.lost} saved frame(s) or result row(s) could not be written to "
+                       f"{save_dir}", err=True)
+            raise SystemExit(1)
         return
     capture = _live_capture(settle, capture_on_key, lambda s: click.echo(s, err=True))
     stats = run_field_camera(classifier, source, capture, click.echo, max_frames, reconnect, overlay_path,

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgekit.device.preprocess import opencv
+from edgekit.device.side_output import SideOutput
 from edgekit.safefile import check_output_target
 
 THUMB_WIDTH = 256
@@ -247,7 +248,7 @@ class LiveView:
         # refused now, not after the first field: a folder, a device, a missing or read-only folder
         self.overlay_path = None if overlay_path is None else check_output_target(overlay_path, force=True)
         self.show = show
-        self.overlay_failed = False  # the last overlay could not be written (said once)
+        self.overlay_out = SideOutput("overlay")
         self._pending: tuple[int, np.ndarray, list, dict[int, float]] | None = None
         self._scores: dict[int, float | None] = {}
         self.session_scores: list[float | None] = []  # every recorded cell's domain score
@@ -309,25 +310,9 @@ class LiveView:
     def _write_overlay(self, picture: np.ndarray) -> None:
         """Replace the overlay file; one that cannot be written (a full disk) is said once, and the
         counting goes on (it stopped the camera, and a `screen --camera` session, half way)."""
-        import os
-        import sys
-        from pathlib import Path
-
-        path = Path(self.overlay_path)  # pyright: ignore[reportArgumentType]  # set by the caller
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        try:
-            ok, png = opencv().imencode(".png", picture[:, :, ::-1])
-            if not ok:
-                raise OSError("PNG encoding failed")
-            tmp.write_bytes(png.tobytes())
-            os.replace(tmp, path)
-            self.overlay_failed = False
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            if not self.overlay_failed:
-                print(f"warning: overlay {path} not updated ({exc.strerror or exc}); counting goes on",
-                      file=sys.stderr)
-            self.overlay_failed = True
+        ok, png = opencv().imencode(".png", picture[:, :, ::-1])
+        if ok:
+            self.overlay_out.replace(self.overlay_path, png.tobytes())  # pyright: ignore[reportArgumentType]
 
 
 def draw_status(picture: np.ndarray, status: str) -> None:

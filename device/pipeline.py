@@ -140,7 +140,7 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> Iterator[tuple[str, Pa
         elif exists:
             matches = [p] if is_regular(p) else []  # a FIFO or device is reported, never opened
         elif glob.has_magic(text):
-            matches = sorted(Path(m) for m in glob.glob(text, recursive=True) if Path(m).is_file())
+            matches = sorted(Path(m) for m in glob.glob(text, recursive=True) if not Path(m).is_dir())
         else:
             matches = []
         if not matches and not unreadable:
@@ -148,6 +148,9 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> Iterator[tuple[str, Pa
         for folder in unreadable:  # reported, never skipped in silence
             yield folder, None
         for m in matches:
+            if not is_regular(m):  # a broken link, a FIFO, a socket: reported as well, never opened
+                yield str(m), None
+                continue
             key = m.resolve()
             if key not in seen:
                 seen.add(key)
@@ -155,11 +158,12 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> Iterator[tuple[str, Pa
 
 
 def _folder_images(folder: Path, unreadable: list[str]) -> list[Path]:
-    """The image files under ``folder`` (recursive, symlinked folders not followed), sorted; the
-    folders that could not be listed are appended to ``unreadable``."""
+    """The entries named as images under ``folder`` (recursive, symlinked folders not followed), sorted,
+    regular files or not (the caller reports the others); the folders that could not be listed are
+    appended to ``unreadable``."""
     found = []
     for root, _dirs, names in os.walk(folder, onerror=lambda exc: unreadable.append(str(exc.filename))):
-        found += [f for f in (Path(root, n) for n in names) if is_image_file(f) and f.is_file()]
+        found += [f for f in (Path(root, n) for n in names) if is_image_file(f)]
     return sorted(found)
 
 
@@ -179,6 +183,8 @@ def missing_reason(text: str) -> str:
         return "no image files in this folder"
     if p.exists():
         return "not a regular file"
+    if p.is_symlink():
+        return "a broken symbolic link (its target is missing, or links back to itself)"
     if glob.has_magic(text):
         return "no file matches this pattern"
     return "file not found"

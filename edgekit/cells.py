@@ -202,7 +202,8 @@ def write_cells(
             per_field.append(_field_entry(af, cut))
             if progress:
                 progress(cut)
-        _check_classes(records, counts, allow_one_class)
+        check_classes(counts, allow_one_class,
+                      "no labelled cell could be cut (no found cell matched a labelled box)")
         summary = _cells_summary(per_field, counts, min_iou, folders)
         index = {"summary": summary, "per_field": per_field, "cells": records}
         (tmp / CELLS_INDEX).write_text(json.dumps(index, indent=1) + "\n")
@@ -272,14 +273,15 @@ def split_errors(per_field: dict[str, dict[str, Any]], coverage: dict[str, float
             "incompletely_labelled_mae_points": mean(low)}
 
 
-def _check_classes(records: list[dict[str, Any]], counts: dict[str, int], allow_one_class: bool) -> None:
-    """DataError when no cell was cut, or a class has none (unless ``allow_one_class``)."""
-    if not records:
-        raise DataError("no labelled cell could be cut (no found cell matched a labelled box)")
+def check_classes(counts: dict[str, int], allow_one_class: bool, none_why: str) -> None:
+    """The rule for every cells dataset written (from boxed fields or from reviewed sessions):
+    DataError ``none_why`` when it holds no cell, or when a class has none (unless ``allow_one_class``)."""
+    if not sum(counts.values()):
+        raise DataError(none_why)
     empty = [c for c in CLASSES if counts[c] == 0]
     if empty and not allow_one_class:
         raise DataError(
-            f"no {empty[0]} cells were cut: a dataset needs both classes "
+            f"no {empty[0]} cells: a dataset needs both classes "
             "(pass --allow-one-class for fields with one class only, e.g. healthy blood)"
         )
 

@@ -56,23 +56,15 @@ GROUPERS: dict[str, Callable[[str], str]] = {
 }
 
 
-def make_grouper(mode: str) -> Callable[[str], str]:
-    """A name in :data:`GROUPERS`, or ``regex:PATTERN`` (first capture group, else the whole match)."""
+def group_ids(mode: str, rel_paths: Sequence[str]) -> list[str]:
+    """Each file's group: a rule in :data:`GROUPERS`, or ``regex:PATTERN`` on the file name
+    (first capture group, else the whole match; run with a time limit by :mod:`edgekit.group_regex`)."""
     if mode in GROUPERS:
-        return GROUPERS[mode]
+        return [GROUPERS[mode](rel) for rel in rel_paths]
     if mode.startswith("regex:"):
-        try:
-            pattern = re.compile(mode[len("regex:") :])
-        except re.error as exc:
-            raise DataError(f"bad group regex: {exc}") from exc
+        from edgekit.group_regex import regex_groups
 
-        def by_regex(rel: str) -> str:
-            m = pattern.search(Path(rel).name)
-            if not m:
-                raise DataError(f"group regex {pattern.pattern!r} does not match {rel!r}")
-            return m.group(1) if m.groups() else m.group(0)
-
-        return by_regex
+        return regex_groups(mode[len("regex:") :], [Path(rel).name for rel in rel_paths])
     raise DataError(f"unknown group mode {mode!r}: use {', '.join(GROUPERS)}, auto or regex:PATTERN")
 
 
@@ -98,8 +90,9 @@ def scan_dataset(root: str | os.PathLike, group_mode: str = "auto") -> Dataset:
     classes = sorted(with_images)
     all_names = [f for c in classes for f in with_images[c]]
     mode = detect_group_mode(all_names) if group_mode == "auto" else group_mode
-    grouper = make_grouper(mode)
-    items = [Item(f, i, grouper(f)) for i, c in enumerate(classes) for f in with_images[c]]
+    labelled = [(f, i) for i, c in enumerate(classes) for f in with_images[c]]
+    groups = group_ids(mode, [f for f, _ in labelled])
+    items = [Item(f, i, g) for (f, i), g in zip(labelled, groups, strict=True)]
     ds = Dataset(root=root, classes=classes, items=items)
     ds.group_mode = mode  # type: ignore[attr-defined]
     return ds

@@ -46,8 +46,9 @@ def domain_fit(bundle: Path, data: Path, data_root: Path | None, offsite: tuple[
 
     Compute the training cells' statistics and the guard's thresholds, and store them in BUNDLE's
     manifest under 'domain' (rerun it whenever the bundle's training data changes; with --site, when a
-    site has checked its bundle on new fields, `edgekit site check`, and the guard should vouch for them)."""
-    from edgekit.domain_fit import fit_site_guard, fit_split_guard
+    site has checked its bundle on new fields, `edgekit site check`, and the guard should vouch for them).
+    A crop that cannot be read is named and left out, and the exit status is then 1."""
+    from edgekit.domain_fit import fit_site_guard, fit_split_guard, unreadable_line
     from edgekit.errors import DataError
     from edgekit.manifest import load_manifest
 
@@ -61,10 +62,13 @@ def domain_fit(bundle: Path, data: Path, data_root: Path | None, offsite: tuple[
         dom, report = fit_site_guard(data, block, max_train_crops, log)
     else:
         dom, report = fit_split_guard(data, data_root, offsite, offsite_list, max_train_crops, log)
+    unreadable = report.pop("unreadable")
     brief = {k: v for k, v in report.items() if k not in ("val_sessions", "offsite_dev_fields", "val_fields")}
-    click.echo(json.dumps(brief, indent=1))
-    if dry_run:
-        return
-    manifest.domain = dom
-    manifest.save(bundle)
-    click.echo(f"wrote the domain statistics into {bundle}/manifest.json", err=True)
+    click.echo(json.dumps({**brief, "unreadable_crops": len(unreadable)}, indent=1))
+    if not dry_run:
+        manifest.domain = dom
+        manifest.save(bundle)
+        click.echo(f"wrote the domain statistics into {bundle}/manifest.json", err=True)
+    if unreadable:  # fitted on the others, as `site cells` cuts the fields it can read, and exits 1
+        click.echo(f"error: {unreadable_line(unreadable)}", err=True)
+        raise SystemExit(1)

@@ -44,26 +44,42 @@ SITE_SESSION_FIELDS = 6  # a site's validation "session": this many consecutive 
 MIN_VAL_CROPS = 5
 
 
-def crop_table(crops: Iterable[str | os.PathLike | np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[int]]:
+def crop_table(crops: Iterable[str | os.PathLike | np.ndarray],
+               unreadable: list[tuple[str, str]] | None = None) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """(features (n, k), border-lit fraction (n,), indices of the measurable crops) for image files or
-    RGB uint8 arrays (unreadable files and crops without lit pixels are left out)."""
+    RGB uint8 arrays. Crops without lit pixels are left out; so are unreadable files, each named in
+    ``unreadable`` (name, reason) when it is given. :class:`DataError` when none could be read."""
     from edgekit.device.preprocess import read_image
     from edgekit.errors import ImageError
 
-    feats, lit, kept = [], [], []
-    for i, p in enumerate(crops):
+    feats, lit, kept, bad = [], [], [], []
+    n = 0
+    for n, p in enumerate(crops, 1):
         try:
             rgb = p if isinstance(p, np.ndarray) else read_image(p)
-        except ImageError:
+        except ImageError as exc:
+            bad.append((Path(p).name, str(exc)))  # pyright: ignore[reportArgumentType]  # a file here
             continue
         f = crop_features(rgb)
         if f is None:
             continue
         feats.append(f)
         lit.append(border_lit(rgb))
-        kept.append(i)
+        kept.append(n - 1)
+    if bad and len(bad) == n:
+        raise DataError(f"none of the {n} crops could be read ({bad[0][0]}: {bad[0][1]})")
+    if unreadable is not None:
+        unreadable.extend(bad)
     k = len(FEATURES)
     return (np.array(feats).reshape(-1, k), np.array(lit), kept)
+
+
+def unreadable_line(unreadable: Sequence[tuple[str, str]], shown: int = 3) -> str:
+    """The one line that names crops left out as unreadable: the count, the first few, the first reason."""
+    names = ", ".join(name for name, _ in unreadable[:shown])
+    more = f" and {len(unreadable) - shown} more" if len(unreadable) > shown else ""
+    first, why = unreadable[0]
+    return f"{len(unreadable)} unreadable crop(s) left out: {names}{more} ({first}: {why})"
 
 
 def field_table(paths: Iterable[str | os.PathLike]) -> tuple[np.ndarray, list[str], dict[str, str]]:
@@ -321,9 +337,13 @@ def fit_site_guard(data: Path, block: int, max_train_crops: int,
         train = [train[k] for k in sorted(pick)]
     log(f"site guard: {len(train)} crops of {len(parts['train'])} fields for the statistics, "
         f"{len(val)} crops of {len(parts['val'])} fields for the thresholds…")
-    return fit_site_domain(train, val, [field_of(f) for f in val],
-                           source=f"site cells of {data.name} (`edgekit domain fit --site`, blocks of "
-                                  f"{block})")
+    unreadable: list[tuple[str, str]] = []
+    train_f, lit, _ = crop_table(train, unreadable)
+    val_f, _, kept = crop_table(val, unreadable)
+    dom, report = fit_site_features(train_f, lit, val_f, [field_of(val[k]) for k in kept],
+                                    source=f"site cells of {data.name} (`edgekit domain fit --site`, "
+                                           f"blocks of {block})")
+    return dom, {**report, "unreadable": unreadable}
 
 
 def fit_split_guard(
@@ -351,13 +371,16 @@ def fit_split_guard(
     if len(train_items) > max_train_crops:
         pick = np.random.default_rng(0).choice(len(train_items), max_train_crops, replace=False)
         train_items = [train_items[k] for k in sorted(pick)]
-    train, train_lit, _ = crop_table(root / i.path for i in train_items)
+    unreadable: list[tuple[str, str]] = []
+    train, train_lit, _ = crop_table((root / i.path for i in train_items), unreadable)
     val_items = parts["val"]
-    val, _, kept = crop_table(root / i.path for i in val_items)
+    val, _, kept = crop_table((root / i.path for i in val_items), unreadable)
     fields = offsite_field_paths(offsite, offsite_list)
     off, off_names = None, []
     if fields:
         log(f"finding cells in {len(fields)} off-site dev fields…")
         off, off_names, _ = field_table(fields)
-    return fit_domain(train, train_lit, val, [val_items[k].group for k in kept], off, off_names,
-                      source=f"{len(train)} training crops of {data.name}; {len(fields)} off-site dev fields")
+    dom, report = fit_domain(train, train_lit, val, [val_items[k].group for k in kept], off, off_names,
+                             source=f"{len(train)} training crops of {data.name}; {len(fields)} off-site dev "
+                                    "fields")
+    return dom, {**report, "unreadable": unreadable}

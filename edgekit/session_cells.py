@@ -40,10 +40,11 @@ def field_name(session_id: int, source_id: str) -> str:
 
 
 def write_session_cells(db: str | os.PathLike, out: str | os.PathLike, sessions: list[str] | None = None,
-                        replace: bool = False) -> dict[str, Any]:
+                        replace: bool = False, allow_one_class: bool = False) -> dict[str, Any]:
     """Write every reviewed cell with a kept crop of ``sessions`` (ids or patients; default: all) of the
-    screening database ``db`` into ``out``; returns the summary. All or nothing, like ``edgekit cells``."""
-    from edgekit.cells import CELLS_INDEX, FIELD_SEPARATOR
+    screening database ``db`` into ``out``; returns the summary. All or nothing, and both classes
+    unless ``allow_one_class``, like ``edgekit cells`` from boxed fields."""
+    from edgekit.cells import CELLS_INDEX, FIELD_SEPARATOR, check_classes
     from edgekit.device.records import RecordStore
     from edgekit.device.review import NEGATIVE_SAMPLE_EVERY, sampled_negative
 
@@ -59,7 +60,7 @@ def write_session_cells(db: str | os.PathLike, out: str | os.PathLike, sessions:
         try:
             records_out: list[dict[str, Any]] = []
             per_field: dict[str, dict[str, Any]] = {}
-            counts = dict.fromkeys(CLASSES, 0)
+            counts: dict[str, int] = dict.fromkeys(CLASSES, 0)
             for session in chosen:
                 if session is None:
                     continue
@@ -90,9 +91,8 @@ def write_session_cells(db: str | os.PathLike, out: str | os.PathLike, sessions:
                                         "p_positive": r.get("p_positive"),
                                         "model_decision": r.get("decision"), "negative_sample": sample,
                                         "reviewer": verdict.get("reviewer")})
-            if not records_out:
-                raise DataError(f"no reviewed cell with a kept crop in {db}: review cells first "
-                                "(`edgekit sessions review` / `sessions confirm`, or the phone page)")
+            check_classes(counts, allow_one_class, f"no reviewed cell with a kept crop in {db}: review cells "
+                          "first (`edgekit sessions review` / `sessions confirm`, or the phone page)")
             summary = {
                 "fields": len({r["field"] for r in records_out}), "cells": counts,
                 "source": "reviewer verdicts on the cells screening kept (every flagged cell, and one in "

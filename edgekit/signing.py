@@ -34,12 +34,13 @@ import hashlib
 import json
 import os
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgekit.errors import BundleError, SignatureError
+from edgekit.errors import BundleError, EdgekitError, SignatureError
 from edgekit.manifest_schema import RELEASE_PATTERN
 
 SIGNATURE_NAME = "signature.json"
@@ -133,11 +134,12 @@ def load_public_key(path: str | os.PathLike) -> Any:
     raw = _ed25519_raw(pem)
     if raw is not None:
         return Ed25519PublicKey.from_public_bytes(raw)
+    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
 
     try:
         key = serialization.load_pem_public_key(pem)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise SignatureError(f"{path} is not a PEM public key ({exc})") from exc
     if not isinstance(key, Ed25519PublicKey):
         raise SignatureError(f"{path} is not an Ed25519 public key")
@@ -166,12 +168,26 @@ def trusted_keys() -> dict[str, TrustedKey]:
         if not folder.is_dir():
             continue
         for pub in sorted(folder.glob("*.pub")):
-            raw = _ed25519_raw(_read_small(pub, "public key"))
-            if raw is None:  # another PEM layout: cryptography's loader parses (or refuses) it
-                raw = load_public_key(pub).public_bytes_raw()
+            try:
+                raw = _ed25519_raw(_read_small(pub, "public key"))
+                if raw is None:  # another PEM layout: cryptography's loader parses (or refuses) it
+                    raw = load_public_key(pub).public_bytes_raw()
+            except EdgekitError as exc:  # one bad file must not stop verification with the good keys
+                _skipped_key(pub, exc)
+                continue
             kid = hashlib.sha256(raw).hexdigest()[:16]  # = key_id(), without loading the key object
             keys.setdefault(kid, TrustedKey(kid, pub.stem, pub, raw))
     return keys
+
+
+_SKIPPED_KEYS: set[Path] = set()  # said once per process: a command reads the keyring several times
+
+
+def _skipped_key(pub: Path, exc: Exception) -> None:
+    """Say once, on stderr, that a key file is left out of the keyring: it trusts nothing."""
+    if pub not in _SKIPPED_KEYS:
+        _SKIPPED_KEYS.add(pub)
+        print(f"warning: key file skipped, nothing it signed is trusted: {exc}", file=sys.stderr)
 
 
 def key_pair_paths(stem: str | os.PathLike) -> tuple[Path, Path]:

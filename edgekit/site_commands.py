@@ -70,7 +70,8 @@ def cells(fields: tuple[Path, ...], annotations: Path | None, sessions_db: Path 
             raise click.UsageError("--from-sessions takes no FIELDS or --annotations")
         from edgekit.session_cells import write_session_cells
 
-        summary = write_session_cells(sessions_db, out, list(session_keys) or None, replace=replace)
+        summary = write_session_cells(sessions_db, out, list(session_keys) or None, replace=replace,
+                                      allow_one_class=allow_one_class)
         click.echo(f"wrote {out} from {summary['fields']} fields: "
                    + ", ".join(f"{n} {c}" for c, n in summary["cells"].items())
                    + f" reviewed cells ({summary['source']})")

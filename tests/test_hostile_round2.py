@@ -228,11 +228,11 @@ def test_a_live_overlay_that_cannot_be_written_does_not_stop_the_count(tmp_path,
         view.field(1, np.full((120, 160, 3), 200, np.uint8), [])
         assert view.render("status") is not None
     err = capsys.readouterr().err
-    assert err.count("not updated (Input/output error); counting goes on") == 1
+    assert err.count("not written (Input/output error); counting goes on") == 1
     assert not list(tmp_path.iterdir())  # no temporary file left behind
     monkeypatch.setattr(os, "replace", real_replace)
     view.render("status")
-    assert (tmp_path / "ov.png").is_file() and not view.overlay_failed
+    assert (tmp_path / "ov.png").is_file() and not view.overlay_out.failing
 
 
 @pytest.mark.parametrize("change, message", [

@@ -10,11 +10,9 @@ import numpy as np
 from edgekit.device.field.focus import focus_score
 from edgekit.device.field.illumination import flatten, lighting
 from edgekit.device.field.quality import field_quality, saturated_fraction, shape_reason
-from edgekit.device.field.segment import segment_cells, working_copy
+from edgekit.device.field.segment import MAX_RADIUS_FRACTION, segment_cells, working_copy
 from edgekit.device.field.types import CellBox, FieldParams
 from edgekit.device.field.view import inside_crop, outside_view, paint_outside
-
-MAX_RADIUS_FRACTION = 4  # a typical "cell" wider than a quarter of the field's short side is a pile
 
 
 def count_cells(

@@ -12,6 +12,8 @@ import numpy as np
 from edgekit.device.field.types import CellBox, FieldParams
 from edgekit.device.preprocess import opencv
 
+MAX_RADIUS_FRACTION = 4  # a typical "cell" wider than a quarter of the field's short side is a pile
+
 
 def _odd(n: float) -> int:
     n = max(3, int(round(n)))
@@ -680,10 +682,11 @@ def segment_cells(
 ) -> tuple[list[CellBox], float]:
     """The cell finder (see the package docstring): the red cells of a field, boxes and masks in
     full-resolution pixels, and the typical cell radius in those pixels (0.0 with no cells to size,
-    and then no cells). ``work``: the field's :func:`working_copy` at ``params.max_side`` when
-    the caller has it already; ``outside``: where the field lies outside the microscope's field of
-    view (:func:`edgekit.device.field.view.outside_view`, painted as background), left out of the
-    field's statistics, and a cell touching it is cut as at the border. No quality check:
+    and then no cells; no cells either when that radius is a pile's, see ``MAX_RADIUS_FRACTION``).
+    ``work``: the field's :func:`working_copy` at ``params.max_side`` when the caller has it already;
+    ``outside``: where the field lies outside the microscope's field of view
+    (:func:`edgekit.device.field.view.outside_view`, painted as background), left out of the field's
+    statistics, and a cell touching it is cut as at the border. No quality check:
     :func:`edgekit.device.field.count_cells` is the gate and the finder together."""
     cv2 = opencv()
     p = params or FieldParams()
@@ -711,6 +714,10 @@ def segment_cells(
     radius = _typical_radius(dist, fg, circles, spread, scale, p)
     if radius < 3:
         return [], 0.0
+    if radius / scale > min(H, W) / MAX_RADIUS_FRACTION:
+        # a pile, refused by count_cells: no circles of that size are sought (on a field of noise,
+        # seconds of Hough transform, against a hundredth of one on a real field)
+        return [], radius / scale
     if p.rim > 0:
         fg, dist = _with_rims(fg, density, holes, radius, p)
     if p.ring_solidity > 0:
