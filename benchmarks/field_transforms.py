@@ -5,7 +5,7 @@
 Applies to a sample of the IML and BCCD fields (every Nth) the look of another site: hue rotated
 (in the Lab a/b plane, lightness kept; negative angles turn magenta towards blue), desaturated,
 a brightened background (per-channel gain that clips the background to white), scaled 0.7x and
-1.5x, one combination (blue-grey cells on a pale, white background), and vignettes (0.7x and 0.5x
+1.5x, one combination (blue-grey cells on a pale, white background), and vignettes (0.8x, 0.7x and 0.5x
 brightness at the corners). Each finder (``finders()``: today's defaults, the same without flattening
 uneven lighting, and the colour-window settings kept for comparison) is measured on the same
 transformed fields, alternately field by field, so times compare: recall and precision at IoU 0.5
@@ -94,6 +94,7 @@ TRANSFORMS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], float]] = {
     "scale0.7": (lambda x: rescale(x, 0.7), 0.7),
     "scale1.5": (lambda x: rescale(x, 1.5), 1.5),
     "blue-pale": (lambda x: brighten(desaturate(rotate_hue(x, -80), 0.5)), 1.0),
+    "vignette0.8": (lambda x: vignette(x, 0.8), 1.0),
     "vignette0.7": (lambda x: vignette(x, 0.7), 1.0),
     "vignette0.5": (lambda x: vignette(x, 0.5), 1.0),
 }

@@ -8,7 +8,6 @@ from __future__ import annotations
 import numpy as np
 
 from edgekit.device.field.focus import focus_score
-from edgekit.device.field.illumination import flatten, lighting
 from edgekit.device.field.quality import field_quality, saturated_fraction, shape_reason
 from edgekit.device.field.segment import MAX_RADIUS_FRACTION, segment_cells, working_copy
 from edgekit.device.field.types import CellBox, FieldParams
@@ -36,11 +35,6 @@ def count_cells(
     reason = field_quality(rgb, small, focus)
     if reason:
         return [], 0.0, reason
-    # a dim side or a vignette: one stained/unstained line no longer fits the whole field
-    light = None if p.max_falloff is None else lighting(rgb, p.max_falloff)
-    if light is not None:
-        rgb = flatten(rgb, light)
-        work = working_copy(rgb, p.max_side, p.enlarge)
     cells, radius = segment_cells(rgb, p, work, outside)
     if radius > min(rgb.shape[:2]) / MAX_RADIUS_FRACTION:
         # the "cells" are one mass wider than a quarter of the field: cells are piled up

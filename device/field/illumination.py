@@ -37,10 +37,11 @@ def lighting(rgb: np.ndarray, max_falloff: float = 0.0) -> np.ndarray | None:
     grey = cv2.resize(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), (sw, sh), interpolation=cv2.INTER_AREA)
     ny, nx = sh // BLOCK, sw // BLOCK
     blocks = grey[: ny * BLOCK, : nx * BLOCK].reshape(ny, BLOCK, nx, BLOCK).transpose(0, 2, 1, 3)
-    level = np.percentile(blocks.reshape(ny, nx, -1), BACKGROUND_PERCENTILE, axis=2).astype(np.float64).ravel()
+    level = np.percentile(blocks.reshape(ny, nx, -1), BACKGROUND_PERCENTILE, axis=2).ravel()
     cy, cx = np.mgrid[0:ny, 0:nx]
     a = _design(((cx.ravel() + 0.5) * BLOCK) / sw * 2 - 1, ((cy.ravel() + 0.5) * BLOCK) / sh * 2 - 1)
-    keep = level > 0
+    # start from the brighter half of the blocks: a stained mass or a crowded part is darker, never brighter
+    keep = (level > 0) & (level >= np.median(level))
     coef = np.zeros(a.shape[1])
     for _ in range(FIT_ROUNDS):
         if keep.sum() < a.shape[1] * 2:

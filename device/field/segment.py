@@ -9,6 +9,7 @@ from functools import cached_property
 
 import numpy as np
 
+from edgekit.device.field.illumination import flatten, lighting
 from edgekit.device.field.types import CellBox, FieldParams
 from edgekit.device.preprocess import opencv
 
@@ -692,6 +693,11 @@ def segment_cells(
     p = params or FieldParams()
     H, W = rgb.shape[:2]
     small, scale = work or working_copy(rgb, p.max_side, p.enlarge)
+    # a dim side or a vignette: one stained/unstained line no longer fits the whole field (only this
+    # working copy is flattened; the crops come from the field as it is)
+    light = None if p.max_falloff is None else lighting(small, p.max_falloff)
+    if light is not None:
+        small = flatten(small, light)
     beyond = None if outside is None else cv2.resize(
         outside.astype(np.uint8), small.shape[1::-1], interpolation=cv2.INTER_NEAREST)
     inside = None if beyond is None else beyond == 0

@@ -105,9 +105,9 @@ class FieldParams:
     cell_radius: float | None = None  # in full-resolution pixels; None: estimated per field
     # a field whose background dims by more than this fraction of its brightest (a vignette, a lamp off
     # centre) is found on a copy divided by its lighting (:mod:`.illumination`); None: never. Chosen
-    # among 0.1/0.2/0.3 on the even half of benchmarks/field_transforms.py's sample (vignettes 0.8-0.5x
-    # at the corners; recall held, and BCCD's own fields, which dim by up to 0.25, gained), checked on
-    # the odd half (RESULTS.md)
+    # among 0.1/0.15/0.2 on the even half of benchmarks/field_transforms.py's sample: vignetted fields
+    # (0.8-0.5x at the corners) found alike, BCCD's own fields (their lamps dim by 0.10-0.20) best at
+    # 0.1, IML's (at most 0.11) unchanged; checked on the odd half (RESULTS.md)
     max_falloff: float | None = 0.1
 
     def __post_init__(self) -> None:
