@@ -693,9 +693,10 @@ def verdict_rows() -> list[dict]:
 
 
 def overlay_summary(rows: list[dict], verdicts: list[dict]) -> dict:
-    """The floor for the measure with marks left out, set on the calibration fields (all kinds and
-    views); refused rates on the held-out fields before (today's measure and floor) and after, per
-    kind, view and blur; and the sharp IML and BCCD fields whose verdict changes."""
+    """Refused rates on the held-out fields, per kind, view and blur: before (the measure without
+    marks left out) and after, both at FOCUS_FLOOR and at the floor each sets on the calibration
+    fields (all kinds and views); the held-out copies the default misses (sharp refused, sigma >= 2
+    passed); and the sharp IML and BCCD fields as they are whose verdict changes at FOCUS_FLOOR."""
     from edgekit.device.field.focus import FOCUS_FLOOR, FOCUS_MEASURE, combine
 
     p = FOCUS_MEASURE.profile
@@ -708,7 +709,7 @@ def overlay_summary(rows: list[dict], verdicts: list[dict]) -> dict:
                               [r["score_before"] for r in cal if r["sigma"] >= 2])
     held = [r for r in rows if r["held_out"]]
     rules = {"before": ("score_before", FOCUS_FLOOR), "before_recalibrated": ("score_before", floor_before),
-             "after_old_floor": ("score_after", FOCUS_FLOOR), "after": ("score_after", floor)}
+             "after": ("score_after", FOCUS_FLOOR), "after_recalibrated": ("score_after", floor)}
 
     def rate(sel: list[dict], key: str, cut: float) -> float | None:
         return round(float(np.mean([r[key] < cut for r in sel])), 4) if sel else None
@@ -731,13 +732,20 @@ def overlay_summary(rows: list[dict], verdicts: list[dict]) -> dict:
     for name in ("iml", "bccd"):
         sel = [r for r in verdicts if r["set"] == name]
         b = [r["score_before"] < FOCUS_FLOOR for r in sel]
-        a = [r["score_after"] < floor for r in sel]
+        a = [r["score_after"] < FOCUS_FLOOR for r in sel]
         pairs = list(zip(sel, b, a, strict=True))
         moved[name] = {"fields": len(sel), "marks_found": sum(r["marks_found"] for r in sel),
                        "refused_before": sum(b), "refused_after": sum(a),
                        "newly_refused": [r["field"] for r, x, y in pairs if y and not x],
                        "newly_passed": [r["field"] for r, x, y in pairs if x and not y]}
-    return {"floor_before": FOCUS_FLOOR, "floor_after": floor, "floor_before_recalibrated": floor_before,
+    profile, profile_table = calibrate_profile([{**r, "edge_ratios": r["after"]} for r in rows])
+    misses = [{k: r[k] for k in ("kind", "view", "field", "sigma", "mode", "marks_found")}
+              | {"score": round(r["score_after"], 5)}
+              for r in held if (r["sigma"] == 0) == (r["score_after"] < FOCUS_FLOOR) and r["sigma"] != 1.5
+              and r["sigma"] != 1.0]
+    return {"floor": FOCUS_FLOOR, "floor_recalibrated": floor, "floor_before_recalibrated": floor_before,
+            "profile": p, "profile_from_calibration": profile, "profile_table": profile_table,
+            "misses_after": misses,
             "calibration_fields": len({(r["set"], r["field"]) for r in cal}),
             "held_out_fields": len({(r["set"], r["field"]) for r in held}),
             "copies": len(rows), "held_out": table, "sharp_as_they_are": moved}

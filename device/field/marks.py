@@ -18,10 +18,12 @@ import numpy as np
 
 from edgekit.device.preprocess import opencv
 
-LOW, HIGH = 40, 230  # black: no channel above LOW; white or a pure colour: one channel at least HIGH
-TINT = 120  # a pure colour's weakest channel is at most this (JPEG blurs a thin stroke's colour)
+LOW, HIGH = 40, 245  # black: no channel above LOW; white: none below HIGH
+# a pure colour: its strongest channel at least COLOUR, its weakest at most TINT (JPEG halves a thin
+# stroke's colour resolution and mixes the field's in)
+COLOUR, TINT = 240, 120
 STEP = 60  # grey levels (any channel) within 2 px: a step no optical edge of a field makes
-STEP_WHITE = 30  # the same from white (a label on a bright background has less contrast)
+STEP_WHITE = 45  # the same from white (a label on a bright background has less contrast)
 MIN_PIXELS = 30  # step pixels a cluster needs to be a mark (a few stray ones are noise)
 JOIN = 15  # px: step pixels this close are one cluster (the glyphs of a word, a bar and its ticks)
 MAX_SHARE = 0.02  # a cluster whose bounding box covers more of the field than this is no label
@@ -35,14 +37,14 @@ def burned_marks(rgb: np.ndarray) -> list[tuple[int, int, int, int]]:
     cv2 = opencv()
     if rgb.ndim != 3 or rgb.dtype != np.uint8 or min(rgb.shape[:2]) < 8:
         return []
-    hi, lo = rgb.max(axis=2), rgb.min(axis=2)
+    hi, lo = _channel_max_min(rgb)
     # black; white; or a pure colour (JPEG bleeds a thin stroke's other channels in, up to TINT)
-    extreme = (hi <= LOW) | ((hi >= HIGH) & ((lo >= HIGH) | (lo <= TINT)))
+    white = lo >= HIGH
+    extreme = (hi <= LOW) | white | ((hi >= COLOUR) & (lo <= TINT))
     if int(np.count_nonzero(extreme)) < MIN_PIXELS:
         return []
     k = np.ones((5, 5), np.uint8)
-    spread = cv2.subtract(cv2.dilate(rgb, k), cv2.erode(rgb, k)).max(axis=2)
-    white = lo >= HIGH
+    spread = _channel_max_min(cv2.subtract(cv2.dilate(rgb, k), cv2.erode(rgb, k)))[0]
     step = ((extreme & (spread >= STEP)) | (white & (spread >= STEP_WHITE))).view(np.uint8)
     if int(np.count_nonzero(step)) < MIN_PIXELS:
         return []
@@ -58,6 +60,14 @@ def burned_marks(rgb: np.ndarray) -> list[tuple[int, int, int, int]]:
     if sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in boxes) > MAX_TOTAL * h * w:
         return []
     return boxes
+
+
+def _channel_max_min(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each pixel's largest and smallest channel (OpenCV's: numpy's reduction over 3 channels is
+    several times slower)."""
+    cv2 = opencv()
+    a, b, c = cv2.split(rgb)
+    return cv2.max(cv2.max(a, b), c), cv2.min(cv2.min(a, b), c)
 
 
 def marks_mask(boxes: list[tuple[int, int, int, int]], shape: tuple[int, int], scale: float,
