@@ -41,22 +41,29 @@ def burned_marks(rgb: np.ndarray) -> list[tuple[int, int, int, int]]:
     # black; white; or a pure colour (JPEG bleeds a thin stroke's other channels in, up to TINT)
     white = lo >= HIGH
     extreme = (hi <= LOW) | white | ((hi >= COLOUR) & (lo <= TINT))
-    if int(np.count_nonzero(extreme)) < MIN_PIXELS:
+    ys, xs = np.nonzero(extreme)
+    if ys.size < MIN_PIXELS:
         return []
+    # the rest on the box around the extreme pixels (a mark's corner), wide enough that every
+    # window below sees what it would on the whole field
+    h, w = rgb.shape[:2]
+    m = JOIN // 2 + 3
+    y0, y1 = max(0, int(ys.min()) - m), min(h, int(ys.max()) + m + 1)
+    x0, x1 = max(0, int(xs.min()) - m), min(w, int(xs.max()) + m + 1)
+    part, extreme, white = rgb[y0:y1, x0:x1], extreme[y0:y1, x0:x1], white[y0:y1, x0:x1]
     k = np.ones((5, 5), np.uint8)
-    spread = _channel_max_min(cv2.subtract(cv2.dilate(rgb, k), cv2.erode(rgb, k)))[0]
+    spread = _channel_max_min(cv2.subtract(cv2.dilate(part, k), cv2.erode(part, k)))[0]
     step = ((extreme & (spread >= STEP)) | (white & (spread >= STEP_WHITE))).view(np.uint8)
     if int(np.count_nonzero(step)) < MIN_PIXELS:
         return []
     joined = cv2.dilate(step, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (JOIN, JOIN)))
     n, labels, stats, _ = cv2.connectedComponentsWithStats(joined, connectivity=8)
     counts = np.bincount(labels[step.view(bool)], minlength=n)
-    h, w = rgb.shape[:2]
     boxes = []
     for i in range(1, n):
         x, y, bw, bh = (int(v) for v in stats[i, :4])
         if counts[i] >= MIN_PIXELS and bw * bh <= MAX_SHARE * h * w:
-            boxes.append((x, y, x + bw, y + bh))
+            boxes.append((x0 + x, y0 + y, x0 + x + bw, y0 + y + bh))
     if sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in boxes) > MAX_TOTAL * h * w:
         return []
     return boxes
