@@ -1,6 +1,7 @@
 """Set and measure the focus floor and field identity (issue 22).
 
     python -m edgekit.benchmarks.focus_floor [--step N] [--no-write] [--rows CACHE.json]
+    python -m edgekit.benchmarks.focus_floor --overlays [--rows CACHE.json]   (burned-in marks)
 
 Fields: real in-focus IML (1280x960, P. vivax) and BCCD (640x480) fields, and NIH-like fields
 (NIH cell crops pasted on a stained-background canvas, 1200x900: NIH has no whole fields here).
@@ -22,6 +23,13 @@ the sharp fields in order. Field identity: a retake (JPEG q70, 5% shift, 0.9x or
 blur sigma 1) of each held-out field against its original, and every held-out field against its
 neighbours.
 Writes ``benchmarks/results/focus_floor.json``.
+
+``--overlays``: burned-in marks (:mod:`edgekit.device.field.marks`). IML with its own scale bar kept
+sharp on blurred copies (drawn after the optics) and cut above it; BCCD and NIH-like fields as they
+are and with a bar or timestamp burned in (black, white or yellow, any corner); whole and in an
+eyepiece disc. Before (marks read) and after (left out), at FOCUS_FLOOR and at the floor set on the
+calibration blocks; and every sharp IML and BCCD field as it is whose verdict changes. Writes
+``benchmarks/results/focus_floor_overlays.json``.
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ def test_fields_without_marks_score_bit_for_bit_as_before():
 
     rng = np.random.default_rng(1)
     dark = _fields()[0].copy()
-    for i in range(40):  # deep-stained nuclei: dark, but they pass some light; optical edges
+    for _ in range(40):  # deep-stained nuclei: dark, but they pass some light; optical edges
         cv2.circle(dark, (int(rng.integers(20, 620)), int(rng.integers(20, 460))), 9, (70, 45, 90), -1)
     copies = []
     for rgb in [*_fields(), blur(dark, 1.0)]:
