@@ -91,6 +91,9 @@ def test_odd_images_do_not_break_the_search():
     assert burned_marks(np.zeros((64, 64), np.uint8)) == []
     assert burned_marks(np.zeros((64, 64, 3), np.uint16)) == []
     assert burned_marks(np.zeros((64, 64, 3), np.uint8)) == []  # all black: no step
+    rgba = np.dstack([burn_overlay(_fields()[0], 0), np.full((480, 640), 255, np.uint8)])
+    assert burned_marks(rgba) == []  # four channels: not looked at (the score is as before)
+    assert focus_score(rgba) == focus_score(rgba, measure=WITHOUT)
 
 
 def test_iml_scale_bar_does_not_carry_a_blurred_iml_field():

@@ -35,7 +35,7 @@ def burned_marks(rgb: np.ndarray) -> list[tuple[int, int, int, int]]:
     ``rgb``; [] when there are none (most fields: they are then decided on their extreme pixels
     alone)."""
     cv2 = opencv()
-    if rgb.ndim != 3 or rgb.dtype != np.uint8 or min(rgb.shape[:2]) < 8:
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or min(rgb.shape[:2]) < 8:
         return []
     hi, lo = _channel_max_min(rgb)
     # black; white; or a pure colour (JPEG bleeds a thin stroke's other channels in, up to TINT)
