@@ -1,6 +1,7 @@
 """Set and measure the focus floor and field identity (issue 22).
 
     python -m edgekit.benchmarks.focus_floor [--step N] [--no-write] [--rows CACHE.json]
+    python -m edgekit.benchmarks.focus_floor --overlays [--rows CACHE.json]   (burned-in marks)
 
 Fields: real in-focus IML (1280x960, P. vivax) and BCCD (640x480) fields, and NIH-like fields
 (NIH cell crops pasted on a stained-background canvas, 1200x900: NIH has no whole fields here).
@@ -22,6 +23,13 @@ the sharp fields in order. Field identity: a retake (JPEG q70, 5% shift, 0.9x or
 blur sigma 1) of each held-out field against its original, and every held-out field against its
 neighbours.
 Writes ``benchmarks/results/focus_floor.json``.
+
+``--overlays``: burned-in marks (:mod:`edgekit.device.field.marks`). IML with its own scale bar kept
+sharp on blurred copies (drawn after the optics) and cut above it; BCCD and NIH-like fields as they
+are and with a bar or timestamp burned in (black, white or yellow, any corner); whole and in an
+eyepiece disc. Before (marks read) and after (left out), at FOCUS_FLOOR and at the floor set on the
+calibration blocks; and every sharp IML and BCCD field as it is whose verdict changes. Writes
+``benchmarks/results/focus_floor_overlays.json``.
 """
 
 from __future__ import annotations
@@ -94,6 +102,60 @@ def jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:
 
     encoded = cv2.imencode(".jpg", rgb, [cv2.IMWRITE_JPEG_QUALITY, quality])[1]
     return cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED)
+
+
+OVERLAY_COLOURS = ((0, 0, 0), (255, 255, 255), (255, 255, 0))  # black, white, yellow
+
+
+def burn_overlay(rgb: np.ndarray, k: int) -> np.ndarray:
+    """``rgb`` with a mark a camera's software burns in (a copy): a scale bar and its label, or a
+    timestamp; its colour, corner, kind and anti-aliasing vary with ``k``. Sized to the field."""
+    import cv2
+
+    out = rgb.copy()
+    h, w = rgb.shape[:2]
+    u = min(h, w) / 960  # IML's bar and text at 1280x960
+    colour = OVERLAY_COLOURS[k % 3]
+    line = cv2.LINE_AA if (k // 3) % 2 else cv2.LINE_8
+    right, bottom = (k // 6) % 2 == 0, (k // 12) % 2 == 0
+    x = int(w - 160 * u) if right else int(40 * u)
+    y = int(h - 90 * u) if bottom else int(50 * u)
+    if k % 2:  # a scale bar with ticks and its label
+        t = max(2, round(3 * u))
+        cv2.rectangle(out, (x, y), (x + int(95 * u), y + t), colour, -1, line)
+        for dx in (0, int(95 * u)):
+            cv2.line(out, (x + dx, y - 3 * t), (x + dx, y + 3 * t), colour, max(1, t // 2), line)
+        cv2.putText(out, "50 um", (x + int(15 * u), y + int(50 * u)), cv2.FONT_HERSHEY_SIMPLEX, 0.8 * u,
+                    colour, max(1, round(2 * u)), line)
+    else:  # a timestamp
+        x = int(w - 330 * u) if right else int(20 * u)
+        cv2.putText(out, "2026-12-06 15:43:07", (x, y), cv2.FONT_HERSHEY_SIMPLEX, 0.75 * u, colour,
+                    max(1, round(2 * u)), line)
+    return out
+
+
+IML_OVERLAY = (820, 1100)  # IML's bar and label lie below and right of this (row, column): measuring only
+
+
+def iml_overlay_pixels(rgb: np.ndarray) -> np.ndarray:
+    """Where IML field ``rgb`` holds its burned-in bar and label (bool): black or white pixels in its
+    bottom-right corner, grown by 1 px. The benchmark knows where IML's mark is; the measure does not."""
+    import cv2
+
+    y, x = IML_OVERLAY
+    corner = rgb[y:, x:]
+    ink = np.all((corner <= 60) | (corner >= 245), axis=2).astype(np.uint8)
+    mask = np.zeros(rgb.shape[:2], bool)
+    mask[y:, x:] = cv2.dilate(ink, np.ones((3, 3), np.uint8)).astype(bool)
+    return mask
+
+
+def reburn(sharp: np.ndarray, blurred: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``blurred`` with the ``mask`` pixels of ``sharp`` put back: a mark drawn after the optics stays
+    sharp whatever the focus."""
+    out = blurred.copy()
+    out[mask] = sharp[mask]
+    return out
 
 
 def retake(rgb: np.ndarray, k: int) -> np.ndarray:
@@ -553,6 +615,165 @@ def fresh_summary(rows: list[dict]) -> dict:
             "default_misses": misses}
 
 
+OVERLAY_SIGMAS = {"whole": SIGMAS, "disc": (0.0, 2.0, 3.0, 4.0)}  # blur per view
+OVERLAY_NIH_SEEDS = range(300, 320)  # NIH-like fields no other part of this benchmark draws
+
+
+def overlay_fields(every_iml: int = 3, every_bccd: int = 8) -> list[tuple[str, str, np.ndarray, bool]]:
+    """(set, id, field, held_out) for the burned-in marks check: every ``every_iml``-th IML field,
+    every ``every_bccd``-th BCCD field (blocks of BLOCK consecutive fields alternating, as above),
+    NIH-like fields of OVERLAY_NIH_SEEDS (blocks of 5)."""
+    cells = shared_data("malaria_cells")
+    crops = sorted((cells / "Uninfected").glob("*"))[::50] + sorted((cells / "Parasitized").glob("*"))[::50]
+    bccd = sorted((shared_data("blood_smear_fields_bccd") / "JPEGImages").glob("*.jpg"))
+    out = [("iml", name, _load(path), held) for name, path, held in iml_items(every_iml)]
+    out += [("bccd", p.name, _load(p), (i // BLOCK) % 2 == 1)
+            for i, p in enumerate(bccd) if i % every_bccd == 0]
+    return out + [("nih_like", f"seed{i}", nih_like(crops, i), (i // 5) % 2 == 1) for i in OVERLAY_NIH_SEEDS]
+
+
+def overlay_variants(name: str, rgb: np.ndarray) -> list[tuple[str, np.ndarray, Callable]]:
+    """(kind, field, mark) for a field: IML with its own mark (kept sharp: drawn after the optics)
+    and cut above it; the others as they are and with a mark burned in (:func:`burn_overlay`).
+    ``mark(sharp, blurred, k)`` puts the kind's mark on a blurred (or sharp) copy."""
+    if name == "iml":
+        ink = iml_overlay_pixels(rgb)
+        return [("iml_mark", rgb, lambda s, b, k: reburn(s, b, ink)),
+                ("iml_no_mark", rgb[:IML_OVERLAY[0]], lambda s, b, k: b)]
+    return [(name, rgb, lambda s, b, k: b), (f"{name}_mark", rgb, lambda s, b, k: burn_overlay(b, k))]
+
+
+def overlay_rows(every_iml: int = 3, every_bccd: int = 8) -> list[dict]:
+    """Each field of :func:`overlay_fields` in each kind (:func:`overlay_variants`), whole and through
+    the eyepiece (a black disc of 0.5 x the short side, focus read on the inscribed rectangle as
+    :func:`edgekit.device.field.quality.field_focus` does), sharp and blurred (OVERLAY_SIGMAS), each
+    copy JPEG re-encoded or noisy (MODES, after the mark: it goes through the camera too). Each copy's
+    edge ratios (profile 1) without the marks left out (today's measure) and with them."""
+    from dataclasses import replace
+
+    from edgekit.benchmarks.field_view import disc
+    from edgekit.device.field.focus import edge_ratios
+    from edgekit.device.field.marks import burned_marks
+    from edgekit.device.field.view import inside_crop
+
+    rng = np.random.default_rng(2222)
+    with_marks = profile_measure()
+    without = replace(with_marks, marks=False)
+    rows = []
+    for k, (name, fid, rgb, held) in enumerate(overlay_fields(every_iml, every_bccd)):
+        for kind, src, mark in overlay_variants(name, rgb):
+            for view, sigmas in OVERLAY_SIGMAS.items():
+                base = disc(src, 0.5)[0] if view == "disc" else src
+                for sigma in sigmas:
+                    mode = (k + int(sigma * 2)) % len(MODES)
+                    marked = mark(base, blur(base, sigma), k + int(sigma * 2))
+                    copy = (add_noise(marked, (4.0, 8.0)[mode - 2], rng) if mode >= 2
+                            else jpeg(marked, (90, 70)[mode]))
+                    seen = inside_crop(copy) if view == "disc" else copy
+                    before = edge_ratios(seen, measure=without)
+                    found = bool(burned_marks(seen))
+                    rows.append({"set": name, "kind": kind, "view": view, "field": fid, "held_out": held,
+                                 "sigma": sigma, "mode": mode, "marks_found": found, "before": before,
+                                 "after": edge_ratios(seen, measure=with_marks) if found else before})
+    return rows
+
+
+def verdict_rows() -> list[dict]:
+    """Every IML and BCCD field as it is (sharp, its own marks): edge ratios before and after."""
+    from dataclasses import replace
+
+    from edgekit.device.field.focus import edge_ratios
+    from edgekit.device.field.marks import burned_marks
+    from edgekit.device.field.view import inside_crop
+
+    with_marks = profile_measure()
+    without = replace(with_marks, marks=False)
+    rows = []
+    for name, folder, glob in (("iml", "malaria_fields_iml/images", "*.JPG"),
+                               ("bccd", "blood_smear_fields_bccd/JPEGImages", "*.jpg")):
+        for p in sorted(shared_data(folder).glob(glob)):
+            seen = inside_crop(_load(p))
+            before = edge_ratios(seen, measure=without)
+            found = bool(burned_marks(seen))
+            rows.append({"set": name, "field": p.name, "marks_found": found, "before": before,
+                         "after": edge_ratios(seen, measure=with_marks) if found else before})
+    return rows
+
+
+def overlay_summary(rows: list[dict], verdicts: list[dict]) -> dict:
+    """Refused rates on the held-out fields, per kind, view and blur: before (the measure without
+    marks left out) and after, both at FOCUS_FLOOR and at the floor each sets on the calibration
+    fields (all kinds and views); the held-out copies the default misses (sharp refused, sigma >= 2
+    passed); and the sharp IML and BCCD fields as they are whose verdict changes at FOCUS_FLOOR."""
+    from edgekit.device.field.focus import FOCUS_FLOOR, FOCUS_MEASURE, combine
+
+    p = FOCUS_MEASURE.profile
+    for r in rows + verdicts:
+        r["score_before"], r["score_after"] = (combine(*r[k], p) for k in ("before", "after"))
+    cal = [r for r in rows if not r["held_out"]]
+    floor = best_floor([r["score_after"] for r in cal if r["sigma"] == 0],
+                       [r["score_after"] for r in cal if r["sigma"] >= 2])
+    floor_before = best_floor([r["score_before"] for r in cal if r["sigma"] == 0],
+                              [r["score_before"] for r in cal if r["sigma"] >= 2])
+    held = [r for r in rows if r["held_out"]]
+    rules = {"before": ("score_before", FOCUS_FLOOR), "before_recalibrated": ("score_before", floor_before),
+             "after": ("score_after", FOCUS_FLOOR), "after_recalibrated": ("score_after", floor)}
+
+    def rate(sel: list[dict], key: str, cut: float) -> float | None:
+        return round(float(np.mean([r[key] < cut for r in sel])), 4) if sel else None
+
+    table: dict = {}
+    for kind in dict.fromkeys(r["kind"] for r in held):
+        for view in OVERLAY_SIGMAS:
+            sel = [r for r in held if r["kind"] == kind and r["view"] == view]
+            entry: dict = {"fields": len({r["field"] for r in sel}),
+                           "marks_found": round(float(np.mean([r["marks_found"] for r in sel])), 4)}
+            for rule, (key, cut) in rules.items():
+                entry[rule] = {"sharp_refused": rate([r for r in sel if r["sigma"] == 0], key, cut),
+                               "sigma_ge_2_refused": rate([r for r in sel if r["sigma"] >= 2], key, cut),
+                               **{f"sigma{s:g}": rate([r for r in sel if r["sigma"] == s], key, cut)
+                                  for s in OVERLAY_SIGMAS[view] if 0 < s < 2}}
+            entry["median_sharp"] = {k: round(float(np.median([r[k] for r in sel if r["sigma"] == 0])), 4)
+                                     for k in ("score_before", "score_after")}
+            table[f"{kind} {view}"] = entry
+    moved = {}
+    for name in ("iml", "bccd"):
+        sel = [r for r in verdicts if r["set"] == name]
+        b = [r["score_before"] < FOCUS_FLOOR for r in sel]
+        a = [r["score_after"] < FOCUS_FLOOR for r in sel]
+        pairs = list(zip(sel, b, a, strict=True))
+        moved[name] = {"fields": len(sel), "marks_found": sum(r["marks_found"] for r in sel),
+                       "refused_before": sum(b), "refused_after": sum(a),
+                       "newly_refused": [r["field"] for r, x, y in pairs if y and not x],
+                       "newly_passed": [r["field"] for r, x, y in pairs if x and not y]}
+    profile, profile_table = calibrate_profile([{**r, "edge_ratios": r["after"]} for r in rows])
+    misses = [{k: r[k] for k in ("kind", "view", "field", "sigma", "mode", "marks_found")}
+              | {"score": round(r["score_after"], 5)}
+              for r in held if (r["sigma"] == 0) == (r["score_after"] < FOCUS_FLOOR) and r["sigma"] != 1.5
+              and r["sigma"] != 1.0]
+    return {"floor": FOCUS_FLOOR, "floor_recalibrated": floor, "floor_before_recalibrated": floor_before,
+            "profile": p, "profile_from_calibration": profile, "profile_table": profile_table,
+            "misses_after": misses,
+            "calibration_fields": len({(r["set"], r["field"]) for r in cal}),
+            "held_out_fields": len({(r["set"], r["field"]) for r in held}),
+            "copies": len(rows), "held_out": table, "sharp_as_they_are": moved}
+
+
+def overlays(cache: Path | None, write: bool) -> None:
+    """``--overlays``: rows read from ``cache`` when there (else scored, and written to it)."""
+    t0 = time.time()
+    if cache and cache.exists():
+        rows, verdicts = json.loads(cache.read_text())
+    else:
+        rows, verdicts = overlay_rows(), verdict_rows()
+        if cache:
+            cache.write_text(json.dumps([rows, verdicts]))
+    result = {**overlay_summary(rows, verdicts), "seconds": round(time.time() - t0, 1)}
+    print(json.dumps(result, indent=1))
+    if write:
+        (HERE / "results" / "focus_floor_overlays.json").write_text(json.dumps(result, indent=1) + "\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--step", type=int, default=1, help="use every Nth field (quicker)")
@@ -570,7 +791,13 @@ def main(argv: list[str] | None = None) -> None:
                     help="with --fresh: the second fresh set (other fields and seeds, BCCD at 0.75x too; "
                          "focus_floor_fresh2.json)")
     ap.add_argument("--cpu", action="store_true", help="only the CPU comparison (printed)")
+    ap.add_argument("--overlays", action="store_true",
+                    help="only the burned-in marks check (focus_floor_overlays.json): fields with and "
+                         "without a mark, whole and through a disc; the floor with marks left out")
     args = ap.parse_args(argv)
+    if args.overlays:
+        overlays(args.rows, not args.no_write)
+        return
     if args.cpu:
         from edgekit.device.field.focus import FOCUS_MEASURE
 

@@ -505,7 +505,9 @@ def test_overlapping_pairs_on_real_fields():
     for name in [f"PA1717{i:02d}" for i in range(9, 15)]:
         rgb = read_image(iml / "images" / f"{name}.JPG")
         for k, p in enumerate([FieldParams(), FieldParams(split_circles=0.5)]):
-            boxes = [c.box for c in count_cells(rgb, p)[0]]
+            # the split is judged on every field, whatever its focus: PA171713 is a soft frame,
+            # refused as out of focus once IML's scale bar no longer carried its score (issue 22)
+            boxes = [c.box for c in count_cells(rgb, p, focus=1.0)[0]]
             pairs[k] += pair_objects(boxes, labels[name][0])
             matched[k] += match(boxes, labels[name][0])
     # measured 27 -> 23 (before ring filling, issue 29: 28 -> 23)
@@ -534,7 +536,9 @@ def test_cells_fill_the_input_as_in_training_at_any_magnification(shared_malaria
     trained = float(np.median([_fill(c.max(axis=2) > 10) for c in nih]))
     rgb = read_image(image)
     for k in (0.7, 1.0, 1.5):
-        cells, radius, _ = count_cells(rescale(rgb, k))
+        # the fill is judged whatever the focus: enlarged 1.5x, this IML field is refused as out of
+        # focus once its scale bar no longer carries its score (issue 22)
+        cells, radius, _ = count_cells(rescale(rgb, k), focus=1.0)
         fill = float(np.median([_fill(c.mask) for c in cells if not c.edge]))
         assert abs(fill - trained) < 0.04, (k, fill, trained)
         assert 30 * k < radius < 50 * k  # the cells' size follows the magnification; the fill does not
