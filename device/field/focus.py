@@ -32,10 +32,14 @@ measure before the profile did (``focus_floor --cpu``).
 
 Burned-in marks (a scale bar, a label, a timestamp) are drawn after the optics: sharp whatever the
 focus, they carried most of IML's scores (its "50 um" bar: a sharp field scored 0.19 whole, 0.05
-without its bottom rows, and a blurred copy with the bar kept sharp passed). They are found by
-their colour and steps, wherever they are (:mod:`edgekit.device.field.marks`), and their boxes are
-left out of the edges and the flat blocks (``FocusMeasure.marks``); a field without them scores
-exactly as without this.
+without its bottom rows, and a blurred copy with the bar kept sharp passed). They can be found by
+their colour and steps, wherever they are (:mod:`edgekit.device.field.marks`), and their boxes left
+out of the edges and the flat blocks (``FocusMeasure.marks``; a field without them scores exactly as
+without it). **Not the default:** with the bar left out, IML's own soft but usable fields fall under
+the one floor every microscope shares (14 of 172 dev fields refused), and on the camera's focus pulls
+(``benchmarks/camera_focus.py``) the flatter score took 6 of 8 fields, two of them mid-focus (sigma
+0.55 and 1.26), against 8 of 8 at their focus peak without it. The marks need a floor that is not
+one absolute number for every microscope.
 
 The measure can also be taken at a fixed number of pixels per cell radius (the radius from Hough
 circles, :func:`edgekit.device.field.segment.cell_radius`), so that a higher magnification or a
@@ -54,7 +58,7 @@ std 0-8 and JPEG q60-95 drawn together, blur sigma 2-4). With marks left out, th
 again on the calibration blocks of IML (with its bar kept sharp on blurred copies, and cut above
 it), BCCD and NIH-like fields (as they are, and with a mark burned in), whole and in an eyepiece
 disc (``focus_floor --overlays``, ``focus_floor_overlays.json``): 0.0345, within the spread of the
-calibrations; the floor is kept, so no field without marks changes verdict.
+calibrations (with the option on).
 """
 
 from __future__ import annotations
@@ -122,7 +126,7 @@ class FocusMeasure:
 
 
 # the measure FOCUS_FLOOR was set for (focus_floor.json)
-FOCUS_MEASURE = FocusMeasure(noise=True, profile=0.9, select=5, edges=10.0, flat=40.0, marks=True)
+FOCUS_MEASURE = FocusMeasure(noise=True, profile=0.9, select=5, edges=10.0, flat=40.0, marks=False)
 
 
 def focus_score(rgb: np.ndarray, radius: float | None = None, measure: FocusMeasure | None = None) -> float:
