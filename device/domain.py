@@ -256,8 +256,8 @@ def check_cell(rgb: np.ndarray, domain: Domain, dark_level: int = DARK_LEVEL,
 
 
 def _colourless(c: float, domain: Domain) -> str:
-    return (f"no stain colour (chroma {c:.1f} < {domain.min_chroma:.1f}): a grayscale image, but the"
-            " model was trained on colour-stained cells")
+    return (f"no stain colour (chroma {c:.1f} < {domain.min_chroma:.1f}): a grayscale image or a stain too"
+            " pale for this model, which was trained on colour-stained cells")
 
 
 def colourless_field(crops: Sequence[np.ndarray], domain: Domain) -> str | None:
