@@ -159,7 +159,8 @@ def cut_field(af: AnnotatedField, min_iou: float = 0.4, params: Any = None) -> F
         matched.add(i)
         c = cells[j]
         info = {"box": [b.x0, b.y0, b.x1, b.y1], "cell": list(c.box), "iou": round(iou, 3),
-                "source_label": b.source_label, "edge": c.edge}
+                "source_label": b.source_label, "edge": c.edge,
+                "separation": c.separation}
         out.crops.append((b.label, i, crop_cell(rgb, c), info))
     for i, b in enumerate(af.boxes):
         if b.label and i not in matched:

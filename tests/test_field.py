@@ -474,6 +474,24 @@ def test_overlapping_pairs_are_cut_between_their_circles():
     assert match([c.box for c in cells], boxes) == len(boxes) == len(cells)
 
 
+def test_each_cell_says_how_it_was_separated():
+    """A lone disc is "alone", a disc of a ring of touching ones "touching", and each half of an
+    overlapping pair cut between its circles "overlapping" (per-cell output and site cells carry it)."""
+    from edgekit.device.field.types import SEPARATIONS
+
+    rgb, boxes = _pair_field()
+    cells, _, _ = count_cells(rgb, FieldParams(stain_floor=0.25, split_circles=0.5))
+    overlap = iou_matrix(boxes, boxes) > 0
+    pairs = [b for k, b in enumerate(boxes) if overlap[k].sum() > 1]  # discs overlapping another
+    for c in cells:
+        in_pair = max(iou_matrix([c.box], pairs)[0]) >= 0.5
+        assert c.separation == ("overlapping" if in_pair else "alone"), (c.box, c.separation)
+    assert {c.separation for c in cells} == {"alone", "overlapping"}
+    ring, _ = _ring_field()
+    assert {c.separation for c in count_cells(ring)[0]} <= {"touching"}
+    assert set(SEPARATIONS) == {"alone", "touching", "overlapping"}
+
+
 def test_stain_colour_of_a_field_with_few_cells():
     """Issue 29: where cells cover less than 30% of the field, the pixels above the 70th density
     percentile are mostly background noise, whose colour is grey: measured there, the stain colour

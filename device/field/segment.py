@@ -325,12 +325,13 @@ def _circle_seeds(
 
 def _split_touching(
     circles: np.ndarray, fg: np.ndarray, dist: np.ndarray, radius: float, p: FieldParams
-) -> tuple[np.ndarray, int]:
+) -> tuple[np.ndarray, int, np.ndarray]:
     """Split touching cells: one seed per distance-transform peak, then every foreground pixel goes
     to the seed of its blob minimizing (distance to seed - seed's own radius). For overlapping
     discs this is the watershed of the distance transform (the cut runs through the waist between
     two cells) without a flooding loop; OpenCV's watershed floods by colour difference between
-    neighbours, which a smooth distance map does not have."""
+    neighbours, which a smooth distance map does not have. Also returns, per region (index k - 1
+    for label k), whether it shares its foreground blob with another seed (touching cells)."""
     cv2 = opencv()
     win = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (_odd(p.peak_window * radius),) * 2)
     peaks = (dist >= cv2.dilate(dist, win) - 1e-3) & (dist > p.peak_height * radius)
@@ -369,7 +370,8 @@ def _split_touching(
         take = (blobs[y0:y1, x0:x1] == blob) & (score < best[y0:y1, x0:x1]) & (score < reach)
         best[y0:y1, x0:x1][take] = score[take]
         labels[y0:y1, x0:x1][take] = k
-    return labels, len(found)
+    shared = np.array([per_blob[blobs[cy, cx]] > 1 for cy, cx, _ in found], bool)  # pyright: ignore[reportCallIssue, reportArgumentType]
+    return labels, len(found), shared
 
 
 def _elongation(ys: np.ndarray, xs: np.ndarray) -> float:
@@ -559,33 +561,38 @@ def _oblong_along(
 def _split_clumps(
     regions: list[tuple[np.ndarray, np.ndarray]], cell_area: float, p: FieldParams,
     centres: list[list[tuple[float, float, float]]] | None = None,
-) -> list[tuple[np.ndarray, np.ndarray]]:
+    touching: np.ndarray | None = None,
+) -> list[tuple[np.ndarray, np.ndarray, str]]:
     """The regions, those that hold several cells split by area (sizes relative to the field's
     typical single cell) or by the cell circles in them (``centres``, :func:`_circle_centres`),
-    empty ones left out."""
+    empty ones left out; each with how it was separated (:data:`~.types.SEPARATIONS`): cut out
+    of a clump of overlapping cells, split from ``touching`` neighbours, or alone."""
     single = [ys.size for ys, _ in regions if 0.5 * cell_area <= ys.size <= 1.5 * cell_area]
     typical = float(np.median(single)) if len(single) >= 3 else cell_area
-    pieces = []
+    pieces: list[tuple[np.ndarray, np.ndarray, str]] = []
     for k, (ys, xs) in enumerate(regions):
         inside = centres[k] if centres else []
+        own = "touching" if touching is not None and touching[k] else "alone"
+        parts: list[tuple[np.ndarray, np.ndarray]] = []
         if p.split_area > 0 and ys.size > p.split_area * typical:
             # a clump the seeds did not split: as many cells as its area holds, nearest-centre split
-            pieces += _kmeans_split(ys, xs, int(round(ys.size / typical)))
+            parts = _kmeans_split(ys, xs, int(round(ys.size / typical)))
         elif len(inside) >= 2 and ys.size > p.split_min_area * typical:
             # overlapping cells whose union has one distance peak (a seed between them), while the
             # arcs of their outlines give a circle each: cut between the circles' centres
             parts = _circle_split(ys, xs, inside[: max(2, int(round(ys.size / typical)))])
             big = min(py.size for py, _ in parts) >= p.min_area * typical
-            if big and _oblong_along(ys, xs, inside[:2]):
-                pieces += parts
-            else:
-                pieces.append((ys, xs))
+            if not (big and _oblong_along(ys, xs, inside[:2])):
+                parts = []
         elif (p.split_elongation > 0 and ys.size > p.split_min_area * typical
               and _elongation(ys, xs) > p.split_elongation):
             # two overlapping cells: a little more than one cell's area, but oblong, not round
-            pieces += _kmeans_split(ys, xs, max(2, int(round(ys.size / typical))))
-        elif ys.size:
-            pieces.append((ys, xs))
+            parts = _kmeans_split(ys, xs, max(2, int(round(ys.size / typical))))
+        if len(parts) > 1:
+            pieces += [(py, px, "overlapping") for py, px in parts]
+        elif parts or ys.size:
+            py, px = parts[0] if parts else (ys, xs)
+            pieces.append((py, px, own))
     return pieces
 
 
@@ -614,7 +621,7 @@ class _Cropper:
     full: tuple[int, int]  # the field's (height, width)
     beyond: np.ndarray | None = None  # bool: outside the field of view, grown by a pixel (None: all inside)
 
-    def cell(self, ys: np.ndarray, xs: np.ndarray, index: int) -> CellBox | None:
+    def cell(self, ys: np.ndarray, xs: np.ndarray, index: int, separation: str = "alone") -> CellBox | None:
         """Region (ys, xs) as cell number ``index``; None when it is no red cell."""
         h, w = self.zone.shape
         y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
@@ -634,7 +641,7 @@ class _Cropper:
         y0, y1, x0, x1 = box
         mask = local.astype(bool)
         return CellBox(index, int(x0), int(y0), int(x1 - x0), int(y1 - y0), area=int(mask.sum()), mask=mask,
-                       edge=bool(edge))
+                       edge=bool(edge), separation=separation)
 
     @property
     def _growth(self) -> int:
@@ -729,17 +736,17 @@ def segment_cells(
     if p.ring_solidity > 0:
         fg, dist = _fill_rings(fg, dist, radius, p)
     circles = _cell_circles(density, radius, p)
-    markers, n = _split_touching(circles, fg, dist, radius, p)
+    markers, n, touching = _split_touching(circles, fg, dist, radius, p)
     # growth only reaches into faintly stained pixels (a cell's pale edge), never into background
     edge_fg = _foreground(density, p.threshold * p.grow_threshold, p.min_od) > 0 if p.grow > 0 else None
     if beyond is not None:  # a cell touching the surround is cut, as at the border
         beyond = cv2.dilate(beyond, np.ones((3, 3), np.uint8)).astype(bool)
     cropper = _Cropper(p, radius, scale, _nucleus_zone(nuc, radius, p), edge_fg, (H, W), beyond)
     pieces = _split_clumps(_regions(markers, n), math.pi * radius * radius, p,
-                           _circle_centres(circles, markers, n, radius, p))
+                           _circle_centres(circles, markers, n, radius, p), touching)
     cells: list[CellBox] = []
-    for ys, xs in pieces:
-        cell = cropper.cell(ys, xs, len(cells))
+    for ys, xs, separation in pieces:
+        cell = cropper.cell(ys, xs, len(cells), separation)
         if cell is not None:
             cells.append(cell)
     return cells, radius / scale

@@ -124,6 +124,10 @@ class FieldParams:
         return cls(**{"density": "green", "background": "percentile", **changes})
 
 
+SEPARATIONS = ("alone", "touching", "overlapping")  # a lone blob; split from touching cells at a waist;
+# cut out of a clump of overlapping cells (part of its outline is a cut, and a neighbour's rim may be inside)
+
+
 @dataclass
 class CellBox:
     """One found cell, in full-resolution pixel coordinates of the field."""
@@ -136,6 +140,7 @@ class CellBox:
     area: int
     mask: np.ndarray  # bool (h, w): True inside the cell
     edge: bool = False  # touches the field border (a cut cell)
+    separation: str = "alone"  # how the finder separated it from its neighbours (SEPARATIONS)
 
     @property
     def box(self) -> tuple[int, int, int, int]:
@@ -229,6 +234,7 @@ class FieldReport:
                     "box": list(c.box),
                     "area": c.area,
                     "edge": c.edge,
+                    "separation": c.separation,
                     **(
                         {"p": round(self.probabilities[i], 4), "decision": self.decisions[i]}
                         if self.decisions
