@@ -337,16 +337,32 @@ def html_page(items: list[dict[str, Any]], title: str, summary_text: list[str], 
     cards = []
     for it in items:
         text, colour = _state(it)
-        data = base64.b64encode(it["png"]).decode() if it["png"] else ""
-        img = (f'<img alt="cell {it["id"]}" src="data:image/png;base64,{data}">'
-               if it["png"] else '<div class="none">crop not kept</div>')
         rev = it["review"]
         who = f" by {html.escape(rev['reviewer'])}" if rev and rev.get("reviewer") else ""
-        cards.append(
-            f'<figure style="border-color: rgb{colour}">{img}<figcaption><b>#{it["id"]}</b> '
-            f'p={it["p"] or 0:.3f} {html.escape(str(it["decision"]))}<br>{html.escape(it["source"])}<br>'
-            f'{html.escape(text)}{html.escape(who)}</figcaption></figure>')
-    body = "\n".join(cards) or "<p>No cell was called parasitized or uncertain.</p>"
+        caption = (f'<b>#{it["id"]}</b> p={it["p"] or 0:.3f} {html.escape(str(it["decision"]))}<br>'
+                   f'{html.escape(it["source"])}<br>{html.escape(text)}{html.escape(who)}')
+        cards.append((it["png"], f"cell {it['id']}", caption, colour))
+    legend = ("Frame colours: red = counted parasitized by the model, orange = uncertain (not counted), "
+              "grey = a random sample of cells the model called negative (confirm those too: they teach a "
+              "site model both sides), purple/green = a reviewer said parasitized / not parasitized. Most "
+              "suspicious first.")
+    hint = f"Record your verdicts: <code>{html.escape(confirm_hint)}</code>"
+    return gallery_page(cards, title, summary_text, legend, hint,
+                        "No cell was called parasitized or uncertain.")
+
+
+def gallery_page(cards: Sequence[tuple[bytes | None, str, str, tuple[int, int, int]]], title: str,
+                 summary_text: Sequence[str], legend: str, hint_html: str, empty: str) -> str:
+    """A self-contained HTML page (images inline): one framed card per (png, alt text, caption HTML,
+    frame colour), under a title, a summary list, a legend and a hint (HTML)."""
+    figures = []
+    for png, alt, caption, colour in cards:
+        data = base64.b64encode(png).decode() if png else ""
+        img = (f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+               if png else '<div class="none">crop not kept</div>')
+        figures.append(f'<figure style="border-color: rgb{colour}">{img}'
+                       f'<figcaption>{caption}</figcaption></figure>')
+    body = "\n".join(figures) or f"<p>{html.escape(empty)}</p>"
     lines = "".join(f"<li>{html.escape(s.strip())}</li>" for s in summary_text)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
@@ -360,10 +376,8 @@ figcaption {{ font-size: 11px; word-break: break-all; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
 <ul>{lines}</ul>
-<p>Frame colours: red = counted parasitized by the model, orange = uncertain (not counted), grey = a
-random sample of cells the model called negative (confirm those too: they teach a site model both
-sides), purple/green = a reviewer said parasitized / not parasitized. Most suspicious first.</p>
-<p>Record your verdicts: <code>{html.escape(confirm_hint)}</code></p>
+<p>{html.escape(legend)}</p>
+<p>{hint_html}</p>
 {body}
 </body></html>
 """

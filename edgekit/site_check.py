@@ -44,6 +44,7 @@ BOUNDS = {
     "sensitivity_at_specificity": ("sensitivity_at_specificity_0.995", "min"),
 }
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+REVIEW_TOP = 48  # disagreements kept per side, most confident first (the labels most worth checking)
 CHUNK = 256  # crops decoded and classified at a time (bounded memory on a small device)
 
 
@@ -62,6 +63,7 @@ class CheckResult:
     failures: list[str] = field(default_factory=list)
     per_field: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    disagreements: dict[str, Any] = field(default_factory=dict)
 
     @property
     def holds(self) -> bool:
@@ -164,7 +166,72 @@ def check_site(bundle: str | os.PathLike, data: str | os.PathLike,
         bundle=str(clf.bundle_dir), model_format=clf.fmt, cells=int(len(y)), positive_cells=int(y.sum()),
         fields=len(fields), measured=measured, bounds=bounds, bounds_from=bounds_from,
         failures=_bound_failures(_held(measured), bounds), per_field=per_field, notes=notes,
+        disagreements=disagreements(Path(data), [items[k] for k in keep], p, y, called, decision),
     )
+
+
+def disagreements(data: Path, items: list[tuple[Path, str, str]], p: np.ndarray, y: np.ndarray,
+                  called: np.ndarray, decision: Any) -> dict[str, Any]:
+    """The labelled cells the bundle contradicts: labelled negative but called (most confident
+    first) and labelled positive but not called (least confident first), the first
+    :data:`REVIEW_TOP` of each with their field and box (``cells.json``). On IML most of the
+    confident ones are the labels' errors (rings and stippling boxed as plain red cells), which cap
+    what a site's test can measure: they are the labels to check before adapting again."""
+    import json
+
+    try:
+        boxes = {c["file"]: c.get("box") for c in json.loads((data / "cells.json").read_text())["cells"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        boxes = {}
+    sides = {"labelled_negative_called": np.flatnonzero(~y & called),
+             "labelled_positive_not_called": np.flatnonzero(y & ~called)}
+    out: dict[str, Any] = {"cutoff": decision.cutoff}
+    for side, idx in sides.items():
+        order = idx[np.argsort(-p[idx] if side == "labelled_negative_called" else p[idx], kind="stable")]
+        out[side] = int(len(idx))
+        cells = []
+        for k in order[:REVIEW_TOP]:
+            f, label, fld = items[int(k)]
+            rel = f.relative_to(data).as_posix() if f.is_relative_to(data) else str(f)
+            cells.append({"file": rel, "field": fld, "label": label, "p": round(float(p[k]), 4),
+                          "box": boxes.get(rel)})
+        out[f"{side}_cells"] = cells
+    return out
+
+
+def review_page(r: CheckResult, data: Path) -> str:
+    """The disagreements of ``r`` as a self-contained HTML page (crops inline): the labels to check."""
+    import html
+
+    from edgekit.device.preprocess import read_image
+    from edgekit.device.review import encode_png, gallery_page
+    from edgekit.errors import ImageError
+
+    d = r.disagreements
+    cards = []
+    sides = (("labelled_negative_called", (230, 30, 30)), ("labelled_positive_not_called", (240, 150, 0)))
+    for side, colour in sides:
+        for c in d.get(f"{side}_cells", []):
+            try:
+                png = encode_png(read_image(data / c["file"]))
+            except ImageError:
+                png = None
+            box = "" if c["box"] is None else f" box {c['box']}"
+            caption = (f"labelled <b>{html.escape(c['label'])}</b>, p={c['p']:.3f}<br>"
+                       f"{html.escape(c['field'])}{html.escape(box)}<br>{html.escape(c['file'])}")
+            cards.append((png, c["file"], caption, colour))
+    summary = [f"{d.get('labelled_negative_called', 0)} cells labelled negative are called parasitized at "
+               f"the cutoff {d.get('cutoff', 0):.3f}; {d.get('labelled_positive_not_called', 0)} labelled "
+               "parasitized are not.",
+               f"Bundle {r.bundle} ({r.model_format}), {r.cells} labelled cells of {r.fields} fields."]
+    legend = ("Red frames: labelled negative, called parasitized (most confident first). Orange: labelled "
+              "parasitized, not called (least confident first). A confident disagreement is often a label "
+              "error: a ring, stippling or pigment boxed as a plain red cell.")
+    hint = ("Check each against its field; correct the annotation file, cut the cells again "
+            "(<code>edgekit site cells</code>) and adapt again. Do not edit only the test fields' labels: "
+            "a test held to labels chosen by the model measures nothing.")
+    return gallery_page(cards, "Labels to check", summary, legend, hint,
+                        "The bundle agrees with every label.")
 
 
 def _classify_items(
@@ -322,6 +389,11 @@ def report_lines(r: CheckResult) -> list[str]:
     share = m.get("guard_ok_share")
     lines.append("  domain guard: " + ("no statistics in the bundle" if share is None else
                                         f"vouches for {share:.0%} of the fields"))
+    d = r.disagreements
+    if d:
+        lines.append(f"  labels the bundle contradicts: {d['labelled_negative_called']} labelled negative "
+                     f"called parasitized, {d['labelled_positive_not_called']} labelled parasitized not "
+                     "called (--review PAGE shows the most confident: often label errors worth checking)")
     lines += [f"  note: {n}" for n in r.notes]
     bounds = ", ".join(f"{k} {'<=' if BOUNDS[k][1] == 'max' else '>='} {v:g}" for k, v in r.bounds.items())
     lines.append(f"  bounds ({r.bounds_from}): {bounds}")

@@ -251,12 +251,15 @@ def adapt(model: Path, site: Path, out: Path, fields_split: Path | None, block: 
 @option("--field-images", "fields_dir", aliases=("--fields",), type=click.Path(path_type=Path), default=None,
         help="Their field images (the folder given to `edgekit site cells`): the guard's verdict and the "
              "parasitemia of each whole field, as `edgekit field` reports them.")
+@option("--review", "review", type=click.Path(path_type=Path), default=None,
+        help="Write an HTML page of the labelled cells the bundle contradicts most confidently (the labels "
+             "most worth checking), with their field and box.")
 @model_format_option()
 @allow_unsigned_option()
 @format_option("text", "json", default="text", old_flags={"--json": "json"},
                help_text="Print the measurements and the verdict as text or JSON.")
-def site_check(bundle: Path, data: Path, fields_dir: Path | None, model_format: str | None,
-               allow_unsigned: bool, out_format: str) -> None:
+def site_check(bundle: Path, data: Path, fields_dir: Path | None, review: Path | None,
+               model_format: str | None, allow_unsigned: bool, out_format: str) -> None:
     """Check that a site bundle still holds on newly labelled fields.
 
     Measure SITE BUNDLE on newly labelled fields of its site through the device runtime (cell AUC,
@@ -266,10 +269,17 @@ def site_check(bundle: Path, data: Path, fields_dir: Path | None, model_format: 
     import json
     import sys
 
-    from edgekit.site_check import check_site, report_lines
+    from edgekit.manifest import atomic_write_text
+    from edgekit.safefile import check_output_target
+    from edgekit.site_check import check_site, report_lines, review_page
 
+    if review is not None:  # refused before the measuring, not after (a folder, a link, no such folder)
+        check_output_target(review, force=True)
     result = check_site(bundle, data, fields_dir, model_format, allow_unsigned or None,
                         log=lambda s: click.echo(s, err=True))
+    if review is not None:
+        atomic_write_text(review, review_page(result, data))
+        click.echo(f"labels to check: {review}", err=True)
     if out_format == "json":
         click.echo(json.dumps(result.to_dict(), default=float))
     else:

@@ -184,3 +184,36 @@ def test_site_check_whole_fields(site_bundle, tmp_path):
     assert out["measured"]["whole_field_parasitemia_error_points"] is not None
     whole = [r["whole_field"] for r in out["per_field"]]
     assert all(w.get("cells", 0) >= 15 for w in whole), whole
+
+
+def test_site_check_shows_the_labels_it_contradicts(site_bundle, tmp_path):
+    """Issue 21: label errors cap what a site's test measures (IML boxes rings and stippled cells as
+    plain red cells); --review writes the labelled cells the bundle contradicts most confidently,
+    flipped labels first, with their field and box from cells.json."""
+    _set_gate(site_bundle, None)
+    data = write_site_cells(tmp_path / "cells", [f"R{i:02d}" for i in range(4)], seed=5)
+    # two parasitized cells filed as uninfected and two uninfected ones as parasitized: label errors
+    wrong = {"Parasitized/R00__0.png": "Uninfected", "Parasitized/R02__1.png": "Uninfected",
+             "Uninfected/R01__10.png": "Parasitized", "Uninfected/R03__12.png": "Parasitized"}
+    for rel, cls in wrong.items():
+        (data / rel).rename(data / cls / Path(rel).name)
+    cells = [{"file": f"{p.parent.name}/{p.name}", "box": [1, 2, 3, 4]} for p in sorted(data.glob("*/*.png"))]
+    (data / "cells.json").write_text(json.dumps({"cells": cells, "per_field": []}))
+    page = tmp_path / "labels.html"
+    res = CliRunner().invoke(main, ["site", "check", str(site_bundle), "--data", str(data), "--review",
+                                    str(page), "--json"])
+    assert res.exit_code in (0, 1), res.output
+    d = json.loads(res.stdout)["disagreements"]
+    flipped = {f"{cls}/{Path(rel).name}" for rel, cls in wrong.items()}
+    first = {c["file"] for c in d["labelled_negative_called_cells"][:2]}
+    first |= {c["file"] for c in d["labelled_positive_not_called_cells"][:2]}
+    assert first == flipped
+    assert d["labelled_negative_called"] >= 2 and d["labelled_positive_not_called"] >= 2
+    assert d["labelled_negative_called_cells"][0]["box"] == [1, 2, 3, 4]
+    text = page.read_text()
+    assert text.count("<figure") == len(d["labelled_negative_called_cells"]) + len(
+        d["labelled_positive_not_called_cells"])
+    assert "Uninfected/R00__0.png" in text and "data:image/png;base64," in text
+    res = CliRunner().invoke(main, ["site", "check", str(site_bundle), "--data", str(data), "--review",
+                                    str(tmp_path)])
+    assert res.exit_code != 0 and "refusing to write" in res.output and "Traceback" not in res.output
