@@ -35,7 +35,10 @@ STATUSES = ("classified", "rejected", "failed")
 # A cell crop is ~100x100 px; 16 MP bounds what one crop can cost (decode, quality gates) to ~0.4 GB,
 # where the 50 MP field limit let a 3 MB PNG take 1.2 GB on the crop path.
 MAX_CROP_PIXELS = 16_000_000
-BATCH_SIZE = 32  # images per inference call and per committed transaction (64: ~10 MB more RSS, no faster)
+BATCH_SIZE = 32  # images per committed transaction and per lookahead (64: ~10 MB more RSS, no faster)
+# images per inference call: the model's activations are sized for it (32: ~4 MB more peak RSS on
+# 1,000 NIH crops than 16, no faster on 1 or 2 threads; speed round 10)
+MODEL_BATCH = 16
 
 
 @dataclass
@@ -256,8 +259,8 @@ def classify_items(
     n_workers: int = 1,
 ) -> Iterator[Outcome]:
     """The outcome of each (shown name, path or None: not found) of :func:`expand_inputs`, in order:
-    the first image alone, so its result shows at once; then :data:`BATCH_SIZE` at a time (one
-    inference call each)."""
+    the first image alone, so its result shows at once; then :data:`BATCH_SIZE` at a time (inference
+    calls of :data:`MODEL_BATCH`)."""
     starts = [0, *range(1, len(items), BATCH_SIZE)] if items else []
     for a, b in zip(starts, [*starts[1:], len(items)], strict=True):
         chunk = items[a:b]
@@ -304,9 +307,9 @@ def predict_loaded(
     if ready:
         pre = classifier.manifest.preprocessing
         t0 = time.perf_counter()
-        # at most BATCH_SIZE crops per call: a whole field's ~130 cells in one call sized the model's
+        # at most MODEL_BATCH crops per call: a whole field's ~130 cells in one call sized the model's
         # activations (and the stacked input) for all of them, ~40 MB of peak RSS for no speed
-        probs = predict_in_batches(classifier.predict, [rgb for _, rgb in ready], BATCH_SIZE,
+        probs = predict_in_batches(classifier.predict, [rgb for _, rgb in ready], MODEL_BATCH,
                                    lambda chunk: np.stack([prepare(rgb, pre) for rgb in chunk]))
         share = (time.perf_counter() - t0) / len(ready)
         for (out, _), row in zip(ready, probs, strict=True):
