@@ -35,7 +35,9 @@ STATUSES = ("classified", "rejected", "failed")
 # A cell crop is ~100x100 px; 16 MP bounds what one crop can cost (decode, quality gates) to ~0.4 GB,
 # where the 50 MP field limit let a 3 MB PNG take 1.2 GB on the crop path.
 MAX_CROP_PIXELS = 16_000_000
-BATCH_SIZE = 32  # images per committed transaction and per lookahead (64: ~10 MB more RSS, no faster)
+# images per committed transaction and per lookahead: a batch's decoded crops are held until it is
+# committed, and each commit waits for the disk (synchronous=FULL)
+BATCH_SIZE = 32
 # images per inference call: the model's activations are sized for it (32: ~4 MB more peak RSS on
 # 1,000 NIH crops than 16, no faster on 1 or 2 threads; speed round 10)
 MODEL_BATCH = 16
