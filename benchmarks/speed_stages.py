@@ -33,8 +33,8 @@ STAGES = (
     ("edgekit.device.screening", "check_field", "field: session check (identity, focus rule)"),
     ("edgekit.device.screening", "field_items", "field: cut the cells"),
     ("edgekit.device.screening", "_triage", "hash + skip the recorded"),
-    ("edgekit.device.pipeline", "_load_one", "crop: decode + domain features + gates + prepare"),
-    ("edgekit.device.pipeline", "predict_loaded", "model (caller's thread)"),
+    ("edgekit.device.pipeline", "_load_one", "crop: decode, domain features, gates (+ prepare < round 10)"),
+    ("edgekit.device.pipeline", "predict_loaded", "model (+ prepare from round 10; caller's thread)"),
     ("edgekit.device.review", "_crop_png", "review crops: PNG"),
     ("edgekit.device.records", "RecordStore.add_records", "SQLite writes"),
 )

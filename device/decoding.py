@@ -4,8 +4,9 @@
 Order of work for every file: refuse anything but a regular file (before a byte is read: a FIFO
 cannot hang us), refuse files over ``max_bytes``, read the header with Pillow's lazy open (no pixel
 or metadata block decoded; a plain single-image WebP's few header bytes directly, as libwebp reads
-them: no Pillow import) and refuse images over ``max_pixels``; only then read the EXIF
-orientation (from the header: for PNG only an eXIf chunk met before the pixel data) and decode.
+them, and a plain JPEG's markers (:mod:`~edgekit.device.jpeg_header`): no Pillow import) and refuse
+images over ``max_pixels``; only then read the EXIF orientation (from the header: for PNG only an
+eXIf chunk met before the pixel data) and decode.
 Formats Pillow cannot identify are refused rather than handed to another decoder.
 
 Partly decoded images are refused: OpenCV returns nothing for truncated PNG/JPEG/WebP/BMP/TIFF
@@ -38,6 +39,7 @@ from typing import IO
 
 import numpy as np
 
+from edgekit.device.jpeg_header import simple_jpeg_header
 from edgekit.errors import ImageError
 
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
@@ -142,6 +144,11 @@ def probe_header(data: bytes, max_pixels: int) -> tuple[int, int, str, int]:
     if simple is not None:  # most crops: no Pillow (its import is ~15 ms of a cold start)
         _check_size(*simple, max_pixels)
         return *simple, "WEBP", 1
+    jpeg = simple_jpeg_header(data)
+    if jpeg is not None:  # most camera fields: no Pillow either (its modules and libraries: ~5 MB of RSS)
+        w, h, orientation = jpeg
+        _check_size(w, h, max_pixels)
+        return w, h, "JPEG", orientation if 1 <= orientation <= 8 else 1
     from PIL import Image, UnidentifiedImageError
 
     Image.MAX_IMAGE_PIXELS = None  # our own limit below, from the header alone

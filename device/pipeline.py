@@ -26,7 +26,7 @@ from edgekit.safefile import NotRegularFile, is_regular, open_regular
 
 if TYPE_CHECKING:
     from edgekit.device.runtime import Classifier, Prediction
-    from edgekit.manifest import Domain, Preprocessing
+    from edgekit.manifest import Domain
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -35,7 +35,12 @@ STATUSES = ("classified", "rejected", "failed")
 # A cell crop is ~100x100 px; 16 MP bounds what one crop can cost (decode, quality gates) to ~0.4 GB,
 # where the 50 MP field limit let a 3 MB PNG take 1.2 GB on the crop path.
 MAX_CROP_PIXELS = 16_000_000
-BATCH_SIZE = 32  # images per inference call and per committed transaction (64: ~10 MB more RSS, no faster)
+# images per committed transaction and per lookahead: a batch's decoded crops are held until it is
+# committed, and each commit waits for the disk (synchronous=FULL)
+BATCH_SIZE = 32
+# images per inference call: the model's activations are sized for it (32: ~4 MB more peak RSS on
+# 1,000 NIH crops than 16, no faster on 1 or 2 threads; speed round 10)
+MODEL_BATCH = 16
 
 
 @dataclass
@@ -256,8 +261,8 @@ def classify_items(
     n_workers: int = 1,
 ) -> Iterator[Outcome]:
     """The outcome of each (shown name, path or None: not found) of :func:`expand_inputs`, in order:
-    the first image alone, so its result shows at once; then :data:`BATCH_SIZE` at a time (one
-    inference call each)."""
+    the first image alone, so its result shows at once; then :data:`BATCH_SIZE` at a time (inference
+    calls of :data:`MODEL_BATCH`)."""
     starts = [0, *range(1, len(items), BATCH_SIZE)] if items else []
     for a, b in zip(starts, [*starts[1:], len(items)], strict=True):
         chunk = items[a:b]
@@ -276,7 +281,7 @@ def classify_batch(
     """Decode, gate and classify ``(source_id, image or path, content hash)`` items with one
     inference call for all that pass the gates; outcomes in input order. Never raises for a bad
     image. Decoding and gating run in ``n_workers`` threads. Each outcome's ``seconds`` is its own
-    decode and gate time plus its share of the call."""
+    decode and gate time plus its share of preparing the inputs and of the call."""
     return predict_loaded(load_batch(items, classifier, gates, n_workers), classifier)
 
 
@@ -286,24 +291,28 @@ def load_batch(
     gates: QualityGates | None,
     n_workers: int = 1,
 ) -> list[tuple[Outcome, np.ndarray | None]]:
-    """:func:`classify_batch`'s first half: each item decoded, gated and prepared (in ``n_workers``
-    threads): (outcome so far, model input or None when refused), in input order."""
-    pre = classifier.manifest.preprocessing
+    """:func:`classify_batch`'s first half: each item decoded and gated (in ``n_workers`` threads):
+    (outcome so far, decoded RGB crop or None when refused), in input order."""
     domain = getattr(classifier.manifest, "domain", None)  # the domain guard's training-cell statistics
     n_workers = min(n_workers, len(items))
-    return list(prefetch(lambda item: _load_one(item, gates, pre, domain), items, n_workers))
+    return list(prefetch(lambda item: _load_one(item, gates, domain), items, n_workers))
 
 
 def predict_loaded(
     loaded: Sequence[tuple[Outcome, np.ndarray | None]], classifier: Classifier
 ) -> list[Outcome]:
-    """:func:`classify_batch`'s second half: the model on every prepared input, the outcomes."""
-    ready = [(out, x) for out, x in loaded if x is not None]
+    """:func:`classify_batch`'s second half: every crop that passed prepared for the model (here, in
+    the caller's thread: with ``record_crops``'s lookahead the other thread decodes and gates the
+    next batch meanwhile, ~0.2 ms a crop less on the longer of the two), the model on them, the
+    outcomes."""
+    ready = [(out, rgb) for out, rgb in loaded if rgb is not None]
     if ready:
+        pre = classifier.manifest.preprocessing
         t0 = time.perf_counter()
-        # at most BATCH_SIZE crops per call: a whole field's ~130 cells in one call sized the model's
+        # at most MODEL_BATCH crops per call: a whole field's ~130 cells in one call sized the model's
         # activations (and the stacked input) for all of them, ~40 MB of peak RSS for no speed
-        probs = predict_in_batches(classifier.predict, [x for _, x in ready], BATCH_SIZE, np.stack)
+        probs = predict_in_batches(classifier.predict, [rgb for _, rgb in ready], MODEL_BATCH,
+                                   lambda chunk: np.stack([prepare(rgb, pre) for rgb in chunk]))
         share = (time.perf_counter() - t0) / len(ready)
         for (out, _), row in zip(ready, probs, strict=True):
             out.prediction = classifier.interpret(row)
@@ -315,14 +324,12 @@ def predict_loaded(
 def _load_one(
     item: tuple[str, np.ndarray | str | os.PathLike, str | None],
     gates: QualityGates | None,
-    pre: Preprocessing,
     domain: Domain | None = None,
 ) -> tuple[Outcome, np.ndarray | None]:
-    """One item decoded, gated and prepared: (outcome so far, model input or None when refused)."""
+    """One item decoded and gated: (outcome so far, its RGB crop or None when refused)."""
     source_id, image, content_hash = item
     t0 = time.perf_counter()
     out = Outcome(source_id, "failed", content_hash=content_hash)
-    x = None
     try:
         rgb = as_rgb(image) if isinstance(image, np.ndarray) else read_image(image, MAX_CROP_PIXELS)
         feats = None
@@ -335,14 +342,13 @@ def _load_one(
         if reason:
             out.status, out.reason = "rejected", reason
         else:
-            x = prepare(rgb, pre)
             out.pixels = rgb
     except ImageError as exc:
         out.reason = str(exc)
     except MemoryError:
         out.reason = "out of memory decoding the image"
     out.seconds = time.perf_counter() - t0
-    return out, x
+    return out, out.pixels
 
 
 @dataclass

@@ -339,7 +339,7 @@ def _split_touching(
     merge = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (_odd(radius * 0.3),) * 2)
     peaks = cv2.dilate(peaks.astype(np.uint8), merge) & (fg > 0).astype(np.uint8)  # cv2 stub: may be float # pyright: ignore[reportOperatorIssue]
     n, seeds, stats, _ = cv2.connectedComponentsWithStats(peaks, connectivity=8)
-    n_blobs, blobs = cv2.connectedComponents(fg, connectivity=8)
+    n_blobs, blobs, blob_stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
     h, w = fg.shape
     # each seed sits on its highest distance pixel (a merged seed's centroid may fall outside)
     found = []
@@ -361,7 +361,8 @@ def _split_touching(
     for k, (cy, cx, r_k) in enumerate(found, start=1):
         blob = blobs[cy, cx]
         if per_blob[blob] == 1:  # cv2 stub: labels may be float # pyright: ignore[reportCallIssue, reportArgumentType]  # a lone cell keeps its whole blob, whatever its shape
-            labels[blobs == blob] = k
+            bx, by, bw, bh = blob_stats[int(blob), :4]  # only its box is looked at, not the whole field
+            labels[by : by + bh, bx : bx + bw][blobs[by : by + bh, bx : bx + bw] == blob] = k
             continue
         y0, y1 = max(0, int(cy - r_k - reach)), min(h, int(cy + r_k + reach) + 1)
         x0, x1 = max(0, int(cx - r_k - reach)), min(w, int(cx + r_k + reach) + 1)

@@ -1,0 +1,104 @@
+# pyright: basic
+"""A plain JPEG's size and EXIF orientation from its markers, without Pillow.
+
+Pillow's import and lazy open cost a whole-field run ~5 MB of peak RSS (its modules and shared
+libraries) and a few ms per file, only to read two numbers from the header. :func:`simple_jpeg_header`
+reads them for the JPEGs cameras and microscopes write (JFIF or one EXIF block, 8-bit baseline,
+extended or progressive), accepting only what Pillow opens the same way: anything else (XMP, ICC
+or MPF blocks, odd markers, padding, a damaged EXIF block, 12-bit or arithmetic coding) returns
+None, and the caller asks Pillow as before.
+"""
+
+from __future__ import annotations
+
+import struct
+
+_SOF = (0xC0, 0xC1, 0xC2)  # baseline, extended sequential, progressive Huffman DCT
+_SKIPPED = (0xC4, 0xDD, 0xFE)  # Huffman tables, restart interval, comment: nothing Pillow checks
+_ORIENTATION = 0x0112
+# bytes per value of each TIFF field type Pillow's EXIF reader loads (others it ignores)
+_TYPE_SIZE = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8}
+
+
+def simple_jpeg_header(data: bytes) -> tuple[int, int, int] | None:
+    """(width, height, EXIF orientation as stored: 1 without one) of a plain JPEG; None for anything
+    this reader does not take (the caller then opens it with Pillow)."""
+    if data[:3] != b"\xff\xd8\xff":
+        return None
+    pos, size, orientation, exif_seen = 2, None, 1, False
+    while True:
+        if pos + 4 > len(data) or data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        body = data[pos + 4 : pos + 2 + length]
+        if length < 2 or len(body) != length - 2:
+            return None
+        if marker == 0xDA:  # start of scan: the header is over
+            return None if size is None else (*size, orientation)
+        if marker in _SOF:
+            if size is not None or len(body) < 6 or body[0] != 8 or body[5] not in (1, 3, 4):
+                return None
+            size = (int.from_bytes(body[3:5], "big"), int.from_bytes(body[1:3], "big"))
+        elif marker == 0xDB:
+            if not _tables_whole(body):
+                return None
+        elif marker == 0xE0:
+            if body.startswith(b"JFIF") and len(body) < 7:  # Pillow fails on a cut JFIF version
+                return None
+        elif marker == 0xE1:
+            if exif_seen or not body.startswith(b"Exif\0\0"):  # XMP may hold an orientation too
+                return None
+            exif_seen = True
+            found = _exif_orientation(body[6:])
+            if found is None:
+                return None
+            orientation = found
+        elif marker not in _SKIPPED:
+            return None
+        pos += 2 + length
+
+
+def _tables_whole(body: bytes) -> bool:
+    """Every quantization table of a DQT segment is whole (Pillow refuses the file otherwise)."""
+    while body:
+        n = 1 + 64 * (1 if body[0] < 16 else 2)
+        if len(body) < n:
+            return False
+        body = body[n:]
+    return True
+
+
+def _exif_orientation(tiff: bytes) -> int | None:
+    """The orientation tag of IFD0 of an EXIF block's TIFF data (1 when absent), when every IFD0
+    entry lies inside the block, as Pillow reads it; None when anything is off."""
+    if tiff[:4] == b"II*\x00":
+        end = "<"
+    elif tiff[:4] == b"MM\x00*":
+        end = ">"
+    else:
+        return None
+    try:
+        (ifd,) = struct.unpack_from(end + "L", tiff, 4)
+        (count,) = struct.unpack_from(end + "H", tiff, ifd)
+        if ifd + 2 + 12 * count + 4 > len(tiff):
+            return None
+        orientation, seen, total = 1, set(), 0
+        for i in range(count):
+            tag, typ, n, value = struct.unpack_from(end + "HHL4s", tiff, ifd + 2 + 12 * i)
+            if tag in seen or typ not in _TYPE_SIZE:
+                return None  # duplicates and unknown types: Pillow's own rules
+            seen.add(tag)
+            size = n * _TYPE_SIZE[typ]
+            if size > 4:
+                total += size
+                (offset,) = struct.unpack_from(end + "L", value)
+                if offset + size > len(tiff) or total > len(tiff):
+                    return None
+            if tag == _ORIENTATION:
+                if typ != 3 or n != 1:
+                    return None
+                (orientation,) = struct.unpack_from(end + "H", value)
+        return orientation
+    except struct.error:
+        return None
