@@ -1,12 +1,14 @@
 """Overlapping red cells found as one object: the finder with and without the circle split.
 
-    python -m edgekit.benchmarks.field_pairs [--compare split|rings] [--every-iml 4] [--every-bccd 8]
-        [--no-write]
+    python -m edgekit.benchmarks.field_pairs [--compare split|rings|owned|owned_split] [--every-iml 4]
+        [--every-bccd 8] [--no-write]
 
 ``--compare rings``: the same measures for today's finder against the one before ring filling
 (``FINDERS["rings"]``: cells read as outlines filled to their hull, the circles' radius where the
 distance map's is under half of it, larger convex holes filled, small fields enlarged to the
 working size, the stain colour measured above Otsu's threshold); results ``field_rings*.json``.
+``--compare owned``: masks that leave out the pixels of other found regions (``own_pixels``), and
+``owned_split`` with the circle split as well; results ``field_owned*.json``, ``field_owned_split*.json``.
 
 Two overlapping cells whose union has one distance peak get one seed between them, and the finder
 returns one object across both. ``FieldParams.split_circles`` cuts such a region between the centres
@@ -135,8 +137,22 @@ def _rings() -> tuple[dict[str, Any], tuple[str, ...]]:
         "enlarge", "hole_area", "radius_floor", "ring_solidity", "ring_area", "stain_otsu")
 
 
+def _owned() -> tuple[dict[str, Any], tuple[str, ...]]:
+    from edgekit.device.field import FieldParams
+
+    return ({"before": FieldParams(own_pixels=False), "after": FieldParams(own_pixels=True)}, ("own_pixels",))
+
+
+def _owned_split() -> tuple[dict[str, Any], tuple[str, ...]]:
+    from edgekit.device.field import FieldParams
+
+    return ({"before": FieldParams(own_pixels=False, split_circles=0),
+             "after": FieldParams(own_pixels=True, split_circles=0.5)}, ("own_pixels", "split_circles"))
+
+
 # the comparisons: finders (before, after) and the settings that differ between them
-FINDERS: dict[str, Callable[[], tuple[dict[str, Any], tuple[str, ...]]]] = {"split": _split, "rings": _rings}
+FINDERS: dict[str, Callable[[], tuple[dict[str, Any], tuple[str, ...]]]] = {
+    "split": _split, "rings": _rings, "owned": _owned, "owned_split": _owned_split}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -150,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--compare", choices=sorted(FINDERS), default="split")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
-    stem = "field_pairs" if args.compare == "split" else "field_rings"
+    stem = {"split": "field_pairs", "rings": "field_rings"}.get(args.compare, f"field_{args.compare}")
     name = f"{stem}_transforms.json" if args.transforms_only else f"{stem}.json"
     args.out = args.out or HERE / "results" / name
     finders, keys = FINDERS[args.compare]()

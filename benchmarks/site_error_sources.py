@@ -2,7 +2,7 @@
 
     edgekit site adapt edgekit/models/default --data IML_CELLS -o WORK/seed0 --seed 0   # and 1, 2
     python -m edgekit.benchmarks.site_error_sources --data IML_CELLS WORK/seed0 WORK/seed1 ... \
-        [--fields DIR --annotations FILE] [-o results.json]
+        [--fields DIR --annotations FILE] [--compare owned] [-o results.json]
 
 Every field of the site is found and cut as ``edgekit field`` does and every found object is
 classified by each bundle's device model (the format its manifest runs). Each object is put in one
@@ -16,6 +16,9 @@ For each bundle, on its own test fields (no training, threshold or guard saw the
 - the whole-field error when a kind of object is left out of the count (numerator and
   denominator), the cutoff chosen again on the bundle's fully labelled validation fields as adapt
   chooses it (:func:`edgekit.adapt.field_error_cutoff`).
+
+``--compare NAME``: all of it for the two finders of benchmarks/field_pairs.py's comparison NAME
+(before, after; the bundles are not retrained), and one line per bundle side by side.
 
 It writes numbers only: site data such as IML has no licence to ship.
 """
@@ -31,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.benchmarks.field_pairs import FINDERS
+
 RULES: dict[str, Callable[[dict[str, Any]], bool]] = {
     "every object (as the device counts)": lambda o: True,
     "without pieces cut from overlapping cells": lambda o: o["separation"] != "overlapping",
@@ -41,10 +46,11 @@ RULES: dict[str, Callable[[dict[str, Any]], bool]] = {
 PARASITE_NEAR = 0.1  # IoU with a parasite box that makes an unmatched object "near a parasite"
 
 
-def found_objects(fields_dir: Path, annotations: Path, bundles: list[Path],
-                  min_iou: float) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    """Every object the finder returns on every annotated field, with its category, separation,
-    border flag and each bundle's probability; and the labelled parasitemia per field."""
+def found_objects(fields_dir: Path, annotations: Path, bundles: list[Path], min_iou: float,
+                  params: Any = None) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Every object the finder (``params``: its :class:`~edgekit.device.field.FieldParams`, None:
+    the default) returns on every annotated field, with its category, separation, border flag and
+    each bundle's probability; and the labelled parasitemia per field."""
     from edgekit.adapt import device_format, device_probs
     from edgekit.cells import box_iou, match_boxes
     from edgekit.device.annotations import PARASITIZED, read_annotations
@@ -61,7 +67,7 @@ def found_objects(fields_dir: Path, annotations: Path, bundles: list[Path],
         labelled = [b for b in af.boxes if b.label is not None]
         truth[stem] = sum(b.label == PARASITIZED for b in labelled) / max(1, len(labelled))
         rgb = read_image(fields_dir / af.name)
-        cells, _, reason = count_cells(rgb)
+        cells, _, reason = count_cells(rgb, params)
         if reason or not cells:
             continue
         boxes = [c.box for c in cells]
@@ -138,20 +144,53 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--fields", type=Path, default=iml / "images")
     ap.add_argument("--annotations", type=Path, default=iml / "annotations.json")
     ap.add_argument("--min-iou", type=float, default=0.4, help="as edgekit site cells matches boxes")
+    ap.add_argument("--compare", choices=sorted(FINDERS),
+                    help="the finders of benchmarks/field_pairs.py's comparison, before and after")
     ap.add_argument("-o", "--out", type=Path)
     a = ap.parse_args(argv)
-    objects, truth = found_objects(a.fields, a.annotations, a.bundles, a.min_iou)
+    if a.compare:
+        finders, keys = FINDERS[a.compare]()
+        result = {"finders": {f: {k: getattr(p, k) for k in keys} for f, p in finders.items()}}
+        result |= {f: sources(a, p) for f, p in finders.items()}
+        _print_side_by_side(result, list(finders))
+    else:
+        result = sources(a)
+        _print(result)
+    if a.out:
+        a.out.write_text(json.dumps(result, indent=1) + "\n")
+
+
+def sources(a: argparse.Namespace, params: Any = None) -> dict[str, Any]:
+    """The objects of every field (the finder with ``params``) and each bundle's error sources."""
+    objects, truth = found_objects(a.fields, a.annotations, a.bundles, a.min_iou, params)
     found = Counter(f"{o['category']} / {o['separation']}" for o in objects)
-    result = {"fields": len(truth), "objects": len(objects), "found_by_category": dict(found.most_common()),
-              "bundles": [bundle_sources(objects, truth, k, b, a.data) for k, b in enumerate(a.bundles)]}
+    return {"fields": len(truth), "objects": len(objects), "found_by_category": dict(found.most_common()),
+            "bundles": [bundle_sources(objects, truth, k, b, a.data) for k, b in enumerate(a.bundles)]}
+
+
+def unboxed_called(b: dict[str, Any]) -> int:
+    """Objects no box matches that a bundle called parasitized on its test fields."""
+    return sum(n for k, n in b["called_on_test_fields"].items() if k.startswith("unboxed"))
+
+
+def _print(result: dict[str, Any]) -> None:
     for b in result["bundles"]:
         print(f"{b['bundle']}: cutoff {b['cutoff']}, {b['test_fields']} test fields")
         for name, r in b["rules"].items():
             print(f"  {name:45s} error {r['test_mae_points']:.2f} "
                   f"(fully labelled {r['fully_labelled_test_mae_points']:.2f}) at cutoff {r['cutoff']}")
         print("  called:", b["called_on_test_fields"])
-    if a.out:
-        a.out.write_text(json.dumps(result, indent=1) + "\n")
+
+
+def _print_side_by_side(result: dict[str, Any], finders: list[str]) -> None:
+    print("objects", " -> ".join(str(result[f]["objects"]) for f in finders))
+    for k, b in enumerate(result[finders[0]]["bundles"]):
+        rows = [result[f]["bundles"][k] for f in finders]
+        every = [r["rules"]["every object (as the device counts)"] for r in rows]
+        print(f"{b['bundle']}: error " + " -> ".join(f"{e['test_mae_points']:.2f}" for e in every)
+              + ", fully labelled " + " -> ".join(f"{e['fully_labelled_test_mae_points']:.2f}" for e in every)
+              + ", called " + " -> ".join(str(sum(r["called_on_test_fields"].values())) for r in rows)
+              + ", unboxed called " + " -> ".join(str(unboxed_called(r)) for r in rows))
 
 
 if __name__ == "__main__":

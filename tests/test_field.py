@@ -254,6 +254,42 @@ def test_touching_cells_around_clear_background_are_split():
     assert len(cells) <= 1.1 * len(boxes)
 
 
+def _foreign_fraction(cells: list, boxes: list[tuple[int, int, int, int]], shape: tuple) -> list[float]:
+    """Per found cell, the fraction of its mask inside a labelled disc other than its own (the
+    disc of ``boxes`` it matches best) and outside its own."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    discs = [(yy - (y0 + y1 - 1) / 2) ** 2 + (xx - (x0 + x1 - 1) / 2) ** 2 < ((x1 - x0 - 1) / 2) ** 2
+             for x0, y0, x1, y1 in boxes]
+    out = []
+    for c in cells:
+        mask = np.zeros(shape[:2], bool)
+        mask[c.y : c.y + c.h, c.x : c.x + c.w] = c.mask
+        k = int(iou_matrix([c.box], boxes)[0].argmax())
+        others = np.any([d for j, d in enumerate(discs) if j != k], axis=0) & ~discs[k]
+        out.append(float((mask & others).sum() / mask.sum()))
+    return out
+
+
+def test_own_pixels_keeps_touching_neighbours_out_of_a_crop():
+    """Issue 21/29: a cell's mask is its region's convex hull grown into faint stain, which takes in
+    the edge of a touching neighbour (about 6% of each mask on the ring field); with ``own_pixels``
+    the hull and the growth stop at the pixels the neighbour's region owns, and the same cells are
+    found."""
+    rgb, boxes = _ring_field()
+    before, _, _ = count_cells(rgb)
+    after, _, reason = count_cells(rgb, FieldParams(own_pixels=True))
+    assert reason is None and len(after) == len(before)
+    assert match([c.box for c in after], boxes) == match([c.box for c in before], boxes)
+    assert np.mean(_foreign_fraction(before, boxes, rgb.shape)) > 0.03
+    foreign = _foreign_fraction(after, boxes, rgb.shape)
+    assert np.mean(foreign) < 0.005 and max(foreign) < 0.02
+    # a lone cell's crop is unchanged
+    pair, _ = _pair_field()
+    alone = [c for c in count_cells(pair, FieldParams(own_pixels=True))[0] if c.separation == "alone"]
+    ref = {c.box: c.mask for c in count_cells(pair)[0]}
+    assert alone and all(np.array_equal(ref[c.box], c.mask) for c in alone)
+
+
 def test_iter_field_crops(tmp_path, generated_field):
     field, boxes, _ = generated_field
     path = write_image(tmp_path / "smear 1.png", field)

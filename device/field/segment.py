@@ -597,17 +597,43 @@ def _split_clumps(
     return pieces
 
 
-def _hull_mask(ys: np.ndarray, xs: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-    """The region's convex hull as a uint8 mask of ``box`` (y0, y1, x0, x1): a pale centre open to
-    one side (a "C") and the straight cut between two overlapping cells both belong to the cell,
-    as in the NIH masks."""
-    cv2 = opencv()
+def _region_mask(ys: np.ndarray, xs: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """The region's pixels as a uint8 mask of ``box`` (y0, y1, x0, x1)."""
     y0, y1, x0, x1 = box
     local = np.zeros((y1 - y0, x1 - x0), np.uint8)
     local[ys - y0, xs - x0] = 1
-    contours, _ = cv2.findContours(local, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    return local
+
+
+def _owners(pieces: list[tuple[np.ndarray, np.ndarray, str]], shape: tuple[int, ...]) -> np.ndarray:
+    """Which piece (1..n, 0: none) owns each working-copy pixel; a lens two pieces share, the later
+    (the cropper takes a cell's own pixels as its own whatever this map says)."""
+    owner = np.zeros(shape[:2], np.int32)
+    for k, (ys, xs, _) in enumerate(pieces, start=1):
+        owner[ys, xs] = k
+    return owner
+
+
+def _hull_mask(own: np.ndarray) -> np.ndarray:
+    """The convex hull of a region's mask (:func:`_region_mask`): a pale centre open to one side
+    (a "C") and the straight cut between two overlapping cells both belong to the cell, as in the
+    NIH masks."""
+    cv2 = opencv()
+    contours, _ = cv2.findContours(own, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     hull = cv2.convexHull(np.concatenate(contours))  # the outline's hull: that of all its pixels
-    return cv2.fillConvexPoly(np.zeros_like(local), hull, 1)
+    return cv2.fillConvexPoly(np.zeros_like(own), hull, 1)
+
+
+def _joined_to(mask: np.ndarray, own: np.ndarray) -> np.ndarray:
+    """The parts of ``mask`` (uint8) connected to a pixel of ``own``: a hull with a neighbour's
+    region taken out may leave a sliver beyond it."""
+    n, labels = opencv().connectedComponents(mask, connectivity=8)
+    if n <= 2:
+        return mask
+    keep = np.zeros(n, bool)
+    keep[np.unique(labels[own > 0])] = True  # cv2 stub: labels may be float # pyright: ignore[reportCallIssue, reportArgumentType]
+    keep[0] = False
+    return keep[labels].astype(np.uint8)  # cv2 stub: labels may be float # pyright: ignore[reportCallIssue, reportArgumentType]
 
 
 @dataclass(frozen=True)
@@ -621,6 +647,8 @@ class _Cropper:
     edge_fg: np.ndarray | None  # bool: the faint stain a cell's mask may grow into; None: no growth
     full: tuple[int, int]  # the field's (height, width)
     beyond: np.ndarray | None = None  # bool: outside the field of view, grown by a pixel (None: all inside)
+    # int32: which region owns each pixel, 0 none (``FieldParams.own_pixels``; None: off)
+    owner: np.ndarray | None = None
 
     def cell(self, ys: np.ndarray, xs: np.ndarray, index: int, separation: str = "alone") -> CellBox | None:
         """Region (ys, xs) as cell number ``index``; None when it is no red cell."""
@@ -634,9 +662,16 @@ class _Cropper:
             g = self._growth
             y0, y1, x0, x1 = max(0, y0 - g), min(h, y1 + g), max(0, x0 - g), min(w, x1 + g)
         box = (y0, y1, x0, x1)
-        local = _hull_mask(ys, xs, box)
+        own = _region_mask(ys, xs, box)
+        local = _hull_mask(own)
+        # the pixels another region owns (a pixel of a lens shared with this region is its own too)
+        others = None
+        if self.owner is not None:
+            others = (self.owner[y0:y1, x0:x1] > 0) & (own == 0)
+            if (others & (local > 0)).any():
+                local = _joined_to(local & ~others, own)
         if self.edge_fg is not None:
-            local, box = self._grown(local, box, self.edge_fg)
+            local, box = self._grown(local, box, self.edge_fg, others)
         if self.scale != 1.0:
             local, box = self._full_resolution(local, box)
         y0, y1, x0, x1 = box
@@ -658,15 +693,17 @@ class _Cropper:
         return bool(self.zone[ys, xs].mean() > p.max_wbc_overlap)
 
     def _grown(
-        self, local: np.ndarray, box: tuple[int, int, int, int], edge_fg: np.ndarray
+        self, local: np.ndarray, box: tuple[int, int, int, int], edge_fg: np.ndarray,
+        others: np.ndarray | None = None,
     ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
         """The mask grown into the faint stain around it (the pale edge the threshold cut off),
-        cropped to its new extent."""
+        never into ``others`` (pixels other regions own), cropped to its new extent."""
         cv2 = opencv()
         y0, y1, x0, x1 = box
         g = self._growth
         grown = cv2.dilate(local, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * g + 1,) * 2))
-        local |= grown & edge_fg[y0:y1, x0:x1]
+        reach: np.ndarray = edge_fg[y0:y1, x0:x1] if others is None else edge_fg[y0:y1, x0:x1] & ~others
+        local |= grown & reach
         ly, lx = np.nonzero(local)
         local = local[ly.min() : ly.max() + 1, lx.min() : lx.max() + 1]
         y0, x0 = y0 + ly.min(), x0 + lx.min()
@@ -742,9 +779,10 @@ def segment_cells(
     edge_fg = _foreground(density, p.threshold * p.grow_threshold, p.min_od) > 0 if p.grow > 0 else None
     if beyond is not None:  # a cell touching the surround is cut, as at the border
         beyond = cv2.dilate(beyond, np.ones((3, 3), np.uint8)).astype(bool)
-    cropper = _Cropper(p, radius, scale, _nucleus_zone(nuc, radius, p), edge_fg, (H, W), beyond)
     pieces = _split_clumps(_regions(markers, n), math.pi * radius * radius, p,
                            _circle_centres(circles, markers, n, radius, p), touching)
+    owner = _owners(pieces, fg.shape) if p.own_pixels else None
+    cropper = _Cropper(p, radius, scale, _nucleus_zone(nuc, radius, p), edge_fg, (H, W), beyond, owner)
     cells: list[CellBox] = []
     for ys, xs, separation in pieces:
         cell = cropper.cell(ys, xs, len(cells), separation)

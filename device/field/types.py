@@ -85,6 +85,10 @@ class FieldParams:
     # (RESULTS.md, "Overlapping red cells found as one object")
     split_circles: float = 0.0
     grow: float = 0.12  # x radius: each cell's mask grows this much into its pale edge (cut by the threshold)
+    # a cell's mask (its region's convex hull and the growth) leaves out the pixels of every other
+    # region the finder cut (a touching neighbour's edge, the other cell of an overlapping pair beyond
+    # their shared lens), keeping the part joined to its own region; False: hull and growth as they fall
+    own_pixels: bool = False
     grow_threshold: float = 0.5  # x threshold: the faint stain the growth may reach into
     radius_peaks: bool = True  # radius from the distance map's local maxima (one per cell), not one per blob
     hough_radius: bool = True  # blend the distance-transform radius estimate with circles' radii
