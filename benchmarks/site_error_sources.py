@@ -13,6 +13,7 @@ For each bundle, on its own test fields (no training, threshold or guard saw the
 
 - the cells it called at its cutoff, by category and separation;
 - the fields with the largest error, with what was called there;
+- the whole-field error at the bundle's own cutoff, as the device counts;
 - the whole-field error when a kind of object is left out of the count (numerator and
   denominator), the cutoff chosen again on the bundle's fully labelled validation fields as adapt
   chooses it (:func:`edgekit.adapt.field_error_cutoff`).
@@ -122,6 +123,9 @@ def bundle_sources(objects: list[dict[str, Any]], truth: dict[str, float], k: in
                                  [truth[f] for f in val])
         rules[name] = {"cutoff": round(cut, 4), "test_mae_points": error(keep, cut, tested),
                        "fully_labelled_test_mae_points": error(keep, cut, full)}
+    # as the bundle counts on the device: its own cutoff, not chosen again for these objects
+    own = {"test_mae_points": error(lambda o: True, cutoff, tested),
+           "fully_labelled_test_mae_points": error(lambda o: True, cutoff, full)}
     worst = []
     for f in tested:
         p = np.array([o["p"][k] for o in by_field[f]])
@@ -131,7 +135,8 @@ def bundle_sources(objects: list[dict[str, Any]], truth: dict[str, float], k: in
     worst.sort(key=lambda r: -abs(r["error_points"]))
     return {"bundle": bundle.name, "cutoff": round(cutoff, 4), "test_fields": len(tested),
             "incompletely_labelled_test_fields": len(tested) - len(full),
-            "called_on_test_fields": dict(called.most_common()), "rules": rules, "worst_fields": worst[:top]}
+            "called_on_test_fields": dict(called.most_common()), "at_bundle_cutoff": own, "rules": rules,
+            "worst_fields": worst[:top]}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -186,9 +191,13 @@ def _print_side_by_side(result: dict[str, Any], finders: list[str]) -> None:
     print("objects", " -> ".join(str(result[f]["objects"]) for f in finders))
     for k, b in enumerate(result[finders[0]]["bundles"]):
         rows = [result[f]["bundles"][k] for f in finders]
+        at = [r["at_bundle_cutoff"] for r in rows]
         every = [r["rules"]["every object (as the device counts)"] for r in rows]
-        print(f"{b['bundle']}: error " + " -> ".join(f"{e['test_mae_points']:.2f}" for e in every)
-              + ", fully labelled " + " -> ".join(f"{e['fully_labelled_test_mae_points']:.2f}" for e in every)
+        print(f"{b['bundle']}: error at its cutoff " + " -> ".join(f"{e['test_mae_points']:.2f}" for e in at)
+              + " (fully labelled " + " -> ".join(f"{e['fully_labelled_test_mae_points']:.2f}" for e in at)
+              + "), cutoff chosen again on val " + " -> ".join(f"{e['test_mae_points']:.2f}" for e in every)
+              + " (fully labelled " + " -> ".join(f"{e['fully_labelled_test_mae_points']:.2f}" for e in every)
+              + ")"
               + ", called " + " -> ".join(str(sum(r["called_on_test_fields"].values())) for r in rows)
               + ", unboxed called " + " -> ".join(str(unboxed_called(r)) for r in rows))
 
