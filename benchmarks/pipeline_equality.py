@@ -106,6 +106,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{what}: {n_rec} records, {kept} review crops, summary {sums['new'].get('crops')} cells"
                   f" / {sums['new'].get('parasitized')} parasitized / decision {sums['new'].get('decision')}:"
                   f" {'IDENTICAL' if not diffs else f'{len(diffs)} differences'}")
+            if diffs:
+                changed = sum(1 for k in set(ref) & set(new) if not k.startswith("field:")
+                              and ref[k].get("decision") != new[k].get("decision"))
+                was = sums["ref"]
+                print(f"    decisions changed on {changed} records; ref summary {was.get('crops')} cells"
+                      f" / {was.get('parasitized')} parasitized / decision {was.get('decision')}")
             for line in diffs[:20]:
                 print("   ", line)
             bad += len(diffs)
