@@ -20,7 +20,8 @@ than across it (each keeps its own disc). Debris, platelets and white cells are 
 by nuclei (pixels denser than the field's cells, of another colour than theirs); regions still
 holding several cells' area are split by area (k-means on pixel coordinates). Each kept cell is
 cropped the way the NIH crops were made: a tight box around the cell (its convex hull, grown a
-little to take back the pale edge the threshold cuts off), everything outside black. Sizes are in
+little to take back the pale edge the threshold cuts off; with ``own_pixels``, off by default,
+neither reaching into the pixels of the cells around it), everything outside black. Sizes are in
 units of the typical cell radius, estimated per field (the distance map's local maxima, one per cell
 even in clumps, blended with Hough circle radii; on a crowded field, where the maxima sit in solid
 clumps far deeper than the circles and the circles agree on one size, or where the maxima are
