@@ -1,14 +1,15 @@
 """Overlapping red cells found as one object: the finder with and without the circle split.
 
-    python -m edgekit.benchmarks.field_pairs [--compare split|rings|owned|owned_split] [--every-iml 4]
-        [--every-bccd 8] [--no-write]
+    python -m edgekit.benchmarks.field_pairs [--compare split|rings|owned|owned_split|owned_elongated]
+        [--every-iml 4] [--every-bccd 8] [--no-write]
 
 ``--compare rings``: the same measures for today's finder against the one before ring filling
 (``FINDERS["rings"]``: cells read as outlines filled to their hull, the circles' radius where the
 distance map's is under half of it, larger convex holes filled, small fields enlarged to the
 working size, the stain colour measured above Otsu's threshold); results ``field_rings*.json``.
 ``--compare owned``: masks that leave out the pixels of other found regions (``own_pixels``), and
-``owned_split`` with the circle split as well; results ``field_owned*.json``, ``field_owned_split*.json``.
+``owned_split`` with the circle split as well, ``owned_elongated`` with oblong regions split
+(``split_elongation``); results ``field_<name>*.json``.
 
 Two overlapping cells whose union has one distance peak get one seed between them, and the finder
 returns one object across both. ``FieldParams.split_circles`` cuts such a region between the centres
@@ -150,9 +151,18 @@ def _owned_split() -> tuple[dict[str, Any], tuple[str, ...]]:
              "after": FieldParams(own_pixels=True, split_circles=0.5)}, ("own_pixels", "split_circles"))
 
 
+def _owned_elongated() -> tuple[dict[str, Any], tuple[str, ...]]:
+    from edgekit.device.field import FieldParams
+
+    # 1.6: the value RESULTS.md's "Cell radius on crowded fields" measured, not chosen here
+    return ({"before": FieldParams(own_pixels=False, split_elongation=0),
+             "after": FieldParams(own_pixels=True, split_elongation=1.6)}, ("own_pixels", "split_elongation"))
+
+
 # the comparisons: finders (before, after) and the settings that differ between them
 FINDERS: dict[str, Callable[[], tuple[dict[str, Any], tuple[str, ...]]]] = {
-    "split": _split, "rings": _rings, "owned": _owned, "owned_split": _owned_split}
+    "split": _split, "rings": _rings, "owned": _owned, "owned_split": _owned_split,
+    "owned_elongated": _owned_elongated}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
