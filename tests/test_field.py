@@ -276,7 +276,7 @@ def test_own_pixels_keeps_touching_neighbours_out_of_a_crop():
     the hull and the growth stop at the pixels the neighbour's region owns, and the same cells are
     found."""
     rgb, boxes = _ring_field()
-    before, _, _ = count_cells(rgb)
+    before, _, _ = count_cells(rgb, FieldParams(own_pixels=False))
     after, _, reason = count_cells(rgb, FieldParams(own_pixels=True))
     assert reason is None and len(after) == len(before)
     assert match([c.box for c in after], boxes) == match([c.box for c in before], boxes)
@@ -286,7 +286,7 @@ def test_own_pixels_keeps_touching_neighbours_out_of_a_crop():
     # a lone cell's crop is unchanged
     pair, _ = _pair_field()
     alone = [c for c in count_cells(pair, FieldParams(own_pixels=True))[0] if c.separation == "alone"]
-    ref = {c.box: c.mask for c in count_cells(pair)[0]}
+    ref = {c.box: c.mask for c in count_cells(pair, FieldParams(own_pixels=False))[0]}
     assert alone and all(np.array_equal(ref[c.box], c.mask) for c in alone)
 
 
