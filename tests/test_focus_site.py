@@ -110,3 +110,34 @@ def test_site_focus_needs_enough_readable_fields(tmp_path):
     assert got is not None and got["marks"] and 0 < got["floor"] < FOCUS_FLOOR
     manifest = Manifest.from_dict({"labels": ["A", "B"], "focus": got})
     assert FocusRule.from_dict(manifest.focus).floor == got["floor"]
+
+
+def test_every_path_judges_by_the_bundles_floor(tmp_path):
+    """A bundle whose manifest carries a focus floor above every field's score: `screen --fields`
+    (whose fields start segmenting before the model loads) and `field` refuse every field as out
+    of focus at that floor; the same bundle without it counts them."""
+    import json
+    import shutil
+    import sqlite3
+
+    from click.testing import CliRunner
+
+    from edgekit.cli import main
+    from tests.device_helpers import FIXTURES
+
+    strict = tmp_path / "strict"
+    shutil.copytree(FIXTURES / "golden_bundle", strict)
+    (strict / "signature.json").unlink()
+    manifest = json.loads((strict / "manifest.json").read_text())
+    (strict / "manifest.json").write_text(json.dumps({**manifest, "focus": {"floor": 0.9, "marks": True}}))
+    field = str(FIXTURES / "fields" / "BloodImage_00014.jpg")
+    rejected = "select reason from records where status='rejected'"
+    for bundle, refused in ((FIXTURES / "golden_bundle", False), (strict, True)):
+        db = tmp_path / f"{bundle.name}.sqlite"
+        res = CliRunner().invoke(main, ["screen", "--patient", "P", "--fields", field, "--model", str(bundle),
+                                        "--db", str(db), "--stop-cells", "0"])
+        assert res.exit_code == 0, res.output
+        reasons = [r for (r,) in sqlite3.connect(db).execute(rejected)]
+        assert bool(reasons) == refused and all("< 0.9)" in r for r in reasons)
+        res = CliRunner().invoke(main, ["field", field, "--model", str(bundle)])
+        assert ("out of focus (sharpness" in res.output) == refused, res.output
