@@ -251,7 +251,7 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
         raise EdgekitError("--fields takes field image PATHS, not --camera")
     one_heap()  # before any worker thread
     # files first (none with --camera): whole fields start decoding and segmenting while the model loads
-    from_files = file_source(paths, fields, workers(threads), _focus_rule(bundle) if fields else None)
+    from_files = file_source(paths, fields, workers(threads), _focus_rule(bundle))
     classifier = _load(bundle, model_format, threads, allow_unsigned)
     decision = classifier.manifest.decision
     decision.check_decides_patients()
