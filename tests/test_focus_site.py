@@ -141,3 +141,23 @@ def test_every_path_judges_by_the_bundles_floor(tmp_path):
         assert bool(reasons) == refused and all("< 0.9)" in r for r in reasons)
         res = CliRunner().invoke(main, ["field", field, "--model", str(bundle)])
         assert ("out of focus (sharpness" in res.output) == refused, res.output
+
+
+def test_the_camera_remembers_marks_so_a_pull_rises_to_its_peak():
+    """A bar blurred with the view is found as a mark at some blurs and not at others: scored frame
+    by frame, the marks-free score of a focus pull jumped above the focused field's at sigma 1.1
+    (a capture mid-focus). With the marks the camera remembers (:class:`MarkMemory`), it rises to
+    the focused field."""
+    from edgekit.device.live import MarkMemory
+
+    rgb = _iml("PA171781")
+    rule = FocusRule(marks=True)
+    memory = MarkMemory(frames=5)
+    memory.update(rgb)  # the focused view seen before, its bar found
+    pull = [jpeg(blur(rgb, s), 95) for s in (2.0, 1.6, 1.4, 1.1, 0.8, 0.5, 0.0)]
+    fresh = [rule.score(f) for f in pull]
+    remembered = [rule.score(f, memory.update(f)) for f in pull]
+    assert max(fresh[:-1]) > fresh[-1]  # the jump, scored frame by frame
+    assert remembered == sorted(remembered)
+    blank = np.full_like(rgb, 200)  # no marks: the remembered ones are kept 5 frames, then forgotten
+    assert [bool(memory.update(blank)) for _ in range(6)] == [True] * 4 + [False] * 2

@@ -170,9 +170,9 @@ class FocusRule:
     def measure(self) -> FocusMeasure:
         return replace(FOCUS_MEASURE, marks=self.marks)
 
-    def score(self, rgb: np.ndarray) -> float:
-        """The field's focus score under this rule's measure."""
-        return focus_score(rgb, measure=self.measure)
+    def score(self, rgb: np.ndarray, marks: list | None = None) -> float:
+        """The field's focus score under this rule's measure (``marks``: as for :func:`focus_score`)."""
+        return focus_score(rgb, measure=self.measure, marks=marks)
 
     def reason(self, score: float, session_best: float | None = None) -> str | None:
         """:func:`focus_reason` at this rule's floor."""
@@ -201,13 +201,16 @@ def site_rule(scores: list[float], share: float = SITE_FLOOR_SHARE) -> FocusRule
                      source=f"{share:g} x the median focus score of {len(scores)} site fields, no marks")
 
 
-def focus_score(rgb: np.ndarray, radius: float | None = None, measure: FocusMeasure | None = None) -> float:
+def focus_score(rgb: np.ndarray, radius: float | None = None, measure: FocusMeasure | None = None,
+                marks: list | None = None) -> float:
     """The field's focus score (see the module docstring and :class:`FocusMeasure`; default
     :data:`FOCUS_MEASURE`): about 0.03-0.42 in focus (soft BCCD fields lowest), under 0.036 for a
     Gaussian blur of sigma 2 px or more. ``radius``: the cells' radius in pixels when the caller knows it
-    (else estimated, if the measure needs it: :func:`edgekit.device.field.segment.cell_radius`)."""
+    (else estimated, if the measure needs it: :func:`edgekit.device.field.segment.cell_radius`).
+    ``marks``: with ``measure.marks``, the burned-in marks' boxes when the caller knows them (a
+    camera remembers them across frames), instead of those found on this field."""
     m = measure or FOCUS_MEASURE
-    return combine(*edge_ratios(rgb, radius, m), m.profile)
+    return combine(*edge_ratios(rgb, radius, m, marks), m.profile)
 
 
 def combine(full: float, half: float | None, profile: float) -> float:
@@ -220,8 +223,8 @@ def combine(full: float, half: float | None, profile: float) -> float:
     return full * min(1.0, full / max(half, 1e-3)) ** profile
 
 
-def edge_ratios(rgb: np.ndarray, radius: float | None = None,
-                measure: FocusMeasure | None = None) -> tuple[float, float | None]:
+def edge_ratios(rgb: np.ndarray, radius: float | None = None, measure: FocusMeasure | None = None,
+                marks: list | None = None) -> tuple[float, float | None]:
     """(:func:`edge_ratio` of the field at the scale ``measure`` works at, the same at half that
     size, or None when the measure has no profile)."""
     cv2 = opencv()
@@ -237,7 +240,12 @@ def edge_ratios(rgb: np.ndarray, radius: float | None = None,
             scale = min(scale, m.px_per_radius / radius)
     if scale < 1:
         gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-    boxes = burned_marks(rgb if rgb.ndim == 3 else cv2.cvtColor(rgb, cv2.COLOR_GRAY2RGB)) if m.marks else []
+    if not m.marks:
+        boxes = []
+    elif marks is not None:
+        boxes = marks
+    else:
+        boxes = burned_marks(rgb if rgb.ndim == 3 else cv2.cvtColor(rgb, cv2.COLOR_GRAY2RGB))
     scale = min(scale, 1.0)
     full = edge_ratio(gray, m, marks_mask(boxes, gray.shape, scale, MARK_GROW) if boxes else None)
     if not m.profile or full <= 0:
