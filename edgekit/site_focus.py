@@ -45,6 +45,10 @@ def site_focus(fields_dir: Path | None, stems: list[str],
         log(f"focus: {len(scores)} readable training fields (< {MIN_FIELDS}): the site bundle keeps the "
             "shared focus floor")
         return None
-    chosen = site_rule(scores)
+    try:
+        chosen = site_rule(scores)
+    except ValueError as exc:  # fields without edges (blank, black) give no floor
+        log(f"focus: {exc}: the site bundle keeps the shared focus floor")
+        return None
     log(f"focus: site floor {chosen.floor:g} ({chosen.source})")
     return asdict(chosen)

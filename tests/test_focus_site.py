@@ -47,8 +47,9 @@ def test_site_rule_is_a_share_of_the_median_with_marks_left_out():
     rule = site_rule([0.02, 0.05, 0.04, 0.9])
     assert rule.marks and rule.floor == round(SITE_FLOOR_SHARE * 0.045, 4)
     assert "4 site fields" in rule.source
-    with pytest.raises(ValueError):
-        site_rule([])
+    for empty in ([], [0.0, 0.0]):  # no fields, or fields without edges: no floor
+        with pytest.raises(ValueError):
+            site_rule(empty)
     assert DEFAULT_RULE.floor == FOCUS_FLOOR and not DEFAULT_RULE.marks
 
 
