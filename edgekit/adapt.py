@@ -41,6 +41,7 @@ from edgekit.adapt_config import AdaptConfig
 from edgekit.errors import BundleError, DataError
 from edgekit.manifest import MANIFEST_NAME
 from edgekit.safefile import check_replaceable, replace_dir
+from edgekit.site_focus import site_focus
 
 if TYPE_CHECKING:
     from edgekit.formats import FormatSpec
@@ -533,6 +534,7 @@ def adapt_model(
             cleanup()
         _choose_decision(manifest, yv == pos, p_val, gv, cfg, fields, field_cut, outputs)
         manifest.domain = _site_domain(ds, fields, site, log)
+        manifest.focus = site_focus(fields_dir, fields["train"], log)  # issue 22: the site's focus floor
         _write_run(tmp, manifest, split, cfg, base_sha, keras_path, model, site, fields, best, n_base)
         from edgekit.export.bundle import export_bundle
 
