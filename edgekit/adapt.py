@@ -150,14 +150,16 @@ def label_coverage_note(whole: dict[str, Any], site: Path) -> str | None:
             "(cells.json: label_coverage) and adapt again")
 
 
-def whole_field_inputs(image: Path, pre: Any) -> np.ndarray | None:
+def whole_field_inputs(image: Path, pre: Any, focus: dict[str, Any] | None = None) -> np.ndarray | None:
     """Every cell the device finds on a field image, cropped and prepared as the device does;
-    None when the field is refused or holds no cell."""
+    None when the field is refused (``focus``: the bundle's focus rule, a manifest's ``focus``) or
+    holds no cell."""
     from edgekit.device.field import count_cells, crop_cell
+    from edgekit.device.field.focus import FocusRule
     from edgekit.device.preprocess import prepare, read_image
 
     rgb = read_image(image)
-    cells, _, reason = count_cells(rgb)
+    cells, _, reason = count_cells(rgb, rule=FocusRule.from_dict(focus))
     if reason or not cells:
         return None
     return np.stack([prepare(crop_cell(rgb, c), pre) for c in cells])
@@ -508,8 +510,11 @@ def adapt_model(
         f"{len(yt)} test cells from {len(fields['test'])}")
     x, y, w, n_base = _with_base_cells(xs, ys, base_manifest, Path(model), base_data, cfg, cache_dir, log,
                                        raw)
+    # the site's focus floor (issue 22) first: the validation and test fields are judged by the rule
+    # the bundle will carry, as a device running it judges them
+    focus = site_focus(fields_dir, fields["train"], log)
     # every cell the finder returns on each validation and test field, prepared once
-    whole = {stem: whole_field_inputs(path, pre) for stem, path in sorted(images.items())}
+    whole = {stem: whole_field_inputs(path, pre, focus) for stem, path in sorted(images.items())}
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
@@ -534,7 +539,7 @@ def adapt_model(
             cleanup()
         _choose_decision(manifest, yv == pos, p_val, gv, cfg, fields, field_cut, outputs)
         manifest.domain = _site_domain(ds, fields, site, log)
-        manifest.focus = site_focus(fields_dir, fields["train"], log)  # issue 22: the site's focus floor
+        manifest.focus = focus
         _write_run(tmp, manifest, split, cfg, base_sha, keras_path, model, site, fields, best, n_base)
         from edgekit.export.bundle import export_bundle
 

@@ -162,3 +162,27 @@ def test_the_camera_remembers_marks_so_a_pull_rises_to_its_peak():
     assert remembered == sorted(remembered)
     blank = np.full_like(rgb, 200)  # no marks: the remembered ones are kept 5 frames, then forgotten
     assert [bool(memory.update(blank)) for _ in range(6)] == [True] * 4 + [False] * 2
+
+
+def test_adapt_measures_whole_fields_by_the_rule_the_bundle_will_carry(tmp_path):
+    """The site's validation and test fields are judged as a device running the bundle judges them: a
+    field its focus rule refuses gives no cells to the cutoff or the gate."""
+    import cv2
+
+    from edgekit.adapt import whole_field_inputs
+    from edgekit.benchmarks.synthetic import compose_field
+    from edgekit.manifest import Preprocessing
+
+    cells = sorted((shared_data("malaria_cells") / "Uninfected").glob("*"))[:40]
+    if not cells:
+        pytest.skip("NIH cells not in ../shared/data")
+    rgb, _ = compose_field([read_image(p) for p in cells], seed=0, gap=30, background=(225, 222, 215))
+    image = tmp_path / "F001.png"
+    cv2.imwrite(str(image), rgb[:, :, ::-1])
+    pre = Preprocessing(input_size=(32, 32))
+    assert whole_field_inputs(image, pre) is not None
+    score = field_focus(rgb, FocusRule(marks=True))
+    assert score is not None
+    strict = {"floor": min(0.99, 1.5 * score), "marks": True, "source": "test"}
+    assert whole_field_inputs(image, pre, strict) is None
+    assert whole_field_inputs(image, pre, {**strict, "floor": 0.5 * score}) is not None
