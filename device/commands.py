@@ -59,13 +59,28 @@ def _live_options(f):
     return f
 
 
-def _live_capture(settle: int, capture_on_key: bool, echo):
+def _live_capture(settle: int, capture_on_key: bool, echo, rule=None):
     from edgekit.device.live import CaptureSettings, FieldCapture, requests_from_stdin
 
-    capture = FieldCapture(CaptureSettings(settle=settle, manual=capture_on_key))
+    capture = FieldCapture(CaptureSettings(settle=settle, manual=capture_on_key), rule=rule)
     if capture_on_key:
         requests_from_stdin(capture, echo)
     return capture
+
+
+def _focus_rule(bundle: Path | None):
+    """The bundle's focus rule, read before the model loads (the fields start segmenting meanwhile);
+    a bundle that cannot be read is refused by the load itself, with its own reason."""
+    from edgekit.device.field.focus import DEFAULT_RULE, FocusRule
+    from edgekit.errors import EdgekitError
+    from edgekit.manifest import read_manifest_data
+    from edgekit.paths import bundle_folder, default_bundle_dir
+
+    try:
+        data = read_manifest_data(default_bundle_dir() if bundle is None else bundle_folder(bundle))
+        return FocusRule.from_dict(data.get("focus"))
+    except (EdgekitError, OSError, TypeError, ValueError, AttributeError):
+        return DEFAULT_RULE
 
 
 def _load(bundle: Path | None, model_format: str | None, threads: int | None, allow_unsigned: bool = False,
@@ -160,6 +175,7 @@ def camera(source: str, bundle: Path | None, model_format: str | None, threads: 
     (docs/field-guide.md: Camera at the microscope). Nothing is recorded: use `screen --camera` for
     a patient. Ctrl-C stops."""
     from edgekit.device.camera import run_camera, run_field_camera
+    from edgekit.device.field.focus import rule_of
     from edgekit.device.quality import DEFAULT_GATES
     from edgekit.device.side_output import SideOutput
     from edgekit.errors import EdgekitError
@@ -178,7 +194,8 @@ def camera(source: str, bundle: Path | None, model_format: str | None, threads: 
                        f"{save_dir}", err=True)
             raise SystemExit(1)
         return
-    capture = _live_capture(settle, capture_on_key, lambda s: click.echo(s, err=True))
+    capture = _live_capture(settle, capture_on_key, lambda s: click.echo(s, err=True),
+                            rule_of(classifier))
     stats = run_field_camera(classifier, source, capture, click.echo, max_frames, reconnect, overlay_path,
                              show)
     click.echo(stats.line(), err=True)
@@ -219,6 +236,7 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
     The summary is printed in any case; the exit status is then 1 when an image of this run could
     not be read, 130 when Ctrl-C stopped a batch of files (with --camera, Ctrl-C is how it ends).
     """
+    from edgekit.device.field.focus import rule_of
     from edgekit.device.output import Progress
     from edgekit.device.pipeline import one_heap, workers
     from edgekit.device.quality import DEFAULT_GATES
@@ -233,7 +251,7 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
         raise EdgekitError("--fields takes field image PATHS, not --camera")
     one_heap()  # before any worker thread
     # files first (none with --camera): whole fields start decoding and segmenting while the model loads
-    from_files = file_source(paths, fields, workers(threads))
+    from_files = file_source(paths, fields, workers(threads), _focus_rule(bundle))
     classifier = _load(bundle, model_format, threads, allow_unsigned)
     decision = classifier.manifest.decision
     decision.check_decides_patients()
@@ -243,7 +261,8 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
     if use_camera and not crops_mode:  # a bad --overlay is refused before a session is opened
         from edgekit.device.live import LiveView
 
-        capture = _live_capture(settle, capture_on_key, lambda s: click.echo(s, err=True))
+        capture = _live_capture(settle, capture_on_key, lambda s: click.echo(s, err=True),
+                                rule_of(classifier))
         view = LiveView(decision, overlay_path, show, classifier.manifest.domain)
     with RecordStore(db or default_db_path()) as store:
         session = store.open_session(patient, classifier.model_sha256, site, operator, classifier.fmt,
@@ -288,7 +307,7 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
             n_workers = 1 if kind in ("field", "file") else workers(threads)
             if kind in ("field", "camera-field"):
                 tally = record_fields(store, session, crops, classifier, gates, stop, kind, report, on_field,
-                                      n_workers=n_workers)
+                                      n_workers=n_workers, rule=rule_of(classifier))
             else:
                 tally = record_crops(store, session, crops, classifier, gates, stop, kind, report,
                                      n_workers=n_workers, lookahead=kind == "file")

@@ -12,6 +12,7 @@ None, and the caller asks Pillow as before.
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 
 _SOF = (0xC0, 0xC1, 0xC2)  # baseline, extended sequential, progressive Huffman DCT
 _SKIPPED = (0xC4, 0xDD, 0xFE)  # Huffman tables, restart interval, comment: nothing Pillow checks
@@ -25,38 +26,62 @@ def simple_jpeg_header(data: bytes) -> tuple[int, int, int] | None:
     this reader does not take (the caller then opens it with Pillow)."""
     if data[:3] != b"\xff\xd8\xff":
         return None
-    pos, size, orientation, exif_seen = 2, None, 1, False
+    header, pos = _Header(), 2
     while True:
-        if pos + 4 > len(data) or data[pos] != 0xFF:
+        segment = _segment_at(data, pos)
+        if segment is None:
             return None
-        marker = data[pos + 1]
-        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
-        body = data[pos + 4 : pos + 2 + length]
-        if length < 2 or len(body) != length - 2:
-            return None
+        marker, body = segment
         if marker == 0xDA:  # start of scan: the header is over
-            return None if size is None else (*size, orientation)
-        if marker in _SOF:
-            if size is not None or len(body) < 6 or body[0] != 8 or body[5] not in (1, 3, 4):
-                return None
-            size = (int.from_bytes(body[3:5], "big"), int.from_bytes(body[1:3], "big"))
-        elif marker == 0xDB:
-            if not _tables_whole(body):
-                return None
-        elif marker == 0xE0:
-            if body.startswith(b"JFIF") and len(body) < 7:  # Pillow fails on a cut JFIF version
-                return None
-        elif marker == 0xE1:
-            if exif_seen or not body.startswith(b"Exif\0\0"):  # XMP may hold an orientation too
-                return None
-            exif_seen = True
-            found = _exif_orientation(body[6:])
-            if found is None:
-                return None
-            orientation = found
-        elif marker not in _SKIPPED:
+            return None if header.size is None else (*header.size, header.orientation)
+        if not header.take(marker, body):
             return None
-        pos += 2 + length
+        pos += 4 + len(body)
+
+
+def _segment_at(data: bytes, pos: int) -> tuple[int, bytes] | None:
+    """(marker, body) of the segment at ``pos``; None when it is cut or no segment starts there."""
+    if pos + 4 > len(data) or data[pos] != 0xFF:
+        return None
+    length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+    body = data[pos + 4 : pos + 2 + length]
+    if length < 2 or len(body) != length - 2:
+        return None
+    return data[pos + 1], body
+
+
+@dataclass
+class _Header:
+    """What the segments before the scan said."""
+
+    size: tuple[int, int] | None = None
+    orientation: int = 1
+    exif_seen: bool = False
+
+    def take(self, marker: int, body: bytes) -> bool:
+        """Whether this reader takes the segment (recording what it says); False: leave it to Pillow."""
+        if marker in _SOF:
+            if self.size is not None or len(body) < 6 or body[0] != 8 or body[5] not in (1, 3, 4):
+                return False
+            self.size = (int.from_bytes(body[3:5], "big"), int.from_bytes(body[1:3], "big"))
+            return True
+        if marker == 0xDB:
+            return _tables_whole(body)
+        if marker == 0xE0:
+            return not (body.startswith(b"JFIF") and len(body) < 7)  # Pillow fails on a cut JFIF version
+        if marker == 0xE1:
+            return self._exif(body)
+        return marker in _SKIPPED
+
+    def _exif(self, body: bytes) -> bool:
+        if self.exif_seen or not body.startswith(b"Exif\0\0"):  # XMP may hold an orientation too
+            return False
+        self.exif_seen = True
+        found = _exif_orientation(body[6:])
+        if found is None:
+            return False
+        self.orientation = found
+        return True
 
 
 def _tables_whole(body: bytes) -> bool:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -36,6 +37,10 @@ from edgekit.device.side_output import SideOutput
 from edgekit.safefile import check_output_target
 
 THUMB_WIDTH = 256
+# frames a burned-in mark found on one frame is still left out of the focus score: the camera draws
+# it at the same place while the smear moves, but a mark blurred with the view (a reticle, a test
+# video) is found at some blurs and not at others, and the score jumped mid-focus when it was not
+MARK_MEMORY = 60
 
 
 @dataclass(frozen=True)
@@ -81,13 +86,34 @@ def _thumb(rgb: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(small, cv2.COLOR_RGB2GRAY).astype(np.float32)
 
 
-def sharpness(rgb: np.ndarray) -> float:
+def sharpness(rgb: np.ndarray, rule: Any = None, marks: list | None = None) -> float:
     """The focus score of a frame: the same measure, on the whole frame, as every other path
-    (:func:`edgekit.device.field.focus.focus_score`; a central crop misjudged fields whose middle
-    is empty)."""
-    from edgekit.device.field.focus import focus_score
+    (``rule``: the bundle's :class:`~edgekit.device.field.focus.FocusRule`, default the shared one;
+    a central crop misjudged fields whose middle is empty). ``marks``: the burned-in marks' boxes
+    the camera remembers (:class:`MarkMemory`), with a rule that leaves them out."""
+    from edgekit.device.field.focus import DEFAULT_RULE
 
-    return focus_score(rgb)
+    return (rule or DEFAULT_RULE).score(rgb, marks)
+
+
+@dataclass
+class MarkMemory:
+    """The burned-in marks (:func:`edgekit.device.field.marks.burned_marks`) found on any of the
+    last ``frames`` frames: all of them are left out of each frame's focus score."""
+
+    frames: int = MARK_MEMORY
+    _seen: list = field(default_factory=list)  # (frame number, box)
+    _n: int = 0
+
+    def update(self, rgb: np.ndarray) -> list[tuple[int, int, int, int]]:
+        """Add this frame's marks; every box still remembered."""
+        from edgekit.device.field.marks import burned_marks
+
+        self._n += 1
+        found = burned_marks(rgb)
+        self._seen = [(k, b) for k, b in self._seen if self._n - k < self.frames and b not in found]
+        self._seen += [(self._n, b) for b in found]
+        return [b for _, b in self._seen]
 
 
 def shift(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
@@ -115,16 +141,21 @@ def registered(a: np.ndarray, b: np.ndarray, settings: CaptureSettings) -> tuple
 
 @dataclass
 class FieldCapture:
-    """Decides, frame by frame, when a new field has settled (see the module docstring)."""
+    """Decides, frame by frame, when a new field has settled (see the module docstring). ``rule``:
+    the bundle's :class:`~edgekit.device.field.focus.FocusRule` (its measure and floor; default
+    the shared one)."""
 
     settings: CaptureSettings = field(default_factory=CaptureSettings)
     stats: CaptureStats = field(default_factory=CaptureStats)
+    rule: Any = None
 
     def __post_init__(self) -> None:
-        from edgekit.device.field.focus import FOCUS_FLOOR
+        from edgekit.device.field.focus import DEFAULT_RULE
 
+        self.rule = self.rule or DEFAULT_RULE
+        self._marks = MarkMemory() if self.rule.marks else None
         given = self.settings.min_sharpness
-        self._min_sharp = FOCUS_FLOOR if given is None else given
+        self._min_sharp = self.rule.floor if given is None else given
         self._previous: np.ndarray | None = None
         self._armed = True  # a field may be taken: the view moved since the last capture
         self._requested = False
@@ -146,7 +177,7 @@ class FieldCapture:
         moved_px, response = (0.0, 1.0) if self._previous is None else shift(self._previous, thumb)
         moved_px *= rgb.shape[1] / THUMB_WIDTH  # in frame pixels
         self._previous = thumb
-        sharp = sharpness(rgb)
+        sharp = sharpness(rgb, self.rule, None if self._marks is None else self._marks.update(rgb))
         if self._skipped(sharp, moved_px, response):
             return None
         settled = self._settled(sharp, rgb)  # always: it adds the frame to the still run
@@ -231,8 +262,8 @@ def camera_fields(frames: Iterable[np.ndarray], capture: FieldCapture,
             on_hold_still(n)
         if taken is None:
             continue
-        focus = field_focus(taken)  # the sharpest frame of the still run, not the last
-        cells, _, reason = count_cells(taken, focus=focus)
+        focus = field_focus(taken, capture.rule)  # the sharpest frame of the still run, not the last
+        cells, _, reason = count_cells(taken, focus=focus, rule=capture.rule)
         yield f"field {capture.stats.fields}", None, taken, cells, reason, focus
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -144,14 +145,14 @@ def path_crops(paths: Iterable[tuple[str, Path | None]]) -> Iterable[Crop]:
         yield shown, None, path if path is not None else shown
 
 
-def file_source(paths: Sequence[str], fields: bool, n_workers: int = 1
+def file_source(paths: Sequence[str], fields: bool, n_workers: int = 1, rule: Any = None
                 ) -> tuple[Iterable[Any], int | None, str]:
     """What `screen PATHS` records, as (items, how many or None, source kind): whole fields decoded and
     segmented in ``n_workers - 1`` background threads (:func:`segment_paths`; record them with
     :func:`record_fields`), or one crop per file (:func:`record_crops`)."""
     items = list(expand_inputs(paths))
     if fields:
-        return segment_paths(items, n_workers), None, "field"
+        return segment_paths(items, n_workers, rule), None, "field"
     return path_crops(items), len(items), "file"
 
 
@@ -345,18 +346,20 @@ class FieldCheck:
 
 
 def check_field(store: RecordStore, session: Session, source_id: str, rgb: np.ndarray,
-                replace: bool = True, focus: float | None = None) -> FieldCheck:
+                replace: bool = True, focus: float | None = None, rule: Any = None) -> FieldCheck:
     """The session's judgement of a field that passed the field quality gate: is it a field already
     counted in the session (:mod:`~edgekit.device.field.identity`: re-encoded, shifted, rescaled or
     a little blurred), and is it well below the sharpness of the session's recent fields
     (:mod:`~edgekit.device.field.focus`)? With ``replace``, a retake sharper than the counted field
     by :func:`replace_margin` replaces it (atomically, when recorded). ``focus``: the field's
-    :func:`~edgekit.device.field.focus.focus_score` when the caller has it already."""
-    from edgekit.device.field.focus import SESSION_RECENT, focus_reason, focus_score
+    :func:`~edgekit.device.field.focus.focus_score` when the caller has it already; ``rule``: the
+    bundle's :class:`~edgekit.device.field.focus.FocusRule` (default: the shared one)."""
+    from edgekit.device.field.focus import DEFAULT_RULE, SESSION_RECENT
     from edgekit.device.field.identity import Signature, same_field, signature
     from edgekit.device.records import FieldEntry
 
-    score = focus_score(rgb) if focus is None else focus
+    rule = rule or DEFAULT_RULE
+    score = rule.score(rgb) if focus is None else focus
     sig = signature(rgb)
     counted = store.fields(session.id)
     recheck = {"checked_up_to": max((f["id"] for f in counted), default=0),
@@ -371,7 +374,7 @@ def check_field(store: RecordStore, session: Session, source_id: str, rgb: np.nd
                 why += "; this take is sharper: send it with replace to count it instead"
             return FieldCheck("duplicate", score, reason=why, duplicate_of=old)
     best = max((f["sharpness"] for f in counted[-SESSION_RECENT:]), default=None)
-    reason = focus_reason(score, best)
+    reason = rule.reason(score, best)
     if reason:
         return FieldCheck("out of focus", score, reason=reason)
     return FieldCheck("new", score, FieldEntry(source_id, sig.to_bytes(), score, **recheck))
@@ -395,7 +398,8 @@ def field_items(source_id: str, rgb: np.ndarray, cells: list, check: FieldCheck,
 SegmentedField = tuple[str, "str | None", "np.ndarray | None", list, "str | None", "float | None"]
 
 
-def segment_paths(paths: Iterable[tuple[str, Path | None]], n_workers: int = 1) -> Iterable[SegmentedField]:
+def segment_paths(paths: Iterable[tuple[str, Path | None]], n_workers: int = 1,
+                  rule: Any = None) -> Iterable[SegmentedField]:
     """Whole-field files decoded and segmented for :func:`record_fields`: with ``n_workers`` > 1, in
     ``n_workers - 1`` background threads, as many fields ahead, while the caller records a field's
     cells in its own thread (record them with ``n_workers=1``). A field cost ~30 MB while it was
@@ -403,10 +407,10 @@ def segment_paths(paths: Iterable[tuple[str, Path | None]], n_workers: int = 1) 
     each field more in flight raised the peak RSS (3 fields, 2 segmenting: 178 MB; 2 fields, 1
     segmenting: 150 MB on 8 IML fields), and the cells' own work (small arrays, holding the GIL)
     gained nothing from a second thread."""
-    return prefetch(_segment_one, paths, n_workers - 1, ahead=n_workers - 1)
+    return prefetch(partial(_segment_one, rule=rule), paths, n_workers - 1, ahead=n_workers - 1)
 
 
-def _segment_one(item: tuple[str, Path | None]) -> SegmentedField:
+def _segment_one(item: tuple[str, Path | None], rule: Any = None) -> SegmentedField:
     from edgekit.device.field import count_cells
     from edgekit.device.field.quality import field_focus
     from edgekit.device.preprocess import read_image
@@ -418,8 +422,8 @@ def _segment_one(item: tuple[str, Path | None]) -> SegmentedField:
         rgb = read_image(path)
     except ImageError as exc:
         return shown, file_hash(path), None, [], str(exc).removeprefix(f"{path.name}: "), None
-    focus = field_focus(rgb)  # once, for the field gate here and the session's check_field
-    cells, _, reason = count_cells(rgb, focus=focus)
+    focus = field_focus(rgb, rule)  # once, for the field gate here and the session's check_field
+    cells, _, reason = count_cells(rgb, focus=focus, rule=rule)
     return shown, file_hash(path), rgb, cells, reason, focus
 
 
@@ -427,7 +431,7 @@ def record_fields(
     store: RecordStore, session: Session, fields: Iterable[SegmentedField], classifier: Classifier,
     gates: QualityGates | None = DEFAULT_GATES, stop_cells: int | None = None, source_kind: str = "field",
     on_outcome: Callable[[Outcome], None] | None = None, on_field: Callable[..., None] | None = None,
-    n_workers: int = 1, replace: bool = True,
+    n_workers: int = 1, replace: bool = True, rule: Any = None,
 ) -> Tally:
     """Record whole fields, one at a time, as ``screen --fields`` and the camera do: a field the
     quality gate refuses is recorded once as rejected; a field the session already counted
@@ -452,7 +456,7 @@ def record_fields(
             why = ImageError(reason or "unreadable")
             items: list[Crop] = [(shown, content_hash or f"rejected:{shown}", why)]
         else:
-            check = check_field(store, session, shown, rgb, replace, focus)
+            check = check_field(store, session, shown, rgb, replace, focus, rule)
             items = field_items(shown, rgb, cells, check, content_hash)
         if on_field:
             on_field(shown, rgb, cells if check is not None and check.counted else [], check)

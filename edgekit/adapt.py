@@ -41,6 +41,7 @@ from edgekit.adapt_config import AdaptConfig
 from edgekit.errors import BundleError, DataError
 from edgekit.manifest import MANIFEST_NAME
 from edgekit.safefile import check_replaceable, replace_dir
+from edgekit.site_focus import site_focus
 
 if TYPE_CHECKING:
     from edgekit.formats import FormatSpec
@@ -149,14 +150,16 @@ def label_coverage_note(whole: dict[str, Any], site: Path) -> str | None:
             "(cells.json: label_coverage) and adapt again")
 
 
-def whole_field_inputs(image: Path, pre: Any) -> np.ndarray | None:
+def whole_field_inputs(image: Path, pre: Any, focus: dict[str, Any] | None = None) -> np.ndarray | None:
     """Every cell the device finds on a field image, cropped and prepared as the device does;
-    None when the field is refused or holds no cell."""
+    None when the field is refused (``focus``: the bundle's focus rule, a manifest's ``focus``) or
+    holds no cell."""
     from edgekit.device.field import count_cells, crop_cell
+    from edgekit.device.field.focus import FocusRule
     from edgekit.device.preprocess import prepare, read_image
 
     rgb = read_image(image)
-    cells, _, reason = count_cells(rgb)
+    cells, _, reason = count_cells(rgb, rule=FocusRule.from_dict(focus))
     if reason or not cells:
         return None
     return np.stack([prepare(crop_cell(rgb, c), pre) for c in cells])
@@ -365,10 +368,12 @@ def _base_sample(manifest: Any, source: Path, base_data: Path | None, n: int, se
     )
 
 
-def _found_objects(site: Path, train_fields: list[str], cfg: AdaptConfig, pre: Any,
-                   cache_dir: Path | None) -> np.ndarray:
+def _found_objects(site: Path, train_fields: list[str], cfg: AdaptConfig, pre: Any, cache_dir: Path | None,
+                   scores: Callable[[list[str]], np.ndarray] | None = None) -> np.ndarray:
     """Up to ``cfg.objects_per_field`` crops per training field of the objects the finder returned
-    there that are no labelled cell (``SITE/.objects`` from ``edgekit cells``); none when absent."""
+    there that are no labelled cell (``SITE/.objects`` from ``edgekit cells``); none when absent. Of
+    those, ``cfg.hard_objects`` per field are the ones ``scores`` (the base model's positive
+    probability of each path) ranks highest, the rest drawn at random."""
     from edgekit.cells import OBJECTS_DIR, field_of
     from edgekit.data import load_images
 
@@ -380,13 +385,38 @@ def _found_objects(site: Path, train_fields: list[str], cfg: AdaptConfig, pre: A
     for f in sorted(folder.iterdir()):
         if f.suffix == ".png" and field_of(f) in wanted:
             by_field.setdefault(field_of(f), []).append(f"{OBJECTS_DIR}/{f.name}")
+    hard: set[str] = set()
+    if cfg.hard_objects and scores is not None and by_field:
+        every = [p for fld in sorted(by_field) for p in by_field[fld]]
+        score = dict(zip(every, scores(every), strict=True))
+        for fld in sorted(by_field):
+            ranked = sorted(by_field[fld], key=lambda q: -score[q])
+            hard.update(ranked[: min(cfg.hard_objects, cfg.objects_per_field)])
     rng = random.Random(cfg.seed)
-    paths = [p for fld in sorted(by_field)
-             for p in rng.sample(by_field[fld], min(cfg.objects_per_field, len(by_field[fld])))]
+    paths = []
+    for fld in sorted(by_field):
+        first = [p for p in by_field[fld] if p in hard]
+        rest = [p for p in by_field[fld] if p not in hard]
+        paths += first + rng.sample(rest, min(len(rest), cfg.objects_per_field - len(first)))
     if not paths:
         return np.zeros((0, *pre.input_size, pre.channels), np.uint8)
     x, _ = load_images(Path(site), paths, pre, cache_dir=cache_dir)
     return x
+
+
+def base_scores(keras_path: Path, site: Path, pre: Any, positive: int,
+                cache_dir: Path | None) -> Callable[[list[str]], np.ndarray]:
+    """The base model's positive probability of crops of ``site`` (paths relative to it), prepared
+    with ``pre`` as the device prepares them."""
+    def scores(paths: list[str]) -> np.ndarray:
+        from edgekit.data import load_images
+        from edgekit.export.bundle import load_keras
+        from edgekit.parts import predict_arrays
+
+        x, _ = load_images(Path(site), paths, pre, cache_dir=cache_dir)
+        return predict_arrays(load_keras(keras_path), x)[:, positive]
+
+    return scores
 
 
 def _weights(y: np.ndarray, n_classes: int, total: float) -> np.ndarray:
@@ -471,7 +501,8 @@ def adapt_model(
     # training crops are read raw and go through augmentation, then the stain normalization, in the
     # training pipeline (as `edgekit train` does); validation and test crops get the device's prepare()
     raw = dataclasses.replace(pre, stain="none")
-    xs, ys = _site_training_cells(split, site, fields["train"], labels, pos, raw, cfg, cache_dir, log)
+    xs, ys = _site_training_cells(split, site, fields["train"], labels, pos, raw, cfg, cache_dir, log,
+                                  base_scores(keras_path, site, pre, pos, cache_dir))
     xv, yv, gv, _ = _arrays(split, "val", labels, pre, cache_dir)
     xt, yt, gt, _ = _arrays(split, "test", labels, pre, cache_dir)
     log(f"site: {len(ys)} train cells ({int((ys == pos).sum())} {labels[pos]}) from {len(fields['train'])} "
@@ -479,8 +510,11 @@ def adapt_model(
         f"{len(yt)} test cells from {len(fields['test'])}")
     x, y, w, n_base = _with_base_cells(xs, ys, base_manifest, Path(model), base_data, cfg, cache_dir, log,
                                        raw)
+    # the site's focus floor (issue 22) first: the validation and test fields are judged by the rule
+    # the bundle will carry, as a device running it judges them
+    focus = site_focus(fields_dir, fields["train"], log)
     # every cell the finder returns on each validation and test field, prepared once
-    whole = {stem: whole_field_inputs(path, pre) for stem, path in sorted(images.items())}
+    whole = {stem: whole_field_inputs(path, pre, focus) for stem, path in sorted(images.items())}
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
@@ -505,6 +539,7 @@ def adapt_model(
             cleanup()
         _choose_decision(manifest, yv == pos, p_val, gv, cfg, fields, field_cut, outputs)
         manifest.domain = _site_domain(ds, fields, site, log)
+        manifest.focus = focus
         _write_run(tmp, manifest, split, cfg, base_sha, keras_path, model, site, fields, best, n_base)
         from edgekit.export.bundle import export_bundle
 
@@ -565,15 +600,18 @@ def _export_formats(formats: str) -> tuple[FormatSpec, ...]:
 
 def _site_training_cells(
     split: Any, site: Path, train_fields: list[str], labels: list[str], pos: int, raw: Any, cfg: AdaptConfig,
-    cache_dir: Path | None, log: Log,
+    cache_dir: Path | None, log: Log, scores: Callable[[list[str]], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The site's training crops (``raw``: no stain normalization) and labels, with the objects the
-    finder returns on the training fields that are no labelled cell, learnt as negatives."""
+    finder returns on the training fields that are no labelled cell, learnt as negatives (``scores``:
+    the base model's, for the hard ones)."""
     xs, ys, _, _ = _arrays(split, "train", labels, raw, cache_dir)
-    xo = _found_objects(site, train_fields, cfg, raw, cache_dir)
+    xo = _found_objects(site, train_fields, cfg, raw, cache_dir, scores)
     if len(xo):
-        log(f"site: {len(xo)} found objects that are no labelled cell, from the training fields, learnt as "
-            f"{labels[1 - pos]}")
+        hard = (f", the {cfg.hard_objects} per field the base model scores highest first"
+                if cfg.hard_objects else "")
+        log(f"site: {len(xo)} found objects that are no labelled cell, from the training fields{hard}, "
+            f"learnt as {labels[1 - pos]}")
         xs, ys = np.concatenate([xs, xo]), np.concatenate([ys, np.full(len(xo), 1 - pos, ys.dtype)])
     return xs, ys
 

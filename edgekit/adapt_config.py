@@ -57,6 +57,10 @@ class AdaptConfig:
     # sensitivity at specificity 99.5% 0.56 -> 0.61 (higher on every seed), AUC 0.9923 -> 0.9930,
     # whole-field error 1.62 -> 1.58 points (benchmarks/results/site_hard_negatives_iml.json)
     hard_negatives: int = 10
+    # of the objects_per_field, this many are the found objects the base model scores highest on each
+    # training field (two overlapping cells found as one, a neighbour's parasite inside a cell's outline:
+    # what it over-calls on whole fields), the rest at random
+    hard_objects: int = 0
     seed: int = 0
     # what the test fields must show before the site guard may vouch (edgekit.manifest.GATE_BOUNDS)
     gate: dict[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_GATE_BOUNDS))
@@ -72,7 +76,7 @@ class AdaptConfig:
             raise DataError(f"unknown cutoff method {self.cutoff!r}: {', '.join(SITE_CUTOFFS)}")
         if self.train_fields is not None and self.train_fields < 1:
             raise DataError("--train-fields must be at least 1")
-        if self.hard_negatives < 0:
-            raise DataError("--hard-negatives must not be negative")
+        if self.hard_negatives < 0 or self.hard_objects < 0:
+            raise DataError("--hard-negatives and --hard-objects must not be negative")
         if self.average_epochs < 0:
             raise DataError("--average-epochs must not be negative")

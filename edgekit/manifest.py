@@ -450,6 +450,9 @@ class Manifest:
     versions: dict[str, str] = field(default_factory=dict)
     domain: Domain | None = None  # training-cell statistics for the domain guard; None: not fitted
     release: str | None = None  # release version (dotted integers), stamped by `edgekit sign`; signed
+    # a site's focus rule (edgekit.device.field.focus.FocusRule: floor, marks, source), set by `edgekit
+    # site adapt` on the site's fields; None: the floor every microscope shares
+    focus: dict[str, Any] | None = None
     schema: str = SCHEMA
 
     def __post_init__(self) -> None:
@@ -489,6 +492,7 @@ class Manifest:
                 versions=d.get("versions", {}),
                 domain=Domain(**d["domain"]) if d.get("domain") else None,
                 release=d.get("release"),
+                focus=d.get("focus"),
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise BundleError(f"malformed manifest: {exc}") from exc

@@ -153,10 +153,24 @@ def validate_manifest_data(d: Any) -> None:
     _patient_rule(_obj(d, "patient_rule", "patient_rule"))
     for k in ("training", "evaluation", "versions"):
         _obj(d, k, k)
+    _focus(d.get("focus"))
 
     arts = _obj(d, "artifacts", "artifacts")
     for key, a in arts.items():
         _artifact(key, a, len(labels))
+
+
+def _focus(f: Any) -> None:
+    """``focus`` (a site bundle's focus rule, or absent/null): a floor in (0, 1), marks a boolean."""
+    if f is None:
+        return
+    if not isinstance(f, dict):
+        raise _fail("focus", f"must be an object, not {type(f).__name__}")
+    if not (_is_num(f.get("floor")) and 0 < f["floor"] < 1):
+        raise _fail("focus.floor", f"must be a number in (0, 1), not {f.get('floor')!r}")
+    if "marks" in f and not isinstance(f["marks"], bool):
+        raise _fail("focus.marks", f"must be true or false, not {f['marks']!r}")
+    _str(f, "source", "focus.source")
 
 
 def _labels(d: dict[str, Any]) -> list[str]:

@@ -20,7 +20,9 @@ Bounds: the site gate's (``manifest.domain.gate.bounds``, recorded by ``edgekit 
 ``parasitemia_error``, the largest mean per-field error in points, on whole fields when ``--fields``
 is given; ``auc`` and ``sensitivity_at_specificity`` (0.995), the lowest values), else
 ``edgekit.manifest.DEFAULT_GATE_BOUNDS``. A bound that cannot be measured (a sample without
-parasitized cells has no AUC) does not hold. Light: numpy and the device runtime.
+parasitized cells has no AUC) does not hold, nor does a bundle that failed its own test fields when
+it was adapted (its results say NOT VALIDATED whatever later fields measure). Light: numpy and the
+device runtime.
 """
 
 from __future__ import annotations
@@ -165,7 +167,8 @@ def check_site(bundle: str | os.PathLike, data: str | os.PathLike,
     return CheckResult(
         bundle=str(clf.bundle_dir), model_format=clf.fmt, cells=int(len(y)), positive_cells=int(y.sum()),
         fields=len(fields), measured=measured, bounds=bounds, bounds_from=bounds_from,
-        failures=_bound_failures(_held(measured), bounds), per_field=per_field, notes=notes,
+        failures=_bound_failures(_held(measured), bounds) + _own_gate(manifest), per_field=per_field,
+        notes=notes,
         disagreements=disagreements(Path(data), [items[k] for k in keep], p, y, called, decision),
     )
 
@@ -317,6 +320,16 @@ def _guard_share(per_field: list[dict[str, Any]], domain: Any, measured: dict[st
     elif measured["guard_ok_share"] is not None and measured["guard_ok_share"] < 1.0:
         notes.append(f"the guard does not vouch for {vouched.count(False)} of {len(vouched)} fields: "
                      "screening there is marked NOT VALIDATED and referred")
+
+
+def _own_gate(manifest: Any) -> list[str]:
+    """A failure when the bundle failed its own test fields at adaptation: every result it gives says
+    NOT VALIDATED whatever later fields measure, so it cannot be said to hold."""
+    gate = manifest.domain.gate if manifest.domain is not None else None
+    if gate is None or gate.passed:
+        return []
+    return [f"the bundle failed its own test fields when it was adapted ({gate.summary()}): every result "
+            "it gives says NOT VALIDATED"]
 
 
 def _held(measured: dict[str, float | None]) -> dict[str, float | None]:

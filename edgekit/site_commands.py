@@ -134,6 +134,9 @@ def cells(fields: tuple[Path, ...], annotations: Path | None, sessions_db: Path 
               help="At most this many found objects that are no labelled cell (white cells, clumps; kept by "
                    "`edgekit site cells`) per fully labelled training field, learnt as not parasitized; "
                    "0: none.")
+@click.option("--hard-objects", type=click.IntRange(0), default=AdaptConfig.hard_objects, show_default=True,
+              help="Of --objects-per-field, this many per training field are the found objects the base "
+                   "model scores highest; the rest at random.")
 @click.option("--epochs", type=click.IntRange(1), default=AdaptConfig.epochs, show_default=True,
               help="At most this many epochs (see --patience).")
 @click.option("--patience", type=click.IntRange(0), default=AdaptConfig.patience or 0, show_default=True,
@@ -181,7 +184,8 @@ def cells(fields: tuple[Path, ...], annotations: Path | None, sessions_db: Path 
               help="Where decoded image arrays are cached.")
 @sign_key_option
 def adapt(model: Path, site: Path, out: Path, fields_split: Path | None, block: int, train_fields: int | None,
-          negatives_per_field: int | None, hard_negatives: int, objects_per_field: int, epochs: int,
+          negatives_per_field: int | None, hard_negatives: int, objects_per_field: int, hard_objects: int,
+          epochs: int,
           patience: int, average_epochs: float, lr: float, batch_size: int,
           base_share: float, base_split: Path | None, base_data: Path | None, cutoff: str,
           fields_dir: Path | None, gate_error: float, gate_auc: float, formats: tuple[FormatSpec, ...],
@@ -213,7 +217,7 @@ def adapt(model: Path, site: Path, out: Path, fields_split: Path | None, block: 
                       base_share=base_share,
                       train_fields=train_fields, negatives_per_field=negatives_per_field or None, block=block,
                       objects_per_field=objects_per_field, average_epochs=average_epochs,
-                      hard_negatives=hard_negatives,
+                      hard_negatives=hard_negatives, hard_objects=hard_objects,
                       cutoff=cutoff, seed=seed, gate=gate)
     m = adapt_model(model, site, out, cfg, split_file=fields_split, base_split=base_split,
                     base_data=base_data, formats=",".join(f.name for f in formats), replace=replace,

@@ -456,3 +456,43 @@ def test_the_same_data_and_seed_give_the_same_site_bundle(base_run, site, tmp_pa
                      {k: a.sha256 for k, a in m.artifacts.items() if a.runtime != "keras"}))
     assert runs[0] == runs[1]
     assert not config.is_op_determinism_enabled()
+
+
+def test_hard_objects_are_those_the_base_model_scores_highest(tmp_path):
+    """--hard-objects: of the found objects learnt per training field, those the base model scores
+    highest come first and the rest at random; a field whose boxes miss cells gives none."""
+    import cv2
+
+    from edgekit.adapt import AdaptConfig, _found_objects
+    from edgekit.cells import OBJECTS_DIR
+    from edgekit.manifest import Preprocessing
+
+    (tmp_path / "cells.json").write_text(json.dumps({"per_field": [
+        {"field": "A.JPG", "found": 10, "labelled": {"Uninfected": 9}},
+        {"field": "B.JPG", "found": 100, "labelled": {"Uninfected": 40}}]}))
+    (tmp_path / OBJECTS_DIR).mkdir()
+    value = {}
+    for field in "AB":
+        for k in range(8):
+            name = f"{OBJECTS_DIR}/{field}__{k}.png"
+            value[name] = 10 * k + 5  # the crop's grey level says which object it is
+            cv2.imwrite(str(tmp_path / name), np.full((20, 20, 3), value[name], np.uint8))
+    pre = Preprocessing(input_size=(8, 8), stain="none")
+    said: list[list[str]] = []
+
+    def scores(paths: list[str]) -> np.ndarray:  # the base model's: objects 5 and 2 score highest
+        said.append(paths)
+        return np.array([{5: 0.9, 2: 0.8}.get(int(p.split("__")[1][0]), 0.1) for p in paths])
+
+    def levels(cfg: AdaptConfig) -> list[int]:
+        x = _found_objects(tmp_path, ["A", "B"], cfg, pre, None, scores)
+        return [int(round(float(v))) for v in x.reshape(len(x), -1).mean(axis=1)]
+
+    hard = levels(AdaptConfig(objects_per_field=3, hard_objects=2))
+    assert len(hard) == 3 and hard[:2] == [25, 55]  # objects 2 and 5 first (file order), then one at random
+    assert said and all(p.startswith(f"{OBJECTS_DIR}/A__") for p in said[0])  # B is incompletely labelled
+    said.clear()
+    plain = levels(AdaptConfig(objects_per_field=3))
+    assert not said and len(plain) == 3  # without hard objects the base model is not asked
+    # more hard objects than objects per field: the three highest (ties in file order), none at random
+    assert levels(AdaptConfig(objects_per_field=3, hard_objects=9)) == [5, 25, 55]

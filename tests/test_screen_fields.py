@@ -47,7 +47,6 @@ def test_each_field_is_measured_for_focus_once_with_the_same_records(tmp_path, m
     """The field gate and the session's check share one focus measurement per field, and the
     records (sharpness included) are those of measuring it twice, as before."""
     import edgekit.device.field.focus as focus
-    import edgekit.device.field.quality as quality
     import edgekit.device.screening as screening
 
     def run(db):
@@ -62,12 +61,11 @@ def test_each_field_is_measured_for_focus_once_with_the_same_records(tmp_path, m
     calls = []
     measure = focus.focus_score
 
-    def counted(rgb):
+    def counted(rgb, *args, **kwargs):
         calls.append(1)
-        return measure(rgb)
+        return measure(rgb, *args, **kwargs)
 
-    for module in (focus, quality):
-        monkeypatch.setattr(module, "focus_score", counted)
+    monkeypatch.setattr(focus, "focus_score", counted)  # every path scores through it (FocusRule.score)
     once = run(tmp_path / "once.sqlite")
     n_fields = len(once[1])
     assert n_fields >= 2 and len(calls) == n_fields
@@ -117,9 +115,9 @@ def test_fields_segment_in_a_background_thread_with_the_same_records(tmp_path, m
     where: list[str] = []
     segment = screening._segment_one
 
-    def traced(item):
+    def traced(item, **kwargs):
         where.append(threading.current_thread().name)
-        return segment(item)
+        return segment(item, **kwargs)
 
     monkeypatch.setattr(screening, "_segment_one", traced)
 

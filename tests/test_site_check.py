@@ -217,3 +217,20 @@ def test_site_check_shows_the_labels_it_contradicts(site_bundle, tmp_path):
     res = CliRunner().invoke(main, ["site", "check", str(site_bundle), "--data", str(data), "--review",
                                     str(tmp_path)])
     assert res.exit_code != 0 and "refusing to write" in res.output and "Traceback" not in res.output
+
+
+def test_a_bundle_that_failed_its_own_gate_never_holds(site_bundle, tmp_path):
+    """New fields that meet every bound do not make a bundle hold whose own test fields failed: every
+    result it gives still says NOT VALIDATED."""
+    data = write_site_cells(tmp_path / "new", [f"N{i:02d}" for i in range(4)], seed=7)
+    path = site_bundle / "manifest.json"
+    d = json.loads(path.read_text())
+    d["domain"]["gate"] = {"bounds": {"parasitemia_error": 1.0, "auc": 0.97},
+                           "measured": {"parasitemia_error": 2.5, "auc": 0.99}}
+    path.write_text(json.dumps(d))
+    try:
+        res = CliRunner().invoke(main, ["site", "check", str(site_bundle), "--data", str(data)])
+        assert res.exit_code == 1, res.output
+        assert "failed its own test fields" in res.stdout and "DOES NOT HOLD" in res.stdout
+    finally:
+        _set_gate(site_bundle, None)

@@ -14,6 +14,7 @@ import numpy as np
 from edgekit.device.backends import predict_in_batches
 from edgekit.device.field.count import count_cells
 from edgekit.device.field.crop import crop_cell
+from edgekit.device.field.focus import rule_of
 from edgekit.device.field.types import ClassifierLike, FieldParams, FieldReport, cell_id
 from edgekit.errors import ImageError
 
@@ -90,7 +91,7 @@ def segment_field(
     report.shape = (int(rgb.shape[0]), int(rgb.shape[1]))
     t1 = time.perf_counter()
     report.timing["decode"] = t1 - t0
-    report.cells, report.cell_radius, reason = count_cells(rgb, p, focus)
+    report.cells, report.cell_radius, reason = count_cells(rgb, p, focus, rule_of(classifier))
     report.timing["segment"] = time.perf_counter() - t1
     if reason is not None:
         report.rejected = reason

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgekit.device.field.focus import focus_score
+from edgekit.device.field.focus import DEFAULT_RULE, FocusRule
 from edgekit.device.field.quality import field_quality, saturated_fraction, shape_reason
 from edgekit.device.field.segment import MAX_RADIUS_FRACTION, segment_cells, working_copy
 from edgekit.device.field.types import CellBox, FieldParams
@@ -15,24 +15,25 @@ from edgekit.device.field.view import inside_crop, outside_view, paint_outside
 
 
 def count_cells(
-    rgb: np.ndarray, params: FieldParams | None = None, focus: float | None = None
+    rgb: np.ndarray, params: FieldParams | None = None, focus: float | None = None,
+    rule: FocusRule | None = None,
 ) -> tuple[list[CellBox], float, str | None]:
     """Quality check, then :func:`~edgekit.device.field.segment.segment_cells`: (cells, typical
     radius in pixels, reason or None). A reason means the field is not to be counted, and the cell
     list is then empty. ``focus``: the field's :func:`~edgekit.device.field.quality.field_focus`
-    when the caller has it already."""
+    when the caller has it already; ``rule``: the bundle's focus rule (default: the shared one)."""
     p = params or FieldParams()
     reason = shape_reason(rgb)  # before shrinking: a 1-px strip cannot be shrunk
     if reason:
         return [], 0.0, reason
     outside = outside_view(rgb)  # an eyepiece's black surround is no smear
     if outside is not None:
-        focus = focus_score(inside_crop(rgb, outside)) if focus is None else focus
+        focus = (rule or DEFAULT_RULE).score(inside_crop(rgb, outside)) if focus is None else focus
         rgb = paint_outside(rgb, outside, p)
     work = working_copy(rgb, p.max_side, p.enlarge)
     # measured on the field's own pixels, never an enlarged copy (interpolation smooths the noise)
     small = work[0] if work[1] <= 1 else rgb
-    reason = field_quality(rgb, small, focus)
+    reason = field_quality(rgb, small, focus, rule)
     if reason:
         return [], 0.0, reason
     cells, radius = segment_cells(rgb, p, work, outside)

@@ -41,6 +41,16 @@ the one floor every microscope shares (14 of 172 dev fields refused), and on the
 0.55 and 1.26), against 8 of 8 at their focus peak without it. The marks need a floor that is not
 one absolute number for every microscope.
 
+**A site's own floor** (:class:`FocusRule`, :func:`site_rule`): the measure is in pixels of edge
+width, so one floor cannot tell soft optics in focus (IML: usable fields at 0.023-0.09 with marks left
+out) from crisp optics blurred with sigma 2 (up to 0.035). A site bundle (``edgekit site adapt``)
+leaves marks out and sets its floor to SITE_FLOOR_SHARE x the median score of the site's own fields;
+the manifest's ``focus`` carries it, and every path (files, folders, camera, phone) judges by the
+loaded bundle's rule (:func:`rule_of`). On held-out IML fields whose blurred copies keep their bar
+sharp, sigma >= 2 refused: 0% (shared rule) -> 100%; of the 172 IML fields as they are, 3 refused
+(PA171740 plainly blurred, PA171770 soft, PA171829) against 14 with marks left out at FOCUS_FLOOR
+(``focus_floor --site``, ``focus_site.json``). The default bundle keeps the shared rule.
+
 The measure can also be taken at a fixed number of pixels per cell radius (the radius from Hough
 circles, :func:`edgekit.device.field.segment.cell_radius`), so that a higher magnification or a
 phone zoom is not judged blurred. It is not the default: a 1.5x-interpolated sharp BCCD field and
@@ -63,7 +73,7 @@ calibrations (with the option on).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -129,13 +139,78 @@ class FocusMeasure:
 FOCUS_MEASURE = FocusMeasure(noise=True, profile=0.9, select=5, edges=10.0, flat=40.0, marks=False)
 
 
-def focus_score(rgb: np.ndarray, radius: float | None = None, measure: FocusMeasure | None = None) -> float:
+SITE_FLOOR_SHARE = 0.58  # a site's floor: this share of the median score of its own fields (focus_site.json)
+SITE_MARKS = True  # a site's rule leaves burned-in marks out (its floor is set on that measure)
+
+
+@dataclass(frozen=True)
+class FocusRule:
+    """The focus judgement a bundle carries (its manifest's ``focus``): the floor and whether
+    burned-in marks are left out of the measure. The default is :data:`FOCUS_FLOOR` on
+    :data:`FOCUS_MEASURE`, the one floor every microscope shares. A site bundle
+    (``edgekit site adapt``, :func:`site_rule`) leaves marks out and sets its floor on its own
+    fields, so soft optics (IML) and crisp ones each get a floor that fits them."""
+
+    floor: float = FOCUS_FLOOR
+    marks: bool = FOCUS_MEASURE.marks
+    source: str = ""  # how the floor was set (a site rule: on how many fields)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.floor < 1:
+            raise ValueError(f"focus floor must be in (0, 1), not {self.floor!r}")
+
+    @classmethod
+    def from_dict(cls, focus: dict | None) -> FocusRule:
+        """The rule of a manifest's ``focus`` (None or empty: :data:`DEFAULT_RULE`)."""
+        if not focus:
+            return DEFAULT_RULE
+        return cls(**{k: focus[k] for k in ("floor", "marks", "source") if k in focus})
+
+    @property
+    def measure(self) -> FocusMeasure:
+        return replace(FOCUS_MEASURE, marks=self.marks)
+
+    def score(self, rgb: np.ndarray, marks: list | None = None) -> float:
+        """The field's focus score under this rule's measure (``marks``: as for :func:`focus_score`)."""
+        return focus_score(rgb, measure=self.measure, marks=marks)
+
+    def reason(self, score: float, session_best: float | None = None) -> str | None:
+        """:func:`focus_reason` at this rule's floor."""
+        return focus_reason(score, session_best, self.floor)
+
+
+DEFAULT_RULE = FocusRule()
+
+
+def rule_of(classifier: object) -> FocusRule:
+    """The focus rule of a loaded classifier's bundle (its manifest's ``focus``); the shared one for
+    none, or for a stand-in without a manifest."""
+    focus = getattr(getattr(classifier, "manifest", None), "focus", None)
+    return FocusRule.from_dict(focus if isinstance(focus, dict) else None)
+
+
+def site_rule(scores: list[float], share: float = SITE_FLOOR_SHARE) -> FocusRule:
+    """The rule a site bundle carries: marks left out, the floor ``share`` x the median score of the
+    site's own fields (``scores``, measured with marks left out; the median is robust to the few
+    blurred ones a site's fields hold). A sigma-2 blur takes a field to 0.32-0.60 of its own score
+    (IML), so the share sits between that and the spread of a site's sharp fields."""
+    if not scores:
+        raise ValueError("a site focus floor needs the scores of the site's fields")
+    floor = round(share * float(np.median(scores)), 4)
+    return FocusRule(floor=floor, marks=SITE_MARKS,
+                     source=f"{share:g} x the median focus score of {len(scores)} site fields, no marks")
+
+
+def focus_score(rgb: np.ndarray, radius: float | None = None, measure: FocusMeasure | None = None,
+                marks: list | None = None) -> float:
     """The field's focus score (see the module docstring and :class:`FocusMeasure`; default
     :data:`FOCUS_MEASURE`): about 0.03-0.42 in focus (soft BCCD fields lowest), under 0.036 for a
     Gaussian blur of sigma 2 px or more. ``radius``: the cells' radius in pixels when the caller knows it
-    (else estimated, if the measure needs it: :func:`edgekit.device.field.segment.cell_radius`)."""
+    (else estimated, if the measure needs it: :func:`edgekit.device.field.segment.cell_radius`).
+    ``marks``: with ``measure.marks``, the burned-in marks' boxes when the caller knows them (a
+    camera remembers them across frames), instead of those found on this field."""
     m = measure or FOCUS_MEASURE
-    return combine(*edge_ratios(rgb, radius, m), m.profile)
+    return combine(*edge_ratios(rgb, radius, m, marks), m.profile)
 
 
 def combine(full: float, half: float | None, profile: float) -> float:
@@ -148,8 +223,8 @@ def combine(full: float, half: float | None, profile: float) -> float:
     return full * min(1.0, full / max(half, 1e-3)) ** profile
 
 
-def edge_ratios(rgb: np.ndarray, radius: float | None = None,
-                measure: FocusMeasure | None = None) -> tuple[float, float | None]:
+def edge_ratios(rgb: np.ndarray, radius: float | None = None, measure: FocusMeasure | None = None,
+                marks: list | None = None) -> tuple[float, float | None]:
     """(:func:`edge_ratio` of the field at the scale ``measure`` works at, the same at half that
     size, or None when the measure has no profile)."""
     cv2 = opencv()
@@ -165,7 +240,12 @@ def edge_ratios(rgb: np.ndarray, radius: float | None = None,
             scale = min(scale, m.px_per_radius / radius)
     if scale < 1:
         gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-    boxes = burned_marks(rgb if rgb.ndim == 3 else cv2.cvtColor(rgb, cv2.COLOR_GRAY2RGB)) if m.marks else []
+    if not m.marks:
+        boxes = []
+    elif marks is not None:
+        boxes = marks
+    else:
+        boxes = burned_marks(rgb if rgb.ndim == 3 else cv2.cvtColor(rgb, cv2.COLOR_GRAY2RGB))
     scale = min(scale, 1.0)
     full = edge_ratio(gray, m, marks_mask(boxes, gray.shape, scale, MARK_GROW) if boxes else None)
     if not m.profile or full <= 0:
@@ -291,11 +371,11 @@ def _grad2(g: np.ndarray) -> np.ndarray:
     return np.add(dx, dy, out=dx)
 
 
-def focus_reason(score: float, session_best: float | None = None) -> str | None:
-    """"out of focus (...)" when ``score`` is below the floor, or well below ``session_best`` (the
-    sharpest recent field of the same session); else None."""
-    if score < FOCUS_FLOOR:
-        return f"out of focus (sharpness {score:.3f} < {FOCUS_FLOOR})"
+def focus_reason(score: float, session_best: float | None = None, floor: float = FOCUS_FLOOR) -> str | None:
+    """"out of focus (...)" when ``score`` is below ``floor`` (a site bundle's own: :class:`FocusRule`),
+    or well below ``session_best`` (the sharpest recent field of the same session); else None."""
+    if score < floor:
+        return f"out of focus (sharpness {score:.3f} < {floor:g})"
     if session_best and score < SESSION_RATIO * session_best:
         return (f"out of focus (sharpness {score:.3f}, well below this session's recent fields: "
                 f"{session_best:.3f}); focus and take it again")

@@ -41,15 +41,16 @@ def burned_marks(rgb: np.ndarray) -> list[tuple[int, int, int, int]]:
     # black; white; or a pure colour (JPEG bleeds a thin stroke's other channels in, up to TINT)
     white = lo >= HIGH
     extreme = (hi <= LOW) | white | ((hi >= COLOUR) & (lo <= TINT))
-    ys, xs = np.nonzero(extreme)
-    if ys.size < MIN_PIXELS:
+    ext8 = extreme.view(np.uint8)  # OpenCV counts and boxes them in a fraction of np.nonzero's time
+    if cv2.countNonZero(ext8) < MIN_PIXELS:
         return []
     # the rest on the box around the extreme pixels (a mark's corner), wide enough that every
     # window below sees what it would on the whole field
     h, w = rgb.shape[:2]
     m = JOIN // 2 + 3
-    y0, y1 = max(0, int(ys.min()) - m), min(h, int(ys.max()) + m + 1)
-    x0, x1 = max(0, int(xs.min()) - m), min(w, int(xs.max()) + m + 1)
+    bx, by, bw, bh = cv2.boundingRect(ext8)
+    y0, y1 = max(0, by - m), min(h, by + bh + m)
+    x0, x1 = max(0, bx - m), min(w, bx + bw + m)
     part, extreme, white = rgb[y0:y1, x0:x1], extreme[y0:y1, x0:x1], white[y0:y1, x0:x1]
     k = np.ones((5, 5), np.uint8)
     spread = _channel_max_min(cv2.subtract(cv2.dilate(part, k), cv2.erode(part, k)))[0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgekit.device.field.focus import FOCUS_FLOOR, focus_reason, focus_score
+from edgekit.device.field.focus import DEFAULT_RULE, FOCUS_FLOOR, FocusRule
 from edgekit.device.field.segment import working_copy
 from edgekit.device.field.view import inside_crop
 from edgekit.device.preprocess import opencv
@@ -26,10 +26,12 @@ def shape_reason(rgb: np.ndarray) -> str | None:
     return None
 
 
-def field_quality(rgb: np.ndarray, small: np.ndarray | None = None, focus: float | None = None) -> str | None:
+def field_quality(rgb: np.ndarray, small: np.ndarray | None = None, focus: float | None = None,
+                  rule: FocusRule | None = None) -> str | None:
     """The reason this field cannot be counted (blank, overexposed, dark, out of focus), or None.
     ``small``: a shrunk copy to measure on (the segmentation's working copy); default: at most
-    1024 px. ``focus``: the field's :func:`focus_score` when the caller has it already."""
+    1024 px. ``focus``: the field's focus score when the caller has it already. ``rule``: the
+    bundle's focus rule (default: the one floor every microscope shares)."""
     cv2 = opencv()
     reason = shape_reason(rgb)
     if reason:
@@ -44,13 +46,15 @@ def field_quality(rgb: np.ndarray, small: np.ndarray | None = None, focus: float
         return "too dark (underexposed or no light)"
     if std < 3:
         return "blank field (no contrast)"
-    return focus_reason(focus_score(rgb) if focus is None else focus)
+    rule = rule or DEFAULT_RULE
+    return rule.reason(rule.score(rgb) if focus is None else focus)
 
 
-def field_focus(rgb: np.ndarray) -> float | None:
-    """The field's :func:`focus_score`, measured once for both the field gate (:func:`count_cells`)
-    and the session's check; None for an image :func:`count_cells` refuses by its shape alone."""
-    return None if shape_reason(rgb) else focus_score(inside_crop(rgb))
+def field_focus(rgb: np.ndarray, rule: FocusRule | None = None) -> float | None:
+    """The field's focus score under ``rule`` (default: the shared one), measured once for both the
+    field gate (:func:`count_cells`) and the session's check; None for an image :func:`count_cells`
+    refuses by its shape alone."""
+    return None if shape_reason(rgb) else (rule or DEFAULT_RULE).score(inside_crop(rgb))
 
 
 def saturated_fraction(rgb: np.ndarray) -> float:

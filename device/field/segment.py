@@ -572,29 +572,34 @@ def _split_clumps(
     typical = float(np.median(single)) if len(single) >= 3 else cell_area
     pieces: list[tuple[np.ndarray, np.ndarray, str]] = []
     for k, (ys, xs) in enumerate(regions):
-        inside = centres[k] if centres else []
-        own = "touching" if touching is not None and touching[k] else "alone"
-        parts: list[tuple[np.ndarray, np.ndarray]] = []
-        if p.split_area > 0 and ys.size > p.split_area * typical:
-            # a clump the seeds did not split: as many cells as its area holds, nearest-centre split
-            parts = _kmeans_split(ys, xs, int(round(ys.size / typical)))
-        elif len(inside) >= 2 and ys.size > p.split_min_area * typical:
-            # overlapping cells whose union has one distance peak (a seed between them), while the
-            # arcs of their outlines give a circle each: cut between the circles' centres
-            parts = _circle_split(ys, xs, inside[: max(2, int(round(ys.size / typical)))])
-            big = min(py.size for py, _ in parts) >= p.min_area * typical
-            if not (big and _oblong_along(ys, xs, inside[:2])):
-                parts = []
-        elif (p.split_elongation > 0 and ys.size > p.split_min_area * typical
-              and _elongation(ys, xs) > p.split_elongation):
-            # two overlapping cells: a little more than one cell's area, but oblong, not round
-            parts = _kmeans_split(ys, xs, max(2, int(round(ys.size / typical))))
+        parts = _clump_parts(ys, xs, centres[k] if centres else [], typical, p)
         if len(parts) > 1:
             pieces += [(py, px, "overlapping") for py, px in parts]
         elif parts or ys.size:
             py, px = parts[0] if parts else (ys, xs)
-            pieces.append((py, px, own))
+            pieces.append((py, px, "touching" if touching is not None and touching[k] else "alone"))
     return pieces
+
+
+def _clump_parts(
+    ys: np.ndarray, xs: np.ndarray, inside: list[tuple[float, float, float]], typical: float, p: FieldParams,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The cells one region holds when it is a clump (none when it is one cell): split by area, by
+    the cell circles ``inside`` it, or, oblong, in two."""
+    if p.split_area > 0 and ys.size > p.split_area * typical:
+        # a clump the seeds did not split: as many cells as its area holds, nearest-centre split
+        return _kmeans_split(ys, xs, int(round(ys.size / typical)))
+    if len(inside) >= 2 and ys.size > p.split_min_area * typical:
+        # overlapping cells whose union has one distance peak (a seed between them), while the
+        # arcs of their outlines give a circle each: cut between the circles' centres
+        parts = _circle_split(ys, xs, inside[: max(2, int(round(ys.size / typical)))])
+        big = min(py.size for py, _ in parts) >= p.min_area * typical
+        return parts if big and _oblong_along(ys, xs, inside[:2]) else []
+    if (p.split_elongation > 0 and ys.size > p.split_min_area * typical
+            and _elongation(ys, xs) > p.split_elongation):
+        # two overlapping cells: a little more than one cell's area, but oblong, not round
+        return _kmeans_split(ys, xs, max(2, int(round(ys.size / typical))))
+    return []
 
 
 def _region_mask(ys: np.ndarray, xs: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
@@ -738,13 +743,7 @@ def segment_cells(
     p = params or FieldParams()
     H, W = rgb.shape[:2]
     small, scale = work or working_copy(rgb, p.max_side, p.enlarge)
-    # a dim side or a vignette: one stained/unstained line no longer fits the whole field (only this
-    # working copy is flattened; the crops come from the field as it is)
-    light = None if p.max_falloff is None else lighting(small, p.max_falloff)
-    if light is not None:
-        small = flatten(small, light)
-    beyond = None if outside is None else cv2.resize(
-        outside.astype(np.uint8), small.shape[1::-1], interpolation=cv2.INTER_NEAREST)
+    small, beyond = _flattened(small, outside, p)
     inside = None if beyond is None else beyond == 0
     od = _optical_density(small, p)
     direction, colour = (_stain_direction(od, p.stain_power, p.stain_floor, p.stain_otsu, inside)
@@ -789,6 +788,20 @@ def segment_cells(
         if cell is not None:
             cells.append(cell)
     return cells, radius / scale
+
+
+def _flattened(small: np.ndarray, outside: np.ndarray | None,
+               p: FieldParams) -> tuple[np.ndarray, np.ndarray | None]:
+    """The working copy with its lighting flattened (a dim side or a vignette: one stained/unstained
+    line no longer fits the whole field; only this copy is flattened, the crops come from the field as
+    it is), and ``outside`` at its size (None: all inside the field of view)."""
+    cv2 = opencv()
+    light = None if p.max_falloff is None else lighting(small, p.max_falloff)
+    if light is not None:
+        small = flatten(small, light)
+    beyond = None if outside is None else cv2.resize(
+        outside.astype(np.uint8), small.shape[1::-1], interpolation=cv2.INTER_NEAREST)
+    return small, beyond
 
 
 def cell_radius(rgb: np.ndarray, max_side: int = 400, params: FieldParams | None = None) -> float:

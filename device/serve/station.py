@@ -402,13 +402,15 @@ class Station:
                    replace: bool = False) -> dict[str, Any]:
         from edgekit.device.field import cell_id
         from edgekit.device.field.classify import classify_field, segment_field
+        from edgekit.device.field.focus import rule_of
         from edgekit.device.field.overlay import overlay_marks
         from edgekit.device.field.quality import field_focus
         from edgekit.device.records import FieldCountedMeanwhile
         from edgekit.device.screening import check_field, field_items, sharper_than
 
         clf = self.classifier
-        focus = field_focus(rgb)  # once, for the field gate and the session's check (as `screen --fields`)
+        rule = rule_of(clf)  # the bundle's focus rule
+        focus = field_focus(rgb, rule)  # once, for the gate and the session's check (as `screen --fields`)
         report, _ = segment_field(rgb, clf, focus=focus)
         report.source = shown
         seen: dict[str, Outcome] = {}
@@ -417,7 +419,7 @@ class Station:
             if report.rejected:  # recorded once as rejected, like `edgekit screen --fields`
                 items = [(shown, sha, ImageError(report.rejected))]
             else:  # the session's judgement: already counted (a retake)? well below its recent focus?
-                check = check_field(self.store, session, shown, rgb, replace, focus)
+                check = check_field(self.store, session, shown, rgb, replace, focus, rule)
                 items = field_items(shown, rgb, report.cells, check, sha)
             try:
                 recorded = self._record(session, items, "field", stop, check.entry if check else None,
