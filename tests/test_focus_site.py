@@ -33,7 +33,12 @@ SITE_FIELDS = ("PA171690", "PA171712", "PA171733", "PA171752", "PA171773", "PA17
 TRIED = ("PA171700", "PA171760", "PA171801", "PA171841")
 
 
+needs_iml = pytest.mark.skipif(not IML.is_dir(), reason="IML fields not in ../shared/data")
+
+
 def _iml(stem: str) -> np.ndarray:
+    if not IML.is_dir():
+        pytest.skip("IML fields not in ../shared/data")
     return read_image(IML / f"{stem}.JPG")
 
 
@@ -94,6 +99,7 @@ def test_camera_capture_takes_the_bundles_floor(iml_rule):
     assert all(shared.offer(rgb) is None for _ in range(3)) and shared.stats.blurred == 3
 
 
+@needs_iml
 def test_site_focus_needs_enough_readable_fields(tmp_path):
     import shutil
 
