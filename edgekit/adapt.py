@@ -407,14 +407,19 @@ def _found_objects(site: Path, train_fields: list[str], cfg: AdaptConfig, pre: A
 def base_scores(keras_path: Path, site: Path, pre: Any, positive: int,
                 cache_dir: Path | None) -> Callable[[list[str]], np.ndarray]:
     """The base model's positive probability of crops of ``site`` (paths relative to it), prepared
-    with ``pre`` as the device prepares them."""
+    with ``pre`` as the device prepares them; -inf for a crop that cannot be read."""
     def scores(paths: list[str]) -> np.ndarray:
         from edgekit.data import load_images
         from edgekit.export.bundle import load_keras
         from edgekit.parts import predict_arrays
 
-        x, _ = load_images(Path(site), paths, pre, cache_dir=cache_dir)
-        return predict_arrays(load_keras(keras_path), x)[:, positive]
+        x, bad = load_images(Path(site), paths, pre, cache_dir=cache_dir)
+        unread = {p for p, _ in bad}
+        out = np.full(len(paths), -np.inf)
+        read = [k for k, p in enumerate(paths) if p not in unread]
+        if read:
+            out[read] = predict_arrays(load_keras(keras_path), x)[:, positive]
+        return out
 
     return scores
 

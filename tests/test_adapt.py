@@ -496,3 +496,30 @@ def test_hard_objects_are_those_the_base_model_scores_highest(tmp_path):
     assert not said and len(plain) == 3  # without hard objects the base model is not asked
     # more hard objects than objects per field: the three highest (ties in file order), none at random
     assert levels(AdaptConfig(objects_per_field=3, hard_objects=9)) == [5, 25, 55]
+
+
+
+def test_hard_objects_survive_an_unreadable_object(base_run, tmp_path):
+    """The base model's scores stay aligned with the objects when one of them cannot be read: it is
+    never a hard one, and the others are still scored (before, the scores came back one short)."""
+    import dataclasses
+
+    import cv2
+
+    from edgekit.adapt import AdaptConfig, _found_objects, base_scores
+    from edgekit.cells import OBJECTS_DIR
+    from edgekit.manifest import load_manifest
+
+    m = load_manifest(base_run)
+    (tmp_path / "cells.json").write_text(json.dumps({"per_field": [
+        {"field": "A.JPG", "found": 10, "labelled": {"Uninfected": 9}}]}))
+    (tmp_path / OBJECTS_DIR).mkdir()
+    for k in range(4):
+        cv2.imwrite(str(tmp_path / OBJECTS_DIR / f"A__{k}.png"), np.full((20, 20, 3), 40 * k + 30, np.uint8))
+    (tmp_path / OBJECTS_DIR / "A__9.png").write_bytes(b"not an image")
+    scores = base_scores(base_run / "model.keras", tmp_path, m.preprocessing, m.positive_index, None)
+    got = scores([f"{OBJECTS_DIR}/A__{k}.png" for k in (0, 9, 1)])
+    assert got.shape == (3,) and got[1] == -np.inf and np.isfinite(got[[0, 2]]).all()
+    raw = dataclasses.replace(m.preprocessing, stain="none")
+    x = _found_objects(tmp_path, ["A"], AdaptConfig(objects_per_field=5, hard_objects=2), raw, None, scores)
+    assert len(x) == 4  # the four readable objects; the unreadable one left out as before
