@@ -905,12 +905,10 @@ def main(argv: list[str] | None = None) -> None:
                     help="only the site focus floor (focus_site.json): a share of the median of a site's own "
                          "fields, chosen on the calibration halves, reported on the held-out ones")
     args = ap.parse_args(argv)
-    if args.site:
-        site(args.rows, not args.no_write)
-        return
-    if args.overlays:
-        overlays(args.rows, not args.no_write)
-        return
+    for chosen, check in ((args.site, site), (args.overlays, overlays)):
+        if chosen:  # one check alone, on the scored copies of --rows when given
+            check(args.rows, not args.no_write)
+            return
     if args.cpu:
         from edgekit.device.field.focus import FOCUS_MEASURE
 

@@ -28,13 +28,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgekit.device.preprocess import opencv
 from edgekit.device.side_output import SideOutput
 from edgekit.safefile import check_output_target
+
+if TYPE_CHECKING:
+    from edgekit.device.field.focus import FocusRule
 
 THUMB_WIDTH = 256
 # frames a burned-in mark found on one frame is still left out of the focus score: the camera draws
@@ -86,7 +89,7 @@ def _thumb(rgb: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(small, cv2.COLOR_RGB2GRAY).astype(np.float32)
 
 
-def sharpness(rgb: np.ndarray, rule: Any = None, marks: list | None = None) -> float:
+def sharpness(rgb: np.ndarray, rule: FocusRule | None = None, marks: list | None = None) -> float:
     """The focus score of a frame: the same measure, on the whole frame, as every other path
     (``rule``: the bundle's :class:`~edgekit.device.field.focus.FocusRule`, default the shared one;
     a central crop misjudged fields whose middle is empty). ``marks``: the burned-in marks' boxes
@@ -147,7 +150,7 @@ class FieldCapture:
 
     settings: CaptureSettings = field(default_factory=CaptureSettings)
     stats: CaptureStats = field(default_factory=CaptureStats)
-    rule: Any = None
+    rule: FocusRule | None = None
 
     def __post_init__(self) -> None:
         from edgekit.device.field.focus import DEFAULT_RULE
