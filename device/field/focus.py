@@ -63,7 +63,8 @@ circles, :func:`edgekit.device.field.segment.cell_radius`), so that a higher mag
 phone zoom is not judged blurred. It is not the default: a 1.5x-interpolated sharp BCCD field and
 a sigma-2 blurred NIH-like field have the same cells' size and the same edge width, so no floor
 keeps both targets; at the cell scale, the sigma-2 copies of fields with large cells pass
-(``benchmarks/focus_floor.py`` without ``--no-compare`` compares both).
+(``benchmarks/focus_floor.py`` without ``--no-compare`` compares both; ``focus_scale.py`` per cell
+radius, with the floor set on calibration halves: no radius keeps NIH-like sigma-2 copies refused).
 
 Thresholds (the one place they live), set with ``benchmarks/focus_floor.py`` on the calibration
 blocks of real in-focus IML, BCCD (re-encoded, noisy and plain) and NIH-like fields and their
