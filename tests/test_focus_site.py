@@ -260,3 +260,16 @@ def test_site_focus_on_blurred_training_fields_still_refuses_blur(tmp_path, n_bl
         assert rule.floor == FOCUS_FLOOR and "WARNING" in lines[-1] and "out of focus" in lines[-1]
     else:
         assert "left out as blurred" in rule.source
+
+
+@needs_iml
+def test_iml_fields_respond_to_blur_as_sharp_ones_with_their_bar_left_out():
+    """The blurred copy is scored without the marks found on the field itself: blurred, IML's bar can
+    escape the mark finder and read as edges, and its sharp fields then looked blurred (5 of these 7)."""
+    from edgekit.device.field.focus import sharp_scores
+    from edgekit.site_focus import field_scores
+
+    pairs = [field_scores(_iml(s), FocusRule(marks=True)) for s in SITE_FIELDS]
+    scores, blurred = [p[0] for p in pairs if p], [p[1] for p in pairs if p]
+    assert len(sharp_scores(scores, blurred)) == len(SITE_FIELDS)
+    assert site_rule(scores, blurred) == site_rule(scores)
