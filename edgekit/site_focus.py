@@ -28,24 +28,25 @@ if TYPE_CHECKING:
 MIN_FIELDS = 5  # fewer fields than this say too little about the site's optics: the shared floor stays
 
 
-def field_scores(rgb: np.ndarray, rule: FocusRule) -> tuple[float, float] | None:
+def field_scores(rgb: np.ndarray, rule: FocusRule) -> tuple[float, float, float] | None:
     """The field's focus score under ``rule`` (as :func:`~edgekit.device.field.quality.field_focus`
-    scores it) and the same after a Gaussian blur of SITE_BLUR_SIGMA (how it responds to blur); None
-    for a field the gate refuses by its shape alone. The blurred copy leaves out the marks found on the
-    field itself: a camera draws them after the optics, and a blurred bar missed by the mark finder
-    would read as edges."""
+    scores it), the same after a Gaussian blur of SITE_BLUR_SIGMA (how it responds to blur) and its
+    cells' radius (px); None for a field the gate refuses by its shape alone. The blurred copy leaves
+    out the marks found on the field itself: a camera draws them after the optics, and a blurred bar
+    missed by the mark finder would read as edges."""
     from edgekit.device.field.focus import SITE_BLUR_SIGMA
     from edgekit.device.field.marks import burned_marks
     from edgekit.device.field.quality import shape_reason
+    from edgekit.device.field.segment import cell_radius
     from edgekit.device.field.view import inside_crop
     from edgekit.device.preprocess import opencv
 
     if shape_reason(rgb):
         return None
-    crop = inside_crop(rgb)
+    crop = np.ascontiguousarray(inside_crop(rgb))
     marks = burned_marks(crop) if rule.marks else None
-    blurred = opencv().GaussianBlur(np.ascontiguousarray(crop), (0, 0), SITE_BLUR_SIGMA)
-    return rule.score(crop, marks), rule.score(blurred, marks)
+    blurred = opencv().GaussianBlur(crop, (0, 0), SITE_BLUR_SIGMA)
+    return rule.score(crop, marks), rule.score(blurred, marks), cell_radius(crop)
 
 
 def site_focus(fields_dir: Path | None, stems: list[str],
@@ -62,21 +63,22 @@ def site_focus(fields_dir: Path | None, stems: list[str],
     wanted = set(stems)
     paths = sorted(p for p in Path(fields_dir).iterdir() if is_image_file(p) and p.stem in wanted)
     rule = FocusRule(marks=SITE_MARKS)  # the site rule's measure
-    scores, blurred = [], []
+    measured = []
     for path in paths:
         try:
-            pair = field_scores(read_image(path), rule)
+            one = field_scores(read_image(path), rule)
         except ImageError:
             continue
-        if pair is not None:
-            scores.append(pair[0])
-            blurred.append(pair[1])
+        if one is not None:
+            measured.append(one)
+    scores, blurred = [m[0] for m in measured], [m[1] for m in measured]
+    radii = [m[2] for m in measured if m[2] > 0]
     if len(scores) < MIN_FIELDS:
         log(f"focus: {len(scores)} readable training fields (< {MIN_FIELDS}): the site bundle keeps the "
             "shared focus floor")
         return None
     try:
-        chosen = site_rule(scores, blurred)
+        chosen = site_rule(scores, blurred, radius=float(np.median(radii)) if radii else 0.0)
     except ValueError as exc:  # fields without edges (blank, black) give no floor
         log(f"focus: {exc}: the site bundle keeps the shared focus floor")
         return None
@@ -84,5 +86,5 @@ def site_focus(fields_dir: Path | None, stems: list[str],
         log(f"focus: WARNING: the training fields look out of focus ({chosen.source}): the site bundle "
             "gets the shared floor; add in-focus training fields to give it the site's own")
         return asdict(chosen)
-    log(f"focus: site floor {chosen.floor:g} ({chosen.source})")
+    log(f"focus: site floor {chosen.floor:g} ({chosen.source}); cells' radius {chosen.radius:g} px")
     return asdict(chosen)

@@ -273,3 +273,33 @@ def test_iml_fields_respond_to_blur_as_sharp_ones_with_their_bar_left_out():
     scores, blurred = [p[0] for p in pairs if p], [p[1] for p in pairs if p]
     assert len(sharp_scores(scores, blurred)) == len(SITE_FIELDS)
     assert site_rule(scores, blurred) == site_rule(scores)
+
+
+def test_a_site_rule_judges_an_enlarged_field_at_the_sites_scale(tmp_path):
+    """A site bundle records its fields' cell radius: a sharp field enlarged 1.5x (a phone zoom) is
+    judged shrunk back to it and kept, while fields blurred with sigma 2 at the site's scale (their
+    cells as large as the site's) stay refused; without the radius the enlarged field is refused."""
+    from edgekit.benchmarks.field_transforms import rescale
+    from edgekit.site_focus import site_focus
+
+    got = site_focus(tmp_path, _site_dir(tmp_path, set()), [].append)
+    assert got is not None and got["radius"] > 0
+    rule = FocusRule.from_dict(got)
+    without = FocusRule.from_dict({**got, "radius": 0.0})
+    for seed in (100, 101):
+        zoomed = rescale(_synthetic_field(seed), 1.5)
+        assert without.reason(field_focus(zoomed, without)) is not None
+        assert rule.reason(field_focus(zoomed, rule)) is None
+        assert rule.reason(field_focus(_synthetic_field(seed, 2.0), rule)) is not None
+        assert rule.reason(field_focus(rescale(_synthetic_field(seed, 3.0), 1.5), rule)) is not None
+
+
+def test_a_focus_radius_is_checked_in_the_manifest():
+    def manifest(radius: object) -> dict:
+        return {"labels": ["A", "B"], "focus": {"floor": 0.03, "marks": True, "radius": radius}}
+
+    validate_manifest_data(manifest(31.5))
+    assert FocusRule.from_dict(manifest(31.5)["focus"]).radius == 31.5
+    for bad in (-1, "31", float("nan"), 1e9):
+        with pytest.raises(BundleError, match="focus.radius"):
+            validate_manifest_data(manifest(bad))

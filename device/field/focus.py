@@ -65,6 +65,10 @@ a sigma-2 blurred NIH-like field have the same cells' size and the same edge wid
 keeps both targets; at the cell scale, the sigma-2 copies of fields with large cells pass
 (``benchmarks/focus_floor.py`` without ``--no-compare`` compares both; ``focus_scale.py`` per cell
 radius, with the floor set on calibration halves: no radius keeps NIH-like sigma-2 copies refused).
+A site bundle has what one absolute scale lacks, its own microscope's cell size: ``edgekit site
+adapt`` records its fields' median cell radius (:attr:`FocusRule.radius`), and a field under its floor
+whose cells are over SITE_ZOOM x that is scored again shrunk to it (``focus_zoom.py``: held-out BCCD
+enlarged 1.5x refused 89% -> 22%, IML 38% -> 13%, blurred copies still 100%).
 
 Thresholds (the one place they live), set with ``benchmarks/focus_floor.py`` on the calibration
 blocks of real in-focus IML, BCCD (re-encoded, noisy and plain) and NIH-like fields and their
@@ -157,6 +161,10 @@ SITE_SHARP_SHARE = 0.25  # under this share of a site's fields look sharp: FOCUS
 # over this share of a site's fields look blurred: they are left out of its median (fewer: the median holds
 # them, and the response takes up to 11% of a soft site's sharp fields as blurred: IML's calibration half)
 SITE_BLURRED_SHARE = 0.15
+# a field whose cells' radius is over this x the site's own (its manifest's ``focus.radius``) was
+# enlarged (a phone zoom, another objective): judged shrunk to the site's scale. The lowest at which no
+# calibration copy blurred with sigma 2-3 passed: their radius read up to 1.3x (focus_zoom.json)
+SITE_ZOOM = 1.35
 
 
 @dataclass(frozen=True)
@@ -170,25 +178,45 @@ class FocusRule:
     floor: float = FOCUS_FLOOR
     marks: bool = FOCUS_MEASURE.marks
     source: str = ""  # how the floor was set (a site rule: on how many fields)
+    radius: float = 0.0  # the site's median cell radius (px) on its own fields (0: none, no zoom check)
 
     def __post_init__(self) -> None:
         if not 0 < self.floor < 1:
             raise ValueError(f"focus floor must be in (0, 1), not {self.floor!r}")
+        if not 0 <= self.radius < 1e4:
+            raise ValueError(f"focus radius must be in [0, 1e4), not {self.radius!r}")
 
     @classmethod
     def from_dict(cls, focus: dict | None) -> FocusRule:
         """The rule of a manifest's ``focus`` (None or empty: :data:`DEFAULT_RULE`)."""
         if not focus:
             return DEFAULT_RULE
-        return cls(**{k: focus[k] for k in ("floor", "marks", "source") if k in focus})
+        return cls(**{k: focus[k] for k in ("floor", "marks", "source", "radius") if k in focus})
 
     @property
     def measure(self) -> FocusMeasure:
         return replace(FOCUS_MEASURE, marks=self.marks)
 
     def score(self, rgb: np.ndarray, marks: list | None = None) -> float:
-        """The field's focus score under this rule's measure (``marks``: as for :func:`focus_score`)."""
-        return focus_score(rgb, measure=self.measure, marks=marks)
+        """The field's focus score under this rule's measure (``marks``: as for :func:`focus_score`).
+        With a site's ``radius``, a field under the floor whose cells are over SITE_ZOOM x the site's
+        is scored again shrunk to the site's scale, and the higher score counts: an enlarged sharp
+        field has wider edges per pixel, not a blurred focus."""
+        score = focus_score(rgb, measure=self.measure, marks=marks)
+        return max(score, self.zoomed_score(rgb)) if self.radius and score < self.floor else score
+
+    def zoomed_score(self, rgb: np.ndarray) -> float:
+        """The score of ``rgb`` shrunk to the site's cell radius when its cells are over SITE_ZOOM x
+        that (the marks found again at that size); 0.0 otherwise."""
+        from edgekit.device.field.segment import cell_radius
+
+        cv2 = opencv()
+        radius = cell_radius(rgb if rgb.ndim == 3 else cv2.cvtColor(rgb, cv2.COLOR_GRAY2RGB))
+        if radius <= SITE_ZOOM * self.radius:
+            return 0.0
+        f = self.radius / radius
+        small = cv2.resize(rgb, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+        return focus_score(small, measure=self.measure)
 
     def reason(self, score: float, session_best: float | None = None) -> str | None:
         """:func:`focus_reason` at this rule's floor."""
@@ -206,7 +234,7 @@ def rule_of(classifier: object) -> FocusRule:
 
 
 def site_rule(scores: list[float], blurred: list[float] | None = None,
-              share: float = SITE_FLOOR_SHARE) -> FocusRule:
+              share: float = SITE_FLOOR_SHARE, radius: float = 0.0) -> FocusRule:
     """The rule a site bundle carries: marks left out, the floor ``share`` x the median score of the
     site's sharp fields (``scores``, measured with marks left out; the median is robust to the few
     blurred ones a site's fields hold). A sigma-2 blur takes a field to 0.32-0.60 of its own score
@@ -214,7 +242,8 @@ def site_rule(scores: list[float], blurred: list[float] | None = None,
     same fields' scores after a Gaussian of SITE_BLUR_SIGMA (:func:`sharp_scores`): fields that were
     already blurred are left out of the median when they are over SITE_BLURRED_SHARE of them, and
     where they are most of them (:func:`looks_blurred`) the floor is FOCUS_FLOOR, so blurred
-    training fields cannot lower it to blur (None: every field is taken as sharp)."""
+    training fields cannot lower it to blur (None: every field is taken as sharp). ``radius``: the
+    median cell radius of the site's fields (:attr:`FocusRule.radius`; 0: none)."""
     if not scores:
         raise ValueError("a site focus floor needs the scores of the site's fields")
     sharp = scores if blurred is None else sharp_scores(scores, blurred)
@@ -222,11 +251,11 @@ def site_rule(scores: list[float], blurred: list[float] | None = None,
         sharp = scores
     elif blurred is not None and looks_blurred(scores, blurred):
         source = f"the shared floor, no marks: {len(sharp)} of {len(scores)} site fields look sharp"
-        return FocusRule(floor=FOCUS_FLOOR, marks=SITE_MARKS, source=source)
+        return FocusRule(floor=FOCUS_FLOOR, marks=SITE_MARKS, source=source, radius=round(radius, 1))
     floor = round(share * float(np.median(sharp)), 4)
     left_out = f", {len(scores) - len(sharp)} left out as blurred" if len(sharp) < len(scores) else ""
     source = f"{share:g} x the median focus score of {len(sharp)} site fields{left_out}, no marks"
-    return FocusRule(floor=floor, marks=SITE_MARKS, source=source)
+    return FocusRule(floor=floor, marks=SITE_MARKS, source=source, radius=round(radius, 1))
 
 
 def looks_blurred(scores: list[float], blurred: list[float]) -> bool:
