@@ -77,8 +77,12 @@ def score_rows() -> list[dict]:
 
 
 def judged(c: dict, floor: float, site_radius: float, zoom: float | None) -> float:
-    """A copy's score as the site rule takes it (``zoom`` None: without the site's radius)."""
-    if zoom is None or c["score"] >= floor or c["radius"] <= zoom * site_radius or c["shrunk"] is None:
+    """A copy's score as the site rule takes it (:meth:`~edgekit.device.field.focus.FocusRule.score`,
+    with SITE_ZOOM = ``zoom``; None: without the site's radius)."""
+    from edgekit.device.field.focus import SITE_ZOOM_MAX
+
+    zoomed = zoom is not None and zoom * site_radius < c["radius"] <= SITE_ZOOM_MAX * site_radius
+    if not zoomed or c["score"] >= floor or c["shrunk"] is None:
         return c["score"]
     return max(c["score"], c["shrunk"])
 

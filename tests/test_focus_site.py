@@ -303,3 +303,16 @@ def test_a_focus_radius_is_checked_in_the_manifest():
     for bad in (-1, "31", float("nan"), 1e9):
         with pytest.raises(BundleError, match="focus.radius"):
             validate_manifest_data(manifest(bad))
+
+
+def test_a_site_radius_far_from_the_fields_does_not_rescue_a_blurred_one():
+    """A field shrunk far enough looks sharp whatever its focus: cells over SITE_ZOOM_MAX x the
+    site's radius (a misread, other optics) are judged as they are; a bad radius is refused."""
+    from edgekit.device.field.focus import focus_score
+
+    blurred = _synthetic_field(5, 3.0)
+    far = FocusRule(floor=0.5, marks=True, radius=3.0)  # the field's cells read ~9x this
+    assert far.score(blurred) == focus_score(blurred, measure=far.measure) < 0.05
+    for bad in (-1.0, "31", float("nan")):
+        with pytest.raises(ValueError):
+            FocusRule(radius=bad)  # type: ignore[arg-type]

@@ -165,6 +165,9 @@ SITE_BLURRED_SHARE = 0.15
 # enlarged (a phone zoom, another objective): judged shrunk to the site's scale. The lowest at which no
 # calibration copy blurred with sigma 2-3 passed: their radius read up to 1.3x (focus_zoom.json)
 SITE_ZOOM = 1.35
+# over this, a field's cell radius is misread or its optics are not the site's: judged as it is (a bound,
+# not calibrated: a field shrunk far enough looks sharp whatever its focus)
+SITE_ZOOM_MAX = 2.5
 
 
 @dataclass(frozen=True)
@@ -183,8 +186,8 @@ class FocusRule:
     def __post_init__(self) -> None:
         if not 0 < self.floor < 1:
             raise ValueError(f"focus floor must be in (0, 1), not {self.floor!r}")
-        if not 0 <= self.radius < 1e4:
-            raise ValueError(f"focus radius must be in [0, 1e4), not {self.radius!r}")
+        if not isinstance(self.radius, (int, float)) or not 0 <= self.radius < 1e4:
+            raise ValueError(f"focus radius must be a number in [0, 1e4), not {self.radius!r}")
 
     @classmethod
     def from_dict(cls, focus: dict | None) -> FocusRule:
@@ -206,13 +209,13 @@ class FocusRule:
         return max(score, self.zoomed_score(rgb)) if self.radius and score < self.floor else score
 
     def zoomed_score(self, rgb: np.ndarray) -> float:
-        """The score of ``rgb`` shrunk to the site's cell radius when its cells are over SITE_ZOOM x
-        that (the marks found again at that size); 0.0 otherwise."""
+        """The score of ``rgb`` shrunk to the site's cell radius when its cells are SITE_ZOOM to
+        SITE_ZOOM_MAX x that (the marks found again at that size); 0.0 otherwise."""
         from edgekit.device.field.segment import cell_radius
 
         cv2 = opencv()
         radius = cell_radius(rgb if rgb.ndim == 3 else cv2.cvtColor(rgb, cv2.COLOR_GRAY2RGB))
-        if radius <= SITE_ZOOM * self.radius:
+        if not SITE_ZOOM * self.radius < radius <= SITE_ZOOM_MAX * self.radius:
             return 0.0
         f = self.radius / radius
         small = cv2.resize(rgb, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
