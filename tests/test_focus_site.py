@@ -192,3 +192,127 @@ def test_adapt_measures_whole_fields_by_the_rule_the_bundle_will_carry(tmp_path)
     strict = {"floor": min(0.99, 1.5 * score), "marks": True, "source": "test"}
     assert whole_field_inputs(image, pre, strict) is None
     assert whole_field_inputs(image, pre, {**strict, "floor": 0.5 * score}) is not None
+
+
+def _synthetic_field(seed: int, sigma: float = 0.0) -> np.ndarray:
+    """A smear-like field: ~45 stained cells with a pale centre on a pale background, seen through
+    slightly soft optics (sigma 0.8), then blurred by ``sigma`` (out of focus), with sensor noise
+    and JPEG q90."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    img = np.full((480, 640, 3), (228, 214, 222), np.uint8)
+    for _ in range(45):
+        x, y, r = int(rng.integers(30, 610)), int(rng.integers(30, 450)), int(rng.integers(24, 33))
+        cv2.circle(img, (x, y), r, (196, 120, 150), -1, cv2.LINE_AA)
+        cv2.circle(img, (x, y), r // 3, (212, 160, 180), -1, cv2.LINE_AA)
+    img = cv2.GaussianBlur(img, (0, 0), float(np.hypot(0.8, sigma)))
+    return jpeg(np.clip(img + rng.normal(0, 2, img.shape), 0, 255).astype(np.uint8), 90)
+
+
+def _site_dir(tmp_path, blurred_seeds: set[int], n: int = 8) -> list[str]:
+    """``n`` synthetic training fields written to ``tmp_path``, those of ``blurred_seeds`` blurred
+    with sigma 2; their stems."""
+    import cv2
+
+    for seed in range(n):
+        rgb = _synthetic_field(seed, 2.0 if seed in blurred_seeds else 0.0)
+        cv2.imwrite(str(tmp_path / f"f{seed}.png"), rgb[:, :, ::-1])
+    return [f"f{seed}" for seed in range(n)]
+
+
+def test_site_rule_leaves_out_fields_that_barely_respond_to_blur():
+    """A field that keeps most of its score when blurred again was blurred already: left out of the
+    median when many are; where most fields are like it, the floor is the shared one, marks left out."""
+    from edgekit.device.field.focus import SITE_BLURRED_RESPONSE, looks_blurred
+
+    sharp, soft = [0.05, 0.06, 0.055, 0.045], [0.02, 0.018, 0.022, 0.019]
+    response = [0.4 * s for s in sharp] + [(SITE_BLURRED_RESPONSE + 0.1) * s for s in soft]
+    rule = site_rule(sharp + soft, response)
+    assert rule.floor == round(SITE_FLOOR_SHARE * float(np.median(sharp)), 4) and "4 left out" in rule.source
+    assert site_rule(sharp + soft).floor < rule.floor / 1.5  # without the responses: set on blur
+    mostly = site_rule(sharp[:1] + soft, response[:1] + response[4:])
+    assert looks_blurred(sharp[:1] + soft, response[:1] + response[4:])
+    assert mostly.floor == FOCUS_FLOOR and mostly.marks
+    # a few fields that respond as blurred ones move a median little: every field sets it
+    few = site_rule(sharp * 2 + soft[:1], response[:4] * 2 + response[4:5])
+    assert few.floor == round(SITE_FLOOR_SHARE * float(np.median(sharp * 2 + soft[:1])), 4)
+
+
+@pytest.mark.parametrize("n_blurred", [5, 8])
+def test_site_focus_on_blurred_training_fields_still_refuses_blur(tmp_path, n_blurred):
+    """Training fields mostly (5 of 8) or wholly blurred with sigma 2 (synthetic) do not lower the
+    site's floor to blur: other fields blurred with sigma 2 are refused and sharp ones kept; wholly
+    blurred ones give the shared floor with a warning."""
+    from edgekit.site_focus import site_focus
+
+    n = 8
+    blurred = set(range(n_blurred))
+    lines: list[str] = []
+    got = site_focus(tmp_path, _site_dir(tmp_path, blurred, n), lines.append)
+    assert got is not None
+    rule = FocusRule.from_dict(got)
+    assert rule.marks
+    for seed in (100, 101, 102):  # fields the floor was not set on
+        assert rule.reason(field_focus(_synthetic_field(seed), rule)) is None
+        assert "out of focus" in (rule.reason(field_focus(_synthetic_field(seed, 2.0), rule)) or "")
+    if n_blurred == n:
+        assert rule.floor == FOCUS_FLOOR and "WARNING" in lines[-1] and "out of focus" in lines[-1]
+    else:
+        assert "left out as blurred" in rule.source
+
+
+@needs_iml
+def test_iml_fields_respond_to_blur_as_sharp_ones_with_their_bar_left_out():
+    """The blurred copy is scored without the marks found on the field itself: blurred, IML's bar can
+    escape the mark finder and read as edges, and its sharp fields then looked blurred (5 of these 7)."""
+    from edgekit.device.field.focus import sharp_scores
+    from edgekit.site_focus import field_scores
+
+    pairs = [field_scores(_iml(s), FocusRule(marks=True)) for s in SITE_FIELDS]
+    scores, blurred = [p[0] for p in pairs if p], [p[1] for p in pairs if p]
+    assert len(sharp_scores(scores, blurred)) == len(SITE_FIELDS)
+    assert site_rule(scores, blurred) == site_rule(scores)
+
+
+def test_a_site_rule_judges_an_enlarged_field_at_the_sites_scale(tmp_path):
+    """A site bundle records its fields' cell radius: a sharp field enlarged 1.5x (a phone zoom) is
+    judged shrunk back to it and kept, while fields blurred with sigma 2 at the site's scale (their
+    cells as large as the site's) stay refused; without the radius the enlarged field is refused."""
+    from edgekit.benchmarks.field_transforms import rescale
+    from edgekit.site_focus import site_focus
+
+    got = site_focus(tmp_path, _site_dir(tmp_path, set()), [].append)
+    assert got is not None and got["radius"] > 0
+    rule = FocusRule.from_dict(got)
+    without = FocusRule.from_dict({**got, "radius": 0.0})
+    for seed in (100, 101):
+        zoomed = rescale(_synthetic_field(seed), 1.5)
+        assert without.reason(field_focus(zoomed, without)) is not None
+        assert rule.reason(field_focus(zoomed, rule)) is None
+        assert rule.reason(field_focus(_synthetic_field(seed, 2.0), rule)) is not None
+        assert rule.reason(field_focus(rescale(_synthetic_field(seed, 3.0), 1.5), rule)) is not None
+
+
+def test_a_focus_radius_is_checked_in_the_manifest():
+    def manifest(radius: object) -> dict:
+        return {"labels": ["A", "B"], "focus": {"floor": 0.03, "marks": True, "radius": radius}}
+
+    validate_manifest_data(manifest(31.5))
+    assert FocusRule.from_dict(manifest(31.5)["focus"]).radius == 31.5
+    for bad in (-1, "31", float("nan"), 1e9):
+        with pytest.raises(BundleError, match="focus.radius"):
+            validate_manifest_data(manifest(bad))
+
+
+def test_a_site_radius_far_from_the_fields_does_not_rescue_a_blurred_one():
+    """A field shrunk far enough looks sharp whatever its focus: cells over SITE_ZOOM_MAX x the
+    site's radius (a misread, other optics) are judged as they are; a bad radius is refused."""
+    from edgekit.device.field.focus import focus_score
+
+    blurred = _synthetic_field(5, 3.0)
+    far = FocusRule(floor=0.5, marks=True, radius=3.0)  # the field's cells read ~9x this
+    assert far.score(blurred) == focus_score(blurred, measure=far.measure) < 0.05
+    for bad in (-1.0, "31", float("nan")):
+        with pytest.raises(ValueError):
+            FocusRule(radius=bad)  # type: ignore[arg-type]

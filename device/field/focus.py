@@ -51,12 +51,24 @@ sharp, sigma >= 2 refused: 0% (shared rule) -> 100%; of the 172 IML fields as th
 (PA171740 plainly blurred, PA171770 soft, PA171829) against 14 with marks left out at FOCUS_FLOOR
 (``focus_floor --site``, ``focus_site.json``). The default bundle keeps the shared rule.
 
+A site whose training fields are mostly blurred would set its floor on blur. Each field's score is
+also read on a copy blurred with SITE_BLUR_SIGMA: a sharp field's falls to 0.08-0.57 of it, an
+already blurred one's to 0.49-0.73 (a ratio of the field with itself, so it reads the edges' width
+whatever the stain or the optics' texture). Fields that barely respond are left out of the median
+when there are many of them, and where most are, the floor is FOCUS_FLOOR with marks left out
+(:func:`site_rule`; ``benchmarks/focus_site_guard.py``, ``focus_site_guard.json``).
+
 The measure can also be taken at a fixed number of pixels per cell radius (the radius from Hough
 circles, :func:`edgekit.device.field.segment.cell_radius`), so that a higher magnification or a
 phone zoom is not judged blurred. It is not the default: a 1.5x-interpolated sharp BCCD field and
 a sigma-2 blurred NIH-like field have the same cells' size and the same edge width, so no floor
 keeps both targets; at the cell scale, the sigma-2 copies of fields with large cells pass
-(``benchmarks/focus_floor.py`` without ``--no-compare`` compares both).
+(``benchmarks/focus_floor.py`` without ``--no-compare`` compares both; ``focus_scale.py`` per cell
+radius, with the floor set on calibration halves: no radius keeps NIH-like sigma-2 copies refused).
+A site bundle has what one absolute scale lacks, its own microscope's cell size: ``edgekit site
+adapt`` records its fields' median cell radius (:attr:`FocusRule.radius`), and a field under its floor
+whose cells are over SITE_ZOOM x that is scored again shrunk to it (``focus_zoom.py``: held-out BCCD
+enlarged 1.5x refused 89% -> 22%, IML 38% -> 13%, blurred copies still 100%).
 
 Thresholds (the one place they live), set with ``benchmarks/focus_floor.py`` on the calibration
 blocks of real in-focus IML, BCCD (re-encoded, noisy and plain) and NIH-like fields and their
@@ -141,6 +153,21 @@ FOCUS_MEASURE = FocusMeasure(noise=True, profile=0.9, select=5, edges=10.0, flat
 
 SITE_FLOOR_SHARE = 0.58  # a site's floor: this share of the median score of its own fields (focus_site.json)
 SITE_MARKS = True  # a site's rule leaves burned-in marks out (its floor is set on that measure)
+SITE_BLUR_SIGMA = 2.0  # each of a site's fields is also scored blurred by this (px), to see how it responds
+# a field whose SITE_BLUR_SIGMA copy keeps more than this share of its score was already blurred: on the
+# calibration halves a sharp field keeps 0.08-0.57, one blurred with sigma 2 0.49-0.73 (focus_site_guard.json)
+SITE_BLURRED_RESPONSE = 0.49
+SITE_SHARP_SHARE = 0.25  # under this share of a site's fields look sharp: FOCUS_FLOOR, marks left out
+# over this share of a site's fields look blurred: they are left out of its median (fewer: the median holds
+# them, and the response takes up to 11% of a soft site's sharp fields as blurred: IML's calibration half)
+SITE_BLURRED_SHARE = 0.15
+# a field whose cells' radius is over this x the site's own (its manifest's ``focus.radius``) was
+# enlarged (a phone zoom, another objective): judged shrunk to the site's scale. The lowest at which no
+# calibration copy blurred with sigma 2-3 passed: their radius read up to 1.3x (focus_zoom.json)
+SITE_ZOOM = 1.35
+# over this, a field's cell radius is misread or its optics are not the site's: judged as it is (a bound,
+# not calibrated: a field shrunk far enough looks sharp whatever its focus)
+SITE_ZOOM_MAX = 2.5
 
 
 @dataclass(frozen=True)
@@ -154,25 +181,45 @@ class FocusRule:
     floor: float = FOCUS_FLOOR
     marks: bool = FOCUS_MEASURE.marks
     source: str = ""  # how the floor was set (a site rule: on how many fields)
+    radius: float = 0.0  # the site's median cell radius (px) on its own fields (0: none, no zoom check)
 
     def __post_init__(self) -> None:
         if not 0 < self.floor < 1:
             raise ValueError(f"focus floor must be in (0, 1), not {self.floor!r}")
+        if not isinstance(self.radius, (int, float)) or not 0 <= self.radius < 1e4:
+            raise ValueError(f"focus radius must be a number in [0, 1e4), not {self.radius!r}")
 
     @classmethod
     def from_dict(cls, focus: dict | None) -> FocusRule:
         """The rule of a manifest's ``focus`` (None or empty: :data:`DEFAULT_RULE`)."""
         if not focus:
             return DEFAULT_RULE
-        return cls(**{k: focus[k] for k in ("floor", "marks", "source") if k in focus})
+        return cls(**{k: focus[k] for k in ("floor", "marks", "source", "radius") if k in focus})
 
     @property
     def measure(self) -> FocusMeasure:
         return replace(FOCUS_MEASURE, marks=self.marks)
 
     def score(self, rgb: np.ndarray, marks: list | None = None) -> float:
-        """The field's focus score under this rule's measure (``marks``: as for :func:`focus_score`)."""
-        return focus_score(rgb, measure=self.measure, marks=marks)
+        """The field's focus score under this rule's measure (``marks``: as for :func:`focus_score`).
+        With a site's ``radius``, a field under the floor whose cells are over SITE_ZOOM x the site's
+        is scored again shrunk to the site's scale, and the higher score counts: an enlarged sharp
+        field has wider edges per pixel, not a blurred focus."""
+        score = focus_score(rgb, measure=self.measure, marks=marks)
+        return max(score, self.zoomed_score(rgb)) if self.radius and score < self.floor else score
+
+    def zoomed_score(self, rgb: np.ndarray) -> float:
+        """The score of ``rgb`` shrunk to the site's cell radius when its cells are SITE_ZOOM to
+        SITE_ZOOM_MAX x that (the marks found again at that size); 0.0 otherwise."""
+        from edgekit.device.field.segment import cell_radius
+
+        cv2 = opencv()
+        radius = cell_radius(rgb if rgb.ndim == 3 else cv2.cvtColor(rgb, cv2.COLOR_GRAY2RGB))
+        if not SITE_ZOOM * self.radius < radius <= SITE_ZOOM_MAX * self.radius:
+            return 0.0
+        f = self.radius / radius
+        small = cv2.resize(rgb, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+        return focus_score(small, measure=self.measure)
 
     def reason(self, score: float, session_best: float | None = None) -> str | None:
         """:func:`focus_reason` at this rule's floor."""
@@ -189,16 +236,46 @@ def rule_of(classifier: object) -> FocusRule:
     return FocusRule.from_dict(focus if isinstance(focus, dict) else None)
 
 
-def site_rule(scores: list[float], share: float = SITE_FLOOR_SHARE) -> FocusRule:
+def site_rule(scores: list[float], blurred: list[float] | None = None,
+              share: float = SITE_FLOOR_SHARE, radius: float = 0.0) -> FocusRule:
     """The rule a site bundle carries: marks left out, the floor ``share`` x the median score of the
-    site's own fields (``scores``, measured with marks left out; the median is robust to the few
+    site's sharp fields (``scores``, measured with marks left out; the median is robust to the few
     blurred ones a site's fields hold). A sigma-2 blur takes a field to 0.32-0.60 of its own score
-    (IML), so the share sits between that and the spread of a site's sharp fields."""
+    (IML), so the share sits between that and the spread of a site's sharp fields. ``blurred``: the
+    same fields' scores after a Gaussian of SITE_BLUR_SIGMA (:func:`sharp_scores`): fields that were
+    already blurred are left out of the median when they are over SITE_BLURRED_SHARE of them, and
+    where they are most of them (:func:`looks_blurred`) the floor is FOCUS_FLOOR, so blurred
+    training fields cannot lower it to blur (None: every field is taken as sharp). ``radius``: the
+    median cell radius of the site's fields (:attr:`FocusRule.radius`; 0: none)."""
     if not scores:
         raise ValueError("a site focus floor needs the scores of the site's fields")
-    floor = round(share * float(np.median(scores)), 4)
-    return FocusRule(floor=floor, marks=SITE_MARKS,
-                     source=f"{share:g} x the median focus score of {len(scores)} site fields, no marks")
+    sharp = scores if blurred is None else sharp_scores(scores, blurred)
+    if len(sharp) >= (1 - SITE_BLURRED_SHARE) * len(scores):
+        sharp = scores
+    elif blurred is not None and looks_blurred(scores, blurred):
+        source = f"the shared floor, no marks: {len(sharp)} of {len(scores)} site fields look sharp"
+        return FocusRule(floor=FOCUS_FLOOR, marks=SITE_MARKS, source=source, radius=round(radius, 1))
+    floor = round(share * float(np.median(sharp)), 4)
+    left_out = f", {len(scores) - len(sharp)} left out as blurred" if len(sharp) < len(scores) else ""
+    source = f"{share:g} x the median focus score of {len(sharp)} site fields{left_out}, no marks"
+    return FocusRule(floor=floor, marks=SITE_MARKS, source=source, radius=round(radius, 1))
+
+
+def looks_blurred(scores: list[float], blurred: list[float]) -> bool:
+    """Whether under SITE_SHARP_SHARE of a site's fields (or none) respond to a blur as sharp fields
+    do (:func:`sharp_scores`): they cannot say what in focus looks like there."""
+    sharp = sharp_scores(scores, blurred)
+    return not sharp or len(sharp) < SITE_SHARP_SHARE * len(scores)
+
+
+def sharp_scores(scores: list[float], blurred: list[float]) -> list[float]:
+    """The ``scores`` of the fields that respond to a blur as sharp ones do: their copy blurred with
+    SITE_BLUR_SIGMA (``blurred``, in the same order) keeps at most SITE_BLURRED_RESPONSE of their
+    score. A field already blurred has wide edges, so a further blur changes it little; the ratio
+    is the field's with itself, so it holds for soft and crisp optics alike."""
+    if len(scores) != len(blurred):
+        raise ValueError(f"{len(scores)} site field scores but {len(blurred)} blurred ones")
+    return [s for s, b in zip(scores, blurred, strict=True) if s > 0 and b <= SITE_BLURRED_RESPONSE * s]
 
 
 def focus_score(rgb: np.ndarray, radius: float | None = None, measure: FocusMeasure | None = None,
