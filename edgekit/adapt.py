@@ -41,6 +41,7 @@ from edgekit.adapt_config import AdaptConfig
 from edgekit.errors import BundleError, DataError
 from edgekit.manifest import MANIFEST_NAME
 from edgekit.safefile import check_replaceable, replace_dir
+from edgekit.site_fields import FIELDS_SPLIT
 from edgekit.site_focus import site_focus
 
 if TYPE_CHECKING:
@@ -48,7 +49,6 @@ if TYPE_CHECKING:
 
 FIELD_CUTOFFS = ("field-count", "field-error")  # chosen on whole validation fields: need the images
 SITE_SPLIT = "site_split.json"
-FIELDS_SPLIT = "site_fields.json"
 Log = Callable[[str], None]
 
 

@@ -105,6 +105,25 @@ def labelled_crops(data: Path, labels: Sequence[str]) -> list[tuple[Path, str, s
     return out
 
 
+def unfitted_crops(items: list[tuple[Path, str, str]], bundle_dir: Path,
+                   include_fitted: bool = False) -> tuple[list[tuple[Path, str, str]], list[str]]:
+    """``items`` without the crops of the fields ``bundle_dir`` was fitted on (its ``site adapt``
+    training and validation fields), and those fields' names; everything when ``include_fitted``.
+    A bundle measured on what it learnt from looks better than it is."""
+    from edgekit.site_fields import fitted_fields
+
+    fitted = set() if include_fitted else fitted_fields(bundle_dir)
+    left_out = sorted({fld for _f, _c, fld in items if Path(fld).stem in fitted})
+    if not left_out:
+        return items, []
+    kept = [i for i in items if Path(i[2]).stem not in fitted]
+    if not kept:
+        raise DataError(f"every field of these cells ({len(left_out)}) is one the bundle was fitted on (its "
+                        "training and validation fields): label new fields to check it, or pass "
+                        "--include-fitted to measure them anyway")
+    return kept, left_out
+
+
 def _labelled_fraction(data: Path, positive: str, fields: list[str],
                        y: np.ndarray, g: np.ndarray) -> dict[str, float]:
     """Labelled parasitemia per field: ``cells.json``'s counts of every labelled box when present (what a
@@ -136,9 +155,11 @@ def _bound_failures(measured: dict[str, float | None], bounds: dict[str, float])
 
 def check_site(bundle: str | os.PathLike, data: str | os.PathLike,
                fields_dir: str | os.PathLike | None = None, model_format: str | None = None,
-               allow_unsigned: bool | None = None, log: Callable[[str], None] | None = None) -> CheckResult:
+               allow_unsigned: bool | None = None, log: Callable[[str], None] | None = None,
+               include_fitted: bool = False) -> CheckResult:
     """Measure ``bundle`` on the labelled cells ``data`` (and whole fields in ``fields_dir``) through
-    the device runtime, against its manifest's gate bounds; see the module doc."""
+    the device runtime, against its manifest's gate bounds; see the module doc. Cells of the fields
+    the bundle was fitted on are left out unless ``include_fitted``."""
     from edgekit.device.runtime import load_classifier
 
     say = log or (lambda _s: None)
@@ -147,7 +168,7 @@ def check_site(bundle: str | os.PathLike, data: str | os.PathLike,
     if manifest.positive_label is None:
         raise BundleError("site check needs a bundle with a positive label (manifest positive_label)")
     bounds, bounds_from = gate_bounds(manifest)
-    items = labelled_crops(Path(data), manifest.labels)
+    items, fitted = unfitted_crops(labelled_crops(Path(data), manifest.labels), clf.bundle_dir, include_fitted)
     say(f"measuring {len(items)} labelled cells of {len(set(i[2] for i in items))} fields through "
         f"{clf.fmt}…")
     probs, scores, keep, skipped = _classify_items(items, clf)
@@ -161,6 +182,10 @@ def check_site(bundle: str | os.PathLike, data: str | os.PathLike,
     measured = _cell_measures(y, p, g, called)
     per_field = _per_field(fields, g, y, called, scores, manifest.domain)
     notes = [f"{skipped} unreadable cell image(s) skipped"] if skipped else []
+    if fitted:
+        notes.append(f"{len(fitted)} field(s) the bundle was fitted on (its training and validation fields: "
+                     f"{', '.join(fitted[:4])}{' ...' if len(fitted) > 4 else ''}) left out: they cannot show "
+                     "whether it holds (--include-fitted keeps them, e.g. to review their labels)")
     if fields_dir is not None:
         _whole_fields(Path(fields_dir), Path(data), per_field, clf, y, g, measured, notes, say)
     _guard_share(per_field, manifest.domain, measured, notes)

@@ -258,11 +258,14 @@ def adapt(model: Path, site: Path, out: Path, fields_split: Path | None, block: 
 @option("--review", "review", type=click.Path(path_type=Path), default=None,
         help="Write an HTML page of the labelled cells the bundle contradicts most confidently (the labels "
              "most worth checking), with their field and box.")
+@option("--include-fitted", is_flag=True,
+        help="Also measure the fields the bundle was fitted on (its training and validation fields, left "
+             "out by default: they cannot show whether it holds), e.g. to review their labels.")
 @model_format_option()
 @allow_unsigned_option()
 @format_option("text", "json", default="text", old_flags={"--json": "json"},
                help_text="Print the measurements and the verdict as text or JSON.")
-def site_check(bundle: Path, data: Path, fields_dir: Path | None, review: Path | None,
+def site_check(bundle: Path, data: Path, fields_dir: Path | None, review: Path | None, include_fitted: bool,
                model_format: str | None, allow_unsigned: bool, out_format: str) -> None:
     """Check that a site bundle still holds on newly labelled fields.
 
@@ -280,7 +283,7 @@ def site_check(bundle: Path, data: Path, fields_dir: Path | None, review: Path |
     if review is not None:  # refused before the measuring, not after (a folder, a link, no such folder)
         check_output_target(review, force=True)
     result = check_site(bundle, data, fields_dir, model_format, allow_unsigned or None,
-                        log=lambda s: click.echo(s, err=True))
+                        log=lambda s: click.echo(s, err=True), include_fitted=include_fitted)
     if review is not None:
         atomic_write_text(review, review_page(result, data))
         click.echo(f"labels to check: {review}", err=True)

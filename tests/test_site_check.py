@@ -234,3 +234,28 @@ def test_a_bundle_that_failed_its_own_gate_never_holds(site_bundle, tmp_path):
         assert "failed its own test fields" in res.stdout and "DOES NOT HOLD" in res.stdout
     finally:
         _set_gate(site_bundle, None)
+
+
+def test_site_check_leaves_out_the_fields_the_bundle_was_fitted_on(site_bundle, tmp_path):
+    """Cells of the bundle's own training and validation fields (``site_fields.json``) would measure
+    what it learnt, not whether it holds: they are left out, said so, and kept only on request."""
+    from edgekit.site_fields import FIELDS_SPLIT
+
+    _set_gate(site_bundle, None)
+    split = site_bundle / FIELDS_SPLIT
+    split.write_text(json.dumps({"train": ["T00"], "val": ["V00"], "test": ["N00"]}))
+    try:
+        data = write_site_cells(tmp_path / "mixed", ["N00", "N01", "T00", "V00"], seed=7)
+        res = CliRunner().invoke(main, ["site", "check", str(site_bundle), "--data", str(data), "--json"])
+        out = json.loads(res.stdout)
+        assert out["fields"] == 2 and out["cells"] == 46  # N00 (its test field) and N01
+        assert any("2 field(s) the bundle was fitted on" in n and "T00, V00" in n for n in out["notes"])
+        res = CliRunner().invoke(main, ["site", "check", str(site_bundle), "--data", str(data), "--json",
+                                        "--include-fitted"])
+        assert json.loads(res.stdout)["fields"] == 4
+        fitted_only = write_site_cells(tmp_path / "fitted", ["T00", "V00"], seed=7)
+        res = CliRunner().invoke(main, ["site", "check", str(site_bundle), "--data", str(fitted_only)])
+        assert res.exit_code != 0 and "Traceback" not in res.output
+        assert "every field of these cells (2) is one the bundle was fitted on" in res.output
+    finally:
+        split.unlink()
