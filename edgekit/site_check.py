@@ -168,7 +168,8 @@ def check_site(bundle: str | os.PathLike, data: str | os.PathLike,
     if manifest.positive_label is None:
         raise BundleError("site check needs a bundle with a positive label (manifest positive_label)")
     bounds, bounds_from = gate_bounds(manifest)
-    items, fitted = unfitted_crops(labelled_crops(Path(data), manifest.labels), clf.bundle_dir, include_fitted)
+    items, fitted = unfitted_crops(labelled_crops(Path(data), manifest.labels), clf.bundle_dir,
+                                   include_fitted)
     say(f"measuring {len(items)} labelled cells of {len(set(i[2] for i in items))} fields through "
         f"{clf.fmt}…")
     probs, scores, keep, skipped = _classify_items(items, clf)
@@ -183,9 +184,10 @@ def check_site(bundle: str | os.PathLike, data: str | os.PathLike,
     per_field = _per_field(fields, g, y, called, scores, manifest.domain)
     notes = [f"{skipped} unreadable cell image(s) skipped"] if skipped else []
     if fitted:
+        shown = ", ".join(fitted[:4]) + (" ..." if len(fitted) > 4 else "")
         notes.append(f"{len(fitted)} field(s) the bundle was fitted on (its training and validation fields: "
-                     f"{', '.join(fitted[:4])}{' ...' if len(fitted) > 4 else ''}) left out: they cannot show "
-                     "whether it holds (--include-fitted keeps them, e.g. to review their labels)")
+                     f"{shown}) left out: they cannot show whether it holds (--include-fitted keeps them, "
+                     "e.g. to review their labels)")
     if fields_dir is not None:
         _whole_fields(Path(fields_dir), Path(data), per_field, clf, y, g, measured, notes, say)
     _guard_share(per_field, manifest.domain, measured, notes)
