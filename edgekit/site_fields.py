@@ -21,4 +21,5 @@ def fitted_fields(bundle_dir: Path) -> set[str]:
         return set()
     if not isinstance(split, dict):
         return set()
-    return {Path(str(s)).stem for part in FITTED_PARTS if isinstance(split.get(part), list) for s in split[part]}
+    parts = [split.get(part) for part in FITTED_PARTS]
+    return {Path(str(s)).stem for names in parts if isinstance(names, list) for s in names}
