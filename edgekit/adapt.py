@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from edgekit.adapt_config import AdaptConfig
+from edgekit.cells import read_cells_index
 from edgekit.errors import BundleError, DataError
 from edgekit.manifest import MANIFEST_NAME
 from edgekit.safefile import check_replaceable, replace_dir
@@ -88,8 +89,8 @@ def _check_base_trust(source: Path) -> None:
 def recorded_fields_dir(site: Path) -> Path | None:
     """The folder of field images ``edgekit cells`` cut the site's cells from, when it is still here."""
     try:
-        folder = json.loads((Path(site) / "cells.json").read_text())["summary"].get("fields_dir")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        folder = read_cells_index(site)["summary"].get("fields_dir")
+    except (DataError, KeyError, TypeError, AttributeError):
         return None
     return Path(folder) if folder and Path(folder).is_dir() else None
 
@@ -100,10 +101,10 @@ def labelled_parasitemia(site: Path) -> dict[str, float]:
     from edgekit.device.annotations import PARASITIZED
 
     try:
-        rows = json.loads((Path(site) / "cells.json").read_text())["per_field"]
+        rows = read_cells_index(site)["per_field"]
         return {Path(r["field"]).stem: r["labelled"].get(PARASITIZED, 0) / max(1, sum(r["labelled"].values()))
                 for r in rows}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (DataError, KeyError, TypeError, AttributeError) as exc:
         raise DataError(f"{site}/cells.json (from `edgekit site cells`) is missing or unreadable: "
                         f"{exc}") from None
 
@@ -111,8 +112,8 @@ def labelled_parasitemia(site: Path) -> dict[str, float]:
 def _field_rows(site: Path) -> list[dict[str, Any]]:
     """``cells.json``'s per-field entries (none when it is missing or unreadable)."""
     try:
-        rows = json.loads((Path(site) / "cells.json").read_text())["per_field"]
-    except (OSError, ValueError, KeyError, TypeError):
+        rows = read_cells_index(site)["per_field"]
+    except (DataError, KeyError):
         return []
     return [r for r in rows if isinstance(r, dict) and "field" in r] if isinstance(rows, list) else []
 

@@ -109,13 +109,13 @@ def _labelled_fraction(data: Path, positive: str, fields: list[str],
                        y: np.ndarray, g: np.ndarray) -> dict[str, float]:
     """Labelled parasitemia per field: ``cells.json``'s counts of every labelled box when present (what a
     whole field is held to), else the fraction among the labelled crops."""
-    import json
+    from edgekit.cells import read_cells_index
 
     try:
-        rows = json.loads((data / "cells.json").read_text())["per_field"]
+        rows = read_cells_index(data)["per_field"]
         per = {Path(r["field"]).stem: r["labelled"].get(positive, 0) / max(1, sum(r["labelled"].values()))
                for r in rows}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (DataError, ValueError, KeyError, TypeError, AttributeError):
         per = {}
     return {f: per.get(f, float(np.mean(y[g == f]))) for f in fields}
 
@@ -142,6 +142,8 @@ def check_site(bundle: str | os.PathLike, data: str | os.PathLike,
     from edgekit.device.runtime import load_classifier
 
     say = log or (lambda _s: None)
+    if fields_dir is not None and not Path(fields_dir).is_dir():  # refused before the measuring
+        raise DataError(f"--field-images: not a folder of field images: {fields_dir}")
     clf = load_classifier(bundle, model_format, allow_unsigned=allow_unsigned)
     manifest, decision = clf.manifest, clf.manifest.decision
     if manifest.positive_label is None:
@@ -180,11 +182,11 @@ def disagreements(data: Path, items: list[tuple[Path, str, str]], p: np.ndarray,
     :data:`REVIEW_TOP` of each with their field and box (``cells.json``). On IML most of the
     confident ones are the labels' errors (rings and stippling boxed as plain red cells), which cap
     what a site's test can measure: they are the labels to check before adapting again."""
-    import json
+    from edgekit.cells import read_cells_index
 
     try:
-        boxes = {c["file"]: c.get("box") for c in json.loads((data / "cells.json").read_text())["cells"]}
-    except (OSError, ValueError, KeyError, TypeError):
+        boxes = {c["file"]: c.get("box") for c in read_cells_index(data)["cells"]}
+    except (DataError, KeyError, TypeError, AttributeError):
         boxes = {}
     sides = {"labelled_negative_called": np.flatnonzero(~y & called),
              "labelled_positive_not_called": np.flatnonzero(y & ~called)}
@@ -347,8 +349,6 @@ def _whole_fields(fields_dir: Path, data: Path, per_field: list[dict[str, Any]],
     from edgekit.device.pipeline import image_files
     from edgekit.metrics import mean_upper_bound
 
-    if not fields_dir.is_dir():
-        raise DataError(f"--field-images: not a folder of field images: {fields_dir}")
     by_stem = {f.stem: f for f in image_files([fields_dir], "field")}
     names = [r["field"] for r in per_field]
     truth = _labelled_fraction(data, clf.manifest.decision.counted_label, names, y, g)

@@ -1,0 +1,102 @@
+"""Hostile inputs, round 4: the site commands (cells, check, adapt's data checks), odd manifests of a
+trusted bundle, field images, serve uploads and screening databases. Each case here hung, lost a
+measurement, or passed silently before its fix."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from device_helpers import GOLDEN
+
+from edgekit.cli import main
+from edgekit.errors import DataError
+
+
+@pytest.fixture
+def watchdog():
+    """Turns a hang (a blocking open of a FIFO) into a failure."""
+    def hung(*_):
+        raise AssertionError("still waiting after 30 s")
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(30)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def _site_cells(root: Path, fields=("A01", "A02", "A03")) -> Path:
+    """An `edgekit site cells`-style folder: <class>/<field>__<i>.png, 3 parasitized and 9 uninfected per
+    field."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:60, :60]
+    disc = (yy - 30) ** 2 + (xx - 30) ** 2 <= 28 * 28
+    for f in fields:
+        for i in range(12):
+            cls = "Parasitized" if i < 3 else "Uninfected"
+            (root / cls).mkdir(parents=True, exist_ok=True)
+            img = np.zeros((60, 60, 3))
+            img[disc] = (175, 168, 160)
+            if i < 3:
+                img[(yy - 30) ** 2 + (xx - 28) ** 2 < 70] = (60, 20, 90)
+            img[disc] += rng.normal(0, 4, (int(disc.sum()), 3))
+            cv2.imwrite(str(root / cls / f"{f}__{i}.png"), np.clip(img, 0, 255).astype(np.uint8))
+    return root
+
+
+def test_a_cells_index_that_is_a_fifo_is_refused_not_waited_on(tmp_path, watchdog):
+    """`site check` (and adapt's reading of the labelled parasitemia) opened a cells.json that is a FIFO
+    and waited forever for a writer."""
+    data = _site_cells(tmp_path / "cells")
+    os.mkfifo(data / "cells.json")
+    res = CliRunner().invoke(main, ["site", "check", str(GOLDEN), "--data", str(data), "--format", "json"])
+    assert res.exit_code in (0, 1) and "Traceback" not in res.output, res.output
+    assert json.loads(res.stdout)["cells"] == 36
+    from edgekit.adapt import labelled_parasitemia
+
+    with pytest.raises(DataError, match="cells.json.*not a regular file"):
+        labelled_parasitemia(data)
+
+
+def test_a_review_page_that_cannot_be_written_loses_no_measurement(tmp_path, monkeypatch):
+    """A --review page on a read-only card: the write failed after the measuring and the report was
+    never printed. Now the report comes first, then one line on the page."""
+    import edgekit.manifest
+
+    def read_only(path, text):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    monkeypatch.setattr(edgekit.manifest, "atomic_write_text", read_only)
+    data = _site_cells(tmp_path / "cells")
+    res = CliRunner().invoke(main, ["site", "check", str(GOLDEN), "--data", str(data), "--review",
+                                    str(tmp_path / "labels.html")])
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert "HOLD" in res.stdout and "AUC" in res.stdout, res.stdout
+    page = tmp_path / "labels.html"
+    last = res.stderr.strip().splitlines()[-1]
+    assert last == f"error: cannot write the review page {page}: Read-only file system", last
+
+
+def test_site_check_refuses_missing_field_images_before_measuring(tmp_path, monkeypatch):
+    """--field-images naming no folder was refused only after every cell had been classified."""
+    import edgekit.site_check
+
+    def measured(*_a, **_k):
+        raise AssertionError("measured before refusing --field-images")
+
+    monkeypatch.setattr(edgekit.site_check, "_classify_items", measured)
+    data = _site_cells(tmp_path / "cells")
+    for bad in (tmp_path / "nofields", data / "Parasitized" / "A01__0.png"):
+        res = CliRunner().invoke(main, ["site", "check", str(GOLDEN), "--data", str(data),
+                                        "--fields", str(bad)])
+        assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+        last = res.output.strip().splitlines()[-1]
+        assert last == f"error: --field-images: not a folder of field images: {bad}", last
