@@ -100,3 +100,20 @@ def test_site_check_refuses_missing_field_images_before_measuring(tmp_path, monk
         assert res.exit_code == 2 and "Traceback" not in res.output, res.output
         last = res.output.strip().splitlines()[-1]
         assert last == f"error: --field-images: not a folder of field images: {bad}", last
+
+
+@pytest.mark.parametrize("section", ["images", "categories"])
+def test_coco_ids_given_twice_are_refused(tmp_path, section):
+    """Two COCO images (or categories) with one id: the later silently took the earlier's boxes (or
+    turned every ring into a red blood cell)."""
+    from edgekit.device.annotations import read_annotations
+
+    (tmp_path / "A.jpg").write_bytes(b"")
+    (tmp_path / "B.jpg").write_bytes(b"")
+    coco = {"images": [{"id": 1, "file_name": "A.jpg"}, {"id": 2, "file_name": "B.jpg"}],
+            "categories": [{"id": 1, "name": "ring"}, {"id": 2, "name": "red blood cell"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20]}]}
+    coco[section][1]["id"] = 1
+    (tmp_path / "a.json").write_text(json.dumps(coco))
+    with pytest.raises(DataError, match=f"a.json: two {section} have the id 1"):
+        read_annotations(tmp_path / "a.json", tmp_path)
