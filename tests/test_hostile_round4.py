@@ -117,3 +117,30 @@ def test_coco_ids_given_twice_are_refused(tmp_path, section):
     (tmp_path / "a.json").write_text(json.dumps(coco))
     with pytest.raises(DataError, match=f"a.json: two {section} have the id 1"):
         read_annotations(tmp_path / "a.json", tmp_path)
+
+
+@pytest.mark.parametrize("tables", [["CREATE TABLE records (x INTEGER)", "CREATE TABLE sessions (y TEXT)"],
+                                    ["CREATE TABLE users (name TEXT)"]])
+def test_another_programs_database_is_refused_and_left_unchanged(tmp_path, tables):
+    """`screen --db` on another program's SQLite file added edgekit's tables and columns to it and
+    stamped its schema version, then failed on a missing column; reading it named a missing table."""
+    import sqlite3
+
+    from edgekit.device.records import RecordsError, RecordStore
+
+    db = tmp_path / "inventory.sqlite"
+    con = sqlite3.connect(db)
+    for sql in tables:
+        con.execute(sql)
+    con.commit()
+    con.close()
+    before = db.read_bytes()
+    for read_only in (False, True):
+        with pytest.raises(RecordsError, match="is not an edgekit screening database"):
+            RecordStore(db, read_only=read_only)
+    assert db.read_bytes() == before
+    (tmp_path / "empty.sqlite").write_bytes(b"")
+    with pytest.raises(RecordsError, match="is not an edgekit screening database"):
+        RecordStore(tmp_path / "empty.sqlite", read_only=True)
+    RecordStore(tmp_path / "empty.sqlite").close()  # an empty file becomes a new database, as before
+    RecordStore(tmp_path / "empty.sqlite", read_only=True).close()
