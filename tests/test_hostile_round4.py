@@ -144,3 +144,29 @@ def test_another_programs_database_is_refused_and_left_unchanged(tmp_path, table
         RecordStore(tmp_path / "empty.sqlite", read_only=True)
     RecordStore(tmp_path / "empty.sqlite").close()  # an empty file becomes a new database, as before
     RecordStore(tmp_path / "empty.sqlite", read_only=True).close()
+
+
+def test_adapt_refuses_missing_base_data_or_field_images_before_scoring_the_site(tmp_path, monkeypatch):
+    """`site adapt --base-split GONE.json` or `--field-images NOFOLDER` was refused only after the base
+    model had scored every uninfected site cell for the hard negatives (minutes on a real site)."""
+    import dataclasses
+
+    import edgekit.adapt as adapt
+    from edgekit.adapt_config import AdaptConfig
+    from edgekit.manifest import Artifact, Manifest
+
+    base = Manifest(labels=["Parasitized", "Uninfected"], positive_label="Parasitized",
+                    artifacts={"keras": Artifact("keras", "model.keras", "0" * 64, 1, "keras")})
+    monkeypatch.setattr(adapt, "trainable_model", lambda _p: (base, tmp_path / "model.keras", "0" * 64))
+
+    def scored(*_a, **_k):
+        raise AssertionError("scored the site's cells before refusing")
+
+    monkeypatch.setattr(adapt, "hard_negatives", scored)
+    data = _site_cells(tmp_path / "cells", tuple(f"F{i:02d}" for i in range(10)))
+    cfg = AdaptConfig(block=1)
+    with pytest.raises(DataError, match="base model's training data is not here"):
+        adapt.adapt_model(tmp_path / "run", data, tmp_path / "out", cfg, base_split=tmp_path / "gone.json")
+    with pytest.raises(DataError, match="--field-images: not a folder of field images"):
+        adapt.adapt_model(tmp_path / "run", data, tmp_path / "out", dataclasses.replace(cfg, base_share=0),
+                          fields_dir=tmp_path / "nofields")
