@@ -170,3 +170,36 @@ def test_adapt_refuses_missing_base_data_or_field_images_before_scoring_the_site
     with pytest.raises(DataError, match="--field-images: not a folder of field images"):
         adapt.adapt_model(tmp_path / "run", data, tmp_path / "out", dataclasses.replace(cfg, base_share=0),
                           fields_dir=tmp_path / "nofields")
+
+
+def test_a_field_that_vanishes_mid_batch_is_rejected_and_the_batch_goes_on(tmp_path, monkeypatch):
+    """`screen --fields`: a field deleted after the folder was listed (before or after its pixels were
+    read) stopped the whole batch with `error: image not found` (its hash was taken after the read)."""
+    import shutil
+
+    from device_helpers import FIXTURES
+
+    import edgekit.device.preprocess as preprocess
+
+    folder = tmp_path / "fields"
+    folder.mkdir()
+    for name, src in (("f0.jpg", "BloodImage_00014.jpg"), ("f1.jpg", "BloodImage_00099.jpg"),
+                      ("f2.jpg", "BloodImage_00099.jpg")):
+        shutil.copy(FIXTURES / "fields" / src, folder / name)
+    real = preprocess.read_image
+
+    def vanishing(path, *args, **kwargs):
+        if Path(path).name == "f1.jpg":
+            os.unlink(path)  # gone before it is read
+        rgb = real(path, *args, **kwargs)
+        if Path(path).name == "f2.jpg":
+            os.unlink(path)  # gone once read
+        return rgb
+
+    monkeypatch.setattr(preprocess, "read_image", vanishing)
+    res = CliRunner().invoke(main, ["screen", "--db", str(tmp_path / "s.db"), "--patient", "V", "--fields",
+                                    "-m", str(GOLDEN), str(folder)])
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    for name in ("f1.jpg", "f2.jpg"):
+        assert f"rejected {folder / name}: file not found" in res.output, res.output
+    assert "session 1: patient V: " in res.output and "2 rejected" in res.output
