@@ -98,13 +98,11 @@ def recorded_fields_dir(site: Path) -> Path | None:
 def labelled_parasitemia(site: Path) -> dict[str, float]:
     """Labelled parasitemia per field stem (parasite boxes / all labelled cells) from the site's
     ``cells.json`` (written by ``edgekit cells``); the truth a whole-field count is held to."""
-    from edgekit.device.annotations import PARASITIZED
+    from edgekit.cells import labelled_parasitemia as from_index
 
     try:
-        rows = read_cells_index(site)["per_field"]
-        return {Path(r["field"]).stem: r["labelled"].get(PARASITIZED, 0) / max(1, sum(r["labelled"].values()))
-                for r in rows}
-    except (DataError, KeyError, TypeError, AttributeError) as exc:
+        return from_index(site)
+    except DataError as exc:
         raise DataError(f"{site}/cells.json (from `edgekit site cells`) is missing or unreadable: "
                         f"{exc}") from None
 

@@ -69,6 +69,25 @@ def read_cells_index(folder: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
+def labelled_parasitemia(folder: str | os.PathLike, positive: str = PARASITIZED) -> dict[str, float]:
+    """Labelled parasitemia per field stem (``positive`` boxes / all labelled cells) from ``cells.json``'s
+    per-field counts: the truth a whole-field count is held to. :class:`DataError` when the index is
+    missing or unreadable, or an entry is not a field name with counts that are non-negative integers
+    (a hand-edited -5 or "12" would hold every field to a wrong truth)."""
+    rows = read_cells_index(folder).get("per_field")
+    if not isinstance(rows, list):
+        raise DataError(f"{Path(folder) / CELLS_INDEX}: per_field must be a list")
+    out = {}
+    for r in rows:
+        counts = r.get("labelled") if isinstance(r, dict) else None
+        if not (isinstance(counts, dict) and isinstance(r.get("field"), str) and all(
+                isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts.values())):
+            raise DataError(f"{Path(folder) / CELLS_INDEX}: per_field entry {str(r)[:80]} is not a field "
+                            "name with labelled counts (non-negative integers)")
+        out[Path(r["field"]).stem] = counts.get(positive, 0) / max(1, sum(counts.values()))
+    return out
+
+
 def field_of(crop_file: str | os.PathLike) -> str:
     """The field stem a crop came from (inverse of :func:`crop_name`)."""
     return Path(crop_file).name.rsplit(FIELD_SEPARATOR, 1)[0]

@@ -203,3 +203,35 @@ def test_a_field_that_vanishes_mid_batch_is_rejected_and_the_batch_goes_on(tmp_p
     for name in ("f1.jpg", "f2.jpg"):
         assert f"rejected {folder / name}: file not found" in res.output, res.output
     assert "session 1: patient V: " in res.output and "2 rejected" in res.output
+
+
+@pytest.mark.parametrize("counts", [{"Parasitized": 5, "Uninfected": -5}, {"Parasitized": "3"},
+                                    {"Parasitized": 1.5}, None])
+def test_malformed_labelled_counts_are_refused_before_measuring(tmp_path, monkeypatch, counts):
+    """cells.json's per-field counts are what whole fields are held to: a negative count held a field to
+    500% parasitemia, a string or a missing entry silently fell back to another truth (the crops')."""
+    import shutil
+
+    from device_helpers import FIXTURES
+
+    import edgekit.site_check
+
+    def measured(*_a, **_k):
+        raise AssertionError("measured before refusing cells.json")
+
+    monkeypatch.setattr(edgekit.site_check, "_classify_items", measured)
+    data = _site_cells(tmp_path / "cells")
+    rows = [{"field": "A01.jpg", "labelled": {"Parasitized": 3, "Uninfected": 9}},
+            {"field": "A02.jpg", "labelled": counts}]
+    (data / "cells.json").write_text(json.dumps({"cells": [], "per_field": rows}))
+    fields = tmp_path / "fields"
+    fields.mkdir()
+    shutil.copy(FIXTURES / "fields" / "BloodImage_00014.jpg", fields / "A01.jpg")
+    res = CliRunner().invoke(main, ["site", "check", str(GOLDEN), "--data", str(data),
+                                    "--fields", str(fields)])
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert "A02.jpg" in res.stderr and "is not a field name with labelled counts" in res.stderr, res.stderr
+    from edgekit.adapt import labelled_parasitemia  # adapt holds its whole fields to the same counts
+
+    with pytest.raises(DataError, match="is not a field name with labelled counts"):
+        labelled_parasitemia(data)
