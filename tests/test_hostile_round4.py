@@ -7,7 +7,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -17,18 +16,6 @@ from device_helpers import GOLDEN
 
 from edgekit.cli import main
 from edgekit.errors import DataError
-
-
-@pytest.fixture
-def watchdog():
-    """Turns a hang (a blocking open of a FIFO) into a failure."""
-    def hung(*_):
-        raise AssertionError("still waiting after 30 s")
-    old = signal.signal(signal.SIGALRM, hung)
-    signal.alarm(30)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
 
 
 def _site_cells(root: Path, fields=("A01", "A02", "A03")) -> Path:
