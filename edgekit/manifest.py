@@ -358,6 +358,8 @@ class Gate:
         numbers = [*self.bounds.values(), *(v for v in self.measured.values() if v is not None)]
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers):
             raise BundleError("gate: bounds and measured values must be numbers")
+        if not all(math.isfinite(v) for v in self.bounds.values()):  # every number meets a NaN or inf bound
+            raise BundleError(f"gate: bounds must be finite numbers, not {self.bounds}")
 
     def failures(self) -> list[str]:
         """One phrase per bound the measured numbers miss (a number not measured misses its bound)."""

@@ -222,3 +222,26 @@ def test_malformed_labelled_counts_are_refused_before_measuring(tmp_path, monkey
 
     with pytest.raises(DataError, match="is not a field name with labelled counts"):
         labelled_parasitemia(data)
+
+
+@pytest.mark.parametrize("bound", [float("nan"), float("inf")])
+def test_a_gate_bound_that_every_number_meets_is_refused_at_load(tmp_path, bound):
+    """A site gate bounded by NaN (or infinity) passed whatever its test fields measured: the guard then
+    vouched for every result of a bundle whose test fields failed."""
+    import shutil
+
+    from edgekit.errors import BundleError
+    from edgekit.manifest import Gate
+
+    with pytest.raises(BundleError, match="gate: bounds must be finite numbers"):
+        Gate(bounds={"parasitemia_error": bound}, measured={"parasitemia_error": 25.0})
+    bundle = tmp_path / "b"
+    shutil.copytree(GOLDEN, bundle)
+    m = json.loads((bundle / "manifest.json").read_text())
+    m["domain"] = {"features": ["x"], "mean": [0.0], "inv_cov": [[1.0]], "field_threshold": 1.0,
+                   "session_threshold": 1.0, "gate": {"bounds": {"parasitemia_error": bound},
+                                                      "measured": {"parasitemia_error": 25.0}}}
+    (bundle / "manifest.json").write_text(json.dumps(m))
+    res = CliRunner().invoke(main, ["field", "-m", str(bundle), str(GOLDEN.parent / "fields")])
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert res.stderr.strip().splitlines()[-1].startswith("error: gate: bounds must be finite numbers")
