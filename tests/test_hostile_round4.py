@@ -245,3 +245,23 @@ def test_a_gate_bound_that_every_number_meets_is_refused_at_load(tmp_path, bound
     res = CliRunner().invoke(main, ["field", "-m", str(bundle), str(GOLDEN.parent / "fields")])
     assert res.exit_code == 2 and "Traceback" not in res.output, res.output
     assert res.stderr.strip().splitlines()[-1].startswith("error: gate: bounds must be finite numbers")
+
+
+@pytest.mark.parametrize("change", [{"field_threshold": float("inf")}, {"session_threshold": float("inf")},
+                                    {"min_chroma": float("nan")}, {"max_border_lit": float("nan")},
+                                    {"mean": [float("nan")]}])
+def test_a_domain_that_would_vouch_for_anything_is_refused_at_load(tmp_path, change):
+    """An infinite guard threshold, or a NaN chroma or border floor, let every cell, grey image or whole
+    field through as "looks like the training cells"."""
+    import shutil
+
+    bundle = tmp_path / "b"
+    shutil.copytree(GOLDEN, bundle)
+    m = json.loads((bundle / "manifest.json").read_text())
+    m["domain"] = {"features": ["x"], "mean": [0.0], "inv_cov": [[1.0]], "field_threshold": 1.0,
+                   "session_threshold": 1.0, "min_chroma": 1.4, "max_border_lit": 0.6, **change}
+    (bundle / "manifest.json").write_text(json.dumps(m))
+    res = CliRunner().invoke(main, ["classify", "-m", str(bundle), str(GOLDEN.parent / "cells")])
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    last = res.stderr.strip().splitlines()[-1]
+    assert last == "error: domain: its statistics and thresholds must be finite numbers", last
