@@ -224,13 +224,24 @@ def _read_iml(data: list, images_dir: Path, classes: ClassMap, src: str) -> list
     return fields
 
 
+def _by_id(entries: Any, src: str, what: str) -> dict[Any, dict]:
+    """COCO ``images`` or ``categories`` by id; an id given twice is refused (the later entry would
+    silently take the earlier one's boxes or labels)."""
+    out: dict[Any, dict] = {}
+    for e in _dicts(entries, src, what):
+        if e["id"] in out:
+            raise DataError(f"{src}: two {what} have the id {_short(e['id'])}")
+        out[e["id"]] = e
+    return out
+
+
 def _read_coco(data: dict, images_dir: Path, classes: ClassMap, src: str) -> list[AnnotatedField]:
     for key in ("categories", "images", "annotations"):
         if key not in data:
             raise DataError(f"{src}: not a COCO file (missing {key!r})")
     try:
-        cats = {c["id"]: c["name"] for c in _dicts(data["categories"], src, "categories")}
-        images = {im["id"]: im for im in _dicts(data["images"], src, "images")}
+        cats = {k: c["name"] for k, c in _by_id(data["categories"], src, "categories").items()}
+        images = _by_id(data["images"], src, "images")
     except KeyError as exc:
         raise DataError(f"{src}: not a COCO file (an entry has no {exc})") from None
     except TypeError as exc:  # an id that is a list or object

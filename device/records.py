@@ -330,6 +330,7 @@ class RecordStore:
                     f"database {self.path} was written by a newer edgekit (schema {version}, this edgekit "
                     f"reads up to {SCHEMA_VERSION}); upgrade edgekit to use it (it was not changed)"
                 )
+            self._check_ours(version, read_only)
             if not read_only:
                 self._check_columns()
                 self.conn.execute("PRAGMA journal_mode=WAL")
@@ -338,6 +339,20 @@ class RecordStore:
                 # RSS screening 1,000 crops (their kept PNGs pass through it), same speed
                 self.conn.execute("PRAGMA cache_size=-512")
                 self._upgrade()
+
+    def _check_ours(self, version: int, read_only: bool) -> None:
+        """Refuse, before anything in it is changed, a database another program made (tables but no
+        edgekit schema version, and no sessions table of edgekit's); reading needs the sessions table."""
+        tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        ours = "sessions" in tables and {"id", "patient"} <= self._columns("sessions") and (
+            "records" not in tables or {"id", "session_id"} <= self._columns("records"))
+        if (version == 0 and tables and not ours) or (read_only and not ours):
+            self.conn.close()
+            raise RecordsError(f"database {self.path} is not an edgekit screening database (no sessions of "
+                               "edgekit's in it; it was not changed); use --db to choose another file")
+
+    def _columns(self, table: str) -> set[str]:
+        return {r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")}
 
     def _upgrade(self) -> None:
         """Create the tables, or bring an older database up to date, in one transaction (a crash

@@ -174,8 +174,8 @@ def _field_cells(item: tuple[str, Path | None]) -> list[Crop]:
         return [(shown, None, ImageError(missing_reason(shown)))]
     try:
         cells = list(iter_field_crops(path))
-    except ImageError as exc:
-        return [(shown, file_hash(path), ImageError(str(exc).removeprefix(f"{path.name}: ")))]
+    except ImageError as exc:  # the file may be gone by now (mid-batch): no hash, not a stopped batch
+        return [(shown, _content_hash(path), ImageError(str(exc).removeprefix(f"{path.name}: ")))]
     # each cell's hash is of its own pixels: a field screened twice is skipped cell by cell
     return [(cell_id, array_hash(crop), crop) for cell_id, crop in cells]
 
@@ -420,11 +420,14 @@ def _segment_one(item: tuple[str, Path | None], rule: Any = None) -> SegmentedFi
         return shown, None, None, [], missing_reason(shown), None
     try:
         rgb = read_image(path)
-    except ImageError as exc:
-        return shown, file_hash(path), None, [], str(exc).removeprefix(f"{path.name}: "), None
+    except ImageError as exc:  # the file may be gone by now (mid-batch): no hash, not a stopped batch
+        return shown, _content_hash(path), None, [], str(exc).removeprefix(f"{path.name}: "), None
+    content_hash = _content_hash(path)
+    if content_hash is None:  # gone since it was read: its cells could not be told apart on a rerun
+        return shown, None, None, [], missing_reason(str(path)), None
     focus = field_focus(rgb, rule)  # once, for the field gate here and the session's check_field
     cells, _, reason = count_cells(rgb, focus=focus, rule=rule)
-    return shown, file_hash(path), rgb, cells, reason, focus
+    return shown, content_hash, rgb, cells, reason, focus
 
 
 def record_fields(

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from edgekit.adapt_config import AdaptConfig
+from edgekit.cells import read_cells_index
 from edgekit.errors import BundleError, DataError
 from edgekit.manifest import MANIFEST_NAME
 from edgekit.safefile import check_replaceable, replace_dir
@@ -88,8 +89,8 @@ def _check_base_trust(source: Path) -> None:
 def recorded_fields_dir(site: Path) -> Path | None:
     """The folder of field images ``edgekit cells`` cut the site's cells from, when it is still here."""
     try:
-        folder = json.loads((Path(site) / "cells.json").read_text())["summary"].get("fields_dir")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        folder = read_cells_index(site)["summary"].get("fields_dir")
+    except (DataError, KeyError, TypeError, AttributeError):
         return None
     return Path(folder) if folder and Path(folder).is_dir() else None
 
@@ -97,13 +98,11 @@ def recorded_fields_dir(site: Path) -> Path | None:
 def labelled_parasitemia(site: Path) -> dict[str, float]:
     """Labelled parasitemia per field stem (parasite boxes / all labelled cells) from the site's
     ``cells.json`` (written by ``edgekit cells``); the truth a whole-field count is held to."""
-    from edgekit.device.annotations import PARASITIZED
+    from edgekit.cells import labelled_parasitemia as from_index
 
     try:
-        rows = json.loads((Path(site) / "cells.json").read_text())["per_field"]
-        return {Path(r["field"]).stem: r["labelled"].get(PARASITIZED, 0) / max(1, sum(r["labelled"].values()))
-                for r in rows}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        return from_index(site)
+    except DataError as exc:
         raise DataError(f"{site}/cells.json (from `edgekit site cells`) is missing or unreadable: "
                         f"{exc}") from None
 
@@ -111,8 +110,8 @@ def labelled_parasitemia(site: Path) -> dict[str, float]:
 def _field_rows(site: Path) -> list[dict[str, Any]]:
     """``cells.json``'s per-field entries (none when it is missing or unreadable)."""
     try:
-        rows = json.loads((Path(site) / "cells.json").read_text())["per_field"]
-    except (OSError, ValueError, KeyError, TypeError):
+        rows = read_cells_index(site)["per_field"]
+    except (DataError, KeyError):
         return []
     return [r for r in rows if isinstance(r, dict) and "field" in r] if isinstance(rows, list) else []
 
@@ -200,6 +199,8 @@ def find_field_images(fields_dir: Path, stems: list[str]) -> dict[str, Path]:
     """Field image path per stem in ``fields_dir`` (DataError naming the missing ones)."""
     from edgekit.device.preprocess import is_image_file
 
+    if not Path(fields_dir).is_dir():
+        raise DataError(f"--field-images: not a folder of field images: {fields_dir}")
     found = {p.stem: p for p in Path(fields_dir).iterdir() if is_image_file(p)}
     missing = [s for s in stems if s not in found]
     if missing:
@@ -341,13 +342,11 @@ def _base_sample(manifest: Any, source: Path, base_data: Path | None, n: int, se
     when it is on this machine (or ``--base-split``), else from the replay sample its bundle carries
     (:mod:`edgekit.replay`; all of it when it holds fewer than ``n``)."""
     from edgekit.export.calibration import stratified_sample
-    from edgekit.paths import resolve_recorded
     from edgekit.replay import REPLAY_FILE, read_replay
     from edgekit.splits import load_split
 
-    recorded = manifest.training.get("split_file")
-    split_file = resolve_recorded(recorded, source) if recorded else None
-    if split_file is not None and split_file.is_file():
+    split_file = _base_source(manifest, source)
+    if split_file is not None:
         split, _ = load_split(split_file, data_root=base_data)
         labels = manifest.labels
         y_all = np.array([labels.index(split.classes[i.label]) for i in split.parts["train"]])
@@ -355,12 +354,24 @@ def _base_sample(manifest: Any, source: Path, base_data: Path | None, n: int, se
         x, y, _, _ = _arrays(split, "train", labels, pre, cache_dir, keep)
         log(f"base data: {len(y)} crops from the train part of {split_file}")
         return x, y
-    keras = manifest.artifacts["keras"]
-    if REPLAY_FILE in keras.extra_files:
-        x, y = read_replay(source / REPLAY_FILE)  # verified with the Keras artifact
-        keep = stratified_sample(y, n, seed)
-        log(f"base data: {len(keep)} crops of the replay sample the bundle carries ({len(y)} in all)")
-        return x[keep], y[keep]
+    x, y = read_replay(source / REPLAY_FILE)  # verified with the Keras artifact
+    keep = stratified_sample(y, n, seed)
+    log(f"base data: {len(keep)} crops of the replay sample the bundle carries ({len(y)} in all)")
+    return x[keep], y[keep]
+
+
+def _base_source(manifest: Any, source: Path) -> Path | None:
+    """Where the base model's own crops come from: its run's split file when it is on this machine (or
+    ``--base-split``), None for the replay sample its bundle carries; DataError when neither is here."""
+    from edgekit.paths import resolve_recorded
+    from edgekit.replay import REPLAY_FILE
+
+    recorded = manifest.training.get("split_file")
+    split_file = resolve_recorded(recorded, source) if recorded else None
+    if split_file is not None and split_file.is_file():
+        return split_file
+    if REPLAY_FILE in manifest.artifacts["keras"].extra_files:
+        return None
     raise DataError(
         f"the base model's training data is not here (no split {recorded or 'recorded'}, no replay sample in "
         "its bundle): pass --base-split SPLIT.json (its original data, by patient) or --base-share 0 to "
@@ -486,6 +497,14 @@ def adapt_model(
     site = Path(site)
     ds = scan_dataset(site, group_mode=GROUP_REGEX)  # DataError for one class, empty folders...
     fields = field_split(sorted({i.group for i in ds.items}), cfg, split_file)
+    fmts = _export_formats(formats)
+    if base_split is not None:
+        base_manifest.training = {**base_manifest.training, "split_file": str(Path(base_split).resolve())}
+    if cfg.base_share > 0:
+        _base_source(base_manifest, Path(model))  # refused now, not after the site's cells are scored
+    fields_dir = Path(fields_dir) if fields_dir is not None else recorded_fields_dir(site)
+    cfg = _resolved_cutoff(cfg, fields_dir, log)
+    images, truth = _field_images_and_truth(site, fields_dir, fields, cfg)
     hard = None
     if cfg.hard_negatives and cfg.negatives_per_field is not None:
         every = _site_split(site, ds, labels, base_manifest.positive_label, fields,
@@ -495,12 +514,6 @@ def adapt_model(
         log(f"site: {len(hard)} hard negatives (the base model's highest-scoring uninfected cells of each "
             "fully labelled training field) kept first")
     split = _site_split(site, ds, labels, base_manifest.positive_label, fields, cfg, hard)
-    fields_dir = Path(fields_dir) if fields_dir is not None else recorded_fields_dir(site)
-    cfg = _resolved_cutoff(cfg, fields_dir, log)
-    images, truth = _field_images_and_truth(site, fields_dir, fields, cfg)
-    if base_split is not None:
-        base_manifest.training = {**base_manifest.training, "split_file": str(Path(base_split).resolve())}
-    fmts = _export_formats(formats)
 
     pre = base_manifest.preprocessing
     # training crops are read raw and go through augmentation, then the stain normalization, in the
@@ -585,8 +598,8 @@ def _field_images_and_truth(
     """The validation and test fields' images and every field's labelled parasitemia; both empty
     without field images, where a cutoff chosen on whole fields cannot be (DataError)."""
     if fields_dir is not None:
-        truth = labelled_parasitemia(site)
-        return find_field_images(fields_dir, fields["val"] + fields["test"]), truth
+        images = find_field_images(fields_dir, fields["val"] + fields["test"])
+        return images, labelled_parasitemia(site)
     if cfg.cutoff in FIELD_CUTOFFS:
         raise DataError(f"--cutoff {cfg.cutoff} needs --field-images: the folder of field images given to "
                         "`edgekit site cells`")

@@ -34,9 +34,10 @@ import numpy as np
 
 from edgekit.device.annotations import CLASSES, PARASITIZED, AnnotatedField, Box
 from edgekit.errors import DataError
-from edgekit.safefile import check_replaceable, replace_dir
+from edgekit.safefile import check_replaceable, read_regular_bytes, replace_dir
 
 CELLS_INDEX = "cells.json"
+MAX_INDEX_BYTES = 256 << 20  # cells.json of ~20,000 IML cells is ~5 MB
 OBJECTS_DIR = ".objects"  # found objects that are no labelled red cell (hidden: not a class folder)
 # a found object that overlaps a parasitized cell's box this much (two overlapping cells found as one,
 # a parasite's cell cut badly) is kept out of the objects: teaching it "not parasitized" would be wrong
@@ -52,6 +53,39 @@ GROUP_REGEX = f"regex:^(.+){FIELD_SEPARATOR}"  # scan_dataset grouping: one grou
 def crop_name(field_image: str | os.PathLike, index: int) -> str:
     """``<field-stem>__<index>.png``: the field stays recoverable from every crop's name."""
     return f"{Path(field_image).stem}{FIELD_SEPARATOR}{index}.png"
+
+
+def read_cells_index(folder: str | os.PathLike) -> dict[str, Any]:
+    """The parsed ``cells.json`` of a cells dataset folder: a bounded regular file (a FIFO would hang the
+    read) holding a JSON object; :class:`DataError` otherwise."""
+    path = Path(folder) / CELLS_INDEX
+    raw = read_regular_bytes(path, MAX_INDEX_BYTES, "cells index", error=DataError)
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise DataError(f"unreadable {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path} is not a JSON object")
+    return data
+
+
+def labelled_parasitemia(folder: str | os.PathLike, positive: str = PARASITIZED) -> dict[str, float]:
+    """Labelled parasitemia per field stem (``positive`` boxes / all labelled cells) from ``cells.json``'s
+    per-field counts: the truth a whole-field count is held to. :class:`DataError` when the index is
+    missing or unreadable, or an entry is not a field name with counts that are non-negative integers
+    (a hand-edited -5 or "12" would hold every field to a wrong truth)."""
+    rows = read_cells_index(folder).get("per_field")
+    if not isinstance(rows, list):
+        raise DataError(f"{Path(folder) / CELLS_INDEX}: per_field must be a list")
+    out = {}
+    for r in rows:
+        counts = r.get("labelled") if isinstance(r, dict) else None
+        if not (isinstance(counts, dict) and isinstance(r.get("field"), str) and all(
+                isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts.values())):
+            raise DataError(f"{Path(folder) / CELLS_INDEX}: per_field entry {str(r)[:80]} is not a field "
+                            "name with labelled counts (non-negative integers)")
+        out[Path(r["field"]).stem] = counts.get(positive, 0) / max(1, sum(counts.values()))
+    return out
 
 
 def field_of(crop_file: str | os.PathLike) -> str:

@@ -358,6 +358,8 @@ class Gate:
         numbers = [*self.bounds.values(), *(v for v in self.measured.values() if v is not None)]
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers):
             raise BundleError("gate: bounds and measured values must be numbers")
+        if not all(math.isfinite(v) for v in self.bounds.values()):  # every number meets a NaN or inf bound
+            raise BundleError(f"gate: bounds must be finite numbers, not {self.bounds}")
 
     def failures(self) -> list[str]:
         """One phrase per bound the measured numbers miss (a number not measured misses its bound)."""
@@ -430,6 +432,12 @@ class Domain:
         k = len(self.features)
         if k == 0 or len(self.mean) != k or len(self.inv_cov) != k or any(len(r) != k for r in self.inv_cov):
             raise BundleError(f"domain: mean and inv_cov must match its {k} features")
+        numbers = [self.field_threshold, self.session_threshold, self.min_chroma, self.max_border_lit,
+                   *(v for v in (self.max_crop_distance, self.session_warn) if v is not None), *self.mean,
+                   *(v for row in self.inv_cov for v in row)]
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in numbers):
+            # an infinite threshold (or a NaN floor) would pass every cell: the guard would vouch for anything
+            raise BundleError("domain: its statistics and thresholds must be finite numbers")
         if not (self.field_threshold > 0 and self.session_threshold > 0):
             raise BundleError("domain: thresholds must be positive")
         if self.session_warn is not None and not 0 < self.session_warn <= self.session_threshold:

@@ -124,19 +124,21 @@ def unfitted_crops(items: list[tuple[Path, str, str]], bundle_dir: Path,
     return kept, left_out
 
 
-def _labelled_fraction(data: Path, positive: str, fields: list[str],
-                       y: np.ndarray, g: np.ndarray) -> dict[str, float]:
-    """Labelled parasitemia per field: ``cells.json``'s counts of every labelled box when present (what a
-    whole field is held to), else the fraction among the labelled crops."""
-    import json
+def _whole_field_inputs(fields_dir: Path, data: Path, positive: str, fields: set[str]
+                        ) -> tuple[dict[str, Path], dict[str, float]]:
+    """The labelled fields' images in ``fields_dir`` and ``cells.json``'s labelled parasitemia per field
+    (none without a ``cells.json``: then each field's labelled crops), checked before the measuring."""
+    from edgekit.cells import CELLS_INDEX, labelled_parasitemia
+    from edgekit.device.pipeline import image_files
 
-    try:
-        rows = json.loads((data / "cells.json").read_text())["per_field"]
-        per = {Path(r["field"]).stem: r["labelled"].get(positive, 0) / max(1, sum(r["labelled"].values()))
-               for r in rows}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        per = {}
-    return {f: per.get(f, float(np.mean(y[g == f]))) for f in fields}
+    if not fields_dir.is_dir():
+        raise DataError(f"--field-images: not a folder of field images: {fields_dir}")
+    by_stem = {f.stem: f for f in image_files([fields_dir], "field") if f.stem in fields}
+    if not by_stem:
+        raise DataError(f"--field-images {fields_dir} holds none of the labelled fields "
+                        f"(first: {min(fields)}); give the folder given to `edgekit site cells`")
+    labelled = labelled_parasitemia(data, positive) if (data / CELLS_INDEX).exists() else {}
+    return by_stem, labelled
 
 
 def _bound_failures(measured: dict[str, float | None], bounds: dict[str, float]) -> list[str]:
@@ -170,6 +172,8 @@ def check_site(bundle: str | os.PathLike, data: str | os.PathLike,
     bounds, bounds_from = gate_bounds(manifest)
     items, fitted = unfitted_crops(labelled_crops(Path(data), manifest.labels), clf.bundle_dir,
                                    include_fitted)
+    whole = None if fields_dir is None else _whole_field_inputs(  # refused before the measuring
+        Path(fields_dir), Path(data), decision.counted_label, {i[2] for i in items})
     say(f"measuring {len(items)} labelled cells of {len(set(i[2] for i in items))} fields through "
         f"{clf.fmt}…")
     probs, scores, keep, skipped = _classify_items(items, clf)
@@ -188,8 +192,8 @@ def check_site(bundle: str | os.PathLike, data: str | os.PathLike,
         notes.append(f"{len(fitted)} field(s) the bundle was fitted on (its training and validation fields: "
                      f"{shown}) left out: they cannot show whether it holds (--include-fitted keeps them, "
                      "e.g. to review their labels)")
-    if fields_dir is not None:
-        _whole_fields(Path(fields_dir), Path(data), per_field, clf, y, g, measured, notes, say)
+    if whole is not None:
+        _whole_fields(*whole, per_field, clf, y, g, measured, notes, say)
     _guard_share(per_field, manifest.domain, measured, notes)
     return CheckResult(
         bundle=str(clf.bundle_dir), model_format=clf.fmt, cells=int(len(y)), positive_cells=int(y.sum()),
@@ -207,11 +211,11 @@ def disagreements(data: Path, items: list[tuple[Path, str, str]], p: np.ndarray,
     :data:`REVIEW_TOP` of each with their field and box (``cells.json``). On IML most of the
     confident ones are the labels' errors (rings and stippling boxed as plain red cells), which cap
     what a site's test can measure: they are the labels to check before adapting again."""
-    import json
+    from edgekit.cells import read_cells_index
 
     try:
-        boxes = {c["file"]: c.get("box") for c in json.loads((data / "cells.json").read_text())["cells"]}
-    except (OSError, ValueError, KeyError, TypeError):
+        boxes = {c["file"]: c.get("box") for c in read_cells_index(data)["cells"]}
+    except (DataError, KeyError, TypeError, AttributeError):
         boxes = {}
     sides = {"labelled_negative_called": np.flatnonzero(~y & called),
              "labelled_positive_not_called": np.flatnonzero(y & ~called)}
@@ -365,26 +369,20 @@ def _held(measured: dict[str, float | None]) -> dict[str, float | None]:
     return measured if whole is None else {**measured, "parasitemia_error_upper95_points": whole}
 
 
-def _whole_fields(fields_dir: Path, data: Path, per_field: list[dict[str, Any]], clf: Any, y: np.ndarray,
-                  g: np.ndarray, measured: dict[str, float | None], notes: list[str],
+def _whole_fields(by_stem: dict[str, Path], labelled: dict[str, float], per_field: list[dict[str, Any]],
+                  clf: Any, y: np.ndarray, g: np.ndarray, measured: dict[str, float | None], notes: list[str],
                   say: Callable[[str], None]) -> None:
     """Each labelled field analysed whole (``edgekit field``): its guard verdict replaces the one from
-    the labelled crops, and the whole-field parasitemia error is measured."""
+    the labelled crops, and the whole-field parasitemia error is measured against ``labelled`` (else
+    the field's labelled crops)."""
     from edgekit.device.field.classify import analyze_field
-    from edgekit.device.pipeline import image_files
     from edgekit.metrics import mean_upper_bound
 
-    if not fields_dir.is_dir():
-        raise DataError(f"--field-images: not a folder of field images: {fields_dir}")
-    by_stem = {f.stem: f for f in image_files([fields_dir], "field")}
-    names = [r["field"] for r in per_field]
-    truth = _labelled_fraction(data, clf.manifest.decision.counted_label, names, y, g)
+    truth = {f: labelled.get(f, float(np.mean(y[g == f]))) for f in (r["field"] for r in per_field)}
     missing = [r["field"] for r in per_field if r["field"] not in by_stem]
-    if len(missing) == len(per_field):
-        raise DataError(f"--field-images {fields_dir} holds none of the labelled fields "
-                        f"(first: {missing[0]}); give the folder given to `edgekit site cells`")
     if missing:
-        notes.append(f"{len(missing)} labelled field(s) have no image in {fields_dir}: judged on their crops")
+        notes.append(f"{len(missing)} labelled field(s) have no image in --field-images: judged on their "
+                     "crops")
     errors = []
     say(f"analysing {len(per_field) - len(missing)} whole fields…")
     for r in per_field:

@@ -276,6 +276,7 @@ def site_check(bundle: Path, data: Path, fields_dir: Path | None, review: Path |
     import json
     import sys
 
+    from edgekit.errors import EdgekitError
     from edgekit.manifest import atomic_write_text
     from edgekit.safefile import check_output_target
     from edgekit.site_check import check_site, report_lines, review_page
@@ -284,13 +285,16 @@ def site_check(bundle: Path, data: Path, fields_dir: Path | None, review: Path |
         check_output_target(review, force=True)
     result = check_site(bundle, data, fields_dir, model_format, allow_unsigned or None,
                         log=lambda s: click.echo(s, err=True), include_fitted=include_fitted)
-    if review is not None:
-        atomic_write_text(review, review_page(result, data))
-        click.echo(f"labels to check: {review}", err=True)
     if out_format == "json":
         click.echo(json.dumps(result.to_dict(), default=float))
     else:
         for line in report_lines(result):
             click.echo(line)
+    if review is not None:  # after the report: a page that cannot be written loses no measurement
+        try:
+            atomic_write_text(review, review_page(result, data))
+        except OSError as exc:
+            raise EdgekitError(f"cannot write the review page {review}: {exc.strerror or exc}") from exc
+        click.echo(f"labels to check: {review}", err=True)
     if not result.holds:
         sys.exit(1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -87,3 +88,16 @@ def screened(tmp_path, monkeypatch):
     res = CliRunner().invoke(main, ["screen", str(CELLS), "--patient", "P7", "-m", str(GOLDEN), "--json"])
     assert res.exit_code == 0, res.output
     return db
+
+
+@pytest.fixture
+def watchdog():
+    """Turns a hang into a failure after 60 s: a blocking open of a FIFO, or a regex backtracking (Python's
+    regex engine checks for signals while it backtracks)."""
+    def hung(*_):
+        raise AssertionError("still running after 60 s")
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(60)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)

@@ -4,7 +4,6 @@ or passed silently before its fix."""
 from __future__ import annotations
 
 import re
-import signal
 from pathlib import Path
 
 import cv2
@@ -23,18 +22,6 @@ def _images(root: Path, names_by_class: dict[str, list[str]]) -> Path:
         for name in names:
             cv2.imwrite(str(root / cls / name), img)
     return root
-
-
-@pytest.fixture
-def watchdog():
-    """Turns a hang into a failure: Python's regex engine checks for signals while it backtracks."""
-    def hung(*_):
-        raise AssertionError("still running after 60 s")
-    old = signal.signal(signal.SIGALRM, hung)
-    signal.alarm(60)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
 
 
 @pytest.mark.parametrize("pattern", [r"(a+)+$", r"(a|a)+$"])
