@@ -236,7 +236,6 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
     The summary is printed in any case; the exit status is then 1 when an image of this run could
     not be read, 130 when Ctrl-C stopped a batch of files (with --camera, Ctrl-C is how it ends).
     """
-    from edgekit.device.field.focus import rule_of
     from edgekit.device.output import Progress
     from edgekit.device.pipeline import one_heap, workers
     from edgekit.device.quality import DEFAULT_GATES
@@ -251,7 +250,8 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
         raise EdgekitError("--fields takes field image PATHS, not --camera")
     one_heap()  # before any worker thread
     # files first (none with --camera): whole fields start decoding and segmenting while the model loads
-    from_files = file_source(paths, fields, workers(threads), _focus_rule(bundle))
+    # a run of crops never imports the field package (~2 MB of its peak RSS)
+    from_files = file_source(paths, fields, workers(threads), _focus_rule(bundle) if fields else None)
     classifier = _load(bundle, model_format, threads, allow_unsigned)
     decision = classifier.manifest.decision
     decision.check_decides_patients()
@@ -259,6 +259,7 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
     view = capture = None
     running = {"cells": 0, "parasitized": 0}
     if use_camera and not crops_mode:  # a bad --overlay is refused before a session is opened
+        from edgekit.device.field.focus import rule_of
         from edgekit.device.live import LiveView
 
         capture = _live_capture(settle, capture_on_key, lambda s: click.echo(s, err=True),
@@ -306,6 +307,8 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
             # (benchmarks/RESULTS.md, speed round 6)
             n_workers = 1 if kind in ("field", "file") else workers(threads)
             if kind in ("field", "camera-field"):
+                from edgekit.device.field.focus import rule_of
+
                 tally = record_fields(store, session, crops, classifier, gates, stop, kind, report, on_field,
                                       n_workers=n_workers, rule=rule_of(classifier))
             else:
