@@ -68,9 +68,12 @@ def _live_capture(settle: int, capture_on_key: bool, echo, rule=None):
     return capture
 
 
-def _focus_rule(bundle: Path | None):
+def _focus_rule(bundle: Path | None, fields: bool = True):
     """The bundle's focus rule, read before the model loads (the fields start segmenting meanwhile);
-    a bundle that cannot be read is refused by the load itself, with its own reason."""
+    a bundle that cannot be read is refused by the load itself, with its own reason. None when not
+    ``fields``: a run of crops judges no focus and never imports the field package (~2 MB of RSS)."""
+    if not fields:
+        return None
     from edgekit.device.field.focus import DEFAULT_RULE, FocusRule
     from edgekit.errors import EdgekitError
     from edgekit.manifest import read_manifest_data
@@ -250,8 +253,7 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
         raise EdgekitError("--fields takes field image PATHS, not --camera")
     one_heap()  # before any worker thread
     # files first (none with --camera): whole fields start decoding and segmenting while the model loads
-    # a run of crops never imports the field package (~2 MB of its peak RSS)
-    from_files = file_source(paths, fields, workers(threads), _focus_rule(bundle) if fields else None)
+    from_files = file_source(paths, fields, workers(threads), _focus_rule(bundle, fields))
     classifier = _load(bundle, model_format, threads, allow_unsigned)
     decision = classifier.manifest.decision
     decision.check_decides_patients()
