@@ -68,9 +68,12 @@ def _live_capture(settle: int, capture_on_key: bool, echo, rule=None):
     return capture
 
 
-def _focus_rule(bundle: Path | None):
+def _focus_rule(bundle: Path | None, fields: bool = True):
     """The bundle's focus rule, read before the model loads (the fields start segmenting meanwhile);
-    a bundle that cannot be read is refused by the load itself, with its own reason."""
+    a bundle that cannot be read is refused by the load itself, with its own reason. None when not
+    ``fields``: a run of crops judges no focus and never imports the field package (~2 MB of RSS)."""
+    if not fields:
+        return None
     from edgekit.device.field.focus import DEFAULT_RULE, FocusRule
     from edgekit.errors import EdgekitError
     from edgekit.manifest import read_manifest_data
@@ -236,7 +239,6 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
     The summary is printed in any case; the exit status is then 1 when an image of this run could
     not be read, 130 when Ctrl-C stopped a batch of files (with --camera, Ctrl-C is how it ends).
     """
-    from edgekit.device.field.focus import rule_of
     from edgekit.device.output import Progress
     from edgekit.device.pipeline import one_heap, workers
     from edgekit.device.quality import DEFAULT_GATES
@@ -251,7 +253,7 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
         raise EdgekitError("--fields takes field image PATHS, not --camera")
     one_heap()  # before any worker thread
     # files first (none with --camera): whole fields start decoding and segmenting while the model loads
-    from_files = file_source(paths, fields, workers(threads), _focus_rule(bundle))
+    from_files = file_source(paths, fields, workers(threads), _focus_rule(bundle, fields))
     classifier = _load(bundle, model_format, threads, allow_unsigned)
     decision = classifier.manifest.decision
     decision.check_decides_patients()
@@ -259,6 +261,7 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
     view = capture = None
     running = {"cells": 0, "parasitized": 0}
     if use_camera and not crops_mode:  # a bad --overlay is refused before a session is opened
+        from edgekit.device.field.focus import rule_of
         from edgekit.device.live import LiveView
 
         capture = _live_capture(settle, capture_on_key, lambda s: click.echo(s, err=True),
@@ -306,6 +309,8 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
             # (benchmarks/RESULTS.md, speed round 6)
             n_workers = 1 if kind in ("field", "file") else workers(threads)
             if kind in ("field", "camera-field"):
+                from edgekit.device.field.focus import rule_of
+
                 tally = record_fields(store, session, crops, classifier, gates, stop, kind, report, on_field,
                                       n_workers=n_workers, rule=rule_of(classifier))
             else:

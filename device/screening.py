@@ -345,22 +345,27 @@ class FieldCheck:
         return self.verdict in ("new", "replace")
 
 
-def check_field(store: RecordStore, session: Session, source_id: str, rgb: np.ndarray,
+def check_field(store: RecordStore, session: Session, source_id: str, rgb: np.ndarray | CutField,
                 replace: bool = True, focus: float | None = None, rule: Any = None) -> FieldCheck:
     """The session's judgement of a field that passed the field quality gate: is it a field already
     counted in the session (:mod:`~edgekit.device.field.identity`: re-encoded, shifted, rescaled or
     a little blurred), and is it well below the sharpness of the session's recent fields
     (:mod:`~edgekit.device.field.focus`)? With ``replace``, a retake sharper than the counted field
-    by :func:`replace_margin` replaces it (atomically, when recorded). ``focus``: the field's
-    :func:`~edgekit.device.field.focus.focus_score` when the caller has it already; ``rule``: the
-    bundle's :class:`~edgekit.device.field.focus.FocusRule` (default: the shared one)."""
+    by :func:`replace_margin` replaces it (atomically, when recorded). ``rgb``: the field, or its
+    :class:`CutField`; ``focus``: the field's :func:`~edgekit.device.field.focus.focus_score` when the
+    caller has it already (always, with a CutField); ``rule``: the bundle's
+    :class:`~edgekit.device.field.focus.FocusRule` (default: the shared one)."""
     from edgekit.device.field.focus import DEFAULT_RULE, SESSION_RECENT
     from edgekit.device.field.identity import Signature, same_field, signature
     from edgekit.device.records import FieldEntry
 
     rule = rule or DEFAULT_RULE
-    score = rule.score(rgb) if focus is None else focus
-    sig = signature(rgb)
+    if isinstance(rgb, CutField):
+        if focus is None:
+            raise ValueError("a CutField is checked with the focus score measured where it was cut")
+        score, sig = focus, rgb.signature
+    else:
+        score, sig = rule.score(rgb) if focus is None else focus, signature(rgb)
     counted = store.fields(session.id)
     recheck = {"checked_up_to": max((f["id"] for f in counted), default=0),
                "same_field": lambda other: same_field(sig, Signature.from_bytes(other))}
@@ -380,22 +385,45 @@ def check_field(store: RecordStore, session: Session, source_id: str, rgb: np.nd
     return FieldCheck("new", score, FieldEntry(source_id, sig.to_bytes(), score, **recheck))
 
 
-def field_items(source_id: str, rgb: np.ndarray, cells: list, check: FieldCheck,
+def field_items(source_id: str, rgb: np.ndarray | CutField, cells: list, check: FieldCheck,
                 content_hash: str | None = None) -> list[Crop]:
-    """The crops ``record_crops`` records for one checked field: its cells when counted, one
-    rejected item when out of focus, nothing when already counted."""
+    """The crops ``record_crops`` records for one checked field (``rgb``: the field or its
+    :class:`CutField`): its cells when counted, one rejected item when out of focus, nothing when
+    already counted."""
     from edgekit.device.field import cell_id, crop_cell
 
     if check.verdict == "duplicate":
         return []
     if not check.counted:
-        return [(source_id, content_hash or f"rejected:{array_hash(rgb)}", ImageError(check.reason or ""))]
-    return [(cell_id(source_id, c.id), None, crop_cell(rgb, c)) for c in cells]
+        if not content_hash:
+            assert isinstance(rgb, np.ndarray)  # a CutField always comes with its file's hash
+            content_hash = f"rejected:{array_hash(rgb)}"
+        return [(source_id, content_hash, ImageError(check.reason or ""))]
+    crops = rgb.crops if isinstance(rgb, CutField) else [crop_cell(rgb, c) for c in cells]
+    return [(cell_id(source_id, c.id), None, crop) for c, crop in zip(cells, crops, strict=True)]
 
 
-# (shown name, content hash or None, decoded field or None, its cells, why it cannot be counted,
-# its focus score when measured)
-SegmentedField = tuple[str, "str | None", "np.ndarray | None", list, "str | None", "float | None"]
+@dataclass
+class CutField:
+    """A segmented field without its pixels: what :func:`check_field` and :func:`field_items` need
+    of it, made where it was segmented (a background thread, :func:`segment_paths`), so the caller
+    never holds a decoded field while the next one is decoded (8 IML fields, 2 threads: ~4 MB of
+    peak RSS). ``crops``: its cells' crops, in the order of its cells."""
+
+    signature: Any  # edgekit.device.field.identity.Signature
+    crops: list[np.ndarray]
+
+    @classmethod
+    def of(cls, rgb: np.ndarray, cells: list) -> CutField:
+        from edgekit.device.field import crop_cell
+        from edgekit.device.field.identity import signature
+
+        return cls(signature(rgb), [crop_cell(rgb, c) for c in cells])
+
+
+# (shown name, content hash or None, decoded field, its CutField, or None, its cells, why it cannot be
+# counted, its focus score when measured)
+SegmentedField = tuple[str, "str | None", "np.ndarray | CutField | None", list, "str | None", "float | None"]
 
 
 def segment_paths(paths: Iterable[tuple[str, Path | None]], n_workers: int = 1,
@@ -403,10 +431,10 @@ def segment_paths(paths: Iterable[tuple[str, Path | None]], n_workers: int = 1,
     """Whole-field files decoded and segmented for :func:`record_fields`: with ``n_workers`` > 1, in
     ``n_workers - 1`` background threads, as many fields ahead, while the caller records a field's
     cells in its own thread (record them with ``n_workers=1``). A field cost ~30 MB while it was
-    segmented (18 MB since the focus planes are computed in strips: tracemalloc, a 1280x960 field):
+    segmented (tracemalloc, a 1280x960 field; 18 MB with the focus planes in strips, 14 MB in two passes):
     each field more in flight raised the peak RSS (3 fields, 2 segmenting: 178 MB; 2 fields, 1
     segmenting: 150 MB on 8 IML fields), and the cells' own work (small arrays, holding the GIL)
-    gained nothing from a second thread."""
+    gained nothing from a second thread. A field that can be counted comes as its :class:`CutField`."""
     return prefetch(partial(_segment_one, rule=rule), paths, n_workers - 1, ahead=n_workers - 1)
 
 
@@ -427,7 +455,8 @@ def _segment_one(item: tuple[str, Path | None], rule: Any = None) -> SegmentedFi
         return shown, None, None, [], missing_reason(str(path)), None
     focus = field_focus(rgb, rule)  # once, for the field gate here and the session's check_field
     cells, _, reason = count_cells(rgb, focus=focus, rule=rule)
-    return shown, content_hash, rgb, cells, reason, focus
+    # cut here (a refused field too: it was read): its pixels are freed before the next field is decoded
+    return shown, content_hash, CutField.of(rgb, cells), cells, reason, focus
 
 
 def record_fields(
@@ -440,8 +469,9 @@ def record_fields(
     quality gate refuses is recorded once as rejected; a field the session already counted
     (:func:`check_field`) records nothing (a sharper retake replaces it); the cells of the others
     are recorded with their field, in one transaction per field. ``on_field(name, rgb, cells,
-    check)`` sees each field before its cells are recorded (``check`` None when refused), and once
-    more, as a duplicate, when another process on the database counted the same field meanwhile."""
+    check)`` sees each field (the decoded field or its :class:`CutField`) before its cells are
+    recorded (``check`` None when refused), and once more, as a duplicate, when another process on
+    the database counted the same field meanwhile."""
     from edgekit.device.records import FieldCountedMeanwhile
 
     total = Tally()

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from edgekit.benchmarks.field_transforms import rescale
 from edgekit.device.field.focus import FOCUS_FLOOR, FocusMeasure, focus_reason, focus_score
@@ -183,13 +184,18 @@ def _generated_field(h: int, w: int, seed: int) -> np.ndarray:
     return cv2.GaussianBlur(field, (0, 0), 0.8)
 
 
-def test_focus_scores_are_those_of_the_whole_field_computation():
-    """The gradient planes are computed in strips of rows (memory); every score, on real and
+@pytest.mark.parametrize("whole_px", [0, 1 << 40])
+def test_focus_scores_are_those_of_the_whole_field_computation(monkeypatch, whole_px):
+    """The gradient planes are computed in strips of rows (memory), and for a large image twice
+    (``whole_px`` 0: every image; huge: none) rather than held whole; every score, on real and
     generated fields, sharp, blurred, noisy and re-encoded, of any size (odd, around the strip
     size, tiny, larger than MAX_SIDE), is exactly that of the computation on the whole field."""
     from dataclasses import replace
 
+    from edgekit.device.field import focus
     from edgekit.device.field.focus import FOCUS_MEASURE, MAX_SIDE, STRIP_ROWS, edge_ratios
+
+    monkeypatch.setattr(focus, "WHOLE_PLANES_PX", whole_px)
 
     fields = [read_image(p) for p in FIELDS] + [_generated_field(961, 1283, 0), _generated_field(387, 515, 1)]
     copies = []

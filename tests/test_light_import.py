@@ -61,3 +61,23 @@ def test_device_commands_import_is_light():
     )
     heavy = {"tensorflow", "keras", "cv2", "onnxruntime", "ai_edge_litert", "matplotlib", "sklearn"}
     assert not roots & heavy, roots & heavy
+
+
+def test_screen_of_crops_loads_no_field_package(tmp_path):
+    """`screen` of crops never imports the whole-field package (~2 MB of its peak RSS); with
+    --fields it does (the check sees the package when it is there)."""
+    image = str(sorted(CELLS.iterdir())[0])
+    script = """
+import json, sys
+from edgekit.cli import main
+try:
+    main(["screen", {image!r}, "--model", {golden!r}, "--patient", "P", "--db", {db!r}, "--no-progress"
+          {more}])
+except SystemExit as e:
+    assert e.code in (0, 1, None), e.code
+print(json.dumps({{"modules": sorted(sys.modules)}}))
+"""
+    for more, loaded in (("", False), (', "--fields"', True)):
+        result, _ = _loaded_roots(script.format(image=image, golden=str(GOLDEN), db=str(tmp_path / "r.db"),
+                                                more=more))
+        assert any(m.startswith("edgekit.device.field") for m in result["modules"]) is loaded, more

@@ -45,9 +45,10 @@ def test_screen_fields_stop_rule_counts_cells_across_fields(tmp_path):
 
 def test_each_field_is_measured_for_focus_once_with_the_same_records(tmp_path, monkeypatch):
     """The field gate and the session's check share one focus measurement per field, and the
-    records (sharpness included) are those of measuring it twice, as before."""
+    sharpness recorded is the field's own score, as when the session's check measured it again."""
     import edgekit.device.field.focus as focus
-    import edgekit.device.screening as screening
+    from edgekit.device.field.focus import DEFAULT_RULE
+    from edgekit.device.preprocess import read_image
 
     def run(db):
         args = ["screen", "--patient", "F3", "--fields", str(FIXTURES / "fields"), "--model",
@@ -70,9 +71,10 @@ def test_each_field_is_measured_for_focus_once_with_the_same_records(tmp_path, m
     n_fields = len(once[1])
     assert n_fields >= 2 and len(calls) == n_fields
 
-    real_check = screening.check_field  # as before: the session's check measures the field again
-    monkeypatch.setattr(screening, "check_field", lambda *a, **k: real_check(*a[:5]))
-    assert run(tmp_path / "twice.sqlite") == once
+    # as when the session's check measured the field again: each field's own score (the fixtures
+    # have no eyepiece surround, so the gate's measure is of the whole field)
+    monkeypatch.setattr(focus, "focus_score", measure)
+    assert once[1] == [(name, DEFAULT_RULE.score(read_image(name))) for name, _ in once[1]]
 
 
 def test_prefetch_takes_at_most_ahead_items_before_the_caller_needs_them():

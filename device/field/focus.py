@@ -85,6 +85,7 @@ calibrations (with the option on).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -100,8 +101,12 @@ SIGMAS = (0.5, 1.2)  # the blur pair
 # mean squared Sobel gradient magnitude of unit white noise after each of the blur pair
 _NOISE_GAIN = (13.12, 1.518)
 FLAT_BLOCK = 32  # blocks of 32 of every 2nd pixel (64 px) whose gradient energy is read as noise
-STRIP_ROWS = 128  # the gradient planes are computed this many rows at a time (a multiple of 4)
+STRIP_ROWS = 64  # rows of the gradient planes computed at a time (a multiple of 4; 128: same CPU, +2 MB)
 STRIP_PAD = 8  # rows of context each side of a strip: >= the coarser Gaussian's radius (5) + Sobel's (1)
+# a larger image's gradient planes are not held whole (2 float32 planes: 9.8 MB for a 1280x960 field,
+# the largest item of a field run's peak) but computed twice: every 2nd pixel for the level, then the
+# chosen pixels (+2 ms of CPU a field, 17 -> 19 ms); its half-size pass stays one pass
+WHOLE_PLANES_PX = 640 * 480
 # px (at the scale measured) a burned-in mark's box is grown by: the coarser Gaussian's radius (5),
 # Sobel's (1), ``select``'s box (5 of every 2nd pixel: 4) and a JPEG block's ringing
 MARK_GROW = 12
@@ -352,9 +357,11 @@ def edge_ratio(g: np.ndarray, measure: FocusMeasure | None = None, marks: np.nda
     ``marks`` (bool, ``g``'s size): pixels left out (burned-in marks)."""
     cv2 = opencv()
     m = measure or FOCUS_MEASURE
-    fine2, coarse2 = gradient_planes(g)
+    whole = g.shape[0] * g.shape[1] <= WHOLE_PLANES_PX
+    fine2, coarse2 = gradient_planes(g, 1 if whole else 2)
+    fine_s, coarse_s = (fine2[::2, ::2], coarse2[::2, ::2]) if whole else (fine2, coarse2)
     # the level is set, and with ``select`` the edges are chosen, on every 2nd pixel each way
-    sample = np.sqrt(coarse2[::2, ::2])
+    sample = np.sqrt(coarse_s)
     if m.select:
         box = np.full(m.select, 1.0 / m.select, np.float32)
         sample = cv2.sepFilter2D(sample, -1, box, box)
@@ -364,26 +371,34 @@ def edge_ratio(g: np.ndarray, measure: FocusMeasure | None = None, marks: np.nda
     level = float(np.partition(flat, k)[k]) if flat.size else 0.0
     if level <= 1e-3:  # no edges at all: a blank field (the blank check says so first)
         return 0.0
+    sel = None
     if m.select:
         chosen = (sample >= level).view(np.uint8)  # a mask for OpenCV: nonzero where chosen
-        sel = cv2.resize(chosen, g.shape[::-1], interpolation=cv2.INTER_NEAREST)
+        sel = cv2.resize(chosen, g.shape[::-1], interpolation=cv2.INTER_NEAREST).view(bool)
+    sample = flat = chosen = None  # memory: what the second pass does not need is freed first
+    noise = _noise_energy(g, fine_s, coarse_s, m, kept) if m.noise else (0.0, 0.0)
+    if whole:
+        f_sel, c_sel = _chosen(fine2, coarse2, level, sel, marks)
     else:
-        sel = (coarse2 >= level * level).view(np.uint8)
-    chosen_px = sel.view(bool)  # numpy's sums, not OpenCV's: the same on any number of threads
-    if marks is not None:
-        chosen_px = chosen_px & ~marks
-    f_sel, c_sel = fine2[chosen_px], coarse2[chosen_px]
+        fine2 = coarse2 = fine_s = coarse_s = None
+        f_sel, c_sel = _chosen_again(g, level, sel, marks)
     if not m.noise:  # the first measure: the ratio of the mean gradients
         f_mean, c_mean = (float(np.sqrt(x).mean(dtype=np.float64)) for x in (f_sel, c_sel))
         return f_mean / max(c_mean, 1e-6) - 1.0
-    if m.flat:
-        f_noise, c_noise = flat_energy(fine2[::2, ::2], coarse2[::2, ::2], m.flat, kept)
-    else:
-        var = _noise_std(np.asarray(g, np.float32)) ** 2
-        f_noise, c_noise = _NOISE_GAIN[0] * var, _NOISE_GAIN[1] * var
+    f_noise, c_noise = noise
     f2 = float(f_sel.mean(dtype=np.float64)) - f_noise  # noise taken out
     c2 = float(c_sel.mean(dtype=np.float64)) - c_noise
     return float(np.sqrt(max(f2, 1e-6) / max(c2, 1e-6))) - 1.0
+
+
+def _noise_energy(g: np.ndarray, fine_s: np.ndarray, coarse_s: np.ndarray, m: FocusMeasure,
+                  kept: np.ndarray | None) -> tuple[float, float]:
+    """The sensor noise's mean squared gradient in each plane of the blur pair (``fine_s``,
+    ``coarse_s``: every 2nd pixel of the planes): on the flattest blocks, or from the Laplacian."""
+    if m.flat:
+        return flat_energy(fine_s, coarse_s, m.flat, kept)
+    var = _noise_std(np.asarray(g, np.float32)) ** 2
+    return _NOISE_GAIN[0] * var, _NOISE_GAIN[1] * var
 
 
 def flat_energy(fine2: np.ndarray, coarse2: np.ndarray, share: float,
@@ -417,23 +432,61 @@ def _noise_std(g: np.ndarray) -> float:
     return float(np.median(np.abs(r))) / (0.6745 * 6.0)
 
 
-def gradient_planes(g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _chosen(fine2: np.ndarray, coarse2: np.ndarray, level: float, sel: np.ndarray | None,
+            marks: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The squared gradients of the strongest edges, in row order: where ``sel`` (bool) is set, else
+    where ``coarse2`` reaches ``level`` squared; never on ``marks``."""
+    chosen = coarse2 >= level * level if sel is None else sel  # numpy's sums, not OpenCV's: any thread count
+    if marks is not None:
+        chosen = chosen & ~marks
+    return fine2[chosen], coarse2[chosen]
+
+
+def _chosen_again(g: np.ndarray, level: float, sel: np.ndarray | None, marks: np.ndarray | None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_chosen` of the whole planes of ``g``, from its gradients computed again strip by strip:
+    the same values in the same order."""
+    parts: tuple[list, list] = ([], [])
+    for a, b, planes in _gradient_strips(g):
+        chosen = _chosen(*planes, level, None if sel is None else sel[a:b],
+                         None if marks is None else marks[a:b])
+        planes = None  # freed before the next strip is computed
+        for part, values in zip(parts, chosen, strict=True):
+            part.append(values)
+    return np.concatenate(parts[0]), np.concatenate(parts[1])
+
+
+def gradient_planes(g: np.ndarray, step: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """The squared Sobel gradient magnitude of ``g`` (as float32) after each of the blur pair, as
-    whole float32 planes: exactly those of the whole image, computed STRIP_ROWS rows at a time from
-    strips with STRIP_PAD rows of context each side, so the blurred and derived planes are never
-    held whole (a 1280x960 field: the measure peaks at 14 MB instead of 25). Inside the image a
-    strip's rows see the same pixels as the whole would; at its top and bottom the strip's border
-    is the image's."""
+    float32 planes of every ``step``-th pixel each way (STRIP_ROWS is a multiple of ``step``): exactly
+    those of the whole image, computed STRIP_ROWS rows at a time (:func:`_gradient_strips`), so the
+    blurred and derived planes are never held whole (a 1280x960 field, tracemalloc: the whole measure
+    peaked at 25 MB, in 128-row strips at 14, in 64-row strips computed twice at 6.3)."""
+    h, w = g.shape[:2]
+    shape = (-(-h // step), -(-w // step))
+    planes = (np.empty(shape, np.float32), np.empty(shape, np.float32))
+    for a, _, strips in _gradient_strips(g):
+        for plane, strip in zip(planes, strips, strict=True):
+            rows = strip[::step, ::step]
+            plane[a // step:a // step + rows.shape[0]] = rows
+        strips = rows = None  # freed before the next strip is computed
+    return planes
+
+
+def _gradient_strips(g: np.ndarray) -> Iterator[tuple[int, int, tuple[np.ndarray, np.ndarray]]]:
+    """(first row, end row, the squared gradient planes of those rows after each of the blur pair),
+    STRIP_ROWS rows at a time from strips with STRIP_PAD rows of context each side. Inside the image a
+    strip's rows see the same pixels as the whole would; at its top and bottom the strip's border is
+    the image's."""
     cv2 = opencv()
     h = g.shape[0]
-    planes = (np.empty(g.shape, np.float32), np.empty(g.shape, np.float32))
     for a in range(0, h, STRIP_ROWS):
         b = min(h, a + STRIP_ROWS)
         lo, hi = max(0, a - STRIP_PAD), min(h, b + STRIP_PAD)
         x = np.asarray(g[lo:hi], np.float32)
-        for s, plane in zip(SIGMAS, planes, strict=True):
-            plane[a:b] = _grad2(cv2.GaussianBlur(x, (0, 0), s))[a - lo:b - lo]
-    return planes
+        planes = tuple(_grad2(cv2.GaussianBlur(x, (0, 0), s))[a - lo:b - lo] for s in SIGMAS)
+        x = None  # nothing of this strip is held here while the next one is computed
+        yield a, b, planes  # type: ignore[misc]
 
 
 def _grad2(g: np.ndarray) -> np.ndarray:

@@ -89,6 +89,9 @@ def _stain_direction(
     return weights.astype(np.float32), colour.astype(np.float32)
 
 
+_ON, _OFF = np.uint8(255), np.uint8(0)  # a mask's values for OpenCV
+
+
 def _fill_holes(
     mask: np.ndarray, density: np.ndarray | None = None, min_density: float = 0.0,
     max_area: float = 0.0, min_solidity: float = 0.0,
@@ -104,7 +107,7 @@ def _fill_holes(
     pad = cv2.copyMakeBorder(mask, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
     flood = np.zeros((h + 4, w + 4), np.uint8)
     cv2.floodFill(pad, flood, (0, 0), 255)
-    holes = np.where(pad[1:-1, 1:-1] == 0, 255, 0).astype(np.uint8)
+    holes = np.where(pad[1:-1, 1:-1] == 0, _ON, _OFF)  # uint8 at once: no 8-byte-a-pixel temporary
     if density is not None and holes.any():
         n, labels, stats, _ = cv2.connectedComponentsWithStats(holes, connectivity=4)
         area = stats[:, cv2.CC_STAT_AREA]
@@ -123,7 +126,7 @@ def _fill_holes(
             hull = cv2.contourArea(cv2.convexHull(np.concatenate(contours)))
             keep[k] = hull > 0 and area[k] >= min_solidity * hull
         keep[0] = False
-        holes = np.where(keep[labels], 255, 0).astype(np.uint8)  # cv2 stub: labels may be float # pyright: ignore[reportCallIssue, reportArgumentType]
+        holes = np.where(keep[labels], _ON, _OFF)  # cv2 stub: labels may be float # pyright: ignore[reportCallIssue, reportArgumentType]
     return mask | holes
 
 
@@ -503,11 +506,12 @@ def _fill_rings(
 
 
 def _regions(markers: np.ndarray, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The pixel coordinates (ys, xs) of each of the ``n`` labelled regions of ``markers``."""
+    """The pixel coordinates (ys, xs) of each of the ``n`` labelled regions of ``markers``, as int32
+    (half the memory of numpy's indices; every use of them promotes as int64 would)."""
     w = markers.shape[1]
     flat = markers.ravel()
     inside = np.flatnonzero(flat)  # label 0 (no region, much of the field) is never returned: not sorted
-    order = inside[np.argsort(flat[inside], kind="stable")]
+    order = inside.astype(np.int32)[np.argsort(flat[inside], kind="stable")]
     ends = np.cumsum(np.bincount(flat[inside], minlength=n + 1))  # ends[0] == 0
     return [np.divmod(order[ends[k - 1] : ends[k]], w) for k in range(1, n + 1)]
 
