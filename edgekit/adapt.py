@@ -217,8 +217,10 @@ def spread(fields: list[str], n: int) -> list[str]:
     return [ordered[(2 * k + 1) * len(ordered) // (2 * n)] for k in range(n)]
 
 
-def field_split(fields: list[str], cfg: AdaptConfig, split_file: Path | None) -> dict[str, list[str]]:
-    """train/val/test field stems: from ``split_file`` (JSON of field names per part), else blocks."""
+def field_split(fields: list[str], cfg: AdaptConfig, split_file: Path | None,
+                log: Log | None = None) -> dict[str, list[str]]:
+    """train/val/test field stems: from ``split_file`` (JSON of field names per part), else blocks.
+    Fields the split file names that have no cells here are left out, and ``log`` names them."""
     from edgekit.cells import block_split
     from edgekit.safefile import read_text_argument
 
@@ -234,6 +236,10 @@ def field_split(fields: list[str], cfg: AdaptConfig, split_file: Path | None) ->
         if not named & set(fields):
             raise DataError(f"the field split {split_file} names none of the site's fields")
         # fields whose labelled cells the cell finder never found have no crops: nothing to split
+        absent = sorted(named - set(fields))
+        if absent and log is not None:
+            log(f"field split: {len(absent)} field(s) it names have no cells here, left out "
+                f"({', '.join(absent[:4])}{' ...' if len(absent) > 4 else ''})")
         parts = {k: [f for f in v if f in set(fields)] for k, v in parts.items()}
         tr, va, te = (set(parts[k]) for k in ("train", "val", "test"))
         if tr & (va | te) or va & te:
@@ -496,7 +502,7 @@ def adapt_model(
     pos = base_manifest.positive_index
     site = Path(site)
     ds = scan_dataset(site, group_mode=GROUP_REGEX)  # DataError for one class, empty folders...
-    fields = field_split(sorted({i.group for i in ds.items}), cfg, split_file)
+    fields = field_split(sorted({i.group for i in ds.items}), cfg, split_file, log)
     fmts = _export_formats(formats)
     if base_split is not None:
         base_manifest.training = {**base_manifest.training, "split_file": str(Path(base_split).resolve())}

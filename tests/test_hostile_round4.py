@@ -265,3 +265,19 @@ def test_a_domain_that_would_vouch_for_anything_is_refused_at_load(tmp_path, cha
     assert res.exit_code == 2 and "Traceback" not in res.output, res.output
     last = res.stderr.strip().splitlines()[-1]
     assert last == "error: domain: its statistics and thresholds must be finite numbers", last
+
+
+def test_a_field_split_naming_absent_fields_says_so(tmp_path):
+    """A --fields-split that names fields with no cells here (a typo, another site's list) leaves them
+    out in one line, instead of silently (the split still needs train and validation fields)."""
+    import json
+
+    from edgekit.adapt import field_split
+    from edgekit.adapt_config import AdaptConfig
+
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": ["A", "B", "TYPO1"], "val": ["C"], "test": ["D", "TYPO2"]}))
+    lines: list[str] = []
+    parts = field_split(["A", "B", "C", "D"], AdaptConfig(), split, lines.append)
+    assert parts == {"train": ["A", "B"], "val": ["C"], "test": ["D"]}
+    assert lines == ["field split: 2 field(s) it names have no cells here, left out (TYPO1, TYPO2)"]
