@@ -8,18 +8,27 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from edgekit.errors import DataError
+
 FIELDS_SPLIT = "site_fields.json"  # {train: [...], val: [...], test: [...]} field stems
 FITTED_PARTS = ("train", "val")  # the parts the bundle learnt from or was chosen on; test only measured it
+MAX_SPLIT_BYTES = 16 << 20
 
 
 def fitted_fields(bundle_dir: Path) -> set[str]:
-    """Stems of the fields ``bundle_dir`` was fitted on (none when it records no split: a bundle not
-    made by ``site adapt``, or one whose split file is missing or unreadable)."""
+    """Stems of the fields ``bundle_dir`` was fitted on; none when it records no split (a bundle not
+    made by ``site adapt``). A split file that is there but cannot be read (not a regular file, not
+    JSON lists) is refused with :class:`DataError`: which fields it learnt from would be unknown."""
+    from edgekit.safefile import read_regular_bytes
+
+    path = Path(bundle_dir) / FIELDS_SPLIT
+    if not path.exists() and not path.is_symlink():
+        return set()
     try:
-        split = json.loads((Path(bundle_dir) / FIELDS_SPLIT).read_text())
-    except (OSError, ValueError):
-        return set()
-    if not isinstance(split, dict):
-        return set()
-    parts = [split.get(part) for part in FITTED_PARTS]
-    return {Path(str(s)).stem for names in parts if isinstance(names, list) for s in names}
+        split = json.loads(read_regular_bytes(path, MAX_SPLIT_BYTES, "field split", error=DataError))
+    except (ValueError, RecursionError) as exc:
+        raise DataError(f"unreadable {path}: {exc}") from None
+    parts = [split.get(part) for part in FITTED_PARTS] if isinstance(split, dict) else [None]
+    if not all(isinstance(names, list) for names in parts):
+        raise DataError(f"{path}: want lists of field names under {' and '.join(FITTED_PARTS)}")
+    return {Path(str(s)).stem for names in parts for s in names}

@@ -259,3 +259,26 @@ def test_site_check_leaves_out_the_fields_the_bundle_was_fitted_on(site_bundle, 
         assert "every field of these cells (2) is one the bundle was fitted on" in res.output
     finally:
         split.unlink()
+
+
+@pytest.mark.parametrize("content", ["fifo", "not json", '{"train": "T00"}'])
+def test_a_split_file_that_cannot_be_read_is_refused_not_ignored(site_bundle, tmp_path, content, watchdog):
+    """A site_fields.json that is there but unreadable would leave every fitted field in, silently:
+    refused in one line (and a FIFO never hangs the check)."""
+    import os
+
+    from edgekit.site_fields import FIELDS_SPLIT
+
+    _set_gate(site_bundle, None)
+    split = site_bundle / FIELDS_SPLIT
+    if content == "fifo":
+        os.mkfifo(split)
+    else:
+        split.write_text(content)
+    try:
+        data = write_site_cells(tmp_path / "new", ["N00", "N01"], seed=7)
+        res = CliRunner().invoke(main, ["site", "check", str(site_bundle), "--data", str(data)])
+        assert res.exit_code != 0 and "Traceback" not in res.output
+        assert FIELDS_SPLIT in res.output
+    finally:
+        split.unlink()
