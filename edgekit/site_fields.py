@@ -29,6 +29,7 @@ def fitted_fields(bundle_dir: Path) -> set[str]:
     except (ValueError, RecursionError) as exc:
         raise DataError(f"unreadable {path}: {exc}") from None
     parts = [split.get(part) for part in FITTED_PARTS] if isinstance(split, dict) else [None]
-    if not all(isinstance(names, list) for names in parts):
+    lists = [names for names in parts if isinstance(names, list)]
+    if len(lists) != len(FITTED_PARTS):
         raise DataError(f"{path}: want lists of field names under {' and '.join(FITTED_PARTS)}")
-    return {Path(str(s)).stem for names in parts for s in names}
+    return {Path(str(s)).stem for names in lists for s in names}
