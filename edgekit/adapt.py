@@ -316,11 +316,18 @@ def hard_negatives(split: Any, keras_path: Path, labels: list[str], positive: st
     sub = dataclasses.replace(split, parts={**split.parts, "train": items})
     x, _, groups, paths = _arrays(sub, "train", labels, pre, cache_dir)
     scores = predict_arrays(load_keras(keras_path), x)[:, labels.index(positive)]
-    hard: set[str] = set()
-    for g in sorted(set(groups)):
-        idx = np.flatnonzero(groups == g)
-        hard.update(paths[i] for i in idx[np.argsort(-scores[idx], kind="stable")[:per_field]])
-    return hard
+    return top_per_group(list(paths), list(groups), scores, per_field)
+
+
+def top_per_group(paths: list[str], groups: list[str], scores: np.ndarray, k: int) -> set[str]:
+    """The ``k`` paths of each group that score highest (ties: the earlier first)."""
+    by_group: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        by_group.setdefault(g, []).append(i)
+    top: set[str] = set()
+    for idx in by_group.values():
+        top.update(paths[i] for i in sorted(idx, key=lambda i: -scores[i])[:k])
+    return top
 
 
 def _arrays(split: Any, part: str, labels: list[str], pre: Any, cache_dir: Path | None,
@@ -405,10 +412,8 @@ def _found_objects(site: Path, train_fields: list[str], cfg: AdaptConfig, pre: A
     hard: set[str] = set()
     if cfg.hard_objects and scores is not None and by_field:
         every = [p for fld in sorted(by_field) for p in by_field[fld]]
-        score = dict(zip(every, scores(every), strict=True))
-        for fld in sorted(by_field):
-            ranked = sorted(by_field[fld], key=lambda q: -score[q])
-            hard.update(ranked[: min(cfg.hard_objects, cfg.objects_per_field)])
+        hard = top_per_group(every, [field_of(p) for p in every], scores(every),
+                             min(cfg.hard_objects, cfg.objects_per_field))
     rng = random.Random(cfg.seed)
     paths = []
     for fld in sorted(by_field):

@@ -219,7 +219,7 @@ class FocusRule:
         from edgekit.device.field.segment import cell_radius
 
         cv2 = opencv()
-        radius = cell_radius(rgb if rgb.ndim == 3 else cv2.cvtColor(rgb, cv2.COLOR_GRAY2RGB))
+        radius = cell_radius(_as_rgb(rgb))
         if not SITE_ZOOM * self.radius < radius <= SITE_ZOOM_MAX * self.radius:
             return 0.0
         f = self.radius / radius
@@ -257,7 +257,7 @@ def site_rule(scores: list[float], blurred: list[float] | None = None,
     sharp = scores if blurred is None else sharp_scores(scores, blurred)
     if len(sharp) >= (1 - SITE_BLURRED_SHARE) * len(scores):
         sharp = scores
-    elif blurred is not None and looks_blurred(scores, blurred):
+    elif _too_few_sharp(len(sharp), len(scores)):
         source = f"the shared floor, no marks: {len(sharp)} of {len(scores)} site fields look sharp"
         return FocusRule(floor=FOCUS_FLOOR, marks=SITE_MARKS, source=source, radius=round(radius, 1))
     floor = round(share * float(np.median(sharp)), 4)
@@ -269,8 +269,11 @@ def site_rule(scores: list[float], blurred: list[float] | None = None,
 def looks_blurred(scores: list[float], blurred: list[float]) -> bool:
     """Whether under SITE_SHARP_SHARE of a site's fields (or none) respond to a blur as sharp fields
     do (:func:`sharp_scores`): they cannot say what in focus looks like there."""
-    sharp = sharp_scores(scores, blurred)
-    return not sharp or len(sharp) < SITE_SHARP_SHARE * len(scores)
+    return _too_few_sharp(len(sharp_scores(scores, blurred)), len(scores))
+
+
+def _too_few_sharp(sharp: int, fields: int) -> bool:
+    return not sharp or sharp < SITE_SHARP_SHARE * fields
 
 
 def sharp_scores(scores: list[float], blurred: list[float]) -> list[float]:
@@ -305,6 +308,14 @@ def combine(full: float, half: float | None, profile: float) -> float:
     return full * min(1.0, full / max(half, 1e-3)) ** profile
 
 
+def _as_rgb(img: np.ndarray) -> np.ndarray:
+    """``img`` as RGB (a grey image's one channel three times), for what reads colour."""
+    if img.ndim == 3:
+        return img
+    cv2 = opencv()
+    return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+
+
 def edge_ratios(rgb: np.ndarray, radius: float | None = None, measure: FocusMeasure | None = None,
                 marks: list | None = None) -> tuple[float, float | None]:
     """(:func:`edge_ratio` of the field at the scale ``measure`` works at, the same at half that
@@ -317,7 +328,7 @@ def edge_ratios(rgb: np.ndarray, radius: float | None = None, measure: FocusMeas
         if radius is None:
             from edgekit.device.field.segment import cell_radius
 
-            radius = cell_radius(rgb if rgb.ndim == 3 else cv2.cvtColor(rgb, cv2.COLOR_GRAY2RGB))
+            radius = cell_radius(_as_rgb(rgb))
         if radius > 0:
             scale = min(scale, m.px_per_radius / radius)
     if scale < 1:
@@ -327,7 +338,7 @@ def edge_ratios(rgb: np.ndarray, radius: float | None = None, measure: FocusMeas
     elif marks is not None:
         boxes = marks
     else:
-        boxes = burned_marks(rgb if rgb.ndim == 3 else cv2.cvtColor(rgb, cv2.COLOR_GRAY2RGB))
+        boxes = burned_marks(_as_rgb(rgb))
     scale = min(scale, 1.0)
     full = edge_ratio(gray, m, marks_mask(boxes, gray.shape, scale, MARK_GROW) if boxes else None)
     if not m.profile or full <= 0:
