@@ -36,7 +36,8 @@ _progress_option = click.option(
 _allow_unsigned_option = allow_unsigned_option()
 _quality_option = click.option(
     "--quality/--no-quality", default=True, show_default=True,
-    help="Reject too small, blank, badly exposed or blurred images before classifying.",
+    help="Reject too small, blank, badly exposed or blurred images, and images far outside the sizes "
+         "the model was trained on, before classifying.",
 )
 
 
@@ -98,6 +99,14 @@ def _load(bundle: Path | None, model_format: str | None, threads: int | None, al
                            warn=lambda line: click.echo(line, err=True), warm_up=warm_up)
 
 
+def _say_unrecorded_sizes(classifier, gates) -> None:
+    """Once per run of crops: a bundle without ``image_sizes`` classifies an image of any size."""
+    from edgekit.device.sizes import NOT_RECORDED
+
+    if gates is not None and classifier.manifest.image_sizes is None:
+        click.echo(NOT_RECORDED, err=True)
+
+
 @click.command()
 @click.argument("paths", nargs=-1, required=True)
 @_model_option
@@ -133,6 +142,7 @@ def classify(ctx: click.Context, paths: tuple[str, ...], bundle: Path | None, mo
     tally = Tally()
     scores: list[float | None] = []  # the domain guard's distance of every crop it could measure
     gates = DEFAULT_GATES if quality else None
+    _say_unrecorded_sizes(classifier, gates)
     for out in classify_items(items, classifier, gates, workers(threads)):
         tally.add(out.status)
         scores.append(out.domain_score)
@@ -314,6 +324,7 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
                 tally = record_fields(store, session, crops, classifier, gates, stop, kind, report, on_field,
                                       n_workers=n_workers, rule=rule_of(classifier))
             else:
+                _say_unrecorded_sizes(classifier, gates)
                 tally = record_crops(store, session, crops, classifier, gates, stop, kind, report,
                                      n_workers=n_workers, lookahead=kind == "file")
         except KeyboardInterrupt:

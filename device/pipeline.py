@@ -21,12 +21,13 @@ import numpy as np
 from edgekit.device.backends import predict_in_batches
 from edgekit.device.preprocess import is_image_file, prepare, read_image
 from edgekit.device.quality import QualityGates, check_quality
+from edgekit.device.sizes import outside
 from edgekit.errors import ImageError
 from edgekit.safefile import NotRegularFile, is_regular, open_regular
 
 if TYPE_CHECKING:
     from edgekit.device.runtime import Classifier, Prediction
-    from edgekit.manifest import Domain
+    from edgekit.manifest import Domain, ImageSizes
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -294,8 +295,9 @@ def load_batch(
     """:func:`classify_batch`'s first half: each item decoded and gated (in ``n_workers`` threads):
     (outcome so far, decoded RGB crop or None when refused), in input order."""
     domain = getattr(classifier.manifest, "domain", None)  # the domain guard's training-cell statistics
+    sizes = getattr(classifier.manifest, "image_sizes", None)  # the training images' sizes
     n_workers = min(n_workers, len(items))
-    return list(prefetch(lambda item: _load_one(item, gates, domain), items, n_workers))
+    return list(prefetch(lambda item: _load_one(item, gates, domain, sizes), items, n_workers))
 
 
 def predict_loaded(
@@ -325,8 +327,10 @@ def _load_one(
     item: tuple[str, np.ndarray | str | os.PathLike, str | None],
     gates: QualityGates | None,
     domain: Domain | None = None,
+    sizes: ImageSizes | None = None,
 ) -> tuple[Outcome, np.ndarray | None]:
-    """One item decoded and gated: (outcome so far, its RGB crop or None when refused)."""
+    """One item decoded and gated (with gates: the quality gates, then the size check of
+    :mod:`edgekit.device.sizes`): (outcome so far, its RGB crop or None when refused)."""
     source_id, image, content_hash = item
     t0 = time.perf_counter()
     out = Outcome(source_id, "failed", content_hash=content_hash)
@@ -338,7 +342,8 @@ def _load_one(
 
             feats = crop_features(rgb)
             out.domain_score = None if feats is None else float(distances(feats, domain)[0])
-        reason = check_quality(rgb, gates, domain, feats, out.domain_score) if gates is not None else None
+        reason = None if gates is None else (check_quality(rgb, gates, domain, feats, out.domain_score)
+                                             or outside(rgb.shape[0], rgb.shape[1], sizes))
         if reason:
             out.status, out.reason = "rejected", reason
         else:

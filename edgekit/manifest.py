@@ -445,6 +445,29 @@ class Domain:
 
 
 @dataclass
+class ImageSizes:
+    """The sizes of the images the model was trained on, for the size check
+    (:mod:`edgekit.device.sizes`, which owns the rule and fits these): ``min_side`` the 1st
+    percentile of their short sides, ``max_side`` the 99th of their long sides, ``max_aspect`` the
+    99th of long/short, all in pixels of the files as given. Written by ``edgekit train`` from its
+    train part; a brought bundle may declare them; absent: images of any size are classified."""
+
+    min_side: float
+    max_side: float
+    max_aspect: float
+    n: int = 0  # training images they were measured on
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        nums = (self.min_side, self.max_side, self.max_aspect)
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                   for v in nums):
+            raise BundleError("image_sizes: min_side, max_side and max_aspect must be finite numbers")
+        if not (0 < self.min_side <= self.max_side and self.max_aspect >= 1):
+            raise BundleError("image_sizes: need 0 < min_side <= max_side and max_aspect >= 1")
+
+
+@dataclass
 class Manifest:
     labels: list[str]
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
@@ -461,6 +484,7 @@ class Manifest:
     # a site's focus rule (edgekit.device.field.focus.FocusRule: floor, marks, source), set by `edgekit
     # site adapt` on the site's fields; None: the floor every microscope shares
     focus: dict[str, Any] | None = None
+    image_sizes: ImageSizes | None = None  # what the model was trained on; None: not recorded
     schema: str = SCHEMA
 
     def __post_init__(self) -> None:
@@ -501,6 +525,7 @@ class Manifest:
                 domain=Domain(**d["domain"]) if d.get("domain") else None,
                 release=d.get("release"),
                 focus=d.get("focus"),
+                image_sizes=ImageSizes(**d["image_sizes"]) if d.get("image_sizes") else None,
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise BundleError(f"malformed manifest: {exc}") from exc

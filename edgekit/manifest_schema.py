@@ -154,6 +154,7 @@ def validate_manifest_data(d: Any) -> None:
     for k in ("training", "evaluation", "versions"):
         _obj(d, k, k)
     _focus(d.get("focus"))
+    _image_sizes(d.get("image_sizes"))
 
     arts = _obj(d, "artifacts", "artifacts")
     for key, a in arts.items():
@@ -174,6 +175,24 @@ def _focus(f: Any) -> None:
     _str(f, "source", "focus.source")
     if "radius" in f and not (_is_num(f["radius"]) and 0 <= f["radius"] < 1e4):
         raise _fail("focus.radius", f"must be a number in [0, 10000), not {f['radius']!r}")
+
+
+def _image_sizes(v: Any) -> None:
+    """``image_sizes`` (absent/null, or an object): min_side, max_side, max_aspect numbers, n an
+    integer, source a string; their order is :class:`edgekit.manifest.ImageSizes`'s to check."""
+    if v is None:
+        return
+    if not isinstance(v, dict):
+        raise _fail("image_sizes", f"must be an object, not {type(v).__name__}")
+    unknown = set(v) - {"min_side", "max_side", "max_aspect", "n", "source"}
+    if unknown:
+        raise _fail("image_sizes", f"has unknown key(s) {sorted(unknown)}")
+    for k in ("min_side", "max_side", "max_aspect"):
+        if not (_is_num(v.get(k)) and 0 < v[k] <= 1e6):
+            raise _fail(f"image_sizes.{k}", f"must be a number in (0, 1e6], not {v.get(k)!r}")
+    if "n" in v and not (_is_int(v["n"]) and v["n"] >= 0):
+        raise _fail("image_sizes.n", f"must be a non-negative integer, not {v['n']!r}")
+    _str(v, "source", "image_sizes.source")
 
 
 def _labels(d: dict[str, Any]) -> list[str]:

@@ -591,6 +591,7 @@ def finish_run(run_dir: Path, split: Any, split_sha: str, split_file: Path, cfg:
     """Best model -> manifest (thresholds from validation), curves, and the test evaluation."""
     import keras
 
+    from edgekit.device.sizes import fit_sizes, measure_files
     from edgekit.evaluate import evaluate_run, plot_curves
     from edgekit.manifest import Artifact, Manifest, TensorSpec, sha256_file
     from edgekit.thresholds import choose_thresholds, fit_patient_rule
@@ -639,6 +640,8 @@ def finish_run(run_dir: Path, split: Any, split_sha: str, split_file: Path, cfg:
         "command": portable_command(sys.argv, run_dir),
     }
     manifest.versions = tool_versions(("edgekit", "tensorflow", "keras", "numpy", "opencv"), with_python=True)
+    manifest.image_sizes = fit_sizes(measure_files([Path(split.data_root) / i.path
+                                                    for i in split.parts.get("train", [])]), "the train part")
     manifest.save(run_dir)
     plot_curves(state["history"], run_dir / "curves.png")
     if split.parts.get("test"):

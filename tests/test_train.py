@@ -191,6 +191,9 @@ def test_cli_odd_images_three_classes(tmp_path):
     m = load_manifest(run)
     assert m.labels == ["a", "b", "c"] and m.positive_label == "c"
     assert m.training["monitor"] == "val_accuracy" and m.training["skipped_images"] == 1
+    # the sizes of the train part's images (the size check's record; the unreadable file left out)
+    assert m.image_sizes is not None and 0 < m.image_sizes.min_side <= m.image_sizes.max_side
+    assert 0 < m.image_sizes.n <= len(json.loads((run / "split.json").read_text())["parts"]["train"])
     ev = json.loads((run / "eval_test.json").read_text())
     assert "auc" not in ev and set(ev["per_class"]) == {"a", "b", "c"}
     assert not (run / "roc_test.png").exists()
