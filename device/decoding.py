@@ -39,7 +39,7 @@ from typing import IO
 
 import numpy as np
 
-from edgekit.device.jpeg_header import simple_jpeg_header
+from edgekit.device.jpeg_header import simple_jpeg_header, unsupported_kind
 from edgekit.errors import ImageError
 
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
@@ -169,11 +169,25 @@ def probe_header(data: bytes, max_pixels: int) -> tuple[int, int, str, int]:
             if pages > 1:
                 raise ImageError(_multi_frame("TIFF", pages)) from exc
             return w, h, _TIFF_FOR_OPENCV, 1
-        raise ImageError("corrupt, not an image, or a format edgekit does not read") from exc
+        raise ImageError(_unreadable(data, "corrupt, not an image, or a format edgekit does not read")
+                         ) from exc
     except ImageError:
         raise
     except (OSError, ValueError, SyntaxError, struct.error, EOFError) as exc:
         raise ImageError(f"unreadable image header ({exc})") from exc
+
+
+# ISO-BMFF brands of HEIF images coded with HEVC (AVIF, the same container with AV1, is read)
+_HEIC_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1")
+
+
+def _unreadable(data: bytes, fallback: str) -> str:
+    """The reason a file no decoder here reads is refused: its kind when known (a HEIC photo, whatever
+    its name; a 12-bit, lossless or arithmetic-coded JPEG), else ``fallback``."""
+    if data[4:8] == b"ftyp" and data[8:12] in _HEIC_BRANDS:
+        return ("a HEIC (HEIF/HEVC) image, whatever its name: edgekit does not read HEIC; save it as "
+                "JPEG or PNG (on a phone camera: the 'most compatible' format)")
+    return unsupported_kind(data) or fallback
 
 
 _MULTI_FRAME = ("GIF", "WEBP", "TIFF", "PNG")  # formats whose files may hold frames or pages (APNG)
@@ -356,7 +370,7 @@ def decode_bounded(path: str | os.PathLike, max_pixels: int,
     strict_check(data, fmt)
     img = _imdecode(data, fmt)  # libpng/libtiff/libjpeg complaints captured: our one-line reason instead
     if img is None or img.size == 0:
-        raise ImageError(f"corrupt, truncated or unsupported {fmt} image")
+        raise ImageError(_unreadable(data, f"corrupt, truncated or unsupported {fmt} image"))
     if img.shape[:2] != (h, w):
         raise ImageError(f"decoded size {img.shape[1]}x{img.shape[0]} differs from the header's {w}x{h}")
     return img, orientation

@@ -6,7 +6,8 @@ libraries) and a few ms per file, only to read two numbers from the header. :fun
 reads them for the JPEGs cameras and microscopes write (JFIF or one EXIF block, 8-bit baseline,
 extended or progressive), accepting only what Pillow opens the same way: anything else (XMP, ICC
 or MPF blocks, odd markers, padding, a damaged EXIF block, 12-bit or arithmetic coding) returns
-None, and the caller asks Pillow as before.
+None, and the caller asks Pillow as before. :func:`unsupported_kind` names the kinds no decoder here
+reads (12-bit, lossless, hierarchical), for the one-line refusal of such a file.
 """
 
 from __future__ import annotations
@@ -37,6 +38,41 @@ def simple_jpeg_header(data: bytes) -> tuple[int, int, int] | None:
         if not header.take(marker, body):
             return None
         pos += 4 + len(body)
+
+
+def jpeg_coding(data: bytes) -> tuple[int, int] | None:
+    """(start-of-frame marker, sample precision in bits) of a JPEG's first frame, whatever its kind
+    (12-bit, lossless, arithmetic-coded...); None when no frame header is found before the scan."""
+    if data[:3] != b"\xff\xd8\xff":
+        return None
+    pos = 2
+    while (segment := _segment_at(data, pos)) is not None:
+        marker, body = segment
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) and body:
+            return marker, body[0]
+        if marker == 0xDA:
+            return None
+        pos += 4 + len(body)
+    return None
+
+
+def unsupported_kind(data: bytes) -> str | None:
+    """Why a JPEG that could not be decoded is of a kind the decoder does not take (None: not known
+    to be one): a precision other than 8 bits, lossless or hierarchical coding, arithmetic coding."""
+    coding = jpeg_coding(data)
+    if coding is None:
+        return None
+    marker, bits = coding
+    if bits != 8:
+        return (f"a {bits}-bit JPEG: edgekit reads 8-bit JPEGs (save it as an 8-bit JPEG, or a 16-bit PNG "
+                "or TIFF)")
+    if marker in (0xC3, 0xC7, 0xCB, 0xCF):
+        return "a lossless JPEG, which edgekit does not read (save it as PNG or TIFF)"
+    if marker in (0xC5, 0xC6, 0xCD, 0xCE):
+        return "a hierarchical JPEG, which edgekit does not read (save it as an ordinary JPEG or PNG)"
+    if marker >= 0xC9:
+        return "an arithmetic-coded JPEG this build cannot decode (save it as an ordinary JPEG or PNG)"
+    return None
 
 
 def _segment_at(data: bytes, pos: int) -> tuple[int, bytes] | None:
