@@ -91,6 +91,18 @@ class AnnotatedField:
             out[key] = out.get(key, 0) + 1
         return out
 
+    def drawn_on(self, stored: tuple[int, int], upright: tuple[int, int]) -> str | None:
+        """Which picture of a field with an EXIF orientation its boxes were drawn on (tools differ):
+        ``"stored"`` (the file's pixels, ``stored`` = their width, height) or ``"upright"`` (turned as
+        the EXIF says), by the size the annotation states, else by which picture holds every box;
+        None when that does not tell them apart (a half turn or a mirror keeps the size)."""
+        fits = [name for name, (w, h) in (("upright", upright), ("stored", stored))
+                if (self.size == (w, h) if self.size is not None else self._inside(w, h))]
+        return fits[0] if len(fits) == 1 and stored != upright else None
+
+    def _inside(self, width: int, height: int) -> bool:
+        return all(_inside(b, width, height) for b in self.boxes)
+
     def fitted(self, width: int, height: int) -> AnnotatedField:
         """The boxes checked against the decoded image size: a box overshooting the border by at
         most ``EDGE_TOLERANCE_PX`` is clipped; one further out raises :class:`DataError`."""
@@ -99,10 +111,9 @@ class AnnotatedField:
                 f"{self.name}: the annotation says {self.size[0]}x{self.size[1]} but the image is "
                 f"{width}x{height}: annotation file and images do not match"
             )
-        tol = EDGE_TOLERANCE_PX
         boxes = []
         for b in self.boxes:
-            if b.x0 < -tol or b.y0 < -tol or b.x1 > width + tol or b.y1 > height + tol:
+            if not _inside(b, width, height):
                 raise DataError(
                     f"{self.name}: box ({b.x0}, {b.y0})-({b.x1}, {b.y1}) '{b.source_label}' lies outside "
                     f"the {width}x{height} image: annotation file and images do not match"
@@ -110,6 +121,12 @@ class AnnotatedField:
             boxes.append(replace(b, x0=max(0, b.x0), y0=max(0, b.y0),
                                  x1=min(width, b.x1), y1=min(height, b.y1)))
         return replace(self, boxes=boxes, size=(width, height))
+
+
+def _inside(b: Box, width: int, height: int) -> bool:
+    """The box lies in a ``width`` x ``height`` image, give or take ``EDGE_TOLERANCE_PX``."""
+    tol = EDGE_TOLERANCE_PX
+    return b.x0 >= -tol and b.y0 >= -tol and b.x1 <= width + tol and b.y1 <= height + tol
 
 
 def parse_class_map(entries: list[str] | tuple[str, ...]) -> dict[str, str | None]:

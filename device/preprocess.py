@@ -43,7 +43,8 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
-def _apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
+def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
+    """``img`` turned upright as EXIF ``orientation`` (1-8) says."""
     cv2 = opencv()
     if orientation == 2:
         return cv2.flip(img, 1)
@@ -105,15 +106,23 @@ def _read_dicom(path: Path, max_pixels: int) -> np.ndarray:
 
 
 def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode an image file into an RGB uint8 array of shape (H, W, 3).
+    """Decode an image file into an RGB uint8 array of shape (H, W, 3), turned upright as its EXIF
+    orientation says.
 
     Raises :class:`ImageError` with a short reason for anything unusable.
     """
+    return apply_orientation(*read_image_as_stored(path, max_pixels))
+
+
+def read_image_as_stored(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS
+                         ) -> tuple[np.ndarray, int]:
+    """:func:`read_image` before the turn: (the RGB pixels as the file stores them, its EXIF
+    orientation 1-8), for boxes that may have been drawn on either picture."""
     from edgekit.device.decoding import decode_bounded
 
     path = Path(path)
     if path.suffix.lower() == ".dcm":
-        return _read_dicom(path, max_pixels)
+        return _read_dicom(path, max_pixels), 1
     img, orientation = decode_bounded(path, max_pixels)  # regular file, size from the header, strict
     cv2 = opencv()
     img = _to_uint8(img)
@@ -128,7 +137,7 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=img if own else None)
     else:
         img = cv2.cvtColor(img[:, :, 0], cv2.COLOR_GRAY2RGB)
-    return np.ascontiguousarray(_apply_orientation(img, orientation))
+    return np.ascontiguousarray(img), orientation
 
 
 def _interpolation(method: str) -> int:

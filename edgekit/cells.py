@@ -160,10 +160,29 @@ class FieldCut:
     objects: list[tuple[int, np.ndarray]] = dataclasses.field(default_factory=list)
 
 
+def _annotated_pixels(af: AnnotatedField) -> np.ndarray:
+    """The field's pixels in the frame its boxes were drawn in: upright as its EXIF orientation says,
+    or as the file stores them (:meth:`AnnotatedField.drawn_on`); :class:`ImageError` when unreadable
+    or when nothing tells which (a turned field's cells would be cut from the wrong places)."""
+    from edgekit.device.preprocess import apply_orientation, read_image_as_stored
+    from edgekit.errors import ImageError
+
+    stored, orientation = read_image_as_stored(af.image)
+    upright = apply_orientation(stored, orientation)
+    if orientation == 1:
+        return upright
+    size = (stored.shape[1], stored.shape[0])
+    frame = af.drawn_on(size, (upright.shape[1], upright.shape[0]))
+    if frame is None:
+        raise ImageError(f"its EXIF orientation ({orientation}) turns the picture, and neither the "
+                         "annotation's size nor its boxes tell whether they were drawn on the turned "
+                         "picture or the stored one: save the field upright without the EXIF orientation")
+    return stored if frame == "stored" else upright
+
+
 def cut_field(af: AnnotatedField, min_iou: float = 0.4, params: Any = None) -> FieldCut:
     """Segment one annotated field with the device pipeline and crop every labelled cell it finds."""
     from edgekit.device.field import count_cells, crop_cell
-    from edgekit.device.preprocess import read_image
     from edgekit.errors import ImageError
 
     out = FieldCut(af.name)
@@ -171,7 +190,7 @@ def cut_field(af: AnnotatedField, min_iou: float = 0.4, params: Any = None) -> F
         if b.label:
             out.labelled[b.label] = out.labelled.get(b.label, 0) + 1
     try:
-        rgb = read_image(af.image)
+        rgb = _annotated_pixels(af)
     except ImageError as exc:
         # one bad field is reported and left out; the batch goes on (the command then exits 1)
         out.rejected, out.unreadable, out.unmatched = f"cannot be read: {exc}", True, dict(out.labelled)

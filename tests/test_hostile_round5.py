@@ -120,3 +120,43 @@ def test_serve_takes_every_kind_as_an_upload(kinds, tmp_path):
                     assert refusal in r.json()["detail"], (kind, name, r.text)
     finally:
         station.close()
+
+
+def test_site_cells_cuts_an_exif_turned_field_in_the_frame_its_boxes_were_drawn_in(tmp_path):
+    """A phone photo with an EXIF orientation whose boxes were drawn on the stored pixels (as tools
+    that ignore EXIF draw them) stopped the whole `site cells` run ('the annotation says 640x480 but
+    the image is 480x640'); without a stated size its boxes could land on the wrong cells. Now the
+    frame is the one the annotation's size (or where its boxes fit) names, and a half turn, which
+    neither tells apart, leaves that field out with the reason."""
+    from PIL import Image
+
+    rgb = read_image(FIELD)
+    xml = FIELD.with_suffix(".xml").read_text()
+    folder = tmp_path / "fields"
+    folder.mkdir()
+
+    def put(name: str, pixels: np.ndarray, orientation: int, size: bool = True) -> None:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        Image.fromarray(np.ascontiguousarray(pixels)).save(folder / f"{name}.jpg", quality=95,
+                                                           exif=exif.tobytes())
+        text = xml.replace(FIELD.name, f"{name}.jpg")
+        if not size:
+            text = text[:text.index("<size>")] + text[text.index("</size>") + len("</size>"):]
+        (folder / f"{name}.xml").write_text(text)
+
+    put("plain", rgb, 1)
+    put("boxes_on_stored", rgb, 6)  # shown turned; the boxes fit the stored pixels
+    put("boxes_on_stored_no_size", rgb, 6, size=False)
+    put("boxes_on_upright", np.rot90(rgb, 1), 6)  # stored turned back: shown as the boxes were drawn
+    put("half_turn", rgb, 3)  # same size either way: which frame cannot be told
+    res = CliRunner().invoke(main, ["site", "cells", str(folder), "-a", str(folder),
+                                    "-o", str(tmp_path / "out"), "--allow-one-class"])
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output  # the half turn: left out
+    index = json.loads((tmp_path / "out" / "cells.json").read_text())
+    cut = {Path(f["field"]).stem: sum(f["cut"].values()) for f in index["per_field"]}
+    assert cut["plain"] > 5
+    for name in ("boxes_on_stored", "boxes_on_stored_no_size", "boxes_on_upright"):
+        assert cut[name] == cut["plain"], (name, cut)
+    half = next(f for f in index["per_field"] if f["field"].startswith("half_turn"))
+    assert cut["half_turn"] == 0 and "EXIF orientation" in half["rejected"]
