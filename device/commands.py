@@ -410,12 +410,9 @@ _db_option = click.option(
 
 def _store(db: Path | None):
     from edgekit.device.records import RecordStore, default_db_path
-    from edgekit.errors import RecordsError
 
-    path = db or default_db_path()
-    if not path.is_file():
-        raise RecordsError(f"no screening database at {path}")
-    return RecordStore(path, read_only=True)  # reading commands never write, not even the schema
+    # reading commands never write, not even the schema
+    return RecordStore(db or default_db_path(), read_only=True)
 
 
 _session_options = [

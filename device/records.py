@@ -304,13 +304,14 @@ class FieldCountedMeanwhile(RecordsError):
 class RecordStore:
     """The screening database. Every write is one committed transaction."""
 
-    def __init__(self, path: str | os.PathLike, timeout: float = 5.0, read_only: bool = False) -> None:
-        """Open (``read_only``: never write, not even the schema; else create if needed). A database
-        written by a newer edgekit is refused before anything in it is changed."""
+    def __init__(self, path: str | os.PathLike, timeout: float = 5.0, read_only: bool = False,
+                 create: bool = True) -> None:
+        """Open (``read_only``: never write, not even the schema; else create if needed and
+        ``create``). A database written by a newer edgekit is refused before anything in it is changed."""
         self.path = Path(path).expanduser()
         if self.path.exists() and not is_regular(self.path):
             raise RecordsError(f"database {self.path} is not a regular file")
-        if read_only and not self.path.is_file():
+        if (read_only or not create) and not self.path.is_file():
             raise RecordsError(f"no screening database at {self.path}")
         with _db_errors(self.path):
             if read_only:

@@ -17,12 +17,9 @@ _db_option = click.option(
 
 
 def _open(db: Path | None):
-    from edgekit.device.records import RecordsError, RecordStore, default_db_path
+    from edgekit.device.records import RecordStore, default_db_path
 
-    path = db or default_db_path()
-    if not path.is_file():
-        raise RecordsError(f"no screening database at {path}")
-    return RecordStore(path)
+    return RecordStore(db or default_db_path(), create=False)
 
 
 @click.command("review")

@@ -50,8 +50,6 @@ def write_session_cells(db: str | os.PathLike, out: str | os.PathLike, sessions:
 
     out = Path(out)
     check_replaceable(out, replace, CELLS_INDEX, "a cells dataset", DataError)
-    if not Path(db).is_file():
-        raise DataError(f"screening database not found: {db}")
     with RecordStore(db, read_only=True) as store:
         chosen = ([store.find_session(key) for key in sessions] if sessions
                   else [store.session_by_id(r["id"]) for r in store.sessions()])

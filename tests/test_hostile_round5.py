@@ -160,3 +160,22 @@ def test_site_cells_cuts_an_exif_turned_field_in_the_frame_its_boxes_were_drawn_
         assert cut[name] == cut["plain"], (name, cut)
     half = next(f for f in index["per_field"] if f["field"].startswith("half_turn"))
     assert cut["half_turn"] == 0 and "EXIF orientation" in half["rejected"]
+
+
+@pytest.mark.parametrize("command", [
+    ["sessions", "list", "--db", "{db}"],
+    ["sync", "{db}", "--to", "postgresql://station@127.0.0.1:1/programme"],
+    ["site", "cells", "--from-sessions", "{db}", "-o", "{out}"],
+    ["sessions", "review", "1", "--out", "{out}.html", "--db", "{db}"],
+])
+def test_a_screening_database_that_is_a_fifo_is_named_as_such(tmp_path, watchdog, command):
+    """A FIFO given as the screening database was reported as 'no screening database at ...' (it is
+    there): each reader asked `is_file()` itself. One check, in the record store, names it."""
+    import os
+
+    db = tmp_path / "screening.sqlite"
+    os.mkfifo(db)
+    args = [a.format(db=db, out=tmp_path / "out") for a in command]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code != 0 and "Traceback" not in res.output, res.output
+    assert "not a regular file" in res.output and "no screening database" not in res.output, res.output

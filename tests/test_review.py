@@ -187,7 +187,7 @@ def test_reviewed_cells_become_site_cells_from_both_sides(tmp_path):
     assert scan_dataset(out, group_mode="regex:^(.+)__").classes == ["Parasitized", "Uninfected"]
     res = CliRunner().invoke(main, ["cells", "--from-sessions", str(tmp_path / "none.sqlite"), "-o",
                                     str(tmp_path / "x")])
-    assert res.exit_code != 0 and "not found" in res.output and "Traceback" not in res.output
+    assert res.exit_code != 0 and "no screening database" in res.output and "Traceback" not in res.output
 
 
 @pytest.mark.parametrize("text", ["", "record_id,verdict\n"])

@@ -64,10 +64,7 @@ def sync(db: str | Path, url: str, batch: int = BATCH, full: bool = False,
     does not have yet; returns the counts. Re-running after any interruption sends each row once."""
     if batch < 1:
         raise ProgrammeError("--batch must be at least 1")
-    db = Path(db).expanduser()
-    if not db.is_file():
-        raise ProgrammeError(f"no screening database at {db}")
-    store = RecordStore(db)
+    store = RecordStore(db, create=False)
     try:
         sid = station_id(store)
         conn = connect(url)
