@@ -155,7 +155,7 @@ def default_db_path() -> Path:
 
 
 @contextlib.contextmanager
-def _db_errors(path: Path) -> Iterator[None]:
+def db_errors(path: Path) -> Iterator[None]:
     """Turn sqlite3 errors into one clear sentence."""
     try:
         yield
@@ -313,7 +313,7 @@ class RecordStore:
             raise RecordsError(f"database {self.path} is not a regular file")
         if (read_only or not create) and not self.path.is_file():
             raise RecordsError(f"no screening database at {self.path}")
-        with _db_errors(self.path):
+        with db_errors(self.path):
             if read_only:
                 self.conn = _connect_read_only(self.path, timeout)
             else:
@@ -415,7 +415,7 @@ class RecordStore:
         w = screened_with
         manifest_sha = "" if w is None else w.manifest_sha256
         provenance = (None, None, None) if w is None else (w.signer_key_id, w.trust, w.guard_json())
-        with _db_errors(self.path), self.conn:
+        with db_errors(self.path), self.conn:
             self.conn.execute(
                 "INSERT INTO sessions (patient, site, operator, model_sha256, model_format, bundle, decision,"
                 " created_at, updated_at, manifest_sha256, signer_key_id, trust, guard)"
@@ -436,7 +436,7 @@ class RecordStore:
         return Session.from_row(row)
 
     def recorded_hashes(self, session_id: int) -> set[str]:
-        with _db_errors(self.path):
+        with db_errors(self.path):
             rows = self.conn.execute("SELECT content_hash FROM records WHERE session_id = ?", (session_id,))
             return {r[0] for r in rows}
 
@@ -453,7 +453,7 @@ class RecordStore:
         same transaction (first call; ``field.id`` is set), and when it ``replaces`` a counted field,
         that field and its cells are marked ``replaced`` in the same transaction too."""
         now = time.time()
-        with _db_errors(self.path), self.conn:
+        with db_errors(self.path), self.conn:
             if field is not None and field.id is None:
                 field.id = self._add_field(session, field, now)
             fid = None if field is None else field.id
@@ -508,7 +508,7 @@ class RecordStore:
 
     def fields(self, session_id: int, counted_only: bool = True) -> list[dict[str, Any]]:
         """The session's whole fields (id, source_id, signature, sharpness, status), oldest first."""
-        with _db_errors(self.path):
+        with db_errors(self.path):
             if not self._has("fields"):
                 return []
             where = " AND status = 'counted'" if counted_only else ""
@@ -518,7 +518,7 @@ class RecordStore:
 
     def count_classified(self, session_id: int) -> int:
         """Classified records of a session (what the stop rule counts)."""
-        with _db_errors(self.path):
+        with db_errors(self.path):
             row = self.conn.execute(
                 "SELECT COUNT(*) FROM records WHERE session_id = ? AND status = 'classified'", (session_id,)
             ).fetchone()
@@ -526,7 +526,7 @@ class RecordStore:
 
     def sessions(self) -> list[dict[str, Any]]:
         """All sessions with their record counts, newest first."""
-        with _db_errors(self.path):
+        with db_errors(self.path):
             rows = self.conn.execute(
                 "SELECT s.*, COUNT(r.id) AS records,"
                 " SUM(r.status = 'classified') AS classified, SUM(r.decision = 'positive') AS positive"
@@ -537,13 +537,13 @@ class RecordStore:
 
     def add_session_phone(self, session_id: int, phone: str) -> None:
         """Note that ``phone`` (an opaque key of one phone of ``edgekit serve``) opened the session."""
-        with _db_errors(self.path), self.conn:
+        with db_errors(self.path), self.conn:
             self.conn.execute("INSERT OR IGNORE INTO session_phones (session_id, phone, created_at)"
                               " VALUES (?, ?, ?)", (int(session_id), phone, time.time()))
 
     def phone_sessions(self, phone: str) -> set[int]:
         """The ids of the sessions ``phone`` opened (none in a database older than schema 6)."""
-        with _db_errors(self.path):
+        with db_errors(self.path):
             if not self._has("session_phones"):
                 return set()
             rows = self.conn.execute("SELECT session_id FROM session_phones WHERE phone = ?", (phone,))
@@ -553,7 +553,7 @@ class RecordStore:
         """The session with this id; None when there is none."""
         if not _fits_sqlite(session_id):
             return None
-        with _db_errors(self.path):
+        with db_errors(self.path):
             row = self.conn.execute("SELECT * FROM sessions WHERE id = ?", (int(session_id),)).fetchone()
         return None if row is None else Session.from_row(row)
 
@@ -561,7 +561,7 @@ class RecordStore:
         """A session by numeric id (``by="id"``), the most recent one of a patient id
         (``by="patient"``), or either (``by=None``); a key that is both a session id and a patient
         id is refused as ambiguous rather than guessed."""
-        with _db_errors(self.path):
+        with db_errors(self.path):
             by_id = by_patient = None
             if by in (None, "id") and key.isdigit() and _fits_sqlite(int(key)):
                 by_id = self.conn.execute("SELECT * FROM sessions WHERE id = ?", (int(key),)).fetchone()
@@ -581,7 +581,7 @@ class RecordStore:
         return Session.from_row(row)
 
     def records(self, session_id: int) -> list[dict[str, Any]]:
-        with _db_errors(self.path):
+        with db_errors(self.path):
             rows = self.conn.execute(
                 "SELECT * FROM records WHERE session_id = ? ORDER BY id", (session_id,)
             ).fetchall()
@@ -592,7 +592,7 @@ class RecordStore:
         query: listing many sessions costs one read, and only one session's records are held at once."""
         from itertools import groupby
 
-        with _db_errors(self.path):
+        with db_errors(self.path):
             rows = self.conn.execute("SELECT * FROM records ORDER BY session_id, id")
             for session_id, group in groupby(rows, key=lambda r: r["session_id"]):
                 yield int(session_id), [_record(r) for r in group]
@@ -606,7 +606,7 @@ class RecordStore:
 
     def crop_images(self, session_id: int) -> dict[int, bytes]:
         """record id -> PNG of the kept crops of a session."""
-        with _db_errors(self.path):
+        with db_errors(self.path):
             if not self._has("crop_images"):
                 return {}
             rows = self.conn.execute(
@@ -616,7 +616,7 @@ class RecordStore:
 
     def crop_image(self, session_id: int, record_id: int) -> bytes | None:
         """The kept crop (PNG) of one cell of a session; None when none was kept."""
-        with _db_errors(self.path):
+        with db_errors(self.path):
             if not self._has("crop_images"):
                 return None
             row = self.conn.execute(
@@ -637,7 +637,7 @@ class RecordStore:
             if verdict not in REVIEW_VERDICTS:
                 raise RecordsError(f"verdict must be one of {', '.join(REVIEW_VERDICTS)}, not {verdict!r}")
         now = time.time()
-        with _db_errors(self.path), self.conn:
+        with db_errors(self.path), self.conn:
             for record_id, verdict in verdicts:
                 row = self.conn.execute("SELECT status FROM records WHERE id = ? AND session_id = ?",
                                         (record_id, session_id)).fetchone()
@@ -654,7 +654,7 @@ class RecordStore:
 
     def reviews(self, session_id: int) -> dict[int, dict[str, Any]]:
         """record id -> {verdict, reviewer, note, created_at} for the reviewed cells of a session."""
-        with _db_errors(self.path):
+        with db_errors(self.path):
             if not self._has("reviews"):
                 return {}
             rows = self.conn.execute(

@@ -179,3 +179,14 @@ def test_a_screening_database_that_is_a_fifo_is_named_as_such(tmp_path, watchdog
     res = CliRunner().invoke(main, args)
     assert res.exit_code != 0 and "Traceback" not in res.output, res.output
     assert "not a regular file" in res.output and "no screening database" not in res.output, res.output
+
+
+def test_sync_on_a_station_file_with_a_foreign_station_table_is_one_line(screened):
+    """A screening file whose `station` table is not edgekit's (a tool's, or damaged) ended `sync` in a
+    sqlite3 traceback: the station's own file was read outside the record store's error handling."""
+    with sqlite3.connect(screened) as con:
+        con.execute("CREATE TABLE station (x)")
+    res = CliRunner().invoke(main, ["sync", str(screened), "--to", "postgresql://station@127.0.0.1:1/programme"])
+    assert res.exit_code != 0 and res.exc_info is not None and res.exc_info[0] is SystemExit, res.output
+    assert "Traceback" not in res.output and "station has no column" in res.output
+    assert len(res.output.strip().splitlines()) == 1

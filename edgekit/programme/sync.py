@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgekit.device.records import RecordStore
+from edgekit.device.records import RecordStore, db_errors
 from edgekit.programme.server import ProgrammeError, check_schema, connect, server_errors, where
 
 BATCH = 5000
@@ -66,14 +66,15 @@ def sync(db: str | Path, url: str, batch: int = BATCH, full: bool = False,
         raise ProgrammeError("--batch must be at least 1")
     store = RecordStore(db, create=False)
     try:
-        sid = station_id(store)
-        conn = connect(url)
-        try:
-            with server_errors(url):
-                check_schema(conn, url)
-                return _send(store, conn, url, sid, batch, full, progress or (lambda _: None))
-        finally:
-            conn.close()
+        with db_errors(store.path):  # the station's own file: a damaged table is one line too
+            sid = station_id(store)
+            conn = connect(url)
+            try:
+                with server_errors(url):
+                    check_schema(conn, url)
+                    return _send(store, conn, url, sid, batch, full, progress or (lambda _: None))
+            finally:
+                conn.close()
     finally:
         store.close()
 
