@@ -351,6 +351,11 @@ class RecordStore:
             self.conn.close()
             raise RecordsError(f"database {self.path} is not an edgekit screening database (no sessions of "
                                "edgekit's in it; it was not changed); use --db to choose another file")
+        if version > 0 and "records" not in tables:  # every schema version has it: creating it anew
+            self.conn.close()  # would leave the sessions without their cells (0 cells, refer)
+            raise RecordsError(f"database {self.path} is damaged: its sessions are there but its records "
+                               "table is gone (it was not changed); restore it from a backup or use --db "
+                               "to choose another file")
 
     def _columns(self, table: str) -> set[str]:
         return {r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")}

@@ -190,3 +190,21 @@ def test_sync_on_a_station_file_with_a_foreign_station_table_is_one_line(screene
     assert res.exit_code != 0 and res.exc_info is not None and res.exc_info[0] is SystemExit, res.output
     assert "Traceback" not in res.output and "station has no column" in res.output
     assert len(res.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", [
+    ["screen", str(CROP), "--patient", "P9", "-m", str(GOLDEN), "--db", "{db}"],
+    ["sync", "{db}", "--to", "postgresql://station@127.0.0.1:1/programme"],
+])
+def test_a_screening_file_that_lost_its_records_table_is_refused_unchanged(screened, command):
+    """A screening file whose records table was dropped was quietly given a new, empty one by the next
+    writer (`screen`, `sync`): its sessions then read 0 cells, refer, and sync would send them so."""
+    with sqlite3.connect(screened) as con:
+        con.execute("DROP TABLE records")
+    before = screened.read_bytes()
+    res = CliRunner().invoke(main, [a.format(db=screened) for a in command])
+    assert res.exit_code != 0 and "Traceback" not in res.output, res.output
+    assert "records table is gone" in res.output
+    with sqlite3.connect(screened) as con:
+        assert not con.execute("SELECT 1 FROM sqlite_master WHERE name = 'records'").fetchall()
+    assert screened.read_bytes() == before
