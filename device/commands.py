@@ -101,10 +101,11 @@ def _load(bundle: Path | None, model_format: str | None, threads: int | None, al
 
 def _say_unrecorded_sizes(classifier, gates) -> None:
     """Once per run of crops: a bundle without ``image_sizes`` classifies an image of any size."""
-    from edgekit.device.sizes import NOT_RECORDED
+    from edgekit.device.sizes import unrecorded_note
 
-    if gates is not None and classifier.manifest.image_sizes is None:
-        click.echo(NOT_RECORDED, err=True)
+    note = unrecorded_note(classifier.manifest) if gates is not None else None
+    if note:
+        click.echo(note, err=True)
 
 
 @click.command()

@@ -50,6 +50,11 @@ def outside(height: int, width: int, sizes: ImageSizes | None) -> str | None:
     return f"outside the image sizes the model was trained on ({width}x{height} px: {why})"
 
 
+def unrecorded_note(manifest: object) -> str | None:
+    """:data:`NOT_RECORDED` for a bundle that records no training sizes (said once per run), else None."""
+    return NOT_RECORDED if getattr(manifest, "image_sizes", None) is None else None
+
+
 def _percentile(values: Sequence[float], pct: float) -> float:
     """Linear-interpolated percentile (numpy's default), without numpy."""
     v = sorted(values)

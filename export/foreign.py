@@ -24,6 +24,7 @@ from edgekit.manifest import (
     MANIFEST_NAME,
     MAX_MODEL_IN_MEMORY,
     Artifact,
+    ImageSizes,
     Manifest,
     Preprocessing,
     TensorSpec,
@@ -52,6 +53,7 @@ class ImportOptions:
     threshold: float = 0.5
     name: str | None = None
     logits: str | None = None  # the outputs are logits: the activation the device applies (softmax | sigmoid)
+    image_sizes: ImageSizes | None = None  # of images like the training ones (--trained-on)
 
 
 def _layout(shape: list[int]) -> tuple[int, int, int] | None:
@@ -205,6 +207,7 @@ def import_model(model: str | Path, out: str | Path, opts: ImportOptions, force:
         training={"imported_from": str(model.resolve()), "parameters": _parameters(backend),
                   "imported_at": time.strftime("%Y-%m-%d %H:%M:%S %Z")},
         versions={"edgekit": __version__},
+        image_sizes=opts.image_sizes,
     )
     classifier = Classifier(manifest, artifact, model.parent, backend)  # the device's own checks
     _probe(classifier, pre)

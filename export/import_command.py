@@ -52,6 +52,18 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
     return dims[0], dims[1]
 
 
+def _sizes_of(images: Path):
+    """The recorded sizes (:func:`edgekit.device.sizes.fit_sizes`) of the images in ``images``."""
+    from edgekit.device.pipeline import image_files
+    from edgekit.device.sizes import fit_sizes, measure_files
+    from edgekit.errors import DataError
+
+    sizes = fit_sizes(measure_files(image_files([images], "--trained-on")), f"--trained-on {images.name}")
+    if sizes is None:
+        raise DataError(f"--trained-on {images}: no readable images to take the training sizes from")
+    return sizes
+
+
 @click.command("import")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--labels", required=True,
@@ -73,12 +85,16 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
               help="The model outputs logits: the device applies this activation in float (default: the "
                    "outputs are probabilities already).")
 @click.option("--name", help="Model name in the manifest (default: the file name).")
+@click.option("--trained-on", "trained_on", type=click.Path(path_type=Path),
+              help="Images like the model's training images (files, folders, globs): their sizes are "
+                   "recorded, so that an image far outside them (a whole field given as one cell) is "
+                   "refused. Default: images of any size are classified.")
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Bundle folder to write.")
 @click.option("--force", is_flag=True, help="Overwrite a bundle already in OUT.")
 def import_model(model: Path, labels: str, input_size: tuple[int, int] | None, scale: float | None,
                  mean: list[float] | None, std: list[float] | None, resize: str, color_order: str | None,
                  positive_index: int | None, threshold: float, logits: str | None, name: str | None,
-                 out: Path, force: bool) -> None:
+                 trained_on: Path | None, out: Path, force: bool) -> None:
     """Wrap a TFLite or ONNX model from elsewhere into a bundle.
 
     The stated preprocessing and labels are checked against the model's tensors; `classify`,
@@ -88,7 +104,8 @@ def import_model(model: Path, labels: str, input_size: tuple[int, int] | None, s
 
     opts = ImportOptions(labels=labels_value(labels), input_size=input_size, scale=scale, mean=mean or [0.0],
                          std=std or [1.0], resize=resize, color_order=color_order,
-                         positive_index=positive_index, threshold=threshold, name=name, logits=logits)
+                         positive_index=positive_index, threshold=threshold, name=name, logits=logits,
+                         image_sizes=None if trained_on is None else _sizes_of(trained_on))
     manifest = run_import(model, out, opts, force=force)
     (fmt, art), = manifest.artifacts.items()
     p = manifest.preprocessing

@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 from bundle_factory import sign_for_tests
 from click.testing import CliRunner
-from device_helpers import CELLS, golden_copy
+from device_helpers import CELLS, GOLDEN, golden_copy
 
 from edgekit.cli import main
 from edgekit.device.sizes import FAR, NOT_RECORDED, fit_sizes, measure_files, outside
 from edgekit.errors import BundleError
 from edgekit.manifest import ImageSizes, load_manifest
 
+GOLDEN_TFLITE = GOLDEN / "model_int8.tflite"
 SIZES = {"min_side": 85.0, "max_side": 196.0, "max_aspect": 1.57, "n": 100, "source": "test"}
 
 
@@ -124,3 +125,18 @@ def test_the_default_bundle_records_its_training_sizes_and_stays_trusted():
     assert m.image_sizes is not None and m.image_sizes.n > 10_000
     assert outside(960, 1280, m.image_sizes) and outside(480, 640, m.image_sizes)
     assert outside(394, 380, m.image_sizes) is None
+
+
+def test_an_imported_model_records_the_sizes_it_was_trained_on(tmp_path):
+    """`model import --trained-on FOLDER`: a brought model gets the check from images like its own."""
+    out = tmp_path / "imported"
+    res = CliRunner().invoke(main, ["model", "import", str(GOLDEN_TFLITE), "--labels",
+                                    "Parasitized,Uninfected", "--scale", "1", "--trained-on", str(CELLS),
+                                    "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    m = load_manifest(out)
+    assert m.image_sizes is not None and m.image_sizes.n == len(list(CELLS.glob("*")))
+    assert outside(960, 1280, m.image_sizes)
+    res = CliRunner().invoke(main, ["model", "import", str(GOLDEN_TFLITE), "--labels", "a,b", "--scale", "1",
+                                    "--trained-on", str(tmp_path / "none"), "-o", str(tmp_path / "x")])
+    assert res.exit_code != 0 and "--trained-on" in res.output and "Traceback" not in res.output

@@ -133,6 +133,10 @@ def serve(host: str, port: int, bundle: Path | None, model_format: str | None, t
 
     classifier = load_classifier(bundle, model_format, threads, allow_unsigned=allow_unsigned, warn=warn)
     classifier.manifest.decision.check_decides_patients()
+    from edgekit.device.sizes import unrecorded_note
+
+    if note := unrecorded_note(classifier.manifest):  # uploads are gated: said once, here
+        click.echo(note, err=True)
     overlays = overlay_dir or db_path.parent / "overlays"
     try:  # a file or an unwritable folder is said now, not as "counted, no overlay" on every field
         overlays.mkdir(parents=True, exist_ok=True)
