@@ -82,6 +82,17 @@ def fit_sizes(shapes: Sequence[tuple[int, int]], source: str) -> ImageSizes | No
                             f"the long sides and of long/short, over {len(good)} images")
 
 
+def widened(a: ImageSizes | None, b: ImageSizes | None) -> ImageSizes | None:
+    """The range that covers both (a model fine-tuned on ``a``'s images still learnt ``b``'s)."""
+    if a is None or b is None:
+        return a or b
+    from edgekit.manifest import ImageSizes
+
+    return ImageSizes(min_side=min(a.min_side, b.min_side), max_side=max(a.max_side, b.max_side),
+                      max_aspect=max(a.max_aspect, b.max_aspect), n=a.n + b.n,
+                      source=f"{a.source}; widened to cover {b.source}")
+
+
 def measure_files(paths: Sequence[str | os.PathLike]) -> list[tuple[int, int]]:
     """(height, width) of each file that Pillow can size from its header (no decode); files it
     cannot read are left out (training drops them on its own)."""

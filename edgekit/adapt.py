@@ -568,6 +568,7 @@ def adapt_model(
             cleanup()
         _choose_decision(manifest, yv == pos, p_val, gv, cfg, fields, field_cut, outputs)
         manifest.domain = _site_domain(ds, fields, site, log)
+        manifest.image_sizes = _site_sizes(ds, fields, site, manifest.image_sizes)
         manifest.focus = focus
         _write_run(tmp, manifest, split, cfg, base_sha, keras_path, model, site, fields, best, n_base)
         from edgekit.export.bundle import export_bundle
@@ -750,6 +751,18 @@ def site_gate(test: dict[str, Any] | None, test_fields: list[str], bounds: dict[
                         f"through {fmt}: {counted} (held by the upper 95% bound of its mean over the "
                         "fields, bootstrap), cell AUC (held by the lower end of its 95% interval over "
                         "the fields) and sensitivity at specificity >= 99.5% on the labelled cells"))
+
+
+def _site_sizes(ds: Any, fields: dict[str, list[str]], site: Path, base: Any) -> Any:
+    """The site bundle's training image sizes (:mod:`edgekit.device.sizes`): its training fields' cells,
+    widened to cover the base model's (the fine-tuned model learnt both); a site whose cells are
+    smaller than the base's would otherwise have its own cells refused."""
+    from edgekit.device.sizes import fit_sizes, measure_files, widened
+
+    train_fields = set(fields["train"])
+    own = fit_sizes(measure_files([site / i.path for i in ds.items if i.group in train_fields]),
+                    f"site cells of {site.name} (training fields)")
+    return widened(own, base)
 
 
 def _site_domain(ds: Any, fields: dict[str, list[str]], site: Path, log: Log) -> Any:

@@ -140,3 +140,25 @@ def test_an_imported_model_records_the_sizes_it_was_trained_on(tmp_path):
     res = CliRunner().invoke(main, ["model", "import", str(GOLDEN_TFLITE), "--labels", "a,b", "--scale", "1",
                                     "--trained-on", str(tmp_path / "none"), "-o", str(tmp_path / "x")])
     assert res.exit_code != 0 and "--trained-on" in res.output and "Traceback" not in res.output
+
+
+def test_a_site_bundle_covers_its_own_cells_and_the_base_models(tmp_path):
+    """A site bundle kept the base model's sizes: a site whose cells are smaller than NIH's (a lower
+    magnification) would have had its own cells refused by its own bundle."""
+    from types import SimpleNamespace
+
+    import cv2
+
+    from edgekit.adapt import _site_sizes
+
+    items = []
+    for f in ("A01", "A02"):
+        for i in range(5):
+            cv2.imwrite(str(tmp_path / f"{f}__{i}.png"), np.full((26, 30, 3), 120, np.uint8))
+            items.append(SimpleNamespace(path=f"{f}__{i}.png", group=f))
+    s = _site_sizes(SimpleNamespace(items=items), {"train": ["A01"], "val": ["A02"]}, tmp_path,
+                    ImageSizes(**SIZES))
+    assert s is not None and s.n == 5 + SIZES["n"]
+    assert outside(26, 30, s) is None and outside(394, 380, s) is None  # the site's cells, NIH's largest
+    assert s.min_side == 26 and s.max_side == SIZES["max_side"]
+    assert outside(26, 30, ImageSizes(**SIZES)) is not None  # what the base's sizes alone did
