@@ -14,10 +14,20 @@ consecutive fields (IML within its stain groups); even sessions calibrate (any p
 them), odd ones are held out. Each field is scored sharp and blurred (SIGMAS), JPEG re-encoded or
 noisy (``focus_floor.MODES``), by the shared measure (marks read) and with marks left out.
 
+Each copy is also scored on TILES (marks left out): a field in focus somewhere keeps sharp tiles
+where a field blurred as a whole has none; a tile statistic (sharpest, 2nd, 3rd, median tile) is
+tried as the score, chosen on the calibration sessions like the floors.
+
 Orders replayed per session and sigma: ``sharp_first`` (the first half of the session's fields sharp,
 the rest blurred), ``blurred_first`` (the reverse), ``alternating`` and ``all_blurred``; each field
 appears once per replay. Reported per rule, set and order: sigma >= 2 refused, sigma 1 and 1.5
-refused, sharp refused. Writes ``benchmarks/results/focus_sessions.json``.
+refused, sharp refused; and each copy judged alone (``edgekit field`` on one file, the first field
+of a session). Rules: today's (marks read, FOCUS_FLOOR, the session rule every path applies), marks
+left out at 0.0335, session-relative with marks left out, a "gray zone" (a low floor whatever the
+session; between it and the floor a field counts only after a field of the session reached the
+floor and near it), and the same two on the tile score. Each candidate's parameters minimise the sum
+over the kinds of (sharp refused + sigma >= 2 passed) on the calibration sessions; the held-out
+spread over the near ties is reported too. Writes ``benchmarks/results/focus_sessions.json``.
 """
 
 from __future__ import annotations
@@ -60,12 +70,13 @@ def _items() -> list[tuple[str, int, int, str, object]]:
 
 def _variants(name: str, rgb: np.ndarray, session: int) -> list[tuple[str, np.ndarray, Callable]]:
     """(kind, field, mark): IML with its bar kept sharp and cut above it; the others as they are
-    and with one mark per session burned in."""
+    and with one mark per session burned in (its style varies with the session)."""
     if name == "iml":
         ink = ff.iml_overlay_pixels(rgb)
         return [("iml_bar", rgb, lambda s, b: ff.reburn(s, b, ink)),
                 ("iml_no_bar", rgb[:ff.IML_OVERLAY[0]], lambda s, b: b)]
-    return [(name, rgb, lambda s, b: b), (f"{name}_mark", rgb, lambda s, b: ff.burn_overlay(b, session))]
+    # sessions 2j (calibration) and 2j + 1 (held out) get the same mark: both halves see every style
+    return [(name, rgb, lambda s, b: b), (f"{name}_mark", rgb, lambda s, b: ff.burn_overlay(b, session // 2))]
 
 
 def _score_field(item: tuple[str, int, int, str, object]) -> list[dict]:
@@ -101,8 +112,28 @@ def _score_field(item: tuple[str, int, int, str, object]) -> list[dict]:
             response = out_rule.score(cv2.GaussianBlur(crop, (0, 0), SITE_BLUR_SIGMA), marks)
             rows.append({"kind": kind, "session": session, "pos": pos, "field": fid, "sigma": sigma,
                          "marks": len(marks), "shared": round(shared, 5), "out": round(out, 5),
-                         "response": round(response, 5)})
+                         "response": round(response, 5),
+                         "tiles": [round(t, 5) for t in tile_scores(crop, marks, out_rule)]})
     return rows
+
+
+TILES = (3, 4)  # rows, columns of the tiles a field is also scored on
+
+
+def tile_scores(crop: np.ndarray, marks: list, rule: object) -> list[float]:
+    """The marks-free score of each of TILES of ``crop``, lowest first (the marks found on the whole
+    field left out of each tile they reach): a field in focus somewhere has some sharp tiles, a
+    field blurred as a whole has none."""
+    h, w = crop.shape[:2]
+    ny, nx = TILES
+    out = []
+    for i in range(ny):
+        for j in range(nx):
+            y0, y1, x0, x1 = i * h // ny, (i + 1) * h // ny, j * w // nx, (j + 1) * w // nx
+            boxes = [(max(a, x0) - x0, max(b, y0) - y0, min(c, x1) - x0, min(d, y1) - y0)
+                     for a, b, c, d in marks if a < x1 and c > x0 and b < y1 and d > y0]
+            out.append(rule.score(np.ascontiguousarray(crop[y0:y1, x0:x1]), boxes))  # type: ignore[attr-defined]
+    return sorted(out)
 
 
 def score_rows(workers: int = 2) -> list[dict]:
@@ -223,19 +254,50 @@ def cost(rt: dict[str, dict[str, float]]) -> float:
 NEAR = 0.01  # calibration cost within this of the best: a near tie (how much the choice itself matters)
 
 
-def chosen(rows: list[dict], make: Callable, grid: list[tuple]) -> tuple[tuple, float, list[tuple]]:
-    """The ``grid`` point whose rule (``make(*point)``, on the marks-free score) costs least on the
-    calibration sessions (the first of a tie), that cost, and the points within NEAR of it."""
-    costs = [(round(cost(rates(replay(rows, ("", "out", make(*p))), "cal")), 4), p) for p in grid]
+def chosen(rows: list[dict], make: Callable, grid: list[tuple], key: str = "out"
+           ) -> tuple[tuple, float, list[tuple]]:
+    """The ``grid`` point whose rule (``make(*point)`` on score ``key``) costs least on the calibration
+    sessions (the first of a tie), that cost, and the points within NEAR of it."""
+    costs = [(round(cost(rates(replay(rows, ("", key, make(*p))), "cal")), 4), p) for p in grid]
     best = min(c for c, _ in costs)
     return next(p for c, p in costs if c == best), best, [p for c, p in costs if c <= best + NEAR]
 
 
-def spread(rows: list[dict], make: Callable, points: list[tuple]) -> dict[str, dict[str, list[float]]]:
+def spread(rows: list[dict], make: Callable, points: list[tuple], key: str = "out"
+           ) -> dict[str, dict[str, list[float]]]:
     """[lowest, highest] held-out refused rate per kind and copy class over the rules of ``points``."""
-    held = [rates(replay(rows, ("", "out", make(*p))), "held") for p in points]
+    held = [rates(replay(rows, ("", key, make(*p))), "held") for p in points]
     return {k: {label: [min(h[k][label] for h in held), max(h[k][label] for h in held)] for label in v}
             for k, v in held[0].items()}
+
+
+# which of a field's tile scores (lowest first) stands for it: the sharpest, 2nd, 3rd sharpest, median
+TILE_STATS = {"tile_max": -1, "tile_2nd": -2, "tile_3rd": -3, "tile_median": 6}
+TILE_FLOORS = [round(0.026 + 0.001 * k, 3) for k in range(17)]
+TILE_GRAY_GRID = [(lo, hi, r) for lo in (0.028, 0.03, 0.032, 0.034) for hi in (0.034, 0.036, 0.038, 0.04)
+                  for r in (0.3, 0.35, 0.4, 0.45) if lo < hi]
+
+
+def tile_candidates(rows: list[dict]) -> tuple[list[Rule], dict]:
+    """The tile statistic and its floor (with today's session rule) chosen on the calibration
+    sessions, then a gray zone on that statistic: the rules, and what was chosen."""
+    from edgekit.device.field.focus import SESSION_RATIO
+
+    for r in rows:
+        r.update({name: r["tiles"][i] for name, i in TILE_STATS.items()})
+    by_stat = {name: chosen(rows, lambda f: relative(f, SESSION_RATIO), [(f,) for f in TILE_FLOORS], name)
+               for name in TILE_STATS}
+    stat = min(by_stat, key=lambda n: by_stat[n][1])
+    (floor,), floor_cost, _ = by_stat[stat]
+    (lo, hi, gr), gray_cost, near = chosen(rows, gray_zone, TILE_GRAY_GRID, stat)
+    rules: list[Rule] = [(f"{stat} (marks left out), floor {floor:g}, session rule", stat,
+                          relative(floor, SESSION_RATIO)),
+                         (f"{stat} (marks left out), gray zone: low {lo:g}, floor {hi:g}, {gr:g} x sharpest "
+                          "recent field at the floor", stat, gray_zone(lo, hi, gr))]
+    info = {"calibration_cost_by_stat": {n: c[1] for n, c in by_stat.items()}, "stat": stat,
+            "floor_cost": floor_cost, "gray_zone_cost": gray_cost,
+            "gray_zone_near_ties": {"points": near, "held_out_spread": spread(rows, gray_zone, near, stat)}}
+    return rules, info
 
 
 def alone(rows: list[dict], rule: Rule, half: str) -> dict[str, dict[str, float]]:
@@ -270,11 +332,14 @@ def summary(rows: list[dict]) -> dict:
                           relative(f, r)),
                          (f"marks left out, gray zone: low {lo:g}, floor {hi:g}, {gr:g} x sharpest recent "
                           "field at the floor", "out", gray_zone(lo, hi, gr))]
+    tile_rules, tiles = tile_candidates(rows)
+    rules += tile_rules
     low_sharp = sorted((r["out"], r["field"], "held" if r["session"] % 2 else "cal") for r in rows
                        if r["kind"] == "iml_bar" and r["sigma"] == 0)[:8]
     return {"rules": {rule[0]: _report(rows, rule) for rule in rules},
             "calibration_cost": {"relative": plain_cost, "gray_zone": gray_cost},
             "gray_zone_near_ties": {"points": near, "held_out_spread": spread(rows, gray_zone, near)},
+            "tiles": {"grid": TILES, **tiles},
             "iml_lowest_sharp_marks_left_out": low_sharp,
             "fields": {k: len({(r["session"], r["pos"]) for r in rows if r["kind"] == k})
                        for k in sorted({r["kind"] for r in rows})},

@@ -3,7 +3,9 @@ in a session depends on what the session counted before, as ``check_field`` keep
 
 from __future__ import annotations
 
-from edgekit.benchmarks.focus_sessions import _sequence, gray_zone, rates, replay, shipped
+import numpy as np
+
+from edgekit.benchmarks.focus_sessions import _sequence, gray_zone, rates, replay, shipped, tile_scores
 from edgekit.device.field.focus import FOCUS_FLOOR, SESSION_RATIO
 
 
@@ -56,3 +58,19 @@ def test_a_session_that_starts_blurred_has_no_reference_under_the_gray_zone():
     t = replay(rows, ("g", "out", judge))
     assert t["k/held/blurred_first"]["sigma_ge_2"] == [True, True] * 3
     assert t["k/held/sharp_first"]["sigma_ge_2"] == [False, False] * 3
+
+
+def test_tiles_carry_the_marks_that_reach_them_in_their_own_pixels():
+    seen = []
+
+    class Rule:
+        def score(self, tile, boxes):
+            seen.append((tile.shape[:2], boxes))
+            return float(len(seen))
+
+    crop = np.zeros((300, 400, 3), np.uint8)  # 3 x 4 tiles of 100 x 100
+    scores = tile_scores(crop, [(90, 10, 120, 20)], Rule())  # a mark across the first two tiles
+    assert scores == sorted(scores) and len(scores) == 12
+    assert all(shape == (100, 100) for shape, _ in seen)
+    assert seen[0][1] == [(90, 10, 100, 20)] and seen[1][1] == [(0, 10, 20, 20)]
+    assert all(boxes == [] for _, boxes in seen[2:])
