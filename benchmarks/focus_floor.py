@@ -2,7 +2,6 @@
 
     python -m edgekit.benchmarks.focus_floor [--step N] [--no-write] [--rows CACHE.json]
     python -m edgekit.benchmarks.focus_floor --overlays [--rows CACHE.json]   (burned-in marks)
-    python -m edgekit.benchmarks.focus_floor --sessions [--rows CACHE.json]   (within sessions)
 
 Fields: real in-focus IML (1280x960, P. vivax) and BCCD (640x480) fields, and NIH-like fields
 (NIH cell crops pasted on a stained-background canvas, 1200x900: NIH has no whole fields here).
@@ -905,14 +904,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--site", action="store_true",
                     help="only the site focus floor (focus_site.json): a share of the median of a site's own "
                          "fields, chosen on the calibration halves, reported on the held-out ones")
-    ap.add_argument("--sessions", action="store_true",
-                    help="only the focus judged within sessions (focus_sessions.json): rules replayed on "
-                         "sessions of sharp and blurred fields in several orders, parameters chosen on "
-                         "even sessions, reported on odd ones")
     args = ap.parse_args(argv)
-    from edgekit.benchmarks.focus_sessions import sessions
-
-    for chosen, check in ((args.site, site), (args.overlays, overlays), (args.sessions, sessions)):
+    for chosen, check in ((args.site, site), (args.overlays, overlays)):
         if chosen:  # one check alone, on the scored copies of --rows when given
             check(args.rows, not args.no_write)
             return

@@ -1,6 +1,6 @@
 """Focus judged within sessions (issue 22): which rule refuses blurred fields and keeps sharp ones.
 
-    python -m edgekit.benchmarks.focus_floor --sessions [--rows CACHE.json] [--no-write]
+    python -m edgekit.benchmarks.focus_sessions [--rows CACHE.json] [--no-write]
 
 Every path that has sessions (a folder through ``screen --fields``, the camera, the phone through
 ``serve``) judges a field by :meth:`edgekit.device.field.focus.FocusRule.reason` against the
@@ -32,6 +32,7 @@ spread over the near ties is reported too. Writes ``benchmarks/results/focus_ses
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 import zlib
@@ -347,9 +348,21 @@ def summary(rows: list[dict]) -> dict:
 
 
 def sessions(cache: Path | None, write: bool) -> None:
-    """``focus_floor --sessions``: rows read from ``cache`` when there (else scored, and written to it)."""
+    """The rules replayed: rows read from ``cache`` when there (else scored, and written to it)."""
     t0 = time.time()
     result = {**summary(load_rows(cache)), "seconds": round(time.time() - t0, 1)}
     print(json.dumps({k: v for k, v in result.items() if k != "rules"}, indent=1))
     if write:
         (HERE / "results" / "focus_sessions.json").write_text(json.dumps(result, indent=1) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rows", type=Path, help="scored copies (JSON): read if there, else written")
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args(argv)
+    sessions(args.rows, not args.no_write)
+
+
+if __name__ == "__main__":
+    main()
