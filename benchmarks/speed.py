@@ -205,14 +205,16 @@ def byte_compile(src: Path) -> None:
 
 
 def source_ref(src: Path) -> str:
-    """A source tree as results record it: its git commit (and whether it had edits), else its name;
+    """A source tree as results record it: its git commit (and whether it had edits), else its name
+    (a tree unpacked inside another checkout, e.g. by ``git archive``, is not that checkout's commit);
     never a path of this machine."""
     import subprocess
 
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(src), *args], capture_output=True, text=True).stdout.strip()
 
-    commit = git("rev-parse", "--short", "HEAD")
+    top = git("rev-parse", "--show-toplevel")
+    commit = git("rev-parse", "--short", "HEAD") if top and Path(top).resolve() == src.resolve() else ""
     if not commit:
         return src.name
     edited = git("status", "--porcelain", "--untracked-files=no")

@@ -30,6 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # (module, function, stage): the stages of `screen`, by the functions that run them
 STAGES = (
     ("edgekit.device.screening", "_segment_one", "field: decode + focus + find cells"),
+    # within it (its own thread), from round 14
+    ("edgekit.device.field.quality", "field_focus", "field: focus measure (within the above)"),
+    ("edgekit.device.field", "count_cells", "field: gate + find cells (within the above)"),
+    ("edgekit.device.screening", "CutField.of", "field: cut the cells + signature (within the above)"),
     ("edgekit.device.screening", "check_field", "field: session check (identity, focus rule)"),
     ("edgekit.device.screening", "field_items", "field: cut the cells"),
     ("edgekit.device.screening", "_triage", "hash + skip the recorded"),

@@ -414,11 +414,13 @@ class CutField:
     crops: list[np.ndarray]
 
     @classmethod
-    def of(cls, rgb: np.ndarray, cells: list) -> CutField:
+    def of(cls, rgb: np.ndarray, cells: list, outside: Any = ...) -> CutField:
+        """``outside``: the field's surround when the caller found it (as for
+        :func:`~edgekit.device.field.view.surround`)."""
         from edgekit.device.field import crop_cell
         from edgekit.device.field.identity import signature
 
-        return cls(signature(rgb), [crop_cell(rgb, c) for c in cells])
+        return cls(signature(rgb, outside), [crop_cell(rgb, c) for c in cells])
 
 
 # (shown name, content hash or None, decoded field, its CutField, or None, its cells, why it cannot be
@@ -440,7 +442,8 @@ def segment_paths(paths: Iterable[tuple[str, Path | None]], n_workers: int = 1,
 
 def _segment_one(item: tuple[str, Path | None], rule: Any = None) -> SegmentedField:
     from edgekit.device.field import count_cells
-    from edgekit.device.field.quality import field_focus
+    from edgekit.device.field.quality import field_focus, shape_reason
+    from edgekit.device.field.view import outside_view
     from edgekit.device.preprocess import read_image
 
     shown, path = item
@@ -453,10 +456,13 @@ def _segment_one(item: tuple[str, Path | None], rule: Any = None) -> SegmentedFi
     content_hash = _content_hash(path)
     if content_hash is None:  # gone since it was read: its cells could not be told apart on a rerun
         return shown, None, None, [], missing_reason(str(path)), None
-    focus = field_focus(rgb, rule)  # once, for the field gate here and the session's check_field
-    cells, _, reason = count_cells(rgb, focus=focus, rule=rule)
+    # its surround, looked for once for its focus, its cells and its signature (not on a shape the
+    # gate refuses: each then does as it did alone)
+    outside = ... if shape_reason(rgb) else outside_view(rgb)
+    focus = field_focus(rgb, rule, outside)  # once, for the field gate here and the session's check_field
+    cells, _, reason = count_cells(rgb, focus=focus, rule=rule, outside=outside)
     # cut here (a refused field too: it was read): its pixels are freed before the next field is decoded
-    return shown, content_hash, CutField.of(rgb, cells), cells, reason, focus
+    return shown, content_hash, CutField.of(rgb, cells, outside), cells, reason, focus
 
 
 def record_fields(

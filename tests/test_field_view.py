@@ -66,3 +66,34 @@ def test_a_field_without_a_surround_is_left_as_it_is():
         dark_cell = rgb.copy()
         dark_cell[100:120, 100:120] = 0  # a dark object away from the border is no surround
         assert outside_view(dark_cell) is None
+
+
+@pytest.mark.parametrize("view", ["none", "disc"])
+def test_a_field_is_searched_for_its_surround_once_and_scores_as_before(monkeypatch, tmp_path, view):
+    """`screen --fields` looks for a field's surround once (its focus, its cells and its signature
+    each looked again before: ~3 ms a field), and finds what each finds alone."""
+    import cv2
+
+    from edgekit.device import screening
+    from edgekit.device.field import view as view_module
+    from edgekit.device.field.quality import field_focus
+
+    rgb = _fields()[0][0]
+    if view == "disc":
+        rgb = disc(rgb, 0.5)[0]
+    path = tmp_path / "field.png"
+    cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    looked = []
+    real = view_module.outside_view
+
+    def counted(img):
+        looked.append(img.shape)
+        return real(img)
+
+    monkeypatch.setattr(view_module, "outside_view", counted)
+    _, _, cut, cells, reason, focus = screening._segment_one(("field", path))
+    assert len(looked) == 1
+    assert reason is None and focus == field_focus(rgb)
+    found, _, _ = count_cells(rgb)
+    assert [c.box for c in cells] == [c.box for c in found]
+    assert np.array_equal(cut.signature.thumb, signature(rgb).thumb)

@@ -212,3 +212,29 @@ def test_focus_scores_are_those_of_the_whole_field_computation(monkeypatch, whol
         for m in measures:
             ours, ref = edge_ratios(rgb, measure=m), _reference_edge_ratios(rgb, m)
             assert repr(ours) == repr(ref), (i, rgb.shape, m.name, ours, ref)  # repr: nan equals nan
+
+
+def test_the_gradient_strips_filter_only_the_rows_they_need(monkeypatch):
+    """Each strip of the focus measure blurs its rows with the coarser Gaussian's radius (5) plus
+    Sobel's (1) of context each side, and takes the Sobel of its own rows and one each side only
+    (8 rows of context through both before: 9% of the measure's CPU on a 1280x960 field)."""
+    import cv2
+
+    from edgekit.device.field import focus
+
+    h, w = 960, 1280
+    g = _generated_field(h, w, 3)[:, :, 0]
+    rows = {"GaussianBlur": 0, "Sobel": 0}
+    for name in rows:
+        real = getattr(cv2, name)
+
+        def counted(img, *a, _real=real, _name=name, **k):
+            rows[_name] += img.shape[0]
+            return _real(img, *a, **k)
+
+        monkeypatch.setattr(cv2, name, counted)
+    focus.gradient_planes(g, 2)
+    strips = -(-h // focus.STRIP_ROWS)
+    inner = 2 * (strips - 1)  # the edges between strips, each seen from both sides
+    assert rows["GaussianBlur"] == len(focus.SIGMAS) * (h + 6 * inner)
+    assert rows["Sobel"] == 2 * len(focus.SIGMAS) * (h + inner)

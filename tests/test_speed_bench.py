@@ -69,4 +69,13 @@ def test_results_name_trees_and_bundles_without_machine_paths(tmp_path):
     assert ref is not None and ref["path"] == "edgekit/models/default" and len(ref["manifest_sha256"]) == 64
     assert not source_ref(Path(__file__).resolve().parents[1]).startswith("/")  # a commit, not a path
     assert source_ref(tmp_path) == tmp_path.name  # no git: the folder's name only
+    # a tree unpacked inside a checkout (git archive) is not that checkout's commit: its name only
+    import subprocess
+
+    checkout, unpacked = tmp_path / "checkout", tmp_path / "checkout" / "49f3102"
+    unpacked.mkdir(parents=True)
+    git = ["git", "-C", str(checkout), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(checkout)], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "c"], check=True)
+    assert source_ref(checkout) != checkout.name and source_ref(unpacked) == "49f3102"
     assert bundle_ref(None) is None

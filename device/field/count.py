@@ -11,22 +11,23 @@ from edgekit.device.field.focus import DEFAULT_RULE, FocusRule
 from edgekit.device.field.quality import field_quality, saturated_fraction, shape_reason
 from edgekit.device.field.segment import MAX_RADIUS_FRACTION, segment_cells, working_copy
 from edgekit.device.field.types import CellBox, FieldParams
-from edgekit.device.field.view import inside_crop, outside_view, paint_outside
+from edgekit.device.field.view import Outside, inside_crop, paint_outside, surround
 
 
 def count_cells(
     rgb: np.ndarray, params: FieldParams | None = None, focus: float | None = None,
-    rule: FocusRule | None = None,
+    rule: FocusRule | None = None, outside: Outside = ...,
 ) -> tuple[list[CellBox], float, str | None]:
     """Quality check, then :func:`~edgekit.device.field.segment.segment_cells`: (cells, typical
     radius in pixels, reason or None). A reason means the field is not to be counted, and the cell
     list is then empty. ``focus``: the field's :func:`~edgekit.device.field.quality.field_focus`
-    when the caller has it already; ``rule``: the bundle's focus rule (default: the shared one)."""
+    when the caller has it already; ``rule``: the bundle's focus rule (default: the shared one);
+    ``outside``: its surround when the caller found it (:func:`~edgekit.device.field.view.surround`)."""
     p = params or FieldParams()
     reason = shape_reason(rgb)  # before shrinking: a 1-px strip cannot be shrunk
     if reason:
         return [], 0.0, reason
-    outside = outside_view(rgb)  # an eyepiece's black surround is no smear
+    outside = surround(rgb, outside)  # an eyepiece's black surround is no smear
     if outside is not None:
         focus = (rule or DEFAULT_RULE).score(inside_crop(rgb, outside)) if focus is None else focus
         rgb = paint_outside(rgb, outside, p)

@@ -102,7 +102,7 @@ SIGMAS = (0.5, 1.2)  # the blur pair
 _NOISE_GAIN = (13.12, 1.518)
 FLAT_BLOCK = 32  # blocks of 32 of every 2nd pixel (64 px) whose gradient energy is read as noise
 STRIP_ROWS = 64  # rows of the gradient planes computed at a time (a multiple of 4; 128: same CPU, +2 MB)
-STRIP_PAD = 8  # rows of context each side of a strip: >= the coarser Gaussian's radius (5) + Sobel's (1)
+STRIP_PAD = 6  # rows of context each side of a strip: the coarser Gaussian's radius (5) + Sobel's (1)
 # a larger image's gradient planes are not held whole (2 float32 planes: 9.8 MB for a 1280x960 field,
 # the largest item of a field run's peak) but computed twice: every 2nd pixel for the level, then the
 # chosen pixels (+2 ms of CPU a field, 17 -> 19 ms); its half-size pass stays one pass
@@ -476,40 +476,44 @@ def gradient_planes(g: np.ndarray, step: int = 1) -> tuple[np.ndarray, np.ndarra
     h, w = g.shape[:2]
     shape = (-(-h // step), -(-w // step))
     planes = (np.empty(shape, np.float32), np.empty(shape, np.float32))
-    for a, _, strips in _gradient_strips(g):
-        for plane, strip in zip(planes, strips, strict=True):
-            rows = strip[::step, ::step]
+    for a, _, strips in _gradient_strips(g, step):
+        for plane, rows in zip(planes, strips, strict=True):
             plane[a // step:a // step + rows.shape[0]] = rows
         strips = rows = None  # freed before the next strip is computed
     return planes
 
 
-def _gradient_strips(g: np.ndarray) -> Iterator[tuple[int, int, tuple[np.ndarray, np.ndarray]]]:
-    """(first row, end row, the squared gradient planes of those rows after each of the blur pair),
-    STRIP_ROWS rows at a time from strips with STRIP_PAD rows of context each side. Inside the image a
-    strip's rows see the same pixels as the whole would; at its top and bottom the strip's border is
-    the image's."""
+def _gradient_strips(g: np.ndarray, step: int = 1
+                     ) -> Iterator[tuple[int, int, tuple[np.ndarray, np.ndarray]]]:
+    """(first row, end row, the squared gradient planes of those rows after each of the blur pair, of
+    every ``step``-th pixel each way), STRIP_ROWS rows at a time from strips with STRIP_PAD rows of
+    context each side. Inside the image a strip's rows see the same pixels as the whole would; at its
+    top and bottom the strip's border is the image's. The Sobel sees only the blurred rows it needs
+    (one each side: 9% of the measure's CPU with the pad's 6 rows instead of 8 before)."""
     cv2 = opencv()
     h = g.shape[0]
     for a in range(0, h, STRIP_ROWS):
         b = min(h, a + STRIP_ROWS)
         lo, hi = max(0, a - STRIP_PAD), min(h, b + STRIP_PAD)
+        top, end = max(lo, a - 1), min(hi, b + 1)
         x = np.asarray(g[lo:hi], np.float32)
-        planes = tuple(_grad2(cv2.GaussianBlur(x, (0, 0), s))[a - lo:b - lo] for s in SIGMAS)
+        planes = tuple(_grad2(cv2.GaussianBlur(x, (0, 0), s)[top - lo:end - lo], a - top, b - top, step)
+                       for s in SIGMAS)
         x = None  # nothing of this strip is held here while the next one is computed
         yield a, b, planes  # type: ignore[misc]
 
 
-def _grad2(g: np.ndarray) -> np.ndarray:
-    """Squared Sobel gradient magnitude (the energies need no root). Squared and summed by numpy, in
-    place: cv2.magnitude's result depends on its buffers' alignment (up to 8e-6), so the same field
-    could score differently."""
+def _grad2(g: np.ndarray, a: int = 0, b: int | None = None, step: int = 1) -> np.ndarray:
+    """Squared Sobel gradient magnitude (the energies need no root) of rows ``a`` to ``b`` of ``g``, at
+    every ``step``-th pixel each way (a view: squaring only those, strided, cost more). Squared and
+    summed by numpy, in place: cv2.magnitude's result depends on its buffers' alignment (up to 8e-6),
+    so the same field could score differently."""
     cv2 = opencv()
-    dx = cv2.Sobel(g, cv2.CV_32F, 1, 0)
-    dy = cv2.Sobel(g, cv2.CV_32F, 0, 1)
+    dx = cv2.Sobel(g, cv2.CV_32F, 1, 0)[a:b]
+    dy = cv2.Sobel(g, cv2.CV_32F, 0, 1)[a:b]
     np.multiply(dx, dx, out=dx)
     np.multiply(dy, dy, out=dy)
-    return np.add(dx, dy, out=dx)
+    return np.add(dx, dy, out=dx)[::step, ::step]
 
 
 def focus_reason(score: float, session_best: float | None = None, floor: float = FOCUS_FLOOR) -> str | None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgekit.device.field.view import within_view
+from edgekit.device.field.view import Outside, within_view
 from edgekit.device.preprocess import opencv
 
 SIG_WIDTH = 160
@@ -40,13 +40,14 @@ class Signature:
         return cls(np.frombuffer(data[4:], np.uint8).reshape(h, w))
 
 
-def signature(rgb: np.ndarray) -> Signature:
+def signature(rgb: np.ndarray, outside: Outside = ...) -> Signature:
     """The signature of a field (any size, RGB or grey), an eyepiece's dark surround painted out
     (:func:`~edgekit.device.field.view.within_view`): the same black disc on every photo matched
     two different fields (2 of 56 pairs of IML/BCCD fields) and split a retake's match between the
-    disc and the smear (2 of 16 retakes shifted by 5% caught; painted, 13 of 16 and no false match)."""
+    disc and the smear (2 of 16 retakes shifted by 5% caught; painted, 13 of 16 and no false match).
+    ``outside``: the surround when the caller found it (:func:`~edgekit.device.field.view.surround`)."""
     cv2 = opencv()
-    rgb = within_view(rgb)
+    rgb = within_view(rgb, outside=outside)
     gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) if rgb.ndim == 3 else rgb
     h, w = gray.shape[:2]
     size = (SIG_WIDTH, max(8, round(h * SIG_WIDTH / w)))

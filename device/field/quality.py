@@ -7,7 +7,7 @@ import numpy as np
 
 from edgekit.device.field.focus import DEFAULT_RULE, FOCUS_FLOOR, FocusRule
 from edgekit.device.field.segment import working_copy
-from edgekit.device.field.view import inside_crop
+from edgekit.device.field.view import Outside, inside_crop, surround
 from edgekit.device.preprocess import opencv
 
 MIN_SIDE = 64
@@ -50,11 +50,15 @@ def field_quality(rgb: np.ndarray, small: np.ndarray | None = None, focus: float
     return rule.reason(rule.score(rgb) if focus is None else focus)
 
 
-def field_focus(rgb: np.ndarray, rule: FocusRule | None = None) -> float | None:
+def field_focus(rgb: np.ndarray, rule: FocusRule | None = None, outside: Outside = ...) -> float | None:
     """The field's focus score under ``rule`` (default: the shared one), measured once for both the
     field gate (:func:`count_cells`) and the session's check; None for an image :func:`count_cells`
-    refuses by its shape alone."""
-    return None if shape_reason(rgb) else (rule or DEFAULT_RULE).score(inside_crop(rgb))
+    refuses by its shape alone. ``outside``: its surround when the caller found it
+    (:func:`~edgekit.device.field.view.surround`)."""
+    if shape_reason(rgb):
+        return None
+    outside = surround(rgb, outside)
+    return (rule or DEFAULT_RULE).score(rgb if outside is None else inside_crop(rgb, outside))
 
 
 def saturated_fraction(rgb: np.ndarray) -> float:

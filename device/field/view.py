@@ -16,6 +16,8 @@ looked at.
 
 from __future__ import annotations
 
+from types import EllipsisType
+
 import numpy as np
 
 from edgekit.device.field.segment import background_colour, working_copy
@@ -30,10 +32,10 @@ VIEW_SIDE = 400  # the surround is found on a copy at most this large
 SEAM = 0.01  # x the short side: the Gaussian sigma of the seam between the painted surround and the field
 
 
-def within_view(rgb: np.ndarray, params: FieldParams | None = None) -> np.ndarray:
+def within_view(rgb: np.ndarray, params: FieldParams | None = None, outside: Outside = ...) -> np.ndarray:
     """``rgb`` with any dark surround outside the microscope's field of view painted in the field's
-    background colour (a copy); ``rgb`` itself when it has none."""
-    outside = outside_view(rgb)
+    background colour (a copy); ``rgb`` itself when it has none. ``outside``: as for :func:`surround`."""
+    outside = surround(rgb, outside)
     return rgb if outside is None else paint_outside(rgb, outside, params)
 
 
@@ -53,6 +55,17 @@ def outside_view(rgb: np.ndarray) -> np.ndarray | None:
         return None
     outside = _surround(rgb, dark_level)
     return None if outside is None or outside.mean() > 0.9 else outside
+
+
+# ``outside`` as the callers of :func:`surround` pass it: the surround's mask, None (no surround) or
+# ``...`` (not looked for yet: found there)
+Outside = np.ndarray | None | EllipsisType
+
+
+def surround(rgb: np.ndarray, outside: Outside = ...) -> np.ndarray | None:
+    """:func:`outside_view` of ``rgb``, unless the caller found it already (``outside`` not ``...``):
+    a field's surround is looked for once, for its focus, its cells and its signature."""
+    return outside_view(rgb) if outside is ... else outside
 
 
 def inside_crop(rgb: np.ndarray, outside: np.ndarray | None = None) -> np.ndarray:
