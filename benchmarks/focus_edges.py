@@ -1,15 +1,17 @@
 """A candidate focus measure at the cells' scale: the width of the cells' edges per cell radius (issue 22).
 
-    python -m edgekit.benchmarks.focus_edges [--rows CACHE.json] [--no-write] [--cpu]
+    python -m edgekit.benchmarks.focus_edges [--rows CACHE.json] [--pairs N] [--no-write] [--cpu]
 
 Today's measure (:mod:`edgekit.device.field.focus`) reads edge sharpness in pixels, so a field with
 more pixels per cell (a 1.5x objective, a phone zoom) looks blurred, and soft optics in focus (IML
-without its bar) score under crisp optics blurred with sigma 2. The candidate (:func:`edge_width`)
+without its bar) score under crisp optics blurred with sigma 2. The candidate (:func:`edge_widths`)
 reads each strong edge's width as its intensity step over its steepest slope (the step's 10-90% rise
-is about that: 2.5 sigma for a Gaussian edge), takes a low percentile over the field (the crispest
-cell outlines say what the optics resolve; burned-in marks' boxes are left out, as they would carry
-a low percentile) and divides it by the cells' radius (:func:`edgekit.device.field.segment.cell_radius`).
-A sigma-2 blur widens an edge by about 2 px; an enlargement widens edges and cells alike.
+is about that: 2.5 sigma for a Gaussian edge), the edges chosen on a smoothed slope so that noise does
+not choose them; it takes a low percentile over the field (the crispest cell outlines say what the
+optics resolve; burned-in marks' boxes are left out, as they would carry a low percentile; which of
+EDGE_PERCENTILES is chosen on the calibration sessions) and the score is the cells' radius
+(:func:`edgekit.device.field.segment.cell_radius`) over that width. A sigma-2 blur widens an edge by
+about 2 px; an enlargement widens edges and cells alike.
 
 The copies are :mod:`edgekit.benchmarks.focus_sessions`' (the same fields, sessions, blur, JPEG and
 noise: :func:`~edgekit.benchmarks.focus_sessions.copies`), plus each field of the sets without a mark
@@ -19,7 +21,9 @@ grows with it) and then re-encoded or noisy like the others. Each copy is scored
 (:func:`~edgekit.benchmarks.focus_sessions.replay`), their parameters chosen on the even sessions and
 reported on the odd ones: the candidate alone (a floor on 1 / width-per-radius, with and without a
 session-relative ratio), and today's rule with the candidate as a second opinion (refused when
-either refuses). ``--cpu``: both measures' CPU per field side by side on the same fields.
+either refuses: its floor and ratio chosen as the others, and the highest floor that refuses no more
+calibration sharp copies of any kind than today). ``--cpu``: both measures' CPU per field side by
+side on the same fields. ``--pairs N``: every Nth pair of sessions only (the results: 2, for CPU).
 Writes ``benchmarks/results/focus_edges.json``.
 """
 
@@ -197,6 +201,7 @@ def summary(rows: list[dict]) -> dict:
                                  "floor": cost1, "relative": cost2, "either": cost3},
             "near_ties_relative": {"points": near2,
                                    "held_out_spread": fs.spread(rows, fs.relative, near2, stat)},
+            "site_floors_alone": site_floors(rows, stat),
             "overlap": overlap(rows, stat),
             "fields": {k: len({(r["session"], r["pos"]) for r in rows if r["kind"] == k})
                        for k in sorted({r["kind"] for r in rows})},
@@ -212,6 +217,34 @@ def no_more_sharp_refused(cal: list[dict], stat: str) -> float:
             if all(v["sharp"] <= today[k]["sharp"]
                    for k, v in fs.rates(fs.replay(cal, ("", "both", either(f, 0.0))), "cal").items())]
     return max(safe, default=EDGE_FLOORS[0])
+
+
+SITE_SHARES = tuple(round(0.5 + 0.02 * k, 2) for k in range(24))  # a site's floor: share x its median
+
+
+def site_floors(rows: list[dict], stat: str) -> dict:
+    """Each unenlarged kind as its own site: its floor SHARE x the median ``stat`` of its sharp
+    calibration copies (as ``edgekit site adapt`` sets a site's floor on its own fields), the share
+    chosen on the calibration copies; each copy judged alone, its enlarged copies by the floor of the
+    kind they were enlarged from. Refused per kind, held out."""
+    def site(kind: str) -> str:
+        return kind.split("_x")[0]
+
+    medians = {k: float(np.median([r[stat] for r in rows if r["kind"] == k and r["sigma"] == 0
+                                   and r["session"] % 2 == 0])) for k in {site(r["kind"]) for r in rows}}
+
+    def refused(share: float, half: int, enlarged: bool) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, list[bool]]] = {}
+        for r in rows:
+            if r["session"] % 2 == half and enlarged == ("_x" in r["kind"]):
+                s = r["sigma"]
+                label = "sharp" if s == 0 else ("sigma_ge_2" if s >= 2 else f"sigma{s:g}")
+                floor = share * medians[site(r["kind"])]
+                out.setdefault(r["kind"], {}).setdefault(label, []).append(r[stat] < floor)
+        return {k: {lb: round(float(np.mean(v)), 4) for lb, v in sorted(t.items())} for k, t in out.items()}
+
+    share = min(SITE_SHARES, key=lambda sh: fs.cost(refused(sh, 0, False)))
+    return {"share": share, "held": {**refused(share, 1, False), **refused(share, 1, True)}}
 
 
 def overlap(rows: list[dict], stat: str) -> dict:
