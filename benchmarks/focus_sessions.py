@@ -36,7 +36,7 @@ import argparse
 import json
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -52,7 +52,7 @@ NIH_SEEDS = 60
 ORDERS = ("sharp_first", "blurred_first", "alternating", "all_blurred")
 
 
-def _items() -> list[tuple[str, int, int, str, object]]:
+def field_items() -> list[tuple[str, int, int, str, object]]:
     """(set, session, position in it, field id, source) for every field: IML paths, BCCD paths,
     NIH-like seeds; sessions numbered per set (IML within its stain groups)."""
     out = []
@@ -80,6 +80,35 @@ def _variants(name: str, rgb: np.ndarray, session: int) -> list[tuple[str, np.nd
     return [(name, rgb, lambda s, b: b), (f"{name}_mark", rgb, lambda s, b: ff.burn_overlay(b, session // 2))]
 
 
+def field_of(item: tuple[str, int, int, str, object]) -> np.ndarray:
+    """The RGB field of an :func:`field_items` item (an NIH-like field drawn from its seed)."""
+    import cv2
+
+    name, _, _, _, src = item
+    if name == "nih_like":
+        cells = shared_data("malaria_cells")
+        crops = [p for c in ("Uninfected", "Parasitized") for p in sorted((cells / c).glob("*"))[::50]]
+        return ff.nih_like(crops, 300 + int(src))  # type: ignore[arg-type]
+    return np.ascontiguousarray(cv2.imread(str(src))[:, :, ::-1])
+
+
+def degrade(rgb: np.ndarray, pos: int, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """``rgb`` JPEG re-encoded or noisy, by the mode that field position ``pos`` and ``sigma`` draw."""
+    mode = (pos + int(sigma * 2)) % len(ff.MODES)
+    return ff.add_noise(rgb, (4.0, 8.0)[mode - 2], rng) if mode >= 2 else ff.jpeg(rgb, (90, 70)[mode])
+
+
+def copies(item: tuple[str, int, int, str, object], rgb: np.ndarray
+           ) -> Iterator[tuple[str, float, np.ndarray]]:
+    """(kind, sigma, copy) of every copy of one field: each of its :func:`_variants` blurred by each
+    of SIGMAS (marks burned in after the blur), then re-encoded or noisy (:func:`degrade`)."""
+    name, session, pos, _, _ = item
+    rng = np.random.default_rng(zlib.crc32(f"{name}/{session}/{pos}".encode()))
+    for kind, field, mark in _variants(name, rgb, session):
+        for sigma in SIGMAS:
+            yield kind, sigma, degrade(mark(field, ff.blur(field, sigma)), pos, sigma, rng)
+
+
 def _score_field(item: tuple[str, int, int, str, object]) -> list[dict]:
     """Every copy of one field: its scores by the shared measure, with marks left out, and with marks
     left out after a further blur of SITE_BLUR_SIGMA (how it responds to blur)."""
@@ -90,31 +119,19 @@ def _score_field(item: tuple[str, int, int, str, object]) -> list[dict]:
     from edgekit.device.field.view import inside_crop
 
     cv2.setNumThreads(1)
-    name, session, pos, fid, src = item
-    if name == "nih_like":
-        cells = shared_data("malaria_cells")
-        crops = [p for c in ("Uninfected", "Parasitized") for p in sorted((cells / c).glob("*"))[::50]]
-        rgb = ff.nih_like(crops, 300 + int(src))  # type: ignore[arg-type]
-    else:
-        rgb = np.ascontiguousarray(cv2.imread(str(src))[:, :, ::-1])
-    rng = np.random.default_rng(zlib.crc32(f"{name}/{session}/{pos}".encode()))
+    _, session, pos, fid, _ = item
     out_rule = FocusRule(marks=True)
     rows = []
-    for kind, field, mark in _variants(name, rgb, session):
-        for sigma in SIGMAS:
-            mode = (pos + int(sigma * 2)) % len(ff.MODES)
-            marked = mark(field, ff.blur(field, sigma))
-            copy = (ff.add_noise(marked, (4.0, 8.0)[mode - 2], rng) if mode >= 2
-                    else ff.jpeg(marked, (90, 70)[mode]))
-            crop = np.ascontiguousarray(inside_crop(copy))
-            marks = burned_marks(crop)
-            shared = DEFAULT_RULE.score(crop)
-            out = out_rule.score(crop, marks) if marks else shared
-            response = out_rule.score(cv2.GaussianBlur(crop, (0, 0), SITE_BLUR_SIGMA), marks)
-            rows.append({"kind": kind, "session": session, "pos": pos, "field": fid, "sigma": sigma,
-                         "marks": len(marks), "shared": round(shared, 5), "out": round(out, 5),
-                         "response": round(response, 5),
-                         "tiles": [round(t, 5) for t in tile_scores(crop, marks, out_rule)]})
+    for kind, sigma, copy in copies(item, field_of(item)):
+        crop = np.ascontiguousarray(inside_crop(copy))
+        marks = burned_marks(crop)
+        shared = DEFAULT_RULE.score(crop)
+        out = out_rule.score(crop, marks) if marks else shared
+        response = out_rule.score(cv2.GaussianBlur(crop, (0, 0), SITE_BLUR_SIGMA), marks)
+        rows.append({"kind": kind, "session": session, "pos": pos, "field": fid, "sigma": sigma,
+                     "marks": len(marks), "shared": round(shared, 5), "out": round(out, 5),
+                     "response": round(response, 5),
+                     "tiles": [round(t, 5) for t in tile_scores(crop, marks, out_rule)]})
     return rows
 
 
@@ -139,7 +156,7 @@ def tile_scores(crop: np.ndarray, marks: list, rule: object) -> list[float]:
 
 def score_rows(workers: int = 2) -> list[dict]:
     """Every copy of every field (:func:`_score_field`), on ``workers`` processes."""
-    items = _items()
+    items = field_items()
     with get_context("spawn").Pool(workers) as pool:
         return [r for rows in pool.imap(_score_field, items, chunksize=2) for r in rows]
 
@@ -155,7 +172,8 @@ def load_rows(cache: Path | None) -> list[dict]:
 
 
 # A rule under test: (name, key of the score it reads, verdict(score, response, counted scores) -> refused)
-Rule = tuple[str, str, Callable[[float, float, list[float]], bool]]
+Verdict = Callable[[float, float, list[float]], bool]
+Rule = tuple[str, str, Verdict]
 
 
 def replay(rows: list[dict], rule: Rule) -> dict[str, dict[str, list[bool]]]:
@@ -177,7 +195,8 @@ def replay(rows: list[dict], rule: Rule) -> dict[str, dict[str, list[bool]]]:
                 counted: list[float] = []
                 for pos, s in _sequence(n, sigma, order):
                     r = copies[(pos, s)]
-                    refused = refuse(r[key], r["response"] / max(r[key], 1e-6), counted)
+                    response = r["response"] / max(r[key], 1e-6) if "response" in r else 0.0
+                    refused = refuse(r[key], response, counted)
                     label = "sharp" if s == 0 else ("sigma_ge_2" if s >= 2 else f"sigma{s:g}")
                     tally.setdefault(label, []).append(refused)
                     if not refused:
@@ -313,7 +332,7 @@ def alone(rows: list[dict], rule: Rule, half: str) -> dict[str, dict[str, float]
     return {k: {label: round(float(np.mean(v)), 4) for label, v in sorted(t.items())} for k, t in out.items()}
 
 
-def _report(rows: list[dict], rule: Rule) -> dict:
+def report(rows: list[dict], rule: Rule) -> dict:
     t = replay(rows, rule)
     out: dict = {"score": rule[1]}
     for half in ("cal", "held"):
@@ -337,7 +356,7 @@ def summary(rows: list[dict]) -> dict:
     rules += tile_rules
     low_sharp = sorted((r["out"], r["field"], "held" if r["session"] % 2 else "cal") for r in rows
                        if r["kind"] == "iml_bar" and r["sigma"] == 0)[:8]
-    return {"rules": {rule[0]: _report(rows, rule) for rule in rules},
+    return {"rules": {rule[0]: report(rows, rule) for rule in rules},
             "calibration_cost": {"relative": plain_cost, "gray_zone": gray_cost},
             "gray_zone_near_ties": {"points": near, "held_out_spread": spread(rows, gray_zone, near)},
             "tiles": {"grid": TILES, **tiles},
