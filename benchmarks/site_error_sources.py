@@ -14,6 +14,8 @@ For each bundle, on its own test fields (no training, threshold or guard saw the
 - the cells it called at its cutoff, by category and separation;
 - the fields with the largest error, with what was called there;
 - the whole-field error at the bundle's own cutoff, as the device counts;
+- the whole-field error at other cutoffs (``error_by_cutoff``: fully labelled validation fields, all
+  test fields, fully labelled test fields);
 - the whole-field error when a kind of object is left out of the count (numerator and
   denominator), the cutoff chosen again on the bundle's fully labelled validation fields as adapt
   chooses it (:func:`edgekit.adapt.field_error_cutoff`).
@@ -44,6 +46,7 @@ RULES: dict[str, Callable[[dict[str, Any]], bool]] = {
     "without either": lambda o: o["separation"] != "overlapping" and not o["edge"],
     "lone cells only": lambda o: o["separation"] == "alone",
 }
+CUTOFF_GRID = (0.5, 0.7, 0.8, 0.85, 0.9, 0.92, 0.94, 0.96, 0.98, 0.99)  # error_by_cutoff
 PARASITE_NEAR = 0.1  # IoU with a parasite box that makes an unmatched object "near a parasite"
 
 
@@ -133,7 +136,13 @@ def bundle_sources(objects: list[dict[str, Any]], truth: dict[str, float], k: in
                       "error_points": round(100 * (float(np.mean(p >= cutoff)) - truth[f]), 2),
                       "called": dict(Counter(o["category"] for o in by_field[f] if o["p"][k] >= cutoff))})
     worst.sort(key=lambda r: -abs(r["error_points"]))
+    every = RULES["every object (as the device counts)"]
+    # the count at other cutoffs: where the fully labelled validation fields, all test fields and the
+    # fully labelled ones would each put it
+    by_cutoff = {f"{c:g}": {"val_fully_labelled": error(every, c, val), "test": error(every, c, tested),
+                            "test_fully_labelled": error(every, c, full)} for c in CUTOFF_GRID}
     return {"bundle": bundle.name, "cutoff": round(cutoff, 4), "test_fields": len(tested),
+            "error_by_cutoff": by_cutoff,
             "incompletely_labelled_test_fields": len(tested) - len(full),
             "called_on_test_fields": dict(called.most_common()), "at_bundle_cutoff": own, "rules": rules,
             "worst_fields": worst[:top]}
@@ -185,6 +194,9 @@ def _print(result: dict[str, Any]) -> None:
             print(f"  {name:45s} error {r['test_mae_points']:.2f} "
                   f"(fully labelled {r['fully_labelled_test_mae_points']:.2f}) at cutoff {r['cutoff']}")
         print("  called:", b["called_on_test_fields"])
+        for name in ("val_fully_labelled", "test", "test_fully_labelled"):
+            print(f"  error at cutoff {name:20s}", " ".join(
+                f"{c}:{r[name]:.2f}" for c, r in b["error_by_cutoff"].items()))
 
 
 def _print_side_by_side(result: dict[str, Any], finders: list[str]) -> None:
