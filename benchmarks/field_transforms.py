@@ -11,7 +11,16 @@ uneven lighting, and the colour-window settings kept for comparison) is measured
 transformed fields, alternately field by field, so times compare: recall and precision at IoU 0.5
 (as benchmarks/field_detection.py), fields refused and why, median segmentation time.
 
-Writes ``benchmarks/results/field_transforms.json``.
+``--combos``: another microscope all at once (:data:`COMBOS`): blue-grey or pale stain on a
+whitened background, another magnification (the centre cropped and enlarged, or the field extended
+by its mirror image and shrunk: cells 0.6-1.25x their size in the same pixels), resampled to
+1600x1200, and another camera (a slight vignette, sensor noise, JPEG quality 70-85). The whole
+device gate and finder (``count_cells``) on each, against the boxes moved likewise: refusals by
+kind ("out of focus", "no red cells found", "overexposed", other), recall and precision, and the
+radius found / the boxes' median radius; each also on the sample's even fields (``tune``, to
+choose anything on) and odd fields (``report``).
+
+Writes ``benchmarks/results/field_transforms.json`` (``field_combos.json`` with ``--combos``).
 """
 
 from __future__ import annotations
@@ -100,6 +109,126 @@ TRANSFORMS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], float]] = {
 }
 
 
+def _seed(rgb: np.ndarray) -> int:
+    """A seed drawn from the field's own pixels: the same field gets the same camera noise."""
+    return int(rgb[::37, ::41].astype(np.int64).sum())
+
+
+def fade(rgb: np.ndarray, keep: float) -> np.ndarray:
+    """A paler stain: every channel's optical density against its background (95th percentile)
+    scaled by ``keep`` (1: as it is, 0: nothing stained)."""
+    bg = np.maximum(np.percentile(rgb.reshape(-1, 3), 95, axis=0), 1.0).astype(np.float32)
+    ratio = np.maximum(rgb.astype(np.float32), 1.0) / bg
+    return np.clip(bg * ratio**keep, 0, 255).astype(np.uint8)
+
+
+def jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:
+    """The field saved as JPEG at ``quality`` and decoded again (a camera's compression)."""
+    cv2 = opencv()
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok, "JPEG encoding failed"
+    return np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1])
+
+
+def noise(rgb: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian sensor noise of ``sigma`` grey levels (seeded by the field)."""
+    rng = np.random.default_rng(_seed(rgb))
+    return np.clip(rgb + rng.normal(0.0, sigma, rgb.shape), 0, 255).astype(np.uint8)
+
+
+def camera(quality: int, sigma: float = 3.0, corner: float = 0.85) -> Callable[[np.ndarray], np.ndarray]:
+    """Another camera: a slight vignette, mild sensor noise, then JPEG at ``quality``."""
+    return lambda x: jpeg(noise(vignette(x, corner), sigma), quality)
+
+
+def _clip_boxes(boxes: list[Box], w: int, h: int, keep: float = 0.5) -> list[Box]:
+    """Boxes cut to a w x h image; those with less than ``keep`` of their area left are dropped."""
+    out = []
+    for x0, y0, x1, y1 in boxes:
+        c = (max(0, x0), max(0, y0), min(w, x1), min(h, y1))
+        if c[2] > c[0] and c[3] > c[1] and (c[2] - c[0]) * (c[3] - c[1]) >= keep * (x1 - x0) * (y1 - y0):
+            out.append(c)
+    return out
+
+
+def _scale_boxes(boxes: list[Box], kx: float, ky: float) -> list[Box]:
+    return [(round(a * kx), round(b * ky), round(c * kx), round(d * ky)) for a, b, c, d in boxes]
+
+
+def _mirrored(boxes: list[Box], w: int, h: int) -> list[Box]:
+    """The boxes and their mirror images across each side and corner (``BORDER_REFLECT``)."""
+    xs = [lambda a, b: (a, b), lambda a, b: (-b, -a), lambda a, b: (2 * w - b, 2 * w - a)]
+    ys = [lambda a, b: (a, b), lambda a, b: (-b, -a), lambda a, b: (2 * h - b, 2 * h - a)]
+    out = []
+    for x0, y0, x1, y1 in boxes:
+        for fx in xs:
+            for fy in ys:
+                (a, c), (b, d) = fx(x0, x1), fy(y0, y1)
+                out.append((a, b, c, d))
+    return out
+
+
+def zoom(rgb: np.ndarray, boxes: list[list[Box]], factor: float) -> tuple[np.ndarray, list[list[Box]]]:
+    """Another magnification on the same camera: cells ``factor`` x their size in a field of the same
+    pixels. Above 1 the centre is cropped and enlarged; below 1 the field is extended by its mirror
+    image (reflected at the borders) and shrunk. ``boxes``: lists of boxes, mapped likewise."""
+    cv2 = opencv()
+    h, w = rgb.shape[:2]
+    if factor >= 1:
+        cw, ch = round(w / factor), round(h / factor)
+        x0, y0 = (w - cw) // 2, (h - ch) // 2
+        out = rgb[y0 : y0 + ch, x0 : x0 + cw]
+        moved = [[(a - x0, b - y0, c - x0, d - y0) for a, b, c, d in bs] for bs in boxes]
+        moved = [_clip_boxes(bs, cw, ch) for bs in moved]
+    else:
+        px, py = round(w * (1 / factor - 1) / 2), round(h * (1 / factor - 1) / 2)
+        out = cv2.copyMakeBorder(rgb, py, py, px, px, cv2.BORDER_REFLECT)
+        moved = [[(a + px, b + py, c + px, d + py) for a, b, c, d in _mirrored(bs, w, h)] for bs in boxes]
+        moved = [_clip_boxes(bs, w + 2 * px, h + 2 * py) for bs in moved]
+    kx, ky = w / out.shape[1], h / out.shape[0]
+    big = cv2.resize(out, (w, h), interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
+    return big, [_scale_boxes(bs, kx, ky) for bs in moved]
+
+
+def to_size(rgb: np.ndarray, boxes: list[list[Box]], width: int = 1600) -> tuple[np.ndarray, list[list[Box]]]:
+    """The field resampled to ``width`` pixels wide (another camera's pixel count, same view)."""
+    k = width / rgb.shape[1]
+    return rescale(rgb, k), [_scale_boxes(bs, k, k) for bs in boxes]
+
+
+def blue_grey(rgb: np.ndarray) -> np.ndarray:
+    """Cells stained blue-grey: hue turned 80 degrees towards blue, half the chroma."""
+    return desaturate(rotate_hue(rgb, -80), 0.5)
+
+
+Geometry = Callable[[np.ndarray, list[list[Box]]], tuple[np.ndarray, list[list[Box]]]]
+
+# another microscope all at once: name -> (stain and lamp, geometry, camera). Stain and lamp act on
+# the field as captured, the camera (vignette, noise, JPEG) on what the new sensor records
+COMBOS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], Geometry, Callable[[np.ndarray], np.ndarray]]] = {
+    "foreign": (lambda x: brighten(blue_grey(x)), to_size, camera(75)),
+    "foreign-pale": (lambda x: brighten(fade(blue_grey(x), 0.6)), to_size, camera(75)),
+    "foreign-0.8": (lambda x: brighten(blue_grey(x)), lambda x, b: to_size(*zoom(x, b, 0.8)), camera(80)),
+    "foreign-pale-0.8": (lambda x: brighten(fade(blue_grey(x), 0.6)),
+                         lambda x, b: to_size(*zoom(x, b, 0.8)), camera(70)),
+    "foreign-1.25": (lambda x: brighten(blue_grey(x)), lambda x, b: to_size(*zoom(x, b, 1.25)), camera(85)),
+    "foreign-0.6": (lambda x: brighten(blue_grey(x)), lambda x, b: to_size(*zoom(x, b, 0.6)), camera(80)),
+    "grey-pale": (lambda x: brighten(fade(desaturate(x, 0.15), 0.5)), to_size, camera(70, 4.0, 0.8)),
+}
+
+
+def transformed(name: str, rgb: np.ndarray, gt: list[Box], ignore: list[Box]
+                ) -> tuple[np.ndarray, list[Box], list[Box]]:
+    """The field and its boxes (cells, boxes to ignore) under transform or combination ``name``."""
+    if name in COMBOS:
+        stain, geometry, cam = COMBOS[name]
+        x, (g, ign) = geometry(stain(rgb), [gt, ignore])
+        return np.ascontiguousarray(cam(x)), g, ign
+    fn, k = TRANSFORMS[name]
+    return (np.ascontiguousarray(fn(rgb)), [tuple(int(round(v * k)) for v in b) for b in gt],
+            [tuple(int(round(v * k)) for v in b) for b in ignore])
+
+
 def finders() -> dict[str, Any]:
     """The finders compared: today's defaults, and the earlier colour-window settings."""
     from edgekit.device.field import FieldParams
@@ -135,42 +264,65 @@ def score_cells(cells: list, gt: list[Box], ignore: list[Box]) -> tuple[int, int
     return len(boxes), match(boxes, gt)
 
 
+def _category(reason: str) -> str:
+    """A refusal's kind: "out of focus", "no red cells found", "overexposed", or "other"."""
+    for kind in ("out of focus", "no red cells found", "overexposed"):
+        if reason.startswith(kind):
+            return kind
+    return "other"
+
+
+def _box_radius(gt: list[Box]) -> float:
+    """The labelled cells' median radius (a quarter of width + height)."""
+    return float(np.median([(b[2] - b[0] + b[3] - b[1]) / 4 for b in gt])) if gt else 0.0
+
+
+def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Recall, precision, refusals (by reason and kind), radius found / labelled, median time."""
+    labelled, found, matched = (sum(r[k] for r in rows) for k in ("labelled", "found", "matched"))
+    why = Counter(r["reason"].split(" (")[0] for r in rows if r["reason"])
+    kinds = Counter(_category(r["reason"]) for r in rows if r["reason"])
+    ratios = [r["radius"] / r["box_radius"] for r in rows if not r["reason"] and r["box_radius"]]
+    return {
+        "fields": len(rows), "labelled": labelled, "found": found, "matched": matched,
+        "recall": round(matched / max(labelled, 1), 4), "precision": round(matched / max(found, 1), 4),
+        "refused": sum(why.values()), "refused_why": dict(why), "refused_kind": dict(kinds),
+        "radius_ratio_median": round(float(np.median(ratios)), 3) if ratios else None,
+        "radius_ratio_10_90": [round(float(v), 3) for v in np.percentile(ratios, [10, 90])]
+        if ratios else None,
+        "segment_ms_median": round(statistics.median(r["ms"] for r in rows), 1),
+    }
+
+
 def run(fields: list, transforms: list[str], params: dict[str, Any]) -> dict[str, Any]:
-    """{set: {transform: {finder: summary}}}, finders alternating on each transformed field."""
+    """{set: {transform: {finder: summary}}}, finders alternating on each transformed field; each
+    summary also holds ``halves``: the same on the sample's even fields ("tune", to choose anything
+    on) and odd fields ("report")."""
     from edgekit.device.field import count_cells
     from edgekit.device.preprocess import read_image
 
-    acc: dict[tuple[str, str, str], dict[str, Any]] = {}
+    acc: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    position: Counter = Counter()
     for set_name, _name, image, gt, ignore in fields:
         rgb = read_image(image)
+        half = "tune" if position[set_name] % 2 == 0 else "report"
+        position[set_name] += 1
         for t in transforms:
-            fn, k = TRANSFORMS[t]
-            x = np.ascontiguousarray(fn(rgb))
-            g = [tuple(int(round(v * k)) for v in b) for b in gt]
-            ign = [tuple(int(round(v * k)) for v in b) for b in ignore]
+            x, g, ign = transformed(t, rgb, gt, ignore)
             for finder, p in params.items():
                 t0 = time.perf_counter()
-                cells, _radius, reason = count_cells(x, p)
+                cells, radius, reason = count_cells(x, p)
                 sec = time.perf_counter() - t0
                 found, tp = score_cells(cells, g, ign)
-                a = acc.setdefault((set_name, t, finder), {"fields": 0, "labelled": 0, "found": 0,
-                                                           "matched": 0, "refused": Counter(), "ms": []})
-                a["fields"] += 1
-                a["labelled"] += len(g)
-                a["found"] += found
-                a["matched"] += tp
-                a["ms"].append(1000 * sec)
-                if reason:
-                    a["refused"][reason.split(" (")[0]] += 1
+                acc.setdefault((set_name, t, finder), []).append(
+                    {"half": half, "labelled": len(g), "found": found, "matched": tp, "reason": reason,
+                     "radius": radius, "box_radius": _box_radius(g), "ms": 1000 * sec})
     out: dict[str, Any] = {}
-    for (s, t, f), a in acc.items():
-        out.setdefault(s, {}).setdefault(t, {})[f] = {
-            "fields": a["fields"], "labelled": a["labelled"], "found": a["found"], "matched": a["matched"],
-            "recall": round(a["matched"] / max(a["labelled"], 1), 4),
-            "precision": round(a["matched"] / max(a["found"], 1), 4),
-            "refused": sum(a["refused"].values()), "refused_why": dict(a["refused"]),
-            "segment_ms_median": round(statistics.median(a["ms"]), 1),
-        }
+    for (s, t, f), rows in acc.items():
+        summary = _summary(rows)
+        summary["halves"] = {h: _summary([r for r in rows if r["half"] == h])
+                             for h in ("tune", "report") if any(r["half"] == h for r in rows)}
+        out.setdefault(s, {}).setdefault(t, {})[f] = summary
     return out
 
 
@@ -178,8 +330,9 @@ def print_results(res: dict[str, Any]) -> None:
     """One line per set and transform: each finder's recall, precision, refusals and time."""
     for s, per in res.items():
         for t, fs in per.items():
-            print(f"{s:5s} {t:10s} " + "  ".join(
+            print(f"{s:5s} {t:16s} " + "  ".join(
                 f"{f}: R={r['recall']:.3f} P={r['precision']:.3f} refused={r['refused']:2d}"
+                f" {r['refused_kind']} r/box={r['radius_ratio_median']}"
                 f" {r['segment_ms_median']:.0f}ms" for f, r in fs.items()))
 
 
@@ -187,16 +340,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--every-iml", type=int, default=4, help="every Nth IML field (0: none)")
     ap.add_argument("--every-bccd", type=int, default=8, help="every Nth BCCD field (0: none)")
-    ap.add_argument("--transforms", default=",".join(TRANSFORMS))
+    ap.add_argument("--transforms", default=",".join(TRANSFORMS),
+                    help=f"comma-separated; also the combinations {','.join(COMBOS)} (--combos: those)")
+    ap.add_argument("--combos", action="store_true",
+                    help="original + every combination; results field_combos.json")
     ap.add_argument("--finders", default=None, help="comma-separated subset of the finders")
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "field_transforms.json")
+    ap.add_argument("--out", type=Path, default=None, help="default: results/field_transforms.json"
+                    " (field_combos.json with --combos)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     params = finders()
     if args.finders:
         params = {k: v for k, v in params.items() if k in args.finders.split(",")}
     fields = load_fields(args.every_iml, args.every_bccd)
-    res = run(fields, args.transforms.split(","), params)
+    names = ["original", *COMBOS] if args.combos else args.transforms.split(",")
+    default = "field_combos.json" if args.combos else "field_transforms.json"
+    args.out = args.out or HERE / "results" / default
+    res = run(fields, names, params)
     print_results(res)
     doc = {"date": time.strftime("%Y-%m-%d"), "every_iml": args.every_iml, "every_bccd": args.every_bccd,
            "iou": IOU, "results": res}

@@ -90,3 +90,44 @@ def test_bad_finder_settings_say_so():
         FieldParams(density="blue")
     with pytest.raises(ValueError, match="background must be"):
         FieldParams(background="median")
+
+
+def _small_cells_field(radius: int = 24, seed: int = 0) -> tuple[np.ndarray, list]:
+    """A 1600x1200 field of blue-grey discs on a pale background, many touching, each ``radius`` px: a
+    lower magnification than the shared fields (in the 640-px working copy a disc is under the
+    short side / 30 that the circles sizing the cells start at)."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    h, w = 1200, 1600
+    rgb = np.empty((h, w, 3), np.float32)
+    rgb[:] = (236, 238, 240)
+    yy, xx = np.mgrid[:h, :w]
+    boxes = []
+    step = int(2.2 * radius)  # many cells touch
+    for cy in range(radius + 6, h - radius - 6, step):
+        for cx in range(radius + 6, w - radius - 6, step):
+            j = radius // 4
+            y, x = cy + rng.integers(-j, j + 1), cx + rng.integers(-j, j + 1)
+            r = radius * rng.uniform(0.9, 1.1)
+            win = np.s_[y - 30 : y + 31, x - 30 : x + 31]
+            d2 = (yy[win] - y) ** 2 + (xx[win] - x) ** 2
+            patch = rgb[win]
+            patch[d2 < r**2] = (150, 162, 186)
+            patch[d2 < (0.4 * r) ** 2] = (175, 184, 202)  # the pale centre
+            boxes.append((int(x - r), int(y - r), int(x + r) + 1, int(y + r) + 1))
+    rgb += rng.normal(0, 2.0, rgb.shape)
+    return cv2.GaussianBlur(np.clip(rgb, 0, 255).astype(np.uint8), (3, 3), 0), boxes
+
+
+def test_cells_smaller_than_the_first_circles_are_sized_and_found():
+    """Issue 29's foreign microscope at a lower magnification: cells under the first circles'
+    floor are sized by the second search (``small_circles``); without it the radius comes from
+    circles twice the cells' size, and most cells are missed."""
+    rgb, boxes = _small_cells_field()
+    cells, radius, reason = count_cells(rgb)
+    assert reason is None
+    assert 0.85 * 24 <= radius <= 1.2 * 24, radius
+    # before: a radius of 134 px from four large circles, 2 "cells", none matched
+    assert match([c.box for c in cells], boxes) >= 0.8 * len(boxes)
+    assert len(cells) <= 1.1 * len(boxes)

@@ -235,28 +235,51 @@ def _estimate_radius(dist: np.ndarray, fg: np.ndarray, window: float = 0.0) -> f
     return float(np.median(maxima)) if maxima.size else 0.0
 
 
-def _circle_radius(d: _Density, fallback: float) -> tuple[float, float]:
-    """Median radius of the clearest circles in the field (Hough transform on the cells' outlines),
-    and their spread (interquartile range / median; inf with fewer than 10 circles, too few to
-    say they agree: a few circles in the gaps between cells can). Unlike the
-    distance transform, it does not grow when a field's cells merge into clumps; blended with it
-    (geometric mean), the per-field estimate scatters much less (BCCD: 5-95% range of the ratio to
-    the labelled boxes' size 0.70-1.23 alone, 0.70-0.95 blended)."""
+CIRCLE_FLOOR = 30  # the circles sizing a field's cells: radius at least its short side / this
+
+
+def _circle_radii(d: _Density, floor: float, ceiling: float = 4) -> np.ndarray:
+    """Radii of the clearest circles in the field, its short side / ``floor`` to / ``ceiling``
+    (Hough transform on the cells' outlines), only whole circles within the field of view."""
     cv2 = opencv()
     u8 = d.blur2
     m = min(u8.shape)
     circles = cv2.HoughCircles(u8, cv2.HOUGH_GRADIENT_ALT, dp=1.5, minDist=m / 20, param1=80, param2=0.6,
-                               minRadius=int(m / 30), maxRadius=int(m / 4))
-    if circles is not None and d.inside is not None:  # only whole circles within the field of view
+                               minRadius=int(m / floor), maxRadius=int(m / ceiling))
+    if circles is None:
+        return np.zeros(0, np.float32)
+    c = circles[0]
+    if d.inside is not None:
         room = cv2.distanceTransform(d.inside.astype(np.uint8), cv2.DIST_L2, 3)
-        c = circles[0]
         ys = np.clip(c[:, 1].astype(int), 0, room.shape[0] - 1)
         xs = np.clip(c[:, 0].astype(int), 0, room.shape[1] - 1)
-        circles = c[room[ys, xs] >= c[:, 2]][None]
-    if circles is None or len(circles[0]) < 3:
+        c = c[room[ys, xs] >= c[:, 2]]
+    return c[:, 2]
+
+
+def _spread(radii: np.ndarray) -> float:
+    """Interquartile range / median of circle radii; inf under 10 circles (too few to agree)."""
+    if len(radii) < 10:
+        return math.inf
+    q1, mid, q3 = np.percentile(radii, [25, 50, 75])
+    return float((q3 - q1) / max(mid, 1e-6))
+
+
+def _circle_radius(d: _Density, fallback: float, p: FieldParams | None = None) -> tuple[float, float]:
+    """Median radius of the clearest circles in the field (:func:`_circle_radii`), and their spread
+    (:func:`_spread`; a few circles in the gaps between cells can agree). Unlike the
+    distance transform, it does not grow when a field's cells merge into clumps; blended with it
+    (geometric mean), the per-field estimate scatters much less (BCCD: 5-95% range of the ratio to
+    the labelled boxes' size 0.70-1.23 alone, 0.70-0.95 blended). With ``p.small_circles``, cells
+    under the circles' floor are sized by a second search for smaller circles (see ``FieldParams``)."""
+    radii = _circle_radii(d, CIRCLE_FLOOR)
+    if p is not None and p.small_circles > 0 and _spread(radii) >= p.circle_spread:
+        small = _circle_radii(d, p.small_floor)
+        if len(small) >= p.small_circles * len(radii) and _spread(small) < p.small_spread:
+            radii = small
+    if len(radii) < 3:
         return fallback, math.inf
-    q1, mid, q3 = np.percentile(circles[0][:, 2], [25, 50, 75])
-    return float(mid), float((q3 - q1) / max(mid, 1e-6)) if len(circles[0]) >= 10 else math.inf
+    return float(np.median(radii)), _spread(radii)
 
 
 def _nucleus_pixels(od: np.ndarray, p: FieldParams, d: _Density) -> np.ndarray:
@@ -758,7 +781,7 @@ def segment_cells(
     # the circles' radius needs no foreground: it sizes the pale centres the foreground may fill
     estimate = p.hough_radius and not p.cell_radius
     circles, spread = (
-        _circle_radius(density, 0.0) if estimate else ((p.cell_radius or 0.0) * scale, 0.0)
+        _circle_radius(density, 0.0, p) if estimate else ((p.cell_radius or 0.0) * scale, 0.0)
     )
     holes = _Holes(p.hole_density, p.hole_area * math.pi * circles**2, p.hole_solidity)
     fg = _foreground(density, p.threshold, p.min_od, holes)

@@ -107,6 +107,17 @@ class FieldParams:
     ring_solidity: float = 0.9
     ring_area: float = 2.0
     cell_radius: float | None = None  # in full-resolution pixels; None: estimated per field
+    # cells smaller than the circles sought to size them (radius under the working copy's short side
+    # / 30: a lower magnification, a wider camera): when the circles found do not agree (fewer than
+    # 10, or spread over circle_spread), circles down to the short side / small_floor are sought
+    # too, and their radius is the field's when they outnumber the first by small_circles x and
+    # agree (interquartile range under small_spread x median); small_circles 0: off. Pale centres
+    # of large cells give small circles too, but few more than the first search's and of scattered
+    # sizes. Chosen on the even half of field_transforms.py --combos and a synthetic field of
+    # touching cells (RESULTS.md)
+    small_circles: float = 3.0
+    small_floor: float = 60.0
+    small_spread: float = 0.3
     # a field whose background dims by more than this fraction of its brightest (a vignette, a lamp off
     # centre) is found on a copy divided by its lighting (:mod:`.illumination`); None: never. Chosen
     # among 0.1/0.15/0.2 on the even half of benchmarks/field_transforms.py's sample: vignetted fields
