@@ -36,6 +36,7 @@ from edgekit.manifest import Decision, Domain, PatientRule
 from edgekit.metrics import wilson_interval
 
 if TYPE_CHECKING:
+    from edgekit.device.field.view import Outside
     from edgekit.device.records import RecordStore, Session
     from edgekit.device.runtime import Classifier
 
@@ -414,7 +415,7 @@ class CutField:
     crops: list[np.ndarray]
 
     @classmethod
-    def of(cls, rgb: np.ndarray, cells: list, outside: Any = ...) -> CutField:
+    def of(cls, rgb: np.ndarray, cells: list, outside: Outside = ...) -> CutField:
         """``outside``: the field's surround when the caller found it (as for
         :func:`~edgekit.device.field.view.surround`)."""
         from edgekit.device.field import crop_cell
