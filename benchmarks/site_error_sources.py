@@ -20,6 +20,10 @@ For each bundle, on its own test fields (no training, threshold or guard saw the
   denominator), the cutoff chosen again on the bundle's fully labelled validation fields as adapt
   chooses it (:func:`edgekit.adapt.field_error_cutoff`).
 
+``--orientations NAME``: each object's probability is the mean over the crop turned and flipped
+(:data:`ORIENTATIONS`: test-time augmentation over the flips and quarter turns the models were trained
+with), the cutoff chosen again on the fully labelled validation fields as adapt chooses it.
+
 ``--compare NAME``: all of it for the two finders of benchmarks/field_pairs.py's comparison NAME
 (before, after; the bundles are not retrained), and one line per bundle side by side.
 
@@ -47,14 +51,28 @@ RULES: dict[str, Callable[[dict[str, Any]], bool]] = {
     "lone cells only": lambda o: o["separation"] == "alone",
 }
 CUTOFF_GRID = (0.5, 0.7, 0.8, 0.85, 0.9, 0.92, 0.94, 0.96, 0.98, 0.99)  # error_by_cutoff
+# test-time augmentation: indices into dihedral_views()'s eight views of a batch of crops
+ORIENTATIONS: dict[str, tuple[int, ...]] = {"none": (0,), "flip4": (0, 1, 4, 5), "rot4": (0, 2, 4, 6),
+                                            "all8": tuple(range(8))}
 PARASITE_NEAR = 0.1  # IoU with a parasite box that makes an unmatched object "near a parasite"
 
 
+def dihedral_views(x: np.ndarray) -> list[np.ndarray]:
+    """A batch of crops (N, H, W, C) in its eight orientations: each quarter turn, then flipped."""
+    views = []
+    for k in range(4):
+        turned = np.rot90(x, k, axes=(1, 2))
+        views += [np.ascontiguousarray(turned), np.ascontiguousarray(turned[:, :, ::-1])]
+    return views
+
+
 def found_objects(fields_dir: Path, annotations: Path, bundles: list[Path], min_iou: float,
-                  params: Any = None) -> tuple[list[dict[str, Any]], dict[str, float]]:
+                  params: Any = None, orientations: tuple[int, ...] = (0,),
+                  ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Every object the finder (``params``: its :class:`~edgekit.device.field.FieldParams`, None:
     the default) returns on every annotated field, with its category, separation, border flag and
-    each bundle's probability; and the labelled parasitemia per field."""
+    each bundle's probability (the mean over the crop's ``orientations``, :func:`dihedral_views`);
+    and the labelled parasitemia per field."""
     from edgekit.adapt import device_format, device_probs
     from edgekit.cells import box_iou, match_boxes
     from edgekit.device.annotations import PARASITIZED, read_annotations
@@ -77,7 +95,8 @@ def found_objects(fields_dir: Path, annotations: Path, bundles: list[Path], min_
         boxes = [c.box for c in cells]
         probs = [np.zeros(len(cells))] * len(bundles)
         for k, m in enumerate(manifests):
-            probs[k] = predict[k](np.stack([prepare(crop_cell(rgb, c), m.preprocessing) for c in cells]))
+            views = dihedral_views(np.stack([prepare(crop_cell(rgb, c), m.preprocessing) for c in cells]))
+            probs[k] = np.mean([predict[k](views[i]) for i in orientations], axis=0)
         matched = {j: af.boxes[i] for i, j, _ in match_boxes(af.boxes, boxes, min_iou)}
         parasites = [(b.x0, b.y0, b.x1, b.y1) for b in af.boxes if b.label == PARASITIZED]
         near = ((box_iou(np.array(parasites), np.array(boxes)) >= PARASITE_NEAR).any(axis=0)
@@ -158,6 +177,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--fields", type=Path, default=iml / "images")
     ap.add_argument("--annotations", type=Path, default=iml / "annotations.json")
     ap.add_argument("--min-iou", type=float, default=0.4, help="as edgekit site cells matches boxes")
+    ap.add_argument("--orientations", choices=sorted(ORIENTATIONS), default="none",
+                    help="test-time augmentation: mean probability over these views of each crop")
     ap.add_argument("--compare", choices=sorted(FINDERS),
                     help="the finders of benchmarks/field_pairs.py's comparison, before and after")
     ap.add_argument("-o", "--out", type=Path)
@@ -176,7 +197,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def sources(a: argparse.Namespace, params: Any = None) -> dict[str, Any]:
     """The objects of every field (the finder with ``params``) and each bundle's error sources."""
-    objects, truth = found_objects(a.fields, a.annotations, a.bundles, a.min_iou, params)
+    objects, truth = found_objects(a.fields, a.annotations, a.bundles, a.min_iou, params,
+                                   ORIENTATIONS[a.orientations])
     found = Counter(f"{o['category']} / {o['separation']}" for o in objects)
     return {"fields": len(truth), "objects": len(objects), "found_by_category": dict(found.most_common()),
             "bundles": [bundle_sources(objects, truth, k, b, a.data) for k, b in enumerate(a.bundles)]}

@@ -106,3 +106,18 @@ def test_speed_report_and_seed_model_export(cell_folder, tmp_path, monkeypatch):
     path = tmp_path / "seed.tflite"
     speed.make_seed_model(path)
     assert path.stat().st_size > 1000
+
+
+def test_site_error_sources_views_are_the_eight_orientations_and_their_means_are_turn_invariant():
+    import numpy as np
+
+    from edgekit.benchmarks.site_error_sources import ORIENTATIONS, dihedral_views
+
+    x = np.arange(2 * 3 * 3 * 1, dtype=np.float32).reshape(2, 3, 3, 1)
+    views = dihedral_views(x)
+    assert np.array_equal(views[0], x)
+    assert len({v.tobytes() for v in views}) == 8  # an asymmetric crop gives eight different views
+    # the mean over all eight is the same whichever way the crop came in
+    turned = np.rot90(x, 1, axes=(1, 2))
+    mean = lambda batch: np.mean([dihedral_views(batch)[i] for i in ORIENTATIONS["all8"]], axis=0)  # noqa: E731
+    assert np.allclose(mean(x), mean(turned))
