@@ -88,7 +88,7 @@ def cells(fields: tuple[Path, ...], annotations: Path | None, sessions_db: Path 
                    f"{sum(cut.labelled.values())} labelled{note}", err=True)
 
     summary = write_cells(chosen, out, min_iou=min_iou, replace=replace, allow_one_class=allow_one_class,
-                          progress=progress)
+                          progress=progress, log=lambda line: click.echo(line, err=True))
     for c, n in summary["cells"].items():
         frac = summary["cut_fraction"][c]
         click.echo(f"{c:12s} {n:6d} cells ({'-' if frac is None else f'{100 * frac:.0f}%'} of "
