@@ -28,13 +28,16 @@ import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgekit.device.annotations import CLASSES, PARASITIZED, AnnotatedField, Box
 from edgekit.errors import DataError
 from edgekit.safefile import check_replaceable, read_regular_bytes, replace_dir
+
+if TYPE_CHECKING:
+    from edgekit.device.field.focus import FocusRule
 
 CELLS_INDEX = "cells.json"
 MAX_INDEX_BYTES = 256 << 20  # cells.json of ~20,000 IML cells is ~5 MB
@@ -180,8 +183,10 @@ def _annotated_pixels(af: AnnotatedField) -> np.ndarray:
     return stored if frame == "stored" else upright
 
 
-def cut_field(af: AnnotatedField, min_iou: float = 0.4, params: Any = None) -> FieldCut:
-    """Segment one annotated field with the device pipeline and crop every labelled cell it finds."""
+def cut_field(af: AnnotatedField, min_iou: float = 0.4, params: Any = None,
+              rule: FocusRule | None = None) -> FieldCut:
+    """Segment one annotated field with the device pipeline and crop every labelled cell it finds;
+    ``rule``: the focus rule the field is judged by (:func:`fields_rule`; None: the shared one)."""
     from edgekit.device.field import count_cells, crop_cell
     from edgekit.errors import ImageError
 
@@ -196,7 +201,7 @@ def cut_field(af: AnnotatedField, min_iou: float = 0.4, params: Any = None) -> F
         out.rejected, out.unreadable, out.unmatched = f"cannot be read: {exc}", True, dict(out.labelled)
         return out
     af = af.fitted(rgb.shape[1], rgb.shape[0])
-    cells, _, reason = count_cells(rgb, params)
+    cells, _, reason = count_cells(rgb, params, rule=rule)
     out.found = len(cells)
     if reason:
         out.rejected = reason
@@ -233,8 +238,12 @@ def _encode_png(rgb: np.ndarray) -> bytes:
 def write_cells(
     fields: Iterable[AnnotatedField], out: str | os.PathLike, min_iou: float = 0.4, replace: bool = False,
     allow_one_class: bool = False, params: Any = None, progress: Callable[[FieldCut], None] | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Cut every field into ``out/<class>/`` plus ``out/cells.json``; returns the summary.
+
+    Focus is judged by the site's own rule, set on these fields (:func:`fields_rule`; ``log`` gets
+    how), and the summary's ``focus`` records it.
 
     All or nothing: crops go to a temporary folder beside ``out``, renamed into place at the end.
     Raises :class:`DataError` when ``out`` exists (unless ``replace``), or a class ends up empty
@@ -249,16 +258,18 @@ def write_cells(
         per_field: list[dict[str, Any]] = []
         counts: dict[str, int] = dict.fromkeys(CLASSES, 0)
         folders: set[str] = set()
+        fields = list(fields)
+        rule, focus = fields_rule(fields, log or (lambda _: None))
         for af in fields:
             folders.add(str(Path(af.image).resolve().parent))
-            cut = cut_field(af, min_iou, params)
+            cut = cut_field(af, min_iou, params, rule)
             records += _write_cut(tmp, af, cut, counts)
             per_field.append(_field_entry(af, cut))
             if progress:
                 progress(cut)
         check_classes(counts, allow_one_class,
                       "no labelled cell could be cut (no found cell matched a labelled box)")
-        summary = _cells_summary(per_field, counts, min_iou, folders)
+        summary = {**_cells_summary(per_field, counts, min_iou, folders), "focus": focus}
         index = {"summary": summary, "per_field": per_field, "cells": records}
         (tmp / CELLS_INDEX).write_text(json.dumps(index, indent=1) + "\n")
         os.chmod(tmp, 0o755)
@@ -267,6 +278,29 @@ def write_cells(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def fields_rule(fields: Sequence[AnnotatedField], log: Callable[[str], None]
+                ) -> tuple[FocusRule | None, dict[str, Any]]:
+    """(the focus rule the fields are judged by, its record for ``cells.json``): the rule a site bundle
+    adapted on them would carry (:func:`edgekit.site_focus.fields_focus`: a share of their own median
+    score, so a microscope with more pixels per cell is not judged blurred), or the shared one (None,
+    recorded as the default's) where that falls back to it: too few fields, no edges. The record's
+    ``from_fields`` says which (a rule from fields that look blurred is the shared floor with marks left
+    out: its ``source`` says so), ``how`` the line logged."""
+    from edgekit.device.field.focus import DEFAULT_RULE, FocusRule
+    from edgekit.site_focus import fields_focus
+
+    lines: list[str] = []
+
+    def logged(line: str) -> None:
+        lines.append(line)
+        log(line)
+
+    focus = fields_focus([Path(af.image) for af in fields], logged)
+    rule = None if focus is None else FocusRule.from_dict(focus)
+    record = dataclasses.asdict(rule or DEFAULT_RULE)
+    return rule, {**record, "from_fields": focus is not None, "how": lines[-1] if lines else ""}
 
 
 def _write_cut(tmp: Path, af: AnnotatedField, cut: FieldCut, counts: dict[str, int]) -> list[dict[str, Any]]:

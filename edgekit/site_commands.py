@@ -56,8 +56,10 @@ def cells(fields: tuple[Path, ...], annotations: Path | None, sessions_db: Path 
     labelled box names the found cell it overlaps most. Parasite boxes (ring, trophozoite,
     schizont, gametocyte) -> Parasitized; red blood cell / RBC -> Uninfected; difficult, WBC and
     platelets are left out. Crops are named FIELD__INDEX.png, so splits can group by field
-    (`edgekit model split OUT --groups 'regex:^(.+)__'`). A field image that cannot be read is
-    reported and left out; the others are cut, and the exit status is then 1.
+    (`edgekit model split OUT --groups 'regex:^(.+)__'`). Focus is judged by the site's own rule, set
+    on FIELDS as `site adapt` sets a site bundle's (the shared floor under 5 fields or where they look
+    blurred); cells.json records it. A field image that cannot be read is reported and left out; the
+    others are cut, and the exit status is then 1.
     """
     import os
 
@@ -88,7 +90,7 @@ def cells(fields: tuple[Path, ...], annotations: Path | None, sessions_db: Path 
                    f"{sum(cut.labelled.values())} labelled{note}", err=True)
 
     summary = write_cells(chosen, out, min_iou=min_iou, replace=replace, allow_one_class=allow_one_class,
-                          progress=progress)
+                          progress=progress, log=lambda line: click.echo(line, err=True))
     for c, n in summary["cells"].items():
         frac = summary["cut_fraction"][c]
         click.echo(f"{c:12s} {n:6d} cells ({'-' if frac is None else f'{100 * frac:.0f}%'} of "

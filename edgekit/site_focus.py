@@ -15,7 +15,7 @@ are left out of the median; when too few respond as sharp fields do, the bundle 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,39 +52,56 @@ def field_scores(rgb: np.ndarray, rule: FocusRule) -> tuple[float, float, float]
 def site_focus(fields_dir: Path | None, stems: list[str],
                log: Callable[[str], None]) -> dict[str, Any] | None:
     """The site's focus rule (a manifest's ``focus``) from its training fields ``stems`` in
-    ``fields_dir``; None (the shared floor) when fewer than MIN_FIELDS of them can be read."""
-    from edgekit.device.field.focus import SITE_MARKS, FocusRule, looks_blurred, site_rule
-    from edgekit.device.preprocess import is_image_file, read_image
-    from edgekit.errors import ImageError
+    ``fields_dir``: :func:`fields_focus` of their images; None without the folder."""
+    from edgekit.device.preprocess import is_image_file
 
     if fields_dir is None or not Path(fields_dir).is_dir():
-        log("focus: no field images: the site bundle keeps the shared focus floor")
+        log("focus: no field images: the shared focus floor stays")
         return None
     wanted = set(stems)
     paths = sorted(p for p in Path(fields_dir).iterdir() if is_image_file(p) and p.stem in wanted)
+    return fields_focus(paths, log)
+
+
+def fields_focus(paths: Iterable[Path], log: Callable[[str], None]) -> dict[str, Any] | None:
+    """The site's focus rule from its field images ``paths`` (:func:`measured_focus` of their
+    :func:`field_scores`; an unreadable image is left out)."""
+    from edgekit.device.field.focus import SITE_MARKS, FocusRule
+    from edgekit.device.preprocess import read_image
+    from edgekit.errors import ImageError
+
     rule = FocusRule(marks=SITE_MARKS)  # the site rule's measure
     measured = []
     for path in paths:
         try:
-            one = field_scores(read_image(path), rule)
+            measured.append(field_scores(read_image(path), rule))
         except ImageError:
             continue
-        if one is not None:
-            measured.append(one)
-    scores, blurred = [m[0] for m in measured], [m[1] for m in measured]
-    radii = [m[2] for m in measured if m[2] > 0]
+    return measured_focus(measured, log)
+
+
+def measured_focus(measured: list[tuple[float, float, float] | None],
+                   log: Callable[[str], None]) -> dict[str, Any] | None:
+    """The site's focus rule (a manifest's ``focus``) from its fields' :func:`field_scores` (None: a
+    field refused by its shape); None (the shared floor) when fewer than MIN_FIELDS were measured or
+    none has edges. Fields that look blurred (:func:`looks_blurred`) give the shared floor with marks
+    left out, and a warning."""
+    from edgekit.device.field.focus import looks_blurred, site_rule
+
+    kept = [m for m in measured if m is not None]
+    scores, blurred = [m[0] for m in kept], [m[1] for m in kept]
+    radii = [m[2] for m in kept if m[2] > 0]
     if len(scores) < MIN_FIELDS:
-        log(f"focus: {len(scores)} readable training fields (< {MIN_FIELDS}): the site bundle keeps the "
-            "shared focus floor")
+        log(f"focus: {len(scores)} readable fields (< {MIN_FIELDS}): the shared focus floor stays")
         return None
     try:
         chosen = site_rule(scores, blurred, radius=float(np.median(radii)) if radii else 0.0)
     except ValueError as exc:  # fields without edges (blank, black) give no floor
-        log(f"focus: {exc}: the site bundle keeps the shared focus floor")
+        log(f"focus: {exc}: the shared focus floor stays")
         return None
     if looks_blurred(scores, blurred):
-        log(f"focus: WARNING: the training fields look out of focus ({chosen.source}): the site bundle "
-            "gets the shared floor; add in-focus training fields to give it the site's own")
+        log(f"focus: WARNING: the fields look out of focus ({chosen.source}): the shared floor is kept; "
+            "add in-focus fields to set the site's own")
         return asdict(chosen)
     log(f"focus: site floor {chosen.floor:g} ({chosen.source}); cells' radius {chosen.radius:g} px")
     return asdict(chosen)

@@ -100,3 +100,23 @@ def fixture_fields() -> list[tuple[np.ndarray, list]]:
     if not paths:
         pytest.skip("no BCCD fixture fields")
     return [(read_image(p), load_voc(p.with_suffix(".xml"))) for p in paths]
+
+
+def smear_field(seed: int, sigma: float = 0.0) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+    """A smear-like field: ~45 stained cells with a pale centre on a pale background, seen through
+    slightly soft optics (sigma 0.8), then blurred by ``sigma`` (out of focus), with sensor noise
+    and JPEG q90; (the field, its cells' (x, y, radius))."""
+    import cv2
+
+    from edgekit.benchmarks.focus_floor import jpeg
+
+    rng = np.random.default_rng(seed)
+    img = np.full((480, 640, 3), (228, 214, 222), np.uint8)
+    cells = []
+    for _ in range(45):
+        x, y, r = int(rng.integers(30, 610)), int(rng.integers(30, 450)), int(rng.integers(24, 33))
+        cells.append((x, y, r))
+        cv2.circle(img, (x, y), r, (196, 120, 150), -1, cv2.LINE_AA)
+        cv2.circle(img, (x, y), r // 3, (212, 160, 180), -1, cv2.LINE_AA)
+    img = cv2.GaussianBlur(img, (0, 0), float(np.hypot(0.8, sigma)))
+    return jpeg(np.clip(img + rng.normal(0, 2, img.shape), 0, 255).astype(np.uint8), 90), cells

@@ -195,19 +195,10 @@ def test_adapt_measures_whole_fields_by_the_rule_the_bundle_will_carry(tmp_path)
 
 
 def _synthetic_field(seed: int, sigma: float = 0.0) -> np.ndarray:
-    """A smear-like field: ~45 stained cells with a pale centre on a pale background, seen through
-    slightly soft optics (sigma 0.8), then blurred by ``sigma`` (out of focus), with sensor noise
-    and JPEG q90."""
-    import cv2
+    """:func:`tests.device_helpers.smear_field` without its cells."""
+    from tests.device_helpers import smear_field
 
-    rng = np.random.default_rng(seed)
-    img = np.full((480, 640, 3), (228, 214, 222), np.uint8)
-    for _ in range(45):
-        x, y, r = int(rng.integers(30, 610)), int(rng.integers(30, 450)), int(rng.integers(24, 33))
-        cv2.circle(img, (x, y), r, (196, 120, 150), -1, cv2.LINE_AA)
-        cv2.circle(img, (x, y), r // 3, (212, 160, 180), -1, cv2.LINE_AA)
-    img = cv2.GaussianBlur(img, (0, 0), float(np.hypot(0.8, sigma)))
-    return jpeg(np.clip(img + rng.normal(0, 2, img.shape), 0, 255).astype(np.uint8), 90)
+    return smear_field(seed, sigma)[0]
 
 
 def _site_dir(tmp_path, blurred_seeds: set[int], n: int = 8) -> list[str]:
