@@ -1,3 +1,4 @@
+# pyright: basic
 """SHA-256 for everything the device path hashes (content hashes, model files, manifests), from
 CPython's own SHA-2 module rather than ``hashlib``'s OpenSSL one: the same digests, without loading
 libcrypto (~3.4 MB of resident pages and ~12 ms of a cold start; ~65 us more CPU per 25 KB crop).
