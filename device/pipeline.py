@@ -6,7 +6,6 @@ input expansion, content hashes, worker threads and the batch tally shared by ``
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
 import time
 from collections import deque
@@ -22,6 +21,7 @@ from edgekit.device.backends import predict_in_batches
 from edgekit.device.preprocess import is_image_file, prepare, read_image
 from edgekit.device.quality import QualityGates, check_quality
 from edgekit.device.sizes import outside
+from edgekit.digest import sha256
 from edgekit.errors import ImageError
 from edgekit.safefile import NotRegularFile, is_regular, open_regular
 
@@ -212,7 +212,7 @@ def image_files(inputs: Sequence[str | os.PathLike], what: str = "image") -> lis
 def file_hash(path: str | os.PathLike) -> str:
     """sha256 of a regular file's bytes: the content hash screening records deduplicate on (OSError
     for anything else, raised before reading, so a FIFO cannot block)."""
-    h = hashlib.sha256()
+    h = sha256()
     try:
         f = open_regular(path, "image")
     except NotRegularFile as exc:
@@ -226,7 +226,7 @@ def file_hash(path: str | os.PathLike) -> str:
 def array_hash(arr: np.ndarray) -> str:
     """sha256 of an in-memory crop (shape, dtype and pixels)."""
     arr = np.ascontiguousarray(arr)
-    h = hashlib.sha256(f"{arr.shape}{arr.dtype}".encode())
+    h = sha256(f"{arr.shape}{arr.dtype}".encode())
     h.update(arr.tobytes())
     return h.hexdigest()
 

@@ -8,7 +8,6 @@ input shape is checked against the manifest's preprocessing after.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from edgekit.device.activation import to_probabilities
 from edgekit.device.backends import Backend, open_backend, platform_hint, runtime_available
 from edgekit.device.preprocess import model_input, prepare
 from edgekit.device.probe import probe_model
+from edgekit.digest import sha256
 from edgekit.errors import BundleError
 from edgekit.formats import DEVICE_ORDER, DEVICE_RUNTIMES, RUNTIMES
 from edgekit.manifest import (
@@ -137,7 +137,7 @@ class Classifier:
         signature); ``trust``: the signature check's outcome (None: not checked)."""
         self.manifest = manifest
         if manifest_sha256 is None:  # built without load_classifier: the manifest as parsed
-            manifest_sha256 = hashlib.sha256(canonical_manifest(manifest.to_dict())).hexdigest()
+            manifest_sha256 = sha256(canonical_manifest(manifest.to_dict())).hexdigest()
         self.manifest_sha256 = manifest_sha256
         self.trust = trust
         self.artifact = artifact
@@ -231,7 +231,7 @@ def load_classifier(
         raise BundleError(f"threads must be at least 1, not {threads}")
     backend = open_backend(artifact.runtime, path, threads, content)
     _check_declared_io(artifact, backend)
-    manifest_sha256 = hashlib.sha256(canonical_manifest(data)).hexdigest()
+    manifest_sha256 = sha256(canonical_manifest(data)).hexdigest()
     return Classifier(manifest, artifact, bundle_dir, backend, manifest_sha256, trust)
 
 

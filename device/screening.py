@@ -239,6 +239,7 @@ def record_crops(
             nxt = take(batch_size) if taken else None  # its size is batch_size whatever this one gives
             loaded = loading.result() if ahead else load_batch(loading, classifier, gates, n_workers)
             found = predict_loaded(loaded, classifier)
+            del loaded  # its crops, held in its outcomes until committed: not while the next batch loads
             done_outs = _commit(store, session, outs, todo, found, classifier, source_kind, field, n_workers)
             for out in done_outs:  # reported only once committed
                 tally.add(out.status)
@@ -511,4 +512,5 @@ def record_fields(
             if on_field and check is not None:
                 on_field(shown, None, [], FieldCheck("duplicate", check.sharpness, reason=str(exc),
                                                      duplicate_of=exc.other))
+        del items  # this field's crops: not held while the next field is segmented
     return total

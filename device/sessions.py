@@ -9,13 +9,13 @@ bundle changes no stored or shown verdict, and no manifest is ever read again he
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from edgekit.device.records import ScreenedWith
+from edgekit.digest import sha256
 
 if TYPE_CHECKING:
     from edgekit.device.records import RecordStore, Session
@@ -33,7 +33,7 @@ def screened_with(classifier: Classifier) -> ScreenedWith:
     sha256, the signer and the trust check as made at load, and the domain guard as used."""
     from edgekit.signing import canonical_manifest
 
-    manifest_sha = getattr(classifier, "manifest_sha256", None) or hashlib.sha256(
+    manifest_sha = getattr(classifier, "manifest_sha256", None) or sha256(
         canonical_manifest(classifier.manifest.to_dict())).hexdigest()
     trust = getattr(classifier, "trust", None)
     if trust is None:

@@ -10,7 +10,6 @@ This module is light (standard library only): the device runtime imports it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -19,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgekit.digest import sha256
 from edgekit.errors import BundleError, IntegrityError
 from edgekit.manifest_schema import ACTIVATIONS, OUTPUTS, check_artifact_path, validate_manifest_data
 
@@ -600,7 +600,7 @@ def load_manifest(folder: str | os.PathLike) -> Manifest:
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
+    h = sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
@@ -646,7 +646,7 @@ def read_verified_artifact(folder: str | os.PathLike, artifact: Artifact) -> tup
                 raise IntegrityError(f"{path} fails its sha256 check (it has {size} bytes, the manifest "
                                      f"records {artifact.bytes}): the model file is corrupt or was tampered "
                                      "with; refusing to load it")
-            h = hashlib.sha256()
+            h = sha256()
             while block := f.read(1 << 20):
                 h.update(block)
                 if keep:

@@ -59,11 +59,11 @@ def resolve_recorded(text: str, base: str | os.PathLike) -> Path:
 
 def data_sha256(root: str | os.PathLike, paths: list[str]) -> str:
     """sha256 over every file's relative path and content: which data exactly, wherever it lives."""
-    import hashlib
+    from edgekit.digest import sha256
 
-    h = hashlib.sha256()
+    h = sha256()
     for rel in sorted(paths):
-        h.update(rel.encode() + b"\0" + hashlib.sha256((Path(root) / rel).read_bytes()).digest())
+        h.update(rel.encode() + b"\0" + sha256((Path(root) / rel).read_bytes()).digest())
     return h.hexdigest()
 
 

@@ -30,7 +30,6 @@ from the ``cryptography`` package; nothing here is hand-rolled. Light: imported 
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import re
@@ -40,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgekit.digest import sha256
 from edgekit.errors import BundleError, EdgekitError, SignatureError
 from edgekit.manifest_schema import RELEASE_PATTERN
 
@@ -83,7 +83,7 @@ def allow_unsigned_from_env() -> bool:
 
 def key_id(public_key: Any) -> str:
     """16 hex digits of the sha256 of the raw public key: how a signature names its key."""
-    return hashlib.sha256(public_key.public_bytes_raw()).hexdigest()[:16]
+    return sha256(public_key.public_bytes_raw()).hexdigest()[:16]
 
 
 def _read_small(path: Path, what: str) -> bytes:
@@ -175,7 +175,7 @@ def trusted_keys() -> dict[str, TrustedKey]:
             except EdgekitError as exc:  # one bad file must not stop verification with the good keys
                 _skipped_key(pub, exc)
                 continue
-            kid = hashlib.sha256(raw).hexdigest()[:16]  # = key_id(), without loading the key object
+            kid = sha256(raw).hexdigest()[:16]  # = key_id(), without loading the key object
             keys.setdefault(kid, TrustedKey(kid, pub.stem, pub, raw))
     return keys
 
@@ -308,7 +308,7 @@ def _read_small_trust(path: Path) -> bytes:
 
 def manifest_sha256(data: dict[str, Any]) -> str:
     """The bundle's identity: the sha256 of its canonical manifest (what revocation lists name)."""
-    return hashlib.sha256(canonical_manifest(data)).hexdigest()
+    return sha256(canonical_manifest(data)).hexdigest()
 
 
 def _revoked_bundle(data: dict[str, Any], policy: TrustPolicy) -> str | None:
@@ -334,7 +334,7 @@ def _sections(data: dict[str, Any]) -> dict[str, str]:
         items = v.items() if k == "artifacts" and isinstance(v, dict) else [(None, v)]
         for sub, val in items:
             name = k if sub is None else f"{k}.{sub}"
-            out[name] = hashlib.sha256(canonical_manifest({"v": val})).hexdigest()[:16]
+            out[name] = sha256(canonical_manifest({"v": val})).hexdigest()[:16]
     return out
 
 
@@ -455,7 +455,7 @@ def _verified_marker(raw_key: bytes, signature: bytes, message: bytes) -> Path:
     as for the model probe), no more writable by others than their keyring."""
     from edgekit.device.probe import cache_dir
 
-    h = hashlib.sha256(b"edgekit-verified-v1\0")
+    h = sha256(b"edgekit-verified-v1\0")
     for part in (raw_key, signature, message):
         h.update(len(part).to_bytes(8, "big"))
         h.update(part)

@@ -271,6 +271,31 @@ def _safe_count(db) -> int:
         return 0
 
 
+def test_a_batchs_decoded_crops_are_freed_before_the_next_batch_is_decoded(tmp_path, clf, monkeypatch):
+    """``record_crops`` lets go of a classified batch's decoded crops before the next batch is
+    decoded (the lookahead's next batch aside): one batch of crops in memory, not two."""
+    import weakref
+
+    import edgekit.device.screening as screening
+
+    load = screening.load_batch
+    held: list = []
+    alive: list[int] = []
+
+    def traced(*args, **kwargs):
+        alive.append(sum(r() is not None for r in held))
+        loaded = load(*args, **kwargs)
+        held[:] = [weakref.ref(rgb) for _, rgb in loaded if rgb is not None]
+        return loaded
+
+    monkeypatch.setattr(screening, "load_batch", traced)
+    with RecordStore(tmp_path / "s.sqlite") as store:
+        session = store.open_session("F", clf.model_sha256)
+        tally = record_crops(store, session, path_crops(expand_inputs([str(CELLS)])), clf, batch_size=1)
+    assert tally.counts["classified"] == 4 and len(alive) == 4
+    assert alive == [0, 0, 0, 0]
+
+
 @pytest.mark.parametrize("stop", [0, 4, 7, 100])
 def test_lookahead_records_the_same_batches(tmp_path, clf, stop):
     """Decoding the next batch while this one is committed (``lookahead``, as `screen` does for

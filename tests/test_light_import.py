@@ -81,3 +81,33 @@ print(json.dumps({{"modules": sorted(sys.modules)}}))
         result, _ = _loaded_roots(script.format(image=image, golden=str(GOLDEN), db=str(tmp_path / "r.db"),
                                                 more=more))
         assert any(m.startswith("edgekit.device.field") for m in result["modules"]) is loaded, more
+
+
+def test_classify_and_screen_never_load_openssl(tmp_path):
+    """Content hashes, the model's and the manifest's sha256 come from CPython's own SHA-2
+    (``edgekit.digest``): `classify`, `screen` and `screen --fields` never import ``hashlib``'s
+    OpenSSL module (libcrypto: ~3.4 MB of resident pages and ~12 ms of a cold start), and hash as it does."""
+    import hashlib
+
+    from edgekit.digest import sha256
+
+    assert sha256(b"edgekit").hexdigest() == hashlib.sha256(b"edgekit").hexdigest()
+    image = str(sorted(CELLS.iterdir())[0])
+    fields = str(GOLDEN.parent / "fields")
+    script = """
+import json, sys
+from edgekit.cli import main
+for args in (["classify", {image!r}, "--model", {golden!r}, "--format", "jsonl"],
+             ["screen", {image!r}, "--model", {golden!r}, "--patient", "P", "--db", {db!r}, "--no-progress"],
+             ["screen", {fields!r}, "--fields", "--model", {golden!r}, "--patient", "F", "--db", {db!r},
+              "--no-progress"]):
+    try:
+        main(args)
+    except SystemExit as e:
+        assert e.code in (0, None), (args, e.code)
+print(json.dumps({{"modules": sorted(sys.modules)}}))
+"""
+    result, _ = _loaded_roots(script.format(image=image, golden=str(GOLDEN), fields=fields,
+                                            db=str(tmp_path / "r.db")))
+    assert "edgekit.device.field" in result["modules"]  # the fields really ran
+    assert "_hashlib" not in result["modules"]

@@ -157,3 +157,30 @@ def test_one_heap_is_set_on_glibc_and_left_to_the_user_when_named(monkeypatch):
     monkeypatch.delenv("MALLOC_ARENA_MAX")
     glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
     assert one_heap() is glibc
+
+
+def test_a_fields_crops_are_freed_before_the_next_field_is_taken(tmp_path):
+    """``record_fields`` lets go of a recorded field's crops before it asks for the next field (which
+    the segmenting thread may still be cutting): one field's crops fewer at the path's peak."""
+    import weakref
+
+    from edgekit.device.pipeline import expand_inputs
+    from edgekit.device.records import RecordStore
+    from edgekit.device.runtime import load_classifier
+    from edgekit.device.screening import record_fields, segment_paths
+
+    clf = load_classifier(FIXTURES / "golden_bundle", "tflite_fp32")
+    held: list = []
+    seen: list[int] = []
+
+    def fields():
+        for seg in segment_paths(list(expand_inputs([str(FIXTURES / "fields")]))):
+            seen.append(sum(r() is not None for r in held))  # the field before's crops still alive
+            held[:] = [weakref.ref(c) for c in seg[2].crops]
+            yield seg
+
+    with RecordStore(tmp_path / "s.sqlite") as store:
+        session = store.open_session("F5", clf.model_sha256)
+        tally = record_fields(store, session, fields(), clf, stop_cells=0)
+    assert tally.counts["classified"] >= 20 and len(seen) == 2
+    assert seen == [0, 0]
