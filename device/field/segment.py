@@ -273,13 +273,32 @@ def _circle_radius(d: _Density, fallback: float, p: FieldParams | None = None) -
     the labelled boxes' size 0.70-1.23 alone, 0.70-0.95 blended). With ``p.small_circles``, cells
     under the circles' floor are sized by a second search for smaller circles (see ``FieldParams``)."""
     radii = _circle_radii(d, CIRCLE_FLOOR)
-    if p is not None and p.small_circles > 0 and _spread(radii) >= p.circle_spread:
+    if (p is not None and p.small_circles > 0 and _spread(radii) >= p.circle_spread
+            and not _cells_above_floor(d, p)):
         small = _circle_radii(d, p.small_floor)
         if len(small) >= p.small_circles * len(radii) and _spread(small) < p.small_spread:
             radii = small
     if len(radii) < 3:
         return fallback, math.inf
     return float(np.median(radii)), _spread(radii)
+
+
+def _cells_above_floor(d: _Density, p: FieldParams) -> bool:
+    """Whether the field's cells are already plainly larger than the first circles' floor: the
+    distance map of a quick foreground (the threshold, convex pale centres up to twice the floor's
+    radius filled) puts them at ``p.small_skip`` x that floor or more, so smaller circles cannot be
+    them (BCCD's few large cells: the second search is skipped, at a third of its cost)."""
+    if p.small_skip <= 0:
+        return False
+    cv2 = opencv()
+    floor = min(d.u8.shape) / CIRCLE_FLOOR
+    thr = _threshold(d, p.threshold, p.min_od)
+    fg = cv2.threshold(d.blur5, thr, 255, cv2.THRESH_BINARY)[1]
+    fg = _fill_holes(fg, d.blur5, p.hole_density * thr, math.pi * (2 * floor) ** 2, p.hole_solidity)
+    if fg.min() > 0:
+        return False
+    dist = cv2.distanceTransform(fg, cv2.DIST_L2, 3)
+    return _estimate_radius(dist, fg, floor) >= p.small_skip * floor
 
 
 def _nucleus_pixels(od: np.ndarray, p: FieldParams, d: _Density) -> np.ndarray:

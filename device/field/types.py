@@ -118,6 +118,10 @@ class FieldParams:
     small_circles: float = 3.0
     small_floor: float = 60.0
     small_spread: float = 0.3
+    # ... and skipped when a quick distance map already sizes the cells at small_skip x the first
+    # circles' floor or more (:func:`.segment._cells_above_floor`; BCCD: the second search ran on 44
+    # of 46 fields for nothing); 0: never skipped. Chosen on the even half of --combos (RESULTS.md)
+    small_skip: float = 2.0
     # a field whose background dims by more than this fraction of its brightest (a vignette, a lamp off
     # centre) is found on a copy divided by its lighting (:mod:`.illumination`); None: never. Chosen
     # among 0.1/0.15/0.2 on the even half of benchmarks/field_transforms.py's sample: vignetted fields
