@@ -120,7 +120,9 @@ class FieldParams:
     small_spread: float = 0.3
     # ... and skipped when a quick distance map already sizes the cells at small_skip x the first
     # circles' floor or more (:func:`.segment._cells_above_floor`; BCCD: the second search ran on 44
-    # of 46 fields for nothing); 0: never skipped. Chosen on the even half of --combos (RESULTS.md)
+    # of 46 fields for nothing); 0: never skipped. On --combos the fields whose second search won
+    # measured at most 1.51x, BCCD's own fields 1.63-3.8x: 2 leaves a margin on the side that
+    # costs only time (RESULTS.md)
     small_skip: float = 2.0
     # a field whose background dims by more than this fraction of its brightest (a vignette, a lamp off
     # centre) is found on a copy divided by its lighting (:mod:`.illumination`); None: never. Chosen
