@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
@@ -802,6 +802,9 @@ def segment_cells(
     circles, spread = (
         _circle_radius(density, 0.0, p) if estimate else ((p.cell_radius or 0.0) * scale, 0.0)
     )
+    finer = _finer_side(circles, small.shape, (H, W), p) if estimate else 0
+    if finer:
+        return segment_cells(rgb, replace(p, max_side=finer, fine_cells=0.0), None, outside)
     holes = _Holes(p.hole_density, p.hole_area * math.pi * circles**2, p.hole_solidity)
     fg = _foreground(density, p.threshold, p.min_od, holes)
     if fg.min() > 0:  # not one background pixel: no distance is defined (OpenCV returns FLT_MAX)
@@ -834,6 +837,20 @@ def segment_cells(
         if cell is not None:
             cells.append(cell)
     return cells, radius / scale
+
+
+def _finer_side(circles: float, work: tuple[int, ...], full: tuple[int, int], p: FieldParams) -> int:
+    """The longer side of a working copy on which cells this small are found, or 0 to stay on this
+    one: cells whose circles measure under ``p.fine_cells`` x the first circles' floor (a lower
+    magnification: the smaller-circle search sized them) are a few pixels across, where the
+    finder's pixel-sized steps (5-px blur and opening, the Hough transforms' blur) merge and lose
+    them; the copy is made larger so they measure ``p.fine_target`` x that floor, never beyond the
+    field's own pixels."""
+    floor = min(work[:2]) / CIRCLE_FLOOR
+    if p.fine_cells <= 0 or not 0 < circles < p.fine_cells * floor:
+        return 0
+    side = min(max(full), round(max(work[:2]) * p.fine_target * floor / circles))
+    return side if side > max(work[:2]) else 0
 
 
 def _flattened(small: np.ndarray, outside: np.ndarray | None,
