@@ -134,12 +134,24 @@ def test_cells_smaller_than_the_first_circles_are_sized_and_found():
 
 
 
-def test_small_cells_are_found_on_a_finer_copy():
+def test_small_cells_are_found_on_a_finer_copy(monkeypatch):
     """Cells the smaller-circle search sized at ~10 px in the 640-px working copy are found on a
     larger copy (``fine_cells``), where the finder's pixel-sized blur and opening no longer merge
-    or drop them: before, 85% of these cells matched; the radius is the same either way."""
+    or drop them: before, 85% of these cells matched; the radius is the same either way. The
+    larger copy takes its size from the circles already measured: no circle search runs twice."""
+    from edgekit.device.field import segment
+
+    floors = []
+    search = segment._circle_radii
+
+    def counted(d, floor, ceiling=4):
+        floors.append(floor)
+        return search(d, floor, ceiling)
+
+    monkeypatch.setattr(segment, "_circle_radii", counted)
     rgb, boxes = _small_cells_field()
     cells, radius, reason = count_cells(rgb)
+    assert floors == [segment.CIRCLE_FLOOR, FieldParams().small_floor], floors
     assert reason is None and 0.85 * 24 <= radius <= 1.2 * 24, radius
     assert match([c.box for c in cells], boxes) >= 0.92 * len(boxes)
     assert len(cells) <= 1.05 * len(boxes)

@@ -775,7 +775,7 @@ class _Cropper:
 
 def segment_cells(
     rgb: np.ndarray, params: FieldParams | None = None, work: tuple[np.ndarray, float] | None = None,
-    outside: np.ndarray | None = None,
+    outside: np.ndarray | None = None, sized: tuple[float, float] | None = None,
 ) -> tuple[list[CellBox], float]:
     """The cell finder (see the package docstring): the red cells of a field, boxes and masks in
     full-resolution pixels, and the typical cell radius in those pixels (0.0 with no cells to size,
@@ -783,7 +783,8 @@ def segment_cells(
     ``work``: the field's :func:`working_copy` at ``params.max_side`` when the caller has it already;
     ``outside``: where the field lies outside the microscope's field of view
     (:func:`edgekit.device.field.view.outside_view`, painted as background), left out of the field's
-    statistics, and a cell touching it is cut as at the border. No quality check:
+    statistics, and a cell touching it is cut as at the border; ``sized``: the circles' radius (in
+    the field's pixels) and spread when a coarser copy measured them already. No quality check:
     :func:`edgekit.device.field.count_cells` is the gate and the finder together."""
     cv2 = opencv()
     p = params or FieldParams()
@@ -799,12 +800,11 @@ def segment_cells(
     del od  # the largest plane (3 floats a pixel): not held while the foreground is found
     # the circles' radius needs no foreground: it sizes the pale centres the foreground may fill
     estimate = p.hough_radius and not p.cell_radius
-    circles, spread = (
-        _circle_radius(density, 0.0, p) if estimate else ((p.cell_radius or 0.0) * scale, 0.0)
-    )
+    circles, spread = _field_circles(density, p, scale, sized if estimate else None)
     finer = _finer_side(circles, small.shape, (H, W), p) if estimate else 0
-    if finer:
-        return segment_cells(rgb, replace(p, max_side=finer, fine_cells=0.0), None, outside)
+    if finer:  # the circles measured here size the cells there: no second round of searches
+        return segment_cells(rgb, replace(p, max_side=finer, fine_cells=0.0), None, outside,
+                             (circles / scale, spread))
     holes = _Holes(p.hole_density, p.hole_area * math.pi * circles**2, p.hole_solidity)
     fg = _foreground(density, p.threshold, p.min_od, holes)
     if fg.min() > 0:  # not one background pixel: no distance is defined (OpenCV returns FLT_MAX)
@@ -837,6 +837,18 @@ def segment_cells(
         if cell is not None:
             cells.append(cell)
     return cells, radius / scale
+
+
+def _field_circles(
+    d: _Density, p: FieldParams, scale: float, sized: tuple[float, float] | None
+) -> tuple[float, float]:
+    """The circles' radius in working-copy pixels and their spread (:func:`_circle_radius`): as
+    ``sized`` (field pixels) says, measured, or ``p.cell_radius`` with no circles sought."""
+    if sized is not None:
+        return sized[0] * scale, sized[1]
+    if p.hough_radius and not p.cell_radius:
+        return _circle_radius(d, 0.0, p)
+    return (p.cell_radius or 0.0) * scale, 0.0
 
 
 def _finer_side(circles: float, work: tuple[int, ...], full: tuple[int, int], p: FieldParams) -> int:
