@@ -128,7 +128,7 @@ class FieldParams:
     # search: a few pixels across in the working copy) are found on a larger copy, where they measure
     # fine_target x that floor, at most the field's own size (:func:`.segment._finer_side`); 0: off.
     # Chosen on the even half of field_transforms.py --combos' IML fields, checked on the odd half
-    # (RESULTS.md: 0.6x 0.832 -> 0.893, 0.8x 0.883 -> 0.904; one of the 536 plain fields moves)
+    # (RESULTS.md: 0.6x 0.832 -> 0.890, 0.8x 0.883 -> 0.908; one of the 536 plain fields moves)
     fine_cells: float = 0.9
     fine_target: float = 1.25
     # a field whose background dims by more than this fraction of its brightest (a vignette, a lamp off
