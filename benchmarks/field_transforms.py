@@ -230,10 +230,15 @@ def transformed(name: str, rgb: np.ndarray, gt: list[Box], ignore: list[Box]
 
 
 def finders() -> dict[str, Any]:
-    """The finders compared: today's defaults, and the earlier colour-window settings."""
+    """The finders to compare: today's defaults, without flattening, with the smaller-circle search
+    always or never, and the earlier colour-window settings."""
     from edgekit.device.field import FieldParams
 
-    out: dict[str, Any] = {"default": FieldParams(), "unflattened": FieldParams(max_falloff=None)}
+    out: dict[str, Any] = {"default": FieldParams(), "unflattened": FieldParams(max_falloff=None),
+                           # the smaller-circle search on every field whose first circles disagree,
+                           # and never (issue 29: its cost)
+                           "small-always": FieldParams(small_skip=0.0),
+                           "small-never": FieldParams(small_circles=0.0)}
     legacy = getattr(FieldParams, "legacy", None)
     if legacy is not None:
         out["green-window"] = legacy()
@@ -291,6 +296,7 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "radius_ratio_10_90": [round(float(v), 3) for v in np.percentile(ratios, [10, 90])]
         if ratios else None,
         "segment_ms_median": round(statistics.median(r["ms"] for r in rows), 1),
+        "cpu_s": round(sum(r.get("cpu", 0.0) for r in rows), 2),  # gate and finder, process time
     }
 
 
@@ -310,13 +316,14 @@ def run(fields: list, transforms: list[str], params: dict[str, Any]) -> dict[str
         for t in transforms:
             x, g, ign = transformed(t, rgb, gt, ignore)
             for finder, p in params.items():
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 cells, radius, reason = count_cells(x, p)
-                sec = time.perf_counter() - t0
+                sec, cpu = time.perf_counter() - t0, time.process_time() - c0
                 found, tp = score_cells(cells, g, ign)
                 acc.setdefault((set_name, t, finder), []).append(
                     {"half": half, "labelled": len(g), "found": found, "matched": tp, "reason": reason,
-                     "radius": radius, "box_radius": _box_radius(g), "ms": 1000 * sec})
+                     "radius": radius, "box_radius": _box_radius(g), "ms": 1000 * sec,
+                     "cpu": cpu})
     out: dict[str, Any] = {}
     for (s, t, f), rows in acc.items():
         summary = _summary(rows)
@@ -333,7 +340,7 @@ def print_results(res: dict[str, Any]) -> None:
             print(f"{s:5s} {t:16s} " + "  ".join(
                 f"{f}: R={r['recall']:.3f} P={r['precision']:.3f} refused={r['refused']:2d}"
                 f" {r['refused_kind']} r/box={r['radius_ratio_median']}"
-                f" {r['segment_ms_median']:.0f}ms" for f, r in fs.items()))
+                f" {r['segment_ms_median']:.0f}ms cpu={r['cpu_s']:.1f}s" for f, r in fs.items()))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -344,14 +351,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help=f"comma-separated; also the combinations {','.join(COMBOS)} (--combos: those)")
     ap.add_argument("--combos", action="store_true",
                     help="original + every combination; results field_combos.json")
-    ap.add_argument("--finders", default=None, help="comma-separated subset of the finders")
+    ap.add_argument("--finders", default=None, help="comma-separated, of finders() (default: default,"
+                    "unflattened,green-window)")
     ap.add_argument("--out", type=Path, default=None, help="default: results/field_transforms.json"
                     " (field_combos.json with --combos)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
-    params = finders()
-    if args.finders:
-        params = {k: v for k, v in params.items() if k in args.finders.split(",")}
+    chosen = (args.finders or "default,unflattened,green-window").split(",")
+    params = {k: v for k, v in finders().items() if k in chosen}
     fields = load_fields(args.every_iml, args.every_bccd)
     names = ["original", *COMBOS] if args.combos else args.transforms.split(",")
     default = "field_combos.json" if args.combos else "field_transforms.json"

@@ -131,3 +131,71 @@ def test_cells_smaller_than_the_first_circles_are_sized_and_found():
     # before: a radius of 134 px from four large circles, 2 "cells", none matched
     assert match([c.box for c in cells], boxes) >= 0.8 * len(boxes)
     assert len(cells) <= 1.1 * len(boxes)
+
+
+
+def test_small_cells_are_found_on_a_finer_copy(monkeypatch):
+    """Cells the smaller-circle search sized at ~10 px in the 640-px working copy are found on a
+    larger copy (``fine_cells``), where the finder's pixel-sized blur and opening no longer merge
+    or drop them: before, 85% of these cells matched; the radius is the same either way. The
+    larger copy takes its size from the circles already measured: no circle search runs twice."""
+    from edgekit.device.field import segment
+
+    floors = []
+    search = segment._circle_radii
+
+    def counted(d, floor, ceiling=4):
+        floors.append(floor)
+        return search(d, floor, ceiling)
+
+    monkeypatch.setattr(segment, "_circle_radii", counted)
+    rgb, boxes = _small_cells_field()
+    cells, radius, reason = count_cells(rgb)
+    assert floors == [segment.CIRCLE_FLOOR, FieldParams().small_floor], floors
+    assert reason is None and 0.85 * 24 <= radius <= 1.2 * 24, radius
+    assert match([c.box for c in cells], boxes) >= 0.92 * len(boxes)
+    assert len(cells) <= 1.05 * len(boxes)
+
+def _large_cells_field(seed: int = 0) -> tuple[np.ndarray, list]:
+    """A 1600x1200 field of 20 large discs (radius 70-130 px, pale centres), apart: like BCCD's few
+    large cells, whose circles do not agree on one size (spread over ``circle_spread``)."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    h, w = 1200, 1600
+    rgb = np.empty((h, w, 3), np.float32)
+    rgb[:] = (236, 238, 240)
+    yy, xx = np.mgrid[:h, :w]
+    boxes = []
+    for cy in range(150, h - 100, 300):
+        for cx in range(150, w - 100, 300):
+            r = 100 * rng.uniform(0.7, 1.3)
+            y, x = cy + rng.integers(-20, 21), cx + rng.integers(-20, 21)
+            d2 = (yy - y) ** 2 + (xx - x) ** 2
+            rgb[d2 < r**2] = (150, 162, 186)
+            rgb[d2 < (0.4 * r) ** 2] = (175, 184, 202)
+            boxes.append((int(x - r), int(y - r), int(x + r) + 1, int(y + r) + 1))
+    rgb += rng.normal(0, 2.0, rgb.shape)
+    return cv2.GaussianBlur(np.clip(rgb, 0, 255).astype(np.uint8), (3, 3), 0), boxes
+
+
+def test_large_cells_skip_the_smaller_circle_search(monkeypatch):
+    """The second, smaller-circle search costs as much as the first; cells a quick distance map
+    already puts at twice the first circles' floor cannot be smaller circles, so it is not run
+    (``small_skip``), and the cells come out as before."""
+    from edgekit.device.field import segment
+
+    floors = []
+    search = segment._circle_radii
+
+    def counted(d, floor, ceiling=4):
+        floors.append(floor)
+        return search(d, floor, ceiling)
+
+    monkeypatch.setattr(segment, "_circle_radii", counted)
+    rgb, boxes = _large_cells_field()
+    cells, radius, reason = count_cells(rgb)
+    assert reason is None and 80 <= radius <= 125, radius
+    assert match([c.box for c in cells], boxes) == len(boxes) == len(cells)
+    # the first circles disagree (sizes 70-130 px), so without the skip both searches run
+    assert floors == [segment.CIRCLE_FLOOR], floors

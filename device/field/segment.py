@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
@@ -273,13 +273,32 @@ def _circle_radius(d: _Density, fallback: float, p: FieldParams | None = None) -
     the labelled boxes' size 0.70-1.23 alone, 0.70-0.95 blended). With ``p.small_circles``, cells
     under the circles' floor are sized by a second search for smaller circles (see ``FieldParams``)."""
     radii = _circle_radii(d, CIRCLE_FLOOR)
-    if p is not None and p.small_circles > 0 and _spread(radii) >= p.circle_spread:
+    if (p is not None and p.small_circles > 0 and _spread(radii) >= p.circle_spread
+            and not _cells_above_floor(d, p)):
         small = _circle_radii(d, p.small_floor)
         if len(small) >= p.small_circles * len(radii) and _spread(small) < p.small_spread:
             radii = small
     if len(radii) < 3:
         return fallback, math.inf
     return float(np.median(radii)), _spread(radii)
+
+
+def _cells_above_floor(d: _Density, p: FieldParams) -> bool:
+    """Whether the field's cells are already plainly larger than the first circles' floor: the
+    distance map of a quick foreground (the threshold, convex pale centres up to twice the floor's
+    radius filled) puts them at ``p.small_skip`` x that floor or more, so smaller circles cannot be
+    them (BCCD's few large cells: the second search is skipped, at a third of its cost)."""
+    if p.small_skip <= 0:
+        return False
+    cv2 = opencv()
+    floor = min(d.u8.shape) / CIRCLE_FLOOR
+    thr = _threshold(d, p.threshold, p.min_od)
+    fg = cv2.threshold(d.blur5, thr, 255, cv2.THRESH_BINARY)[1]
+    fg = _fill_holes(fg, d.blur5, p.hole_density * thr, math.pi * (2 * floor) ** 2, p.hole_solidity)
+    if fg.min() > 0:
+        return False
+    dist = cv2.distanceTransform(fg, cv2.DIST_L2, 3)
+    return _estimate_radius(dist, fg, floor) >= p.small_skip * floor
 
 
 def _nucleus_pixels(od: np.ndarray, p: FieldParams, d: _Density) -> np.ndarray:
@@ -756,7 +775,7 @@ class _Cropper:
 
 def segment_cells(
     rgb: np.ndarray, params: FieldParams | None = None, work: tuple[np.ndarray, float] | None = None,
-    outside: np.ndarray | None = None,
+    outside: np.ndarray | None = None, sized: tuple[float, float] | None = None,
 ) -> tuple[list[CellBox], float]:
     """The cell finder (see the package docstring): the red cells of a field, boxes and masks in
     full-resolution pixels, and the typical cell radius in those pixels (0.0 with no cells to size,
@@ -764,7 +783,8 @@ def segment_cells(
     ``work``: the field's :func:`working_copy` at ``params.max_side`` when the caller has it already;
     ``outside``: where the field lies outside the microscope's field of view
     (:func:`edgekit.device.field.view.outside_view`, painted as background), left out of the field's
-    statistics, and a cell touching it is cut as at the border. No quality check:
+    statistics, and a cell touching it is cut as at the border; ``sized``: the circles' radius (in
+    the field's pixels) and spread when a coarser copy measured them already. No quality check:
     :func:`edgekit.device.field.count_cells` is the gate and the finder together."""
     cv2 = opencv()
     p = params or FieldParams()
@@ -780,9 +800,11 @@ def segment_cells(
     del od  # the largest plane (3 floats a pixel): not held while the foreground is found
     # the circles' radius needs no foreground: it sizes the pale centres the foreground may fill
     estimate = p.hough_radius and not p.cell_radius
-    circles, spread = (
-        _circle_radius(density, 0.0, p) if estimate else ((p.cell_radius or 0.0) * scale, 0.0)
-    )
+    circles, spread = _field_circles(density, p, scale, sized if estimate else None)
+    finer = _finer_side(circles, small.shape, (H, W), p) if estimate else 0
+    if finer:  # the circles measured here size the cells there: no second round of searches
+        return segment_cells(rgb, replace(p, max_side=finer, fine_cells=0.0), None, outside,
+                             (circles / scale, spread))
     holes = _Holes(p.hole_density, p.hole_area * math.pi * circles**2, p.hole_solidity)
     fg = _foreground(density, p.threshold, p.min_od, holes)
     if fg.min() > 0:  # not one background pixel: no distance is defined (OpenCV returns FLT_MAX)
@@ -815,6 +837,32 @@ def segment_cells(
         if cell is not None:
             cells.append(cell)
     return cells, radius / scale
+
+
+def _field_circles(
+    d: _Density, p: FieldParams, scale: float, sized: tuple[float, float] | None
+) -> tuple[float, float]:
+    """The circles' radius in working-copy pixels and their spread (:func:`_circle_radius`): as
+    ``sized`` (field pixels) says, measured, or ``p.cell_radius`` with no circles sought."""
+    if sized is not None:
+        return sized[0] * scale, sized[1]
+    if p.hough_radius and not p.cell_radius:
+        return _circle_radius(d, 0.0, p)
+    return (p.cell_radius or 0.0) * scale, 0.0
+
+
+def _finer_side(circles: float, work: tuple[int, ...], full: tuple[int, int], p: FieldParams) -> int:
+    """The longer side of a working copy on which cells this small are found, or 0 to stay on this
+    one: cells whose circles measure under ``p.fine_cells`` x the first circles' floor (a lower
+    magnification: the smaller-circle search sized them) are a few pixels across, where the
+    finder's pixel-sized steps (5-px blur and opening, the Hough transforms' blur) merge and lose
+    them; the copy is made larger so they measure ``p.fine_target`` x that floor, never beyond the
+    field's own pixels."""
+    floor = min(work[:2]) / CIRCLE_FLOOR
+    if p.fine_cells <= 0 or not 0 < circles < p.fine_cells * floor:
+        return 0
+    side = min(max(full), round(max(work[:2]) * p.fine_target * floor / circles))
+    return side if side > max(work[:2]) else 0
 
 
 def _flattened(small: np.ndarray, outside: np.ndarray | None,

@@ -118,6 +118,19 @@ class FieldParams:
     small_circles: float = 3.0
     small_floor: float = 60.0
     small_spread: float = 0.3
+    # ... and skipped when a quick distance map already sizes the cells at small_skip x the first
+    # circles' floor or more (:func:`.segment._cells_above_floor`; BCCD: the second search ran on 44
+    # of 46 fields for nothing); 0: never skipped. On --combos the fields whose second search won
+    # measured at most 1.51x, BCCD's own fields 1.63-3.8x: 2 leaves a margin on the side that
+    # costs only time (RESULTS.md)
+    small_skip: float = 2.0
+    # cells whose circles measure under fine_cells x the first circles' floor (sized by the smaller
+    # search: a few pixels across in the working copy) are found on a larger copy, where they measure
+    # fine_target x that floor, at most the field's own size (:func:`.segment._finer_side`); 0: off.
+    # Chosen on the even half of field_transforms.py --combos' IML fields, checked on the odd half
+    # (RESULTS.md: 0.6x 0.832 -> 0.890, 0.8x 0.883 -> 0.908; one of the 536 plain fields moves)
+    fine_cells: float = 0.9
+    fine_target: float = 1.25
     # a field whose background dims by more than this fraction of its brightest (a vignette, a lamp off
     # centre) is found on a copy divided by its lighting (:mod:`.illumination`); None: never. Chosen
     # among 0.1/0.15/0.2 on the even half of benchmarks/field_transforms.py's sample: vignetted fields
