@@ -523,3 +523,34 @@ def test_hard_objects_survive_an_unreadable_object(base_run, tmp_path):
     raw = dataclasses.replace(m.preprocessing, stain="none")
     x = _found_objects(tmp_path, ["A"], AdaptConfig(objects_per_field=5, hard_objects=2), raw, None, scores)
     assert len(x) == 4  # the four readable objects; the unreadable one left out as before
+
+
+def test_field_error_cutoff_takes_the_highest_cutoff_within_one_standard_error():
+    """13 fields of 100 cells: on 6 a false call at 0.7, on 7 a labelled parasite scored 0.7 (two
+    others at 0.95 everywhere). The smallest mean error is at 0.7 (0.0046 against 0.0054 at 0.95),
+    within one standard error (0.0014) of 0.95: the rule takes 0.95. Under MIN_SE_FIELDS fields the
+    smallest error stays; and calling nothing (1.0) is not taken while a cutoff below it is within."""
+    from edgekit.adapt import MIN_SE_FIELDS, field_error_cutoff
+
+    def field(low: float, truth: float) -> tuple[np.ndarray, float]:
+        q = np.full(100, 0.1)
+        q[:2], q[2] = 0.95, low
+        return q, truth
+
+    false_call, low_parasite = field(0.7, 0.02), field(0.7, 0.03)
+    fields = [false_call] * 6 + [low_parasite] * 7
+    probs, truth = [f[0] for f in fields], [f[1] for f in fields]
+    assert field_error_cutoff(probs, truth) == 0.95
+    few = [false_call] * 4 + [low_parasite] * 5  # 9 fields: the smallest error, at 0.7
+    assert len(few) < MIN_SE_FIELDS
+    assert field_error_cutoff([f[0] for f in few], [f[1] for f in few]) == 0.7
+
+    def lone(p: float, truth: float) -> tuple[np.ndarray, float]:
+        q = np.full(100, 0.1)
+        q[0] = p
+        return q, truth
+
+    # 6 fields with one parasite at 0.9, 5 with a false call at 0.9: calling nothing is within one
+    # standard error of 0.9 and is not taken
+    eleven = [lone(0.9, 0.01)] * 6 + [lone(0.9, 0.0)] * 5
+    assert field_error_cutoff([f[0] for f in eleven], [f[1] for f in eleven]) == 0.9
