@@ -192,8 +192,7 @@ def field_error_cutoff(probs: list[np.ndarray], truth: list[float]) -> float:
     benchmarks/results/site_cutoff_rule_iml.json)."""
     if not probs or not any(len(q) for q in probs):
         return 1.0
-    candidates = np.unique(np.concatenate([np.concatenate(probs).astype(np.float64), [1.0]]))
-    error = np.stack([_field_errors(q, t, candidates) for q, t in zip(probs, truth, strict=True) if len(q)])
+    candidates, error = field_error_curves(probs, truth)
     mean = error.mean(axis=0)
     best = int(np.flatnonzero(mean <= mean.min() + 1e-12)[-1])
     if len(error) >= MIN_SE_FIELDS and candidates[best] < 1.0:
@@ -202,10 +201,16 @@ def field_error_cutoff(probs: list[np.ndarray], truth: list[float]) -> float:
     return float(np.clip(candidates[best], 0.0, 1.0))
 
 
-def _field_errors(q: np.ndarray, t: float, candidates: np.ndarray) -> np.ndarray:
-    """One field's |called fraction - labelled fraction| at each candidate cutoff."""
-    q = np.sort(np.asarray(q, np.float64))
-    return np.abs((len(q) - np.searchsorted(q, candidates, side="left")) / len(q) - t)
+def field_error_curves(probs: list[np.ndarray], truth: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """(candidate cutoffs: every probability and 1.0, ascending; per field with cells x candidate:
+    |called fraction - labelled fraction|)."""
+    candidates = np.unique(np.concatenate([np.concatenate(probs).astype(np.float64), [1.0]]))
+    rows = []
+    for q, t in zip(probs, truth, strict=True):
+        if len(q):
+            q = np.sort(np.asarray(q, np.float64))
+            rows.append(np.abs((len(q) - np.searchsorted(q, candidates, side="left")) / len(q) - t))
+    return candidates, np.stack(rows)
 
 
 def find_field_images(fields_dir: Path, stems: list[str]) -> dict[str, Path]:
