@@ -1036,7 +1036,8 @@ def _choose_decision(manifest: Any, y_val: np.ndarray, p_val: np.ndarray, g_val:
         manifest.thresholds = Thresholds(
             positive=positive, negative=negative, cutoff=field_cut,
             source=(f"site validation fields ({len(fields['val'])}), {outputs} outputs: cutoff "
-                    + ("with the smallest mean per-field parasitemia error" if cfg.cutoff == "field-error"
+                    + ("within one standard error of the smallest mean per-field parasitemia error"
+                       if cfg.cutoff == "field-error"
                        else "by matching the labelled parasitemia")
                     + " over every cell the finder returns; band edges at 99% precision "
                     f"(positive side) and negative predictive value (negative side) on the validation cells "

@@ -33,7 +33,8 @@ class AdaptConfig:
     fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
     cutoff: str = "auto"  # count: called = labelled positives on validation cells; field-count: on
     # whole validation fields (every cell the device finds, needs the field images); field-error: the
-    # smallest mean per-field error on those fields (what the gate measures); youden; auto:
+    # highest cutoff within one standard error of the smallest mean per-field error on those
+    # fields (what the gate measures); youden; auto:
     # field-error when the field images are here, else count
     stain: float | None = None  # colour jitter while fine-tuning; None: the base run's own augmentation
     # cap on negative training cells per field (all positives kept): with every negative, the class

@@ -162,10 +162,10 @@ def cells(fields: tuple[Path, ...], annotations: Path | None, sessions_db: Path 
               show_default=True,
               help="count: call as many validation cells positive as are labelled (unbiased parasitemia on "
                    "labelled cells); field-count: as many over every cell the finder returns on whole "
-                   "validation fields (needs the field images); field-error: the smallest mean per-field "
-                   "parasitemia error on those whole fields, the number the gate holds (needs the field "
-                   "images); youden: maximise sensitivity + specificity; auto: field-error when the field "
-                   "images are here, else count.")
+                   "validation fields (needs the field images); field-error: the highest cutoff within one "
+                   "standard error of the smallest mean per-field parasitemia error on those whole fields, "
+                   "the number the gate holds (needs the field images); youden: maximise sensitivity + "
+                   "specificity; auto: field-error when the field images are here, else count.")
 @option("--field-images", "fields_dir", aliases=("--fields",), type=click.Path(path_type=Path),
         help="The folder of the site's field images. Default: the folder `edgekit site cells` cut the cells "
              "from, when it is still there.")
