@@ -12,9 +12,7 @@ not retrained. Writes numbers only: site data such as IML has no licence to ship
 
 from __future__ import annotations
 
-import argparse
 import json
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -59,21 +57,13 @@ def bundle_row(k: int, bundle: Path, by_field: dict[str, list[dict[str, Any]]], 
 
 
 def main(argv: list[str] | None = None) -> None:
-    from edgekit.benchmarks.site_error_sources import found_objects
-    from edgekit.paths import shared_data
+    from edgekit.benchmarks.site_error_sources import found_objects, objects_by_field, site_bundles_parser
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("bundles", nargs="+", type=Path, help="adapted site bundles (edgekit site adapt)")
-    ap.add_argument("--data", type=Path, required=True, help="the site cells they were adapted on")
-    iml = shared_data("malaria_fields_iml")
-    ap.add_argument("--fields", type=Path, default=iml / "images")
-    ap.add_argument("--annotations", type=Path, default=iml / "annotations.json")
+    ap = site_bundles_parser(__doc__.split("\n\n")[0])
     ap.add_argument("-o", "--out", type=Path)
     a = ap.parse_args(argv)
     objects, truth = found_objects(a.fields, a.annotations, a.bundles, 0.4)
-    by_field: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for o in objects:
-        by_field[o["field"]].append(o)
+    by_field = objects_by_field(objects)
     rows = [bundle_row(k, b, by_field, truth, a.data) for k, b in enumerate(a.bundles)]
     for r in rows:
         s, o = r["smallest"], r["one_se"]

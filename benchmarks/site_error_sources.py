@@ -121,9 +121,7 @@ def bundle_sources(objects: list[dict[str, Any]], truth: dict[str, float], k: in
     cutoff = load_manifest(bundle).thresholds.cutoff
     sparse = incompletely_labelled_fields(site)
     test, val = set(parts["test"]), [f for f in parts["val"] if f not in sparse]
-    by_field: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for o in objects:
-        by_field[o["field"]].append(o)
+    by_field = objects_by_field(objects)
     called: Counter[str] = Counter()
     for o in objects:
         if o["field"] in test and o["p"][k] >= cutoff:
@@ -167,15 +165,30 @@ def bundle_sources(objects: list[dict[str, Any]], truth: dict[str, float], k: in
             "worst_fields": worst[:top]}
 
 
-def main(argv: list[str] | None = None) -> None:
+def objects_by_field(objects: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """:func:`found_objects`' objects grouped by field (a field with none maps to [])."""
+    by_field: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for o in objects:
+        by_field[o["field"]].append(o)
+    return by_field
+
+
+def site_bundles_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments every replay of kept site bundles takes: the bundles, the site cells they were
+    adapted on, and the annotated fields (IML's by default)."""
     from edgekit.paths import shared_data
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("bundles", nargs="+", type=Path, help="adapted site bundles (edgekit site adapt)")
     ap.add_argument("--data", type=Path, required=True, help="the site cells they were adapted on")
     iml = shared_data("malaria_fields_iml")
     ap.add_argument("--fields", type=Path, default=iml / "images")
     ap.add_argument("--annotations", type=Path, default=iml / "annotations.json")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = site_bundles_parser(__doc__.split("\n\n")[0])
     ap.add_argument("--min-iou", type=float, default=0.4, help="as edgekit site cells matches boxes")
     ap.add_argument("--orientations", choices=sorted(ORIENTATIONS), default="none",
                     help="test-time augmentation: mean probability over these views of each crop")

@@ -133,12 +133,8 @@ def test_cells_smaller_than_the_first_circles_are_sized_and_found():
     assert len(cells) <= 1.1 * len(boxes)
 
 
-
-def test_small_cells_are_found_on_a_finer_copy(monkeypatch):
-    """Cells the smaller-circle search sized at ~10 px in the 640-px working copy are found on a
-    larger copy (``fine_cells``), where the finder's pixel-sized blur and opening no longer merge
-    or drop them: before, 85% of these cells matched; the radius is the same either way. The
-    larger copy takes its size from the circles already measured: no circle search runs twice."""
+def _count_circle_searches(monkeypatch) -> list:
+    """The floor of every circle search the finder runs from here on (appended as they run)."""
     from edgekit.device.field import segment
 
     floors = []
@@ -149,12 +145,24 @@ def test_small_cells_are_found_on_a_finer_copy(monkeypatch):
         return search(d, floor, ceiling)
 
     monkeypatch.setattr(segment, "_circle_radii", counted)
+    return floors
+
+
+def test_small_cells_are_found_on_a_finer_copy(monkeypatch):
+    """Cells the smaller-circle search sized at ~10 px in the 640-px working copy are found on a
+    larger copy (``fine_cells``), where the finder's pixel-sized blur and opening no longer merge
+    or drop them: before, 85% of these cells matched; the radius is the same either way. The
+    larger copy takes its size from the circles already measured: no circle search runs twice."""
+    from edgekit.device.field import segment
+
+    floors = _count_circle_searches(monkeypatch)
     rgb, boxes = _small_cells_field()
     cells, radius, reason = count_cells(rgb)
     assert floors == [segment.CIRCLE_FLOOR, FieldParams().small_floor], floors
     assert reason is None and 0.85 * 24 <= radius <= 1.2 * 24, radius
     assert match([c.box for c in cells], boxes) >= 0.92 * len(boxes)
     assert len(cells) <= 1.05 * len(boxes)
+
 
 def _large_cells_field(seed: int = 0) -> tuple[np.ndarray, list]:
     """A 1600x1200 field of 20 large discs (radius 70-130 px, pale centres), apart: like BCCD's few
@@ -185,14 +193,7 @@ def test_large_cells_skip_the_smaller_circle_search(monkeypatch):
     (``small_skip``), and the cells come out as before."""
     from edgekit.device.field import segment
 
-    floors = []
-    search = segment._circle_radii
-
-    def counted(d, floor, ceiling=4):
-        floors.append(floor)
-        return search(d, floor, ceiling)
-
-    monkeypatch.setattr(segment, "_circle_radii", counted)
+    floors = _count_circle_searches(monkeypatch)
     rgb, boxes = _large_cells_field()
     cells, radius, reason = count_cells(rgb)
     assert reason is None and 80 <= radius <= 125, radius

@@ -199,11 +199,16 @@ def _foreground(
     """Stained pixels: a fraction of Otsu's threshold on the green optical density, pale centres
     filled. Clipping the nuclei makes Otsu split background from red cells, not cells from nuclei."""
     cv2 = opencv()
-    # below Otsu, since pale cells and pale centres are barely darker than the background
-    thr = _threshold(d, factor, min_od)
-    _, fg = cv2.threshold(d.blur5, thr, 255, cv2.THRESH_BINARY)
+    fg, thr = _thresholded(d, factor, min_od)
     fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5)))
     return holes.fill(fg, d, thr)
+
+
+def _thresholded(d: _Density, factor: float, min_od: float) -> tuple[np.ndarray, float]:
+    """(pixels over the foreground threshold, as 0/255; the threshold)."""
+    # below Otsu, since pale cells and pale centres are barely darker than the background
+    thr = _threshold(d, factor, min_od)
+    return opencv().threshold(d.blur5, thr, 255, opencv().THRESH_BINARY)[1], thr
 
 
 def _estimate_radius(dist: np.ndarray, fg: np.ndarray, window: float = 0.0) -> float:
@@ -292,8 +297,7 @@ def _cells_above_floor(d: _Density, p: FieldParams) -> bool:
         return False
     cv2 = opencv()
     floor = min(d.u8.shape) / CIRCLE_FLOOR
-    thr = _threshold(d, p.threshold, p.min_od)
-    fg = cv2.threshold(d.blur5, thr, 255, cv2.THRESH_BINARY)[1]
+    fg, thr = _thresholded(d, p.threshold, p.min_od)
     fg = _fill_holes(fg, d.blur5, p.hole_density * thr, math.pi * (2 * floor) ** 2, p.hole_solidity)
     if fg.min() > 0:
         return False
