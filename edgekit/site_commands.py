@@ -244,6 +244,10 @@ def adapt(model: Path, site: Path, out: Path, fields_split: Path | None, block: 
                    "keygen site-key --trust` (copy site-key.pub into each device's keyring); then "
                    f"`edgekit trust sign {out} --key site-key.key`, or set $EDGEKIT_SIGNING_KEY before adapt")
     if gate is None or not gate.passed:
+        from edgekit.site_gate import gate_advice
+
+        for line in gate_advice(m):
+            click.echo(line, err=True)
         why = gate.summary() if gate else "no guard statistics: nothing vouches for its results"
         raise click.ClickException(f"{why}; the bundle says NOT VALIDATED on every result "
                                    "(label more fields, or check the labels, and adapt again)")

@@ -100,5 +100,9 @@ def verify(bundle: Path | None, show_keys: bool) -> None:
     gate = manifest.domain.gate if manifest.domain is not None else None
     if gate is not None:
         click.echo(gate.summary() + ("" if gate.passed else ": every result of it says NOT VALIDATED"))
+        from edgekit.site_gate import gate_advice
+
+        for line in gate_advice(manifest):
+            click.echo(line)
     if not trust.trusted:
         raise SystemExit(1)

@@ -151,3 +151,57 @@ def test_gate_holds_the_upper_bound_of_the_whole_field_error_not_its_mean():
                     ["G0"], {"auc": 0.97}, "tflite_int8")
     assert not few.passed and "cell AUC not measured" in few.summary()
     assert mean_upper_bound([0.4]) == float("inf")  # one field bounds nothing
+
+
+def _failed_site(errors_points: dict[str, float], limit: float = 1.0):
+    """A stand-in site manifest whose gate held the given per-field errors (called - labelled)."""
+    from types import SimpleNamespace
+
+    from edgekit.metrics import mean_upper_bound
+
+    per_field = {f: {"called": 0.02 + e / 100.0, "labelled": 0.02, "cells": 150}
+                 for f, e in errors_points.items()}
+    abs_err = np.abs(list(errors_points.values()))
+    gate = Gate(bounds={"parasitemia_error": limit},
+                measured={"parasitemia_error": mean_upper_bound(abs_err),
+                          "parasitemia_error_mean": float(abs_err.mean())},
+                test_fields=sorted(errors_points))
+    evaluation = {"site": {"test": {"whole_fields": {"per_field": per_field}}}}
+    return SimpleNamespace(domain=SimpleNamespace(gate=gate), evaluation=evaluation)
+
+
+def test_failed_gate_advice_names_the_costliest_fields_and_how_many_fields_would_show_it():
+    """After a failed gate the engineer is told which test fields cost most (their labels are what to
+    review first) and, when the mean is under the bound, about how many test fields like these would
+    show it: that many fields with the same errors do bound the mean under it."""
+    from edgekit.metrics import mean_upper_bound
+    from edgekit.site_gate import fields_to_show, gate_advice
+
+    rng = np.random.default_rng(1)
+    errors = {f"F{i:02d}": float(e) for i, e in enumerate(rng.normal(0.0, 0.9, 30))}
+    errors["F07"], errors["F19"] = 4.0, -3.5
+    site = _failed_site(errors)
+    gate = site.domain.gate
+    mean, upper = gate.measured["parasitemia_error_mean"], gate.measured["parasitemia_error"]
+    assert mean < 1.0 < upper, "precondition: a mean under the bound whose interval is too wide"
+    lines = gate_advice(site)
+    assert "F07 +4.0, F19 -3.5" in lines[-1] and "review their labels" in lines[-1]
+    need = fields_to_show(mean, upper, 1.0, len(errors))
+    assert need is not None and need > len(errors) and "test fields with errors like these" in lines[0]
+    spread = np.abs(list(errors.values()))
+
+    def like_these(n: int) -> np.ndarray:  # n fields whose errors are spread as these are
+        return np.quantile(spread, (np.arange(n) + 0.5) / n)
+
+    assert mean_upper_bound(like_these(need)) <= 1.0
+    assert mean_upper_bound(like_these(need // 2)) > 1.0
+
+
+def test_failed_gate_advice_says_more_fields_cannot_help_a_mean_over_the_bound():
+    from edgekit.site_gate import gate_advice
+
+    site = _failed_site({f"F{i}": 1.5 + 0.1 * (i % 3) for i in range(20)})
+    lines = gate_advice(site)
+    assert "more test fields will not show the bound" in lines[0]
+    passed = _failed_site({f"F{i}": 0.1 for i in range(20)})
+    assert passed.domain.gate.passed and gate_advice(passed) == []

@@ -1,0 +1,74 @@
+# pyright: basic
+"""What a site whose gate failed can do next, read from the site bundle's manifest alone.
+
+The gate holds the upper 95% bound of the mean whole-field parasitemia error over the site's test
+fields. It misses for one of two reasons, and each has its own remedy:
+
+- the mean itself is over the bound: the model (or the labels it is judged on) is off, and more
+  test fields will not change that;
+- the mean is under the bound but the interval is wide: the bound's half-width shrinks as one over
+  the square root of the number of fields, so about ``n * (half-width / room)**2`` test fields with
+  errors like these would show it (``room`` = bound - mean).
+
+Either way the fields that cost most are named first: on the IML fields the largest errors were
+mostly fields with parasitized cells boxed as uninfected or not boxed at all, so their labels are
+what a reviewer should look at before anything is retrained.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+SHOWN_FIELDS = 3  # the largest-error test fields named
+
+
+def field_errors(manifest: Any) -> dict[str, float]:
+    """Each site test field's whole-field parasitemia error in points (called - labelled), from the
+    manifest's ``evaluation.site.test.whole_fields.per_field``; empty when not recorded."""
+    test = (manifest.evaluation.get("site") or {}).get("test") or {}
+    per_field = (test.get("whole_fields") or {}).get("per_field") or {}
+    return {f: 100.0 * (r["called"] - r["labelled"]) for f, r in per_field.items()}
+
+
+def fields_to_show(mean: float, upper: float, limit: float, n: int) -> int | None:
+    """About how many test fields with errors like these would put the upper bound of their mean
+    under ``limit``; None when the mean itself is not under it (more fields cannot show it)."""
+    if n < 2 or not mean < limit or not math.isfinite(upper):
+        return None
+    if upper <= limit:
+        return n
+    return math.ceil(n * ((upper - mean) / (limit - mean)) ** 2)
+
+
+def _error_advice(gate: Any, errors: dict[str, float]) -> list[str]:
+    limit = gate.bounds.get("parasitemia_error")
+    upper, mean = gate.measured.get("parasitemia_error"), gate.measured.get("parasitemia_error_mean")
+    if limit is None or upper is None or mean is None or upper <= limit:
+        return []
+    need = fields_to_show(mean, upper, limit, len(errors))
+    if need is None:
+        return [f"the mean error itself ({mean:.2f} points) is over {limit:g}: more test fields will not "
+                "show the bound; check the largest errors' labels first, then the model"]
+    about = float(f"{need:.2g}")  # two figures: the estimate is rough
+    return [f"the mean error ({mean:.2f} points) is under {limit:g} but {len(errors)} test fields bound it "
+            f"only to {upper:.2f}: about {about:,.0f} test fields with errors like these would show it"]
+
+
+def gate_advice(manifest: Any) -> list[str]:
+    """Lines saying what a failed site gate rests on and what to do next (nothing when it passed)."""
+    domain = getattr(manifest, "domain", None)
+    gate = domain.gate if domain is not None else None
+    if gate is None or gate.passed:
+        return []
+    errors = field_errors(manifest)
+    lines = _error_advice(gate, errors) if errors else []
+    if errors:
+        worst = sorted(errors, key=lambda f: -abs(errors[f]))[:SHOWN_FIELDS]
+        total = sum(abs(e) for e in errors.values())
+        share = sum(abs(errors[f]) for f in worst) / total if total else 0.0
+        named = ", ".join(f"{f} {errors[f]:+.1f}" for f in worst)
+        lines.append(f"largest test-field errors (points, called - labelled): {named}; "
+                     f"{share:.0%} of the total error: review their labels before retraining "
+                     "(`edgekit site check BUNDLE --data CELLS --fields FIELDS --review review.html`)")
+    return lines
