@@ -26,9 +26,13 @@ SHOWN_FIELDS = 3  # the largest-error test fields named
 def field_errors(manifest: Any) -> dict[str, float]:
     """Each site test field's whole-field parasitemia error in points (called - labelled), from the
     manifest's ``evaluation.site.test.whole_fields.per_field``; empty when not recorded."""
-    test = (manifest.evaluation.get("site") or {}).get("test") or {}
-    per_field = (test.get("whole_fields") or {}).get("per_field") or {}
+    per_field = _test_whole_fields(manifest).get("per_field") or {}
     return {f: 100.0 * (r["called"] - r["labelled"]) for f, r in per_field.items()}
+
+
+def _test_whole_fields(manifest: Any) -> dict[str, Any]:
+    test = (manifest.evaluation.get("site") or {}).get("test") or {}
+    return test.get("whole_fields") or {}
 
 
 def fields_to_show(mean: float, upper: float, limit: float, n: int) -> int | None:
@@ -67,7 +71,10 @@ def gate_advice(manifest: Any) -> list[str]:
         worst = sorted(errors, key=lambda f: -abs(errors[f]))[:SHOWN_FIELDS]
         total = sum(abs(e) for e in errors.values())
         share = sum(abs(errors[f]) for f in worst) / total if total else 0.0
-        named = ", ".join(f"{f} {errors[f]:+.1f}" for f in worst)
+        coverage = _test_whole_fields(manifest).get("label_coverage") or {}
+        incomplete = set(coverage.get("incompletely_labelled") or [])
+        named = ", ".join(f"{f} {errors[f]:+.1f}{' (incompletely labelled)' if f in incomplete else ''}"
+                          for f in worst)
         lines.append(f"largest test-field errors (points, called - labelled): {named}; "
                      f"{share:.0%} of the total error: review their labels before retraining "
                      "(`edgekit site check BUNDLE --data CELLS --fields FIELDS --review review.html`)")

@@ -166,7 +166,8 @@ def _failed_site(errors_points: dict[str, float], limit: float = 1.0):
                 measured={"parasitemia_error": mean_upper_bound(abs_err),
                           "parasitemia_error_mean": float(abs_err.mean())},
                 test_fields=sorted(errors_points))
-    evaluation = {"site": {"test": {"whole_fields": {"per_field": per_field}}}}
+    coverage = {"incompletely_labelled": [f for f in errors_points if f.endswith("7")]}
+    evaluation = {"site": {"test": {"whole_fields": {"per_field": per_field, "label_coverage": coverage}}}}
     return SimpleNamespace(domain=SimpleNamespace(gate=gate), evaluation=evaluation)
 
 
@@ -185,7 +186,7 @@ def test_failed_gate_advice_names_the_costliest_fields_and_how_many_fields_would
     mean, upper = gate.measured["parasitemia_error_mean"], gate.measured["parasitemia_error"]
     assert mean < 1.0 < upper, "precondition: a mean under the bound whose interval is too wide"
     lines = gate_advice(site)
-    assert "F07 +4.0, F19 -3.5" in lines[-1] and "review their labels" in lines[-1]
+    assert "F07 +4.0 (incompletely labelled), F19 -3.5" in lines[-1] and "review their labels" in lines[-1]
     need = fields_to_show(mean, upper, 1.0, len(errors))
     assert need is not None and need > len(errors) and "test fields with errors like these" in lines[0]
     spread = np.abs(list(errors.values()))
