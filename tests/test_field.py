@@ -207,6 +207,23 @@ def test_analyze_field_rejects_bad_input(tmp_path, generated_field):
         list(iter_field_crops(bad))
 
 
+@pytest.mark.parametrize("kind", ["specks", "colour noise", "grey noise"])
+def test_noise_is_never_counted_as_cells(kind):
+    """Specks or noise (a hostile upload, a sensor fault) are not a field of hundreds of 2-px cells:
+    whatever the finder picks out is smaller than any crop a model can classify, so the field is
+    refused, not counted."""
+    rng = np.random.default_rng(3)
+    if kind == "specks":
+        img = np.full((100, 100, 3), 230, np.uint8)
+        img[rng.random((100, 100)) < 0.05] = (120, 60, 140)
+    elif kind == "colour noise":
+        img = rng.integers(0, 256, (100, 100, 3), dtype=np.uint8)
+    else:
+        img = np.repeat(rng.integers(0, 256, (200, 200, 1), dtype=np.uint8), 3, axis=2)
+    cells, _, reason = count_cells(img)
+    assert cells == [] and reason is not None and reason.startswith("no red cells found"), reason
+
+
 def test_piled_up_cells_are_rejected():
     """One stained mass wider than a quarter of the field is a thick smear area, not a cell."""
     rgb = np.empty((480, 640, 3), np.uint8)

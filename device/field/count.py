@@ -12,6 +12,7 @@ from edgekit.device.field.quality import field_quality, saturated_fraction, shap
 from edgekit.device.field.segment import MAX_RADIUS_FRACTION, segment_cells, working_copy
 from edgekit.device.field.types import CellBox, FieldParams
 from edgekit.device.field.view import Outside, inside_crop, paint_outside, surround
+from edgekit.device.quality import DEFAULT_GATES
 
 
 def count_cells(
@@ -41,6 +42,10 @@ def count_cells(
     if radius > min(rgb.shape[:2]) / MAX_RADIUS_FRACTION:
         # the "cells" are one mass wider than a quarter of the field: cells are piled up
         return [], radius, "cells overlap into one mass (a thick part of the smear); move to a thinner area"
+    if cells and 2 * radius < DEFAULT_GATES.min_side:
+        # specks of noise or a magnification far too low: no crop this small can be classified
+        return [], radius, (f"no red cells found (what was found is {2 * radius:.0f} px across, under the "
+                            f"{DEFAULT_GATES.min_side} px a cell needs: noise, or too low a magnification)")
     if not cells:
         if saturated_fraction(small) > 0.5:  # a white background with no cell left visible on it
             return [], radius, "overexposed (no cells visible; more than half the field is saturated white)"
