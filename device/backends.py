@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -62,20 +61,14 @@ def scratch_file() -> IO[bytes]:
 @contextlib.contextmanager
 def _quiet_native_info() -> Iterator[None]:
     """Drop LiteRT's native "INFO: Created ... delegate" line from stderr (written by C++, so it
-    bypasses Python's logging); every other line written meanwhile is passed through."""
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):
-        yield
-        return
+    bypasses Python's logging); every other line written meanwhile is passed through. Borrowed under
+    :mod:`~edgekit.device.native_stderr`'s lock, as a decoding thread borrows it."""
+    from edgekit.device.native_stderr import borrowed_stderr
+
     with scratch_file() as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
+        with borrowed_stderr(tmp) as borrowed:
             yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+        if borrowed:
             tmp.seek(0)
             kept = [ln for ln in tmp.read().splitlines(keepends=True) if not ln.startswith(_NOISE)]
             if kept:

@@ -30,8 +30,6 @@ import io
 import os
 import re
 import struct
-import sys
-import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,44 +56,30 @@ def _is_end_padding(line: bytes, data: bytes) -> bool:
         return False
     n = int(m.group(1))
     return 0 < n <= end and set(data[end - n : end]) <= {0x00, 0xFF}
-_STDERR_LOCK = threading.Lock()
-
-
 _capture_file: IO[bytes] | None = None
 
 
 @contextlib.contextmanager
 def captured_native_stderr() -> Iterator[io.BytesIO]:
     """Capture what native code writes to file descriptor 2 while the block runs (the bytes are in
-    the yielded buffer afterwards). Serialised by a lock: descriptor 2 is process-wide. One temporary
-    file is reused, so a capture costs a few system calls."""
+    the yielded buffer afterwards), borrowed under :mod:`~edgekit.device.native_stderr`'s lock, so
+    the program's own lines printed meanwhile by another thread are not captured. One temporary file
+    is reused, so a capture costs a few system calls."""
     global _capture_file
-    out = io.BytesIO()
-    with _STDERR_LOCK:
-        try:
-            sys.stderr.flush()
-            saved = os.dup(2)
-        except (OSError, ValueError):
-            yield out
-            return
-        try:
-            if _capture_file is None:
-                from edgekit.device.backends import scratch_file  # memfd: no tempfile import (cold start)
+    from edgekit.device.native_stderr import STDERR_LOCK, borrowed_stderr
 
-                _capture_file = scratch_file()
-            tmp = _capture_file
-            tmp.seek(0)
-            tmp.truncate()
-            os.dup2(tmp.fileno(), 2)
-        except OSError:
-            os.close(saved)
+    out = io.BytesIO()
+    with STDERR_LOCK:
+        if _capture_file is None:
+            from edgekit.device.backends import scratch_file  # memfd: no tempfile import (cold start)
+
+            _capture_file = scratch_file()
+        tmp = _capture_file
+        tmp.seek(0)
+        tmp.truncate()
+        with borrowed_stderr(tmp) as borrowed:
             yield out
-            return
-        try:
-            yield out
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+        if borrowed:
             tmp.seek(0)
             out.write(tmp.read(64 * 1024))
 

@@ -467,6 +467,21 @@ def _segment_one(item: tuple[str, Path | None], rule: Any = None) -> SegmentedFi
     return shown, content_hash, CutField.of(rgb, cells, outside), cells, reason, focus
 
 
+def _colourless(rgb: np.ndarray | CutField, cells: list, classifier: Classifier) -> str | None:
+    """Why a field's cells have no stain colour (a grayscale field: refused whole, as ``edgekit
+    field`` refuses it, not cut into crops each refused), or None."""
+    domain = classifier.manifest.domain
+    if domain is None:
+        return None
+    from edgekit.device.domain import colourless_field
+    from edgekit.device.field import crop_cell
+    from edgekit.device.field.classify import colour_sample
+
+    if isinstance(rgb, CutField):
+        return colourless_field(colour_sample(rgb.crops), domain)
+    return colourless_field([crop_cell(rgb, c) for c in colour_sample(cells)], domain)
+
+
 def record_fields(
     store: RecordStore, session: Session, fields: Iterable[SegmentedField], classifier: Classifier,
     gates: QualityGates | None = DEFAULT_GATES, stop_cells: int | None = None, source_kind: str = "field",
@@ -493,6 +508,8 @@ def record_fields(
         if stop_cells and store.count_classified(session.id) >= stop_cells:
             break
         check = None
+        if reason is None and rgb is not None and cells:
+            reason = _colourless(rgb, cells, classifier)
         if reason is not None or rgb is None:
             why = ImageError(reason or "unreadable")
             items: list[Crop] = [(shown, content_hash or f"rejected:{shown}", why)]

@@ -9,6 +9,9 @@ import sys
 
 def main() -> None:
     """Load the CLI, then run it."""
+    from edgekit.device.native_stderr import serialise_python_stderr
+
+    serialise_python_stderr()  # before any thread borrows descriptor 2 (a decoding thread's warnings)
     try:
         from edgekit.cli import main as cli
     except KeyboardInterrupt:

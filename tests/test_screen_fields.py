@@ -184,3 +184,24 @@ def test_a_fields_crops_are_freed_before_the_next_field_is_taken(tmp_path):
         tally = record_fields(store, session, fields(), clf, stop_cells=0)
     assert tally.counts["classified"] >= 20 and len(seen) == 2
     assert seen == [0, 0]
+
+
+def test_a_grayscale_field_is_refused_whole_as_edgekit_field_refuses_it(tmp_path):
+    """`screen --fields` cut a grayscale field into crops, refused each one ("no stain colour") and
+    marked the field counted, while `edgekit field` refused the field: one rejected record now, with
+    the crop gate's reason, and no field counted."""
+    import cv2
+    import numpy as np
+
+    src = sorted((FIXTURES / "fields").iterdir())[0]
+    grey = cv2.cvtColor(cv2.imread(str(src)), cv2.COLOR_BGR2GRAY)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "grey.png"), np.repeat(grey[:, :, None], 3, axis=2))
+    db = tmp_path / "s.sqlite"
+    res = CliRunner().invoke(main, ["screen", "--patient", "G", "--fields", str(folder), "--db", str(db)])
+    assert res.exit_code == 0, res.output
+    con = sqlite3.connect(db)
+    rows = con.execute("select source_id, status, reason from records").fetchall()
+    assert len(rows) == 1 and rows[0][1] == "rejected" and rows[0][2].startswith("no stain colour"), rows
+    assert con.execute("select count(*) from fields where status = 'counted'").fetchone()[0] == 0

@@ -134,17 +134,24 @@ def classify_field(
     return report
 
 
-def _refuse_colourless(report: FieldReport, rgb: np.ndarray, classifier: ClassifierLike,
-                       sample: int = 15) -> None:
+COLOUR_SAMPLE = 15  # cells whose colour stands for the field's (every n-th, n = cells // this)
+
+
+def colour_sample(items: list) -> list:
+    """The field's cells (or their crops, in the same order) whose colour is checked."""
+    return items[:: max(1, len(items) // COLOUR_SAMPLE)]
+
+
+def _refuse_colourless(report: FieldReport, rgb: np.ndarray, classifier: ClassifierLike) -> None:
     """Reject a field whose cells have no stain colour, by the crop gate's own rule (screening
-    refuses each of its crops): a grayscale field is refused on every path, not counted."""
+    refuses each of its crops): a grayscale field is refused on every path, not counted (the
+    session paths: :func:`edgekit.device.screening.record_fields`)."""
     domain = classifier.manifest.domain
     if domain is None or not report.cells:
         return
     from edgekit.device.domain import colourless_field
 
-    step = max(1, len(report.cells) // sample)
-    reason = colourless_field([crop_cell(rgb, c) for c in report.cells[::step]], domain)
+    reason = colourless_field([crop_cell(rgb, c) for c in colour_sample(report.cells)], domain)
     if reason:
         report.rejected, report.cells = reason, []
 
