@@ -45,7 +45,7 @@ def fields_to_show(mean: float, upper: float, limit: float, n: int) -> int | Non
     return math.ceil(n * ((upper - mean) / (limit - mean)) ** 2)
 
 
-def _error_advice(gate: Any, errors: dict[str, float]) -> list[str]:
+def _error_advice(manifest: Any, gate: Any, errors: dict[str, float]) -> list[str]:
     limit = gate.bounds.get("parasitemia_error")
     upper, mean = gate.measured.get("parasitemia_error"), gate.measured.get("parasitemia_error_mean")
     if limit is None or upper is None or mean is None or upper <= limit:
@@ -55,8 +55,21 @@ def _error_advice(gate: Any, errors: dict[str, float]) -> list[str]:
         return [f"the mean error itself ({mean:.2f} points) is over {limit:g}: more test fields will not "
                 "show the bound; check the largest errors' labels first, then the model"]
     about = float(f"{need:.2g}")  # two figures: the estimate is rough
-    return [f"the mean error ({mean:.2f} points) is under {limit:g} but {len(errors)} test fields bound it "
-            f"only to {upper:.2f}: about {about:,.0f} test fields with errors like these would show it"]
+    line = (f"the mean error ({mean:.2f} points) is under {limit:g} but {len(errors)} test fields bound it "
+            f"only to {upper:.2f}: about {about:,.0f} test fields with errors like these would show it")
+    share = _test_share(manifest)
+    if share:
+        line += (f" (adapt tests on {share:.0%} of the labelled fields: about {about / share:,.0f} "
+                 "labelled in all)")
+    return [line]
+
+
+def _test_share(manifest: Any) -> float | None:
+    """The share of the site's labelled fields that adapt kept for its test (None when not recorded)."""
+    counts = ((manifest.training or {}).get("adaptation") or {}).get("site_fields") or {}
+    counts = {k: v for k, v in counts.items() if isinstance(v, int)}
+    total = sum(counts.values())
+    return counts.get("test", 0) / total if total else None
 
 
 def gate_advice(manifest: Any) -> list[str]:
@@ -66,7 +79,7 @@ def gate_advice(manifest: Any) -> list[str]:
     if gate is None or gate.passed:
         return []
     errors = field_errors(manifest)
-    lines = _error_advice(gate, errors) if errors else []
+    lines = _error_advice(manifest, gate, errors) if errors else []
     if errors:
         worst = sorted(errors, key=lambda f: -abs(errors[f]))[:SHOWN_FIELDS]
         total = sum(abs(e) for e in errors.values())

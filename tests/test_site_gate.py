@@ -168,7 +168,9 @@ def _failed_site(errors_points: dict[str, float], limit: float = 1.0):
                 test_fields=sorted(errors_points))
     coverage = {"incompletely_labelled": [f for f in errors_points if f.endswith("7")]}
     evaluation = {"site": {"test": {"whole_fields": {"per_field": per_field, "label_coverage": coverage}}}}
-    return SimpleNamespace(domain=SimpleNamespace(gate=gate), evaluation=evaluation)
+    split = {"train": 3 * len(errors_points), "val": len(errors_points), "test": len(errors_points)}
+    training = {"adaptation": {"site_fields": split}}
+    return SimpleNamespace(domain=SimpleNamespace(gate=gate), evaluation=evaluation, training=training)
 
 
 def test_failed_gate_advice_names_the_costliest_fields_and_how_many_fields_would_show_it():
@@ -189,6 +191,7 @@ def test_failed_gate_advice_names_the_costliest_fields_and_how_many_fields_would
     assert "F07 +4.0 (incompletely labelled), F19 -3.5" in lines[-1] and "review their labels" in lines[-1]
     need = fields_to_show(mean, upper, 1.0, len(errors))
     assert need is not None and need > len(errors) and "test fields with errors like these" in lines[0]
+    assert "adapt tests on 20% of the labelled fields" in lines[0]
     spread = np.abs(list(errors.values()))
 
     def like_these(n: int) -> np.ndarray:  # n fields whose errors are spread as these are
