@@ -59,7 +59,7 @@ def _error_advice(manifest: Any, gate: Any, errors: dict[str, float]) -> list[st
             f"only to {upper:.2f}: about {about:,.0f} test fields with errors like these would show it")
     share = _test_share(manifest)
     if share:
-        line += (f" (adapt tests on {share:.0%} of the labelled fields: about {about / share:,.0f} "
+        line += (f" (adapt tests on {share:.0%} of the labelled fields: about {float(f'{need / share:.2g}'):,.0f} "
                  "labelled in all)")
     return [line]
 
