@@ -54,14 +54,18 @@ def _error_advice(manifest: Any, gate: Any, errors: dict[str, float]) -> list[st
     if need is None:
         return [f"the mean error itself ({mean:.2f} points) is over {limit:g}: more test fields will not "
                 "show the bound; check the largest errors' labels first, then the model"]
-    about = float(f"{need:.2g}")  # two figures: the estimate is rough
     line = (f"the mean error ({mean:.2f} points) is under {limit:g} but {len(errors)} test fields bound it "
-            f"only to {upper:.2f}: about {about:,.0f} test fields with errors like these would show it")
+            f"only to {upper:.2f}: about {_about(need)} test fields with errors like these would show it")
     share = _test_share(manifest)
     if share:
-        line += (f" (adapt tests on {share:.0%} of the labelled fields: about {float(f'{need / share:.2g}'):,.0f} "
-                 "labelled in all)")
+        line += f" (adapt tests on {share:.0%} of the labelled fields: about {_about(need / share)} "
+        line += "labelled in all)"
     return [line]
+
+
+def _about(n: float) -> str:
+    """A rough count to two figures (1,886 -> "1,900")."""
+    return f"{float(f'{n:.2g}'):,.0f}"
 
 
 def _test_share(manifest: Any) -> float | None:
