@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgekit.device.lab import rgb_to_lab
+from edgekit.device.order import median, percentile
 from edgekit.device.preprocess import opencv
 
 if TYPE_CHECKING:
@@ -183,13 +184,13 @@ def _crop_features_numpy(rgb: np.ndarray) -> np.ndarray | None:
     lab = _to_lab(np.ascontiguousarray(rgb))[inner if inner.sum() >= 16 else fg]
     lab = lab.astype(np.float32)
     L, a, b = lab[:, 0], lab[:, 1], lab[:, 2]
-    lq = np.percentile(L, [5, 25, 50, 75])
+    lq = percentile(L, [5, 25, 50, 75])
     return np.array(
         [
             np.log(2.0 * np.sqrt(n / np.pi)),
             n / fg.size,
-            lq[2], np.median(a), np.median(b),
-            lq[0], np.percentile(a, 95), np.percentile(b, 5),
+            lq[2], median(a), median(b),
+            lq[0], percentile(a, 95), percentile(b, 5),
             lq[3] - lq[1],
         ],
         dtype=np.float64,
