@@ -48,7 +48,7 @@ def test_guard_features_as_with_opencvs_conversion(monkeypatch: pytest.MonkeyPat
 
 def test_large_images_are_converted_in_chunks_alike() -> None:
     rng = np.random.default_rng(2)
-    img = rng.integers(0, 256, (300, 500, 3), dtype=np.uint8)  # 150,000 pixels: three chunks
+    img = rng.integers(0, 256, (300, 500, 3), dtype=np.uint8)  # 150,000 pixels: many chunks
     np.testing.assert_array_equal(rgb_to_lab(img), cv2.cvtColor(img, cv2.COLOR_RGB2LAB))
 
 
@@ -88,3 +88,16 @@ def test_classify_and_screen_never_build_opencvs_colour_tables(tmp_path) -> None
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["asked"] > 0  # the watch saw OpenCV's colour conversions
     assert result["lab"] == []
+
+
+def test_threads_convert_alike() -> None:
+    """Each thread has its own working arrays: conversions running at once do not mix."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, (60 + 7 * k, 90, 3), dtype=np.uint8) for k in range(16)]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda im: [rgb_to_lab(im) for _ in range(20)], images))
+    for im, labs in zip(images, results, strict=True):
+        expected = cv2.cvtColor(im, cv2.COLOR_RGB2LAB)
+        assert all(np.array_equal(lab, expected) for lab in labs)
