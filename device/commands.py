@@ -125,13 +125,11 @@ def classify(ctx: click.Context, paths: tuple[str, ...], bundle: Path | None, mo
 
     Exits 1 when any input could not be read (the batch still runs to the end).
     """
-    from edgekit.device.pipeline import expand_inputs
-
-    items = list(expand_inputs(paths))
     from edgekit.device.output import Progress, ResultWriter, result_columns, result_row
-    from edgekit.device.pipeline import Tally, classify_items, workers
+    from edgekit.device.pipeline import Tally, classify_items, expand_inputs, workers
     from edgekit.device.quality import DEFAULT_GATES
 
+    items = list(expand_inputs(paths))
     classifier = _load(bundle, model_format, threads, allow_unsigned)
     writer = ResultWriter(out_format, result_columns(classifier), max((len(s) for s, _ in items), default=8))
     bar = Progress(len(items), Progress.wanted(bool(progress)) if progress is not False else False)
