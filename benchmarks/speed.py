@@ -241,8 +241,12 @@ def bundle_ref(bundle: Path | None) -> dict[str, str] | None:
             "manifest_sha256": hashlib.sha256((Path(bundle) / "manifest.json").read_bytes()).hexdigest()}
 
 
+E2E_ROWS = ("screen", "fields", "cold")
+
+
 def end_to_end(srcs: dict[str, tuple[Path, Path]], crops_dir: Path, fields: list[Path], rounds: int,
-               cold_repeats: int = 3) -> dict[str, dict[str, Any]]:
+               cold_repeats: int = 3, rows: tuple[str, ...] = E2E_ROWS) -> dict[str, dict[str, Any]]:
+    """The rows of :data:`E2E_ROWS` named in ``rows`` for every source, alternating per round."""
     one_crop = sorted(crops_dir.iterdir())[0]
     for src, _ in srcs.values():
         byte_compile(src)
@@ -256,18 +260,11 @@ def end_to_end(srcs: dict[str, tuple[Path, Path]], crops_dir: Path, fields: list
             for name in names[r % len(names):] + names[: r % len(names)]:
                 src, bundle = srcs[name]
                 db = Path(tmp) / f"{name}-{r}.sqlite"
-                run = _run(["screen", str(crops_dir), "--patient", "SPEED", "--db", str(db), "--model",
-                            str(bundle), "--no-progress", "--stop-cells", "0", "--json"], src)
-                summary = json.loads(run["stdout"].strip().splitlines()[-1])
-                if summary["crops"] + summary["rejected"] + summary["failed"] != N_CROPS:
-                    raise SystemExit(f"{name}: screen recorded {summary} for {N_CROPS} crops")
-                res[name]["screen"].append({**_keep(run), "cells": summary["crops"]})
-                run = _run(["screen", *map(str, fields), "--fields", "--patient", "SPEEDF", "--db", str(db),
-                            "--model", str(bundle), "--threads", "2", "--no-progress", "--stop-cells", "0",
-                            "--json"], src)
-                cells = json.loads(run["stdout"].strip().splitlines()[-1])["crops"]
-                res[name]["fields"].append({**_keep(run), "cells": cells})
-                for _ in range(cold_repeats):
+                if "screen" in rows:
+                    _screen_row(res[name], src, bundle, crops_dir, db)
+                if "fields" in rows:
+                    _fields_row(res[name], src, bundle, fields, db)
+                for _ in range(cold_repeats if "cold" in rows else 0):
                     run = _run(["classify", str(one_crop), "--model", str(bundle), "--format", "jsonl",
                                 "--no-progress"], src, first_line=True)
                     if not run["stdout"].startswith("{"):
@@ -276,15 +273,31 @@ def end_to_end(srcs: dict[str, tuple[Path, Path]], crops_dir: Path, fields: list
     return summarize_e2e(res)
 
 
+def _screen_row(res: dict[str, Any], src: Path, bundle: Path, crops_dir: Path, db: Path) -> None:
+    run = _run(["screen", str(crops_dir), "--patient", "SPEED", "--db", str(db), "--model", str(bundle),
+                "--no-progress", "--stop-cells", "0", "--json"], src)
+    summary = json.loads(run["stdout"].strip().splitlines()[-1])
+    if summary["crops"] + summary["rejected"] + summary["failed"] != N_CROPS:
+        raise SystemExit(f"{src}: screen recorded {summary} for {N_CROPS} crops")
+    res["screen"].append({**_keep(run), "cells": summary["crops"]})
+
+
+def _fields_row(res: dict[str, Any], src: Path, bundle: Path, fields: list[Path], db: Path) -> None:
+    run = _run(["screen", *map(str, fields), "--fields", "--patient", "SPEEDF", "--db", str(db), "--model",
+                str(bundle), "--threads", "2", "--no-progress", "--stop-cells", "0", "--json"], src)
+    cells = json.loads(run["stdout"].strip().splitlines()[-1])["crops"]
+    res["fields"].append({**_keep(run), "cells": cells})
+
+
 def summarize_e2e(res: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Medians of the per-run numbers (wall, CPU) and the peak RSS of each kind of run."""
     for d in res.values():
         for key in ("screen", "fields", "cold"):
-            runs = d[key]
-            d[f"{key}_wall_s"] = statistics.median(x["wall_s"] for x in runs)
-            d[f"{key}_cpu_s"] = statistics.median(x["cpu_s"] for x in runs)
+            runs = d.get(key) or []
+            d[f"{key}_wall_s"] = statistics.median(x["wall_s"] for x in runs) if runs else None
+            d[f"{key}_cpu_s"] = statistics.median(x["cpu_s"] for x in runs) if runs else None
             d[f"{key}_rss_mb"] = max((x["peak_rss_mb"] for x in runs if "peak_rss_mb" in x), default=None)
-        d["fields_cells"] = d["fields"][0]["cells"]
+        d["fields_cells"] = d["fields"][0]["cells"] if d.get("fields") else None
     return res
 
 
@@ -320,13 +333,10 @@ def issue_rows(result: dict[str, Any]) -> list[str]:
     e2e = result.get("end_to_end") or {}
     names = list(e2e) or ["(no end-to-end run)"]
 
-    def mark(text: str, ok: bool | None) -> str:
-        return text + ("" if ok is None else " ✓" if ok else " ✗")
-
     per_crop = "-"
     if model_ms and peer_ms:
         x = peer_ms / model_ms
-        per_crop = mark(f"{model_ms:.3f} ms vs {peer_ms:.3f} ms: {x:.1f}x", x >= TARGETS["per_crop_x"])
+        per_crop = _mark(f"{model_ms:.3f} ms vs {peer_ms:.3f} ms: {x:.1f}x", x >= TARGETS["per_crop_x"])
     rows = {"per crop, int8, batch 1, 1 thread, vs MalariaScreener": ([per_crop] * len(names), ">= 8x"),
             f"screen {N_CROPS:,} NIH crops": ([], "<= 3x the model's time, <= 80 MB"),
             f"screen --fields of {N_FIELDS} IML fields, 2 threads": ([], "<= 1.2 s, <= 100 MB"),
@@ -334,28 +344,40 @@ def issue_rows(result: dict[str, Any]) -> list[str]:
     keys = list(rows)
     for name in names:
         d = e2e.get(name)
-        if d is None:
-            for k in keys[1:]:
-                rows[k][0].append("-")
-            continue
-        x = d["screen_wall_s"] / (N_CROPS * model_ms / 1000) if model_ms else None
-        rss = d["screen_rss_mb"]
-        text = f"{d['screen_wall_s']:.2f} s wall, {d['screen_cpu_s']:.2f} s CPU, {_mb(rss)} MB"
-        if x is not None:
-            text += f": {x:.1f}x the model's time"
-        rows[keys[1]][0].append(mark(text, None if x is None or rss is None
-                                     else x <= TARGETS["screen_x"] and rss <= TARGETS["screen_rss"]))
-        rss, wall = d["fields_rss_mb"], d["fields_wall_s"]
-        rows[keys[2]][0].append(mark(f"{wall:.2f} s wall, {d['fields_cpu_s']:.2f} s CPU, {_mb(rss)} MB",
-                                     None if rss is None else
-                                     wall <= TARGETS["fields_wall"] and rss <= TARGETS["fields_rss"]))
-        rows[keys[3]][0].append(mark(f"{d['cold_wall_s']:.3f} s, {_mb(d['cold_rss_mb'])} MB",
-                                     d["cold_wall_s"] <= TARGETS["cold_wall"]))
+        cells = _issue_cells(d, model_ms) if d is not None else ["-"] * 3
+        for k, text in zip(keys[1:], cells, strict=True):
+            rows[k][0].append(text)
     cpu = (result.get("machine") or {}).get("cpu") or {}
     lines = [f"Issue 26 (CPU: {cpu.get('model', '?')}; flags: {' '.join(cpu.get('flags', [])) or '?'}):", "",
              f"| | {' | '.join(names)} | target |", "|---|" + "---|" * (len(names) + 1)]
     lines += [f"| {k} | {' | '.join(cells)} | {target} |" for k, (cells, target) in rows.items()]
     return lines
+
+
+def _mark(text: str, ok: bool | None) -> str:
+    return text + ("" if ok is None else " ✓" if ok else " ✗")
+
+
+def _issue_cells(d: dict[str, Any], model_ms: float | None) -> list[str]:
+    """The screen, fields and cold-start cells of one source's column ("-" for a row not run)."""
+    cells = ["-"] * 3
+    if d.get("screen_wall_s") is not None:
+        x = d["screen_wall_s"] / (N_CROPS * model_ms / 1000) if model_ms else None
+        rss = d["screen_rss_mb"]
+        text = f"{d['screen_wall_s']:.2f} s wall, {d['screen_cpu_s']:.2f} s CPU, {_mb(rss)} MB"
+        if x is not None:
+            text += f": {x:.1f}x the model's time"
+        cells[0] = _mark(text, None if x is None or rss is None
+                         else x <= TARGETS["screen_x"] and rss <= TARGETS["screen_rss"])
+    if d.get("fields_wall_s") is not None:
+        rss, wall = d["fields_rss_mb"], d["fields_wall_s"]
+        cells[1] = _mark(f"{wall:.2f} s wall, {d['fields_cpu_s']:.2f} s CPU, {_mb(rss)} MB",
+                         None if rss is None
+                         else wall <= TARGETS["fields_wall"] and rss <= TARGETS["fields_rss"])
+    if d.get("cold_wall_s") is not None:
+        cells[2] = _mark(f"{d['cold_wall_s']:.3f} s, {_mb(d['cold_rss_mb'])} MB",
+                         d["cold_wall_s"] <= TARGETS["cold_wall"])
+    return cells
 
 
 def _keep(run: dict[str, Any]) -> dict[str, Any]:
@@ -387,7 +409,9 @@ def report(result: dict[str, Any]) -> str:
                   "|---|---|---|---|---|---|---|---|---|"]
         for name, d in e2e.items():
             def cell(key: str, d: dict[str, Any] = d) -> str:
-                x = base[key] / d[key] if d is not base else None
+                if d[key] is None:
+                    return "-"
+                x = base[key] / d[key] if d is not base and base[key] is not None else None
                 return f"{d[key]:.2f}" + (f" ({x:.1f}x)" if x else "")
             lines.append(f"| {name} | {cell('screen_wall_s')} | {cell('screen_cpu_s')} |"
                          f" {cell('fields_wall_s')} | {cell('fields_cpu_s')} | {d['fields_cells']} |"
@@ -418,7 +442,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="NAME=DIR[@BUNDLE]: a source tree to run end to end (repeat; default: this one).")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--cache", type=Path, default=CACHE)
-    ap.add_argument("--skip", default="", help="latency, seed and/or e2e, comma-separated")
+    ap.add_argument("--skip", default="",
+                    help="latency, seed, e2e and/or end-to-end rows (screen, fields, cold), comma-separated")
     ap.add_argument("--out", type=Path, default=None, help="JSON results (and a .md beside it).")
     ap.add_argument("--report", type=Path, default=None, help="Only print the tables of a results JSON.")
     ap.add_argument("--make-seed", type=Path, default=None, help=argparse.SUPPRESS)
@@ -460,7 +485,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         srcs = dict(_src(s, bundle) for s in args.src) or {"current": (ROOT, bundle)}
         fields = iml_fields()
         result["fields"] = [p.name for p in fields]
-        result["end_to_end"] = end_to_end(srcs, crops_dir, fields, args.rounds)
+        rows = tuple(r for r in E2E_ROWS if r not in skip)
+        result["end_to_end"] = end_to_end(srcs, crops_dir, fields, args.rounds, rows=rows)
     result["machine"]["load_avg_end"] = os.getloadavg()
     text = report(result)
     print(text)

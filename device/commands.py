@@ -87,8 +87,7 @@ def _focus_rule(bundle: Path | None, fields: bool = True):
         return DEFAULT_RULE
 
 
-def _load(bundle: Path | None, model_format: str | None, threads: int | None, allow_unsigned: bool = False,
-          warm_up: bool = True):
+def _load(bundle: Path | None, model_format: str | None, threads: int | None, allow_unsigned: bool = False):
     import os
 
     # Each bad file gets our one-line reason; OpenCV's own decoder warnings would only add noise.
@@ -96,7 +95,7 @@ def _load(bundle: Path | None, model_format: str | None, threads: int | None, al
     from edgekit.device.runtime import load_classifier
 
     return load_classifier(bundle, model_format, threads, allow_unsigned=allow_unsigned,
-                           warn=lambda line: click.echo(line, err=True), warm_up=warm_up)
+                           warn=lambda line: click.echo(line, err=True))
 
 
 def _say_unrecorded_sizes(classifier, gates) -> None:
@@ -126,18 +125,12 @@ def classify(ctx: click.Context, paths: tuple[str, ...], bundle: Path | None, mo
 
     Exits 1 when any input could not be read (the batch still runs to the end).
     """
-    from edgekit.device.domain import LAB_TABLES_AFTER, warm_up_for
-    from edgekit.device.pipeline import expand_inputs
-
-    items = list(expand_inputs(paths))
-    many = len(items) > LAB_TABLES_AFTER  # a few crops are quicker without OpenCV's Lab tables
-    if many:
-        warm_up_for(bundle)  # first: the colour tables build while everything else loads
     from edgekit.device.output import Progress, ResultWriter, result_columns, result_row
-    from edgekit.device.pipeline import Tally, classify_items, workers
+    from edgekit.device.pipeline import Tally, classify_items, expand_inputs, workers
     from edgekit.device.quality import DEFAULT_GATES
 
-    classifier = _load(bundle, model_format, threads, allow_unsigned, warm_up=many)
+    items = list(expand_inputs(paths))
+    classifier = _load(bundle, model_format, threads, allow_unsigned)
     writer = ResultWriter(out_format, result_columns(classifier), max((len(s) for s, _ in items), default=8))
     bar = Progress(len(items), Progress.wanted(bool(progress)) if progress is not False else False)
     tally = Tally()

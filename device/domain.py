@@ -20,14 +20,13 @@ Light: numpy at import, OpenCV inside functions.
 
 from __future__ import annotations
 
-import os
-import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgekit.device.lab import rgb_to_lab
+from edgekit.device.order import median, percentile
 from edgekit.device.preprocess import opencv
 
 if TYPE_CHECKING:
@@ -43,69 +42,6 @@ FEATURES = (
 )
 DARK_LEVEL = 16  # grey level under which a crop pixel is background (NIH crops: a cell on black)
 RIM = 0.15  # x the cell's diameter: the erosion kernel that leaves the cell's interior for its colour
-
-
-_lab_tables: threading.Thread | None = None
-_lab_ready = False  # OpenCV's colour tables are built: its Lab conversion is the fast one from now on
-_lab_lock = threading.Lock()
-_lab_calls = 0
-# Crops converted with edgekit.device.lab before a process starts OpenCV's table build itself: the
-# numpy route costs ~0.6 ms more per crop, so 64 crops cost about what the build does (50-100 ms of CPU)
-LAB_TABLES_AFTER = 64
-LAB_BUILD_WAIT_S = 3.0  # at exit, the longest wait for a table build still running (it takes ~0.1 s)
-
-
-def warm_up() -> None:
-    """Start building OpenCV's colour tables for Lab (its first RGB->Lab conversion takes 50-100 ms
-    of CPU, once per process) in a background thread, so that a run of many crops overlaps it with
-    loading the model and decoding; crops met meanwhile are converted by :mod:`edgekit.device.lab`
-    (the same values), never waiting for it. Idempotent."""
-    global _lab_tables
-    with _lab_lock:
-        if _lab_tables is None:
-            import atexit
-
-            _lab_tables = threading.Thread(target=_build_lab_tables, name="edgekit-lab-tables", daemon=True)
-            _lab_tables.start()
-            # a command that fails at once exits after it, not during it; but never waits on a build
-            # that cannot end (Ctrl-C in the main thread's import of OpenCV can leave its import lock held)
-            atexit.register(_lab_tables.join, LAB_BUILD_WAIT_S)
-
-
-def warm_up_for(bundle: str | os.PathLike | None) -> None:
-    """:func:`warm_up` when the bundle (None: the default) has a domain guard, before the command's
-    heavy imports and model load, so that more of them overlap the tables' build. Anything wrong
-    with the bundle is left to :func:`~edgekit.device.runtime.load_classifier` to report."""
-    from edgekit.errors import EdgekitError
-    from edgekit.manifest import read_manifest_data
-    from edgekit.paths import bundle_folder
-
-    try:
-        if read_manifest_data(bundle_folder(bundle)).get("domain"):
-            warm_up()
-    except (EdgekitError, OSError):
-        pass
-
-
-def _build_lab_tables() -> None:
-    global _lab_ready
-    cv2 = opencv()
-    cv2.cvtColor(np.zeros((1, 1, 3), np.uint8), cv2.COLOR_RGB2LAB)
-    _lab_ready = True
-
-
-def _to_lab(rgb: np.ndarray) -> np.ndarray:
-    """``cvtColor(rgb, RGB2LAB)``: OpenCV's once its tables are built, until then the same values from
-    :func:`~edgekit.device.lab.rgb_to_lab` (a cold start's few crops never pay for the tables; a
-    long run starts their build after :data:`LAB_TABLES_AFTER` crops, if nothing started it)."""
-    global _lab_calls
-    if _lab_ready:
-        cv2 = opencv()
-        return cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB)
-    _lab_calls += 1
-    if _lab_calls >= LAB_TABLES_AFTER and _lab_tables is None:
-        warm_up()
-    return rgb_to_lab(rgb)
 
 
 def foreground(rgb: np.ndarray, dark_level: int = DARK_LEVEL) -> np.ndarray:
@@ -158,7 +94,7 @@ def crop_features(rgb: np.ndarray) -> np.ndarray | None:
     # Lab of the mask's bounding box only: the histograms see the same pixels
     x, y, w, h = cv2.boundingRect(mask)
     mask = mask[y : y + h, x : x + w]
-    lab = _to_lab(rgb[y : y + h, x : x + w])
+    lab = rgb_to_lab(rgb[y : y + h, x : x + w])
     # L's four percentiles in float64 (np.percentile of a list), a's and b's tails in float32 (of a
     # scalar); the medians are exact in either
     L, a, b = (_percentiles(cv2.calcHist([lab], [c], mask, [256], [0, 256]), m, pct, dtype)
@@ -180,16 +116,16 @@ def _crop_features_numpy(rgb: np.ndarray) -> np.ndarray | None:
         return None
     k = max(3, int(RIM * 2.0 * np.sqrt(n / np.pi)) | 1)
     inner = cv2.erode(fg.astype(np.uint8), np.ones((k, k), np.uint8)).astype(bool)
-    lab = _to_lab(np.ascontiguousarray(rgb))[inner if inner.sum() >= 16 else fg]
+    lab = rgb_to_lab(np.ascontiguousarray(rgb))[inner if inner.sum() >= 16 else fg]
     lab = lab.astype(np.float32)
     L, a, b = lab[:, 0], lab[:, 1], lab[:, 2]
-    lq = np.percentile(L, [5, 25, 50, 75])
+    lq = percentile(L, [5, 25, 50, 75])
     return np.array(
         [
             np.log(2.0 * np.sqrt(n / np.pi)),
             n / fg.size,
-            lq[2], np.median(a), np.median(b),
-            lq[0], np.percentile(a, 95), np.percentile(b, 5),
+            lq[2], median(a), median(b),
+            lq[0], percentile(a, 95), percentile(b, 5),
             lq[3] - lq[1],
         ],
         dtype=np.float64,

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
+from edgekit.device.order import median
 
 if TYPE_CHECKING:
     from edgekit.device.records import Session
@@ -144,7 +144,7 @@ def rolling_view(points: Iterable[SessionPoint], window: int = WINDOW
             if p.score is not None and p.threshold is not None:
                 scored.append(p.score)
             recent = scored[-window:]
-            rolling = float(np.median(recent)) if recent and p.threshold is not None else None
+            rolling = float(median(recent)) if recent and p.threshold is not None else None
             latest = Drift(status_of(rolling, p.threshold, p.warn), rolling, p.threshold, p.warn, len(recent))
             per_session[p.session_id] = latest
         sites.append(SiteDrift(site, sha, latest, len(pts), pts[-1].started, [round(s, 3) for s in

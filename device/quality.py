@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edgekit.device.domain import check_cell
+from edgekit.device.order import percentile
 
 if TYPE_CHECKING:
     from edgekit.manifest import Domain
@@ -120,7 +121,7 @@ def calibrate(images: list[np.ndarray], gates: QualityGates = DEFAULT_GATES) -> 
     rows = [measure(im, gates.dark_level) for im in images]
     reasons = [check_quality(im, gates) for im in images]
     keys = rows[0].keys() if rows else []
-    pct = {k: np.percentile([r[k] for r in rows], [0.1, 1, 5, 50]).round(3).tolist() for k in keys}
+    pct = {k: percentile([r[k] for r in rows], [0.1, 1, 5, 50]).round(3).tolist() for k in keys}
     failed = [r for r in reasons if r]
     n = len(images)
     return {"n": n, "passed": n - len(failed), "pass_rate": 1 - len(failed) / max(1, n),

@@ -193,12 +193,8 @@ def load_classifier(
     allow_failed: bool = False,
     allow_unsigned: bool | None = None,
     warn: Callable[[str], None] | None = None,
-    warm_up: bool = True,
 ) -> Classifier:
     """Load a bundle's model for the device; see the module docstring for the checks made.
-
-    ``warm_up``: start building OpenCV's Lab tables for the domain guard now (worth it for more than
-    a few crops; :func:`edgekit.device.domain.warm_up`).
 
     The bundle must be signed by a trusted key unless ``allow_unsigned`` (default:
     ``$EDGEKIT_ALLOW_UNSIGNED``); an untrusted bundle loaded that way is reported through ``warn``
@@ -210,10 +206,6 @@ def load_classifier(
             "(a folder written by `edgekit model export`)"
         )
     data = read_manifest_data(bundle_dir)
-    if warm_up and data.get("domain"):  # the guard's Lab tables build while the bundle is checked and loaded
-        from edgekit.device.domain import warm_up as build_lab_tables
-
-        build_lab_tables()
     trust = require_trusted(bundle_dir, data, allow_unsigned)
     if not trust.trusted:
         (warn or _warn)(f"warning: running an untrusted bundle {bundle_dir}: {trust.reason}")

@@ -86,6 +86,33 @@ def test_int8_band_smallest_case(cell_folder, tmp_path):
     assert json.loads(out.read_text())["results"]["g/tflite_fp32"]["band"]["uncertain"] >= 0
 
 
+def test_speed_runs_and_reports_only_the_rows_asked_for(tmp_path, monkeypatch, capsys):
+    """`speed --skip latency,screen,cold` runs only `screen --fields` (e.g. many rounds of the field
+    path alone), and its report shows "-" for the rows it did not run."""
+    from edgekit.benchmarks import speed
+
+    ran = []
+
+    def fake_run(cmd, src, first_line=False):
+        ran.append(cmd[0] + (" --fields" if "--fields" in cmd else ""))
+        return {"wall_s": 1.0, "cpu_s": 1.5, "peak_rss_mb": 99.0, "stdout": '{"crops": 12}\n', "stderr": ""}
+
+    monkeypatch.setattr(speed, "_run", fake_run)
+    monkeypatch.setattr(speed, "byte_compile", lambda src: None)
+    monkeypatch.setattr(speed, "patient_crops", lambda cache: tmp_path)
+    monkeypatch.setattr(speed, "iml_fields", lambda: [tmp_path / "f.jpg"])
+    (tmp_path / "c.png").write_bytes(b"")
+    out = tmp_path / "r.json"
+    result = speed.main(["--skip", "latency,screen,cold", "--rounds", "2", "--src", f"a={tmp_path}",
+                         "--src", f"b={tmp_path}", "--out", str(out)])
+    assert ran == ["screen --fields"] * 4
+    a = result["end_to_end"]["a"]
+    assert a["fields_cpu_s"] == 1.5 and a["cold_cpu_s"] is None and a["screen_rss_mb"] is None
+    table = capsys.readouterr().out
+    assert "| screen 1,000 NIH crops | - | - |" in table and "1.00 s wall, 1.50 s CPU, 99 MB" in table
+    assert speed.main(["--report", str(out)])["end_to_end"]["b"]["fields_cells"] == 12
+
+
 def test_speed_report_and_seed_model_export(cell_folder, tmp_path, monkeypatch):
     """speed.py's report from a results file, and its seed model export (the part that needs
     TensorFlow, with a tiny model standing in for the seed-sized ResNet)."""

@@ -393,17 +393,6 @@ def test_nan_and_inf_are_refused_by_float_options(args):
     assert res.exit_code == 2 and "is not a finite number" in res.stderr, res.output
 
 
-def test_exit_does_not_wait_forever_on_a_stuck_colour_table_build():
-    """Ctrl-C while the main thread imported OpenCV left the background Lab-table build blocked on the
-    import lock, and the exit joined it without a bound: `screen --fields` hung until killed."""
-    code = ("import threading\nfrom edgekit.device import domain\n"
-            "domain.opencv = lambda: threading.Event().wait()  # a build that never ends\n"
-            "domain.warm_up()\nprint('exiting')")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert res.returncode == 0 and res.stdout == "exiting\n", res.stderr
-
-
 def test_camera_options_that_would_be_ignored_or_fail_late_are_refused_at_once(tmp_path):
     """`camera --save` was silently ignored without --crops (nothing saved, exit 0); an --overlay that
     is a folder failed only after the first field, naming a temporary file."""

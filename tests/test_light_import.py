@@ -111,3 +111,32 @@ print(json.dumps({{"modules": sorted(sys.modules)}}))
                                             db=str(tmp_path / "r.db")))
     assert "edgekit.device.field" in result["modules"]  # the fields really ran
     assert "_hashlib" not in result["modules"]
+
+
+def test_field_path_never_imports_numpy_ma(tmp_path):
+    """`screen --fields`, an eyepiece's dark surround and a dim corner's lighting take their percentiles
+    and medians from ``edgekit.device.order``: ``numpy.ma`` (1.3 MB, ~16 ms of import, pulled in by
+    numpy's own ``np.percentile`` and ``np.median``) is never imported."""
+    fields = str(GOLDEN.parent / "fields")
+    script = """
+import json, sys
+import numpy as np
+from edgekit.cli import main
+from edgekit.device.field.illumination import lighting
+from edgekit.device.field.view import outside_view
+try:
+    main(["screen", {fields!r}, "--fields", "--model", {golden!r}, "--patient", "F", "--db", {db!r},
+          "--no-progress"])
+except SystemExit as e:
+    assert e.code in (0, None), e.code
+yy, xx = np.mgrid[0:240, 0:320]
+field = np.full((240, 320, 3), 200, np.uint8)
+field[(yy - 120) ** 2 + (xx - 160) ** 2 > 110 ** 2] = 5  # a dark disc round the view
+assert outside_view(field) is not None
+dim = (200 * (1 - 0.5 * xx / 320)).astype(np.uint8)  # a lamp off to one side
+assert lighting(np.dstack([dim] * 3), 0.1) is not None
+print(json.dumps({{"modules": sorted(sys.modules)}}))
+"""
+    result, _ = _loaded_roots(script.format(golden=str(GOLDEN), fields=fields, db=str(tmp_path / "r.db")))
+    assert "edgekit.device.field" in result["modules"]  # the fields really ran
+    assert "numpy.ma" not in result["modules"]

@@ -91,6 +91,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from edgekit.device.field.marks import burned_marks, marks_mask
+from edgekit.device.order import median
 from edgekit.device.preprocess import opencv
 
 FOCUS_FLOOR = 0.0356  # below it a field is out of focus, whatever the session (focus_floor.json)
@@ -260,7 +261,7 @@ def site_rule(scores: list[float], blurred: list[float] | None = None,
     elif _too_few_sharp(len(sharp), len(scores)):
         source = f"the shared floor, no marks: {len(sharp)} of {len(scores)} site fields look sharp"
         return FocusRule(floor=FOCUS_FLOOR, marks=SITE_MARKS, source=source, radius=round(radius, 1))
-    floor = round(share * float(np.median(sharp)), 4)
+    floor = round(share * float(median(sharp)), 4)
     left_out = f", {len(scores) - len(sharp)} left out as blurred" if len(sharp) < len(scores) else ""
     source = f"{share:g} x the median focus score of {len(sharp)} site fields{left_out}, no marks"
     return FocusRule(floor=floor, marks=SITE_MARKS, source=source, radius=round(radius, 1))
@@ -440,7 +441,7 @@ def _noise_std(g: np.ndarray) -> float:
     pixel each way (plenty for a median). The mask is separable: rows first, then columns."""
     rows = g[:-2:6] - 2 * g[1:-1:6] + g[2::6]  # the second difference down, every 6th row
     r = rows[:, :-2:6] - 2 * rows[:, 1:-1:6] + rows[:, 2::6]  # then across, every 6th column
-    return float(np.median(np.abs(r))) / (0.6745 * 6.0)
+    return float(median(np.abs(r))) / (0.6745 * 6.0)
 
 
 def _chosen(fine2: np.ndarray, coarse2: np.ndarray, level: float, sel: np.ndarray | None,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgekit.device.order import median, percentile
 from edgekit.device.preprocess import opencv
 
 GRID = 12  # blocks along the field's longer side where the background is read
@@ -37,18 +38,18 @@ def lighting(rgb: np.ndarray, max_falloff: float = 0.0) -> np.ndarray | None:
     grey = cv2.resize(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), (sw, sh), interpolation=cv2.INTER_AREA)
     ny, nx = sh // BLOCK, sw // BLOCK
     blocks = grey[: ny * BLOCK, : nx * BLOCK].reshape(ny, BLOCK, nx, BLOCK).transpose(0, 2, 1, 3)
-    level = np.percentile(blocks.reshape(ny, nx, -1), BACKGROUND_PERCENTILE, axis=2).ravel()
+    level = percentile(blocks.reshape(ny, nx, -1), BACKGROUND_PERCENTILE, axis=2).ravel()
     cy, cx = np.mgrid[0:ny, 0:nx]
     a = _design(((cx.ravel() + 0.5) * BLOCK) / sw * 2 - 1, ((cy.ravel() + 0.5) * BLOCK) / sh * 2 - 1)
     # start from the brighter half of the blocks: a stained mass or a crowded part is darker, never brighter
-    keep = (level > 0) & (level >= np.median(level))
+    keep = (level > 0) & (level >= median(level))
     coef = np.zeros(a.shape[1])
     for _ in range(FIT_ROUNDS):
         if keep.sum() < a.shape[1] * 2:
             return None
         coef, *_ = np.linalg.lstsq(a[keep], level[keep], rcond=None)
         resid = level - a @ coef
-        spread = 1.4826 * float(np.median(np.abs(resid[keep]))) + 1.0
+        spread = 1.4826 * float(median(np.abs(resid[keep]))) + 1.0
         keep = resid > -2.5 * spread  # blocks without background read darker than the lamp
     xx, yy = np.meshgrid(np.linspace(-1, 1, sw), np.linspace(-1, 1, sh))
     surface = _design(xx, yy) @ coef

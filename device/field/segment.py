@@ -11,6 +11,7 @@ import numpy as np
 
 from edgekit.device.field.illumination import flatten, lighting
 from edgekit.device.field.types import CellBox, FieldParams
+from edgekit.device.order import median, percentile
 from edgekit.device.preprocess import opencv
 
 MAX_RADIUS_FRACTION = 4  # a typical "cell" wider than a quarter of the field's short side is a pile
@@ -29,18 +30,18 @@ def background_colour(rgb: np.ndarray, p: FieldParams) -> np.ndarray:
     step = max(1, rgb.shape[0] * rgb.shape[1] // 100_000)
     px = rgb.reshape(-1, 3)[::step]
     if p.background != "mode":
-        return np.percentile(px.astype(np.float32), p.bg_percentile, axis=0).astype(np.float32)
+        return percentile(px.astype(np.float32), p.bg_percentile, axis=0).astype(np.float32)
     grey = px.astype(np.int32).sum(axis=1) // 3
     hist = np.convolve(np.bincount(grey, minlength=256).astype(np.float64), np.ones(9) / 9, mode="same")
     # the brightest local maximum holding at least a fifth of the highest peak's pixels
     padded = np.concatenate([[-1.0], hist, [-1.0]])
     peaks = np.nonzero((hist >= padded[:-2]) & (hist >= padded[2:]) & (hist >= 0.2 * hist.max()))[0]
-    level = int(peaks.max()) if peaks.size else int(np.percentile(grey, p.bg_percentile))
+    level = int(peaks.max()) if peaks.size else int(percentile(grey, p.bg_percentile))
     # the bright side of that mode (vignetting and noise spread it): its pixels' bg_percentile
     near = px[np.abs(grey - level) <= p.bg_spread]
     if not len(near):
         return px.max(axis=0).astype(np.float32)
-    return np.percentile(near.astype(np.float32), p.bg_percentile, axis=0).astype(np.float32)
+    return percentile(near.astype(np.float32), p.bg_percentile, axis=0).astype(np.float32)
 
 
 def _optical_density(rgb: np.ndarray, p: FieldParams) -> np.ndarray:
@@ -69,7 +70,7 @@ def _stain_direction(
     px = od.reshape(-1, 3) if inside is None else od[inside]
     px = px[:: max(1, len(px) // 50_000)]
     s = px.sum(axis=1)
-    lo, top, hi = np.percentile(s, [70, 90, 97])
+    lo, top, hi = percentile(s, [70, 90, 97])
     # a field with few cells: its 70th percentile is background, whose noise has no stain colour
     if floor > 0:
         lo = max(float(lo), floor * float(hi))
@@ -79,7 +80,7 @@ def _stain_direction(
         u8 = np.clip(s * (255.0 / float(top)), 0, 255).astype(np.uint8).reshape(-1, 1)
         level = cv2.threshold(u8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)[0]
         lo = max(float(lo), level * float(top) / 255.0)
-    v = np.median(px[(s >= lo) & (s <= hi)] if hi > lo else px, axis=0)
+    v = median(px[(s >= lo) & (s <= hi)] if hi > lo else px, axis=0)
     colour = v / max(float(np.linalg.norm(v)), 1e-6)
     # raised to a power: the channels the stain absorbs most carry the contrast, the others mostly noise
     v = np.clip(v, 0.0, None) ** power
@@ -136,7 +137,7 @@ def _density_u8(od: np.ndarray, direction: np.ndarray | None = None,
     which haemoglobin and pink Giemsa absorb) as uint8, scaled so a high percentile of the cells
     sits at 200 and the darker white-cell nuclei clip; that scale; and the density itself."""
     odg = od[:, :, 1] if direction is None else opencv().transform(od, direction.reshape(1, 3))
-    scale = 200.0 / max(float(np.percentile(odg if inside is None else odg[inside], 90)), 0.02)
+    scale = 200.0 / max(float(percentile(odg if inside is None else odg[inside], 90)), 0.02)
     return np.clip(odg * scale, 0, 255).astype(np.uint8), scale, odg
 
 
@@ -236,8 +237,8 @@ def _estimate_radius(dist: np.ndarray, fg: np.ndarray, window: float = 0.0) -> f
         maxima = maxima[1:]
     if not maxima.size:
         return 0.0
-    maxima = maxima[maxima >= 0.4 * np.percentile(maxima, 90)]
-    return float(np.median(maxima)) if maxima.size else 0.0
+    maxima = maxima[maxima >= 0.4 * percentile(maxima, 90)]
+    return float(median(maxima)) if maxima.size else 0.0
 
 
 CIRCLE_FLOOR = 30  # the circles sizing a field's cells: radius at least its short side / this
@@ -266,7 +267,7 @@ def _spread(radii: np.ndarray) -> float:
     """Interquartile range / median of circle radii; inf under 10 circles (too few to agree)."""
     if len(radii) < 10:
         return math.inf
-    q1, mid, q3 = np.percentile(radii, [25, 50, 75])
+    q1, mid, q3 = percentile(radii, [25, 50, 75])
     return float((q3 - q1) / max(mid, 1e-6))
 
 
@@ -285,7 +286,7 @@ def _circle_radius(d: _Density, fallback: float, p: FieldParams | None = None) -
             radii = small
     if len(radii) < 3:
         return fallback, math.inf
-    return float(np.median(radii)), _spread(radii)
+    return float(median(radii)), _spread(radii)
 
 
 def _cells_above_floor(d: _Density, p: FieldParams) -> bool:
@@ -604,8 +605,8 @@ def _oblong_along(
     (y0, x0, _), (y1, x1, _) = centres
     d = math.hypot(y1 - y0, x1 - x0)
     uy, ux = (y1 - y0) / d, (x1 - x0) / d
-    along = np.percentile(ys * uy + xs * ux, [2, 98])
-    across = np.percentile(xs * uy - ys * ux, [2, 98])
+    along = percentile(ys * uy + xs * ux, [2, 98])
+    across = percentile(xs * uy - ys * ux, [2, 98])
     return float(np.ptp(along) - np.ptp(across)) >= 0.25 * d
 
 
@@ -619,7 +620,7 @@ def _split_clumps(
     empty ones left out; each with how it was separated (:data:`~.types.SEPARATIONS`): cut out
     of a clump of overlapping cells, split from ``touching`` neighbours, or alone."""
     single = [ys.size for ys, _ in regions if 0.5 * cell_area <= ys.size <= 1.5 * cell_area]
-    typical = float(np.median(single)) if len(single) >= 3 else cell_area
+    typical = float(median(single)) if len(single) >= 3 else cell_area
     pieces: list[tuple[np.ndarray, np.ndarray, str]] = []
     for k, (ys, xs) in enumerate(regions):
         parts = _clump_parts(ys, xs, centres[k] if centres else [], typical, p)
@@ -686,7 +687,7 @@ def _joined_to(mask: np.ndarray, own: np.ndarray) -> np.ndarray:
     if n <= 2:
         return mask
     keep = np.zeros(n, bool)
-    keep[np.unique(labels[own > 0])] = True  # cv2 stub: labels may be float # pyright: ignore[reportCallIssue, reportArgumentType]
+    keep[labels[own > 0]] = True  # cv2 stub: labels may be float # pyright: ignore[reportCallIssue, reportArgumentType]
     keep[0] = False
     return keep[labels].astype(np.uint8)  # cv2 stub: labels may be float # pyright: ignore[reportCallIssue, reportArgumentType]
 

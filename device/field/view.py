@@ -22,6 +22,7 @@ import numpy as np
 
 from edgekit.device.field.segment import background_colour, working_copy
 from edgekit.device.field.types import FieldParams
+from edgekit.device.order import percentile
 from edgekit.device.preprocess import opencv
 
 DARK_FRACTION = 0.25  # darker in every channel than this fraction of the field's bright level: no light
@@ -48,7 +49,7 @@ def outside_view(rgb: np.ndarray) -> np.ndarray | None:
     if min(h, w) < 8 or rgb.ndim != 3:
         return None
     # the brightest channel of each pixel: on every 200th row and column, and on the border
-    bright = float(np.percentile(rgb[:: max(1, h // 200), :: max(1, w // 200)].max(axis=2), 99))
+    bright = float(percentile(rgb[:: max(1, h // 200), :: max(1, w // 200)].max(axis=2), 99))
     dark_level = DARK_FRACTION * bright
     border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]).max(axis=1)
     if bright <= 0 or float((border < dark_level).mean()) < MIN_BORDER_DARK:
@@ -108,11 +109,14 @@ def _surround(rgb: np.ndarray, dark_level: float) -> np.ndarray | None:
     small, _ = working_copy(rgb, VIEW_SIDE)
     dark = (small.max(axis=2) < dark_level).astype(np.uint8)
     _, labels, stats, _ = cv2.connectedComponentsWithStats(dark, connectivity=8)
-    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    big = [k for k in edge if k and stats[k, cv2.CC_STAT_AREA] >= MIN_SURROUND * dark.size]
-    if not big:
+    # a lookup by label, not np.unique / np.isin (np.unique imports numpy.ma)
+    edge = np.zeros(len(stats), bool)
+    edge[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = True
+    edge[0] = False
+    big = edge & (stats[:, cv2.CC_STAT_AREA] >= MIN_SURROUND * dark.size)
+    if not big.any():
         return None
-    mask = np.isin(labels, big).astype(np.uint8)
+    mask = big[labels].astype(np.uint8)
     k = max(3, int(round(RIM * min(small.shape[:2]))) | 1)
     mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
     h, w = rgb.shape[:2]
