@@ -1,7 +1,7 @@
 """`edgekit site cells` judged by the site's own focus rule: sharp fields of another microscope kept,
 blurred ones still left out (issues 29, 22).
 
-    python -m edgekit.benchmarks.site_cells_focus [--every-iml 4] [--every-bccd 8] [--no-iml-all]
+    python -m edgekit.benchmarks.site_cells_focus [--every-iml 4] [--every-bccd 8] [--no-iml-all] [--only bccd:foreign]
 
 **Combinations** (``field_transforms --combos``, the sample it uses): each set's fields made to look
 like another microscope (:data:`COMBOS`), a "site folder" of them with a blurred copy of every
@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--every-iml", type=int, default=4, help="every Nth IML field (0: none)")
     ap.add_argument("--every-bccd", type=int, default=8, help="every Nth BCCD field (0: none)")
     ap.add_argument("--no-iml-all", action="store_true", help="skip the 172 IML fields as they are")
+    ap.add_argument("--only", default="", help="set:combination pairs, comma-separated (default: all)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "site_cells_focus_held_out.json")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
@@ -151,6 +152,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for set_name, names in SET_COMBOS.items():
         images = [f[2] for f in fields if f[0] == set_name]
         for name in names if images else ():
+            if args.only and f"{set_name}:{name}" not in args.only.split(","):
+                continue
             res.setdefault(set_name, {})[name] = r = held_out(name, folder(name, images))
             print(set_name, name, r, flush=True)
     doc = {"date": time.strftime("%Y-%m-%d"), "every_iml": args.every_iml, "every_bccd": args.every_bccd,

@@ -237,17 +237,20 @@ class FocusRule:
         return max(score, self.zoomed_score(rgb, radius)) if self.radius and score < self.floor else score
 
     def judged_radius(self, rgb: np.ndarray, radius: float | None = None) -> float:
-        """The cell radius (px) ``rgb`` is shrunk from to the ``reference``: its own (``radius``, else
-        :func:`~edgekit.device.field.segment.cell_radius`), or the site's where that is unread or
-        over SITE_ZOOM_MAX x the site's (misread, or not the site's optics: a field shrunk far enough
-        looks sharp whatever its focus, so it is judged as the site's typical field)."""
+        """The cell radius (px) ``rgb`` is shrunk from to the ``reference``: the site's (its fields'
+        median) while the field's own (``radius``, else :func:`~edgekit.device.field.segment.cell_radius`)
+        reads within SITE_ZOOM of it (one microscope, one scale: a field's own read varies by 10-15%,
+        and the score with it), or is unread or over SITE_ZOOM_MAX x it (misread, or not the site's
+        optics: a field shrunk far enough looks sharp whatever its focus); the field's own otherwise
+        (a phone zoom, another objective)."""
         if radius is None:
             from edgekit.device.field.segment import cell_radius
 
             radius = cell_radius(_as_rgb(rgb))
-        if self.radius and not 0 < radius <= SITE_ZOOM_MAX * self.radius:
-            return self.radius
-        return radius
+        if not self.radius:
+            return radius
+        sites = self.radius / SITE_ZOOM <= radius <= SITE_ZOOM * self.radius
+        return self.radius if sites or not 0 < radius <= SITE_ZOOM_MAX * self.radius else radius
 
     def zoomed_score(self, rgb: np.ndarray, radius: float | None = None) -> float:
         """The score of ``rgb`` shrunk to the site's cell radius when its cells (``radius``, else
