@@ -159,3 +159,19 @@ def test_the_camera_and_the_phone_judge_at_the_manifests_reference(tmp_path, enl
     memory = RadiusMemory(every=2, kept=3)
     radii = [memory.update(frame) for _ in range(4)]
     assert radii[0] is not None and radii[0] > 2 * REFERENCE_RADIUS and len(set(radii)) == 1
+
+
+def test_a_field_at_the_sites_magnification_is_shrunk_by_the_sites_factor():
+    """One microscope, one scale: a field whose cells read within SITE_ZOOM of the site's radius is
+    shrunk by the site's factor (a field's own read varies by 10-15%, and its score with it); a
+    zoomed field by its own; an unread or far-off radius (over SITE_ZOOM_MAX x the site's) by the site's."""
+    from edgekit.device.field.focus import SITE_ZOOM, SITE_ZOOM_MAX
+
+    rule = FocusRule(**_focus(REFERENCE_RADIUS))
+    field = np.zeros((8, 8, 3), np.uint8)  # not read: each radius is given
+    site = rule.radius
+    cases = ((site, site), (0.0, site), (0.8 * site, site), (1.3 * site, site), (1.5 * site, 1.5 * site),
+             (0.7 * site, 0.7 * site), (1.01 * SITE_ZOOM_MAX * site, site))
+    for own, judged in cases:
+        assert rule.judged_radius(field, own) == pytest.approx(judged), own
+    assert 1.3 < SITE_ZOOM < 1.5
