@@ -1,7 +1,8 @@
 """`edgekit site cells` judged by the site's own focus rule: sharp fields of another microscope kept,
 blurred ones still left out (issues 29, 22).
 
-    python -m edgekit.benchmarks.site_cells_focus [--every-iml 4] [--every-bccd 8] [--no-iml-all] [--only bccd:foreign]
+    python -m edgekit.benchmarks.site_cells_focus [--every-iml 4] [--every-bccd 8] [--no-iml-all]
+        [--only bccd:foreign,iml:foreign-1.25]
 
 **Combinations** (``field_transforms --combos``, the sample it uses): each set's fields made to look
 like another microscope (:data:`COMBOS`), a "site folder" of them with a blurred copy of every

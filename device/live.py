@@ -110,14 +110,15 @@ def sharpness(rgb: np.ndarray, rule: FocusRule | None = None, marks: list | None
 @dataclass
 class RadiusMemory:
     """The cells' radius (:func:`edgekit.device.field.segment.cell_radius`) measured on every
-    ``every``-th frame: the median of the last ``kept`` measures (None before the first)."""
+    ``every``-th frame: the median of the last ``kept`` measures (0.0 while none found cells: the rule
+    then takes the site's radius, and a frame without cells is not searched again until its turn)."""
 
     every: int = RADIUS_EVERY
     kept: int = RADIUS_KEPT
     _seen: list = field(default_factory=list)
     _n: int = 0
 
-    def update(self, rgb: np.ndarray) -> float | None:
+    def update(self, rgb: np.ndarray) -> float:
         """Measure this frame when it is due; the radius remembered."""
         from edgekit.device.field.segment import cell_radius
 
@@ -126,7 +127,7 @@ class RadiusMemory:
             if radius > 0:
                 self._seen = (self._seen + [radius])[-self.kept:]
         self._n += 1
-        return float(np.median(self._seen)) if self._seen else None
+        return float(np.median(self._seen)) if self._seen else 0.0
 
 
 @dataclass

@@ -158,7 +158,9 @@ def test_the_camera_and_the_phone_judge_at_the_manifests_reference(tmp_path, enl
         assert ("out of focus" in (out["result"]["rejected"] or "")) == refused, out["result"]["rejected"]
     memory = RadiusMemory(every=2, kept=3)
     radii = [memory.update(frame) for _ in range(4)]
-    assert radii[0] is not None and radii[0] > 2 * REFERENCE_RADIUS and len(set(radii)) == 1
+    assert radii[0] > 2 * REFERENCE_RADIUS and len(set(radii)) == 1
+    blank = RadiusMemory(every=2)  # no cells found: 0.0, and the rule takes the site's radius
+    assert [blank.update(np.full_like(frame, 200)) for _ in range(2)] == [0.0, 0.0]
 
 
 def test_a_field_at_the_sites_magnification_is_shrunk_by_the_sites_factor():
