@@ -44,6 +44,11 @@ THUMB_WIDTH = 256
 # it at the same place while the smear moves, but a mark blurred with the view (a reticle, a test
 # video) is found at some blurs and not at others, and the score jumped mid-focus when it was not
 MARK_MEMORY = 60
+# with a rule that judges focus at a reference cell radius, the cells' radius is measured on every
+# RADIUS_EVERY-th frame (the cells keep their size while the stage moves; a measure costs about what
+# the focus score does) and the median of the last RADIUS_KEPT measures is used
+RADIUS_EVERY = 8
+RADIUS_KEPT = 5
 
 
 @dataclass(frozen=True)
@@ -89,14 +94,41 @@ def _thumb(rgb: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(small, cv2.COLOR_RGB2GRAY).astype(np.float32)
 
 
-def sharpness(rgb: np.ndarray, rule: FocusRule | None = None, marks: list | None = None) -> float:
+def sharpness(rgb: np.ndarray, rule: FocusRule | None = None, marks: list | None = None,
+              radius: float | None = None) -> float:
     """The focus score of a frame: the same measure, on the whole frame, as every other path
     (``rule``: the bundle's :class:`~edgekit.device.field.focus.FocusRule`, default the shared one;
     a central crop misjudged fields whose middle is empty). ``marks``: the burned-in marks' boxes
-    the camera remembers (:class:`MarkMemory`), with a rule that leaves them out."""
+    the camera remembers (:class:`MarkMemory`), with a rule that leaves them out; ``radius``: the
+    cells' radius the camera remembers (:class:`RadiusMemory`), with a rule that judges at a
+    reference radius."""
     from edgekit.device.field.focus import DEFAULT_RULE
 
-    return (rule or DEFAULT_RULE).score(rgb, marks)
+    return (rule or DEFAULT_RULE).score(rgb, marks, radius)
+
+
+@dataclass
+class RadiusMemory:
+    """The cells' radius (:func:`edgekit.device.field.segment.cell_radius`) measured on every
+    ``every``-th frame: the median of the last ``kept`` measures (0.0 while none found cells: the rule
+    then takes the site's radius, and a frame without cells is not searched again until its turn)."""
+
+    every: int = RADIUS_EVERY
+    kept: int = RADIUS_KEPT
+    _seen: list = field(default_factory=list)
+    _n: int = 0
+
+    def update(self, rgb: np.ndarray) -> float:
+        """Measure this frame when it is due; the radius remembered."""
+        from edgekit.device.field.segment import cell_radius
+        from edgekit.device.order import median
+
+        if self._n % self.every == 0:
+            radius = cell_radius(rgb)
+            if radius > 0:
+                self._seen = (self._seen + [radius])[-self.kept:]
+        self._n += 1
+        return float(median(self._seen)) if self._seen else 0.0
 
 
 @dataclass
@@ -157,6 +189,7 @@ class FieldCapture:
 
         self.rule = self.rule or DEFAULT_RULE
         self._marks = MarkMemory() if self.rule.marks else None
+        self._radius = RadiusMemory() if self.rule.reference else None
         given = self.settings.min_sharpness
         self._min_sharp = self.rule.floor if given is None else given
         self._previous: np.ndarray | None = None
@@ -180,7 +213,8 @@ class FieldCapture:
         moved_px, response = (0.0, 1.0) if self._previous is None else shift(self._previous, thumb)
         moved_px *= rgb.shape[1] / THUMB_WIDTH  # in frame pixels
         self._previous = thumb
-        sharp = sharpness(rgb, self.rule, None if self._marks is None else self._marks.update(rgb))
+        sharp = sharpness(rgb, self.rule, None if self._marks is None else self._marks.update(rgb),
+                          None if self._radius is None else self._radius.update(rgb))
         if self._skipped(sharp, moved_px, response):
             return None
         settled = self._settled(sharp, rgb)  # always: it adds the frame to the still run

@@ -481,8 +481,8 @@ class Manifest:
     versions: dict[str, str] = field(default_factory=dict)
     domain: Domain | None = None  # training-cell statistics for the domain guard; None: not fitted
     release: str | None = None  # release version (dotted integers), stamped by `edgekit sign`; signed
-    # a site's focus rule (edgekit.device.field.focus.FocusRule: floor, marks, source), set by `edgekit
-    # site adapt` on the site's fields; None: the floor every microscope shares
+    # a site's focus rule (edgekit.device.field.focus.FocusRule: floor, marks, source, radius, reference),
+    # set by `edgekit site adapt` on the site's fields; None: the floor every microscope shares
     focus: dict[str, Any] | None = None
     image_sizes: ImageSizes | None = None  # what the model was trained on; None: not recorded
     schema: str = SCHEMA

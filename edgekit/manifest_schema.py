@@ -163,7 +163,8 @@ def validate_manifest_data(d: Any) -> None:
 
 def _focus(f: Any) -> None:
     """``focus`` (a site bundle's focus rule, or absent/null): a floor in (0, 1), marks a boolean,
-    radius (the site's cell radius, px) a number >= 0."""
+    radius (the site's cell radius, px) and reference (the cell radius fields are judged at, px) numbers
+    >= 0."""
     if f is None:
         return
     if not isinstance(f, dict):
@@ -173,8 +174,9 @@ def _focus(f: Any) -> None:
     if "marks" in f and not isinstance(f["marks"], bool):
         raise _fail("focus.marks", f"must be true or false, not {f['marks']!r}")
     _str(f, "source", "focus.source")
-    if "radius" in f and not (_is_num(f["radius"]) and 0 <= f["radius"] < 1e4):
-        raise _fail("focus.radius", f"must be a number in [0, 10000), not {f['radius']!r}")
+    for key in ("radius", "reference"):
+        if key in f and not (_is_num(f[key]) and 0 <= f[key] < 1e4):
+            raise _fail(f"focus.{key}", f"must be a number in [0, 10000), not {f[key]!r}")
 
 
 def _image_sizes(v: Any) -> None:

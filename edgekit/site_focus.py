@@ -15,25 +15,30 @@ are left out of the median; when too few respond as sharp fields do, the bundle 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 if TYPE_CHECKING:
     from edgekit.device.field.focus import FocusRule
 
+T = TypeVar("T")
+
 MIN_FIELDS = 5  # fewer fields than this say too little about the site's optics: the shared floor stays
 
 
-def field_scores(rgb: np.ndarray, rule: FocusRule) -> tuple[float, float, float] | None:
+def field_scores(rgb: np.ndarray, rule: FocusRule,
+                 radius: float | None = None) -> tuple[float, float, float] | None:
     """The field's focus score under ``rule`` (as :func:`~edgekit.device.field.quality.field_focus`
     scores it), the same after a Gaussian blur of SITE_BLUR_SIGMA (how it responds to blur) and its
-    cells' radius (px); None for a field the gate refuses by its shape alone. The blurred copy leaves
-    out the marks found on the field itself: a camera draws them after the optics, and a blurred bar
-    missed by the mark finder would read as edges."""
+    cells' radius (px; ``radius``: when measured already); None for a field the gate refuses by its
+    shape alone. The blurred copy leaves out the marks found on the field itself (a camera draws them
+    after the optics, and a blurred bar missed by the mark finder would read as edges) and is judged
+    at the field's own cells' radius, its blur at that rule's scale (SITE_BLUR_SIGMA px there: the
+    response was calibrated on fields whose cells measure about the reference radius)."""
     from edgekit.device.field.focus import SITE_BLUR_SIGMA
     from edgekit.device.field.marks import burned_marks
     from edgekit.device.field.quality import shape_reason
@@ -45,8 +50,10 @@ def field_scores(rgb: np.ndarray, rule: FocusRule) -> tuple[float, float, float]
         return None
     crop = np.ascontiguousarray(inside_crop(rgb))
     marks = burned_marks(crop) if rule.marks else None
-    blurred = opencv().GaussianBlur(crop, (0, 0), SITE_BLUR_SIGMA)
-    return rule.score(crop, marks), rule.score(blurred, marks), cell_radius(crop)
+    radius = cell_radius(crop) if radius is None else radius
+    shrink = max(1.0, rule.judged_radius(crop, radius) / rule.reference) if rule.reference else 1.0
+    blurred = opencv().GaussianBlur(crop, (0, 0), SITE_BLUR_SIGMA * shrink)
+    return rule.score(crop, marks, radius), rule.score(blurred, marks, radius), radius
 
 
 def site_focus(fields_dir: Path | None, stems: list[str],
@@ -64,38 +71,66 @@ def site_focus(fields_dir: Path | None, stems: list[str],
 
 
 def fields_focus(paths: Iterable[Path], log: Callable[[str], None]) -> dict[str, Any] | None:
-    """The site's focus rule from its field images ``paths`` (:func:`measured_focus` of their
-    :func:`field_scores`; an unreadable image is left out)."""
-    from edgekit.device.field.focus import SITE_MARKS, FocusRule
+    """The site's focus rule from its field images ``paths`` (:func:`images_focus`; an unreadable
+    image is left out)."""
     from edgekit.device.preprocess import read_image
     from edgekit.errors import ImageError
 
-    rule = FocusRule(marks=SITE_MARKS)  # the site rule's measure
-    measured = []
-    for path in paths:
+    def load(path: Path) -> np.ndarray | None:
         try:
-            measured.append(field_scores(read_image(path), rule))
+            return read_image(path)
         except ImageError:
-            continue
-    return measured_focus(measured, log)
+            return None
+
+    return images_focus(list(paths), load, log)
+
+
+def images_focus(items: Sequence[T], load: Callable[[T], np.ndarray | None],
+                 log: Callable[[str], None], reference: float | None = None) -> dict[str, Any] | None:
+    """The site's focus rule from its fields ``items`` (``load``: one field's pixels, None where
+    unreadable: left out): each field's :func:`field_scores` at its own pixels; where the fields'
+    median cell radius calls for a reference scale (:func:`~edgekit.device.field.focus.site_reference`:
+    an enlarging microscope), every field is scored again at it, as the rule will judge fields, and
+    the rule records it (:func:`measured_focus`). ``reference``: the reference radius (default
+    REFERENCE_RADIUS; 0: never, the fields' own pixels)."""
+    from edgekit.device.field.focus import REFERENCE_RADIUS, SITE_MARKS, FocusRule, site_reference
+
+    measured = [_scores(load(item), FocusRule(marks=SITE_MARKS)) for item in items]  # the site measure
+    radius = median_radius(measured)
+    reference = site_reference(radius, REFERENCE_RADIUS if reference is None else reference)
+    if reference:
+        at = FocusRule(marks=SITE_MARKS, radius=round(radius, 1), reference=reference)
+        measured = [m if m is None else _scores(load(item), at, m[2])
+                    for item, m in zip(items, measured, strict=True)]
+    return measured_focus(measured, log, reference)
+
+
+def _scores(rgb: np.ndarray | None, rule: FocusRule,
+            radius: float | None = None) -> tuple[float, float, float] | None:
+    return None if rgb is None else field_scores(rgb, rule, radius)
+
+
+def median_radius(measured: list[tuple[float, float, float] | None]) -> float:
+    """The median cell radius of the fields' :func:`field_scores` (0.0: none read)."""
+    radii = [m[2] for m in measured if m is not None and m[2] > 0]
+    return float(np.median(radii)) if radii else 0.0
 
 
 def measured_focus(measured: list[tuple[float, float, float] | None],
-                   log: Callable[[str], None]) -> dict[str, Any] | None:
+                   log: Callable[[str], None], reference: float = 0.0) -> dict[str, Any] | None:
     """The site's focus rule (a manifest's ``focus``) from its fields' :func:`field_scores` (None: a
-    field refused by its shape); None (the shared floor) when fewer than MIN_FIELDS were measured or
-    none has edges. Fields that look blurred (:func:`looks_blurred`) give the shared floor with marks
-    left out, and a warning."""
+    field refused by its shape), measured at ``reference`` px of cell radius (0: their own pixels);
+    None (the shared floor) when fewer than MIN_FIELDS were measured or none has edges. Fields that
+    look blurred (:func:`looks_blurred`) give the shared floor with marks left out, and a warning."""
     from edgekit.device.field.focus import looks_blurred, site_rule
 
     kept = [m for m in measured if m is not None]
     scores, blurred = [m[0] for m in kept], [m[1] for m in kept]
-    radii = [m[2] for m in kept if m[2] > 0]
     if len(scores) < MIN_FIELDS:
         log(f"focus: {len(scores)} readable fields (< {MIN_FIELDS}): the shared focus floor stays")
         return None
     try:
-        chosen = site_rule(scores, blurred, radius=float(np.median(radii)) if radii else 0.0)
+        chosen = site_rule(scores, blurred, radius=median_radius(measured), reference=reference)
     except ValueError as exc:  # fields without edges (blank, black) give no floor
         log(f"focus: {exc}: the shared focus floor stays")
         return None

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edgekit.device.field.focus import FOCUS_FLOOR
+from edgekit.device.field.focus import FOCUS_FLOOR, REFERENCE_RADIUS
 from tests.device_helpers import smear_field, write_image
 
 ENLARGE = 2.0  # the site's cells twice the size of the synthetic smear's (~55 px radius)
@@ -79,7 +79,9 @@ def test_enlarged_sharp_fields_are_cut_by_the_sites_own_floor(cut):
     assert len(sharp) == SITE and all(f["rejected"] is None for f in sharp), sharp
     assert all(sum(f["cut"].values()) > 0 for f in sharp)
     focus = index["summary"]["focus"]
-    assert focus["from_fields"] and focus["marks"] and 0 < focus["floor"] < FOCUS_FLOOR
+    # the site's own floor (not the shared one), set at the reference cell radius: its cells are ~59 px
+    assert focus["from_fields"] and focus["marks"] and 0 < focus["floor"] != FOCUS_FLOOR
+    assert focus["reference"] == REFERENCE_RADIUS
     assert focus["radius"] > 0 and f"site floor {focus['floor']:g}" in focus["how"]
     assert focus["how"] in output  # the log line, told to the user too
 

@@ -70,6 +70,16 @@ adapt`` records its fields' median cell radius (:attr:`FocusRule.radius`), and a
 whose cells are over SITE_ZOOM x that is scored again shrunk to it (``focus_zoom.py``: held-out BCCD
 enlarged 1.5x refused 89% -> 22%, IML 38% -> 13%, blurred copies still 100%).
 
+**A site that enlarges its cells** (its fields' median cell radius over SITE_ZOOM x REFERENCE_RADIUS,
+:func:`site_reference`) has every field judged at the reference scale: shrunk so its cells measure
+REFERENCE_RADIUS (its own radius, :meth:`FocusRule.judged_radius`), its floor set on its fields scored
+so and their blur response read at that scale too. At its own pixels such a site's floor sat on wide
+edges, and a field blurred as much for its cells as sigma 2 is on BCCD kept 0.67-0.74 of its score and
+passed. The manifest's ``focus.reference`` carries the scale to every path (files, folders, camera,
+phone); a manifest without it is judged at the fields' own pixels, as before. The default bundle does
+not use it: shrunk to the reference, NIH-like fields (radius ~57 px) blurred with sigma 2 pass the
+shared floor (``focus_reference.py``, ``focus_reference.json``).
+
 Thresholds (the one place they live), set with ``benchmarks/focus_floor.py`` on the calibration
 blocks of real in-focus IML, BCCD (re-encoded, noisy and plain) and NIH-like fields and their
 Gaussian-blurred copies (sigma 1-4, with JPEG re-encoding or sensor noise of std 4 or 8, and copies
@@ -174,6 +184,10 @@ SITE_ZOOM = 1.35
 # over this, a field's cell radius is misread or its optics are not the site's: judged as it is (a bound,
 # not calibrated: a field shrunk far enough looks sharp whatever its focus)
 SITE_ZOOM_MAX = 2.5
+# the cell radius (px) a site whose cells are over SITE_ZOOM x it has its fields judged at (its manifest's
+# ``focus.reference``): about IML's and BCCD's own (37.8, 40.4), the scales FOCUS_FLOOR and the site share
+# were set at (site_cells_focus.json)
+REFERENCE_RADIUS = 40.0
 
 
 @dataclass(frozen=True)
@@ -188,39 +202,65 @@ class FocusRule:
     marks: bool = FOCUS_MEASURE.marks
     source: str = ""  # how the floor was set (a site rule: on how many fields)
     radius: float = 0.0  # the site's median cell radius (px) on its own fields (0: none, no zoom check)
+    reference: float = 0.0  # the cell radius (px) fields are judged at (0: at their own pixels)
 
     def __post_init__(self) -> None:
         if not 0 < self.floor < 1:
             raise ValueError(f"focus floor must be in (0, 1), not {self.floor!r}")
-        if not isinstance(self.radius, (int, float)) or not 0 <= self.radius < 1e4:
-            raise ValueError(f"focus radius must be a number in [0, 1e4), not {self.radius!r}")
+        for name in ("radius", "reference"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e4:
+                raise ValueError(f"focus {name} must be a number in [0, 1e4), not {value!r}")
 
     @classmethod
     def from_dict(cls, focus: dict | None) -> FocusRule:
-        """The rule of a manifest's ``focus`` (None or empty: :data:`DEFAULT_RULE`)."""
+        """The rule of a manifest's ``focus`` (None or empty: :data:`DEFAULT_RULE`; without
+        ``reference``, judged at the fields' own pixels, as before it was recorded)."""
         if not focus:
             return DEFAULT_RULE
-        return cls(**{k: focus[k] for k in ("floor", "marks", "source", "radius") if k in focus})
+        return cls(**{k: focus[k] for k in ("floor", "marks", "source", "radius", "reference") if k in focus})
 
     @property
     def measure(self) -> FocusMeasure:
         return replace(FOCUS_MEASURE, marks=self.marks)
 
-    def score(self, rgb: np.ndarray, marks: list | None = None) -> float:
+    def score(self, rgb: np.ndarray, marks: list | None = None, radius: float | None = None) -> float:
         """The field's focus score under this rule's measure (``marks``: as for :func:`focus_score`).
-        With a site's ``radius``, a field under the floor whose cells are over SITE_ZOOM x the site's
-        is scored again shrunk to the site's scale, and the higher score counts: an enlarged sharp
-        field has wider edges per pixel, not a blurred focus."""
+        With a ``reference``, the field is judged shrunk so its cells measure that radius
+        (:meth:`judged_radius`; ``radius``: its cells' radius when the caller measured it). Else, with a
+        site's ``radius``, a field under the floor whose cells are over SITE_ZOOM x the site's is scored
+        again shrunk to the site's scale, and the higher score counts: an enlarged sharp field has
+        wider edges per pixel, not a blurred focus."""
+        if self.reference:
+            measure = replace(self.measure, px_per_radius=self.reference)
+            return focus_score(rgb, self.judged_radius(rgb, radius), measure, marks)
         score = focus_score(rgb, measure=self.measure, marks=marks)
-        return max(score, self.zoomed_score(rgb)) if self.radius and score < self.floor else score
+        return max(score, self.zoomed_score(rgb, radius)) if self.radius and score < self.floor else score
 
-    def zoomed_score(self, rgb: np.ndarray) -> float:
-        """The score of ``rgb`` shrunk to the site's cell radius when its cells are SITE_ZOOM to
-        SITE_ZOOM_MAX x that (the marks found again at that size); 0.0 otherwise."""
+    def judged_radius(self, rgb: np.ndarray, radius: float | None = None) -> float:
+        """The cell radius (px) ``rgb`` is shrunk from to the ``reference``: the site's (its fields'
+        median) while the field's own (``radius``, else :func:`~edgekit.device.field.segment.cell_radius`)
+        reads within SITE_ZOOM of it (one microscope, one scale: a field's own read varies by 10-15%,
+        and the score with it), or is unread or over SITE_ZOOM_MAX x it (misread, or not the site's
+        optics: a field shrunk far enough looks sharp whatever its focus); the field's own otherwise
+        (a phone zoom, another objective)."""
+        if radius is None:
+            from edgekit.device.field.segment import cell_radius
+
+            radius = cell_radius(_as_rgb(rgb))
+        if not self.radius:
+            return radius
+        sites = self.radius / SITE_ZOOM <= radius <= SITE_ZOOM * self.radius
+        return self.radius if sites or not 0 < radius <= SITE_ZOOM_MAX * self.radius else radius
+
+    def zoomed_score(self, rgb: np.ndarray, radius: float | None = None) -> float:
+        """The score of ``rgb`` shrunk to the site's cell radius when its cells (``radius``, else
+        measured) are SITE_ZOOM to SITE_ZOOM_MAX x that (the marks found again at that size); 0.0
+        otherwise."""
         from edgekit.device.field.segment import cell_radius
 
         cv2 = opencv()
-        radius = cell_radius(_as_rgb(rgb))
+        radius = cell_radius(_as_rgb(rgb)) if radius is None else radius
         if not SITE_ZOOM * self.radius < radius <= SITE_ZOOM_MAX * self.radius:
             return 0.0
         f = self.radius / radius
@@ -242,8 +282,15 @@ def rule_of(classifier: object) -> FocusRule:
     return FocusRule.from_dict(focus if isinstance(focus, dict) else None)
 
 
+def site_reference(radius: float, reference: float = REFERENCE_RADIUS) -> float:
+    """The cell radius a site whose fields' median cell radius is ``radius`` judges focus at:
+    ``reference`` when its cells are over SITE_ZOOM x that (an enlarging microscope: a blur is
+    judged against its cells, not its pixels), else 0.0 (its own pixels, as before)."""
+    return reference if reference and radius > SITE_ZOOM * reference else 0.0
+
+
 def site_rule(scores: list[float], blurred: list[float] | None = None,
-              share: float = SITE_FLOOR_SHARE, radius: float = 0.0) -> FocusRule:
+              share: float = SITE_FLOOR_SHARE, radius: float = 0.0, reference: float = 0.0) -> FocusRule:
     """The rule a site bundle carries: marks left out, the floor ``share`` x the median score of the
     site's sharp fields (``scores``, measured with marks left out; the median is robust to the few
     blurred ones a site's fields hold). A sigma-2 blur takes a field to 0.32-0.60 of its own score
@@ -252,19 +299,23 @@ def site_rule(scores: list[float], blurred: list[float] | None = None,
     already blurred are left out of the median when they are over SITE_BLURRED_SHARE of them, and
     where they are most of them (:func:`looks_blurred`) the floor is FOCUS_FLOOR, so blurred
     training fields cannot lower it to blur (None: every field is taken as sharp). ``radius``: the
-    median cell radius of the site's fields (:attr:`FocusRule.radius`; 0: none)."""
+    median cell radius of the site's fields (:attr:`FocusRule.radius`; 0: none); ``reference``: the
+    cell radius the scores were measured at (:func:`site_reference`; 0: the fields' own pixels)."""
     if not scores:
         raise ValueError("a site focus floor needs the scores of the site's fields")
     sharp = scores if blurred is None else sharp_scores(scores, blurred)
+    at = f", cells judged at {reference:g} px radius" if reference else ""
     if len(sharp) >= (1 - SITE_BLURRED_SHARE) * len(scores):
         sharp = scores
     elif _too_few_sharp(len(sharp), len(scores)):
-        source = f"the shared floor, no marks: {len(sharp)} of {len(scores)} site fields look sharp"
-        return FocusRule(floor=FOCUS_FLOOR, marks=SITE_MARKS, source=source, radius=round(radius, 1))
+        source = f"the shared floor, no marks: {len(sharp)} of {len(scores)} site fields look sharp{at}"
+        return FocusRule(floor=FOCUS_FLOOR, marks=SITE_MARKS, source=source, radius=round(radius, 1),
+                         reference=reference)
     floor = round(share * float(median(sharp)), 4)
     left_out = f", {len(scores) - len(sharp)} left out as blurred" if len(sharp) < len(scores) else ""
-    source = f"{share:g} x the median focus score of {len(sharp)} site fields{left_out}, no marks"
-    return FocusRule(floor=floor, marks=SITE_MARKS, source=source, radius=round(radius, 1))
+    source = f"{share:g} x the median focus score of {len(sharp)} site fields{left_out}, no marks{at}"
+    return FocusRule(floor=floor, marks=SITE_MARKS, source=source, radius=round(radius, 1),
+                     reference=reference)
 
 
 def looks_blurred(scores: list[float], blurred: list[float]) -> bool:
