@@ -171,6 +171,22 @@ class _Density:
     def blur2(self) -> np.ndarray:
         return opencv().GaussianBlur(self.u8, (0, 0), 2)
 
+    @cached_property
+    def background(self) -> tuple[float, float]:
+        """The background's density and its noise (standard deviation), in the units of
+        :attr:`blur5` but unclipped: the lowest mode of the blurred density (the clear glass; on a
+        crowded field the cells are a mode of their own, denser) and the spread of the pixels below
+        it, where no stain adds density (a robust half-normal estimate)."""
+        b = opencv().GaussianBlur(self.along * np.float32(self.scale), (5, 5), 0)
+        px = (b if self.inside is None else np.where(self.inside, b, np.nan))[::2, ::2].ravel()
+        px = px[np.isfinite(px)]
+        lo = float(np.floor(px.min())) if px.size else 0.0
+        hist = np.bincount(np.clip(px - lo, 0, 511).astype(np.int64), minlength=3).astype(np.float64)
+        hist = np.convolve(hist, np.ones(5) / 5, mode="same")
+        level = lo + _lowest_mode(hist)
+        below = level - px[px < level]
+        return level, 1.4826 * float(np.median(below)) if below.size else 0.0
+
 
 @dataclass(frozen=True)
 class _Holes:
@@ -187,27 +203,48 @@ class _Holes:
         return _fill_holes(mask, d.blur5, self.min_density * threshold, self.max_area, self.min_solidity)
 
 
-def _threshold(d: _Density, factor: float, min_od: float) -> float:
-    """The foreground threshold on the blurred density: a fraction of Otsu's, never below a minimum
-    density, or a cell-free field's noise becomes "cells"."""
-    return max(d.otsu * factor, min_od * d.scale)
+def _lowest_mode(hist: np.ndarray, share: float = 0.2) -> int:
+    """The lowest bin of ``hist`` that is a local maximum holding at least ``share`` of its highest."""
+    padded = np.concatenate([[-1.0], hist, [-1.0]])
+    peaks = np.nonzero((hist >= padded[:-2]) & (hist >= padded[2:]) & (hist >= share * hist.max()))[0]
+    return int(peaks.min()) if peaks.size else int(hist.argmax())
+
+
+def _floor(d: _Density, p: FieldParams) -> float:
+    """The least density a stained pixel has (units of :attr:`_Density.blur5`): ``p.min_od``; on a
+    pale field (that floor at ``p.pale_floor`` x the foreground threshold or more: its stain is
+    hardly denser than the floor), with ``p.noise_floor``, its background plus that many times its
+    noise where that is less. A pale stain (faded, or a whitened background) puts whole cells'
+    edges, rims and pale parts under a fixed density, while its background noise is as low as any
+    field's; a cell-free field's noise stays under the floor either way."""
+    floor = p.min_od * d.scale
+    if p.noise_floor <= 0 or floor < p.pale_floor * d.otsu * p.threshold:
+        return floor
+    level, noise = d.background
+    return min(floor, level + p.noise_floor * noise)
+
+
+def _threshold(d: _Density, factor: float, floor: float) -> float:
+    """The foreground threshold on the blurred density: a fraction of Otsu's, never below the
+    field's floor (:func:`_floor`), or a cell-free field's noise becomes "cells"."""
+    return max(d.otsu * factor, floor)
 
 
 def _foreground(
-    d: _Density, factor: float = 1.0, min_od: float = 0.0, holes: _Holes = _Holes()
+    d: _Density, factor: float = 1.0, floor: float = 0.0, holes: _Holes = _Holes()
 ) -> np.ndarray:
     """Stained pixels: a fraction of Otsu's threshold on the green optical density, pale centres
     filled. Clipping the nuclei makes Otsu split background from red cells, not cells from nuclei."""
     cv2 = opencv()
-    fg, thr = _thresholded(d, factor, min_od)
+    fg, thr = _thresholded(d, factor, floor)
     fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5)))
     return holes.fill(fg, d, thr)
 
 
-def _thresholded(d: _Density, factor: float, min_od: float) -> tuple[np.ndarray, float]:
+def _thresholded(d: _Density, factor: float, floor: float) -> tuple[np.ndarray, float]:
     """(pixels over the foreground threshold, as 0/255; the threshold)."""
     # below Otsu, since pale cells and pale centres are barely darker than the background
-    thr = _threshold(d, factor, min_od)
+    thr = _threshold(d, factor, floor)
     return opencv().threshold(d.blur5, thr, 255, opencv().THRESH_BINARY)[1], thr
 
 
@@ -297,7 +334,7 @@ def _cells_above_floor(d: _Density, p: FieldParams) -> bool:
         return False
     cv2 = opencv()
     floor = min(d.u8.shape) / CIRCLE_FLOOR
-    fg, thr = _thresholded(d, p.threshold, p.min_od)
+    fg, thr = _thresholded(d, p.threshold, _floor(d, p))
     fg = _fill_holes(fg, d.blur5, p.hole_density * thr, math.pi * (2 * floor) ** 2, p.hole_solidity)
     if fg.min() > 0:
         return False
@@ -503,9 +540,10 @@ def _with_rims(
     cv2 = opencv()
     u8 = cv2.GaussianBlur(density.u8, (3, 3), 0)
     local = cv2.blur(u8, (_odd(radius),) * 2)
-    rim = ((u8.astype(np.int16) - local > p.rim) & (u8 >= p.min_od * density.scale)).astype(np.uint8) * 255
+    floor = _floor(density, p)
+    rim = ((u8.astype(np.int16) - local > p.rim) & (u8 >= floor)).astype(np.uint8) * 255
     rim = cv2.morphologyEx(rim, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
-    fg = holes.fill(fg | rim, density, _threshold(density, p.threshold, p.min_od))
+    fg = holes.fill(fg | rim, density, _threshold(density, p.threshold, floor))
     fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5)))
     return fg, cv2.distanceTransform(fg, cv2.DIST_L2, 5)
 
@@ -810,7 +848,8 @@ def segment_cells(
         return segment_cells(rgb, replace(p, max_side=finer, fine_cells=0.0), None, outside,
                              (circles / scale, spread))
     holes = _Holes(p.hole_density, p.hole_area * math.pi * circles**2, p.hole_solidity)
-    fg = _foreground(density, p.threshold, p.min_od, holes)
+    floor = _floor(density, p)
+    fg = _foreground(density, p.threshold, floor, holes)
     if fg.min() > 0:  # not one background pixel: no distance is defined (OpenCV returns FLT_MAX)
         return [], float(max(H, W))  # one mass as wide as the field (count_cells says so)
     dist = cv2.distanceTransform(fg, cv2.DIST_L2, 5)
@@ -828,7 +867,7 @@ def segment_cells(
     circles = _cell_circles(density, radius, p)
     markers, n, touching = _split_touching(circles, fg, dist, radius, p)
     # growth only reaches into faintly stained pixels (a cell's pale edge), never into background
-    edge_fg = _foreground(density, p.threshold * p.grow_threshold, p.min_od) > 0 if p.grow > 0 else None
+    edge_fg = _foreground(density, p.threshold * p.grow_threshold, floor) > 0 if p.grow > 0 else None
     if beyond is not None:  # a cell touching the surround is cut, as at the border
         beyond = cv2.dilate(beyond, np.ones((3, 3), np.uint8)).astype(bool)
     pieces = _split_clumps(_regions(markers, n), math.pi * radius * radius, p,

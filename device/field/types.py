@@ -48,6 +48,18 @@ class FieldParams:
     stain_otsu: bool = True
     threshold: float = 0.65  # x Otsu's threshold on green optical density
     min_od: float = 0.05  # green optical density below which nothing is a cell (BCCD cells: 0.2-0.4)
+    # on a pale field, where min_od reaches pale_floor x the foreground threshold (Otsu's x threshold:
+    # its stain is hardly denser than min_od), the floor is lowered to the field's background plus
+    # noise_floor x its noise (the spread below the background's mode) where that is less: a pale
+    # stain (faded, or a whitened background) puts cells' edges, rims and pale parts under any fixed
+    # density, while its noise is as low as any field's. noise_floor 0: min_od alone. min_od reaches
+    # 0.08-0.63x the threshold on the 172 IML fields, 0.42-1.0x on the 364 BCCD fields (whose noise
+    # floor is above min_od), 0.83-1.73x on field_transforms.py --combos' pale BCCD fields: 0.75
+    # leaves every plain field's floor as it was. noise_floor chosen on the even half of --combos
+    # (3, 4, 6 alike on BCCD grey-pale, 0.702 -> 0.813; 3 and 4 a cell better on foreign-pale;
+    # RESULTS.md)
+    noise_floor: float = 4.0
+    pale_floor: float = 0.75
     min_area: float = 0.30  # x typical cell area; smaller regions are debris or platelets
     min_edge_area: float = 0.50  # x typical cell area, for cells cut by the field border
     max_area: float = 3.0  # x typical cell area; larger regions are unsplit clumps
