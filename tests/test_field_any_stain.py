@@ -240,3 +240,30 @@ def test_large_cells_skip_the_smaller_circle_search(monkeypatch):
     assert match([c.box for c in cells], boxes) == len(boxes) == len(cells)
     # the first circles disagree (sizes 70-130 px), so without the skip both searches run
     assert floors == [segment.CIRCLE_FLOOR], floors
+
+
+@pytest.mark.parametrize("quick, small_n, chosen", [
+    (9.6, 45, "small"),  # the distance map sizes the cells near the smaller circles: theirs
+    (27.0, 45, "first"),  # ... near the first circles (large cells, pale centres as small circles)
+    (9.6, 9, "first"),  # under ten smaller circles: too few to scatter and still be trusted
+])
+def test_scattering_smaller_circles_are_taken_where_the_cells_are_that_size(
+    monkeypatch, quick, small_n, chosen
+):
+    """Issue 29's 0.6x fields: 5 first circles of 22-40 px (wrong: a few pairs of cells) and 45
+    smaller circles about the cells' 11 px, spread 0.30-0.40 (noise, JPEG): before, only circles
+    spreading under ``small_spread`` were taken, so the field was cut at 2.5-3.5x its cells' radius
+    (IML PA171694, PA171746, PA171750: 0-14 of 150-350 cells matched). Now a quick distance map
+    arbitrates between the two searches."""
+    from edgekit.device.field import segment
+
+    rng = np.random.default_rng(0)
+    first = np.array([28.0, 30.0, 25.0, 40.0, 22.0], np.float32)
+    small = (11.3 * rng.uniform(0.6, 1.5, small_n)).astype(np.float32)
+    assert small_n < 10 or segment._spread(small) >= FieldParams().small_spread
+    monkeypatch.setattr(segment, "_circle_radii",
+                        lambda d, floor, ceiling=4: first if floor == segment.CIRCLE_FLOOR else small)
+    monkeypatch.setattr(segment, "_quick_radius", lambda d, p: quick)
+    d = segment._Density(np.zeros((480, 640), np.uint8), 1.0, np.zeros((480, 640), np.float32))
+    radius, _ = segment._circle_radius(d, 0.0, FieldParams())
+    assert radius == pytest.approx(float(np.median(small if chosen == "small" else first)))

@@ -315,31 +315,55 @@ def _circle_radius(d: _Density, fallback: float, p: FieldParams | None = None) -
     the labelled boxes' size 0.70-1.23 alone, 0.70-0.95 blended). With ``p.small_circles``, cells
     under the circles' floor are sized by a second search for smaller circles (see ``FieldParams``)."""
     radii = _circle_radii(d, CIRCLE_FLOOR)
-    if (p is not None and p.small_circles > 0 and _spread(radii) >= p.circle_spread
-            and not _cells_above_floor(d, p)):
-        small = _circle_radii(d, p.small_floor)
-        if len(small) >= p.small_circles * len(radii) and _spread(small) < p.small_spread:
-            radii = small
+    if p is not None and p.small_circles > 0 and _spread(radii) >= p.circle_spread:
+        radii = _smaller_circles(d, p, radii)
     if len(radii) < 3:
         return fallback, math.inf
     return float(np.median(radii)), _spread(radii)
 
 
-def _cells_above_floor(d: _Density, p: FieldParams) -> bool:
-    """Whether the field's cells are already plainly larger than the first circles' floor: the
-    distance map of a quick foreground (the threshold, convex pale centres up to twice the floor's
-    radius filled) puts them at ``p.small_skip`` x that floor or more, so smaller circles cannot be
-    them (BCCD's few large cells: the second search is skipped, at a third of its cost)."""
-    if p.small_skip <= 0:
+def _smaller_circles(d: _Density, p: FieldParams, first: np.ndarray) -> np.ndarray:
+    """The circles that size a field whose ``first`` circles disagree: circles down to the short
+    side / ``p.small_floor`` when they outnumber the first ``p.small_circles`` x and agree (spread
+    under ``p.small_spread``), or, ten or more scattering a little more, when the quick distance
+    map (:func:`_quick_radius`) puts the cells nearer their median than the first circles'; the
+    first otherwise. No search where that map sizes the cells at ``p.small_skip`` x the first
+    circles' floor or more: smaller circles cannot be them (BCCD's few large cells, at a third of
+    the search's cost)."""
+    quick = _quick_radius(d, p) if p.small_skip > 0 else None
+    if quick is not None and quick >= p.small_skip * min(d.u8.shape) / CIRCLE_FLOOR:
+        return first
+    small = _circle_radii(d, p.small_floor)
+    if len(small) < p.small_circles * len(first):
+        return first
+    spread = _spread(small)
+    if spread < p.small_spread:
+        return small
+    if math.isinf(spread):
+        return first
+    quick = _quick_radius(d, p) if quick is None else quick
+    return small if _nearer(quick, small, first) else first
+
+
+def _nearer(size: float, a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether circles ``a``'s median radius is nearer ``size`` (as a ratio) than ``b``'s."""
+    if size <= 0 or not len(a):
         return False
+    off_a = abs(math.log(float(np.median(a)) / size))
+    return not len(b) or off_a < abs(math.log(float(np.median(b)) / size))
+
+
+def _quick_radius(d: _Density, p: FieldParams) -> float:
+    """The cells' radius from the distance map of a quick foreground (the threshold, convex pale
+    centres up to twice the first circles' floor filled); 0.0 without background."""
     cv2 = opencv()
     floor = min(d.u8.shape) / CIRCLE_FLOOR
     fg, thr = _thresholded(d, p.threshold, _floor(d, p))
     fg = _fill_holes(fg, d.blur5, p.hole_density * thr, math.pi * (2 * floor) ** 2, p.hole_solidity)
     if fg.min() > 0:
-        return False
+        return 0.0
     dist = cv2.distanceTransform(fg, cv2.DIST_L2, 3)
-    return _estimate_radius(dist, fg, floor) >= p.small_skip * floor
+    return _estimate_radius(dist, fg, floor)
 
 
 def _nucleus_pixels(od: np.ndarray, p: FieldParams, d: _Density) -> np.ndarray:

@@ -123,7 +123,9 @@ class FieldParams:
     # / 30: a lower magnification, a wider camera): when the circles found do not agree (fewer than
     # 10, or spread over circle_spread), circles down to the short side / small_floor are sought
     # too, and their radius is the field's when they outnumber the first by small_circles x and
-    # agree (interquartile range under small_spread x median); small_circles 0: off. Pale centres
+    # agree (interquartile range under small_spread x median), or, scattering more, when a quick
+    # distance map puts the cells nearer their median than the first circles' (IML at 0.6x: 3 of 43
+    # fields whose 29-45 smaller circles spread 0.30-0.40); small_circles 0: off. Pale centres
     # of large cells give small circles too, but few more than the first search's and of scattered
     # sizes. Chosen on the even half of field_transforms.py --combos and a synthetic field of
     # touching cells (RESULTS.md)
@@ -131,7 +133,7 @@ class FieldParams:
     small_floor: float = 60.0
     small_spread: float = 0.3
     # ... and skipped when a quick distance map already sizes the cells at small_skip x the first
-    # circles' floor or more (:func:`.segment._cells_above_floor`; BCCD: the second search ran on 44
+    # circles' floor or more (:func:`.segment._smaller_circles`; BCCD: the second search ran on 44
     # of 46 fields for nothing); 0: never skipped. On --combos the fields whose second search won
     # measured at most 1.51x, BCCD's own fields 1.63-3.8x: 2 leaves a margin on the side that
     # costs only time (RESULTS.md)
