@@ -94,17 +94,45 @@ def test_the_density_floor_follows_the_background_noise():
     yy, xx = np.mgrid[:240, :320]
     for cy, cx in [(60, 80), (60, 200), (170, 120), (170, 250)]:
         along[(yy - cy) ** 2 + (xx - cx) ** 2 < 40**2] += 0.1
-    d = segment._Density(np.zeros((240, 320), np.uint8), 1000.0, along)
+    scale = 400.0  # the discs at 0.11 OD: 44 units, the fixed floor (0.05 OD) at 20
+    d = segment._Density(np.clip(along * scale, 0, 255).astype(np.uint8), scale, along)
     level, noise = d.background
-    blurred = float(np.std(segment.opencv().GaussianBlur(along[:16], (5, 5), 0)[2:-2, 2:-2])) * 1000
-    assert level == pytest.approx(10, abs=1.5) and noise == pytest.approx(blurred, rel=0.25), (level, noise)
+    blurred = float(np.std(segment.opencv().GaussianBlur(along[:16], (5, 5), 0)[2:-2, 2:-2])) * scale
+    assert level == pytest.approx(4, abs=1) and noise == pytest.approx(blurred, rel=0.25), (level, noise)
     p = FieldParams()
-    assert segment._floor(d, p) == pytest.approx(level + p.noise_floor * noise)
-    assert segment._floor(d, FieldParams(noise_floor=0)) == pytest.approx(p.min_od * 1000)
+    quiet = max(segment.FAINTEST * scale, level + p.noise_floor * noise)
+    assert quiet < d.otsu * p.threshold < p.min_od * scale
+    assert segment._floor(d, p) == pytest.approx(quiet)
+    assert segment._floor(d, FieldParams(noise_floor=0)) == pytest.approx(p.min_od * scale)
+    # nothing stands clear of the noise (a blank field's lamp gradient): the fixed floor holds
+    flat = segment._Density(np.clip(along * scale, 0, 255).astype(np.uint8), scale, along * 0 + 0.01)
+    flat.__dict__["background"] = (4.0, 10.0)  # noise as wide as the threshold's distance
+    assert segment._floor(flat, p) == pytest.approx(p.min_od * scale)
     # a field whose stain is plainly denser than min_od (at under pale_floor x its threshold) keeps it
     dense = segment._Density(np.where(along > 0.05, 200, 0).astype(np.uint8), 500.0, along)
     assert dense.otsu * p.threshold * p.pale_floor > p.min_od * 500
     assert segment._floor(dense, p) == pytest.approx(p.min_od * 500)
+
+
+@pytest.mark.parametrize("lamp", ["gradient", "vignette"])
+def test_a_blank_field_under_an_uneven_lamp_has_no_cells(lamp):
+    """A cell-free field's densest tenth is a lamp's gradient or vignette (0.02 OD), so it counts as
+    "pale": the noise floor must not turn the gradient into cells (with the floor at the background
+    plus 4x its noise alone, 413 "cells" on the gradient, 258 on the vignette)."""
+    import cv2
+
+    rng = np.random.default_rng(1)
+    h, w = 960, 1280
+    yy, xx = np.mgrid[:h, :w]
+    if lamp == "gradient":
+        light = 0.85 + 0.15 * xx / w
+    else:
+        light = 1 - 0.3 * ((yy - h / 2) ** 2 + (xx - w / 2) ** 2) / (h * h / 4 + w * w / 4)
+    rgb = np.array([232, 228, 236], np.float32) * light[..., None] + rng.normal(0, 2, (h, w, 3))
+    rgb = cv2.imdecode(cv2.imencode(".jpg", np.clip(rgb, 0, 255).astype(np.uint8),
+                                    [cv2.IMWRITE_JPEG_QUALITY, 80])[1], cv2.IMREAD_UNCHANGED)
+    cells, _, reason = count_cells(rgb)
+    assert not cells and reason == "no red cells found", (len(cells), reason)
 
 
 def test_white_background_is_not_overexposed():

@@ -14,6 +14,9 @@ from edgekit.device.field.types import CellBox, FieldParams
 from edgekit.device.preprocess import opencv
 
 MAX_RADIUS_FRACTION = 4  # a typical "cell" wider than a quarter of the field's short side is a pile
+# optical density: the faintest stain that is cells (a field whose densest tenth is fainter is not stretched
+# to look stained, and no field's floor goes under it: a blank field's lamp gradient is no cell)
+FAINTEST = 0.02
 
 
 def _odd(n: float) -> int:
@@ -136,7 +139,7 @@ def _density_u8(od: np.ndarray, direction: np.ndarray | None = None,
     which haemoglobin and pink Giemsa absorb) as uint8, scaled so a high percentile of the cells
     sits at 200 and the darker white-cell nuclei clip; that scale; and the density itself."""
     odg = od[:, :, 1] if direction is None else opencv().transform(od, direction.reshape(1, 3))
-    scale = 200.0 / max(float(np.percentile(odg if inside is None else odg[inside], 90)), 0.02)
+    scale = 200.0 / max(float(np.percentile(odg if inside is None else odg[inside], 90)), FAINTEST)
     return np.clip(odg * scale, 0, 255).astype(np.uint8), scale, odg
 
 
@@ -214,14 +217,17 @@ def _floor(d: _Density, p: FieldParams) -> float:
     """The least density a stained pixel has (units of :attr:`_Density.blur5`): ``p.min_od``; on a
     pale field (that floor at ``p.pale_floor`` x the foreground threshold or more: its stain is
     hardly denser than the floor), with ``p.noise_floor``, its background plus that many times its
-    noise where that is less. A pale stain (faded, or a whitened background) puts whole cells'
-    edges, rims and pale parts under a fixed density, while its background noise is as low as any
-    field's; a cell-free field's noise stays under the floor either way."""
+    noise (never under :data:`FAINTEST`) where that is less, and the threshold stands clear above
+    it. A pale stain (faded, or a whitened background) puts whole cells' edges, rims and pale parts
+    under a fixed density, while its background noise is as low as any field's; on a cell-free
+    field, noise or a lamp's gradient, nothing stands clear of the noise: the fixed floor holds."""
     floor = p.min_od * d.scale
-    if p.noise_floor <= 0 or floor < p.pale_floor * d.otsu * p.threshold:
+    threshold = d.otsu * p.threshold
+    if p.noise_floor <= 0 or floor < p.pale_floor * threshold:
         return floor
     level, noise = d.background
-    return min(floor, level + p.noise_floor * noise)
+    quiet = max(FAINTEST * d.scale, level + p.noise_floor * noise)
+    return quiet if quiet < min(floor, threshold) else floor
 
 
 def _threshold(d: _Density, factor: float, floor: float) -> float:
