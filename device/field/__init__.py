@@ -7,12 +7,13 @@ mode of the field's grey levels and is divided out (optical density); the densit
 used is each field's own stain colour (the channels weighted by how much its cells absorb them,
 measured on pixels above Otsu's threshold, so a sparse field's background does not set it), so
 pink, grey-green, blue or grey smears are treated alike; stained cells are thresholded (a fraction
-of Otsu) together with the thin rims of pale cells (a local threshold); pale centres are filled, but
-not clear background enclosed by a ring of touching cells; a cell-sized outline (a ring or a "C":
-a cell whose centre reads as background, clipped white or off the stain colour) is filled to its
-convex hull; touching cells are split on the distance
-transform: one seed per distance peak (plus Hough-circle centres inside clumps too dense for peaks),
-each pixel going to the seed minimizing distance minus the seed's radius (capped at one cell
+of Otsu, never under a least density: a fixed one, or on a field stained about that pale, its
+background's noise) together with the thin rims of pale cells (a local threshold); pale centres
+are filled, but not clear background enclosed by a ring of touching cells; a cell-sized outline
+(a ring or a "C": a cell whose centre reads as background, clipped white or off the stain colour) is
+filled to its convex hull; touching cells are split on the distance transform: one seed per
+distance peak (plus Hough-circle centres inside clumps too dense for peaks), each pixel going to
+the seed minimizing distance minus the seed's radius (capped at one cell
 radius), which for overlapping discs is the watershed of the distance map; two cells that overlap so
 much that their union has one distance peak can be cut apart (``split_circles``, off by default)
 where the region holds two Hough circles at least half a radius apart and is longer along their line

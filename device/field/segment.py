@@ -15,6 +15,9 @@ from edgekit.device.order import median, percentile
 from edgekit.device.preprocess import opencv
 
 MAX_RADIUS_FRACTION = 4  # a typical "cell" wider than a quarter of the field's short side is a pile
+# optical density: the faintest stain that is cells (a field whose densest tenth is fainter is not stretched
+# to look stained, and no field's floor goes under it: a blank field's lamp gradient is no cell)
+FAINTEST = 0.02
 
 
 def _odd(n: float) -> int:
@@ -137,7 +140,7 @@ def _density_u8(od: np.ndarray, direction: np.ndarray | None = None,
     which haemoglobin and pink Giemsa absorb) as uint8, scaled so a high percentile of the cells
     sits at 200 and the darker white-cell nuclei clip; that scale; and the density itself."""
     odg = od[:, :, 1] if direction is None else opencv().transform(od, direction.reshape(1, 3))
-    scale = 200.0 / max(float(percentile(odg if inside is None else odg[inside], 90)), 0.02)
+    scale = 200.0 / max(float(percentile(odg if inside is None else odg[inside], 90)), FAINTEST)
     return np.clip(odg * scale, 0, 255).astype(np.uint8), scale, odg
 
 
@@ -172,6 +175,22 @@ class _Density:
     def blur2(self) -> np.ndarray:
         return opencv().GaussianBlur(self.u8, (0, 0), 2)
 
+    @cached_property
+    def background(self) -> tuple[float, float]:
+        """The background's density and its noise (standard deviation), in the units of
+        :attr:`blur5` but unclipped: the lowest mode of the blurred density (the clear glass; on a
+        crowded field the cells are a mode of their own, denser) and the spread of the pixels below
+        it, where no stain adds density (a robust half-normal estimate)."""
+        b = opencv().GaussianBlur(self.along * np.float32(self.scale), (5, 5), 0)
+        px = (b if self.inside is None else np.where(self.inside, b, np.nan))[::2, ::2].ravel()
+        px = px[np.isfinite(px)]
+        lo = float(np.floor(px.min())) if px.size else 0.0
+        hist = np.bincount(np.clip(px - lo, 0, 511).astype(np.int64), minlength=3).astype(np.float64)
+        hist = np.convolve(hist, np.ones(5) / 5, mode="same")
+        level = lo + _lowest_mode(hist)
+        below = level - px[px < level]
+        return level, 1.4826 * float(median(below)) if below.size else 0.0
+
 
 @dataclass(frozen=True)
 class _Holes:
@@ -188,27 +207,51 @@ class _Holes:
         return _fill_holes(mask, d.blur5, self.min_density * threshold, self.max_area, self.min_solidity)
 
 
-def _threshold(d: _Density, factor: float, min_od: float) -> float:
-    """The foreground threshold on the blurred density: a fraction of Otsu's, never below a minimum
-    density, or a cell-free field's noise becomes "cells"."""
-    return max(d.otsu * factor, min_od * d.scale)
+def _lowest_mode(hist: np.ndarray, share: float = 0.2) -> int:
+    """The lowest bin of ``hist`` that is a local maximum holding at least ``share`` of its highest."""
+    padded = np.concatenate([[-1.0], hist, [-1.0]])
+    peaks = np.nonzero((hist >= padded[:-2]) & (hist >= padded[2:]) & (hist >= share * hist.max()))[0]
+    return int(peaks.min()) if peaks.size else int(hist.argmax())
+
+
+def _floor(d: _Density, p: FieldParams) -> float:
+    """The least density a stained pixel has (units of :attr:`_Density.blur5`): ``p.min_od``; on a
+    pale field (that floor at ``p.pale_floor`` x the foreground threshold or more: its stain is
+    hardly denser than the floor), with ``p.noise_floor``, its background plus that many times its
+    noise (never under :data:`FAINTEST`) where that is less, and the threshold stands clear above
+    it. A pale stain (faded, or a whitened background) puts whole cells' edges, rims and pale parts
+    under a fixed density, while its background noise is as low as any field's; on a cell-free
+    field, noise or a lamp's gradient, nothing stands clear of the noise: the fixed floor holds."""
+    floor = p.min_od * d.scale
+    threshold = d.otsu * p.threshold
+    if p.noise_floor <= 0 or floor < p.pale_floor * threshold:
+        return floor
+    level, noise = d.background
+    quiet = max(FAINTEST * d.scale, level + p.noise_floor * noise)
+    return quiet if quiet < min(floor, threshold) else floor
+
+
+def _threshold(d: _Density, factor: float, floor: float) -> float:
+    """The foreground threshold on the blurred density: a fraction of Otsu's, never below the
+    field's floor (:func:`_floor`), or a cell-free field's noise becomes "cells"."""
+    return max(d.otsu * factor, floor)
 
 
 def _foreground(
-    d: _Density, factor: float = 1.0, min_od: float = 0.0, holes: _Holes = _Holes()
+    d: _Density, factor: float = 1.0, floor: float = 0.0, holes: _Holes = _Holes()
 ) -> np.ndarray:
     """Stained pixels: a fraction of Otsu's threshold on the green optical density, pale centres
     filled. Clipping the nuclei makes Otsu split background from red cells, not cells from nuclei."""
     cv2 = opencv()
-    fg, thr = _thresholded(d, factor, min_od)
+    fg, thr = _thresholded(d, factor, floor)
     fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5)))
     return holes.fill(fg, d, thr)
 
 
-def _thresholded(d: _Density, factor: float, min_od: float) -> tuple[np.ndarray, float]:
+def _thresholded(d: _Density, factor: float, floor: float) -> tuple[np.ndarray, float]:
     """(pixels over the foreground threshold, as 0/255; the threshold)."""
     # below Otsu, since pale cells and pale centres are barely darker than the background
-    thr = _threshold(d, factor, min_od)
+    thr = _threshold(d, factor, floor)
     return opencv().threshold(d.blur5, thr, 255, opencv().THRESH_BINARY)[1], thr
 
 
@@ -279,31 +322,55 @@ def _circle_radius(d: _Density, fallback: float, p: FieldParams | None = None) -
     the labelled boxes' size 0.70-1.23 alone, 0.70-0.95 blended). With ``p.small_circles``, cells
     under the circles' floor are sized by a second search for smaller circles (see ``FieldParams``)."""
     radii = _circle_radii(d, CIRCLE_FLOOR)
-    if (p is not None and p.small_circles > 0 and _spread(radii) >= p.circle_spread
-            and not _cells_above_floor(d, p)):
-        small = _circle_radii(d, p.small_floor)
-        if len(small) >= p.small_circles * len(radii) and _spread(small) < p.small_spread:
-            radii = small
+    if p is not None and p.small_circles > 0 and _spread(radii) >= p.circle_spread:
+        radii = _smaller_circles(d, p, radii)
     if len(radii) < 3:
         return fallback, math.inf
     return float(median(radii)), _spread(radii)
 
 
-def _cells_above_floor(d: _Density, p: FieldParams) -> bool:
-    """Whether the field's cells are already plainly larger than the first circles' floor: the
-    distance map of a quick foreground (the threshold, convex pale centres up to twice the floor's
-    radius filled) puts them at ``p.small_skip`` x that floor or more, so smaller circles cannot be
-    them (BCCD's few large cells: the second search is skipped, at a third of its cost)."""
-    if p.small_skip <= 0:
+def _smaller_circles(d: _Density, p: FieldParams, first: np.ndarray) -> np.ndarray:
+    """The circles that size a field whose ``first`` circles disagree: circles down to the short
+    side / ``p.small_floor`` when they outnumber the first ``p.small_circles`` x and agree (spread
+    under ``p.small_spread``), or, ten or more scattering a little more, when the quick distance
+    map (:func:`_quick_radius`) puts the cells nearer their median than the first circles'; the
+    first otherwise. No search where that map sizes the cells at ``p.small_skip`` x the first
+    circles' floor or more: smaller circles cannot be them (BCCD's few large cells, at a third of
+    the search's cost)."""
+    quick = _quick_radius(d, p) if p.small_skip > 0 else None
+    if quick is not None and quick >= p.small_skip * min(d.u8.shape) / CIRCLE_FLOOR:
+        return first
+    small = _circle_radii(d, p.small_floor)
+    if len(small) < p.small_circles * len(first):
+        return first
+    spread = _spread(small)
+    if spread < p.small_spread:
+        return small
+    if math.isinf(spread):
+        return first
+    quick = _quick_radius(d, p) if quick is None else quick
+    return small if _nearer(quick, small, first) else first
+
+
+def _nearer(size: float, a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether circles ``a``'s median radius is nearer ``size`` (as a ratio) than ``b``'s."""
+    if size <= 0 or not len(a):
         return False
+    off_a = abs(math.log(float(median(a)) / size))
+    return not len(b) or off_a < abs(math.log(float(median(b)) / size))
+
+
+def _quick_radius(d: _Density, p: FieldParams) -> float:
+    """The cells' radius from the distance map of a quick foreground (the threshold, convex pale
+    centres up to twice the first circles' floor filled); 0.0 without background."""
     cv2 = opencv()
     floor = min(d.u8.shape) / CIRCLE_FLOOR
-    fg, thr = _thresholded(d, p.threshold, p.min_od)
+    fg, thr = _thresholded(d, p.threshold, _floor(d, p))
     fg = _fill_holes(fg, d.blur5, p.hole_density * thr, math.pi * (2 * floor) ** 2, p.hole_solidity)
     if fg.min() > 0:
-        return False
+        return 0.0
     dist = cv2.distanceTransform(fg, cv2.DIST_L2, 3)
-    return _estimate_radius(dist, fg, floor) >= p.small_skip * floor
+    return _estimate_radius(dist, fg, floor)
 
 
 def _nucleus_pixels(od: np.ndarray, p: FieldParams, d: _Density) -> np.ndarray:
@@ -504,9 +571,10 @@ def _with_rims(
     cv2 = opencv()
     u8 = cv2.GaussianBlur(density.u8, (3, 3), 0)
     local = cv2.blur(u8, (_odd(radius),) * 2)
-    rim = ((u8.astype(np.int16) - local > p.rim) & (u8 >= p.min_od * density.scale)).astype(np.uint8) * 255
+    floor = _floor(density, p)
+    rim = ((u8.astype(np.int16) - local > p.rim) & (u8 >= floor)).astype(np.uint8) * 255
     rim = cv2.morphologyEx(rim, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
-    fg = holes.fill(fg | rim, density, _threshold(density, p.threshold, p.min_od))
+    fg = holes.fill(fg | rim, density, _threshold(density, p.threshold, floor))
     fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5)))
     return fg, cv2.distanceTransform(fg, cv2.DIST_L2, 5)
 
@@ -811,7 +879,8 @@ def segment_cells(
         return segment_cells(rgb, replace(p, max_side=finer, fine_cells=0.0), None, outside,
                              (circles / scale, spread))
     holes = _Holes(p.hole_density, p.hole_area * math.pi * circles**2, p.hole_solidity)
-    fg = _foreground(density, p.threshold, p.min_od, holes)
+    floor = _floor(density, p)
+    fg = _foreground(density, p.threshold, floor, holes)
     if fg.min() > 0:  # not one background pixel: no distance is defined (OpenCV returns FLT_MAX)
         return [], float(max(H, W))  # one mass as wide as the field (count_cells says so)
     dist = cv2.distanceTransform(fg, cv2.DIST_L2, 5)
@@ -829,7 +898,7 @@ def segment_cells(
     circles = _cell_circles(density, radius, p)
     markers, n, touching = _split_touching(circles, fg, dist, radius, p)
     # growth only reaches into faintly stained pixels (a cell's pale edge), never into background
-    edge_fg = _foreground(density, p.threshold * p.grow_threshold, p.min_od) > 0 if p.grow > 0 else None
+    edge_fg = _foreground(density, p.threshold * p.grow_threshold, floor) > 0 if p.grow > 0 else None
     if beyond is not None:  # a cell touching the surround is cut, as at the border
         beyond = cv2.dilate(beyond, np.ones((3, 3), np.uint8)).astype(bool)
     pieces = _split_clumps(_regions(markers, n), math.pi * radius * radius, p,

@@ -48,6 +48,18 @@ class FieldParams:
     stain_otsu: bool = True
     threshold: float = 0.65  # x Otsu's threshold on green optical density
     min_od: float = 0.05  # green optical density below which nothing is a cell (BCCD cells: 0.2-0.4)
+    # on a pale field, where min_od reaches pale_floor x the foreground threshold (Otsu's x threshold:
+    # its stain is hardly denser than min_od), the floor is lowered to the field's background plus
+    # noise_floor x its noise (the spread below the background's mode) where that is less: a pale
+    # stain (faded, or a whitened background) puts cells' edges, rims and pale parts under any fixed
+    # density, while its noise is as low as any field's. noise_floor 0: min_od alone. min_od reaches
+    # 0.08-0.63x the threshold on the 172 IML fields, 0.42-1.0x on the 364 BCCD fields (whose noise
+    # floor is above min_od), 0.83-1.73x on field_transforms.py --combos' pale BCCD fields: 0.75
+    # leaves every plain field's floor as it was. noise_floor chosen on the even half of --combos
+    # (3, 4, 6 alike on BCCD grey-pale, 0.702 -> 0.813; 3 and 4 a cell better on foreign-pale;
+    # RESULTS.md)
+    noise_floor: float = 4.0
+    pale_floor: float = 0.75
     min_area: float = 0.30  # x typical cell area; smaller regions are debris or platelets
     min_edge_area: float = 0.50  # x typical cell area, for cells cut by the field border
     max_area: float = 3.0  # x typical cell area; larger regions are unsplit clumps
@@ -111,7 +123,9 @@ class FieldParams:
     # / 30: a lower magnification, a wider camera): when the circles found do not agree (fewer than
     # 10, or spread over circle_spread), circles down to the short side / small_floor are sought
     # too, and their radius is the field's when they outnumber the first by small_circles x and
-    # agree (interquartile range under small_spread x median); small_circles 0: off. Pale centres
+    # agree (interquartile range under small_spread x median), or, scattering more, when a quick
+    # distance map puts the cells nearer their median than the first circles' (IML at 0.6x: 3 of 43
+    # fields whose 29-45 smaller circles spread 0.30-0.40); small_circles 0: off. Pale centres
     # of large cells give small circles too, but few more than the first search's and of scattered
     # sizes. Chosen on the even half of field_transforms.py --combos and a synthetic field of
     # touching cells (RESULTS.md)
@@ -119,7 +133,7 @@ class FieldParams:
     small_floor: float = 60.0
     small_spread: float = 0.3
     # ... and skipped when a quick distance map already sizes the cells at small_skip x the first
-    # circles' floor or more (:func:`.segment._cells_above_floor`; BCCD: the second search ran on 44
+    # circles' floor or more (:func:`.segment._smaller_circles`; BCCD: the second search ran on 44
     # of 46 fields for nothing); 0: never skipped. On --combos the fields whose second search won
     # measured at most 1.51x, BCCD's own fields 1.63-3.8x: 2 leaves a margin on the side that
     # costs only time (RESULTS.md)
