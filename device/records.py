@@ -18,7 +18,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -178,7 +178,8 @@ def db_errors(path: Path) -> Iterator[None]:
 
 def _record(row: sqlite3.Row) -> dict[str, Any]:
     d = dict(row)
-    d["probabilities"] = json.loads(d["probabilities"]) if d["probabilities"] else None
+    if "probabilities" in d:
+        d["probabilities"] = json.loads(d["probabilities"]) if d["probabilities"] else None
     return d
 
 
@@ -585,12 +586,17 @@ class RecordStore:
             raise RecordsError(f"no {what} {key!r} in {self.path}")
         return Session.from_row(row)
 
-    def records(self, session_id: int) -> list[dict[str, Any]]:
+    def records(self, session_id: int, columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """A session's records in order; ``columns``: only these of each, those the file has (all by
+        default). Each row becomes its dict as it is read: the rows are never all held twice."""
+        unknown = set(columns or ()) - set(_COLUMNS["records"])
+        if unknown:
+            raise ValueError(f"no record column {sorted(unknown)[0]!r}")
         with db_errors(self.path):
+            chosen = ", ".join(c for c in columns if c in self._columns("records")) if columns else "*"
             rows = self.conn.execute(
-                "SELECT * FROM records WHERE session_id = ? ORDER BY id", (session_id,)
-            ).fetchall()
-        return [_record(r) for r in rows]
+                f"SELECT {chosen} FROM records WHERE session_id = ? ORDER BY id", (session_id,))
+            return [_record(r) for r in rows]
 
     def records_by_session(self) -> Iterator[tuple[int, list[dict[str, Any]]]]:
         """Every session's records (as :meth:`records` gives them), one session at a time, from one

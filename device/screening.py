@@ -91,6 +91,10 @@ def patient_decision(k: int, n: int, rule: PatientRule) -> str:
     return rule.decide(k, n)
 
 
+# what :func:`summarize` reads of a record: all a summary needs read from the store
+SUMMARY_COLUMNS = ("status", "p_positive", "decision", "domain_score")
+
+
 def summarize(patient: str, records: Iterable[dict[str, Any]], decision: Decision, *,
               stop_cells: int | None = None,
               domain: Domain | None | Literal[False] = False) -> PatientSummary:
