@@ -104,9 +104,9 @@ def prefetch(fn: Callable[[T], R], items: Iterable[T], n_workers: int, ahead: in
         ahead = n_workers if n_workers > 1 else 0
     if n_workers < 1 or ahead < 1:
         return map(fn, items)
-    from concurrent.futures import ThreadPoolExecutor
+    from edgekit.device.threads import Pool
 
-    pool = ThreadPoolExecutor(n_workers)
+    pool = Pool(n_workers, "edgekit-prefetch")
     it = iter(items)
     pending = deque(pool.submit(fn, item) for item in islice(it, ahead))
     return _in_order(pool, pending, it, fn)
@@ -121,9 +121,7 @@ def _in_order(pool: Any, pending: deque, items: Iterator[T], fn: Callable[[T], R
         while pending:
             yield pending.popleft().result()
     finally:
-        for f in pending:
-            f.cancel()
-        pool.shutdown(wait=True)
+        pool.shutdown()  # what has not started is dropped; what runs is waited for
 
 
 def expand_inputs(inputs: Sequence[str | os.PathLike]) -> Iterator[tuple[str, Path | None]]:

@@ -18,7 +18,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -99,6 +99,10 @@ CREATE TABLE IF NOT EXISTS reviews (
     created_at REAL NOT NULL
 );
 """
+# SQLite's page cache of a writing store, KiB: appends and one scan per summary need no 2 MB one (the
+# kept PNGs pass through it). 512: ~1.6 MB less peak RSS screening 1,000 crops than 2 MB; 128: 0.7 MB
+# less than 512 on 8 IML fields (its pages no longer pin the heap's top), same CPU (RESULTS.md)
+PAGE_CACHE_KIB = 128
 REVIEW_VERDICTS = ("parasitized", "not parasitized")
 _SAVE_CROP = ("INSERT OR IGNORE INTO crop_images (record_id, png) SELECT id, ? FROM records"
               " WHERE session_id = ? AND content_hash = ?")
@@ -178,7 +182,8 @@ def db_errors(path: Path) -> Iterator[None]:
 
 def _record(row: sqlite3.Row) -> dict[str, Any]:
     d = dict(row)
-    d["probabilities"] = json.loads(d["probabilities"]) if d["probabilities"] else None
+    if "probabilities" in d:
+        d["probabilities"] = json.loads(d["probabilities"]) if d["probabilities"] else None
     return d
 
 
@@ -336,9 +341,7 @@ class RecordStore:
                 self._check_columns()
                 self.conn.execute("PRAGMA journal_mode=WAL")
                 self.conn.execute("PRAGMA synchronous=FULL")
-                # appends and one scan per summary need no 2 MB page cache: 512 KiB, ~1.6 MB less peak
-                # RSS screening 1,000 crops (their kept PNGs pass through it), same speed
-                self.conn.execute("PRAGMA cache_size=-512")
+                self.conn.execute(f"PRAGMA cache_size=-{PAGE_CACHE_KIB}")
                 self._upgrade()
 
     def _check_ours(self, version: int, read_only: bool) -> None:
@@ -585,12 +588,17 @@ class RecordStore:
             raise RecordsError(f"no {what} {key!r} in {self.path}")
         return Session.from_row(row)
 
-    def records(self, session_id: int) -> list[dict[str, Any]]:
+    def records(self, session_id: int, columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """A session's records in order; ``columns``: only these of each, those the file has (all by
+        default). Each row becomes its dict as it is read: the rows are never all held twice."""
+        unknown = set(columns or ()) - set(_COLUMNS["records"])
+        if unknown:
+            raise ValueError(f"no record column {sorted(unknown)[0]!r}")
         with db_errors(self.path):
+            chosen = ", ".join(c for c in columns if c in self._columns("records")) if columns else "*"
             rows = self.conn.execute(
-                "SELECT * FROM records WHERE session_id = ? ORDER BY id", (session_id,)
-            ).fetchall()
-        return [_record(r) for r in rows]
+                f"SELECT {chosen} FROM records WHERE session_id = ? ORDER BY id", (session_id,))
+            return [_record(r) for r in rows]
 
     def records_by_session(self) -> Iterator[tuple[int, list[dict[str, Any]]]]:
         """Every session's records (as :meth:`records` gives them), one session at a time, from one

@@ -15,8 +15,6 @@ Light: numpy at import; OpenCV inside functions.
 
 from __future__ import annotations
 
-import base64
-import html
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -334,6 +332,8 @@ def contact_sheet(items: list[dict[str, Any]], title: str, cols: int = 8) -> byt
 
 def html_page(items: list[dict[str, Any]], title: str, summary_text: list[str], confirm_hint: str) -> str:
     """A self-contained HTML page (images inline) of the cells to review, with how to record verdicts."""
+    import html  # deferred: only the review pages need it (screen does not: 0.35 MB with base64)
+
     cards = []
     for it in items:
         text, colour = _state(it)
@@ -355,6 +355,9 @@ def gallery_page(cards: Sequence[tuple[bytes | None, str, str, tuple[int, int, i
                  summary_text: Sequence[str], legend: str, hint_html: str, empty: str) -> str:
     """A self-contained HTML page (images inline): one framed card per (png, alt text, caption HTML,
     frame colour), under a title, a summary list, a legend and a hint (HTML)."""
+    import base64
+    import html
+
     figures = []
     for png, alt, caption, colour in cards:
         data = base64.b64encode(png).decode() if png else ""

@@ -91,6 +91,10 @@ def patient_decision(k: int, n: int, rule: PatientRule) -> str:
     return rule.decide(k, n)
 
 
+# what :func:`summarize` reads of a record: all a summary needs read from the store
+SUMMARY_COLUMNS = ("status", "p_positive", "decision", "domain_score")
+
+
 def summarize(patient: str, records: Iterable[dict[str, Any]], decision: Decision, *,
               stop_cells: int | None = None,
               domain: Domain | None | Literal[False] = False) -> PatientSummary:
@@ -213,9 +217,9 @@ def record_crops(
     it = iter(crops)
     ahead = None
     if lookahead:
-        from concurrent.futures import ThreadPoolExecutor
+        from edgekit.device.threads import Pool
 
-        ahead = ThreadPoolExecutor(1, thread_name_prefix="edgekit-lookahead")
+        ahead = Pool(1, "edgekit-lookahead")
 
     def room() -> int:
         return min(batch_size, stop_cells - counted) if stop_cells else batch_size
@@ -250,7 +254,7 @@ def record_crops(
                 nxt = take(room())
     finally:
         if ahead is not None:
-            ahead.shutdown(wait=True, cancel_futures=True)
+            ahead.shutdown()
     return tally
 
 

@@ -111,6 +111,9 @@ print(json.dumps({{"modules": sorted(sys.modules)}}))
                                             db=str(tmp_path / "r.db")))
     assert "edgekit.device.field" in result["modules"]  # the fields really ran
     assert "_hashlib" not in result["modules"]
+    # nor the review pages' html (~0.3 MB of Python objects with its entities): screen writes no page;
+    # nor concurrent.futures with its logging (~0.8 MB of RSS): edgekit.device.threads runs the threads
+    assert not {"html", "html.entities", "concurrent.futures", "logging"} & set(result["modules"])
 
 
 def test_field_path_never_imports_numpy_ma(tmp_path):

@@ -456,8 +456,7 @@ def _split_touching(
     merge = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (_odd(radius * 0.3),) * 2)
     peaks = cv2.dilate(peaks.astype(np.uint8), merge) & (fg > 0).astype(np.uint8)  # cv2 stub: may be float # pyright: ignore[reportOperatorIssue]
     n, seeds, stats, _ = cv2.connectedComponentsWithStats(peaks, connectivity=8)
-    n_blobs, blobs, blob_stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
-    h, w = fg.shape
+    del peaks
     # each seed sits on its highest distance pixel (a merged seed's centroid may fall outside)
     found = []
     for k in range(1, n):
@@ -465,6 +464,9 @@ def _split_touching(
         sub = np.where(seeds[y : y + sh, x : x + sw] == k, dist[y : y + sh, x : x + sw], -1.0)
         iy, ix = np.unravel_index(int(sub.argmax()), sub.shape)
         found.append((y + iy, x + ix, float(sub[iy, ix])))
+    del seeds  # a plane of int32 labels: not held with the blobs' and the split's own
+    n_blobs, blobs, blob_stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
+    h, w = fg.shape
     if p.hough_votes > 0:
         found += _circle_seeds(circles, fg, dist, radius, p, [(y, x) for y, x, _ in found])
     if p.seed_cap > 0:
@@ -625,9 +627,12 @@ def _regions(markers: np.ndarray, n: int) -> list[tuple[np.ndarray, np.ndarray]]
     (half the memory of numpy's indices; every use of them promotes as int64 would)."""
     w = markers.shape[1]
     flat = markers.ravel()
-    inside = np.flatnonzero(flat)  # label 0 (no region, much of the field) is never returned: not sorted
-    order = inside.astype(np.int32)[np.argsort(flat[inside], kind="stable")]
-    ends = np.cumsum(np.bincount(flat[inside], minlength=n + 1))  # ends[0] == 0
+    # label 0 (no region, much of the field) is never returned: not sorted; the labels taken once
+    inside = np.flatnonzero(flat).astype(np.int32)
+    labels = flat[inside]
+    order = inside[np.argsort(labels, kind="stable")]
+    del inside
+    ends = np.cumsum(np.bincount(labels, minlength=n + 1))  # ends[0] == 0
     return [np.divmod(order[ends[k - 1] : ends[k]], w) for k in range(1, n + 1)]
 
 
@@ -866,6 +871,8 @@ def segment_cells(
     small, beyond = _flattened(small, outside, p)
     inside = None if beyond is None else beyond == 0
     od = _optical_density(small, p)
+    work_shape = small.shape
+    del small  # its flattened copy, when lighting made one: only its size is needed from here
     direction, colour = (_stain_direction(od, p.stain_power, p.stain_floor, p.stain_otsu, inside)
                          if p.density == "stain" else (None, None))
     density = _Density.of(od, direction, colour, inside)
@@ -874,7 +881,7 @@ def segment_cells(
     # the circles' radius needs no foreground: it sizes the pale centres the foreground may fill
     estimate = p.hough_radius and not p.cell_radius
     circles, spread = _field_circles(density, p, scale, sized if estimate else None)
-    finer = _finer_side(circles, small.shape, (H, W), p) if estimate else 0
+    finer = _finer_side(circles, work_shape, (H, W), p) if estimate else 0
     if finer:  # the circles measured here size the cells there: no second round of searches
         return segment_cells(rgb, replace(p, max_side=finer, fine_cells=0.0), None, outside,
                              (circles / scale, spread))
@@ -901,9 +908,11 @@ def segment_cells(
     edge_fg = _foreground(density, p.threshold * p.grow_threshold, floor) > 0 if p.grow > 0 else None
     if beyond is not None:  # a cell touching the surround is cut, as at the border
         beyond = cv2.dilate(beyond, np.ones((3, 3), np.uint8)).astype(bool)
+    del fg, dist, density  # ~3.5 MB of planes a 640-px copy has: not held while its regions are listed
     pieces = _split_clumps(_regions(markers, n), math.pi * radius * radius, p,
                            _circle_centres(circles, markers, n, radius, p), touching)
-    owner = _owners(pieces, fg.shape) if p.own_pixels else None
+    del markers
+    owner = _owners(pieces, work_shape[:2]) if p.own_pixels else None
     cropper = _Cropper(p, radius, scale, _nucleus_zone(nuc, radius, p), edge_fg, (H, W), beyond, owner)
     cells: list[CellBox] = []
     for ys, xs, separation in pieces:
