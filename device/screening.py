@@ -474,16 +474,13 @@ def _segment_one(item: tuple[str, Path | None], rule: Any = None) -> SegmentedFi
 def _colourless(rgb: np.ndarray | CutField, cells: list, classifier: Classifier) -> str | None:
     """Why a field's cells have no stain colour (a grayscale field: refused whole, as ``edgekit
     field`` refuses it, not cut into crops each refused), or None."""
-    domain = classifier.manifest.domain
-    if domain is None:
-        return None
-    from edgekit.device.domain import colourless_field
     from edgekit.device.field import crop_cell
-    from edgekit.device.field.classify import colour_sample
+    from edgekit.device.field.classify import colourless_reason
 
     if isinstance(rgb, CutField):
-        return colourless_field(colour_sample(rgb.crops), domain)
-    return colourless_field([crop_cell(rgb, c) for c in colour_sample(cells)], domain)
+        crops = rgb.crops
+        return colourless_reason(cells, lambda i: crops[i], classifier.manifest.domain)
+    return colourless_reason(cells, lambda i: crop_cell(rgb, cells[i]), classifier.manifest.domain)
 
 
 def record_fields(

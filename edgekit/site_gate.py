@@ -80,19 +80,21 @@ def gate_advice(manifest: Any) -> list[str]:
     """Lines saying what a failed site gate rests on and what to do next (nothing when it passed)."""
     domain = getattr(manifest, "domain", None)
     gate = domain.gate if domain is not None else None
-    if gate is None or gate.passed:
-        return []
     errors = field_errors(manifest)
-    lines = _error_advice(manifest, gate, errors) if errors else []
-    if errors:
-        worst = sorted(errors, key=lambda f: -abs(errors[f]))[:SHOWN_FIELDS]
-        total = sum(abs(e) for e in errors.values())
-        share = sum(abs(errors[f]) for f in worst) / total if total else 0.0
-        coverage = _test_whole_fields(manifest).get("label_coverage") or {}
-        incomplete = set(coverage.get("incompletely_labelled") or [])
-        named = ", ".join(f"{f} {errors[f]:+.1f}{' (incompletely labelled)' if f in incomplete else ''}"
-                          for f in worst)
-        lines.append(f"largest test-field errors (points, called - labelled): {named}; "
-                     f"{share:.0%} of the total error: review their labels before retraining "
-                     "(`edgekit site check BUNDLE --data CELLS --fields FIELDS --review review.html`)")
-    return lines
+    if gate is None or gate.passed or not errors:
+        return []
+    return [*_error_advice(manifest, gate, errors), _worst_fields(manifest, errors)]
+
+
+def _worst_fields(manifest: Any, errors: dict[str, float]) -> str:
+    """The line naming the test fields with the largest errors and their share of the total."""
+    worst = sorted(errors, key=lambda f: -abs(errors[f]))[:SHOWN_FIELDS]
+    total = sum(abs(e) for e in errors.values())
+    share = sum(abs(errors[f]) for f in worst) / total if total else 0.0
+    coverage = _test_whole_fields(manifest).get("label_coverage") or {}
+    incomplete = set(coverage.get("incompletely_labelled") or [])
+    named = ", ".join(f"{f} {errors[f]:+.1f}{' (incompletely labelled)' if f in incomplete else ''}"
+                      for f in worst)
+    return (f"largest test-field errors (points, called - labelled): {named}; "
+            f"{share:.0%} of the total error: review their labels before retraining "
+            "(`edgekit site check BUNDLE --data CELLS --fields FIELDS --review review.html`)")

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -137,21 +138,27 @@ def classify_field(
 COLOUR_SAMPLE = 15  # cells whose colour stands for the field's (every n-th, n = cells // this)
 
 
-def colour_sample(items: list) -> list:
-    """The field's cells (or their crops, in the same order) whose colour is checked."""
+def colour_sample(items: Sequence) -> Sequence:
+    """The field's cells (or their indices) whose colour is checked."""
     return items[:: max(1, len(items) // COLOUR_SAMPLE)]
 
 
-def _refuse_colourless(report: FieldReport, rgb: np.ndarray, classifier: ClassifierLike) -> None:
-    """Reject a field whose cells have no stain colour, by the crop gate's own rule (screening
-    refuses each of its crops): a grayscale field is refused on every path, not counted (the
-    session paths: :func:`edgekit.device.screening.record_fields`)."""
-    domain = classifier.manifest.domain
-    if domain is None or not report.cells:
-        return
+def colourless_reason(cells: list, crop: Callable[[int], np.ndarray], domain: Any) -> str | None:
+    """Why a field's cells have no stain colour, by the crop gate's own rule on a sample of them
+    (``crop(i)``: the i-th cell's crop; ``domain``: the bundle's guard, None: never), or None. A
+    grayscale field is refused whole on every path: `field` (:func:`classify_field`) and the
+    session paths (:func:`edgekit.device.screening.record_fields`)."""
+    if domain is None or not cells:
+        return None
     from edgekit.device.domain import colourless_field
 
-    reason = colourless_field([crop_cell(rgb, c) for c in colour_sample(report.cells)], domain)
+    return colourless_field([crop(i) for i in colour_sample(range(len(cells)))], domain)
+
+
+def _refuse_colourless(report: FieldReport, rgb: np.ndarray, classifier: ClassifierLike) -> None:
+    """Reject a field whose cells have no stain colour (:func:`colourless_reason`): not counted."""
+    reason = colourless_reason(report.cells, lambda i: crop_cell(rgb, report.cells[i]),
+                               classifier.manifest.domain)
     if reason:
         report.rejected, report.cells = reason, []
 

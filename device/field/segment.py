@@ -37,8 +37,7 @@ def background_colour(rgb: np.ndarray, p: FieldParams) -> np.ndarray:
     grey = px.astype(np.int32).sum(axis=1) // 3
     hist = np.convolve(np.bincount(grey, minlength=256).astype(np.float64), np.ones(9) / 9, mode="same")
     # the brightest local maximum holding at least a fifth of the highest peak's pixels
-    padded = np.concatenate([[-1.0], hist, [-1.0]])
-    peaks = np.nonzero((hist >= padded[:-2]) & (hist >= padded[2:]) & (hist >= 0.2 * hist.max()))[0]
+    peaks = _modes(hist)
     level = int(peaks.max()) if peaks.size else int(percentile(grey, p.bg_percentile))
     # the bright side of that mode (vignetting and noise spread it): its pixels' bg_percentile
     near = px[np.abs(grey - level) <= p.bg_spread]
@@ -207,10 +206,15 @@ class _Holes:
         return _fill_holes(mask, d.blur5, self.min_density * threshold, self.max_area, self.min_solidity)
 
 
-def _lowest_mode(hist: np.ndarray, share: float = 0.2) -> int:
-    """The lowest bin of ``hist`` that is a local maximum holding at least ``share`` of its highest."""
+def _modes(hist: np.ndarray, share: float = 0.2) -> np.ndarray:
+    """The bins of ``hist`` that are local maxima holding at least ``share`` of its highest, ascending."""
     padded = np.concatenate([[-1.0], hist, [-1.0]])
-    peaks = np.nonzero((hist >= padded[:-2]) & (hist >= padded[2:]) & (hist >= share * hist.max()))[0]
+    return np.nonzero((hist >= padded[:-2]) & (hist >= padded[2:]) & (hist >= share * hist.max()))[0]
+
+
+def _lowest_mode(hist: np.ndarray, share: float = 0.2) -> int:
+    """The lowest of ``hist``'s :func:`_modes` (its highest bin when it has none)."""
+    peaks = _modes(hist, share)
     return int(peaks.min()) if peaks.size else int(hist.argmax())
 
 
@@ -252,7 +256,8 @@ def _thresholded(d: _Density, factor: float, floor: float) -> tuple[np.ndarray, 
     """(pixels over the foreground threshold, as 0/255; the threshold)."""
     # below Otsu, since pale cells and pale centres are barely darker than the background
     thr = _threshold(d, factor, floor)
-    return opencv().threshold(d.blur5, thr, 255, opencv().THRESH_BINARY)[1], thr
+    cv2 = opencv()
+    return cv2.threshold(d.blur5, thr, 255, cv2.THRESH_BINARY)[1], thr
 
 
 def _estimate_radius(dist: np.ndarray, fg: np.ndarray, window: float = 0.0) -> float:
