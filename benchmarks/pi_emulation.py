@@ -326,6 +326,7 @@ def install_checkout(rootfs: Path, cache: Path) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------- probe
 
+KERAS = "keras"  # the bench's reference format (TensorFlow): measured on x86 only
 FIELDS = ("tests/fixtures/fields/BloodImage_00014.jpg", "tests/fixtures/fields/BloodImage_00099.jpg")
 
 
@@ -613,7 +614,14 @@ def _bench_checks(bx: dict[str, Any], ba: dict[str, Any]) -> list[dict[str, Any]
     """Every ``bench`` row that ran on either side, against the other side's."""
     rows_x = {(r["format"], r["threads"]): r for r in bx["rows"] if r.get("status") == "ok"}
     rows_a = {(r["format"], r["threads"]): r for r in ba["rows"] if r.get("status") == "ok"}
-    checks = []
+    # Keras is the workstation's reference, never a device format: the device install has no
+    # TensorFlow, so the emulated Pi must have no Keras row (one would mean TensorFlow got in)
+    keras_a = sorted(k for k in rows_a if k[0] == KERAS)
+    checks = [_check("bench: no Keras row on arm64 (the device install has no TensorFlow)", not keras_a,
+                     f"arm64 Keras rows {keras_a}" if keras_a else
+                     f"x86 measured Keras as its reference ({sum(k[0] == KERAS for k in rows_x)} rows)")]
+    rows_x = {k: r for k, r in rows_x.items() if k[0] != KERAS}
+    rows_a = {k: r for k, r in rows_a.items() if k[0] != KERAS}
     for key in sorted(rows_x.keys() | rows_a.keys()):
         rx, ra = rows_x.get(key), rows_a.get(key)
         if rx is None or ra is None:

@@ -14,7 +14,7 @@ from edgekit.benchmarks import pi_emulation as pe
 
 def _probe_dir(root: Path, p_tflite: float = 0.25, p_onnx: float = 0.5, decision: str = "uncertain",
                field_box: tuple[int, ...] = (1, 2, 30, 40), board: str = "rpi4",
-               field_p: float = 0.01) -> Path:
+               field_p: float = 0.01, keras: bool = False) -> Path:
     root.mkdir(parents=True)
     for name, _ in pe.probe_commands(""):
         (root / f"{name}.rc").write_text("0\n")
@@ -30,7 +30,8 @@ def _probe_dir(root: Path, p_tflite: float = 0.25, p_onnx: float = 0.5, decision
     (root / "bench").mkdir()
     row = {"format": "tflite_int8", "threads": 1, "status": "ok", "accuracy": 0.9, "sensitivity": 0.8,
            "specificity": 1.0, "auc": 0.95, "threads_effective": 1, "delegate": "XNNPACK"}
-    bench = {"rows": [row], "meta": {"profile": {"name": board}, "host": {"board": "Raspberry Pi 4"}}}
+    rows = [row, {**row, "format": "keras"}] if keras else [row]
+    bench = {"rows": rows, "meta": {"profile": {"name": board}, "host": {"board": "Raspberry Pi 4"}}}
     (root / "bench" / "bench.json").write_text(json.dumps(bench))
     return root
 
@@ -53,6 +54,16 @@ def test_each_difference_is_caught(tmp_path: Path, change: dict, failing: str) -
     x86, arm = _probe_dir(tmp_path / "x86"), _probe_dir(tmp_path / "arm", **change)
     bad = [c["check"] for c in pe.compare_outputs(x86, arm) if not c["ok"]]
     assert bad and all(b.startswith(failing) for b in bad), bad
+
+
+def test_keras_is_the_workstation_reference_never_a_device_row(tmp_path: Path) -> None:
+    # x86 measures Keras as its reference; the device install has no TensorFlow, so no Keras row
+    x86, arm = _probe_dir(tmp_path / "x86", keras=True), _probe_dir(tmp_path / "arm")
+    assert all(c["ok"] for c in pe.compare_outputs(x86, arm))
+    # a Keras row on the emulated Pi means TensorFlow reached the device install
+    tf_on_arm = _probe_dir(tmp_path / "arm_tf", keras=True)
+    bad = [c["check"] for c in pe.compare_outputs(x86, tf_on_arm) if not c["ok"]]
+    assert bad == ["bench: no Keras row on arm64 (the device install has no TensorFlow)"]
 
 
 def test_within_bounds_passes(tmp_path: Path) -> None:

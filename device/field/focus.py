@@ -101,6 +101,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from edgekit.device.field.marks import burned_marks, marks_mask
+from edgekit.device.field.resample import resize_exact, scaled_size, shrink_area
 from edgekit.device.order import median
 from edgekit.device.preprocess import opencv
 
@@ -259,12 +260,11 @@ class FocusRule:
         otherwise."""
         from edgekit.device.field.segment import cell_radius
 
-        cv2 = opencv()
         radius = cell_radius(_as_rgb(rgb)) if radius is None else radius
         if not SITE_ZOOM * self.radius < radius <= SITE_ZOOM_MAX * self.radius:
             return 0.0
         f = self.radius / radius
-        small = cv2.resize(rgb, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+        small = resize_exact(rgb, scaled_size(rgb.shape, f))
         return focus_score(small, measure=self.measure)
 
     def reason(self, score: float, session_best: float | None = None) -> str | None:
@@ -384,7 +384,7 @@ def edge_ratios(rgb: np.ndarray, radius: float | None = None, measure: FocusMeas
         if radius > 0:
             scale = min(scale, m.px_per_radius / radius)
     if scale < 1:
-        gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        gray = shrink_area(gray, scaled_size(gray.shape, scale))
     if not m.marks:
         boxes = []
     elif marks is not None:

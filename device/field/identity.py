@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgekit.device.field.resample import resize_exact
 from edgekit.device.field.view import Outside, within_view
 from edgekit.device.preprocess import opencv
 
@@ -51,7 +52,7 @@ def signature(rgb: np.ndarray, outside: Outside = ...) -> Signature:
     gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) if rgb.ndim == 3 else rgb
     h, w = gray.shape[:2]
     size = (SIG_WIDTH, max(8, round(h * SIG_WIDTH / w)))
-    return Signature(cv2.resize(gray, size, interpolation=cv2.INTER_AREA))
+    return Signature(resize_exact(gray, size))
 
 
 def _highpass(thumb: np.ndarray) -> np.ndarray:

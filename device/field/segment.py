@@ -10,6 +10,7 @@ from functools import cached_property
 import numpy as np
 
 from edgekit.device.field.illumination import flatten, lighting
+from edgekit.device.field.resample import resize_exact
 from edgekit.device.field.types import CellBox, FieldParams
 from edgekit.device.order import median, percentile
 from edgekit.device.preprocess import opencv
@@ -18,6 +19,14 @@ MAX_RADIUS_FRACTION = 4  # a typical "cell" wider than a quarter of the field's 
 # optical density: the faintest stain that is cells (a field whose densest tenth is fainter is not stretched
 # to look stained, and no field's floor goes under it: a blank field's lamp gradient is no cell)
 FAINTEST = 0.02
+
+
+def distance_map(mask: np.ndarray) -> np.ndarray:
+    """Each non-zero pixel's exact Euclidean distance to the nearest zero one (float32). The exact
+    transform, not OpenCV's 3x3/5x5 approximations: those differ in the last bits between its x86
+    and arm64 builds, and the cell masks followed (a Pi would draw other cells than the workstation)."""
+    cv2 = opencv()
+    return cv2.distanceTransform(mask, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
 
 
 def _odd(n: float) -> int:
@@ -53,7 +62,9 @@ def _optical_density(rgb: np.ndarray, p: FieldParams) -> np.ndarray:
     bg = background_colour(rgb, p)
     # a 256-entry table per channel (the same float32 arithmetic, once per grey level, not per pixel)
     levels = np.maximum(np.arange(256, dtype=np.float32), 1.0)[:, None]
-    lut = np.log(np.maximum(bg, 1.0).astype(np.float32) / levels)
+    # the log in float64, rounded once to float32: numpy's float32 log is vectorised differently
+    # on x86 and arm64 and differs there in the last bit, float64 rounded to float32 does not
+    lut = np.log((np.maximum(bg, 1.0).astype(np.float32) / levels).astype(np.float64)).astype(np.float32)
     if p.density != "stain":
         lut = lut.clip(0.0, None)
     return opencv().LUT(np.ascontiguousarray(rgb), np.ascontiguousarray(lut.reshape(256, 1, 3)))
@@ -83,7 +94,9 @@ def _stain_direction(
         level = cv2.threshold(u8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)[0]
         lo = max(float(lo), level * float(top) / 255.0)
     v = median(px[(s >= lo) & (s <= hi)] if hi > lo else px, axis=0)
-    colour = v / max(float(np.linalg.norm(v)), 1e-6)
+    # the norm in float64 from its three squares (exact), not a BLAS dot: the same bits on every CPU
+    wide = v.astype(np.float64)
+    colour = wide / max(math.sqrt(float(wide[0] ** 2 + wide[1] ** 2 + wide[2] ** 2)), 1e-6)
     # raised to a power: the channels the stain absorbs most carry the contrast, the others mostly noise
     v = np.clip(v, 0.0, None) ** power
     # weights summing to 1: a weighted mean of the channels' densities, in the units of one channel
@@ -304,7 +317,7 @@ def _circle_radii(d: _Density, floor: float, ceiling: float = 4) -> np.ndarray:
         return np.zeros(0, np.float32)
     c = circles[0]
     if d.inside is not None:
-        room = cv2.distanceTransform(d.inside.astype(np.uint8), cv2.DIST_L2, 3)
+        room = distance_map(d.inside.astype(np.uint8))
         ys = np.clip(c[:, 1].astype(int), 0, room.shape[0] - 1)
         xs = np.clip(c[:, 0].astype(int), 0, room.shape[1] - 1)
         c = c[room[ys, xs] >= c[:, 2]]
@@ -368,13 +381,12 @@ def _nearer(size: float, a: np.ndarray, b: np.ndarray) -> bool:
 def _quick_radius(d: _Density, p: FieldParams) -> float:
     """The cells' radius from the distance map of a quick foreground (the threshold, convex pale
     centres up to twice the first circles' floor filled); 0.0 without background."""
-    cv2 = opencv()
     floor = min(d.u8.shape) / CIRCLE_FLOOR
     fg, thr = _thresholded(d, p.threshold, _floor(d, p))
     fg = _fill_holes(fg, d.blur5, p.hole_density * thr, math.pi * (2 * floor) ** 2, p.hole_solidity)
     if fg.min() > 0:
         return 0.0
-    dist = cv2.distanceTransform(fg, cv2.DIST_L2, 3)
+    dist = distance_map(fg)
     return _estimate_radius(dist, fg, floor)
 
 
@@ -535,16 +547,14 @@ def find_cells(rgb: np.ndarray, params: FieldParams | None = None) -> list[CellB
 
 
 def working_copy(rgb: np.ndarray, max_side: int, enlarge: bool = False) -> tuple[np.ndarray, float]:
-    """The field shrunk (area interpolation) so its longer side is at most ``max_side``, and the
-    scale; the field itself when it is small enough, or with ``enlarge`` a smaller field enlarged
-    (linear interpolation) so its longer side is ``max_side``."""
+    """The field shrunk (by pixel area) so its longer side is at most ``max_side``, and the scale;
+    the field itself when it is small enough, or with ``enlarge`` a smaller field enlarged (bilinear)
+    so its longer side is ``max_side``. The same bytes on every CPU (:mod:`.resample`)."""
     H, W = rgb.shape[:2]
     scale = max_side / max(H, W) if enlarge else min(1.0, max_side / max(H, W))
     if scale == 1.0:
         return rgb, 1.0
-    cv2 = opencv()
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    return cv2.resize(rgb, (round(W * scale), round(H * scale)), interpolation=interp), scale
+    return resize_exact(rgb, (round(W * scale), round(H * scale))), scale
 
 
 def _typical_radius(
@@ -583,7 +593,7 @@ def _with_rims(
     rim = cv2.morphologyEx(rim, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
     fg = holes.fill(fg | rim, density, _threshold(density, p.threshold, floor))
     fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5)))
-    return fg, cv2.distanceTransform(fg, cv2.DIST_L2, 5)
+    return fg, distance_map(fg)
 
 
 def _fill_rings(
@@ -624,7 +634,7 @@ def _fill_rings(
     fg = fg.copy()
     for hull in hulls:
         cv2.fillConvexPoly(fg, hull, 255)
-    return fg, cv2.distanceTransform(fg, cv2.DIST_L2, 5)
+    return fg, distance_map(fg)
 
 
 def _regions(markers: np.ndarray, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -895,7 +905,7 @@ def segment_cells(
     fg = _foreground(density, p.threshold, floor, holes)
     if fg.min() > 0:  # not one background pixel: no distance is defined (OpenCV returns FLT_MAX)
         return [], float(max(H, W))  # one mass as wide as the field (count_cells says so)
-    dist = cv2.distanceTransform(fg, cv2.DIST_L2, 5)
+    dist = distance_map(fg)
     radius = _typical_radius(dist, fg, circles, spread, scale, p)
     if radius < 3:
         return [], 0.0
