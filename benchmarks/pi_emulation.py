@@ -327,7 +327,11 @@ def install_checkout(rootfs: Path, cache: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- probe
 
 KERAS = "keras"  # the bench's reference format (TensorFlow): measured on x86 only
-FIELDS = ("tests/fixtures/fields/BloodImage_00014.jpg", "tests/fixtures/fields/BloodImage_00099.jpg")
+FIELDS = (
+    "tests/fixtures/fields/BloodImage_00014.jpg",
+    "tests/fixtures/fields/BloodImage_00099.jpg",
+    "tests/fixtures/fields_scaled/BloodImage_00014_x1.7.jpg",  # shrunk by a ratio not a whole number
+)
 
 
 def probe_commands(out: str) -> list[tuple[str, list[str]]]:
