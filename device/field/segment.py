@@ -21,12 +21,19 @@ MAX_RADIUS_FRACTION = 4  # a typical "cell" wider than a quarter of the field's 
 FAINTEST = 0.02
 
 
-def distance_map(mask: np.ndarray) -> np.ndarray:
-    """Each non-zero pixel's exact Euclidean distance to the nearest zero one (float32). The exact
-    transform, not OpenCV's 3x3/5x5 approximations: those differ in the last bits between its x86
-    and arm64 builds, and the cell masks followed (a Pi would draw other cells than the workstation)."""
+def distance_map(mask: np.ndarray, size: int = 5) -> np.ndarray:
+    """Each non-zero pixel's distance to the nearest zero one (float32), OpenCV's ``DIST_L2`` with a
+    ``size`` x ``size`` mask, computed by OpenCV's own fixed-point code (steps of 2**-16 px) on every
+    CPU: on x86 it hands this to Intel IPP, whose float result differs in the last bits from the
+    arm64 build's, and the cell masks followed (a Pi drew other cells than the workstation). IPP is
+    switched off for this call only, on this thread (OpenCV keeps the switch per thread)."""
     cv2 = opencv()
-    return cv2.distanceTransform(mask, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    ipp = cv2.ipp.useIPP()
+    cv2.ipp.setUseIPP(False)
+    try:
+        return cv2.distanceTransform(mask, cv2.DIST_L2, size)
+    finally:
+        cv2.ipp.setUseIPP(ipp)
 
 
 def _odd(n: float) -> int:
@@ -317,7 +324,7 @@ def _circle_radii(d: _Density, floor: float, ceiling: float = 4) -> np.ndarray:
         return np.zeros(0, np.float32)
     c = circles[0]
     if d.inside is not None:
-        room = distance_map(d.inside.astype(np.uint8))
+        room = distance_map(d.inside.astype(np.uint8), 3)
         ys = np.clip(c[:, 1].astype(int), 0, room.shape[0] - 1)
         xs = np.clip(c[:, 0].astype(int), 0, room.shape[1] - 1)
         c = c[room[ys, xs] >= c[:, 2]]
@@ -386,7 +393,7 @@ def _quick_radius(d: _Density, p: FieldParams) -> float:
     fg = _fill_holes(fg, d.blur5, p.hole_density * thr, math.pi * (2 * floor) ** 2, p.hole_solidity)
     if fg.min() > 0:
         return 0.0
-    dist = distance_map(fg)
+    dist = distance_map(fg, 3)
     return _estimate_radius(dist, fg, floor)
 
 
