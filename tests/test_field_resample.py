@@ -52,7 +52,8 @@ def test_shrink_area_stays_within_half_a_level_of_opencv_on_a_field() -> None:
         assert ours.shape == theirs.shape
         assert np.abs(ours.astype(int) - theirs).max() <= 1
     # whole-number ratios are OpenCV's own integer path, byte for byte
-    assert np.array_equal(shrink_area(img, (320, 240)), cv2.resize(img, (320, 240), interpolation=cv2.INTER_AREA))
+    half = cv2.resize(img, (320, 240), interpolation=cv2.INTER_AREA)
+    assert np.array_equal(shrink_area(img, (320, 240)), half)
 
 
 def test_shrink_area_sums_in_strips_exactly_as_whole(monkeypatch: pytest.MonkeyPatch) -> None:

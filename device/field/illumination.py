@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgekit.device.field.resample import shrink_area
+from edgekit.device.field.resample import resize_exact
 from edgekit.device.order import median, percentile
 from edgekit.device.preprocess import opencv
 
@@ -20,7 +20,7 @@ GRID = 12  # blocks along the field's longer side where the background is read
 BLOCK = 16  # pixels a block, on the copy the lighting is read from (GRID x BLOCK on its longer side)
 BACKGROUND_PERCENTILE = 90  # a block's background: its brightest pixels (cells are darker)
 FIT_ROUNDS = 3  # refits, each dropping the blocks far darker than the surface (crowded blocks)
-LIGHT_STEPS = 4096  # the lighting's fixed-point steps (a 255 level moves by at most 0.03 of a level)
+LIGHT_STEPS = 1 << 15  # the lighting's fixed-point steps (a 255 level moves by at most 0.004 of a level)
 
 
 def _design(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -37,7 +37,7 @@ def lighting(rgb: np.ndarray, max_falloff: float = 0.0) -> np.ndarray | None:
     sh, sw = max(1, round(h * scale)), max(1, round(w * scale))
     if sh < 2 * BLOCK or sw < 2 * BLOCK:
         return None
-    grey = shrink_area(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), (sw, sh))
+    grey = resize_exact(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), (sw, sh))
     ny, nx = sh // BLOCK, sw // BLOCK
     blocks = grey[: ny * BLOCK, : nx * BLOCK].reshape(ny, BLOCK, nx, BLOCK).transpose(0, 2, 1, 3)
     level = percentile(blocks.reshape(ny, nx, -1), BACKGROUND_PERCENTILE, axis=2).ravel()
