@@ -65,6 +65,13 @@ def test_shrink_area_sums_in_strips_exactly_as_whole(monkeypatch: pytest.MonkeyP
     assert np.array_equal(shrink_area(img, (50, 37)), whole)
 
 
+def test_shrink_area_of_a_wide_image() -> None:
+    # 255 x 3000 x 2999 is over 2**31: the int32 running sums times the width wrap, their differences not
+    img = np.random.default_rng(5).integers(0, 256, (3, 3000, 3), dtype=np.uint8)
+    ours, theirs = shrink_area(img, (2999, 2)), cv2.resize(img, (2999, 2), interpolation=cv2.INTER_AREA)
+    assert np.abs(ours.astype(int) - theirs).max() <= 1
+
+
 def test_resize_exact_enlarges_with_opencvs_bit_exact_bilinear() -> None:
     img = np.random.default_rng(3).integers(0, 256, (30, 40, 3), dtype=np.uint8)
     assert np.array_equal(resize_exact(img, (60, 45)),
