@@ -10,6 +10,9 @@ import sys
 def main() -> None:
     """Load the CLI, then run it."""
     from edgekit.device.native_stderr import serialise_python_stderr
+    from edgekit.startup import hold
+
+    hold()  # the collector waits until the command has loaded what it runs (cold start)
 
     serialise_python_stderr()  # before any thread borrows descriptor 2 (a decoding thread's warnings)
     try:
