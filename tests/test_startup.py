@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from device_helpers import CELLS, GOLDEN
 
 # Runs the edgekit script's own entry point, noting each collection's generation and whether the
@@ -45,17 +46,26 @@ def _run(*args: str) -> dict:
     return json.loads(proc.stderr.strip().splitlines()[-1])
 
 
-def test_no_collection_of_the_start_before_the_first_result():
+@pytest.mark.parametrize("command", ["classify", "field"])
+def test_no_collection_of_the_start_before_the_first_result(command):
     image = str(sorted(CELLS.iterdir())[0])
-    got = _run("classify", image, "--model", str(GOLDEN), "--format", "jsonl", "--no-progress")
-    assert got["code"] == 0
+    more = ["--no-progress"] if command == "classify" else []
+    got = _run(command, image, "--model", str(GOLDEN), "--format", "jsonl", *more)
+    assert got["code"] in (0, 1)  # a crop taken for a field: rejected, with its line
     before = [gen for gen, printed in got["seen"] if not printed]
     # without the hold: 4-5 collections of the older generations (and ~45 of the youngest) here
     assert not [gen for gen in before if gen > 0], before
     assert got["enabled"] and got["frozen"] > 10_000  # on again, the start's objects set aside
 
 
-def test_a_command_without_a_model_turns_the_collector_back_on_at_once(tmp_path):
+def test_a_command_without_a_model_turns_the_collector_back_on(tmp_path):
     got = _run("sessions", "list", "--db", str(tmp_path / "none.sqlite"))
     assert got["code"] != 0  # no such database: one line, then the check below still holds
     assert got["enabled"] and got["frozen"] > 0
+    # `field` waits for its model, but --count-only loads none: on again before the fields
+    blank = tmp_path / "blank.png"
+    blank.write_bytes(b"not an image")
+    got = _run("field", str(blank), "--count-only", "--format", "jsonl")
+    assert got["enabled"] and got["frozen"] > 0
+    seen_on = [gen for gen, _ in got["seen"]]
+    assert seen_on, "the collector never ran"
