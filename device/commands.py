@@ -19,7 +19,7 @@ from edgekit.cli_options import (
     option,
 )
 from edgekit.outputs import csv_text, display_text, write_output_file
-from edgekit.startup import loads_model
+from edgekit.startup import loads_model, release
 
 if TYPE_CHECKING:
     from edgekit.device.records import Session
@@ -260,6 +260,7 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
     if fields and use_camera:
         raise EdgekitError("--fields takes field image PATHS, not --camera")
     one_heap()  # before any worker thread
+    release()  # and the collector back on before them (edgekit.startup): the fields' peak RSS
     # files first (none with --camera): whole fields start decoding and segmenting while the model loads
     from_files = file_source(paths, fields, workers(threads), _focus_rule(bundle, fields))
     classifier = _load(bundle, model_format, threads, allow_unsigned)
