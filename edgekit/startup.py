@@ -30,11 +30,13 @@ def hold() -> None:
         _state["held"] = True
 
 
-def release() -> None:
-    """End a :func:`hold`: freeze what is alive, turn the collector back on; else nothing."""
+def release(freeze: bool = True) -> None:
+    """End a :func:`hold`: freeze what is alive (unless not ``freeze``), turn the collector back on;
+    else nothing."""
     if _state["held"]:
         _state["held"] = False
-        gc.freeze()
+        if freeze:
+            gc.freeze()
         gc.enable()
 
 

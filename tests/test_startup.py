@@ -71,6 +71,22 @@ def test_a_command_without_a_model_turns_the_collector_back_on(tmp_path):
     assert seen_on, "the collector never ran"
 
 
+def test_the_collector_is_given_back_to_a_caller_in_the_same_process(monkeypatch, capsys):
+    """`edgekit.entry.main` run in-process (as a test does) never leaves the collector off, even when
+    the CLI never dispatched a command (Ctrl-C while it loads)."""
+    import gc
+
+    import edgekit.entry
+    import edgekit.startup
+
+    monkeypatch.setattr(sys, "argv", ["edgekit", "--version"])
+    assert gc.isenabled()
+    with pytest.raises(SystemExit):
+        edgekit.entry.main()
+    assert gc.isenabled() and not edgekit.startup._state["held"]
+    assert "edgekit" in capsys.readouterr().out
+
+
 def test_the_device_paths_dataclasses_have_their_own_docstrings():
     """A dataclass without a docstring gets one made from ``inspect.signature`` when it is created:
     ~0.2-0.5 ms of every start that imports it."""
