@@ -19,6 +19,7 @@ from edgekit.cli_options import (
     option,
 )
 from edgekit.outputs import csv_text, display_text, write_output_file
+from edgekit.startup import loads_model, release
 
 if TYPE_CHECKING:
     from edgekit.device.records import Session
@@ -107,6 +108,7 @@ def _say_unrecorded_sizes(classifier, gates) -> None:
         click.echo(note, err=True)
 
 
+@loads_model
 @click.command()
 @click.argument("paths", nargs=-1, required=True)
 @_model_option
@@ -155,6 +157,7 @@ def classify(ctx: click.Context, paths: tuple[str, ...], bundle: Path | None, mo
         ctx.exit(1)
 
 
+@loads_model
 @click.command()
 @click.option("--source", default="auto", show_default=True,
               help="Webcam index (0), video file, stream URL, GStreamer pipeline, 'picamera', or 'auto' "
@@ -208,6 +211,7 @@ def camera(source: str, bundle: Path | None, model_format: str | None, threads: 
     click.echo(stats.line(), err=True)
 
 
+@loads_model
 @click.command()
 @click.argument("paths", nargs=-1)
 @click.option("--patient", required=True,
@@ -256,6 +260,7 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
     if fields and use_camera:
         raise EdgekitError("--fields takes field image PATHS, not --camera")
     one_heap()  # before any worker thread
+    release()  # and the collector back on before them (edgekit.startup): the fields' peak RSS
     # files first (none with --camera): whole fields start decoding and segmenting while the model loads
     from_files = file_source(paths, fields, workers(threads), _focus_rule(bundle, fields))
     classifier = _load(bundle, model_format, threads, allow_unsigned)

@@ -16,6 +16,7 @@ from edgekit.cli_options import (
     model_format_option,
     model_option,
 )
+from edgekit.startup import loads_model, release
 
 
 def _classifier(bundle: Path | None, model_format: str | None, threads: int | None, allow_unsigned: bool):
@@ -34,6 +35,7 @@ def _classifier(bundle: Path | None, model_format: str | None, threads: int | No
         return None
 
 
+@loads_model
 @click.command()
 @click.argument("images", nargs=-1, required=True)
 @model_option("Bundle folder (from `edgekit model export`). Default: the model shipped with edgekit; "
@@ -74,6 +76,7 @@ def field(images: tuple[str, ...], bundle: Path | None, model_format: str | None
 
     os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")  # our one-line reasons replace OpenCV's warnings
     classifier = None if count_only else _classifier(bundle, model_format, threads, allow_unsigned)
+    release()  # no model to wait for with --count-only, or without the default one (edgekit.startup)
     if overlay_dir is not None:
         overlay_dir.mkdir(parents=True, exist_ok=True)
     items = list(expand_inputs(images))  # files, folders (recursive) and globs, as `screen --fields`

@@ -206,6 +206,8 @@ def _connect_read_only(path: Path, timeout: float) -> sqlite3.Connection:
 
 @dataclass
 class Session:
+    """One patient's screening session as recorded: who, where, with which model, and when."""
+
     id: int
     patient: str
     site: str | None

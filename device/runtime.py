@@ -34,6 +34,7 @@ from edgekit.manifest import (
 )
 from edgekit.paths import bundle_folder, default_bundle_dir
 from edgekit.signing import Trust, canonical_manifest, require_trusted
+from edgekit.startup import release
 
 FORMAT_ORDER = DEVICE_ORDER  # the format table's device preference: smallest and fastest first
 
@@ -224,6 +225,7 @@ def load_classifier(
     backend = open_backend(artifact.runtime, path, threads, content)
     _check_declared_io(artifact, backend)
     manifest_sha256 = sha256(canonical_manifest(data)).hexdigest()
+    release()  # the edgekit script's start ends with its model loaded (edgekit.startup)
     return Classifier(manifest, artifact, bundle_dir, backend, manifest_sha256, trust)
 
 

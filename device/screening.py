@@ -45,6 +45,8 @@ Crop = tuple[str, "str | None", "np.ndarray | str | os.PathLike | ImageError"]
 
 @dataclass
 class PatientSummary:
+    """A session's counts, parasitemia with its interval, and the patient decision."""
+
     patient: str
     crops: int  # classified crops (the cells counted)
     parasitized: int  # crops called parasitized at the cell cutoff (what the patient rule counts)

@@ -14,6 +14,7 @@ import click
 
 from edgekit import __version__
 from edgekit.errors import EdgekitError
+from edgekit.startup import dispatched
 
 # Where each command lives, as (module, attribute), in the order `--help` lists them. Each module owns its
 # commands so features stay independent; a module is imported only when one of its commands is invoked or
@@ -83,7 +84,9 @@ class LazyGroup(click.Group):
             if module.startswith("edgekit.device."):
                 _single_thread_blas()
             self.add_command(getattr(importlib.import_module(module), attribute), cmd_name)
-        return self.commands.get(cmd_name)
+        command = self.commands.get(cmd_name)
+        dispatched(command)
+        return command
 
     def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None,
                                                                              list[str]]:

@@ -10,11 +10,16 @@ import sys
 def main() -> None:
     """Load the CLI, then run it."""
     from edgekit.device.native_stderr import serialise_python_stderr
+    from edgekit.startup import hold, release
 
     serialise_python_stderr()  # before any thread borrows descriptor 2 (a decoding thread's warnings)
+    hold()  # the collector waits until the command has loaded what it runs (cold start)
     try:
-        from edgekit.cli import main as cli
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
-        raise SystemExit(130) from None
-    cli()
+        try:
+            from edgekit.cli import main as cli
+        except KeyboardInterrupt:
+            sys.stderr.write("interrupted\n")
+            raise SystemExit(130) from None
+        cli()
+    finally:
+        release(freeze=False)  # a caller in the same process (a test) gets its collector back

@@ -283,6 +283,8 @@ class Decision:
 
 @dataclass
 class TensorSpec:
+    """A model input or output as recorded in the manifest: name, shape, dtype, quantization."""
+
     name: str
     shape: list[int]
     dtype: str
@@ -469,6 +471,8 @@ class ImageSizes:
 
 @dataclass
 class Manifest:
+    """A bundle's ``manifest.json``: labels, preprocessing, decision rules, model files and records."""
+
     labels: list[str]
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     positive_label: str | None = None

@@ -148,6 +148,8 @@ def load_public_key(path: str | os.PathLike) -> Any:
 
 @dataclass
 class TrustedKey:
+    """A trusted Ed25519 public key: its id, its file's name and place, its raw bytes."""
+
     key_id: str
     name: str  # the file's stem
     source: Path

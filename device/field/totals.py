@@ -14,6 +14,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class FieldTotals:
+    """The running totals of `edgekit field` over its fields."""
+
     fields: int  # every field given, counted or not
     counted: int = 0
     cells: int = 0
