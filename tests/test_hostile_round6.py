@@ -6,7 +6,9 @@ refusal), never a traceback or a result made of nothing."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from device_helpers import CELLS, golden_copy
@@ -14,6 +16,7 @@ from device_helpers import CELLS, golden_copy
 from edgekit.cli import main
 
 CROP = CELLS / "parasitized_a.webp"
+FIELD = Path(__file__).resolve().parent / "fixtures" / "fields" / "BloodImage_00099.jpg"
 
 
 def _one_line_refusal(res) -> str:
@@ -38,3 +41,46 @@ def test_a_model_sha256_that_is_not_a_string_is_one_line(tmp_path, value, comman
         ["classify", "-m", str(bundle), "--allow-unsigned", str(CROP)]
     line = _one_line_refusal(CliRunner().invoke(main, args))
     assert "sha256" in line or "signature" in line, line
+
+
+def _nan_for_dark_crops(path, size: int = 16, floor: float = 0.45) -> None:
+    """An NHWC ONNX model giving NaN for a crop whose mean of any channel is under ``floor`` (of 1):
+    sqrt(mean - floor) -> MatMul -> Softmax. Random pixels (the import's probe) pass."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.array([[1.0, -1.0]] * 3, np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["x"], ["m"], axes=[1, 2], keepdims=0),
+         helper.make_node("Sub", ["m", "c"], ["d"]),
+         helper.make_node("Sqrt", ["d"], ["s"]),
+         helper.make_node("MatMul", ["s", "w"], ["z"]),
+         helper.make_node("Softmax", ["z"], ["p"], axis=1)],
+        "nan_for_dark",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", size, size, 3])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["n", 2])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array([floor], np.float32), "c")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, path)
+
+
+def test_a_model_giving_nan_for_some_crops_is_refused_not_read_as_a_label(tmp_path):
+    """A bring-your-own model that passes the import's probe but gives NaN for darker crops: `classify`
+    called them "Uninfected" with probability NaN (and wrote NaN into its JSON lines, which is no
+    JSON), `field` counted those cells as uncertain, `bench` computed an accuracy over NaN; exit 0."""
+    _nan_for_dark_crops(tmp_path / "m.onnx")
+    bundle = tmp_path / "b"
+    res = CliRunner().invoke(main, ["model", "import", str(tmp_path / "m.onnx"), "--labels",
+                                    "Parasitized,Uninfected", "--positive-index", "0", "--scale", "1/255",
+                                    "-o", str(bundle)])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(main, ["classify", "-m", str(bundle), "--format", "jsonl", str(CELLS)])
+    line = _one_line_refusal(res)
+    assert "gave no probabilities for 2 of" in line and "NaN" not in res.stdout, res.output
+    res = CliRunner().invoke(main, ["field", "-m", str(bundle), "--format", "jsonl", str(FIELD)])
+    assert "gave no probabilities" in _one_line_refusal(res) and "NaN" not in res.stdout, res.output
+    # a sound crop alone is classified as before
+    res = CliRunner().invoke(main, ["classify", "-m", str(bundle), "--format", "jsonl", str(CROP)])
+    assert res.exit_code == 0 and json.loads(res.stdout.splitlines()[0])["status"] == "classified", res.output
