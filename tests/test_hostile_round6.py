@@ -6,6 +6,7 @@ refusal), never a traceback or a result made of nothing."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -84,3 +85,33 @@ def test_a_model_giving_nan_for_some_crops_is_refused_not_read_as_a_label(tmp_pa
     # a sound crop alone is classified as before
     res = CliRunner().invoke(main, ["classify", "-m", str(bundle), "--format", "jsonl", str(CROP)])
     assert res.exit_code == 0 and json.loads(res.stdout.splitlines()[0])["status"] == "classified", res.output
+
+
+@pytest.mark.parametrize(("table", "column", "value"), [
+    ("records", "probabilities", "'not json'"), ("records", "probability", "'abc'"),
+    ("records", "source_id", "X'00ff'"), ("sessions", "decision", "'{'"), ("sessions", "created_at", "'zz'"),
+])
+@pytest.mark.parametrize("command", [["sessions", "list"], ["sessions", "show", "1"],
+                                     ["sessions", "export", "--format", "csv"]])
+def test_a_screening_row_with_a_malformed_value_is_one_line(screened, table, column, value, command):
+    """SQLite keeps whatever a column is given: text JSON that is not JSON in `probabilities` ended
+    `sessions list`, `show` and `export` in a JSONDecodeError traceback, a session's unreadable
+    decision in another."""
+    con = sqlite3.connect(screened)
+    con.execute(f"UPDATE {table} SET {column} = {value} WHERE id = 1")
+    con.commit()
+    con.close()
+    line = _one_line_refusal(CliRunner().invoke(main, command))
+    assert f"{table} row 1: its {column} holds" in line, line
+
+
+def test_a_screening_database_that_lost_a_column_is_refused_not_read_as_empty(screened):
+    """A records table whose `label` column was renamed away was read with every label null: `export`
+    wrote each classified cell without its label, exit 0."""
+    con = sqlite3.connect(screened)
+    con.execute("ALTER TABLE records RENAME COLUMN label TO label_old")
+    con.commit()
+    con.close()
+    for command in (["sessions", "export", "--format", "jsonl"], ["sessions", "list"]):
+        line = _one_line_refusal(CliRunner().invoke(main, command))
+        assert "its records table has no label column" in line, line
