@@ -22,7 +22,7 @@ from edgekit.device.preprocess import is_image_file, prepare, read_image
 from edgekit.device.quality import QualityGates, check_quality
 from edgekit.device.sizes import outside
 from edgekit.digest import sha256
-from edgekit.errors import ImageError
+from edgekit.errors import FileChanged, ImageError
 from edgekit.safefile import NotRegularFile, is_regular, open_regular
 
 if TYPE_CHECKING:
@@ -333,7 +333,10 @@ def _load_one(
     t0 = time.perf_counter()
     out = Outcome(source_id, "failed", content_hash=content_hash)
     try:
-        rgb = as_rgb(image) if isinstance(image, np.ndarray) else read_image(image, MAX_CROP_PIXELS)
+        # a file: the bytes hashed for its record, or refused (replaced since: recorded under the
+        # old hash, a rerun would classify the new picture a second time)
+        rgb = as_rgb(image) if isinstance(image, np.ndarray) else \
+            read_image(image, MAX_CROP_PIXELS, content_hash)
         feats = None
         if domain is not None:  # kept for rejected crops too: the session verdict counts every cell
             from edgekit.device.domain import crop_features, distances
@@ -348,6 +351,8 @@ def _load_one(
             out.pixels = rgb
     except ImageError as exc:
         out.reason = str(exc)
+        if isinstance(exc, FileChanged):
+            out.content_hash = None  # not recorded: a rerun reads what the file holds then
     except MemoryError:
         out.reason = "out of memory decoding the image"
     out.seconds = time.perf_counter() - t0

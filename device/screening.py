@@ -31,7 +31,7 @@ from edgekit.device.pipeline import (
 )
 from edgekit.device.quality import DEFAULT_GATES, QualityGates
 from edgekit.device.review import review_crops
-from edgekit.errors import ImageError
+from edgekit.errors import FileChanged, ImageError
 from edgekit.manifest import Decision, Domain, PatientRule
 from edgekit.metrics import wilson_interval
 
@@ -455,13 +455,14 @@ def _segment_one(item: tuple[str, Path | None], rule: Any = None) -> SegmentedFi
     shown, path = item
     if path is None:
         return shown, None, None, [], missing_reason(shown), None
-    try:
-        rgb = read_image(path)
-    except ImageError as exc:  # the file may be gone by now (mid-batch): no hash, not a stopped batch
-        return shown, _content_hash(path), None, [], str(exc).removeprefix(f"{path.name}: "), None
     content_hash = _content_hash(path)
-    if content_hash is None:  # gone since it was read: its cells could not be told apart on a rerun
+    if content_hash is None:  # gone (mid-batch): its cells could not be told apart on a rerun
         return shown, None, None, [], missing_reason(str(path)), None
+    try:
+        rgb = read_image(path, sha256=content_hash)  # the bytes hashed, or refused (replaced since)
+    except ImageError as exc:  # a stopped batch never: the field is rejected, the others carry on
+        kept = None if isinstance(exc, FileChanged) else content_hash  # None: reported, not recorded
+        return shown, kept, None, [], str(exc).removeprefix(f"{path.name}: "), None
     # its surround, looked for once for its focus, its cells and its signature (not on a shape the
     # gate refuses: each then does as it did alone)
     outside = ... if shape_reason(rgb) else outside_view(rgb)

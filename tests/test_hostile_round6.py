@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from device_helpers import CELLS, golden_copy
+from device_helpers import CELLS, GOLDEN, golden_copy
 
 from edgekit.cli import main
 
@@ -115,3 +115,80 @@ def test_a_screening_database_that_lost_a_column_is_refused_not_read_as_empty(sc
     for command in (["sessions", "export", "--format", "jsonl"], ["sessions", "list"]):
         line = _one_line_refusal(CliRunner().invoke(main, command))
         assert "its records table has no label column" in line, line
+
+
+def _swapping_reader(monkeypatch, path, replacement, after: bool):
+    """Replace ``path``'s content with ``replacement``'s the first time it is decoded: just before
+    its bytes are read (``after`` False) or just after (True), as a sync tool or camera app
+    overwriting a file mid-batch would."""
+    import shutil
+
+    import edgekit.device.preprocess as pp
+
+    real, done = pp.read_image_as_stored, []
+
+    def reader(p, *args, **kwargs):
+        swap = Path(p) == path and not done
+        if swap and not after:
+            done.append(shutil.copyfile(replacement, path))
+        out = real(p, *args, **kwargs)
+        if swap and after:
+            done.append(shutil.copyfile(replacement, path))
+        return out
+
+    monkeypatch.setattr(pp, "read_image_as_stored", reader)
+
+
+def _records(db) -> list[tuple[str, str, str]]:
+    con = sqlite3.connect(db)
+    try:
+        return con.execute("SELECT source_id, content_hash, status FROM records ORDER BY id").fetchall()
+    finally:
+        con.close()
+
+
+def test_a_crop_replaced_after_it_was_hashed_is_not_recorded_under_the_old_hash(tmp_path, monkeypatch):
+    """`screen` hashed a file, then decoded it: replaced in between, the new picture was recorded under
+    the old picture's hash, and a rerun classified the new picture again: one file, two cells."""
+    import shutil
+
+    from edgekit.device.pipeline import file_hash
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    a, b = folder / "a.webp", folder / "b.webp"
+    shutil.copyfile(CELLS / "parasitized_a.webp", a)
+    shutil.copyfile(CELLS / "uninfected_a.webp", b)
+    db = tmp_path / "s.sqlite"
+    args = ["screen", "--patient", "P", "--db", str(db), "-m", str(GOLDEN), str(folder)]
+    _swapping_reader(monkeypatch, a, CELLS / "parasitized_b.webp", after=False)
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 1 and "a.webp: the file changed while it was read" in res.stderr, res.output
+    assert [r[0] for r in _records(db)] == [str(b)]  # nothing recorded of a
+    res = CliRunner().invoke(main, args)  # the rerun screens what a holds now, once
+    assert res.exit_code == 0, res.output
+    assert sorted(r[:2] for r in _records(db)) == sorted([(str(a), file_hash(a)), (str(b), file_hash(b))])
+
+
+def test_a_field_replaced_after_it_was_read_is_recorded_under_what_was_read(tmp_path, monkeypatch):
+    """`screen --fields` decoded a field, then hashed the file: replaced in between, the old picture's
+    refusal (here: blank) was recorded under the hash of the new picture, a sharp field that was
+    never refused."""
+    import shutil
+
+    from device_helpers import write_image
+
+    from edgekit.device.pipeline import file_hash
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    f = write_image(folder / "f.png", np.full((480, 640, 3), 128, np.uint8))
+    blank = file_hash(f)
+    good = shutil.copyfile(FIELD, tmp_path / "good.png")
+    db = tmp_path / "s.sqlite"
+    args = ["screen", "--fields", "--patient", "P", "--db", str(db), "-m", str(GOLDEN), str(folder)]
+    _swapping_reader(monkeypatch, f, good, after=True)
+    res = CliRunner().invoke(main, args)
+    assert _records(db) == [(str(f), blank, "rejected")], res.output
+    res = CliRunner().invoke(main, args)  # the new picture is another field: counted on the rerun
+    assert res.exit_code == 0 and [r[2] for r in _records(db)].count("classified") > 10, res.output
