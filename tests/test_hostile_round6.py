@@ -192,3 +192,21 @@ def test_a_field_replaced_after_it_was_read_is_recorded_under_what_was_read(tmp_
     assert _records(db) == [(str(f), blank, "rejected")], res.output
     res = CliRunner().invoke(main, args)  # the new picture is another field: counted on the rerun
     assert res.exit_code == 0 and [r[2] for r in _records(db)].count("classified") > 10, res.output
+
+
+def test_a_single_cell_crop_given_as_a_field_is_refused_not_counted_as_fragments(tmp_path):
+    """`field` (and `screen --fields`) cut a 130-px NIH crop, one cell on black, into ~16 "cells" of
+    its stain and texture and counted them (e.g. 3 of 16 parasitized); `classify` refuses the
+    converse (a whole field as one crop). With the default bundle's training sizes and border."""
+    crops = sorted(CELLS.iterdir())
+    res = CliRunner().invoke(main, ["field", "--format", "jsonl", *map(str, crops), str(FIELD)])
+    rows = [json.loads(line) for line in res.stdout.splitlines()[:-1]]
+    assert res.exit_code == 0, res.output  # the whole field is still counted
+    for row in rows[:-1]:
+        assert row["rejected"] is not None and row["cells"] == 0, row
+    single = CELLS / "uninfected_a.webp"  # cut into 2 "cells"; the finder refuses the others itself
+    assert "a single cell on a black background, not a whole field" in rows[crops.index(single)]["rejected"]
+    assert rows[-1]["rejected"] is None and rows[-1]["cells"] > 10, rows[-1]
+    db = tmp_path / "s.sqlite"
+    res = CliRunner().invoke(main, ["screen", "--fields", "--patient", "P", "--db", str(db), str(single)])
+    assert "not a whole field" in res.output and [r[2] for r in _records(db)] == ["rejected"], res.output
