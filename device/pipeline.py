@@ -133,6 +133,9 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> Iterator[tuple[str, Pa
     for raw in inputs:
         text = str(raw)
         p = Path(text)
+        if not text.strip():  # Path("") is the current folder: an unset shell variable read it all
+            yield text, None
+            continue
         try:
             is_dir, exists = p.is_dir(), p.exists()
         except OSError:  # a folder on its path cannot be searched: missing_reason says so
@@ -147,18 +150,21 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> Iterator[tuple[str, Pa
             matches = sorted(Path(m) for m in glob.glob(text, recursive=True) if not Path(m).is_dir())
         else:
             matches = []
-        if not matches and not unreadable:
+        if not matches and not unreadable and _first(seen, Path(os.path.abspath(text))):
             yield text, None
         for folder in unreadable:  # reported, never skipped in silence
             yield folder, None
-        for m in matches:
-            if not is_regular(m):  # a broken link, a FIFO, a socket: reported as well, never opened
-                yield str(m), None
-                continue
-            key = m.resolve()
-            if key not in seen:
-                seen.add(key)
-                yield str(m), m
+        for m in matches:  # each file once, however often it is named (reported ones too)
+            regular = is_regular(m)  # not: a broken link, a FIFO, a socket: reported, never opened
+            if _first(seen, m.resolve() if regular else Path(os.path.abspath(m))):
+                yield str(m), m if regular else None
+
+
+def _first(seen: set[Path], key: Path) -> bool:
+    """Whether ``key`` is new to ``seen`` (then added)."""
+    new = key not in seen
+    seen.add(key)
+    return new
 
 
 def _folder_images(folder: Path, unreadable: list[str]) -> list[Path]:
@@ -173,6 +179,8 @@ def _folder_images(folder: Path, unreadable: list[str]) -> list[Path]:
 
 def missing_reason(text: str) -> str:
     """Why an input from :func:`expand_inputs` yielded no file."""
+    if not text.strip():
+        return "an empty path (an unset variable?): nothing was read"
     p = Path(text)
     try:
         is_dir = p.is_dir()
@@ -186,12 +194,23 @@ def missing_reason(text: str) -> str:
             return f"cannot read this folder: {exc.strerror}"
         return "no image files in this folder"
     if p.exists():
-        return "not a regular file"
+        return _unreadable(p) if p.is_file() else "not a regular file"
     if p.is_symlink():
         return "a broken symbolic link (its target is missing, or links back to itself)"
     if glob.has_magic(text):
         return "no file matches this pattern"
     return "file not found"
+
+
+def _unreadable(path: Path) -> str:
+    """Why a regular file could not be read: an I/O error (a failing card, a dropped mount), no
+    permission."""
+    try:
+        with open(path, "rb", buffering=0) as f:
+            f.read(1)
+    except OSError as exc:
+        return f"cannot read it: {exc.strerror or exc}"
+    return "cannot read it"
 
 
 def image_files(inputs: Sequence[str | os.PathLike], what: str = "image") -> list[Path]:

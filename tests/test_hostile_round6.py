@@ -210,3 +210,45 @@ def test_a_single_cell_crop_given_as_a_field_is_refused_not_counted_as_fragments
     db = tmp_path / "s.sqlite"
     res = CliRunner().invoke(main, ["screen", "--fields", "--patient", "P", "--db", str(db), str(single)])
     assert "not a whole field" in res.output and [r[2] for r in _records(db)] == ["rejected"], res.output
+
+
+MEM = Path("/proc/self/mem")  # a regular file whose read fails with EIO, as a failing SD card's would
+
+
+@pytest.mark.skipif(not MEM.is_file(), reason="needs Linux's /proc/self/mem")
+def test_an_input_that_fails_to_read_is_its_own_rejection_and_the_batch_goes_on(tmp_path):
+    """An I/O error reading an input (EIO from a failing card or a dropped mount) ended `classify`
+    and `field` with `error: cannot write output: Input/output error`, the rest of the batch unread;
+    `screen` called the file "not a regular file"."""
+    res = CliRunner().invoke(main, ["classify", "--format", "jsonl", str(MEM), str(CROP)])
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert res.exit_code == 1 and "cannot write output" not in res.output, res.output
+    assert rows[0]["status"] == "failed" and rows[0]["reason"].startswith("cannot read"), rows
+    assert rows[1]["status"] == "classified", rows
+    res = CliRunner().invoke(main, ["field", str(MEM), str(FIELD)])
+    assert res.exit_code == 1 and "rejected: cannot read" in res.output and "1/2 fields counted" in res.output
+    res = CliRunner().invoke(main, ["screen", "--patient", "P", "--db", str(tmp_path / "s.sqlite"),
+                                    str(MEM), str(CROP)])
+    assert res.exit_code == 1 and f"failed {MEM}: cannot read it" in res.output, res.output
+
+
+def test_an_empty_path_reads_nothing(tmp_path, monkeypatch):
+    """`screen --patient P "$DIR"` with DIR unset: Path("") is the current folder, and every image
+    under it was recorded into the patient's session."""
+    import shutil
+
+    shutil.copyfile(CROP, tmp_path / "someone_else.webp")
+    monkeypatch.chdir(tmp_path)
+    for args in (["classify", ""], ["screen", "--patient", "P", "--db", str(tmp_path / "s.sqlite"), " "]):
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 1 and "an empty path" in res.output, res.output
+        assert "classified 0" in res.output, res.output
+
+
+def test_a_file_named_twice_is_reported_once(tmp_path):
+    """`classify *.png .` listed a broken link (or a FIFO) once per naming: two failure lines, the
+    failed count doubled; a readable file named twice was classified once."""
+    (tmp_path / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    gone = tmp_path / "gone.png"
+    res = CliRunner().invoke(main, ["classify", str(gone), str(tmp_path), str(tmp_path / "*.png")])
+    assert res.exit_code == 1 and res.output.count("gone.png") == 1 and "failed 1 " in res.output, res.output
