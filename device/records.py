@@ -124,7 +124,7 @@ _BASE_COLUMNS = {"sessions": _COLUMNS["sessions"][:9],
 _INTEGERS = {"sessions": ("id",), "records": ("id", "session_id", "field_id")}
 _NUMBERS = {"sessions": ("created_at", "updated_at"), "records": ("probability", "p_positive", "domain_score",
                                                                    "created_at")}
-_JSON = {"sessions": ("decision", "guard"), "records": ("probabilities",)}
+_JSON = {"sessions": ("decision", "guard"), "records": ()}  # records' probabilities: parsed by _record
 
 # columns added after a database may have been created: (table, name, SQL type)
 _ADDED_COLUMNS = (
@@ -204,9 +204,14 @@ def _typed(table: str, row: sqlite3.Row | Mapping[str, Any]) -> dict[str, Any]:
         else:
             ok = isinstance(v, str) and (k not in _JSON[table] or _is_json(v))
         if not ok:
-            raise sqlite3.DatabaseError(f"{table} row {d.get('id')}: its {k} holds {str(v)[:40]!r}, which "
-                                        "edgekit never writes there")
+            raise _malformed(table, d, k)
     return d
+
+
+def _malformed(table: str, d: dict[str, Any], column: str) -> sqlite3.DatabaseError:
+    """The error for a value edgekit never writes (:func:`db_errors` words it, with the path)."""
+    return sqlite3.DatabaseError(f"{table} row {d.get('id')}: its {column} holds {str(d[column])[:40]!r}, "
+                                 "which edgekit never writes there")
 
 
 def _is_json(text: str) -> bool:
@@ -219,8 +224,13 @@ def _is_json(text: str) -> bool:
 
 def _record(row: sqlite3.Row) -> dict[str, Any]:
     d = _typed("records", row)
-    if "probabilities" in d:
-        d["probabilities"] = json.loads(d["probabilities"]) if d["probabilities"] else None
+    if d.get("probabilities"):
+        try:
+            d["probabilities"] = json.loads(d["probabilities"])
+        except (ValueError, RecursionError) as exc:
+            raise _malformed("records", d, "probabilities") from exc
+    elif "probabilities" in d:
+        d["probabilities"] = None
     return d
 
 
