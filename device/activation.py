@@ -29,6 +29,15 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
 
 
 ACTIVATIONS = {"softmax": softmax, "sigmoid": sigmoid}
+PROBABILITY_SLACK = 1e-3  # how far outside [0, 1] a float model's rounding may put a probability
+
+
+def improbable_rows(p: np.ndarray) -> np.ndarray:
+    """Which rows of ``p`` hold a value that is no probability: NaN, infinite, or outside [0, 1]."""
+    p = np.asarray(p, np.float64).reshape(len(p), -1)
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(p) | (p < -PROBABILITY_SLACK) | (p > 1 + PROBABILITY_SLACK)
+    return np.asarray(bad.any(axis=1), bool)
 
 
 def to_probabilities(y: np.ndarray, output: str = "probabilities",

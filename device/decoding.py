@@ -38,9 +38,12 @@ from typing import IO
 import numpy as np
 
 from edgekit.device.jpeg_header import simple_jpeg_header, unsupported_kind
-from edgekit.errors import ImageError
+from edgekit.digest import sha256 as digest_of
+from edgekit.errors import FileChanged, ImageError
 
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+CHANGED_WHILE_READ = ("the file changed while it was read (replaced during the batch): not recorded; run the "
+                      "command again to screen what it holds now")
 _EXIF_ORIENTATION = 0x0112
 # libjpeg's warnings for data it had to skip or invent (JWRN_HIT_MARKER, JWRN_HUFF_BAD_CODE,
 # JWRN_MUST_RESYNC, JWRN_EXTRANEOUS_DATA, JWRN_JPEG_EOF, JWRN_BOGUS_PROGRESSION...). Zero or 0xFF
@@ -345,11 +348,14 @@ def _imdecode(data: bytes, fmt: str) -> np.ndarray | None:
     return img
 
 
-def decode_bounded(path: str | os.PathLike, max_pixels: int,
-                   max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[np.ndarray, int]:
+def decode_bounded(path: str | os.PathLike, max_pixels: int, max_bytes: int = DEFAULT_MAX_BYTES,
+                   sha256: str | None = None) -> tuple[np.ndarray, int]:
     """OpenCV's ``IMREAD_UNCHANGED`` array of ``path`` and its EXIF orientation, after the checks in
-    the module docstring."""
+    the module docstring. ``sha256``: the content hash the caller took of the file (what a screening
+    record is keyed on); bytes that differ from it are refused, never decoded under that hash."""
     data = read_file_bytes(Path(path), max_bytes)
+    if sha256 is not None and digest_of(data).hexdigest() != sha256:
+        raise FileChanged(CHANGED_WHILE_READ)
     w, h, fmt, orientation = probe_header(data, max_pixels)
     strict_check(data, fmt)
     img = _imdecode(data, fmt)  # libpng/libtiff/libjpeg complaints captured: our one-line reason instead

@@ -168,6 +168,21 @@ def border_lit(rgb: np.ndarray, dark_level: int = DARK_LEVEL) -> float:
     return float(lit.mean())
 
 
+def single_cell_reason(height: int, width: int, lit: float, manifest: Any) -> str | None:
+    """Why an image given as a whole field is a single cell crop (:func:`check_cell`'s rule turned
+    round): the size of the model's training crops (:func:`edgekit.device.sizes.outside`) and their
+    dark border (``lit``: its :func:`border_lit`, at most ``max_border_lit``). None when the bundle
+    records neither, or when the image is not like them (a field: larger, or lit all round)."""
+    from edgekit.device.sizes import outside
+
+    domain, sizes = getattr(manifest, "domain", None), getattr(manifest, "image_sizes", None)
+    if domain is None or sizes is None or lit > domain.max_border_lit or outside(height, width, sizes):
+        return None
+    return (f"a single cell on a black background, not a whole field ({width}x{height} px, {lit:.0%} of the "
+            "border lit, like the model's training crops); pass cell crops to `edgekit classify`, or to "
+            "`edgekit screen` without --fields")
+
+
 def check_cell(rgb: np.ndarray, domain: Domain, dark_level: int = DARK_LEVEL,
                features: np.ndarray | None = None, distance: float | None = None) -> str | None:
     """Reject an image that is plainly not a cell like the bundle's training cells: not a single

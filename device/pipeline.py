@@ -22,7 +22,7 @@ from edgekit.device.preprocess import is_image_file, prepare, read_image
 from edgekit.device.quality import QualityGates, check_quality
 from edgekit.device.sizes import outside
 from edgekit.digest import sha256
-from edgekit.errors import ImageError
+from edgekit.errors import FileChanged, ImageError
 from edgekit.safefile import NotRegularFile, is_regular, open_regular
 
 if TYPE_CHECKING:
@@ -133,6 +133,9 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> Iterator[tuple[str, Pa
     for raw in inputs:
         text = str(raw)
         p = Path(text)
+        if not text.strip():  # Path("") is the current folder: an unset shell variable read it all
+            yield text, None
+            continue
         try:
             is_dir, exists = p.is_dir(), p.exists()
         except OSError:  # a folder on its path cannot be searched: missing_reason says so
@@ -147,18 +150,21 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> Iterator[tuple[str, Pa
             matches = sorted(Path(m) for m in glob.glob(text, recursive=True) if not Path(m).is_dir())
         else:
             matches = []
-        if not matches and not unreadable:
+        if not matches and not unreadable and _first(seen, Path(os.path.abspath(text))):
             yield text, None
         for folder in unreadable:  # reported, never skipped in silence
             yield folder, None
-        for m in matches:
-            if not is_regular(m):  # a broken link, a FIFO, a socket: reported as well, never opened
-                yield str(m), None
-                continue
-            key = m.resolve()
-            if key not in seen:
-                seen.add(key)
-                yield str(m), m
+        for m in matches:  # each file once, however often it is named (reported ones too)
+            regular = is_regular(m)  # not: a broken link, a FIFO, a socket: reported, never opened
+            if _first(seen, m.resolve() if regular else Path(os.path.abspath(m))):
+                yield str(m), m if regular else None
+
+
+def _first(seen: set[Path], key: Path) -> bool:
+    """Whether ``key`` is new to ``seen`` (then added)."""
+    new = key not in seen
+    seen.add(key)
+    return new
 
 
 def _folder_images(folder: Path, unreadable: list[str]) -> list[Path]:
@@ -173,6 +179,8 @@ def _folder_images(folder: Path, unreadable: list[str]) -> list[Path]:
 
 def missing_reason(text: str) -> str:
     """Why an input from :func:`expand_inputs` yielded no file."""
+    if not text.strip():
+        return "an empty path (an unset variable?): nothing was read"
     p = Path(text)
     try:
         is_dir = p.is_dir()
@@ -186,12 +194,23 @@ def missing_reason(text: str) -> str:
             return f"cannot read this folder: {exc.strerror}"
         return "no image files in this folder"
     if p.exists():
-        return "not a regular file"
+        return _unreadable(p) if p.is_file() else "not a regular file"
     if p.is_symlink():
         return "a broken symbolic link (its target is missing, or links back to itself)"
     if glob.has_magic(text):
         return "no file matches this pattern"
     return "file not found"
+
+
+def _unreadable(path: Path) -> str:
+    """Why a regular file could not be read: an I/O error (a failing card, a dropped mount), no
+    permission."""
+    try:
+        with open(path, "rb", buffering=0) as f:
+            f.read(1)
+    except OSError as exc:
+        return f"cannot read it: {exc.strerror or exc}"
+    return "cannot read it"
 
 
 def image_files(inputs: Sequence[str | os.PathLike], what: str = "image") -> list[Path]:
@@ -333,7 +352,10 @@ def _load_one(
     t0 = time.perf_counter()
     out = Outcome(source_id, "failed", content_hash=content_hash)
     try:
-        rgb = as_rgb(image) if isinstance(image, np.ndarray) else read_image(image, MAX_CROP_PIXELS)
+        # a file: the bytes hashed for its record, or refused (replaced since: recorded under the
+        # old hash, a rerun would classify the new picture a second time)
+        rgb = as_rgb(image) if isinstance(image, np.ndarray) else \
+            read_image(image, MAX_CROP_PIXELS, content_hash)
         feats = None
         if domain is not None:  # kept for rejected crops too: the session verdict counts every cell
             from edgekit.device.domain import crop_features, distances
@@ -348,6 +370,8 @@ def _load_one(
             out.pixels = rgb
     except ImageError as exc:
         out.reason = str(exc)
+        if isinstance(exc, FileChanged):
+            out.content_hash = None  # not recorded: a rerun reads what the file holds then
     except MemoryError:
         out.reason = "out of memory decoding the image"
     out.seconds = time.perf_counter() - t0

@@ -105,17 +105,19 @@ def _read_dicom(path: Path, max_pixels: int) -> np.ndarray:
     return np.ascontiguousarray(arr[:, :, :3])
 
 
-def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
+               sha256: str | None = None) -> np.ndarray:
     """Decode an image file into an RGB uint8 array of shape (H, W, 3), turned upright as its EXIF
-    orientation says.
+    orientation says. ``sha256``: refuse the file unless its bytes still have this hash (the one a
+    screening record of it is keyed on).
 
     Raises :class:`ImageError` with a short reason for anything unusable.
     """
-    return apply_orientation(*read_image_as_stored(path, max_pixels))
+    return apply_orientation(*read_image_as_stored(path, max_pixels, sha256))
 
 
-def read_image_as_stored(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS
-                         ) -> tuple[np.ndarray, int]:
+def read_image_as_stored(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
+                         sha256: str | None = None) -> tuple[np.ndarray, int]:
     """:func:`read_image` before the turn: (the RGB pixels as the file stores them, its EXIF
     orientation 1-8), for boxes that may have been drawn on either picture."""
     from edgekit.device.decoding import decode_bounded
@@ -123,7 +125,7 @@ def read_image_as_stored(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_
     path = Path(path)
     if path.suffix.lower() == ".dcm":
         return _read_dicom(path, max_pixels), 1
-    img, orientation = decode_bounded(path, max_pixels)  # regular file, size from the header, strict
+    img, orientation = decode_bounded(path, max_pixels, sha256=sha256)  # regular file, strict, bounded
     cv2 = opencv()
     img = _to_uint8(img)
     if img.ndim == 2:

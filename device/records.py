@@ -117,6 +117,15 @@ _COLUMNS = {
 }
 
 
+# what every edgekit database has had since schema 1 (later columns are added on opening to write)
+_BASE_COLUMNS = {"sessions": _COLUMNS["sessions"][:9],
+                 "records": tuple(c for c in _COLUMNS["records"] if c not in ("domain_score", "field_id"))}
+# what edgekit writes in each column it knows, beyond text (SQLite stores whatever it is given)
+_INTEGERS = {"sessions": ("id",), "records": ("id", "session_id", "field_id")}
+_NUMBERS = {"sessions": ("created_at", "updated_at"), "records": ("probability", "p_positive", "domain_score",
+                                                                   "created_at")}
+_JSON = {"sessions": ("decision", "guard"), "records": ()}  # records' probabilities: parsed by _record
+
 # columns added after a database may have been created: (table, name, SQL type)
 _ADDED_COLUMNS = (
     ("sessions", "decision", "TEXT"),  # the Decision the session was screened with
@@ -180,10 +189,48 @@ def db_errors(path: Path) -> Iterator[None]:
         ) from exc
 
 
-def _record(row: sqlite3.Row) -> dict[str, Any]:
+def _typed(table: str, row: sqlite3.Row | Mapping[str, Any]) -> dict[str, Any]:
+    """A row as its dict, refused (``sqlite3.DatabaseError``, which :func:`db_errors` words) when a
+    column edgekit knows holds what edgekit never writes there: text in a number, a blob, bad JSON."""
     d = dict(row)
-    if "probabilities" in d:
-        d["probabilities"] = json.loads(d["probabilities"]) if d["probabilities"] else None
+    for k in _COLUMNS[table]:
+        v = d.get(k)
+        if v is None:
+            continue
+        if k in _INTEGERS[table]:
+            ok = type(v) is int
+        elif k in _NUMBERS[table]:
+            ok = type(v) in (int, float)
+        else:
+            ok = isinstance(v, str) and (k not in _JSON[table] or _is_json(v))
+        if not ok:
+            raise _malformed(table, d, k)
+    return d
+
+
+def _malformed(table: str, d: dict[str, Any], column: str) -> sqlite3.DatabaseError:
+    """The error for a value edgekit never writes (:func:`db_errors` words it, with the path)."""
+    return sqlite3.DatabaseError(f"{table} row {d.get('id')}: its {column} holds {str(d[column])[:40]!r}, "
+                                 "which edgekit never writes there")
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except (ValueError, RecursionError):
+        return False
+    return True
+
+
+def _record(row: sqlite3.Row) -> dict[str, Any]:
+    d = _typed("records", row)
+    if d.get("probabilities"):
+        try:
+            d["probabilities"] = json.loads(d["probabilities"])
+        except (ValueError, RecursionError) as exc:
+            raise _malformed("records", d, "probabilities") from exc
+    elif "probabilities" in d:
+        d["probabilities"] = None
     return d
 
 
@@ -245,7 +292,7 @@ class Session:
     @classmethod
     def from_row(cls, row: sqlite3.Row | Mapping[str, Any]) -> Session:
         """From a ``sessions`` row; columns this edgekit does not know are ignored."""
-        d = dict(row)
+        d = _typed("sessions", row)
         values: dict[str, Any] = {k: d.get(k) for k in _COLUMNS["sessions"]}
         out = cls(**values)
         out.manifest_sha256 = out.manifest_sha256 or None  # '': recorded before sessions were keyed on it
@@ -356,6 +403,13 @@ class RecordStore:
             self.conn.close()
             raise RecordsError(f"database {self.path} is not an edgekit screening database (no sessions of "
                                "edgekit's in it; it was not changed); use --db to choose another file")
+        for table in ("sessions", "records") if ours else ():
+            lost = [c for c in _BASE_COLUMNS[table] if table in tables and c not in self._columns(table)]
+            if lost:  # read as null, every label or probability would be silently empty
+                self.conn.close()
+                raise RecordsError(f"database {self.path} is damaged: its {table} table has no {lost[0]} "
+                                   "column (it was not changed); restore it from a backup or use --db to "
+                                   "choose another file")
         if version > 0 and "records" not in tables:  # every schema version has it: creating it anew
             self.conn.close()  # would leave the sessions without their cells (0 cells, refer)
             raise RecordsError(f"database {self.path} is damaged: its sessions are there but its records "
@@ -443,7 +497,7 @@ class RecordStore:
                 "SELECT * FROM sessions WHERE patient = ? AND model_sha256 = ? AND manifest_sha256 = ?",
                 (patient, model_sha256, manifest_sha),
             ).fetchone()
-        return Session.from_row(row)
+            return Session.from_row(row)
 
     def recorded_hashes(self, session_id: int) -> set[str]:
         with db_errors(self.path):
@@ -543,7 +597,7 @@ class RecordStore:
                 " FROM sessions s LEFT JOIN records r ON r.session_id = s.id"
                 " GROUP BY s.id ORDER BY s.updated_at DESC"
             ).fetchall()
-        return [dict(r) for r in rows]
+            return [_typed("sessions", r) for r in rows]
 
     def add_session_phone(self, session_id: int, phone: str) -> None:
         """Note that ``phone`` (an opaque key of one phone of ``edgekit serve``) opened the session."""
@@ -565,7 +619,7 @@ class RecordStore:
             return None
         with db_errors(self.path):
             row = self.conn.execute("SELECT * FROM sessions WHERE id = ?", (int(session_id),)).fetchone()
-        return None if row is None else Session.from_row(row)
+            return None if row is None else Session.from_row(row)
 
     def find_session(self, key: str, by: str | None = None) -> Session:
         """A session by numeric id (``by="id"``), the most recent one of a patient id
@@ -588,7 +642,8 @@ class RecordStore:
         if row is None:
             what = {"id": "session id", "patient": "patient"}.get(by or "", "session or patient")
             raise RecordsError(f"no {what} {key!r} in {self.path}")
-        return Session.from_row(row)
+        with db_errors(self.path):
+            return Session.from_row(row)
 
     def records(self, session_id: int, columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """A session's records in order; ``columns``: only these of each, those the file has (all by

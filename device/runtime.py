@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.device.activation import to_probabilities
+from edgekit.device.activation import improbable_rows, to_probabilities
 from edgekit.device.backends import Backend, open_backend, platform_hint, runtime_available
 from edgekit.device.preprocess import model_input, prepare
 from edgekit.device.probe import probe_model
@@ -160,7 +160,21 @@ class Classifier:
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """uint8 (N, h, w, C) -> float32 (N, num_classes) probabilities (dequantized; the artifact's
-        activation applied in float when it outputs logits)."""
+        activation applied in float when it outputs logits). A model that gives NaN or values
+        outside [0, 1] for any crop of the batch is refused (:class:`BundleError`)."""
+        probs = self.outputs(batch)
+        bad = improbable_rows(probs)
+        if bad.any():  # a broken model: never a label read off NaN, nor a count or an accuracy made of it
+            row = np.asarray(probs, np.float64).reshape(len(probs), -1)[int(np.argmax(bad))]
+            raise BundleError(
+                f"the model ({self.fmt}) gave no probabilities for {int(bad.sum())} of {len(bad)} crops of a "
+                f"batch (e.g. {', '.join(f'{v:.3g}' for v in row[:4])}): it is broken for such crops; "
+                "nothing of this batch was counted"
+            )
+        return probs
+
+    def outputs(self, batch: np.ndarray) -> np.ndarray:
+        """:meth:`predict` unchecked: what the model gives, as probabilities when it is sound."""
         h, w = self.manifest.preprocessing.input_size
         want = (h, w, self.manifest.preprocessing.channels)
         if batch.ndim != 4 or tuple(batch.shape[1:]) != want:

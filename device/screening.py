@@ -31,7 +31,7 @@ from edgekit.device.pipeline import (
 )
 from edgekit.device.quality import DEFAULT_GATES, QualityGates
 from edgekit.device.review import review_crops
-from edgekit.errors import ImageError
+from edgekit.errors import FileChanged, ImageError
 from edgekit.manifest import Decision, Domain, PatientRule
 from edgekit.metrics import wilson_interval
 
@@ -420,15 +420,19 @@ class CutField:
 
     signature: Any  # edgekit.device.field.identity.Signature
     crops: list[np.ndarray]
+    shape: tuple[int, int] = (0, 0)  # the field's height and width
+    lit: float = 1.0  # its border_lit (edgekit.device.domain): a single cell crop is dark all round
 
     @classmethod
     def of(cls, rgb: np.ndarray, cells: list, outside: Outside = ...) -> CutField:
         """``outside``: the field's surround when the caller found it (as for
         :func:`~edgekit.device.field.view.surround`)."""
+        from edgekit.device.domain import border_lit
         from edgekit.device.field import crop_cell
         from edgekit.device.field.identity import signature
 
-        return cls(signature(rgb, outside), [crop_cell(rgb, c) for c in cells])
+        crops = [crop_cell(rgb, c) for c in cells]
+        return cls(signature(rgb, outside), crops, (rgb.shape[0], rgb.shape[1]), border_lit(rgb))
 
 
 # (shown name, content hash or None, decoded field, its CutField, or None, its cells, why it cannot be
@@ -457,13 +461,14 @@ def _segment_one(item: tuple[str, Path | None], rule: Any = None) -> SegmentedFi
     shown, path = item
     if path is None:
         return shown, None, None, [], missing_reason(shown), None
-    try:
-        rgb = read_image(path)
-    except ImageError as exc:  # the file may be gone by now (mid-batch): no hash, not a stopped batch
-        return shown, _content_hash(path), None, [], str(exc).removeprefix(f"{path.name}: "), None
     content_hash = _content_hash(path)
-    if content_hash is None:  # gone since it was read: its cells could not be told apart on a rerun
+    if content_hash is None:  # gone (mid-batch): its cells could not be told apart on a rerun
         return shown, None, None, [], missing_reason(str(path)), None
+    try:
+        rgb = read_image(path, sha256=content_hash)  # the bytes hashed, or refused (replaced since)
+    except ImageError as exc:  # a stopped batch never: the field is rejected, the others carry on
+        kept = None if isinstance(exc, FileChanged) else content_hash  # None: reported, not recorded
+        return shown, kept, None, [], str(exc).removeprefix(f"{path.name}: "), None
     # its surround, looked for once for its focus, its cells and its signature (not on a shape the
     # gate refuses: each then does as it did alone)
     outside = ... if shape_reason(rgb) else outside_view(rgb)
@@ -473,16 +478,21 @@ def _segment_one(item: tuple[str, Path | None], rule: Any = None) -> SegmentedFi
     return shown, content_hash, CutField.of(rgb, cells, outside), cells, reason, focus
 
 
-def _colourless(rgb: np.ndarray | CutField, cells: list, classifier: Classifier) -> str | None:
-    """Why a field's cells have no stain colour (a grayscale field: refused whole, as ``edgekit
-    field`` refuses it, not cut into crops each refused), or None."""
+def _unlike(rgb: np.ndarray | CutField, cells: list, classifier: Classifier) -> str | None:
+    """Why a field is refused whole, as ``edgekit field`` refuses it, not cut into crops: a single
+    cell crop given as a field, or cells without stain colour (a grayscale field); or None."""
+    from edgekit.device.domain import border_lit, single_cell_reason
     from edgekit.device.field import crop_cell
-    from edgekit.device.field.classify import colourless_reason
+    from edgekit.device.field.classify import colour_sample, colourless_reason
 
+    crops: list[np.ndarray] | dict[int, np.ndarray]
     if isinstance(rgb, CutField):
-        crops = rgb.crops
-        return colourless_reason(cells, lambda i: crops[i], classifier.manifest.domain)
-    return colourless_reason(cells, lambda i: crop_cell(rgb, cells[i]), classifier.manifest.domain)
+        (h, w), lit, crops = rgb.shape, rgb.lit, rgb.crops
+    else:  # a camera frame, whole: only the cells whose colour is checked are cut
+        (h, w), lit = rgb.shape[:2], border_lit(rgb)
+        crops = {i: crop_cell(rgb, cells[i]) for i in colour_sample(range(len(cells)))}
+    return single_cell_reason(h, w, lit, classifier.manifest) or \
+        colourless_reason(cells, lambda i: crops[i], classifier.manifest.domain)
 
 
 def record_fields(
@@ -512,7 +522,7 @@ def record_fields(
             break
         check = None
         if reason is None and rgb is not None and cells:
-            reason = _colourless(rgb, cells, classifier)
+            reason = _unlike(rgb, cells, classifier)
         if reason is not None or rgb is None:
             why = ImageError(reason or "unreadable")
             items: list[Crop] = [(shown, content_hash or f"rejected:{shown}", why)]

@@ -16,6 +16,11 @@ class ImageError(EdgekitError):
     """One image cannot be read or used; batches record it and carry on."""
 
 
+class FileChanged(ImageError):
+    """An image file's bytes are no longer those hashed for its record: reported, never recorded
+    (under the old hash, a rerun would skip the picture that hash names, never read)."""
+
+
 class BundleError(EdgekitError):
     """A bundle or manifest is missing, malformed, or fails its integrity check."""
 

@@ -77,6 +77,14 @@ def read_regular_bytes(path: str | os.PathLike, max_bytes: int, what: str = "fil
 
 
 def _read_bounded(path: str | os.PathLike, max_bytes: int, what: str) -> bytes:
+    try:
+        return _read_open(path, max_bytes, what)
+    except OSError as exc:  # EIO from a failing card or a dropped mount: this file's refusal, not the run's
+        raise NotRegularFile(f"cannot read {what} {path}: {exc.strerror or exc}",
+                             f"cannot read ({exc.strerror or exc})") from exc
+
+
+def _read_open(path: str | os.PathLike, max_bytes: int, what: str) -> bytes:
     with open_regular(path, what) as f:
         size = os.fstat(f.fileno()).st_size
         if size > max_bytes:

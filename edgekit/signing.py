@@ -322,9 +322,9 @@ def _revoked_bundle(data: dict[str, Any], policy: TrustPolicy) -> str | None:
         return f"bundle {sha[:16]} is revoked: {policy.revoked_bundles[sha]}"
     arts = data.get("artifacts")
     for name, art in (arts.items() if isinstance(arts, dict) else ()):
-        if isinstance(art, dict) and art.get("sha256") in policy.revoked_bundles:
-            why = policy.revoked_bundles[art["sha256"]]
-            return f"its {name} model ({art['sha256'][:16]}) is revoked: {why}"
+        art_sha = art.get("sha256") if isinstance(art, dict) else None
+        if isinstance(art_sha, str) and art_sha in policy.revoked_bundles:  # a tampered list: unhashable
+            return f"its {name} model ({art_sha[:16]}) is revoked: {policy.revoked_bundles[art_sha]}"
     return None
 
 

@@ -113,7 +113,7 @@ def classify_field(
     the others are classified."""
     t2 = time.perf_counter()
     if rgb is not None and report.rejected is None and classifier is not None:
-        _refuse_colourless(report, rgb, classifier)
+        _refuse_unlike(report, rgb, classifier)
     if rgb is not None and report.rejected is None and classifier is not None:
         given = known or [None] * len(report.cells)
         todo = [crop_cell(rgb, c) for c, k in zip(report.cells, given, strict=True) if k is None]
@@ -155,10 +155,13 @@ def colourless_reason(cells: list, crop: Callable[[int], np.ndarray], domain: An
     return colourless_field([crop(i) for i in colour_sample(range(len(cells)))], domain)
 
 
-def _refuse_colourless(report: FieldReport, rgb: np.ndarray, classifier: ClassifierLike) -> None:
-    """Reject a field whose cells have no stain colour (:func:`colourless_reason`): not counted."""
-    reason = colourless_reason(report.cells, lambda i: crop_cell(rgb, report.cells[i]),
-                               classifier.manifest.domain)
+def _refuse_unlike(report: FieldReport, rgb: np.ndarray, classifier: ClassifierLike) -> None:
+    """Reject a field that is a single cell crop (:func:`~edgekit.device.domain.single_cell_reason`)
+    or whose cells have no stain colour (:func:`colourless_reason`): not counted."""
+    from edgekit.device.domain import border_lit, single_cell_reason
+
+    reason = single_cell_reason(rgb.shape[0], rgb.shape[1], border_lit(rgb), classifier.manifest) or \
+        colourless_reason(report.cells, lambda i: crop_cell(rgb, report.cells[i]), classifier.manifest.domain)
     if reason:
         report.rejected, report.cells = reason, []
 
