@@ -111,6 +111,12 @@ class Skip(Exception):
     """This machine cannot run the check; the message says why."""
 
 
+def _shown(path: Path) -> str:
+    """``path`` with the home folder as ``~``."""
+    home = Path.home()
+    return f"~/{path.relative_to(home)}" if path.is_relative_to(home) else str(path)
+
+
 def log(msg: str) -> None:
     print(f"[pi-emulation] {msg}", file=sys.stderr, flush=True)
 
@@ -744,7 +750,7 @@ def main(argv: list[str] | None = None) -> int:
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "host": f"{platform.machine()} Python {platform.python_version()}",
             "qemu": qemu_version(),
-            "rootfs": f"{rootfs} (venv {venv})",
+            "rootfs": f"{_shown(rootfs)} (venv {venv})",  # no machine path in the results
             "bounds": {"tflite_max_abs_dp": TFLITE_BOUND, "onnx_max_abs_dp": ONNX_BOUND},
             "cpus": {},
         }
