@@ -481,8 +481,8 @@ def _segment_one(item: tuple[str, Path | None], rule: Any = None) -> SegmentedFi
     return shown, content_hash, CutField.of(rgb, cells, outside), cells, reason, focus
 
 
-def _unlike(rgb: np.ndarray | CutField, cells: list, classifier: Classifier
-            ) -> tuple[str | None, list[np.ndarray | None] | None]:
+def field_refusal(rgb: np.ndarray | CutField, cells: list, classifier: Classifier
+                  ) -> tuple[str | None, list[np.ndarray | None] | None]:
     """Why a field is refused whole, as ``edgekit field`` refuses it, not cut into crops: a single
     cell crop given as a field, or cells without stain colour (a grayscale field); or None. With it,
     its cells' features (:func:`~edgekit.device.field.classify.field_features`), measured once for
@@ -502,9 +502,10 @@ def _unlike(rgb: np.ndarray | CutField, cells: list, classifier: Classifier
     return colourless_reason(feats, domain), feats
 
 
-def _by_id(shown: str, cells: list, feats: list[np.ndarray | None] | None
-           ) -> dict[str, np.ndarray | None] | None:
-    """A field's cells' features by the source id their crops are recorded under."""
+def features_by_id(shown: str, cells: list, feats: list[np.ndarray | None] | None
+                   ) -> dict[str, np.ndarray | None] | None:
+    """A field's cells' features (:func:`field_refusal`'s) by the source id their crops are recorded
+    under (``record_crops``' ``features``)."""
     from edgekit.device.field import cell_id
 
     return None if feats is None else {cell_id(shown, c.id): f for c, f in zip(cells, feats, strict=True)}
@@ -537,7 +538,7 @@ def record_fields(
             break
         check, feats = None, None
         if reason is None and rgb is not None and cells:
-            reason, feats = _unlike(rgb, cells, classifier)
+            reason, feats = field_refusal(rgb, cells, classifier)
         if reason is not None or rgb is None:
             why = ImageError(reason or "unreadable")
             items: list[Crop] = [(shown, content_hash or f"rejected:{shown}", why)]
@@ -546,7 +547,7 @@ def record_fields(
             items = field_items(shown, rgb, cells, check, content_hash)
         if on_field:
             on_field(shown, rgb, cells if check is not None and check.counted else [], check)
-        measured = _by_id(shown, cells, feats)
+        measured = features_by_id(shown, cells, feats)
         rgb = cells = feats = None  # the crops are copies: free the field while its cells are classified
         if not items:
             continue

@@ -121,3 +121,46 @@ def test_a_grayscale_field_is_still_refused(found, clf, tmp_path):
     grey = np.repeat(rgb.mean(axis=2).round().astype(np.uint8)[:, :, None], 3, axis=2)
     field, session = _verdicts(report, grey, clf, tmp_path)
     assert field is not None and field.startswith("no stain colour") and session == field
+
+
+def test_the_station_refuses_a_grey_field_whole_and_measures_each_cell_once(tmp_path, monkeypatch):
+    """The phone station's field upload recorded a grayscale field's cells (each refused by the crop
+    gate) where `screen --fields` records the field once, refused; and it measured each cell twice
+    (recording, then the answer). Now it records what `screen --fields` records, measured once."""
+    import cv2
+    from fastapi.testclient import TestClient
+
+    from edgekit.device.serve.app import ServeConfig, create_app
+    from edgekit.device.serve.station import Station
+
+    token = "t" * 12 + "0123456789abcdef"
+    auth = {"Authorization": f"Bearer {token}"}
+    st = Station(load_classifier(default_bundle_dir(), "tflite_int8"), tmp_path / "s.sqlite", tmp_path / "ov")
+    client = TestClient(create_app(st, ServeConfig(token=token)), base_url="http://127.0.0.1:8000")
+    calls = []
+    measure = domain_mod.crop_features
+    monkeypatch.setattr(domain_mod, "crop_features", lambda c: calls.append(1) or measure(c))
+    rgb = cv2.cvtColor(cv2.imread(str(FIELD)), cv2.COLOR_BGR2RGB)
+    grey = np.repeat(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[:, :, None], 3, axis=2)
+    try:
+        r = client.post("/api/sessions", json={"patient": "P", "site": "s", "operator": "o"}, headers=auth)
+        sid = r.json()["session"]["id"]
+
+        def upload(img: np.ndarray, name: str) -> dict:
+            data = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))[1].tobytes()
+            r = client.post(f"/api/sessions/{sid}/images", params={"kind": "field", "name": name},
+                            content=data, headers={**auth, "Content-Type": "image/png"})
+            assert r.status_code == 200, r.text
+            return r.json()
+
+        out = upload(grey, "grey.png")
+        assert (out["result"]["rejected"] or "").startswith("no stain colour"), out["result"]
+        rows = st.submit(lambda: st.store.records(sid)).result()
+        assert len(rows) == 1 and rows[0]["source_id"].startswith("grey") and rows[0]["status"] == "rejected"
+        assert rows[0]["reason"] == out["result"]["rejected"], rows
+        calls.clear()
+        out = upload(rgb, "colour.png")
+        assert out["result"]["rejected"] is None and out["result"]["cells"] >= 10
+        assert len(calls) == out["result"]["cells"]
+    finally:
+        st.close()

@@ -107,13 +107,15 @@ def classify_field(
     batch_size: int = 64,
     keep_image: bool = False,
     known: list[Known | None] | None = None,
+    features: list[np.ndarray | None] | None = None,
 ) -> FieldReport:
     """The second half of :func:`analyze_field`: crop and classify the cells found. ``known``: per
     cell, what this classifier already said of that crop (e.g. while recording it), or None: only
-    the others are classified."""
+    the others are classified. ``features``: the cells' :func:`field_features`, when the caller
+    measured them."""
     t2 = time.perf_counter()
     if rgb is not None and report.rejected is None and classifier is not None:
-        _classify_cells(report, rgb, classifier, batch_size, known, t2)
+        _classify_cells(report, rgb, classifier, batch_size, known, t2, features)
     if classifier is not None:  # the domain guard's verdict (a rejected field has no cells to vouch for)
         from edgekit.device.domain import field_verdict
 
@@ -124,12 +126,14 @@ def classify_field(
 
 
 def _classify_cells(report: FieldReport, rgb: np.ndarray, classifier: ClassifierLike, batch_size: int,
-                    known: list[Known | None] | None, t2: float) -> None:
+                    known: list[Known | None] | None, t2: float,
+                    features: list[np.ndarray | None] | None = None) -> None:
     """:func:`classify_field` of a field with cells: each cell cut and measured (its
-    :func:`~edgekit.device.domain.crop_features`) once, for the colour rule and its domain score."""
+    :func:`~edgekit.device.domain.crop_features`, unless given) once, for the colour rule and its
+    domain score."""
     domain = classifier.manifest.domain
     crops = [crop_cell(rgb, c) for c in report.cells]
-    feats = field_features(crops, domain)
+    feats = features if features is not None else field_features(crops, domain)
     _refuse_unlike(report, rgb, classifier, feats)
     if report.rejected is not None:
         return
