@@ -154,7 +154,11 @@ def crop_score(rgb: np.ndarray, domain: Domain) -> float | None:
 
 def cell_scores(crops: Sequence[np.ndarray], domain: Domain) -> list[float | None]:
     """Each crop's distance from the training cells (None for a crop with no lit pixels)."""
-    feats = [crop_features(c) for c in crops]
+    return feature_scores([crop_features(c) for c in crops], domain)
+
+
+def feature_scores(feats: Sequence[np.ndarray | None], domain: Domain) -> list[float | None]:
+    """:func:`cell_scores` of crops whose :func:`crop_features` the caller has already."""
     ok = [f for f in feats if f is not None]
     d = iter(distances(np.stack(ok), domain).tolist()) if ok else iter(())
     return [None if f is None else float(next(d)) for f in feats]
@@ -211,11 +215,13 @@ def _colourless(c: float, domain: Domain) -> str:
             " pale for this model, which was trained on colour-stained cells")
 
 
-def colourless_field(crops: Sequence[np.ndarray], domain: Domain) -> str | None:
-    """:func:`check_cell`'s colour rule for a whole field: the reason when the median chroma of its
-    cells (``crops``, or a sample of them) is under the bundle's ``min_chroma`` (a grayscale field,
-    whose every crop screening refuses), else None."""
-    c = aggregate([chroma(f) for f in (crop_features(c) for c in crops) if f is not None])
+def colourless_field(feats: Sequence[np.ndarray | None], domain: Domain) -> str | None:
+    """:func:`check_cell`'s colour rule for a whole field, from every cell's :func:`crop_features`
+    (None: no lit pixels): the reason when the median chroma of its cells is under the bundle's
+    ``min_chroma`` (a grayscale field, whose every crop screening refuses), else None. All its
+    cells, not a sample: a pale field's chroma is quantized (1, 1.41, 2.24...) and a 16-cell
+    sample's median flipped with one cell (IML PA171696-700), all of them only with 6 to 26."""
+    c = aggregate([chroma(f) for f in feats if f is not None])
     return _colourless(c, domain) if c is not None and c < domain.min_chroma else None
 
 

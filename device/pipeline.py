@@ -9,7 +9,7 @@ import glob
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -308,13 +308,15 @@ def load_batch(
     classifier: Classifier,
     gates: QualityGates | None,
     n_workers: int = 1,
+    features: Mapping[str, np.ndarray | None] | None = None,
 ) -> list[tuple[Outcome, np.ndarray | None]]:
     """:func:`classify_batch`'s first half: each item decoded and gated (in ``n_workers`` threads):
-    (outcome so far, decoded RGB crop or None when refused), in input order."""
+    (outcome so far, decoded RGB crop or None when refused), in input order. ``features``: the
+    domain features of crops already measured, by source id (not measured again)."""
     domain = getattr(classifier.manifest, "domain", None)  # the domain guard's training-cell statistics
     sizes = getattr(classifier.manifest, "image_sizes", None)  # the training images' sizes
     n_workers = min(n_workers, len(items))
-    return list(prefetch(lambda item: _load_one(item, gates, domain, sizes), items, n_workers))
+    return list(prefetch(lambda item: _load_one(item, gates, domain, sizes, features), items, n_workers))
 
 
 def predict_loaded(
@@ -345,6 +347,7 @@ def _load_one(
     gates: QualityGates | None,
     domain: Domain | None = None,
     sizes: ImageSizes | None = None,
+    features: Mapping[str, np.ndarray | None] | None = None,
 ) -> tuple[Outcome, np.ndarray | None]:
     """One item decoded and gated (with gates: the quality gates, then the size check of
     :mod:`edgekit.device.sizes`): (outcome so far, its RGB crop or None when refused)."""
@@ -360,7 +363,8 @@ def _load_one(
         if domain is not None:  # kept for rejected crops too: the session verdict counts every cell
             from edgekit.device.domain import crop_features, distances
 
-            feats = crop_features(rgb)
+            known = features is not None and source_id in features
+            feats = features[source_id] if features is not None and known else crop_features(rgb)
             out.domain_score = None if feats is None else float(distances(feats, domain)[0])
         reason = None if gates is None else (check_quality(rgb, gates, domain, feats, out.domain_score)
                                              or outside(rgb.shape[0], rgb.shape[1], sizes))

@@ -8,7 +8,7 @@ microscope fields): an iterable of ``(source_id, content_hash, uint8 crop or pat
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 from itertools import islice
@@ -200,6 +200,7 @@ def record_crops(
     n_workers: int = 1,
     field: Any = None,
     lookahead: bool = False,
+    features: Mapping[str, np.ndarray | None] | None = None,
 ) -> Tally:
     """Classify and commit each crop not yet recorded in ``session``; stop once the session holds
     ``stop_cells`` classified crops (0 or None: never). Crops go ``batch_size`` at a time through
@@ -212,7 +213,8 @@ def record_crops(
     ``lookahead`` (crops that can be read ahead, such as files; never a camera): the next batch is
     taken, hashed and decoded while this one is classified and committed, whenever its size cannot
     depend on this batch's outcome (no stop, or the stop at least a batch beyond this one), so the
-    same batches are recorded as without it."""
+    same batches are recorded as without it. ``features``: crops' domain features by source id,
+    where the caller measured them (a field's cells, for its colour rule)."""
     done = store.recorded_hashes(session.id)
     counted = store.count_classified(session.id) if stop_cells else 0
     tally = Tally()
@@ -234,7 +236,7 @@ def record_crops(
             return None
         outs, todo = _triage(chunk, done)
         items = [t[1:] for t in todo]
-        loading = ahead.submit(load_batch, items, classifier, gates, n_workers) if ahead else items
+        loading = ahead.submit(load_batch, items, classifier, gates, n_workers, features) if ahead else items
         return outs, todo, loading
 
     try:
@@ -243,7 +245,8 @@ def record_crops(
             outs, todo, loading = nxt
             taken = ahead is not None and (not stop_cells or stop_cells - counted - len(todo) >= batch_size)
             nxt = take(batch_size) if taken else None  # its size is batch_size whatever this one gives
-            loaded = loading.result() if ahead else load_batch(loading, classifier, gates, n_workers)
+            loaded = loading.result() if ahead else load_batch(loading, classifier, gates, n_workers,
+                                                                features)
             found = predict_loaded(loaded, classifier)
             del loaded  # its crops, held in its outcomes until committed: not while the next batch loads
             done_outs = _commit(store, session, outs, todo, found, classifier, source_kind, field, n_workers)
@@ -478,21 +481,34 @@ def _segment_one(item: tuple[str, Path | None], rule: Any = None) -> SegmentedFi
     return shown, content_hash, CutField.of(rgb, cells, outside), cells, reason, focus
 
 
-def _unlike(rgb: np.ndarray | CutField, cells: list, classifier: Classifier) -> str | None:
+def field_refusal(rgb: np.ndarray | CutField, cells: list, classifier: Classifier
+                  ) -> tuple[str | None, list[np.ndarray | None] | None]:
     """Why a field is refused whole, as ``edgekit field`` refuses it, not cut into crops: a single
-    cell crop given as a field, or cells without stain colour (a grayscale field); or None."""
+    cell crop given as a field, or cells without stain colour (a grayscale field); or None. With it,
+    its cells' features (:func:`~edgekit.device.field.classify.field_features`), measured once for
+    the colour rule and their domain scores (None without a domain guard)."""
     from edgekit.device.domain import border_lit, single_cell_reason
     from edgekit.device.field import crop_cell
-    from edgekit.device.field.classify import colour_sample, colourless_reason
+    from edgekit.device.field.classify import colourless_reason, field_features
 
-    crops: list[np.ndarray] | dict[int, np.ndarray]
-    if isinstance(rgb, CutField):
-        (h, w), lit, crops = rgb.shape, rgb.lit, rgb.crops
-    else:  # a camera frame, whole: only the cells whose colour is checked are cut
-        (h, w), lit = rgb.shape[:2], border_lit(rgb)
-        crops = {i: crop_cell(rgb, cells[i]) for i in colour_sample(range(len(cells)))}
-    return single_cell_reason(h, w, lit, classifier.manifest) or \
-        colourless_reason(cells, lambda i: crops[i], classifier.manifest.domain)
+    (h, w), lit = (rgb.shape, rgb.lit) if isinstance(rgb, CutField) else (rgb.shape[:2], border_lit(rgb))
+    reason = single_cell_reason(h, w, lit, classifier.manifest)
+    if reason:
+        return reason, None
+    domain = classifier.manifest.domain
+    # a camera frame comes whole: its cells are cut here, and again (the same pixels) to be recorded
+    crops = rgb.crops if isinstance(rgb, CutField) else [crop_cell(rgb, c) for c in cells]
+    feats = field_features(crops, domain)
+    return colourless_reason(feats, domain), feats
+
+
+def features_by_id(shown: str, cells: list, feats: list[np.ndarray | None] | None
+                   ) -> dict[str, np.ndarray | None] | None:
+    """A field's cells' features (:func:`field_refusal`'s) by the source id their crops are recorded
+    under (``record_crops``' ``features``)."""
+    from edgekit.device.field import cell_id
+
+    return None if feats is None else {cell_id(shown, c.id): f for c, f in zip(cells, feats, strict=True)}
 
 
 def record_fields(
@@ -520,9 +536,9 @@ def record_fields(
     for shown, content_hash, rgb, cells, reason, focus in fields:
         if stop_cells and store.count_classified(session.id) >= stop_cells:
             break
-        check = None
+        check, feats = None, None
         if reason is None and rgb is not None and cells:
-            reason = _unlike(rgb, cells, classifier)
+            reason, feats = field_refusal(rgb, cells, classifier)
         if reason is not None or rgb is None:
             why = ImageError(reason or "unreadable")
             items: list[Crop] = [(shown, content_hash or f"rejected:{shown}", why)]
@@ -531,13 +547,14 @@ def record_fields(
             items = field_items(shown, rgb, cells, check, content_hash)
         if on_field:
             on_field(shown, rgb, cells if check is not None and check.counted else [], check)
-        rgb = cells = None  # the crops are copies: free the field while its cells are classified
+        measured = features_by_id(shown, cells, feats)
+        rgb = cells = feats = None  # the crops are copies: free the field while its cells are classified
         if not items:
             continue
         try:
             record_crops(store, session, items, classifier, gates, stop_cells, source_kind, seen,
                          batch_size=max(1, len(items)), n_workers=n_workers,
-                         field=check.entry if check is not None else None)
+                         field=check.entry if check is not None else None, features=measured)
         except FieldCountedMeanwhile as exc:  # another process on the database counted it first
             if on_field and check is not None:
                 on_field(shown, None, [], FieldCheck("duplicate", check.sharpness, reason=str(exc),

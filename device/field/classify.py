@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,25 +107,15 @@ def classify_field(
     batch_size: int = 64,
     keep_image: bool = False,
     known: list[Known | None] | None = None,
+    features: list[np.ndarray | None] | None = None,
 ) -> FieldReport:
     """The second half of :func:`analyze_field`: crop and classify the cells found. ``known``: per
     cell, what this classifier already said of that crop (e.g. while recording it), or None: only
-    the others are classified."""
+    the others are classified. ``features``: the cells' :func:`field_features`, when the caller
+    measured them."""
     t2 = time.perf_counter()
     if rgb is not None and report.rejected is None and classifier is not None:
-        _refuse_unlike(report, rgb, classifier)
-    if rgb is not None and report.rejected is None and classifier is not None:
-        given = known or [None] * len(report.cells)
-        todo = [crop_cell(rgb, c) for c, k in zip(report.cells, given, strict=True) if k is None]
-        fresh = iter(classify_crops(todo, classifier, batch_size))
-        report.probabilities = [next(fresh) if k is None else k.p for k in given]
-        report.decisions = [classifier.manifest.decision.cell_call(pr) for pr in report.probabilities]
-        report.timing["classify"] = time.perf_counter() - t2
-        if classifier.manifest.domain is not None:
-            from edgekit.device.domain import cell_scores
-
-            scores = iter(cell_scores(todo, classifier.manifest.domain))
-            report.domain_scores = [next(scores) if k is None else k.domain_score for k in given]
+        _classify_cells(report, rgb, classifier, batch_size, known, t2, features)
     if classifier is not None:  # the domain guard's verdict (a rejected field has no cells to vouch for)
         from edgekit.device.domain import field_verdict
 
@@ -135,33 +125,61 @@ def classify_field(
     return report
 
 
-COLOUR_SAMPLE = 15  # cells whose colour stands for the field's (every n-th, n = cells // this)
+def _classify_cells(report: FieldReport, rgb: np.ndarray, classifier: ClassifierLike, batch_size: int,
+                    known: list[Known | None] | None, t2: float,
+                    features: list[np.ndarray | None] | None = None) -> None:
+    """:func:`classify_field` of a field with cells: each cell cut and measured (its
+    :func:`~edgekit.device.domain.crop_features`, unless given) once, for the colour rule and its
+    domain score."""
+    domain = classifier.manifest.domain
+    crops = [crop_cell(rgb, c) for c in report.cells]
+    feats = features if features is not None else field_features(crops, domain)
+    _refuse_unlike(report, rgb, classifier, feats)
+    if report.rejected is not None:
+        return
+    given = known or [None] * len(report.cells)
+    todo = [i for i, k in enumerate(given) if k is None]
+    fresh = iter(classify_crops([crops[i] for i in todo], classifier, batch_size))
+    report.probabilities = [next(fresh) if k is None else k.p for k in given]
+    report.decisions = [classifier.manifest.decision.cell_call(pr) for pr in report.probabilities]
+    report.timing["classify"] = time.perf_counter() - t2
+    if feats is not None and domain is not None:
+        from edgekit.device.domain import feature_scores
+
+        scores = iter(feature_scores([feats[i] for i in todo], domain))
+        report.domain_scores = [next(scores) if k is None else k.domain_score for k in given]
 
 
-def colour_sample(items: Sequence) -> Sequence:
-    """The field's cells (or their indices) whose colour is checked."""
-    return items[:: max(1, len(items) // COLOUR_SAMPLE)]
+def field_features(crops: Sequence[np.ndarray], domain: Any) -> list[np.ndarray | None] | None:
+    """Each crop's :func:`~edgekit.device.domain.crop_features`, for the colour rule and the domain
+    scores; None when the bundle has no domain guard (nothing to measure them against)."""
+    if domain is None:
+        return None
+    from edgekit.device.domain import crop_features
+
+    return [crop_features(c) for c in crops]
 
 
-def colourless_reason(cells: list, crop: Callable[[int], np.ndarray], domain: Any) -> str | None:
-    """Why a field's cells have no stain colour, by the crop gate's own rule on a sample of them
-    (``crop(i)``: the i-th cell's crop; ``domain``: the bundle's guard, None: never), or None. A
-    grayscale field is refused whole on every path: `field` (:func:`classify_field`) and the
-    session paths (:func:`edgekit.device.screening.record_fields`)."""
-    if domain is None or not cells:
+def colourless_reason(feats: Sequence[np.ndarray | None] | None, domain: Any) -> str | None:
+    """Why a field's cells have no stain colour, by the crop gate's own rule on all of them
+    (``feats``: every cell's :func:`field_features`; ``domain``: the bundle's guard, None: never),
+    or None. A grayscale field is refused whole on every path: `field` (:func:`classify_field`)
+    and the session paths (:func:`edgekit.device.screening.record_fields`)."""
+    if domain is None or not feats:
         return None
     from edgekit.device.domain import colourless_field
 
-    return colourless_field([crop(i) for i in colour_sample(range(len(cells)))], domain)
+    return colourless_field(feats, domain)
 
 
-def _refuse_unlike(report: FieldReport, rgb: np.ndarray, classifier: ClassifierLike) -> None:
+def _refuse_unlike(report: FieldReport, rgb: np.ndarray, classifier: ClassifierLike,
+                   feats: Sequence[np.ndarray | None] | None) -> None:
     """Reject a field that is a single cell crop (:func:`~edgekit.device.domain.single_cell_reason`)
     or whose cells have no stain colour (:func:`colourless_reason`): not counted."""
     from edgekit.device.domain import border_lit, single_cell_reason
 
     reason = single_cell_reason(rgb.shape[0], rgb.shape[1], border_lit(rgb), classifier.manifest) or \
-        colourless_reason(report.cells, lambda i: crop_cell(rgb, report.cells[i]), classifier.manifest.domain)
+        colourless_reason(feats, classifier.manifest.domain)
     if reason:
         report.rejected, report.cells = reason, []
 

@@ -385,16 +385,17 @@ class Station:
                                   "this station's: open a session for the patient here to add cells")
 
     def _record(self, session: Session, items: list, kind: str, stop: int, field=None,
-                on_outcome: Callable[[Outcome], None] | None = None) -> dict[str, int]:
+                on_outcome: Callable[[Outcome], None] | None = None, features=None) -> dict[str, int]:
         """Record ``items`` as ``edgekit screen`` does, but all of one request in one transaction (one
         batch): a request records everything or nothing (a full database answers 503 with nothing of
         the field recorded). How many were new, already there, past the stop; ``on_outcome`` sees
-        each recorded outcome."""
+        each recorded outcome; ``features``: as for ``record_crops``."""
         from edgekit.device.quality import DEFAULT_GATES
         from edgekit.device.screening import record_crops
 
         tally = record_crops(self.store, session, items, self.classifier, DEFAULT_GATES, stop, kind,
-                             on_outcome=on_outcome, batch_size=max(1, len(items)), field=field)
+                             on_outcome=on_outcome, batch_size=max(1, len(items)), field=field,
+                             features=features)
         new, already = tally.processed, tally.counts.get("skipped", 0)
         return {"new": new, "already": already, "after_stop": len(items) - new - already}
 
@@ -406,13 +407,24 @@ class Station:
         from edgekit.device.field.overlay import overlay_marks
         from edgekit.device.field.quality import field_focus
         from edgekit.device.records import FieldCountedMeanwhile
-        from edgekit.device.screening import check_field, field_items, sharper_than
+        from edgekit.device.screening import (
+            check_field,
+            features_by_id,
+            field_items,
+            field_refusal,
+            sharper_than,
+        )
 
         clf = self.classifier
         rule = rule_of(clf)  # the bundle's focus rule
         focus = field_focus(rgb, rule)  # once, for the gate and the session's check (as `screen --fields`)
         report, _ = segment_field(rgb, clf, focus=focus)
         report.source = shown
+        feats = None
+        if report.rejected is None and report.cells:  # refused whole as `screen --fields` refuses it
+            reason, feats = field_refusal(rgb, report.cells, clf)
+            if reason:
+                report.rejected, report.cells, feats = reason, [], None
         seen: dict[str, Outcome] = {}
         for attempt in (1, 2):
             check = None
@@ -423,14 +435,15 @@ class Station:
                 items = field_items(shown, rgb, report.cells, check, sha)
             try:
                 recorded = self._record(session, items, "field", stop, check.entry if check else None,
-                                        lambda out: seen.update({out.source_id: out}))
+                                        lambda out: seen.update({out.source_id: out}),
+                                        features_by_id(shown, report.cells, feats))
                 break
             except FieldCountedMeanwhile:  # another process on the database counted it first: judge again
                 if attempt == 2:
                     raise
         # the answer is `edgekit field`'s: the cells just recorded are not classified a second time
         classify_field(report, rgb, clf, known=[known_cell(seen.get(cell_id(shown, c.id)), clf)
-                                                for c in report.cells])
+                                                for c in report.cells], features=feats)
         field = None
         if check is not None:
             if not check.counted:
