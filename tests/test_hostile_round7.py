@@ -1,0 +1,67 @@
+"""Hostile inputs, session 14, second round: the engineer's commands (an edited split file, a
+binary reference CSV) and the environment (standard descriptors closed at start): each is one clear
+line and a non-zero exit, never a traceback, a result written nowhere, or a test image trained on."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edgekit.cli import main
+from edgekit.data import drop_unreadable, scan_dataset
+from edgekit.errors import DataError
+from edgekit.splits import load_split, make_split, save_split
+
+CROP = Path(__file__).resolve().parent / "fixtures" / "cells" / "parasitized_a.webp"
+
+
+def _edited(split: Path, edit) -> Path:
+    d = json.loads(split.read_text())
+    edit(d)
+    out = split.with_name("edited.json")
+    out.write_text(json.dumps(d))
+    return out
+
+
+def _first_row(d: dict) -> list:
+    return d["parts"]["train"][0]
+
+
+EDITS = {
+    "a list, not an object": (lambda d: d.clear(), "is not an edgekit split file"),
+    "parts a list": (lambda d: d.update(parts=[]), "parts must be an object"),
+    "data_root a number": (lambda d: d.update(data_root=5), "data_root is not a path"),
+    "a test image also in train": (lambda d: d["parts"]["test"].append(_first_row(d)[:2] + ["OTHER"]),
+                                   "listed twice (in train and test)"),
+    "a row twice": (lambda d: d["parts"]["train"].append(_first_row(d)), "listed twice (in train and train)"),
+    "a label 0.7": (lambda d: _first_row(d).__setitem__(1, 0.7), "not [path, label index, group]"),
+    "val renamed": (lambda d: d["parts"].update(extra=d["parts"].pop("val")), "parts must be an object"),
+    "a path outside the data": (lambda d: _first_row(d).__setitem__(0, _first_row(d)[0].split("/")[0]
+                                                                   + "/../../outside.png"),
+                                "is not a path inside the data folder"),
+}
+
+
+@pytest.mark.parametrize("name", list(EDITS))
+def test_an_edited_split_file_is_refused(cell_folder, tmp_path, name):
+    """Before: a list or a number in the wrong place ended in a traceback; a test image also listed in
+    train, a row twice, a label 0.7 (read as 0), a renamed part (dropped) or a `..` path out of the data
+    folder were trained on without a word."""
+    split = tmp_path / "split.json"
+    save_split(make_split(drop_unreadable(scan_dataset(cell_folder)), 0.25, 0.2, seed=1), split)
+    edit, message = EDITS[name]
+    if name == "a list, not an object":
+        edited = split.with_name("edited.json")
+        edited.write_text("[1, 2]")
+    else:
+        edited = _edited(split, edit)
+    (cell_folder.parent / "outside.png").write_bytes(CROP.read_bytes())
+    with pytest.raises(DataError, match=re.escape(message)):
+        load_split(edited)
+    load_split(split)  # the file as written still loads
