@@ -5,20 +5,22 @@ line and a non-zero exit, never a traceback, a result written nowhere, or a test
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from device_helpers import GOLDEN
 
-from edgekit.cli import main
 from edgekit.data import drop_unreadable, scan_dataset
 from edgekit.errors import DataError
 from edgekit.splits import load_split, make_split, save_split
 
-CROP = Path(__file__).resolve().parent / "fixtures" / "cells" / "parasitized_a.webp"
+ROOT = Path(__file__).resolve().parents[1]
+CROP = ROOT / "tests" / "fixtures" / "cells" / "parasitized_a.webp"
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
 def _edited(split: Path, edit) -> Path:
@@ -65,3 +67,25 @@ def test_an_edited_split_file_is_refused(cell_folder, tmp_path, name):
     with pytest.raises(DataError, match=re.escape(message)):
         load_split(edited)
     load_split(split)  # the file as written still loads
+
+
+def _closing(fd: int):
+    return lambda: os.close(fd)
+
+
+def test_stdout_closed_fails_instead_of_dropping_the_results():
+    """Before: `edgekit classify CROP >&-` printed nothing and exited 0 (click drops what is echoed to
+    a None sys.stdout): the results went nowhere."""
+    res = subprocess.run([sys.executable, "-m", "edgekit", "classify", "-m", str(GOLDEN), str(CROP)],
+                         stderr=subprocess.PIPE, text=True, timeout=120, env=ENV, preexec_fn=_closing(1))
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert last == "error: cannot write output: Bad file descriptor", res.stderr
+
+
+def test_stderr_closed_still_classifies():
+    """Before: `edgekit classify CROP 2>&-` printed the table header and exited 1 (an AttributeError on
+    the None sys.stderr, told to nobody): no result."""
+    res = subprocess.run([sys.executable, "-m", "edgekit", "classify", "-m", str(GOLDEN), str(CROP)],
+                         stdout=subprocess.PIPE, text=True, timeout=120, env=ENV, preexec_fn=_closing(2))
+    assert res.returncode == 0 and CROP.name in res.stdout, res.stdout
