@@ -141,12 +141,25 @@ def load_reference(source: str | os.PathLike) -> list[dict[str, Any]]:
         path = reference_path(str(source))
     if not path.is_file():
         raise EdgekitError(f"no reference file {path}")
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-    rows = list(csv.DictReader(lines))
+    from edgekit.safefile import read_regular_bytes
+
+    try:
+        text = read_regular_bytes(path, 16 << 20, "reference file", EdgekitError).decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise EdgekitError(f"reference file {path} is not a UTF-8 CSV ({exc.reason} at byte {exc.start})"
+                           ) from exc
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    try:
+        rows = list(csv.DictReader(lines))
+    except csv.Error as exc:
+        raise EdgekitError(f"reference file {path} is not a CSV: {exc}") from exc
     for r in rows:
         missing = [f for f in ("format", "threads") if not r.get(f)]
         if missing:
             raise EdgekitError(f"reference file {path} has a row without {', '.join(missing)}")
+        if not str(r["threads"]).strip().isdigit():
+            raise EdgekitError(f"reference file {path} has a row whose threads is {r['threads']!r},"
+                               " not a count")
     return rows
 
 

@@ -89,3 +89,21 @@ def test_stderr_closed_still_classifies():
     res = subprocess.run([sys.executable, "-m", "edgekit", "classify", "-m", str(GOLDEN), str(CROP)],
                          stdout=subprocess.PIPE, text=True, timeout=120, env=ENV, preexec_fn=_closing(2))
     assert res.returncode == 0 and CROP.name in res.stdout, res.stdout
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"format,threads\n\x9d\xff\x00binary", "is not a UTF-8 CSV"),
+    (b"format,threads,latency_p50_ms\ntflite_int8,two,3.0\n", "whose threads is 'two', not a count"),
+])
+def test_a_malformed_bench_reference_is_one_line(tmp_path, content, message):
+    """Before: `model bench --reference` of a binary file ended in a UnicodeDecodeError traceback; a
+    row whose threads is not a number passed, to end the run in a ValueError after measuring."""
+    from edgekit.benchmarks.profiles import load_reference
+    from edgekit.errors import EdgekitError
+
+    ref = tmp_path / "ref.csv"
+    ref.write_bytes(content)
+    with pytest.raises(EdgekitError, match=re.escape(message)):
+        load_reference(ref)
+    ref.write_bytes(b"\xef\xbb\xbfformat,threads\ntflite_int8,2\n")  # a BOM from a spreadsheet still loads
+    assert load_reference(ref)[0]["format"] == "tflite_int8"
