@@ -107,3 +107,27 @@ def test_a_malformed_bench_reference_is_one_line(tmp_path, content, message):
         load_reference(ref)
     ref.write_bytes(b"\xef\xbb\xbfformat,threads\ntflite_int8,2\n")  # a BOM from a spreadsheet still loads
     assert load_reference(ref)[0]["format"] == "tflite_int8"
+
+
+def test_export_refuses_a_garbage_truncated_or_non_classifier_keras_file(tmp_path):
+    """Before: garbage or a truncated .keras was "File not found: filepath=..." (the file was there);
+    a model whose output is a map ([batch, 32, 32, 2], a segmenter) was exported as a classifier,
+    every format "ok"."""
+    pytest.importorskip("tensorflow")
+    import keras
+
+    from edgekit.export.bundle import BundleError, load_keras
+
+    inp = keras.Input((32, 32, 3))
+    keras.Model(inp, keras.layers.Conv2D(2, 1, activation="softmax")(inp)).save(tmp_path / "seg.keras")
+    pooled = keras.layers.GlobalAveragePooling2D()(inp)
+    keras.Model(inp, keras.layers.Dense(2, activation="softmax")(pooled)).save(tmp_path / "ok.keras")
+    whole = (tmp_path / "ok.keras").read_bytes()
+    (tmp_path / "trunc.keras").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "text.keras").write_text("not a model\n")
+    for name in ("trunc.keras", "text.keras"):
+        with pytest.raises(BundleError, match="is not a Keras model file"):
+            load_keras(tmp_path / name)
+    with pytest.raises(BundleError, match=re.escape("output [None, 32, 32, 2] is not one score per class")):
+        load_keras(tmp_path / "seg.keras")
+    assert load_keras(tmp_path / "ok.keras").outputs[0].shape[-1] == 2
