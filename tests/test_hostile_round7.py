@@ -12,8 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from device_helpers import GOLDEN
 
+from edgekit.cli import main
 from edgekit.data import drop_unreadable, scan_dataset
 from edgekit.errors import DataError
 from edgekit.splits import load_split, make_split, save_split
@@ -131,3 +133,20 @@ def test_export_refuses_a_garbage_truncated_or_non_classifier_keras_file(tmp_pat
     with pytest.raises(BundleError, match=re.escape("output [None, 32, 32, 2] is not one score per class")):
         load_keras(tmp_path / "seg.keras")
     assert load_keras(tmp_path / "ok.keras").outputs[0].shape[-1] == 2
+
+
+@pytest.mark.parametrize("where", ["two classes", "two patients"])
+def test_one_picture_under_two_labels_or_patients_is_refused(tmp_path, where):
+    """Before: `model split` (and `model train DATA`) took the same crop filed under Parasitized and
+    Uninfected, or under two patients' names (so in train and test at once), without a word."""
+    import shutil
+
+    from conftest import make_cell_folder
+
+    data = make_cell_folder(tmp_path / "cells")
+    src = sorted((data / "Parasitized").iterdir())[0]
+    folder = "Uninfected" if where == "two classes" else "Parasitized"
+    shutil.copy(src, data / folder / src.name.replace(src.name.split("_")[0], "C999P999ThinF"))
+    res = CliRunner().invoke(main, ["model", "split", str(data), "-o", str(tmp_path / "s.json")])
+    assert res.exit_code == 2 and f"are the same picture under {where}" in res.output, res.output
+    assert not (tmp_path / "s.json").exists()
