@@ -93,10 +93,13 @@ def device_tree_model() -> Path:
 
 def board_text(model_file: Path | None = None) -> str | None:
     """The board's model string, e.g. ``Raspberry Pi 4 Model B Rev 1.4``; None off a device-tree board."""
-    try:
-        return (model_file or device_tree_model()).read_bytes().decode("ascii", "replace").strip("\x00 \n")
-    except OSError:
+    from edgekit.safefile import NotRegularFile, read_regular_bytes
+
+    try:  # bounded, regular files only: $EDGEKIT_DEVICE_TREE_MODEL set to /dev/zero or a FIFO
+        raw = read_regular_bytes(model_file or device_tree_model(), 4096, "device tree model")
+    except (NotRegularFile, OSError):
         return None
+    return raw.decode("ascii", "replace").strip("\x00 \n")
 
 
 def detect_board(model_file: Path | None = None) -> str | None:

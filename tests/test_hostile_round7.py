@@ -150,3 +150,19 @@ def test_one_picture_under_two_labels_or_patients_is_refused(tmp_path, where):
     res = CliRunner().invoke(main, ["model", "split", str(data), "-o", str(tmp_path / "s.json")])
     assert res.exit_code == 2 and f"are the same picture under {where}" in res.output, res.output
     assert not (tmp_path / "s.json").exists()
+
+
+def test_a_device_tree_override_that_is_no_file_is_no_board(tmp_path, monkeypatch, watchdog):
+    """Before: `$EDGEKIT_DEVICE_TREE_MODEL` naming a FIFO hung `model bench` (still waiting after 60 s),
+    and /dev/zero read until the kernel killed it; now either is "no board", as off a Pi."""
+    from edgekit.benchmarks.profiles import DEVICE_TREE_ENV, board_text, detect_board
+
+    fifo = tmp_path / "model"
+    os.mkfifo(fifo)
+    monkeypatch.setenv(DEVICE_TREE_ENV, str(fifo))
+    assert board_text() is None
+    monkeypatch.setenv(DEVICE_TREE_ENV, "/dev/zero")
+    assert board_text() is None
+    (tmp_path / "pi").write_bytes(b"Raspberry Pi 5 Model B Rev 1.0\x00")
+    monkeypatch.setenv(DEVICE_TREE_ENV, str(tmp_path / "pi"))
+    assert detect_board() == "rpi5"
