@@ -166,3 +166,14 @@ def test_a_device_tree_override_that_is_no_file_is_no_board(tmp_path, monkeypatc
     (tmp_path / "pi").write_bytes(b"Raspberry Pi 5 Model B Rev 1.0\x00")
     monkeypatch.setenv(DEVICE_TREE_ENV, str(tmp_path / "pi"))
     assert detect_board() == "rpi5"
+
+
+def test_a_keyring_that_is_a_file_is_refused(tmp_path, monkeypatch):
+    """Before: `$EDGEKIT_KEYRING` naming a file was skipped without a word, and with it the site's
+    trust.json (its revocations): a bundle the site withdrew would still run."""
+    ring = tmp_path / "keys"
+    ring.write_text("not a folder\n")
+    monkeypatch.setenv("EDGEKIT_KEYRING", str(ring))
+    res = CliRunner().invoke(main, ["trust", "verify", str(GOLDEN)])
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert f"the keyring {ring} is not a folder" in res.output
