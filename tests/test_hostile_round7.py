@@ -177,3 +177,19 @@ def test_a_keyring_that_is_a_file_is_refused(tmp_path, monkeypatch):
     res = CliRunner().invoke(main, ["trust", "verify", str(GOLDEN)])
     assert res.exit_code == 2 and "Traceback" not in res.output, res.output
     assert f"the keyring {ring} is not a folder" in res.output
+
+
+def test_pack_onto_its_own_bundle_is_refused(tmp_path):
+    """Before: `model pack B -o B --replace` put the packed copy in B's place: exit 0, and B's signature
+    (and any Keras model and replay crops) gone, so the device refused the bundle it had trusted."""
+    from device_helpers import golden_copy
+
+    bundle = golden_copy(tmp_path / "b")
+    before = sorted(p.name for p in bundle.iterdir())
+    res = CliRunner().invoke(main, ["model", "pack", str(bundle), "-o", str(bundle), "--replace",
+                                    "--formats", "tflite_int8"])
+    assert res.exit_code == 2 and "the folder it is made from" in res.output, res.output
+    assert sorted(p.name for p in bundle.iterdir()) == before
+    res = CliRunner().invoke(main, ["model", "pack", str(bundle), "-o", str(tmp_path / "p"),
+                                    "--formats", "tflite_int8"])
+    assert res.exit_code == 0, res.output
