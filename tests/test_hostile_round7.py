@@ -193,3 +193,19 @@ def test_pack_onto_its_own_bundle_is_refused(tmp_path):
     res = CliRunner().invoke(main, ["model", "pack", str(bundle), "-o", str(tmp_path / "p"),
                                     "--formats", "tflite_int8"])
     assert res.exit_code == 0, res.output
+
+
+def test_a_bench_whose_every_row_failed_exits_non_zero(tmp_path, cell_folder):
+    """Before: `model bench --formats tflite_int8` of a bundle whose int8 model was corrupt (or whose
+    rows all timed out) wrote its tables and exited 0: a CI job took it for a benchmark."""
+    from device_helpers import golden_copy
+
+    bundle = golden_copy(tmp_path / "b")
+    (bundle / "model_int8.tflite").write_bytes(b"\0" * 5000)
+    args = ["model", "bench", str(bundle), "--dataset", str(cell_folder), "--threads", "1", "--runs", "2",
+            "--warmup", "0", "--no-plots", "--profile", "host"]
+    res = CliRunner().invoke(main, [*args, "--formats", "tflite_int8", "-o", str(tmp_path / "o1")])
+    assert res.exit_code == 2 and "nothing was measured: every row of tflite_int8 failed" in res.output
+    assert "Traceback" not in res.output and (tmp_path / "o1" / "bench.json").is_file()
+    res = CliRunner().invoke(main, [*args, "--formats", "tflite_fp32", "-o", str(tmp_path / "o2")])
+    assert res.exit_code == 0, res.output
