@@ -109,3 +109,16 @@ def bench(positional_bundle: Path | None, bundle: Path | None, data: Path | None
     click.echo(markdown_tables(result["rows"]))
     for name, path in paths.items():
         click.echo(f"wrote {name}: {path}", err=True)
+    _refuse_nothing_measured(result["rows"], fmt_list)
+
+
+def _refuse_nothing_measured(rows: list[dict], asked: list[str] | None) -> None:
+    """Exit non-zero when no row of what was asked for (the Keras reference aside, unless asked) was
+    measured: a run whose every model failed is no benchmark, whatever the tables say."""
+    from edgekit.errors import EdgekitError
+
+    mine = [r for r in rows if (r["format"] in asked if asked else r["format"] != "keras")]
+    if mine and not any(r.get("status") == "ok" for r in mine):
+        names = ", ".join(sorted({r["format"] for r in mine}))
+        raise EdgekitError(f"nothing was measured: every row of {names} failed (see 'Rows not ok'); the"
+                           " tables above were written")

@@ -93,10 +93,13 @@ def device_tree_model() -> Path:
 
 def board_text(model_file: Path | None = None) -> str | None:
     """The board's model string, e.g. ``Raspberry Pi 4 Model B Rev 1.4``; None off a device-tree board."""
-    try:
-        return (model_file or device_tree_model()).read_bytes().decode("ascii", "replace").strip("\x00 \n")
-    except OSError:
+    from edgekit.safefile import NotRegularFile, read_regular_bytes
+
+    try:  # bounded, regular files only: $EDGEKIT_DEVICE_TREE_MODEL set to /dev/zero or a FIFO
+        raw = read_regular_bytes(model_file or device_tree_model(), 4096, "device tree model")
+    except (NotRegularFile, OSError):
         return None
+    return raw.decode("ascii", "replace").strip("\x00 \n")
 
 
 def detect_board(model_file: Path | None = None) -> str | None:
@@ -141,12 +144,25 @@ def load_reference(source: str | os.PathLike) -> list[dict[str, Any]]:
         path = reference_path(str(source))
     if not path.is_file():
         raise EdgekitError(f"no reference file {path}")
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-    rows = list(csv.DictReader(lines))
+    from edgekit.safefile import read_regular_bytes
+
+    try:
+        text = read_regular_bytes(path, 16 << 20, "reference file", EdgekitError).decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise EdgekitError(f"reference file {path} is not a UTF-8 CSV ({exc.reason} at byte {exc.start})"
+                           ) from exc
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    try:
+        rows = list(csv.DictReader(lines))
+    except csv.Error as exc:
+        raise EdgekitError(f"reference file {path} is not a CSV: {exc}") from exc
     for r in rows:
         missing = [f for f in ("format", "threads") if not r.get(f)]
         if missing:
             raise EdgekitError(f"reference file {path} has a row without {', '.join(missing)}")
+        if not str(r["threads"]).strip().isdigit():
+            raise EdgekitError(f"reference file {path} has a row whose threads is {r['threads']!r},"
+                               " not a count")
     return rows
 
 

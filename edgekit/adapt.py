@@ -517,7 +517,7 @@ def adapt_model(
     from edgekit.manifest import Manifest, load_manifest
 
     out = Path(out)
-    check_replaceable(out, replace, MANIFEST_NAME, "a bundle", DataError)
+    check_replaceable(out, replace, MANIFEST_NAME, "a bundle", DataError, source=Path(model))
     base_manifest, keras_path, base_sha = trainable_model(Path(model))
     if len(base_manifest.labels) != 2 or base_manifest.positive_label is None:
         raise BundleError("adapt needs a two-class model with a positive label")

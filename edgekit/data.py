@@ -134,29 +134,50 @@ def _map_threads(fn: Callable, args: Sequence, workers: int | None = None) -> li
 
 def check_readable(root: Path, rel_paths: Sequence[str]) -> list[tuple[str, str]]:
     """Decode every file; return ``(path, reason)`` for each that cannot be used."""
+    return [(rel, reason) for rel, reason, _ in _decode_all(root, rel_paths) if reason]
 
-    def check(rel: str) -> tuple[str, str] | None:
+
+def _decode_all(root: Path, rel_paths: Sequence[str]) -> list[tuple[str, str, str]]:
+    """``(path, reason or "", digest of the decoded pixels or "")`` for every file, decoded once (the
+    pixels: the same picture saved as PNG and as WebP is one picture)."""
+
+    def check(rel: str) -> tuple[str, str, str]:
         try:
-            read_image(root / rel)
+            img = read_image(root / rel)
         except ImageError as exc:
-            return (rel, str(exc))
-        return None
+            return (rel, str(exc), "")
+        return (rel, "", hashlib.sha256(repr(img.shape).encode() + img.tobytes()).hexdigest())
 
-    return [r for r in _map_threads(check, rel_paths) if r is not None]
+    return _map_threads(check, rel_paths)
 
 
 def drop_unreadable(ds: Dataset) -> Dataset:
-    """Decode every file once; drop and record the unusable ones (never a crash)."""
-    bad = check_readable(ds.root, [i.path for i in ds.items])
+    """Decode every file once; drop and record the unusable ones (never a crash). One picture under
+    two classes, or under two patients (it would sit in two parts), is refused."""
+    decoded = _decode_all(ds.root, [i.path for i in ds.items])
+    bad = sorted((rel, reason) for rel, reason, _ in decoded if reason)
     if bad:
         bad_set = {p for p, _ in bad}
         ds.items = [i for i in ds.items if i.path not in bad_set]
-        ds.skipped = sorted(bad)
+        ds.skipped = bad
+    _refuse_duplicates(ds, {rel: digest for rel, _, digest in decoded if digest})
     present = {i.label for i in ds.items}
     unreadable = [c for k, c in enumerate(ds.classes) if k not in present]
     if unreadable:
         raise DataError(f"class(es) with no readable images: {', '.join(unreadable)}")
     return ds
+
+
+def _refuse_duplicates(ds: Dataset, digests: dict[str, str]) -> None:
+    first: dict[str, Item] = {}
+    for item in ds.items:
+        other = first.setdefault(digests[item.path], item)
+        if other.label != item.label:
+            raise DataError(f"{other.path} and {item.path} are the same picture under two classes"
+                            f" ({ds.classes[other.label]}, {ds.classes[item.label]}): remove the wrong one")
+        if other.group != item.group:
+            raise DataError(f"{other.path} and {item.path} are the same picture under two patients"
+                            f" ({other.group}, {item.group}): it would be both trained and tested on")
 
 
 def load_images(

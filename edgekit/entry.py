@@ -11,7 +11,9 @@ def main() -> None:
     """Load the CLI, then run it."""
     from edgekit.device.native_stderr import serialise_python_stderr
     from edgekit.startup import hold, release
+    from edgekit.std_descriptors import claim_closed
 
+    claim_closed()  # `>&-`: a result must fail to write, not vanish; no file opened may become fd 1 or 2
     serialise_python_stderr()  # before any thread borrows descriptor 2 (a decoding thread's warnings)
     hold()  # the collector waits until the command has loaded what it runs (cold start)
     try:

@@ -148,9 +148,13 @@ def check_output_target(path: str | os.PathLike, force: bool = False) -> Path:
 
 
 def check_replaceable(out: Path, replace: bool, marker: str, what: str,
-                      error: type[EdgekitError] = EdgekitError) -> None:
+                      error: type[EdgekitError] = EdgekitError, source: Path | None = None) -> None:
     """Refuse the output folder ``out`` when it exists, unless ``replace`` and it is an empty folder or
-    ``what`` written before (it holds ``marker``): --replace never deletes a folder of anything else."""
+    ``what`` written before (it holds ``marker``): --replace never deletes a folder of anything else.
+    ``source``: the folder ``out`` is made from, which ``out`` must not be (--replace would put the new
+    folder in its place: a signed bundle and its Keras model gone)."""
+    if source is not None and Path(out).resolve() == Path(source).resolve():
+        raise error(f"refusing to write {out}: it is {source}, the folder it is made from; choose another")
     if not os.path.lexists(out):
         return
     if not replace:

@@ -290,6 +290,9 @@ def trust_policy() -> TrustPolicy:
     """The package's trust policy extended by the keyring's ``trust.json`` (when there is one). A policy
     file that cannot be read is an error, never ignored: a dropped revocation would pass silently."""
     policy = TrustPolicy()
+    if keyring_dir().exists() and not keyring_dir().is_dir():  # its trust.json unreadable: as above
+        raise SignatureError(f"the keyring {keyring_dir()} is not a folder: its keys and"
+                             " trust policy cannot be read")
     ring = keyring_dir() / TRUST_NAME
     for path in (PACKAGE_KEYS / TRUST_NAME, ring):
         if path is ring and not (path.exists() or path.is_symlink()):

@@ -163,17 +163,19 @@ def load_split(path: str | os.PathLike, data_root: str | os.PathLike | None = No
     raw = read_regular_bytes(path, 256 << 20, "split file")
     try:
         d = json.loads(raw)
-        if d.get("schema") != SPLIT_SCHEMA:
+        if not isinstance(d, dict) or d.get("schema") != SPLIT_SCHEMA:
             raise DataError(f"{path} is not an edgekit split file")
-        parts = {k: [Item(p, int(lbl), g) for p, lbl, g in v] for k, v in d["parts"].items()}
+        root = data_root if data_root else d.get("data_root", "")
+        if not isinstance(root, (str, os.PathLike)):
+            raise DataError(f"malformed split file {path}: data_root is not a path")
         split = Split(
-            classes=list(d["classes"]),
-            parts=parts,
+            classes=_classes(d["classes"]),
+            parts=_parts(d["parts"]),
             group_mode=d.get("group_mode", "none"),
             seed=d.get("seed", 0),
             test_fraction=d.get("test_fraction", 0.2),
             val_fraction=d.get("val_fraction", 0.1),
-            data_root=str(data_root) if data_root else d.get("data_root", ""),
+            data_root=str(root),
             skipped=[tuple(s) for s in d.get("skipped", [])],
         )
     except DataError:
@@ -183,6 +185,38 @@ def load_split(path: str | os.PathLike, data_root: str | os.PathLike | None = No
     check_no_leakage(split.parts)
     _check_matches_data(split)
     return split, hashlib.sha256(raw).hexdigest()
+
+
+def _classes(value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(c, str) and c for c in value):
+        raise TypeError("classes is not a list of names")
+    return list(value)
+
+
+def _parts(value: Any) -> dict[str, list[Item]]:
+    """The parts of a split file, each row checked: an edited file must not train on a test image,
+    on a file outside the data folder, or on a label rounded from a number that is none."""
+    if not isinstance(value, dict) or not set(value) <= set(PARTS):
+        raise TypeError(f"parts must be an object with {', '.join(PARTS)}")
+    parts = {name: [_item(row) for row in rows] for name, rows in value.items()}
+    listed: dict[str, str] = {}
+    for name, items in parts.items():
+        for i in items:
+            if i.path in listed:
+                raise ValueError(f"{i.path} is listed twice (in {listed[i.path]} and {name})")
+            listed[i.path] = name
+    return parts
+
+
+def _item(row: Any) -> Item:
+    if not isinstance(row, list) or len(row) != 3:
+        raise TypeError(f"a row is not [path, label, group]: {str(row)[:80]}")
+    rel, label, group = row
+    if not isinstance(rel, str) or not isinstance(group, str) or type(label) is not int:
+        raise TypeError(f"a row is not [path, label index, group]: {str(row)[:80]}")
+    if not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
+        raise ValueError(f"{rel!r} is not a path inside the data folder")
+    return Item(rel, label, group)
 
 
 def _check_matches_data(split: Split) -> None:

@@ -80,6 +80,9 @@ def load_keras(path: Path):
     path = Path(path)
     if not path.is_file():
         raise BundleError(f"Keras model not found: {path}")
+    if not _keras_archive(path):  # Keras calls a truncated or foreign file "File not found"
+        raise BundleError(f"{path} is not a Keras model file (a .keras zip or .h5): truncated, or another"
+                          " kind of file")
     import keras
 
     try:
@@ -88,7 +91,19 @@ def load_keras(path: Path):
         raise BundleError(f"cannot load Keras model {path}: {_first_line(exc)}") from exc
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise BundleError(f"{path.name}: only single-input, single-output models can be exported")
+    if len(model.outputs[0].shape) != 2:
+        raise BundleError(f"{path.name}: its output {list(model.outputs[0].shape)} is not one score per"
+                          " class ([batch, classes]): not an image classifier")
     return float32_model(model)
+
+
+def _keras_archive(path: Path) -> bool:
+    import zipfile
+
+    with open(path, "rb") as f:
+        if f.read(8) == b"\x89HDF\r\n\x1a\n":  # a legacy .h5 model
+            return True
+    return zipfile.is_zipfile(path)
 
 
 def float32_model(model):

@@ -41,7 +41,7 @@ def pack_bundle(source: Path, out: Path, formats: tuple[str, ...] = DEVICE_FORMA
             raise BundleError(f"{fmt} in {source} is marked {art.status}; only validated formats are packed")
         verify_artifact(source, art)
         chosen[fmt] = art
-    check_replaceable(out, replace, MANIFEST_NAME, "a bundle", BundleError)
+    check_replaceable(out, replace, MANIFEST_NAME, "a bundle", BundleError, source=source)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:

@@ -312,3 +312,33 @@ def test_a_field_replaced_after_a_sync_is_replaced_on_the_server(prog, tmp_path)
     assert again["sent"] == 1
     assert prog.query("SELECT status FROM records WHERE local_id = %s", params=(rid,)) == [("replaced",)]
     assert sync_json(a, prog.url("a"))["sent"] == 0
+
+
+def test_a_table_locked_on_the_server_is_one_line_not_a_hang(prog, tmp_path, monkeypatch):
+    """Hostile inputs, session 14, second round. Before: while another transaction held a lock on
+    `records` (an admin's LOCK TABLE, a long migration) `edgekit sync` waited for ever (still waiting
+    after 40 s). Now it waits LOCK_WAIT_S, says so in one line and exits 2; the re-run sends each row
+    once. Here the locker lets go after 8 s, so without the lock wait the sync succeeds late."""
+    import threading
+
+    from edgekit.programme import server
+
+    monkeypatch.setattr(server, "LOCK_WAIT_S", 1, raising=False)  # raising: also runs without the fix
+    a = make_station(tmp_path / "a.sqlite", ["P1"], "Kisumu")
+    locker = psycopg.connect(prog.url())
+    locker.execute("LOCK TABLE records IN ACCESS EXCLUSIVE MODE")
+    release = threading.Timer(8, locker.rollback)
+    release.start()
+    try:
+        out = run("sync", str(a), "--to", prog.url("a"))
+    finally:
+        release.join()
+        locker.close()
+    line = out.output.strip().splitlines()[-1]  # after the sessions' progress line (sent before records)
+    assert out.exit_code == 2 and "Traceback" not in out.output, out.output
+    assert "is busy: a table stayed locked by another transaction for 1 s" in line, line
+    total = sum(local_counts(a).values())
+    rerun = sync_json(a, prog.url("a"))
+    assert rerun["sent"] + rerun["already"] == total and rerun["sent"] > 0, rerun
+    assert sync_json(a, prog.url("a")) == {"sent": 0, "already": total}
+    assert server_counts(prog, station_of(a))["records"] == local_counts(a)["records"]

@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     import psycopg
 
 MIGRATION_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
+# how long a statement waits for a lock another transaction holds (an admin's open LOCK TABLE, a
+# migration): then one line and a non-zero exit, never a station waiting for ever
+LOCK_WAIT_S = 30
 
 
 class ProgrammeError(EdgekitError):
@@ -74,6 +77,9 @@ def connect(url: str, timeout: float = 15.0) -> psycopg.Connection:
         raise ProgrammeError(f"bad PostgreSQL URL: {_one_line(exc)}") from exc
     except psycopg.OperationalError as exc:
         raise ProgrammeError(f"cannot connect to {where(url)}: {_one_line(exc)}") from exc
+    with server_errors(url):
+        conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{int(LOCK_WAIT_S * 1000)}ms",))
+        conn.commit()
     return conn
 
 
@@ -90,6 +96,9 @@ def server_errors(url: str) -> Iterator[None]:
 
     try:
         yield
+    except e.LockNotAvailable as exc:
+        raise ProgrammeError(f"{where(url)} is busy: a table stayed locked by another transaction for"
+                             f" {LOCK_WAIT_S} s; nothing half-sent is kept, run it again") from exc
     except (e.InsufficientPrivilege, e.UndefinedTable) as exc:
         raise ProgrammeError(f"{where(url)} refused: {_one_line(exc)} (is this role granted "
                              "edgekit_station or edgekit_reader, and the schema installed with "
