@@ -243,7 +243,7 @@ def test_bad_inputs_give_one_error_line_and_leave_nothing(tiny_run, tmp_path, ce
     corrupt = tmp_path / "corrupt.keras"
     corrupt.write_bytes(b"PK\x03\x04 not really a zip")
     _assert_one_error_line(_cli(["--keras", str(corrupt), "--labels", "a,b", "--calibration",
-                                 str(cell_folder), "-o", str(out)]), "cannot load Keras model")
+                                 str(cell_folder), "-o", str(out)]), "is not a Keras model file")
     _assert_one_error_line(_cli(["--keras", str(tmp_path / "missing.keras"), "--labels", "a,b",
                                  "--calibration", str(cell_folder)]), "Keras model not found")
     run = _copy_run(tiny_run, tmp_path / "run")
