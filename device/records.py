@@ -404,7 +404,8 @@ class RecordStore:
             raise RecordsError(f"database {self.path} is not an edgekit screening database (no sessions of "
                                "edgekit's in it; it was not changed); use --db to choose another file")
         for table in ("sessions", "records") if ours else ():
-            lost = [c for c in _BASE_COLUMNS[table] if table in tables and c not in self._columns(table)]
+            have = self._columns(table) if table in tables else set(_BASE_COLUMNS[table])
+            lost = [c for c in _BASE_COLUMNS[table] if c not in have]
             if lost:  # read as null, every label or probability would be silently empty
                 self.conn.close()
                 raise RecordsError(f"database {self.path} is damaged: its {table} table has no {lost[0]} "
@@ -652,7 +653,8 @@ class RecordStore:
         if unknown:
             raise ValueError(f"no record column {sorted(unknown)[0]!r}")
         with db_errors(self.path):
-            chosen = ", ".join(c for c in columns if c in self._columns("records")) if columns else "*"
+            have = self._columns("records") if columns else set()
+            chosen = ", ".join(c for c in columns if c in have) if columns else "*"
             rows = self.conn.execute(
                 f"SELECT {chosen} FROM records WHERE session_id = ? ORDER BY id", (session_id,))
             return [_record(r) for r in rows]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.device.pipeline import array_hash
 from edgekit.device.preprocess import is_image_file, load_for_model, read_image
 from edgekit.errors import DataError, ImageError
 from edgekit.manifest import Preprocessing
@@ -79,7 +80,7 @@ def scan_dataset(root: str | os.PathLike, group_mode: str = "auto") -> Dataset:
     """List a folder-per-class dataset: ``root/<class>/**/<image>``.
 
     Raises :class:`DataError` for a missing or empty folder, fewer than two classes, or a class
-    without image files. Readability is checked separately by :func:`check_readable`.
+    without image files. Readability is checked separately by :func:`drop_unreadable`.
     """
     root = Path(root)
     if not root.exists():
@@ -132,11 +133,6 @@ def _map_threads(fn: Callable, args: Sequence, workers: int | None = None) -> li
         return list(pool.map(fn, args))
 
 
-def check_readable(root: Path, rel_paths: Sequence[str]) -> list[tuple[str, str]]:
-    """Decode every file; return ``(path, reason)`` for each that cannot be used."""
-    return [(rel, reason) for rel, reason, _ in _decode_all(root, rel_paths) if reason]
-
-
 def _decode_all(root: Path, rel_paths: Sequence[str]) -> list[tuple[str, str, str]]:
     """``(path, reason or "", digest of the decoded pixels or "")`` for every file, decoded once (the
     pixels: the same picture saved as PNG and as WebP is one picture)."""
@@ -146,7 +142,7 @@ def _decode_all(root: Path, rel_paths: Sequence[str]) -> list[tuple[str, str, st
             img = read_image(root / rel)
         except ImageError as exc:
             return (rel, str(exc), "")
-        return (rel, "", hashlib.sha256(repr(img.shape).encode() + img.tobytes()).hexdigest())
+        return (rel, "", array_hash(img))
 
     return _map_threads(check, rel_paths)
 

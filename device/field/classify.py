@@ -129,17 +129,22 @@ def _classify_cells(report: FieldReport, rgb: np.ndarray, classifier: Classifier
                     known: list[Known | None] | None, t2: float,
                     features: list[np.ndarray | None] | None = None) -> None:
     """:func:`classify_field` of a field with cells: each cell cut and measured (its
-    :func:`~edgekit.device.domain.crop_features`, unless given) once, for the colour rule and its
-    domain score."""
+    :func:`~edgekit.device.domain.crop_features`) once, for the colour rule and its domain score.
+    Given ``features``, the caller measured them and refused the field or not already
+    (:func:`edgekit.device.screening.field_refusal`): only the cells still to classify are cut."""
     domain = classifier.manifest.domain
-    crops = [crop_cell(rgb, c) for c in report.cells]
-    feats = features if features is not None else field_features(crops, domain)
-    _refuse_unlike(report, rgb, classifier, feats)
-    if report.rejected is not None:
-        return
+    crops: list[np.ndarray] | None = None
+    if features is None:
+        crops = [crop_cell(rgb, c) for c in report.cells]
+        features = field_features(crops, domain)
+        _refuse_unlike(report, rgb, classifier, features)
+        if report.rejected is not None:
+            return
+    feats = features
     given = known or [None] * len(report.cells)
     todo = [i for i, k in enumerate(given) if k is None]
-    fresh = iter(classify_crops([crops[i] for i in todo], classifier, batch_size))
+    cut = [crops[i] if crops is not None else crop_cell(rgb, report.cells[i]) for i in todo]
+    fresh = iter(classify_crops(cut, classifier, batch_size))
     report.probabilities = [next(fresh) if k is None else k.p for k in given]
     report.decisions = [classifier.manifest.decision.cell_call(pr) for pr in report.probabilities]
     report.timing["classify"] = time.perf_counter() - t2

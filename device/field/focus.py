@@ -245,10 +245,7 @@ class FocusRule:
         and the score with it), or is unread or over SITE_ZOOM_MAX x it (misread, or not the site's
         optics: a field shrunk far enough looks sharp whatever its focus); the field's own otherwise
         (a phone zoom, another objective)."""
-        if radius is None:
-            from edgekit.device.field.segment import cell_radius
-
-            radius = cell_radius(_as_rgb(rgb))
+        radius = _radius_of(rgb, radius)
         if not self.radius:
             return radius
         sites = self.radius / SITE_ZOOM <= radius <= SITE_ZOOM * self.radius
@@ -258,9 +255,7 @@ class FocusRule:
         """The score of ``rgb`` shrunk to the site's cell radius when its cells (``radius``, else
         measured) are SITE_ZOOM to SITE_ZOOM_MAX x that (the marks found again at that size); 0.0
         otherwise."""
-        from edgekit.device.field.segment import cell_radius
-
-        radius = cell_radius(_as_rgb(rgb)) if radius is None else radius
+        radius = _radius_of(rgb, radius)
         if not SITE_ZOOM * self.radius < radius <= SITE_ZOOM_MAX * self.radius:
             return 0.0
         f = self.radius / radius
@@ -360,6 +355,15 @@ def combine(full: float, half: float | None, profile: float) -> float:
     return full * min(1.0, full / max(half, 1e-3)) ** profile
 
 
+def _radius_of(rgb: np.ndarray, radius: float | None) -> float:
+    """``radius`` when the caller measured it, else the field's cells' radius (``cell_radius``)."""
+    if radius is not None:
+        return radius
+    from edgekit.device.field.segment import cell_radius
+
+    return cell_radius(_as_rgb(rgb))
+
+
 def _as_rgb(img: np.ndarray) -> np.ndarray:
     """``img`` as RGB (a grey image's one channel three times), for what reads colour."""
     if img.ndim == 3:
@@ -377,10 +381,7 @@ def edge_ratios(rgb: np.ndarray, radius: float | None = None, measure: FocusMeas
     gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) if rgb.ndim == 3 else rgb
     scale = MAX_SIDE / max(gray.shape[:2])
     if m.px_per_radius > 0:
-        if radius is None:
-            from edgekit.device.field.segment import cell_radius
-
-            radius = cell_radius(_as_rgb(rgb))
+        radius = _radius_of(rgb, radius)
         if radius > 0:
             scale = min(scale, m.px_per_radius / radius)
     if scale < 1:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgekit.device.field.resample import resize_exact
+from edgekit.device.field.resample import resize_exact, scaled_size
 from edgekit.device.order import median, percentile
 from edgekit.device.preprocess import opencv
 
@@ -34,7 +34,7 @@ def lighting(rgb: np.ndarray, max_falloff: float = 0.0) -> np.ndarray | None:
     h, w = rgb.shape[:2]
     side = GRID * BLOCK
     scale = side / max(h, w)
-    sh, sw = max(1, round(h * scale)), max(1, round(w * scale))
+    sw, sh = scaled_size(rgb.shape, scale)
     if sh < 2 * BLOCK or sw < 2 * BLOCK:
         return None
     grey = resize_exact(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), (sw, sh))
