@@ -364,7 +364,7 @@ def _load_one(
             from edgekit.device.domain import crop_features, distances
 
             known = features is not None and source_id in features
-            feats = features[source_id] if known else crop_features(rgb)
+            feats = features[source_id] if features is not None and known else crop_features(rgb)
             out.domain_score = None if feats is None else float(distances(feats, domain)[0])
         reason = None if gates is None else (check_quality(rgb, gates, domain, feats, out.domain_score)
                                              or outside(rgb.shape[0], rgb.shape[1], sizes))
