@@ -172,3 +172,28 @@ def test_a_field_split_with_an_unknown_part_is_refused(tmp_path, parts):
     split.write_text(json.dumps(parts))
     with pytest.raises(DataError, match="unknown part"):
         field_split(["A", "B", "C", "D"], AdaptConfig(), split)
+
+
+# --------------------------------------------------------------------------- the phone station
+
+
+def test_the_station_answers_head_as_get_without_a_body(tmp_path):
+    """Before: HEAD on every page and API call (a monitor's check, `curl -I`) got 405: the routes
+    name GET only. Now the GET's status and headers, no body; a POST-only route still 405."""
+    pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install 'edgekit[serve]')")
+    from test_serve import AUTH, FIELD, TOKEN, _client, _session, _station, _upload
+
+    station = _station(tmp_path)
+    try:
+        client = _client(station, token=TOKEN)
+        sid = _session(client)
+        overlay = _upload(client, sid, FIELD.read_bytes(), "field", FIELD.name).json()["overlay"]
+        for path in ("/api/status", f"/api/sessions/{sid}", "/api/export.csv", f"/{overlay}", "/"):
+            got, head = client.get(path, headers=AUTH), client.head(path, headers=AUTH)
+            assert head.status_code == got.status_code == 200, (path, head.status_code)
+            assert head.content == b"" and head.headers["content-type"] == got.headers["content-type"]
+            assert head.headers["content-length"] == got.headers["content-length"], path
+        assert client.head(f"/api/sessions/{sid}/images", headers=AUTH).status_code == 405
+        assert client.head("/api/status").status_code == 401  # still needs the token
+    finally:
+        station.close()

@@ -382,6 +382,27 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
+class HeadAsGet:
+    """ASGI middleware: HEAD is answered as GET without its body (HTTP wants both on every page; the
+    routes name GET only, so a monitor's or ``curl -I``'s HEAD got 405)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            return await self.app(scope, receive, send)
+
+        async def headers_only(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)
+
+
 def create_app(station: Station, config: ServeConfig) -> FastAPI:
     """The FastAPI application serving ``station`` (OpenAPI at ``/openapi.json``; no CDN docs)."""
     app = FastAPI(title="edgekit serve", version=__version__, docs_url=None, redoc_url=None,
@@ -614,4 +635,5 @@ def create_app(station: Station, config: ServeConfig) -> FastAPI:
         return Response(text, media_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": f'attachment; filename="{fname}"'})
 
+    app.add_middleware(HeadAsGet)  # the outermost: every check sees the GET it answers
     return app
