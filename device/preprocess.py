@@ -131,6 +131,8 @@ def read_image_as_stored(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_
     if img.ndim == 2:
         img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
     elif img.shape[2] == 4:
+        if not img[:, :, 3].any():  # else refused as "too dark" or "blank": the pixels were never seen
+            raise ImageError("fully transparent (alpha 0 everywhere): nothing in it can be seen")
         alpha = img[:, :, 3:4].astype(np.uint16)
         bgr = (img[:, :, :3].astype(np.uint16) * alpha + 127) // 255  # over black
         img = cv2.cvtColor(bgr.astype(np.uint8), cv2.COLOR_BGR2RGB)

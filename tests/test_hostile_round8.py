@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from bundle_factory import TEST_KEY
 from click.testing import CliRunner
@@ -197,3 +198,41 @@ def test_the_station_answers_head_as_get_without_a_body(tmp_path):
         assert client.head("/api/status").status_code == 401  # still needs the token
     finally:
         station.close()
+
+
+# --------------------------------------------------------------------------- images
+
+
+def _transparent(path: Path, source: Path, alpha: int, depth=np.uint8) -> Path:
+    import cv2
+
+    bgr = cv2.imread(str(source), cv2.IMREAD_COLOR)
+    scale = 257 if depth == np.uint16 else 1
+    bgra = np.dstack([bgr, np.full(bgr.shape[:2], alpha, np.uint8)]).astype(depth) * scale
+    assert cv2.imwrite(str(path), bgra)
+    return path
+
+
+def test_a_fully_transparent_image_is_refused_as_such(tmp_path):
+    """Before: a PNG whose alpha is 0 everywhere (a picture hidden behind a transparent layer) was
+    refused as "too dark" (a field) or "blank or nearly uniform" (a crop): its pixels, composited over
+    black, were never what anyone saw, and the reason sent the worker to the lamp. Now it says so."""
+    from device_helpers import GOLDEN
+
+    from edgekit.device.preprocess import read_image
+    from edgekit.errors import ImageError
+
+    field = ROOT / "tests" / "fixtures" / "fields" / "BloodImage_00099.jpg"
+    crop = ROOT / "tests" / "fixtures" / "cells" / "parasitized_a.webp"
+    hidden = [_transparent(tmp_path / "field.png", field, 0), _transparent(tmp_path / "crop.png", crop, 0),
+              _transparent(tmp_path / "f16.png", field, 0, np.uint16)]
+    for path in hidden:
+        with pytest.raises(ImageError, match="fully transparent"):
+            read_image(path)
+    half = read_image(_transparent(tmp_path / "half.png", crop, 128))  # a cut-out cell: over black, as before
+    assert 0 < int(half.max()) <= 128
+    res = CliRunner().invoke(main, ["field", str(hidden[0]), "-m", str(GOLDEN)])
+    assert "rejected: fully transparent" in res.stdout, res.output
+    res = CliRunner().invoke(main, ["classify", str(hidden[1]), "-m", str(GOLDEN), "--format", "jsonl"])
+    row = json.loads(res.stdout.splitlines()[0])
+    assert row["status"] == "failed" and row["reason"].startswith("fully transparent"), row
