@@ -236,3 +236,21 @@ def test_a_fully_transparent_image_is_refused_as_such(tmp_path):
     res = CliRunner().invoke(main, ["classify", str(hidden[1]), "-m", str(GOLDEN), "--format", "jsonl"])
     row = json.loads(res.stdout.splitlines()[0])
     assert row["status"] == "failed" and row["reason"].startswith("fully transparent"), row
+
+
+def test_a_tiffs_padding_sample_is_not_taken_for_transparency(tmp_path):
+    """Before: a TIFF whose 4th sample is padding (ExtraSamples 0: RGBX, as camera SDKs write BGRX
+    frames) was composited over black as if it were alpha 0: a sharp crop refused as blank (and since
+    the transparency check, as transparent). Now only an alpha the file names is transparency."""
+    from PIL import Image
+
+    from edgekit.device.preprocess import read_image
+    from edgekit.errors import ImageError
+
+    rgb = np.asarray(Image.open(ROOT / "tests" / "fixtures" / "cells" / "parasitized_a.webp").convert("RGB"))
+    padded = np.dstack([rgb, np.zeros(rgb.shape[:2], np.uint8)])
+    Image.fromarray(padded, "RGBX").save(tmp_path / "rgbx.tif")
+    Image.fromarray(padded, "RGBA").save(tmp_path / "rgba.tif")  # ExtraSamples 2: a real alpha, 0
+    assert np.array_equal(read_image(tmp_path / "rgbx.tif"), rgb)
+    with pytest.raises(ImageError, match="fully transparent"):
+        read_image(tmp_path / "rgba.tif")
