@@ -374,4 +374,4 @@ def _tiff_has_alpha(data: bytes) -> bool:
     from PIL import Image
 
     with _quiet_pillow(), Image.open(io.BytesIO(data)) as im:
-        return tuple(im.tag_v2.get(338, ()))[:1] == (2,)
+        return tuple(getattr(im, "tag_v2", {}).get(338, ()))[:1] == (2,)
