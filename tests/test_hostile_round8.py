@@ -254,3 +254,50 @@ def test_a_tiffs_padding_sample_is_not_taken_for_transparency(tmp_path):
     assert np.array_equal(read_image(tmp_path / "rgbx.tif"), rgb)
     with pytest.raises(ImageError, match="fully transparent"):
         read_image(tmp_path / "rgba.tif")
+
+
+# --------------------------------------------------------------------------- videos
+
+
+def _fields_video(path: Path) -> Path:
+    import cv2
+    from microscope_video import write_pan_video
+
+    fields = [cv2.imread(str(ROOT / "tests" / "fixtures" / "fields" / f))[:, :, ::-1]
+              for f in ("BloodImage_00099.jpg", "BloodImage_00014.jpg")]
+    write_pan_video(fields, path, dwell=8, pan=3, codec="MJPG")
+    return path
+
+
+def _camera(source: Path, *extra: str) -> subprocess.CompletedProcess:
+    from device_helpers import GOLDEN
+
+    env = {**ENV, "EDGEKIT_ALLOW_UNSIGNED": "1"}
+    env.pop("OPENCV_FFMPEG_LOGLEVEL", None)
+    return subprocess.run([sys.executable, "-m", "edgekit", "camera", "--source", str(source), "-m",
+                           str(GOLDEN), *extra], capture_output=True, text=True, errors="replace", env=env,
+                          timeout=300)
+
+
+def test_a_truncated_video_says_so_after_counting_what_it_holds(tmp_path):
+    """Before: a recording cut off part way (a full card, a copy interrupted) ended with exit 0 as if
+    complete, and FFmpeg printed "[mjpeg @ 0x..] overread 8" for the cut frame; a file cut inside its
+    header printed OpenCV's "Unexpected element. Expected: LIST. Got: <raw bytes>." Now the fields
+    before the cut are counted, then one line says the video ended early, exit 2; no library lines."""
+    whole = _fields_video(tmp_path / "whole.avi")
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[: len(data) * 6 // 10])
+    head = tmp_path / "head.avi"
+    head.write_bytes(data[:3000])
+    ok = _camera(whole)
+    assert ok.returncode == 0 and "2 fields captured" in ok.stderr, ok.stderr
+    res = _camera(cut)
+    assert res.returncode == 2, res.stderr
+    assert "field 1:" in res.stdout  # what came before the cut was counted
+    lines = [ln for ln in res.stderr.splitlines() if not ln.startswith(("note:", "warning:"))]
+    assert len(lines) == 1 and lines[0].startswith(f"error: video '{cut}' ended after "), res.stderr
+    assert "of the 19 frames its header declares" in lines[0]
+    res = _camera(head)
+    lines = [ln for ln in res.stderr.splitlines() if not ln.startswith(("note:", "warning:"))]
+    assert res.returncode == 2 and lines == [f"error: cannot open video source '{head}'"], res.stderr
