@@ -301,3 +301,33 @@ def test_a_truncated_video_says_so_after_counting_what_it_holds(tmp_path):
     res = _camera(head)
     lines = [ln for ln in res.stderr.splitlines() if not ln.startswith(("note:", "warning:"))]
     assert res.returncode == 2 and lines == [f"error: cannot open video source '{head}'"], res.stderr
+
+
+def test_a_file_named_dcm_is_read_as_what_it_holds(tmp_path):
+    """Before: the .dcm name alone chose the DICOM reader: a PNG named .dcm (any other image named
+    for another format is read by its content) failed as "unreadable DICOM (... Use force=True to
+    force reading.)", pydicom's hint to a programmer. Now a file without DICOM's marker is decoded
+    as the image it is; a real DICOM file as before."""
+    import cv2
+
+    from edgekit.device.preprocess import read_image
+    from edgekit.errors import ImageError
+
+    rgb = np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    assert cv2.imwrite(str(tmp_path / "x.png"), rgb[:, :, ::-1])
+    shutil.copy(tmp_path / "x.png", tmp_path / "png.dcm")
+    assert np.array_equal(read_image(tmp_path / "png.dcm"), rgb)
+    (tmp_path / "text.dcm").write_text("not an image\n")
+    with pytest.raises(ImageError, match="corrupt, not an image"):
+        read_image(tmp_path / "text.dcm")
+    pydicom = pytest.importorskip("pydicom", reason="the dicom extra is not installed")
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = pydicom.Dataset()
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.6"  # VL whole slide microscopy
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.set_pixel_data(rgb, "RGB", 8)
+    ds.save_as(tmp_path / "real.dcm", enforce_file_format=True)
+    assert np.array_equal(read_image(tmp_path / "real.dcm"), rgb)
