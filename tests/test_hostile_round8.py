@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bundle_factory import TEST_KEY
 from click.testing import CliRunner
 from device_helpers import golden_copy
 
@@ -128,25 +127,15 @@ def test_a_network_dying_mid_sync_is_one_line_then_the_rerun_sends_each_row_once
 # --------------------------------------------------------------------------- the engineer's commands
 
 
-@pytest.fixture
-def ring(tmp_path, monkeypatch):
-    path = tmp_path / "ring"
-    path.mkdir()
-    shutil.copy(TEST_KEY.with_suffix(".pub"), path)
-    monkeypatch.setenv("EDGEKIT_KEYRING", str(path))
-    return path
-
-
 @pytest.mark.parametrize("reason", ["ticket 41\x1b[2J\x1b[Hall fine", "moved\nsigned: trusted",
                                     "ok\u202eevil", "   ", "x" * 501])
-def test_a_resigning_reason_is_one_printable_line(tmp_path, ring, reason):
+def test_a_resigning_reason_is_one_printable_line(tmp_path, reason):
     """Before: `trust sign --resign-unverified` kept escapes, newlines and right-to-left overrides in
     signature.json, shown by every later check of the bundle (a forged "signed: trusted" line). Now
     refused in one line, the old signature kept."""
     from edgekit.signing import SIGNATURE_NAME, generate_keypair
 
-    key, pub = generate_keypair(tmp_path / "k")
-    shutil.copy(pub, ring)
+    key, _ = generate_keypair(tmp_path / "k")
     bundle = golden_copy(tmp_path / "b")
     path = bundle / "manifest.json"
     data = json.loads(path.read_text())
