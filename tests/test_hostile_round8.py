@@ -320,3 +320,19 @@ def test_a_file_named_dcm_is_read_as_what_it_holds(tmp_path):
     ds.set_pixel_data(rgb, "RGB", 8)
     ds.save_as(tmp_path / "real.dcm", enforce_file_format=True)
     assert np.array_equal(read_image(tmp_path / "real.dcm"), rgb)
+
+
+def test_the_upload_limit_is_told_in_the_unit_it_was_set_in(tmp_path):
+    """Before: `serve --max-upload-mb 20` (MiB, as the option reads) refused a larger upload as
+    "upload larger than 21 MB" (bytes / 10^6): the worker was told another limit than the one set."""
+    pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install 'edgekit[serve]')")
+    from test_serve import TOKEN, _client, _session, _station, _upload
+
+    station = _station(tmp_path)
+    try:
+        for mb in (20, 0.5):
+            client = _client(station, token=TOKEN, max_bytes=int(mb * 1024 * 1024))
+            r = _upload(client, _session(client), b"\0" * (int(mb * 1024 * 1024) + 70 * 1024))
+            assert r.status_code == 413 and f"upload larger than {mb:g} MB" in r.json()["detail"], r.text
+    finally:
+        station.close()

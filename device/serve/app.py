@@ -305,7 +305,8 @@ async def _read_upload(request: Request, limit: int, name: str | None, seconds: 
                        ) -> tuple[str | None, bytes]:
     """The uploaded file's name and bytes: a raw body (``Content-Type: image/...``) or the one file
     of a multipart form. Refused with 413 as soon as it grows past ``limit``."""
-    too_big = ServeError(413, f"upload larger than {limit / 1e6:.0f} MB; send a smaller image")
+    mb = limit / (1 << 20)  # the unit --max-upload-mb is given in
+    too_big = ServeError(413, f"upload larger than {mb:.3g} MB (--max-upload-mb); send a smaller image")
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit + MULTIPART_SLACK:
         raise too_big
