@@ -89,7 +89,8 @@ def _shown_options(cmd) -> set[str]:
     for p in cmd.params:
         if getattr(p, "hidden", False):
             continue
-        shown |= set(getattr(p, "opts", [])) - set(getattr(p, "aliases", ())) | set(getattr(p, "secondary_opts", []))
+        spellings = set(getattr(p, "opts", [])) | set(getattr(p, "secondary_opts", []))
+        shown |= spellings - set(getattr(p, "aliases", ()))
     return shown
 
 
@@ -101,7 +102,7 @@ def _misspelt(command: str, root) -> list[str]:
     ctx = click.Context(root, info_name="edgekit")
     group, cmd, bad = None, root, []
     words = command.split()[1:]
-    for i, word in enumerate(words):
+    for word, following in zip(words, [*words[1:], ""], strict=True):
         if isinstance(cmd, click.Group):
             name = word.split("|")[0]
             sub = cmd.get_command(ctx, name)
@@ -111,7 +112,7 @@ def _misspelt(command: str, root) -> list[str]:
                 return [f"{command!r}: {name} (an old name, unlisted in --help)"]
             group, cmd = cmd, sub
             ctx = click.Context(cmd, info_name=word, parent=ctx)
-        elif word == "|" and group is not None and i + 1 < len(words) and words[i + 1] in group.list_commands(ctx):
+        elif word == "|" and group is not None and following in group.list_commands(ctx):
             cmd, ctx = group, ctx.parent  # the next word names a sibling: resolve it from the group
         elif word.lstrip("[").startswith("--"):
             name = word.lstrip("[").split("=")[0].rstrip("],.;:)")
