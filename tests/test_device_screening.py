@@ -138,6 +138,16 @@ def test_patient_decision_and_summary():
     assert summarize("P", records, _decision(0.3, rule)).decision == "positive"  # 5/100 reach the rule
 
 
+def test_the_summary_line_says_how_far_the_stop_rule_is():
+    """"stop rule 100/1000 cells" read as a score; the line says what it counts and what is left."""
+    rule = PatientRule(positive_fraction=0.05, negative_fraction=0.05)
+    records = [{"status": "classified", "decision": "negative", "p_positive": 0.01}] * 100
+    line = summarize("P", records, _decision(0.6, rule)).line()
+    assert "stop rule: 100 of 1000 cells, 900 more to go" in line, line
+    assert "; stop rule reached" in summarize("P", records, _decision(0.6, rule), stop_cells=100).line()
+    assert "; no stop rule" in summarize("P", records, _decision(0.6, rule), stop_cells=0).line()
+
+
 def test_locked_database(tmp_path):
     db = tmp_path / "s.sqlite"
     RecordStore(db).close()
