@@ -336,3 +336,17 @@ def test_lookahead_records_the_same_batches(tmp_path, clf, stop):
     plain = run(False)
     assert plain[0]["classified"] == (min(stop, 10) if stop else 10) and len(plain[2]) >= 4
     assert run(True) == plain
+
+
+def test_the_tally_line_gives_a_rate_only_for_classified_images():
+    """One missing file ended with "(11235.8 images/s)": the rate counted files that never reached the
+    model."""
+    from edgekit.device.pipeline import Tally
+
+    tally = Tally(started=time.perf_counter() - 2.0)
+    tally.add("failed")
+    assert "images/s" not in tally.line(), tally.line()
+    for _ in range(4):
+        tally.add("classified")
+    rate = float(tally.line().split("(")[1].split()[0])
+    assert 1.0 < rate <= 2.0, tally.line()  # 4 classified in just over 2 s, not the 5 files
