@@ -80,6 +80,17 @@ def runtime_installed(runtime: str) -> bool:
     return spec is not None and spec.available()
 
 
+def _missing_runtime(runtime: str) -> str:
+    """Which runtime is missing and the extra that installs it (Keras on a device install: the train
+    extra, so the reference row is skipped there)."""
+    from edgekit.cli_options import EXTRA_OF_MODULE
+
+    spec = RUNTIMES.get(runtime)
+    extra = EXTRA_OF_MODULE.get(spec.modules[0].split(".")[0]) if spec is not None else None
+    hint = f" (the {extra} extra: pip install 'edgekit[{extra}]')" if extra else ""
+    return f"runtime {runtime!r} is not installed{hint}"
+
+
 def plan_rows(manifest: Manifest, bundle: Path, formats: list[str] | None, threads: list[int],
               profile: DeviceProfile) -> list[dict[str, Any]]:
     """The rows to measure, Keras first; rows that cannot run get their status now."""
@@ -102,7 +113,7 @@ def plan_rows(manifest: Manifest, bundle: Path, formats: list[str] | None, threa
             elif not path.is_file():
                 base.update(status="missing artifact", message=f"{art.path} is not in the bundle folder")
             elif not runtime_installed(art.runtime):
-                base.update(status="runtime missing", message=f"runtime {art.runtime!r} is not installed")
+                base.update(status="runtime missing", message=_missing_runtime(art.runtime))
             elif art.status != "ok":
                 # still measured (speed and accuracy of a failed int8 file are worth seeing), but marked
                 reason = art.validation.get("reason") or art.status

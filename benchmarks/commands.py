@@ -32,7 +32,7 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @click.option("--threads", callback=_int_list, help="Thread counts, e.g. 1,2,4 (default: the profile's).")
 @click.option("--formats", type=FormatNames(format_table.FORMATS), help="Comma-separated formats to measure"
               f" ({format_table.names(format_table.FORMATS)}; default: all in the bundle);"
-              " Keras is always measured as the reference.")
+              " Keras is always measured as the reference (where the train extra is installed).")
 @click.option("--profile", default="auto", show_default=True,
               help="Device profile: auto (the detected board, else host), host, rpi4, rpi5, phone.")
 @option("--batch-size", "batch", aliases=("--batch",), default=32, show_default=True,

@@ -299,7 +299,7 @@ class _FieldTotals:
         lo, hi = report.ci95 or (0.0, 0.0)
         return (f"field {k}: {report.n_cells} cells, {report.n_parasitized} parasitized "
                 f"({100 * (report.parasitemia or 0):.1f}%, 95% CI {100 * lo:.1f}-{100 * hi:.1f}%)"
-                f"{not_validated(report.domain)}; {_domain_word(report.domain)}, {focus}; "
+                f"{not_validated(report.domain)}; {_domain_word(report.domain)}{focus}; "
                 f"so far {self.cells} cells, "
                 f"{self.so_far:.1%} ({fps:.1f} fps)")
 
@@ -318,7 +318,8 @@ def _show_field(view: Any, k: int, frame: np.ndarray, report: Any, totals: _Fiel
 
 
 def _domain_word(verdict: dict | None) -> str:
-    """The field's domain verdict in a word or two, for its printed line."""
+    """The field's domain verdict in a word or two, for its printed line ("": NOT VALIDATED is said
+    beside the count already)."""
     if verdict is None:
-        return "domain not checked"
-    return "domain ok" if verdict.get("ok") else "domain NOT VALIDATED"
+        return "domain not checked, "
+    return "domain ok, " if verdict.get("ok") else ""

@@ -513,6 +513,8 @@ def sessions_show(session_id: str | None, by_id: int | None, by_patient: str | N
     click.echo(f"decided at cell cutoff {decided.cutoff:.3f} on p({decided.counted_label}), "
                f"patient rule: {decided.rule.describe()}")
     click.echo(summary.line())
+    if summary.validated and summary.domain is not None:  # line() names only a verdict that refuses
+        click.echo(f"domain: {summary.domain['why']}")
     if (guard_line := field_guard_line(guard)) is not None:
         click.echo(display_text(guard_line))
     for line in seen.review_lines():

@@ -115,6 +115,6 @@ def field(images: tuple[str, ...], bundle: Path | None, model_format: str | None
         for line in field_total_lines(total):
             click.echo(line)
         if overlay_dir is not None:
-            click.echo(f"overlays in {overlay_dir}", err=True)
+            click.echo(f"wrote {len(overlays)} overlay PNG(s) (FIELD_overlay.png) to {overlay_dir}", err=True)
     if totals.counted == 0 or unreadable or lost:
         raise SystemExit(1)

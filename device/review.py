@@ -253,9 +253,10 @@ def summary_lines(summary: Mapping[str, Any], fields: list[dict[str, Any]]) -> l
         lines.append(f"  field {f['field']:<28} {f['cells']:5d} cells {f['parasitized']:4d} parasitized "
                      f"{100 * f['parasitemia']:6.2f}% (95% CI {100 * lo:.2f}-{100 * hi:.2f}%)")
     lines.append(f"model count:     {pct(summary['model'])} of {summary['cells']} cells")
+    # agreed/overruled count every verdict, the sampled negatives' too: not a part of "reviewed"
     lines.append(f"confirmed count: {pct(summary['confirmed'])}; reviewed {summary['reviewed']} of "
-                 f"{summary['flagged']} flagged cells ({summary['agreed']} agreed, {summary['overruled']} "
-                 f"overruled, {summary['pending']} pending)")
+                 f"{summary['flagged']} flagged cells ({summary['pending']} pending); verdicts: "
+                 f"{summary['agreed']} agreed, {summary['overruled']} overruled")
     return lines
 
 

@@ -32,9 +32,10 @@ def _open(db: Path | None):
 def review(session_id: str, out: Path, everything: bool, force: bool, db: Path | None) -> None:
     """A gallery of a session's suspicious cells, to confirm by eye.
 
-    Every cell the model called parasitized or uncertain in a session, most suspicious first
-    (then `edgekit sessions confirm`)."""
-    from edgekit.device.review import contact_sheet, gallery_items, html_page, session_cutoff
+    Every cell the model called parasitized or uncertain in a session (flagged), most suspicious
+    first, then the sample of cells it called negative whose crops screening kept (one in 20), so
+    verdicts label both sides (then `edgekit sessions confirm`)."""
+    from edgekit.device.review import contact_sheet, flagged, gallery_items, html_page, session_cutoff
     from edgekit.device.sessions import read_session
     from edgekit.errors import EdgekitError
     from edgekit.manifest import atomic_write_bytes, atomic_write_text
@@ -46,9 +47,15 @@ def review(session_id: str, out: Path, everything: bool, force: bool, db: Path |
     check_output_target(out, force)  # never a symlink, FIFO or device; no overwrite without --force
     with _open(db) as store:
         session = store.find_session(session_id)
-        items = gallery_items(store, session, session_cutoff(session), everything)
+        cutoff = session_cutoff(session)
+        items = gallery_items(store, session, cutoff, everything)
         lines = read_session(store, session).review_lines()
-    title = f"session {session.id}, patient {session.patient}: {len(items)} cells to review"
+    n_flagged = sum(flagged(it["p"], it["decision"], cutoff) for it in items)
+    n_sampled = sum(bool(it["negative_sample"]) for it in items)
+    others = len(items) - n_flagged - n_sampled  # --all: the other negatives
+    counts = f"{n_flagged} flagged, {n_sampled} sampled negative{'s' * (n_sampled != 1)}" + (
+        f", {others} other negative{'s' * (others != 1)}" if others else "")
+    title = f"session {session.id}, patient {session.patient}: {len(items)} cells to review ({counts})"
     hint = (f"edgekit sessions confirm {session.id} ID... --verdict parasitized|not-parasitized "
             f"(or --verdicts FILE.csv with columns record_id,verdict)")
     if suffix == ".png":
@@ -57,7 +64,7 @@ def review(session_id: str, out: Path, everything: bool, force: bool, db: Path |
         atomic_write_text(out, html_page(items, title, lines, hint))
     missing = sum(it["png"] is None for it in items)
     note = f" ({missing} without a kept crop: screened before crops were kept)" if missing else ""
-    click.echo(f"wrote {out}: {len(items)} cells{note}")
+    click.echo(f"wrote {out}: {len(items)} cells ({counts}){note}")
 
 
 @click.command("confirm")

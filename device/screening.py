@@ -72,14 +72,16 @@ class PatientSummary:
 
     def line(self) -> str:
         lo, hi = self.ci95
-        stop = "reached" if self.stop_reached else f"{self.crops}/{self.stop_cells} cells"
+        left = self.stop_cells - self.crops
+        stop = ("stop rule reached" if self.stop_reached else "no stop rule" if self.stop_cells <= 0 else
+                f"stop rule: {self.crops} of {self.stop_cells} cells, {left} more to go")
         valid = "" if self.validated else ", not validated for this microscope"
         counted = " (counted toward refer)" if self.refused_count and self.rejected else ""
         line = (
             f"patient {self.patient}: {self.crops} cells, {self.parasitized} parasitized "
             f"({self.fraction:.1%}, 95% CI {lo:.1%}-{hi:.1%}{valid}), {self.uncertain} uncertain, "
             f"{self.rejected} rejected{counted}, {self.failed} failed -> {self.decision.upper()}; "
-            f"stop rule {stop}"
+            f"{stop}"
         )
         if self.note:
             line += f"\n{self.note}"

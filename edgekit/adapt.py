@@ -884,10 +884,18 @@ def _fine_tune(keras_path: Path, x: np.ndarray, y: np.ndarray, w: np.ndarray, xv
     for epoch in range(cfg.epochs):
         h = model.fit(ds, epochs=epoch + 1, initial_epoch=epoch, verbose=0, shuffle=False,
                       callbacks=[averaged.callback] if averaged else None)
+        loss = float(h.history["loss"][-1])
+        if not math.isfinite(loss):
+            # weights that went to inf/NaN never come back: every later epoch would be wasted time
+            kept = "the base model" if best["epoch"] == 0 else f"epoch {best['epoch']}"
+            log(f"epoch {epoch + 1}/{cfg.epochs}: fine-tuning diverged (loss {loss}): stopped; {kept} is "
+                f"kept (try a lower --lr than {cfg.lr:g})")
+            best["diverged_at_epoch"] = epoch + 1
+            break
         with averaged.swapped_in() if averaged else contextlib.nullcontext():
             p = predict_arrays(model, xv)[:, pos]
             score, rec = judge(p)
-            history.append({"epoch": epoch + 1, "loss": float(h.history["loss"][-1]), **rec})
+            history.append({"epoch": epoch + 1, "loss": loss, **rec})
             flag = ""
             if score > best["score"]:
                 best = {"epoch": epoch + 1, "score": score, **rec}
@@ -1100,6 +1108,7 @@ def _write_run(tmp: Path, manifest: Any, split: Any, cfg: AdaptConfig, base_sha:
             "best_int8_val_auc": best.get("int8_val_auc"),
             "best_int8_within_bounds": best.get("int8_within_bounds"),
             "history": best["history"],
+            **({"diverged_at_epoch": best["diverged_at_epoch"]} if "diverged_at_epoch" in best else {}),
             "config": json.loads(json.dumps(asdict(cfg), default=list)),
             "command": portable_command(sys.argv),
         },

@@ -554,3 +554,19 @@ def test_field_error_cutoff_takes_the_highest_cutoff_within_one_standard_error()
     # standard error of 0.9 and is not taken
     eleven = [lone(0.9, 0.01)] * 6 + [lone(0.9, 0.0)] * 5
     assert field_error_cutoff([f[0] for f in eleven], [f[1] for f in eleven]) == 0.9
+
+
+def test_fine_tuning_that_diverges_stops_and_says_so(base_run, site, tmp_path):
+    """A learning rate that blows the weights up (loss NaN) stops at that epoch with one line that
+    says so and keeps the base model: before, every later epoch was trained on NaN weights."""
+    from edgekit.manifest import load_manifest
+
+    out = tmp_path / "diverged"
+    res = _cli("adapt", str(base_run), "--data", str(site), "-o", str(out), "--epochs", "6",
+               "--lr", "1e12", "--batch-size", "16", "--block", "1", "--allow-drop", *FLOAT_TOO,
+               *LENIENT_GATE)
+    assert "Traceback" not in res.output
+    assert "fine-tuning diverged (loss " in res.output
+    assert "stopped; the base model is kept (try a lower --lr than 1e+12)" in res.output
+    ad = load_manifest(out).training["adaptation"]
+    assert ad["best_epoch"] == 0 and ad["diverged_at_epoch"] == 1 and ad["history"] == []

@@ -294,3 +294,17 @@ def test_bench_on_a_faked_pi_reports_board_threads_and_delegates(cell_folder: Pa
     assert "| tflite_fp32 | litert | 2 (2) | XNNPACK" in (out / "bench.md").read_text()
     monkeypatch.setenv("EDGEKIT_DEVICE_TREE_MODEL", str(tmp_path / "absent"))
     assert detect_board() is None and get_profile("auto").name == "host"
+
+
+def test_a_missing_runtime_names_the_extra_that_installs_it(tmp_path, monkeypatch):
+    """On a device install the Keras reference row cannot run: its line says what would install it,
+    not only "runtime 'keras' is not installed"."""
+    from edgekit.benchmarks import bench
+
+    (tmp_path / "model.keras").write_bytes(b"k")
+    manifest = Manifest(["Parasitized", "Uninfected"], positive_label="Parasitized")
+    manifest.artifacts = {"keras": Artifact("keras", "model.keras", "0" * 64, 1, "keras")}
+    monkeypatch.setattr(bench, "runtime_installed", lambda runtime: False)
+    rows = bench.plan_rows(manifest, tmp_path, None, [1], get_profile("host"))
+    assert [r["status"] for r in rows] == ["runtime missing"]
+    assert "pip install 'edgekit[train]'" in rows[0]["message"], rows[0]["message"]

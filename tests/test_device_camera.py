@@ -138,3 +138,20 @@ def test_screen_from_camera(video, tmp_path):
     summary = json.loads(res.stdout)
     # 6 frames, but only 4 distinct crops (frames repeat every 4): repeats are skipped by content hash
     assert summary["crops"] + summary["rejected"] == 4
+
+
+def test_a_field_line_says_not_validated_once():
+    """"... NOT VALIDATED for this microscope; domain NOT VALIDATED, focus ...": said twice."""
+    from types import SimpleNamespace
+
+    from edgekit.device.camera import _FieldTotals
+
+    def line(domain):
+        report = SimpleNamespace(rejected=None, n_cells=20, n_parasitized=1, ci95=(0.01, 0.2),
+                                 parasitemia=0.05, domain=domain)
+        return _FieldTotals().add(report, 1, "focus 0.062", 30.0)
+
+    off = line({"ok": False, "score": 6.0, "why": "unlike"})
+    assert off.count("NOT VALIDATED") == 1 and "; focus 0.062;" in off, off
+    assert "; domain ok, focus 0.062;" in line({"ok": True, "score": 1.0, "why": "like"})
+    assert "; domain not checked, focus 0.062;" in line(None)

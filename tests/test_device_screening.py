@@ -138,6 +138,16 @@ def test_patient_decision_and_summary():
     assert summarize("P", records, _decision(0.3, rule)).decision == "positive"  # 5/100 reach the rule
 
 
+def test_the_summary_line_says_how_far_the_stop_rule_is():
+    """"stop rule 100/1000 cells" read as a score; the line says what it counts and what is left."""
+    rule = PatientRule(positive_fraction=0.05, negative_fraction=0.05)
+    records = [{"status": "classified", "decision": "negative", "p_positive": 0.01}] * 100
+    line = summarize("P", records, _decision(0.6, rule)).line()
+    assert "stop rule: 100 of 1000 cells, 900 more to go" in line, line
+    assert "; stop rule reached" in summarize("P", records, _decision(0.6, rule), stop_cells=100).line()
+    assert "; no stop rule" in summarize("P", records, _decision(0.6, rule), stop_cells=0).line()
+
+
 def test_locked_database(tmp_path):
     db = tmp_path / "s.sqlite"
     RecordStore(db).close()
@@ -326,3 +336,17 @@ def test_lookahead_records_the_same_batches(tmp_path, clf, stop):
     plain = run(False)
     assert plain[0]["classified"] == (min(stop, 10) if stop else 10) and len(plain[2]) >= 4
     assert run(True) == plain
+
+
+def test_the_tally_line_gives_a_rate_only_for_classified_images():
+    """One missing file ended with "(11235.8 images/s)": the rate counted files that never reached the
+    model."""
+    from edgekit.device.pipeline import Tally
+
+    tally = Tally(started=time.perf_counter() - 2.0)
+    tally.add("failed")
+    assert "images/s" not in tally.line(), tally.line()
+    for _ in range(4):
+        tally.add("classified")
+    rate = float(tally.line().split("(")[1].split()[0])
+    assert 1.0 < rate <= 2.0, tally.line()  # 4 classified in just over 2 s, not the 5 files

@@ -67,3 +67,65 @@ def test_the_command_table_markers_are_there_once():
     start, end = text.find("<!-- cli-table:start -->"), text.find("<!-- cli-table:end -->")
     assert text.count("<!-- cli-table:start -->") == text.count("<!-- cli-table:end -->") == 1
     assert 0 <= start < end
+
+
+# an `edgekit ...` command in a code span or an indented line (a comment after "  #" left out)
+COMMAND_SPAN = re.compile(r"`(edgekit [^`]+)`")
+
+
+def _doc_commands(page: Path) -> list[str]:
+    text = FENCE.sub("", page.read_text(encoding="utf-8"))
+    found = [m.group(1) for m in COMMAND_SPAN.finditer(text)]
+    for line in text.splitlines():
+        if line.startswith("    ") and "edgekit " in line:
+            code = line.split("  #")[0]
+            found.append(code[code.index("edgekit "):])
+    return found
+
+
+def _shown_options(cmd) -> set[str]:
+    """The spellings ``--help`` shows (old ones, kept working but hidden, left out)."""
+    shown: set[str] = set()
+    for p in cmd.params:
+        if getattr(p, "hidden", False):
+            continue
+        spellings = set(getattr(p, "opts", [])) | set(getattr(p, "secondary_opts", []))
+        shown |= spellings - set(getattr(p, "aliases", ()))
+    return shown
+
+
+def _misspelt(command: str, root) -> list[str]:
+    """The options of one docs command that its command's ``--help`` does not show. ``a | b`` after a
+    group's subcommand names alternatives (`sessions list | show P17`)."""
+    import click
+
+    ctx = click.Context(root, info_name="edgekit")
+    group, cmd, bad = None, root, []
+    words = command.split()[1:]
+    for word, following in zip(words, [*words[1:], ""], strict=True):
+        if isinstance(cmd, click.Group):
+            name = word.split("|")[0]
+            sub = cmd.get_command(ctx, name)
+            if sub is None:
+                return []  # prose ("edgekit default"), not a command
+            if name not in cmd.list_commands(ctx):
+                return [f"{command!r}: {name} (an old name, unlisted in --help)"]
+            group, cmd = cmd, sub
+            ctx = click.Context(cmd, info_name=word, parent=ctx)
+        elif word == "|" and group is not None and following in group.list_commands(ctx):
+            cmd, ctx = group, ctx.parent  # the next word names a sibling: resolve it from the group
+        elif word.lstrip("[").startswith("--"):
+            name = word.lstrip("[").split("=")[0].rstrip("],.;:)")
+            if name not in _shown_options(cmd):
+                bad.append(f"{command!r}: {name}")
+    return bad
+
+
+def test_docs_commands_use_options_their_help_shows():
+    """Every option a page gives an `edgekit` command is one that command's --help shows: no
+    misspelt option and no old spelling (they still work, hidden from --help and docs/cli.md)."""
+    from edgekit.cli import main
+
+    wrong = [f"{page.relative_to(ROOT)}: {bad}" for page in PAGES if page.name != "cli.md"
+             for command in _doc_commands(page) for bad in _misspelt(command, main)]
+    assert not wrong, wrong

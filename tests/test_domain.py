@@ -250,6 +250,19 @@ def test_screen_refers_an_off_site_session_and_rejects_noise(tmp_path):
     assert row["status"] == "rejected" and "not a single cell" in row["reason"]
 
 
+def test_sessions_show_says_when_the_guard_vouches_for_a_session(tmp_path):
+    """`sessions show` printed the guard's rule and, for a session it vouched for, no verdict at all."""
+    from edgekit.cli import main
+
+    db = tmp_path / "s.sqlite"
+    summary = _screen_summary(db, "N1", *map(str, NIH_CROPS))
+    assert summary["domain"]["ok"] is True
+    shown = CliRunner().invoke(main, ["sessions", "show", "N1", "--db", str(db)])
+    assert shown.exit_code == 0, shown.output
+    vouched = "domain: the cells of this session look like the model's training cells"
+    assert vouched in shown.output, shown.output
+
+
 def test_classify_says_when_a_batch_of_crops_is_not_validated(tmp_path, bccd_cells):
     """classify keeps each crop's result but says once, on stderr, when the batch does not look like
     the training cells (here: BCCD cells cut as the device cuts them); NIH crops get no such line."""

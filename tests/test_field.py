@@ -630,6 +630,18 @@ def test_fields_with_one_name_in_two_folders_keep_one_overlay_each(tmp_path, gen
     assert all(Path(p).is_file() for p in written)
 
 
+def test_field_says_how_many_overlays_it_wrote_and_where(tmp_path, generated_field):
+    """It ended on "overlays in ov": neither how many were written nor what they are called."""
+    from edgekit.cli import main
+
+    write_image(tmp_path / "in" / "a" / "f.png", generated_field[0])
+    write_image(tmp_path / "in" / "b" / "f.png", generated_field[0][::-1].copy())
+    out = tmp_path / "ov"
+    res = CliRunner().invoke(main, ["field", str(tmp_path / "in"), "--count-only", "--overlay-dir", str(out)])
+    assert res.exit_code == 0, res.output
+    assert f"wrote 2 overlay PNG(s) (FIELD_overlay.png) to {out}" in res.stderr, res.stderr
+
+
 def test_a_grayscale_field_is_refused_as_screening_refuses_its_crops():
     """`edgekit field` counted a grayscale field's cells (NOT VALIDATED) while `screen --fields`
     refused every one of its crops as colourless: the field is refused with the crop gate's reason."""

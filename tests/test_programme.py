@@ -342,3 +342,13 @@ def test_a_table_locked_on_the_server_is_one_line_not_a_hang(prog, tmp_path, mon
     assert rerun["sent"] + rerun["already"] == total and rerun["sent"] > 0, rerun
     assert sync_json(a, prog.url("a")) == {"sent": 0, "already": total}
     assert server_counts(prog, station_of(a))["records"] == local_counts(a)["records"]
+
+
+def test_sync_reads_the_database_screening_writes_by_default(prog, tmp_path, monkeypatch):
+    """`edgekit sync --to URL` without DB sends the station's own database ($EDGEKIT_DB, as `screen`
+    and `serve` record into it), not an error asking for a path."""
+    a = make_station(tmp_path / "a.sqlite", ["P1"], "A", cells=5, reviews=1)
+    monkeypatch.setenv("EDGEKIT_DB", str(a))
+    out = run("sync", "--to", prog.url("a"), "--format", "json")
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output.strip().splitlines()[-1])["sent"] == sum(local_counts(a).values())

@@ -200,3 +200,27 @@ def test_a_verdict_csv_without_verdicts_is_an_error(tmp_path, text):
     path.write_text(text)
     with pytest.raises(EdgekitError, match="holds no verdicts"):
         read_verdicts(path)
+
+
+def test_review_says_how_many_cells_are_flagged_and_how_many_are_sampled_negatives(screened, tmp_path):
+    """The gallery holds the flagged cells and the kept sample of negatives: the message and the
+    page's title count each, not one number that matches neither the summary nor the page."""
+    session, records, images = _records(screened)
+    cutoff = json.loads((GOLDEN / "manifest.json").read_text())["thresholds"]["cutoff"]
+    flagged = sum(r["p_positive"] >= cutoff or r["decision"] == "uncertain" for r in records)
+    sampled = len(images) - flagged
+    res = CliRunner().invoke(main, ["sessions", "review", "P7", "-o", str(tmp_path / "r.html")])
+    assert res.exit_code == 0, res.output
+    counts = f"({flagged} flagged, {sampled} sampled negative"
+    assert counts in res.output and counts in (tmp_path / "r.html").read_text(), res.output
+
+
+def test_the_summary_does_not_count_a_negative_samples_verdict_as_a_reviewed_flagged_cell():
+    """A verdict on a sampled negative agrees or overrules, but leaves every flagged cell pending."""
+    from edgekit.device.review import summary_lines
+
+    recs = [{"id": i, "status": "classified", "source_id": f"c{i}.png", "p_positive": p, "decision": d}
+            for i, (p, d) in enumerate([(0.9, "positive"), (0.6, "uncertain"), (0.05, "negative")])]
+    s = review_summary(recs, {2: {"verdict": "not parasitized"}}, cutoff=0.5)
+    line = summary_lines(s, [])[-1]
+    assert "reviewed 0 of 2 flagged cells (2 pending)" in line and "1 agreed, 0 overruled" in line, line

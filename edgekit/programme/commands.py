@@ -20,7 +20,7 @@ def _url(value: str) -> str:
 
 
 @click.command("sync")
-@click.argument("db", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("db", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--to", "url", required=True, envvar="EDGEKIT_PROGRAMME_URL",
               help="postgresql://STATION_ROLE@HOST/DB (TLS: add ?sslmode=verify-full; "
                    "$EDGEKIT_PROGRAMME_URL; passwords from ~/.pgpass or $PGPASSWORD)")
@@ -28,16 +28,19 @@ def _url(value: str) -> str:
                help_text='text: one line; json: {"sent": N, "already": M}')
 @click.option("--batch", default=5000, show_default=True, help="records per transaction")
 @click.option("--full", is_flag=True, help="offer every record again (the server keeps one copy of each)")
-def sync(db: Path, url: str, out_format: str, batch: int, full: bool) -> None:
+def sync(db: Path | None, url: str, out_format: str, batch: int, full: bool) -> None:
     """Send this station's new records to the programme server.
 
     Send this station's sessions, records, crop references and reviews that the programme server
-    does not have yet (safe to interrupt and re-run: each row is stored once)."""
+    does not have yet (safe to interrupt and re-run: each row is stored once). DB: the screening
+    database (default: the one `screen` and `serve` record into, $EDGEKIT_DB or
+    ~/.local/share/edgekit/screening.sqlite)."""
     require_modules("sync", "sync", "psycopg")
+    from edgekit.device.records import default_db_path
     from edgekit.programme.sync import sync as run
 
     url, as_json = _url(url), out_format == "json"
-    result = run(db, url, batch=batch, full=full,
+    result = run(db or default_db_path(), url, batch=batch, full=full,
                  progress=None if as_json else (lambda line: click.echo(line, err=True)))
     if as_json:
         click.echo(json.dumps(result.to_dict()))

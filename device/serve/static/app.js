@@ -109,7 +109,7 @@ function renderSummary(s, review) {
       el("dd", { class: "s-confirmed" }, `${c.parasitized} (${pct(c.parasitemia)}, 95% CI ${ci(c.ci95)})`, mark()),
       el("dt", {}, "Reviewed"),
       el("dd", { class: "s-reviewed" }, `${review.reviewed} of ${review.flagged} flagged ` +
-         `(${review.agreed} agreed, ${review.overruled} overruled, ${review.pending} pending)`));
+         `(${review.pending} pending); verdicts: ${review.agreed} agreed, ${review.overruled} overruled`));
   }
   rows.push(
     el("dt", {}, "Uncertain"), el("dd", { class: "s-uncertain" }, String(s.uncertain)),
