@@ -10,6 +10,7 @@ A file ends cleanly at its last frame; a live source that stops delivering frame
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -36,21 +37,33 @@ def is_live(source: str) -> bool:
     return source.isdigit() or "://" in source or "!" in source or source in ("auto", "picamera")
 
 
+# FFmpeg's own lines ("[mjpeg @ 0x55..] overread 8" for each damaged frame) are not the worker's to
+# read: what went wrong is said once, by `frames`; read at the first capture, a user's setting wins
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+
+
 class OpenCVSource:
     def __init__(self, source: str) -> None:
         import cv2
 
+        from edgekit.device.decoding import captured_native_stderr
+
         self.source = source
-        if source.isdigit():
-            self.cap = cv2.VideoCapture(int(source))
-        elif "!" in source:
-            self.cap = cv2.VideoCapture(source, cv2.CAP_GSTREAMER)
-        else:
-            if "://" not in source and not Path(source).is_file():
-                raise CameraError(f"video source not found: {source}")
-            self.cap = cv2.VideoCapture(source)
+        if "://" not in source and "!" not in source and not source.isdigit() and not Path(source).is_file():
+            raise CameraError(f"video source not found: {source}")
+        # OpenCV's AVI reader prints what it met instead of a header, raw bytes and all: captured
+        with captured_native_stderr():
+            if source.isdigit():
+                self.cap = cv2.VideoCapture(int(source))
+            elif "!" in source:
+                self.cap = cv2.VideoCapture(source, cv2.CAP_GSTREAMER)
+            else:
+                self.cap = cv2.VideoCapture(source)
         if not self.cap.isOpened():
             raise CameraError(f"cannot open video source {source!r}")
+        # the frames a file's header declares (0: unknown, a stream): fewer delivered is a cut file
+        declared = self.cap.get(cv2.CAP_PROP_FRAME_COUNT) if not is_live(source) else 0
+        self.declared = int(declared) if 0 < declared < 2**31 else 0
 
     def read(self) -> np.ndarray | None:
         import cv2
@@ -110,17 +123,21 @@ def frames(
     """RGB frames until the end of a file, or until a live source is gone after ``reconnect`` tries."""
     cam = opener(source)
     live = is_live(source)
-    delivered = False
+    delivered = 0
     try:
         while True:
             frame = cam.read()
             if frame is not None:
-                delivered = True
+                delivered += 1
                 yield frame
                 continue
             if not live:
                 if not delivered:
                     raise CameraError(f"video source {source!r} opened but gave no frame (not a video?)")
+                if delivered < (declared := getattr(cam, "declared", 0)):
+                    raise CameraError(f"video {source!r} ended after {delivered} of the {declared} frames "
+                                      "its header declares (a truncated or damaged file); what came before "
+                                      "was counted")
                 return
             cam.close()
             cam, frame = _reopen(source, reconnect, reconnect_delay, opener)

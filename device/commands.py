@@ -18,7 +18,7 @@ from edgekit.cli_options import (
     model_option,
     option,
 )
-from edgekit.outputs import csv_text, display_text, write_output_file
+from edgekit.outputs import csv_text, display_text, write_output_file, write_stdout
 from edgekit.startup import loads_model, release
 
 if TYPE_CHECKING:
@@ -550,7 +550,7 @@ def sessions_export(session_id: str | None, by_id: int | None, by_patient: str |
     else:
         text = csv_text(rows, EXPORT_COLUMNS)
     if output is None:
-        click.echo(text, nl=False)
+        write_stdout(text)
     else:
         write_output_file(output, text, force)
         click.echo(f"wrote {output}", err=True)

@@ -363,4 +363,15 @@ def decode_bounded(path: str | os.PathLike, max_pixels: int, max_bytes: int = DE
         raise ImageError(_unreadable(data, f"corrupt, truncated or unsupported {fmt} image"))
     if img.shape[:2] != (h, w):
         raise ImageError(f"decoded size {img.shape[1]}x{img.shape[0]} differs from the header's {w}x{h}")
+    if fmt == "TIFF" and img.ndim == 3 and img.shape[2] == 4 and not _tiff_has_alpha(data):
+        img = img[:, :, :3]  # a 4th sample that is padding (RGBX, a camera's BGRX): not transparency
     return img, orientation
+
+
+def _tiff_has_alpha(data: bytes) -> bool:
+    """Whether a TIFF's extra sample is transparency (ExtraSamples 2, unassociated alpha), as Pillow
+    reads it; OpenCV hands any 4th sample on as alpha, so an unspecified one (0) would black it out."""
+    from PIL import Image
+
+    with _quiet_pillow(), Image.open(io.BytesIO(data)) as im:
+        return tuple(getattr(im, "tag_v2", {}).get(338, ()))[:1] == (2,)

@@ -78,14 +78,18 @@ def _to_uint8(img: np.ndarray) -> np.ndarray:
     return np.clip((img - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
 
 
-def _read_dicom(path: Path, max_pixels: int) -> np.ndarray:
+def _read_dicom(path: Path, max_pixels: int) -> np.ndarray | None:
+    """A DICOM file's pixels; None when the file is no DICOM, whatever its name (no ``DICM`` after
+    the 128-byte preamble, which pydicom needs too): it is then decoded as the image it is."""
+    from edgekit.device.decoding import read_file_bytes
+
+    data = read_file_bytes(path)
+    if data[128:132] != b"DICM":
+        return None
     try:
         import pydicom
     except ImportError as exc:
         raise ImageError("DICOM needs pydicom: pip install 'edgekit[dicom]'") from exc
-    from edgekit.device.decoding import read_file_bytes
-
-    data = read_file_bytes(path)
     try:
         head = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
         rows, cols = int(head.Rows), int(head.Columns)
@@ -123,14 +127,16 @@ def read_image_as_stored(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_
     from edgekit.device.decoding import decode_bounded
 
     path = Path(path)
-    if path.suffix.lower() == ".dcm":
-        return _read_dicom(path, max_pixels), 1
+    if path.suffix.lower() == ".dcm" and (dicom := _read_dicom(path, max_pixels)) is not None:
+        return dicom, 1
     img, orientation = decode_bounded(path, max_pixels, sha256=sha256)  # regular file, strict, bounded
     cv2 = opencv()
     img = _to_uint8(img)
     if img.ndim == 2:
         img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
     elif img.shape[2] == 4:
+        if not img[:, :, 3].any():  # else refused as "too dark" or "blank": the pixels were never seen
+            raise ImageError("fully transparent (alpha 0 everywhere): nothing in it can be seen")
         alpha = img[:, :, 3:4].astype(np.uint16)
         bgr = (img[:, :, :3].astype(np.uint16) * alpha + 127) // 255  # over black
         img = cv2.cvtColor(bgr.astype(np.uint8), cv2.COLOR_BGR2RGB)

@@ -319,14 +319,13 @@ MAX_NAME_CHARS = 128
 
 def check_name(what: str, value: str | None) -> None:
     """Patient ids, sites and operators are shown on screens and in CSV exports: one printable line."""
-    import unicodedata
+    from edgekit.outputs import control_character
 
     if value is None:
         return
     if len(value) > MAX_NAME_CHARS:
         raise RecordsError(f"the {what} is {len(value)} characters long (at most {MAX_NAME_CHARS})")
-    bad = next((c for c in value if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")), None)
-    if bad is not None:
+    if (bad := control_character(value)) is not None:
         raise RecordsError(f"the {what} contains a control character ({bad!r}); use one printable line")
 
 

@@ -235,21 +235,32 @@ def spread(fields: list[str], n: int) -> list[str]:
     return [ordered[(2 * k + 1) * len(ordered) // (2 * n)] for k in range(n)]
 
 
+def _read_field_split(split_file: Path) -> dict[str, list[str]]:
+    """The field stems of each part of a --fields-split file; a part it does not know (``tset``,
+    ``extra``) is refused, never left out without a word."""
+    from edgekit.safefile import read_text_argument
+    from edgekit.splits import PARTS
+
+    try:
+        raw = json.loads(read_text_argument(split_file, 16 << 20, "field split file"))
+        if isinstance(raw, dict) and (unknown := sorted(set(raw) - set(PARTS))):
+            raise DataError(f"bad field split file {split_file}: unknown part(s) "
+                            f"{', '.join(map(repr, unknown))} (want only train/val/test lists)")
+        return {k: sorted({Path(n).stem for n in raw[k]}) for k in PARTS}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"bad field split file {split_file}: {exc} (want train/val/test lists)") from None
+
+
 def field_split(fields: list[str], cfg: AdaptConfig, split_file: Path | None,
                 log: Log | None = None) -> dict[str, list[str]]:
     """train/val/test field stems: from ``split_file`` (JSON of field names per part), else blocks.
     Fields the split file names that have no cells here are left out, and ``log`` names them."""
     from edgekit.cells import block_split
-    from edgekit.safefile import read_text_argument
 
     if split_file is None:
         parts = block_split(fields, cfg.fractions, cfg.block, seed=cfg.seed)
     else:
-        try:
-            raw = json.loads(read_text_argument(split_file, 16 << 20, "field split file"))
-            parts = {k: sorted({Path(n).stem for n in raw[k]}) for k in ("train", "val", "test")}
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise DataError(f"bad field split file {split_file}: {exc} (want train/val/test lists)") from None
+        parts = _read_field_split(split_file)
         named = set().union(*parts.values())
         if not named & set(fields):
             raise DataError(f"the field split {split_file} names none of the site's fields")

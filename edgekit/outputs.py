@@ -13,8 +13,10 @@ files the user meant to (over)write.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import os
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
@@ -78,8 +80,36 @@ def write_output_file(path: str | os.PathLike, text: str, force: bool = False) -
     return path
 
 
+def control_character(value: str) -> str | None:
+    """The first character of ``value`` that breaks a one-line display (control, format, line or
+    paragraph separator: a newline, an escape, a right-to-left override), else None."""
+    import unicodedata
+
+    return next((c for c in value if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")), None)
+
+
 def display_text(value: str) -> str:
     """A file name or id for a one-line table or message: control characters shown escaped."""
     if value.isprintable():
         return value
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in value)
+
+
+def write_stdout(text: str) -> None:
+    """Write a whole result to stdout, every byte or an OSError. A pipe whose reader leaves mid-write
+    (``| head -1``) makes the kernel return a short count, which Python's buffered writer passes on as
+    success and drops the rest: the remainder is written again, so the real error (EPIPE) is raised."""
+    stream = sys.stdout
+    raw = getattr(stream, "buffer", None)
+    if raw is None:  # a text-only stream (a test's StringIO): nothing short to see
+        stream.write(text)
+        stream.flush()
+        return
+    stream.flush()
+    view = memoryview(text.encode(stream.encoding or "utf-8", stream.errors or "strict"))
+    while view:
+        n = raw.write(view)
+        if not n:
+            raise OSError(errno.EIO, "output took no bytes")
+        view = view[n:]
+    raw.flush()

@@ -51,6 +51,7 @@ KEYRING_ENV = "EDGEKIT_KEYRING"
 SIGNING_KEY_ENV = "EDGEKIT_SIGNING_KEY"
 PACKAGE_KEYS = Path(__file__).resolve().parent / "keys"
 _MAX_KEY_BYTES = 16 * 1024
+MAX_REASON_CHARS = 500  # a re-signing reason: one line shown with every check of the bundle
 TRUST_NAME = "trust.json"
 TRUST_SCHEMA = "edgekit.trust/1"
 _MAX_TRUST_BYTES = 1024 * 1024
@@ -480,11 +481,29 @@ class Signed:
         return "; ".join([f"release {self.release}", f"was {self.was}", *self.notes])
 
 
+def check_resign_reason(reason: str | None) -> None:
+    """A re-signing reason is kept in signature.json and shown by every check of the bundle: one
+    printable line, not blank, at most :data:`MAX_REASON_CHARS`."""
+    from edgekit.outputs import control_character
+
+    if reason is None:
+        return
+    if not reason.strip():
+        raise SignatureError("--resign-unverified needs a reason: say why the bundle is vouched for")
+    if len(reason) > MAX_REASON_CHARS:
+        raise SignatureError(f"the re-signing reason is {len(reason)} characters long "
+                             f"(at most {MAX_REASON_CHARS})")
+    if (bad := control_character(reason)) is not None:
+        raise SignatureError(f"the re-signing reason contains a control character ({bad!r}); "
+                             "use one printable line")
+
+
 def check_signable(folder: str | os.PathLike, resign_reason: str | None) -> tuple[str, list[str]]:
     """Refuse (:class:`SignatureError`) to sign anything made from ``folder`` when it does not verify,
     unless ``resign_reason`` names why; returns (what it was, problems signed over)."""
     from edgekit.manifest import read_manifest_data
 
+    check_resign_reason(resign_reason)
     data = read_manifest_data(folder)
     fatal, problems, was = signing_problems(folder, data)
     if fatal:  # a signature cannot make a wrong model file or a revoked bundle right

@@ -438,3 +438,25 @@ def test_a_sharper_retake_of_a_counted_field_is_counted_instead_with_one_tap(tmp
     replaced = {r["source_id"].split("-")[0] for r in records if r["status"] == "replaced"}
     counted = {r["source_id"].split("-")[0] for r in records if r["status"] == "classified"}
     assert replaced == {"soft"} and counted == {"sharp"}
+
+
+def test_a_photo_over_the_limit_is_told_the_limit_the_station_was_given(tmp_path):
+    """Hostile inputs, session 15. Before: with `serve --max-upload-mb 0.1` the phone said "0.4 MB is
+    larger than the 0 MB limit" (bytes / 10^6, rounded to whole MB): now "... the 0.1 MB limit",
+    in the MB --max-upload-mb is given in, as the station's own 413 says."""
+    chromium, sync_api, _ = _browser_setup(tmp_path)
+    photo, _ = _phone_photo(tmp_path)
+    server = Server(tmp_path / "screening.sqlite", "--max-upload-mb", "0.1")
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+            page, errors = _watched_page(browser, p.devices["Pixel 5"])
+            _open_patient(page, server.url, "P-LIMIT")
+            page.set_input_files("#camera", str(photo))
+            card = _final(page)
+            state, text = card.get_attribute("data-state"), card.inner_text()
+            browser.close()
+    finally:
+        server.stop()
+    assert state == "not-counted" and "MB is larger than the 0.1 MB limit; not sent" in text, text
+    assert not errors, errors

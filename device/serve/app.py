@@ -305,7 +305,8 @@ async def _read_upload(request: Request, limit: int, name: str | None, seconds: 
                        ) -> tuple[str | None, bytes]:
     """The uploaded file's name and bytes: a raw body (``Content-Type: image/...``) or the one file
     of a multipart form. Refused with 413 as soon as it grows past ``limit``."""
-    too_big = ServeError(413, f"upload larger than {limit / 1e6:.0f} MB; send a smaller image")
+    mb = limit / (1 << 20)  # the unit --max-upload-mb is given in
+    too_big = ServeError(413, f"upload larger than {mb:.3g} MB (--max-upload-mb); send a smaller image")
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit + MULTIPART_SLACK:
         raise too_big
@@ -380,6 +381,27 @@ class BodyLimit:
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+class HeadAsGet:
+    """ASGI middleware: HEAD is answered as GET without its body (HTTP wants both on every page; the
+    routes name GET only, so a monitor's or ``curl -I``'s HEAD got 405)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            return await self.app(scope, receive, send)
+
+        async def headers_only(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)
 
 
 def create_app(station: Station, config: ServeConfig) -> FastAPI:
@@ -614,4 +636,5 @@ def create_app(station: Station, config: ServeConfig) -> FastAPI:
         return Response(text, media_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": f'attachment; filename="{fname}"'})
 
+    app.add_middleware(HeadAsGet)  # the outermost: every check sees the GET it answers
     return app

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from datetime import date
 from pathlib import Path
 
@@ -90,7 +89,9 @@ def report(url: str, since, out_format: str, out: Path | None) -> None:
     rows = rep.report(_url(url), day)
     text = {"json": rep.to_json, "csv": rep.to_csv, "html": rep.to_html}[out_format](rows)
     if out is None:
-        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        from edgekit.outputs import write_stdout
+
+        write_stdout(text if text.endswith("\n") else text + "\n")
         return
     try:
         out.write_text(text, encoding="utf-8")

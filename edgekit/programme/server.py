@@ -23,6 +23,13 @@ MIGRATION_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 # how long a statement waits for a lock another transaction holds (an admin's open LOCK TABLE, a
 # migration): then one line and a non-zero exit, never a station waiting for ever
 LOCK_WAIT_S = 30
+# libpq's connection parameters for a network that dies mid-sync (a mobile link dropping): without them a
+# station waits on the kernel's TCP timeouts (minutes to hours) for a server that is gone. Keepalives
+# find a silent server while a reply is awaited (15 + 3 x 5 s), tcp_user_timeout data sent but never
+# acknowledged (30 s). A URL's own (``?keepalives_idle=60``) or $PGCONNECT_TIMEOUT wins over these.
+CONNECTION_DEFAULTS = {"connect_timeout": "15", "keepalives": "1", "keepalives_idle": "15",
+                       "keepalives_interval": "5", "keepalives_count": "3", "tcp_user_timeout": "30000"}
+_FROM_ENVIRONMENT = {"connect_timeout": "PGCONNECT_TIMEOUT"}
 
 
 class ProgrammeError(EdgekitError):
@@ -66,13 +73,25 @@ def _check_url(url: str) -> None:
         raise ProgrammeError(f"not a PostgreSQL URL: {url.split('@')[-1]!r} (use postgresql://USER@HOST/DB)")
 
 
-def connect(url: str, timeout: float = 15.0) -> psycopg.Connection:
+def connection_defaults(url: str) -> dict[str, str]:
+    """:data:`CONNECTION_DEFAULTS` that neither the URL nor libpq's environment sets."""
+    import os
+
+    from psycopg.conninfo import conninfo_to_dict
+
+    given = conninfo_to_dict(url)
+    in_env = {k for k, name in _FROM_ENVIRONMENT.items() if os.environ.get(name)}
+    return {k: v for k, v in CONNECTION_DEFAULTS.items() if k not in given and k not in in_env}
+
+
+def connect(url: str) -> psycopg.Connection:
     """A connection to the programme server (autocommit off), or one line saying why not."""
     _check_url(url)
     import psycopg
+    from psycopg.conninfo import make_conninfo
 
     try:
-        conn = psycopg.connect(url, connect_timeout=int(max(1, timeout)), application_name="edgekit")
+        conn = psycopg.connect(make_conninfo(url, application_name="edgekit", **connection_defaults(url)))
     except psycopg.ProgrammingError as exc:
         raise ProgrammeError(f"bad PostgreSQL URL: {_one_line(exc)}") from exc
     except psycopg.OperationalError as exc:

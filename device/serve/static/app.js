@@ -588,8 +588,9 @@ async function runJob(job) {
     })();
   }
   if (job.blob.size > max) {
-    await finish(job, "not-counted", `${(job.blob.size / 1e6).toFixed(1)} MB is larger than the ` +
-                                     `${(max / 1e6).toFixed(0)} MB limit; not sent`);
+    // MB as the station's --max-upload-mb counts them (2^20 bytes)
+    await finish(job, "not-counted", `${(job.blob.size / 1048576).toFixed(1)} MB is larger than the ` +
+                                     `${+(max / 1048576).toFixed(2)} MB limit; not sent`);
     return;
   }
   if (job.cancelled) { await finish(job, "not-counted", "cancelled, not sent"); return; }
