@@ -78,14 +78,14 @@ def _to_uint8(img: np.ndarray) -> np.ndarray:
     return np.clip((img - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
 
 
-def _read_dicom(path: Path, max_pixels: int) -> np.ndarray:
+def _read_dicom(path: Path, max_pixels: int, data: bytes | None = None) -> np.ndarray:
     try:
         import pydicom
     except ImportError as exc:
         raise ImageError("DICOM needs pydicom: pip install 'edgekit[dicom]'") from exc
     from edgekit.device.decoding import read_file_bytes
 
-    data = read_file_bytes(path)
+    data = read_file_bytes(path) if data is None else data
     try:
         head = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
         rows, cols = int(head.Rows), int(head.Columns)
@@ -126,6 +126,26 @@ def read_image_as_stored(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_
     if path.suffix.lower() == ".dcm":
         return _read_dicom(path, max_pixels), 1
     img, orientation = decode_bounded(path, max_pixels, sha256=sha256)  # regular file, strict, bounded
+    return _stored_rgb(img), orientation
+
+
+def image_from_bytes(path: str | os.PathLike, data: bytes,
+                     max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """:func:`read_image` of the bytes already read from ``path`` (by
+    :func:`~edgekit.device.decoding.read_file_bytes`; ``path`` names the format and the file): a
+    caller that hashes the bytes too reads the file once, and its hash is of exactly the pixels
+    decoded."""
+    path = Path(path)
+    if path.suffix.lower() == ".dcm":
+        return _read_dicom(path, max_pixels, data)  # no EXIF turn, as read_image
+    from edgekit.device.decoding import decode_data
+
+    img, orientation = decode_data(data, max_pixels)
+    return apply_orientation(_stored_rgb(img), orientation)
+
+
+def _stored_rgb(img: np.ndarray) -> np.ndarray:
+    """A decoded ``IMREAD_UNCHANGED`` array as RGB uint8 (H, W, 3)."""
     cv2 = opencv()
     img = _to_uint8(img)
     if img.ndim == 2:
@@ -139,7 +159,7 @@ def read_image_as_stored(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=img if own else None)
     else:
         img = cv2.cvtColor(img[:, :, 0], cv2.COLOR_GRAY2RGB)
-    return np.ascontiguousarray(img), orientation
+    return np.ascontiguousarray(img)
 
 
 def _interpolation(method: str) -> int:
