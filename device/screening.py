@@ -368,7 +368,7 @@ def check_field(store: RecordStore, session: Session, source_id: str, rgb: np.nd
     caller has it already (always, with a CutField); ``rule``: the bundle's
     :class:`~edgekit.device.field.focus.FocusRule` (default: the shared one)."""
     from edgekit.device.field.focus import DEFAULT_RULE, SESSION_RECENT
-    from edgekit.device.field.identity import Signature, same_field, signature
+    from edgekit.device.field.identity import Signature, probe, same_field, signature
     from edgekit.device.records import FieldEntry
 
     rule = rule or DEFAULT_RULE
@@ -379,10 +379,11 @@ def check_field(store: RecordStore, session: Session, source_id: str, rgb: np.nd
     else:
         score, sig = rule.score(rgb) if focus is None else focus, signature(rgb)
     counted = store.fields(session.id)
+    new = probe(sig)  # matched against every counted field: its own half of the work once
     recheck = {"checked_up_to": max((f["id"] for f in counted), default=0),
-               "same_field": lambda other: same_field(sig, Signature.from_bytes(other))}
+               "same_field": lambda other: same_field(new, Signature.from_bytes(other))}
     for old in reversed(counted):
-        if same_field(sig, Signature.from_bytes(old["signature"])):
+        if same_field(new, Signature.from_bytes(old["signature"])):
             if replace and sharper_than(score, old):
                 return FieldCheck("replace", score, FieldEntry(source_id, sig.to_bytes(), score, old["id"],
                                                                **recheck), duplicate_of=old)

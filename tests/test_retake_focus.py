@@ -58,6 +58,35 @@ def test_identity_tells_retakes_from_other_fields():
     assert not same_field(sig, signature(a[:, ::-1]))  # the mirrored field is another view
 
 
+def test_a_session_check_prepares_the_new_field_once_with_the_same_matches(monkeypatch):
+    """`check_field` high-passed the new field's thumbnail (and made the window) again for every
+    field the session had counted: half of that work, repeated. Now once per check, same matches."""
+    from edgekit.device.field import identity
+    from edgekit.device.screening import CutField, check_field
+
+    a = read_image(FIELD)
+    others = [read_image(FIXTURES / "fields" / "BloodImage_00014.jpg"), a[:, ::-1], a[::-1], a[:400]]
+    sigs = [identity.signature(x) for x in others]
+    new = identity.signature(read_image_bytes(_jpeg(_retake(a, 1 / 0.9))))
+    for old in [*sigs, identity.signature(a)]:  # a probe matches bit for bit, any shape
+        assert identity.match(identity.probe(new), old) == identity.match(new, old)
+
+    class Store:
+        def fields(self, session_id):
+            return [{"id": i + 1, "signature": s.to_bytes(), "sharpness": 1.0, "source_id": f"f{i}"}
+                    for i, s in enumerate(sigs)]
+
+    class Session:
+        id = 1
+
+    calls = []
+    real = identity._highpass
+    monkeypatch.setattr(identity, "_highpass", lambda t: calls.append(t.shape) or real(t))
+    check = check_field(Store(), Session(), "new", CutField(new, []), focus=1.0)  # type: ignore[arg-type]
+    assert check.verdict == "new"
+    assert len(calls) == len(sigs) + 1, calls
+
+
 def read_image_bytes(data: bytes) -> np.ndarray:
     import cv2
 

@@ -62,16 +62,33 @@ def _highpass(thumb: np.ndarray) -> np.ndarray:
     return g / max(float(g.std()), 1e-3)
 
 
-def match(a: Signature, b: Signature) -> tuple[float, float]:
+@dataclass(frozen=True)
+class Probe:
+    """A signature made ready to be matched against many (:func:`probe`): its high-passed thumbnail
+    and the phase correlation's window, computed once, not once a pair (~10% of a pair's cost)."""
+
+    signature: Signature
+    highpass: np.ndarray
+    window: np.ndarray
+
+
+def probe(a: Signature) -> Probe:
+    """``a`` ready for :func:`match` against each field of a session (the same results, bit for bit)."""
+    cv2 = opencv()
+    h, w = a.thumb.shape
+    return Probe(a, _highpass(a.thumb), cv2.createHanningWindow((w, h), cv2.CV_32F))
+
+
+def match(a: Signature | Probe, b: Signature) -> tuple[float, float]:
     """(best phase-correlation peak over the tried scales, shared fraction of the view at it)."""
     cv2 = opencv()
-    ta = _highpass(a.thumb)
+    pa = a if isinstance(a, Probe) else probe(a)
+    ta, window = pa.highpass, pa.window
     h, w = ta.shape
     tb = b.thumb
-    if tb.shape != a.thumb.shape:
+    if tb.shape != pa.signature.thumb.shape:
         tb = cv2.resize(tb, (w, h), interpolation=cv2.INTER_AREA)
     tb = _highpass(tb)
-    window = cv2.createHanningWindow((w, h), cv2.CV_32F)
     best = (0.0, 0.0)
     for s in SCALES:
         m = np.array([[s, 0, (1 - s) * w / 2], [0, s, (1 - s) * h / 2]], np.float32)
@@ -83,7 +100,8 @@ def match(a: Signature, b: Signature) -> tuple[float, float]:
     return best
 
 
-def same_field(a: Signature, b: Signature) -> bool:
-    """Whether two signatures show the same stretch of smear."""
+def same_field(a: Signature | Probe, b: Signature) -> bool:
+    """Whether two signatures show the same stretch of smear (``a`` may be :func:`probe`'s, to be
+    matched against many)."""
     response, overlap = match(a, b)
     return response >= MIN_RESPONSE and overlap >= MIN_OVERLAP
