@@ -356,6 +356,12 @@ def decode_bounded(path: str | os.PathLike, max_pixels: int, max_bytes: int = DE
     data = read_file_bytes(Path(path), max_bytes)
     if sha256 is not None and digest_of(data).hexdigest() != sha256:
         raise FileChanged(CHANGED_WHILE_READ)
+    return decode_data(data, max_pixels)
+
+
+def decode_data(data: bytes, max_pixels: int) -> tuple[np.ndarray, int]:
+    """:func:`decode_bounded` of a file's bytes already read (:func:`read_file_bytes`): for a caller
+    that hashes the very bytes it decodes, one read for both."""
     w, h, fmt, orientation = probe_header(data, max_pixels)
     strict_check(data, fmt)
     img = _imdecode(data, fmt)  # libpng/libtiff/libjpeg complaints captured: our one-line reason instead

@@ -78,12 +78,13 @@ def _to_uint8(img: np.ndarray) -> np.ndarray:
     return np.clip((img - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
 
 
-def _read_dicom(path: Path, max_pixels: int) -> np.ndarray | None:
-    """A DICOM file's pixels; None when the file is no DICOM, whatever its name (no ``DICM`` after
-    the 128-byte preamble, which pydicom needs too): it is then decoded as the image it is."""
+def _read_dicom(path: Path, max_pixels: int, data: bytes | None = None) -> np.ndarray | None:
+    """A DICOM file's pixels (``data``: its bytes, already read); None when the file is no DICOM,
+    whatever its name (no ``DICM`` after the 128-byte preamble, which pydicom needs too): it is then
+    decoded as the image it is."""
     from edgekit.device.decoding import read_file_bytes
 
-    data = read_file_bytes(path)
+    data = read_file_bytes(path) if data is None else data
     if data[128:132] != b"DICM":
         return None
     try:
@@ -130,6 +131,26 @@ def read_image_as_stored(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_
     if path.suffix.lower() == ".dcm" and (dicom := _read_dicom(path, max_pixels)) is not None:
         return dicom, 1
     img, orientation = decode_bounded(path, max_pixels, sha256=sha256)  # regular file, strict, bounded
+    return _stored_rgb(img), orientation
+
+
+def image_from_bytes(path: str | os.PathLike, data: bytes,
+                     max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """:func:`read_image` of the bytes already read from ``path`` (by
+    :func:`~edgekit.device.decoding.read_file_bytes`; ``path`` names the format and the file): a
+    caller that hashes the bytes too reads the file once, and its hash is of exactly the pixels
+    decoded."""
+    path = Path(path)
+    if path.suffix.lower() == ".dcm" and (dicom := _read_dicom(path, max_pixels, data)) is not None:
+        return dicom  # no EXIF turn, as read_image
+    from edgekit.device.decoding import decode_data
+
+    img, orientation = decode_data(data, max_pixels)
+    return apply_orientation(_stored_rgb(img), orientation)
+
+
+def _stored_rgb(img: np.ndarray) -> np.ndarray:
+    """A decoded ``IMREAD_UNCHANGED`` array as RGB uint8 (H, W, 3)."""
     cv2 = opencv()
     img = _to_uint8(img)
     if img.ndim == 2:
@@ -145,7 +166,7 @@ def read_image_as_stored(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=img if own else None)
     else:
         img = cv2.cvtColor(img[:, :, 0], cv2.COLOR_GRAY2RGB)
-    return np.ascontiguousarray(img), orientation
+    return np.ascontiguousarray(img)
 
 
 def _interpolation(method: str) -> int:

@@ -31,7 +31,8 @@ from edgekit.device.pipeline import (
 )
 from edgekit.device.quality import DEFAULT_GATES, QualityGates
 from edgekit.device.review import review_crops
-from edgekit.errors import FileChanged, ImageError
+from edgekit.digest import sha256
+from edgekit.errors import ImageError
 from edgekit.manifest import Decision, Domain, PatientRule
 from edgekit.metrics import wilson_interval
 
@@ -369,7 +370,7 @@ def check_field(store: RecordStore, session: Session, source_id: str, rgb: np.nd
     caller has it already (always, with a CutField); ``rule``: the bundle's
     :class:`~edgekit.device.field.focus.FocusRule` (default: the shared one)."""
     from edgekit.device.field.focus import DEFAULT_RULE, SESSION_RECENT
-    from edgekit.device.field.identity import Signature, same_field, signature
+    from edgekit.device.field.identity import Signature, probe, same_field, signature
     from edgekit.device.records import FieldEntry
 
     rule = rule or DEFAULT_RULE
@@ -380,10 +381,11 @@ def check_field(store: RecordStore, session: Session, source_id: str, rgb: np.nd
     else:
         score, sig = rule.score(rgb) if focus is None else focus, signature(rgb)
     counted = store.fields(session.id)
+    new = probe(sig)  # matched against every counted field: its own half of the work once
     recheck = {"checked_up_to": max((f["id"] for f in counted), default=0),
-               "same_field": lambda other: same_field(sig, Signature.from_bytes(other))}
+               "same_field": lambda other: same_field(new, Signature.from_bytes(other))}
     for old in reversed(counted):
-        if same_field(sig, Signature.from_bytes(old["signature"])):
+        if same_field(new, Signature.from_bytes(old["signature"])):
             if replace and sharper_than(score, old):
                 return FieldCheck("replace", score, FieldEntry(source_id, sig.to_bytes(), score, old["id"],
                                                                **recheck), duplicate_of=old)
@@ -461,19 +463,15 @@ def _segment_one(item: tuple[str, Path | None], rule: Any = None) -> SegmentedFi
     from edgekit.device.field import count_cells
     from edgekit.device.field.quality import field_focus, shape_reason
     from edgekit.device.field.view import outside_view
-    from edgekit.device.preprocess import read_image
 
     shown, path = item
     if path is None:
         return shown, None, None, [], missing_reason(shown), None
-    content_hash = _content_hash(path)
+    content_hash, rgb = _read_field(path)
     if content_hash is None:  # gone (mid-batch): its cells could not be told apart on a rerun
         return shown, None, None, [], missing_reason(str(path)), None
-    try:
-        rgb = read_image(path, sha256=content_hash)  # the bytes hashed, or refused (replaced since)
-    except ImageError as exc:  # a stopped batch never: the field is rejected, the others carry on
-        kept = None if isinstance(exc, FileChanged) else content_hash  # None: reported, not recorded
-        return shown, kept, None, [], str(exc).removeprefix(f"{path.name}: "), None
+    if isinstance(rgb, ImageError):  # a stopped batch never: the field is rejected, the others carry on
+        return shown, content_hash, None, [], str(rgb).removeprefix(f"{path.name}: "), None
     # its surround, looked for once for its focus, its cells and its signature (not on a shape the
     # gate refuses: each then does as it did alone)
     outside = ... if shape_reason(rgb) else outside_view(rgb)
@@ -481,6 +479,25 @@ def _segment_one(item: tuple[str, Path | None], rule: Any = None) -> SegmentedFi
     cells, _, reason = count_cells(rgb, focus=focus, rule=rule, outside=outside)
     # cut here (a refused field too: it was read): its pixels are freed before the next field is decoded
     return shown, content_hash, CutField.of(rgb, cells, outside), cells, reason, focus
+
+
+def _read_field(path: Path) -> tuple[str | None, np.ndarray | ImageError]:
+    """A field file's content hash and its pixels (or why they cannot be used) from one read: the
+    hash is of exactly the bytes decoded, so a file replaced meanwhile is never recorded under
+    another picture's hash. A file the bounded read refuses (too large, empty) is hashed as a file,
+    as its record always was; None: gone."""
+    from edgekit.device.decoding import read_file_bytes
+    from edgekit.device.preprocess import image_from_bytes
+
+    try:
+        data = read_file_bytes(path)
+    except ImageError as exc:
+        return _content_hash(path), exc
+    content_hash = sha256(data).hexdigest()
+    try:
+        return content_hash, image_from_bytes(path, data)
+    except ImageError as exc:
+        return content_hash, exc
 
 
 def field_refusal(rgb: np.ndarray | CutField, cells: list, classifier: Classifier

@@ -163,37 +163,37 @@ def test_adapt_refuses_missing_base_data_or_field_images_before_scoring_the_site
 def test_a_field_that_vanishes_mid_batch_is_rejected_and_the_batch_goes_on(tmp_path, monkeypatch):
     """`screen --fields`: a field deleted after the folder was listed (before or after its pixels were
     read) stopped the whole batch with `error: image not found` (its hash was taken after the read).
-    Since session 14 the hash is taken first and the bytes read are checked against it: a field gone
-    once read was read whole, and is counted."""
+    Since session 14 the hash is taken first and the bytes read are checked against it; since session 15
+    one read gives both: a field gone once read was read whole, and is counted."""
     import shutil
 
     from device_helpers import FIXTURES
 
-    import edgekit.device.preprocess as preprocess
+    import edgekit.device.decoding as decoding
 
     folder = tmp_path / "fields"
     folder.mkdir()
     for name, src in (("f0.jpg", "BloodImage_00014.jpg"), ("f1.jpg", "BloodImage_00099.jpg"),
                       ("f2.jpg", "BloodImage_00099.jpg")):
         shutil.copy(FIXTURES / "fields" / src, folder / name)
-    real = preprocess.read_image
+    real = decoding.read_file_bytes  # the decoder's one read of a file
 
     def vanishing(path, *args, **kwargs):
         if Path(path).name == "f1.jpg":
             os.unlink(path)  # gone before it is read
-        rgb = real(path, *args, **kwargs)
+        data = real(path, *args, **kwargs)
         if Path(path).name == "f2.jpg":
             os.unlink(path)  # gone once read
-        return rgb
+        return data
 
-    monkeypatch.setattr(preprocess, "read_image", vanishing)
+    monkeypatch.setattr(decoding, "read_file_bytes", vanishing)
     res = CliRunner().invoke(main, ["screen", "--db", str(tmp_path / "s.db"), "--patient", "V", "--fields",
                                     "-m", str(GOLDEN), str(folder)])
     assert res.exit_code == 1 and "Traceback" not in res.output, res.output
     assert f"rejected {folder / 'f1.jpg'}: file not found" in res.output, res.output
     assert "f2.jpg" not in res.output, res.output
     # f0 and f2 counted whole: the cells of the two fields screened on their own
-    monkeypatch.setattr(preprocess, "read_image", real)
+    monkeypatch.setattr(decoding, "read_file_bytes", real)
     both = tmp_path / "both"
     both.mkdir()
     for name, src in (("f0.jpg", "BloodImage_00014.jpg"), ("f2.jpg", "BloodImage_00099.jpg")):

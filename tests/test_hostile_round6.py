@@ -118,14 +118,14 @@ def test_a_screening_database_that_lost_a_column_is_refused_not_read_as_empty(sc
 
 
 def _swapping_reader(monkeypatch, path, replacement, after: bool):
-    """Replace ``path``'s content with ``replacement``'s the first time it is decoded: just before
-    its bytes are read (``after`` False) or just after (True), as a sync tool or camera app
+    """Replace ``path``'s content with ``replacement``'s the first time its bytes are read to be
+    decoded: just before (``after`` False) or just after (True), as a sync tool or camera app
     overwriting a file mid-batch would."""
     import shutil
 
-    import edgekit.device.preprocess as pp
+    import edgekit.device.decoding as dec
 
-    real, done = pp.read_image_as_stored, []
+    real, done = dec.read_file_bytes, []
 
     def reader(p, *args, **kwargs):
         swap = Path(p) == path and not done
@@ -136,7 +136,8 @@ def _swapping_reader(monkeypatch, path, replacement, after: bool):
             done.append(shutil.copyfile(replacement, path))
         return out
 
-    monkeypatch.setattr(pp, "read_image_as_stored", reader)
+    monkeypatch.setattr(dec, "read_file_bytes", reader)
+    return done  # non-empty once swapped
 
 
 def _records(db) -> list[tuple[str, str, str]]:
@@ -161,9 +162,10 @@ def test_a_crop_replaced_after_it_was_hashed_is_not_recorded_under_the_old_hash(
     shutil.copyfile(CELLS / "uninfected_a.webp", b)
     db = tmp_path / "s.sqlite"
     args = ["screen", "--patient", "P", "--db", str(db), "-m", str(GOLDEN), str(folder)]
-    _swapping_reader(monkeypatch, a, CELLS / "parasitized_b.webp", after=False)
+    swapped = _swapping_reader(monkeypatch, a, CELLS / "parasitized_b.webp", after=False)
     res = CliRunner().invoke(main, args)
-    assert res.exit_code == 1 and "a.webp: the file changed while it was read" in res.stderr, res.output
+    assert swapped and res.exit_code == 1, res.output
+    assert "a.webp: the file changed while it was read" in res.stderr, res.output
     assert [r[0] for r in _records(db)] == [str(b)]  # nothing recorded of a
     res = CliRunner().invoke(main, args)  # the rerun screens what a holds now, once
     assert res.exit_code == 0, res.output
@@ -187,9 +189,9 @@ def test_a_field_replaced_after_it_was_read_is_recorded_under_what_was_read(tmp_
     good = shutil.copyfile(FIELD, tmp_path / "good.png")
     db = tmp_path / "s.sqlite"
     args = ["screen", "--fields", "--patient", "P", "--db", str(db), "-m", str(GOLDEN), str(folder)]
-    _swapping_reader(monkeypatch, f, good, after=True)
+    swapped = _swapping_reader(monkeypatch, f, good, after=True)
     res = CliRunner().invoke(main, args)
-    assert _records(db) == [(str(f), blank, "rejected")], res.output
+    assert swapped and _records(db) == [(str(f), blank, "rejected")], res.output
     res = CliRunner().invoke(main, args)  # the new picture is another field: counted on the rerun
     assert res.exit_code == 0 and [r[2] for r in _records(db)].count("classified") > 10, res.output
 

@@ -205,3 +205,36 @@ def test_a_grayscale_field_is_refused_whole_as_edgekit_field_refuses_it(tmp_path
     rows = con.execute("select source_id, status, reason from records").fetchall()
     assert len(rows) == 1 and rows[0][1] == "rejected" and rows[0][2].startswith("no stain colour"), rows
     assert con.execute("select count(*) from fields where status = 'counted'").fetchone()[0] == 0
+
+
+def test_each_field_file_is_read_once_and_recorded_under_the_hash_of_what_was_decoded(tmp_path, monkeypatch):
+    """`screen --fields` hashed each field's file, then read it again to decode it (and hashed those
+    bytes again, to catch a replacement in between): two reads and two hashes of every field. One
+    read now serves both; a file the bounded read refuses (empty) keeps its record as before."""
+    import os
+    import shutil
+
+    from edgekit.device.pipeline import file_hash
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    field = Path(shutil.copyfile(FIXTURES / "fields" / "BloodImage_00099.jpg", folder / "f.jpg"))
+    empty = folder / "empty.png"
+    empty.write_bytes(b"")
+    opened: list[str] = []
+    real_open = os.open
+
+    def counting_open(path, *args, **kwargs):
+        opened.append(os.fspath(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", counting_open)
+    db = tmp_path / "s.sqlite"
+    res = CliRunner().invoke(main, ["screen", "--fields", "--patient", "P", "--db", str(db), "--model",
+                                    str(FIXTURES / "golden_bundle"), "--threads", "2", str(folder)])
+    monkeypatch.setattr(os, "open", real_open)
+    assert opened.count(str(field)) == 1, opened
+    rows = sqlite3.connect(db).execute("select source_id, content_hash, status from records").fetchall()
+    assert (str(empty), file_hash(empty), "rejected") in rows, rows
+    cells = [r for r in rows if r[0].startswith("f.jpg#")]
+    assert len(cells) > 10 and all(r[2] in ("classified", "rejected") for r in cells), res.output

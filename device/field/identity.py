@@ -62,28 +62,52 @@ def _highpass(thumb: np.ndarray) -> np.ndarray:
     return g / max(float(g.std()), 1e-3)
 
 
-def match(a: Signature, b: Signature) -> tuple[float, float]:
-    """(best phase-correlation peak over the tried scales, shared fraction of the view at it)."""
+@dataclass(frozen=True)
+class Probe:
+    """A signature made ready to be matched against many (:func:`probe`): its high-passed thumbnail
+    with the phase correlation's window applied, and the window, computed once, not once a pair."""
+
+    signature: Signature
+    windowed: np.ndarray
+    window: np.ndarray
+
+
+def probe(a: Signature) -> Probe:
+    """``a`` ready for :func:`match` against each field of a session (the same results, bit for bit)."""
     cv2 = opencv()
-    ta = _highpass(a.thumb)
+    h, w = a.thumb.shape
+    window = cv2.createHanningWindow((w, h), cv2.CV_32F)
+    return Probe(a, cv2.multiply(_highpass(a.thumb), window), window)
+
+
+def match(a: Signature | Probe, b: Signature) -> tuple[float, float]:
+    """(best phase-correlation peak over the tried scales, shared fraction of the view at it).
+
+    The window is applied here, as ``phaseCorrelate`` would (the same product, the same results):
+    OpenCV 4.x multiplies the arrays it is given by the window in place (when their size needs no
+    padding, as a thumbnail's), so each scale saw both thumbnails windowed again and again, and
+    matches differed from OpenCV 5's."""
+    cv2 = opencv()
+    pa = a if isinstance(a, Probe) else probe(a)
+    ta, window = pa.windowed, pa.window
     h, w = ta.shape
     tb = b.thumb
-    if tb.shape != a.thumb.shape:
+    if tb.shape != pa.signature.thumb.shape:
         tb = cv2.resize(tb, (w, h), interpolation=cv2.INTER_AREA)
     tb = _highpass(tb)
-    window = cv2.createHanningWindow((w, h), cv2.CV_32F)
     best = (0.0, 0.0)
     for s in SCALES:
         m = np.array([[s, 0, (1 - s) * w / 2], [0, s, (1 - s) * h / 2]], np.float32)
         warped = tb if s == 1.0 else cv2.warpAffine(tb, m, (w, h), borderMode=cv2.BORDER_REFLECT)
-        (dx, dy), response = cv2.phaseCorrelate(ta, warped, window)
+        (dx, dy), response = cv2.phaseCorrelate(ta, cv2.multiply(warped, window))
         overlap = max(0.0, 1 - abs(dx) / w) * max(0.0, 1 - abs(dy) / h) * min(s, 1 / s) ** 2
         if response > best[0]:
             best = (float(response), float(overlap))
     return best
 
 
-def same_field(a: Signature, b: Signature) -> bool:
-    """Whether two signatures show the same stretch of smear."""
+def same_field(a: Signature | Probe, b: Signature) -> bool:
+    """Whether two signatures show the same stretch of smear (``a`` may be :func:`probe`'s, to be
+    matched against many)."""
     response, overlap = match(a, b)
     return response >= MIN_RESPONSE and overlap >= MIN_OVERLAP
