@@ -1,0 +1,54 @@
+"""Rough edges a new user met in session 15 (benchmarks/RESULTS.md, "Rough edges, session 15")."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from edgekit.cli import main
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def _refuse_even_heights(monkeypatch):
+    """Every crop of even height refused by the gate, with its height in the reason (reasons that
+    differ only in their numbers, as the colour rule's chroma does)."""
+    import edgekit.device.pipeline as pipeline
+
+    real = pipeline.check_quality
+
+    def gate(rgb, *args, **kwargs):
+        h = rgb.shape[0]
+        return f"blurred (Laplacian variance {h}.0 < 1000)" if h % 2 == 0 else real(rgb, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "check_quality", gate)
+
+
+def test_screen_says_a_fields_refused_cells_in_one_line_per_reason(tmp_path, monkeypatch):
+    """One stderr line per field and reason with the count, not one per cell; a refused whole file
+    keeps its own line; the records and the exit status are as before."""
+    _refuse_even_heights(monkeypatch)
+    bad = tmp_path / "not_a_field.jpg"
+    bad.write_bytes(b"junk")
+    db = tmp_path / "s.sqlite"
+    fields = sorted((FIXTURES / "fields").glob("*.jpg"))
+    result = CliRunner().invoke(main, ["screen", "--patient", "R1", "--fields", *map(str, fields), str(bad),
+                                       "--db", str(db), "--no-progress"])
+    assert result.exit_code == 1, result.output  # the unreadable file, as before
+    rows = sqlite3.connect(db).execute("select source_id, status from records").fetchall()
+    refused = [s for s, st in rows if st == "rejected" and "#" in s]
+    assert len(refused) >= 4
+    lines = result.output.splitlines()
+    assert not [x for x in lines if re.match(r"rejected .*#\d+:", x)]  # no line per cell
+    said = {}
+    for field in fields:
+        (line,) = [x for x in lines if x.startswith(f"{field}: ") and "not classified" in x]
+        n, of = map(int, re.search(r": (\d+) of (\d+) cells? not classified: blurred \(e\.g\. #\d+: "
+                                   r"Laplacian variance", line).groups())
+        said[field.name] = n
+        assert of == sum(s.startswith(f"{field.name}#") for s, _ in rows)  # every cell of the field
+    assert said == {f.name: sum(s.startswith(f"{f.name}#") for s in refused) for f in fields}
+    assert sum(x.startswith(f"rejected {bad}: ") for x in lines) == 1  # a refused file: its own line
