@@ -251,7 +251,7 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
     from edgekit.device.pipeline import one_heap, workers
     from edgekit.device.quality import DEFAULT_GATES
     from edgekit.device.records import RecordStore, default_db_path
-    from edgekit.device.screening import file_source, record_crops, record_fields
+    from edgekit.device.screening import CUT_KINDS, file_source, record_crops, record_fields
     from edgekit.device.sessions import screened_with, session_summary
     from edgekit.errors import EdgekitError
 
@@ -319,7 +319,7 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
             # workers on top (small arrays, holding the GIL) cost 1,000 crops ~0.3 s more CPU
             # (benchmarks/RESULTS.md, speed round 6)
             n_workers = 1 if kind in ("field", "file") else workers(threads)
-            if kind in ("field", "camera-field"):
+            if kind in CUT_KINDS:
                 from edgekit.device.field.focus import rule_of
 
                 tally = record_fields(store, session, crops, classifier, gates, stop, kind, report, on_field,

@@ -52,3 +52,33 @@ def test_screen_says_a_fields_refused_cells_in_one_line_per_reason(tmp_path, mon
         assert of == sum(s.startswith(f"{field.name}#") for s, _ in rows)  # every cell of the field
     assert said == {f.name: sum(s.startswith(f"{f.name}#") for s in refused) for f in fields}
     assert sum(x.startswith(f"rejected {bad}: ") for x in lines) == 1  # a refused file: its own line
+
+
+def _lit_square(seed: int, size: int = 64):
+    """A stained, textured square lit to its border: passes the quality gates, not a cell on black."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    pixels = np.array([200, 140, 170]) + rng.integers(-25, 25, (size, size, 3))
+    return np.clip(pixels, 0, 255).astype(np.uint8)
+
+
+def test_a_cell_the_finder_cut_is_not_told_to_pass_whole_fields(tmp_path):
+    """The lit-border refusal's hint (`edgekit field`) is for a file given as a crop; a cell cut from
+    a field (screen --fields, the camera, the phone page) is said to fill its box instead."""
+    from edgekit.device.records import RecordStore
+    from edgekit.device.runtime import load_classifier
+    from edgekit.device.screening import record_crops
+    from edgekit.paths import default_bundle_dir
+
+    clf = load_classifier(default_bundle_dir(), "tflite_int8")
+    reasons = {}
+    with RecordStore(tmp_path / "s.sqlite") as store:
+        session = store.open_session("R2", clf.model_sha256)
+        for i, kind in enumerate(("file", "field", "camera-field")):
+            record_crops(store, session, [(f"{kind}#1", None, _lit_square(i))], clf, source_kind=kind,
+                         on_outcome=lambda out, k=kind: reasons.update({k: out.reason}))
+    assert all(r.startswith("not a single cell on a black background (") for r in reasons.values()), reasons
+    assert "pass whole fields to `edgekit field`" in reasons["file"]
+    for kind in ("field", "camera-field"):
+        assert "edgekit field" not in reasons[kind] and "fills its box" in reasons[kind]
