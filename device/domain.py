@@ -251,14 +251,23 @@ def verdict(score: float | None, threshold: float, what: str, n: int, min_cells:
                        " training cells", "kind": "few"}
     ok = score <= threshold
     why = (
-        f"the cells of this {what} look like the model's training cells (median distance {score:.2f} <="
-        f" {threshold:.2f})"
+        f"the cells of this {what} look like the model's training cells: {guard_measure(score, threshold)}"
         if ok else
-        f"the cells of this {what} do not look like the model's training cells (median distance"
-        f" {score:.2f} > {threshold:.2f}: another microscope, stain or magnification); results are not"
-        " validated for it"
+        f"the cells of this {what} do not look like the model's training cells (another microscope, stain"
+        f" or magnification): {guard_measure(score, threshold)}; results are not validated for it"
     )
     return {"ok": bool(ok), "score": round(float(score), 3), "why": why, "kind": "like" if ok else "unlike"}
+
+
+def guard_measure(score: float, threshold: float) -> str:
+    """A field's or session's median distance (``score``) over its ``threshold``, in words a field
+    worker reads and numbers an engineer can check (``a median 6.40 standard deviations ... (limit
+    3.93)``): the distance is Mahalanobis, in the training cells' standard deviations."""
+    return f"a median {score:.2f} {GUARD_UNIT} (limit {threshold:.2f})"
+
+
+# what the guard's distance measures (the features ``manifest.domain`` records the training cells by)
+GUARD_UNIT = "standard deviations from the training cells in size, shape and stain colour"
 
 
 NO_DOMAIN = {"ok": False, "score": None,

@@ -82,3 +82,32 @@ def test_a_cell_the_finder_cut_is_not_told_to_pass_whole_fields(tmp_path):
     assert "pass whole fields to `edgekit field`" in reasons["file"]
     for kind in ("field", "camera-field"):
         assert "edgekit field" not in reasons[kind] and "fills its box" in reasons[kind]
+
+
+def test_the_guards_number_is_said_with_its_meaning_wherever_its_verdict_is_printed(tmp_path):
+    """`field`, `screen` and `sessions show` give the guard's median distance with what it measures and
+    its limit from the manifest, not a bare ``6.74 > 3.93``; the verdict itself is unchanged."""
+    from edgekit.device.domain import session_verdict
+    from edgekit.manifest import load_manifest
+    from edgekit.paths import default_bundle_dir
+
+    domain = load_manifest(default_bundle_dir()).domain
+    assert domain is not None
+    unit = "standard deviations from the training cells in size, shape and stain colour"
+    far = session_verdict([6.74] * 9, domain)
+    assert not far["ok"] and far["score"] == 6.74 and far["kind"] == "unlike"
+    assert f"a median 6.74 {unit} (limit {domain.session_threshold:.2f})" in far["why"]
+    near = session_verdict([1.5] * 9, domain)
+    assert near["ok"] and f"a median 1.50 {unit}" in near["why"]
+
+    fields = [str(p) for p in sorted((FIXTURES / "fields").glob("*.jpg"))]
+    field = CliRunner().invoke(main, ["field", *fields])
+    assert field.exit_code == 0, field.output
+    assert f"{unit} (limit {domain.session_threshold:.2f})" in field.output
+    db = str(tmp_path / "s.sqlite")
+    screen = CliRunner().invoke(main, ["screen", "--patient", "R3", "--fields", *fields, "--db", db])
+    assert screen.exit_code == 0 and "domain: the cells of this session do not look" in screen.output
+    assert f"{unit} (limit {domain.session_threshold:.2f})" in screen.output
+    show = CliRunner().invoke(main, ["sessions", "show", "R3", "--db", db])
+    assert f"up to a median {domain.session_threshold:.2f} {unit}" in show.output
+    assert f"{unit} (limit {domain.session_threshold:.2f})" in show.output
