@@ -111,3 +111,32 @@ def test_the_guards_number_is_said_with_its_meaning_wherever_its_verdict_is_prin
     show = CliRunner().invoke(main, ["sessions", "show", "R3", "--db", db])
     assert f"up to a median {domain.session_threshold:.2f} {unit}" in show.output
     assert f"{unit} (limit {domain.session_threshold:.2f})" in show.output
+
+
+def test_site_cells_cuts_the_annotated_fields_present_and_says_how_many_are_absent(tmp_path):
+    """A folder holding some of the fields an annotation file boxes: the present ones are cut (cells.json
+    lists them only), one line says how many are absent; none present stays an error."""
+    import json
+
+    from test_cells import _iml_objects, make_field
+
+    images = tmp_path / "images"
+    boxes = {n: make_field(images / n, seed=i) for i, n in enumerate(["PA000001.JPG", "PA000002.JPG"])}
+    absent = ["PA000003.JPG", "PA000004.JPG", "PA000005.JPG"]
+    listed = {**boxes, **dict.fromkeys(absent, boxes["PA000001.JPG"])}
+    ann = tmp_path / "annotations.json"
+    ann.write_text(json.dumps([{"image_name": n, "objects": _iml_objects(b)} for n, b in listed.items()]))
+    out = tmp_path / "cells"
+    res = CliRunner().invoke(main, ["site", "cells", str(images), "--annotations", str(ann), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    said = [x for x in res.output.splitlines() if "annotated fields are not in" in x]
+    assert said == [f"3 of 5 annotated fields are not in {images.resolve()} (first: PA000003.JPG): left out"]
+    index = json.loads((out / "cells.json").read_text())
+    assert [f["field"] for f in index["per_field"]] == sorted(boxes)
+    assert index["summary"]["fields"] == 2 and index["summary"]["fields_dir"] == str(images.resolve())
+
+    for name in boxes:  # none of the annotated fields present: refused in one line, as before
+        (images / name).rename(images / f"other_{name}")
+    res = CliRunner().invoke(main, ["site", "cells", str(images), "--annotations", str(ann),
+                                    "-o", str(tmp_path / "none")])
+    assert res.exit_code == 2 and "5 of 5 annotated images are not in" in res.output, res.output
