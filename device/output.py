@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
 
@@ -163,6 +163,17 @@ class RefusedCells:
         reason = out.reason or ""
         self.refused.setdefault(reason.partition(" (")[0], []).append((out.source_id, reason))
         return True
+
+    @classmethod
+    def of_field(cls, name: str, cells: Sequence[Any], outcomes: Iterable[Outcome]) -> list[str]:
+        """The lines of one field whose cells' ``outcomes`` are all in (the phone page's answer)."""
+        lines: list[str] = []
+        said = cls(lines.append)
+        said.field(name, cells)
+        for out in outcomes:
+            said.take(out)
+        said.flush()
+        return lines
 
     def flush(self) -> None:
         """Say the current field's refused cells, one line per reason (first seen first)."""

@@ -140,3 +140,34 @@ def test_site_cells_cuts_the_annotated_fields_present_and_says_how_many_are_abse
     res = CliRunner().invoke(main, ["site", "cells", str(images), "--annotations", str(ann),
                                     "-o", str(tmp_path / "none")])
     assert res.exit_code == 2 and "5 of 5 annotated images are not in" in res.output, res.output
+
+
+def test_the_phone_page_gets_a_fields_refused_cells_in_the_same_lines(tmp_path, monkeypatch):
+    """`serve` answers a field with the lines `screen --fields` prints for its refused cells."""
+    from fastapi.testclient import TestClient
+
+    from edgekit.device.runtime import load_classifier
+    from edgekit.device.serve.app import ServeConfig, create_app
+    from edgekit.device.serve.station import Station
+    from edgekit.paths import default_bundle_dir
+
+    _refuse_even_heights(monkeypatch)
+    token = "t" * 12 + "0123456789abcdef"
+    auth = {"Authorization": f"Bearer {token}"}
+    st = Station(load_classifier(default_bundle_dir(), "tflite_int8"), tmp_path / "s.sqlite", tmp_path / "ov")
+    client = TestClient(create_app(st, ServeConfig(token=token)), base_url="http://127.0.0.1:8000")
+    field = sorted((FIXTURES / "fields").glob("*.jpg"))[0]
+    try:
+        sid = client.post("/api/sessions", json={"patient": "R4"}, headers=auth).json()["session"]["id"]
+        r = client.post(f"/api/sessions/{sid}/images", params={"kind": "field", "name": field.name},
+                        content=field.read_bytes(), headers={**auth, "Content-Type": "image/jpeg"})
+        assert r.status_code == 200, r.text
+        rows = st.submit(lambda: st.store.records(sid)).result()
+    finally:
+        st.close()
+    refused = [row for row in rows if row["status"] == "rejected"]
+    assert refused
+    (line,) = r.json()["not_classified"]
+    name, _, said = line.partition(": ")  # the station's name of the upload: the file's, with its hash
+    assert name.startswith(field.stem) and refused[0]["source_id"].startswith(f"{name}#"), line
+    assert said.startswith(f"{len(refused)} of {len(rows)} cells not classified: blurred (e.g. #"), line
