@@ -360,8 +360,26 @@ def read_annotations(
     ``Parasitized``/``Uninfected``/``None``; default :data:`DEFAULT_CLASSES`.
 
     Raises :class:`DataError` when the file is unreadable or of no known format, an object has an
-    empty or unknown label, a field is listed twice, or an annotated image is not in ``images_dir``.
+    empty or unknown label, a field is listed twice, or an annotated image is not in ``images_dir``
+    (:func:`annotations_in` leaves those out instead).
     """
+    fields, absent = annotations_in(path, images_dir, classes)
+    if absent:
+        raise DataError(absent_images(absent, len(fields) + len(absent), images_dir))
+    return fields
+
+
+def absent_images(absent: list[str], annotated: int, images_dir: str | os.PathLike) -> str:
+    """The line naming annotated images that are not in ``images_dir``."""
+    return (f"annotation file does not match the images: {len(absent)} of {annotated} annotated images are "
+            f"not in {images_dir} (first: {absent[0]})")
+
+
+def annotations_in(
+    path: str | os.PathLike, images_dir: str | os.PathLike, classes: Mapping[str, str | None] | None = None
+) -> tuple[list[AnnotatedField], list[str]]:
+    """:func:`read_annotations` of the annotated images that are in ``images_dir`` (a folder holding
+    some of the fields a file annotates), and the names of those that are not."""
     path, images_dir = Path(path), Path(images_dir)
     cmap = {k.lower(): v for k, v in (classes or DEFAULT_CLASSES).items()}
     if not path.exists():
@@ -379,10 +397,5 @@ def read_annotations(
         if af.name in seen:
             raise DataError(f"{path}: image {af.name} is annotated twice")
         seen.add(af.name)
-    missing = [af.name for af in fields if not af.image.is_file()]
-    if missing:
-        raise DataError(
-            f"annotation file does not match the images: {len(missing)} of {len(fields)} annotated "
-            f"images are not in {images_dir} (first: {missing[0]})"
-        )
-    return sorted(fields, key=lambda af: af.name)
+    absent = sorted(af.name for af in fields if not af.image.is_file())
+    return sorted((af for af in fields if af.image.is_file()), key=lambda af: af.name), absent

@@ -247,11 +247,11 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
     The summary is printed in any case; the exit status is then 1 when an image of this run could
     not be read, 130 when Ctrl-C stopped a batch of files (with --camera, Ctrl-C is how it ends).
     """
-    from edgekit.device.output import Progress
+    from edgekit.device.output import Progress, RefusedCells
     from edgekit.device.pipeline import one_heap, workers
     from edgekit.device.quality import DEFAULT_GATES
     from edgekit.device.records import RecordStore, default_db_path
-    from edgekit.device.screening import file_source, record_crops, record_fields
+    from edgekit.device.screening import CUT_KINDS, file_source, record_crops, record_fields
     from edgekit.device.sessions import screened_with, session_summary
     from edgekit.errors import EdgekitError
 
@@ -283,6 +283,7 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
         bar = Progress(total, Progress.wanted(bool(progress)) if progress is not False else False)
 
         unread = _Unread()
+        refused = RefusedCells(lambda line: click.echo(line, err=True))
 
         def report(out) -> None:
             unread.outcome(out)
@@ -291,7 +292,7 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
                 if out.status == "classified":
                     running["cells"] += 1
                     running["parasitized"] += decision.is_counted_positive(out.prediction.p_positive)
-            if out.status in ("rejected", "failed"):
+            if out.status in ("rejected", "failed") and not refused.take(out):
                 bar.clear()
                 click.echo(f"{out.status} {display_text(out.source_id)}: {out.reason}", err=True)
             bar.update()
@@ -299,6 +300,7 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
         def on_field(name, rgb, cells, check) -> None:
             unread.field(name, rgb)
             bar.clear()
+            refused.field(name, cells)
             if check is not None and not check.counted:
                 click.echo(f"{name}: not counted: {check.reason}", err=True)
             elif check is not None and check.verdict == "replace":
@@ -317,7 +319,7 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
             # workers on top (small arrays, holding the GIL) cost 1,000 crops ~0.3 s more CPU
             # (benchmarks/RESULTS.md, speed round 6)
             n_workers = 1 if kind in ("field", "file") else workers(threads)
-            if kind in ("field", "camera-field"):
+            if kind in CUT_KINDS:
                 from edgekit.device.field.focus import rule_of
 
                 tally = record_fields(store, session, crops, classifier, gates, stop, kind, report, on_field,
@@ -328,9 +330,11 @@ def screen(paths: tuple[str, ...], patient: str, site: str | None, operator: str
                                      n_workers=n_workers, lookahead=kind == "file")
         except KeyboardInterrupt:
             bar.close()
+            refused.flush()
             click.echo("interrupted: everything classified so far is recorded", err=True)
             tally = None
         bar.close()
+        refused.flush()
         if view is not None:
             assert capture is not None  # set with the view (camera fields)
             view.render(_live_status(capture, running, view))

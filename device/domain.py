@@ -188,15 +188,16 @@ def single_cell_reason(height: int, width: int, lit: float, manifest: Any) -> st
 
 
 def check_cell(rgb: np.ndarray, domain: Domain, dark_level: int = DARK_LEVEL,
-               features: np.ndarray | None = None, distance: float | None = None) -> str | None:
+               features: np.ndarray | None = None, distance: float | None = None,
+               cut: bool = False) -> str | None:
     """Reject an image that is plainly not a cell like the bundle's training cells: not a single
     cell on black (a whole field, a photo, noise), colourless (a grayscale copy of a stained cell),
     or far outside every training cell's size, shape and colour. None when it passes.
-    ``features`` and their ``distance``: when the caller has them already."""
+    ``features`` and their ``distance``: when the caller has them already. ``cut``: the crop is a
+    cell the finder cut from a field, not a file given as a crop (told apart only in the reason)."""
     lit = border_lit(rgb, dark_level)
     if lit > domain.max_border_lit:
-        return (f"not a single cell on a black background ({lit:.0%} of the border is lit, training crops"
-                f" <= {domain.max_border_lit:.0%}); pass whole fields to `edgekit field`")
+        return _lit_border(lit, domain, cut)
     f = crop_features(rgb) if features is None else features
     if f is None:
         return "no cell pixels to classify"
@@ -208,6 +209,17 @@ def check_cell(rgb: np.ndarray, domain: Domain, dark_level: int = DARK_LEVEL,
         return (f"does not look like a cell the model was trained on (distance {d:.1f} >"
                 f" {domain.max_crop_distance:.1f} in size, shape and colour)")
     return None
+
+
+def _lit_border(lit: float, domain: Domain, cut: bool) -> str:
+    """:func:`check_cell`'s reason for a crop lit along its border: a file given as a crop is
+    pointed to `edgekit field`; a cell the finder cut is said to fill its box (IML/BCCD: a cell cut
+    off by the field's edge, or cells run together), with no advice for the user's files."""
+    rule = f"{lit:.0%} of the border is lit, training crops <= {domain.max_border_lit:.0%}"
+    if cut:
+        return (f"not a single cell on a black background ({rule}): the cell found fills its box, as a "
+                "cell cut off by the field's edge or cells run together do")
+    return f"not a single cell on a black background ({rule}); pass whole fields to `edgekit field`"
 
 
 def _colourless(c: float, domain: Domain) -> str:
@@ -239,14 +251,23 @@ def verdict(score: float | None, threshold: float, what: str, n: int, min_cells:
                        " training cells", "kind": "few"}
     ok = score <= threshold
     why = (
-        f"the cells of this {what} look like the model's training cells (median distance {score:.2f} <="
-        f" {threshold:.2f})"
+        f"the cells of this {what} look like the model's training cells: {guard_measure(score, threshold)}"
         if ok else
-        f"the cells of this {what} do not look like the model's training cells (median distance"
-        f" {score:.2f} > {threshold:.2f}: another microscope, stain or magnification); results are not"
-        " validated for it"
+        f"the cells of this {what} do not look like the model's training cells (another microscope, stain"
+        f" or magnification): {guard_measure(score, threshold)}; results are not validated for it"
     )
     return {"ok": bool(ok), "score": round(float(score), 3), "why": why, "kind": "like" if ok else "unlike"}
+
+
+def guard_measure(score: float, threshold: float) -> str:
+    """A field's or session's median distance (``score``) over its ``threshold``, in words a field
+    worker reads and numbers an engineer can check (``a median 6.40 standard deviations ... (limit
+    3.93)``): the distance is Mahalanobis, in the training cells' standard deviations."""
+    return f"a median {score:.2f} {GUARD_UNIT} (limit {threshold:.2f})"
+
+
+# what the guard's distance measures (the features ``manifest.domain`` records the training cells by)
+GUARD_UNIT = "standard deviations from the training cells in size, shape and stain colour"
 
 
 NO_DOMAIN = {"ok": False, "score": None,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
 
@@ -135,6 +136,62 @@ class ResultWriter:
             if decision == "uncertain":
                 decision = "uncertain: refer to microscopy"
             click.echo(f"{line}  {decision}")
+
+
+class RefusedCells:
+    """What a session tells of the cells the finder cut from a field and the crop gates refused: one
+    line per field and reason, with a count, once the field's cells are in (a refused file or whole
+    field keeps its own line, from the caller). ``echo`` prints a line."""
+
+    def __init__(self, echo: Callable[[str], None]) -> None:
+        self.echo = echo
+        self.name: str | None = None
+        self.ids: set[str] = set()
+        self.refused: dict[str, list[tuple[str, str]]] = {}  # reason's head -> [(cell id, reason)]
+
+    def field(self, name: str, cells: Sequence[Any]) -> None:
+        """Field ``name`` is next, with these cells (``CellBox``); the last one's lines are said."""
+        from edgekit.device.field.types import cell_id
+
+        self.flush()
+        self.name, self.ids = name, {cell_id(name, c.id) for c in cells}
+
+    def take(self, out: Outcome) -> bool:
+        """Keep ``out`` when it is a refused cell of the current field (said at :meth:`flush`)."""
+        if out.status != "rejected" or out.source_id not in self.ids:
+            return False
+        reason = out.reason or ""
+        self.refused.setdefault(reason.partition(" (")[0], []).append((out.source_id, reason))
+        return True
+
+    @classmethod
+    def of_field(cls, name: str, cells: Sequence[Any], outcomes: Iterable[Outcome]) -> list[str]:
+        """The lines of one field whose cells' ``outcomes`` are all in (the phone page's answer)."""
+        lines: list[str] = []
+        said = cls(lines.append)
+        said.field(name, cells)
+        for out in outcomes:
+            said.take(out)
+        said.flush()
+        return lines
+
+    def flush(self) -> None:
+        """Say the current field's refused cells, one line per reason (first seen first)."""
+        of = len(self.ids)
+        for cells in self.refused.values():
+            self.echo(f"{display_text(self.name or '')}: {len(cells)} of {of} cell{'s' * (of != 1)} not "
+                      f"classified: {display_text(_one_reason(cells))}")
+        self.refused = {}
+
+
+def _one_reason(cells: list[tuple[str, str]]) -> str:
+    """The reason of a group of refused cells: theirs when all give the same, else the first's with
+    its cell named in its numbers (``no stain colour (e.g. #54: chroma 1.0 < 1.4): ...``)."""
+    first_id, first = cells[0]
+    head, paren, rest = first.partition(" (")
+    if all(r == first for _, r in cells) or not paren:
+        return first
+    return f"{head} (e.g. #{first_id.rpartition('#')[2]}: {rest}"
 
 
 class Progress:

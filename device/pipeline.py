@@ -309,14 +309,16 @@ def load_batch(
     gates: QualityGates | None,
     n_workers: int = 1,
     features: Mapping[str, np.ndarray | None] | None = None,
+    cut: bool = False,
 ) -> list[tuple[Outcome, np.ndarray | None]]:
     """:func:`classify_batch`'s first half: each item decoded and gated (in ``n_workers`` threads):
     (outcome so far, decoded RGB crop or None when refused), in input order. ``features``: the
-    domain features of crops already measured, by source id (not measured again)."""
+    domain features of crops already measured, by source id (not measured again); ``cut``: the
+    items are cells the finder cut from fields (said so in a refusal's reason)."""
     domain = getattr(classifier.manifest, "domain", None)  # the domain guard's training-cell statistics
     sizes = getattr(classifier.manifest, "image_sizes", None)  # the training images' sizes
     n_workers = min(n_workers, len(items))
-    return list(prefetch(lambda item: _load_one(item, gates, domain, sizes, features), items, n_workers))
+    return list(prefetch(lambda item: _load_one(item, gates, domain, sizes, features, cut), items, n_workers))
 
 
 def predict_loaded(
@@ -348,6 +350,7 @@ def _load_one(
     domain: Domain | None = None,
     sizes: ImageSizes | None = None,
     features: Mapping[str, np.ndarray | None] | None = None,
+    cut: bool = False,
 ) -> tuple[Outcome, np.ndarray | None]:
     """One item decoded and gated (with gates: the quality gates, then the size check of
     :mod:`edgekit.device.sizes`): (outcome so far, its RGB crop or None when refused)."""
@@ -366,7 +369,7 @@ def _load_one(
             known = features is not None and source_id in features
             feats = features[source_id] if features is not None and known else crop_features(rgb)
             out.domain_score = None if feats is None else float(distances(feats, domain)[0])
-        reason = None if gates is None else (check_quality(rgb, gates, domain, feats, out.domain_score)
+        reason = None if gates is None else (check_quality(rgb, gates, domain, feats, out.domain_score, cut)
                                              or outside(rgb.shape[0], rgb.shape[1], sizes))
         if reason:
             out.status, out.reason = "rejected", reason

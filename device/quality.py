@@ -91,14 +91,14 @@ def _masked_median(gray: np.ndarray, mask: np.ndarray, n: int) -> float:
 
 def check_quality(
     rgb: np.ndarray, gates: QualityGates = DEFAULT_GATES, domain: Domain | None = None,
-    features: np.ndarray | None = None, distance: float | None = None,
+    features: np.ndarray | None = None, distance: float | None = None, cut: bool = False,
 ) -> str | None:
     """None when the image passes, else a short reason (recorded as the rejection reason).
 
     With the bundle's ``domain`` (its training cells' statistics), images that are plainly not a
     cell like them are rejected too (:func:`check_cell`; ``features``: the crop's
     :func:`~edgekit.device.domain.crop_features` and ``distance`` their distance from the training
-    cells, when the caller has them already)."""
+    cells, when the caller has them already; ``cut``: a cell the finder cut from a field)."""
     h, w = rgb.shape[:2]
     if min(h, w) < gates.min_side:
         return f"too small ({w}x{h} < {gates.min_side} px)"
@@ -113,7 +113,7 @@ def check_quality(
         return f"over-exposed ({m['saturated']:.0%} of the image saturated)"
     if m["sharpness"] < gates.min_sharpness:
         return f"blurred (Laplacian variance {m['sharpness']:.1f} < {gates.min_sharpness})"
-    return check_cell(rgb, domain, gates.dark_level, features, distance) if domain is not None else None
+    return check_cell(rgb, domain, gates.dark_level, features, distance, cut) if domain is not None else None
 
 
 def calibrate(images: list[np.ndarray], gates: QualityGates = DEFAULT_GATES) -> dict:

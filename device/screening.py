@@ -42,6 +42,8 @@ if TYPE_CHECKING:
     from edgekit.device.runtime import Classifier
 
 Crop = tuple[str, "str | None", "np.ndarray | str | os.PathLike | ImageError"]
+# the records' source kinds of cells the cell finder cut from whole fields (not files given as crops)
+CUT_KINDS = ("field", "camera-field")
 
 
 @dataclass
@@ -222,6 +224,7 @@ def record_crops(
     counted = store.count_classified(session.id) if stop_cells else 0
     tally = Tally()
     it = iter(crops)
+    cut = source_kind in CUT_KINDS
     ahead = None
     if lookahead:
         from edgekit.device.threads import Pool
@@ -239,7 +242,8 @@ def record_crops(
             return None
         outs, todo = _triage(chunk, done)
         items = [t[1:] for t in todo]
-        loading = ahead.submit(load_batch, items, classifier, gates, n_workers, features) if ahead else items
+        loading = ahead.submit(load_batch, items, classifier, gates, n_workers, features, cut) if ahead \
+            else items
         return outs, todo, loading
 
     try:
@@ -249,7 +253,7 @@ def record_crops(
             taken = ahead is not None and (not stop_cells or stop_cells - counted - len(todo) >= batch_size)
             nxt = take(batch_size) if taken else None  # its size is batch_size whatever this one gives
             loaded = loading.result() if ahead else load_batch(loading, classifier, gates, n_workers,
-                                                                features)
+                                                                features, cut)
             found = predict_loaded(loaded, classifier)
             del loaded  # its crops, held in its outcomes until committed: not while the next batch loads
             done_outs = _commit(store, session, outs, todo, found, classifier, source_kind, field, n_workers)

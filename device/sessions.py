@@ -154,6 +154,8 @@ def public_session(session: Session, full_guard: bool = True) -> dict[str, Any]:
 
 def provenance_lines(session: Session) -> list[str]:
     """How ``sessions show`` names what decided the session (all of it from the database)."""
+    from edgekit.device.domain import GUARD_UNIT
+
     model = f"model {session.model_format or '?'} sha256 {session.model_sha256[:16]}…"
     lines = [f"{model}  bundle {session.bundle} (as screened; not read again)"]
     if session.manifest_sha256:
@@ -164,8 +166,8 @@ def provenance_lines(session: Session) -> list[str]:
     else:
         dom = session.guarded_with
         lines.append("domain guard: none in the bundle (nothing vouches for the cells)" if dom is None else
-                     f"domain guard: session median distance <= {dom.session_threshold:.2f} over >= "
-                     f"{dom.min_cells} cells (stored with the session)")
+                     f"domain guard: vouches for a session up to a median {dom.session_threshold:.2f} "
+                     f"{GUARD_UNIT}, over >= {dom.min_cells} cells (stored with the session)")
     return lines
 
 

@@ -447,11 +447,13 @@ def block_split(
     return {k: sorted(v) for k, v in parts.items()}
 
 
-def annotated_fields(paths: Sequence[Path], annotations: Path,
-                     class_map: dict[str, str | None] | None = None) -> list[AnnotatedField]:
+def annotated_fields(paths: Sequence[Path], annotations: Path, class_map: dict[str, str | None] | None = None,
+                     log: Callable[[str], None] | None = None) -> list[AnnotatedField]:
     """The annotated fields of ``paths`` (field images or folders of them, all in one folder), in
-    the order given; DataError when a field has no annotation in ``annotations``."""
-    from edgekit.device.annotations import read_annotations
+    the order given; DataError when a field has no annotation in ``annotations``, or when none of the
+    annotated images is in the folder. Annotated images that are not there (a site cutting a subset)
+    are said in one line to ``log``."""
+    from edgekit.device.annotations import absent_images, annotations_in
     from edgekit.device.pipeline import image_files
 
     files = image_files(paths, "field")
@@ -460,7 +462,14 @@ def annotated_fields(paths: Sequence[Path], annotations: Path,
     folders = {f.resolve().parent for f in files}
     if len(folders) > 1:
         raise DataError(f"the fields are in {len(folders)} folders; give fields from one folder per run")
-    annotated = {af.name: af for af in read_annotations(annotations, folders.pop(), class_map)}
+    folder = folders.pop()
+    present, absent = annotations_in(annotations, folder, class_map)
+    if absent and not present:
+        raise DataError(absent_images(absent, len(absent), folder))
+    if absent and log:
+        log(f"{len(absent)} of {len(present) + len(absent)} annotated fields are not in {folder} (first: "
+            f"{absent[0]}): left out")
+    annotated = {af.name: af for af in present}
     missing = [f.name for f in files if f.name not in annotated]
     if missing:
         raise DataError(

@@ -80,7 +80,8 @@ def cells(fields: tuple[Path, ...], annotations: Path | None, sessions_db: Path 
         return
     if not fields or annotations is None:
         raise click.UsageError("give FIELDS and --annotations (or --from-sessions DB)")
-    chosen = annotated_fields(fields, annotations, parse_class_map(list(class_map)))
+    chosen = annotated_fields(fields, annotations, parse_class_map(list(class_map)),
+                              log=lambda line: click.echo(line, err=True))
     done = [0]
 
     def progress(cut) -> None:

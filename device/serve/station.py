@@ -406,6 +406,7 @@ class Station:
         from edgekit.device.field.focus import rule_of
         from edgekit.device.field.overlay import overlay_marks
         from edgekit.device.field.quality import field_focus
+        from edgekit.device.output import RefusedCells
         from edgekit.device.records import FieldCountedMeanwhile
         from edgekit.device.screening import (
             check_field,
@@ -461,6 +462,8 @@ class Station:
         # its way (this worker's next job; a request for them waits behind it)
         self._pool.submit(self._write_overlay_later, session.id, sha, rgb, report)
         return {"result": report.to_dict(per_cell=True), "recorded": recorded, "field": field,
+                # the cells recorded as refused, one line per reason, as `screen --fields` says them
+                "not_classified": RefusedCells.of_field(shown, report.cells, seen.values()),
                 "overlay": f"api/overlays/{sha}.jpg", "overlay_phone": f"api/overlays/{sha}.jpg?size=phone",
                 "overlay_problem": None, "marks": overlay_marks(report)}
 

@@ -252,6 +252,7 @@ function renderField(out, drawing) {
     card.append(el("p", { class: "small replaced" }, `Counted in place of ${out.field.duplicate_of} (sharper).`));
   }
   card.append(recordedLine(out.recorded) || "");
+  for (const line of out.not_classified || []) card.append(el("p", { class: "small refused" }, line));
   if (out.overlay || drawing) {  // drawn here, the station's full-size overlay is fetched only on a tap
     const station = out.overlay_phone || out.overlay;
     const alt = `Cells found in ${out.name}, outlined red if parasitized, green if not`;
