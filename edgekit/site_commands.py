@@ -149,6 +149,9 @@ def cells(fields: tuple[Path, ...], annotations: Path | None, sessions_db: Path 
               show_default=True,
               help="Judge and keep an exponential average of the weights over about this many epochs "
                    "(0: the last step's weights).")
+@click.option("--members", type=click.IntRange(1), default=AdaptConfig.members, show_default=True,
+              help="Fine-tune this many times, each run with its own seed, and keep the average of their "
+                   "weights (one model, same device cost); takes this many times as long.")
 @click.option("--lr", type=FINITE_FLOAT, default=AdaptConfig.lr,
               show_default=True, help="Initial lr; decays to 0.")
 @click.option("--batch-size", type=click.IntRange(1), default=AdaptConfig.batch_size, show_default=True)
@@ -189,7 +192,7 @@ def cells(fields: tuple[Path, ...], annotations: Path | None, sessions_db: Path 
 def adapt(model: Path, site: Path, out: Path, fields_split: Path | None, block: int, train_fields: int | None,
           negatives_per_field: int | None, hard_negatives: int, objects_per_field: int, hard_objects: int,
           epochs: int,
-          patience: int, average_epochs: float, lr: float, batch_size: int,
+          patience: int, average_epochs: float, members: int, lr: float, batch_size: int,
           base_share: float, base_split: Path | None, base_data: Path | None, cutoff: str,
           fields_dir: Path | None, gate_error: float, gate_auc: float, formats: tuple[FormatSpec, ...],
           seed: int,
@@ -219,7 +222,7 @@ def adapt(model: Path, site: Path, out: Path, fields_split: Path | None, block: 
     cfg = AdaptConfig(epochs=epochs, patience=patience or None, lr=lr, batch_size=batch_size,
                       base_share=base_share,
                       train_fields=train_fields, negatives_per_field=negatives_per_field or None, block=block,
-                      objects_per_field=objects_per_field, average_epochs=average_epochs,
+                      objects_per_field=objects_per_field, average_epochs=average_epochs, members=members,
                       hard_negatives=hard_negatives, hard_objects=hard_objects,
                       cutoff=cutoff, seed=seed, gate=gate)
     m = adapt_model(model, site, out, cfg, split_file=fields_split, base_split=base_split,

@@ -570,3 +570,50 @@ def test_fine_tuning_that_diverges_stops_and_says_so(base_run, site, tmp_path):
     assert "stopped; the base model is kept (try a lower --lr than 1e+12)" in res.output
     ad = load_manifest(out).training["adaptation"]
     assert ad["best_epoch"] == 0 and ad["diverged_at_epoch"] == 1 and ad["history"] == []
+
+
+def test_averaged_runs_hold_the_mean_of_every_weight_and_batch_norms_measured_again():
+    """--members: the average of several runs' weights, then each batch norm's moving statistics set to
+    the mean over one pass of the training batches (the runs' own statistics do not fit the average)."""
+    import keras
+    import tensorflow as tf
+
+    from edgekit.adapt import _average_weights, _remeasure_batch_norms
+
+    def net(seed: int):
+        keras.utils.set_random_seed(seed)
+        return keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization(momentum=0.9),
+                                 keras.layers.Dense(2)])
+
+    runs, model = [net(1), net(2), net(3)], net(4)
+    for r in runs:  # runs differ in every variable, the statistics too
+        r.layers[0].moving_mean.assign(np.random.default_rng(id(r) % 97).normal(size=3))
+    _average_weights(model, runs)
+    for got, *same in zip(model.weights, *[r.weights for r in runs], strict=True):
+        np.testing.assert_allclose(got.numpy(), np.mean([v.numpy() for v in same], axis=0), rtol=1e-6)
+    x = np.random.default_rng(0).normal(2.0, 3.0, size=(40, 3)).astype(np.float32)
+    ds = tf.data.Dataset.from_tensor_slices((x, np.zeros((40, 2), np.float32))).batch(8)
+    _remeasure_batch_norms(model, ds, 5)
+    bn = model.layers[0]
+    batches = x.reshape(5, 8, 3)
+    np.testing.assert_allclose(bn.moving_mean.numpy(), batches.mean(axis=1).mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), batches.var(axis=1).mean(axis=0), rtol=1e-4)
+    assert bn.momentum == 0.9  # given back
+
+
+def test_members_average_several_runs_each_with_its_own_seed(base_run, site, tmp_path):
+    from edgekit.adapt import member_seed
+    from edgekit.manifest import load_manifest
+
+    out = tmp_path / "members"
+    res = _cli("adapt", str(base_run), "--data", str(site), "-o", str(out), "--epochs", "2", "--lr", "0.05",
+               "--members", "2", "--seed", "3", "--batch-size", "16", "--block", "1", "--allow-drop",
+               *FLOAT_TOO, *LENIENT_GATE)
+    assert res.exit_code == 0, res.output
+    assert "the 2 runs' weights averaged: site val AUC" in res.output
+    ad = load_manifest(out).training["adaptation"]
+    assert [m["seed"] for m in ad["members"]] == [3, member_seed(3, 1)] == [3, 1003]
+    assert all(len(m["history"]) == 2 for m in ad["members"]) and ad["config"]["members"] == 2
+    assert not list(out.glob("run*.keras"))  # the runs' own models are not shipped
+    res = _cli("adapt", str(base_run), "--data", str(site), "-o", str(tmp_path / "m0"), "--members", "0")
+    assert res.exit_code != 0 and "Traceback" not in res.output
