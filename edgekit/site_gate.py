@@ -97,4 +97,4 @@ def _worst_fields(manifest: Any, errors: dict[str, float]) -> str:
                       for f in worst)
     return (f"largest test-field errors (points, called - labelled): {named}; "
             f"{share:.0%} of the total error: review their labels before retraining "
-            "(`edgekit site check BUNDLE --data CELLS --fields FIELDS --review review.html`)")
+            "(`edgekit site check BUNDLE --dataset CELLS --field-images FIELDS --review review.html`)")

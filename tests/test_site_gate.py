@@ -189,6 +189,7 @@ def test_failed_gate_advice_names_the_costliest_fields_and_how_many_fields_would
     assert mean < 1.0 < upper, "precondition: a mean under the bound whose interval is too wide"
     lines = gate_advice(site)
     assert "F07 +4.0 (incompletely labelled), F19 -3.5" in lines[-1] and "review their labels" in lines[-1]
+    _assert_site_check_options_exist(lines[-1])
     need = fields_to_show(mean, upper, 1.0, len(errors))
     assert need is not None and need > len(errors) and "test fields with errors like these" in lines[0]
     assert "adapt tests on 20% of the labelled fields" in lines[0]
@@ -209,3 +210,19 @@ def test_failed_gate_advice_says_more_fields_cannot_help_a_mean_over_the_bound()
     assert "more test fields will not show the bound" in lines[0]
     passed = _failed_site({f"F{i}": 0.1 for i in range(20)})
     assert passed.domain.gate.passed and gate_advice(passed) == []
+
+
+def _assert_site_check_options_exist(line: str) -> None:
+    """The `edgekit site check` command the advice gives uses options the command has, in their
+    current spelling (it gave the old, hidden `--data` and `--fields`)."""
+    import re
+
+    from click.testing import CliRunner
+
+    from edgekit.cli import main
+
+    command = re.search(r"`edgekit site check ([^`]*)`", line)
+    assert command, line
+    shown = CliRunner().invoke(main, ["site", "check", "--help"], terminal_width=200).output
+    for option in re.findall(r"--[a-z-]+", command.group(1)):
+        assert re.search(rf"\s{option}\b", shown), f"{option} is not in `edgekit site check --help`"
