@@ -68,8 +68,9 @@ class AdaptConfig:
     # in it. Costs this many times the fine-tuning time (3: about 15 min on 2 cores). Off: on IML, three
     # block splits, three runs averaged against each split's first run (what --members 1 gives): test
     # whole-field error 1.10 -> 0.87, 0.87 -> 0.74, 1.03 -> 1.05 points, sensitivity at specificity 99.5%
-    # 0.60 -> 0.78, 0.71 -> 0.65, 0.71 -> 0.71; against the three runs' mean, better on one split only
-    # (benchmarks/results/site_members_iml.json)
+    # 0.60 -> 0.78, 0.71 -> 0.65, 0.71 -> 0.71; against the three runs' mean, better on one split only;
+    # --members 3 end to end: error 1.10 -> 0.98, 0.87 -> 0.77, 1.03 -> 1.11 (within the spread; no gate
+    # passed) in 10-12 min (benchmarks/results/site_members_iml.json)
     members: int = 1
     seed: int = 0
     # what the test fields must show before the site guard may vouch (edgekit.manifest.GATE_BOUNDS)
