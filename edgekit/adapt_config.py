@@ -65,7 +65,7 @@ class AdaptConfig:
     # fine-tune this many times from the base, each run with its own seed (its own sample of negatives
     # and replay crops, its own augmentation), and keep the average of their weights with the batch norms
     # measured again: one model, so a device runs it at the same cost, with less of the one run's luck
-    # in it. Costs this many times the fine-tuning time (3: about 15 min on 2 cores). Off: on IML, three
+    # in it. Costs this many times the fine-tuning time (3: 10-12 min on 2 cores). Off: on IML, three
     # block splits, three runs averaged against each split's first run (what --members 1 gives): test
     # whole-field error 1.10 -> 0.87, 0.87 -> 0.74, 1.03 -> 1.05 points, sensitivity at specificity 99.5%
     # 0.60 -> 0.78, 0.71 -> 0.65, 0.71 -> 0.71; against the three runs' mean, better on one split only;
