@@ -397,5 +397,6 @@ def annotations_in(
         if af.name in seen:
             raise DataError(f"{path}: image {af.name} is annotated twice")
         seen.add(af.name)
-    absent = sorted(af.name for af in fields if not af.image.is_file())
-    return sorted((af for af in fields if af.image.is_file()), key=lambda af: af.name), absent
+    present = [af for af in fields if af.image.is_file()]
+    absent = sorted({af.name for af in fields} - {af.name for af in present})
+    return sorted(present, key=lambda af: af.name), absent

@@ -122,15 +122,18 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
 
 
 def read_image_as_stored(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
-                         sha256: str | None = None) -> tuple[np.ndarray, int]:
+                         sha256: str | None = None, data: bytes | None = None) -> tuple[np.ndarray, int]:
     """:func:`read_image` before the turn: (the RGB pixels as the file stores them, its EXIF
-    orientation 1-8), for boxes that may have been drawn on either picture."""
-    from edgekit.device.decoding import decode_bounded
+    orientation 1-8), for boxes that may have been drawn on either picture. ``data``: the file's
+    bytes, already read (:func:`image_from_bytes`)."""
+    from edgekit.device.decoding import decode_bounded, decode_data
 
     path = Path(path)
-    if path.suffix.lower() == ".dcm" and (dicom := _read_dicom(path, max_pixels)) is not None:
+    if path.suffix.lower() == ".dcm" and (dicom := _read_dicom(path, max_pixels, data)) is not None:
         return dicom, 1
-    img, orientation = decode_bounded(path, max_pixels, sha256=sha256)  # regular file, strict, bounded
+    # a regular file, strict and bounded, read here or by the caller
+    img, orientation = (decode_bounded(path, max_pixels, sha256=sha256) if data is None
+                        else decode_data(data, max_pixels))
     return _stored_rgb(img), orientation
 
 
@@ -140,13 +143,7 @@ def image_from_bytes(path: str | os.PathLike, data: bytes,
     :func:`~edgekit.device.decoding.read_file_bytes`; ``path`` names the format and the file): a
     caller that hashes the bytes too reads the file once, and its hash is of exactly the pixels
     decoded."""
-    path = Path(path)
-    if path.suffix.lower() == ".dcm" and (dicom := _read_dicom(path, max_pixels, data)) is not None:
-        return dicom  # no EXIF turn, as read_image
-    from edgekit.device.decoding import decode_data
-
-    img, orientation = decode_data(data, max_pixels)
-    return apply_orientation(_stored_rgb(img), orientation)
+    return apply_orientation(*read_image_as_stored(path, max_pixels, data=data))
 
 
 def _stored_rgb(img: np.ndarray) -> np.ndarray:

@@ -972,7 +972,8 @@ def _fine_tune_members(tune: Callable[..., dict[str, Any]], training_set: Traini
         x, y, w = first if k == 0 else training_set(run_cfg)[1:4]
         paths.append(tmp / f"run{k}.keras")
         res = tune(x, y, w, cfg=run_cfg, save_to=paths[-1])
-        runs.append({"seed": run_cfg.seed, **{k2: v for k2, v in res.items() if k2 != "score"}})
+        res.pop("score")
+        runs.append({"seed": run_cfg.seed, **res})
     best = tune(*first, cfg=cfg, save_to=tmp / "model.keras", average_of=paths)
     for p in paths:
         p.unlink()
